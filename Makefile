@@ -1,0 +1,45 @@
+# ispace — the two commands of the quick start are `make run` and `make test`.
+#
+#   make run        install what is missing, build, start ispaced on ./var/lun0.img (1 GiB, thin)
+#   make test       install, build, run every test (unit, system, interop, conformance)
+#   make asan       the same tests built with AddressSanitizer + UndefinedBehaviorSanitizer
+#   make fuzz       run each libFuzzer target for FUZZ_SECONDS (default 60)
+#   make bench      benchmarks (ispaced against tgt, side by side)
+#   make build      just build (build/)
+
+BUILD     ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+JOBS      ?= $(shell nproc)
+PORT      ?= 3260
+IQN       ?= iqn.2026-11.org.ispace:default
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build run test asan fuzz bench clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	@mkdir -p var
+	@echo "ispaced: serving iscsi://127.0.0.1:$(PORT)/$(IQN)/0 (backing file ./var/lun0.img); Ctrl-C stops it"
+	exec $(BUILD)/tools/ispaced --listen 127.0.0.1:$(PORT) --iqn $(IQN) --lun var/lun0.img,size=1G,thin
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+
+asan: deps
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DISPACE_SANITIZE=ON -DISPACE_BENCH=OFF
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS) --timeout 900
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

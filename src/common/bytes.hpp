@@ -1,0 +1,44 @@
+// Big-endian field access for wire formats (iSCSI PDUs, SCSI CDBs and parameter data).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ispace {
+
+inline uint16_t load_be16(const uint8_t* p) { return uint16_t(uint16_t(p[0]) << 8 | p[1]); }
+inline uint32_t load_be24(const uint8_t* p) { return uint32_t(p[0]) << 16 | uint32_t(p[1]) << 8 | p[2]; }
+inline uint32_t load_be32(const uint8_t* p) {
+    return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
+}
+inline uint64_t load_be48(const uint8_t* p) { return uint64_t(load_be16(p)) << 32 | load_be32(p + 2); }
+inline uint64_t load_be64(const uint8_t* p) { return uint64_t(load_be32(p)) << 32 | load_be32(p + 4); }
+
+inline void store_be16(uint8_t* p, uint16_t v) {
+    p[0] = uint8_t(v >> 8);
+    p[1] = uint8_t(v);
+}
+inline void store_be24(uint8_t* p, uint32_t v) {
+    p[0] = uint8_t(v >> 16);
+    p[1] = uint8_t(v >> 8);
+    p[2] = uint8_t(v);
+}
+inline void store_be32(uint8_t* p, uint32_t v) {
+    p[0] = uint8_t(v >> 24);
+    p[1] = uint8_t(v >> 16);
+    p[2] = uint8_t(v >> 8);
+    p[3] = uint8_t(v);
+}
+inline void store_be48(uint8_t* p, uint64_t v) {
+    store_be16(p, uint16_t(v >> 32));
+    store_be32(p + 2, uint32_t(v));
+}
+inline void store_be64(uint8_t* p, uint64_t v) {
+    store_be32(p, uint32_t(v >> 32));
+    store_be32(p + 4, uint32_t(v));
+}
+
+// Round n up to a multiple of 4 (iSCSI pads data segments and AHS to 4-byte words).
+constexpr size_t pad4(size_t n) { return (n + 3) & ~size_t(3); }
+
+} // namespace ispace

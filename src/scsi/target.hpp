@@ -1,0 +1,84 @@
+// scsi::TargetDevice: a SCSI target device, i.e. a set of logical units behind one or more target
+// ports. It routes tasks to logical units by LUN and runs task management. Transport-independent: the
+// iSCSI front end is one user; a unit test with a fake fabric is another.
+#pragma once
+
+#include "backstore/device.hpp"
+#include "common/function.hpp"
+#include "common/result.hpp"
+#include "scsi/task.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace ispace::scsi {
+
+// Identity strings reported in INQUIRY and VPD pages.
+struct LuIdentity {
+    std::string vendor = "ISPACE";   // 8 chars, space padded on the wire
+    std::string product = "ispace disk"; // 16 chars
+    std::string revision = "0001";   // 4 chars
+    std::string serial;              // unit serial number (VPD 0x80); derived from the device if empty
+    uint64_t naa = 0;                // NAA IEEE Registered identifier low bits; derived if 0
+};
+
+struct LuOptions {
+    LuIdentity identity;
+    // Largest transfer a single command may move (Block Limits VPD MAXIMUM TRANSFER LENGTH); bounds the
+    // memory one command can make the target allocate.
+    uint32_t max_transfer_bytes = 8u << 20;
+    uint32_t optimal_transfer_bytes = 1u << 20;
+    bool write_cache = true; // WCE in the caching mode page: writes acknowledged before they are durable
+                             // unless FUA; SYNCHRONIZE CACHE flushes.
+};
+
+enum class TmfResult : uint8_t {
+    complete,          // function complete
+    task_not_found,    // ABORT TASK of a tag that is not (or no longer) known
+    lun_not_found,
+    not_supported,
+    rejected,
+};
+
+class LogicalUnit;
+
+class TargetDevice {
+public:
+    // `name` is the SCSI target name (the iSCSI IQN), used in designators.
+    explicit TargetDevice(std::string name);
+    ~TargetDevice();
+
+    const std::string& name() const { return _name; }
+
+    // Configuration (before serving, or at run time with a REPORTED LUNS DATA HAS CHANGED unit attention).
+    Result<void> add_lu(uint64_t lun, std::unique_ptr<backstore::Device> device, LuOptions options = {});
+    std::vector<uint64_t> luns() const;
+    LogicalUnit* find_lu(uint64_t lun) const;
+
+    // A new I_T nexus (session) appeared / went away. Adding one establishes a power-on unit attention
+    // for it on every LU; losing one aborts its tasks.
+    void nexus_added(const Nexus& nexus);
+    void nexus_removed(const Nexus& nexus);
+
+    // Executes a task; ends with task.fabric->complete(task) on task.reactor.
+    void submit(Task& task);
+    // Continues a task after Fabric::fetch_data_out().
+    void data_out_done(Task& task, bool ok);
+
+    // Task management. `done` runs on the calling reactor once every affected task has been terminated.
+    void abort_task(const Nexus& nexus, uint64_t lun, uint64_t tag, Function<void(TmfResult)> done);
+    void abort_task_set(const Nexus& nexus, uint64_t lun, Function<void(TmfResult)> done);
+    void clear_task_set(const Nexus& nexus, uint64_t lun, Function<void(TmfResult)> done);
+    void logical_unit_reset(const Nexus& nexus, uint64_t lun, Function<void(TmfResult)> done);
+    void target_reset(const Nexus& nexus, bool cold, Function<void(TmfResult)> done);
+
+private:
+    struct Impl;
+    std::string _name;
+    std::unique_ptr<Impl> _impl;
+};
+
+} // namespace ispace::scsi
