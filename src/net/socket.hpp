@@ -26,6 +26,9 @@ Result<Endpoint> parse_endpoint(std::string_view text, uint16_t default_port);
 
 // A non-blocking listening socket with SO_REUSEADDR. Port 0 picks a free port (see local_endpoint()).
 Result<int> listen_tcp(const Endpoint& where, int backlog = 128);
+// Accepts one pending connection as a non-blocking, close-on-exec socket. Error code EAGAIN when none
+// is pending (the listener is level-triggered: call until then). `peer` may be null.
+Result<int> accept_tcp(int listen_fd, Endpoint* peer = nullptr);
 // Starts a non-blocking connect; completion is signalled by writability (check with socket_error()).
 Result<int> connect_tcp(const Endpoint& where);
 // SO_ERROR of a socket (0 when the connect succeeded).

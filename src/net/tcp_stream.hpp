@@ -8,6 +8,15 @@
 // an iovec array that points into memory the item keeps alive (its own header bytes, a reference-counted
 // Buffer), and is told when it has been written in full, or when the stream closed first. Items are
 // written in order, many per writev, never copied.
+//
+// Callbacks and lifetime: on_sent(true) may run inside send() (the bytes went out at once) or inside the
+// readiness handler; on_sent(false) and on_closed() always run from a deferred task. The owner may
+// destroy the stream inside any callback (on_readable, on_sent, on_closed): the stream holds a liveness
+// token that its deferred tasks and its own loops check before touching it again. on_closed() is not
+// called for a stream the owner destroys first.
+//
+// Peer close: when read() sees EOF the stream stops reading, flushes what is queued (the peer may only
+// have shut its sending side) and then closes, so on_closed() is reported for EOF too.
 #pragma once
 
 #include "common/result.hpp"
@@ -15,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <sys/uio.h>
 
 namespace ispace::net {
@@ -50,6 +60,8 @@ public:
         // The send queue drained below the low-water mark (for owners that throttle producers).
         virtual void on_send_space() {}
     };
+    // on_send_space() fires when a backlog of at least this many bytes drains below it.
+    static constexpr size_t low_water = size_t(256) << 10;
 
     // Takes ownership of `fd` (already connected, non-blocking) and registers it with `reactor`.
     TcpStream(Reactor& reactor, int fd, Owner& owner);
@@ -95,6 +107,11 @@ private:
     void flush();
     void update_interest();
     void fail(Error why);
+    ReadResult finish_read(ssize_t n);
+    void schedule_close_report();
+    void report_close();
+    OutItem* pop_head();
+    static size_t remaining(const OutItem& item);
 
     Reactor& _reactor;
     int _fd;
@@ -103,7 +120,15 @@ private:
     OutItem* _tail = nullptr;
     size_t _queued_bytes = 0;
     bool _paused = false;
-    bool _want_write = false;
+    bool _want_write = false; // EPOLLOUT armed: a backlog waits for socket space
+    bool _read_eof = false;
+    bool _closed_by_eof = false; // closed on EOF with our generic reason; close() may refine it
+    bool _flushing = false;
+    bool _report_scheduled = false;
+    bool _space_wanted = false;
+    uint32_t _events = 0; // the epoll mask currently registered
+    // Shared with deferred tasks; false once the stream is destroyed.
+    std::shared_ptr<bool> _alive = std::make_shared<bool>(true);
     bool _closing_after_flush = false;
     bool _close_reported = false;
     Error _close_reason;
