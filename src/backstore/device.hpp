@@ -83,7 +83,7 @@ public:
                                    Function<void(Result<std::vector<Extent>>)> done) = 0;
 };
 
-// How a LUN is described on the command line: PATH[,size=1G][,block=512|4096][,thin][,ro],
+// How a LUN is described on the command line: PATH[,size=1G][,block=512|4096][,thin][,ro][,direct],
 // memory:SIZE[,block=..], null:SIZE[,block=..]. A PATH that is a block device opens the block backstore.
 struct DeviceSpec {
     enum class Kind { file, block, memory, null };

@@ -1,0 +1,27 @@
+// The null backstore: reads return zeroes, writes are discarded. For benchmarks of everything above
+// the storage, and for tests of the front end.
+#pragma once
+
+#include "backstore/device.hpp"
+
+namespace ispace::backstore {
+
+class NullDevice final : public Device {
+public:
+    NullDevice(uint64_t size, uint32_t block_size);
+
+    std::string_view kind() const override { return "null"; }
+    std::string describe() const override;
+    Geometry geometry() const override { return _geometry; }
+    Features features() const override;
+    uint64_t identity() const override { return _identity; }
+    void submit(IoRequest& request) override;
+    void allocation_status(uint64_t offset, uint64_t length,
+                           Function<void(Result<std::vector<Extent>>)> done) override;
+
+private:
+    Geometry _geometry;
+    uint64_t _identity;
+};
+
+} // namespace ispace::backstore

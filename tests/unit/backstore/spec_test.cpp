@@ -1,0 +1,100 @@
+// parse_device_spec: the --lun argument forms and the errors users see.
+#include "backstore/device.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace ispace;
+using namespace ispace::backstore;
+
+namespace {
+
+std::string error_of(std::string_view text) {
+    auto spec = parse_device_spec(text);
+    EXPECT_FALSE(spec.ok()) << text << " parsed";
+    return spec.ok() ? std::string() : spec.error().message;
+}
+
+bool contains(const std::string& s, std::string_view part) {
+    return s.find(part) != std::string::npos;
+}
+
+} // namespace
+
+TEST(DeviceSpec, PathAlone) {
+    auto spec = parse_device_spec("/srv/a.img");
+    ASSERT_TRUE(spec.ok());
+    EXPECT_EQ(spec->kind, DeviceSpec::Kind::file);
+    EXPECT_EQ(spec->path, "/srv/a.img");
+    EXPECT_EQ(spec->size, 0u);
+    EXPECT_EQ(spec->block_size, 512u);
+    EXPECT_FALSE(spec->thin || spec->read_only || spec->direct);
+}
+
+TEST(DeviceSpec, PathWithEveryOption) {
+    auto spec = parse_device_spec("/srv/a.img,size=1G,block=4096,thin,ro,direct");
+    ASSERT_TRUE(spec.ok()) << spec.error().message;
+    EXPECT_EQ(spec->path, "/srv/a.img");
+    EXPECT_EQ(spec->size, 1ull << 30);
+    EXPECT_EQ(spec->block_size, 4096u);
+    EXPECT_TRUE(spec->thin);
+    EXPECT_TRUE(spec->read_only);
+    EXPECT_TRUE(spec->direct);
+    auto k = parse_device_spec("disk.img,block=4k");
+    ASSERT_TRUE(k.ok());
+    EXPECT_EQ(k->block_size, 4096u);
+}
+
+TEST(DeviceSpec, MemoryAndNull) {
+    auto mem = parse_device_spec("memory:64M");
+    ASSERT_TRUE(mem.ok());
+    EXPECT_EQ(mem->kind, DeviceSpec::Kind::memory);
+    EXPECT_EQ(mem->size, 64ull << 20);
+    EXPECT_TRUE(mem->path.empty());
+    auto null = parse_device_spec("null:1T,block=4096");
+    ASSERT_TRUE(null.ok());
+    EXPECT_EQ(null->kind, DeviceSpec::Kind::null);
+    EXPECT_EQ(null->size, 1ull << 40);
+    EXPECT_EQ(null->block_size, 4096u);
+}
+
+TEST(DeviceSpec, MemoryAndNullNeedASize) {
+    EXPECT_TRUE(contains(error_of("memory:"), "memory needs a size"));
+    EXPECT_TRUE(contains(error_of("memory"), "memory needs a size"));
+    EXPECT_TRUE(contains(error_of("null:"), "null needs a size"));
+    EXPECT_TRUE(contains(error_of("null:0"), "greater than 0"));
+    EXPECT_TRUE(contains(error_of("memory:lots"), "bad size 'lots'"));
+}
+
+TEST(DeviceSpec, OptionsThatDoNotApplyToMemory) {
+    EXPECT_TRUE(contains(error_of("memory:1G,thin"), "option 'thin' applies to files"));
+    EXPECT_TRUE(contains(error_of("null:1G,size=2G"), "option 'size'"));
+    EXPECT_TRUE(contains(error_of("memory:1G,ro"), "'ro'"));
+}
+
+TEST(DeviceSpec, UnknownOptionsAndBadValues) {
+    EXPECT_TRUE(contains(error_of("/a.img,sparse"), "unknown option 'sparse'"));
+    EXPECT_TRUE(contains(error_of("/a.img,foo=bar"), "unknown option 'foo=bar'"));
+    EXPECT_TRUE(contains(error_of("/a.img,block=1024"), "block=1024: the block size must be 512 or 4096"));
+    EXPECT_TRUE(contains(error_of("/a.img,block=abc"), "block=abc"));
+    EXPECT_TRUE(contains(error_of("/a.img,block="), "block= needs a value"));
+    EXPECT_TRUE(contains(error_of("/a.img,size=12Q"), "bad size '12Q'"));
+    EXPECT_TRUE(contains(error_of("/a.img,size="), "size= needs a value"));
+    EXPECT_TRUE(contains(error_of("/a.img,size=0"), "size=0"));
+    EXPECT_TRUE(contains(error_of("/a.img,thin=yes"), "'thin' takes no value"));
+    EXPECT_TRUE(contains(error_of("/a.img,,thin"), "empty option"));
+    EXPECT_TRUE(contains(error_of("/a.img,thin,thin"), "given twice"));
+    EXPECT_TRUE(contains(error_of("/a.img,size=1G,size=2G"), "given twice"));
+    EXPECT_TRUE(contains(error_of(""), "empty"));
+    EXPECT_TRUE(contains(error_of(",size=1G"), "empty path"));
+}
+
+TEST(DeviceSpec, SizeMustBeAWholeNumberOfBlocks) {
+    std::string e = error_of("/a.img,size=1000");
+    EXPECT_TRUE(contains(e, "1000 bytes) is not a multiple of the 512-byte block size")) << e;
+    EXPECT_TRUE(contains(error_of("memory:6k,block=4096"), "not a multiple of the 4096-byte block size"));
+    EXPECT_TRUE(parse_device_spec("memory:8k,block=4096").ok());
+}
+
+TEST(DeviceSpec, ErrorsQuoteTheWholeSpec) {
+    EXPECT_TRUE(contains(error_of("/srv/x.img,bogus"), "device '/srv/x.img,bogus'"));
+}
