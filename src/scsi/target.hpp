@@ -6,6 +6,7 @@
 #include "backstore/device.hpp"
 #include "common/function.hpp"
 #include "common/result.hpp"
+#include "scsi/sense.hpp"
 #include "scsi/task.hpp"
 
 #include <cstdint>
@@ -18,11 +19,11 @@ namespace ispace::scsi {
 
 // Identity strings reported in INQUIRY and VPD pages.
 struct LuIdentity {
-    std::string vendor = "ISPACE";   // 8 chars, space padded on the wire
+    std::string vendor = "ISPACE";       // 8 chars, space padded on the wire
     std::string product = "ispace disk"; // 16 chars
-    std::string revision = "0001";   // 4 chars
-    std::string serial;              // unit serial number (VPD 0x80); derived from the device if empty
-    uint64_t naa = 0;                // NAA IEEE Registered identifier low bits; derived if 0
+    std::string revision = "0001";       // 4 chars
+    std::string serial;                  // unit serial number (VPD 0x80); derived from the device if empty
+    uint64_t naa = 0;                    // NAA IEEE Registered identifier low bits; derived if 0
 };
 
 struct LuOptions {
@@ -36,8 +37,8 @@ struct LuOptions {
 };
 
 enum class TmfResult : uint8_t {
-    complete,          // function complete
-    task_not_found,    // ABORT TASK of a tag that is not (or no longer) known
+    complete,       // function complete
+    task_not_found, // ABORT TASK of a tag that is not (or no longer) known
     lun_not_found,
     not_supported,
     rejected,
@@ -45,6 +46,8 @@ enum class TmfResult : uint8_t {
 
 class LogicalUnit;
 
+// Lifetime: destroy a TargetDevice only once its reactors have stopped running engine work (task
+// management posts closures that refer to its logical units).
 class TargetDevice {
 public:
     // `name` is the SCSI target name (the iSCSI IQN), used in designators.
@@ -54,21 +57,35 @@ public:
     const std::string& name() const { return _name; }
 
     // Configuration (before serving, or at run time with a REPORTED LUNS DATA HAS CHANGED unit attention).
+    // LUNs are 0..16383 (peripheral addressing below 256, flat above); the block size must be 512 or 4096.
     Result<void> add_lu(uint64_t lun, std::unique_ptr<backstore::Device> device, LuOptions options = {});
     std::vector<uint64_t> luns() const;
     LogicalUnit* find_lu(uint64_t lun) const;
 
     // A new I_T nexus (session) appeared / went away. Adding one establishes a power-on unit attention
-    // for it on every LU; losing one aborts its tasks.
+    // for it on every LU; losing one aborts its tasks (they complete with Task::aborted) and drops its
+    // unit attentions. Nexus::id identifies it in the engine.
     void nexus_added(const Nexus& nexus);
     void nexus_removed(const Nexus& nexus);
+
+    // Flushes a logical unit's device (shutdown: every acknowledged write durable). Call on a reactor
+    // thread; `done(0 or -errno)` runs on it later, -ENOENT for an unknown LUN (a LUN number here).
+    void flush_lu(uint64_t lun, Function<void(int error)> done);
 
     // Executes a task; ends with task.fabric->complete(task) on task.reactor.
     void submit(Task& task);
     // Continues a task after Fabric::fetch_data_out().
     void data_out_done(Task& task, bool ok);
+    // The transport could not deliver the data-out (a Data-Out sequence error the transport chose to
+    // answer per command rather than by dropping the connection): the task ends with CHECK CONDITION
+    // and `sense` (in the logical unit's sense format), nothing written.
+    void data_out_failed(Task& task, const Sense& sense);
 
-    // Task management. `done` runs on the calling reactor once every affected task has been terminated.
+    // Task management. `lun` is the SAM LUN field, as in Task::lun. `done` runs on the calling reactor
+    // (posted, never inside the call) once every affected task has been terminated; called from a thread
+    // with no reactor, it runs on the thread that terminates the last task. Tasks waiting for data-out
+    // are cancelled (Fabric::cancel_data_out), tasks with backstore I/O in flight are waited for, and
+    // each completes with Task::aborted set. ABORT TASK of an unknown tag answers task_not_found.
     void abort_task(const Nexus& nexus, uint64_t lun, uint64_t tag, Function<void(TmfResult)> done);
     void abort_task_set(const Nexus& nexus, uint64_t lun, Function<void(TmfResult)> done);
     void clear_task_set(const Nexus& nexus, uint64_t lun, Function<void(TmfResult)> done);

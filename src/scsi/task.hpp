@@ -23,6 +23,7 @@ class Reactor;
 
 namespace ispace::scsi {
 
+class Command;
 class Fabric;
 class LogicalUnit;
 
@@ -44,11 +45,11 @@ enum class TaskAttribute : uint8_t { untagged = 0, simple = 1, ordered = 2, head
 // session. Reservations and unit attentions are kept per nexus, keyed by the port names, so a
 // re-login with the same ISID finds its registrations again.
 struct Nexus {
-    uint64_t id = 0;              // unique within the process
-    std::string initiator_name;   // "iqn.1994-05.com.redhat:abc"
-    std::string initiator_port;   // SPC TransportID form: "iqn.1994-05.com.redhat:abc,i,0x23d000000001"
-    std::string target_name;      // "iqn.2026-11.org.ispace:disk"
-    std::string target_port;      // "iqn.2026-11.org.ispace:disk,t,0x0001"
+    uint64_t id = 0;            // unique within the process
+    std::string initiator_name; // "iqn.1994-05.com.redhat:abc"
+    std::string initiator_port; // SPC TransportID form: "iqn.1994-05.com.redhat:abc,i,0x23d000000001"
+    std::string target_name;    // "iqn.2026-11.org.ispace:disk"
+    std::string target_port;    // "iqn.2026-11.org.ispace:disk,t,0x0001"
     uint16_t relative_target_port = 1;
     uint16_t target_port_group = 1;
 };
@@ -63,7 +64,9 @@ struct Task {
     Fabric* fabric = nullptr;
     net::Reactor* reactor = nullptr;
     const Nexus* nexus = nullptr;
-    uint64_t lun = 0; // the 8-byte SAM LUN field as received
+    // The 8-byte SAM LUN field as received, byte 0 in the most significant byte (load_be64 of the
+    // iSCSI LUN field). Peripheral (00b) and flat (01b) addressing are understood.
+    uint64_t lun = 0;
     uint64_t tag = 0; // the initiator's task tag (iSCSI ITT)
     TaskAttribute attribute = TaskAttribute::simple;
     std::array<uint8_t, max_cdb> cdb{};
@@ -83,20 +86,23 @@ struct Task {
     // The number of bytes the command itself transfers, from its CDB (for reads, what the device
     // returns; for writes, what it consumes). The fabric sends min(transfer_length, expected_length)
     // bytes of data-in from `buffer` and reports the difference as residual overflow or underflow.
+    // Data-in is sent only with GOOD status; with CHECK CONDITION transfer_length still gives the
+    // residual (a write whose EDTL is shorter than its CDB reports the overflow either way).
     uint32_t transfer_length = 0;
     // Set when a task management function or nexus loss terminated the task. The fabric sends no
     // response for it (RFC 7143 §11.5.1: the TMF response covers it) and releases it.
     bool aborted = false;
 
     // --- engine bookkeeping (not for fabrics) ---
-    LogicalUnit* lu = nullptr;
+    LogicalUnit* lu = nullptr; // the logical unit's task list (for task management) links these
     Task* lu_next = nullptr;
     Task* lu_prev = nullptr;
-    uint8_t engine_state = 0;
-    uint64_t engine_cookie = 0;
+    Command* command = nullptr; // the engine's per-command state while the task is in the engine
 };
 
-// What the engine needs from a transport, per task. Calls happen on task.reactor.
+// What the engine needs from a transport, per task. Calls happen on task.reactor. The engine never
+// calls complete() from inside TargetDevice::submit() or data_out_done(): a command that finishes at
+// once completes from Reactor::defer(), so a fabric never sees its task vanish under its own call.
 class Fabric {
 public:
     virtual ~Fabric() = default;

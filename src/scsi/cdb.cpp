@@ -1,0 +1,231 @@
+#include "scsi/cdb.hpp"
+
+#include "common/bytes.hpp"
+#include "scsi/sbc.hpp"
+#include "scsi/spc.hpp"
+
+#include <bit>
+
+namespace ispace::scsi {
+
+unsigned cdb_length_for(uint8_t opcode) {
+    switch (opcode >> 5) {
+    case 0:
+        return 6;
+    case 1:
+    case 2:
+        return 10;
+    case 4:
+        return 16;
+    case 5:
+        return 12;
+    default:
+        return 0;
+    }
+}
+
+BlockRange decode_block_range(const uint8_t* cdb) {
+    BlockRange r;
+    switch (cdb_length_for(cdb[0])) {
+    case 6:
+        r.lba = load_be24(cdb + 1) & 0x1fffff;
+        r.blocks = cdb[4] ? cdb[4] : 256;
+        break;
+    case 10:
+        r.lba = load_be32(cdb + 2);
+        r.blocks = load_be16(cdb + 7);
+        break;
+    case 12:
+        r.lba = load_be32(cdb + 2);
+        r.blocks = load_be32(cdb + 6);
+        break;
+    case 16:
+        r.lba = load_be64(cdb + 2);
+        r.blocks = load_be32(cdb + 10);
+        break;
+    default:
+        break;
+    }
+    return r;
+}
+
+uint16_t transfer_length_offset(const uint8_t* cdb) {
+    switch (cdb_length_for(cdb[0])) {
+    case 6:
+        return 4;
+    case 10:
+        return 7;
+    case 12:
+        return 6;
+    default:
+        return 10;
+    }
+}
+
+std::optional<Sense> check_lba_range(uint64_t lba, uint64_t blocks, uint64_t capacity) {
+    // Written without lba + blocks so that an LBA near 2^64 cannot wrap around.
+    if (lba >= capacity || blocks > capacity - lba) {
+        return Sense::lba_out_of_range();
+    }
+    return std::nullopt;
+}
+
+std::optional<uint64_t> decode_lun(uint64_t field) {
+    uint8_t method = uint8_t(field >> 62);
+    // Only first-level addressing: the remaining six bytes must be zero.
+    if ((field & 0x0000ffffffffffffull) != 0) {
+        return std::nullopt;
+    }
+    uint8_t b0 = uint8_t(field >> 56);
+    uint8_t b1 = uint8_t(field >> 48);
+    if (method == 0) {
+        // Peripheral device addressing: bus identifier 0 is this target's own LUNs.
+        if ((b0 & 0x3f) != 0) {
+            return std::nullopt;
+        }
+        return b1;
+    }
+    if (method == 1) {
+        return uint64_t(b0 & 0x3f) << 8 | b1;
+    }
+    return std::nullopt;
+}
+
+uint64_t encode_lun(uint64_t lun) {
+    if (lun < 256) {
+        return lun << 48;
+    }
+    return (uint64_t(0x40 | ((lun >> 8) & 0x3f)) << 56) | (uint64_t(lun & 0xff) << 48);
+}
+
+// --- the operation table -------------------------------------------------------------------------
+//
+// Usage masks, byte by byte as in REPORT SUPPORTED OPERATION CODES. Conventions:
+//  - the CONTROL byte (last) is 0x00: NACA is not supported (standard INQUIRY NORMACA=0), so a set
+//    NACA bit is INVALID FIELD IN CDB, and the obsolete LINK/FLAG and vendor bits are refused too;
+//  - RDPROTECT/WRPROTECT/VRPROTECT are outside the masks: no protection information, so non-zero is
+//    INVALID FIELD IN CDB;
+//  - GROUP NUMBER is accepted and ignored.
+namespace {
+
+constexpr uint16_t read_flags = 0;
+constexpr uint16_t write_flags = op_writes_medium;
+
+// clang-format off
+// One entry per command: opcode, service action, CDB length, flags, name, handler, CDB usage data.
+constexpr Operation table[] = {
+    {op::test_unit_ready, 0, 6, 0, "TEST UNIT READY", spc::test_unit_ready,
+     {0x00, 0x00, 0x00, 0x00, 0x00, 0x00}},
+    {op::request_sense, 0, 6, op_ua_exempt | op_any_lun, "REQUEST SENSE", spc::request_sense,
+     {0x03, 0x01, 0x00, 0x00, 0xff, 0x00}},
+    {op::read_6, 0, 6, read_flags, "READ(6)", sbc::read,
+     {0x08, 0x1f, 0xff, 0xff, 0xff, 0x00}},
+    {op::write_6, 0, 6, write_flags, "WRITE(6)", sbc::write,
+     {0x0a, 0x1f, 0xff, 0xff, 0xff, 0x00}},
+    {op::inquiry, 0, 6, op_ua_exempt | op_any_lun, "INQUIRY", spc::inquiry,
+     {0x12, 0x01, 0xff, 0xff, 0xff, 0x00}},
+    {op::mode_sense_6, 0, 6, 0, "MODE SENSE(6)", spc::mode_sense,
+     {0x1a, 0x08, 0xff, 0xff, 0xff, 0x00}},
+    {op::start_stop_unit, 0, 6, 0, "START STOP UNIT", sbc::start_stop_unit,
+     {0x1b, 0x01, 0x00, 0x0f, 0xf7, 0x00}},
+    {op::read_capacity_10, 0, 10, 0, "READ CAPACITY(10)", sbc::read_capacity_10,
+     {0x25, 0x00, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x01, 0x00}},
+    {op::read_10, 0, 10, read_flags, "READ(10)", sbc::read,
+     {0x28, 0x1c, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0x00}},
+    {op::write_10, 0, 10, write_flags, "WRITE(10)", sbc::write,
+     {0x2a, 0x18, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0x00}},
+    {op::verify_10, 0, 10, 0, "VERIFY(10)", sbc::verify,
+     {0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0x00}},
+    {op::synchronize_cache_10, 0, 10, 0, "SYNCHRONIZE CACHE(10)", sbc::synchronize_cache,
+     {0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0x00}},
+    {op::mode_sense_10, 0, 10, 0, "MODE SENSE(10)", spc::mode_sense,
+     {0x5a, 0x18, 0xff, 0xff, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00}},
+    {op::read_16, 0, 16, read_flags, "READ(16)", sbc::read,
+     {0x88, 0x1c, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
+    {op::write_16, 0, 16, write_flags, "WRITE(16)", sbc::write,
+     {0x8a, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
+    {op::verify_16, 0, 16, 0, "VERIFY(16)", sbc::verify,
+     {0x8f, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
+    {op::synchronize_cache_16, 0, 16, 0, "SYNCHRONIZE CACHE(16)", sbc::synchronize_cache,
+     {0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
+    {op::service_action_in_16, sa::read_capacity_16, 16, op_service_action, "READ CAPACITY(16)",
+     sbc::read_capacity_16,
+     {0x9e, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00}},
+    {op::report_luns, 0, 12, op_ua_exempt | op_any_lun, "REPORT LUNS", spc::report_luns,
+     {0xa0, 0x00, 0xff, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00}},
+    {op::read_12, 0, 12, read_flags, "READ(12)", sbc::read,
+     {0xa8, 0x1c, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
+    {op::write_12, 0, 12, write_flags, "WRITE(12)", sbc::write,
+     {0xaa, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
+    {op::verify_12, 0, 12, 0, "VERIFY(12)", sbc::verify,
+     {0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
+};
+// clang-format on
+
+// opcode -> index of its first entry + 1 (0: not implemented). Built once from the table, so the table
+// alone decides; entries of one opcode are contiguous (the table is in opcode order).
+struct Index {
+    std::array<uint8_t, 256> first{};
+    Index() {
+        static_assert(std::size(table) < 255);
+        for (size_t i = std::size(table); i-- > 0;) {
+            first[table[i].opcode] = uint8_t(i + 1);
+        }
+    }
+};
+
+const Index& index() {
+    static const Index instance;
+    return instance;
+}
+
+const Operation* lookup(uint8_t opcode, uint8_t service_action, bool& opcode_known) {
+    uint8_t at = index().first[opcode];
+    opcode_known = at != 0;
+    if (!opcode_known) {
+        return nullptr;
+    }
+    for (size_t i = at - 1; i < std::size(table) && table[i].opcode == opcode; ++i) {
+        if (!(table[i].flags & op_service_action) || table[i].service_action == service_action) {
+            return &table[i];
+        }
+    }
+    return nullptr;
+}
+
+} // namespace
+
+std::span<const Operation> operations() {
+    return table;
+}
+
+const Operation* find_operation(std::span<const uint8_t> cdb, Sense& error) {
+    if (cdb.empty()) {
+        error = Sense::invalid_opcode();
+        return nullptr;
+    }
+    uint8_t service_action = cdb.size() > 1 ? cdb[1] & 0x1f : 0;
+    bool known = false;
+    const Operation* op = lookup(cdb[0], service_action, known);
+    if (!op) {
+        error = known ? Sense::invalid_field_in_cdb(1, 4) : Sense::invalid_opcode();
+    }
+    return op;
+}
+
+bool implements(uint8_t opcode, std::optional<uint8_t> service_action) {
+    bool known = false;
+    return lookup(opcode, service_action.value_or(0), known) != nullptr;
+}
+
+std::optional<Sense> check_cdb_usage(const Operation& op, const uint8_t* cdb) {
+    for (unsigned i = 1; i < op.cdb_length; ++i) {
+        uint8_t bad = uint8_t(cdb[i] & ~op.usage[i]);
+        if (bad) {
+            return Sense::invalid_field_in_cdb(uint16_t(i), 7 - std::countl_zero(bad));
+        }
+    }
+    return std::nullopt;
+}
+
+} // namespace ispace::scsi

@@ -1,0 +1,124 @@
+// CDB decoding: lengths by group code, LBA and transfer length of the 6/10/12/16-byte forms, range
+// checks against the capacity, SAM LUN encoding, and the operation table.
+//
+// The operation table is the one place that says which commands the engine implements. Each entry
+// names the opcode (and service action), the CDB length, how the command interacts with unit
+// attentions and missing logical units, the CDB USAGE DATA (SPC-4 6.35: which bits the device server
+// looks at) and the handler that parses and executes it. The usage mask doubles as the reserved-bit
+// check: a CDB bit outside it is INVALID FIELD IN CDB with the field pointer on that bit, before the
+// handler runs. Adding an opcode is one entry here, one handler in spc.cpp/sbc.cpp, and one test.
+#pragma once
+
+#include "scsi/sense.hpp"
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <span>
+
+namespace ispace::scsi {
+
+class Command;
+
+namespace op {
+constexpr uint8_t test_unit_ready = 0x00;
+constexpr uint8_t request_sense = 0x03;
+constexpr uint8_t read_6 = 0x08;
+constexpr uint8_t write_6 = 0x0a;
+constexpr uint8_t inquiry = 0x12;
+constexpr uint8_t mode_select_6 = 0x15;
+constexpr uint8_t mode_sense_6 = 0x1a;
+constexpr uint8_t start_stop_unit = 0x1b;
+constexpr uint8_t read_capacity_10 = 0x25;
+constexpr uint8_t read_10 = 0x28;
+constexpr uint8_t write_10 = 0x2a;
+constexpr uint8_t verify_10 = 0x2f;
+constexpr uint8_t synchronize_cache_10 = 0x35;
+constexpr uint8_t write_same_10 = 0x41;
+constexpr uint8_t unmap = 0x42;
+constexpr uint8_t mode_select_10 = 0x55;
+constexpr uint8_t mode_sense_10 = 0x5a;
+constexpr uint8_t read_16 = 0x88;
+constexpr uint8_t write_16 = 0x8a;
+constexpr uint8_t verify_16 = 0x8f;
+constexpr uint8_t synchronize_cache_16 = 0x91;
+constexpr uint8_t write_same_16 = 0x93;
+constexpr uint8_t service_action_in_16 = 0x9e;
+constexpr uint8_t report_luns = 0xa0;
+constexpr uint8_t maintenance_in = 0xa3;
+constexpr uint8_t read_12 = 0xa8;
+constexpr uint8_t write_12 = 0xaa;
+constexpr uint8_t verify_12 = 0xaf;
+} // namespace op
+
+namespace sa {
+constexpr uint8_t read_capacity_16 = 0x10; // SERVICE ACTION IN(16)
+constexpr uint8_t get_lba_status = 0x12;   // SERVICE ACTION IN(16)
+} // namespace sa
+
+// The CDB length the group code (bits 7-5 of the opcode) implies: 6, 10, 12 or 16; 0 for group 3
+// (variable length / reserved) and the vendor-specific groups 6 and 7.
+unsigned cdb_length_for(uint8_t opcode);
+
+// LBA and transfer length of a block command, read from the position its CDB form puts them
+// (READ/WRITE/VERIFY/SYNCHRONIZE CACHE/WRITE SAME ... share the layouts):
+//   6-byte:  21-bit LBA in bytes 1-3, length in byte 4 (READ(6)/WRITE(6): 0 means 256 blocks)
+//   10-byte: LBA 2-5, length 7-8      12-byte: LBA 2-5, length 6-9      16-byte: LBA 2-9, length 10-13
+struct BlockRange {
+    uint64_t lba = 0;
+    uint32_t blocks = 0;
+};
+BlockRange decode_block_range(const uint8_t* cdb);
+// Byte offset of the transfer length field of the CDB form, for field pointers.
+uint16_t transfer_length_offset(const uint8_t* cdb);
+
+// LBA OUT OF RANGE unless [lba, lba + blocks) lies within a medium of `capacity` blocks. A zero
+// length is no transfer and no error, but its LBA must still address a block of the medium.
+std::optional<Sense> check_lba_range(uint64_t lba, uint64_t blocks, uint64_t capacity);
+
+// The SAM-5 8-byte LUN field (Task::lun holds it with byte 0 as the most significant byte).
+// Single-level peripheral (00b) and flat (01b) addressing are decoded; anything else, or a non-zero
+// second level, addresses no logical unit here.
+std::optional<uint64_t> decode_lun(uint64_t field);
+// The LUN field for a LUN number: peripheral addressing below 256, flat addressing up to 16383.
+uint64_t encode_lun(uint64_t lun);
+constexpr uint64_t max_lun = 16383;
+
+// --- the operation table -------------------------------------------------------------------------
+
+using Handler = void (*)(Command&);
+
+enum OperationFlags : uint16_t {
+    op_ua_exempt = 1 << 0, // INQUIRY, REPORT LUNS, REQUEST SENSE: never reports a unit attention
+    op_any_lun = 1 << 1, // also answers for a LUN with no logical unit (INQUIRY, REQUEST SENSE, REPORT LUNS)
+    op_service_action = 1 << 2, // bits 4-0 of byte 1 select among entries of this opcode
+    op_writes_medium = 1 << 3,  // refused on a write-protected logical unit
+};
+
+struct Operation {
+    uint8_t opcode = 0;
+    uint8_t service_action = 0;
+    uint8_t cdb_length = 0;
+    uint16_t flags = 0;
+    const char* name = "";
+    Handler execute = nullptr;
+    // CDB USAGE DATA: bit set = the device server evaluates the bit; a set CDB bit outside the mask is
+    // rejected. Byte 0 is the opcode itself.
+    std::array<uint8_t, 16> usage{};
+};
+
+// Every implemented command, in opcode order.
+std::span<const Operation> operations();
+
+// Finds the entry for a CDB. On failure returns nullptr and sets `error`: INVALID COMMAND OPERATION
+// CODE for an unknown opcode, INVALID FIELD IN CDB for an unknown service action of a known one.
+const Operation* find_operation(std::span<const uint8_t> cdb, Sense& error);
+// Whether the engine implements an opcode (and service action): lets VPD pages advertise exactly
+// what the table holds (UNMAP support bits appear when UNMAP lands in the table).
+bool implements(uint8_t opcode, std::optional<uint8_t> service_action = std::nullopt);
+
+// INVALID FIELD IN CDB for the first set bit the entry's usage mask does not allow (field pointer to
+// the byte, bit pointer to its highest offending bit); nullopt when the CDB is clean.
+std::optional<Sense> check_cdb_usage(const Operation& op, const uint8_t* cdb);
+
+} // namespace ispace::scsi

@@ -1,0 +1,206 @@
+#include "scsi/lu.hpp"
+
+#include "common/buffer.hpp"
+#include "common/log.hpp"
+#include "net/reactor.hpp"
+#include "scsi/command.hpp"
+
+#include <algorithm>
+#include <fmt/format.h>
+
+namespace ispace::scsi {
+namespace {
+
+// SplitMix64 finaliser: spreads a device identity (often a small inode number) over all 64 bits so
+// that designators of different devices differ in their high bits too.
+uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+// SPC-4 4.4.1: ASCII data fields hold 20h-7Eh only.
+std::string printable(std::string_view s, size_t max) {
+    std::string out;
+    for (char c : s) {
+        if (out.size() == max) {
+            break;
+        }
+        out.push_back(c >= 0x20 && c <= 0x7e ? c : '_');
+    }
+    return out;
+}
+
+} // namespace
+
+LogicalUnit::LogicalUnit(TargetDevice& target, uint64_t lun, std::unique_ptr<backstore::Device> device,
+                         const LuOptions& options)
+    : _target(target), _lun(lun), _device(std::move(device)), _options(options) {
+    _geometry = _device->geometry();
+    _features = _device->features();
+    // Whole blocks, at least one, and never more than one Buffer can hold: the bound on what one
+    // command makes the target allocate.
+    uint64_t max = std::min<uint64_t>(_options.max_transfer_bytes, Buffer::max_size);
+    max -= max % _geometry.block_size;
+    _max_transfer_bytes = uint32_t(std::max<uint64_t>(max, _geometry.block_size));
+    _options.max_transfer_bytes = _max_transfer_bytes;
+    _identifier = _options.identity.naa ? _options.identity.naa : mix64(_device->identity());
+    _serial = _options.identity.serial.empty() ? fmt::format("{:016x}", _identifier)
+                                               : printable(_options.identity.serial, 64);
+    ModeValues defaults = default_mode_values();
+    _wce.store(defaults.wce);
+    _d_sense.store(defaults.d_sense);
+    _swp.store(defaults.swp);
+}
+
+LogicalUnit::~LogicalUnit() {
+    if (_task_count != 0) {
+        log_error("lun {}: destroyed with {} tasks still in the engine", _lun, _task_count);
+    }
+}
+
+// --- mode pages ---------------------------------------------------------------------------------
+
+ModeValues LogicalUnit::mode_values() const {
+    std::lock_guard lock(_mutex);
+    return ModeValues{_wce.load(), _d_sense.load(), _swp.load()};
+}
+
+ModeValues LogicalUnit::default_mode_values() const {
+    ModeValues v;
+    v.wce = _options.write_cache;
+    v.d_sense = false;
+    v.swp = false;
+    return v;
+}
+
+void LogicalUnit::set_mode_values(const ModeValues& values) {
+    std::lock_guard lock(_mutex);
+    _wce.store(values.wce);
+    _d_sense.store(values.d_sense);
+    _swp.store(values.swp);
+}
+
+void LogicalUnit::flush(Function<void(int error)> done, uint64_t offset, uint64_t length) {
+    struct Flush {
+        backstore::IoRequest io;
+        Function<void(int)> done;
+    };
+    auto* f = new Flush();
+    f->done = std::move(done);
+    f->io.op = backstore::IoOp::flush;
+    f->io.offset = offset;
+    f->io.length = length;
+    f->io.done = [f](int error) {
+        Function<void(int)> callback = std::move(f->done);
+        // Not freed inside its own callback: the device may still be returning from it.
+        if (auto* r = net::Reactor::current()) {
+            r->defer([f] { delete f; });
+        } else {
+            delete f;
+        }
+        if (callback) {
+            callback(error);
+        }
+    };
+    _device->submit(f->io);
+}
+
+// --- unit attentions ----------------------------------------------------------------------------
+
+void LogicalUnit::nexus_added(uint64_t nexus, uint16_t code) {
+    std::lock_guard lock(_mutex);
+    _ua.add_nexus(nexus);
+    _ua.establish(nexus, code);
+    _ua_pending.store(_ua.pending());
+}
+
+void LogicalUnit::nexus_removed(uint64_t nexus) {
+    std::lock_guard lock(_mutex);
+    _ua.remove_nexus(nexus);
+    _ua_pending.store(_ua.pending());
+}
+
+void LogicalUnit::establish_ua(uint64_t nexus, uint16_t code) {
+    std::lock_guard lock(_mutex);
+    _ua.establish(nexus, code);
+    _ua_pending.store(_ua.pending());
+}
+
+void LogicalUnit::establish_ua_all(uint16_t code) {
+    std::lock_guard lock(_mutex);
+    _ua.establish_all(code);
+    _ua_pending.store(_ua.pending());
+}
+
+std::optional<uint16_t> LogicalUnit::take_ua(uint64_t nexus) {
+    // The common case, nothing pending anywhere, costs one relaxed load and no lock.
+    if (_ua_pending.load(std::memory_order_relaxed) == 0) {
+        return std::nullopt;
+    }
+    std::lock_guard lock(_mutex);
+    auto code = _ua.take(nexus);
+    _ua_pending.store(_ua.pending());
+    return code;
+}
+
+void LogicalUnit::clear_ua(uint64_t nexus, uint16_t code) {
+    if (_ua_pending.load(std::memory_order_relaxed) == 0) {
+        return;
+    }
+    std::lock_guard lock(_mutex);
+    _ua.clear(nexus, code);
+    _ua_pending.store(_ua.pending());
+}
+
+void LogicalUnit::reset(uint16_t code) {
+    ModeValues defaults = default_mode_values();
+    std::lock_guard lock(_mutex);
+    _wce.store(defaults.wce);
+    _d_sense.store(defaults.d_sense);
+    _swp.store(defaults.swp);
+    _ua.establish_all(code);
+    _ua_pending.store(_ua.pending());
+}
+
+// --- task list ----------------------------------------------------------------------------------
+
+void LogicalUnit::attach(Command& cmd) {
+    Task& task = cmd.task();
+    task.lu = this;
+    task.lu_prev = nullptr;
+    std::lock_guard lock(_mutex);
+    task.lu_next = _tasks;
+    if (_tasks) {
+        _tasks->lu_prev = &task;
+    }
+    _tasks = &task;
+    ++_task_count;
+}
+
+bool LogicalUnit::detach(Command& cmd, std::vector<TmfOp*>& tmfs) {
+    Task& task = cmd.task();
+    std::lock_guard lock(_mutex);
+    if (task.lu_prev) {
+        task.lu_prev->lu_next = task.lu_next;
+    } else {
+        _tasks = task.lu_next;
+    }
+    if (task.lu_next) {
+        task.lu_next->lu_prev = task.lu_prev;
+    }
+    task.lu_next = task.lu_prev = nullptr;
+    --_task_count;
+    // Read under the mutex: a TMF marks under it too, so it either saw the task in the list and
+    // marked it (and is told below) or did not see it at all.
+    tmfs.swap(cmd._tmfs);
+    return cmd._abort_requested.load(std::memory_order_relaxed);
+}
+
+size_t LogicalUnit::task_count() const {
+    std::lock_guard lock(_mutex);
+    return _task_count;
+}
+
+} // namespace ispace::scsi

@@ -1,0 +1,117 @@
+// scsi::LogicalUnit: one LU of a TargetDevice — a backstore device, its options and identity, and the
+// state SCSI keeps per LU: unit attention queues per I_T nexus, the task list that task management
+// walks, and the mode page values.
+//
+// Threads (docs/architecture.md "Threads"): tasks of many reactors use one LU at once. The shared
+// state is small and rarely written, so it sits behind one mutex (`_mutex`); the values the data
+// path reads per command (D_SENSE, WCE, SWP, "any unit attention pending?") are mirrored in atomics
+// so a READ or WRITE takes the lock only to enter and leave the task list.
+#pragma once
+
+#include "backstore/device.hpp"
+#include "common/function.hpp"
+#include "scsi/target.hpp"
+#include "scsi/ua.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ispace::scsi {
+
+class Command;
+struct TaskMatch;
+struct TmfOp;
+
+// Mode page values a MODE SELECT may change (issue: MODE SELECT), reported by MODE SENSE.
+struct ModeValues {
+    bool wce = true;      // Caching page: write cache enabled
+    bool d_sense = false; // Control page: descriptor format sense data
+    bool swp = false;     // Control page: software write protect
+};
+
+class LogicalUnit {
+public:
+    LogicalUnit(TargetDevice& target, uint64_t lun, std::unique_ptr<backstore::Device> device,
+                const LuOptions& options);
+    ~LogicalUnit();
+    LogicalUnit(const LogicalUnit&) = delete;
+    LogicalUnit& operator=(const LogicalUnit&) = delete;
+
+    TargetDevice& target() const { return _target; }
+    uint64_t lun() const { return _lun; }
+    backstore::Device& device() const { return *_device; }
+    const LuOptions& options() const { return _options; }
+    const backstore::Features& features() const { return _features; }
+    uint32_t block_size() const { return _geometry.block_size; }
+    uint64_t block_count() const { return _geometry.block_count; }
+    // A whole number of blocks, at least one, at most Buffer::max_size.
+    uint32_t max_transfer_bytes() const { return _max_transfer_bytes; }
+    // VPD 0x80 and the basis of the NAA designator.
+    const std::string& serial() const { return _serial; }
+    uint64_t identifier() const { return _identifier; }
+
+    // --- mode pages ---
+    ModeValues mode_values() const;
+    ModeValues default_mode_values() const;
+    bool descriptor_sense() const { return _d_sense.load(std::memory_order_relaxed); }
+    bool write_cache_enabled() const { return _wce.load(std::memory_order_relaxed); }
+    // Read-only backstore or SWP set.
+    bool write_protected() const { return _features.read_only || _swp.load(std::memory_order_relaxed); }
+    void set_mode_values(const ModeValues& values);
+
+    // --- unit attentions (ua.hpp) ---
+    void nexus_added(uint64_t nexus, uint16_t code);
+    void nexus_removed(uint64_t nexus);
+    void establish_ua(uint64_t nexus, uint16_t code);
+    void establish_ua_all(uint16_t code);
+    std::optional<uint16_t> take_ua(uint64_t nexus);
+    void clear_ua(uint64_t nexus, uint16_t code);
+
+    // A flush of the device not tied to a task (SYNCHRONIZE CACHE with IMMED, shutdown). On a reactor
+    // thread; `done(0 or -errno)` runs there later. 0/0 is the whole device.
+    void flush(Function<void(int error)> done, uint64_t offset = 0, uint64_t length = 0);
+
+    // --- reset (LOGICAL UNIT RESET, target resets): SAM-5 6.3.3 ---
+    // Mode values back to their defaults and `code` established for every nexus.
+    void reset(uint16_t code);
+
+    // --- task list (command.cpp) and task management (tmf.cpp) ---
+    void attach(Command& cmd);
+    // Unlinks the command's task; returns whether a TMF asked for it to be aborted and hands over
+    // the TMFs waiting for it.
+    bool detach(Command& cmd, std::vector<TmfOp*>& tmfs);
+    // Marks every matching task for abort on behalf of `op` (may be null: nexus loss) and pokes each
+    // on its reactor. Returns how many matched; `nexuses`, when given, receives their nexus ids.
+    size_t abort_tasks(const TaskMatch& match, TmfOp* op, std::vector<uint64_t>* nexuses = nullptr);
+    size_t task_count() const;
+
+private:
+    // On the task's reactor: moves a marked task along (cancels its data-out wait).
+    void poke(uint64_t serial);
+
+    TargetDevice& _target;
+    uint64_t _lun;
+    std::unique_ptr<backstore::Device> _device;
+    LuOptions _options;
+    backstore::Geometry _geometry;
+    backstore::Features _features;
+    uint32_t _max_transfer_bytes = 0;
+    std::string _serial;
+    uint64_t _identifier = 0;
+
+    mutable std::mutex _mutex;
+    UnitAttentions _ua;                 // under _mutex
+    std::atomic<size_t> _ua_pending{0}; // mirror of _ua.pending()
+    Task* _tasks = nullptr;             // under _mutex: intrusive list through lu_next/lu_prev
+    size_t _task_count = 0;             // under _mutex
+    std::atomic<bool> _wce{true};       // written under _mutex
+    std::atomic<bool> _d_sense{false};
+    std::atomic<bool> _swp{false};
+};
+
+} // namespace ispace::scsi

@@ -1,0 +1,452 @@
+#include "scsi/spc.hpp"
+
+#include "common/bytes.hpp"
+#include "scsi/cdb.hpp"
+#include "scsi/command.hpp"
+#include "scsi/lu.hpp"
+#include "scsi/sense.hpp"
+#include "scsi/target.hpp"
+
+#include <algorithm>
+#include <array>
+#include <string_view>
+#include <vector>
+
+namespace ispace::scsi::spc {
+namespace {
+
+// ispace holds no IEEE company ID of its own. The NAA designator's uniqueness comes from the
+// 100 identifier bits that follow it; a deployment with its own OUI puts it here.
+constexpr uint32_t naa_company_id = 0x000000;
+
+constexpr uint8_t protocol_iscsi = 0x5;
+constexpr uint8_t code_set_binary = 0x1;
+constexpr uint8_t code_set_ascii = 0x2;
+constexpr uint8_t code_set_utf8 = 0x3;
+constexpr uint8_t association_lu = 0x0;
+constexpr uint8_t association_target_port = 0x1;
+constexpr uint8_t association_target_device = 0x2;
+constexpr uint8_t designator_t10_vendor = 0x1;
+constexpr uint8_t designator_naa = 0x3;
+constexpr uint8_t designator_relative_target_port = 0x4;
+constexpr uint8_t designator_target_port_group = 0x5;
+constexpr uint8_t designator_scsi_name = 0x8;
+
+// Peripheral qualifier 011b / device type 1Fh: "no logical unit at this LUN" (SPC-4 6.6.2).
+constexpr uint8_t no_lu_peripheral = 0x7f;
+
+// ASCII fields are space padded and hold 20h-7Eh only (SPC-4 4.4.1).
+void put_ascii(uint8_t* out, std::string_view s, size_t width) {
+    for (size_t i = 0; i < width; ++i) {
+        char c = i < s.size() ? s[i] : ' ';
+        out[i] = (c >= 0x20 && c <= 0x7e) ? uint8_t(c) : uint8_t('_');
+    }
+}
+
+// --- INQUIRY ------------------------------------------------------------------------------------
+
+std::vector<uint8_t> standard_inquiry(const LogicalUnit* lu) {
+    std::vector<uint8_t> d(96, 0);
+    d[0] = lu ? 0x00 : no_lu_peripheral; // direct access block device
+    d[1] = 0x00;                         // not removable
+    d[2] = 0x06;                         // SPC-4
+    d[3] = 0x12;                         // HISUP (hierarchical LUNs), response data format 2
+    d[4] = uint8_t(d.size() - 5);
+    d[5] = 0x00; // no ALUA (TPGS 0), no third-party copy, no protection information
+    d[6] = 0x00;
+    d[7] = 0x02; // CMDQUE
+    LuIdentity defaults;
+    const LuIdentity& id = lu ? lu->options().identity : defaults;
+    put_ascii(&d[8], id.vendor, 8);
+    put_ascii(&d[16], id.product, 16);
+    put_ascii(&d[32], id.revision, 4);
+    const uint16_t versions[] = {version_sam5, version_iscsi, version_spc4, version_sbc3};
+    for (size_t i = 0; i < std::size(versions); ++i) {
+        store_be16(&d[58 + 2 * i], versions[i]);
+    }
+    return d;
+}
+
+std::vector<uint8_t> vpd_header(uint8_t page) {
+    std::vector<uint8_t> d(4, 0);
+    d[1] = page;
+    return d;
+}
+
+void finish_vpd(std::vector<uint8_t>& d) {
+    store_be16(&d[2], uint16_t(d.size() - 4));
+}
+
+void add_designator(std::vector<uint8_t>& d, uint8_t protocol, uint8_t code_set, bool piv,
+                    uint8_t association, uint8_t type, std::span<const uint8_t> value) {
+    d.push_back(uint8_t(protocol << 4 | code_set));
+    d.push_back(uint8_t((piv ? 0x80 : 0) | association << 4 | type));
+    d.push_back(0);
+    d.push_back(uint8_t(value.size()));
+    d.insert(d.end(), value.begin(), value.end());
+}
+
+// SCSI name strings are UTF-8, null terminated and padded to a multiple of four, at most 256 bytes.
+std::vector<uint8_t> scsi_name(std::string_view name) {
+    name = name.substr(0, 251);
+    std::vector<uint8_t> v(name.begin(), name.end());
+    v.push_back(0);
+    while (v.size() % 4) {
+        v.push_back(0);
+    }
+    return v;
+}
+
+std::vector<uint8_t> device_identification(const LogicalUnit& lu, const Nexus* nexus) {
+    std::vector<uint8_t> d = vpd_header(vpd_device_identification);
+
+    // NAA IEEE Registered Extended: NAA 6, company ID, 36-bit vendor specific identifier and a 64-bit
+    // extension, all derived from the LU identifier (the device's identity unless configured).
+    uint64_t id = lu.identifier();
+    uint64_t vsi = id >> 28;
+    std::array<uint8_t, 16> naa{};
+    naa[0] = uint8_t(0x60 | ((naa_company_id >> 20) & 0x0f));
+    naa[1] = uint8_t(naa_company_id >> 12);
+    naa[2] = uint8_t(naa_company_id >> 4);
+    naa[3] = uint8_t((naa_company_id & 0x0f) << 4 | ((vsi >> 32) & 0x0f));
+    store_be32(&naa[4], uint32_t(vsi));
+    store_be64(&naa[8], id);
+    add_designator(d, 0, code_set_binary, false, association_lu, designator_naa, naa);
+
+    // T10 vendor ID: vendor identification followed by the unit serial number.
+    std::vector<uint8_t> t10(8);
+    put_ascii(t10.data(), lu.options().identity.vendor, 8);
+    t10.insert(t10.end(), lu.serial().begin(), lu.serial().end());
+    add_designator(d, 0, code_set_ascii, false, association_lu, designator_t10_vendor, t10);
+
+    if (nexus) {
+        std::array<uint8_t, 4> rtpi{};
+        store_be16(&rtpi[2], nexus->relative_target_port);
+        add_designator(d, protocol_iscsi, code_set_binary, true, association_target_port,
+                       designator_relative_target_port, rtpi);
+        std::array<uint8_t, 4> tpg{};
+        store_be16(&tpg[2], nexus->target_port_group);
+        add_designator(d, protocol_iscsi, code_set_binary, true, association_target_port,
+                       designator_target_port_group, tpg);
+        if (!nexus->target_port.empty()) {
+            add_designator(d, protocol_iscsi, code_set_utf8, true, association_target_port,
+                           designator_scsi_name, scsi_name(nexus->target_port));
+        }
+    }
+    const std::string& target_name =
+        nexus && !nexus->target_name.empty() ? nexus->target_name : lu.target().name();
+    if (!target_name.empty()) {
+        add_designator(d, protocol_iscsi, code_set_utf8, true, association_target_device,
+                       designator_scsi_name, scsi_name(target_name));
+    }
+    finish_vpd(d);
+    return d;
+}
+
+// Logical block provisioning support follows the device's features and what the operation table
+// implements, so the bits turn on by themselves when UNMAP / WRITE SAME land.
+struct Provisioning {
+    bool lbpu = false;
+    bool lbpws = false;
+    bool lbpws10 = false;
+};
+
+Provisioning provisioning(const LogicalUnit& lu) {
+    Provisioning p;
+    bool unmap = lu.features().unmap;
+    p.lbpu = unmap && implements(op::unmap);
+    p.lbpws = unmap && implements(op::write_same_16);
+    p.lbpws10 = unmap && implements(op::write_same_10);
+    return p;
+}
+
+std::vector<uint8_t> block_limits(const LogicalUnit& lu) {
+    std::vector<uint8_t> d = vpd_header(vpd_block_limits);
+    d.resize(64, 0);
+    uint32_t bs = lu.block_size();
+    uint32_t max_blocks = lu.max_transfer_bytes() / bs;
+    uint32_t optimal = std::min(lu.options().optimal_transfer_bytes / bs, max_blocks);
+    store_be16(&d[6], 1); // OPTIMAL TRANSFER LENGTH GRANULARITY: any block
+    store_be32(&d[8], max_blocks);
+    store_be32(&d[12], optimal);
+    Provisioning p = provisioning(lu);
+    if (p.lbpu) {
+        store_be32(&d[20], 0xffffffff); // MAXIMUM UNMAP LBA COUNT: no limit
+        store_be32(&d[24], 256);        // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
+        store_be32(&d[28], 1);          // OPTIMAL UNMAP GRANULARITY
+    }
+    if (p.lbpws) {
+        store_be64(&d[36], max_blocks); // MAXIMUM WRITE SAME LENGTH
+    }
+    finish_vpd(d);
+    return d;
+}
+
+std::vector<uint8_t> block_device_characteristics(const LogicalUnit& lu) {
+    std::vector<uint8_t> d = vpd_header(vpd_block_device_characteristics);
+    d.resize(64, 0);
+    // MEDIUM ROTATION RATE: 1 = non-rotating (memory and null devices); 0 = not reported, since a
+    // file's or block device's medium is unknown here.
+    std::string_view kind = lu.device().kind();
+    uint16_t rate = (kind == "memory" || kind == "null") ? 1 : 0;
+    store_be16(&d[4], rate);
+    finish_vpd(d);
+    return d;
+}
+
+std::vector<uint8_t> logical_block_provisioning(const LogicalUnit& lu) {
+    std::vector<uint8_t> d = vpd_header(vpd_logical_block_provisioning);
+    d.resize(8, 0);
+    Provisioning p = provisioning(lu);
+    const backstore::Features& f = lu.features();
+    d[5] = uint8_t((p.lbpu ? 0x80 : 0) | (p.lbpws ? 0x40 : 0) | (p.lbpws10 ? 0x20 : 0) | (f.thin ? 0x04 : 0));
+    d[6] = f.thin ? 0x02 : 0x00; // PROVISIONING TYPE: thin / fully provisioned
+    finish_vpd(d);
+    return d;
+}
+
+constexpr uint8_t supported_vpd[] = {
+    vpd_supported_pages, vpd_unit_serial_number,           vpd_device_identification,
+    vpd_block_limits,    vpd_block_device_characteristics, vpd_logical_block_provisioning,
+};
+
+} // namespace
+
+void test_unit_ready(Command& cmd) {
+    cmd.complete_good();
+}
+
+void inquiry(Command& cmd) {
+    const uint8_t* cdb = cmd.cdb();
+    bool evpd = cdb[1] & 0x01;
+    uint8_t page = cdb[2];
+    uint32_t allocation = load_be16(cdb + 3);
+    const LogicalUnit* lu = cmd.lu();
+    if (!evpd) {
+        if (page != 0) {
+            cmd.complete_check(Sense::invalid_field_in_cdb(2));
+            return;
+        }
+        cmd.complete_data_in(standard_inquiry(lu), allocation);
+        return;
+    }
+    if (!lu) {
+        // No logical unit: only the qualifier says so; a page header with no content.
+        std::vector<uint8_t> d = vpd_header(page);
+        d[0] = no_lu_peripheral;
+        cmd.complete_data_in(d, allocation);
+        return;
+    }
+    std::vector<uint8_t> d;
+    switch (page) {
+    case vpd_supported_pages:
+        d = vpd_header(page);
+        d.insert(d.end(), std::begin(supported_vpd), std::end(supported_vpd));
+        finish_vpd(d);
+        break;
+    case vpd_unit_serial_number:
+        d = vpd_header(page);
+        d.insert(d.end(), lu->serial().begin(), lu->serial().end());
+        finish_vpd(d);
+        break;
+    case vpd_device_identification:
+        d = device_identification(*lu, cmd.task().nexus);
+        break;
+    case vpd_block_limits:
+        d = block_limits(*lu);
+        break;
+    case vpd_block_device_characteristics:
+        d = block_device_characteristics(*lu);
+        break;
+    case vpd_logical_block_provisioning:
+        d = logical_block_provisioning(*lu);
+        break;
+    default:
+        cmd.complete_check(Sense::invalid_field_in_cdb(2));
+        return;
+    }
+    cmd.complete_data_in(d, allocation);
+}
+
+// --- REQUEST SENSE ------------------------------------------------------------------------------
+
+void request_sense(Command& cmd) {
+    const uint8_t* cdb = cmd.cdb();
+    bool descriptor = cdb[1] & 0x01;
+    uint32_t allocation = cdb[4];
+    // With autosense (iSCSI always carries sense with CHECK CONDITION) nothing else is deferred: what
+    // REQUEST SENSE can report is a pending unit attention, which it clears, or that the LUN has no
+    // logical unit (SPC-4: with GOOD status and the sense as data).
+    Sense sense;
+    if (!cmd.lu()) {
+        sense = Sense::lu_not_supported();
+    } else if (auto ua = cmd.lu()->take_ua(cmd.nexus_id())) {
+        sense = Sense::make(SenseKey::unit_attention, *ua);
+    }
+    std::array<uint8_t, max_built_sense> data{};
+    size_t n = build_sense(sense, descriptor, data);
+    cmd.complete_data_in(std::span<const uint8_t>(data.data(), n), allocation);
+}
+
+// --- MODE SENSE ---------------------------------------------------------------------------------
+
+namespace {
+
+enum PageControl : uint8_t { pc_current = 0, pc_changeable = 1, pc_default = 2, pc_saved = 3 };
+
+ModeValues values_for(const LogicalUnit& lu, uint8_t pc) {
+    ModeValues v = pc == pc_default ? lu.default_mode_values() : lu.mode_values();
+    // A read-only backstore shows as software write protected (and WP in the header).
+    v.swp = v.swp || lu.features().read_only;
+    return v;
+}
+
+// Page builders append one page. Changeable values are all zero until MODE SELECT lands: a field is
+// changeable exactly when MODE SELECT can change it.
+void caching_page(std::vector<uint8_t>& d, const LogicalUnit& lu, uint8_t pc) {
+    uint8_t p[20] = {mode_page_caching, 0x12};
+    if (pc != pc_changeable) {
+        p[2] = values_for(lu, pc).wce ? 0x04 : 0x00; // WCE; RCD=0 (read cache enabled)
+    }
+    d.insert(d.end(), std::begin(p), std::end(p));
+}
+
+void control_page(std::vector<uint8_t>& d, const LogicalUnit& lu, uint8_t pc) {
+    uint8_t p[12] = {mode_page_control, 0x0a};
+    if (pc != pc_changeable) {
+        ModeValues v = values_for(lu, pc);
+        p[2] = v.d_sense ? 0x04 : 0x00; // TST=0 (one task set), D_SENSE
+        p[3] = 0x10;                    // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering; QERR=0
+        p[4] = v.swp ? 0x08 : 0x00;     // SWP; UA_INTLCK_CTRL=0
+        p[5] = 0x00;                    // TAS=0: aborted tasks get no status (see tmf.hpp)
+    }
+    d.insert(d.end(), std::begin(p), std::end(p));
+}
+
+void informational_exceptions_page(std::vector<uint8_t>& d, const LogicalUnit& lu, uint8_t pc) {
+    uint8_t p[12] = {mode_page_informational_exceptions, 0x0a};
+    if (pc != pc_changeable) {
+        p[2] = 0x08; // DEXCPT: no informational exception reporting
+    }
+    d.insert(d.end(), std::begin(p), std::end(p));
+}
+
+struct ModePage {
+    uint8_t code;
+    void (*build)(std::vector<uint8_t>&, const LogicalUnit&, uint8_t);
+};
+
+// In page code order: "all pages" returns them in this order.
+constexpr ModePage mode_pages[] = {
+    {mode_page_caching, caching_page},
+    {mode_page_control, control_page},
+    {mode_page_informational_exceptions, informational_exceptions_page},
+};
+
+} // namespace
+
+void mode_sense(Command& cmd) {
+    const uint8_t* cdb = cmd.cdb();
+    const LogicalUnit& lu = *cmd.lu();
+    bool ten = cdb[0] == op::mode_sense_10;
+    bool dbd = cdb[1] & 0x08;
+    bool llbaa = ten && (cdb[1] & 0x10);
+    uint8_t pc = cdb[2] >> 6;
+    uint8_t page = cdb[2] & 0x3f;
+    uint8_t subpage = cdb[3];
+    uint32_t allocation = ten ? load_be16(cdb + 7) : cdb[4];
+
+    if (pc == pc_saved) {
+        cmd.complete_check(Sense::saving_parameters_not_supported());
+        return;
+    }
+    // Subpage 00h only; FFh asks for "and all subpages", of which there are none.
+    if (subpage != 0x00 && subpage != 0xff) {
+        cmd.complete_check(Sense::invalid_field_in_cdb(3));
+        return;
+    }
+    std::vector<uint8_t> pages;
+    for (const ModePage& p : mode_pages) {
+        if (page == mode_page_all || page == p.code) {
+            p.build(pages, lu, pc);
+        }
+    }
+    if (pages.empty()) {
+        cmd.complete_check(Sense::invalid_field_in_cdb(2, 5));
+        return;
+    }
+
+    std::vector<uint8_t> bd;
+    if (!dbd) {
+        uint64_t blocks = lu.block_count();
+        if (llbaa) {
+            bd.resize(16, 0);
+            store_be64(&bd[0], blocks);
+            store_be32(&bd[12], lu.block_size());
+        } else {
+            bd.resize(8, 0);
+            store_be32(&bd[0], blocks > 0xffffffffu ? 0xffffffffu : uint32_t(blocks));
+            store_be24(&bd[5], lu.block_size());
+        }
+    }
+    // DEVICE-SPECIFIC PARAMETER (SBC-3 6.4.1): WP, and DPOFUA since DPO and FUA are accepted.
+    uint8_t device_specific = uint8_t((lu.write_protected() ? 0x80 : 0x00) | 0x10);
+    std::vector<uint8_t> d;
+    if (ten) {
+        d.resize(8, 0);
+        d[3] = device_specific;
+        d[4] = llbaa ? 0x01 : 0x00; // LONGLBA
+        store_be16(&d[6], uint16_t(bd.size()));
+    } else {
+        d.resize(4, 0);
+        d[2] = device_specific;
+        d[3] = uint8_t(bd.size());
+    }
+    d.insert(d.end(), bd.begin(), bd.end());
+    d.insert(d.end(), pages.begin(), pages.end());
+    if (ten) {
+        store_be16(&d[0], uint16_t(d.size() - 2));
+    } else {
+        d[0] = uint8_t(d.size() - 1);
+    }
+    cmd.complete_data_in(d, allocation);
+}
+
+// --- REPORT LUNS --------------------------------------------------------------------------------
+
+void report_luns(Command& cmd) {
+    const uint8_t* cdb = cmd.cdb();
+    uint8_t select = cdb[2];
+    uint32_t allocation = load_be32(cdb + 6);
+    // SPC-4 6.33: an allocation length under 16 bytes is an error, not a truncation.
+    if (allocation < 16) {
+        cmd.complete_check(Sense::invalid_field_in_cdb(6));
+        return;
+    }
+    std::vector<uint64_t> luns;
+    switch (select) {
+    case 0x00: // all logical units but well-known ones
+    case 0x02: // all logical units
+        luns = cmd.target().luns();
+        break;
+    case 0x01: // well-known logical units only: there are none
+        break;
+    default:
+        cmd.complete_check(Sense::invalid_field_in_cdb(2));
+        return;
+    }
+    std::vector<uint8_t> d(8 + 8 * luns.size(), 0);
+    store_be32(&d[0], uint32_t(8 * luns.size()));
+    for (size_t i = 0; i < luns.size(); ++i) {
+        store_be64(&d[8 + 8 * i], encode_lun(luns[i]));
+    }
+    // SPC-4: REPORT LUNS clears this nexus's REPORTED LUNS DATA HAS CHANGED on every LU.
+    for (uint64_t lun : cmd.target().luns()) {
+        if (LogicalUnit* lu = cmd.target().find_lu(lun)) {
+            lu->clear_ua(cmd.nexus_id(), asc::reported_luns_data_has_changed);
+        }
+    }
+    cmd.complete_data_in(d, allocation);
+}
+
+} // namespace ispace::scsi::spc
