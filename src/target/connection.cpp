@@ -1,0 +1,757 @@
+#include "target/connection.hpp"
+
+#include "common/log.hpp"
+#include "target/server.hpp"
+#include "target/session.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace ispace::target {
+namespace {
+
+// Reads per readiness event before yielding to the reactor's other connections.
+constexpr int reads_per_event = 16;
+// A data segment remainder at least this large is read straight into its destination.
+constexpr size_t direct_read_threshold = 4096;
+
+} // namespace
+
+Connection::Connection(Server& server, net::Reactor& reactor, int fd, net::Endpoint peer, net::Endpoint local,
+                       uint16_t tpgt)
+    : _server(server), _reactor(reactor), _peer(peer), _local(local), _tpgt(tpgt), _name(peer.to_string()),
+      _reader(*this), _staging(std::make_unique<std::array<uint8_t, 16384>>()) {
+    _stream = std::make_unique<net::TcpStream>(reactor, fd, *this);
+    _last_received = reactor.now();
+    server.connection_opened(*this);
+}
+
+Connection::~Connection() {
+    if (_login_timer) {
+        _reactor.cancel_timer(_login_timer);
+    }
+    if (_nop_timer) {
+        _reactor.cancel_timer(_nop_timer);
+    }
+    // _stream goes before _pdu_pool (declaration order), returning unsent PDUs to the pool.
+    _stream.reset();
+}
+
+void Connection::start() {
+    log_debug("connection {}: accepted on {} (portal group {})", _name, _local.to_string(), _tpgt);
+    iscsi::TargetLoginSettings settings;
+    settings.cmd_window = _server.config().limits.queue_depth;
+    _login = std::make_unique<iscsi::TargetLogin>(*this, settings);
+    _login_timer = _reactor.add_timer(_server.config().limits.login_timeout, [this] {
+        _login_timer = 0;
+        if (_phase == Phase::login) {
+            drop(fmt::format("login not completed within {} ms", _server.config().limits.login_timeout.count()));
+        }
+    });
+}
+
+// ---- Sending ---------------------------------------------------------------------------------------
+
+void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_t length) {
+    if (!_stream || _stream->closed()) {
+        return;
+    }
+    OutPdu& pdu = _pdu_pool.get();
+    pdu.build(bhs, std::move(data), offset, length, _params.header_digest == iscsi::Digest::crc32c,
+              _params.data_digest == iscsi::Digest::crc32c);
+    _stream->send(pdu);
+}
+
+void Connection::send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data) {
+    if (data.empty()) {
+        send(bhs);
+        return;
+    }
+    Buffer copy = Buffer::allocate(data.size());
+    std::memcpy(copy.data(), data.data(), data.size());
+    send(bhs, std::move(copy), 0, uint32_t(data.size()));
+}
+
+void Connection::reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why) {
+    log_warn("connection {}: rejecting {}: {}", _name, iscsi::describe(bhs), why);
+    iscsi::Reject reject;
+    reject.reason = reason;
+    reject.stat_sn = take_stat_sn();
+    if (_session) {
+        reject.exp_cmd_sn = _session->exp_cmd_sn();
+        reject.max_cmd_sn = _session->max_cmd_sn();
+    }
+    iscsi::Bhs out;
+    reject.encode(out);
+    send_copy(out, {bhs.bytes.data(), bhs.bytes.size()});
+}
+
+// ---- Closing ---------------------------------------------------------------------------------------
+
+void Connection::drop(const std::string& reason) {
+    if (closing()) {
+        return;
+    }
+    log_warn("connection {}: {}; closing it", _name, reason);
+    _phase = Phase::closing;
+    _reader.stop();
+    _stream->close(make_error(reason));
+}
+
+void Connection::close_after_flush(const std::string& reason) {
+    if (closing()) {
+        return;
+    }
+    log_debug("connection {}: {}", _name, reason);
+    _phase = Phase::closing;
+    _reader.stop();
+    _stream->close_after_flush(make_error(reason));
+}
+
+void Connection::detach_session(const std::string& reason) {
+    _session = nullptr;
+    drop(reason);
+}
+
+void Connection::on_closed(const Error& why) { closed(why.message); }
+
+void Connection::closed(const std::string& reason) {
+    if (_phase == Phase::closed) {
+        return;
+    }
+    _phase = Phase::closed;
+    log_debug("connection {}: closed ({})", _name, reason);
+    if (_login_timer) {
+        _reactor.cancel_timer(_login_timer);
+        _login_timer = 0;
+    }
+    if (_nop_timer) {
+        _reactor.cancel_timer(_nop_timer);
+        _nop_timer = 0;
+    }
+    if (_arriving && _session) {
+        _session->discard_arrival(*_arriving);
+    }
+    _arriving = nullptr;
+    if (_session) {
+        Session* session = _session;
+        _session = nullptr;
+        session->connection_lost(*this);
+    } else if (_slot && !_slot->session) {
+        // Admitted but the session was never created (the final login response failed).
+        _server.sessions().remove(_slot);
+    }
+    _server.connection_closed(*this);
+    // Deferred: we may be inside the stream's or the reader's call stack.
+    _reactor.defer([this] { delete this; });
+}
+
+// ---- Receiving -------------------------------------------------------------------------------------
+
+void Connection::on_readable() {
+    for (int i = 0; i < reads_per_event && !closing(); ++i) {
+        iovec direct = _reader.direct_read();
+        net::TcpStream::ReadResult result;
+        if (direct.iov_len >= direct_read_threshold) {
+            result = _stream->read(direct.iov_base, direct.iov_len);
+            if (result.bytes > 0) {
+                _reader.direct_read_done(result.bytes);
+            }
+        } else {
+            result = _stream->read(_staging->data(), _staging->size());
+            if (result.bytes > 0) {
+                _reader.feed({_staging->data(), result.bytes});
+            }
+        }
+        if (result.bytes > 0) {
+            _last_received = _reactor.now();
+            continue;
+        }
+        if (result.would_block) {
+            return;
+        }
+        if (result.eof) {
+            std::string why = _reader.idle() ? "peer closed the connection" : "peer closed the connection mid-PDU";
+            if (_phase == Phase::full_feature && !_reader.idle()) {
+                log_warn("connection {}: {}", _name, why);
+            }
+            _phase = Phase::closing;
+            _stream->close(make_error(why));
+            return;
+        }
+        if (result.error != 0) {
+            drop(fmt::format("receive failed: {}", std::strerror(result.error)));
+            return;
+        }
+    }
+}
+
+iscsi::DataDestination Connection::data_destination(const iscsi::Bhs& bhs, std::span<const uint8_t> ahs,
+                                                    uint32_t length) {
+    if (_phase != Phase::full_feature || _session == nullptr) {
+        return iscsi::DataDestination::allocate();
+    }
+    switch (bhs.opcode()) {
+    case iscsi::Opcode::scsi_command: {
+        _arriving = nullptr;
+        _arrival_error.clear();
+        auto header = iscsi::ScsiCommand::decode(bhs);
+        if (!header) {
+            _arrival_error = header.error().message;
+            _arrival_reject = iscsi::RejectReason::invalid_pdu_field;
+            return iscsi::DataDestination::discard();
+        }
+        _arriving = _session->command_header(*this, *header, ahs, _arrival_error, _arrival_reject);
+        if (_arriving == nullptr) {
+            return iscsi::DataDestination::discard();
+        }
+        return iscsi::DataDestination::into(_arriving->buffer, 0);
+    }
+    case iscsi::Opcode::data_out: {
+        _data_out_check = {};
+        auto header = iscsi::DataOut::decode(bhs);
+        if (!header) {
+            return iscsi::DataDestination::discard(); // answered in pdu_received()
+        }
+        _data_out_check = _session->check_data_out(*header);
+        if (_data_out_check.verdict != Session::DataOutCheck::Verdict::land) {
+            return iscsi::DataDestination::discard();
+        }
+        return iscsi::DataDestination::into(_data_out_check.command->buffer, header->buffer_offset);
+    }
+    default:
+        return iscsi::DataDestination::allocate();
+    }
+}
+
+void Connection::read_error(const iscsi::ReadError& error) {
+    switch (error.kind) {
+    case iscsi::ReadErrorKind::header_digest:
+        drop("header digest error: " + error.message);
+        return;
+    case iscsi::ReadErrorKind::data_digest:
+        if (_arriving && _session) {
+            _session->discard_arrival(*_arriving);
+        }
+        _arriving = nullptr;
+        reject(error.bhs, iscsi::RejectReason::data_digest_error, error.message);
+        if (error.bhs.opcode() == iscsi::Opcode::data_out) {
+            // At ErrorRecoveryLevel 0 lost Data-Out cannot be asked for again (RFC 7143 §7.1.4.1).
+            drop("data digest error on Data-Out; at ErrorRecoveryLevel 0 the data cannot be recovered");
+        }
+        return;
+    case iscsi::ReadErrorKind::data_segment_too_long:
+    case iscsi::ReadErrorKind::ahs_too_long:
+    case iscsi::ReadErrorKind::bad_destination:
+        if (_arriving && _session) {
+            _session->discard_arrival(*_arriving);
+        }
+        _arriving = nullptr;
+        if (_phase == Phase::login) {
+            send_login_response(_login->fail(iscsi::LoginStatus::initiator_error, error.message));
+            close_after_flush("login failed: " + error.message);
+            return;
+        }
+        reject(error.bhs, iscsi::RejectReason::protocol_error, error.message);
+        drop("protocol error: " + error.message);
+        return;
+    }
+}
+
+void Connection::pdu_received(iscsi::ReceivedPdu&& pdu) {
+    switch (_phase) {
+    case Phase::login: login_pdu(pdu); return;
+    case Phase::full_feature: full_feature_pdu(pdu); return;
+    case Phase::closing:
+    case Phase::closed: return;
+    }
+}
+
+// ---- Login -----------------------------------------------------------------------------------------
+
+void Connection::send_login_response(const iscsi::LoginResponsePdu& response) {
+    iscsi::Bhs bhs;
+    response.header.encode(bhs);
+    send_copy(bhs, response.data);
+}
+
+void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
+    if (pdu.bhs.opcode() != iscsi::Opcode::login_request) {
+        // RFC 7143 §6.3: only Login Requests until the login completes.
+        auto response = _login->fail(iscsi::LoginStatus::invalid_during_login,
+                                     fmt::format("{} before the login completed", iscsi::opcode_name(pdu.bhs.raw_opcode())));
+        send_login_response(response);
+        log_warn("connection {}: login failed: {} ({})", _name, iscsi::describe(response.header.status()),
+                 _login->reason());
+        close_after_flush("login failed");
+        return;
+    }
+    iscsi::LoginResponsePdu response;
+    auto request = iscsi::LoginRequest::decode(pdu.bhs);
+    if (!request) {
+        response = _login->fail(iscsi::LoginStatus::initiator_error, request.error().message);
+    } else {
+        response = _login->receive(*request, pdu.segment());
+    }
+    send_login_response(response);
+    switch (_login->state()) {
+    case iscsi::LoginState::in_progress: return;
+    case iscsi::LoginState::complete: enter_full_feature(); return;
+    case iscsi::LoginState::redirected:
+        close_after_flush("login redirected");
+        return;
+    case iscsi::LoginState::failed:
+        log_warn("connection {}: login failed: {} ({})", _name, iscsi::describe(_login->status()), _login->reason());
+        if (_slot && !_slot->session) {
+            _server.sessions().remove(_slot);
+        }
+        close_after_flush("login failed");
+        return;
+    }
+}
+
+iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
+    _name = fmt::format("{} {}", _peer.to_string(), identity.initiator_name);
+    iscsi::LoginTargetInfo info;
+    info.negotiation = _server.config().negotiation;
+    info.target_portal_group_tag = _tpgt;
+    if (_server.stopping()) {
+        info.status = iscsi::LoginStatus::service_unavailable;
+        return info;
+    }
+    if (identity.session_type == iscsi::SessionType::discovery) {
+        return info;
+    }
+    _target = _server.find_target(identity.target_name);
+    if (_target == nullptr) {
+        info.status = iscsi::LoginStatus::target_not_found;
+        log_warn("connection {}: login to unknown target '{}'", _name, identity.target_name);
+        return info;
+    }
+    if (!identity.leading()) {
+        // Adding a connection to an existing session needs MaxConnections > 1.
+        auto slot = _server.sessions().find_tsih(identity.tsih);
+        info.status = slot ? iscsi::LoginStatus::too_many_connections : iscsi::LoginStatus::session_does_not_exist;
+        return info;
+    }
+    return info;
+}
+
+std::unique_ptr<iscsi::Authenticator> Connection::authenticator(std::string_view method,
+                                                                const iscsi::LoginIdentity&) {
+    if (method == iscsi::auth_method_none) {
+        return iscsi::make_none_authenticator();
+    }
+    return nullptr;
+}
+
+iscsi::LoginAdmission Connection::admit(const iscsi::LoginIdentity& identity, const iscsi::SessionParams&,
+                                        const iscsi::ConnectionParams&) {
+    iscsi::LoginAdmission admission;
+    if (identity.session_type == iscsi::SessionType::discovery) {
+        admission.tsih = _server.sessions().admit_discovery();
+    } else {
+        auto admitted = _server.sessions().admit(_reactor, identity.initiator_name, iscsi::isid_to_u64(identity.isid),
+                                                 identity.target_name);
+        if (admitted) {
+            _slot = admitted->slot;
+            _replaced = admitted->replaced;
+            admission.tsih = _slot->tsih;
+        }
+    }
+    if (admission.tsih == 0) {
+        admission.status = iscsi::LoginStatus::out_of_resources;
+        return admission;
+    }
+    // The first command in full feature phase carries the CmdSN of the login (RFC 7143 §6.3).
+    admission.exp_cmd_sn = identity.cmd_sn;
+    admission.max_cmd_sn = identity.cmd_sn + _server.config().limits.queue_depth - 1;
+    return admission;
+}
+
+void Connection::enter_full_feature() {
+    const iscsi::LoginIdentity& identity = _login->identity();
+    _params = _login->connection_params();
+    _cid = identity.cid;
+    _stat_sn = _login->last_stat_sn() + 1;
+    _session = new Session(_server, _reactor, _target, _slot, identity, _login->session_params(), _login->tsih(),
+                           identity.cmd_sn);
+    _session->add_connection(*this);
+    if (_replaced) {
+        log_info("{}: reinstates session {:#06x}", _session->name(), _replaced->tsih);
+        _server.terminate_reinstated(std::move(_replaced), _slot);
+    }
+    _phase = Phase::full_feature;
+    apply_reader_limits();
+    if (_login_timer) {
+        _reactor.cancel_timer(_login_timer);
+        _login_timer = 0;
+    }
+    log_debug("connection {}: full feature phase; digests header={} data={}, segments in<={} out<={}", _name,
+              iscsi::to_string(_params.header_digest), iscsi::to_string(_params.data_digest),
+              _params.max_recv_data_segment_length, _params.max_send_data_segment_length);
+    _login.reset();
+    schedule_nop();
+}
+
+void Connection::apply_reader_limits() {
+    iscsi::ReaderLimits limits;
+    limits.max_data_segment_length = _params.max_recv_data_segment_length;
+    limits.header_digest = _params.header_digest == iscsi::Digest::crc32c;
+    limits.data_digest = _params.data_digest == iscsi::Digest::crc32c;
+    _reader.set_limits(limits);
+}
+
+// ---- Full feature phase ----------------------------------------------------------------------------
+
+void Connection::full_feature_pdu(iscsi::ReceivedPdu& pdu) {
+    if (_session == nullptr) {
+        return;
+    }
+    const iscsi::Bhs& bhs = pdu.bhs;
+    switch (bhs.opcode()) {
+    case iscsi::Opcode::scsi_command: {
+        Command* command = nullptr;
+        if (pdu.data_length > 0) {
+            command = std::exchange(_arriving, nullptr);
+        } else {
+            _arrival_error.clear();
+            auto header = iscsi::ScsiCommand::decode(bhs);
+            if (!header) {
+                _arrival_error = header.error().message;
+                _arrival_reject = iscsi::RejectReason::invalid_pdu_field;
+            } else {
+                command = _session->command_header(*this, *header, pdu.ahs, _arrival_error, _arrival_reject);
+            }
+        }
+        if (command == nullptr) {
+            if (!_arrival_error.empty()) {
+                reject(bhs, _arrival_reject, _arrival_error);
+            }
+            return;
+        }
+        _session->command_received(*command);
+        return;
+    }
+    case iscsi::Opcode::data_out: {
+        auto header = iscsi::DataOut::decode(bhs);
+        if (!header) {
+            reject(bhs, iscsi::RejectReason::invalid_pdu_field, header.error().message);
+            return;
+        }
+        // A Data-Out with data was checked in data_destination(), before its data landed.
+        Session::DataOutCheck check =
+            pdu.data_length > 0 ? std::exchange(_data_out_check, {}) : _session->check_data_out(*header);
+        switch (check.verdict) {
+        case Session::DataOutCheck::Verdict::land: _session->data_out_received(*check.command, *header); return;
+        case Session::DataOutCheck::Verdict::drop: return;
+        case Session::DataOutCheck::Verdict::fail_command:
+            _session->fail_data_out(*check.command, check.sense, check.error);
+            return;
+        case Session::DataOutCheck::Verdict::reject:
+            reject(bhs, iscsi::RejectReason::protocol_error, check.error);
+            return;
+        }
+        return;
+    }
+    case iscsi::Opcode::nop_out: nop_out(pdu); return;
+    case iscsi::Opcode::text_request: text_request(pdu); return;
+    case iscsi::Opcode::logout_request: logout_request(pdu); return;
+    case iscsi::Opcode::task_mgmt_request: {
+        auto request = iscsi::TaskMgmtRequest::decode(bhs);
+        if (!request) {
+            reject(bhs, iscsi::RejectReason::invalid_pdu_field, request.error().message);
+            return;
+        }
+        if (_session->discovery()) {
+            reject(bhs, iscsi::RejectReason::protocol_error, "task management in a discovery session");
+            return;
+        }
+        _session->task_management(*this, *request);
+        return;
+    }
+    case iscsi::Opcode::snack_request:
+        // SNACK needs ErrorRecoveryLevel 1 or more; we negotiate 0.
+        reject(bhs, iscsi::RejectReason::protocol_error, "SNACK at ErrorRecoveryLevel 0");
+        return;
+    case iscsi::Opcode::login_request:
+        reject(bhs, iscsi::RejectReason::protocol_error, "Login Request in full feature phase");
+        return;
+    default:
+        reject(bhs, iscsi::RejectReason::command_not_supported,
+               fmt::format("unsupported opcode {:#04x}", bhs.raw_opcode()));
+        return;
+    }
+}
+
+void Connection::nop_out(iscsi::ReceivedPdu& pdu) {
+    auto request = iscsi::NopOut::decode(pdu.bhs);
+    if (!request) {
+        reject(pdu.bhs, iscsi::RejectReason::invalid_pdu_field, request.error().message);
+        return;
+    }
+    if (request->itt == iscsi::reserved_tag) {
+        // An answer to our ping (or a bare ExpStatSN update): nothing to send back.
+        if (request->ttt != iscsi::reserved_tag && request->ttt == _ping_ttt) {
+            _ping_ttt = iscsi::reserved_tag;
+        }
+        return;
+    }
+    Buffer data = pdu.data;
+    size_t offset = pdu.data_offset;
+    // Ping data is echoed, up to what the initiator declared it accepts.
+    uint32_t length = std::min(pdu.data_length, _params.max_send_data_segment_length);
+    uint64_t lun = request->lun;
+    uint32_t itt = request->itt;
+    _session->order(request->cmd_sn, request->immediate, [this, data = std::move(data), offset, length, lun, itt] {
+        if (closing()) {
+            return;
+        }
+        iscsi::NopIn answer;
+        answer.itt = itt;
+        answer.ttt = iscsi::reserved_tag;
+        answer.lun = lun;
+        answer.stat_sn = take_stat_sn();
+        answer.exp_cmd_sn = _session->exp_cmd_sn();
+        answer.max_cmd_sn = _session->max_cmd_sn();
+        answer.data_segment_length = length;
+        iscsi::Bhs bhs;
+        answer.encode(bhs);
+        send(bhs, data, offset, length);
+    });
+}
+
+void Connection::schedule_nop() {
+    const Limits& limits = _server.config().limits;
+    auto tick = std::max(std::chrono::milliseconds(100), std::min(limits.nop_interval, limits.nop_timeout) / 2);
+    _nop_timer = _reactor.add_timer(tick, [this] {
+        _nop_timer = 0;
+        nop_tick();
+    });
+}
+
+void Connection::nop_tick() {
+    if (_phase != Phase::full_feature) {
+        return;
+    }
+    const Limits& limits = _server.config().limits;
+    auto idle = _reactor.now() - _last_received;
+    if (idle >= limits.nop_timeout) {
+        drop(fmt::format("nothing received for {} ms (NOP-In ping unanswered); the initiator is gone",
+                         std::chrono::duration_cast<std::chrono::milliseconds>(idle).count()));
+        return;
+    }
+    if (idle >= limits.nop_interval && _ping_ttt == iscsi::reserved_tag) {
+        _ping_ttt = _next_ttt++;
+        if (_next_ttt == iscsi::reserved_tag) {
+            _next_ttt = 1;
+        }
+        iscsi::NopIn ping;
+        ping.ttt = _ping_ttt;
+        ping.itt = iscsi::reserved_tag;
+        ping.stat_sn = current_stat_sn(); // a ping does not advance StatSN
+        ping.exp_cmd_sn = _session ? _session->exp_cmd_sn() : 0;
+        ping.max_cmd_sn = _session ? _session->max_cmd_sn() : 0;
+        iscsi::Bhs bhs;
+        ping.encode(bhs);
+        send(bhs);
+    }
+    schedule_nop();
+}
+
+// ---- Text (SendTargets and full-feature negotiation) -----------------------------------------------
+
+void Connection::text_request(iscsi::ReceivedPdu& pdu) {
+    auto request = iscsi::TextRequest::decode(pdu.bhs);
+    if (!request) {
+        reject(pdu.bhs, iscsi::RejectReason::invalid_pdu_field, request.error().message);
+        return;
+    }
+    Buffer data = pdu.data;
+    auto segment = pdu.segment();
+    std::vector<uint8_t> bytes(segment.begin(), segment.end());
+    iscsi::TextRequest header = *request;
+    _session->order(header.cmd_sn, header.immediate, [this, header, bytes = std::move(bytes)] {
+        if (closing()) {
+            return;
+        }
+        if (header.ttt != iscsi::reserved_tag) {
+            // The initiator asks for the next piece of a long answer (RFC 7143 §6.2), or abandons it.
+            if (header.ttt != _text_ttt || _text_out_offset >= _text_out.size()) {
+                iscsi::Bhs bhs;
+                iscsi::TextRequest copy = header;
+                copy.encode(bhs);
+                reject(bhs, iscsi::RejectReason::invalid_pdu_field,
+                       fmt::format("Text Request continues TTT {:#x}, which no answer in progress carries", header.ttt));
+                return;
+            }
+            send_text_chunk(header);
+            return;
+        }
+        _text_out.clear();
+        _text_out_offset = 0;
+        if (auto appended = _text_in.append(bytes); !appended) {
+            _text_in.clear();
+            iscsi::Bhs bhs;
+            iscsi::TextRequest copy = header;
+            copy.encode(bhs);
+            reject(bhs, iscsi::RejectReason::protocol_error, appended.error().message);
+            return;
+        }
+        if (header.continue_bit) {
+            // More of the request follows: acknowledge with an empty response (RFC 7143 §11.10.2).
+            iscsi::TextResponse ack;
+            ack.final_bit = false;
+            ack.itt = header.itt;
+            ack.lun = header.lun;
+            ack.ttt = _text_ttt = _next_ttt++;
+            ack.stat_sn = take_stat_sn();
+            ack.exp_cmd_sn = _session->exp_cmd_sn();
+            ack.max_cmd_sn = _session->max_cmd_sn();
+            iscsi::Bhs bhs;
+            ack.encode(bhs);
+            send(bhs);
+            return;
+        }
+        auto pairs = iscsi::parse_text(_text_in.take());
+        _text_in.clear();
+        if (!pairs) {
+            iscsi::Bhs bhs;
+            iscsi::TextRequest copy = header;
+            copy.encode(bhs);
+            reject(bhs, iscsi::RejectReason::protocol_error, pairs.error().message);
+            return;
+        }
+        answer_text(header, *pairs);
+    });
+}
+
+void Connection::answer_text(const iscsi::TextRequest& request, const iscsi::KeyValueList& pairs) {
+    iscsi::KeyValueList answer;
+    iscsi::KeyValueList negotiated;
+    for (const iscsi::KeyValue& pair : pairs) {
+        if (pair.key != "SendTargets") {
+            negotiated.push_back(pair);
+            continue;
+        }
+        // SendTargets=All lists every target; a name lists that one; empty (normal session) ours.
+        std::vector<const Target*> listed;
+        for (auto& target : _server.targets()) {
+            bool wanted = pair.value == "All" ? true
+                          : pair.value.empty()
+                              ? (_session->target() == target.get())
+                              : pair.value == target->config.iqn;
+            if (wanted) {
+                listed.push_back(target.get());
+            }
+        }
+        for (const Target* target : listed) {
+            answer.push_back({"TargetName", target->config.iqn});
+            for (auto& address : _server.target_addresses(_local)) {
+                answer.push_back({"TargetAddress", address});
+            }
+        }
+    }
+    if (!negotiated.empty()) {
+        iscsi::Negotiator::Context context;
+        context.role = iscsi::Role::target;
+        context.leading = false;
+        context.login = false;
+        context.session = _session->params();
+        iscsi::Negotiator negotiator(_server.config().negotiation, context);
+        auto received = negotiator.receive(negotiated, iscsi::LoginStage::full_feature, answer);
+        if (!received) {
+            iscsi::Bhs bhs;
+            iscsi::TextRequest copy = request;
+            copy.encode(bhs);
+            reject(bhs, iscsi::RejectReason::protocol_error, received.error().message);
+            return;
+        }
+    }
+    _text_out = iscsi::encode_text(answer);
+    _text_out_offset = 0;
+    _text_ttt = _next_ttt++;
+    if (_next_ttt == iscsi::reserved_tag) {
+        _next_ttt = 1;
+    }
+    send_text_chunk(request);
+}
+
+void Connection::send_text_chunk(const iscsi::TextRequest& request) {
+    size_t max_segment = _params.max_send_data_segment_length;
+    size_t left = _text_out.size() - _text_out_offset;
+    size_t n = std::min(left, max_segment);
+    bool last = n == left;
+    iscsi::TextResponse response;
+    response.final_bit = last;
+    response.continue_bit = !last;
+    response.itt = request.itt;
+    response.lun = request.lun;
+    // A TTT asks the initiator to come back for the rest; the final piece carries none.
+    response.ttt = last ? iscsi::reserved_tag : _text_ttt;
+    response.stat_sn = take_stat_sn();
+    response.exp_cmd_sn = _session->exp_cmd_sn();
+    response.max_cmd_sn = _session->max_cmd_sn();
+    response.data_segment_length = uint32_t(n);
+    iscsi::Bhs bhs;
+    response.encode(bhs);
+    send_copy(bhs, {_text_out.data() + _text_out_offset, n});
+    _text_out_offset += n;
+    if (last) {
+        _text_out.clear();
+        _text_out_offset = 0;
+    }
+}
+
+// ---- Logout ----------------------------------------------------------------------------------------
+
+void Connection::logout_request(iscsi::ReceivedPdu& pdu) {
+    auto request = iscsi::LogoutRequest::decode(pdu.bhs);
+    if (!request) {
+        reject(pdu.bhs, iscsi::RejectReason::invalid_pdu_field, request.error().message);
+        return;
+    }
+    iscsi::LogoutRequest header = *request;
+    _session->order(header.cmd_sn, header.immediate, [this, header] {
+        if (closing() || _session == nullptr) {
+            return;
+        }
+        auto respond = [this, header](iscsi::LogoutResponseCode code) {
+            if (closing() || _session == nullptr) {
+                return;
+            }
+            iscsi::LogoutResponse response;
+            response.response = code;
+            response.itt = header.itt;
+            response.stat_sn = take_stat_sn();
+            response.exp_cmd_sn = _session->exp_cmd_sn();
+            response.max_cmd_sn = _session->max_cmd_sn();
+            response.time2wait = _session->params().default_time2wait;
+            response.time2retain = 0; // nothing is retained for recovery at ErrorRecoveryLevel 0
+            iscsi::Bhs bhs;
+            response.encode(bhs);
+            send(bhs);
+            if (code == iscsi::LogoutResponseCode::closed_successfully) {
+                close_after_flush("logged out");
+            }
+        };
+        switch (header.reason) {
+        case iscsi::LogoutReason::close_session:
+        case iscsi::LogoutReason::close_connection:
+            if (header.reason == iscsi::LogoutReason::close_connection && header.cid != _cid) {
+                respond(iscsi::LogoutResponseCode::cid_not_found);
+                return;
+            }
+            log_debug("{}: logout ({})", _session->name(),
+                      header.reason == iscsi::LogoutReason::close_session ? "close session" : "close connection");
+            // Tasks still running are terminated before the session goes (RFC 7143 §11.14).
+            _session->abort_all([respond] { respond(iscsi::LogoutResponseCode::closed_successfully); });
+            return;
+        case iscsi::LogoutReason::remove_connection_for_recovery:
+            respond(iscsi::LogoutResponseCode::recovery_not_supported);
+            return;
+        }
+    });
+}
+
+} // namespace ispace::target

@@ -1,0 +1,141 @@
+// One iSCSI connection on the target: framing (PduReader over a TcpStream), the login phase, and the
+// routing of full-feature PDUs to its Session. It owns the connection-wide state of RFC 7143: StatSN,
+// the negotiated data segment limits and digests, NOP-In pings and the login timeout.
+//
+// Lifetime: created by the Server on the reactor that serves it, destroyed there (deferred) after the
+// socket closes. A Session may outlive its connections while its tasks drain.
+#pragma once
+
+#include "iscsi/login.hpp"
+#include "iscsi/pdu_reader.hpp"
+#include "net/reactor.hpp"
+#include "net/socket.hpp"
+#include "net/tcp_stream.hpp"
+#include "target/out_pdu.hpp"
+#include "target/session.hpp"
+
+#include <array>
+#include <memory>
+#include <string>
+
+namespace ispace::target {
+
+class Server;
+class Session;
+struct SessionSlot;
+struct Target;
+struct Command;
+
+class Connection final : public net::TcpStream::Owner, public iscsi::PduSink, public iscsi::LoginPolicy {
+public:
+    Connection(Server& server, net::Reactor& reactor, int fd, net::Endpoint peer, net::Endpoint local,
+               uint16_t tpgt);
+    ~Connection() override;
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    // Starts reading and arms the login timeout.
+    void start();
+
+    // --- used by Session ---
+    // Queues one PDU: `bhs` then data[offset, offset+length). StatSN is the caller's business.
+    void send(const iscsi::Bhs& bhs, Buffer data = {}, size_t offset = 0, uint32_t length = 0);
+    // Queues one PDU whose (small) data segment is copied.
+    void send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data);
+    // StatSN for the next status-carrying PDU (and advance it).
+    uint32_t take_stat_sn() { return _stat_sn++; }
+    // StatSN a PDU that carries no status reports (R2T, Data-In without status, NOP-In pings).
+    uint32_t current_stat_sn() const { return _stat_sn; }
+    const iscsi::ConnectionParams& params() const { return _params; }
+    uint16_t cid() const { return _cid; }
+    net::Reactor& reactor() { return _reactor; }
+    // "127.0.0.1:50412 iqn.1994-05.com.redhat:abc" for log lines.
+    const std::string& name() const { return _name; }
+    // Drops the connection now (ERL 0 answer to protocol errors), logging why.
+    void drop(const std::string& reason);
+    // Sends what is queued, then closes (after a Logout Response).
+    void close_after_flush(const std::string& reason);
+    bool closing() const { return _phase == Phase::closing || _phase == Phase::closed; }
+    // The session was terminated from elsewhere (reinstatement, target reset): forget it and close.
+    void detach_session(const std::string& reason);
+
+    // Answers `bhs` with a Reject PDU carrying `reason`.
+    void reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why);
+
+private:
+    enum class Phase : uint8_t { login, full_feature, closing, closed };
+
+    // TcpStream::Owner
+    void on_readable() override;
+    void on_closed(const Error& why) override;
+    // PduSink
+    iscsi::DataDestination data_destination(const iscsi::Bhs& bhs, std::span<const uint8_t> ahs,
+                                             uint32_t length) override;
+    void pdu_received(iscsi::ReceivedPdu&& pdu) override;
+    void read_error(const iscsi::ReadError& error) override;
+    // LoginPolicy
+    iscsi::LoginTargetInfo start(const iscsi::LoginIdentity& identity) override;
+    std::unique_ptr<iscsi::Authenticator> authenticator(std::string_view method,
+                                                        const iscsi::LoginIdentity& identity) override;
+    iscsi::LoginAdmission admit(const iscsi::LoginIdentity& identity, const iscsi::SessionParams& session,
+                                const iscsi::ConnectionParams& connection) override;
+
+    void login_pdu(iscsi::ReceivedPdu& pdu);
+    void send_login_response(const iscsi::LoginResponsePdu& response);
+    void enter_full_feature();
+    void full_feature_pdu(iscsi::ReceivedPdu& pdu);
+    void nop_out(iscsi::ReceivedPdu& pdu);
+    void text_request(iscsi::ReceivedPdu& pdu);
+    void answer_text(const iscsi::TextRequest& request, const iscsi::KeyValueList& pairs);
+    void send_text_chunk(const iscsi::TextRequest& request);
+    void logout_request(iscsi::ReceivedPdu& pdu);
+    void apply_reader_limits();
+    void schedule_nop();
+    void nop_tick();
+    void closed(const std::string& reason);
+
+    Server& _server;
+    net::Reactor& _reactor;
+    net::Endpoint _peer;
+    net::Endpoint _local;
+    uint16_t _tpgt;
+    std::string _name;
+    Phase _phase = Phase::login;
+    OutPdu::Pool _pdu_pool; // before _stream: unsent PDUs return here when the stream goes
+    std::unique_ptr<net::TcpStream> _stream;
+    iscsi::PduReader _reader;
+    std::unique_ptr<std::array<uint8_t, 16384>> _staging;
+
+    // Login phase.
+    std::unique_ptr<iscsi::TargetLogin> _login;
+    Target* _target = nullptr; // the target named at login (normal sessions)
+    std::shared_ptr<SessionSlot> _slot;
+    std::shared_ptr<SessionSlot> _replaced;
+    net::Reactor::TimerId _login_timer = 0;
+
+    // Full feature phase.
+    Session* _session = nullptr;
+    iscsi::ConnectionParams _params;
+    uint16_t _cid = 0;
+    uint32_t _stat_sn = 0;
+    // A SCSI Command whose immediate data is arriving: created from its header, finished on receipt.
+    Command* _arriving = nullptr;
+    std::string _arrival_error; // why the arriving command was refused (empty: silently ignored)
+    iscsi::RejectReason _arrival_reject = iscsi::RejectReason::protocol_error;
+    // The verdict on the Data-Out whose data segment is arriving, decided in data_destination().
+    Session::DataOutCheck _data_out_check;
+
+    // Text exchange in progress (a long SendTargets answer goes out in pieces, RFC 7143 §6.2).
+    iscsi::TextAssembler _text_in;
+    std::vector<uint8_t> _text_out;
+    size_t _text_out_offset = 0;
+    uint32_t _text_ttt = 0;
+    uint32_t _next_ttt = 1;
+
+    // Keepalive: a NOP-In ping when idle, a drop when silent too long.
+    net::Reactor::TimerId _nop_timer = 0;
+    net::Clock::time_point _last_received;
+    uint32_t _ping_ttt = iscsi::reserved_tag;
+};
+
+} // namespace ispace::target

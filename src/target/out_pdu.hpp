@@ -1,0 +1,81 @@
+// OutPdu: one PDU queued on a connection's TcpStream, written with a single writev:
+//   { BHS [+ header digest] } { data segment, a slice of a reference-counted Buffer } { pad [+ digest] }
+// The data is not copied: a Data-In PDU points into the buffer the backstore filled, and holds a
+// reference to it until the bytes are on the wire.
+#pragma once
+
+#include "common/buffer.hpp"
+#include "iscsi/crc32c.hpp"
+#include "iscsi/pdu.hpp"
+#include "net/tcp_stream.hpp"
+
+#include <array>
+#include <memory>
+#include <vector>
+
+namespace ispace::target {
+
+class OutPdu final : public net::OutItem {
+public:
+    class Pool;
+
+    // Lays out iov[] for `bhs` followed by data[offset, offset+length) with padding and digests.
+    void build(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_t length, bool header_digest,
+               bool data_digest) {
+        size_t header_length = iscsi::bhs_size;
+        std::copy(bhs.bytes.begin(), bhs.bytes.end(), _header.begin());
+        if (header_digest) {
+            iscsi::store_digest(_header.data() + iscsi::bhs_size, iscsi::crc32c(_header.data(), iscsi::bhs_size));
+            header_length += iscsi::digest_size;
+        }
+        iovcnt = 0;
+        iov[iovcnt++] = {_header.data(), header_length};
+        _data = std::move(data);
+        if (length > 0) {
+            uint8_t* p = _data.data() + offset;
+            iov[iovcnt++] = {p, length};
+            _trailer = iscsi::make_data_trailer(length, data_digest, data_digest ? iscsi::crc32c(p, length) : 0);
+            if (_trailer.size > 0) {
+                iov[iovcnt++] = {_trailer.bytes.data(), _trailer.size};
+            }
+        }
+    }
+
+    void on_sent(bool written) override;
+
+private:
+    friend class Pool;
+    std::array<uint8_t, iscsi::bhs_size + iscsi::digest_size> _header{};
+    Buffer _data;
+    iscsi::DataTrailer _trailer;
+    Pool* _pool = nullptr;
+};
+
+// A connection's free list of OutPdus: steady-state sending allocates nothing.
+class OutPdu::Pool {
+public:
+    ~Pool() = default;
+    OutPdu& get() {
+        if (_free.empty()) {
+            auto pdu = std::make_unique<OutPdu>();
+            pdu->_pool = this;
+            _all.push_back(std::move(pdu));
+            return *_all.back();
+        }
+        OutPdu* pdu = _free.back();
+        _free.pop_back();
+        return *pdu;
+    }
+    void put(OutPdu& pdu) {
+        pdu._data.reset();
+        _free.push_back(&pdu);
+    }
+
+private:
+    std::vector<std::unique_ptr<OutPdu>> _all;
+    std::vector<OutPdu*> _free;
+};
+
+inline void OutPdu::on_sent(bool) { _pool->put(*this); }
+
+} // namespace ispace::target

@@ -1,0 +1,839 @@
+#include "target/session.hpp"
+
+#include "common/log.hpp"
+#include "net/reactor.hpp"
+#include "target/connection.hpp"
+#include "target/server.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+namespace ispace::target {
+namespace {
+
+std::atomic<uint64_t> g_next_nexus_id{1};
+
+iscsi::TmfResponse to_tmf_response(scsi::TmfResult result) {
+    switch (result) {
+    case scsi::TmfResult::complete: return iscsi::TmfResponse::function_complete;
+    case scsi::TmfResult::task_not_found: return iscsi::TmfResponse::task_does_not_exist;
+    case scsi::TmfResult::lun_not_found: return iscsi::TmfResponse::lun_does_not_exist;
+    case scsi::TmfResult::not_supported: return iscsi::TmfResponse::not_supported;
+    case scsi::TmfResult::rejected: return iscsi::TmfResponse::function_rejected;
+    }
+    return iscsi::TmfResponse::function_rejected;
+}
+
+// Residual of a command: the difference between what the CDB transfers and what the initiator expected
+// (RFC 7143 §11.4.5): overflow when the command wanted more, underflow when it moved less.
+struct Residual {
+    bool overflow = false;
+    bool underflow = false;
+    uint32_t count = 0;
+};
+
+Residual residual_of(const scsi::Task& task) {
+    Residual r;
+    if (task.transfer_length > task.expected_length) {
+        r.overflow = true;
+        r.count = task.transfer_length - task.expected_length;
+    } else if (task.transfer_length < task.expected_length) {
+        r.underflow = true;
+        r.count = task.expected_length - task.transfer_length;
+    }
+    return r;
+}
+
+} // namespace
+
+Session::Session(Server& server, net::Reactor& reactor, Target* target, std::shared_ptr<SessionSlot> slot,
+                 const iscsi::LoginIdentity& identity, const iscsi::SessionParams& params, uint16_t tsih,
+                 uint32_t exp_cmd_sn)
+    : _server(server), _reactor(reactor), _target(target), _slot(std::move(slot)), _params(params),
+      _tsih(tsih), _isid(iscsi::isid_to_u64(identity.isid)), _exp_cmd_sn(exp_cmd_sn),
+      _queue_depth(server.config().limits.queue_depth) {
+    _nexus.id = g_next_nexus_id.fetch_add(1);
+    _nexus.initiator_name = identity.initiator_name;
+    _nexus.initiator_port = fmt::format("{},i,0x{}", identity.initiator_name, iscsi::format_isid(identity.isid));
+    _nexus.target_name = target ? target->config.iqn : std::string();
+    _nexus.target_port = fmt::format("{},t,0x{:04x}", _nexus.target_name, params.target_portal_group_tag);
+    _nexus.relative_target_port = params.target_portal_group_tag;
+    _nexus.target_port_group = params.target_portal_group_tag;
+    _name = fmt::format("session {:#06x} ({} isid {}{}{})", tsih, identity.initiator_name,
+                        iscsi::format_isid(identity.isid), target ? " -> " : ", discovery",
+                        target ? target->config.iqn : "");
+    if (_slot) {
+        _slot->session = this;
+    }
+    if (_target) {
+        _target->device->nexus_added(_nexus);
+    }
+    _server.session_created();
+    log_info("{}: logged in", _name);
+}
+
+Session::~Session() {
+    if (_slot) {
+        _slot->session = nullptr;
+        _server.sessions().remove(_slot);
+    } else {
+        _server.sessions().release_tsih(_tsih);
+    }
+    _server.session_destroyed();
+}
+
+void Session::add_connection(Connection& connection) { _connections.push_back(&connection); }
+
+Connection* Session::any_connection() const {
+    for (Connection* c : _connections) {
+        if (!c->closing()) {
+            return c;
+        }
+    }
+    return nullptr;
+}
+
+bool Session::has_connection(const Connection* connection) const {
+    return std::find(_connections.begin(), _connections.end(), connection) != _connections.end();
+}
+
+uint32_t Session::max_cmd_sn() const {
+    uint32_t free_slots = _queue_depth > _unanswered ? _queue_depth - _unanswered : 0;
+    return _exp_cmd_sn - 1 + free_slots;
+}
+
+// ---- CmdSN ordering --------------------------------------------------------------------------------
+
+bool Session::order(uint32_t cmd_sn, bool immediate, Function<void()> deliver) {
+    if (immediate) {
+        deliver();
+        return true;
+    }
+    if (iscsi::sn_lt(cmd_sn, _exp_cmd_sn) || iscsi::sn_gt(cmd_sn, max_cmd_sn())) {
+        log_debug("{}: CmdSN {} outside the window [{}, {}]; ignored", _name, cmd_sn, _exp_cmd_sn, max_cmd_sn());
+        return false;
+    }
+    if (cmd_sn != _exp_cmd_sn) {
+        if (_early.count(cmd_sn)) {
+            log_debug("{}: CmdSN {} already queued; the duplicate is ignored", _name, cmd_sn);
+            return false;
+        }
+        _early.emplace(cmd_sn, std::move(deliver));
+        return true;
+    }
+    ++_exp_cmd_sn;
+    deliver();
+    // Requests that arrived before their turn follow, in CmdSN order.
+    for (auto it = _early.find(_exp_cmd_sn); it != _early.end(); it = _early.find(_exp_cmd_sn)) {
+        Function<void()> next = std::move(it->second);
+        _early.erase(it);
+        ++_exp_cmd_sn;
+        next();
+    }
+    return true;
+}
+
+// ---- SCSI commands ---------------------------------------------------------------------------------
+
+Command* Session::command_header(Connection& connection, const iscsi::ScsiCommand& header,
+                                 std::span<const uint8_t> ahs, std::string& error, iscsi::RejectReason& reject) {
+    if (discovery()) {
+        error = "SCSI Command in a discovery session";
+        reject = iscsi::RejectReason::protocol_error;
+        return nullptr;
+    }
+    if (!header.immediate &&
+        (iscsi::sn_lt(header.cmd_sn, _exp_cmd_sn) || iscsi::sn_gt(header.cmd_sn, max_cmd_sn()))) {
+        log_debug("{}: SCSI Command itt {:#x} CmdSN {} outside the window [{}, {}]; ignored", _name, header.itt,
+                  header.cmd_sn, _exp_cmd_sn, max_cmd_sn());
+        return nullptr;
+    }
+    if (header.itt == iscsi::reserved_tag) {
+        error = "SCSI Command with the reserved ITT 0xffffffff";
+        reject = iscsi::RejectReason::invalid_pdu_field;
+        return nullptr;
+    }
+    if (_commands.count(header.itt)) {
+        error = fmt::format("SCSI Command reuses ITT {:#x} of a task in progress", header.itt);
+        reject = iscsi::RejectReason::task_in_progress;
+        return nullptr;
+    }
+    // Immediate commands do not consume the window; this bounds them all the same.
+    if (_commands.size() >= size_t(_queue_depth) * 2) {
+        error = fmt::format("{} tasks in progress; command itt {:#x} refused", _commands.size(), header.itt);
+        reject = iscsi::RejectReason::immediate_command_rejected;
+        return nullptr;
+    }
+    uint32_t immediate_length = header.data_segment_length;
+    if (immediate_length > 0 && !_params.immediate_data) {
+        error = "immediate data sent although ImmediateData=No";
+        reject = iscsi::RejectReason::protocol_error;
+        return nullptr;
+    }
+    if (immediate_length > _params.first_burst_length) {
+        error = fmt::format("{} bytes of immediate data exceed FirstBurstLength {}", immediate_length,
+                            _params.first_burst_length);
+        reject = iscsi::RejectReason::protocol_error;
+        return nullptr;
+    }
+    if (!header.final_bit && _params.initial_r2t) {
+        error = "unsolicited Data-Out announced (F=0) although InitialR2T=Yes";
+        reject = iscsi::RejectReason::protocol_error;
+        return nullptr;
+    }
+    auto parsed = iscsi::parse_ahs(ahs);
+    if (!parsed) {
+        error = "SCSI Command AHS: " + parsed.error().message;
+        reject = iscsi::RejectReason::invalid_pdu_field;
+        return nullptr;
+    }
+
+    auto command = std::make_unique<Command>();
+    Command& c = *command;
+    c.fabric = this;
+    c.reactor = &_reactor;
+    c.nexus = &_nexus;
+    c.lun = header.lun;
+    c.tag = header.itt;
+    c.attribute = scsi::TaskAttribute(uint8_t(header.attr) <= 4 ? uint8_t(header.attr) : 1);
+    std::copy(header.cdb.begin(), header.cdb.end(), c.cdb.begin());
+    c.cdb_length = 16;
+    if (parsed->extended_cdb_length > 0) {
+        std::copy_n(parsed->extended_cdb.begin(), parsed->extended_cdb_length, c.cdb.begin() + 16);
+        c.cdb_length = uint16_t(16 + parsed->extended_cdb_length);
+    }
+    c.data_out = header.write;
+    c.data_in = header.read;
+    c.expected_length = header.expected_data_transfer_length;
+    c.connection = &connection;
+    c.itt = header.itt;
+    c.cmd_sn = header.cmd_sn;
+    c.immediate = header.immediate;
+
+    if (header.write && header.expected_data_transfer_length > 0) {
+        uint32_t size = std::min(header.expected_data_transfer_length, _server.config().limits.max_transfer_bytes);
+        if (immediate_length > size) {
+            error = fmt::format("{} bytes of immediate data exceed the buffer of {} bytes", immediate_length, size);
+            reject = iscsi::RejectReason::protocol_error;
+            return nullptr;
+        }
+        c.buffer = Buffer::allocate(size);
+        c.immediate_length = immediate_length;
+        c.unsolicited_next = immediate_length;
+        c.unsolicited_end = immediate_length;
+        if (!header.final_bit) {
+            // RFC 7143 §13.14: unsolicited data (immediate included) runs to min(FirstBurstLength, EDTL).
+            c.unsolicited_end = std::max(immediate_length, std::min(_params.first_burst_length, size));
+            c.unsolicited_done = c.unsolicited_next >= c.unsolicited_end;
+        }
+    }
+    c.received = immediate_length;
+    Command* raw = command.get();
+    _commands.emplace(header.itt, std::move(command));
+    return raw;
+}
+
+void Session::command_received(Command& command) {
+    uint32_t itt = command.itt;
+    Command* expected = &command;
+    bool accepted = order(command.cmd_sn, command.immediate, [this, itt, expected] {
+        auto it = _commands.find(itt);
+        // A task management function may have removed it while it waited for its turn.
+        if (it != _commands.end() && it->second.get() == expected) {
+            deliver_command(*expected);
+        }
+    });
+    if (!accepted) {
+        release(command);
+    }
+}
+
+void Session::discard_arrival(Command& command) { release(command); }
+
+void Session::deliver_command(Command& command) {
+    if (!command.immediate) {
+        command.counted = true;
+        ++_unanswered;
+    }
+    if (_slot && !_slot->gate_open) {
+        _gated.push_back(&command);
+        return;
+    }
+    submit(command);
+}
+
+void Session::open_gate() {
+    if (_slot) {
+        _slot->gate_open = true;
+    }
+    std::vector<Command*> gated = std::move(_gated);
+    _gated.clear();
+    for (Command* command : gated) {
+        submit(*command);
+    }
+}
+
+void Session::submit(Command& command) {
+    command.state = Command::State::in_engine;
+    command.data_out_length = command.received;
+    _target->device->submit(command);
+}
+
+// ---- Data-Out: unsolicited sequences and R2T bursts ------------------------------------------------
+
+void Session::fetch_data_out(scsi::Task& task, uint32_t length) {
+    auto& command = static_cast<Command&>(task);
+    if (command.data_failed) {
+        defer_data_out_failure(command);
+        return;
+    }
+    command.fetching = true;
+    uint32_t wanted = std::min<uint32_t>(length, command.expected_length);
+    wanted = std::min<uint32_t>(wanted, uint32_t(command.buffer.size()));
+    command.wanted = command.data_out ? wanted : 0;
+    command.r2t_next_offset = std::max(command.r2t_next_offset, command.unsolicited_end);
+    send_r2ts(command);
+    maybe_data_out_done(command);
+}
+
+void Session::cancel_data_out(scsi::Task& task) {
+    auto& command = static_cast<Command&>(task);
+    command.cancelled = true;
+    command.bursts.clear();
+    if (command.fetching) {
+        command.fetching = false;
+        uint32_t itt = command.itt;
+        Command* expected = &command;
+        _reactor.defer([this, itt, expected] {
+            auto it = _commands.find(itt);
+            if (it != _commands.end() && it->second.get() == expected) {
+                _target->device->data_out_done(*expected, false);
+            }
+        });
+    }
+}
+
+void Session::send_r2ts(Command& command) {
+    // R2Ts start once the unsolicited sequence has ended, so their offsets never overlap data the
+    // initiator may still send unasked (an early F bit shortens the unsolicited range).
+    if (!command.fetching || command.cancelled || !command.unsolicited_done || command.connection == nullptr ||
+        command.connection->closing()) {
+        return;
+    }
+    while (command.bursts.size() < std::max<uint16_t>(_params.max_outstanding_r2t, 1) &&
+           command.r2t_next_offset < command.wanted) {
+        uint32_t length = std::min(_params.max_burst_length, command.wanted - command.r2t_next_offset);
+        uint32_t ttt = _next_ttt++;
+        if (_next_ttt == iscsi::reserved_tag) {
+            _next_ttt = 1;
+        }
+        command.bursts.push_back({ttt, command.r2t_next_offset, length, 0, 0});
+        iscsi::R2t r2t;
+        r2t.lun = command.lun;
+        r2t.itt = command.itt;
+        r2t.ttt = ttt;
+        r2t.stat_sn = command.connection->current_stat_sn();
+        r2t.exp_cmd_sn = _exp_cmd_sn;
+        r2t.max_cmd_sn = max_cmd_sn();
+        r2t.r2t_sn = command.r2t_sn++;
+        r2t.buffer_offset = command.r2t_next_offset;
+        r2t.desired_data_transfer_length = length;
+        iscsi::Bhs bhs;
+        r2t.encode(bhs);
+        command.connection->send(bhs);
+        command.r2t_next_offset += length;
+    }
+}
+
+void Session::maybe_data_out_done(Command& command) {
+    if (!command.fetching) {
+        return;
+    }
+    uint32_t unsolicited_needed = std::min(command.unsolicited_end, command.wanted);
+    bool unsolicited_ok = command.unsolicited_next >= unsolicited_needed;
+    bool solicited_ok = command.r2t_next_offset >= command.wanted && command.bursts.empty();
+    if (!unsolicited_ok || !solicited_ok) {
+        return;
+    }
+    command.fetching = false;
+    command.data_out_length = command.wanted;
+    _target->device->data_out_done(command, true);
+}
+
+Session::DataOutCheck Session::check_data_out(const iscsi::DataOut& header) {
+    using Verdict = DataOutCheck::Verdict;
+    DataOutCheck check;
+    auto it = _commands.find(header.itt);
+    if (it == _commands.end()) {
+        // Data for a task that was aborted, ignored or already answered: read and dropped.
+        log_debug("{}: Data-Out for unknown ITT {:#x} dropped", _name, header.itt);
+        return check;
+    }
+    Command& command = *it->second;
+    if (command.cancelled || command.aborted || command.data_failed) {
+        return check;
+    }
+    check.command = &command;
+    if (!command.data_out || command.buffer.empty()) {
+        check.verdict = Verdict::reject;
+        check.error = fmt::format("Data-Out for ITT {:#x}, a command that sends no data", header.itt);
+        return check;
+    }
+    auto fail = [&](uint16_t code, std::string error) {
+        check.verdict = Verdict::fail_command;
+        check.sense = scsi::Sense::make(scsi::SenseKey::aborted_command, code);
+        check.error = std::move(error);
+        return check;
+    };
+    uint32_t length = header.data_segment_length;
+    uint64_t end = uint64_t(header.buffer_offset) + length;
+    if (header.ttt == iscsi::reserved_tag) {
+        if (command.unsolicited_done) {
+            return fail(scsi::asc::unexpected_unsolicited_data,
+                        fmt::format("unsolicited Data-Out for ITT {:#x} after its unsolicited data ended", header.itt));
+        }
+        if (header.data_sn != command.unsolicited_data_sn) {
+            return fail(scsi::asc::data_phase_error,
+                        fmt::format("Data-Out for ITT {:#x} with DataSN {} where {} was expected", header.itt,
+                                    header.data_sn, command.unsolicited_data_sn));
+        }
+        if (header.buffer_offset != command.unsolicited_next) {
+            return fail(scsi::asc::data_offset_error,
+                        fmt::format("Data-Out for ITT {:#x} at offset {} where {} was expected", header.itt,
+                                    header.buffer_offset, command.unsolicited_next));
+        }
+        if (end > command.unsolicited_end) {
+            return fail(scsi::asc::unexpected_unsolicited_data,
+                        fmt::format("unsolicited Data-Out for ITT {:#x} runs to {} past FirstBurstLength/EDTL ({})",
+                                    header.itt, end, command.unsolicited_end));
+        }
+        check.verdict = Verdict::land;
+        return check;
+    }
+    auto burst = std::find_if(command.bursts.begin(), command.bursts.end(),
+                              [&](const Command::Burst& b) { return b.ttt == header.ttt; });
+    if (burst == command.bursts.end()) {
+        return fail(scsi::asc::invalid_target_port_transfer_tag,
+                    fmt::format("Data-Out for ITT {:#x} with TTT {:#x}, which no outstanding R2T carries", header.itt,
+                                header.ttt));
+    }
+    if (header.data_sn != burst->next_data_sn) {
+        return fail(scsi::asc::data_phase_error,
+                    fmt::format("Data-Out for ITT {:#x} with DataSN {} where {} was expected", header.itt,
+                                header.data_sn, burst->next_data_sn));
+    }
+    if (header.buffer_offset != burst->offset + burst->received) {
+        return fail(scsi::asc::data_offset_error,
+                    fmt::format("Data-Out for ITT {:#x} at offset {} where {} was expected", header.itt,
+                                header.buffer_offset, burst->offset + burst->received));
+    }
+    if (end > uint64_t(burst->offset) + burst->length) {
+        return fail(scsi::asc::data_offset_error,
+                    fmt::format("Data-Out for ITT {:#x} runs to {}, past its R2T ({} + {})", header.itt, end,
+                                burst->offset, burst->length));
+    }
+    check.verdict = Verdict::land;
+    return check;
+}
+
+void Session::fail_data_out(Command& command, const scsi::Sense& sense, const std::string& why) {
+    log_warn("{}: {}; the command fails", _name, why);
+    command.data_failed = true;
+    command.failure = sense;
+    command.bursts.clear();
+    // Nothing more is expected: further Data-Outs for it are dropped, and a response held for the end
+    // of the unsolicited data can go now.
+    command.unsolicited_done = true;
+    if (command.state == Command::State::responding) {
+        respond(command);
+        return;
+    }
+    if (command.fetching) {
+        command.fetching = false;
+        defer_data_out_failure(command);
+    }
+}
+
+void Session::defer_data_out_failure(Command& command) {
+    uint32_t itt = command.itt;
+    Command* expected = &command;
+    _reactor.defer([this, itt, expected] {
+        auto it = _commands.find(itt);
+        if (it != _commands.end() && it->second.get() == expected) {
+            _target->device->data_out_failed(*expected, expected->failure);
+        }
+    });
+}
+
+void Session::data_out_received(Command& command, const iscsi::DataOut& header) {
+    uint32_t length = header.data_segment_length;
+    command.received += length;
+    if (header.ttt == iscsi::reserved_tag) {
+        command.unsolicited_next += length;
+        ++command.unsolicited_data_sn;
+        if (header.final_bit || command.unsolicited_next >= command.unsolicited_end) {
+            // An initiator may end its unsolicited data early; R2Ts then ask for the rest.
+            command.unsolicited_end = command.unsolicited_next;
+            command.unsolicited_done = true;
+            command.r2t_next_offset = std::max(command.r2t_next_offset, command.unsolicited_end);
+        }
+    } else {
+        for (auto it = command.bursts.begin(); it != command.bursts.end(); ++it) {
+            if (it->ttt == header.ttt) {
+                it->received += length;
+                ++it->next_data_sn;
+                if (it->received >= it->length) {
+                    command.bursts.erase(it);
+                }
+                break;
+            }
+        }
+    }
+    if (command.state == Command::State::responding) {
+        if (command.unsolicited_done) {
+            respond(command);
+        }
+        return;
+    }
+    send_r2ts(command);
+    maybe_data_out_done(command);
+}
+
+// ---- Completion: Data-In and status ----------------------------------------------------------------
+
+void Session::complete(scsi::Task& task) {
+    auto& command = static_cast<Command&>(task);
+    if (task.aborted) {
+        // A task management function covers it: no response (RFC 7143 §4.2.3.3 / §11.5.1).
+        release(command);
+        return;
+    }
+    command.state = Command::State::responding;
+    command.fetching = false;
+    command.bursts.clear();
+    if (!command.unsolicited_done) {
+        // The initiator is still sending unsolicited data; answer once it has all arrived.
+        return;
+    }
+    respond(command);
+}
+
+void Session::respond(Command& command) {
+    Connection* connection = command.connection;
+    if (connection == nullptr || connection->closing()) {
+        release(command);
+        return;
+    }
+    // The window opens as this command is answered, so this very response carries the new MaxCmdSN.
+    answered(command);
+    uint32_t data_length = 0;
+    if (command.status == scsi::Status::good && command.data_in) {
+        data_length = std::min(command.transfer_length, command.expected_length);
+        data_length = std::min<uint32_t>(data_length, uint32_t(command.buffer.size()));
+    }
+    if (data_length > 0) {
+        send_data_in(command, data_length);
+    } else {
+        send_scsi_response(command, 0);
+    }
+    release(command);
+}
+
+void Session::send_data_in(Command& command, uint32_t length) {
+    Connection& connection = *command.connection;
+    uint32_t max_segment = std::max<uint32_t>(connection.params().max_send_data_segment_length, 512);
+    uint32_t max_burst = std::max<uint32_t>(_params.max_burst_length, 512);
+    Residual residual = residual_of(command);
+    uint32_t offset = 0;
+    uint32_t data_sn = 0;
+    uint32_t burst_left = max_burst;
+    while (offset < length) {
+        uint32_t n = std::min({max_segment, length - offset, burst_left});
+        bool last = offset + n == length;
+        iscsi::DataIn din;
+        // F ends each sequence: a sequence carries at most MaxBurstLength bytes (RFC 7143 §11.7.1).
+        din.final_bit = last || burst_left == n;
+        din.itt = command.itt;
+        din.data_sn = data_sn++;
+        din.buffer_offset = offset;
+        din.data_segment_length = n;
+        din.exp_cmd_sn = _exp_cmd_sn;
+        din.max_cmd_sn = max_cmd_sn();
+        if (last) {
+            // Phase collapse: the status rides on the last Data-In (only without sense data).
+            din.status_present = true;
+            din.status = uint8_t(command.status);
+            din.stat_sn = connection.take_stat_sn();
+            din.overflow = residual.overflow;
+            din.underflow = residual.underflow;
+            din.residual_count = residual.count;
+        }
+        iscsi::Bhs bhs;
+        din.encode(bhs);
+        connection.send(bhs, command.buffer, offset, n);
+        offset += n;
+        burst_left = burst_left == n ? max_burst : burst_left - n;
+    }
+}
+
+void Session::send_scsi_response(Command& command, uint32_t data_pdus) {
+    Connection& connection = *command.connection;
+    Residual residual = residual_of(command);
+    iscsi::ScsiResponse response;
+    response.status = uint8_t(command.status);
+    response.itt = command.itt;
+    response.stat_sn = connection.take_stat_sn();
+    response.exp_cmd_sn = _exp_cmd_sn;
+    response.max_cmd_sn = max_cmd_sn();
+    response.exp_data_sn = data_pdus;
+    response.overflow = residual.overflow;
+    response.underflow = residual.underflow;
+    response.residual_count = residual.count;
+    iscsi::Bhs bhs;
+    if (command.sense_length > 0) {
+        // The data segment is SenseLength (2 bytes) followed by the sense data (§11.4.7).
+        std::array<uint8_t, 2 + scsi::Task::max_sense> segment{};
+        segment[0] = 0;
+        segment[1] = command.sense_length;
+        std::copy_n(command.sense.begin(), command.sense_length, segment.begin() + 2);
+        response.data_segment_length = 2u + command.sense_length;
+        response.encode(bhs);
+        connection.send_copy(bhs, {segment.data(), response.data_segment_length});
+    } else {
+        response.encode(bhs);
+        connection.send(bhs);
+    }
+}
+
+void Session::answered(Command& command) {
+    if (command.counted) {
+        command.counted = false;
+        --_unanswered;
+    }
+}
+
+void Session::release(Command& command) {
+    answered(command);
+    _gated.erase(std::remove(_gated.begin(), _gated.end(), &command), _gated.end());
+    _commands.erase(command.itt);
+    if (_commands.empty() && !_on_drained.empty()) {
+        auto callbacks = std::move(_on_drained);
+        _on_drained.clear();
+        for (auto& callback : callbacks) {
+            callback();
+        }
+    }
+    maybe_destroy();
+}
+
+// ---- Task management -------------------------------------------------------------------------------
+
+void Session::send_tmf_response(Connection* connection, uint32_t itt, iscsi::TmfResponse response) {
+    if (connection == nullptr || !has_connection(connection) || connection->closing()) {
+        connection = any_connection();
+    }
+    if (connection == nullptr) {
+        return;
+    }
+    iscsi::TaskMgmtResponse pdu;
+    pdu.response = response;
+    pdu.itt = itt;
+    pdu.stat_sn = connection->take_stat_sn();
+    pdu.exp_cmd_sn = _exp_cmd_sn;
+    pdu.max_cmd_sn = max_cmd_sn();
+    iscsi::Bhs bhs;
+    pdu.encode(bhs);
+    connection->send(bhs);
+}
+
+void Session::drop_waiting_commands(std::optional<uint64_t> lun) {
+    std::vector<Command*> victims;
+    for (auto& [itt, command] : _commands) {
+        if (command->state == Command::State::waiting && (!lun || command->lun == *lun)) {
+            victims.push_back(command.get());
+        }
+    }
+    for (Command* command : victims) {
+        release(*command);
+    }
+}
+
+void Session::task_management(Connection& connection, const iscsi::TaskMgmtRequest& request) {
+    Connection* from = &connection;
+    bool accepted = order(request.cmd_sn, request.immediate, [this, from, request] { run_tmf(from, request); });
+    if (!accepted) {
+        log_debug("{}: task management request itt {:#x} ignored (CmdSN outside the window)", _name, request.itt);
+    }
+}
+
+void Session::run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request) {
+    uint32_t itt = request.itt;
+    auto respond_tmf = [this, from, itt](scsi::TmfResult result) {
+        send_tmf_response(from, itt, to_tmf_response(result));
+    };
+    if (discovery()) {
+        send_tmf_response(from, itt, iscsi::TmfResponse::function_rejected);
+        return;
+    }
+    scsi::TargetDevice& device = *_target->device;
+    log_info("{}: task management function {} (lun {:#x}, referenced itt {:#x})", _name,
+             int(request.function), request.lun, request.referenced_task_tag);
+    switch (request.function) {
+    case iscsi::TmfFunction::abort_task: {
+        auto it = _commands.find(request.referenced_task_tag);
+        if (it == _commands.end()) {
+            // RFC 7143 §11.5.1: a referenced command that has not arrived yet (its CmdSN is in the
+            // window and not received) is taken as received and aborted.
+            uint32_t ref = request.ref_cmd_sn;
+            if (iscsi::sn_ge(ref, _exp_cmd_sn) && iscsi::sn_le(ref, max_cmd_sn()) && !_early.count(ref)) {
+                _early.emplace(ref, [] {});
+                send_tmf_response(from, itt, iscsi::TmfResponse::function_complete);
+                return;
+            }
+            send_tmf_response(from, itt, iscsi::TmfResponse::task_does_not_exist);
+            return;
+        }
+        Command& command = *it->second;
+        switch (command.state) {
+        case Command::State::waiting:
+            release(command);
+            send_tmf_response(from, itt, iscsi::TmfResponse::function_complete);
+            return;
+        case Command::State::responding:
+            // The engine finished it; only the end of its unsolicited data holds the response back.
+            send_tmf_response(from, itt, iscsi::TmfResponse::task_does_not_exist);
+            return;
+        case Command::State::in_engine:
+            device.abort_task(_nexus, command.lun, command.tag, std::move(respond_tmf));
+            return;
+        }
+        return;
+    }
+    case iscsi::TmfFunction::abort_task_set:
+        drop_waiting_commands(request.lun);
+        device.abort_task_set(_nexus, request.lun, std::move(respond_tmf));
+        return;
+    case iscsi::TmfFunction::clear_task_set:
+        drop_waiting_commands(request.lun);
+        device.clear_task_set(_nexus, request.lun, std::move(respond_tmf));
+        return;
+    case iscsi::TmfFunction::lun_reset:
+        drop_waiting_commands(request.lun);
+        device.logical_unit_reset(_nexus, request.lun, std::move(respond_tmf));
+        return;
+    case iscsi::TmfFunction::target_warm_reset:
+        drop_waiting_commands(std::nullopt);
+        device.target_reset(_nexus, false, std::move(respond_tmf));
+        return;
+    case iscsi::TmfFunction::target_cold_reset: {
+        drop_waiting_commands(std::nullopt);
+        Target* target = _target;
+        Server* server = &_server;
+        device.target_reset(_nexus, true, [this, from, itt, target, server](scsi::TmfResult result) {
+            send_tmf_response(from, itt, to_tmf_response(result));
+            // A cold reset ends every I_T nexus of the target (RFC 7143 §11.5.1): the response goes
+            // out first, then the connections close.
+            _reactor.defer([target, server] { server->close_sessions_of(*target, "target cold reset"); });
+        });
+        return;
+    }
+    case iscsi::TmfFunction::clear_aca:
+        // No ACA support (NACA=1 CDBs are refused), so there is never an ACA condition to clear.
+        send_tmf_response(from, itt, iscsi::TmfResponse::not_supported);
+        return;
+    case iscsi::TmfFunction::task_reassign:
+        // Needs ErrorRecoveryLevel 2; we run at 0 (RFC 7143 §11.5.1).
+        send_tmf_response(from, itt, iscsi::TmfResponse::reassignment_not_supported);
+        return;
+    }
+    send_tmf_response(from, itt, iscsi::TmfResponse::not_supported);
+}
+
+// ---- Ending ----------------------------------------------------------------------------------------
+
+void Session::abort_all(Function<void()> done) {
+    drop_waiting_commands(std::nullopt);
+    if (_commands.empty()) {
+        done();
+        return;
+    }
+    _on_drained.push_back(std::move(done));
+    // Tasks still being answered only wait for their unsolicited data: answering is pointless now.
+    std::vector<Command*> responding;
+    for (auto& [itt, command] : _commands) {
+        if (command->state == Command::State::responding) {
+            responding.push_back(command.get());
+        }
+    }
+    for (Command* command : responding) {
+        command->connection = nullptr;
+        release(*command);
+    }
+    if (!_commands.empty() && _target && !_nexus_removed) {
+        _nexus_removed = true;
+        _target->device->nexus_removed(_nexus);
+    }
+}
+
+void Session::connection_lost(Connection& connection) {
+    _connections.erase(std::remove(_connections.begin(), _connections.end(), &connection), _connections.end());
+    for (auto& [itt, command] : _commands) {
+        if (command->connection == &connection) {
+            command->connection = nullptr;
+        }
+    }
+    if (_connections.empty()) {
+        end();
+    }
+}
+
+void Session::terminate(const std::string& reason, Function<void()> gone) {
+    if (gone) {
+        _on_gone.push_back(std::move(gone));
+    }
+    if (_ended) {
+        return;
+    }
+    log_info("{}: terminated: {}", _name, reason);
+    std::vector<Connection*> connections = std::move(_connections);
+    _connections.clear();
+    for (Connection* connection : connections) {
+        connection->detach_session(reason);
+    }
+    for (auto& [itt, command] : _commands) {
+        command->connection = nullptr;
+    }
+    end();
+}
+
+void Session::end() {
+    if (_ended) {
+        return;
+    }
+    _ended = true;
+    abort_all([] {});
+    maybe_destroy();
+}
+
+void Session::maybe_destroy() {
+    if (!_ended || !_commands.empty() || _destroying) {
+        return;
+    }
+    _destroying = true;
+    if (_target && !_nexus_removed) {
+        _nexus_removed = true;
+        _target->device->nexus_removed(_nexus);
+    }
+    // Deferred: release() may be deep inside an engine or connection call that still holds references.
+    _reactor.defer([this] {
+        auto gone = std::move(_on_gone);
+        log_info("{}: closed", _name);
+        delete this;
+        for (auto& callback : gone) {
+            callback();
+        }
+    });
+}
+
+} // namespace ispace::target

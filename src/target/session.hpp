@@ -1,0 +1,199 @@
+// An iSCSI session on the target (RFC 7143 §4.2): the CmdSN window, the task table, and the iSCSI side
+// of every SCSI command — unsolicited data, R2Ts and Data-Out, Data-In and status — as the scsi::Fabric
+// the SCSI engine calls back. A session and all its connections live on one reactor, so nothing here
+// is locked; the engine's logical units are shared with other reactors and guard themselves.
+//
+// Ordering: non-immediate commands are delivered in CmdSN order; a command that arrives early waits in
+// a small queue (bounded by the window). Commands outside [ExpCmdSN, MaxCmdSN] are silently ignored
+// (RFC 7143 §4.2.2.1). MaxCmdSN = ExpCmdSN - 1 + (queue depth - commands not yet answered), so the
+// window is how the target slows an initiator down.
+#pragma once
+
+#include "common/buffer.hpp"
+#include "common/function.hpp"
+#include "iscsi/login.hpp"
+#include "iscsi/pdu.hpp"
+#include "scsi/sense.hpp"
+#include "scsi/task.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace ispace::target {
+
+class Connection;
+class Server;
+struct SessionSlot;
+struct Target;
+
+// The iSCSI side of one SCSI command.
+struct Command final : scsi::Task {
+    enum class State : uint8_t {
+        waiting,     // received, waiting for its CmdSN turn (or for a reinstated predecessor)
+        in_engine,   // submitted; the engine owns the flow
+        responding,  // the engine completed it; the response waits for unsolicited data to finish
+    };
+
+    Connection* connection = nullptr; // allegiance: responses go here; null once it is gone
+    uint32_t itt = 0;
+    uint32_t cmd_sn = 0;
+    bool immediate = false;
+    State state = State::waiting;
+
+    // Data-out. Bytes arrive at offsets [0, buffer.size()); `received` counts distinct bytes landed
+    // (sequences are in order, so this is exact).
+    uint32_t received = 0;
+    uint32_t immediate_length = 0;
+    // Unsolicited Data-Out (TTT 0xffffffff): what the initiator will send unasked, and progress.
+    uint32_t unsolicited_end = 0; // offset where unsolicited data ends
+    uint32_t unsolicited_next = 0;
+    uint32_t unsolicited_data_sn = 0;
+    bool unsolicited_done = true;
+    // Solicited data: the engine asked for `wanted` bytes; R2Ts cover [unsolicited_end, wanted).
+    bool fetching = false;
+    uint32_t wanted = 0;
+    uint32_t r2t_next_offset = 0;
+    uint32_t r2t_sn = 0;
+    struct Burst {
+        uint32_t ttt = 0;
+        uint32_t offset = 0;
+        uint32_t length = 0;
+        uint32_t received = 0;
+        uint32_t next_data_sn = 0;
+    };
+    std::vector<Burst> bursts; // outstanding R2Ts (at most MaxOutstandingR2T)
+    bool cancelled = false;    // the engine cancelled the data transfer (TMF)
+    bool counted = false;      // holds a slot of the CmdSN window until answered
+    bool data_failed = false;  // a Data-Out sequence error ended the data phase
+    scsi::Sense failure;       // ... with this sense
+};
+
+class Session final : public scsi::Fabric {
+public:
+    // `target` and `slot` are null for a discovery session.
+    Session(Server& server, net::Reactor& reactor, Target* target, std::shared_ptr<SessionSlot> slot,
+            const iscsi::LoginIdentity& identity, const iscsi::SessionParams& params, uint16_t tsih,
+            uint32_t exp_cmd_sn);
+    ~Session() override;
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    bool discovery() const { return _target == nullptr; }
+    Target* target() const { return _target; }
+    const iscsi::SessionParams& params() const { return _params; }
+    const scsi::Nexus& nexus() const { return _nexus; }
+    uint16_t tsih() const { return _tsih; }
+    const std::string& name() const { return _name; }
+
+    void add_connection(Connection& connection);
+    // The connection is gone (closed, dropped, logged out). At ERL 0 a session whose last connection
+    // is gone ends: its tasks are aborted and it destroys itself once they have drained.
+    void connection_lost(Connection& connection);
+    // Ends the session from outside (reinstatement, target cold reset, shutdown): closes its
+    // connections, aborts its tasks, and runs `gone` (on this reactor) once it no longer exists.
+    void terminate(const std::string& reason, Function<void()> gone);
+    // A reinstated predecessor has finished terminating: commands held for it may run.
+    void open_gate();
+
+    uint32_t exp_cmd_sn() const { return _exp_cmd_sn; }
+    uint32_t max_cmd_sn() const;
+
+    // CmdSN ordering for every non-immediate request. Returns false when the CmdSN is outside the
+    // window: the caller ignores the PDU (the RFC says silently). Otherwise `deliver` runs now or once
+    // the CmdSN gap before it is filled.
+    bool order(uint32_t cmd_sn, bool immediate, Function<void()> deliver);
+
+    // --- SCSI commands, from the connection ---
+    // A SCSI Command header arrived. Creates the command (and its data-out buffer). Null after a
+    // protocol error (the connection has been told) or for an out-of-window command (ignored).
+    Command* command_header(Connection& connection, const iscsi::ScsiCommand& header,
+                            std::span<const uint8_t> ahs, std::string& error, iscsi::RejectReason& reject);
+    // Its immediate data (if any) has landed; order and deliver it.
+    void command_received(Command& command);
+    // Its immediate data was lost (data digest error): forget the command.
+    void discard_arrival(Command& command);
+    // What to do with a Data-Out, decided from its header before its data arrives.
+    struct DataOutCheck {
+        enum class Verdict : uint8_t {
+            land,         // into command->buffer at the PDU's offset
+            drop,         // silently: data for a task that was aborted, ignored or answered
+            fail_command, // a sequence error: the data is dropped and the command fails with `sense`
+            reject,       // not a Data-Out this command can have: Reject, the connection goes on
+        };
+        Verdict verdict = Verdict::drop;
+        Command* command = nullptr;
+        scsi::Sense sense;
+        std::string error;
+    };
+    DataOutCheck check_data_out(const iscsi::DataOut& header);
+    // The Data-Out's data (checked by check_data_out) has landed in the command's buffer.
+    void data_out_received(Command& command, const iscsi::DataOut& header);
+    // A Data-Out sequence error: the command ends with CHECK CONDITION `sense`, later Data-Outs for it
+    // are dropped. At ErrorRecoveryLevel 0 the data cannot be asked for again, but the connection and
+    // the other tasks need not suffer for one bad sequence.
+    void fail_data_out(Command& command, const scsi::Sense& sense, const std::string& why);
+
+    // --- Task management, logout ---
+    void task_management(Connection& connection, const iscsi::TaskMgmtRequest& request);
+    // Aborts every task of the session, then runs `done` (for Logout).
+    void abort_all(Function<void()> done);
+
+    // scsi::Fabric
+    void fetch_data_out(scsi::Task& task, uint32_t length) override;
+    void cancel_data_out(scsi::Task& task) override;
+    void complete(scsi::Task& task) override;
+
+    size_t task_count() const { return _commands.size(); }
+
+private:
+    bool has_connection(const Connection* connection) const;
+    void run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request);
+    void answered(Command& command);
+    void end();
+    void deliver_command(Command& command);
+    void defer_data_out_failure(Command& command);
+    void submit(Command& command);
+    void send_r2ts(Command& command);
+    void maybe_data_out_done(Command& command);
+    void respond(Command& command);
+    void send_data_in(Command& command, uint32_t length);
+    void send_scsi_response(Command& command, uint32_t data_pdus);
+    void release(Command& command);
+    void send_tmf_response(Connection* connection, uint32_t itt, iscsi::TmfResponse response);
+    // Releases commands not yet handed to the engine (of one LUN, or all): a TMF covers them too.
+    void drop_waiting_commands(std::optional<uint64_t> lun);
+    void maybe_destroy();
+    Connection* any_connection() const;
+
+    Server& _server;
+    net::Reactor& _reactor;
+    Target* _target;
+    std::shared_ptr<SessionSlot> _slot;
+    iscsi::SessionParams _params;
+    scsi::Nexus _nexus;
+    std::string _name;
+    uint16_t _tsih;
+    uint64_t _isid;
+
+    std::vector<Connection*> _connections;
+    std::unordered_map<uint32_t, std::unique_ptr<Command>> _commands; // by ITT
+
+    uint32_t _exp_cmd_sn;
+    uint32_t _queue_depth;
+    uint32_t _unanswered = 0; // commands that consumed a CmdSN and have not been answered
+    std::unordered_map<uint32_t, Function<void()>> _early; // by CmdSN: arrived before their turn
+    std::vector<Command*> _gated;  // delivered while a reinstated predecessor was still terminating
+    uint32_t _next_ttt = 1;
+
+    bool _ended = false; // no connection remains; destroy once tasks drain
+    bool _destroying = false;
+    bool _nexus_removed = false;
+    std::vector<Function<void()>> _on_gone;
+    std::vector<Function<void()>> _on_drained;
+};
+
+} // namespace ispace::target

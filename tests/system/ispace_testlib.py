@@ -1,0 +1,100 @@
+"""Helpers for system tests: start ispaced on a free port, wait until it serves, stop it.
+
+ispaced prints "ready: iscsi://HOST:PORT/IQN/LUN" lines on stderr once it listens (one per portal and
+LUN); tests start it on port 0 and read the real port from there, so ctest can run tests in parallel.
+"""
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+READY_RE = re.compile(r"ready: (iscsi://(\S+?):(\d+)/(\S+)/(\d+))")
+
+
+class Ispaced:
+    def __init__(self, binary, args, log_path=None, env=None):
+        self.binary = binary
+        self.args = list(args)
+        self.log_path = log_path
+        self.env = env
+        self.proc = None
+        self.urls = []
+        self.port = None
+        self.host = None
+        self._log_lines = []
+        self._ready = threading.Event()
+
+    def start(self, timeout=20):
+        self.proc = subprocess.Popen([self.binary] + self.args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, env=self.env)
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self._ready.wait(0.1):
+                return self
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError("ispaced did not become ready:\n" + "".join(self._log_lines[-40:]))
+
+    def _pump(self):
+        log = open(self.log_path, "a") if self.log_path else None
+        for line in self.proc.stderr:
+            self._log_lines.append(line)
+            if len(self._log_lines) > 5000:
+                del self._log_lines[:1000]
+            if log:
+                log.write(line)
+                log.flush()
+            m = READY_RE.search(line)
+            if m:
+                self.urls.append(m.group(1))
+                self.host, self.port = m.group(2), int(m.group(3))
+                self._ready.set()
+        if log:
+            log.close()
+
+    def portal(self):
+        return f"{self.host}:{self.port}"
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n=40):
+        return "".join(self._log_lines[-n:])
+
+    def stop(self, timeout=15):
+        """SIGTERM, then wait; returns the exit code (SIGKILL after timeout counts as a failure)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return -9
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def find_binary(name, default_dir=None):
+    """The build's binary: $ISPACE_BIN_DIR/name, else default_dir/name."""
+    d = os.environ.get("ISPACE_BIN_DIR", default_dir or "")
+    path = os.path.join(d, name)
+    if not os.access(path, os.X_OK):
+        raise SystemExit(f"{path}: not built (set ISPACE_BIN_DIR)")
+    return path
+
+
+def scratch_dir(prefix):
+    return tempfile.mkdtemp(prefix=f"ispace-{prefix}-", dir=os.environ.get("ISPACE_TEST_TMP"))
