@@ -279,6 +279,17 @@ void TcpStream::update_interest() {
 // ---------------------------------------------------------------------------------------------------
 // Closing
 
+int TcpStream::release() {
+    if (_fd < 0 || _head != nullptr) {
+        return -1;
+    }
+    int fd = _fd;
+    _reactor.remove(fd);
+    _fd = -1;
+    _close_reported = true; // nothing to report: the owner handed the socket on
+    return fd;
+}
+
 void TcpStream::close(Error why) {
     if (_fd < 0) {
         // Already closed because read() saw EOF, not yet reported: the owner's reason says more

@@ -90,6 +90,10 @@ public:
     // Stops reading, writes what is queued, then closes (a Logout response, a final Reject).
     void close_after_flush(Error why);
     bool closed() const { return _fd < 0; }
+    // Hands the socket over (to another reactor) instead of closing it: unregisters it and returns the
+    // fd, or -1 if it is closed or data is still queued (a handover must not lose bytes). The stream
+    // is then closed without on_closed() and may be destroyed.
+    int release();
 
     int fd() const { return _fd; }
     Reactor& reactor() { return _reactor; }

@@ -27,6 +27,7 @@ Connection::Connection(Server& server, net::Reactor& reactor, int fd, net::Endpo
 }
 
 Connection::~Connection() {
+    *_alive = false;
     if (_login_timer) {
         _reactor.cancel_timer(_login_timer);
     }
@@ -108,6 +109,11 @@ void Connection::close_after_flush(const std::string& reason) {
     _stream->close_after_flush(make_error(reason));
 }
 
+void Connection::close_logged_out(const std::string& reason) {
+    _logged_out = true;
+    close_after_flush(reason);
+}
+
 void Connection::detach_session(const std::string& reason) {
     _session = nullptr;
     drop(reason);
@@ -133,11 +139,12 @@ void Connection::closed(const std::string& reason) {
         _session->discard_arrival(*_arriving);
     }
     _arriving = nullptr;
+    release_cid();
     if (_session) {
         Session* session = _session;
         _session = nullptr;
-        session->connection_lost(*this);
-    } else if (_slot && !_slot->session) {
+        session->connection_lost(*this, _logged_out);
+    } else if (_slot && !_slot->session && !_handed_over && _login && _login->identity().leading()) {
         // Admitted but the session was never created (the final login response failed).
         _server.sessions().remove(_slot);
     }
@@ -213,7 +220,7 @@ iscsi::DataDestination Connection::data_destination(const iscsi::Bhs& bhs, std::
         if (!header) {
             return iscsi::DataDestination::discard(); // answered in pdu_received()
         }
-        _data_out_check = _session->check_data_out(*header);
+        _data_out_check = _session->check_data_out(*this, *header);
         if (_data_out_check.verdict != Session::DataOutCheck::Verdict::land) {
             return iscsi::DataDestination::discard();
         }
@@ -293,6 +300,13 @@ void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
     } else {
         response = _login->receive(*request, pdu.segment());
     }
+    if (_login->state() == iscsi::LoginState::complete && !_login->identity().leading() &&
+        _slot->reactor != &_reactor) {
+        // The session lives on another reactor: that reactor sends the final response and serves
+        // the connection from then on.
+        hand_over(std::move(response));
+        return;
+    }
     send_login_response(response);
     switch (_login->state()) {
     case iscsi::LoginState::in_progress: return;
@@ -329,10 +343,20 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
         return info;
     }
     if (!identity.leading()) {
-        // Adding a connection to an existing session needs MaxConnections > 1.
+        // A connection joining an existing session (MC/S): it must name that session exactly.
         auto slot = _server.sessions().find_tsih(identity.tsih);
-        info.status = slot ? iscsi::LoginStatus::too_many_connections : iscsi::LoginStatus::session_does_not_exist;
-        return info;
+        if (!slot || slot->initiator_name != identity.initiator_name ||
+            slot->isid != iscsi::isid_to_u64(identity.isid) || slot->target_name != identity.target_name) {
+            info.status = iscsi::LoginStatus::session_does_not_exist;
+            return info;
+        }
+        std::lock_guard lock(slot->mutex);
+        if (!slot->ready) {
+            info.status = iscsi::LoginStatus::session_does_not_exist;
+            return info;
+        }
+        info.session = slot->params;
+        _slot = std::move(slot);
     }
     return info;
 }
@@ -350,6 +374,24 @@ iscsi::LoginAdmission Connection::admit(const iscsi::LoginIdentity& identity, co
     iscsi::LoginAdmission admission;
     if (identity.session_type == iscsi::SessionType::discovery) {
         admission.tsih = _server.sessions().admit_discovery();
+    } else if (!identity.leading()) {
+        std::lock_guard lock(_slot->mutex);
+        if (_slot->cids.count(identity.cid)) {
+            // Reusing a live CID is connection reinstatement, which needs ErrorRecoveryLevel 2.
+            admission.status = iscsi::LoginStatus::cannot_include_in_session;
+            return admission;
+        }
+        if (_slot->cids.size() >= _slot->params.max_connections) {
+            admission.status = iscsi::LoginStatus::too_many_connections;
+            return admission;
+        }
+        _slot->cids.insert(identity.cid);
+        _cid_registered = true;
+        admission.tsih = _slot->tsih;
+        // The session's window lives on its reactor; the next response there states it exactly.
+        admission.exp_cmd_sn = identity.cmd_sn;
+        admission.max_cmd_sn = identity.cmd_sn;
+        return admission;
     } else {
         auto admitted = _server.sessions().admit(_reactor, identity.initiator_name, iscsi::isid_to_u64(identity.isid),
                                                  identity.target_name);
@@ -357,6 +399,9 @@ iscsi::LoginAdmission Connection::admit(const iscsi::LoginIdentity& identity, co
             _slot = admitted->slot;
             _replaced = admitted->replaced;
             admission.tsih = _slot->tsih;
+            std::lock_guard lock(_slot->mutex);
+            _slot->cids.insert(identity.cid);
+            _cid_registered = true;
         }
     }
     if (admission.tsih == 0) {
@@ -374,12 +419,16 @@ void Connection::enter_full_feature() {
     _params = _login->connection_params();
     _cid = identity.cid;
     _stat_sn = _login->last_stat_sn() + 1;
-    _session = new Session(_server, _reactor, _target, _slot, identity, _login->session_params(), _login->tsih(),
-                           identity.cmd_sn);
-    _session->add_connection(*this);
-    if (_replaced) {
-        log_info("{}: reinstates session {:#06x}", _session->name(), _replaced->tsih);
-        _server.terminate_reinstated(std::move(_replaced), _slot);
+    if (identity.leading()) {
+        _session = new Session(_server, _reactor, _target, _slot, identity, _login->session_params(),
+                               _login->tsih(), identity.cmd_sn);
+        _session->add_connection(*this);
+        if (_replaced) {
+            log_info("{}: reinstates session {:#06x}", _session->name(), _replaced->tsih);
+            _server.terminate_reinstated(std::move(_replaced), _slot);
+        }
+    } else if (!join_session()) {
+        return;
     }
     _phase = Phase::full_feature;
     apply_reader_limits();
@@ -392,6 +441,80 @@ void Connection::enter_full_feature() {
               _params.max_recv_data_segment_length, _params.max_send_data_segment_length);
     _login.reset();
     schedule_nop();
+}
+
+void Connection::release_cid() {
+    if (_cid_registered && _slot) {
+        std::lock_guard lock(_slot->mutex);
+        _slot->cids.erase(_login ? _login->identity().cid : _cid);
+    }
+    _cid_registered = false;
+}
+
+bool Connection::join_session() {
+    _session = _slot->session;
+    if (_session == nullptr || _session->ending()) {
+        _session = nullptr;
+        drop("the session this connection joined has ended");
+        return false;
+    }
+    _session->add_connection(*this);
+    return true;
+}
+
+void Connection::hand_over(iscsi::LoginResponsePdu response) {
+    if (!_reader.idle()) {
+        // The initiator sent more before the final Login Response: nothing legal can be pending.
+        drop("PDU received before the final Login Response was sent");
+        return;
+    }
+    int fd = _stream->release();
+    if (fd < 0) {
+        drop("cannot hand the connection to its session's reactor: data still queued");
+        return;
+    }
+    Handover handover;
+    handover.fd = fd;
+    handover.peer = _peer;
+    handover.local = _local;
+    handover.tpgt = _tpgt;
+    handover.name = _name;
+    handover.cid = _login->identity().cid;
+    handover.stat_sn = _login->last_stat_sn() + 1;
+    handover.params = _login->connection_params();
+    handover.response = std::move(response);
+    handover.slot = _slot;
+    _cid_registered = false; // the new owner releases the CID when it closes
+    _handed_over = true;
+    net::Reactor* target_reactor = _slot->reactor;
+    Server* server = &_server;
+    server->connection_handed_over();
+    target_reactor->post([server, target_reactor, handover = std::move(handover)]() mutable {
+        Connection::adopt(*server, *target_reactor, std::move(handover));
+    });
+    // This object is done: the socket lives on in the new owner.
+    closed("handed over to the session's reactor");
+}
+
+void Connection::adopt(Server& server, net::Reactor& reactor, Handover handover) {
+    auto* connection =
+        new Connection(server, reactor, handover.fd, handover.peer, handover.local, handover.tpgt);
+    server.connection_adopted(*connection);
+    Connection& c = *connection;
+    c._name = handover.name;
+    c._slot = handover.slot;
+    c._cid = handover.cid;
+    c._cid_registered = true;
+    c._stat_sn = handover.stat_sn;
+    // The final Login Response goes out before digests apply (RFC 7143 §6.3).
+    c.send_login_response(handover.response);
+    c._params = handover.params;
+    if (!c.join_session()) {
+        return;
+    }
+    c._phase = Phase::full_feature;
+    c.apply_reader_limits();
+    c.schedule_nop();
 }
 
 void Connection::apply_reader_limits() {
@@ -441,7 +564,7 @@ void Connection::full_feature_pdu(iscsi::ReceivedPdu& pdu) {
         }
         // A Data-Out with data was checked in data_destination(), before its data landed.
         Session::DataOutCheck check =
-            pdu.data_length > 0 ? std::exchange(_data_out_check, {}) : _session->check_data_out(*header);
+            pdu.data_length > 0 ? std::exchange(_data_out_check, {}) : _session->check_data_out(*this, *header);
         switch (check.verdict) {
         case Session::DataOutCheck::Verdict::land: _session->data_out_received(*check.command, *header); return;
         case Session::DataOutCheck::Verdict::drop: return;
@@ -503,8 +626,9 @@ void Connection::nop_out(iscsi::ReceivedPdu& pdu) {
     uint32_t length = std::min(pdu.data_length, _params.max_send_data_segment_length);
     uint64_t lun = request->lun;
     uint32_t itt = request->itt;
-    _session->order(request->cmd_sn, request->immediate, [this, data = std::move(data), offset, length, lun, itt] {
-        if (closing()) {
+    _session->order(request->cmd_sn, request->immediate,
+                    [this, alive = _alive, data = std::move(data), offset, length, lun, itt] {
+        if (!*alive || closing()) {
             return;
         }
         iscsi::NopIn answer;
@@ -571,8 +695,8 @@ void Connection::text_request(iscsi::ReceivedPdu& pdu) {
     auto segment = pdu.segment();
     std::vector<uint8_t> bytes(segment.begin(), segment.end());
     iscsi::TextRequest header = *request;
-    _session->order(header.cmd_sn, header.immediate, [this, header, bytes = std::move(bytes)] {
-        if (closing()) {
+    _session->order(header.cmd_sn, header.immediate, [this, alive = _alive, header, bytes = std::move(bytes)] {
+        if (!*alive || closing()) {
             return;
         }
         if (header.ttt != iscsi::reserved_tag) {
@@ -712,12 +836,12 @@ void Connection::logout_request(iscsi::ReceivedPdu& pdu) {
         return;
     }
     iscsi::LogoutRequest header = *request;
-    _session->order(header.cmd_sn, header.immediate, [this, header] {
-        if (closing() || _session == nullptr) {
+    _session->order(header.cmd_sn, header.immediate, [this, alive = _alive, header] {
+        if (!*alive || closing() || _session == nullptr) {
             return;
         }
-        auto respond = [this, header](iscsi::LogoutResponseCode code) {
-            if (closing() || _session == nullptr) {
+        auto respond = [this, alive, header](iscsi::LogoutResponseCode code) {
+            if (!*alive || closing() || _session == nullptr) {
                 return;
             }
             iscsi::LogoutResponse response;
@@ -731,20 +855,36 @@ void Connection::logout_request(iscsi::ReceivedPdu& pdu) {
             iscsi::Bhs bhs;
             response.encode(bhs);
             send(bhs);
-            if (code == iscsi::LogoutResponseCode::closed_successfully) {
-                close_after_flush("logged out");
+            if (code == iscsi::LogoutResponseCode::closed_successfully &&
+                (header.reason == iscsi::LogoutReason::close_session || header.cid == _cid)) {
+                close_logged_out("logged out");
             }
         };
         switch (header.reason) {
         case iscsi::LogoutReason::close_session:
+            log_debug("{}: logout (close session)", _session->name());
+            // Tasks still running are terminated before the session goes (RFC 7143 §11.14).
+            _session->abort_all([this, alive, respond] {
+                if (*alive && _session) {
+                    _session->close_other_connections(*this, "session logged out");
+                }
+                respond(iscsi::LogoutResponseCode::closed_successfully);
+            });
+            return;
         case iscsi::LogoutReason::close_connection:
-            if (header.reason == iscsi::LogoutReason::close_connection && header.cid != _cid) {
-                respond(iscsi::LogoutResponseCode::cid_not_found);
+            if (header.cid != _cid) {
+                // One connection may log out another (RFC 7143 §11.14.1).
+                respond(_session->close_connection(header.cid, "logged out by another connection")
+                            ? iscsi::LogoutResponseCode::closed_successfully
+                            : iscsi::LogoutResponseCode::cid_not_found);
                 return;
             }
-            log_debug("{}: logout ({})", _session->name(),
-                      header.reason == iscsi::LogoutReason::close_session ? "close session" : "close connection");
-            // Tasks still running are terminated before the session goes (RFC 7143 §11.14).
+            if (_session->connection_count() > 1) {
+                log_debug("{}: logout (close connection cid {})", _session->name(), _cid);
+                respond(iscsi::LogoutResponseCode::closed_successfully);
+                return;
+            }
+            // The last connection: closing it closes the session.
             _session->abort_all([respond] { respond(iscsi::LogoutResponseCode::closed_successfully); });
             return;
         case iscsi::LogoutReason::remove_connection_for_recovery:

@@ -55,9 +55,28 @@ public:
     void drop(const std::string& reason);
     // Sends what is queued, then closes (after a Logout Response).
     void close_after_flush(const std::string& reason);
+    // As close_after_flush, for a connection leaving by Logout: its session goes on without it.
+    void close_logged_out(const std::string& reason);
     bool closing() const { return _phase == Phase::closing || _phase == Phase::closed; }
     // The session was terminated from elsewhere (reinstatement, target reset): forget it and close.
     void detach_session(const std::string& reason);
+
+    // A connection that logged in on one reactor and joins a session living on another: everything
+    // the session's reactor needs to take the socket over.
+    struct Handover {
+        int fd = -1;
+        net::Endpoint peer;
+        net::Endpoint local;
+        uint16_t tpgt = 0;
+        std::string name;
+        uint16_t cid = 0;
+        uint32_t stat_sn = 0;
+        iscsi::ConnectionParams params;
+        iscsi::LoginResponsePdu response; // the final Login Response, still to be sent
+        std::shared_ptr<SessionSlot> slot;
+    };
+    // On the session's reactor: creates the connection, sends the final response, joins the session.
+    static void adopt(Server& server, net::Reactor& reactor, Handover handover);
 
     // Answers `bhs` with a Reject PDU carrying `reason`.
     void reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why);
@@ -89,6 +108,9 @@ private:
     void answer_text(const iscsi::TextRequest& request, const iscsi::KeyValueList& pairs);
     void send_text_chunk(const iscsi::TextRequest& request);
     void logout_request(iscsi::ReceivedPdu& pdu);
+    void hand_over(iscsi::LoginResponsePdu response);
+    bool join_session();
+    void release_cid();
     void apply_reader_limits();
     void schedule_nop();
     void nop_tick();
@@ -96,6 +118,9 @@ private:
 
     Server& _server;
     net::Reactor& _reactor;
+    // Callbacks that may outlive this connection (queued in the session's CmdSN order, or waiting
+    // for tasks to drain) hold this and check it first.
+    std::shared_ptr<bool> _alive = std::make_shared<bool>(true);
     net::Endpoint _peer;
     net::Endpoint _local;
     uint16_t _tpgt;
@@ -112,6 +137,9 @@ private:
     std::shared_ptr<SessionSlot> _slot;
     std::shared_ptr<SessionSlot> _replaced;
     net::Reactor::TimerId _login_timer = 0;
+    bool _cid_registered = false; // our CID is in _slot->cids
+    bool _handed_over = false;
+    bool _logged_out = false;     // closed by a Logout (not a failure)
 
     // Full feature phase.
     Session* _session = nullptr;

@@ -26,7 +26,8 @@ iscsi::NegotiationConfig default_target_negotiation() {
     config.initial_r2t = false;   // unsolicited data is welcome: it saves a round trip per write
     config.immediate_data = true;
     config.max_outstanding_r2t = 8;
-    config.max_connections = 1;
+    // Several connections per session (MC/S); they all live on the session's reactor.
+    config.max_connections = 8;
     return config;
 }
 
@@ -318,6 +319,10 @@ void Server::accept_ready(size_t portal_index) {
 }
 
 void Server::connection_opened(Connection&) {}
+
+void Server::connection_adopted(Connection& connection) {
+    _local[connection.reactor().index()].connections.push_back(&connection);
+}
 
 void Server::connection_closed(Connection& connection) {
     auto& list = _local[connection.reactor().index()].connections;

@@ -43,6 +43,12 @@ struct SessionSlot {
     // A reinstated predecessor is still terminating: the new session holds its commands until then
     // (so no stale write of the old session lands after a newer one). Reactor-local.
     bool gate_open = true;
+
+    // For logins that add a connection (MC/S), which run on any reactor: guarded by `mutex`.
+    std::mutex mutex;
+    bool ready = false;           // the Session exists and `params` are its negotiated parameters
+    iscsi::SessionParams params;  // immutable once ready
+    std::set<uint16_t> cids;      // connections in the session (and logging in to it)
 };
 
 // Sessions by (InitiatorName, ISID, TargetName) and by TSIH, for reinstatement and for adding
@@ -105,6 +111,9 @@ public:
 
     // Connection bookkeeping (reactor-local lists, plus a global count for limits and shutdown).
     void connection_opened(Connection& connection);
+    // A connection moves to its session's reactor: counted once while in flight, listed there.
+    void connection_handed_over() { ++_open_connections; }
+    void connection_adopted(Connection& connection);
     void connection_closed(Connection& connection);
     uint32_t open_connections() const { return _open_connections.load(); }
     // Counts sessions not yet destroyed (including ones draining tasks), for shutdown.

@@ -65,6 +65,9 @@ Session::Session(Server& server, net::Reactor& reactor, Target* target, std::sha
                         target ? target->config.iqn : "");
     if (_slot) {
         _slot->session = this;
+        std::lock_guard lock(_slot->mutex);
+        _slot->params = params;
+        _slot->ready = true;
     }
     if (_target) {
         _target->device->nexus_added(_nexus);
@@ -83,7 +86,34 @@ Session::~Session() {
     _server.session_destroyed();
 }
 
-void Session::add_connection(Connection& connection) { _connections.push_back(&connection); }
+void Session::add_connection(Connection& connection) {
+    _connections.push_back(&connection);
+    if (_connections.size() > 1) {
+        log_info("{}: connection cid {} added; {} connections", _name, connection.cid(), _connections.size());
+    }
+}
+
+void Session::close_other_connections(Connection& keep, const std::string& reason) {
+    std::vector<Connection*> others;
+    for (Connection* connection : _connections) {
+        if (connection != &keep) {
+            others.push_back(connection);
+        }
+    }
+    for (Connection* connection : others) {
+        connection->close_logged_out(reason);
+    }
+}
+
+bool Session::close_connection(uint16_t cid, const std::string& reason) {
+    for (Connection* connection : _connections) {
+        if (connection->cid() == cid) {
+            connection->close_logged_out(reason);
+            return true;
+        }
+    }
+    return false;
+}
 
 Connection* Session::any_connection() const {
     for (Connection* c : _connections) {
@@ -361,7 +391,7 @@ void Session::maybe_data_out_done(Command& command) {
     _target->device->data_out_done(command, true);
 }
 
-Session::DataOutCheck Session::check_data_out(const iscsi::DataOut& header) {
+Session::DataOutCheck Session::check_data_out(const Connection& connection, const iscsi::DataOut& header) {
     using Verdict = DataOutCheck::Verdict;
     DataOutCheck check;
     auto it = _commands.find(header.itt);
@@ -375,6 +405,12 @@ Session::DataOutCheck Session::check_data_out(const iscsi::DataOut& header) {
         return check;
     }
     check.command = &command;
+    if (command.connection != &connection) {
+        // Connection allegiance: a task's data moves on the connection its command came on.
+        check.verdict = Verdict::reject;
+        check.error = fmt::format("Data-Out for ITT {:#x} on a connection other than its command's", header.itt);
+        return check;
+    }
     if (!command.data_out || command.buffer.empty()) {
         check.verdict = Verdict::reject;
         check.error = fmt::format("Data-Out for ITT {:#x}, a command that sends no data", header.itt);
@@ -776,7 +812,7 @@ void Session::abort_all(Function<void()> done) {
     }
 }
 
-void Session::connection_lost(Connection& connection) {
+void Session::connection_lost(Connection& connection, bool logged_out) {
     _connections.erase(std::remove(_connections.begin(), _connections.end(), &connection), _connections.end());
     for (auto& [itt, command] : _commands) {
         if (command->connection == &connection) {
@@ -785,7 +821,16 @@ void Session::connection_lost(Connection& connection) {
     }
     if (_connections.empty()) {
         end();
+        return;
     }
+    if (logged_out) {
+        log_info("{}: connection cid {} logged out; {} connection(s) remain", _name, connection.cid(),
+                 _connections.size());
+        return;
+    }
+    terminate(fmt::format("connection cid {} failed; at ErrorRecoveryLevel 0 the session ends with it",
+                          connection.cid()),
+              {});
 }
 
 void Session::terminate(const std::string& reason, Function<void()> gone) {

@@ -90,9 +90,15 @@ public:
     const std::string& name() const { return _name; }
 
     void add_connection(Connection& connection);
-    // The connection is gone (closed, dropped, logged out). At ERL 0 a session whose last connection
-    // is gone ends: its tasks are aborted and it destroys itself once they have drained.
-    void connection_lost(Connection& connection);
+    // The connection is gone. A connection that logged out leaves the others running; a failed one
+    // ends the session, as ErrorRecoveryLevel 0 has no recovery within a session (RFC 7143 §7.1.5):
+    // its tasks are aborted and it destroys itself once they have drained.
+    void connection_lost(Connection& connection, bool logged_out);
+    // Closes the connection with CID `cid` as a logout would. False if there is none.
+    bool close_connection(uint16_t cid, const std::string& reason);
+    size_t connection_count() const { return _connections.size(); }
+    void close_other_connections(Connection& keep, const std::string& reason);
+    bool ending() const { return _ended; }
     // Ends the session from outside (reinstatement, target cold reset, shutdown): closes its
     // connections, aborts its tasks, and runs `gone` (on this reactor) once it no longer exists.
     void terminate(const std::string& reason, Function<void()> gone);
@@ -129,7 +135,7 @@ public:
         scsi::Sense sense;
         std::string error;
     };
-    DataOutCheck check_data_out(const iscsi::DataOut& header);
+    DataOutCheck check_data_out(const Connection& connection, const iscsi::DataOut& header);
     // The Data-Out's data (checked by check_data_out) has landed in the command's buffer.
     void data_out_received(Command& command, const iscsi::DataOut& header);
     // A Data-Out sequence error: the command ends with CHECK CONDITION `sense`, later Data-Outs for it
