@@ -144,7 +144,9 @@ int main(int argc, char** argv) {
     for (const net::Endpoint& endpoint : server.portal_endpoints()) {
         for (auto& served : server.targets()) {
             for (const target::LunConfig& lun : served->config.luns) {
-                log_info("ready: iscsi://{}/{}/{}", endpoint.to_string(), served->config.iqn, lun.lun);
+                // Printed whatever the log level: scripts wait for these lines.
+                log_write(LogLevel::info,
+                          fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), served->config.iqn, lun.lun));
             }
         }
     }
