@@ -122,7 +122,8 @@ void Command::start() {
             complete_check(Sense::invalid_field_in_command_iu());
         } else if (auto bad = check_cdb_usage(*_op, cdb())) {
             complete_check(*bad);
-        } else if ((_op->flags & op_writes_medium) && _lu->write_protected()) {
+        } else if ((_op->flags & op_writes_medium) &&
+                   (_lu->write_protected() || (_task->nexus && _task->nexus->read_only))) {
             complete_check(Sense::write_protected());
         } else {
             _op->execute(*this);

@@ -427,7 +427,11 @@ void report_luns(Command& cmd) {
     switch (select) {
     case 0x00: // all logical units but well-known ones
     case 0x02: // all logical units
-        luns = cmd.target().luns();
+        for (uint64_t lun : cmd.target().luns()) {
+            if (!cmd.task().nexus || cmd.task().nexus->sees(lun)) { // LUN masking
+                luns.push_back(lun);
+            }
+        }
         break;
     case 0x01: // well-known logical units only: there are none
         break;

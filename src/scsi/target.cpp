@@ -136,7 +136,7 @@ void TargetDevice::submit(Task& task) {
     task.transfer_length = 0;
     task.aborted = false;
     LogicalUnit* lu = nullptr;
-    if (auto lun = decode_lun(task.lun)) {
+    if (auto lun = decode_lun(task.lun); lun && (!task.nexus || task.nexus->sees(*lun))) {
         lu = find_lu(*lun);
     }
     Command::acquire(task, lu, *this).start();

@@ -13,7 +13,10 @@
 
 #include "common/buffer.hpp"
 
+#include <algorithm>
 #include <array>
+#include <memory>
+#include <vector>
 #include <cstdint>
 #include <string>
 
@@ -52,6 +55,15 @@ struct Nexus {
     std::string target_port;    // "iqn.2026-11.org.ispace:disk,t,0x0001"
     uint16_t relative_target_port = 1;
     uint16_t target_port_group = 1;
+    // LUN masking from the target's ACL: when set, only these LUNs exist for this nexus (others answer
+    // as absent LUNs do, and REPORT LUNS leaves them out).
+    std::shared_ptr<const std::vector<uint64_t>> visible_luns;
+    // A read-only mapping: every LUN is write-protected for this nexus.
+    bool read_only = false;
+
+    bool sees(uint64_t lun) const {
+        return !visible_luns || std::find(visible_luns->begin(), visible_luns->end(), lun) != visible_luns->end();
+    }
 };
 
 struct Task {

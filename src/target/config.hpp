@@ -3,11 +3,16 @@
 #pragma once
 
 #include "backstore/device.hpp"
+#include "common/result.hpp"
+#include "iscsi/chap.hpp"
 #include "iscsi/params.hpp"
+#include "net/socket.hpp"
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ispace::target {
@@ -18,10 +23,40 @@ struct LunConfig {
     backstore::DeviceSpec device;
 };
 
+// An address range an initiator may come from: "10.0.0.0/8", "fd00::/64", or one address.
+struct Cidr {
+    int family = 0; // AF_INET or AF_INET6
+    uint8_t bytes[16] = {};
+    unsigned prefix = 0;
+
+    bool contains(const net::Endpoint& address) const;
+    std::string to_string() const;
+};
+Result<Cidr> parse_cidr(std::string_view text);
+
+// Who may log in to a target, and what they see. An ACL with no entries admits every initiator.
+struct AclEntry {
+    std::string initiator;                    // an iSCSI name, exactly
+    std::vector<Cidr> networks;               // if any: the initiator must connect from one of them
+    std::optional<std::vector<uint64_t>> luns; // LUN masking: only these LUNs exist for it
+    bool read_only = false;                   // every LUN is write-protected for it
+};
+
+// The first entry naming `initiator` whose networks (if any) hold `peer`, or null.
+const AclEntry* find_acl_entry(const std::vector<AclEntry>& acl, std::string_view initiator,
+                               const net::Endpoint& peer);
+// "IQN" or "IQN@CIDR" as given to --allow.
+Result<AclEntry> parse_allow(std::string_view text);
+
 struct TargetConfig {
     std::string iqn;
     std::string alias;
     std::vector<LunConfig> luns;
+    // CHAP: when set, initiators must authenticate as this user (AuthMethod=None is refused).
+    std::optional<iscsi::ChapCredentials> chap;
+    // What the target proves to an initiator that asks for mutual CHAP.
+    std::optional<iscsi::ChapCredentials> mutual_chap;
+    std::vector<AclEntry> acl;
 };
 
 struct PortalConfig {
@@ -42,6 +77,11 @@ struct Limits {
     std::chrono::milliseconds nop_timeout{30000};
     // Total connections (any state) the daemon accepts at once; more are closed at accept.
     uint32_t max_connections = 4096;
+    // Connections still logging in (unauthenticated) at once; more are closed at accept, so a flood
+    // of half-open connections cannot starve logged-in initiators of memory.
+    uint32_t max_login_connections = 512;
+    // Normal sessions one initiator name may hold at once.
+    uint32_t max_sessions_per_initiator = 64;
 };
 
 struct ServerConfig {
@@ -50,7 +90,19 @@ struct ServerConfig {
     std::vector<TargetConfig> targets;
     iscsi::NegotiationConfig negotiation; // what the target accepts and declares
     Limits limits;
+    // CHAP for discovery sessions; without it discovery needs no authentication.
+    std::optional<iscsi::ChapCredentials> discovery_chap;
+    // Where persistent-reservation state (APTPL) is kept; empty: next to each file LUN as FILE.pr.
+    std::string state_dir;
 };
+
+// Checks a whole configuration (names, LUN numbers, CHAP secrets, ACLs) before anything is opened.
+// Errors name the target and field at fault and never echo a secret.
+Result<void> validate(const ServerConfig& config);
+
+// Reads a JSON configuration file (format in docs/configuration.md). Quick-mode settings are the same
+// fields; a file gives several targets and per-initiator ACLs.
+Result<ServerConfig> load_config_file(const std::string& path);
 
 // The negotiation settings ispaced uses unless configured otherwise: digests allowed (None preferred,
 // the initiator decides), immediate data and unsolicited data accepted, several R2Ts in flight.

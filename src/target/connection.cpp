@@ -139,6 +139,7 @@ void Connection::closed(const std::string& reason) {
         _session->discard_arrival(*_arriving);
     }
     _arriving = nullptr;
+    leave_login_phase();
     release_cid();
     if (_session) {
         Session* session = _session;
@@ -334,6 +335,8 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
         return info;
     }
     if (identity.session_type == iscsi::SessionType::discovery) {
+        info.auth_methods = {std::string(_server.config().discovery_chap ? iscsi::auth_method_chap
+                                                                        : iscsi::auth_method_none)};
         return info;
     }
     _target = _server.find_target(identity.target_name);
@@ -342,6 +345,14 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
         log_warn("connection {}: login to unknown target '{}'", _name, identity.target_name);
         return info;
     }
+    if (!_server.may_access(*_target, identity.initiator_name, _peer)) {
+        info.status = iscsi::LoginStatus::authorization_failure;
+        log_warn("connection {}: {} from {} is not allowed to log in to {} (ACL)", _name, identity.initiator_name,
+                 _peer.to_string(), _target->config.iqn);
+        return info;
+    }
+    // With CHAP configured, None is not acceptable: an initiator that cannot authenticate is refused.
+    info.auth_methods = {std::string(_target->config.chap ? iscsi::auth_method_chap : iscsi::auth_method_none)};
     if (!identity.leading()) {
         // A connection joining an existing session (MC/S): it must name that session exactly.
         auto slot = _server.sessions().find_tsih(identity.tsih);
@@ -362,11 +373,27 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
 }
 
 std::unique_ptr<iscsi::Authenticator> Connection::authenticator(std::string_view method,
-                                                                const iscsi::LoginIdentity&) {
+                                                                const iscsi::LoginIdentity& identity) {
     if (method == iscsi::auth_method_none) {
         return iscsi::make_none_authenticator();
     }
-    return nullptr;
+    if (method != iscsi::auth_method_chap) {
+        return nullptr;
+    }
+    iscsi::ChapTargetConfig chap;
+    if (identity.session_type == iscsi::SessionType::discovery) {
+        if (!_server.config().discovery_chap) {
+            return nullptr;
+        }
+        chap.users.push_back(*_server.config().discovery_chap);
+    } else {
+        if (_target == nullptr || !_target->config.chap) {
+            return nullptr;
+        }
+        chap.users.push_back(*_target->config.chap);
+        chap.mutual = _target->config.mutual_chap;
+    }
+    return iscsi::make_chap_target_authenticator(std::move(chap));
 }
 
 iscsi::LoginAdmission Connection::admit(const iscsi::LoginIdentity& identity, const iscsi::SessionParams&,
@@ -394,7 +421,10 @@ iscsi::LoginAdmission Connection::admit(const iscsi::LoginIdentity& identity, co
         return admission;
     } else {
         auto admitted = _server.sessions().admit(_reactor, identity.initiator_name, iscsi::isid_to_u64(identity.isid),
-                                                 identity.target_name);
+                                                 identity.target_name, _server.config().limits.max_sessions_per_initiator);
+        if (!admitted) {
+            log_warn("connection {}: login refused: {}", _name, admitted.error().message);
+        }
         if (admitted) {
             _slot = admitted->slot;
             _replaced = admitted->replaced;
@@ -420,8 +450,10 @@ void Connection::enter_full_feature() {
     _cid = identity.cid;
     _stat_sn = _login->last_stat_sn() + 1;
     if (identity.leading()) {
+        const AclEntry* acl =
+            _target ? find_acl_entry(_target->config.acl, identity.initiator_name, _peer) : nullptr;
         _session = new Session(_server, _reactor, _target, _slot, identity, _login->session_params(),
-                               _login->tsih(), identity.cmd_sn);
+                               _login->tsih(), identity.cmd_sn, acl);
         _session->add_connection(*this);
         if (_replaced) {
             log_info("{}: reinstates session {:#06x}", _session->name(), _replaced->tsih);
@@ -431,6 +463,7 @@ void Connection::enter_full_feature() {
         return;
     }
     _phase = Phase::full_feature;
+    leave_login_phase();
     apply_reader_limits();
     if (_login_timer) {
         _reactor.cancel_timer(_login_timer);
@@ -441,6 +474,13 @@ void Connection::enter_full_feature() {
               _params.max_recv_data_segment_length, _params.max_send_data_segment_length);
     _login.reset();
     schedule_nop();
+}
+
+void Connection::leave_login_phase() {
+    if (_counted_as_login) {
+        _counted_as_login = false;
+        _server.login_finished();
+    }
 }
 
 void Connection::release_cid() {
@@ -501,6 +541,7 @@ void Connection::adopt(Server& server, net::Reactor& reactor, Handover handover)
         new Connection(server, reactor, handover.fd, handover.peer, handover.local, handover.tpgt);
     server.connection_adopted(*connection);
     Connection& c = *connection;
+    c._counted_as_login = false; // it logged in on the other reactor
     c._name = handover.name;
     c._slot = handover.slot;
     c._cid = handover.cid;
@@ -765,7 +806,8 @@ void Connection::answer_text(const iscsi::TextRequest& request, const iscsi::Key
                           : pair.value.empty()
                               ? (_session->target() == target.get())
                               : pair.value == target->config.iqn;
-            if (wanted) {
+            // An initiator learns only of targets it may log in to.
+            if (wanted && _server.may_access(*target, _session->params().initiator_name, _peer)) {
                 listed.push_back(target.get());
             }
         }

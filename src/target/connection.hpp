@@ -111,6 +111,7 @@ private:
     void hand_over(iscsi::LoginResponsePdu response);
     bool join_session();
     void release_cid();
+    void leave_login_phase();
     void apply_reader_limits();
     void schedule_nop();
     void nop_tick();
@@ -140,6 +141,7 @@ private:
     bool _cid_registered = false; // our CID is in _slot->cids
     bool _handed_over = false;
     bool _logged_out = false;     // closed by a Logout (not a failure)
+    bool _counted_as_login = true; // counts against Limits::max_login_connections
 
     // Full feature phase.
     Session* _session = nullptr;

@@ -48,8 +48,20 @@ uint16_t SessionRegistry::allocate_tsih_locked() {
 }
 
 Result<SessionRegistry::Admission> SessionRegistry::admit(net::Reactor& reactor, std::string initiator_name,
-                                                          uint64_t isid, std::string target_name) {
+                                                          uint64_t isid, std::string target_name,
+                                                          uint32_t max_per_initiator) {
     std::lock_guard lock(_mutex);
+    Key probe{initiator_name, isid, target_name};
+    if (!_by_key.count(probe)) {
+        // A reinstatement replaces a session; only a new one counts against the limit.
+        uint32_t held = 0;
+        for (auto& [key, slot] : _by_key) {
+            held += std::get<0>(key) == initiator_name;
+        }
+        if (held >= max_per_initiator) {
+            return make_error(fmt::format("{} already holds {} sessions (limit)", initiator_name, held));
+        }
+    }
     uint16_t tsih = allocate_tsih_locked();
     if (tsih == 0) {
         return make_error("no free TSIH: 65535 sessions exist");
@@ -172,27 +184,13 @@ Target* Server::find_target(std::string_view iqn) const {
 }
 
 Result<void> Server::start() {
-    if (_config.portals.empty()) {
-        return make_error("no portal to listen on (give --listen HOST:PORT)");
-    }
-    if (_config.targets.empty()) {
-        return make_error("no target to serve (give --iqn and --lun)");
+    if (auto valid = validate(_config); !valid) {
+        return valid;
     }
     if (auto valid = iscsi::validate(_config.negotiation); !valid) {
         return make_error("negotiation settings: " + valid.error().message);
     }
     for (const TargetConfig& tc : _config.targets) {
-        if (!iscsi::is_valid_iscsi_name(tc.iqn)) {
-            return make_error(fmt::format("'{}' is not a valid iSCSI name (expected e.g. "
-                                          "iqn.2026-11.org.example:disk1)",
-                                          tc.iqn));
-        }
-        if (find_target(tc.iqn)) {
-            return make_error(fmt::format("target {} is configured twice", tc.iqn));
-        }
-        if (tc.luns.empty()) {
-            return make_error(fmt::format("target {} has no LUN (give --lun)", tc.iqn));
-        }
         auto target = std::make_unique<Target>();
         target->config = tc;
         target->device = std::make_unique<scsi::TargetDevice>(tc.iqn);
@@ -303,6 +301,13 @@ void Server::accept_ready(size_t portal_index) {
             ::close(*fd);
             continue;
         }
+        if (_login_connections.load() >= _config.limits.max_login_connections) {
+            log_warn("connection from {} refused: {} connections are already logging in (limit)", peer.to_string(),
+                     _login_connections.load());
+            ::close(*fd);
+            continue;
+        }
+        ++_login_connections;
         auto local = net::local_endpoint(*fd);
         net::tune_stream_socket(*fd);
         net::Reactor& reactor = _reactors->next();
@@ -319,6 +324,10 @@ void Server::accept_ready(size_t portal_index) {
 }
 
 void Server::connection_opened(Connection&) {}
+
+bool Server::may_access(const Target& target, std::string_view initiator, const net::Endpoint& peer) const {
+    return target.config.acl.empty() || find_acl_entry(target.config.acl, initiator, peer) != nullptr;
+}
 
 void Server::connection_adopted(Connection& connection) {
     _local[connection.reactor().index()].connections.push_back(&connection);

@@ -62,7 +62,7 @@ public:
     // Registers a new normal session; an existing one with the same key is unregistered and returned in
     // `replaced` (the caller terminates it). Fails when the TSIH space is exhausted.
     Result<Admission> admit(net::Reactor& reactor, std::string initiator_name, uint64_t isid,
-                            std::string target_name);
+                            std::string target_name, uint32_t max_per_initiator);
     // A TSIH for a discovery session (not registered by name: discovery sessions are never reinstated).
     // 0 when the space is exhausted.
     uint16_t admit_discovery();
@@ -116,6 +116,11 @@ public:
     void connection_adopted(Connection& connection);
     void connection_closed(Connection& connection);
     uint32_t open_connections() const { return _open_connections.load(); }
+    // A connection left the login phase (logged in, or closed before): it no longer counts against
+    // Limits::max_login_connections.
+    void login_finished() { --_login_connections; }
+    // Targets this initiator (name, address) may log in to, for SendTargets and logins.
+    bool may_access(const Target& target, std::string_view initiator, const net::Endpoint& peer) const;
     // Counts sessions not yet destroyed (including ones draining tasks), for shutdown.
     void session_created() { ++_live_sessions; }
     void session_destroyed();
@@ -143,6 +148,7 @@ private:
     std::vector<ReactorLocal> _local;
     SessionRegistry _sessions;
     std::atomic<uint32_t> _open_connections{0};
+    std::atomic<uint32_t> _login_connections{0};
     std::atomic<uint32_t> _live_sessions{0};
     std::atomic<bool> _stopping{false};
     std::mutex _drain_mutex;

@@ -49,7 +49,7 @@ Residual residual_of(const scsi::Task& task) {
 
 Session::Session(Server& server, net::Reactor& reactor, Target* target, std::shared_ptr<SessionSlot> slot,
                  const iscsi::LoginIdentity& identity, const iscsi::SessionParams& params, uint16_t tsih,
-                 uint32_t exp_cmd_sn)
+                 uint32_t exp_cmd_sn, const AclEntry* acl)
     : _server(server), _reactor(reactor), _target(target), _slot(std::move(slot)), _params(params),
       _tsih(tsih), _isid(iscsi::isid_to_u64(identity.isid)), _exp_cmd_sn(exp_cmd_sn),
       _queue_depth(server.config().limits.queue_depth) {
@@ -60,6 +60,12 @@ Session::Session(Server& server, net::Reactor& reactor, Target* target, std::sha
     _nexus.target_port = fmt::format("{},t,0x{:04x}", _nexus.target_name, params.target_portal_group_tag);
     _nexus.relative_target_port = params.target_portal_group_tag;
     _nexus.target_port_group = params.target_portal_group_tag;
+    if (acl) {
+        if (acl->luns) {
+            _nexus.visible_luns = std::make_shared<const std::vector<uint64_t>>(*acl->luns);
+        }
+        _nexus.read_only = acl->read_only;
+    }
     _name = fmt::format("session {:#06x} ({} isid {}{}{})", tsih, identity.initiator_name,
                         iscsi::format_isid(identity.isid), target ? " -> " : ", discovery",
                         target ? target->config.iqn : "");

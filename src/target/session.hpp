@@ -27,6 +27,7 @@ namespace ispace::target {
 
 class Connection;
 class Server;
+struct AclEntry;
 struct SessionSlot;
 struct Target;
 
@@ -75,9 +76,10 @@ struct Command final : scsi::Task {
 class Session final : public scsi::Fabric {
 public:
     // `target` and `slot` are null for a discovery session.
+    // `acl` is the target's ACL entry that admitted the initiator (null: no ACL), for LUN masking.
     Session(Server& server, net::Reactor& reactor, Target* target, std::shared_ptr<SessionSlot> slot,
             const iscsi::LoginIdentity& identity, const iscsi::SessionParams& params, uint16_t tsih,
-            uint32_t exp_cmd_sn);
+            uint32_t exp_cmd_sn, const AclEntry* acl);
     ~Session() override;
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;

@@ -4,11 +4,14 @@
 //   ispaced --listen 127.0.0.1:3260 --iqn IQN --lun PATH[,size=1G][,block=512|4096][,thin][,ro] [--lun ...]
 #include "common/log.hpp"
 #include "common/units.hpp"
+#include "iscsi/chap.hpp"
 #include "target/server.hpp"
 
 #include <CLI/CLI.hpp>
 
 #include <csignal>
+#include <cstdlib>
+#include <optional>
 #include <cstdio>
 #include <pthread.h>
 #include <string>
@@ -25,6 +28,11 @@ Serves logical units over iSCSI (RFC 7143). Quick mode takes everything from the
   ispaced --listen 127.0.0.1:3260 --iqn iqn.2026-11.org.example:disk1 \
           --lun /srv/disk1.img,size=10G,thin --lun memory:1G
 
+Or from a JSON configuration file with the same settings and more (several targets, per-initiator
+ACLs with LUN masking and read-only mappings); see docs/configuration.md:
+
+  ispaced --config /etc/ispace/ispaced.json
+
 LUNs are numbered from 0 in the order given. LUN specs:
   PATH[,size=SIZE][,block=512|4096][,thin][,ro][,direct]
         a file (created when missing and size= is given; sparse with thin, where UNMAP
@@ -32,6 +40,11 @@ LUNs are numbered from 0 in the order given. LUN specs:
   memory:SIZE[,block=..]   a RAM disk, allocated as it is written
   null:SIZE[,block=..]     reads return zeroes, writes are discarded (benchmarks)
 Sizes take K, M, G, T suffixes (powers of 1024).
+
+Security: --chap USER:SECRET makes CHAP mandatory (secrets of 12 bytes or more); --mutual-chap
+USER:SECRET is what the target proves to initiators that ask for mutual CHAP; --discovery-chap
+USER:SECRET guards SendTargets; --allow IQN[@CIDR] (repeatable) admits only the initiators listed,
+and SendTargets lists a target only to initiators it admits.
 
 Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
 stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0.
@@ -43,7 +56,13 @@ int main(int argc, char** argv) {
     CLI::App app{description, "ispaced"};
 
     std::vector<std::string> listen;
+    std::string config_path;
     std::string iqn;
+    std::string chap;
+    std::string mutual_chap;
+    std::string discovery_chap;
+    std::vector<std::string> allow;
+    std::string state_dir;
     std::string alias;
     std::vector<std::string> luns;
     unsigned reactors = 0;
@@ -59,9 +78,17 @@ int main(int argc, char** argv) {
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
                    "port 0 picks a free port)")
         ->default_str("127.0.0.1:3260");
-    app.add_option("--iqn", iqn, "iSCSI name of the target, e.g. iqn.2026-11.org.example:disk1")->required();
+    auto* config_option = app.add_option("--config", config_path, "JSON configuration file (instead of --iqn/--lun)");
+    auto* iqn_option = app.add_option("--iqn", iqn, "iSCSI name of the target, e.g. iqn.2026-11.org.example:disk1");
     app.add_option("--alias", alias, "TargetAlias shown to initiators");
-    app.add_option("--lun", luns, "A logical unit (see LUN specs above); repeat for more")->required();
+    auto* lun_option = app.add_option("--lun", luns, "A logical unit (see LUN specs above); repeat for more");
+    config_option->excludes(iqn_option)->excludes(lun_option);
+    app.add_option("--chap", chap, "Require CHAP: USER:SECRET the initiator must present");
+    app.add_option("--mutual-chap", mutual_chap, "USER:SECRET the target presents for mutual CHAP");
+    app.add_option("--discovery-chap", discovery_chap, "Require CHAP for discovery sessions: USER:SECRET");
+    app.add_option("--allow", allow, "Admit only this initiator, IQN[@CIDR]; repeat for more (default: all)");
+    app.add_option("--state-dir", state_dir,
+                   "Where persistent-reservation state is kept (default: beside each file LUN)");
     app.add_option("--reactors", reactors, "Event-loop threads (default: one per core)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->default_str("info");
     app.add_option("--queue-depth", queue_depth, "Commands a session may have outstanding (CmdSN window)")
@@ -90,39 +117,79 @@ int main(int argc, char** argv) {
     set_log_level(level);
 
     target::ServerConfig config;
-    config.reactors = reactors;
-    config.negotiation = target::default_target_negotiation();
-    config.negotiation.alias = alias;
-    if (listen.empty()) {
-        listen.push_back("127.0.0.1:3260");
-    }
-    uint16_t tpgt = 1;
-    for (const std::string& portal : listen) {
-        config.portals.push_back({portal, tpgt++});
-    }
-    target::TargetConfig target;
-    target.iqn = iqn;
-    target.alias = alias;
-    for (size_t i = 0; i < luns.size(); ++i) {
-        auto spec = backstore::parse_device_spec(luns[i]);
-        if (!spec) {
-            std::fprintf(stderr, "ispaced: lun %zu (%s): %s\n", i, luns[i].c_str(), spec.error().message.c_str());
+    if (!config_path.empty()) {
+        auto loaded = target::load_config_file(config_path);
+        if (!loaded) {
+            std::fprintf(stderr, "ispaced: %s\n", loaded.error().message.c_str());
             return 2;
         }
-        target.luns.push_back({uint64_t(i), luns[i], *spec});
+        config = std::move(*loaded);
+    } else {
+        if (iqn.empty() || luns.empty()) {
+            std::fprintf(stderr, "ispaced: give --iqn and at least one --lun, or --config FILE (see --help)\n");
+            return 2;
+        }
+        config.reactors = reactors;
+        config.negotiation = target::default_target_negotiation();
+        config.negotiation.alias = alias;
+        if (listen.empty()) {
+            listen.push_back("127.0.0.1:3260");
+        }
+        uint16_t tpgt = 1;
+        for (const std::string& portal : listen) {
+            config.portals.push_back({portal, tpgt++});
+        }
+        target::TargetConfig target;
+        target.iqn = iqn;
+        target.alias = alias;
+        for (size_t i = 0; i < luns.size(); ++i) {
+            auto spec = backstore::parse_device_spec(luns[i]);
+            if (!spec) {
+                std::fprintf(stderr, "ispaced: lun %zu (%s): %s\n", i, luns[i].c_str(), spec.error().message.c_str());
+                return 2;
+            }
+            target.luns.push_back({uint64_t(i), luns[i], *spec});
+        }
+        auto credentials = [](const std::string& text, const char* flag) -> std::optional<iscsi::ChapCredentials> {
+            if (text.empty()) {
+                return std::nullopt;
+            }
+            auto parsed = iscsi::parse_chap_credentials(text);
+            if (!parsed) {
+                std::fprintf(stderr, "ispaced: %s: %s\n", flag, parsed.error().message.c_str());
+                std::exit(2);
+            }
+            return *parsed;
+        };
+        target.chap = credentials(chap, "--chap");
+        target.mutual_chap = credentials(mutual_chap, "--mutual-chap");
+        config.discovery_chap = credentials(discovery_chap, "--discovery-chap");
+        for (const std::string& entry : allow) {
+            auto parsed = target::parse_allow(entry);
+            if (!parsed) {
+                std::fprintf(stderr, "ispaced: %s\n", parsed.error().message.c_str());
+                return 2;
+            }
+            target.acl.push_back(std::move(*parsed));
+        }
+        config.targets.push_back(std::move(target));
     }
-    config.targets.push_back(std::move(target));
+    if (!state_dir.empty()) {
+        config.state_dir = state_dir;
+    }
 
     auto max_transfer_bytes = parse_size(max_transfer);
     if (!max_transfer_bytes || *max_transfer_bytes < 4096 || *max_transfer_bytes > (64u << 20)) {
         std::fprintf(stderr, "ispaced: --max-transfer must be a size from 4K to 64M\n");
         return 2;
     }
-    config.limits.queue_depth = queue_depth;
-    config.limits.max_transfer_bytes = uint32_t(*max_transfer_bytes);
-    config.limits.login_timeout = std::chrono::milliseconds(login_timeout_ms);
-    config.limits.nop_interval = std::chrono::milliseconds(nop_interval_ms);
-    config.limits.nop_timeout = std::chrono::milliseconds(std::max(nop_timeout_ms, nop_interval_ms));
+    if (config_path.empty()) {
+        config.limits.queue_depth = queue_depth;
+        config.limits.max_transfer_bytes = uint32_t(*max_transfer_bytes);
+        config.limits.login_timeout = std::chrono::milliseconds(login_timeout_ms);
+        config.limits.nop_interval = std::chrono::milliseconds(nop_interval_ms);
+        config.limits.nop_timeout = std::chrono::milliseconds(std::max(nop_timeout_ms, nop_interval_ms));
+    }
     // MaxBurstLength above the transfer limit would only invite R2Ts we never send.
     config.negotiation.max_burst_length = std::min(config.negotiation.max_burst_length, config.limits.max_transfer_bytes);
     config.negotiation.first_burst_length =

@@ -1,0 +1,522 @@
+#include "target/config.hpp"
+
+#include "common/units.hpp"
+#include "iscsi/text.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <arpa/inet.h>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace ispace::target {
+
+// ---- CIDR ------------------------------------------------------------------------------------------
+
+Result<Cidr> parse_cidr(std::string_view text) {
+    std::string address(text);
+    unsigned prefix = 0;
+    bool has_prefix = false;
+    if (auto slash = address.find('/'); slash != std::string::npos) {
+        std::string bits = address.substr(slash + 1);
+        address.resize(slash);
+        if (bits.empty() || bits.size() > 3 || bits.find_first_not_of("0123456789") != std::string::npos) {
+            return make_error(fmt::format("'{}': the prefix length after '/' must be a number", text));
+        }
+        prefix = unsigned(std::stoul(bits));
+        has_prefix = true;
+    }
+    Cidr cidr;
+    if (inet_pton(AF_INET, address.c_str(), cidr.bytes) == 1) {
+        cidr.family = AF_INET;
+        cidr.prefix = has_prefix ? prefix : 32;
+        if (cidr.prefix > 32) {
+            return make_error(fmt::format("'{}': an IPv4 prefix is at most /32", text));
+        }
+    } else if (inet_pton(AF_INET6, address.c_str(), cidr.bytes) == 1) {
+        cidr.family = AF_INET6;
+        cidr.prefix = has_prefix ? prefix : 128;
+        if (cidr.prefix > 128) {
+            return make_error(fmt::format("'{}': an IPv6 prefix is at most /128", text));
+        }
+    } else {
+        return make_error(fmt::format("'{}' is not an IP address or CIDR range (e.g. 10.0.0.0/8)", text));
+    }
+    return cidr;
+}
+
+bool Cidr::contains(const net::Endpoint& address) const {
+    const uint8_t* bytes = nullptr;
+    uint8_t mapped[16];
+    if (address.addr.ss_family == AF_INET) {
+        bytes = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in&>(address.addr).sin_addr);
+        if (family == AF_INET6) {
+            // An IPv4 peer matches an IPv4-mapped IPv6 range.
+            std::memset(mapped, 0, 10);
+            mapped[10] = mapped[11] = 0xff;
+            std::memcpy(mapped + 12, bytes, 4);
+            bytes = mapped;
+        } else if (family != AF_INET) {
+            return false;
+        }
+    } else if (address.addr.ss_family == AF_INET6) {
+        bytes = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in6&>(address.addr).sin6_addr);
+        if (family == AF_INET) {
+            static const uint8_t v4_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+            if (std::memcmp(bytes, v4_prefix, 12) != 0) {
+                return false;
+            }
+            bytes += 12;
+        }
+    } else {
+        return false;
+    }
+    unsigned full = prefix / 8;
+    if (std::memcmp(bytes, this->bytes, full) != 0) {
+        return false;
+    }
+    unsigned rest = prefix % 8;
+    if (rest == 0) {
+        return true;
+    }
+    uint8_t mask = uint8_t(0xff << (8 - rest));
+    return (bytes[full] & mask) == (this->bytes[full] & mask);
+}
+
+std::string Cidr::to_string() const {
+    char text[INET6_ADDRSTRLEN] = {};
+    inet_ntop(family, bytes, text, sizeof text);
+    return fmt::format("{}/{}", text, prefix);
+}
+
+// ---- ACLs ------------------------------------------------------------------------------------------
+
+const AclEntry* find_acl_entry(const std::vector<AclEntry>& acl, std::string_view initiator,
+                               const net::Endpoint& peer) {
+    for (const AclEntry& entry : acl) {
+        if (entry.initiator != initiator) {
+            continue;
+        }
+        if (entry.networks.empty()) {
+            return &entry;
+        }
+        for (const Cidr& network : entry.networks) {
+            if (network.contains(peer)) {
+                return &entry;
+            }
+        }
+    }
+    return nullptr;
+}
+
+Result<AclEntry> parse_allow(std::string_view text) {
+    AclEntry entry;
+    std::string_view name = text;
+    if (auto at = text.find('@'); at != std::string_view::npos) {
+        name = text.substr(0, at);
+        auto network = parse_cidr(text.substr(at + 1));
+        if (!network) {
+            return make_error(fmt::format("--allow {}: {}", text, network.error().message));
+        }
+        entry.networks.push_back(*network);
+    }
+    if (!iscsi::is_valid_iscsi_name(name)) {
+        return make_error(fmt::format("--allow {}: '{}' is not a valid iSCSI initiator name", text, name));
+    }
+    entry.initiator = std::string(name);
+    return entry;
+}
+
+// ---- Validation ------------------------------------------------------------------------------------
+
+namespace {
+
+Result<void> check_credentials(const iscsi::ChapCredentials& credentials, std::string_view what) {
+    if (auto user = iscsi::check_chap_user(credentials.user); !user) {
+        return make_error(fmt::format("{}: {}", what, user.error().message));
+    }
+    if (auto secret = iscsi::check_chap_secret(credentials.secret); !secret) {
+        return make_error(fmt::format("{} (user {}): {}", what, credentials.user, secret.error().message));
+    }
+    return {};
+}
+
+} // namespace
+
+Result<void> validate(const ServerConfig& config) {
+    if (config.portals.empty()) {
+        return make_error("no portal to listen on (give --listen HOST:PORT)");
+    }
+    if (config.targets.empty()) {
+        return make_error("no target to serve (give --iqn and --lun)");
+    }
+    if (config.discovery_chap) {
+        if (auto ok = check_credentials(*config.discovery_chap, "discovery CHAP"); !ok) {
+            return ok;
+        }
+    }
+    std::set<std::string> names;
+    for (const TargetConfig& target : config.targets) {
+        if (!iscsi::is_valid_iscsi_name(target.iqn)) {
+            return make_error(fmt::format("'{}' is not a valid iSCSI name (expected e.g. "
+                                          "iqn.2026-11.org.example:disk1)",
+                                          target.iqn));
+        }
+        if (!names.insert(target.iqn).second) {
+            return make_error(fmt::format("target {} is configured twice", target.iqn));
+        }
+        if (target.luns.empty()) {
+            return make_error(fmt::format("target {} has no LUN", target.iqn));
+        }
+        std::set<uint64_t> luns;
+        for (const LunConfig& lun : target.luns) {
+            if (lun.lun > 16383) {
+                return make_error(fmt::format("target {}: LUN {} is above 16383", target.iqn, lun.lun));
+            }
+            if (!luns.insert(lun.lun).second) {
+                return make_error(fmt::format("target {}: LUN {} is configured twice", target.iqn, lun.lun));
+            }
+        }
+        if (target.chap) {
+            if (auto ok = check_credentials(*target.chap, fmt::format("target {} CHAP", target.iqn)); !ok) {
+                return ok;
+            }
+        }
+        if (target.mutual_chap) {
+            if (auto ok = check_credentials(*target.mutual_chap, fmt::format("target {} mutual CHAP", target.iqn));
+                !ok) {
+                return ok;
+            }
+            if (!target.chap) {
+                return make_error(fmt::format("target {}: mutual CHAP needs CHAP for initiators too (--chap)",
+                                              target.iqn));
+            }
+            if (target.chap->secret == target.mutual_chap->secret) {
+                // RFC 7143 §12.1.3: with equal secrets the target would be an oracle for the initiator's.
+                return make_error(fmt::format("target {}: the mutual CHAP secret must differ from the CHAP secret",
+                                              target.iqn));
+            }
+        }
+        for (const AclEntry& entry : target.acl) {
+            if (!iscsi::is_valid_iscsi_name(entry.initiator)) {
+                return make_error(fmt::format("target {}: ACL initiator '{}' is not a valid iSCSI name", target.iqn,
+                                              entry.initiator));
+            }
+            if (entry.luns) {
+                for (uint64_t lun : *entry.luns) {
+                    if (!luns.count(lun)) {
+                        return make_error(fmt::format("target {}: ACL for {} names LUN {}, which does not exist",
+                                                      target.iqn, entry.initiator, lun));
+                    }
+                }
+            }
+        }
+    }
+    return {};
+}
+
+// ---- Configuration file ----------------------------------------------------------------------------
+
+namespace {
+
+using json = nlohmann::json;
+
+// Unknown keys are errors: a misspelt "alow" must not silently open a target to everyone.
+Result<void> only_keys(const json& object, std::initializer_list<std::string_view> allowed, std::string_view where) {
+    if (!object.is_object()) {
+        return make_error(fmt::format("{}: expected an object", where));
+    }
+    for (auto it = object.begin(); it != object.end(); ++it) {
+        bool known = false;
+        for (std::string_view key : allowed) {
+            known = known || it.key() == key;
+        }
+        if (!known) {
+            return make_error(fmt::format("{}: unknown key \"{}\"", where, it.key()));
+        }
+    }
+    return {};
+}
+
+Result<iscsi::ChapCredentials> read_credentials(const json& value, std::string_view where) {
+    if (value.is_string()) {
+        auto parsed = iscsi::parse_chap_credentials(value.get<std::string>());
+        if (!parsed) {
+            return make_error(fmt::format("{}: {}", where, parsed.error().message));
+        }
+        return *parsed;
+    }
+    if (auto ok = only_keys(value, {"user", "secret"}, where); !ok) {
+        return ok.error();
+    }
+    if (!value.contains("user") || !value["user"].is_string() || !value.contains("secret") ||
+        !value["secret"].is_string()) {
+        return make_error(fmt::format("{}: needs \"user\" and \"secret\" strings", where));
+    }
+    return iscsi::ChapCredentials{value["user"].get<std::string>(), value["secret"].get<std::string>()};
+}
+
+Result<AclEntry> read_acl_entry(const json& value, std::string_view where) {
+    if (value.is_string()) {
+        return parse_allow(value.get<std::string>());
+    }
+    if (auto ok = only_keys(value, {"initiator", "networks", "luns", "read_only"}, where); !ok) {
+        return ok.error();
+    }
+    AclEntry entry;
+    if (!value.contains("initiator") || !value["initiator"].is_string()) {
+        return make_error(fmt::format("{}: needs an \"initiator\" name", where));
+    }
+    entry.initiator = value["initiator"].get<std::string>();
+    if (value.contains("networks")) {
+        for (const json& network : value["networks"]) {
+            if (!network.is_string()) {
+                return make_error(fmt::format("{}: networks are strings like \"10.0.0.0/8\"", where));
+            }
+            auto cidr = parse_cidr(network.get<std::string>());
+            if (!cidr) {
+                return make_error(fmt::format("{}: {}", where, cidr.error().message));
+            }
+            entry.networks.push_back(*cidr);
+        }
+    }
+    if (value.contains("luns")) {
+        std::vector<uint64_t> luns;
+        for (const json& lun : value["luns"]) {
+            if (!lun.is_number_unsigned()) {
+                return make_error(fmt::format("{}: luns are numbers", where));
+            }
+            luns.push_back(lun.get<uint64_t>());
+        }
+        entry.luns = std::move(luns);
+    }
+    if (value.contains("read_only")) {
+        if (!value["read_only"].is_boolean()) {
+            return make_error(fmt::format("{}: read_only is true or false", where));
+        }
+        entry.read_only = value["read_only"].get<bool>();
+    }
+    return entry;
+}
+
+Result<uint64_t> read_unsigned(const json& object, const char* key, std::string_view where) {
+    const json& value = object[key];
+    if (value.is_number_unsigned()) {
+        return value.get<uint64_t>();
+    }
+    if (value.is_string()) {
+        auto size = parse_size(value.get<std::string>());
+        if (size) {
+            return *size;
+        }
+    }
+    return make_error(fmt::format("{}: \"{}\" must be a non-negative number", where, key));
+}
+
+Result<ServerConfig> read_config(const json& root) {
+    if (auto ok = only_keys(root, {"listen", "reactors", "state_dir", "limits", "discovery", "targets"}, "config");
+        !ok) {
+        return ok.error();
+    }
+    ServerConfig config;
+    config.negotiation = default_target_negotiation();
+    if (root.contains("listen")) {
+        uint16_t tpgt = 1;
+        const json& listen = root["listen"];
+        if (listen.is_string()) {
+            config.portals.push_back({listen.get<std::string>(), tpgt});
+        } else if (listen.is_array()) {
+            for (const json& portal : listen) {
+                if (!portal.is_string()) {
+                    return make_error("config: \"listen\" holds strings like \"127.0.0.1:3260\"");
+                }
+                config.portals.push_back({portal.get<std::string>(), tpgt++});
+            }
+        } else {
+            return make_error("config: \"listen\" is a string or a list of strings");
+        }
+    } else {
+        config.portals.push_back({"127.0.0.1:3260", 1});
+    }
+    if (root.contains("reactors")) {
+        auto n = read_unsigned(root, "reactors", "config");
+        if (!n) {
+            return n.error();
+        }
+        config.reactors = unsigned(*n);
+    }
+    if (root.contains("state_dir")) {
+        if (!root["state_dir"].is_string()) {
+            return make_error("config: \"state_dir\" is a path");
+        }
+        config.state_dir = root["state_dir"].get<std::string>();
+    }
+    if (root.contains("limits")) {
+        const json& limits = root["limits"];
+        if (auto ok = only_keys(limits,
+                                {"queue_depth", "max_transfer", "login_timeout_ms", "nop_interval_ms", "nop_timeout_ms",
+                                 "max_connections", "max_login_connections", "max_sessions_per_initiator"},
+                                "config limits");
+            !ok) {
+            return ok.error();
+        }
+        struct Field {
+            const char* key;
+            uint64_t* out;
+        };
+        uint64_t queue_depth = config.limits.queue_depth, max_transfer = config.limits.max_transfer_bytes;
+        uint64_t login_ms = uint64_t(config.limits.login_timeout.count());
+        uint64_t nop_interval = uint64_t(config.limits.nop_interval.count());
+        uint64_t nop_timeout = uint64_t(config.limits.nop_timeout.count());
+        uint64_t max_conn = config.limits.max_connections, max_login = config.limits.max_login_connections;
+        uint64_t per_initiator = config.limits.max_sessions_per_initiator;
+        for (Field field : {Field{"queue_depth", &queue_depth}, Field{"max_transfer", &max_transfer},
+                            Field{"login_timeout_ms", &login_ms}, Field{"nop_interval_ms", &nop_interval},
+                            Field{"nop_timeout_ms", &nop_timeout}, Field{"max_connections", &max_conn},
+                            Field{"max_login_connections", &max_login},
+                            Field{"max_sessions_per_initiator", &per_initiator}}) {
+            if (limits.contains(field.key)) {
+                auto value = read_unsigned(limits, field.key, "config limits");
+                if (!value) {
+                    return value.error();
+                }
+                *field.out = *value;
+            }
+        }
+        if (queue_depth < 1 || queue_depth > 4096) {
+            return make_error("config limits: queue_depth is 1 to 4096");
+        }
+        if (max_transfer < 4096 || max_transfer > (64u << 20)) {
+            return make_error("config limits: max_transfer is 4K to 64M");
+        }
+        config.limits.queue_depth = uint32_t(queue_depth);
+        config.limits.max_transfer_bytes = uint32_t(max_transfer);
+        config.limits.login_timeout = std::chrono::milliseconds(login_ms);
+        config.limits.nop_interval = std::chrono::milliseconds(nop_interval);
+        config.limits.nop_timeout = std::chrono::milliseconds(std::max(nop_timeout, nop_interval));
+        config.limits.max_connections = uint32_t(max_conn);
+        config.limits.max_login_connections = uint32_t(max_login);
+        config.limits.max_sessions_per_initiator = uint32_t(per_initiator);
+    }
+    if (root.contains("discovery")) {
+        const json& discovery = root["discovery"];
+        if (auto ok = only_keys(discovery, {"chap"}, "config discovery"); !ok) {
+            return ok.error();
+        }
+        if (discovery.contains("chap")) {
+            auto credentials = read_credentials(discovery["chap"], "config discovery chap");
+            if (!credentials) {
+                return credentials.error();
+            }
+            config.discovery_chap = *credentials;
+        }
+    }
+    if (!root.contains("targets") || !root["targets"].is_array()) {
+        return make_error("config: \"targets\" must list at least one target");
+    }
+    for (const json& t : root["targets"]) {
+        std::string where = "config target";
+        if (auto ok = only_keys(t, {"iqn", "alias", "luns", "chap", "mutual_chap", "allow"}, where); !ok) {
+            return ok.error();
+        }
+        TargetConfig target;
+        if (!t.contains("iqn") || !t["iqn"].is_string()) {
+            return make_error("config target: needs an \"iqn\"");
+        }
+        target.iqn = t["iqn"].get<std::string>();
+        where = "config target " + target.iqn;
+        if (t.contains("alias")) {
+            if (!t["alias"].is_string()) {
+                return make_error(where + ": \"alias\" is a string");
+            }
+            target.alias = t["alias"].get<std::string>();
+        }
+        if (!t.contains("luns") || !t["luns"].is_array()) {
+            return make_error(where + ": \"luns\" must list LUN specs");
+        }
+        uint64_t next = 0;
+        for (const json& l : t["luns"]) {
+            LunConfig lun;
+            if (l.is_string()) {
+                lun.lun = next;
+                lun.spec = l.get<std::string>();
+            } else {
+                if (auto ok = only_keys(l, {"lun", "spec"}, where + " lun"); !ok) {
+                    return ok.error();
+                }
+                if (!l.contains("spec") || !l["spec"].is_string()) {
+                    return make_error(where + ": a LUN object needs a \"spec\"");
+                }
+                lun.spec = l["spec"].get<std::string>();
+                lun.lun = next;
+                if (l.contains("lun")) {
+                    auto number = read_unsigned(l, "lun", where);
+                    if (!number) {
+                        return number.error();
+                    }
+                    lun.lun = *number;
+                }
+            }
+            auto spec = backstore::parse_device_spec(lun.spec);
+            if (!spec) {
+                return make_error(fmt::format("{} lun {} ({}): {}", where, lun.lun, lun.spec, spec.error().message));
+            }
+            lun.device = *spec;
+            next = lun.lun + 1;
+            target.luns.push_back(std::move(lun));
+        }
+        if (t.contains("chap")) {
+            auto credentials = read_credentials(t["chap"], where + " chap");
+            if (!credentials) {
+                return credentials.error();
+            }
+            target.chap = *credentials;
+        }
+        if (t.contains("mutual_chap")) {
+            auto credentials = read_credentials(t["mutual_chap"], where + " mutual_chap");
+            if (!credentials) {
+                return credentials.error();
+            }
+            target.mutual_chap = *credentials;
+        }
+        if (t.contains("allow")) {
+            if (!t["allow"].is_array()) {
+                return make_error(where + ": \"allow\" is a list");
+            }
+            for (const json& a : t["allow"]) {
+                auto entry = read_acl_entry(a, where + " allow");
+                if (!entry) {
+                    return entry.error();
+                }
+                target.acl.push_back(std::move(*entry));
+            }
+        }
+        config.targets.push_back(std::move(target));
+    }
+    return config;
+}
+
+} // namespace
+
+Result<ServerConfig> load_config_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) {
+        return make_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+    }
+    std::stringstream text;
+    text << in.rdbuf();
+    json root = json::parse(text.str(), nullptr, false, true); // comments allowed
+    if (root.is_discarded()) {
+        return make_error(fmt::format("{}: not valid JSON", path));
+    }
+    auto config = read_config(root);
+    if (!config) {
+        return make_error(fmt::format("{}: {}", path, config.error().message));
+    }
+    return config;
+}
+
+} // namespace ispace::target
