@@ -14,6 +14,7 @@ JOBS      ?= $(shell nproc)
 PORT      ?= 3260
 IQN       ?= iqn.2026-11.org.ispace:default
 CMAKE_FLAGS ?=
+FUZZ_SECONDS ?= 60
 
 .PHONY: all deps build run test asan fuzz bench clean
 
@@ -43,3 +44,7 @@ asan: deps
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+
+# Each libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan, in $(FUZZ_BUILD)); fails on a finding.
+fuzz: deps
+	CC=clang CXX=clang++ ./scripts/fuzz-smoke.sh $(FUZZ_SECONDS) $(FUZZ_BUILD)

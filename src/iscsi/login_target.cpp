@@ -433,6 +433,12 @@ LoginResponsePdu TargetLogin::process(const LoginRequest& request, std::vector<u
 LoginResponsePdu TargetLogin::next_chunk(const LoginRequest& request) {
     LoginResponsePdu out;
     out.header = header_for(request);
+    // A refusal from here on replaces this response: it takes over its StatSN rather than skipping
+    // one (found by fuzz_login).
+    auto refuse = [&](LoginStatus status, std::string reason) {
+        _stat_sn = out.header.stat_sn;
+        return fail(status, std::move(reason));
+    };
     size_t n = std::min(_outgoing.size() - _outgoing_offset, size_t(login_max_recv_data_segment_length));
     out.data.assign(_outgoing.begin() + ptrdiff_t(_outgoing_offset), _outgoing.begin() + ptrdiff_t(_outgoing_offset + n));
     _outgoing_offset += n;
@@ -452,7 +458,7 @@ LoginResponsePdu TargetLogin::next_chunk(const LoginRequest& request) {
         out.header.nsg = nsg;
         if (nsg == LoginStage::full_feature) {
             if (auto r = _negotiator->finish(); !r) {
-                return fail(LoginStatus::initiator_error, r.error().message);
+                return refuse(LoginStatus::initiator_error, r.error().message);
             }
             _session = _negotiator->session_params();
             _connection = _negotiator->connection_params();
@@ -464,11 +470,11 @@ LoginResponsePdu TargetLogin::next_chunk(const LoginRequest& request) {
             _session.target_portal_group_tag = _target.target_portal_group_tag;
             LoginAdmission admission = _policy.admit(_identity, _session, _connection);
             if (admission.status != LoginStatus::success) {
-                return fail(admission.status, "not admitted: " + describe(admission.status));
+                return refuse(admission.status, "not admitted: " + describe(admission.status));
             }
             if (admission.tsih == 0 || (!_identity.leading() && admission.tsih != _identity.tsih)) {
-                return fail(LoginStatus::target_error, "the policy admitted the login with TSIH " +
-                                                           std::to_string(admission.tsih));
+                return refuse(LoginStatus::target_error,
+                              "the policy admitted the login with TSIH " + std::to_string(admission.tsih));
             }
             _tsih = admission.tsih;
             out.header.tsih = _tsih;

@@ -665,10 +665,14 @@ TEST(LoginTarget, PolicyStatusesAtAdmission) {
                           LoginStatus::out_of_resources}) {
         FakePolicy policy;
         policy.admit_status = s;
-        TargetLogin target(policy);
+        TargetLoginSettings settings;
+        settings.initial_stat_sn = 40;
+        TargetLogin target(policy, settings);
         auto r = send(target, request(LoginStage::operational, true, LoginStage::full_feature, names()));
         EXPECT_EQ(r.header.status(), s) << describe(s);
         EXPECT_FALSE(r.header.transit);
+        EXPECT_EQ(r.header.stat_sn, 40u); // the refusal is the response: no StatSN skipped
+        EXPECT_EQ(target.last_stat_sn(), 40u);
     }
     FakePolicy policy;
     policy.admit_tsih = 0; // a policy bug: admitted without a TSIH
