@@ -160,12 +160,15 @@ void Connection::on_readable() {
     for (int i = 0; i < reads_per_event && !closing(); ++i) {
         iovec direct = _reader.direct_read();
         net::TcpStream::ReadResult result;
+        size_t asked = 0;
         if (direct.iov_len >= direct_read_threshold) {
+            asked = direct.iov_len;
             result = _stream->read(direct.iov_base, direct.iov_len);
             if (result.bytes > 0) {
                 _reader.direct_read_done(result.bytes);
             }
         } else {
+            asked = _staging->size();
             result = _stream->read(_staging->data(), _staging->size());
             if (result.bytes > 0) {
                 _reader.feed({_staging->data(), result.bytes});
@@ -173,6 +176,11 @@ void Connection::on_readable() {
         }
         if (result.bytes > 0) {
             _last_received = _reactor.now();
+            if (result.bytes < asked) {
+                // A short read drained the socket: asking again would only return EAGAIN, and the
+                // level-triggered reactor calls us again when more arrives. One syscall less per command.
+                return;
+            }
             continue;
         }
         if (result.would_block) {
