@@ -1,0 +1,233 @@
+// Connection: one TCP connection of an initiator session, on one reactor (RFC 7143 §4–§11, ERL 0).
+//
+// It logs in (InitiatorLogin over its Transport), then runs the full feature phase for the tasks the
+// session dispatches to it: SCSI Command PDUs with immediate and unsolicited data, Data-Out answering
+// R2Ts, Data-In reassembly with DataSN checks, SCSI Response and phase-collapsed status, NOP-In pings
+// and NOP-Out keepalives, Reject and Async Message handling, and the timeout escalation
+// command timeout → ABORT TASK → LUN RESET → drop the connection (the session then reinstates itself).
+//
+// Task allegiance (RFC 7143 §7.1.2): every PDU of a task travels on the connection its command went
+// out on, so the task table is per connection and the receive path needs no lock. What is shared by the
+// connections of a session — the CmdSN window, the pending queue, the task hand-over — belongs to the
+// owner (SessionCore) and is reached through ConnectionOwner.
+//
+// Threading: every method runs on the connection's reactor, except the fields marked "guarded by the
+// owner's lock", which the owner touches from any thread.
+#pragma once
+
+#include "common/buffer.hpp"
+#include "common/result.hpp"
+#include "initiator/task.hpp"
+#include "initiator/task_table.hpp"
+#include "initiator/transport.hpp"
+#include "iscsi/login.hpp"
+#include "iscsi/params.hpp"
+#include "iscsi/pdu.hpp"
+#include "iscsi/pdu_reader.hpp"
+#include "iscsi/text.hpp"
+#include "net/reactor.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ispace::initiator {
+
+class Connection;
+
+// Counters a connection reports to its session.
+struct SessionCounters {
+    std::atomic<uint64_t> commands{0};
+    std::atomic<uint64_t> reconnects{0};
+    std::atomic<uint64_t> retries{0};
+    std::atomic<uint64_t> aborts{0};
+    std::atomic<uint64_t> lun_resets{0};
+    std::atomic<uint64_t> digest_errors{0};
+};
+
+// What a connection needs from its session. Called on the connection's reactor unless noted.
+class ConnectionOwner {
+public:
+    virtual ~ConnectionOwner() = default;
+    virtual const SessionOptions& options() const = 0;
+    virtual TransportFactory& transport_factory() = 0;
+    virtual SessionCounters& counters() = 0;
+    // ExpCmdSN/MaxCmdSN from a target PDU.
+    virtual void window_update(Connection& conn, uint32_t exp_cmd_sn, uint32_t max_cmd_sn) = 0;
+    // CmdSN for an immediate PDU (not advanced), and for a non-immediate internal request (advanced).
+    virtual uint32_t immediate_cmd_sn() = 0;
+    virtual uint32_t allocate_cmd_sn() = 0;
+    // Moves the tasks dispatched to `conn` into `out`.
+    virtual void take_inbox(Connection& conn, std::vector<Task*>& out) = 0;
+    // A task's status arrived (or it failed for good): the owner runs the completion.
+    virtual void task_done(Connection& conn, Task* task, CommandResult&& result) = 0;
+    // The task is to be sent again (after `delay`), in its original order.
+    virtual void task_retry(Connection& conn, Task* task, std::chrono::milliseconds delay) = 0;
+    // The connection is unusable (closed, protocol error, escalation exhausted). Called once.
+    virtual void connection_failed(Connection& conn, const Error& why) = 0;
+};
+
+struct LoginOutcome {
+    std::optional<Error> error; // set when the login failed
+    iscsi::SessionParams session;
+    iscsi::ConnectionParams connection;
+    uint16_t tsih = 0;
+    uint32_t exp_cmd_sn = 0;
+    uint32_t max_cmd_sn = 0;
+    // On failure: the target's status (or initiator_error) and, for a redirection, where to.
+    iscsi::LoginStatus status = iscsi::LoginStatus::success;
+    std::string redirect;
+};
+
+class Connection final : public std::enable_shared_from_this<Connection>,
+                         private Transport::Handler,
+                         private iscsi::PduSink {
+public:
+    using LoginDone = Function<void(LoginOutcome&&)>;
+
+    Connection(std::shared_ptr<ConnectionOwner> owner, net::Reactor& reactor, uint16_t cid, uint8_t tag,
+               uint64_t generation);
+    ~Connection();
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    net::Reactor& reactor() { return _reactor; }
+    uint16_t cid() const { return _cid; }
+    uint64_t generation() const { return _generation; }
+    const std::string& peer() const { return _peer; }
+
+    // Connects to host:port and logs in with `config`. `done` runs on this reactor, once, unless
+    // shutdown() comes first.
+    void login(const std::string& host, uint16_t port, iscsi::InitiatorLoginConfig config, LoginDone done);
+    // After a successful login: starts the full feature phase with the session's parameters.
+    void enter_full_feature(const iscsi::SessionParams& session);
+    // The owner dispatched tasks to this connection (posted once per batch).
+    void drain_inbox();
+    // Logout (close the session): `done` gets the outcome; the connection stays open until shutdown().
+    void logout(Function<void(Result<void>)> done);
+    // The session is logging out on another connection: the target closing this one is expected.
+    void expect_close() { _logged_out = true; }
+    // A Text Request with `keys` (discovery: SendTargets=All); `done` gets the whole response text.
+    void send_text(std::vector<uint8_t> keys, Function<void(Result<std::vector<uint8_t>>)> done);
+    // Closes the transport, stops every timer and hands back every SCSI task not yet completed, in no
+    // particular order (the owner sorts). Pending login/logout/text callbacks are dropped.
+    std::vector<Task*> shutdown(const Error& why);
+
+    // Guarded by the owner's lock.
+    std::vector<Task*> inbox;
+    bool drain_posted = false;
+    unsigned outstanding = 0; // dispatched and not yet completed or handed back
+    bool active = false;      // in the owner's dispatch set
+    // SCSI Command PDUs sent (any thread may read it).
+    std::atomic<uint64_t> commands_sent{0};
+
+private:
+    enum class State : uint8_t { idle, connecting, logging_in, logged_in, full_feature, failed, closed };
+    class OutPdu;
+
+    // Transport::Handler
+    void on_readable() override;
+    void on_closed(const Error& why) override;
+    // iscsi::PduSink
+    iscsi::DataDestination data_destination(const iscsi::Bhs& bhs, std::span<const uint8_t> ahs,
+                                            uint32_t length) override;
+    void pdu_received(iscsi::ReceivedPdu&& pdu) override;
+    void read_error(const iscsi::ReadError& error) override;
+
+    void on_connected(Result<std::unique_ptr<Transport>> transport);
+    void send_login(const iscsi::LoginRequestPdu& pdu);
+    void handle_login_response(iscsi::ReceivedPdu& pdu);
+    void finish_login_failure(Error error);
+
+    // Sending.
+    OutPdu& get_pdu();
+    void release_pdu(OutPdu* pdu);
+    void send_pdu(const iscsi::Bhs& bhs, const Buffer& data = {}, size_t offset = 0, uint32_t length = 0);
+    void start_task(Task* task);
+    void send_data_out(Task* task, uint32_t ttt, uint32_t offset, uint32_t length);
+    void send_nop_ping();
+    void send_tmf(iscsi::TmfFunction function, uint64_t lun, Task* referenced);
+
+    // Receiving.
+    void handle_data_in(iscsi::ReceivedPdu& pdu);
+    void handle_scsi_response(iscsi::ReceivedPdu& pdu);
+    void handle_r2t(const iscsi::Bhs& bhs);
+    void handle_nop_in(iscsi::ReceivedPdu& pdu);
+    void handle_tmf_response(const iscsi::Bhs& bhs);
+    void handle_text_response(iscsi::ReceivedPdu& pdu);
+    void handle_logout_response(const iscsi::Bhs& bhs);
+    void handle_async(iscsi::ReceivedPdu& pdu);
+    void handle_reject(iscsi::ReceivedPdu& pdu);
+    void note_stat_sn(uint32_t stat_sn);
+    void note_window(uint32_t exp_cmd_sn, uint32_t max_cmd_sn);
+
+    // Completion and escalation.
+    void finish_task(Task* task, CommandResult&& result);
+    void retry_or_fail(Task* task, const char* why);
+    void start_lun_reset(uint64_t lun);
+    void tick();
+    void arm_tick();
+
+    void fail(Error why);
+    bool usable() const { return _state == State::logged_in || _state == State::full_feature; }
+
+    std::shared_ptr<ConnectionOwner> _owner;
+    net::Reactor& _reactor;
+    uint16_t _cid;
+    uint64_t _generation;
+    State _state = State::idle;
+    std::string _peer;
+    std::string _target_label;     // "iqn... at host:port" for log lines
+    const SessionOptions _options; // a copy: a connection may outlive its session by a posted task
+
+    // Declared before _transport: queued PDUs return here when the transport is destroyed.
+    std::vector<std::unique_ptr<OutPdu>> _pdus;
+    std::vector<OutPdu*> _free_pdus;
+    std::unique_ptr<Transport> _transport;
+    iscsi::PduReader _reader;
+    std::vector<uint8_t> _staging;
+
+    TaskTable _table;
+    uint64_t _send_order = 0; // counts commands and TMFs sent, to tell which tasks a LUN RESET covers
+
+    // Login.
+    std::unique_ptr<iscsi::InitiatorLogin> _login;
+    iscsi::InitiatorLoginConfig _login_config;
+    LoginDone _login_done;
+    net::Clock::time_point _login_deadline{};
+
+    // Full feature phase.
+    iscsi::SessionParams _session;
+    iscsi::ConnectionParams _params;
+    uint32_t _exp_stat_sn = 0;
+    uint32_t _last_exp_cmd_sn = 0;
+    uint32_t _last_max_cmd_sn = 0;
+    bool _window_seen = false;
+    net::Reactor::TimerId _tick_timer = 0;
+    net::Clock::duration _tick_interval{};
+    net::Clock::time_point _last_rx{};
+    uint32_t _ping_itt = iscsi::reserved_tag;
+    net::Clock::time_point _ping_sent{};
+    // LUN → ITT of the LUN RESET in progress for it.
+    std::map<uint64_t, uint32_t> _resets;
+
+    // Text (discovery) and logout.
+    Function<void(Result<std::vector<uint8_t>>)> _text_done;
+    iscsi::TextAssembler _text;
+    uint32_t _text_itt = iscsi::reserved_tag;
+    Function<void(Result<void>)> _logout_done;
+    uint32_t _logout_itt = iscsi::reserved_tag;
+    bool _logged_out = false; // the target accepted our Logout: its closing the connection is expected
+    net::Clock::time_point _logout_deadline{};
+};
+
+// SAM LUN encoding: peripheral device addressing below 256, flat space addressing up to 16383.
+uint64_t encode_lun(uint64_t lun);
+uint64_t decode_lun(uint64_t raw);
+
+} // namespace ispace::initiator

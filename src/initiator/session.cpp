@@ -1,0 +1,819 @@
+// Session core: command queue, CmdSN window, dispatch over connections, login and reinstatement.
+#include "initiator/session.hpp"
+
+#include "common/log.hpp"
+#include "iscsi/chap.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <future>
+
+namespace ispace::initiator {
+
+using namespace std::chrono_literals;
+
+// ---------------------------------------------------------------------------------------------------
+// CHAP
+
+iscsi::ChapInitiatorConfig chap_config(const ChapCredentials& c) {
+    iscsi::ChapInitiatorConfig cfg;
+    cfg.credentials = {c.user, c.secret};
+    if (c.mutual()) {
+        cfg.target = iscsi::ChapCredentials{c.target_user, c.target_secret};
+    }
+    return cfg;
+}
+
+AuthenticatorFactory default_authenticator_factory() {
+    return [](std::string_view method, const ChapCredentials& c) -> std::unique_ptr<iscsi::Authenticator> {
+        if (method != iscsi::auth_method_chap) {
+            return nullptr;
+        }
+        return iscsi::make_chap_initiator_authenticator(chap_config(c));
+    };
+}
+
+Result<void> check_credentials(const ChapCredentials& c) {
+    if (c.empty()) {
+        return {};
+    }
+    if (auto r = iscsi::validate(chap_config(c)); !r) {
+        return make_error("CHAP: " + r.error().message, EINVAL);
+    }
+    return {};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// InitiatorCore
+
+InitiatorCore::InitiatorCore(InitiatorOptions options) : _options(std::move(options)) {
+    if (_options.initiator_name.empty()) {
+        _options.initiator_name = std::string(default_initiator_name);
+    }
+    _transport = _options.transport ? _options.transport : make_tcp_transport_factory();
+    if (!_options.authenticator) {
+        _options.authenticator = default_authenticator_factory();
+    }
+    unsigned n = _options.threads != 0 ? _options.threads : std::max(1u, std::thread::hardware_concurrency());
+    _reactors = std::make_unique<net::ReactorGroup>(n);
+    _reactors->start();
+    std::random_device rd;
+    _isid_random = rd() & 0xffffff;
+}
+
+InitiatorCore::~InitiatorCore() {
+    shutdown();
+}
+
+iscsi::Isid InitiatorCore::next_isid() {
+    std::lock_guard lock(_mu);
+    uint16_t qualifier = ++_isid_qualifier;
+    iscsi::Isid isid{};
+    isid[0] = 0xc0; // T = 11b (random), A reserved
+    isid[1] = uint8_t(_isid_random >> 16);
+    isid[2] = uint8_t(_isid_random >> 8);
+    isid[3] = uint8_t(_isid_random);
+    isid[4] = uint8_t(qualifier >> 8);
+    isid[5] = uint8_t(qualifier);
+    return isid;
+}
+
+bool InitiatorCore::on_reactor_thread() const {
+    net::Reactor* r = net::Reactor::current();
+    if (r == nullptr || !_reactors) {
+        return false;
+    }
+    for (unsigned i = 0; i < _reactors->size(); ++i) {
+        if (&_reactors->at(i) == r) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void InitiatorCore::add_session(const std::shared_ptr<SessionCore>& session) {
+    std::lock_guard lock(_mu);
+    std::erase_if(_sessions, [](const std::weak_ptr<SessionCore>& w) { return w.expired(); });
+    _sessions.push_back(session);
+}
+
+void InitiatorCore::shutdown() {
+    if (!_reactors) {
+        return;
+    }
+    std::vector<std::shared_ptr<SessionCore>> live;
+    {
+        std::lock_guard lock(_mu);
+        for (auto& w : _sessions) {
+            if (auto s = w.lock()) {
+                live.push_back(std::move(s));
+            }
+        }
+        _sessions.clear();
+    }
+    for (auto& s : live) {
+        auto done = std::make_shared<std::promise<void>>();
+        s->close([done] { done->set_value(); });
+        done->get_future().wait();
+        s->detach();
+    }
+    _reactors->stop();
+    _reactors->join();
+    _reactors.reset();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// SessionCore: construction and the public entry points
+
+SessionCore::SessionCore(InitiatorCore& initiator, SessionOptions options, iscsi::Isid isid,
+                         unsigned first_reactor)
+    : _initiator(initiator), _options(std::move(options)), _isid(isid), _first_reactor(first_reactor) {
+    if (_options.initiator_name.empty()) {
+        _options.initiator_name = _initiator.options().initiator_name;
+    }
+    if (!_options.transport) {
+        _options.transport = _initiator.transport();
+    }
+    if (!_options.authenticator) {
+        _options.authenticator = _initiator.options().authenticator;
+    }
+    _options.connections = std::clamp(_options.connections, 1u, 64u);
+    _options.queue_depth = std::max(_options.queue_depth, 1u);
+    _label = fmt::format("{} at {}:{}", _options.target_name, _options.host, _options.port);
+    _host = _options.host;
+    _port = _options.port;
+    // Any initial CmdSN will do; the target adopts the leading login's.
+    _next_cmd_sn = 1;
+}
+
+SessionCore::~SessionCore() {
+    // Only reached when nothing references the session any more: no task can be left, except when the
+    // reactors were stopped with work queued (the Initiator went away first).
+    for (Task* t : _pending) {
+        delete t;
+    }
+}
+
+void SessionCore::complete_with_error(Task* task, const Error& error) {
+    CommandResult result;
+    result.error = error;
+    _counters.commands++;
+    if (task->done) {
+        task->done(std::move(result));
+    }
+    delete task;
+}
+
+void SessionCore::start(Function<void(Result<void>)> done) {
+    {
+        std::lock_guard lock(_mu);
+        _state = State::connecting;
+    }
+    auto self = shared_from_this();
+    home().post([self, done = std::move(done)]() mutable {
+        self->_start_done = std::move(done);
+        self->attempt();
+    });
+}
+
+void SessionCore::submit(Command command, Completion done) {
+    auto* task = new Task;
+    task->command = std::move(command);
+    task->done = std::move(done);
+    const Command& c = task->command;
+    std::optional<Error> invalid;
+    if (c.cdb_length == 0 || c.cdb_length > 16) {
+        invalid =
+            make_error(fmt::format("CDB length {} (1 to 16 bytes are supported)", c.cdb_length), EINVAL);
+    } else if (c.direction != DataDirection::none && c.data.size() == 0) {
+        invalid = make_error("a read or write command needs a data buffer", EINVAL);
+    } else if (c.lun > 0x3fff) {
+        invalid = make_error(fmt::format("LUN {} is out of range (0-16383)", c.lun), EINVAL);
+    }
+    task->expected_length = c.direction == DataDirection::none ? 0 : uint32_t(c.data.size());
+
+    std::unique_lock lock(_mu);
+    if (_detached) {
+        lock.unlock();
+        complete_with_error(task, make_error(_label + ": the initiator was shut down", ESHUTDOWN));
+        return;
+    }
+    if (!invalid &&
+        (_state == State::failed || _state == State::closed || _state == State::closing || _closing)) {
+        invalid = _failure && _state == State::failed ? *_failure
+                                                      : make_error(_label + ": session closed", ESHUTDOWN);
+    }
+    if (invalid) {
+        lock.unlock();
+        // Never inside submit(): the caller may hold its own locks.
+        auto self = shared_from_this();
+        home().post([self, task, e = std::move(*invalid)] { self->complete_with_error(task, e); });
+        return;
+    }
+    task->seq = _next_seq++;
+    _pending.push_back(task);
+    dispatch_locked();
+}
+
+void SessionCore::close(Function<void()> done) {
+    std::unique_lock lock(_mu);
+    if (_state == State::closed || _detached) {
+        lock.unlock();
+        done();
+        return;
+    }
+    _closing = true;
+    _close_waiters.push_back(std::move(done));
+    lock.unlock();
+    auto self = shared_from_this();
+    home().post([self] { self->maybe_finish_close(); });
+}
+
+void SessionCore::detach() {
+    std::lock_guard lock(_mu);
+    _detached = true;
+}
+
+SessionInfo SessionCore::info() const {
+    std::lock_guard lock(_mu);
+    SessionInfo i;
+    i.target_name = _options.target_name;
+    i.portal = fmt::format("{}:{}", _options.host, _options.port);
+    i.isid = iscsi::format_isid(_isid);
+    i.tsih = _tsih;
+    i.connections = _state == State::up || _state == State::closing ? unsigned(_active.size()) : 0;
+    i.header_digest = _leading_params.header_digest == iscsi::Digest::crc32c;
+    i.data_digest = _leading_params.data_digest == iscsi::Digest::crc32c;
+    i.max_burst_length = _params.max_burst_length;
+    i.first_burst_length = _params.first_burst_length;
+    i.max_send_data_segment_length = _leading_params.max_send_data_segment_length;
+    i.immediate_data = _params.immediate_data;
+    i.initial_r2t = _params.initial_r2t;
+    i.max_outstanding_r2t = _params.max_outstanding_r2t;
+    i.commands = _counters.commands.load();
+    i.reconnects = _counters.reconnects.load();
+    i.retries = _counters.retries.load();
+    i.aborts = _counters.aborts.load();
+    i.lun_resets = _counters.lun_resets.load();
+    i.digest_errors = _counters.digest_errors.load();
+    for (const auto& c : _active) {
+        i.commands_per_connection.push_back(c->commands_sent.load(std::memory_order_relaxed));
+    }
+    return i;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Queue and window (under _mu)
+
+void SessionCore::insert_pending_locked(Task* task) {
+    auto at = std::upper_bound(_pending.begin(), _pending.end(), task->seq,
+                               [](uint64_t seq, const Task* t) { return seq < t->seq; });
+    _pending.insert(at, task);
+}
+
+void SessionCore::dispatch_locked() {
+    if ((_state != State::up && _state != State::closing) || _active.empty()) {
+        return;
+    }
+    while (!_pending.empty() && _outstanding < _options.queue_depth) {
+        // RFC 7143 §4.2.2.1: a non-immediate command may be sent only while CmdSN <= MaxCmdSN.
+        if (iscsi::sn_gt(_next_cmd_sn, _max_cmd_sn)) {
+            break;
+        }
+        Connection* best = _active.front().get();
+        for (const auto& c : _active) {
+            if (c->outstanding < best->outstanding) {
+                best = c.get();
+            }
+        }
+        Task* task = _pending.front();
+        _pending.pop_front();
+        task->cmd_sn = _next_cmd_sn++;
+        best->inbox.push_back(task);
+        ++best->outstanding;
+        ++_outstanding;
+        if (!best->drain_posted) {
+            best->drain_posted = true;
+            best->reactor().post([conn = best->shared_from_this()] { conn->drain_inbox(); });
+        }
+    }
+}
+
+void SessionCore::window_update(Connection& conn, uint32_t exp_cmd_sn, uint32_t max_cmd_sn) {
+    std::lock_guard lock(_mu);
+    if (!conn.active) {
+        return; // a connection of a session being recovered: its numbers belong to the old session
+    }
+    // RFC 7143 §4.2.2.1: ignore both when MaxCmdSN < ExpCmdSN - 1; otherwise only move forward.
+    if (iscsi::sn_lt(max_cmd_sn, exp_cmd_sn - 1)) {
+        return;
+    }
+    if (iscsi::sn_gt(exp_cmd_sn, _exp_cmd_sn)) {
+        _exp_cmd_sn = exp_cmd_sn;
+    }
+    if (iscsi::sn_gt(max_cmd_sn, _max_cmd_sn)) {
+        _max_cmd_sn = max_cmd_sn;
+        dispatch_locked();
+    }
+}
+
+uint32_t SessionCore::immediate_cmd_sn() {
+    std::lock_guard lock(_mu);
+    return _next_cmd_sn;
+}
+
+uint32_t SessionCore::allocate_cmd_sn() {
+    std::lock_guard lock(_mu);
+    return _next_cmd_sn++;
+}
+
+void SessionCore::take_inbox(Connection& conn, std::vector<Task*>& out) {
+    std::lock_guard lock(_mu);
+    out.insert(out.end(), conn.inbox.begin(), conn.inbox.end());
+    conn.inbox.clear();
+    conn.drain_posted = false;
+}
+
+void SessionCore::task_done(Connection& conn, Task* task, CommandResult&& result) {
+    bool close_now = false;
+    {
+        std::lock_guard lock(_mu);
+        if (conn.outstanding > 0) {
+            --conn.outstanding;
+            --_outstanding;
+        }
+        dispatch_locked();
+        close_now = _closing && idle_locked();
+    }
+    _counters.commands++;
+    if (task->done) {
+        task->done(std::move(result));
+    }
+    delete task;
+    if (close_now) {
+        auto self = shared_from_this();
+        home().post([self] { self->maybe_finish_close(); });
+    }
+}
+
+void SessionCore::task_retry(Connection& conn, Task* task, std::chrono::milliseconds delay) {
+    std::unique_lock lock(_mu);
+    if (conn.outstanding > 0) {
+        --conn.outstanding;
+        --_outstanding;
+    }
+    if (delay.count() == 0) {
+        insert_pending_locked(task);
+        dispatch_locked();
+        return;
+    }
+    ++_delayed;
+    lock.unlock();
+    auto self = shared_from_this();
+    conn.reactor().add_timer(delay, [self, task] {
+        std::unique_lock lock(self->_mu);
+        --self->_delayed;
+        if (self->_state == State::failed || self->_state == State::closed) {
+            Error e = self->_failure.value_or(make_error(self->_label + ": session closed", ESHUTDOWN));
+            lock.unlock();
+            self->complete_with_error(task, e);
+            return;
+        }
+        self->insert_pending_locked(task);
+        self->dispatch_locked();
+    });
+}
+
+void SessionCore::connection_failed(Connection& conn, const Error& why) {
+    auto self = shared_from_this();
+    home().post([self, conn = conn.shared_from_this(), generation = conn.generation(), why] {
+        self->on_connection_failed(conn, generation, why);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Login and reinstatement (home reactor)
+
+std::shared_ptr<Connection> SessionCore::make_connection(uint16_t cid) {
+    net::Reactor& r = _initiator.reactor(_first_reactor + cid);
+    // The connection tag (the ITT's top byte) is the CID: unique among the session's connections.
+    return std::make_shared<Connection>(shared_from_this(), r, cid, uint8_t(cid), _generation);
+}
+
+iscsi::InitiatorLoginConfig SessionCore::login_config(uint16_t cid, uint16_t tsih) {
+    iscsi::InitiatorLoginConfig c;
+    c.initiator_name = _options.initiator_name;
+    c.target_name = _options.target_name;
+    c.session_type = iscsi::SessionType::normal;
+    c.isid = _isid;
+    c.tsih = tsih;
+    c.cid = cid;
+    {
+        std::lock_guard lock(_mu);
+        c.cmd_sn = _next_cmd_sn;
+        if (tsih != 0) {
+            c.session = _params;
+        }
+    }
+    c.itt = 0;
+    c.exp_stat_sn = 0;
+    auto digest = [](DigestMode m) {
+        switch (m) {
+        case DigestMode::crc32c:
+            return std::vector<iscsi::Digest>{iscsi::Digest::crc32c};
+        case DigestMode::crc32c_or_none:
+            return std::vector<iscsi::Digest>{iscsi::Digest::crc32c, iscsi::Digest::none};
+        default:
+            return std::vector<iscsi::Digest>{iscsi::Digest::none};
+        }
+    };
+    c.negotiation.header_digests = digest(_options.header_digest);
+    c.negotiation.data_digests = digest(_options.data_digest);
+    c.negotiation.max_recv_data_segment_length = _options.max_recv_data_segment_length;
+    c.negotiation.max_burst_length = _options.max_burst_length;
+    c.negotiation.first_burst_length = std::min(_options.first_burst_length, _options.max_burst_length);
+    c.negotiation.initial_r2t = _options.initial_r2t;
+    c.negotiation.immediate_data = _options.immediate_data;
+    c.negotiation.max_connections = uint16_t(_options.connections);
+    c.negotiation.max_outstanding_r2t = 1;
+    c.negotiation.alias = _options.initiator_alias;
+    if (!_options.chap.empty()) {
+        // Credentials were given: insist on CHAP rather than silently logging in without it.
+        c.auth_methods = {std::string(iscsi::auth_method_chap)};
+        c.make_authenticator = [factory = _options.authenticator, creds = _options.chap](
+                                   std::string_view method) -> std::unique_ptr<iscsi::Authenticator> {
+            return factory ? factory(method, creds) : nullptr;
+        };
+    }
+    return c;
+}
+
+void SessionCore::login_connection(const std::shared_ptr<Connection>& conn, uint16_t tsih, bool leading) {
+    auto self = shared_from_this();
+    uint64_t generation = _generation;
+    conn->reactor().post([self, conn, generation, leading, cfg = login_config(conn->cid(), tsih),
+                          host = _host, port = _port]() mutable {
+        conn->login(host, port, std::move(cfg), [self, conn, generation, leading](LoginOutcome&& outcome) {
+            self->home().post([self, conn, generation, leading, outcome = std::move(outcome)]() mutable {
+                if (leading) {
+                    self->on_leading_login(conn, generation, std::move(outcome));
+                } else {
+                    self->on_secondary_login(conn, generation, std::move(outcome));
+                }
+            });
+        });
+    });
+}
+
+void SessionCore::attempt() {
+    {
+        std::lock_guard lock(_mu);
+        if (_state == State::closed || _state == State::failed || _state == State::closing ||
+            _close_started) {
+            return; // closed meanwhile (a reconnect timer outlived the session's use)
+        }
+    }
+    if (!_options.chap.empty() && !_options.authenticator) {
+        attempt_failed(
+            make_error(fmt::format("login to {}: CHAP credentials were given, but this build has no CHAP "
+                                   "authenticator (pass one in SessionOptions::authenticator)",
+                                   _label),
+                       ENOTSUP));
+        return;
+    }
+    ++_generation;
+    _ok.clear();
+    auto leading = make_connection(0);
+    _all.push_back(leading);
+    login_connection(leading, 0, true);
+}
+
+void SessionCore::on_leading_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
+                                   LoginOutcome&& outcome) {
+    if (generation != _generation) {
+        return;
+    }
+    if (outcome.error) {
+        if (!outcome.redirect.empty() && _redirects < 4) {
+            // TargetAddress: domainname[:port][,portal-group-tag]
+            std::string address = outcome.redirect.substr(0, outcome.redirect.find(','));
+            std::string host = address;
+            uint16_t port = default_port;
+            size_t colon = address.rfind(':');
+            bool v6 = !address.empty() && address.front() == '[';
+            if (colon != std::string::npos && (!v6 || colon > address.find(']'))) {
+                host = address.substr(0, colon);
+                port = uint16_t(std::strtoul(address.c_str() + colon + 1, nullptr, 10));
+            }
+            if (v6 && host.size() >= 2) {
+                host = host.substr(1, host.size() - 2);
+            }
+            log_info("{}: redirected to {}", _label, outcome.redirect);
+            ++_redirects;
+            _host = host;
+            _port = port;
+            auto self = shared_from_this();
+            stop_connections(*outcome.error, [self] { self->attempt(); });
+            return;
+        }
+        attempt_failed(std::move(*outcome.error));
+        return;
+    }
+    _redirects = 0;
+    {
+        std::lock_guard lock(_mu);
+        _params = outcome.session;
+        _leading_params = outcome.connection;
+        _tsih = outcome.tsih;
+        _exp_cmd_sn = outcome.exp_cmd_sn;
+        _max_cmd_sn = outcome.max_cmd_sn;
+        // The target expects the CmdSN of our login next (RFC 7143 §11.12.6); start from its word.
+        _next_cmd_sn = outcome.exp_cmd_sn;
+    }
+    _ok.push_back(conn);
+    unsigned wanted =
+        std::min<unsigned>(_options.connections, std::max<uint16_t>(outcome.session.max_connections, 1));
+    if (wanted < _options.connections && !_ever_up) {
+        log_warn("{}: the target allows {} connection(s) per session; using {} instead of {}", _label,
+                 outcome.session.max_connections, wanted, _options.connections);
+    }
+    _logins_left = wanted - 1;
+    if (_logins_left == 0) {
+        go_live();
+        return;
+    }
+    for (uint16_t cid = 1; cid < wanted; ++cid) {
+        auto c = make_connection(cid);
+        _all.push_back(c);
+        login_connection(c, outcome.tsih, false);
+    }
+}
+
+void SessionCore::on_secondary_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
+                                     LoginOutcome&& outcome) {
+    if (generation != _generation) {
+        return;
+    }
+    if (outcome.error) {
+        log_warn("{}: connection {} could not join the session: {}; continuing with fewer connections",
+                 _label, conn->cid(), outcome.error->message);
+        conn->reactor().post([conn, e = *outcome.error] { conn->shutdown(e); });
+    } else {
+        _ok.push_back(conn);
+    }
+    if (--_logins_left == 0) {
+        go_live();
+    }
+}
+
+void SessionCore::go_live() {
+    if (_ok.empty()) {
+        attempt_failed(make_error(_label + ": no connection survived the login", EIO));
+        return;
+    }
+    std::sort(_ok.begin(), _ok.end(), [](const auto& a, const auto& b) { return a->cid() < b->cid(); });
+    iscsi::SessionParams params;
+    {
+        std::lock_guard lock(_mu);
+        params = _params;
+    }
+    // Posted before the state changes: a drain_inbox() posted by dispatch must find the connection in
+    // full feature phase (posts to one reactor run in order).
+    for (const auto& c : _ok) {
+        c->reactor().post([c, params] {
+            c->enter_full_feature(params);
+            c->drain_inbox();
+        });
+    }
+    bool reinstated = _ever_up;
+    {
+        std::lock_guard lock(_mu);
+        _state = State::up;
+        _active = _ok;
+        for (const auto& c : _active) {
+            c->active = true;
+        }
+        dispatch_locked();
+    }
+    _ever_up = true;
+    _reconnect_attempt = 0;
+    if (reinstated) {
+        _counters.reconnects++;
+        log_warn("{}: session reinstated (TSIH {}, {} connection(s)); resending what had no status", _label,
+                 _tsih, _ok.size());
+    }
+    if (auto done = std::move(_start_done)) {
+        done(Result<void>{});
+    }
+    maybe_finish_close();
+}
+
+void SessionCore::attempt_failed(Error why) {
+    auto self = shared_from_this();
+    bool give_up;
+    {
+        std::lock_guard lock(_mu);
+        give_up = !_ever_up || !_options.reconnect || net::Clock::now() >= _recovery_deadline ||
+                  (_closing && idle_locked());
+    }
+    if (give_up) {
+        if (_ever_up) {
+            log_error("{}: giving up on the session: {}", _label, why.message);
+        }
+        stop_connections(why, [self, why] { self->fail_all(why); });
+        return;
+    }
+    auto delay = std::min<std::chrono::milliseconds>(_options.timeouts.reconnect_min *
+                                                         (1u << std::min(_reconnect_attempt, 16u)),
+                                                     _options.timeouts.reconnect_max);
+    ++_reconnect_attempt;
+    log_info("{}: reconnect attempt {} failed ({}); next in {} ms", _label, _reconnect_attempt, why.message,
+             delay.count());
+    stop_connections(why, [self, delay] { self->home().add_timer(delay, [self] { self->attempt(); }); });
+}
+
+void SessionCore::on_connection_failed(const std::shared_ptr<Connection>& conn, uint64_t generation,
+                                       const Error& why) {
+    if (generation != _generation) {
+        return;
+    }
+    State state;
+    {
+        std::lock_guard lock(_mu);
+        state = _state;
+    }
+    if (state == State::up) {
+        begin_recovery(why);
+        return;
+    }
+    if (state == State::connecting || state == State::recovering) {
+        // A connection that had logged in failed before the session went live: continue without it.
+        std::erase(_ok, conn);
+        conn->reactor().post([conn, why] { conn->shutdown(why); });
+    }
+    // closing: the logout's own callback finishes the close.
+}
+
+void SessionCore::begin_recovery(const Error& why) {
+    {
+        std::lock_guard lock(_mu);
+        _state = State::recovering;
+        for (const auto& c : _active) {
+            c->active = false;
+        }
+        _active.clear();
+    }
+    ++_generation; // late callbacks of the lost connections no longer count
+    _recovery_deadline = net::Clock::now() + _options.timeouts.recovery;
+    _reconnect_attempt = 0;
+    auto self = shared_from_this();
+    if (!_options.reconnect) {
+        log_error("{}: session lost: {}", _label, why.message);
+        stop_connections(why, [self, why] { self->fail_all(why); });
+        return;
+    }
+    log_warn("{}: session lost ({}); reinstating it", _label, why.message);
+    stop_connections(why, [self] { self->attempt(); });
+}
+
+void SessionCore::stop_connections(const Error& why, Function<void()> then) {
+    auto conns = std::move(_all);
+    _all.clear();
+    _ok.clear();
+    if (conns.empty()) {
+        then();
+        return;
+    }
+    auto self = shared_from_this();
+    auto remaining = std::make_shared<size_t>(conns.size());
+    auto after = std::make_shared<Function<void()>>(std::move(then));
+    for (auto& c : conns) {
+        c->reactor().post([self, c, why, remaining, after] {
+            std::vector<Task*> tasks = c->shutdown(why);
+            self->home().post([self, c, tasks = std::move(tasks), remaining, after] {
+                {
+                    std::lock_guard lock(self->_mu);
+                    self->_outstanding -= std::min(self->_outstanding, c->outstanding);
+                    c->outstanding = 0;
+                    c->active = false;
+                    for (Task* t : tasks) {
+                        self->insert_pending_locked(t);
+                    }
+                }
+                if (--*remaining == 0) {
+                    (*after)();
+                }
+            });
+        });
+    }
+}
+
+void SessionCore::fail_all(const Error& why) {
+    std::deque<Task*> tasks;
+    {
+        std::lock_guard lock(_mu);
+        _state = State::failed;
+        _failure = why;
+        tasks.swap(_pending);
+        _active.clear();
+    }
+    for (Task* t : tasks) {
+        complete_with_error(t, why);
+    }
+    if (auto done = std::move(_start_done)) {
+        done(why);
+    }
+    maybe_finish_close();
+}
+
+void SessionCore::maybe_finish_close() {
+    State state;
+    bool idle;
+    {
+        std::lock_guard lock(_mu);
+        if (!_closing || _close_started) {
+            return;
+        }
+        state = _state;
+        idle = idle_locked();
+    }
+    auto self = shared_from_this();
+    if (state == State::up && idle) {
+        _close_started = true;
+        std::shared_ptr<Connection> conn;
+        std::vector<std::shared_ptr<Connection>> others;
+        {
+            std::lock_guard lock(_mu);
+            _state = State::closing;
+            conn = _active.empty() ? nullptr : _active.front();
+            if (_active.size() > 1) {
+                others.assign(_active.begin() + 1, _active.end());
+            }
+        }
+        if (!conn) {
+            finish_close();
+            return;
+        }
+        // Logout with reason "close the session" ends every connection of the session.
+        for (const auto& c : others) {
+            c->reactor().post([c] { c->expect_close(); });
+        }
+        conn->reactor().post([self, conn] {
+            conn->logout([self](Result<void> r) {
+                if (!r) {
+                    log_debug("{}: logout: {}", self->_label, r.error().message);
+                }
+                self->home().post([self] { self->finish_close(); });
+            });
+        });
+        return;
+    }
+    if (state == State::failed || state == State::idle) {
+        _close_started = true;
+        finish_close();
+        return;
+    }
+    if ((state == State::recovering || state == State::connecting) && idle) {
+        // Nothing waits for the session: stop trying to bring it back.
+        _close_started = true;
+        ++_generation;
+        finish_close();
+    }
+    // Otherwise commands are still in flight: their completions call us again.
+}
+
+void SessionCore::finish_close() {
+    auto self = shared_from_this();
+    {
+        std::lock_guard lock(_mu);
+        _state = State::closing;
+        for (const auto& c : _active) {
+            c->active = false;
+        }
+        _active.clear();
+    }
+    ++_generation;
+    stop_connections(make_error(_label + ": session closed", ESHUTDOWN), [self] {
+        std::vector<Function<void()>> waiters;
+        std::deque<Task*> leftovers;
+        {
+            std::lock_guard lock(self->_mu);
+            self->_state = State::closed;
+            waiters.swap(self->_close_waiters);
+            leftovers.swap(self->_pending);
+        }
+        for (Task* t : leftovers) {
+            self->complete_with_error(t, make_error(self->_label + ": session closed", ESHUTDOWN));
+        }
+        if (auto done = std::move(self->_start_done)) {
+            done(make_error(self->_label + ": session closed during login", ESHUTDOWN));
+        }
+        for (auto& w : waiters) {
+            w();
+        }
+    });
+}
+
+} // namespace ispace::initiator

@@ -1,0 +1,173 @@
+// SessionCore: one iSCSI session (normal session type) with its connections, the command queue, the
+// CmdSN window, and recovery by session reinstatement.
+//
+// Threading (docs/initiator.md): the session has a home reactor, where every state transition of the
+// session runs (logins, recovery, close). Its connections are spread over the initiator's reactors
+// (connection i on reactor home+i), so an MC/S session uses several cores: framing, digests, Data-In
+// landing and completions run on each connection's own reactor. What the connections share — the
+// pending queue, the CmdSN window, the dispatch of tasks to connections — sits behind `_mu`, held only
+// for a few instructions per command; submit() takes it from any thread.
+//
+// Queueing: submit() appends to `_pending` (ordered by submission sequence number); dispatch takes
+// tasks from its head while the CmdSN window (MaxCmdSN) and the queue depth allow, gives each the next
+// CmdSN and puts it in the inbox of the connection with the fewest outstanding commands. A task handed
+// back for a retry keeps its sequence number and so goes back to the head.
+//
+// Recovery: any connection failure in full feature phase stops every connection (they hand back every
+// task without a status), then the leading connection logs in again with the same ISID and TSIH 0 —
+// session reinstatement, which makes the target terminate the old session's tasks — and the others
+// follow; the tasks are then dispatched again in their original order.
+#pragma once
+
+#include "initiator/connection.hpp"
+#include "iscsi/params.hpp"
+#include "iscsi/pdu.hpp"
+#include "ispace/initiator.hpp"
+#include "net/reactor.hpp"
+
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace ispace::initiator {
+
+class SessionCore;
+
+// The built-in CHAP (iscsi/chap.hpp, MD5 and SHA-256, mutual when target credentials are set).
+AuthenticatorFactory default_authenticator_factory();
+// The credentials' shape (user name, secret length, distinct secrets for mutual CHAP), before a login.
+Result<void> check_credentials(const ChapCredentials& credentials);
+
+// The shared part of an Initiator: its reactors, its name, the ISID space and the live sessions.
+class InitiatorCore {
+public:
+    explicit InitiatorCore(InitiatorOptions options);
+    ~InitiatorCore();
+
+    const InitiatorOptions& options() const { return _options; }
+    unsigned threads() const { return _reactors->size(); }
+    net::Reactor& reactor(unsigned i) { return _reactors->at(i % _reactors->size()); }
+    // Round-robin start index for a new session's home reactor.
+    unsigned next_home() { return _next_home.fetch_add(1, std::memory_order_relaxed) % _reactors->size(); }
+    // A fresh ISID: type "random" (RFC 7143 §11.12.5: T=11b, a random 24-bit B+C chosen once per
+    // process) with the qualifier counting the sessions this process opened.
+    iscsi::Isid next_isid();
+    std::shared_ptr<TransportFactory> transport() const { return _transport; }
+    bool on_reactor_thread() const;
+
+    void add_session(const std::shared_ptr<SessionCore>& session);
+    // Closes every live session (blocking), then stops and joins the reactors.
+    void shutdown();
+
+private:
+    InitiatorOptions _options;
+    std::shared_ptr<TransportFactory> _transport;
+    std::unique_ptr<net::ReactorGroup> _reactors;
+    std::atomic<unsigned> _next_home{0};
+    std::mutex _mu;
+    uint32_t _isid_random = 0;
+    uint16_t _isid_qualifier = 0;
+    std::vector<std::weak_ptr<SessionCore>> _sessions;
+};
+
+class SessionCore final : public ConnectionOwner, public std::enable_shared_from_this<SessionCore> {
+public:
+    SessionCore(InitiatorCore& initiator, SessionOptions options, iscsi::Isid isid, unsigned first_reactor);
+    ~SessionCore() override;
+
+    // Any thread. `done` runs on the home reactor.
+    void start(Function<void(Result<void>)> done);
+    void submit(Command command, Completion done);
+    void close(Function<void()> done);
+    // The Initiator is going away: after this nothing may touch a reactor.
+    void detach();
+    SessionInfo info() const;
+
+    // ConnectionOwner
+    const SessionOptions& options() const override { return _options; }
+    TransportFactory& transport_factory() override { return *_options.transport; }
+    SessionCounters& counters() override { return _counters; }
+    void window_update(Connection& conn, uint32_t exp_cmd_sn, uint32_t max_cmd_sn) override;
+    uint32_t immediate_cmd_sn() override;
+    uint32_t allocate_cmd_sn() override;
+    void take_inbox(Connection& conn, std::vector<Task*>& out) override;
+    void task_done(Connection& conn, Task* task, CommandResult&& result) override;
+    void task_retry(Connection& conn, Task* task, std::chrono::milliseconds delay) override;
+    void connection_failed(Connection& conn, const Error& why) override;
+
+private:
+    enum class State : uint8_t { idle, connecting, up, recovering, closing, failed, closed };
+
+    net::Reactor& home() { return _initiator.reactor(_first_reactor); }
+    std::shared_ptr<Connection> make_connection(uint16_t cid);
+    iscsi::InitiatorLoginConfig login_config(uint16_t cid, uint16_t tsih);
+    void complete_with_error(Task* task, const Error& error); // runs the completion (caller's thread)
+
+    // Guarded by _mu.
+    void dispatch_locked();
+    void insert_pending_locked(Task* task);
+    bool idle_locked() const { return _pending.empty() && _outstanding == 0 && _delayed == 0; }
+
+    // Home reactor only.
+    void attempt();
+    void login_connection(const std::shared_ptr<Connection>& conn, uint16_t tsih, bool leading);
+    void on_leading_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
+                          LoginOutcome&& outcome);
+    void on_secondary_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
+                            LoginOutcome&& outcome);
+    void go_live();
+    void attempt_failed(Error why);
+    void on_connection_failed(const std::shared_ptr<Connection>& conn, uint64_t generation, const Error& why);
+    void begin_recovery(const Error& why);
+    void stop_connections(const Error& why, Function<void()> then);
+    void fail_all(const Error& why);
+    void maybe_finish_close();
+    void finish_close();
+
+    InitiatorCore& _initiator;
+    SessionOptions _options;
+    iscsi::Isid _isid;
+    unsigned _first_reactor;
+    std::string _label; // "iqn... at host:port"
+    SessionCounters _counters;
+
+    mutable std::mutex _mu;
+    // Guarded by _mu.
+    State _state = State::idle;
+    bool _closing = false;
+    bool _detached = false;
+    std::deque<Task*> _pending; // ordered by Task::seq
+    std::vector<std::shared_ptr<Connection>> _active;
+    uint32_t _next_cmd_sn = 1;
+    uint32_t _exp_cmd_sn = 1;
+    uint32_t _max_cmd_sn = 0;
+    unsigned _outstanding = 0; // dispatched to connections, not yet completed or handed back
+    unsigned _delayed = 0;     // waiting out a BUSY back-off
+    uint64_t _next_seq = 0;
+    std::optional<Error> _failure;
+    std::vector<Function<void()>> _close_waiters;
+    iscsi::SessionParams _params;
+    iscsi::ConnectionParams _leading_params;
+    uint16_t _tsih = 0;
+    std::vector<uint64_t> _sent_per_connection;
+
+    // Home reactor only.
+    uint64_t _generation = 0;
+    std::vector<std::shared_ptr<Connection>> _all; // every connection of the current attempt
+    std::vector<std::shared_ptr<Connection>> _ok;  // logged in during the current attempt
+    unsigned _logins_left = 0;
+    Function<void(Result<void>)> _start_done;
+    bool _ever_up = false;
+    bool _close_started = false;
+    net::Clock::time_point _recovery_deadline{};
+    unsigned _reconnect_attempt = 0;
+    std::string _host; // where the next attempt logs in (a redirection changes it)
+    uint16_t _port = 0;
+    unsigned _redirects = 0;
+};
+
+} // namespace ispace::initiator

@@ -1,0 +1,111 @@
+// TaskTable: a connection's Initiator Task Tag → outstanding request map, indexed by the ITT itself.
+//
+// An ITT is  [31..24] connection tag · [23..16] generation · [15..0] slot.  The connection tag keeps
+// ITTs unique across the connections of a session (RFC 7143 §11.2.1.8: unique within the session); the
+// slot makes lookup an array index; the generation, bumped whenever a slot is freed, makes a late PDU
+// for a finished request (after an abort, or a duplicate from a broken target) miss instead of landing
+// on the slot's next user. The reserved tag 0xffffffff can never be produced: tag 0xff is refused.
+#pragma once
+
+#include <cassert>
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
+namespace ispace::initiator {
+
+struct Task;
+
+class TaskTable {
+public:
+    enum class Kind : uint8_t { free, scsi, tmf, nop, text, logout };
+
+    struct Entry {
+        Kind kind = Kind::free;
+        Task* task = nullptr; // scsi: the command; tmf: the task an ABORT TASK refers to (or null)
+        uint64_t lun = 0;     // tmf: the LUN
+        uint32_t aux = 0;     // tmf: the function
+        uint64_t order = 0;   // the connection's send counter when the request went out
+        std::chrono::steady_clock::time_point deadline{}; // tmf, nop, text, logout: when to give up
+        uint8_t generation = 0;
+    };
+
+    static constexpr unsigned max_slots = 65536;
+
+    explicit TaskTable(uint8_t connection_tag) : _tag(connection_tag) { assert(connection_tag != 0xff); }
+
+    // A free ITT for an entry of `kind`, or 0xffffffff when all slots are in use.
+    uint32_t allocate(Kind kind, Task* task) {
+        uint32_t slot;
+        if (!_free.empty()) {
+            slot = _free.back();
+            _free.pop_back();
+        } else if (_entries.size() < max_slots) {
+            slot = uint32_t(_entries.size());
+            _entries.emplace_back();
+        } else {
+            return 0xffffffff;
+        }
+        Entry& e = _entries[slot];
+        e.kind = kind;
+        e.task = task;
+        e.lun = 0;
+        e.aux = 0;
+        e.order = 0;
+        e.deadline = {};
+        ++_used;
+        return itt_of(slot, e.generation);
+    }
+
+    // The entry of a live ITT, or nullptr (unknown, stale generation, or another connection's tag).
+    Entry* find(uint32_t itt) {
+        if ((itt >> 24) != _tag) {
+            return nullptr;
+        }
+        uint32_t slot = itt & 0xffff;
+        if (slot >= _entries.size()) {
+            return nullptr;
+        }
+        Entry& e = _entries[slot];
+        if (e.kind == Kind::free || e.generation != uint8_t(itt >> 16)) {
+            return nullptr;
+        }
+        return &e;
+    }
+
+    void release(uint32_t itt) {
+        Entry* e = find(itt);
+        if (e == nullptr) {
+            return;
+        }
+        e->kind = Kind::free;
+        e->task = nullptr;
+        ++e->generation;
+        _free.push_back(itt & 0xffff);
+        --_used;
+    }
+
+    size_t size() const { return _used; }
+
+    // Calls fn(itt, entry) for every live entry. fn may release the entry it is given.
+    template <typename Fn> void for_each(Fn&& fn) {
+        for (uint32_t slot = 0; slot < _entries.size(); ++slot) {
+            Entry& e = _entries[slot];
+            if (e.kind != Kind::free) {
+                fn(itt_of(slot, e.generation), e);
+            }
+        }
+    }
+
+private:
+    uint32_t itt_of(uint32_t slot, uint8_t generation) const {
+        return uint32_t(_tag) << 24 | uint32_t(generation) << 16 | slot;
+    }
+
+    uint8_t _tag;
+    std::vector<Entry> _entries;
+    std::vector<uint32_t> _free;
+    size_t _used = 0;
+};
+
+} // namespace ispace::initiator

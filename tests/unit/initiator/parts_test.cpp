@@ -1,0 +1,130 @@
+// The initiator's small parts: URL parsing, the ITT-indexed task table, LUN encoding, sense decoding.
+#include "initiator/connection.hpp"
+#include "initiator/task_table.hpp"
+#include "ispace/initiator.hpp"
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+namespace ispace::initiator {
+namespace {
+
+TEST(Url, FullForm) {
+    auto u = parse_url("iscsi://alice%s3cr3t@10.0.0.5:3261/iqn.2026-01.com.example:disk/3");
+    ASSERT_TRUE(u) << u.error().message;
+    EXPECT_EQ(u->host, "10.0.0.5");
+    EXPECT_EQ(u->port, 3261);
+    EXPECT_EQ(u->target_name, "iqn.2026-01.com.example:disk");
+    ASSERT_TRUE(u->lun);
+    EXPECT_EQ(*u->lun, 3u);
+    EXPECT_EQ(u->chap.user, "alice");
+    EXPECT_EQ(u->chap.secret, "s3cr3t");
+    EXPECT_EQ(to_string(*u), "iscsi://alice@10.0.0.5:3261/iqn.2026-01.com.example:disk/3"); // no secret
+}
+
+TEST(Url, PortalOnlyAndDefaults) {
+    auto u = parse_url("iscsi://storage.example");
+    ASSERT_TRUE(u);
+    EXPECT_EQ(u->host, "storage.example");
+    EXPECT_EQ(u->port, 3260);
+    EXPECT_TRUE(u->target_name.empty());
+    EXPECT_FALSE(u->lun);
+    auto v = parse_url("iscsi://[::1]:3262/iqn.x:y/0?header_digest=crc32c&data_digest=none");
+    ASSERT_TRUE(v) << v.error().message;
+    EXPECT_EQ(v->host, "::1");
+    EXPECT_EQ(v->port, 3262);
+    EXPECT_EQ(v->portal(), "[::1]:3262");
+    EXPECT_EQ(*v->lun, 0u);
+    EXPECT_EQ(v->header_digest, DigestMode::crc32c);
+    EXPECT_EQ(v->data_digest, DigestMode::none);
+}
+
+TEST(Url, EscapedSecret) {
+    auto u = parse_url("iscsi://bob%p%40ss%25word@h/iqn.a:b/1");
+    ASSERT_TRUE(u) << u.error().message;
+    EXPECT_EQ(u->chap.user, "bob");
+    EXPECT_EQ(u->chap.secret, "p@ss%word");
+}
+
+TEST(Url, Rejects) {
+    for (const char* bad :
+         {"http://h/iqn/0", "iscsi://", "iscsi://h:0/iqn/1", "iscsi://h:99999/i/1", "iscsi://h/i/x",
+          "iscsi://h/i/16384", "iscsi://user@h/i/0", "iscsi://h/i/0?bogus=1", "iscsi://[::1/i/0",
+          "iscsi://h:/i/0", "iscsi://h/i/0?header_digest=md5"}) {
+        auto u = parse_url(bad);
+        EXPECT_FALSE(u) << bad;
+        if (!u) {
+            EXPECT_NE(u.error().message.find("expected iscsi://"), std::string::npos);
+        }
+    }
+}
+
+TEST(TaskTable, TagsAreUniqueAndStaleTagsMiss) {
+    TaskTable t(3);
+    std::set<uint32_t> seen;
+    std::vector<uint32_t> itts;
+    for (int i = 0; i < 100; ++i) {
+        uint32_t itt = t.allocate(TaskTable::Kind::scsi, nullptr);
+        EXPECT_EQ(itt >> 24, 3u);
+        EXPECT_TRUE(seen.insert(itt).second);
+        itts.push_back(itt);
+    }
+    EXPECT_EQ(t.size(), 100u);
+    uint32_t old = itts[10];
+    ASSERT_NE(t.find(old), nullptr);
+    t.release(old);
+    EXPECT_EQ(t.find(old), nullptr);
+    uint32_t reused = t.allocate(TaskTable::Kind::nop, nullptr);
+    EXPECT_EQ(reused & 0xffff, old & 0xffff); // same slot ...
+    EXPECT_NE(reused, old);                   // ... another generation
+    EXPECT_EQ(t.find(old), nullptr);
+    ASSERT_NE(t.find(reused), nullptr);
+    EXPECT_EQ(t.find(reused)->kind, TaskTable::Kind::nop);
+    // Another connection's tag never matches.
+    EXPECT_EQ(t.find((reused & 0x00ffffff) | (4u << 24)), nullptr);
+    EXPECT_EQ(t.find(0xffffffff), nullptr);
+    size_t live = 0;
+    t.for_each([&](uint32_t, TaskTable::Entry&) { ++live; });
+    EXPECT_EQ(live, 100u);
+}
+
+TEST(Lun, SamEncoding) {
+    EXPECT_EQ(encode_lun(0), 0u);
+    EXPECT_EQ(encode_lun(1), 0x0001000000000000ull);
+    EXPECT_EQ(encode_lun(300), 0x412c000000000000ull);
+    for (uint64_t lun : {0ull, 1ull, 255ull, 256ull, 16383ull}) {
+        EXPECT_EQ(decode_lun(encode_lun(lun)), lun);
+    }
+}
+
+TEST(Sense, FixedAndDescriptor) {
+    std::vector<uint8_t> fixed(18, 0);
+    fixed[0] = 0x70;
+    fixed[2] = 0x06;
+    fixed[12] = 0x29;
+    fixed[13] = 0x07;
+    auto k = parse_sense(fixed);
+    ASSERT_TRUE(k);
+    EXPECT_EQ(k->key, 6);
+    EXPECT_EQ(describe_sense(fixed), "UNIT ATTENTION, asc/ascq 29/07 (I_T nexus loss occurred)");
+    std::vector<uint8_t> desc = {0x72, 0x05, 0x24, 0x00, 0, 0, 0, 0};
+    EXPECT_EQ(describe_sense(desc), "ILLEGAL REQUEST, asc/ascq 24/00 (invalid field in CDB)");
+    EXPECT_FALSE(parse_sense(std::vector<uint8_t>{}));
+}
+
+TEST(Cdb, ReadWriteBuilders) {
+    Command r = make_read(2, 100, 8, 512);
+    EXPECT_EQ(r.cdb[0], 0x28);
+    EXPECT_EQ(r.cdb_length, 10);
+    EXPECT_EQ(r.data.size(), 4096u);
+    EXPECT_EQ(r.direction, DataDirection::read);
+    Command w = make_write(0, uint64_t(1) << 33, 8, 512, Buffer::allocate(4096));
+    EXPECT_EQ(w.cdb[0], 0x8a);
+    EXPECT_EQ(w.cdb_length, 16);
+    Command big = make_read(0, 0, 70000, 512);
+    EXPECT_EQ(big.cdb[0], 0x88); // more blocks than READ(10) can say
+}
+
+} // namespace
+} // namespace ispace::initiator

@@ -1,0 +1,85 @@
+// Shared pieces of the `ispace` command line tool: global options, URL handling, session set-up,
+// progress display. Each sub-command lives in its own cmd_*.cpp.
+#pragma once
+
+#include "common/result.hpp"
+#include "ispace/initiator.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace ispace::cli {
+
+using initiator::DigestMode;
+using initiator::Initiator;
+using initiator::Session;
+using initiator::Url;
+
+struct GlobalOptions {
+    std::string initiator_name{initiator::default_initiator_name};
+    unsigned threads = 0;
+    std::string log_level = "warn";
+};
+
+// Per-session knobs shared by cp and bench.
+struct SessionKnobs {
+    unsigned connections = 1;
+    std::string digest; // "", "crc32c" or "none"
+    unsigned queue_depth = 32;
+};
+
+// Exit codes: 0 success, 1 the operation failed, 2 the command line was wrong.
+constexpr int exit_ok = 0;
+constexpr int exit_failure = 1;
+constexpr int exit_usage = 2;
+
+// Prints "ispace: <message>" to stderr.
+void error(std::string_view message);
+void warning(std::string_view message);
+
+// Parses an iscsi:// URL that must name a target and a LUN.
+Result<Url> parse_lun_url(std::string_view text);
+// "crc32c" / "none" / "" (keep the URL's or the default).
+Result<std::optional<DigestMode>> parse_digest_option(std::string_view text);
+
+initiator::InitiatorOptions initiator_options(const GlobalOptions& global);
+initiator::SessionOptions session_options(const Url& url, const SessionKnobs& knobs,
+                                          std::optional<DigestMode> digest);
+Result<std::shared_ptr<Session>> open_session(Initiator& ini, const Url& url, const SessionKnobs& knobs);
+
+std::string human_bytes(double bytes); // "12.3 MiB"
+std::string human_duration(double seconds);
+bool stderr_is_tty();
+
+// A one-line progress bar redrawn on stderr, at most ten times a second; only on a terminal.
+class Progress {
+public:
+    Progress(uint64_t total, bool enabled);
+    void update(uint64_t done);
+    // Clears the bar.
+    void finish();
+
+private:
+    void draw(uint64_t done);
+    uint64_t _total;
+    bool _enabled;
+    std::chrono::steady_clock::time_point _start;
+    std::chrono::steady_clock::time_point _last_draw{};
+    size_t _last_width = 0;
+};
+
+// Sub-commands: each registers itself and returns the function main() runs when it was chosen.
+using Runner = std::function<int()>;
+Runner add_ls(CLI::App& app, GlobalOptions& global);
+Runner add_cp(CLI::App& app, GlobalOptions& global);
+Runner add_bench(CLI::App& app, GlobalOptions& global);
+Runner add_inq(CLI::App& app, GlobalOptions& global);
+Runner add_readcap(CLI::App& app, GlobalOptions& global);
+
+} // namespace ispace::cli

@@ -1,0 +1,424 @@
+// `ispace cp SRC DST`: copies between local files and iSCSI LUNs with a pipeline of --qd chunks.
+//
+// The main thread runs the pipeline: it reads a chunk from the source (pread, or an asynchronous READ),
+// then writes it to the destination (pwrite, or an asynchronous WRITE), keeping up to --qd chunks in
+// flight. iSCSI completions arrive on the library's reactor threads and are handed to the main thread
+// through a queue, so file I/O never blocks a reactor. A chunk counts as copied only when the
+// destination acknowledged it (GOOD status, or pwrite returned); the copy ends with SYNCHRONIZE CACHE
+// or fdatasync, and exits 0 only when every byte was acknowledged.
+#include "cli.hpp"
+
+#include "common/units.hpp"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <fcntl.h>
+#include <mutex>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace ispace::cli {
+
+namespace {
+
+using initiator::CommandResult;
+
+struct CpOptions {
+    SessionKnobs knobs;
+    std::string bs = "1M";
+    bool progress = true;
+    std::string src;
+    std::string dst;
+};
+
+// One end of the copy.
+struct Side {
+    std::string label; // for messages: a path or a URL without its secret
+    bool iscsi = false;
+    // File.
+    int fd = -1;
+    bool regular = false;
+    // iSCSI.
+    std::shared_ptr<Session> session;
+    uint64_t lun = 0;
+    uint32_t block_size = 1;
+    uint64_t size = 0;         // bytes
+    uint32_t max_transfer = 0; // bytes per command the LUN accepts; 0: no limit stated
+
+    ~Side() {
+        if (fd >= 0) {
+            ::close(fd);
+        }
+    }
+};
+
+struct Event {
+    size_t chunk;
+    bool read; // true: the source read completed; false: the destination write did
+    CommandResult result;
+};
+
+class EventQueue {
+public:
+    void push(Event e) {
+        {
+            std::lock_guard lock(_mu);
+            _events.push_back(std::move(e));
+        }
+        _cv.notify_one();
+    }
+    Event pop() {
+        std::unique_lock lock(_mu);
+        _cv.wait(lock, [&] { return !_events.empty(); });
+        Event e = std::move(_events.front());
+        _events.pop_front();
+        return e;
+    }
+
+private:
+    std::mutex _mu;
+    std::condition_variable _cv;
+    std::deque<Event> _events;
+};
+
+Result<void> open_side(Initiator& ini, const std::string& text, bool is_source, const SessionKnobs& knobs,
+                       Side& side) {
+    if (text.rfind("iscsi://", 0) == 0) {
+        auto url = parse_lun_url(text);
+        if (!url) {
+            return std::move(url).error();
+        }
+        side.iscsi = true;
+        side.label = initiator::to_string(*url);
+        side.lun = *url->lun;
+        auto session = open_session(ini, *url, knobs);
+        if (!session) {
+            return std::move(session).error();
+        }
+        side.session = *session;
+        auto cap = side.session->read_capacity(side.lun);
+        if (!cap) {
+            return make_error(fmt::format("{}: {}", side.label, cap.error().message), cap.error().code);
+        }
+        side.block_size = cap->block_size;
+        side.size = cap->bytes();
+        if (side.block_size == 0) {
+            return make_error(fmt::format("{}: the LUN reports a block size of 0", side.label), EPROTO);
+        }
+        // Block Limits are optional (SBC-3); without them nothing limits the transfer length.
+        if (auto limits = side.session->block_limits(side.lun); limits && limits->max_transfer_blocks != 0) {
+            uint64_t bytes = uint64_t(limits->max_transfer_blocks) * side.block_size;
+            side.max_transfer = uint32_t(std::min<uint64_t>(bytes, 1u << 30));
+        }
+        return {};
+    }
+    side.label = text;
+    int flags = is_source ? O_RDONLY : (O_WRONLY | O_CREAT);
+    side.fd = ::open(text.c_str(), flags | O_CLOEXEC, 0644);
+    if (side.fd < 0) {
+        int err = errno;
+        return make_error(fmt::format("{}: {}", text, std::strerror(err)), err);
+    }
+    struct stat st {};
+    if (::fstat(side.fd, &st) < 0) {
+        int err = errno;
+        return make_error(fmt::format("{}: {}", text, std::strerror(err)), err);
+    }
+    side.regular = S_ISREG(st.st_mode);
+    if (S_ISBLK(st.st_mode)) {
+        off_t end = ::lseek(side.fd, 0, SEEK_END);
+        side.size = end > 0 ? uint64_t(end) : 0;
+    } else {
+        side.size = uint64_t(st.st_size);
+    }
+    return {};
+}
+
+Result<void> pread_all(int fd, uint8_t* p, size_t n, uint64_t offset, const std::string& label) {
+    while (n > 0) {
+        ssize_t r = ::pread(fd, p, n, off_t(offset));
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            int err = errno;
+            return make_error(fmt::format("read {} at offset {}: {}", label, offset, std::strerror(err)),
+                              err);
+        }
+        if (r == 0) {
+            return make_error(
+                fmt::format("read {} at offset {}: unexpected end of file (did it shrink?)", label, offset),
+                EIO);
+        }
+        p += r;
+        n -= size_t(r);
+        offset += uint64_t(r);
+    }
+    return {};
+}
+
+Result<void> pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t offset, const std::string& label) {
+    while (n > 0) {
+        ssize_t r = ::pwrite(fd, p, n, off_t(offset));
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            int err = r < 0 ? errno : EIO;
+            return make_error(fmt::format("write {} at offset {}: {}", label, offset, std::strerror(err)),
+                              err);
+        }
+        p += r;
+        n -= size_t(r);
+        offset += uint64_t(r);
+    }
+    return {};
+}
+
+int run_cp(GlobalOptions& global, CpOptions& o) {
+    auto bs = parse_size(o.bs);
+    if (!bs || *bs == 0 || *bs > Buffer::max_size) {
+        error(fmt::format("--bs {}: expected a size from 1 to 64M (e.g. 1M)", o.bs));
+        return exit_usage;
+    }
+    if (o.knobs.queue_depth == 0) {
+        error("--qd must be at least 1");
+        return exit_usage;
+    }
+    if (auto d = parse_digest_option(o.knobs.digest); !d) {
+        error(d.error().message);
+        return exit_usage;
+    }
+    Initiator ini(initiator_options(global));
+    Side src;
+    Side dst;
+    if (auto r = open_side(ini, o.src, true, o.knobs, src); !r) {
+        error(r.error().message);
+        return r.error().code == EINVAL ? exit_usage : exit_failure;
+    }
+    if (auto r = open_side(ini, o.dst, false, o.knobs, dst); !r) {
+        error(r.error().message);
+        return r.error().code == EINVAL ? exit_usage : exit_failure;
+    }
+
+    uint64_t total = src.size;
+    if (dst.iscsi && total > dst.size) {
+        error(
+            fmt::format("{} is {} bytes, larger than {} ({} bytes)", src.label, total, dst.label, dst.size));
+        return exit_failure;
+    }
+    // The chunk: --bs, within what both LUNs accept per command, a multiple of both block sizes.
+    uint64_t align = std::max(src.block_size, dst.block_size);
+    if (align % src.block_size != 0 || align % dst.block_size != 0) {
+        error(fmt::format("block sizes {} and {} do not divide each other", src.block_size, dst.block_size));
+        return exit_failure;
+    }
+    uint64_t chunk = *bs;
+    for (const Side* s : {&src, &dst}) {
+        if (s->max_transfer != 0) {
+            chunk = std::min<uint64_t>(chunk, s->max_transfer);
+        }
+    }
+    chunk = std::max<uint64_t>(chunk / align * align, align);
+    // The destination's last block may be partial when copying a file to a LUN: pad it with zeros.
+    uint64_t padded_total = (total + dst.block_size - 1) / dst.block_size * dst.block_size;
+    if (padded_total != total) {
+        warning(fmt::format(
+            "{} is {} bytes, not a multiple of the {}-byte block size: the last block is padded with "
+            "zeros",
+            src.label, total, dst.block_size));
+    }
+    if (!dst.iscsi && dst.regular && ::ftruncate(dst.fd, off_t(total)) < 0) {
+        int err = errno;
+        error(fmt::format("{}: {}", dst.label, std::strerror(err)));
+        return exit_failure;
+    }
+
+    struct Chunk {
+        uint64_t offset = 0;
+        uint32_t length = 0;        // bytes of source data
+        uint32_t padded_length = 0; // bytes written to an iSCSI destination
+        Buffer buffer;
+    };
+    std::vector<Chunk> chunks;
+    std::vector<size_t> free_slots;
+    for (unsigned i = 0; i < o.knobs.queue_depth; ++i) {
+        chunks.emplace_back();
+        free_slots.push_back(i);
+    }
+    EventQueue events;
+    Progress progress(total, o.progress && stderr_is_tty());
+    auto started = std::chrono::steady_clock::now();
+    uint64_t next = 0;
+    uint64_t acknowledged = 0;
+    unsigned inflight = 0;
+    std::optional<std::string> failure;
+
+    auto fail = [&](std::string message) {
+        if (!failure) {
+            failure = std::move(message);
+        }
+    };
+    auto start_write = [&](size_t slot) {
+        Chunk& c = chunks[slot];
+        if (dst.iscsi) {
+            uint32_t blocks = c.padded_length / dst.block_size;
+            if (c.buffer.size() < c.padded_length) {
+                // A LUN source with smaller blocks than the destination: pad the tail with zeros.
+                Buffer padded = Buffer::allocate_zeroed(c.padded_length);
+                std::memcpy(padded.data(), c.buffer.data(), c.length);
+                c.buffer = std::move(padded);
+            }
+            auto cmd =
+                initiator::make_write(dst.lun, c.offset / dst.block_size, blocks, dst.block_size, c.buffer);
+            cmd.data.resize(c.padded_length);
+            dst.session->submit(std::move(cmd), [&events, slot](CommandResult&& r) {
+                events.push({slot, false, std::move(r)});
+            });
+            return;
+        }
+        auto r = pwrite_all(dst.fd, c.buffer.data(), c.length, c.offset, dst.label);
+        CommandResult result;
+        if (!r) {
+            result.error = r.error();
+        }
+        events.push({slot, false, std::move(result)});
+    };
+    auto start_chunk = [&](size_t slot, uint64_t offset) {
+        Chunk& c = chunks[slot];
+        c.offset = offset;
+        c.length = uint32_t(std::min<uint64_t>(chunk, total - offset));
+        c.padded_length =
+            uint32_t((uint64_t(c.length) + dst.block_size - 1) / dst.block_size * dst.block_size);
+        if (src.iscsi) {
+            auto cmd = initiator::make_read(src.lun, offset / src.block_size, c.length / src.block_size,
+                                            src.block_size);
+            c.buffer = cmd.data;
+            src.session->submit(std::move(cmd), [&events, slot](CommandResult&& r) {
+                events.push({slot, true, std::move(r)});
+            });
+            return;
+        }
+        c.buffer = c.padded_length != c.length ? Buffer::allocate_zeroed(c.padded_length)
+                                               : Buffer::allocate(c.length);
+        auto r = pread_all(src.fd, c.buffer.data(), c.length, offset, src.label);
+        if (!r) {
+            CommandResult result;
+            result.error = r.error();
+            events.push({slot, true, std::move(result)});
+            return;
+        }
+        start_write(slot);
+    };
+
+    while (acknowledged < total || inflight > 0) {
+        while (!failure && next < total && !free_slots.empty()) {
+            size_t slot = free_slots.back();
+            free_slots.pop_back();
+            ++inflight;
+            uint64_t offset = next;
+            next += std::min<uint64_t>(chunk, total - next);
+            start_chunk(slot, offset);
+        }
+        if (inflight == 0) {
+            break; // failed, nothing left to wait for
+        }
+        Event e = events.pop();
+        Chunk& c = chunks[e.chunk];
+        const Side& side = e.read ? src : dst;
+        if (!e.result.ok()) {
+            std::string where = side.iscsi ? fmt::format("{} at LBA {}", e.read ? "READ" : "WRITE",
+                                                         c.offset / side.block_size)
+                                           : fmt::format("at offset {}", c.offset);
+            fail(e.result.error && !side.iscsi
+                     ? e.result.error->message
+                     : fmt::format("{}: {}: {}", side.label, where, e.result.describe()));
+            --inflight;
+            free_slots.push_back(e.chunk);
+            continue;
+        }
+        if (e.read) {
+            if (failure) {
+                --inflight;
+                free_slots.push_back(e.chunk);
+                continue;
+            }
+            start_write(e.chunk);
+            continue;
+        }
+        acknowledged += c.length;
+        c.buffer.reset();
+        --inflight;
+        free_slots.push_back(e.chunk);
+        progress.update(acknowledged);
+    }
+    progress.finish();
+    if (failure) {
+        error(*failure);
+        error(fmt::format("copy failed after {} of {} bytes were acknowledged", acknowledged, total));
+        return exit_failure;
+    }
+    // Make the copy durable before saying so.
+    if (dst.iscsi) {
+        if (auto r = dst.session->synchronize_cache(dst.lun); !r) {
+            error(fmt::format("{}: {}", dst.label, r.error().message));
+            return exit_failure;
+        }
+        dst.session->close();
+    } else if (::fdatasync(dst.fd) < 0 && errno != EINVAL && errno != EROFS) {
+        int err = errno;
+        error(fmt::format("{}: fdatasync: {}", dst.label, std::strerror(err)));
+        return exit_failure;
+    }
+    if (src.iscsi) {
+        src.session->close();
+    }
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    if (stderr_is_tty()) {
+        fmt::print(stderr, "copied {} in {} ({}/s)\n", human_bytes(double(total)), human_duration(seconds),
+                   human_bytes(seconds > 0 ? double(total) / seconds : 0));
+    }
+    return exit_ok;
+}
+
+} // namespace
+
+Runner add_cp(CLI::App& app, GlobalOptions& global) {
+    auto o = std::make_shared<CpOptions>();
+    o->knobs.queue_depth = 8;
+    auto* cmd = app.add_subcommand("cp", "Copy between local files and iSCSI LUNs");
+    cmd->add_option("SRC", o->src,
+                    "Source: a file, a block device or iscsi://[user%secret@]HOST[:PORT]/IQN/LUN")
+        ->required();
+    cmd->add_option("DST", o->dst,
+                    "Destination: a file (created or truncated to the copied size), a block device "
+                    "or an iSCSI LUN URL")
+        ->required();
+    cmd->add_option("--connections", o->knobs.connections, "TCP connections per iSCSI session (MC/S)")
+        ->default_val(1)
+        ->check(CLI::Range(1, 64));
+    cmd->add_option("--digest", o->knobs.digest,
+                    "Header and data digests: crc32c (when the target does them), crc32c-only or none")
+        ->check(CLI::IsMember({"crc32c", "crc32c-only", "none"}));
+    cmd->add_option("--qd", o->knobs.queue_depth, "Chunks in flight")
+        ->default_val(8)
+        ->check(CLI::Range(1, 1024));
+    cmd->add_option("--bs", o->bs, "Chunk size (capped by the LUN's maximum transfer length)")
+        ->default_val("1M");
+    cmd->add_flag("!--no-progress", o->progress, "No progress bar (it is shown only on a terminal anyway)");
+    cmd->footer(R"(Examples:
+  ispace cp disk.img iscsi://192.0.2.10/iqn.2026-01.com.example:store/1
+  ispace cp --digest crc32c --connections 4 iscsi://h/iqn.2026-01.com.example:a/1 backup.raw
+  ispace cp iscsi://h/iqn.2026-01.com.example:a/1 iscsi://h2/iqn.2026-01.com.example:b/0
+
+A lost connection is recovered (reconnect, session reinstatement, every unacknowledged chunk sent again)
+without failing the copy. Exit status 0 means every byte was acknowledged by the destination and flushed
+(SYNCHRONIZE CACHE / fdatasync).)");
+    return [&global, o] { return run_cp(global, *o); };
+}
+
+} // namespace ispace::cli

@@ -1,0 +1,226 @@
+// ispace: the command line client of the ispace initiator library.
+#include "cli.hpp"
+
+#include "common/log.hpp"
+#include "common/units.hpp"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <unistd.h>
+
+namespace ispace::cli {
+
+void error(std::string_view message) {
+    fmt::print(stderr, "ispace: {}\n", message);
+}
+void warning(std::string_view message) {
+    fmt::print(stderr, "ispace: warning: {}\n", message);
+}
+
+Result<Url> parse_lun_url(std::string_view text) {
+    auto url = initiator::parse_url(text);
+    if (!url) {
+        return url;
+    }
+    if (url->target_name.empty() || !url->lun) {
+        return make_error(
+            fmt::format(
+                "URL '{}' names no target and LUN (expected iscsi://[user%secret@]HOST[:PORT]/IQN/LUN)",
+                text),
+            EINVAL);
+    }
+    return url;
+}
+
+Result<std::optional<DigestMode>> parse_digest_option(std::string_view text) {
+    if (text.empty()) {
+        return std::optional<DigestMode>{};
+    }
+    // "crc32c": digests whenever the target does them (tgt, for one, answers None unless configured);
+    // the fall-back is reported. "crc32c-only": refuse to go on without them.
+    if (text == "crc32c" || text == "CRC32C") {
+        return std::optional<DigestMode>{DigestMode::crc32c_or_none};
+    }
+    if (text == "crc32c-only") {
+        return std::optional<DigestMode>{DigestMode::crc32c};
+    }
+    if (text == "none" || text == "None") {
+        return std::optional<DigestMode>{DigestMode::none};
+    }
+    return make_error(fmt::format("--digest {}: expected crc32c, crc32c-only or none", text), EINVAL);
+}
+
+initiator::InitiatorOptions initiator_options(const GlobalOptions& global) {
+    initiator::InitiatorOptions o;
+    o.threads = global.threads;
+    o.initiator_name = global.initiator_name;
+    return o;
+}
+
+initiator::SessionOptions session_options(const Url& url, const SessionKnobs& knobs,
+                                          std::optional<DigestMode> digest) {
+    initiator::SessionOptions o;
+    o.host = url.host;
+    o.port = url.port;
+    o.target_name = url.target_name;
+    o.chap = url.chap;
+    o.connections = std::max(knobs.connections, 1u);
+    o.header_digest = digest.value_or(url.header_digest.value_or(DigestMode::none));
+    o.data_digest = digest.value_or(url.data_digest.value_or(DigestMode::none));
+    // Room for the pipeline plus the commands the library itself may add (retries).
+    o.queue_depth = std::max(knobs.queue_depth * 2, 16u);
+    return o;
+}
+
+Result<std::shared_ptr<Session>> open_session(Initiator& ini, const Url& url, const SessionKnobs& knobs) {
+    auto digest = parse_digest_option(knobs.digest);
+    if (!digest) {
+        return std::move(digest).error();
+    }
+    auto session = ini.connect(session_options(url, knobs, *digest));
+    if (!session) {
+        return std::move(session).error();
+    }
+    auto info = (*session)->info();
+    bool wanted = digest->value_or(url.header_digest.value_or(DigestMode::none)) != DigestMode::none;
+    if (wanted && !(info.header_digest && info.data_digest)) {
+        warning(fmt::format(
+            "{} does not use CRC32C digests (it answered HeaderDigest={} DataDigest={}); going on "
+            "without them (--digest crc32c-only refuses)",
+            url.target_name, info.header_digest ? "CRC32C" : "None", info.data_digest ? "CRC32C" : "None"));
+    }
+    if (knobs.connections > 1 && info.connections < knobs.connections) {
+        warning(fmt::format("{} allows {} connection(s) per session; using {}", url.target_name,
+                            info.connections, info.connections));
+    }
+    return session;
+}
+
+std::string human_bytes(double bytes) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    int i = 0;
+    while (bytes >= 1024 && i < 5) {
+        bytes /= 1024;
+        ++i;
+    }
+    return i == 0 ? fmt::format("{:.0f} {}", bytes, units[i]) : fmt::format("{:.1f} {}", bytes, units[i]);
+}
+
+std::string human_duration(double seconds) {
+    if (seconds < 60) {
+        return fmt::format("{:.1f} s", seconds);
+    }
+    auto s = uint64_t(seconds);
+    return fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+}
+
+bool stderr_is_tty() {
+    return ::isatty(STDERR_FILENO) == 1;
+}
+
+Progress::Progress(uint64_t total, bool enabled)
+    : _total(total), _enabled(enabled), _start(std::chrono::steady_clock::now()) {}
+
+void Progress::update(uint64_t done) {
+    if (!_enabled) {
+        return;
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (now - _last_draw < std::chrono::milliseconds(100) && done < _total) {
+        return;
+    }
+    _last_draw = now;
+    draw(done);
+}
+
+void Progress::draw(uint64_t done) {
+    constexpr int width = 30;
+    double fraction = _total == 0 ? 1.0 : double(done) / double(_total);
+    int filled = int(fraction * width);
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - _start).count();
+    double rate = elapsed > 0 ? double(done) / elapsed : 0;
+    std::string eta = rate > 0 && done < _total ? " ETA " + human_duration(double(_total - done) / rate) : "";
+    std::string line =
+        fmt::format("\r[{}{}] {:3.0f}%  {} / {}  {}/s{}", std::string(size_t(filled), '#'),
+                    std::string(size_t(width - filled), ' '), fraction * 100, human_bytes(double(done)),
+                    human_bytes(double(_total)), human_bytes(rate), eta);
+    size_t shown = line.size();
+    if (shown < _last_width) {
+        line.append(_last_width - shown, ' ');
+    }
+    _last_width = shown;
+    fmt::print(stderr, "{}", line);
+    std::fflush(stderr);
+}
+
+void Progress::finish() {
+    if (!_enabled || _last_width == 0) {
+        return;
+    }
+    fmt::print(stderr, "\r{}\r", std::string(_last_width, ' '));
+    std::fflush(stderr);
+}
+
+} // namespace ispace::cli
+
+int main(int argc, char** argv) {
+    using namespace ispace::cli;
+    std::signal(SIGPIPE, SIG_IGN);
+
+    CLI::App app{"ispace: an iSCSI client. Lists targets, copies to and from LUNs, measures them.", "ispace"};
+    app.set_help_all_flag("--help-all", "Show the help of every command");
+    app.require_subcommand(1);
+    app.fallthrough(); // global options may follow the command: `ispace ls -i IQN URL`
+    GlobalOptions global;
+    app.add_option("-i,--initiator", global.initiator_name, "Our iSCSI initiator name (InitiatorName)")
+        ->default_str(std::string(ispace::initiator::default_initiator_name));
+    app.add_option("--threads", global.threads, "Reactor threads (default: one per core)");
+    app.add_option("--log-level", global.log_level, "trace, debug, info, warn, error or off")
+        ->default_str("warn");
+    app.footer(R"(URLs:
+  iscsi://[user%secret@]HOST[:PORT]/IQN/LUN    a LUN (PORT defaults to 3260)
+  iscsi://[user%secret@]HOST[:PORT]            a portal, for `ls`
+  user%secret logs in with CHAP; add ?header_digest=crc32c&data_digest=crc32c for digests.
+
+Examples:
+  ispace ls iscsi://192.0.2.10
+  ispace inq iscsi://192.0.2.10/iqn.2026-01.com.example:store/1
+  ispace cp disk.img iscsi://192.0.2.10/iqn.2026-01.com.example:store/1
+  ispace cp --connections 4 --digest crc32c iscsi://h/iqn.2026-01.com.example:a/1 backup.raw
+  ispace bench iscsi://h/iqn.2026-01.com.example:a/1 --rw randread --bs 4k --qd 32 --time 10
+
+Run `ispace COMMAND --help` for a command's options; docs/cli.md has more.)");
+
+    std::vector<std::pair<CLI::App*, Runner>> commands;
+    std::pair<const char*, Runner (*)(CLI::App&, GlobalOptions&)> table[] = {
+        {"ls", add_ls}, {"cp", add_cp}, {"bench", add_bench}, {"inq", add_inq}, {"readcap", add_readcap},
+    };
+    for (auto& [name, fn] : table) {
+        Runner r = fn(app, global);
+        commands.emplace_back(app.get_subcommand(name), std::move(r));
+    }
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        int code = app.exit(e);
+        return code == 0 ? exit_ok : exit_usage;
+    }
+    ispace::LogLevel level;
+    if (!ispace::parse_log_level(global.log_level, level)) {
+        error(
+            fmt::format("--log-level {}: expected trace, debug, info, warn, error or off", global.log_level));
+        return exit_usage;
+    }
+    ispace::set_log_level(level);
+    for (auto& [sub, run] : commands) {
+        if (sub != nullptr && sub->parsed()) {
+            return run();
+        }
+    }
+    error("no command given (try --help)");
+    return exit_usage;
+}
