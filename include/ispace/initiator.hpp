@@ -60,6 +60,10 @@ struct ChapCredentials {
     std::string secret;
     std::string target_user;
     std::string target_secret;
+    // Offer only CHAP_A=5 (MD5). By default SHA-256 (CHAP_A=7, as LIO and open-iscsi number it) is
+    // offered first; a target that reads 7 as something else (tgt 1.0.x takes it for SHA-1) refuses our
+    // response, and the library then retries once with MD5 only, logging a warning.
+    bool md5_only = false;
     bool empty() const { return user.empty(); }
     bool mutual() const { return !target_user.empty(); }
 };

@@ -20,6 +20,9 @@ using namespace std::chrono_literals;
 iscsi::ChapInitiatorConfig chap_config(const ChapCredentials& c) {
     iscsi::ChapInitiatorConfig cfg;
     cfg.credentials = {c.user, c.secret};
+    if (c.md5_only) {
+        cfg.algorithms = {iscsi::ChapAlgorithm::md5};
+    }
     if (c.mutual()) {
         cfg.target = iscsi::ChapCredentials{c.target_user, c.target_secret};
     }
@@ -514,6 +517,17 @@ void SessionCore::on_leading_login(const std::shared_ptr<Connection>& conn, uint
             ++_redirects;
             _host = host;
             _port = port;
+            auto self = shared_from_this();
+            stop_connections(*outcome.error, [self] { self->attempt(); });
+            return;
+        }
+        bool auth_refused = outcome.status == iscsi::LoginStatus::authentication_failure ||
+                            outcome.status == iscsi::LoginStatus::initiator_error;
+        if (auth_refused && !_options.chap.empty() && !_options.chap.md5_only) {
+            // Interop: some targets do not take CHAP_A=7 as SHA-256 (tgt 1.0.x reads it as SHA-1 and
+            // answers Initiator error). One retry offering MD5 only tells that apart from a wrong secret.
+            log_warn("{}: CHAP login refused; retrying once offering MD5 only (CHAP_A=5)", _label);
+            _options.chap.md5_only = true;
             auto self = shared_from_this();
             stop_connections(*outcome.error, [self] { self->attempt(); });
             return;

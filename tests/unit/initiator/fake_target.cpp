@@ -235,8 +235,32 @@ struct ConnHandler : LoginPolicy {
         if (!o.mutual_user.empty()) {
             cfg.mutual = iscsi::ChapCredentials{o.mutual_user, o.mutual_secret};
         }
-        return make_chap_target_authenticator(std::move(cfg));
+        auto chap = std::make_unique<ChapTargetAuthenticator>(std::move(cfg));
+        if (o.misread_chap_sha256) {
+            return std::make_unique<Sha256Misreader>(std::move(chap));
+        }
+        return chap;
     }
+
+    // Wraps the real CHAP and fails a SHA-256 exchange the way tgt does.
+    class Sha256Misreader final : public Authenticator {
+    public:
+        explicit Sha256Misreader(std::unique_ptr<ChapTargetAuthenticator> inner) : _inner(std::move(inner)) {}
+        std::string_view method() const override { return _inner->method(); }
+        bool owns_key(std::string_view key) const override { return _inner->owns_key(key); }
+        AuthResult step(const KeyValueList& received, KeyValueList& out) override {
+            AuthResult r = _inner->step(received, out);
+            if (r.status == AuthStatus::done && _inner->algorithm() == ChapAlgorithm::sha256) {
+                r.status = AuthStatus::failed;
+                r.failure = LoginStatus::initiator_error;
+                r.message = "CHAP_A=7 read as another digest";
+            }
+            return r;
+        }
+
+    private:
+        std::unique_ptr<ChapTargetAuthenticator> _inner;
+    };
 
     LoginAdmission admit(const LoginIdentity& id, const SessionParams& params,
                          const ConnectionParams&) override {

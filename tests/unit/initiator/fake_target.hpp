@@ -45,6 +45,8 @@ struct FakeTargetOptions {
     // Require CHAP for normal sessions: user and secret; mutual CHAP answered with these when set.
     std::string chap_user;
     std::string chap_secret;
+    // Behave like tgt 1.0.x: take CHAP_A=7 but refuse the SHA-256 response with Initiator error.
+    bool misread_chap_sha256 = false;
     std::string mutual_user;
     std::string mutual_secret;
 };

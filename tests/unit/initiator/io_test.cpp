@@ -316,6 +316,24 @@ TEST(InitiatorIo, ChapAndMutualChap) {
     EXPECT_EQ(weak.error().code, EINVAL) << weak.error().message;
 }
 
+TEST(InitiatorIo, ChapFallsBackToMd5WhenTheTargetMisreadsSha256) {
+    FakeTargetOptions o;
+    o.chap_user = "alice";
+    o.chap_secret = "alice-secret-123";
+    o.misread_chap_sha256 = true;
+    Harness h(o);
+    SessionOptions so = h.options();
+    so.chap.user = "alice";
+    so.chap.secret = "alice-secret-123";
+    auto s = h.connect(so);
+    ASSERT_TRUE(s) << "one retry offering MD5 only logs in";
+    EXPECT_TRUE(s->test_unit_ready(0));
+    s->close();
+    so.chap.secret = "wrong-secret-999";
+    auto bad = h.initiator.connect(so);
+    ASSERT_FALSE(bad) << "a wrong secret still fails after the MD5 retry";
+}
+
 TEST(InitiatorIo, AnswersTargetPings) {
     FakeTargetOptions o;
     o.ping = true;
