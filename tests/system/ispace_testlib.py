@@ -3,7 +3,9 @@
 ispaced prints "ready: iscsi://HOST:PORT/IQN/LUN" lines on stderr once it listens (one per portal and
 LUN); tests start it on port 0 and read the real port from there, so ctest can run tests in parallel.
 """
+import hashlib
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -98,3 +100,40 @@ def find_binary(name, default_dir=None):
 
 def scratch_dir(prefix):
     return tempfile.mkdtemp(prefix=f"ispace-{prefix}-", dir=os.environ.get("ISPACE_TEST_TMP"))
+
+
+class Checks:
+    """Named PASS/FAIL checks for a system test: call it with (condition, what); finish() reports."""
+
+    def __init__(self):
+        self.failures = []
+
+    def __call__(self, cond, what):
+        print(("PASS " if cond else "FAIL ") + what, flush=True)
+        if not cond:
+            self.failures.append(what)
+        return cond
+
+    def finish(self, scratch, daemon=None):
+        """0 when every check passed (the scratch directory is removed), else 1 (kept, with the log)."""
+        if self.failures:
+            tail = f"; ispaced log tail:\n{daemon.log_tail()}" if daemon else ""
+            print(f"{len(self.failures)} check(s) failed; kept {scratch}{tail}")
+            return 1
+        shutil.rmtree(scratch, ignore_errors=True)
+        return 0
+
+
+def sha256_file(path, length=None):
+    """SHA-256 of a file's first `length` bytes (all of it when None)."""
+    h = hashlib.sha256()
+    left = length
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return h.hexdigest()

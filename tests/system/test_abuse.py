@@ -20,13 +20,7 @@ import iscsi_raw  # noqa: E402
 import ispace_testlib  # noqa: E402
 
 IQN = "iqn.2026-11.org.ispace:abuse"
-failures = []
-
-
-def check(cond, what):
-    print(("PASS " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
+check = ispace_testlib.Checks()
 
 
 def rss_kib(pid):
@@ -197,11 +191,7 @@ def main():
     finally:
         rc = daemon.stop()
         check(rc == 0, f"ispaced exits 0 on SIGTERM (got {rc})")
-    if failures:
-        print(f"kept {scratch}; ispaced log tail:\n{daemon.log_tail()}")
-        return 1
-    shutil.rmtree(scratch, ignore_errors=True)
-    return 0
+    return check.finish(scratch, daemon)
 
 
 if __name__ == "__main__":

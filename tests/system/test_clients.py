@@ -14,31 +14,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ispace_testlib  # noqa: E402
 
 IQN = "iqn.2026-11.org.ispace:clients"
-failures = []
-
-
-def check(cond, what):
-    print(("PASS " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
+check = ispace_testlib.Checks()
 
 
 def run(cmd, timeout=120, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def sha256_file(path, length=None):
-    h = hashlib.sha256()
-    left = length
-    with open(path, "rb") as f:
-        while left is None or left > 0:
-            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-    return h.hexdigest()
 
 
 def main():
@@ -57,7 +37,7 @@ def main():
         # libiscsi prints sizes rounded down by a block (a 256 MiB LUN shows as 255M, for tgt too).
         check("Type:DIRECT_ACCESS (Size:255M)" in r.stdout and "(Size:63M)" in r.stdout,
               "iscsi-ls shows type and size")
-        if failures:
+        if check.failures:
             print(r.stdout, r.stderr)
 
         # INQUIRY without and with digests.
@@ -80,19 +60,14 @@ def main():
         back = os.path.join(scratch, "back.raw")
         r = run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url0, back], timeout=300)
         check(r.returncode == 0, "qemu-img reads the LUN back")
-        want = sha256_file(src)
-        check(sha256_file(back, 64 << 20) == want, "the data read back equals the data written")
+        want = ispace_testlib.sha256_file(src)
+        check(ispace_testlib.sha256_file(back, 64 << 20) == want, "the data read back equals the data written")
         check(os.path.getsize(back) == 256 << 20, "the LUN reads back at its full 256 MiB")
-        check(sha256_file(lun0, 64 << 20) == want, "the backing file holds the bytes written")
+        check(ispace_testlib.sha256_file(lun0, 64 << 20) == want, "the backing file holds the bytes written")
     finally:
         rc = daemon.stop()
         check(rc == 0, f"ispaced exits 0 on SIGTERM (got {rc})")
-    if failures:
-        print(f"kept {scratch}; ispaced log tail:\n{daemon.log_tail()}")
-        print(f"{len(failures)} failed")
-        return 1
-    shutil.rmtree(scratch, ignore_errors=True)
-    return 0
+    return check.finish(scratch, daemon)
 
 
 if __name__ == "__main__":

@@ -22,27 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ispace_testlib  # noqa: E402
 
 IQN = "iqn.2026-11.org.ispace.test:initiator"
-failures = []
-
-
-def check(cond, what):
-    print(("PASS " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
-
-def sha256(path, length=None):
-    h = hashlib.sha256()
-    left = length
-    with open(path, "rb") as f:
-        while left is None or left > 0:
-            block = f.read(1 << 20 if left is None else min(1 << 20, left))
-            if not block:
-                break
-            h.update(block)
-            if left is not None:
-                left -= len(block)
-    return h.hexdigest()
+check = ispace_testlib.Checks()
 
 
 def random_file(path, size):
@@ -71,7 +51,7 @@ def mcs_copy(ispace, ispaced, scratch):
         back = os.path.join(scratch, "mcs-back.raw")
         q = subprocess.run(["qemu-img", "convert", "-O", "raw", url, back], capture_output=True, text=True,
                            timeout=300)
-        check(q.returncode == 0 and sha256(back) == sha256(src), "qemu-img reads back what cp wrote")
+        check(q.returncode == 0 and ispace_testlib.sha256_file(back) == ispace_testlib.sha256_file(src), "qemu-img reads back what cp wrote")
         os.unlink(back)
         time.sleep(0.2)
         text = daemon.log_tail(5000)
@@ -127,7 +107,7 @@ def kill_during_copy(ispace, ispaced, scratch):
             print(f.read()[-3000:])
         check(rc == 0, f"cp finishes with exit 0 after the target came back (exit {rc})")
         restarted.stop()
-        check(sha256(lun, size) == sha256(src), "the LUN equals the source")
+        check(ispace_testlib.sha256_file(lun, size) == ispace_testlib.sha256_file(src), "the LUN equals the source")
     finally:
         if cp.poll() is None:
             cp.kill()
@@ -176,10 +156,10 @@ def main():
         kill_during_copy(ispace, ispaced, scratch)
         chap_logins(ispace, ispaced, scratch)
     finally:
-        if not failures:
+        if not check.failures:
             shutil.rmtree(scratch, ignore_errors=True)
-    print(f"{len(failures)} failure(s)")
-    return 1 if failures else 0
+    print(f"{len(check.failures)} failure(s)")
+    return 1 if check.failures else 0
 
 
 if __name__ == "__main__":

@@ -22,13 +22,7 @@ import ispace_testlib  # noqa: E402
 
 IQN = "iqn.2026-11.org.ispace.test:tgt"
 SIZE = 128 << 20
-failures = []
-
-
-def check(cond, what):
-    print(("PASS " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
+check = ispace_testlib.Checks()
 
 
 def free_port():
@@ -40,55 +34,6 @@ def free_port():
 def run(cmd, timeout=300, **kw):
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class Tgtd:
-    """A private tgtd: its own portal port and management (control) port, killed by pid at the end."""
-
-    def __init__(self, scratch):
-        self.port = free_port()
-        # tgtd's management socket is /var/run/tgtd/socket.N: pick an N nobody uses.
-        for _ in range(100):
-            self.control = random.randint(1000, 32000)  # tgtd refuses 32768 and above
-            if not os.path.exists(f"/var/run/tgtd/socket.{self.control}"):
-                break
-        self.log = open(os.path.join(scratch, "tgtd.log"), "w")
-        self.proc = subprocess.Popen(["tgtd", "-f", "-C", str(self.control), "--iscsi",
-                                      f"portal=127.0.0.1:{self.port}"], stdout=self.log, stderr=self.log)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            if self.adm("--op", "show", "--mode", "target", check_ok=False).returncode == 0:
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError("tgtd did not start")
-
-    def adm(self, *args, check_ok=True):
-        r = subprocess.run(["tgtadm", "-C", str(self.control), "--lld", "iscsi"] + list(args),
-                           capture_output=True, text=True, timeout=30)
-        if check_ok and r.returncode != 0:
-            raise RuntimeError(f"tgtadm {' '.join(args)}: {r.stderr}")
-        return r
-
-    def stop(self):
-        # tgtd ignores SIGTERM; it leaves when told to through its management channel.
-        if self.proc.poll() is None:
-            self.adm("--op", "delete", "--mode", "system", "--force", check_ok=False)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 def main():
@@ -130,14 +75,14 @@ def main():
         back = os.path.join(scratch, "back.raw")
         q = run(["qemu-img", "convert", "-O", "raw", url, back])
         check(q.returncode == 0, "qemu-img convert reads the LUN back" + (": " + q.stderr if q.returncode else ""))
-        check(q.returncode == 0 and sha256(back) == sha256(src), "qemu-img's copy equals the source")
+        check(q.returncode == 0 and ispace_testlib.sha256_file(back) == ispace_testlib.sha256_file(src), "qemu-img's copy equals the source")
         os.unlink(back)
 
         out = os.path.join(scratch, "out.raw")
         r = run([ispace, "cp", url, out])
         print(r.stdout + r.stderr)
         check(r.returncode == 0, "cp tgt LUN -> FILE exits 0")
-        check(os.path.exists(out) and os.path.getsize(out) == SIZE and sha256(out) == sha256(src),
+        check(os.path.exists(out) and os.path.getsize(out) == SIZE and ispace_testlib.sha256_file(out) == ispace_testlib.sha256_file(src),
               "the file equals the source")
         os.unlink(out)
 
@@ -173,10 +118,10 @@ def main():
         check(r.returncode != 0 and "No such file" in r.stderr, "cp from a missing file fails clearly")
     finally:
         tgt.stop()
-    if not failures:
+    if not check.failures:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"{len(failures)} failure(s)")
-    return 1 if failures else 0
+    print(f"{len(check.failures)} failure(s)")
+    return 1 if check.failures else 0
 
 
 if __name__ == "__main__":

@@ -22,13 +22,7 @@ TARGET_SECRET = "target-secret-5678"
 DISCOVERY_SECRET = "disco-secret-9012"
 GOOD = "iqn.2026-11.org.ispace:good-initiator"
 BAD = "iqn.2026-11.org.ispace:bad-initiator"
-failures = []
-
-
-def check(cond, what):
-    print(("PASS " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
+check = ispace_testlib.Checks()
 
 
 def run(cmd):
@@ -109,11 +103,7 @@ def main():
                        capture_output=True, text=True, timeout=30)
     check(r.returncode != 0 and "at least 12" in r.stderr and "short" not in r.stderr,
           "a CHAP secret under 12 bytes is refused at start-up, without echoing it")
-    if failures:
-        print(f"kept {scratch}; ispaced log tail:\n{daemon.log_tail()}")
-        return 1
-    shutil.rmtree(scratch, ignore_errors=True)
-    return 0
+    return check.finish(scratch, daemon)
 
 
 if __name__ == "__main__":
