@@ -36,6 +36,47 @@ def run(cmd, timeout=300, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
+class Tgtd:
+    """A private tgtd: its own portal port and management (control) port, killed by pid at the end."""
+
+    def __init__(self, scratch):
+        self.port = free_port()
+        # tgtd's management socket is /var/run/tgtd/socket.N: pick an N nobody uses.
+        for _ in range(100):
+            self.control = random.randint(1000, 32000)  # tgtd refuses 32768 and above
+            if not os.path.exists(f"/var/run/tgtd/socket.{self.control}"):
+                break
+        self.log = open(os.path.join(scratch, "tgtd.log"), "w")
+        self.proc = subprocess.Popen(["tgtd", "-f", "-C", str(self.control), "--iscsi",
+                                      f"portal=127.0.0.1:{self.port}"], stdout=self.log, stderr=self.log)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.adm("--op", "show", "--mode", "target", check_ok=False).returncode == 0:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError("tgtd did not start")
+
+    def adm(self, *args, check_ok=True):
+        r = subprocess.run(["tgtadm", "-C", str(self.control), "--lld", "iscsi"] + list(args),
+                           capture_output=True, text=True, timeout=30)
+        if check_ok and r.returncode != 0:
+            raise RuntimeError(f"tgtadm {' '.join(args)}: {r.stderr}")
+        return r
+
+    def stop(self):
+        # tgtd ignores SIGTERM; it leaves when told to through its management channel.
+        if self.proc.poll() is None:
+            self.adm("--op", "delete", "--mode", "system", "--force", check_ok=False)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
 def main():
     ispace = sys.argv[1]
     for tool in ("tgtd", "tgtadm", "qemu-img"):
