@@ -49,11 +49,43 @@ constexpr uint8_t maintenance_in = 0xa3;
 constexpr uint8_t read_12 = 0xa8;
 constexpr uint8_t write_12 = 0xaa;
 constexpr uint8_t verify_12 = 0xaf;
+// Primary commands of the reservation, mode selection and reporting group (pr.cpp, alua.cpp, spc*.cpp).
+constexpr uint8_t reserve_6 = 0x16;
+constexpr uint8_t release_6 = 0x17;
+constexpr uint8_t prevent_allow_medium_removal = 0x1e;
+constexpr uint8_t reserve_10 = 0x56;
+constexpr uint8_t release_10 = 0x57;
+constexpr uint8_t persistent_reserve_in = 0x5e;
+constexpr uint8_t persistent_reserve_out = 0x5f;
+// Block commands beyond plain reads and writes, and third-party copy (sbc_*.cpp, xcopy.cpp).
+constexpr uint8_t write_and_verify_10 = 0x2e;
+constexpr uint8_t pre_fetch_10 = 0x34;
+constexpr uint8_t read_defect_data_10 = 0x37;
+constexpr uint8_t sanitize = 0x48;
+constexpr uint8_t extended_copy = 0x83;
+constexpr uint8_t receive_copy_results = 0x84;
+constexpr uint8_t compare_and_write = 0x89;
+constexpr uint8_t orwrite_16 = 0x8b;
+constexpr uint8_t write_and_verify_16 = 0x8e;
+constexpr uint8_t pre_fetch_16 = 0x90;
+constexpr uint8_t write_atomic_16 = 0x9c;
+constexpr uint8_t write_and_verify_12 = 0xae;
+constexpr uint8_t read_defect_data_12 = 0xb7;
 } // namespace op
 
 namespace sa {
 constexpr uint8_t read_capacity_16 = 0x10; // SERVICE ACTION IN(16)
 constexpr uint8_t get_lba_status = 0x12;   // SERVICE ACTION IN(16)
+constexpr uint8_t report_target_port_groups = 0x0a;        // MAINTENANCE IN
+constexpr uint8_t report_supported_operation_codes = 0x0c; // MAINTENANCE IN
+constexpr uint8_t report_supported_tmfs = 0x0d;            // MAINTENANCE IN
+constexpr uint8_t sanitize_overwrite = 0x01;         // SANITIZE
+constexpr uint8_t sanitize_block_erase = 0x02;       // SANITIZE
+constexpr uint8_t sanitize_crypto_erase = 0x03;      // SANITIZE (not supported)
+constexpr uint8_t sanitize_exit_failure_mode = 0x1f; // SANITIZE
+constexpr uint8_t extended_copy_lid1 = 0x00;         // EXTENDED COPY
+constexpr uint8_t copy_status_lid1 = 0x00;           // RECEIVE COPY RESULTS
+constexpr uint8_t copy_operating_parameters = 0x03;  // RECEIVE COPY RESULTS
 } // namespace sa
 
 // The CDB length the group code (bits 7-5 of the opcode) implies: 6, 10, 12 or 16; 0 for group 3
@@ -93,6 +125,18 @@ enum OperationFlags : uint16_t {
     op_any_lun = 1 << 1, // also answers for a LUN with no logical unit (INQUIRY, REQUEST SENSE, REPORT LUNS)
     op_service_action = 1 << 2, // bits 4-0 of byte 1 select among entries of this opcode
     op_writes_medium = 1 << 3,  // refused on a write-protected logical unit
+    // Reservations (pr.hpp): how a command fares when another I_T nexus holds a reservation. A command
+    // with none of these conflicts with every reservation of another I_T nexus (the SPC-4 and SBC-3
+    // tables of commands allowed in the presence of reservations; the safe default for anything that
+    // writes or changes the logical unit).
+    op_pr_allowed = 1 << 4,   // allowed under every persistent reservation type ("Allowed" throughout)
+    op_pr_read = 1 << 5,      // reads the medium: allowed under Write Exclusive types only
+    op_spc2_allowed = 1 << 6, // allowed while another I_T nexus holds an SPC-2 RESERVE
+    // Allowed under any reservation in its harmless form (PREVENT field 0; START=1 with no power
+    // condition), conflicting otherwise; pr.cpp's benign_form() reads the CDB.
+    op_reservation_benign = 1 << 7,
+    // PERSISTENT RESERVE IN/OUT, RESERVE, RELEASE: the handler applies the reservation rules itself.
+    op_reservation_own = 1 << 8,
 };
 
 struct Operation {

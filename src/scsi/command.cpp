@@ -3,6 +3,7 @@
 #include "common/log.hpp"
 #include "net/reactor.hpp"
 #include "scsi/lu.hpp"
+#include "scsi/sbc.hpp"
 #include "scsi/tmf.hpp"
 
 #include <algorithm>
@@ -75,6 +76,7 @@ void Command::release() {
     _lu = nullptr;
     _io.done = nullptr;
     scratch.reset();
+    state.reset();
     auto& free = pool().free;
     if (free.size() < pool_cap) {
         free.push_back(this);
@@ -122,6 +124,13 @@ void Command::start() {
             complete_check(Sense::invalid_field_in_command_iu());
         } else if (auto bad = check_cdb_usage(*_op, cdb())) {
             complete_check(*bad);
+        } else if (auto unavailable = sbc::sanitize_refuses(*_lu, *_op)) {
+            // A sanitize operation runs or failed (SBC-4 4.11): medium access waits for it.
+            complete_check(*unavailable);
+        } else if (_lu->reservations().conflicts(*_op, cdb(), _task->nexus)) {
+            // Another I_T nexus's reservation (pr.hpp); before write protection, so that a command
+            // that may not run learns nothing else about the logical unit.
+            complete_status(Status::reservation_conflict);
         } else if ((_op->flags & op_writes_medium) &&
                    (_lu->write_protected() || (_task->nexus && _task->nexus->read_only))) {
             complete_check(Sense::write_protected());
@@ -235,6 +244,11 @@ void Command::data_out_failed(const Sense& sense) {
 void Command::submit_io(backstore::IoOp op, uint64_t offset, uint64_t length, uint8_t* data, bool fua_flag,
                         Step next) {
     assert(_lu);
+    submit_io(_lu->device(), op, offset, length, data, fua_flag, next);
+}
+
+void Command::submit_io(backstore::Device& device, backstore::IoOp op, uint64_t offset, uint64_t length,
+                        uint8_t* data, bool fua_flag, Step next) {
     _iov.iov_base = data;
     _iov.iov_len = data ? length : 0;
     _io.op = op;
@@ -246,7 +260,61 @@ void Command::submit_io(backstore::IoOp op, uint64_t offset, uint64_t length, ui
     _io.done = [this](int error) { io_done(error); };
     _next = next;
     _state = State::waiting_io;
-    _lu->device().submit(_io);
+    device.submit(_io);
+}
+
+void Command::wait_begin() {
+    _state = State::waiting_io;
+}
+
+void Command::wait_end(Step next) {
+    _state = State::running;
+    if (_abort_requested.load(std::memory_order_acquire)) {
+        finish();
+        return;
+    }
+    next(*this);
+}
+
+// --- LBA range lock -------------------------------------------------------------------------------
+
+void Command::lock_range(uint64_t lba, uint64_t blocks, bool exclusive, Step next) {
+    assert(_lu);
+    lock_range(*_lu, lba, blocks, exclusive, next);
+}
+
+void Command::lock_range(LogicalUnit& lu, uint64_t lba, uint64_t blocks, bool exclusive, Step next) {
+    assert(!_range.held());
+    _range_lock = &lu.block_state().range_lock;
+    _range.first = lba;
+    _range.end = lba + blocks;
+    _range.exclusive = exclusive;
+    _range.reactor = _task->reactor;
+    _range.resume = range_granted;
+    _range.context = this;
+    if (_range_lock->acquire(_range)) {
+        next(*this);
+        return;
+    }
+    _next = next;
+    _state = State::waiting_range;
+}
+
+void Command::unlock_range() {
+    if (_range.held()) {
+        _range_lock->release(_range);
+    }
+}
+
+void Command::range_granted(void* self) {
+    auto& cmd = *static_cast<Command*>(self);
+    cmd._state = State::running;
+    if (cmd._abort_requested.load(std::memory_order_acquire)) {
+        // Aborted while it waited: the range is given back by finishing.
+        cmd.finish();
+        return;
+    }
+    cmd._next(cmd);
 }
 
 void Command::io_done(int error) {
@@ -281,6 +349,8 @@ void Command::finish() {
 
 void Command::finish_now() {
     Task& t = *_task;
+    // Before the task goes back to the fabric: whoever waits for the range may go on.
+    unlock_range();
     std::vector<TmfOp*> tmfs;
     bool aborted = _abandoned;
     if (_lu) {

@@ -16,11 +16,13 @@
 #include "backstore/device.hpp"
 #include "common/buffer.hpp"
 #include "scsi/cdb.hpp"
+#include "scsi/range_lock.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/task.hpp"
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <sys/uio.h>
 #include <vector>
@@ -42,6 +44,8 @@ public:
     const Operation& op() const { return *_op; }
     const uint8_t* cdb() const { return _task->cdb.data(); }
     uint64_t nexus_id() const { return _task->nexus ? _task->nexus->id : 0; }
+    // A task management function asked for this command to end (it ends at its next step).
+    bool abort_requested() const { return _abort_requested.load(std::memory_order_acquire); }
 
     // --- outcomes: each ends the command ---
     // GOOD; transfer_length as already set on the task, or as given.
@@ -65,7 +69,25 @@ public:
     // One request on the logical unit's device over [data, data + length) (data may be null for
     // flush), then `next` runs with io_error() set (0 or -errno).
     void submit_io(backstore::IoOp op, uint64_t offset, uint64_t length, uint8_t* data, bool fua, Step next);
+    // The same on another logical unit's device (EXTENDED COPY between logical units).
+    void submit_io(backstore::Device& device, backstore::IoOp op, uint64_t offset, uint64_t length, uint8_t* data,
+                   bool fua, Step next);
+    // For a wait that is not submit_io (allocation status from a worker thread): the engine treats it
+    // like backstore I/O, which a task management function waits for. The handler calls wait_begin()
+    // and, when the result is in (on this reactor, never inside the call that began it), wait_end(next).
+    void wait_begin();
+    void wait_end(Step next);
     int io_error() const { return _io_error; }
+
+    // --- LBA range lock (range_lock.hpp) ---
+    // Holds [lba, lba + blocks) of the logical unit against overlapping commands of every session:
+    // shared for plain reads and writes, exclusive for read-modify-write commands. `next` runs once
+    // the range is granted: at once, or later on this reactor. The range is held until the command
+    // completes or unlock_range(); a command holds one range at a time, and only around its I/O.
+    void lock_range(uint64_t lba, uint64_t blocks, bool exclusive, Step next);
+    // The same on another logical unit (EXTENDED COPY's source or destination).
+    void lock_range(LogicalUnit& lu, uint64_t lba, uint64_t blocks, bool exclusive, Step next);
+    void unlock_range();
 
     // --- scratch for handlers that run in steps ---
     BlockRange range;
@@ -74,6 +96,12 @@ public:
     uint8_t mode = 0;      // handler-specific (VERIFY: BYTCHK)
     bool fua = false;
     Buffer scratch;
+    // What a handler keeps beyond these fields (EXTENDED COPY's descriptor lists); freed when the
+    // command ends.
+    struct HandlerState {
+        virtual ~HandlerState() = default;
+    };
+    std::unique_ptr<HandlerState> state;
 
     // --- engine side (target.cpp, lu.cpp, tmf.cpp) ---
     static Command& acquire(Task& task, LogicalUnit* lu, TargetDevice& target);
@@ -88,13 +116,14 @@ public:
 
 private:
     friend class LogicalUnit;
-    enum class State : uint8_t { running, waiting_data_out, waiting_io, done };
+    enum class State : uint8_t { running, waiting_data_out, waiting_io, waiting_range, done };
 
     Command() = default;
     void reset(Task& task, LogicalUnit* lu, TargetDevice& target);
     void finish();
     void finish_now();
     void io_done(int error);
+    static void range_granted(void* self);
     void release();
 
     Task* _task = nullptr;
@@ -112,6 +141,8 @@ private:
     backstore::IoRequest _io;
     iovec _iov{};
     int _io_error = 0;
+    RangeLock::Entry _range;
+    RangeLock* _range_lock = nullptr; // whose lock _range is held in
 
     // Task management: set (under the logical unit's mutex) by a TMF on any reactor; read here on
     // the task's reactor at each step.

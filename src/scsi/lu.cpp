@@ -48,6 +48,7 @@ LogicalUnit::LogicalUnit(TargetDevice& target, uint64_t lun, std::unique_ptr<bac
     _identifier = _options.identity.naa ? _options.identity.naa : mix64(_device->identity());
     _serial = _options.identity.serial.empty() ? fmt::format("{:016x}", _identifier)
                                                : printable(_options.identity.serial, 64);
+    _reservations = std::make_unique<Reservations>(_options.pr_state_path, fmt::format("lun {}", _lun));
     ModeValues defaults = default_mode_values();
     _wce.store(defaults.wce);
     _d_sense.store(defaults.d_sense);
@@ -119,6 +120,7 @@ void LogicalUnit::nexus_added(uint64_t nexus, uint16_t code) {
 void LogicalUnit::nexus_removed(uint64_t nexus) {
     std::lock_guard lock(_mutex);
     _ua.remove_nexus(nexus);
+    std::erase(_preventing, nexus);
     _ua_pending.store(_ua.pending());
 }
 
@@ -156,12 +158,38 @@ void LogicalUnit::clear_ua(uint64_t nexus, uint16_t code) {
 
 void LogicalUnit::reset(uint16_t code) {
     ModeValues defaults = default_mode_values();
+    // SPC-2 reservations end with a reset; persistent ones do not. (Reservations' lock is a leaf.)
+    _reservations->reset();
     std::lock_guard lock(_mutex);
+    _preventing.clear();
     _wce.store(defaults.wce);
     _d_sense.store(defaults.d_sense);
     _swp.store(defaults.swp);
     _ua.establish_all(code);
     _ua_pending.store(_ua.pending());
+}
+
+void LogicalUnit::establish_ua_others(uint64_t except, uint16_t code) {
+    std::lock_guard lock(_mutex);
+    for (uint64_t nexus : _ua.nexuses()) {
+        if (nexus != except) {
+            _ua.establish(nexus, code);
+        }
+    }
+    _ua_pending.store(_ua.pending());
+}
+
+void LogicalUnit::set_prevent(uint64_t nexus, bool prevent) {
+    std::lock_guard lock(_mutex);
+    std::erase(_preventing, nexus);
+    if (prevent) {
+        _preventing.push_back(nexus);
+    }
+}
+
+bool LogicalUnit::medium_removal_prevented() const {
+    std::lock_guard lock(_mutex);
+    return !_preventing.empty();
 }
 
 // --- task list ----------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 
 #include "backstore/device.hpp"
 #include "common/function.hpp"
+#include "scsi/block_state.hpp"
+#include "scsi/pr.hpp"
 #include "scsi/target.hpp"
 #include "scsi/ua.hpp"
 
@@ -71,6 +73,18 @@ public:
     void establish_ua_all(uint16_t code);
     std::optional<uint16_t> take_ua(uint64_t nexus);
     void clear_ua(uint64_t nexus, uint16_t code);
+    // To every nexus but `except` (MODE PARAMETERS CHANGED after a MODE SELECT).
+    void establish_ua_others(uint64_t except, uint16_t code);
+
+    // --- reservations (pr.hpp) and medium removal prevention ---
+    Reservations& reservations() const { return *_reservations; }
+    // PREVENT ALLOW MEDIUM REMOVAL: prevention holds while any I_T nexus prevents; it ends for a nexus
+    // with PREVENT=0, its loss, and for all with a logical unit or target reset.
+    void set_prevent(uint64_t nexus, bool prevent);
+    bool medium_removal_prevented() const;
+
+    // --- block commands (block_state.hpp): LBA range lock, sanitize state, held copy results ---
+    BlockState& block_state() const { return *_block_state; }
 
     // A flush of the device not tied to a task (SYNCHRONIZE CACHE with IMMED, shutdown). On a reactor
     // thread; `done(0 or -errno)` runs there later. 0/0 is the whole device.
@@ -112,6 +126,9 @@ private:
     std::atomic<bool> _wce{true};       // written under _mutex
     std::atomic<bool> _d_sense{false};
     std::atomic<bool> _swp{false};
+    std::unique_ptr<Reservations> _reservations;
+    std::vector<uint64_t> _preventing; // under _mutex: nexuses with medium removal prevented
+    std::unique_ptr<BlockState> _block_state = std::make_unique<BlockState>();
 };
 
 } // namespace ispace::scsi

@@ -1,3 +1,10 @@
+// Plain data transfer and cache commands: READ, WRITE, VERIFY, WRITE AND VERIFY, SYNCHRONIZE CACHE,
+// PRE-FETCH, READ CAPACITY, READ DEFECT DATA, START STOP UNIT.
+//
+// Every command that reads or writes the medium does so under the logical unit's range lock (shared),
+// so that COMPARE AND WRITE and the other read-modify-write commands (sbc_atomic.cpp) are atomic
+// against it. The lock is taken once the data-out is in, right before the I/O, and released when the
+// command completes.
 #include "scsi/sbc.hpp"
 
 #include "common/bytes.hpp"
@@ -5,6 +12,7 @@
 #include "scsi/cdb.hpp"
 #include "scsi/command.hpp"
 #include "scsi/lu.hpp"
+#include "scsi/sbc_util.hpp"
 #include "scsi/sense.hpp"
 
 #include <algorithm>
@@ -15,22 +23,8 @@ namespace ispace::scsi::sbc {
 namespace {
 
 using backstore::IoOp;
-
-bool fua_bit(const uint8_t* cdb) {
-    return cdb_length_for(cdb[0]) != 6 && (cdb[1] & 0x08);
-}
-
-// The checks every block command shares, in SBC order: a transfer over the Block Limits maximum is
-// INVALID FIELD IN CDB (on the length field) before the range is looked at; then LBA OUT OF RANGE.
-// `moves_data`: the command transfers its blocks (a VERIFY with BYTCHK=0 or a SYNCHRONIZE CACHE does
-// not, so it is not bounded by the maximum transfer length).
-std::optional<Sense> check_blocks(const Command& cmd, const BlockRange& r, bool moves_data) {
-    const LogicalUnit& lu = *cmd.lu();
-    if (moves_data && uint64_t(r.blocks) * lu.block_size() > lu.max_transfer_bytes()) {
-        return Sense::invalid_field_in_cdb(transfer_length_offset(cmd.cdb()));
-    }
-    return check_lba_range(r.lba, r.blocks, lu.block_count());
-}
+using detail::check_blocks;
+using detail::failed_io;
 
 // SYNCHRONIZE CACHE with IMMED=1 (and a START STOP UNIT stop) returns before the flush is done: the
 // flush goes on by itself and only a failure is logged.
@@ -48,44 +42,58 @@ void flush_detached(LogicalUnit& lu, uint64_t offset, uint64_t length) {
 // --- READ ---------------------------------------------------------------------------------------
 
 void read_done(Command& cmd) {
-    if (cmd.io_error()) {
-        cmd.complete_check(Sense::from_errno(cmd.io_error(), false));
+    if (failed_io(cmd, false)) {
         return;
     }
     cmd.complete_good();
+}
+
+void read_locked(Command& cmd) {
+    uint32_t bs = cmd.lu()->block_size();
+    cmd.submit_io(IoOp::read, cmd.range.lba * bs, uint64_t(cmd.chunk) * bs, cmd.task().buffer.data(), false,
+                  read_done);
 }
 
 // --- WRITE --------------------------------------------------------------------------------------
 
 void write_done(Command& cmd) {
-    if (cmd.io_error()) {
-        cmd.complete_check(Sense::from_errno(cmd.io_error(), true));
+    if (failed_io(cmd, true)) {
         return;
     }
     cmd.complete_good();
 }
 
+void write_locked(Command& cmd) {
+    uint32_t bs = cmd.lu()->block_size();
+    cmd.submit_io(IoOp::write, cmd.range.lba * bs, uint64_t(cmd.chunk) * bs, cmd.task().buffer.data(),
+                  cmd.fua, write_done);
+}
+
+// How many whole blocks of the CDB's transfer arrived. When the initiator's EDTL is shorter than the
+// CDB's transfer, the command acts on what it was given: the whole blocks that arrived are written
+// and the command ends GOOD, the fabric reporting the overflow residual (libiscsi's
+// test_write10_residuals). A trailing partial block cannot be written and is not: the residual
+// says so. (libiscsi's reservation tests write 512 bytes as "one block" to a 4096-byte LUN and
+// expect GOOD; refusing the command instead is the other answer test_write10_residuals allows.)
+std::optional<Sense> blocks_arrived(const Command& cmd, uint32_t& blocks) {
+    uint32_t bs = cmd.lu()->block_size();
+    uint32_t bytes = cmd.task().transfer_length;
+    blocks = cmd.data_out_available(bytes) / bs;
+    return std::nullopt;
+}
+
 void write_data_ready(Command& cmd) {
-    Task& task = cmd.task();
-    LogicalUnit& lu = *cmd.lu();
-    uint32_t bytes = task.transfer_length;
-    uint32_t have = cmd.data_out_available(bytes);
-    if (have < bytes) {
-        // The initiator's EDTL is shorter than the CDB's transfer. What libiscsi's iSCSIResiduals
-        // tests expect (test_write10_residuals): the whole blocks that did arrive are written and the
-        // command ends GOOD, the fabric reporting the overflow residual. A partial block cannot be
-        // written; that is INVALID FIELD IN COMMAND INFORMATION UNIT, with nothing written.
-        if (have % lu.block_size() != 0) {
-            cmd.complete_check(Sense::invalid_field_in_command_iu());
-            return;
-        }
-        if (have == 0) {
-            cmd.complete_good();
-            return;
-        }
+    uint32_t blocks = 0;
+    if (auto error = blocks_arrived(cmd, blocks)) {
+        cmd.complete_check(*error);
+        return;
     }
-    cmd.submit_io(IoOp::write, cmd.range.lba * lu.block_size(), have, task.buffer.data(), cmd.fua,
-                  write_done);
+    if (blocks == 0) {
+        cmd.complete_good();
+        return;
+    }
+    cmd.chunk = blocks;
+    cmd.lock_range(cmd.range.lba, blocks, false, write_locked);
 }
 
 // --- VERIFY -------------------------------------------------------------------------------------
@@ -97,8 +105,7 @@ constexpr uint8_t bytchk_one = 3;  // compare one block of data-out with every b
 void verify_read_chunk(Command& cmd);
 
 void verify_check_chunk(Command& cmd) {
-    if (cmd.io_error()) {
-        cmd.complete_check(Sense::from_errno(cmd.io_error(), false));
+    if (failed_io(cmd, false)) {
         return;
     }
     LogicalUnit& lu = *cmd.lu();
@@ -143,25 +150,80 @@ void verify_read_chunk(Command& cmd) {
                   cmd.scratch.data(), false, verify_check_chunk);
 }
 
-void verify_begin(Command& cmd) {
+// Allocates the read-back buffer and reads the range (already locked) in chunks.
+void verify_medium(Command& cmd) {
     LogicalUnit& lu = *cmd.lu();
+    uint32_t max_blocks = lu.max_transfer_bytes() / lu.block_size();
+    uint64_t chunk = std::min<uint64_t>(cmd.range.blocks, max_blocks);
+    cmd.scratch = Buffer::allocate(chunk * lu.block_size());
+    cmd.progress = 0;
+    verify_read_chunk(cmd);
+}
+
+void verify_begin(Command& cmd) {
     uint32_t needed = cmd.task().transfer_length;
     if (cmd.mode != bytchk_none && cmd.data_out_available(needed) < needed) {
         // Nothing to compare against: the initiator sent less than the CDB says.
         cmd.complete_check(Sense::invalid_field_in_command_iu());
         return;
     }
-    uint32_t max_blocks = lu.max_transfer_bytes() / lu.block_size();
-    uint64_t chunk = std::min<uint64_t>(cmd.range.blocks, max_blocks);
-    cmd.scratch = Buffer::allocate(chunk * lu.block_size());
-    verify_read_chunk(cmd);
+    cmd.lock_range(cmd.range.lba, cmd.range.blocks, false, verify_medium);
+}
+
+// --- WRITE AND VERIFY ---------------------------------------------------------------------------
+
+void write_and_verify_written(Command& cmd) {
+    if (failed_io(cmd, true)) {
+        return;
+    }
+    verify_medium(cmd);
+}
+
+void write_and_verify_locked(Command& cmd) {
+    uint32_t bs = cmd.lu()->block_size();
+    // Written through to the medium (as FUA): verifying what a volatile cache holds proves nothing.
+    cmd.submit_io(IoOp::write, cmd.range.lba * bs, uint64_t(cmd.range.blocks) * bs, cmd.task().buffer.data(),
+                  true, write_and_verify_written);
+}
+
+void write_and_verify_data_ready(Command& cmd) {
+    uint32_t blocks = 0;
+    if (auto error = blocks_arrived(cmd, blocks)) {
+        cmd.complete_check(*error);
+        return;
+    }
+    if (blocks == 0) {
+        cmd.complete_good();
+        return;
+    }
+    cmd.range.blocks = blocks;
+    // Exclusive: between the write and the read-back no other command may change these blocks, or a
+    // concurrent writer would turn into a false miscompare.
+    cmd.lock_range(cmd.range.lba, blocks, true, write_and_verify_locked);
+}
+
+// --- PRE-FETCH ----------------------------------------------------------------------------------
+
+void pre_fetch_done(Command& cmd) {
+    if (failed_io(cmd, false)) {
+        return;
+    }
+    // GOOD rather than CONDITION MET: the blocks went through the backstore's cache (the host page
+    // cache for files), which this device server does not control and cannot promise to keep them
+    // in. SBC-4 5.11 gives GOOD exactly when the cache cannot hold all of them.
+    cmd.complete_good();
+}
+
+void pre_fetch_locked(Command& cmd) {
+    uint32_t bs = cmd.lu()->block_size();
+    cmd.submit_io(IoOp::read, cmd.range.lba * bs, uint64_t(cmd.chunk) * bs, cmd.scratch.data(), false,
+                  pre_fetch_done);
 }
 
 // --- SYNCHRONIZE CACHE / START STOP UNIT --------------------------------------------------------
 
 void flush_done(Command& cmd) {
-    if (cmd.io_error()) {
-        cmd.complete_check(Sense::from_errno(cmd.io_error(), true));
+    if (failed_io(cmd, true)) {
         return;
     }
     cmd.complete_good();
@@ -183,15 +245,17 @@ void read(Command& cmd) {
     // Read only what the initiator will take (whole blocks covering min(EDTL, transfer)); with a
     // shorter EDTL the rest would be read to be thrown away, and the fabric reports the overflow.
     uint32_t wanted = task.data_in ? std::min(bytes, task.expected_length) : 0;
-    uint64_t read_bytes = (uint64_t(wanted) + bs - 1) / bs * bs;
-    if (read_bytes == 0) {
+    uint32_t blocks = (wanted + bs - 1) / bs;
+    if (blocks == 0) {
         cmd.complete_good();
         return;
     }
-    task.buffer = Buffer::allocate(read_bytes);
+    task.buffer = Buffer::allocate(uint64_t(blocks) * bs);
+    cmd.range = r;
+    cmd.chunk = blocks;
     // FUA on a read asks for the medium rather than a cache: the backstore reads what is durable or
     // about to be, and DPO is a cache-retention hint; both are accepted and need nothing here.
-    cmd.submit_io(IoOp::read, r.lba * bs, read_bytes, task.buffer.data(), false, read_done);
+    cmd.lock_range(r.lba, blocks, false, read_locked);
 }
 
 void write(Command& cmd) {
@@ -208,8 +272,7 @@ void write(Command& cmd) {
         return;
     }
     cmd.range = r;
-    // With the write cache disabled (WCE=0) every write is write-through, as if FUA were set.
-    cmd.fua = fua_bit(cmd.cdb()) || !lu.write_cache_enabled();
+    cmd.fua = detail::write_through(cmd);
     cmd.fetch_data_out(task.transfer_length, write_data_ready);
 }
 
@@ -243,6 +306,32 @@ void verify(Command& cmd) {
     cmd.fetch_data_out(task.transfer_length, verify_begin);
 }
 
+void write_and_verify(Command& cmd) {
+    Task& task = cmd.task();
+    LogicalUnit& lu = *cmd.lu();
+    const uint8_t* cdb = cmd.cdb();
+    // BYTCHK 0: write, then verify the medium; 1: write, then compare the medium with the data-out.
+    // 10b is reserved and 11b (one block for all) has no meaning for a write that sends every block.
+    uint8_t bytchk = (cdb[1] >> 1) & 0x03;
+    if (bytchk > 1) {
+        cmd.complete_check(Sense::invalid_field_in_cdb(1, 2));
+        return;
+    }
+    BlockRange r = decode_block_range(cdb);
+    if (auto error = check_blocks(cmd, r, true)) {
+        cmd.complete_check(*error);
+        return;
+    }
+    task.transfer_length = r.blocks * lu.block_size();
+    if (r.blocks == 0) {
+        cmd.complete_good();
+        return;
+    }
+    cmd.range = r;
+    cmd.mode = bytchk == 1 ? bytchk_all : bytchk_none;
+    cmd.fetch_data_out(task.transfer_length, write_and_verify_data_ready);
+}
+
 void synchronize_cache(Command& cmd) {
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
@@ -261,6 +350,34 @@ void synchronize_cache(Command& cmd) {
         return;
     }
     cmd.submit_io(IoOp::flush, r.lba * bs, blocks * bs, nullptr, false, flush_done);
+}
+
+void pre_fetch(Command& cmd) {
+    LogicalUnit& lu = *cmd.lu();
+    const uint8_t* cdb = cmd.cdb();
+    BlockRange r = decode_block_range(cdb);
+    uint32_t max_blocks = limits(lu).max_transfer; // MAXIMUM PREFETCH LENGTH
+    if (r.blocks > max_blocks) {
+        cmd.complete_check(Sense::invalid_field_in_cdb(transfer_length_offset(cdb)));
+        return;
+    }
+    if (auto error = check_lba_range(r.lba, r.blocks, lu.block_count())) {
+        cmd.complete_check(*error);
+        return;
+    }
+    // PREFETCH LENGTH 0: from the LBA to the end of the medium, as much of it as one read holds.
+    uint64_t blocks = r.blocks ? r.blocks : std::min<uint64_t>(lu.block_count() - r.lba, max_blocks);
+    bool immed = cdb[1] & 0x02;
+    if (immed || blocks == 0) {
+        // IMMED: status once the CDB is valid. The read-ahead itself is a hint this device server
+        // does not have to act on (SBC-4: GOOD when the cache cannot take the blocks).
+        cmd.complete_good();
+        return;
+    }
+    cmd.range = r;
+    cmd.chunk = uint32_t(blocks);
+    cmd.scratch = Buffer::allocate(blocks * lu.block_size());
+    cmd.lock_range(r.lba, blocks, false, pre_fetch_locked);
 }
 
 void read_capacity_10(Command& cmd) {
@@ -289,16 +406,34 @@ void read_capacity_16(Command& cmd) {
         cmd.complete_check(Sense::invalid_field_in_cdb(2));
         return;
     }
-    const backstore::Features& f = lu.features();
+    Limits l = limits(lu);
     std::array<uint8_t, 32> d{};
     store_be64(&d[0], lu.block_count() - 1);
     store_be32(&d[8], lu.block_size());
     d[12] = 0x00; // no protection information
     d[13] = 0x00; // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0
-    // LBPME: thin provisioned, so logical block provisioning management applies; LBPRZ: unmapped
-    // blocks read back as zeroes.
-    d[14] = uint8_t((f.thin ? 0x80 : 0x00) | (f.thin ? 0x40 : 0x00));
+    // LBPME: logical block provisioning management (thin: UNMAP, WRITE SAME with UNMAP, GET LBA
+    // STATUS); LBPRZ: unmapped blocks read back as zeroes. Same values as the provisioning VPD page.
+    d[14] = uint8_t((l.lbpme ? 0x80 : 0x00) | (l.lbprz ? 0x40 : 0x00));
     // Any allocation length is valid, 0 to 15 included (it only truncates).
+    cmd.complete_data_in(d, allocation);
+}
+
+void read_defect_data(Command& cmd) {
+    const uint8_t* cdb = cmd.cdb();
+    bool twelve = cdb[0] == op::read_defect_data_12;
+    uint8_t flags = twelve ? cdb[1] : cdb[2];
+    bool plist = flags & 0x10;
+    bool glist = flags & 0x08;
+    uint8_t format = flags & 0x07;
+    if (format == 0x07) { // reserved
+        cmd.complete_check(Sense::invalid_field_in_cdb(twelve ? 1 : 2, 2));
+        return;
+    }
+    uint32_t allocation = twelve ? load_be32(cdb + 6) : load_be16(cdb + 7);
+    // A file or memory has no defects: both lists are valid and empty, in whatever format was asked.
+    std::vector<uint8_t> d(twelve ? 8 : 4, 0);
+    d[1] = uint8_t((plist ? 0x10 : 0) | (glist ? 0x08 : 0) | format);
     cmd.complete_data_in(d, allocation);
 }
 
@@ -324,6 +459,11 @@ void start_stop_unit(Command& cmd) {
         return;
     default:
         cmd.complete_check(Sense::invalid_field_in_cdb(4, 7));
+        return;
+    }
+    if (loej && lu.medium_removal_prevented()) {
+        // PREVENT ALLOW MEDIUM REMOVAL holds the medium: no load or eject while it does.
+        cmd.complete_check(Sense::make(SenseKey::illegal_request, asc::medium_removal_prevented));
         return;
     }
     if (loej) {

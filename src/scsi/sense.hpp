@@ -61,6 +61,24 @@ constexpr uint16_t internal_target_failure = 0x4400;
 constexpr uint16_t data_phase_error = 0x4b00;
 constexpr uint16_t invalid_target_port_transfer_tag = 0x4b01;
 constexpr uint16_t data_offset_error = 0x4b05;
+// Reservations, mode selection and medium removal (pr.cpp, spc*.cpp).
+constexpr uint16_t invalid_release_of_persistent_reservation = 0x2604;
+constexpr uint16_t reservations_preempted = 0x2a03;
+constexpr uint16_t reservations_released = 0x2a04;
+constexpr uint16_t registrations_preempted = 0x2a05;
+constexpr uint16_t medium_removal_prevented = 0x5302;
+constexpr uint16_t insufficient_registration_resources = 0x5504;
+// Block commands: sanitize, third-party copy (sbc_*.cpp, xcopy.cpp).
+constexpr uint16_t operation_in_progress = 0x0016;
+constexpr uint16_t lu_not_ready_sanitize_in_progress = 0x041b;
+constexpr uint16_t unreachable_copy_target = 0x0804;
+constexpr uint16_t copy_target_device_not_reachable = 0x0d02;
+constexpr uint16_t incorrect_copy_target_device_type = 0x0d03;
+constexpr uint16_t too_many_target_descriptors = 0x2606;
+constexpr uint16_t unsupported_target_descriptor_type_code = 0x2607;
+constexpr uint16_t too_many_segment_descriptors = 0x2608;
+constexpr uint16_t unsupported_segment_descriptor_type_code = 0x2609;
+constexpr uint16_t sanitize_command_failed = 0x3103;
 } // namespace asc
 
 struct Sense {

@@ -4,8 +4,10 @@
 #include "scsi/cdb.hpp"
 #include "scsi/command.hpp"
 #include "scsi/lu.hpp"
+#include "scsi/sbc.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/target.hpp"
+#include "scsi/xcopy.hpp"
 
 #include <algorithm>
 #include <array>
@@ -52,7 +54,9 @@ std::vector<uint8_t> standard_inquiry(const LogicalUnit* lu) {
     d[2] = 0x06;                         // SPC-4
     d[3] = 0x12;                         // HISUP (hierarchical LUNs), response data format 2
     d[4] = uint8_t(d.size() - 5);
-    d[5] = 0x00; // no ALUA (TPGS 0), no third-party copy, no protection information
+    // TPGS=01b: implicit ALUA (alua.hpp; REPORT TARGET PORT GROUPS); 3PC: EXTENDED COPY (xcopy.hpp);
+    // no protection information.
+    d[5] = lu ? 0x18 : 0x00;
     d[6] = 0x00;
     d[7] = 0x02; // CMDQUE
     LuIdentity defaults;
@@ -143,71 +147,12 @@ std::vector<uint8_t> device_identification(const LogicalUnit& lu, const Nexus* n
     return d;
 }
 
-// Logical block provisioning support follows the device's features and what the operation table
-// implements, so the bits turn on by themselves when UNMAP / WRITE SAME land.
-struct Provisioning {
-    bool lbpu = false;
-    bool lbpws = false;
-    bool lbpws10 = false;
-};
-
-Provisioning provisioning(const LogicalUnit& lu) {
-    Provisioning p;
-    bool unmap = lu.features().unmap;
-    p.lbpu = unmap && implements(op::unmap);
-    p.lbpws = unmap && implements(op::write_same_16);
-    p.lbpws10 = unmap && implements(op::write_same_10);
-    return p;
-}
-
-std::vector<uint8_t> block_limits(const LogicalUnit& lu) {
-    std::vector<uint8_t> d = vpd_header(vpd_block_limits);
-    d.resize(64, 0);
-    uint32_t bs = lu.block_size();
-    uint32_t max_blocks = lu.max_transfer_bytes() / bs;
-    uint32_t optimal = std::min(lu.options().optimal_transfer_bytes / bs, max_blocks);
-    store_be16(&d[6], 1); // OPTIMAL TRANSFER LENGTH GRANULARITY: any block
-    store_be32(&d[8], max_blocks);
-    store_be32(&d[12], optimal);
-    Provisioning p = provisioning(lu);
-    if (p.lbpu) {
-        store_be32(&d[20], 0xffffffff); // MAXIMUM UNMAP LBA COUNT: no limit
-        store_be32(&d[24], 256);        // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
-        store_be32(&d[28], 1);          // OPTIMAL UNMAP GRANULARITY
-    }
-    if (p.lbpws) {
-        store_be64(&d[36], max_blocks); // MAXIMUM WRITE SAME LENGTH
-    }
-    finish_vpd(d);
-    return d;
-}
-
-std::vector<uint8_t> block_device_characteristics(const LogicalUnit& lu) {
-    std::vector<uint8_t> d = vpd_header(vpd_block_device_characteristics);
-    d.resize(64, 0);
-    // MEDIUM ROTATION RATE: 1 = non-rotating (memory and null devices); 0 = not reported, since a
-    // file's or block device's medium is unknown here.
-    std::string_view kind = lu.device().kind();
-    uint16_t rate = (kind == "memory" || kind == "null") ? 1 : 0;
-    store_be16(&d[4], rate);
-    finish_vpd(d);
-    return d;
-}
-
-std::vector<uint8_t> logical_block_provisioning(const LogicalUnit& lu) {
-    std::vector<uint8_t> d = vpd_header(vpd_logical_block_provisioning);
-    d.resize(8, 0);
-    Provisioning p = provisioning(lu);
-    const backstore::Features& f = lu.features();
-    d[5] = uint8_t((p.lbpu ? 0x80 : 0) | (p.lbpws ? 0x40 : 0) | (p.lbpws10 ? 0x20 : 0) | (f.thin ? 0x04 : 0));
-    d[6] = f.thin ? 0x02 : 0x00; // PROVISIONING TYPE: thin / fully provisioned
-    finish_vpd(d);
-    return d;
-}
-
+// In ascending order (SPC-4 7.8.16). The block device pages (B0h-B2h) are sbc_vpd.cpp's, the
+// third-party copy page xcopy.cpp's.
 constexpr uint8_t supported_vpd[] = {
-    vpd_supported_pages, vpd_unit_serial_number,           vpd_device_identification,
-    vpd_block_limits,    vpd_block_device_characteristics, vpd_logical_block_provisioning,
+    vpd_supported_pages,     vpd_unit_serial_number,           vpd_device_identification,
+    xcopy::vpd_third_party_copy, vpd_block_limits,             vpd_block_device_characteristics,
+    vpd_logical_block_provisioning,
 };
 
 } // namespace
@@ -252,14 +197,17 @@ void inquiry(Command& cmd) {
     case vpd_device_identification:
         d = device_identification(*lu, cmd.task().nexus);
         break;
+    case xcopy::vpd_third_party_copy:
+        d = xcopy::third_party_copy_vpd(*lu);
+        break;
     case vpd_block_limits:
-        d = block_limits(*lu);
+        d = sbc::block_limits_vpd(*lu);
         break;
     case vpd_block_device_characteristics:
-        d = block_device_characteristics(*lu);
+        d = sbc::block_device_characteristics_vpd(*lu);
         break;
     case vpd_logical_block_provisioning:
-        d = logical_block_provisioning(*lu);
+        d = sbc::logical_block_provisioning_vpd(*lu);
         break;
     default:
         cmd.complete_check(Sense::invalid_field_in_cdb(2));
@@ -282,134 +230,28 @@ void request_sense(Command& cmd) {
         sense = Sense::lu_not_supported();
     } else if (auto ua = cmd.lu()->take_ua(cmd.nexus_id())) {
         sense = Sense::make(SenseKey::unit_attention, *ua);
+    } else if (auto sanitizing = sbc::sanitize_status(*cmd.lu())) {
+        // A sanitize runs (with its progress indication) or failed (sbc_sanitize.cpp).
+        sense = *sanitizing;
     }
     std::array<uint8_t, max_built_sense> data{};
     size_t n = build_sense(sense, descriptor, data);
     cmd.complete_data_in(std::span<const uint8_t>(data.data(), n), allocation);
 }
 
-// --- MODE SENSE ---------------------------------------------------------------------------------
+// --- PREVENT ALLOW MEDIUM REMOVAL ---------------------------------------------------------------
 
-namespace {
-
-enum PageControl : uint8_t { pc_current = 0, pc_changeable = 1, pc_default = 2, pc_saved = 3 };
-
-ModeValues values_for(const LogicalUnit& lu, uint8_t pc) {
-    ModeValues v = pc == pc_default ? lu.default_mode_values() : lu.mode_values();
-    // A read-only backstore shows as software write protected (and WP in the header).
-    v.swp = v.swp || lu.features().read_only;
-    return v;
-}
-
-// Page builders append one page. Changeable values are all zero until MODE SELECT lands: a field is
-// changeable exactly when MODE SELECT can change it.
-void caching_page(std::vector<uint8_t>& d, const LogicalUnit& lu, uint8_t pc) {
-    uint8_t p[20] = {mode_page_caching, 0x12};
-    if (pc != pc_changeable) {
-        p[2] = values_for(lu, pc).wce ? 0x04 : 0x00; // WCE; RCD=0 (read cache enabled)
-    }
-    d.insert(d.end(), std::begin(p), std::end(p));
-}
-
-void control_page(std::vector<uint8_t>& d, const LogicalUnit& lu, uint8_t pc) {
-    uint8_t p[12] = {mode_page_control, 0x0a};
-    if (pc != pc_changeable) {
-        ModeValues v = values_for(lu, pc);
-        p[2] = v.d_sense ? 0x04 : 0x00; // TST=0 (one task set), D_SENSE
-        p[3] = 0x10;                    // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering; QERR=0
-        p[4] = v.swp ? 0x08 : 0x00;     // SWP; UA_INTLCK_CTRL=0
-        p[5] = 0x00;                    // TAS=0: aborted tasks get no status (see tmf.hpp)
-    }
-    d.insert(d.end(), std::begin(p), std::end(p));
-}
-
-void informational_exceptions_page(std::vector<uint8_t>& d, const LogicalUnit& lu, uint8_t pc) {
-    uint8_t p[12] = {mode_page_informational_exceptions, 0x0a};
-    if (pc != pc_changeable) {
-        p[2] = 0x08; // DEXCPT: no informational exception reporting
-    }
-    d.insert(d.end(), std::begin(p), std::end(p));
-}
-
-struct ModePage {
-    uint8_t code;
-    void (*build)(std::vector<uint8_t>&, const LogicalUnit&, uint8_t);
-};
-
-// In page code order: "all pages" returns them in this order.
-constexpr ModePage mode_pages[] = {
-    {mode_page_caching, caching_page},
-    {mode_page_control, control_page},
-    {mode_page_informational_exceptions, informational_exceptions_page},
-};
-
-} // namespace
-
-void mode_sense(Command& cmd) {
-    const uint8_t* cdb = cmd.cdb();
-    const LogicalUnit& lu = *cmd.lu();
-    bool ten = cdb[0] == op::mode_sense_10;
-    bool dbd = cdb[1] & 0x08;
-    bool llbaa = ten && (cdb[1] & 0x10);
-    uint8_t pc = cdb[2] >> 6;
-    uint8_t page = cdb[2] & 0x3f;
-    uint8_t subpage = cdb[3];
-    uint32_t allocation = ten ? load_be16(cdb + 7) : cdb[4];
-
-    if (pc == pc_saved) {
-        cmd.complete_check(Sense::saving_parameters_not_supported());
+void prevent_allow_medium_removal(Command& cmd) {
+    uint8_t prevent = cmd.cdb()[4] & 0x03;
+    // 10b and 11b are obsolete (medium changers).
+    if (prevent > 1) {
+        cmd.complete_check(Sense::invalid_field_in_cdb(4, 1));
         return;
     }
-    // Subpage 00h only; FFh asks for "and all subpages", of which there are none.
-    if (subpage != 0x00 && subpage != 0xff) {
-        cmd.complete_check(Sense::invalid_field_in_cdb(3));
-        return;
-    }
-    std::vector<uint8_t> pages;
-    for (const ModePage& p : mode_pages) {
-        if (page == mode_page_all || page == p.code) {
-            p.build(pages, lu, pc);
-        }
-    }
-    if (pages.empty()) {
-        cmd.complete_check(Sense::invalid_field_in_cdb(2, 5));
-        return;
-    }
-
-    std::vector<uint8_t> bd;
-    if (!dbd) {
-        uint64_t blocks = lu.block_count();
-        if (llbaa) {
-            bd.resize(16, 0);
-            store_be64(&bd[0], blocks);
-            store_be32(&bd[12], lu.block_size());
-        } else {
-            bd.resize(8, 0);
-            store_be32(&bd[0], blocks > 0xffffffffu ? 0xffffffffu : uint32_t(blocks));
-            store_be24(&bd[5], lu.block_size());
-        }
-    }
-    // DEVICE-SPECIFIC PARAMETER (SBC-3 6.4.1): WP, and DPOFUA since DPO and FUA are accepted.
-    uint8_t device_specific = uint8_t((lu.write_protected() ? 0x80 : 0x00) | 0x10);
-    std::vector<uint8_t> d;
-    if (ten) {
-        d.resize(8, 0);
-        d[3] = device_specific;
-        d[4] = llbaa ? 0x01 : 0x00; // LONGLBA
-        store_be16(&d[6], uint16_t(bd.size()));
-    } else {
-        d.resize(4, 0);
-        d[2] = device_specific;
-        d[3] = uint8_t(bd.size());
-    }
-    d.insert(d.end(), bd.begin(), bd.end());
-    d.insert(d.end(), pages.begin(), pages.end());
-    if (ten) {
-        store_be16(&d[0], uint16_t(d.size() - 2));
-    } else {
-        d[0] = uint8_t(d.size() - 1);
-    }
-    cmd.complete_data_in(d, allocation);
+    // Prevention is per I_T nexus and ends with PREVENT=0 from it, its loss, or a reset (lu.hpp). It
+    // matters to START STOP UNIT's LOEJ: the medium is not removable (RMB=0), so nothing else moves.
+    cmd.lu()->set_prevent(cmd.nexus_id(), prevent == 1);
+    cmd.complete_good();
 }
 
 // --- REPORT LUNS --------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
-// SPC-4 primary commands: TEST UNIT READY, REQUEST SENSE, INQUIRY (standard data and the VPD pages),
-// MODE SENSE(6)/(10), REPORT LUNS. Handlers of the operation table (cdb.cpp); each parses its CDB
-// and ends with one Command::complete_* call.
+// SPC-4 primary commands. Handlers of the operation table (cdb.cpp); each parses its CDB and ends with
+// one Command::complete_* call.
+//   spc.cpp         TEST UNIT READY, REQUEST SENSE, INQUIRY (standard data and the VPD pages), REPORT
+//                   LUNS, PREVENT ALLOW MEDIUM REMOVAL
+//   spc_mode.cpp    MODE SENSE(6)/(10), MODE SELECT(6)/(10)
+//   spc_report.cpp  REPORT SUPPORTED OPERATION CODES, REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS
+// Reservations are in pr.hpp, REPORT TARGET PORT GROUPS in alua.hpp.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +38,16 @@ constexpr uint8_t mode_page_all = 0x3f;
 void test_unit_ready(Command& cmd);
 void request_sense(Command& cmd);
 void inquiry(Command& cmd);
-void mode_sense(Command& cmd); // MODE SENSE(6) and (10)
+void mode_sense(Command& cmd);  // MODE SENSE(6) and (10)
+void mode_select(Command& cmd); // MODE SELECT(6) and (10)
 void report_luns(Command& cmd);
+void prevent_allow_medium_removal(Command& cmd);
+void report_supported_operation_codes(Command& cmd);
+void report_supported_tmfs(Command& cmd);
+
+// The command timeouts descriptor RSOC returns with RCTD=1 (SPC-4 6.35.4), in seconds: no nominal
+// processing time is promised (0), and a command is expected to end within the initiator's usual
+// 30-second SCSI timeout, internal retries included.
+constexpr uint32_t recommended_command_timeout = 30;
 
 } // namespace ispace::scsi::spc

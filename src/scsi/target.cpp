@@ -10,6 +10,7 @@
 #include "scsi/sense.hpp"
 #include "scsi/tmf.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <fmt/format.h>
 #include <map>
@@ -23,6 +24,7 @@ struct TargetDevice::Impl {
     mutable std::shared_mutex mutex;
     std::map<uint64_t, std::unique_ptr<LogicalUnit>> lus;
     std::map<uint64_t, Nexus> nexuses;
+    std::vector<PortGroup> port_groups; // alua.hpp
 
     std::vector<LogicalUnit*> all_lus() const {
         std::shared_lock lock(mutex);
@@ -60,10 +62,15 @@ Result<void> TargetDevice::add_lu(uint64_t lun, std::unique_ptr<backstore::Devic
         return make_error(fmt::format("lun {}: already configured", lun));
     }
     auto lu = std::make_unique<LogicalUnit>(*this, lun, std::move(device), options);
+    // APTPL: registrations and the reservation an earlier run persisted (pr.hpp).
+    if (auto restored = lu->reservations().load(); !restored) {
+        return restored;
+    }
     // SPC-4 / SAM-5: every nexus sees the new LU's power-on, and REPORTED LUNS DATA HAS CHANGED on the
     // LUs it already knew, so that initiators rescan.
     for (const auto& [id, nexus] : _impl->nexuses) {
         lu->nexus_added(id, asc::power_on_reset_or_bus_device_reset);
+        lu->reservations().nexus_added(nexus);
     }
     if (!_impl->nexuses.empty()) {
         for (auto& [other_lun, other] : _impl->lus) {
@@ -95,6 +102,7 @@ void TargetDevice::nexus_added(const Nexus& nexus) {
     _impl->nexuses[nexus.id] = nexus;
     for (auto& [lun, lu] : _impl->lus) {
         lu->nexus_added(nexus.id, asc::power_on_reset_or_bus_device_reset);
+        lu->reservations().nexus_added(nexus);
     }
 }
 
@@ -113,7 +121,34 @@ void TargetDevice::nexus_removed(const Nexus& nexus) {
     for (LogicalUnit* lu : lus) {
         lu->abort_tasks(match, nullptr);
         lu->nexus_removed(nexus.id);
+        lu->reservations().nexus_removed(nexus.id);
     }
+}
+
+void TargetDevice::set_port_groups(std::vector<PortGroup> groups) {
+    std::unique_lock lock(_impl->mutex);
+    _impl->port_groups = std::move(groups);
+}
+
+void TargetDevice::add_port_group(PortGroup group) {
+    std::unique_lock lock(_impl->mutex);
+    for (PortGroup& g : _impl->port_groups) {
+        if (g.id == group.id) {
+            for (uint16_t port : group.relative_port_ids) {
+                if (std::find(g.relative_port_ids.begin(), g.relative_port_ids.end(), port) ==
+                    g.relative_port_ids.end()) {
+                    g.relative_port_ids.push_back(port);
+                }
+            }
+            return;
+        }
+    }
+    _impl->port_groups.push_back(std::move(group));
+}
+
+std::vector<PortGroup> TargetDevice::port_groups() const {
+    std::shared_lock lock(_impl->mutex);
+    return _impl->port_groups;
 }
 
 void TargetDevice::flush_lu(uint64_t lun, Function<void(int error)> done) {
@@ -242,6 +277,9 @@ void TargetDevice::target_reset(const Nexus& nexus, bool cold, Function<void(Tmf
     for (LogicalUnit* lu : _impl->all_lus()) {
         lu->abort_tasks(TaskMatch{}, op);
         lu->reset(code);
+        if (cold) {
+            lu->reservations().power_on();
+        }
     }
     op->release();
 }

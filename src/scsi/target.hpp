@@ -6,6 +6,7 @@
 #include "backstore/device.hpp"
 #include "common/function.hpp"
 #include "common/result.hpp"
+#include "scsi/alua.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/task.hpp"
 
@@ -34,6 +35,9 @@ struct LuOptions {
     uint32_t optimal_transfer_bytes = 1u << 20;
     bool write_cache = true; // WCE in the caching mode page: writes acknowledged before they are durable
                              // unless FUA; SYNCHRONIZE CACHE flushes.
+    // Where the persistent reservation state of this LU is kept while an initiator asked for APTPL=1
+    // (pr.hpp; one file per LU, written atomically). Empty: APTPL is not supported (PTPL_C=0).
+    std::string pr_state_path;
 };
 
 enum class TmfResult : uint8_t {
@@ -61,6 +65,14 @@ public:
     Result<void> add_lu(uint64_t lun, std::unique_ptr<backstore::Device> device, LuOptions options = {});
     std::vector<uint64_t> luns() const;
     LogicalUnit* find_lu(uint64_t lun) const;
+
+    // Target port groups (alua.hpp): which relative target ports exist and how they are grouped, for
+    // REPORT TARGET PORT GROUPS and for PERSISTENT RESERVE OUT's ALL_TG_PT and REGISTER AND MOVE. The
+    // iSCSI daemon declares one group per portal group (id = relative port id = TPGT). add_port_group
+    // merges into a group of the same id.
+    void set_port_groups(std::vector<PortGroup> groups);
+    void add_port_group(PortGroup group);
+    std::vector<PortGroup> port_groups() const;
 
     // A new I_T nexus (session) appeared / went away. Adding one establishes a power-on unit attention
     // for it on every LU; losing one aborts its tasks (they complete with Task::aborted) and drops its

@@ -10,6 +10,9 @@
 namespace ispace::scsi {
 
 bool TaskMatch::matches(const Task& task) const {
+    if (&task == except) {
+        return false;
+    }
     if (!any_nexus && (!task.nexus || task.nexus->id != nexus)) {
         return false;
     }

@@ -194,6 +194,9 @@ Result<void> Server::start() {
         auto target = std::make_unique<Target>();
         target->config = tc;
         target->device = std::make_unique<scsi::TargetDevice>(tc.iqn);
+        for (const PortalConfig& pc : _config.portals) { // ALUA: a portal group is a target port and a group
+            target->device->add_port_group({pc.tpgt, {pc.tpgt}});
+        }
         for (const LunConfig& lc : tc.luns) {
             auto device = backstore::open_device(lc.device);
             if (!device) {

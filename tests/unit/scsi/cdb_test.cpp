@@ -134,8 +134,10 @@ TEST(Cdb, FindOperation) {
 
     EXPECT_TRUE(implements(op::read_16));
     EXPECT_TRUE(implements(op::service_action_in_16, sa::read_capacity_16));
-    EXPECT_FALSE(implements(op::service_action_in_16, sa::get_lba_status));
-    EXPECT_FALSE(implements(op::unmap));
+    EXPECT_TRUE(implements(op::service_action_in_16, sa::get_lba_status));
+    EXPECT_TRUE(implements(op::unmap));
+    EXPECT_TRUE(implements(op::sanitize, sa::sanitize_block_erase));
+    EXPECT_FALSE(implements(op::sanitize, sa::sanitize_crypto_erase));
 }
 
 TEST(Cdb, UsageMaskRejectsReservedBitsWithPointer) {
@@ -225,6 +227,7 @@ TEST(CdbEngine, UnknownOpcode) {
     Harness h;
     auto t = h.exec(cdb_bytes({0xee, 0, 0, 0, 0, 0}));
     EXPECT_TRUE(has_sense(*t, SenseKey::illegal_request, asc::invalid_command_operation_code));
-    t = h.exec(cdb_bytes({0x9e, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}), 32);
-    EXPECT_TRUE(invalid_field(*t, 1, 4)) << "GET LBA STATUS is not implemented (yet)";
+    // SERVICE ACTION IN(16) with a service action that is not implemented.
+    t = h.exec(cdb_bytes({0x9e, 0x13, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}), 32);
+    EXPECT_TRUE(invalid_field(*t, 1, 4));
 }

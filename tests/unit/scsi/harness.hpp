@@ -63,6 +63,9 @@ public:
     void allocation_status(uint64_t offset, uint64_t length,
                            Function<void(Result<std::vector<backstore::Extent>>)> done) override {
         std::vector<backstore::Extent> e{{offset, length, true}};
+        if (!extents.empty()) {
+            e = extents;
+        }
         net::Reactor::current()->defer(
             [done = std::move(done), e = std::move(e)]() mutable { done(std::move(e)); });
     }
@@ -79,6 +82,7 @@ public:
     uint8_t* bytes(uint64_t offset) { return _data.data() + offset; }
 
     net::Reactor* home = nullptr; // for completions released from outside the loop
+    std::vector<backstore::Extent> extents; // what allocation_status() reports, when not empty
     bool hold = false;
     int fail_with = 0; // -errno for every following request
     std::vector<Record> log;
@@ -89,6 +93,12 @@ private:
         int error = fail_with;
         if (!error && r.offset + r.length > _geometry.bytes()) {
             error = -EINVAL;
+        }
+        if (!error && (r.op == backstore::IoOp::unmap || r.op == backstore::IoOp::write_zeroes)) {
+            // Both read back as zeroes afterwards.
+            for (uint64_t at = r.offset; at < r.offset + r.length && at < _data.size(); ++at) {
+                _data[at] = 0;
+            }
         }
         if (!error && (r.op == backstore::IoOp::read || r.op == backstore::IoOp::write)) {
             uint64_t at = r.offset;

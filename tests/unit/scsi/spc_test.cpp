@@ -165,7 +165,7 @@ TEST(Spc, SupportedVpdPagesAreAllReadable) {
     auto d = t->received();
     ASSERT_GE(d.size(), 4u);
     std::vector<uint8_t> pages(d.begin() + 4, d.begin() + 4 + load_be16(&d[2]));
-    EXPECT_EQ(pages, (std::vector<uint8_t>{0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2}));
+    EXPECT_EQ(pages, (std::vector<uint8_t>{0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2}));
     for (uint8_t page : pages) {
         auto p = h.exec(inquiry_cdb(true, page, 255), 255);
         ASSERT_EQ(p->status, Status::good) << int(page);
@@ -421,12 +421,12 @@ TEST(Spc, ModeSenseResiduals) {
 
 TEST(Spc, ModeSensePageControl) {
     Harness h;
-    // Changeable: nothing is (MODE SELECT is not implemented).
+    // Changeable: exactly what MODE SELECT accepts (mode_select_test.cpp): WCE here.
     auto t = h.exec(mode_sense6(1, 0x08, 255, true), 255);
     ASSERT_EQ(t->status, Status::good);
     const uint8_t* caching = find_page(t->received(), false, 0x08);
     ASSERT_TRUE(caching);
-    EXPECT_EQ(caching[2], 0);
+    EXPECT_EQ(caching[2], 0x04);
     // Default.
     t = h.exec(mode_sense6(2, 0x08, 255, true), 255);
     caching = find_page(t->received(), false, 0x08);
