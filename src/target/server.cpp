@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <arpa/inet.h>
 #include <cstring>
+#include <filesystem>
 #include <cerrno>
 #include <sys/epoll.h>
 #include <thread>
@@ -166,6 +167,34 @@ private:
 
 // ---- Server ----------------------------------------------------------------------------------------
 
+// Where a LUN's persistent-reservation state (APTPL) lives: under --state-dir when given, else beside
+// a file LUN as FILE.pr, so the reservations travel with the data they guard. A block device needs
+// --state-dir; a RAM or null disk keeps none (its data does not survive a restart either). Empty: APTPL
+// is not supported for that LUN, which REPORT CAPABILITIES says.
+Result<std::string> pr_state_path(const ServerConfig& config, const TargetConfig& target, const LunConfig& lun) {
+    using Kind = backstore::DeviceSpec::Kind;
+    if (!config.state_dir.empty()) {
+        std::string name = target.iqn;
+        std::replace_if(name.begin(), name.end(), [](char c) { return c == ':' || c == '/'; }, '_');
+        std::string dir = config.state_dir + "/" + name;
+        std::error_code ec;
+        std::filesystem::create_directories(dir, ec);
+        if (ec) {
+            return make_error(fmt::format("state directory {}: {}", dir, ec.message()));
+        }
+        return fmt::format("{}/lun{}.pr", dir, lun.lun);
+    }
+    if (lun.device.kind == Kind::file) {
+        return lun.device.path + ".pr";
+    }
+    if (lun.device.kind == Kind::block) {
+        log_info("target {} lun {}: persistent reservations will not survive a restart (APTPL) without "
+                 "--state-dir",
+                 target.iqn, lun.lun);
+    }
+    return std::string();
+}
+
 Server::Server(ServerConfig config) : _config(std::move(config)) {}
 
 Server::~Server() {
@@ -208,6 +237,11 @@ Result<void> Server::start() {
                      (*device)->features().read_only ? ", read-only" : "");
             scsi::LuOptions options;
             options.max_transfer_bytes = _config.limits.max_transfer_bytes;
+            auto state_path = pr_state_path(_config, tc, lc);
+            if (!state_path) {
+                return make_error(fmt::format("lun {}: {}", lc.lun, state_path.error().message));
+            }
+            options.pr_state_path = *state_path;
             if (auto added = target->device->add_lu(lc.lun, std::move(device).value(), options); !added) {
                 return make_error(fmt::format("lun {}: {}", lc.lun, added.error().message));
             }
