@@ -389,18 +389,8 @@ Result<std::vector<DiscoveredTarget>> Initiator::discover(DiscoveryOptions optio
     cfg.session_type = iscsi::SessionType::discovery;
     cfg.isid = _core->next_isid();
     cfg.cmd_sn = 1;
-    auto digest = [](DigestMode m) {
-        switch (m) {
-        case DigestMode::crc32c:
-            return std::vector<iscsi::Digest>{iscsi::Digest::crc32c};
-        case DigestMode::crc32c_or_none:
-            return std::vector<iscsi::Digest>{iscsi::Digest::crc32c, iscsi::Digest::none};
-        default:
-            return std::vector<iscsi::Digest>{iscsi::Digest::none};
-        }
-    };
-    cfg.negotiation.header_digests = digest(so.header_digest);
-    cfg.negotiation.data_digests = digest(so.data_digest);
+    cfg.negotiation.header_digests = offered_digests(so.header_digest);
+    cfg.negotiation.data_digests = offered_digests(so.data_digest);
     cfg.negotiation.max_recv_data_segment_length = so.max_recv_data_segment_length;
     if (!so.chap.empty()) {
         // Credentials are for the target's sessions; many targets leave discovery open. Offer CHAP

@@ -38,6 +38,17 @@ AuthenticatorFactory default_authenticator_factory() {
     };
 }
 
+std::vector<iscsi::Digest> offered_digests(DigestMode mode) {
+    switch (mode) {
+    case DigestMode::crc32c:
+        return {iscsi::Digest::crc32c};
+    case DigestMode::crc32c_or_none:
+        return {iscsi::Digest::crc32c, iscsi::Digest::none};
+    default:
+        return {iscsi::Digest::none};
+    }
+}
+
 Result<void> check_credentials(const ChapCredentials& c) {
     if (c.empty()) {
         return {};
@@ -422,18 +433,8 @@ iscsi::InitiatorLoginConfig SessionCore::login_config(uint16_t cid, uint16_t tsi
     }
     c.itt = 0;
     c.exp_stat_sn = 0;
-    auto digest = [](DigestMode m) {
-        switch (m) {
-        case DigestMode::crc32c:
-            return std::vector<iscsi::Digest>{iscsi::Digest::crc32c};
-        case DigestMode::crc32c_or_none:
-            return std::vector<iscsi::Digest>{iscsi::Digest::crc32c, iscsi::Digest::none};
-        default:
-            return std::vector<iscsi::Digest>{iscsi::Digest::none};
-        }
-    };
-    c.negotiation.header_digests = digest(_options.header_digest);
-    c.negotiation.data_digests = digest(_options.data_digest);
+    c.negotiation.header_digests = offered_digests(_options.header_digest);
+    c.negotiation.data_digests = offered_digests(_options.data_digest);
     c.negotiation.max_recv_data_segment_length = _options.max_recv_data_segment_length;
     c.negotiation.max_burst_length = _options.max_burst_length;
     c.negotiation.first_burst_length = std::min(_options.first_burst_length, _options.max_burst_length);

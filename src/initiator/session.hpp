@@ -41,6 +41,8 @@ class SessionCore;
 AuthenticatorFactory default_authenticator_factory();
 // The credentials' shape (user name, secret length, distinct secrets for mutual CHAP), before a login.
 Result<void> check_credentials(const ChapCredentials& credentials);
+// The digest values to offer at login for a DigestMode, in order of preference.
+std::vector<iscsi::Digest> offered_digests(DigestMode mode);
 
 // The shared part of an Initiator: its reactors, its name, the ISID space and the live sessions.
 class InitiatorCore {
