@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """ispaced against Debian's tgt, side by side in one run.
 
-Both targets serve a LUN of the same kind (a file on tmpfs by default, so the disk is not what is
-measured), and libiscsi's iscsi-perf drives each in turn, alternating, ROUNDS times per workload.
+Both targets serve a LUN file of the same size on the same filesystem (/var/tmp by default), filled
+with data first so that both read what the page cache holds: the disk is not what is measured. Not
+tmpfs: io_uring has no non-blocking path for tmpfs reads and hands each one to a kernel worker thread,
+which measures the filesystem rather than the target (put LUN files on ext4/xfs, or use memory:SIZE).
+libiscsi's iscsi-perf drives each target in turn, alternating, ROUNDS times per workload.
 These machines are shared and noisy: the report gives medians and the ratio of medians, never a
 single time.
 
-Usage: compare_tgt.py --ispaced build/tools/ispaced [--rounds 5] [--seconds 5] [--dir /dev/shm]
+Usage: compare_tgt.py --ispaced build/tools/ispaced [--rounds 5] [--seconds 5] [--dir /var/tmp]
 """
 import argparse
 import os
@@ -68,6 +71,14 @@ class Tgt:
             self.proc.kill()
 
 
+def fill(path, size):
+    """Writes `size` bytes of data (a random MiB, repeated) so reads hit cached pages, not holes."""
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(size >> 20):
+            f.write(block)
+
+
 def perf(url, args, seconds):
     out = subprocess.run(["iscsi-perf", "-t", str(seconds)] + args + [url], capture_output=True, text=True,
                          errors="replace", timeout=seconds + 60).stdout
@@ -83,19 +94,22 @@ def main():
     ap.add_argument("--ispaced", required=True)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--dir", default="/dev/shm", help="where the LUN files go (tmpfs keeps the disk out)")
+    ap.add_argument("--dir", default="/var/tmp", help="where the LUN files go (a regular filesystem)")
     ap.add_argument("--size", default="1G")
     args = ap.parse_args()
 
     scratch = tempfile.mkdtemp(prefix="ispace-bench-", dir=args.dir)
     tgt = daemon = None
     try:
-        size = args.size
+        size = int(subprocess.run(["numfmt", "--from=iec", args.size], capture_output=True, text=True,
+                                  check=True).stdout)
         tgt_lun = os.path.join(scratch, "tgt.img")
-        subprocess.run(["truncate", "-s", size, tgt_lun], check=True)
+        isp_lun = os.path.join(scratch, "isp.img")
+        fill(tgt_lun, size)
+        fill(isp_lun, size)
         tgt = Tgt(tgt_lun)
         daemon = ispace_testlib.Ispaced(args.ispaced, ["--listen", "127.0.0.1:0", "--iqn", ISP_IQN, "--log-level", "warn",
-                                                       "--lun", os.path.join(scratch, "isp.img") + f",size={size}"])
+                                                       "--lun", isp_lun])
         daemon.start()
         isp_url = daemon.urls[0]
         print(f"ispaced vs tgt, {args.rounds} alternating rounds x {args.seconds} s per workload, LUNs on {args.dir}")
