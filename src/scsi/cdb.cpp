@@ -2,6 +2,7 @@
 
 #include "common/bytes.hpp"
 #include "scsi/alua.hpp"
+#include "scsi/lu.hpp"
 #include "scsi/pr.hpp"
 #include "scsi/sbc.hpp"
 #include "scsi/spc.hpp"
@@ -117,6 +118,10 @@ constexpr uint16_t write_flags = op_writes_medium;
 // Commands that report on the device and never touch the medium: allowed through any reservation.
 constexpr uint16_t report_flags = op_pr_allowed | op_spc2_allowed;
 
+// WRITE SAME's UNMAP bit (byte 1 bit 3): evaluated only where the device can deallocate (LBPWS and
+// LBPWS10 in the provisioning VPD page follow from it).
+constexpr ConditionalUsage write_same_unmap{1, 0x08, deallocates};
+
 // clang-format off
 // One entry per command: opcode, service action, CDB length, flags, name, handler, CDB usage data.
 constexpr Operation table[] = {
@@ -159,14 +164,18 @@ constexpr Operation table[] = {
     {op::read_defect_data_10, 0, 10, read_flags, "READ DEFECT DATA(10)", sbc::read_defect_data,
      {0x37, 0x00, 0x1f, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00}},
     {op::write_same_10, 0, 10, write_flags, "WRITE SAME(10)", sbc::write_same,
-     {0x41, 0x18, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0x00}},
+     {0x41, 0x18, 0xff, 0xff, 0xff, 0xff, 0x3f, 0xff, 0xff, 0x00}, nullptr, write_same_unmap},
     {op::unmap, 0, 10, write_flags, "UNMAP", sbc::unmap,
-     {0x42, 0x01, 0x00, 0x00, 0x00, 0x00, 0x3f, 0xff, 0xff, 0x00}},
-    // SANITIZE: one entry per supported service action (CRYPTOGRAPHIC ERASE is not one).
+     {0x42, 0x01, 0x00, 0x00, 0x00, 0x00, 0x3f, 0xff, 0xff, 0x00}, deallocates},
+    // SANITIZE: one entry per supported service action (sbc_sanitize.cpp). BLOCK ERASE and
+    // CRYPTOGRAPHIC ERASE deallocate every block, so only a device that deallocates offers them.
     {op::sanitize, sa::sanitize_overwrite, 10, op_service_action | write_flags, "SANITIZE (OVERWRITE)",
      sbc::sanitize, {0x48, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00}},
     {op::sanitize, sa::sanitize_block_erase, 10, op_service_action | write_flags, "SANITIZE (BLOCK ERASE)",
-     sbc::sanitize, {0x48, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00}},
+     sbc::sanitize, {0x48, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00}, deallocates},
+    {op::sanitize, sa::sanitize_crypto_erase, 10, op_service_action | write_flags,
+     "SANITIZE (CRYPTOGRAPHIC ERASE)", sbc::sanitize,
+     {0x48, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00}, deallocates},
     {op::sanitize, sa::sanitize_exit_failure_mode, 10, op_service_action | write_flags,
      "SANITIZE (EXIT FAILURE MODE)", sbc::sanitize,
      {0x48, 0xbf, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00}},
@@ -241,7 +250,8 @@ constexpr Operation table[] = {
     {op::synchronize_cache_16, 0, 16, 0, "SYNCHRONIZE CACHE(16)", sbc::synchronize_cache,
      {0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
     {op::write_same_16, 0, 16, write_flags, "WRITE SAME(16)", sbc::write_same,
-     {0x93, 0x19, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
+     {0x93, 0x19, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}, nullptr,
+     write_same_unmap},
     {op::write_atomic_16, 0, 16, write_flags, "WRITE ATOMIC(16)", sbc::write_atomic,
      {0x9c, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0x00}},
     {op::service_action_in_16, sa::read_capacity_16, 16, op_service_action | report_flags, "READ CAPACITY(16)",
@@ -292,15 +302,22 @@ const Index& index() {
     return instance;
 }
 
-const Operation* lookup(uint8_t opcode, uint8_t service_action, bool& opcode_known) {
+// The entry of `opcode` (and service action) that `lu` supports (any entry when `lu` is null).
+// `opcode_known`: `lu` supports some entry of the opcode.
+const Operation* lookup(uint8_t opcode, uint8_t service_action, const LogicalUnit* lu, bool& opcode_known) {
+    opcode_known = false;
     uint8_t at = index().first[opcode];
-    opcode_known = at != 0;
-    if (!opcode_known) {
+    if (at == 0) {
         return nullptr;
     }
     for (size_t i = at - 1; i < std::size(table) && table[i].opcode == opcode; ++i) {
-        if (!(table[i].flags & op_service_action) || table[i].service_action == service_action) {
-            return &table[i];
+        const Operation& op = table[i];
+        if (lu && !supported_by(op, *lu)) {
+            continue;
+        }
+        opcode_known = true;
+        if (!(op.flags & op_service_action) || op.service_action == service_action) {
+            return &op;
         }
     }
     return nullptr;
@@ -312,28 +329,57 @@ std::span<const Operation> operations() {
     return table;
 }
 
-const Operation* find_operation(std::span<const uint8_t> cdb, Sense& error) {
+bool deallocates(const LogicalUnit& lu) {
+    // Both: a device that could punch holes but did not promise zeroes afterwards would make UNMAP's
+    // LBPRZ a lie.
+    return lu.features().thin && lu.features().unmap;
+}
+
+bool supported_by(const Operation& op, const LogicalUnit& lu) {
+    return !op.supported || op.supported(lu);
+}
+
+std::array<uint8_t, 16> usage_for(const Operation& op, const LogicalUnit* lu) {
+    std::array<uint8_t, 16> usage = op.usage;
+    const ConditionalUsage& c = op.conditional;
+    if (c.bits && lu && !c.when(*lu)) {
+        usage[c.byte] = uint8_t(usage[c.byte] & ~c.bits);
+    }
+    return usage;
+}
+
+const Operation* find_operation(std::span<const uint8_t> cdb, Sense& error, const LogicalUnit* lu) {
     if (cdb.empty()) {
         error = Sense::invalid_opcode();
         return nullptr;
     }
     uint8_t service_action = cdb.size() > 1 ? cdb[1] & 0x1f : 0;
     bool known = false;
-    const Operation* op = lookup(cdb[0], service_action, known);
+    const Operation* op = lookup(cdb[0], service_action, lu, known);
     if (!op) {
         error = known ? Sense::invalid_field_in_cdb(1, 4) : Sense::invalid_opcode();
     }
     return op;
 }
 
-bool implements(uint8_t opcode, std::optional<uint8_t> service_action) {
+const Operation* find_operation(uint8_t opcode, std::optional<uint8_t> service_action,
+                                const LogicalUnit* lu) {
     bool known = false;
-    return lookup(opcode, service_action.value_or(0), known) != nullptr;
+    return lookup(opcode, service_action.value_or(0), lu, known);
 }
 
-std::optional<Sense> check_cdb_usage(const Operation& op, const uint8_t* cdb) {
+bool implements(uint8_t opcode, std::optional<uint8_t> service_action) {
+    return find_operation(opcode, service_action, nullptr) != nullptr;
+}
+
+bool supports(const LogicalUnit& lu, uint8_t opcode, std::optional<uint8_t> service_action) {
+    return find_operation(opcode, service_action, &lu) != nullptr;
+}
+
+std::optional<Sense> check_cdb_usage(const Operation& op, const uint8_t* cdb, const LogicalUnit* lu) {
+    std::array<uint8_t, 16> usage = usage_for(op, lu);
     for (unsigned i = 1; i < op.cdb_length; ++i) {
-        uint8_t bad = uint8_t(cdb[i] & ~op.usage[i]);
+        uint8_t bad = uint8_t(cdb[i] & ~usage[i]);
         if (bad) {
             return Sense::invalid_field_in_cdb(uint16_t(i), 7 - std::countl_zero(bad));
         }

@@ -7,6 +7,11 @@
 // looks at) and the handler that parses and executes it. The usage mask doubles as the reserved-bit
 // check: a CDB bit outside it is INVALID FIELD IN CDB with the field pointer on that bit, before the
 // handler runs. Adding an opcode is one entry here, one handler in spc.cpp/sbc.cpp, and one test.
+//
+// Not every logical unit supports every entry: UNMAP needs a device that can deallocate blocks. An
+// entry may carry a predicate that says whether a logical unit supports it; routing, REPORT SUPPORTED
+// OPERATION CODES and the VPD pages all ask the same predicate (through find_operation, supports and
+// usage_for with the logical unit), so what a logical unit advertises is exactly what it executes.
 #pragma once
 
 #include "scsi/sense.hpp"
@@ -19,6 +24,7 @@
 namespace ispace::scsi {
 
 class Command;
+class LogicalUnit;
 
 namespace op {
 constexpr uint8_t test_unit_ready = 0x00;
@@ -81,7 +87,7 @@ constexpr uint8_t report_supported_operation_codes = 0x0c; // MAINTENANCE IN
 constexpr uint8_t report_supported_tmfs = 0x0d;            // MAINTENANCE IN
 constexpr uint8_t sanitize_overwrite = 0x01;         // SANITIZE
 constexpr uint8_t sanitize_block_erase = 0x02;       // SANITIZE
-constexpr uint8_t sanitize_crypto_erase = 0x03;      // SANITIZE (not supported)
+constexpr uint8_t sanitize_crypto_erase = 0x03;      // SANITIZE
 constexpr uint8_t sanitize_exit_failure_mode = 0x1f; // SANITIZE
 constexpr uint8_t extended_copy_lid1 = 0x00;         // EXTENDED COPY
 constexpr uint8_t copy_status_lid1 = 0x00;           // RECEIVE COPY RESULTS
@@ -139,6 +145,18 @@ enum OperationFlags : uint16_t {
     op_reservation_own = 1 << 8,
 };
 
+// Whether a logical unit can do something: what its device offers (lu.features()).
+using LuPredicate = bool (*)(const LogicalUnit& lu);
+
+// CDB bits that only some logical units evaluate: WRITE SAME's UNMAP bit means something only where
+// the device can deallocate. Where `when` says no, the bits are outside the usage mask: a CDB that
+// sets them is INVALID FIELD IN CDB, and REPORT SUPPORTED OPERATION CODES does not report them.
+struct ConditionalUsage {
+    uint8_t byte = 0;
+    uint8_t bits = 0;
+    LuPredicate when = nullptr;
+};
+
 struct Operation {
     uint8_t opcode = 0;
     uint8_t service_action = 0;
@@ -149,20 +167,43 @@ struct Operation {
     // CDB USAGE DATA: bit set = the device server evaluates the bit; a set CDB bit outside the mask is
     // rejected. Byte 0 is the opcode itself.
     std::array<uint8_t, 16> usage{};
+    // Whether a logical unit supports the command at all; nullptr: every logical unit does. A logical
+    // unit that does not answers it as it answers an opcode (or service action) it does not know.
+    LuPredicate supported = nullptr;
+    ConditionalUsage conditional{};
 };
 
-// Every implemented command, in opcode order.
+// Every implemented command, in opcode order. Some are supported only by some logical units.
 std::span<const Operation> operations();
 
-// Finds the entry for a CDB. On failure returns nullptr and sets `error`: INVALID COMMAND OPERATION
-// CODE for an unknown opcode, INVALID FIELD IN CDB for an unknown service action of a known one.
-const Operation* find_operation(std::span<const uint8_t> cdb, Sense& error);
-// Whether the engine implements an opcode (and service action): lets VPD pages advertise exactly
-// what the table holds (UNMAP support bits appear when UNMAP lands in the table).
-bool implements(uint8_t opcode, std::optional<uint8_t> service_action = std::nullopt);
+// Whether `lu` supports the entry (its predicate, if any).
+bool supported_by(const Operation& op, const LogicalUnit& lu);
+// The entry's usage mask as `lu` evaluates it: the table's mask without the conditional bits the
+// logical unit does not evaluate. Without a logical unit, the table's mask.
+std::array<uint8_t, 16> usage_for(const Operation& op, const LogicalUnit* lu);
 
-// INVALID FIELD IN CDB for the first set bit the entry's usage mask does not allow (field pointer to
-// the byte, bit pointer to its highest offending bit); nullopt when the CDB is clean.
-std::optional<Sense> check_cdb_usage(const Operation& op, const uint8_t* cdb);
+// Finds the entry for a CDB among those `lu` supports (every entry when `lu` is null). On failure
+// returns nullptr and sets `error`: INVALID COMMAND OPERATION CODE for an opcode none of whose entries
+// `lu` supports, INVALID FIELD IN CDB (byte 1) for a service action it does not support of one it does.
+const Operation* find_operation(std::span<const uint8_t> cdb, Sense& error, const LogicalUnit* lu = nullptr);
+// The entry for an opcode (and service action) among those `lu` supports (every entry when null).
+const Operation* find_operation(uint8_t opcode, std::optional<uint8_t> service_action,
+                                const LogicalUnit* lu = nullptr);
+// Whether the table holds an opcode (and service action) for some logical unit.
+bool implements(uint8_t opcode, std::optional<uint8_t> service_action = std::nullopt);
+// Whether `lu` supports an opcode (and service action): what the VPD pages advertise.
+bool supports(const LogicalUnit& lu, uint8_t opcode, std::optional<uint8_t> service_action = std::nullopt);
+
+// INVALID FIELD IN CDB for the first set bit the entry's usage mask (as `lu` evaluates it) does not
+// allow (field pointer to the byte, bit pointer to its highest offending bit); nullopt when the CDB
+// is clean.
+std::optional<Sense> check_cdb_usage(const Operation& op, const uint8_t* cdb,
+                                     const LogicalUnit* lu = nullptr);
+
+// Predicates of the table, for the handlers that depend on the same capability.
+// The device deallocates blocks, and deallocated blocks read as zeroes: thin files, memory, null,
+// and block devices with write-zeroes support (UNMAP, WRITE SAME with UNMAP, SANITIZE BLOCK ERASE and
+// CRYPTOGRAPHIC ERASE).
+bool deallocates(const LogicalUnit& lu);
 
 } // namespace ispace::scsi

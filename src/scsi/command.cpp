@@ -92,7 +92,9 @@ void Command::start() {
     ++_sync_depth;
     Sense error;
     size_t cdb_length = std::clamp<size_t>(t.cdb_length, 1, Task::max_cdb);
-    _op = find_operation(std::span<const uint8_t>(t.cdb.data(), cdb_length), error);
+    // Among the entries this logical unit supports: one it does not is answered as unknown, as
+    // REPORT SUPPORTED OPERATION CODES says (cdb.hpp).
+    _op = find_operation(std::span<const uint8_t>(t.cdb.data(), cdb_length), error, _lu);
     // The fabric hands over the whole CDB field (16 bytes for iSCSI); one shorter than the opcode's
     // form cannot be parsed.
     bool short_cdb = _op && cdb_length < _op->cdb_length;
@@ -122,7 +124,7 @@ void Command::start() {
             complete_check(error);
         } else if (short_cdb) {
             complete_check(Sense::invalid_field_in_command_iu());
-        } else if (auto bad = check_cdb_usage(*_op, cdb())) {
+        } else if (auto bad = check_cdb_usage(*_op, cdb(), _lu)) {
             complete_check(*bad);
         } else if (auto unavailable = sbc::sanitize_refuses(*_lu, *_op)) {
             // A sanitize operation runs or failed (SBC-4 4.11): medium access waits for it.

@@ -218,13 +218,9 @@ void write_same_data_ready(Command& cmd) {
 } // namespace
 
 void unmap(Command& cmd) {
-    LogicalUnit& lu = *cmd.lu();
+    // Only a logical unit whose device deallocates gets here: on any other the operation table does
+    // not route UNMAP (INVALID COMMAND OPERATION CODE, LBPU=0; cdb.cpp).
     const uint8_t* cdb = cmd.cdb();
-    if (!limits(lu).lbpu) {
-        // A fully provisioned logical unit: LBPU=0, and UNMAP is not supported here (SBC-3 5.28).
-        cmd.complete_check(Sense::invalid_opcode());
-        return;
-    }
     if (cdb[1] & 0x01) { // ANCHOR, with ANC_SUP=0
         cmd.complete_check(Sense::invalid_field_in_cdb(1, 0));
         return;
@@ -256,10 +252,8 @@ void write_same(Command& cmd) {
         cmd.complete_check(Sense::invalid_field_in_cdb(1, 4));
         return;
     }
-    if (unmap_bit && !(sixteen ? l.lbpws : l.lbpws10)) {
-        cmd.complete_check(Sense::invalid_field_in_cdb(1, 3));
-        return;
-    }
+    // UNMAP=1 reaches here only where the device deallocates: elsewhere the bit is outside the usage
+    // mask (INVALID FIELD IN CDB before the handler runs, LBPWS=0; cdb.cpp).
     BlockRange r = decode_block_range(cdb);
     if (auto error = check_lba_range(r.lba, r.blocks, lu.block_count())) {
         cmd.complete_check(*error);

@@ -1,28 +1,45 @@
 // SANITIZE (SBC-4 5.30, 4.11) with the service actions that fit a file or memory backstore:
-//   OVERWRITE          the initialization pattern (repeated to fill each block, INVERT between passes)
-//                      written over the whole medium, each pass through to the medium;
-//   BLOCK ERASE        every block deallocated (thin) or zeroed in place (fully provisioned);
-//   EXIT FAILURE MODE  leave the failure mode a failed sanitize left behind, when its AUSE allowed it.
-// CRYPTOGRAPHIC ERASE needs a media encryption key this device does not have: not in the operation
-// table, so it is INVALID FIELD IN CDB like any unknown service action.
+//   OVERWRITE            the initialization pattern (repeated to fill each block, INVERT between
+//                        passes) written over the whole medium, each pass through to the medium, paced
+//                        to LuOptions::sanitize_bytes_per_second;
+//   BLOCK ERASE          every block deallocated: afterwards each reads as zeroes and GET LBA STATUS
+//                        reports it deallocated;
+//   CRYPTOGRAPHIC ERASE  a file or memory backstore has no media encryption key to change, so it does
+//                        what BLOCK ERASE does: every block deallocated, so that the old data cannot be
+//                        read back through the logical unit (reads return zeroes);
+//   EXIT FAILURE MODE    leave the failure mode a failed sanitize left behind, when its AUSE allowed it.
+// The operation table offers the two erases only where the device deallocates (cdb.cpp): a thick
+// logical unit offers OVERWRITE alone. Neither erase scrubs the host: the blocks a thin file gives back
+// keep their old bytes in the host filesystem's free space until something overwrites them; OVERWRITE
+// writes through the file itself.
 //
 // A sanitize operation belongs to the logical unit, not to the command that started it: it runs in
 // the background on the reactor of that command (chunked I/O, bounded memory), survives aborts,
 // resets and the loss of the session (SBC-4 4.11.2), and meanwhile the logical unit refuses medium
 // access with NOT READY, SANITIZE IN PROGRESS. With IMMED=0 the command waits for the end; a task
 // management function that aborts it ends the wait, not the operation.
+//
+// OVERWRITE is paced (pacer.hpp): at full speed it would take the whole disk from every other logical
+// unit on it for as long as it runs. After each chunk the operation waits on a reactor timer until the
+// rate allows the next one; progress (REQUEST SENSE) counts the blocks written, so it stays exact. The
+// erases are one fallocate (or freeing memory) and are not paced.
 #include "common/bytes.hpp"
 #include "common/log.hpp"
 #include "net/reactor.hpp"
 #include "scsi/cdb.hpp"
 #include "scsi/command.hpp"
 #include "scsi/lu.hpp"
+#include "scsi/pacer.hpp"
 #include "scsi/sbc.hpp"
 #include "scsi/sbc_util.hpp"
 #include "scsi/sense.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <fmt/format.h>
+#include <memory>
+#include <string>
 
 namespace ispace::scsi::sbc {
 namespace {
@@ -31,11 +48,40 @@ using backstore::IoOp;
 
 constexpr uint32_t overwrite_header = 4;
 
+// A paced chunk is at most what this much time writes at the rate: the waiting command learns of a
+// task management function that aborts it between chunks, so waits stay short at slow rates.
+constexpr std::chrono::milliseconds pacing_period{125};
+
+std::string rate_text(uint64_t bytes_per_second) {
+    if (bytes_per_second == 0) {
+        return "not paced";
+    }
+    if (bytes_per_second % (1u << 20) == 0) {
+        return fmt::format("paced to {} MiB/s", bytes_per_second >> 20);
+    }
+    if (bytes_per_second >= 1024) {
+        return fmt::format("paced to {} KiB/s", bytes_per_second / 1024);
+    }
+    return fmt::format("paced to {} bytes/s", bytes_per_second);
+}
+
+const char* action_name(uint8_t action) {
+    switch (action) {
+    case sa::sanitize_overwrite:
+        return "overwrite";
+    case sa::sanitize_block_erase:
+        return "block erase";
+    default:
+        return "cryptographic erase";
+    }
+}
+
 // One sanitize operation, alive from the SANITIZE command's validation to the last flush.
 class SanitizeOp {
 public:
     SanitizeOp(LogicalUnit& lu, net::Reactor* reactor, uint8_t action, bool ause)
-        : _lu(lu), _reactor(reactor), _action(action), _ause(ause) {}
+        : _lu(lu), _reactor(reactor), _action(action), _ause(ause),
+          _pacer(lu.options().sanitize_bytes_per_second) {}
 
     // OVERWRITE: the pattern and how to apply it.
     void set_overwrite(std::span<const uint8_t> pattern, uint8_t passes, bool invert) {
@@ -43,14 +89,17 @@ public:
         _passes = passes;
         _invert = invert;
     }
+    unsigned passes() const { return _action == sa::sanitize_overwrite ? _passes : 1; }
+    uint64_t bytes_per_second() const { return _lu.options().sanitize_bytes_per_second; }
     // The IMMED=0 command that waits for the end (at most one; it may leave early when aborted).
     void set_waiter(Command* cmd) { _waiter = cmd; }
 
     // Takes the whole medium exclusively (in-flight commands finish first), then runs.
     void start() {
         SanitizeState& state = _lu.block_state().sanitize;
+        _started = Pacer::Clock::now();
         state.done_blocks.store(0);
-        state.total_blocks.store(_lu.block_count() * (_action == sa::sanitize_overwrite ? _passes : 1));
+        state.total_blocks.store(_lu.block_count() * passes());
         _range.first = 0;
         _range.end = _lu.block_count();
         _range.exclusive = true;
@@ -66,13 +115,8 @@ private:
     uint32_t bs() const { return _lu.block_size(); }
 
     void run() {
-        if (_action == sa::sanitize_block_erase) {
-            // Thin: deallocate, so that the blocks are unmapped and read as zeroes (WABEREQ=01b).
-            IoOp op = _lu.features().unmap ? IoOp::unmap : IoOp::write_zeroes;
-            submit(op, 0, _lu.block_count() * uint64_t(bs()), nullptr, [](SanitizeOp& self) {
-                self.progress(self._lu.block_count());
-                self.flush();
-            });
+        if (_action != sa::sanitize_overwrite) {
+            erase();
             return;
         }
         _pass = 1;
@@ -81,10 +125,20 @@ private:
         write_chunk();
     }
 
+    // BLOCK ERASE and CRYPTOGRAPHIC ERASE (routed only where the device deallocates): every block
+    // deallocated, reading as zeroes afterwards (WABEREQ=01b).
+    void erase() {
+        submit(IoOp::unmap, 0, _lu.block_count() * uint64_t(bs()), nullptr, [](SanitizeOp& self) {
+            self.progress(self._lu.block_count());
+            self.flush();
+        });
+    }
+
     // The chunk buffer holds the pattern of the current pass, repeated: each block starts with the
     // pattern and repeats it to the block's end (SBC-4 5.30.3).
     void fill_chunk() {
-        uint64_t chunk_blocks = std::min<uint64_t>(_lu.block_count(), _lu.max_transfer_bytes() / bs());
+        uint64_t chunk_bytes = _pacer.chunk_bytes(bs(), _lu.max_transfer_bytes(), pacing_period);
+        uint64_t chunk_blocks = std::min<uint64_t>(_lu.block_count(), chunk_bytes / bs());
         if (!_chunk) {
             _chunk = Buffer::allocate(chunk_blocks * bs());
         }
@@ -116,11 +170,25 @@ private:
             return;
         }
         _in_flight = std::min<uint64_t>(_lu.block_count() - _next, _chunk.size() / bs());
+        _chunk_started = Pacer::Clock::now();
         submit(IoOp::write, _next * bs(), _in_flight * bs(), _chunk.data(), [](SanitizeOp& self) {
             self._next += self._in_flight;
             self.progress(self._in_flight);
-            self.write_chunk();
+            self.pace();
         });
+    }
+
+    // Between two chunks: on at once, or after a timer when the chunk ran ahead of the rate.
+    void pace() {
+        Pacer::Clock::duration wait =
+            _pacer.wait_after(_in_flight * bs(), _chunk_started, Pacer::Clock::now());
+        if (wait <= Pacer::Clock::duration::zero() || !_reactor) {
+            write_chunk();
+            return;
+        }
+        // While it waits, the timer owns the operation: a reactor torn down first (shutdown) frees it.
+        std::unique_ptr<SanitizeOp> self(this);
+        _reactor->add_timer(wait, [self = std::move(self)]() mutable { self.release()->write_chunk(); });
     }
 
     void flush() {
@@ -166,7 +234,8 @@ private:
             log_error("lun {}: sanitize failed: {}; the logical unit is in the sanitize failure mode",
                       _lu.lun(), std::strerror(-error));
         } else {
-            log_info("lun {}: sanitize complete", _lu.lun());
+            std::chrono::duration<double> took = Pacer::Clock::now() - _started;
+            log_info("lun {}: sanitize complete ({:.1f} s)", _lu.lun(), took.count());
         }
         state.failed.store(error != 0);
         state.exit_allowed.store(error != 0 && _ause);
@@ -200,6 +269,9 @@ private:
     bool _invert = false;
     uint64_t _next = 0;      // next block of the pass
     uint64_t _in_flight = 0; // blocks of the write in flight
+    Pacer _pacer;
+    Pacer::Clock::time_point _started{};
+    Pacer::Clock::time_point _chunk_started{};
     Buffer _chunk;
     Command* _waiter = nullptr;
     RangeLock::Entry _range;
@@ -218,8 +290,14 @@ void begin(Command& cmd, SanitizeOp* op) {
         return;
     }
     state.failed.store(false);
-    log_info("lun {}: sanitize started ({})", cmd.lu()->lun(),
-             cmd.op().service_action == sa::sanitize_overwrite ? "overwrite" : "block erase");
+    uint8_t action = cmd.op().service_action;
+    if (action == sa::sanitize_overwrite) {
+        log_info("lun {}: sanitize started (overwrite, {} pass{}, {})", cmd.lu()->lun(), op->passes(),
+                 op->passes() == 1 ? "" : "es", rate_text(op->bytes_per_second()));
+    } else {
+        log_info("lun {}: sanitize started ({}: deallocating every block)", cmd.lu()->lun(),
+                 action_name(action));
+    }
     bool immed = cmd.cdb()[1] & 0x80;
     if (immed) {
         op->start();
@@ -280,6 +358,8 @@ void sanitize(Command& cmd) {
         cmd.fetch_data_out(length, overwrite_parameters);
         return;
     case sa::sanitize_block_erase:
+    case sa::sanitize_crypto_erase:
+        // The operation table routes both only where the device deallocates.
         if (length != 0) {
             cmd.complete_check(Sense::invalid_field_in_cdb(7));
             return;

@@ -1,6 +1,8 @@
 // The SBC VPD pages: Block Limits (B0h), Block Device Characteristics (B1h) and Logical Block
 // Provisioning (B2h). INQUIRY (spc.cpp) serves them; the limits they advertise are the ones the
-// handlers enforce, from one function (limits()), so the two cannot drift apart.
+// handlers enforce, from one function (limits()), so the two cannot drift apart. What they say a
+// logical unit supports (LBPU, LBPWS, WABEREQ) comes from the operation table as that logical unit
+// sees it (cdb.hpp: supports(), usage_for()), which also routes its commands.
 #include "common/bytes.hpp"
 #include "scsi/cdb.hpp"
 #include "scsi/lu.hpp"
@@ -18,6 +20,12 @@ constexpr uint8_t vpd_logical_block_provisioning = 0xb2;
 // Hole punching frees whole filesystem blocks and memory pages; 4 KiB is what both have in common,
 // so unmapping in 4 KiB units (aligned to LBA 0) is what actually returns space.
 constexpr uint32_t unmap_granularity_bytes = 4096;
+
+// Whether `lu` evaluates WRITE SAME's UNMAP bit (LBPWS, LBPWS10): the usage mask routing applies.
+bool write_same_unmaps(const LogicalUnit& lu, uint8_t opcode) {
+    const Operation* op = find_operation(opcode, std::nullopt, &lu);
+    return op && (usage_for(*op, &lu)[1] & 0x08);
+}
 
 std::vector<uint8_t> page(uint8_t code, size_t length) {
     std::vector<uint8_t> d(length, 0);
@@ -39,10 +47,9 @@ Limits limits(const LogicalUnit& lu) {
     l.max_atomic_transfer = l.max_transfer;
     l.lbpme = f.thin;
     l.lbprz = f.thin;
-    bool unmap = f.unmap;
-    l.lbpu = unmap && implements(op::unmap);
-    l.lbpws = unmap && implements(op::write_same_16);
-    l.lbpws10 = unmap && implements(op::write_same_10);
+    l.lbpu = supports(lu, op::unmap);
+    l.lbpws = write_same_unmaps(lu, op::write_same_16);
+    l.lbpws10 = write_same_unmaps(lu, op::write_same_10);
     if (l.lbpu) {
         // Deallocating is one fallocate per descriptor whatever its length: no limit on blocks.
         l.max_unmap_blocks = 0xffffffff;
@@ -52,7 +59,7 @@ Limits limits(const LogicalUnit& lu) {
     // MAXIMUM WRITE SAME LENGTH: what one WRITE of the maximum transfer length could cover. A larger
     // value would promise initiators (and libiscsi's WriteSame16.Unmap, which writes MAXIMUM WRITE
     // SAME LENGTH blocks with a single WRITE(16) to check the unmap) more than a WRITE accepts.
-    if (implements(op::write_same_16) || implements(op::write_same_10)) {
+    if (supports(lu, op::write_same_16) || supports(lu, op::write_same_10)) {
         l.max_write_same = l.max_transfer;
     }
     return l;
@@ -94,9 +101,11 @@ std::vector<uint8_t> block_device_characteristics_vpd(const LogicalUnit& lu) {
     std::string_view kind = lu.device().kind();
     uint16_t rate = (kind == "memory" || kind == "null") ? 1 : 0;
     store_be16(&d[4], rate);
-    // WABEREQ=01b: after a SANITIZE BLOCK ERASE, reads complete with GOOD (unmapped blocks read as
-    // zeroes). WACEREQ=00b: no cryptographic erase.
-    if (implements(op::sanitize, sa::sanitize_block_erase)) {
+    // WABEREQ=01b where BLOCK ERASE is supported: after it, reads complete with GOOD (deallocated
+    // blocks read as zeroes); 00b where it is not, as libiscsi and SBC-4 expect. WACEREQ stays 00b
+    // (not specified): CRYPTOGRAPHIC ERASE here changes no key, it deallocates like BLOCK ERASE
+    // (sbc_sanitize.cpp), and reads after it complete with GOOD, returning zeroes.
+    if (supports(lu, op::sanitize, sa::sanitize_block_erase)) {
         d[7] = 0x40;
     }
     return d;

@@ -1,14 +1,18 @@
 // REPORT SUPPORTED OPERATION CODES and REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 6.35, 6.36).
 //
-// RSOC is built from the operation table and nothing else: an entry is a supported command, its usage
-// mask is the CDB USAGE DATA (the same mask that rejects reserved bits before a handler runs), and an
-// entry with op_service_action is reported per service action with SERVACTV set. What RSTMF reports is
-// what the iSCSI front end carries to TargetDevice: ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL
-// UNIT RESET and TARGET RESET (TARGET WARM/COLD RESET); CLEAR ACA (no ACA), QUERY TASK and friends, and
-// I_T NEXUS RESET are not implemented.
+// RSOC is built from the operation table and nothing else: an entry the logical unit supports is a
+// supported command (cdb.hpp: the same predicate routes commands, so a thick LUN neither lists nor
+// executes UNMAP), its usage mask as the logical unit evaluates it is the CDB USAGE DATA (the same
+// mask that rejects reserved bits before a handler runs), and an entry with op_service_action is
+// reported per service action with SERVACTV set.
+//
+// What RSTMF reports is what the iSCSI front end carries to TargetDevice: ABORT TASK, ABORT TASK SET,
+// CLEAR TASK SET, LOGICAL UNIT RESET and TARGET RESET (TARGET WARM/COLD RESET); CLEAR ACA (no ACA),
+// QUERY TASK and friends, and I_T NEXUS RESET are not implemented.
 #include "common/bytes.hpp"
 #include "scsi/cdb.hpp"
 #include "scsi/command.hpp"
+#include "scsi/lu.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/spc.hpp"
 
@@ -28,23 +32,23 @@ constexpr uint8_t support_standard = 0x3;
 
 constexpr size_t timeouts_descriptor_length = 12;
 
-bool has_service_actions(uint8_t opcode) {
+bool has_service_actions(const LogicalUnit& lu, uint8_t opcode) {
     for (const Operation& op : operations()) {
-        if (op.opcode == opcode && (op.flags & op_service_action)) {
+        if (op.opcode == opcode && (op.flags & op_service_action) && supported_by(op, lu)) {
             return true;
         }
     }
     return false;
 }
 
-bool opcode_known(uint8_t opcode) {
+bool opcode_known(const LogicalUnit& lu, uint8_t opcode) {
     return std::any_of(operations().begin(), operations().end(),
-                       [&](const Operation& op) { return op.opcode == opcode; });
+                       [&](const Operation& op) { return op.opcode == opcode && supported_by(op, lu); });
 }
 
-const Operation* find(uint8_t opcode, std::optional<uint16_t> service_action) {
+const Operation* find(const LogicalUnit& lu, uint8_t opcode, std::optional<uint16_t> service_action) {
     for (const Operation& op : operations()) {
-        if (op.opcode != opcode) {
+        if (op.opcode != opcode || !supported_by(op, lu)) {
             continue;
         }
         bool sa = op.flags & op_service_action;
@@ -69,17 +73,21 @@ void append_timeouts(std::vector<uint8_t>& d) {
 
 // The CDB USAGE DATA of an entry: its mask, except that a service action's field holds the service
 // action itself (SPC-4 6.35.3).
-std::vector<uint8_t> usage_data(const Operation& op) {
-    std::vector<uint8_t> u(op.usage.begin(), op.usage.begin() + op.cdb_length);
+std::vector<uint8_t> usage_data(const Operation& op, const LogicalUnit& lu) {
+    std::array<uint8_t, 16> usage = usage_for(op, &lu);
+    std::vector<uint8_t> u(usage.begin(), usage.begin() + op.cdb_length);
     if (op.flags & op_service_action) {
         u[1] = uint8_t((u[1] & 0xe0) | (op.service_action & 0x1f));
     }
     return u;
 }
 
-std::vector<uint8_t> all_commands(bool rctd) {
+std::vector<uint8_t> all_commands(const LogicalUnit& lu, bool rctd) {
     std::vector<uint8_t> d(4, 0);
     for (const Operation& op : operations()) {
+        if (!supported_by(op, lu)) {
+            continue;
+        }
         size_t at = d.size();
         d.resize(at + 8, 0);
         bool sa = op.flags & op_service_action;
@@ -95,14 +103,14 @@ std::vector<uint8_t> all_commands(bool rctd) {
     return d;
 }
 
-std::vector<uint8_t> one_command(const Operation* op, bool rctd) {
+std::vector<uint8_t> one_command(const LogicalUnit& lu, const Operation* op, bool rctd) {
     std::vector<uint8_t> d(4, 0);
     if (!op) {
         d[1] = support_not_supported;
         return d;
     }
     d[1] = uint8_t((rctd ? 0x80 : 0x00) | support_standard);
-    std::vector<uint8_t> usage = usage_data(*op);
+    std::vector<uint8_t> usage = usage_data(*op, lu);
     store_be16(&d[2], uint16_t(usage.size()));
     d.insert(d.end(), usage.begin(), usage.end());
     if (rctd) {
@@ -114,6 +122,7 @@ std::vector<uint8_t> one_command(const Operation* op, bool rctd) {
 } // namespace
 
 void report_supported_operation_codes(Command& cmd) {
+    const LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
     bool rctd = cdb[2] & 0x80;
     uint8_t options = cdb[2] & 0x07;
@@ -122,29 +131,29 @@ void report_supported_operation_codes(Command& cmd) {
     uint32_t allocation = load_be32(cdb + 6);
     switch (options) {
     case options_all:
-        cmd.complete_data_in(all_commands(rctd), allocation);
+        cmd.complete_data_in(all_commands(lu, rctd), allocation);
         return;
     case options_opcode:
         // SPC-4 6.35.1: asking without a service action for a command that has them is an error.
-        if (has_service_actions(opcode)) {
+        if (has_service_actions(lu, opcode)) {
             cmd.complete_check(Sense::invalid_field_in_cdb(3));
             return;
         }
-        cmd.complete_data_in(one_command(find(opcode, std::nullopt), rctd), allocation);
+        cmd.complete_data_in(one_command(lu, find(lu, opcode, std::nullopt), rctd), allocation);
         return;
     case options_opcode_sa:
-        if (opcode_known(opcode) && !has_service_actions(opcode)) {
+        if (opcode_known(lu, opcode) && !has_service_actions(lu, opcode)) {
             cmd.complete_check(Sense::invalid_field_in_cdb(3));
             return;
         }
-        cmd.complete_data_in(one_command(find(opcode, service_action), rctd), allocation);
+        cmd.complete_data_in(one_command(lu, find(lu, opcode, service_action), rctd), allocation);
         return;
     case options_opcode_maybe_sa: {
         std::optional<uint16_t> sa;
-        if (has_service_actions(opcode)) {
+        if (has_service_actions(lu, opcode)) {
             sa = service_action;
         }
-        cmd.complete_data_in(one_command(find(opcode, sa), rctd), allocation);
+        cmd.complete_data_in(one_command(lu, find(lu, opcode, sa), rctd), allocation);
         return;
     }
     default:

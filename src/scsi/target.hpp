@@ -35,6 +35,10 @@ struct LuOptions {
     uint32_t optimal_transfer_bytes = 1u << 20;
     bool write_cache = true; // WCE in the caching mode page: writes acknowledged before they are durable
                              // unless FUA; SYNCHRONIZE CACHE flushes.
+    // SANITIZE OVERWRITE writes the whole medium in the background; at full speed it would starve every
+    // other logical unit on the same disk. It is paced to this many bytes per second (0: unlimited).
+    // BLOCK ERASE and CRYPTOGRAPHIC ERASE deallocate or zero ranges and are not paced.
+    uint64_t sanitize_bytes_per_second = uint64_t(64) << 20;
     // Where the persistent reservation state of this LU is kept while an initiator asked for APTPL=1
     // (pr.hpp; one file per LU, written atomically). Empty: APTPL is not supported (PTPL_C=0).
     std::string pr_state_path;

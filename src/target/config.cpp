@@ -358,7 +358,8 @@ Result<ServerConfig> read_config(const json& root) {
         const json& limits = root["limits"];
         if (auto ok = only_keys(limits,
                                 {"queue_depth", "max_transfer", "login_timeout_ms", "nop_interval_ms", "nop_timeout_ms",
-                                 "max_connections", "max_login_connections", "max_sessions_per_initiator"},
+                                 "max_connections", "max_login_connections", "max_sessions_per_initiator",
+                                 "sanitize_rate"},
                                 "config limits");
             !ok) {
             return ok.error();
@@ -373,11 +374,13 @@ Result<ServerConfig> read_config(const json& root) {
         uint64_t nop_timeout = uint64_t(config.limits.nop_timeout.count());
         uint64_t max_conn = config.limits.max_connections, max_login = config.limits.max_login_connections;
         uint64_t per_initiator = config.limits.max_sessions_per_initiator;
+        uint64_t sanitize_rate = config.limits.sanitize_bytes_per_second;
         for (Field field : {Field{"queue_depth", &queue_depth}, Field{"max_transfer", &max_transfer},
                             Field{"login_timeout_ms", &login_ms}, Field{"nop_interval_ms", &nop_interval},
                             Field{"nop_timeout_ms", &nop_timeout}, Field{"max_connections", &max_conn},
                             Field{"max_login_connections", &max_login},
-                            Field{"max_sessions_per_initiator", &per_initiator}}) {
+                            Field{"max_sessions_per_initiator", &per_initiator},
+                            Field{"sanitize_rate", &sanitize_rate}}) {
             if (limits.contains(field.key)) {
                 auto value = read_unsigned(limits, field.key, "config limits");
                 if (!value) {
@@ -400,6 +403,7 @@ Result<ServerConfig> read_config(const json& root) {
         config.limits.max_connections = uint32_t(max_conn);
         config.limits.max_login_connections = uint32_t(max_login);
         config.limits.max_sessions_per_initiator = uint32_t(per_initiator);
+        config.limits.sanitize_bytes_per_second = sanitize_rate;
     }
     if (root.contains("discovery")) {
         const json& discovery = root["discovery"];

@@ -73,8 +73,13 @@ struct Limits {
     std::chrono::milliseconds login_timeout{15000};
     // An idle connection in full feature phase is pinged (NOP-In) after this...
     std::chrono::milliseconds nop_interval{10000};
-    // ...and dropped when nothing at all arrives for this long.
-    std::chrono::milliseconds nop_timeout{30000};
+    // ...and dropped when nothing at all arrives for this long. Generous on purpose: an initiator may
+    // legitimately leave its socket unread for a minute (libiscsi's Sanitize.Reset polls TEST UNIT
+    // READY every 60 s from one thread). Dropping it sooner makes it log in again, and the new
+    // nexus's unit attention fails its next poll, forever. A vanished peer is still found within 90 s.
+    std::chrono::milliseconds nop_timeout{90000};
+    // SANITIZE OVERWRITE's pace, bytes per second per logical unit (0: unlimited); see LuOptions.
+    uint64_t sanitize_bytes_per_second = uint64_t(64) << 20;
     // Total connections (any state) the daemon accepts at once; more are closed at accept.
     uint32_t max_connections = 4096;
     // Connections still logging in (unauthenticated) at once; more are closed at accept, so a flood

@@ -237,6 +237,7 @@ Result<void> Server::start() {
                      (*device)->features().read_only ? ", read-only" : "");
             scsi::LuOptions options;
             options.max_transfer_bytes = _config.limits.max_transfer_bytes;
+            options.sanitize_bytes_per_second = _config.limits.sanitize_bytes_per_second;
             auto state_path = pr_state_path(_config, tc, lc);
             if (!state_path) {
                 return make_error(fmt::format("lun {}: {}", lc.lun, state_path.error().message));

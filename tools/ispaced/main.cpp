@@ -73,6 +73,7 @@ int main(int argc, char** argv) {
     unsigned login_timeout_ms = unsigned(limits.login_timeout.count());
     unsigned nop_interval_ms = unsigned(limits.nop_interval.count());
     unsigned nop_timeout_ms = unsigned(limits.nop_timeout.count());
+    std::string sanitize_rate = "64M";
 
     app.add_option("--listen", listen,
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
@@ -101,6 +102,10 @@ int main(int argc, char** argv) {
         ->default_val(nop_interval_ms);
     app.add_option("--nop-timeout-ms", nop_timeout_ms, "Drop a connection silent for this long")
         ->default_val(nop_timeout_ms);
+    app.add_option("--sanitize-rate", sanitize_rate,
+                   "Bytes per second SANITIZE OVERWRITE writes to one LUN, so it does not starve the others "
+                   "(0: unlimited)")
+        ->default_str("64M");
 
     try {
         app.parse(argc, argv);
@@ -183,7 +188,13 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: --max-transfer must be a size from 4K to 64M\n");
         return 2;
     }
+    auto sanitize_bytes_per_second = parse_size(sanitize_rate);
+    if (!sanitize_bytes_per_second) {
+        std::fprintf(stderr, "ispaced: --sanitize-rate must be a size per second, e.g. 64M, or 0 for unlimited\n");
+        return 2;
+    }
     if (config_path.empty()) {
+        config.limits.sanitize_bytes_per_second = *sanitize_bytes_per_second;
         config.limits.queue_depth = queue_depth;
         config.limits.max_transfer_bytes = uint32_t(*max_transfer_bytes);
         config.limits.login_timeout = std::chrono::milliseconds(login_timeout_ms);

@@ -137,7 +137,50 @@ TEST(Cdb, FindOperation) {
     EXPECT_TRUE(implements(op::service_action_in_16, sa::get_lba_status));
     EXPECT_TRUE(implements(op::unmap));
     EXPECT_TRUE(implements(op::sanitize, sa::sanitize_block_erase));
-    EXPECT_FALSE(implements(op::sanitize, sa::sanitize_crypto_erase));
+    EXPECT_TRUE(implements(op::sanitize, sa::sanitize_crypto_erase));
+    EXPECT_FALSE(implements(op::sanitize, 0x04));
+}
+
+// What a logical unit supports depends on its device: only one that deallocates gets UNMAP, SANITIZE
+// BLOCK ERASE and CRYPTOGRAPHIC ERASE, and WRITE SAME's UNMAP bit (spc_rsoc_test.cpp checks that RSOC
+// and the VPD pages agree).
+TEST(Cdb, SupportDependsOnTheLogicalUnit) {
+    LuConfig thin_config;
+    thin_config.features.thin = true;
+    thin_config.features.unmap = true;
+    Harness thick; // features as a fully provisioned file: nothing deallocates
+    Harness thin(thin_config);
+    Sense error;
+    std::vector<uint8_t> unmap = {op::unmap, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    EXPECT_TRUE(find_operation(unmap, error, &thin.lu()));
+    EXPECT_FALSE(find_operation(unmap, error, &thick.lu()));
+    EXPECT_EQ(error.code, asc::invalid_command_operation_code);
+    EXPECT_TRUE(find_operation(unmap, error)) << "the table holds it";
+
+    std::vector<uint8_t> block_erase = {op::sanitize, sa::sanitize_block_erase, 0, 0, 0, 0, 0, 0, 0, 0};
+    EXPECT_TRUE(find_operation(block_erase, error, &thin.lu()));
+    EXPECT_FALSE(find_operation(block_erase, error, &thick.lu()));
+    EXPECT_EQ(error.code, asc::invalid_field_in_cdb) << "a service action of a supported opcode";
+    EXPECT_EQ(error.field_pointer, 1);
+    std::vector<uint8_t> crypto_erase = {op::sanitize, sa::sanitize_crypto_erase, 0, 0, 0, 0, 0, 0, 0, 0};
+    EXPECT_TRUE(find_operation(crypto_erase, error, &thin.lu()));
+    EXPECT_FALSE(find_operation(crypto_erase, error, &thick.lu()));
+    EXPECT_TRUE(supports(thick.lu(), op::sanitize, sa::sanitize_overwrite));
+    EXPECT_FALSE(supports(thick.lu(), op::sanitize, sa::sanitize_block_erase));
+    EXPECT_TRUE(supports(thin.lu(), op::sanitize, sa::sanitize_block_erase));
+
+    // WRITE SAME is supported everywhere; its UNMAP bit is evaluated only where it can be honoured.
+    std::vector<uint8_t> ws = rw16(op::write_same_16, 0, 1, 0x08);
+    const Operation* o = find_operation(ws, error, &thick.lu());
+    ASSERT_TRUE(o);
+    EXPECT_EQ(usage_for(*o, &thick.lu())[1], 0x11);
+    EXPECT_EQ(usage_for(*o, &thin.lu())[1], 0x19);
+    EXPECT_EQ(usage_for(*o, nullptr)[1], 0x19);
+    auto bad = check_cdb_usage(*o, ws.data(), &thick.lu());
+    ASSERT_TRUE(bad);
+    EXPECT_EQ(bad->field_pointer, 1);
+    EXPECT_EQ(bad->bit_pointer, 3);
+    EXPECT_FALSE(check_cdb_usage(*o, ws.data(), &thin.lu()));
 }
 
 TEST(Cdb, UsageMaskRejectsReservedBitsWithPointer) {

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -55,8 +56,24 @@ std::vector<Descriptor> parse_all(std::span<const uint8_t> d) {
     return out;
 }
 
+// A logical unit whose device deallocates supports every entry of the table; the default harness
+// device (no features) is a fully provisioned one.
+LuConfig thin_config() {
+    LuConfig c;
+    c.features.thin = true;
+    c.features.unmap = true;
+    c.features.write_zeroes = true;
+    return c;
+}
+
+size_t supported_count(const LogicalUnit& lu) {
+    return size_t(std::count_if(operations().begin(), operations().end(),
+                                [&](const Operation& op) { return supported_by(op, lu); }));
+}
+
 TEST(Rsoc, AllCommandsIsTheTable) {
-    Harness h;
+    Harness h(thin_config());
+    ASSERT_EQ(supported_count(h.lu()), operations().size());
     auto t = h.exec(rsoc(0), 65535);
     ASSERT_EQ(t->status, Status::good);
     auto all = parse_all(t->received());
@@ -85,7 +102,7 @@ TEST(Rsoc, AllCommandsIsTheTable) {
 }
 
 TEST(Rsoc, TimeoutDescriptors) {
-    Harness h;
+    Harness h(thin_config());
     auto t = h.exec(rsoc(0, 0, 0, true), 65535);
     ASSERT_EQ(t->status, Status::good);
     auto all = parse_all(t->received());
@@ -98,36 +115,55 @@ TEST(Rsoc, TimeoutDescriptors) {
     EXPECT_EQ(load_be32(&d[4 + 8 + 8]), spc::recommended_command_timeout);
 }
 
+// One entry through reporting options 1-3, as the logical unit of `h` sees it: supported with its
+// usage data, or SUPPORT 001b.
+void one_command_for(Harness& h, const Operation& op) {
+    bool sa = op.flags & op_service_action;
+    std::array<uint8_t, 16> usage = usage_for(op, &h.lu());
+    if (!supported_by(op, h.lu())) {
+        auto t = h.exec(rsoc(sa ? 2 : 1, op.opcode, op.service_action), 65535);
+        ASSERT_EQ(t->status, Status::good);
+        EXPECT_EQ(t->received()[1] & 0x07, 0x01); // not supported
+        t = h.exec(rsoc(3, op.opcode, op.service_action), 65535);
+        ASSERT_EQ(t->status, Status::good);
+        EXPECT_EQ(t->received()[1] & 0x07, 0x01);
+        return;
+    }
+    // libiscsi test_report_supported_opcodes_one_command: option 1 for commands without service
+    // actions, option 2 for those with; the other one is INVALID FIELD IN CDB.
+    auto wrong = h.exec(rsoc(sa ? 1 : 2, op.opcode, op.service_action), 65535);
+    EXPECT_TRUE(invalid_field(*wrong, 3));
+    for (bool rctd : {false, true}) {
+        auto t = h.exec(rsoc(sa ? 2 : 1, op.opcode, op.service_action, rctd), 65535);
+        ASSERT_EQ(t->status, Status::good);
+        auto d = t->received();
+        EXPECT_EQ(d[1] & 0x07, 0x03); // supported, standard
+        EXPECT_EQ(bool(d[1] & 0x80), rctd);
+        ASSERT_EQ(load_be16(&d[2]), op.cdb_length);
+        ASSERT_EQ(d.size(), 4u + op.cdb_length + (rctd ? 12 : 0));
+        EXPECT_EQ(d[4], op.opcode);
+        if (sa) {
+            EXPECT_EQ(d[5] & 0x1f, op.service_action);
+        } else {
+            EXPECT_EQ(d[5], usage[1]);
+        }
+        for (unsigned i = 2; i < op.cdb_length; ++i) {
+            EXPECT_EQ(d[4 + i], usage[i]) << "byte " << i;
+        }
+        // Option 3 finds the same.
+        auto three = h.exec(rsoc(3, op.opcode, op.service_action, rctd), 65535);
+        EXPECT_EQ(std::vector<uint8_t>(three->received().begin(), three->received().end()),
+                  std::vector<uint8_t>(d.begin(), d.end()));
+    }
+}
+
 TEST(Rsoc, OneCommandForEveryEntry) {
-    Harness h;
-    for (const Operation& op : operations()) {
-        SCOPED_TRACE(op.name);
-        bool sa = op.flags & op_service_action;
-        // libiscsi test_report_supported_opcodes_one_command: option 1 for commands without service
-        // actions, option 2 for those with; the other one is INVALID FIELD IN CDB.
-        auto wrong = h.exec(rsoc(sa ? 1 : 2, op.opcode, op.service_action), 65535);
-        EXPECT_TRUE(invalid_field(*wrong, 3));
-        for (bool rctd : {false, true}) {
-            auto t = h.exec(rsoc(sa ? 2 : 1, op.opcode, op.service_action, rctd), 65535);
-            ASSERT_EQ(t->status, Status::good);
-            auto d = t->received();
-            EXPECT_EQ(d[1] & 0x07, 0x03); // supported, standard
-            EXPECT_EQ(bool(d[1] & 0x80), rctd);
-            ASSERT_EQ(load_be16(&d[2]), op.cdb_length);
-            ASSERT_EQ(d.size(), 4u + op.cdb_length + (rctd ? 12 : 0));
-            EXPECT_EQ(d[4], op.opcode);
-            if (sa) {
-                EXPECT_EQ(d[5] & 0x1f, op.service_action);
-            } else {
-                EXPECT_EQ(d[5], op.usage[1]);
-            }
-            for (unsigned i = 2; i < op.cdb_length; ++i) {
-                EXPECT_EQ(d[4 + i], op.usage[i]) << "byte " << i;
-            }
-            // Option 3 finds the same.
-            auto three = h.exec(rsoc(3, op.opcode, op.service_action, rctd), 65535);
-            EXPECT_EQ(std::vector<uint8_t>(three->received().begin(), three->received().end()),
-                      std::vector<uint8_t>(d.begin(), d.end()));
+    for (bool thin : {true, false}) {
+        SCOPED_TRACE(thin ? "thin" : "thick");
+        Harness h(thin ? thin_config() : LuConfig{});
+        for (const Operation& op : operations()) {
+            SCOPED_TRACE(op.name);
+            one_command_for(h, op);
         }
     }
 }
@@ -144,7 +180,87 @@ TEST(Rsoc, UnsupportedAndInvalid) {
     // Truncation keeps COMMAND DATA LENGTH whole.
     t = h.exec(rsoc(0, 0, 0, false, 12), 12);
     ASSERT_EQ(t->received().size(), 12u);
-    EXPECT_EQ(load_be32(&t->received()[0]), 8 * operations().size());
+    EXPECT_EQ(load_be32(&t->received()[0]), 8 * supported_count(h.lu()));
+}
+
+std::vector<uint8_t> vpd(Harness& h, uint8_t page) {
+    auto t = h.exec(cdb_bytes({0x12, 0x01, page, 0, 255, 0}), 255);
+    EXPECT_EQ(t->status, Status::good);
+    return {t->received().begin(), t->received().end()};
+}
+
+// What REPORT SUPPORTED OPERATION CODES lists, what the logical unit executes and what its VPD pages
+// advertise are one answer, on a logical unit whose device deallocates and on one whose does not.
+TEST(Rsoc, AgreesWithRoutingAndVpdPages) {
+    for (bool thin : {true, false}) {
+        SCOPED_TRACE(thin ? "thin" : "thick");
+        Harness h(thin ? thin_config() : LuConfig{});
+        auto t = h.exec(rsoc(0), 65535);
+        ASSERT_EQ(t->status, Status::good);
+        std::set<std::pair<uint8_t, uint16_t>> listed;
+        for (auto& x : parse_all(t->received())) {
+            listed.insert({x.opcode, x.sa});
+        }
+        for (const Operation& op : operations()) {
+            uint16_t sa = (op.flags & op_service_action) ? op.service_action : 0;
+            EXPECT_EQ(listed.count({op.opcode, sa}) == 1, supported_by(op, h.lu())) << op.name;
+        }
+        EXPECT_EQ(listed.count({op::unmap, 0}), thin ? 1u : 0u);
+        EXPECT_EQ(listed.count({op::sanitize, sa::sanitize_block_erase}), thin ? 1u : 0u);
+        EXPECT_EQ(listed.count({op::sanitize, sa::sanitize_crypto_erase}), thin ? 1u : 0u);
+        EXPECT_EQ(listed.count({op::sanitize, sa::sanitize_overwrite}), 1u);
+        EXPECT_EQ(listed.count({op::write_same_16, 0}), 1u);
+        EXPECT_EQ(listed.count({op::service_action_in_16, sa::get_lba_status}), 1u);
+
+        // Routing: what is not listed is answered as unknown, never pretended.
+        auto u = h.exec(cdb_bytes({op::unmap, 0, 0, 0, 0, 0, 0, 0, 0, 0}));
+        if (thin) {
+            EXPECT_EQ(u->status, Status::good);
+        } else {
+            EXPECT_TRUE(has_sense(*u, SenseKey::illegal_request, asc::invalid_command_operation_code));
+        }
+        for (uint8_t action : {sa::sanitize_block_erase, sa::sanitize_crypto_erase}) {
+            auto be = h.exec(cdb_bytes({op::sanitize, action, 0, 0, 0, 0, 0, 0, 0, 0}));
+            if (thin) {
+                EXPECT_EQ(be->status, Status::good);
+            } else {
+                EXPECT_TRUE(invalid_field(*be, 1, 4));
+            }
+        }
+        auto ws = h.make_write(rw16(op::write_same_16, 0, 8, 0x08), std::vector<uint8_t>(512, 0));
+        h.exec(*ws);
+        if (thin) {
+            EXPECT_EQ(ws->status, Status::good);
+        } else {
+            EXPECT_TRUE(invalid_field(*ws, 1, 3));
+        }
+        // WRITE SAME without UNMAP writes real data everywhere, and GET LBA STATUS answers everywhere
+        // (a thick logical unit: every block mapped, which is true).
+        auto plain = h.make_write(rw16(op::write_same_16, 0, 8), std::vector<uint8_t>(512, 'x'));
+        h.exec(*plain);
+        EXPECT_EQ(plain->status, Status::good);
+        std::vector<uint8_t> gls(16, 0);
+        gls[0] = op::service_action_in_16;
+        gls[1] = sa::get_lba_status;
+        store_be32(&gls[10], 24);
+        EXPECT_EQ(h.exec(gls, 24)->status, Status::good);
+
+        // RSOC's usage data for WRITE SAME(16): the UNMAP bit only where it is evaluated.
+        auto one = h.exec(rsoc(1, op::write_same_16), 65535);
+        ASSERT_EQ(one->status, Status::good);
+        EXPECT_EQ(one->received()[5], thin ? 0x19 : 0x11);
+
+        // The VPD pages: LBPU, LBPWS, LBPWS10 in B2h; UNMAP limits in B0h; WABEREQ in B1h. WACEREQ is
+        // 00b on both: CRYPTOGRAPHIC ERASE changes no key here.
+        auto b2 = vpd(h, 0xb2);
+        EXPECT_EQ(b2[5] & 0xe0, thin ? 0xe0 : 0x00);
+        auto b0 = vpd(h, 0xb0);
+        EXPECT_EQ(load_be32(&b0[20]) != 0, thin) << "MAXIMUM UNMAP LBA COUNT";
+        EXPECT_EQ(load_be32(&b0[24]) != 0, thin) << "MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT";
+        auto b1 = vpd(h, 0xb1);
+        EXPECT_EQ(b1[7] & 0x30, 0x00) << "WACEREQ";
+        EXPECT_EQ(b1[7] & 0xc0, thin ? 0x40 : 0x00) << "WABEREQ";
+    }
 }
 
 TEST(Rsoc, ReservedBitsOfTheCdb) {

@@ -289,8 +289,10 @@ TEST(Spc, LogicalBlockProvisioning) {
     d = t.exec(inquiry_cdb(true, 0xb2, 64), 64)->received();
     EXPECT_EQ(d[6] & 0x07, 2);    // thin
     EXPECT_EQ(d[5] & 0x04, 0x04); // LBPRZ
-    // LBPU waits for the UNMAP command itself to be in the table.
-    EXPECT_EQ(d[5] & 0x80, implements(op::unmap) ? 0x80 : 0x00);
+    // LBPU, LBPWS, LBPWS10: what the operation table routes for this logical unit.
+    EXPECT_EQ(d[5] & 0xe0, 0xe0);
+    EXPECT_TRUE(supports(t.lu(), op::unmap));
+    EXPECT_FALSE(supports(full.lu(), op::unmap));
 }
 
 TEST(Spc, ReportLuns) {

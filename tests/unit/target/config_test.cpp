@@ -1,0 +1,77 @@
+// The JSON configuration file: limits, their defaults, and the refusal of keys nobody defined.
+#include "target/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <unistd.h>
+
+namespace ispace::target {
+namespace {
+
+// A configuration file in /tmp, removed when the test ends.
+class ConfigFile {
+public:
+    explicit ConfigFile(const std::string& text) {
+        char name[] = "/tmp/ispace-config-XXXXXX";
+        int fd = ::mkstemp(name);
+        EXPECT_GE(fd, 0);
+        ::close(fd);
+        _path = name;
+        std::ofstream(_path) << text;
+    }
+    ~ConfigFile() { std::remove(_path.c_str()); }
+    const std::string& path() const { return _path; }
+
+private:
+    std::string _path;
+};
+
+std::string with_limits(const std::string& limits) {
+    return R"({"listen": ["127.0.0.1:3260"], "limits": )" + limits +
+           R"(, "targets": [{"iqn": "iqn.2026-11.org.example:t", "luns": ["memory:16M"]}]})";
+}
+
+TEST(Config, DefaultsSurviveAFileWithoutLimits) {
+    ConfigFile file(R"({"targets": [{"iqn": "iqn.2026-11.org.example:t", "luns": ["memory:16M"]}]})");
+    auto config = load_config_file(file.path());
+    ASSERT_TRUE(config) << config.error().message;
+    Limits defaults;
+    EXPECT_EQ(config->limits.nop_timeout, defaults.nop_timeout);
+    EXPECT_EQ(config->limits.sanitize_bytes_per_second, defaults.sanitize_bytes_per_second);
+    // An initiator that leaves its socket unread for a minute (libiscsi's Sanitize.Reset) keeps it.
+    EXPECT_GT(defaults.nop_timeout, std::chrono::seconds(60));
+}
+
+TEST(Config, LimitsTakeNumbersAndSizes) {
+    ConfigFile file(with_limits(R"({"queue_depth": 64, "max_transfer": "1M", "sanitize_rate": "32M",
+                                    "nop_interval_ms": 5000, "nop_timeout_ms": 100})"));
+    auto config = load_config_file(file.path());
+    ASSERT_TRUE(config) << config.error().message;
+    EXPECT_EQ(config->limits.queue_depth, 64u);
+    EXPECT_EQ(config->limits.max_transfer_bytes, 1u << 20);
+    EXPECT_EQ(config->limits.sanitize_bytes_per_second, uint64_t(32) << 20);
+    // A silence timeout shorter than the ping interval would drop connections before pinging them.
+    EXPECT_EQ(config->limits.nop_timeout, std::chrono::milliseconds(5000));
+}
+
+TEST(Config, SanitizeRateZeroMeansUnlimited) {
+    ConfigFile file(with_limits(R"({"sanitize_rate": 0})"));
+    auto config = load_config_file(file.path());
+    ASSERT_TRUE(config) << config.error().message;
+    EXPECT_EQ(config->limits.sanitize_bytes_per_second, 0u);
+}
+
+TEST(Config, RefusesUnknownAndOutOfRangeLimits) {
+    for (const char* limits : {R"({"sanitize_rte": "1M"})", R"({"queue_depth": 0})", R"({"max_transfer": "1G"})",
+                               R"({"sanitize_rate": "fast"})", R"({"nop_timeout_ms": -1})"}) {
+        ConfigFile file(with_limits(limits));
+        auto config = load_config_file(file.path());
+        EXPECT_FALSE(config) << limits;
+    }
+}
+
+} // namespace
+} // namespace ispace::target
