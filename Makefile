@@ -34,13 +34,24 @@ run: build
 	@echo "ispaced: serving iscsi://127.0.0.1:$(PORT)/$(IQN)/0 (backing file ./var/lun0.img); Ctrl-C stops it"
 	exec $(BUILD)/tools/ispaced --listen 127.0.0.1:$(PORT) --iqn $(IQN) --lun var/lun0.img,size=1G,thin
 
+# ctest shows a passing test's output only with -V, so the conformance runs' per-test tables (written
+# to conformance/*.txt) are printed afterwards, then their one-line summaries; ctest's status decides.
+define ctest_with_reports
+	rm -rf $(1)/conformance
+	cd $(1) && $(2) ctest --output-on-failure -j $(JOBS) --timeout 900; status=$$?; \
+	  if ls conformance/*.txt >/dev/null 2>&1; then \
+	    cat conformance/*.txt; echo; echo "libiscsi conformance, per run:"; \
+	    grep -h '^conformance .* tests, ' conformance/*.txt; \
+	  fi; exit $$status
+endef
+
 test: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+	$(call ctest_with_reports,$(BUILD),)
 
 asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DISPACE_SANITIZE=ON -DISPACE_BENCH=OFF
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
-	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS) --timeout 900
+	$(call ctest_with_reports,$(ASAN_BUILD),ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
