@@ -158,6 +158,18 @@ Result<void> validate(const ServerConfig& config) {
             return ok;
         }
     }
+    if (config.discovery_mutual_chap) {
+        if (auto ok = check_credentials(*config.discovery_mutual_chap, "discovery mutual CHAP"); !ok) {
+            return ok;
+        }
+        if (!config.discovery_chap) {
+            return make_error("discovery mutual CHAP needs CHAP for discovery too (--discovery-chap)");
+        }
+        if (config.discovery_chap->secret == config.discovery_mutual_chap->secret) {
+            // RFC 7143 §12.1.3, as for normal sessions below.
+            return make_error("the discovery mutual CHAP secret must differ from the discovery CHAP secret");
+        }
+    }
     std::set<std::string> names;
     for (const TargetConfig& target : config.targets) {
         if (!iscsi::is_valid_iscsi_name(target.iqn)) {
@@ -407,7 +419,7 @@ Result<ServerConfig> read_config(const json& root) {
     }
     if (root.contains("discovery")) {
         const json& discovery = root["discovery"];
-        if (auto ok = only_keys(discovery, {"chap"}, "config discovery"); !ok) {
+        if (auto ok = only_keys(discovery, {"chap", "mutual_chap"}, "config discovery"); !ok) {
             return ok.error();
         }
         if (discovery.contains("chap")) {
@@ -416,6 +428,13 @@ Result<ServerConfig> read_config(const json& root) {
                 return credentials.error();
             }
             config.discovery_chap = *credentials;
+        }
+        if (discovery.contains("mutual_chap")) {
+            auto credentials = read_credentials(discovery["mutual_chap"], "config discovery mutual_chap");
+            if (!credentials) {
+                return credentials.error();
+            }
+            config.discovery_mutual_chap = *credentials;
         }
     }
     if (!root.contains("targets") || !root["targets"].is_array()) {

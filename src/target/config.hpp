@@ -97,6 +97,9 @@ struct ServerConfig {
     Limits limits;
     // CHAP for discovery sessions; without it discovery needs no authentication.
     std::optional<iscsi::ChapCredentials> discovery_chap;
+    // What the target proves in discovery sessions to an initiator that asks for mutual CHAP; needs
+    // discovery_chap. Without it such an initiator's discovery login fails (Authentication failure).
+    std::optional<iscsi::ChapCredentials> discovery_mutual_chap;
     // Where persistent-reservation state (APTPL) is kept; empty: next to each file LUN as FILE.pr.
     std::string state_dir;
 };

@@ -394,6 +394,7 @@ std::unique_ptr<iscsi::Authenticator> Connection::authenticator(std::string_view
             return nullptr;
         }
         chap.users.push_back(*_server.config().discovery_chap);
+        chap.mutual = _server.config().discovery_mutual_chap;
     } else {
         if (_target == nullptr || !_target->config.chap) {
             return nullptr;

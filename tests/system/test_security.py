@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CHAP, mutual CHAP, discovery CHAP and ACLs, checked with libiscsi's own clients (iscsi-inq, iscsi-ls):
+"""CHAP, mutual CHAP, discovery CHAP (one-way and mutual) and ACLs, checked with libiscsi's own clients (iscsi-inq, iscsi-ls):
 no CHAP is refused, a wrong secret is refused, the right one works; mutual CHAP through
 ?target_user=&target_password= works and a wrong target secret fails the login; an initiator not in
 --allow is refused and SendTargets lists nothing to it; no secret ever appears in the log.
@@ -62,6 +62,12 @@ def main():
         check(f"Target:{IQN}" in out, "SendTargets lists the target to an allowed initiator")
         rc, out = run(["iscsi-ls", "-i", GOOD, f"iscsi://{portal}"])
         check("Target:" not in out, "discovery without the discovery CHAP secret is refused")
+        # Mutual CHAP in discovery: the target proves --mutual-chap's secret (the quick-mode default).
+        mutual = f"iscsi://disco%{DISCOVERY_SECRET}@{portal}?target_user=target1&target_password="
+        rc, out = run(["iscsi-ls", "-i", GOOD, mutual + TARGET_SECRET])
+        check(f"Target:{IQN}" in out, "mutual CHAP in a discovery session lists the target")
+        rc, out = run(["iscsi-ls", "-i", GOOD, mutual + "not-the-target-secret"])
+        check("Target:" not in out, "mutual CHAP in discovery with a wrong target secret fails")
     finally:
         rc = daemon.stop()
         check(rc == 0, f"ispaced exits 0 on SIGTERM (got {rc})")

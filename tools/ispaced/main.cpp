@@ -43,7 +43,8 @@ Sizes take K, M, G, T suffixes (powers of 1024).
 
 Security: --chap USER:SECRET makes CHAP mandatory (secrets of 12 bytes or more); --mutual-chap
 USER:SECRET is what the target proves to initiators that ask for mutual CHAP; --discovery-chap
-USER:SECRET guards SendTargets; --allow IQN[@CIDR] (repeatable) admits only the initiators listed,
+USER:SECRET guards SendTargets, where the target proves --discovery-mutual-chap USER:SECRET (by
+default the --mutual-chap one) to initiators that ask; --allow IQN[@CIDR] (repeatable) admits only the initiators listed,
 and SendTargets lists a target only to initiators it admits.
 
 Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
     std::string chap;
     std::string mutual_chap;
     std::string discovery_chap;
+    std::string discovery_mutual_chap;
     std::vector<std::string> allow;
     std::string state_dir;
     std::string alias;
@@ -87,6 +89,9 @@ int main(int argc, char** argv) {
     app.add_option("--chap", chap, "Require CHAP: USER:SECRET the initiator must present");
     app.add_option("--mutual-chap", mutual_chap, "USER:SECRET the target presents for mutual CHAP");
     app.add_option("--discovery-chap", discovery_chap, "Require CHAP for discovery sessions: USER:SECRET");
+    app.add_option("--discovery-mutual-chap", discovery_mutual_chap,
+                   "USER:SECRET the target presents for mutual CHAP in discovery sessions "
+                   "(default: the --mutual-chap one, when --discovery-chap is given)");
     app.add_option("--allow", allow, "Admit only this initiator, IQN[@CIDR]; repeat for more (default: all)");
     app.add_option("--state-dir", state_dir,
                    "Where persistent-reservation state is kept (default: beside each file LUN)");
@@ -169,6 +174,14 @@ int main(int argc, char** argv) {
         target.chap = credentials(chap, "--chap");
         target.mutual_chap = credentials(mutual_chap, "--mutual-chap");
         config.discovery_chap = credentials(discovery_chap, "--discovery-chap");
+        // One target in quick mode, so one identity to prove: an initiator that uses mutual CHAP for
+        // its sessions (iscsi-ls with target_user=) asks for it in discovery too.
+        config.discovery_mutual_chap = credentials(discovery_mutual_chap, "--discovery-mutual-chap");
+        // (Not when its secret is the discovery one: equal secrets would make the target an oracle.)
+        if (!config.discovery_mutual_chap && config.discovery_chap && target.mutual_chap &&
+            target.mutual_chap->secret != config.discovery_chap->secret) {
+            config.discovery_mutual_chap = target.mutual_chap;
+        }
         for (const std::string& entry : allow) {
             auto parsed = target::parse_allow(entry);
             if (!parsed) {

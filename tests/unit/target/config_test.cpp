@@ -1,4 +1,5 @@
-// The JSON configuration file: limits, their defaults, and the refusal of keys nobody defined.
+// The JSON configuration file: limits and their defaults, discovery CHAP, and the refusal of keys
+// and values nobody defined.
 #include "target/config.hpp"
 
 #include <gtest/gtest.h>
@@ -71,6 +72,32 @@ TEST(Config, RefusesUnknownAndOutOfRangeLimits) {
         auto config = load_config_file(file.path());
         EXPECT_FALSE(config) << limits;
     }
+}
+
+std::string with_discovery(const std::string& discovery) {
+    return R"({"discovery": )" + discovery +
+           R"(, "targets": [{"iqn": "iqn.2026-11.org.example:t", "luns": ["memory:16M"]}]})";
+}
+
+TEST(Config, DiscoveryTakesMutualChap) {
+    ConfigFile file(with_discovery(R"({"chap": "disco:discovery-secret-1", "mutual_chap": "tgt:target-proof-22"})"));
+    auto config = load_config_file(file.path());
+    ASSERT_TRUE(config) << config.error().message;
+    ASSERT_TRUE(config->discovery_mutual_chap);
+    EXPECT_EQ(config->discovery_mutual_chap->user, "tgt");
+    EXPECT_TRUE(validate(*config));
+}
+
+TEST(Config, DiscoveryMutualChapNeedsDiscoveryChapAndItsOwnSecret) {
+    ConfigFile alone(with_discovery(R"({"mutual_chap": "tgt:target-proof-22"})"));
+    auto config = load_config_file(alone.path());
+    EXPECT_TRUE(!config || !validate(*config));
+    ConfigFile same(with_discovery(R"({"chap": "disco:same-secret-1234", "mutual_chap": "tgt:same-secret-1234"})"));
+    config = load_config_file(same.path());
+    EXPECT_TRUE(!config || !validate(*config));
+    ConfigFile short_secret(with_discovery(R"({"chap": "disco:discovery-secret-1", "mutual_chap": "tgt:short"})"));
+    config = load_config_file(short_secret.path());
+    EXPECT_TRUE(!config || !validate(*config));
 }
 
 } // namespace
