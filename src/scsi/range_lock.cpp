@@ -70,6 +70,23 @@ void RangeLock::release(Entry& entry) {
     resume_all(granted);
 }
 
+void RangeLock::abandon(Entry& entry) {
+    if (entry._state == Entry::State::idle) {
+        return;
+    }
+    if (entry._state == Entry::State::held_fast) {
+        entry._state = Entry::State::idle;
+        _fast.fetch_sub(1, std::memory_order_seq_cst);
+        return;
+    }
+    std::lock_guard lock(_mutex);
+    unlink(entry);
+    if (entry.exclusive) {
+        _exclusive.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    entry._state = Entry::State::idle;
+}
+
 // A fast-path holder left (or backed out). If that was the last one and an exclusive request waits,
 // it may now be grantable: the exclusive request saw _fast != 0 under the mutex and queued, so someone
 // must look again, and the last one out is the one who knows.

@@ -64,6 +64,9 @@ public:
     bool acquire(Entry& entry);
     // Gives a granted range back and grants what was waiting for it.
     void release(Entry& entry);
+    // Forgets a granted or waiting entry without granting anything: for teardown, when the reactors
+    // that would resume waiters are gone (a sanitize cut short by ispaced stopping).
+    void abandon(Entry& entry);
 
     // For tests and diagnostics.
     size_t queued() const;

@@ -83,6 +83,19 @@ public:
         : _lu(lu), _reactor(reactor), _action(action), _ause(ause),
           _pacer(lu.options().sanitize_bytes_per_second) {}
 
+    // Destroyed before finish() only when ispaced stops mid-operation (the reactor's timer or queue
+    // that owned it went away): nothing resumes it, so say how far it got.
+    ~SanitizeOp() {
+        if (!_began || _finished) {
+            return;
+        }
+        const SanitizeState& state = _lu.block_state().sanitize;
+        log_warn("lun {}: sanitize ({}) interrupted by shutdown after {} of {} blocks; the medium is only "
+                 "partly sanitized: run SANITIZE again",
+                 _lu.lun(), action_name(_action), state.done_blocks.load(), state.total_blocks.load());
+        _lu.block_state().range_lock.abandon(_range);
+    }
+
     // OVERWRITE: the pattern and how to apply it.
     void set_overwrite(std::span<const uint8_t> pattern, uint8_t passes, bool invert) {
         _pattern.assign(pattern.begin(), pattern.end());
@@ -97,6 +110,7 @@ public:
     // Takes the whole medium exclusively (in-flight commands finish first), then runs.
     void start() {
         SanitizeState& state = _lu.block_state().sanitize;
+        _began = true;
         _started = Pacer::Clock::now();
         state.done_blocks.store(0);
         state.total_blocks.store(_lu.block_count() * passes());
@@ -229,6 +243,7 @@ private:
     }
 
     void finish(int error) {
+        _finished = true;
         SanitizeState& state = _lu.block_state().sanitize;
         if (error) {
             log_error("lun {}: sanitize failed: {}; the logical unit is in the sanitize failure mode",
@@ -270,6 +285,8 @@ private:
     uint64_t _next = 0;      // next block of the pass
     uint64_t _in_flight = 0; // blocks of the write in flight
     Pacer _pacer;
+    bool _began = false;    // start() ran: the operation holds (or waits for) the whole medium
+    bool _finished = false; // finish() ran
     Pacer::Clock::time_point _started{};
     Pacer::Clock::time_point _chunk_started{};
     Buffer _chunk;

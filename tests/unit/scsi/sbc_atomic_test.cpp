@@ -59,6 +59,26 @@ TEST(RangeLock, SharedRequestsTakeTheFastPath) {
     EXPECT_EQ(lock.fast_holders(), 0u);
 }
 
+TEST(RangeLock, AbandonForgetsWithoutGranting) {
+    // Teardown: a sanitize holding the whole medium is dropped while a writer waits. Nothing may be
+    // resumed (its reactor is gone), and the lock must end empty.
+    RangeLock lock;
+    std::vector<int> order;
+    Request sanitize(0, 100, true, 1, &order), writer(10, 11, true, 2, &order);
+    ASSERT_TRUE(sanitize.acquire(lock));
+    EXPECT_FALSE(writer.acquire(lock));
+    lock.abandon(sanitize.entry);
+    EXPECT_FALSE(writer.granted);
+    EXPECT_EQ(lock.queued(), 1u);
+    lock.abandon(writer.entry);
+    EXPECT_EQ(lock.queued(), 0u);
+    lock.abandon(writer.entry); // already idle: nothing to do
+    Request later(0, 100, true, 3, &order);
+    EXPECT_TRUE(later.acquire(lock));
+    lock.release(later.entry);
+    EXPECT_EQ(order, (std::vector<int>{1, 3}));
+}
+
 TEST(RangeLock, ExclusiveWaitsForEveryFastHolder) {
     RangeLock lock;
     std::vector<int> order;
