@@ -15,6 +15,10 @@
 
 namespace ispace::scsi {
 
+namespace sbc {
+class SanitizeOp;
+}
+
 // SBC-4 4.11: while a sanitize operation runs, the logical unit refuses medium access (NOT READY,
 // SANITIZE IN PROGRESS); after one fails it stays in the sanitize failure mode (MEDIUM ERROR,
 // SANITIZE COMMAND FAILED) until a sanitize succeeds or, when allowed (AUSE), EXIT FAILURE MODE.
@@ -25,6 +29,10 @@ struct SanitizeState {
     // Progress for REQUEST SENSE's progress indication: blocks done of the total.
     std::atomic<uint64_t> done_blocks{0};
     std::atomic<uint64_t> total_blocks{0};
+    // The operation while it runs, so that whichever goes first at shutdown, the logical unit or the
+    // reactor that owns the operation, can cut the link (sbc::abandon_sanitize). Only touched at
+    // start, at the end, and at teardown, when no reactor runs.
+    sbc::SanitizeOp* op = nullptr;
 };
 
 // The outcome of one EXTENDED COPY (LID1) whose LIST ID USAGE asked the copy manager to hold it

@@ -4,6 +4,7 @@
 #include "common/log.hpp"
 #include "net/reactor.hpp"
 #include "scsi/command.hpp"
+#include "scsi/sbc.hpp"
 
 #include <algorithm>
 #include <fmt/format.h>
@@ -56,6 +57,8 @@ LogicalUnit::LogicalUnit(TargetDevice& target, uint64_t lun, std::unique_ptr<bac
 }
 
 LogicalUnit::~LogicalUnit() {
+    // A sanitize still running (ispaced stopping) outlives us in its reactor's timer or queue.
+    sbc::abandon_sanitize(*this);
     if (_task_count != 0) {
         log_error("lun {}: destroyed with {} tasks still in the engine", _lun, _task_count);
     }

@@ -55,6 +55,10 @@ std::optional<Sense> sanitize_refuses(const LogicalUnit& lu, const Operation& op
 // What REQUEST SENSE reports about a sanitize operation: NOT READY, SANITIZE IN PROGRESS with the
 // progress indication (the fraction done, in 65536ths) while it runs; the failure after one failed.
 std::optional<Sense> sanitize_status(const LogicalUnit& lu);
+// The logical unit is being destroyed (ispaced stops) while a sanitize runs: logs how far it got,
+// takes its range out of the lock, and cuts the operation loose, so that freeing it later touches
+// nothing of the logical unit. Call only when no reactor runs.
+void abandon_sanitize(LogicalUnit& lu);
 
 // --- sbc_vpd.cpp ---
 std::vector<uint8_t> block_limits_vpd(const LogicalUnit& lu);                 // B0h

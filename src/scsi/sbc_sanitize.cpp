@@ -76,24 +76,34 @@ const char* action_name(uint8_t action) {
     }
 }
 
-// One sanitize operation, alive from the SANITIZE command's validation to the last flush.
+} // namespace
+
+// One sanitize operation, alive from the SANITIZE command's validation to the last flush. Outside the
+// anonymous namespace only so that SanitizeState can point at it (block_state.hpp).
 class SanitizeOp {
 public:
     SanitizeOp(LogicalUnit& lu, net::Reactor* reactor, uint8_t action, bool ause)
         : _lu(lu), _reactor(reactor), _action(action), _ause(ause),
           _pacer(lu.options().sanitize_bytes_per_second) {}
 
-    // Destroyed before finish() only when ispaced stops mid-operation (the reactor's timer or queue
-    // that owned it went away): nothing resumes it, so say how far it got.
-    ~SanitizeOp() {
+    // Destroyed before finish() only when ispaced stops mid-operation: the reactor's timer or queue
+    // that owned it went away before the logical unit did (otherwise abandon() already ran).
+    ~SanitizeOp() { abandon(); }
+
+    // Shutdown cut the operation short; nothing will resume it. Says how far it got and leaves the
+    // logical unit as if it had ended, touching it for the last time.
+    void abandon() {
         if (!_began || _finished) {
             return;
         }
-        const SanitizeState& state = _lu.block_state().sanitize;
+        _finished = true;
+        SanitizeState& state = _lu.block_state().sanitize;
         log_warn("lun {}: sanitize ({}) interrupted by shutdown after {} of {} blocks; the medium is only "
                  "partly sanitized: run SANITIZE again",
                  _lu.lun(), action_name(_action), state.done_blocks.load(), state.total_blocks.load());
         _lu.block_state().range_lock.abandon(_range);
+        state.op = nullptr;
+        state.in_progress.store(false);
     }
 
     // OVERWRITE: the pattern and how to apply it.
@@ -111,6 +121,7 @@ public:
     void start() {
         SanitizeState& state = _lu.block_state().sanitize;
         _began = true;
+        state.op = this;
         _started = Pacer::Clock::now();
         state.done_blocks.store(0);
         state.total_blocks.store(_lu.block_count() * passes());
@@ -245,6 +256,7 @@ private:
     void finish(int error) {
         _finished = true;
         SanitizeState& state = _lu.block_state().sanitize;
+        state.op = nullptr;
         if (error) {
             log_error("lun {}: sanitize failed: {}; the logical unit is in the sanitize failure mode",
                       _lu.lun(), std::strerror(-error));
@@ -295,6 +307,8 @@ private:
     backstore::IoRequest _io;
     iovec _iov{};
 };
+
+namespace {
 
 // Validated: claims the logical unit for the operation and starts it.
 void begin(Command& cmd, SanitizeOp* op) {
@@ -445,6 +459,12 @@ std::optional<Sense> sanitize_status(const LogicalUnit& lu) {
         return Sense::make(SenseKey::medium_error, asc::sanitize_command_failed);
     }
     return std::nullopt;
+}
+
+void abandon_sanitize(LogicalUnit& lu) {
+    if (SanitizeOp* op = lu.block_state().sanitize.op) {
+        op->abandon();
+    }
 }
 
 } // namespace ispace::scsi::sbc

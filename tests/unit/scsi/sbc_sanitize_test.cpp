@@ -5,6 +5,7 @@
 #include "harness.hpp"
 
 #include "scsi/pacer.hpp"
+#include "scsi/sbc.hpp"
 
 #include <gtest/gtest.h>
 
@@ -401,8 +402,27 @@ TEST(Sanitize, PacedOverwriteWaitsBetweenChunks) {
     EXPECT_EQ(h.exec(cdb_bytes({0x12, 0, 0, 0, 96, 0}), 96)->status, Status::good);
     h.drain();
     EXPECT_EQ(count(h.device(), IoOp::write), 1u);
-    // The test ends with the operation owned by its timer; tearing the reactor down frees it (the
-    // logical unit's range lock, gone first, logs that the operation still held the medium).
+    // The test ends with the operation owned by its timer. The logical unit goes first (the harness's
+    // order) and cuts it loose; tearing the reactor down then frees it without touching the logical
+    // unit (ASan would see it). ispaced's order, reactors first, is the operation's own destructor.
+}
+
+TEST(Sanitize, ShutdownAbandonsARunningOperation) {
+    LuConfig config = small();
+    config.options.sanitize_bytes_per_second = 1;
+    Harness h(config);
+    auto t = overwrite(h, {7}, 1, false, /*immed*/ true);
+    h.exec(*t);
+    ASSERT_EQ(t->status, Status::good);
+    h.drain();
+    ASSERT_TRUE(h.lu().block_state().sanitize.in_progress);
+    EXPECT_EQ(h.lu().block_state().range_lock.queued(), 1u) << "the operation holds the whole medium";
+    sbc::abandon_sanitize(h.lu());
+    EXPECT_FALSE(h.lu().block_state().sanitize.in_progress);
+    EXPECT_EQ(h.lu().block_state().sanitize.op, nullptr);
+    EXPECT_EQ(h.lu().block_state().range_lock.queued(), 0u);
+    sbc::abandon_sanitize(h.lu()); // nothing left to abandon
+    EXPECT_EQ(count(h.device(), IoOp::write), 1u);
 }
 
 TEST(Sanitize, PacedOverwriteCompletes) {
