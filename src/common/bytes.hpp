@@ -1,10 +1,25 @@
-// Big-endian field access for wire formats (iSCSI PDUs, SCSI CDBs and parameter data).
+// Big-endian field access for wire formats (iSCSI PDUs, SCSI CDBs and parameter data), and the value
+// of a hex digit for the text forms of binary values (iSCSI keys, ISIDs, %XX escapes in URLs).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
 namespace ispace {
+
+// 0-15 for 0-9, a-f, A-F; -1 for anything else.
+inline int hex_digit_value(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
 
 inline uint16_t load_be16(const uint8_t* p) { return uint16_t(uint16_t(p[0]) << 8 | p[1]); }
 inline uint32_t load_be24(const uint8_t* p) { return uint32_t(p[0]) << 16 | uint32_t(p[1]) << 8 | p[2]; }

@@ -1,6 +1,8 @@
 // iscsi:// URLs: iscsi://[user%secret@]HOST[:PORT][/IQN[/LUN]][?key=value&...]
 #include "ispace/initiator.hpp"
 
+#include "common/bytes.hpp"
+
 #include <fmt/format.h>
 
 #include <cerrno>
@@ -15,19 +17,6 @@ Error url_error(std::string_view url, std::string what) {
         fmt::format("URL '{}': {} (expected iscsi://[user%secret@]HOST[:PORT]/IQN/LUN)", url, what), EINVAL);
 }
 
-int hex_value(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 // %XX escapes, so a secret may contain '@', '%', '/' or ':'.
 std::optional<std::string> percent_decode(std::string_view s) {
     std::string out;
@@ -36,8 +25,8 @@ std::optional<std::string> percent_decode(std::string_view s) {
             out += s[i];
             continue;
         }
-        int hi = i + 1 < s.size() ? hex_value(s[i + 1]) : -1;
-        int lo = i + 2 < s.size() ? hex_value(s[i + 2]) : -1;
+        int hi = i + 1 < s.size() ? hex_digit_value(s[i + 1]) : -1;
+        int lo = i + 2 < s.size() ? hex_digit_value(s[i + 2]) : -1;
         if (hi < 0 || lo < 0) {
             return std::nullopt;
         }

@@ -951,22 +951,10 @@ Result<Isid> parse_isid(std::string_view text) {
     if (digits.size() != 12) {
         return make_error(fmt::format("ISID '{}': expected 12 hex digits", text), EINVAL);
     }
-    auto nibble = [](char c) -> int {
-        if (c >= '0' && c <= '9') {
-            return c - '0';
-        }
-        if (c >= 'a' && c <= 'f') {
-            return c - 'a' + 10;
-        }
-        if (c >= 'A' && c <= 'F') {
-            return c - 'A' + 10;
-        }
-        return -1;
-    };
     Isid isid{};
     for (size_t i = 0; i < 6; ++i) {
-        int hi = nibble(digits[2 * i]);
-        int lo = nibble(digits[2 * i + 1]);
+        int hi = hex_digit_value(digits[2 * i]);
+        int lo = hex_digit_value(digits[2 * i + 1]);
         if (hi < 0 || lo < 0) {
             return make_error(fmt::format("ISID '{}': not a hex number", text), EINVAL);
         }

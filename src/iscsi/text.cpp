@@ -1,5 +1,7 @@
 #include "iscsi/text.hpp"
 
+#include "common/bytes.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -28,19 +30,6 @@ std::string printable_prefix(std::string_view text, size_t limit = 32) {
 bool is_label_char(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
            c == '+' || c == '@' || c == '_';
-}
-
-int hex_digit(char c) {
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
 }
 
 int base64_digit(char c) {
@@ -78,7 +67,7 @@ Result<std::vector<uint8_t>> decode_hex(std::string_view digits, size_t max_byte
     out.reserve((digits.size() + 1) / 2);
     size_t i = 0;
     if (digits.size() % 2 == 1) {
-        int d = hex_digit(digits[0]);
+        int d = hex_digit_value(digits[0]);
         if (d < 0) {
             return proto_error("bad hex digit in '" + printable_prefix(digits) + "'");
         }
@@ -86,8 +75,8 @@ Result<std::vector<uint8_t>> decode_hex(std::string_view digits, size_t max_byte
         i = 1;
     }
     for (; i < digits.size(); i += 2) {
-        int hi = hex_digit(digits[i]);
-        int lo = hex_digit(digits[i + 1]);
+        int hi = hex_digit_value(digits[i]);
+        int lo = hex_digit_value(digits[i + 1]);
         if (hi < 0 || lo < 0) {
             return proto_error("bad hex digit in '" + printable_prefix(digits) + "'");
         }
