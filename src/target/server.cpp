@@ -439,12 +439,22 @@ bool Server::shutdown(std::chrono::milliseconds grace) {
             listener->close_socket(first);
         }
     });
+    // Every reactor must have run its close_all_on before we look at the counters: with no connection
+    // open the counters are already zero, and a close task still queued when the reactors stop would
+    // otherwise run during their teardown, after this Server's state is gone.
+    size_t closes_run = 0;
     for (unsigned i = 0; i < _reactors->size(); ++i) {
-        _reactors->at(i).post([this, i] { close_all_on(i, "ispaced is shutting down"); });
+        _reactors->at(i).post([this, i, &closes_run] {
+            close_all_on(i, "ispaced is shutting down");
+            std::lock_guard lock(_drain_mutex);
+            ++closes_run;
+            _drained.notify_all();
+        });
     }
     bool clean = true;
     {
         std::unique_lock lock(_drain_mutex);
+        _drained.wait(lock, [&] { return closes_run == _reactors->size(); });
         clean = _drained.wait_for(lock, grace, [this] {
             return _open_connections.load() == 0 && _live_sessions.load() == 0;
         });
@@ -488,6 +498,9 @@ bool Server::shutdown(std::chrono::milliseconds grace) {
     }
     _reactors->stop();
     _reactors->join();
+    // Destroy the reactors now, while everything their teardown may still run (posted and deferred
+    // work, I/O completions) refers to is alive: connections, _local, the targets.
+    _reactors.reset();
     _listeners.clear();
     log_info("shutdown complete");
     return clean && flush_ok;

@@ -143,7 +143,6 @@ private:
 
     ServerConfig _config;
     std::vector<std::unique_ptr<Target>> _targets;
-    std::unique_ptr<net::ReactorGroup> _reactors;
     std::vector<std::unique_ptr<Listener>> _listeners;
     std::vector<ReactorLocal> _local;
     SessionRegistry _sessions;
@@ -154,6 +153,9 @@ private:
     std::mutex _drain_mutex;
     std::condition_variable _drained;
     bool _started = false;
+    // Declared last so that it is destroyed first: a reactor's teardown runs what is still posted to
+    // it, and that work refers to everything above. shutdown() destroys it explicitly too.
+    std::unique_ptr<net::ReactorGroup> _reactors;
 };
 
 } // namespace ispace::target
