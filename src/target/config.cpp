@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cstring>
 #include <fstream>
@@ -230,6 +231,119 @@ Result<void> validate(const ServerConfig& config) {
     return {};
 }
 
+// ---- Command-line overlay --------------------------------------------------------------------------
+
+Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay) {
+    for (const std::string& listen : overlay.listen) {
+        bool present = std::any_of(config.portals.begin(), config.portals.end(),
+                                   [&](const PortalConfig& p) { return p.listen == listen; });
+        if (!present) {
+            uint16_t tpgt = 1;
+            for (const PortalConfig& p : config.portals) {
+                tpgt = std::max<uint16_t>(tpgt, uint16_t(p.tpgt + 1));
+            }
+            config.portals.push_back({listen, tpgt});
+        }
+    }
+    if (config.portals.empty()) {
+        config.portals.push_back({"127.0.0.1:3260", 1});
+    }
+    if (overlay.reactors) {
+        config.reactors = *overlay.reactors;
+    }
+    if (overlay.state_dir) {
+        config.state_dir = *overlay.state_dir;
+    }
+
+    // The targets the per-target flags apply to.
+    std::vector<TargetConfig*> scope;
+    if (!overlay.iqn.empty()) {
+        auto it = std::find_if(config.targets.begin(), config.targets.end(),
+                               [&](const TargetConfig& t) { return t.iqn == overlay.iqn; });
+        if (it == config.targets.end()) {
+            TargetConfig created;
+            created.iqn = overlay.iqn;
+            config.targets.push_back(std::move(created));
+            it = std::prev(config.targets.end());
+        }
+        scope.push_back(&*it);
+        if (overlay.alias) {
+            it->alias = *overlay.alias;
+        }
+        uint64_t next = 0;
+        for (const LunConfig& lun : it->luns) {
+            next = std::max(next, lun.lun + 1);
+        }
+        for (const std::string& text : overlay.luns) {
+            auto spec = backstore::parse_device_spec(text);
+            if (!spec) {
+                return make_error(fmt::format("--lun {} ({}): {}", next, text, spec.error().message));
+            }
+            it->luns.push_back({next++, text, *spec});
+        }
+    } else {
+        if (!overlay.luns.empty()) {
+            return make_error("--lun needs --iqn to say which target the LUN belongs to");
+        }
+        if (overlay.alias) {
+            return make_error("--alias needs --iqn to say which target it names");
+        }
+        for (TargetConfig& target : config.targets) {
+            scope.push_back(&target);
+        }
+    }
+    bool per_target = overlay.chap || overlay.mutual_chap || !overlay.allow.empty();
+    if (per_target && scope.empty()) {
+        return make_error(fmt::format("{} applies to targets, and the configuration defines none (add one to "
+                                      "the file, or give --iqn and --lun)",
+                                      overlay.chap ? "--chap" : overlay.mutual_chap ? "--mutual-chap" : "--allow"));
+    }
+    for (TargetConfig* target : scope) {
+        if (overlay.chap) {
+            target->chap = overlay.chap;
+        }
+        if (overlay.mutual_chap) {
+            target->mutual_chap = overlay.mutual_chap;
+        }
+        target->acl.insert(target->acl.end(), overlay.allow.begin(), overlay.allow.end());
+    }
+    if (overlay.discovery_chap) {
+        config.discovery_chap = overlay.discovery_chap;
+    }
+    if (overlay.discovery_mutual_chap) {
+        config.discovery_mutual_chap = overlay.discovery_mutual_chap;
+    }
+    // One target, so one identity to prove: an initiator that uses mutual CHAP for its sessions
+    // (iscsi-ls with target_user=) asks for it in discovery too. Not when its secret is the discovery
+    // one: equal secrets would make the target an oracle.
+    if (!config.discovery_mutual_chap && config.discovery_chap && config.targets.size() == 1 &&
+        config.targets[0].mutual_chap && config.targets[0].mutual_chap->secret != config.discovery_chap->secret) {
+        config.discovery_mutual_chap = config.targets[0].mutual_chap;
+    }
+
+    Limits& limits = config.limits;
+    if (overlay.queue_depth) {
+        limits.queue_depth = *overlay.queue_depth;
+    }
+    if (overlay.max_transfer_bytes) {
+        limits.max_transfer_bytes = *overlay.max_transfer_bytes;
+    }
+    if (overlay.login_timeout) {
+        limits.login_timeout = *overlay.login_timeout;
+    }
+    if (overlay.nop_interval) {
+        limits.nop_interval = *overlay.nop_interval;
+    }
+    if (overlay.nop_timeout) {
+        limits.nop_timeout = *overlay.nop_timeout;
+    }
+    limits.nop_timeout = std::max(limits.nop_timeout, limits.nop_interval);
+    if (overlay.sanitize_bytes_per_second) {
+        limits.sanitize_bytes_per_second = *overlay.sanitize_bytes_per_second;
+    }
+    return {};
+}
+
 // ---- Configuration file ----------------------------------------------------------------------------
 
 namespace {
@@ -350,9 +464,8 @@ Result<ServerConfig> read_config(const json& root) {
         } else {
             return make_error("config: \"listen\" is a string or a list of strings");
         }
-    } else {
-        config.portals.push_back({"127.0.0.1:3260", 1});
     }
+    // No "listen": apply_overlay() adds 127.0.0.1:3260 unless --listen gives a portal.
     if (root.contains("reactors")) {
         auto n = read_unsigned(root, "reactors", "config");
         if (!n) {

@@ -104,6 +104,34 @@ struct ServerConfig {
     std::string state_dir;
 };
 
+// Settings given on the command line, applied over a configuration file (or over an empty one in quick
+// mode) by one rule: a flag that takes one value replaces the file's value; a repeatable flag (--listen,
+// --lun, --allow) adds entries to the file's list. Security settings apply to the target named by
+// --iqn, or to every target of the file when --iqn is not given; they are never dropped silently.
+struct ConfigOverlay {
+    std::vector<std::string> listen;       // portals added (a portal the file already has is not repeated)
+    std::optional<unsigned> reactors;
+    std::optional<std::string> state_dir;
+    std::string iqn;                       // the target --alias/--lun/--chap/--allow apply to (created if new)
+    std::optional<std::string> alias;
+    std::vector<std::string> luns;         // numbered after the target's highest LUN
+    std::optional<iscsi::ChapCredentials> chap;
+    std::optional<iscsi::ChapCredentials> mutual_chap;
+    std::vector<AclEntry> allow;
+    std::optional<iscsi::ChapCredentials> discovery_chap;
+    std::optional<iscsi::ChapCredentials> discovery_mutual_chap;
+    std::optional<uint32_t> queue_depth;
+    std::optional<uint32_t> max_transfer_bytes;
+    std::optional<std::chrono::milliseconds> login_timeout;
+    std::optional<std::chrono::milliseconds> nop_interval;
+    std::optional<std::chrono::milliseconds> nop_timeout;
+    std::optional<uint64_t> sanitize_bytes_per_second;
+};
+
+// Applies `overlay` to `config` (see ConfigOverlay). Fails, naming the flag, when a flag has nothing to
+// apply to (--lun without --iqn beside a file; --chap or --allow with no target at all).
+Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay);
+
 // Checks a whole configuration (names, LUN numbers, CHAP secrets, ACLs) before anything is opened.
 // Errors name the target and field at fault and never echo a secret.
 Result<void> validate(const ServerConfig& config);

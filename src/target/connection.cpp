@@ -359,6 +359,7 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
                  _peer.to_string(), _target->config.iqn);
         return info;
     }
+    info.negotiation.alias = _target->config.alias; // TargetAlias is the target's own
     // With CHAP configured, None is not acceptable: an initiator that cannot authenticate is refused.
     info.auth_methods = {std::string(_target->config.chap ? iscsi::auth_method_chap : iscsi::auth_method_none)};
     if (!identity.leading()) {

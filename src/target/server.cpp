@@ -220,6 +220,14 @@ Result<void> Server::start() {
         return make_error("negotiation settings: " + valid.error().message);
     }
     for (const TargetConfig& tc : _config.targets) {
+        // What protects the target, said once at start so that an administrator reading the log knows.
+        log_info("target {}: {}; {}", tc.iqn,
+                 tc.chap ? fmt::format("CHAP required (user {}{})", tc.chap->user,
+                                       tc.mutual_chap ? ", mutual CHAP offered" : "")
+                         : std::string("no authentication"),
+                 tc.acl.empty() ? std::string("no ACL: every initiator may log in")
+                                : fmt::format("ACL admits {} initiator entr{}", tc.acl.size(),
+                                              tc.acl.size() == 1 ? "y" : "ies"));
         auto target = std::make_unique<Target>();
         target->config = tc;
         target->device = std::make_unique<scsi::TargetDevice>(tc.iqn);

@@ -104,6 +104,32 @@ def main():
     finally:
         daemon.stop()
 
+    # Flags beside --config apply on top of the file (a security flag is never dropped silently): the
+    # file defines an open target, --chap and --allow close it.
+    with open(config, "w") as f:
+        json.dump({"listen": "127.0.0.1:0", "targets": [{"iqn": IQN, "luns": ["memory:16M"]}]}, f)
+    daemon = ispace_testlib.Ispaced(binary, ["--config", config, "--chap", f"alice:{SECRET}", "--allow", GOOD],
+                                    log_path=log).start()
+    lun = f"{daemon.portal()}/{IQN}/0"
+    try:
+        rc, out = run(["iscsi-inq", "-i", GOOD, f"iscsi://{lun}"])
+        check(rc != 0 and "Authentication failure" in out, "--chap beside --config: a login without CHAP is refused")
+        rc, out = run(["iscsi-inq", "-i", BAD, f"iscsi://alice%{SECRET}@{lun}"])
+        check(rc != 0 and "Authorization failure" in out, "--allow beside --config: another initiator is refused")
+        rc, out = run(["iscsi-inq", "-i", GOOD, f"iscsi://alice%{SECRET}@{lun}"])
+        check(rc == 0, "--chap and --allow beside --config: the allowed initiator with the secret logs in")
+        check("CHAP required" in daemon.log_tail(200) and "ACL admits 1" in daemon.log_tail(200),
+              "the start-up log says CHAP and the ACL are in force")
+    finally:
+        daemon.stop()
+    # With a file that has no target, --chap has nothing to protect: refused, not ignored.
+    with open(config, "w") as f:
+        json.dump({"listen": "127.0.0.1:0", "targets": []}, f)
+    r = subprocess.run([binary, "--config", config, "--chap", f"alice:{SECRET}"], capture_output=True, text=True,
+                       timeout=30)
+    check(r.returncode == 2 and "--chap" in r.stderr and SECRET not in r.stderr,
+          "--chap beside a configuration without targets is an error, not ignored")
+
     # A configuration with a secret under 12 bytes does not start.
     r = subprocess.run([binary, "--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:1M", "--chap", "bob:short"],
                        capture_output=True, text=True, timeout=30)

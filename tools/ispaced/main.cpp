@@ -33,6 +33,10 @@ ACLs with LUN masking and read-only mappings); see docs/configuration.md:
 
   ispaced --config /etc/ispace/ispaced.json
 
+Flags beside --config apply on top of the file: a flag that takes one value replaces the file's, a
+repeatable flag (--listen, --lun, --allow) adds to the file's list. Without --iqn, --chap and --allow
+apply to every target of the file.
+
 LUNs are numbered from 0 in the order given. LUN specs:
   PATH[,size=SIZE][,block=512|4096][,thin][,ro][,direct]
         a file (created when missing and size= is given; sparse with thin, where UNMAP
@@ -81,11 +85,13 @@ int main(int argc, char** argv) {
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
                    "port 0 picks a free port)")
         ->default_str("127.0.0.1:3260");
-    auto* config_option = app.add_option("--config", config_path, "JSON configuration file (instead of --iqn/--lun)");
-    auto* iqn_option = app.add_option("--iqn", iqn, "iSCSI name of the target, e.g. iqn.2026-11.org.example:disk1");
-    app.add_option("--alias", alias, "TargetAlias shown to initiators");
-    auto* lun_option = app.add_option("--lun", luns, "A logical unit (see LUN specs above); repeat for more");
-    config_option->excludes(iqn_option)->excludes(lun_option);
+    app.add_option("--config", config_path,
+                   "JSON configuration file; flags given beside it apply on top (see docs/configuration.md)");
+    app.add_option("--iqn", iqn,
+                   "iSCSI name of the target that --lun, --alias, --chap and --allow apply to, e.g. "
+                   "iqn.2026-11.org.example:disk1");
+    auto* alias_option = app.add_option("--alias", alias, "TargetAlias shown to initiators");
+    app.add_option("--lun", luns, "A logical unit (see LUN specs above); repeat for more");
     app.add_option("--chap", chap, "Require CHAP: USER:SECRET the initiator must present");
     app.add_option("--mutual-chap", mutual_chap, "USER:SECRET the target presents for mutual CHAP");
     app.add_option("--discovery-chap", discovery_chap, "Require CHAP for discovery sessions: USER:SECRET");
@@ -93,21 +99,21 @@ int main(int argc, char** argv) {
                    "USER:SECRET the target presents for mutual CHAP in discovery sessions "
                    "(default: the --mutual-chap one, when --discovery-chap is given)");
     app.add_option("--allow", allow, "Admit only this initiator, IQN[@CIDR]; repeat for more (default: all)");
-    app.add_option("--state-dir", state_dir,
+    auto* state_dir_option = app.add_option("--state-dir", state_dir,
                    "Where persistent-reservation state is kept (default: beside each file LUN)");
-    app.add_option("--reactors", reactors, "Event-loop threads (default: one per core)");
+    auto* reactors_option = app.add_option("--reactors", reactors, "Event-loop threads (default: one per core)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->default_str("info");
-    app.add_option("--queue-depth", queue_depth, "Commands a session may have outstanding (CmdSN window)")
+    auto* queue_depth_option = app.add_option("--queue-depth", queue_depth, "Commands a session may have outstanding (CmdSN window)")
         ->default_val(queue_depth)
         ->check(CLI::Range(1u, 4096u));
-    app.add_option("--max-transfer", max_transfer, "Largest data transfer of one command")->default_str("8M");
-    app.add_option("--login-timeout-ms", login_timeout_ms, "Drop a connection whose login takes longer")
+    auto* max_transfer_option = app.add_option("--max-transfer", max_transfer, "Largest data transfer of one command")->default_str("8M");
+    auto* login_timeout_option = app.add_option("--login-timeout-ms", login_timeout_ms, "Drop a connection whose login takes longer")
         ->default_val(login_timeout_ms);
-    app.add_option("--nop-interval-ms", nop_interval_ms, "Ping an idle connection after this long")
+    auto* nop_interval_option = app.add_option("--nop-interval-ms", nop_interval_ms, "Ping an idle connection after this long")
         ->default_val(nop_interval_ms);
-    app.add_option("--nop-timeout-ms", nop_timeout_ms, "Drop a connection silent for this long")
+    auto* nop_timeout_option = app.add_option("--nop-timeout-ms", nop_timeout_ms, "Drop a connection silent for this long")
         ->default_val(nop_timeout_ms);
-    app.add_option("--sanitize-rate", sanitize_rate,
+    auto* sanitize_rate_option = app.add_option("--sanitize-rate", sanitize_rate,
                    "Bytes per second SANITIZE OVERWRITE writes to one LUN, so it does not starve the others "
                    "(0: unlimited)")
         ->default_str("64M");
@@ -126,7 +132,9 @@ int main(int argc, char** argv) {
     }
     set_log_level(level);
 
+    // The file first (or nothing, in quick mode), then every flag over it: see target::ConfigOverlay.
     target::ServerConfig config;
+    config.negotiation = target::default_target_negotiation();
     if (!config_path.empty()) {
         auto loaded = target::load_config_file(config_path);
         if (!loaded) {
@@ -134,85 +142,77 @@ int main(int argc, char** argv) {
             return 2;
         }
         config = std::move(*loaded);
-    } else {
-        if (iqn.empty() || luns.empty()) {
-            std::fprintf(stderr, "ispaced: give --iqn and at least one --lun, or --config FILE (see --help)\n");
+    } else if (iqn.empty() || luns.empty()) {
+        std::fprintf(stderr, "ispaced: give --iqn and at least one --lun, or --config FILE (see --help)\n");
+        return 2;
+    }
+    auto credentials = [](const std::string& text, const char* flag) -> std::optional<iscsi::ChapCredentials> {
+        if (text.empty()) {
+            return std::nullopt;
+        }
+        auto parsed = iscsi::parse_chap_credentials(text);
+        if (!parsed) {
+            std::fprintf(stderr, "ispaced: %s: %s\n", flag, parsed.error().message.c_str());
+            std::exit(2);
+        }
+        return *parsed;
+    };
+    target::ConfigOverlay overlay;
+    overlay.listen = listen;
+    overlay.iqn = iqn;
+    if (alias_option->count()) {
+        overlay.alias = alias;
+    }
+    overlay.luns = luns;
+    overlay.chap = credentials(chap, "--chap");
+    overlay.mutual_chap = credentials(mutual_chap, "--mutual-chap");
+    overlay.discovery_chap = credentials(discovery_chap, "--discovery-chap");
+    overlay.discovery_mutual_chap = credentials(discovery_mutual_chap, "--discovery-mutual-chap");
+    for (const std::string& entry : allow) {
+        auto parsed = target::parse_allow(entry);
+        if (!parsed) {
+            std::fprintf(stderr, "ispaced: --allow: %s\n", parsed.error().message.c_str());
             return 2;
         }
-        config.reactors = reactors;
-        config.negotiation = target::default_target_negotiation();
-        config.negotiation.alias = alias;
-        if (listen.empty()) {
-            listen.push_back("127.0.0.1:3260");
-        }
-        uint16_t tpgt = 1;
-        for (const std::string& portal : listen) {
-            config.portals.push_back({portal, tpgt++});
-        }
-        target::TargetConfig target;
-        target.iqn = iqn;
-        target.alias = alias;
-        for (size_t i = 0; i < luns.size(); ++i) {
-            auto spec = backstore::parse_device_spec(luns[i]);
-            if (!spec) {
-                std::fprintf(stderr, "ispaced: lun %zu (%s): %s\n", i, luns[i].c_str(), spec.error().message.c_str());
-                return 2;
-            }
-            target.luns.push_back({uint64_t(i), luns[i], *spec});
-        }
-        auto credentials = [](const std::string& text, const char* flag) -> std::optional<iscsi::ChapCredentials> {
-            if (text.empty()) {
-                return std::nullopt;
-            }
-            auto parsed = iscsi::parse_chap_credentials(text);
-            if (!parsed) {
-                std::fprintf(stderr, "ispaced: %s: %s\n", flag, parsed.error().message.c_str());
-                std::exit(2);
-            }
-            return *parsed;
-        };
-        target.chap = credentials(chap, "--chap");
-        target.mutual_chap = credentials(mutual_chap, "--mutual-chap");
-        config.discovery_chap = credentials(discovery_chap, "--discovery-chap");
-        // One target in quick mode, so one identity to prove: an initiator that uses mutual CHAP for
-        // its sessions (iscsi-ls with target_user=) asks for it in discovery too.
-        config.discovery_mutual_chap = credentials(discovery_mutual_chap, "--discovery-mutual-chap");
-        // (Not when its secret is the discovery one: equal secrets would make the target an oracle.)
-        if (!config.discovery_mutual_chap && config.discovery_chap && target.mutual_chap &&
-            target.mutual_chap->secret != config.discovery_chap->secret) {
-            config.discovery_mutual_chap = target.mutual_chap;
-        }
-        for (const std::string& entry : allow) {
-            auto parsed = target::parse_allow(entry);
-            if (!parsed) {
-                std::fprintf(stderr, "ispaced: %s\n", parsed.error().message.c_str());
-                return 2;
-            }
-            target.acl.push_back(std::move(*parsed));
-        }
-        config.targets.push_back(std::move(target));
+        overlay.allow.push_back(std::move(*parsed));
     }
-    if (!state_dir.empty()) {
-        config.state_dir = state_dir;
+    if (reactors_option->count()) {
+        overlay.reactors = reactors;
     }
-
-    auto max_transfer_bytes = parse_size(max_transfer);
-    if (!max_transfer_bytes || *max_transfer_bytes < 4096 || *max_transfer_bytes > (64u << 20)) {
-        std::fprintf(stderr, "ispaced: --max-transfer must be a size from 4K to 64M\n");
+    if (state_dir_option->count()) {
+        overlay.state_dir = state_dir;
+    }
+    if (queue_depth_option->count()) {
+        overlay.queue_depth = queue_depth;
+    }
+    if (max_transfer_option->count()) {
+        auto bytes = parse_size(max_transfer);
+        if (!bytes || *bytes < 4096 || *bytes > (64u << 20)) {
+            std::fprintf(stderr, "ispaced: --max-transfer must be a size from 4K to 64M\n");
+            return 2;
+        }
+        overlay.max_transfer_bytes = uint32_t(*bytes);
+    }
+    if (login_timeout_option->count()) {
+        overlay.login_timeout = std::chrono::milliseconds(login_timeout_ms);
+    }
+    if (nop_interval_option->count()) {
+        overlay.nop_interval = std::chrono::milliseconds(nop_interval_ms);
+    }
+    if (nop_timeout_option->count()) {
+        overlay.nop_timeout = std::chrono::milliseconds(nop_timeout_ms);
+    }
+    if (sanitize_rate_option->count()) {
+        auto rate = parse_size(sanitize_rate);
+        if (!rate) {
+            std::fprintf(stderr, "ispaced: --sanitize-rate must be a size per second, e.g. 64M, or 0 for unlimited\n");
+            return 2;
+        }
+        overlay.sanitize_bytes_per_second = *rate;
+    }
+    if (auto applied = target::apply_overlay(config, overlay); !applied) {
+        std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
         return 2;
-    }
-    auto sanitize_bytes_per_second = parse_size(sanitize_rate);
-    if (!sanitize_bytes_per_second) {
-        std::fprintf(stderr, "ispaced: --sanitize-rate must be a size per second, e.g. 64M, or 0 for unlimited\n");
-        return 2;
-    }
-    if (config_path.empty()) {
-        config.limits.sanitize_bytes_per_second = *sanitize_bytes_per_second;
-        config.limits.queue_depth = queue_depth;
-        config.limits.max_transfer_bytes = uint32_t(*max_transfer_bytes);
-        config.limits.login_timeout = std::chrono::milliseconds(login_timeout_ms);
-        config.limits.nop_interval = std::chrono::milliseconds(nop_interval_ms);
-        config.limits.nop_timeout = std::chrono::milliseconds(std::max(nop_timeout_ms, nop_interval_ms));
     }
     // MaxBurstLength above the transfer limit would only invite R2Ts we never send.
     config.negotiation.max_burst_length = std::min(config.negotiation.max_burst_length, config.limits.max_transfer_bytes);

@@ -85,6 +85,7 @@ TEST(Config, DiscoveryTakesMutualChap) {
     ASSERT_TRUE(config) << config.error().message;
     ASSERT_TRUE(config->discovery_mutual_chap);
     EXPECT_EQ(config->discovery_mutual_chap->user, "tgt");
+    ASSERT_TRUE(apply_overlay(*config, {})); // as ispaced does: the default portal when none is given
     EXPECT_TRUE(validate(*config));
 }
 
@@ -98,6 +99,66 @@ TEST(Config, DiscoveryMutualChapNeedsDiscoveryChapAndItsOwnSecret) {
     ConfigFile short_secret(with_discovery(R"({"chap": "disco:discovery-secret-1", "mutual_chap": "tgt:short"})"));
     config = load_config_file(short_secret.path());
     EXPECT_TRUE(!config || !validate(*config));
+}
+
+// Flags beside --config: one value replaces, a repeatable flag adds; security flags reach every target.
+TEST(ConfigOverlay, SecurityFlagsApplyToEveryTargetOfTheFile) {
+    ConfigFile file(R"({"targets": [{"iqn": "iqn.2026-11.org.example:a", "luns": ["memory:16M"]},
+                                     {"iqn": "iqn.2026-11.org.example:b", "luns": ["memory:16M"],
+                                      "allow": ["iqn.2026-11.org.example:old"]}]})");
+    auto config = load_config_file(file.path());
+    ASSERT_TRUE(config) << config.error().message;
+    ConfigOverlay overlay;
+    overlay.chap = iscsi::ChapCredentials{"alice", "alice-secret-1234"};
+    overlay.allow.push_back(*parse_allow("iqn.2026-11.org.example:host1"));
+    ASSERT_TRUE(apply_overlay(*config, overlay));
+    ASSERT_EQ(config->targets.size(), 2u);
+    for (const TargetConfig& target : config->targets) {
+        ASSERT_TRUE(target.chap) << target.iqn;
+        EXPECT_EQ(target.chap->user, "alice");
+        EXPECT_TRUE(find_acl_entry(target.acl, "iqn.2026-11.org.example:host1", net::Endpoint{}) != nullptr);
+    }
+    EXPECT_EQ(config->targets[1].acl.size(), 2u); // added to the file's list, not replacing it
+    EXPECT_TRUE(validate(*config));
+}
+
+TEST(ConfigOverlay, IqnScopesTheFlagsAndLunsAreNumberedAfterTheFile) {
+    ConfigFile file(R"({"listen": "127.0.0.1:3260",
+                        "targets": [{"iqn": "iqn.2026-11.org.example:a", "luns": ["memory:16M", {"lun": 4, "spec": "memory:8M"}]},
+                                    {"iqn": "iqn.2026-11.org.example:b", "luns": ["memory:16M"]}]})");
+    auto config = load_config_file(file.path());
+    ASSERT_TRUE(config) << config.error().message;
+    ConfigOverlay overlay;
+    overlay.iqn = "iqn.2026-11.org.example:a";
+    overlay.luns = {"null:1G"};
+    overlay.allow.push_back(*parse_allow("iqn.2026-11.org.example:host1"));
+    overlay.listen = {"127.0.0.1:3260", "127.0.0.1:3261"};
+    overlay.queue_depth = 32;
+    ASSERT_TRUE(apply_overlay(*config, overlay));
+    EXPECT_EQ(config->targets[0].luns.back().lun, 5u);
+    EXPECT_EQ(config->targets[0].acl.size(), 1u);
+    EXPECT_TRUE(config->targets[1].acl.empty());
+    ASSERT_EQ(config->portals.size(), 2u); // the file's portal is not repeated
+    EXPECT_EQ(config->portals[1].tpgt, 2);
+    EXPECT_EQ(config->limits.queue_depth, 32u);
+}
+
+TEST(ConfigOverlay, AFlagWithNothingToApplyToIsAnError) {
+    ServerConfig empty;
+    ConfigOverlay chap;
+    chap.chap = iscsi::ChapCredentials{"alice", "alice-secret-1234"};
+    auto applied = apply_overlay(empty, chap);
+    ASSERT_FALSE(applied);
+    EXPECT_NE(applied.error().message.find("--chap"), std::string::npos);
+    EXPECT_EQ(applied.error().message.find("alice-secret"), std::string::npos);
+    ConfigOverlay lun;
+    lun.luns = {"memory:1M"};
+    EXPECT_FALSE(apply_overlay(empty, lun));
+    // Nothing given: the default portal, and nothing else.
+    ServerConfig config;
+    ASSERT_TRUE(apply_overlay(config, ConfigOverlay{}));
+    ASSERT_EQ(config.portals.size(), 1u);
+    EXPECT_EQ(config.portals[0].listen, "127.0.0.1:3260");
 }
 
 } // namespace
