@@ -5,7 +5,7 @@
 #include "common/log.hpp"
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
-#include "target/server.hpp"
+#include "iscsi_target/server.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> luns;
     unsigned reactors = 0;
     std::string log_level = "info";
-    target::Limits limits;
+    iscsi_target::Limits limits;
     uint32_t queue_depth = limits.queue_depth;
     std::string max_transfer = "8M";
     unsigned login_timeout_ms = unsigned(limits.login_timeout.count());
@@ -132,11 +132,11 @@ int main(int argc, char** argv) {
     }
     set_log_level(level);
 
-    // The file first (or nothing, in quick mode), then every flag over it: see target::ConfigOverlay.
-    target::ServerConfig config;
-    config.negotiation = target::default_target_negotiation();
+    // The file first (or nothing, in quick mode), then every flag over it: see iscsi_target::ConfigOverlay.
+    iscsi_target::ServerConfig config;
+    config.negotiation = iscsi_target::default_target_negotiation();
     if (!config_path.empty()) {
-        auto loaded = target::load_config_file(config_path);
+        auto loaded = iscsi_target::load_config_file(config_path);
         if (!loaded) {
             std::fprintf(stderr, "ispaced: %s\n", loaded.error().message.c_str());
             return 2;
@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
         }
         return *parsed;
     };
-    target::ConfigOverlay overlay;
+    iscsi_target::ConfigOverlay overlay;
     overlay.listen = listen;
     overlay.iqn = iqn;
     if (alias_option->count()) {
@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
     overlay.discovery_chap = credentials(discovery_chap, "--discovery-chap");
     overlay.discovery_mutual_chap = credentials(discovery_mutual_chap, "--discovery-mutual-chap");
     for (const std::string& entry : allow) {
-        auto parsed = target::parse_allow(entry);
+        auto parsed = iscsi_target::parse_allow(entry);
         if (!parsed) {
             std::fprintf(stderr, "ispaced: --allow: %s\n", parsed.error().message.c_str());
             return 2;
@@ -210,7 +210,7 @@ int main(int argc, char** argv) {
         }
         overlay.sanitize_bytes_per_second = *rate;
     }
-    if (auto applied = target::apply_overlay(config, overlay); !applied) {
+    if (auto applied = iscsi_target::apply_overlay(config, overlay); !applied) {
         std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
         return 2;
     }
@@ -227,14 +227,14 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    target::Server server(std::move(config));
+    iscsi_target::Server server(std::move(config));
     if (auto started = server.start(); !started) {
         log_error("{}", started.error().message);
         return 1;
     }
     for (const net::Endpoint& endpoint : server.portal_endpoints()) {
         for (auto& served : server.targets()) {
-            for (const target::LunConfig& lun : served->config.luns) {
+            for (const iscsi_target::LunConfig& lun : served->config.luns) {
                 // Printed whatever the log level: scripts wait for these lines.
                 log_write(LogLevel::info,
                           fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), served->config.iqn, lun.lun));

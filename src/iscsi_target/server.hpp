@@ -6,7 +6,7 @@
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
 #include "scsi/target.hpp"
-#include "target/config.hpp"
+#include "iscsi_target/config.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -20,7 +20,7 @@
 #include <tuple>
 #include <vector>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 
 class Connection;
 class Session;
@@ -158,4 +158,4 @@ private:
     std::unique_ptr<net::ReactorGroup> _reactors;
 };
 
-} // namespace ispace::target
+} // namespace ispace::iscsi_target

@@ -23,7 +23,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 
 class Connection;
 class Server;
@@ -204,4 +204,4 @@ private:
     std::vector<Function<void()>> _on_drained;
 };
 
-} // namespace ispace::target
+} // namespace ispace::iscsi_target

@@ -1,4 +1,4 @@
-#include "target/config.hpp"
+#include "iscsi_target/config.hpp"
 
 #include "common/units.hpp"
 #include "iscsi/text.hpp"
@@ -13,7 +13,7 @@
 #include <set>
 #include <sstream>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 
 // ---- CIDR ------------------------------------------------------------------------------------------
 
@@ -655,4 +655,4 @@ Result<ServerConfig> load_config_file(const std::string& path) {
     return config;
 }
 
-} // namespace ispace::target
+} // namespace ispace::iscsi_target

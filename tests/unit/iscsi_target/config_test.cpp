@@ -1,6 +1,6 @@
 // The JSON configuration file: limits and their defaults, discovery CHAP, and the refusal of keys
 // and values nobody defined.
-#include "target/config.hpp"
+#include "iscsi_target/config.hpp"
 
 #include <gtest/gtest.h>
 
@@ -9,7 +9,7 @@
 #include <string>
 #include <unistd.h>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 namespace {
 
 // A configuration file in /tmp, removed when the test ends.
@@ -162,4 +162,4 @@ TEST(ConfigOverlay, AFlagWithNothingToApplyToIsAnError) {
 }
 
 } // namespace
-} // namespace ispace::target
+} // namespace ispace::iscsi_target

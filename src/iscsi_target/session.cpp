@@ -1,15 +1,15 @@
-#include "target/session.hpp"
+#include "iscsi_target/session.hpp"
 
 #include "common/log.hpp"
 #include "net/reactor.hpp"
-#include "target/connection.hpp"
-#include "target/server.hpp"
+#include "iscsi_target/connection.hpp"
+#include "iscsi_target/server.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 namespace {
 
 std::atomic<uint64_t> g_next_nexus_id{1};
@@ -887,4 +887,4 @@ void Session::maybe_destroy() {
     });
 }
 
-} // namespace ispace::target
+} // namespace ispace::iscsi_target

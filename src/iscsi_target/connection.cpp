@@ -1,13 +1,13 @@
-#include "target/connection.hpp"
+#include "iscsi_target/connection.hpp"
 
 #include "common/log.hpp"
-#include "target/server.hpp"
-#include "target/session.hpp"
+#include "iscsi_target/server.hpp"
+#include "iscsi_target/session.hpp"
 
 #include <algorithm>
 #include <cstring>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 namespace {
 
 // Reads per readiness event before yielding to the reactor's other connections.
@@ -946,4 +946,4 @@ void Connection::logout_request(iscsi::ReceivedPdu& pdu) {
     });
 }
 
-} // namespace ispace::target
+} // namespace ispace::iscsi_target

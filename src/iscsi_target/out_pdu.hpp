@@ -13,7 +13,7 @@
 #include <memory>
 #include <vector>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 
 class OutPdu final : public net::OutItem {
 public:
@@ -78,4 +78,4 @@ private:
 
 inline void OutPdu::on_sent(bool) { _pool->put(*this); }
 
-} // namespace ispace::target
+} // namespace ispace::iscsi_target

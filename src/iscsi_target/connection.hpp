@@ -11,14 +11,14 @@
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
 #include "net/tcp_stream.hpp"
-#include "target/out_pdu.hpp"
-#include "target/session.hpp"
+#include "iscsi_target/out_pdu.hpp"
+#include "iscsi_target/session.hpp"
 
 #include <array>
 #include <memory>
 #include <string>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 
 class Server;
 class Session;
@@ -168,4 +168,4 @@ private:
     uint32_t _ping_ttt = iscsi::reserved_tag;
 };
 
-} // namespace ispace::target
+} // namespace ispace::iscsi_target

@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 
 struct LunConfig {
     uint64_t lun = 0;
@@ -144,4 +144,4 @@ Result<ServerConfig> load_config_file(const std::string& path);
 // the initiator decides), immediate data and unsolicited data accepted, several R2Ts in flight.
 iscsi::NegotiationConfig default_target_negotiation();
 
-} // namespace ispace::target
+} // namespace ispace::iscsi_target

@@ -1,9 +1,9 @@
-#include "target/server.hpp"
+#include "iscsi_target/server.hpp"
 
 #include "common/log.hpp"
 #include "iscsi/text.hpp"
-#include "target/connection.hpp"
-#include "target/session.hpp"
+#include "iscsi_target/connection.hpp"
+#include "iscsi_target/session.hpp"
 
 #include <algorithm>
 #include <arpa/inet.h>
@@ -14,7 +14,7 @@
 #include <thread>
 #include <unistd.h>
 
-namespace ispace::target {
+namespace ispace::iscsi_target {
 
 iscsi::NegotiationConfig default_target_negotiation() {
     iscsi::NegotiationConfig config;
@@ -514,4 +514,4 @@ bool Server::shutdown(std::chrono::milliseconds grace) {
     return clean && flush_ok;
 }
 
-} // namespace ispace::target
+} // namespace ispace::iscsi_target
