@@ -5,6 +5,7 @@
 #   make asan       the same tests built with AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS (default 60)
 #   make bench      benchmarks (ispaced against tgt, side by side)
+#   make lint       source checks CI runs first: clang-format drift
 #   make build      just build (build/)
 
 BUILD     ?= build
@@ -16,7 +17,7 @@ IQN       ?= iqn.2026-11.org.ispace:default
 CMAKE_FLAGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test asan fuzz bench clean
+.PHONY: all deps build run test asan fuzz bench clean lint
 
 all: build
 
@@ -52,6 +53,9 @@ asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DISPACE_SANITIZE=ON -DISPACE_BENCH=OFF
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	$(call ctest_with_reports,$(ASAN_BUILD),ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1)
+
+lint: deps
+	./scripts/check-format.sh
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -29,11 +29,11 @@ struct Geometry {
 
 struct Features {
     bool read_only = false;
-    bool thin = false;           // unmap deallocates; unmapped blocks read back as zeroes
-    bool unmap = false;          // IoOp::unmap is supported
-    bool write_zeroes = false;   // IoOp::write_zeroes is supported natively (else the engine writes zeroes)
+    bool thin = false;         // unmap deallocates; unmapped blocks read back as zeroes
+    bool unmap = false;        // IoOp::unmap is supported
+    bool write_zeroes = false; // IoOp::write_zeroes is supported natively (else the engine writes zeroes)
     bool allocation_status = false; // allocation_status() reports real mapped/unmapped extents
-    bool volatile_cache = false; // writes may sit in a volatile cache until flush (WCE)
+    bool volatile_cache = false;    // writes may sit in a volatile cache until flush (WCE)
 };
 
 enum class IoOp : uint8_t {
@@ -46,8 +46,8 @@ enum class IoOp : uint8_t {
 
 struct IoRequest {
     IoOp op = IoOp::read;
-    uint64_t offset = 0; // bytes; a multiple of the block size
-    uint64_t length = 0; // bytes; a multiple of the block size
+    uint64_t offset = 0;        // bytes; a multiple of the block size
+    uint64_t length = 0;        // bytes; a multiple of the block size
     const iovec* iov = nullptr; // read/write: total iov length == length
     unsigned iovcnt = 0;
     bool fua = false; // write: durable before completion
@@ -88,10 +88,10 @@ public:
 struct DeviceSpec {
     enum class Kind { file, block, memory, null };
     Kind kind = Kind::file;
-    std::string path;    // file or block device
-    uint64_t size = 0;   // bytes; 0 = take the existing file's size
+    std::string path;  // file or block device
+    uint64_t size = 0; // bytes; 0 = take the existing file's size
     uint32_t block_size = 512;
-    bool thin = false;   // file: created sparse; unmap punches holes
+    bool thin = false; // file: created sparse; unmap punches holes
     bool read_only = false;
     bool direct = false; // O_DIRECT (option "direct")
 };

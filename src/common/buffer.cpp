@@ -109,7 +109,11 @@ void Buffer::release() {
     }
 }
 
-Buffer::Stats Buffer::thread_stats() { return cache().stats; }
-void Buffer::trim_thread_cache() { cache().trim(); }
+Buffer::Stats Buffer::thread_stats() {
+    return cache().stats;
+}
+void Buffer::trim_thread_cache() {
+    cache().trim();
+}
 
 } // namespace ispace

@@ -29,7 +29,8 @@ public:
     static Buffer allocate_zeroed(size_t size);
 
     Buffer(const Buffer& other) noexcept : _block(other._block), _size(other._size) { retain(); }
-    Buffer(Buffer&& other) noexcept : _block(std::exchange(other._block, nullptr)), _size(std::exchange(other._size, 0)) {}
+    Buffer(Buffer&& other) noexcept
+        : _block(std::exchange(other._block, nullptr)), _size(std::exchange(other._size, 0)) {}
     Buffer& operator=(const Buffer& other) noexcept {
         if (this != &other) {
             release();

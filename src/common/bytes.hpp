@@ -21,13 +21,21 @@ inline int hex_digit_value(char c) {
     return -1;
 }
 
-inline uint16_t load_be16(const uint8_t* p) { return uint16_t(uint16_t(p[0]) << 8 | p[1]); }
-inline uint32_t load_be24(const uint8_t* p) { return uint32_t(p[0]) << 16 | uint32_t(p[1]) << 8 | p[2]; }
+inline uint16_t load_be16(const uint8_t* p) {
+    return uint16_t(uint16_t(p[0]) << 8 | p[1]);
+}
+inline uint32_t load_be24(const uint8_t* p) {
+    return uint32_t(p[0]) << 16 | uint32_t(p[1]) << 8 | p[2];
+}
 inline uint32_t load_be32(const uint8_t* p) {
     return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
 }
-inline uint64_t load_be48(const uint8_t* p) { return uint64_t(load_be16(p)) << 32 | load_be32(p + 2); }
-inline uint64_t load_be64(const uint8_t* p) { return uint64_t(load_be32(p)) << 32 | load_be32(p + 4); }
+inline uint64_t load_be48(const uint8_t* p) {
+    return uint64_t(load_be16(p)) << 32 | load_be32(p + 2);
+}
+inline uint64_t load_be64(const uint8_t* p) {
+    return uint64_t(load_be32(p)) << 32 | load_be32(p + 4);
+}
 
 inline void store_be16(uint8_t* p, uint16_t v) {
     p[0] = uint8_t(v >> 8);
@@ -54,6 +62,8 @@ inline void store_be64(uint8_t* p, uint64_t v) {
 }
 
 // Round n up to a multiple of 4 (iSCSI pads data segments and AHS to 4-byte words).
-constexpr size_t pad4(size_t n) { return (n + 3) & ~size_t(3); }
+constexpr size_t pad4(size_t n) {
+    return (n + 3) & ~size_t(3);
+}
 
 } // namespace ispace

@@ -73,7 +73,8 @@ private:
         void (*destroy)(void*);
     };
 
-    template <typename Fn> static constexpr Ops inline_ops = {
+    template <typename Fn>
+    static constexpr Ops inline_ops = {
         [](void* s, Args&&... args) -> R { return (*static_cast<Fn*>(s))(std::forward<Args>(args)...); },
         [](void* dst, void* src) {
             ::new (dst) Fn(std::move(*static_cast<Fn*>(src)));
@@ -81,7 +82,8 @@ private:
         },
         [](void* s) { static_cast<Fn*>(s)->~Fn(); },
     };
-    template <typename Fn> static constexpr Ops heap_ops = {
+    template <typename Fn>
+    static constexpr Ops heap_ops = {
         [](void* s, Args&&... args) -> R { return (**static_cast<Fn**>(s))(std::forward<Args>(args)...); },
         [](void* dst, void* src) { *static_cast<Fn**>(dst) = *static_cast<Fn**>(src); },
         [](void* s) { delete *static_cast<Fn**>(s); },

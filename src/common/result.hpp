@@ -16,7 +16,9 @@ struct Error {
     std::string message; // names what was wrong and, where it can, what to do
 };
 
-inline Error make_error(std::string message, int code = 0) { return Error{code, std::move(message)}; }
+inline Error make_error(std::string message, int code = 0) {
+    return Error{code, std::move(message)};
+}
 
 template <typename T> class [[nodiscard]] Result {
 public:

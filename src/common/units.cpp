@@ -27,19 +27,31 @@ Result<uint64_t> parse_size(std::string_view text) {
     unsigned shift = 0;
     if (!suffix.empty()) {
         switch (std::tolower(static_cast<unsigned char>(suffix[0]))) {
-        case 'k': shift = 10; break;
-        case 'm': shift = 20; break;
-        case 'g': shift = 30; break;
-        case 't': shift = 40; break;
-        case 'b': shift = 0; break;
-        default: return make_error(fmt::format("size '{}' has an unknown unit (use K, M, G or T)", original));
+        case 'k':
+            shift = 10;
+            break;
+        case 'm':
+            shift = 20;
+            break;
+        case 'g':
+            shift = 30;
+            break;
+        case 't':
+            shift = 40;
+            break;
+        case 'b':
+            shift = 0;
+            break;
+        default:
+            return make_error(fmt::format("size '{}' has an unknown unit (use K, M, G or T)", original));
         }
         std::string_view rest = suffix.substr(1);
         if (std::tolower(static_cast<unsigned char>(suffix[0])) == 'b') {
             if (!rest.empty()) {
                 return make_error(fmt::format("size '{}' has trailing characters", original));
             }
-        } else if (!(rest.empty() || rest == "i" || rest == "iB" || rest == "ib" || rest == "B" || rest == "b")) {
+        } else if (!(rest.empty() || rest == "i" || rest == "iB" || rest == "ib" || rest == "B" ||
+                     rest == "b")) {
             return make_error(fmt::format("size '{}' has trailing characters", original));
         }
     }

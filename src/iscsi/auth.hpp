@@ -73,6 +73,7 @@ std::unique_ptr<Authenticator> make_none_authenticator();
 
 // The responder's choice of AuthMethod (RFC 7143 §6.3.2: "the first option in the list it supports and
 // is allowed to use"): the first of the peer's `offered` values that is in `acceptable`, or empty.
-std::string choose_auth_method(const std::vector<std::string_view>& offered, const std::vector<std::string>& acceptable);
+std::string choose_auth_method(const std::vector<std::string_view>& offered,
+                               const std::vector<std::string>& acceptable);
 
 } // namespace ispace::iscsi

@@ -37,7 +37,9 @@ struct LoginResponsePdu {
 
 // "Initiator error (02/00)", "Target not found (02/03)", ...
 std::string describe(LoginStatus status);
-constexpr LoginStatusClass status_class(LoginStatus status) { return LoginStatusClass(uint16_t(status) >> 8); }
+constexpr LoginStatusClass status_class(LoginStatus status) {
+    return LoginStatusClass(uint16_t(status) >> 8);
+}
 
 // Who is logging in, to what, and how: known once the first complete text sequence has arrived.
 struct LoginIdentity {
@@ -95,7 +97,8 @@ public:
     virtual LoginTargetInfo start(const LoginIdentity& identity) = 0;
     // The authenticator for an agreed AuthMethod (one listed in LoginTargetInfo::auth_methods);
     // nullptr ends the login with 03/00.
-    virtual std::unique_ptr<Authenticator> authenticator(std::string_view method, const LoginIdentity& identity) = 0;
+    virtual std::unique_ptr<Authenticator> authenticator(std::string_view method,
+                                                         const LoginIdentity& identity) = 0;
     // Just before the final response: create the session (TSIH 0: new session, or reinstatement of an
     // existing one with the same InitiatorName and ISID -- the daemon decides and closes the old one)
     // or add this connection to the session named by the TSIH (connection reinstatement if its CID is in

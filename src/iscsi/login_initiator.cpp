@@ -26,10 +26,12 @@ std::string join(const std::vector<std::string>& items) {
 } // namespace
 
 InitiatorLogin::InitiatorLogin(InitiatorLoginConfig config)
-    : _config(std::move(config)), _incoming(_config.text_limits.max_bytes), _exp_stat_sn(_config.exp_stat_sn) {}
+    : _config(std::move(config)), _incoming(_config.text_limits.max_bytes),
+      _exp_stat_sn(_config.exp_stat_sn) {}
 
 std::optional<LoginRequestPdu> InitiatorLogin::fail(LoginStatus status, std::string reason) {
-    _state = status_class(status) == LoginStatusClass::redirection ? LoginState::redirected : LoginState::failed;
+    _state =
+        status_class(status) == LoginStatusClass::redirection ? LoginState::redirected : LoginState::failed;
     _status = status;
     _reason = std::move(reason);
     _outgoing.clear();
@@ -44,7 +46,8 @@ Result<LoginRequestPdu> InitiatorLogin::start() {
         return bad("already started");
     }
     if (!is_valid_iscsi_name(_config.initiator_name)) {
-        return bad("initiator name '" + _config.initiator_name + "' is not an iSCSI name (iqn., eui. or naa.)");
+        return bad("initiator name '" + _config.initiator_name +
+                   "' is not an iSCSI name (iqn., eui. or naa.)");
     }
     if (_config.session_type == SessionType::normal && _config.target_name.empty()) {
         return bad("a normal session needs a target name");
@@ -67,8 +70,8 @@ Result<LoginRequestPdu> InitiatorLogin::start() {
         }
     }
     for (const auto& kv : _config.extra_keys) {
-        if (!is_valid_key(kv.key) || kv.value.size() > max_value_length_for(kv.key) || find_key(kv.key) != nullptr ||
-            is_security_key(kv.key)) {
+        if (!is_valid_key(kv.key) || kv.value.size() > max_value_length_for(kv.key) ||
+            find_key(kv.key) != nullptr || is_security_key(kv.key)) {
             return bad("extra key '" + kv.key + "' is malformed or one the login negotiates itself");
         }
     }
@@ -109,7 +112,8 @@ bool InitiatorLogin::ready_to_transit() const {
         // Propose leaving at once (the target answers T=0 while its chosen method needs exchanges), and
         // again once our authenticator is satisfied or waits only for the target's proof, which comes in
         // the response that ends the stage (mutual CHAP; RFC 7143 §12.1.3).
-        return !_auth_agreed || _auth_status == AuthStatus::done || _auth_status == AuthStatus::awaiting_proof;
+        return !_auth_agreed || _auth_status == AuthStatus::done ||
+               _auth_status == AuthStatus::awaiting_proof;
     }
     return true;
 }
@@ -127,7 +131,8 @@ LoginRequestPdu InitiatorLogin::next_request() {
     h.cmd_sn = _config.cmd_sn;
     h.exp_stat_sn = _exp_stat_sn;
     size_t n = std::min(_outgoing.size() - _outgoing_offset, size_t(login_max_recv_data_segment_length));
-    pdu.data.assign(_outgoing.begin() + ptrdiff_t(_outgoing_offset), _outgoing.begin() + ptrdiff_t(_outgoing_offset + n));
+    pdu.data.assign(_outgoing.begin() + ptrdiff_t(_outgoing_offset),
+                    _outgoing.begin() + ptrdiff_t(_outgoing_offset + n));
     _outgoing_offset += n;
     if (_outgoing_offset < _outgoing.size()) {
         h.continue_bit = true;
@@ -146,12 +151,14 @@ LoginRequestPdu InitiatorLogin::next_request() {
     return pdu;
 }
 
-std::optional<LoginRequestPdu> InitiatorLogin::receive(const LoginResponse& response, std::span<const uint8_t> data) {
+std::optional<LoginRequestPdu> InitiatorLogin::receive(const LoginResponse& response,
+                                                       std::span<const uint8_t> data) {
     if (!_started || _state != LoginState::in_progress) {
         return fail(LoginStatus::initiator_error, "Login Response outside a login");
     }
     if (++_responses > _config.max_responses) {
-        return fail(LoginStatus::initiator_error, "more than " + std::to_string(_config.max_responses) + " Login Responses");
+        return fail(LoginStatus::initiator_error,
+                    "more than " + std::to_string(_config.max_responses) + " Login Responses");
     }
     LoginStatus status = response.status();
     // The ITT pairs a response with our request. A login reject may carry a zero ISID (tgt sends one),
@@ -191,7 +198,8 @@ std::optional<LoginRequestPdu> InitiatorLogin::receive(const LoginResponse& resp
         // RFC 7143 §6.3: the target may only transit when asked, to no later stage than asked.
         if (!_last_transit || uint8_t(response.nsg) > uint8_t(_last_nsg) ||
             uint8_t(response.nsg) <= uint8_t(response.csg) || uint8_t(response.nsg) == 2) {
-            return fail(LoginStatus::initiator_error, "the target made a stage transition we did not ask for");
+            return fail(LoginStatus::initiator_error,
+                        "the target made a stage transition we did not ask for");
         }
     }
     if (data.size() > login_max_recv_data_segment_length) {
@@ -200,7 +208,8 @@ std::optional<LoginRequestPdu> InitiatorLogin::receive(const LoginResponse& resp
     if (_last_continue) {
         // Our request was a partial text; the target must acknowledge it with an empty response.
         if (!data.empty() || response.continue_bit || response.transit) {
-            return fail(LoginStatus::initiator_error, "the target answered a partial Login Request with text");
+            return fail(LoginStatus::initiator_error,
+                        "the target answered a partial Login Request with text");
         }
         return next_request();
     }
@@ -233,10 +242,13 @@ Result<void> InitiatorLogin::security_keys(const KeyValueList& pairs, KeyValueLi
             _auth_status = AuthStatus::done; // proceed without authentication
             continue;
         }
-        if (std::find(_config.auth_methods.begin(), _config.auth_methods.end(), kv.value) == _config.auth_methods.end()) {
-            return make_error("the target chose AuthMethod=" + kv.value.substr(0, 32) + ", which we did not offer", EPROTO);
+        if (std::find(_config.auth_methods.begin(), _config.auth_methods.end(), kv.value) ==
+            _config.auth_methods.end()) {
+            return make_error(
+                "the target chose AuthMethod=" + kv.value.substr(0, 32) + ", which we did not offer", EPROTO);
         }
-        _authenticator = kv.value == auth_method_none ? make_none_authenticator() : _config.make_authenticator(kv.value);
+        _authenticator =
+            kv.value == auth_method_none ? make_none_authenticator() : _config.make_authenticator(kv.value);
         if (!_authenticator) {
             return auth_error("no authenticator for AuthMethod=" + kv.value);
         }
@@ -254,7 +266,8 @@ Result<void> InitiatorLogin::security_keys(const KeyValueList& pairs, KeyValueLi
     }
     for (const auto& kv : method_keys) {
         if (!_authenticator->owns_key(kv.key)) {
-            return make_error(kv.key + " does not belong to AuthMethod=" + std::string(_authenticator->method()), EPROTO);
+            return make_error(
+                kv.key + " does not belong to AuthMethod=" + std::string(_authenticator->method()), EPROTO);
         }
     }
     AuthResult r = _authenticator->step(method_keys, out);
@@ -265,7 +278,8 @@ Result<void> InitiatorLogin::security_keys(const KeyValueList& pairs, KeyValueLi
     return {};
 }
 
-std::optional<LoginRequestPdu> InitiatorLogin::process(const LoginResponse& response, std::vector<uint8_t> text) {
+std::optional<LoginRequestPdu> InitiatorLogin::process(const LoginResponse& response,
+                                                       std::vector<uint8_t> text) {
     auto parsed = parse_text(text, _config.text_limits);
     if (!parsed) {
         return fail(LoginStatus::initiator_error, "login text from the target: " + parsed.error().message);
@@ -274,7 +288,8 @@ std::optional<LoginRequestPdu> InitiatorLogin::process(const LoginResponse& resp
     KeyValueList other;
     for (auto& kv : *parsed) {
         if (find_value(_config.extra_keys, kv.key) != nullptr) {
-            if (_extra_answers.size() < _config.extra_keys.size() && find_value(_extra_answers, kv.key) == nullptr) {
+            if (_extra_answers.size() < _config.extra_keys.size() &&
+                find_value(_extra_answers, kv.key) == nullptr) {
                 _extra_answers.push_back(std::move(kv));
             }
             continue;
@@ -290,7 +305,8 @@ std::optional<LoginRequestPdu> InitiatorLogin::process(const LoginResponse& resp
             return fail(LoginStatus::initiator_error, "key " + std::string(*dup) + " appears twice");
         }
         if (auto r = security_keys(security, out); !r) {
-            LoginStatus why = r.error().code == EACCES ? LoginStatus::authentication_failure : LoginStatus::initiator_error;
+            LoginStatus why =
+                r.error().code == EACCES ? LoginStatus::authentication_failure : LoginStatus::initiator_error;
             return fail(why, r.error().message);
         }
     }
@@ -305,9 +321,11 @@ std::optional<LoginRequestPdu> InitiatorLogin::process(const LoginResponse& resp
     if (_stage == LoginStage::security) {
         // The target ends the security stage: that must leave us authenticated as we require. An
         // authenticator still awaiting the target's proof (the target skipped mutual CHAP) fails here.
-        bool authenticated = _auth_agreed ? _auth_status == AuthStatus::done : offers_none(_config.auth_methods);
+        bool authenticated =
+            _auth_agreed ? _auth_status == AuthStatus::done : offers_none(_config.auth_methods);
         if (!authenticated) {
-            return fail(LoginStatus::authentication_failure, "the target ended the security stage before authentication");
+            return fail(LoginStatus::authentication_failure,
+                        "the target ended the security stage before authentication");
         }
     }
     if (response.nsg == LoginStage::full_feature) {
@@ -319,15 +337,16 @@ std::optional<LoginRequestPdu> InitiatorLogin::process(const LoginResponse& resp
             }
             const std::string* offered = find_value(other, answer.key);
             if (offered == nullptr || *offered != answer.value) {
-                return fail(LoginStatus::initiator_error,
-                            "the target's final response offers " + answer.key + " and cannot get our answer");
+                return fail(LoginStatus::initiator_error, "the target's final response offers " + answer.key +
+                                                              " and cannot get our answer");
             }
         }
         if (auto r = _negotiator->finish(); !r) {
             return fail(LoginStatus::initiator_error, r.error().message);
         }
         if (response.tsih == 0 || (_config.tsih != 0 && response.tsih != _config.tsih)) {
-            return fail(LoginStatus::initiator_error, "final Login Response with TSIH " + std::to_string(response.tsih));
+            return fail(LoginStatus::initiator_error,
+                        "final Login Response with TSIH " + std::to_string(response.tsih));
         }
         _session = _negotiator->session_params();
         _connection = _negotiator->connection_params();

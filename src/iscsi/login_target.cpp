@@ -97,7 +97,8 @@ std::string describe(LoginStatus status) {
         break;
     }
     char code[16];
-    std::snprintf(code, sizeof(code), " (%02x/%02x)", unsigned(uint16_t(status) >> 8), unsigned(uint16_t(status) & 0xff));
+    std::snprintf(code, sizeof(code), " (%02x/%02x)", unsigned(uint16_t(status) >> 8),
+                  unsigned(uint16_t(status) & 0xff));
     return name + std::string(code);
 }
 
@@ -134,7 +135,8 @@ LoginResponsePdu TargetLogin::fail(LoginStatus status, std::string reason) {
     out.header.csg = LoginStage::security;
     out.header.nsg = LoginStage::security;
     out.header.set_status(status);
-    _state = status_class(status) == LoginStatusClass::redirection ? LoginState::redirected : LoginState::failed;
+    _state =
+        status_class(status) == LoginStatusClass::redirection ? LoginState::redirected : LoginState::failed;
     _status = status;
     _reason = std::move(reason);
     _incoming.clear();
@@ -154,7 +156,8 @@ LoginResponsePdu TargetLogin::receive(const LoginRequest& request, std::span<con
     }
     // The decoder already refuses most of these; the machine does not depend on it.
     if (!is_login_stage(request.csg)) {
-        return fail(LoginStatus::initiator_error, "CSG " + std::to_string(unsigned(request.csg)) + " is not a login stage");
+        return fail(LoginStatus::initiator_error,
+                    "CSG " + std::to_string(unsigned(request.csg)) + " is not a login stage");
     }
     if (request.transit && request.continue_bit) {
         return fail(LoginStatus::initiator_error, "Login Request with both T and C set");
@@ -162,11 +165,13 @@ LoginResponsePdu TargetLogin::receive(const LoginRequest& request, std::span<con
     if (request.transit && (uint8_t(request.nsg) <= uint8_t(request.csg) || uint8_t(request.nsg) == 2)) {
         // RFC 7143 §6.3 stage table: only security -> operational/full feature and operational -> full
         // feature are transitions.
-        return fail(LoginStatus::initiator_error, "illegal stage transition " + std::to_string(unsigned(request.csg)) +
-                                                      " -> " + std::to_string(unsigned(request.nsg)));
+        return fail(LoginStatus::initiator_error, "illegal stage transition " +
+                                                      std::to_string(unsigned(request.csg)) + " -> " +
+                                                      std::to_string(unsigned(request.nsg)));
     }
     if (data.size() > login_max_recv_data_segment_length) {
-        return fail(LoginStatus::initiator_error, "Login Request data segment of " + std::to_string(data.size()) +
+        return fail(LoginStatus::initiator_error, "Login Request data segment of " +
+                                                      std::to_string(data.size()) +
                                                       " bytes exceeds 8192 bytes");
     }
     if (!_first_pdu_seen) {
@@ -174,7 +179,8 @@ LoginResponsePdu TargetLogin::receive(const LoginRequest& request, std::span<con
         if (request.version_min > iscsi_version || request.version_max < iscsi_version) {
             return fail(LoginStatus::unsupported_version,
                         "initiator supports versions " + std::to_string(request.version_min) + ".." +
-                            std::to_string(request.version_max) + ", target only " + std::to_string(iscsi_version));
+                            std::to_string(request.version_max) + ", target only " +
+                            std::to_string(iscsi_version));
         }
         _first_pdu_seen = true;
         _first = request;
@@ -183,18 +189,20 @@ LoginResponsePdu TargetLogin::receive(const LoginRequest& request, std::span<con
         if (request.isid != _first.isid || request.tsih != _first.tsih || request.cid != _first.cid ||
             request.cmd_sn != _first.cmd_sn || request.version_max != _first.version_max ||
             request.version_min != _first.version_min) {
-            return fail(LoginStatus::initiator_error, "ISID, TSIH, CID, CmdSN or version changed during login");
+            return fail(LoginStatus::initiator_error,
+                        "ISID, TSIH, CID, CmdSN or version changed during login");
         }
         if (request.csg != _stage) {
-            return fail(LoginStatus::initiator_error, "Login Request for stage " + std::to_string(unsigned(request.csg)) +
-                                                          " while the login is in stage " +
-                                                          std::to_string(unsigned(_stage)));
+            return fail(LoginStatus::initiator_error,
+                        "Login Request for stage " + std::to_string(unsigned(request.csg)) +
+                            " while the login is in stage " + std::to_string(unsigned(_stage)));
         }
     }
     if (_outgoing_offset < _outgoing.size()) {
         // Our last response had the C bit: the initiator asks for the rest with an empty request.
         if (!data.empty() || request.continue_bit) {
-            return fail(LoginStatus::initiator_error, "new login text while the target's response is incomplete");
+            return fail(LoginStatus::initiator_error,
+                        "new login text while the target's response is incomplete");
         }
         return next_chunk(request);
     }
@@ -221,10 +229,12 @@ std::optional<LoginResponsePdu> TargetLogin::start(const LoginRequest& request, 
         return fail(LoginStatus::missing_parameter, "the first Login Request has no InitiatorName");
     }
     if (!is_valid_iscsi_name(*initiator)) {
-        return fail(LoginStatus::initiator_error, "InitiatorName '" + short_value(*initiator) + "' is not an iSCSI name");
+        return fail(LoginStatus::initiator_error,
+                    "InitiatorName '" + short_value(*initiator) + "' is not an iSCSI name");
     }
     _identity.initiator_name = *initiator;
-    if (const std::string* alias = find_value(pairs, "InitiatorAlias"); alias && is_valid_local_name(*alias)) {
+    if (const std::string* alias = find_value(pairs, "InitiatorAlias");
+        alias && is_valid_local_name(*alias)) {
         _identity.initiator_alias = *alias;
     }
     if (const std::string* type = find_value(pairs, "SessionType")) {
@@ -236,11 +246,13 @@ std::optional<LoginResponsePdu> TargetLogin::start(const LoginRequest& request, 
     }
     const std::string* target = find_value(pairs, "TargetName");
     if (target != nullptr && !is_valid_iscsi_name(*target)) {
-        return fail(LoginStatus::initiator_error, "TargetName '" + short_value(*target) + "' is not an iSCSI name");
+        return fail(LoginStatus::initiator_error,
+                    "TargetName '" + short_value(*target) + "' is not an iSCSI name");
     }
     if (target == nullptr && _identity.session_type == SessionType::normal) {
         // RFC 7143 §6.3: a connection of a session that is not Discovery MUST send TargetName first.
-        return fail(LoginStatus::missing_parameter, "a normal session's first Login Request has no TargetName");
+        return fail(LoginStatus::missing_parameter,
+                    "a normal session's first Login Request has no TargetName");
     }
     if (target != nullptr) {
         _identity.target_name = *target;
@@ -267,7 +279,8 @@ std::optional<LoginResponsePdu> TargetLogin::start(const LoginRequest& request, 
         return fail(LoginStatus::target_error, r.error().message);
     }
     if (!_identity.leading() && !_target.session) {
-        return fail(LoginStatus::session_does_not_exist, "no session with TSIH " + std::to_string(_identity.tsih));
+        return fail(LoginStatus::session_does_not_exist,
+                    "no session with TSIH " + std::to_string(_identity.tsih));
     }
     if (_target.auth_methods.empty()) {
         return fail(LoginStatus::target_error, "the target accepts no AuthMethod");
@@ -306,7 +319,8 @@ std::optional<LoginResponsePdu> TargetLogin::security_keys(const KeyValueList& p
             return fail(LoginStatus::initiator_error, "AuthMethod negotiated twice");
         }
         if (is_reserved_answer(kv.value)) {
-            return fail(LoginStatus::initiator_error, "AuthMethod=" + short_value(kv.value) + " is not an offer");
+            return fail(LoginStatus::initiator_error,
+                        "AuthMethod=" + short_value(kv.value) + " is not an offer");
         }
         auto offered = parse_list(kv.value);
         if (!offered) {
@@ -317,9 +331,9 @@ std::optional<LoginResponsePdu> TargetLogin::security_keys(const KeyValueList& p
         std::string chosen = choose_auth_method(*offered, _target.auth_methods);
         if (chosen.empty()) {
             if (!accepts_none(_target.auth_methods)) {
-                return fail(LoginStatus::authentication_failure, "the initiator offers AuthMethod=" +
-                                                                     short_value(kv.value) + "; the target requires " +
-                                                                     join(_target.auth_methods));
+                return fail(LoginStatus::authentication_failure,
+                            "the initiator offers AuthMethod=" + short_value(kv.value) +
+                                "; the target requires " + join(_target.auth_methods));
             }
             // No common method but none is needed: "Reject" (RFC 7143 §6.3.2), and no authentication.
             _auth_answer = std::string(value_reject);
@@ -328,7 +342,8 @@ std::optional<LoginResponsePdu> TargetLogin::security_keys(const KeyValueList& p
         }
         _auth_answer = chosen;
         out.push_back({kv.key, chosen});
-        _authenticator = chosen == auth_method_none ? make_none_authenticator() : _policy.authenticator(chosen, _identity);
+        _authenticator =
+            chosen == auth_method_none ? make_none_authenticator() : _policy.authenticator(chosen, _identity);
         if (!_authenticator) {
             return fail(LoginStatus::target_error, "no authenticator for AuthMethod=" + chosen);
         }
@@ -342,7 +357,8 @@ std::optional<LoginResponsePdu> TargetLogin::security_keys(const KeyValueList& p
         return std::nullopt;
     }
     if (!_authenticator) {
-        return fail(LoginStatus::initiator_error, method_keys.front().key + " before an AuthMethod was agreed");
+        return fail(LoginStatus::initiator_error,
+                    method_keys.front().key + " before an AuthMethod was agreed");
     }
     for (const auto& kv : method_keys) {
         if (!_authenticator->owns_key(kv.key)) {
@@ -378,7 +394,8 @@ LoginResponsePdu TargetLogin::process(const LoginRequest& request, std::vector<u
     KeyValueList out;
     if (!security.empty()) {
         if (_stage != LoginStage::security) {
-            return fail(LoginStatus::initiator_error, security.front().key + " is only allowed in the security stage");
+            return fail(LoginStatus::initiator_error,
+                        security.front().key + " is only allowed in the security stage");
         }
         if (auto dup = find_duplicate_key(security)) {
             return fail(LoginStatus::initiator_error, "key " + std::string(*dup) + " appears twice");
@@ -402,9 +419,10 @@ LoginResponsePdu TargetLogin::process(const LoginRequest& request, std::vector<u
     if (request.transit) {
         if (_stage == LoginStage::security) {
             if (!_authenticator && !accepts_none(_target.auth_methods)) {
-                return fail(LoginStatus::authentication_failure,
-                            "the initiator ended the security stage without authenticating; the target requires " +
-                                join(_target.auth_methods));
+                return fail(
+                    LoginStatus::authentication_failure,
+                    "the initiator ended the security stage without authenticating; the target requires " +
+                        join(_target.auth_methods));
             }
             if (!_authenticator || _auth_status == AuthStatus::done) {
                 transit = true;
@@ -440,7 +458,8 @@ LoginResponsePdu TargetLogin::next_chunk(const LoginRequest& request) {
         return fail(status, std::move(reason));
     };
     size_t n = std::min(_outgoing.size() - _outgoing_offset, size_t(login_max_recv_data_segment_length));
-    out.data.assign(_outgoing.begin() + ptrdiff_t(_outgoing_offset), _outgoing.begin() + ptrdiff_t(_outgoing_offset + n));
+    out.data.assign(_outgoing.begin() + ptrdiff_t(_outgoing_offset),
+                    _outgoing.begin() + ptrdiff_t(_outgoing_offset + n));
     _outgoing_offset += n;
     if (_outgoing_offset < _outgoing.size()) {
         out.header.continue_bit = true;

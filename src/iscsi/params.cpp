@@ -12,63 +12,63 @@ constexpr uint64_t max_24bit = (uint64_t(1) << 24) - 1;
 // RFC 7143 §13 in one table. Columns: key, name, type, use, sender, scope, any-stage,
 // irrelevant-in-discovery, min, max.
 constexpr KeyDef key_table[] = {
-    {KeyId::header_digest, "HeaderDigest", KeyType::list, KeyUse::login_only, KeySender::both, KeyScope::connection,
-     false, false, 0, 0},
-    {KeyId::data_digest, "DataDigest", KeyType::list, KeyUse::login_only, KeySender::both, KeyScope::connection,
-     false, false, 0, 0},
+    {KeyId::header_digest, "HeaderDigest", KeyType::list, KeyUse::login_only, KeySender::both,
+     KeyScope::connection, false, false, 0, 0},
+    {KeyId::data_digest, "DataDigest", KeyType::list, KeyUse::login_only, KeySender::both,
+     KeyScope::connection, false, false, 0, 0},
     {KeyId::max_connections, "MaxConnections", KeyType::number_min, KeyUse::leading_only, KeySender::both,
      KeyScope::session, false, true, 1, 65535},
-    {KeyId::send_targets, "SendTargets", KeyType::declarative, KeyUse::full_feature_only, KeySender::initiator,
-     KeyScope::session, false, false, 0, 0},
+    {KeyId::send_targets, "SendTargets", KeyType::declarative, KeyUse::full_feature_only,
+     KeySender::initiator, KeyScope::session, false, false, 0, 0},
     // TargetName: sent by the initiator during login; by the target only in SendTargets responses.
-    {KeyId::target_name, "TargetName", KeyType::declarative, KeyUse::login_only, KeySender::both, KeyScope::session,
-     true, false, 0, 0},
+    {KeyId::target_name, "TargetName", KeyType::declarative, KeyUse::login_only, KeySender::both,
+     KeyScope::session, true, false, 0, 0},
     {KeyId::initiator_name, "InitiatorName", KeyType::declarative, KeyUse::login_only, KeySender::initiator,
      KeyScope::session, true, false, 0, 0},
-    {KeyId::target_alias, "TargetAlias", KeyType::declarative, KeyUse::all, KeySender::target, KeyScope::session, true,
-     false, 0, 0},
+    {KeyId::target_alias, "TargetAlias", KeyType::declarative, KeyUse::all, KeySender::target,
+     KeyScope::session, true, false, 0, 0},
     {KeyId::initiator_alias, "InitiatorAlias", KeyType::declarative, KeyUse::all, KeySender::initiator,
      KeyScope::session, true, false, 0, 0},
-    {KeyId::target_address, "TargetAddress", KeyType::declarative, KeyUse::all, KeySender::target, KeyScope::session,
-     true, false, 0, 0},
+    {KeyId::target_address, "TargetAddress", KeyType::declarative, KeyUse::all, KeySender::target,
+     KeyScope::session, true, false, 0, 0},
     {KeyId::target_portal_group_tag, "TargetPortalGroupTag", KeyType::declarative, KeyUse::login_only,
      KeySender::target, KeyScope::session, true, false, 0, 65535},
-    {KeyId::initial_r2t, "InitialR2T", KeyType::boolean_or, KeyUse::leading_only, KeySender::both, KeyScope::session,
-     false, true, 0, 0},
+    {KeyId::initial_r2t, "InitialR2T", KeyType::boolean_or, KeyUse::leading_only, KeySender::both,
+     KeyScope::session, false, true, 0, 0},
     {KeyId::immediate_data, "ImmediateData", KeyType::boolean_and, KeyUse::leading_only, KeySender::both,
      KeyScope::session, false, true, 0, 0},
     {KeyId::max_recv_data_segment_length, "MaxRecvDataSegmentLength", KeyType::declarative, KeyUse::all,
      KeySender::both, KeyScope::connection, false, false, 512, max_24bit},
     {KeyId::max_burst_length, "MaxBurstLength", KeyType::number_min, KeyUse::leading_only, KeySender::both,
      KeyScope::session, false, true, 512, max_24bit},
-    {KeyId::first_burst_length, "FirstBurstLength", KeyType::number_min, KeyUse::leading_only, KeySender::both,
-     KeyScope::session, false, true, 512, max_24bit},
+    {KeyId::first_burst_length, "FirstBurstLength", KeyType::number_min, KeyUse::leading_only,
+     KeySender::both, KeyScope::session, false, true, 512, max_24bit},
     {KeyId::default_time2wait, "DefaultTime2Wait", KeyType::number_max, KeyUse::leading_only, KeySender::both,
      KeyScope::session, false, false, 0, 3600},
-    {KeyId::default_time2retain, "DefaultTime2Retain", KeyType::number_min, KeyUse::leading_only, KeySender::both,
-     KeyScope::session, false, false, 0, 3600},
-    {KeyId::max_outstanding_r2t, "MaxOutstandingR2T", KeyType::number_min, KeyUse::leading_only, KeySender::both,
-     KeyScope::session, false, true, 1, 65535},
+    {KeyId::default_time2retain, "DefaultTime2Retain", KeyType::number_min, KeyUse::leading_only,
+     KeySender::both, KeyScope::session, false, false, 0, 3600},
+    {KeyId::max_outstanding_r2t, "MaxOutstandingR2T", KeyType::number_min, KeyUse::leading_only,
+     KeySender::both, KeyScope::session, false, true, 1, 65535},
     {KeyId::data_pdu_in_order, "DataPDUInOrder", KeyType::boolean_or, KeyUse::leading_only, KeySender::both,
      KeyScope::session, false, true, 0, 0},
     {KeyId::data_sequence_in_order, "DataSequenceInOrder", KeyType::boolean_or, KeyUse::leading_only,
      KeySender::both, KeyScope::session, false, true, 0, 0},
-    {KeyId::error_recovery_level, "ErrorRecoveryLevel", KeyType::number_min, KeyUse::leading_only, KeySender::both,
-     KeyScope::session, false, false, 0, 2},
+    {KeyId::error_recovery_level, "ErrorRecoveryLevel", KeyType::number_min, KeyUse::leading_only,
+     KeySender::both, KeyScope::session, false, false, 0, 2},
     {KeyId::session_type, "SessionType", KeyType::declarative, KeyUse::leading_only, KeySender::initiator,
      KeyScope::session, true, false, 0, 0},
-    {KeyId::task_reporting, "TaskReporting", KeyType::list, KeyUse::leading_only, KeySender::both, KeyScope::session,
-     false, true, 0, 0},
-    {KeyId::iscsi_protocol_level, "iSCSIProtocolLevel", KeyType::number_min, KeyUse::leading_only, KeySender::both,
-     KeyScope::session, false, false, 0, 31},
-    {KeyId::if_marker, "IFMarker", KeyType::obsolete, KeyUse::login_only, KeySender::both, KeyScope::connection, false,
-     false, 0, 0},
-    {KeyId::of_marker, "OFMarker", KeyType::obsolete, KeyUse::login_only, KeySender::both, KeyScope::connection, false,
-     false, 0, 0},
-    {KeyId::if_mark_int, "IFMarkInt", KeyType::obsolete, KeyUse::login_only, KeySender::both, KeyScope::connection,
-     false, false, 0, 0},
-    {KeyId::of_mark_int, "OFMarkInt", KeyType::obsolete, KeyUse::login_only, KeySender::both, KeyScope::connection,
-     false, false, 0, 0},
+    {KeyId::task_reporting, "TaskReporting", KeyType::list, KeyUse::leading_only, KeySender::both,
+     KeyScope::session, false, true, 0, 0},
+    {KeyId::iscsi_protocol_level, "iSCSIProtocolLevel", KeyType::number_min, KeyUse::leading_only,
+     KeySender::both, KeyScope::session, false, false, 0, 31},
+    {KeyId::if_marker, "IFMarker", KeyType::obsolete, KeyUse::login_only, KeySender::both,
+     KeyScope::connection, false, false, 0, 0},
+    {KeyId::of_marker, "OFMarker", KeyType::obsolete, KeyUse::login_only, KeySender::both,
+     KeyScope::connection, false, false, 0, 0},
+    {KeyId::if_mark_int, "IFMarkInt", KeyType::obsolete, KeyUse::login_only, KeySender::both,
+     KeyScope::connection, false, false, 0, 0},
+    {KeyId::of_mark_int, "OFMarkInt", KeyType::obsolete, KeyUse::login_only, KeySender::both,
+     KeyScope::connection, false, false, 0, 0},
 };
 static_assert(std::size(key_table) == key_count, "one table row per KeyId");
 
@@ -82,7 +82,9 @@ constexpr bool table_in_order() {
 }
 static_assert(table_in_order(), "key_table rows must be in KeyId order");
 
-Error proto_error(std::string message) { return make_error(std::move(message), EPROTO); }
+Error proto_error(std::string message) {
+    return make_error(std::move(message), EPROTO);
+}
 
 bool is_negotiated(KeyType type) {
     return type == KeyType::list || type == KeyType::boolean_or || type == KeyType::boolean_and ||
@@ -123,12 +125,18 @@ std::optional<TaskReporting> parse_task_reporting(std::string_view text) {
     return std::nullopt;
 }
 
-bool contains(const std::vector<Digest>& list, Digest d) { return std::find(list.begin(), list.end(), d) != list.end(); }
+bool contains(const std::vector<Digest>& list, Digest d) {
+    return std::find(list.begin(), list.end(), d) != list.end();
+}
 
 } // namespace
 
-std::string_view to_string(SessionType type) { return type == SessionType::discovery ? "Discovery" : "Normal"; }
-std::string_view to_string(Digest digest) { return digest == Digest::crc32c ? "CRC32C" : "None"; }
+std::string_view to_string(SessionType type) {
+    return type == SessionType::discovery ? "Discovery" : "Normal";
+}
+std::string_view to_string(Digest digest) {
+    return digest == Digest::crc32c ? "CRC32C" : "None";
+}
 std::string_view to_string(TaskReporting reporting) {
     switch (reporting) {
     case TaskReporting::response_fence:
@@ -140,7 +148,9 @@ std::string_view to_string(TaskReporting reporting) {
     }
     return "RFC3720";
 }
-std::string_view to_string(Role role) { return role == Role::initiator ? "initiator" : "target"; }
+std::string_view to_string(Role role) {
+    return role == Role::initiator ? "initiator" : "target";
+}
 
 const KeyDef* find_key(std::string_view name) {
     for (const auto& def : key_table) {
@@ -151,7 +161,9 @@ const KeyDef* find_key(std::string_view name) {
     return nullptr;
 }
 
-const KeyDef& key_def(KeyId id) { return key_table[size_t(id)]; }
+const KeyDef& key_def(KeyId id) {
+    return key_table[size_t(id)];
+}
 
 bool is_security_key(std::string_view name) {
     static constexpr std::string_view prefixes[] = {"CHAP_", "SRP_", "KRB_", "SPKM"};
@@ -224,7 +236,9 @@ bool Negotiator::allowed_sender(const KeyDef& def) const {
     return false;
 }
 
-bool Negotiator::first_burst_irrelevant() const { return _session.initial_r2t && !_session.immediate_data; }
+bool Negotiator::first_burst_irrelevant() const {
+    return _session.initial_r2t && !_session.immediate_data;
+}
 
 bool Negotiator::relevant(const KeyDef& def) const {
     if (def.discovery_irrelevant && _session.session_type == SessionType::discovery) {
@@ -418,7 +432,8 @@ std::string Negotiator::respond(const KeyDef& def, const std::string& value) {
             if (def.id == KeyId::task_reporting) {
                 supported = item == "RFC3720";
             } else if (auto d = parse_digest(item)) {
-                supported = contains(def.id == KeyId::header_digest ? _config.header_digests : _config.data_digests, *d);
+                supported = contains(
+                    def.id == KeyId::header_digest ? _config.header_digests : _config.data_digests, *d);
             }
             if (supported) {
                 apply(def, item);
@@ -447,7 +462,8 @@ std::string Negotiator::respond(const KeyDef& def, const std::string& value) {
             return reject();
         }
         uint64_t mine = parse_number(our_value(def)).value();
-        uint64_t result = def.type == KeyType::number_min ? std::min(*offered, mine) : std::max(*offered, mine);
+        uint64_t result =
+            def.type == KeyType::number_min ? std::min(*offered, mine) : std::max(*offered, mine);
         std::string answer = std::to_string(result);
         apply(def, answer);
         return answer;
@@ -475,7 +491,8 @@ Result<void> Negotiator::handle_answer(const KeyDef& def, const std::string& val
     switch (def.type) {
     case KeyType::list: {
         auto offered = parse_list(slot.value);
-        bool found = offered && std::find(offered->begin(), offered->end(), std::string_view(value)) != offered->end();
+        bool found =
+            offered && std::find(offered->begin(), offered->end(), std::string_view(value)) != offered->end();
         if (!found) {
             // RFC 7143 §6.2.1: "The selection of a value not proposed MUST be handled by the originator
             // as a protocol error."
@@ -527,7 +544,8 @@ Result<void> Negotiator::handle_declaration(const KeyDef& def, const std::string
     case KeyId::max_recv_data_segment_length: {
         auto n = parse_number(value);
         if (!n || *n < def.min || *n > def.max) {
-            return proto_error("MaxRecvDataSegmentLength=" + value.substr(0, 32) + " is not in 512..16777215");
+            return proto_error("MaxRecvDataSegmentLength=" + value.substr(0, 32) +
+                               " is not in 512..16777215");
         }
         _connection.max_send_data_segment_length = uint32_t(*n);
         break;
@@ -535,7 +553,8 @@ Result<void> Negotiator::handle_declaration(const KeyDef& def, const std::string
     case KeyId::initiator_name:
     case KeyId::target_name:
         if (!is_valid_iscsi_name(value)) {
-            return proto_error(std::string(def.name) + " '" + value.substr(0, 64) + "' is not a valid iSCSI name");
+            return proto_error(std::string(def.name) + " '" + value.substr(0, 64) +
+                               "' is not a valid iSCSI name");
         }
         (def.id == KeyId::initiator_name ? _session.initiator_name : _session.target_name) = value;
         break;
@@ -576,7 +595,8 @@ Result<void> Negotiator::handle_declaration(const KeyDef& def, const std::string
     return {};
 }
 
-Result<void> Negotiator::receive_one(const KeyDef& def, const std::string& value, LoginStage stage, KeyValueList& out) {
+Result<void> Negotiator::receive_one(const KeyDef& def, const std::string& value, LoginStage stage,
+                                     KeyValueList& out) {
     Slot& slot = _slots[size_t(def.id)];
     bool reserved = is_reserved_answer(value);
 
@@ -598,7 +618,7 @@ Result<void> Negotiator::receive_one(const KeyDef& def, const std::string& value
         slot.state = State::answered;
         slot.received = value;
         slot.value = (def.id == KeyId::if_marker || def.id == KeyId::of_marker) ? std::string(value_no)
-                                                                                 : std::string(value_reject);
+                                                                                : std::string(value_reject);
         out.push_back({std::string(def.name), slot.value});
         return {};
     }
@@ -806,8 +826,9 @@ Result<void> Negotiator::finish() {
             continue;
         }
         if (!default_acceptable(def)) {
-            return make_error(std::string(def.name) + " ended as a value this " + std::string(to_string(_context.role)) +
-                                  " does not accept (offer " + our_value(def) + ")",
+            return make_error(std::string(def.name) + " ended as a value this " +
+                                  std::string(to_string(_context.role)) + " does not accept (offer " +
+                                  our_value(def) + ")",
                               ENOTSUP);
         }
     }

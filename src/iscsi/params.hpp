@@ -246,7 +246,8 @@ private:
         std::string received;    // what the peer sent, to tolerate an identical repeat
     };
 
-    Result<void> receive_one(const KeyDef& def, const std::string& value, LoginStage stage, KeyValueList& out);
+    Result<void> receive_one(const KeyDef& def, const std::string& value, LoginStage stage,
+                             KeyValueList& out);
     Result<void> check_use(const KeyDef& def, LoginStage stage) const;
     Result<void> handle_answer(const KeyDef& def, const std::string& value);
     std::string respond(const KeyDef& def, const std::string& value);

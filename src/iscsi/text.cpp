@@ -11,7 +11,9 @@ namespace ispace::iscsi {
 
 namespace {
 
-Error proto_error(std::string message) { return make_error(std::move(message), EPROTO); }
+Error proto_error(std::string message) {
+    return make_error(std::move(message), EPROTO);
+}
 
 // Keys are already validated (no NUL, at most 63 bytes), so quoting them in messages is safe; values
 // may be up to 8 KiB of anything, so messages show at most a short, printable prefix.
@@ -28,8 +30,8 @@ std::string printable_prefix(std::string_view text, size_t limit = 32) {
 }
 
 bool is_label_char(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
-           c == '+' || c == '@' || c == '_';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '-' || c == '+' || c == '@' || c == '_';
 }
 
 int base64_digit(char c) {
@@ -181,8 +183,8 @@ bool is_extension_key(std::string_view key) {
 size_t max_value_length_for(std::string_view key) {
     // The authentication items RFC 7143 §12 defines as large binary values or long opaque strings.
     static constexpr std::string_view long_keys[] = {
-        "CHAP_C", "CHAP_R", "KRB_AP_REQ", "KRB_AP_REP", "SRP_s", "SRP_A", "SRP_B", "SRP_M", "SRP_HM",
-        "SPKM_REQ", "SPKM_ERROR", "SPKM1_REQ", "SPKM1_ERROR", "SPKM2_REQ", "SPKM2_ERROR",
+        "CHAP_C", "CHAP_R",   "KRB_AP_REQ", "KRB_AP_REP", "SRP_s",       "SRP_A",     "SRP_B",       "SRP_M",
+        "SRP_HM", "SPKM_REQ", "SPKM_ERROR", "SPKM1_REQ",  "SPKM1_ERROR", "SPKM2_REQ", "SPKM2_ERROR",
     };
     for (auto k : long_keys) {
         if (k == key) {
@@ -230,7 +232,8 @@ Result<KeyValueList> parse_text(std::span<const uint8_t> data, const TextLimits&
         }
         if (value.size() > max_value_length_for(key)) {
             return make_error("value of " + std::string(key) + " is " + std::to_string(value.size()) +
-                                  " bytes, more than the " + std::to_string(max_value_length_for(key)) + " allowed",
+                                  " bytes, more than the " + std::to_string(max_value_length_for(key)) +
+                                  " allowed",
                               EMSGSIZE);
         }
         pairs.push_back(KeyValue{std::string(key), std::string(value)});
@@ -419,21 +422,23 @@ Result<bool> parse_bool(std::string_view text) {
     return proto_error("'" + printable_prefix(text) + "' is not Yes or No");
 }
 
-std::string_view format_bool(bool value) { return value ? value_yes : value_no; }
+std::string_view format_bool(bool value) {
+    return value ? value_yes : value_no;
+}
 
 Result<std::vector<std::string_view>> parse_list(std::string_view text, size_t max_items) {
     std::vector<std::string_view> items;
     size_t start = 0;
     while (true) {
         size_t comma = text.find(',', start);
-        std::string_view item = text.substr(start, comma == std::string_view::npos ? std::string_view::npos
-                                                                                    : comma - start);
+        std::string_view item =
+            text.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
         if (item.empty()) {
             return proto_error("empty item in list '" + printable_prefix(text) + "'");
         }
         if (items.size() >= max_items) {
-            return make_error("list '" + printable_prefix(text) + "' has more than " + std::to_string(max_items) +
-                                  " items",
+            return make_error("list '" + printable_prefix(text) + "' has more than " +
+                                  std::to_string(max_items) + " items",
                               E2BIG);
         }
         items.push_back(item);

@@ -53,7 +53,8 @@ bool Cidr::contains(const net::Endpoint& address) const {
     const uint8_t* bytes = nullptr;
     uint8_t mapped[16];
     if (address.addr.ss_family == AF_INET) {
-        bytes = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in&>(address.addr).sin_addr);
+        bytes =
+            reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in&>(address.addr).sin_addr);
         if (family == AF_INET6) {
             // An IPv4 peer matches an IPv4-mapped IPv6 range.
             std::memset(mapped, 0, 10);
@@ -64,7 +65,8 @@ bool Cidr::contains(const net::Endpoint& address) const {
             return false;
         }
     } else if (address.addr.ss_family == AF_INET6) {
-        bytes = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in6&>(address.addr).sin6_addr);
+        bytes =
+            reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in6&>(address.addr).sin6_addr);
         if (family == AF_INET) {
             static const uint8_t v4_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
             if (std::memcmp(bytes, v4_prefix, 12) != 0) {
@@ -199,30 +201,32 @@ Result<void> validate(const ServerConfig& config) {
             }
         }
         if (target.mutual_chap) {
-            if (auto ok = check_credentials(*target.mutual_chap, fmt::format("target {} mutual CHAP", target.iqn));
+            if (auto ok =
+                    check_credentials(*target.mutual_chap, fmt::format("target {} mutual CHAP", target.iqn));
                 !ok) {
                 return ok;
             }
             if (!target.chap) {
-                return make_error(fmt::format("target {}: mutual CHAP needs CHAP for initiators too (--chap)",
-                                              target.iqn));
+                return make_error(
+                    fmt::format("target {}: mutual CHAP needs CHAP for initiators too (--chap)", target.iqn));
             }
             if (target.chap->secret == target.mutual_chap->secret) {
                 // RFC 7143 §12.1.3: with equal secrets the target would be an oracle for the initiator's.
-                return make_error(fmt::format("target {}: the mutual CHAP secret must differ from the CHAP secret",
-                                              target.iqn));
+                return make_error(fmt::format(
+                    "target {}: the mutual CHAP secret must differ from the CHAP secret", target.iqn));
             }
         }
         for (const AclEntry& entry : target.acl) {
             if (!iscsi::is_valid_iscsi_name(entry.initiator)) {
-                return make_error(fmt::format("target {}: ACL initiator '{}' is not a valid iSCSI name", target.iqn,
-                                              entry.initiator));
+                return make_error(fmt::format("target {}: ACL initiator '{}' is not a valid iSCSI name",
+                                              target.iqn, entry.initiator));
             }
             if (entry.luns) {
                 for (uint64_t lun : *entry.luns) {
                     if (!luns.count(lun)) {
-                        return make_error(fmt::format("target {}: ACL for {} names LUN {}, which does not exist",
-                                                      target.iqn, entry.initiator, lun));
+                        return make_error(
+                            fmt::format("target {}: ACL for {} names LUN {}, which does not exist",
+                                        target.iqn, entry.initiator, lun));
                     }
                 }
             }
@@ -296,7 +300,9 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay) {
     if (per_target && scope.empty()) {
         return make_error(fmt::format("{} applies to targets, and the configuration defines none (add one to "
                                       "the file, or give --iqn and --lun)",
-                                      overlay.chap ? "--chap" : overlay.mutual_chap ? "--mutual-chap" : "--allow"));
+                                      overlay.chap          ? "--chap"
+                                      : overlay.mutual_chap ? "--mutual-chap"
+                                                            : "--allow"));
     }
     for (TargetConfig* target : scope) {
         if (overlay.chap) {
@@ -317,7 +323,8 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay) {
     // (iscsi-ls with target_user=) asks for it in discovery too. Not when its secret is the discovery
     // one: equal secrets would make the target an oracle.
     if (!config.discovery_mutual_chap && config.discovery_chap && config.targets.size() == 1 &&
-        config.targets[0].mutual_chap && config.targets[0].mutual_chap->secret != config.discovery_chap->secret) {
+        config.targets[0].mutual_chap &&
+        config.targets[0].mutual_chap->secret != config.discovery_chap->secret) {
         config.discovery_mutual_chap = config.targets[0].mutual_chap;
     }
 
@@ -351,7 +358,8 @@ namespace {
 using json = nlohmann::json;
 
 // Unknown keys are errors: a misspelt "alow" must not silently open a target to everyone.
-Result<void> only_keys(const json& object, std::initializer_list<std::string_view> allowed, std::string_view where) {
+Result<void> only_keys(const json& object, std::initializer_list<std::string_view> allowed,
+                       std::string_view where) {
     if (!object.is_object()) {
         return make_error(fmt::format("{}: expected an object", where));
     }
@@ -443,7 +451,8 @@ Result<uint64_t> read_unsigned(const json& object, const char* key, std::string_
 }
 
 Result<ServerConfig> read_config(const json& root) {
-    if (auto ok = only_keys(root, {"listen", "reactors", "state_dir", "limits", "discovery", "targets"}, "config");
+    if (auto ok =
+            only_keys(root, {"listen", "reactors", "state_dir", "limits", "discovery", "targets"}, "config");
         !ok) {
         return ok.error();
     }
@@ -482,9 +491,9 @@ Result<ServerConfig> read_config(const json& root) {
     if (root.contains("limits")) {
         const json& limits = root["limits"];
         if (auto ok = only_keys(limits,
-                                {"queue_depth", "max_transfer", "login_timeout_ms", "nop_interval_ms", "nop_timeout_ms",
-                                 "max_connections", "max_login_connections", "max_sessions_per_initiator",
-                                 "sanitize_rate"},
+                                {"queue_depth", "max_transfer", "login_timeout_ms", "nop_interval_ms",
+                                 "nop_timeout_ms", "max_connections", "max_login_connections",
+                                 "max_sessions_per_initiator", "sanitize_rate"},
                                 "config limits");
             !ok) {
             return ok.error();
@@ -500,12 +509,12 @@ Result<ServerConfig> read_config(const json& root) {
         uint64_t max_conn = config.limits.max_connections, max_login = config.limits.max_login_connections;
         uint64_t per_initiator = config.limits.max_sessions_per_initiator;
         uint64_t sanitize_rate = config.limits.sanitize_bytes_per_second;
-        for (Field field : {Field{"queue_depth", &queue_depth}, Field{"max_transfer", &max_transfer},
-                            Field{"login_timeout_ms", &login_ms}, Field{"nop_interval_ms", &nop_interval},
-                            Field{"nop_timeout_ms", &nop_timeout}, Field{"max_connections", &max_conn},
-                            Field{"max_login_connections", &max_login},
-                            Field{"max_sessions_per_initiator", &per_initiator},
-                            Field{"sanitize_rate", &sanitize_rate}}) {
+        for (Field field :
+             {Field{"queue_depth", &queue_depth}, Field{"max_transfer", &max_transfer},
+              Field{"login_timeout_ms", &login_ms}, Field{"nop_interval_ms", &nop_interval},
+              Field{"nop_timeout_ms", &nop_timeout}, Field{"max_connections", &max_conn},
+              Field{"max_login_connections", &max_login}, Field{"max_sessions_per_initiator", &per_initiator},
+              Field{"sanitize_rate", &sanitize_rate}}) {
             if (limits.contains(field.key)) {
                 auto value = read_unsigned(limits, field.key, "config limits");
                 if (!value) {
@@ -598,7 +607,8 @@ Result<ServerConfig> read_config(const json& root) {
             }
             auto spec = backstore::parse_device_spec(lun.spec);
             if (!spec) {
-                return make_error(fmt::format("{} lun {} ({}): {}", where, lun.lun, lun.spec, spec.error().message));
+                return make_error(
+                    fmt::format("{} lun {} ({}): {}", where, lun.lun, lun.spec, spec.error().message));
             }
             lun.device = *spec;
             next = lun.lun + 1;

@@ -36,10 +36,10 @@ Result<Cidr> parse_cidr(std::string_view text);
 
 // Who may log in to a target, and what they see. An ACL with no entries admits every initiator.
 struct AclEntry {
-    std::string initiator;                    // an iSCSI name, exactly
-    std::vector<Cidr> networks;               // if any: the initiator must connect from one of them
+    std::string initiator;                     // an iSCSI name, exactly
+    std::vector<Cidr> networks;                // if any: the initiator must connect from one of them
     std::optional<std::vector<uint64_t>> luns; // LUN masking: only these LUNs exist for it
-    bool read_only = false;                   // every LUN is write-protected for it
+    bool read_only = false;                    // every LUN is write-protected for it
 };
 
 // The first entry naming `initiator` whose networks (if any) hold `peer`, or null.
@@ -109,12 +109,12 @@ struct ServerConfig {
 // --lun, --allow) adds entries to the file's list. Security settings apply to the target named by
 // --iqn, or to every target of the file when --iqn is not given; they are never dropped silently.
 struct ConfigOverlay {
-    std::vector<std::string> listen;       // portals added (a portal the file already has is not repeated)
+    std::vector<std::string> listen; // portals added (a portal the file already has is not repeated)
     std::optional<unsigned> reactors;
     std::optional<std::string> state_dir;
-    std::string iqn;                       // the target --alias/--lun/--chap/--allow apply to (created if new)
+    std::string iqn; // the target --alias/--lun/--chap/--allow apply to (created if new)
     std::optional<std::string> alias;
-    std::vector<std::string> luns;         // numbered after the target's highest LUN
+    std::vector<std::string> luns; // numbered after the target's highest LUN
     std::optional<iscsi::ChapCredentials> chap;
     std::optional<iscsi::ChapCredentials> mutual_chap;
     std::vector<AclEntry> allow;

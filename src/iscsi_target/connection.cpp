@@ -46,7 +46,8 @@ void Connection::start() {
     _login_timer = _reactor.add_timer(_server.config().limits.login_timeout, [this] {
         _login_timer = 0;
         if (_phase == Phase::login) {
-            drop(fmt::format("login not completed within {} ms", _server.config().limits.login_timeout.count()));
+            drop(fmt::format("login not completed within {} ms",
+                             _server.config().limits.login_timeout.count()));
         }
     });
 }
@@ -119,7 +120,9 @@ void Connection::detach_session(const std::string& reason) {
     drop(reason);
 }
 
-void Connection::on_closed(const Error& why) { closed(why.message); }
+void Connection::on_closed(const Error& why) {
+    closed(why.message);
+}
 
 void Connection::closed(const std::string& reason) {
     if (_phase == Phase::closed) {
@@ -187,7 +190,8 @@ void Connection::on_readable() {
             return;
         }
         if (result.eof) {
-            std::string why = _reader.idle() ? "peer closed the connection" : "peer closed the connection mid-PDU";
+            std::string why =
+                _reader.idle() ? "peer closed the connection" : "peer closed the connection mid-PDU";
             if (_phase == Phase::full_feature && !_reader.idle()) {
                 log_warn("connection {}: {}", _name, why);
             }
@@ -276,10 +280,15 @@ void Connection::read_error(const iscsi::ReadError& error) {
 
 void Connection::pdu_received(iscsi::ReceivedPdu&& pdu) {
     switch (_phase) {
-    case Phase::login: login_pdu(pdu); return;
-    case Phase::full_feature: full_feature_pdu(pdu); return;
+    case Phase::login:
+        login_pdu(pdu);
+        return;
+    case Phase::full_feature:
+        full_feature_pdu(pdu);
+        return;
     case Phase::closing:
-    case Phase::closed: return;
+    case Phase::closed:
+        return;
     }
 }
 
@@ -294,8 +303,9 @@ void Connection::send_login_response(const iscsi::LoginResponsePdu& response) {
 void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
     if (pdu.bhs.opcode() != iscsi::Opcode::login_request) {
         // RFC 7143 §6.3: only Login Requests until the login completes.
-        auto response = _login->fail(iscsi::LoginStatus::invalid_during_login,
-                                     fmt::format("{} before the login completed", iscsi::opcode_name(pdu.bhs.raw_opcode())));
+        auto response = _login->fail(
+            iscsi::LoginStatus::invalid_during_login,
+            fmt::format("{} before the login completed", iscsi::opcode_name(pdu.bhs.raw_opcode())));
         send_login_response(response);
         log_warn("connection {}: login failed: {} ({})", _name, iscsi::describe(response.header.status()),
                  _login->reason());
@@ -318,13 +328,17 @@ void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
     }
     send_login_response(response);
     switch (_login->state()) {
-    case iscsi::LoginState::in_progress: return;
-    case iscsi::LoginState::complete: enter_full_feature(); return;
+    case iscsi::LoginState::in_progress:
+        return;
+    case iscsi::LoginState::complete:
+        enter_full_feature();
+        return;
     case iscsi::LoginState::redirected:
         close_after_flush("login redirected");
         return;
     case iscsi::LoginState::failed:
-        log_warn("connection {}: login failed: {} ({})", _name, iscsi::describe(_login->status()), _login->reason());
+        log_warn("connection {}: login failed: {} ({})", _name, iscsi::describe(_login->status()),
+                 _login->reason());
         if (_slot && !_slot->session) {
             _server.sessions().remove(_slot);
         }
@@ -343,8 +357,8 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
         return info;
     }
     if (identity.session_type == iscsi::SessionType::discovery) {
-        info.auth_methods = {std::string(_server.config().discovery_chap ? iscsi::auth_method_chap
-                                                                        : iscsi::auth_method_none)};
+        info.auth_methods = {
+            std::string(_server.config().discovery_chap ? iscsi::auth_method_chap : iscsi::auth_method_none)};
         return info;
     }
     _target = _server.find_target(identity.target_name);
@@ -355,13 +369,14 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
     }
     if (!_server.may_access(*_target, identity.initiator_name, _peer)) {
         info.status = iscsi::LoginStatus::authorization_failure;
-        log_warn("connection {}: {} from {} is not allowed to log in to {} (ACL)", _name, identity.initiator_name,
-                 _peer.to_string(), _target->config.iqn);
+        log_warn("connection {}: {} from {} is not allowed to log in to {} (ACL)", _name,
+                 identity.initiator_name, _peer.to_string(), _target->config.iqn);
         return info;
     }
     info.negotiation.alias = _target->config.alias; // TargetAlias is the target's own
     // With CHAP configured, None is not acceptable: an initiator that cannot authenticate is refused.
-    info.auth_methods = {std::string(_target->config.chap ? iscsi::auth_method_chap : iscsi::auth_method_none)};
+    info.auth_methods = {
+        std::string(_target->config.chap ? iscsi::auth_method_chap : iscsi::auth_method_none)};
     if (!identity.leading()) {
         // A connection joining an existing session (MC/S): it must name that session exactly.
         auto slot = _server.sessions().find_tsih(identity.tsih);
@@ -430,8 +445,9 @@ iscsi::LoginAdmission Connection::admit(const iscsi::LoginIdentity& identity, co
         admission.max_cmd_sn = identity.cmd_sn;
         return admission;
     } else {
-        auto admitted = _server.sessions().admit(_reactor, identity.initiator_name, iscsi::isid_to_u64(identity.isid),
-                                                 identity.target_name, _server.config().limits.max_sessions_per_initiator);
+        auto admitted = _server.sessions().admit(_reactor, identity.initiator_name,
+                                                 iscsi::isid_to_u64(identity.isid), identity.target_name,
+                                                 _server.config().limits.max_sessions_per_initiator);
         if (!admitted) {
             log_warn("connection {}: login refused: {}", _name, admitted.error().message);
         }
@@ -614,11 +630,14 @@ void Connection::full_feature_pdu(iscsi::ReceivedPdu& pdu) {
             return;
         }
         // A Data-Out with data was checked in data_destination(), before its data landed.
-        Session::DataOutCheck check =
-            pdu.data_length > 0 ? std::exchange(_data_out_check, {}) : _session->check_data_out(*this, *header);
+        Session::DataOutCheck check = pdu.data_length > 0 ? std::exchange(_data_out_check, {})
+                                                          : _session->check_data_out(*this, *header);
         switch (check.verdict) {
-        case Session::DataOutCheck::Verdict::land: _session->data_out_received(*check.command, *header); return;
-        case Session::DataOutCheck::Verdict::drop: return;
+        case Session::DataOutCheck::Verdict::land:
+            _session->data_out_received(*check.command, *header);
+            return;
+        case Session::DataOutCheck::Verdict::drop:
+            return;
         case Session::DataOutCheck::Verdict::fail_command:
             _session->fail_data_out(*check.command, check.sense, check.error);
             return;
@@ -628,9 +647,15 @@ void Connection::full_feature_pdu(iscsi::ReceivedPdu& pdu) {
         }
         return;
     }
-    case iscsi::Opcode::nop_out: nop_out(pdu); return;
-    case iscsi::Opcode::text_request: text_request(pdu); return;
-    case iscsi::Opcode::logout_request: logout_request(pdu); return;
+    case iscsi::Opcode::nop_out:
+        nop_out(pdu);
+        return;
+    case iscsi::Opcode::text_request:
+        text_request(pdu);
+        return;
+    case iscsi::Opcode::logout_request:
+        logout_request(pdu);
+        return;
     case iscsi::Opcode::task_mgmt_request: {
         auto request = iscsi::TaskMgmtRequest::decode(bhs);
         if (!request) {
@@ -679,26 +704,27 @@ void Connection::nop_out(iscsi::ReceivedPdu& pdu) {
     uint32_t itt = request->itt;
     _session->order(request->cmd_sn, request->immediate,
                     [this, alive = _alive, data = std::move(data), offset, length, lun, itt] {
-        if (!*alive || closing()) {
-            return;
-        }
-        iscsi::NopIn answer;
-        answer.itt = itt;
-        answer.ttt = iscsi::reserved_tag;
-        answer.lun = lun;
-        answer.stat_sn = take_stat_sn();
-        answer.exp_cmd_sn = _session->exp_cmd_sn();
-        answer.max_cmd_sn = _session->max_cmd_sn();
-        answer.data_segment_length = length;
-        iscsi::Bhs bhs;
-        answer.encode(bhs);
-        send(bhs, data, offset, length);
-    });
+                        if (!*alive || closing()) {
+                            return;
+                        }
+                        iscsi::NopIn answer;
+                        answer.itt = itt;
+                        answer.ttt = iscsi::reserved_tag;
+                        answer.lun = lun;
+                        answer.stat_sn = take_stat_sn();
+                        answer.exp_cmd_sn = _session->exp_cmd_sn();
+                        answer.max_cmd_sn = _session->max_cmd_sn();
+                        answer.data_segment_length = length;
+                        iscsi::Bhs bhs;
+                        answer.encode(bhs);
+                        send(bhs, data, offset, length);
+                    });
 }
 
 void Connection::schedule_nop() {
     const Limits& limits = _server.config().limits;
-    auto tick = std::max(std::chrono::milliseconds(100), std::min(limits.nop_interval, limits.nop_timeout) / 2);
+    auto tick =
+        std::max(std::chrono::milliseconds(100), std::min(limits.nop_interval, limits.nop_timeout) / 2);
     _nop_timer = _reactor.add_timer(tick, [this] {
         _nop_timer = 0;
         nop_tick();
@@ -746,59 +772,62 @@ void Connection::text_request(iscsi::ReceivedPdu& pdu) {
     auto segment = pdu.segment();
     std::vector<uint8_t> bytes(segment.begin(), segment.end());
     iscsi::TextRequest header = *request;
-    _session->order(header.cmd_sn, header.immediate, [this, alive = _alive, header, bytes = std::move(bytes)] {
-        if (!*alive || closing()) {
-            return;
-        }
-        if (header.ttt != iscsi::reserved_tag) {
-            // The initiator asks for the next piece of a long answer (RFC 7143 §6.2), or abandons it.
-            if (header.ttt != _text_ttt || _text_out_offset >= _text_out.size()) {
+    _session->order(
+        header.cmd_sn, header.immediate, [this, alive = _alive, header, bytes = std::move(bytes)] {
+            if (!*alive || closing()) {
+                return;
+            }
+            if (header.ttt != iscsi::reserved_tag) {
+                // The initiator asks for the next piece of a long answer (RFC 7143 §6.2), or abandons it.
+                if (header.ttt != _text_ttt || _text_out_offset >= _text_out.size()) {
+                    iscsi::Bhs bhs;
+                    iscsi::TextRequest copy = header;
+                    copy.encode(bhs);
+                    reject(
+                        bhs, iscsi::RejectReason::invalid_pdu_field,
+                        fmt::format("Text Request continues TTT {:#x}, which no answer in progress carries",
+                                    header.ttt));
+                    return;
+                }
+                send_text_chunk(header);
+                return;
+            }
+            _text_out.clear();
+            _text_out_offset = 0;
+            if (auto appended = _text_in.append(bytes); !appended) {
+                _text_in.clear();
                 iscsi::Bhs bhs;
                 iscsi::TextRequest copy = header;
                 copy.encode(bhs);
-                reject(bhs, iscsi::RejectReason::invalid_pdu_field,
-                       fmt::format("Text Request continues TTT {:#x}, which no answer in progress carries", header.ttt));
+                reject(bhs, iscsi::RejectReason::protocol_error, appended.error().message);
                 return;
             }
-            send_text_chunk(header);
-            return;
-        }
-        _text_out.clear();
-        _text_out_offset = 0;
-        if (auto appended = _text_in.append(bytes); !appended) {
+            if (header.continue_bit) {
+                // More of the request follows: acknowledge with an empty response (RFC 7143 §11.10.2).
+                iscsi::TextResponse ack;
+                ack.final_bit = false;
+                ack.itt = header.itt;
+                ack.lun = header.lun;
+                ack.ttt = _text_ttt = _next_ttt++;
+                ack.stat_sn = take_stat_sn();
+                ack.exp_cmd_sn = _session->exp_cmd_sn();
+                ack.max_cmd_sn = _session->max_cmd_sn();
+                iscsi::Bhs bhs;
+                ack.encode(bhs);
+                send(bhs);
+                return;
+            }
+            auto pairs = iscsi::parse_text(_text_in.take());
             _text_in.clear();
-            iscsi::Bhs bhs;
-            iscsi::TextRequest copy = header;
-            copy.encode(bhs);
-            reject(bhs, iscsi::RejectReason::protocol_error, appended.error().message);
-            return;
-        }
-        if (header.continue_bit) {
-            // More of the request follows: acknowledge with an empty response (RFC 7143 §11.10.2).
-            iscsi::TextResponse ack;
-            ack.final_bit = false;
-            ack.itt = header.itt;
-            ack.lun = header.lun;
-            ack.ttt = _text_ttt = _next_ttt++;
-            ack.stat_sn = take_stat_sn();
-            ack.exp_cmd_sn = _session->exp_cmd_sn();
-            ack.max_cmd_sn = _session->max_cmd_sn();
-            iscsi::Bhs bhs;
-            ack.encode(bhs);
-            send(bhs);
-            return;
-        }
-        auto pairs = iscsi::parse_text(_text_in.take());
-        _text_in.clear();
-        if (!pairs) {
-            iscsi::Bhs bhs;
-            iscsi::TextRequest copy = header;
-            copy.encode(bhs);
-            reject(bhs, iscsi::RejectReason::protocol_error, pairs.error().message);
-            return;
-        }
-        answer_text(header, *pairs);
-    });
+            if (!pairs) {
+                iscsi::Bhs bhs;
+                iscsi::TextRequest copy = header;
+                copy.encode(bhs);
+                reject(bhs, iscsi::RejectReason::protocol_error, pairs.error().message);
+                return;
+            }
+            answer_text(header, *pairs);
+        });
 }
 
 void Connection::answer_text(const iscsi::TextRequest& request, const iscsi::KeyValueList& pairs) {
@@ -812,10 +841,9 @@ void Connection::answer_text(const iscsi::TextRequest& request, const iscsi::Key
         // SendTargets=All lists every target; a name lists that one; empty (normal session) ours.
         std::vector<const Target*> listed;
         for (auto& target : _server.targets()) {
-            bool wanted = pair.value == "All" ? true
-                          : pair.value.empty()
-                              ? (_session->target() == target.get())
-                              : pair.value == target->config.iqn;
+            bool wanted = pair.value == "All"  ? true
+                          : pair.value.empty() ? (_session->target() == target.get())
+                                               : pair.value == target->config.iqn;
             // An initiator learns only of targets it may log in to.
             if (wanted && _server.may_access(*target, _session->params().initiator_name, _peer)) {
                 listed.push_back(target.get());

@@ -8,11 +8,11 @@
 
 #include "iscsi/login.hpp"
 #include "iscsi/pdu_reader.hpp"
+#include "iscsi_target/out_pdu.hpp"
+#include "iscsi_target/session.hpp"
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
 #include "net/tcp_stream.hpp"
-#include "iscsi_target/out_pdu.hpp"
-#include "iscsi_target/session.hpp"
 
 #include <array>
 #include <memory>
@@ -89,7 +89,7 @@ private:
     void on_closed(const Error& why) override;
     // PduSink
     iscsi::DataDestination data_destination(const iscsi::Bhs& bhs, std::span<const uint8_t> ahs,
-                                             uint32_t length) override;
+                                            uint32_t length) override;
     void pdu_received(iscsi::ReceivedPdu&& pdu) override;
     void read_error(const iscsi::ReadError& error) override;
     // LoginPolicy
@@ -140,7 +140,7 @@ private:
     net::Reactor::TimerId _login_timer = 0;
     bool _cid_registered = false; // our CID is in _slot->cids
     bool _handed_over = false;
-    bool _logged_out = false;     // closed by a Logout (not a failure)
+    bool _logged_out = false;      // closed by a Logout (not a failure)
     bool _counted_as_login = true; // counts against Limits::max_login_connections
 
     // Full feature phase.

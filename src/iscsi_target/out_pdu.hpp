@@ -25,7 +25,8 @@ public:
         size_t header_length = iscsi::bhs_size;
         std::copy(bhs.bytes.begin(), bhs.bytes.end(), _header.begin());
         if (header_digest) {
-            iscsi::store_digest(_header.data() + iscsi::bhs_size, iscsi::crc32c(_header.data(), iscsi::bhs_size));
+            iscsi::store_digest(_header.data() + iscsi::bhs_size,
+                                iscsi::crc32c(_header.data(), iscsi::bhs_size));
             header_length += iscsi::digest_size;
         }
         iovcnt = 0;
@@ -34,7 +35,8 @@ public:
         if (length > 0) {
             uint8_t* p = _data.data() + offset;
             iov[iovcnt++] = {p, length};
-            _trailer = iscsi::make_data_trailer(length, data_digest, data_digest ? iscsi::crc32c(p, length) : 0);
+            _trailer =
+                iscsi::make_data_trailer(length, data_digest, data_digest ? iscsi::crc32c(p, length) : 0);
             if (_trailer.size > 0) {
                 iov[iovcnt++] = {_trailer.bytes.data(), _trailer.size};
             }
@@ -76,6 +78,8 @@ private:
     std::vector<OutPdu*> _free;
 };
 
-inline void OutPdu::on_sent(bool) { _pool->put(*this); }
+inline void OutPdu::on_sent(bool) {
+    _pool->put(*this);
+}
 
 } // namespace ispace::iscsi_target

@@ -7,9 +7,9 @@
 
 #include <algorithm>
 #include <arpa/inet.h>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <cerrno>
 #include <sys/epoll.h>
 #include <thread>
 #include <unistd.h>
@@ -24,7 +24,7 @@ iscsi::NegotiationConfig default_target_negotiation() {
     config.max_recv_data_segment_length = 256 * 1024;
     config.max_burst_length = 1024 * 1024;
     config.first_burst_length = 256 * 1024;
-    config.initial_r2t = false;   // unsolicited data is welcome: it saves a round trip per write
+    config.initial_r2t = false; // unsolicited data is welcome: it saves a round trip per write
     config.immediate_data = true;
     config.max_outstanding_r2t = 8;
     // Several connections per session (MC/S); they all live on the session's reactor.
@@ -171,11 +171,13 @@ private:
 // a file LUN as FILE.pr, so the reservations travel with the data they guard. A block device needs
 // --state-dir; a RAM or null disk keeps none (its data does not survive a restart either). Empty: APTPL
 // is not supported for that LUN, which REPORT CAPABILITIES says.
-Result<std::string> pr_state_path(const ServerConfig& config, const TargetConfig& target, const LunConfig& lun) {
+Result<std::string> pr_state_path(const ServerConfig& config, const TargetConfig& target,
+                                  const LunConfig& lun) {
     using Kind = backstore::DeviceSpec::Kind;
     if (!config.state_dir.empty()) {
         std::string name = target.iqn;
-        std::replace_if(name.begin(), name.end(), [](char c) { return c == ':' || c == '/'; }, '_');
+        std::replace_if(
+            name.begin(), name.end(), [](char c) { return c == ':' || c == '/'; }, '_');
         std::string dir = config.state_dir + "/" + name;
         std::error_code ec;
         std::filesystem::create_directories(dir, ec);
@@ -240,8 +242,9 @@ Result<void> Server::start() {
                 return make_error(fmt::format("lun {}: {}", lc.lun, device.error().message));
             }
             backstore::Geometry geometry = (*device)->geometry();
-            log_info("target {} lun {}: {} ({} blocks of {} bytes{}{})", tc.iqn, lc.lun, (*device)->describe(),
-                     geometry.block_count, geometry.block_size, (*device)->features().thin ? ", thin" : "",
+            log_info("target {} lun {}: {} ({} blocks of {} bytes{}{})", tc.iqn, lc.lun,
+                     (*device)->describe(), geometry.block_count, geometry.block_size,
+                     (*device)->features().thin ? ", thin" : "",
                      (*device)->features().read_only ? ", read-only" : "");
             scsi::LuOptions options;
             options.max_transfer_bytes = _config.limits.max_transfer_bytes;
@@ -348,8 +351,8 @@ void Server::accept_ready(size_t portal_index) {
             continue;
         }
         if (_login_connections.load() >= _config.limits.max_login_connections) {
-            log_warn("connection from {} refused: {} connections are already logging in (limit)", peer.to_string(),
-                     _login_connections.load());
+            log_warn("connection from {} refused: {} connections are already logging in (limit)",
+                     peer.to_string(), _login_connections.load());
             ::close(*fd);
             continue;
         }
@@ -408,7 +411,8 @@ void Server::close_sessions_of(const Target& target, std::string reason) {
     }
 }
 
-void Server::terminate_reinstated(std::shared_ptr<SessionSlot> old_slot, std::shared_ptr<SessionSlot> successor) {
+void Server::terminate_reinstated(std::shared_ptr<SessionSlot> old_slot,
+                                  std::shared_ptr<SessionSlot> successor) {
     // Runs the old session's termination on its reactor, then opens the new session's gate on its own.
     auto open_successor = [successor] {
         successor->reactor->post([successor] {
@@ -463,13 +467,12 @@ bool Server::shutdown(std::chrono::milliseconds grace) {
     {
         std::unique_lock lock(_drain_mutex);
         _drained.wait(lock, [&] { return closes_run == _reactors->size(); });
-        clean = _drained.wait_for(lock, grace, [this] {
-            return _open_connections.load() == 0 && _live_sessions.load() == 0;
-        });
+        clean = _drained.wait_for(
+            lock, grace, [this] { return _open_connections.load() == 0 && _live_sessions.load() == 0; });
     }
     if (!clean) {
-        log_warn("shutdown: {} connection(s) and {} session(s) still open after {} ms", _open_connections.load(),
-                 _live_sessions.load(), grace.count());
+        log_warn("shutdown: {} connection(s) and {} session(s) still open after {} ms",
+                 _open_connections.load(), _live_sessions.load(), grace.count());
     }
 
     // Make every acknowledged write durable before exiting.

@@ -3,10 +3,10 @@
 #pragma once
 
 #include "common/result.hpp"
+#include "iscsi_target/config.hpp"
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
 #include "scsi/target.hpp"
-#include "iscsi_target/config.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -46,9 +46,9 @@ struct SessionSlot {
 
     // For logins that add a connection (MC/S), which run on any reactor: guarded by `mutex`.
     std::mutex mutex;
-    bool ready = false;           // the Session exists and `params` are its negotiated parameters
-    iscsi::SessionParams params;  // immutable once ready
-    std::set<uint16_t> cids;      // connections in the session (and logging in to it)
+    bool ready = false;          // the Session exists and `params` are its negotiated parameters
+    iscsi::SessionParams params; // immutable once ready
+    std::set<uint16_t> cids;     // connections in the session (and logging in to it)
 };
 
 // Sessions by (InitiatorName, ISID, TargetName) and by TSIH, for reinstatement and for adding

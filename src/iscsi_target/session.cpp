@@ -1,9 +1,9 @@
 #include "iscsi_target/session.hpp"
 
 #include "common/log.hpp"
-#include "net/reactor.hpp"
 #include "iscsi_target/connection.hpp"
 #include "iscsi_target/server.hpp"
+#include "net/reactor.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -16,11 +16,16 @@ std::atomic<uint64_t> g_next_nexus_id{1};
 
 iscsi::TmfResponse to_tmf_response(scsi::TmfResult result) {
     switch (result) {
-    case scsi::TmfResult::complete: return iscsi::TmfResponse::function_complete;
-    case scsi::TmfResult::task_not_found: return iscsi::TmfResponse::task_does_not_exist;
-    case scsi::TmfResult::lun_not_found: return iscsi::TmfResponse::lun_does_not_exist;
-    case scsi::TmfResult::not_supported: return iscsi::TmfResponse::not_supported;
-    case scsi::TmfResult::rejected: return iscsi::TmfResponse::function_rejected;
+    case scsi::TmfResult::complete:
+        return iscsi::TmfResponse::function_complete;
+    case scsi::TmfResult::task_not_found:
+        return iscsi::TmfResponse::task_does_not_exist;
+    case scsi::TmfResult::lun_not_found:
+        return iscsi::TmfResponse::lun_does_not_exist;
+    case scsi::TmfResult::not_supported:
+        return iscsi::TmfResponse::not_supported;
+    case scsi::TmfResult::rejected:
+        return iscsi::TmfResponse::function_rejected;
     }
     return iscsi::TmfResponse::function_rejected;
 }
@@ -55,7 +60,8 @@ Session::Session(Server& server, net::Reactor& reactor, Target* target, std::sha
       _queue_depth(server.config().limits.queue_depth) {
     _nexus.id = g_next_nexus_id.fetch_add(1);
     _nexus.initiator_name = identity.initiator_name;
-    _nexus.initiator_port = fmt::format("{},i,0x{}", identity.initiator_name, iscsi::format_isid(identity.isid));
+    _nexus.initiator_port =
+        fmt::format("{},i,0x{}", identity.initiator_name, iscsi::format_isid(identity.isid));
     _nexus.target_name = target ? target->config.iqn : std::string();
     _nexus.target_port = fmt::format("{},t,0x{:04x}", _nexus.target_name, params.target_portal_group_tag);
     _nexus.relative_target_port = params.target_portal_group_tag;
@@ -147,7 +153,8 @@ bool Session::order(uint32_t cmd_sn, bool immediate, Function<void()> deliver) {
         return true;
     }
     if (iscsi::sn_lt(cmd_sn, _exp_cmd_sn) || iscsi::sn_gt(cmd_sn, max_cmd_sn())) {
-        log_debug("{}: CmdSN {} outside the window [{}, {}]; ignored", _name, cmd_sn, _exp_cmd_sn, max_cmd_sn());
+        log_debug("{}: CmdSN {} outside the window [{}, {}]; ignored", _name, cmd_sn, _exp_cmd_sn,
+                  max_cmd_sn());
         return false;
     }
     if (cmd_sn != _exp_cmd_sn) {
@@ -173,7 +180,8 @@ bool Session::order(uint32_t cmd_sn, bool immediate, Function<void()> deliver) {
 // ---- SCSI commands ---------------------------------------------------------------------------------
 
 Command* Session::command_header(Connection& connection, const iscsi::ScsiCommand& header,
-                                 std::span<const uint8_t> ahs, std::string& error, iscsi::RejectReason& reject) {
+                                 std::span<const uint8_t> ahs, std::string& error,
+                                 iscsi::RejectReason& reject) {
     if (discovery()) {
         error = "SCSI Command in a discovery session";
         reject = iscsi::RejectReason::protocol_error;
@@ -181,8 +189,8 @@ Command* Session::command_header(Connection& connection, const iscsi::ScsiComman
     }
     if (!header.immediate &&
         (iscsi::sn_lt(header.cmd_sn, _exp_cmd_sn) || iscsi::sn_gt(header.cmd_sn, max_cmd_sn()))) {
-        log_debug("{}: SCSI Command itt {:#x} CmdSN {} outside the window [{}, {}]; ignored", _name, header.itt,
-                  header.cmd_sn, _exp_cmd_sn, max_cmd_sn());
+        log_debug("{}: SCSI Command itt {:#x} CmdSN {} outside the window [{}, {}]; ignored", _name,
+                  header.itt, header.cmd_sn, _exp_cmd_sn, max_cmd_sn());
         return nullptr;
     }
     if (header.itt == iscsi::reserved_tag) {
@@ -248,9 +256,11 @@ Command* Session::command_header(Connection& connection, const iscsi::ScsiComman
     c.immediate = header.immediate;
 
     if (header.write && header.expected_data_transfer_length > 0) {
-        uint32_t size = std::min(header.expected_data_transfer_length, _server.config().limits.max_transfer_bytes);
+        uint32_t size =
+            std::min(header.expected_data_transfer_length, _server.config().limits.max_transfer_bytes);
         if (immediate_length > size) {
-            error = fmt::format("{} bytes of immediate data exceed the buffer of {} bytes", immediate_length, size);
+            error = fmt::format("{} bytes of immediate data exceed the buffer of {} bytes", immediate_length,
+                                size);
             reject = iscsi::RejectReason::protocol_error;
             return nullptr;
         }
@@ -285,7 +295,9 @@ void Session::command_received(Command& command) {
     }
 }
 
-void Session::discard_arrival(Command& command) { release(command); }
+void Session::discard_arrival(Command& command) {
+    release(command);
+}
 
 void Session::deliver_command(Command& command) {
     if (!command.immediate) {
@@ -353,8 +365,8 @@ void Session::cancel_data_out(scsi::Task& task) {
 void Session::send_r2ts(Command& command) {
     // R2Ts start once the unsolicited sequence has ended, so their offsets never overlap data the
     // initiator may still send unasked (an early F bit shortens the unsolicited range).
-    if (!command.fetching || command.cancelled || !command.unsolicited_done || command.connection == nullptr ||
-        command.connection->closing()) {
+    if (!command.fetching || command.cancelled || !command.unsolicited_done ||
+        command.connection == nullptr || command.connection->closing()) {
         return;
     }
     while (command.bursts.size() < std::max<uint16_t>(_params.max_outstanding_r2t, 1) &&
@@ -414,7 +426,8 @@ Session::DataOutCheck Session::check_data_out(const Connection& connection, cons
     if (command.connection != &connection) {
         // Connection allegiance: a task's data moves on the connection its command came on.
         check.verdict = Verdict::reject;
-        check.error = fmt::format("Data-Out for ITT {:#x} on a connection other than its command's", header.itt);
+        check.error =
+            fmt::format("Data-Out for ITT {:#x} on a connection other than its command's", header.itt);
         return check;
     }
     if (!command.data_out || command.buffer.empty()) {
@@ -433,7 +446,8 @@ Session::DataOutCheck Session::check_data_out(const Connection& connection, cons
     if (header.ttt == iscsi::reserved_tag) {
         if (command.unsolicited_done) {
             return fail(scsi::asc::unexpected_unsolicited_data,
-                        fmt::format("unsolicited Data-Out for ITT {:#x} after its unsolicited data ended", header.itt));
+                        fmt::format("unsolicited Data-Out for ITT {:#x} after its unsolicited data ended",
+                                    header.itt));
         }
         if (header.data_sn != command.unsolicited_data_sn) {
             return fail(scsi::asc::data_phase_error,
@@ -446,9 +460,10 @@ Session::DataOutCheck Session::check_data_out(const Connection& connection, cons
                                     header.buffer_offset, command.unsolicited_next));
         }
         if (end > command.unsolicited_end) {
-            return fail(scsi::asc::unexpected_unsolicited_data,
-                        fmt::format("unsolicited Data-Out for ITT {:#x} runs to {} past FirstBurstLength/EDTL ({})",
-                                    header.itt, end, command.unsolicited_end));
+            return fail(
+                scsi::asc::unexpected_unsolicited_data,
+                fmt::format("unsolicited Data-Out for ITT {:#x} runs to {} past FirstBurstLength/EDTL ({})",
+                            header.itt, end, command.unsolicited_end));
         }
         check.verdict = Verdict::land;
         return check;
@@ -457,8 +472,8 @@ Session::DataOutCheck Session::check_data_out(const Connection& connection, cons
                               [&](const Command::Burst& b) { return b.ttt == header.ttt; });
     if (burst == command.bursts.end()) {
         return fail(scsi::asc::invalid_target_port_transfer_tag,
-                    fmt::format("Data-Out for ITT {:#x} with TTT {:#x}, which no outstanding R2T carries", header.itt,
-                                header.ttt));
+                    fmt::format("Data-Out for ITT {:#x} with TTT {:#x}, which no outstanding R2T carries",
+                                header.itt, header.ttt));
     }
     if (header.data_sn != burst->next_data_sn) {
         return fail(scsi::asc::data_phase_error,
@@ -703,9 +718,11 @@ void Session::drop_waiting_commands(std::optional<uint64_t> lun) {
 
 void Session::task_management(Connection& connection, const iscsi::TaskMgmtRequest& request) {
     Connection* from = &connection;
-    bool accepted = order(request.cmd_sn, request.immediate, [this, from, request] { run_tmf(from, request); });
+    bool accepted =
+        order(request.cmd_sn, request.immediate, [this, from, request] { run_tmf(from, request); });
     if (!accepted) {
-        log_debug("{}: task management request itt {:#x} ignored (CmdSN outside the window)", _name, request.itt);
+        log_debug("{}: task management request itt {:#x} ignored (CmdSN outside the window)", _name,
+                  request.itt);
     }
 }
 
@@ -819,7 +836,8 @@ void Session::abort_all(Function<void()> done) {
 }
 
 void Session::connection_lost(Connection& connection, bool logged_out) {
-    _connections.erase(std::remove(_connections.begin(), _connections.end(), &connection), _connections.end());
+    _connections.erase(std::remove(_connections.begin(), _connections.end(), &connection),
+                       _connections.end());
     for (auto& [itt, command] : _commands) {
         if (command->connection == &connection) {
             command->connection = nullptr;

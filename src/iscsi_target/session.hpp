@@ -34,9 +34,9 @@ struct Target;
 // The iSCSI side of one SCSI command.
 struct Command final : scsi::Task {
     enum class State : uint8_t {
-        waiting,     // received, waiting for its CmdSN turn (or for a reinstated predecessor)
-        in_engine,   // submitted; the engine owns the flow
-        responding,  // the engine completed it; the response waits for unsolicited data to finish
+        waiting,    // received, waiting for its CmdSN turn (or for a reinstated predecessor)
+        in_engine,  // submitted; the engine owns the flow
+        responding, // the engine completed it; the response waits for unsolicited data to finish
     };
 
     Connection* connection = nullptr; // allegiance: responses go here; null once it is gone
@@ -194,7 +194,7 @@ private:
     uint32_t _queue_depth;
     uint32_t _unanswered = 0; // commands that consumed a CmdSN and have not been answered
     std::unordered_map<uint32_t, Function<void()>> _early; // by CmdSN: arrived before their turn
-    std::vector<Command*> _gated;  // delivered while a reinstated predecessor was still terminating
+    std::vector<Command*> _gated; // delivered while a reinstated predecessor was still terminating
     uint32_t _next_ttt = 1;
 
     bool _ended = false; // no connection remains; destroy once tasks drain

@@ -43,9 +43,9 @@ struct FileIo {
     int fd = -1;
     const iovec* iov = nullptr; // readv/writev
     unsigned iovcnt = 0;
-    uint64_t offset = 0; // readv/writev/fallocate
-    uint64_t length = 0; // fallocate
-    int mode = 0;        // fallocate mode (FALLOC_FL_*)
+    uint64_t offset = 0;    // readv/writev/fallocate
+    uint64_t length = 0;    // fallocate
+    int mode = 0;           // fallocate mode (FALLOC_FL_*)
     bool rwf_dsync = false; // writev: RWF_DSYNC (a FUA write)
     Function<void(int result)> done;
 };

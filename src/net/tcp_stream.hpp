@@ -68,10 +68,10 @@ public:
     ~TcpStream() override; // closes the fd; unsent items get on_sent(false)
 
     struct ReadResult {
-        size_t bytes = 0;     // > 0: that many bytes read
+        size_t bytes = 0; // > 0: that many bytes read
         bool would_block = false;
-        bool eof = false;     // the peer closed its side
-        int error = 0;        // errno on failure
+        bool eof = false; // the peer closed its side
+        int error = 0;    // errno on failure
     };
     ReadResult read(void* dst, size_t len);
     ReadResult readv(const iovec* iov, int iovcnt);

@@ -80,18 +80,18 @@ constexpr uint8_t read_defect_data_12 = 0xb7;
 } // namespace op
 
 namespace sa {
-constexpr uint8_t read_capacity_16 = 0x10; // SERVICE ACTION IN(16)
-constexpr uint8_t get_lba_status = 0x12;   // SERVICE ACTION IN(16)
+constexpr uint8_t read_capacity_16 = 0x10;                 // SERVICE ACTION IN(16)
+constexpr uint8_t get_lba_status = 0x12;                   // SERVICE ACTION IN(16)
 constexpr uint8_t report_target_port_groups = 0x0a;        // MAINTENANCE IN
 constexpr uint8_t report_supported_operation_codes = 0x0c; // MAINTENANCE IN
 constexpr uint8_t report_supported_tmfs = 0x0d;            // MAINTENANCE IN
-constexpr uint8_t sanitize_overwrite = 0x01;         // SANITIZE
-constexpr uint8_t sanitize_block_erase = 0x02;       // SANITIZE
-constexpr uint8_t sanitize_crypto_erase = 0x03;      // SANITIZE
-constexpr uint8_t sanitize_exit_failure_mode = 0x1f; // SANITIZE
-constexpr uint8_t extended_copy_lid1 = 0x00;         // EXTENDED COPY
-constexpr uint8_t copy_status_lid1 = 0x00;           // RECEIVE COPY RESULTS
-constexpr uint8_t copy_operating_parameters = 0x03;  // RECEIVE COPY RESULTS
+constexpr uint8_t sanitize_overwrite = 0x01;               // SANITIZE
+constexpr uint8_t sanitize_block_erase = 0x02;             // SANITIZE
+constexpr uint8_t sanitize_crypto_erase = 0x03;            // SANITIZE
+constexpr uint8_t sanitize_exit_failure_mode = 0x1f;       // SANITIZE
+constexpr uint8_t extended_copy_lid1 = 0x00;               // EXTENDED COPY
+constexpr uint8_t copy_status_lid1 = 0x00;                 // RECEIVE COPY RESULTS
+constexpr uint8_t copy_operating_parameters = 0x03;        // RECEIVE COPY RESULTS
 } // namespace sa
 
 // The CDB length the group code (bits 7-5 of the opcode) implies: 6, 10, 12 or 16; 0 for group 3

@@ -70,8 +70,8 @@ public:
     // flush), then `next` runs with io_error() set (0 or -errno).
     void submit_io(backstore::IoOp op, uint64_t offset, uint64_t length, uint8_t* data, bool fua, Step next);
     // The same on another logical unit's device (EXTENDED COPY between logical units).
-    void submit_io(backstore::Device& device, backstore::IoOp op, uint64_t offset, uint64_t length, uint8_t* data,
-                   bool fua, Step next);
+    void submit_io(backstore::Device& device, backstore::IoOp op, uint64_t offset, uint64_t length,
+                   uint8_t* data, bool fua, Step next);
     // For a wait that is not submit_io (allocation status from a worker thread): the engine treats it
     // like backstore I/O, which a task management function waits for. The handler calls wait_begin()
     // and, when the result is in (on this reactor, never inside the call that began it), wait_end(next).

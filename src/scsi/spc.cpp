@@ -150,8 +150,12 @@ std::vector<uint8_t> device_identification(const LogicalUnit& lu, const Nexus* n
 // In ascending order (SPC-4 7.8.16). The block device pages (B0h-B2h) are sbc_vpd.cpp's, the
 // third-party copy page xcopy.cpp's.
 constexpr uint8_t supported_vpd[] = {
-    vpd_supported_pages,     vpd_unit_serial_number,           vpd_device_identification,
-    xcopy::vpd_third_party_copy, vpd_block_limits,             vpd_block_device_characteristics,
+    vpd_supported_pages,
+    vpd_unit_serial_number,
+    vpd_device_identification,
+    xcopy::vpd_third_party_copy,
+    vpd_block_limits,
+    vpd_block_device_characteristics,
     vpd_logical_block_provisioning,
 };
 

@@ -15,10 +15,10 @@
 
 #include <algorithm>
 #include <array>
-#include <memory>
-#include <vector>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace ispace::net {
 class Reactor;
@@ -62,7 +62,8 @@ struct Nexus {
     bool read_only = false;
 
     bool sees(uint64_t lun) const {
-        return !visible_luns || std::find(visible_luns->begin(), visible_luns->end(), lun) != visible_luns->end();
+        return !visible_luns ||
+               std::find(visible_luns->begin(), visible_luns->end(), lun) != visible_luns->end();
     }
 };
 

@@ -31,7 +31,7 @@ struct TaskMatch {
     bool any_nexus = true;
     uint64_t nexus = 0; // when !any_nexus
     bool one_tag = false;
-    uint64_t tag = 0; // when one_tag
+    uint64_t tag = 0;             // when one_tag
     const Task* except = nullptr; // never this one (PREEMPT AND ABORT spares itself)
     bool matches(const Task& task) const;
 };

@@ -10,9 +10,9 @@
 #include <CLI/CLI.hpp>
 
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
-#include <cstdio>
 #include <pthread.h>
 #include <string>
 #include <vector>
@@ -99,24 +99,34 @@ int main(int argc, char** argv) {
                    "USER:SECRET the target presents for mutual CHAP in discovery sessions "
                    "(default: the --mutual-chap one, when --discovery-chap is given)");
     app.add_option("--allow", allow, "Admit only this initiator, IQN[@CIDR]; repeat for more (default: all)");
-    auto* state_dir_option = app.add_option("--state-dir", state_dir,
-                   "Where persistent-reservation state is kept (default: beside each file LUN)");
-    auto* reactors_option = app.add_option("--reactors", reactors, "Event-loop threads (default: one per core)");
+    auto* state_dir_option =
+        app.add_option("--state-dir", state_dir,
+                       "Where persistent-reservation state is kept (default: beside each file LUN)");
+    auto* reactors_option =
+        app.add_option("--reactors", reactors, "Event-loop threads (default: one per core)");
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->default_str("info");
-    auto* queue_depth_option = app.add_option("--queue-depth", queue_depth, "Commands a session may have outstanding (CmdSN window)")
-        ->default_val(queue_depth)
-        ->check(CLI::Range(1u, 4096u));
-    auto* max_transfer_option = app.add_option("--max-transfer", max_transfer, "Largest data transfer of one command")->default_str("8M");
-    auto* login_timeout_option = app.add_option("--login-timeout-ms", login_timeout_ms, "Drop a connection whose login takes longer")
-        ->default_val(login_timeout_ms);
-    auto* nop_interval_option = app.add_option("--nop-interval-ms", nop_interval_ms, "Ping an idle connection after this long")
-        ->default_val(nop_interval_ms);
-    auto* nop_timeout_option = app.add_option("--nop-timeout-ms", nop_timeout_ms, "Drop a connection silent for this long")
-        ->default_val(nop_timeout_ms);
-    auto* sanitize_rate_option = app.add_option("--sanitize-rate", sanitize_rate,
-                   "Bytes per second SANITIZE OVERWRITE writes to one LUN, so it does not starve the others "
-                   "(0: unlimited)")
-        ->default_str("64M");
+    auto* queue_depth_option =
+        app.add_option("--queue-depth", queue_depth, "Commands a session may have outstanding (CmdSN window)")
+            ->default_val(queue_depth)
+            ->check(CLI::Range(1u, 4096u));
+    auto* max_transfer_option =
+        app.add_option("--max-transfer", max_transfer, "Largest data transfer of one command")
+            ->default_str("8M");
+    auto* login_timeout_option =
+        app.add_option("--login-timeout-ms", login_timeout_ms, "Drop a connection whose login takes longer")
+            ->default_val(login_timeout_ms);
+    auto* nop_interval_option =
+        app.add_option("--nop-interval-ms", nop_interval_ms, "Ping an idle connection after this long")
+            ->default_val(nop_interval_ms);
+    auto* nop_timeout_option =
+        app.add_option("--nop-timeout-ms", nop_timeout_ms, "Drop a connection silent for this long")
+            ->default_val(nop_timeout_ms);
+    auto* sanitize_rate_option =
+        app.add_option(
+               "--sanitize-rate", sanitize_rate,
+               "Bytes per second SANITIZE OVERWRITE writes to one LUN, so it does not starve the others "
+               "(0: unlimited)")
+            ->default_str("64M");
 
     try {
         app.parse(argc, argv);
@@ -146,7 +156,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: give --iqn and at least one --lun, or --config FILE (see --help)\n");
         return 2;
     }
-    auto credentials = [](const std::string& text, const char* flag) -> std::optional<iscsi::ChapCredentials> {
+    auto credentials = [](const std::string& text,
+                          const char* flag) -> std::optional<iscsi::ChapCredentials> {
         if (text.empty()) {
             return std::nullopt;
         }
@@ -205,7 +216,8 @@ int main(int argc, char** argv) {
     if (sanitize_rate_option->count()) {
         auto rate = parse_size(sanitize_rate);
         if (!rate) {
-            std::fprintf(stderr, "ispaced: --sanitize-rate must be a size per second, e.g. 64M, or 0 for unlimited\n");
+            std::fprintf(
+                stderr, "ispaced: --sanitize-rate must be a size per second, e.g. 64M, or 0 for unlimited\n");
             return 2;
         }
         overlay.sanitize_bytes_per_second = *rate;
@@ -215,7 +227,8 @@ int main(int argc, char** argv) {
         return 2;
     }
     // MaxBurstLength above the transfer limit would only invite R2Ts we never send.
-    config.negotiation.max_burst_length = std::min(config.negotiation.max_burst_length, config.limits.max_transfer_bytes);
+    config.negotiation.max_burst_length =
+        std::min(config.negotiation.max_burst_length, config.limits.max_transfer_bytes);
     config.negotiation.first_burst_length =
         std::min(config.negotiation.first_burst_length, config.negotiation.max_burst_length);
 
@@ -236,8 +249,8 @@ int main(int argc, char** argv) {
         for (auto& served : server.targets()) {
             for (const iscsi_target::LunConfig& lun : served->config.luns) {
                 // Printed whatever the log level: scripts wait for these lines.
-                log_write(LogLevel::info,
-                          fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), served->config.iqn, lun.lun));
+                log_write(LogLevel::info, fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(),
+                                                      served->config.iqn, lun.lun));
             }
         }
     }

@@ -104,7 +104,8 @@ public:
         }
         return nullptr;
     }
-    LoginAdmission admit(const LoginIdentity& identity, const SessionParams& session, const ConnectionParams&) override {
+    LoginAdmission admit(const LoginIdentity& identity, const SessionParams& session,
+                         const ConnectionParams&) override {
         admitted.push_back(identity);
         admitted_session = session;
         LoginAdmission a;
@@ -216,7 +217,9 @@ KeyValueList text_of(const LoginResponsePdu& pdu) {
     return pairs.ok() ? *pairs : KeyValueList{};
 }
 
-LoginResponsePdu send(TargetLogin& target, const LoginRequestPdu& pdu) { return target.receive(pdu.header, pdu.data); }
+LoginResponsePdu send(TargetLogin& target, const LoginRequestPdu& pdu) {
+    return target.receive(pdu.header, pdu.data);
+}
 
 } // namespace
 
@@ -379,8 +382,10 @@ TEST(LoginRoundTrip, AuthenticationRequiredButInitiatorOffersOnlyNone) {
     EXPECT_EQ(initiator.status(), LoginStatus::authentication_failure);
 
     TargetLogin target2(policy);
-    auto r = send(target2, request(LoginStage::security, true, LoginStage::operational,
-                                   {{"InitiatorName", initiator_iqn}, {"TargetName", target_iqn}, {"AuthMethod", "None"}}));
+    auto r =
+        send(target2,
+             request(LoginStage::security, true, LoginStage::operational,
+                     {{"InitiatorName", initiator_iqn}, {"TargetName", target_iqn}, {"AuthMethod", "None"}}));
     EXPECT_EQ(r.header.status(), LoginStatus::authentication_failure);
     TargetLogin target3(policy);
     r = send(target3, request(LoginStage::security, true, LoginStage::operational, names()));
@@ -417,7 +422,7 @@ TEST(LoginRoundTrip, TwentyThousandKeysAreRefusedBoundedly) {
     EXPECT_EQ(target.state(), LoginState::failed);
     EXPECT_EQ(target.status(), LoginStatus::initiator_error);
     EXPECT_EQ(initiator.status(), LoginStatus::initiator_error);
-    EXPECT_LE(x.requests, 10u); // refused once 64 KiB had arrived, not after all ~220 KB
+    EXPECT_LE(x.requests, 10u);          // refused once 64 KiB had arrived, not after all ~220 KB
     EXPECT_TRUE(policy.started.empty()); // nothing was processed
 }
 
@@ -484,8 +489,10 @@ TEST(LoginRoundTrip, TargetLowersNextStageToNegotiateWhatItNeeds) {
     policy.targets[target_iqn].negotiation.immediate_data = false; // default Yes is not acceptable
     TargetLogin target(policy);
     // Security stage straight to full feature phase: the target stops in the operational stage.
-    auto r = send(target, request(LoginStage::security, true, LoginStage::full_feature,
-                                  {{"InitiatorName", initiator_iqn}, {"TargetName", target_iqn}, {"AuthMethod", "None"}}));
+    auto r =
+        send(target,
+             request(LoginStage::security, true, LoginStage::full_feature,
+                     {{"InitiatorName", initiator_iqn}, {"TargetName", target_iqn}, {"AuthMethod", "None"}}));
     ASSERT_EQ(r.header.status(), LoginStatus::success) << target.reason();
     EXPECT_TRUE(r.header.transit);
     EXPECT_EQ(r.header.nsg, LoginStage::operational);
@@ -493,7 +500,8 @@ TEST(LoginRoundTrip, TargetLowersNextStageToNegotiateWhatItNeeds) {
     r = send(target, request(LoginStage::operational, true, LoginStage::full_feature, {}));
     EXPECT_FALSE(r.header.transit);
     EXPECT_EQ(*find_value(text_of(r), "ImmediateData"), "No");
-    r = send(target, request(LoginStage::operational, true, LoginStage::full_feature, {{"ImmediateData", "No"}}));
+    r = send(target,
+             request(LoginStage::operational, true, LoginStage::full_feature, {{"ImmediateData", "No"}}));
     EXPECT_TRUE(r.header.transit);
     ASSERT_EQ(target.state(), LoginState::complete) << target.reason();
     EXPECT_FALSE(target.session_params().immediate_data);
@@ -504,8 +512,10 @@ TEST(LoginRoundTrip, TargetLowersNextStageToNegotiateWhatItNeeds) {
 TEST(LoginTarget, SkippingTheOperationalStageUsesDefaults) {
     FakePolicy policy;
     TargetLogin target(policy);
-    auto r = send(target, request(LoginStage::security, true, LoginStage::full_feature,
-                                  {{"InitiatorName", initiator_iqn}, {"TargetName", target_iqn}, {"AuthMethod", "None"}}));
+    auto r =
+        send(target,
+             request(LoginStage::security, true, LoginStage::full_feature,
+                     {{"InitiatorName", initiator_iqn}, {"TargetName", target_iqn}, {"AuthMethod", "None"}}));
     ASSERT_EQ(r.header.status(), LoginStatus::success) << target.reason();
     EXPECT_TRUE(r.header.transit);
     EXPECT_EQ(r.header.nsg, LoginStage::full_feature);
@@ -588,7 +598,8 @@ TEST(LoginTarget, StatSnAndCmdSn) {
 TEST(LoginTarget, MissingInitiatorNameIsMissingParameter) {
     FakePolicy policy;
     TargetLogin target(policy);
-    auto r = send(target, request(LoginStage::operational, true, LoginStage::full_feature, {{"TargetName", target_iqn}}));
+    auto r = send(target, request(LoginStage::operational, true, LoginStage::full_feature,
+                                  {{"TargetName", target_iqn}}));
     EXPECT_EQ(r.header.status(), LoginStatus::missing_parameter);
     EXPECT_EQ(r.header.status_class, 2);
     EXPECT_EQ(r.header.status_detail, 7);
@@ -609,8 +620,9 @@ TEST(LoginTarget, NormalSessionWithoutTargetNameIsMissingParameter) {
 TEST(LoginTarget, UnknownTargetIsNotFound) {
     FakePolicy policy;
     TargetLogin target(policy);
-    auto r = send(target, request(LoginStage::operational, true, LoginStage::full_feature,
-                                  {{"InitiatorName", initiator_iqn}, {"TargetName", "iqn.2024-01.org.example:nope"}}));
+    auto r = send(
+        target, request(LoginStage::operational, true, LoginStage::full_feature,
+                        {{"InitiatorName", initiator_iqn}, {"TargetName", "iqn.2024-01.org.example:nope"}}));
     EXPECT_EQ(r.header.status(), LoginStatus::target_not_found);
 }
 
@@ -647,10 +659,10 @@ TEST(LoginTarget, UnknownTsihIsSessionDoesNotExist) {
 }
 
 TEST(LoginTarget, PolicyStatusesAtStart) {
-    for (LoginStatus s : {LoginStatus::authorization_failure, LoginStatus::target_removed,
-                          LoginStatus::too_many_connections, LoginStatus::cannot_include_in_session,
-                          LoginStatus::session_type_not_supported, LoginStatus::service_unavailable,
-                          LoginStatus::out_of_resources, LoginStatus::target_error}) {
+    for (LoginStatus s :
+         {LoginStatus::authorization_failure, LoginStatus::target_removed, LoginStatus::too_many_connections,
+          LoginStatus::cannot_include_in_session, LoginStatus::session_type_not_supported,
+          LoginStatus::service_unavailable, LoginStatus::out_of_resources, LoginStatus::target_error}) {
         FakePolicy policy;
         policy.start_status = s;
         TargetLogin target(policy);
@@ -719,8 +731,10 @@ TEST(LoginTarget, IllegalStageTransitionsAreInitiatorErrors) {
 TEST(LoginTarget, GoingBackToTheSecurityStageIsAnInitiatorError) {
     FakePolicy policy;
     TargetLogin target(policy);
-    auto r = send(target, request(LoginStage::security, true, LoginStage::operational,
-                                  {{"InitiatorName", initiator_iqn}, {"TargetName", target_iqn}, {"AuthMethod", "None"}}));
+    auto r =
+        send(target,
+             request(LoginStage::security, true, LoginStage::operational,
+                     {{"InitiatorName", initiator_iqn}, {"TargetName", target_iqn}, {"AuthMethod", "None"}}));
     ASSERT_TRUE(r.header.transit);
     r = send(target, request(LoginStage::security, false, LoginStage::security, {}));
     EXPECT_EQ(r.header.status(), LoginStatus::initiator_error);
@@ -748,7 +762,8 @@ TEST(LoginTarget, DuplicateKeysAreInitiatorErrors) {
         TargetLogin target(policy);
         auto keys = names();
         keys.push_back({"InitiatorName", initiator_iqn});
-        EXPECT_EQ(send(target, request(LoginStage::operational, true, LoginStage::full_feature, keys)).header.status(),
+        EXPECT_EQ(send(target, request(LoginStage::operational, true, LoginStage::full_feature, keys))
+                      .header.status(),
                   LoginStatus::initiator_error);
     }
     {
@@ -757,7 +772,8 @@ TEST(LoginTarget, DuplicateKeysAreInitiatorErrors) {
         auto keys = names();
         keys.push_back({"MaxBurstLength", "65536"});
         keys.push_back({"MaxBurstLength", "65536"});
-        EXPECT_EQ(send(target, request(LoginStage::operational, true, LoginStage::full_feature, keys)).header.status(),
+        EXPECT_EQ(send(target, request(LoginStage::operational, true, LoginStage::full_feature, keys))
+                      .header.status(),
                   LoginStatus::initiator_error);
     }
     {
@@ -766,8 +782,9 @@ TEST(LoginTarget, DuplicateKeysAreInitiatorErrors) {
         TargetLogin target(policy);
         auto keys = names();
         keys.push_back({"MaxBurstLength", "65536"});
-        EXPECT_EQ(send(target, request(LoginStage::operational, false, LoginStage::security, keys)).header.status(),
-                  LoginStatus::success);
+        EXPECT_EQ(
+            send(target, request(LoginStage::operational, false, LoginStage::security, keys)).header.status(),
+            LoginStatus::success);
         EXPECT_EQ(send(target, request(LoginStage::operational, true, LoginStage::full_feature,
                                        {{"MaxBurstLength", "32768"}}))
                       .header.status(),
@@ -779,8 +796,9 @@ TEST(LoginTarget, DuplicateKeysAreInitiatorErrors) {
         TargetLogin target(policy);
         auto keys = names();
         keys.push_back({"MaxBurstLength", "65536"});
-        EXPECT_EQ(send(target, request(LoginStage::operational, false, LoginStage::security, keys)).header.status(),
-                  LoginStatus::success);
+        EXPECT_EQ(
+            send(target, request(LoginStage::operational, false, LoginStage::security, keys)).header.status(),
+            LoginStatus::success);
         auto r = send(target, request(LoginStage::operational, true, LoginStage::full_feature, keys));
         EXPECT_EQ(r.header.status(), LoginStatus::success) << target.reason();
         EXPECT_EQ(target.state(), LoginState::complete);
@@ -792,8 +810,9 @@ TEST(LoginTarget, SecurityKeysOutsideTheSecurityStage) {
     TargetLogin target(policy);
     auto keys = names();
     keys.push_back({"AuthMethod", "None"});
-    EXPECT_EQ(send(target, request(LoginStage::operational, true, LoginStage::full_feature, keys)).header.status(),
-              LoginStatus::initiator_error);
+    EXPECT_EQ(
+        send(target, request(LoginStage::operational, true, LoginStage::full_feature, keys)).header.status(),
+        LoginStatus::initiator_error);
     FakePolicy policy2;
     TargetLogin target2(policy2);
     keys = names();
@@ -819,7 +838,8 @@ TEST(LoginTarget, TooManyRequests) {
     LoginStatus last = LoginStatus::success;
     send(target, request(LoginStage::operational, false, LoginStage::security, names()));
     for (int i = 0; i < 20 && last == LoginStatus::success; ++i) {
-        last = send(target, request(LoginStage::operational, false, LoginStage::security, {})).header.status();
+        last =
+            send(target, request(LoginStage::operational, false, LoginStage::security, {})).header.status();
     }
     EXPECT_EQ(last, LoginStatus::initiator_error);
 }
@@ -846,7 +866,8 @@ TEST(LoginTarget, NewTextWhileResponseIsContinued) {
     TargetLogin target(policy);
     auto keys = names();
     for (int i = 0; i < 160; ++i) {
-        keys.push_back({"X-org.example.a-rather-long-vendor-key-" + std::to_string(i) + std::string(20, 'q'), "1"});
+        keys.push_back(
+            {"X-org.example.a-rather-long-vendor-key-" + std::to_string(i) + std::string(20, 'q'), "1"});
     }
     LoginRequestPdu pdu = request(LoginStage::operational, true, LoginStage::full_feature, {});
     auto text = encode_text(keys);
@@ -1038,13 +1059,27 @@ struct Lcg {
 };
 
 std::vector<uint8_t> random_text(Lcg& rng) {
-    static const char* keys[] = {"InitiatorName", "TargetName", "SessionType", "AuthMethod", "CHAP_A",
-                                 "HeaderDigest", "MaxBurstLength", "FirstBurstLength", "ImmediateData",
-                                 "InitialR2T", "MaxRecvDataSegmentLength", "X-vendor", "TargetAlias",
-                                 "ErrorRecoveryLevel", "SendTargets", "IFMarker", "MaxConnections"};
-    static const char* values[] = {initiator_iqn, target_iqn, "Normal", "Discovery", "None", "CHAP,None",
-                                   "CRC32C,None", "Yes", "No", "0", "512", "65536", "16777216", "Reject",
-                                   "NotUnderstood", "", "0x10", "0bAA==", "All", "1~2"};
+    static const char* keys[] = {"InitiatorName",
+                                 "TargetName",
+                                 "SessionType",
+                                 "AuthMethod",
+                                 "CHAP_A",
+                                 "HeaderDigest",
+                                 "MaxBurstLength",
+                                 "FirstBurstLength",
+                                 "ImmediateData",
+                                 "InitialR2T",
+                                 "MaxRecvDataSegmentLength",
+                                 "X-vendor",
+                                 "TargetAlias",
+                                 "ErrorRecoveryLevel",
+                                 "SendTargets",
+                                 "IFMarker",
+                                 "MaxConnections"};
+    static const char* values[] = {
+        initiator_iqn,   target_iqn, "Normal", "Discovery", "None",  "CHAP,None", "CRC32C,None",
+        "Yes",           "No",       "0",      "512",       "65536", "16777216",  "Reject",
+        "NotUnderstood", "",         "0x10",   "0bAA==",    "All",   "1~2"};
     std::vector<uint8_t> text;
     size_t pairs = rng.next() % 12;
     for (size_t i = 0; i < pairs; ++i) {

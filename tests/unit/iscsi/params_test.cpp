@@ -233,7 +233,8 @@ TEST(ParamFirstBurstLength, IrrelevantWhenInitialR2TYesAndImmediateDataNo) {
     Responder r(c);
     KeyValueList out;
     // FirstBurstLength comes first, but its relevance depends on the keys after it.
-    ASSERT_TRUE(r.receive({{"FirstBurstLength", "8192"}, {"InitialR2T", "Yes"}, {"ImmediateData", "Yes"}}, out).ok());
+    ASSERT_TRUE(
+        r.receive({{"FirstBurstLength", "8192"}, {"InitialR2T", "Yes"}, {"ImmediateData", "Yes"}}, out).ok());
     ASSERT_EQ(out.size(), 3u);
     EXPECT_EQ(out[0].key, "FirstBurstLength"); // answers keep the order of the offers
     EXPECT_EQ(out[0].value, "Irrelevant");
@@ -241,7 +242,9 @@ TEST(ParamFirstBurstLength, IrrelevantWhenInitialR2TYesAndImmediateDataNo) {
     // With immediate data allowed it is relevant again.
     Responder r2;
     KeyValueList out2;
-    ASSERT_TRUE(r2.receive({{"FirstBurstLength", "8192"}, {"InitialR2T", "Yes"}, {"ImmediateData", "Yes"}}, out2).ok());
+    ASSERT_TRUE(
+        r2.receive({{"FirstBurstLength", "8192"}, {"InitialR2T", "Yes"}, {"ImmediateData", "Yes"}}, out2)
+            .ok());
     EXPECT_EQ(*find_value(out2, "FirstBurstLength"), "8192");
 }
 
@@ -316,8 +319,9 @@ TEST(ParamSessionType, DiscoveryMakesSessionKeysIrrelevant) {
                           out)
                     .ok());
     EXPECT_EQ(r.n.session_type(), SessionType::discovery);
-    for (const char* key : {"MaxBurstLength", "InitialR2T", "ImmediateData", "MaxConnections", "FirstBurstLength",
-                            "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder", "TaskReporting"}) {
+    for (const char* key :
+         {"MaxBurstLength", "InitialR2T", "ImmediateData", "MaxConnections", "FirstBurstLength",
+          "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder", "TaskReporting"}) {
         ASSERT_NE(find_value(out, key), nullptr) << key;
         EXPECT_EQ(*find_value(out, key), "Irrelevant") << key;
     }
@@ -439,7 +443,8 @@ TEST(ParamErrors, PhaseRules) {
     Negotiator::Context ffp = context(Role::target);
     ffp.login = false;
     Negotiator text({}, ffp);
-    EXPECT_FALSE(text.receive({{"MaxBurstLength", "65536"}}, LoginStage::full_feature, out).ok()); // login only
+    EXPECT_FALSE(
+        text.receive({{"MaxBurstLength", "65536"}}, LoginStage::full_feature, out).ok()); // login only
     EXPECT_TRUE(text.receive({{"MaxRecvDataSegmentLength", "65536"}, {"SendTargets", "All"}},
                              LoginStage::full_feature, out)
                     .ok());
@@ -528,16 +533,16 @@ TEST(ParamOriginator, ChecksAnswers) {
         return r.ok();
     };
     EXPECT_TRUE(offered({{"HeaderDigest", "CRC32C"}}));
-    EXPECT_FALSE(offered({{"HeaderDigest", "X-other"}}));           // a value not offered
-    EXPECT_FALSE(offered({{"MaxBurstLength", "1048576"}}));         // above our offer for a minimum
+    EXPECT_FALSE(offered({{"HeaderDigest", "X-other"}}));   // a value not offered
+    EXPECT_FALSE(offered({{"MaxBurstLength", "1048576"}})); // above our offer for a minimum
     EXPECT_TRUE(offered({{"MaxBurstLength", "8192"}}));
-    EXPECT_FALSE(offered({{"DefaultTime2Wait", "2"}}));             // below our offer for a maximum
-    EXPECT_FALSE(offered({{"InitialR2T", "No"}}));                  // Yes OR x is Yes
-    EXPECT_FALSE(offered({{"ImmediateData", "Yes"}}));              // No AND x is No
-    EXPECT_FALSE(offered({{"MaxBurstLength", "100"}}));             // out of range
-    EXPECT_TRUE(offered({{"HeaderDigest", "Reject"}}));             // allowed answer: keeps default
+    EXPECT_FALSE(offered({{"DefaultTime2Wait", "2"}}));              // below our offer for a maximum
+    EXPECT_FALSE(offered({{"InitialR2T", "No"}}));                   // Yes OR x is Yes
+    EXPECT_FALSE(offered({{"ImmediateData", "Yes"}}));               // No AND x is No
+    EXPECT_FALSE(offered({{"MaxBurstLength", "100"}}));              // out of range
+    EXPECT_TRUE(offered({{"HeaderDigest", "Reject"}}));              // allowed answer: keeps default
     EXPECT_TRUE(offered({{"ErrorRecoveryLevel", "NotUnderstood"}})); // allowed answer
-    EXPECT_TRUE(offered({{"MaxConnections", "Irrelevant"}}));       // allowed answer
+    EXPECT_TRUE(offered({{"MaxConnections", "Irrelevant"}}));        // allowed answer
 }
 
 TEST(ParamOriginator, RejectedKeyWithUnacceptableDefaultFailsFinish) {

@@ -11,7 +11,9 @@ using namespace ispace::iscsi;
 
 namespace {
 
-std::vector<uint8_t> bytes(std::string_view s) { return std::vector<uint8_t>(s.begin(), s.end()); }
+std::vector<uint8_t> bytes(std::string_view s) {
+    return std::vector<uint8_t>(s.begin(), s.end());
+}
 
 } // namespace
 

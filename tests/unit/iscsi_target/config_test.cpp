@@ -66,8 +66,9 @@ TEST(Config, SanitizeRateZeroMeansUnlimited) {
 }
 
 TEST(Config, RefusesUnknownAndOutOfRangeLimits) {
-    for (const char* limits : {R"({"sanitize_rte": "1M"})", R"({"queue_depth": 0})", R"({"max_transfer": "1G"})",
-                               R"({"sanitize_rate": "fast"})", R"({"nop_timeout_ms": -1})"}) {
+    for (const char* limits :
+         {R"({"sanitize_rte": "1M"})", R"({"queue_depth": 0})", R"({"max_transfer": "1G"})",
+          R"({"sanitize_rate": "fast"})", R"({"nop_timeout_ms": -1})"}) {
         ConfigFile file(with_limits(limits));
         auto config = load_config_file(file.path());
         EXPECT_FALSE(config) << limits;
@@ -80,7 +81,8 @@ std::string with_discovery(const std::string& discovery) {
 }
 
 TEST(Config, DiscoveryTakesMutualChap) {
-    ConfigFile file(with_discovery(R"({"chap": "disco:discovery-secret-1", "mutual_chap": "tgt:target-proof-22"})"));
+    ConfigFile file(
+        with_discovery(R"({"chap": "disco:discovery-secret-1", "mutual_chap": "tgt:target-proof-22"})"));
     auto config = load_config_file(file.path());
     ASSERT_TRUE(config) << config.error().message;
     ASSERT_TRUE(config->discovery_mutual_chap);
@@ -93,10 +95,12 @@ TEST(Config, DiscoveryMutualChapNeedsDiscoveryChapAndItsOwnSecret) {
     ConfigFile alone(with_discovery(R"({"mutual_chap": "tgt:target-proof-22"})"));
     auto config = load_config_file(alone.path());
     EXPECT_TRUE(!config || !validate(*config));
-    ConfigFile same(with_discovery(R"({"chap": "disco:same-secret-1234", "mutual_chap": "tgt:same-secret-1234"})"));
+    ConfigFile same(
+        with_discovery(R"({"chap": "disco:same-secret-1234", "mutual_chap": "tgt:same-secret-1234"})"));
     config = load_config_file(same.path());
     EXPECT_TRUE(!config || !validate(*config));
-    ConfigFile short_secret(with_discovery(R"({"chap": "disco:discovery-secret-1", "mutual_chap": "tgt:short"})"));
+    ConfigFile short_secret(
+        with_discovery(R"({"chap": "disco:discovery-secret-1", "mutual_chap": "tgt:short"})"));
     config = load_config_file(short_secret.path());
     EXPECT_TRUE(!config || !validate(*config));
 }

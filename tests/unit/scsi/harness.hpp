@@ -81,7 +81,7 @@ public:
 
     uint8_t* bytes(uint64_t offset) { return _data.data() + offset; }
 
-    net::Reactor* home = nullptr; // for completions released from outside the loop
+    net::Reactor* home = nullptr;           // for completions released from outside the loop
     std::vector<backstore::Extent> extents; // what allocation_status() reports, when not empty
     bool hold = false;
     int fail_with = 0; // -errno for every following request
