@@ -601,7 +601,7 @@ void Connection::full_feature_pdu(iscsi::ReceivedPdu& pdu) {
     const iscsi::Bhs& bhs = pdu.bhs;
     switch (bhs.opcode()) {
     case iscsi::Opcode::scsi_command: {
-        Command* command = nullptr;
+        IscsiTask* command = nullptr;
         if (pdu.data_length > 0) {
             command = std::exchange(_arriving, nullptr);
         } else {

@@ -24,7 +24,7 @@ class Server;
 class Session;
 struct SessionSlot;
 struct Target;
-struct Command;
+struct IscsiTask;
 
 class Connection final : public net::TcpStream::Owner, public iscsi::PduSink, public iscsi::LoginPolicy {
 public:
@@ -149,7 +149,7 @@ private:
     uint16_t _cid = 0;
     uint32_t _stat_sn = 0;
     // A SCSI Command whose immediate data is arriving: created from its header, finished on receipt.
-    Command* _arriving = nullptr;
+    IscsiTask* _arriving = nullptr;
     std::string _arrival_error; // why the arriving command was refused (empty: silently ignored)
     iscsi::RejectReason _arrival_reject = iscsi::RejectReason::protocol_error;
     // The verdict on the Data-Out whose data segment is arriving, decided in data_destination().

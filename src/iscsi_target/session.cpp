@@ -179,9 +179,9 @@ bool Session::order(uint32_t cmd_sn, bool immediate, Function<void()> deliver) {
 
 // ---- SCSI commands ---------------------------------------------------------------------------------
 
-Command* Session::command_header(Connection& connection, const iscsi::ScsiCommand& header,
-                                 std::span<const uint8_t> ahs, std::string& error,
-                                 iscsi::RejectReason& reject) {
+IscsiTask* Session::command_header(Connection& connection, const iscsi::ScsiCommand& header,
+                                   std::span<const uint8_t> ahs, std::string& error,
+                                   iscsi::RejectReason& reject) {
     if (discovery()) {
         error = "SCSI Command in a discovery session";
         reject = iscsi::RejectReason::protocol_error;
@@ -233,8 +233,8 @@ Command* Session::command_header(Connection& connection, const iscsi::ScsiComman
         return nullptr;
     }
 
-    auto command = std::make_unique<Command>();
-    Command& c = *command;
+    auto command = std::make_unique<IscsiTask>();
+    IscsiTask& c = *command;
     c.fabric = this;
     c.reactor = &_reactor;
     c.nexus = &_nexus;
@@ -275,14 +275,14 @@ Command* Session::command_header(Connection& connection, const iscsi::ScsiComman
         }
     }
     c.received = immediate_length;
-    Command* raw = command.get();
+    IscsiTask* raw = command.get();
     _commands.emplace(header.itt, std::move(command));
     return raw;
 }
 
-void Session::command_received(Command& command) {
+void Session::command_received(IscsiTask& command) {
     uint32_t itt = command.itt;
-    Command* expected = &command;
+    IscsiTask* expected = &command;
     bool accepted = order(command.cmd_sn, command.immediate, [this, itt, expected] {
         auto it = _commands.find(itt);
         // A task management function may have removed it while it waited for its turn.
@@ -295,11 +295,11 @@ void Session::command_received(Command& command) {
     }
 }
 
-void Session::discard_arrival(Command& command) {
+void Session::discard_arrival(IscsiTask& command) {
     release(command);
 }
 
-void Session::deliver_command(Command& command) {
+void Session::deliver_command(IscsiTask& command) {
     if (!command.immediate) {
         command.counted = true;
         ++_unanswered;
@@ -315,15 +315,15 @@ void Session::open_gate() {
     if (_slot) {
         _slot->gate_open = true;
     }
-    std::vector<Command*> gated = std::move(_gated);
+    std::vector<IscsiTask*> gated = std::move(_gated);
     _gated.clear();
-    for (Command* command : gated) {
+    for (IscsiTask* command : gated) {
         submit(*command);
     }
 }
 
-void Session::submit(Command& command) {
-    command.state = Command::State::in_engine;
+void Session::submit(IscsiTask& command) {
+    command.state = IscsiTask::State::in_engine;
     command.data_out_length = command.received;
     _target->device->submit(command);
 }
@@ -331,7 +331,7 @@ void Session::submit(Command& command) {
 // ---- Data-Out: unsolicited sequences and R2T bursts ------------------------------------------------
 
 void Session::fetch_data_out(scsi::Task& task, uint32_t length) {
-    auto& command = static_cast<Command&>(task);
+    auto& command = static_cast<IscsiTask&>(task);
     if (command.data_failed) {
         defer_data_out_failure(command);
         return;
@@ -346,13 +346,13 @@ void Session::fetch_data_out(scsi::Task& task, uint32_t length) {
 }
 
 void Session::cancel_data_out(scsi::Task& task) {
-    auto& command = static_cast<Command&>(task);
+    auto& command = static_cast<IscsiTask&>(task);
     command.cancelled = true;
     command.bursts.clear();
     if (command.fetching) {
         command.fetching = false;
         uint32_t itt = command.itt;
-        Command* expected = &command;
+        IscsiTask* expected = &command;
         _reactor.defer([this, itt, expected] {
             auto it = _commands.find(itt);
             if (it != _commands.end() && it->second.get() == expected) {
@@ -362,7 +362,7 @@ void Session::cancel_data_out(scsi::Task& task) {
     }
 }
 
-void Session::send_r2ts(Command& command) {
+void Session::send_r2ts(IscsiTask& command) {
     // R2Ts start once the unsolicited sequence has ended, so their offsets never overlap data the
     // initiator may still send unasked (an early F bit shortens the unsolicited range).
     if (!command.fetching || command.cancelled || !command.unsolicited_done ||
@@ -394,7 +394,7 @@ void Session::send_r2ts(Command& command) {
     }
 }
 
-void Session::maybe_data_out_done(Command& command) {
+void Session::maybe_data_out_done(IscsiTask& command) {
     if (!command.fetching) {
         return;
     }
@@ -418,7 +418,7 @@ Session::DataOutCheck Session::check_data_out(const Connection& connection, cons
         log_debug("{}: Data-Out for unknown ITT {:#x} dropped", _name, header.itt);
         return check;
     }
-    Command& command = *it->second;
+    IscsiTask& command = *it->second;
     if (command.cancelled || command.aborted || command.data_failed) {
         return check;
     }
@@ -469,7 +469,7 @@ Session::DataOutCheck Session::check_data_out(const Connection& connection, cons
         return check;
     }
     auto burst = std::find_if(command.bursts.begin(), command.bursts.end(),
-                              [&](const Command::Burst& b) { return b.ttt == header.ttt; });
+                              [&](const IscsiTask::Burst& b) { return b.ttt == header.ttt; });
     if (burst == command.bursts.end()) {
         return fail(scsi::asc::invalid_target_port_transfer_tag,
                     fmt::format("Data-Out for ITT {:#x} with TTT {:#x}, which no outstanding R2T carries",
@@ -494,7 +494,7 @@ Session::DataOutCheck Session::check_data_out(const Connection& connection, cons
     return check;
 }
 
-void Session::fail_data_out(Command& command, const scsi::Sense& sense, const std::string& why) {
+void Session::fail_data_out(IscsiTask& command, const scsi::Sense& sense, const std::string& why) {
     log_warn("{}: {}; the command fails", _name, why);
     command.data_failed = true;
     command.failure = sense;
@@ -502,7 +502,7 @@ void Session::fail_data_out(Command& command, const scsi::Sense& sense, const st
     // Nothing more is expected: further Data-Outs for it are dropped, and a response held for the end
     // of the unsolicited data can go now.
     command.unsolicited_done = true;
-    if (command.state == Command::State::responding) {
+    if (command.state == IscsiTask::State::responding) {
         respond(command);
         return;
     }
@@ -512,9 +512,9 @@ void Session::fail_data_out(Command& command, const scsi::Sense& sense, const st
     }
 }
 
-void Session::defer_data_out_failure(Command& command) {
+void Session::defer_data_out_failure(IscsiTask& command) {
     uint32_t itt = command.itt;
-    Command* expected = &command;
+    IscsiTask* expected = &command;
     _reactor.defer([this, itt, expected] {
         auto it = _commands.find(itt);
         if (it != _commands.end() && it->second.get() == expected) {
@@ -523,7 +523,7 @@ void Session::defer_data_out_failure(Command& command) {
     });
 }
 
-void Session::data_out_received(Command& command, const iscsi::DataOut& header) {
+void Session::data_out_received(IscsiTask& command, const iscsi::DataOut& header) {
     uint32_t length = header.data_segment_length;
     command.received += length;
     if (header.ttt == iscsi::reserved_tag) {
@@ -547,7 +547,7 @@ void Session::data_out_received(Command& command, const iscsi::DataOut& header) 
             }
         }
     }
-    if (command.state == Command::State::responding) {
+    if (command.state == IscsiTask::State::responding) {
         if (command.unsolicited_done) {
             respond(command);
         }
@@ -560,13 +560,13 @@ void Session::data_out_received(Command& command, const iscsi::DataOut& header) 
 // ---- Completion: Data-In and status ----------------------------------------------------------------
 
 void Session::complete(scsi::Task& task) {
-    auto& command = static_cast<Command&>(task);
+    auto& command = static_cast<IscsiTask&>(task);
     if (task.aborted) {
         // A task management function covers it: no response (RFC 7143 §4.2.3.3 / §11.5.1).
         release(command);
         return;
     }
-    command.state = Command::State::responding;
+    command.state = IscsiTask::State::responding;
     command.fetching = false;
     command.bursts.clear();
     if (!command.unsolicited_done) {
@@ -576,7 +576,7 @@ void Session::complete(scsi::Task& task) {
     respond(command);
 }
 
-void Session::respond(Command& command) {
+void Session::respond(IscsiTask& command) {
     Connection* connection = command.connection;
     if (connection == nullptr || connection->closing()) {
         release(command);
@@ -597,7 +597,7 @@ void Session::respond(Command& command) {
     release(command);
 }
 
-void Session::send_data_in(Command& command, uint32_t length) {
+void Session::send_data_in(IscsiTask& command, uint32_t length) {
     Connection& connection = *command.connection;
     uint32_t max_segment = std::max<uint32_t>(connection.params().max_send_data_segment_length, 512);
     uint32_t max_burst = std::max<uint32_t>(_params.max_burst_length, 512);
@@ -634,7 +634,7 @@ void Session::send_data_in(Command& command, uint32_t length) {
     }
 }
 
-void Session::send_scsi_response(Command& command, uint32_t data_pdus) {
+void Session::send_scsi_response(IscsiTask& command, uint32_t data_pdus) {
     Connection& connection = *command.connection;
     Residual residual = residual_of(command);
     iscsi::ScsiResponse response;
@@ -663,14 +663,14 @@ void Session::send_scsi_response(Command& command, uint32_t data_pdus) {
     }
 }
 
-void Session::answered(Command& command) {
+void Session::answered(IscsiTask& command) {
     if (command.counted) {
         command.counted = false;
         --_unanswered;
     }
 }
 
-void Session::release(Command& command) {
+void Session::release(IscsiTask& command) {
     answered(command);
     _gated.erase(std::remove(_gated.begin(), _gated.end(), &command), _gated.end());
     _commands.erase(command.itt);
@@ -705,13 +705,13 @@ void Session::send_tmf_response(Connection* connection, uint32_t itt, iscsi::Tmf
 }
 
 void Session::drop_waiting_commands(std::optional<uint64_t> lun) {
-    std::vector<Command*> victims;
+    std::vector<IscsiTask*> victims;
     for (auto& [itt, command] : _commands) {
-        if (command->state == Command::State::waiting && (!lun || command->lun == *lun)) {
+        if (command->state == IscsiTask::State::waiting && (!lun || command->lun == *lun)) {
             victims.push_back(command.get());
         }
     }
-    for (Command* command : victims) {
+    for (IscsiTask* command : victims) {
         release(*command);
     }
 }
@@ -753,17 +753,17 @@ void Session::run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request) {
             send_tmf_response(from, itt, iscsi::TmfResponse::task_does_not_exist);
             return;
         }
-        Command& command = *it->second;
+        IscsiTask& command = *it->second;
         switch (command.state) {
-        case Command::State::waiting:
+        case IscsiTask::State::waiting:
             release(command);
             send_tmf_response(from, itt, iscsi::TmfResponse::function_complete);
             return;
-        case Command::State::responding:
+        case IscsiTask::State::responding:
             // The engine finished it; only the end of its unsolicited data holds the response back.
             send_tmf_response(from, itt, iscsi::TmfResponse::task_does_not_exist);
             return;
-        case Command::State::in_engine:
+        case IscsiTask::State::in_engine:
             device.abort_task(_nexus, command.lun, command.tag, std::move(respond_tmf));
             return;
         }
@@ -819,13 +819,13 @@ void Session::abort_all(Function<void()> done) {
     }
     _on_drained.push_back(std::move(done));
     // Tasks still being answered only wait for their unsolicited data: answering is pointless now.
-    std::vector<Command*> responding;
+    std::vector<IscsiTask*> responding;
     for (auto& [itt, command] : _commands) {
-        if (command->state == Command::State::responding) {
+        if (command->state == IscsiTask::State::responding) {
             responding.push_back(command.get());
         }
     }
-    for (Command* command : responding) {
+    for (IscsiTask* command : responding) {
         command->connection = nullptr;
         release(*command);
     }

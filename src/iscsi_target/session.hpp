@@ -32,7 +32,7 @@ struct SessionSlot;
 struct Target;
 
 // The iSCSI side of one SCSI command.
-struct Command final : scsi::Task {
+struct IscsiTask final : scsi::Task {
     enum class State : uint8_t {
         waiting,    // received, waiting for its CmdSN turn (or for a reinstated predecessor)
         in_engine,  // submitted; the engine owns the flow
@@ -118,12 +118,12 @@ public:
     // --- SCSI commands, from the connection ---
     // A SCSI Command header arrived. Creates the command (and its data-out buffer). Null after a
     // protocol error (the connection has been told) or for an out-of-window command (ignored).
-    Command* command_header(Connection& connection, const iscsi::ScsiCommand& header,
-                            std::span<const uint8_t> ahs, std::string& error, iscsi::RejectReason& reject);
+    IscsiTask* command_header(Connection& connection, const iscsi::ScsiCommand& header,
+                              std::span<const uint8_t> ahs, std::string& error, iscsi::RejectReason& reject);
     // Its immediate data (if any) has landed; order and deliver it.
-    void command_received(Command& command);
+    void command_received(IscsiTask& command);
     // Its immediate data was lost (data digest error): forget the command.
-    void discard_arrival(Command& command);
+    void discard_arrival(IscsiTask& command);
     // What to do with a Data-Out, decided from its header before its data arrives.
     struct DataOutCheck {
         enum class Verdict : uint8_t {
@@ -133,17 +133,17 @@ public:
             reject,       // not a Data-Out this command can have: Reject, the connection goes on
         };
         Verdict verdict = Verdict::drop;
-        Command* command = nullptr;
+        IscsiTask* command = nullptr;
         scsi::Sense sense;
         std::string error;
     };
     DataOutCheck check_data_out(const Connection& connection, const iscsi::DataOut& header);
     // The Data-Out's data (checked by check_data_out) has landed in the command's buffer.
-    void data_out_received(Command& command, const iscsi::DataOut& header);
+    void data_out_received(IscsiTask& command, const iscsi::DataOut& header);
     // A Data-Out sequence error: the command ends with CHECK CONDITION `sense`, later Data-Outs for it
     // are dropped. At ErrorRecoveryLevel 0 the data cannot be asked for again, but the connection and
     // the other tasks need not suffer for one bad sequence.
-    void fail_data_out(Command& command, const scsi::Sense& sense, const std::string& why);
+    void fail_data_out(IscsiTask& command, const scsi::Sense& sense, const std::string& why);
 
     // --- Task management, logout ---
     void task_management(Connection& connection, const iscsi::TaskMgmtRequest& request);
@@ -160,17 +160,17 @@ public:
 private:
     bool has_connection(const Connection* connection) const;
     void run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request);
-    void answered(Command& command);
+    void answered(IscsiTask& command);
     void end();
-    void deliver_command(Command& command);
-    void defer_data_out_failure(Command& command);
-    void submit(Command& command);
-    void send_r2ts(Command& command);
-    void maybe_data_out_done(Command& command);
-    void respond(Command& command);
-    void send_data_in(Command& command, uint32_t length);
-    void send_scsi_response(Command& command, uint32_t data_pdus);
-    void release(Command& command);
+    void deliver_command(IscsiTask& command);
+    void defer_data_out_failure(IscsiTask& command);
+    void submit(IscsiTask& command);
+    void send_r2ts(IscsiTask& command);
+    void maybe_data_out_done(IscsiTask& command);
+    void respond(IscsiTask& command);
+    void send_data_in(IscsiTask& command, uint32_t length);
+    void send_scsi_response(IscsiTask& command, uint32_t data_pdus);
+    void release(IscsiTask& command);
     void send_tmf_response(Connection* connection, uint32_t itt, iscsi::TmfResponse response);
     // Releases commands not yet handed to the engine (of one LUN, or all): a TMF covers them too.
     void drop_waiting_commands(std::optional<uint64_t> lun);
@@ -188,13 +188,13 @@ private:
     uint64_t _isid;
 
     std::vector<Connection*> _connections;
-    std::unordered_map<uint32_t, std::unique_ptr<Command>> _commands; // by ITT
+    std::unordered_map<uint32_t, std::unique_ptr<IscsiTask>> _commands; // by ITT
 
     uint32_t _exp_cmd_sn;
     uint32_t _queue_depth;
     uint32_t _unanswered = 0; // commands that consumed a CmdSN and have not been answered
     std::unordered_map<uint32_t, Function<void()>> _early; // by CmdSN: arrived before their turn
-    std::vector<Command*> _gated; // delivered while a reinstated predecessor was still terminating
+    std::vector<IscsiTask*> _gated; // delivered while a reinstated predecessor was still terminating
     uint32_t _next_ttt = 1;
 
     bool _ended = false; // no connection remains; destroy once tasks drain

@@ -1,7 +1,7 @@
 #include "scsi/alua.hpp"
 
 #include "common/bytes.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/target.hpp"
 
 #include <algorithm>
@@ -37,7 +37,7 @@ std::vector<uint16_t> target_ports(std::span<const PortGroup> declared, const Ne
     return ports;
 }
 
-void report_target_port_groups(Command& cmd) {
+void report_target_port_groups(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     uint8_t format = cdb[1] >> 5;
     uint32_t allocation = load_be32(cdb + 6);

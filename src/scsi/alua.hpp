@@ -16,7 +16,7 @@
 
 namespace ispace::scsi {
 
-class Command;
+class Execution;
 struct Nexus;
 
 struct PortGroup {
@@ -36,7 +36,7 @@ std::vector<PortGroup> effective_groups(std::span<const PortGroup> declared, con
 std::vector<uint16_t> target_ports(std::span<const PortGroup> declared, const Nexus* nexus);
 
 // REPORT TARGET PORT GROUPS (MAINTENANCE IN, service action 0Ah), both parameter data formats.
-void report_target_port_groups(Command& cmd);
+void report_target_port_groups(Execution& cmd);
 
 } // namespace alua
 } // namespace ispace::scsi

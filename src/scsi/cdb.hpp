@@ -23,7 +23,7 @@
 
 namespace ispace::scsi {
 
-class Command;
+class Execution;
 class LogicalUnit;
 
 namespace op {
@@ -124,7 +124,7 @@ constexpr uint64_t max_lun = 16383;
 
 // --- the operation table -------------------------------------------------------------------------
 
-using Handler = void (*)(Command&);
+using Handler = void (*)(Execution&);
 
 enum OperationFlags : uint16_t {
     op_ua_exempt = 1 << 0, // INQUIRY, REPORT LUNS, REQUEST SENSE: never reports a unit attention

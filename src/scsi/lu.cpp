@@ -3,7 +3,7 @@
 #include "common/buffer.hpp"
 #include "common/log.hpp"
 #include "net/reactor.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/sbc.hpp"
 
 #include <algorithm>
@@ -197,7 +197,7 @@ bool LogicalUnit::medium_removal_prevented() const {
 
 // --- task list ----------------------------------------------------------------------------------
 
-void LogicalUnit::attach(Command& cmd) {
+void LogicalUnit::attach(Execution& cmd) {
     Task& task = cmd.task();
     task.lu = this;
     task.lu_prev = nullptr;
@@ -210,7 +210,7 @@ void LogicalUnit::attach(Command& cmd) {
     ++_task_count;
 }
 
-bool LogicalUnit::detach(Command& cmd, std::vector<TmfOp*>& tmfs) {
+bool LogicalUnit::detach(Execution& cmd, std::vector<TmfOp*>& tmfs) {
     Task& task = cmd.task();
     std::lock_guard lock(_mutex);
     if (task.lu_prev) {

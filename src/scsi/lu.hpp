@@ -25,7 +25,7 @@
 
 namespace ispace::scsi {
 
-class Command;
+class Execution;
 struct TaskMatch;
 struct TmfOp;
 
@@ -95,10 +95,10 @@ public:
     void reset(uint16_t code);
 
     // --- task list (command.cpp) and task management (tmf.cpp) ---
-    void attach(Command& cmd);
+    void attach(Execution& cmd);
     // Unlinks the command's task; returns whether a TMF asked for it to be aborted and hands over
     // the TMFs waiting for it.
-    bool detach(Command& cmd, std::vector<TmfOp*>& tmfs);
+    bool detach(Execution& cmd, std::vector<TmfOp*>& tmfs);
     // Marks every matching task for abort on behalf of `op` (may be null: nexus loss) and pokes each
     // on its reactor. Returns how many matched; `nexuses`, when given, receives their nexus ids.
     size_t abort_tasks(const TaskMatch& match, TmfOp* op, std::vector<uint64_t>* nexuses = nullptr);

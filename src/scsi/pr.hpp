@@ -39,7 +39,7 @@
 
 namespace ispace::scsi {
 
-class Command;
+class Execution;
 struct Operation;
 
 namespace pr {
@@ -97,10 +97,10 @@ struct ParsedTransportId {
 std::optional<ParsedTransportId> parse_transport_id(std::span<const uint8_t> data, size_t base, Sense& error);
 
 // Handlers of the operation table.
-void persistent_reserve_in(Command& cmd);
-void persistent_reserve_out(Command& cmd);
-void spc2_reserve(Command& cmd); // RESERVE(6)/(10): SPC-2 reservation of the whole logical unit
-void spc2_release(Command& cmd); // RELEASE(6)/(10)
+void persistent_reserve_in(Execution& cmd);
+void persistent_reserve_out(Execution& cmd);
+void spc2_reserve(Execution& cmd); // RESERVE(6)/(10): SPC-2 reservation of the whole logical unit
+void spc2_release(Execution& cmd); // RELEASE(6)/(10)
 
 } // namespace pr
 

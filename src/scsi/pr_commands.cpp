@@ -6,7 +6,7 @@
 #include "net/reactor.hpp"
 #include "scsi/alua.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/pr.hpp"
 #include "scsi/target.hpp"
@@ -106,9 +106,9 @@ std::vector<uint8_t> read_full_status_data(const PrStatus& s) {
 
 // --- PERSISTENT RESERVE OUT ---------------------------------------------------------------------
 
-constexpr uint8_t step_changed = 0x01; // Command::mode: the state must be persisted before GOOD
+constexpr uint8_t step_changed = 0x01; // Execution::mode: the state must be persisted before GOOD
 
-void prout_complete(Command& cmd) {
+void prout_complete(Execution& cmd) {
     if (!(cmd.mode & step_changed)) {
         cmd.complete_good();
         return;
@@ -131,7 +131,7 @@ void prout_complete(Command& cmd) {
     reactor->run_blocking([lu] { return int64_t(lu->reservations().persist()); }, std::move(done));
 }
 
-std::optional<Sense> decode(Command& cmd, const uint8_t* p, uint32_t length, ProutRequest& r) {
+std::optional<Sense> decode(Execution& cmd, const uint8_t* p, uint32_t length, ProutRequest& r) {
     const uint8_t* cdb = cmd.cdb();
     r.service_action = cdb[1] & 0x1f;
     r.scope = cdb[2] >> 4;
@@ -208,7 +208,7 @@ std::optional<Sense> decode(Command& cmd, const uint8_t* p, uint32_t length, Pro
     return std::nullopt;
 }
 
-void prout_data_ready(Command& cmd) {
+void prout_data_ready(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     uint32_t length = task.transfer_length;
@@ -262,7 +262,7 @@ bool needs_reservation_fields(uint8_t service_action) {
 
 } // namespace
 
-void persistent_reserve_in(Command& cmd) {
+void persistent_reserve_in(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     uint32_t allocation = load_be16(cdb + 7);
     Reservations& reservations = cmd.lu()->reservations();
@@ -290,7 +290,7 @@ void persistent_reserve_in(Command& cmd) {
     }
 }
 
-void persistent_reserve_out(Command& cmd) {
+void persistent_reserve_out(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     Task& task = cmd.task();
     uint8_t service_action = cdb[1] & 0x1f;
@@ -322,7 +322,7 @@ void persistent_reserve_out(Command& cmd) {
     cmd.fetch_data_out(length, prout_data_ready);
 }
 
-void spc2_reserve(Command& cmd) {
+void spc2_reserve(Execution& cmd) {
     if (!cmd.lu()->reservations().spc2_reserve(cmd.nexus_id())) {
         cmd.complete_status(Status::reservation_conflict);
         return;
@@ -330,7 +330,7 @@ void spc2_reserve(Command& cmd) {
     cmd.complete_good();
 }
 
-void spc2_release(Command& cmd) {
+void spc2_release(Execution& cmd) {
     if (!cmd.lu()->reservations().spc2_release(cmd.nexus_id())) {
         cmd.complete_status(Status::reservation_conflict);
         return;

@@ -33,7 +33,7 @@ namespace ispace::scsi {
 
 class RangeLock {
 public:
-    // One request: owned by its user (a Command, a background operation), linked into the lock while
+    // One request: owned by its user (an Execution, a background operation), linked into the lock while
     // it waits or holds. Fill in the public part, then acquire(); release() exactly once after a
     // grant.
     struct Entry {

@@ -10,7 +10,7 @@
 #include "common/bytes.hpp"
 #include "common/log.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sbc_util.hpp"
 #include "scsi/sense.hpp"
@@ -41,14 +41,14 @@ void flush_detached(LogicalUnit& lu, uint64_t offset, uint64_t length) {
 
 // --- READ ---------------------------------------------------------------------------------------
 
-void read_done(Command& cmd) {
+void read_done(Execution& cmd) {
     if (failed_io(cmd, false)) {
         return;
     }
     cmd.complete_good();
 }
 
-void read_locked(Command& cmd) {
+void read_locked(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     cmd.submit_io(IoOp::read, cmd.range.lba * bs, uint64_t(cmd.chunk) * bs, cmd.task().buffer.data(), false,
                   read_done);
@@ -56,14 +56,14 @@ void read_locked(Command& cmd) {
 
 // --- WRITE --------------------------------------------------------------------------------------
 
-void write_done(Command& cmd) {
+void write_done(Execution& cmd) {
     if (failed_io(cmd, true)) {
         return;
     }
     cmd.complete_good();
 }
 
-void write_locked(Command& cmd) {
+void write_locked(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     cmd.submit_io(IoOp::write, cmd.range.lba * bs, uint64_t(cmd.chunk) * bs, cmd.task().buffer.data(),
                   cmd.fua, write_done);
@@ -75,14 +75,14 @@ void write_locked(Command& cmd) {
 // test_write10_residuals). A trailing partial block cannot be written and is not: the residual
 // says so. (libiscsi's reservation tests write 512 bytes as "one block" to a 4096-byte LUN and
 // expect GOOD; refusing the command instead is the other answer test_write10_residuals allows.)
-std::optional<Sense> blocks_arrived(const Command& cmd, uint32_t& blocks) {
+std::optional<Sense> blocks_arrived(const Execution& cmd, uint32_t& blocks) {
     uint32_t bs = cmd.lu()->block_size();
     uint32_t bytes = cmd.task().transfer_length;
     blocks = cmd.data_out_available(bytes) / bs;
     return std::nullopt;
 }
 
-void write_data_ready(Command& cmd) {
+void write_data_ready(Execution& cmd) {
     uint32_t blocks = 0;
     if (auto error = blocks_arrived(cmd, blocks)) {
         cmd.complete_check(*error);
@@ -102,9 +102,9 @@ constexpr uint8_t bytchk_none = 0; // verify the medium: read it back
 constexpr uint8_t bytchk_all = 1;  // compare the data-out with the medium
 constexpr uint8_t bytchk_one = 3;  // compare one block of data-out with every block
 
-void verify_read_chunk(Command& cmd);
+void verify_read_chunk(Execution& cmd);
 
-void verify_check_chunk(Command& cmd) {
+void verify_check_chunk(Execution& cmd) {
     if (failed_io(cmd, false)) {
         return;
     }
@@ -137,7 +137,7 @@ void verify_check_chunk(Command& cmd) {
 
 // Reads the range back in chunks of at most the maximum transfer length, so a VERIFY of any length
 // holds at most that much memory.
-void verify_read_chunk(Command& cmd) {
+void verify_read_chunk(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     uint32_t bs = lu.block_size();
     uint64_t remaining = cmd.range.blocks - cmd.progress;
@@ -151,7 +151,7 @@ void verify_read_chunk(Command& cmd) {
 }
 
 // Allocates the read-back buffer and reads the range (already locked) in chunks.
-void verify_medium(Command& cmd) {
+void verify_medium(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     uint32_t max_blocks = lu.max_transfer_bytes() / lu.block_size();
     uint64_t chunk = std::min<uint64_t>(cmd.range.blocks, max_blocks);
@@ -160,7 +160,7 @@ void verify_medium(Command& cmd) {
     verify_read_chunk(cmd);
 }
 
-void verify_begin(Command& cmd) {
+void verify_begin(Execution& cmd) {
     uint32_t needed = cmd.task().transfer_length;
     if (cmd.mode != bytchk_none && cmd.data_out_available(needed) < needed) {
         // Nothing to compare against: the initiator sent less than the CDB says.
@@ -172,21 +172,21 @@ void verify_begin(Command& cmd) {
 
 // --- WRITE AND VERIFY ---------------------------------------------------------------------------
 
-void write_and_verify_written(Command& cmd) {
+void write_and_verify_written(Execution& cmd) {
     if (failed_io(cmd, true)) {
         return;
     }
     verify_medium(cmd);
 }
 
-void write_and_verify_locked(Command& cmd) {
+void write_and_verify_locked(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     // Written through to the medium (as FUA): verifying what a volatile cache holds proves nothing.
     cmd.submit_io(IoOp::write, cmd.range.lba * bs, uint64_t(cmd.range.blocks) * bs, cmd.task().buffer.data(),
                   true, write_and_verify_written);
 }
 
-void write_and_verify_data_ready(Command& cmd) {
+void write_and_verify_data_ready(Execution& cmd) {
     uint32_t blocks = 0;
     if (auto error = blocks_arrived(cmd, blocks)) {
         cmd.complete_check(*error);
@@ -204,7 +204,7 @@ void write_and_verify_data_ready(Command& cmd) {
 
 // --- PRE-FETCH ----------------------------------------------------------------------------------
 
-void pre_fetch_done(Command& cmd) {
+void pre_fetch_done(Execution& cmd) {
     if (failed_io(cmd, false)) {
         return;
     }
@@ -214,7 +214,7 @@ void pre_fetch_done(Command& cmd) {
     cmd.complete_good();
 }
 
-void pre_fetch_locked(Command& cmd) {
+void pre_fetch_locked(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     cmd.submit_io(IoOp::read, cmd.range.lba * bs, uint64_t(cmd.chunk) * bs, cmd.scratch.data(), false,
                   pre_fetch_done);
@@ -222,7 +222,7 @@ void pre_fetch_locked(Command& cmd) {
 
 // --- SYNCHRONIZE CACHE / START STOP UNIT --------------------------------------------------------
 
-void flush_done(Command& cmd) {
+void flush_done(Execution& cmd) {
     if (failed_io(cmd, true)) {
         return;
     }
@@ -231,7 +231,7 @@ void flush_done(Command& cmd) {
 
 } // namespace
 
-void read(Command& cmd) {
+void read(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     BlockRange r = decode_block_range(cmd.cdb());
@@ -258,7 +258,7 @@ void read(Command& cmd) {
     cmd.lock_range(r.lba, blocks, false, read_locked);
 }
 
-void write(Command& cmd) {
+void write(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     BlockRange r = decode_block_range(cmd.cdb());
@@ -276,7 +276,7 @@ void write(Command& cmd) {
     cmd.fetch_data_out(task.transfer_length, write_data_ready);
 }
 
-void verify(Command& cmd) {
+void verify(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
@@ -306,7 +306,7 @@ void verify(Command& cmd) {
     cmd.fetch_data_out(task.transfer_length, verify_begin);
 }
 
-void write_and_verify(Command& cmd) {
+void write_and_verify(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
@@ -332,7 +332,7 @@ void write_and_verify(Command& cmd) {
     cmd.fetch_data_out(task.transfer_length, write_and_verify_data_ready);
 }
 
-void synchronize_cache(Command& cmd) {
+void synchronize_cache(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
     BlockRange r = decode_block_range(cdb);
@@ -352,7 +352,7 @@ void synchronize_cache(Command& cmd) {
     cmd.submit_io(IoOp::flush, r.lba * bs, blocks * bs, nullptr, false, flush_done);
 }
 
-void pre_fetch(Command& cmd) {
+void pre_fetch(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
     BlockRange r = decode_block_range(cdb);
@@ -380,7 +380,7 @@ void pre_fetch(Command& cmd) {
     cmd.lock_range(r.lba, blocks, false, pre_fetch_locked);
 }
 
-void read_capacity_10(Command& cmd) {
+void read_capacity_10(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     const LogicalUnit& lu = *cmd.lu();
     bool pmi = cdb[8] & 0x01;
@@ -397,7 +397,7 @@ void read_capacity_10(Command& cmd) {
     cmd.complete_data_in(d, uint32_t(d.size()));
 }
 
-void read_capacity_16(Command& cmd) {
+void read_capacity_16(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     const LogicalUnit& lu = *cmd.lu();
     uint32_t allocation = load_be32(cdb + 10);
@@ -419,7 +419,7 @@ void read_capacity_16(Command& cmd) {
     cmd.complete_data_in(d, allocation);
 }
 
-void read_defect_data(Command& cmd) {
+void read_defect_data(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     bool twelve = cdb[0] == op::read_defect_data_12;
     uint8_t flags = twelve ? cdb[1] : cdb[2];
@@ -437,7 +437,7 @@ void read_defect_data(Command& cmd) {
     cmd.complete_data_in(d, allocation);
 }
 
-void start_stop_unit(Command& cmd) {
+void start_stop_unit(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
     bool immed = cdb[1] & 0x01;

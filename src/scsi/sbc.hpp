@@ -18,7 +18,7 @@
 #include <vector>
 
 namespace ispace::scsi {
-class Command;
+class Execution;
 class LogicalUnit;
 struct Operation;
 } // namespace ispace::scsi
@@ -26,29 +26,29 @@ struct Operation;
 namespace ispace::scsi::sbc {
 
 // --- sbc.cpp ---
-void read(Command& cmd);             // READ(6/10/12/16)
-void write(Command& cmd);            // WRITE(6/10/12/16)
-void verify(Command& cmd);           // VERIFY(10/12/16), BYTCHK 0, 1 and 3
-void write_and_verify(Command& cmd); // WRITE AND VERIFY(10/12/16), BYTCHK 0 and 1
-void synchronize_cache(Command& cmd);
-void pre_fetch(Command& cmd); // PRE-FETCH(10/16)
-void read_capacity_10(Command& cmd);
-void read_capacity_16(Command& cmd);
-void read_defect_data(Command& cmd); // READ DEFECT DATA(10/12)
-void start_stop_unit(Command& cmd);
+void read(Execution& cmd);             // READ(6/10/12/16)
+void write(Execution& cmd);            // WRITE(6/10/12/16)
+void verify(Execution& cmd);           // VERIFY(10/12/16), BYTCHK 0, 1 and 3
+void write_and_verify(Execution& cmd); // WRITE AND VERIFY(10/12/16), BYTCHK 0 and 1
+void synchronize_cache(Execution& cmd);
+void pre_fetch(Execution& cmd); // PRE-FETCH(10/16)
+void read_capacity_10(Execution& cmd);
+void read_capacity_16(Execution& cmd);
+void read_defect_data(Execution& cmd); // READ DEFECT DATA(10/12)
+void start_stop_unit(Execution& cmd);
 
 // --- sbc_provisioning.cpp ---
-void unmap(Command& cmd);
-void write_same(Command& cmd); // WRITE SAME(10/16)
-void get_lba_status(Command& cmd);
+void unmap(Execution& cmd);
+void write_same(Execution& cmd); // WRITE SAME(10/16)
+void get_lba_status(Execution& cmd);
 
 // --- sbc_atomic.cpp ---
-void compare_and_write(Command& cmd);
-void orwrite(Command& cmd);      // ORWRITE(16)
-void write_atomic(Command& cmd); // WRITE ATOMIC(16)
+void compare_and_write(Execution& cmd);
+void orwrite(Execution& cmd);      // ORWRITE(16)
+void write_atomic(Execution& cmd); // WRITE ATOMIC(16)
 
 // --- sbc_sanitize.cpp ---
-void sanitize(Command& cmd);
+void sanitize(Execution& cmd);
 // NOT READY (sanitize in progress) or MEDIUM ERROR (sanitize failed) for a command that may not run
 // now (SBC-4 4.11); nullopt when it may.
 std::optional<Sense> sanitize_refuses(const LogicalUnit& lu, const Operation& op);

@@ -11,7 +11,7 @@
 // command, not against a crash.
 #include "common/bytes.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sbc.hpp"
 #include "scsi/sbc_util.hpp"
@@ -26,7 +26,7 @@ namespace {
 using backstore::IoOp;
 using detail::failed_io;
 
-void done_after_write(Command& cmd) {
+void done_after_write(Execution& cmd) {
     if (failed_io(cmd, true)) {
         return;
     }
@@ -35,7 +35,7 @@ void done_after_write(Command& cmd) {
 
 // The data-out must be exactly what the CDB describes: a COMPARE AND WRITE or an atomic write cannot
 // act on part of it (libiscsi's InvalidDataOutSize sends both too little and too much).
-bool exact_data_out(Command& cmd) {
+bool exact_data_out(Execution& cmd) {
     const Task& task = cmd.task();
     uint32_t sent = task.data_out ? task.expected_length : 0;
     if (sent != task.transfer_length) {
@@ -45,7 +45,7 @@ bool exact_data_out(Command& cmd) {
     return true;
 }
 
-bool data_out_complete(Command& cmd) {
+bool data_out_complete(Execution& cmd) {
     uint32_t needed = cmd.task().transfer_length;
     if (cmd.data_out_available(needed) < needed) {
         cmd.complete_check(Sense::invalid_field_in_command_iu());
@@ -56,7 +56,7 @@ bool data_out_complete(Command& cmd) {
 
 // --- COMPARE AND WRITE --------------------------------------------------------------------------
 
-void caw_compared(Command& cmd) {
+void caw_compared(Execution& cmd) {
     if (failed_io(cmd, false)) {
         return;
     }
@@ -75,14 +75,14 @@ void caw_compared(Command& cmd) {
                   done_after_write);
 }
 
-void caw_locked(Command& cmd) {
+void caw_locked(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     uint64_t bytes = uint64_t(cmd.range.blocks) * bs;
     cmd.scratch = Buffer::allocate(bytes);
     cmd.submit_io(IoOp::read, cmd.range.lba * bs, bytes, cmd.scratch.data(), false, caw_compared);
 }
 
-void caw_data_ready(Command& cmd) {
+void caw_data_ready(Execution& cmd) {
     if (!data_out_complete(cmd)) {
         return;
     }
@@ -91,7 +91,7 @@ void caw_data_ready(Command& cmd) {
 
 // --- ORWRITE ------------------------------------------------------------------------------------
 
-void orwrite_merge(Command& cmd) {
+void orwrite_merge(Execution& cmd) {
     if (failed_io(cmd, false)) {
         return;
     }
@@ -105,14 +105,14 @@ void orwrite_merge(Command& cmd) {
     cmd.submit_io(IoOp::write, cmd.range.lba * bs, bytes, medium, cmd.fua, done_after_write);
 }
 
-void orwrite_locked(Command& cmd) {
+void orwrite_locked(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     uint64_t bytes = uint64_t(cmd.range.blocks) * bs;
     cmd.scratch = Buffer::allocate(bytes);
     cmd.submit_io(IoOp::read, cmd.range.lba * bs, bytes, cmd.scratch.data(), false, orwrite_merge);
 }
 
-void orwrite_data_ready(Command& cmd) {
+void orwrite_data_ready(Execution& cmd) {
     if (!data_out_complete(cmd)) {
         return;
     }
@@ -121,13 +121,13 @@ void orwrite_data_ready(Command& cmd) {
 
 // --- WRITE ATOMIC -------------------------------------------------------------------------------
 
-void atomic_locked(Command& cmd) {
+void atomic_locked(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     cmd.submit_io(IoOp::write, cmd.range.lba * bs, uint64_t(cmd.range.blocks) * bs, cmd.task().buffer.data(),
                   cmd.fua, done_after_write);
 }
 
-void atomic_data_ready(Command& cmd) {
+void atomic_data_ready(Execution& cmd) {
     if (!data_out_complete(cmd)) {
         return;
     }
@@ -136,7 +136,7 @@ void atomic_data_ready(Command& cmd) {
 
 } // namespace
 
-void compare_and_write(Command& cmd) {
+void compare_and_write(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
@@ -170,7 +170,7 @@ void compare_and_write(Command& cmd) {
     cmd.fetch_data_out(task.transfer_length, caw_data_ready);
 }
 
-void orwrite(Command& cmd) {
+void orwrite(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     BlockRange r = decode_block_range(cmd.cdb());
@@ -191,7 +191,7 @@ void orwrite(Command& cmd) {
     cmd.fetch_data_out(task.transfer_length, orwrite_data_ready);
 }
 
-void write_atomic(Command& cmd) {
+void write_atomic(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();

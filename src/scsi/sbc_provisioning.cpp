@@ -9,7 +9,7 @@
 // FIELD IN CDB. Every medium change runs under the range lock (shared), like a WRITE.
 #include "common/bytes.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sbc.hpp"
 #include "scsi/sbc_util.hpp"
@@ -32,13 +32,13 @@ using detail::failed_io;
 constexpr uint32_t unmap_header = 8;
 constexpr uint32_t unmap_descriptor = 16;
 
-const uint8_t* unmap_descriptor_at(const Command& cmd, uint64_t index) {
+const uint8_t* unmap_descriptor_at(const Execution& cmd, uint64_t index) {
     return cmd.task().buffer.data() + unmap_header + index * unmap_descriptor;
 }
 
-void unmap_next(Command& cmd);
+void unmap_next(Execution& cmd);
 
-void unmap_done(Command& cmd) {
+void unmap_done(Execution& cmd) {
     if (failed_io(cmd, true)) {
         return;
     }
@@ -47,14 +47,14 @@ void unmap_done(Command& cmd) {
     unmap_next(cmd);
 }
 
-void unmap_locked(Command& cmd) {
+void unmap_locked(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     cmd.submit_io(IoOp::unmap, cmd.range.lba * bs, uint64_t(cmd.range.blocks) * bs, nullptr, false,
                   unmap_done);
 }
 
 // One descriptor at a time, each under its own range lock, so that the command never holds two.
-void unmap_next(Command& cmd) {
+void unmap_next(Execution& cmd) {
     // cmd.chunk holds the number of descriptors.
     for (; cmd.progress < cmd.chunk; ++cmd.progress) {
         const uint8_t* d = unmap_descriptor_at(cmd, cmd.progress);
@@ -69,7 +69,7 @@ void unmap_next(Command& cmd) {
     cmd.complete_good();
 }
 
-void unmap_parameters(Command& cmd) {
+void unmap_parameters(Execution& cmd) {
     const LogicalUnit& lu = *cmd.lu();
     uint32_t length = cmd.task().transfer_length;
     if (cmd.data_out_available(length) < length) {
@@ -111,9 +111,9 @@ void unmap_parameters(Command& cmd) {
 
 enum WriteSameMode : uint8_t { ws_unmap, ws_zeroes, ws_pattern };
 
-void write_same_finish(Command& cmd);
+void write_same_finish(Execution& cmd);
 
-void write_same_flushed(Command& cmd) {
+void write_same_flushed(Execution& cmd) {
     if (failed_io(cmd, true)) {
         return;
     }
@@ -122,7 +122,7 @@ void write_same_flushed(Command& cmd) {
 
 // With the write cache disabled, the blocks must be on the medium before GOOD; unmap and
 // write-zeroes have no FUA form, so a flush follows them.
-void write_same_finish(Command& cmd) {
+void write_same_finish(Execution& cmd) {
     if (cmd.lu()->write_cache_enabled() || cmd.mode == ws_pattern) {
         cmd.complete_good();
         return;
@@ -132,16 +132,16 @@ void write_same_finish(Command& cmd) {
                   write_same_flushed);
 }
 
-void write_same_whole_done(Command& cmd) {
+void write_same_whole_done(Execution& cmd) {
     if (failed_io(cmd, true)) {
         return;
     }
     write_same_finish(cmd);
 }
 
-void write_same_pattern_chunk(Command& cmd);
+void write_same_pattern_chunk(Execution& cmd);
 
-void write_same_pattern_done(Command& cmd) {
+void write_same_pattern_done(Execution& cmd) {
     if (failed_io(cmd, true)) {
         return;
     }
@@ -151,7 +151,7 @@ void write_same_pattern_done(Command& cmd) {
 
 // The pattern block repeated over a buffer of up to the maximum transfer length, written chunk by
 // chunk: any WRITE SAME holds at most that much memory.
-void write_same_pattern_chunk(Command& cmd) {
+void write_same_pattern_chunk(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     uint64_t remaining = cmd.range.blocks - cmd.progress;
     if (remaining == 0) {
@@ -163,7 +163,7 @@ void write_same_pattern_chunk(Command& cmd) {
                   cmd.scratch.data(), cmd.fua, write_same_pattern_done);
 }
 
-void write_same_locked(Command& cmd) {
+void write_same_locked(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     uint32_t bs = lu.block_size();
     uint64_t offset = cmd.range.lba * bs;
@@ -201,7 +201,7 @@ bool all_zero(const uint8_t* p, size_t n) {
     return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0);
 }
 
-void write_same_data_ready(Command& cmd) {
+void write_same_data_ready(Execution& cmd) {
     uint32_t bs = cmd.lu()->block_size();
     if (cmd.mode != ws_unmap && cmd.task().transfer_length != 0) {
         if (cmd.data_out_available(bs) < bs) {
@@ -217,7 +217,7 @@ void write_same_data_ready(Command& cmd) {
 
 } // namespace
 
-void unmap(Command& cmd) {
+void unmap(Execution& cmd) {
     // Only a logical unit whose device deallocates gets here: on any other the operation table does
     // not route UNMAP (INVALID COMMAND OPERATION CODE, LBPU=0; cdb.cpp).
     const uint8_t* cdb = cmd.cdb();
@@ -238,7 +238,7 @@ void unmap(Command& cmd) {
     cmd.fetch_data_out(length, unmap_parameters);
 }
 
-void write_same(Command& cmd) {
+void write_same(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
@@ -351,18 +351,18 @@ std::vector<uint8_t> lba_status_data(const std::vector<backstore::Extent>& exten
     return d;
 }
 
-void lba_status_send(Command& cmd) {
+void lba_status_send(Execution& cmd) {
     uint32_t allocation = load_be32(cmd.cdb() + 10);
     cmd.complete_data_in(std::span<const uint8_t>(cmd.scratch.data(), cmd.scratch.size()), allocation);
 }
 
-void lba_status_failed(Command& cmd) {
+void lba_status_failed(Execution& cmd) {
     cmd.complete_check(Sense::from_errno(-int(cmd.chunk), false));
 }
 
 } // namespace
 
-void get_lba_status(Command& cmd) {
+void get_lba_status(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
     uint64_t lba = load_be64(cdb + 2);
@@ -375,7 +375,7 @@ void get_lba_status(Command& cmd) {
     uint32_t allocation = load_be32(cdb + 10);
     // A truncated first descriptor still says something: always describe at least one.
     size_t room = std::max<size_t>(1, allocation > 8 ? (allocation - 8) / 16 : 0);
-    Command* self = &cmd;
+    Execution* self = &cmd;
     // The command cannot go away while it waits: task management waits for this like for I/O.
     cmd.wait_begin();
     lu.device().allocation_status(lba * bs, (end - lba) * bs,

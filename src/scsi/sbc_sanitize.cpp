@@ -27,7 +27,7 @@
 #include "common/log.hpp"
 #include "net/reactor.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/pacer.hpp"
 #include "scsi/sbc.hpp"
@@ -115,7 +115,7 @@ public:
     unsigned passes() const { return _action == sa::sanitize_overwrite ? _passes : 1; }
     uint64_t bytes_per_second() const { return _lu.options().sanitize_bytes_per_second; }
     // The IMMED=0 command that waits for the end (at most one; it may leave early when aborted).
-    void set_waiter(Command* cmd) { _waiter = cmd; }
+    void set_waiter(Execution* cmd) { _waiter = cmd; }
 
     // Takes the whole medium exclusively (in-flight commands finish first), then runs.
     void start() {
@@ -228,8 +228,8 @@ private:
     // An IMMED=0 command that a TMF aborted stops waiting now; the operation goes on.
     void release_aborted_waiter() {
         if (_waiter && _waiter->abort_requested()) {
-            Command* waiter = std::exchange(_waiter, nullptr);
-            waiter->wait_end([](Command&) {});
+            Execution* waiter = std::exchange(_waiter, nullptr);
+            waiter->wait_end([](Execution&) {});
         }
     }
 
@@ -268,9 +268,9 @@ private:
         state.exit_allowed.store(error != 0 && _ause);
         _lu.block_state().range_lock.release(_range);
         state.in_progress.store(false);
-        if (Command* waiter = std::exchange(_waiter, nullptr)) {
+        if (Execution* waiter = std::exchange(_waiter, nullptr)) {
             waiter->chunk = uint32_t(-error);
-            waiter->wait_end([](Command& cmd) {
+            waiter->wait_end([](Execution& cmd) {
                 if (cmd.chunk) {
                     cmd.complete_check(Sense::make(SenseKey::medium_error, asc::sanitize_command_failed));
                     return;
@@ -302,7 +302,7 @@ private:
     Pacer::Clock::time_point _started{};
     Pacer::Clock::time_point _chunk_started{};
     Buffer _chunk;
-    Command* _waiter = nullptr;
+    Execution* _waiter = nullptr;
     RangeLock::Entry _range;
     backstore::IoRequest _io;
     iovec _iov{};
@@ -311,7 +311,7 @@ private:
 namespace {
 
 // Validated: claims the logical unit for the operation and starts it.
-void begin(Command& cmd, SanitizeOp* op) {
+void begin(Execution& cmd, SanitizeOp* op) {
     SanitizeState& state = cmd.lu()->block_state().sanitize;
     bool expected = false;
     if (!state.in_progress.compare_exchange_strong(expected, true)) {
@@ -340,7 +340,7 @@ void begin(Command& cmd, SanitizeOp* op) {
     op->start();
 }
 
-void overwrite_parameters(Command& cmd) {
+void overwrite_parameters(Execution& cmd) {
     uint32_t length = cmd.task().transfer_length;
     if (cmd.data_out_available(length) < length) {
         cmd.complete_check(Sense::make(SenseKey::illegal_request, asc::parameter_list_length_error));
@@ -372,7 +372,7 @@ void overwrite_parameters(Command& cmd) {
 
 } // namespace
 
-void sanitize(Command& cmd) {
+void sanitize(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
     uint8_t action = cmd.op().service_action;

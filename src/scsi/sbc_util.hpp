@@ -2,7 +2,7 @@
 #pragma once
 
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sense.hpp"
 
@@ -17,7 +17,7 @@ inline bool fua_bit(const uint8_t* cdb) {
 }
 
 // With the write cache disabled (WCE=0) every write is write-through, as if FUA were set.
-inline bool write_through(const Command& cmd) {
+inline bool write_through(const Execution& cmd) {
     return fua_bit(cmd.cdb()) || !cmd.lu()->write_cache_enabled();
 }
 
@@ -25,7 +25,7 @@ inline bool write_through(const Command& cmd) {
 // INVALID FIELD IN CDB (on the length field) before the range is looked at; then LBA OUT OF RANGE.
 // `moves_data`: the command transfers its blocks (a VERIFY with BYTCHK=0 or a SYNCHRONIZE CACHE does
 // not, so it is not bounded by the maximum transfer length).
-inline std::optional<Sense> check_blocks(const Command& cmd, const BlockRange& r, bool moves_data) {
+inline std::optional<Sense> check_blocks(const Execution& cmd, const BlockRange& r, bool moves_data) {
     const LogicalUnit& lu = *cmd.lu();
     if (moves_data && uint64_t(r.blocks) * lu.block_size() > lu.max_transfer_bytes()) {
         return Sense::invalid_field_in_cdb(transfer_length_offset(cmd.cdb()));
@@ -34,7 +34,7 @@ inline std::optional<Sense> check_blocks(const Command& cmd, const BlockRange& r
 }
 
 // Ends the command with the sense for its backstore error, if there was one. True when it did.
-inline bool failed_io(Command& cmd, bool write) {
+inline bool failed_io(Execution& cmd, bool write) {
     if (cmd.io_error()) {
         cmd.complete_check(Sense::from_errno(cmd.io_error(), write));
         return true;

@@ -2,7 +2,7 @@
 
 #include "common/bytes.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sbc.hpp"
 #include "scsi/sense.hpp"
@@ -161,11 +161,11 @@ constexpr uint8_t supported_vpd[] = {
 
 } // namespace
 
-void test_unit_ready(Command& cmd) {
+void test_unit_ready(Execution& cmd) {
     cmd.complete_good();
 }
 
-void inquiry(Command& cmd) {
+void inquiry(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     bool evpd = cdb[1] & 0x01;
     uint8_t page = cdb[2];
@@ -222,7 +222,7 @@ void inquiry(Command& cmd) {
 
 // --- REQUEST SENSE ------------------------------------------------------------------------------
 
-void request_sense(Command& cmd) {
+void request_sense(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     bool descriptor = cdb[1] & 0x01;
     uint32_t allocation = cdb[4];
@@ -245,7 +245,7 @@ void request_sense(Command& cmd) {
 
 // --- PREVENT ALLOW MEDIUM REMOVAL ---------------------------------------------------------------
 
-void prevent_allow_medium_removal(Command& cmd) {
+void prevent_allow_medium_removal(Execution& cmd) {
     uint8_t prevent = cmd.cdb()[4] & 0x03;
     // 10b and 11b are obsolete (medium changers).
     if (prevent > 1) {
@@ -260,7 +260,7 @@ void prevent_allow_medium_removal(Command& cmd) {
 
 // --- REPORT LUNS --------------------------------------------------------------------------------
 
-void report_luns(Command& cmd) {
+void report_luns(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     uint8_t select = cdb[2];
     uint32_t allocation = load_be32(cdb + 6);

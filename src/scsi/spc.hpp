@@ -1,5 +1,5 @@
 // SPC-4 primary commands. Handlers of the operation table (cdb.cpp); each parses its CDB and ends with
-// one Command::complete_* call.
+// one Execution::complete_* call.
 //   spc.cpp         TEST UNIT READY, REQUEST SENSE, INQUIRY (standard data and the VPD pages), REPORT
 //                   LUNS, PREVENT ALLOW MEDIUM REMOVAL
 //   spc_mode.cpp    MODE SENSE(6)/(10), MODE SELECT(6)/(10)
@@ -10,7 +10,7 @@
 #include <cstdint>
 
 namespace ispace::scsi {
-class Command;
+class Execution;
 }
 
 namespace ispace::scsi::spc {
@@ -35,15 +35,15 @@ constexpr uint8_t mode_page_control = 0x0a;
 constexpr uint8_t mode_page_informational_exceptions = 0x1c;
 constexpr uint8_t mode_page_all = 0x3f;
 
-void test_unit_ready(Command& cmd);
-void request_sense(Command& cmd);
-void inquiry(Command& cmd);
-void mode_sense(Command& cmd);  // MODE SENSE(6) and (10)
-void mode_select(Command& cmd); // MODE SELECT(6) and (10)
-void report_luns(Command& cmd);
-void prevent_allow_medium_removal(Command& cmd);
-void report_supported_operation_codes(Command& cmd);
-void report_supported_tmfs(Command& cmd);
+void test_unit_ready(Execution& cmd);
+void request_sense(Execution& cmd);
+void inquiry(Execution& cmd);
+void mode_sense(Execution& cmd);  // MODE SENSE(6) and (10)
+void mode_select(Execution& cmd); // MODE SELECT(6) and (10)
+void report_luns(Execution& cmd);
+void prevent_allow_medium_removal(Execution& cmd);
+void report_supported_operation_codes(Execution& cmd);
+void report_supported_tmfs(Execution& cmd);
 
 // The command timeouts descriptor RSOC returns with RCTD=1 (SPC-4 6.35.4), in seconds: no nominal
 // processing time is promised (0), and a command is expected to end within the initiator's usual

@@ -11,7 +11,7 @@
 // FIELD IN CDB.
 #include "common/bytes.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/spc.hpp"
@@ -136,7 +136,7 @@ std::optional<Sense> check_block_descriptor(const LogicalUnit& lu, const uint8_t
     return std::nullopt;
 }
 
-void mode_select_data_ready(Command& cmd) {
+void mode_select_data_ready(Execution& cmd) {
     Task& task = cmd.task();
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
@@ -236,7 +236,7 @@ void mode_select_data_ready(Command& cmd) {
 
 } // namespace
 
-void mode_sense(Command& cmd) {
+void mode_sense(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     const LogicalUnit& lu = *cmd.lu();
     bool ten = cdb[0] == op::mode_sense_10;
@@ -304,7 +304,7 @@ void mode_sense(Command& cmd) {
     cmd.complete_data_in(d, allocation);
 }
 
-void mode_select(Command& cmd) {
+void mode_select(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     bool ten = cdb[0] == op::mode_select_10;
     bool sp = cdb[1] & 0x01;

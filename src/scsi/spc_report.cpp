@@ -11,7 +11,7 @@
 // QUERY TASK and friends, and I_T NEXUS RESET are not implemented.
 #include "common/bytes.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/spc.hpp"
@@ -121,7 +121,7 @@ std::vector<uint8_t> one_command(const LogicalUnit& lu, const Operation* op, boo
 
 } // namespace
 
-void report_supported_operation_codes(Command& cmd) {
+void report_supported_operation_codes(Execution& cmd) {
     const LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
     bool rctd = cdb[2] & 0x80;
@@ -162,7 +162,7 @@ void report_supported_operation_codes(Command& cmd) {
     }
 }
 
-void report_supported_tmfs(Command& cmd) {
+void report_supported_tmfs(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     bool repd = cdb[2] & 0x80;
     uint32_t allocation = load_be32(cdb + 6);

@@ -5,7 +5,7 @@
 #include "common/log.hpp"
 #include "net/reactor.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/tmf.hpp"
@@ -174,23 +174,23 @@ void TargetDevice::submit(Task& task) {
     if (auto lun = decode_lun(task.lun); lun && (!task.nexus || task.nexus->sees(*lun))) {
         lu = find_lu(*lun);
     }
-    Command::acquire(task, lu, *this).start();
+    Execution::acquire(task, lu, *this).start();
 }
 
 void TargetDevice::data_out_done(Task& task, bool ok) {
-    if (!task.command) {
+    if (!task.execution) {
         log_error("data_out_done for a task that is not in the engine (tag {:#x})", task.tag);
         return;
     }
-    task.command->data_out_done(ok);
+    task.execution->data_out_done(ok);
 }
 
 void TargetDevice::data_out_failed(Task& task, const Sense& sense) {
-    if (!task.command) {
+    if (!task.execution) {
         log_error("data_out_failed for a task that is not in the engine (tag {:#x})", task.tag);
         return;
     }
-    task.command->data_out_failed(sense);
+    task.execution->data_out_failed(sense);
 }
 
 // --- task management ----------------------------------------------------------------------------

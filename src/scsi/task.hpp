@@ -26,7 +26,7 @@ class Reactor;
 
 namespace ispace::scsi {
 
-class Command;
+class Execution;
 class Fabric;
 class LogicalUnit;
 
@@ -110,7 +110,7 @@ struct Task {
     LogicalUnit* lu = nullptr; // the logical unit's task list (for task management) links these
     Task* lu_next = nullptr;
     Task* lu_prev = nullptr;
-    Command* command = nullptr; // the engine's per-command state while the task is in the engine
+    Execution* execution = nullptr; // the engine's per-command state while the task is in the engine
 };
 
 // What the engine needs from a transport, per task. Calls happen on task.reactor. The engine never

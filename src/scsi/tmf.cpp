@@ -1,7 +1,7 @@
 #include "scsi/tmf.hpp"
 
 #include "net/reactor.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 
 #include <utility>
@@ -68,7 +68,7 @@ size_t LogicalUnit::abort_tasks(const TaskMatch& match, TmfOp* op, std::vector<u
             if (!match.matches(*t)) {
                 continue;
             }
-            Command* cmd = t->command;
+            Execution* cmd = t->execution;
             ++matched;
             cmd->_abort_requested.store(true, std::memory_order_release);
             if (op) {
@@ -96,15 +96,15 @@ void LogicalUnit::poke(uint64_t serial) {
     {
         std::lock_guard lock(_mutex);
         for (Task* t = _tasks; t; t = t->lu_next) {
-            if (t->command && t->command->serial() == serial) {
+            if (t->execution && t->execution->serial() == serial) {
                 found = t;
                 break;
             }
         }
-        if (!found || !found->command->waiting_for_data_out() || found->command->_cancel_sent) {
+        if (!found || !found->execution->waiting_for_data_out() || found->execution->_cancel_sent) {
             return;
         }
-        found->command->_cancel_sent = true;
+        found->execution->_cancel_sent = true;
     }
     // Safe outside the lock: we are on the task's reactor, the only thread that completes it. The
     // fabric answers with data_out_done(task, false), which finishes the task as aborted. A task

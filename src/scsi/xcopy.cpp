@@ -11,7 +11,7 @@
 #include "common/bytes.hpp"
 #include "scsi/block_state.hpp"
 #include "scsi/cdb.hpp"
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sbc_util.hpp"
 #include "scsi/sense.hpp"
@@ -83,7 +83,7 @@ struct Segment {
     LogicalUnit* to = nullptr;
 };
 
-struct CopyJob : Command::HandlerState {
+struct CopyJob : Execution::HandlerState {
     std::vector<Segment> segments;
     size_t segment = 0;
     uint64_t done = 0;  // bytes of the current segment copied
@@ -94,7 +94,7 @@ struct CopyJob : Command::HandlerState {
     uint64_t nexus = 0;
 };
 
-CopyJob& job_of(Command& cmd) {
+CopyJob& job_of(Execution& cmd) {
     return static_cast<CopyJob&>(*cmd.state);
 }
 
@@ -131,7 +131,7 @@ bool list_id_busy(LogicalUnit& lu, uint64_t nexus, uint8_t list_id) {
     return false;
 }
 
-void end_copy(Command& cmd, std::optional<Sense> error) {
+void end_copy(Execution& cmd, std::optional<Sense> error) {
     CopyJob& job = job_of(cmd);
     if (job.hold) {
         record(*cmd.lu(), job, error ? status_failed : status_done);
@@ -145,11 +145,11 @@ void end_copy(Command& cmd, std::optional<Sense> error) {
 
 // --- the copy -----------------------------------------------------------------------------------
 
-void copy_next(Command& cmd);
+void copy_next(Execution& cmd);
 
 // A source or destination error ends the copy as COPY ABORTED, with the additional sense code of
 // the error the logical unit's device reported.
-bool copy_failed(Command& cmd, bool write) {
+bool copy_failed(Execution& cmd, bool write) {
     if (!cmd.io_error()) {
         return false;
     }
@@ -158,7 +158,7 @@ bool copy_failed(Command& cmd, bool write) {
     return true;
 }
 
-void copy_written(Command& cmd) {
+void copy_written(Execution& cmd) {
     if (copy_failed(cmd, true)) {
         return;
     }
@@ -170,7 +170,7 @@ void copy_written(Command& cmd) {
     copy_next(cmd);
 }
 
-void copy_write_locked(Command& cmd) {
+void copy_write_locked(Execution& cmd) {
     CopyJob& job = job_of(cmd);
     Segment& s = job.segments[job.segment];
     LogicalUnit& to = *s.to;
@@ -178,7 +178,7 @@ void copy_write_locked(Command& cmd) {
                   cmd.scratch.data(), !to.write_cache_enabled(), copy_written);
 }
 
-void copy_read(Command& cmd) {
+void copy_read(Execution& cmd) {
     if (copy_failed(cmd, false)) {
         return;
     }
@@ -191,7 +191,7 @@ void copy_read(Command& cmd) {
     cmd.lock_range(*s.to, s.destination_lba + job.done / bs, job.chunk / bs, false, copy_write_locked);
 }
 
-void copy_read_locked(Command& cmd) {
+void copy_read_locked(Execution& cmd) {
     CopyJob& job = job_of(cmd);
     Segment& s = job.segments[job.segment];
     LogicalUnit& from = *s.from;
@@ -199,7 +199,7 @@ void copy_read_locked(Command& cmd) {
                   cmd.scratch.data(), false, copy_read);
 }
 
-void copy_next(Command& cmd) {
+void copy_next(Execution& cmd) {
     CopyJob& job = job_of(cmd);
     while (job.segment < job.segments.size() && job.done == job.segments[job.segment].bytes) {
         ++job.segment;
@@ -347,7 +347,7 @@ bool reservation_conflict(const LogicalUnit& lu, uint8_t opcode, const Nexus* ne
     return op && lu.reservations().conflicts(*op, cdb.data(), nexus);
 }
 
-void parameters_ready(Command& cmd) {
+void parameters_ready(Execution& cmd) {
     uint32_t length = cmd.task().transfer_length;
     if (cmd.data_out_available(length) < length) {
         cmd.complete_check(Sense::invalid_field_in_command_iu());
@@ -444,7 +444,7 @@ LogicalUnit* resolve_designator(const TargetDevice& target, uint8_t code_set, ui
     return nullptr;
 }
 
-void extended_copy(Command& cmd) {
+void extended_copy(Execution& cmd) {
     uint32_t length = load_be32(cmd.cdb() + 10);
     cmd.task().transfer_length = length;
     if (length == 0) {
@@ -461,7 +461,7 @@ void extended_copy(Command& cmd) {
     cmd.fetch_data_out(length, parameters_ready);
 }
 
-void receive_copy_results(Command& cmd) {
+void receive_copy_results(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
     uint32_t allocation = load_be32(cdb + 10);

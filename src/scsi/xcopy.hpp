@@ -14,7 +14,7 @@
 #include <vector>
 
 namespace ispace::scsi {
-class Command;
+class Execution;
 class LogicalUnit;
 class TargetDevice;
 struct Nexus;
@@ -32,8 +32,8 @@ constexpr uint32_t max_descriptor_list_length = 16 + 32 * max_cscd_descriptors +
 // segment at 4096-byte blocks.
 constexpr uint32_t max_segment_bytes = 0xffff * 4096u;
 
-void extended_copy(Command& cmd);
-void receive_copy_results(Command& cmd);
+void extended_copy(Execution& cmd);
+void receive_copy_results(Execution& cmd);
 std::vector<uint8_t> third_party_copy_vpd(const LogicalUnit& lu);
 
 // The logical unit of `target` an identification CSCD descriptor's designator names (code set,

@@ -1,10 +1,10 @@
-// scsi::Command: the engine's state for one task while it is inside the engine, and the API the
+// scsi::Execution: the engine's state for one task while it is inside the engine, and the API the
 // command handlers (spc.cpp, sbc.cpp) are written against.
 //
 // A handler parses its CDB and then either finishes at once (complete_*) or continues in steps:
 // fetch_data_out() and submit_io() take the next step as a plain function pointer, which runs on the
 // task's reactor when the data or the I/O is there. Each command ends with exactly one complete_*
-// call; after it the handler must not touch the Command.
+// call; after it the handler must not touch the Execution.
 //
 // The engine side (start, data-out arrival, finishing, aborts) lives here too: it is the one place
 // that knows the order of things — unlink from the logical unit's task list, mark an aborted task,
@@ -33,9 +33,9 @@ class LogicalUnit;
 class TargetDevice;
 struct TmfOp;
 
-class Command {
+class Execution {
 public:
-    using Step = void (*)(Command&);
+    using Step = void (*)(Execution&);
 
     Task& task() const { return *_task; }
     // nullptr for a LUN with no logical unit (only op_any_lun commands run then).
@@ -104,7 +104,7 @@ public:
     std::unique_ptr<HandlerState> state;
 
     // --- engine side (target.cpp, lu.cpp, tmf.cpp) ---
-    static Command& acquire(Task& task, LogicalUnit* lu, TargetDevice& target);
+    static Execution& acquire(Task& task, LogicalUnit* lu, TargetDevice& target);
     // Routes and runs the command (UA check, opcode table, usage check, handler).
     void start();
     // Fabric::fetch_data_out() finished.
@@ -118,7 +118,7 @@ private:
     friend class LogicalUnit;
     enum class State : uint8_t { running, waiting_data_out, waiting_io, waiting_range, done };
 
-    Command() = default;
+    Execution() = default;
     void reset(Task& task, LogicalUnit* lu, TargetDevice& target);
     void finish();
     void finish_now();

@@ -1,4 +1,4 @@
-#include "scsi/command.hpp"
+#include "scsi/execution.hpp"
 
 #include "common/log.hpp"
 #include "net/reactor.hpp"
@@ -18,9 +18,9 @@ namespace {
 constexpr size_t pool_cap = 1024;
 
 struct Pool {
-    std::vector<Command*> free;
+    std::vector<Execution*> free;
     ~Pool() {
-        for (Command* c : free) {
+        for (Execution* c : free) {
             delete c;
         }
     }
@@ -35,20 +35,20 @@ std::atomic<uint64_t> next_serial{1};
 
 } // namespace
 
-Command& Command::acquire(Task& task, LogicalUnit* lu, TargetDevice& target) {
+Execution& Execution::acquire(Task& task, LogicalUnit* lu, TargetDevice& target) {
     auto& free = pool().free;
-    Command* cmd = nullptr;
+    Execution* cmd = nullptr;
     if (!free.empty()) {
         cmd = free.back();
         free.pop_back();
     } else {
-        cmd = new Command();
+        cmd = new Execution();
     }
     cmd->reset(task, lu, target);
     return *cmd;
 }
 
-void Command::reset(Task& task, LogicalUnit* lu, TargetDevice& target) {
+void Execution::reset(Task& task, LogicalUnit* lu, TargetDevice& target) {
     _task = &task;
     _lu = lu;
     _target = &target;
@@ -68,10 +68,10 @@ void Command::reset(Task& task, LogicalUnit* lu, TargetDevice& target) {
     chunk = 0;
     mode = 0;
     fua = false;
-    task.command = this;
+    task.execution = this;
 }
 
-void Command::release() {
+void Execution::release() {
     _task = nullptr;
     _lu = nullptr;
     _io.done = nullptr;
@@ -87,7 +87,7 @@ void Command::release() {
 
 // --- routing ------------------------------------------------------------------------------------
 
-void Command::start() {
+void Execution::start() {
     Task& t = *_task;
     ++_sync_depth;
     Sense error;
@@ -147,31 +147,31 @@ void Command::start() {
 
 // --- outcomes -----------------------------------------------------------------------------------
 
-void Command::complete_good() {
+void Execution::complete_good() {
     _task->status = Status::good;
     _task->sense_length = 0;
     finish();
 }
 
-void Command::complete_good(uint32_t transfer_length) {
+void Execution::complete_good(uint32_t transfer_length) {
     _task->transfer_length = transfer_length;
     complete_good();
 }
 
-void Command::complete_check(const Sense& sense) {
+void Execution::complete_check(const Sense& sense) {
     _task->status = Status::check_condition;
     bool descriptor = _lu && _lu->descriptor_sense();
     _task->sense_length = uint8_t(build_sense(sense, descriptor, _task->sense));
     finish();
 }
 
-void Command::complete_status(Status status) {
+void Execution::complete_status(Status status) {
     _task->status = status;
     _task->sense_length = 0;
     finish();
 }
 
-void Command::complete_data_in(std::span<const uint8_t> data, uint32_t allocation_length) {
+void Execution::complete_data_in(std::span<const uint8_t> data, uint32_t allocation_length) {
     size_t n = std::min<size_t>(data.size(), allocation_length);
     if (n) {
         _task->buffer = Buffer::allocate(n);
@@ -184,7 +184,7 @@ void Command::complete_data_in(std::span<const uint8_t> data, uint32_t allocatio
 
 // --- data-out -----------------------------------------------------------------------------------
 
-void Command::fetch_data_out(uint32_t length, Step next) {
+void Execution::fetch_data_out(uint32_t length, Step next) {
     Task& t = *_task;
     uint32_t wanted = t.data_out ? std::min(length, t.expected_length) : 0;
     if (t.data_out_length >= wanted) {
@@ -197,13 +197,13 @@ void Command::fetch_data_out(uint32_t length, Step next) {
     t.fabric->fetch_data_out(t, length);
 }
 
-uint32_t Command::data_out_available(uint32_t length) const {
+uint32_t Execution::data_out_available(uint32_t length) const {
     const Task& t = *_task;
     uint64_t have = std::min<uint64_t>(t.data_out_length, t.buffer.size());
     return uint32_t(std::min<uint64_t>(have, length));
 }
 
-void Command::data_out_done(bool ok) {
+void Execution::data_out_done(bool ok) {
     if (_state != State::waiting_data_out) {
         // A fabric bug; continuing would run a step twice.
         log_error("data_out_done for a task that is not waiting for data-out (tag {:#x})", _task->tag);
@@ -224,7 +224,7 @@ void Command::data_out_done(bool ok) {
     }
 }
 
-void Command::data_out_failed(const Sense& sense) {
+void Execution::data_out_failed(const Sense& sense) {
     if (_state != State::waiting_data_out) {
         log_error("data_out_failed for a task that is not waiting for data-out (tag {:#x})", _task->tag);
         return;
@@ -243,14 +243,14 @@ void Command::data_out_failed(const Sense& sense) {
 
 // --- backstore I/O ------------------------------------------------------------------------------
 
-void Command::submit_io(backstore::IoOp op, uint64_t offset, uint64_t length, uint8_t* data, bool fua_flag,
-                        Step next) {
+void Execution::submit_io(backstore::IoOp op, uint64_t offset, uint64_t length, uint8_t* data, bool fua_flag,
+                          Step next) {
     assert(_lu);
     submit_io(_lu->device(), op, offset, length, data, fua_flag, next);
 }
 
-void Command::submit_io(backstore::Device& device, backstore::IoOp op, uint64_t offset, uint64_t length,
-                        uint8_t* data, bool fua_flag, Step next) {
+void Execution::submit_io(backstore::Device& device, backstore::IoOp op, uint64_t offset, uint64_t length,
+                          uint8_t* data, bool fua_flag, Step next) {
     _iov.iov_base = data;
     _iov.iov_len = data ? length : 0;
     _io.op = op;
@@ -265,11 +265,11 @@ void Command::submit_io(backstore::Device& device, backstore::IoOp op, uint64_t 
     device.submit(_io);
 }
 
-void Command::wait_begin() {
+void Execution::wait_begin() {
     _state = State::waiting_io;
 }
 
-void Command::wait_end(Step next) {
+void Execution::wait_end(Step next) {
     _state = State::running;
     if (_abort_requested.load(std::memory_order_acquire)) {
         finish();
@@ -280,12 +280,12 @@ void Command::wait_end(Step next) {
 
 // --- LBA range lock -------------------------------------------------------------------------------
 
-void Command::lock_range(uint64_t lba, uint64_t blocks, bool exclusive, Step next) {
+void Execution::lock_range(uint64_t lba, uint64_t blocks, bool exclusive, Step next) {
     assert(_lu);
     lock_range(*_lu, lba, blocks, exclusive, next);
 }
 
-void Command::lock_range(LogicalUnit& lu, uint64_t lba, uint64_t blocks, bool exclusive, Step next) {
+void Execution::lock_range(LogicalUnit& lu, uint64_t lba, uint64_t blocks, bool exclusive, Step next) {
     assert(!_range.held());
     _range_lock = &lu.block_state().range_lock;
     _range.first = lba;
@@ -302,14 +302,14 @@ void Command::lock_range(LogicalUnit& lu, uint64_t lba, uint64_t blocks, bool ex
     _state = State::waiting_range;
 }
 
-void Command::unlock_range() {
+void Execution::unlock_range() {
     if (_range.held()) {
         _range_lock->release(_range);
     }
 }
 
-void Command::range_granted(void* self) {
-    auto& cmd = *static_cast<Command*>(self);
+void Execution::range_granted(void* self) {
+    auto& cmd = *static_cast<Execution*>(self);
     cmd._state = State::running;
     if (cmd._abort_requested.load(std::memory_order_acquire)) {
         // Aborted while it waited: the range is given back by finishing.
@@ -319,7 +319,7 @@ void Command::range_granted(void* self) {
     cmd._next(cmd);
 }
 
-void Command::io_done(int error) {
+void Execution::io_done(int error) {
     _state = State::running;
     _io_error = error;
     if (_abort_requested.load(std::memory_order_acquire)) {
@@ -332,7 +332,7 @@ void Command::io_done(int error) {
 
 // --- finishing ----------------------------------------------------------------------------------
 
-void Command::finish() {
+void Execution::finish() {
     if (_state == State::done) {
         return;
     }
@@ -349,7 +349,7 @@ void Command::finish() {
     finish_now();
 }
 
-void Command::finish_now() {
+void Execution::finish_now() {
     Task& t = *_task;
     // Before the task goes back to the fabric: whoever waits for the range may go on.
     unlock_range();
@@ -364,7 +364,7 @@ void Command::finish_now() {
         t.sense_length = 0;
         t.transfer_length = 0;
     }
-    t.command = nullptr;
+    t.execution = nullptr;
     release();
     t.fabric->complete(t);
     for (TmfOp* op : tmfs) {
