@@ -17,9 +17,11 @@
 #include <cstring>
 #include <deque>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <liburing.h>
 #include <mutex>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -85,6 +87,8 @@ int execute_file_io(const FileIo& io) {
 class WorkerPool {
 public:
     explicit WorkerPool(unsigned threads) : _thread_count(std::max(1u, threads)) {}
+    // Threads are named "reactor-R-wN" (the documented helpers of reactor R: docs/architecture.md).
+    void set_name_prefix(std::string prefix) { _name_prefix = std::move(prefix); }
     ~WorkerPool() { shutdown(); }
 
     void enqueue(Task job) {
@@ -94,6 +98,10 @@ public:
             if (_threads.empty()) {
                 for (unsigned i = 0; i < _thread_count; ++i) {
                     _threads.emplace_back([this] { work(); });
+                    if (!_name_prefix.empty()) {
+                        std::string name = fmt::format("{}-w{}", _name_prefix, i).substr(0, 15);
+                        pthread_setname_np(_threads.back().native_handle(), name.c_str());
+                    }
                 }
             }
         }
@@ -131,6 +139,7 @@ private:
     }
 
     unsigned _thread_count;
+    std::string _name_prefix;
     std::mutex _mutex;
     std::condition_variable _cv;
     std::deque<Task> _jobs;
@@ -159,7 +168,9 @@ struct Reactor::Impl {
     };
 
     Impl(Reactor& self, ReactorOptions options)
-        : self(self), options(options), pool(options.fallback_workers) {}
+        : self(self), options(options), pool(options.fallback_workers) {
+        pool.set_name_prefix(fmt::format("reactor-{}", self.index()));
+    }
 
     Reactor& self;
     ReactorOptions options;
@@ -773,6 +784,9 @@ void ReactorGroup::start() {
     for (auto& r : _reactors) {
         Reactor* reactor = r.get();
         _threads.emplace_back([reactor] { reactor->run(); });
+        // "reactor-N" in top -H, perf and /proc/PID/task/*/comm (at most 15 characters).
+        std::string name = fmt::format("reactor-{}", reactor->index()).substr(0, 15);
+        pthread_setname_np(_threads.back().native_handle(), name.c_str());
     }
 }
 
