@@ -12,8 +12,10 @@
 #include "common/function.hpp"
 #include "common/result.hpp"
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <sys/uio.h>
@@ -25,6 +27,21 @@ struct Geometry {
     uint32_t block_size = 512; // 512 or 4096
     uint64_t block_count = 0;
     uint64_t bytes() const { return uint64_t(block_size) * block_count; }
+};
+
+// A geometry whose size may change while reactors read it (resize): the block size is fixed for the
+// device's life, the block count is an atomic.
+class AtomicGeometry {
+public:
+    AtomicGeometry(uint32_t block_size, uint64_t block_count)
+        : _block_size(block_size), _block_count(block_count) {}
+    Geometry load() const { return {_block_size, _block_count.load(std::memory_order_acquire)}; }
+    uint32_t block_size() const { return _block_size; }
+    void set_block_count(uint64_t count) { _block_count.store(count, std::memory_order_release); }
+
+private:
+    const uint32_t _block_size;
+    std::atomic<uint64_t> _block_count;
 };
 
 struct Features {
@@ -55,6 +72,24 @@ struct IoRequest {
     Function<void(int error)> done;
 };
 
+// What a device tells the layers above it, unasked (DeviceObserver).
+enum class DeviceEvent : uint8_t {
+    resized, // geometry().block_count changed: resize() by its owner, or the device grew by itself
+    failed,  // the device can serve no more I/O (a remote member lost for good); requests fail
+    removed, // the device was withdrawn by its owner; whatever exports it should go too
+};
+std::string_view to_string(DeviceEvent event);
+
+// Receives a device's events. Called on whatever thread raised the event, with the device's observer
+// list locked: an observer must not subscribe or unsubscribe from inside device_event().
+class DeviceObserver {
+public:
+    virtual void device_event(DeviceEvent event) = 0;
+
+protected:
+    ~DeviceObserver() = default;
+};
+
 struct Extent {
     uint64_t offset = 0;
     uint64_t length = 0;
@@ -81,25 +116,26 @@ public:
     // offset or ending past it. Devices without Features::allocation_status report one mapped extent.
     virtual void allocation_status(uint64_t offset, uint64_t length,
                                    Function<void(Result<std::vector<Extent>>)> done) = 0;
-};
 
-// How a LUN is described on the command line: PATH[,size=1G][,block=512|4096][,thin][,ro][,direct],
-// memory:SIZE[,block=..], null:SIZE[,block=..]. A PATH that is a block device opens the block backstore.
-struct DeviceSpec {
-    enum class Kind { file, block, memory, null };
-    Kind kind = Kind::file;
-    std::string path;  // file or block device
-    uint64_t size = 0; // bytes; 0 = take the existing file's size
-    uint32_t block_size = 512;
-    bool thin = false; // file: created sparse; unmap punches holes
-    bool read_only = false;
-    bool direct = false; // O_DIRECT (option "direct")
-};
+    // Changes the size to `bytes`, a non-zero multiple of the block size, and raises
+    // DeviceEvent::resized. A shrink drops the data past the new end. May block (a file is allocated):
+    // never call it on a reactor thread. Default: not supported (ENOTSUP), saying so for this kind.
+    virtual Result<void> resize(uint64_t bytes);
 
-// Parses a --lun argument. Errors name the offending option.
-Result<DeviceSpec> parse_device_spec(std::string_view text);
-// Opens (creating a missing file when size= is given) the device a spec describes. Errors name the path
-// and what to do: "lun 2: /srv/a.img: file is 1000 bytes, not a multiple of the 512-byte block size".
-Result<std::unique_ptr<Device>> open_device(const DeviceSpec& spec);
+    // Observers, e.g. the logical unit that exports the device. An observer unsubscribes before it
+    // goes away; the device does not own it.
+    void subscribe(DeviceObserver* observer);
+    void unsubscribe(DeviceObserver* observer);
+
+protected:
+    // Tells every observer, with the observer list locked (see DeviceObserver).
+    void notify(DeviceEvent event);
+    // The checks every resize() makes first: a non-zero whole number of blocks.
+    Result<void> check_resize(uint64_t bytes) const;
+
+private:
+    std::mutex _observers_mutex;
+    std::vector<DeviceObserver*> _observers;
+};
 
 } // namespace ispace::backstore

@@ -35,7 +35,8 @@ struct FdDevice::Op {
 };
 
 FdDevice::FdDevice(std::string path, int fd, Geometry geometry, Features features, uint64_t identity)
-    : _path(std::move(path)), _fd(fd), _geometry(geometry), _features(features), _identity(identity) {}
+    : _path(std::move(path)), _fd(fd), _geometry(geometry.block_size, geometry.block_count),
+      _features(features), _identity(identity) {}
 
 FdDevice::~FdDevice() {
     if (_fd >= 0) {
@@ -52,7 +53,7 @@ void FdDevice::submit(IoRequest& request) {
     } else if (request.op == IoOp::unmap && !_features.unmap) {
         error = -EOPNOTSUPP;
     } else if (request.op != IoOp::flush) {
-        error = detail::check_range(request, _geometry);
+        error = detail::check_range(request, _geometry.load());
         if (error == 0 && (request.op == IoOp::read || request.op == IoOp::write) &&
             detail::iov_bytes(request.iov, request.iovcnt) != request.length) {
             error = -EINVAL; // a caller bug; looping on it would never finish

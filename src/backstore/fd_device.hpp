@@ -20,7 +20,7 @@ public:
     FdDevice& operator=(const FdDevice&) = delete;
 
     std::string describe() const override { return _path; }
-    Geometry geometry() const override { return _geometry; }
+    Geometry geometry() const override { return _geometry.load(); }
     Features features() const override { return _features; }
     uint64_t identity() const override { return _identity; }
     void submit(IoRequest& request) override;
@@ -35,7 +35,7 @@ protected:
 
     std::string _path;
     int _fd;
-    Geometry _geometry;
+    AtomicGeometry _geometry;
     Features _features;
     uint64_t _identity;
 

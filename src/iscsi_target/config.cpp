@@ -149,12 +149,62 @@ Result<void> check_credentials(const iscsi::ChapCredentials& credentials, std::s
 
 } // namespace
 
+Result<void> validate_target(const TargetConfig& target) {
+    if (!iscsi::is_valid_iscsi_name(target.iqn)) {
+        return make_error(fmt::format("'{}' is not a valid iSCSI name (expected e.g. "
+                                      "iqn.2026-11.org.example:disk1)",
+                                      target.iqn));
+    }
+    std::set<uint64_t> luns;
+    for (const LunConfig& lun : target.luns) {
+        if (lun.lun > 16383) {
+            return make_error(fmt::format("target {}: LUN {} is above 16383", target.iqn, lun.lun));
+        }
+        if (!luns.insert(lun.lun).second) {
+            return make_error(fmt::format("target {}: LUN {} is configured twice", target.iqn, lun.lun));
+        }
+    }
+    if (target.chap) {
+        if (auto ok = check_credentials(*target.chap, fmt::format("target {} CHAP", target.iqn)); !ok) {
+            return ok;
+        }
+    }
+    if (target.mutual_chap) {
+        if (auto ok =
+                check_credentials(*target.mutual_chap, fmt::format("target {} mutual CHAP", target.iqn));
+            !ok) {
+            return ok;
+        }
+        if (!target.chap) {
+            return make_error(
+                fmt::format("target {}: mutual CHAP needs CHAP for initiators too (--chap)", target.iqn));
+        }
+        if (target.chap->secret == target.mutual_chap->secret) {
+            // RFC 7143 §12.1.3: with equal secrets the target would be an oracle for the initiator's.
+            return make_error(fmt::format(
+                "target {}: the mutual CHAP secret must differ from the CHAP secret", target.iqn));
+        }
+    }
+    for (const AclEntry& entry : target.acl) {
+        if (!iscsi::is_valid_iscsi_name(entry.initiator)) {
+            return make_error(fmt::format("target {}: ACL initiator '{}' is not a valid iSCSI name",
+                                          target.iqn, entry.initiator));
+        }
+        if (entry.luns) {
+            for (uint64_t lun : *entry.luns) {
+                if (!luns.count(lun)) {
+                    return make_error(fmt::format("target {}: ACL for {} names LUN {}, which does not exist",
+                                                  target.iqn, entry.initiator, lun));
+                }
+            }
+        }
+    }
+    return {};
+}
+
 Result<void> validate(const ServerConfig& config) {
     if (config.portals.empty()) {
         return make_error("no portal to listen on (give --listen HOST:PORT)");
-    }
-    if (config.targets.empty()) {
-        return make_error("no target to serve (give --iqn and --lun)");
     }
     if (config.discovery_chap) {
         if (auto ok = check_credentials(*config.discovery_chap, "discovery CHAP"); !ok) {
@@ -175,61 +225,11 @@ Result<void> validate(const ServerConfig& config) {
     }
     std::set<std::string> names;
     for (const TargetConfig& target : config.targets) {
-        if (!iscsi::is_valid_iscsi_name(target.iqn)) {
-            return make_error(fmt::format("'{}' is not a valid iSCSI name (expected e.g. "
-                                          "iqn.2026-11.org.example:disk1)",
-                                          target.iqn));
-        }
         if (!names.insert(target.iqn).second) {
             return make_error(fmt::format("target {} is configured twice", target.iqn));
         }
-        if (target.luns.empty()) {
-            return make_error(fmt::format("target {} has no LUN", target.iqn));
-        }
-        std::set<uint64_t> luns;
-        for (const LunConfig& lun : target.luns) {
-            if (lun.lun > 16383) {
-                return make_error(fmt::format("target {}: LUN {} is above 16383", target.iqn, lun.lun));
-            }
-            if (!luns.insert(lun.lun).second) {
-                return make_error(fmt::format("target {}: LUN {} is configured twice", target.iqn, lun.lun));
-            }
-        }
-        if (target.chap) {
-            if (auto ok = check_credentials(*target.chap, fmt::format("target {} CHAP", target.iqn)); !ok) {
-                return ok;
-            }
-        }
-        if (target.mutual_chap) {
-            if (auto ok =
-                    check_credentials(*target.mutual_chap, fmt::format("target {} mutual CHAP", target.iqn));
-                !ok) {
-                return ok;
-            }
-            if (!target.chap) {
-                return make_error(
-                    fmt::format("target {}: mutual CHAP needs CHAP for initiators too (--chap)", target.iqn));
-            }
-            if (target.chap->secret == target.mutual_chap->secret) {
-                // RFC 7143 §12.1.3: with equal secrets the target would be an oracle for the initiator's.
-                return make_error(fmt::format(
-                    "target {}: the mutual CHAP secret must differ from the CHAP secret", target.iqn));
-            }
-        }
-        for (const AclEntry& entry : target.acl) {
-            if (!iscsi::is_valid_iscsi_name(entry.initiator)) {
-                return make_error(fmt::format("target {}: ACL initiator '{}' is not a valid iSCSI name",
-                                              target.iqn, entry.initiator));
-            }
-            if (entry.luns) {
-                for (uint64_t lun : *entry.luns) {
-                    if (!luns.count(lun)) {
-                        return make_error(
-                            fmt::format("target {}: ACL for {} names LUN {}, which does not exist",
-                                        target.iqn, entry.initiator, lun));
-                    }
-                }
-            }
+        if (auto ok = validate_target(target); !ok) {
+            return ok;
         }
     }
     return {};
@@ -237,7 +237,8 @@ Result<void> validate(const ServerConfig& config) {
 
 // ---- Command-line overlay --------------------------------------------------------------------------
 
-Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay) {
+Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
+                           const backstore::Registry& backstores) {
     for (const std::string& listen : overlay.listen) {
         bool present = std::any_of(config.portals.begin(), config.portals.end(),
                                    [&](const PortalConfig& p) { return p.listen == listen; });
@@ -279,11 +280,11 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay) {
             next = std::max(next, lun.lun + 1);
         }
         for (const std::string& text : overlay.luns) {
-            auto spec = backstore::parse_device_spec(text);
+            auto spec = backstores.parse(text);
             if (!spec) {
                 return make_error(fmt::format("--lun {} ({}): {}", next, text, spec.error().message));
             }
-            it->luns.push_back({next++, text, *spec});
+            it->luns.push_back({next++, text, std::move(*spec)});
         }
     } else {
         if (!overlay.luns.empty()) {
@@ -450,7 +451,7 @@ Result<uint64_t> read_unsigned(const json& object, const char* key, std::string_
     return make_error(fmt::format("{}: \"{}\" must be a non-negative number", where, key));
 }
 
-Result<ServerConfig> read_config(const json& root) {
+Result<ServerConfig> read_config(const json& root, const backstore::Registry& backstores) {
     if (auto ok =
             only_keys(root, {"listen", "reactors", "state_dir", "limits", "discovery", "targets"}, "config");
         !ok) {
@@ -605,12 +606,12 @@ Result<ServerConfig> read_config(const json& root) {
                     lun.lun = *number;
                 }
             }
-            auto spec = backstore::parse_device_spec(lun.spec);
+            auto spec = backstores.parse(lun.spec);
             if (!spec) {
                 return make_error(
                     fmt::format("{} lun {} ({}): {}", where, lun.lun, lun.spec, spec.error().message));
             }
-            lun.device = *spec;
+            lun.device = std::move(*spec);
             next = lun.lun + 1;
             target.luns.push_back(std::move(lun));
         }
@@ -647,7 +648,7 @@ Result<ServerConfig> read_config(const json& root) {
 
 } // namespace
 
-Result<ServerConfig> load_config_file(const std::string& path) {
+Result<ServerConfig> load_config_file(const std::string& path, const backstore::Registry& backstores) {
     std::ifstream in(path);
     if (!in) {
         return make_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
@@ -658,7 +659,7 @@ Result<ServerConfig> load_config_file(const std::string& path) {
     if (root.is_discarded()) {
         return make_error(fmt::format("{}: not valid JSON", path));
     }
-    auto config = read_config(root);
+    auto config = read_config(root, backstores);
     if (!config) {
         return make_error(fmt::format("{}: {}", path, config.error().message));
     }

@@ -2,7 +2,7 @@
 // command line (quick mode) or a configuration file; validated once at start-up.
 #pragma once
 
-#include "backstore/device.hpp"
+#include "backstore/registry.hpp"
 #include "common/result.hpp"
 #include "iscsi/chap.hpp"
 #include "iscsi/params.hpp"
@@ -19,8 +19,9 @@ namespace ispace::iscsi_target {
 
 struct LunConfig {
     uint64_t lun = 0;
-    std::string spec; // as given, for messages: "var/lun0.img,size=1G,thin"
-    backstore::DeviceSpec device;
+    std::string spec; // as given: "var/lun0.img,size=1G,thin"
+    // The spec as its kind read it (backstore/registry.hpp); not yet opened.
+    std::shared_ptr<const backstore::Spec> device;
 };
 
 // An address range an initiator may come from: "10.0.0.0/8", "fd00::/64", or one address.
@@ -130,7 +131,12 @@ struct ConfigOverlay {
 
 // Applies `overlay` to `config` (see ConfigOverlay). Fails, naming the flag, when a flag has nothing to
 // apply to (--lun without --iqn beside a file; --chap or --allow with no target at all).
-Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay);
+// LUN specs are read by `backstores`.
+Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
+                           const backstore::Registry& backstores);
+
+// Checks one target's settings (name, LUN numbers, CHAP, ACL). A target may have no LUN yet.
+Result<void> validate_target(const TargetConfig& target);
 
 // Checks a whole configuration (names, LUN numbers, CHAP secrets, ACLs) before anything is opened.
 // Errors name the target and field at fault and never echo a secret.
@@ -138,7 +144,8 @@ Result<void> validate(const ServerConfig& config);
 
 // Reads a JSON configuration file (format in docs/configuration.md). Quick-mode settings are the same
 // fields; a file gives several targets and per-initiator ACLs.
-Result<ServerConfig> load_config_file(const std::string& path);
+// LUN specs are read by `backstores`.
+Result<ServerConfig> load_config_file(const std::string& path, const backstore::Registry& backstores);
 
 // The negotiation settings ispaced uses unless configured otherwise: digests allowed (None preferred,
 // the initiator decides), immediate data and unsolicited data accepted, several R2Ts in flight.

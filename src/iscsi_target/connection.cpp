@@ -370,13 +370,14 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
     if (!_server.may_access(*_target, identity.initiator_name, _peer)) {
         info.status = iscsi::LoginStatus::authorization_failure;
         log_warn("connection {}: {} from {} is not allowed to log in to {} (ACL)", _name,
-                 identity.initiator_name, _peer.to_string(), _target->config.iqn);
+                 identity.initiator_name, _peer.to_string(), _target->iqn);
         return info;
     }
-    info.negotiation.alias = _target->config.alias; // TargetAlias is the target's own
+    auto target_config = _target->config();
+    info.negotiation.alias = target_config->alias; // TargetAlias is the target's own
     // With CHAP configured, None is not acceptable: an initiator that cannot authenticate is refused.
     info.auth_methods = {
-        std::string(_target->config.chap ? iscsi::auth_method_chap : iscsi::auth_method_none)};
+        std::string(target_config->chap ? iscsi::auth_method_chap : iscsi::auth_method_none)};
     if (!identity.leading()) {
         // A connection joining an existing session (MC/S): it must name that session exactly.
         auto slot = _server.sessions().find_tsih(identity.tsih);
@@ -412,11 +413,12 @@ std::unique_ptr<iscsi::Authenticator> Connection::authenticator(std::string_view
         chap.users.push_back(*_server.config().discovery_chap);
         chap.mutual = _server.config().discovery_mutual_chap;
     } else {
-        if (_target == nullptr || !_target->config.chap) {
+        auto target_config = _target ? _target->config() : nullptr;
+        if (!target_config || !target_config->chap) {
             return nullptr;
         }
-        chap.users.push_back(*_target->config.chap);
-        chap.mutual = _target->config.mutual_chap;
+        chap.users.push_back(*target_config->chap);
+        chap.mutual = target_config->mutual_chap;
     }
     return iscsi::make_chap_target_authenticator(std::move(chap));
 }
@@ -476,8 +478,10 @@ void Connection::enter_full_feature() {
     _cid = identity.cid;
     _stat_sn = _login->last_stat_sn() + 1;
     if (identity.leading()) {
+        // The snapshot outlives the session's construction, which copies what it needs of the entry.
+        auto target_config = _target ? _target->config() : nullptr;
         const AclEntry* acl =
-            _target ? find_acl_entry(_target->config.acl, identity.initiator_name, _peer) : nullptr;
+            target_config ? find_acl_entry(target_config->acl, identity.initiator_name, _peer) : nullptr;
         _session = new Session(_server, _reactor, _target, _slot, identity, _login->session_params(),
                                _login->tsih(), identity.cmd_sn, acl);
         _session->add_connection(*this);
@@ -839,18 +843,18 @@ void Connection::answer_text(const iscsi::TextRequest& request, const iscsi::Key
             continue;
         }
         // SendTargets=All lists every target; a name lists that one; empty (normal session) ours.
-        std::vector<const Target*> listed;
+        std::vector<std::shared_ptr<Target>> listed;
         for (auto& target : _server.targets()) {
             bool wanted = pair.value == "All"  ? true
                           : pair.value.empty() ? (_session->target() == target.get())
-                                               : pair.value == target->config.iqn;
+                                               : pair.value == target->iqn;
             // An initiator learns only of targets it may log in to.
             if (wanted && _server.may_access(*target, _session->params().initiator_name, _peer)) {
-                listed.push_back(target.get());
+                listed.push_back(target);
             }
         }
-        for (const Target* target : listed) {
-            answer.push_back({"TargetName", target->config.iqn});
+        for (const auto& target : listed) {
+            answer.push_back({"TargetName", target->iqn});
             for (auto& address : _server.target_addresses(_local)) {
                 answer.push_back({"TargetAddress", address});
             }

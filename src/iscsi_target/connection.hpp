@@ -23,7 +23,7 @@ namespace ispace::iscsi_target {
 class Server;
 class Session;
 struct SessionSlot;
-struct Target;
+class Target;
 struct IscsiTask;
 
 class Connection final : public net::TcpStream::Owner, public iscsi::PduSink, public iscsi::LoginPolicy {
@@ -134,7 +134,7 @@ private:
 
     // Login phase.
     std::unique_ptr<iscsi::TargetLogin> _login;
-    Target* _target = nullptr; // the target named at login (normal sessions)
+    std::shared_ptr<Target> _target; // the target named at login (normal sessions)
     std::shared_ptr<SessionSlot> _slot;
     std::shared_ptr<SessionSlot> _replaced;
     net::Reactor::TimerId _login_timer = 0;

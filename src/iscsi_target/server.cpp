@@ -133,180 +133,204 @@ std::vector<std::shared_ptr<SessionSlot>> SessionRegistry::all() const {
     return slots;
 }
 
+// ---- Target --------------------------------------------------------------------------------------
+
+Target::Target(TargetConfig config)
+    : iqn(config.iqn), device(std::make_unique<scsi::TargetDevice>(config.iqn)) {
+    config.luns.clear();
+    _config = std::make_shared<const TargetConfig>(std::move(config));
+}
+
+std::shared_ptr<const TargetConfig> Target::config() const {
+    std::lock_guard lock(_mutex);
+    return _config;
+}
+
+void Target::set_config(TargetConfig config) {
+    config.iqn = iqn;
+    config.luns.clear();
+    auto fresh = std::make_shared<const TargetConfig>(std::move(config));
+    std::lock_guard lock(_mutex);
+    _config = std::move(fresh);
+}
+
 // ---- Listener --------------------------------------------------------------------------------------
 
+// One portal's listening socket. Owned by the Server's list; reactor 0 serves it while listening.
 class Server::Listener final : public net::FdHandler {
 public:
-    Listener(Server& server, size_t index, int fd, net::Endpoint bound, uint16_t tpgt)
-        : _server(server), _index(index), _fd(fd), _bound(bound), _tpgt(tpgt) {}
+    Listener(Server& server, std::string listen, int fd, net::Endpoint bound, uint16_t tpgt)
+        : listen(std::move(listen)), tpgt(tpgt), bound(bound), _server(server), _fd(fd) {}
     ~Listener() override {
         if (_fd >= 0) {
             ::close(_fd);
         }
     }
-    void on_fd_event(uint32_t) override { _server.accept_ready(_index); }
+    void on_fd_event(uint32_t) override { _server.accept_ready(*this); }
 
     int fd() const { return _fd; }
-    const net::Endpoint& bound() const { return _bound; }
-    uint16_t tpgt() const { return _tpgt; }
+    // On reactor 0.
     void close_socket(net::Reactor& reactor) {
         if (_fd >= 0) {
-            reactor.remove(_fd);
+            if (_registered) {
+                reactor.remove(_fd);
+            }
             ::close(_fd);
             _fd = -1;
         }
     }
+    void registered() { _registered = true; }
+
+    const std::string listen; // as configured: "127.0.0.1:3260"
+    const uint16_t tpgt;
+    const net::Endpoint bound;
 
 private:
     Server& _server;
-    size_t _index;
     int _fd;
-    net::Endpoint _bound;
-    uint16_t _tpgt;
+    bool _registered = false;
 };
 
 // ---- Server ----------------------------------------------------------------------------------------
 
-// Where a LUN's persistent-reservation state (APTPL) lives: under --state-dir when given, else beside
-// a file LUN as FILE.pr, so the reservations travel with the data they guard. A block device needs
-// --state-dir; a RAM or null disk keeps none (its data does not survive a restart either). Empty: APTPL
-// is not supported for that LUN, which REPORT CAPABILITIES says.
-Result<std::string> pr_state_path(const ServerConfig& config, const TargetConfig& target,
-                                  const LunConfig& lun) {
-    using Kind = backstore::DeviceSpec::Kind;
-    if (!config.state_dir.empty()) {
-        std::string name = target.iqn;
-        std::replace_if(
-            name.begin(), name.end(), [](char c) { return c == ':' || c == '/'; }, '_');
-        std::string dir = config.state_dir + "/" + name;
-        std::error_code ec;
-        std::filesystem::create_directories(dir, ec);
-        if (ec) {
-            return make_error(fmt::format("state directory {}: {}", dir, ec.message()));
-        }
-        return fmt::format("{}/lun{}.pr", dir, lun.lun);
-    }
-    if (lun.device.kind == Kind::file) {
-        return lun.device.path + ".pr";
-    }
-    if (lun.device.kind == Kind::block) {
-        log_info("target {} lun {}: persistent reservations will not survive a restart (APTPL) without "
-                 "--state-dir",
-                 target.iqn, lun.lun);
-    }
-    return std::string();
+Server::Server(ServerConfig config, net::ReactorGroup& reactors)
+    : _config(std::move(config)), _reactors(reactors), _local(reactors.size()) {
+    _config.portals.clear();
+    _config.targets.clear();
 }
 
-Server::Server(ServerConfig config) : _config(std::move(config)) {}
+Server::~Server() = default;
 
-Server::~Server() {
-    if (_started && !_stopping.load()) {
-        shutdown(std::chrono::seconds(5));
+Result<net::Endpoint> Server::add_portal(const PortalConfig& portal) {
+    auto endpoint = net::parse_endpoint(portal.listen, 3260);
+    if (!endpoint) {
+        return make_error(fmt::format("listen {}: {}", portal.listen, endpoint.error().message), EINVAL);
     }
+    // A portal already listening makes the bind fail (EADDRINUSE), which says so.
+    std::unique_lock lock(_portals_mutex);
+    auto fd = net::listen_tcp(*endpoint);
+    if (!fd) {
+        return make_error(fmt::format("listen {}: {}", portal.listen, fd.error().message), fd.error().code);
+    }
+    auto bound = net::local_endpoint(*fd);
+    if (!bound) {
+        ::close(*fd);
+        return make_error(fmt::format("listen {}: {}", portal.listen, bound.error().message),
+                          bound.error().code);
+    }
+    uint16_t tpgt = portal.tpgt ? portal.tpgt : _next_tpgt;
+    _next_tpgt = std::max<uint16_t>(_next_tpgt, uint16_t(tpgt + 1));
+    auto listener = std::make_shared<Listener>(*this, portal.listen, *fd, *bound, tpgt);
+    _listeners.push_back(listener);
+    lock.unlock();
+    // ALUA: a portal group is a target port and a group, on every target.
+    for (const auto& target : targets()) {
+        target->device->add_port_group({tpgt, {tpgt}});
+    }
+    if (_started.load()) {
+        listen_on_reactor(std::move(listener));
+    }
+    return *bound;
 }
 
-Target* Server::find_target(std::string_view iqn) const {
-    for (auto& target : _targets) {
-        if (target->config.iqn == iqn) {
-            return target.get();
+Result<void> Server::remove_portal(std::string_view listen) {
+    std::shared_ptr<Listener> gone;
+    {
+        std::lock_guard lock(_portals_mutex);
+        // As configured ("0.0.0.0:3260"), or as bound (what a portal added with port 0 became).
+        auto it = std::find_if(_listeners.begin(), _listeners.end(), [&](const auto& listener) {
+            return listener->listen == listen || listener->bound.to_string() == listen;
+        });
+        if (it == _listeners.end()) {
+            return make_error(fmt::format("listen {}: no such portal", listen), ENOENT);
         }
+        gone = std::move(*it);
+        _listeners.erase(it);
     }
-    return nullptr;
-}
-
-Result<void> Server::start() {
-    if (auto valid = validate(_config); !valid) {
-        return valid;
-    }
-    if (auto valid = iscsi::validate(_config.negotiation); !valid) {
-        return make_error("negotiation settings: " + valid.error().message);
-    }
-    for (const TargetConfig& tc : _config.targets) {
-        // What protects the target, said once at start so that an administrator reading the log knows.
-        log_info("target {}: {}; {}", tc.iqn,
-                 tc.chap ? fmt::format("CHAP required (user {}{})", tc.chap->user,
-                                       tc.mutual_chap ? ", mutual CHAP offered" : "")
-                         : std::string("no authentication"),
-                 tc.acl.empty() ? std::string("no ACL: every initiator may log in")
-                                : fmt::format("ACL admits {} initiator entr{}", tc.acl.size(),
-                                              tc.acl.size() == 1 ? "y" : "ies"));
-        auto target = std::make_unique<Target>();
-        target->config = tc;
-        target->device = std::make_unique<scsi::TargetDevice>(tc.iqn);
-        for (const PortalConfig& pc : _config.portals) { // ALUA: a portal group is a target port and a group
-            target->device->add_port_group({pc.tpgt, {pc.tpgt}});
-        }
-        for (const LunConfig& lc : tc.luns) {
-            auto device = backstore::open_device(lc.device);
-            if (!device) {
-                return make_error(fmt::format("lun {}: {}", lc.lun, device.error().message));
-            }
-            backstore::Geometry geometry = (*device)->geometry();
-            log_info("target {} lun {}: {} ({} blocks of {} bytes{}{})", tc.iqn, lc.lun,
-                     (*device)->describe(), geometry.block_count, geometry.block_size,
-                     (*device)->features().thin ? ", thin" : "",
-                     (*device)->features().read_only ? ", read-only" : "");
-            scsi::LuOptions options;
-            options.max_transfer_bytes = _config.limits.max_transfer_bytes;
-            options.sanitize_bytes_per_second = _config.limits.sanitize_bytes_per_second;
-            auto state_path = pr_state_path(_config, tc, lc);
-            if (!state_path) {
-                return make_error(fmt::format("lun {}: {}", lc.lun, state_path.error().message));
-            }
-            options.pr_state_path = *state_path;
-            if (auto added = target->device->add_lu(lc.lun, std::move(device).value(), options); !added) {
-                return make_error(fmt::format("lun {}: {}", lc.lun, added.error().message));
-            }
-        }
-        _targets.push_back(std::move(target));
-    }
-
-    unsigned count = _config.reactors ? _config.reactors : std::max(1u, std::thread::hardware_concurrency());
-    _reactors = std::make_unique<net::ReactorGroup>(count);
-    _local.resize(count);
-
-    for (size_t i = 0; i < _config.portals.size(); ++i) {
-        const PortalConfig& pc = _config.portals[i];
-        auto endpoint = net::parse_endpoint(pc.listen, 3260);
-        if (!endpoint) {
-            return make_error(fmt::format("listen {}: {}", pc.listen, endpoint.error().message));
-        }
-        auto fd = net::listen_tcp(*endpoint);
-        if (!fd) {
-            return make_error(fmt::format("listen {}: {}", pc.listen, fd.error().message));
-        }
-        auto bound = net::local_endpoint(*fd);
-        if (!bound) {
-            ::close(*fd);
-            return make_error(fmt::format("listen {}: {}", pc.listen, bound.error().message));
-        }
-        _listeners.push_back(std::make_unique<Listener>(*this, i, *fd, *bound, pc.tpgt));
-    }
-
-    _reactors->start();
-    // Listening sockets are served by reactor 0; accepted connections are spread over all reactors.
-    net::Reactor& first = _reactors->at(0);
-    first.post([this, &first] {
-        for (auto& listener : _listeners) {
-            first.add(listener->fd(), EPOLLIN, listener.get());
-        }
-    });
-    _started = true;
+    net::Reactor& first = _reactors.at(0);
+    first.post([gone, &first] { gone->close_socket(first); });
     return {};
 }
 
+void Server::listen_on_reactor(std::shared_ptr<Listener> listener) {
+    // Listening sockets are served by reactor 0; accepted connections are spread over all reactors.
+    net::Reactor& first = _reactors.at(0);
+    first.post([listener = std::move(listener), &first] {
+        if (listener->fd() >= 0) {
+            first.add(listener->fd(), EPOLLIN, listener.get());
+            listener->registered();
+        }
+    });
+}
+
+void Server::start() {
+    if (_started.exchange(true)) {
+        return;
+    }
+    std::lock_guard lock(_portals_mutex);
+    for (const auto& listener : _listeners) {
+        listen_on_reactor(listener);
+    }
+}
+
 std::vector<net::Endpoint> Server::portal_endpoints() const {
+    std::lock_guard lock(_portals_mutex);
     std::vector<net::Endpoint> endpoints;
-    for (auto& listener : _listeners) {
-        endpoints.push_back(listener->bound());
+    for (const auto& listener : _listeners) {
+        endpoints.push_back(listener->bound);
     }
     return endpoints;
 }
 
+Result<std::shared_ptr<Target>> Server::add_target(const TargetConfig& config) {
+    auto target = std::make_shared<Target>(config);
+    {
+        std::lock_guard lock(_portals_mutex);
+        for (const auto& listener : _listeners) {
+            target->device->add_port_group({listener->tpgt, {listener->tpgt}});
+        }
+    }
+    std::lock_guard lock(_targets_mutex);
+    if (!_targets.emplace(config.iqn, target).second) {
+        return make_error(fmt::format("target {} exists already", config.iqn), EEXIST);
+    }
+    return target;
+}
+
+Result<void> Server::remove_target(std::string_view iqn) {
+    {
+        std::lock_guard lock(_targets_mutex);
+        auto it = _targets.find(iqn);
+        if (it == _targets.end()) {
+            return make_error(fmt::format("target {}: no such target", iqn), ENOENT);
+        }
+        _targets.erase(it);
+    }
+    close_sessions_of(std::string(iqn), "the target was removed");
+    return {};
+}
+
+std::shared_ptr<Target> Server::find_target(std::string_view iqn) const {
+    std::lock_guard lock(_targets_mutex);
+    auto it = _targets.find(iqn);
+    return it == _targets.end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<Target>> Server::targets() const {
+    std::lock_guard lock(_targets_mutex);
+    std::vector<std::shared_ptr<Target>> out;
+    out.reserve(_targets.size());
+    for (const auto& [iqn, target] : _targets) {
+        out.push_back(target);
+    }
+    return out;
+}
+
 std::vector<std::string> Server::target_addresses(const net::Endpoint& local) const {
     std::vector<std::string> addresses;
-    for (auto& listener : _listeners) {
-        net::Endpoint shown = listener->bound();
+    std::lock_guard lock(_portals_mutex);
+    for (const auto& listener : _listeners) {
+        net::Endpoint shown = listener->bound;
         // A wildcard portal is reported with the address the initiator reached us on.
         bool wildcard = false;
         if (shown.addr.ss_family == AF_INET) {
@@ -323,20 +347,19 @@ std::vector<std::string> Server::target_addresses(const net::Endpoint& local) co
                 reinterpret_cast<sockaddr_in6&>(shown.addr).sin6_port = htons(port);
             }
         }
-        addresses.push_back(fmt::format("{},{}", shown.to_string(), listener->tpgt()));
+        addresses.push_back(fmt::format("{},{}", shown.to_string(), listener->tpgt));
     }
     return addresses;
 }
 
-void Server::accept_ready(size_t portal_index) {
-    Listener& listener = *_listeners[portal_index];
+void Server::accept_ready(Listener& listener) {
     // Bounded per wake-up so a connection storm cannot starve this reactor's other work.
     for (int i = 0; i < 64 && listener.fd() >= 0; ++i) {
         net::Endpoint peer;
         auto fd = net::accept_tcp(listener.fd(), &peer);
         if (!fd) {
             if (fd.error().code != EAGAIN) {
-                log_warn("accept on {}: {}", listener.bound().to_string(), fd.error().message);
+                log_warn("accept on {}: {}", listener.bound.to_string(), fd.error().message);
             }
             return;
         }
@@ -359,11 +382,11 @@ void Server::accept_ready(size_t portal_index) {
         ++_login_connections;
         auto local = net::local_endpoint(*fd);
         net::tune_stream_socket(*fd);
-        net::Reactor& reactor = _reactors->next();
+        net::Reactor& reactor = _reactors.next();
         ++_open_connections; // counted now so the limit holds before the reactor picks it up
         int accepted = *fd;
-        net::Endpoint local_endpoint = local ? *local : listener.bound();
-        uint16_t tpgt = listener.tpgt();
+        net::Endpoint local_endpoint = local ? *local : listener.bound;
+        uint16_t tpgt = listener.tpgt;
         reactor.post([this, &reactor, accepted, peer, local_endpoint, tpgt] {
             auto* connection = new Connection(*this, reactor, accepted, peer, local_endpoint, tpgt);
             _local[reactor.index()].connections.push_back(connection);
@@ -375,7 +398,8 @@ void Server::accept_ready(size_t portal_index) {
 void Server::connection_opened(Connection&) {}
 
 bool Server::may_access(const Target& target, std::string_view initiator, const net::Endpoint& peer) const {
-    return target.config.acl.empty() || find_acl_entry(target.config.acl, initiator, peer) != nullptr;
+    auto config = target.config();
+    return config->acl.empty() || find_acl_entry(config->acl, initiator, peer) != nullptr;
 }
 
 void Server::connection_adopted(Connection& connection) {
@@ -398,9 +422,9 @@ void Server::session_destroyed() {
     }
 }
 
-void Server::close_sessions_of(const Target& target, std::string reason) {
+void Server::close_sessions_of(const std::string& iqn, std::string reason) {
     for (auto& slot : _sessions.all()) {
-        if (slot->target_name != target.config.iqn) {
+        if (slot->target_name != iqn) {
             continue;
         }
         slot->reactor->post([slot, reason] {
@@ -441,22 +465,27 @@ void Server::close_all_on(unsigned reactor_index, const std::string& reason) {
 }
 
 bool Server::shutdown(std::chrono::milliseconds grace) {
-    if (!_started || _stopping.exchange(true)) {
+    if (_stopping.exchange(true)) {
         return true;
     }
     log_info("shutting down: closing {} connection(s)", _open_connections.load());
-    net::Reactor& first = _reactors->at(0);
-    first.post([this, &first] {
-        for (auto& listener : _listeners) {
+    std::vector<std::shared_ptr<Listener>> listeners;
+    {
+        std::lock_guard lock(_portals_mutex);
+        listeners.swap(_listeners);
+    }
+    net::Reactor& first = _reactors.at(0);
+    first.post([listeners, &first] {
+        for (const auto& listener : listeners) {
             listener->close_socket(first);
         }
     });
     // Every reactor must have run its close_all_on before we look at the counters: with no connection
     // open the counters are already zero, and a close task still queued when the reactors stop would
-    // otherwise run during their teardown, after this Server's state is gone.
+    // run during their teardown.
     size_t closes_run = 0;
-    for (unsigned i = 0; i < _reactors->size(); ++i) {
-        _reactors->at(i).post([this, i, &closes_run] {
+    for (unsigned i = 0; i < _reactors.size(); ++i) {
+        _reactors.at(i).post([this, i, &closes_run] {
             close_all_on(i, "ispaced is shutting down");
             std::lock_guard lock(_drain_mutex);
             ++closes_run;
@@ -466,7 +495,7 @@ bool Server::shutdown(std::chrono::milliseconds grace) {
     bool clean = true;
     {
         std::unique_lock lock(_drain_mutex);
-        _drained.wait(lock, [&] { return closes_run == _reactors->size(); });
+        _drained.wait(lock, [&] { return closes_run == _reactors.size(); });
         clean = _drained.wait_for(
             lock, grace, [this] { return _open_connections.load() == 0 && _live_sessions.load() == 0; });
     }
@@ -475,45 +504,45 @@ bool Server::shutdown(std::chrono::milliseconds grace) {
                  _open_connections.load(), _live_sessions.load(), grace.count());
     }
 
-    // Make every acknowledged write durable before exiting.
-    std::mutex flush_mutex;
-    std::condition_variable flushed;
-    size_t pending = 0;
-    for (auto& target : _targets) {
-        pending += target->device->luns().size();
+    // Make every acknowledged write durable before exiting. The state is shared with the callbacks, which
+    // may outlive this call when a flush hangs past the deadline.
+    struct Flushes {
+        std::mutex mutex;
+        std::condition_variable flushed;
+        size_t pending = 0;
+        bool ok = true;
+    };
+    auto flushes = std::make_shared<Flushes>();
+    std::vector<std::pair<std::shared_ptr<Target>, uint64_t>> luns;
+    for (auto& target : targets()) {
+        for (uint64_t lun : target->device->luns()) {
+            luns.emplace_back(target, lun);
+        }
     }
-    size_t done = 0;
-    bool flush_ok = true;
-    first.post([&] {
-        for (auto& target : _targets) {
-            for (uint64_t lun : target->device->luns()) {
-                target->device->flush_lu(lun, [&](int error) {
-                    std::lock_guard lock(flush_mutex);
-                    if (error != 0) {
-                        flush_ok = false;
-                        log_error("shutdown: flushing {} lun {} failed: {}", target->config.iqn, lun,
-                                  std::strerror(-error));
-                    }
-                    ++done;
-                    flushed.notify_all();
-                });
-            }
+    flushes->pending = luns.size();
+    first.post([flushes, luns] {
+        for (const auto& [target, lun] : luns) {
+            target->device->flush_lu(lun, [flushes, iqn = target->iqn, lun = lun](int error) {
+                std::lock_guard lock(flushes->mutex);
+                if (error != 0 && error != -ENOENT) {
+                    flushes->ok = false;
+                    log_error("shutdown: flushing {} lun {} failed: {}", iqn, lun, std::strerror(-error));
+                }
+                --flushes->pending;
+                flushes->flushed.notify_all();
+            });
         }
     });
+    bool flush_ok;
     {
-        std::unique_lock lock(flush_mutex);
-        if (!flushed.wait_for(lock, std::chrono::seconds(30), [&] { return done == pending; })) {
+        std::unique_lock lock(flushes->mutex);
+        if (!flushes->flushed.wait_for(lock, std::chrono::seconds(30),
+                                       [&] { return flushes->pending == 0; })) {
             log_error("shutdown: backstore flush did not finish within 30 s");
-            flush_ok = false;
+            flushes->ok = false;
         }
+        flush_ok = flushes->ok;
     }
-    _reactors->stop();
-    _reactors->join();
-    // Destroy the reactors now, while everything their teardown may still run (posted and deferred
-    // work, I/O completions) refers to is alive: connections, _local, the targets.
-    _reactors.reset();
-    _listeners.clear();
-    log_info("shutdown complete");
     return clean && flush_ok;
 }
 

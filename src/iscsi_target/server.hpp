@@ -25,10 +25,26 @@ namespace ispace::iscsi_target {
 class Connection;
 class Session;
 
-// One served iSCSI target: its configuration and its SCSI target device.
-struct Target {
-    TargetConfig config;
-    std::unique_ptr<scsi::TargetDevice> device;
+// One served iSCSI target: its name, its SCSI target device (the LUs, added and removed live through
+// device), and the settings that may change while sessions run (alias, CHAP, ACL), read per login as
+// a snapshot. Sessions hold it by shared_ptr: a removed target lives until its last session is gone.
+class Target {
+public:
+    explicit Target(TargetConfig config);
+    Target(const Target&) = delete;
+    Target& operator=(const Target&) = delete;
+
+    const std::string iqn;
+    const std::unique_ptr<scsi::TargetDevice> device;
+
+    // A snapshot of the settings; `luns` is empty (the LUs live in `device`).
+    std::shared_ptr<const TargetConfig> config() const;
+    // New settings for later logins (the iqn must stay; sessions already logged in keep theirs).
+    void set_config(TargetConfig config);
+
+private:
+    mutable std::mutex _mutex;
+    std::shared_ptr<const TargetConfig> _config;
 };
 
 // A session as other reactors see it. The Session object itself lives on `reactor` and is touched
@@ -84,28 +100,48 @@ private:
     uint16_t _next_tsih = 1;
 };
 
+// The iSCSI target front end: portals (listening sockets), the targets it serves, connections and
+// the session registry, all running on reactors it is given (mgmt::Runtime owns them and decides the
+// order of start-up and teardown). Portals and targets may be added and removed while it serves.
+//
+// Threading: the public methods may be called from any thread that is not a reactor's, except where
+// noted; connections and sessions call the "for connections and sessions" part on their reactors.
 class Server {
 public:
-    explicit Server(ServerConfig config);
+    // `config` gives the settings (negotiation, limits, discovery CHAP, state_dir); its portals and
+    // targets are not read here (mgmt::Runtime adds them).
+    Server(ServerConfig config, net::ReactorGroup& reactors);
     ~Server();
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;
 
-    // Opens every LUN, binds every portal and starts the reactors. Errors say what to fix:
-    // "lun 1: /srv/a.img: ...", "listen 127.0.0.1:3260: Address already in use".
-    Result<void> start();
-    // The portals as bound (port 0 resolved), in configuration order.
+    // Binds a portal now (so a port in use is an error before anything else is created); it accepts
+    // once start() ran, or at once when added later. The endpoint as bound (port 0 resolved).
+    Result<net::Endpoint> add_portal(const PortalConfig& portal);
+    // Stops listening on the portal named as in add_portal or as bound (connections already open go
+    // on).
+    Result<void> remove_portal(std::string_view listen);
+    // Starts accepting on every portal. The reactors must be running.
+    void start();
+    // The portals as bound (port 0 resolved), in the order added.
     std::vector<net::Endpoint> portal_endpoints() const;
-    // Stops accepting, closes every connection, waits up to `grace` for tasks to finish, flushes the
-    // backstores and stops the reactors. Returns false if something did not finish in time.
+
+    // A new target, serving no LU yet (add them through target->device). Fails for a name in use.
+    Result<std::shared_ptr<Target>> add_target(const TargetConfig& config);
+    // Takes the target away (new logins fail) and ends its sessions; it is freed after the last.
+    Result<void> remove_target(std::string_view iqn);
+    std::shared_ptr<Target> find_target(std::string_view iqn) const;
+    std::vector<std::shared_ptr<Target>> targets() const;
+
+    // Stops accepting, closes every connection, waits up to `grace` for tasks to finish and flushes
+    // the backstores. The reactors keep running (their owner stops them afterwards). Returns false if
+    // something did not finish in time.
     bool shutdown(std::chrono::milliseconds grace);
 
     // --- for connections and sessions ---
     const ServerConfig& config() const { return _config; }
-    Target* find_target(std::string_view iqn) const;
-    const std::vector<std::unique_ptr<Target>>& targets() const { return _targets; }
     SessionRegistry& sessions() { return _sessions; }
-    net::ReactorGroup& reactors() { return *_reactors; }
+    net::ReactorGroup& reactors() { return _reactors; }
     // "TargetAddress" values for SendTargets: every portal, with `local` replacing a wildcard address.
     std::vector<std::string> target_addresses(const net::Endpoint& local) const;
 
@@ -125,8 +161,9 @@ public:
     void session_created() { ++_live_sessions; }
     void session_destroyed();
 
-    // Closes every session of `target` on every reactor (TARGET COLD RESET ends all I_T nexuses).
-    void close_sessions_of(const Target& target, std::string reason);
+    // Closes every session of the target named `iqn` on every reactor (TARGET COLD RESET ends all
+    // I_T nexuses; a removed target ends its sessions).
+    void close_sessions_of(const std::string& iqn, std::string reason);
     // Terminates a reinstated session (on its reactor), then opens the successor's gate.
     void terminate_reinstated(std::shared_ptr<SessionSlot> old_slot, std::shared_ptr<SessionSlot> successor);
 
@@ -138,24 +175,28 @@ private:
         std::vector<Connection*> connections;
     };
 
-    void accept_ready(size_t portal_index);
+    void accept_ready(Listener& listener);
     void close_all_on(unsigned reactor_index, const std::string& reason);
+    void listen_on_reactor(std::shared_ptr<Listener> listener);
 
     ServerConfig _config;
-    std::vector<std::unique_ptr<Target>> _targets;
-    std::vector<std::unique_ptr<Listener>> _listeners;
+    net::ReactorGroup& _reactors;
+    // Portals: added and removed by the control thread, served on reactor 0.
+    mutable std::mutex _portals_mutex;
+    std::vector<std::shared_ptr<Listener>> _listeners;
+    uint16_t _next_tpgt = 1;
+    // Targets by name; sessions hold their own references.
+    mutable std::mutex _targets_mutex;
+    std::map<std::string, std::shared_ptr<Target>, std::less<>> _targets;
     std::vector<ReactorLocal> _local;
     SessionRegistry _sessions;
     std::atomic<uint32_t> _open_connections{0};
     std::atomic<uint32_t> _login_connections{0};
     std::atomic<uint32_t> _live_sessions{0};
+    std::atomic<bool> _started{false};
     std::atomic<bool> _stopping{false};
     std::mutex _drain_mutex;
     std::condition_variable _drained;
-    bool _started = false;
-    // Declared last so that it is destroyed first: a reactor's teardown runs what is still posted to
-    // it, and that work refers to everything above. shutdown() destroys it explicitly too.
-    std::unique_ptr<net::ReactorGroup> _reactors;
 };
 
 } // namespace ispace::iscsi_target

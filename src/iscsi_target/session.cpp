@@ -52,17 +52,17 @@ Residual residual_of(const scsi::Task& task) {
 
 } // namespace
 
-Session::Session(Server& server, net::Reactor& reactor, Target* target, std::shared_ptr<SessionSlot> slot,
-                 const iscsi::LoginIdentity& identity, const iscsi::SessionParams& params, uint16_t tsih,
-                 uint32_t exp_cmd_sn, const AclEntry* acl)
-    : _server(server), _reactor(reactor), _target(target), _slot(std::move(slot)), _params(params),
+Session::Session(Server& server, net::Reactor& reactor, std::shared_ptr<Target> target,
+                 std::shared_ptr<SessionSlot> slot, const iscsi::LoginIdentity& identity,
+                 const iscsi::SessionParams& params, uint16_t tsih, uint32_t exp_cmd_sn, const AclEntry* acl)
+    : _server(server), _reactor(reactor), _target(std::move(target)), _slot(std::move(slot)), _params(params),
       _tsih(tsih), _isid(iscsi::isid_to_u64(identity.isid)), _exp_cmd_sn(exp_cmd_sn),
       _queue_depth(server.config().limits.queue_depth) {
     _nexus.id = g_next_nexus_id.fetch_add(1);
     _nexus.initiator_name = identity.initiator_name;
     _nexus.initiator_port =
         fmt::format("{},i,0x{}", identity.initiator_name, iscsi::format_isid(identity.isid));
-    _nexus.target_name = target ? target->config.iqn : std::string();
+    _nexus.target_name = _target ? _target->iqn : std::string();
     _nexus.target_port = fmt::format("{},t,0x{:04x}", _nexus.target_name, params.target_portal_group_tag);
     _nexus.relative_target_port = params.target_portal_group_tag;
     _nexus.target_port_group = params.target_portal_group_tag;
@@ -73,8 +73,8 @@ Session::Session(Server& server, net::Reactor& reactor, Target* target, std::sha
         _nexus.read_only = acl->read_only;
     }
     _name = fmt::format("session {:#06x} ({} isid {}{}{})", tsih, identity.initiator_name,
-                        iscsi::format_isid(identity.isid), target ? " -> " : ", discovery",
-                        target ? target->config.iqn : "");
+                        iscsi::format_isid(identity.isid), _target ? " -> " : ", discovery",
+                        _target ? _target->iqn : "");
     if (_slot) {
         _slot->session = this;
         std::lock_guard lock(_slot->mutex);
@@ -82,6 +82,8 @@ Session::Session(Server& server, net::Reactor& reactor, Target* target, std::sha
         _slot->ready = true;
     }
     if (_target) {
+        _lun_view = std::make_shared<scsi::LunView>();
+        _target->device->attach_view(_lun_view, _reactor);
         _target->device->nexus_added(_nexus);
     }
     _server.session_created();
@@ -89,6 +91,9 @@ Session::Session(Server& server, net::Reactor& reactor, Target* target, std::sha
 }
 
 Session::~Session() {
+    if (_lun_view) {
+        _target->device->detach_view(_lun_view.get());
+    }
     if (_slot) {
         _slot->session = nullptr;
         _server.sessions().remove(_slot);
@@ -238,6 +243,7 @@ IscsiTask* Session::command_header(Connection& connection, const iscsi::ScsiComm
     c.fabric = this;
     c.reactor = &_reactor;
     c.nexus = &_nexus;
+    c.lun_view = _lun_view.get();
     c.lun = header.lun;
     c.tag = header.itt;
     c.attribute = scsi::TaskAttribute(uint8_t(header.attr) <= 4 ? uint8_t(header.attr) : 1);
@@ -787,13 +793,13 @@ void Session::run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request) {
         return;
     case iscsi::TmfFunction::target_cold_reset: {
         drop_waiting_commands(std::nullopt);
-        Target* target = _target;
+        std::string iqn = _target->iqn;
         Server* server = &_server;
-        device.target_reset(_nexus, true, [this, from, itt, target, server](scsi::TmfResult result) {
+        device.target_reset(_nexus, true, [this, from, itt, iqn, server](scsi::TmfResult result) {
             send_tmf_response(from, itt, to_tmf_response(result));
             // A cold reset ends every I_T nexus of the target (RFC 7143 §11.5.1): the response goes
             // out first, then the connections close.
-            _reactor.defer([target, server] { server->close_sessions_of(*target, "target cold reset"); });
+            _reactor.defer([iqn, server] { server->close_sessions_of(iqn, "target cold reset"); });
         });
         return;
     }

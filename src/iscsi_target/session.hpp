@@ -29,7 +29,7 @@ class Connection;
 class Server;
 struct AclEntry;
 struct SessionSlot;
-struct Target;
+class Target;
 
 // The iSCSI side of one SCSI command.
 struct IscsiTask final : scsi::Task {
@@ -77,15 +77,15 @@ class Session final : public scsi::Fabric {
 public:
     // `target` and `slot` are null for a discovery session.
     // `acl` is the target's ACL entry that admitted the initiator (null: no ACL), for LUN masking.
-    Session(Server& server, net::Reactor& reactor, Target* target, std::shared_ptr<SessionSlot> slot,
-            const iscsi::LoginIdentity& identity, const iscsi::SessionParams& params, uint16_t tsih,
-            uint32_t exp_cmd_sn, const AclEntry* acl);
+    Session(Server& server, net::Reactor& reactor, std::shared_ptr<Target> target,
+            std::shared_ptr<SessionSlot> slot, const iscsi::LoginIdentity& identity,
+            const iscsi::SessionParams& params, uint16_t tsih, uint32_t exp_cmd_sn, const AclEntry* acl);
     ~Session() override;
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
 
     bool discovery() const { return _target == nullptr; }
-    Target* target() const { return _target; }
+    Target* target() const { return _target.get(); }
     const iscsi::SessionParams& params() const { return _params; }
     const scsi::Nexus& nexus() const { return _nexus; }
     uint16_t tsih() const { return _tsih; }
@@ -179,7 +179,9 @@ private:
 
     Server& _server;
     net::Reactor& _reactor;
-    Target* _target;
+    std::shared_ptr<Target> _target; // null for discovery; keeps a removed target alive until we end
+    // This session's picture of the target's LUN table (scsi::LunView): routing takes no lock.
+    std::shared_ptr<scsi::LunView> _lun_view;
     std::shared_ptr<SessionSlot> _slot;
     iscsi::SessionParams _params;
     scsi::Nexus _nexus;

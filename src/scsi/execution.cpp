@@ -98,6 +98,10 @@ void Execution::start() {
     // The fabric hands over the whole CDB field (16 bytes for iSCSI); one shorter than the opcode's
     // form cannot be parsed.
     bool short_cdb = _op && cdb_length < _op->cdb_length;
+    if (_lu && !_lu->attach(*this)) {
+        // The LU was removed after this command's session last looked at the LUN table: it is gone.
+        _lu = nullptr;
+    }
     if (!_lu) {
         // SPC-4: INQUIRY, REQUEST SENSE and REPORT LUNS answer for any LUN; everything else is
         // LOGICAL UNIT NOT SUPPORTED.
@@ -111,7 +115,6 @@ void Execution::start() {
             _op->execute(*this);
         }
     } else {
-        _lu->attach(*this);
         std::optional<uint16_t> ua;
         // A pending unit attention wins over everything but INQUIRY, REPORT LUNS and REQUEST
         // SENSE (SAM-5 5.14), including an unknown opcode, and is cleared by being reported.
@@ -129,6 +132,9 @@ void Execution::start() {
         } else if (auto unavailable = sbc::sanitize_refuses(*_lu, *_op)) {
             // A sanitize operation runs or failed (SBC-4 4.11): medium access waits for it.
             complete_check(*unavailable);
+        } else if (_lu->failed() && !(_op->flags & op_ua_exempt)) {
+            // The device is gone for good (a lost remote member): say so rather than time out.
+            complete_check(Sense::make(SenseKey::hardware_error, asc::logical_unit_failure));
         } else if (_lu->reservations().conflicts(*_op, cdb(), _task->nexus)) {
             // Another I_T nexus's reservation (pr.hpp); before write protection, so that a command
             // that may not run learns nothing else about the logical unit.

@@ -37,14 +37,16 @@ std::string printable(std::string_view s, size_t max) {
 
 LogicalUnit::LogicalUnit(TargetDevice& target, uint64_t lun, std::unique_ptr<backstore::Device> device,
                          const LuOptions& options)
-    : _target(target), _lun(lun), _device(std::move(device)), _options(options) {
-    _geometry = _device->geometry();
+    : _target(target), _target_name(target.name()), _lun(lun), _device(std::move(device)), _options(options) {
+    backstore::Geometry geometry = _device->geometry();
+    _block_size = geometry.block_size;
+    _block_count.store(geometry.block_count);
     _features = _device->features();
     // Whole blocks, at least one, and never more than one Buffer can hold: the bound on what one
     // command makes the target allocate.
     uint64_t max = std::min<uint64_t>(_options.max_transfer_bytes, Buffer::max_size);
-    max -= max % _geometry.block_size;
-    _max_transfer_bytes = uint32_t(std::max<uint64_t>(max, _geometry.block_size));
+    max -= max % _block_size;
+    _max_transfer_bytes = uint32_t(std::max<uint64_t>(max, _block_size));
     _options.max_transfer_bytes = _max_transfer_bytes;
     _identifier = _options.identity.naa ? _options.identity.naa : mix64(_device->identity());
     _serial = _options.identity.serial.empty() ? fmt::format("{:016x}", _identifier)
@@ -54,13 +56,134 @@ LogicalUnit::LogicalUnit(TargetDevice& target, uint64_t lun, std::unique_ptr<bac
     _wce.store(defaults.wce);
     _d_sense.store(defaults.d_sense);
     _swp.store(defaults.swp);
+    _device->subscribe(this);
 }
 
 LogicalUnit::~LogicalUnit() {
+    _device->unsubscribe(this);
     // A sanitize still running (ispaced stopping) outlives us in its reactor's timer or queue.
     sbc::abandon_sanitize(*this);
     if (_task_count != 0) {
         log_error("lun {}: destroyed with {} tasks still in the engine", _lun, _task_count);
+    }
+    _device.reset(); // closed before anyone is told the LU is gone
+    if (_on_destroyed) {
+        _on_destroyed();
+    }
+}
+
+// --- life cycle ---------------------------------------------------------------------------------
+
+void LogicalUnit::retire(LogicalUnit* lu) {
+    bool idle;
+    {
+        std::lock_guard lock(lu->_mutex);
+        lu->_retired = true;
+        idle = lu->idle_locked();
+    }
+    if (idle) {
+        destroy_later(lu);
+    }
+}
+
+void LogicalUnit::destroy_later(LogicalUnit* lu) {
+    if (net::Reactor* reactor = net::Reactor::current()) {
+        reactor->defer([lu] { delete lu; });
+    } else {
+        delete lu;
+    }
+}
+
+void LogicalUnit::release_hold() {
+    bool destroy;
+    {
+        std::lock_guard lock(_mutex);
+        --_holds;
+        destroy = _retired && idle_locked();
+    }
+    if (destroy) {
+        destroy_later(this);
+    }
+}
+
+void LogicalUnit::withdraw(Function<void()> on_destroyed) {
+    std::lock_guard lock(_mutex);
+    _withdrawn.store(true, std::memory_order_release);
+    _on_destroyed = std::move(on_destroyed);
+}
+
+void LogicalUnit::device_event(backstore::DeviceEvent event) {
+    switch (event) {
+    case backstore::DeviceEvent::resized: {
+        uint64_t blocks = _device->geometry().block_count;
+        uint64_t before = _block_count.exchange(blocks, std::memory_order_acq_rel);
+        if (blocks != before) {
+            log_info("{} lun {}: capacity changed from {} to {} blocks of {} bytes", _target_name, _lun,
+                     before, blocks, _block_size);
+            // SBC-4 4.5: every I_T nexus learns of the new capacity by unit attention.
+            establish_ua_all(asc::capacity_data_has_changed);
+        }
+        break;
+    }
+    case backstore::DeviceEvent::failed:
+        log_error("{} lun {}: {} failed; medium access answers LOGICAL UNIT FAILURE", _target_name, _lun,
+                  _device->describe());
+        _failed.store(true, std::memory_order_release);
+        break;
+    case backstore::DeviceEvent::removed:
+        // The owner of the device withdrew it; whoever owns this LU removes it from the target.
+        log_warn("{} lun {}: {} was withdrawn by its owner", _target_name, _lun, _device->describe());
+        _failed.store(true, std::memory_order_release);
+        break;
+    }
+}
+
+void LogicalUnit::resize(std::shared_ptr<LogicalUnit> self, uint64_t bytes,
+                         Function<void(Result<void>)> done) {
+    net::Reactor* reactor = net::Reactor::current();
+    assert(reactor && "LogicalUnit::resize runs on a reactor thread");
+    struct Resize {
+        std::shared_ptr<LogicalUnit> lu;
+        uint64_t bytes;
+        Function<void(Result<void>)> done;
+        RangeLock::Entry range;
+        Result<void> result;
+        net::Reactor* reactor;
+    };
+    auto* op = new Resize{std::move(self), bytes, std::move(done), {}, {}, reactor};
+    bool shrink = bytes < op->lu->block_count() * op->lu->block_size();
+    auto run_device_resize = [](void* context) {
+        auto* op = static_cast<Resize*>(context);
+        // The device's resize blocks (a file is allocated or truncated): on a worker, never here.
+        op->reactor->run_blocking(
+            [op]() -> int64_t {
+                op->result = op->lu->device().resize(op->bytes);
+                return 0;
+            },
+            [op](int64_t) {
+                if (op->range.held()) {
+                    op->lu->block_state().range_lock.release(op->range);
+                }
+                Function<void(Result<void>)> done = std::move(op->done);
+                Result<void> result = std::move(op->result);
+                delete op;
+                done(std::move(result));
+            });
+    };
+    if (!shrink) {
+        run_device_resize(op);
+        return;
+    }
+    // The whole LBA range, exclusively: commands past the new end finish first, new ones wait and
+    // then see the smaller capacity.
+    op->range.first = 0;
+    op->range.end = ~uint64_t(0);
+    op->range.exclusive = true;
+    op->range.reactor = reactor;
+    op->range.resume = run_device_resize;
+    op->range.context = op;
+    if (op->lu->block_state().range_lock.acquire(op->range)) {
+        run_device_resize(op);
     }
 }
 
@@ -197,36 +320,49 @@ bool LogicalUnit::medium_removal_prevented() const {
 
 // --- task list ----------------------------------------------------------------------------------
 
-void LogicalUnit::attach(Execution& cmd) {
+bool LogicalUnit::attach(Execution& cmd) {
     Task& task = cmd.task();
+    std::lock_guard lock(_mutex);
+    if (_withdrawn.load(std::memory_order_relaxed)) {
+        return false;
+    }
     task.lu = this;
     task.lu_prev = nullptr;
-    std::lock_guard lock(_mutex);
     task.lu_next = _tasks;
     if (_tasks) {
         _tasks->lu_prev = &task;
     }
     _tasks = &task;
     ++_task_count;
+    return true;
 }
 
 bool LogicalUnit::detach(Execution& cmd, std::vector<TmfOp*>& tmfs) {
     Task& task = cmd.task();
-    std::lock_guard lock(_mutex);
-    if (task.lu_prev) {
-        task.lu_prev->lu_next = task.lu_next;
-    } else {
-        _tasks = task.lu_next;
+    bool destroy = false;
+    bool aborted;
+    {
+        std::lock_guard lock(_mutex);
+        if (task.lu_prev) {
+            task.lu_prev->lu_next = task.lu_next;
+        } else {
+            _tasks = task.lu_next;
+        }
+        if (task.lu_next) {
+            task.lu_next->lu_prev = task.lu_prev;
+        }
+        task.lu_next = task.lu_prev = nullptr;
+        --_task_count;
+        // Read under the mutex: a TMF marks under it too, so it either saw the task in the list and
+        // marked it (and is told below) or did not see it at all.
+        tmfs.swap(cmd._tmfs);
+        aborted = cmd._abort_requested.load(std::memory_order_relaxed);
+        destroy = _retired && idle_locked();
     }
-    if (task.lu_next) {
-        task.lu_next->lu_prev = task.lu_prev;
+    if (destroy) {
+        destroy_later(this);
     }
-    task.lu_next = task.lu_prev = nullptr;
-    --_task_count;
-    // Read under the mutex: a TMF marks under it too, so it either saw the task in the list and
-    // marked it (and is told below) or did not see it at all.
-    tmfs.swap(cmd._tmfs);
-    return cmd._abort_requested.load(std::memory_order_relaxed);
+    return aborted;
 }
 
 size_t LogicalUnit::task_count() const {

@@ -36,11 +36,16 @@ struct ModeValues {
     bool swp = false;     // Control page: software write protect
 };
 
-class LogicalUnit {
+// Lifetime: a TargetDevice holds its LUs by shared_ptr whose deleter is retire(): the last holder
+// letting go does not destroy an LU that still has tasks inside (or pokes on their way to them); the
+// last of those destroys it instead. That is what lets an LU be removed while sessions run.
+class LogicalUnit final : private backstore::DeviceObserver {
 public:
     LogicalUnit(TargetDevice& target, uint64_t lun, std::unique_ptr<backstore::Device> device,
                 const LuOptions& options);
     ~LogicalUnit();
+    // The deleter of the shared_ptrs that hold an LU (TargetDevice::add_lu).
+    static void retire(LogicalUnit* lu);
     LogicalUnit(const LogicalUnit&) = delete;
     LogicalUnit& operator=(const LogicalUnit&) = delete;
 
@@ -49,8 +54,9 @@ public:
     backstore::Device& device() const { return *_device; }
     const LuOptions& options() const { return _options; }
     const backstore::Features& features() const { return _features; }
-    uint32_t block_size() const { return _geometry.block_size; }
-    uint64_t block_count() const { return _geometry.block_count; }
+    uint32_t block_size() const { return _block_size; }
+    // Changes when the device is resized (DeviceEvent::resized), so read it once per command.
+    uint64_t block_count() const { return _block_count.load(std::memory_order_acquire); }
     // A whole number of blocks, at least one, at most Buffer::max_size.
     uint32_t max_transfer_bytes() const { return _max_transfer_bytes; }
     // VPD 0x80 and the basis of the NAA designator.
@@ -90,12 +96,25 @@ public:
     // thread; `done(0 or -errno)` runs there later. 0/0 is the whole device.
     void flush(Function<void(int error)> done, uint64_t offset = 0, uint64_t length = 0);
 
+    // --- life cycle (target.hpp: live changes) ---
+    // Removed from its target: tasks that still find it are refused at attach(). `on_destroyed` runs in
+    // the destructor, once the device is closed.
+    void withdraw(Function<void()> on_destroyed);
+    bool withdrawn() const { return _withdrawn.load(std::memory_order_acquire); }
+    // The device failed for good (DeviceEvent::failed): medium access answers HARDWARE ERROR, LOGICAL
+    // UNIT FAILURE.
+    bool failed() const { return _failed.load(std::memory_order_acquire); }
+    // Resizes the device (TargetDevice::resize_lu; `self` keeps the LU alive meanwhile). A shrink holds
+    // the whole LBA range exclusively while the device shrinks. On a reactor thread; `done` runs there.
+    void resize(std::shared_ptr<LogicalUnit> self, uint64_t bytes, Function<void(Result<void>)> done);
+
     // --- reset (LOGICAL UNIT RESET, target resets): SAM-5 6.3.3 ---
     // Mode values back to their defaults and `code` established for every nexus.
     void reset(uint16_t code);
 
-    // --- task list (command.cpp) and task management (tmf.cpp) ---
-    void attach(Execution& cmd);
+    // --- task list (execution.cpp) and task management (tmf.cpp) ---
+    // Links the command's task; false (nothing linked) when the LU was withdrawn.
+    bool attach(Execution& cmd);
     // Unlinks the command's task; returns whether a TMF asked for it to be aborted and hands over
     // the TMFs waiting for it.
     bool detach(Execution& cmd, std::vector<TmfOp*>& tmfs);
@@ -107,12 +126,23 @@ public:
 private:
     // On the task's reactor: moves a marked task along (cancels its data-out wait).
     void poke(uint64_t serial);
+    void device_event(backstore::DeviceEvent event) override;
+    // Under _mutex: nothing inside (no task, no poke on its way), so a retired LU may be destroyed.
+    bool idle_locked() const { return _task_count == 0 && _holds == 0; }
+    // Called after _mutex is released, when a retired LU became idle: destroys it (deferred on a
+    // reactor, so that no caller up the stack still uses it).
+    static void destroy_later(LogicalUnit* lu);
+    // A poke on its way finished: drop its hold (and destroy a retired, idle LU).
+    void release_hold();
 
     TargetDevice& _target;
+    // For log lines after the target is gone (a resize that outlives a removed target holds the LU).
+    std::string _target_name;
     uint64_t _lun;
     std::unique_ptr<backstore::Device> _device;
     LuOptions _options;
-    backstore::Geometry _geometry;
+    uint32_t _block_size = 512;
+    std::atomic<uint64_t> _block_count{0};
     backstore::Features _features;
     uint32_t _max_transfer_bytes = 0;
     std::string _serial;
@@ -129,6 +159,11 @@ private:
     std::unique_ptr<Reservations> _reservations;
     std::vector<uint64_t> _preventing; // under _mutex: nexuses with medium removal prevented
     std::unique_ptr<BlockState> _block_state = std::make_unique<BlockState>();
+    size_t _holds = 0;     // under _mutex: pokes posted and not yet run
+    bool _retired = false; // under _mutex: no holder left; destroyed once idle
+    std::atomic<bool> _withdrawn{false};
+    std::atomic<bool> _failed{false};
+    Function<void()> _on_destroyed; // under _mutex
 };
 
 } // namespace ispace::scsi

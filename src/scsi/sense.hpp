@@ -57,6 +57,7 @@ constexpr uint16_t capacity_data_has_changed = 0x2a09;
 constexpr uint16_t commands_cleared_by_another_initiator = 0x2f00;
 constexpr uint16_t saving_parameters_not_supported = 0x3900;
 constexpr uint16_t reported_luns_data_has_changed = 0x3f0e;
+constexpr uint16_t logical_unit_failure = 0x3e01;
 constexpr uint16_t internal_target_failure = 0x4400;
 constexpr uint16_t data_phase_error = 0x4b00;
 constexpr uint16_t invalid_target_port_transfer_tag = 0x4b01;

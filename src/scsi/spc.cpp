@@ -292,7 +292,7 @@ void report_luns(Execution& cmd) {
     }
     // SPC-4: REPORT LUNS clears this nexus's REPORTED LUNS DATA HAS CHANGED on every LU.
     for (uint64_t lun : cmd.target().luns()) {
-        if (LogicalUnit* lu = cmd.target().find_lu(lun)) {
+        if (std::shared_ptr<LogicalUnit> lu = cmd.target().find_lu(lun)) {
             lu->clear_ua(cmd.nexus_id(), asc::reported_luns_data_has_changed);
         }
     }

@@ -11,6 +11,7 @@
 #include "scsi/task.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -53,9 +54,29 @@ enum class TmfResult : uint8_t {
 };
 
 class LogicalUnit;
+class LunTable;
+
+// One session's picture of its target's LUN table: an immutable snapshot it picked up, and the
+// generation it was. Routing a command compares the generation with the target's (a plain load of a
+// counter that changes only when LUs are added or removed) and uses the snapshot: no lock, no shared
+// write on the I/O path. When the table changes, the target also posts a refresh to every view's
+// reactor, so an idle session lets go of a removed LU at once instead of at its next command.
+// Reactor-local: a view is used only on the reactor it was attached with.
+class LunView {
+private:
+    friend class TargetDevice;
+    uint64_t _generation = 0; // 0: never picked up
+    std::shared_ptr<const LunTable> _table;
+};
 
 // Lifetime: destroy a TargetDevice only once its reactors have stopped running engine work (task
 // management posts closures that refer to its logical units).
+//
+// Live changes: LUs are added, removed and resized while sessions run. The LUN table is copied on
+// write and published to the sessions' views (LunView). A removed LU leaves the table at once (new
+// commands for it answer LOGICAL UNIT NOT SUPPORTED, every other LU raises REPORTED LUNS DATA HAS
+// CHANGED), its commands in flight are aborted, and it is destroyed (its device closed) once the last
+// view has let go of it and its last task has left.
 class TargetDevice {
 public:
     // `name` is the SCSI target name (the iSCSI IQN), used in designators.
@@ -66,9 +87,25 @@ public:
 
     // Configuration (before serving, or at run time with a REPORTED LUNS DATA HAS CHANGED unit attention).
     // LUNs are 0..16383 (peripheral addressing below 256, flat above); the block size must be 512 or 4096.
+    // Any thread.
     Result<void> add_lu(uint64_t lun, std::unique_ptr<backstore::Device> device, LuOptions options = {});
+    // Takes the LU out of the table and aborts its commands in flight (see the class comment).
+    // `done` runs once the LU is destroyed and its device closed: on the thread that let go of it
+    // last (a reactor, or the caller). Any thread. ENOENT for a LUN that does not exist.
+    Result<void> remove_lu(uint64_t lun, Function<void()> done = {});
+    // Resizes the LU's device to `bytes` (DeviceEvent::resized then raises CAPACITY DATA HAS CHANGED for
+    // every nexus). A shrink first takes the whole LU's range lock, so no command runs past the new end
+    // while the device shrinks. Call on a reactor thread; the device's resize runs on a worker and
+    // `done` runs on the calling reactor. Refuses a shrink unless `allow_shrink`.
+    void resize_lu(uint64_t lun, uint64_t bytes, bool allow_shrink, Function<void(Result<void>)> done);
     std::vector<uint64_t> luns() const;
-    LogicalUnit* find_lu(uint64_t lun) const;
+    // The LU, kept alive while the caller holds it (a removed LU is destroyed after its last holder).
+    std::shared_ptr<LogicalUnit> find_lu(uint64_t lun) const;
+
+    // Sessions' views of the LUN table (LunView). Attach on the view's reactor before its first task;
+    // detach there before it is destroyed.
+    void attach_view(const std::shared_ptr<LunView>& view, net::Reactor& reactor);
+    void detach_view(const LunView* view);
 
     // Target port groups (alua.hpp): which relative target ports exist and how they are grouped, for
     // REPORT TARGET PORT GROUPS and for PERSISTENT RESERVE OUT's ALL_TG_PT and REGISTER AND MOVE. The
@@ -110,6 +147,9 @@ public:
 
 private:
     struct Impl;
+    // The LU a task's LUN routes to, through its view when it has one.
+    LogicalUnit* route(Task& task, std::shared_ptr<const LunTable>& hold);
+    void publish_locked(); // under Impl::mutex: a new table from Impl::lus, to every view
     std::string _name;
     std::unique_ptr<Impl> _impl;
 };

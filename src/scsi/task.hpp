@@ -29,6 +29,7 @@ namespace ispace::scsi {
 class Execution;
 class Fabric;
 class LogicalUnit;
+class LunView;
 
 enum class Status : uint8_t {
     good = 0x00,
@@ -77,6 +78,9 @@ struct Task {
     Fabric* fabric = nullptr;
     net::Reactor* reactor = nullptr;
     const Nexus* nexus = nullptr;
+    // The session's picture of the target's LUN table (target.hpp), so that routing a command takes no
+    // lock; null: the engine looks the LUN up under the target's lock (tests, rare fabrics).
+    LunView* lun_view = nullptr;
     // The 8-byte SAM LUN field as received, byte 0 in the most significant byte (load_be64 of the
     // iSCSI LUN field). Peripheral (00b) and flat (01b) addressing are understood.
     uint64_t lun = 0;

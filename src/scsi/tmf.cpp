@@ -78,15 +78,19 @@ size_t LogicalUnit::abort_tasks(const TaskMatch& match, TmfOp* op, std::vector<u
             if (nexuses && t->nexus) {
                 nexuses->push_back(t->nexus->id);
             }
-            pokes.push_back({t->reactor, cmd->serial()});
+            if (t->reactor) {
+                pokes.push_back({t->reactor, cmd->serial()});
+                ++_holds; // the LU outlives the poke, even if the task is gone by then
+            }
         }
     }
     // The task may only be touched on its own reactor; the poke finds it again there by serial
     // (it may have completed meanwhile, in which case there is nothing left to do).
     for (const Poke& p : pokes) {
-        if (p.reactor) {
-            p.reactor->post([this, serial = p.serial] { poke(serial); });
-        }
+        p.reactor->post([this, serial = p.serial] {
+            poke(serial);
+            release_hold();
+        });
     }
     return matched;
 }

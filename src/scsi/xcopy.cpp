@@ -69,7 +69,7 @@ struct Cscd {
     uint32_t offset = 0; // in the parameter list
     bool null_device = false;
     uint32_t block_length = 0;
-    LogicalUnit* lu = nullptr; // nullptr: names nothing of this target
+    std::shared_ptr<LogicalUnit> lu; // null: names nothing of this target (held: the copy outlives a removal)
 };
 
 struct Segment {
@@ -79,8 +79,8 @@ struct Segment {
     uint64_t bytes = 0;
     uint64_t source_lba = 0;
     uint64_t destination_lba = 0;
-    LogicalUnit* from = nullptr;
-    LogicalUnit* to = nullptr;
+    std::shared_ptr<LogicalUnit> from;
+    std::shared_ptr<LogicalUnit> to;
 };
 
 struct CopyJob : Execution::HandlerState {
@@ -421,8 +421,9 @@ void parameters_ready(Execution& cmd) {
 
 } // namespace
 
-LogicalUnit* resolve_designator(const TargetDevice& target, uint8_t code_set, uint8_t association_type,
-                                const uint8_t* designator, uint8_t length, const Nexus* nexus) {
+std::shared_ptr<LogicalUnit> resolve_designator(const TargetDevice& target, uint8_t code_set,
+                                                uint8_t association_type, const uint8_t* designator,
+                                                uint8_t length, const Nexus* nexus) {
     // VPD 83h names each logical unit first by an NAA IEEE Registered Extended designator (binary,
     // LU association, 16 bytes) whose last eight bytes are the LU identifier (spc.cpp).
     uint8_t association = (association_type >> 4) & 0x03;
@@ -436,7 +437,7 @@ LogicalUnit* resolve_designator(const TargetDevice& target, uint8_t code_set, ui
         if (nexus && !nexus->sees(lun)) {
             continue;
         }
-        LogicalUnit* lu = target.find_lu(lun);
+        std::shared_ptr<LogicalUnit> lu = target.find_lu(lun);
         if (lu && lu->identifier() == identifier) {
             return lu;
         }

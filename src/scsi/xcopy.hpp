@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace ispace::scsi {
@@ -40,7 +41,8 @@ std::vector<uint8_t> third_party_copy_vpd(const LogicalUnit& lu);
 // association/type byte, designator), or nullptr. Only NAA designators of LU association resolve:
 // the one VPD 83h reports first for each logical unit. With a nexus, only the logical units its LUN
 // masking lets it see: a copy cannot reach what the initiator could not address itself.
-LogicalUnit* resolve_designator(const TargetDevice& target, uint8_t code_set, uint8_t association_type,
-                                const uint8_t* designator, uint8_t length, const Nexus* nexus = nullptr);
+std::shared_ptr<LogicalUnit> resolve_designator(const TargetDevice& target, uint8_t code_set,
+                                                uint8_t association_type, const uint8_t* designator,
+                                                uint8_t length, const Nexus* nexus = nullptr);
 
 } // namespace ispace::scsi::xcopy

@@ -5,7 +5,7 @@
 #include "common/log.hpp"
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
-#include "iscsi_target/server.hpp"
+#include "mgmt/runtime.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -143,10 +143,12 @@ int main(int argc, char** argv) {
     set_log_level(level);
 
     // The file first (or nothing, in quick mode), then every flag over it: see iscsi_target::ConfigOverlay.
+    // The runtime first: its registry of backstore kinds reads the LUN specs of the file and the flags.
+    mgmt::Runtime runtime;
     iscsi_target::ServerConfig config;
     config.negotiation = iscsi_target::default_target_negotiation();
     if (!config_path.empty()) {
-        auto loaded = iscsi_target::load_config_file(config_path);
+        auto loaded = iscsi_target::load_config_file(config_path, runtime.backstores());
         if (!loaded) {
             std::fprintf(stderr, "ispaced: %s\n", loaded.error().message.c_str());
             return 2;
@@ -222,8 +224,13 @@ int main(int argc, char** argv) {
         }
         overlay.sanitize_bytes_per_second = *rate;
     }
-    if (auto applied = iscsi_target::apply_overlay(config, overlay); !applied) {
+    if (auto applied = iscsi_target::apply_overlay(config, overlay, runtime.backstores()); !applied) {
         std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
+        return 2;
+    }
+    if (config.targets.empty()) {
+        std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
+                             "--lun)\n");
         return 2;
     }
     // MaxBurstLength above the transfer limit would only invite R2Ts we never send.
@@ -240,17 +247,17 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    iscsi_target::Server server(std::move(config));
-    if (auto started = server.start(); !started) {
-        log_error("{}", started.error().message);
+    if (auto served = runtime.serve(std::move(config)); !served) {
+        log_error("{}", served.error().message);
         return 1;
     }
+    iscsi_target::Server& server = *runtime.target_server();
     for (const net::Endpoint& endpoint : server.portal_endpoints()) {
-        for (auto& served : server.targets()) {
-            for (const iscsi_target::LunConfig& lun : served->config.luns) {
+        for (const auto& target : server.targets()) {
+            for (uint64_t lun : target->device->luns()) {
                 // Printed whatever the log level: scripts wait for these lines.
-                log_write(LogLevel::info, fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(),
-                                                      served->config.iqn, lun.lun));
+                log_write(LogLevel::info,
+                          fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), target->iqn, lun));
             }
         }
     }
@@ -258,6 +265,6 @@ int main(int argc, char** argv) {
     int signal_number = 0;
     sigwait(&signals, &signal_number);
     log_info("received {}; shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
-    bool clean = server.shutdown(std::chrono::seconds(10));
+    bool clean = runtime.stop(std::chrono::seconds(10));
     return clean ? 0 : 1;
 }

@@ -32,7 +32,7 @@ std::string read_queue_attribute(dev_t rdev, const char* name) {
 
 } // namespace
 
-Result<std::unique_ptr<Device>> BlockDevice::open(const DeviceSpec& spec) {
+Result<std::unique_ptr<Device>> BlockDevice::open(const PathSpec& spec) {
     const std::string& path = spec.path;
     if (spec.thin) {
         return make_error(
@@ -119,6 +119,26 @@ Result<std::unique_ptr<Device>> BlockDevice::open(const DeviceSpec& spec) {
     features.volatile_cache = read_queue_attribute(st.st_rdev, "write_cache") != "write through";
     uint64_t identity = detail::mix64(uint64_t(st.st_rdev) ^ 0xb10cdefULL);
     return std::unique_ptr<Device>(new BlockDevice(path, fd, geometry, features, identity));
+}
+
+Result<void> BlockDevice::resize(uint64_t bytes) {
+    if (auto ok = check_resize(bytes); !ok) {
+        return ok;
+    }
+    uint64_t device_bytes = 0;
+    if (::ioctl(_fd, BLKGETSIZE64, &device_bytes) < 0) {
+        int err = errno;
+        return make_error(fmt::format("{}: cannot read the device size: {}", _path, std::strerror(err)), err);
+    }
+    if (bytes > device_bytes) {
+        return make_error(
+            fmt::format("{}: {} bytes is larger than the device ({} bytes); grow the device first", _path,
+                        bytes, device_bytes),
+            EINVAL);
+    }
+    _geometry.set_block_count(bytes / _geometry.block_size());
+    notify(DeviceEvent::resized);
+    return {};
 }
 
 } // namespace ispace::backstore

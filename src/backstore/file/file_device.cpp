@@ -118,7 +118,7 @@ int scan_file_extents(int fd, uint64_t start, uint64_t end, uint32_t block_size,
     return 0;
 }
 
-Result<std::unique_ptr<Device>> FileDevice::open(const DeviceSpec& spec) {
+Result<std::unique_ptr<Device>> FileDevice::open(const PathSpec& spec) {
     const std::string& path = spec.path;
     uint32_t bs = spec.block_size;
     if (bs != 512 && bs != 4096) {
@@ -249,13 +249,13 @@ void FileDevice::allocation_status(uint64_t offset, uint64_t length,
     }
     net::Reactor* reactor = net::Reactor::current();
     assert(reactor && "allocation_status is called on a reactor thread");
-    uint64_t bytes = _geometry.bytes();
+    uint64_t bytes = _geometry.load().bytes();
     uint64_t start = std::min(offset, bytes);
     uint64_t end = length > bytes - start ? bytes : start + length;
     // The worker fills `extents`; the reactor hands it over. Shared because the two lambdas each hold it.
     auto extents = std::make_shared<std::vector<Extent>>();
     int fd = _fd;
-    uint32_t bs = _geometry.block_size;
+    uint32_t bs = _geometry.block_size();
     std::string path = _path;
     reactor->run_blocking(
         [extents, fd, start, end, bs]() -> int64_t {
@@ -269,6 +269,32 @@ void FileDevice::allocation_status(uint64_t offset, uint64_t length,
             }
             done(std::move(*extents));
         });
+}
+
+Result<void> FileDevice::resize(uint64_t bytes) {
+    if (auto ok = check_resize(bytes); !ok) {
+        return ok;
+    }
+    uint64_t old_bytes = _geometry.load().bytes();
+    if (bytes > old_bytes && !_features.thin) {
+        // Thick: allocate the new part now, so a full disk shows here and not as a write error later.
+        if (::fallocate(_fd, 0, off_t(old_bytes), off_t(bytes - old_bytes)) < 0 && errno != EOPNOTSUPP) {
+            int err = errno;
+            return make_error(fmt::format("{}: cannot allocate {} to grow to {}: {}", _path,
+                                          format_size(bytes - old_bytes), bytes_text(bytes),
+                                          std::strerror(err)),
+                              err);
+        }
+    }
+    if (::ftruncate(_fd, off_t(bytes)) < 0) {
+        int err = errno;
+        return make_error(
+            fmt::format("{}: cannot resize to {}: {}", _path, bytes_text(bytes), std::strerror(err)), err);
+    }
+    _geometry.set_block_count(bytes / _geometry.block_size());
+    log_info("{}: resized from {} to {}", _path, bytes_text(old_bytes), bytes_text(bytes));
+    notify(DeviceEvent::resized);
+    return {};
 }
 
 } // namespace ispace::backstore

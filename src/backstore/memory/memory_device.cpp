@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <fmt/format.h>
 #include <mutex>
+#include <new>
 
 namespace ispace::backstore {
 namespace {
@@ -30,24 +32,65 @@ template <typename Fn> int for_each_piece(uint64_t offset, uint64_t length, uint
 } // namespace
 
 MemoryDevice::MemoryDevice(uint64_t size, uint32_t block_size)
-    : _geometry{block_size, size / block_size}, _identity(detail::random_identity()),
-      _chunk_count((size + chunk_size - 1) / chunk_size),
-      _chunks(std::make_unique<std::atomic<uint8_t*>[]>(_chunk_count)) {
-    for (uint64_t i = 0; i < _chunk_count; ++i) {
-        _chunks[i].store(nullptr, std::memory_order_relaxed);
+    : _geometry(block_size, size / block_size), _identity(detail::random_identity()),
+      _pages(std::make_unique<std::atomic<std::atomic<uint8_t*>*>[]>(max_pages)) {
+    for (uint64_t i = 0; i < max_pages; ++i) {
+        _pages[i].store(nullptr, std::memory_order_relaxed);
     }
 }
 
 MemoryDevice::~MemoryDevice() {
-    for (uint64_t i = 0; i < _chunk_count; ++i) {
-        std::free(_chunks[i].load(std::memory_order_relaxed));
+    for (uint64_t p = 0; p < max_pages; ++p) {
+        std::atomic<uint8_t*>* page = _pages[p].load(std::memory_order_relaxed);
+        if (!page) {
+            continue;
+        }
+        for (uint64_t i = 0; i < chunks_per_page; ++i) {
+            std::free(page[i].load(std::memory_order_relaxed));
+        }
+        delete[] page;
+    }
+}
+
+std::atomic<uint8_t*>* MemoryDevice::slot(uint64_t index, bool create) {
+    uint64_t p = index / chunks_per_page;
+    if (p >= max_pages) {
+        return nullptr;
+    }
+    std::atomic<uint8_t*>* page = _pages[p].load(std::memory_order_acquire);
+    if (!page && create) {
+        auto* fresh = new (std::nothrow) std::atomic<uint8_t*>[chunks_per_page];
+        if (!fresh) {
+            return nullptr;
+        }
+        for (uint64_t i = 0; i < chunks_per_page; ++i) {
+            fresh[i].store(nullptr, std::memory_order_relaxed);
+        }
+        if (_pages[p].compare_exchange_strong(page, fresh, std::memory_order_acq_rel)) {
+            page = fresh;
+        } else {
+            delete[] fresh; // another reactor published the page first; `page` holds it
+        }
+    }
+    return page ? &page[index % chunks_per_page] : nullptr;
+}
+
+void MemoryDevice::free_chunk(uint64_t index) {
+    // Exclusive: no reader or writer may be inside the chunk while it is freed.
+    std::unique_lock lock(lock_for(index));
+    std::atomic<uint8_t*>* s = slot(index, false);
+    uint8_t* chunk = s ? s->exchange(nullptr, std::memory_order_acq_rel) : nullptr;
+    if (chunk) {
+        std::free(chunk);
+        _allocated.fetch_sub(chunk_size, std::memory_order_relaxed);
     }
 }
 
 std::string MemoryDevice::describe() const {
-    std::string text = "memory:" + detail::compact_size(_geometry.bytes());
-    if (_geometry.block_size != 512) {
-        text += fmt::format(",block={}", _geometry.block_size);
+    Geometry g = _geometry.load();
+    std::string text = "memory:" + detail::compact_size(g.bytes());
+    if (g.block_size != 512) {
+        text += fmt::format(",block={}", g.block_size);
     }
     return text;
 }
@@ -63,13 +106,14 @@ Features MemoryDevice::features() const {
 }
 
 uint64_t MemoryDevice::chunk_bytes(uint64_t index) const {
-    return std::min(chunk_size, _geometry.bytes() - index * chunk_size);
+    uint64_t bytes = _geometry.load().bytes();
+    return index * chunk_size >= bytes ? 0 : std::min(chunk_size, bytes - index * chunk_size);
 }
 
 void MemoryDevice::submit(IoRequest& request) {
     int error = 0;
     if (request.op != IoOp::flush) {
-        error = detail::check_range(request, _geometry);
+        error = detail::check_range(request, _geometry.load());
     }
     if (error == 0 && (request.op == IoOp::read || request.op == IoOp::write) &&
         detail::iov_bytes(request.iov, request.iovcnt) != request.length) {
@@ -102,9 +146,9 @@ int MemoryDevice::do_read(const IoRequest& request) {
     return for_each_piece(request.offset, request.length, chunk_size,
                           [&](uint64_t index, uint64_t at, uint64_t n) {
                               std::shared_lock lock(lock_for(index));
-                              uint8_t* chunk = _chunks[index].load(std::memory_order_acquire);
-                              if (chunk) {
-                                  cursor.copy_in(chunk + at, n);
+                              uint8_t* data = chunk(index);
+                              if (data) {
+                                  cursor.copy_in(data + at, n);
                               } else {
                                   cursor.zero(n);
                               }
@@ -117,57 +161,56 @@ int MemoryDevice::do_write(const IoRequest& request) {
     return for_each_piece(
         request.offset, request.length, chunk_size, [&](uint64_t index, uint64_t at, uint64_t n) {
             std::shared_lock lock(lock_for(index));
-            uint8_t* chunk = _chunks[index].load(std::memory_order_acquire);
-            if (!chunk) {
+            std::atomic<uint8_t*>* s = slot(index, true);
+            if (!s) {
+                return -ENOMEM;
+            }
+            uint8_t* data = load_chunk(s);
+            if (!data) {
+                // Whole chunks, also the last (partial) one: a later grow must not outgrow an allocation.
                 // calloc: large zeroed allocations come from mmap, so untouched pages still cost nothing.
-                auto* fresh = static_cast<uint8_t*>(std::calloc(1, chunk_bytes(index)));
+                auto* fresh = static_cast<uint8_t*>(std::calloc(1, chunk_size));
                 if (!fresh) {
                     return -ENOMEM;
                 }
                 uint8_t* expected = nullptr;
-                if (_chunks[index].compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) {
-                    chunk = fresh;
-                    _allocated.fetch_add(chunk_bytes(index), std::memory_order_relaxed);
+                if (s->compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) {
+                    data = fresh;
+                    _allocated.fetch_add(chunk_size, std::memory_order_relaxed);
                 } else {
                     std::free(fresh); // another reactor allocated it first
-                    chunk = expected;
+                    data = expected;
                 }
             }
-            cursor.copy_out(chunk + at, n);
+            cursor.copy_out(data + at, n);
             return 0;
         });
 }
 
 int MemoryDevice::do_zero(const IoRequest& request, bool free_whole_chunks) {
-    return for_each_piece(
-        request.offset, request.length, chunk_size, [&](uint64_t index, uint64_t at, uint64_t n) {
-            if (free_whole_chunks && at == 0 && n == chunk_bytes(index)) {
-                // Exclusive: no reader or writer may be inside the chunk while it is freed.
-                std::unique_lock lock(lock_for(index));
-                uint8_t* chunk = _chunks[index].exchange(nullptr, std::memory_order_acq_rel);
-                if (chunk) {
-                    std::free(chunk);
-                    _allocated.fetch_sub(chunk_bytes(index), std::memory_order_relaxed);
-                }
-                return 0;
-            }
-            std::shared_lock lock(lock_for(index));
-            uint8_t* chunk = _chunks[index].load(std::memory_order_acquire);
-            if (chunk) {
-                std::memset(chunk + at, 0, n);
-            }
-            return 0;
-        });
+    return for_each_piece(request.offset, request.length, chunk_size,
+                          [&](uint64_t index, uint64_t at, uint64_t n) {
+                              if (free_whole_chunks && at == 0 && n == chunk_bytes(index)) {
+                                  free_chunk(index);
+                                  return 0;
+                              }
+                              std::shared_lock lock(lock_for(index));
+                              uint8_t* data = chunk(index);
+                              if (data) {
+                                  std::memset(data + at, 0, n);
+                              }
+                              return 0;
+                          });
 }
 
 void MemoryDevice::allocation_status(uint64_t offset, uint64_t length,
                                      Function<void(Result<std::vector<Extent>>)> done) {
-    uint64_t bytes = _geometry.bytes();
+    uint64_t bytes = _geometry.load().bytes();
     uint64_t start = std::min(offset, bytes);
     uint64_t end = length > bytes - start ? bytes : start + length;
     std::vector<Extent> extents;
     (void)for_each_piece(start, end - start, chunk_size, [&](uint64_t index, uint64_t at, uint64_t n) {
-        bool mapped = _chunks[index].load(std::memory_order_acquire) != nullptr;
+        bool mapped = chunk(index) != nullptr;
         uint64_t piece = index * chunk_size + at;
         if (!extents.empty() && extents.back().mapped == mapped) {
             extents.back().length += n;
@@ -180,6 +223,38 @@ void MemoryDevice::allocation_status(uint64_t offset, uint64_t length,
     assert(reactor && "allocation_status is called on a reactor thread");
     reactor->defer(
         [extents = std::move(extents), done = std::move(done)]() mutable { done(std::move(extents)); });
+}
+
+Result<void> MemoryDevice::resize(uint64_t bytes) {
+    if (auto ok = check_resize(bytes); !ok) {
+        return ok;
+    }
+    if (bytes > max_size) {
+        return make_error(fmt::format("{}: {} bytes is more than a memory device holds ({})", describe(),
+                                      bytes, detail::compact_size(max_size)),
+                          EINVAL);
+    }
+    std::lock_guard resizing(_resize_mutex);
+    uint64_t old_bytes = _geometry.load().bytes();
+    if (bytes < old_bytes) {
+        // Publish the smaller size first: requests past it are refused from now on. The engine holds
+        // the whole LU's range lock around a shrink, so none is in flight beyond the new end.
+        _geometry.set_block_count(bytes / _geometry.block_size());
+        uint64_t first_gone = (bytes + chunk_size - 1) / chunk_size;
+        for (uint64_t index = first_gone; index * chunk_size < old_bytes; ++index) {
+            free_chunk(index);
+        }
+        if (uint64_t tail = bytes % chunk_size; tail != 0) {
+            std::unique_lock lock(lock_for(bytes / chunk_size));
+            if (uint8_t* data = chunk(bytes / chunk_size)) {
+                std::memset(data + tail, 0, chunk_size - tail);
+            }
+        }
+    } else {
+        _geometry.set_block_count(bytes / _geometry.block_size());
+    }
+    notify(DeviceEvent::resized);
+    return {};
 }
 
 } // namespace ispace::backstore

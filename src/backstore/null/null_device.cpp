@@ -8,12 +8,13 @@
 namespace ispace::backstore {
 
 NullDevice::NullDevice(uint64_t size, uint32_t block_size)
-    : _geometry{block_size, size / block_size}, _identity(detail::random_identity()) {}
+    : _geometry(block_size, size / block_size), _identity(detail::random_identity()) {}
 
 std::string NullDevice::describe() const {
-    std::string text = "null:" + detail::compact_size(_geometry.bytes());
-    if (_geometry.block_size != 512) {
-        text += fmt::format(",block={}", _geometry.block_size);
+    Geometry g = _geometry.load();
+    std::string text = "null:" + detail::compact_size(g.bytes());
+    if (g.block_size != 512) {
+        text += fmt::format(",block={}", g.block_size);
     }
     return text;
 }
@@ -30,7 +31,7 @@ Features NullDevice::features() const {
 void NullDevice::submit(IoRequest& request) {
     int error = 0;
     if (request.op != IoOp::flush) {
-        error = detail::check_range(request, _geometry);
+        error = detail::check_range(request, _geometry.load());
     }
     if (error == 0 && request.op == IoOp::read) {
         detail::IovCursor(request.iov, request.iovcnt).zero(request.length);
@@ -45,6 +46,15 @@ void NullDevice::allocation_status(uint64_t offset, uint64_t length,
     reactor->defer([offset, length, done = std::move(done)]() mutable {
         done(std::vector<Extent>{{offset, length, true}});
     });
+}
+
+Result<void> NullDevice::resize(uint64_t bytes) {
+    if (auto ok = check_resize(bytes); !ok) {
+        return ok;
+    }
+    _geometry.set_block_count(bytes / _geometry.block_size());
+    notify(DeviceEvent::resized);
+    return {};
 }
 
 } // namespace ispace::backstore

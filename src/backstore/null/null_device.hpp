@@ -3,6 +3,8 @@
 #pragma once
 
 #include "backstore/device.hpp"
+#include "backstore/registry.hpp"
+#include "backstore/spec_parse.hpp"
 
 namespace ispace::backstore {
 
@@ -12,16 +14,20 @@ public:
 
     std::string_view kind() const override { return "null"; }
     std::string describe() const override;
-    Geometry geometry() const override { return _geometry; }
+    Geometry geometry() const override { return _geometry.load(); }
     Features features() const override;
     uint64_t identity() const override { return _identity; }
     void submit(IoRequest& request) override;
     void allocation_status(uint64_t offset, uint64_t length,
                            Function<void(Result<std::vector<Extent>>)> done) override;
+    Result<void> resize(uint64_t bytes) override;
 
 private:
-    Geometry _geometry;
+    AtomicGeometry _geometry;
     uint64_t _identity;
 };
+
+// Registers the "null" kind (kinds.cpp).
+void register_null_kind(Registry& registry);
 
 } // namespace ispace::backstore

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "backstore/device.hpp"
+#include "backstore/registry.hpp"
 #include "common/buffer.hpp"
 #include "net/reactor.hpp"
 
@@ -201,13 +202,23 @@ inline bool all_zero(const std::vector<uint8_t>& v) {
     return std::all_of(v.begin(), v.end(), [](uint8_t b) { return b == 0; });
 }
 
+// The built-in kinds, as ispaced registers them.
+inline const Registry& builtin_registry() {
+    static const Registry* registry = [] {
+        auto* r = new Registry();
+        register_builtin_kinds(*r);
+        return r;
+    }();
+    return *registry;
+}
+
 inline std::unique_ptr<Device> open_spec(const std::string& text) {
-    auto spec = parse_device_spec(text);
+    auto spec = builtin_registry().parse(text);
     EXPECT_TRUE(spec.ok()) << spec.error().message;
     if (!spec.ok()) {
         return nullptr;
     }
-    auto device = open_device(*spec);
+    auto device = (*spec)->open();
     EXPECT_TRUE(device.ok()) << device.error().message;
     if (!device.ok()) {
         return nullptr;
@@ -216,11 +227,11 @@ inline std::unique_ptr<Device> open_spec(const std::string& text) {
 }
 
 inline std::string open_error(const std::string& text) {
-    auto spec = parse_device_spec(text);
+    auto spec = builtin_registry().parse(text);
     if (!spec.ok()) {
         return "spec: " + spec.error().message;
     }
-    auto device = open_device(*spec);
+    auto device = (*spec)->open();
     return device.ok() ? std::string("(opened)") : device.error().message;
 }
 

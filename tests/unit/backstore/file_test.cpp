@@ -142,10 +142,10 @@ TEST_P(FileBackstore, ExistingFileSizeErrors) {
 }
 
 TEST_P(FileBackstore, SizeNotAMultipleOfTheBlockSizeFromAProgrammaticSpec) {
-    DeviceSpec spec;
+    PathSpec spec;
     spec.path = dir.file("x.img");
     spec.size = 1000;
-    auto dev = open_device(spec);
+    auto dev = FileDevice::open(spec);
     ASSERT_FALSE(dev.ok());
     EXPECT_EQ(dev.error().message,
               spec.path + ": size=1000 bytes is not a multiple of the 512-byte block size");
@@ -164,9 +164,9 @@ TEST_P(FileBackstore, RandomWritesReadBackThin4096) {
 }
 
 TEST_P(FileBackstore, RandomWritesReadBackDirect) {
-    auto spec = parse_device_spec(dir.file("direct.img") + ",size=8M,direct");
+    auto spec = builtin_registry().parse(dir.file("direct.img") + ",size=8M,direct");
     ASSERT_TRUE(spec.ok());
-    auto dev = open_device(*spec);
+    auto dev = (*spec)->open();
     if (!dev.ok() && contains(dev.error().message, "direct I/O")) {
         GTEST_SKIP() << dev.error().message;
     }

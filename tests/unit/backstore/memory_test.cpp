@@ -112,7 +112,9 @@ TEST(MemoryBackstore, OddSizedLastChunk) {
     MemoryDevice dev(MiB + 4096, 512);
     std::vector<uint8_t> data(8192, 0x33);
     ASSERT_EQ(h.write(dev, MiB - 4096, data), 0);
-    EXPECT_EQ(dev.allocated_bytes(), MiB + 4096);
+    // Chunks are allocated whole, the partial last one too, so that a later grow never outgrows an
+    // allocation (calloc maps them lazily: untouched pages cost no RAM).
+    EXPECT_EQ(dev.allocated_bytes(), 2 * MiB);
     ASSERT_EQ(h.simple(dev, IoOp::unmap, MiB, 4096), 0); // the whole last chunk
     EXPECT_EQ(dev.allocated_bytes(), MiB);
     std::vector<uint8_t> back(4096);
@@ -196,4 +198,35 @@ TEST(MemoryBackstore, ReactorsWriteAndUnmapConcurrently) {
             EXPECT_TRUE(first == 0 || first == uint8_t(c)) << c;
         }
     }
+}
+
+TEST(MemoryBackstore, GrowsAndShrinksKeepingWhatFits) {
+    Harness h;
+    MemoryDevice dev(2 * MiB, 512);
+    struct Observer : DeviceObserver {
+        int resized = 0;
+        void device_event(DeviceEvent event) override { resized += event == DeviceEvent::resized; }
+    } observer;
+    dev.subscribe(&observer);
+    std::vector<uint8_t> data(8192, 0x5a);
+    ASSERT_EQ(h.write(dev, MiB + 4096, data), 0);
+    ASSERT_TRUE(dev.resize(8 * MiB));
+    EXPECT_EQ(dev.geometry().bytes(), 8 * MiB);
+    EXPECT_EQ(observer.resized, 1);
+    std::vector<uint8_t> back(8192);
+    ASSERT_EQ(h.read(dev, MiB + 4096, back), 0);
+    EXPECT_EQ(back, data) << "growing keeps the data";
+    ASSERT_EQ(h.write(dev, 7 * MiB, data), 0) << "the new space is writable";
+    // Shrink into the middle of the written range: the rest of that chunk reads as zeroes after a regrow.
+    ASSERT_TRUE(dev.resize(MiB + 4096 + 4096));
+    EXPECT_EQ(h.read(dev, 7 * MiB, back), -EINVAL) << "past the new end";
+    EXPECT_EQ(dev.allocated_bytes(), MiB) << "chunks past the end are freed (chunk 7 goes, chunk 1 stays)";
+    ASSERT_TRUE(dev.resize(4 * MiB));
+    ASSERT_EQ(h.read(dev, MiB + 4096, back), 0);
+    EXPECT_TRUE(std::all_of(back.begin(), back.begin() + 4096, [](uint8_t b) { return b == 0x5a; }));
+    EXPECT_TRUE(std::all_of(back.begin() + 4096, back.end(), [](uint8_t b) { return b == 0; }))
+        << "what a shrink dropped does not come back";
+    EXPECT_FALSE(dev.resize(1000)) << "not a whole number of blocks";
+    EXPECT_FALSE(dev.resize(0));
+    dev.unsubscribe(&observer);
 }

@@ -1,6 +1,9 @@
-// parse_device_spec: the --lun argument forms and the errors users see.
-#include "backstore/device.hpp"
+// LUN specs: the registry of kinds, the --lun argument forms and the errors users see.
+#include "backstore/registry.hpp"
+#include "backstore/spec_parse.hpp"
+#include "backstore_test_util.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 using namespace ispace;
@@ -9,7 +12,7 @@ using namespace ispace::backstore;
 namespace {
 
 std::string error_of(std::string_view text) {
-    auto spec = parse_device_spec(text);
+    auto spec = test::builtin_registry().parse(text);
     EXPECT_FALSE(spec.ok()) << text << " parsed";
     return spec.ok() ? std::string() : spec.error().message;
 }
@@ -20,10 +23,60 @@ bool contains(const std::string& s, std::string_view part) {
 
 } // namespace
 
-TEST(DeviceSpec, PathAlone) {
-    auto spec = parse_device_spec("/srv/a.img");
+std::string_view kind_of(std::string_view text) {
+    static std::vector<std::unique_ptr<Spec>> keep;
+    auto spec = test::builtin_registry().parse(text);
+    EXPECT_TRUE(spec.ok()) << spec.error().message;
+    if (!spec.ok()) {
+        return "";
+    }
+    keep.push_back(std::move(*spec));
+    return keep.back()->kind();
+}
+
+TEST(DeviceSpec, EachKindReadsItsOwnSpecs) {
+    EXPECT_EQ(kind_of("/srv/a.img"), "file");
+    EXPECT_EQ(kind_of("memory:1G"), "memory");
+    EXPECT_EQ(kind_of("null:1G,block=4096"), "null");
+    EXPECT_EQ(kind_of("memoryfile.img"), "file"); // a prefix needs its colon
+    EXPECT_EQ(kind_of("/dev/null"), "file");      // a character device: the file kind says no at open
+}
+
+TEST(DeviceSpec, TheSpecDescribesItselfAndItsBackingFile) {
+    auto spec = test::builtin_registry().parse("/srv/a.img,size=1G,thin");
     ASSERT_TRUE(spec.ok());
-    EXPECT_EQ(spec->kind, DeviceSpec::Kind::file);
+    EXPECT_EQ((*spec)->describe(), "/srv/a.img,size=1G,thin");
+    EXPECT_EQ((*spec)->backing_file(), "/srv/a.img");
+    auto memory = test::builtin_registry().parse("memory:1G");
+    ASSERT_TRUE(memory.ok());
+    EXPECT_EQ((*memory)->backing_file(), "");
+}
+
+TEST(DeviceSpec, KindsAreAnOpenSetRegisteredOnce) {
+    Registry registry;
+    register_builtin_kinds(registry);
+    Kind custom;
+    custom.name = "custom";
+    custom.syntax = "custom:NAME";
+    custom.claims = [](std::string_view text) { return has_prefix(text, "custom"); };
+    custom.parse = [](std::string_view text) -> Result<std::unique_ptr<Spec>> {
+        return make_error(fmt::format("custom parsed '{}'", text));
+    };
+    ASSERT_TRUE(registry.add(custom));
+    EXPECT_FALSE(registry.add(custom)) << "a second kind of the same name";
+    auto parsed = registry.parse("custom:x");
+    ASSERT_FALSE(parsed);
+    EXPECT_EQ(parsed.error().message, "custom parsed 'custom:x'");
+    Kind second_fallback = custom;
+    second_fallback.name = "other";
+    second_fallback.fallback = true;
+    EXPECT_FALSE(registry.add(second_fallback)) << "two kinds cannot both take every other spec";
+    EXPECT_NE(registry.syntax_help().find("custom:NAME"), std::string::npos);
+}
+
+TEST(DeviceSpec, PathAlone) {
+    auto spec = parse_path_spec("/srv/a.img");
+    ASSERT_TRUE(spec.ok());
     EXPECT_EQ(spec->path, "/srv/a.img");
     EXPECT_EQ(spec->size, 0u);
     EXPECT_EQ(spec->block_size, 512u);
@@ -31,7 +84,7 @@ TEST(DeviceSpec, PathAlone) {
 }
 
 TEST(DeviceSpec, PathWithEveryOption) {
-    auto spec = parse_device_spec("/srv/a.img,size=1G,block=4096,thin,ro,direct");
+    auto spec = parse_path_spec("/srv/a.img,size=1G,block=4096,thin,ro,direct");
     ASSERT_TRUE(spec.ok()) << spec.error().message;
     EXPECT_EQ(spec->path, "/srv/a.img");
     EXPECT_EQ(spec->size, 1ull << 30);
@@ -39,20 +92,17 @@ TEST(DeviceSpec, PathWithEveryOption) {
     EXPECT_TRUE(spec->thin);
     EXPECT_TRUE(spec->read_only);
     EXPECT_TRUE(spec->direct);
-    auto k = parse_device_spec("disk.img,block=4k");
+    auto k = parse_path_spec("disk.img,block=4k");
     ASSERT_TRUE(k.ok());
     EXPECT_EQ(k->block_size, 4096u);
 }
 
 TEST(DeviceSpec, MemoryAndNull) {
-    auto mem = parse_device_spec("memory:64M");
+    auto mem = parse_sized_spec("memory:64M", "memory");
     ASSERT_TRUE(mem.ok());
-    EXPECT_EQ(mem->kind, DeviceSpec::Kind::memory);
     EXPECT_EQ(mem->size, 64ull << 20);
-    EXPECT_TRUE(mem->path.empty());
-    auto null = parse_device_spec("null:1T,block=4096");
+    auto null = parse_sized_spec("null:1T,block=4096", "null");
     ASSERT_TRUE(null.ok());
-    EXPECT_EQ(null->kind, DeviceSpec::Kind::null);
     EXPECT_EQ(null->size, 1ull << 40);
     EXPECT_EQ(null->block_size, 4096u);
 }
@@ -92,7 +142,7 @@ TEST(DeviceSpec, SizeMustBeAWholeNumberOfBlocks) {
     std::string e = error_of("/a.img,size=1000");
     EXPECT_TRUE(contains(e, "1000 bytes) is not a multiple of the 512-byte block size")) << e;
     EXPECT_TRUE(contains(error_of("memory:6k,block=4096"), "not a multiple of the 4096-byte block size"));
-    EXPECT_TRUE(parse_device_spec("memory:8k,block=4096").ok());
+    EXPECT_TRUE(test::builtin_registry().parse("memory:8k,block=4096").ok());
 }
 
 TEST(DeviceSpec, ErrorsQuoteTheWholeSpec) {

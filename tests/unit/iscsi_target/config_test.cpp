@@ -30,6 +30,15 @@ private:
     std::string _path;
 };
 
+const backstore::Registry& backstores() {
+    static const backstore::Registry* registry = [] {
+        auto* r = new backstore::Registry();
+        backstore::register_builtin_kinds(*r);
+        return r;
+    }();
+    return *registry;
+}
+
 std::string with_limits(const std::string& limits) {
     return R"({"listen": ["127.0.0.1:3260"], "limits": )" + limits +
            R"(, "targets": [{"iqn": "iqn.2026-11.org.example:t", "luns": ["memory:16M"]}]})";
@@ -37,7 +46,7 @@ std::string with_limits(const std::string& limits) {
 
 TEST(Config, DefaultsSurviveAFileWithoutLimits) {
     ConfigFile file(R"({"targets": [{"iqn": "iqn.2026-11.org.example:t", "luns": ["memory:16M"]}]})");
-    auto config = load_config_file(file.path());
+    auto config = load_config_file(file.path(), backstores());
     ASSERT_TRUE(config) << config.error().message;
     Limits defaults;
     EXPECT_EQ(config->limits.nop_timeout, defaults.nop_timeout);
@@ -49,7 +58,7 @@ TEST(Config, DefaultsSurviveAFileWithoutLimits) {
 TEST(Config, LimitsTakeNumbersAndSizes) {
     ConfigFile file(with_limits(R"({"queue_depth": 64, "max_transfer": "1M", "sanitize_rate": "32M",
                                     "nop_interval_ms": 5000, "nop_timeout_ms": 100})"));
-    auto config = load_config_file(file.path());
+    auto config = load_config_file(file.path(), backstores());
     ASSERT_TRUE(config) << config.error().message;
     EXPECT_EQ(config->limits.queue_depth, 64u);
     EXPECT_EQ(config->limits.max_transfer_bytes, 1u << 20);
@@ -60,7 +69,7 @@ TEST(Config, LimitsTakeNumbersAndSizes) {
 
 TEST(Config, SanitizeRateZeroMeansUnlimited) {
     ConfigFile file(with_limits(R"({"sanitize_rate": 0})"));
-    auto config = load_config_file(file.path());
+    auto config = load_config_file(file.path(), backstores());
     ASSERT_TRUE(config) << config.error().message;
     EXPECT_EQ(config->limits.sanitize_bytes_per_second, 0u);
 }
@@ -70,7 +79,7 @@ TEST(Config, RefusesUnknownAndOutOfRangeLimits) {
          {R"({"sanitize_rte": "1M"})", R"({"queue_depth": 0})", R"({"max_transfer": "1G"})",
           R"({"sanitize_rate": "fast"})", R"({"nop_timeout_ms": -1})"}) {
         ConfigFile file(with_limits(limits));
-        auto config = load_config_file(file.path());
+        auto config = load_config_file(file.path(), backstores());
         EXPECT_FALSE(config) << limits;
     }
 }
@@ -83,25 +92,26 @@ std::string with_discovery(const std::string& discovery) {
 TEST(Config, DiscoveryTakesMutualChap) {
     ConfigFile file(
         with_discovery(R"({"chap": "disco:discovery-secret-1", "mutual_chap": "tgt:target-proof-22"})"));
-    auto config = load_config_file(file.path());
+    auto config = load_config_file(file.path(), backstores());
     ASSERT_TRUE(config) << config.error().message;
     ASSERT_TRUE(config->discovery_mutual_chap);
     EXPECT_EQ(config->discovery_mutual_chap->user, "tgt");
-    ASSERT_TRUE(apply_overlay(*config, {})); // as ispaced does: the default portal when none is given
+    ASSERT_TRUE(
+        apply_overlay(*config, {}, backstores())); // as ispaced does: the default portal when none is given
     EXPECT_TRUE(validate(*config));
 }
 
 TEST(Config, DiscoveryMutualChapNeedsDiscoveryChapAndItsOwnSecret) {
     ConfigFile alone(with_discovery(R"({"mutual_chap": "tgt:target-proof-22"})"));
-    auto config = load_config_file(alone.path());
+    auto config = load_config_file(alone.path(), backstores());
     EXPECT_TRUE(!config || !validate(*config));
     ConfigFile same(
         with_discovery(R"({"chap": "disco:same-secret-1234", "mutual_chap": "tgt:same-secret-1234"})"));
-    config = load_config_file(same.path());
+    config = load_config_file(same.path(), backstores());
     EXPECT_TRUE(!config || !validate(*config));
     ConfigFile short_secret(
         with_discovery(R"({"chap": "disco:discovery-secret-1", "mutual_chap": "tgt:short"})"));
-    config = load_config_file(short_secret.path());
+    config = load_config_file(short_secret.path(), backstores());
     EXPECT_TRUE(!config || !validate(*config));
 }
 
@@ -110,12 +120,12 @@ TEST(ConfigOverlay, SecurityFlagsApplyToEveryTargetOfTheFile) {
     ConfigFile file(R"({"targets": [{"iqn": "iqn.2026-11.org.example:a", "luns": ["memory:16M"]},
                                      {"iqn": "iqn.2026-11.org.example:b", "luns": ["memory:16M"],
                                       "allow": ["iqn.2026-11.org.example:old"]}]})");
-    auto config = load_config_file(file.path());
+    auto config = load_config_file(file.path(), backstores());
     ASSERT_TRUE(config) << config.error().message;
     ConfigOverlay overlay;
     overlay.chap = iscsi::ChapCredentials{"alice", "alice-secret-1234"};
     overlay.allow.push_back(*parse_allow("iqn.2026-11.org.example:host1"));
-    ASSERT_TRUE(apply_overlay(*config, overlay));
+    ASSERT_TRUE(apply_overlay(*config, overlay, backstores()));
     ASSERT_EQ(config->targets.size(), 2u);
     for (const TargetConfig& target : config->targets) {
         ASSERT_TRUE(target.chap) << target.iqn;
@@ -130,7 +140,7 @@ TEST(ConfigOverlay, IqnScopesTheFlagsAndLunsAreNumberedAfterTheFile) {
     ConfigFile file(R"({"listen": "127.0.0.1:3260",
                         "targets": [{"iqn": "iqn.2026-11.org.example:a", "luns": ["memory:16M", {"lun": 4, "spec": "memory:8M"}]},
                                     {"iqn": "iqn.2026-11.org.example:b", "luns": ["memory:16M"]}]})");
-    auto config = load_config_file(file.path());
+    auto config = load_config_file(file.path(), backstores());
     ASSERT_TRUE(config) << config.error().message;
     ConfigOverlay overlay;
     overlay.iqn = "iqn.2026-11.org.example:a";
@@ -138,7 +148,7 @@ TEST(ConfigOverlay, IqnScopesTheFlagsAndLunsAreNumberedAfterTheFile) {
     overlay.allow.push_back(*parse_allow("iqn.2026-11.org.example:host1"));
     overlay.listen = {"127.0.0.1:3260", "127.0.0.1:3261"};
     overlay.queue_depth = 32;
-    ASSERT_TRUE(apply_overlay(*config, overlay));
+    ASSERT_TRUE(apply_overlay(*config, overlay, backstores()));
     EXPECT_EQ(config->targets[0].luns.back().lun, 5u);
     EXPECT_EQ(config->targets[0].acl.size(), 1u);
     EXPECT_TRUE(config->targets[1].acl.empty());
@@ -151,16 +161,16 @@ TEST(ConfigOverlay, AFlagWithNothingToApplyToIsAnError) {
     ServerConfig empty;
     ConfigOverlay chap;
     chap.chap = iscsi::ChapCredentials{"alice", "alice-secret-1234"};
-    auto applied = apply_overlay(empty, chap);
+    auto applied = apply_overlay(empty, chap, backstores());
     ASSERT_FALSE(applied);
     EXPECT_NE(applied.error().message.find("--chap"), std::string::npos);
     EXPECT_EQ(applied.error().message.find("alice-secret"), std::string::npos);
     ConfigOverlay lun;
     lun.luns = {"memory:1M"};
-    EXPECT_FALSE(apply_overlay(empty, lun));
+    EXPECT_FALSE(apply_overlay(empty, lun, backstores()));
     // Nothing given: the default portal, and nothing else.
     ServerConfig config;
-    ASSERT_TRUE(apply_overlay(config, ConfigOverlay{}));
+    ASSERT_TRUE(apply_overlay(config, ConfigOverlay{}, backstores()));
     ASSERT_EQ(config.portals.size(), 1u);
     EXPECT_EQ(config.portals[0].listen, "127.0.0.1:3260");
 }

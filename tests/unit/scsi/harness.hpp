@@ -70,6 +70,18 @@ public:
             [done = std::move(done), e = std::move(e)]() mutable { done(std::move(e)); });
     }
 
+    // Test devices resize at once (no file behind them) and tell their observers, as real ones do.
+    Result<void> resize(uint64_t bytes) override {
+        if (auto ok = check_resize(bytes); !ok) {
+            return ok;
+        }
+        _geometry.block_count = bytes / _geometry.block_size;
+        _data.resize(std::min<uint64_t>(bytes, 8u << 20), 0);
+        notify(backstore::DeviceEvent::resized);
+        return {};
+    }
+    void raise(backstore::DeviceEvent event) { notify(event); }
+
     // Completes the held requests (in order).
     void release_held() {
         auto requests = std::move(held);

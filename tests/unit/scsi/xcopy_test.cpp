@@ -147,8 +147,8 @@ TEST(ExtendedCopy, ResolvesDesignatorsOfThisTarget) {
     h.add_lu(7, unit(0x777));
     auto d0 = naa_of(h, 0);
     auto d7 = naa_of(h, 7);
-    EXPECT_EQ(xcopy::resolve_designator(h.target, d0[0] & 0x0f, d0[1], &d0[4], d0[3]), &h.lu(0));
-    EXPECT_EQ(xcopy::resolve_designator(h.target, d7[0] & 0x0f, d7[1], &d7[4], d7[3]), &h.lu(7));
+    EXPECT_EQ(xcopy::resolve_designator(h.target, d0[0] & 0x0f, d0[1], &d0[4], d0[3]).get(), &h.lu(0));
+    EXPECT_EQ(xcopy::resolve_designator(h.target, d7[0] & 0x0f, d7[1], &d7[4], d7[3]).get(), &h.lu(7));
     auto other = d7;
     other[4 + 15] ^= 0xff;
     EXPECT_EQ(xcopy::resolve_designator(h.target, other[0] & 0x0f, other[1], &other[4], other[3]), nullptr);

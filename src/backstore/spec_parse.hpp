@@ -1,0 +1,36 @@
+// The grammar the built-in kinds share: "HEAD[,key=value][,flag]...". A path kind (file, block) reads
+// PATH[,size=SIZE][,block=512|4096][,thin][,ro][,direct]; a sized kind (memory, null) reads
+// NAME:SIZE[,block=512|4096]. Errors quote the whole spec and name the offending option.
+#pragma once
+
+#include "common/result.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ispace::backstore {
+
+struct PathSpec {
+    std::string path;
+    uint64_t size = 0; // bytes; 0 = take the existing file's (or device's) size
+    uint32_t block_size = 512;
+    bool thin = false; // file: created sparse; unmap punches holes
+    bool read_only = false;
+    bool direct = false; // O_DIRECT
+};
+Result<PathSpec> parse_path_spec(std::string_view text);
+
+struct SizedSpec {
+    uint64_t size = 0; // bytes, a non-zero multiple of block_size
+    uint32_t block_size = 512;
+};
+// `prefix` is "memory" or "null"; `text` starts with it.
+Result<SizedSpec> parse_sized_spec(std::string_view text, std::string_view prefix);
+
+// Whether `text` is "PREFIX" or starts with "PREFIX:".
+bool has_prefix(std::string_view text, std::string_view prefix);
+
+} // namespace ispace::backstore

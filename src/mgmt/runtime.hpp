@@ -1,0 +1,111 @@
+// mgmt::Runtime: one process's storage runtime. It owns the reactor group every layer runs on, the
+// registry of backstore kinds, and the iSCSI target front end with its catalog of targets and LUs
+// (and, as those layers arrive, the initiator and the data-space manager, on the same reactors).
+//
+// It is the one place that knows the order of things:
+//   start-up:  validate everything → bind the portals → open the devices → start the reactors → accept;
+//              a port in use or a bad spec fails before any file is created;
+//   teardown:  stop accepting → close every connection → wait for tasks → flush every LU →
+//              stop and join the reactors (their teardown runs what was still posted) → free the
+//              front end and the devices.
+// so that no object outlives, or dies before, what uses it.
+//
+// Live changes (targets, portals, LUs) go through the methods below from any thread but a reactor's;
+// they block their caller until the change is in force (opening a device, resizing a file), never a
+// reactor.
+#pragma once
+
+#include "backstore/registry.hpp"
+#include "common/result.hpp"
+#include "iscsi_target/config.hpp"
+#include "iscsi_target/server.hpp"
+#include "net/reactor.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ispace::mgmt {
+
+struct RuntimeOptions {
+    // 0: what serve()'s configuration says, else one per core.
+    unsigned reactors = 0;
+    net::ReactorOptions reactor_options;
+};
+
+// What a LUN is, as the catalog reports it.
+struct LunInfo {
+    uint64_t lun = 0;
+    std::string spec; // as given (any secret masked by its kind)
+    uint64_t bytes = 0;
+    uint32_t block_size = 0;
+    bool read_only = false;
+};
+
+class Runtime {
+public:
+    explicit Runtime(RuntimeOptions options = {});
+    // Stops (5 s grace) if still serving, then tears down in order.
+    ~Runtime();
+    Runtime(const Runtime&) = delete;
+    Runtime& operator=(const Runtime&) = delete;
+
+    // The kinds LUN specs may name. Register kinds from layers above before serve() (or before the
+    // configuration is read, which parses specs).
+    backstore::Registry& backstores() { return _backstores; }
+    // The reactor group, created on first use (or by serve(), with the configuration's count). It runs
+    // from serve() until stop().
+    net::ReactorGroup& reactors();
+    // The front end; null before serve().
+    iscsi_target::Server* target_server() { return _server.get(); }
+
+    // Serves `config`: everything is validated and every portal bound before any device is opened (so
+    // a port in use or a bad spec creates no file), then the devices are opened, the reactors started
+    // and the portals accept. On failure nothing keeps running. Once only.
+    Result<void> serve(iscsi_target::ServerConfig config);
+    bool serving() const { return _server != nullptr && !_stopped; }
+
+    // Ordered teardown (see above); the process may exit afterwards. False if connections or flushes
+    // did not finish within `grace`. Idempotent.
+    bool stop(std::chrono::milliseconds grace);
+
+    // --- the catalog, live (after serve()) ---
+    Result<void> add_target(const iscsi_target::TargetConfig& config);
+    Result<void> remove_target(std::string_view iqn);
+    Result<net::Endpoint> add_portal(const std::string& listen);
+    Result<void> remove_portal(std::string_view listen);
+    // Opens `spec` and serves it as LUN `lun` (the lowest free number when not given); the number used.
+    Result<uint64_t> add_lun(std::string_view iqn, std::optional<uint64_t> lun, std::string_view spec);
+    // Removes the LUN: new commands for it fail at once, commands in flight are aborted, and this
+    // returns once its device is closed (or `wait` has passed: then it is closed when its last command
+    // leaves, and the error says so).
+    Result<void> remove_lun(std::string_view iqn, uint64_t lun,
+                            std::chrono::milliseconds wait = std::chrono::seconds(30));
+    // Resizes the LUN's device; a smaller size needs `allow_shrink`.
+    Result<void> resize_lun(std::string_view iqn, uint64_t lun, uint64_t bytes, bool allow_shrink);
+    Result<std::vector<LunInfo>> luns(std::string_view iqn);
+
+private:
+    Result<std::shared_ptr<iscsi_target::Target>> target(std::string_view iqn) const;
+    // Opens a LUN's device (blocking) and adds it to `target`.
+    Result<void> open_lun(iscsi_target::Target& target, const iscsi_target::LunConfig& lun);
+    Result<std::string> pr_state_path(const std::string& iqn, const iscsi_target::LunConfig& lun) const;
+
+    backstore::Registry _backstores;
+    RuntimeOptions _options;
+    std::unique_ptr<net::ReactorGroup> _reactors;
+    iscsi_target::ServerConfig _settings; // what serve() was given, portals and targets aside
+    std::unique_ptr<iscsi_target::Server> _server;
+    // Specs as given, per target and LUN, for luns(); catalog changes are serialised by it.
+    mutable std::mutex _catalog_mutex;
+    std::map<std::string, std::map<uint64_t, std::string>, std::less<>> _specs;
+    bool _started = false;
+    bool _stopped = false;
+};
+
+} // namespace ispace::mgmt
