@@ -464,12 +464,18 @@ def main():
         interrupted = True
         status = 130
     finally:
+        # A second Ctrl-C must not cut the cleanup short (setpriv's pdeathsig would still end the
+        # servers, but without tgtd's orderly exit).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bench.procs.cleanup()
         if bench.scratch:
-            os.makedirs(os.path.join(s["out"], "logs"), exist_ok=True)
+            logs = os.path.join(s["out"], "logs")
+            shutil.rmtree(logs, ignore_errors=True)  # this run's logs only
+            os.makedirs(logs)
             for name in os.listdir(bench.scratch):
                 if name.endswith(".log") or name.endswith(".conf"):
-                    shutil.copy(os.path.join(bench.scratch, name), os.path.join(s["out"], "logs", name))
+                    shutil.copy(os.path.join(bench.scratch, name), os.path.join(logs, name))
             shutil.rmtree(bench.scratch, ignore_errors=True)
     if status == 2 or not bench.results:
         return status
