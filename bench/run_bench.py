@@ -260,8 +260,10 @@ class Bench:
         if w["client"] == "iscsi-perf":
             r = clients.iscsi_perf(self.procs, t.url, t.block_size, w["bs"], w["qd"], w["random"], s["seconds"])
         elif w["client"] == "qemu-img":
-            r = clients.qemu_bench_write(self.procs, t.url, t.lun_bytes, w["bs"], w["qd"], w["scattered"],
-                                         self.calibration[w["key"]]["count"])
+            count = self.calibration[w["key"]].get(t.name, {}).get("count")
+            if count is None:
+                return clients.Run.failed(f"{t.name} was not running when the write count was calibrated")
+            r = clients.qemu_bench_write(self.procs, t.url, t.lun_bytes, w["bs"], w["qd"], w["scattered"], count)
         else:
             r = clients.ispace_bench(self.procs, self.ispace, t.url, w["rw"], w["bs"], w["qd"], s["seconds"],
                                      w["connections"], w["sessions"], w.get("rwmixread"))
@@ -275,29 +277,36 @@ class Bench:
             return clients.Run(ok=False, na=True, error=f"{t.name} allows {r['connections']} connection(s) per session")
         if w.get("writes"):
             # Written back before the next target runs, so that no run pays for another's dirty pages.
-            t0 = time.time()
-            fd = os.open(t.lun_path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            r["writeback_s"] = round(time.time() - t0, 3)
+            r["writeback_s"] = self.writeback(t)
         return r
 
     def calibrate(self, w):
-        """qemu-img bench runs a count, not a time: a short run on the first target that works sets the
-        count that makes one run last about BENCH_SECONDS there; every target then writes that count."""
+        """qemu-img bench runs a count, not a time: a short trial on each target sets the count that
+        makes one of its runs last about BENCH_SECONDS (one count for all would make a target ten times
+        slower run ten times longer). The rate is count / qemu-img's own elapsed time either way."""
         trial = 2000 if w["bs"] <= 64 * KIB else 64
+        cal = self.calibration[w["key"]] = {}
         for t in self.targets:
             if not t.alive():
                 continue
             r = clients.qemu_bench_write(self.procs, t.url, t.lun_bytes, w["bs"], w["qd"], w["scattered"], trial)
+            self.writeback(t)
             if r["ok"]:
-                count = max(trial, int(r["iops"] * self.s["seconds"]))
-                self.calibration[w["key"]] = {"on": t.name, "trial_count": trial, "trial_iops": r["iops"],
-                                              "count": count}
-                return
-        self.calibration[w["key"]] = {"count": trial, "note": "calibration failed on every target"}
+                cal[t.name] = {"trial_count": trial, "trial_iops": r["iops"],
+                               "count": max(trial, int(r["iops"] * self.s["seconds"]))}
+            else:
+                # The runs themselves then fail or succeed on their own; the trial's count is as good as any.
+                cal[t.name] = {"trial_count": trial, "count": trial, "trial_error": r["error"]}
+
+    def writeback(self, t):
+        """fsync a target's LUN file, so that the next run (another target's) meets no dirty pages."""
+        t0 = time.time()
+        fd = os.open(t.lun_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return round(time.time() - t0, 3)
 
     def run(self):
         works = workloads(self.s)
