@@ -4,7 +4,8 @@
 #   make test       install, build, run every test (unit, system, interop, conformance)
 #   make asan       the same tests built with AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS (default 60)
-#   make bench      benchmarks (ispaced against tgt, side by side)
+#   make bench      ispaced against Debian's tgt (and istgt), side by side (docs/performance.md);
+#                   BENCH_QUICK=1 for a two-minute smoke run, BENCH_BASELINE=/old/ispaced to compare builds
 #   make lint       source checks CI runs first: clang-format drift
 #   make build      just build (build/)
 
@@ -16,6 +17,14 @@ PORT      ?= 3260
 IQN       ?= iqn.2026-11.org.ispace:default
 CMAKE_FLAGS ?=
 FUZZ_SECONDS ?= 60
+# make bench: rounds, seconds per run, LUN file size, smoke run, an older ispaced to compare, LUN dir.
+# Empty means the default (5 rounds, 5 s, 1G; /var/tmp); the environment's values count too.
+BENCH_ROUNDS ?=
+BENCH_SECONDS ?=
+BENCH_SIZE ?=
+BENCH_QUICK ?=
+BENCH_BASELINE ?=
+BENCH_DIR ?=
 
 .PHONY: all deps build run test asan fuzz bench clean lint
 
@@ -59,6 +68,13 @@ lint: deps
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+
+# ispaced, tgt and istgt under the same clients in alternating rounds; a table on stdout,
+# bench/results/latest.json and latest.png. It starts and stops every server itself (127.0.0.1 only).
+bench: build
+	BENCH_ROUNDS="$(BENCH_ROUNDS)" BENCH_SECONDS="$(BENCH_SECONDS)" BENCH_SIZE="$(BENCH_SIZE)" \
+	  BENCH_QUICK="$(BENCH_QUICK)" BENCH_BASELINE="$(BENCH_BASELINE)" BENCH_DIR="$(BENCH_DIR)" \
+	  python3 bench/run_bench.py --build $(BUILD)
 
 # Each libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan, in $(FUZZ_BUILD)); fails on a finding.
 fuzz: deps
