@@ -333,7 +333,7 @@ void Connection::start_task(Task* task) {
     iscsi::ScsiCommand cmd;
     cmd.read = c.direction == DataDirection::read;
     cmd.write = c.direction == DataDirection::write;
-    cmd.attr = iscsi::TaskAttr::simple;
+    cmd.attr = scsi::TaskAttribute::simple;
     cmd.lun = encode_lun(c.lun);
     cmd.itt = itt;
     cmd.expected_data_transfer_length = task->expected_length;
