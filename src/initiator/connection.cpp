@@ -4,6 +4,8 @@
 #include "common/bytes.hpp"
 #include "common/log.hpp"
 #include "iscsi/crc32c.hpp"
+#include "scsi_spec/sam.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <fmt/format.h>
 
@@ -25,27 +27,7 @@ constexpr size_t staging_size = 64 * 1024;
 // straight into the command's buffer.
 constexpr size_t direct_read_threshold = 4096;
 
-constexpr uint8_t status_check_condition = 0x02;
-constexpr uint8_t status_busy = 0x08;
-constexpr uint8_t status_task_set_full = 0x28;
-constexpr uint8_t sense_key_unit_attention = 0x06;
-
 } // namespace
-
-uint64_t encode_lun(uint64_t lun) {
-    if (lun < 256) {
-        return lun << 48; // peripheral device addressing: bus 0, target/LUN in byte 1
-    }
-    return (0x4000 | (lun & 0x3fff)) << 48; // flat space addressing
-}
-
-uint64_t decode_lun(uint64_t raw) {
-    unsigned method = unsigned(raw >> 62);
-    if (method == 0 || method == 1) {
-        return (raw >> 48) & 0x3fff;
-    }
-    return raw; // other addressing methods: keep the raw value
-}
 
 // One PDU on its way out: header (+ digest) · data slice of a shared Buffer · padding (+ digest).
 class Connection::OutPdu final : public net::OutItem {
@@ -334,7 +316,7 @@ void Connection::start_task(Task* task) {
     cmd.read = c.direction == DataDirection::read;
     cmd.write = c.direction == DataDirection::write;
     cmd.attr = scsi::TaskAttribute::simple;
-    cmd.lun = encode_lun(c.lun);
+    cmd.lun = scsi::encode_lun(c.lun);
     cmd.itt = itt;
     cmd.expected_data_transfer_length = task->expected_length;
     cmd.cmd_sn = task->cmd_sn;
@@ -372,7 +354,7 @@ void Connection::send_data_out(Task* task, uint32_t ttt, uint32_t offset, uint32
         iscsi::DataOut d;
         d.final_bit = offset + n == end;
         d.data_segment_length = n;
-        d.lun = encode_lun(task->command.lun);
+        d.lun = scsi::encode_lun(task->command.lun);
         d.itt = task->itt;
         d.ttt = ttt;
         d.exp_stat_sn = _exp_stat_sn;
@@ -417,7 +399,7 @@ void Connection::send_tmf(iscsi::TmfFunction function, uint64_t lun, Task* refer
     iscsi::TaskMgmtRequest tmf;
     tmf.immediate = true;
     tmf.function = function;
-    tmf.lun = encode_lun(lun);
+    tmf.lun = scsi::encode_lun(lun);
     tmf.itt = itt;
     tmf.cmd_sn = _owner->immediate_cmd_sn();
     tmf.exp_stat_sn = _exp_stat_sn;
@@ -979,17 +961,18 @@ void Connection::finish_task(Task* task, CommandResult&& result) {
         task->abort_itt = 0;
     }
     if (!result.error && task->status_retries < _options.unit_attention_retries) {
-        auto key = result.status == status_check_condition ? parse_sense(result.sense) : std::nullopt;
-        if (key && key->key == sense_key_unit_attention) {
+        auto status = scsi::Status(result.status);
+        auto sense = status == scsi::Status::check_condition ? scsi::parse_sense(result.sense) : std::nullopt;
+        if (sense && sense->key == scsi::SenseKey::unit_attention) {
             // The command did not run; a UA reports an event (new session, reset, resize), once.
             log_debug("{}: unit attention ({}), sending the command again", _target_label,
-                      describe_sense(result.sense));
+                      scsi::describe_sense(*sense));
             ++task->status_retries;
             _owner->counters().retries++;
             _owner->task_retry(*this, task, 0ms);
             return;
         }
-        if (result.status == status_busy || result.status == status_task_set_full) {
+        if (status == scsi::Status::busy || status == scsi::Status::task_set_full) {
             auto delay = std::min<std::chrono::milliseconds>(
                 10ms * (1u << std::min(task->status_retries, 6u)), 1000ms);
             ++task->status_retries;

@@ -226,8 +226,4 @@ private:
     net::Clock::time_point _logout_deadline{};
 };
 
-// SAM LUN encoding: peripheral device addressing below 256, flat space addressing up to 16383.
-uint64_t encode_lun(uint64_t lun);
-uint64_t decode_lun(uint64_t raw);
-
 } // namespace ispace::initiator

@@ -4,7 +4,11 @@
 #include "common/bytes.hpp"
 #include "common/log.hpp"
 #include "initiator/connection.hpp"
+#include "initiator/scsi.hpp"
 #include "initiator/session.hpp"
+#include "scsi_spec/cdb.hpp"
+#include "scsi_spec/opcodes.hpp"
+#include "scsi_spec/sam.hpp"
 
 #include <fmt/format.h>
 
@@ -41,16 +45,9 @@ Result<void> check(const CommandResult& r, std::string_view what) {
     return make_error(fmt::format("{}: {}", what, r.describe()), EIO);
 }
 
-Command cdb_command(uint64_t lun, std::initializer_list<uint8_t> cdb, DataDirection dir, size_t length) {
-    Command c;
-    c.lun = lun;
-    std::copy(cdb.begin(), cdb.end(), c.cdb.begin());
-    c.cdb_length = uint8_t(cdb.size());
-    c.direction = dir;
-    if (length > 0) {
-        c.data = Buffer::allocate_zeroed(length);
-    }
-    return c;
+// A command for `cdb` with a zeroed buffer of `length` bytes (none when 0).
+Command cdb_command(uint64_t lun, const scsi::Cdb& cdb, DataDirection dir, size_t length) {
+    return make_command(lun, cdb, dir, length > 0 ? Buffer::allocate_zeroed(length) : Buffer{});
 }
 
 // A discovery session's owner: one connection, no SCSI tasks, its own CmdSN.
@@ -142,12 +139,12 @@ SessionInfo Session::info() const {
 }
 
 Result<void> Session::test_unit_ready(uint64_t lun) {
-    return check(execute(cdb_command(lun, {0x00, 0, 0, 0, 0, 0}, DataDirection::none, 0)),
+    return check(execute(cdb_command(lun, scsi::cdb::test_unit_ready(), DataDirection::none, 0)),
                  fmt::format("TEST UNIT READY on LUN {}", lun));
 }
 
 Result<InquiryData> Session::inquiry(uint64_t lun) {
-    Command c = cdb_command(lun, {0x12, 0, 0, 0, 255, 0}, DataDirection::read, 255);
+    Command c = cdb_command(lun, scsi::cdb::inquiry(255), DataDirection::read, 255);
     Buffer data = c.data;
     CommandResult r = execute(std::move(c));
     if (auto ok = check(r, fmt::format("INQUIRY on LUN {}", lun)); !ok) {
@@ -178,8 +175,7 @@ Result<InquiryData> Session::inquiry(uint64_t lun) {
 
 Result<std::vector<uint8_t>> Session::inquiry_vpd(uint64_t lun, uint8_t page) {
     constexpr size_t length = 4096;
-    Command c = cdb_command(lun, {0x12, 0x01, page, uint8_t(length >> 8), uint8_t(length & 0xff), 0},
-                            DataDirection::read, length);
+    Command c = cdb_command(lun, scsi::cdb::inquiry_vpd(page, length), DataDirection::read, length);
     Buffer data = c.data;
     CommandResult r = execute(std::move(c));
     if (auto ok = check(r, fmt::format("INQUIRY VPD page {:#04x} on LUN {}", page, lun)); !ok) {
@@ -195,7 +191,7 @@ Result<std::vector<uint8_t>> Session::inquiry_vpd(uint64_t lun, uint8_t page) {
 }
 
 Result<std::string> Session::unit_serial_number(uint64_t lun) {
-    auto page = inquiry_vpd(lun, 0x80);
+    auto page = inquiry_vpd(lun, scsi::vpd::unit_serial_number);
     if (!page) {
         return std::move(page).error();
     }
@@ -203,7 +199,7 @@ Result<std::string> Session::unit_serial_number(uint64_t lun) {
 }
 
 Result<BlockLimits> Session::block_limits(uint64_t lun) {
-    auto page = inquiry_vpd(lun, 0xb0);
+    auto page = inquiry_vpd(lun, scsi::vpd::block_limits);
     if (!page) {
         return std::move(page).error();
     }
@@ -222,9 +218,7 @@ Result<BlockLimits> Session::block_limits(uint64_t lun) {
 }
 
 Result<Capacity> Session::read_capacity(uint64_t lun) {
-    // READ CAPACITY(16) (SERVICE ACTION IN(16), service action 10h), allocation length 32.
-    Command c16 =
-        cdb_command(lun, {0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, DataDirection::read, 32);
+    Command c16 = cdb_command(lun, scsi::cdb::read_capacity_16(32), DataDirection::read, 32);
     Buffer d16 = c16.data;
     CommandResult r16 = execute(std::move(c16));
     if (r16.ok() && r16.data_received >= 12) {
@@ -242,7 +236,7 @@ Result<Capacity> Session::read_capacity(uint64_t lun) {
         return check(r16, fmt::format("READ CAPACITY(16) on LUN {}", lun)).error();
     }
     // Not supported (a pre-SBC-2 device): READ CAPACITY(10).
-    Command c10 = cdb_command(lun, {0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0}, DataDirection::read, 8);
+    Command c10 = cdb_command(lun, scsi::cdb::read_capacity_10(), DataDirection::read, 8);
     Buffer d10 = c10.data;
     CommandResult r10 = execute(std::move(c10));
     if (auto ok = check(r10, fmt::format("READ CAPACITY on LUN {}", lun)); !ok) {
@@ -259,10 +253,7 @@ Result<Capacity> Session::read_capacity(uint64_t lun) {
 
 Result<std::vector<uint64_t>> Session::report_luns() {
     constexpr uint32_t length = 16384;
-    Command c = cdb_command(0,
-                            {0xa0, 0, 0, 0, 0, 0, uint8_t(length >> 24), uint8_t(length >> 16),
-                             uint8_t(length >> 8), uint8_t(length), 0, 0},
-                            DataDirection::read, length);
+    Command c = cdb_command(0, scsi::cdb::report_luns(length), DataDirection::read, length);
     Buffer data = c.data;
     CommandResult r = execute(std::move(c));
     if (auto ok = check(r, "REPORT LUNS"); !ok) {
@@ -275,7 +266,9 @@ Result<std::vector<uint64_t>> Session::report_luns() {
     size_t n = std::min<size_t>({list, r.data_received - 8, length - 8}) / 8;
     std::vector<uint64_t> luns;
     for (size_t i = 0; i < n; ++i) {
-        luns.push_back(decode_lun(load_be64(data.data() + 8 + 8 * i)));
+        uint64_t field = load_be64(data.data() + 8 + 8 * i);
+        // A LUN in an addressing method we do not decode is kept as its raw field.
+        luns.push_back(scsi::decode_lun(field).value_or(field));
     }
     return luns;
 }
@@ -309,7 +302,7 @@ Result<void> Session::write(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_
 }
 
 Result<void> Session::synchronize_cache(uint64_t lun) {
-    return check(execute(cdb_command(lun, {0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0}, DataDirection::none, 0)),
+    return check(execute(cdb_command(lun, scsi::cdb::synchronize_cache(), DataDirection::none, 0)),
                  fmt::format("SYNCHRONIZE CACHE on LUN {}", lun));
 }
 

@@ -3,6 +3,7 @@
 
 #include "common/log.hpp"
 #include "iscsi/chap.hpp"
+#include "scsi_spec/sam.hpp"
 
 #include <fmt/format.h>
 
@@ -203,8 +204,8 @@ void SessionCore::submit(Command command, Completion done) {
             make_error(fmt::format("CDB length {} (1 to 16 bytes are supported)", c.cdb_length), EINVAL);
     } else if (c.direction != DataDirection::none && c.data.size() == 0) {
         invalid = make_error("a read or write command needs a data buffer", EINVAL);
-    } else if (c.lun > 0x3fff) {
-        invalid = make_error(fmt::format("LUN {} is out of range (0-16383)", c.lun), EINVAL);
+    } else if (c.lun > scsi::max_lun) {
+        invalid = make_error(fmt::format("LUN {} is out of range (0-{})", c.lun, scsi::max_lun), EINVAL);
     }
     task->expected_length = c.direction == DataDirection::none ? 0 : uint32_t(c.data.size());
 
