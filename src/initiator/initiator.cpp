@@ -34,7 +34,7 @@ std::string trim(const uint8_t* p, size_t n) {
     return begin == std::string::npos ? std::string{} : s.substr(begin);
 }
 
-Result<void> check(const CommandResult& r, std::string_view what) {
+Result<void> check(const Response& r, std::string_view what) {
     if (r.ok()) {
         return {};
     }
@@ -46,8 +46,8 @@ Result<void> check(const CommandResult& r, std::string_view what) {
 }
 
 // A command for `cdb` with a zeroed buffer of `length` bytes (none when 0).
-Command cdb_command(uint64_t lun, const scsi::Cdb& cdb, DataDirection dir, size_t length) {
-    return make_command(lun, cdb, dir, length > 0 ? Buffer::allocate_zeroed(length) : Buffer{});
+Request cdb_request(uint64_t lun, const scsi::Cdb& cdb, DataDirection dir, size_t length) {
+    return make_request(lun, cdb, dir, length > 0 ? Buffer::allocate_zeroed(length) : Buffer{});
 }
 
 // A discovery session's owner: one connection, no SCSI tasks, its own CmdSN.
@@ -64,9 +64,9 @@ public:
     }
     uint32_t immediate_cmd_sn() override { return _cmd_sn; }
     uint32_t allocate_cmd_sn() override { return _cmd_sn++; }
-    void take_inbox(Connection&, std::vector<Task*>&) override {}
-    void task_done(Connection&, Task*, CommandResult&&) override {}
-    void task_retry(Connection&, Task*, std::chrono::milliseconds) override {}
+    void take_inbox(Connection&, std::vector<PendingRequest*>&) override {}
+    void task_done(Connection&, PendingRequest*, Response&&) override {}
+    void task_retry(Connection&, PendingRequest*, std::chrono::milliseconds) override {}
     void connection_failed(Connection&, const Error& why) override {
         if (on_failure) {
             auto f = std::move(on_failure);
@@ -109,19 +109,19 @@ Session::~Session() {
     close();
 }
 
-void Session::submit(Command command, Completion done) {
-    _core->submit(std::move(command), std::move(done));
+void Session::submit(Request request, Completion done) {
+    _core->submit(std::move(request), std::move(done));
 }
 
-CommandResult Session::execute(Command command) {
+Response Session::execute(Request request) {
     if (net::Reactor::current() != nullptr) {
-        CommandResult r;
+        Response r;
         r.error = reactor_thread_error("Session::execute");
         return r;
     }
-    auto promise = std::make_shared<std::promise<CommandResult>>();
+    auto promise = std::make_shared<std::promise<Response>>();
     auto future = promise->get_future();
-    _core->submit(std::move(command), [promise](CommandResult&& r) { promise->set_value(std::move(r)); });
+    _core->submit(std::move(request), [promise](Response&& r) { promise->set_value(std::move(r)); });
     return future.get();
 }
 
@@ -139,14 +139,14 @@ SessionInfo Session::info() const {
 }
 
 Result<void> Session::test_unit_ready(uint64_t lun) {
-    return check(execute(cdb_command(lun, scsi::cdb::test_unit_ready(), DataDirection::none, 0)),
+    return check(execute(cdb_request(lun, scsi::cdb::test_unit_ready(), DataDirection::none, 0)),
                  fmt::format("TEST UNIT READY on LUN {}", lun));
 }
 
 Result<InquiryData> Session::inquiry(uint64_t lun) {
-    Command c = cdb_command(lun, scsi::cdb::inquiry(255), DataDirection::read, 255);
+    Request c = cdb_request(lun, scsi::cdb::inquiry(255), DataDirection::read, 255);
     Buffer data = c.data;
-    CommandResult r = execute(std::move(c));
+    Response r = execute(std::move(c));
     if (auto ok = check(r, fmt::format("INQUIRY on LUN {}", lun)); !ok) {
         return std::move(ok).error();
     }
@@ -175,9 +175,9 @@ Result<InquiryData> Session::inquiry(uint64_t lun) {
 
 Result<std::vector<uint8_t>> Session::inquiry_vpd(uint64_t lun, uint8_t page) {
     constexpr size_t length = 4096;
-    Command c = cdb_command(lun, scsi::cdb::inquiry_vpd(page, length), DataDirection::read, length);
+    Request c = cdb_request(lun, scsi::cdb::inquiry_vpd(page, length), DataDirection::read, length);
     Buffer data = c.data;
-    CommandResult r = execute(std::move(c));
+    Response r = execute(std::move(c));
     if (auto ok = check(r, fmt::format("INQUIRY VPD page {:#04x} on LUN {}", page, lun)); !ok) {
         return std::move(ok).error();
     }
@@ -218,9 +218,9 @@ Result<BlockLimits> Session::block_limits(uint64_t lun) {
 }
 
 Result<Capacity> Session::read_capacity(uint64_t lun) {
-    Command c16 = cdb_command(lun, scsi::cdb::read_capacity_16(32), DataDirection::read, 32);
+    Request c16 = cdb_request(lun, scsi::cdb::read_capacity_16(32), DataDirection::read, 32);
     Buffer d16 = c16.data;
-    CommandResult r16 = execute(std::move(c16));
+    Response r16 = execute(std::move(c16));
     if (r16.ok() && r16.data_received >= 12) {
         Capacity cap;
         const uint8_t* p = d16.data();
@@ -236,9 +236,9 @@ Result<Capacity> Session::read_capacity(uint64_t lun) {
         return check(r16, fmt::format("READ CAPACITY(16) on LUN {}", lun)).error();
     }
     // Not supported (a pre-SBC-2 device): READ CAPACITY(10).
-    Command c10 = cdb_command(lun, scsi::cdb::read_capacity_10(), DataDirection::read, 8);
+    Request c10 = cdb_request(lun, scsi::cdb::read_capacity_10(), DataDirection::read, 8);
     Buffer d10 = c10.data;
-    CommandResult r10 = execute(std::move(c10));
+    Response r10 = execute(std::move(c10));
     if (auto ok = check(r10, fmt::format("READ CAPACITY on LUN {}", lun)); !ok) {
         return std::move(ok).error();
     }
@@ -253,9 +253,9 @@ Result<Capacity> Session::read_capacity(uint64_t lun) {
 
 Result<std::vector<uint64_t>> Session::report_luns() {
     constexpr uint32_t length = 16384;
-    Command c = cdb_command(0, scsi::cdb::report_luns(length), DataDirection::read, length);
+    Request c = cdb_request(0, scsi::cdb::report_luns(length), DataDirection::read, length);
     Buffer data = c.data;
-    CommandResult r = execute(std::move(c));
+    Response r = execute(std::move(c));
     if (auto ok = check(r, "REPORT LUNS"); !ok) {
         return std::move(ok).error();
     }
@@ -279,9 +279,9 @@ Result<void> Session::read(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t
     if (out.size() < bytes) {
         return make_error("read: the output buffer is smaller than the blocks asked for", EINVAL);
     }
-    Command c = make_read(lun, lba, blocks, block_size);
+    Request c = make_read(lun, lba, blocks, block_size);
     Buffer data = c.data;
-    CommandResult r = execute(std::move(c));
+    Response r = execute(std::move(c));
     if (auto ok = check(r, fmt::format("READ of {} blocks at LBA {} on LUN {}", blocks, lba, lun)); !ok) {
         return ok;
     }
@@ -302,7 +302,7 @@ Result<void> Session::write(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_
 }
 
 Result<void> Session::synchronize_cache(uint64_t lun) {
-    return check(execute(cdb_command(lun, scsi::cdb::synchronize_cache(), DataDirection::none, 0)),
+    return check(execute(cdb_request(lun, scsi::cdb::synchronize_cache(), DataDirection::none, 0)),
                  fmt::format("SYNCHRONIZE CACHE on LUN {}", lun));
 }
 

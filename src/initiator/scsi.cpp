@@ -12,12 +12,12 @@
 
 namespace ispace::initiator {
 
-std::optional<SenseKey> parse_sense(std::span<const uint8_t> sense) {
+std::optional<Sense> parse_sense(std::span<const uint8_t> sense) {
     auto s = scsi::parse_sense(sense);
     if (!s) {
         return std::nullopt;
     }
-    return SenseKey{uint8_t(s->key), s->asc(), s->ascq()};
+    return Sense{uint8_t(s->key), s->asc(), s->ascq()};
 }
 
 std::string describe_sense(std::span<const uint8_t> sense) {
@@ -52,7 +52,7 @@ std::string device_type_name(uint8_t type) {
     }
 }
 
-std::string CommandResult::describe() const {
+std::string Response::describe() const {
     if (error) {
         return error->message;
     }
@@ -64,8 +64,8 @@ std::string CommandResult::describe() const {
     return name != nullptr ? std::string(name) : fmt::format("SCSI status {:#04x}", status);
 }
 
-Command make_command(uint64_t lun, const scsi::Cdb& cdb, DataDirection direction, Buffer data) {
-    Command c;
+Request make_request(uint64_t lun, const scsi::Cdb& cdb, DataDirection direction, Buffer data) {
+    Request c;
     c.lun = lun;
     c.cdb = cdb.bytes;
     c.cdb_length = cdb.length;
@@ -74,17 +74,17 @@ Command make_command(uint64_t lun, const scsi::Cdb& cdb, DataDirection direction
     return c;
 }
 
-Command make_read(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t block_size, Buffer buffer) {
+Request make_read(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t block_size, Buffer buffer) {
     size_t bytes = size_t(blocks) * block_size;
     if (!buffer || buffer.size() != bytes) {
         buffer = Buffer::allocate(bytes);
     }
-    return make_command(lun, scsi::cdb::read(lba, blocks), DataDirection::read, std::move(buffer));
+    return make_request(lun, scsi::cdb::read(lba, blocks), DataDirection::read, std::move(buffer));
 }
 
-Command make_write(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t block_size, Buffer data) {
+Request make_write(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t block_size, Buffer data) {
     (void)block_size;
-    return make_command(lun, scsi::cdb::write(lba, blocks), DataDirection::write, std::move(data));
+    return make_request(lun, scsi::cdb::write(lba, blocks), DataDirection::write, std::move(data));
 }
 
 } // namespace ispace::initiator

@@ -1,4 +1,4 @@
-// Inside the library: a Command from a CDB that scsi_spec built, so that no CDB byte is written by hand
+// Inside the library: a Request from a CDB that scsi_spec built, so that no CDB byte is written by hand
 // in the initiator.
 #pragma once
 
@@ -8,6 +8,6 @@
 namespace ispace::initiator {
 
 // `data` is the command's buffer (its size the Expected Data Transfer Length); empty for no data.
-Command make_command(uint64_t lun, const scsi::Cdb& cdb, DataDirection direction, Buffer data = {});
+Request make_request(uint64_t lun, const scsi::Cdb& cdb, DataDirection direction, Buffer data = {});
 
 } // namespace ispace::initiator

@@ -166,13 +166,13 @@ SessionCore::SessionCore(InitiatorCore& initiator, SessionOptions options, iscsi
 SessionCore::~SessionCore() {
     // Only reached when nothing references the session any more: no task can be left, except when the
     // reactors were stopped with work queued (the Initiator went away first).
-    for (Task* t : _pending) {
+    for (PendingRequest* t : _pending) {
         delete t;
     }
 }
 
-void SessionCore::complete_with_error(Task* task, const Error& error) {
-    CommandResult result;
+void SessionCore::complete_with_error(PendingRequest* task, const Error& error) {
+    Response result;
     result.error = error;
     _counters.commands++;
     if (task->done) {
@@ -193,11 +193,11 @@ void SessionCore::start(Function<void(Result<void>)> done) {
     });
 }
 
-void SessionCore::submit(Command command, Completion done) {
-    auto* task = new Task;
-    task->command = std::move(command);
+void SessionCore::submit(Request request, Completion done) {
+    auto* task = new PendingRequest;
+    task->request = std::move(request);
     task->done = std::move(done);
-    const Command& c = task->command;
+    const Request& c = task->request;
     std::optional<Error> invalid;
     if (c.cdb_length == 0 || c.cdb_length > 16) {
         invalid =
@@ -282,9 +282,9 @@ SessionInfo SessionCore::info() const {
 // ---------------------------------------------------------------------------------------------------
 // Queue and window (under _mu)
 
-void SessionCore::insert_pending_locked(Task* task) {
+void SessionCore::insert_pending_locked(PendingRequest* task) {
     auto at = std::upper_bound(_pending.begin(), _pending.end(), task->seq,
-                               [](uint64_t seq, const Task* t) { return seq < t->seq; });
+                               [](uint64_t seq, const PendingRequest* t) { return seq < t->seq; });
     _pending.insert(at, task);
 }
 
@@ -303,7 +303,7 @@ void SessionCore::dispatch_locked() {
                 best = c.get();
             }
         }
-        Task* task = _pending.front();
+        PendingRequest* task = _pending.front();
         _pending.pop_front();
         task->cmd_sn = _next_cmd_sn++;
         best->inbox.push_back(task);
@@ -344,14 +344,14 @@ uint32_t SessionCore::allocate_cmd_sn() {
     return _next_cmd_sn++;
 }
 
-void SessionCore::take_inbox(Connection& conn, std::vector<Task*>& out) {
+void SessionCore::take_inbox(Connection& conn, std::vector<PendingRequest*>& out) {
     std::lock_guard lock(_mu);
     out.insert(out.end(), conn.inbox.begin(), conn.inbox.end());
     conn.inbox.clear();
     conn.drain_posted = false;
 }
 
-void SessionCore::task_done(Connection& conn, Task* task, CommandResult&& result) {
+void SessionCore::task_done(Connection& conn, PendingRequest* task, Response&& result) {
     bool close_now = false;
     {
         std::lock_guard lock(_mu);
@@ -373,7 +373,7 @@ void SessionCore::task_done(Connection& conn, Task* task, CommandResult&& result
     }
 }
 
-void SessionCore::task_retry(Connection& conn, Task* task, std::chrono::milliseconds delay) {
+void SessionCore::task_retry(Connection& conn, PendingRequest* task, std::chrono::milliseconds delay) {
     std::unique_lock lock(_mu);
     if (conn.outstanding > 0) {
         --conn.outstanding;
@@ -707,14 +707,14 @@ void SessionCore::stop_connections(const Error& why, Function<void()> then) {
     auto after = std::make_shared<Function<void()>>(std::move(then));
     for (auto& c : conns) {
         c->reactor().post([self, c, why, remaining, after] {
-            std::vector<Task*> tasks = c->shutdown(why);
+            std::vector<PendingRequest*> tasks = c->shutdown(why);
             self->home().post([self, c, tasks = std::move(tasks), remaining, after] {
                 {
                     std::lock_guard lock(self->_mu);
                     self->_outstanding -= std::min(self->_outstanding, c->outstanding);
                     c->outstanding = 0;
                     c->active = false;
-                    for (Task* t : tasks) {
+                    for (PendingRequest* t : tasks) {
                         self->insert_pending_locked(t);
                     }
                 }
@@ -727,7 +727,7 @@ void SessionCore::stop_connections(const Error& why, Function<void()> then) {
 }
 
 void SessionCore::fail_all(const Error& why) {
-    std::deque<Task*> tasks;
+    std::deque<PendingRequest*> tasks;
     {
         std::lock_guard lock(_mu);
         _state = State::failed;
@@ -735,7 +735,7 @@ void SessionCore::fail_all(const Error& why) {
         tasks.swap(_pending);
         _active.clear();
     }
-    for (Task* t : tasks) {
+    for (PendingRequest* t : tasks) {
         complete_with_error(t, why);
     }
     if (auto done = std::move(_start_done)) {
@@ -813,14 +813,14 @@ void SessionCore::finish_close() {
     ++_generation;
     stop_connections(make_error(_label + ": session closed", ESHUTDOWN), [self] {
         std::vector<Function<void()>> waiters;
-        std::deque<Task*> leftovers;
+        std::deque<PendingRequest*> leftovers;
         {
             std::lock_guard lock(self->_mu);
             self->_state = State::closed;
             waiters.swap(self->_close_waiters);
             leftovers.swap(self->_pending);
         }
-        for (Task* t : leftovers) {
+        for (PendingRequest* t : leftovers) {
             self->complete_with_error(t, make_error(self->_label + ": session closed", ESHUTDOWN));
         }
         if (auto done = std::move(self->_start_done)) {

@@ -105,15 +105,15 @@ TEST(Sense, FixedAndDescriptor) {
 }
 
 TEST(Cdb, ReadWriteBuilders) {
-    Command r = make_read(2, 100, 8, 512);
+    Request r = make_read(2, 100, 8, 512);
     EXPECT_EQ(r.cdb[0], 0x28);
     EXPECT_EQ(r.cdb_length, 10);
     EXPECT_EQ(r.data.size(), 4096u);
     EXPECT_EQ(r.direction, DataDirection::read);
-    Command w = make_write(0, uint64_t(1) << 33, 8, 512, Buffer::allocate(4096));
+    Request w = make_write(0, uint64_t(1) << 33, 8, 512, Buffer::allocate(4096));
     EXPECT_EQ(w.cdb[0], 0x8a);
     EXPECT_EQ(w.cdb_length, 16);
-    Command big = make_read(0, 0, 70000, 512);
+    Request big = make_read(0, 0, 70000, 512);
     EXPECT_EQ(big.cdb[0], 0x88); // more blocks than READ(10) can say
 }
 
