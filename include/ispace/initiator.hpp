@@ -23,9 +23,9 @@
 // target's status, sense and residuals) or why nothing did.
 #pragma once
 
-#include "common/buffer.hpp"
-#include "common/function.hpp"
-#include "common/result.hpp"
+#include "ispace/buffer.hpp"
+#include "ispace/function.hpp"
+#include "ispace/result.hpp"
 
 #include <array>
 #include <chrono>
@@ -44,9 +44,14 @@ class Authenticator;
 
 namespace ispace::initiator {
 
-class TransportFactory; // src/initiator/transport.hpp: the seam tests replace to inject faults
 class SessionCore;
 class InitiatorCore;
+
+namespace detail {
+// Settings only the library's own code reaches (src/initiator/testing.hpp: the transport seam the tests
+// use to inject faults). Opaque here, so that this header names no private type.
+struct InitiatorInternals;
+} // namespace detail
 
 inline constexpr std::string_view default_initiator_name = "iqn.2026-11.org.ispace:initiator";
 inline constexpr uint16_t default_port = 3260;
@@ -128,7 +133,6 @@ struct SessionOptions {
     unsigned unit_attention_retries = 10;
     // Session reinstatement on connection loss. false: a lost connection fails the commands in flight.
     bool reconnect = true;
-    std::shared_ptr<TransportFactory> transport; // empty: the Initiator's (TCP by default)
 };
 
 // One SCSI command to send. `data` is both the buffer and its length: for a read it receives up to
@@ -288,7 +292,6 @@ struct DiscoveryOptions {
     ChapCredentials chap;
     AuthenticatorFactory authenticator;
     Timeouts timeouts;
-    std::shared_ptr<TransportFactory> transport;
 };
 
 struct InitiatorOptions {
@@ -297,7 +300,8 @@ struct InitiatorOptions {
     unsigned threads = 0;
     std::string initiator_name{default_initiator_name};
     AuthenticatorFactory authenticator;
-    std::shared_ptr<TransportFactory> transport; // empty: TCP
+    // Library-internal; leave empty (the library's tests set it through src/initiator/testing.hpp).
+    std::shared_ptr<const detail::InitiatorInternals> internals;
 };
 
 class Initiator {

@@ -15,8 +15,6 @@
 // owner's lock", which the owner touches from any thread.
 #pragma once
 
-#include "common/buffer.hpp"
-#include "common/result.hpp"
 #include "initiator/pending_request.hpp"
 #include "initiator/task_table.hpp"
 #include "initiator/transport.hpp"
@@ -25,6 +23,8 @@
 #include "iscsi/pdu.hpp"
 #include "iscsi/pdu_reader.hpp"
 #include "iscsi/text.hpp"
+#include "ispace/buffer.hpp"
+#include "ispace/result.hpp"
 #include "net/reactor.hpp"
 
 #include <atomic>

@@ -53,9 +53,10 @@ Request cdb_request(uint64_t lun, const scsi::Cdb& cdb, DataDirection dir, size_
 // A discovery session's owner: one connection, no SCSI tasks, its own CmdSN.
 class DiscoveryOwner final : public ConnectionOwner {
 public:
-    DiscoveryOwner(SessionOptions options) : _options(std::move(options)) {}
+    DiscoveryOwner(SessionOptions options, std::shared_ptr<TransportFactory> transport)
+        : _options(std::move(options)), _transport(std::move(transport)) {}
     const SessionOptions& options() const override { return _options; }
-    TransportFactory& transport_factory() override { return *_options.transport; }
+    TransportFactory& transport_factory() override { return *_transport; }
     SessionCounters& counters() override { return _counters; }
     void window_update(Connection&, uint32_t exp_cmd_sn, uint32_t) override {
         if (iscsi::sn_gt(exp_cmd_sn, _cmd_sn)) {
@@ -79,6 +80,7 @@ public:
 
 private:
     SessionOptions _options;
+    std::shared_ptr<TransportFactory> _transport;
     SessionCounters _counters;
 };
 
@@ -372,7 +374,6 @@ Result<std::vector<DiscoveredTarget>> Initiator::discover(DiscoveryOptions optio
     so.chap = options.chap;
     so.authenticator = options.authenticator ? options.authenticator : _core->options().authenticator;
     so.timeouts = options.timeouts;
-    so.transport = options.transport ? options.transport : _core->transport();
     if (auto c = check_credentials(so.chap); !c && !options.authenticator) {
         return c.error();
     }
@@ -394,7 +395,7 @@ Result<std::vector<DiscoveredTarget>> Initiator::discover(DiscoveryOptions optio
         };
     }
 
-    auto owner = std::make_shared<DiscoveryOwner>(so);
+    auto owner = std::make_shared<DiscoveryOwner>(so, _core->transport());
     net::Reactor& reactor = _core->reactor(_core->next_home());
     auto conn = std::make_shared<Connection>(owner, reactor, 0, 0, 0);
     using Out = Result<std::vector<DiscoveredTarget>>;

@@ -1,6 +1,8 @@
 // Session core: command queue, CmdSN window, dispatch over connections, login and reinstatement.
 #include "initiator/session.hpp"
 
+#include "initiator/testing.hpp"
+
 #include "common/log.hpp"
 #include "iscsi/chap.hpp"
 #include "scsi_spec/sam.hpp"
@@ -67,7 +69,11 @@ InitiatorCore::InitiatorCore(InitiatorOptions options) : _options(std::move(opti
     if (_options.initiator_name.empty()) {
         _options.initiator_name = std::string(default_initiator_name);
     }
-    _transport = _options.transport ? _options.transport : make_tcp_transport_factory();
+    if (_options.internals && _options.internals->transport) {
+        _transport = _options.internals->transport;
+    } else {
+        _transport = make_tcp_transport_factory();
+    }
     if (!_options.authenticator) {
         _options.authenticator = default_authenticator_factory();
     }
@@ -144,12 +150,10 @@ void InitiatorCore::shutdown() {
 
 SessionCore::SessionCore(InitiatorCore& initiator, SessionOptions options, iscsi::Isid isid,
                          unsigned first_reactor)
-    : _initiator(initiator), _options(std::move(options)), _isid(isid), _first_reactor(first_reactor) {
+    : _initiator(initiator), _options(std::move(options)), _transport(initiator.transport()), _isid(isid),
+      _first_reactor(first_reactor) {
     if (_options.initiator_name.empty()) {
         _options.initiator_name = _initiator.options().initiator_name;
-    }
-    if (!_options.transport) {
-        _options.transport = _initiator.transport();
     }
     if (!_options.authenticator) {
         _options.authenticator = _initiator.options().authenticator;

@@ -91,7 +91,7 @@ public:
 
     // ConnectionOwner
     const SessionOptions& options() const override { return _options; }
-    TransportFactory& transport_factory() override { return *_options.transport; }
+    TransportFactory& transport_factory() override { return *_transport; }
     SessionCounters& counters() override { return _counters; }
     void window_update(Connection& conn, uint32_t exp_cmd_sn, uint32_t max_cmd_sn) override;
     uint32_t immediate_cmd_sn() override;
@@ -133,6 +133,7 @@ private:
 
     InitiatorCore& _initiator;
     SessionOptions _options;
+    std::shared_ptr<TransportFactory> _transport; // the Initiator's (held: connections use it to the end)
     iscsi::Isid _isid;
     unsigned _first_reactor;
     std::string _label; // "iqn... at host:port"

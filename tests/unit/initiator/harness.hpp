@@ -5,6 +5,7 @@
 
 #include "fake_target.hpp"
 #include "initiator/fault_transport.hpp"
+#include "initiator/testing.hpp"
 #include "ispace/initiator.hpp"
 
 #include <gtest/gtest.h>
@@ -76,7 +77,7 @@ struct Harness {
         InitiatorOptions o;
         o.threads = threads;
         o.initiator_name = "iqn.2026-01.org.ispace.test:initiator";
-        o.transport = std::move(faults);
+        set_transport_factory(o, std::move(faults));
         return o;
     }
 
