@@ -5,7 +5,7 @@
 #   make asan       the same tests built with AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS (default 60)
 #   make bench      benchmarks (ispaced against tgt, side by side)
-#   make lint       source checks CI runs first: clang-format drift
+#   make lint       source checks CI runs first: clang-format drift, public headers self-contained
 #   make build      just build (build/)
 
 BUILD     ?= build
@@ -56,6 +56,7 @@ asan: deps
 
 lint: deps
 	./scripts/check-format.sh
+	./scripts/check-public-headers.sh
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
