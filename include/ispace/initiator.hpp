@@ -7,22 +7,25 @@
 //     auto session = ini.connect(o);                                  // Result<std::shared_ptr<Session>>
 //     if (!session) { /* session.error().message says what went wrong */ }
 //     auto cap = (*session)->read_capacity(1);                        // synchronous helper
-//     ispace::initiator::Command cmd = ispace::initiator::make_read(1, lba, blocks, cap->block_size);
-//     (*session)->submit(std::move(cmd), [](ispace::initiator::CommandResult&& r) { ... });  // async
+//     ispace::initiator::Request req = ispace::initiator::make_read(1, lba, blocks, cap->block_size);
+//     (*session)->submit(std::move(req), [](ispace::initiator::Response&& r) { ... });  // async
 //
 // Threading: every method of Initiator and Session may be called from any thread. Completions run on
 // one of the initiator's reactor threads and must not block; the synchronous helpers block the calling
 // thread and so must not be called from a completion. See docs/initiator.md.
 //
-// Reliability: a command completes once, with the target's status, or with an error when the library
+// Reliability: a request completes once, with the target's status, or with an error when the library
 // gave up (recovery timeout, retries exhausted, session closed). A lost connection is recovered by
-// session reinstatement and every command whose status had not arrived is sent again, in submission
+// session reinstatement and every request whose status had not arrived is sent again, in submission
 // order, before anything submitted later.
+//
+// Names: a Request is one SCSI command the initiator sends; its Response is what came back for it (the
+// target's status, sense and residuals) or why nothing did.
 #pragma once
 
-#include "common/buffer.hpp"
-#include "common/function.hpp"
-#include "common/result.hpp"
+#include "ispace/buffer.hpp"
+#include "ispace/function.hpp"
+#include "ispace/result.hpp"
 
 #include <array>
 #include <chrono>
@@ -41,9 +44,14 @@ class Authenticator;
 
 namespace ispace::initiator {
 
-class TransportFactory; // src/initiator/transport.hpp: the seam tests replace to inject faults
 class SessionCore;
 class InitiatorCore;
+
+namespace detail {
+// Settings only the library's own code reaches (src/initiator/testing.hpp: the transport seam the tests
+// use to inject faults). Opaque here, so that this header names no private type.
+struct InitiatorInternals;
+} // namespace detail
 
 inline constexpr std::string_view default_initiator_name = "iqn.2026-11.org.ispace:initiator";
 inline constexpr uint16_t default_port = 3260;
@@ -125,13 +133,12 @@ struct SessionOptions {
     unsigned unit_attention_retries = 10;
     // Session reinstatement on connection loss. false: a lost connection fails the commands in flight.
     bool reconnect = true;
-    std::shared_ptr<TransportFactory> transport; // empty: the Initiator's (TCP by default)
 };
 
-// One SCSI command. `data` is both the buffer and its length: for a read it receives up to data.size()
-// bytes (the Expected Data Transfer Length), for a write it is sent. The buffer is shared, not copied:
-// keep it unmodified until the completion runs (a command may be sent more than once).
-struct Command {
+// One SCSI command to send. `data` is both the buffer and its length: for a read it receives up to
+// data.size() bytes (the Expected Data Transfer Length), for a write it is sent. The buffer is shared,
+// not copied: keep it unmodified until the completion runs (a request may be sent more than once).
+struct Request {
     uint64_t lun = 0; // the LUN number (0-16383); encoded per SAM (peripheral or flat addressing)
     std::array<uint8_t, 16> cdb{};
     uint8_t cdb_length = 0; // 6, 10, 12 or 16
@@ -140,8 +147,9 @@ struct Command {
     std::chrono::milliseconds timeout{0}; // 0: the session's Timeouts::command
 };
 
-struct CommandResult {
-    // Set when the command did not complete with a SCSI status (the session failed or was closed,
+// What came back for a Request: the target's SCSI status, sense and residuals, or an error.
+struct Response {
+    // Set when the request did not complete with a SCSI status (the session failed or was closed,
     // retries ran out, the target rejected the command). Then the fields below are meaningless.
     std::optional<Error> error;
     uint8_t status = 0;         // SCSI status: 0x00 GOOD, 0x02 CHECK CONDITION, 0x08 BUSY, ...
@@ -154,11 +162,11 @@ struct CommandResult {
     uint32_t data_received = 0;
 
     bool ok() const { return !error && status == 0; }
-    // "GOOD", "CHECK CONDITION: ILLEGAL REQUEST, asc/ascq 24/00 (invalid field in CDB)", or the error.
+    // "GOOD", "CHECK CONDITION: ILLEGAL REQUEST, asc/ascq 24/00 (INVALID FIELD IN CDB)", or the error.
     std::string describe() const;
 };
 
-using Completion = Function<void(CommandResult&&)>;
+using Completion = Function<void(Response&&)>;
 
 // ---- Decoded SCSI data (the synchronous helpers) -----------------------------------------------------
 
@@ -189,18 +197,20 @@ struct BlockLimits {
 
 // "disk", "tape", "cd/dvd", "controller", "enclosure", ... or "type 0x..".
 std::string device_type_name(uint8_t type);
-// "ILLEGAL REQUEST, asc/ascq 24/00 (invalid field in CDB)" for fixed or descriptor sense.
+// "ILLEGAL REQUEST, asc/ascq 24/00 (INVALID FIELD IN CDB)" for fixed or descriptor sense data.
 std::string describe_sense(std::span<const uint8_t> sense);
-struct SenseKey {
-    uint8_t key = 0;
+// Sense data decoded: its sense key, additional sense code and qualifier.
+struct Sense {
+    uint8_t key = 0; // 0x05 ILLEGAL REQUEST, 0x06 UNIT ATTENTION, ...
     uint8_t asc = 0;
     uint8_t ascq = 0;
 };
-std::optional<SenseKey> parse_sense(std::span<const uint8_t> sense);
+// Fixed or descriptor format (current or deferred); nullopt when the data is in neither.
+std::optional<Sense> parse_sense(std::span<const uint8_t> sense);
 
-// CDB builders for the common commands (READ(16)/WRITE(16) when the LBA or length needs them).
-Command make_read(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t block_size, Buffer buffer = {});
-Command make_write(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t block_size, Buffer data);
+// Requests for the common commands (READ(16)/WRITE(16) when the LBA or length needs them).
+Request make_read(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t block_size, Buffer buffer = {});
+Request make_write(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t block_size, Buffer data);
 
 // ---- Sessions ----------------------------------------------------------------------------------------
 
@@ -235,9 +245,9 @@ public:
     Session& operator=(const Session&) = delete;
 
     // Any thread. `done` runs once on a reactor thread (also for errors; never inside submit()).
-    void submit(Command command, Completion done);
-    // Blocks until the command completes. Not from a reactor thread.
-    CommandResult execute(Command command);
+    void submit(Request request, Completion done);
+    // Blocks until the request completes. Not from a reactor thread.
+    Response execute(Request request);
 
     // Synchronous helpers: GOOD, or an error naming the command and the sense. Not from a reactor thread.
     Result<void> test_unit_ready(uint64_t lun);
@@ -282,7 +292,6 @@ struct DiscoveryOptions {
     ChapCredentials chap;
     AuthenticatorFactory authenticator;
     Timeouts timeouts;
-    std::shared_ptr<TransportFactory> transport;
 };
 
 struct InitiatorOptions {
@@ -291,7 +300,8 @@ struct InitiatorOptions {
     unsigned threads = 0;
     std::string initiator_name{default_initiator_name};
     AuthenticatorFactory authenticator;
-    std::shared_ptr<TransportFactory> transport; // empty: TCP
+    // Library-internal; leave empty (the library's tests set it through src/initiator/testing.hpp).
+    std::shared_ptr<const detail::InitiatorInternals> internals;
 };
 
 class Initiator {

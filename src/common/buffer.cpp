@@ -1,4 +1,4 @@
-#include "common/buffer.hpp"
+#include "ispace/buffer.hpp"
 
 #include <cassert>
 #include <cstdlib>

@@ -1,7 +1,7 @@
 // Parsing and printing of human sizes ("1G", "512M", "4096", "4k") as used on command lines.
 #pragma once
 
-#include "common/result.hpp"
+#include "ispace/result.hpp"
 
 #include <cstdint>
 #include <string>

@@ -4,6 +4,8 @@
 #include "common/bytes.hpp"
 #include "common/log.hpp"
 #include "iscsi/crc32c.hpp"
+#include "scsi_spec/sam.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <fmt/format.h>
 
@@ -25,27 +27,7 @@ constexpr size_t staging_size = 64 * 1024;
 // straight into the command's buffer.
 constexpr size_t direct_read_threshold = 4096;
 
-constexpr uint8_t status_check_condition = 0x02;
-constexpr uint8_t status_busy = 0x08;
-constexpr uint8_t status_task_set_full = 0x28;
-constexpr uint8_t sense_key_unit_attention = 0x06;
-
 } // namespace
-
-uint64_t encode_lun(uint64_t lun) {
-    if (lun < 256) {
-        return lun << 48; // peripheral device addressing: bus 0, target/LUN in byte 1
-    }
-    return (0x4000 | (lun & 0x3fff)) << 48; // flat space addressing
-}
-
-uint64_t decode_lun(uint64_t raw) {
-    unsigned method = unsigned(raw >> 62);
-    if (method == 0 || method == 1) {
-        return (raw >> 48) & 0x3fff;
-    }
-    return raw; // other addressing methods: keep the raw value
-}
 
 // One PDU on its way out: header (+ digest) · data slice of a shared Buffer · padding (+ digest).
 class Connection::OutPdu final : public net::OutItem {
@@ -305,9 +287,9 @@ void Connection::drain_inbox() {
     if (_state != State::full_feature || !_owner) {
         return; // shutdown() collects what is left
     }
-    std::vector<Task*> tasks;
+    std::vector<PendingRequest*> tasks;
     _owner->take_inbox(*this, tasks);
-    for (Task* task : tasks) {
+    for (PendingRequest* task : tasks) {
         start_task(task);
         if (_state != State::full_feature) {
             // A send failed the connection: whatever is not in the table yet goes back to the
@@ -317,7 +299,7 @@ void Connection::drain_inbox() {
     }
 }
 
-void Connection::start_task(Task* task) {
+void Connection::start_task(PendingRequest* task) {
     task->reset_attempt();
     uint32_t itt = _table.allocate(TaskTable::Kind::scsi, task);
     if (itt == reserved_tag) {
@@ -326,15 +308,15 @@ void Connection::start_task(Task* task) {
     }
     task->itt = itt;
     task->order = ++_send_order;
-    auto timeout = task->command.timeout.count() > 0 ? task->command.timeout : _options.timeouts.command;
+    auto timeout = task->request.timeout.count() > 0 ? task->request.timeout : _options.timeouts.command;
     task->deadline = net::Clock::now() + timeout;
-    const Command& c = task->command;
+    const Request& c = task->request;
 
     iscsi::ScsiCommand cmd;
     cmd.read = c.direction == DataDirection::read;
     cmd.write = c.direction == DataDirection::write;
-    cmd.attr = iscsi::TaskAttr::simple;
-    cmd.lun = encode_lun(c.lun);
+    cmd.attr = scsi::TaskAttribute::simple;
+    cmd.lun = scsi::encode_lun(c.lun);
     cmd.itt = itt;
     cmd.expected_data_transfer_length = task->expected_length;
     cmd.cmd_sn = task->cmd_sn;
@@ -363,7 +345,7 @@ void Connection::start_task(Task* task) {
     }
 }
 
-void Connection::send_data_out(Task* task, uint32_t ttt, uint32_t offset, uint32_t length) {
+void Connection::send_data_out(PendingRequest* task, uint32_t ttt, uint32_t offset, uint32_t length) {
     uint32_t segment = std::max<uint32_t>(_params.max_send_data_segment_length, 512);
     uint32_t data_sn = 0;
     uint32_t end = offset + length;
@@ -372,7 +354,7 @@ void Connection::send_data_out(Task* task, uint32_t ttt, uint32_t offset, uint32
         iscsi::DataOut d;
         d.final_bit = offset + n == end;
         d.data_segment_length = n;
-        d.lun = encode_lun(task->command.lun);
+        d.lun = scsi::encode_lun(task->request.lun);
         d.itt = task->itt;
         d.ttt = ttt;
         d.exp_stat_sn = _exp_stat_sn;
@@ -380,7 +362,7 @@ void Connection::send_data_out(Task* task, uint32_t ttt, uint32_t offset, uint32
         d.buffer_offset = offset;
         Bhs bhs;
         d.encode(bhs);
-        send_pdu(bhs, task->command.data, offset, n);
+        send_pdu(bhs, task->request.data, offset, n);
         offset += n;
     }
 }
@@ -403,7 +385,7 @@ void Connection::send_nop_ping() {
     send_pdu(bhs);
 }
 
-void Connection::send_tmf(iscsi::TmfFunction function, uint64_t lun, Task* referenced) {
+void Connection::send_tmf(iscsi::TmfFunction function, uint64_t lun, PendingRequest* referenced) {
     uint32_t itt = _table.allocate(TaskTable::Kind::tmf, referenced);
     if (itt == reserved_tag) {
         fail(make_error("task table full", ENOSPC));
@@ -417,7 +399,7 @@ void Connection::send_tmf(iscsi::TmfFunction function, uint64_t lun, Task* refer
     iscsi::TaskMgmtRequest tmf;
     tmf.immediate = true;
     tmf.function = function;
-    tmf.lun = encode_lun(lun);
+    tmf.lun = scsi::encode_lun(lun);
     tmf.itt = itt;
     tmf.cmd_sn = _owner->immediate_cmd_sn();
     tmf.exp_stat_sn = _exp_stat_sn;
@@ -430,7 +412,7 @@ void Connection::send_tmf(iscsi::TmfFunction function, uint64_t lun, Task* refer
         _owner->counters().aborts++;
         log_info(
             "{}: command (CmdSN {}, ITT {:#x}, CDB {:02x}) timed out on connection {}; sending ABORT TASK",
-            _target_label, referenced->cmd_sn, referenced->itt, referenced->command.cdb[0], _cid);
+            _target_label, referenced->cmd_sn, referenced->itt, referenced->request.cdb[0], _cid);
     } else {
         _resets[lun] = itt;
         _owner->counters().lun_resets++;
@@ -539,11 +521,11 @@ iscsi::DataDestination Connection::data_destination(const Bhs& bhs, std::span<co
     }
     TaskTable::Entry* e = _table.find(bhs.itt());
     if (e != nullptr && e->kind == TaskTable::Kind::scsi &&
-        e->task->command.direction == DataDirection::read) {
-        Task* task = e->task;
+        e->task->request.direction == DataDirection::read) {
+        PendingRequest* task = e->task;
         uint32_t offset = load_be32(bhs.bytes.data() + 40);
         if (uint64_t(offset) + length <= task->expected_length) {
-            return iscsi::DataDestination::into(task->command.data, offset);
+            return iscsi::DataDestination::into(task->request.data, offset);
         }
     }
     return iscsi::DataDestination::discard(); // pdu_received() decides what that means
@@ -641,8 +623,8 @@ void Connection::handle_data_in(iscsi::ReceivedPdu& pdu) {
         }
         return;
     }
-    Task* task = e->task;
-    if (task->command.direction != DataDirection::read && d->data_segment_length > 0) {
+    PendingRequest* task = e->task;
+    if (task->request.direction != DataDirection::read && d->data_segment_length > 0) {
         fail(make_error(fmt::format("Data-In for a command that reads nothing (ITT {:#x})", d->itt), EPROTO));
         return;
     }
@@ -665,7 +647,7 @@ void Connection::handle_data_in(iscsi::ReceivedPdu& pdu) {
     }
     // Phase-collapsed status (RFC 7143 §11.7.4): the last Data-In carries the status.
     note_stat_sn(d->stat_sn);
-    CommandResult result;
+    Response result;
     result.status = d->status;
     result.residual = d->residual_count;
     result.underflow = d->underflow;
@@ -687,7 +669,7 @@ void Connection::handle_scsi_response(iscsi::ReceivedPdu& pdu) {
         log_debug("{}: SCSI Response for unknown ITT {:#x} dropped", _target_label, r->itt);
         return;
     }
-    Task* task = e->task;
+    PendingRequest* task = e->task;
     if (r->response != uint8_t(iscsi::ScsiResponseCode::command_completed)) {
         _table.release(task->itt);
         if (task->abort_itt != 0) {
@@ -698,7 +680,7 @@ void Connection::handle_scsi_response(iscsi::ReceivedPdu& pdu) {
         retry_or_fail(task, "the target reported an iSCSI target failure");
         return;
     }
-    CommandResult result;
+    Response result;
     result.status = r->status;
     result.residual = r->residual_count;
     result.underflow = r->underflow;
@@ -723,8 +705,8 @@ void Connection::handle_r2t(const Bhs& bhs) {
     if (e == nullptr || e->kind != TaskTable::Kind::scsi) {
         return; // an R2T for a task we already gave up on
     }
-    Task* task = e->task;
-    if (task->command.direction != DataDirection::write ||
+    PendingRequest* task = e->task;
+    if (task->request.direction != DataDirection::write ||
         uint64_t(r->buffer_offset) + r->desired_data_transfer_length > task->expected_length) {
         fail(make_error(fmt::format("R2T for offset {} length {} outside the {} bytes of ITT {:#x}",
                                     r->buffer_offset, r->desired_data_transfer_length, task->expected_length,
@@ -787,7 +769,7 @@ void Connection::handle_tmf_response(const Bhs& bhs) {
         return;
     }
     auto function = iscsi::TmfFunction(e->aux);
-    Task* task = e->task;
+    PendingRequest* task = e->task;
     uint64_t lun = e->lun;
     uint64_t order = e->order;
     _table.release(r->itt);
@@ -819,17 +801,18 @@ void Connection::handle_tmf_response(const Bhs& bhs) {
             return;
         }
         // Every task of the LUN sent before the reset is gone at the target: send them again.
-        std::vector<Task*> terminated;
+        std::vector<PendingRequest*> terminated;
         _table.for_each([&](uint32_t itt, TaskTable::Entry& entry) {
-            if (entry.kind == TaskTable::Kind::scsi && entry.task->command.lun == lun &&
+            if (entry.kind == TaskTable::Kind::scsi && entry.task->request.lun == lun &&
                 entry.task->order < order) {
                 terminated.push_back(entry.task);
             } else if (entry.kind == TaskTable::Kind::tmf && entry.lun == lun && entry.order < order) {
                 _table.release(itt); // aborts overtaken by the reset
             }
         });
-        std::sort(terminated.begin(), terminated.end(), [](Task* a, Task* b) { return a->seq < b->seq; });
-        for (Task* t : terminated) {
+        std::sort(terminated.begin(), terminated.end(),
+                  [](PendingRequest* a, PendingRequest* b) { return a->seq < b->seq; });
+        for (PendingRequest* t : terminated) {
             _table.release(t->itt);
             retry_or_fail(t, "timed out (LUN reset)");
         }
@@ -950,14 +933,14 @@ void Connection::handle_reject(iscsi::ReceivedPdu& pdu) {
     if (command && r->reason != iscsi::RejectReason::data_digest_error &&
         r->reason != iscsi::RejectReason::waiting_for_logout) {
         // The command itself is unacceptable to the target: sending it again would not help.
-        Task* task = e->task;
+        PendingRequest* task = e->task;
         _table.release(task->itt);
         if (task->abort_itt != 0) {
             if (TaskTable::Entry* tmf = _table.find(task->abort_itt)) {
                 tmf->task = nullptr;
             }
         }
-        CommandResult result;
+        Response result;
         result.error = make_error(what, EPROTO);
         _owner->task_done(*this, task, std::move(result));
         return;
@@ -970,7 +953,7 @@ void Connection::handle_reject(iscsi::ReceivedPdu& pdu) {
 // ---------------------------------------------------------------------------------------------------
 // Completion, retries and escalation
 
-void Connection::finish_task(Task* task, CommandResult&& result) {
+void Connection::finish_task(PendingRequest* task, Response&& result) {
     _table.release(task->itt);
     if (task->abort_itt != 0) {
         if (TaskTable::Entry* tmf = _table.find(task->abort_itt)) {
@@ -979,17 +962,18 @@ void Connection::finish_task(Task* task, CommandResult&& result) {
         task->abort_itt = 0;
     }
     if (!result.error && task->status_retries < _options.unit_attention_retries) {
-        auto key = result.status == status_check_condition ? parse_sense(result.sense) : std::nullopt;
-        if (key && key->key == sense_key_unit_attention) {
+        auto status = scsi::Status(result.status);
+        auto sense = status == scsi::Status::check_condition ? scsi::parse_sense(result.sense) : std::nullopt;
+        if (sense && sense->key == scsi::SenseKey::unit_attention) {
             // The command did not run; a UA reports an event (new session, reset, resize), once.
             log_debug("{}: unit attention ({}), sending the command again", _target_label,
-                      describe_sense(result.sense));
+                      scsi::describe_sense(*sense));
             ++task->status_retries;
             _owner->counters().retries++;
             _owner->task_retry(*this, task, 0ms);
             return;
         }
-        if (result.status == status_busy || result.status == status_task_set_full) {
+        if (status == scsi::Status::busy || status == scsi::Status::task_set_full) {
             auto delay = std::min<std::chrono::milliseconds>(
                 10ms * (1u << std::min(task->status_retries, 6u)), 1000ms);
             ++task->status_retries;
@@ -1001,11 +985,11 @@ void Connection::finish_task(Task* task, CommandResult&& result) {
     _owner->task_done(*this, task, std::move(result));
 }
 
-void Connection::retry_or_fail(Task* task, const char* why) {
+void Connection::retry_or_fail(PendingRequest* task, const char* why) {
     if (task->retries >= _options.command_retries) {
-        CommandResult result;
+        Response result;
         result.error = make_error(fmt::format("{}: command {:02x} {} after {} retries", _target_label,
-                                              task->command.cdb[0], why, task->retries),
+                                              task->request.cdb[0], why, task->retries),
                                   ETIMEDOUT);
         _owner->task_done(*this, task, std::move(result));
         return;
@@ -1072,11 +1056,11 @@ void Connection::tick() {
         }
     }
     if (_state == State::full_feature) {
-        std::vector<Task*> expired;
+        std::vector<PendingRequest*> expired;
         std::vector<uint32_t> expired_tmfs;
         _table.for_each([&](uint32_t itt, TaskTable::Entry& e) {
             if (e.kind == TaskTable::Kind::scsi) {
-                Task* t = e.task;
+                PendingRequest* t = e.task;
                 if (!t->aborting && !t->awaiting_reset && now >= t->deadline) {
                     expired.push_back(t);
                 }
@@ -1084,8 +1068,8 @@ void Connection::tick() {
                 expired_tmfs.push_back(itt);
             }
         });
-        for (Task* t : expired) {
-            send_tmf(iscsi::TmfFunction::abort_task, t->command.lun, t);
+        for (PendingRequest* t : expired) {
+            send_tmf(iscsi::TmfFunction::abort_task, t->request.lun, t);
             if (_state != State::full_feature) {
                 return;
             }
@@ -1096,7 +1080,7 @@ void Connection::tick() {
                 continue;
             }
             auto function = iscsi::TmfFunction(e->aux);
-            Task* task = e->task;
+            PendingRequest* task = e->task;
             uint64_t lun = e->lun;
             _table.release(itt);
             if (function == iscsi::TmfFunction::lun_reset) {
@@ -1168,7 +1152,7 @@ void Connection::fail(Error why) {
     }
 }
 
-std::vector<Task*> Connection::shutdown(const Error& why) {
+std::vector<PendingRequest*> Connection::shutdown(const Error& why) {
     _state = State::closed;
     if (_tick_timer != 0) {
         _reactor.cancel_timer(_tick_timer);
@@ -1179,7 +1163,7 @@ std::vector<Task*> Connection::shutdown(const Error& why) {
     _text_done = nullptr;
     _reader.stop();
     _transport.reset(); // closes the socket; queued PDUs come back to the pool
-    std::vector<Task*> tasks;
+    std::vector<PendingRequest*> tasks;
     _table.for_each([&](uint32_t itt, TaskTable::Entry& e) {
         if (e.kind == TaskTable::Kind::scsi) {
             tasks.push_back(e.task);

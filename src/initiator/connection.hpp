@@ -15,9 +15,7 @@
 // owner's lock", which the owner touches from any thread.
 #pragma once
 
-#include "common/buffer.hpp"
-#include "common/result.hpp"
-#include "initiator/task.hpp"
+#include "initiator/pending_request.hpp"
 #include "initiator/task_table.hpp"
 #include "initiator/transport.hpp"
 #include "iscsi/login.hpp"
@@ -25,6 +23,8 @@
 #include "iscsi/pdu.hpp"
 #include "iscsi/pdu_reader.hpp"
 #include "iscsi/text.hpp"
+#include "ispace/buffer.hpp"
+#include "ispace/result.hpp"
 #include "net/reactor.hpp"
 
 #include <atomic>
@@ -63,11 +63,11 @@ public:
     virtual uint32_t immediate_cmd_sn() = 0;
     virtual uint32_t allocate_cmd_sn() = 0;
     // Moves the tasks dispatched to `conn` into `out`.
-    virtual void take_inbox(Connection& conn, std::vector<Task*>& out) = 0;
+    virtual void take_inbox(Connection& conn, std::vector<PendingRequest*>& out) = 0;
     // A task's status arrived (or it failed for good): the owner runs the completion.
-    virtual void task_done(Connection& conn, Task* task, CommandResult&& result) = 0;
+    virtual void task_done(Connection& conn, PendingRequest* task, Response&& result) = 0;
     // The task is to be sent again (after `delay`), in its original order.
-    virtual void task_retry(Connection& conn, Task* task, std::chrono::milliseconds delay) = 0;
+    virtual void task_retry(Connection& conn, PendingRequest* task, std::chrono::milliseconds delay) = 0;
     // The connection is unusable (closed, protocol error, escalation exhausted). Called once.
     virtual void connection_failed(Connection& conn, const Error& why) = 0;
 };
@@ -116,10 +116,10 @@ public:
     void send_text(std::vector<uint8_t> keys, Function<void(Result<std::vector<uint8_t>>)> done);
     // Closes the transport, stops every timer and hands back every SCSI task not yet completed, in no
     // particular order (the owner sorts). Pending login/logout/text callbacks are dropped.
-    std::vector<Task*> shutdown(const Error& why);
+    std::vector<PendingRequest*> shutdown(const Error& why);
 
     // Guarded by the owner's lock.
-    std::vector<Task*> inbox;
+    std::vector<PendingRequest*> inbox;
     bool drain_posted = false;
     unsigned outstanding = 0; // dispatched and not yet completed or handed back
     bool active = false;      // in the owner's dispatch set
@@ -148,10 +148,10 @@ private:
     OutPdu& get_pdu();
     void release_pdu(OutPdu* pdu);
     void send_pdu(const iscsi::Bhs& bhs, const Buffer& data = {}, size_t offset = 0, uint32_t length = 0);
-    void start_task(Task* task);
-    void send_data_out(Task* task, uint32_t ttt, uint32_t offset, uint32_t length);
+    void start_task(PendingRequest* task);
+    void send_data_out(PendingRequest* task, uint32_t ttt, uint32_t offset, uint32_t length);
     void send_nop_ping();
-    void send_tmf(iscsi::TmfFunction function, uint64_t lun, Task* referenced);
+    void send_tmf(iscsi::TmfFunction function, uint64_t lun, PendingRequest* referenced);
 
     // Receiving.
     void handle_data_in(iscsi::ReceivedPdu& pdu);
@@ -167,8 +167,8 @@ private:
     void note_window(uint32_t exp_cmd_sn, uint32_t max_cmd_sn);
 
     // Completion and escalation.
-    void finish_task(Task* task, CommandResult&& result);
-    void retry_or_fail(Task* task, const char* why);
+    void finish_task(PendingRequest* task, Response&& result);
+    void retry_or_fail(PendingRequest* task, const char* why);
     void start_lun_reset(uint64_t lun);
     void tick();
     void arm_tick();
@@ -225,9 +225,5 @@ private:
     bool _logged_out = false; // the target accepted our Logout: its closing the connection is expected
     net::Clock::time_point _logout_deadline{};
 };
-
-// SAM LUN encoding: peripheral device addressing below 256, flat space addressing up to 16383.
-uint64_t encode_lun(uint64_t lun);
-uint64_t decode_lun(uint64_t raw);
 
 } // namespace ispace::initiator

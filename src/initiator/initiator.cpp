@@ -4,7 +4,11 @@
 #include "common/bytes.hpp"
 #include "common/log.hpp"
 #include "initiator/connection.hpp"
+#include "initiator/scsi.hpp"
 #include "initiator/session.hpp"
+#include "scsi_spec/cdb.hpp"
+#include "scsi_spec/opcodes.hpp"
+#include "scsi_spec/sam.hpp"
 
 #include <fmt/format.h>
 
@@ -30,7 +34,7 @@ std::string trim(const uint8_t* p, size_t n) {
     return begin == std::string::npos ? std::string{} : s.substr(begin);
 }
 
-Result<void> check(const CommandResult& r, std::string_view what) {
+Result<void> check(const Response& r, std::string_view what) {
     if (r.ok()) {
         return {};
     }
@@ -41,24 +45,18 @@ Result<void> check(const CommandResult& r, std::string_view what) {
     return make_error(fmt::format("{}: {}", what, r.describe()), EIO);
 }
 
-Command cdb_command(uint64_t lun, std::initializer_list<uint8_t> cdb, DataDirection dir, size_t length) {
-    Command c;
-    c.lun = lun;
-    std::copy(cdb.begin(), cdb.end(), c.cdb.begin());
-    c.cdb_length = uint8_t(cdb.size());
-    c.direction = dir;
-    if (length > 0) {
-        c.data = Buffer::allocate_zeroed(length);
-    }
-    return c;
+// A command for `cdb` with a zeroed buffer of `length` bytes (none when 0).
+Request cdb_request(uint64_t lun, const scsi::Cdb& cdb, DataDirection dir, size_t length) {
+    return make_request(lun, cdb, dir, length > 0 ? Buffer::allocate_zeroed(length) : Buffer{});
 }
 
 // A discovery session's owner: one connection, no SCSI tasks, its own CmdSN.
 class DiscoveryOwner final : public ConnectionOwner {
 public:
-    DiscoveryOwner(SessionOptions options) : _options(std::move(options)) {}
+    DiscoveryOwner(SessionOptions options, std::shared_ptr<TransportFactory> transport)
+        : _options(std::move(options)), _transport(std::move(transport)) {}
     const SessionOptions& options() const override { return _options; }
-    TransportFactory& transport_factory() override { return *_options.transport; }
+    TransportFactory& transport_factory() override { return *_transport; }
     SessionCounters& counters() override { return _counters; }
     void window_update(Connection&, uint32_t exp_cmd_sn, uint32_t) override {
         if (iscsi::sn_gt(exp_cmd_sn, _cmd_sn)) {
@@ -67,9 +65,9 @@ public:
     }
     uint32_t immediate_cmd_sn() override { return _cmd_sn; }
     uint32_t allocate_cmd_sn() override { return _cmd_sn++; }
-    void take_inbox(Connection&, std::vector<Task*>&) override {}
-    void task_done(Connection&, Task*, CommandResult&&) override {}
-    void task_retry(Connection&, Task*, std::chrono::milliseconds) override {}
+    void take_inbox(Connection&, std::vector<PendingRequest*>&) override {}
+    void task_done(Connection&, PendingRequest*, Response&&) override {}
+    void task_retry(Connection&, PendingRequest*, std::chrono::milliseconds) override {}
     void connection_failed(Connection&, const Error& why) override {
         if (on_failure) {
             auto f = std::move(on_failure);
@@ -82,6 +80,7 @@ public:
 
 private:
     SessionOptions _options;
+    std::shared_ptr<TransportFactory> _transport;
     SessionCounters _counters;
 };
 
@@ -112,19 +111,19 @@ Session::~Session() {
     close();
 }
 
-void Session::submit(Command command, Completion done) {
-    _core->submit(std::move(command), std::move(done));
+void Session::submit(Request request, Completion done) {
+    _core->submit(std::move(request), std::move(done));
 }
 
-CommandResult Session::execute(Command command) {
+Response Session::execute(Request request) {
     if (net::Reactor::current() != nullptr) {
-        CommandResult r;
+        Response r;
         r.error = reactor_thread_error("Session::execute");
         return r;
     }
-    auto promise = std::make_shared<std::promise<CommandResult>>();
+    auto promise = std::make_shared<std::promise<Response>>();
     auto future = promise->get_future();
-    _core->submit(std::move(command), [promise](CommandResult&& r) { promise->set_value(std::move(r)); });
+    _core->submit(std::move(request), [promise](Response&& r) { promise->set_value(std::move(r)); });
     return future.get();
 }
 
@@ -142,14 +141,14 @@ SessionInfo Session::info() const {
 }
 
 Result<void> Session::test_unit_ready(uint64_t lun) {
-    return check(execute(cdb_command(lun, {0x00, 0, 0, 0, 0, 0}, DataDirection::none, 0)),
+    return check(execute(cdb_request(lun, scsi::cdb::test_unit_ready(), DataDirection::none, 0)),
                  fmt::format("TEST UNIT READY on LUN {}", lun));
 }
 
 Result<InquiryData> Session::inquiry(uint64_t lun) {
-    Command c = cdb_command(lun, {0x12, 0, 0, 0, 255, 0}, DataDirection::read, 255);
+    Request c = cdb_request(lun, scsi::cdb::inquiry(255), DataDirection::read, 255);
     Buffer data = c.data;
-    CommandResult r = execute(std::move(c));
+    Response r = execute(std::move(c));
     if (auto ok = check(r, fmt::format("INQUIRY on LUN {}", lun)); !ok) {
         return std::move(ok).error();
     }
@@ -178,10 +177,9 @@ Result<InquiryData> Session::inquiry(uint64_t lun) {
 
 Result<std::vector<uint8_t>> Session::inquiry_vpd(uint64_t lun, uint8_t page) {
     constexpr size_t length = 4096;
-    Command c = cdb_command(lun, {0x12, 0x01, page, uint8_t(length >> 8), uint8_t(length & 0xff), 0},
-                            DataDirection::read, length);
+    Request c = cdb_request(lun, scsi::cdb::inquiry_vpd(page, length), DataDirection::read, length);
     Buffer data = c.data;
-    CommandResult r = execute(std::move(c));
+    Response r = execute(std::move(c));
     if (auto ok = check(r, fmt::format("INQUIRY VPD page {:#04x} on LUN {}", page, lun)); !ok) {
         return std::move(ok).error();
     }
@@ -195,7 +193,7 @@ Result<std::vector<uint8_t>> Session::inquiry_vpd(uint64_t lun, uint8_t page) {
 }
 
 Result<std::string> Session::unit_serial_number(uint64_t lun) {
-    auto page = inquiry_vpd(lun, 0x80);
+    auto page = inquiry_vpd(lun, scsi::vpd::unit_serial_number);
     if (!page) {
         return std::move(page).error();
     }
@@ -203,7 +201,7 @@ Result<std::string> Session::unit_serial_number(uint64_t lun) {
 }
 
 Result<BlockLimits> Session::block_limits(uint64_t lun) {
-    auto page = inquiry_vpd(lun, 0xb0);
+    auto page = inquiry_vpd(lun, scsi::vpd::block_limits);
     if (!page) {
         return std::move(page).error();
     }
@@ -222,11 +220,9 @@ Result<BlockLimits> Session::block_limits(uint64_t lun) {
 }
 
 Result<Capacity> Session::read_capacity(uint64_t lun) {
-    // READ CAPACITY(16) (SERVICE ACTION IN(16), service action 10h), allocation length 32.
-    Command c16 =
-        cdb_command(lun, {0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, DataDirection::read, 32);
+    Request c16 = cdb_request(lun, scsi::cdb::read_capacity_16(32), DataDirection::read, 32);
     Buffer d16 = c16.data;
-    CommandResult r16 = execute(std::move(c16));
+    Response r16 = execute(std::move(c16));
     if (r16.ok() && r16.data_received >= 12) {
         Capacity cap;
         const uint8_t* p = d16.data();
@@ -242,9 +238,9 @@ Result<Capacity> Session::read_capacity(uint64_t lun) {
         return check(r16, fmt::format("READ CAPACITY(16) on LUN {}", lun)).error();
     }
     // Not supported (a pre-SBC-2 device): READ CAPACITY(10).
-    Command c10 = cdb_command(lun, {0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0}, DataDirection::read, 8);
+    Request c10 = cdb_request(lun, scsi::cdb::read_capacity_10(), DataDirection::read, 8);
     Buffer d10 = c10.data;
-    CommandResult r10 = execute(std::move(c10));
+    Response r10 = execute(std::move(c10));
     if (auto ok = check(r10, fmt::format("READ CAPACITY on LUN {}", lun)); !ok) {
         return std::move(ok).error();
     }
@@ -259,12 +255,9 @@ Result<Capacity> Session::read_capacity(uint64_t lun) {
 
 Result<std::vector<uint64_t>> Session::report_luns() {
     constexpr uint32_t length = 16384;
-    Command c = cdb_command(0,
-                            {0xa0, 0, 0, 0, 0, 0, uint8_t(length >> 24), uint8_t(length >> 16),
-                             uint8_t(length >> 8), uint8_t(length), 0, 0},
-                            DataDirection::read, length);
+    Request c = cdb_request(0, scsi::cdb::report_luns(length), DataDirection::read, length);
     Buffer data = c.data;
-    CommandResult r = execute(std::move(c));
+    Response r = execute(std::move(c));
     if (auto ok = check(r, "REPORT LUNS"); !ok) {
         return std::move(ok).error();
     }
@@ -275,7 +268,9 @@ Result<std::vector<uint64_t>> Session::report_luns() {
     size_t n = std::min<size_t>({list, r.data_received - 8, length - 8}) / 8;
     std::vector<uint64_t> luns;
     for (size_t i = 0; i < n; ++i) {
-        luns.push_back(decode_lun(load_be64(data.data() + 8 + 8 * i)));
+        uint64_t field = load_be64(data.data() + 8 + 8 * i);
+        // A LUN in an addressing method we do not decode is kept as its raw field.
+        luns.push_back(scsi::decode_lun(field).value_or(field));
     }
     return luns;
 }
@@ -286,9 +281,9 @@ Result<void> Session::read(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t
     if (out.size() < bytes) {
         return make_error("read: the output buffer is smaller than the blocks asked for", EINVAL);
     }
-    Command c = make_read(lun, lba, blocks, block_size);
+    Request c = make_read(lun, lba, blocks, block_size);
     Buffer data = c.data;
-    CommandResult r = execute(std::move(c));
+    Response r = execute(std::move(c));
     if (auto ok = check(r, fmt::format("READ of {} blocks at LBA {} on LUN {}", blocks, lba, lun)); !ok) {
         return ok;
     }
@@ -309,7 +304,7 @@ Result<void> Session::write(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_
 }
 
 Result<void> Session::synchronize_cache(uint64_t lun) {
-    return check(execute(cdb_command(lun, {0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0}, DataDirection::none, 0)),
+    return check(execute(cdb_request(lun, scsi::cdb::synchronize_cache(), DataDirection::none, 0)),
                  fmt::format("SYNCHRONIZE CACHE on LUN {}", lun));
 }
 
@@ -379,7 +374,6 @@ Result<std::vector<DiscoveredTarget>> Initiator::discover(DiscoveryOptions optio
     so.chap = options.chap;
     so.authenticator = options.authenticator ? options.authenticator : _core->options().authenticator;
     so.timeouts = options.timeouts;
-    so.transport = options.transport ? options.transport : _core->transport();
     if (auto c = check_credentials(so.chap); !c && !options.authenticator) {
         return c.error();
     }
@@ -401,7 +395,7 @@ Result<std::vector<DiscoveredTarget>> Initiator::discover(DiscoveryOptions optio
         };
     }
 
-    auto owner = std::make_shared<DiscoveryOwner>(so);
+    auto owner = std::make_shared<DiscoveryOwner>(so, _core->transport());
     net::Reactor& reactor = _core->reactor(_core->next_home());
     auto conn = std::make_shared<Connection>(owner, reactor, 0, 0, 0);
     using Out = Result<std::vector<DiscoveredTarget>>;

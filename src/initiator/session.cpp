@@ -1,8 +1,11 @@
 // Session core: command queue, CmdSN window, dispatch over connections, login and reinstatement.
 #include "initiator/session.hpp"
 
+#include "initiator/testing.hpp"
+
 #include "common/log.hpp"
 #include "iscsi/chap.hpp"
+#include "scsi_spec/sam.hpp"
 
 #include <fmt/format.h>
 
@@ -66,7 +69,11 @@ InitiatorCore::InitiatorCore(InitiatorOptions options) : _options(std::move(opti
     if (_options.initiator_name.empty()) {
         _options.initiator_name = std::string(default_initiator_name);
     }
-    _transport = _options.transport ? _options.transport : make_tcp_transport_factory();
+    if (_options.internals && _options.internals->transport) {
+        _transport = _options.internals->transport;
+    } else {
+        _transport = make_tcp_transport_factory();
+    }
     if (!_options.authenticator) {
         _options.authenticator = default_authenticator_factory();
     }
@@ -143,12 +150,10 @@ void InitiatorCore::shutdown() {
 
 SessionCore::SessionCore(InitiatorCore& initiator, SessionOptions options, iscsi::Isid isid,
                          unsigned first_reactor)
-    : _initiator(initiator), _options(std::move(options)), _isid(isid), _first_reactor(first_reactor) {
+    : _initiator(initiator), _options(std::move(options)), _transport(initiator.transport()), _isid(isid),
+      _first_reactor(first_reactor) {
     if (_options.initiator_name.empty()) {
         _options.initiator_name = _initiator.options().initiator_name;
-    }
-    if (!_options.transport) {
-        _options.transport = _initiator.transport();
     }
     if (!_options.authenticator) {
         _options.authenticator = _initiator.options().authenticator;
@@ -165,13 +170,13 @@ SessionCore::SessionCore(InitiatorCore& initiator, SessionOptions options, iscsi
 SessionCore::~SessionCore() {
     // Only reached when nothing references the session any more: no task can be left, except when the
     // reactors were stopped with work queued (the Initiator went away first).
-    for (Task* t : _pending) {
+    for (PendingRequest* t : _pending) {
         delete t;
     }
 }
 
-void SessionCore::complete_with_error(Task* task, const Error& error) {
-    CommandResult result;
+void SessionCore::complete_with_error(PendingRequest* task, const Error& error) {
+    Response result;
     result.error = error;
     _counters.commands++;
     if (task->done) {
@@ -192,19 +197,19 @@ void SessionCore::start(Function<void(Result<void>)> done) {
     });
 }
 
-void SessionCore::submit(Command command, Completion done) {
-    auto* task = new Task;
-    task->command = std::move(command);
+void SessionCore::submit(Request request, Completion done) {
+    auto* task = new PendingRequest;
+    task->request = std::move(request);
     task->done = std::move(done);
-    const Command& c = task->command;
+    const Request& c = task->request;
     std::optional<Error> invalid;
     if (c.cdb_length == 0 || c.cdb_length > 16) {
         invalid =
             make_error(fmt::format("CDB length {} (1 to 16 bytes are supported)", c.cdb_length), EINVAL);
     } else if (c.direction != DataDirection::none && c.data.size() == 0) {
         invalid = make_error("a read or write command needs a data buffer", EINVAL);
-    } else if (c.lun > 0x3fff) {
-        invalid = make_error(fmt::format("LUN {} is out of range (0-16383)", c.lun), EINVAL);
+    } else if (c.lun > scsi::max_lun) {
+        invalid = make_error(fmt::format("LUN {} is out of range (0-{})", c.lun, scsi::max_lun), EINVAL);
     }
     task->expected_length = c.direction == DataDirection::none ? 0 : uint32_t(c.data.size());
 
@@ -281,9 +286,9 @@ SessionInfo SessionCore::info() const {
 // ---------------------------------------------------------------------------------------------------
 // Queue and window (under _mu)
 
-void SessionCore::insert_pending_locked(Task* task) {
+void SessionCore::insert_pending_locked(PendingRequest* task) {
     auto at = std::upper_bound(_pending.begin(), _pending.end(), task->seq,
-                               [](uint64_t seq, const Task* t) { return seq < t->seq; });
+                               [](uint64_t seq, const PendingRequest* t) { return seq < t->seq; });
     _pending.insert(at, task);
 }
 
@@ -302,7 +307,7 @@ void SessionCore::dispatch_locked() {
                 best = c.get();
             }
         }
-        Task* task = _pending.front();
+        PendingRequest* task = _pending.front();
         _pending.pop_front();
         task->cmd_sn = _next_cmd_sn++;
         best->inbox.push_back(task);
@@ -343,14 +348,14 @@ uint32_t SessionCore::allocate_cmd_sn() {
     return _next_cmd_sn++;
 }
 
-void SessionCore::take_inbox(Connection& conn, std::vector<Task*>& out) {
+void SessionCore::take_inbox(Connection& conn, std::vector<PendingRequest*>& out) {
     std::lock_guard lock(_mu);
     out.insert(out.end(), conn.inbox.begin(), conn.inbox.end());
     conn.inbox.clear();
     conn.drain_posted = false;
 }
 
-void SessionCore::task_done(Connection& conn, Task* task, CommandResult&& result) {
+void SessionCore::task_done(Connection& conn, PendingRequest* task, Response&& result) {
     bool close_now = false;
     {
         std::lock_guard lock(_mu);
@@ -372,7 +377,7 @@ void SessionCore::task_done(Connection& conn, Task* task, CommandResult&& result
     }
 }
 
-void SessionCore::task_retry(Connection& conn, Task* task, std::chrono::milliseconds delay) {
+void SessionCore::task_retry(Connection& conn, PendingRequest* task, std::chrono::milliseconds delay) {
     std::unique_lock lock(_mu);
     if (conn.outstanding > 0) {
         --conn.outstanding;
@@ -706,14 +711,14 @@ void SessionCore::stop_connections(const Error& why, Function<void()> then) {
     auto after = std::make_shared<Function<void()>>(std::move(then));
     for (auto& c : conns) {
         c->reactor().post([self, c, why, remaining, after] {
-            std::vector<Task*> tasks = c->shutdown(why);
+            std::vector<PendingRequest*> tasks = c->shutdown(why);
             self->home().post([self, c, tasks = std::move(tasks), remaining, after] {
                 {
                     std::lock_guard lock(self->_mu);
                     self->_outstanding -= std::min(self->_outstanding, c->outstanding);
                     c->outstanding = 0;
                     c->active = false;
-                    for (Task* t : tasks) {
+                    for (PendingRequest* t : tasks) {
                         self->insert_pending_locked(t);
                     }
                 }
@@ -726,7 +731,7 @@ void SessionCore::stop_connections(const Error& why, Function<void()> then) {
 }
 
 void SessionCore::fail_all(const Error& why) {
-    std::deque<Task*> tasks;
+    std::deque<PendingRequest*> tasks;
     {
         std::lock_guard lock(_mu);
         _state = State::failed;
@@ -734,7 +739,7 @@ void SessionCore::fail_all(const Error& why) {
         tasks.swap(_pending);
         _active.clear();
     }
-    for (Task* t : tasks) {
+    for (PendingRequest* t : tasks) {
         complete_with_error(t, why);
     }
     if (auto done = std::move(_start_done)) {
@@ -812,14 +817,14 @@ void SessionCore::finish_close() {
     ++_generation;
     stop_connections(make_error(_label + ": session closed", ESHUTDOWN), [self] {
         std::vector<Function<void()>> waiters;
-        std::deque<Task*> leftovers;
+        std::deque<PendingRequest*> leftovers;
         {
             std::lock_guard lock(self->_mu);
             self->_state = State::closed;
             waiters.swap(self->_close_waiters);
             leftovers.swap(self->_pending);
         }
-        for (Task* t : leftovers) {
+        for (PendingRequest* t : leftovers) {
             self->complete_with_error(t, make_error(self->_label + ": session closed", ESHUTDOWN));
         }
         if (auto done = std::move(self->_start_done)) {

@@ -83,7 +83,7 @@ public:
 
     // Any thread. `done` runs on the home reactor.
     void start(Function<void(Result<void>)> done);
-    void submit(Command command, Completion done);
+    void submit(Request request, Completion done);
     void close(Function<void()> done);
     // The Initiator is going away: after this nothing may touch a reactor.
     void detach();
@@ -91,14 +91,14 @@ public:
 
     // ConnectionOwner
     const SessionOptions& options() const override { return _options; }
-    TransportFactory& transport_factory() override { return *_options.transport; }
+    TransportFactory& transport_factory() override { return *_transport; }
     SessionCounters& counters() override { return _counters; }
     void window_update(Connection& conn, uint32_t exp_cmd_sn, uint32_t max_cmd_sn) override;
     uint32_t immediate_cmd_sn() override;
     uint32_t allocate_cmd_sn() override;
-    void take_inbox(Connection& conn, std::vector<Task*>& out) override;
-    void task_done(Connection& conn, Task* task, CommandResult&& result) override;
-    void task_retry(Connection& conn, Task* task, std::chrono::milliseconds delay) override;
+    void take_inbox(Connection& conn, std::vector<PendingRequest*>& out) override;
+    void task_done(Connection& conn, PendingRequest* task, Response&& result) override;
+    void task_retry(Connection& conn, PendingRequest* task, std::chrono::milliseconds delay) override;
     void connection_failed(Connection& conn, const Error& why) override;
 
 private:
@@ -107,11 +107,12 @@ private:
     net::Reactor& home() { return _initiator.reactor(_first_reactor); }
     std::shared_ptr<Connection> make_connection(uint16_t cid);
     iscsi::InitiatorLoginConfig login_config(uint16_t cid, uint16_t tsih);
-    void complete_with_error(Task* task, const Error& error); // runs the completion (caller's thread)
+    void complete_with_error(PendingRequest* task,
+                             const Error& error); // runs the completion (caller's thread)
 
     // Guarded by _mu.
     void dispatch_locked();
-    void insert_pending_locked(Task* task);
+    void insert_pending_locked(PendingRequest* task);
     bool idle_locked() const { return _pending.empty() && _outstanding == 0 && _delayed == 0; }
 
     // Home reactor only.
@@ -132,6 +133,7 @@ private:
 
     InitiatorCore& _initiator;
     SessionOptions _options;
+    std::shared_ptr<TransportFactory> _transport; // the Initiator's (held: connections use it to the end)
     iscsi::Isid _isid;
     unsigned _first_reactor;
     std::string _label; // "iqn... at host:port"
@@ -142,7 +144,7 @@ private:
     State _state = State::idle;
     bool _closing = false;
     bool _detached = false;
-    std::deque<Task*> _pending; // ordered by Task::seq
+    std::deque<PendingRequest*> _pending; // ordered by PendingRequest::seq
     std::vector<std::shared_ptr<Connection>> _active;
     uint32_t _next_cmd_sn = 1;
     uint32_t _exp_cmd_sn = 1;

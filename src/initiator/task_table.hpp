@@ -14,7 +14,7 @@
 
 namespace ispace::initiator {
 
-struct Task;
+struct PendingRequest;
 
 class TaskTable {
 public:
@@ -22,10 +22,10 @@ public:
 
     struct Entry {
         Kind kind = Kind::free;
-        Task* task = nullptr; // scsi: the command; tmf: the task an ABORT TASK refers to (or null)
-        uint64_t lun = 0;     // tmf: the LUN
-        uint32_t aux = 0;     // tmf: the function
-        uint64_t order = 0;   // the connection's send counter when the request went out
+        PendingRequest* task = nullptr; // scsi: the command; tmf: the task an ABORT TASK refers to (or null)
+        uint64_t lun = 0;               // tmf: the LUN
+        uint32_t aux = 0;               // tmf: the function
+        uint64_t order = 0;             // the connection's send counter when the request went out
         std::chrono::steady_clock::time_point deadline{}; // tmf, nop, text, logout: when to give up
         uint8_t generation = 0;
     };
@@ -35,7 +35,7 @@ public:
     explicit TaskTable(uint8_t connection_tag) : _tag(connection_tag) { assert(connection_tag != 0xff); }
 
     // A free ITT for an entry of `kind`, or 0xffffffff when all slots are in use.
-    uint32_t allocate(Kind kind, Task* task) {
+    uint32_t allocate(Kind kind, PendingRequest* task) {
         uint32_t slot;
         if (!_free.empty()) {
             slot = _free.back();

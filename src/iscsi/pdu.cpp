@@ -227,7 +227,7 @@ Result<ScsiCommand> ScsiCommand::decode(const Bhs& bhs) {
     c.final_bit = (bhs.bytes[1] & flag_f) != 0;
     c.read = (bhs.bytes[1] & flag_r) != 0;
     c.write = (bhs.bytes[1] & flag_w) != 0;
-    c.attr = TaskAttr(bhs.bytes[1] & 0x07);
+    c.attr = scsi::TaskAttribute(bhs.bytes[1] & 0x07);
     c.total_ahs_length = bhs.total_ahs_length();
     c.data_segment_length = bhs.data_segment_length();
     c.lun = bhs.lun();

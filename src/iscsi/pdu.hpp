@@ -20,6 +20,7 @@
 #pragma once
 
 #include "common/result.hpp"
+#include "scsi_spec/sam.hpp"
 
 #include <array>
 #include <cstddef>
@@ -118,9 +119,6 @@ struct Bhs {
 std::string describe(const Bhs& bhs);
 
 // ---- Enumerations of field values ------------------------------------------------------------------
-
-// SAM task attributes in the encoding of the ATTR field (values 5-7 are reserved and kept as is).
-enum class TaskAttr : uint8_t { untagged = 0, simple = 1, ordered = 2, head_of_queue = 3, aca = 4 };
 
 // SCSI Response "Response" field (§11.4.3).
 enum class ScsiResponseCode : uint8_t { command_completed = 0x00, target_failure = 0x01 };
@@ -269,11 +267,11 @@ constexpr bool sn_ge(uint32_t a, uint32_t b) {
 // SCSI Command (0x01, §11.3).
 struct ScsiCommand {
     bool immediate = false;
-    bool final_bit = true; // no unsolicited Data-Out PDUs follow
-    bool read = false;     // R
-    bool write = false;    // W
-    TaskAttr attr = TaskAttr::simple;
-    uint8_t total_ahs_length = 0; // in words; the AHS itself travels beside the BHS
+    bool final_bit = true;                                  // no unsolicited Data-Out PDUs follow
+    bool read = false;                                      // R
+    bool write = false;                                     // W
+    scsi::TaskAttribute attr = scsi::TaskAttribute::simple; // ATTR; reserved values 5-7 kept as is
+    uint8_t total_ahs_length = 0;                           // in words; the AHS itself travels beside the BHS
     uint32_t data_segment_length = 0;
     uint64_t lun = 0;
     uint32_t itt = 0;

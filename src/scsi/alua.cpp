@@ -40,7 +40,7 @@ std::vector<uint16_t> target_ports(std::span<const PortGroup> declared, const Ne
 void report_target_port_groups(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     uint8_t format = cdb[1] >> 5;
-    uint32_t allocation = load_be32(cdb + 6);
+    uint32_t allocation = allocation_length(cdb);
     if (format != format_length_header && format != format_extended_header) {
         cmd.complete_check(Sense::invalid_field_in_cdb(1, 7));
         return;

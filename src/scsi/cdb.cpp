@@ -12,94 +12,12 @@
 
 namespace ispace::scsi {
 
-unsigned cdb_length_for(uint8_t opcode) {
-    switch (opcode >> 5) {
-    case 0:
-        return 6;
-    case 1:
-    case 2:
-        return 10;
-    case 4:
-        return 16;
-    case 5:
-        return 12;
-    default:
-        return 0;
-    }
-}
-
-BlockRange decode_block_range(const uint8_t* cdb) {
-    BlockRange r;
-    switch (cdb_length_for(cdb[0])) {
-    case 6:
-        r.lba = load_be24(cdb + 1) & 0x1fffff;
-        r.blocks = cdb[4] ? cdb[4] : 256;
-        break;
-    case 10:
-        r.lba = load_be32(cdb + 2);
-        r.blocks = load_be16(cdb + 7);
-        break;
-    case 12:
-        r.lba = load_be32(cdb + 2);
-        r.blocks = load_be32(cdb + 6);
-        break;
-    case 16:
-        r.lba = load_be64(cdb + 2);
-        r.blocks = load_be32(cdb + 10);
-        break;
-    default:
-        break;
-    }
-    return r;
-}
-
-uint16_t transfer_length_offset(const uint8_t* cdb) {
-    switch (cdb_length_for(cdb[0])) {
-    case 6:
-        return 4;
-    case 10:
-        return 7;
-    case 12:
-        return 6;
-    default:
-        return 10;
-    }
-}
-
 std::optional<Sense> check_lba_range(uint64_t lba, uint64_t blocks, uint64_t capacity) {
     // Written without lba + blocks so that an LBA near 2^64 cannot wrap around.
     if (lba >= capacity || blocks > capacity - lba) {
         return Sense::lba_out_of_range();
     }
     return std::nullopt;
-}
-
-std::optional<uint64_t> decode_lun(uint64_t field) {
-    uint8_t method = uint8_t(field >> 62);
-    // Only first-level addressing: the remaining six bytes must be zero.
-    if ((field & 0x0000ffffffffffffull) != 0) {
-        return std::nullopt;
-    }
-    uint8_t b0 = uint8_t(field >> 56);
-    uint8_t b1 = uint8_t(field >> 48);
-    if (method == 0) {
-        // Peripheral device addressing: bus identifier 0 is this target's own LUNs.
-        if ((b0 & 0x3f) != 0) {
-            return std::nullopt;
-        }
-        return b1;
-    }
-    if (method == 1) {
-        return uint64_t(b0 & 0x3f) << 8 | b1;
-    }
-    return std::nullopt;
-}
-
-uint64_t encode_lun(uint64_t lun) {
-    if (lun < 256) {
-        return lun << 48;
-    }
-    return (uint64_t(0x40 | ((lun >> 8) & 0x3f)) << 56) | (uint64_t(lun & 0xff) << 48);
 }
 
 // --- the operation table -------------------------------------------------------------------------

@@ -17,8 +17,8 @@
 #include "common/buffer.hpp"
 #include "scsi/cdb.hpp"
 #include "scsi/range_lock.hpp"
-#include "scsi/sense.hpp"
 #include "scsi/task.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <atomic>
 #include <cstdint>

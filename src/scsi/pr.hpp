@@ -23,8 +23,9 @@
 #pragma once
 
 #include "common/result.hpp"
-#include "scsi/sense.hpp"
 #include "scsi/task.hpp"
+#include "scsi_spec/opcodes.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -44,31 +45,7 @@ struct Operation;
 
 namespace pr {
 
-// PERSISTENT RESERVE IN service actions (SPC-4 6.14.1).
-constexpr uint8_t read_keys = 0x00;
-constexpr uint8_t read_reservation = 0x01;
-constexpr uint8_t report_capabilities = 0x02;
-constexpr uint8_t read_full_status = 0x03;
-
-// PERSISTENT RESERVE OUT service actions (SPC-4 6.15.2).
-constexpr uint8_t register_key = 0x00;
-constexpr uint8_t reserve = 0x01;
-constexpr uint8_t release = 0x02;
-constexpr uint8_t clear = 0x03;
-constexpr uint8_t preempt = 0x04;
-constexpr uint8_t preempt_and_abort = 0x05;
-constexpr uint8_t register_and_ignore_existing_key = 0x06;
-constexpr uint8_t register_and_move = 0x07;
-
-// Persistent reservation types (SPC-4 6.14.3); scope is always LU_SCOPE (0).
-constexpr uint8_t write_exclusive = 0x1;
-constexpr uint8_t exclusive_access = 0x3;
-constexpr uint8_t write_exclusive_registrants_only = 0x5;
-constexpr uint8_t exclusive_access_registrants_only = 0x6;
-constexpr uint8_t write_exclusive_all_registrants = 0x7;
-constexpr uint8_t exclusive_access_all_registrants = 0x8;
-constexpr uint8_t lu_scope = 0x0;
-
+// The service actions and reservation types are scsi_spec's (opcodes.hpp, namespace pr).
 bool valid_type(uint8_t type);
 bool is_all_registrants(uint8_t type);  // every registrant is a holder
 bool is_registrants_only(uint8_t type); // registrants have access, one of them holds it

@@ -264,7 +264,7 @@ bool needs_reservation_fields(uint8_t service_action) {
 
 void persistent_reserve_in(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
-    uint32_t allocation = load_be16(cdb + 7);
+    uint32_t allocation = allocation_length(cdb);
     Reservations& reservations = cmd.lu()->reservations();
     if (reservations.persistent_commands_conflict()) {
         cmd.complete_status(Status::reservation_conflict);
@@ -294,7 +294,7 @@ void persistent_reserve_out(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     Task& task = cmd.task();
     uint8_t service_action = cdb[1] & 0x1f;
-    uint32_t length = load_be32(cdb + 5);
+    uint32_t length = parameter_list_length(cdb);
     task.transfer_length = length;
     if (cmd.lu()->reservations().persistent_commands_conflict()) {
         cmd.complete_status(Status::reservation_conflict);

@@ -13,7 +13,7 @@
 #include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sbc_util.hpp"
-#include "scsi/sense.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <algorithm>
 #include <array>
@@ -400,7 +400,7 @@ void read_capacity_10(Execution& cmd) {
 void read_capacity_16(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     const LogicalUnit& lu = *cmd.lu();
-    uint32_t allocation = load_be32(cdb + 10);
+    uint32_t allocation = allocation_length(cdb);
     bool pmi = cdb[14] & 0x01;
     if (!pmi && load_be64(cdb + 2) != 0) {
         cmd.complete_check(Sense::invalid_field_in_cdb(2));
@@ -430,7 +430,7 @@ void read_defect_data(Execution& cmd) {
         cmd.complete_check(Sense::invalid_field_in_cdb(twelve ? 1 : 2, 2));
         return;
     }
-    uint32_t allocation = twelve ? load_be32(cdb + 6) : load_be16(cdb + 7);
+    uint32_t allocation = allocation_length(cdb);
     // A file or memory has no defects: both lists are valid and empty, in whatever format was asked.
     std::vector<uint8_t> d(twelve ? 8 : 4, 0);
     d[1] = uint8_t((plist ? 0x10 : 0) | (glist ? 0x08 : 0) | format);

@@ -11,7 +11,7 @@
 // EXTENDED COPY and RECEIVE COPY RESULTS are in xcopy.cpp.
 #pragma once
 
-#include "scsi/sense.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <cstdint>
 #include <optional>

@@ -15,7 +15,7 @@
 #include "scsi/lu.hpp"
 #include "scsi/sbc.hpp"
 #include "scsi/sbc_util.hpp"
-#include "scsi/sense.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <algorithm>
 #include <cstring>

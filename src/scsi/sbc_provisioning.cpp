@@ -225,7 +225,7 @@ void unmap(Execution& cmd) {
         cmd.complete_check(Sense::invalid_field_in_cdb(1, 0));
         return;
     }
-    uint32_t length = load_be16(cdb + 7);
+    uint32_t length = parameter_list_length(cdb);
     cmd.task().transfer_length = length;
     if (length == 0) {
         cmd.complete_good();
@@ -357,7 +357,7 @@ void lba_status_send(Execution& cmd) {
 }
 
 void lba_status_failed(Execution& cmd) {
-    cmd.complete_check(Sense::from_errno(-int(cmd.chunk), false));
+    cmd.complete_check(sense_from_errno(-int(cmd.chunk), false));
 }
 
 } // namespace
@@ -372,7 +372,7 @@ void get_lba_status(Execution& cmd) {
     }
     uint32_t bs = lu.block_size();
     uint64_t end = lba + std::min(lu.block_count() - lba, max_query_bytes / bs);
-    uint32_t allocation = load_be32(cdb + 10);
+    uint32_t allocation = allocation_length(cdb);
     // A truncated first descriptor still says something: always describe at least one.
     size_t room = std::max<size_t>(1, allocation > 8 ? (allocation - 8) / 16 : 0);
     Execution* self = &cmd;

@@ -32,7 +32,7 @@
 #include "scsi/pacer.hpp"
 #include "scsi/sbc.hpp"
 #include "scsi/sbc_util.hpp"
-#include "scsi/sense.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -377,7 +377,7 @@ void sanitize(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     uint8_t action = cmd.op().service_action;
     bool ause = cdb[1] & 0x20;
-    uint32_t length = load_be16(cdb + 7);
+    uint32_t length = parameter_list_length(cdb);
     cmd.task().transfer_length = length;
     switch (action) {
     case sa::sanitize_overwrite:

@@ -36,7 +36,7 @@ inline std::optional<Sense> check_blocks(const Execution& cmd, const BlockRange&
 // Ends the command with the sense for its backstore error, if there was one. True when it did.
 inline bool failed_io(Execution& cmd, bool write) {
     if (cmd.io_error()) {
-        cmd.complete_check(Sense::from_errno(cmd.io_error(), write));
+        cmd.complete_check(sense_from_errno(cmd.io_error(), write));
         return true;
     }
     return false;

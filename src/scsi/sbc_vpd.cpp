@@ -13,10 +13,6 @@
 namespace ispace::scsi::sbc {
 namespace {
 
-constexpr uint8_t vpd_block_limits = 0xb0;
-constexpr uint8_t vpd_block_device_characteristics = 0xb1;
-constexpr uint8_t vpd_logical_block_provisioning = 0xb2;
-
 // Hole punching frees whole filesystem blocks and memory pages; 4 KiB is what both have in common,
 // so unmapping in 4 KiB units (aligned to LBA 0) is what actually returns space.
 constexpr uint32_t unmap_granularity_bytes = 4096;
@@ -67,7 +63,7 @@ Limits limits(const LogicalUnit& lu) {
 
 std::vector<uint8_t> block_limits_vpd(const LogicalUnit& lu) {
     // SBC-4 6.6.4: page length 3Ch, which also holds the atomic write fields.
-    std::vector<uint8_t> d = page(vpd_block_limits, 64);
+    std::vector<uint8_t> d = page(vpd::block_limits, 64);
     Limits l = limits(lu);
     uint32_t bs = lu.block_size();
     uint32_t optimal = std::min(lu.options().optimal_transfer_bytes / bs, l.max_transfer);
@@ -95,7 +91,7 @@ std::vector<uint8_t> block_limits_vpd(const LogicalUnit& lu) {
 }
 
 std::vector<uint8_t> block_device_characteristics_vpd(const LogicalUnit& lu) {
-    std::vector<uint8_t> d = page(vpd_block_device_characteristics, 64);
+    std::vector<uint8_t> d = page(vpd::block_device_characteristics, 64);
     // MEDIUM ROTATION RATE: 1 = non-rotating (memory and null devices); 0 = not reported, since a
     // file's or block device's medium is unknown here.
     std::string_view kind = lu.device().kind();
@@ -112,7 +108,7 @@ std::vector<uint8_t> block_device_characteristics_vpd(const LogicalUnit& lu) {
 }
 
 std::vector<uint8_t> logical_block_provisioning_vpd(const LogicalUnit& lu) {
-    std::vector<uint8_t> d = page(vpd_logical_block_provisioning, 8);
+    std::vector<uint8_t> d = page(vpd::logical_block_provisioning, 8);
     Limits l = limits(lu);
     d[4] = 0x00; // THRESHOLD EXPONENT: no provisioning thresholds
     // LBPU, LBPWS, LBPWS10, LBPRZ (001b: unmapped blocks read as zeroes); ANC_SUP=0: no anchored

@@ -5,9 +5,9 @@
 #include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
 #include "scsi/sbc.hpp"
-#include "scsi/sense.hpp"
 #include "scsi/target.hpp"
 #include "scsi/xcopy.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <algorithm>
 #include <array>
@@ -49,10 +49,10 @@ void put_ascii(uint8_t* out, std::string_view s, size_t width) {
 
 std::vector<uint8_t> standard_inquiry(const LogicalUnit* lu) {
     std::vector<uint8_t> d(96, 0);
-    d[0] = lu ? 0x00 : no_lu_peripheral; // direct access block device
-    d[1] = 0x00;                         // not removable
-    d[2] = 0x06;                         // SPC-4
-    d[3] = 0x12;                         // HISUP (hierarchical LUNs), response data format 2
+    d[0] = lu ? device_type::direct_access_block : no_lu_peripheral;
+    d[1] = 0x00; // not removable
+    d[2] = 0x06; // SPC-4
+    d[3] = 0x12; // HISUP (hierarchical LUNs), response data format 2
     d[4] = uint8_t(d.size() - 5);
     // TPGS=01b: implicit ALUA (alua.hpp; REPORT TARGET PORT GROUPS); 3PC: EXTENDED COPY (xcopy.hpp);
     // no protection information.
@@ -102,7 +102,7 @@ std::vector<uint8_t> scsi_name(std::string_view name) {
 }
 
 std::vector<uint8_t> device_identification(const LogicalUnit& lu, const Nexus* nexus) {
-    std::vector<uint8_t> d = vpd_header(vpd_device_identification);
+    std::vector<uint8_t> d = vpd_header(vpd::device_identification);
 
     // NAA IEEE Registered Extended: NAA 6, company ID, 36-bit vendor specific identifier and a 64-bit
     // extension, all derived from the LU identifier (the device's identity unless configured).
@@ -150,13 +150,13 @@ std::vector<uint8_t> device_identification(const LogicalUnit& lu, const Nexus* n
 // In ascending order (SPC-4 7.8.16). The block device pages (B0h-B2h) are sbc_vpd.cpp's, the
 // third-party copy page xcopy.cpp's.
 constexpr uint8_t supported_vpd[] = {
-    vpd_supported_pages,
-    vpd_unit_serial_number,
-    vpd_device_identification,
-    xcopy::vpd_third_party_copy,
-    vpd_block_limits,
-    vpd_block_device_characteristics,
-    vpd_logical_block_provisioning,
+    vpd::supported_pages,
+    vpd::unit_serial_number,
+    vpd::device_identification,
+    vpd::third_party_copy,
+    vpd::block_limits,
+    vpd::block_device_characteristics,
+    vpd::logical_block_provisioning,
 };
 
 } // namespace
@@ -169,7 +169,7 @@ void inquiry(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     bool evpd = cdb[1] & 0x01;
     uint8_t page = cdb[2];
-    uint32_t allocation = load_be16(cdb + 3);
+    uint32_t allocation = allocation_length(cdb);
     const LogicalUnit* lu = cmd.lu();
     if (!evpd) {
         if (page != 0) {
@@ -188,29 +188,29 @@ void inquiry(Execution& cmd) {
     }
     std::vector<uint8_t> d;
     switch (page) {
-    case vpd_supported_pages:
+    case vpd::supported_pages:
         d = vpd_header(page);
         d.insert(d.end(), std::begin(supported_vpd), std::end(supported_vpd));
         finish_vpd(d);
         break;
-    case vpd_unit_serial_number:
+    case vpd::unit_serial_number:
         d = vpd_header(page);
         d.insert(d.end(), lu->serial().begin(), lu->serial().end());
         finish_vpd(d);
         break;
-    case vpd_device_identification:
+    case vpd::device_identification:
         d = device_identification(*lu, cmd.task().nexus);
         break;
-    case xcopy::vpd_third_party_copy:
+    case vpd::third_party_copy:
         d = xcopy::third_party_copy_vpd(*lu);
         break;
-    case vpd_block_limits:
+    case vpd::block_limits:
         d = sbc::block_limits_vpd(*lu);
         break;
-    case vpd_block_device_characteristics:
+    case vpd::block_device_characteristics:
         d = sbc::block_device_characteristics_vpd(*lu);
         break;
-    case vpd_logical_block_provisioning:
+    case vpd::logical_block_provisioning:
         d = sbc::logical_block_provisioning_vpd(*lu);
         break;
     default:
@@ -225,7 +225,7 @@ void inquiry(Execution& cmd) {
 void request_sense(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     bool descriptor = cdb[1] & 0x01;
-    uint32_t allocation = cdb[4];
+    uint32_t allocation = allocation_length(cdb);
     // With autosense (iSCSI always carries sense with CHECK CONDITION) nothing else is deferred: what
     // REQUEST SENSE can report is a pending unit attention, which it clears, or that the LUN has no
     // logical unit (SPC-4: with GOOD status and the sense as data).
@@ -263,7 +263,7 @@ void prevent_allow_medium_removal(Execution& cmd) {
 void report_luns(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     uint8_t select = cdb[2];
-    uint32_t allocation = load_be32(cdb + 6);
+    uint32_t allocation = allocation_length(cdb);
     // SPC-4 6.33: an allocation length under 16 bytes is an error, not a truncation.
     if (allocation < 16) {
         cmd.complete_check(Sense::invalid_field_in_cdb(6));

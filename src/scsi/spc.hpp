@@ -21,13 +21,7 @@ constexpr uint16_t version_spc4 = 0x0460;
 constexpr uint16_t version_sbc3 = 0x04c0;
 constexpr uint16_t version_iscsi = 0x0960;
 
-// VPD pages.
-constexpr uint8_t vpd_supported_pages = 0x00;
-constexpr uint8_t vpd_unit_serial_number = 0x80;
-constexpr uint8_t vpd_device_identification = 0x83;
-constexpr uint8_t vpd_block_limits = 0xb0;
-constexpr uint8_t vpd_block_device_characteristics = 0xb1;
-constexpr uint8_t vpd_logical_block_provisioning = 0xb2;
+// VPD page codes are scsi_spec's (opcodes.hpp, namespace vpd).
 
 // Mode pages.
 constexpr uint8_t mode_page_caching = 0x08;

@@ -13,8 +13,8 @@
 #include "scsi/cdb.hpp"
 #include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
-#include "scsi/sense.hpp"
 #include "scsi/spc.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <algorithm>
 #include <bit>
@@ -245,7 +245,7 @@ void mode_sense(Execution& cmd) {
     uint8_t pc = cdb[2] >> 6;
     uint8_t page = cdb[2] & 0x3f;
     uint8_t subpage = cdb[3];
-    uint32_t allocation = ten ? load_be16(cdb + 7) : cdb[4];
+    uint32_t allocation = allocation_length(cdb);
 
     if (pc == pc_saved) {
         cmd.complete_check(Sense::saving_parameters_not_supported());
@@ -308,7 +308,7 @@ void mode_select(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     bool ten = cdb[0] == op::mode_select_10;
     bool sp = cdb[1] & 0x01;
-    uint32_t length = ten ? load_be16(cdb + 7) : cdb[4];
+    uint32_t length = parameter_list_length(cdb);
     cmd.task().transfer_length = length;
     if (sp) {
         // No saved pages: SPC-4 6.10 makes SP=1 without them INVALID FIELD IN CDB.

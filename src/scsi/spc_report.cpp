@@ -13,8 +13,8 @@
 #include "scsi/cdb.hpp"
 #include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
-#include "scsi/sense.hpp"
 #include "scsi/spc.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <algorithm>
 #include <vector>
@@ -128,7 +128,7 @@ void report_supported_operation_codes(Execution& cmd) {
     uint8_t options = cdb[2] & 0x07;
     uint8_t opcode = cdb[3];
     uint16_t service_action = load_be16(cdb + 4);
-    uint32_t allocation = load_be32(cdb + 6);
+    uint32_t allocation = allocation_length(cdb);
     switch (options) {
     case options_all:
         cmd.complete_data_in(all_commands(lu, rctd), allocation);
@@ -165,7 +165,7 @@ void report_supported_operation_codes(Execution& cmd) {
 void report_supported_tmfs(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
     bool repd = cdb[2] & 0x80;
-    uint32_t allocation = load_be32(cdb + 6);
+    uint32_t allocation = allocation_length(cdb);
     // SPC-4 6.36: an allocation length under four is an error, not a truncation.
     if (allocation < 4) {
         cmd.complete_check(Sense::invalid_field_in_cdb(6));

@@ -7,8 +7,8 @@
 #include "scsi/cdb.hpp"
 #include "scsi/execution.hpp"
 #include "scsi/lu.hpp"
-#include "scsi/sense.hpp"
 #include "scsi/tmf.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <algorithm>
 #include <cassert>

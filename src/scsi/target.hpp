@@ -7,8 +7,8 @@
 #include "common/function.hpp"
 #include "common/result.hpp"
 #include "scsi/alua.hpp"
-#include "scsi/sense.hpp"
 #include "scsi/task.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <cstdint>
 #include <functional>

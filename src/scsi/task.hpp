@@ -12,6 +12,7 @@
 #pragma once
 
 #include "common/buffer.hpp"
+#include "scsi_spec/sam.hpp"
 
 #include <algorithm>
 #include <array>
@@ -30,20 +31,6 @@ class Execution;
 class Fabric;
 class LogicalUnit;
 class LunView;
-
-enum class Status : uint8_t {
-    good = 0x00,
-    check_condition = 0x02,
-    condition_met = 0x04,
-    busy = 0x08,
-    reservation_conflict = 0x18,
-    task_set_full = 0x28,
-    aca_active = 0x30,
-    task_aborted = 0x40,
-};
-
-// SAM task attributes, in the encoding iSCSI's ATTR field uses.
-enum class TaskAttribute : uint8_t { untagged = 0, simple = 1, ordered = 2, head_of_queue = 3, aca = 4 };
 
 // An I_T nexus: one initiator port talking to one target port. For iSCSI the fabric makes one per
 // session. Reservations and unit attentions are kept per nexus, keyed by the port names, so a

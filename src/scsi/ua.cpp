@@ -1,6 +1,6 @@
 #include "scsi/ua.hpp"
 
-#include "scsi/sense.hpp"
+#include "scsi_spec/sense.hpp"
 
 #include <algorithm>
 

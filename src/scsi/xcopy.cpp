@@ -153,7 +153,7 @@ bool copy_failed(Execution& cmd, bool write) {
     if (!cmd.io_error()) {
         return false;
     }
-    Sense cause = Sense::from_errno(cmd.io_error(), write);
+    Sense cause = sense_from_errno(cmd.io_error(), write);
     end_copy(cmd, Sense::make(SenseKey::copy_aborted, cause.code));
     return true;
 }
@@ -446,7 +446,7 @@ std::shared_ptr<LogicalUnit> resolve_designator(const TargetDevice& target, uint
 }
 
 void extended_copy(Execution& cmd) {
-    uint32_t length = load_be32(cmd.cdb() + 10);
+    uint32_t length = parameter_list_length(cmd.cdb());
     cmd.task().transfer_length = length;
     if (length == 0) {
         // No parameter list: nothing to copy, and not an error (SPC-4 6.4.1).
@@ -465,7 +465,7 @@ void extended_copy(Execution& cmd) {
 void receive_copy_results(Execution& cmd) {
     LogicalUnit& lu = *cmd.lu();
     const uint8_t* cdb = cmd.cdb();
-    uint32_t allocation = load_be32(cdb + 10);
+    uint32_t allocation = allocation_length(cdb);
     if (cmd.op().service_action == sa::copy_operating_parameters) {
         std::vector<uint8_t> d(44 + 2, 0);
         store_be32(&d[0], uint32_t(d.size() - 4));
@@ -516,7 +516,7 @@ void receive_copy_results(Execution& cmd) {
 
 std::vector<uint8_t> third_party_copy_vpd(const LogicalUnit& /*lu: the same for every LU*/) {
     std::vector<uint8_t> d(4, 0);
-    d[1] = vpd_third_party_copy;
+    d[1] = vpd::third_party_copy;
     auto descriptor = [&](uint16_t type, const std::vector<uint8_t>& body) {
         // Descriptor lengths are multiples of four (SPC-4 7.8.17.1).
         size_t padded = (body.size() + 3) / 4 * 4;

@@ -23,8 +23,6 @@ struct Nexus;
 
 namespace ispace::scsi::xcopy {
 
-constexpr uint8_t vpd_third_party_copy = 0x8f;
-
 // Copy manager limits (RECEIVE COPY RESULTS OPERATING PARAMETERS, VPD 8Fh).
 constexpr uint16_t max_cscd_descriptors = 16;
 constexpr uint16_t max_segment_descriptors = 16;

@@ -2,8 +2,8 @@
 // progress display. Each sub-command lives in its own cmd_*.cpp.
 #pragma once
 
-#include "common/result.hpp"
 #include "ispace/initiator.hpp"
+#include "ispace/result.hpp"
 
 #include <CLI/CLI.hpp>
 

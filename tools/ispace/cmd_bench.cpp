@@ -19,7 +19,7 @@ namespace ispace::cli {
 
 namespace {
 
-using initiator::CommandResult;
+using initiator::Response;
 
 // Latency histogram in nanoseconds: log-linear buckets (16 per power of two, so within ~6%), lock-free.
 class Histogram {
@@ -143,11 +143,11 @@ private:
         }
         bool read =
             _read_percent >= 100 || (_read_percent > 0 && ((n * 2654435761u) >> 7) % 100 < _read_percent);
-        initiator::Command cmd = read
-                                     ? initiator::make_read(_lun, lba, _io_blocks, _block_size)
-                                     : initiator::make_write(_lun, lba, _io_blocks, _block_size, _write_data);
+        initiator::Request request =
+            read ? initiator::make_read(_lun, lba, _io_blocks, _block_size)
+                 : initiator::make_write(_lun, lba, _io_blocks, _block_size, _write_data);
         auto sent = std::chrono::steady_clock::now();
-        _session.submit(std::move(cmd), [this, slot, sent, read](CommandResult&& r) {
+        _session.submit(std::move(request), [this, slot, sent, read](Response&& r) {
             auto now = std::chrono::steady_clock::now();
             _latency.record(
                 uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(now - sent).count()));

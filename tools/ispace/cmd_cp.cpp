@@ -25,7 +25,7 @@ namespace ispace::cli {
 
 namespace {
 
-using initiator::CommandResult;
+using initiator::Response;
 
 struct CpOptions {
     SessionKnobs knobs;
@@ -59,7 +59,7 @@ struct Side {
 struct Event {
     size_t chunk;
     bool read; // true: the source read completed; false: the destination write did
-    CommandResult result;
+    Response result;
 };
 
 class EventQueue {
@@ -276,13 +276,13 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
             auto cmd =
                 initiator::make_write(dst.lun, c.offset / dst.block_size, blocks, dst.block_size, c.buffer);
             cmd.data.resize(c.padded_length);
-            dst.session->submit(std::move(cmd), [&events, slot](CommandResult&& r) {
+            dst.session->submit(std::move(cmd), [&events, slot](Response&& r) {
                 events.push({slot, false, std::move(r)});
             });
             return;
         }
         auto r = pwrite_all(dst.fd, c.buffer.data(), c.length, c.offset, dst.label);
-        CommandResult result;
+        Response result;
         if (!r) {
             result.error = r.error();
         }
@@ -298,7 +298,7 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
             auto cmd = initiator::make_read(src.lun, offset / src.block_size, c.length / src.block_size,
                                             src.block_size);
             c.buffer = cmd.data;
-            src.session->submit(std::move(cmd), [&events, slot](CommandResult&& r) {
+            src.session->submit(std::move(cmd), [&events, slot](Response&& r) {
                 events.push({slot, true, std::move(r)});
             });
             return;
@@ -307,7 +307,7 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
                                                : Buffer::allocate(c.length);
         auto r = pread_all(src.fd, c.buffer.data(), c.length, offset, src.label);
         if (!r) {
-            CommandResult result;
+            Response result;
             result.error = r.error();
             events.push({slot, true, std::move(result)});
             return;

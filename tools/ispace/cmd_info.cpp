@@ -2,6 +2,7 @@
 #include "cli.hpp"
 
 #include "common/bytes.hpp"
+#include "scsi_spec/opcodes.hpp"
 
 #include <fmt/format.h>
 
@@ -38,8 +39,10 @@ bool list_luns(Session& s, const std::string& indent) {
             type += " (not connected)";
         }
         // Block devices: disk, optical, RBC.
-        bool block = inq->device_type == 0x00 || inq->device_type == 0x07 || inq->device_type == 0x0e ||
-                     inq->device_type == 0x05;
+        namespace dt = scsi::device_type;
+        uint8_t t = inq->device_type;
+        bool block = t == dt::direct_access_block || t == dt::optical_memory ||
+                     t == dt::simplified_direct_access || t == dt::cd_dvd;
         if (block && inq->peripheral_qualifier == 0) {
             auto cap = s.read_capacity(lun);
             if (cap) {
@@ -136,7 +139,7 @@ int run_inq(GlobalOptions& global, const std::string& url_text) {
     fmt::print("revision:      {}\n", inq->revision);
     fmt::print("removable:     {}\n", inq->removable ? "yes" : "no");
     fmt::print("SPC version:   {:#04x}\n", inq->version);
-    auto pages = s.inquiry_vpd(lun, 0x00);
+    auto pages = s.inquiry_vpd(lun, scsi::vpd::supported_pages);
     std::vector<uint8_t> supported;
     if (pages && pages->size() > 4) {
         supported.assign(pages->begin() + 4, pages->end());
@@ -147,13 +150,13 @@ int run_inq(GlobalOptions& global, const std::string& url_text) {
         fmt::print("VPD pages:     {}\n", list);
     }
     auto has = [&](uint8_t p) { return std::find(supported.begin(), supported.end(), p) != supported.end(); };
-    if (has(0x80)) {
+    if (has(scsi::vpd::unit_serial_number)) {
         if (auto serial = s.unit_serial_number(lun)) {
             fmt::print("serial:        {}\n", *serial);
         }
     }
-    if (has(0x83)) {
-        if (auto page = s.inquiry_vpd(lun, 0x83)) {
+    if (has(scsi::vpd::device_identification)) {
+        if (auto page = s.inquiry_vpd(lun, scsi::vpd::device_identification)) {
             // Designation descriptors: code set, type, length, identifier (SPC-4 7.8.6).
             size_t i = 4;
             const auto& p = *page;
@@ -177,7 +180,7 @@ int run_inq(GlobalOptions& global, const std::string& url_text) {
             }
         }
     }
-    if (has(0xb0)) {
+    if (has(scsi::vpd::block_limits)) {
         if (auto limits = s.block_limits(lun)) {
             fmt::print("max transfer:  {} blocks\n", limits->max_transfer_blocks);
             fmt::print("opt. transfer: {} blocks\n", limits->optimal_transfer_blocks);

@@ -5,6 +5,7 @@
 
 #include "fake_target.hpp"
 #include "initiator/fault_transport.hpp"
+#include "initiator/testing.hpp"
 #include "ispace/initiator.hpp"
 
 #include <gtest/gtest.h>
@@ -37,7 +38,7 @@ inline bool wait_for(const std::function<bool()>& done, std::chrono::millisecond
 class Completions {
 public:
     Completion make(size_t index) {
-        return [this, index](CommandResult&& r) {
+        return [this, index](Response&& r) {
             std::lock_guard lock(_mu);
             if (_results.size() <= index) {
                 _results.resize(index + 1);
@@ -55,7 +56,7 @@ public:
         std::lock_guard lock(_mu);
         return _done;
     }
-    CommandResult at(size_t i) const {
+    Response at(size_t i) const {
         std::lock_guard lock(_mu);
         return _results.at(i);
     }
@@ -63,7 +64,7 @@ public:
 private:
     mutable std::mutex _mu;
     std::condition_variable _cv;
-    std::vector<CommandResult> _results;
+    std::vector<Response> _results;
     size_t _done = 0;
 };
 
@@ -76,7 +77,7 @@ struct Harness {
         InitiatorOptions o;
         o.threads = threads;
         o.initiator_name = "iqn.2026-01.org.ispace.test:initiator";
-        o.transport = std::move(faults);
+        set_transport_factory(o, std::move(faults));
         return o;
     }
 

@@ -40,10 +40,10 @@ TEST(InitiatorIo, CheckConditionIsReportedWithSense) {
     Harness h;
     auto s = h.connect();
     ASSERT_TRUE(s);
-    Command c;
+    Request c;
     c.cdb[0] = 0xff; // no such opcode
     c.cdb_length = 6;
-    CommandResult r = s->execute(std::move(c));
+    Response r = s->execute(std::move(c));
     ASSERT_FALSE(r.error);
     EXPECT_EQ(r.status, 0x02);
     auto key = parse_sense(r.sense);
@@ -61,7 +61,7 @@ TEST(InitiatorIo, CheckConditionIsReportedWithSense) {
 void write_read_roundtrip(Harness& h, Session& s, size_t bytes, uint64_t lba, uint8_t seed) {
     Buffer data = pattern(bytes, seed);
     uint32_t blocks = uint32_t(bytes / 512);
-    CommandResult w = s.execute(make_write(0, lba, blocks, 512, data));
+    Response w = s.execute(make_write(0, lba, blocks, 512, data));
     ASSERT_TRUE(w.ok()) << w.describe();
     std::vector<uint8_t> back(bytes);
     auto r = s.read(0, lba, blocks, 512, back);
@@ -278,7 +278,7 @@ TEST(InitiatorIo, CloseWaitsForCommandsInFlightAndLogsOut) {
     }
     EXPECT_EQ(h.target->logouts.load(), 1u);
     // After close, submits fail (asynchronously).
-    CommandResult r = s->execute(make_read(0, 0, 1, 512));
+    Response r = s->execute(make_read(0, 0, 1, 512));
     ASSERT_TRUE(r.error);
 }
 

@@ -1,4 +1,4 @@
-// The initiator's small parts: URL parsing, the ITT-indexed task table, LUN encoding, sense decoding.
+// The initiator's small parts: URL parsing, the ITT-indexed task table, sense decoding, CDB builders.
 #include "initiator/connection.hpp"
 #include "initiator/task_table.hpp"
 #include "ispace/initiator.hpp"
@@ -89,15 +89,6 @@ TEST(TaskTable, TagsAreUniqueAndStaleTagsMiss) {
     EXPECT_EQ(live, 100u);
 }
 
-TEST(Lun, SamEncoding) {
-    EXPECT_EQ(encode_lun(0), 0u);
-    EXPECT_EQ(encode_lun(1), 0x0001000000000000ull);
-    EXPECT_EQ(encode_lun(300), 0x412c000000000000ull);
-    for (uint64_t lun : {0ull, 1ull, 255ull, 256ull, 16383ull}) {
-        EXPECT_EQ(decode_lun(encode_lun(lun)), lun);
-    }
-}
-
 TEST(Sense, FixedAndDescriptor) {
     std::vector<uint8_t> fixed(18, 0);
     fixed[0] = 0x70;
@@ -107,22 +98,22 @@ TEST(Sense, FixedAndDescriptor) {
     auto k = parse_sense(fixed);
     ASSERT_TRUE(k);
     EXPECT_EQ(k->key, 6);
-    EXPECT_EQ(describe_sense(fixed), "UNIT ATTENTION, asc/ascq 29/07 (I_T nexus loss occurred)");
+    EXPECT_EQ(describe_sense(fixed), "UNIT ATTENTION, asc/ascq 29/07 (I_T NEXUS LOSS OCCURRED)");
     std::vector<uint8_t> desc = {0x72, 0x05, 0x24, 0x00, 0, 0, 0, 0};
-    EXPECT_EQ(describe_sense(desc), "ILLEGAL REQUEST, asc/ascq 24/00 (invalid field in CDB)");
+    EXPECT_EQ(describe_sense(desc), "ILLEGAL REQUEST, asc/ascq 24/00 (INVALID FIELD IN CDB)");
     EXPECT_FALSE(parse_sense(std::vector<uint8_t>{}));
 }
 
 TEST(Cdb, ReadWriteBuilders) {
-    Command r = make_read(2, 100, 8, 512);
+    Request r = make_read(2, 100, 8, 512);
     EXPECT_EQ(r.cdb[0], 0x28);
     EXPECT_EQ(r.cdb_length, 10);
     EXPECT_EQ(r.data.size(), 4096u);
     EXPECT_EQ(r.direction, DataDirection::read);
-    Command w = make_write(0, uint64_t(1) << 33, 8, 512, Buffer::allocate(4096));
+    Request w = make_write(0, uint64_t(1) << 33, 8, 512, Buffer::allocate(4096));
     EXPECT_EQ(w.cdb[0], 0x8a);
     EXPECT_EQ(w.cdb_length, 16);
-    Command big = make_read(0, 0, 70000, 512);
+    Request big = make_read(0, 0, 70000, 512);
     EXPECT_EQ(big.cdb[0], 0x88); // more blocks than READ(10) can say
 }
 

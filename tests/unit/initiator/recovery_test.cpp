@@ -101,7 +101,7 @@ TEST(InitiatorRecovery, LostResponseIsAbortedAndRetried) {
         once([](const FaultPdu& p) { return is(p, FaultDirection::inbound, Opcode::scsi_response); },
              {FaultAction::drop}));
     Buffer data = pattern(8192, 42);
-    CommandResult r = s->execute(make_write(0, 100, 16, 512, data));
+    Response r = s->execute(make_write(0, 100, 16, 512, data));
     ASSERT_TRUE(r.ok()) << r.describe();
     EXPECT_EQ(h.faults->stats().dropped.load(), 1u);
     EXPECT_GE(h.target->aborts.load(), 1u);
@@ -187,7 +187,7 @@ TEST(InitiatorRecovery, CorruptedDataDigestOnDataOut) {
         once([](const FaultPdu& p) { return is(p, FaultDirection::outbound, Opcode::data_out); },
              {FaultAction::corrupt_data}));
     Buffer data = pattern(256 * 1024, 3);
-    CommandResult r = s->execute(make_write(0, 0, 512, 512, data));
+    Response r = s->execute(make_write(0, 0, 512, 512, data));
     ASSERT_TRUE(r.ok()) << r.describe();
     EXPECT_EQ(h.target->data_digest_errors.load(), 1u);
     EXPECT_EQ(0, std::memcmp(h.target->disk().data(), data.data(), data.size()));
@@ -221,7 +221,7 @@ TEST(InitiatorRecovery, HungCommandEscalatesToLunReset) {
         [held](const iscsi::ScsiCommand& c) { return c.cdb[0] == 0x2a && held->fetch_add(1) == 0; });
     h.target->set_ignore_tmf(iscsi::TmfFunction::abort_task, true);
     Buffer data = pattern(4096, 8);
-    CommandResult r = s->execute(make_write(0, 8, 8, 512, data));
+    Response r = s->execute(make_write(0, 8, 8, 512, data));
     ASSERT_TRUE(r.ok()) << r.describe();
     EXPECT_GE(h.target->aborts.load(), 1u);
     EXPECT_GE(h.target->lun_resets.load(), 1u);
@@ -253,7 +253,7 @@ TEST(InitiatorRecovery, RetriesAreBounded) {
     ASSERT_TRUE(s);
     // Every READ is swallowed: after the retries the command fails instead of hanging forever.
     h.target->set_hold([](const iscsi::ScsiCommand& c) { return c.cdb[0] == 0x28; });
-    CommandResult r = s->execute(make_read(0, 0, 1, 512));
+    Response r = s->execute(make_read(0, 0, 1, 512));
     ASSERT_TRUE(r.error);
     EXPECT_EQ(r.error->code, ETIMEDOUT);
     EXPECT_GE(h.target->aborts.load(), 3u);
@@ -282,10 +282,10 @@ TEST(InitiatorRecovery, GivesUpAfterTheRecoveryTimeout) {
     auto s = h.connect(so);
     ASSERT_TRUE(s);
     h.target.reset(); // the target is gone for good
-    CommandResult r = s->execute(make_read(0, 0, 1, 512));
+    Response r = s->execute(make_read(0, 0, 1, 512));
     ASSERT_TRUE(r.error);
     // Later submits fail at once with the same reason.
-    CommandResult r2 = s->execute(make_read(0, 0, 1, 512));
+    Response r2 = s->execute(make_read(0, 0, 1, 512));
     ASSERT_TRUE(r2.error);
 }
 
@@ -344,7 +344,7 @@ TEST(InitiatorRecovery, NoReconnectFailsCommandsInFlight) {
     h.faults->set_rule(
         once([](const FaultPdu& p) { return is(p, FaultDirection::outbound, Opcode::scsi_command); },
              {FaultAction::disconnect}));
-    CommandResult r = s->execute(make_read(0, 0, 1, 512));
+    Response r = s->execute(make_read(0, 0, 1, 512));
     ASSERT_TRUE(r.error);
 }
 

@@ -109,7 +109,7 @@ TEST(PduScsiCommand, DecodesTheRfc3720ReadExample) {
     EXPECT_TRUE(c->final_bit);
     EXPECT_TRUE(c->read);
     EXPECT_FALSE(c->write);
-    EXPECT_EQ(c->attr, TaskAttr::untagged);
+    EXPECT_EQ(c->attr, scsi::TaskAttribute::untagged);
     EXPECT_EQ(c->itt, 0x14000000u);
     EXPECT_EQ(c->expected_data_transfer_length, 1024u);
     EXPECT_EQ(c->cmd_sn, 0x14u);
@@ -127,7 +127,7 @@ TEST(PduScsiCommand, RoundTripAndLayout) {
     c.final_bit = false;
     c.read = true;
     c.write = true;
-    c.attr = TaskAttr::head_of_queue;
+    c.attr = scsi::TaskAttribute::head_of_queue;
     c.total_ahs_length = 2;
     c.data_segment_length = 512;
     c.lun = 0x0102030405060708ull;
@@ -158,7 +158,7 @@ TEST(PduScsiCommand, RoundTripAndLayout) {
     EXPECT_FALSE(d->final_bit);
     EXPECT_TRUE(d->read);
     EXPECT_TRUE(d->write);
-    EXPECT_EQ(d->attr, TaskAttr::head_of_queue);
+    EXPECT_EQ(d->attr, scsi::TaskAttribute::head_of_queue);
     EXPECT_EQ(d->total_ahs_length, 2);
     EXPECT_EQ(d->data_segment_length, 512u);
     EXPECT_EQ(d->lun, c.lun);

@@ -1,5 +1,5 @@
-// CDB decoding: lengths by group code, LBA/length of every form (6-byte length 0 = 256 blocks), range
-// checks at and past the end, transfer length 0, SAM LUN coding, and the operation table.
+// Range checks at and past the end, transfer length 0, and the operation table. The CDB field decoders
+// and LUN coding are scsi_spec's (tests/unit/scsi_spec/cdb_test.cpp).
 #include "harness.hpp"
 
 #include "scsi/cdb.hpp"
@@ -11,53 +11,6 @@
 using namespace ispace;
 using namespace ispace::scsi;
 using namespace ispace::scsi::test;
-
-TEST(Cdb, LengthByGroupCode) {
-    EXPECT_EQ(cdb_length_for(0x00), 6u);
-    EXPECT_EQ(cdb_length_for(0x1b), 6u);
-    EXPECT_EQ(cdb_length_for(0x28), 10u);
-    EXPECT_EQ(cdb_length_for(0x5a), 10u);
-    EXPECT_EQ(cdb_length_for(0x7f), 0u); // variable length
-    EXPECT_EQ(cdb_length_for(0x88), 16u);
-    EXPECT_EQ(cdb_length_for(0x9e), 16u);
-    EXPECT_EQ(cdb_length_for(0xa0), 12u);
-    EXPECT_EQ(cdb_length_for(0xc0), 0u); // vendor specific
-}
-
-TEST(Cdb, DecodesEveryForm) {
-    auto c6 = rw6(op::read_6, 0x1abcde, 17);
-    auto r = decode_block_range(c6.data());
-    EXPECT_EQ(r.lba, 0x1abcdeu);
-    EXPECT_EQ(r.blocks, 17u);
-
-    auto c10 = rw10(op::read_10, 0xdeadbeef, 0xffff);
-    r = decode_block_range(c10.data());
-    EXPECT_EQ(r.lba, 0xdeadbeefu);
-    EXPECT_EQ(r.blocks, 0xffffu);
-
-    auto c12 = rw12(op::read_12, 0x01020304, 0x05060708);
-    r = decode_block_range(c12.data());
-    EXPECT_EQ(r.lba, 0x01020304u);
-    EXPECT_EQ(r.blocks, 0x05060708u);
-
-    auto c16 = rw16(op::read_16, 0x0102030405060708ull, 0x090a0b0c);
-    r = decode_block_range(c16.data());
-    EXPECT_EQ(r.lba, 0x0102030405060708ull);
-    EXPECT_EQ(r.blocks, 0x090a0b0cu);
-
-    EXPECT_EQ(transfer_length_offset(c6.data()), 4);
-    EXPECT_EQ(transfer_length_offset(c10.data()), 7);
-    EXPECT_EQ(transfer_length_offset(c12.data()), 6);
-    EXPECT_EQ(transfer_length_offset(c16.data()), 10);
-}
-
-TEST(Cdb, SixByteLengthZeroMeans256) {
-    auto c = rw6(op::read_6, 5, 0);
-    EXPECT_EQ(decode_block_range(c.data()).blocks, 256u);
-    // The top three bits of byte 1 are not LBA.
-    c[1] = 0xff;
-    EXPECT_EQ(decode_block_range(c.data()).lba, 0x1f0000u | 5u);
-}
 
 TEST(Cdb, LbaRangeAtAndPastTheEnd) {
     const uint64_t cap = 1000;
@@ -75,25 +28,6 @@ TEST(Cdb, LbaRangeAtAndPastTheEnd) {
     ASSERT_TRUE(s);
     EXPECT_EQ(s->key, SenseKey::illegal_request);
     EXPECT_EQ(s->code, asc::lba_out_of_range);
-}
-
-TEST(Cdb, LunCoding) {
-    // Peripheral addressing below 256, flat above.
-    EXPECT_EQ(encode_lun(0), 0u);
-    EXPECT_EQ(encode_lun(5), 0x0005000000000000ull);
-    EXPECT_EQ(encode_lun(255), 0x00ff000000000000ull);
-    EXPECT_EQ(encode_lun(256), 0x4100000000000000ull);
-    EXPECT_EQ(encode_lun(16383), 0x7fff000000000000ull);
-    for (uint64_t lun : {0ull, 1ull, 255ull, 256ull, 1000ull, 16383ull}) {
-        EXPECT_EQ(decode_lun(encode_lun(lun)), lun);
-    }
-    // Flat addressing of a small LUN is the same LUN.
-    EXPECT_EQ(decode_lun(0x4005000000000000ull), 5u);
-    // Peripheral with a bus number, second-level addressing, extended/logical unit methods: no LU.
-    EXPECT_FALSE(decode_lun(0x0105000000000000ull));
-    EXPECT_FALSE(decode_lun(0x0005000100000000ull));
-    EXPECT_FALSE(decode_lun(0x8005000000000000ull));
-    EXPECT_FALSE(decode_lun(0xc005000000000000ull));
 }
 
 TEST(Cdb, OperationTableIsConsistent) {

@@ -1,4 +1,8 @@
-// Task: one SCSI command inside the initiator, from submit() to its completion.
+// PendingRequest: one Request inside the initiator, from submit() to its completion.
+//
+// Named apart from scsi::Task, which is the target side's: the engine's unit of work for a command it
+// received. Variables and functions still say "task" where RFC 7143 does (the Initiator Task Tag, the
+// task table, ABORT TASK): on the wire a pending request is an iSCSI task.
 //
 // Ownership moves, never shared: the session's pending queue owns a task until it is dispatched, then
 // the connection it was dispatched to (inbox, then task table) until its status arrives or the task is
@@ -13,11 +17,11 @@
 
 namespace ispace::initiator {
 
-struct Task {
+struct PendingRequest {
     // Submission order, session-wide. Retries keep it, so the pending queue (sorted by seq) re-sends
     // unacknowledged commands in their original order, ahead of anything submitted later.
     uint64_t seq = 0;
-    Command command;
+    Request request;
     Completion done;
     uint32_t expected_length = 0; // data.size() for reads and writes
 

@@ -1,0 +1,95 @@
+// Pooled, 4 KiB-aligned, reference-counted data buffers: the currency of the data path.
+//
+// A Data-Out segment is received straight into a task's Buffer, which is then handed to the backstore
+// (O_DIRECT-friendly alignment); a backstore fills a Buffer that the connection then sends with writev.
+// Several owners may hold one buffer (a task and a queued PDU that points into it), hence the count.
+//
+// Buffers come from size classes (powers of two, 4 KiB to 64 MiB) cached per thread, so the fast path
+// does no malloc. A buffer may be released on any thread; it joins that thread's cache, up to a cap.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <utility>
+
+namespace ispace {
+
+class Buffer {
+public:
+    static constexpr size_t alignment = 4096;
+    static constexpr size_t max_size = size_t(64) << 20;
+
+    Buffer() = default;
+    // A buffer of at least `size` bytes (size() reports exactly `size`). Contents are uninitialised.
+    // Sizes above max_size are a caller bug: callers bound what they allocate from the wire.
+    static Buffer allocate(size_t size);
+    // As allocate(), zero-filled.
+    static Buffer allocate_zeroed(size_t size);
+
+    Buffer(const Buffer& other) noexcept : _block(other._block), _size(other._size) { retain(); }
+    Buffer(Buffer&& other) noexcept
+        : _block(std::exchange(other._block, nullptr)), _size(std::exchange(other._size, 0)) {}
+    Buffer& operator=(const Buffer& other) noexcept {
+        if (this != &other) {
+            release();
+            _block = other._block;
+            _size = other._size;
+            retain();
+        }
+        return *this;
+    }
+    Buffer& operator=(Buffer&& other) noexcept {
+        if (this != &other) {
+            release();
+            _block = std::exchange(other._block, nullptr);
+            _size = std::exchange(other._size, 0);
+        }
+        return *this;
+    }
+    ~Buffer() { release(); }
+
+    uint8_t* data() const { return _block ? _block->data() : nullptr; }
+    size_t size() const { return _size; }
+    size_t capacity() const { return _block ? _block->capacity : 0; }
+    bool empty() const { return _size == 0; }
+    explicit operator bool() const { return _block != nullptr; }
+    std::span<uint8_t> span() const { return {data(), _size}; }
+    // Shrinks or grows the visible size within capacity().
+    void resize(size_t size);
+    void reset() {
+        release();
+        _block = nullptr;
+        _size = 0;
+    }
+
+    // Pool statistics of the calling thread, for benchmarks and tests.
+    struct Stats {
+        uint64_t allocations = 0; // served from the system allocator
+        uint64_t reuses = 0;      // served from the thread cache
+        uint64_t cached_bytes = 0;
+    };
+    static Stats thread_stats();
+    // Frees the calling thread's cache (thread exit does this too).
+    static void trim_thread_cache();
+
+private:
+    struct Block {
+        std::atomic<uint32_t> refs;
+        uint32_t size_class;
+        size_t capacity;
+        uint8_t* data() { return reinterpret_cast<uint8_t*>(this) + alignment; }
+    };
+    void retain() {
+        if (_block) {
+            _block->refs.fetch_add(1, std::memory_order_relaxed);
+        }
+    }
+    void release();
+
+    Block* _block = nullptr;
+    size_t _size = 0;
+};
+
+} // namespace ispace
