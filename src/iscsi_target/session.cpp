@@ -746,7 +746,11 @@ void Session::run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request) {
             // window and not received) is taken as received and aborted.
             uint32_t ref = request.ref_cmd_sn;
             if (iscsi::sn_ge(ref, _exp_cmd_sn) && iscsi::sn_le(ref, max_cmd_sn()) && !_early.count(ref)) {
-                _early.emplace(ref, [] {});
+                // Through order(), like a request that did arrive: at ExpCmdSN it is consumed now and
+                // the requests queued behind it go on (parked in _early instead, nothing would ever
+                // take it out, and every later command would wait forever); beyond a gap it waits
+                // its turn. Either way the command itself is ignored if it comes late.
+                order(ref, /*immediate=*/false, [] {});
                 send_tmf_response(from, itt, iscsi::TmfResponse::function_complete);
                 return;
             }

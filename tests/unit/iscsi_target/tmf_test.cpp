@@ -74,6 +74,25 @@ TEST(TaskManagement, AbortTaskOfAnUnknownTaskSaysItDoesNotExist) {
     EXPECT_EQ(expect_tmf_response(i, tmf).response, iscsi::TmfResponse::task_does_not_exist);
 }
 
+TEST(TaskManagement, AbortTaskOfACommandThatNeverArrivedConsumesItsCmdSn) {
+    // RFC 7143 §11.5.1: a referenced command whose CmdSN is in the window but has not arrived is
+    // considered received (and aborted): the window moves past it, and it is ignored if it comes late.
+    Harness h;
+    FakeInitiator& i = h.logged_in();
+    uint32_t lost = i.numbers()->cmd_sn++; // sent, and lost on the way
+    uint32_t tmf = i.tmf(iscsi::TmfFunction::abort_task, 0, 0x5555, lost);
+    EXPECT_EQ(expect_tmf_response(i, tmf).response, iscsi::TmfResponse::function_complete);
+    uint32_t next = i.command(tur());
+    auto pdu = i.next();
+    ASSERT_TRUE(pdu) << "the command after the aborted CmdSN waits forever";
+    EXPECT_EQ(pdu->bhs.itt(), next);
+    Command late = tur();
+    late.itt = 0x5555;
+    late.cmd_sn = lost;
+    i.command(late);
+    EXPECT_FALSE(i.next()) << "the aborted command is not executed when it arrives late";
+}
+
 TEST(TaskManagement, AbortTaskOfACommandNotYetArrivedBehindAGapIsIgnoredWhenItComes) {
     Harness h;
     FakeInitiator& i = h.logged_in();
