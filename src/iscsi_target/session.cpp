@@ -530,10 +530,14 @@ void Session::data_out_received(IscsiTask& command, const iscsi::DataOut& header
         command.unsolicited_next += length;
         ++command.unsolicited_data_sn;
         if (header.final_bit || command.unsolicited_next >= command.unsolicited_end) {
-            // An initiator may end its unsolicited data early; R2Ts then ask for the rest.
+            // An initiator may end its unsolicited data early; R2Ts then ask for the rest, from here.
+            // No R2T went out before this point (send_r2ts waits for unsolicited_done), so the R2T
+            // offset may move back: fetch_data_out may already have set it to the end of the
+            // unsolicited range as announced, and starting there would leave a hole that the
+            // write would complete with.
             command.unsolicited_end = command.unsolicited_next;
             command.unsolicited_done = true;
-            command.r2t_next_offset = std::max(command.r2t_next_offset, command.unsolicited_end);
+            command.r2t_next_offset = command.unsolicited_end;
         }
     } else {
         for (auto it = command.bursts.begin(); it != command.bursts.end(); ++it) {

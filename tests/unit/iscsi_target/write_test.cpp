@@ -161,6 +161,26 @@ TEST(Write, ImmediateThenUnsolicitedThenSolicitedData) {
     EXPECT_EQ(read_back(i, 100, 40), data);
 }
 
+TEST(Write, FinalBitEndsTheUnsolicitedDataEarly) {
+    Harness h;
+    FakeInitiator& i = h.logged_in(offer(1, 65536, /*initial_r2t=*/false, /*first_burst=*/8192));
+    clear_unit_attention(i);
+    auto data = pattern(16384, 24);
+    uint32_t itt = i.command(write_command(0, 32, {}, false));
+    i.data_out(itt, iscsi::reserved_tag, 0, 0, std::span(data).first(2048), true); // stops at 2 KiB
+    auto r2t_pdu = i.next();
+    ASSERT_TRUE(r2t_pdu && r2t_pdu->opcode() == iscsi::Opcode::r2t);
+    auto r2t = r2t_pdu->as<iscsi::R2t>();
+    EXPECT_EQ(r2t.buffer_offset, 2048u);
+    EXPECT_EQ(r2t.desired_data_transfer_length, 16384u - 2048u);
+    i.answer_r2t(r2t, data);
+    auto done = i.next();
+    ASSERT_TRUE(done);
+    EXPECT_EQ(done->bhs.itt(), itt);
+    EXPECT_EQ(done->as<iscsi::ScsiResponse>().status, 0);
+    EXPECT_EQ(read_back(i, 0, 32), data);
+}
+
 TEST(Write, DataOutsAreSplitByTheTargetsMaxRecvDataSegmentLength) {
     // The target declares 4 KiB: an 8 KiB burst arrives in two PDUs, and a larger PDU is refused.
     Harness h([](ServerConfig& c) { c.negotiation.max_recv_data_segment_length = 4096; });
