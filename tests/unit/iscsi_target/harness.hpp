@@ -164,7 +164,9 @@ public:
     Server& server() { return *_server; }
 
 private:
-    // The one place that builds the target side.
+    // The one place that builds the target side. Server::start() opens the LUNs, binds the portal and
+    // starts reactor threads of its own, which stay idle: every connection here is injected with
+    // Server::accept on the harness's hand-driven reactors, whose indices match the configured count.
     void make_target(ServerConfig config) {
         _server = std::make_unique<Server>(std::move(config));
         auto started = _server->start();
