@@ -11,9 +11,9 @@ Result<void> Registry::add(Kind kind) {
             return make_error(fmt::format("backstore kind '{}' is registered twice", kind.name), EEXIST);
         }
         if (k.fallback && kind.fallback) {
-            return make_error(
-                fmt::format("backstore kinds '{}' and '{}' both want to read every other spec", k.name, kind.name),
-                EEXIST);
+            return make_error(fmt::format("backstore kinds '{}' and '{}' both want to read every other spec",
+                                          k.name, kind.name),
+                              EEXIST);
         }
     }
     if (!kind.parse || (!kind.claims && !kind.fallback)) {
@@ -34,8 +34,9 @@ Result<std::unique_ptr<Spec>> Registry::parse(std::string_view text) const {
         }
     }
     if (!fallback) {
-        return make_error(fmt::format("device '{}': no backstore kind reads it (expected {})", text, syntax_line()),
-                          EINVAL);
+        return make_error(
+            fmt::format("device '{}': no backstore kind reads it (expected {})", text, syntax_line()),
+            EINVAL);
     }
     return fallback->parse(text);
 }

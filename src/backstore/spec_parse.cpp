@@ -19,7 +19,8 @@ std::vector<std::string_view> split(std::string_view text, char sep) {
     size_t start = 0;
     for (;;) {
         size_t at = text.find(sep, start);
-        parts.push_back(text.substr(start, at == std::string_view::npos ? std::string_view::npos : at - start));
+        parts.push_back(
+            text.substr(start, at == std::string_view::npos ? std::string_view::npos : at - start));
         if (at == std::string_view::npos) {
             return parts;
         }
@@ -82,7 +83,8 @@ Error quoted(std::string_view text, const Error& why) {
 
 bool has_prefix(std::string_view text, std::string_view prefix) {
     std::string_view head = text.substr(0, text.find(','));
-    return head == prefix || (head.size() > prefix.size() && head.starts_with(prefix) && head[prefix.size()] == ':');
+    return head == prefix ||
+           (head.size() > prefix.size() && head.starts_with(prefix) && head[prefix.size()] == ':');
 }
 
 Result<PathSpec> parse_path_spec(std::string_view text) {
@@ -125,8 +127,8 @@ Result<PathSpec> parse_path_spec(std::string_view text) {
             (o.key == "thin" ? spec.thin : o.key == "ro" ? spec.read_only : spec.direct) = true;
             return {};
         }
-        return make_error(fmt::format("unknown option '{}' (expected size=, block=, thin, ro or direct)", o.text),
-                          EINVAL);
+        return make_error(
+            fmt::format("unknown option '{}' (expected size=, block=, thin, ro or direct)", o.text), EINVAL);
     });
     if (!read) {
         return quoted(text, read.error());
@@ -142,8 +144,8 @@ Result<SizedSpec> parse_sized_spec(std::string_view text, std::string_view prefi
     std::string_view head = parts[0];
     std::string_view size_text = head.size() > prefix.size() ? head.substr(prefix.size() + 1) : "";
     if (size_text.empty()) {
-        return quoted(text, make_error(fmt::format("{} needs a size, e.g. {}:1G (a file named '{}' is ./{})", prefix,
-                                                   prefix, prefix, prefix)));
+        return quoted(text, make_error(fmt::format("{} needs a size, e.g. {}:1G (a file named '{}' is ./{})",
+                                                   prefix, prefix, prefix, prefix)));
     }
     auto size = parse_size(size_text);
     if (!size) {
@@ -165,7 +167,8 @@ Result<SizedSpec> parse_sized_spec(std::string_view text, std::string_view prefi
         }
         if (o.key == "size" || o.key == "thin" || o.key == "ro" || o.key == "direct") {
             return make_error(
-                fmt::format("option '{}' applies to files and block devices, not to {}:", o.key, prefix), EINVAL);
+                fmt::format("option '{}' applies to files and block devices, not to {}:", o.key, prefix),
+                EINVAL);
         }
         return make_error(fmt::format("unknown option '{}' (expected block=)", o.text), EINVAL);
     });

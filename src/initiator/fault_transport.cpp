@@ -5,6 +5,7 @@
 #include "common/log.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -39,7 +40,7 @@ std::vector<uint8_t> flatten(const net::OutItem& item) {
 class FaultTransport final : public Transport, private Transport::Handler {
 public:
     FaultTransport(FaultInjector& injector, net::Reactor& reactor, Transport::Handler& up, unsigned ordinal)
-        : _injector(injector), _reactor(reactor), _up(up), _ordinal(ordinal) {}
+        : _injector(injector), _reactor(reactor), _up(&up), _ordinal(ordinal) {}
 
     ~FaultTransport() override {
         *_alive = false;
@@ -53,7 +54,15 @@ public:
     }
 
     Transport::Handler& as_handler() { return *this; }
-    void attach(std::unique_ptr<Transport> inner) { _inner = std::move(inner); }
+    void wrap(std::unique_ptr<Transport> inner) { _inner = std::move(inner); }
+
+    // Bound at creation to the connecting reactor; attach() only changes the handler there. A wrapper
+    // is never handed over (the initiator has no hand-over), so detach() refuses.
+    void attach(net::Reactor& reactor, Transport::Handler& handler) override {
+        assert(&reactor == &_reactor);
+        _up = &handler;
+    }
+    bool detach() override { return false; }
 
     ReadResult read(void* dst, size_t len) override {
         for (;;) {
@@ -132,6 +141,14 @@ public:
         }
     }
 
+    void close_after_flush(Error why) override {
+        if (_inner) {
+            _inner->close_after_flush(std::move(why));
+        }
+    }
+
+    bool closed() const override { return !_inner || _inner->closed(); }
+
     void set_digests(bool header, bool data) override {
         _header_digest = header;
         _data_digest = data;
@@ -150,10 +167,10 @@ private:
     };
 
     // Transport::Handler of the inner transport.
-    void on_readable() override { _up.on_readable(); }
+    void on_readable() override { _up->on_readable(); }
     void on_closed(const Error& why) override {
         fail_held_outbound();
-        _up.on_closed(why);
+        _up->on_closed(why);
     }
 
     void forward(net::OutItem& item) {
@@ -289,14 +306,14 @@ private:
             }
             arm_in_timer();
             if (released) {
-                _up.on_readable();
+                _up->on_readable();
             }
         });
     }
 
     FaultInjector& _injector;
     net::Reactor& _reactor;
-    Transport::Handler& _up;
+    Transport::Handler* _up;
     unsigned _ordinal;
     std::unique_ptr<Transport> _inner;
     std::shared_ptr<bool> _alive = std::make_shared<bool>(true);
@@ -344,7 +361,7 @@ void FaultInjector::connect(net::Reactor& reactor, const std::string& host, uint
                 done(std::move(r).error());
                 return;
             }
-            wrapper->attach(std::move(r.value()));
+            wrapper->wrap(std::move(r.value()));
             std::unique_ptr<Transport> t = std::move(wrapper);
             done(std::move(t));
         });

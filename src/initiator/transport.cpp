@@ -1,4 +1,4 @@
-// The production transport: a non-blocking TCP connect followed by a net::TcpStream.
+// The production transport factory: a non-blocking TCP connect, then net::make_tcp_transport.
 #include "initiator/transport.hpp"
 
 #include "net/socket.hpp"
@@ -13,25 +13,6 @@
 namespace ispace::initiator {
 
 namespace {
-
-class TcpTransport final : public Transport, private net::TcpStream::Owner {
-public:
-    TcpTransport(net::Reactor& reactor, int fd, Transport::Handler& handler, std::string peer)
-        : _handler(handler), _peer(std::move(peer)), _stream(reactor, fd, *this) {}
-
-    ReadResult read(void* dst, size_t len) override { return _stream.read(dst, len); }
-    void send(net::OutItem& pdu) override { _stream.send(pdu); }
-    void close(Error why) override { _stream.close(std::move(why)); }
-    std::string peer() const override { return _peer; }
-
-private:
-    void on_readable() override { _handler.on_readable(); }
-    void on_closed(const Error& why) override { _handler.on_closed(why); }
-
-    Transport::Handler& _handler;
-    std::string _peer;
-    net::TcpStream _stream;
-};
 
 // One connect in progress: waits for writability of the socket, or the timeout. Deletes itself.
 class PendingConnect final : public net::FdHandler {
@@ -74,7 +55,8 @@ private:
                 _done(std::move(outcome).error());
             } else {
                 net::tune_stream_socket(_fd);
-                std::unique_ptr<Transport> t = std::make_unique<TcpTransport>(_reactor, _fd, _handler, _peer);
+                std::unique_ptr<Transport> t = net::make_tcp_transport(_fd, _peer);
+                t->attach(_reactor, _handler);
                 _done(std::move(t));
             }
             delete this;

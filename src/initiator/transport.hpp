@@ -1,13 +1,7 @@
-// The transport seam: what an initiator connection needs from the network, and nothing more.
-//
-// A Connection (connection.hpp) speaks iSCSI through a Transport: it sends whole PDUs (one OutItem
-// each: header, data slices, trailer) and pulls received bytes with read(). In production the transport
-// is a TcpStream; tests put a FaultTransport (fault_transport.hpp) in between that drops, delays or
-// corrupts single PDUs in either direction or cuts the connection, the way libiscsi's conformance tests
-// override queue_pdu. Keeping the seam at "PDUs out, bytes in" leaves the receive path zero-copy in
-// production (Data-In lands straight in the command's buffer) while a test wrapper can still see PDU
-// boundaries: the connection tells it when digests switch on (set_digests), which is all it needs to
-// frame the byte stream itself.
+// The initiator's side of the transport seam (net/transport.hpp): how a connection gets a connected
+// Transport. In production that is a TCP connect (make_tcp_transport_factory); tests wrap the factory
+// in a FaultInjector (fault_transport.hpp) that drops, delays or corrupts single PDUs in either
+// direction or cuts the connection, the way libiscsi's conformance tests override queue_pdu.
 //
 // Threading: a transport lives on one reactor and is used only there, like the Connection that owns it.
 #pragma once
@@ -15,42 +9,15 @@
 #include "common/function.hpp"
 #include "common/result.hpp"
 #include "net/reactor.hpp"
-#include "net/tcp_stream.hpp"
+#include "net/transport.hpp"
 
 #include <memory>
 #include <string>
 
 namespace ispace::initiator {
 
-class Transport {
-public:
-    using ReadResult = net::TcpStream::ReadResult;
-
-    class Handler {
-    public:
-        // Bytes (or EOF) are ready: call read() until it reports would_block.
-        virtual void on_readable() = 0;
-        // The transport failed or the peer closed it. Called once, later (never inside a call into
-        // the transport). Unsent PDUs were told on_sent(false) before.
-        virtual void on_closed(const Error& why) = 0;
-
-    protected:
-        ~Handler() = default;
-    };
-
-    virtual ~Transport() = default;
-    virtual ReadResult read(void* dst, size_t len) = 0;
-    // Queues one complete PDU. `pdu.on_sent()` runs once it is written (or dropped by a fault, which
-    // looks the same to the sender) or with false when the transport closed first.
-    virtual void send(net::OutItem& pdu) = 0;
-    // Closes now; on_closed() follows (deferred).
-    virtual void close(Error why) = 0;
-    // Digests in force from the next received PDU on (after the final Login Response). Only wrappers
-    // that frame the stream themselves care.
-    virtual void set_digests(bool header, bool data) {}
-    // "127.0.0.1:3260", for log lines.
-    virtual std::string peer() const = 0;
-};
+// One interface serves the initiator and the target: see net/transport.hpp.
+using Transport = net::Transport;
 
 // Creates connected transports. Shared by every connection of an Initiator (or of one session, when a
 // session's options carry their own), so it must be thread-safe; each call runs on the reactor the new

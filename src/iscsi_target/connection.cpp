@@ -17,11 +17,12 @@ constexpr size_t direct_read_threshold = 4096;
 
 } // namespace
 
-Connection::Connection(Server& server, net::Reactor& reactor, int fd, net::Endpoint peer, net::Endpoint local,
-                       uint16_t tpgt)
+Connection::Connection(Server& server, net::Reactor& reactor, std::unique_ptr<net::Transport> transport,
+                       net::Endpoint peer, net::Endpoint local, uint16_t tpgt)
     : _server(server), _reactor(reactor), _peer(peer), _local(local), _tpgt(tpgt), _name(peer.to_string()),
-      _reader(*this), _staging(std::make_unique<std::array<uint8_t, 16384>>()) {
-    _stream = std::make_unique<net::TcpStream>(reactor, fd, *this);
+      _transport(std::move(transport)), _reader(*this),
+      _staging(std::make_unique<std::array<uint8_t, 16384>>()) {
+    _transport->attach(reactor, *this);
     _last_received = reactor.now();
     server.connection_opened(*this);
 }
@@ -34,8 +35,8 @@ Connection::~Connection() {
     if (_nop_timer) {
         _reactor.cancel_timer(_nop_timer);
     }
-    // _stream goes before _pdu_pool (declaration order), returning unsent PDUs to the pool.
-    _stream.reset();
+    // _transport goes before _pdu_pool (declaration order), returning unsent PDUs to the pool.
+    _transport.reset();
 }
 
 void Connection::start() {
@@ -55,13 +56,13 @@ void Connection::start() {
 // ---- Sending ---------------------------------------------------------------------------------------
 
 void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_t length) {
-    if (!_stream || _stream->closed()) {
+    if (!_transport || _transport->closed()) {
         return;
     }
     OutPdu& pdu = _pdu_pool.get();
     pdu.build(bhs, std::move(data), offset, length, _params.header_digest == iscsi::Digest::crc32c,
               _params.data_digest == iscsi::Digest::crc32c);
-    _stream->send(pdu);
+    _transport->send(pdu);
 }
 
 void Connection::send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data) {
@@ -97,7 +98,7 @@ void Connection::drop(const std::string& reason) {
     log_warn("connection {}: {}; closing it", _name, reason);
     _phase = Phase::closing;
     _reader.stop();
-    _stream->close(make_error(reason));
+    _transport->close(make_error(reason));
 }
 
 void Connection::close_after_flush(const std::string& reason) {
@@ -107,7 +108,7 @@ void Connection::close_after_flush(const std::string& reason) {
     log_debug("connection {}: {}", _name, reason);
     _phase = Phase::closing;
     _reader.stop();
-    _stream->close_after_flush(make_error(reason));
+    _transport->close_after_flush(make_error(reason));
 }
 
 void Connection::close_logged_out(const std::string& reason) {
@@ -162,17 +163,17 @@ void Connection::closed(const std::string& reason) {
 void Connection::on_readable() {
     for (int i = 0; i < reads_per_event && !closing(); ++i) {
         iovec direct = _reader.direct_read();
-        net::TcpStream::ReadResult result;
+        net::Transport::ReadResult result;
         size_t asked = 0;
         if (direct.iov_len >= direct_read_threshold) {
             asked = direct.iov_len;
-            result = _stream->read(direct.iov_base, direct.iov_len);
+            result = _transport->read(direct.iov_base, direct.iov_len);
             if (result.bytes > 0) {
                 _reader.direct_read_done(result.bytes);
             }
         } else {
             asked = _staging->size();
-            result = _stream->read(_staging->data(), _staging->size());
+            result = _transport->read(_staging->data(), _staging->size());
             if (result.bytes > 0) {
                 _reader.feed({_staging->data(), result.bytes});
             }
@@ -196,7 +197,7 @@ void Connection::on_readable() {
                 log_warn("connection {}: {}", _name, why);
             }
             _phase = Phase::closing;
-            _stream->close(make_error(why));
+            _transport->close(make_error(why));
             return;
         }
         if (result.error != 0) {
@@ -538,13 +539,12 @@ void Connection::hand_over(iscsi::LoginResponsePdu response) {
         drop("PDU received before the final Login Response was sent");
         return;
     }
-    int fd = _stream->release();
-    if (fd < 0) {
+    if (!_transport->detach()) {
         drop("cannot hand the connection to its session's reactor: data still queued");
         return;
     }
     Handover handover;
-    handover.fd = fd;
+    handover.transport = std::move(_transport);
     handover.peer = _peer;
     handover.local = _local;
     handover.tpgt = _tpgt;
@@ -567,8 +567,8 @@ void Connection::hand_over(iscsi::LoginResponsePdu response) {
 }
 
 void Connection::adopt(Server& server, net::Reactor& reactor, Handover handover) {
-    auto* connection =
-        new Connection(server, reactor, handover.fd, handover.peer, handover.local, handover.tpgt);
+    auto* connection = new Connection(server, reactor, std::move(handover.transport), handover.peer,
+                                      handover.local, handover.tpgt);
     server.connection_adopted(*connection);
     Connection& c = *connection;
     c._counted_as_login = false; // it logged in on the other reactor

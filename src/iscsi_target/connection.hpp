@@ -1,9 +1,10 @@
-// One iSCSI connection on the target: framing (PduReader over a TcpStream), the login phase, and the
+// One iSCSI connection on the target: framing (PduReader over a net::Transport), the login phase, and the
 // routing of full-feature PDUs to its Session. It owns the connection-wide state of RFC 7143: StatSN,
 // the negotiated data segment limits and digests, NOP-In pings and the login timeout.
 //
-// Lifetime: created by the Server on the reactor that serves it, destroyed there (deferred) after the
-// socket closes. A Session may outlive its connections while its tasks drain.
+// Lifetime: created by the Server on the reactor that serves it, over a transport (TCP for an accepted
+// socket; tests inject an in-memory one), destroyed there (deferred) after the transport closes. A Session
+// may outlive its connections while its tasks drain.
 #pragma once
 
 #include "iscsi/login.hpp"
@@ -12,7 +13,7 @@
 #include "iscsi_target/session.hpp"
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
-#include "net/tcp_stream.hpp"
+#include "net/transport.hpp"
 
 #include <array>
 #include <memory>
@@ -26,10 +27,11 @@ struct SessionSlot;
 class Target;
 struct IscsiTask;
 
-class Connection final : public net::TcpStream::Owner, public iscsi::PduSink, public iscsi::LoginPolicy {
+class Connection final : public net::Transport::Handler, public iscsi::PduSink, public iscsi::LoginPolicy {
 public:
-    Connection(Server& server, net::Reactor& reactor, int fd, net::Endpoint peer, net::Endpoint local,
-               uint16_t tpgt);
+    // Binds `transport` to `reactor` (the calling thread's) with this connection as its handler.
+    Connection(Server& server, net::Reactor& reactor, std::unique_ptr<net::Transport> transport,
+               net::Endpoint peer, net::Endpoint local, uint16_t tpgt);
     ~Connection() override;
     Connection(const Connection&) = delete;
     Connection& operator=(const Connection&) = delete;
@@ -64,7 +66,7 @@ public:
     // A connection that logged in on one reactor and joins a session living on another: everything
     // the session's reactor needs to take the socket over.
     struct Handover {
-        int fd = -1;
+        std::unique_ptr<net::Transport> transport; // detached from the reactor it logged in on
         net::Endpoint peer;
         net::Endpoint local;
         uint16_t tpgt = 0;
@@ -84,7 +86,7 @@ public:
 private:
     enum class Phase : uint8_t { login, full_feature, closing, closed };
 
-    // TcpStream::Owner
+    // Transport::Handler
     void on_readable() override;
     void on_closed(const Error& why) override;
     // PduSink
@@ -127,8 +129,8 @@ private:
     uint16_t _tpgt;
     std::string _name;
     Phase _phase = Phase::login;
-    OutPdu::Pool _pdu_pool; // before _stream: unsent PDUs return here when the stream goes
-    std::unique_ptr<net::TcpStream> _stream;
+    OutPdu::Pool _pdu_pool; // before _transport: unsent PDUs return here when the transport goes
+    std::unique_ptr<net::Transport> _transport;
     iscsi::PduReader _reader;
     std::unique_ptr<std::array<uint8_t, 16384>> _staging;
 

@@ -1,4 +1,4 @@
-// OutPdu: one PDU queued on a connection's TcpStream, written with a single writev:
+// OutPdu: one PDU queued on a connection's Transport, written with a single writev:
 //   { BHS [+ header digest] } { data segment, a slice of a reference-counted Buffer } { pad [+ digest] }
 // The data is not copied: a Data-In PDU points into the buffer the backstore filled, and holds a
 // reference to it until the bytes are on the wire.

@@ -388,11 +388,23 @@ void Server::accept_ready(Listener& listener) {
         net::Endpoint local_endpoint = local ? *local : listener.bound;
         uint16_t tpgt = listener.tpgt;
         reactor.post([this, &reactor, accepted, peer, local_endpoint, tpgt] {
-            auto* connection = new Connection(*this, reactor, accepted, peer, local_endpoint, tpgt);
-            _local[reactor.index()].connections.push_back(connection);
-            connection->start();
+            serve(net::make_tcp_transport(accepted, peer.to_string()), reactor, peer, local_endpoint, tpgt);
         });
     }
+}
+
+void Server::accept(std::unique_ptr<net::Transport> transport, net::Reactor& reactor, net::Endpoint peer,
+                    net::Endpoint local, uint16_t tpgt) {
+    ++_login_connections;
+    ++_open_connections;
+    serve(std::move(transport), reactor, peer, local, tpgt);
+}
+
+void Server::serve(std::unique_ptr<net::Transport> transport, net::Reactor& reactor, net::Endpoint peer,
+                   net::Endpoint local, uint16_t tpgt) {
+    auto* connection = new Connection(*this, reactor, std::move(transport), peer, local, tpgt);
+    _local[reactor.index()].connections.push_back(connection);
+    connection->start();
 }
 
 void Server::connection_opened(Connection&) {}

@@ -6,6 +6,7 @@
 #include "iscsi_target/config.hpp"
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
+#include "net/transport.hpp"
 #include "scsi/target.hpp"
 
 #include <atomic>
@@ -138,6 +139,12 @@ public:
     // something did not finish in time.
     bool shutdown(std::chrono::milliseconds grace);
 
+    // Serves a connection that arrived over `transport` on `reactor` (call it on that reactor, whose
+    // index() must be below the configured reactor count): what the TCP portals do for each accepted
+    // socket, open to any other transport (the front end's unit tests inject in-memory ones).
+    void accept(std::unique_ptr<net::Transport> transport, net::Reactor& reactor, net::Endpoint peer,
+                net::Endpoint local, uint16_t tpgt);
+
     // --- for connections and sessions ---
     const ServerConfig& config() const { return _config; }
     SessionRegistry& sessions() { return _sessions; }
@@ -176,6 +183,8 @@ private:
     };
 
     void accept_ready(Listener& listener);
+    void serve(std::unique_ptr<net::Transport> transport, net::Reactor& reactor, net::Endpoint peer,
+               net::Endpoint local, uint16_t tpgt);
     void close_all_on(unsigned reactor_index, const std::string& reason);
     void listen_on_reactor(std::shared_ptr<Listener> listener);
 

@@ -536,10 +536,14 @@ void Session::data_out_received(IscsiTask& command, const iscsi::DataOut& header
         command.unsolicited_next += length;
         ++command.unsolicited_data_sn;
         if (header.final_bit || command.unsolicited_next >= command.unsolicited_end) {
-            // An initiator may end its unsolicited data early; R2Ts then ask for the rest.
+            // An initiator may end its unsolicited data early; R2Ts then ask for the rest, from here.
+            // No R2T went out before this point (send_r2ts waits for unsolicited_done), so the R2T
+            // offset may move back: fetch_data_out may already have set it to the end of the
+            // unsolicited range as announced, and starting there would leave a hole that the
+            // write would complete with.
             command.unsolicited_end = command.unsolicited_next;
             command.unsolicited_done = true;
-            command.r2t_next_offset = std::max(command.r2t_next_offset, command.unsolicited_end);
+            command.r2t_next_offset = command.unsolicited_end;
         }
     } else {
         for (auto it = command.bursts.begin(); it != command.bursts.end(); ++it) {
@@ -752,7 +756,11 @@ void Session::run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request) {
             // window and not received) is taken as received and aborted.
             uint32_t ref = request.ref_cmd_sn;
             if (iscsi::sn_ge(ref, _exp_cmd_sn) && iscsi::sn_le(ref, max_cmd_sn()) && !_early.count(ref)) {
-                _early.emplace(ref, [] {});
+                // Through order(), like a request that did arrive: at ExpCmdSN it is consumed now and
+                // the requests queued behind it go on (parked in _early instead, nothing would ever
+                // take it out, and every later command would wait forever); beyond a gap it waits
+                // its turn. Either way the command itself is ignored if it comes late.
+                order(ref, /*immediate=*/false, [] {});
                 send_tmf_response(from, itt, iscsi::TmfResponse::function_complete);
                 return;
             }

@@ -40,7 +40,8 @@ Runtime::Runtime(RuntimeOptions options) : _options(options) {
 
 net::ReactorGroup& Runtime::reactors() {
     if (!_reactors) {
-        unsigned count = _options.reactors ? _options.reactors : std::max(1u, std::thread::hardware_concurrency());
+        unsigned count =
+            _options.reactors ? _options.reactors : std::max(1u, std::thread::hardware_concurrency());
         _reactors = std::make_unique<net::ReactorGroup>(count, _options.reactor_options);
     }
     return *_reactors;
@@ -62,7 +63,8 @@ Result<std::string> Runtime::pr_state_path(const std::string& iqn, const iscsi_t
     // APTPL is not supported for that LUN, which REPORT CAPABILITIES says.
     if (!_settings.state_dir.empty()) {
         std::string name = iqn;
-        std::replace_if(name.begin(), name.end(), [](char c) { return c == ':' || c == '/'; }, '_');
+        std::replace_if(
+            name.begin(), name.end(), [](char c) { return c == ':' || c == '/'; }, '_');
         std::string dir = _settings.state_dir + "/" + name;
         std::error_code ec;
         std::filesystem::create_directories(dir, ec);
@@ -259,7 +261,8 @@ Result<void> Runtime::remove_portal(std::string_view listen) {
     return _server->remove_portal(listen);
 }
 
-Result<uint64_t> Runtime::add_lun(std::string_view iqn, std::optional<uint64_t> lun, std::string_view spec_text) {
+Result<uint64_t> Runtime::add_lun(std::string_view iqn, std::optional<uint64_t> lun,
+                                  std::string_view spec_text) {
     assert_not_on_reactor("Runtime::add_lun");
     std::lock_guard lock(_catalog_mutex);
     auto found = target(iqn);
@@ -271,10 +274,11 @@ Result<uint64_t> Runtime::add_lun(std::string_view iqn, std::optional<uint64_t> 
     if (lun) {
         number = *lun;
         if (std::find(used.begin(), used.end(), number) != used.end()) {
-            return make_error(fmt::format("target {}: LUN {} is in use (remove it first, or leave the number out "
-                                          "to take the next free one)",
-                                          iqn, number),
-                              EEXIST);
+            return make_error(
+                fmt::format("target {}: LUN {} is in use (remove it first, or leave the number out "
+                            "to take the next free one)",
+                            iqn, number),
+                EEXIST);
         }
     } else {
         while (std::find(used.begin(), used.end(), number) != used.end()) {
@@ -327,10 +331,11 @@ Result<void> Runtime::remove_lun(std::string_view iqn, uint64_t lun, std::chrono
     log_info("target {} lun {}: removed; waiting for its commands to leave", iqn, lun);
     std::unique_lock l(gone->mutex);
     if (!gone->cv.wait_for(l, wait, [&] { return gone->done; })) {
-        return make_error(fmt::format("target {} lun {}: removed, but commands still hold it after {} ms; its "
-                                      "device is closed when the last one leaves",
-                                      iqn, lun, wait.count()),
-                          EBUSY);
+        return make_error(
+            fmt::format("target {} lun {}: removed, but commands still hold it after {} ms; its "
+                        "device is closed when the last one leaves",
+                        iqn, lun, wait.count()),
+            EBUSY);
     }
     return {};
 }

@@ -100,7 +100,8 @@ int main(int argc, char** argv) {
             std::string size, shrink;
             in >> lun >> size >> shrink;
             auto bytes = parse_size(size);
-            answer(bytes ? runtime.resize_lun(name, lun, *bytes, shrink == "shrink") : Result<void>(bytes.error()));
+            answer(bytes ? runtime.resize_lun(name, lun, *bytes, shrink == "shrink")
+                         : Result<void>(bytes.error()));
         } else if (verb == "add-target") {
             iscsi_target::TargetConfig target;
             target.iqn = name;

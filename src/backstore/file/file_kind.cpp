@@ -31,13 +31,14 @@ public:
             return make_error(fmt::format("{}: no such file; give size= to create it", _spec.path), ENOENT);
         }
         if (_spec.read_only) {
-            return make_error(fmt::format("{}: no such file (a read-only LUN is not created)", _spec.path), ENOENT);
+            return make_error(fmt::format("{}: no such file (a read-only LUN is not created)", _spec.path),
+                              ENOENT);
         }
         std::string dir = _spec.path.substr(0, _spec.path.rfind('/'));
         if (_spec.path.find('/') != std::string::npos && !dir.empty() && ::stat(dir.c_str(), &st) != 0) {
             int err = errno;
-            return make_error(fmt::format("{}: cannot create it in {}: {}", _spec.path, dir, std::strerror(err)),
-                              err);
+            return make_error(
+                fmt::format("{}: cannot create it in {}: {}", _spec.path, dir, std::strerror(err)), err);
         }
         return {};
     }

@@ -97,7 +97,8 @@ TEST(LiveLu, ASessionViewRoutesWithoutTheLockAndFollowsChanges) {
     EXPECT_EQ(routed(read10(0, 1), 512, 0)->status, Status::good);
     h.add_lu(5);
     // Picked up by the generation check on the very next command, not only by the posted refresh.
-    EXPECT_TRUE(has_sense(*routed(read10(0, 1), 512, 5), SenseKey::unit_attention, asc::power_on_reset_or_bus_device_reset));
+    EXPECT_TRUE(has_sense(*routed(read10(0, 1), 512, 5), SenseKey::unit_attention,
+                          asc::power_on_reset_or_bus_device_reset));
     EXPECT_EQ(routed(read10(0, 1), 512, 5)->status, Status::good);
     h.target.detach_view(view.get());
 }
@@ -130,7 +131,8 @@ TEST(LiveLu, AShrinkMustBeAskedForAndWaitsForCommandsPastTheNewEnd) {
     Harness h;
     auto refused = resize(h, 0, 1024 * 512, false);
     ASSERT_FALSE(refused);
-    EXPECT_NE(refused.error().message.find("must be asked for"), std::string::npos) << refused.error().message;
+    EXPECT_NE(refused.error().message.find("must be asked for"), std::string::npos)
+        << refused.error().message;
 
     TestDevice& device = h.device(0);
     device.hold = true;
@@ -138,7 +140,8 @@ TEST(LiveLu, AShrinkMustBeAskedForAndWaitsForCommandsPastTheNewEnd) {
     h.submit(*tail);
     ASSERT_TRUE(h.run_until([&] { return !device.held.empty(); }));
     std::optional<Result<void>> answer;
-    h.reactor.post([&] { h.target.resize_lu(0, 1024 * 512, true, [&](Result<void> r) { answer = std::move(r); }); });
+    h.reactor.post(
+        [&] { h.target.resize_lu(0, 1024 * 512, true, [&](Result<void> r) { answer = std::move(r); }); });
     h.drain();
     EXPECT_FALSE(answer.has_value()) << "the shrink waits for the read past the new end";
     device.release_held();
