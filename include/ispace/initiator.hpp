@@ -300,7 +300,8 @@ struct InitiatorOptions {
     unsigned threads = 0;
     std::string initiator_name{default_initiator_name};
     AuthenticatorFactory authenticator;
-    // Library-internal; leave empty (the library's tests set it through src/initiator/testing.hpp).
+    // Library-internal; leave empty (set through src/initiator/internals.hpp by the library's tests and by
+    // an embedding runtime).
     std::shared_ptr<const detail::InitiatorInternals> internals;
 };
 

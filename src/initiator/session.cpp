@@ -1,7 +1,7 @@
 // Session core: command queue, CmdSN window, dispatch over connections, login and reinstatement.
 #include "initiator/session.hpp"
 
-#include "initiator/testing.hpp"
+#include "initiator/internals.hpp"
 
 #include "common/log.hpp"
 #include "iscsi/chap.hpp"
@@ -77,9 +77,15 @@ InitiatorCore::InitiatorCore(InitiatorOptions options) : _options(std::move(opti
     if (!_options.authenticator) {
         _options.authenticator = default_authenticator_factory();
     }
-    unsigned n = _options.threads != 0 ? _options.threads : std::max(1u, std::thread::hardware_concurrency());
-    _reactors = std::make_unique<net::ReactorGroup>(n);
-    _reactors->start();
+    if (_options.internals && _options.internals->reactors) {
+        _reactors = _options.internals->reactors; // a runtime's: running, and not ours to stop
+    } else {
+        unsigned n =
+            _options.threads != 0 ? _options.threads : std::max(1u, std::thread::hardware_concurrency());
+        _owned_reactors = std::make_unique<net::ReactorGroup>(n);
+        _owned_reactors->start();
+        _reactors = _owned_reactors.get();
+    }
     std::random_device rd;
     _isid_random = rd() & 0xffffff;
 }
@@ -140,9 +146,12 @@ void InitiatorCore::shutdown() {
         done->get_future().wait();
         s->detach();
     }
-    _reactors->stop();
-    _reactors->join();
-    _reactors.reset();
+    if (_owned_reactors) {
+        _owned_reactors->stop();
+        _owned_reactors->join();
+        _owned_reactors.reset();
+    }
+    _reactors = nullptr;
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -62,13 +62,15 @@ public:
     bool on_reactor_thread() const;
 
     void add_session(const std::shared_ptr<SessionCore>& session);
-    // Closes every live session (blocking), then stops and joins the reactors.
+    // Closes every live session (blocking), then stops and joins the reactors (when they are ours).
     void shutdown();
 
 private:
     InitiatorOptions _options;
     std::shared_ptr<TransportFactory> _transport;
-    std::unique_ptr<net::ReactorGroup> _reactors;
+    // Ours, or (embedded in a runtime) the runtime's; _owned_reactors holds ours.
+    net::ReactorGroup* _reactors = nullptr;
+    std::unique_ptr<net::ReactorGroup> _owned_reactors;
     std::atomic<unsigned> _next_home{0};
     std::mutex _mu;
     uint32_t _isid_random = 0;

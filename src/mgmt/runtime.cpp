@@ -1,6 +1,7 @@
 #include "mgmt/runtime.hpp"
 
 #include "common/log.hpp"
+#include "initiator/internals.hpp"
 #include "iscsi/params.hpp"
 #include "scsi/cdb.hpp"
 #include "scsi/lu.hpp"
@@ -48,12 +49,31 @@ net::ReactorGroup& Runtime::reactors() {
 }
 
 Runtime::~Runtime() {
-    if (_started) {
+    if (_started || _reactors_running) {
         stop(std::chrono::seconds(5));
     }
     // Reactors first (a never-started group has nothing posted), then what their work referred to.
     _reactors.reset();
     _server.reset();
+}
+
+void Runtime::run_reactors() {
+    if (!_reactors_running) {
+        reactors().start();
+        _reactors_running = true;
+    }
+}
+
+initiator::Initiator& Runtime::initiator() {
+    assert_not_on_reactor("Runtime::initiator");
+    std::lock_guard lock(_catalog_mutex);
+    if (!_initiator) {
+        run_reactors();
+        initiator::InitiatorOptions options;
+        initiator::use_reactors(options, *_reactors);
+        _initiator = std::make_unique<initiator::Initiator>(std::move(options));
+    }
+    return *_initiator;
 }
 
 Result<std::string> Runtime::pr_state_path(const std::string& iqn, const iscsi_target::LunConfig& lun) const {
@@ -162,7 +182,7 @@ Result<void> Runtime::serve(iscsi_target::ServerConfig config) {
             }
         }
     }
-    group.start();
+    run_reactors();
     _server = std::move(server);
     _server->start();
     _started = true;
@@ -172,11 +192,14 @@ Result<void> Runtime::serve(iscsi_target::ServerConfig config) {
 bool Runtime::stop(std::chrono::milliseconds grace) {
     assert_not_on_reactor("Runtime::stop");
     std::lock_guard lock(_catalog_mutex);
-    if (!_started || _stopped) {
+    if ((!_started && !_reactors_running) || _stopped) {
         return true;
     }
     _stopped = true;
-    bool clean = _server->shutdown(grace);
+    // The initiator's sessions first (they may be logged in to our own target): it closes them on the
+    // reactors, which still run.
+    _initiator.reset();
+    bool clean = _server ? _server->shutdown(grace) : true;
     _reactors->stop();
     _reactors->join();
     // The reactors' teardown runs what is still posted to them, which refers to the front end's

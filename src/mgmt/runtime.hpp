@@ -19,6 +19,7 @@
 #include "common/result.hpp"
 #include "iscsi_target/config.hpp"
 #include "iscsi_target/server.hpp"
+#include "ispace/initiator.hpp"
 #include "net/reactor.hpp"
 
 #include <chrono>
@@ -63,6 +64,9 @@ public:
     net::ReactorGroup& reactors();
     // The front end; null before serve().
     iscsi_target::Server* target_server() { return _server.get(); }
+    // The initiator of this process (remote LUNs, data-space members), created on first use on the
+    // runtime's own reactors, which it starts if serve() has not. Not from a reactor thread.
+    initiator::Initiator& initiator();
 
     // Serves `config`: everything is validated and every portal bound before any device is opened (so
     // a port in use or a bad spec creates no file), then the devices are opened, the reactors started
@@ -96,9 +100,14 @@ private:
     Result<void> open_lun(iscsi_target::Target& target, const iscsi_target::LunConfig& lun);
     Result<std::string> pr_state_path(const std::string& iqn, const iscsi_target::LunConfig& lun) const;
 
+    // Starts the reactor group once (serve() or initiator(), whichever comes first).
+    void run_reactors();
+
     backstore::Registry _backstores;
     RuntimeOptions _options;
     std::unique_ptr<net::ReactorGroup> _reactors;
+    bool _reactors_running = false;
+    std::unique_ptr<initiator::Initiator> _initiator;
     iscsi_target::ServerConfig _settings; // what serve() was given, portals and targets aside
     std::unique_ptr<iscsi_target::Server> _server;
     // Specs as given, per target and LUN, for luns(); catalog changes are serialised by it.

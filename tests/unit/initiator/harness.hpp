@@ -5,7 +5,7 @@
 
 #include "fake_target.hpp"
 #include "initiator/fault_transport.hpp"
-#include "initiator/testing.hpp"
+#include "initiator/internals.hpp"
 #include "ispace/initiator.hpp"
 
 #include <gtest/gtest.h>
