@@ -6,7 +6,8 @@
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS (default 60)
 #   make bench      ispaced against Debian's tgt (and istgt), side by side (docs/performance.md);
 #                   BENCH_QUICK=1 for a two-minute smoke run, BENCH_BASELINE=/old/ispaced to compare builds
-#   make lint       source checks CI runs first: clang-format drift, public headers self-contained
+#   make lint       source checks CI runs first: clang-format drift, public headers self-contained,
+#                   layers that include only layers below them
 #   make build      just build (build/)
 
 BUILD     ?= build
@@ -66,6 +67,7 @@ asan: deps
 lint: deps
 	./scripts/check-format.sh
 	./scripts/check-public-headers.sh
+	./scripts/check-layers.py
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

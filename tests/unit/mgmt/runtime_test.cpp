@@ -65,7 +65,8 @@ std::map<std::string, int> our_threads() {
         if (reactor) {
             found += count;
         } else if (!helper) {
-            return ::testing::AssertionFailure() << "an undocumented thread: " << name << " (x" << count << ")";
+            return ::testing::AssertionFailure()
+                   << "an undocumented thread: " << name << " (x" << count << ")";
         }
     }
     if (found != reactors) {
@@ -116,10 +117,10 @@ int raw_login(uint16_t port, uint8_t isid_qualifier) {
         return true;
     };
     std::vector<uint8_t> text = iscsi::encode_text({{"InitiatorName", "iqn.2026-11.org.ispace:raw"},
-                                                   {"TargetName", iqn},
-                                                   {"SessionType", "Normal"},
-                                                   {"HeaderDigest", "None"},
-                                                   {"DataDigest", "None"}});
+                                                    {"TargetName", iqn},
+                                                    {"SessionType", "Normal"},
+                                                    {"HeaderDigest", "None"},
+                                                    {"DataDigest", "None"}});
     // Operational stage straight to full feature, as an initiator without authentication may; a target
     // that answers with keys of its own gets empty requests until it agrees to move on.
     for (uint32_t round = 0; round < 4; ++round) {
@@ -213,7 +214,8 @@ TEST(Runtime, APortInUseFailsBeforeAnyLunFileIsCreated) {
     ASSERT_EQ(::listen(busy, 1), 0);
     socklen_t length = sizeof addr;
     ::getsockname(busy, reinterpret_cast<sockaddr*>(&addr), &length);
-    std::string file = std::filesystem::temp_directory_path() / ("ispace-runtime-" + std::to_string(::getpid()));
+    std::string file =
+        std::filesystem::temp_directory_path() / ("ispace-runtime-" + std::to_string(::getpid()));
     Runtime runtime;
     auto served = runtime.serve(
         config_with(runtime, {file + ",size=64M"}, "127.0.0.1:" + std::to_string(ntohs(addr.sin_port))));
