@@ -12,9 +12,9 @@ namespace ispace::isns {
 namespace {
 
 Error shape_error(const Attribute& a, std::string_view expected) {
-    return make_error(fmt::format("iSNS attribute {}: {} bytes, expected {}", tag_name(a.tag), a.value.size(),
-                                  expected),
-                      EPROTO);
+    return make_error(
+        fmt::format("iSNS attribute {}: {} bytes, expected {}", tag_name(a.tag), a.value.size(), expected),
+        EPROTO);
 }
 
 bool is_string_tag(uint32_t t) {
@@ -60,7 +60,11 @@ bool Address::is_ipv4() const {
             return false;
         }
     }
-    return bytes[10] == 0xff && bytes[11] == 0xff;
+    if (bytes[10] == 0xff && bytes[11] == 0xff) {
+        return true; // ::ffff:a.b.c.d, as RFC 4171 §6.3.1 writes it
+    }
+    // ::a.b.c.d, the deprecated IPv4-compatible form, which open-isns sends; not :: and ::1.
+    return bytes[10] == 0 && bytes[11] == 0 && load_be32(bytes.data() + 12) > 1;
 }
 
 bool Address::is_unspecified() const {
@@ -180,8 +184,8 @@ Result<Port> read_port(const Attribute& a) {
         return word.error();
     }
     if ((*word & ~(port_udp_bit | 0xffffu)) != 0) {
-        return make_error(fmt::format("iSNS attribute {}: reserved bits set in {:#010x}", tag_name(a.tag), *word),
-                          EPROTO);
+        return make_error(
+            fmt::format("iSNS attribute {}: reserved bits set in {:#010x}", tag_name(a.tag), *word), EPROTO);
     }
     return Port{uint16_t(*word & 0xffff), (*word & port_udp_bit) != 0};
 }

@@ -24,7 +24,8 @@ struct Attribute {
 };
 
 // An IP address as iSNS carries it (§6.3.1): 16 bytes, an IPv4 address mapped into IPv6
-// (::ffff:a.b.c.d).
+// (::ffff:a.b.c.d). We send that form and read the IPv4-compatible one (::a.b.c.d) too, which
+// open-isns sends.
 struct Address {
     std::array<uint8_t, 16> bytes{};
 

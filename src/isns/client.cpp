@@ -75,7 +75,8 @@ Result<void> Client::connect() {
     }
     auto fd = net::connect_tcp(*endpoint);
     if (!fd) {
-        return make_error(fmt::format("iSNS server {}: {}", _options.server, fd.error().message), fd.error().code);
+        return make_error(fmt::format("iSNS server {}: {}", _options.server, fd.error().message),
+                          fd.error().code);
     }
     _fd = *fd;
     if (auto ready = wait_for(_fd, POLLOUT, deadline, "connecting"); !ready) {

@@ -11,7 +11,8 @@ namespace ispace::isns {
 
 Result<PduHeader> decode_header(std::span<const uint8_t> bytes) {
     if (bytes.size() < header_size) {
-        return make_error(fmt::format("iSNS PDU header: {} bytes, need {}", bytes.size(), header_size), EPROTO);
+        return make_error(fmt::format("iSNS PDU header: {} bytes, need {}", bytes.size(), header_size),
+                          EPROTO);
     }
     PduHeader h;
     h.version = load_be16(bytes.data());
@@ -21,8 +22,9 @@ Result<PduHeader> decode_header(std::span<const uint8_t> bytes) {
     h.xid = load_be16(bytes.data() + 8);
     h.sequence = load_be16(bytes.data() + 10);
     if (h.version != protocol_version) {
-        return make_error(fmt::format("iSNS PDU: version {} (only version 1 is defined, RFC 4171 §5.1.1)", h.version),
-                          EPROTO);
+        return make_error(
+            fmt::format("iSNS PDU: version {} (only version 1 is defined, RFC 4171 §5.1.1)", h.version),
+            EPROTO);
     }
     if (h.flags & flag::auth) {
         return make_error(fmt::format("iSNS PDU ({}): an authentication block, which is not supported",
@@ -81,7 +83,8 @@ std::vector<uint8_t> encode(const Message& m, uint16_t sender, size_t pdu_payloa
     size_t pdus = std::max<size_t>(1, (payload.size() + pdu_payload - 1) / pdu_payload);
     std::vector<uint8_t> out;
     out.reserve(payload.size() + pdus * header_size);
-    uint16_t base_flags = uint16_t((m.flags & ~(flag::client | flag::server | flag::first | flag::last)) | sender);
+    uint16_t base_flags =
+        uint16_t((m.flags & ~(flag::client | flag::server | flag::first | flag::last)) | sender);
     for (size_t i = 0; i < pdus; ++i) {
         size_t begin = i * pdu_payload;
         size_t length = std::min(pdu_payload, payload.size() - std::min(begin, payload.size()));
@@ -94,7 +97,8 @@ std::vector<uint8_t> encode(const Message& m, uint16_t sender, size_t pdu_payloa
         size_t at = out.size();
         out.resize(at + header_size);
         encode_header(h, out.data() + at);
-        out.insert(out.end(), payload.begin() + ptrdiff_t(begin), payload.begin() + ptrdiff_t(begin + length));
+        out.insert(out.end(), payload.begin() + ptrdiff_t(begin),
+                   payload.begin() + ptrdiff_t(begin + length));
     }
     return out;
 }
@@ -123,8 +127,8 @@ Result<std::vector<Attribute>> decode_attributes(std::span<const uint8_t> payloa
                               EPROTO);
         }
         if (t == tag::delimiter && length != 0) {
-            return make_error(fmt::format("iSNS delimiter at offset {} has length {} (must be 0)", at, length),
-                              EPROTO);
+            return make_error(
+                fmt::format("iSNS delimiter at offset {} has length {} (must be 0)", at, length), EPROTO);
         }
         const uint8_t* value = payload.data() + at + 8;
         out.push_back(Attribute{t, std::vector<uint8_t>(value, value + length)});
@@ -133,7 +137,8 @@ Result<std::vector<Attribute>> decode_attributes(std::span<const uint8_t> payloa
     return out;
 }
 
-Result<Message> decode_message(uint16_t function, uint16_t flags, uint16_t xid, std::span<const uint8_t> payload) {
+Result<Message> decode_message(uint16_t function, uint16_t flags, uint16_t xid,
+                               std::span<const uint8_t> payload) {
     Message m;
     m.function = function;
     m.flags = flags;
@@ -149,7 +154,8 @@ Result<Message> decode_message(uint16_t function, uint16_t flags, uint16_t xid, 
     }
     auto attributes = decode_attributes(payload);
     if (!attributes) {
-        return make_error(fmt::format("iSNS {}: {}", function_name(function), attributes.error().message), EPROTO);
+        return make_error(fmt::format("iSNS {}: {}", function_name(function), attributes.error().message),
+                          EPROTO);
     }
     m.attributes = std::move(*attributes);
     return m;
@@ -210,8 +216,8 @@ Result<void> MessageReader::pdu_complete() {
                                       _first.xid),
                           EPROTO);
     } else if (h.sequence != _next_sequence) {
-        return make_error(fmt::format("iSNS {} xid {}: PDU sequence {} where {} was due", function_name(h.function),
-                                      h.xid, h.sequence, _next_sequence),
+        return make_error(fmt::format("iSNS {} xid {}: PDU sequence {} where {} was due",
+                                      function_name(h.function), h.xid, h.sequence, _next_sequence),
                           EPROTO);
     }
     if (_payload.size() + payload.size() > _max_message) {
@@ -225,8 +231,9 @@ Result<void> MessageReader::pdu_complete() {
     ++_next_sequence;
     if (!(h.flags & flag::last)) {
         if (_next_sequence == 0) { // 65536 PDUs: the sequence would wrap
-            return make_error(fmt::format("iSNS {} xid {}: more than 65535 PDUs", function_name(h.function), h.xid),
-                              EMSGSIZE);
+            return make_error(
+                fmt::format("iSNS {} xid {}: more than 65535 PDUs", function_name(h.function), h.xid),
+                EMSGSIZE);
         }
         return {};
     }

@@ -57,13 +57,15 @@ constexpr size_t default_pdu_payload = 8192;
 
 // The message as PDUs, back to back, ready to send. `sender` is flag::client or flag::server.
 // `pdu_payload` (a multiple of 4, at most 65532) bounds each PDU's payload.
-std::vector<uint8_t> encode(const Message& message, uint16_t sender, size_t pdu_payload = default_pdu_payload);
+std::vector<uint8_t> encode(const Message& message, uint16_t sender,
+                            size_t pdu_payload = default_pdu_payload);
 
 // The attributes of a payload (§5.5): each header complete, each length a multiple of 4 and within
 // the payload. Errors name the offset.
 Result<std::vector<Attribute>> decode_attributes(std::span<const uint8_t> payload);
 // A whole message's payload (the PDUs' payloads joined) into a Message.
-Result<Message> decode_message(uint16_t function, uint16_t flags, uint16_t xid, std::span<const uint8_t> payload);
+Result<Message> decode_message(uint16_t function, uint16_t flags, uint16_t xid,
+                               std::span<const uint8_t> payload);
 
 // Frames PDUs from a byte stream and joins them into messages. Everything it holds is bounded: one
 // PDU's header and payload (at most 12 + 65535 bytes), one message being assembled (at most
@@ -89,7 +91,7 @@ private:
     std::vector<uint8_t> _staged; // the current PDU: header, then payload
     std::optional<PduHeader> _header;
     bool _assembling = false;
-    PduHeader _first;             // the message's first PDU
+    PduHeader _first; // the message's first PDU
     uint16_t _next_sequence = 0;
     std::vector<uint8_t> _payload; // the message's payload so far
     std::deque<Message> _ready;

@@ -106,8 +106,8 @@ Message target_query(std::string_view source) {
     m.attributes.push_back(u32_attribute(tag::iscsi_node_type, node_type::target));
     delimiter(m);
     for (uint32_t t : {tag::entity_identifier, tag::iscsi_name, tag::iscsi_node_type, tag::iscsi_alias,
-                       tag::portal_ip_address, tag::portal_port, tag::pg_iscsi_name, tag::pg_portal_ip_address,
-                       tag::pg_portal_port, tag::pg_tag}) {
+                       tag::portal_ip_address, tag::portal_port, tag::pg_iscsi_name,
+                       tag::pg_portal_ip_address, tag::pg_portal_port, tag::pg_tag}) {
         m.attributes.push_back(nil_attribute(t));
     }
     return m;

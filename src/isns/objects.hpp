@@ -108,7 +108,7 @@ Result<QueryObjects> read_objects(std::span<const Attribute> attributes);
 struct DiscoveredPortal {
     Address address;
     uint16_t port = 0;
-    std::optional<uint32_t> tpgt; // from its portal group, when the server lists one
+    std::optional<uint32_t> tpgt;  // from its portal group, when the server lists one
     std::string to_string() const; // "192.0.2.1:3260" or "[2001:db8::1]:3260"
 };
 struct DiscoveredTarget {

@@ -96,8 +96,8 @@ struct Registrar::State {
     bool esi_refused = false; // the server answered ESI Not Available: register without ESI
     std::vector<EsiConnection> esi;
     bool registered = false;
-    std::string entity_id;       // as registered
-    std::string source;          // a node of the registered entity, the Source of our messages
+    std::string entity_id; // as registered
+    std::string source;    // a node of the registered entity, the Source of our messages
     uint64_t sent_version = ~uint64_t(0);
     bool pending = false; // the wanted registration is not the one the server has
     uint32_t period = 0;
@@ -288,8 +288,9 @@ void Registrar::State::step(const Registration& want, uint64_t want_version, Clo
         }
         sent_version = want_version;
         pending = false;
-        log_info("iSNS: {} entity {} at {}: {} (registration period {}; {})", update ? "updated" : "registered",
-                 entity_id, options.client.server, summary(want), period ? fmt::format("{} s", period) : "none",
+        log_info("iSNS: {} entity {} at {}: {} (registration period {}; {})",
+                 update ? "updated" : "registered", entity_id, options.client.server, summary(want),
+                 period ? fmt::format("{} s", period) : "none",
                  esi_port && !esi_refused ? fmt::format("ESI on port {}", esi_port) : "no ESI");
         succeeded();
         return;
@@ -375,15 +376,16 @@ Result<void> Registrar::State::refresh() {
     }
     if (!present) {
         if (response->status == uint32_t(Status::success) || source_lost(response->status)) {
-            log_warn("iSNS server {} no longer holds entity {} ({}); registering again", options.client.server,
-                     entity_id,
+            log_warn("iSNS server {} no longer holds entity {} ({}); registering again",
+                     options.client.server, entity_id,
                      response->status ? status_name(response->status) : std::string("not in its answer"));
             registered = false;
             std::lock_guard lock(mutex);
             status.registered = false;
             return {};
         }
-        return make_error(fmt::format("refreshing entity {}: {}", entity_id, status_name(response->status)), EPROTO);
+        return make_error(fmt::format("refreshing entity {}: {}", entity_id, status_name(response->status)),
+                          EPROTO);
     }
     auto interval = period ? std::chrono::seconds(std::max<uint32_t>(1, period / 2)) : options.idle_check;
     next_refresh = Clock::now() + interval;
@@ -399,7 +401,8 @@ Result<void> Registrar::State::deregister() {
     }
     // Gone already is as good as gone.
     if (response->status != uint32_t(Status::success) && !source_lost(response->status)) {
-        return make_error(fmt::format("DevDereg of entity {}: {}", entity_id, status_name(response->status)), EPROTO);
+        return make_error(fmt::format("DevDereg of entity {}: {}", entity_id, status_name(response->status)),
+                          EPROTO);
     }
     registered = false;
     std::lock_guard lock(mutex);

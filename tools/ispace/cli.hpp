@@ -82,4 +82,8 @@ Runner add_bench(CLI::App& app, GlobalOptions& global);
 Runner add_inq(CLI::App& app, GlobalOptions& global);
 Runner add_readcap(CLI::App& app, GlobalOptions& global);
 
+// `ls isns://HOST[:PORT]` (cmd_isns.cpp).
+bool is_isns_url(std::string_view text);
+int run_ls_isns(GlobalOptions& global, std::string_view url_text);
+
 } // namespace ispace::cli

@@ -44,7 +44,8 @@ std::vector<Message> read_all(const Bytes& wire, std::vector<size_t> chunks, siz
     return out;
 }
 
-Bytes header(uint16_t version, uint16_t function, uint16_t length, uint16_t flags, uint16_t xid, uint16_t seq) {
+Bytes header(uint16_t version, uint16_t function, uint16_t length, uint16_t flags, uint16_t xid,
+             uint16_t seq) {
     Bytes b(header_size);
     encode_header({version, function, length, flags, xid, seq}, b.data());
     return b;
@@ -60,10 +61,10 @@ TEST(IsnsAttribute, StringsAreNulTerminatedAndPaddedToFourBytes) {
 }
 
 TEST(IsnsAttribute, MalformedStringsAreErrors) {
-    EXPECT_FALSE(read_string(Attribute{32, {'a', 'b', 'c', 'd'}}));     // no NUL
-    EXPECT_FALSE(read_string(Attribute{32, {'a', 0, 'x', 0}}));         // bytes after the NUL
-    EXPECT_FALSE(read_string(Attribute{32, {'a', 0, 0}}));              // not a multiple of 4
-    EXPECT_FALSE(read_string(Attribute{32, {}}));                       // nil
+    EXPECT_FALSE(read_string(Attribute{32, {'a', 'b', 'c', 'd'}}));          // no NUL
+    EXPECT_FALSE(read_string(Attribute{32, {'a', 0, 'x', 0}}));              // bytes after the NUL
+    EXPECT_FALSE(read_string(Attribute{32, {'a', 0, 0}}));                   // not a multiple of 4
+    EXPECT_FALSE(read_string(Attribute{32, {}}));                            // nil
     EXPECT_EQ(*read_string(Attribute{32, {'a', 0, 0, 0, 0, 0, 0, 0}}), "a"); // extra padding words
 }
 
@@ -80,6 +81,15 @@ TEST(IsnsAttribute, NumbersAddressesAndPorts) {
     EXPECT_TRUE(Address{}.is_unspecified());
     EXPECT_EQ(*read_address(address_attribute(16, v4)), v4);
     EXPECT_FALSE(read_address(Attribute{16, Bytes(4)})); // an IPv4 address must come mapped, 16 bytes
+    Address compat;                                      // ::192.0.2.1, as open-isns sends IPv4 addresses
+    store_be32(compat.bytes.data() + 12, 0xc0000201);
+    EXPECT_TRUE(compat.is_ipv4());
+    EXPECT_EQ(compat.to_string(), "192.0.2.1");
+    EXPECT_EQ(compat.to_endpoint(3260).to_string(), "192.0.2.1:3260");
+    Address loopback6; // ::1 is IPv6's loopback, not 0.0.0.1
+    loopback6.bytes[15] = 1;
+    EXPECT_FALSE(loopback6.is_ipv4());
+    EXPECT_EQ(loopback6.to_string(), "::1");
 
     auto ep = net::parse_endpoint("[2001:db8::5]:3260", 0);
     ASSERT_TRUE(ep);
@@ -97,7 +107,8 @@ TEST(IsnsAttribute, NumbersAddressesAndPorts) {
 
 TEST(IsnsAttribute, DescribeNamesTagAndValue) {
     EXPECT_EQ(describe(string_attribute(tag::iscsi_name, "iqn.a")), "iSCSI Name (32) = \"iqn.a\"");
-    EXPECT_EQ(describe(port_attribute(tag::portal_port, {3260, false})), "Portal TCP/UDP Port (17) = 3260/tcp");
+    EXPECT_EQ(describe(port_attribute(tag::portal_port, {3260, false})),
+              "Portal TCP/UDP Port (17) = 3260/tcp");
     EXPECT_EQ(describe(nil_attribute(tag::pg_tag)), "PG Tag (51) = nil");
     EXPECT_EQ(describe(Attribute{9999, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}}),
               "tag 9999 = 12 bytes 0102030405060708090a0b0c");
@@ -146,7 +157,8 @@ TEST(IsnsMessage, ResponsesCarryTheStatusWordFirst) {
 TEST(IsnsMessage, LargeMessagesSpanPdusAndJoinFromAnyChunking) {
     Message m = sample_request();
     for (int i = 0; i < 300; ++i) {
-        m.attributes.push_back(string_attribute(tag::iscsi_name, "iqn.2026-01.org.example:target-" + std::to_string(i)));
+        m.attributes.push_back(
+            string_attribute(tag::iscsi_name, "iqn.2026-01.org.example:target-" + std::to_string(i)));
     }
     Bytes wire = encode(m, flag::client, 256);
     // Several PDUs, sequence numbers from 0, FIRST on the first and LAST on the last only.
