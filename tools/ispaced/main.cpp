@@ -15,6 +15,7 @@
 #include <optional>
 #include <pthread.h>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 using namespace ispace;
@@ -51,6 +52,11 @@ USER:SECRET guards SendTargets, where the target proves --discovery-mutual-chap 
 default the --mutual-chap one) to initiators that ask; --allow IQN[@CIDR] (repeatable) admits only the initiators listed,
 and SendTargets lists a target only to initiators it admits.
 
+iSNS (RFC 4171): --isns HOST[:PORT] registers the portals and targets with an iSNS server (port 3205
+by default) as one network entity (--isns-entity, by default ispaced:HOSTNAME:FIRST-PORTAL), keeps the
+registration fresh, answers the server's status inquiries, updates it when targets or portals change,
+and deregisters on exit. An iSNS server that does not answer is retried; it never stops the target.
+
 Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
 stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0.
 )";
@@ -80,6 +86,9 @@ int main(int argc, char** argv) {
     unsigned nop_interval_ms = unsigned(limits.nop_interval.count());
     unsigned nop_timeout_ms = unsigned(limits.nop_timeout.count());
     std::string sanitize_rate = "64M";
+    std::string isns_server;
+    std::string isns_entity;
+    isns::RegistrarOptions isns_options;
 
     app.add_option("--listen", listen,
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
@@ -127,6 +136,16 @@ int main(int argc, char** argv) {
                "Bytes per second SANITIZE OVERWRITE writes to one LUN, so it does not starve the others "
                "(0: unlimited)")
             ->default_str("64M");
+
+    app.add_option("--isns", isns_server,
+                   "Register with this iSNS server, HOST[:PORT] (port 3205 by default), and keep the "
+                   "registration current");
+    app.add_option("--isns-entity", isns_entity,
+                   "Network entity identifier to register as (default: ispaced:HOSTNAME:FIRST-PORTAL)");
+    app.add_option("--isns-esi-interval", isns_options.esi_interval,
+                   "Seconds between the iSNS server's status inquiries (ESI) asked for; 0: none, the "
+                   "registration is refreshed instead")
+        ->default_val(isns_options.esi_interval);
 
     try {
         app.parse(argc, argv);
@@ -228,6 +247,14 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
         return 2;
     }
+    if (!isns_server.empty()) {
+        // A typo is a configuration error now; a server that does not answer is retried later.
+        if (auto where = isns::parse_server(isns_server); !where) {
+            std::fprintf(stderr, "ispaced: --isns %s: %s\n", isns_server.c_str(),
+                         where.error().message.c_str());
+            return 2;
+        }
+    }
     if (config.targets.empty()) {
         std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
                              "--lun)\n");
@@ -259,6 +286,22 @@ int main(int argc, char** argv) {
                 log_write(LogLevel::info,
                           fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), target->iqn, lun));
             }
+        }
+    }
+
+    if (!isns_server.empty()) {
+        if (isns_entity.empty()) {
+            char host[256] = {};
+            ::gethostname(host, sizeof host - 1);
+            auto portals = server.portal_endpoints();
+            isns_entity =
+                fmt::format("ispaced:{}:{}", host, portals.empty() ? "" : portals.front().to_string());
+        }
+        isns_options.client.server = isns_server;
+        if (auto registering = runtime.register_with_isns(isns_options, isns_entity); !registering) {
+            log_error("{}", registering.error().message);
+            runtime.stop(std::chrono::seconds(10));
+            return 1;
         }
     }
 
