@@ -124,8 +124,17 @@ def ispace_ls(ispace, initiator, server):
     return r.returncode, r.stdout + r.stderr
 
 
-def ports_of(ispaced):
-    return sorted({int(u.split("/")[2].rsplit(":", 1)[1]) for u in ispaced.urls})
+def ports_of(ispaced, count):
+    """The portals' ports in the order ispaced printed them (the order of their TPGTs, from 1)."""
+    deadline = time.time() + 5
+    while len(ispaced.urls) < count and time.time() < deadline:
+        time.sleep(0.05)  # "ready" is set at the first line; the others follow at once
+    ports = []
+    for url in ispaced.urls:
+        port = int(url.split("/")[2].rsplit(":", 1)[1])
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def test_ispaced(ispace, ispaced_bin, isnsd, scratch):
@@ -137,7 +146,7 @@ def test_ispaced(ispace, ispaced_bin, isnsd, scratch):
         "--log-level", "debug"], log_path=os.path.join(scratch, "ispaced.log"))
     daemon.start()
     try:
-        ports = ports_of(daemon)
+        ports = ports_of(daemon, 2)
         check(len(ports) == 2, f"ispaced serves two portals: {ports}")
         wait_for("isnsadm lists ispaced's entity", lambda: isnsd.registered(entity)[0])
         present, nodes, portals, groups = isnsd.registered(entity)
