@@ -21,11 +21,16 @@ int remaining_ms(Clock::time_point deadline) {
     return left <= 0 ? 0 : int(std::min<long long>(left, 1 << 30));
 }
 
-// Waits for `events` on `fd` until `deadline`: true when ready, an error on timeout.
-Result<void> wait_for(int fd, short events, Clock::time_point deadline, std::string_view what) {
+// Waits for `events` on `fd` until `deadline`: true when ready, an error on timeout, or ECANCELED as
+// soon as `cancel_fd` (when not -1) is readable.
+Result<void> wait_for(int fd, short events, Clock::time_point deadline, std::string_view what,
+                      int cancel_fd) {
     for (;;) {
-        pollfd p{fd, events, 0};
-        int n = ::poll(&p, 1, remaining_ms(deadline));
+        pollfd p[2] = {{fd, events, 0}, {cancel_fd, POLLIN, 0}};
+        int n = ::poll(p, cancel_fd >= 0 ? 2 : 1, remaining_ms(deadline));
+        if (n > 0 && cancel_fd >= 0 && p[1].revents) {
+            return make_error(fmt::format("cancelled {}", what), ECANCELED);
+        }
         if (n > 0) {
             return {};
         }
@@ -79,7 +84,7 @@ Result<void> Client::connect() {
                           fd.error().code);
     }
     _fd = *fd;
-    if (auto ready = wait_for(_fd, POLLOUT, deadline, "connecting"); !ready) {
+    if (auto ready = wait_for(_fd, POLLOUT, deadline, "connecting", _cancel_fd); !ready) {
         close();
         return make_error(fmt::format("iSNS server {}: {}", _options.server, ready.error().message),
                           ready.error().code);
@@ -107,7 +112,7 @@ Result<void> Client::send_all(const std::vector<uint8_t>& bytes, Clock::time_poi
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (auto ready = wait_for(_fd, POLLOUT, deadline, "sending"); !ready) {
+            if (auto ready = wait_for(_fd, POLLOUT, deadline, "sending", _cancel_fd); !ready) {
                 return ready;
             }
             continue;
@@ -143,7 +148,7 @@ Result<Message> Client::call(Message request) {
             }
             // Anything else (an answer to an abandoned request) is not ours to act on.
         }
-        if (auto ready = wait_for(_fd, POLLIN, deadline, "waiting for the response"); !ready) {
+        if (auto ready = wait_for(_fd, POLLIN, deadline, "waiting for the response", _cancel_fd); !ready) {
             return fail(ready.error());
         }
         ssize_t n = ::recv(_fd, buffer, sizeof buffer, 0);

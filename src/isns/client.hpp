@@ -47,12 +47,16 @@ public:
     Result<net::Endpoint> local_endpoint() const;
     const std::string& server() const { return _options.server; }
     void set_timeout(std::chrono::milliseconds timeout) { _options.timeout = timeout; }
+    // While `fd` (an eventfd, say) is readable, every wait ends at once with ECANCELED: how a thread
+    // blocked on an unresponsive server is told to stop. -1: none.
+    void set_cancel_fd(int fd) { _cancel_fd = fd; }
 
 private:
     Result<void> send_all(const std::vector<uint8_t>& bytes, std::chrono::steady_clock::time_point deadline);
 
     ClientOptions _options;
     int _fd = -1;
+    int _cancel_fd = -1;
     uint16_t _next_xid;
     MessageReader _reader;
 };

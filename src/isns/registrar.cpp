@@ -88,6 +88,9 @@ struct Registrar::State {
     Clock::time_point stop_deadline;
     RegistrarStatus status;
     int wake_fd = -1;
+    // Written once, by stop(): ends a wait on an unresponsive server at once (the client polls it),
+    // so a stop is bounded by its grace period, not by the client's timeout.
+    int stop_fd = -1;
 
     // --- the thread's own ---
     Client client;
@@ -121,6 +124,8 @@ struct Registrar::State {
 
 Registrar::Registrar(RegistrarOptions options) : _state(std::make_unique<State>(std::move(options))) {
     _state->wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    _state->stop_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    _state->client.set_cancel_fd(_state->stop_fd);
     if (_state->options.esi_interval > 0) {
         auto fd = listen_esi();
         if (fd) {
@@ -149,6 +154,9 @@ Registrar::~Registrar() {
     if (_state->wake_fd >= 0) {
         ::close(_state->wake_fd);
     }
+    if (_state->stop_fd >= 0) {
+        ::close(_state->stop_fd);
+    }
 }
 
 void Registrar::update(Registration desired) {
@@ -167,6 +175,7 @@ void Registrar::stop(std::chrono::milliseconds grace) {
             _state->stop_deadline = Clock::now() + grace;
             uint64_t one = 1;
             (void)!::write(_state->wake_fd, &one, sizeof one);
+            (void)!::write(_state->stop_fd, &one, sizeof one);
         }
     }
     if (_thread.joinable()) {
@@ -194,7 +203,10 @@ void Registrar::State::run() {
         }
         if (stop) {
             if (registered) {
-                // The server gets what is left of the grace period, and no more.
+                // The server gets what is left of the grace period, and no more; the stop signal
+                // no longer cancels (it stays raised), the deadline bounds the call.
+                client.close();
+                client.set_cancel_fd(-1);
                 auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
                 client.set_timeout(std::clamp(left, std::chrono::milliseconds(100), options.client.timeout));
                 if (auto gone = deregister(); gone) {
@@ -411,6 +423,9 @@ Result<void> Registrar::State::deregister() {
 }
 
 void Registrar::State::failed(const Error& e, Clock::time_point now) {
+    if (e.code == ECANCELED) {
+        return; // stop() cut the wait short: not the server's fault, and the loop ends next
+    }
     backoff = backoff.count() == 0 ? options.retry_first : std::min(backoff * 2, options.retry_max);
     retry_at = now + backoff;
     // Once per distinct error, not once per retry: an absent server must not flood the log.
