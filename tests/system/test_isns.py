@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """iSNS (RFC 4171) against Debian's open-isns server (isnsd), with its isnsadm as the independent client.
 
-ispaced --isns registers its entity, portals, targets and portal groups; the server's Entity Status
+ispaced with an iSNS server (from its configuration file) registers its entity, portals, targets and portal groups; the server's Entity Status
 Inquiries are answered; `ispace ls isns://` lists only what the discovery domain lets an initiator see;
 nothing remains after ispaced stops. Through the runtime driver (the catalog changed live): a target
 and a portal added at run time appear, a removed target goes, the registration outlives its
@@ -9,6 +9,7 @@ registration period (refreshed, no ESI), and nothing remains after the driver ex
 
 Usage: test_isns.py ISPACE ISPACED RUNTIME_DRIVER   (exit 77 when isnsd or isnsadm is missing)
 """
+import json
 import os
 import re
 import shutil
@@ -140,10 +141,13 @@ def ports_of(ispaced, count):
 def test_ispaced(ispace, ispaced_bin, isnsd, scratch):
     server = f"127.0.0.1:{isnsd.port}"
     entity = "ispace-test-entity"
-    daemon = ispace_testlib.Ispaced(ispaced_bin, [
-        "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--iqn", T1, "--alias", "first",
-        "--lun", "memory:16M", "--isns", server, "--isns-entity", entity, "--isns-esi-interval", "1",
-        "--log-level", "debug"], log_path=os.path.join(scratch, "ispaced.log"))
+    # The server and entity from the configuration file, the ESI interval from a flag over it.
+    config = os.path.join(scratch, "ispaced.json")
+    with open(config, "w") as f:
+        json.dump({"listen": ["127.0.0.1:0", "127.0.0.1:0"], "isns": {"server": server, "entity": entity},
+                   "targets": [{"iqn": T1, "alias": "first", "luns": ["memory:16M"]}]}, f)
+    daemon = ispace_testlib.Ispaced(ispaced_bin, ["--config", config, "--isns-esi-interval", "1", "--log-level",
+                                                  "debug"], log_path=os.path.join(scratch, "ispaced.log"))
     daemon.start()
     try:
         ports = ports_of(daemon, 2)

@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
     std::string sanitize_rate = "64M";
     std::string isns_server;
     std::string isns_entity;
-    isns::RegistrarOptions isns_options;
+    uint32_t isns_esi_interval = 60;
 
     app.add_option("--listen", listen,
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
@@ -137,15 +137,19 @@ int main(int argc, char** argv) {
                "(0: unlimited)")
             ->default_str("64M");
 
-    app.add_option("--isns", isns_server,
-                   "Register with this iSNS server, HOST[:PORT] (port 3205 by default), and keep the "
-                   "registration current");
-    app.add_option("--isns-entity", isns_entity,
-                   "Network entity identifier to register as (default: ispaced:HOSTNAME:FIRST-PORTAL)");
-    app.add_option("--isns-esi-interval", isns_options.esi_interval,
-                   "Seconds between the iSNS server's status inquiries (ESI) asked for; 0: none, the "
-                   "registration is refreshed instead")
-        ->default_val(isns_options.esi_interval);
+    auto* isns_option =
+        app.add_option("--isns", isns_server,
+                       "Register with this iSNS server, HOST[:PORT] (port 3205 by default), and "
+                       "keep the registration current");
+    auto* isns_entity_option =
+        app.add_option("--isns-entity", isns_entity,
+                       "Network entity identifier to register as (default: ispaced:HOSTNAME:FIRST-PORTAL)");
+    auto* isns_esi_option =
+        app.add_option("--isns-esi-interval", isns_esi_interval,
+                       "Seconds between the iSNS server's status inquiries (ESI) asked for; 0: none, the "
+                       "registration is refreshed instead")
+            ->default_val(isns_esi_interval)
+            ->check(CLI::Range(0u, 86400u));
 
     try {
         app.parse(argc, argv);
@@ -211,6 +215,15 @@ int main(int argc, char** argv) {
     if (reactors_option->count()) {
         overlay.reactors = reactors;
     }
+    if (isns_option->count()) {
+        overlay.isns_server = isns_server;
+    }
+    if (isns_entity_option->count()) {
+        overlay.isns_entity = isns_entity;
+    }
+    if (isns_esi_option->count()) {
+        overlay.isns_esi_interval = isns_esi_interval;
+    }
     if (state_dir_option->count()) {
         overlay.state_dir = state_dir;
     }
@@ -247,14 +260,15 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
         return 2;
     }
-    if (!isns_server.empty()) {
+    if (!config.isns.server.empty()) {
         // A typo is a configuration error now; a server that does not answer is retried later.
-        if (auto where = isns::parse_server(isns_server); !where) {
-            std::fprintf(stderr, "ispaced: --isns %s: %s\n", isns_server.c_str(),
+        if (auto where = isns::parse_server(config.isns.server); !where) {
+            std::fprintf(stderr, "ispaced: iSNS server %s: %s\n", config.isns.server.c_str(),
                          where.error().message.c_str());
             return 2;
         }
     }
+    iscsi_target::IsnsSettings isns_settings = config.isns;
     if (config.targets.empty()) {
         std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
                              "--lun)\n");
@@ -289,16 +303,18 @@ int main(int argc, char** argv) {
         }
     }
 
-    if (!isns_server.empty()) {
-        if (isns_entity.empty()) {
+    if (!isns_settings.server.empty()) {
+        std::string entity = isns_settings.entity;
+        if (entity.empty()) {
             char host[256] = {};
             ::gethostname(host, sizeof host - 1);
             auto portals = server.portal_endpoints();
-            isns_entity =
-                fmt::format("ispaced:{}:{}", host, portals.empty() ? "" : portals.front().to_string());
+            entity = fmt::format("ispaced:{}:{}", host, portals.empty() ? "" : portals.front().to_string());
         }
-        isns_options.client.server = isns_server;
-        if (auto registering = runtime.register_with_isns(isns_options, isns_entity); !registering) {
+        isns::RegistrarOptions isns_options;
+        isns_options.client.server = isns_settings.server;
+        isns_options.esi_interval = isns_settings.esi_interval;
+        if (auto registering = runtime.register_with_isns(isns_options, entity); !registering) {
             log_error("{}", registering.error().message);
             runtime.stop(std::chrono::seconds(10));
             return 1;

@@ -136,7 +136,8 @@ private:
             if (_entity.empty()) {
                 r.status = uint32_t(Status::no_such_entry);
             } else {
-                r.attributes = {nil_attribute(tag::delimiter), string_attribute(tag::entity_identifier, _entity)};
+                r.attributes = {nil_attribute(tag::delimiter),
+                                string_attribute(tag::entity_identifier, _entity)};
             }
         } else if (m.function == function_id(Function::dev_dereg)) {
             _entity.clear();
