@@ -46,13 +46,15 @@ class Rule:
     """When to fire and what to do.
 
     direction: "to_target" (initiator → target) or "to_initiator"; action: "corrupt", "drop" or "cut".
-    opcode: only PDUs with this opcode (None: any); min_data: only PDUs with at least this many data bytes.
+    opcode: only PDUs with this opcode (None: any); min_data: only PDUs with at least this many data bytes;
+    final: only PDUs whose F bit (byte 1, 0x80) is set (True) or clear (False); None: either.
     nth: fire on the nth matching PDU (1-based); every: then on every `every`-th after it (0: once);
     times: fire at most this many times (0: no limit). offset (corrupt only): an int, a byte of the PDU
     from the start of its BHS, or "data+N", byte N of its data segment.
     """
 
-    def __init__(self, direction, action, opcode=None, nth=1, every=0, times=0, offset="data+0", min_data=0):
+    def __init__(self, direction, action, opcode=None, nth=1, every=0, times=0, offset="data+0", min_data=0,
+                 final=None):
         if direction not in DIRECTIONS:
             raise ValueError(f"direction {direction!r}: one of {DIRECTIONS}")
         if action not in ACTIONS:
@@ -67,12 +69,13 @@ class Rule:
         self.times = times
         self.offset = offset
         self.min_data = max(min_data, 1 if isinstance(offset, str) and action == "corrupt" else 0)
+        self.final = final
         self.matched = 0
         self.fired = 0
 
     @classmethod
     def parse(cls, text):
-        """DIRECTION:ACTION[:key=value,...] with keys opcode, nth, every, times, offset, min_data."""
+        """DIRECTION:ACTION[:key=value,...] with keys opcode, nth, every, times, offset, min_data, final (0/1)."""
         parts = text.split(":", 2)
         if len(parts) < 2:
             raise ValueError(f"rule {text!r}: DIRECTION:ACTION[:key=value,...]")
@@ -84,13 +87,17 @@ class Rule:
                     kwargs[key] = value if value.startswith("data+") else int(value, 0)
                 elif key in ("opcode", "nth", "every", "times", "min_data"):
                     kwargs[key] = int(value, 0)
+                elif key == "final":
+                    kwargs[key] = bool(int(value))
                 else:
                     raise ValueError(f"rule {text!r}: unknown key {key!r}")
         return cls(parts[0], parts[1], **kwargs)
 
-    def wants(self, direction, opcode, data_length):
+    def wants(self, direction, opcode, data_length, final=False):
         """Counts a PDU that matches; True when the rule fires on it."""
         if direction != self.direction or (self.opcode is not None and opcode != self.opcode):
+            return False
+        if self.final is not None and final != self.final:
             return False
         if data_length < self.min_data:
             return False
@@ -178,7 +185,7 @@ class _Link:
         try:
             while not self.closed.is_set():
                 pdu, opcode, data_length, data_at = self._read_pdu(src)
-                action = self.proxy._decide(direction, opcode, data_length)
+                action = self.proxy._decide(direction, opcode, data_length, bool(pdu[1] & 0x80))
                 if direction == "to_initiator" and opcode == LOGIN_RESPONSE and action is None:
                     self._learn_login(pdu, data_at, data_length)
                 if action is not None:
@@ -256,10 +263,10 @@ class FaultProxy:
                 self._links = [l for l in self._links if not l.closed.is_set()] + [link]
             link.start()
 
-    def _decide(self, direction, opcode, data_length):
+    def _decide(self, direction, opcode, data_length, final):
         with self._lock:
             for rule in self.rules:
-                if rule.wants(direction, opcode, data_length):
+                if rule.wants(direction, opcode, data_length, final):
                     return rule
         return None
 
