@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """The fault proxy (fault_proxy.py) against ispaced at ErrorRecoveryLevel 0, with `ispace cp`.
 
-Each fault makes the connection fail; at ERL 0 the initiator logs in again (session reinstatement) and
-sends again what was not acknowledged, so every copy still ends identical:
+Faults 1-4 make the connection fail; at ERL 0 the initiator logs in again (session reinstatement) and
+sends again what was not acknowledged, so each copy still ends identical:
  1. a connection cut as the 20th SCSI Command goes to the target;
  2. a byte of a SCSI Command's header corrupted on its way to the target, with header digests: the
     target drops the connection (RFC 7143 §7.8, ERL 0);
  3. a byte of a Data-In's data corrupted on its way to the initiator, with data digests: the initiator
     drops the connection;
- 4. a Data-In dropped on its way to the initiator: the DataSN gap makes the initiator drop the connection.
-Each check also counts that the proxy fired and that the initiator came back over a new connection, so
-a proxy that injects nothing cannot pass.
+ 4. a connection cut as the 30th Data-In comes back to the initiator;
+ 5. a Data-Out dropped on its way to the target: the target finds the DataSN gap and fails that command
+    (ABORTED COMMAND, its documented ERL 0 behaviour), so the copy must fail loudly, never end with
+    other data.
+Each check also counts that the proxy fired (and, for 1-4, that the initiator came back over a new
+connection), so a proxy that injects nothing cannot pass.
 
 Usage: test_fault_proxy.py ISPACE ISPACED
 """
@@ -93,7 +96,8 @@ def main():
 
         for name, rule in (("a Data-In's data corrupted (data digest, reading)",
                             Rule("to_initiator", "corrupt", opcode=0x25, nth=15, offset="data+100")),
-                           ):
+                           ("a connection cut at the 30th Data-In (reading)",
+                            Rule("to_initiator", "cut", opcode=0x25, nth=30))):
             if os.path.exists(back):
                 os.unlink(back)
             through([rule], ispace, daemon, lambda url: [url, back], name,
