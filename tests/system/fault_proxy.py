@@ -287,7 +287,11 @@ def main():
     args = ap.parse_args()
     host, _, port = args.target.rpartition(":")
     lhost, _, lport = args.listen.rpartition(":")
-    proxy = FaultProxy((host, int(port)), [Rule.parse(r) for r in args.rule], (lhost, int(lport))).start()
+    try:
+        rules = [Rule.parse(r) for r in args.rule]
+    except ValueError as e:
+        ap.error(str(e))
+    proxy = FaultProxy((host, int(port)), rules, (lhost, int(lport))).start()
     print(f"listening: {proxy.address()}", flush=True)
     try:
         while True:
