@@ -4,7 +4,7 @@
 ispaced with an iSNS server (from its configuration file) registers its entity, portals, targets and portal groups; the server's Entity Status
 Inquiries are answered; `ispace ls isns://` lists only what the discovery domain lets an initiator see;
 nothing remains after ispaced stops. Through the runtime driver (the catalog changed live): a target
-and a portal added at run time appear, a removed target goes, the registration outlives its
+and a portal added at run time appear (a wildcard one with the address the server sees), a removed target goes, the registration outlives its
 registration period (refreshed, no ESI), and nothing remains after the driver exits.
 
 Usage: test_isns.py ISPACE ISPACED RUNTIME_DRIVER   (exit 77 when isnsd or isnsadm is missing)
@@ -203,12 +203,15 @@ def test_live(driver_bin, isnsd, scratch):
         started = time.time()
         check(driver.command(f"add-target {T3}") == "ok", "a target added live")
         wait_for("isnsadm lists the target added live", lambda: T3 in isnsd.registered(entity)[1])
-        answer = driver.command("add-portal 127.0.0.1:0")
+        # A wildcard portal: registered with the address the server sees us come from, not 0.0.0.0.
+        answer = driver.command("add-portal 0.0.0.0:0")
         check(answer.startswith("ok "), "a portal added live")
         new_port = int(answer.rsplit(":", 1)[1]) if answer.startswith("ok ") else -1
         wait_for("isnsadm lists the portal added live, with a portal group for each target",
                  lambda: (r := isnsd.registered(entity)) and new_port in r[2]
                  and any(g[0] == T3 and g[1] == new_port for g in r[3]))
+        address = isnsd.registered(entity)[2].get(new_port, {}).get("Portal IP address")
+        check(address == "127.0.0.1", f"the wildcard portal is registered as 127.0.0.1 ({address})")
         check(driver.command(f"remove-target {T3}") == "ok", "the live target removed")
         wait_for("isnsadm no longer lists the removed target", lambda: T3 not in isnsd.registered(entity)[1])
         # No ESI port registered: only refreshes keep the entity past its registration period.
