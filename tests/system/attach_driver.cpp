@@ -6,8 +6,8 @@
 //   attach SPEC                 → ok /dev/loopN
 //   detach PATH [force]         → ok
 //   resize PATH SIZE            → ok        (resizes the device behind PATH; memory: and file devices)
-//   status                      → ok PATH STATE BYTES BLOCK DIRECT_IO READS WRITES FLUSHES DISCARDS ERRORS;...
-//   quit                        → detaches everything (forced) and exits 0
+//   status                      → ok PATH STATE BYTES BLOCK DIRECT_IO READS WRITES FLUSHES DISCARDS
+//   ERRORS;... quit                        → detaches everything (forced) and exits 0
 //
 // Usage: attach_driver [--attach SPEC ...] [--reactors N] [--threads N] [--run-dir DIR] [--legacy-loop]
 // Devices given with --attach are attached first; then it prints "attached: PATH SPEC" for each on
@@ -171,7 +171,8 @@ void register_test_remote_kind(mgmt::Runtime& runtime) {
             return url.error();
         }
         if (url->target_name.empty() || !url->lun) {
-            return make_error(std::string(text) + ": give the target and the LUN: iscsi://HOST/IQN/LUN", EINVAL);
+            return make_error(std::string(text) + ": give the target and the LUN: iscsi://HOST/IQN/LUN",
+                              EINVAL);
         }
         return std::unique_ptr<backstore::Spec>(std::make_unique<TestRemoteSpec>(runtime, std::move(*url)));
     };
@@ -190,8 +191,9 @@ void answer(const Result<void>& r, const std::string& value = {}) {
 std::string status_line(const mgmt::Runtime& runtime) {
     std::string text;
     for (const attach::AttachmentStatus& s : runtime.attachments()) {
-        text += fmt::format("{}{} {} {} {} {} {} {} {} {} {}", text.empty() ? "" : ";", s.path, s.state, s.bytes,
-                            s.block_size, s.direct_io ? 1 : 0, s.reads, s.writes, s.flushes, s.discards, s.errors);
+        text += fmt::format("{}{} {} {} {} {} {} {} {} {} {}", text.empty() ? "" : ";", s.path, s.state,
+                            s.bytes, s.block_size, s.direct_io ? 1 : 0, s.reads, s.writes, s.flushes,
+                            s.discards, s.errors);
     }
     return text;
 }
