@@ -66,7 +66,7 @@ struct AttachmentStatus {
     uint64_t discards = 0; // deallocations and zeroings (fallocate)
     uint64_t bytes_read = 0;
     uint64_t bytes_written = 0;
-    uint64_t errors = 0; // requests answered with an error
+    uint64_t errors = 0; // requests answered with an error (not counting "not supported")
 };
 
 class Attachment {

@@ -49,7 +49,8 @@ DeviceFile::DeviceFile(std::shared_ptr<backstore::Device> device) : _device(std:
 DeviceFile::Attributes DeviceFile::attributes() const {
     backstore::Geometry geometry = _device->geometry();
     backstore::Features features = _device->features();
-    return {geometry.bytes(), geometry.block_size, features.read_only, features.unmap || features.write_zeroes};
+    return {geometry.bytes(), geometry.block_size, features.read_only,
+            features.unmap || features.write_zeroes};
 }
 
 void DeviceFile::fail() {
@@ -70,7 +71,8 @@ DeviceFile::Stats DeviceFile::stats() const {
 }
 
 int DeviceFile::count(int error) {
-    if (error != 0) {
+    // EOPNOTSUPP answers a question about capabilities (can this device discard?), it is no failure.
+    if (error != 0 && error != EOPNOTSUPP) {
         _errors.fetch_add(1, std::memory_order_relaxed);
     }
     return error;
@@ -92,7 +94,8 @@ void DeviceFile::submit(Op* op) {
             if (error == 0) {
                 file->_bytes_read.fetch_add(length, std::memory_order_relaxed);
             }
-            done(error, error ? std::span<const uint8_t>() : std::span<const uint8_t>(buffer.data() + skip, length));
+            done(error,
+                 error ? std::span<const uint8_t>() : std::span<const uint8_t>(buffer.data() + skip, length));
         } else if (op->write_done) {
             WriteDone done = std::move(op->write_done);
             uint32_t length = op->length;

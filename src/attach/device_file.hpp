@@ -77,7 +77,7 @@ public:
         uint64_t discards = 0;
         uint64_t bytes_read = 0;
         uint64_t bytes_written = 0;
-        uint64_t errors = 0;
+        uint64_t errors = 0; // requests answered with an error (EOPNOTSUPP, a capability answer, aside)
         uint64_t copied_writes = 0; // writes whose data was not aligned and had to be copied
     };
     Stats stats() const;

@@ -124,14 +124,14 @@ public:
         int file_fd = ::open(_mount_file.c_str(), (a.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
         if (file_fd < 0) {
             int err = errno;
-            return make_error(fmt::format("attach: opening the FUSE file {}: {}", _mount_file, std::strerror(err)),
-                              err);
+            return make_error(
+                fmt::format("attach: opening the FUSE file {}: {}", _mount_file, std::strerror(err)), err);
         }
-        struct stat st{};
+        struct stat st {};
         if (::fstat(file_fd, &st) != 0 || uint64_t(st.st_size) != a.bytes) {
             ::close(file_fd);
-            return make_error(fmt::format("attach: the FUSE file {} shows {} bytes, the device has {}", _mount_file,
-                                          uint64_t(st.st_size), a.bytes),
+            return make_error(fmt::format("attach: the FUSE file {} shows {} bytes, the device has {}",
+                                          _mount_file, uint64_t(st.st_size), a.bytes),
                               EIO);
         }
         LoopDevice::Settings settings;
@@ -157,9 +157,10 @@ public:
         }
         _path = _loop->path();
         if (!_loop->direct_io()) {
-            log_warn("{}: the loop device would not take direct I/O; pages are cached twice (in its page cache "
-                     "and the filesystem's)",
-                     _path);
+            log_warn(
+                "{}: the loop device would not take direct I/O; pages are cached twice (in its page cache "
+                "and the filesystem's)",
+                _path);
         }
         // The loop device holds the file now: the path is no longer needed, and without it nothing
         // stays in the mount table, even after kill -9.
@@ -170,8 +171,8 @@ public:
         _events = std::thread(&FuseLoopAttachment::run_events, this);
         _device->subscribe(this);
         _subscribed = true;
-        log_info("{}: attached {} ({}, {} blocks of {} bytes{}{}, {} FUSE workers, FUSE connection {})", _path,
-                 _name, format_size(a.bytes), a.bytes / a.block_size, a.block_size,
+        log_info("{}: attached {} ({}, {} blocks of {} bytes{}{}, {} FUSE workers, FUSE connection {})",
+                 _path, _name, format_size(a.bytes), a.bytes / a.block_size, a.block_size,
                  a.read_only ? ", read-only" : "", _loop->direct_io() ? ", direct I/O" : "", fuse.threads,
                  _server->connection());
         return {};
@@ -298,7 +299,8 @@ private:
     Result<void> flush_device() {
         std::promise<int> promise;
         std::future<int> flushed = promise.get_future();
-        _reactors->at(0).post([this, &promise] { _file->flush([&promise](int error) { promise.set_value(error); }); });
+        _reactors->at(0).post(
+            [this, &promise] { _file->flush([&promise](int error) { promise.set_value(error); }); });
         int error = flushed.get();
         if (error != 0) {
             return make_error(std::strerror(error), error);
@@ -359,12 +361,14 @@ private:
 
 Result<void> FuseLoopBackend::available() const {
     if (::geteuid() != 0) {
-        return make_error("attach (fuse+loop): needs root: it mounts a FUSE file and sets up a loop device", EPERM);
+        return make_error("attach (fuse+loop): needs root: it mounts a FUSE file and sets up a loop device",
+                          EPERM);
     }
     for (const char* node : {"/dev/fuse", "/dev/loop-control"}) {
         if (::access(node, R_OK | W_OK) != 0) {
             int err = errno;
-            return make_error(fmt::format("attach (fuse+loop): {}: {} (load the {} module)", node, std::strerror(err),
+            return make_error(fmt::format("attach (fuse+loop): {}: {} (load the {} module)", node,
+                                          std::strerror(err),
                                           std::string_view(node) == "/dev/fuse" ? "fuse" : "loop"),
                               err);
         }
@@ -380,10 +384,11 @@ Result<std::unique_ptr<Attachment>> FuseLoopBackend::attach(std::shared_ptr<back
     }
     backstore::Geometry geometry = device->geometry();
     if (geometry.block_size < 512 || geometry.block_size > 4096 || geometry.bytes() == 0) {
-        return make_error(fmt::format("attach: {}: a loop device takes block sizes of 512 to 4096 bytes and a "
-                                      "non-empty device ({} blocks of {} bytes)",
-                                      device->describe(), geometry.block_count, geometry.block_size),
-                          EINVAL);
+        return make_error(
+            fmt::format("attach: {}: a loop device takes block sizes of 512 to 4096 bytes and a "
+                        "non-empty device ({} blocks of {} bytes)",
+                        device->describe(), geometry.block_count, geometry.block_size),
+            EINVAL);
     }
     mark_reactors(reactors);
     std::string name = options.name.empty() ? device->describe() : options.name;

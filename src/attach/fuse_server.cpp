@@ -55,9 +55,10 @@ void route_libfuse_log(enum fuse_log_level level, const char* format, va_list ar
     while (!line.empty() && line.back() == '\n') {
         line.remove_suffix(1);
     }
-    LogLevel ours = level <= FUSE_LOG_ERR ? LogLevel::error : level <= FUSE_LOG_NOTICE ? LogLevel::warn
-                                                          : level <= FUSE_LOG_INFO     ? LogLevel::info
-                                                                                       : LogLevel::debug;
+    LogLevel ours = level <= FUSE_LOG_ERR      ? LogLevel::error
+                    : level <= FUSE_LOG_NOTICE ? LogLevel::warn
+                    : level <= FUSE_LOG_INFO   ? LogLevel::info
+                                               : LogLevel::debug;
     if (ours >= log_level()) {
         log_write(ours, fmt::format("libfuse: {}", line));
     }
@@ -100,7 +101,9 @@ struct FuseServer::Callbacks {
         }
     }
 
-    static ssize_t send_reply(int fd, struct iovec* iov, int count, void*) { return ::writev(fd, iov, count); }
+    static ssize_t send_reply(int fd, struct iovec* iov, int count, void*) {
+        return ::writev(fd, iov, count);
+    }
 
     static void init(void*, fuse_conn_info* conn) {
         conn->max_write = std::min<unsigned>(conn->max_write, DeviceFile::max_request);
@@ -118,7 +121,7 @@ struct FuseServer::Callbacks {
 
     static struct stat attributes(FuseServer* self) {
         DeviceFile::Attributes a = self->_file->attributes();
-        struct stat st{};
+        struct stat st {};
         st.st_ino = FUSE_ROOT_ID;
         st.st_mode = S_IFREG | (a.read_only ? 0400 : 0600);
         st.st_nlink = 1;
@@ -177,7 +180,7 @@ struct FuseServer::Callbacks {
 
     static void statfs(fuse_req_t req, fuse_ino_t) {
         DeviceFile::Attributes a = server(req)->_file->attributes();
-        struct statvfs sv{};
+        struct statvfs sv {};
         // The loop device takes its discard granularity from f_bsize.
         sv.f_bsize = a.block_size;
         sv.f_frsize = a.block_size;
@@ -312,9 +315,9 @@ Result<void> FuseServer::mount_and_start() {
     int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         int err = errno;
-        return make_error(fmt::format("/dev/fuse: {} (is the fuse module loaded, and are we root?)",
-                                      std::strerror(err)),
-                          err);
+        return make_error(
+            fmt::format("/dev/fuse: {} (is the fuse module loaded, and are we root?)", std::strerror(err)),
+            err);
     }
     std::string max_read = fmt::format("max_read={}", DeviceFile::max_request);
     const char* argv[] = {"ispace", "-o", max_read.c_str(), nullptr};
@@ -348,12 +351,12 @@ Result<void> FuseServer::mount_and_start() {
         pthread_setname_np(_threads.back().native_handle(), name.c_str());
     }
     // The first request on the file waits for the workers to answer the kernel's INIT.
-    struct stat st{};
+    struct stat st {};
     if (::stat(_options.mount_point.c_str(), &st) != 0) {
         int err = errno;
-        return make_error(fmt::format("{}: the FUSE file does not answer: {}", _options.mount_point,
-                                      std::strerror(err)),
-                          err);
+        return make_error(
+            fmt::format("{}: the FUSE file does not answer: {}", _options.mount_point, std::strerror(err)),
+            err);
     }
     _connection = major(st.st_dev) == 0 ? minor(st.st_dev) : unsigned(st.st_dev);
     return {};
@@ -451,7 +454,7 @@ Result<void> FuseServer::refresh_size(int fd) {
                                       std::strerror(-invalidated)),
                           -invalidated);
     }
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd, &st) != 0) {
         int err = errno;
         return make_error(fmt::format("{}: fstat: {}", _options.mount_point, std::strerror(err)), err);
@@ -481,7 +484,8 @@ bool FuseServer::stop(std::chrono::milliseconds grace) {
     {
         std::unique_lock lock(_mutex);
         while (!_changed.wait_for(lock, std::chrono::seconds(5), [&] { return _inflight.load() == 0; })) {
-            log_warn("{}: waiting for {} request(s) still on the device", _options.mount_point, _inflight.load());
+            log_warn("{}: waiting for {} request(s) still on the device", _options.mount_point,
+                     _inflight.load());
         }
     }
     if (_session != nullptr) {

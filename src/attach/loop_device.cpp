@@ -55,7 +55,7 @@ void set_name(uint8_t (&field)[LO_NAME_SIZE], const std::string& name) {
 } // namespace
 
 std::string mount_point_of(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     if (::stat(path.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) {
         return {};
     }
@@ -94,7 +94,8 @@ Result<std::unique_ptr<LoopDevice>> LoopDevice::attach(int backing_fd, const Set
         if (number < 0) {
             int err = errno;
             ::close(control);
-            return make_error(fmt::format("/dev/loop-control: no free loop device: {}", errno_text(err)), err);
+            return make_error(fmt::format("/dev/loop-control: no free loop device: {}", errno_text(err)),
+                              err);
         }
         std::string path = fmt::format("/dev/loop{}", number);
         int fd = open_loop_node(unsigned(number), path, settings.read_only ? O_RDONLY : O_RDWR);
