@@ -28,7 +28,11 @@ public:
     uint64_t identity() const override { return 1; }
     void submit(backstore::IoRequest& request) override {
         // Snapshot of what was asked; the request itself stays until complete().
-        Seen seen{request.op, request.offset, request.length, {}, request.iovcnt ? request.iov[0].iov_base : nullptr};
+        Seen seen{request.op,
+                  request.offset,
+                  request.length,
+                  {},
+                  request.iovcnt ? request.iov[0].iov_base : nullptr};
         for (unsigned i = 0; i < request.iovcnt; ++i) {
             if (request.op == backstore::IoOp::write) {
                 auto* p = static_cast<uint8_t*>(request.iov[i].iov_base);
@@ -115,7 +119,9 @@ struct DeviceFileTest : ::testing::Test {
     std::optional<std::pair<int, uint32_t>> write_result;
     void write(uint64_t offset, const uint8_t* data, uint32_t size) {
         write_result.reset();
-        file.write(offset, data, size, [this](int error, uint32_t written) { write_result = {error, written}; });
+        file.write(offset, data, size, [this](int error, uint32_t written) {
+            write_result = {error, written};
+        });
     }
     std::optional<int> done_error;
     void fallocate(int mode, uint64_t offset, uint64_t length) {
@@ -191,7 +197,8 @@ TEST_F(DeviceFileTest, ReadLargerThanTheNegotiatedMaximumIsRefused) {
     EXPECT_EQ(r.error, EINVAL);
     EXPECT_TRUE(device->seen_requests.empty());
     ReadResult ok;
-    file.read(0, DeviceFile::max_request, [&ok](int error, std::span<const uint8_t> data) { ok.error = error; });
+    file.read(0, DeviceFile::max_request,
+              [&ok](int error, std::span<const uint8_t> data) { ok.error = error; });
     EXPECT_EQ(device->seen_requests.size(), 1u);
     device->complete_all();
     EXPECT_EQ(ok.error, 0);
@@ -225,7 +232,8 @@ TEST_F(DeviceFileTest, UnalignedWriteDataIsCopiedToAnAlignedBuffer) {
     write(0, at, 4096);
     ASSERT_EQ(device->seen_requests.size(), 1u);
     EXPECT_NE(device->seen_requests[0].first_iov, static_cast<void*>(at));
-    EXPECT_EQ(reinterpret_cast<uintptr_t>(device->seen_requests[0].first_iov) % DeviceFile::data_alignment, 0u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(device->seen_requests[0].first_iov) % DeviceFile::data_alignment,
+              0u);
     EXPECT_EQ(std::memcmp(device->seen_requests[0].data.data(), at, 4096), 0);
     device->complete_next();
     EXPECT_EQ(write_result->first, 0);
@@ -343,7 +351,8 @@ TEST_F(DeviceFileTest, ZeroRangeWithoutWriteZeroesWritesZeroesAMebibyteAtATime) 
         const auto& seen = plain->seen_requests[piece];
         EXPECT_EQ(seen.op, backstore::IoOp::write);
         EXPECT_EQ(seen.offset, 4096 + uint64_t(piece) * DeviceFile::max_request);
-        EXPECT_EQ(seen.length, piece < 2 ? uint64_t(DeviceFile::max_request) : length - 2 * DeviceFile::max_request);
+        EXPECT_EQ(seen.length,
+                  piece < 2 ? uint64_t(DeviceFile::max_request) : length - 2 * DeviceFile::max_request);
         EXPECT_TRUE(std::all_of(seen.data.begin(), seen.data.end(), [](uint8_t b) { return b == 0; }));
         EXPECT_FALSE(result);
         plain->complete_next();
@@ -362,8 +371,8 @@ TEST_F(DeviceFileTest, ZeroRangeByWritingStopsAtTheFirstError) {
 }
 
 TEST_F(DeviceFileTest, FallocateModesTheFileCannotDoAreRefused) {
-    for (int mode : {0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_UNSHARE_RANGE,
-                     FALLOC_FL_PUNCH_HOLE /* without KEEP_SIZE */}) {
+    for (int mode : {0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE,
+                     FALLOC_FL_UNSHARE_RANGE, FALLOC_FL_PUNCH_HOLE /* without KEEP_SIZE */}) {
         fallocate(mode, 0, 4096);
         EXPECT_EQ(done_error, EOPNOTSUPP) << "mode " << mode;
     }
