@@ -45,6 +45,8 @@ constexpr size_t receive_capacity = mapping_size - receive_offset;
 // Background requests (asynchronous direct I/O, which is what the loop device sends) the kernel keeps
 // in flight at once; its default, 12, would cap the queue depth far below the loop device's 128.
 constexpr unsigned max_background = 128;
+// Receive buffers kept with their pages when idle: the workers' and those of a queue depth of 32.
+constexpr unsigned hot_buffers = 32;
 // Seconds the kernel may trust the file's attributes; a resize invalidates them at once anyway.
 constexpr double attr_timeout = 1.0;
 
@@ -419,15 +421,24 @@ uint8_t* FuseServer::take_buffer() {
 }
 
 void FuseServer::give_back(uint8_t* buffer) {
+    size_t kept;
     {
         std::lock_guard lock(_mutex);
-        // Keep what the workers and a burst of writes use; return the rest.
-        if (_free_buffers.size() < _options.threads + 16) {
-            _free_buffers.push_back(buffer);
-            return;
-        }
+        kept = _free_buffers.size();
     }
-    ::munmap(buffer, mapping_size);
+    if (kept >= _options.threads + max_background) {
+        ::munmap(buffer, mapping_size); // more than the kernel can have in flight: not needed again
+        return;
+    }
+    // Buffers past what a queue depth of 32 keeps busy go on being reused (a new mapping costs far more,
+    // and more than 32 writes may be in flight again), but their pages may be taken back when memory is
+    // short: after a burst of 1 MiB writes, idle buffers need not hold 1 MiB each. Before the buffer is
+    // on the free list: once there, a worker may read a request into it, which MADV_FREE must not drop.
+    if (kept >= _options.threads + hot_buffers) {
+        ::madvise(buffer, mapping_size, MADV_FREE);
+    }
+    std::lock_guard lock(_mutex);
+    _free_buffers.push_back(buffer);
 }
 
 void FuseServer::request_finished() {
