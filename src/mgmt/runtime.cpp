@@ -35,7 +35,7 @@ std::string security_summary(const iscsi_target::TargetConfig& tc) {
 
 } // namespace
 
-Runtime::Runtime(RuntimeOptions options) : _options(options), _attach_backends(attach::builtin_backends()) {
+Runtime::Runtime(RuntimeOptions options) : _options(options) {
     backstore::register_builtin_kinds(_backstores);
 }
 

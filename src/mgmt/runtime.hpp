@@ -135,7 +135,7 @@ private:
     bool _stopped = false;
     // Attachments, by block device path. Their own mutex: attach and detach block for a while (a mount,
     // the kernel letting go of a file) and must not hold up the catalog.
-    std::vector<std::unique_ptr<attach::AttachBackend>> _attach_backends;
+    std::vector<std::unique_ptr<attach::AttachBackend>> _attach_backends = attach::builtin_backends();
     mutable std::mutex _attach_mutex;
     std::map<std::string, std::unique_ptr<attach::Attachment>, std::less<>> _attachments;
 };
