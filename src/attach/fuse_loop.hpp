@@ -6,14 +6,15 @@
 // attach():
 //   1. an empty file RUN_DIR/attach-PID-N is made, and a FuseServer mounted on it (the root of the FUSE
 //      filesystem is that one regular file, the size of the device);
-//   2. we open the file and bind a free loop device to it (LOOP_CONFIGURE: direct I/O, the device's
-//      logical block size, autoclear);
+//   2. we open the file, bind a free loop device to it (LOOP_CONFIGURE: direct I/O, the device's
+//      logical block size, autoclear) and close it again, keeping only an O_PATH descriptor (a killed
+//      process must hold no open FUSE file of its own: see setup());
 //   3. the FUSE mount is lazily detached and the file removed at once: the loop device's reference
 //      keeps the filesystem alive, and nothing stays behind in the mount table. When the last
 //      reference goes (detach, or the process dies), the kernel ends the FUSE connection by itself.
 // detach():
-//   refuse while mounted (unless forced: then sync, cut off) → LOOP_CLR_FD and close → close our file
-//   (FUSE FLUSH) → the kernel ends the FUSE connection → the workers end → requests on reactors drain.
+//   refuse while mounted (unless forced: then sync, cut off) → flush the device → LOOP_CLR_FD and
+//   close → the kernel ends the FUSE connection → the workers end → requests on reactors drain.
 //
 // kill -9 of the process: the kernel closes /dev/fuse and so aborts the connection: every request
 // pending or later fails (ENOTCONN), which the loop device turns into I/O errors (EIO) for whatever
