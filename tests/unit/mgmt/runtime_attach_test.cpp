@@ -16,18 +16,6 @@
 namespace ispace::mgmt {
 namespace {
 
-std::string why_not_attachable() {
-    if (::geteuid() != 0) {
-        return "needs root";
-    }
-    for (const char* node : {"/dev/fuse", "/dev/loop-control"}) {
-        if (::access(node, R_OK | W_OK) != 0) {
-            return std::string(node) + " is missing";
-        }
-    }
-    return {};
-}
-
 bool loop_bound(const std::string& path) {
     std::string name = path.substr(path.rfind('/') + 1);
     return std::filesystem::exists("/sys/block/" + name + "/loop/backing_file");
@@ -36,7 +24,7 @@ bool loop_bound(const std::string& path) {
 class RuntimeAttachTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        if (std::string why = why_not_attachable(); !why.empty()) {
+        if (std::string why = attach::why_not_attachable(); !why.empty()) {
             GTEST_SKIP() << why;
         }
         char dir[] = "/tmp/ispace-runtime-attach-XXXXXX";
