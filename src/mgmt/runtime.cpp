@@ -163,6 +163,9 @@ Result<void> Runtime::serve(iscsi_target::ServerConfig config) {
     if (_started || _server) {
         return make_error("the runtime serves already", EBUSY);
     }
+    if (_stopped) {
+        return make_error("the runtime has stopped", ESHUTDOWN);
+    }
     if (auto valid = iscsi_target::validate(config); !valid) {
         return valid;
     }
@@ -221,10 +224,15 @@ Result<void> Runtime::serve(iscsi_target::ServerConfig config) {
 bool Runtime::stop(std::chrono::milliseconds grace) {
     assert_not_on_reactor("Runtime::stop");
     std::unique_lock lock(_catalog_mutex);
-    if ((!_started && !_reactors_running) || _stopped) {
+    if (_stopped) {
         return true;
     }
+    // Stopped even when nothing ran yet: an attach racing this on another thread must not start the
+    // reactors after stop() has returned (the attach test that races them found it did).
     _stopped = true;
+    if (!_started && !_reactors_running) {
+        return true;
+    }
     // Attached devices first: their I/O runs on the reactors and may go through the initiator. A
     // mounted one is synced, then cut off (docs/architecture.md, "Attach"). An attach or detach under
     // way (no new one starts now) finishes first: it uses the reactors too.
