@@ -45,7 +45,8 @@ TEST(AttachService, MalformedRequestsSayWhatIsWrongAndAttachNothing) {
                              "/no-such-dir/x.img"));
     EXPECT_TRUE(fails_saying(service.handle(json{{"verb", "detach-device"}}), "\"device\""));
     EXPECT_TRUE(fails_saying(
-        service.handle(json{{"verb", "detach-device"}, {"device", "/dev/loop0"}, {"force", "yes"}}), "\"force\""));
+        service.handle(json{{"verb", "detach-device"}, {"device", "/dev/loop0"}, {"force", "yes"}}),
+        "\"force\""));
     // Not attached here (it may be a data-space's device, or nothing): refused, naming the space verb.
     EXPECT_TRUE(fails_saying(service.handle(json{{"verb", "detach-device"}, {"device", "/dev/loop0"}}),
                              "ispace space detach"));
