@@ -523,83 +523,85 @@ void Runtime::isns_changed() {
     if (_isns) {
         _isns->update(isns_registration());
     }
-    Result<std::string> Runtime::attach(std::shared_ptr<backstore::Device> device,
-                                        attach::AttachOptions options) {
-        assert_not_on_reactor("Runtime::attach");
-        if (auto began = begin_attach_call(); !began) {
-            return began.error();
-        }
-        AttachCallEnd end{this};
-        std::string why_not;
-        for (auto& backend : _attach_backends) {
-            if (auto usable = backend->available(); !usable) {
-                why_not += (why_not.empty() ? "" : "; ") + usable.error().message;
-                continue;
-            }
-            auto attachment = backend->attach(std::move(device), *_reactors, options);
-            if (!attachment) {
-                return attachment.error();
-            }
-            std::string path = (*attachment)->path();
-            std::lock_guard lock(_attach_mutex);
-            _attachments[path] = std::move(*attachment);
-            return path;
-        }
-        return make_error("no way to attach a block device here: " + why_not, ENOTSUP);
-    }
+}
 
-    Result<std::string> Runtime::attach_spec(std::string_view spec_text, attach::AttachOptions options) {
-        assert_not_on_reactor("Runtime::attach_spec");
-        auto spec = _backstores.parse(spec_text);
-        if (!spec) {
-            return spec.error();
-        }
-        if (auto ok = (*spec)->check(); !ok) {
-            return ok.error();
-        }
-        auto device = (*spec)->open();
-        if (!device) {
-            return device.error();
-        }
-        if (options.name.empty()) {
-            options.name = (*spec)->describe();
-        }
-        return attach(std::shared_ptr<backstore::Device>(std::move(*device)), std::move(options));
+Result<std::string> Runtime::attach(std::shared_ptr<backstore::Device> device,
+                                    attach::AttachOptions options) {
+    assert_not_on_reactor("Runtime::attach");
+    if (auto began = begin_attach_call(); !began) {
+        return began.error();
     }
-
-    Result<void> Runtime::detach(std::string_view path, attach::DetachMode mode) {
-        assert_not_on_reactor("Runtime::detach");
-        if (auto began = begin_attach_call(); !began) {
-            return make_error(fmt::format("{}: the runtime has stopped, and detached everything", path),
-                              ESHUTDOWN);
+    AttachCallEnd end{this};
+    std::string why_not;
+    for (auto& backend : _attach_backends) {
+        if (auto usable = backend->available(); !usable) {
+            why_not += (why_not.empty() ? "" : "; ") + usable.error().message;
+            continue;
         }
-        AttachCallEnd end{this};
-        std::unique_ptr<attach::Attachment> attachment;
-        {
-            std::lock_guard lock(_attach_mutex);
-            auto found = _attachments.find(path);
-            if (found == _attachments.end()) {
-                return make_error(fmt::format("{}: not attached by this process", path), ENOENT);
-            }
-            // Detached outside the lock (it waits for the kernel); taken out so that no one else does.
-            attachment = std::move(found->second);
-            _attachments.erase(found);
+        auto attachment = backend->attach(std::move(device), *_reactors, options);
+        if (!attachment) {
+            return attachment.error();
         }
-        if (auto detached = attachment->detach(mode); !detached) {
-            std::lock_guard lock(_attach_mutex);
-            _attachments[std::string(path)] = std::move(attachment);
-            return detached;
-        }
-        return {};
-    }
-
-    std::vector<attach::AttachmentStatus> Runtime::attachments() const {
+        std::string path = (*attachment)->path();
         std::lock_guard lock(_attach_mutex);
-        std::vector<attach::AttachmentStatus> out;
-        for (const auto& [path, attachment] : _attachments) {
-            out.push_back(attachment->status());
-        }
-        return out;
+        _attachments[path] = std::move(*attachment);
+        return path;
     }
+    return make_error("no way to attach a block device here: " + why_not, ENOTSUP);
+}
+
+Result<std::string> Runtime::attach_spec(std::string_view spec_text, attach::AttachOptions options) {
+    assert_not_on_reactor("Runtime::attach_spec");
+    auto spec = _backstores.parse(spec_text);
+    if (!spec) {
+        return spec.error();
+    }
+    if (auto ok = (*spec)->check(); !ok) {
+        return ok.error();
+    }
+    auto device = (*spec)->open();
+    if (!device) {
+        return device.error();
+    }
+    if (options.name.empty()) {
+        options.name = (*spec)->describe();
+    }
+    return attach(std::shared_ptr<backstore::Device>(std::move(*device)), std::move(options));
+}
+
+Result<void> Runtime::detach(std::string_view path, attach::DetachMode mode) {
+    assert_not_on_reactor("Runtime::detach");
+    if (auto began = begin_attach_call(); !began) {
+        return make_error(fmt::format("{}: the runtime has stopped, and detached everything", path),
+                          ESHUTDOWN);
+    }
+    AttachCallEnd end{this};
+    std::unique_ptr<attach::Attachment> attachment;
+    {
+        std::lock_guard lock(_attach_mutex);
+        auto found = _attachments.find(path);
+        if (found == _attachments.end()) {
+            return make_error(fmt::format("{}: not attached by this process", path), ENOENT);
+        }
+        // Detached outside the lock (it waits for the kernel); taken out so that no one else does.
+        attachment = std::move(found->second);
+        _attachments.erase(found);
+    }
+    if (auto detached = attachment->detach(mode); !detached) {
+        std::lock_guard lock(_attach_mutex);
+        _attachments[std::string(path)] = std::move(attachment);
+        return detached;
+    }
+    return {};
+}
+
+std::vector<attach::AttachmentStatus> Runtime::attachments() const {
+    std::lock_guard lock(_attach_mutex);
+    std::vector<attach::AttachmentStatus> out;
+    for (const auto& [path, attachment] : _attachments) {
+        out.push_back(attachment->status());
+    }
+    return out;
+}
 
 } // namespace ispace::mgmt
