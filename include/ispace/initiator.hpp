@@ -331,6 +331,11 @@ private:
 
 // iscsi://[user%secret@]HOST[:PORT][/IQN[/LUN]][?header_digest=crc32c&data_digest=crc32c]
 // (libiscsi's form; HOST may be [IPv6]; user and secret are percent-decoded).
+// A secret left out of the URL comes from the environment, so that `ps` never shows it:
+// iscsi://user@HOST/... takes ISPACE_CHAP_SECRET, ?target_user=NAME without target_password takes
+// ISPACE_CHAP_TARGET_SECRET (as libiscsi takes LIBISCSI_CHAP_PASSWORD).
+inline constexpr const char* chap_secret_variable = "ISPACE_CHAP_SECRET";
+inline constexpr const char* chap_target_secret_variable = "ISPACE_CHAP_TARGET_SECRET";
 struct Url {
     std::string host;
     uint16_t port = default_port;
@@ -344,5 +349,8 @@ struct Url {
 Result<Url> parse_url(std::string_view text);
 // The URL without the secret ("iscsi://user@host:port/iqn/lun"), for messages.
 std::string to_string(const Url& url);
+// URL text (parsed or not) with its secrets replaced by "***": "iscsi://alice%***@h/iqn/x", and
+// target_password=***. For messages that quote what the user typed.
+std::string redact_url(std::string_view text);
 
 } // namespace ispace::initiator
