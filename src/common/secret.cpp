@@ -41,8 +41,8 @@ Result<std::string> read_secret_file(const std::string& path, std::string* warni
     }
     ::close(fd);
     if (got > limit) {
-        return make_error(fmt::format("{}: longer than {} bytes; a secret file holds one secret", path, limit),
-                          EINVAL);
+        return make_error(
+            fmt::format("{}: longer than {} bytes; a secret file holds one secret", path, limit), EINVAL);
     }
     text.resize(got);
     if (!text.empty() && text.back() == '\n') {

@@ -1,5 +1,7 @@
 #include "iscsi_target/config.hpp"
 
+#include "common/log.hpp"
+#include "common/secret.hpp"
 #include "common/units.hpp"
 #include "iscsi/text.hpp"
 
@@ -376,7 +378,11 @@ Result<void> only_keys(const json& object, std::initializer_list<std::string_vie
     return {};
 }
 
-Result<iscsi::ChapCredentials> read_credentials(const json& value, std::string_view where) {
+// "USER:SECRET", or {"user": ..., "secret": ...}, or {"user": ..., "secret_file": PATH} (a file holding
+// the secret alone; relative to the configuration file's directory), which keeps the secret out of a
+// file that is often world-readable or kept in version control.
+Result<iscsi::ChapCredentials> read_credentials(const json& value, std::string_view where,
+                                                const std::string& base_dir) {
     if (value.is_string()) {
         auto parsed = iscsi::parse_chap_credentials(value.get<std::string>());
         if (!parsed) {
@@ -384,14 +390,34 @@ Result<iscsi::ChapCredentials> read_credentials(const json& value, std::string_v
         }
         return *parsed;
     }
-    if (auto ok = only_keys(value, {"user", "secret"}, where); !ok) {
+    if (auto ok = only_keys(value, {"user", "secret", "secret_file"}, where); !ok) {
         return ok.error();
     }
-    if (!value.contains("user") || !value["user"].is_string() || !value.contains("secret") ||
-        !value["secret"].is_string()) {
-        return make_error(fmt::format("{}: needs \"user\" and \"secret\" strings", where));
+    bool has_secret = value.contains("secret") && value["secret"].is_string();
+    bool has_file = value.contains("secret_file") && value["secret_file"].is_string();
+    if (!value.contains("user") || !value["user"].is_string() || has_secret == has_file) {
+        return make_error(fmt::format(
+            "{}: needs a \"user\" and either a \"secret\" or a \"secret_file\" (strings)", where));
     }
-    return iscsi::ChapCredentials{value["user"].get<std::string>(), value["secret"].get<std::string>()};
+    iscsi::ChapCredentials credentials{value["user"].get<std::string>(), {}};
+    if (has_secret) {
+        credentials.secret = value["secret"].get<std::string>();
+        return credentials;
+    }
+    std::string path = value["secret_file"].get<std::string>();
+    if (!path.empty() && path.front() != '/' && !base_dir.empty()) {
+        path = base_dir + "/" + path;
+    }
+    std::string warning;
+    auto secret = read_secret_file(path, &warning);
+    if (!secret) {
+        return make_error(fmt::format("{}: secret_file {}", where, secret.error().message));
+    }
+    if (!warning.empty()) {
+        log_warn("{}: {}", where, warning);
+    }
+    credentials.secret = std::move(*secret);
+    return credentials;
 }
 
 Result<AclEntry> read_acl_entry(const json& value, std::string_view where) {
@@ -451,7 +477,8 @@ Result<uint64_t> read_unsigned(const json& object, const char* key, std::string_
     return make_error(fmt::format("{}: \"{}\" must be a non-negative number", where, key));
 }
 
-Result<ServerConfig> read_config(const json& root, const backstore::Registry& backstores) {
+Result<ServerConfig> read_config(const json& root, const backstore::Registry& backstores,
+                                 const std::string& base_dir) {
     if (auto ok =
             only_keys(root, {"listen", "reactors", "state_dir", "limits", "discovery", "targets"}, "config");
         !ok) {
@@ -546,14 +573,15 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
             return ok.error();
         }
         if (discovery.contains("chap")) {
-            auto credentials = read_credentials(discovery["chap"], "config discovery chap");
+            auto credentials = read_credentials(discovery["chap"], "config discovery chap", base_dir);
             if (!credentials) {
                 return credentials.error();
             }
             config.discovery_chap = *credentials;
         }
         if (discovery.contains("mutual_chap")) {
-            auto credentials = read_credentials(discovery["mutual_chap"], "config discovery mutual_chap");
+            auto credentials =
+                read_credentials(discovery["mutual_chap"], "config discovery mutual_chap", base_dir);
             if (!credentials) {
                 return credentials.error();
             }
@@ -616,14 +644,14 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
             target.luns.push_back(std::move(lun));
         }
         if (t.contains("chap")) {
-            auto credentials = read_credentials(t["chap"], where + " chap");
+            auto credentials = read_credentials(t["chap"], where + " chap", base_dir);
             if (!credentials) {
                 return credentials.error();
             }
             target.chap = *credentials;
         }
         if (t.contains("mutual_chap")) {
-            auto credentials = read_credentials(t["mutual_chap"], where + " mutual_chap");
+            auto credentials = read_credentials(t["mutual_chap"], where + " mutual_chap", base_dir);
             if (!credentials) {
                 return credentials.error();
             }
@@ -653,13 +681,31 @@ Result<ServerConfig> load_config_file(const std::string& path, const backstore::
     if (!in) {
         return make_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
     }
-    std::stringstream text;
-    text << in.rdbuf();
-    json root = json::parse(text.str(), nullptr, false, true); // comments allowed
-    if (root.is_discarded()) {
-        return make_error(fmt::format("{}: not valid JSON", path));
+    std::stringstream stream;
+    stream << in.rdbuf();
+    std::string text = stream.str();
+    json root;
+    try {
+        root = json::parse(text, nullptr, true, true); // comments allowed
+    } catch (const json::parse_error& e) {
+        // The library's message names a byte offset; an editor wants a line and a column.
+        size_t offset = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
+        size_t line = 1 + size_t(std::count(text.begin(), text.begin() + ptrdiff_t(offset), '\n'));
+        size_t line_start = text.rfind('\n', offset == 0 ? 0 : offset - 1);
+        size_t column = offset - (line_start == std::string::npos || offset == 0 ? 0 : line_start + 1) + 1;
+        std::string what = e.what();
+        // "[json.exception.parse_error.101] parse error at line 3, column 5: syntax error while parsing
+        // object - unexpected '}'; expected string literal": keep what follows the position.
+        if (size_t colon = what.find(": "); colon != std::string::npos) {
+            what = what.substr(colon + 2);
+        }
+        return make_error(fmt::format("{}:{}:{}: not valid JSON: {}", path, line, column, what));
     }
-    auto config = read_config(root, backstores);
+    std::string base_dir;
+    if (size_t slash = path.rfind('/'); slash != std::string::npos) {
+        base_dir = path.substr(0, slash == 0 ? 1 : slash);
+    }
+    auto config = read_config(root, backstores, base_dir);
     if (!config) {
         return make_error(fmt::format("{}: {}", path, config.error().message));
     }

@@ -3,12 +3,14 @@
 // Quick mode serves one target from the command line:
 //   ispaced --listen 127.0.0.1:3260 --iqn IQN --lun PATH[,size=1G][,block=512|4096][,thin][,ro] [--lun ...]
 #include "common/log.hpp"
+#include "common/secret.hpp"
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
 #include "mgmt/runtime.hpp"
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -49,24 +51,67 @@ Security: --chap USER:SECRET makes CHAP mandatory (secrets of 12 bytes or more);
 USER:SECRET is what the target proves to initiators that ask for mutual CHAP; --discovery-chap
 USER:SECRET guards SendTargets, where the target proves --discovery-mutual-chap USER:SECRET (by
 default the --mutual-chap one) to initiators that ask; --allow IQN[@CIDR] (repeatable) admits only the initiators listed,
-and SendTargets lists a target only to initiators it admits.
+and SendTargets lists a target only to initiators it admits. Each credential flag has a -file form
+(--chap-file FILE, ...) reading USER:SECRET from a file, so that `ps` never shows the secret; secrets
+given on the command line are scrubbed from it once parsed, but are visible until then.
 
 Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
 stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0.
 )";
 
+// The credential flags: each takes USER:SECRET, or (FLAG-file) a file holding it.
+struct CredentialFlag {
+    const char* name;
+    const char* help;
+    std::string text;
+    std::string file;
+};
+
+// `text` with every argument that may hold a secret (the values of credential flags, and the argument
+// after them, in case the user typed USER SECRET with a space) replaced by "***".
+std::string redact_arguments(std::string text, int argc, char** argv,
+                             const std::vector<CredentialFlag>& flags) {
+    std::vector<std::string> secrets;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        for (const CredentialFlag& flag : flags) {
+            std::string_view name = flag.name;
+            if (arg == name) {
+                for (int k = i + 1; k < argc && k <= i + 2; ++k) {
+                    secrets.emplace_back(argv[k]);
+                }
+            } else if (arg.size() > name.size() && arg.substr(0, name.size()) == name &&
+                       arg[name.size()] == '=') {
+                secrets.emplace_back(arg.substr(name.size() + 1));
+                if (i + 1 < argc) {
+                    secrets.emplace_back(argv[i + 1]);
+                }
+            }
+        }
+    }
+    // Longest first, so that a user name inside a secret does not leave the rest of it showing.
+    std::sort(secrets.begin(), secrets.end(),
+              [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+    for (const std::string& secret : secrets) {
+        if (secret.empty()) {
+            continue;
+        }
+        for (size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at + 3)) {
+            text.replace(at, secret.size(), "***");
+        }
+    }
+    return text;
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{description, "ispaced"};
+    app.set_version_flag("--version", std::string("ispaced ") + ISPACE_VERSION);
 
     std::vector<std::string> listen;
     std::string config_path;
     std::string iqn;
-    std::string chap;
-    std::string mutual_chap;
-    std::string discovery_chap;
-    std::string discovery_mutual_chap;
     std::vector<std::string> allow;
     std::string state_dir;
     std::string alias;
@@ -92,12 +137,22 @@ int main(int argc, char** argv) {
                    "iqn.2026-11.org.example:disk1");
     auto* alias_option = app.add_option("--alias", alias, "TargetAlias shown to initiators");
     app.add_option("--lun", luns, "A logical unit (see LUN specs above); repeat for more");
-    app.add_option("--chap", chap, "Require CHAP: USER:SECRET the initiator must present");
-    app.add_option("--mutual-chap", mutual_chap, "USER:SECRET the target presents for mutual CHAP");
-    app.add_option("--discovery-chap", discovery_chap, "Require CHAP for discovery sessions: USER:SECRET");
-    app.add_option("--discovery-mutual-chap", discovery_mutual_chap,
-                   "USER:SECRET the target presents for mutual CHAP in discovery sessions "
-                   "(default: the --mutual-chap one, when --discovery-chap is given)");
+    std::vector<CredentialFlag> credential_flags = {
+        {"--chap", "Require CHAP: USER:SECRET the initiator must present", {}, {}},
+        {"--mutual-chap", "USER:SECRET the target presents for mutual CHAP", {}, {}},
+        {"--discovery-chap", "Require CHAP for discovery sessions: USER:SECRET", {}, {}},
+        {"--discovery-mutual-chap",
+         "USER:SECRET the target presents for mutual CHAP in discovery sessions (default: the "
+         "--mutual-chap one, when --discovery-chap is given)",
+         {},
+         {}},
+    };
+    for (CredentialFlag& flag : credential_flags) {
+        app.add_option(flag.name, flag.text, flag.help);
+        app.add_option(std::string(flag.name) + "-file", flag.file,
+                       std::string("As ") + flag.name +
+                           ", from a file holding USER:SECRET (kept out of `ps`)");
+    }
     app.add_option("--allow", allow, "Admit only this initiator, IQN[@CIDR]; repeat for more (default: all)");
     auto* state_dir_option =
         app.add_option("--state-dir", state_dir,
@@ -130,8 +185,19 @@ int main(int argc, char** argv) {
 
     try {
         app.parse(argc, argv);
+    } catch (const CLI::Success& e) {
+        return app.exit(e); // --help, --version
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        // Exit 2 for every usage error (not CLI11's 105, 109, ...), and never echo a secret.
+        std::fprintf(stderr, "ispaced: %s\nRun `ispaced --help` for usage.\n",
+                     redact_arguments(e.what(), argc, argv, credential_flags).c_str());
+        return 2;
+    }
+    // Parsed and copied: the secrets leave /proc/PID/cmdline, which is what `ps` shows.
+    for (const CredentialFlag& flag : credential_flags) {
+        if (size_t colon = flag.text.find(':'); colon != std::string::npos) {
+            scrub_argv(argc, argv, std::string_view(flag.text).substr(colon + 1));
+        }
     }
 
     LogLevel level;
@@ -158,14 +224,32 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: give --iqn and at least one --lun, or --config FILE (see --help)\n");
         return 2;
     }
-    auto credentials = [](const std::string& text,
-                          const char* flag) -> std::optional<iscsi::ChapCredentials> {
+    auto credentials = [](const CredentialFlag& flag) -> std::optional<iscsi::ChapCredentials> {
+        std::string text = flag.text;
+        std::string source = flag.name;
+        if (!flag.file.empty()) {
+            if (!flag.text.empty()) {
+                std::fprintf(stderr, "ispaced: give %s or %s-file, not both\n", flag.name, flag.name);
+                std::exit(2);
+            }
+            std::string warning;
+            auto read = read_secret_file(flag.file, &warning);
+            if (!read) {
+                std::fprintf(stderr, "ispaced: %s-file: %s\n", flag.name, read.error().message.c_str());
+                std::exit(2);
+            }
+            if (!warning.empty()) {
+                log_warn("{}-file: {}", flag.name, warning);
+            }
+            text = std::move(*read);
+            source = fmt::format("{}-file {}", flag.name, flag.file);
+        }
         if (text.empty()) {
             return std::nullopt;
         }
         auto parsed = iscsi::parse_chap_credentials(text);
         if (!parsed) {
-            std::fprintf(stderr, "ispaced: %s: %s\n", flag, parsed.error().message.c_str());
+            std::fprintf(stderr, "ispaced: %s: %s\n", source.c_str(), parsed.error().message.c_str());
             std::exit(2);
         }
         return *parsed;
@@ -177,10 +261,10 @@ int main(int argc, char** argv) {
         overlay.alias = alias;
     }
     overlay.luns = luns;
-    overlay.chap = credentials(chap, "--chap");
-    overlay.mutual_chap = credentials(mutual_chap, "--mutual-chap");
-    overlay.discovery_chap = credentials(discovery_chap, "--discovery-chap");
-    overlay.discovery_mutual_chap = credentials(discovery_mutual_chap, "--discovery-mutual-chap");
+    overlay.chap = credentials(credential_flags[0]);
+    overlay.mutual_chap = credentials(credential_flags[1]);
+    overlay.discovery_chap = credentials(credential_flags[2]);
+    overlay.discovery_mutual_chap = credentials(credential_flags[3]);
     for (const std::string& entry : allow) {
         auto parsed = iscsi_target::parse_allow(entry);
         if (!parsed) {
@@ -229,8 +313,11 @@ int main(int argc, char** argv) {
         return 2;
     }
     if (config.targets.empty()) {
-        std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
-                             "--lun)\n");
+        // Not the quick-mode hint: a file was given, and the file is what to fix.
+        std::fprintf(stderr,
+                     "ispaced: nothing to serve: %s lists no target; add one to its \"targets\" (see "
+                     "docs/configuration.md)\n",
+                     config_path.c_str());
         return 2;
     }
     // MaxBurstLength above the transfer limit would only invite R2Ts we never send.
