@@ -1,6 +1,7 @@
 #include "iscsi_target/server.hpp"
 
 #include "common/log.hpp"
+#include "common/log_limit.hpp"
 #include "iscsi/text.hpp"
 #include "iscsi_target/connection.hpp"
 #include "iscsi_target/session.hpp"
@@ -15,6 +16,11 @@
 #include <unistd.h>
 
 namespace ispace::iscsi_target {
+
+namespace {
+// Connections refused at accept: a flood makes one per attempt (common/log_limit.hpp).
+LogLimit g_accept_log;
+} // namespace
 
 iscsi::NegotiationConfig default_target_negotiation() {
     iscsi::NegotiationConfig config;
@@ -359,7 +365,7 @@ void Server::accept_ready(Listener& listener) {
         auto fd = net::accept_tcp(listener.fd(), &peer);
         if (!fd) {
             if (fd.error().code != EAGAIN) {
-                log_warn("accept on {}: {}", listener.bound.to_string(), fd.error().message);
+                g_accept_log.warn("accept on {}: {}", listener.bound.to_string(), fd.error().message);
             }
             return;
         }
@@ -368,14 +374,14 @@ void Server::accept_ready(Listener& listener) {
             continue;
         }
         if (_open_connections.load() >= _config.limits.max_connections) {
-            log_warn("connection from {} refused: {} connections already open (limit)", peer.to_string(),
-                     _open_connections.load());
+            g_accept_log.warn("connection from {} refused: {} connections already open (limit)",
+                              peer.to_string(), _open_connections.load());
             ::close(*fd);
             continue;
         }
         if (_login_connections.load() >= _config.limits.max_login_connections) {
-            log_warn("connection from {} refused: {} connections are already logging in (limit)",
-                     peer.to_string(), _login_connections.load());
+            g_accept_log.warn("connection from {} refused: {} connections are already logging in (limit)",
+                              peer.to_string(), _login_connections.load());
             ::close(*fd);
             continue;
         }

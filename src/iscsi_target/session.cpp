@@ -1,6 +1,7 @@
 #include "iscsi_target/session.hpp"
 
 #include "common/log.hpp"
+#include "common/log_limit.hpp"
 #include "iscsi_target/connection.hpp"
 #include "iscsi_target/server.hpp"
 #include "net/reactor.hpp"
@@ -13,6 +14,8 @@ namespace ispace::iscsi_target {
 namespace {
 
 std::atomic<uint64_t> g_next_nexus_id{1};
+// A Data-Out sequence error is the peer's to repeat at will (common/log_limit.hpp).
+LogLimit g_data_out_log;
 
 iscsi::TmfResponse to_tmf_response(scsi::TmfResult result) {
     switch (result) {
@@ -501,7 +504,7 @@ Session::DataOutCheck Session::check_data_out(const Connection& connection, cons
 }
 
 void Session::fail_data_out(IscsiTask& command, const scsi::Sense& sense, const std::string& why) {
-    log_warn("{}: {}; the command fails", _name, why);
+    g_data_out_log.warn("{}: {}; the command fails", _name, why);
     command.data_failed = true;
     command.failure = sense;
     command.bursts.clear();
