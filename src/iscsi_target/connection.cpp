@@ -68,7 +68,31 @@ void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_
     OutPdu& pdu = _pdu_pool.get();
     pdu.build(bhs, std::move(data), offset, length, _params.header_digest == iscsi::Digest::crc32c,
               _params.data_digest == iscsi::Digest::crc32c);
+    // Counted before send(), which may hand the PDU back at once.
+    _unsent_bytes += pdu.bytes();
+    ++_unsent_pdus;
     _transport->send(pdu);
+    if (!_backlog_paused && (_unsent_bytes > max_unsent_bytes || _unsent_pdus > max_unsent_pdus) &&
+        !closing()) {
+        // The peer is not reading what we send: stop reading what it sends, so its requests cannot
+        // make us queue answers without limit (a NOP-Out flood, a pile of unread READs).
+        _backlog_paused = true;
+        _transport->pause_reading();
+        log_debug("connection {}: {} bytes in {} PDUs unsent; reading paused", _name, _unsent_bytes,
+                  _unsent_pdus);
+    }
+}
+
+void Connection::pdu_returned(size_t bytes) {
+    _unsent_bytes -= bytes;
+    --_unsent_pdus;
+    if (_backlog_paused && _unsent_bytes <= max_unsent_bytes / 2 && _unsent_pdus <= max_unsent_pdus / 2) {
+        _backlog_paused = false;
+        // Null while the destructor resets the transport (which hands unsent PDUs back).
+        if (_transport && !closing()) {
+            _transport->resume_reading();
+        }
+    }
 }
 
 void Connection::send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data) {
@@ -167,7 +191,8 @@ void Connection::closed(const std::string& reason) {
 // ---- Receiving -------------------------------------------------------------------------------------
 
 void Connection::on_readable() {
-    for (int i = 0; i < reads_per_event && !closing(); ++i) {
+    // Stop as soon as the backlog paused reading: the PDUs already read may have queued answers.
+    for (int i = 0; i < reads_per_event && !closing() && !_backlog_paused; ++i) {
         iovec direct = _reader.direct_read();
         net::Transport::ReadResult result;
         size_t asked = 0;

@@ -27,7 +27,10 @@ struct SessionSlot;
 class Target;
 struct IscsiTask;
 
-class Connection final : public net::Transport::Handler, public iscsi::PduSink, public iscsi::LoginPolicy {
+class Connection final : public net::Transport::Handler,
+                         public iscsi::PduSink,
+                         public iscsi::LoginPolicy,
+                         private OutPdu::Pool::Listener {
 public:
     // Binds `transport` to `reactor` (the calling thread's) with this connection as its handler.
     Connection(Server& server, net::Reactor& reactor, std::unique_ptr<net::Transport> transport,
@@ -83,6 +86,14 @@ public:
     // Answers `bhs` with a Reject PDU carrying `reason`.
     void reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why);
 
+    // Back-pressure: what this connection has queued for its peer and not yet sent. Past either bound
+    // it stops reading (the peer's requests stay in its socket) until half of it has gone out. Why a
+    // PDU count too: a small PDU costs a pooled buffer of several KiB for a few bytes on the wire.
+    static constexpr size_t max_unsent_bytes = size_t(1) << 20;
+    static constexpr size_t max_unsent_pdus = 256;
+    size_t unsent_bytes() const { return _unsent_bytes; }
+    bool reading_paused() const { return _backlog_paused; }
+
 private:
     enum class Phase : uint8_t { login, full_feature, closing, closed };
 
@@ -118,6 +129,8 @@ private:
     void schedule_nop();
     void nop_tick();
     void closed(const std::string& reason);
+    // OutPdu::Pool::Listener
+    void pdu_returned(size_t bytes) override;
 
     Server& _server;
     net::Reactor& _reactor;
@@ -129,7 +142,10 @@ private:
     uint16_t _tpgt;
     std::string _name;
     Phase _phase = Phase::login;
-    OutPdu::Pool _pdu_pool; // before _transport: unsent PDUs return here when the transport goes
+    OutPdu::Pool _pdu_pool{this}; // before _transport: unsent PDUs return here when the transport goes
+    size_t _unsent_bytes = 0;
+    size_t _unsent_pdus = 0;
+    bool _backlog_paused = false;
     std::unique_ptr<net::Transport> _transport;
     iscsi::PduReader _reader;
     std::unique_ptr<std::array<uint8_t, 16384>> _staging;

@@ -31,6 +31,7 @@ public:
         }
         iovcnt = 0;
         iov[iovcnt++] = {_header.data(), header_length};
+        _bytes = header_length;
         _data = std::move(data);
         if (length > 0) {
             uint8_t* p = _data.data() + offset;
@@ -40,8 +41,11 @@ public:
             if (_trailer.size > 0) {
                 iov[iovcnt++] = {_trailer.bytes.data(), _trailer.size};
             }
+            _bytes += length + _trailer.size;
         }
     }
+    // Bytes on the wire, header and data.
+    size_t bytes() const { return _bytes; }
 
     void on_sent(bool written) override;
 
@@ -50,12 +54,23 @@ private:
     std::array<uint8_t, iscsi::bhs_size + iscsi::digest_size> _header{};
     Buffer _data;
     iscsi::DataTrailer _trailer;
+    size_t _bytes = 0;
     Pool* _pool = nullptr;
 };
 
-// A connection's free list of OutPdus: steady-state sending allocates nothing.
+// A connection's free list of OutPdus: steady-state sending allocates nothing. It tells its listener
+// about every PDU that comes back (sent, or failed with the transport), which is how a connection
+// knows what it still has queued.
 class OutPdu::Pool {
 public:
+    class Listener {
+    public:
+        virtual void pdu_returned(size_t bytes) = 0;
+
+    protected:
+        ~Listener() = default;
+    };
+    explicit Pool(Listener* listener = nullptr) : _listener(listener) {}
     ~Pool() = default;
     OutPdu& get() {
         if (_free.empty()) {
@@ -71,9 +86,13 @@ public:
     void put(OutPdu& pdu) {
         pdu._data.reset();
         _free.push_back(&pdu);
+        if (_listener) {
+            _listener->pdu_returned(pdu._bytes);
+        }
     }
 
 private:
+    Listener* _listener;
     std::vector<std::unique_ptr<OutPdu>> _all;
     std::vector<OutPdu*> _free;
 };
