@@ -33,7 +33,8 @@ std::string LogLimit::describe_suppressed(uint64_t count, Clock::duration window
 
 std::string LogLimit::describe_limit() const {
     auto seconds = std::chrono::duration_cast<std::chrono::seconds>(_interval).count();
-    return fmt::format(" (more like this within {} s are suppressed and counted)", std::max<long>(seconds, 1));
+    return fmt::format(" (more like this within {} s are suppressed and counted)",
+                       std::max<long>(seconds, 1));
 }
 
 } // namespace ispace
