@@ -14,8 +14,16 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <unistd.h>
 
 namespace ispace::iscsi_target {
+
+uint64_t default_buffer_memory() {
+    long pages = ::sysconf(_SC_PHYS_PAGES);
+    long page_size = ::sysconf(_SC_PAGESIZE);
+    uint64_t memory = pages > 0 && page_size > 0 ? uint64_t(pages) * uint64_t(page_size) : 0;
+    return std::clamp<uint64_t>(memory / 16, uint64_t(64) << 20, uint64_t(512) << 20);
+}
 
 // ---- CIDR ------------------------------------------------------------------------------------------
 
@@ -351,6 +359,9 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
     if (overlay.sanitize_bytes_per_second) {
         limits.sanitize_bytes_per_second = *overlay.sanitize_bytes_per_second;
     }
+    if (overlay.buffer_memory) {
+        limits.buffer_memory = *overlay.buffer_memory;
+    }
     return {};
 }
 
@@ -521,7 +532,8 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
         if (auto ok = only_keys(limits,
                                 {"queue_depth", "max_transfer", "login_timeout_ms", "nop_interval_ms",
                                  "nop_timeout_ms", "max_connections", "max_login_connections",
-                                 "max_sessions_per_initiator", "sanitize_rate"},
+                                 "max_login_connections_per_source", "max_sessions_per_initiator",
+                                 "sanitize_rate", "buffer_memory"},
                                 "config limits");
             !ok) {
             return ok.error();
@@ -536,13 +548,16 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
         uint64_t nop_timeout = uint64_t(config.limits.nop_timeout.count());
         uint64_t max_conn = config.limits.max_connections, max_login = config.limits.max_login_connections;
         uint64_t per_initiator = config.limits.max_sessions_per_initiator;
+        uint64_t per_source = config.limits.max_login_connections_per_source;
         uint64_t sanitize_rate = config.limits.sanitize_bytes_per_second;
+        uint64_t buffer_memory = config.limits.buffer_memory;
         for (Field field :
              {Field{"queue_depth", &queue_depth}, Field{"max_transfer", &max_transfer},
               Field{"login_timeout_ms", &login_ms}, Field{"nop_interval_ms", &nop_interval},
               Field{"nop_timeout_ms", &nop_timeout}, Field{"max_connections", &max_conn},
               Field{"max_login_connections", &max_login}, Field{"max_sessions_per_initiator", &per_initiator},
-              Field{"sanitize_rate", &sanitize_rate}}) {
+              Field{"max_login_connections_per_source", &per_source}, Field{"sanitize_rate", &sanitize_rate},
+              Field{"buffer_memory", &buffer_memory}}) {
             if (limits.contains(field.key)) {
                 auto value = read_unsigned(limits, field.key, "config limits");
                 if (!value) {
@@ -565,7 +580,15 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
         config.limits.max_connections = uint32_t(max_conn);
         config.limits.max_login_connections = uint32_t(max_login);
         config.limits.max_sessions_per_initiator = uint32_t(per_initiator);
+        if (per_source < 1) {
+            return make_error("config limits: max_login_connections_per_source is at least 1");
+        }
+        config.limits.max_login_connections_per_source = uint32_t(std::min<uint64_t>(per_source, UINT32_MAX));
         config.limits.sanitize_bytes_per_second = sanitize_rate;
+        if (buffer_memory < (uint64_t(1) << 20)) {
+            return make_error("config limits: buffer_memory is at least 1M");
+        }
+        config.limits.buffer_memory = buffer_memory;
     }
     if (root.contains("discovery")) {
         const json& discovery = root["discovery"];

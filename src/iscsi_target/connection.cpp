@@ -61,13 +61,15 @@ void Connection::start() {
 
 // ---- Sending ---------------------------------------------------------------------------------------
 
-void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_t length) {
+void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_t length,
+                      BufferBudget::Hold hold) {
     if (!_transport || _transport->closed()) {
         return;
     }
     OutPdu& pdu = _pdu_pool.get();
     pdu.build(bhs, std::move(data), offset, length, _params.header_digest == iscsi::Digest::crc32c,
               _params.data_digest == iscsi::Digest::crc32c);
+    pdu.hold(std::move(hold));
     // Counted before send(), which may hand the PDU back at once.
     _unsent_bytes += pdu.bytes();
     ++_unsent_pdus;
@@ -91,6 +93,12 @@ void Connection::pdu_returned(size_t bytes) {
         // Null while the destructor resets the transport (which hands unsent PDUs back).
         if (_transport && !closing()) {
             _transport->resume_reading();
+            // Commands that waited for the backlog may go; not from inside the transport's callback.
+            _reactor.defer([this, alive = _alive] {
+                if (*alive && _session != nullptr && !closing()) {
+                    _session->backlog_drained();
+                }
+            });
         }
     }
 }
@@ -541,7 +549,7 @@ void Connection::enter_full_feature() {
 void Connection::leave_login_phase() {
     if (_counted_as_login) {
         _counted_as_login = false;
-        _server.login_finished();
+        _server.login_finished(_peer);
     }
 }
 

@@ -43,8 +43,10 @@ public:
     void start();
 
     // --- used by Session ---
-    // Queues one PDU: `bhs` then data[offset, offset+length). StatSN is the caller's business.
-    void send(const iscsi::Bhs& bhs, Buffer data = {}, size_t offset = 0, uint32_t length = 0);
+    // Queues one PDU: `bhs` then data[offset, offset+length). StatSN is the caller's business. `hold`
+    // (a command's Data-In reservation) is given back once the PDU has been sent or failed.
+    void send(const iscsi::Bhs& bhs, Buffer data = {}, size_t offset = 0, uint32_t length = 0,
+              BufferBudget::Hold hold = {});
     // Queues one PDU whose (small) data segment is copied.
     void send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data);
     // StatSN for the next status-carrying PDU (and advance it).

@@ -7,6 +7,7 @@
 #include "common/buffer.hpp"
 #include "iscsi/crc32c.hpp"
 #include "iscsi/pdu.hpp"
+#include "iscsi_target/buffer_budget.hpp"
 #include "net/tcp_stream.hpp"
 
 #include <array>
@@ -46,6 +47,8 @@ public:
     }
     // Bytes on the wire, header and data.
     size_t bytes() const { return _bytes; }
+    // The command's reservation of Data-In memory, given back once this PDU (its last) is sent.
+    void hold(BufferBudget::Hold hold) { _hold = std::move(hold); }
 
     void on_sent(bool written) override;
 
@@ -55,6 +58,7 @@ private:
     Buffer _data;
     iscsi::DataTrailer _trailer;
     size_t _bytes = 0;
+    BufferBudget::Hold _hold;
     Pool* _pool = nullptr;
 };
 
@@ -85,6 +89,7 @@ public:
     }
     void put(OutPdu& pdu) {
         pdu._data.reset();
+        pdu._hold.reset();
         _free.push_back(&pdu);
         if (_listener) {
             _listener->pdu_returned(pdu._bytes);

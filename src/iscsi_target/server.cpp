@@ -19,6 +19,13 @@ namespace ispace::iscsi_target {
 
 namespace {
 // Connections refused at accept: a flood makes one per attempt (common/log_limit.hpp).
+// The address a connection comes from, without its port: the unit of the per-source login limit.
+std::string source_address(const net::Endpoint& peer) {
+    std::string text = peer.to_string();
+    size_t colon = text.rfind(':');
+    return colon == std::string::npos ? text : text.substr(0, colon);
+}
+
 LogLimit g_accept_log;
 } // namespace
 
@@ -200,7 +207,8 @@ private:
 // ---- Server ----------------------------------------------------------------------------------------
 
 Server::Server(ServerConfig config, net::ReactorGroup& reactors)
-    : _config(std::move(config)), _reactors(reactors), _local(reactors.size()) {
+    : _config(std::move(config)), _reactors(reactors),
+      _buffer_budget(std::make_shared<BufferBudget>(_config.limits.buffer_memory)), _local(reactors.size()) {
     _config.portals.clear();
     _config.targets.clear();
 }
@@ -385,6 +393,13 @@ void Server::accept_ready(Listener& listener) {
             ::close(*fd);
             continue;
         }
+        if (!take_login_slot_of(peer)) {
+            g_accept_log.warn("connection from {} refused: {} connections from that address are already "
+                              "logging in (limits.max_login_connections_per_source)",
+                              peer.to_string(), _config.limits.max_login_connections_per_source);
+            ::close(*fd);
+            continue;
+        }
         ++_login_connections;
         auto local = net::local_endpoint(*fd);
         net::tune_stream_socket(*fd);
@@ -401,6 +416,11 @@ void Server::accept_ready(Listener& listener) {
 
 void Server::accept(std::unique_ptr<net::Transport> transport, net::Reactor& reactor, net::Endpoint peer,
                     net::Endpoint local, uint16_t tpgt) {
+    // Not limited: the caller (a test harness, an in-process transport) chose to hand it over.
+    {
+        std::lock_guard lock(_login_sources_mutex);
+        ++_login_sources[source_address(peer)];
+    }
     ++_login_connections;
     ++_open_connections;
     serve(std::move(transport), reactor, peer, local, tpgt);
@@ -414,6 +434,28 @@ void Server::serve(std::unique_ptr<net::Transport> transport, net::Reactor& reac
 }
 
 void Server::connection_opened(Connection&) {}
+
+bool Server::take_login_slot_of(const net::Endpoint& peer) {
+    std::lock_guard lock(_login_sources_mutex);
+    uint32_t& count = _login_sources[source_address(peer)];
+    if (count >= _config.limits.max_login_connections_per_source) {
+        if (count == 0) {
+            _login_sources.erase(source_address(peer));
+        }
+        return false;
+    }
+    ++count;
+    return true;
+}
+
+void Server::login_finished(const net::Endpoint& peer) {
+    --_login_connections;
+    std::lock_guard lock(_login_sources_mutex);
+    auto it = _login_sources.find(source_address(peer));
+    if (it != _login_sources.end() && --it->second == 0) {
+        _login_sources.erase(it);
+    }
+}
 
 bool Server::may_access(const Target& target, std::string_view initiator, const net::Endpoint& peer) const {
     auto config = target.config();

@@ -125,6 +125,7 @@ int main(int argc, char** argv) {
     unsigned nop_interval_ms = unsigned(limits.nop_interval.count());
     unsigned nop_timeout_ms = unsigned(limits.nop_timeout.count());
     std::string sanitize_rate = "64M";
+    std::string buffer_memory;
 
     app.add_option("--listen", listen,
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
@@ -182,6 +183,12 @@ int main(int argc, char** argv) {
                "Bytes per second SANITIZE OVERWRITE writes to one LUN, so it does not starve the others "
                "(0: unlimited)")
             ->default_str("64M");
+    auto* buffer_memory_option =
+        app.add_option("--buffer-memory", buffer_memory,
+                       "Data-In memory all sessions together may hold; past it commands wait (MaxCmdSN "
+                       "stops advancing) instead of memory being allocated")
+            ->default_str(
+                fmt::format("{}M (1/16 of RAM, 64M to 512M)", iscsi_target::default_buffer_memory() >> 20));
 
     try {
         app.parse(argc, argv);
@@ -307,6 +314,14 @@ int main(int argc, char** argv) {
             return 2;
         }
         overlay.sanitize_bytes_per_second = *rate;
+    }
+    if (buffer_memory_option->count()) {
+        auto bytes = parse_size(buffer_memory);
+        if (!bytes || *bytes < (uint64_t(1) << 20)) {
+            std::fprintf(stderr, "ispaced: --buffer-memory must be a size of at least 1M, e.g. 256M\n");
+            return 2;
+        }
+        overlay.buffer_memory = *bytes;
     }
     if (auto applied = iscsi_target::apply_overlay(config, overlay, runtime.backstores()); !applied) {
         std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());

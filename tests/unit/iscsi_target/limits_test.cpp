@@ -1,6 +1,7 @@
 // Memory bounded by design under a peer that does not read: the connection stops reading once what it
 // has queued passes a bound (back-pressure, not buffering), and reads again once it drains.
 #include "harness.hpp"
+#include "iscsi_target/buffer_budget.hpp"
 #include "iscsi_target/connection.hpp"
 
 namespace ispace::iscsi_target::test {
@@ -38,4 +39,33 @@ TEST(BackPressure, APeerThatDoesNotReadIsNotReadEither) {
 }
 
 } // namespace
+// The daemon-wide Data-In budget: a reservation past the limit is refused (the command waits), a
+// session that holds nothing may still dip into the reserve (an initiator that reads is served while
+// others hog the budget), and a reservation is given back when its hold goes.
+TEST(BufferBudget, RefusesPastTheLimitKeepsAReserveAndGivesBack) {
+    auto budget = std::make_shared<BufferBudget>(uint64_t(64) << 20); // reserve: 8 MiB
+    auto hog = std::make_shared<BufferBudget::Account>(BufferBudget::Account{budget});
+    auto reader = std::make_shared<BufferBudget::Account>(BufferBudget::Account{budget});
+    std::vector<BufferBudget::Hold> held;
+    for (int k = 0; k < 8; ++k) {
+        held.push_back(BufferBudget::reserve(hog, 8 << 20));
+        ASSERT_TRUE(held.back()) << k;
+    }
+    EXPECT_EQ(budget->used(), uint64_t(64) << 20);
+    EXPECT_FALSE(BufferBudget::reserve(hog, 4096)) << "full: the hog's next command waits";
+    EXPECT_EQ(budget->refusals(), 1u);
+    BufferBudget::Hold small = BufferBudget::reserve(reader, 1 << 20);
+    EXPECT_TRUE(small) << "a session holding nothing dips into the reserve";
+    EXPECT_FALSE(BufferBudget::reserve(reader, 1 << 20)) << "...once, not for a second command";
+    small.reset();
+    EXPECT_EQ(reader->held, 0u);
+    held.pop_back();
+    EXPECT_EQ(hog->held, uint64_t(56) << 20);
+    EXPECT_TRUE(BufferBudget::reserve(hog, 8 << 20)) << "room again once a hold is given back";
+    held.clear();
+    EXPECT_EQ(budget->used(), 0u);
+    auto huge = BufferBudget::reserve(hog, uint64_t(1) << 30);
+    EXPECT_TRUE(huge) << "larger than the whole budget runs alone, or it would wait forever";
+}
+
 } // namespace ispace::iscsi_target::test
