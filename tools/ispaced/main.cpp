@@ -40,9 +40,10 @@ repeatable flag (--listen, --lun, --allow) adds to the file's list. Without --iq
 apply to every target of the file.
 
 LUNs are numbered from 0 in the order given. LUN specs:
-  PATH[,size=SIZE][,block=512|4096][,thin][,ro][,direct]
+  PATH[,size=SIZE][,block=512|4096][,thin][,ro][,direct][,grow]
         a file (created when missing and size= is given; sparse with thin, where UNMAP
-        punches holes) or a block device
+        punches holes; an existing smaller file is grown to size= only with grow; locked
+        while served, so a second ispaced on it is refused) or a block device
   memory:SIZE[,block=..]   a RAM disk, allocated as it is written
   null:SIZE[,block=..]     reads return zeroes, writes are discarded (benchmarks)
 Sizes take K, M, G, T suffixes (powers of 1024).
@@ -56,7 +57,8 @@ and SendTargets lists a target only to initiators it admits. Each credential fla
 given on the command line are scrubbed from it once parsed, but are visible until then.
 
 Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
-stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0.
+stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0. SIGHUP is
+logged and ignored (configuration reload is not supported yet).
 )";
 
 // The credential flags: each takes USER:SECRET, or (FLAG-file) a file holding it.
@@ -341,11 +343,13 @@ int main(int argc, char** argv) {
     config.negotiation.first_burst_length =
         std::min(config.negotiation.first_burst_length, config.negotiation.max_burst_length);
 
-    // Every thread inherits this mask, so only the sigwait() below sees SIGTERM/SIGINT.
+    // Every thread inherits this mask, so only the sigwait() below sees these signals. SIGHUP is
+    // among them: its default action killed ispaced (exit 129) without a log line.
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
@@ -365,7 +369,16 @@ int main(int argc, char** argv) {
     }
 
     int signal_number = 0;
-    sigwait(&signals, &signal_number);
+    for (;;) {
+        sigwait(&signals, &signal_number);
+        if (signal_number != SIGHUP) {
+            break;
+        }
+        // Reloading the configuration belongs to live management; until it does, say so rather than
+        // die or pretend.
+        log_warn("received SIGHUP: reloading the configuration is not supported yet; ignored (restart "
+                 "ispaced to apply a changed configuration)");
+    }
     log_info("received {}; shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
     bool clean = runtime.stop(std::chrono::seconds(10));
     return clean ? 0 : 1;
