@@ -70,7 +70,8 @@ struct ChapCredentials {
     std::string target_secret;
     // Offer only CHAP_A=5 (MD5). By default SHA-256 (CHAP_A=7, as LIO and open-iscsi number it) is
     // offered first; a target that reads 7 as something else (tgt 1.0.x takes it for SHA-1) refuses our
-    // response, and the library then retries once with MD5 only, logging a warning.
+    // response, and the library then retries once with MD5 only (logged), when the login failed inside
+    // the CHAP exchange.
     bool md5_only = false;
     bool empty() const { return user.empty(); }
     bool mutual() const { return !target_user.empty(); }
@@ -231,7 +232,8 @@ struct SessionInfo {
     // Counters since the session was created.
     uint64_t commands = 0;                         // completed (with a status or an error)
     uint64_t reconnects = 0;                       // successful session reinstatements
-    uint64_t retries = 0;                          // commands sent again (any cause)
+    uint64_t retries = 0;                          // commands sent again after a failure (lost, busy)
+    uint64_t unit_attentions = 0;                  // unit attentions reported (the command sent again)
     uint64_t aborts = 0;                           // ABORT TASK requests sent
     uint64_t lun_resets = 0;                       // LUN RESET requests sent
     uint64_t digest_errors = 0;                    // PDUs received with a bad digest
