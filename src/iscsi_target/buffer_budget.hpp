@@ -35,7 +35,8 @@ public:
     class Hold {
     public:
         Hold() = default;
-        Hold(std::shared_ptr<Account> account, uint64_t bytes) : _account(std::move(account)), _bytes(bytes) {}
+        Hold(std::shared_ptr<Account> account, uint64_t bytes)
+            : _account(std::move(account)), _bytes(bytes) {}
         Hold(Hold&& other) noexcept : _account(std::move(other._account)), _bytes(other._bytes) {
             other._bytes = 0;
         }

@@ -8,11 +8,23 @@ misuse. Each check reproduces a reported case (docs/robustness.md lists them all
   secrets      a URL that does not parse is not echoed with its CHAP secret; secrets from a file
                (--chap-file, "secret_file") or the environment (ISPACE_CHAP_SECRET); `ps` does not
                show a secret given on the command line once it is parsed
+  files        two ispaced on one backing file: the second is refused, naming the holder's PID (an
+               OFD lock); a port in use creates no LUN file; size= on an existing file of another
+               size is an error unless grow is given
+  signals      SIGHUP is logged and ignored (it killed ispaced with exit 129, silently); `ispace cp`
+               on SIGUSR1 prints progress, on SIGINT/SIGTERM stops with the acknowledged byte count,
+               exits 130/143 and leaves no destination file that looks complete; its summary line is
+               printed on a stderr that is not a terminal
+  honesty      `ispace inq` of a LUN that does not exist exits 1; `ispace bench` prints no figure for
+               a run whose commands failed (--bs beyond the transfer limit, writes to a read-only
+               LUN) and does not count the power-on unit attention as a retry; a refused connection
+               is not logged as a CHAP refusal
 
 Usage: test_admin.py ISPACE_BINARY ISPACED_BINARY
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,10 +137,112 @@ def secrets(ispace, ispaced, scratch):
         daemon.stop()
 
 
+def files(ispace, ispaced, scratch):
+    lun = os.path.join(scratch, "shared.img")
+    first = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun",
+                                             lun + ",size=16M,thin"]).start()
+    try:
+        rc, out, err = run([ispaced, "--listen", "127.0.0.1:0", "--iqn", IQN + "b", "--lun", lun], timeout=30)
+        check(rc == 1 and "in use" in err and f"PID {first.proc.pid}" in err,
+              f"a second ispaced on the same backing file is refused, naming the holder ({rc}: {err.strip()[-160:]!r})")
+
+        fresh = os.path.join(scratch, "fresh.img")
+        rc, out, err = run([ispaced, "--listen", first.portal(), "--iqn", IQN + "c", "--lun", fresh + ",size=256M"],
+                           timeout=30)
+        check(rc != 0 and not os.path.exists(fresh),
+              f"a port in use: ispaced fails ({rc}) and creates no LUN file ({os.path.exists(fresh)})")
+    finally:
+        first.stop()
+
+    small = os.path.join(scratch, "small.img")
+    with open(small, "wb") as f:
+        f.truncate(1 << 20)
+    rc, out, err = run([ispaced, "--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", small + ",size=64M"], timeout=30)
+    check(rc != 0 and "add grow" in err and os.path.getsize(small) == 1 << 20,
+          f"size=64M on an existing 1 MiB file is an error and leaves it alone ({rc}: {err.strip()[-120:]!r}, "
+          f"{os.path.getsize(small)} bytes)")
+    grown = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun",
+                                             small + ",size=64M,grow,thin"]).start()
+    grown.stop()
+    check(os.path.getsize(small) == 64 << 20, "with grow, the file is grown to size=")
+
+
+def signals(ispace, ispaced, scratch):
+    log = os.path.join(scratch, "signals.log")
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "null:256M"],
+                                    log_path=log).start()
+    try:
+        daemon.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        check(daemon.alive(), "SIGHUP does not kill ispaced")
+        check("SIGHUP" in open(log).read(), "SIGHUP is logged")
+        url = f"iscsi://{daemon.portal()}/{IQN}/0"
+
+        dst = os.path.join(scratch, "backup.raw")
+        # Slow enough to be interrupted: one 64 KiB chunk at a time.
+        cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", url, dst], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        time.sleep(0.7)
+        cp.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        cp.send_signal(signal.SIGINT)
+        out, err = cp.communicate(timeout=30)
+        check(cp.returncode == 130, f"cp on SIGINT exits 130 ({cp.returncode}: {err.strip()[-200:]!r})")
+        check("acknowledged (" in err, "cp on SIGUSR1 prints its progress")
+        check("interrupted by SIGINT" in err and "bytes were acknowledged" in err,
+              "cp on SIGINT says it was interrupted and how many bytes were acknowledged")
+        check(not os.path.exists(dst) and not [n for n in os.listdir(scratch) if "ispace-cp" in n],
+              "an interrupted cp leaves no destination file (and no temporary one)")
+
+        with open(dst, "wb") as f:
+            f.write(b"old backup")
+        cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", url, dst], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        time.sleep(0.7)
+        cp.send_signal(signal.SIGTERM)
+        out, err = cp.communicate(timeout=30)
+        check(cp.returncode == 143, f"cp on SIGTERM exits 143 ({cp.returncode})")
+        check(open(dst, "rb").read() == b"old backup", "an interrupted cp leaves an existing destination as it was")
+
+        small = os.path.join(scratch, "small.raw")
+        rc, out, err = run([ispace, "cp", "--bs", "1M", url, small], timeout=60)
+        check(rc == 0 and os.path.getsize(small) == 256 << 20 and "copied" in err,
+              f"a complete cp renames its file into place and prints a summary on a non-terminal stderr ({err.strip()!r})")
+        os.unlink(small)
+    finally:
+        daemon.stop()
+
+
+def honesty(ispace, ispaced, scratch):
+    ro = os.path.join(scratch, "ro.img")
+    with open(ro, "wb") as f:
+        f.truncate(64 << 20)
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:64M",
+                                              "--lun", ro + ",ro"]).start()
+    try:
+        base = f"iscsi://{daemon.portal()}/{IQN}"
+        rc, out, err = run([ispace, "inq", base + "/7"])
+        check(rc == 1 and "no LUN 7" in err, f"inq of a LUN that does not exist exits 1 ({rc}: {err.strip()!r})")
+        rc, out, err = run([ispace, "bench", "--time", "1", "--bs", "16M", base + "/0"])
+        check(rc == 1 and "bandwidth" not in out and "IOPS" not in out,
+              f"bench whose every command fails prints no figure ({rc}: {out.strip()!r})")
+        rc, out, err = run([ispace, "bench", "--time", "1", "--rw", "randwrite", base + "/1"])
+        check(rc == 1 and "IOPS" not in out, f"bench writing to a read-only LUN prints no IOPS ({rc}: {out.strip()!r})")
+        rc, out, err = run([ispace, "bench", "--time", "1", base + "/0"])
+        check(rc == 0 and "IOPS" in out and "retries" not in out,
+              f"a healthy bench does not count the power-on unit attention as a retry ({out.strip()!r})")
+        port = daemon.port
+    finally:
+        daemon.stop()
+    rc, out, err = run([ispace, "--log-level", "info", "inq", f"iscsi://alice%{SECRET}@127.0.0.1:{port}/{IQN}/0"])
+    check(rc == 1 and "CHAP login refused" not in err and "during CHAP" not in err,
+          f"a refused connection is not reported as a CHAP refusal ({err.strip()[-160:]!r})")
+
+
 def main():
     ispace, ispaced = sys.argv[1], sys.argv[2]
     scratch = ispace_testlib.scratch_dir("admin")
-    for section in (conventions, secrets):
+    for section in (conventions, secrets, files, signals, honesty):
         print(f"--- {section.__name__}", flush=True)
         section(ispace, ispaced, scratch)
     return check.finish(scratch)
