@@ -109,8 +109,10 @@ std::string Cidr::to_string() const {
 
 const AclEntry* find_acl_entry(const std::vector<AclEntry>& acl, std::string_view initiator,
                                const net::Endpoint& peer) {
+    // Names compare case-folded (RFC 3722): an ACL written in another case still matches.
+    std::string folded = iscsi::fold_iscsi_name(initiator);
     for (const AclEntry& entry : acl) {
-        if (entry.initiator != initiator) {
+        if (iscsi::fold_iscsi_name(entry.initiator) != folded) {
             continue;
         }
         if (entry.networks.empty()) {
@@ -136,8 +138,9 @@ Result<AclEntry> parse_allow(std::string_view text) {
         }
         entry.networks.push_back(*network);
     }
-    if (!iscsi::is_valid_iscsi_name(name)) {
-        return make_error(fmt::format("--allow {}: '{}' is not a valid iSCSI initiator name", text, name));
+    if (auto valid = iscsi::check_iscsi_name(name); !valid) {
+        return make_error(fmt::format("--allow {}: '{}' is not a valid iSCSI initiator name: {}", text, name,
+                                      valid.error().message));
     }
     entry.initiator = std::string(name);
     return entry;
@@ -160,10 +163,9 @@ Result<void> check_credentials(const iscsi::ChapCredentials& credentials, std::s
 } // namespace
 
 Result<void> validate_target(const TargetConfig& target) {
-    if (!iscsi::is_valid_iscsi_name(target.iqn)) {
-        return make_error(fmt::format("'{}' is not a valid iSCSI name (expected e.g. "
-                                      "iqn.2026-11.org.example:disk1)",
-                                      target.iqn));
+    if (auto valid = iscsi::check_iscsi_name(target.iqn); !valid) {
+        return make_error(fmt::format("'{}' is not a valid iSCSI name: {} (RFC 3720 §3.2.6.3)", target.iqn,
+                                      valid.error().message));
     }
     std::set<uint64_t> luns;
     for (const LunConfig& lun : target.luns) {
@@ -196,9 +198,9 @@ Result<void> validate_target(const TargetConfig& target) {
         }
     }
     for (const AclEntry& entry : target.acl) {
-        if (!iscsi::is_valid_iscsi_name(entry.initiator)) {
-            return make_error(fmt::format("target {}: ACL initiator '{}' is not a valid iSCSI name",
-                                          target.iqn, entry.initiator));
+        if (auto valid = iscsi::check_iscsi_name(entry.initiator); !valid) {
+            return make_error(fmt::format("target {}: ACL initiator '{}' is not a valid iSCSI name: {}",
+                                          target.iqn, entry.initiator, valid.error().message));
         }
         if (entry.luns) {
             for (uint64_t lun : *entry.luns) {

@@ -305,7 +305,9 @@ Result<std::shared_ptr<Target>> Server::add_target(const TargetConfig& config) {
         }
     }
     std::lock_guard lock(_targets_mutex);
-    if (!_targets.emplace(config.iqn, target).second) {
+    // Keyed by the case-folded name (RFC 3722): a login naming it in another case finds it, and two
+    // targets differing only in case are one name.
+    if (!_targets.emplace(iscsi::fold_iscsi_name(config.iqn), target).second) {
         return make_error(fmt::format("target {} exists already", config.iqn), EEXIST);
     }
     return target;
@@ -314,7 +316,7 @@ Result<std::shared_ptr<Target>> Server::add_target(const TargetConfig& config) {
 Result<void> Server::remove_target(std::string_view iqn) {
     {
         std::lock_guard lock(_targets_mutex);
-        auto it = _targets.find(iqn);
+        auto it = _targets.find(iscsi::fold_iscsi_name(iqn));
         if (it == _targets.end()) {
             return make_error(fmt::format("target {}: no such target", iqn), ENOENT);
         }
@@ -326,7 +328,7 @@ Result<void> Server::remove_target(std::string_view iqn) {
 
 std::shared_ptr<Target> Server::find_target(std::string_view iqn) const {
     std::lock_guard lock(_targets_mutex);
-    auto it = _targets.find(iqn);
+    auto it = _targets.find(iscsi::fold_iscsi_name(iqn));
     return it == _targets.end() ? nullptr : it->second;
 }
 
@@ -483,8 +485,9 @@ void Server::session_destroyed() {
 }
 
 void Server::close_sessions_of(const std::string& iqn, std::string reason) {
+    std::string folded = iscsi::fold_iscsi_name(iqn);
     for (auto& slot : _sessions.all()) {
-        if (slot->target_name != iqn) {
+        if (iscsi::fold_iscsi_name(slot->target_name) != folded) {
             continue;
         }
         slot->reactor->post([slot, reason] {

@@ -61,6 +61,19 @@ def conventions(ispace, ispaced, scratch):
         rc, out, err = run(args)
         check(rc == 2 and err.strip() != "", f"{what}: exit 2 with a message ({rc}: {err.strip()[:80]!r})")
 
+    # iSCSI names as RFC 3720 §3.2.6.3 has them; compared case-folded (RFC 3722).
+    for name in ("iqn.2026-11.org.example:my_disk", "iqn.x:t", "iqn.2026-13.org.example:d", "eui.1234"):
+        rc, out, err = run([ispaced, "--iqn", name, "--lun", "memory:1M"])
+        check(rc == 2 and "not a valid iSCSI name" in err, f"--iqn {name} is refused with a reason ({rc}: {err.strip()[:120]!r})")
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:1M",
+                                              "--allow", "IQN.2026-11.Org.Ispace.Test:Upper"]).start()
+    try:
+        url = f"iscsi://{daemon.portal()}/{IQN.upper()}/0"
+        rc, out, err = run(["iscsi-inq", "-i", "iqn.2026-11.org.ispace.test:upper", url])
+        check(rc == 0, f"a target named in another case is found, and the ACL matches case-folded ({rc}: {err.strip()[-120:]!r})")
+    finally:
+        daemon.stop()
+
     bad = os.path.join(scratch, "bad.json")
     with open(bad, "w") as f:
         f.write('{\n  "targets": [\n    {"iqn": "%s", "luns": ["memory:1M"],}\n  ]\n}\n' % IQN)

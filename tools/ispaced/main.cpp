@@ -329,6 +329,12 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
         return 2;
     }
+    // Names, LUN numbers, credentials: a mistake in what was given is a usage error (exit 2), found
+    // before anything is created.
+    if (auto valid = iscsi_target::validate(config); !valid) {
+        std::fprintf(stderr, "ispaced: %s\n", valid.error().message.c_str());
+        return 2;
+    }
     if (config.targets.empty()) {
         // Not the quick-mode hint: a file was given, and the file is what to fix.
         std::fprintf(stderr,
