@@ -24,6 +24,7 @@ Usage: test_admin.py ISPACE_BINARY ISPACED_BINARY
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,18 +183,23 @@ def files(ispace, ispaced, scratch):
 
 def signals(ispace, ispaced, scratch):
     log = os.path.join(scratch, "signals.log")
-    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "null:256M"],
-                                    log_path=log).start()
+    # LUN 1 is large enough that a copy is still running when it is interrupted.
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "null:256M",
+                                              "--lun", "null:16G"], log_path=log).start()
     try:
         daemon.proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
         check(daemon.alive(), "SIGHUP does not kill ispaced")
         check("SIGHUP" in open(log).read(), "SIGHUP is logged")
+        first = open(log).readline()
+        check(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ", first) is not None,
+              f"log lines carry the date as well as the time ({first.strip()[:40]!r})")
         url = f"iscsi://{daemon.portal()}/{IQN}/0"
+        big = f"iscsi://{daemon.portal()}/{IQN}/1"
 
         dst = os.path.join(scratch, "backup.raw")
         # Slow enough to be interrupted: one 64 KiB chunk at a time.
-        cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", url, dst], stdout=subprocess.PIPE,
+        cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", big, dst], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
         time.sleep(0.7)
         cp.send_signal(signal.SIGUSR1)
@@ -209,7 +215,7 @@ def signals(ispace, ispaced, scratch):
 
         with open(dst, "wb") as f:
             f.write(b"old backup")
-        cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", url, dst], stdout=subprocess.PIPE,
+        cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", big, dst], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
         time.sleep(0.7)
         cp.send_signal(signal.SIGTERM)
