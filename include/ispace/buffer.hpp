@@ -6,6 +6,10 @@
 //
 // Buffers come from size classes (powers of two, 4 KiB to 64 MiB) cached per thread, so the fast path
 // does no malloc. A buffer may be released on any thread; it joins that thread's cache, up to a cap.
+// Classes of 256 KiB and more are mapped and unmapped directly (not left to malloc, which keeps freed
+// memory of that size), and a thread that calls trim_idle_thread_cache() now and then (each reactor,
+// once a second) returns what its cache did not use since the last call: memory goes back to the
+// system once a burst is over.
 #pragma once
 
 #include <atomic>
@@ -73,6 +77,9 @@ public:
     static Stats thread_stats();
     // Frees the calling thread's cache (thread exit does this too).
     static void trim_thread_cache();
+    // Frees the blocks of the calling thread's cache that no allocation needed since the last call
+    // (per size class, the fewest that were idle all along). Returns the bytes freed.
+    static uint64_t trim_idle_thread_cache();
 
 private:
     struct Block {

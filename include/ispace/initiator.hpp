@@ -70,7 +70,8 @@ struct ChapCredentials {
     std::string target_secret;
     // Offer only CHAP_A=5 (MD5). By default SHA-256 (CHAP_A=7, as LIO and open-iscsi number it) is
     // offered first; a target that reads 7 as something else (tgt 1.0.x takes it for SHA-1) refuses our
-    // response, and the library then retries once with MD5 only, logging a warning.
+    // response, and the library then retries once with MD5 only (logged), when the login failed inside
+    // the CHAP exchange.
     bool md5_only = false;
     bool empty() const { return user.empty(); }
     bool mutual() const { return !target_user.empty(); }
@@ -231,7 +232,8 @@ struct SessionInfo {
     // Counters since the session was created.
     uint64_t commands = 0;                         // completed (with a status or an error)
     uint64_t reconnects = 0;                       // successful session reinstatements
-    uint64_t retries = 0;                          // commands sent again (any cause)
+    uint64_t retries = 0;                          // commands sent again after a failure (lost, busy)
+    uint64_t unit_attentions = 0;                  // unit attentions reported (the command sent again)
     uint64_t aborts = 0;                           // ABORT TASK requests sent
     uint64_t lun_resets = 0;                       // LUN RESET requests sent
     uint64_t digest_errors = 0;                    // PDUs received with a bad digest
@@ -331,6 +333,11 @@ private:
 
 // iscsi://[user%secret@]HOST[:PORT][/IQN[/LUN]][?header_digest=crc32c&data_digest=crc32c]
 // (libiscsi's form; HOST may be [IPv6]; user and secret are percent-decoded).
+// A secret left out of the URL comes from the environment, so that `ps` never shows it:
+// iscsi://user@HOST/... takes ISPACE_CHAP_SECRET, ?target_user=NAME without target_password takes
+// ISPACE_CHAP_TARGET_SECRET (as libiscsi takes LIBISCSI_CHAP_PASSWORD).
+inline constexpr const char* chap_secret_variable = "ISPACE_CHAP_SECRET";
+inline constexpr const char* chap_target_secret_variable = "ISPACE_CHAP_TARGET_SECRET";
 struct Url {
     std::string host;
     uint16_t port = default_port;
@@ -344,5 +351,8 @@ struct Url {
 Result<Url> parse_url(std::string_view text);
 // The URL without the secret ("iscsi://user@host:port/iqn/lun"), for messages.
 std::string to_string(const Url& url);
+// URL text (parsed or not) with its secrets replaced by "***": "iscsi://alice%***@h/iqn/x", and
+// target_password=***. For messages that quote what the user typed.
+std::string redact_url(std::string_view text);
 
 } // namespace ispace::initiator

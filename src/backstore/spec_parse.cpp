@@ -120,15 +120,19 @@ Result<PathSpec> parse_path_spec(std::string_view text) {
             spec.size = *size;
             return {};
         }
-        if (o.key == "thin" || o.key == "ro" || o.key == "direct") {
+        if (o.key == "thin" || o.key == "ro" || o.key == "direct" || o.key == "grow") {
             if (o.value) {
                 return make_error(fmt::format("option '{}' takes no value", o.key), EINVAL);
             }
-            (o.key == "thin" ? spec.thin : o.key == "ro" ? spec.read_only : spec.direct) = true;
+            (o.key == "thin"     ? spec.thin
+             : o.key == "ro"     ? spec.read_only
+             : o.key == "direct" ? spec.direct
+                                 : spec.grow) = true;
             return {};
         }
         return make_error(
-            fmt::format("unknown option '{}' (expected size=, block=, thin, ro or direct)", o.text), EINVAL);
+            fmt::format("unknown option '{}' (expected size=, block=, thin, ro, direct or grow)", o.text),
+            EINVAL);
     });
     if (!read) {
         return quoted(text, read.error());
@@ -165,7 +169,7 @@ Result<SizedSpec> parse_sized_spec(std::string_view text, std::string_view prefi
             spec.block_size = *bs;
             return {};
         }
-        if (o.key == "size" || o.key == "thin" || o.key == "ro" || o.key == "direct") {
+        if (o.key == "size" || o.key == "thin" || o.key == "ro" || o.key == "direct" || o.key == "grow") {
             return make_error(
                 fmt::format("option '{}' applies to files and block devices, not to {}:", o.key, prefix),
                 EINVAL);

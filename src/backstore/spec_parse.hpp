@@ -1,5 +1,5 @@
 // The grammar the built-in kinds share: "HEAD[,key=value][,flag]...". A path kind (file, block) reads
-// PATH[,size=SIZE][,block=512|4096][,thin][,ro][,direct]; a sized kind (memory, null) reads
+// PATH[,size=SIZE][,block=512|4096][,thin][,ro][,direct][,grow]; a sized kind (memory, null) reads
 // NAME:SIZE[,block=512|4096]. Errors quote the whole spec and name the offending option.
 #pragma once
 
@@ -20,6 +20,7 @@ struct PathSpec {
     bool thin = false; // file: created sparse; unmap punches holes
     bool read_only = false;
     bool direct = false; // O_DIRECT
+    bool grow = false;   // file: an existing file smaller than size= may be grown (never silently)
 };
 Result<PathSpec> parse_path_spec(std::string_view text);
 

@@ -54,7 +54,8 @@ void log_write(LogLevel level, std::string_view message) {
     tm local{};
     localtime_r(&tv.tv_sec, &local);
     char stamp[32];
-    strftime(stamp, sizeof stamp, "%H:%M:%S", &local);
+    // With the date: a daemon's log outlives a day, and a time alone cannot be placed.
+    strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &local);
     std::string line =
         fmt::format("{}.{:03d} {:5} {}\n", stamp, int(tv.tv_usec / 1000), level_name(level), message);
     const char* p = line.data();

@@ -135,6 +135,7 @@ void Connection::handle_login_response(iscsi::ReceivedPdu& pdu) {
     }
     LoginOutcome outcome;
     outcome.status = _login->status();
+    outcome.during_authentication = _login->authentication_started();
     switch (_login->state()) {
     case iscsi::LoginState::complete: {
         outcome.session = _login->session_params();
@@ -968,8 +969,10 @@ void Connection::finish_task(PendingRequest* task, Response&& result) {
             // The command did not run; a UA reports an event (new session, reset, resize), once.
             log_debug("{}: unit attention ({}), sending the command again", _target_label,
                       scsi::describe_sense(*sense));
+            // Counted apart from retries: every new I_T nexus gets one (SPC-5 §6.2: power on or
+            // reset occurred), so counting it as a retry made every healthy run report one.
             ++task->status_retries;
-            _owner->counters().retries++;
+            _owner->counters().unit_attentions++;
             _owner->task_retry(*this, task, 0ms);
             return;
         }

@@ -45,6 +45,7 @@ struct SessionCounters {
     std::atomic<uint64_t> commands{0};
     std::atomic<uint64_t> reconnects{0};
     std::atomic<uint64_t> retries{0};
+    std::atomic<uint64_t> unit_attentions{0};
     std::atomic<uint64_t> aborts{0};
     std::atomic<uint64_t> lun_resets{0};
     std::atomic<uint64_t> digest_errors{0};
@@ -81,6 +82,8 @@ struct LoginOutcome {
     uint32_t max_cmd_sn = 0;
     // On failure: the target's status (or initiator_error) and, for a redirection, where to.
     iscsi::LoginStatus status = iscsi::LoginStatus::success;
+    // The login failed after the CHAP exchange had begun (InitiatorLogin::authentication_started).
+    bool during_authentication = false;
     std::string redirect;
 };
 

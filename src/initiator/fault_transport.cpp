@@ -135,6 +135,16 @@ public:
         }
     }
 
+    void pause_reading() override {
+        if (_inner) {
+            _inner->pause_reading();
+        }
+    }
+    void resume_reading() override {
+        if (_inner) {
+            _inner->resume_reading();
+        }
+    }
     void close(Error why) override {
         if (_inner) {
             _inner->close(std::move(why));

@@ -283,6 +283,7 @@ SessionInfo SessionCore::info() const {
     i.commands = _counters.commands.load();
     i.reconnects = _counters.reconnects.load();
     i.retries = _counters.retries.load();
+    i.unit_attentions = _counters.unit_attentions.load();
     i.aborts = _counters.aborts.load();
     i.lun_resets = _counters.lun_resets.load();
     i.digest_errors = _counters.digest_errors.load();
@@ -542,10 +543,15 @@ void SessionCore::on_leading_login(const std::shared_ptr<Connection>& conn, uint
         }
         bool auth_refused = outcome.status == iscsi::LoginStatus::authentication_failure ||
                             outcome.status == iscsi::LoginStatus::initiator_error;
-        if (auth_refused && !_options.chap.empty() && !_options.chap.md5_only) {
+        if (auth_refused && outcome.during_authentication && !_options.chap.empty() &&
+            !_options.chap.md5_only) {
             // Interop: some targets do not take CHAP_A=7 as SHA-256 (tgt 1.0.x reads it as SHA-1 and
             // answers Initiator error). One retry offering MD5 only tells that apart from a wrong secret.
-            log_warn("{}: CHAP login refused; retrying once offering MD5 only (CHAP_A=5)", _label);
+            // Only a failure inside the CHAP exchange says anything about CHAP: a refused connection,
+            // an ACL or an unknown target is reported as it is, without a retry.
+            log_info("{}: login failed during CHAP ({}); retrying once offering MD5 only (CHAP_A=5), in "
+                     "case the target misreads SHA-256",
+                     _label, outcome.error->message);
             _options.chap.md5_only = true;
             auto self = shared_from_this();
             stop_connections(*outcome.error, [self] { self->attempt(); });

@@ -7,14 +7,28 @@
 
 #include <cerrno>
 #include <charconv>
+#include <cstdlib>
 
 namespace ispace::initiator {
 
 namespace {
 
+// Every message quotes the URL through redact_url(): a typo next to a secret must not print it.
 Error url_error(std::string_view url, std::string what) {
-    return make_error(
-        fmt::format("URL '{}': {} (expected iscsi://[user%secret@]HOST[:PORT]/IQN/LUN)", url, what), EINVAL);
+    return make_error(fmt::format("URL '{}': {} (expected iscsi://[user%secret@]HOST[:PORT]/IQN/LUN)",
+                                  redact_url(url), what),
+                      EINVAL);
+}
+
+// A secret the URL leaves out (iscsi://alice@host/..., target_user=bob without target_password) comes
+// from the environment, as libiscsi does with LIBISCSI_CHAP_PASSWORD: neither `ps` nor a shell history
+// shows it.
+std::optional<std::string> secret_from_environment(const char* variable) {
+    const char* value = std::getenv(variable);
+    if (value == nullptr || *value == '\0') {
+        return std::nullopt;
+    }
+    return std::string(value);
 }
 
 // %XX escapes, so a secret may contain '@', '%', '/' or ':'.
@@ -80,15 +94,27 @@ Result<Url> parse_url(std::string_view text) {
         authority = authority.substr(at + 1);
         size_t sep = userinfo.find('%');
         if (sep == std::string_view::npos) {
-            return url_error(text, "credentials must be user%secret");
+            auto secret = secret_from_environment(chap_secret_variable);
+            if (!secret) {
+                return url_error(text, fmt::format("the CHAP user has no secret: write user%secret, or set "
+                                                   "{} to keep it off the command line",
+                                                   chap_secret_variable));
+            }
+            auto user = percent_decode(userinfo);
+            if (!user || user->empty()) {
+                return url_error(text, "bad escape or empty user name in the credentials");
+            }
+            url.chap.user = *user;
+            url.chap.secret = *secret;
+        } else {
+            auto user = percent_decode(userinfo.substr(0, sep));
+            auto secret = percent_decode(userinfo.substr(sep + 1));
+            if (!user || !secret || user->empty()) {
+                return url_error(text, "bad escape or empty user name in the credentials");
+            }
+            url.chap.user = *user;
+            url.chap.secret = *secret;
         }
-        auto user = percent_decode(userinfo.substr(0, sep));
-        auto secret = percent_decode(userinfo.substr(sep + 1));
-        if (!user || !secret || user->empty()) {
-            return url_error(text, "bad escape or empty user name in the credentials");
-        }
-        url.chap.user = *user;
-        url.chap.secret = *secret;
     }
     if (authority.empty()) {
         return url_error(text, "no host");
@@ -116,6 +142,11 @@ Result<Url> parse_url(std::string_view text) {
     }
     if (url.host.empty()) {
         return url_error(text, "no host");
+    }
+    if (authority.front() != '[' && url.host.find('%') != std::string::npos) {
+        // "user%secret" with no "@HOST" after it (or a secret holding a raw '/'): never a host name,
+        // and a message or a DNS lookup would show the secret.
+        return url_error(text, "credentials without '@HOST' (escape '/' in a secret as %2F)");
     }
     bool has_port = authority.front() == '[' ? authority.find("]:") != std::string_view::npos
                                              : authority.find(':') != std::string_view::npos;
@@ -182,7 +213,75 @@ Result<Url> parse_url(std::string_view text) {
                                   key));
         }
     }
+    if (!url.chap.target_user.empty() && url.chap.target_secret.empty()) {
+        auto secret = secret_from_environment(chap_target_secret_variable);
+        if (!secret) {
+            return url_error(text, fmt::format("target_user has no target_password: give it, or set {}",
+                                               chap_target_secret_variable));
+        }
+        url.chap.target_secret = *secret;
+    }
+    if (!url.chap.target_user.empty() && url.chap.user.empty()) {
+        return url_error(text, "target_user (mutual CHAP) needs a CHAP user and secret too");
+    }
     return url;
+}
+
+std::string redact_url(std::string_view text) {
+    // Written for malformed text too, since error messages quote what did not parse: whatever sits
+    // between "://" and the last '@' before the path or query is credentials, and so is anything after
+    // a '%' in an authority without '@' (a forgotten "@host" leaves "user%secret" where the host goes).
+    std::string out;
+    size_t scheme = text.find("://");
+    size_t start = scheme == std::string_view::npos ? 0 : scheme + 3;
+    out.append(text.substr(0, start));
+    std::string_view rest = text.substr(start);
+    size_t query_at = rest.find('?');
+    std::string_view before_query = rest.substr(0, query_at);
+    size_t at = before_query.rfind('@');
+    std::string_view authority_end = before_query.substr(0, before_query.find('/'));
+    if (at != std::string_view::npos) {
+        std::string_view userinfo = before_query.substr(0, at);
+        size_t sep = userinfo.find('%');
+        out.append(userinfo.substr(0, sep));
+        if (sep != std::string_view::npos) {
+            out.append("%***");
+        }
+        rest = rest.substr(at);
+    } else if (size_t sep = authority_end.find('%');
+               sep != std::string_view::npos && authority_end.find('[') == std::string_view::npos) {
+        out.append(authority_end.substr(0, sep));
+        out.append("%***");
+        rest = rest.substr(authority_end.size());
+    }
+    query_at = rest.find('?');
+    out.append(rest.substr(0, query_at));
+    if (query_at == std::string_view::npos) {
+        return out;
+    }
+    std::string_view query = rest.substr(query_at + 1);
+    out += '?';
+    bool first = true;
+    while (true) {
+        size_t amp = query.find('&');
+        std::string_view item = query.substr(0, amp);
+        if (!first) {
+            out += '&';
+        }
+        first = false;
+        std::string_view key = item.substr(0, item.find('='));
+        if (key == "target_password" && key.size() < item.size()) {
+            out.append(key);
+            out.append("=***");
+        } else {
+            out.append(item);
+        }
+        if (amp == std::string_view::npos) {
+            break;
+        }
+        query = query.substr(amp + 1);
+    }
+    return out;
 }
 
 std::string to_string(const Url& url) {

@@ -242,6 +242,9 @@ public:
     uint32_t exp_cmd_sn() const { return _exp_cmd_sn; }
     uint32_t max_cmd_sn() const { return _max_cmd_sn; }
     LoginStage stage() const { return _stage; }
+    // The target agreed to an authentication method other than None and the exchange began: a
+    // failure from then on happened during authentication (and not, say, at connect or for an ACL).
+    bool authentication_started() const { return _authenticator != nullptr && _auth_agreed; }
 
 private:
     std::optional<LoginRequestPdu> fail(LoginStatus status, std::string reason);

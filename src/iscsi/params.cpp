@@ -464,6 +464,12 @@ std::string Negotiator::respond(const KeyDef& def, const std::string& value) {
         uint64_t mine = parse_number(our_value(def)).value();
         uint64_t result =
             def.type == KeyType::number_min ? std::min(*offered, mine) : std::max(*offered, mine);
+        if (def.id == KeyId::first_burst_length) {
+            // RFC 7143 §13.14: "FirstBurstLength MUST NOT exceed MaxBurstLength". receive() settles
+            // MaxBurstLength before FirstBurstLength, so the answer can obey it even when the offers
+            // beside each other did not.
+            result = std::min<uint64_t>(result, _session.max_burst_length);
+        }
         std::string answer = std::to_string(result);
         apply(def, answer);
         return answer;

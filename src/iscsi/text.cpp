@@ -3,8 +3,10 @@
 #include "common/bytes.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <fmt/format.h>
 #include <unordered_set>
 
 namespace ispace::iscsi {
@@ -491,6 +493,72 @@ bool is_valid_iscsi_name(std::string_view name) {
         }
     }
     return true;
+}
+
+std::string fold_iscsi_name(std::string_view name) {
+    std::string out(name);
+    for (char& c : out) {
+        if (c >= 'A' && c <= 'Z') {
+            c = char(c - 'A' + 'a');
+        }
+    }
+    return out;
+}
+
+Result<void> check_iscsi_name(std::string_view name) {
+    if (!is_valid_iscsi_name(name)) {
+        return make_error("an iSCSI name starts with iqn., eui. or naa., is 5 to 223 bytes and has no "
+                          "space or control character",
+                          EINVAL);
+    }
+    std::string folded = fold_iscsi_name(name);
+    std::string_view rest = std::string_view(folded).substr(4);
+    auto hex = [](std::string_view s) {
+        return std::all_of(s.begin(), s.end(),
+                           [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+    };
+    if (folded.rfind("eui.", 0) == 0) {
+        if (rest.size() != 16 || !hex(rest)) {
+            return make_error("an eui. name is 16 hex digits (an EUI-64), e.g. eui.02004567A425678D", EINVAL);
+        }
+        return {};
+    }
+    if (folded.rfind("naa.", 0) == 0) {
+        if ((rest.size() != 16 && rest.size() != 32) || !hex(rest)) {
+            return make_error("a naa. name is 16 or 32 hex digits, e.g. naa.52004567BA64678D", EINVAL);
+        }
+        return {};
+    }
+    // iqn.yyyy-mm.reversed.domain[:anything]
+    auto digits = [](std::string_view s) {
+        return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+    };
+    if (rest.size() < 9 || !digits(rest.substr(0, 4)) || rest[4] != '-' || !digits(rest.substr(5, 2)) ||
+        rest[7] != '.') {
+        return make_error("an iqn. name goes on with the year and month its naming authority took the "
+                          "domain, then the domain reversed: iqn.2026-11.org.example[:anything]",
+                          EINVAL);
+    }
+    int month = (rest[5] - '0') * 10 + (rest[6] - '0');
+    if (month < 1 || month > 12) {
+        return make_error(fmt::format("an iqn. name's date is yyyy-mm; month {:02} does not exist", month),
+                          EINVAL);
+    }
+    if (rest[8] == '.' || rest[8] == ':' || rest[8] == '-') {
+        return make_error("an iqn. name needs a naming authority (a reversed domain) after its date", EINVAL);
+    }
+    for (char c : folded) {
+        auto u = static_cast<unsigned char>(c);
+        bool allowed =
+            u >= 0x80 || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == ':';
+        if (!allowed) {
+            return make_error(fmt::format("'{}' is not allowed in an iSCSI name (ASCII letters, digits, '-', "
+                                          "'.' and ':' are)",
+                                          c),
+                              EINVAL);
+        }
+    }
+    return {};
 }
 
 bool is_valid_local_name(std::string_view name) {

@@ -138,6 +138,13 @@ Result<NumericRange> parse_range(std::string_view text);
 // iSCSI-name-value (RFC 7143 §4.2.7): "iqn.", "eui." or "naa." names, at most 223 bytes, with no
 // spaces or control characters.
 bool is_valid_iscsi_name(std::string_view name);
+// The stricter check for names an administrator configures (RFC 3720 §3.2.6.3): "iqn." yyyy-mm "."
+// naming-authority [":" anything], "eui." and 16 hex digits, or "naa." and 16 or 32 hex digits; ASCII
+// limited to letters, digits, '-', '.' and ':' (RFC 3722's profile). The error says what is wrong.
+Result<void> check_iscsi_name(std::string_view name);
+// The form names are compared in: RFC 3722 folds case, so "IQN.2026-11.Org.Example:Disk" and
+// "iqn.2026-11.org.example:disk" are one name (ASCII lower case; other characters as they are).
+std::string fold_iscsi_name(std::string_view name);
 // iSCSI-local-name-value (aliases): UTF-8 without control characters.
 bool is_valid_local_name(std::string_view name);
 

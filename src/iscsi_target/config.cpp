@@ -1,5 +1,7 @@
 #include "iscsi_target/config.hpp"
 
+#include "common/log.hpp"
+#include "common/secret.hpp"
 #include "common/units.hpp"
 #include "iscsi/text.hpp"
 
@@ -12,8 +14,16 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <unistd.h>
 
 namespace ispace::iscsi_target {
+
+uint64_t default_buffer_memory() {
+    long pages = ::sysconf(_SC_PHYS_PAGES);
+    long page_size = ::sysconf(_SC_PAGESIZE);
+    uint64_t memory = pages > 0 && page_size > 0 ? uint64_t(pages) * uint64_t(page_size) : 0;
+    return std::clamp<uint64_t>(memory / 16, uint64_t(64) << 20, uint64_t(512) << 20);
+}
 
 // ---- CIDR ------------------------------------------------------------------------------------------
 
@@ -99,8 +109,10 @@ std::string Cidr::to_string() const {
 
 const AclEntry* find_acl_entry(const std::vector<AclEntry>& acl, std::string_view initiator,
                                const net::Endpoint& peer) {
+    // Names compare case-folded (RFC 3722): an ACL written in another case still matches.
+    std::string folded = iscsi::fold_iscsi_name(initiator);
     for (const AclEntry& entry : acl) {
-        if (entry.initiator != initiator) {
+        if (iscsi::fold_iscsi_name(entry.initiator) != folded) {
             continue;
         }
         if (entry.networks.empty()) {
@@ -126,8 +138,9 @@ Result<AclEntry> parse_allow(std::string_view text) {
         }
         entry.networks.push_back(*network);
     }
-    if (!iscsi::is_valid_iscsi_name(name)) {
-        return make_error(fmt::format("--allow {}: '{}' is not a valid iSCSI initiator name", text, name));
+    if (auto valid = iscsi::check_iscsi_name(name); !valid) {
+        return make_error(fmt::format("--allow {}: '{}' is not a valid iSCSI initiator name: {}", text, name,
+                                      valid.error().message));
     }
     entry.initiator = std::string(name);
     return entry;
@@ -150,10 +163,9 @@ Result<void> check_credentials(const iscsi::ChapCredentials& credentials, std::s
 } // namespace
 
 Result<void> validate_target(const TargetConfig& target) {
-    if (!iscsi::is_valid_iscsi_name(target.iqn)) {
-        return make_error(fmt::format("'{}' is not a valid iSCSI name (expected e.g. "
-                                      "iqn.2026-11.org.example:disk1)",
-                                      target.iqn));
+    if (auto valid = iscsi::check_iscsi_name(target.iqn); !valid) {
+        return make_error(fmt::format("'{}' is not a valid iSCSI name: {} (RFC 3720 §3.2.6.3)", target.iqn,
+                                      valid.error().message));
     }
     std::set<uint64_t> luns;
     for (const LunConfig& lun : target.luns) {
@@ -186,9 +198,9 @@ Result<void> validate_target(const TargetConfig& target) {
         }
     }
     for (const AclEntry& entry : target.acl) {
-        if (!iscsi::is_valid_iscsi_name(entry.initiator)) {
-            return make_error(fmt::format("target {}: ACL initiator '{}' is not a valid iSCSI name",
-                                          target.iqn, entry.initiator));
+        if (auto valid = iscsi::check_iscsi_name(entry.initiator); !valid) {
+            return make_error(fmt::format("target {}: ACL initiator '{}' is not a valid iSCSI name: {}",
+                                          target.iqn, entry.initiator, valid.error().message));
         }
         if (entry.luns) {
             for (uint64_t lun : *entry.luns) {
@@ -361,6 +373,9 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
     if (overlay.sanitize_bytes_per_second) {
         limits.sanitize_bytes_per_second = *overlay.sanitize_bytes_per_second;
     }
+    if (overlay.buffer_memory) {
+        limits.buffer_memory = *overlay.buffer_memory;
+    }
     return {};
 }
 
@@ -388,7 +403,11 @@ Result<void> only_keys(const json& object, std::initializer_list<std::string_vie
     return {};
 }
 
-Result<iscsi::ChapCredentials> read_credentials(const json& value, std::string_view where) {
+// "USER:SECRET", or {"user": ..., "secret": ...}, or {"user": ..., "secret_file": PATH} (a file holding
+// the secret alone; relative to the configuration file's directory), which keeps the secret out of a
+// file that is often world-readable or kept in version control.
+Result<iscsi::ChapCredentials> read_credentials(const json& value, std::string_view where,
+                                                const std::string& base_dir) {
     if (value.is_string()) {
         auto parsed = iscsi::parse_chap_credentials(value.get<std::string>());
         if (!parsed) {
@@ -396,14 +415,34 @@ Result<iscsi::ChapCredentials> read_credentials(const json& value, std::string_v
         }
         return *parsed;
     }
-    if (auto ok = only_keys(value, {"user", "secret"}, where); !ok) {
+    if (auto ok = only_keys(value, {"user", "secret", "secret_file"}, where); !ok) {
         return ok.error();
     }
-    if (!value.contains("user") || !value["user"].is_string() || !value.contains("secret") ||
-        !value["secret"].is_string()) {
-        return make_error(fmt::format("{}: needs \"user\" and \"secret\" strings", where));
+    bool has_secret = value.contains("secret") && value["secret"].is_string();
+    bool has_file = value.contains("secret_file") && value["secret_file"].is_string();
+    if (!value.contains("user") || !value["user"].is_string() || has_secret == has_file) {
+        return make_error(fmt::format(
+            "{}: needs a \"user\" and either a \"secret\" or a \"secret_file\" (strings)", where));
     }
-    return iscsi::ChapCredentials{value["user"].get<std::string>(), value["secret"].get<std::string>()};
+    iscsi::ChapCredentials credentials{value["user"].get<std::string>(), {}};
+    if (has_secret) {
+        credentials.secret = value["secret"].get<std::string>();
+        return credentials;
+    }
+    std::string path = value["secret_file"].get<std::string>();
+    if (!path.empty() && path.front() != '/' && !base_dir.empty()) {
+        path = base_dir + "/" + path;
+    }
+    std::string warning;
+    auto secret = read_secret_file(path, &warning);
+    if (!secret) {
+        return make_error(fmt::format("{}: secret_file {}", where, secret.error().message));
+    }
+    if (!warning.empty()) {
+        log_warn("{}: {}", where, warning);
+    }
+    credentials.secret = std::move(*secret);
+    return credentials;
 }
 
 Result<AclEntry> read_acl_entry(const json& value, std::string_view where) {
@@ -463,7 +502,8 @@ Result<uint64_t> read_unsigned(const json& object, const char* key, std::string_
     return make_error(fmt::format("{}: \"{}\" must be a non-negative number", where, key));
 }
 
-Result<ServerConfig> read_config(const json& root, const backstore::Registry& backstores) {
+Result<ServerConfig> read_config(const json& root, const backstore::Registry& backstores,
+                                 const std::string& base_dir) {
     if (auto ok = only_keys(
             root, {"listen", "reactors", "state_dir", "limits", "discovery", "isns", "targets"}, "config");
         !ok) {
@@ -506,7 +546,8 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
         if (auto ok = only_keys(limits,
                                 {"queue_depth", "max_transfer", "login_timeout_ms", "nop_interval_ms",
                                  "nop_timeout_ms", "max_connections", "max_login_connections",
-                                 "max_sessions_per_initiator", "sanitize_rate"},
+                                 "max_login_connections_per_source", "max_sessions_per_initiator",
+                                 "sanitize_rate", "buffer_memory"},
                                 "config limits");
             !ok) {
             return ok.error();
@@ -521,13 +562,16 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
         uint64_t nop_timeout = uint64_t(config.limits.nop_timeout.count());
         uint64_t max_conn = config.limits.max_connections, max_login = config.limits.max_login_connections;
         uint64_t per_initiator = config.limits.max_sessions_per_initiator;
+        uint64_t per_source = config.limits.max_login_connections_per_source;
         uint64_t sanitize_rate = config.limits.sanitize_bytes_per_second;
+        uint64_t buffer_memory = config.limits.buffer_memory;
         for (Field field :
              {Field{"queue_depth", &queue_depth}, Field{"max_transfer", &max_transfer},
               Field{"login_timeout_ms", &login_ms}, Field{"nop_interval_ms", &nop_interval},
               Field{"nop_timeout_ms", &nop_timeout}, Field{"max_connections", &max_conn},
               Field{"max_login_connections", &max_login}, Field{"max_sessions_per_initiator", &per_initiator},
-              Field{"sanitize_rate", &sanitize_rate}}) {
+              Field{"max_login_connections_per_source", &per_source}, Field{"sanitize_rate", &sanitize_rate},
+              Field{"buffer_memory", &buffer_memory}}) {
             if (limits.contains(field.key)) {
                 auto value = read_unsigned(limits, field.key, "config limits");
                 if (!value) {
@@ -550,7 +594,15 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
         config.limits.max_connections = uint32_t(max_conn);
         config.limits.max_login_connections = uint32_t(max_login);
         config.limits.max_sessions_per_initiator = uint32_t(per_initiator);
+        if (per_source < 1) {
+            return make_error("config limits: max_login_connections_per_source is at least 1");
+        }
+        config.limits.max_login_connections_per_source = uint32_t(std::min<uint64_t>(per_source, UINT32_MAX));
         config.limits.sanitize_bytes_per_second = sanitize_rate;
+        if (buffer_memory < (uint64_t(1) << 20)) {
+            return make_error("config limits: buffer_memory is at least 1M");
+        }
+        config.limits.buffer_memory = buffer_memory;
     }
     if (root.contains("isns")) {
         // "isns": "HOST[:PORT]", or {"server": "HOST[:PORT]", "entity": "ID", "esi_interval": S}
@@ -588,14 +640,15 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
             return ok.error();
         }
         if (discovery.contains("chap")) {
-            auto credentials = read_credentials(discovery["chap"], "config discovery chap");
+            auto credentials = read_credentials(discovery["chap"], "config discovery chap", base_dir);
             if (!credentials) {
                 return credentials.error();
             }
             config.discovery_chap = *credentials;
         }
         if (discovery.contains("mutual_chap")) {
-            auto credentials = read_credentials(discovery["mutual_chap"], "config discovery mutual_chap");
+            auto credentials =
+                read_credentials(discovery["mutual_chap"], "config discovery mutual_chap", base_dir);
             if (!credentials) {
                 return credentials.error();
             }
@@ -658,14 +711,14 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
             target.luns.push_back(std::move(lun));
         }
         if (t.contains("chap")) {
-            auto credentials = read_credentials(t["chap"], where + " chap");
+            auto credentials = read_credentials(t["chap"], where + " chap", base_dir);
             if (!credentials) {
                 return credentials.error();
             }
             target.chap = *credentials;
         }
         if (t.contains("mutual_chap")) {
-            auto credentials = read_credentials(t["mutual_chap"], where + " mutual_chap");
+            auto credentials = read_credentials(t["mutual_chap"], where + " mutual_chap", base_dir);
             if (!credentials) {
                 return credentials.error();
             }
@@ -695,13 +748,31 @@ Result<ServerConfig> load_config_file(const std::string& path, const backstore::
     if (!in) {
         return make_error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
     }
-    std::stringstream text;
-    text << in.rdbuf();
-    json root = json::parse(text.str(), nullptr, false, true); // comments allowed
-    if (root.is_discarded()) {
-        return make_error(fmt::format("{}: not valid JSON", path));
+    std::stringstream stream;
+    stream << in.rdbuf();
+    std::string text = stream.str();
+    json root;
+    try {
+        root = json::parse(text, nullptr, true, true); // comments allowed
+    } catch (const json::parse_error& e) {
+        // The library's message names a byte offset; an editor wants a line and a column.
+        size_t offset = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
+        size_t line = 1 + size_t(std::count(text.begin(), text.begin() + ptrdiff_t(offset), '\n'));
+        size_t line_start = text.rfind('\n', offset == 0 ? 0 : offset - 1);
+        size_t column = offset - (line_start == std::string::npos || offset == 0 ? 0 : line_start + 1) + 1;
+        std::string what = e.what();
+        // "[json.exception.parse_error.101] parse error at line 3, column 5: syntax error while parsing
+        // object - unexpected '}'; expected string literal": keep what follows the position.
+        if (size_t colon = what.find(": "); colon != std::string::npos) {
+            what = what.substr(colon + 2);
+        }
+        return make_error(fmt::format("{}:{}:{}: not valid JSON: {}", path, line, column, what));
     }
-    auto config = read_config(root, backstores);
+    std::string base_dir;
+    if (size_t slash = path.rfind('/'); slash != std::string::npos) {
+        base_dir = path.substr(0, slash == 0 ? 1 : slash);
+    }
+    auto config = read_config(root, backstores, base_dir);
     if (!config) {
         return make_error(fmt::format("{}: {}", path, config.error().message));
     }

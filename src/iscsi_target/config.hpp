@@ -65,6 +65,9 @@ struct PortalConfig {
     uint16_t tpgt = 1;  // target portal group tag; each portal is its own group in quick mode
 };
 
+// limits.buffer_memory unless configured: a sixteenth of the machine's memory, from 64 MiB to 512 MiB.
+uint64_t default_buffer_memory();
+
 struct Limits {
     // The CmdSN window a session gets: how many commands it may have outstanding (MaxCmdSN - ExpCmdSN+1).
     uint32_t queue_depth = 128;
@@ -86,8 +89,14 @@ struct Limits {
     // Connections still logging in (unauthenticated) at once; more are closed at accept, so a flood
     // of half-open connections cannot starve logged-in initiators of memory.
     uint32_t max_login_connections = 512;
+    // ...of which one source address may hold at once: a flood from one address fills its own share,
+    // not every login slot, so initiators elsewhere still log in.
+    uint32_t max_login_connections_per_source = 64;
     // Normal sessions one initiator name may hold at once.
     uint32_t max_sessions_per_initiator = 64;
+    // Bytes of Data-In buffers all sessions together may hold until sent (iscsi_target/buffer_budget.hpp):
+    // past it, commands wait and MaxCmdSN stops advancing instead of memory being allocated.
+    uint64_t buffer_memory = default_buffer_memory();
 };
 
 // Where the process announces itself for discovery (RFC 4171 iSNS). Plain settings: mgmt hands them to
@@ -139,6 +148,7 @@ struct ConfigOverlay {
     std::optional<std::string> isns_server;
     std::optional<std::string> isns_entity;
     std::optional<uint32_t> isns_esi_interval;
+    std::optional<uint64_t> buffer_memory;
 };
 
 // Applies `overlay` to `config` (see ConfigOverlay). Fails, naming the flag, when a flag has nothing to

@@ -1,6 +1,7 @@
 #include "iscsi_target/connection.hpp"
 
 #include "common/log.hpp"
+#include "common/log_limit.hpp"
 #include "iscsi_target/server.hpp"
 #include "iscsi_target/session.hpp"
 
@@ -14,6 +15,11 @@ namespace {
 constexpr int reads_per_event = 16;
 // A data segment remainder at least this large is read straight into its destination.
 constexpr size_t direct_read_threshold = 4096;
+
+// Lines a peer can provoke as often as it likes: rate-limited and counted (common/log_limit.hpp).
+LogLimit g_reject_log;
+LogLimit g_drop_log;
+LogLimit g_login_log;
 
 } // namespace
 
@@ -55,14 +61,46 @@ void Connection::start() {
 
 // ---- Sending ---------------------------------------------------------------------------------------
 
-void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_t length) {
+void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_t length,
+                      BufferBudget::Hold hold) {
     if (!_transport || _transport->closed()) {
         return;
     }
     OutPdu& pdu = _pdu_pool.get();
     pdu.build(bhs, std::move(data), offset, length, _params.header_digest == iscsi::Digest::crc32c,
               _params.data_digest == iscsi::Digest::crc32c);
+    pdu.hold(std::move(hold));
+    // Counted before send(), which may hand the PDU back at once.
+    _unsent_bytes += pdu.bytes();
+    ++_unsent_pdus;
     _transport->send(pdu);
+    if (!_backlog_paused && (_unsent_bytes > max_unsent_bytes || _unsent_pdus > max_unsent_pdus) &&
+        !closing()) {
+        // The peer is not reading what we send: stop reading what it sends, so its requests cannot
+        // make us queue answers without limit (a NOP-Out flood, a pile of unread READs).
+        _backlog_paused = true;
+        _transport->pause_reading();
+        log_debug("connection {}: {} bytes in {} PDUs unsent; reading paused", _name, _unsent_bytes,
+                  _unsent_pdus);
+    }
+}
+
+void Connection::pdu_returned(size_t bytes) {
+    _unsent_bytes -= bytes;
+    --_unsent_pdus;
+    if (_backlog_paused && _unsent_bytes <= max_unsent_bytes / 2 && _unsent_pdus <= max_unsent_pdus / 2) {
+        _backlog_paused = false;
+        // Null while the destructor resets the transport (which hands unsent PDUs back).
+        if (_transport && !closing()) {
+            _transport->resume_reading();
+            // Commands that waited for the backlog may go; not from inside the transport's callback.
+            _reactor.defer([this, alive = _alive] {
+                if (*alive && _session != nullptr && !closing()) {
+                    _session->backlog_drained();
+                }
+            });
+        }
+    }
 }
 
 void Connection::send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data) {
@@ -76,7 +114,7 @@ void Connection::send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data)
 }
 
 void Connection::reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why) {
-    log_warn("connection {}: rejecting {}: {}", _name, iscsi::describe(bhs), why);
+    g_reject_log.warn("connection {}: rejecting {}: {}", _name, iscsi::describe(bhs), why);
     iscsi::Reject reject;
     reject.reason = reason;
     reject.stat_sn = take_stat_sn();
@@ -95,7 +133,7 @@ void Connection::drop(const std::string& reason) {
     if (closing()) {
         return;
     }
-    log_warn("connection {}: {}; closing it", _name, reason);
+    g_drop_log.warn("connection {}: {}; closing it", _name, reason);
     _phase = Phase::closing;
     _reader.stop();
     _transport->close(make_error(reason));
@@ -161,7 +199,8 @@ void Connection::closed(const std::string& reason) {
 // ---- Receiving -------------------------------------------------------------------------------------
 
 void Connection::on_readable() {
-    for (int i = 0; i < reads_per_event && !closing(); ++i) {
+    // Stop as soon as the backlog paused reading: the PDUs already read may have queued answers.
+    for (int i = 0; i < reads_per_event && !closing() && !_backlog_paused; ++i) {
         iovec direct = _reader.direct_read();
         net::Transport::ReadResult result;
         size_t asked = 0;
@@ -194,7 +233,7 @@ void Connection::on_readable() {
             std::string why =
                 _reader.idle() ? "peer closed the connection" : "peer closed the connection mid-PDU";
             if (_phase == Phase::full_feature && !_reader.idle()) {
-                log_warn("connection {}: {}", _name, why);
+                g_drop_log.warn("connection {}: {}", _name, why);
             }
             _phase = Phase::closing;
             _transport->close(make_error(why));
@@ -308,8 +347,8 @@ void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
             iscsi::LoginStatus::invalid_during_login,
             fmt::format("{} before the login completed", iscsi::opcode_name(pdu.bhs.raw_opcode())));
         send_login_response(response);
-        log_warn("connection {}: login failed: {} ({})", _name, iscsi::describe(response.header.status()),
-                 _login->reason());
+        g_login_log.warn("connection {}: login failed: {} ({})", _name,
+                         iscsi::describe(response.header.status()), _login->reason());
         close_after_flush("login failed");
         return;
     }
@@ -338,8 +377,8 @@ void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
         close_after_flush("login redirected");
         return;
     case iscsi::LoginState::failed:
-        log_warn("connection {}: login failed: {} ({})", _name, iscsi::describe(_login->status()),
-                 _login->reason());
+        g_login_log.warn("connection {}: login failed: {} ({})", _name, iscsi::describe(_login->status()),
+                         _login->reason());
         if (_slot && !_slot->session) {
             _server.sessions().remove(_slot);
         }
@@ -365,13 +404,13 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
     _target = _server.find_target(identity.target_name);
     if (_target == nullptr) {
         info.status = iscsi::LoginStatus::target_not_found;
-        log_warn("connection {}: login to unknown target '{}'", _name, identity.target_name);
+        g_login_log.warn("connection {}: login to unknown target '{}'", _name, identity.target_name);
         return info;
     }
     if (!_server.may_access(*_target, identity.initiator_name, _peer)) {
         info.status = iscsi::LoginStatus::authorization_failure;
-        log_warn("connection {}: {} from {} is not allowed to log in to {} (ACL)", _name,
-                 identity.initiator_name, _peer.to_string(), _target->iqn);
+        g_login_log.warn("connection {}: {} from {} is not allowed to log in to {} (ACL)", _name,
+                         identity.initiator_name, _peer.to_string(), _target->iqn);
         return info;
     }
     auto target_config = _target->config();
@@ -452,7 +491,7 @@ iscsi::LoginAdmission Connection::admit(const iscsi::LoginIdentity& identity, co
                                                  iscsi::isid_to_u64(identity.isid), identity.target_name,
                                                  _server.config().limits.max_sessions_per_initiator);
         if (!admitted) {
-            log_warn("connection {}: login refused: {}", _name, admitted.error().message);
+            g_login_log.warn("connection {}: login refused: {}", _name, admitted.error().message);
         }
         if (admitted) {
             _slot = admitted->slot;
@@ -510,7 +549,7 @@ void Connection::enter_full_feature() {
 void Connection::leave_login_phase() {
     if (_counted_as_login) {
         _counted_as_login = false;
-        _server.login_finished();
+        _server.login_finished(_peer);
     }
 }
 

@@ -27,7 +27,10 @@ struct SessionSlot;
 class Target;
 struct IscsiTask;
 
-class Connection final : public net::Transport::Handler, public iscsi::PduSink, public iscsi::LoginPolicy {
+class Connection final : public net::Transport::Handler,
+                         public iscsi::PduSink,
+                         public iscsi::LoginPolicy,
+                         private OutPdu::Pool::Listener {
 public:
     // Binds `transport` to `reactor` (the calling thread's) with this connection as its handler.
     Connection(Server& server, net::Reactor& reactor, std::unique_ptr<net::Transport> transport,
@@ -40,8 +43,10 @@ public:
     void start();
 
     // --- used by Session ---
-    // Queues one PDU: `bhs` then data[offset, offset+length). StatSN is the caller's business.
-    void send(const iscsi::Bhs& bhs, Buffer data = {}, size_t offset = 0, uint32_t length = 0);
+    // Queues one PDU: `bhs` then data[offset, offset+length). StatSN is the caller's business. `hold`
+    // (a command's Data-In reservation) is given back once the PDU has been sent or failed.
+    void send(const iscsi::Bhs& bhs, Buffer data = {}, size_t offset = 0, uint32_t length = 0,
+              BufferBudget::Hold hold = {});
     // Queues one PDU whose (small) data segment is copied.
     void send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data);
     // StatSN for the next status-carrying PDU (and advance it).
@@ -83,6 +88,14 @@ public:
     // Answers `bhs` with a Reject PDU carrying `reason`.
     void reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why);
 
+    // Back-pressure: what this connection has queued for its peer and not yet sent. Past either bound
+    // it stops reading (the peer's requests stay in its socket) until half of it has gone out. Why a
+    // PDU count too: a small PDU costs a pooled buffer of several KiB for a few bytes on the wire.
+    static constexpr size_t max_unsent_bytes = size_t(1) << 20;
+    static constexpr size_t max_unsent_pdus = 256;
+    size_t unsent_bytes() const { return _unsent_bytes; }
+    bool reading_paused() const { return _backlog_paused; }
+
 private:
     enum class Phase : uint8_t { login, full_feature, closing, closed };
 
@@ -118,6 +131,8 @@ private:
     void schedule_nop();
     void nop_tick();
     void closed(const std::string& reason);
+    // OutPdu::Pool::Listener
+    void pdu_returned(size_t bytes) override;
 
     Server& _server;
     net::Reactor& _reactor;
@@ -129,7 +144,10 @@ private:
     uint16_t _tpgt;
     std::string _name;
     Phase _phase = Phase::login;
-    OutPdu::Pool _pdu_pool; // before _transport: unsent PDUs return here when the transport goes
+    OutPdu::Pool _pdu_pool{this}; // before _transport: unsent PDUs return here when the transport goes
+    size_t _unsent_bytes = 0;
+    size_t _unsent_pdus = 0;
+    bool _backlog_paused = false;
     std::unique_ptr<net::Transport> _transport;
     iscsi::PduReader _reader;
     std::unique_ptr<std::array<uint8_t, 16384>> _staging;

@@ -7,6 +7,7 @@
 #include "common/buffer.hpp"
 #include "iscsi/crc32c.hpp"
 #include "iscsi/pdu.hpp"
+#include "iscsi_target/buffer_budget.hpp"
 #include "net/tcp_stream.hpp"
 
 #include <array>
@@ -31,6 +32,7 @@ public:
         }
         iovcnt = 0;
         iov[iovcnt++] = {_header.data(), header_length};
+        _bytes = header_length;
         _data = std::move(data);
         if (length > 0) {
             uint8_t* p = _data.data() + offset;
@@ -40,8 +42,13 @@ public:
             if (_trailer.size > 0) {
                 iov[iovcnt++] = {_trailer.bytes.data(), _trailer.size};
             }
+            _bytes += length + _trailer.size;
         }
     }
+    // Bytes on the wire, header and data.
+    size_t bytes() const { return _bytes; }
+    // The command's reservation of Data-In memory, given back once this PDU (its last) is sent.
+    void hold(BufferBudget::Hold hold) { _hold = std::move(hold); }
 
     void on_sent(bool written) override;
 
@@ -50,12 +57,24 @@ private:
     std::array<uint8_t, iscsi::bhs_size + iscsi::digest_size> _header{};
     Buffer _data;
     iscsi::DataTrailer _trailer;
+    size_t _bytes = 0;
+    BufferBudget::Hold _hold;
     Pool* _pool = nullptr;
 };
 
-// A connection's free list of OutPdus: steady-state sending allocates nothing.
+// A connection's free list of OutPdus: steady-state sending allocates nothing. It tells its listener
+// about every PDU that comes back (sent, or failed with the transport), which is how a connection
+// knows what it still has queued.
 class OutPdu::Pool {
 public:
+    class Listener {
+    public:
+        virtual void pdu_returned(size_t bytes) = 0;
+
+    protected:
+        ~Listener() = default;
+    };
+    explicit Pool(Listener* listener = nullptr) : _listener(listener) {}
     ~Pool() = default;
     OutPdu& get() {
         if (_free.empty()) {
@@ -70,10 +89,15 @@ public:
     }
     void put(OutPdu& pdu) {
         pdu._data.reset();
+        pdu._hold.reset();
         _free.push_back(&pdu);
+        if (_listener) {
+            _listener->pdu_returned(pdu._bytes);
+        }
     }
 
 private:
+    Listener* _listener;
     std::vector<std::unique_ptr<OutPdu>> _all;
     std::vector<OutPdu*> _free;
 };

@@ -1,6 +1,7 @@
 #include "iscsi_target/server.hpp"
 
 #include "common/log.hpp"
+#include "common/log_limit.hpp"
 #include "iscsi/text.hpp"
 #include "iscsi_target/connection.hpp"
 #include "iscsi_target/session.hpp"
@@ -15,6 +16,18 @@
 #include <unistd.h>
 
 namespace ispace::iscsi_target {
+
+namespace {
+// Connections refused at accept: a flood makes one per attempt (common/log_limit.hpp).
+// The address a connection comes from, without its port: the unit of the per-source login limit.
+std::string source_address(const net::Endpoint& peer) {
+    std::string text = peer.to_string();
+    size_t colon = text.rfind(':');
+    return colon == std::string::npos ? text : text.substr(0, colon);
+}
+
+LogLimit g_accept_log;
+} // namespace
 
 iscsi::NegotiationConfig default_target_negotiation() {
     iscsi::NegotiationConfig config;
@@ -194,7 +207,8 @@ private:
 // ---- Server ----------------------------------------------------------------------------------------
 
 Server::Server(ServerConfig config, net::ReactorGroup& reactors)
-    : _config(std::move(config)), _reactors(reactors), _local(reactors.size()) {
+    : _config(std::move(config)), _reactors(reactors),
+      _buffer_budget(std::make_shared<BufferBudget>(_config.limits.buffer_memory)), _local(reactors.size()) {
     _config.portals.clear();
     _config.targets.clear();
 }
@@ -300,7 +314,9 @@ Result<std::shared_ptr<Target>> Server::add_target(const TargetConfig& config) {
         }
     }
     std::lock_guard lock(_targets_mutex);
-    if (!_targets.emplace(config.iqn, target).second) {
+    // Keyed by the case-folded name (RFC 3722): a login naming it in another case finds it, and two
+    // targets differing only in case are one name.
+    if (!_targets.emplace(iscsi::fold_iscsi_name(config.iqn), target).second) {
         return make_error(fmt::format("target {} exists already", config.iqn), EEXIST);
     }
     return target;
@@ -309,7 +325,7 @@ Result<std::shared_ptr<Target>> Server::add_target(const TargetConfig& config) {
 Result<void> Server::remove_target(std::string_view iqn) {
     {
         std::lock_guard lock(_targets_mutex);
-        auto it = _targets.find(iqn);
+        auto it = _targets.find(iscsi::fold_iscsi_name(iqn));
         if (it == _targets.end()) {
             return make_error(fmt::format("target {}: no such target", iqn), ENOENT);
         }
@@ -321,7 +337,7 @@ Result<void> Server::remove_target(std::string_view iqn) {
 
 std::shared_ptr<Target> Server::find_target(std::string_view iqn) const {
     std::lock_guard lock(_targets_mutex);
-    auto it = _targets.find(iqn);
+    auto it = _targets.find(iscsi::fold_iscsi_name(iqn));
     return it == _targets.end() ? nullptr : it->second;
 }
 
@@ -368,7 +384,7 @@ void Server::accept_ready(Listener& listener) {
         auto fd = net::accept_tcp(listener.fd(), &peer);
         if (!fd) {
             if (fd.error().code != EAGAIN) {
-                log_warn("accept on {}: {}", listener.bound.to_string(), fd.error().message);
+                g_accept_log.warn("accept on {}: {}", listener.bound.to_string(), fd.error().message);
             }
             return;
         }
@@ -377,14 +393,21 @@ void Server::accept_ready(Listener& listener) {
             continue;
         }
         if (_open_connections.load() >= _config.limits.max_connections) {
-            log_warn("connection from {} refused: {} connections already open (limit)", peer.to_string(),
-                     _open_connections.load());
+            g_accept_log.warn("connection from {} refused: {} connections already open (limit)",
+                              peer.to_string(), _open_connections.load());
             ::close(*fd);
             continue;
         }
         if (_login_connections.load() >= _config.limits.max_login_connections) {
-            log_warn("connection from {} refused: {} connections are already logging in (limit)",
-                     peer.to_string(), _login_connections.load());
+            g_accept_log.warn("connection from {} refused: {} connections are already logging in (limit)",
+                              peer.to_string(), _login_connections.load());
+            ::close(*fd);
+            continue;
+        }
+        if (!take_login_slot_of(peer)) {
+            g_accept_log.warn("connection from {} refused: {} connections from that address are already "
+                              "logging in (limits.max_login_connections_per_source)",
+                              peer.to_string(), _config.limits.max_login_connections_per_source);
             ::close(*fd);
             continue;
         }
@@ -404,6 +427,11 @@ void Server::accept_ready(Listener& listener) {
 
 void Server::accept(std::unique_ptr<net::Transport> transport, net::Reactor& reactor, net::Endpoint peer,
                     net::Endpoint local, uint16_t tpgt) {
+    // Not limited: the caller (a test harness, an in-process transport) chose to hand it over.
+    {
+        std::lock_guard lock(_login_sources_mutex);
+        ++_login_sources[source_address(peer)];
+    }
     ++_login_connections;
     ++_open_connections;
     serve(std::move(transport), reactor, peer, local, tpgt);
@@ -417,6 +445,28 @@ void Server::serve(std::unique_ptr<net::Transport> transport, net::Reactor& reac
 }
 
 void Server::connection_opened(Connection&) {}
+
+bool Server::take_login_slot_of(const net::Endpoint& peer) {
+    std::lock_guard lock(_login_sources_mutex);
+    uint32_t& count = _login_sources[source_address(peer)];
+    if (count >= _config.limits.max_login_connections_per_source) {
+        if (count == 0) {
+            _login_sources.erase(source_address(peer));
+        }
+        return false;
+    }
+    ++count;
+    return true;
+}
+
+void Server::login_finished(const net::Endpoint& peer) {
+    --_login_connections;
+    std::lock_guard lock(_login_sources_mutex);
+    auto it = _login_sources.find(source_address(peer));
+    if (it != _login_sources.end() && --it->second == 0) {
+        _login_sources.erase(it);
+    }
+}
 
 bool Server::may_access(const Target& target, std::string_view initiator, const net::Endpoint& peer) const {
     auto config = target.config();
@@ -444,8 +494,9 @@ void Server::session_destroyed() {
 }
 
 void Server::close_sessions_of(const std::string& iqn, std::string reason) {
+    std::string folded = iscsi::fold_iscsi_name(iqn);
     for (auto& slot : _sessions.all()) {
-        if (slot->target_name != iqn) {
+        if (iscsi::fold_iscsi_name(slot->target_name) != folded) {
             continue;
         }
         slot->reactor->post([slot, reason] {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common/result.hpp"
+#include "iscsi_target/buffer_budget.hpp"
 #include "iscsi_target/config.hpp"
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
@@ -19,6 +20,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 namespace ispace::iscsi_target {
@@ -154,6 +156,8 @@ public:
 
     // --- for connections and sessions ---
     const ServerConfig& config() const { return _config; }
+    // Data-In memory of every session together (limits.buffer_memory).
+    const std::shared_ptr<BufferBudget>& buffer_budget() const { return _buffer_budget; }
     SessionRegistry& sessions() { return _sessions; }
     net::ReactorGroup& reactors() { return _reactors; }
     // "TargetAddress" values for SendTargets: every portal, with `local` replacing a wildcard address.
@@ -167,8 +171,8 @@ public:
     void connection_closed(Connection& connection);
     uint32_t open_connections() const { return _open_connections.load(); }
     // A connection left the login phase (logged in, or closed before): it no longer counts against
-    // Limits::max_login_connections.
-    void login_finished() { --_login_connections; }
+    // Limits::max_login_connections (and its source's share, max_login_connections_per_source).
+    void login_finished(const net::Endpoint& peer);
     // Targets this initiator (name, address) may log in to, for SendTargets and logins.
     bool may_access(const Target& target, std::string_view initiator, const net::Endpoint& peer) const;
     // Counts sessions not yet destroyed (including ones draining tasks), for shutdown.
@@ -197,6 +201,7 @@ private:
 
     ServerConfig _config;
     net::ReactorGroup& _reactors;
+    std::shared_ptr<BufferBudget> _buffer_budget;
     // Portals: added and removed by the control thread, served on reactor 0.
     mutable std::mutex _portals_mutex;
     std::vector<std::shared_ptr<Listener>> _listeners;
@@ -208,6 +213,11 @@ private:
     SessionRegistry _sessions;
     std::atomic<uint32_t> _open_connections{0};
     std::atomic<uint32_t> _login_connections{0};
+    // Connections logging in, per source address (no port): taken on reactor 0 at accept, given back
+    // on any reactor when a login ends.
+    bool take_login_slot_of(const net::Endpoint& peer);
+    std::mutex _login_sources_mutex;
+    std::unordered_map<std::string, uint32_t> _login_sources;
     std::atomic<uint32_t> _live_sessions{0};
     std::atomic<bool> _started{false};
     std::atomic<bool> _stopping{false};

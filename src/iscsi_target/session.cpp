@@ -1,6 +1,7 @@
 #include "iscsi_target/session.hpp"
 
 #include "common/log.hpp"
+#include "common/log_limit.hpp"
 #include "iscsi_target/connection.hpp"
 #include "iscsi_target/server.hpp"
 #include "net/reactor.hpp"
@@ -13,6 +14,8 @@ namespace ispace::iscsi_target {
 namespace {
 
 std::atomic<uint64_t> g_next_nexus_id{1};
+// A Data-Out sequence error is the peer's to repeat at will (common/log_limit.hpp).
+LogLimit g_data_out_log;
 
 iscsi::TmfResponse to_tmf_response(scsi::TmfResult result) {
     switch (result) {
@@ -58,6 +61,8 @@ Session::Session(Server& server, net::Reactor& reactor, std::shared_ptr<Target> 
     : _server(server), _reactor(reactor), _target(std::move(target)), _slot(std::move(slot)), _params(params),
       _tsih(tsih), _isid(iscsi::isid_to_u64(identity.isid)), _exp_cmd_sn(exp_cmd_sn),
       _queue_depth(server.config().limits.queue_depth) {
+    _budget_account = std::make_shared<BufferBudget::Account>();
+    _budget_account->budget = server.buffer_budget();
     _nexus.id = g_next_nexus_id.fetch_add(1);
     _nexus.initiator_name = identity.initiator_name;
     _nexus.initiator_port =
@@ -91,6 +96,9 @@ Session::Session(Server& server, net::Reactor& reactor, std::shared_ptr<Target> 
 }
 
 Session::~Session() {
+    if (_budget_timer) {
+        _reactor.cancel_timer(_budget_timer);
+    }
     if (_lun_view) {
         _target->device->detach_view(_lun_view.get());
     }
@@ -147,7 +155,13 @@ bool Session::has_connection(const Connection* connection) const {
 
 uint32_t Session::max_cmd_sn() const {
     uint32_t free_slots = _queue_depth > _unanswered ? _queue_depth - _unanswered : 0;
-    return _exp_cmd_sn - 1 + free_slots;
+    uint32_t max = _exp_cmd_sn - 1 + free_slots;
+    // Waiting for Data-In memory: the window does not open further (the value only ever grows, so
+    // the frozen one is never below what an initiator was told).
+    if (!_budget_waiting.empty() && iscsi::sn_lt(_frozen_max_cmd_sn, max)) {
+        return _frozen_max_cmd_sn;
+    }
+    return max;
 }
 
 // ---- CmdSN ordering --------------------------------------------------------------------------------
@@ -329,6 +343,69 @@ void Session::open_gate() {
 }
 
 void Session::submit(IscsiTask& command) {
+    // Behind any command already waiting for memory: CmdSN order holds.
+    if (_budget_waiting.empty() && reserve_buffer(command)) {
+        start(command);
+        return;
+    }
+    if (_budget_waiting.empty()) {
+        _frozen_max_cmd_sn = max_cmd_sn();
+        log_debug("{}: Data-In memory is exhausted ({} of {} bytes held); commands wait, MaxCmdSN stays {}",
+                  _name, _budget_account->budget->used(), _budget_account->budget->limit(),
+                  _frozen_max_cmd_sn);
+    }
+    _budget_waiting.push_back(&command);
+    arm_budget_timer();
+}
+
+bool Session::reserve_buffer(IscsiTask& command) {
+    if (!command.data_in || command.expected_length == 0) {
+        return true;
+    }
+    // What the engine allocates for it at most: the expected length, within the transfer limit.
+    uint64_t max_transfer = _server.config().limits.max_transfer_bytes;
+    uint64_t bytes = std::min<uint64_t>(command.expected_length, max_transfer);
+    if (command.connection != nullptr && command.connection->reading_paused() &&
+        _budget_account->held >= 2 * max_transfer) {
+        // Its peer is not reading what it was sent already: producing more for it now would only
+        // hold memory (and reactor time) that initiators who read could use. It waits for the backlog.
+        return false;
+    }
+    command.budget_hold = BufferBudget::reserve(_budget_account, bytes);
+    return bool(command.budget_hold);
+}
+
+void Session::arm_budget_timer() {
+    if (_budget_timer) {
+        return;
+    }
+    // Memory comes back on any reactor (another session's Data-In going out), so look again soon;
+    // this runs only while commands wait.
+    _budget_timer = _reactor.add_timer(std::chrono::milliseconds(5), [this] {
+        _budget_timer = 0;
+        retry_budget();
+    });
+}
+
+void Session::backlog_drained() {
+    if (!_budget_waiting.empty()) {
+        retry_budget();
+    }
+}
+
+void Session::retry_budget() {
+    while (!_budget_waiting.empty()) {
+        IscsiTask* command = _budget_waiting.front();
+        if (!reserve_buffer(*command)) {
+            arm_budget_timer();
+            return;
+        }
+        _budget_waiting.pop_front();
+        start(*command);
+    }
+}
+
+void Session::start(IscsiTask& command) {
     command.state = IscsiTask::State::in_engine;
     command.data_out_length = command.received;
     _target->device->submit(command);
@@ -501,7 +578,7 @@ Session::DataOutCheck Session::check_data_out(const Connection& connection, cons
 }
 
 void Session::fail_data_out(IscsiTask& command, const scsi::Sense& sense, const std::string& why) {
-    log_warn("{}: {}; the command fails", _name, why);
+    g_data_out_log.warn("{}: {}; the command fails", _name, why);
     command.data_failed = true;
     command.failure = sense;
     command.bursts.clear();
@@ -638,7 +715,9 @@ void Session::send_data_in(IscsiTask& command, uint32_t length) {
         }
         iscsi::Bhs bhs;
         din.encode(bhs);
-        connection.send(bhs, command.buffer, offset, n);
+        // The last PDU carries the command's memory reservation: it is given back once the data is out.
+        connection.send(bhs, command.buffer, offset, n,
+                        last ? std::move(command.budget_hold) : BufferBudget::Hold{});
         offset += n;
         burst_left = burst_left == n ? max_burst : burst_left - n;
     }
@@ -683,6 +762,10 @@ void Session::answered(IscsiTask& command) {
 void Session::release(IscsiTask& command) {
     answered(command);
     _gated.erase(std::remove(_gated.begin(), _gated.end(), &command), _gated.end());
+    if (auto it = std::find(_budget_waiting.begin(), _budget_waiting.end(), &command);
+        it != _budget_waiting.end()) {
+        _budget_waiting.erase(it);
+    }
     _commands.erase(command.itt);
     if (_commands.empty() && !_on_drained.empty()) {
         auto callbacks = std::move(_on_drained);

@@ -7,16 +7,24 @@
 // a small queue (bounded by the window). Commands outside [ExpCmdSN, MaxCmdSN] are silently ignored
 // (RFC 7143 §4.2.2.1). MaxCmdSN = ExpCmdSN - 1 + (queue depth - commands not yet answered), so the
 // window is how the target slows an initiator down.
+//
+// Data-In memory: a command that will return data reserves its buffer in the daemon's BufferBudget
+// before it reaches the engine. When the budget has no room, the command waits (and every command
+// after it, so CmdSN order holds) and MaxCmdSN stops advancing until it can go: new commands are held
+// back at the initiator instead of memory being allocated for answers nobody reads.
 #pragma once
 
 #include "common/buffer.hpp"
 #include "common/function.hpp"
 #include "iscsi/login.hpp"
 #include "iscsi/pdu.hpp"
+#include "iscsi_target/buffer_budget.hpp"
+#include "net/reactor.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/task.hpp"
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,6 +79,8 @@ struct IscsiTask final : scsi::Task {
     bool counted = false;      // holds a slot of the CmdSN window until answered
     bool data_failed = false;  // a Data-Out sequence error ended the data phase
     scsi::Sense failure;       // ... with this sense
+    // Its Data-In memory, reserved before the engine runs it; handed to its last Data-In PDU.
+    BufferBudget::Hold budget_hold;
 };
 
 class Session final : public scsi::Fabric {
@@ -106,6 +116,9 @@ public:
     void terminate(const std::string& reason, Function<void()> gone);
     // A reinstated predecessor has finished terminating: commands held for it may run.
     void open_gate();
+
+    // A connection's backlog drained (it reads again): commands waiting for it may go.
+    void backlog_drained();
 
     uint32_t exp_cmd_sn() const { return _exp_cmd_sn; }
     uint32_t max_cmd_sn() const;
@@ -165,6 +178,10 @@ private:
     void deliver_command(IscsiTask& command);
     void defer_data_out_failure(IscsiTask& command);
     void submit(IscsiTask& command);
+    void start(IscsiTask& command);
+    bool reserve_buffer(IscsiTask& command);
+    void arm_budget_timer();
+    void retry_budget();
     void send_r2ts(IscsiTask& command);
     void maybe_data_out_done(IscsiTask& command);
     void respond(IscsiTask& command);
@@ -197,6 +214,11 @@ private:
     uint32_t _unanswered = 0; // commands that consumed a CmdSN and have not been answered
     std::unordered_map<uint32_t, Function<void()>> _early; // by CmdSN: arrived before their turn
     std::vector<IscsiTask*> _gated; // delivered while a reinstated predecessor was still terminating
+    // Commands waiting, in order, for Data-In memory; while any does, MaxCmdSN stays at the frozen one.
+    std::shared_ptr<BufferBudget::Account> _budget_account;
+    std::deque<IscsiTask*> _budget_waiting;
+    uint32_t _frozen_max_cmd_sn = 0;
+    net::Reactor::TimerId _budget_timer = 0;
     uint32_t _next_ttt = 1;
 
     bool _ended = false; // no connection remains; destroy once tasks drain

@@ -9,6 +9,7 @@
 #include "net/reactor.hpp"
 
 #include "common/log.hpp"
+#include "ispace/buffer.hpp"
 
 #include <algorithm>
 #include <cassert>
@@ -603,8 +604,22 @@ Reactor* Reactor::current() {
     return t_current;
 }
 
+namespace {
+
+// A reactor thread's buffer cache gives back, once a second, what it did not use in the last second:
+// after a burst, memory returns to the system (Buffer::trim_idle_thread_cache).
+void trim_buffer_cache_every_second(Reactor& reactor) {
+    reactor.add_timer(std::chrono::seconds(1), [&reactor] {
+        Buffer::trim_idle_thread_cache();
+        trim_buffer_cache_every_second(reactor);
+    });
+}
+
+} // namespace
+
 void Reactor::run() {
     CurrentScope scope(this);
+    trim_buffer_cache_every_second(*this);
     while (_impl->iterate(-1)) {
     }
 }

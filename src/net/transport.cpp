@@ -52,6 +52,16 @@ public:
         }
         _stream->send(pdu);
     }
+    void pause_reading() override {
+        if (_stream) {
+            _stream->pause_reading();
+        }
+    }
+    void resume_reading() override {
+        if (_stream) {
+            _stream->resume_reading();
+        }
+    }
     void close(Error why) override {
         if (_stream) {
             _stream->close(std::move(why));

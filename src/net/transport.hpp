@@ -61,6 +61,12 @@ public:
     // Queues one complete PDU. `pdu.on_sent()` runs once it is written (possibly inside send()), or
     // with false when the transport closed first (never inside send()).
     virtual void send(OutItem& pdu) = 0;
+    // Back-pressure: stop reporting readability until resume_reading(). The bytes stay in the socket,
+    // so a peer that keeps sending stalls in TCP. A target connection pauses when what it has queued
+    // for its peer passes a bound: a peer that does not read is not read either, and its requests
+    // cannot make us buffer their answers without limit.
+    virtual void pause_reading() = 0;
+    virtual void resume_reading() = 0;
     // Closes now; on_closed() follows (deferred).
     virtual void close(Error why) = 0;
     // Stops reading, writes what is queued, then closes (a Logout Response, a final Login Response).

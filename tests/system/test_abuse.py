@@ -172,10 +172,12 @@ def main():
         c.close()
         check(daemon.alive(), "ispaced is still running after the abuse")
 
-        # 200 idle half-open connections, held open while a real initiator logs in.
+        # 200 idle half-open connections, held open while a real initiator logs in. They come from
+        # another address (127.0.0.2): one source holds at most max_login_connections_per_source of
+        # them (the rest are closed at accept), which must not lock out initiators elsewhere.
         idle = []
         for i in range(200):
-            s = socket.create_connection(("127.0.0.1", port))
+            s = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
             if i % 2:
                 s.sendall(login_header()[:30])  # half a header, then silence
             idle.append(s)

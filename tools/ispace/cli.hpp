@@ -45,6 +45,8 @@ void warning(std::string_view message);
 
 // Parses an iscsi:// URL that must name a target and a LUN.
 Result<Url> parse_lun_url(std::string_view text);
+// `text` with every iscsi:// URL in it redacted (initiator::redact_url), for messages that quote input.
+std::string redact_urls(std::string_view text);
 // "crc32c" / "none" / "" (keep the URL's or the default).
 Result<std::optional<DigestMode>> parse_digest_option(std::string_view text);
 

@@ -258,6 +258,14 @@ int run_bench(GlobalOptions& global, BenchOptions& o) {
 
     double secs = bench.elapsed() > 0 ? bench.elapsed() : o.seconds;
     uint64_t ios = bench.reads() + bench.writes();
+    if (bench.errors() > 0) {
+        // No figure for a run that failed: a bandwidth computed from commands that returned an error
+        // (every 16M command refused, a write to a read-only LUN) measured nothing but the refusal.
+        error(fmt::format("{} of {} command(s) failed; the first: {}. No figures are reported for a run "
+                          "that failed.",
+                          bench.errors(), ios, bench.first_error()));
+        return exit_failure;
+    }
     double iops = double(ios) / secs;
     double mib = double(ios) * double(*bs) / secs / (1024.0 * 1024.0);
     fmt::print("{}: bs={} qd={} connections={} threads={} time={:.1f}s digest={}\n", o.rw,
@@ -274,10 +282,6 @@ int run_bench(GlobalOptions& global, BenchOptions& o) {
                usec(h.quantile(0.99)), usec(h.quantile(0.999)), usec(h.max()));
     if (info.reconnects || info.retries) {
         fmt::print("  recovery:  {} reconnects, {} retries\n", info.reconnects, info.retries);
-    }
-    if (bench.errors() > 0) {
-        error(fmt::format("{} command(s) failed; the first: {}", bench.errors(), bench.first_error()));
-        return exit_failure;
     }
     return exit_ok;
 }

@@ -6,19 +6,29 @@
 // through a queue, so file I/O never blocks a reactor. A chunk counts as copied only when the
 // destination acknowledged it (GOOD status, or pwrite returned); the copy ends with SYNCHRONIZE CACHE
 // or fdatasync, and exits 0 only when every byte was acknowledged.
+//
+// A destination file is written under a temporary name beside it and renamed over DST only once the
+// copy is complete and flushed: an interrupted or failed copy never leaves a file of the full size that
+// looks like a finished backup. SIGINT and SIGTERM stop the copy (in-flight chunks drain), say how many
+// bytes were acknowledged, remove the temporary file and exit 130 / 143; SIGUSR1 prints progress (what
+// dd and qemu-img users press). A signal thread waits for them; they are blocked everywhere else.
 #include "cli.hpp"
 
 #include "common/units.hpp"
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <csignal>
 #include <cstring>
 #include <deque>
 #include <fcntl.h>
 #include <mutex>
+#include <pthread.h>
 #include <sys/stat.h>
+#include <thread>
 #include <unistd.h>
 
 namespace ispace::cli {
@@ -49,10 +59,38 @@ struct Side {
     uint64_t size = 0;         // bytes
     uint32_t max_transfer = 0; // bytes per command the LUN accepts; 0: no limit stated
 
+    // A regular-file destination: written as `temp_path`, renamed to `label` by commit().
+    std::string temp_path;
+
     ~Side() {
         if (fd >= 0) {
             ::close(fd);
         }
+        discard_temp();
+    }
+    // Removes an uncommitted temporary file (a failed or interrupted copy). Async-signal-safe.
+    void discard_temp() {
+        if (!temp_path.empty()) {
+            ::unlink(temp_path.c_str());
+        }
+    }
+    Result<void> commit() {
+        if (temp_path.empty()) {
+            return {};
+        }
+        if (::rename(temp_path.c_str(), label.c_str()) < 0) {
+            int err = errno;
+            return make_error(fmt::format("rename {} to {}: {}", temp_path, label, std::strerror(err)), err);
+        }
+        temp_path.clear();
+        // The rename itself durable: fsync the directory holding it.
+        std::string dir = label.find('/') == std::string::npos ? "." : label.substr(0, label.rfind('/') + 1);
+        int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            ::fsync(dfd);
+            ::close(dfd);
+        }
+        return {};
     }
 };
 
@@ -60,6 +98,7 @@ struct Event {
     size_t chunk;
     bool read; // true: the source read completed; false: the destination write did
     Response result;
+    int signal = 0; // not a chunk: this signal arrived (SIGINT, SIGTERM, SIGUSR1)
 };
 
 class EventQueue {
@@ -117,7 +156,28 @@ Result<void> open_side(Initiator& ini, const std::string& text, bool is_source, 
         return {};
     }
     side.label = text;
-    int flags = is_source ? O_RDONLY : (O_WRONLY | O_CREAT);
+    struct stat existing {};
+    bool exists = ::stat(text.c_str(), &existing) == 0;
+    if (!is_source && (!exists || S_ISREG(existing.st_mode))) {
+        // A file destination: written under a temporary name beside it (same filesystem, so the final
+        // rename is atomic), with the existing file's permissions.
+        size_t slash = text.rfind('/');
+        std::string dir = slash == std::string::npos ? "" : text.substr(0, slash + 1);
+        std::string base = slash == std::string::npos ? text : text.substr(slash + 1);
+        side.temp_path = fmt::format("{}.{}.ispace-cp-{}", dir, base, ::getpid());
+        mode_t mode = exists ? (existing.st_mode & 07777) : 0644;
+        side.fd = ::open(side.temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        if (side.fd < 0) {
+            int err = errno;
+            std::string temp = std::move(side.temp_path);
+            side.temp_path.clear(); // not ours to remove
+            return make_error(
+                fmt::format("{}: cannot create {} to copy into: {}", text, temp, std::strerror(err)), err);
+        }
+        side.regular = true;
+        return {};
+    }
+    int flags = is_source ? O_RDONLY : O_WRONLY;
     side.fd = ::open(text.c_str(), flags | O_CLOEXEC, 0644);
     if (side.fd < 0) {
         int err = errno;
@@ -179,6 +239,64 @@ Result<void> pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t offset, con
     return {};
 }
 
+// Waits for SIGINT, SIGTERM and SIGUSR1 (blocked in every other thread) and hands them to the copy
+// loop. Outside the loop (connecting, flushing) an interrupt ends the process at once, after removing
+// the temporary destination: nothing is half-done there that the loop would have to drain.
+class SignalWatcher {
+public:
+    SignalWatcher(EventQueue& events, Side& dst) : _events(events), _dst(dst) {
+        sigemptyset(&_set);
+        for (int sig : {SIGINT, SIGTERM, SIGUSR1}) {
+            sigaddset(&_set, sig);
+        }
+        // Before any other thread starts, so that they all inherit the mask.
+        pthread_sigmask(SIG_BLOCK, &_set, nullptr);
+        _thread = std::thread([this] { run(); });
+    }
+    ~SignalWatcher() {
+        _stop.store(true);
+        _thread.join();
+    }
+    // While set, interrupts go to the loop as events; otherwise they end the process.
+    void set_copying(bool copying) {
+        std::lock_guard lock(_mu);
+        _copying = copying;
+    }
+    // Held while the destination is being committed (renamed): an interrupt then waits for it.
+    std::mutex& commit_mutex() { return _mu; }
+
+private:
+    void run() {
+        timespec tick{0, 100'000'000};
+        while (!_stop.load()) {
+            int sig = ::sigtimedwait(&_set, nullptr, &tick);
+            if (sig <= 0) {
+                continue;
+            }
+            std::lock_guard lock(_mu);
+            if (_copying || sig == SIGUSR1) {
+                _events.push({0, false, {}, sig});
+                continue;
+            }
+            _dst.discard_temp();
+            fmt::print(stderr,
+                       "ispace: interrupted by {} before the copy began or while it was flushed; "
+                       "{} was not written\n",
+                       sig == SIGINT ? "SIGINT" : "SIGTERM", _dst.label);
+            std::fflush(stderr);
+            ::_exit(128 + sig);
+        }
+    }
+
+    EventQueue& _events;
+    Side& _dst;
+    sigset_t _set{};
+    std::mutex _mu;
+    bool _copying = false;
+    std::atomic<bool> _stop{false};
+    std::thread _thread;
+};
+
 int run_cp(GlobalOptions& global, CpOptions& o) {
     auto bs = parse_size(o.bs);
     if (!bs || *bs == 0 || *bs > Buffer::max_size) {
@@ -193,9 +311,11 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
         error(d.error().message);
         return exit_usage;
     }
-    Initiator ini(initiator_options(global));
     Side src;
     Side dst;
+    EventQueue events;
+    SignalWatcher signals(events, dst); // first: every thread started later inherits its mask
+    Initiator ini(initiator_options(global));
     if (auto r = open_side(ini, o.src, true, o.knobs, src); !r) {
         error(r.error().message);
         return r.error().code == EINVAL ? exit_usage : exit_failure;
@@ -250,13 +370,21 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
         chunks.emplace_back();
         free_slots.push_back(i);
     }
-    EventQueue events;
     Progress progress(total, o.progress && stderr_is_tty());
     auto started = std::chrono::steady_clock::now();
     uint64_t next = 0;
     uint64_t acknowledged = 0;
     unsigned inflight = 0;
     std::optional<std::string> failure;
+    int interrupted = 0;
+    auto progress_line = [&] {
+        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        return fmt::format(
+            "{} of {} acknowledged ({:.0f}%) in {} ({}/s)", human_bytes(double(acknowledged)),
+            human_bytes(double(total)), total ? 100.0 * double(acknowledged) / double(total) : 100.0,
+            human_duration(seconds), human_bytes(seconds > 0 ? double(acknowledged) / seconds : 0));
+    };
+    signals.set_copying(true);
 
     auto fail = [&](std::string message) {
         if (!failure) {
@@ -328,6 +456,18 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
             break; // failed, nothing left to wait for
         }
         Event e = events.pop();
+        if (e.signal == SIGUSR1) {
+            fmt::print(stderr, "ispace cp: {}\n", progress_line());
+            continue;
+        }
+        if (e.signal != 0) {
+            // Stop starting chunks; those in flight drain, so what was acknowledged is known exactly.
+            if (!interrupted) {
+                interrupted = e.signal;
+                fail(fmt::format("interrupted by {}", e.signal == SIGINT ? "SIGINT" : "SIGTERM"));
+            }
+            continue;
+        }
         Chunk& c = chunks[e.chunk];
         const Side& side = e.read ? src : dst;
         if (!e.result.ok()) {
@@ -356,11 +496,18 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
         free_slots.push_back(e.chunk);
         progress.update(acknowledged);
     }
+    signals.set_copying(false);
     progress.finish();
+    // An interrupt that arrived while the last chunks were acknowledged still counts.
     if (failure) {
         error(*failure);
-        error(fmt::format("copy failed after {} of {} bytes were acknowledged", acknowledged, total));
-        return exit_failure;
+        std::string where = !dst.temp_path.empty()
+                                ? fmt::format("{} was not written (the partial copy was removed)", dst.label)
+                                : fmt::format("{} holds a partial copy", dst.label);
+        error(fmt::format("copy {} after {} of {} bytes were acknowledged; {}",
+                          interrupted ? "stopped" : "failed", acknowledged, total, where));
+        dst.discard_temp();
+        return interrupted ? 128 + interrupted : exit_failure;
     }
     // Make the copy durable before saying so.
     if (dst.iscsi) {
@@ -373,15 +520,20 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
         int err = errno;
         error(fmt::format("{}: fdatasync: {}", dst.label, std::strerror(err)));
         return exit_failure;
+    } else {
+        std::lock_guard lock(signals.commit_mutex());
+        if (auto r = dst.commit(); !r) {
+            error(r.error().message);
+            return exit_failure;
+        }
     }
     if (src.iscsi) {
         src.session->close();
     }
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    if (stderr_is_tty()) {
-        fmt::print(stderr, "copied {} in {} ({}/s)\n", human_bytes(double(total)), human_duration(seconds),
-                   human_bytes(seconds > 0 ? double(total) / seconds : 0));
-    }
+    // On any stderr, not only a terminal: cron and CI logs see the copy happened.
+    fmt::print(stderr, "copied {} in {} ({}/s)\n", human_bytes(double(total)), human_duration(seconds),
+               human_bytes(seconds > 0 ? double(total) / seconds : 0));
     return exit_ok;
 }
 
@@ -395,8 +547,8 @@ Runner add_cp(CLI::App& app, GlobalOptions& global) {
                     "Source: a file, a block device or iscsi://[user%secret@]HOST[:PORT]/IQN/LUN")
         ->required();
     cmd->add_option("DST", o->dst,
-                    "Destination: a file (created or truncated to the copied size), a block device "
-                    "or an iSCSI LUN URL")
+                    "Destination: a file (written under a temporary name, renamed over it when the "
+                    "copy is complete), a block device or an iSCSI LUN URL")
         ->required();
     cmd->add_option("--connections", o->knobs.connections, "TCP connections per iSCSI session (MC/S)")
         ->default_val(1)
@@ -417,7 +569,8 @@ Runner add_cp(CLI::App& app, GlobalOptions& global) {
 
 A lost connection is recovered (reconnect, session reinstatement, every unacknowledged chunk sent again)
 without failing the copy. Exit status 0 means every byte was acknowledged by the destination and flushed
-(SYNCHRONIZE CACHE / fdatasync).)");
+(SYNCHRONIZE CACHE / fdatasync). SIGUSR1 prints progress; SIGINT and SIGTERM stop the copy, say how
+many bytes were acknowledged and exit 130 / 143 (a destination file is then left as it was).)");
     return [&global, o] { return run_cp(global, *o); };
 }
 

@@ -133,6 +133,14 @@ int run_inq(GlobalOptions& global, const std::string& url_text) {
         error(inq.error().message);
         return exit_failure;
     }
+    if (inq->peripheral_qualifier != 0) {
+        // SPC-5 §6.7.2: qualifier 011b means no logical unit is there (001b: one could be, but none is
+        // connected). Either way nothing can be done with it: a script must not take it for a LUN.
+        error(fmt::format("{} has no LUN {} (INQUIRY peripheral qualifier {}{})", url->target_name, lun,
+                          inq->peripheral_qualifier,
+                          inq->peripheral_qualifier == 3 ? ": no logical unit" : ": not connected"));
+        return exit_failure;
+    }
     fmt::print("target:        {}\n", url->target_name);
     fmt::print("lun:           {}\n", lun);
     fmt::print("device type:   {} ({:#04x}){}\n", initiator::device_type_name(inq->device_type),

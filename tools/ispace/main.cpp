@@ -2,6 +2,7 @@
 #include "cli.hpp"
 
 #include "common/log.hpp"
+#include "common/secret.hpp"
 #include "common/units.hpp"
 
 #include <fmt/format.h>
@@ -29,10 +30,52 @@ Result<Url> parse_lun_url(std::string_view text) {
         return make_error(
             fmt::format(
                 "URL '{}' names no target and LUN (expected iscsi://[user%secret@]HOST[:PORT]/IQN/LUN)",
-                text),
+                initiator::redact_url(text)),
             EINVAL);
     }
     return url;
+}
+
+std::string redact_urls(std::string_view text) {
+    // URLs end at whitespace or a quote, as CLI11 and our own messages print them.
+    std::string out;
+    size_t at = 0;
+    while (true) {
+        size_t url = text.find("iscsi://", at);
+        if (url == std::string_view::npos) {
+            out.append(text.substr(at));
+            return out;
+        }
+        out.append(text.substr(at, url - at));
+        size_t end = text.find_first_of(" \t\n'\"", url);
+        if (end == std::string_view::npos) {
+            end = text.size();
+        }
+        out += initiator::redact_url(text.substr(url, end - url));
+        at = end;
+    }
+}
+
+void hide_url_secrets(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        size_t url = arg.find("iscsi://");
+        if (url == std::string_view::npos) {
+            continue;
+        }
+        std::string_view rest = arg.substr(url + 8);
+        std::string_view before_query = rest.substr(0, rest.find('?'));
+        if (size_t at = before_query.rfind('@'); at != std::string_view::npos) {
+            std::string_view userinfo = before_query.substr(0, at);
+            if (size_t sep = userinfo.find('%'); sep != std::string_view::npos) {
+                scrub_argv(argc, argv, std::string(userinfo.substr(sep + 1)));
+            }
+        }
+        if (size_t key = rest.find("target_password="); key != std::string_view::npos) {
+            std::string_view value = rest.substr(key + 16);
+            scrub_argv(argc, argv, std::string(value.substr(0, value.find('&'))));
+        }
+    }
 }
 
 Result<std::optional<DigestMode>> parse_digest_option(std::string_view text) {
@@ -172,6 +215,7 @@ int main(int argc, char** argv) {
 
     CLI::App app{"ispace: an iSCSI client. Lists targets, copies to and from LUNs, measures them.", "ispace"};
     app.set_help_all_flag("--help-all", "Show the help of every command");
+    app.set_version_flag("--version", std::string("ispace ") + ISPACE_VERSION);
     app.require_subcommand(1);
     app.fallthrough(); // global options may follow the command: `ispace ls -i IQN URL`
     GlobalOptions global;
@@ -184,6 +228,8 @@ int main(int argc, char** argv) {
   iscsi://[user%secret@]HOST[:PORT]/IQN/LUN    a LUN (PORT defaults to 3260)
   iscsi://[user%secret@]HOST[:PORT]            a portal, for `ls`
   user%secret logs in with CHAP; add ?header_digest=crc32c&data_digest=crc32c for digests.
+  iscsi://user@HOST/... takes the secret from $ISPACE_CHAP_SECRET instead, out of sight of `ps`
+  (and ?target_user=NAME for mutual CHAP, without target_password, from $ISPACE_CHAP_TARGET_SECRET).
 
 Examples:
   ispace ls iscsi://192.0.2.10
@@ -205,10 +251,16 @@ Run `ispace COMMAND --help` for a command's options; docs/cli.md has more.)");
 
     try {
         app.parse(argc, argv);
+    } catch (const CLI::Success& e) {
+        return app.exit(e); // --help, --version
     } catch (const CLI::ParseError& e) {
-        int code = app.exit(e);
-        return code == 0 ? exit_ok : exit_usage;
+        // Our words and exit code (2), not CLI11's (105, 109, ...); a URL it quotes loses its secret.
+        error(redact_urls(e.what()));
+        fmt::print(stderr, "Run `ispace --help` (or `ispace COMMAND --help`) for usage.\n");
+        return exit_usage;
     }
+    // Parsed and copied: the secrets in the arguments go from /proc/PID/cmdline (what `ps` shows).
+    hide_url_secrets(argc, argv);
     ispace::LogLevel level;
     if (!ispace::parse_log_level(global.log_level, level)) {
         error(

@@ -3,12 +3,14 @@
 // Quick mode serves one target from the command line:
 //   ispaced --listen 127.0.0.1:3260 --iqn IQN --lun PATH[,size=1G][,block=512|4096][,thin][,ro] [--lun ...]
 #include "common/log.hpp"
+#include "common/secret.hpp"
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
 #include "mgmt/runtime.hpp"
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -39,9 +41,10 @@ repeatable flag (--listen, --lun, --allow) adds to the file's list. Without --iq
 apply to every target of the file.
 
 LUNs are numbered from 0 in the order given. LUN specs:
-  PATH[,size=SIZE][,block=512|4096][,thin][,ro][,direct]
+  PATH[,size=SIZE][,block=512|4096][,thin][,ro][,direct][,grow]
         a file (created when missing and size= is given; sparse with thin, where UNMAP
-        punches holes) or a block device
+        punches holes; an existing smaller file is grown to size= only with grow; locked
+        while served, so a second ispaced on it is refused) or a block device
   memory:SIZE[,block=..]   a RAM disk, allocated as it is written
   null:SIZE[,block=..]     reads return zeroes, writes are discarded (benchmarks)
 Sizes take K, M, G, T suffixes (powers of 1024).
@@ -50,7 +53,9 @@ Security: --chap USER:SECRET makes CHAP mandatory (secrets of 12 bytes or more);
 USER:SECRET is what the target proves to initiators that ask for mutual CHAP; --discovery-chap
 USER:SECRET guards SendTargets, where the target proves --discovery-mutual-chap USER:SECRET (by
 default the --mutual-chap one) to initiators that ask; --allow IQN[@CIDR] (repeatable) admits only the initiators listed,
-and SendTargets lists a target only to initiators it admits.
+and SendTargets lists a target only to initiators it admits. Each credential flag has a -file form
+(--chap-file FILE, ...) reading USER:SECRET from a file, so that `ps` never shows the secret; secrets
+given on the command line are scrubbed from it once parsed, but are visible until then.
 
 iSNS (RFC 4171): --isns HOST[:PORT] registers the portals and targets with an iSNS server (port 3205
 by default) as one network entity (--isns-entity, by default ispaced:HOSTNAME:FIRST-PORTAL), keeps the
@@ -58,21 +63,63 @@ registration fresh, answers the server's status inquiries, updates it when targe
 and deregisters on exit. An iSNS server that does not answer is retried; it never stops the target.
 
 Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
-stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0.
+stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0. SIGHUP is
+logged and ignored (configuration reload is not supported yet).
 )";
+
+// The credential flags: each takes USER:SECRET, or (FLAG-file) a file holding it.
+struct CredentialFlag {
+    const char* name;
+    const char* help;
+    std::string text;
+    std::string file;
+};
+
+// `text` with every argument that may hold a secret (the values of credential flags, and the argument
+// after them, in case the user typed USER SECRET with a space) replaced by "***".
+std::string redact_arguments(std::string text, int argc, char** argv,
+                             const std::vector<CredentialFlag>& flags) {
+    std::vector<std::string> secrets;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        for (const CredentialFlag& flag : flags) {
+            std::string_view name = flag.name;
+            if (arg == name) {
+                for (int k = i + 1; k < argc && k <= i + 2; ++k) {
+                    secrets.emplace_back(argv[k]);
+                }
+            } else if (arg.size() > name.size() && arg.substr(0, name.size()) == name &&
+                       arg[name.size()] == '=') {
+                secrets.emplace_back(arg.substr(name.size() + 1));
+                if (i + 1 < argc) {
+                    secrets.emplace_back(argv[i + 1]);
+                }
+            }
+        }
+    }
+    // Longest first, so that a user name inside a secret does not leave the rest of it showing.
+    std::sort(secrets.begin(), secrets.end(),
+              [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+    for (const std::string& secret : secrets) {
+        if (secret.empty()) {
+            continue;
+        }
+        for (size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at + 3)) {
+            text.replace(at, secret.size(), "***");
+        }
+    }
+    return text;
+}
 
 } // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{description, "ispaced"};
+    app.set_version_flag("--version", std::string("ispaced ") + ISPACE_VERSION);
 
     std::vector<std::string> listen;
     std::string config_path;
     std::string iqn;
-    std::string chap;
-    std::string mutual_chap;
-    std::string discovery_chap;
-    std::string discovery_mutual_chap;
     std::vector<std::string> allow;
     std::string state_dir;
     std::string alias;
@@ -89,6 +136,7 @@ int main(int argc, char** argv) {
     std::string isns_server;
     std::string isns_entity;
     uint32_t isns_esi_interval = 60;
+    std::string buffer_memory;
 
     app.add_option("--listen", listen,
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
@@ -101,12 +149,22 @@ int main(int argc, char** argv) {
                    "iqn.2026-11.org.example:disk1");
     auto* alias_option = app.add_option("--alias", alias, "TargetAlias shown to initiators");
     app.add_option("--lun", luns, "A logical unit (see LUN specs above); repeat for more");
-    app.add_option("--chap", chap, "Require CHAP: USER:SECRET the initiator must present");
-    app.add_option("--mutual-chap", mutual_chap, "USER:SECRET the target presents for mutual CHAP");
-    app.add_option("--discovery-chap", discovery_chap, "Require CHAP for discovery sessions: USER:SECRET");
-    app.add_option("--discovery-mutual-chap", discovery_mutual_chap,
-                   "USER:SECRET the target presents for mutual CHAP in discovery sessions "
-                   "(default: the --mutual-chap one, when --discovery-chap is given)");
+    std::vector<CredentialFlag> credential_flags = {
+        {"--chap", "Require CHAP: USER:SECRET the initiator must present", {}, {}},
+        {"--mutual-chap", "USER:SECRET the target presents for mutual CHAP", {}, {}},
+        {"--discovery-chap", "Require CHAP for discovery sessions: USER:SECRET", {}, {}},
+        {"--discovery-mutual-chap",
+         "USER:SECRET the target presents for mutual CHAP in discovery sessions (default: the "
+         "--mutual-chap one, when --discovery-chap is given)",
+         {},
+         {}},
+    };
+    for (CredentialFlag& flag : credential_flags) {
+        app.add_option(flag.name, flag.text, flag.help);
+        app.add_option(std::string(flag.name) + "-file", flag.file,
+                       std::string("As ") + flag.name +
+                           ", from a file holding USER:SECRET (kept out of `ps`)");
+    }
     app.add_option("--allow", allow, "Admit only this initiator, IQN[@CIDR]; repeat for more (default: all)");
     auto* state_dir_option =
         app.add_option("--state-dir", state_dir,
@@ -136,6 +194,12 @@ int main(int argc, char** argv) {
                "Bytes per second SANITIZE OVERWRITE writes to one LUN, so it does not starve the others "
                "(0: unlimited)")
             ->default_str("64M");
+    auto* buffer_memory_option =
+        app.add_option("--buffer-memory", buffer_memory,
+                       "Data-In memory all sessions together may hold; past it commands wait (MaxCmdSN "
+                       "stops advancing) instead of memory being allocated")
+            ->default_str(
+                fmt::format("{}M (1/16 of RAM, 64M to 512M)", iscsi_target::default_buffer_memory() >> 20));
 
     auto* isns_option =
         app.add_option("--isns", isns_server,
@@ -153,8 +217,19 @@ int main(int argc, char** argv) {
 
     try {
         app.parse(argc, argv);
+    } catch (const CLI::Success& e) {
+        return app.exit(e); // --help, --version
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        // Exit 2 for every usage error (not CLI11's 105, 109, ...), and never echo a secret.
+        std::fprintf(stderr, "ispaced: %s\nRun `ispaced --help` for usage.\n",
+                     redact_arguments(e.what(), argc, argv, credential_flags).c_str());
+        return 2;
+    }
+    // Parsed and copied: the secrets leave /proc/PID/cmdline, which is what `ps` shows.
+    for (const CredentialFlag& flag : credential_flags) {
+        if (size_t colon = flag.text.find(':'); colon != std::string::npos) {
+            scrub_argv(argc, argv, std::string_view(flag.text).substr(colon + 1));
+        }
     }
 
     LogLevel level;
@@ -181,14 +256,32 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: give --iqn and at least one --lun, or --config FILE (see --help)\n");
         return 2;
     }
-    auto credentials = [](const std::string& text,
-                          const char* flag) -> std::optional<iscsi::ChapCredentials> {
+    auto credentials = [](const CredentialFlag& flag) -> std::optional<iscsi::ChapCredentials> {
+        std::string text = flag.text;
+        std::string source = flag.name;
+        if (!flag.file.empty()) {
+            if (!flag.text.empty()) {
+                std::fprintf(stderr, "ispaced: give %s or %s-file, not both\n", flag.name, flag.name);
+                std::exit(2);
+            }
+            std::string warning;
+            auto read = read_secret_file(flag.file, &warning);
+            if (!read) {
+                std::fprintf(stderr, "ispaced: %s-file: %s\n", flag.name, read.error().message.c_str());
+                std::exit(2);
+            }
+            if (!warning.empty()) {
+                log_warn("{}-file: {}", flag.name, warning);
+            }
+            text = std::move(*read);
+            source = fmt::format("{}-file {}", flag.name, flag.file);
+        }
         if (text.empty()) {
             return std::nullopt;
         }
         auto parsed = iscsi::parse_chap_credentials(text);
         if (!parsed) {
-            std::fprintf(stderr, "ispaced: %s: %s\n", flag, parsed.error().message.c_str());
+            std::fprintf(stderr, "ispaced: %s: %s\n", source.c_str(), parsed.error().message.c_str());
             std::exit(2);
         }
         return *parsed;
@@ -200,10 +293,10 @@ int main(int argc, char** argv) {
         overlay.alias = alias;
     }
     overlay.luns = luns;
-    overlay.chap = credentials(chap, "--chap");
-    overlay.mutual_chap = credentials(mutual_chap, "--mutual-chap");
-    overlay.discovery_chap = credentials(discovery_chap, "--discovery-chap");
-    overlay.discovery_mutual_chap = credentials(discovery_mutual_chap, "--discovery-mutual-chap");
+    overlay.chap = credentials(credential_flags[0]);
+    overlay.mutual_chap = credentials(credential_flags[1]);
+    overlay.discovery_chap = credentials(credential_flags[2]);
+    overlay.discovery_mutual_chap = credentials(credential_flags[3]);
     for (const std::string& entry : allow) {
         auto parsed = iscsi_target::parse_allow(entry);
         if (!parsed) {
@@ -256,6 +349,14 @@ int main(int argc, char** argv) {
         }
         overlay.sanitize_bytes_per_second = *rate;
     }
+    if (buffer_memory_option->count()) {
+        auto bytes = parse_size(buffer_memory);
+        if (!bytes || *bytes < (uint64_t(1) << 20)) {
+            std::fprintf(stderr, "ispaced: --buffer-memory must be a size of at least 1M, e.g. 256M\n");
+            return 2;
+        }
+        overlay.buffer_memory = *bytes;
+    }
     if (auto applied = iscsi_target::apply_overlay(config, overlay, runtime.backstores()); !applied) {
         std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
         return 2;
@@ -269,9 +370,18 @@ int main(int argc, char** argv) {
         }
     }
     iscsi_target::IsnsSettings isns_settings = config.isns;
+    // Names, LUN numbers, credentials: a mistake in what was given is a usage error (exit 2), found
+    // before anything is created.
+    if (auto valid = iscsi_target::validate(config); !valid) {
+        std::fprintf(stderr, "ispaced: %s\n", valid.error().message.c_str());
+        return 2;
+    }
     if (config.targets.empty()) {
-        std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
-                             "--lun)\n");
+        // Not the quick-mode hint: a file was given, and the file is what to fix.
+        std::fprintf(stderr,
+                     "ispaced: nothing to serve: %s lists no target; add one to its \"targets\" (see "
+                     "docs/configuration.md)\n",
+                     config_path.c_str());
         return 2;
     }
     // MaxBurstLength above the transfer limit would only invite R2Ts we never send.
@@ -280,11 +390,13 @@ int main(int argc, char** argv) {
     config.negotiation.first_burst_length =
         std::min(config.negotiation.first_burst_length, config.negotiation.max_burst_length);
 
-    // Every thread inherits this mask, so only the sigwait() below sees SIGTERM/SIGINT.
+    // Every thread inherits this mask, so only the sigwait() below sees these signals. SIGHUP is
+    // among them: its default action killed ispaced (exit 129) without a log line.
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
@@ -322,7 +434,16 @@ int main(int argc, char** argv) {
     }
 
     int signal_number = 0;
-    sigwait(&signals, &signal_number);
+    for (;;) {
+        sigwait(&signals, &signal_number);
+        if (signal_number != SIGHUP) {
+            break;
+        }
+        // Reloading the configuration belongs to live management; until it does, say so rather than
+        // die or pretend.
+        log_warn("received SIGHUP: reloading the configuration is not supported yet; ignored (restart "
+                 "ispaced to apply a changed configuration)");
+    }
     log_info("received {}; shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
     bool clean = runtime.stop(std::chrono::seconds(10));
     return clean ? 0 : 1;

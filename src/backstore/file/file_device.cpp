@@ -6,9 +6,12 @@
 #include "net/reactor.hpp"
 
 #include <cstring>
+#include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <fstream>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 namespace ispace::backstore {
@@ -79,6 +82,78 @@ std::vector<Extent> align_holes(const std::vector<Extent>& raw, uint32_t block_s
         push_extent(out, hole_end, end - hole_end, true);
     }
     return out;
+}
+
+// The processes holding an OFD lock on the file (dev, ino): the kernel reports -1 as the owner of an
+// OFD lock (fcntl(2)), so look for it in every process's /proc/PID/fdinfo "lock:" lines, which list
+// the locks of that open file. Only read on a conflict; processes we may not inspect are skipped.
+std::string lock_holders(dev_t dev, ino_t ino) {
+    std::string key = fmt::format("{:02x}:{:02x}:{} ", major(dev), minor(dev), uint64_t(ino));
+    std::string holders;
+    DIR* proc = ::opendir("/proc");
+    if (!proc) {
+        return holders;
+    }
+    while (dirent* entry = ::readdir(proc)) {
+        if (entry->d_name[0] < '0' || entry->d_name[0] > '9' || std::to_string(::getpid()) == entry->d_name) {
+            continue;
+        }
+        std::string dir = fmt::format("/proc/{}/fdinfo", entry->d_name);
+        DIR* fds = ::opendir(dir.c_str());
+        if (!fds) {
+            continue;
+        }
+        bool found = false;
+        while (dirent* fd = ::readdir(fds)) {
+            if (found || fd->d_name[0] == '.') {
+                continue;
+            }
+            std::ifstream info(dir + "/" + fd->d_name);
+            for (std::string line; std::getline(info, line);) {
+                if (line.rfind("lock:", 0) == 0 && line.find("OFDLCK") != std::string::npos &&
+                    line.find(key) != std::string::npos) {
+                    found = true;
+                    break;
+                }
+            }
+        }
+        ::closedir(fds);
+        if (found) {
+            std::string comm;
+            std::ifstream(fmt::format("/proc/{}/comm", entry->d_name)) >> comm;
+            holders += fmt::format("{}{} (PID {})", holders.empty() ? "" : ", ", comm.empty() ? "?" : comm,
+                                   entry->d_name);
+        }
+    }
+    ::closedir(proc);
+    return holders;
+}
+
+// An exclusive OFD lock on the whole backing file (shared for a read-only LUN): two ispaced processes
+// serving one file would present one NAA identity over two uncoordinated caches and reservation
+// states. OFD locks belong to the open file, so they also hold between two LUNs of one process, and go
+// with the descriptor's last close. Taken before the file is grown or allocated.
+Result<void> lock_backing_file(int fd, const std::string& path, const struct stat& st, bool shared) {
+    struct flock lock {};
+    lock.l_type = shared ? F_RDLCK : F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    if (::fcntl(fd, F_OFD_SETLK, &lock) == 0) {
+        return {};
+    }
+    int err = errno;
+    if (err != EAGAIN && err != EACCES) {
+        if (err == EINVAL || err == ENOLCK) {
+            log_warn("{}: cannot lock ({}); nothing keeps another process from serving it too", path,
+                     std::strerror(err));
+            return {};
+        }
+        return make_error(fmt::format("{}: cannot lock: {}", path, std::strerror(err)), err);
+    }
+    std::string holders = lock_holders(st.st_dev, st.st_ino);
+    return make_error(fmt::format("{}: in use: another process serves it{} (the file is locked; two "
+                                  "servers on one backing file would corrupt it)",
+                                  path, holders.empty() ? "" : ": " + holders),
+                      EBUSY);
 }
 
 } // namespace
@@ -177,6 +252,10 @@ Result<std::unique_ptr<Device>> FileDevice::open(const PathSpec& spec) {
         return make_error(fmt::format("{}: {}", path, what), EINVAL);
     }
 
+    if (auto locked = lock_backing_file(fd, path, st, spec.read_only); !locked) {
+        return locked.error();
+    }
+
     uint64_t file_size = uint64_t(st.st_size);
     uint64_t size = spec.size;
     if (size == 0) {
@@ -198,6 +277,15 @@ Result<std::unique_ptr<Device>> FileDevice::open(const PathSpec& spec) {
             return make_error(fmt::format("{}: file is {}, smaller than size={}, and ro forbids growing it",
                                           path, bytes_text(file_size), bytes_text(size)),
                               EINVAL);
+        }
+        if (!created && file_size != 0 && !spec.grow) {
+            // Growing an existing file (not an empty one) changes what its owner sees (a typo in size= would
+            // add gigabytes, allocated); it is done when asked for, never on the way.
+            return make_error(
+                fmt::format("{}: file is {}, smaller than size={}; add grow to grow it, or omit size= to "
+                            "use the whole file as it is",
+                            path, bytes_text(file_size), bytes_text(size)),
+                EINVAL);
         }
         // Thin: sparse. Thick: allocate now, so a full disk is an error here and not an I/O error later.
         int r = -1;

@@ -92,7 +92,7 @@ TEST_P(FileBackstore, MissingFileNeedsASize) {
 TEST_P(FileBackstore, ExistingFileSmallerThanSizeIsGrown) {
     std::string path = dir.file("grow.img");
     make_file(path, 1 * MiB);
-    auto dev = open_spec(path + ",size=4M,thin");
+    auto dev = open_spec(path + ",size=4M,thin,grow");
     ASSERT_TRUE(dev);
     EXPECT_EQ(dev->geometry().bytes(), 4 * MiB);
     EXPECT_EQ(uint64_t(stat_of(path).st_size), 4 * MiB);
@@ -102,11 +102,48 @@ TEST_P(FileBackstore, ExistingFileSmallerThanSizeIsGrown) {
 TEST_P(FileBackstore, ThickFileGrownIsAllocated) {
     std::string path = dir.file("grow-thick.img");
     make_file(path, 1 * MiB);
-    auto dev = open_spec(path + ",size=4M");
+    auto dev = open_spec(path + ",size=4M,grow");
     ASSERT_TRUE(dev);
     auto st = stat_of(path);
     EXPECT_EQ(uint64_t(st.st_size), 4 * MiB);
     EXPECT_GE(uint64_t(st.st_blocks) * 512, 3 * MiB);
+}
+
+// size= on an existing file of another size is an error unless grow says so (it grew silently, and a
+// typo in size= allocated gigabytes); an empty file is simply given its size.
+TEST_P(FileBackstore, ExistingFileIsNotGrownUnlessAsked) {
+    std::string path = dir.file("keep.img");
+    make_file(path, 1 * MiB);
+    std::string e = open_error(path + ",size=64M");
+    EXPECT_TRUE(contains(e, path +
+                                ": file is 1048576 bytes (1 MiB), smaller than size=67108864 bytes (64 MiB); "
+                                "add grow"))
+        << e;
+    EXPECT_EQ(uint64_t(stat_of(path).st_size), 1 * MiB) << "untouched";
+    std::string empty = dir.file("touched.img");
+    make_file(empty, 0);
+    auto dev = open_spec(empty + ",size=1M,thin");
+    ASSERT_TRUE(dev);
+    EXPECT_EQ(dev->geometry().bytes(), 1 * MiB);
+}
+
+// Two opens of one backing file: the second is refused while the first holds it (an OFD lock, so
+// also within one process), before anything is grown; read-only opens share it.
+TEST_P(FileBackstore, ABackingFileServedOnceIsLocked) {
+    std::string path = dir.file("locked.img");
+    make_file(path, 1 * MiB);
+    auto first = open_spec(path);
+    ASSERT_TRUE(first);
+    std::string e = open_error(path + ",size=2M,grow");
+    EXPECT_TRUE(contains(e, path + ": in use: another process serves it")) << e;
+    EXPECT_EQ(uint64_t(stat_of(path).st_size), 1 * MiB) << "not grown by the refused open";
+    EXPECT_TRUE(contains(open_error(path + ",ro"), "in use")) << "a reader waits for the writer too";
+    first.reset();
+    auto ro1 = open_spec(path + ",ro");
+    ASSERT_TRUE(ro1);
+    auto ro2 = open_spec(path + ",ro");
+    EXPECT_TRUE(ro2) << "read-only LUNs share the file";
+    EXPECT_TRUE(contains(open_error(path), "in use"));
 }
 
 TEST_P(FileBackstore, ExistingFileSizeErrors) {

@@ -48,6 +48,7 @@ TEST(Url, EscapedSecret) {
 }
 
 TEST(Url, Rejects) {
+    ::unsetenv(chap_secret_variable);
     for (const char* bad :
          {"http://h/iqn/0", "iscsi://", "iscsi://h:0/iqn/1", "iscsi://h:99999/i/1", "iscsi://h/i/x",
           "iscsi://h/i/16384", "iscsi://user@h/i/0", "iscsi://h/i/0?bogus=1", "iscsi://[::1/i/0",
@@ -58,6 +59,46 @@ TEST(Url, Rejects) {
             EXPECT_NE(u.error().message.find("expected iscsi://"), std::string::npos);
         }
     }
+}
+
+// A URL that does not parse is quoted in the error without its secret (the report: "URL
+// 'iscsi://alice%alice-secret-123@...': bad LUN 'x'").
+TEST(Url, ErrorsNeverEchoTheSecret) {
+    ::unsetenv(chap_target_secret_variable);
+    for (const char* bad : {"iscsi://alice%alice-secret-123@127.0.0.1/iqn.2026-11.org.x:t/x",
+                            "iscsi://alice%alice-secret-123@h:99999/iqn.2026-11.org.x:t/0",
+                            "iscsi://alice%alice-secret-123/iqn.2026-11.org.x:t/0",
+                            "iscsi://alice%alice-secret-123@h/iqn.2026-11.org.x:t/0?bogus=1",
+                            "iscsi://alice%alice-secret-123@h/iqn.x:t/0?target_user=b&target_password=alice-"
+                            "secret-123&header_digest=md5",
+                            "iscsi://alice%alice-secret-123@/i/0", "iscsi://alice%al/ice-secret-123@h/i/0"}) {
+        auto u = parse_url(bad);
+        ASSERT_FALSE(u) << bad;
+        EXPECT_EQ(u.error().message.find("secret-123"), std::string::npos) << u.error().message;
+    }
+    EXPECT_EQ(redact_url("iscsi://alice%s3cr3t@h:3261/iqn.x:y/0?target_user=t&target_password=pw&x=1"),
+              "iscsi://alice%***@h:3261/iqn.x:y/0?target_user=t&target_password=***&x=1");
+    EXPECT_EQ(redact_url("iscsi://[fe80::1%25eth0]:3260/iqn.x:y/0"),
+              "iscsi://[fe80::1%25eth0]:3260/iqn.x:y/0");
+    EXPECT_EQ(redact_url("iscsi://h/iqn.x:y/0"), "iscsi://h/iqn.x:y/0");
+}
+
+// iscsi://user@HOST takes the secret from ISPACE_CHAP_SECRET; target_user without target_password
+// from ISPACE_CHAP_TARGET_SECRET.
+TEST(Url, SecretsFromTheEnvironment) {
+    ::setenv(chap_secret_variable, "from-the-environment", 1);
+    ::setenv(chap_target_secret_variable, "target-side-secret", 1);
+    auto u = parse_url("iscsi://alice@h/iqn.2026-01.com.example:disk/0?target_user=tgt");
+    ::unsetenv(chap_secret_variable);
+    ::unsetenv(chap_target_secret_variable);
+    ASSERT_TRUE(u) << u.error().message;
+    EXPECT_EQ(u->chap.user, "alice");
+    EXPECT_EQ(u->chap.secret, "from-the-environment");
+    EXPECT_EQ(u->chap.target_user, "tgt");
+    EXPECT_EQ(u->chap.target_secret, "target-side-secret");
+    auto missing = parse_url("iscsi://alice@h/iqn.2026-01.com.example:disk/0");
+    ASSERT_FALSE(missing);
+    EXPECT_NE(missing.error().message.find(chap_secret_variable), std::string::npos);
 }
 
 TEST(TaskTable, TagsAreUniqueAndStaleTagsMiss) {

@@ -296,7 +296,8 @@ TEST(InitiatorRecovery, UnitAttentionIsRetried) {
     auto s = h.connect();
     ASSERT_TRUE(s);
     EXPECT_TRUE(s->test_unit_ready(0));
-    EXPECT_GE(s->info().retries, 1u);
+    EXPECT_GE(s->info().unit_attentions, 1u);
+    EXPECT_EQ(s->info().retries, 0u) << "the unit attention of a new nexus is not a retry";
 }
 
 TEST(InitiatorRecovery, ResentWritesKeepTheirOrder) {

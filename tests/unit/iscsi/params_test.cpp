@@ -227,6 +227,25 @@ TEST(ParamFirstBurstLength, MinimumAndNeverAboveMaxBurst) {
     EXPECT_EQ(r.n.session_params().first_burst_length, 16384u);
 }
 
+// The probe's case: both keys offered in one PDU, FirstBurstLength above MaxBurstLength. The answer
+// itself obeys RFC 7143 §13.14, whichever order the keys came in.
+TEST(ParamFirstBurstLength, NeverAnsweredAboveTheMaxBurstLengthBesideIt) {
+    for (bool first_burst_first : {false, true}) {
+        Responder r{NegotiationConfig{}};
+        KeyValueList in = {{"MaxBurstLength", "16384"}, {"FirstBurstLength", "65536"}};
+        if (first_burst_first) {
+            std::swap(in[0], in[1]);
+        }
+        KeyValueList out;
+        ASSERT_TRUE(r.receive(in, out).ok());
+        const std::string* max_burst = find_value(out, "MaxBurstLength");
+        const std::string* first_burst = find_value(out, "FirstBurstLength");
+        ASSERT_TRUE(max_burst && first_burst);
+        EXPECT_EQ(*max_burst, "16384");
+        EXPECT_EQ(*first_burst, "16384");
+    }
+}
+
 TEST(ParamFirstBurstLength, IrrelevantWhenInitialR2TYesAndImmediateDataNo) {
     NegotiationConfig c;
     c.immediate_data = false;

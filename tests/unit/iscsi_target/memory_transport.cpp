@@ -19,6 +19,13 @@ void Wire::initiator_close() {
     }
 }
 
+void Wire::drain() {
+    reading = true;
+    if (transport) {
+        transport->drain();
+    }
+}
+
 MemoryTransport::MemoryTransport(std::shared_ptr<Wire> wire) : _wire(std::move(wire)) {
     _wire->transport = this;
 }
@@ -27,6 +34,29 @@ MemoryTransport::~MemoryTransport() {
     *_alive = false;
     _wire->transport = nullptr;
     _wire->target_closed = true;
+    while (!_held.empty()) {
+        net::OutItem* item = _held.front();
+        _held.pop_front();
+        item->on_sent(false);
+    }
+}
+
+void MemoryTransport::drain() {
+    auto alive = _alive;
+    while (!_held.empty() && *alive) {
+        net::OutItem* item = _held.front();
+        _held.pop_front();
+        for (unsigned i = 0; i < item->iovcnt; ++i) {
+            auto* p = static_cast<const uint8_t*>(item->iov[i].iov_base);
+            _wire->to_initiator.insert(_wire->to_initiator.end(), p, p + item->iov[i].iov_len);
+        }
+        item->on_sent(true);
+    }
+}
+
+void MemoryTransport::resume_reading() {
+    _paused = false;
+    schedule_readable();
 }
 
 void MemoryTransport::attach(net::Reactor& reactor, Handler& handler) {
@@ -40,7 +70,7 @@ void MemoryTransport::attach(net::Reactor& reactor, Handler& handler) {
 }
 
 bool MemoryTransport::detach() {
-    if (_closed || _reactor == nullptr) {
+    if (_closed || _reactor == nullptr || !_held.empty()) {
         return false;
     }
     _reactor = nullptr;
@@ -50,7 +80,10 @@ bool MemoryTransport::detach() {
 }
 
 void MemoryTransport::schedule_readable() {
-    if (_reactor == nullptr || _readable_posted || _closed || _read_eof) {
+    if (_reactor == nullptr || _readable_posted || _closed || _read_eof || _paused) {
+        return;
+    }
+    if (_wire->to_target.empty() && !_wire->initiator_closed) {
         return;
     }
     _readable_posted = true;
@@ -59,7 +92,7 @@ void MemoryTransport::schedule_readable() {
             return;
         }
         _readable_posted = false;
-        if (_closed || _handler == nullptr) {
+        if (_closed || _handler == nullptr || _paused) {
             return;
         }
         uint64_t before = _bytes_read;
@@ -110,6 +143,10 @@ void MemoryTransport::send(net::OutItem& pdu) {
         _reactor->defer([item] { item->on_sent(false); });
         return;
     }
+    if (!_wire->reading || !_held.empty()) {
+        _held.push_back(&pdu);
+        return;
+    }
     for (unsigned i = 0; i < pdu.iovcnt; ++i) {
         auto* p = static_cast<const uint8_t*>(pdu.iov[i].iov_base);
         _wire->to_initiator.insert(_wire->to_initiator.end(), p, p + pdu.iov[i].iov_len);
@@ -126,6 +163,12 @@ void MemoryTransport::close(Error why) {
     _wire->close_reason = why.message;
     if (_reactor == nullptr) {
         return; // detached: nobody to tell
+    }
+    // Unsent PDUs come back, later, as with TCP.
+    std::deque<net::OutItem*> held = std::move(_held);
+    _held.clear();
+    for (net::OutItem* item : held) {
+        _reactor->defer([item] { item->on_sent(false); });
     }
     _reactor->defer([this, alive = _alive, why = std::move(why)] {
         if (*alive && _handler) {

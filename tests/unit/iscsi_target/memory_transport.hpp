@@ -6,7 +6,9 @@
 // It behaves as the TCP transport does where the Connection can tell: events arrive from the reactor
 // loop (a posted task), never inside a call into the transport; on_closed() is deferred; EOF from the
 // initiator is readable after the bytes before it; detach() and attach() move it to another reactor
-// (the MC/S hand-over), and bytes still unread then are reported on the new reactor.
+// (the MC/S hand-over), and bytes still unread then are reported on the new reactor. A test can make
+// the initiator stop reading (Wire::reading = false): PDUs the target sends then stay queued, unsent,
+// until Wire::drain(), as they would behind a full socket.
 #pragma once
 
 #include "net/transport.hpp"
@@ -27,10 +29,13 @@ struct Wire {
     bool target_closed = false;       // the target's transport closed (or was destroyed)
     std::string close_reason;         // what the target gave as the reason
     MemoryTransport* transport = nullptr;
+    bool reading = true; // false: the initiator reads nothing; the target's PDUs wait, unsent
 
     // The initiator side: queue bytes for the target and tell it.
     void initiator_write(const uint8_t* bytes, size_t length);
     void initiator_close();
+    // The initiator reads again: every PDU held back is sent (and its on_sent() runs).
+    void drain();
 };
 
 class MemoryTransport final : public net::Transport {
@@ -43,12 +48,17 @@ public:
     ReadResult read(void* dst, size_t len) override;
     void send(net::OutItem& pdu) override;
     void close(Error why) override;
-    void close_after_flush(Error why) override { close(std::move(why)); } // nothing is ever queued
+    void close_after_flush(Error why) override { close(std::move(why)); }
+    void pause_reading() override { _paused = true; }
+    void resume_reading() override;
     bool closed() const override { return _closed; }
     std::string peer() const override { return "fake initiator"; }
 
     // The initiator wrote or closed: report readability from the reactor loop.
     void schedule_readable();
+    bool reading_paused() const { return _paused; }
+    size_t held_pdus() const { return _held.size(); }
+    void drain();
     net::Reactor* reactor() const { return _reactor; }
 
 private:
@@ -59,7 +69,9 @@ private:
     bool _readable_posted = false;
     bool _read_eof = false;
     bool _closed = false;
+    bool _paused = false;
     uint64_t _bytes_read = 0;
+    std::deque<net::OutItem*> _held; // sent while the initiator was not reading
     std::shared_ptr<bool> _alive = std::make_shared<bool>(true);
 };
 

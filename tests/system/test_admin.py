@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""ispaced and ispace as an administrator meets them: no silent surprise on bad input, interruption or
+misuse. Each check reproduces a reported case (docs/robustness.md lists them all):
+
+  conventions  --version on both tools; exit 2 for usage errors (not CLI11's 105/109/114); JSON
+               configuration errors with line and column; an empty "targets" list is not given the
+               quick-mode hint
+  secrets      a URL that does not parse is not echoed with its CHAP secret; secrets from a file
+               (--chap-file, "secret_file") or the environment (ISPACE_CHAP_SECRET); `ps` does not
+               show a secret given on the command line once it is parsed
+  files        two ispaced on one backing file: the second is refused, naming the holder's PID (an
+               OFD lock); a port in use creates no LUN file; size= on an existing file of another
+               size is an error unless grow is given
+  signals      SIGHUP is logged and ignored (it killed ispaced with exit 129, silently); `ispace cp`
+               on SIGUSR1 prints progress, on SIGINT/SIGTERM stops with the acknowledged byte count,
+               exits 130/143 and leaves no destination file that looks complete; its summary line is
+               printed on a stderr that is not a terminal
+  honesty      `ispace inq` of a LUN that does not exist exits 1; `ispace bench` prints no figure for
+               a run whose commands failed (--bs beyond the transfer limit, writes to a read-only
+               LUN) and does not count the power-on unit attention as a retry; a refused connection
+               is not logged as a CHAP refusal
+
+Usage: test_admin.py ISPACE_BINARY ISPACED_BINARY
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ispace_testlib  # noqa: E402
+
+IQN = "iqn.2026-11.org.ispace.test:admin"
+SECRET = "alice-secret-123"
+check = ispace_testlib.Checks()
+
+
+def run(cmd, timeout=60, env=None, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    return r.returncode, r.stdout, r.stderr
+
+
+def cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
+
+
+def conventions(ispace, ispaced, scratch):
+    for tool, name in ((ispace, "ispace"), (ispaced, "ispaced")):
+        rc, out, err = run([tool, "--version"])
+        check(rc == 0 and out.startswith(f"{name} ") and out.split()[1][0].isdigit(),
+              f"{name} --version prints its version and exits 0 ({rc}: {out.strip()!r})")
+    for args, what in (([ispaced, "--bogus"], "ispaced --bogus"),
+                       ([ispaced, "--queue-depth", "0", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --queue-depth 0"),
+                       ([ispaced, "--reactors", "x"], "ispaced --reactors x"),
+                       ([ispace, "inq"], "ispace inq without a URL"),
+                       ([ispace, "bench", "--qd", "0", "iscsi://h/iqn.2026-11.org.x:y/0"], "ispace bench --qd 0"),
+                       ([ispace, "frobnicate"], "ispace frobnicate")):
+        rc, out, err = run(args)
+        check(rc == 2 and err.strip() != "", f"{what}: exit 2 with a message ({rc}: {err.strip()[:80]!r})")
+
+    # iSCSI names as RFC 3720 §3.2.6.3 has them; compared case-folded (RFC 3722).
+    for name in ("iqn.2026-11.org.example:my_disk", "iqn.x:t", "iqn.2026-13.org.example:d", "eui.1234"):
+        rc, out, err = run([ispaced, "--iqn", name, "--lun", "memory:1M"])
+        check(rc == 2 and "not a valid iSCSI name" in err, f"--iqn {name} is refused with a reason ({rc}: {err.strip()[:120]!r})")
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:1M",
+                                              "--allow", "IQN.2026-11.Org.Ispace.Test:Upper"]).start()
+    try:
+        url = f"iscsi://{daemon.portal()}/{IQN.upper()}/0"
+        rc, out, err = run(["iscsi-inq", "-i", "iqn.2026-11.org.ispace.test:upper", url])
+        check(rc == 0, f"a target named in another case is found, and the ACL matches case-folded ({rc}: {err.strip()[-120:]!r})")
+    finally:
+        daemon.stop()
+
+    bad = os.path.join(scratch, "bad.json")
+    with open(bad, "w") as f:
+        f.write('{\n  "targets": [\n    {"iqn": "%s", "luns": ["memory:1M"],}\n  ]\n}\n' % IQN)
+    rc, out, err = run([ispaced, "--config", bad])
+    check(rc == 2 and f"{bad}:3:" in err, f"a JSON syntax error names line and column ({err.strip()!r})")
+    empty = os.path.join(scratch, "empty.json")
+    with open(empty, "w") as f:
+        json.dump({"targets": []}, f)
+    rc, out, err = run([ispaced, "--config", empty])
+    check(rc == 2 and "--iqn" not in err and "targets" in err,
+          f"an empty targets list is named, without the quick-mode hint ({err.strip()!r})")
+
+
+def secrets(ispace, ispaced, scratch):
+    rc, out, err = run([ispace, "inq", f"iscsi://alice%{SECRET}@127.0.0.1/{IQN}/x"])
+    check(rc == 2 and SECRET not in out + err and "bad LUN" in err,
+          f"a URL parse error does not echo the CHAP secret ({err.strip()!r})")
+    rc, out, err = run([ispace, "inq", f"iscsi://alice%{SECRET}@127.0.0.1/{IQN}/0", "extra"])
+    check(rc == 2 and SECRET not in out + err, "a usage error quoting the arguments does not echo the secret")
+    rc, out, err = run([ispaced, "--chap", "alice", SECRET, "--iqn", IQN, "--lun", "memory:1M"])
+    check(rc == 2 and SECRET not in out + err, f"ispaced --chap USER SECRET (a space) does not echo it ({err.strip()!r})")
+
+    # --chap-file and the environment: a real login with the secret nowhere on a command line.
+    chap_file = os.path.join(scratch, "chap")
+    with open(chap_file, "w") as f:
+        f.write(f"alice:{SECRET}\n")
+    os.chmod(chap_file, 0o600)
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:16M",
+                                              "--chap-file", chap_file]).start()
+    try:
+        check(SECRET not in cmdline(daemon.proc.pid), "--chap-file: the secret is not on ispaced's command line")
+        env = dict(os.environ, ISPACE_CHAP_SECRET=SECRET)
+        rc, out, err = run([ispace, "inq", f"iscsi://alice@{daemon.portal()}/{IQN}/0"], env=env)
+        check(rc == 0 and "ISPACE" in out, f"ispace logs in with the secret from ISPACE_CHAP_SECRET ({err.strip()!r})")
+        rc, out, err = run([ispace, "inq", f"iscsi://alice@{daemon.portal()}/{IQN}/0"])
+        check(rc == 2 and "ISPACE_CHAP_SECRET" in err, "without the variable, the message names it")
+        rc, out, err = run(["iscsi-inq", f"iscsi://alice%wrong-secret-1234@{daemon.portal()}/{IQN}/0"])
+        check(rc != 0, "CHAP from --chap-file is enforced (a wrong secret is refused)")
+    finally:
+        daemon.stop()
+
+    # A secret on the command line is scrubbed from /proc/PID/cmdline (what ps shows) once parsed.
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:16M",
+                                              "--chap", f"alice:{SECRET}"]).start()
+    try:
+        check(SECRET not in cmdline(daemon.proc.pid), "ispaced --chap: ps does not show the secret once running")
+        url = f"iscsi://alice%{SECRET}@{daemon.portal()}/{IQN}/0"
+        bench = subprocess.Popen([ispace, "bench", "--time", "2", url], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        time.sleep(0.7)
+        shown = cmdline(bench.pid) if bench.poll() is None else ""
+        out, err = bench.communicate(timeout=30)
+        check(bench.returncode == 0 and shown and SECRET not in shown,
+              f"ispace bench with user%secret: ps does not show the secret ({shown!r})")
+    finally:
+        daemon.stop()
+
+    # "secret_file" in the configuration file, relative to the file's directory.
+    with open(os.path.join(scratch, "alice.secret"), "w") as f:
+        f.write(SECRET + "\n")
+    os.chmod(os.path.join(scratch, "alice.secret"), 0o600)
+    config = os.path.join(scratch, "secret.json")
+    with open(config, "w") as f:
+        json.dump({"listen": "127.0.0.1:0",
+                   "targets": [{"iqn": IQN, "luns": ["memory:16M"],
+                                "chap": {"user": "alice", "secret_file": "alice.secret"}}]}, f)
+    daemon = ispace_testlib.Ispaced(ispaced, ["--config", config]).start()
+    try:
+        rc, out, err = run(["iscsi-inq", f"iscsi://alice%{SECRET}@{daemon.portal()}/{IQN}/0"])
+        check(rc == 0, "secret_file in the configuration: the right secret logs in")
+        rc, out, err = run(["iscsi-inq", f"iscsi://{daemon.portal()}/{IQN}/0"])
+        check(rc != 0, "secret_file in the configuration: CHAP is required")
+    finally:
+        daemon.stop()
+
+
+def files(ispace, ispaced, scratch):
+    lun = os.path.join(scratch, "shared.img")
+    first = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun",
+                                             lun + ",size=16M,thin"]).start()
+    try:
+        rc, out, err = run([ispaced, "--listen", "127.0.0.1:0", "--iqn", IQN + "b", "--lun", lun], timeout=30)
+        check(rc == 1 and "in use" in err and f"PID {first.proc.pid}" in err,
+              f"a second ispaced on the same backing file is refused, naming the holder ({rc}: {err.strip()[-160:]!r})")
+
+        fresh = os.path.join(scratch, "fresh.img")
+        rc, out, err = run([ispaced, "--listen", first.portal(), "--iqn", IQN + "c", "--lun", fresh + ",size=256M"],
+                           timeout=30)
+        check(rc != 0 and not os.path.exists(fresh),
+              f"a port in use: ispaced fails ({rc}) and creates no LUN file ({os.path.exists(fresh)})")
+    finally:
+        first.stop()
+
+    small = os.path.join(scratch, "small.img")
+    with open(small, "wb") as f:
+        f.truncate(1 << 20)
+    rc, out, err = run([ispaced, "--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", small + ",size=64M"], timeout=30)
+    check(rc != 0 and "add grow" in err and os.path.getsize(small) == 1 << 20,
+          f"size=64M on an existing 1 MiB file is an error and leaves it alone ({rc}: {err.strip()[-120:]!r}, "
+          f"{os.path.getsize(small)} bytes)")
+    grown = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun",
+                                             small + ",size=64M,grow,thin"]).start()
+    grown.stop()
+    check(os.path.getsize(small) == 64 << 20, "with grow, the file is grown to size=")
+
+
+def signals(ispace, ispaced, scratch):
+    log = os.path.join(scratch, "signals.log")
+    # LUN 1 is large enough that a copy is still running when it is interrupted.
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "null:256M",
+                                              "--lun", "null:16G"], log_path=log).start()
+    try:
+        daemon.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        check(daemon.alive(), "SIGHUP does not kill ispaced")
+        check("SIGHUP" in open(log).read(), "SIGHUP is logged")
+        first = open(log).readline()
+        check(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ", first) is not None,
+              f"log lines carry the date as well as the time ({first.strip()[:40]!r})")
+        url = f"iscsi://{daemon.portal()}/{IQN}/0"
+        big = f"iscsi://{daemon.portal()}/{IQN}/1"
+
+        dst = os.path.join(scratch, "backup.raw")
+        # Slow enough to be interrupted: one 64 KiB chunk at a time.
+        cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", big, dst], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        time.sleep(0.7)
+        cp.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        cp.send_signal(signal.SIGINT)
+        out, err = cp.communicate(timeout=30)
+        check(cp.returncode == 130, f"cp on SIGINT exits 130 ({cp.returncode}: {err.strip()[-200:]!r})")
+        check("acknowledged (" in err, "cp on SIGUSR1 prints its progress")
+        check("interrupted by SIGINT" in err and "bytes were acknowledged" in err,
+              "cp on SIGINT says it was interrupted and how many bytes were acknowledged")
+        check(not os.path.exists(dst) and not [n for n in os.listdir(scratch) if "ispace-cp" in n],
+              "an interrupted cp leaves no destination file (and no temporary one)")
+
+        with open(dst, "wb") as f:
+            f.write(b"old backup")
+        cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", big, dst], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        time.sleep(0.7)
+        cp.send_signal(signal.SIGTERM)
+        out, err = cp.communicate(timeout=30)
+        check(cp.returncode == 143, f"cp on SIGTERM exits 143 ({cp.returncode})")
+        check(open(dst, "rb").read() == b"old backup", "an interrupted cp leaves an existing destination as it was")
+
+        small = os.path.join(scratch, "small.raw")
+        rc, out, err = run([ispace, "cp", "--bs", "1M", url, small], timeout=60)
+        check(rc == 0 and os.path.getsize(small) == 256 << 20 and "copied" in err,
+              f"a complete cp renames its file into place and prints a summary on a non-terminal stderr ({err.strip()!r})")
+        os.unlink(small)
+    finally:
+        daemon.stop()
+
+
+def honesty(ispace, ispaced, scratch):
+    ro = os.path.join(scratch, "ro.img")
+    with open(ro, "wb") as f:
+        f.truncate(64 << 20)
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:64M",
+                                              "--lun", ro + ",ro"]).start()
+    try:
+        base = f"iscsi://{daemon.portal()}/{IQN}"
+        rc, out, err = run([ispace, "inq", base + "/7"])
+        check(rc == 1 and "no LUN 7" in err, f"inq of a LUN that does not exist exits 1 ({rc}: {err.strip()!r})")
+        rc, out, err = run([ispace, "bench", "--time", "1", "--bs", "16M", base + "/0"])
+        check(rc == 1 and "bandwidth" not in out and "IOPS" not in out,
+              f"bench whose every command fails prints no figure ({rc}: {out.strip()!r})")
+        rc, out, err = run([ispace, "bench", "--time", "1", "--rw", "randwrite", base + "/1"])
+        check(rc == 1 and "IOPS" not in out, f"bench writing to a read-only LUN prints no IOPS ({rc}: {out.strip()!r})")
+        rc, out, err = run([ispace, "bench", "--time", "1", base + "/0"])
+        check(rc == 0 and "IOPS" in out and "retries" not in out,
+              f"a healthy bench does not count the power-on unit attention as a retry ({out.strip()!r})")
+        port = daemon.port
+    finally:
+        daemon.stop()
+    rc, out, err = run([ispace, "--log-level", "info", "inq", f"iscsi://alice%{SECRET}@127.0.0.1:{port}/{IQN}/0"])
+    check(rc == 1 and "CHAP login refused" not in err and "during CHAP" not in err,
+          f"a refused connection is not reported as a CHAP refusal ({err.strip()[-160:]!r})")
+
+
+def main():
+    ispace, ispaced = sys.argv[1], sys.argv[2]
+    scratch = ispace_testlib.scratch_dir("admin")
+    for section in (conventions, secrets, files, signals, honesty):
+        print(f"--- {section.__name__}", flush=True)
+        section(ispace, ispaced, scratch)
+    return check.finish(scratch)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
