@@ -10,7 +10,8 @@ using namespace ispace;
 TEST(Log, LineStartsWithDateTimeAndOffset) {
     std::string line = format_log_line(LogLevel::info, {}, "hello", {});
     EXPECT_TRUE(std::regex_match(
-        line, std::regex(R"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2} level=info msg=hello)")))
+        line,
+        std::regex(R"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2} level=info msg=hello)")))
         << line;
 }
 
@@ -31,7 +32,8 @@ TEST(Log, ValuesCannotBreakTheLineOrForgeAField) {
     std::string hostile = "iqn.evil\nT level=error msg=\"forged\" x=y\x01";
     std::string line = format_log_line(LogLevel::info, "login", {}, {{"initiator", hostile}}, "T");
     EXPECT_EQ(line.find('\n'), std::string::npos);
-    EXPECT_EQ(line, "T level=info event=login initiator=\"iqn.evil\\nT level=error msg=\\\"forged\\\" x=y\\x01\"");
+    EXPECT_EQ(line,
+              "T level=info event=login initiator=\"iqn.evil\\nT level=error msg=\\\"forged\\\" x=y\\x01\"");
 }
 
 TEST(Log, QuotingRules) {
