@@ -137,7 +137,8 @@ Result<void> set_negotiation_key(NegotiationConfig& config, std::string_view key
     } else {
         auto number = parse_number(value);
         if (!number || *number < def->min || *number > def->max) {
-            return invalid(fmt::format("{}={}: expected a number from {} to {}", key, value, def->min, def->max));
+            return invalid(
+                fmt::format("{}={}: expected a number from {} to {}", key, value, def->min, def->max));
         }
         if (setting->u32) {
             next.*setting->u32 = uint32_t(*number);
@@ -192,24 +193,27 @@ Result<void> check_renegotiable(std::string_view key, std::string_view value) {
         return invalid(fmt::format("{} is the initiator's to declare (RFC 7143 §13), not the target's", key));
     }
     if (def->id == KeyId::target_address || def->id == KeyId::send_targets) {
-        return invalid(fmt::format("{} belongs to SendTargets and redirection, not to a session's parameters",
-                                   key));
+        return invalid(
+            fmt::format("{} belongs to SendTargets and redirection, not to a session's parameters", key));
     }
     if (def->type == KeyType::declarative && def->max > 0) {
         auto number = parse_number(value);
         if (!number || *number < def->min || *number > def->max) {
-            return invalid(fmt::format("{}={}: expected a number from {} to {}", key, value, def->min, def->max));
+            return invalid(
+                fmt::format("{}={}: expected a number from {} to {}", key, value, def->min, def->max));
         }
     } else if (value.size() > max_value_length || !is_valid_local_name(value)) {
-        return invalid(fmt::format("{}: at most {} bytes of UTF-8 without control characters", key,
-                                   max_value_length));
+        return invalid(
+            fmt::format("{}: at most {} bytes of UTF-8 without control characters", key, max_value_length));
     }
     return {};
 }
 
 KeyValueList describe(const SessionParams& s) {
     KeyValueList out;
-    auto add = [&](KeyId id, std::string value) { out.push_back({std::string(key_def(id).name), std::move(value)}); };
+    auto add = [&](KeyId id, std::string value) {
+        out.push_back({std::string(key_def(id).name), std::move(value)});
+    };
     add(KeyId::session_type, std::string(to_string(s.session_type)));
     add(KeyId::initiator_name, s.initiator_name);
     if (!s.initiator_alias.empty()) {
