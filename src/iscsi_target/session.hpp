@@ -13,9 +13,12 @@
 #include "common/function.hpp"
 #include "iscsi/login.hpp"
 #include "iscsi/pdu.hpp"
+#include "iscsi/text.hpp"
+#include "net/socket.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/task.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -28,6 +31,7 @@ namespace ispace::iscsi_target {
 class Connection;
 class Server;
 struct AclEntry;
+struct SessionInfo;
 struct SessionSlot;
 class Target;
 
@@ -106,6 +110,14 @@ public:
     void terminate(const std::string& reason, Function<void()> gone);
     // A reinstated predecessor has finished terminating: commands held for it may run.
     void open_gate();
+
+    // --- introspection and run-time parameters (Server, by post() to this reactor) ---
+    void describe(SessionInfo& info) const;
+    std::vector<net::Endpoint> peers() const;
+    // Asks every connection to negotiate `keys` again (Connection::request_negotiation); `done` runs
+    // once all have finished, with an error naming those that failed.
+    void renegotiate(const iscsi::KeyValueList& keys, std::chrono::seconds wait,
+                     Function<void(Result<void>)> done);
 
     uint32_t exp_cmd_sn() const { return _exp_cmd_sn; }
     uint32_t max_cmd_sn() const;
