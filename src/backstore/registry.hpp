@@ -46,8 +46,8 @@ public:
     // The size the spec asks for, in bytes, when it names one ("size=1G", "memory:1G").
     virtual std::optional<uint64_t> size() const { return std::nullopt; }
     // The spec as written with its size replaced by `bytes`: how a LUN resized at run time is written
-    // back to the configuration, so that the next start asks for the size it has. Empty when the kind
-    // takes its size from what it opens (a block device) and the spec needs no change.
+    // back to the configuration, so that the next start asks for the size it has. Empty when the kind's
+    // spec cannot name a size (the LUN cannot be resized through its spec).
     virtual std::string with_size(uint64_t bytes) const {
         (void)bytes;
         return {};
