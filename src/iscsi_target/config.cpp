@@ -304,6 +304,13 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
         }
         for (size_t i = 0; i < overlay.luns.size(); ++i) {
             const std::string& text = overlay.luns[i];
+            // A daemon writes the configuration it serves, flags included: the same --lun given again at
+            // the next start is that LUN, not a second one.
+            if (i >= overlay.lun_numbers.size() &&
+                std::any_of(it->luns.begin(), it->luns.end(),
+                            [&](const LunConfig& l) { return l.spec == text; })) {
+                continue;
+            }
             uint64_t number = i < overlay.lun_numbers.size() ? overlay.lun_numbers[i] : next;
             auto spec = backstores.parse(text);
             if (!spec) {
@@ -344,7 +351,19 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
         if (overlay.mutual_chap) {
             target->mutual_chap = overlay.mutual_chap;
         }
-        target->acl.insert(target->acl.end(), overlay.allow.begin(), overlay.allow.end());
+        for (const AclEntry& entry : overlay.allow) {
+            // As for --lun: an entry the file has already (written by the daemon) is not repeated.
+            bool present = std::any_of(target->acl.begin(), target->acl.end(), [&](const AclEntry& e) {
+                return e.initiator == entry.initiator && e.read_only == entry.read_only &&
+                       e.luns == entry.luns && e.networks.size() == entry.networks.size() &&
+                       std::equal(
+                           e.networks.begin(), e.networks.end(), entry.networks.begin(),
+                           [](const Cidr& a, const Cidr& b) { return a.to_string() == b.to_string(); });
+            });
+            if (!present) {
+                target->acl.push_back(entry);
+            }
+        }
     }
     if (overlay.discovery_chap) {
         config.discovery_chap = overlay.discovery_chap;
@@ -937,7 +956,9 @@ nlohmann::json config_to_json(const ServerConfig& config, bool show_secrets) {
         }
         json luns = json::array();
         for (const LunConfig& lun : target.luns) {
-            json l{{"lun", lun.lun}, {"spec", lun.spec}};
+            // A kind that takes a secret in its spec (a remote LUN's CHAP) masks it in describe().
+            json l{{"lun", lun.lun},
+                   {"spec", show_secrets || !lun.device ? lun.spec : lun.device->describe()}};
             if (lun.id) {
                 l["id"] = lun_id_text(*lun.id);
             }

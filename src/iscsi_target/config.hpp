@@ -127,7 +127,9 @@ struct ServerConfig {
 
 // Settings given on the command line, applied over a configuration file (or over an empty one in quick
 // mode) by one rule: a flag that takes one value replaces the file's value; a repeatable flag (--listen,
-// --lun, --allow) adds entries to the file's list. Security settings apply to the target named by
+// --lun, --allow) adds entries to the file's list, except an entry the list has already (the same
+// portal, LUN spec or ACL entry: the daemon writes its flags into the file it persists, and the same
+// flags at the next start must not add them twice). Security settings apply to the target named by
 // --iqn, or to every target of the file when --iqn is not given; they are never dropped silently.
 struct ConfigOverlay {
     std::vector<std::string> listen; // portals added (a portal the file already has is not repeated)
