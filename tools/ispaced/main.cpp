@@ -5,6 +5,10 @@
 #include "common/log.hpp"
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
+#include "mgmt/control_socket.hpp"
+#include "mgmt/manager.hpp"
+#include "mgmt/metrics.hpp"
+#include "mgmt/notify.hpp"
 #include "mgmt/runtime.hpp"
 
 #include <CLI/CLI.hpp>
@@ -15,6 +19,8 @@
 #include <optional>
 #include <pthread.h>
 #include <string>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 using namespace ispace;
@@ -51,8 +57,18 @@ USER:SECRET guards SendTargets, where the target proves --discovery-mutual-chap 
 default the --mutual-chap one) to initiators that ask; --allow IQN[@CIDR] (repeatable) admits only the initiators listed,
 and SendTargets lists a target only to initiators it admits.
 
-Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
-stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0.
+Live management: --control PATH opens a control socket (JSON-RPC 2.0, mode 0600, or 0660 for
+--control-group) through which `ispace --control PATH ...` adds and removes targets, portals, LUNs,
+ACLs and CHAP, lists and closes sessions and sets parameters while sessions run. With --config FILE
+every such change is written to FILE atomically (a missing FILE starts empty and is created by the
+first change); what is written is the whole configuration in force, the flags' part included, and the
+same flags given again at the next start add nothing twice. SIGHUP reads FILE again and applies the
+difference. --metrics HOST:PORT serves Prometheus metrics at /metrics. See docs/operations.md.
+
+Once it listens, ispaced prints one "listening: HOST:PORT" line per portal and one
+"ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on stderr, and sends READY=1 to
+$NOTIFY_SOCKET (systemd Type=notify). SIGTERM or SIGINT closes every connection, flushes the
+backstores and exits 0.
 )";
 
 } // namespace
@@ -80,6 +96,9 @@ int main(int argc, char** argv) {
     unsigned nop_interval_ms = unsigned(limits.nop_interval.count());
     unsigned nop_timeout_ms = unsigned(limits.nop_timeout.count());
     std::string sanitize_rate = "64M";
+    std::string control_path = ::geteuid() == 0 ? "/run/ispace/ispaced.sock" : "";
+    std::string control_group;
+    std::string metrics_listen;
 
     app.add_option("--listen", listen,
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
@@ -128,6 +147,15 @@ int main(int argc, char** argv) {
                "(0: unlimited)")
             ->default_str("64M");
 
+    app.add_option("--control", control_path,
+                   "Control socket for `ispace --control PATH` (default /run/ispace/ispaced.sock as root, "
+                   "none otherwise; \"\" for none)");
+    app.add_option(
+        "--control-group", control_group,
+        "Group allowed to use the control socket (mode 0660; default: mode 0600, the daemon's user)");
+    app.add_option("--metrics", metrics_listen, "Serve Prometheus metrics at http://HOST:PORT/metrics");
+    app.set_version_flag("--version", "ispaced 0.1");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -145,17 +173,10 @@ int main(int argc, char** argv) {
     // The file first (or nothing, in quick mode), then every flag over it: see iscsi_target::ConfigOverlay.
     // The runtime first: its registry of backstore kinds reads the LUN specs of the file and the flags.
     mgmt::Runtime runtime;
-    iscsi_target::ServerConfig config;
-    config.negotiation = iscsi_target::default_target_negotiation();
-    if (!config_path.empty()) {
-        auto loaded = iscsi_target::load_config_file(config_path, runtime.backstores());
-        if (!loaded) {
-            std::fprintf(stderr, "ispaced: %s\n", loaded.error().message.c_str());
-            return 2;
-        }
-        config = std::move(*loaded);
-    } else if (iqn.empty() || luns.empty()) {
-        std::fprintf(stderr, "ispaced: give --iqn and at least one --lun, or --config FILE (see --help)\n");
+    if (config_path.empty() && control_path.empty() && (iqn.empty() || luns.empty())) {
+        std::fprintf(stderr,
+                     "ispaced: give --iqn and at least one --lun, --config FILE or --control PATH (see "
+                     "--help)\n");
         return 2;
     }
     auto credentials = [](const std::string& text,
@@ -224,35 +245,39 @@ int main(int argc, char** argv) {
         }
         overlay.sanitize_bytes_per_second = *rate;
     }
-    if (auto applied = iscsi_target::apply_overlay(config, overlay, runtime.backstores()); !applied) {
-        std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
+    auto loaded = mgmt::load_configuration(config_path, overlay, runtime.backstores());
+    if (!loaded) {
+        std::fprintf(stderr, "ispaced: %s\n", loaded.error().message.c_str());
         return 2;
     }
-    if (config.targets.empty()) {
+    iscsi_target::ServerConfig config = std::move(*loaded);
+    if (config.targets.empty() && control_path.empty()) {
         std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
-                             "--lun)\n");
+                             "--lun, or --control PATH to add targets while it runs)\n");
         return 2;
     }
-    // MaxBurstLength above the transfer limit would only invite R2Ts we never send.
-    config.negotiation.max_burst_length =
-        std::min(config.negotiation.max_burst_length, config.limits.max_transfer_bytes);
-    config.negotiation.first_burst_length =
-        std::min(config.negotiation.first_burst_length, config.negotiation.max_burst_length);
 
     // Every thread inherits this mask, so only the sigwait() below sees SIGTERM/SIGINT.
     sigset_t signals;
     sigemptyset(&signals);
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    if (auto served = runtime.serve(std::move(config)); !served) {
+    if (auto served = runtime.serve(config); !served) {
         log_error("{}", served.error().message);
         return 1;
     }
+    mgmt::ManagerOptions manager_options;
+    manager_options.config_path = config_path;
+    manager_options.overlay = overlay;
+    mgmt::Manager manager(runtime, std::move(manager_options));
+    manager.adopt(std::move(config));
     iscsi_target::Server& server = *runtime.target_server();
     for (const net::Endpoint& endpoint : server.portal_endpoints()) {
+        log_write(LogLevel::info, fmt::format("listening: {}", endpoint.to_string()));
         for (const auto& target : server.targets()) {
             for (uint64_t lun : target->device->luns()) {
                 // Printed whatever the log level: scripts wait for these lines.
@@ -261,10 +286,59 @@ int main(int argc, char** argv) {
             }
         }
     }
+    mgmt::MetricsServer metrics(runtime);
+    if (!metrics_listen.empty()) {
+        auto bound = metrics.start(metrics_listen);
+        if (!bound) {
+            log_error("{}", bound.error().message);
+            runtime.stop(std::chrono::seconds(10));
+            return 1;
+        }
+        log_write(LogLevel::info, fmt::format("metrics: http://{}/metrics", bound->to_string()));
+    }
+    mgmt::ControlSocket control;
+    if (!control_path.empty()) {
+        if (control_path == "/run/ispace/ispaced.sock") {
+            ::mkdir("/run/ispace", 0755);
+        }
+        mgmt::ControlSocketOptions options;
+        options.path = control_path;
+        options.group = control_group;
+        auto started =
+            control.start(options, [&manager](std::string_view line) { return manager.handle(line); });
+        if (!started) {
+            log_error("{}", started.error().message);
+            metrics.stop();
+            runtime.stop(std::chrono::seconds(10));
+            return 1;
+        }
+        log_write(LogLevel::info, fmt::format("control: {}", control_path));
+    }
+    if (auto notified = mgmt::notify_service_manager("READY=1\nSTATUS=serving"); !notified) {
+        log_warn("{}", notified.error().message);
+    }
 
     int signal_number = 0;
-    sigwait(&signals, &signal_number);
+    for (;;) {
+        sigwait(&signals, &signal_number);
+        if (signal_number != SIGHUP) {
+            break;
+        }
+        (void)mgmt::notify_service_manager("RELOADING=1");
+        auto reloaded = manager.reload();
+        if (reloaded) {
+            log_event(LogLevel::info, "config.reloaded",
+                      {log_field("changes", reloaded->value("changes", nlohmann::json::array()).dump())});
+        } else {
+            log_event(LogLevel::error, "config.reload_failed",
+                      {log_field("error", reloaded.error().message)});
+        }
+        (void)mgmt::notify_service_manager("READY=1\nSTATUS=serving");
+    }
     log_info("received {}; shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+    (void)mgmt::notify_service_manager("STOPPING=1");
+    control.stop();
+    metrics.stop();
     bool clean = runtime.stop(std::chrono::seconds(10));
     return clean ? 0 : 1;
 }
