@@ -8,6 +8,8 @@ packages=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev clang-format
   liburing-dev libisal-dev libssl-dev libfuse3-dev fuse3 nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # make install: man pages from --help; the service test: systemd-analyze verify
+  help2man systemd
   # peers for conformance and interop tests
   libiscsi-bin qemu-utils qemu-block-extra tgt e2fsprogs iproute2 procps python3
   # make bench: the loopback bandwidth limit, the plot, the page-cache check (fincore)

@@ -174,6 +174,7 @@ int main(int argc, char** argv) {
                  "administration tool of ispaced (--control PATH).",
                  "ispace"};
     app.set_help_all_flag("--help-all", "Show the help of every command");
+    app.set_version_flag("--version", "ispace 0.1");
     app.require_subcommand(1);
     app.fallthrough(); // global options may follow the command: `ispace ls -i IQN URL`
     GlobalOptions global;

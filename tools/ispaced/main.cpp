@@ -147,9 +147,10 @@ int main(int argc, char** argv) {
                "(0: unlimited)")
             ->default_str("64M");
 
-    app.add_option("--control", control_path,
-                   "Control socket for `ispace --control PATH` (default /run/ispace/ispaced.sock as root, "
-                   "none otherwise; \"\" for none)");
+    auto* control_option = app.add_option(
+        "--control", control_path,
+        "Control socket for `ispace --control PATH` (default /run/ispace/ispaced.sock as root, "
+        "none otherwise; \"\" for none)");
     app.add_option(
         "--control-group", control_group,
         "Group allowed to use the control socket (mode 0660; default: mode 0600, the daemon's user)");
@@ -306,13 +307,20 @@ int main(int argc, char** argv) {
         options.group = control_group;
         auto started =
             control.start(options, [&manager](std::string_view line) { return manager.handle(line); });
-        if (!started) {
+        if (!started && started.error().code == EADDRINUSE && !control_option->count()) {
+            // The default socket belongs to another ispaced (several run on one host, e.g. tests): this
+            // one runs without a control socket rather than not at all. Given explicitly, it is an error.
+            log_warn("{}; running without a control socket (give --control PATH)", started.error().message);
+            control_path.clear();
+        } else if (!started) {
             log_error("{}", started.error().message);
             metrics.stop();
             runtime.stop(std::chrono::seconds(10));
             return 1;
         }
-        log_write(LogLevel::info, fmt::format("control: {}", control_path));
+        if (!control_path.empty()) {
+            log_write(LogLevel::info, fmt::format("control: {}", control_path));
+        }
     }
     if (auto notified = mgmt::notify_service_manager("READY=1\nSTATUS=serving"); !notified) {
         log_warn("{}", notified.error().message);
