@@ -70,7 +70,8 @@ Result<void> ControlSocket::start(ControlSocketOptions options, LineHandler hand
         group entry{};
         group* found = nullptr;
         std::string buffer(16384, '\0');
-        if (::getgrnam_r(_options.group.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 || !found) {
+        if (::getgrnam_r(_options.group.c_str(), &entry, buffer.data(), buffer.size(), &found) != 0 ||
+            !found) {
             return make_error(fmt::format("--control-group {}: no such group", _options.group), ENOENT);
         }
         gid = found->gr_gid;
@@ -79,9 +80,9 @@ Result<void> ControlSocket::start(ControlSocketOptions options, LineHandler hand
     struct stat st {};
     if (::lstat(_options.path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
-            return make_error(fmt::format("control socket {}: a file that is not a socket is in the way",
-                                          _options.path),
-                              EEXIST);
+            return make_error(
+                fmt::format("control socket {}: a file that is not a socket is in the way", _options.path),
+                EEXIST);
         }
         int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         bool live = probe >= 0 &&
@@ -90,7 +91,8 @@ Result<void> ControlSocket::start(ControlSocketOptions options, LineHandler hand
             ::close(probe);
         }
         if (live) {
-            return make_error(fmt::format("control socket {}: another ispaced serves it", _options.path), EADDRINUSE);
+            return make_error(fmt::format("control socket {}: another ispaced serves it", _options.path),
+                              EADDRINUSE);
         }
         ::unlink(_options.path.c_str());
     }
@@ -105,22 +107,22 @@ Result<void> ControlSocket::start(ControlSocketOptions options, LineHandler hand
     int bind_errno = errno;
     ::umask(old_mask);
     if (bound != 0) {
-        auto error = make_error(fmt::format("control socket {}: {}", _options.path, std::strerror(bind_errno)),
-                                bind_errno);
+        auto error = make_error(
+            fmt::format("control socket {}: {}", _options.path, std::strerror(bind_errno)), bind_errno);
         ::close(std::exchange(_listen_fd, -1));
         return error;
     }
     if (gid != gid_t(-1) && ::chown(_options.path.c_str(), uid_t(-1), gid) != 0) {
-        auto error = make_error(
-            fmt::format("control socket {}: cannot give it to group {}: {}", _options.path, _options.group,
-                        std::strerror(errno)),
-            errno);
+        auto error = make_error(fmt::format("control socket {}: cannot give it to group {}: {}",
+                                            _options.path, _options.group, std::strerror(errno)),
+                                errno);
         stop();
         return error;
     }
     ::chmod(_options.path.c_str(), gid == gid_t(-1) ? 0600 : 0660);
     if (::listen(_listen_fd, 64) != 0) {
-        auto error = make_error(fmt::format("control socket {}: {}", _options.path, std::strerror(errno)), errno);
+        auto error =
+            make_error(fmt::format("control socket {}: {}", _options.path, std::strerror(errno)), errno);
         stop();
         return error;
     }
@@ -191,9 +193,10 @@ void ControlSocket::accept_loop() {
             }
         }
         if (_clients.size() >= _options.max_clients) {
-            send_all(fd, rpc_error_line(nullptr, {rpc_error::failed, fmt::format("the control socket serves {} "
-                                                                                   "clients at once; try again",
-                                                                                   _options.max_clients)}));
+            send_all(fd,
+                     rpc_error_line(nullptr, {rpc_error::failed, fmt::format("the control socket serves {} "
+                                                                             "clients at once; try again",
+                                                                             _options.max_clients)}));
             ::close(fd);
             continue;
         }
@@ -217,14 +220,15 @@ void ControlSocket::serve(Client& client) {
     char chunk[65536];
     while (!_stopping.load()) {
         size_t newline = buffer.find('\n');
-        if (newline == std::string::npos) {
-            if (buffer.size() > max_request_bytes) {
+        if (newline == std::string::npos || newline > max_request_bytes) {
+            if ((newline == std::string::npos ? buffer.size() : newline) > max_request_bytes) {
                 // Answer, then discard what the client still sends for a moment (so that it reads the
                 // answer instead of a reset), and hang up.
-                send_all(client.fd, rpc_error_line(nullptr, {rpc_error::too_large,
-                                                              fmt::format("the request is longer than {} bytes, "
-                                                                          "the most the control socket reads",
-                                                                          max_request_bytes)}));
+                send_all(client.fd,
+                         rpc_error_line(nullptr, {rpc_error::too_large,
+                                                  fmt::format("the request is longer than {} bytes, "
+                                                              "the most the control socket reads",
+                                                              max_request_bytes)}));
                 ::shutdown(client.fd, SHUT_WR);
                 timeval brief{2, 0};
                 ::setsockopt(client.fd, SOL_SOCKET, SO_RCVTIMEO, &brief, sizeof(brief));
@@ -280,12 +284,14 @@ Result<std::string> control_request(const std::string& path, std::string_view re
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&*address), sizeof(sockaddr_un)) != 0) {
         int saved = errno;
         ::close(fd);
-        std::string hint = saved == ENOENT || saved == ECONNREFUSED ? "is ispaced running with --control " + path + "?"
-                           : saved == EACCES ? "the socket is not yours to use (run as the daemon's user or as a "
-                                               "member of its --control-group)"
-                                             : std::string(std::strerror(saved));
-        return make_error(fmt::format("cannot reach the control socket {}: {} ({})", path, std::strerror(saved), hint),
-                          saved);
+        std::string hint =
+            saved == ENOENT || saved == ECONNREFUSED ? "is ispaced running with --control " + path + "?"
+            : saved == EACCES ? "the socket is not yours to use (run as the daemon's user or as a "
+                                "member of its --control-group)"
+                              : std::string(std::strerror(saved));
+        return make_error(
+            fmt::format("cannot reach the control socket {}: {} ({})", path, std::strerror(saved), hint),
+            saved);
     }
     std::string line(request);
     line += '\n';
@@ -308,8 +314,9 @@ Result<std::string> control_request(const std::string& path, std::string_view re
     }
     ::close(fd);
     if (response.empty()) {
-        return make_error(fmt::format("control socket {}: the daemon closed the connection without an answer", path),
-                          EPROTO);
+        return make_error(
+            fmt::format("control socket {}: the daemon closed the connection without an answer", path),
+            EPROTO);
     }
     return response.substr(0, response.find('\n'));
 }
