@@ -57,6 +57,35 @@ Runtime::~Runtime() {
     _server.reset();
 }
 
+Result<void> Runtime::begin_attach_call() {
+    std::lock_guard lock(_catalog_mutex);
+    if (_stopped) {
+        return make_error("the runtime has stopped", ESHUTDOWN);
+    }
+    run_reactors();
+    ++_attach_calls;
+    return {};
+}
+
+void Runtime::end_attach_call() {
+    std::lock_guard lock(_catalog_mutex);
+    --_attach_calls;
+    _attach_calls_done.notify_all();
+}
+
+void Runtime::detach_all() {
+    std::map<std::string, std::unique_ptr<attach::Attachment>, std::less<>> attachments;
+    {
+        std::lock_guard lock(_attach_mutex);
+        attachments.swap(_attachments);
+    }
+    for (auto& [path, attachment] : attachments) {
+        if (auto detached = attachment->detach(attach::DetachMode::force); !detached) {
+            log_warn("{}: {}", path, detached.error().message);
+        }
+    }
+}
+
 void Runtime::run_reactors() {
     if (!_reactors_running) {
         reactors().start();
@@ -137,6 +166,9 @@ Result<void> Runtime::serve(iscsi_target::ServerConfig config) {
     if (_started || _server) {
         return make_error("the runtime serves already", EBUSY);
     }
+    if (_stopped) {
+        return make_error("the runtime has stopped", ESHUTDOWN);
+    }
     if (auto valid = iscsi_target::validate(config); !valid) {
         return valid;
     }
@@ -194,11 +226,21 @@ Result<void> Runtime::serve(iscsi_target::ServerConfig config) {
 
 bool Runtime::stop(std::chrono::milliseconds grace) {
     assert_not_on_reactor("Runtime::stop");
-    std::lock_guard lock(_catalog_mutex);
-    if ((!_started && !_reactors_running) || _stopped) {
+    std::unique_lock lock(_catalog_mutex);
+    if (_stopped) {
         return true;
     }
+    // Stopped even when nothing ran yet: an attach racing this on another thread must not start the
+    // reactors after stop() has returned (the attach test that races them found it did).
     _stopped = true;
+    if (!_started && !_reactors_running) {
+        return true;
+    }
+    // Attached devices first: their I/O runs on the reactors and may go through the initiator. A
+    // mounted one is synced, then cut off (docs/architecture.md, "Attach"). An attach or detach under
+    // way (no new one starts now) finishes first: it uses the reactors too.
+    _attach_calls_done.wait(lock, [&] { return _attach_calls == 0; });
+    detach_all();
     // The initiator's sessions first (they may be logged in to our own target): it closes them on the
     // reactors, which still run.
     _initiator.reset();
@@ -410,6 +452,85 @@ Result<std::vector<LunInfo>> Runtime::luns(std::string_view iqn) {
         info.bytes = lu->block_count() * lu->block_size();
         info.read_only = lu->write_protected();
         out.push_back(std::move(info));
+    }
+    return out;
+}
+
+Result<std::string> Runtime::attach(std::shared_ptr<backstore::Device> device,
+                                    attach::AttachOptions options) {
+    assert_not_on_reactor("Runtime::attach");
+    if (auto began = begin_attach_call(); !began) {
+        return began.error();
+    }
+    AttachCallEnd end{this};
+    std::string why_not;
+    for (auto& backend : _attach_backends) {
+        if (auto usable = backend->available(); !usable) {
+            why_not += (why_not.empty() ? "" : "; ") + usable.error().message;
+            continue;
+        }
+        auto attachment = backend->attach(std::move(device), *_reactors, options);
+        if (!attachment) {
+            return attachment.error();
+        }
+        std::string path = (*attachment)->path();
+        std::lock_guard lock(_attach_mutex);
+        _attachments[path] = std::move(*attachment);
+        return path;
+    }
+    return make_error("no way to attach a block device here: " + why_not, ENOTSUP);
+}
+
+Result<std::string> Runtime::attach_spec(std::string_view spec_text, attach::AttachOptions options) {
+    assert_not_on_reactor("Runtime::attach_spec");
+    auto spec = _backstores.parse(spec_text);
+    if (!spec) {
+        return spec.error();
+    }
+    if (auto ok = (*spec)->check(); !ok) {
+        return ok.error();
+    }
+    auto device = (*spec)->open();
+    if (!device) {
+        return device.error();
+    }
+    if (options.name.empty()) {
+        options.name = (*spec)->describe();
+    }
+    return attach(std::shared_ptr<backstore::Device>(std::move(*device)), std::move(options));
+}
+
+Result<void> Runtime::detach(std::string_view path, attach::DetachMode mode) {
+    assert_not_on_reactor("Runtime::detach");
+    if (auto began = begin_attach_call(); !began) {
+        return make_error(fmt::format("{}: the runtime has stopped, and detached everything", path),
+                          ESHUTDOWN);
+    }
+    AttachCallEnd end{this};
+    std::unique_ptr<attach::Attachment> attachment;
+    {
+        std::lock_guard lock(_attach_mutex);
+        auto found = _attachments.find(path);
+        if (found == _attachments.end()) {
+            return make_error(fmt::format("{}: not attached by this process", path), ENOENT);
+        }
+        // Detached outside the lock (it waits for the kernel); taken out so that no one else does.
+        attachment = std::move(found->second);
+        _attachments.erase(found);
+    }
+    if (auto detached = attachment->detach(mode); !detached) {
+        std::lock_guard lock(_attach_mutex);
+        _attachments[std::string(path)] = std::move(attachment);
+        return detached;
+    }
+    return {};
+}
+
+std::vector<attach::AttachmentStatus> Runtime::attachments() const {
+    std::lock_guard lock(_attach_mutex);
+    std::vector<attach::AttachmentStatus> out;
+    for (const auto& [path, attachment] : _attachments) {
+        out.push_back(attachment->status());
     }
     return out;
 }
