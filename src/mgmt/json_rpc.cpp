@@ -122,7 +122,9 @@ std::string rpc_result_line(const json& id, const json& result) {
 }
 
 std::string rpc_error_line(const json& id, const RpcError& error) {
-    return dump(json{{"jsonrpc", "2.0"}, {"id", id}, {"error", {{"code", error.code}, {"message", error.message}}}}) +
+    return dump(json{{"jsonrpc", "2.0"},
+                     {"id", id},
+                     {"error", {{"code", error.code}, {"message", error.message}}}}) +
            "\n";
 }
 
@@ -164,7 +166,8 @@ Result<std::string> Params::string(std::string_view key) const {
     return it->get<std::string>();
 }
 
-std::optional<std::string> Params::optional_string(std::string_view key, std::optional<RpcError>& error) const {
+std::optional<std::string> Params::optional_string(std::string_view key,
+                                                   std::optional<RpcError>& error) const {
     if (!has(key) || _params.at(std::string(key)).is_null()) {
         return std::nullopt;
     }
@@ -182,11 +185,13 @@ Result<uint64_t> Params::unsigned_integer(std::string_view key, uint64_t max) co
         return make_error(fmt::format("parameter \"{}\" is missing", key), EINVAL);
     }
     if (!it->is_number_unsigned() && !(it->is_number_integer() && it->get<int64_t>() >= 0)) {
-        return make_error(fmt::format("parameter \"{}\" must be a whole number from 0 to {}", key, max), EINVAL);
+        return make_error(fmt::format("parameter \"{}\" must be a whole number from 0 to {}", key, max),
+                          EINVAL);
     }
     uint64_t value = it->get<uint64_t>();
     if (value > max) {
-        return make_error(fmt::format("parameter \"{}\" is {}; the most it may be is {}", key, value, max), EINVAL);
+        return make_error(fmt::format("parameter \"{}\" is {}; the most it may be is {}", key, value, max),
+                          EINVAL);
     }
     return value;
 }
@@ -210,7 +215,8 @@ bool Params::flag(std::string_view key, std::optional<RpcError>& error) const {
         return false;
     }
     if (!it->is_boolean()) {
-        error = RpcError{rpc_error::invalid_params, fmt::format("parameter \"{}\" must be true or false", key)};
+        error =
+            RpcError{rpc_error::invalid_params, fmt::format("parameter \"{}\" must be true or false", key)};
         return false;
     }
     return it->get<bool>();

@@ -28,11 +28,11 @@ inline constexpr int invalid_request = -32600;
 inline constexpr int method_not_found = -32601;
 inline constexpr int invalid_params = -32602;
 inline constexpr int internal_error = -32603;
-inline constexpr int failed = -32000;      // the method ran and could not do what was asked
-inline constexpr int too_large = -32001;   // the request exceeds max_request_bytes
-inline constexpr int not_found = -32002;   // an object the request names does not exist
-inline constexpr int conflict = -32003;    // the object exists already / is in use
-inline constexpr int not_saved = -32004;   // applied to the running daemon, but not written to the file
+inline constexpr int failed = -32000;    // the method ran and could not do what was asked
+inline constexpr int too_large = -32001; // the request exceeds max_request_bytes
+inline constexpr int not_found = -32002; // an object the request names does not exist
+inline constexpr int conflict = -32003;  // the object exists already / is in use
+inline constexpr int not_saved = -32004; // applied to the running daemon, but not written to the file
 } // namespace rpc_error
 
 // A method's failure: the JSON-RPC code and a message that says what was wrong and what to do.

@@ -65,8 +65,8 @@ json session_json(const iscsi_target::SessionInfo& s) {
                                {"keys", key_values(c.keys)},
                                {"initiator_keys", key_values(c.initiator_keys)}});
     }
-    return {{"tsih", s.tsih},          {"initiator", s.initiator},     {"isid", s.isid},
-            {"target", s.target},      {"keys", key_values(s.keys)}, {"connections", connections},
+    return {{"tsih", s.tsih},     {"initiator", s.initiator},   {"isid", s.isid},
+            {"target", s.target}, {"keys", key_values(s.keys)}, {"connections", connections},
             {"tasks", s.tasks}};
 }
 
@@ -140,7 +140,8 @@ Result<ServerConfig> load_configuration(const std::string& path, const iscsi_tar
     return config;
 }
 
-Manager::Manager(Runtime& runtime, ManagerOptions options) : _runtime(runtime), _options(std::move(options)) {}
+Manager::Manager(Runtime& runtime, ManagerOptions options)
+    : _runtime(runtime), _options(std::move(options)) {}
 
 void Manager::adopt(ServerConfig served) {
     std::lock_guard lock(_mutex);
@@ -159,10 +160,9 @@ void Manager::adopt(ServerConfig served) {
 }
 
 std::vector<std::string_view> Manager::methods() {
-    return {"target.create", "target.delete", "portal.add",    "portal.remove", "lun.add",
-            "lun.remove",    "lun.resize",    "acl.add",       "acl.remove",    "chap.set",
-            "session.list",  "session.show",  "session.close", "param.set",     "config.show",
-            "config.apply",  "status",        "log.set"};
+    return {"target.create", "target.delete", "portal.add",  "portal.remove", "lun.add",      "lun.remove",
+            "lun.resize",    "acl.add",       "acl.remove",  "chap.set",      "session.list", "session.show",
+            "session.close", "param.set",     "config.show", "config.apply",  "status",       "log.set"};
 }
 
 std::string Manager::handle(std::string_view line) {
@@ -202,15 +202,24 @@ Result<json> Manager::call(std::string_view method, const json& params) {
     }
     using Method = Result<json> (Manager::*)(const json&);
     static const std::pair<std::string_view, Method> table[] = {
-        {"target.create", &Manager::target_create}, {"target.delete", &Manager::target_delete},
-        {"portal.add", &Manager::portal_add},       {"portal.remove", &Manager::portal_remove},
-        {"lun.add", &Manager::lun_add},             {"lun.remove", &Manager::lun_remove},
-        {"lun.resize", &Manager::lun_resize},       {"acl.add", &Manager::acl_add},
-        {"acl.remove", &Manager::acl_remove},       {"chap.set", &Manager::chap_set},
-        {"session.list", &Manager::session_list},   {"session.show", &Manager::session_show},
-        {"session.close", &Manager::session_close}, {"param.set", &Manager::param_set},
-        {"config.show", &Manager::config_show},     {"config.apply", &Manager::config_apply},
-        {"status", &Manager::status},               {"log.set", &Manager::log_set},
+        {"target.create", &Manager::target_create},
+        {"target.delete", &Manager::target_delete},
+        {"portal.add", &Manager::portal_add},
+        {"portal.remove", &Manager::portal_remove},
+        {"lun.add", &Manager::lun_add},
+        {"lun.remove", &Manager::lun_remove},
+        {"lun.resize", &Manager::lun_resize},
+        {"acl.add", &Manager::acl_add},
+        {"acl.remove", &Manager::acl_remove},
+        {"chap.set", &Manager::chap_set},
+        {"session.list", &Manager::session_list},
+        {"session.show", &Manager::session_show},
+        {"session.close", &Manager::session_close},
+        {"param.set", &Manager::param_set},
+        {"config.show", &Manager::config_show},
+        {"config.apply", &Manager::config_apply},
+        {"status", &Manager::status},
+        {"log.set", &Manager::log_set},
     };
     for (const auto& [name, fn] : table) {
         if (name == method) {
@@ -808,7 +817,8 @@ Result<json> Manager::session_show(const json& params) {
             return session_json(s);
         }
     }
-    return make_error(fmt::format("no session with TSIH {} (`ispace session list` shows them)", *tsih), ENOENT);
+    return make_error(fmt::format("no session with TSIH {} (`ispace session list` shows them)", *tsih),
+                      ENOENT);
 }
 
 Result<json> Manager::session_close(const json& params) {
@@ -823,7 +833,8 @@ Result<json> Manager::session_close(const json& params) {
     if (!server) {
         return make_error("the daemon does not serve", ESHUTDOWN);
     }
-    if (auto closed = server->close_session(uint16_t(*tsih), "closed by the administrator", _options.session_wait);
+    if (auto closed =
+            server->close_session(uint16_t(*tsih), "closed by the administrator", _options.session_wait);
         !closed) {
         return closed.error();
     }
@@ -861,7 +872,8 @@ Result<json> Manager::param_set(const json& params) {
         if (!server) {
             return make_error("the daemon does not serve", ESHUTDOWN);
         }
-        if (auto renegotiated = server->renegotiate(uint16_t(*session), {{*key, value}}, std::chrono::seconds(10));
+        if (auto renegotiated =
+                server->renegotiate(uint16_t(*session), {{*key, value}}, std::chrono::seconds(10));
             !renegotiated) {
             return renegotiated.error();
         }
@@ -1007,7 +1019,8 @@ Result<json> Manager::apply_locked(ServerConfig next) {
             changed_settings.push_back(&n);
         }
         for (const LunConfig& c : current->luns) {
-            if (std::none_of(n.luns.begin(), n.luns.end(), [&](const LunConfig& l) { return l.lun == c.lun; })) {
+            if (std::none_of(n.luns.begin(), n.luns.end(),
+                             [&](const LunConfig& l) { return l.lun == c.lun; })) {
                 lun_changes.push_back({n.iqn, LunChange::remove, c});
             }
         }
@@ -1135,7 +1148,8 @@ Result<json> Manager::apply_locked(ServerConfig next) {
             *it = change.lun;
             changes.push_back(fmt::format("{} resized to {} bytes", name, bytes));
         }
-        std::sort(luns.begin(), luns.end(), [](const LunConfig& a, const LunConfig& b) { return a.lun < b.lun; });
+        std::sort(luns.begin(), luns.end(),
+                  [](const LunConfig& a, const LunConfig& b) { return a.lun < b.lun; });
     }
     for (const std::string& listen : shared_portals(_config)) {
         bool kept = std::any_of(next.portals.begin(), next.portals.end(),
@@ -1148,7 +1162,8 @@ Result<json> Manager::apply_locked(ServerConfig next) {
             changes.push_back("portal " + listen + " removed");
         }
     }
-    if (next.params != _config.params || next.discovery_chap.has_value() != _config.discovery_chap.has_value() ||
+    if (next.params != _config.params ||
+        next.discovery_chap.has_value() != _config.discovery_chap.has_value() ||
         next.discovery_mutual_chap.has_value() != _config.discovery_mutual_chap.has_value() ||
         (next.discovery_chap && (next.discovery_chap->user != _config.discovery_chap->user ||
                                  next.discovery_chap->secret != _config.discovery_chap->secret)) ||

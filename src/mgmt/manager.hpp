@@ -35,7 +35,7 @@ Result<iscsi_target::ServerConfig> load_configuration(const std::string& path,
                                                       const backstore::Registry& backstores);
 
 struct ManagerOptions {
-    std::string config_path; // empty: changes are live only, nothing is written
+    std::string config_path;             // empty: changes are live only, nothing is written
     iscsi_target::ConfigOverlay overlay; // the flags, applied again over the file on reload()
     std::chrono::milliseconds session_wait{5000};
 };

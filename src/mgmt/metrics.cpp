@@ -60,9 +60,11 @@ std::string render_metrics(Runtime& runtime) {
     static constexpr std::string_view classes[] = {"read", "write", "other"};
     for (size_t c = 0; c < scsi::io_class_count; ++c) {
         std::string name = fmt::format("ispace_lun_{}_commands_total", classes[c]);
-        family(out, name, "counter", fmt::format("SCSI commands of class {} completed by the logical unit", classes[c]));
+        family(out, name, "counter",
+               fmt::format("SCSI commands of class {} completed by the logical unit", classes[c]));
         for (const Lu& lu : lus) {
-            out += fmt::format("{}{{target=\"{}\",lun=\"{}\"}} {}\n", name, label(lu.target), lu.lun, lu.stats.commands[c]);
+            out += fmt::format("{}{{target=\"{}\",lun=\"{}\"}} {}\n", name, label(lu.target), lu.lun,
+                               lu.stats.commands[c]);
         }
         if (c == size_t(scsi::IoClass::other)) {
             continue; // other commands move no medium data
@@ -70,13 +72,15 @@ std::string render_metrics(Runtime& runtime) {
         name = fmt::format("ispace_lun_{}_bytes_total", classes[c]);
         family(out, name, "counter", fmt::format("Bytes moved by {} commands", classes[c]));
         for (const Lu& lu : lus) {
-            out += fmt::format("{}{{target=\"{}\",lun=\"{}\"}} {}\n", name, label(lu.target), lu.lun, lu.stats.bytes[c]);
+            out += fmt::format("{}{{target=\"{}\",lun=\"{}\"}} {}\n", name, label(lu.target), lu.lun,
+                               lu.stats.bytes[c]);
         }
     }
     for (size_t c = 0; c < scsi::io_class_count; ++c) {
         std::string name = fmt::format("ispace_lun_{}_latency_seconds", classes[c]);
-        family(out, name, "histogram",
-               fmt::format("Time from a {} command's arrival in the SCSI engine to its completion", classes[c]));
+        family(
+            out, name, "histogram",
+            fmt::format("Time from a {} command's arrival in the SCSI engine to its completion", classes[c]));
         for (const Lu& lu : lus) {
             std::string labels = fmt::format("target=\"{}\",lun=\"{}\"", label(lu.target), lu.lun);
             uint64_t cumulative = 0;

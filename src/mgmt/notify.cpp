@@ -34,8 +34,8 @@ Result<bool> notify_service_manager(std::string_view state) {
     if (fd < 0) {
         return make_error(fmt::format("NOTIFY_SOCKET: {}", std::strerror(errno)), errno);
     }
-    ssize_t sent = ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&address),
-                            length);
+    ssize_t sent = ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL,
+                            reinterpret_cast<const sockaddr*>(&address), length);
     int saved = errno;
     ::close(fd);
     if (sent < 0) {

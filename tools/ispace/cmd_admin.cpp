@@ -40,7 +40,8 @@ std::string control_path() {
 // Sends one request; prints the daemon's error and returns nullopt on failure.
 std::optional<json> rpc(const std::string& method, json params) {
     json request = {{"jsonrpc", "2.0"}, {"id", 1}, {"method", method}, {"params", std::move(params)}};
-    auto line = mgmt::control_request(control_path(), request.dump(-1, ' ', false, json::error_handler_t::replace));
+    auto line =
+        mgmt::control_request(control_path(), request.dump(-1, ' ', false, json::error_handler_t::replace));
     if (!line) {
         error(line.error().message);
         return std::nullopt;
@@ -122,10 +123,12 @@ void print_sessions(const json& sessions) {
         }
         const json& keys = s["keys"];
         rows.push_back({text(s["tsih"]), text(s["initiator"]), text(s["isid"]), text(s["target"]),
-                        std::to_string(s["connections"].size()), peers, text(keys.value("MaxBurstLength", json())),
+                        std::to_string(s["connections"].size()), peers,
+                        text(keys.value("MaxBurstLength", json())),
                         text(keys.value("ImmediateData", json()))});
     }
-    print_table({"TSIH", "INITIATOR", "ISID", "TARGET", "CONNS", "PEERS", "MaxBurstLength", "ImmediateData"}, rows);
+    print_table({"TSIH", "INITIATOR", "ISID", "TARGET", "CONNS", "PEERS", "MaxBurstLength", "ImmediateData"},
+                rows);
 }
 
 void print_session(const json& s) {
@@ -202,14 +205,16 @@ void print_status(const json& s) {
     for (const json& p : s["portals"]) {
         portals += (portals.empty() ? "" : " ") + text(p);
     }
-    fmt::print("portals: {}\nsessions: {}  connections: {}  reactors: {}  log level: {}\nconfig: {}\n\n", portals,
-               text(s["sessions"]), text(s["connections"]), text(s["reactors"]), text(s["log_level"]),
+    fmt::print("portals: {}\nsessions: {}  connections: {}  reactors: {}  log level: {}\nconfig: {}\n\n",
+               portals, text(s["sessions"]), text(s["connections"]), text(s["reactors"]),
+               text(s["log_level"]),
                text(s["config"]).empty() ? "(none: changes are not saved)" : text(s["config"]));
     std::vector<std::vector<std::string>> rows;
     for (const json& t : s["targets"]) {
         for (const json& l : t["luns"]) {
-            rows.push_back({text(t["iqn"]), text(l["lun"]), human_bytes(l["bytes"].get<double>()), text(l["block_size"]),
-                            l.value("read_only", false) ? "ro" : "rw", text(t["sessions"]), text(l["spec"])});
+            rows.push_back({text(t["iqn"]), text(l["lun"]), human_bytes(l["bytes"].get<double>()),
+                            text(l["block_size"]), l.value("read_only", false) ? "ro" : "rw",
+                            text(t["sessions"]), text(l["spec"])});
         }
         if (t["luns"].empty()) {
             rows.push_back({text(t["iqn"]), "-", "-", "-", "-", text(t["sessions"]), "-"});
@@ -227,7 +232,8 @@ Result<std::vector<uint64_t>> parse_lun_list(const std::string& list) {
         errno = 0;
         unsigned long long n = std::strtoull(item.c_str(), &end, 10);
         if (item.empty() || *end != '\0' || errno != 0 || item[0] == '-') {
-            return make_error(fmt::format("--luns {}: expected LUN numbers separated by commas, e.g. 0,1", list));
+            return make_error(
+                fmt::format("--luns {}: expected LUN numbers separated by commas, e.g. 0,1", list));
         }
         out.push_back(n);
     }
@@ -241,7 +247,9 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
     app.add_option("--control", admin().control,
                    "ispaced's control socket (default: $ISPACE_CONTROL, else /run/ispace/ispaced.sock)");
     auto chosen = std::make_shared<Runner>();
-    auto json_flag = [](CLI::App* sub) { sub->add_flag("--json", admin().json_output, "Print the answer as JSON"); };
+    auto json_flag = [](CLI::App* sub) {
+        sub->add_flag("--json", admin().json_output, "Print the answer as JSON");
+    };
 
     auto* target = app.add_subcommand("target", "Create or delete a target (control socket)");
     target->require_subcommand(1);
@@ -266,16 +274,19 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
         remove->add_option("IQN", *iqn2, "The target's iSCSI name")->required();
         json_flag(remove);
         remove->callback([=] {
-            *chosen = [=] { return report(rpc("target.delete", {{"iqn", *iqn2}}), "deleted target " + *iqn2); };
+            *chosen = [=] {
+                return report(rpc("target.delete", {{"iqn", *iqn2}}), "deleted target " + *iqn2);
+            };
         });
     }
 
     auto* portal = app.add_subcommand("portal", "Add or remove a portal (control socket)");
     portal->require_subcommand(1);
     for (std::string verb : {"add", "remove"}) {
-        auto* sub = portal->add_subcommand(verb, verb == "add" ? "Serve a target (or, without IQN, every target) on "
-                                                                 "HOST:PORT"
-                                                               : "Stop serving a target on HOST:PORT");
+        auto* sub =
+            portal->add_subcommand(verb, verb == "add" ? "Serve a target (or, without IQN, every target) on "
+                                                         "HOST:PORT"
+                                                       : "Stop serving a target on HOST:PORT");
         auto args = std::make_shared<std::vector<std::string>>();
         sub->add_option("ARGS", *args, "[IQN] HOST:PORT")->required()->expected(1, 2);
         json_flag(sub);
@@ -295,7 +306,8 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
     auto* lun = app.add_subcommand("lun", "Add, remove or resize a LUN (control socket)");
     lun->require_subcommand(1);
     {
-        auto* add = lun->add_subcommand("add", "Add a LUN (the next free number) from SPEC, as --lun of ispaced takes");
+        auto* add = lun->add_subcommand(
+            "add", "Add a LUN (the next free number) from SPEC, as --lun of ispaced takes");
         auto iqn = std::make_shared<std::string>();
         auto spec = std::make_shared<std::string>();
         auto number = std::make_shared<int64_t>(-1);
@@ -310,10 +322,12 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
                     p["lun"] = *number;
                 }
                 auto result = rpc("lun.add", p);
-                return report(result, result ? fmt::format("added LUN {} to {}", text((*result)["lun"]), *iqn) : "");
+                return report(result,
+                              result ? fmt::format("added LUN {} to {}", text((*result)["lun"]), *iqn) : "");
             };
         });
-        auto* remove = lun->add_subcommand("remove", "Remove a LUN: its commands are aborted, its device closed");
+        auto* remove =
+            lun->add_subcommand("remove", "Remove a LUN: its commands are aborted, its device closed");
         auto iqn2 = std::make_shared<std::string>();
         auto n2 = std::make_shared<uint64_t>();
         remove->add_option("IQN", *iqn2, "The target")->required();
@@ -325,7 +339,8 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
                               fmt::format("removed LUN {} of {}", *n2, *iqn2));
             };
         });
-        auto* resize = lun->add_subcommand("resize", "Resize a LUN; initiators get a capacity unit attention");
+        auto* resize =
+            lun->add_subcommand("resize", "Resize a LUN; initiators get a capacity unit attention");
         auto iqn3 = std::make_shared<std::string>();
         auto n3 = std::make_shared<uint64_t>();
         auto size = std::make_shared<std::string>();
@@ -341,7 +356,8 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
                 if (*shrink) {
                     p["shrink"] = true;
                 }
-                return report(rpc("lun.resize", p), fmt::format("resized LUN {} of {} to {}", *n3, *iqn3, *size));
+                return report(rpc("lun.resize", p),
+                              fmt::format("resized LUN {} of {} to {}", *n3, *iqn3, *size));
             };
         });
     }
@@ -349,8 +365,9 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
     auto* acl = app.add_subcommand("acl", "Admit or stop admitting an initiator (control socket)");
     acl->require_subcommand(1);
     {
-        auto* add = acl->add_subcommand("add", "Admit INITIATOR (IQN or IQN@CIDR); the first entry makes the ACL "
-                                               "exclusive");
+        auto* add =
+            acl->add_subcommand("add", "Admit INITIATOR (IQN or IQN@CIDR); the first entry makes the ACL "
+                                       "exclusive");
         auto iqn = std::make_shared<std::string>();
         auto initiator = std::make_shared<std::string>();
         auto luns = std::make_shared<std::string>();
@@ -402,7 +419,8 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
         set->add_option("IQN", *iqn, "The target")->required();
         set->add_option("USER", *user, "The name initiators authenticate as")->required();
         set->add_option("SECRET", *secret, "Their secret (12 bytes or more)")->required();
-        set->add_option("--mutual", *mutual, "USER SECRET the target proves to initiators that ask")->expected(2);
+        set->add_option("--mutual", *mutual, "USER SECRET the target proves to initiators that ask")
+            ->expected(2);
         json_flag(set);
         set->callback([=] {
             *chosen = [=] {
@@ -419,7 +437,8 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
     auto* session = app.add_subcommand("session", "List, show or close sessions (control socket)");
     session->require_subcommand(1);
     {
-        auto* list = session->add_subcommand("list", "Every session with its negotiated keys and connections");
+        auto* list =
+            session->add_subcommand("list", "Every session with its negotiated keys and connections");
         json_flag(list);
         list->callback([=] {
             *chosen = [=] {
@@ -453,12 +472,16 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
                 return exit_ok;
             };
         });
-        auto* close = session->add_subcommand("close", "End a session: its connections close, its tasks are aborted");
+        auto* close =
+            session->add_subcommand("close", "End a session: its connections close, its tasks are aborted");
         auto tsih2 = std::make_shared<uint64_t>();
         close->add_option("TSIH", *tsih2, "The session's TSIH")->required();
         json_flag(close);
         close->callback([=] {
-            *chosen = [=] { return report(rpc("session.close", {{"tsih", *tsih2}}), fmt::format("closed session {}", *tsih2)); };
+            *chosen = [=] {
+                return report(rpc("session.close", {{"tsih", *tsih2}}),
+                              fmt::format("closed session {}", *tsih2));
+            };
         });
     }
 
@@ -466,8 +489,9 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
     param->require_subcommand(1);
     {
         auto* set = param->add_subcommand(
-            "set", "KEY=VALUE as the default for new sessions (of IQN, or of every target), or, with --session, "
-                   "declared anew in a running session where RFC 7143 allows it (MaxRecvDataSegmentLength)");
+            "set",
+            "KEY=VALUE as the default for new sessions (of IQN, or of every target), or, with --session, "
+            "declared anew in a running session where RFC 7143 allows it (MaxRecvDataSegmentLength)");
         auto args = std::make_shared<std::vector<std::string>>();
         auto tsih = std::make_shared<int64_t>(-1);
         set->add_option("ARGS", *args, "[IQN] KEY=VALUE")->required()->expected(1, 2);
@@ -499,7 +523,8 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
     auto* config = app.add_subcommand("config", "Show the configuration in force (control socket)");
     config->require_subcommand(1);
     {
-        auto* show = config->add_subcommand("show", "The configuration as the daemon would write it (secrets masked)");
+        auto* show =
+            config->add_subcommand("show", "The configuration as the daemon would write it (secrets masked)");
         json_flag(show);
         show->callback([=] {
             *chosen = [=] {
@@ -517,7 +542,8 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
         });
     }
 
-    auto* apply = app.add_subcommand("apply", "Make the daemon serve what FILE says, changing only what differs");
+    auto* apply =
+        app.add_subcommand("apply", "Make the daemon serve what FILE says, changing only what differs");
     {
         auto file = std::make_shared<std::string>();
         apply->add_option("FILE", *file, "A configuration file (docs/configuration.md)")->required();
