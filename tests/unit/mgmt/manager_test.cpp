@@ -44,7 +44,8 @@ struct TempDir {
 };
 
 TEST(JsonRpc, ReadsAValidRequest) {
-    auto request = parse_rpc_request(R"({"jsonrpc":"2.0","id":7,"method":"lun.add","params":{"iqn":"x"}})", nullptr);
+    auto request =
+        parse_rpc_request(R"({"jsonrpc":"2.0","id":7,"method":"lun.add","params":{"iqn":"x"}})", nullptr);
     ASSERT_TRUE(request);
     EXPECT_EQ(request->method, "lun.add");
     EXPECT_EQ(request->id, 7);
@@ -89,7 +90,9 @@ TEST(AtomicFile, ReplacesTheFileWithMode0600AndLeavesNoTemporary) {
     struct stat st {};
     ASSERT_EQ(::stat(path.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600u);
-    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path), std::filesystem::directory_iterator()), 1);
+    EXPECT_EQ(
+        std::distance(std::filesystem::directory_iterator(dir.path), std::filesystem::directory_iterator()),
+        1);
     EXPECT_FALSE(write_file_atomically(dir.path + "/no/such/dir/file", "x"));
 }
 
@@ -185,7 +188,9 @@ TEST_F(ManagerTest, ConcurrentChangesAreAllKept) {
     for (int t = 0; t < 8; ++t) {
         threads.emplace_back([this, t] {
             for (int i = 0; i < 5; ++i) {
-                json answer = call("acl.add", {{"iqn", iqn}, {"initiator", "iqn.2026-11.org.ispace:c" + std::to_string(t * 10 + i)}});
+                json answer =
+                    call("acl.add", {{"iqn", iqn},
+                                     {"initiator", "iqn.2026-11.org.ispace:c" + std::to_string(t * 10 + i)}});
                 EXPECT_TRUE(answer.contains("result")) << answer.dump();
             }
         });
@@ -202,7 +207,8 @@ TEST(ControlSocket, AnswersAndBoundsTheRequestSize) {
     ControlSocket socket;
     ControlSocketOptions options;
     options.path = dir.path + "/control.sock";
-    ASSERT_TRUE(socket.start(options, [](std::string_view line) { return std::string("echo ") + std::string(line) + "\n"; }));
+    ASSERT_TRUE(socket.start(
+        options, [](std::string_view line) { return std::string("echo ") + std::string(line) + "\n"; }));
     struct stat st {};
     ASSERT_EQ(::stat(options.path.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600u);
