@@ -223,6 +223,26 @@ def main():
         admin.fails("a key no standard lets change mid-session", "param", "set", "--session",
                     str(by_name.get(PERF, {}).get("tsih", 1)), "ImmediateData=Yes", expect="ImmediateData")
 
+        # A running session renegotiates MaxRecvDataSegmentLength (AsyncEvent 4, answered by our initiator).
+        bench = subprocess.Popen([ispace, "-i", "iqn.2026-11.org.ispace:bench", "bench", f"iscsi://{portal}/{IQN}/1",
+                                  "--rw", "randread", "--time", "4", "--qd", "4"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tsih = None
+        deadline = time.time() + 10
+        while tsih is None and time.time() < deadline:
+            rc, out, _ = admin.run("session", "list", "--json")
+            for s in json.loads(out) if rc == 0 else []:
+                if s["initiator"] == "iqn.2026-11.org.ispace:bench":
+                    tsih = s["tsih"]
+            time.sleep(0.1)
+        if check(tsih is not None, "ispace bench holds a session"):
+            admin.ok("param", "set", "--session", str(tsih), "MaxRecvDataSegmentLength=65536")
+            rc, out, _ = admin.run("session", "show", str(tsih), "--json")
+            conn = json.loads(out)["connections"][0] if rc == 0 else {}
+            check(conn.get("keys", {}).get("MaxRecvDataSegmentLength") == "65536",
+                  f"the session's connection now declares MaxRecvDataSegmentLength=65536 ({conn.get('keys')})")
+        check(bench.wait(60) == 0, "ispace bench finishes without error across the renegotiation")
+
         # Metrics: READs counted exactly.
         while sense_of(fresh, 1)[0] != 0:
             pass
