@@ -983,6 +983,10 @@ Result<json> Manager::apply_locked(ServerConfig next) {
     if (next.state_dir != _config.state_dir) {
         restart.push_back("state_dir");
     }
+    if (next.isns.server != _config.isns.server || next.isns.entity != _config.isns.entity ||
+        next.isns.esi_interval != _config.isns.esi_interval) {
+        restart.push_back("isns");
+    }
     if (iscsi_target::config_to_json(next, true).value("limits", json()) !=
         iscsi_target::config_to_json(_config, true).value("limits", json())) {
         restart.push_back("limits");
@@ -1181,6 +1185,7 @@ Result<json> Manager::apply_locked(ServerConfig next) {
     _config.reactors = next.reactors;
     _config.state_dir = next.state_dir;
     _config.limits = next.limits;
+    _config.isns = next.isns;
     if (changes.empty() && restart.empty()) {
         return json{{"changes", changes}};
     }

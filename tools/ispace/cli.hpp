@@ -85,4 +85,8 @@ Runner add_readcap(CLI::App& app, GlobalOptions& global);
 // log) and the global --control option; the runner runs whichever of them was chosen.
 Runner add_admin(CLI::App& app, GlobalOptions& global);
 
+// `ls isns://HOST[:PORT]` (cmd_isns.cpp).
+bool is_isns_url(std::string_view text);
+int run_ls_isns(GlobalOptions& global, std::string_view url_text);
+
 } // namespace ispace::cli

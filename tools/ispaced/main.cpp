@@ -57,6 +57,11 @@ USER:SECRET guards SendTargets, where the target proves --discovery-mutual-chap 
 default the --mutual-chap one) to initiators that ask; --allow IQN[@CIDR] (repeatable) admits only the initiators listed,
 and SendTargets lists a target only to initiators it admits.
 
+iSNS (RFC 4171): --isns HOST[:PORT] registers the portals and targets with an iSNS server (port 3205
+by default) as one network entity (--isns-entity, by default ispaced:HOSTNAME:FIRST-PORTAL), keeps the
+registration fresh, answers the server's status inquiries, updates it when targets or portals change,
+and deregisters on exit. An iSNS server that does not answer is retried; it never stops the target.
+
 Live management: --control PATH opens a control socket (JSON-RPC 2.0, mode 0600, or 0660 for
 --control-group) through which `ispace --control PATH ...` adds and removes targets, portals, LUNs,
 ACLs and CHAP, lists and closes sessions and sets parameters while sessions run. With --config FILE
@@ -99,6 +104,9 @@ int main(int argc, char** argv) {
     std::string control_path = ::geteuid() == 0 ? "/run/ispace/ispaced.sock" : "";
     std::string control_group;
     std::string metrics_listen;
+    std::string isns_server;
+    std::string isns_entity;
+    uint32_t isns_esi_interval = 60;
 
     app.add_option("--listen", listen,
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
@@ -156,6 +164,19 @@ int main(int argc, char** argv) {
         "Group allowed to use the control socket (mode 0660; default: mode 0600, the daemon's user)");
     app.add_option("--metrics", metrics_listen, "Serve Prometheus metrics at http://HOST:PORT/metrics");
     app.set_version_flag("--version", "ispaced 0.1");
+    auto* isns_option =
+        app.add_option("--isns", isns_server,
+                       "Register with this iSNS server, HOST[:PORT] (port 3205 by default), and "
+                       "keep the registration current");
+    auto* isns_entity_option =
+        app.add_option("--isns-entity", isns_entity,
+                       "Network entity identifier to register as (default: ispaced:HOSTNAME:FIRST-PORTAL)");
+    auto* isns_esi_option =
+        app.add_option("--isns-esi-interval", isns_esi_interval,
+                       "Seconds between the iSNS server's status inquiries (ESI) asked for; 0: none, the "
+                       "registration is refreshed instead")
+            ->default_val(isns_esi_interval)
+            ->check(CLI::Range(0u, 86400u));
 
     try {
         app.parse(argc, argv);
@@ -214,6 +235,15 @@ int main(int argc, char** argv) {
     if (reactors_option->count()) {
         overlay.reactors = reactors;
     }
+    if (isns_option->count()) {
+        overlay.isns_server = isns_server;
+    }
+    if (isns_entity_option->count()) {
+        overlay.isns_entity = isns_entity;
+    }
+    if (isns_esi_option->count()) {
+        overlay.isns_esi_interval = isns_esi_interval;
+    }
     if (state_dir_option->count()) {
         overlay.state_dir = state_dir;
     }
@@ -252,6 +282,15 @@ int main(int argc, char** argv) {
         return 2;
     }
     iscsi_target::ServerConfig config = std::move(*loaded);
+    if (!config.isns.server.empty()) {
+        // A typo is a configuration error now; a server that does not answer is retried later.
+        if (auto where = isns::parse_server(config.isns.server); !where) {
+            std::fprintf(stderr, "ispaced: iSNS server %s: %s\n", config.isns.server.c_str(),
+                         where.error().message.c_str());
+            return 2;
+        }
+    }
+    iscsi_target::IsnsSettings isns_settings = config.isns;
     if (config.targets.empty() && control_path.empty()) {
         std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
                              "--lun, or --control PATH to add targets while it runs)\n");
@@ -287,6 +326,24 @@ int main(int argc, char** argv) {
             }
         }
     }
+    if (!isns_settings.server.empty()) {
+        std::string entity = isns_settings.entity;
+        if (entity.empty()) {
+            char host[256] = {};
+            ::gethostname(host, sizeof host - 1);
+            auto portals = server.portal_endpoints();
+            entity = fmt::format("ispaced:{}:{}", host, portals.empty() ? "" : portals.front().to_string());
+        }
+        isns::RegistrarOptions isns_options;
+        isns_options.client.server = isns_settings.server;
+        isns_options.esi_interval = isns_settings.esi_interval;
+        if (auto registering = runtime.register_with_isns(isns_options, entity); !registering) {
+            log_error("{}", registering.error().message);
+            runtime.stop(std::chrono::seconds(10));
+            return 1;
+        }
+    }
+
     mgmt::MetricsServer metrics(runtime);
     if (!metrics_listen.empty()) {
         auto bound = metrics.start(metrics_listen);
