@@ -10,11 +10,14 @@
 #   make lint       source checks CI runs first: clang-format drift, public headers self-contained,
 #                   layers that include only layers below them
 #   make build      just build (build/)
+#   make install    binaries, systemd unit, bash completion and man pages under PREFIX (/usr/local);
+#                   DESTDIR stages them elsewhere (docs/operations.md)
 
 BUILD     ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS      ?= $(shell nproc)
+PREFIX    ?= /usr/local
 PORT      ?= 3260
 IQN       ?= iqn.2026-11.org.ispace:default
 CMAKE_FLAGS ?=
@@ -28,7 +31,7 @@ BENCH_QUICK ?=
 BENCH_BASELINE ?=
 BENCH_DIR ?=
 
-.PHONY: all deps build run test asan fuzz bench clean lint
+.PHONY: all deps build run test asan fuzz bench clean lint install
 
 all: build
 
@@ -40,6 +43,9 @@ $(BUILD)/build.ninja:
 
 build: deps $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
+
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 run: build
 	@mkdir -p var

@@ -8,6 +8,8 @@ packages=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev clang-format
   liburing-dev libisal-dev libssl-dev libfuse3-dev fuse3 nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # make install: man pages from --help; the service test: systemd-analyze verify
+  help2man systemd
   # peers for conformance and interop tests
   libiscsi-bin qemu-utils qemu-block-extra tgt e2fsprogs iproute2 procps python3
   # iSNS (RFC 4171) system tests: Debian's open-isns server and its isnsadm as an independent client

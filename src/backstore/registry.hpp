@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -42,6 +43,19 @@ public:
     // Opens (or creates) the device. May block (a file is created and allocated, a remote target is
     // logged in to): never call it on a reactor thread.
     virtual Result<std::unique_ptr<Device>> open() const = 0;
+    // The size the spec asks for, in bytes, when it names one ("size=1G", "memory:1G").
+    virtual std::optional<uint64_t> size() const { return std::nullopt; }
+    // The spec as written with its size replaced by `bytes`: how a LUN resized at run time is written
+    // back to the configuration, so that the next start asks for the size it has. Empty when the kind's
+    // spec cannot name a size (the LUN cannot be resized through its spec).
+    virtual std::string with_size(uint64_t bytes) const {
+        (void)bytes;
+        return {};
+    }
+    // Whether the device's data outlives the process (a file, a block device, a remote LUN) or not
+    // (memory, null). The configuration keeps the identity (VPD 83h) of the first kind across restarts;
+    // the second comes back empty, so a new identity is the honest one.
+    virtual bool keeps_data() const { return true; }
 };
 
 struct Kind {

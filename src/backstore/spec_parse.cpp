@@ -185,4 +185,33 @@ Result<SizedSpec> parse_sized_spec(std::string_view text, std::string_view prefi
     return spec;
 }
 
+std::string replace_spec_size(std::string_view text, uint64_t bytes, bool sized_head) {
+    std::string size;
+    const char* suffixes = "KMGT";
+    int unit = -1;
+    while (unit < 3 && bytes != 0 && bytes % (uint64_t(1024) << (10 * (unit + 1))) == 0) {
+        ++unit;
+    }
+    size =
+        unit < 0 ? fmt::format("{}", bytes) : fmt::format("{}{}", bytes >> (10 * (unit + 1)), suffixes[unit]);
+    auto parts = split(text, ',');
+    std::string out;
+    bool replaced = false;
+    for (size_t i = 0; i < parts.size(); ++i) {
+        std::string part(parts[i]);
+        if (i == 0 && sized_head) {
+            part = part.substr(0, part.find(':')) + ":" + size;
+            replaced = true;
+        } else if (i > 0 && part.starts_with("size=")) {
+            part = "size=" + size;
+            replaced = true;
+        }
+        out += (i ? "," : "") + part;
+    }
+    if (!replaced) {
+        out += ",size=" + size;
+    }
+    return out;
+}
+
 } // namespace ispace::backstore

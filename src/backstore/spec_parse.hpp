@@ -31,6 +31,11 @@ struct SizedSpec {
 // `prefix` is "memory" or "null"; `text` starts with it.
 Result<SizedSpec> parse_sized_spec(std::string_view text, std::string_view prefix);
 
+// `text` (a spec of either grammar) with its size replaced by `bytes`: the head's SIZE for a sized
+// kind (memory:SIZE), else the size= option (added when missing). Sizes are written with the largest
+// K/M/G/T suffix that divides them ("512M"), else in bytes.
+std::string replace_spec_size(std::string_view text, uint64_t bytes, bool sized_head);
+
 // Whether `text` is "PREFIX" or starts with "PREFIX:".
 bool has_prefix(std::string_view text, std::string_view prefix);
 

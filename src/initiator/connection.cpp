@@ -894,6 +894,9 @@ void Connection::handle_async(iscsi::ReceivedPdu& pdu) {
             "{}: asynchronous event from the target: {}", _target_label,
             describe_sense(pdu.segment().size() > 2 ? pdu.segment().subspan(2) : std::span<const uint8_t>{}));
         break;
+    case iscsi::AsyncEvent::negotiation_request:
+        answer_negotiation_request(a->parameter3);
+        break;
     case iscsi::AsyncEvent::logout_request:
     case iscsi::AsyncEvent::drop_connection:
     case iscsi::AsyncEvent::drop_all_connections:
@@ -905,6 +908,56 @@ void Connection::handle_async(iscsi::ReceivedPdu& pdu) {
         break;
     default:
         break;
+    }
+}
+
+void Connection::answer_negotiation_request(uint16_t deadline_seconds) {
+    // RFC 7143 §11.9.1: the initiator MUST answer with a Text Request (it may be empty) within
+    // Parameter3 seconds, "unless a Text Request is already pending on the connection". Empty, since we
+    // want nothing changed: the target's answer carries what it declares anew.
+    if (_text_itt != reserved_tag) {
+        log_debug("{}: the target asked for a negotiation while a Text Request is pending; that one answers",
+                  _target_label);
+        return;
+    }
+    log_info("{}: the target asks for a negotiation (within {} s); sending an empty Text Request",
+             _target_label, deadline_seconds);
+    auto self = shared_from_this();
+    send_text({}, [this, self](Result<std::vector<uint8_t>> text) {
+        if (!text) {
+            log_warn("{}: the negotiation the target asked for failed: {}", _target_label,
+                     text.error().message);
+            return;
+        }
+        auto pairs = iscsi::parse_text(*text);
+        if (!pairs) {
+            fail(make_error("Text Response to a negotiation request: " + pairs.error().message, EPROTO));
+            return;
+        }
+        apply_target_declarations(*pairs);
+    });
+}
+
+void Connection::apply_target_declarations(const iscsi::KeyValueList& pairs) {
+    for (const iscsi::KeyValue& kv : pairs) {
+        const iscsi::KeyDef* def = iscsi::find_key(kv.key);
+        if (def && def->id == iscsi::KeyId::max_recv_data_segment_length) {
+            auto value = iscsi::parse_number(kv.value);
+            if (!value || *value < def->min || *value > def->max) {
+                fail(make_error(fmt::format("the target declared {}={}, outside {}..{}", kv.key, kv.value,
+                                            def->min, def->max),
+                                EPROTO));
+                return;
+            }
+            // What we send from now on: immediate data, unsolicited and solicited Data-Out.
+            _params.max_send_data_segment_length = uint32_t(*value);
+            log_info("{}: the target now receives data segments of at most {} bytes", _target_label, *value);
+        } else if (def && def->id == iscsi::KeyId::target_alias) {
+            log_info("{}: the target's alias is now '{}'", _target_label, kv.value);
+        } else {
+            log_warn("{}: ignoring {}={} in the target's answer to its negotiation request", _target_label,
+                     kv.key, kv.value);
+        }
     }
 }
 

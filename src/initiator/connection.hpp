@@ -165,6 +165,9 @@ private:
     void handle_text_response(iscsi::ReceivedPdu& pdu);
     void handle_logout_response(const iscsi::Bhs& bhs);
     void handle_async(iscsi::ReceivedPdu& pdu);
+    // AsyncEvent 4: the target asks for a negotiation; an empty Text Request answers it.
+    void answer_negotiation_request(uint16_t deadline_seconds);
+    void apply_target_declarations(const iscsi::KeyValueList& pairs);
     void handle_reject(iscsi::ReceivedPdu& pdu);
     void note_stat_sn(uint32_t stat_sn);
     void note_window(uint32_t exp_cmd_sn, uint32_t max_cmd_sn);

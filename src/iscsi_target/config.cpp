@@ -3,6 +3,7 @@
 #include "common/log.hpp"
 #include "common/secret.hpp"
 #include "common/units.hpp"
+#include "iscsi/param_settings.hpp"
 #include "iscsi/text.hpp"
 
 #include <fmt/format.h>
@@ -211,6 +212,22 @@ Result<void> validate_target(const TargetConfig& target) {
             }
         }
     }
+    std::set<std::string> portals;
+    for (const std::string& portal : target.portals) {
+        if (auto endpoint = net::parse_endpoint(portal, 3260); !endpoint) {
+            return make_error(
+                fmt::format("target {}: portal {}: {}", target.iqn, portal, endpoint.error().message));
+        }
+        if (!portals.insert(portal).second) {
+            return make_error(fmt::format("target {}: portal {} is listed twice", target.iqn, portal));
+        }
+    }
+    iscsi::NegotiationConfig scratch = default_target_negotiation();
+    for (const auto& [key, value] : target.params) {
+        if (auto ok = iscsi::set_negotiation_key(scratch, key, value); !ok) {
+            return make_error(fmt::format("target {}: {}", target.iqn, ok.error().message));
+        }
+    }
     return {};
 }
 
@@ -233,6 +250,12 @@ Result<void> validate(const ServerConfig& config) {
         if (config.discovery_chap->secret == config.discovery_mutual_chap->secret) {
             // RFC 7143 §12.1.3, as for normal sessions below.
             return make_error("the discovery mutual CHAP secret must differ from the discovery CHAP secret");
+        }
+    }
+    iscsi::NegotiationConfig scratch = default_target_negotiation();
+    for (const auto& [key, value] : config.params) {
+        if (auto ok = iscsi::set_negotiation_key(scratch, key, value); !ok) {
+            return ok;
         }
     }
     std::set<std::string> names;
@@ -303,12 +326,28 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
         for (const LunConfig& lun : it->luns) {
             next = std::max(next, lun.lun + 1);
         }
-        for (const std::string& text : overlay.luns) {
+        for (size_t i = 0; i < overlay.luns.size(); ++i) {
+            const std::string& text = overlay.luns[i];
+            // A daemon writes the configuration it serves, flags included: the same --lun given again at
+            // the next start is that LUN, not a second one.
+            if (i >= overlay.lun_numbers.size() &&
+                std::any_of(it->luns.begin(), it->luns.end(),
+                            [&](const LunConfig& l) { return l.spec == text; })) {
+                continue;
+            }
+            uint64_t number = i < overlay.lun_numbers.size() ? overlay.lun_numbers[i] : next;
             auto spec = backstores.parse(text);
             if (!spec) {
-                return make_error(fmt::format("--lun {} ({}): {}", next, text, spec.error().message));
+                return make_error(fmt::format("--lun {} ({}): {}", number, text, spec.error().message));
             }
-            it->luns.push_back({next++, text, std::move(*spec)});
+            for (const LunConfig& lun : it->luns) {
+                if (lun.lun == number) {
+                    return make_error(fmt::format("--lun {} ({}): target {} has a LUN {} already", number,
+                                                  text, it->iqn, number));
+                }
+            }
+            it->luns.push_back({number, text, std::move(*spec)});
+            next = std::max(next, number + 1);
         }
     } else {
         if (!overlay.luns.empty()) {
@@ -336,7 +375,19 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
         if (overlay.mutual_chap) {
             target->mutual_chap = overlay.mutual_chap;
         }
-        target->acl.insert(target->acl.end(), overlay.allow.begin(), overlay.allow.end());
+        for (const AclEntry& entry : overlay.allow) {
+            // As for --lun: an entry the file has already (written by the daemon) is not repeated.
+            bool present = std::any_of(target->acl.begin(), target->acl.end(), [&](const AclEntry& e) {
+                return e.initiator == entry.initiator && e.read_only == entry.read_only &&
+                       e.luns == entry.luns && e.networks.size() == entry.networks.size() &&
+                       std::equal(
+                           e.networks.begin(), e.networks.end(), entry.networks.begin(),
+                           [](const Cidr& a, const Cidr& b) { return a.to_string() == b.to_string(); });
+            });
+            if (!present) {
+                target->acl.push_back(entry);
+            }
+        }
     }
     if (overlay.discovery_chap) {
         config.discovery_chap = overlay.discovery_chap;
@@ -488,6 +539,24 @@ Result<AclEntry> read_acl_entry(const json& value, std::string_view where) {
     return entry;
 }
 
+Result<std::map<std::string, std::string, std::less<>>> read_params(const json& value,
+                                                                    const std::string& where) {
+    if (!value.is_object()) {
+        return make_error(where + ": an object of iSCSI keys, e.g. {\"ImmediateData\": \"No\"}");
+    }
+    std::map<std::string, std::string, std::less<>> params;
+    for (auto it = value.begin(); it != value.end(); ++it) {
+        if (it.value().is_string()) {
+            params[it.key()] = it.value().get<std::string>();
+        } else if (it.value().is_number_unsigned()) {
+            params[it.key()] = std::to_string(it.value().get<uint64_t>());
+        } else {
+            return make_error(fmt::format("{}: \"{}\" is a string or a number", where, it.key()));
+        }
+    }
+    return params;
+}
+
 Result<uint64_t> read_unsigned(const json& object, const char* key, std::string_view where) {
     const json& value = object[key];
     if (value.is_number_unsigned()) {
@@ -505,7 +574,8 @@ Result<uint64_t> read_unsigned(const json& object, const char* key, std::string_
 Result<ServerConfig> read_config(const json& root, const backstore::Registry& backstores,
                                  const std::string& base_dir) {
     if (auto ok = only_keys(
-            root, {"listen", "reactors", "state_dir", "limits", "discovery", "isns", "targets"}, "config");
+            root, {"listen", "reactors", "state_dir", "limits", "discovery", "isns", "params", "targets"},
+            "config");
         !ok) {
         return ok.error();
     }
@@ -655,12 +725,21 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
             config.discovery_mutual_chap = *credentials;
         }
     }
+    if (root.contains("params")) {
+        auto params = read_params(root["params"], "config params");
+        if (!params) {
+            return params.error();
+        }
+        config.params = std::move(*params);
+    }
     if (!root.contains("targets") || !root["targets"].is_array()) {
-        return make_error("config: \"targets\" must list at least one target");
+        return make_error("config: \"targets\" must be a list of targets (it may be empty: [])");
     }
     for (const json& t : root["targets"]) {
         std::string where = "config target";
-        if (auto ok = only_keys(t, {"iqn", "alias", "luns", "chap", "mutual_chap", "allow"}, where); !ok) {
+        if (auto ok = only_keys(
+                t, {"iqn", "alias", "luns", "chap", "mutual_chap", "allow", "portals", "params"}, where);
+            !ok) {
             return ok.error();
         }
         TargetConfig target;
@@ -685,8 +764,18 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
                 lun.lun = next;
                 lun.spec = l.get<std::string>();
             } else {
-                if (auto ok = only_keys(l, {"lun", "spec"}, where + " lun"); !ok) {
+                if (auto ok = only_keys(l, {"lun", "spec", "id"}, where + " lun"); !ok) {
                     return ok.error();
+                }
+                if (l.contains("id")) {
+                    auto id = l["id"].is_string() ? parse_lun_id(l["id"].get<std::string>())
+                                                  : Result<uint64_t>(make_error("not a string"));
+                    if (!id) {
+                        return make_error(fmt::format("{} lun: \"id\" is 16 hex digits, as ispaced writes it "
+                                                      "({})",
+                                                      where, id.error().message));
+                    }
+                    lun.id = *id;
                 }
                 if (!l.contains("spec") || !l["spec"].is_string()) {
                     return make_error(where + ": a LUN object needs a \"spec\"");
@@ -736,6 +825,24 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
                 target.acl.push_back(std::move(*entry));
             }
         }
+        if (t.contains("portals")) {
+            if (!t["portals"].is_array()) {
+                return make_error(where + ": \"portals\" is a list of HOST:PORT strings");
+            }
+            for (const json& portal : t["portals"]) {
+                if (!portal.is_string()) {
+                    return make_error(where + ": \"portals\" is a list of HOST:PORT strings");
+                }
+                target.portals.push_back(portal.get<std::string>());
+            }
+        }
+        if (t.contains("params")) {
+            auto params = read_params(t["params"], where + " params");
+            if (!params) {
+                return params.error();
+            }
+            target.params = std::move(*params);
+        }
         config.targets.push_back(std::move(target));
     }
     return config;
@@ -772,11 +879,240 @@ Result<ServerConfig> load_config_file(const std::string& path, const backstore::
     if (size_t slash = path.rfind('/'); slash != std::string::npos) {
         base_dir = path.substr(0, slash == 0 ? 1 : slash);
     }
-    auto config = read_config(root, backstores, base_dir);
+    auto config = config_from_json(root, backstores, base_dir);
     if (!config) {
         return make_error(fmt::format("{}: {}", path, config.error().message));
     }
     return config;
+}
+
+Result<ServerConfig> config_from_json(const nlohmann::json& root, const backstore::Registry& backstores,
+                                      const std::string& base_dir) {
+    auto config = read_config(root, backstores, base_dir);
+    if (!config) {
+        return config;
+    }
+    if (auto resolved = resolve_negotiation(*config); !resolved) {
+        return resolved.error();
+    }
+    return config;
+}
+
+std::string lun_id_text(uint64_t id) {
+    return fmt::format("{:016x}", id);
+}
+
+Result<uint64_t> parse_lun_id(std::string_view text) {
+    if (text.starts_with("0x") || text.starts_with("0X")) {
+        text.remove_prefix(2);
+    }
+    if (text.empty() || text.size() > 16 ||
+        text.find_first_not_of("0123456789abcdefABCDEF") != std::string_view::npos) {
+        return make_error(fmt::format("'{}' is not up to 16 hex digits", text), EINVAL);
+    }
+    uint64_t id = std::stoull(std::string(text), nullptr, 16);
+    if (id == 0) {
+        return make_error("0 is not an identifier (it means: derive one from the device)", EINVAL);
+    }
+    return id;
+}
+
+Result<void> resolve_negotiation(ServerConfig& config) {
+    iscsi::NegotiationConfig base = default_target_negotiation();
+    for (const auto& [key, value] : config.params) {
+        if (auto ok = iscsi::set_negotiation_key(base, key, value); !ok) {
+            return ok;
+        }
+    }
+    // MaxBurstLength above the transfer limit would only invite R2Ts we never send: the defaults are
+    // held under it, an explicit value above it is refused.
+    auto within_transfer = [&](iscsi::NegotiationConfig& n, const auto& params,
+                               std::string_view where) -> Result<void> {
+        uint32_t limit = config.limits.max_transfer_bytes;
+        for (std::string_view key : {"MaxBurstLength", "FirstBurstLength"}) {
+            auto it = params.find(key);
+            uint32_t value = key == "MaxBurstLength" ? n.max_burst_length : n.first_burst_length;
+            if (it != params.end() && value > limit) {
+                return make_error(
+                    fmt::format("{}{}={} is above the largest transfer of one command ({} bytes, "
+                                "limits.max_transfer)",
+                                where, key, it->second, limit),
+                    EINVAL);
+            }
+        }
+        n.max_burst_length = std::min(n.max_burst_length, limit);
+        n.first_burst_length = std::min(n.first_burst_length, n.max_burst_length);
+        return {};
+    };
+    if (auto ok = within_transfer(base, config.params, ""); !ok) {
+        return ok;
+    }
+    base.alias = config.negotiation.alias;
+    config.negotiation = base;
+    for (TargetConfig& target : config.targets) {
+        target.negotiation.reset();
+        if (target.params.empty()) {
+            continue;
+        }
+        iscsi::NegotiationConfig own = base;
+        for (const auto& [key, value] : target.params) {
+            if (auto ok = iscsi::set_negotiation_key(own, key, value); !ok) {
+                return make_error(fmt::format("target {}: {}", target.iqn, ok.error().message), EINVAL);
+            }
+        }
+        if (auto ok = within_transfer(own, target.params, fmt::format("target {}: ", target.iqn)); !ok) {
+            return ok;
+        }
+        target.negotiation = own;
+    }
+    return {};
+}
+
+// ---- Writing it back -------------------------------------------------------------------------------
+
+namespace {
+
+json credentials_json(const iscsi::ChapCredentials& credentials, bool show_secrets) {
+    return json{{"user", credentials.user},
+                {"secret", show_secrets ? credentials.secret : std::string(masked_secret)}};
+}
+
+json acl_json(const AclEntry& entry) {
+    if (entry.networks.size() <= 1 && !entry.luns && !entry.read_only) {
+        // The short form --allow takes: "IQN" or "IQN@CIDR".
+        return entry.networks.empty() ? json(entry.initiator)
+                                      : json(entry.initiator + "@" + entry.networks[0].to_string());
+    }
+    json out{{"initiator", entry.initiator}};
+    if (!entry.networks.empty()) {
+        json networks = json::array();
+        for (const Cidr& network : entry.networks) {
+            networks.push_back(network.to_string());
+        }
+        out["networks"] = networks;
+    }
+    if (entry.luns) {
+        out["luns"] = *entry.luns;
+    }
+    if (entry.read_only) {
+        out["read_only"] = true;
+    }
+    return out;
+}
+
+json params_json(const std::map<std::string, std::string, std::less<>>& params) {
+    json out = json::object();
+    for (const auto& [key, value] : params) {
+        out[key] = value;
+    }
+    return out;
+}
+
+} // namespace
+
+nlohmann::json config_to_json(const ServerConfig& config, bool show_secrets) {
+    json root = json::object();
+    json listen = json::array();
+    for (const PortalConfig& portal : config.portals) {
+        if (portal.shared) {
+            listen.push_back(portal.listen);
+        }
+    }
+    if (!listen.empty()) {
+        root["listen"] = listen;
+    }
+    if (config.reactors) {
+        root["reactors"] = config.reactors;
+    }
+    if (!config.state_dir.empty()) {
+        root["state_dir"] = config.state_dir;
+    }
+    const Limits defaults;
+    json limits = json::object();
+    auto limit = [&](const char* key, uint64_t value, uint64_t default_value) {
+        if (value != default_value) {
+            limits[key] = value;
+        }
+    };
+    limit("queue_depth", config.limits.queue_depth, defaults.queue_depth);
+    limit("max_transfer", config.limits.max_transfer_bytes, defaults.max_transfer_bytes);
+    limit("login_timeout_ms", uint64_t(config.limits.login_timeout.count()),
+          uint64_t(defaults.login_timeout.count()));
+    limit("nop_interval_ms", uint64_t(config.limits.nop_interval.count()),
+          uint64_t(defaults.nop_interval.count()));
+    limit("nop_timeout_ms", uint64_t(config.limits.nop_timeout.count()),
+          uint64_t(defaults.nop_timeout.count()));
+    limit("max_connections", config.limits.max_connections, defaults.max_connections);
+    limit("max_login_connections", config.limits.max_login_connections, defaults.max_login_connections);
+    limit("max_sessions_per_initiator", config.limits.max_sessions_per_initiator,
+          defaults.max_sessions_per_initiator);
+    limit("sanitize_rate", config.limits.sanitize_bytes_per_second, defaults.sanitize_bytes_per_second);
+    if (!limits.empty()) {
+        root["limits"] = limits;
+    }
+    if (config.discovery_chap || config.discovery_mutual_chap) {
+        json discovery = json::object();
+        if (config.discovery_chap) {
+            discovery["chap"] = credentials_json(*config.discovery_chap, show_secrets);
+        }
+        if (config.discovery_mutual_chap) {
+            discovery["mutual_chap"] = credentials_json(*config.discovery_mutual_chap, show_secrets);
+        }
+        root["discovery"] = discovery;
+    }
+    if (!config.params.empty()) {
+        root["params"] = params_json(config.params);
+    }
+    if (!config.isns.server.empty()) {
+        json isns{{"server", config.isns.server}};
+        if (!config.isns.entity.empty()) {
+            isns["entity"] = config.isns.entity;
+        }
+        if (config.isns.esi_interval != IsnsSettings{}.esi_interval) {
+            isns["esi_interval"] = config.isns.esi_interval;
+        }
+        root["isns"] = isns;
+    }
+    json targets = json::array();
+    for (const TargetConfig& target : config.targets) {
+        json t{{"iqn", target.iqn}};
+        if (!target.alias.empty()) {
+            t["alias"] = target.alias;
+        }
+        json luns = json::array();
+        for (const LunConfig& lun : target.luns) {
+            // A kind that takes a secret in its spec (a remote LUN's CHAP) masks it in describe().
+            json l{{"lun", lun.lun},
+                   {"spec", show_secrets || !lun.device ? lun.spec : lun.device->describe()}};
+            if (lun.id) {
+                l["id"] = lun_id_text(*lun.id);
+            }
+            luns.push_back(l);
+        }
+        t["luns"] = luns;
+        if (!target.portals.empty()) {
+            t["portals"] = target.portals;
+        }
+        if (target.chap) {
+            t["chap"] = credentials_json(*target.chap, show_secrets);
+        }
+        if (target.mutual_chap) {
+            t["mutual_chap"] = credentials_json(*target.mutual_chap, show_secrets);
+        }
+        if (!target.acl.empty()) {
+            json allow = json::array();
+            for (const AclEntry& entry : target.acl) {
+                allow.push_back(acl_json(entry));
+            }
+            t["allow"] = allow;
+        }
+        if (!target.params.empty()) {
+            t["params"] = params_json(target.params);
+        }
+        targets.push_back(t);
+    }
+    root["targets"] = targets;
+    return root;
 }
 
 } // namespace ispace::iscsi_target

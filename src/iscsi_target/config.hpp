@@ -8,8 +8,11 @@
 #include "iscsi/params.hpp"
 #include "net/socket.hpp"
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -22,6 +25,10 @@ struct LunConfig {
     std::string spec; // as given: "var/lun0.img,size=1G,thin"
     // The spec as its kind read it (backstore/registry.hpp); not yet opened.
     std::shared_ptr<const backstore::Spec> device;
+    // The logical unit's identifier (VPD 83h NAA, VPD 80h serial), when the configuration pins it;
+    // otherwise derived from the device (a file's filesystem and inode), which a copy or a restore of
+    // the file, or a different device number after a reboot, would change.
+    std::optional<uint64_t> id;
 };
 
 // An address range an initiator may come from: "10.0.0.0/8", "fd00::/64", or one address.
@@ -58,11 +65,21 @@ struct TargetConfig {
     // What the target proves to an initiator that asks for mutual CHAP.
     std::optional<iscsi::ChapCredentials> mutual_chap;
     std::vector<AclEntry> acl;
+    // Portals of this target alone ("10.0.0.5:3260"): it is served on these and on the shared ones
+    // (ServerConfig::portals); a portal no other target names serves only this one.
+    std::vector<std::string> portals;
+    // Defaults for its new sessions by RFC 7143 key name, over the configuration's (ServerConfig::params).
+    std::map<std::string, std::string, std::less<>> params;
+    // What its logins offer and accept: resolve_negotiation() fills it from the two `params`; unset,
+    // the server's negotiation applies.
+    std::optional<iscsi::NegotiationConfig> negotiation;
 };
 
 struct PortalConfig {
     std::string listen; // "127.0.0.1:3260", "[::1]:3260"
     uint16_t tpgt = 1;  // target portal group tag; each portal is its own group in quick mode
+    // A shared portal serves every target; one that only targets' `portals` name serves only them.
+    bool shared = true;
 };
 
 // limits.buffer_memory unless configured: a sixteenth of the machine's memory, from 64 MiB to 512 MiB.
@@ -120,12 +137,17 @@ struct ServerConfig {
     std::optional<iscsi::ChapCredentials> discovery_mutual_chap;
     // Where persistent-reservation state (APTPL) is kept; empty: next to each file LUN as FILE.pr.
     std::string state_dir;
+    // Defaults for new sessions by RFC 7143 key name ("ImmediateData": "No"), over the daemon's own
+    // (default_target_negotiation()); resolve_negotiation() turns them into `negotiation`.
+    std::map<std::string, std::string, std::less<>> params;
     IsnsSettings isns;
 };
 
 // Settings given on the command line, applied over a configuration file (or over an empty one in quick
 // mode) by one rule: a flag that takes one value replaces the file's value; a repeatable flag (--listen,
-// --lun, --allow) adds entries to the file's list. Security settings apply to the target named by
+// --lun, --allow) adds entries to the file's list, except an entry the list has already (the same
+// portal, LUN spec or ACL entry: the daemon writes its flags into the file it persists, and the same
+// flags at the next start must not add them twice). Security settings apply to the target named by
 // --iqn, or to every target of the file when --iqn is not given; they are never dropped silently.
 struct ConfigOverlay {
     std::vector<std::string> listen; // portals added (a portal the file already has is not repeated)
@@ -133,7 +155,10 @@ struct ConfigOverlay {
     std::optional<std::string> state_dir;
     std::string iqn; // the target --alias/--lun/--chap/--allow apply to (created if new)
     std::optional<std::string> alias;
-    std::vector<std::string> luns; // numbered after the target's highest LUN
+    std::vector<std::string> luns; // numbered after the target's highest LUN...
+    // ...unless numbered here, one per entry of `luns` (a daemon that re-applies its flags over a
+    // changed file keeps the numbers they had at start-up).
+    std::vector<uint64_t> lun_numbers;
     std::optional<iscsi::ChapCredentials> chap;
     std::optional<iscsi::ChapCredentials> mutual_chap;
     std::vector<AclEntry> allow;
@@ -168,6 +193,24 @@ Result<void> validate(const ServerConfig& config);
 // fields; a file gives several targets and per-initiator ACLs.
 // LUN specs are read by `backstores`.
 Result<ServerConfig> load_config_file(const std::string& path, const backstore::Registry& backstores);
+// The same from a document already parsed (the control socket's `apply`); errors say where in it.
+// `base_dir`: where relative paths in the file (secret_file) are read from; empty for the current directory.
+Result<ServerConfig> config_from_json(const nlohmann::json& root, const backstore::Registry& backstores,
+                                      const std::string& base_dir = {});
+// The configuration as a document load_config_file() reads back to the same configuration: what
+// ispaced writes when a change made through the control socket is persisted. Settings still at their
+// defaults are left out. With `show_secrets` false, CHAP secrets are written as `masked_secret`.
+nlohmann::json config_to_json(const ServerConfig& config, bool show_secrets = true);
+inline constexpr std::string_view masked_secret = "********";
+
+// Sets config.negotiation (the daemon's defaults, then `params`) and each target's negotiation (when
+// it has params of its own), holding MaxBurstLength and FirstBurstLength within max_transfer_bytes.
+// Errors name the key and the target.
+Result<void> resolve_negotiation(ServerConfig& config);
+
+// A LUN identifier as the configuration writes it: 16 hex digits.
+std::string lun_id_text(uint64_t id);
+Result<uint64_t> parse_lun_id(std::string_view text);
 
 // The negotiation settings ispaced uses unless configured otherwise: digests allowed (None preferred,
 // the initiator decides), immediate data and unsolicited data accepted, several R2Ts in flight.

@@ -41,6 +41,9 @@ Connection::~Connection() {
     if (_nop_timer) {
         _reactor.cancel_timer(_nop_timer);
     }
+    if (_renegotiation.timer) {
+        _reactor.cancel_timer(_renegotiation.timer);
+    }
     // _transport goes before _pdu_pool (declaration order), returning unsent PDUs to the pool.
     _transport.reset();
 }
@@ -53,6 +56,7 @@ void Connection::start() {
     _login_timer = _reactor.add_timer(_server.config().limits.login_timeout, [this] {
         _login_timer = 0;
         if (_phase == Phase::login) {
+            _server.count_login_timeout(_reactor);
             drop(fmt::format("login not completed within {} ms",
                              _server.config().limits.login_timeout.count()));
         }
@@ -114,6 +118,7 @@ void Connection::send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data)
 }
 
 void Connection::reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why) {
+    _server.count_reject(_reactor, reason);
     g_reject_log.warn("connection {}: rejecting {}: {}", _name, iscsi::describe(bhs), why);
     iscsi::Reject reject;
     reject.reason = reason;
@@ -172,6 +177,9 @@ void Connection::closed(const std::string& reason) {
     if (_login_timer) {
         _reactor.cancel_timer(_login_timer);
         _login_timer = 0;
+    }
+    if (_renegotiation.done) {
+        finish_renegotiation(make_error("the connection closed: " + reason, ENOTCONN));
     }
     if (_nop_timer) {
         _reactor.cancel_timer(_nop_timer);
@@ -308,6 +316,7 @@ void Connection::read_error(const iscsi::ReadError& error) {
         }
         _arriving = nullptr;
         if (_phase == Phase::login) {
+            _server.count_login_failure(_reactor, iscsi::LoginStatus::initiator_error);
             send_login_response(_login->fail(iscsi::LoginStatus::initiator_error, error.message));
             close_after_flush("login failed: " + error.message);
             return;
@@ -347,6 +356,7 @@ void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
             iscsi::LoginStatus::invalid_during_login,
             fmt::format("{} before the login completed", iscsi::opcode_name(pdu.bhs.raw_opcode())));
         send_login_response(response);
+        _server.count_login_failure(_reactor, response.header.status());
         g_login_log.warn("connection {}: login failed: {} ({})", _name,
                          iscsi::describe(response.header.status()), _login->reason());
         close_after_flush("login failed");
@@ -377,6 +387,7 @@ void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
         close_after_flush("login redirected");
         return;
     case iscsi::LoginState::failed:
+        _server.count_login_failure(_reactor, _login->status());
         g_login_log.warn("connection {}: login failed: {} ({})", _name, iscsi::describe(_login->status()),
                          _login->reason());
         if (_slot && !_slot->session) {
@@ -390,7 +401,8 @@ void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
 iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
     _name = fmt::format("{} {}", _peer.to_string(), identity.initiator_name);
     iscsi::LoginTargetInfo info;
-    info.negotiation = _server.config().negotiation;
+    auto live = _server.live();
+    info.negotiation = live->negotiation;
     info.target_portal_group_tag = _tpgt;
     if (_server.stopping()) {
         info.status = iscsi::LoginStatus::service_unavailable;
@@ -398,13 +410,19 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
     }
     if (identity.session_type == iscsi::SessionType::discovery) {
         info.auth_methods = {
-            std::string(_server.config().discovery_chap ? iscsi::auth_method_chap : iscsi::auth_method_none)};
+            std::string(live->discovery_chap ? iscsi::auth_method_chap : iscsi::auth_method_none)};
         return info;
     }
     _target = _server.find_target(identity.target_name);
     if (_target == nullptr) {
         info.status = iscsi::LoginStatus::target_not_found;
         g_login_log.warn("connection {}: login to unknown target '{}'", _name, identity.target_name);
+        return info;
+    }
+    if (!_server.serves(*_target, _tpgt)) {
+        info.status = iscsi::LoginStatus::target_not_found;
+        log_warn("connection {}: login to {}, which portal group {} does not serve", _name, _target->iqn,
+                 _tpgt);
         return info;
     }
     if (!_server.may_access(*_target, identity.initiator_name, _peer)) {
@@ -414,6 +432,9 @@ iscsi::LoginTargetInfo Connection::start(const iscsi::LoginIdentity& identity) {
         return info;
     }
     auto target_config = _target->config();
+    if (target_config->negotiation) {
+        info.negotiation = *target_config->negotiation; // ispace param set IQN KEY=VALUE
+    }
     info.negotiation.alias = target_config->alias; // TargetAlias is the target's own
     // With CHAP configured, None is not acceptable: an initiator that cannot authenticate is refused.
     info.auth_methods = {
@@ -447,11 +468,12 @@ std::unique_ptr<iscsi::Authenticator> Connection::authenticator(std::string_view
     }
     iscsi::ChapTargetConfig chap;
     if (identity.session_type == iscsi::SessionType::discovery) {
-        if (!_server.config().discovery_chap) {
+        auto live = _server.live();
+        if (!live->discovery_chap) {
             return nullptr;
         }
-        chap.users.push_back(*_server.config().discovery_chap);
-        chap.mutual = _server.config().discovery_mutual_chap;
+        chap.users.push_back(*live->discovery_chap);
+        chap.mutual = live->discovery_mutual_chap;
     } else {
         auto target_config = _target ? _target->config() : nullptr;
         if (!target_config || !target_config->chap) {
@@ -629,7 +651,10 @@ void Connection::adopt(Server& server, net::Reactor& reactor, Handover handover)
 
 void Connection::apply_reader_limits() {
     iscsi::ReaderLimits limits;
-    limits.max_data_segment_length = _params.max_recv_data_segment_length;
+    // Never lowered: after a renegotiation to a smaller value, PDUs the initiator sent before it read
+    // the new value may still be on the wire, and they were legal when sent.
+    _reader_max_segment = std::max(_reader_max_segment, _params.max_recv_data_segment_length);
+    limits.max_data_segment_length = _reader_max_segment;
     limits.header_digest = _params.header_digest == iscsi::Digest::crc32c;
     limits.data_digest = _params.data_digest == iscsi::Digest::crc32c;
     _reader.set_limits(limits);
@@ -894,7 +919,7 @@ void Connection::answer_text(const iscsi::TextRequest& request, const iscsi::Key
         }
         for (const auto& target : listed) {
             answer.push_back({"TargetName", target->iqn});
-            for (auto& address : _server.target_addresses(_local)) {
+            for (auto& address : _server.target_addresses(_local, target.get())) {
                 answer.push_back({"TargetAddress", address});
             }
         }
@@ -905,7 +930,11 @@ void Connection::answer_text(const iscsi::TextRequest& request, const iscsi::Key
         context.leading = false;
         context.login = false;
         context.session = _session->params();
-        iscsi::Negotiator negotiator(_server.config().negotiation, context);
+        auto target_config = _session->target() ? _session->target()->config() : nullptr;
+        iscsi::NegotiationConfig config = target_config && target_config->negotiation
+                                              ? *target_config->negotiation
+                                              : _server.live()->negotiation;
+        iscsi::Negotiator negotiator(config, context);
         auto received = negotiator.receive(negotiated, iscsi::LoginStage::full_feature, answer);
         if (!received) {
             iscsi::Bhs bhs;
@@ -914,6 +943,18 @@ void Connection::answer_text(const iscsi::TextRequest& request, const iscsi::Key
             reject(bhs, iscsi::RejectReason::protocol_error, received.error().message);
             return;
         }
+        if (negotiator.declared(iscsi::KeyId::max_recv_data_segment_length)) {
+            // The initiator declared a new MaxRecvDataSegmentLength (Use: ALL): we send at most that.
+            _params.max_send_data_segment_length =
+                negotiator.connection_params().max_send_data_segment_length;
+        }
+    }
+    if (_renegotiation.done && !_renegotiation.answering) {
+        // The Text Request our negotiation request (AsyncEvent 4) asked for: the keys go in its answer.
+        for (const iscsi::KeyValue& kv : _renegotiation.keys) {
+            answer.push_back(kv);
+        }
+        _renegotiation.answering = true;
     }
     _text_out = iscsi::encode_text(answer);
     _text_out_offset = 0;
@@ -947,6 +988,78 @@ void Connection::send_text_chunk(const iscsi::TextRequest& request) {
     if (last) {
         _text_out.clear();
         _text_out_offset = 0;
+        if (_renegotiation.answering) {
+            apply_renegotiated_keys();
+            finish_renegotiation({});
+        }
+    }
+}
+
+// ---- Renegotiation asked by the target (RFC 7143 §11.9.1, AsyncEvent 4) --------------------------
+
+void Connection::request_negotiation(iscsi::KeyValueList keys, std::chrono::seconds wait,
+                                     Function<void(Result<void>)> done) {
+    if (_phase != Phase::full_feature || _session == nullptr) {
+        done(make_error("the connection is not in full feature phase", ENOTCONN));
+        return;
+    }
+    if (_renegotiation.done) {
+        done(make_error("a negotiation the target asked for is still in progress on this connection", EBUSY));
+        return;
+    }
+    _renegotiation.keys = std::move(keys);
+    _renegotiation.done = std::move(done);
+    _renegotiation.answering = false;
+    iscsi::AsyncMessage message;
+    message.event = iscsi::AsyncEvent::negotiation_request;
+    message.parameter3 =
+        uint16_t(std::min<int64_t>(wait.count(), 0xffff)); // the initiator's deadline, seconds
+    message.stat_sn = take_stat_sn();
+    message.exp_cmd_sn = _session->exp_cmd_sn();
+    message.max_cmd_sn = _session->max_cmd_sn();
+    iscsi::Bhs bhs;
+    message.encode(bhs);
+    send(bhs);
+    log_info("{}: asked for a negotiation (AsyncEvent 4) of {} key(s)", _name, _renegotiation.keys.size());
+    _renegotiation.timer = _reactor.add_timer(wait + std::chrono::seconds(1), [this, wait] {
+        _renegotiation.timer = 0;
+        if (_renegotiation.done && !_renegotiation.answering) {
+            finish_renegotiation(make_error(
+                fmt::format("the initiator sent no Text Request within {} s of the negotiation request "
+                            "(AsyncEvent 4); it may not support one (open-iscsi drops the session, libiscsi "
+                            "ignores it). The new value applies to its next login",
+                            wait.count()),
+                ETIMEDOUT));
+        }
+    });
+}
+
+void Connection::apply_renegotiated_keys() {
+    for (const iscsi::KeyValue& kv : _renegotiation.keys) {
+        if (kv.key == iscsi::key_def(iscsi::KeyId::max_recv_data_segment_length).name) {
+            auto value = iscsi::parse_number(kv.value);
+            if (value) {
+                _params.max_recv_data_segment_length = uint32_t(*value);
+                apply_reader_limits();
+            }
+        }
+    }
+    std::string keys;
+    for (const iscsi::KeyValue& kv : _renegotiation.keys) {
+        keys += fmt::format("{}{}={}", keys.empty() ? "" : " ", kv.key, kv.value);
+    }
+    log_info("connection {}: renegotiated {}", _name, keys);
+}
+
+void Connection::finish_renegotiation(Result<void> result) {
+    if (_renegotiation.timer) {
+        _reactor.cancel_timer(_renegotiation.timer);
+        _renegotiation.timer = 0;
+    }
+    auto done = std::move(_renegotiation.done);
+    _renegotiation = {};
+    if (done) {
+        done(std::move(result));
     }
 }
 

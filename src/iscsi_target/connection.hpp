@@ -16,6 +16,7 @@
 #include "net/transport.hpp"
 
 #include <array>
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -58,6 +59,15 @@ public:
     net::Reactor& reactor() { return _reactor; }
     // "127.0.0.1:50412 iqn.1994-05.com.redhat:abc" for log lines.
     const std::string& name() const { return _name; }
+    const net::Endpoint& peer() const { return _peer; }
+    const net::Endpoint& local() const { return _local; }
+    uint16_t tpgt() const { return _tpgt; }
+    // Declares `keys` anew (ispace param set --session): an Asynchronous Message with AsyncEvent 4 asks
+    // the initiator for a Text Request within `wait` (Parameter3, RFC 7143 §11.9.1); the Text Response
+    // carries the keys, which apply once it is sent. `done` runs on this reactor when that happened, or
+    // with an error when the initiator did not ask in time or the connection closed.
+    void request_negotiation(iscsi::KeyValueList keys, std::chrono::seconds wait,
+                             Function<void(Result<void>)> done);
     // Drops the connection now (ERL 0 answer to protocol errors), logging why.
     void drop(const std::string& reason);
     // Sends what is queued, then closes (after a Logout Response).
@@ -133,6 +143,8 @@ private:
     void closed(const std::string& reason);
     // OutPdu::Pool::Listener
     void pdu_returned(size_t bytes) override;
+    void finish_renegotiation(Result<void> result);
+    void apply_renegotiated_keys();
 
     Server& _server;
     net::Reactor& _reactor;
@@ -181,6 +193,17 @@ private:
     size_t _text_out_offset = 0;
     uint32_t _text_ttt = 0;
     uint32_t _next_ttt = 1;
+
+    // A negotiation the target asked for (request_negotiation): the keys go in the answer to the next
+    // Text Request the initiator starts, and apply once that answer is sent.
+    struct Renegotiation {
+        iscsi::KeyValueList keys;
+        Function<void(Result<void>)> done;
+        net::Reactor::TimerId timer = 0;
+        bool answering = false; // the keys are in the Text Response being sent
+    };
+    Renegotiation _renegotiation;
+    uint32_t _reader_max_segment = 0; // the reader's MaxRecvDataSegmentLength bound (never lowered)
 
     // Keepalive: a NOP-In ping when idle, a drop when silent too long.
     net::Reactor::TimerId _nop_timer = 0;

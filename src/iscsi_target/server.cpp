@@ -197,6 +197,7 @@ public:
     const std::string listen; // as configured: "127.0.0.1:3260"
     const uint16_t tpgt;
     const net::Endpoint bound;
+    std::atomic<bool> shared{true}; // serves every target, not only those that name it
 
 private:
     Server& _server;
@@ -211,6 +212,19 @@ Server::Server(ServerConfig config, net::ReactorGroup& reactors)
       _buffer_budget(std::make_shared<BufferBudget>(_config.limits.buffer_memory)), _local(reactors.size()) {
     _config.portals.clear();
     _config.targets.clear();
+    _live = std::make_shared<const LiveSettings>(
+        LiveSettings{_config.negotiation, _config.discovery_chap, _config.discovery_mutual_chap});
+}
+
+std::shared_ptr<const LiveSettings> Server::live() const {
+    std::lock_guard lock(_live_mutex);
+    return _live;
+}
+
+void Server::set_live(LiveSettings settings) {
+    auto next = std::make_shared<const LiveSettings>(std::move(settings));
+    std::lock_guard lock(_live_mutex);
+    _live = std::move(next);
 }
 
 Server::~Server() = default;
@@ -235,6 +249,7 @@ Result<net::Endpoint> Server::add_portal(const PortalConfig& portal) {
     uint16_t tpgt = portal.tpgt ? portal.tpgt : _next_tpgt;
     _next_tpgt = std::max<uint16_t>(_next_tpgt, uint16_t(tpgt + 1));
     auto listener = std::make_shared<Listener>(*this, portal.listen, *fd, *bound, tpgt);
+    listener->shared.store(portal.shared);
     _listeners.push_back(listener);
     lock.unlock();
     // ALUA: a portal group is a target port and a group, on every target.
@@ -264,6 +279,34 @@ Result<void> Server::remove_portal(std::string_view listen) {
     net::Reactor& first = _reactors.at(0);
     first.post([gone, &first] { gone->close_socket(first); });
     return {};
+}
+
+Result<void> Server::set_portal_shared(std::string_view listen, bool shared) {
+    std::lock_guard lock(_portals_mutex);
+    for (const auto& listener : _listeners) {
+        if (listener->listen == listen || listener->bound.to_string() == listen) {
+            listener->shared.store(shared);
+            return {};
+        }
+    }
+    return make_error(fmt::format("listen {}: no such portal", listen), ENOENT);
+}
+
+bool Server::serves(const Target& target, uint16_t tpgt) const {
+    std::string listen;
+    {
+        std::lock_guard lock(_portals_mutex);
+        auto it = std::find_if(_listeners.begin(), _listeners.end(),
+                               [&](const auto& listener) { return listener->tpgt == tpgt; });
+        // A connection that arrived on no portal we know (removed since, or injected by a test) is
+        // treated as on a shared one.
+        if (it == _listeners.end() || (*it)->shared.load()) {
+            return true;
+        }
+        listen = (*it)->listen;
+    }
+    auto config = target.config();
+    return std::find(config->portals.begin(), config->portals.end(), listen) != config->portals.end();
 }
 
 void Server::listen_on_reactor(std::shared_ptr<Listener> listener) {
@@ -351,10 +394,16 @@ std::vector<std::shared_ptr<Target>> Server::targets() const {
     return out;
 }
 
-std::vector<std::string> Server::target_addresses(const net::Endpoint& local) const {
+std::vector<std::string> Server::target_addresses(const net::Endpoint& local, const Target* target) const {
     std::vector<std::string> addresses;
+    auto config = target ? target->config() : nullptr;
     std::lock_guard lock(_portals_mutex);
     for (const auto& listener : _listeners) {
+        if (config && !listener->shared.load() &&
+            std::find(config->portals.begin(), config->portals.end(), listener->listen) ==
+                config->portals.end()) {
+            continue; // a portal of other targets only
+        }
         net::Endpoint shown = listener->bound;
         // A wildcard portal is reported with the address the initiator reached us on.
         bool wildcard = false;

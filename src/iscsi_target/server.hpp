@@ -2,6 +2,7 @@
 // reactors everything runs on. ispaced's main() builds a ServerConfig and runs one Server.
 #pragma once
 
+#include "common/counter.hpp"
 #include "common/result.hpp"
 #include "iscsi_target/buffer_budget.hpp"
 #include "iscsi_target/config.hpp"
@@ -10,12 +11,14 @@
 #include "net/transport.hpp"
 #include "scsi/target.hpp"
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -68,6 +71,46 @@ struct SessionSlot {
     bool ready = false;          // the Session exists and `params` are its negotiated parameters
     iscsi::SessionParams params; // immutable once ready
     std::set<uint16_t> cids;     // connections in the session (and logging in to it)
+};
+
+// What a session looks like from the outside (ispace session list): its identity, every key it
+// negotiated and its connections. Gathered on the session's reactor (Server::describe_sessions).
+struct ConnectionInfo {
+    uint16_t cid = 0;
+    std::string peer;  // "10.0.0.7:51412"
+    std::string local; // the address the initiator reached
+    uint16_t portal_group = 0;
+    iscsi::KeyValueList keys;           // HeaderDigest, DataDigest, MaxRecvDataSegmentLength (the target's)
+    iscsi::KeyValueList initiator_keys; // MaxRecvDataSegmentLength as the initiator declared it
+};
+struct SessionInfo {
+    uint16_t tsih = 0;
+    std::string initiator;
+    std::string isid; // 12 hex digits
+    std::string target;
+    iscsi::KeyValueList keys; // every session-wide key (iscsi/param_settings.hpp)
+    std::vector<ConnectionInfo> connections;
+    size_t tasks = 0; // commands in the session's task table
+};
+
+// The settings logins read that may change while the daemon runs (ispace param set, apply, SIGHUP):
+// an immutable snapshot swapped whole, read once per login.
+struct LiveSettings {
+    iscsi::NegotiationConfig negotiation; // for targets without a negotiation of their own
+    std::optional<iscsi::ChapCredentials> discovery_chap;
+    std::optional<iscsi::ChapCredentials> discovery_mutual_chap;
+};
+
+// Counters for metrics, summed over reactors when read (Server::statistics).
+struct ServerStatistics {
+    struct PerTarget {
+        uint64_t sessions = 0;
+        uint64_t connections = 0;
+    };
+    std::map<std::string, PerTarget> targets;       // every served target, with zeroes too
+    std::map<std::string, uint64_t> login_failures; // by reason: "authentication_failure", "timeout"...
+    std::map<std::string, uint64_t> rejected_pdus;  // by Reject reason: "protocol_error"...
+    uint64_t discovery_sessions = 0;
 };
 
 // Sessions by (InitiatorName, ISID, TargetName) and by TSIH, for reinstatement and for adding
@@ -124,6 +167,11 @@ public:
     // Stops listening on the portal named as in add_portal or as bound (connections already open go
     // on).
     Result<void> remove_portal(std::string_view listen);
+    // A shared portal serves every target; an unshared one only the targets whose `portals` name it.
+    Result<void> set_portal_shared(std::string_view listen, bool shared);
+    // Whether a login that arrived on portal group `tpgt` may reach `target` (SendTargets lists a
+    // target's addresses by the same rule).
+    bool serves(const Target& target, uint16_t tpgt) const;
     // Starts accepting on every portal. The reactors must be running.
     void start();
     // The portals as bound (port 0 resolved), in the order added.
@@ -143,6 +191,25 @@ public:
     std::shared_ptr<Target> find_target(std::string_view iqn) const;
     std::vector<std::shared_ptr<Target>> targets() const;
 
+    // --- live settings and introspection (blocking: not from a reactor) ---
+    std::shared_ptr<const LiveSettings> live() const;
+    void set_live(LiveSettings settings);
+    // Every normal session as it is now: each reactor describes its own (no lock on the I/O path).
+    // Sessions on a reactor that does not answer within `timeout` are left out.
+    std::vector<SessionInfo> describe_sessions(std::chrono::milliseconds timeout) const;
+    // Ends the session with TSIH `tsih` (its connections closed, its tasks aborted); returns once it
+    // is gone, or after `wait` with an error saying it is still draining.
+    Result<void> close_session(uint16_t tsih, const std::string& reason, std::chrono::milliseconds wait);
+    // Closes the sessions of `iqn` whose initiator the target's ACL no longer admits (after an ACL
+    // change): LIO does the same when a node ACL is deleted.
+    void close_sessions_not_admitted(const std::string& iqn);
+    // Declares `keys` anew on every connection of session `tsih` (RFC 7143 §11.9.1, AsyncEvent 4: the
+    // initiator answers with a Text Request, which the target answers with the keys). Keys must pass
+    // iscsi::check_renegotiable. Returns once every connection completed the exchange, or with an error
+    // naming the connections whose initiator did not answer within `wait`.
+    Result<void> renegotiate(uint16_t tsih, const iscsi::KeyValueList& keys, std::chrono::seconds wait);
+    ServerStatistics statistics() const;
+
     // Stops accepting, closes every connection, waits up to `grace` for tasks to finish and flushes
     // the backstores. The reactors keep running (their owner stops them afterwards). Returns false if
     // something did not finish in time.
@@ -161,7 +228,9 @@ public:
     SessionRegistry& sessions() { return _sessions; }
     net::ReactorGroup& reactors() { return _reactors; }
     // "TargetAddress" values for SendTargets: every portal, with `local` replacing a wildcard address.
-    std::vector<std::string> target_addresses(const net::Endpoint& local) const;
+    // With `target`, only the portals that serve it (serves()).
+    std::vector<std::string> target_addresses(const net::Endpoint& local,
+                                              const Target* target = nullptr) const;
 
     // Connection bookkeeping (reactor-local lists, plus a global count for limits and shutdown).
     void connection_opened(Connection& connection);
@@ -179,6 +248,11 @@ public:
     void session_created() { ++_live_sessions; }
     void session_destroyed();
 
+    // Metrics, from the connection's reactor.
+    void count_login_failure(net::Reactor& reactor, iscsi::LoginStatus status);
+    void count_login_timeout(net::Reactor& reactor);
+    void count_reject(net::Reactor& reactor, iscsi::RejectReason reason);
+
     // Closes every session of the target named `iqn` on every reactor (TARGET COLD RESET ends all
     // I_T nexuses; a removed target ends its sessions).
     void close_sessions_of(const std::string& iqn, std::string reason);
@@ -189,8 +263,29 @@ public:
 
 private:
     class Listener;
-    struct ReactorLocal {
+    // Reasons a login fails, as metric labels; the index is what ReactorLocal counts.
+    static constexpr std::string_view login_failure_reasons[] = {"initiator_error",
+                                                                 "authentication_failure",
+                                                                 "authorization_failure",
+                                                                 "target_not_found",
+                                                                 "target_removed",
+                                                                 "unsupported_version",
+                                                                 "too_many_connections",
+                                                                 "missing_parameter",
+                                                                 "cannot_include",
+                                                                 "session_type",
+                                                                 "session_does_not_exist",
+                                                                 "invalid_during_login",
+                                                                 "target_error",
+                                                                 "service_unavailable",
+                                                                 "out_of_resources",
+                                                                 "timeout",
+                                                                 "other"};
+    static constexpr size_t reject_reasons = 16;
+    struct alignas(64) ReactorLocal {
         std::vector<Connection*> connections;
+        std::array<LocalCounter, std::size(login_failure_reasons)> login_failures{};
+        std::array<LocalCounter, reject_reasons> rejects{};
     };
 
     void accept_ready(Listener& listener);
@@ -202,6 +297,8 @@ private:
     ServerConfig _config;
     net::ReactorGroup& _reactors;
     std::shared_ptr<BufferBudget> _buffer_budget;
+    mutable std::mutex _live_mutex;
+    std::shared_ptr<const LiveSettings> _live;
     // Portals: added and removed by the control thread, served on reactor 0.
     mutable std::mutex _portals_mutex;
     std::vector<std::shared_ptr<Listener>> _listeners;

@@ -2,6 +2,7 @@
 
 #include "common/log.hpp"
 #include "common/log_limit.hpp"
+#include "iscsi/param_settings.hpp"
 #include "iscsi_target/connection.hpp"
 #include "iscsi_target/server.hpp"
 #include "net/reactor.hpp"
@@ -1000,6 +1001,65 @@ void Session::maybe_destroy() {
             callback();
         }
     });
+}
+
+// ---- Introspection and run-time parameters --------------------------------------------------------
+
+void Session::describe(SessionInfo& info) const {
+    info.tsih = _tsih;
+    info.initiator = _params.initiator_name;
+    info.isid = fmt::format("{:012x}", _isid);
+    info.target = _target ? _target->iqn : std::string();
+    info.keys = iscsi::describe(_params);
+    info.tasks = _commands.size();
+    for (const Connection* c : _connections) {
+        ConnectionInfo ci;
+        ci.cid = c->cid();
+        ci.peer = c->peer().to_string();
+        ci.local = c->local().to_string();
+        ci.portal_group = c->tpgt();
+        ci.keys = iscsi::describe(c->params(), &ci.initiator_keys);
+        info.connections.push_back(std::move(ci));
+    }
+}
+
+std::vector<net::Endpoint> Session::peers() const {
+    std::vector<net::Endpoint> out;
+    for (const Connection* c : _connections) {
+        out.push_back(c->peer());
+    }
+    return out;
+}
+
+void Session::renegotiate(const iscsi::KeyValueList& keys, std::chrono::seconds wait,
+                          Function<void(Result<void>)> done) {
+    if (_connections.empty() || _ended) {
+        done(make_error("the session has no connection left", ENOTCONN));
+        return;
+    }
+    struct Join {
+        size_t pending = 0;
+        std::vector<std::string> failures;
+        Function<void(Result<void>)> done;
+    };
+    auto join = std::make_shared<Join>();
+    join->pending = _connections.size();
+    join->done = std::move(done);
+    std::vector<Connection*> connections = _connections;
+    for (Connection* c : connections) {
+        c->request_negotiation(keys, wait, [join, cid = c->cid()](Result<void> result) {
+            if (!result) {
+                join->failures.push_back(fmt::format("connection {}: {}", cid, result.error().message));
+            }
+            if (--join->pending == 0) {
+                if (join->failures.empty()) {
+                    join->done(Result<void>{});
+                } else {
+                    join->done(make_error(fmt::format("{}", fmt::join(join->failures, "; ")), ETIMEDOUT));
+                }
+            }
+        });
+    }
 }
 
 } // namespace ispace::iscsi_target

@@ -18,11 +18,14 @@
 #include "common/function.hpp"
 #include "iscsi/login.hpp"
 #include "iscsi/pdu.hpp"
+#include "iscsi/text.hpp"
 #include "iscsi_target/buffer_budget.hpp"
 #include "net/reactor.hpp"
+#include "net/socket.hpp"
 #include "scsi/sense.hpp"
 #include "scsi/task.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -36,6 +39,7 @@ namespace ispace::iscsi_target {
 class Connection;
 class Server;
 struct AclEntry;
+struct SessionInfo;
 struct SessionSlot;
 class Target;
 
@@ -119,6 +123,13 @@ public:
 
     // A connection's backlog drained (it reads again): commands waiting for it may go.
     void backlog_drained();
+    // --- introspection and run-time parameters (Server, by post() to this reactor) ---
+    void describe(SessionInfo& info) const;
+    std::vector<net::Endpoint> peers() const;
+    // Asks every connection to negotiate `keys` again (Connection::request_negotiation); `done` runs
+    // once all have finished, with an error naming those that failed.
+    void renegotiate(const iscsi::KeyValueList& keys, std::chrono::seconds wait,
+                     Function<void(Result<void>)> done);
 
     uint32_t exp_cmd_sn() const { return _exp_cmd_sn; }
     uint32_t max_cmd_sn() const;

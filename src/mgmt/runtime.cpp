@@ -145,6 +145,9 @@ Result<void> Runtime::open_lun(iscsi_target::Target& target, const iscsi_target:
     scsi::LuOptions options;
     options.max_transfer_bytes = _settings.limits.max_transfer_bytes;
     options.sanitize_bytes_per_second = _settings.limits.sanitize_bytes_per_second;
+    // A pinned identity (the configuration's "id") survives a copy of the file or a new device number.
+    options.identity.naa = lc.id.value_or(0);
+    options.stats_reactors = reactors().size();
     auto state_path = pr_state_path(target.iqn, lc);
     if (!state_path) {
         return make_error(fmt::format("lun {}: {}", lc.lun, state_path.error().message));
@@ -343,7 +346,7 @@ Result<void> Runtime::remove_portal(std::string_view listen) {
 }
 
 Result<uint64_t> Runtime::add_lun(std::string_view iqn, std::optional<uint64_t> lun,
-                                  std::string_view spec_text) {
+                                  std::string_view spec_text, std::optional<uint64_t> id) {
     assert_not_on_reactor("Runtime::add_lun");
     std::lock_guard lock(_catalog_mutex);
     auto found = target(iqn);
@@ -376,7 +379,7 @@ Result<uint64_t> Runtime::add_lun(std::string_view iqn, std::optional<uint64_t> 
     if (auto ok = (*spec)->check(); !ok) {
         return ok.error();
     }
-    iscsi_target::LunConfig lc{number, std::string(spec_text), std::move(*spec)};
+    iscsi_target::LunConfig lc{number, std::string(spec_text), std::move(*spec), id};
     if (auto opened = open_lun(**found, lc); !opened) {
         return opened.error();
     }

@@ -88,7 +88,9 @@ public:
     Result<net::Endpoint> add_portal(const std::string& listen);
     Result<void> remove_portal(std::string_view listen);
     // Opens `spec` and serves it as LUN `lun` (the lowest free number when not given); the number used.
-    Result<uint64_t> add_lun(std::string_view iqn, std::optional<uint64_t> lun, std::string_view spec);
+    // `id` pins the LU's identifier (VPD 83h/80h); without it the device's identity gives one.
+    Result<uint64_t> add_lun(std::string_view iqn, std::optional<uint64_t> lun, std::string_view spec,
+                             std::optional<uint64_t> id = std::nullopt);
     // Removes the LUN: new commands for it fail at once, commands in flight are aborted, and this
     // returns once its device is closed (or `wait` has passed: then it is closed when its last command
     // leaves, and the error says so).

@@ -59,6 +59,7 @@ void Execution::reset(Task& task, LogicalUnit* lu, TargetDevice& target) {
     _finish_pending = false;
     _abandoned = false;
     _serial = next_serial.fetch_add(1, std::memory_order_relaxed);
+    _arrived = std::chrono::steady_clock::now();
     _io_error = 0;
     _abort_requested.store(false, std::memory_order_relaxed);
     _cancel_sent = false;
@@ -359,6 +360,17 @@ void Execution::finish_now() {
     Task& t = *_task;
     // Before the task goes back to the fabric: whoever waits for the range may go on.
     unlock_range();
+    if (_lu && _op) {
+        // Per reactor, no shared write (lu.hpp): what the metrics report per LUN. Before detach(): the
+        // last task to leave a removed LU may be what frees it.
+        IoClass io_class = (_op->flags & op_writes_medium) ? IoClass::write
+                           : (_op->flags & op_pr_read)     ? IoClass::read
+                                                           : IoClass::other;
+        uint64_t bytes = t.status == Status::good ? std::min(t.transfer_length, t.expected_length) : 0;
+        auto latency = std::chrono::steady_clock::now() - _arrived;
+        _lu->count(t.reactor ? t.reactor->index() : 0, io_class, bytes,
+                   uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(latency).count()));
+    }
     std::vector<TmfOp*> tmfs;
     bool aborted = _abandoned;
     if (_lu) {

@@ -21,6 +21,7 @@
 #include "scsi_spec/sense.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -137,6 +138,7 @@ private:
     bool _finish_pending = false;
     bool _abandoned = false; // data_out_done(false): the fabric gave the task up
     uint64_t _serial = 0;
+    std::chrono::steady_clock::time_point _arrived; // for the LU's latency histogram
 
     backstore::IoRequest _io;
     iovec _iov{};

@@ -52,6 +52,8 @@ LogicalUnit::LogicalUnit(TargetDevice& target, uint64_t lun, std::unique_ptr<bac
     _serial = _options.identity.serial.empty() ? fmt::format("{:016x}", _identifier)
                                                : printable(_options.identity.serial, 64);
     _reservations = std::make_unique<Reservations>(_options.pr_state_path, fmt::format("lun {}", _lun));
+    _stats_slots = std::max(1u, _options.stats_reactors);
+    _stats = std::make_unique<LuReactorStats[]>(_stats_slots);
     ModeValues defaults = default_mode_values();
     _wce.store(defaults.wce);
     _d_sense.store(defaults.d_sense);
@@ -368,6 +370,22 @@ bool LogicalUnit::detach(Execution& cmd, std::vector<TmfOp*>& tmfs) {
 size_t LogicalUnit::task_count() const {
     std::lock_guard lock(_mutex);
     return _task_count;
+}
+
+LuStatistics LogicalUnit::statistics() const {
+    LuStatistics out;
+    for (unsigned r = 0; r < _stats_slots; ++r) {
+        const LuReactorStats& s = _stats[r];
+        for (size_t c = 0; c < io_class_count; ++c) {
+            out.commands[c] += s.commands[c].get();
+            out.bytes[c] += s.bytes[c].get();
+            out.latency_sum_us[c] += s.latency[c].sum_us();
+            for (size_t b = 0; b < LocalHistogram::bucket_count; ++b) {
+                out.latency_buckets[c][b] += s.latency[c].bucket(b);
+            }
+        }
+    }
+    return out;
 }
 
 } // namespace ispace::scsi

@@ -9,12 +9,14 @@
 #pragma once
 
 #include "backstore/device.hpp"
+#include "common/counter.hpp"
 #include "common/function.hpp"
 #include "scsi/block_state.hpp"
 #include "scsi/pr.hpp"
 #include "scsi/target.hpp"
 #include "scsi/ua.hpp"
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -34,6 +36,26 @@ struct ModeValues {
     bool wce = true;      // Caching page: write cache enabled
     bool d_sense = false; // Control page: descriptor format sense data
     bool swp = false;     // Control page: software write protect
+};
+
+// What the LU counts per command, for metrics: the class of the command (it reads the medium, writes
+// it, or neither), the bytes it moved and how long it took from arrival in the engine to completion.
+enum class IoClass : uint8_t { read, write, other };
+inline constexpr size_t io_class_count = 3;
+
+// One reactor's counters (written only by that reactor, read by anyone: common/counter.hpp).
+struct alignas(64) LuReactorStats {
+    std::array<LocalCounter, io_class_count> commands{};
+    std::array<LocalCounter, io_class_count> bytes{};
+    std::array<LocalHistogram, io_class_count> latency{};
+};
+
+// The sum over reactors, as a scrape sees it.
+struct LuStatistics {
+    std::array<uint64_t, io_class_count> commands{};
+    std::array<uint64_t, io_class_count> bytes{};
+    std::array<std::array<uint64_t, LocalHistogram::bucket_count>, io_class_count> latency_buckets{};
+    std::array<uint64_t, io_class_count> latency_sum_us{};
 };
 
 // Lifetime: a TargetDevice holds its LUs by shared_ptr whose deleter is retire(): the last holder
@@ -95,6 +117,19 @@ public:
     // A flush of the device not tied to a task (SYNCHRONIZE CACHE with IMMED, shutdown). On a reactor
     // thread; `done(0 or -errno)` runs there later. 0/0 is the whole device.
     void flush(Function<void(int error)> done, uint64_t offset = 0, uint64_t length = 0);
+
+    // --- statistics ---
+    // A command finished on reactor `reactor` (its thread only).
+    void count(unsigned reactor, IoClass io_class, uint64_t bytes, uint64_t latency_us) {
+        if (reactor < _stats_slots) {
+            LuReactorStats& s = _stats[reactor];
+            s.commands[size_t(io_class)].add();
+            s.bytes[size_t(io_class)].add(bytes);
+            s.latency[size_t(io_class)].observe(latency_us);
+        }
+    }
+    // From any thread: the counters of every reactor, summed.
+    LuStatistics statistics() const;
 
     // --- life cycle (target.hpp: live changes) ---
     // Removed from its target: tasks that still find it are refused at attach(). `on_destroyed` runs in
@@ -159,6 +194,8 @@ private:
     std::unique_ptr<Reservations> _reservations;
     std::vector<uint64_t> _preventing; // under _mutex: nexuses with medium removal prevented
     std::unique_ptr<BlockState> _block_state = std::make_unique<BlockState>();
+    unsigned _stats_slots = 0;
+    std::unique_ptr<LuReactorStats[]> _stats;
     size_t _holds = 0;     // under _mutex: pokes posted and not yet run
     bool _retired = false; // under _mutex: no holder left; destroyed once idle
     std::atomic<bool> _withdrawn{false};

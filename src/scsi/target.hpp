@@ -43,6 +43,9 @@ struct LuOptions {
     // Where the persistent reservation state of this LU is kept while an initiator asked for APTPL=1
     // (pr.hpp; one file per LU, written atomically). Empty: APTPL is not supported (PTPL_C=0).
     std::string pr_state_path;
+    // Reactors whose commands the LU counts (LogicalUnit::statistics): one set of counters each, indexed
+    // by Reactor::index(). Commands on a reactor of a higher index are not counted.
+    unsigned stats_reactors = 8;
 };
 
 enum class TmfResult : uint8_t {

@@ -83,6 +83,9 @@ Runner add_cp(CLI::App& app, GlobalOptions& global);
 Runner add_bench(CLI::App& app, GlobalOptions& global);
 Runner add_inq(CLI::App& app, GlobalOptions& global);
 Runner add_readcap(CLI::App& app, GlobalOptions& global);
+// The administration commands (target, portal, lun, acl, chap, session, param, config, apply, status,
+// log) and the global --control option; the runner runs whichever of them was chosen.
+Runner add_admin(CLI::App& app, GlobalOptions& global);
 
 // `ls isns://HOST[:PORT]` (cmd_isns.cpp).
 bool is_isns_url(std::string_view text);

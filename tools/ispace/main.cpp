@@ -213,7 +213,9 @@ int main(int argc, char** argv) {
     using namespace ispace::cli;
     std::signal(SIGPIPE, SIG_IGN);
 
-    CLI::App app{"ispace: an iSCSI client. Lists targets, copies to and from LUNs, measures them.", "ispace"};
+    CLI::App app{"ispace: an iSCSI client (lists targets, copies to and from LUNs, measures them) and the "
+                 "administration tool of ispaced (--control PATH).",
+                 "ispace"};
     app.set_help_all_flag("--help-all", "Show the help of every command");
     app.set_version_flag("--version", std::string("ispace ") + ISPACE_VERSION);
     app.require_subcommand(1);
@@ -237,6 +239,9 @@ Examples:
   ispace cp disk.img iscsi://192.0.2.10/iqn.2026-01.com.example:store/1
   ispace cp --connections 4 --digest crc32c iscsi://h/iqn.2026-01.com.example:a/1 backup.raw
   ispace bench iscsi://h/iqn.2026-01.com.example:a/1 --rw randread --bs 4k --qd 32 --time 10
+  ispace --control /run/ispace/ispaced.sock target create iqn.2026-01.com.example:store
+  ispace lun add iqn.2026-01.com.example:store /srv/store.img,size=10G,thin   (with $ISPACE_CONTROL set)
+  ispace session list --json
 
 Run `ispace COMMAND --help` for a command's options; docs/cli.md has more.)");
 
@@ -247,6 +252,11 @@ Run `ispace COMMAND --help` for a command's options; docs/cli.md has more.)");
     for (auto& [name, fn] : table) {
         Runner r = fn(app, global);
         commands.emplace_back(app.get_subcommand(name), std::move(r));
+    }
+    Runner admin = add_admin(app, global);
+    for (const char* name :
+         {"target", "portal", "lun", "acl", "chap", "session", "param", "config", "apply", "status", "log"}) {
+        commands.emplace_back(app.get_subcommand(name), admin);
     }
 
     try {

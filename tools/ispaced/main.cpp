@@ -6,6 +6,10 @@
 #include "common/secret.hpp"
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
+#include "mgmt/control_socket.hpp"
+#include "mgmt/manager.hpp"
+#include "mgmt/metrics.hpp"
+#include "mgmt/notify.hpp"
 #include "mgmt/runtime.hpp"
 
 #include <CLI/CLI.hpp>
@@ -17,6 +21,7 @@
 #include <optional>
 #include <pthread.h>
 #include <string>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
 
@@ -62,9 +67,18 @@ by default) as one network entity (--isns-entity, by default ispaced:HOSTNAME:FI
 registration fresh, answers the server's status inquiries, updates it when targets or portals change,
 and deregisters on exit. An iSNS server that does not answer is retried; it never stops the target.
 
-Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
-stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0. SIGHUP is
-logged and ignored (configuration reload is not supported yet).
+Live management: --control PATH opens a control socket (JSON-RPC 2.0, mode 0600, or 0660 for
+--control-group) through which `ispace --control PATH ...` adds and removes targets, portals, LUNs,
+ACLs and CHAP, lists and closes sessions and sets parameters while sessions run. With --config FILE
+every such change is written to FILE atomically (a missing FILE starts empty and is created by the
+first change); what is written is the whole configuration in force, the flags' part included, and the
+same flags given again at the next start add nothing twice. SIGHUP reads FILE again and applies the
+difference. --metrics HOST:PORT serves Prometheus metrics at /metrics. See docs/operations.md.
+
+Once it listens, ispaced prints one "listening: HOST:PORT" line per portal and one
+"ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on stderr, and sends READY=1 to
+$NOTIFY_SOCKET (systemd Type=notify). SIGTERM or SIGINT closes every connection, flushes the
+backstores and exits 0.
 )";
 
 // The credential flags: each takes USER:SECRET, or (FLAG-file) a file holding it.
@@ -133,6 +147,9 @@ int main(int argc, char** argv) {
     unsigned nop_interval_ms = unsigned(limits.nop_interval.count());
     unsigned nop_timeout_ms = unsigned(limits.nop_timeout.count());
     std::string sanitize_rate = "64M";
+    std::string control_path = ::geteuid() == 0 ? "/run/ispace/ispaced.sock" : "";
+    std::string control_group;
+    std::string metrics_listen;
     std::string isns_server;
     std::string isns_entity;
     uint32_t isns_esi_interval = 60;
@@ -201,6 +218,15 @@ int main(int argc, char** argv) {
             ->default_str(
                 fmt::format("{}M (1/16 of RAM, 64M to 512M)", iscsi_target::default_buffer_memory() >> 20));
 
+    auto* control_option = app.add_option(
+        "--control", control_path,
+        "Control socket for `ispace --control PATH` (default /run/ispace/ispaced.sock as root, "
+        "none otherwise; \"\" for none)");
+    app.add_option(
+        "--control-group", control_group,
+        "Group allowed to use the control socket (mode 0660; default: mode 0600, the daemon's user)");
+    app.add_option("--metrics", metrics_listen, "Serve Prometheus metrics at http://HOST:PORT/metrics");
+    app.set_version_flag("--version", "ispaced 0.1");
     auto* isns_option =
         app.add_option("--isns", isns_server,
                        "Register with this iSNS server, HOST[:PORT] (port 3205 by default), and "
@@ -243,17 +269,10 @@ int main(int argc, char** argv) {
     // The file first (or nothing, in quick mode), then every flag over it: see iscsi_target::ConfigOverlay.
     // The runtime first: its registry of backstore kinds reads the LUN specs of the file and the flags.
     mgmt::Runtime runtime;
-    iscsi_target::ServerConfig config;
-    config.negotiation = iscsi_target::default_target_negotiation();
-    if (!config_path.empty()) {
-        auto loaded = iscsi_target::load_config_file(config_path, runtime.backstores());
-        if (!loaded) {
-            std::fprintf(stderr, "ispaced: %s\n", loaded.error().message.c_str());
-            return 2;
-        }
-        config = std::move(*loaded);
-    } else if (iqn.empty() || luns.empty()) {
-        std::fprintf(stderr, "ispaced: give --iqn and at least one --lun, or --config FILE (see --help)\n");
+    if (config_path.empty() && control_path.empty() && (iqn.empty() || luns.empty())) {
+        std::fprintf(stderr,
+                     "ispaced: give --iqn and at least one --lun, --config FILE or --control PATH (see "
+                     "--help)\n");
         return 2;
     }
     auto credentials = [](const CredentialFlag& flag) -> std::optional<iscsi::ChapCredentials> {
@@ -357,10 +376,12 @@ int main(int argc, char** argv) {
         }
         overlay.buffer_memory = *bytes;
     }
-    if (auto applied = iscsi_target::apply_overlay(config, overlay, runtime.backstores()); !applied) {
-        std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
+    auto loaded = mgmt::load_configuration(config_path, overlay, runtime.backstores());
+    if (!loaded) {
+        std::fprintf(stderr, "ispaced: %s\n", loaded.error().message.c_str());
         return 2;
     }
+    iscsi_target::ServerConfig config = std::move(*loaded);
     if (!config.isns.server.empty()) {
         // A typo is a configuration error now; a server that does not answer is retried later.
         if (auto where = isns::parse_server(config.isns.server); !where) {
@@ -376,19 +397,11 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: %s\n", valid.error().message.c_str());
         return 2;
     }
-    if (config.targets.empty()) {
-        // Not the quick-mode hint: a file was given, and the file is what to fix.
-        std::fprintf(stderr,
-                     "ispaced: nothing to serve: %s lists no target; add one to its \"targets\" (see "
-                     "docs/configuration.md)\n",
-                     config_path.c_str());
+    if (config.targets.empty() && control_path.empty()) {
+        std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
+                             "--lun, or --control PATH to add targets while it runs)\n");
         return 2;
     }
-    // MaxBurstLength above the transfer limit would only invite R2Ts we never send.
-    config.negotiation.max_burst_length =
-        std::min(config.negotiation.max_burst_length, config.limits.max_transfer_bytes);
-    config.negotiation.first_burst_length =
-        std::min(config.negotiation.first_burst_length, config.negotiation.max_burst_length);
 
     // Every thread inherits this mask, so only the sigwait() below sees these signals. SIGHUP is
     // among them: its default action killed ispaced (exit 129) without a log line.
@@ -400,12 +413,18 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    if (auto served = runtime.serve(std::move(config)); !served) {
+    if (auto served = runtime.serve(config); !served) {
         log_error("{}", served.error().message);
         return 1;
     }
+    mgmt::ManagerOptions manager_options;
+    manager_options.config_path = config_path;
+    manager_options.overlay = overlay;
+    mgmt::Manager manager(runtime, std::move(manager_options));
+    manager.adopt(std::move(config));
     iscsi_target::Server& server = *runtime.target_server();
     for (const net::Endpoint& endpoint : server.portal_endpoints()) {
+        log_write(LogLevel::info, fmt::format("listening: {}", endpoint.to_string()));
         for (const auto& target : server.targets()) {
             for (uint64_t lun : target->device->luns()) {
                 // Printed whatever the log level: scripts wait for these lines.
@@ -414,7 +433,6 @@ int main(int argc, char** argv) {
             }
         }
     }
-
     if (!isns_settings.server.empty()) {
         std::string entity = isns_settings.entity;
         if (entity.empty()) {
@@ -433,18 +451,66 @@ int main(int argc, char** argv) {
         }
     }
 
+    mgmt::MetricsServer metrics(runtime);
+    if (!metrics_listen.empty()) {
+        auto bound = metrics.start(metrics_listen);
+        if (!bound) {
+            log_error("{}", bound.error().message);
+            runtime.stop(std::chrono::seconds(10));
+            return 1;
+        }
+        log_write(LogLevel::info, fmt::format("metrics: http://{}/metrics", bound->to_string()));
+    }
+    mgmt::ControlSocket control;
+    if (!control_path.empty()) {
+        if (control_path == "/run/ispace/ispaced.sock") {
+            ::mkdir("/run/ispace", 0755);
+        }
+        mgmt::ControlSocketOptions options;
+        options.path = control_path;
+        options.group = control_group;
+        auto started =
+            control.start(options, [&manager](std::string_view line) { return manager.handle(line); });
+        if (!started && started.error().code == EADDRINUSE && !control_option->count()) {
+            // The default socket belongs to another ispaced (several run on one host, e.g. tests): this
+            // one runs without a control socket rather than not at all. Given explicitly, it is an error.
+            log_warn("{}; running without a control socket (give --control PATH)", started.error().message);
+            control_path.clear();
+        } else if (!started) {
+            log_error("{}", started.error().message);
+            metrics.stop();
+            runtime.stop(std::chrono::seconds(10));
+            return 1;
+        }
+        if (!control_path.empty()) {
+            log_write(LogLevel::info, fmt::format("control: {}", control_path));
+        }
+    }
+    if (auto notified = mgmt::notify_service_manager("READY=1\nSTATUS=serving"); !notified) {
+        log_warn("{}", notified.error().message);
+    }
+
     int signal_number = 0;
     for (;;) {
         sigwait(&signals, &signal_number);
         if (signal_number != SIGHUP) {
             break;
         }
-        // Reloading the configuration belongs to live management; until it does, say so rather than
-        // die or pretend.
-        log_warn("received SIGHUP: reloading the configuration is not supported yet; ignored (restart "
-                 "ispaced to apply a changed configuration)");
+        (void)mgmt::notify_service_manager("RELOADING=1");
+        auto reloaded = manager.reload();
+        if (reloaded) {
+            log_event(LogLevel::info, "config.reloaded",
+                      {log_field("changes", reloaded->value("changes", nlohmann::json::array()).dump())});
+        } else {
+            log_event(LogLevel::error, "config.reload_failed",
+                      {log_field("error", reloaded.error().message)});
+        }
+        (void)mgmt::notify_service_manager("READY=1\nSTATUS=serving");
     }
     log_info("received {}; shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+    (void)mgmt::notify_service_manager("STOPPING=1");
+    control.stop();
+    metrics.stop();
     bool clean = runtime.stop(std::chrono::seconds(10));
     return clean ? 0 : 1;
 }

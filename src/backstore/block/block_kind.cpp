@@ -11,6 +11,11 @@ public:
     BlockSpec(std::string text, PathSpec spec) : _text(std::move(text)), _spec(std::move(spec)) {}
     std::string_view kind() const override { return "block"; }
     std::string describe() const override { return _text; }
+    std::optional<uint64_t> size() const override {
+        return _spec.size ? std::optional<uint64_t>(_spec.size) : std::nullopt;
+    }
+    // size= exports the first SIZE bytes of the device.
+    std::string with_size(uint64_t bytes) const override { return replace_spec_size(_text, bytes, false); }
     Result<std::unique_ptr<Device>> open() const override { return BlockDevice::open(_spec); }
 
 private:

@@ -14,6 +14,10 @@ public:
     FileSpec(std::string text, PathSpec spec) : _text(std::move(text)), _spec(std::move(spec)) {}
     std::string_view kind() const override { return "file"; }
     std::string describe() const override { return _text; }
+    std::optional<uint64_t> size() const override {
+        return _spec.size ? std::optional<uint64_t>(_spec.size) : std::nullopt;
+    }
+    std::string with_size(uint64_t bytes) const override { return replace_spec_size(_text, bytes, false); }
     std::string backing_file() const override { return _spec.path; }
     Result<void> check() const override {
         struct stat st {};

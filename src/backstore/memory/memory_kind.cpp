@@ -11,6 +11,9 @@ public:
     MemorySpec(std::string text, SizedSpec spec) : _text(std::move(text)), _spec(spec) {}
     std::string_view kind() const override { return "memory"; }
     std::string describe() const override { return _text; }
+    std::optional<uint64_t> size() const override { return _spec.size; }
+    std::string with_size(uint64_t bytes) const override { return replace_spec_size(_text, bytes, true); }
+    bool keeps_data() const override { return false; }
     Result<void> check() const override {
         if (_spec.size > MemoryDevice::max_size) {
             return make_error(fmt::format("{}: a memory device holds at most 16T", _text), EINVAL);

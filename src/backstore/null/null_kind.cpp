@@ -9,6 +9,9 @@ public:
     NullSpec(std::string text, SizedSpec spec) : _text(std::move(text)), _spec(spec) {}
     std::string_view kind() const override { return "null"; }
     std::string describe() const override { return _text; }
+    std::optional<uint64_t> size() const override { return _spec.size; }
+    std::string with_size(uint64_t bytes) const override { return replace_spec_size(_text, bytes, true); }
+    bool keeps_data() const override { return false; }
     Result<std::unique_ptr<Device>> open() const override {
         return std::unique_ptr<Device>(std::make_unique<NullDevice>(_spec.size, _spec.block_size));
     }

@@ -148,3 +148,30 @@ TEST(DeviceSpec, SizeMustBeAWholeNumberOfBlocks) {
 TEST(DeviceSpec, ErrorsQuoteTheWholeSpec) {
     EXPECT_TRUE(contains(error_of("/srv/x.img,bogus"), "device '/srv/x.img,bogus'"));
 }
+
+// A LUN resized at run time is written back to the configuration with its new size, so that the next
+// start asks for the size the LUN has (a file larger than its size= is refused at start-up).
+TEST(DeviceSpec, ResizedSpecsNameTheNewSize) {
+    auto respec = [](std::string_view text, uint64_t bytes) {
+        auto spec = test::builtin_registry().parse(text);
+        EXPECT_TRUE(spec.ok()) << spec.error().message;
+        return spec.ok() ? (*spec)->with_size(bytes) : std::string();
+    };
+    EXPECT_EQ(respec("/srv/a.img,size=64M,thin", 512u << 20), "/srv/a.img,size=512M,thin");
+    EXPECT_EQ(respec("/srv/a.img,thin", 3u << 30), "/srv/a.img,thin,size=3G");
+    EXPECT_EQ(respec("memory:64M,block=4096", 1ull << 40), "memory:1T,block=4096");
+    EXPECT_EQ(respec("null:1G", 1536u << 10), "null:1536K");
+    EXPECT_EQ(respec("memory:1G", 1001 * 512), "memory:512512");
+    // The new text reads back as the size asked for.
+    auto again = test::builtin_registry().parse(respec("/srv/a.img,size=64M", 512u << 20));
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ((*again)->size(), std::optional<uint64_t>(512u << 20));
+}
+
+TEST(DeviceSpec, OnlyKindsWhoseDataOutlivesTheProcessKeepData) {
+    for (auto [text, keeps] : {std::pair{"/srv/a.img", true}, {"memory:1G", false}, {"null:1G", false}}) {
+        auto spec = test::builtin_registry().parse(text);
+        ASSERT_TRUE(spec.ok());
+        EXPECT_EQ((*spec)->keeps_data(), keeps) << text;
+    }
+}

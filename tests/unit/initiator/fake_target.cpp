@@ -57,6 +57,8 @@ struct FakeTarget::Conn {
     bool full_feature = false;
     uint32_t initiator_mrdsl = 8192;
     uint32_t stat_sn = 0;
+    bool negotiation_asked = false; // AsyncEvent 4 sent (connection thread only)
+    uint32_t declared_anew = 0;     // the MaxRecvDataSegmentLength declared since (0: none)
     std::mutex write_mu;
 };
 
@@ -542,11 +544,37 @@ struct ConnHandler : LoginPolicy {
         return check_condition(cmd.itt, 0x06, 0x29, 0x07);
     }
 
+    void check_segment(const InPdu& pdu) {
+        if (c->declared_anew && pdu.data.size() > c->declared_anew) {
+            t.oversized_segments++;
+        }
+    }
+
+    // A negotiation request (AsyncEvent 4) once request_negotiation() was called.
+    bool maybe_ask_negotiation() {
+        if (c->negotiation_asked || t._renegotiate_to.load() == 0) {
+            return true;
+        }
+        c->negotiation_asked = true;
+        AsyncMessage a;
+        a.event = AsyncEvent::negotiation_request;
+        a.parameter3 = 5;
+        {
+            std::lock_guard lock(t._mu);
+            a.stat_sn = c->stat_sn++;
+            window(a.exp_cmd_sn, a.max_cmd_sn);
+        }
+        Bhs bhs;
+        a.encode(bhs);
+        return send(bhs);
+    }
+
     bool on_command(const InPdu& pdu) {
         auto cmd = ScsiCommand::decode(pdu.bhs);
         if (!cmd) {
             return false;
         }
+        check_segment(pdu);
         t.commands++;
         {
             std::lock_guard lock(t._mu);
@@ -591,6 +619,7 @@ struct ConnHandler : LoginPolicy {
         if (!d) {
             return false;
         }
+        check_segment(pdu);
         auto it = writes.find(d->itt);
         if (it == writes.end()) {
             return true; // for an aborted task
@@ -704,10 +733,17 @@ struct ConnHandler : LoginPolicy {
         if (!r) {
             return false;
         }
-        t.discoveries++;
         std::vector<uint8_t> text;
-        append_text(text, "TargetName", t._options.target_name);
-        append_text(text, "TargetAddress", "127.0.0.1:" + std::to_string(t._port) + ",1");
+        if (pdu.data.empty() && c->negotiation_asked && !c->declared_anew) {
+            // The Text Request our AsyncEvent 4 asked for: declare the new value.
+            c->declared_anew = t._renegotiate_to.load();
+            append_text(text, "MaxRecvDataSegmentLength", std::to_string(c->declared_anew));
+            t.renegotiations++;
+        } else {
+            t.discoveries++;
+            append_text(text, "TargetName", t._options.target_name);
+            append_text(text, "TargetAddress", "127.0.0.1:" + std::to_string(t._port) + ",1");
+        }
         TextResponse resp;
         resp.final_bit = true;
         resp.itt = r->itt;
@@ -785,6 +821,9 @@ struct ConnHandler : LoginPolicy {
         for (;;) {
             int r = read_pdu(pdu);
             if (r < 0) {
+                return;
+            }
+            if (!maybe_ask_negotiation()) {
                 return;
             }
             if (r == 1) {
@@ -926,6 +965,10 @@ void FakeTarget::drop_all_connections() {
             ::shutdown(c->fd, SHUT_RDWR);
         }
     }
+}
+
+void FakeTarget::request_negotiation(uint32_t max_recv_data_segment_length) {
+    _renegotiate_to = max_recv_data_segment_length;
 }
 
 std::vector<uint8_t> FakeTarget::disk() const {

@@ -83,6 +83,9 @@ public:
     std::map<uint16_t, uint64_t> commands_per_cid() const;
     // Connections currently in full feature phase in the newest session.
     unsigned live_connections() const;
+    // Asks every connection for a negotiation (Asynchronous Message, AsyncEvent 4) and declares
+    // `max_recv_data_segment_length` in the answer to the Text Request that follows (RFC 7143 §11.9.1).
+    void request_negotiation(uint32_t max_recv_data_segment_length);
 
     std::atomic<uint64_t> logins{0};         // successful logins (any connection)
     std::atomic<uint64_t> leading_logins{0}; // new sessions
@@ -95,6 +98,8 @@ public:
     std::atomic<uint64_t> nop_replies{0}; // NOP-Outs answering our pings
     std::atomic<uint64_t> logouts{0};
     std::atomic<uint64_t> discoveries{0};
+    std::atomic<uint64_t> renegotiations{0};     // Text Responses that declared the renegotiated value
+    std::atomic<uint64_t> oversized_segments{0}; // data segments above what the target declared anew
 
     // Internal, shared with the connection threads.
     struct Session;
@@ -121,6 +126,7 @@ private:
     std::vector<std::shared_ptr<Conn>> _conns;
     std::vector<std::thread> _threads;
     uint16_t _next_tsih = 1;
+    std::atomic<uint32_t> _renegotiate_to{0}; // request_negotiation()'s value; 0: none asked
 };
 
 } // namespace ispace::initiator::test

@@ -344,5 +344,22 @@ TEST(InitiatorIo, AnswersTargetPings) {
     EXPECT_TRUE(s->test_unit_ready(0));
 }
 
+// RFC 7143 §11.9.1: the target asks for a negotiation (AsyncEvent 4); the initiator answers with a
+// Text Request, and from the answer on sends data segments no larger than the target declares anew.
+TEST(InitiatorIo, AnswersANegotiationRequestAndHonoursTheNewValue) {
+    Harness h;
+    auto s = h.connect();
+    ASSERT_TRUE(s);
+    write_read_roundtrip(h, *s, 64 * 1024, 0, 1);
+    h.target->request_negotiation(4096);
+    EXPECT_TRUE(wait_for([&] { return h.target->renegotiations.load() == 1; }));
+    // A command on the same connection after the Text Response: its answer comes after that one.
+    EXPECT_TRUE(s->test_unit_ready(0));
+    write_read_roundtrip(h, *s, 200 * 1024, 100, 2);
+    write_read_roundtrip(h, *s, 12 * 1024, 900, 3); // immediate data too
+    EXPECT_EQ(h.target->oversized_segments.load(), 0u);
+    EXPECT_EQ(h.target->renegotiations.load(), 1u);
+}
+
 } // namespace
 } // namespace ispace::initiator::test

@@ -3,6 +3,7 @@
 #include "iscsi_target/config.hpp"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <fstream>
@@ -215,6 +216,104 @@ TEST(ConfigOverlay, AFlagWithNothingToApplyToIsAnError) {
     ASSERT_TRUE(apply_overlay(config, ConfigOverlay{}, backstores()));
     ASSERT_EQ(config.portals.size(), 1u);
     EXPECT_EQ(config.portals[0].listen, "127.0.0.1:3260");
+}
+
+// What ispaced writes when a change is persisted reads back to the same configuration.
+TEST(ConfigFile, WrittenDocumentReadsBackTheSame) {
+    ConfigFile file(R"({"listen": ["127.0.0.1:3260", "127.0.0.1:3261"], "state_dir": "/var/lib/x",
+        "limits": {"queue_depth": 64},
+        "discovery": {"chap": "disco:discovery-secret-1"},
+        "params": {"ImmediateData": "No"},
+        "targets": [{"iqn": "iqn.2026-11.org.example:a", "alias": "disks",
+                     "luns": ["memory:16M", {"lun": 4, "spec": "/tmp/x.img,size=1M", "id": "00c0ffee00c0ffee"}],
+                     "portals": ["127.0.0.1:3262"],
+                     "params": {"MaxRecvDataSegmentLength": "65536"},
+                     "chap": "alice:alice-secret-123", "mutual_chap": "tgt:target-secret-456",
+                     "allow": ["iqn.2026-11.org.example:h1", "iqn.2026-11.org.example:h2@10.0.0.0/8",
+                               {"initiator": "iqn.2026-11.org.example:h3", "luns": [0], "read_only": true}]},
+                    {"iqn": "iqn.2026-11.org.example:empty", "luns": []}]})");
+    auto config = load_config_file(file.path(), backstores());
+    ASSERT_TRUE(config) << config.error().message;
+    EXPECT_FALSE(config->negotiation.immediate_data);
+    ASSERT_TRUE(config->targets[0].negotiation);
+    EXPECT_EQ(config->targets[0].negotiation->max_recv_data_segment_length, 65536u);
+    EXPECT_FALSE(config->targets[0].negotiation->immediate_data); // the global params, then its own
+    EXPECT_FALSE(config->targets[1].negotiation);
+    EXPECT_EQ(config->targets[0].luns[1].id, std::optional<uint64_t>(0x00c0ffee00c0ffeeull));
+
+    nlohmann::json written = config_to_json(*config);
+    auto again = config_from_json(written, backstores());
+    ASSERT_TRUE(again) << again.error().message << "\n" << written.dump(2);
+    EXPECT_EQ(config_to_json(*again), written);
+    EXPECT_EQ(written["limits"], nlohmann::json({{"queue_depth", 64}})); // defaults are left out
+    EXPECT_EQ(written["targets"][0]["luns"][1]["id"], "00c0ffee00c0ffee");
+    EXPECT_EQ(written["targets"][0]["allow"][1], "iqn.2026-11.org.example:h2@10.0.0.0/8");
+    // Secrets can be left out of what is shown.
+    std::string shown = config_to_json(*config, false).dump();
+    EXPECT_EQ(shown.find("alice-secret-123"), std::string::npos);
+    EXPECT_EQ(shown.find("discovery-secret-1"), std::string::npos);
+    EXPECT_NE(written.dump().find("alice-secret-123"), std::string::npos);
+}
+
+TEST(ConfigFile, AnEmptyConfigurationIsValid) {
+    auto config = config_from_json(nlohmann::json::parse(R"({"targets": []})"), backstores());
+    ASSERT_TRUE(config) << config.error().message;
+    EXPECT_TRUE(config->targets.empty());
+    EXPECT_EQ(config_to_json(*config), nlohmann::json::parse(R"({"targets": []})"));
+}
+
+TEST(ConfigFile, RefusesBadParamsPortalsAndIds) {
+    auto error_of = [](const std::string& text) {
+        auto config = config_from_json(nlohmann::json::parse(text), backstores());
+        return config ? std::string("(accepted)") : config.error().message;
+    };
+    auto target = [](const std::string& extra) {
+        return R"({"targets": [{"iqn": "iqn.2026-11.org.example:a", "luns": [)" + extra + "]}]}";
+    };
+    EXPECT_NE(error_of(R"({"params": {"ImmediateData": "Maybe"}, "targets": []})").find("Yes or No"),
+              std::string::npos);
+    EXPECT_NE(error_of(R"({"params": {"HeaderDigest": 5}, "targets": []})").find("HeaderDigest"),
+              std::string::npos);
+    EXPECT_NE(error_of(R"({"params": {"MaxBurstLength": "16777215"}, "targets": []})").find("max_transfer"),
+              std::string::npos);
+    EXPECT_NE(error_of(target(R"({"spec": "memory:1M", "id": "xyz"})")).find("16 hex digits"),
+              std::string::npos);
+    EXPECT_NE(error_of(target(R"({"spec": "memory:1M", "id": "0"})")).find("16 hex digits"),
+              std::string::npos);
+    ServerConfig config;
+    TargetConfig t;
+    t.iqn = "iqn.2026-11.org.example:a";
+    t.portals = {"not a portal"};
+    EXPECT_FALSE(validate_target(t));
+    t.portals = {"127.0.0.1:3260", "127.0.0.1:3260"};
+    EXPECT_FALSE(validate_target(t));
+    t.portals.clear();
+    t.params = {{"MaxConnections", "0"}};
+    auto bad = validate_target(t);
+    ASSERT_FALSE(bad);
+    EXPECT_NE(bad.error().message.find("target iqn.2026-11.org.example:a"), std::string::npos);
+}
+
+TEST(ConfigOverlay, PinnedLunNumbersSurviveAChangedFile) {
+    ServerConfig config;
+    TargetConfig t;
+    t.iqn = "iqn.2026-11.org.example:a";
+    for (uint64_t lun : {0, 2}) {
+        auto spec = backstores().parse("memory:1M");
+        ASSERT_TRUE(spec);
+        t.luns.push_back({lun, "memory:1M", std::move(*spec)});
+    }
+    config.targets.push_back(t);
+    ConfigOverlay overlay;
+    overlay.iqn = t.iqn;
+    overlay.luns = {"null:1G"};
+    overlay.lun_numbers = {1};
+    ASSERT_TRUE(apply_overlay(config, overlay, backstores()));
+    EXPECT_EQ(config.targets[0].luns.back().lun, 1u);
+    overlay.lun_numbers = {2}; // taken by the file now
+    auto clash = apply_overlay(config, overlay, backstores());
+    ASSERT_FALSE(clash);
+    EXPECT_NE(clash.error().message.find("LUN 2 already"), std::string::npos);
 }
 
 } // namespace

@@ -78,6 +78,7 @@ struct ConnectOptions {
     unsigned reactor = 0;
     std::string peer = "127.0.0.1:50000";
     std::shared_ptr<SessionNumbers> numbers; // shared with another connection of the session
+    uint16_t tpgt = 1;                       // the portal group it arrived on
 };
 
 class Harness {
@@ -120,9 +121,10 @@ public:
         auto local = net::parse_endpoint("127.0.0.1:3260", 3260);
         EXPECT_TRUE(peer && local);
         net::Reactor& reactor = _reactors->at(options.reactor);
-        reactor.post(
-            [this, &reactor, transport = std::make_unique<MemoryTransport>(wire), peer = *peer,
-             local = *local]() mutable { _server->accept(std::move(transport), reactor, peer, local, 1); });
+        reactor.post([this, &reactor, transport = std::make_unique<MemoryTransport>(wire), peer = *peer,
+                      local = *local, tpgt = options.tpgt]() mutable {
+            _server->accept(std::move(transport), reactor, peer, local, tpgt);
+        });
         settle();
         return *_initiators.back();
     }

@@ -367,3 +367,18 @@ TEST(ReactorGroup, RunsOneThreadPerReactorAndRoundRobins) {
     group.join();
     EXPECT_EQ(group.thread_count(), 0u);
 }
+
+// The metrics' busy fraction: time spent working between waits, not time spent waiting.
+TEST(Reactor, CountsBusyTimeNotWaitingTime) {
+    net::Reactor reactor(0);
+    reactor.post([] {
+        auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(30);
+        while (std::chrono::steady_clock::now() < until) {
+        }
+    });
+    reactor.run_once(std::chrono::milliseconds(0));
+    auto busy = reactor.busy_time();
+    EXPECT_GE(busy, std::chrono::milliseconds(30));
+    reactor.run_once(std::chrono::milliseconds(50)); // waits, does nothing
+    EXPECT_LT(reactor.busy_time() - busy, std::chrono::milliseconds(20));
+}

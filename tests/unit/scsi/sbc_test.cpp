@@ -536,3 +536,33 @@ TEST(Sbc, FlushLuForShutdown) {
     ASSERT_EQ(h.device().log.size(), 1u);
     EXPECT_EQ(h.device().log[0].op, IoOp::flush);
 }
+
+// The per-LUN counters the metrics report: every command once, by class, with the bytes it moved and
+// a latency histogram whose count is the number of commands.
+TEST(Sbc, CountsCommandsBytesAndLatencyPerClass) {
+    Harness h;
+    auto w = h.make_write(rw10(op::write_10, 0, 4), pattern(4 * 512, 7));
+    h.exec(*w);
+    ASSERT_EQ(w->status, Status::good);
+    for (int i = 0; i < 3; ++i) {
+        auto r = h.exec(rw10(op::read_10, 0, 2), 2 * 512);
+        ASSERT_EQ(r->status, Status::good);
+    }
+    auto tur = h.exec(std::vector<uint8_t>(6, 0), 0);
+    auto out_of_range = h.exec(rw10(op::read_10, 0xfffffff0, 1), 512);
+    ASSERT_EQ(out_of_range->status, Status::check_condition);
+
+    LuStatistics s = h.lu().statistics();
+    EXPECT_EQ(s.commands[size_t(IoClass::write)], 1u);
+    EXPECT_EQ(s.bytes[size_t(IoClass::write)], 4u * 512);
+    EXPECT_EQ(s.commands[size_t(IoClass::read)], 4u);        // a failed read is a read too...
+    EXPECT_EQ(s.bytes[size_t(IoClass::read)], 3u * 2 * 512); // ...that moved nothing
+    EXPECT_GE(s.commands[size_t(IoClass::other)], 1u);
+    for (size_t c = 0; c < io_class_count; ++c) {
+        uint64_t observed = 0;
+        for (uint64_t n : s.latency_buckets[c]) {
+            observed += n;
+        }
+        EXPECT_EQ(observed, s.commands[c]) << "class " << c;
+    }
+}

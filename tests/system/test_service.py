@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""ispaced as a service: the systemd unit verifies, `make install` (cmake --install) puts binaries, unit,
+completion and man pages under a prefix, and SIGHUP re-reads the configuration file and applies the
+difference without dropping a session.
+
+`systemd-analyze verify` checks that ExecStart names an executable, so the committed unit is checked
+as the installed copy (ExecStart pointing at the installed ispaced) and as committed with its
+/usr/sbin/ispaced replaced by the built binary; every other line is checked as written.
+
+Usage: test_service.py ISPACED BUILD_DIR SOURCE_DIR
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import iscsi_raw  # noqa: E402
+import ispace_testlib  # noqa: E402
+
+IQN = "iqn.2026-11.org.ispace:service"
+check = ispace_testlib.Checks()
+
+
+def verify(unit):
+    p = subprocess.run(["systemd-analyze", "verify", unit], capture_output=True, text=True, timeout=60)
+    return p.returncode == 0 and not p.stderr.strip(), (p.stdout + p.stderr).strip()
+
+
+def main():
+    ispaced, build, source = sys.argv[1], sys.argv[2], sys.argv[3]
+    scratch = ispace_testlib.scratch_dir("service")
+
+    if shutil.which("systemd-analyze"):
+        unit = open(os.path.join(source, "packaging", "ispaced.service")).read()
+        check("/usr/sbin/ispaced" in unit and "Type=notify" in unit, "the committed unit is Type=notify")
+        local = os.path.join(scratch, "ispaced.service")
+        open(local, "w").write(unit.replace("/usr/sbin/ispaced", os.path.abspath(ispaced)))
+        ok, out = verify(local)
+        check(ok, f"systemd-analyze verify packaging/ispaced.service (ExecStart at the built binary) {out}")
+    else:
+        print("SKIP systemd-analyze is not installed")
+
+    prefix = os.path.join(scratch, "prefix")
+    p = subprocess.run(["cmake", "--install", build, "--prefix", prefix], capture_output=True, text=True, timeout=120)
+    check(p.returncode == 0, f"cmake --install (make install) succeeds {p.stderr.strip()[-300:]}")
+    for path in ("sbin/ispaced", "bin/ispace", "lib/systemd/system/ispaced.service",
+                 "share/bash-completion/completions/ispace", "share/bash-completion/completions/ispaced"):
+        check(os.path.exists(os.path.join(prefix, path)), f"installs {path}")
+    if shutil.which("help2man"):
+        for path in ("share/man/man8/ispaced.8", "share/man/man1/ispace.1"):
+            full = os.path.join(prefix, path)
+            check(os.path.exists(full) and "control" in open(full).read(), f"installs the man page {path}")
+    installed_unit = os.path.join(prefix, "lib/systemd/system/ispaced.service")
+    if shutil.which("systemd-analyze") and os.path.exists(installed_unit):
+        check(f"ExecStart={prefix}/sbin/ispaced " in open(installed_unit).read(), "the installed unit names the installed ispaced")
+        ok, out = verify(installed_unit)
+        check(ok, f"systemd-analyze verify of the installed unit {out}")
+    p = subprocess.run(["bash", "-n", os.path.join(source, "packaging/bash-completion/ispace")], capture_output=True)
+    check(p.returncode == 0, "the bash completion parses")
+
+    # SIGHUP: the file is read again and the difference applied; the session stays.
+    config = os.path.join(scratch, "ispaced.json")
+    json.dump({"targets": [{"iqn": IQN, "luns": [{"lun": 0, "spec": "memory:16M"}]}]}, open(config, "w"))
+    daemon = ispace_testlib.Ispaced(ispaced, ["--config", config, "--listen", "127.0.0.1:0", "--reactors", "1", "--control",
+                                                        os.path.join(scratch, "control.sock")],
+                                    log_path=os.path.join(scratch, "ispaced.log")).start()
+    try:
+        client = iscsi_raw.Client("127.0.0.1", daemon.port, initiator="iqn.2026-11.org.ispace:hup")
+        check(client.login(IQN) == (0, 0), "an initiator logs in")
+        while client.test_unit_ready(0) != 0:
+            pass
+        json.dump({"targets": [{"iqn": IQN, "luns": [{"lun": 0, "spec": "memory:16M"}, {"lun": 1, "spec": "memory:8M"}]}]},
+                  open(config, "w"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and "config.reloaded" not in daemon.log_tail(200):
+            time.sleep(0.1)
+        check("config.reloaded" in daemon.log_tail(200) and "lun 1 added" in daemon.log_tail(200),
+              "SIGHUP applies the file's new LUN")
+        status = None
+        while status is None or status == 2:
+            status = client.test_unit_ready(1)
+            if status == 2:
+                continue
+        check(status == 0, "the new LUN answers on the session that stayed logged in")
+        client.close()
+    finally:
+        rc = daemon.stop()
+    check(rc == 0, f"ispaced stops cleanly (exit {rc})")
+    return check.finish(scratch, daemon)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
