@@ -30,9 +30,12 @@ Fit fit(const Label& truth, const MemberEntry& entry, const Label& own) {
         return previous ? Fit::behind : Fit::conflict;
     case MemberState::failed:
     case MemberState::missing:
-        // Stale as the writer left it; or it received the label that recorded its own exit (the write
-        // landed although the writer thought it failed), which lists it out too.
-        if ((own.epoch == entry.last_epoch && own.generation == entry.last_generation) || same || previous) {
+        // Stale as the writer left it (or one raise behind that: the writer believed it had a label that
+        // never landed); or it received the label that recorded its own exit (the write landed although
+        // the writer thought it failed), which lists it out too.
+        if ((own.epoch == entry.last_epoch && own.generation == entry.last_generation) ||
+            (own.epoch + 1 == entry.last_epoch && own.generation == entry.last_previous_generation) || same ||
+            previous) {
             return Fit::out;
         }
         return Fit::conflict;
@@ -72,14 +75,16 @@ Result<AssemblyPlan> plan_assembly(std::span<const FoundMember> found, const Ass
         }
     }
     if (!unlabeled.empty()) {
-        return make_error(unlabeled + "\n(a member whose four label copies are all damaged cannot be recognised: "
-                                      "leave it out, assemble the others, then replace it)",
+        return make_error(unlabeled +
+                              "\n(a member whose four label copies are all damaged cannot be recognised: "
+                              "leave it out, assemble the others, then replace it)",
                           ENOENT);
     }
     // The freshest label decides which space this is.
     const FoundMember* freshest = &found[0];
     for (const FoundMember& m : found) {
-        if (std::tie(m.label->epoch, m.label->sequence) > std::tie(freshest->label->epoch, freshest->label->sequence)) {
+        if (std::tie(m.label->epoch, m.label->sequence) >
+            std::tie(freshest->label->epoch, freshest->label->sequence)) {
             freshest = &m;
         }
     }
@@ -87,13 +92,15 @@ Result<AssemblyPlan> plan_assembly(std::span<const FoundMember> found, const Ass
     std::map<Uuid, const FoundMember*> by_member;
     for (const FoundMember& m : found) {
         if (m.label->space_uuid != space) {
-            return make_error(fmt::format("{} belongs to space '{}' ({}), not to '{}' ({})", m.url, m.label->name,
-                                          to_string(m.label->space_uuid), freshest->label->name, to_string(space)),
+            return make_error(fmt::format("{} belongs to space '{}' ({}), not to '{}' ({})", m.url,
+                                          m.label->name, to_string(m.label->space_uuid),
+                                          freshest->label->name, to_string(space)),
                               EINVAL);
         }
         if (!by_member.emplace(m.label->member_uuid, &m).second) {
             return make_error(fmt::format("{} and {} are the same member ({}): a device given twice?",
-                                          by_member[m.label->member_uuid]->url, m.url, to_string(m.label->member_uuid)),
+                                          by_member[m.label->member_uuid]->url, m.url,
+                                          to_string(m.label->member_uuid)),
                               EINVAL);
         }
     }
@@ -108,7 +115,8 @@ Result<AssemblyPlan> plan_assembly(std::span<const FoundMember> found, const Ass
             }
         }
         if (chosen == nullptr) {
-            return make_error(fmt::format("--force-from {}: not one of the members given", options.force_from), EINVAL);
+            return make_error(
+                fmt::format("--force-from {}: not one of the members given", options.force_from), EINVAL);
         }
     }
     AssemblyPlan plan;
@@ -134,10 +142,11 @@ Result<AssemblyPlan> plan_assembly(std::span<const FoundMember> found, const Ass
             }
         }
         if (slot == n) {
-            return make_error(fmt::format("{}: was a member of '{}' but is no longer in its member table (replaced "
-                                          "or removed at epoch {} or before); leave it out",
-                                          m.url, truth.name, truth.epoch),
-                              EINVAL);
+            return make_error(
+                fmt::format("{}: was a member of '{}' but is no longer in its member table (replaced "
+                            "or removed at epoch {} or before); leave it out",
+                            m.url, truth.name, truth.epoch),
+                EINVAL);
         }
         plan.found[slot] = size_t(&m - found.data());
         fits[slot] = fit(truth, truth.members[slot], *m.label);
@@ -157,13 +166,14 @@ Result<AssemblyPlan> plan_assembly(std::span<const FoundMember> found, const Ass
         }
         std::string a = side(agree), b = side(disagree);
         return make_error(
-            fmt::format("space '{}': the members were written apart (a split) and are not assembled automatically:\n"
-                        "  {}\n  {}\nthey have differed since epoch {} at the latest.\n"
-                        "  --force-from {} keeps that side and discards everything written to {} since then "
-                        "(rebuilt in full from it);\n"
-                        "  --force-from {} keeps the other side and discards what was written to {} since then.",
-                        truth.name, a, b, parted, who(*agree.front()), who(*disagree.front()), who(*disagree.front()),
-                        who(*agree.front())),
+            fmt::format(
+                "space '{}': the members were written apart (a split) and are not assembled automatically:\n"
+                "  {}\n  {}\nthey have differed since epoch {} at the latest.\n"
+                "  --force-from {} keeps that side and discards everything written to {} since then "
+                "(rebuilt in full from it);\n"
+                "  --force-from {} keeps the other side and discards what was written to {} since then.",
+                truth.name, a, b, parted, who(*agree.front()), who(*disagree.front()), who(*disagree.front()),
+                who(*agree.front())),
             EEXIST);
     }
 
@@ -188,9 +198,9 @@ Result<AssemblyPlan> plan_assembly(std::span<const FoundMember> found, const Ass
             if (entry.state == MemberState::rebuilding) {
                 plan.slots[s] = SlotPlan::rebuild;
                 plan.rebuild[s] = entry.rebuild == RebuildMode::none ? RebuildMode::full : entry.rebuild;
-                plan.notes.push_back(fmt::format("slot {} ({}): rebuilding ({}), resumed from {} bytes", s, name,
-                                                 plan.rebuild[s] == RebuildMode::full ? "full" : "delta",
-                                                 entry.recovery_offset));
+                plan.notes.push_back(fmt::format(
+                    "slot {} ({}): rebuilding ({}), resumed from {} bytes", s, name,
+                    plan.rebuild[s] == RebuildMode::full ? "full" : "delta", entry.recovery_offset));
             } else {
                 plan.slots[s] = SlotPlan::current;
             }
@@ -202,31 +212,35 @@ Result<AssemblyPlan> plan_assembly(std::span<const FoundMember> found, const Ass
                 plan.slots[s] = SlotPlan::rebuild;
                 plan.rebuild[s] = RebuildMode::delta;
                 plan.membership_changed = true;
-                plan.notes.push_back(fmt::format("slot {} ({}): one epoch behind ({} < {}): stale, resynced from the "
-                                                 "bitmap",
-                                                 s, name, own.epoch, truth.epoch));
+                plan.notes.push_back(
+                    fmt::format("slot {} ({}): one epoch behind ({} < {}): stale, resynced from the "
+                                "bitmap",
+                                s, name, own.epoch, truth.epoch));
             } else {
                 plan.slots[s] = SlotPlan::current; // its only copy: nothing to resync from
-                plan.notes.push_back(fmt::format("slot {} ({}): missed the last label write; it is the only copy "
-                                                 "of its data",
-                                                 s, name));
+                plan.notes.push_back(
+                    fmt::format("slot {} ({}): missed the last label write; it is the only copy "
+                                "of its data",
+                                s, name));
             }
             break;
         case Fit::out:
             plan.slots[s] = redundant ? SlotPlan::out : SlotPlan::current;
             plan.rebuild[s] = RebuildMode::delta;
-            plan.notes.push_back(fmt::format("slot {} ({}): {} since epoch {}; resynced from the bitmap when it "
-                                             "rejoins",
-                                             s, name, to_string(entry.state), entry.out_epoch));
+            plan.notes.push_back(
+                fmt::format("slot {} ({}): {} since epoch {}; resynced from the bitmap when it "
+                            "rejoins",
+                            s, name, to_string(entry.state), entry.out_epoch));
             break;
         case Fit::conflict: // only with --force-from: the other side of the split
             plan.slots[s] = SlotPlan::rebuild;
             plan.rebuild[s] = RebuildMode::full;
             plan.forced = true;
             plan.membership_changed = true;
-            plan.notes.push_back(fmt::format("slot {} ({}): written apart (epoch {}); --force-from {}: its writes "
-                                             "are discarded and it is rebuilt in full",
-                                             s, name, own.epoch, options.force_from));
+            plan.notes.push_back(
+                fmt::format("slot {} ({}): written apart (epoch {}); --force-from {}: its writes "
+                            "are discarded and it is rebuilt in full",
+                            s, name, own.epoch, options.force_from));
             break;
         }
     }
@@ -241,15 +255,17 @@ Result<AssemblyPlan> plan_assembly(std::span<const FoundMember> found, const Ass
                 any = true;
             }
             std::string state = plan.slots[s] == SlotPlan::missing ? "not found"
-                                : plan.slots[s] == SlotPlan::out   ? std::string(to_string(truth.members[s].state))
-                                                                   : "stale";
+                                : plan.slots[s] == SlotPlan::out
+                                    ? std::string(to_string(truth.members[s].state))
+                                    : "stale";
             why += fmt::format("{}{} ({})", why.empty() ? "" : ", ",
                                plan.found[s] ? found[*plan.found[s]].url : truth.members[s].url, state);
         }
         if (!any) {
-            return make_error(fmt::format("space '{}': no in-sync copy of {}: {}", truth.name,
-                                          layout->columns() > 1 ? fmt::format("column {}", column) : "its data", why),
-                              ENODEV);
+            return make_error(
+                fmt::format("space '{}': no in-sync copy of {}: {}", truth.name,
+                            layout->columns() > 1 ? fmt::format("column {}", column) : "its data", why),
+                ENODEV);
         }
     }
     plan.unclean = !truth.clean;

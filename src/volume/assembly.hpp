@@ -30,30 +30,30 @@ namespace ispace::volume {
 
 // One device given to assembly, and what its label copies said.
 struct FoundMember {
-    std::string url;             // as the user named it (for messages; no secret)
-    std::optional<Label> label;  // the freshest valid copy; empty when none is valid
+    std::string url;            // as the user named it (for messages; no secret)
+    std::optional<Label> label; // the freshest valid copy; empty when none is valid
     std::vector<std::string> problems;
 };
 
 // What to do with each slot of the space.
 enum class SlotPlan : uint8_t {
-    current,    // in sync: serve reads and writes
-    rebuild,    // found, but stale (or overruled by --force-from): resync (rebuild mode says how)
-    missing,    // not found: out (it is marked missing; writes go on without it)
-    out,        // found, already out (failed/missing) and stale: resync from the bitmap when it rejoins
+    current, // in sync: serve reads and writes
+    rebuild, // found, but stale (or overruled by --force-from): resync (rebuild mode says how)
+    missing, // not found: out (it is marked missing; writes go on without it)
+    out,     // found, already out (failed/missing) and stale: resync from the bitmap when it rejoins
 };
 
 struct AssemblyPlan {
-    Label truth;                           // the label the space is opened from (its member table)
+    Label truth;                              // the label the space is opened from (its member table)
     std::vector<std::optional<size_t>> found; // per slot: the index in the FoundMember list, if found
     std::vector<SlotPlan> slots;
-    std::vector<RebuildMode> rebuild;      // per slot, for SlotPlan::rebuild and ::out
-    bool unclean = false;                  // the holder did not close it: dirty regions must be made equal
-    bool forced = false;                   // --force-from overruled a split
+    std::vector<RebuildMode> rebuild; // per slot, for SlotPlan::rebuild and ::out
+    bool unclean = false;             // the holder did not close it: dirty regions must be made equal
+    bool forced = false;              // --force-from overruled a split
     // Whether the membership differs from what the truth says (a member newly missing or stale), so that
     // the epoch must be raised before the first write.
     bool membership_changed = false;
-    std::vector<std::string> notes;        // one line per decision, for the log
+    std::vector<std::string> notes; // one line per decision, for the log
 };
 
 struct AssembleOptions {

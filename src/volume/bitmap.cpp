@@ -10,8 +10,9 @@ namespace ispace::volume {
 
 WriteIntentBitmap::WriteIntentBitmap(uint64_t space_bytes, uint32_t region_size, uint32_t block_bytes,
                                      net::Reactor& home, BlockWriter writer)
-    : _regions((space_bytes + region_size - 1) / region_size), _region_size(region_size), _block_bytes(block_bytes),
-      _home(home), _writer(std::move(writer)), _words(std::make_unique<std::atomic<uint32_t>[]>(_regions)) {
+    : _regions((space_bytes + region_size - 1) / region_size), _region_size(region_size),
+      _block_bytes(block_bytes), _home(home), _writer(std::move(writer)),
+      _words(std::make_unique<std::atomic<uint32_t>[]>(_regions)) {
     for (uint64_t r = 0; r < _regions; ++r) {
         _words[r].store(0, std::memory_order_relaxed);
     }
@@ -73,7 +74,8 @@ void WriteIntentBitmap::end_write(uint64_t first, uint64_t last) {
             // The last write in a region the resync waits for.
             _home.post([this, r] {
                 auto it = _lock_waiters.find(r);
-                if (it != _lock_waiters.end() && (_words[r].load(std::memory_order_acquire) & inflight_mask) == 0) {
+                if (it != _lock_waiters.end() &&
+                    (_words[r].load(std::memory_order_acquire) & inflight_mask) == 0) {
                     auto locked = std::move(it->second);
                     _lock_waiters.erase(it);
                     locked();
@@ -295,7 +297,8 @@ std::vector<uint8_t> WriteIntentBitmap::image() const {
 
 WriteIntentBitmap::Stats WriteIntentBitmap::stats() const {
     return {_batches.load(std::memory_order_relaxed), _block_writes.load(std::memory_order_relaxed),
-            _regions_marked.load(std::memory_order_relaxed), _regions_cleared.load(std::memory_order_relaxed)};
+            _regions_marked.load(std::memory_order_relaxed),
+            _regions_cleared.load(std::memory_order_relaxed)};
 }
 
 } // namespace ispace::volume

@@ -53,7 +53,9 @@ public:
     uint32_t region_size() const { return _region_size; }
     uint64_t region_of(uint64_t offset) const { return offset / _region_size; }
     uint32_t block_bytes() const { return _block_bytes; }
-    uint64_t blocks() const { return (_regions + 8 * uint64_t(_block_bytes) - 1) / (8 * uint64_t(_block_bytes)); }
+    uint64_t blocks() const {
+        return (_regions + 8 * uint64_t(_block_bytes) - 1) / (8 * uint64_t(_block_bytes));
+    }
 
     // Any reactor. Counts a write to regions [first, last] in flight. True: every region is marked on the
     // members, send the write now. False: `ready(ok)` runs later on `origin` (never inside this call), once
@@ -107,7 +109,7 @@ private:
     void schedule_flush(); // any thread
     void flush();          // home
     void finish_flush(std::vector<uint64_t> regions, bool ok);
-    void retry_blocked();  // home
+    void retry_blocked(); // home
     Buffer block_image(uint64_t block) const;
 
     const uint64_t _regions;
@@ -117,10 +119,10 @@ private:
     BlockWriter _writer;
     std::unique_ptr<std::atomic<uint32_t>[]> _words;
 
-    std::mutex _mutex; // guards the lists below (slow path only)
-    std::vector<uint64_t> _pending;        // regions to mark
-    std::vector<Waiter> _waiters;          // writes waiting for a mark
-    std::vector<Waiter> _blocked;          // writes waiting for a resync lock to go
+    std::mutex _mutex;              // guards the lists below (slow path only)
+    std::vector<uint64_t> _pending; // regions to mark
+    std::vector<Waiter> _waiters;   // writes waiting for a mark
+    std::vector<Waiter> _blocked;   // writes waiting for a resync lock to go
     bool _flush_scheduled = false;
 
     // Home reactor only.

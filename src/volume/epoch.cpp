@@ -4,9 +4,9 @@
 
 namespace ispace::volume {
 
-LabelBook::LabelBook(Label truth, std::vector<std::pair<uint64_t, uint64_t>> written)
+LabelBook::LabelBook(Label truth, std::vector<Written> written)
     : _truth(std::move(truth)), _written(std::move(written)) {
-    _written.resize(_truth.members.size(), {0, 0});
+    _written.resize(_truth.members.size());
 }
 
 void LabelBook::raise_epoch() {
@@ -26,8 +26,9 @@ void LabelBook::member_out(uint32_t slot, MemberState state, bool raise) {
     MemberEntry& e = _truth.members[slot];
     if (e.state == MemberState::active || e.state == MemberState::rebuilding) {
         e.out_epoch = _truth.epoch + 1;
-        e.last_epoch = _written[slot].first;
-        e.last_generation = _written[slot].second;
+        e.last_epoch = _written[slot].epoch;
+        e.last_generation = _written[slot].generation;
+        e.last_previous_generation = _written[slot].previous;
     }
     // A member that was rebuilding keeps its mode: what it lacks is still what the bitmap (delta) or the
     // recovery offset (full) says.
@@ -64,6 +65,7 @@ void LabelBook::member_in_sync(uint32_t slot) {
     e.out_epoch = 0;
     e.last_epoch = 0;
     e.last_generation = 0;
+    e.last_previous_generation = 0;
     raise_epoch();
 }
 
@@ -79,8 +81,9 @@ void LabelBook::replace_member(uint32_t slot, MemberEntry entry) {
     entry.out_epoch = 0;
     entry.last_epoch = 0;
     entry.last_generation = 0;
+    entry.last_previous_generation = 0;
     _truth.members[slot] = std::move(entry);
-    _written[slot] = {0, 0};
+    _written[slot] = {};
     raise_epoch();
 }
 
@@ -95,7 +98,7 @@ Label LabelBook::label_for(uint32_t slot, uint64_t member_size, uint64_t data_of
 }
 
 void LabelBook::written(uint32_t slot) {
-    _written[slot] = {_truth.epoch, _truth.generation};
+    _written[slot] = Written::of(_truth);
 }
 
 } // namespace ispace::volume

@@ -6,17 +6,25 @@
 #include "volume/label.hpp"
 
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 namespace ispace::volume {
 
+// What a member's own label says, as far as the writer knows: its epoch, generation and previous
+// generation.
+struct Written {
+    uint64_t epoch = 0;
+    uint64_t generation = 0;
+    uint64_t previous = 0;
+    static Written of(const Label& l) { return {l.epoch, l.generation, l.previous_generation}; }
+};
+
 class LabelBook {
 public:
     LabelBook() = default;
-    // `truth` as assembled (or created). `written[slot]` is the (epoch, generation) each member's own label
-    // holds now (what assembly read from it; (0, 0) for a member not found).
-    LabelBook(Label truth, std::vector<std::pair<uint64_t, uint64_t>> written);
+    // `truth` as assembled (or created). `written[slot]` is what each member's own label holds now (what
+    // assembly read from it, or the truth's for a member that should have it).
+    LabelBook(Label truth, std::vector<Written> written);
 
     const Label& truth() const { return _truth; }
     Label& truth() { return _truth; }
@@ -41,13 +49,14 @@ public:
 
     // The label as member `slot` stores it (its own slot, UUID and data area).
     Label label_for(uint32_t slot, uint64_t member_size, uint64_t data_offset) const;
-    // Record that `slot`'s copies now hold the current (epoch, generation).
+    // Record that `slot`'s copies now hold the current label.
     void written(uint32_t slot);
-    std::pair<uint64_t, uint64_t> written_of(uint32_t slot) const { return _written[slot]; }
+    Written written_of(uint32_t slot) const { return _written[slot]; }
+    void set_written(uint32_t slot, Written w) { _written[slot] = w; }
 
 private:
     Label _truth;
-    std::vector<std::pair<uint64_t, uint64_t>> _written;
+    std::vector<Written> _written;
 };
 
 } // namespace ispace::volume

@@ -7,60 +7,61 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
-#include <tuple>
 #include <sys/random.h>
+#include <tuple>
 
 namespace ispace::volume {
 namespace {
 
 // Where each field sits in a label: the one table encode and decode (and docs/dataspaces.md) follow.
 namespace at {
-constexpr size_t magic = 0;          // 8  "ISPACELB"
-constexpr size_t version = 8;        // u32
-constexpr size_t size = 12;          // u32 label_size
-constexpr size_t crc = 16;           // u32 CRC32C of the label with this field zero
-constexpr size_t copy = 20;          // u32 which copy this is (0-3)
-constexpr size_t incompat = 24;      // u64
-constexpr size_t ro_compat = 32;     // u64
-constexpr size_t compat = 40;        // u64
-constexpr size_t space_uuid = 48;    // 16
-constexpr size_t member_uuid = 64;   // 16
-constexpr size_t name = 80;          // 64, NUL-padded
-constexpr size_t layout = 144;       // u8
-constexpr size_t copies = 145;       // u8
-constexpr size_t members = 146;      // u8
-constexpr size_t flags = 147;        // u8: bit 0 clean
-constexpr size_t block_size = 148;   // u32
-constexpr size_t chunk = 152;        // u64
-constexpr size_t space_size = 160;   // u64
-constexpr size_t data_offset = 168;  // u64
-constexpr size_t data_size = 176;    // u64
-constexpr size_t member_size = 184;  // u64
-constexpr size_t epoch = 192;        // u64
-constexpr size_t sequence = 200;     // u64
-constexpr size_t slot = 208;         // u32
-constexpr size_t region_size = 212;  // u32
-constexpr size_t created = 216;      // u64
-constexpr size_t updated = 224;      // u64
-constexpr size_t holder_key = 232;   // u64
-constexpr size_t generation = 240;   // u64 random id of this epoch (DRBD's generation identifiers)
-constexpr size_t previous = 248;     // u64 the generation of the epoch before
-constexpr size_t holder = 256;       // 64, NUL-padded
-constexpr size_t area_count = 320;   // u32
-constexpr size_t areas = 328;        // 8 x 24: type u32, flags u32, offset u64, length u64
+constexpr size_t magic = 0;         // 8  "ISPACELB"
+constexpr size_t version = 8;       // u32
+constexpr size_t size = 12;         // u32 label_size
+constexpr size_t crc = 16;          // u32 CRC32C of the label with this field zero
+constexpr size_t copy = 20;         // u32 which copy this is (0-3)
+constexpr size_t incompat = 24;     // u64
+constexpr size_t ro_compat = 32;    // u64
+constexpr size_t compat = 40;       // u64
+constexpr size_t space_uuid = 48;   // 16
+constexpr size_t member_uuid = 64;  // 16
+constexpr size_t name = 80;         // 64, NUL-padded
+constexpr size_t layout = 144;      // u8
+constexpr size_t copies = 145;      // u8
+constexpr size_t members = 146;     // u8
+constexpr size_t flags = 147;       // u8: bit 0 clean
+constexpr size_t block_size = 148;  // u32
+constexpr size_t chunk = 152;       // u64
+constexpr size_t space_size = 160;  // u64
+constexpr size_t data_offset = 168; // u64
+constexpr size_t data_size = 176;   // u64
+constexpr size_t member_size = 184; // u64
+constexpr size_t epoch = 192;       // u64
+constexpr size_t sequence = 200;    // u64
+constexpr size_t slot = 208;        // u32
+constexpr size_t region_size = 212; // u32
+constexpr size_t created = 216;     // u64
+constexpr size_t updated = 224;     // u64
+constexpr size_t holder_key = 232;  // u64
+constexpr size_t generation = 240;  // u64 random id of this epoch (DRBD's generation identifiers)
+constexpr size_t previous = 248;    // u64 the generation of the epoch before
+constexpr size_t holder = 256;      // 64, NUL-padded
+constexpr size_t area_count = 320;  // u32
+constexpr size_t areas = 328;       // 8 x 24: type u32, flags u32, offset u64, length u64
 constexpr size_t area_size = 24;
 constexpr size_t member_table = 1024; // 16 x 256 (520-1023 reserved for the header's growth)
 constexpr size_t entry_size = 256;
 // In a member entry:
-constexpr size_t e_uuid = 0;         // 16
-constexpr size_t e_state = 16;       // u8
-constexpr size_t e_rebuild = 17;     // u8
-constexpr size_t e_recovery = 24;    // u64
-constexpr size_t e_out_epoch = 32;   // u64
-constexpr size_t e_data_bytes = 40;  // u64
-constexpr size_t e_last_epoch = 48;  // u64 the epoch of the last label the member received
-constexpr size_t e_last_gen = 56;    // u64 and its generation
-constexpr size_t e_url = 64;         // 192, NUL-padded
+constexpr size_t e_uuid = 0;        // 16
+constexpr size_t e_state = 16;      // u8
+constexpr size_t e_rebuild = 17;    // u8
+constexpr size_t e_recovery = 24;   // u64
+constexpr size_t e_out_epoch = 32;  // u64
+constexpr size_t e_data_bytes = 40; // u64
+constexpr size_t e_last_epoch = 48; // u64 the epoch of the last label the member received
+constexpr size_t e_last_gen = 56;   // u64 and its generation
+constexpr size_t e_last_prev = 64;  // u64 and that label's previous generation
+constexpr size_t e_url = 72;        // 184, NUL-padded
 constexpr size_t end = member_table + max_members * entry_size; // 5120; the rest is reserved (zero)
 } // namespace at
 static_assert(at::areas + max_metadata_areas * at::area_size <= at::member_table);
@@ -294,6 +295,7 @@ void encode_label(const Label& l, unsigned copy, std::span<uint8_t> out) {
         put64(e + at::e_data_bytes, m.data_bytes);
         put64(e + at::e_last_epoch, m.last_epoch);
         put64(e + at::e_last_gen, m.last_generation);
+        put64(e + at::e_last_prev, m.last_previous_generation);
         put_string(e + at::e_url, max_url_length + 1, m.url);
     }
     put32(p + at::crc, label_crc32c(p, label_size));
@@ -315,8 +317,8 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
     l.version = get32(p + at::version);
     if (l.version != label_version) {
         return bad(l.version > label_version
-                       ? fmt::format("made by a newer ispace: label format version {} (this one reads {})", l.version,
-                                     label_version)
+                       ? fmt::format("made by a newer ispace: label format version {} (this one reads {})",
+                                     l.version, label_version)
                        : fmt::format("label format version {} is unknown", l.version));
     }
     if (get32(p + at::size) != label_size) {
@@ -338,8 +340,8 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
     l.ro_compat = get64(p + at::ro_compat);
     l.compat = get64(p + at::compat);
     if (uint64_t unknown = l.incompat & ~feature::incompat::known; unknown != 0) {
-        return bad(fmt::format("uses features this ispace does not know (incompat {:#x}): made by a newer ispace",
-                               unknown));
+        return bad(fmt::format(
+            "uses features this ispace does not know (incompat {:#x}): made by a newer ispace", unknown));
     }
     std::memcpy(l.space_uuid.data(), p + at::space_uuid, 16);
     std::memcpy(l.member_uuid.data(), p + at::member_uuid, 16);
@@ -374,8 +376,9 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
     l.data_offset = get64(p + at::data_offset);
     l.data_size = get64(p + at::data_size);
     l.member_size = get64(p + at::member_size);
-    if (l.data_offset % l.block_size != 0 || l.data_size % l.block_size != 0 || l.data_offset < metadata_start ||
-        l.data_size == 0 || l.data_offset > l.member_size || l.data_size > l.member_size - l.data_offset ||
+    if (l.data_offset % l.block_size != 0 || l.data_size % l.block_size != 0 ||
+        l.data_offset < metadata_start || l.data_size == 0 || l.data_offset > l.member_size ||
+        l.data_size > l.member_size - l.data_offset ||
         l.member_size < l.data_offset + l.data_size + 2 * label_size) {
         return bad(fmt::format("data area at {} of {} bytes does not fit a member of {} bytes", l.data_offset,
                                l.data_size, l.member_size));
@@ -421,8 +424,8 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
         // Between the start labels and the data area, never overlapping another area.
         if (area.offset < metadata_start || area.length == 0 || area.offset > l.data_offset ||
             area.length > l.data_offset - area.offset) {
-            return bad(fmt::format("metadata area {} ({} bytes at {}) is outside the metadata space", i, area.length,
-                                   area.offset));
+            return bad(fmt::format("metadata area {} ({} bytes at {}) is outside the metadata space", i,
+                                   area.length, area.offset));
         }
         for (const MetadataArea& other : l.areas) {
             if (area.offset < other.offset + other.length && other.offset < area.offset + area.length) {
@@ -453,6 +456,7 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
         m.data_bytes = get64(e + at::e_data_bytes);
         m.last_epoch = get64(e + at::e_last_epoch);
         m.last_generation = get64(e + at::e_last_gen);
+        m.last_previous_generation = get64(e + at::e_last_prev);
         if (m.data_bytes % l.block_size != 0 || m.recovery_offset > l.space_size) {
             return bad(fmt::format("member {}: data area of {} bytes, recovery offset {}", i, m.data_bytes,
                                    m.recovery_offset));
@@ -481,10 +485,12 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
         return bad("layout: " + layout.error().message);
     }
     if (layout->copies != l.copies) {
-        return bad(fmt::format("layout {} of {} members with {} copies", to_string(l.layout), members, l.copies));
+        return bad(
+            fmt::format("layout {} of {} members with {} copies", to_string(l.layout), members, l.copies));
     }
     if (l.space_size == 0 || l.space_size % l.block_size != 0 || l.space_size > capacity(*layout)) {
-        return bad(fmt::format("space of {} bytes on a layout that holds {}", l.space_size, capacity(*layout)));
+        return bad(
+            fmt::format("space of {} bytes on a layout that holds {}", l.space_size, capacity(*layout)));
     }
     if (layout->redundant() && l.region_size != 0) {
         const MetadataArea* bitmap = l.area(AreaType::bitmap);
@@ -518,7 +524,8 @@ LabelReading choose_label(std::span<const std::vector<uint8_t>> copies, std::spa
         }
         auto label = decode_label(copies[i]);
         if (!label) {
-            reading.problems.push_back(fmt::format("copy {} at offset {}: {}", i, where, label.error().message));
+            reading.problems.push_back(
+                fmt::format("copy {} at offset {}: {}", i, where, label.error().message));
             continue;
         }
         valid.push_back(std::move(*label));
@@ -533,8 +540,9 @@ LabelReading choose_label(std::span<const std::vector<uint8_t>> copies, std::spa
     });
     for (const Label& l : valid) {
         if (l.space_uuid != freshest->space_uuid || l.member_uuid != freshest->member_uuid) {
-            reading.problems.push_back(fmt::format("a copy belongs to space {} member {}: left over from an older use",
-                                                   to_string(l.space_uuid), to_string(l.member_uuid)));
+            reading.problems.push_back(
+                fmt::format("a copy belongs to space {} member {}: left over from an older use",
+                            to_string(l.space_uuid), to_string(l.member_uuid)));
             reading.needs_repair = true;
         } else if (l.epoch != freshest->epoch || l.sequence != freshest->sequence) {
             reading.needs_repair = true; // a copy the last label write did not reach
@@ -550,24 +558,27 @@ Result<MemberPlan> plan_member(uint64_t member_bytes, uint32_t block_size, uint6
     uint64_t metadata_end = metadata_start;
     if (region_size != 0) {
         uint64_t regions = (max_space_bytes + region_size - 1) / region_size;
+        // Whole bitmap blocks: 4 KiB, or the block size when larger (what one bitmap write covers).
+        uint64_t unit = std::max<uint64_t>(4096, block_size);
         uint64_t bytes = std::max<uint64_t>((regions + 7) / 8, 1);
-        bytes = (bytes + 4095) / 4096 * 4096;
+        bytes = (bytes + unit - 1) / unit * unit;
         plan.bitmap = {AreaType::bitmap, 0, metadata_start, bytes};
         metadata_end += bytes;
     }
     plan.data_offset = (metadata_end + data_alignment - 1) / data_alignment * data_alignment;
     // The data area ends at the last 1 MiB boundary that leaves room for the two end copies.
     if (member_bytes < plan.data_offset + 2 * label_size) {
-        return make_error(fmt::format("{} bytes: too small for a member (labels and metadata take {})", member_bytes,
-                                      plan.data_offset + 2 * label_size),
+        return make_error(fmt::format("{} bytes: too small for a member (labels and metadata take {})",
+                                      member_bytes, plan.data_offset + 2 * label_size),
                           ENOSPC);
     }
     uint64_t end = (member_bytes - 2 * label_size) / data_alignment * data_alignment;
     if (end <= plan.data_offset) {
-        return make_error(fmt::format("{} bytes: too small for a member (labels and metadata take {}, and the "
-                                      "data area is whole MiB)",
-                                      member_bytes, plan.data_offset + 2 * label_size),
-                          ENOSPC);
+        return make_error(
+            fmt::format("{} bytes: too small for a member (labels and metadata take {}, and the "
+                        "data area is whole MiB)",
+                        member_bytes, plan.data_offset + 2 * label_size),
+            ENOSPC);
     }
     plan.data_size = (end - plan.data_offset) / block_size * block_size;
     return plan;

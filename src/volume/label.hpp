@@ -55,10 +55,10 @@ inline constexpr size_t label_size = 8192;
 inline constexpr uint32_t label_version = 1;
 inline constexpr std::string_view label_magic = "ISPACELB"; // 8 bytes
 inline constexpr unsigned label_copies = 4;
-inline constexpr uint64_t metadata_start = 64 << 10;   // the first metadata area (after two label copies)
-inline constexpr uint64_t data_alignment = 1 << 20;    // data_offset and the data area's end
+inline constexpr uint64_t metadata_start = 64 << 10; // the first metadata area (after two label copies)
+inline constexpr uint64_t data_alignment = 1 << 20;  // data_offset and the data area's end
 inline constexpr size_t max_name_length = 63;
-inline constexpr size_t max_url_length = 191;
+inline constexpr size_t max_url_length = 183;
 inline constexpr size_t max_holder_length = 63;
 inline constexpr size_t max_metadata_areas = 8;
 
@@ -120,8 +120,9 @@ struct MemberEntry {
     // says anything else was written by someone else since: the members were written apart (a split).
     uint64_t last_epoch = 0;
     uint64_t last_generation = 0;
-    uint64_t data_bytes = 0; // the member's data area
-    std::string url;         // where it was last reached (no secret): a hint for assembly and status
+    uint64_t last_previous_generation = 0; // that label's previous generation: it may be one raise behind
+    uint64_t data_bytes = 0;               // the member's data area
+    std::string url; // where it was last reached (no secret): a hint for assembly and status
 };
 
 struct Label {

@@ -69,10 +69,10 @@ public:
 
     // A holder that opens the space from `slots` and records what the plan says, as the volume does.
     LabelBook open_from(const AssemblyPlan& plan) {
-        std::vector<std::pair<uint64_t, uint64_t>> written(plan.truth.members.size(), {0, 0});
+        std::vector<Written> written(plan.truth.members.size(), Written::of(plan.truth));
         for (size_t s = 0; s < plan.found.size(); ++s) {
             if (plan.found[s]) {
-                written[s] = {disks[s].epoch, disks[s].generation};
+                written[s] = Written::of(disks[s]);
             }
         }
         LabelBook b(plan.truth, written);
@@ -112,7 +112,8 @@ TEST(Assembly, AMemberNotFoundIsMissingAndTheRestGoesOn) {
     Cluster c(3);
     auto plan = plan_assembly(c.found({0, 2}));
     ASSERT_TRUE(plan) << plan.error().message;
-    EXPECT_EQ(slots_of(plan), (std::vector<SlotPlan>{SlotPlan::current, SlotPlan::missing, SlotPlan::current}));
+    EXPECT_EQ(slots_of(plan),
+              (std::vector<SlotPlan>{SlotPlan::current, SlotPlan::missing, SlotPlan::current}));
     EXPECT_TRUE(plan->membership_changed);
     EXPECT_TRUE(plan->unclean); // never closed
 }
@@ -211,6 +212,22 @@ TEST(Assembly, ASplitIsFoundEvenWhenTheOtherSideIsAtALowerEpoch) {
     EXPECT_NE(plan.error().message.find("written apart"), std::string::npos) << plan.error().message;
 }
 
+TEST(Assembly, AMemberMissingAtOpenThatWasOneRaiseBehindIsStaleNotSplit) {
+    // The labels of a raise reached member 0 only; the next holder finds member 1 unreachable, marks it
+    // missing (believing it holds the label member 0 has) and writes on. Member 1 comes back.
+    Cluster c(2);
+    c.book.raise_epoch();
+    c.write({0});
+    auto h2 = plan_assembly(c.found({0}));
+    ASSERT_TRUE(h2) << h2.error().message;
+    c.book = c.open_from(*h2);
+    c.write({0});
+    auto plan = plan_assembly(c.found({0, 1}));
+    ASSERT_TRUE(plan) << plan.error().message;
+    EXPECT_EQ(plan->slots[1], SlotPlan::out);
+    EXPECT_EQ(plan->rebuild[1], RebuildMode::delta);
+}
+
 TEST(Assembly, AMemberThatComesBackAndResyncsIsCurrentAgain) {
     Cluster c(3);
     c.book.member_out(2, MemberState::failed);
@@ -259,7 +276,8 @@ TEST(Assembly, RefusesForeignUnlabeledAndDuplicateDevices) {
     auto foreign = plan_assembly(std::vector<FoundMember>{{"m0", a.disks[0], {}}, {"x", b.disks[1], {}}});
     ASSERT_FALSE(foreign);
     EXPECT_NE(foreign.error().message.find("belongs to space"), std::string::npos) << foreign.error().message;
-    auto blank = plan_assembly(std::vector<FoundMember>{{"m0", a.disks[0], {}}, {"blank", std::nullopt, {"no magic"}}});
+    auto blank = plan_assembly(
+        std::vector<FoundMember>{{"m0", a.disks[0], {}}, {"blank", std::nullopt, {"no magic"}}});
     ASSERT_FALSE(blank);
     EXPECT_NE(blank.error().message.find("blank: no valid label (no magic)"), std::string::npos);
     auto twice = plan_assembly(std::vector<FoundMember>{{"m0", a.disks[0], {}}, {"again", a.disks[0], {}}});

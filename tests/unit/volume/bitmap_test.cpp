@@ -33,7 +33,9 @@ public:
                 _held.push_back([this, block, data, d] { complete(block, data, std::move(*d)); });
                 return;
             }
-            _home.defer([this, block, data, done = std::move(done)]() mutable { complete(block, data, std::move(done)); });
+            _home.defer([this, block, data, done = std::move(done)]() mutable {
+                complete(block, data, std::move(done));
+            });
         };
     }
     void release_held() {

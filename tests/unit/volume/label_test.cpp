@@ -45,6 +45,7 @@ Label sample(unsigned members = 3, unsigned slot = 1) {
     l.members[2 % members].out_epoch = 6;
     l.members[2 % members].last_epoch = 5;
     l.members[2 % members].last_generation = 0x5555;
+    l.members[2 % members].last_previous_generation = 0x4444;
     l.slot = slot;
     l.member_uuid = l.members[slot].uuid;
     return l;
@@ -97,6 +98,7 @@ void expect_same(const Label& a, const Label& b) {
         EXPECT_EQ(a.members[i].url, b.members[i].url);
         EXPECT_EQ(a.members[i].last_epoch, b.members[i].last_epoch);
         EXPECT_EQ(a.members[i].last_generation, b.members[i].last_generation);
+        EXPECT_EQ(a.members[i].last_previous_generation, b.members[i].last_previous_generation);
     }
 }
 
@@ -142,7 +144,8 @@ template <typename Change> std::string refused(Change&& change) {
 
 TEST(Label, EachFieldIsChecked) {
     EXPECT_NE(refused([](Label& l) { l.version = 2; }).find("newer ispace"), std::string::npos);
-    EXPECT_NE(refused([](Label& l) { l.incompat = feature::incompat::thin; }).find("does not know"), std::string::npos);
+    EXPECT_NE(refused([](Label& l) { l.incompat = feature::incompat::thin; }).find("does not know"),
+              std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.layout = LayoutKind(9); }).find("layout 9"), std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.block_size = 1000; }).find("block size"), std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.slot = 5; }).find("slot"), std::string::npos);
@@ -155,9 +158,12 @@ TEST(Label, EachFieldIsChecked) {
     EXPECT_NE(refused([](Label& l) { l.areas[0].offset = 0; }).find("outside"), std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.areas.push_back(l.areas[0]); }).find("overlaps"), std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.areas[0].length = 1; }).find("bitmap area"), std::string::npos);
-    EXPECT_NE(refused([](Label& l) { l.members[0].state = MemberState(0); }).find("state"), std::string::npos);
-    EXPECT_NE(refused([](Label& l) { l.members[0].uuid = l.members[1].uuid; }).find("twice"), std::string::npos);
-    EXPECT_NE(refused([](Label& l) { l.member_uuid = make_uuid(); }).find("not this member"), std::string::npos);
+    EXPECT_NE(refused([](Label& l) { l.members[0].state = MemberState(0); }).find("state"),
+              std::string::npos);
+    EXPECT_NE(refused([](Label& l) { l.members[0].uuid = l.members[1].uuid; }).find("twice"),
+              std::string::npos);
+    EXPECT_NE(refused([](Label& l) { l.member_uuid = make_uuid(); }).find("not this member"),
+              std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.space_size = l.data_size + 512; }).find("holds"), std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.copies = 2; }).find("layout"), std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.space_uuid = Uuid{}; }).find("nil"), std::string::npos);
