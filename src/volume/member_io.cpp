@@ -82,9 +82,10 @@ Result<void> write_member_labels(net::Reactor& reactor, backstore::Device& devic
         for (unsigned c : {first, first + 2}) {
             std::vector<uint8_t> b(label_size);
             encode_label(label, c, b);
-            if (int error = member_io(reactor, device, backstore::IoOp::write, offsets[c], b, true); error != 0) {
-                return make_error(fmt::format("{}: label copy {} could not be written: {}", device.describe(), c,
-                                              std::strerror(-error)),
+            if (int error = member_io(reactor, device, backstore::IoOp::write, offsets[c], b, true);
+                error != 0) {
+                return make_error(fmt::format("{}: label copy {} could not be written: {}", device.describe(),
+                                              c, std::strerror(-error)),
                                   -error);
             }
         }
@@ -92,7 +93,8 @@ Result<void> write_member_labels(net::Reactor& reactor, backstore::Device& devic
     return {};
 }
 
-std::vector<uint8_t> read_member_bitmap(net::Reactor& reactor, backstore::Device& device, const Label& label) {
+std::vector<uint8_t> read_member_bitmap(net::Reactor& reactor, backstore::Device& device,
+                                        const Label& label) {
     const MetadataArea* area = label.area(AreaType::bitmap);
     if (area == nullptr) {
         return {};
@@ -104,7 +106,8 @@ std::vector<uint8_t> read_member_bitmap(net::Reactor& reactor, backstore::Device
     return b;
 }
 
-Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size, uint64_t space_bytes) {
+Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
+                            uint64_t space_bytes) {
     bool redundant = spec.layout == LayoutKind::mirror || spec.layout == LayoutKind::stripe_mirror;
     return plan_member(device_bytes, block_size, space_bytes, redundant ? spec.region_size : 0);
 }
@@ -113,12 +116,13 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
                                     const std::vector<backstore::Device*>& devices, bool force) {
     if (spec.name.empty() || spec.name.size() > max_name_length ||
         spec.name.find_first_of("/ \t\n\\:") != std::string::npos) {
-        return make_error(fmt::format("space name '{}': 1 to {} characters, no '/', ':', '\\' or blanks", spec.name,
-                                      max_name_length),
+        return make_error(fmt::format("space name '{}': 1 to {} characters, no '/', ':', '\\' or blanks",
+                                      spec.name, max_name_length),
                           EINVAL);
     }
     if (spec.region_size < 4096 || (spec.region_size & (spec.region_size - 1)) != 0) {
-        return make_error(fmt::format("region size {}: a power of two, 4 KiB or more", spec.region_size), EINVAL);
+        return make_error(fmt::format("region size {}: a power of two, 4 KiB or more", spec.region_size),
+                          EINVAL);
     }
     if (devices.empty() || devices.size() != spec.urls.size()) {
         return make_error("a space needs its members", EINVAL);
@@ -127,21 +131,23 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     uint32_t bs = devices[0]->geometry().block_size;
     for (size_t i = 0; i < devices.size(); ++i) {
         if (devices[i]->geometry().block_size != bs) {
-            return make_error(fmt::format("{} has {}-byte blocks and {} has {}: the members of a space must have one "
-                                          "block size",
-                                          spec.urls[0], bs, spec.urls[i], devices[i]->geometry().block_size),
-                              EINVAL);
+            return make_error(
+                fmt::format("{} has {}-byte blocks and {} has {}: the members of a space must have one "
+                            "block size",
+                            spec.urls[0], bs, spec.urls[i], devices[i]->geometry().block_size),
+                EINVAL);
         }
     }
     // Nobody else's member (unless forced): read every member's labels before writing anything.
     for (size_t i = 0; i < devices.size(); ++i) {
         LabelReading existing = read_member_labels(reactor, *devices[i]);
         if (existing.label && !force) {
-            return make_error(fmt::format("{} is a member of space '{}' ({}, slot {}, epoch {}); use --force to "
-                                          "reuse it (that space loses this member)",
-                                          spec.urls[i], existing.label->name, to_string(existing.label->space_uuid),
-                                          existing.label->slot, existing.label->epoch),
-                              EEXIST);
+            return make_error(
+                fmt::format("{} is a member of space '{}' ({}, slot {}, epoch {}); use --force to "
+                            "reuse it (that space loses this member)",
+                            spec.urls[i], existing.label->name, to_string(existing.label->space_uuid),
+                            existing.label->slot, existing.label->epoch),
+                EEXIST);
         }
     }
     // Sizes: plan each member for the largest space the members could make, then the layout decides.
@@ -171,10 +177,11 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     if (size > cap) {
         std::string sizes;
         for (size_t i = 0; i < devices.size(); ++i) {
-            sizes += fmt::format("{}{} ({} MiB usable)", sizes.empty() ? "" : ", ", spec.urls[i], data_sizes[i] >> 20);
+            sizes += fmt::format("{}{} ({} MiB usable)", sizes.empty() ? "" : ", ", spec.urls[i],
+                                 data_sizes[i] >> 20);
         }
-        return make_error(fmt::format("size {} MiB: the members hold at most {} MiB as a {} ({})", size >> 20, cap >> 20,
-                                      to_string(spec.layout), sizes),
+        return make_error(fmt::format("size {} MiB: the members hold at most {} MiB as a {} ({})", size >> 20,
+                                      cap >> 20, to_string(spec.layout), sizes),
                           ENOSPC);
     }
     // The bitmap areas were sized for `upper`; a space of `size` needs no more.
@@ -216,7 +223,8 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     for (size_t i = 0; i < devices.size(); ++i) {
         if (layout->redundant()) {
             std::vector<uint8_t> zero(plans[i].bitmap.length, 0);
-            if (int error = member_io(reactor, *devices[i], backstore::IoOp::write, plans[i].bitmap.offset, zero);
+            if (int error =
+                    member_io(reactor, *devices[i], backstore::IoOp::write, plans[i].bitmap.offset, zero);
                 error != 0) {
                 return make_error(fmt::format("{}: the bitmap area could not be written: {}", spec.urls[i],
                                               std::strerror(-error)),

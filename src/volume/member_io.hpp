@@ -35,16 +35,16 @@ inline constexpr uint32_t default_region_size = 1 << 20;
 struct SpaceSpec {
     std::string name;
     LayoutKind layout = LayoutKind::mirror;
-    uint32_t copies = 2;          // stripe_mirror only
-    uint64_t chunk = 0;           // stripe kinds (default_chunk)
-    uint64_t size = 0;            // 0: all the layout holds
+    uint32_t copies = 2;                        // stripe_mirror only
+    uint64_t chunk = 0;                         // stripe kinds (default_chunk)
+    uint64_t size = 0;                          // 0: all the layout holds
     uint32_t region_size = default_region_size; // bitmap region (redundant layouts)
-    std::vector<std::string> urls; // in slot order (for the labels and messages; no secrets)
+    std::vector<std::string> urls;              // in slot order (for the labels and messages; no secrets)
 };
 
 // A space whose members were just labelled.
 struct FormattedSpace {
-    AssemblyPlan plan;                 // every member current, clean
+    AssemblyPlan plan;                  // every member current, clean
     std::vector<uint64_t> data_offsets; // per slot
 };
 
@@ -55,6 +55,7 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
                                     const std::vector<backstore::Device*>& devices, bool force);
 
 // What a member's data area would be for `spec` on a device of `bytes` (for add/replace): its plan.
-Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size, uint64_t space_bytes);
+Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
+                            uint64_t space_bytes);
 
 } // namespace ispace::volume

@@ -794,59 +794,81 @@ Result<void> RemoteDevice::release_sync() {
 }
 
 void RemoteDevice::reconnect(Function<void(Result<void>)> done) {
-    _initiator.connect_async(
-        _session_options,
-        [this, done = std::move(done)](Result<std::shared_ptr<initiator::Session>> session) mutable {
-            if (!session) {
-                done(make_error(fmt::format("{}: {}", _describe, session.error().message),
-                                session.error().code));
+    _initiator.connect_async(_session_options, [this, done = std::move(done)](
+                                                   Result<std::shared_ptr<initiator::Session>>
+                                                       session) mutable {
+        if (!session) {
+            done(make_error(fmt::format("{}: {}", _describe, session.error().message), session.error().code));
+            return;
+        }
+        std::shared_ptr<initiator::Session> fresh = *session;
+        auto take = [this, fresh, done = std::move(done)](Result<void> registered) mutable {
+            if (!registered) {
+                // Not ours to write to without a registration: stay failed; the session closes off the
+                // reactor.
+                net::Reactor::current()->run_blocking(
+                    [fresh]() mutable -> int64_t {
+                        fresh->close();
+                        return 0;
+                    },
+                    [](int64_t) {});
+                done(std::move(registered).error());
                 return;
             }
-            std::shared_ptr<initiator::Session> fresh = *session;
-            auto take = [this, fresh, done = std::move(done)](Result<void> registered) mutable {
-                if (!registered) {
-                    // Not ours to write to without a registration: stay failed; the session closes off the
-                    // reactor.
-                    net::Reactor::current()->run_blocking(
-                        [fresh]() mutable -> int64_t {
-                            fresh->close();
-                            return 0;
-                        },
-                        [](int64_t) {});
-                    done(std::move(registered).error());
-                    return;
-                }
-                std::shared_ptr<initiator::Session> old;
-                {
-                    std::lock_guard lock(_sessions_mutex);
-                    initiator::Session* previous = _session.exchange(fresh.get(), std::memory_order_acq_rel);
-                    for (auto& s : _sessions) {
-                        if (s.get() == previous) {
-                            old = s;
-                        }
+            std::shared_ptr<initiator::Session> old;
+            {
+                std::lock_guard lock(_sessions_mutex);
+                initiator::Session* previous = _session.exchange(fresh.get(), std::memory_order_acq_rel);
+                for (auto& s : _sessions) {
+                    if (s.get() == previous) {
+                        old = s;
                     }
-                    _sessions.push_back(fresh);
                 }
-                _failed.store(false, std::memory_order_release);
-                log_info("{}: logged in again", _describe);
-                if (old) {
-                    // Session::close() waits for its commands: a worker thread's job, never a reactor's.
-                    net::Reactor::current()->run_blocking(
-                        [old]() mutable -> int64_t {
-                            old->close();
-                            return 0;
-                        },
-                        [](int64_t) {});
-                }
-                refresh_capacity();
-                done(Result<void>{});
-            };
-            uint64_t key = registered_key();
-            if (key == 0) {
-                take(Result<void>{});
+                _sessions.push_back(fresh);
+            }
+            _failed.store(false, std::memory_order_release);
+            log_info("{}: logged in again", _describe);
+            if (old) {
+                // Session::close() waits for its commands: a worker thread's job, never a reactor's.
+                net::Reactor::current()->run_blocking(
+                    [old]() mutable -> int64_t {
+                        old->close();
+                        return 0;
+                    },
+                    [](int64_t) {});
+            }
+            refresh_capacity();
+            done(Result<void>{});
+        };
+        uint64_t key = registered_key();
+        if (key == 0) {
+            take(Result<void>{});
+            return;
+        }
+        // A new session is a new I_T nexus: register our key on it before it may write — unless
+        // someone else holds the reservation now (we were preempted while away): registering again
+        // would let a fenced holder write.
+        constexpr uint16_t length = 8192;
+        Buffer reservation = Buffer::allocate_zeroed(length);
+        auto check_holder = std::make_shared<Pending>();
+        check_holder->session = fresh.get();
+        check_holder->request =
+            make(_lun, scsi::cdb::persistent_reserve_in(scsi::pr::read_reservation, length),
+                 DataDirection::read, reservation);
+        check_holder->origin = net::Reactor::current();
+        check_holder->done = [this, key, fresh, reservation, take = std::move(take)](Response&& r) mutable {
+            if (auto ok = check(r, fmt::format("{}: READ RESERVATION on the new session", _describe)); !ok) {
+                take(std::move(ok).error());
                 return;
             }
-            // A new session is a new I_T nexus: register our key on it before it may write.
+            const uint8_t* d = reservation.data();
+            if (r.data_received >= 24 && load_be32(d + 4) >= 16 && load_be64(d + 8) != key) {
+                take(make_error(fmt::format("{}: the reservation is held by key {:#x} now: this holder was "
+                                            "preempted",
+                                            _describe, load_be64(d + 8)),
+                                EBADE));
+                return;
+            }
             Buffer list = Buffer::allocate_zeroed(24);
             store_be64(list.data() + 8, key);
             list.data()[20] = _aptpl ? 0x01 : 0x00;
@@ -861,11 +883,12 @@ void RemoteDevice::reconnect(Function<void(Result<void>)> done) {
                     r, fmt::format("{}: PERSISTENT RESERVE OUT (REGISTER) on the new session", _describe)));
             };
             send_pending(std::move(p));
-        });
+        };
+        send_pending(std::move(check_holder));
+    });
 }
 
-// ---- the "iscsi" kind
-// --------------------------------------------------------------------------------------
+// ---- the "iscsi" kind ----------------------------------------------------------------------------------
 
 namespace {
 

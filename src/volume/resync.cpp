@@ -21,13 +21,13 @@ struct Resync::Window {
     bool unclean = false;        // the unclean pass is served too
     bool failed = false;         // a source could not be read: the window is tried again
     unsigned left = 0;
-    uint64_t moved = 0;          // bytes written to targets
+    uint64_t moved = 0; // bytes written to targets
     struct Request {
         backstore::IoRequest request;
         iovec iov{};
     };
-    std::vector<Buffer> buffers;    // per extent
-    std::vector<Request> requests;  // reads and writes; sized before any is sent
+    std::vector<Buffer> buffers;   // per extent
+    std::vector<Request> requests; // reads and writes; sized before any is sent
 };
 
 Resync::Resync(Volume& volume) : _v(volume) {}
@@ -373,7 +373,8 @@ void Resync::finished(Target& t) {
     _v.update_masks();
     uint32_t slot = t.slot;
     _v.change_labels([slot](LabelBook& book) { book.member_in_sync(slot); });
-    log_info("space {}: {} is in sync again ({} MiB copied)", _v._truth_at_open.name, m.url, t.done_bytes >> 20);
+    log_info("space {}: {} is in sync again ({} MiB copied)", _v._truth_at_open.name, m.url,
+             t.done_bytes >> 20);
 }
 
 void Resync::update_progress_locked() {
@@ -382,9 +383,10 @@ void Resync::update_progress_locked() {
     for (const Target& t : _targets) {
         total += t.total_bytes;
         done += std::min(t.done_bytes, t.total_bytes);
-        std::string one = t.slot == unclean_slot ? std::string("dirty regions after an unclean stop")
-                                                 : fmt::format("{} ({})", _v._members[t.slot].url,
-                                                               t.mode == RebuildMode::full ? "full" : "delta");
+        std::string one = t.slot == unclean_slot
+                              ? std::string("dirty regions after an unclean stop")
+                              : fmt::format("{} ({})", _v._members[t.slot].url,
+                                            t.mode == RebuildMode::full ? "full" : "delta");
         what += (what.empty() ? "" : ", ") + one;
     }
     auto now = net::Clock::now();

@@ -58,8 +58,8 @@ struct VolumeMember {
 
 struct VolumeOptions {
     std::chrono::milliseconds sweep_interval{2000};
-    uint64_t resync_rate = 0;      // bytes per second; 0: unlimited
-    unsigned resync_depth = 16;    // windows in flight while no foreground I/O runs
+    uint64_t resync_rate = 0;       // bytes per second; 0: unlimited
+    unsigned resync_depth = 16;     // windows in flight while no foreground I/O runs
     unsigned resync_busy_depth = 2; // ... and while it does
     std::chrono::milliseconds retry_min{1000};
     std::chrono::milliseconds retry_max{30000};
@@ -69,16 +69,19 @@ struct VolumeOptions {
     // Who holds the space (written into the labels): reservation key and name.
     uint64_t holder_key = 0;
     std::string holder;
+    // Called once (on a worker thread, where it may block) when the volume lost the space to another
+    // holder: its owner closes it.
+    std::function<void()> on_lost;
 };
 
 struct ResyncProgress {
     bool running = false;
-    std::string what;           // "rebuild of slot 1 (delta)", "making dirty regions equal"
-    uint64_t done_bytes = 0;    // of this pass
+    std::string what;        // "rebuild of slot 1 (delta)", "making dirty regions equal"
+    uint64_t done_bytes = 0; // of this pass
     uint64_t total_bytes = 0;
-    double rate = 0;            // bytes per second, recent
+    double rate = 0; // bytes per second, recent
     double eta_seconds = 0;
-    uint64_t copied_bytes = 0;  // moved since the volume opened (all passes)
+    uint64_t copied_bytes = 0; // moved since the volume opened (all passes)
 };
 
 struct MemberStatus {
@@ -139,6 +142,9 @@ public:
     // --- management (any thread but a reactor; blocking) ---
     // Changes the resync rate (bytes per second, 0: unlimited).
     void set_resync_rate(uint64_t bytes_per_second);
+    // Takes `slot` out of service (marked failed, epoch raised), as if it had failed: before a replace of
+    // a member that is still in sync. Refused when it holds the last in-sync copy of some data.
+    Result<void> fail_member(uint32_t slot);
     // Puts `device` in `slot` (which must be failed or missing) as a new member, rebuilt in full.
     Result<void> replace_member(uint32_t slot, VolumeMember member, MemberEntry entry);
     // Waits until no resync is pending (or `limit` passed); for tests and tools.
@@ -216,6 +222,7 @@ private:
     uint32_t writable_mask() const { return _writable.load(std::memory_order_acquire); }
     uint32_t active_mask() const { return _active.load(std::memory_order_acquire); }
     bool all_in_sync() const;
+    void drain(); // waits until no request is in flight
     void raise_event(backstore::DeviceEvent event);
     // Blocking helpers for open/close (not on a reactor): run `fn` on home and wait.
     template <typename Fn> auto on_home(Fn&& fn);
@@ -264,7 +271,10 @@ private:
     std::unique_ptr<WriteIntentBitmap> _bitmap; // redundant layouts only
     std::unique_ptr<Resync> _resync;
     net::Reactor::TimerId _sweep_timer = 0;
-    std::atomic<uint64_t> _foreground{0}; // requests started: the resync yields when it moves
+    // Requests started and completed: the resync yields while the first moves; close() waits until they
+    // meet (a volume closed under a request in flight would free what it uses).
+    std::atomic<uint64_t> _foreground{0};
+    std::atomic<uint64_t> _completed{0};
 
     std::mutex _event_mutex;
     std::function<void(backstore::DeviceEvent)> _event_sink;

@@ -113,7 +113,8 @@ uint32_t nth_bit(uint32_t mask, uint32_t n) {
 }
 
 bool is_write(backstore::IoOp op) {
-    return op == backstore::IoOp::write || op == backstore::IoOp::unmap || op == backstore::IoOp::write_zeroes;
+    return op == backstore::IoOp::write || op == backstore::IoOp::unmap ||
+           op == backstore::IoOp::write_zeroes;
 }
 
 } // namespace
@@ -126,8 +127,8 @@ void Volume::submit(backstore::IoRequest& request) {
         return;
     }
     if (request.op != backstore::IoOp::flush &&
-        (request.offset % _block_size != 0 || request.length % _block_size != 0 || request.offset > _space_size ||
-         request.length > _space_size - request.offset)) {
+        (request.offset % _block_size != 0 || request.length % _block_size != 0 ||
+         request.offset > _space_size || request.length > _space_size - request.offset)) {
         complete_soon(origin, request, -EINVAL);
         return;
     }
@@ -140,7 +141,13 @@ void Volume::submit(backstore::IoRequest& request) {
         complete_soon(origin, request, 0);
         return;
     }
-    _foreground.fetch_add(1, std::memory_order_relaxed);
+    // Counted before the closing check, so that close() either sees it or it sees close().
+    _foreground.fetch_add(1, std::memory_order_acq_rel);
+    if (_closing.load(std::memory_order_acquire) || _lost.load(std::memory_order_acquire)) {
+        _completed.fetch_add(1, std::memory_order_acq_rel);
+        complete_soon(origin, request, _lost.load() ? -EBADE : -ESHUTDOWN);
+        return;
+    }
     VolumeIo* io = acquire();
     io->volume = this;
     io->parent = &request;
@@ -293,7 +300,8 @@ void Volume::send_children(VolumeIo* io) {
     io->pending = uint32_t(io->children.size());
     for (auto& c : io->children) {
         c.request.done = [io, index = c.index](int error) { io->volume->child_done(io, index, error); };
-        const Buffer* shared = io->staged.empty() || io->staged[c.extent].empty() ? nullptr : &io->staged[c.extent];
+        const Buffer* shared =
+            io->staged.empty() || io->staged[c.extent].empty() ? nullptr : &io->staged[c.extent];
         submit_member(c.slot, c.request, shared);
     }
 }
@@ -461,6 +469,8 @@ void Volume::complete(VolumeIo* io, int error) {
     backstore::IoRequest* parent = io->parent;
     release(io);
     auto done = std::move(parent->done);
+    // Counted before the callback: the caller may close the volume from it.
+    _completed.fetch_add(1, std::memory_order_acq_rel);
     done(error);
 }
 

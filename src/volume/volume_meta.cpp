@@ -106,8 +106,8 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
         return layout.error();
     }
     if (members.size() != truth.members.size()) {
-        return make_error(fmt::format("space '{}': {} member devices for {} slots", truth.name, members.size(),
-                                      truth.members.size()),
+        return make_error(fmt::format("space '{}': {} member devices for {} slots", truth.name,
+                                      members.size(), truth.members.size()),
                           EINVAL);
     }
     std::shared_ptr<Volume> v(new Volume(reactors, std::move(options)));
@@ -246,8 +246,8 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
             r.request.done = [&read](int error) { read.set_value(error); };
             v->_home.post([&] { m.device->submit(r.request); });
             if (int error = got.get(); error != 0) {
-                log_warn("space {}: {}: the bitmap could not be read ({}); the member is failed", truth.name, m.url,
-                         std::strerror(-error));
+                log_warn("space {}: {}: the bitmap could not be read ({}); the member is failed", truth.name,
+                         m.url, std::strerror(-error));
                 v->member_error(s, error, "bitmap read");
                 continue;
             }
@@ -263,8 +263,9 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (!v->on_home([&] { return v->labels_settled(); })) {
         if (std::chrono::steady_clock::now() > deadline) {
-            return make_error(fmt::format("space '{}': the labels could not be written within 60 s", truth.name),
-                              ETIMEDOUT);
+            return make_error(
+                fmt::format("space '{}': the labels could not be written within 60 s", truth.name),
+                ETIMEDOUT);
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
@@ -302,12 +303,20 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
 
 // ---- close -----------------------------------------------------------------------------------------------
 
+void Volume::drain() {
+    // Requests in flight finish first (members answer, or fail, within their own time limits).
+    while (_completed.load(std::memory_order_acquire) != _foreground.load(std::memory_order_acquire)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
+
 Result<void> Volume::close() {
     assert(net::Reactor::current() == nullptr);
     if (_closed) {
         return {};
     }
     _closing.store(true, std::memory_order_release);
+    drain();
     // Stop the resync (windows in flight finish) and the timers.
     std::promise<void> stopped;
     auto stopped_future = stopped.get_future();
@@ -324,9 +333,7 @@ Result<void> Volume::close() {
     });
     stopped_future.get();
     // Metadata writes in flight: the bitmap's batches and the labels.
-    auto quiet = [&] {
-        return on_home([&] { return (!_bitmap || _bitmap->idle()) && !_labels_writing; });
-    };
+    auto quiet = [&] { return on_home([&] { return (!_bitmap || _bitmap->idle()) && !_labels_writing; }); };
     for (int i = 0; i < 60000 && !quiet(); ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
@@ -379,8 +386,8 @@ Result<void> Volume::close() {
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         }
         if (writable_mask() == 0) {
-            result = make_error(fmt::format("space '{}': no member took the closing labels", _truth_at_open.name),
-                                EIO);
+            result = make_error(
+                fmt::format("space '{}': no member took the closing labels", _truth_at_open.name), EIO);
         }
     }
     on_home([&] {
@@ -398,6 +405,7 @@ void Volume::abandon() {
         return;
     }
     _closing.store(true, std::memory_order_release);
+    drain();
     std::promise<void> stopped;
     auto stopped_future = stopped.get_future();
     _home.post([&] {
@@ -472,9 +480,10 @@ void Volume::lose(uint32_t slot) {
     if (_lost.exchange(true, std::memory_order_acq_rel)) {
         return;
     }
-    log_error("space {}: {} answered RESERVATION CONFLICT: another holder took the space over; this one stops "
-              "writing and lets go of it",
-              _truth_at_open.name, _members[slot].url);
+    log_error(
+        "space {}: {} answered RESERVATION CONFLICT: another holder took the space over; this one stops "
+        "writing and lets go of it",
+        _truth_at_open.name, _members[slot].url);
     auto self = shared_from_this();
     _home.post([self] {
         if (self->_resync) {
@@ -494,7 +503,38 @@ void Volume::lose(uint32_t slot) {
             w.origin->post(std::move(w.then));
         }
         self->raise_event(backstore::DeviceEvent::removed);
+        if (self->_options.on_lost) {
+            self->_home.run_blocking(
+                [self]() -> int64_t {
+                    self->_options.on_lost();
+                    return 0;
+                },
+                [](int64_t) {});
+        }
     });
+}
+
+Result<void> Volume::fail_member(uint32_t slot) {
+    assert(net::Reactor::current() == nullptr);
+    if (slot >= _count) {
+        return make_error(fmt::format("slot {}: the space has {}", slot, _count), EINVAL);
+    }
+    auto state = MemberState(_members[slot].state.load());
+    if (state != MemberState::active && state != MemberState::rebuilding) {
+        return {};
+    }
+    uint32_t column = column_of(_layout, slot);
+    uint32_t mask = ((1u << _layout.copies) - 1) << (column * _layout.copies);
+    if (state == MemberState::active && (active_mask() & mask & ~(1u << slot)) == 0) {
+        return make_error(fmt::format("{} holds the last in-sync copy of its data: it cannot be taken out",
+                                      _members[slot].url),
+                          EBUSY);
+    }
+    member_error(slot, -ECANCELED, "removal by the administrator");
+    for (int i = 0; i < 60000 && !labels_current(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return {};
 }
 
 // ---- labels ----------------------------------------------------------------------------------------------
@@ -520,7 +560,8 @@ void Volume::wait_labels(net::Reactor* origin, Function<void()> then) {
     uint64_t needed = _epoch_requested.load(std::memory_order_acquire);
     {
         std::lock_guard lock(_label_waiters_mutex);
-        if (_epoch_durable.load(std::memory_order_acquire) < needed && !_lost.load(std::memory_order_acquire)) {
+        if (_epoch_durable.load(std::memory_order_acquire) < needed &&
+            !_lost.load(std::memory_order_acquire)) {
             _label_waiters.push_back({needed, origin, std::move(then)});
             return;
         }
@@ -773,7 +814,8 @@ void Volume::retry_member(uint32_t slot) {
     auto self = shared_from_this();
     auto again = [self, slot](const std::string& why) {
         self->_members[slot].retrying = false;
-        log_debug("space {}: {} still unavailable: {}", self->_truth_at_open.name, self->_members[slot].url, why);
+        log_debug("space {}: {} still unavailable: {}", self->_truth_at_open.name, self->_members[slot].url,
+                  why);
         self->schedule_retry(slot);
     };
     // Step 3: read its labels and decide.
@@ -817,8 +859,14 @@ void Volume::retry_member(uint32_t slot) {
     auto reconnect = [self, slot, again, probe] {
         Member& m = self->_members[slot];
         if (m.remote && m.remote->failed()) {
-            m.remote->reconnect([self, again, probe](Result<void> r) mutable {
-                self->_home.post([r = std::move(r), again, probe]() mutable {
+            m.remote->reconnect([self, slot, again, probe](Result<void> r) mutable {
+                self->_home.post([self, slot, r = std::move(r), again, probe]() mutable {
+                    if (!r && r.error().code == EBADE) {
+                        // Preempted while it was away: someone else holds the space now.
+                        self->_members[slot].retrying = false;
+                        self->lose(slot);
+                        return;
+                    }
                     if (!r) {
                         again(r.error().message);
                         return;
@@ -870,8 +918,9 @@ void Volume::rejoin(uint32_t slot, const Label& own) {
         return;
     }
     if (own.space_uuid != truth.space_uuid || own.member_uuid != e.uuid) {
-        log_error("space {}: {} answers again but holds another member's label ({} of space {}); not rejoined",
-                  truth.name, m.url, to_string(own.member_uuid), own.name);
+        log_error(
+            "space {}: {} answers again but holds another member's label ({} of space {}); not rejoined",
+            truth.name, m.url, to_string(own.member_uuid), own.name);
         schedule_retry(slot);
         return;
     }
@@ -882,9 +931,10 @@ void Volume::rejoin(uint32_t slot, const Label& own) {
                    (own.epoch + 1 == e.last_epoch && own.generation == e.last_previous_generation) ||
                    (own.epoch == written.epoch && own.generation == written.generation);
     if (!as_left) {
-        log_error("space {}: {} was written by someone else while it was out (its label: epoch {}, holder '{}'): "
-                  "not rejoined; replace it or resolve the split by assembling with --force-from",
-                  truth.name, m.url, own.epoch, own.holder);
+        log_error(
+            "space {}: {} was written by someone else while it was out (its label: epoch {}, holder '{}'): "
+            "not rejoined; replace it or resolve the split by assembling with --force-from",
+            truth.name, m.url, own.epoch, own.holder);
         return;
     }
     if (m.member_size < m.data_offset + e.data_bytes) {
@@ -918,8 +968,8 @@ Result<void> Volume::replace_member(uint32_t slot, VolumeMember member, MemberEn
         Member& m = _members[slot];
         auto state = MemberState(m.state.load());
         if (state != MemberState::failed && state != MemberState::missing) {
-            return make_error(fmt::format("{}: slot {} is {}; only a failed or missing member is replaced", m.url,
-                                          slot, to_string(state)),
+            return make_error(fmt::format("{}: slot {} is {}; only a failed or missing member is replaced",
+                                          m.url, slot, to_string(state)),
                               EBUSY);
         }
         if (m.inflight.load() != 0 || m.retrying) {

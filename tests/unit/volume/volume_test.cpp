@@ -122,7 +122,8 @@ protected:
     }
     std::vector<uint8_t> member_data(unsigned slot, uint64_t offset, uint64_t length) {
         std::vector<uint8_t> out(length);
-        EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, offsets[slot] + offset, out), 0);
+        EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, offsets[slot] + offset, out),
+                  0);
         return out;
     }
     Label label_of(unsigned slot) {
@@ -130,7 +131,9 @@ protected:
         EXPECT_TRUE(r.label);
         return r.label ? *r.label : Label{};
     }
-    MemberState state_of(const std::shared_ptr<Volume>& v, unsigned slot) { return v->status().members[slot].state; }
+    MemberState state_of(const std::shared_ptr<Volume>& v, unsigned slot) {
+        return v->status().members[slot].state;
+    }
 
     std::chrono::milliseconds sweep_interval = 50ms;
     net::ReactorGroup group;
@@ -165,8 +168,8 @@ TEST_F(VolumeTest, EveryLayoutRoundTripsAndHasItsCapacity) {
         unsigned members;
         uint64_t chunk;
     };
-    for (Case c : {Case{LayoutKind::mirror, 3, 0}, Case{LayoutKind::stripe, 2, 64 << 10}, Case{LayoutKind::concat, 3, 0},
-                   Case{LayoutKind::stripe_mirror, 4, 128 << 10}}) {
+    for (Case c : {Case{LayoutKind::mirror, 3, 0}, Case{LayoutKind::stripe, 2, 64 << 10},
+                   Case{LayoutKind::concat, 3, 0}, Case{LayoutKind::stripe_mirror, 4, 128 << 10}}) {
         SCOPED_TRACE(std::string(to_string(c.kind)));
         disks.clear();
         faults.clear();
@@ -204,7 +207,8 @@ TEST_F(VolumeTest, AMemberThatFailsMidWriteIsDroppedAndWritesGoOn) {
         }
         uint64_t first = rng() % ((8 << 20) / 4096 - 16);
         auto data = random_bytes(16 * 4096, rng());
-        ASSERT_EQ(io.write(device, first * 4096, data), 0) << "write " << i << " reached the caller as an error";
+        ASSERT_EQ(io.write(device, first * 4096, data), 0)
+            << "write " << i << " reached the caller as an error";
         std::memcpy(shadow.data() + first * 4096, data.data(), data.size());
     }
     auto st = v->status();
@@ -418,7 +422,8 @@ TEST_F(VolumeTest, AResyncResumesFromItsCheckpointAfterARestart) {
     nm.data_offset = offsets[1];
     nm.url = "m1-new";
     ASSERT_TRUE((*h)->replace_member(1, std::move(nm), fresh));
-    ASSERT_TRUE(test::eventually([&] { return (*h)->status().members[1].recovery_offset >= (8u << 20); }, 20s));
+    ASSERT_TRUE(
+        test::eventually([&] { return (*h)->status().members[1].recovery_offset >= (8u << 20); }, 20s));
     close(*h); // a restart in the middle of the rebuild
     uint64_t checkpoint = label_of(0).members[1].recovery_offset;
     EXPECT_GE(checkpoint, 6u << 20) << "the checkpoint lags the progress by more than a few windows";
@@ -482,7 +487,8 @@ TEST_F(VolumeTest, CreateRefusesWhatCannotWorkAndWritesNothing) {
     spec.name = "other";
     auto reused = format_space(group.at(0), spec, raw(), false);
     ASSERT_FALSE(reused);
-    EXPECT_NE(reused.error().message.find("member of space 'bad'"), std::string::npos) << reused.error().message;
+    EXPECT_NE(reused.error().message.find("member of space 'bad'"), std::string::npos)
+        << reused.error().message;
     EXPECT_TRUE(format_space(group.at(0), spec, raw(), true));
 }
 
