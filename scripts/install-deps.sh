@@ -10,8 +10,9 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # peers for conformance and interop tests
   libiscsi-bin qemu-utils qemu-block-extra tgt e2fsprogs iproute2 procps python3
-  # make bench: the loopback bandwidth limit, the plot, the page-cache check (fincore)
-  iperf3 gnuplot-nox util-linux
+  # make bench: the loopback bandwidth limit, the plot, the page-cache check (fincore); fio for the
+  # attach path against a raw loop device
+  iperf3 gnuplot-nox util-linux fio
 )
 
 # A third target for make bench, wanted but not needed: Debian 12 ships istgt, and make bench runs

@@ -62,6 +62,19 @@ Runtime::~Runtime() {
     _server.reset();
 }
 
+void Runtime::detach_all() {
+    std::map<std::string, std::unique_ptr<attach::Attachment>, std::less<>> attachments;
+    {
+        std::lock_guard lock(_attach_mutex);
+        attachments.swap(_attachments);
+    }
+    for (auto& [path, attachment] : attachments) {
+        if (auto detached = attachment->detach(attach::DetachMode::force); !detached) {
+            log_warn("{}: {}", path, detached.error().message);
+        }
+    }
+}
+
 void Runtime::run_reactors() {
     if (!_reactors_running) {
         reactors().start();
@@ -201,6 +214,9 @@ bool Runtime::stop(std::chrono::milliseconds grace) {
         return true;
     }
     _stopped = true;
+    // Attached devices first: their I/O runs on the reactors and may go through the initiator. A
+    // mounted one is synced, then cut off (docs/architecture.md, "Attach").
+    detach_all();
     // The initiator's sessions first (they may be logged in to our own target): it closes them on the
     // reactors, which still run.
     _initiator.reset();
@@ -412,6 +428,83 @@ Result<std::vector<LunInfo>> Runtime::luns(std::string_view iqn) {
         info.bytes = lu->block_count() * lu->block_size();
         info.read_only = lu->write_protected();
         out.push_back(std::move(info));
+    }
+    return out;
+}
+
+Result<std::string> Runtime::attach(std::shared_ptr<backstore::Device> device,
+                                    attach::AttachOptions options) {
+    assert_not_on_reactor("Runtime::attach");
+    {
+        std::lock_guard lock(_catalog_mutex);
+        if (_stopped) {
+            return make_error("the runtime has stopped", ESHUTDOWN);
+        }
+        run_reactors();
+    }
+    std::string why_not;
+    for (auto& backend : _attach_backends) {
+        if (auto usable = backend->available(); !usable) {
+            why_not += (why_not.empty() ? "" : "; ") + usable.error().message;
+            continue;
+        }
+        auto attachment = backend->attach(std::move(device), *_reactors, options);
+        if (!attachment) {
+            return attachment.error();
+        }
+        std::string path = (*attachment)->path();
+        std::lock_guard lock(_attach_mutex);
+        _attachments[path] = std::move(*attachment);
+        return path;
+    }
+    return make_error("no way to attach a block device here: " + why_not, ENOTSUP);
+}
+
+Result<std::string> Runtime::attach_spec(std::string_view spec_text, attach::AttachOptions options) {
+    assert_not_on_reactor("Runtime::attach_spec");
+    auto spec = _backstores.parse(spec_text);
+    if (!spec) {
+        return spec.error();
+    }
+    if (auto ok = (*spec)->check(); !ok) {
+        return ok.error();
+    }
+    auto device = (*spec)->open();
+    if (!device) {
+        return device.error();
+    }
+    if (options.name.empty()) {
+        options.name = (*spec)->describe();
+    }
+    return attach(std::shared_ptr<backstore::Device>(std::move(*device)), std::move(options));
+}
+
+Result<void> Runtime::detach(std::string_view path, attach::DetachMode mode) {
+    assert_not_on_reactor("Runtime::detach");
+    std::unique_ptr<attach::Attachment> attachment;
+    {
+        std::lock_guard lock(_attach_mutex);
+        auto found = _attachments.find(path);
+        if (found == _attachments.end()) {
+            return make_error(fmt::format("{}: not attached by this process", path), ENOENT);
+        }
+        // Detached outside the lock (it waits for the kernel); taken out so that no one else does.
+        attachment = std::move(found->second);
+        _attachments.erase(found);
+    }
+    if (auto detached = attachment->detach(mode); !detached) {
+        std::lock_guard lock(_attach_mutex);
+        _attachments[std::string(path)] = std::move(attachment);
+        return detached;
+    }
+    return {};
+}
+
+std::vector<attach::AttachmentStatus> Runtime::attachments() const {
+    std::lock_guard lock(_attach_mutex);
+    std::vector<attach::AttachmentStatus> out;
+    for (const auto& [path, attachment] : _attachments) {
+        out.push_back(attachment->status());
     }
     return out;
 }

@@ -1,13 +1,14 @@
 // mgmt::Runtime: one process's storage runtime. It owns the reactor group every layer runs on, the
-// registry of backstore kinds, and the iSCSI target front end with its catalog of targets and LUs
-// (and, as those layers arrive, the initiator and the data-space manager, on the same reactors).
+// registry of backstore kinds, the iSCSI target front end with its catalog of targets and LUs, the
+// initiator, and the devices attached as local block devices (and, as it arrives, the data-space
+// manager), all on the same reactors.
 //
 // It is the one place that knows the order of things:
 //   start-up:  validate everything → bind the portals → open the devices → start the reactors → accept;
 //              a port in use or a bad spec fails before any file is created;
-//   teardown:  stop accepting → close every connection → wait for tasks → flush every LU →
-//              stop and join the reactors (their teardown runs what was still posted) → free the
-//              front end and the devices.
+//   teardown:  detach attached devices → close the initiator's sessions → stop accepting → close every
+//              connection → wait for tasks → flush every LU → stop and join the reactors (their
+//              teardown runs what was still posted) → free the front end and the devices.
 // so that no object outlives, or dies before, what uses it.
 //
 // Live changes (targets, portals, LUs) go through the methods below from any thread but a reactor's;
@@ -15,6 +16,7 @@
 // reactor.
 #pragma once
 
+#include "attach/attachment.hpp"
 #include "backstore/registry.hpp"
 #include "common/result.hpp"
 #include "iscsi_target/config.hpp"
@@ -94,6 +96,20 @@ public:
     Result<void> resize_lun(std::string_view iqn, uint64_t lun, uint64_t bytes, bool allow_shrink);
     Result<std::vector<LunInfo>> luns(std::string_view iqn);
 
+    // --- attached devices: any Device as a local block device (src/attach) ---
+    // Attaches `device` through the first backend this machine can use (FUSE + loop today) and returns
+    // the block device's path. Its I/O runs on the runtime's reactors, started here if nothing else
+    // started them. The device stays attached until detach() or stop(). Not from a reactor thread.
+    Result<std::string> attach(std::shared_ptr<backstore::Device> device, attach::AttachOptions options = {});
+    // Opens `spec` with the kind that claims it (a file, memory:SIZE, and the kinds registered from
+    // above) and attaches it; the device's name is the spec as its kind describes it.
+    Result<std::string> attach_spec(std::string_view spec, attach::AttachOptions options = {});
+    // Detaches the block device `path`. By default refused (EBUSY, naming the mount point) while it
+    // is mounted; DetachMode::force cuts it off anyway (stop() does that). Not from a reactor thread.
+    Result<void> detach(std::string_view path,
+                        attach::DetachMode mode = attach::DetachMode::refuse_if_in_use);
+    std::vector<attach::AttachmentStatus> attachments() const;
+
 private:
     Result<std::shared_ptr<iscsi_target::Target>> target(std::string_view iqn) const;
     // Opens a LUN's device (blocking) and adds it to `target`.
@@ -102,6 +118,8 @@ private:
 
     // Starts the reactor group once (serve() or initiator(), whichever comes first).
     void run_reactors();
+    // Detaches every attachment with DetachMode::force (stop()).
+    void detach_all();
 
     backstore::Registry _backstores;
     RuntimeOptions _options;
@@ -116,6 +134,11 @@ private:
     std::map<std::string, std::map<uint64_t, std::string>, std::less<>> _specs;
     bool _started = false;
     bool _stopped = false;
+    // Attachments, by block device path. Their own mutex: attach and detach block for a while (a mount,
+    // the kernel letting go of a file) and must not hold up the catalog.
+    std::vector<std::unique_ptr<attach::AttachBackend>> _attach_backends = attach::builtin_backends();
+    mutable std::mutex _attach_mutex;
+    std::map<std::string, std::unique_ptr<attach::Attachment>, std::less<>> _attachments;
 };
 
 } // namespace ispace::mgmt

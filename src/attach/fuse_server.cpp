@@ -1,0 +1,523 @@
+#define FUSE_USE_VERSION 314
+
+#include "attach/fuse_server.hpp"
+
+#include "attach/io_flusher.hpp"
+#include "common/log.hpp"
+#include "net/reactor.hpp"
+
+#include <fuse_lowlevel.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdarg>
+#include <cstring>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <mutex>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+namespace ispace::attach {
+
+namespace {
+
+// Receive buffers. The kernel's WRITE request is fuse_in_header (40 bytes) + fuse_write_in (40 bytes)
+// + the data (linux/fuse.h, protocol 7.9 and later): reading it to 80 bytes before a page boundary puts
+// the data on the boundary. Should the layout ever differ, DeviceFile copies unaligned data.
+constexpr size_t page = 4096;
+constexpr size_t write_header = 80;
+constexpr size_t header_room = page; // the page the request header ends in
+constexpr size_t mapping_size = header_room + DeviceFile::max_request + page;
+constexpr size_t receive_offset = header_room - write_header;
+// What one read may fill: the kernel needs room for the largest WRITE (header + max_write).
+constexpr size_t receive_capacity = mapping_size - receive_offset;
+
+// Background requests (asynchronous direct I/O, which is what the loop device sends) the kernel keeps
+// in flight at once; its default, 12, would cap the queue depth far below the loop device's 128.
+constexpr unsigned max_background = 128;
+// Receive buffers kept with their pages when idle: the workers' and those of a queue depth of 32.
+constexpr unsigned hot_buffers = 32;
+// Seconds the kernel may trust the file's attributes; a resize invalidates them at once anyway.
+constexpr double attr_timeout = 1.0;
+
+void route_libfuse_log(enum fuse_log_level level, const char* format, va_list args) {
+    char text[512];
+    std::vsnprintf(text, sizeof text, format, args);
+    std::string_view line(text);
+    while (!line.empty() && line.back() == '\n') {
+        line.remove_suffix(1);
+    }
+    LogLevel ours = level <= FUSE_LOG_ERR      ? LogLevel::error
+                    : level <= FUSE_LOG_NOTICE ? LogLevel::warn
+                    : level <= FUSE_LOG_INFO   ? LogLevel::info
+                                               : LogLevel::debug;
+    if (ours >= log_level()) {
+        log_write(ours, fmt::format("libfuse: {}", line));
+    }
+}
+
+} // namespace
+
+// The calling worker's state, for the libfuse callbacks that run on it.
+struct FuseServer::Worker {
+    FuseServer* server = nullptr;
+    net::Reactor* reactor = nullptr;
+    uint8_t* buffer = nullptr; // the receive buffer of the request being processed
+    bool buffer_kept = false;  // a WRITE holds on to it until the device has the data
+};
+
+namespace {
+thread_local FuseServer::Worker* t_worker = nullptr;
+}
+
+// libfuse's callbacks: the custom I/O on /dev/fuse and the low-level operations on the one file.
+struct FuseServer::Callbacks {
+    static FuseServer* server(fuse_req_t req) { return static_cast<FuseServer*>(fuse_req_userdata(req)); }
+
+    static ssize_t read_request(int fd, void* buf, size_t length, void* userdata) {
+        auto* self = static_cast<FuseServer*>(userdata);
+        length = std::min(length, receive_capacity); // whatever libfuse thinks its buffer is
+        for (;;) {
+            ssize_t n = ::read(fd, buf, length);
+            if (n >= 0 || (errno != EAGAIN && errno != EINTR)) {
+                return n;
+            }
+            pollfd fds[2] = {{fd, POLLIN, 0}, {self->_stop_fd, POLLIN, 0}};
+            if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+                return -1;
+            }
+            if (fds[1].revents & POLLIN) {
+                errno = ENODEV; // what the kernel says when the connection ends: libfuse ends the session
+                return -1;
+            }
+        }
+    }
+
+    static ssize_t send_reply(int fd, struct iovec* iov, int count, void*) {
+        return ::writev(fd, iov, count);
+    }
+
+    static void init(void*, fuse_conn_info* conn) {
+        conn->max_write = std::min<unsigned>(conn->max_write, DeviceFile::max_request);
+        conn->max_read = DeviceFile::max_request; // as the max_read mount option says
+        conn->max_readahead = 0;                  // no page cache: nothing to read ahead into
+        conn->max_background = max_background;
+        conn->congestion_threshold = max_background * 3 / 4;
+        // Direct I/O only: no splicing, no writeback cache, no cached data to invalidate; and the file
+        // cannot be truncated by open(O_TRUNC).
+        conn->want &= ~unsigned(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
+                                FUSE_CAP_SPLICE_MOVE | FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_AUTO_INVAL_DATA);
+        // Asynchronous direct I/O lets the loop device keep many requests in flight.
+        conn->want |= conn->capable & FUSE_CAP_ASYNC_DIO;
+    }
+
+    static struct stat attributes(FuseServer* self) {
+        DeviceFile::Attributes a = self->_file->attributes();
+        struct stat st {};
+        st.st_ino = FUSE_ROOT_ID;
+        st.st_mode = S_IFREG | (a.read_only ? 0400 : 0600);
+        st.st_nlink = 1;
+        st.st_uid = ::geteuid();
+        st.st_gid = ::getegid();
+        st.st_size = off_t(a.bytes);
+        st.st_blksize = blksize_t(a.block_size);
+        st.st_blocks = blkcnt_t(a.bytes / 512);
+        st.st_atim = st.st_mtim = st.st_ctim = self->_created;
+        return st;
+    }
+
+    static void lookup(fuse_req_t req, fuse_ino_t, const char*) {
+        fuse_reply_err(req, ENOENT); // the root is a file: there is nothing to look up
+    }
+
+    static void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+        if (ino != FUSE_ROOT_ID) {
+            fuse_reply_err(req, ENOENT);
+            return;
+        }
+        struct stat st = attributes(server(req));
+        fuse_reply_attr(req, &st, attr_timeout);
+    }
+
+    static void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
+        FuseServer* self = server(req);
+        struct stat st = attributes(self);
+        if (ino != FUSE_ROOT_ID) {
+            fuse_reply_err(req, ENOENT);
+        } else if ((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size != st.st_size) {
+            fuse_reply_err(req, EINVAL); // a device has the size it has (ftruncate on /dev/sdX: EINVAL)
+        } else if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+            fuse_reply_err(req, EPERM);
+        } else {
+            fuse_reply_attr(req, &st, attr_timeout); // times are not kept: touch works, changes nothing
+        }
+    }
+
+    static void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+        FuseServer* self = server(req);
+        if (ino != FUSE_ROOT_ID) {
+            fuse_reply_err(req, ENOENT);
+            return;
+        }
+        if (self->_file->attributes().read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
+            fuse_reply_err(req, EROFS);
+            return;
+        }
+        fi->direct_io = 1; // no page cache in between: the loop device's writes reach us as they are
+        fi->keep_cache = 0;
+        fuse_reply_open(req, fi);
+    }
+
+    static void release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+    static void statfs(fuse_req_t req, fuse_ino_t) {
+        DeviceFile::Attributes a = server(req)->_file->attributes();
+        struct statvfs sv {};
+        // The loop device takes its discard granularity from f_bsize.
+        sv.f_bsize = a.block_size;
+        sv.f_frsize = a.block_size;
+        sv.f_blocks = a.bytes / a.block_size;
+        sv.f_files = 1;
+        sv.f_namemax = 255;
+        fuse_reply_statfs(req, &sv);
+    }
+
+    // Hands `work` to the worker's reactor; the request is counted until its reply is sent.
+    template <typename Work> static void on_reactor(Work&& work) {
+        Worker* worker = t_worker;
+        worker->server->request_started();
+        worker->reactor->post(std::forward<Work>(work));
+    }
+
+    static void read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*) {
+        if (off < 0) {
+            fuse_reply_err(req, EINVAL);
+            return;
+        }
+        FuseServer* self = t_worker->server;
+        uint32_t length = uint32_t(std::min<size_t>(size, UINT32_MAX));
+        on_reactor([self, req, length, off] {
+            self->_file->read(uint64_t(off), length, [self, req](int error, std::span<const uint8_t> data) {
+                if (error) {
+                    fuse_reply_err(req, error);
+                } else {
+                    fuse_reply_buf(req, reinterpret_cast<const char*>(data.data()), data.size());
+                }
+                self->request_finished();
+            });
+        });
+    }
+
+    static void write(fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off, fuse_file_info*) {
+        if (off < 0) {
+            fuse_reply_err(req, EINVAL);
+            return;
+        }
+        Worker* worker = t_worker;
+        FuseServer* self = worker->server;
+        // `data` lies in the worker's receive buffer: the request keeps it, the worker takes another.
+        uint8_t* buffer = worker->buffer;
+        worker->buffer_kept = true;
+        uint32_t length = uint32_t(std::min<size_t>(size, UINT32_MAX));
+        on_reactor([self, req, data, length, off, buffer] {
+            self->_file->write(uint64_t(off), reinterpret_cast<const uint8_t*>(data), length,
+                               [self, req, buffer](int error, uint32_t written) {
+                                   if (error) {
+                                       fuse_reply_err(req, error);
+                                   } else {
+                                       fuse_reply_write(req, written);
+                                   }
+                                   self->give_back(buffer);
+                                   self->request_finished();
+                               });
+        });
+    }
+
+    static void sync(fuse_req_t req) {
+        FuseServer* self = t_worker->server;
+        on_reactor([self, req] {
+            self->_file->flush([self, req](int error) {
+                fuse_reply_err(req, error);
+                self->request_finished();
+            });
+        });
+    }
+    // FUSE's flush comes with every close() of the file; fsync with fsync(2) and the loop device's
+    // REQ_OP_FLUSH. Both make what was written durable.
+    static void flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { sync(req); }
+    static void fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) { sync(req); }
+
+    static void fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length, fuse_file_info*) {
+        if (offset < 0 || length < 0) {
+            fuse_reply_err(req, EINVAL);
+            return;
+        }
+        FuseServer* self = t_worker->server;
+        on_reactor([self, req, mode, offset, length] {
+            self->_file->fallocate(mode, uint64_t(offset), uint64_t(length), [self, req](int error) {
+                fuse_reply_err(req, error);
+                self->request_finished();
+            });
+        });
+    }
+
+    static const fuse_lowlevel_ops* operations() {
+        static const fuse_lowlevel_ops ops = [] {
+            fuse_lowlevel_ops o{};
+            o.init = init;
+            o.lookup = lookup;
+            o.getattr = getattr;
+            o.setattr = setattr;
+            o.open = open;
+            o.read = read;
+            o.write = write;
+            o.flush = flush;
+            o.release = release;
+            o.fsync = fsync;
+            o.statfs = statfs;
+            o.fallocate = fallocate;
+            return o;
+        }();
+        return &ops;
+    }
+};
+
+FuseServer::FuseServer(std::shared_ptr<DeviceFile> file, net::ReactorGroup& reactors, Options options)
+    : _file(std::move(file)), _reactors(reactors), _options(std::move(options)) {
+    ::clock_gettime(CLOCK_REALTIME, &_created);
+}
+
+Result<std::unique_ptr<FuseServer>> FuseServer::start(std::shared_ptr<DeviceFile> file,
+                                                      net::ReactorGroup& reactors, Options options) {
+    static std::once_flag log_routed;
+    std::call_once(log_routed, [] { fuse_set_log_func(route_libfuse_log); });
+    std::unique_ptr<FuseServer> server(new FuseServer(std::move(file), reactors, std::move(options)));
+    if (auto started = server->mount_and_start(); !started) {
+        server->stop(std::chrono::milliseconds(0));
+        return started.error();
+    }
+    return server;
+}
+
+Result<void> FuseServer::mount_and_start() {
+    _stop_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (_stop_fd < 0) {
+        return make_error(fmt::format("eventfd: {}", std::strerror(errno)), errno);
+    }
+    int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        int err = errno;
+        return make_error(
+            fmt::format("/dev/fuse: {} (is the fuse module loaded, and are we root?)", std::strerror(err)),
+            err);
+    }
+    std::string max_read = fmt::format("max_read={}", DeviceFile::max_request);
+    const char* argv[] = {"ispace", "-o", max_read.c_str(), nullptr};
+    fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
+    _session = fuse_session_new(&args, Callbacks::operations(), sizeof(fuse_lowlevel_ops), this);
+    fuse_opt_free_args(&args);
+    if (_session == nullptr) {
+        ::close(fd);
+        return make_error("libfuse: fuse_session_new failed (see the log above)", EIO);
+    }
+    static const fuse_custom_io io = {Callbacks::send_reply, Callbacks::read_request, nullptr, nullptr};
+    if (fuse_session_custom_io(_session, &io, fd) != 0) {
+        ::close(fd);
+        return make_error("libfuse: fuse_session_custom_io failed", EIO);
+    }
+    // From here the session owns fd. rootmode: the root is a regular file, as the mount point is.
+    std::string data = fmt::format("fd={},rootmode={:o},user_id={},group_id={},{}", fd, unsigned(S_IFREG),
+                                   ::geteuid(), ::getegid(), max_read);
+    if (::mount(_options.fsname.c_str(), _options.mount_point.c_str(), "fuse.ispace",
+                MS_NOSUID | MS_NODEV | MS_NOEXEC, data.c_str()) != 0) {
+        int err = errno;
+        return make_error(fmt::format("mounting FUSE on {}: {}{}", _options.mount_point, std::strerror(err),
+                                      err == EPERM ? " (needs root)" : ""),
+                          err);
+    }
+    _mounted = true;
+    _workers_running = std::max(1u, _options.threads);
+    for (unsigned i = 0; i < _workers_running; ++i) {
+        _threads.emplace_back(&FuseServer::run_worker, this, i);
+        std::string name = fmt::format("{}-f{}", _options.thread_prefix, i).substr(0, 15);
+        pthread_setname_np(_threads.back().native_handle(), name.c_str());
+    }
+    // The first request on the file waits for the workers to answer the kernel's INIT.
+    struct stat st {};
+    if (::stat(_options.mount_point.c_str(), &st) != 0) {
+        int err = errno;
+        return make_error(
+            fmt::format("{}: the FUSE file does not answer: {}", _options.mount_point, std::strerror(err)),
+            err);
+    }
+    _connection = major(st.st_dev) == 0 ? minor(st.st_dev) : unsigned(st.st_dev);
+    return {};
+}
+
+void FuseServer::run_worker(unsigned index) {
+    // Best effort: without it the attachment works, but can deadlock under memory pressure; the
+    // attachment logs that once for the process (FuseLoopBackend).
+    (void)mark_io_flusher();
+    Worker worker;
+    worker.server = this;
+    worker.reactor = &_reactors.at(index % _reactors.size());
+    worker.buffer = take_buffer();
+    t_worker = &worker;
+    while (!fuse_session_exited(_session)) {
+        fuse_buf buf{};
+        buf.mem = worker.buffer + receive_offset;
+        buf.size = receive_capacity;
+        worker.buffer_kept = false;
+        int received = fuse_session_receive_buf(_session, &buf);
+        if (received == -EINTR || received == -EAGAIN) {
+            continue;
+        }
+        if (received <= 0) {
+            if (received < 0) {
+                log_warn("{}: reading /dev/fuse: {}", _options.mount_point, std::strerror(-received));
+            }
+            break;
+        }
+        fuse_session_process_buf(_session, &buf);
+        if (worker.buffer_kept) {
+            worker.buffer = take_buffer();
+        }
+    }
+    t_worker = nullptr;
+    give_back(worker.buffer);
+    std::lock_guard lock(_mutex);
+    --_workers_running;
+    _changed.notify_all();
+}
+
+uint8_t* FuseServer::take_buffer() {
+    {
+        std::lock_guard lock(_mutex);
+        if (!_free_buffers.empty()) {
+            uint8_t* buffer = _free_buffers.back();
+            _free_buffers.pop_back();
+            return buffer;
+        }
+    }
+    // Pages are touched only as far as requests fill them: a 4 KiB write costs two pages, not 1 MiB.
+    for (;;) {
+        void* p = ::mmap(nullptr, mapping_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) {
+            return static_cast<uint8_t*>(p);
+        }
+        log_error("{}: no memory for a FUSE request buffer; retrying", _options.mount_point);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+}
+
+void FuseServer::give_back(uint8_t* buffer) {
+    size_t kept;
+    {
+        std::lock_guard lock(_mutex);
+        kept = _free_buffers.size();
+    }
+    if (kept >= _options.threads + max_background) {
+        ::munmap(buffer, mapping_size); // more than the kernel can have in flight: not needed again
+        return;
+    }
+    // Buffers past what a queue depth of 32 keeps busy go on being reused (a new mapping costs far more,
+    // and more than 32 writes may be in flight again), but their pages may be taken back when memory is
+    // short: after a burst of 1 MiB writes, idle buffers need not hold 1 MiB each. Before the buffer is
+    // on the free list: once there, a worker may read a request into it, which MADV_FREE must not drop.
+    if (kept >= _options.threads + hot_buffers) {
+        ::madvise(buffer, mapping_size, MADV_FREE);
+    }
+    std::lock_guard lock(_mutex);
+    _free_buffers.push_back(buffer);
+}
+
+void FuseServer::request_finished() {
+    // Under the lock: stop() must not see zero, and free this object, before we are done with it.
+    std::lock_guard lock(_mutex);
+    if (_inflight.fetch_sub(1, std::memory_order_relaxed) == 1) {
+        _changed.notify_all();
+    }
+}
+
+void FuseServer::unmount() {
+    if (_mounted) {
+        if (::umount2(_options.mount_point.c_str(), MNT_DETACH) != 0) {
+            log_warn("{}: unmounting the FUSE file: {}", _options.mount_point, std::strerror(errno));
+        }
+        _mounted = false;
+    }
+}
+
+Result<void> FuseServer::refresh_size(int fd) {
+    int invalidated = fuse_lowlevel_notify_inval_inode(_session, FUSE_ROOT_ID, -1, 0);
+    if (invalidated != 0 && invalidated != -ENOENT) {
+        return make_error(fmt::format("{}: telling the kernel of the new size: {}", _options.mount_point,
+                                      std::strerror(-invalidated)),
+                          -invalidated);
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        int err = errno;
+        return make_error(fmt::format("{}: fstat: {}", _options.mount_point, std::strerror(err)), err);
+    }
+    return {};
+}
+
+bool FuseServer::stop(std::chrono::milliseconds grace) {
+    if (_stopped) {
+        return _ended_by_kernel;
+    }
+    _stopped = true;
+    unmount();
+    bool ended;
+    {
+        std::unique_lock lock(_mutex);
+        ended = _changed.wait_for(lock, grace, [&] { return _workers_running == 0; });
+    }
+    if (!ended && _stop_fd >= 0) {
+        uint64_t one = 1;
+        (void)!::write(_stop_fd, &one, sizeof one);
+    }
+    for (std::thread& t : _threads) {
+        t.join();
+    }
+    _threads.clear();
+    {
+        std::unique_lock lock(_mutex);
+        while (!_changed.wait_for(lock, std::chrono::seconds(5), [&] { return _inflight.load() == 0; })) {
+            log_warn("{}: waiting for {} request(s) still on the device", _options.mount_point,
+                     _inflight.load());
+        }
+    }
+    if (_session != nullptr) {
+        // Closes /dev/fuse: if the kernel still has the connection (someone holds the file), it ends
+        // now, and their I/O fails with ENOTCONN.
+        fuse_session_destroy(_session);
+        _session = nullptr;
+    }
+    if (_stop_fd >= 0) {
+        ::close(_stop_fd);
+        _stop_fd = -1;
+    }
+    _ended_by_kernel = ended;
+    return ended;
+}
+
+FuseServer::~FuseServer() {
+    stop(std::chrono::milliseconds(0));
+    for (uint8_t* buffer : _free_buffers) {
+        ::munmap(buffer, mapping_size);
+    }
+}
+
+} // namespace ispace::attach
