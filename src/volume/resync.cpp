@@ -171,6 +171,9 @@ void Resync::pump() {
                     ++i;
                 }
             }
+            // Status must say it ended: nothing else updates the progress once the last window is in.
+            std::lock_guard lock(_progress_mutex);
+            update_progress_locked();
             return;
         }
         start(region);
