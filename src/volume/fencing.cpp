@@ -36,10 +36,11 @@ Result<HostIdentity> load_identity(const std::string& home) {
             }
             return id;
         } catch (const std::exception& e) {
-            return make_error(fmt::format("{}: not a host identity ({}); remove it to make a new one (this host "
-                                          "then counts as another holder)",
-                                          path.string(), e.what()),
-                              EINVAL);
+            return make_error(
+                fmt::format("{}: not a host identity ({}); remove it to make a new one (this host "
+                            "then counts as another holder)",
+                            path.string(), e.what()),
+                EINVAL);
         }
     }
     HostIdentity id{random_u64(), name};
@@ -77,7 +78,8 @@ Result<void> fence(const std::vector<FenceTarget>& targets, const HostIdentity& 
         }
         auto reservation = remote->read_reservation_sync();
         if (!reservation) {
-            return make_error(fmt::format("{}: {}", t.url, reservation.error().message), reservation.error().code);
+            return make_error(fmt::format("{}: {}", t.url, reservation.error().message),
+                              reservation.error().code);
         }
         auto keys = remote->read_keys_sync();
         if (!keys) {
@@ -94,7 +96,8 @@ Result<void> fence(const std::vector<FenceTarget>& targets, const HostIdentity& 
             s.others.push_back(reservation->key);
         }
         if (!s.others.empty() && !takeover) {
-            uint64_t other = reservation->reserved && reservation->key != me.key ? reservation->key : s.others[0];
+            uint64_t other =
+                reservation->reserved && reservation->key != me.key ? reservation->key : s.others[0];
             std::string who = other == holder_key && !holder_name.empty()
                                   ? fmt::format("{} (reservation key {:#x})", holder_name, other)
                                   : fmt::format("another holder (reservation key {:#x})", other);
@@ -113,8 +116,9 @@ Result<void> fence(const std::vector<FenceTarget>& targets, const HostIdentity& 
             // SPC-5 5.14.11.4: PREEMPT AND ABORT removes the key's registrations, takes over its reservation
             // (if it held one) with our type, and aborts its commands.
             if (auto r = s.remote->preempt_and_abort_sync(other); !r) {
-                return make_error(fmt::format("{}: preempting key {:#x}: {}", s.target->url, other, r.error().message),
-                                  r.error().code);
+                return make_error(
+                    fmt::format("{}: preempting key {:#x}: {}", s.target->url, other, r.error().message),
+                    r.error().code);
             }
             log_warn("{}: key {:#x} preempted (takeover by {})", s.target->url, other, me.name);
         }

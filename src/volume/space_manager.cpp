@@ -74,9 +74,10 @@ std::string SpaceManager::entry_path(const std::string& name) const {
 Result<SpaceManager::Entry> SpaceManager::load_entry(const std::string& name) const {
     std::ifstream in(entry_path(name));
     if (!in) {
-        return make_error(fmt::format("space '{}' is not in the catalog ({}); assemble it from its members' URLs",
-                                      name, entry_path(name)),
-                          ENOENT);
+        return make_error(
+            fmt::format("space '{}' is not in the catalog ({}); assemble it from its members' URLs", name,
+                        entry_path(name)),
+            ENOENT);
     }
     try {
         nlohmann::json j = nlohmann::json::parse(in);
@@ -92,8 +93,8 @@ Result<SpaceManager::Entry> SpaceManager::load_entry(const std::string& name) co
         e.lost_to = j.value("lost_to", "");
         return e;
     } catch (const std::exception& ex) {
-        return make_error(fmt::format("{}: not a catalog entry ({}); assemble the space again", entry_path(name),
-                                      ex.what()),
+        return make_error(fmt::format("{}: not a catalog entry ({}); assemble the space again",
+                                      entry_path(name), ex.what()),
                           EINVAL);
     }
 }
@@ -237,9 +238,10 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
         if (auto* remote = dynamic_cast<RemoteDevice*>(devices[i].get())) {
             auto r = remote->read_reservation_sync();
             if (r && r->reserved && r->key != me->key && !request.force) {
-                return make_error(fmt::format("{} is reserved by another holder (key {:#x}); use --force to reuse it",
-                                              spec.urls[i], r->key),
-                                  EBUSY);
+                return make_error(
+                    fmt::format("{} is reserved by another holder (key {:#x}); use --force to reuse it",
+                                spec.urls[i], r->key),
+                    EBUSY);
             }
         }
     }
@@ -277,7 +279,8 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
 
 // ---- assemble --------------------------------------------------------------------------------------------
 
-Result<SpaceStatus> SpaceManager::assemble(const std::vector<std::string>& urls, const AssembleOptions& options) {
+Result<SpaceStatus> SpaceManager::assemble(const std::vector<std::string>& urls,
+                                           const AssembleOptions& options) {
     assert(net::Reactor::current() == nullptr);
     std::lock_guard lock(_mutex);
     auto opened = open_all(urls, false);
@@ -290,13 +293,15 @@ Result<SpaceStatus> SpaceManager::assemble(const std::vector<std::string>& urls,
     }
     const Label& truth = plan->truth;
     if (_held.count(truth.name)) {
-        return make_error(fmt::format("space '{}' is open in this process; close it before assembling it", truth.name),
-                          EBUSY);
+        return make_error(
+            fmt::format("space '{}' is open in this process; close it before assembling it", truth.name),
+            EBUSY);
     }
     if (auto existing = load_entry(truth.name); existing && existing->uuid != truth.space_uuid) {
-        return make_error(fmt::format("the catalog has another space named '{}' ({}); destroy or rename it first",
-                                      truth.name, to_string(existing->uuid)),
-                          EEXIST);
+        return make_error(
+            fmt::format("the catalog has another space named '{}' ({}); destroy or rename it first",
+                        truth.name, to_string(existing->uuid)),
+            EEXIST);
     }
     // Slot order: the URLs given where they were found, the labels' hints (no secret) for the others.
     Entry e;
@@ -378,9 +383,10 @@ Result<std::shared_ptr<Volume>> SpaceManager::open_locked(const std::string& nam
         return make_error(fmt::format("space '{}': {}", name, plan.error().message), plan.error().code);
     }
     if (plan->truth.space_uuid != entry->uuid) {
-        return make_error(fmt::format("space '{}': its members now belong to space {} ({}); assemble it again",
-                                      name, plan->truth.name, to_string(plan->truth.space_uuid)),
-                          EINVAL);
+        return make_error(
+            fmt::format("space '{}': its members now belong to space {} ({}); assemble it again", name,
+                        plan->truth.name, to_string(plan->truth.space_uuid)),
+            EINVAL);
     }
     const Label& truth = plan->truth;
     uint32_t n = uint32_t(truth.members.size());
@@ -499,11 +505,10 @@ void SpaceManager::on_lost(const std::string& name) {
         }
         (void)save_entry(*e);
     }
-    log_error("space {}: lost to another holder{}; this process let go of it", name,
-              [&] {
-                  auto e = load_entry(name);
-                  return e && !e->lost_to.empty() ? " (" + e->lost_to + ")" : std::string();
-              }());
+    log_error("space {}: lost to another holder{}; this process let go of it", name, [&] {
+        auto e = load_entry(name);
+        return e && !e->lost_to.empty() ? " (" + e->lost_to + ")" : std::string();
+    }());
 }
 
 // ---- status ----------------------------------------------------------------------------------------------
@@ -554,12 +559,14 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
     const Label* truth = nullptr;
     for (const FoundMember& f : opened->found) {
         if (f.label && f.label->space_uuid == entry->uuid &&
-            (!truth || std::tie(f.label->epoch, f.label->sequence) > std::tie(truth->epoch, truth->sequence))) {
+            (!truth ||
+             std::tie(f.label->epoch, f.label->sequence) > std::tie(truth->epoch, truth->sequence))) {
             truth = &*f.label;
         }
     }
     if (!truth) {
-        return make_error(fmt::format("space '{}': none of its members can be reached or read", name), ENODEV);
+        return make_error(fmt::format("space '{}': none of its members can be reached or read", name),
+                          ENODEV);
     }
     st.layout = truth->layout;
     st.copies = truth->copies;
@@ -654,7 +661,8 @@ Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::st
         }
     }
     if (slot < 0) {
-        return closing(make_error(fmt::format("{} is not a member of space '{}'", shown(old_url), name), ENOENT));
+        return closing(
+            make_error(fmt::format("{} is not a member of space '{}'", shown(old_url), name), ENOENT));
     }
     auto device = open_device(new_url);
     if (!device) {
@@ -679,10 +687,11 @@ Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::st
     uint64_t data_offset = (metadata_end + data_alignment - 1) / data_alignment * data_alignment;
     uint64_t needed = truth.members[uint32_t(slot)].data_bytes;
     if (d.geometry().bytes() < data_offset + needed + 2 * label_size) {
-        return closing(make_error(fmt::format("{}: {} bytes, too small: slot {} needs {} bytes of data after {} of "
-                                              "metadata",
-                                              shown(new_url), d.geometry().bytes(), slot, needed, data_offset),
-                                  ENOSPC));
+        return closing(
+            make_error(fmt::format("{}: {} bytes, too small: slot {} needs {} bytes of data after {} of "
+                                   "metadata",
+                                   shown(new_url), d.geometry().bytes(), slot, needed, data_offset),
+                       ENOSPC));
     }
     auto me = identity();
     std::vector<FenceTarget> one{{&d, shown(new_url)}};
@@ -717,7 +726,8 @@ Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::st
         e->urls = held.urls;
         (void)save_entry(*e);
     }
-    log_info("space {}: {} replaced by {} (slot {}), rebuilt in full", name, shown(old_url), shown(new_url), slot);
+    log_info("space {}: {} replaced by {} (slot {}), rebuilt in full", name, shown(old_url), shown(new_url),
+             slot);
     return closing(status_of(*v));
 }
 
@@ -767,8 +777,8 @@ Result<SpaceStatus> SpaceManager::add_member(const std::string& name, const std:
                           EEXIST);
     }
     if (d.geometry().block_size != truth.block_size) {
-        return make_error(fmt::format("{} has {}-byte blocks; the space has {}", shown(url), d.geometry().block_size,
-                                      truth.block_size),
+        return make_error(fmt::format("{} has {}-byte blocks; the space has {}", shown(url),
+                                      d.geometry().block_size, truth.block_size),
                           EINVAL);
     }
     const MetadataArea* bitmap = truth.area(AreaType::bitmap);
@@ -839,8 +849,8 @@ Result<SpaceStatus> SpaceManager::add_member(const std::string& name, const std:
     if (auto saved = save_entry(*entry); !saved) {
         return saved.error();
     }
-    log_info("space {}: {} added as slot {}; it is rebuilt in full when the space is next opened", name, shown(url),
-             new_slot);
+    log_info("space {}: {} added as slot {}; it is rebuilt in full when the space is next opened", name,
+             shown(url), new_slot);
     return status(name);
 }
 
@@ -848,9 +858,9 @@ Result<void> SpaceManager::destroy(const std::string& name, bool confirmed) {
     assert(net::Reactor::current() == nullptr);
     std::lock_guard lock(_mutex);
     if (!confirmed) {
-        return make_error(fmt::format("destroying space '{}' erases its labels on every member: confirm it (--yes)",
-                                      name),
-                          EINVAL);
+        return make_error(
+            fmt::format("destroying space '{}' erases its labels on every member: confirm it (--yes)", name),
+            EINVAL);
     }
     if (_held.count(name)) {
         return make_error(fmt::format("space '{}' is open in this process: detach it first", name), EBUSY);
@@ -903,8 +913,8 @@ Result<void> SpaceManager::destroy(const std::string& name, bool confirmed) {
         for (const std::string& l : left) {
             names += (names.empty() ? "" : ", ") + l;
         }
-        log_warn("space {}: destroyed; unreachable members keep their labels: {} (reuse them with --force)", name,
-                 names);
+        log_warn("space {}: destroyed; unreachable members keep their labels: {} (reuse them with --force)",
+                 name, names);
     } else {
         log_info("space {}: destroyed", name);
     }

@@ -36,14 +36,14 @@
 namespace ispace::volume {
 
 struct SpaceManagerOptions {
-    std::string home;                                // $ISPACE_HOME
-    net::ReactorGroup* reactors = nullptr;           // where volumes run (the runtime's); must be running
-    initiator::Initiator* initiator = nullptr;       // reaches iscsi:// members; null: local members only
-    const backstore::Registry* registry = nullptr;   // opens local members (file, block...); null: built-ins
+    std::string home;                              // $ISPACE_HOME
+    net::ReactorGroup* reactors = nullptr;         // where volumes run (the runtime's); must be running
+    initiator::Initiator* initiator = nullptr;     // reaches iscsi:// members; null: local members only
+    const backstore::Registry* registry = nullptr; // opens local members (file, block...); null: built-ins
     // Opens a member by URL or spec. Default: iscsi:// through `initiator` with member timeouts
     // (remote_device.hpp), anything else through `registry`. Tests put their own devices here.
     std::function<Result<std::unique_ptr<backstore::Device>>(const std::string& url)> open_member;
-    VolumeOptions volume;                            // defaults for every volume (rates, intervals)
+    VolumeOptions volume; // defaults for every volume (rates, intervals)
 };
 
 struct CreateRequest {
@@ -72,11 +72,11 @@ struct SpaceStatus {
     uint32_t region = 0;
     uint64_t epoch = 0;
     uint64_t sequence = 0;
-    bool open = false;   // held by this manager
-    bool lost = false;   // this manager held it and another holder took it over
-    std::string lost_to; // who, when known
-    std::string holder;  // who the labels say holds (or last held) it
-    bool clean = false;  // from the labels, when not open here
+    bool open = false;                 // held by this manager
+    bool lost = false;                 // this manager held it and another holder took it over
+    std::string lost_to;               // who, when known
+    std::string holder;                // who the labels say holds (or last held) it
+    bool clean = false;                // from the labels, when not open here
     std::vector<MemberStatus> members; // URL (no secret) and state; missing when not reachable
     ResyncProgress resync;
     uint64_t dirty_regions = 0;
@@ -111,8 +111,8 @@ public:
     // Puts the member at `old_url` (failed, missing, or in sync while another copy of its data is) out and
     // `new_url` in, rebuilt in full. A space not open here is opened for it and closed again (the rebuild
     // goes on, from its checkpoint, at the next open).
-    Result<SpaceStatus> replace(const std::string& name, const std::string& old_url, const std::string& new_url,
-                                bool force = false);
+    Result<SpaceStatus> replace(const std::string& name, const std::string& old_url,
+                                const std::string& new_url, bool force = false);
     // Adds a copy to a mirror (rebuilt in full at the next open). The space must not be open here.
     Result<SpaceStatus> add_member(const std::string& name, const std::string& url, bool force = false);
     // Erases the labels of every reachable member and the catalog entry. `confirmed` must be true (the CLI's

@@ -124,7 +124,8 @@ TEST_F(SpaceManagerTest, RefusedCreatesWriteNothingAnywhere) {
     uint64_t before = writes_to_all();
     auto reused = m.create(mirror("second", {"a", disk("c")}));
     ASSERT_FALSE(reused);
-    EXPECT_NE(reused.error().message.find("member of space 'first'"), std::string::npos) << reused.error().message;
+    EXPECT_NE(reused.error().message.find("member of space 'first'"), std::string::npos)
+        << reused.error().message;
     unreachable.insert("d");
     disk("d");
     auto away = m.create(mirror("third", {disk("e"), "d"}));
