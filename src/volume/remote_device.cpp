@@ -760,8 +760,24 @@ void RemoteDevice::reserve(Function<void(Result<void>)> done) {
 
 void RemoteDevice::preempt_and_abort(uint64_t victim, Function<void(Result<void>)> done) {
     pr_out(scsi::pr::preempt_and_abort, scsi::pr::write_exclusive_registrants_only, registered_key(), victim,
-           false, [this, done = std::move(done)](Response&& r) mutable {
-               done(check(r, fmt::format("{}: PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", _describe)));
+           false, [this, victim, done = std::move(done)](Response&& r) mutable {
+               // Some targets leave PREEMPT AND ABORT out (Debian's tgt answers INVALID FIELD IN CDB for
+               // that service action): PREEMPT still removes the victim's registration, so its next
+               // command meets RESERVATION CONFLICT; only its commands already queued there are not
+               // aborted (SPC-5 5.14.11.4 vs 5.14.11.3).
+               auto sense = initiator::parse_sense(r.sense);
+               bool unsupported = !r.ok() && !r.error && sense && sense->key == 0x05 &&
+                                  (sense->asc == 0x24 || sense->asc == 0x20);
+               if (!unsupported) {
+                   done(check(r, fmt::format("{}: PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", _describe)));
+                   return;
+               }
+               log_warn("{}: PREEMPT AND ABORT is not supported ({}); preempting with PREEMPT", _describe,
+                        r.describe());
+               pr_out(scsi::pr::preempt, scsi::pr::write_exclusive_registrants_only, registered_key(), victim,
+                      false, [this, done = std::move(done)](Response&& again) mutable {
+                          done(check(again, fmt::format("{}: PERSISTENT RESERVE OUT (PREEMPT)", _describe)));
+                      });
            });
 }
 

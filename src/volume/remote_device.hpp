@@ -125,8 +125,8 @@ public:
     void register_key(uint64_t key, Function<void(Result<void>)> done);
     // RESERVE, type Write Exclusive – Registrants Only, with our registered key.
     void reserve(Function<void(Result<void>)> done);
-    // PREEMPT AND ABORT: removes `victim`'s registrations (and its reservation, which becomes ours,
-    // type Write Exclusive – Registrants Only) and aborts its commands.
+    // PREEMPT AND ABORT (PREEMPT where the target lacks it): removes `victim`'s registrations (and its
+    // reservation, which becomes ours, type Write Exclusive – Registrants Only) and aborts its commands.
     void preempt_and_abort(uint64_t victim, Function<void(Result<void>)> done);
     // RELEASE of our Write Exclusive – Registrants Only reservation.
     void release(Function<void(Result<void>)> done);
