@@ -485,10 +485,21 @@ void SpaceManager::close_all() {
 }
 
 void SpaceManager::on_lost(const std::string& name) {
-    std::lock_guard lock(_mutex);
+    {
+        std::lock_guard lock(_mutex);
+        if (!lost_locked(name)) {
+            return;
+        }
+    }
+    if (_options.on_lost) {
+        _options.on_lost(name);
+    }
+}
+
+bool SpaceManager::lost_locked(const std::string& name) {
     auto it = _held.find(name);
     if (it == _held.end()) {
-        return;
+        return false;
     }
     std::string holder = it->second.volume->status().holder;
     (void)close_locked(name);
@@ -509,6 +520,7 @@ void SpaceManager::on_lost(const std::string& name) {
         auto e = load_entry(name);
         return e && !e->lost_to.empty() ? " (" + e->lost_to + ")" : std::string();
     }());
+    return true;
 }
 
 // ---- status ----------------------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ struct SpaceManagerOptions {
     // (remote_device.hpp), anything else through `registry`. Tests put their own devices here.
     std::function<Result<std::unique_ptr<backstore::Device>>(const std::string& url)> open_member;
     VolumeOptions volume; // defaults for every volume (rates, intervals)
+    // Called (on a blocking worker, never a reactor; the manager's lock not held) once a space this manager
+    // held was lost to another holder and closed here: the holder detaches what it had attached.
+    std::function<void(const std::string& name)> on_lost;
 };
 
 struct CreateRequest {
@@ -147,6 +150,7 @@ private:
     Result<void> close_locked(const std::string& name);
     SpaceStatus status_of(const Volume& volume) const;
     void on_lost(const std::string& name);
+    bool lost_locked(const std::string& name); // closes it; false when it was not held
     net::Reactor& reactor() { return _options.reactors->at(0); }
 
     SpaceManagerOptions _options;
