@@ -6,15 +6,20 @@
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
 #include "mgmt/runtime.hpp"
+#include "mgmt/space_service.hpp"
+#include "volume/space_manager.hpp"
 
 #include <CLI/CLI.hpp>
 
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <pthread.h>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 using namespace ispace;
@@ -43,6 +48,8 @@ LUNs are numbered from 0 in the order given. LUN specs:
         punches holes) or a block device
   memory:SIZE[,block=..]   a RAM disk, allocated as it is written
   null:SIZE[,block=..]     reads return zeroes, writes are discarded (benchmarks)
+  iscsi://[user%secret@]HOST[:PORT]/IQN/LUN   a remote LUN, served through this target (a gateway)
+  space:NAME               the data-space NAME of $ISPACE_HOME's catalog (docs/dataspaces.md)
 Sizes take K, M, G, T suffixes (powers of 1024).
 
 Security: --chap USER:SECRET makes CHAP mandatory (secrets of 12 bytes or more); --mutual-chap
@@ -50,6 +57,11 @@ USER:SECRET is what the target proves to initiators that ask for mutual CHAP; --
 USER:SECRET guards SendTargets, where the target proves --discovery-mutual-chap USER:SECRET (by
 default the --mutual-chap one) to initiators that ask; --allow IQN[@CIDR] (repeatable) admits only the initiators listed,
 and SendTargets lists a target only to initiators it admits.
+
+Data-spaces: ispaced is the process that holds the spaces of one $ISPACE_HOME (--home): those it
+exports (--lun space:NAME) and those `ispace space attach` attaches. It then answers the ispace CLI
+on $ISPACE_HOME/holder.sock. `ispaced --holder` holds spaces with no target to serve; `ispace space
+attach` starts one (--holder --idle-exit) when none runs.
 
 Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
 stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0.
@@ -80,6 +92,9 @@ int main(int argc, char** argv) {
     unsigned nop_interval_ms = unsigned(limits.nop_interval.count());
     unsigned nop_timeout_ms = unsigned(limits.nop_timeout.count());
     std::string sanitize_rate = "64M";
+    std::string home = mgmt::default_space_home();
+    bool holder = false;
+    bool idle_exit = false;
 
     app.add_option("--listen", listen,
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
@@ -128,6 +143,13 @@ int main(int argc, char** argv) {
                "(0: unlimited)")
             ->default_str("64M");
 
+    app.add_option("--home", home,
+                   "The data-space catalog and host identity (default: $ISPACE_HOME, else ~/.ispace)");
+    app.add_flag("--holder", holder,
+                 "Hold data-spaces for the ispace CLI (attach, status...) even with no target to serve");
+    app.add_flag("--idle-exit", idle_exit,
+                 "With --holder: exit once no space is attached or held (what `ispace space attach` starts)");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -144,7 +166,50 @@ int main(int argc, char** argv) {
 
     // The file first (or nothing, in quick mode), then every flag over it: see iscsi_target::ConfigOverlay.
     // The runtime first: its registry of backstore kinds reads the LUN specs of the file and the flags.
-    mgmt::Runtime runtime;
+    mgmt::RuntimeOptions runtime_options;
+    if (reactors_option->count()) {
+        runtime_options.reactors = reactors;
+    }
+    mgmt::Runtime runtime(runtime_options);
+    // Data-spaces, when this process is to hold any: the holder flag, a space LUN on the command line or in
+    // the file. The kind registers before the specs are parsed; its volumes run on the runtime's reactors,
+    // started here (through the initiator) because serve() opens LUNs before it starts them.
+    bool wants_spaces = holder;
+    for (const std::string& lun : luns) {
+        wants_spaces = wants_spaces || lun.rfind("space:", 0) == 0;
+    }
+    if (!config_path.empty()) {
+        std::ifstream in(config_path);
+        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        wants_spaces = wants_spaces || text.find("\"space:") != std::string::npos;
+    }
+    std::unique_ptr<volume::SpaceManager> spaces;
+    std::unique_ptr<mgmt::SpaceService> space_service;
+    std::unique_ptr<mgmt::HolderSocket> holder_socket;
+    if (wants_spaces) {
+        volume::SpaceManagerOptions o;
+        o.home = home;
+        o.initiator = &runtime.initiator();
+        o.reactors = &runtime.reactors();
+        o.registry = &runtime.backstores();
+        o.on_lost = [&space_service](const std::string& name) {
+            if (space_service) {
+                space_service->lost(name);
+            }
+        };
+        spaces = std::make_unique<volume::SpaceManager>(std::move(o));
+        volume::register_space_kind(runtime.backstores(), *spaces);
+        space_service = std::make_unique<mgmt::SpaceService>(*spaces, &runtime, home);
+        // Before anything is opened: a second holder of the same home must stop here, not fight over
+        // the members' reservations.
+        auto listening = mgmt::HolderSocket::listen(
+            home, [&space_service](const nlohmann::json& request) { return space_service->handle(request); });
+        if (!listening) {
+            std::fprintf(stderr, "ispaced: %s\n", listening.error().message.c_str());
+            return 1;
+        }
+        holder_socket = std::move(*listening);
+    }
     iscsi_target::ServerConfig config;
     config.negotiation = iscsi_target::default_target_negotiation();
     if (!config_path.empty()) {
@@ -154,7 +219,7 @@ int main(int argc, char** argv) {
             return 2;
         }
         config = std::move(*loaded);
-    } else if (iqn.empty() || luns.empty()) {
+    } else if (!holder && (iqn.empty() || luns.empty())) {
         std::fprintf(stderr, "ispaced: give --iqn and at least one --lun, or --config FILE (see --help)\n");
         return 2;
     }
@@ -228,7 +293,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
         return 2;
     }
-    if (config.targets.empty()) {
+    if (config.targets.empty() && !holder) {
         std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
                              "--lun)\n");
         return 2;
@@ -247,24 +312,50 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    if (auto served = runtime.serve(std::move(config)); !served) {
-        log_error("{}", served.error().message);
-        return 1;
+    if (space_service && idle_exit) {
+        space_service->on_idle = [] { ::kill(::getpid(), SIGTERM); };
     }
-    iscsi_target::Server& server = *runtime.target_server();
-    for (const net::Endpoint& endpoint : server.portal_endpoints()) {
-        for (const auto& target : server.targets()) {
-            for (uint64_t lun : target->device->luns()) {
-                // Printed whatever the log level: scripts wait for these lines.
-                log_write(LogLevel::info,
-                          fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), target->iqn, lun));
+    bool serving = !config.targets.empty();
+    if (serving) {
+        if (auto served = runtime.serve(std::move(config)); !served) {
+            log_error("{}", served.error().message);
+            return 1;
+        }
+        iscsi_target::Server& server = *runtime.target_server();
+        for (const net::Endpoint& endpoint : server.portal_endpoints()) {
+            for (const auto& target : server.targets()) {
+                for (uint64_t lun : target->device->luns()) {
+                    // Printed whatever the log level: scripts wait for these lines.
+                    log_write(LogLevel::info,
+                              fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), target->iqn, lun));
+                }
             }
         }
+    }
+    if (holder_socket) {
+        log_write(LogLevel::info, fmt::format("ready: holder {}", mgmt::holder_socket_path(home)));
     }
 
     int signal_number = 0;
     sigwait(&signals, &signal_number);
     log_info("received {}; shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+    if (space_service) {
+        // Spaces go before the runtime stops its reactors (their labels are written on them): no more
+        // requests, the attached ones detached, the exported ones taken out of the target, then closed.
+        holder_socket.reset();
+        space_service->shutdown();
+        if (serving) {
+            for (const auto& target : runtime.target_server()->targets()) {
+                auto luns_of = runtime.luns(target->iqn);
+                for (const mgmt::LunInfo& lun : luns_of ? *luns_of : std::vector<mgmt::LunInfo>{}) {
+                    if (lun.spec.rfind("space:", 0) == 0) {
+                        (void)runtime.remove_lun(target->iqn, lun.lun, std::chrono::seconds(10));
+                    }
+                }
+            }
+        }
+        spaces->close_all();
+    }
     bool clean = runtime.stop(std::chrono::seconds(10));
     return clean ? 0 : 1;
 }
