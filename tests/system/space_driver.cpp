@@ -144,7 +144,8 @@ int main(int argc, char** argv) {
     std::string log_level = "info";
     unsigned sweep_ms = 2000;
     app.add_option("--home", home)->required();
-    app.add_option("--sweep-ms", sweep_ms, "How often the bitmap is swept (regions clear after two idle sweeps)");
+    app.add_option("--sweep-ms", sweep_ms,
+                   "How often the bitmap is swept (regions clear after two idle sweeps)");
     app.add_option("--reactors", reactors);
     app.add_option("--log-level", log_level);
     CLI11_PARSE(app, argc, argv);

@@ -81,5 +81,6 @@ Runner add_cp(CLI::App& app, GlobalOptions& global);
 Runner add_bench(CLI::App& app, GlobalOptions& global);
 Runner add_inq(CLI::App& app, GlobalOptions& global);
 Runner add_readcap(CLI::App& app, GlobalOptions& global);
+Runner add_space(CLI::App& app, GlobalOptions& global);
 
 } // namespace ispace::cli

@@ -191,12 +191,16 @@ Examples:
   ispace cp disk.img iscsi://192.0.2.10/iqn.2026-01.com.example:store/1
   ispace cp --connections 4 --digest crc32c iscsi://h/iqn.2026-01.com.example:a/1 backup.raw
   ispace bench iscsi://h/iqn.2026-01.com.example:a/1 --rw randread --bs 4k --qd 32 --time 10
+  ispace space create home --layout mirror --member iscsi://a/iqn.2026-01.com.example:a/0 \
+                           --member iscsi://b/iqn.2026-01.com.example:b/0
+  ispace space attach home          (prints the block device)
 
 Run `ispace COMMAND --help` for a command's options; docs/cli.md has more.)");
 
     std::vector<std::pair<CLI::App*, Runner>> commands;
     std::pair<const char*, Runner (*)(CLI::App&, GlobalOptions&)> table[] = {
-        {"ls", add_ls}, {"cp", add_cp}, {"bench", add_bench}, {"inq", add_inq}, {"readcap", add_readcap},
+        {"ls", add_ls},   {"cp", add_cp},           {"bench", add_bench},
+        {"inq", add_inq}, {"readcap", add_readcap}, {"space", add_space},
     };
     for (auto& [name, fn] : table) {
         Runner r = fn(app, global);
