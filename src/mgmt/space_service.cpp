@@ -61,9 +61,12 @@ json space_status_json(const volume::SpaceStatus& st) {
                                 {"recovery_offset", m.recovery_offset},
                                 {"errors", m.errors}});
     }
-    j["resync"] = {{"running", st.resync.running},       {"what", st.resync.what},
-                   {"done_bytes", st.resync.done_bytes}, {"total_bytes", st.resync.total_bytes},
-                   {"rate", st.resync.rate},             {"eta_seconds", st.resync.eta_seconds},
+    j["resync"] = {{"running", st.resync.running},
+                   {"what", st.resync.what},
+                   {"done_bytes", st.resync.done_bytes},
+                   {"total_bytes", st.resync.total_bytes},
+                   {"rate", st.resync.rate},
+                   {"eta_seconds", st.resync.eta_seconds},
                    {"copied_bytes", st.resync.copied_bytes}};
     return j;
 }
@@ -166,7 +169,8 @@ json SpaceService::handle(const json& request) {
             {
                 std::lock_guard lock(_mutex);
                 if (auto it = _attached.find(name); it != _attached.end()) {
-                    return failure(fmt::format("space '{}' is attached at {}; detach it first", name, it->second));
+                    return failure(
+                        fmt::format("space '{}' is attached at {}; detach it first", name, it->second));
                 }
             }
             auto r = _manager.destroy(name, request.value("yes", false));
@@ -288,7 +292,7 @@ void SpaceService::check_idle() {
             }
         }
     }
-    if (on_idle) {
+    if (on_idle && !(busy_elsewhere && busy_elsewhere())) {
         on_idle();
     }
 }
@@ -324,7 +328,8 @@ Result<std::string> read_line(int fd, std::chrono::milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     char buf[4096];
     while (out.find('\n') == std::string::npos) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
+                                                                          std::chrono::steady_clock::now());
         if (left.count() <= 0) {
             return make_error("no answer in time", ETIMEDOUT);
         }
@@ -371,8 +376,9 @@ Result<sockaddr_un> unix_address(const std::string& path) {
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
     if (path.size() >= sizeof(a.sun_path)) {
-        return make_error(fmt::format("{}: the path is too long for a Unix socket (set a shorter ISPACE_HOME)", path),
-                          ENAMETOOLONG);
+        return make_error(
+            fmt::format("{}: the path is too long for a Unix socket (set a shorter ISPACE_HOME)", path),
+            ENAMETOOLONG);
     }
     std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
     return a;

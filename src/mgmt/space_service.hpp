@@ -55,6 +55,9 @@ public:
     void shutdown();
     // Called once nothing is attached or held after a detach or a loss (ispaced --idle-exit).
     std::function<void()> on_idle;
+    // Whether the holder still has work besides spaces (devices attached by another service): then a
+    // holder started with --idle-exit stays.
+    std::function<bool()> busy_elsewhere;
 
 private:
     nlohmann::json attach(const nlohmann::json& request);

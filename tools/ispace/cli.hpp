@@ -6,6 +6,7 @@
 #include "ispace/result.hpp"
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -73,6 +74,11 @@ private:
     std::chrono::steady_clock::time_point _last_draw{};
     size_t _last_width = 0;
 };
+
+// Sends one request to the holder of `home` ($ISPACE_HOME's ispaced, mgmt/space_service.hpp) and returns
+// its answer. When none runs: with `start`, starts one (ispaced --holder --idle-exit, logging to
+// home/ispaced.log) and asks it; else the error (ENOENT or ECONNREFUSED). cmd_space.cpp.
+Result<nlohmann::json> request_holder(const std::string& home, const nlohmann::json& request, bool start);
 
 // Sub-commands: each registers itself and returns the function main() runs when it was chosen.
 using Runner = std::function<int()>;

@@ -108,20 +108,14 @@ Result<void> start_holder(const std::string& home) {
 
 // Sends `request` to the holder, or runs it here when none runs (`here`), or starts one (`start`).
 Result<json> request_space(const std::string& home, const json& request, bool here, bool start) {
+    if (!here) {
+        return request_holder(home, request, start);
+    }
     auto answer = mgmt::holder_request(home, request);
     if (answer || !no_holder(answer.error())) {
         return answer;
     }
-    if (here) {
-        return run_here(home, request);
-    }
-    if (!start) {
-        return answer.error();
-    }
-    if (auto started = start_holder(home); !started) {
-        return started.error();
-    }
-    return mgmt::holder_request(home, request);
+    return run_here(home, request);
 }
 
 // Prints the answer's error and gives the exit code, or 0 when it succeeded.
@@ -207,15 +201,28 @@ struct SpaceArgs {
 
 } // namespace
 
+Result<json> request_holder(const std::string& home, const json& request, bool start) {
+    auto answer = mgmt::holder_request(home, request);
+    if (answer || !no_holder(answer.error()) || !start) {
+        return answer;
+    }
+    if (auto started = start_holder(home); !started) {
+        return started.error();
+    }
+    return mgmt::holder_request(home, request);
+}
+
 Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
-    auto* space = app.add_subcommand("space", "Data-spaces: volumes over LUNs of many targets (docs/dataspaces.md)");
+    auto* space =
+        app.add_subcommand("space", "Data-spaces: volumes over LUNs of many targets (docs/dataspaces.md)");
     space->require_subcommand(1);
     space->footer("The catalog and host identity live in $ISPACE_HOME (default ~/.ispace).");
     auto a = std::make_shared<SpaceArgs>();
 
     auto* create = space->add_subcommand("create", "Label the members and record a new space");
     create->add_option("NAME", a->name)->required();
-    create->add_option("--layout", a->layout, "mirror, stripe, concat or stripe_mirror")->default_str("mirror");
+    create->add_option("--layout", a->layout, "mirror, stripe, concat or stripe_mirror")
+        ->default_str("mirror");
     create->add_option("--member", a->members, "A member: iscsi://... URL or a local file/device (repeat)")
         ->required();
     create->add_option("--size", a->size, "Space size (default: what the members hold)");
@@ -224,7 +231,8 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
     create->add_option("--copies", a->copies, "stripe_mirror: copies of each column")->default_val(2);
     create->add_flag("--force", a->force, "Reuse members that belong to another space");
 
-    auto* attach = space->add_subcommand("attach", "Hold the space and attach it as a block device (printed)");
+    auto* attach =
+        space->add_subcommand("attach", "Hold the space and attach it as a block device (printed)");
     attach->add_option("NAME", a->name)->required();
     attach->add_flag("--takeover", a->takeover, "Preempt another holder (its writes fail from then on)");
     attach->add_option("--resync-rate", a->resync_rate, "Limit resync to this many bytes per second");
@@ -279,16 +287,17 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                 error("--region: too large");
                 return exit_usage;
             }
-            request = {{"verb", "create"}, {"name", a->name},      {"layout", a->layout},   {"members", a->members},
-                       {"size", *size},    {"chunk", *chunk},      {"region", *region},     {"copies", a->copies},
-                       {"force", a->force}};
+            request = {{"verb", "create"},      {"name", a->name},     {"layout", a->layout},
+                       {"members", a->members}, {"size", *size},       {"chunk", *chunk},
+                       {"region", *region},     {"copies", a->copies}, {"force", a->force}};
         } else if (attach->parsed()) {
             auto rate = size_option(a->resync_rate, "--resync-rate");
             if (!rate) {
                 error(rate.error().message);
                 return exit_usage;
             }
-            request = {{"verb", "attach"}, {"name", a->name}, {"takeover", a->takeover}, {"resync_rate", *rate}};
+            request = {
+                {"verb", "attach"}, {"name", a->name}, {"takeover", a->takeover}, {"resync_rate", *rate}};
             here = false;
             start = true;
         } else if (detach->parsed()) {
@@ -299,7 +308,10 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
         } else if (list->parsed()) {
             request = {{"verb", "list"}};
         } else if (replace->parsed()) {
-            request = {{"verb", "replace"}, {"name", a->name}, {"old", a->old_url}, {"new", a->new_url},
+            request = {{"verb", "replace"},
+                       {"name", a->name},
+                       {"old", a->old_url},
+                       {"new", a->new_url},
                        {"force", a->force}};
         } else if (add->parsed()) {
             request = {{"verb", "add-member"}, {"name", a->name}, {"url", a->url}, {"force", a->force}};
@@ -365,7 +377,7 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                 fmt::print("{}\n", j["spaces"].dump());
             } else {
                 for (const json& st : j["spaces"]) {
-                    std::string where = st.contains("device") ? st["device"].get<std::string>()
+                    std::string where = st.contains("device")     ? st["device"].get<std::string>()
                                         : st.value("open", false) ? "held"
                                         : st.value("lost", false) ? "lost"
                                                                   : "-";
