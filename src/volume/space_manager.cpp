@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -71,7 +72,26 @@ std::string SpaceManager::entry_path(const std::string& name) const {
     return (fs::path(_options.home) / "spaces" / (name + ".json")).string();
 }
 
+Result<void> check_space_name(std::string_view name) {
+    // The name becomes a file name in the catalog and comes from users and from labels (a hostile disk):
+    // nothing that could leave spaces/ or hide there.
+    bool ok = !name.empty() && name.size() <= max_name_length && name[0] != '.' && name[0] != '-';
+    for (char c : name) {
+        ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+    }
+    if (!ok) {
+        return make_error(fmt::format("space name '{}': use 1 to {} letters, digits, '.', '_' or '-', not "
+                                      "starting with '.' or '-'",
+                                      name, max_name_length),
+                          EINVAL);
+    }
+    return {};
+}
+
 Result<SpaceManager::Entry> SpaceManager::load_entry(const std::string& name) const {
+    if (auto valid = check_space_name(name); !valid) {
+        return valid.error();
+    }
     std::ifstream in(entry_path(name));
     if (!in) {
         return make_error(
@@ -100,6 +120,9 @@ Result<SpaceManager::Entry> SpaceManager::load_entry(const std::string& name) co
 }
 
 Result<void> SpaceManager::save_entry(const Entry& e) const {
+    if (auto valid = check_space_name(e.name); !valid) {
+        return valid.error();
+    }
     fs::path dir = fs::path(_options.home) / "spaces";
     std::error_code ec;
     fs::create_directories(dir, ec);
@@ -191,6 +214,9 @@ Result<SpaceManager::Opened> SpaceManager::open_all(const std::vector<std::strin
 Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     assert(net::Reactor::current() == nullptr);
     std::lock_guard lock(_mutex);
+    if (auto valid = check_space_name(request.name); !valid) {
+        return valid.error();
+    }
     if (fs::exists(entry_path(request.name))) {
         return make_error(fmt::format("space '{}' exists in the catalog already ({})", request.name,
                                       entry_path(request.name)),

@@ -160,6 +160,10 @@ private:
     std::unique_ptr<backstore::Registry> _own_registry;
 };
 
+// Whether `name` may name a space (it becomes a catalog file name): 1 to 63 of [A-Za-z0-9._-], not
+// starting with '.' or '-'.
+Result<void> check_space_name(std::string_view name);
+
 // The "space" backstore kind: space:NAME serves (exports) the space NAME of `manager`'s catalog, opening it
 // if this process does not hold it yet. mgmt calls this once it has a SpaceManager.
 void register_space_kind(backstore::Registry& registry, SpaceManager& manager);
