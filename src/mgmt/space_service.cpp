@@ -143,6 +143,12 @@ json SpaceService::handle(const json& request) {
             std::lock_guard lock(_mutex);
             for (const volume::SpaceStatus& st : *all) {
                 json j = space_status_json(st);
+                if (!st.open) {
+                    // list reads the catalog, not the labels: the members' states are not known here.
+                    for (json& m : j["members"]) {
+                        m["state"] = "unknown";
+                    }
+                }
                 if (auto it = _attached.find(st.name); it != _attached.end()) {
                     j["device"] = it->second;
                 }

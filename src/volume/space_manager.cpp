@@ -111,6 +111,15 @@ Result<SpaceManager::Entry> SpaceManager::load_entry(const std::string& name) co
         e.urls = j.at("members").get<std::vector<std::string>>();
         e.lost = j.value("lost", false);
         e.lost_to = j.value("lost_to", "");
+        if (j.contains("layout")) {
+            auto kind = parse_layout_kind(j["layout"].get<std::string>());
+            if (kind) {
+                e.layout = *kind;
+            }
+            e.copies = j.value("copies", 1u);
+            e.block_size = j.value("block_size", 0u);
+            e.size = j.value("size", uint64_t(0));
+        }
         return e;
     } catch (const std::exception& ex) {
         return make_error(fmt::format("{}: not a catalog entry ({}); assemble the space again",
@@ -130,6 +139,12 @@ Result<void> SpaceManager::save_entry(const Entry& e) const {
         return make_error(fmt::format("{}: {}", dir.string(), ec.message()), ec.value());
     }
     nlohmann::json j{{"name", e.name}, {"uuid", to_string(e.uuid)}, {"members", e.urls}};
+    if (e.layout) {
+        j["layout"] = std::string(to_string(*e.layout));
+        j["copies"] = e.copies;
+        j["block_size"] = e.block_size;
+        j["size"] = e.size;
+    }
     if (e.lost) {
         j["lost"] = true;
         j["lost_to"] = e.lost_to;
@@ -279,6 +294,7 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     e.name = request.name;
     e.uuid = formatted->plan.truth.space_uuid;
     e.urls = request.members;
+    e.describe(formatted->plan.truth);
     if (auto saved = save_entry(e); !saved) {
         return saved.error();
     }
@@ -333,6 +349,7 @@ Result<SpaceStatus> SpaceManager::assemble(const std::vector<std::string>& urls,
     Entry e;
     e.name = truth.name;
     e.uuid = truth.space_uuid;
+    e.describe(truth);
     for (uint32_t s = 0; s < truth.members.size(); ++s) {
         std::string url = truth.members[s].url;
         for (size_t i = 0; i < opened->found.size(); ++i) {
@@ -466,6 +483,7 @@ Result<std::shared_ptr<Volume>> SpaceManager::open_locked(const std::string& nam
     }
     Entry updated = *entry;
     updated.urls = slot_urls;
+    updated.describe((*volume)->truth_at_open());
     updated.lost = false;
     updated.lost_to.clear();
     (void)save_entry(updated);
@@ -662,6 +680,12 @@ Result<std::vector<SpaceStatus>> SpaceManager::list() {
         st.uuid = e->uuid;
         st.lost = e->lost;
         st.lost_to = e->lost_to;
+        if (e->layout) {
+            st.layout = *e->layout;
+            st.copies = e->copies;
+            st.block_size = e->block_size;
+            st.size = e->size;
+        }
         for (uint32_t s = 0; s < e->urls.size(); ++s) {
             st.members.push_back({s, shown(e->urls[s]), MemberState::active, RebuildMode::none, 0, 0});
         }

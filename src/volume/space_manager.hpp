@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -129,6 +130,17 @@ private:
         std::vector<std::string> urls; // slot order; secrets included
         std::string lost_to;
         bool lost = false;
+        // What the labels said when the entry was last written, for list() (which reads no label).
+        std::optional<LayoutKind> layout;
+        uint32_t copies = 1;
+        uint32_t block_size = 0;
+        uint64_t size = 0;
+        void describe(const Label& truth) {
+            layout = truth.layout;
+            copies = truth.copies;
+            block_size = truth.block_size;
+            size = truth.space_size;
+        }
     };
     struct Held {
         std::shared_ptr<Volume> volume;

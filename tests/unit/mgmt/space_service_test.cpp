@@ -52,7 +52,8 @@ protected:
 
 TEST_F(SpaceServiceTest, CreateStatusListDestroy) {
     std::string a = member("a.img"), b = member("b.img");
-    json created = service->handle({{"verb", "create"}, {"name", "s"}, {"layout", "mirror"}, {"members", {a, b}}});
+    json created =
+        service->handle({{"verb", "create"}, {"name", "s"}, {"layout", "mirror"}, {"members", {a, b}}});
     ASSERT_TRUE(created.value("ok", false)) << created.dump();
     EXPECT_EQ(created["status"]["layout"], "mirror");
     EXPECT_EQ(created["status"]["members"].size(), 2u);
@@ -70,11 +71,16 @@ TEST_F(SpaceServiceTest, CreateStatusListDestroy) {
     ASSERT_TRUE(list.value("ok", false));
     ASSERT_EQ(list["spaces"].size(), 1u);
     EXPECT_EQ(list["spaces"][0]["name"], "s");
+    // From the catalog alone: the layout and size it recorded, the members' states unknown.
+    EXPECT_EQ(list["spaces"][0]["layout"], "mirror");
+    EXPECT_EQ(list["spaces"][0]["size"], st["status"]["size"]);
+    EXPECT_EQ(list["spaces"][0]["members"][0]["state"], "unknown");
 
     // Refusals: without yes; a member of another space; attach with no runtime here.
     json refused = service->handle({{"verb", "destroy"}, {"name", "s"}});
     EXPECT_FALSE(refused.value("ok", true));
-    json again = service->handle({{"verb", "create"}, {"name", "t"}, {"layout", "mirror"}, {"members", {a, member("c.img")}}});
+    json again = service->handle(
+        {{"verb", "create"}, {"name", "t"}, {"layout", "mirror"}, {"members", {a, member("c.img")}}});
     EXPECT_FALSE(again.value("ok", true));
     EXPECT_NE(again.value("error", "").find("'s'"), std::string::npos) << again.dump();
     json attach = service->handle({{"verb", "attach"}, {"name", "s"}});
@@ -96,7 +102,8 @@ TEST_F(SpaceServiceTest, MalformedRequestsAreErrorsNotCrashes) {
     // A name is a catalog file name: nothing that leaves the catalog directory.
     std::string a = member("a.img"), b = member("b.img");
     for (const char* bad : {"../escape", "a/b", ".hidden", ""}) {
-        json r = service->handle({{"verb", "create"}, {"name", bad}, {"layout", "mirror"}, {"members", {a, b}}});
+        json r =
+            service->handle({{"verb", "create"}, {"name", bad}, {"layout", "mirror"}, {"members", {a, b}}});
         EXPECT_FALSE(r.value("ok", true)) << bad;
     }
     EXPECT_FALSE(fs::exists(dir + "/escape.json"));
