@@ -78,10 +78,11 @@ def main():
     parser.add_argument("--build", default="build")
     args = parser.parse_args()
     s = settings()
-    why = at.why_not_runnable(("fio", "losetup"))
     driver_bin = os.path.join(args.build, "tests", "system", "attach_driver")
-    if why is None and not os.access(driver_bin, os.X_OK):
+    if not os.access(driver_bin, os.X_OK):
         why = f"{driver_bin} is not built (the tests are part of the build: ISPACE_TESTS=ON)"
+    else:
+        why = at.why_not_runnable(driver_bin, ("fio", "losetup"))
     if why:
         print(f"attach bench: skipped: {why}")
         return 0

@@ -96,5 +96,8 @@ public:
 
 // The backends this build has, in order of preference.
 std::vector<std::unique_ptr<AttachBackend>> builtin_backends();
+// Empty when one of builtin_backends() can attach on this machine, in this process; else what each
+// lacks (not root, no /dev/fuse, a build without libfuse3). For tests that must skip, saying why.
+std::string why_not_attachable();
 
 } // namespace ispace::attach

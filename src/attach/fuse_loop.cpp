@@ -11,11 +11,13 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
 #include <filesystem>
 #include <fmt/format.h>
+#include <fstream>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -359,9 +361,33 @@ private:
 
 } // namespace
 
+namespace {
+
+// Whether this process has CAP_SYS_ADMIN (mount(2), loop device set-up), from /proc/self/status: root
+// in a container often lacks it, and then attach would fail half-way instead of saying why up front.
+bool has_sys_admin() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.rfind("CapEff:", 0) == 0) {
+            uint64_t caps = std::strtoull(line.c_str() + 7, nullptr, 16);
+            constexpr unsigned cap_sys_admin = 21; // linux/capability.h
+            return (caps >> cap_sys_admin) & 1;
+        }
+    }
+    return true; // no /proc: let the calls themselves say
+}
+
+} // namespace
+
 Result<void> FuseLoopBackend::available() const {
     if (::geteuid() != 0) {
         return make_error("attach (fuse+loop): needs root: it mounts a FUSE file and sets up a loop device",
+                          EPERM);
+    }
+    if (!has_sys_admin()) {
+        return make_error("attach (fuse+loop): needs the CAP_SYS_ADMIN capability (mount, loop devices), "
+                          "which this process lacks (a container without it?)",
                           EPERM);
     }
     for (const char* node : {"/dev/fuse", "/dev/loop-control"}) {

@@ -62,6 +62,22 @@ Runtime::~Runtime() {
     _server.reset();
 }
 
+Result<void> Runtime::begin_attach_call() {
+    std::lock_guard lock(_catalog_mutex);
+    if (_stopped) {
+        return make_error("the runtime has stopped", ESHUTDOWN);
+    }
+    run_reactors();
+    ++_attach_calls;
+    return {};
+}
+
+void Runtime::end_attach_call() {
+    std::lock_guard lock(_catalog_mutex);
+    --_attach_calls;
+    _attach_calls_done.notify_all();
+}
+
 void Runtime::detach_all() {
     std::map<std::string, std::unique_ptr<attach::Attachment>, std::less<>> attachments;
     {
@@ -152,6 +168,9 @@ Result<void> Runtime::serve(iscsi_target::ServerConfig config) {
     if (_started || _server) {
         return make_error("the runtime serves already", EBUSY);
     }
+    if (_stopped) {
+        return make_error("the runtime has stopped", ESHUTDOWN);
+    }
     if (auto valid = iscsi_target::validate(config); !valid) {
         return valid;
     }
@@ -209,13 +228,20 @@ Result<void> Runtime::serve(iscsi_target::ServerConfig config) {
 
 bool Runtime::stop(std::chrono::milliseconds grace) {
     assert_not_on_reactor("Runtime::stop");
-    std::lock_guard lock(_catalog_mutex);
-    if ((!_started && !_reactors_running) || _stopped) {
+    std::unique_lock lock(_catalog_mutex);
+    if (_stopped) {
         return true;
     }
+    // Stopped even when nothing ran yet: an attach racing this on another thread must not start the
+    // reactors after stop() has returned (the attach test that races them found it did).
     _stopped = true;
+    if (!_started && !_reactors_running) {
+        return true;
+    }
     // Attached devices first: their I/O runs on the reactors and may go through the initiator. A
-    // mounted one is synced, then cut off (docs/architecture.md, "Attach").
+    // mounted one is synced, then cut off (docs/architecture.md, "Attach"). An attach or detach under
+    // way (no new one starts now) finishes first: it uses the reactors too.
+    _attach_calls_done.wait(lock, [&] { return _attach_calls == 0; });
     detach_all();
     // The initiator's sessions first (they may be logged in to our own target): it closes them on the
     // reactors, which still run.
@@ -435,13 +461,10 @@ Result<std::vector<LunInfo>> Runtime::luns(std::string_view iqn) {
 Result<std::string> Runtime::attach(std::shared_ptr<backstore::Device> device,
                                     attach::AttachOptions options) {
     assert_not_on_reactor("Runtime::attach");
-    {
-        std::lock_guard lock(_catalog_mutex);
-        if (_stopped) {
-            return make_error("the runtime has stopped", ESHUTDOWN);
-        }
-        run_reactors();
+    if (auto began = begin_attach_call(); !began) {
+        return began.error();
     }
+    AttachCallEnd end{this};
     std::string why_not;
     for (auto& backend : _attach_backends) {
         if (auto usable = backend->available(); !usable) {
@@ -481,6 +504,11 @@ Result<std::string> Runtime::attach_spec(std::string_view spec_text, attach::Att
 
 Result<void> Runtime::detach(std::string_view path, attach::DetachMode mode) {
     assert_not_on_reactor("Runtime::detach");
+    if (auto began = begin_attach_call(); !began) {
+        return make_error(fmt::format("{}: the runtime has stopped, and detached everything", path),
+                          ESHUTDOWN);
+    }
+    AttachCallEnd end{this};
     std::unique_ptr<attach::Attachment> attachment;
     {
         std::lock_guard lock(_attach_mutex);

@@ -25,6 +25,7 @@
 #include "net/reactor.hpp"
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -120,6 +121,14 @@ private:
     void run_reactors();
     // Detaches every attachment with DetachMode::force (stop()).
     void detach_all();
+    // Counts an attach or detach under way (stop() waits for them); fails once stopped. Starts the
+    // reactors when nothing else did.
+    Result<void> begin_attach_call();
+    void end_attach_call();
+    struct AttachCallEnd {
+        Runtime* runtime;
+        ~AttachCallEnd() { runtime->end_attach_call(); }
+    };
 
     backstore::Registry _backstores;
     RuntimeOptions _options;
@@ -137,6 +146,8 @@ private:
     // Attachments, by block device path. Their own mutex: attach and detach block for a while (a mount,
     // the kernel letting go of a file) and must not hold up the catalog.
     std::vector<std::unique_ptr<attach::AttachBackend>> _attach_backends = attach::builtin_backends();
+    unsigned _attach_calls = 0; // under _catalog_mutex
+    std::condition_variable_any _attach_calls_done;
     mutable std::mutex _attach_mutex;
     std::map<std::string, std::unique_ptr<attach::Attachment>, std::less<>> _attachments;
 };

@@ -10,6 +10,7 @@
 //   ERRORS;... quit                        → detaches everything (forced) and exits 0
 //
 // Usage: attach_driver [--attach SPEC ...] [--reactors N] [--threads N] [--run-dir DIR] [--legacy-loop]
+//        attach_driver --why-not     prints why this build or machine cannot attach (nothing: it can)
 // Devices given with --attach are attached first; then it prints "attached: PATH SPEC" for each on
 // stdout, then "ready". SIGTERM or SIGINT detaches everything (forced) and exits 0.
 //
@@ -218,7 +219,13 @@ int main(int argc, char** argv) {
     app.add_option("--threads", options.threads);
     app.add_option("--run-dir", options.run_dir);
     app.add_flag("--legacy-loop", options.legacy_loop_setup);
+    bool why_not = false;
+    app.add_flag("--why-not", why_not);
     CLI11_PARSE(app, argc, argv);
+    if (why_not) {
+        std::printf("%s\n", attach::why_not_attachable().c_str());
+        return 0;
+    }
 
     sigset_t signals;
     sigemptyset(&signals);

@@ -13,13 +13,16 @@ import time
 SKIP = 77
 
 
-def why_not_runnable(tools=("mkfs.ext4", "fsck.ext4")):
-    """None when this machine can attach (root, /dev/fuse, loop devices, the tools), else why not."""
-    if os.geteuid() != 0:
-        return "needs root (FUSE mount and loop devices)"
-    for node in ("/dev/fuse", "/dev/loop-control"):
-        if not os.access(node, os.R_OK | os.W_OK):
-            return f"{node} is missing"
+def why_not_runnable(driver_bin, tools=("mkfs.ext4", "fsck.ext4")):
+    """None when this build and machine can attach (root, /dev/fuse, loop devices: the driver asks the
+    attach layer's own backends; a build without libfuse3 cannot) and have the tools, else why not."""
+    if not os.access(driver_bin, os.X_OK):
+        return f"{driver_bin} is not built"
+    why = subprocess.run([driver_bin, "--why-not"], capture_output=True, text=True, timeout=30)
+    if why.returncode != 0:
+        return f"{driver_bin} --why-not failed: {why.stderr.strip()}"
+    if why.stdout.strip():
+        return why.stdout.strip()
     for tool in tools:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"

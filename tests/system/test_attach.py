@@ -11,7 +11,8 @@
     error instead of hanging, reads fail the same way, the filesystem unmounts, and then the loop
     device is gone by itself (autoclear); no FUSE mount is left.
 
-Usage: test_attach.py ATTACH_DRIVER        (exit 77 = skipped: not root, no /dev/fuse or loop devices)
+Usage: test_attach.py ATTACH_DRIVER        (exit 77 = skipped: not root, no /dev/fuse or loop devices,
+                                           a build without libfuse3; the reason is printed)
 """
 import os
 import signal
@@ -146,11 +147,11 @@ def kill_9_while_writing(driver_bin, scratch):
 
 
 def main():
-    why = at.why_not_runnable(("mkfs.ext4", "fsck.ext4", "fstrim", "blockdev"))
+    driver_bin = sys.argv[1]
+    why = at.why_not_runnable(driver_bin, ("mkfs.ext4", "fsck.ext4", "fstrim", "blockdev"))
     if why:
         print(f"SKIP: {why}")
         return at.SKIP
-    driver_bin = sys.argv[1]
     scratch = ispace_testlib.scratch_dir("attach")
     filesystem_round_trip(driver_bin, scratch)
     file_device_legacy_resize_sigterm(driver_bin, scratch)

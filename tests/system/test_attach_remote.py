@@ -10,7 +10,10 @@ is installed:
 Until the volume layer registers the iscsi:// kind, attach_driver reaches the LUN through a temporary
 test-only device of its own (tests/system/attach_driver.cpp).
 
-Usage: test_attach_remote.py ATTACH_DRIVER ISPACED    (exit 77 = skipped: not root, no FUSE or loop)
+Usage: test_attach_remote.py ATTACH_DRIVER ISPACED    the LUN served by ispaced
+       test_attach_remote.py ATTACH_DRIVER --tgt        the LUN served by Debian's tgt
+Exit 77 = skipped, with the reason on stdout: not root, no FUSE or loop devices, a build
+without libfuse3, or (--tgt) no tgt.
 """
 import os
 import shutil
@@ -68,9 +71,6 @@ def against_ispaced(driver_bin, ispaced_bin, scratch):
 
 
 def against_tgt(driver_bin, scratch):
-    if shutil.which("tgtd") is None or shutil.which("tgtadm") is None:
-        print("tgt is not installed: the tgt part is skipped")
-        return
     import test_initiator_tgt  # its private tgtd helper
     lun = os.path.join(scratch, "tgt-lun.img")
     with open(lun, "wb") as f:
@@ -86,14 +86,20 @@ def against_tgt(driver_bin, scratch):
 
 
 def main():
-    why = at.why_not_runnable()
+    driver_bin, peer = sys.argv[1], sys.argv[2]
+    why = at.why_not_runnable(driver_bin)
     if why:
         print(f"SKIP: {why}")
         return at.SKIP
-    driver_bin, ispaced_bin = sys.argv[1], sys.argv[2]
-    scratch = ispace_testlib.scratch_dir("attach-remote")
-    against_ispaced(driver_bin, ispaced_bin, scratch)
-    against_tgt(driver_bin, scratch)
+    if peer == "--tgt":
+        if shutil.which("tgtd") is None or shutil.which("tgtadm") is None:
+            print("SKIP: Debian's tgt (tgtd, tgtadm) is not installed: scripts/install-deps.sh installs it")
+            return at.SKIP
+        scratch = ispace_testlib.scratch_dir("attach-tgt")
+        against_tgt(driver_bin, scratch)
+    else:
+        scratch = ispace_testlib.scratch_dir("attach-remote")
+        against_ispaced(driver_bin, peer, scratch)
     return check.finish(scratch)
 
 

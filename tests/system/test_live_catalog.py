@@ -163,7 +163,8 @@ def main():
         perf.kill()
         perf.wait()
         iops = [int(x) for x in re.findall(r"iops average (\d+)", out)]
-        final = re.search(r"iops average (\d+) \(\d+ MB/s\)\s*$", out.split("\r")[-1] if out else "")
+        # The final line may be followed by "finished." when no unit attention upset its count.
+        final = re.search(r"iops average (\d+) \(\d+ MB/s\)\s*(finished\.\s*)?$", out.split("\r")[-1] if out else "")
         errors = [w for w in ("failed", "retries reached", "ABORT") if w in out]
         check(final is not None and not errors and bool(iops) and min(iops) > 0,
               f"iscsi-perf never errors (final average {final.group(1) if final else None} IOPS, errors {errors})")

@@ -157,6 +157,17 @@ TEST(ConfigOverlay, IqnScopesTheFlagsAndLunsAreNumberedAfterTheFile) {
     EXPECT_EQ(config->limits.queue_depth, 32u);
 }
 
+// HOST:0 asks for a fresh ephemeral port each time: two of them are two portals, not one.
+TEST(ConfigOverlay, EphemeralPortalsAreNeverMerged) {
+    ServerConfig config;
+    ConfigOverlay overlay;
+    overlay.listen = {"127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:3260", "127.0.0.1:3260"};
+    ASSERT_TRUE(apply_overlay(config, overlay, backstores()));
+    ASSERT_EQ(config.portals.size(), 3u);
+    EXPECT_EQ(config.portals[0].tpgt, 1);
+    EXPECT_EQ(config.portals[1].tpgt, 2);
+}
+
 TEST(ConfigOverlay, AFlagWithNothingToApplyToIsAnError) {
     ServerConfig empty;
     ConfigOverlay chap;

@@ -9,24 +9,14 @@
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <sys/stat.h>
+#include <thread>
 #include <unistd.h>
 
 namespace ispace::mgmt {
 namespace {
-
-std::string why_not_attachable() {
-    if (::geteuid() != 0) {
-        return "needs root";
-    }
-    for (const char* node : {"/dev/fuse", "/dev/loop-control"}) {
-        if (::access(node, R_OK | W_OK) != 0) {
-            return std::string(node) + " is missing";
-        }
-    }
-    return {};
-}
 
 bool loop_bound(const std::string& path) {
     std::string name = path.substr(path.rfind('/') + 1);
@@ -36,7 +26,7 @@ bool loop_bound(const std::string& path) {
 class RuntimeAttachTest : public ::testing::Test {
 protected:
     void SetUp() override {
-        if (std::string why = why_not_attachable(); !why.empty()) {
+        if (std::string why = attach::why_not_attachable(); !why.empty()) {
             GTEST_SKIP() << why;
         }
         char dir[] = "/tmp/ispace-runtime-attach-XXXXXX";
@@ -120,6 +110,30 @@ TEST_F(RuntimeAttachTest, StopDetachesWhatIsAttached) {
         EXPECT_EQ(late.error().code, ESHUTDOWN);
     }
     EXPECT_FALSE(loop_bound(path));
+}
+
+// stop() while another thread attaches: the attach either finishes first (and stop() detaches it) or is
+// refused (ESHUTDOWN); it never lands after stop() has detached everything, on reactors being torn down.
+TEST_F(RuntimeAttachTest, StopDuringAnAttachLeavesNothingAttached) {
+    for (int round = 0; round < 6; ++round) {
+        std::optional<Result<std::string>> attached;
+        {
+            Runtime runtime(runtime_options());
+            runtime.reactors(); // made, not started: the attach starts them, racing stop()
+            std::thread attacher([&] { attached = runtime.attach_spec("memory:8M", _options); });
+            std::this_thread::sleep_for(std::chrono::milliseconds(round * 2));
+            EXPECT_TRUE(runtime.stop(std::chrono::seconds(5)));
+            attacher.join();
+            EXPECT_TRUE(runtime.attachments().empty()) << "round " << round;
+            ASSERT_TRUE(attached.has_value());
+            if (!*attached) {
+                EXPECT_EQ(attached->error().code, ESHUTDOWN) << attached->error().message;
+            }
+        }
+        if (*attached) {
+            EXPECT_FALSE(loop_bound(**attached)) << "round " << round;
+        }
+    }
 }
 
 TEST_F(RuntimeAttachTest, ABadSpecAttachesNothing) {
