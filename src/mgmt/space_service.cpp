@@ -283,22 +283,26 @@ void SpaceService::lost(const std::string& name) {
     });
 }
 
-void SpaceService::check_idle() {
+bool SpaceService::holds_anything() {
     {
         std::lock_guard lock(_mutex);
         if (!_attached.empty()) {
-            return;
+            return true;
         }
     }
     auto all = _manager.list();
     if (all) {
         for (const volume::SpaceStatus& st : *all) {
             if (st.open) {
-                return;
+                return true;
             }
         }
     }
-    if (on_idle && !(busy_elsewhere && busy_elsewhere())) {
+    return false;
+}
+
+void SpaceService::check_idle() {
+    if (on_idle && !holds_anything() && !(busy_elsewhere && busy_elsewhere())) {
         on_idle();
     }
 }

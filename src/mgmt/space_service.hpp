@@ -51,6 +51,8 @@ public:
     // The manager let go of `name` (another holder took it over): detach its block device, at once and
     // from another thread (this is called from inside the manager).
     void lost(const std::string& name);
+    // Whether a space is attached or held here (an exported one included).
+    bool holds_anything();
     // Detaches every attached space (force) and closes them: before the runtime stops.
     void shutdown();
     // Called once nothing is attached or held after a detach or a loss (ispaced --idle-exit).

@@ -15,7 +15,7 @@
     space without --force.
  4. A stripe over 2 members and a concat over 3 have the summed capacity (less their labels).
 
-Usage: test_space_cli.py ISPACE ISPACED     (exit 77 = skipped: not root, no FUSE/loop, no tgtd)
+Usage: test_space_cli.py ISPACE ISPACED ATTACH_DRIVER     (exit 77 = skipped: not root, no FUSE/loop, no tgtd)
 """
 import fcntl
 import hashlib
@@ -165,7 +165,7 @@ def member_state(st, index):
 
 def main():
     ispace, ispaced = sys.argv[1], sys.argv[2]
-    why = attach_testlib.why_not_runnable()
+    why = attach_testlib.why_not_runnable(sys.argv[3])
     if why is None and shutil.which("tgtd") is None:
         why = "tgtd (Debian tgt) is not installed"
     if why:

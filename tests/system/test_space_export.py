@@ -9,7 +9,7 @@ verbs and ispaced, on a mirror of two local (sparse) files:
     attached again, the regions left dirty are made equal, and after detach the two members' data areas
     are identical byte for byte.
 
-Usage: test_space_export.py ISPACE ISPACED     (part 3 is skipped, saying why, without root/FUSE/loop)
+Usage: test_space_export.py ISPACE ISPACED ATTACH_DRIVER     (part 3 is skipped, saying why, without root/FUSE/loop)
 """
 import fcntl
 import json
@@ -119,7 +119,7 @@ def main():
         check(r.returncode == 0 and r.stdout.startswith("x "), "list shows it")
 
         # 3. kill -9 of the holder during writes, then attach again.
-        why = attach_testlib.why_not_runnable(tools=())
+        why = attach_testlib.why_not_runnable(sys.argv[3], tools=())
         if why:
             print(f"SKIP part 3: {why}")
         else:

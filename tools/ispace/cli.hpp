@@ -88,5 +88,7 @@ Runner add_bench(CLI::App& app, GlobalOptions& global);
 Runner add_inq(CLI::App& app, GlobalOptions& global);
 Runner add_readcap(CLI::App& app, GlobalOptions& global);
 Runner add_space(CLI::App& app, GlobalOptions& global);
+Runner add_attach(CLI::App& app, GlobalOptions& global);
+Runner add_detach(CLI::App& app, GlobalOptions& global);
 
 } // namespace ispace::cli

@@ -199,8 +199,8 @@ Run `ispace COMMAND --help` for a command's options; docs/cli.md has more.)");
 
     std::vector<std::pair<CLI::App*, Runner>> commands;
     std::pair<const char*, Runner (*)(CLI::App&, GlobalOptions&)> table[] = {
-        {"ls", add_ls},   {"cp", add_cp},           {"bench", add_bench},
-        {"inq", add_inq}, {"readcap", add_readcap}, {"space", add_space},
+        {"ls", add_ls},           {"cp", add_cp},       {"bench", add_bench},   {"inq", add_inq},
+        {"readcap", add_readcap}, {"space", add_space}, {"attach", add_attach}, {"detach", add_detach},
     };
     for (auto& [name, fn] : table) {
         Runner r = fn(app, global);

@@ -5,6 +5,7 @@
 #include "common/log.hpp"
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
+#include "mgmt/attach_service.hpp"
 #include "mgmt/runtime.hpp"
 #include "mgmt/space_service.hpp"
 #include "volume/space_manager.hpp"
@@ -185,6 +186,7 @@ int main(int argc, char** argv) {
     }
     std::unique_ptr<volume::SpaceManager> spaces;
     std::unique_ptr<mgmt::SpaceService> space_service;
+    std::unique_ptr<mgmt::AttachService> attach_service; // `ispace attach URL`: devices that are not spaces
     std::unique_ptr<mgmt::HolderSocket> holder_socket;
     if (wants_spaces) {
         volume::SpaceManagerOptions o;
@@ -200,10 +202,24 @@ int main(int argc, char** argv) {
         spaces = std::make_unique<volume::SpaceManager>(std::move(o));
         volume::register_space_kind(runtime.backstores(), *spaces);
         space_service = std::make_unique<mgmt::SpaceService>(*spaces, &runtime, home);
+        attach::AttachOptions attach_options;
+        attach_options.run_dir = home + "/run";
+        attach_service = std::make_unique<mgmt::AttachService>(runtime, attach_options);
+        space_service->busy_elsewhere = [&attach_service] { return !attach_service->idle(); };
         // Before anything is opened: a second holder of the same home must stop here, not fight over
         // the members' reservations.
-        auto listening = mgmt::HolderSocket::listen(
-            home, [&space_service](const nlohmann::json& request) { return space_service->handle(request); });
+        // One socket, two services: the space verbs, and attach-device/detach-device/devices.
+        auto listening = mgmt::HolderSocket::listen(home, [&](const nlohmann::json& request) {
+            if (!mgmt::AttachService::handles(request)) {
+                return space_service->handle(request);
+            }
+            nlohmann::json answer = attach_service->handle(request);
+            if (idle_exit && request.value("verb", "") != "devices" && attach_service->idle() &&
+                !space_service->holds_anything()) {
+                ::kill(::getpid(), SIGTERM); // --idle-exit: nothing left to hold
+            }
+            return answer;
+        });
         if (!listening) {
             std::fprintf(stderr, "ispaced: %s\n", listening.error().message.c_str());
             return 1;
@@ -343,6 +359,7 @@ int main(int argc, char** argv) {
         // Spaces go before the runtime stops its reactors (their labels are written on them): no more
         // requests, the attached ones detached, the exported ones taken out of the target, then closed.
         holder_socket.reset();
+        attach_service.reset(); // its devices are detached by Runtime::stop (forced) below
         space_service->shutdown();
         if (serving) {
             for (const auto& target : runtime.target_server()->targets()) {
