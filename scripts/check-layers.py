@@ -22,10 +22,11 @@ LAYERS = {
     "scsi": {"common", "net", "backstore", "scsi_spec"},
     "iscsi_target": {"common", "net", "iscsi", "scsi_spec", "backstore", "scsi"},
     "initiator": {"common", "net", "iscsi", "scsi_spec"},
+    "isns": {"common", "net"},
     "volume": {"common", "net", "scsi_spec", "backstore", "initiator"},
     "attach": {"common", "net", "backstore"},
     "mgmt": {"common", "net", "iscsi", "scsi_spec", "backstore", "scsi", "iscsi_target", "initiator", "volume",
-             "attach"},
+             "attach", "isns"},
 }
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')

@@ -10,6 +10,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # peers for conformance and interop tests
   libiscsi-bin qemu-utils qemu-block-extra tgt e2fsprogs iproute2 procps python3
+  # iSNS (RFC 4171) system tests: Debian's open-isns server and its isnsadm as an independent client
+  open-isns-server open-isns-utils
   # make bench: the loopback bandwidth limit, the plot, the page-cache check (fincore); fio for the
   # attach path against a raw loop device
   iperf3 gnuplot-nox util-linux fio

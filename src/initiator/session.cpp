@@ -310,10 +310,14 @@ void SessionCore::dispatch_locked() {
         if (iscsi::sn_gt(_next_cmd_sn, _max_cmd_sn)) {
             break;
         }
-        Connection* best = _active.front().get();
-        for (const auto& c : _active) {
+        // The least-loaded connection; ties rotate, so that a target fast enough to answer each command
+        // before the next is submitted still sees every connection used, not the first one alone.
+        size_t start = _spread++ % _active.size();
+        Connection* best = _active[start].get();
+        for (size_t k = 1; k < _active.size(); ++k) {
+            Connection* c = _active[(start + k) % _active.size()].get();
             if (c->outstanding < best->outstanding) {
-                best = c.get();
+                best = c;
             }
         }
         PendingRequest* task = _pending.front();

@@ -152,6 +152,7 @@ private:
     uint32_t _exp_cmd_sn = 1;
     uint32_t _max_cmd_sn = 0;
     unsigned _outstanding = 0; // dispatched to connections, not yet completed or handed back
+    size_t _spread = 0;        // where the next least-loaded search starts, so ties rotate
     unsigned _delayed = 0;     // waiting out a BUSY back-off
     uint64_t _next_seq = 0;
     std::optional<Error> _failure;

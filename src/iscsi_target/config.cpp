@@ -259,6 +259,15 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
     if (overlay.reactors) {
         config.reactors = *overlay.reactors;
     }
+    if (overlay.isns_server) {
+        config.isns.server = *overlay.isns_server;
+    }
+    if (overlay.isns_entity) {
+        config.isns.entity = *overlay.isns_entity;
+    }
+    if (overlay.isns_esi_interval) {
+        config.isns.esi_interval = *overlay.isns_esi_interval;
+    }
     if (overlay.state_dir) {
         config.state_dir = *overlay.state_dir;
     }
@@ -455,8 +464,8 @@ Result<uint64_t> read_unsigned(const json& object, const char* key, std::string_
 }
 
 Result<ServerConfig> read_config(const json& root, const backstore::Registry& backstores) {
-    if (auto ok =
-            only_keys(root, {"listen", "reactors", "state_dir", "limits", "discovery", "targets"}, "config");
+    if (auto ok = only_keys(
+            root, {"listen", "reactors", "state_dir", "limits", "discovery", "isns", "targets"}, "config");
         !ok) {
         return ok.error();
     }
@@ -542,6 +551,36 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
         config.limits.max_login_connections = uint32_t(max_login);
         config.limits.max_sessions_per_initiator = uint32_t(per_initiator);
         config.limits.sanitize_bytes_per_second = sanitize_rate;
+    }
+    if (root.contains("isns")) {
+        // "isns": "HOST[:PORT]", or {"server": "HOST[:PORT]", "entity": "ID", "esi_interval": S}
+        const json& isns = root["isns"];
+        if (isns.is_string()) {
+            config.isns.server = isns.get<std::string>();
+        } else if (isns.is_object()) {
+            if (auto ok = only_keys(isns, {"server", "entity", "esi_interval"}, "config isns"); !ok) {
+                return ok.error();
+            }
+            for (const char* key : {"server", "entity"}) {
+                if (isns.contains(key) && !isns[key].is_string()) {
+                    return make_error(fmt::format("config isns: \"{}\" is a string", key));
+                }
+            }
+            config.isns.server = isns.value("server", std::string());
+            config.isns.entity = isns.value("entity", std::string());
+            if (isns.contains("esi_interval")) {
+                auto seconds = read_unsigned(isns, "esi_interval", "config isns");
+                if (!seconds || *seconds > 86400) {
+                    return make_error("config isns: \"esi_interval\" is 0 to 86400 seconds");
+                }
+                config.isns.esi_interval = uint32_t(*seconds);
+            }
+        } else {
+            return make_error("config: \"isns\" is \"HOST[:PORT]\" or an object with \"server\"");
+        }
+        if (config.isns.server.empty()) {
+            return make_error("config isns: \"server\" names the iSNS server, HOST[:PORT]");
+        }
     }
     if (root.contains("discovery")) {
         const json& discovery = root["discovery"];

@@ -90,6 +90,14 @@ struct Limits {
     uint32_t max_sessions_per_initiator = 64;
 };
 
+// Where the process announces itself for discovery (RFC 4171 iSNS). Plain settings: mgmt hands them to
+// the isns layer, which this layer does not know.
+struct IsnsSettings {
+    std::string server;         // HOST[:PORT]; empty: no iSNS
+    std::string entity;         // the network entity identifier; empty: the program picks one
+    uint32_t esi_interval = 60; // seconds asked of the server between status inquiries; 0: no ESI
+};
+
 struct ServerConfig {
     unsigned reactors = 0; // 0: one per core
     std::vector<PortalConfig> portals;
@@ -103,6 +111,7 @@ struct ServerConfig {
     std::optional<iscsi::ChapCredentials> discovery_mutual_chap;
     // Where persistent-reservation state (APTPL) is kept; empty: next to each file LUN as FILE.pr.
     std::string state_dir;
+    IsnsSettings isns;
 };
 
 // Settings given on the command line, applied over a configuration file (or over an empty one in quick
@@ -127,6 +136,9 @@ struct ConfigOverlay {
     std::optional<std::chrono::milliseconds> nop_interval;
     std::optional<std::chrono::milliseconds> nop_timeout;
     std::optional<uint64_t> sanitize_bytes_per_second;
+    std::optional<std::string> isns_server;
+    std::optional<std::string> isns_entity;
+    std::optional<uint32_t> isns_esi_interval;
 };
 
 // Applies `overlay` to `config` (see ConfigOverlay). Fails, naming the flag, when a flag has nothing to

@@ -282,6 +282,15 @@ std::vector<net::Endpoint> Server::portal_endpoints() const {
     return endpoints;
 }
 
+std::vector<Server::PortalInfo> Server::portals() const {
+    std::lock_guard lock(_portals_mutex);
+    std::vector<PortalInfo> portals;
+    for (const auto& listener : _listeners) {
+        portals.push_back({listener->bound, listener->tpgt});
+    }
+    return portals;
+}
+
 Result<std::shared_ptr<Target>> Server::add_target(const TargetConfig& config) {
     auto target = std::make_shared<Target>(config);
     {

@@ -126,6 +126,13 @@ public:
     void start();
     // The portals as bound (port 0 resolved), in the order added.
     std::vector<net::Endpoint> portal_endpoints() const;
+    // The same with each portal's target portal group tag (every target is served on every portal),
+    // for what announces the portals elsewhere (iSNS).
+    struct PortalInfo {
+        net::Endpoint endpoint;
+        uint16_t tpgt = 0;
+    };
+    std::vector<PortalInfo> portals() const;
 
     // A new target, serving no LU yet (add them through target->device). Fails for a name in use.
     Result<std::shared_ptr<Target>> add_target(const TargetConfig& config);

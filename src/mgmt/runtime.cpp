@@ -238,6 +238,12 @@ bool Runtime::stop(std::chrono::milliseconds grace) {
     if (!_started && !_reactors_running) {
         return true;
     }
+    // Off the iSNS server first, so that no initiator is sent to a target that is going away. The
+    // registrar gives the server 2 s at most: an absent iSNS server must not hold up a shutdown.
+    if (_isns) {
+        _isns->stop(std::chrono::seconds(2));
+        _isns.reset();
+    }
     // Attached devices first: their I/O runs on the reactors and may go through the initiator. A
     // mounted one is synced, then cut off (docs/architecture.md, "Attach"). An attach or detach under
     // way (no new one starts now) finishes first: it uses the reactors too.
@@ -294,6 +300,7 @@ Result<void> Runtime::add_target(const iscsi_target::TargetConfig& config) {
             return opened;
         }
     }
+    isns_changed();
     return {};
 }
 
@@ -310,6 +317,7 @@ Result<void> Runtime::remove_target(std::string_view iqn) {
         _specs.erase(it);
     }
     log_info("target {}: removed; its sessions are closed", iqn);
+    isns_changed();
     return {};
 }
 
@@ -319,7 +327,11 @@ Result<net::Endpoint> Runtime::add_portal(const std::string& listen) {
     if (!_server || _stopped) {
         return make_error("the runtime does not serve (yet, or any more)", ESHUTDOWN);
     }
-    return _server->add_portal({listen, 0});
+    auto bound = _server->add_portal({listen, 0});
+    if (bound) {
+        isns_changed();
+    }
+    return bound;
 }
 
 Result<void> Runtime::remove_portal(std::string_view listen) {
@@ -328,7 +340,11 @@ Result<void> Runtime::remove_portal(std::string_view listen) {
     if (!_server || _stopped) {
         return make_error("the runtime does not serve (yet, or any more)", ESHUTDOWN);
     }
-    return _server->remove_portal(listen);
+    auto removed = _server->remove_portal(listen);
+    if (removed) {
+        isns_changed();
+    }
+    return removed;
 }
 
 Result<uint64_t> Runtime::add_lun(std::string_view iqn, std::optional<uint64_t> lun,
@@ -456,6 +472,62 @@ Result<std::vector<LunInfo>> Runtime::luns(std::string_view iqn) {
         out.push_back(std::move(info));
     }
     return out;
+}
+
+Result<void> Runtime::register_with_isns(isns::RegistrarOptions options, std::string entity_id) {
+    assert_not_on_reactor("Runtime::register_with_isns");
+    std::lock_guard lock(_catalog_mutex);
+    if (!_server || _stopped) {
+        return make_error("iSNS: the runtime does not serve (yet, or any more)", ESHUTDOWN);
+    }
+    if (_isns) {
+        return make_error("iSNS: registered already", EBUSY);
+    }
+    if (entity_id.empty()) {
+        return make_error("iSNS: an entity identifier is needed", EINVAL);
+    }
+    log_info("iSNS: registering with {} as entity {}", options.client.server, entity_id);
+    _isns_entity = std::move(entity_id);
+    _isns = std::make_unique<isns::Registrar>(std::move(options));
+    isns_changed();
+    return {};
+}
+
+std::optional<isns::RegistrarStatus> Runtime::isns_status() const {
+    std::lock_guard lock(_catalog_mutex);
+    if (!_isns) {
+        return std::nullopt;
+    }
+    return _isns->status();
+}
+
+isns::Registration Runtime::isns_registration() const {
+    isns::Registration r;
+    r.entity_id = _isns_entity;
+    if (!_server) {
+        return r;
+    }
+    std::vector<iscsi_target::Server::PortalInfo> portals = _server->portals();
+    for (const auto& p : portals) {
+        r.portals.push_back({isns::Address::from_endpoint(p.endpoint), p.endpoint.port(), std::nullopt, 0});
+    }
+    // Every target is served on every portal, each portal being its own portal group: one PG object
+    // per target and portal with that portal's tag (RFC 4171 §3.4), which is what an initiator reads
+    // as "log in here, with this TPGT".
+    for (const auto& target : _server->targets()) {
+        r.nodes.push_back({target->iqn, isns::node_type::target, target->config()->alias});
+        for (const auto& p : portals) {
+            r.groups.push_back(
+                {target->iqn, isns::Address::from_endpoint(p.endpoint), p.endpoint.port(), p.tpgt});
+        }
+    }
+    return r;
+}
+
+void Runtime::isns_changed() {
+    if (_isns) {
+        _isns->update(isns_registration());
+    }
 }
 
 Result<std::string> Runtime::attach(std::shared_ptr<backstore::Device> device,

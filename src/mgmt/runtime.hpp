@@ -21,6 +21,7 @@
 #include "common/result.hpp"
 #include "iscsi_target/config.hpp"
 #include "iscsi_target/server.hpp"
+#include "isns/registrar.hpp"
 #include "ispace/initiator.hpp"
 #include "net/reactor.hpp"
 
@@ -97,6 +98,15 @@ public:
     Result<void> resize_lun(std::string_view iqn, uint64_t lun, uint64_t bytes, bool allow_shrink);
     Result<std::vector<LunInfo>> luns(std::string_view iqn);
 
+    // --- iSNS (RFC 4171) ---
+    // Registers this process with an iSNS server as one Network Entity, `entity_id` (not empty):
+    // every portal, every target, and a portal group per target and portal. From then on each catalog
+    // change of targets or portals updates the registration; stop() deregisters it before anything
+    // else is torn down. The registrar works on a thread of its own and retries a server that does not
+    // answer, so this fails only when called before serve() or twice. After serve().
+    Result<void> register_with_isns(isns::RegistrarOptions options, std::string entity_id);
+    // Null when not registering.
+    std::optional<isns::RegistrarStatus> isns_status() const;
     // --- attached devices: any Device as a local block device (src/attach) ---
     // Attaches `device` through the first backend this machine can use (FUSE + loop today) and returns
     // the block device's path. Its I/O runs on the runtime's reactors, started here if nothing else
@@ -119,6 +129,10 @@ private:
 
     // Starts the reactor group once (serve() or initiator(), whichever comes first).
     void run_reactors();
+    // What the iSNS entity holds now (the catalog as served); with _catalog_mutex held.
+    isns::Registration isns_registration() const;
+    // Hands the registrar the catalog as it is now, if there is one; with _catalog_mutex held.
+    void isns_changed();
     // Detaches every attachment with DetachMode::force (stop()).
     void detach_all();
     // Counts an attach or detach under way (stop() waits for them); fails once stopped. Starts the
@@ -143,6 +157,8 @@ private:
     std::map<std::string, std::map<uint64_t, std::string>, std::less<>> _specs;
     bool _started = false;
     bool _stopped = false;
+    std::string _isns_entity;
+    std::unique_ptr<isns::Registrar> _isns;
     // Attachments, by block device path. Their own mutex: attach and detach block for a while (a mount,
     // the kernel letting go of a file) and must not hold up the catalog.
     std::vector<std::unique_ptr<attach::AttachBackend>> _attach_backends = attach::builtin_backends();

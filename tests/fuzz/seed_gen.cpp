@@ -2,7 +2,8 @@
 // InitiatorLogin and a TargetLogin logging in with None, CHAP and mutual CHAP, SHA-256 and MD5, normal
 // and discovery sessions, long texts with the C bit; the PDUs a connection sees (logins, SCSI commands
 // with immediate data and AHS, Data-Out, NOP-Out, Text, Logout; with and without digests); negotiation
-// texts; and the CDBs initiators send first. Seeds are in each fuzzer's input format (see its header).
+// texts; the CDBs initiators send first; and iSNSP messages (registrations, queries and their answers, ESI).
+// Seeds are in each fuzzer's input format (see its header).
 //
 // Usage: fuzz_seed_gen <corpus root>     (then commit what changed)
 #include "common/bytes.hpp"
@@ -10,6 +11,8 @@
 #include "iscsi/login.hpp"
 #include "iscsi/pdu.hpp"
 #include "volume/label.hpp"
+#include "isns/message.hpp"
+#include "isns/objects.hpp"
 
 #include <cstdio>
 #include <filesystem>
@@ -594,6 +597,74 @@ void cdb_seeds() {
     }
 }
 
+// ---- iSNSP (fuzz_isns) -----------------------------------------------------------------------------
+
+void isns_seeds() {
+    using namespace ispace::isns;
+    Registration r;
+    r.entity_id = "ispaced:seed:192.0.2.1:3260";
+    Address a = Address::from_ipv4(0xc0000201);
+    r.portals.push_back({a, 3260, uint16_t(40000), 60});
+    r.portals.push_back({Address::from_ipv4(0xc0000202), 3261, std::nullopt, 0});
+    r.nodes.push_back({"iqn.2026-11.org.example:disk1", node_type::target, "disk one"});
+    r.nodes.push_back({"iqn.2026-11.org.example:disk2", node_type::target, ""});
+    for (const NodeEntry& n : r.nodes) {
+        r.groups.push_back({n.name, a, 3260, 1});
+    }
+    const std::string source = r.nodes.front().name;
+
+    // A query answer as a server sends it: entity, portals, nodes and portal groups (§5.7.5.2).
+    Message answer;
+    answer.function = response_id(Function::dev_attr_qry);
+    answer.xid = 7;
+    answer.attributes = {string_attribute(tag::entity_identifier, r.entity_id),
+                         address_attribute(tag::portal_ip_address, a),
+                         port_attribute(tag::portal_port, {3260, false}),
+                         string_attribute(tag::iscsi_name, r.nodes[0].name),
+                         u32_attribute(tag::iscsi_node_type, node_type::target),
+                         string_attribute(tag::iscsi_alias, "disk one"),
+                         string_attribute(tag::pg_iscsi_name, r.nodes[0].name),
+                         address_attribute(tag::pg_portal_ip_address, a),
+                         port_attribute(tag::pg_portal_port, {3260, false}),
+                         u32_attribute(tag::pg_tag, 1)};
+    Message registered;
+    registered.function = response_id(Function::dev_attr_reg);
+    registered.xid = 3;
+    registered.attributes = {string_attribute(tag::entity_identifier, r.entity_id),
+                             u32_attribute(tag::registration_period, 900)};
+    Message esi;
+    esi.function = function_id(Function::esi);
+    esi.xid = 9;
+    esi.attributes = {string_attribute(tag::entity_identifier, r.entity_id),
+                      address_attribute(tag::portal_ip_address, a),
+                      port_attribute(tag::portal_port, {3260, false})};
+
+    struct Seed {
+        const char* name;
+        uint8_t config;
+        Bytes stream;
+    };
+    std::vector<Seed> seeds = {
+        {"dev-attr-reg", 0x02, encode(dev_attr_reg(r, source, true), flag::client)},
+        {"dev-attr-reg-small-pdus", 0x22, encode(dev_attr_reg(r, source, false), flag::client, 16)},
+        {"dev-dereg", 0x01, encode(dev_dereg_entity(source, r.entity_id), flag::client)},
+        {"entity-query", 0x01, encode(entity_query(source, r.entity_id), flag::client)},
+        {"target-query", 0x01, encode(target_query("iqn.2026-11.org.example:host"), flag::client)},
+        {"query-answer", 0x02, encode(answer, flag::server)},
+        {"query-answer-in-pdus-of-8", 0x16, encode(answer, flag::server, 8)},
+        {"registration-answer", 0x01, encode(registered, flag::server)},
+        {"esi", 0x01, encode(esi, flag::server)},
+    };
+    Bytes two = encode(esi, flag::server);
+    append(two, encode(registered, flag::server));
+    seeds.push_back({"esi-then-answer", 0x0d, two});
+    for (const Seed& s : seeds) {
+        Bytes seed{s.config, 0x35};
+        append(seed, s.stream);
+        write_seed("fuzz_isns", s.name, seed);
+    }
+}
+
 } // namespace
 
 // ---- Data-space labels -------------------------------------------------------------------------------
@@ -681,5 +752,6 @@ int main(int argc, char** argv) {
     pdu_seeds(conversations);
     cdb_seeds();
     label_seeds();
+    isns_seeds();
     return 0;
 }

@@ -7,6 +7,7 @@
 //   luns IQN                    quit
 //
 // Usage: runtime_driver --listen HOST:PORT --iqn IQN --lun SPEC [--lun SPEC ...] [--reactors N]
+//                       [--isns HOST:PORT [--isns-entity ID] [--isns-esi-interval S]]
 // It prints the same "ready: iscsi://..." lines as ispaced once it serves.
 #include "common/log.hpp"
 #include "common/units.hpp"
@@ -45,6 +46,12 @@ int main(int argc, char** argv) {
     app.add_option("--iqn", iqn)->required();
     app.add_option("--lun", luns);
     app.add_option("--reactors", reactors);
+    std::string isns_server;
+    std::string isns_entity = "runtime-driver";
+    app.add_option("--isns", isns_server, "Register with this iSNS server");
+    app.add_option("--isns-entity", isns_entity);
+    uint32_t isns_esi_interval = 60;
+    app.add_option("--isns-esi-interval", isns_esi_interval);
     CLI11_PARSE(app, argc, argv);
 
     mgmt::Runtime runtime;
@@ -66,6 +73,16 @@ int main(int argc, char** argv) {
     for (const net::Endpoint& endpoint : runtime.target_server()->portal_endpoints()) {
         for (uint64_t lun : runtime.target_server()->find_target(iqn)->device->luns()) {
             log_write(LogLevel::info, fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), iqn, lun));
+        }
+    }
+
+    if (!isns_server.empty()) {
+        isns::RegistrarOptions options;
+        options.client.server = isns_server;
+        options.esi_interval = isns_esi_interval;
+        if (auto registering = runtime.register_with_isns(options, isns_entity); !registering) {
+            std::fprintf(stderr, "runtime_driver: %s\n", registering.error().message.c_str());
+            return 1;
         }
     }
 

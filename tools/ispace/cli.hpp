@@ -91,4 +91,8 @@ Runner add_space(CLI::App& app, GlobalOptions& global);
 Runner add_attach(CLI::App& app, GlobalOptions& global);
 Runner add_detach(CLI::App& app, GlobalOptions& global);
 
+// `ls isns://HOST[:PORT]` (cmd_isns.cpp).
+bool is_isns_url(std::string_view text);
+int run_ls_isns(GlobalOptions& global, std::string_view url_text);
+
 } // namespace ispace::cli

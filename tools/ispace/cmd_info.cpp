@@ -60,6 +60,9 @@ bool list_luns(Session& s, const std::string& indent) {
 }
 
 int run_ls(GlobalOptions& global, const std::string& url_text) {
+    if (is_isns_url(url_text)) {
+        return run_ls_isns(global, url_text);
+    }
     auto url = initiator::parse_url(url_text);
     if (!url) {
         error(url.error().message);
@@ -225,12 +228,16 @@ Runner add_ls(CLI::App& app, GlobalOptions& global) {
     auto* cmd =
         app.add_subcommand("ls", "Discover a portal's targets and list their LUNs (type, size, block size)");
     auto url = std::make_shared<std::string>();
-    cmd->add_option("URL", *url, "iscsi://[user%secret@]HOST[:PORT] (optionally /IQN to list one target)")
+    cmd->add_option("URL", *url,
+                    "iscsi://[user%secret@]HOST[:PORT] (optionally /IQN to list one target), or "
+                    "isns://HOST[:PORT] to ask an iSNS server")
         ->required();
     cmd->footer(
         "Example:\n  ispace ls iscsi://192.0.2.10\n  ispace ls -i iqn.2026-01.com.example:host1 "
         "iscsi://192.0.2.10:3261\n\nSendTargets discovery, then a login to each target for REPORT LUNS, "
-        "INQUIRY and READ CAPACITY(16).");
+        "INQUIRY and READ CAPACITY(16).\n"
+        "With isns://HOST[:PORT] (port 3205 by default): the targets the iSNS server's discovery domains "
+        "let this initiator (-i) see, with their portals.");
     return [&global, url] { return run_ls(global, *url); };
 }
 

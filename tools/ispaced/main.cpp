@@ -64,6 +64,11 @@ exports (--lun space:NAME) and those `ispace space attach` attaches. It then ans
 on $ISPACE_HOME/holder.sock. `ispaced --holder` holds spaces with no target to serve; `ispace space
 attach` starts one (--holder --idle-exit) when none runs.
 
+iSNS (RFC 4171): --isns HOST[:PORT] registers the portals and targets with an iSNS server (port 3205
+by default) as one network entity (--isns-entity, by default ispaced:HOSTNAME:FIRST-PORTAL), keeps the
+registration fresh, answers the server's status inquiries, updates it when targets or portals change,
+and deregisters on exit. An iSNS server that does not answer is retried; it never stops the target.
+
 Once it listens, ispaced prints one "ready: iscsi://HOST:PORT/IQN/LUN" line per portal and LUN on
 stderr. SIGTERM or SIGINT closes every connection, flushes the backstores and exits 0.
 )";
@@ -96,6 +101,9 @@ int main(int argc, char** argv) {
     std::string home = mgmt::default_space_home();
     bool holder = false;
     bool idle_exit = false;
+    std::string isns_server;
+    std::string isns_entity;
+    uint32_t isns_esi_interval = 60;
 
     app.add_option("--listen", listen,
                    "Portal to listen on, HOST:PORT (repeat for several; each is its own portal group; "
@@ -150,6 +158,20 @@ int main(int argc, char** argv) {
                  "Hold data-spaces for the ispace CLI (attach, status...) even with no target to serve");
     app.add_flag("--idle-exit", idle_exit,
                  "With --holder: exit once no space is attached or held (what `ispace space attach` starts)");
+
+    auto* isns_option =
+        app.add_option("--isns", isns_server,
+                       "Register with this iSNS server, HOST[:PORT] (port 3205 by default), and "
+                       "keep the registration current");
+    auto* isns_entity_option =
+        app.add_option("--isns-entity", isns_entity,
+                       "Network entity identifier to register as (default: ispaced:HOSTNAME:FIRST-PORTAL)");
+    auto* isns_esi_option =
+        app.add_option("--isns-esi-interval", isns_esi_interval,
+                       "Seconds between the iSNS server's status inquiries (ESI) asked for; 0: none, the "
+                       "registration is refreshed instead")
+            ->default_val(isns_esi_interval)
+            ->check(CLI::Range(0u, 86400u));
 
     try {
         app.parse(argc, argv);
@@ -273,6 +295,15 @@ int main(int argc, char** argv) {
     if (reactors_option->count()) {
         overlay.reactors = reactors;
     }
+    if (isns_option->count()) {
+        overlay.isns_server = isns_server;
+    }
+    if (isns_entity_option->count()) {
+        overlay.isns_entity = isns_entity;
+    }
+    if (isns_esi_option->count()) {
+        overlay.isns_esi_interval = isns_esi_interval;
+    }
     if (state_dir_option->count()) {
         overlay.state_dir = state_dir;
     }
@@ -309,6 +340,15 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: %s\n", applied.error().message.c_str());
         return 2;
     }
+    if (!config.isns.server.empty()) {
+        // A typo is a configuration error now; a server that does not answer is retried later.
+        if (auto where = isns::parse_server(config.isns.server); !where) {
+            std::fprintf(stderr, "ispaced: iSNS server %s: %s\n", config.isns.server.c_str(),
+                         where.error().message.c_str());
+            return 2;
+        }
+    }
+    iscsi_target::IsnsSettings isns_settings = config.isns;
     if (config.targets.empty() && !holder) {
         std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
                              "--lun)\n");
@@ -350,6 +390,25 @@ int main(int argc, char** argv) {
     }
     if (holder_socket) {
         log_write(LogLevel::info, fmt::format("ready: holder {}", mgmt::holder_socket_path(home)));
+    }
+
+    if (serving && !isns_settings.server.empty()) {
+        iscsi_target::Server& server = *runtime.target_server();
+        std::string entity = isns_settings.entity;
+        if (entity.empty()) {
+            char host[256] = {};
+            ::gethostname(host, sizeof host - 1);
+            auto portals = server.portal_endpoints();
+            entity = fmt::format("ispaced:{}:{}", host, portals.empty() ? "" : portals.front().to_string());
+        }
+        isns::RegistrarOptions isns_options;
+        isns_options.client.server = isns_settings.server;
+        isns_options.esi_interval = isns_settings.esi_interval;
+        if (auto registering = runtime.register_with_isns(isns_options, entity); !registering) {
+            log_error("{}", registering.error().message);
+            runtime.stop(std::chrono::seconds(10));
+            return 1;
+        }
     }
 
     int signal_number = 0;

@@ -67,6 +67,37 @@ TEST(Config, LimitsTakeNumbersAndSizes) {
     EXPECT_EQ(config->limits.nop_timeout, std::chrono::milliseconds(5000));
 }
 
+TEST(Config, IsnsTakesAServerOrAnObjectAndFlagsReplaceIt) {
+    const std::string target = R"("targets": [{"iqn": "iqn.2026-11.org.example:t", "luns": ["memory:16M"]}])";
+    ConfigFile short_form("{\"isns\": \"192.0.2.5\", " + target + "}");
+    auto config = load_config_file(short_form.path(), backstores());
+    ASSERT_TRUE(config) << config.error().message;
+    EXPECT_EQ(config->isns.server, "192.0.2.5");
+    EXPECT_EQ(config->isns.esi_interval, 60u);
+
+    ConfigFile long_form(
+        R"({"isns": {"server": "192.0.2.5:3206", "entity": "storage1", "esi_interval": 0}, )" + target + "}");
+    config = load_config_file(long_form.path(), backstores());
+    ASSERT_TRUE(config) << config.error().message;
+    EXPECT_EQ(config->isns.server, "192.0.2.5:3206");
+    EXPECT_EQ(config->isns.entity, "storage1");
+    EXPECT_EQ(config->isns.esi_interval, 0u);
+
+    ConfigOverlay overlay;
+    overlay.isns_server = "192.0.2.6";
+    overlay.isns_esi_interval = 30;
+    ASSERT_TRUE(apply_overlay(*config, overlay, backstores()));
+    EXPECT_EQ(config->isns.server, "192.0.2.6");
+    EXPECT_EQ(config->isns.entity, "storage1"); // not given: the file's stays
+    EXPECT_EQ(config->isns.esi_interval, 30u);
+
+    for (const char* bad : {R"({"isns": {"entity": "x"}, )", R"({"isns": {"server": "h", "sever": "h"}, )",
+                            R"({"isns": 3205, )", R"({"isns": {"server": "h", "esi_interval": 100000}, )"}) {
+        ConfigFile file(std::string(bad) + target + "}");
+        EXPECT_FALSE(load_config_file(file.path(), backstores())) << bad;
+    }
+}
+
 TEST(Config, SanitizeRateZeroMeansUnlimited) {
     ConfigFile file(with_limits(R"({"sanitize_rate": 0})"));
     auto config = load_config_file(file.path(), backstores());
