@@ -10,9 +10,9 @@
 #include "iscsi/chap.hpp"
 #include "iscsi/login.hpp"
 #include "iscsi/pdu.hpp"
-#include "volume/label.hpp"
 #include "isns/message.hpp"
 #include "isns/objects.hpp"
+#include "volume/label.hpp"
 
 #include <cstdio>
 #include <filesystem>
