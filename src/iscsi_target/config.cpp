@@ -326,14 +326,20 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
         for (const LunConfig& lun : it->luns) {
             next = std::max(next, lun.lun + 1);
         }
+        // A daemon writes the configuration it serves, flags included: the same --lun given again at
+        // the next start is that LUN, not a second one. Each LUN of the file answers for one flag only,
+        // so `--lun memory:1G --lun memory:1G` is still two LUNs.
+        std::multiset<std::string> in_file;
+        for (const LunConfig& lun : it->luns) {
+            in_file.insert(lun.spec);
+        }
         for (size_t i = 0; i < overlay.luns.size(); ++i) {
             const std::string& text = overlay.luns[i];
-            // A daemon writes the configuration it serves, flags included: the same --lun given again at
-            // the next start is that LUN, not a second one.
-            if (i >= overlay.lun_numbers.size() &&
-                std::any_of(it->luns.begin(), it->luns.end(),
-                            [&](const LunConfig& l) { return l.spec == text; })) {
-                continue;
+            if (i >= overlay.lun_numbers.size()) {
+                if (auto same = in_file.find(text); same != in_file.end()) {
+                    in_file.erase(same);
+                    continue;
+                }
             }
             uint64_t number = i < overlay.lun_numbers.size() ? overlay.lun_numbers[i] : next;
             auto spec = backstores.parse(text);

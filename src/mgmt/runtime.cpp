@@ -5,6 +5,7 @@
 #include "iscsi/params.hpp"
 #include "scsi/cdb.hpp"
 #include "scsi/lu.hpp"
+#include "volume/remote_device.hpp"
 
 #include <algorithm>
 #include <cassert>
@@ -36,6 +37,10 @@ std::string security_summary(const iscsi_target::TargetConfig& tc) {
 } // namespace
 
 Runtime::Runtime(RuntimeOptions options) : _options(options) {
+    // A remote LUN (iscsi://...) served as a gateway. The initiator is made (and the reactors started)
+    // only when such a LUN is opened, from open_lun() with the catalog lock held: hence the recursive
+    // lock.
+    volume::register_remote_kind(_backstores, [this]() -> initiator::Initiator& { return initiator(); });
     backstore::register_builtin_kinds(_backstores);
 }
 

@@ -153,8 +153,9 @@ private:
     std::unique_ptr<initiator::Initiator> _initiator;
     iscsi_target::ServerConfig _settings; // what serve() was given, portals and targets aside
     std::unique_ptr<iscsi_target::Server> _server;
-    // Specs as given, per target and LUN, for luns(); catalog changes are serialised by it.
-    mutable std::mutex _catalog_mutex;
+    // Specs as given, per target and LUN, for luns(); catalog changes are serialised by it. Recursive:
+    // opening an iscsi:// LUN (under it) asks initiator(), which takes it too.
+    mutable std::recursive_mutex _catalog_mutex;
     std::map<std::string, std::map<uint64_t, std::string>, std::less<>> _specs;
     bool _started = false;
     bool _stopped = false;

@@ -115,6 +115,9 @@ def main():
     ap.add_argument("--suite-timeout", type=int, default=600, help="seconds for one iscsi-test-cu run")
     ap.add_argument("--report", help="also write the per-test table and summary to this file")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--space", help="serve a data-space instead of --lun: LAYOUT:MEMBERS:SIZE (that many "
+                    "sparse member files of SIZE), e.g. mirror:2:260M; needs --ispace")
+    ap.add_argument("--ispace", help="the ispace binary, which creates the --space")
     ap.add_argument("--label", default="", help="a name for this run in the report")
     args = ap.parse_args()
 
@@ -123,6 +126,21 @@ def main():
     if not (lun.startswith("memory:") or lun.startswith("null:") or lun.startswith("/")):
         lun = os.path.join(scratch, lun)
     daemon_args = ["--listen", "127.0.0.1:0"]
+    if args.space:
+        # The space's members are files here; ispaced opens (and holds) it from this home's catalog.
+        layout, count, size = args.space.split(":")
+        home = os.path.join(scratch, "home")
+        members = []
+        for i in range(int(count)):
+            members += ["--member", os.path.join(scratch, f"member{i}.img")]
+            subprocess.run(["truncate", "-s", size, members[-1]], check=True)
+        r = subprocess.run([args.ispace, "space", "create", "conformance", "--layout", layout] + members,
+                           capture_output=True, text=True, env=dict(os.environ, ISPACE_HOME=home))
+        if r.returncode != 0:
+            print(f"conformance {args.label}: ispace space create failed: {r.stderr}", flush=True)
+            return 1
+        daemon_args += ["--home", home]
+        lun = "space:conformance"
     if args.multipath:
         daemon_args += ["--listen", "127.0.0.1:0"]
     daemon_args += ["--iqn", IQN, "--lun", lun]

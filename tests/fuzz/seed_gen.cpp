@@ -12,6 +12,7 @@
 #include "iscsi/pdu.hpp"
 #include "isns/message.hpp"
 #include "isns/objects.hpp"
+#include "volume/label.hpp"
 
 #include <cstdio>
 #include <filesystem>
@@ -666,6 +667,79 @@ void isns_seeds() {
 
 } // namespace
 
+// ---- Data-space labels -------------------------------------------------------------------------------
+
+// Valid labels of every layout (mode 0: the bytes as they are; mode 4: four copies for choose_label),
+// and the mutation modes over the built-in label (mode 1: XOR, 3: XOR with the checksum recomputed).
+void label_seeds() {
+    using namespace ispace::volume;
+    struct Shape {
+        const char* name;
+        LayoutKind kind;
+        unsigned members;
+        uint32_t copies;
+        uint64_t chunk;
+        uint32_t block;
+    };
+    const Shape shapes[] = {{"mirror2", LayoutKind::mirror, 2, 2, 0, 512},
+                            {"mirror3-4k", LayoutKind::mirror, 3, 3, 0, 4096},
+                            {"stripe4", LayoutKind::stripe, 4, 1, 128 << 10, 512},
+                            {"concat3", LayoutKind::concat, 3, 1, 0, 512},
+                            {"stripe-mirror4", LayoutKind::stripe_mirror, 4, 2, 64 << 10, 4096}};
+    for (const Shape& shape : shapes) {
+        uint64_t member = 256 << 20;
+        auto plan = plan_member(member, shape.block, member * shape.members, 1 << 20);
+        Label l;
+        l.space_uuid = make_uuid();
+        l.name = std::string("seed-") + shape.name;
+        l.layout = shape.kind;
+        l.copies = shape.copies;
+        l.block_size = shape.block;
+        l.chunk = shape.chunk;
+        l.member_size = member;
+        l.data_offset = plan->data_offset;
+        l.data_size = plan->data_size;
+        l.region_size = shape.copies > 1 ? 1 << 20 : 0;
+        if (l.region_size) {
+            l.compat = feature::compat::bitmap;
+            l.areas.push_back(plan->bitmap);
+        }
+        for (unsigned i = 0; i < shape.members; ++i) {
+            MemberEntry m;
+            m.uuid = make_uuid();
+            m.data_bytes = plan->data_size;
+            m.url = "iscsi://192.0.2." + std::to_string(i + 1) + "/iqn.2026-11.org.example:m/0";
+            l.members.push_back(m);
+        }
+        l.members.back().state = MemberState::rebuilding;
+        l.members.back().rebuild = RebuildMode::delta;
+        l.slot = 0;
+        l.member_uuid = l.members[0].uuid;
+        auto layout = l.layout_of();
+        l.space_size = capacity(*layout);
+        l.epoch = 3;
+        l.sequence = 9;
+        Bytes one(label_size + 1, 0);
+        encode_label(l, 0, std::span<uint8_t>(one.data() + 1, label_size));
+        write_seed("fuzz_label", std::string("valid-") + shape.name, one);
+        Bytes four(1, 0x04);
+        for (unsigned c = 0; c < label_copies; ++c) {
+            Bytes copy(label_size);
+            encode_label(l, c, copy);
+            if (c == 1) {
+                copy[100] ^= 0xff; // one damaged copy
+            }
+            append(four, copy);
+        }
+        write_seed("fuzz_label", std::string("copies-") + shape.name, four);
+    }
+    write_seed("fuzz_label", "xor-nothing", Bytes{0x01});
+    Bytes bumped(1 + 210, 0);
+    bumped[0] = 0x03;
+    bumped[1 + 146] = 0x07; // the member count, with the checksum made right
+    write_seed("fuzz_label", "xor-members-checksum-fixed", bumped);
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) {
         std::fprintf(stderr, "usage: %s <corpus root>\n", argv[0]);
@@ -677,6 +751,7 @@ int main(int argc, char** argv) {
     text_seeds(conversations);
     pdu_seeds(conversations);
     cdb_seeds();
+    label_seeds();
     isns_seeds();
     return 0;
 }

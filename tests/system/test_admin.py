@@ -11,7 +11,7 @@ misuse. Each check reproduces a reported case (docs/robustness.md lists them all
   files        two ispaced on one backing file: the second is refused, naming the holder's PID (an
                OFD lock); a port in use creates no LUN file; size= on an existing file of another
                size is an error unless grow is given
-  signals      SIGHUP is logged and ignored (it killed ispaced with exit 129, silently); `ispace cp`
+  signals      SIGHUP is logged (and, without --config, ignored; it killed ispaced with exit 129, silently); `ispace cp`
                on SIGUSR1 prints progress, on SIGINT/SIGTERM stops with the acknowledged byte count,
                exits 130/143 and leaves no destination file that looks complete; its summary line is
                printed on a stderr that is not a terminal
@@ -192,7 +192,7 @@ def signals(ispace, ispaced, scratch):
         check(daemon.alive(), "SIGHUP does not kill ispaced")
         check("SIGHUP" in open(log).read(), "SIGHUP is logged")
         first = open(log).readline()
-        check(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ", first) is not None,
+        check(re.match(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\.\d{3}", first) is not None,
               f"log lines carry the date as well as the time ({first.strip()[:40]!r})")
         url = f"iscsi://{daemon.portal()}/{IQN}/0"
         big = f"iscsi://{daemon.portal()}/{IQN}/1"

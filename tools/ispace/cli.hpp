@@ -6,6 +6,7 @@
 #include "ispace/result.hpp"
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -76,6 +77,11 @@ private:
     size_t _last_width = 0;
 };
 
+// Sends one request to the holder of `home` ($ISPACE_HOME's ispaced, mgmt/space_service.hpp) and returns
+// its answer. When none runs: with `start`, starts one (ispaced --holder --idle-exit, logging to
+// home/ispaced.log) and asks it; else the error (ENOENT or ECONNREFUSED). cmd_space.cpp.
+Result<nlohmann::json> request_holder(const std::string& home, const nlohmann::json& request, bool start);
+
 // Sub-commands: each registers itself and returns the function main() runs when it was chosen.
 using Runner = std::function<int()>;
 Runner add_ls(CLI::App& app, GlobalOptions& global);
@@ -86,6 +92,9 @@ Runner add_readcap(CLI::App& app, GlobalOptions& global);
 // The administration commands (target, portal, lun, acl, chap, session, param, config, apply, status,
 // log) and the global --control option; the runner runs whichever of them was chosen.
 Runner add_admin(CLI::App& app, GlobalOptions& global);
+Runner add_space(CLI::App& app, GlobalOptions& global);
+Runner add_attach(CLI::App& app, GlobalOptions& global);
+Runner add_detach(CLI::App& app, GlobalOptions& global);
 
 // `ls isns://HOST[:PORT]` (cmd_isns.cpp).
 bool is_isns_url(std::string_view text);

@@ -242,12 +242,16 @@ Examples:
   ispace --control /run/ispace/ispaced.sock target create iqn.2026-01.com.example:store
   ispace lun add iqn.2026-01.com.example:store /srv/store.img,size=10G,thin   (with $ISPACE_CONTROL set)
   ispace session list --json
+  ispace space create home --layout mirror --member iscsi://a/iqn.2026-01.com.example:a/0 \
+                           --member iscsi://b/iqn.2026-01.com.example:b/0
+  ispace space attach home          (prints the block device)
 
 Run `ispace COMMAND --help` for a command's options; docs/cli.md has more.)");
 
     std::vector<std::pair<CLI::App*, Runner>> commands;
     std::pair<const char*, Runner (*)(CLI::App&, GlobalOptions&)> table[] = {
-        {"ls", add_ls}, {"cp", add_cp}, {"bench", add_bench}, {"inq", add_inq}, {"readcap", add_readcap},
+        {"ls", add_ls},           {"cp", add_cp},       {"bench", add_bench},   {"inq", add_inq},
+        {"readcap", add_readcap}, {"space", add_space}, {"attach", add_attach}, {"detach", add_detach},
     };
     for (auto& [name, fn] : table) {
         Runner r = fn(app, global);

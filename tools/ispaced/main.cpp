@@ -6,11 +6,14 @@
 #include "common/secret.hpp"
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
+#include "mgmt/attach_service.hpp"
 #include "mgmt/control_socket.hpp"
 #include "mgmt/manager.hpp"
 #include "mgmt/metrics.hpp"
 #include "mgmt/notify.hpp"
 #include "mgmt/runtime.hpp"
+#include "mgmt/space_service.hpp"
+#include "volume/space_manager.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -18,6 +21,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <pthread.h>
 #include <string>
@@ -52,6 +57,8 @@ LUNs are numbered from 0 in the order given. LUN specs:
         while served, so a second ispaced on it is refused) or a block device
   memory:SIZE[,block=..]   a RAM disk, allocated as it is written
   null:SIZE[,block=..]     reads return zeroes, writes are discarded (benchmarks)
+  iscsi://[user%secret@]HOST[:PORT]/IQN/LUN   a remote LUN, served through this target (a gateway)
+  space:NAME               the data-space NAME of $ISPACE_HOME's catalog (docs/dataspaces.md)
 Sizes take K, M, G, T suffixes (powers of 1024).
 
 Security: --chap USER:SECRET makes CHAP mandatory (secrets of 12 bytes or more); --mutual-chap
@@ -61,6 +68,11 @@ default the --mutual-chap one) to initiators that ask; --allow IQN[@CIDR] (repea
 and SendTargets lists a target only to initiators it admits. Each credential flag has a -file form
 (--chap-file FILE, ...) reading USER:SECRET from a file, so that `ps` never shows the secret; secrets
 given on the command line are scrubbed from it once parsed, but are visible until then.
+
+Data-spaces: ispaced is the process that holds the spaces of one $ISPACE_HOME (--home): those it
+exports (--lun space:NAME) and those `ispace space attach` attaches. It then answers the ispace CLI
+on $ISPACE_HOME/holder.sock. `ispaced --holder` holds spaces with no target to serve; `ispace space
+attach` starts one (--holder --idle-exit) when none runs.
 
 iSNS (RFC 4171): --isns HOST[:PORT] registers the portals and targets with an iSNS server (port 3205
 by default) as one network entity (--isns-entity, by default ispaced:HOSTNAME:FIRST-PORTAL), keeps the
@@ -150,6 +162,9 @@ int main(int argc, char** argv) {
     std::string control_path = ::geteuid() == 0 ? "/run/ispace/ispaced.sock" : "";
     std::string control_group;
     std::string metrics_listen;
+    std::string home = mgmt::default_space_home();
+    bool holder = false;
+    bool idle_exit = false;
     std::string isns_server;
     std::string isns_entity;
     uint32_t isns_esi_interval = 60;
@@ -227,6 +242,13 @@ int main(int argc, char** argv) {
         "Group allowed to use the control socket (mode 0660; default: mode 0600, the daemon's user)");
     app.add_option("--metrics", metrics_listen, "Serve Prometheus metrics at http://HOST:PORT/metrics");
     app.set_version_flag("--version", "ispaced 0.1");
+    app.add_option("--home", home,
+                   "The data-space catalog and host identity (default: $ISPACE_HOME, else ~/.ispace)");
+    app.add_flag("--holder", holder,
+                 "Hold data-spaces for the ispace CLI (attach, status...) even with no target to serve");
+    app.add_flag("--idle-exit", idle_exit,
+                 "With --holder: exit once no space is attached or held (what `ispace space attach` starts)");
+
     auto* isns_option =
         app.add_option("--isns", isns_server,
                        "Register with this iSNS server, HOST[:PORT] (port 3205 by default), and "
@@ -268,11 +290,76 @@ int main(int argc, char** argv) {
 
     // The file first (or nothing, in quick mode), then every flag over it: see iscsi_target::ConfigOverlay.
     // The runtime first: its registry of backstore kinds reads the LUN specs of the file and the flags.
-    mgmt::Runtime runtime;
-    if (config_path.empty() && control_path.empty() && (iqn.empty() || luns.empty())) {
+    mgmt::RuntimeOptions runtime_options;
+    if (reactors_option->count()) {
+        runtime_options.reactors = reactors;
+    }
+    mgmt::Runtime runtime(runtime_options);
+    if (holder && !control_option->count()) {
+        // A holder started for the ispace CLI holds spaces; it does not take the host's default control
+        // socket (nor the default portal that serving would bind) unless asked to.
+        control_path.clear();
+    }
+    // Data-spaces, when this process is to hold any: the holder flag, a space LUN on the command line or in
+    // the file. The kind registers before the specs are parsed; its volumes run on the runtime's reactors,
+    // started here (through the initiator) because serve() opens LUNs before it starts them.
+    bool wants_spaces = holder;
+    for (const std::string& lun : luns) {
+        wants_spaces = wants_spaces || lun.rfind("space:", 0) == 0;
+    }
+    if (!config_path.empty()) {
+        std::ifstream in(config_path);
+        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        wants_spaces = wants_spaces || text.find("\"space:") != std::string::npos;
+    }
+    std::unique_ptr<volume::SpaceManager> spaces;
+    std::unique_ptr<mgmt::SpaceService> space_service;
+    std::unique_ptr<mgmt::AttachService> attach_service; // `ispace attach URL`: devices that are not spaces
+    std::unique_ptr<mgmt::HolderSocket> holder_socket;
+    if (wants_spaces) {
+        volume::SpaceManagerOptions o;
+        o.home = home;
+        o.initiator = &runtime.initiator();
+        o.reactors = &runtime.reactors();
+        o.registry = &runtime.backstores();
+        o.on_lost = [&space_service](const std::string& name) {
+            if (space_service) {
+                space_service->lost(name);
+            }
+        };
+        spaces = std::make_unique<volume::SpaceManager>(std::move(o));
+        volume::register_space_kind(runtime.backstores(), *spaces);
+        space_service = std::make_unique<mgmt::SpaceService>(*spaces, &runtime, home);
+        attach::AttachOptions attach_options;
+        attach_options.run_dir = home + "/run";
+        attach_service = std::make_unique<mgmt::AttachService>(runtime, attach_options);
+        space_service->busy_elsewhere = [&attach_service] { return !attach_service->idle(); };
+        // Before anything is opened: a second holder of the same home must stop here, not fight over
+        // the members' reservations.
+        // One socket, two services: the space verbs, and attach-device/detach-device/devices.
+        auto listening = mgmt::HolderSocket::listen(home, [&](const nlohmann::json& request) {
+            if (!mgmt::AttachService::handles(request)) {
+                return space_service->handle(request);
+            }
+            nlohmann::json answer = attach_service->handle(request);
+            if (idle_exit && request.value("verb", "") != "devices" && attach_service->idle() &&
+                !space_service->holds_anything()) {
+                ::kill(::getpid(), SIGTERM); // --idle-exit: nothing left to hold
+            }
+            return answer;
+        });
+        if (!listening) {
+            std::fprintf(stderr, "ispaced: %s\n", listening.error().message.c_str());
+            return 1;
+        }
+        holder_socket = std::move(*listening);
+    }
+    // The default control socket (as root) does not make an empty daemon useful; --control given does.
+    bool control_given = control_option->count() > 0 && !control_path.empty();
+    if (config_path.empty() && !control_given && !holder && (iqn.empty() || luns.empty())) {
         std::fprintf(stderr,
-                     "ispaced: give --iqn and at least one --lun, --config FILE or --control PATH (see "
-                     "--help)\n");
+                     "ispaced: give --iqn and at least one --lun, --config FILE, --control PATH or --holder "
+                     "(see --help)\n");
         return 2;
     }
     auto credentials = [](const CredentialFlag& flag) -> std::optional<iscsi::ChapCredentials> {
@@ -397,9 +484,17 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "ispaced: %s\n", valid.error().message.c_str());
         return 2;
     }
-    if (config.targets.empty() && control_path.empty()) {
-        std::fprintf(stderr, "ispaced: nothing to serve: the configuration defines no target (give --iqn and "
-                             "--lun, or --control PATH to add targets while it runs)\n");
+    if (config.targets.empty() && !control_given && !holder) {
+        if (!config_path.empty()) {
+            // Not the quick-mode hint: a file was given, and the file is what to fix.
+            std::fprintf(stderr,
+                         "ispaced: nothing to serve: %s lists no target; add one to its \"targets\" (see "
+                         "docs/configuration.md), or give --control PATH to add targets while it runs\n",
+                         config_path.c_str());
+        } else {
+            std::fprintf(stderr, "ispaced: nothing to serve: give --iqn and --lun, --control PATH to add "
+                                 "targets while it runs, or --holder\n");
+        }
         return 2;
     }
 
@@ -413,27 +508,25 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    if (auto served = runtime.serve(config); !served) {
-        log_error("{}", served.error().message);
-        return 1;
+    if (space_service && idle_exit) {
+        space_service->on_idle = [] { ::kill(::getpid(), SIGTERM); };
+    }
+    // A holder with no target and no control socket binds no portal.
+    bool serving = !config.targets.empty() || !control_path.empty();
+    if (serving) {
+        if (auto served = runtime.serve(config); !served) {
+            log_error("{}", served.error().message);
+            return 1;
+        }
     }
     mgmt::ManagerOptions manager_options;
     manager_options.config_path = config_path;
     manager_options.overlay = overlay;
     mgmt::Manager manager(runtime, std::move(manager_options));
     manager.adopt(std::move(config));
-    iscsi_target::Server& server = *runtime.target_server();
-    for (const net::Endpoint& endpoint : server.portal_endpoints()) {
-        log_write(LogLevel::info, fmt::format("listening: {}", endpoint.to_string()));
-        for (const auto& target : server.targets()) {
-            for (uint64_t lun : target->device->luns()) {
-                // Printed whatever the log level: scripts wait for these lines.
-                log_write(LogLevel::info,
-                          fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), target->iqn, lun));
-            }
-        }
-    }
-    if (!isns_settings.server.empty()) {
+
+    if (serving && !isns_settings.server.empty()) {
+        iscsi_target::Server& server = *runtime.target_server();
         std::string entity = isns_settings.entity;
         if (entity.empty()) {
             char host[256] = {};
@@ -486,6 +579,24 @@ int main(int argc, char** argv) {
             log_write(LogLevel::info, fmt::format("control: {}", control_path));
         }
     }
+    // Ready once everything is up (portals, iSNS, metrics, control socket): scripts and tests wait for
+    // these lines, and may count the threads then.
+    if (serving) {
+        iscsi_target::Server& server = *runtime.target_server();
+        for (const net::Endpoint& endpoint : server.portal_endpoints()) {
+            log_write(LogLevel::info, fmt::format("listening: {}", endpoint.to_string()));
+            for (const auto& target : server.targets()) {
+                for (uint64_t lun : target->device->luns()) {
+                    // Printed whatever the log level: scripts wait for these lines.
+                    log_write(LogLevel::info,
+                              fmt::format("ready: iscsi://{}/{}/{}", endpoint.to_string(), target->iqn, lun));
+                }
+            }
+        }
+    }
+    if (holder_socket) {
+        log_write(LogLevel::info, fmt::format("ready: holder {}", mgmt::holder_socket_path(home)));
+    }
     if (auto notified = mgmt::notify_service_manager("READY=1\nSTATUS=serving"); !notified) {
         log_warn("{}", notified.error().message);
     }
@@ -496,6 +607,12 @@ int main(int argc, char** argv) {
         if (signal_number != SIGHUP) {
             break;
         }
+        if (config_path.empty()) {
+            // Nothing to read again; say so rather than pretend (SIGHUP used to kill ispaced silently).
+            log_warn("received SIGHUP: started without --config, so there is no file to reload; ignored");
+            continue;
+        }
+        log_info("received SIGHUP: reloading {}", config_path);
         (void)mgmt::notify_service_manager("RELOADING=1");
         auto reloaded = manager.reload();
         if (reloaded) {
@@ -511,6 +628,24 @@ int main(int argc, char** argv) {
     (void)mgmt::notify_service_manager("STOPPING=1");
     control.stop();
     metrics.stop();
+    if (space_service) {
+        // Spaces go before the runtime stops its reactors (their labels are written on them): no more
+        // requests, the attached ones detached, the exported ones taken out of the target, then closed.
+        holder_socket.reset();
+        attach_service.reset(); // its devices are detached by Runtime::stop (forced) below
+        space_service->shutdown();
+        if (serving) {
+            for (const auto& target : runtime.target_server()->targets()) {
+                auto luns_of = runtime.luns(target->iqn);
+                for (const mgmt::LunInfo& lun : luns_of ? *luns_of : std::vector<mgmt::LunInfo>{}) {
+                    if (lun.spec.rfind("space:", 0) == 0) {
+                        (void)runtime.remove_lun(target->iqn, lun.lun, std::chrono::seconds(10));
+                    }
+                }
+            }
+        }
+        spaces->close_all();
+    }
     bool clean = runtime.stop(std::chrono::seconds(10));
     return clean ? 0 : 1;
 }

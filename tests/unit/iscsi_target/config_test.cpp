@@ -200,6 +200,20 @@ TEST(ConfigOverlay, EphemeralPortalsAreNeverMerged) {
     EXPECT_EQ(config.portals[1].tpgt, 2);
 }
 
+// The same spec given twice is two LUNs; given again over a file that has it, it is that LUN.
+TEST(ConfigOverlay, RepeatedLunSpecsAreCountedNotMerged) {
+    ServerConfig config;
+    ConfigOverlay overlay;
+    overlay.iqn = "iqn.2026-11.org.example:a";
+    overlay.luns = {"memory:16M", "memory:16M"};
+    ASSERT_TRUE(apply_overlay(config, overlay, backstores()));
+    ASSERT_EQ(config.targets.size(), 1u);
+    EXPECT_EQ(config.targets[0].luns.size(), 2u);
+    overlay.luns = {"memory:16M", "memory:16M", "memory:16M"};
+    ASSERT_TRUE(apply_overlay(config, overlay, backstores()));
+    EXPECT_EQ(config.targets[0].luns.size(), 3u); // two were there already; the third is new
+}
+
 TEST(ConfigOverlay, AFlagWithNothingToApplyToIsAnError) {
     ServerConfig empty;
     ConfigOverlay chap;

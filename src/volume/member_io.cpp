@@ -1,0 +1,247 @@
+#include "volume/member_io.hpp"
+
+#include "common/buffer.hpp"
+
+#include <fmt/format.h>
+
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <future>
+
+namespace ispace::volume {
+
+int member_io(net::Reactor& reactor, backstore::Device& device, backstore::IoOp op, uint64_t offset,
+              std::span<uint8_t> data, bool fua) {
+    assert(net::Reactor::current() == nullptr && "member_io blocks: not on a reactor thread");
+    // Through an aligned Buffer: the device may use O_DIRECT.
+    Buffer buffer = Buffer::allocate(std::max<size_t>(data.size(), 1));
+    if (op == backstore::IoOp::write && !data.empty()) {
+        std::memcpy(buffer.data(), data.data(), data.size());
+    }
+    iovec iov{buffer.data(), data.size()};
+    backstore::IoRequest request;
+    request.op = op;
+    request.offset = offset;
+    request.length = data.size();
+    if (!data.empty()) {
+        request.iov = &iov;
+        request.iovcnt = 1;
+    }
+    request.fua = fua;
+    std::promise<int> done;
+    auto future = done.get_future();
+    request.done = [&done](int error) { done.set_value(error); };
+    reactor.post([&] { device.submit(request); });
+    int error = future.get();
+    if (error == 0 && op == backstore::IoOp::read && !data.empty()) {
+        std::memcpy(data.data(), buffer.data(), data.size());
+    }
+    return error;
+}
+
+LabelReading read_member_labels(net::Reactor& reactor, backstore::Device& device) {
+    uint64_t bytes = device.geometry().bytes();
+    auto offsets = label_offsets(bytes);
+    std::vector<std::vector<uint8_t>> copies(label_copies);
+    if (bytes < 4 * label_size) {
+        LabelReading none;
+        none.problems.push_back(fmt::format("{} bytes: too small to hold labels", bytes));
+        return none;
+    }
+    for (unsigned c = 0; c < label_copies; ++c) {
+        std::vector<uint8_t> b(label_size);
+        if (member_io(reactor, device, backstore::IoOp::read, offsets[c], b) == 0) {
+            copies[c] = std::move(b);
+        }
+    }
+    LabelReading reading = choose_label(copies, offsets);
+    // A device that grew keeps its end copies where its labels say it ended.
+    if (reading.label && reading.label->member_size != bytes && reading.label->member_size <= bytes) {
+        auto old = label_offsets(reading.label->member_size);
+        std::vector<std::vector<uint8_t>> more = copies;
+        for (unsigned c = 2; c < label_copies; ++c) {
+            std::vector<uint8_t> b(label_size);
+            if (member_io(reactor, device, backstore::IoOp::read, old[c], b) == 0) {
+                more[c] = std::move(b);
+            }
+        }
+        std::array<uint64_t, label_copies> where{offsets[0], offsets[1], old[2], old[3]};
+        LabelReading again = choose_label(more, where);
+        if (again.valid > reading.valid) {
+            reading = std::move(again);
+        }
+    }
+    return reading;
+}
+
+Result<void> write_member_labels(net::Reactor& reactor, backstore::Device& device, const Label& label) {
+    auto offsets = label_offsets(label.member_size);
+    for (unsigned first : {0u, 1u}) {
+        for (unsigned c : {first, first + 2}) {
+            std::vector<uint8_t> b(label_size);
+            encode_label(label, c, b);
+            if (int error = member_io(reactor, device, backstore::IoOp::write, offsets[c], b, true);
+                error != 0) {
+                return make_error(fmt::format("{}: label copy {} could not be written: {}", device.describe(),
+                                              c, std::strerror(-error)),
+                                  -error);
+            }
+        }
+    }
+    return {};
+}
+
+std::vector<uint8_t> read_member_bitmap(net::Reactor& reactor, backstore::Device& device,
+                                        const Label& label) {
+    const MetadataArea* area = label.area(AreaType::bitmap);
+    if (area == nullptr) {
+        return {};
+    }
+    std::vector<uint8_t> b(area->length);
+    if (member_io(reactor, device, backstore::IoOp::read, area->offset, b) != 0) {
+        return {};
+    }
+    return b;
+}
+
+Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
+                            uint64_t space_bytes) {
+    bool redundant = spec.layout == LayoutKind::mirror || spec.layout == LayoutKind::stripe_mirror;
+    return plan_member(device_bytes, block_size, space_bytes, redundant ? spec.region_size : 0);
+}
+
+Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec,
+                                    const std::vector<backstore::Device*>& devices, bool force) {
+    if (spec.name.empty() || spec.name.size() > max_name_length ||
+        spec.name.find_first_of("/ \t\n\\:") != std::string::npos) {
+        return make_error(fmt::format("space name '{}': 1 to {} characters, no '/', ':', '\\' or blanks",
+                                      spec.name, max_name_length),
+                          EINVAL);
+    }
+    if (spec.region_size < 4096 || (spec.region_size & (spec.region_size - 1)) != 0) {
+        return make_error(fmt::format("region size {}: a power of two, 4 KiB or more", spec.region_size),
+                          EINVAL);
+    }
+    if (devices.empty() || devices.size() != spec.urls.size()) {
+        return make_error("a space needs its members", EINVAL);
+    }
+    // Block sizes agree.
+    uint32_t bs = devices[0]->geometry().block_size;
+    for (size_t i = 0; i < devices.size(); ++i) {
+        if (devices[i]->geometry().block_size != bs) {
+            return make_error(
+                fmt::format("{} has {}-byte blocks and {} has {}: the members of a space must have one "
+                            "block size",
+                            spec.urls[0], bs, spec.urls[i], devices[i]->geometry().block_size),
+                EINVAL);
+        }
+    }
+    // Nobody else's member (unless forced): read every member's labels before writing anything.
+    for (size_t i = 0; i < devices.size(); ++i) {
+        LabelReading existing = read_member_labels(reactor, *devices[i]);
+        if (existing.label && !force) {
+            return make_error(
+                fmt::format("{} is a member of space '{}' ({}, slot {}, epoch {}); use --force to "
+                            "reuse it (that space loses this member)",
+                            spec.urls[i], existing.label->name, to_string(existing.label->space_uuid),
+                            existing.label->slot, existing.label->epoch),
+                EEXIST);
+        }
+    }
+    // Sizes: plan each member for the largest space the members could make, then the layout decides.
+    uint64_t upper = 0;
+    for (auto* d : devices) {
+        upper += d->geometry().bytes();
+    }
+    std::vector<MemberPlan> plans;
+    std::vector<uint64_t> data_sizes;
+    for (size_t i = 0; i < devices.size(); ++i) {
+        auto plan = plan_for(spec, devices[i]->geometry().bytes(), bs, upper);
+        if (!plan) {
+            return make_error(fmt::format("{}: {}", spec.urls[i], plan.error().message), plan.error().code);
+        }
+        plans.push_back(*plan);
+        data_sizes.push_back(plan->data_size);
+    }
+    auto layout = make_layout(spec.layout, data_sizes, bs, spec.chunk, spec.copies);
+    if (!layout) {
+        return layout.error();
+    }
+    uint64_t cap = capacity(*layout);
+    uint64_t size = spec.size == 0 ? cap : spec.size;
+    if (size % bs != 0) {
+        return make_error(fmt::format("size {}: not a whole number of {}-byte blocks", size, bs), EINVAL);
+    }
+    if (size > cap) {
+        std::string sizes;
+        for (size_t i = 0; i < devices.size(); ++i) {
+            sizes += fmt::format("{}{} ({} MiB usable)", sizes.empty() ? "" : ", ", spec.urls[i],
+                                 data_sizes[i] >> 20);
+        }
+        return make_error(fmt::format("size {} MiB: the members hold at most {} MiB as a {} ({})", size >> 20,
+                                      cap >> 20, to_string(spec.layout), sizes),
+                          ENOSPC);
+    }
+    // The bitmap areas were sized for `upper`; a space of `size` needs no more.
+    Label l;
+    l.space_uuid = make_uuid();
+    l.name = spec.name;
+    l.layout = spec.layout;
+    l.copies = layout->copies;
+    l.block_size = bs;
+    l.chunk = layout->chunk;
+    l.space_size = size;
+    l.epoch = 1;
+    l.sequence = 1;
+    l.generation = random_u64();
+    l.clean = true;
+    l.created = l.updated = uint64_t(std::time(nullptr));
+    if (layout->redundant()) {
+        l.region_size = spec.region_size;
+        l.compat |= feature::compat::bitmap;
+        l.areas.push_back(plans[0].bitmap); // every member's bitmap area sits at the same place
+    }
+    for (size_t i = 0; i < devices.size(); ++i) {
+        MemberEntry e;
+        e.uuid = make_uuid();
+        e.data_bytes = data_sizes[i];
+        e.url = spec.urls[i].substr(0, max_url_length);
+        l.members.push_back(std::move(e));
+    }
+    FormattedSpace out;
+    out.plan.truth = l;
+    out.plan.slots.assign(devices.size(), SlotPlan::current);
+    out.plan.rebuild.assign(devices.size(), RebuildMode::none);
+    for (size_t i = 0; i < devices.size(); ++i) {
+        out.plan.found.push_back(i);
+        out.data_offsets.push_back(plans[i].data_offset);
+    }
+    // Now write: the bitmap area zeroed, then the labels (the labels last: a member is a member only once
+    // everything it needs is in place).
+    for (size_t i = 0; i < devices.size(); ++i) {
+        if (layout->redundant()) {
+            std::vector<uint8_t> zero(plans[i].bitmap.length, 0);
+            if (int error =
+                    member_io(reactor, *devices[i], backstore::IoOp::write, plans[i].bitmap.offset, zero);
+                error != 0) {
+                return make_error(fmt::format("{}: the bitmap area could not be written: {}", spec.urls[i],
+                                              std::strerror(-error)),
+                                  -error);
+            }
+        }
+        Label mine = l;
+        mine.slot = uint32_t(i);
+        mine.member_uuid = l.members[i].uuid;
+        mine.data_offset = plans[i].data_offset;
+        mine.data_size = data_sizes[i];
+        mine.member_size = devices[i]->geometry().bytes();
+        if (auto written = write_member_labels(reactor, *devices[i], mine); !written) {
+            return written.error();
+        }
+    }
+    return out;
+}
+
+} // namespace ispace::volume

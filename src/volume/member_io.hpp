@@ -1,0 +1,61 @@
+// Blocking I/O on member devices for management code (create, assemble, status tools): each call runs the
+// request on a reactor and waits for it. Never from a reactor thread.
+//
+// And formatting: the labels and the empty bitmap of a new space, written only after every member passed
+// every check, so that a refused create has written nothing anywhere.
+#pragma once
+
+#include "backstore/device.hpp"
+#include "common/result.hpp"
+#include "net/reactor.hpp"
+#include "volume/assembly.hpp"
+#include "volume/label.hpp"
+#include "volume/layout.hpp"
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace ispace::volume {
+
+// 0 or -errno. `data` is read into or written from (empty for flush).
+int member_io(net::Reactor& reactor, backstore::Device& device, backstore::IoOp op, uint64_t offset,
+              std::span<uint8_t> data, bool fua = false);
+
+// The four label copies of `device`, read and chosen (label.hpp's choose_label).
+LabelReading read_member_labels(net::Reactor& reactor, backstore::Device& device);
+// Writes `label` as all four copies, copies 0 and 2 first, then 1 and 3, each FUA.
+Result<void> write_member_labels(net::Reactor& reactor, backstore::Device& device, const Label& label);
+// Reads a member's bitmap area (empty on error).
+std::vector<uint8_t> read_member_bitmap(net::Reactor& reactor, backstore::Device& device, const Label& label);
+
+inline constexpr uint32_t default_region_size = 1 << 20;
+
+struct SpaceSpec {
+    std::string name;
+    LayoutKind layout = LayoutKind::mirror;
+    uint32_t copies = 2;                        // stripe_mirror only
+    uint64_t chunk = 0;                         // stripe kinds (default_chunk)
+    uint64_t size = 0;                          // 0: all the layout holds
+    uint32_t region_size = default_region_size; // bitmap region (redundant layouts)
+    std::vector<std::string> urls;              // in slot order (for the labels and messages; no secrets)
+};
+
+// A space whose members were just labelled.
+struct FormattedSpace {
+    AssemblyPlan plan;                  // every member current, clean
+    std::vector<uint64_t> data_offsets; // per slot
+};
+
+// Checks everything first — a name that fits, block sizes that agree, members large enough, members that
+// carry no label of a space (unless `force`; the error names the space) — then writes each member's bitmap
+// area (zeroes) and labels. Nothing is written when a check fails.
+Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec,
+                                    const std::vector<backstore::Device*>& devices, bool force);
+
+// What a member's data area would be for `spec` on a device of `bytes` (for add/replace): its plan.
+Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
+                            uint64_t space_bytes);
+
+} // namespace ispace::volume

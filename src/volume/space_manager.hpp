@@ -1,0 +1,183 @@
+// SpaceManager: the C++ API the management layer (mgmt: control socket, CLI verbs, ispaced) drives
+// data-spaces through. No sockets, no command line: every call blocks its caller (never a reactor) until
+// it is done, and says what went wrong in words a user can act on.
+//
+// It keeps a catalog under its home directory ($ISPACE_HOME): the host identity (host.json: the
+// reservation key that fences members, fencing.hpp) and one file per space (spaces/NAME.json: its UUID and
+// its members' URLs, secrets included, mode 0600). The catalog is only a cache: assemble() rebuilds an
+// entry from the members' labels alone.
+//
+// A space is "open" while this manager holds it: its members are fenced (reservations) and a Volume runs
+// on the runtime's reactors. open() is what attach and export share (find() returns the open one);
+// close() writes the clean labels and lets go of the members. A space this holder lost to another
+// (takeover) is closed by itself, and status() says so.
+//
+// Refusals write nothing to any member: create checks every member (reachable, same block size, large
+// enough, not a member of another space unless `force`) before it writes; open checks the labels and the
+// reservations before it changes anything.
+#pragma once
+
+#include "backstore/registry.hpp"
+#include "common/result.hpp"
+#include "ispace/initiator.hpp"
+#include "net/reactor.hpp"
+#include "volume/assembly.hpp"
+#include "volume/fencing.hpp"
+#include "volume/layout.hpp"
+#include "volume/volume.hpp"
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ispace::volume {
+
+struct SpaceManagerOptions {
+    std::string home;                              // $ISPACE_HOME
+    net::ReactorGroup* reactors = nullptr;         // where volumes run (the runtime's); must be running
+    initiator::Initiator* initiator = nullptr;     // reaches iscsi:// members; null: local members only
+    const backstore::Registry* registry = nullptr; // opens local members (file, block...); null: built-ins
+    // Opens a member by URL or spec. Default: iscsi:// through `initiator` with member timeouts
+    // (remote_device.hpp), anything else through `registry`. Tests put their own devices here.
+    std::function<Result<std::unique_ptr<backstore::Device>>(const std::string& url)> open_member;
+    VolumeOptions volume; // defaults for every volume (rates, intervals)
+    // Called (on a blocking worker, never a reactor; the manager's lock not held) once a space this manager
+    // held was lost to another holder and closed here: the holder detaches what it had attached.
+    std::function<void(const std::string& name)> on_lost;
+};
+
+struct CreateRequest {
+    std::string name;
+    LayoutKind layout = LayoutKind::mirror;
+    uint32_t copies = 2;              // stripe_mirror
+    std::vector<std::string> members; // URLs or specs, in slot order
+    uint64_t size = 0;                // 0: what the members hold
+    uint64_t chunk = 0;               // stripes; 0: 128 KiB
+    uint32_t region = 0;              // bitmap region; 0: 1 MiB
+    bool force = false;               // reuse members that belong to another space
+};
+
+struct OpenOptions {
+    bool takeover = false; // preempt another holder (PREEMPT AND ABORT) instead of refusing
+};
+
+struct SpaceStatus {
+    std::string name;
+    Uuid uuid{};
+    LayoutKind layout = LayoutKind::mirror;
+    uint32_t copies = 1;
+    uint64_t size = 0;
+    uint32_t block_size = 0;
+    uint64_t chunk = 0;
+    uint32_t region = 0;
+    uint64_t epoch = 0;
+    uint64_t sequence = 0;
+    bool open = false;                 // held by this manager
+    bool lost = false;                 // this manager held it and another holder took it over
+    std::string lost_to;               // who, when known
+    std::string holder;                // who the labels say holds (or last held) it
+    bool clean = false;                // from the labels, when not open here
+    std::vector<MemberStatus> members; // URL (no secret) and state; missing when not reachable
+    ResyncProgress resync;
+    uint64_t dirty_regions = 0;
+};
+
+class SpaceManager {
+public:
+    explicit SpaceManager(SpaceManagerOptions options);
+    // Closes every open space (clean labels, reservations released).
+    ~SpaceManager();
+    SpaceManager(const SpaceManager&) = delete;
+    SpaceManager& operator=(const SpaceManager&) = delete;
+
+    // The host identity (created on first use).
+    Result<HostIdentity> identity();
+
+    // Labels the members and records the space in the catalog; it is not opened.
+    Result<SpaceStatus> create(const CreateRequest& request);
+    // Reads the labels of the devices at `urls` and (re)writes the space's catalog entry from them alone.
+    // Refuses a split unless options.force_from names the side to keep; resolving one writes the labels
+    // (the space is opened, fenced, and closed again).
+    Result<SpaceStatus> assemble(const std::vector<std::string>& urls, const AssembleOptions& options = {});
+    // Opens (holds) a space from the catalog: assembles it from its members' labels, fences the members and
+    // starts its volume. Refused when this manager holds it already (use find()), or another holder does
+    // (unless takeover).
+    Result<std::shared_ptr<Volume>> open(const std::string& name, const OpenOptions& options = {});
+    std::shared_ptr<Volume> find(const std::string& name) const;
+    Result<void> close(const std::string& name);
+    void close_all();
+    Result<SpaceStatus> status(const std::string& name);
+    Result<std::vector<SpaceStatus>> list();
+    // Puts the member at `old_url` (failed, missing, or in sync while another copy of its data is) out and
+    // `new_url` in, rebuilt in full. A space not open here is opened for it and closed again (the rebuild
+    // goes on, from its checkpoint, at the next open).
+    Result<SpaceStatus> replace(const std::string& name, const std::string& old_url,
+                                const std::string& new_url, bool force = false);
+    // Adds a copy to a mirror (rebuilt in full at the next open). The space must not be open here.
+    Result<SpaceStatus> add_member(const std::string& name, const std::string& url, bool force = false);
+    // Erases the labels of every reachable member and the catalog entry. `confirmed` must be true (the CLI's
+    // --yes); the space must not be open, nor held by another holder.
+    Result<void> destroy(const std::string& name, bool confirmed);
+
+private:
+    struct Entry {
+        std::string name;
+        Uuid uuid{};
+        std::vector<std::string> urls; // slot order; secrets included
+        std::string lost_to;
+        bool lost = false;
+        // What the labels said when the entry was last written, for list() (which reads no label).
+        std::optional<LayoutKind> layout;
+        uint32_t copies = 1;
+        uint32_t block_size = 0;
+        uint64_t size = 0;
+        void describe(const Label& truth) {
+            layout = truth.layout;
+            copies = truth.copies;
+            block_size = truth.block_size;
+            size = truth.space_size;
+        }
+    };
+    struct Held {
+        std::shared_ptr<Volume> volume;
+        std::vector<std::string> urls; // by slot, as opened (secrets included)
+    };
+    struct Opened {
+        std::vector<std::unique_ptr<backstore::Device>> devices; // by URL given
+        std::vector<FoundMember> found;
+    };
+
+    Result<std::unique_ptr<backstore::Device>> open_device(const std::string& url);
+    // Opens every URL (failures: missing when `tolerate`, else an error naming it) and reads its labels.
+    Result<Opened> open_all(const std::vector<std::string>& urls, bool tolerate);
+    Result<Entry> load_entry(const std::string& name) const;
+    Result<void> save_entry(const Entry& entry) const;
+    std::string entry_path(const std::string& name) const;
+    Result<std::shared_ptr<Volume>> open_locked(const std::string& name, const OpenOptions& options,
+                                                const AssembleOptions& assemble = {});
+    Result<void> close_locked(const std::string& name);
+    SpaceStatus status_of(const Volume& volume) const;
+    void on_lost(const std::string& name);
+    bool lost_locked(const std::string& name); // closes it; false when it was not held
+    net::Reactor& reactor() { return _options.reactors->at(0); }
+
+    SpaceManagerOptions _options;
+    mutable std::recursive_mutex _mutex;
+    std::map<std::string, Held, std::less<>> _held;
+    std::optional<HostIdentity> _identity;
+    std::unique_ptr<backstore::Registry> _own_registry;
+};
+
+// Whether `name` may name a space (it becomes a catalog file name): 1 to 63 of [A-Za-z0-9._-], not
+// starting with '.' or '-'.
+Result<void> check_space_name(std::string_view name);
+
+// The "space" backstore kind: space:NAME serves (exports) the space NAME of `manager`'s catalog, opening it
+// if this process does not hold it yet. mgmt calls this once it has a SpaceManager.
+void register_space_kind(backstore::Registry& registry, SpaceManager& manager);
+
+} // namespace ispace::volume

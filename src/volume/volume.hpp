@@ -1,0 +1,303 @@
+// Volume: a data-space at run time — a backstore::Device (VolumeDevice) built from member Devices
+// (RemoteDevice, or local files and block devices), laid out by a Layout, recorded in labels, with a
+// write-intent bitmap and a background resync.
+//
+// The data path (volume_io.cpp), on whatever reactor submits:
+//  - a request is split into per-column extents (layout.hpp); a write goes to every writable copy of
+//    its column (active and rebuilding members) from the caller's own memory — a local member gets the
+//    caller's iovec, remote members share one Buffer (RemoteDevice::submit_shared), so a mirrored write
+//    is never copied per member; a read goes to one in-sync copy;
+//  - a write first counts itself in the bitmap (marked before it is sent; bitmap.hpp);
+//  - a member that fails a request is marked failed at once (the other copies carry on: no error reaches
+//    the caller while one in-sync copy of each extent exists), and the epoch is raised on the others
+//    before any write is acknowledged (a write waits for that label write when it completes, not when it
+//    starts, so writes keep flowing meanwhile);
+//  - a read that fails is sent to another copy; reads avoid failed members and the part of a rebuilding
+//    member not yet resynced;
+//  - RESERVATION CONFLICT (EBADE) from any member means another holder took the space over: the volume
+//    stops writing anything, reports itself lost and raises `removed` so that whatever exports it goes.
+// Per request there is no lock and no allocation in the steady state: request state comes from a
+// per-thread pool, member states and masks are atomics.
+//
+// Everything else runs on the volume's home reactor (volume_meta.cpp, resync.cpp): the label book and its
+// writes (two phases, copies 0 and 2 then 1 and 3, each FUA, so a crash leaves two good copies), the
+// bitmap's metadata writes and sweeps, retrying failed members with back-off (a RemoteDevice logs in
+// again) and rejoining them for a delta resync, and the resync itself.
+#pragma once
+
+#include "backstore/device.hpp"
+#include "common/result.hpp"
+#include "net/reactor.hpp"
+#include "volume/assembly.hpp"
+#include "volume/bitmap.hpp"
+#include "volume/epoch.hpp"
+#include "volume/label.hpp"
+#include "volume/layout.hpp"
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ispace::volume {
+
+class RemoteDevice;
+class Resync;
+struct VolumeIo;
+
+struct VolumeMember {
+    std::unique_ptr<backstore::Device> device; // null: not found (missing)
+    uint64_t data_offset = 0;                  // from its label (or plan_member at create)
+    std::string url;                           // as given (secrets masked), for status and logs
+};
+
+struct VolumeOptions {
+    std::chrono::milliseconds sweep_interval{2000};
+    uint64_t resync_rate = 0;       // bytes per second; 0: unlimited
+    unsigned resync_depth = 16;     // windows in flight while no foreground I/O runs
+    unsigned resync_busy_depth = 2; // ... and while it does
+    std::chrono::milliseconds retry_min{1000};
+    std::chrono::milliseconds retry_max{30000};
+    // Opens a missing member's device again (blocking: called on a worker thread). Empty: a missing
+    // member stays missing until it is replaced.
+    std::function<Result<std::unique_ptr<backstore::Device>>(uint32_t slot)> reopen;
+    // Who holds the space (written into the labels): reservation key and name.
+    uint64_t holder_key = 0;
+    std::string holder;
+    // Called once (on a worker thread, where it may block) when the volume lost the space to another
+    // holder: its owner closes it.
+    std::function<void()> on_lost;
+};
+
+struct ResyncProgress {
+    bool running = false;
+    std::string what;        // "rebuild of slot 1 (delta)", "making dirty regions equal"
+    uint64_t done_bytes = 0; // of this pass
+    uint64_t total_bytes = 0;
+    double rate = 0; // bytes per second, recent
+    double eta_seconds = 0;
+    uint64_t copied_bytes = 0; // moved since the volume opened (all passes)
+};
+
+struct MemberStatus {
+    uint32_t slot = 0;
+    std::string url;
+    MemberState state = MemberState::active;
+    RebuildMode rebuild = RebuildMode::none;
+    uint64_t recovery_offset = 0;
+    uint64_t errors = 0;
+};
+
+struct VolumeStatus {
+    std::string name;
+    Uuid uuid{};
+    LayoutKind layout = LayoutKind::mirror;
+    uint64_t size = 0;
+    uint32_t block_size = 0;
+    uint64_t epoch = 0;
+    uint64_t sequence = 0;
+    bool lost = false;   // another holder took the space over (reservation conflict)
+    bool failed = false; // some part of the space has no copy left
+    std::string holder;
+    std::vector<MemberStatus> members;
+    ResyncProgress resync;
+    uint64_t dirty_regions = 0;
+    WriteIntentBitmap::Stats bitmap;
+};
+
+class Volume : public std::enable_shared_from_this<Volume> {
+public:
+    // Opens a space from its assembly plan and its member devices (members[slot]; the plan's `found`
+    // says which): marks what the plan says (missing, stale, rebuilding), raises the epoch when
+    // membership changed or the last holder did not close cleanly, writes the labels (clean flag off),
+    // loads the bitmap and starts the resyncs it needs. Blocks: not on a reactor thread.
+    static Result<std::shared_ptr<Volume>> open(net::ReactorGroup& reactors, const AssemblyPlan& plan,
+                                                std::vector<VolumeMember> members, VolumeOptions options);
+    ~Volume();
+
+    // Stops the resync and the timers, waits for metadata writes, flushes the members and writes labels
+    // with the clean flag. No request may be in flight. Blocks: not on a reactor thread. Idempotent.
+    Result<void> close();
+
+    // Stops everything the volume does in the background and writes nothing more: what kill -9 of the
+    // holder leaves on the members (no clean flag). For tests of unclean stops. Blocks.
+    void abandon();
+
+    // The backstore::Device contract (VolumeDevice forwards here).
+    backstore::Geometry geometry() const { return {_block_size, _space_size / _block_size}; }
+    backstore::Features features() const { return _features; }
+    void submit(backstore::IoRequest& request);
+
+    VolumeStatus status() const; // any thread
+    const Label& truth_at_open() const { return _truth_at_open; }
+    bool lost() const { return _lost.load(std::memory_order_acquire); }
+    // Receives the volume's events (lost -> removed, no copy left -> failed); any thread.
+    void set_event_sink(std::function<void(backstore::DeviceEvent)> sink);
+
+    // --- management (any thread but a reactor; blocking) ---
+    // Changes the resync rate (bytes per second, 0: unlimited).
+    void set_resync_rate(uint64_t bytes_per_second);
+    // Takes `slot` out of service (marked failed, epoch raised), as if it had failed: before a replace of
+    // a member that is still in sync. Refused when it holds the last in-sync copy of some data.
+    Result<void> fail_member(uint32_t slot);
+    // Puts `device` in `slot` (which must be failed or missing) as a new member, rebuilt in full.
+    Result<void> replace_member(uint32_t slot, VolumeMember member, MemberEntry entry);
+    // Waits until no resync is pending (or `limit` passed); for tests and tools.
+    bool wait_resync(std::chrono::milliseconds limit);
+    // Runs one bitmap sweep now (as the timer does); for tests.
+    void sweep_now();
+    // The member device of `slot` (null when missing), for tests and fencing.
+    backstore::Device* member_device(uint32_t slot) const;
+    uint32_t member_count() const { return _count; }
+    net::Reactor& home() { return _home; }
+
+private:
+    friend class Resync;
+    friend struct VolumeIo;
+    Volume(net::ReactorGroup& reactors, VolumeOptions options);
+
+    // A member at run time. States change by CAS (any reactor for failures; home for the rest).
+    struct Member {
+        std::atomic<uint8_t> state{uint8_t(MemberState::missing)};
+        std::unique_ptr<backstore::Device> device;
+        RemoteDevice* remote = nullptr; // when `device` is one: shared buffers, reconnect
+        uint64_t data_offset = 0;
+        uint64_t member_size = 0;
+        std::string url;
+        std::atomic<uint64_t> errors{0};
+        std::atomic<uint32_t> inflight{0};
+        // Rebuilding: the space offset below which it is in sync (full) or below which the bitmap's
+        // regions were copied to it (delta); home writes it, readers may look.
+        std::atomic<uint64_t> synced_below{0};
+        std::atomic<uint8_t> rebuild{uint8_t(RebuildMode::none)};
+        // Home reactor only: retry back-off.
+        std::chrono::milliseconds retry_delay{0};
+        bool retry_scheduled = false;
+        bool retrying = false;
+    };
+
+    // --- data path (volume_io.cpp) ---
+    void start_write(VolumeIo* io);
+    void send_children(VolumeIo* io);
+    void child_done(VolumeIo* io, uint32_t child, int error);
+    void read_extent(VolumeIo* io, uint32_t extent, uint32_t tried);
+    void finish(VolumeIo* io);
+    void complete(VolumeIo* io, int error);
+    // A copy of column `column` that can serve [offset, +length) of the space, not in `tried`; -1: none.
+    int pick_reader(uint32_t column, uint64_t offset, uint64_t length, uint32_t tried) const;
+    bool synced(uint32_t slot, uint64_t offset, uint64_t length) const;
+    // Submits `request` to member `slot` (counting it in flight), with a shared Buffer for remote writes.
+    void submit_member(uint32_t slot, backstore::IoRequest& request, const Buffer* shared);
+
+    // --- membership and labels (volume_meta.cpp) ---
+    // Any reactor: `slot` failed a request with `error`. Marks it failed (once) and raises the epoch.
+    void member_error(uint32_t slot, int error, const char* what);
+    void lose(uint32_t slot);
+    // Home: applies a change to the book and writes the labels to every writable member. `blocking`: a
+    // member left; writes completing from now on are acknowledged only once this is on the members
+    // (member_error counted it already, on the reactor that saw the failure).
+    void change_labels(Function<void(LabelBook&)> change, bool blocking = false);
+    void write_labels();
+    void labels_written(uint64_t applied, uint64_t epoch_applied);
+    // Any reactor: whether every member departure so far is recorded on the members.
+    bool labels_current() const;
+    // Any reactor: runs `then` on `origin` once labels_current() holds for what was requested until now.
+    void wait_labels(net::Reactor* origin, Function<void()> then);
+    // Home: every change so far is written and no label write runs.
+    bool labels_settled() const { return _label_durable >= _label_applied && !_labels_writing; }
+    // Writes `label` (4 copies, two phases, FUA) to member `slot`; done(error) on home.
+    void write_member_label(uint32_t slot, const Label& label, Function<void(int)> done);
+    void write_bitmap_block(uint64_t block, Buffer data, Function<void(bool)> done);
+    void schedule_sweep();
+    void sweep_now_on_home();
+    void schedule_retry(uint32_t slot);
+    void retry_member(uint32_t slot);
+    void rejoin(uint32_t slot, const Label& own);
+    void update_masks();
+    uint32_t writable_mask() const { return _writable.load(std::memory_order_acquire); }
+    uint32_t active_mask() const { return _active.load(std::memory_order_acquire); }
+    bool all_in_sync() const;
+    void drain(); // waits until no request is in flight
+    void raise_event(backstore::DeviceEvent event);
+    // Blocking helpers for open/close (not on a reactor): run `fn` on home and wait.
+    template <typename Fn> auto on_home(Fn&& fn);
+
+    net::ReactorGroup& _reactors;
+    net::Reactor& _home;
+    VolumeOptions _options;
+    Label _truth_at_open;
+    Layout _layout;
+    uint32_t _count = 0;
+    uint32_t _block_size = 512;
+    uint64_t _space_size = 0;
+    backstore::Features _features;
+    std::array<Member, max_members> _members;
+    std::atomic<uint32_t> _writable{0}; // active | rebuilding
+    std::atomic<uint32_t> _active{0};
+    std::atomic<bool> _lost{false};
+    std::atomic<bool> _failed{false};
+    std::atomic<bool> _closing{false};
+    bool _closed = false;
+
+    // Labels. Every change is applied to the book and written on the home reactor (_label_*); the
+    // departures of members are also counted where they are seen (_epoch_requested, any reactor), because
+    // writes must not be acknowledged before those are recorded, while other changes (checkpoints, the
+    // clean flag) hold nobody up.
+    uint64_t _label_applied = 0; // home
+    uint64_t _label_durable = 0; // home
+    uint64_t _epoch_applied = 0; // home
+    std::atomic<uint64_t> _epoch_requested{0};
+    std::atomic<uint64_t> _epoch_durable{0};
+    bool _labels_writing = false; // home
+    bool _labels_again = false;   // home
+    LabelBook _book;              // home
+    std::mutex _label_waiters_mutex;
+    struct LabelWaiter {
+        uint64_t needed;
+        net::Reactor* origin;
+        Function<void()> then;
+    };
+    std::vector<LabelWaiter> _label_waiters;
+    mutable std::mutex _status_mutex; // guards _book_snapshot for status()
+    Label _book_snapshot;
+
+    std::array<std::unique_ptr<backstore::Device>, max_members> _reopened; // handed over from a worker
+
+    std::unique_ptr<WriteIntentBitmap> _bitmap; // redundant layouts only
+    std::unique_ptr<Resync> _resync;
+    net::Reactor::TimerId _sweep_timer = 0;
+    // Requests started and completed: the resync yields while the first moves; close() waits until they
+    // meet (a volume closed under a request in flight would free what it uses).
+    std::atomic<uint64_t> _foreground{0};
+    std::atomic<uint64_t> _completed{0};
+
+    std::mutex _event_mutex;
+    std::function<void(backstore::DeviceEvent)> _event_sink;
+};
+
+// The Device face of a Volume: what an LU exports or the attach path exposes. Destroying it does not close
+// the volume (its owner, the SpaceManager, does).
+class VolumeDevice final : public backstore::Device {
+public:
+    explicit VolumeDevice(std::shared_ptr<Volume> volume);
+    ~VolumeDevice() override;
+    std::string_view kind() const override { return "space"; }
+    std::string describe() const override;
+    backstore::Geometry geometry() const override { return _volume->geometry(); }
+    backstore::Features features() const override { return _volume->features(); }
+    uint64_t identity() const override;
+    void submit(backstore::IoRequest& request) override { _volume->submit(request); }
+    void allocation_status(uint64_t offset, uint64_t length,
+                           Function<void(Result<std::vector<backstore::Extent>>)> done) override;
+    const std::shared_ptr<Volume>& volume() const { return _volume; }
+
+private:
+    std::shared_ptr<Volume> _volume;
+};
+
+} // namespace ispace::volume

@@ -1,0 +1,477 @@
+// The volume's data path: requests split by the layout into per-column extents, sent to the members'
+// copies, failures absorbed by the other copies. See volume.hpp for the rules.
+#include "common/log.hpp"
+#include "volume/remote_device.hpp"
+#include "volume/resync.hpp"
+#include "volume/volume.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+
+namespace ispace::volume {
+
+// One request in flight through the volume. Pooled per thread: its vectors keep their capacity, so a
+// request in the steady state allocates nothing.
+struct VolumeIo {
+    struct Child {
+        backstore::IoRequest request;
+        VolumeIo* io = nullptr;
+        uint32_t index = 0;
+        uint32_t extent = 0;
+        uint32_t slot = 0;
+        uint32_t tried = 0; // reads: the members this extent was tried on
+    };
+
+    Volume* volume = nullptr;
+    backstore::IoRequest* parent = nullptr;
+    net::Reactor* origin = nullptr;
+    backstore::IoOp op = backstore::IoOp::read;
+    uint64_t first_region = 0;
+    uint64_t last_region = 0;
+    bool in_bitmap = false;
+    uint32_t pending = 0;
+    int error = 0;
+    bool member_failed = false;
+    bool in_submit = false; // completing now would complete inside submit(): defer instead
+    std::vector<Extent> extents;
+    std::vector<iovec> iovs;
+    std::vector<uint32_t> iov_first; // per extent: its slice of the parent's iovec in `iovs`
+    std::vector<uint32_t> iov_count;
+    std::vector<Buffer> staged;      // per extent: the Buffer remote copies share (writes)
+    std::vector<uint32_t> copies_ok; // per extent: copies that took a write
+    std::vector<Child> children;
+
+    void reset() {
+        parent = nullptr;
+        in_bitmap = false;
+        in_submit = false;
+        pending = 0;
+        error = 0;
+        member_failed = false;
+        extents.clear();
+        iovs.clear();
+        iov_first.clear();
+        iov_count.clear();
+        for (Buffer& b : staged) {
+            b.reset();
+        }
+        staged.clear();
+        copies_ok.clear();
+        children.clear();
+    }
+};
+
+namespace {
+
+constexpr size_t pool_limit = 1024;
+
+struct IoPool {
+    std::vector<VolumeIo*> free;
+    ~IoPool() {
+        for (VolumeIo* io : free) {
+            delete io;
+        }
+    }
+};
+thread_local IoPool pool;
+
+VolumeIo* acquire() {
+    if (pool.free.empty()) {
+        return new VolumeIo;
+    }
+    VolumeIo* io = pool.free.back();
+    pool.free.pop_back();
+    return io;
+}
+
+void release(VolumeIo* io) {
+    io->reset();
+    if (pool.free.size() < pool_limit) {
+        pool.free.push_back(io);
+    } else {
+        delete io;
+    }
+}
+
+void complete_soon(net::Reactor* reactor, backstore::IoRequest& request, int error) {
+    backstore::IoRequest* r = &request;
+    reactor->defer([r, error] {
+        auto done = std::move(r->done);
+        done(error);
+    });
+}
+
+// The n-th set bit of `mask` (n < popcount).
+uint32_t nth_bit(uint32_t mask, uint32_t n) {
+    for (; n > 0; --n) {
+        mask &= mask - 1;
+    }
+    return uint32_t(std::countr_zero(mask));
+}
+
+bool is_write(backstore::IoOp op) {
+    return op == backstore::IoOp::write || op == backstore::IoOp::unmap ||
+           op == backstore::IoOp::write_zeroes;
+}
+
+} // namespace
+
+void Volume::submit(backstore::IoRequest& request) {
+    net::Reactor* origin = net::Reactor::current();
+    assert(origin && "backstore I/O is submitted on a reactor thread");
+    if (_lost.load(std::memory_order_acquire)) {
+        complete_soon(origin, request, -EBADE);
+        return;
+    }
+    if (request.op != backstore::IoOp::flush &&
+        (request.offset % _block_size != 0 || request.length % _block_size != 0 ||
+         request.offset > _space_size || request.length > _space_size - request.offset)) {
+        complete_soon(origin, request, -EINVAL);
+        return;
+    }
+    if ((request.op == backstore::IoOp::unmap && !_features.unmap) ||
+        (request.op == backstore::IoOp::write_zeroes && !_features.write_zeroes)) {
+        complete_soon(origin, request, -EOPNOTSUPP);
+        return;
+    }
+    if (request.length == 0 && request.op != backstore::IoOp::flush) {
+        complete_soon(origin, request, 0);
+        return;
+    }
+    // Counted before the closing check, so that close() either sees it or it sees close().
+    _foreground.fetch_add(1, std::memory_order_acq_rel);
+    if (_closing.load(std::memory_order_acquire) || _lost.load(std::memory_order_acquire)) {
+        _completed.fetch_add(1, std::memory_order_acq_rel);
+        complete_soon(origin, request, _lost.load() ? -EBADE : -ESHUTDOWN);
+        return;
+    }
+    VolumeIo* io = acquire();
+    io->volume = this;
+    io->parent = &request;
+    io->origin = origin;
+    io->op = request.op;
+    io->in_submit = true;
+    struct Leave {
+        VolumeIo* io;
+        backstore::IoRequest* parent;
+        ~Leave() {
+            // The request may have been completed (and `io` recycled for another) by now only through a
+            // deferred task, which has not run yet: `io` is still ours.
+            if (io->parent == parent) {
+                io->in_submit = false;
+            }
+        }
+    } leave{io, &request};
+
+    if (request.op == backstore::IoOp::flush) {
+        uint32_t writable = writable_mask();
+        io->children.reserve(_count);
+        for (uint32_t slot = 0; slot < _count; ++slot) {
+            if (writable & (1u << slot)) {
+                auto& c = io->children.emplace_back();
+                c.io = io;
+                c.index = uint32_t(io->children.size() - 1);
+                c.slot = slot;
+                c.request.op = backstore::IoOp::flush;
+            }
+        }
+        if (io->children.empty()) {
+            complete(io, -EIO);
+            return;
+        }
+        send_children(io);
+        return;
+    }
+
+    map_range(_layout, request.offset, request.length, io->extents);
+    size_t n = io->extents.size();
+    // Slice the caller's iovec per extent (for reads and writes; unmap and write-zeroes carry none).
+    if (request.op == backstore::IoOp::read || request.op == backstore::IoOp::write) {
+        io->iov_first.resize(n);
+        io->iov_count.resize(n);
+        io->iovs.reserve(n + request.iovcnt);
+        unsigned index = 0;
+        size_t at = 0;
+        for (size_t e = 0; e < n; ++e) {
+            io->iov_first[e] = uint32_t(io->iovs.size());
+            uint64_t left = io->extents[e].length;
+            while (left > 0 && index < request.iovcnt) {
+                size_t take = std::min<uint64_t>(left, request.iov[index].iov_len - at);
+                io->iovs.push_back({static_cast<uint8_t*>(request.iov[index].iov_base) + at, take});
+                left -= take;
+                at += take;
+                if (at == request.iov[index].iov_len) {
+                    ++index;
+                    at = 0;
+                }
+            }
+            io->iov_count[e] = uint32_t(io->iovs.size()) - io->iov_first[e];
+            if (left != 0) {
+                complete(io, -EINVAL); // the iovec holds less than `length`
+                return;
+            }
+        }
+    }
+    io->children.reserve(n * _layout.copies);
+
+    if (request.op == backstore::IoOp::read) {
+        io->pending = uint32_t(n);
+        for (uint32_t e = 0; e < n; ++e) {
+            read_extent(io, e, 0);
+        }
+        return;
+    }
+    if (_bitmap) {
+        io->first_region = _bitmap->region_of(request.offset);
+        io->last_region = _bitmap->region_of(request.offset + request.length - 1);
+        io->in_bitmap = true;
+        if (!_bitmap->begin_write(io->first_region, io->last_region, origin, [io](bool ok) {
+                if (!ok) {
+                    io->error = -EIO;
+                    io->volume->finish(io);
+                    return;
+                }
+                io->volume->start_write(io);
+            })) {
+            return;
+        }
+    }
+    start_write(io);
+}
+
+void Volume::start_write(VolumeIo* io) {
+    const backstore::IoRequest& parent = *io->parent;
+    uint32_t writable = writable_mask();
+    size_t n = io->extents.size();
+    io->copies_ok.assign(n, 0);
+    io->staged.resize(n);
+    for (uint32_t e = 0; e < n; ++e) {
+        const Extent& x = io->extents[e];
+        bool any_remote = false;
+        uint32_t before = uint32_t(io->children.size());
+        for (uint32_t copy = 0; copy < _layout.copies; ++copy) {
+            uint32_t slot = member_of(_layout, x.column, copy);
+            if (!(writable & (1u << slot))) {
+                continue;
+            }
+            any_remote |= _members[slot].remote != nullptr;
+            auto& c = io->children.emplace_back();
+            c.io = io;
+            c.index = uint32_t(io->children.size() - 1);
+            c.extent = e;
+            c.slot = slot;
+            c.request.op = parent.op;
+            c.request.offset = _members[slot].data_offset + x.member_offset;
+            c.request.length = x.length;
+            c.request.fua = parent.fua;
+            if (parent.op == backstore::IoOp::write) {
+                c.request.iov = io->iovs.data() + io->iov_first[e];
+                c.request.iovcnt = io->iov_count[e];
+            }
+        }
+        if (io->children.size() == before) {
+            io->error = -EIO; // no copy of this extent can be written
+        }
+        if (any_remote && parent.op == backstore::IoOp::write) {
+            // One copy of the data for every remote member of the column (RemoteDevice sends a Buffer).
+            Buffer b = Buffer::allocate(x.length);
+            size_t at = 0;
+            for (uint32_t i = 0; i < io->iov_count[e]; ++i) {
+                const iovec& v = io->iovs[io->iov_first[e] + i];
+                std::memcpy(b.data() + at, v.iov_base, v.iov_len);
+                at += v.iov_len;
+            }
+            io->staged[e] = std::move(b);
+        }
+    }
+    if (io->children.empty()) {
+        finish(io);
+        return;
+    }
+    send_children(io);
+}
+
+void Volume::send_children(VolumeIo* io) {
+    // Count them all first: a child may complete before the last one is sent (not inside submit(), but a
+    // device could complete on this reactor from an earlier deferred task).
+    io->pending = uint32_t(io->children.size());
+    for (auto& c : io->children) {
+        c.request.done = [io, index = c.index](int error) { io->volume->child_done(io, index, error); };
+        const Buffer* shared =
+            io->staged.empty() || io->staged[c.extent].empty() ? nullptr : &io->staged[c.extent];
+        submit_member(c.slot, c.request, shared);
+    }
+}
+
+void Volume::submit_member(uint32_t slot, backstore::IoRequest& request, const Buffer* shared) {
+    Member& m = _members[slot];
+    m.inflight.fetch_add(1, std::memory_order_relaxed);
+    if (shared && m.remote && request.op == backstore::IoOp::write) {
+        m.remote->submit_shared(request, *shared);
+    } else {
+        m.device->submit(request);
+    }
+}
+
+void Volume::read_extent(VolumeIo* io, uint32_t e, uint32_t tried) {
+    const Extent& x = io->extents[e];
+    int slot = pick_reader(x.column, x.space_offset, x.length, tried);
+    if (slot < 0) {
+        if (io->error == 0) {
+            io->error = -EIO;
+        }
+        if (--io->pending == 0) {
+            finish(io);
+        }
+        return;
+    }
+    auto& c = io->children.emplace_back();
+    c.io = io;
+    c.index = uint32_t(io->children.size() - 1);
+    c.extent = e;
+    c.slot = uint32_t(slot);
+    c.tried = tried | (1u << slot);
+    c.request.op = backstore::IoOp::read;
+    c.request.offset = _members[slot].data_offset + x.member_offset;
+    c.request.length = x.length;
+    c.request.iov = io->iovs.data() + io->iov_first[e];
+    c.request.iovcnt = io->iov_count[e];
+    c.request.done = [io, index = c.index](int error) { io->volume->child_done(io, index, error); };
+    submit_member(c.slot, c.request, nullptr);
+}
+
+bool Volume::synced(uint32_t slot, uint64_t offset, uint64_t length) const {
+    const Member& m = _members[slot];
+    uint64_t below = m.synced_below.load(std::memory_order_acquire);
+    if (RebuildMode(m.rebuild.load(std::memory_order_acquire)) == RebuildMode::full) {
+        return offset + length <= below;
+    }
+    // Delta: a region the bitmap does not mark was not written while the member was away.
+    if (!_bitmap) {
+        return false;
+    }
+    for (uint64_t r = _bitmap->region_of(offset); r <= _bitmap->region_of(offset + length - 1); ++r) {
+        if (_bitmap->marked(r) && (r + 1) * uint64_t(_bitmap->region_size()) > below) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int Volume::pick_reader(uint32_t column, uint64_t offset, uint64_t length, uint32_t tried) const {
+    uint32_t column_mask = ((1u << _layout.copies) - 1) << (column * _layout.copies);
+    uint32_t active = active_mask() & column_mask & ~tried;
+    if (active != 0 && _resync && _bitmap) {
+        // A dirty region the unclean pass has not made equal yet: always the copy it copies from, so two
+        // reads cannot return two different versions.
+        for (uint64_t r = _bitmap->region_of(offset); r <= _bitmap->region_of(offset + length - 1); ++r) {
+            if (_resync->unclean_pending(r) && _bitmap->marked(r)) {
+                uint32_t lowest = uint32_t(std::countr_zero(active_mask() & column_mask));
+                return (tried & (1u << lowest)) ? int(std::countr_zero(active)) : int(lowest);
+            }
+        }
+    }
+    if (active != 0) {
+        // Spread reads over the copies by MiB of the space, so a sequential reader uses them all.
+        uint32_t n = uint32_t(std::popcount(active));
+        return int(nth_bit(active, uint32_t((offset >> 20) % n)));
+    }
+    // No in-sync copy left: a rebuilding one may serve what it has already received.
+    uint32_t rebuilding = writable_mask() & column_mask & ~tried;
+    while (rebuilding != 0) {
+        uint32_t slot = uint32_t(std::countr_zero(rebuilding));
+        rebuilding &= rebuilding - 1;
+        if (synced(slot, offset, length)) {
+            return int(slot);
+        }
+    }
+    return -1;
+}
+
+void Volume::child_done(VolumeIo* io, uint32_t index, int error) {
+    auto& c = io->children[index];
+    uint32_t slot = c.slot;
+    _members[slot].inflight.fetch_sub(1, std::memory_order_relaxed);
+    if (io->op == backstore::IoOp::read) {
+        if (error == 0) {
+            if (--io->pending == 0) {
+                finish(io);
+            }
+            return;
+        }
+        member_error(slot, error, "read");
+        // Another copy, if there is one (pending stays: this extent is still to be read).
+        read_extent(io, c.extent, c.tried);
+        return;
+    }
+    if (error == 0) {
+        if (io->op != backstore::IoOp::flush) {
+            ++io->copies_ok[c.extent];
+        }
+    } else if (error == -EBADE) {
+        lose(slot);
+        io->error = -EBADE;
+    } else {
+        member_error(slot, error, io->op == backstore::IoOp::flush ? "flush" : "write");
+        io->member_failed = true;
+    }
+    if (--io->pending == 0) {
+        finish(io);
+    }
+}
+
+void Volume::finish(VolumeIo* io) {
+    if (io->op == backstore::IoOp::flush) {
+        // Good if every column still has a writable copy (the ones that failed were marked failed).
+        int error = io->error;
+        if (error == 0) {
+            uint32_t writable = writable_mask();
+            for (uint32_t column = 0; column < _layout.columns(); ++column) {
+                uint32_t column_mask = ((1u << _layout.copies) - 1) << (column * _layout.copies);
+                if ((writable & column_mask) == 0) {
+                    error = -EIO;
+                }
+            }
+        }
+        complete(io, error);
+        return;
+    }
+    if (is_write(io->op)) {
+        for (uint32_t e = 0; e < io->copies_ok.size() && io->error == 0; ++e) {
+            if (io->copies_ok[e] == 0) {
+                io->error = -EIO; // every copy of this extent failed
+            }
+        }
+        if (io->in_bitmap) {
+            _bitmap->end_write(io->first_region, io->last_region);
+            io->in_bitmap = false;
+        }
+        // A write is acknowledged only once the labels say who holds it: a member dropped since (by
+        // this write or another) must be recorded as out before anyone is told the write is done.
+        if (io->error == 0 && !labels_current()) {
+            wait_labels(io->origin, [io] { io->volume->complete(io, io->error); });
+            return;
+        }
+    }
+    complete(io, io->error);
+}
+
+void Volume::complete(VolumeIo* io, int error) {
+    if (io->in_submit) {
+        // Reached from inside submit() (no copy to send to): complete after it returns.
+        io->in_submit = false;
+        io->origin->defer([io, error] { io->volume->complete(io, error); });
+        return;
+    }
+    backstore::IoRequest* parent = io->parent;
+    release(io);
+    auto done = std::move(parent->done);
+    // Counted before the callback: the caller may close the volume from it.
+    _completed.fetch_add(1, std::memory_order_acq_rel);
+    done(error);
+}
+
+} // namespace ispace::volume

@@ -1,0 +1,147 @@
+// Fuzzes the data-space label reader (volume/label.hpp): what a member's disk says is as hostile as what
+// the network says, and a damaged label must be an error message, never a crash.
+//
+// Input: [mode][bytes...]
+//   mode bit 0: the bytes are XORed over a valid label (a 3-way mirror) instead of being the label
+//   mode bit 1: the label's checksum is recomputed after that, so the field checks behind it are reached
+//   mode bit 2: the bytes are also split into four copies for choose_label()
+//
+// Invariants: decode_label() returns a label or an error; a label it returns encodes back to exactly the
+// bytes it was read from (nothing is lost or invented); the layout it describes maps its whole space
+// inside every member's data area; choose_label() picks a copy only when one decodes.
+#include "volume/label.hpp"
+#include "volume/layout.hpp"
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+using namespace ispace;
+using namespace ispace::volume;
+
+namespace {
+
+#define FUZZ_CHECK(cond)                                                                                     \
+    do {                                                                                                     \
+        if (!(cond)) {                                                                                       \
+            __builtin_trap();                                                                                \
+        }                                                                                                    \
+    } while (0)
+
+std::vector<uint8_t> base_label() {
+    Label l;
+    l.space_uuid = Uuid{1, 2, 3, 4, 5, 6, 0x47, 8, 0x89, 10, 11, 12, 13, 14, 15, 16};
+    l.name = "fuzz";
+    l.layout = LayoutKind::mirror;
+    l.copies = 3;
+    l.block_size = 512;
+    l.member_size = 64 << 20;
+    l.data_offset = 1 << 20;
+    l.data_size = 62 << 20;
+    l.space_size = 62 << 20;
+    l.region_size = 1 << 20;
+    l.compat = feature::compat::bitmap;
+    l.areas.push_back({AreaType::bitmap, 0, metadata_start, 4096});
+    for (uint8_t i = 0; i < 3; ++i) {
+        MemberEntry m;
+        m.uuid = Uuid{0x10, i, 3, 4, 5, 6, 0x47, 8, 0x89, 10, 11, 12, 13, 14, 15, 1};
+        m.data_bytes = l.data_size;
+        m.url = "iscsi://127.0.0.1:3260/iqn.2026-11.org.ispace:fuzz/0";
+        l.members.push_back(m);
+    }
+    l.slot = 1;
+    l.member_uuid = l.members[1].uuid;
+    std::vector<uint8_t> b(label_size);
+    encode_label(l, 0, b);
+    return b;
+}
+
+void fix_checksum(std::vector<uint8_t>& b) {
+    std::memset(b.data() + 16, 0, 4);
+    uint32_t crc = label_crc32c(b.data(), label_size);
+    for (int i = 0; i < 4; ++i) {
+        b[16 + i] = uint8_t(crc >> (8 * i));
+    }
+}
+
+void check_decoded(const std::vector<uint8_t>& bytes) {
+    auto label = decode_label(bytes);
+    if (!label) {
+        FUZZ_CHECK(!label.error().message.empty());
+        return;
+    }
+    std::vector<uint8_t> again(label_size);
+    uint32_t copy = uint32_t(bytes[20]) | uint32_t(bytes[21]) << 8 | uint32_t(bytes[22]) << 16 |
+                    uint32_t(bytes[23]) << 24;
+    encode_label(*label, copy, again);
+    FUZZ_CHECK(std::memcmp(again.data(), bytes.data(), label_size) == 0);
+    auto layout = label->layout_of();
+    FUZZ_CHECK(layout.ok());
+    FUZZ_CHECK(label->space_size <= capacity(*layout));
+    std::vector<Extent> extents;
+    uint64_t step = label->space_size / 7 / label->block_size * label->block_size;
+    for (uint64_t at = 0; at + label->block_size <= label->space_size && extents.size() < 64;
+         at += step ? step : label->block_size) {
+        extents.clear();
+        map_range(*layout, at, label->block_size, extents);
+        FUZZ_CHECK(extents.size() == 1);
+        for (uint32_t c = 0; c < layout->copies; ++c) {
+            uint32_t m = member_of(*layout, extents[0].column, c);
+            FUZZ_CHECK(m < layout->members());
+            FUZZ_CHECK(extents[0].member_offset + label->block_size <= layout->member_bytes[m]);
+        }
+        if (!step) {
+            break;
+        }
+    }
+}
+
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    if (size < 1) {
+        return 0;
+    }
+    uint8_t mode = data[0];
+    ++data;
+    --size;
+    std::vector<uint8_t> bytes;
+    if (mode & 0x01) {
+        static const std::vector<uint8_t> base = base_label();
+        bytes = base;
+        for (size_t i = 0; i < size && i < label_size; ++i) {
+            bytes[i] ^= data[i];
+        }
+    } else {
+        bytes.assign(data, data + std::min(size, label_size));
+        if (bytes.size() < label_size && (mode & 0x02)) {
+            bytes.resize(label_size, 0);
+        }
+    }
+    if ((mode & 0x02) && bytes.size() >= label_size) {
+        fix_checksum(bytes);
+    }
+    check_decoded(bytes);
+    (void)looks_like_label(bytes);
+
+    if (mode & 0x04) {
+        std::vector<std::vector<uint8_t>> copies(label_copies);
+        for (size_t c = 0; c < label_copies; ++c) {
+            size_t begin = size * c / label_copies;
+            size_t end = size * (c + 1) / label_copies;
+            copies[c].assign(data + begin, data + end);
+            if ((mode & 0x01) && !copies[c].empty()) {
+                copies[c] = bytes; // every copy the same mutated label, but one cut short
+                copies[c].resize(label_size - (c == 3 ? 1 : 0));
+            }
+        }
+        std::array<uint64_t, label_copies> offsets = label_offsets(64 << 20);
+        LabelReading reading = choose_label(copies, offsets);
+        FUZZ_CHECK(reading.valid <= label_copies);
+        FUZZ_CHECK(reading.label.has_value() == (reading.valid > 0));
+        FUZZ_CHECK(reading.problems.size() >= label_copies - reading.valid);
+    }
+    return 0;
+}

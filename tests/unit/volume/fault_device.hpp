@@ -1,0 +1,113 @@
+// A backstore::Device wrapper that injects faults into a member: fail every request (EIO), stop
+// answering (requests complete with EIO after `hang_for`, as a RemoteDevice's session gives up), answer
+// slowly, or refuse writes with RESERVATION CONFLICT (EBADE). It counts what passes through, so that tests
+// can measure what a resync moved.
+#pragma once
+
+#include "backstore/device.hpp"
+#include "net/reactor.hpp"
+
+#include <atomic>
+#include <cassert>
+#include <cerrno>
+#include <chrono>
+#include <memory>
+
+namespace ispace::volume::test {
+
+class FaultDevice final : public backstore::Device {
+public:
+    enum class Mode { ok, fail, hang, slow, conflict };
+
+    explicit FaultDevice(std::shared_ptr<backstore::Device> inner) : _inner(std::move(inner)) {}
+
+    void set(Mode mode) { _mode.store(mode); }
+    Mode mode() const { return _mode.load(); }
+    std::chrono::milliseconds hang_for{300};
+    std::chrono::milliseconds slow_by{5};
+
+    std::atomic<uint64_t> bytes_written{0};
+    std::atomic<uint64_t> bytes_read{0};
+    std::atomic<uint64_t> writes{0}; // every write, metadata included
+    std::atomic<uint64_t> failures{0};
+    // Bytes counted only inside [count_from, count_to) (the data area, leaving labels and bitmap out).
+    std::atomic<uint64_t> count_from{0};
+    std::atomic<uint64_t> count_to{UINT64_MAX};
+    void reset_counts() {
+        bytes_written = 0;
+        bytes_read = 0;
+        writes = 0;
+    }
+
+    std::string_view kind() const override { return _inner->kind(); }
+    std::string describe() const override { return "fault:" + _inner->describe(); }
+    backstore::Geometry geometry() const override { return _inner->geometry(); }
+    backstore::Features features() const override { return _inner->features(); }
+    uint64_t identity() const override { return _inner->identity(); }
+    void allocation_status(uint64_t offset, uint64_t length,
+                           Function<void(Result<std::vector<backstore::Extent>>)> done) override {
+        _inner->allocation_status(offset, length, std::move(done));
+    }
+
+    void submit(backstore::IoRequest& request) override {
+        net::Reactor* reactor = net::Reactor::current();
+        assert(reactor);
+        backstore::IoRequest* r = &request;
+        Mode mode = _mode.load();
+        if (mode == Mode::fail) {
+            ++failures;
+            reactor->defer([r] { finish(r, -EIO); });
+            return;
+        }
+        if (mode == Mode::hang) {
+            ++failures;
+            reactor->add_timer(hang_for, [r] { finish(r, -EIO); });
+            return;
+        }
+        if (mode == Mode::conflict && request.op != backstore::IoOp::read) {
+            reactor->defer([r] { finish(r, -EBADE); });
+            return;
+        }
+        bool counted = request.offset >= count_from.load() && request.offset < count_to.load();
+        if (request.op == backstore::IoOp::write) {
+            ++writes;
+            bytes_written += counted ? request.length : 0;
+        } else if (request.op == backstore::IoOp::read && counted) {
+            bytes_read += request.length;
+        }
+        if (mode == Mode::slow) {
+            reactor->add_timer(slow_by, [this, r] { _inner->submit(*r); });
+            return;
+        }
+        _inner->submit(request);
+    }
+
+private:
+    static void finish(backstore::IoRequest* r, int error) {
+        auto done = std::move(r->done);
+        done(error);
+    }
+    std::shared_ptr<backstore::Device> _inner;
+    std::atomic<Mode> _mode{Mode::ok};
+};
+
+// A device that forwards to one the test keeps (so that the "same disk" can be opened again).
+class SharedDevice final : public backstore::Device {
+public:
+    explicit SharedDevice(std::shared_ptr<backstore::Device> inner) : _inner(std::move(inner)) {}
+    std::string_view kind() const override { return _inner->kind(); }
+    std::string describe() const override { return _inner->describe(); }
+    backstore::Geometry geometry() const override { return _inner->geometry(); }
+    backstore::Features features() const override { return _inner->features(); }
+    uint64_t identity() const override { return _inner->identity(); }
+    void submit(backstore::IoRequest& request) override { _inner->submit(request); }
+    void allocation_status(uint64_t offset, uint64_t length,
+                           Function<void(Result<std::vector<backstore::Extent>>)> done) override {
+        _inner->allocation_status(offset, length, std::move(done));
+    }
+
+private:
+    std::shared_ptr<backstore::Device> _inner;
+};
+
+} // namespace ispace::volume::test

@@ -1,0 +1,355 @@
+// SpaceManager: the catalog is only a cache of the labels (assemble rebuilds it), refusals write nothing,
+// one holder at a time (persistent reservations on real remote members), replace and add-member rebuild,
+// destroy needs its confirmation, and space:NAME exports a space.
+#include "volume/space_manager.hpp"
+
+#include "backstore/memory/memory_device.hpp"
+#include "fault_device.hpp"
+#include "volume/member_io.hpp"
+#include "volume/remote_device.hpp"
+#include "volume_test_util.hpp"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+
+namespace ispace::volume {
+namespace {
+
+using namespace std::chrono_literals;
+using test::FaultDevice;
+using test::random_bytes;
+
+class SpaceManagerTest : public ::testing::Test {
+protected:
+    SpaceManagerTest() : group(2), io(group.at(1)) { group.start(); }
+    ~SpaceManagerTest() override {
+        managers.clear();
+        group.stop();
+    }
+
+    // A member "URL" the injected opener knows: a memory disk behind a FaultDevice, kept across opens.
+    std::string disk(const std::string& name, uint64_t bytes = 48 << 20, uint32_t block = 512) {
+        auto d = std::make_shared<backstore::MemoryDevice>(bytes, block);
+        disks[name] = d;
+        faults[name] = std::make_shared<FaultDevice>(d);
+        return name;
+    }
+    SpaceManager& manager(const std::string& home) {
+        SpaceManagerOptions o;
+        o.home = home;
+        o.reactors = &group;
+        o.volume.sweep_interval = 50ms;
+        o.volume.retry_min = 50ms;
+        o.volume.retry_max = 200ms;
+        o.open_member = [this](const std::string& url) -> Result<std::unique_ptr<backstore::Device>> {
+            auto it = faults.find(url);
+            if (it == faults.end() || unreachable.count(url)) {
+                return make_error(url + ": cannot connect (no such member)", ECONNREFUSED);
+            }
+            return std::unique_ptr<backstore::Device>(std::make_unique<test::SharedDevice>(it->second));
+        };
+        managers.push_back(std::make_unique<SpaceManager>(o));
+        return *managers.back();
+    }
+    CreateRequest mirror(const std::string& name, std::vector<std::string> members) {
+        CreateRequest r;
+        r.name = name;
+        r.layout = LayoutKind::mirror;
+        r.members = std::move(members);
+        return r;
+    }
+    uint64_t writes_to_all() {
+        uint64_t n = 0;
+        for (auto& [_, f] : faults) {
+            n += f->writes;
+        }
+        return n;
+    }
+
+    test::TempDir dir;
+    net::ReactorGroup group;
+    test::Submitter io;
+    std::map<std::string, std::shared_ptr<backstore::MemoryDevice>> disks;
+    std::map<std::string, std::shared_ptr<FaultDevice>> faults;
+    std::set<std::string> unreachable;
+    std::vector<std::unique_ptr<SpaceManager>> managers;
+};
+
+TEST_F(SpaceManagerTest, CreateOpenWriteCloseAndReopen) {
+    auto& m = manager(dir.file("home"));
+    auto created = m.create(mirror("data", {disk("a"), disk("b")}));
+    ASSERT_TRUE(created) << created.error().message;
+    EXPECT_EQ(created->members.size(), 2u);
+    EXPECT_TRUE(std::filesystem::exists(dir.file("home/spaces/data.json")));
+    EXPECT_TRUE(std::filesystem::exists(dir.file("home/host.json")));
+    auto v = m.open("data");
+    ASSERT_TRUE(v) << v.error().message;
+    EXPECT_FALSE(m.open("data")) << "a space held already is not opened twice";
+    auto data = random_bytes(1 << 20, 1);
+    {
+        VolumeDevice d(*v);
+        ASSERT_EQ(io.write(d, 0, data), 0);
+    }
+    auto st = m.status("data");
+    ASSERT_TRUE(st);
+    EXPECT_TRUE(st->open);
+    EXPECT_EQ(st->members[1].state, MemberState::active);
+    ASSERT_TRUE(m.close("data"));
+    st = m.status("data");
+    ASSERT_TRUE(st) << st.error().message;
+    EXPECT_FALSE(st->open);
+    EXPECT_TRUE(st->clean);
+    v = m.open("data");
+    ASSERT_TRUE(v);
+    VolumeDevice d(*v);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(d, 0, back), 0);
+    EXPECT_EQ(back, data);
+    auto listed = m.list();
+    ASSERT_TRUE(listed);
+    ASSERT_EQ(listed->size(), 1u);
+    EXPECT_EQ((*listed)[0].name, "data");
+}
+
+TEST_F(SpaceManagerTest, RefusedCreatesWriteNothingAnywhere) {
+    auto& m = manager(dir.file("home"));
+    disk("a");
+    disk("b");
+    disk("big4k", 48 << 20, 4096);
+    disk("tiny", 1 << 20);
+    ASSERT_TRUE(m.create(mirror("first", {"a", "b"})));
+    uint64_t before = writes_to_all();
+    auto reused = m.create(mirror("second", {"a", disk("c")}));
+    ASSERT_FALSE(reused);
+    EXPECT_NE(reused.error().message.find("member of space 'first'"), std::string::npos)
+        << reused.error().message;
+    unreachable.insert("d");
+    disk("d");
+    auto away = m.create(mirror("third", {disk("e"), "d"}));
+    ASSERT_FALSE(away);
+    EXPECT_NE(away.error().message.find("d: d: cannot connect"), std::string::npos) << away.error().message;
+    auto mixed = m.create(mirror("fourth", {disk("f"), "big4k"}));
+    ASSERT_FALSE(mixed);
+    EXPECT_NE(mixed.error().message.find("block size"), std::string::npos) << mixed.error().message;
+    auto small = m.create(mirror("fifth", {disk("g"), "tiny"}));
+    ASSERT_FALSE(small);
+    EXPECT_NE(small.error().message.find("too small"), std::string::npos) << small.error().message;
+    auto twice = m.create(mirror("sixth", {disk("h"), "h"}));
+    ASSERT_FALSE(twice);
+    EXPECT_EQ(writes_to_all(), before) << "a refused create wrote to a member";
+    // --force reuses a member of another space.
+    CreateRequest forced = mirror("second", {"a", "c"});
+    forced.force = true;
+    EXPECT_TRUE(m.create(forced));
+}
+
+TEST_F(SpaceManagerTest, AssembleRebuildsTheCatalogFromLabelsAloneEvenWithDamagedCopies) {
+    auto& first = manager(dir.file("home1"));
+    ASSERT_TRUE(first.create(mirror("photos", {disk("a"), disk("b")})));
+    auto v = first.open("photos");
+    ASSERT_TRUE(v);
+    auto data = random_bytes(2 << 20, 2);
+    {
+        VolumeDevice d(*v);
+        ASSERT_EQ(io.write(d, 1 << 20, data), 0);
+    }
+    ASSERT_TRUE(first.close("photos"));
+    // Three of member a's four label copies overwritten.
+    auto offsets = label_offsets(disks["a"]->geometry().bytes());
+    std::vector<uint8_t> junk = random_bytes(label_size, 3);
+    for (unsigned c : {0u, 1u, 3u}) {
+        ASSERT_EQ(member_io(group.at(0), *disks["a"], backstore::IoOp::write, offsets[c], junk), 0);
+    }
+    // An empty home: the catalog comes back from the labels.
+    auto& second = manager(dir.file("home2"));
+    auto assembled = second.assemble({"a", "b"});
+    ASSERT_TRUE(assembled) << assembled.error().message;
+    EXPECT_EQ(assembled->name, "photos");
+    auto opened = second.open("photos");
+    ASSERT_TRUE(opened) << opened.error().message;
+    VolumeDevice d(*opened);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(d, 1 << 20, back), 0);
+    EXPECT_EQ(back, data);
+    ASSERT_TRUE(second.close("photos"));
+    // Its labels were repaired by the open's label write.
+    EXPECT_EQ(read_member_labels(group.at(0), *disks["a"]).valid, label_copies);
+}
+
+TEST_F(SpaceManagerTest, ReplaceRebuildsTheNewMemberInFull) {
+    auto& m = manager(dir.file("home"));
+    ASSERT_TRUE(m.create(mirror("work", {disk("a"), disk("b")})));
+    auto v = m.open("work");
+    ASSERT_TRUE(v);
+    VolumeDevice d(*v);
+    auto data = random_bytes(4 << 20, 4);
+    ASSERT_EQ(io.write(d, 0, data), 0);
+    faults["b"]->set(FaultDevice::Mode::fail);
+    ASSERT_EQ(io.write(d, 0, data), 0);
+    auto replaced = m.replace("work", "b", disk("c"));
+    ASSERT_TRUE(replaced) << replaced.error().message;
+    ASSERT_TRUE((*v)->wait_resync(30s));
+    auto st = m.status("work");
+    ASSERT_TRUE(st);
+    EXPECT_EQ(st->members[1].url, "c");
+    EXPECT_EQ(st->members[1].state, MemberState::active);
+    std::vector<uint8_t> direct(data.size());
+    uint64_t offset = (*v)->truth_at_open().data_offset;
+    ASSERT_EQ(member_io(group.at(0), *disks["c"], backstore::IoOp::read, offset, direct), 0);
+    EXPECT_EQ(direct, data);
+    EXPECT_FALSE(m.replace("work", "zzz", disk("y")));
+}
+
+TEST_F(SpaceManagerTest, AddMemberAddsACopyRebuiltAtTheNextOpen) {
+    auto& m = manager(dir.file("home"));
+    ASSERT_TRUE(m.create(mirror("logs", {disk("a"), disk("b")})));
+    auto v = m.open("logs");
+    ASSERT_TRUE(v);
+    auto data = random_bytes(1 << 20, 5);
+    {
+        VolumeDevice d(*v);
+        ASSERT_EQ(io.write(d, 0, data), 0);
+    }
+    EXPECT_FALSE(m.add_member("logs", disk("c"))) << "added while open";
+    ASSERT_TRUE(m.close("logs"));
+    auto added = m.add_member("logs", "c");
+    ASSERT_TRUE(added) << added.error().message;
+    EXPECT_EQ(added->members.size(), 3u);
+    v = m.open("logs");
+    ASSERT_TRUE(v) << v.error().message;
+    ASSERT_TRUE((*v)->wait_resync(30s));
+    auto st = (*v)->status();
+    ASSERT_EQ(st.members.size(), 3u);
+    EXPECT_EQ(st.members[2].state, MemberState::active);
+    // Read from the new copy alone.
+    faults["a"]->set(FaultDevice::Mode::fail);
+    faults["b"]->set(FaultDevice::Mode::fail);
+    VolumeDevice d(*v);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(d, 0, back), 0);
+    EXPECT_EQ(back, data);
+    faults["a"]->set(FaultDevice::Mode::ok);
+    faults["b"]->set(FaultDevice::Mode::ok);
+}
+
+TEST_F(SpaceManagerTest, DestroyNeedsConfirmationAndErasesTheLabels) {
+    auto& m = manager(dir.file("home"));
+    ASSERT_TRUE(m.create(mirror("old", {disk("a"), disk("b")})));
+    auto refused = m.destroy("old", false);
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().message.find("--yes"), std::string::npos);
+    ASSERT_TRUE(m.open("old"));
+    EXPECT_FALSE(m.destroy("old", true)) << "destroyed while open";
+    ASSERT_TRUE(m.close("old"));
+    ASSERT_TRUE(m.destroy("old", true));
+    EXPECT_FALSE(read_member_labels(group.at(0), *disks["a"]).label);
+    EXPECT_FALSE(m.status("old"));
+    EXPECT_TRUE(m.create(mirror("new", {"a", "b"}))) << "its members are free again";
+}
+
+TEST_F(SpaceManagerTest, TheSpaceKindExportsAnOpenSpace) {
+    auto& m = manager(dir.file("home"));
+    ASSERT_TRUE(m.create(mirror("lun", {disk("a"), disk("b")})));
+    backstore::Registry registry;
+    register_space_kind(registry, m);
+    backstore::register_builtin_kinds(registry);
+    auto spec = registry.parse("space:lun");
+    ASSERT_TRUE(spec) << spec.error().message;
+    EXPECT_EQ((*spec)->describe(), "space:lun");
+    auto device = (*spec)->open();
+    ASSERT_TRUE(device) << device.error().message;
+    EXPECT_EQ((*device)->kind(), "space");
+    EXPECT_TRUE(m.find("lun"));
+    auto again = (*spec)->open(); // attach and export share the one open volume
+    ASSERT_TRUE(again);
+    auto data = random_bytes(64 << 10, 6);
+    ASSERT_EQ(io.write(**device, 0, data), 0);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(**again, 0, back), 0);
+    EXPECT_EQ(back, data);
+    EXPECT_FALSE(registry.parse("space:"));
+    auto missing = registry.parse("space:nothing");
+    ASSERT_TRUE(missing);
+    EXPECT_FALSE((*missing)->open());
+}
+
+// Fencing needs members that keep reservations: remote LUNs of a real target in this process.
+class FencingTest : public ::testing::Test {
+protected:
+    FencingTest() : group(2), io(group.at(1)) { group.start(); }
+    ~FencingTest() override {
+        managers.clear();
+        group.stop();
+    }
+    SpaceManager& manager(const std::string& home) {
+        SpaceManagerOptions o;
+        o.home = home;
+        o.reactors = &group;
+        o.initiator = &initiator;
+        o.volume.sweep_interval = 50ms;
+        o.volume.retry_min = 50ms;
+        managers.push_back(std::make_unique<SpaceManager>(o));
+        return *managers.back();
+    }
+
+    test::TempDir dir;
+    test::TestTarget target{{"memory:48M", "memory:48M"}};
+    initiator::Initiator initiator{initiator::InitiatorOptions{.threads = 2}};
+    net::ReactorGroup group;
+    test::Submitter io;
+    std::vector<std::unique_ptr<SpaceManager>> managers;
+};
+
+TEST_F(FencingTest, AnotherHolderIsRefusedUntilItTakesOverAndThenTheFirstLosesTheSpace) {
+    auto& host_a = manager(dir.file("a"));
+    auto& host_b = manager(dir.file("b"));
+    CreateRequest r;
+    r.name = "shared";
+    r.members = {target.url(0), target.url(1)};
+    {
+        auto created = host_a.create(r);
+        ASSERT_TRUE(created) << created.error().message;
+    }
+    auto va = host_a.open("shared");
+    ASSERT_TRUE(va) << va.error().message;
+    auto data = random_bytes(256 << 10, 7);
+    VolumeDevice da(*va);
+    ASSERT_EQ(io.write(da, 0, data), 0);
+
+    ASSERT_TRUE(host_b.assemble({target.url(0), target.url(1)}));
+    auto refused = host_b.open("shared");
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, EBUSY);
+    auto id_a = host_a.identity();
+    ASSERT_TRUE(id_a);
+    EXPECT_NE(refused.error().message.find(id_a->name), std::string::npos)
+        << "the refusal names the holder: " << refused.error().message;
+
+    auto vb = host_b.open("shared", OpenOptions{true});
+    ASSERT_TRUE(vb) << vb.error().message;
+    // A's next write meets RESERVATION CONFLICT; A stops and lets go by itself.
+    EXPECT_EQ(io.write(da, 0, random_bytes(4096, 8)), -EBADE);
+    EXPECT_TRUE((*va)->lost());
+    ASSERT_TRUE(test::eventually([&] { return host_a.find("shared") == nullptr; }));
+    auto st = host_a.status("shared");
+    ASSERT_TRUE(st) << st.error().message;
+    EXPECT_TRUE(st->lost);
+    auto id_b = host_b.identity();
+    EXPECT_EQ(st->lost_to, id_b->name);
+    // B has A's data and writes on.
+    VolumeDevice db(*vb);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(db, 0, back), 0);
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(io.write(db, 0, random_bytes(4096, 9)), 0);
+    ASSERT_TRUE(host_b.close("shared"));
+    // Released on close: A may hold it again.
+    auto again = host_a.open("shared");
+    ASSERT_TRUE(again) << again.error().message;
+}
+
+} // namespace
+} // namespace ispace::volume

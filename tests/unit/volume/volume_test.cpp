@@ -1,0 +1,496 @@
+// The volume with real I/O on memory members behind fault-injecting wrappers: layouts end to end, a member
+// that fails mid-write (writes go on, it is marked failed and the epoch raised), comes back (delta resync
+// of what it missed, and no more), hangs, is fenced; splits refused and resolved; a resync that resumes from
+// its checkpoint; dirty regions made equal after an unclean stop.
+#include "volume/volume.hpp"
+
+#include "backstore/memory/memory_device.hpp"
+#include "fault_device.hpp"
+#include "volume/member_io.hpp"
+#include "volume_test_util.hpp"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+namespace ispace::volume {
+namespace {
+
+using namespace std::chrono_literals;
+using test::FaultDevice;
+using test::random_bytes;
+
+constexpr uint64_t member_bytes = 40 << 20;
+
+class VolumeTest : public ::testing::Test {
+protected:
+    VolumeTest() : group(2), io(group.at(1)) { group.start(); }
+    ~VolumeTest() override {
+        for (auto& v : volumes) {
+            (void)v->close();
+        }
+        volumes.clear();
+        group.stop();
+    }
+
+    // `n` fresh members (memory), each behind a FaultDevice the test controls.
+    void make_members(unsigned n, uint32_t block = 512) {
+        for (unsigned i = 0; i < n; ++i) {
+            disks.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, block));
+            faults.push_back(std::make_shared<FaultDevice>(disks.back()));
+        }
+    }
+    std::vector<backstore::Device*> raw() {
+        std::vector<backstore::Device*> out;
+        for (auto& f : faults) {
+            out.push_back(f.get());
+        }
+        return out;
+    }
+    VolumeOptions options() {
+        VolumeOptions o;
+        o.sweep_interval = sweep_interval;
+        o.retry_min = 50ms;
+        o.retry_max = 200ms;
+        o.holder = "test";
+        return o;
+    }
+    std::vector<VolumeMember> members_for(const AssemblyPlan& plan, const std::vector<uint64_t>& offsets,
+                                          const std::vector<bool>& present = {}) {
+        std::vector<VolumeMember> members;
+        for (size_t s = 0; s < plan.truth.members.size(); ++s) {
+            VolumeMember m;
+            if (present.empty() || present[s]) {
+                m.device = std::make_unique<test::SharedDevice>(faults[s]);
+            }
+            m.data_offset = offsets[s];
+            m.url = "m" + std::to_string(s);
+            members.push_back(std::move(m));
+        }
+        return members;
+    }
+    std::shared_ptr<Volume> create(LayoutKind kind, unsigned n, uint64_t chunk = 0, uint32_t copies = 2) {
+        make_members(n);
+        SpaceSpec spec;
+        spec.name = "test";
+        spec.layout = kind;
+        spec.chunk = chunk;
+        spec.copies = copies;
+        for (unsigned i = 0; i < n; ++i) {
+            spec.urls.push_back("m" + std::to_string(i));
+        }
+        auto formatted = format_space(group.at(0), spec, raw(), false);
+        EXPECT_TRUE(formatted) << formatted.error().message;
+        offsets = formatted->data_offsets;
+        for (size_t i = 0; i < faults.size(); ++i) {
+            count_data(i, formatted->plan.truth.members[i].data_bytes);
+        }
+        auto v = Volume::open(group, formatted->plan, members_for(formatted->plan, offsets), options());
+        EXPECT_TRUE(v) << v.error().message;
+        volumes.push_back(*v);
+        return *v;
+    }
+    // Assembles from the members' labels (those in `slots`), as the space manager does.
+    Result<std::shared_ptr<Volume>> assemble(std::vector<uint32_t> slots, AssembleOptions ao = {}) {
+        std::vector<FoundMember> found;
+        for (uint32_t s : slots) {
+            LabelReading r = read_member_labels(group.at(0), *faults[s]);
+            found.push_back({"m" + std::to_string(s), r.label, r.problems});
+        }
+        auto plan = plan_assembly(found, ao);
+        if (!plan) {
+            return plan.error();
+        }
+        std::vector<bool> present(plan->truth.members.size(), false);
+        for (size_t s = 0; s < plan->found.size(); ++s) {
+            present[s] = plan->found[s].has_value();
+        }
+        // Slots follow the member table; the devices we found map to their slots by label.
+        auto v = Volume::open(group, *plan, members_for(*plan, offsets, present), options());
+        if (v) {
+            volumes.push_back(*v);
+        }
+        return v;
+    }
+    void count_data(size_t slot, uint64_t data_bytes) {
+        faults[slot]->count_from = offsets[slot];
+        faults[slot]->count_to = offsets[slot] + data_bytes;
+    }
+    void close(const std::shared_ptr<Volume>& v) {
+        ASSERT_TRUE(v->close());
+        std::erase(volumes, v);
+    }
+    std::vector<uint8_t> member_data(unsigned slot, uint64_t offset, uint64_t length) {
+        std::vector<uint8_t> out(length);
+        EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, offsets[slot] + offset, out),
+                  0);
+        return out;
+    }
+    Label label_of(unsigned slot) {
+        LabelReading r = read_member_labels(group.at(0), *disks[slot]);
+        EXPECT_TRUE(r.label);
+        return r.label ? *r.label : Label{};
+    }
+    MemberState state_of(const std::shared_ptr<Volume>& v, unsigned slot) {
+        return v->status().members[slot].state;
+    }
+
+    std::chrono::milliseconds sweep_interval = 50ms;
+    net::ReactorGroup group;
+    test::Submitter io;
+    std::vector<std::shared_ptr<backstore::MemoryDevice>> disks;
+    std::vector<std::shared_ptr<FaultDevice>> faults;
+    std::vector<uint64_t> offsets;
+    std::vector<std::shared_ptr<Volume>> volumes;
+};
+
+// Random writes and reads against a shadow copy.
+void round_trip(test::Submitter& io, Volume& v, uint64_t span, int writes, uint64_t seed) {
+    VolumeDevice device(v.shared_from_this());
+    std::mt19937_64 rng(seed);
+    std::vector<uint8_t> shadow(span, 0);
+    ASSERT_EQ(io.write(device, 0, shadow), 0);
+    for (int i = 0; i < writes; ++i) {
+        uint64_t blocks = 1 + rng() % 600;
+        uint64_t first = rng() % (span / 512 - blocks);
+        auto data = random_bytes(blocks * 512, rng());
+        ASSERT_EQ(io.write(device, first * 512, data), 0) << "write " << i;
+        std::memcpy(shadow.data() + first * 512, data.data(), data.size());
+    }
+    std::vector<uint8_t> back(span);
+    ASSERT_EQ(io.read(device, 0, back), 0);
+    ASSERT_TRUE(back == shadow);
+}
+
+TEST_F(VolumeTest, EveryLayoutRoundTripsAndHasItsCapacity) {
+    struct Case {
+        LayoutKind kind;
+        unsigned members;
+        uint64_t chunk;
+    };
+    for (Case c : {Case{LayoutKind::mirror, 3, 0}, Case{LayoutKind::stripe, 2, 64 << 10},
+                   Case{LayoutKind::concat, 3, 0}, Case{LayoutKind::stripe_mirror, 4, 128 << 10}}) {
+        SCOPED_TRACE(std::string(to_string(c.kind)));
+        disks.clear();
+        faults.clear();
+        auto v = create(c.kind, c.members, c.chunk);
+        ASSERT_TRUE(v);
+        uint64_t per = v->truth_at_open().members[0].data_bytes;
+        uint64_t expected = c.kind == LayoutKind::mirror   ? per
+                            : c.kind == LayoutKind::concat ? per * c.members
+                                                           : per / c.chunk * c.chunk * 2; // two columns
+        EXPECT_EQ(v->geometry().bytes(), expected);
+        round_trip(io, *v, 16 << 20, 60, 11);
+        close(v);
+    }
+}
+
+TEST_F(VolumeTest, AMirrorWriteReachesEveryCopy) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    auto data = random_bytes(3 << 20, 1);
+    ASSERT_EQ(io.write(device, 5 << 20, data, true), 0);
+    EXPECT_EQ(member_data(0, 5 << 20, data.size()), data);
+    EXPECT_EQ(member_data(1, 5 << 20, data.size()), data);
+    EXPECT_EQ(io.simple(device, backstore::IoOp::flush), 0);
+}
+
+TEST_F(VolumeTest, AMemberThatFailsMidWriteIsDroppedAndWritesGoOn) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    uint64_t epoch = v->status().epoch;
+    std::vector<uint8_t> shadow(8 << 20, 0);
+    std::mt19937_64 rng(2);
+    for (int i = 0; i < 200; ++i) {
+        if (i == 50) {
+            faults[1]->set(FaultDevice::Mode::fail); // the member dies in the middle of the writes
+        }
+        uint64_t first = rng() % ((8 << 20) / 4096 - 16);
+        auto data = random_bytes(16 * 4096, rng());
+        ASSERT_EQ(io.write(device, first * 4096, data), 0)
+            << "write " << i << " reached the caller as an error";
+        std::memcpy(shadow.data() + first * 4096, data.data(), data.size());
+    }
+    auto st = v->status();
+    EXPECT_EQ(st.members[1].state, MemberState::failed);
+    EXPECT_EQ(st.members[0].state, MemberState::active);
+    EXPECT_GT(st.epoch, epoch);
+    // The survivor's label says so; the failed member's own label does not know.
+    Label survivor = label_of(0);
+    EXPECT_EQ(survivor.members[1].state, MemberState::failed);
+    EXPECT_EQ(survivor.epoch, st.epoch);
+    EXPECT_LT(label_of(1).epoch, st.epoch);
+    std::vector<uint8_t> back(shadow.size());
+    ASSERT_EQ(io.read(device, 0, back), 0);
+    EXPECT_TRUE(back == shadow);
+    // Reads never go to the failed member.
+    uint64_t failures = faults[1]->failures;
+    ASSERT_EQ(io.read(device, 0, back), 0);
+    EXPECT_EQ(faults[1]->failures.load(), failures + 0);
+}
+
+TEST_F(VolumeTest, AReturningMemberResyncsOnlyWhatItMissed) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    // Let the creation's regions age out, so the bitmap holds only what follows.
+    auto data = random_bytes(1 << 20, 3);
+    ASSERT_EQ(io.write(device, 0, data), 0);
+    for (int i = 0; i < 4; ++i) {
+        v->sweep_now();
+    }
+    ASSERT_EQ(v->status().dirty_regions, 0u);
+
+    faults[1]->set(FaultDevice::Mode::fail);
+    ASSERT_EQ(io.write(device, 0, data), 0); // discovers the failure
+    ASSERT_TRUE(test::eventually([&] { return state_of(v, 1) == MemberState::failed; }));
+    // 4 MiB of random 4K writes while it is away, over 8 regions.
+    std::mt19937_64 rng(4);
+    std::set<uint64_t> regions{0};
+    for (int i = 0; i < 1024; ++i) {
+        uint64_t block = rng() % 2048; // the first 8 MiB
+        regions.insert(block * 4096 >> 20);
+        ASSERT_EQ(io.write(device, block * 4096, random_bytes(4096, rng())), 0);
+    }
+    // Sweeps while it is away must not clear what it missed.
+    for (int i = 0; i < 4; ++i) {
+        v->sweep_now();
+    }
+    EXPECT_EQ(v->status().dirty_regions, regions.size());
+
+    faults[1]->reset_counts();
+    faults[1]->set(FaultDevice::Mode::ok); // it answers again
+    ASSERT_TRUE(test::eventually([&] { return state_of(v, 1) == MemberState::active; }, 20s));
+    uint64_t moved = faults[1]->bytes_written;
+    uint64_t dirtied = regions.size() << 20;
+    EXPECT_LE(moved, dirtied * 5 / 4) << "resynced " << moved << " bytes for " << dirtied << " dirtied";
+    EXPECT_GE(moved, dirtied);
+    EXPECT_EQ(member_data(0, 0, 8 << 20), member_data(1, 0, 8 << 20));
+    EXPECT_GE(v->status().resync.copied_bytes, dirtied);
+    // In sync again: the labels say so, and the bitmap clears.
+    EXPECT_EQ(label_of(0).members[1].state, MemberState::active);
+    EXPECT_TRUE(test::eventually([&] {
+        v->sweep_now();
+        return v->status().dirty_regions == 0;
+    }));
+}
+
+TEST_F(VolumeTest, AMemberThatStopsAnsweringIsFailedAndNoErrorReachesTheCaller) {
+    auto v = create(LayoutKind::mirror, 3);
+    VolumeDevice device(v);
+    faults[2]->hang_for = 300ms;
+    faults[2]->set(FaultDevice::Mode::hang);
+    auto data = random_bytes(64 << 10, 5);
+    auto t0 = std::chrono::steady_clock::now();
+    ASSERT_EQ(io.write(device, 0, data), 0);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+    EXPECT_EQ(state_of(v, 2), MemberState::failed);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(device, 0, back), 0);
+    EXPECT_EQ(back, data);
+    faults[2]->set(FaultDevice::Mode::ok);
+    ASSERT_TRUE(test::eventually([&] { return state_of(v, 2) == MemberState::active; }, 20s));
+}
+
+TEST_F(VolumeTest, ReadsFailOverToAnotherCopy) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    auto data = random_bytes(4 << 20, 6);
+    ASSERT_EQ(io.write(device, 0, data), 0);
+    faults[0]->set(FaultDevice::Mode::fail);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(device, 0, back), 0);
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(state_of(v, 0), MemberState::failed);
+    // With no copy left, the caller gets the error.
+    faults[1]->set(FaultDevice::Mode::fail);
+    EXPECT_EQ(io.read(device, 0, back), -EIO);
+    EXPECT_EQ(io.write(device, 0, data), -EIO);
+    EXPECT_TRUE(v->status().failed);
+    faults[0]->set(FaultDevice::Mode::ok);
+    faults[1]->set(FaultDevice::Mode::ok);
+}
+
+TEST_F(VolumeTest, AReservationConflictLosesTheSpaceAndNothingMoreIsWritten) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    std::atomic<int> removed{0};
+    struct Watch final : backstore::DeviceObserver {
+        std::atomic<int>* removed;
+        void device_event(backstore::DeviceEvent e) override {
+            if (e == backstore::DeviceEvent::removed) {
+                ++*removed;
+            }
+        }
+    } watch;
+    watch.removed = &removed;
+    device.subscribe(&watch);
+    auto data = random_bytes(8192, 7);
+    ASSERT_EQ(io.write(device, 0, data), 0);
+    faults[0]->set(FaultDevice::Mode::conflict); // another holder preempted us
+    EXPECT_EQ(io.write(device, 0, data), -EBADE);
+    EXPECT_TRUE(v->lost());
+    EXPECT_TRUE(v->status().lost);
+    ASSERT_TRUE(test::eventually([&] { return removed.load() == 1; }));
+    uint64_t writes = faults[1]->writes;
+    EXPECT_EQ(io.write(device, 0, data), -EBADE);
+    std::this_thread::sleep_for(200ms); // sweeps and label writes would have happened by now
+    EXPECT_EQ(faults[1]->writes.load(), writes);
+    EXPECT_EQ(state_of(v, 1), MemberState::active) << "a fenced holder marks nobody failed";
+    device.unsubscribe(&watch);
+    close(v);
+    EXPECT_EQ(faults[1]->writes.load(), writes) << "closing wrote a clean label after losing the space";
+}
+
+TEST_F(VolumeTest, RandomSmallWritesCostAtMostOneBitmapWritePerNewRegion) {
+    sweep_interval = std::chrono::hours(1); // only the sweeps we run: a cleared region would be new again
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    for (int i = 0; i < 4; ++i) {
+        v->sweep_now();
+    }
+    auto before = v->status().bitmap;
+    std::mt19937_64 rng(8);
+    std::set<uint64_t> regions;
+    for (int i = 0; i < 2000; ++i) {
+        uint64_t block = rng() % (v->geometry().bytes() / 4096);
+        regions.insert(block * 4096 >> 20);
+        ASSERT_EQ(io.write(device, block * 4096, random_bytes(4096, i)), 0);
+    }
+    auto after = v->status().bitmap;
+    EXPECT_LE(after.batches - before.batches, regions.size());
+    EXPECT_EQ(after.regions_marked - before.regions_marked, regions.size());
+}
+
+TEST_F(VolumeTest, ASplitIsRefusedAndForceFromResolvesIt) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    auto a = random_bytes(1 << 20, 9);
+    ASSERT_EQ(io.write(device, 0, a), 0);
+    // Holder 1 loses member 1 and goes on with member 0.
+    faults[1]->set(FaultDevice::Mode::fail);
+    auto side0 = random_bytes(1 << 20, 10);
+    ASSERT_EQ(io.write(device, 0, side0), 0);
+    close(v);
+    faults[1]->set(FaultDevice::Mode::ok);
+    // Holder 2 sees only member 1 (its label says both are fine), and writes there.
+    auto h2 = assemble({1});
+    ASSERT_TRUE(h2) << h2.error().message;
+    auto side1 = random_bytes(1 << 20, 11);
+    {
+        VolumeDevice d2(*h2);
+        ASSERT_EQ(io.write(d2, 0, side1), 0);
+    }
+    close(*h2);
+    // Both together: refused, naming both sides.
+    auto both = assemble({0, 1});
+    ASSERT_FALSE(both);
+    EXPECT_NE(both.error().message.find("written apart"), std::string::npos) << both.error().message;
+    // --force-from m0: member 0's data wins; member 1 is rebuilt in full from it.
+    auto forced = assemble({0, 1}, AssembleOptions{"m0"});
+    ASSERT_TRUE(forced) << forced.error().message;
+    ASSERT_TRUE((*forced)->wait_resync(20s));
+    VolumeDevice d(*forced);
+    std::vector<uint8_t> back(side0.size());
+    ASSERT_EQ(io.read(d, 0, back), 0);
+    EXPECT_EQ(back, side0);
+    EXPECT_EQ(member_data(1, 0, 1 << 20), side0);
+    EXPECT_EQ(state_of(*forced, 1), MemberState::active);
+}
+
+TEST_F(VolumeTest, AResyncResumesFromItsCheckpointAfterARestart) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    uint64_t size = v->geometry().bytes();
+    faults[1]->set(FaultDevice::Mode::fail);
+    ASSERT_EQ(io.write(device, 0, random_bytes(4096, 1)), 0);
+    ASSERT_TRUE(test::eventually([&] { return state_of(v, 1) == MemberState::failed; }));
+    close(v);
+    // Member 1 is replaced by a blank disk: a full rebuild, slowed down so that we can stop it midway.
+    auto blank = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
+    disks[1] = blank;
+    faults[1] = std::make_shared<FaultDevice>(blank);
+    count_data(1, label_of(0).members[1].data_bytes);
+    auto h = assemble({0});
+    ASSERT_TRUE(h) << h.error().message;
+    (*h)->set_resync_rate(8 << 20); // 8 MiB/s: about 4 s for the whole space
+    MemberEntry fresh;
+    fresh.uuid = make_uuid();
+    fresh.data_bytes = (*h)->truth_at_open().members[1].data_bytes;
+    fresh.url = "m1-new";
+    VolumeMember nm;
+    nm.device = std::make_unique<test::SharedDevice>(faults[1]);
+    nm.data_offset = offsets[1];
+    nm.url = "m1-new";
+    ASSERT_TRUE((*h)->replace_member(1, std::move(nm), fresh));
+    ASSERT_TRUE(
+        test::eventually([&] { return (*h)->status().members[1].recovery_offset >= (8u << 20); }, 20s));
+    close(*h); // a restart in the middle of the rebuild
+    uint64_t checkpoint = label_of(0).members[1].recovery_offset;
+    EXPECT_GE(checkpoint, 6u << 20) << "the checkpoint lags the progress by more than a few windows";
+    EXPECT_EQ(label_of(0).members[1].rebuild, RebuildMode::full);
+
+    faults[1]->reset_counts();
+    auto again = assemble({0, 1});
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_EQ((*again)->status().members[1].state, MemberState::rebuilding);
+    ASSERT_TRUE((*again)->wait_resync(30s));
+    EXPECT_EQ((*again)->status().members[1].state, MemberState::active);
+    // It went on from the checkpoint: what it copied now is the rest, not the whole.
+    EXPECT_LE(faults[1]->bytes_written.load(), size - checkpoint + (1 << 20));
+    EXPECT_EQ(member_data(0, 0, size), member_data(1, 0, size));
+}
+
+TEST_F(VolumeTest, AfterAnUncleanStopDirtyRegionsAreMadeEqual) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    auto data = random_bytes(2 << 20, 12);
+    ASSERT_EQ(io.write(device, 3 << 20, data), 0);
+    // The holder dies with the regions dirty (no close), and a torn mirror write left the copies
+    // different inside them.
+    EXPECT_EQ(v->status().dirty_regions, 2u);
+    uint64_t epoch = v->status().epoch;
+    v->abandon(); // what kill -9 leaves: no clean label
+    volumes.clear();
+    v.reset();
+    auto torn = random_bytes(64 << 10, 13);
+    ASSERT_EQ(member_io(group.at(0), *disks[1], backstore::IoOp::write, offsets[1] + (3 << 20), torn), 0);
+    ASSERT_NE(member_data(0, 3 << 20, 64 << 10), member_data(1, 3 << 20, 64 << 10));
+    auto h = assemble({0, 1});
+    ASSERT_TRUE(h) << h.error().message;
+    EXPECT_GT((*h)->status().epoch, epoch) << "an open after an unclean stop raises the epoch";
+    ASSERT_TRUE((*h)->wait_resync(20s));
+    EXPECT_EQ(member_data(0, 0, 8 << 20), member_data(1, 0, 8 << 20));
+    EXPECT_EQ(member_data(0, 3 << 20, data.size()), data) << "the lowest slot is the source";
+}
+
+TEST_F(VolumeTest, CreateRefusesWhatCannotWorkAndWritesNothing) {
+    make_members(2);
+    disks.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, 4096));
+    faults.push_back(std::make_shared<FaultDevice>(disks.back()));
+    SpaceSpec spec;
+    spec.name = "bad";
+    spec.urls = {"m0", "m1", "m2"};
+    auto mixed = format_space(group.at(0), spec, raw(), false);
+    ASSERT_FALSE(mixed);
+    EXPECT_NE(mixed.error().message.find("block size"), std::string::npos) << mixed.error().message;
+    for (auto& f : faults) {
+        EXPECT_EQ(f->writes.load(), 0u);
+    }
+    faults.pop_back();
+    spec.urls = {"m0", "m1"};
+    spec.size = member_bytes * 2;
+    auto big = format_space(group.at(0), spec, raw(), false);
+    ASSERT_FALSE(big);
+    EXPECT_NE(big.error().message.find("hold at most"), std::string::npos) << big.error().message;
+    spec.size = 0;
+    ASSERT_TRUE(format_space(group.at(0), spec, raw(), false));
+    spec.name = "other";
+    auto reused = format_space(group.at(0), spec, raw(), false);
+    ASSERT_FALSE(reused);
+    EXPECT_NE(reused.error().message.find("member of space 'bad'"), std::string::npos)
+        << reused.error().message;
+    EXPECT_TRUE(format_space(group.at(0), spec, raw(), true));
+}
+
+} // namespace
+} // namespace ispace::volume

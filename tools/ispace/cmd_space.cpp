@@ -1,0 +1,398 @@
+// ispace space VERB: data-spaces (docs/dataspaces.md). Every verb is one JSON request to the process that
+// holds the spaces of $ISPACE_HOME (ispaced, through $ISPACE_HOME/holder.sock: mgmt/space_service.hpp).
+// When none runs, attach starts one for the caller, and the other verbs run in this process instead.
+#include "cli.hpp"
+
+#include "common/units.hpp"
+#include "mgmt/runtime.hpp"
+#include "mgmt/space_service.hpp"
+#include "volume/space_manager.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cerrno>
+#include <chrono>
+#include <fcntl.h>
+#include <filesystem>
+#include <limits.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+namespace ispace::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+bool no_holder(const Error& e) {
+    return e.code == ENOENT || e.code == ECONNREFUSED;
+}
+
+// The verbs that need no holder, run in this process: a runtime for the reactors and the initiator that
+// reach the members, a manager over the same catalog, and the same service the holder runs.
+json run_here(const std::string& home, const json& request) {
+    mgmt::Runtime runtime;
+    volume::SpaceManagerOptions o;
+    o.home = home;
+    o.initiator = &runtime.initiator();
+    o.reactors = &runtime.reactors();
+    o.registry = &runtime.backstores();
+    auto manager = std::make_unique<volume::SpaceManager>(std::move(o));
+    json answer;
+    {
+        mgmt::SpaceService service(*manager, nullptr, home);
+        answer = service.handle(request);
+    }
+    manager.reset();
+    runtime.stop(std::chrono::seconds(5));
+    return answer;
+}
+
+std::string ispaced_path() {
+    if (const char* p = std::getenv("ISPACED"); p != nullptr && *p != '\0') {
+        return p;
+    }
+    char self[PATH_MAX] = {};
+    ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n > 0) {
+        fs::path beside = fs::path(std::string(self, size_t(n))).parent_path() / "ispaced";
+        if (::access(beside.c_str(), X_OK) == 0) {
+            return beside.string();
+        }
+    }
+    return "ispaced"; // from PATH
+}
+
+// Starts `ispaced --holder --idle-exit` for `home`, detached from us (its own session; it outlives this
+// command and exits once it holds nothing), logging to $ISPACE_HOME/ispaced.log. Waits until it answers.
+Result<void> start_holder(const std::string& home) {
+    std::error_code ec;
+    fs::create_directories(home, ec);
+    std::string log = (fs::path(home) / "ispaced.log").string();
+    std::string binary = ispaced_path();
+    pid_t child = ::fork();
+    if (child < 0) {
+        return make_error(std::string("fork: ") + std::strerror(errno), errno);
+    }
+    if (child == 0) {
+        ::setsid();
+        if (::fork() != 0) {
+            ::_exit(0);
+        }
+        int in = ::open("/dev/null", O_RDONLY);
+        int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (in >= 0 && out >= 0) {
+            ::dup2(in, 0);
+            ::dup2(out, 1);
+            ::dup2(out, 2);
+        }
+        const char* argv[] = {binary.c_str(), "--holder", "--idle-exit", "--home", home.c_str(), nullptr};
+        ::execvp(binary.c_str(), const_cast<char* const*>(argv));
+        ::_exit(127);
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+        auto ping = mgmt::holder_request(home, json{{"verb", "ping"}}, std::chrono::seconds(5));
+        if (ping && ping->value("ok", false)) {
+            return {};
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return make_error(fmt::format("the holder ({} --holder) did not start; see {}", binary, log), ETIMEDOUT);
+}
+
+// Sends `request` to the holder, or runs it here when none runs (`here`), or starts one (`start`).
+Result<json> request_space(const std::string& home, const json& request, bool here, bool start) {
+    if (!here) {
+        return request_holder(home, request, start);
+    }
+    auto answer = mgmt::holder_request(home, request);
+    if (answer || !no_holder(answer.error())) {
+        return answer;
+    }
+    return run_here(home, request);
+}
+
+// Prints the answer's error and gives the exit code, or 0 when it succeeded.
+int failed(const Result<json>& answer) {
+    if (!answer) {
+        error(answer.error().message);
+        return exit_failure;
+    }
+    if (!answer->value("ok", false)) {
+        error(answer->value("error", std::string("the holder gave no reason")));
+        return exit_failure;
+    }
+    return exit_ok;
+}
+
+std::string resync_line(const json& r) {
+    uint64_t done = r.value("done_bytes", uint64_t(0));
+    uint64_t total = r.value("total_bytes", uint64_t(0));
+    double rate = r.value("rate", 0.0);
+    double eta = r.value("eta_seconds", 0.0);
+    double fraction = total == 0 ? 1.0 : double(done) / double(total);
+    constexpr int width = 30;
+    int filled = int(fraction * width);
+    return fmt::format("[{}{}] {:3.0f}%  {} / {}  {}/s{}", std::string(size_t(filled), '#'),
+                       std::string(size_t(width - filled), ' '), fraction * 100, human_bytes(double(done)),
+                       human_bytes(double(total)), human_bytes(rate),
+                       eta > 0 ? " ETA " + human_duration(eta) : std::string());
+}
+
+void print_status(const json& st) {
+    std::string where;
+    if (st.contains("device")) {
+        where = "attached at " + st["device"].get<std::string>();
+    } else if (st.value("open", false)) {
+        where = "held by this host";
+    } else if (st.value("lost", false)) {
+        std::string to = st.value("lost_to", "");
+        where = "LOST: another holder took it over" + (to.empty() ? std::string() : " (" + to + ")");
+    } else {
+        where = st.value("clean", false) ? "not held (clean)" : "not held (not closed cleanly)";
+    }
+    fmt::print("space {}: {}, {} copies, {}, block {} — {}\n", st.value("name", ""), st.value("layout", ""),
+               st.value("copies", 1), human_bytes(double(st.value("size", uint64_t(0)))),
+               st.value("block_size", 0), where);
+    fmt::print("  uuid {}  epoch {}  sequence {}  holder {}\n", st.value("uuid", ""), st.value("epoch", 0),
+               st.value("sequence", 0), st.value("holder", ""));
+    for (const json& m : st.value("members", json::array())) {
+        fmt::print("  slot {}  {:<10}  {}\n", m.value("slot", 0), m.value("state", ""), m.value("url", ""));
+    }
+    const json& r = st.value("resync", json::object());
+    if (r.value("running", false)) {
+        fmt::print("  resync: {} — {}\n", r.value("what", ""), resync_line(r));
+    }
+    fmt::print("  dirty regions: {}  resynced since open: {}\n", st.value("dirty_regions", 0),
+               human_bytes(double(r.value("copied_bytes", uint64_t(0)))));
+}
+
+Result<uint64_t> size_option(const std::string& text, const char* flag) {
+    if (text.empty()) {
+        return uint64_t(0);
+    }
+    auto bytes = parse_size(text);
+    if (!bytes) {
+        return make_error(fmt::format("{} {}: {}", flag, text, bytes.error().message), EINVAL);
+    }
+    return bytes;
+}
+
+struct SpaceArgs {
+    std::string name;
+    std::string layout = "mirror";
+    std::vector<std::string> members;
+    std::string size, chunk, region, resync_rate;
+    unsigned copies = 2;
+    bool force = false;
+    bool takeover = false;
+    bool json_out = false;
+    bool watch = false;
+    bool yes = false;
+    std::string old_url, new_url, url, force_from;
+    std::vector<std::string> urls;
+};
+
+} // namespace
+
+Result<json> request_holder(const std::string& home, const json& request, bool start) {
+    auto answer = mgmt::holder_request(home, request);
+    if (answer || !no_holder(answer.error()) || !start) {
+        return answer;
+    }
+    if (auto started = start_holder(home); !started) {
+        return started.error();
+    }
+    return mgmt::holder_request(home, request);
+}
+
+Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
+    auto* space =
+        app.add_subcommand("space", "Data-spaces: volumes over LUNs of many targets (docs/dataspaces.md)");
+    space->require_subcommand(1);
+    space->footer("The catalog and host identity live in $ISPACE_HOME (default ~/.ispace).");
+    auto a = std::make_shared<SpaceArgs>();
+
+    auto* create = space->add_subcommand("create", "Label the members and record a new space");
+    create->add_option("NAME", a->name)->required();
+    create->add_option("--layout", a->layout, "mirror, stripe, concat or stripe_mirror")
+        ->default_str("mirror");
+    create->add_option("--member", a->members, "A member: iscsi://... URL or a local file/device (repeat)")
+        ->required();
+    create->add_option("--size", a->size, "Space size (default: what the members hold)");
+    create->add_option("--chunk", a->chunk, "Stripe chunk (default 128K)");
+    create->add_option("--region", a->region, "Write-intent bitmap region (default 1M)");
+    create->add_option("--copies", a->copies, "stripe_mirror: copies of each column")->default_val(2);
+    create->add_flag("--force", a->force, "Reuse members that belong to another space");
+
+    auto* attach =
+        space->add_subcommand("attach", "Hold the space and attach it as a block device (printed)");
+    attach->add_option("NAME", a->name)->required();
+    attach->add_flag("--takeover", a->takeover, "Preempt another holder (its writes fail from then on)");
+    attach->add_option("--resync-rate", a->resync_rate, "Limit resync to this many bytes per second");
+
+    auto* detach = space->add_subcommand("detach", "Detach the space's block device and let go of it");
+    detach->add_option("NAME", a->name)->required();
+
+    auto* status = space->add_subcommand("status", "The space's members, epoch and resync progress");
+    status->add_option("NAME", a->name)->required();
+    status->add_flag("--json", a->json_out, "Machine-readable");
+    status->add_flag("--watch", a->watch, "Redraw the resync progress until it is done");
+
+    auto* list = space->add_subcommand("list", "The spaces of the catalog");
+    list->add_flag("--json", a->json_out, "Machine-readable");
+
+    auto* replace = space->add_subcommand("replace", "Put a member out and another in (full rebuild)");
+    replace->add_option("NAME", a->name)->required();
+    replace->add_option("OLD_URL", a->old_url)->required();
+    replace->add_option("NEW_URL", a->new_url)->required();
+    replace->add_flag("--force", a->force, "Reuse a new member that belongs to another space");
+
+    auto* add = space->add_subcommand("add-member", "Add a copy to a mirror (full rebuild)");
+    add->add_option("NAME", a->name)->required();
+    add->add_option("URL", a->url)->required();
+    add->add_flag("--force", a->force, "Reuse a member that belongs to another space");
+
+    auto* assemble = space->add_subcommand("assemble", "Rebuild the catalog entry from the members' labels");
+    assemble->add_option("URL", a->urls)->required();
+    assemble->add_option("--force-from", a->force_from,
+                         "After a split: keep this member's side; the others are rebuilt from it");
+
+    auto* destroy = space->add_subcommand("destroy", "Erase the members' labels and the catalog entry");
+    destroy->add_option("NAME", a->name)->required();
+    destroy->add_flag("--yes", a->yes, "Yes, destroy it");
+
+    return [=]() -> int {
+        std::string home = mgmt::default_space_home();
+        json request;
+        bool here = true;
+        bool start = false;
+        if (create->parsed()) {
+            auto size = size_option(a->size, "--size");
+            auto chunk = size_option(a->chunk, "--chunk");
+            auto region = size_option(a->region, "--region");
+            for (auto* r : {&size, &chunk, &region}) {
+                if (!*r) {
+                    error(r->error().message);
+                    return exit_usage;
+                }
+            }
+            if (*region > UINT32_MAX) {
+                error("--region: too large");
+                return exit_usage;
+            }
+            request = {{"verb", "create"},      {"name", a->name},     {"layout", a->layout},
+                       {"members", a->members}, {"size", *size},       {"chunk", *chunk},
+                       {"region", *region},     {"copies", a->copies}, {"force", a->force}};
+        } else if (attach->parsed()) {
+            auto rate = size_option(a->resync_rate, "--resync-rate");
+            if (!rate) {
+                error(rate.error().message);
+                return exit_usage;
+            }
+            request = {
+                {"verb", "attach"}, {"name", a->name}, {"takeover", a->takeover}, {"resync_rate", *rate}};
+            here = false;
+            start = true;
+        } else if (detach->parsed()) {
+            request = {{"verb", "detach"}, {"name", a->name}};
+            here = false;
+        } else if (status->parsed()) {
+            request = {{"verb", "status"}, {"name", a->name}};
+        } else if (list->parsed()) {
+            request = {{"verb", "list"}};
+        } else if (replace->parsed()) {
+            request = {{"verb", "replace"},
+                       {"name", a->name},
+                       {"old", a->old_url},
+                       {"new", a->new_url},
+                       {"force", a->force}};
+        } else if (add->parsed()) {
+            request = {{"verb", "add-member"}, {"name", a->name}, {"url", a->url}, {"force", a->force}};
+        } else if (assemble->parsed()) {
+            request = {{"verb", "assemble"}, {"urls", a->urls}, {"force_from", a->force_from}};
+        } else if (destroy->parsed()) {
+            if (!a->yes) {
+                // Refused before anything is opened: nothing is written to any member.
+                error(fmt::format("destroy erases the labels of every member of '{}': add --yes", a->name));
+                return exit_usage;
+            }
+            request = {{"verb", "destroy"}, {"name", a->name}, {"yes", true}};
+        }
+
+        auto answer = request_space(home, request, here, start);
+        if (detach->parsed() && !answer && no_holder(answer.error())) {
+            error(fmt::format("space '{}' is not attached (no holder runs for {})", a->name, home));
+            return exit_failure;
+        }
+        if (int code = failed(answer); code != exit_ok) {
+            return code;
+        }
+        const json& j = *answer;
+        if (attach->parsed()) {
+            fmt::print("{}\n", j.value("device", ""));
+        } else if (detach->parsed()) {
+            fmt::print(stderr, "space {}: detached\n", a->name);
+        } else if (status->parsed() && a->watch) {
+            // Redraw until no resync runs; then the full status.
+            bool tty = stderr_is_tty();
+            json st = j["status"];
+            while (st["resync"].value("running", false)) {
+                std::string line = resync_line(st["resync"]);
+                if (tty) {
+                    fmt::print(stderr, "\r{}", line);
+                } else {
+                    fmt::print(stderr, "{}\n", line);
+                }
+                std::fflush(stderr);
+                std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 500 : 2000));
+                auto again = request_space(home, request, true, false);
+                if (failed(again) != exit_ok) {
+                    return exit_failure;
+                }
+                st = (*again)["status"];
+            }
+            if (tty) {
+                fmt::print(stderr, "\r{}\n", std::string(70, ' '));
+            }
+            if (a->json_out) {
+                fmt::print("{}\n", st.dump());
+            } else {
+                print_status(st);
+            }
+        } else if (status->parsed()) {
+            if (a->json_out) {
+                fmt::print("{}\n", j["status"].dump());
+            } else {
+                print_status(j["status"]);
+            }
+        } else if (list->parsed()) {
+            if (a->json_out) {
+                fmt::print("{}\n", j["spaces"].dump());
+            } else {
+                for (const json& st : j["spaces"]) {
+                    std::string where = st.contains("device")     ? st["device"].get<std::string>()
+                                        : st.value("open", false) ? "held"
+                                        : st.value("lost", false) ? "lost"
+                                                                  : "-";
+                    fmt::print("{:<20} {:<14} {:>10}  {} members  {}\n", st.value("name", ""),
+                               st.value("layout", ""), human_bytes(double(st.value("size", uint64_t(0)))),
+                               st.value("members", json::array()).size(), where);
+                }
+            }
+        } else if (j.contains("status")) {
+            print_status(j["status"]);
+        } else if (destroy->parsed()) {
+            fmt::print(stderr, "space {}: destroyed\n", a->name);
+        }
+        return exit_ok;
+    };
+}
+
+} // namespace ispace::cli
