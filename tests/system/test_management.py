@@ -43,7 +43,7 @@ check = ispace_testlib.Checks()
 
 
 class Daemon(ispace_testlib.Ispaced):
-    """ispaced started with a control socket: ready once it printed its control line."""
+    """ispaced started with a control socket: ready once it printed its control and listening lines."""
 
     def _pump(self):
         log = open(self.log_path, "a") if self.log_path else None
@@ -59,6 +59,9 @@ class Daemon(ispace_testlib.Ispaced):
             if m:
                 self.metrics = m.group(1)
             if "control: " in line:
+                self._control_seen = True
+            # Ready once both are known, in whichever order ispaced prints them.
+            if getattr(self, "_control_seen", False) and self.port is not None:
                 self._ready.set()
         if log:
             log.close()
