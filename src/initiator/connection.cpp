@@ -466,7 +466,10 @@ void Connection::send_text(std::vector<uint8_t> keys, Function<void(Result<std::
     Bhs bhs;
     req.encode(bhs);
     Buffer data = Buffer::allocate(std::max<size_t>(keys.size(), 1));
-    std::memcpy(data.data(), keys.data(), keys.size());
+    if (!keys.empty()) { // an empty Text Request (answering AsyncEvent 4) has no data: keys.data() may be
+                         // null
+        std::memcpy(data.data(), keys.data(), keys.size());
+    }
     send_pdu(bhs, data, 0, uint32_t(keys.size()));
     arm_tick();
 }
