@@ -148,7 +148,9 @@ void Resync::pump() {
                 _timer_armed = true;
                 std::weak_ptr<Volume> weak = _v.shared_from_this();
                 _v._home.add_timer(_next_start - now, [this, weak] {
-                    if (auto self = weak.lock()) {
+                    // The volume may outlive this Resync (close() resets it, on this same reactor): only
+                    // the volume's current resync is pumped.
+                    if (auto self = weak.lock(); self && self->_resync.get() == this) {
                         _timer_armed = false;
                         pump();
                     }

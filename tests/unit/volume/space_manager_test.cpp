@@ -331,7 +331,10 @@ TEST_F(FencingTest, AnotherHolderIsRefusedUntilItTakesOverAndThenTheFirstLosesTh
     auto vb = host_b.open("shared", OpenOptions{true});
     ASSERT_TRUE(vb) << vb.error().message;
     // A's next write meets RESERVATION CONFLICT; A stops and lets go by itself.
-    EXPECT_EQ(io.write(da, 0, random_bytes(4096, 8)), -EBADE);
+    // RESERVATION CONFLICT (-EBADE) when this write is the one that meets it; -EIO when a background
+    // label or bitmap write met it first and the volume already knows it lost (a slower machine, ASan).
+    int refused_write = io.write(da, 0, random_bytes(4096, 8));
+    EXPECT_TRUE(refused_write == -EBADE || refused_write == -EIO) << refused_write;
     EXPECT_TRUE((*va)->lost());
     ASSERT_TRUE(test::eventually([&] { return host_a.find("shared") == nullptr; }));
     auto st = host_a.status("shared");
