@@ -235,3 +235,19 @@ def closed_within(sock, seconds):
         except (ConnectionResetError, OSError):
             return True
     return False
+
+
+def sense_of(client, lun):
+    """TEST UNIT READY on `lun`: (status, key, asc, ascq)."""
+    itt = client.scsi(bytes(6), lun=lun)
+    while True:
+        rsp = client.recv()
+        if rsp.opcode == OP_NOP_IN and rsp.u32(20) != 0xFFFFFFFF:
+            client.nop_answer(rsp)
+            continue
+        if rsp.itt == itt and rsp.opcode == OP_SCSI_RSP:
+            status = rsp.header[3]
+            sense = rsp.data[2:] if len(rsp.data) > 2 else b""
+            if status == 2 and len(sense) >= 14:
+                return status, sense[2] & 0x0F, sense[12], sense[13]
+            return status, None, None, None

@@ -84,22 +84,6 @@ class Output:
             return self.text
 
 
-def sense_of(client, lun):
-    """TEST UNIT READY on `lun`: (status, key, asc, ascq)."""
-    itt = client.scsi(bytes(6), lun=lun)
-    while True:
-        rsp = client.recv()
-        if rsp.opcode == iscsi_raw.OP_NOP_IN and rsp.u32(20) != 0xFFFFFFFF:
-            client.nop_answer(rsp)
-            continue
-        if rsp.itt == itt and rsp.opcode == iscsi_raw.OP_SCSI_RSP:
-            status = rsp.header[3]
-            sense = rsp.data[2:] if len(rsp.data) > 2 else b""
-            if status == 2 and len(sense) >= 14:
-                return status, sense[2] & 0x0F, sense[12], sense[13]
-            return status, None, None, None
-
-
 def main():
     driver_binary = sys.argv[1]
     scratch = ispace_testlib.scratch_dir("live")
@@ -115,18 +99,18 @@ def main():
         watcher = iscsi_raw.Client("127.0.0.1", driver.port, initiator="iqn.2026-11.org.ispace:watcher")
         check(watcher.login(IQN) == (0, 0), "a second initiator logs in")
         for lun in (0, 1):
-            while sense_of(watcher, lun)[0] != 0:  # its power-on unit attentions
+            while iscsi_raw.sense_of(watcher, lun)[0] != 0:  # its power-on unit attentions
                 pass
 
         answer = driver.command("add-lun " + IQN + " memory:64M")
         check(answer == "ok 2", f"a LUN is added while iscsi-perf runs ({answer})")
-        check(sense_of(watcher, 0)[1:] == (6, 0x3F, 0x0E), "the other initiator sees REPORTED LUNS DATA HAS CHANGED")
+        check(iscsi_raw.sense_of(watcher, 0)[1:] == (6, 0x3F, 0x0E), "the other initiator sees REPORTED LUNS DATA HAS CHANGED")
         ls = subprocess.run(["iscsi-ls", "-s", f"iscsi://{portal}"], capture_output=True, text=True, timeout=60).stdout
         check("Lun:2" in ls, "iscsi-ls -s lists the new LUN")
 
         answer = driver.command("resize-lun " + IQN + " 0 512M")
         check(answer == "ok", f"LUN 0 is resized to 512M ({answer})")
-        check(sense_of(watcher, 0)[1:] == (6, 0x2A, 0x09), "the other initiator sees CAPACITY DATA HAS CHANGED")
+        check(iscsi_raw.sense_of(watcher, 0)[1:] == (6, 0x2A, 0x09), "the other initiator sees CAPACITY DATA HAS CHANGED")
         cap = subprocess.run(["iscsi-readcapacity16", f"iscsi://{portal}/{IQN}/0"], capture_output=True, text=True,
                              timeout=60).stdout
         m = re.search(r"Total size:(\d+)", cap)
@@ -136,8 +120,8 @@ def main():
 
         answer = driver.command("remove-lun " + IQN + " 2")
         check(answer == "ok", f"the added LUN is removed while iscsi-perf runs ({answer})")
-        check(sense_of(watcher, 0)[1:] == (6, 0x3F, 0x0E), "the other initiator sees REPORTED LUNS DATA HAS CHANGED again")
-        check(sense_of(watcher, 2)[1:] == (5, 0x25, 0x00), "the removed LUN answers LOGICAL UNIT NOT SUPPORTED")
+        check(iscsi_raw.sense_of(watcher, 0)[1:] == (6, 0x3F, 0x0E), "the other initiator sees REPORTED LUNS DATA HAS CHANGED again")
+        check(iscsi_raw.sense_of(watcher, 2)[1:] == (5, 0x25, 0x00), "the removed LUN answers LOGICAL UNIT NOT SUPPORTED")
         check(driver.command(f"remove-lun {IQN} 2").startswith("error"), "removing it twice is an error")
 
         # Targets and portals come and go too.

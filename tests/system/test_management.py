@@ -109,22 +109,6 @@ def raw_request(path, payload):
     return json.loads(data) if data else None
 
 
-def sense_of(client, lun):
-    """TEST UNIT READY on `lun`: (status, key, asc, ascq)."""
-    itt = client.scsi(bytes(6), lun=lun)
-    while True:
-        rsp = client.recv()
-        if rsp.opcode == iscsi_raw.OP_NOP_IN and rsp.u32(20) != 0xFFFFFFFF:
-            client.nop_answer(rsp)
-            continue
-        if rsp.itt == itt and rsp.opcode == iscsi_raw.OP_SCSI_RSP:
-            status = rsp.header[3]
-            sense = rsp.data[2:] if len(rsp.data) > 2 else b""
-            if status == 2 and len(sense) >= 14:
-                return status, sense[2] & 0x0F, sense[12], sense[13]
-            return status, None, None, None
-
-
 def metrics(daemon):
     text = urllib.request.urlopen(f"http://{daemon.metrics}/metrics", timeout=10).read().decode()
     values = {}
@@ -182,14 +166,14 @@ def main():
         threading.Thread(target=read_perf, daemon=True).start()
         watcher = iscsi_raw.Client("127.0.0.1", daemon.port, initiator=WATCHER)
         check(watcher.login(IQN) == (0, 0), "a second initiator logs in")
-        while sense_of(watcher, 0)[0] != 0:  # its power-on unit attention
+        while iscsi_raw.sense_of(watcher, 0)[0] != 0:  # its power-on unit attention
             pass
 
         out = admin.ok("lun", "add", IQN, "memory:64M")
         check("LUN 1" in out, f"the next free LUN number is 1 ({out.strip()})")
-        check(sense_of(watcher, 0)[1:] == (6, 0x3F, 0x0E), "the connected initiator sees REPORTED LUNS DATA HAS CHANGED")
+        check(iscsi_raw.sense_of(watcher, 0)[1:] == (6, 0x3F, 0x0E), "the connected initiator sees REPORTED LUNS DATA HAS CHANGED")
         admin.ok("lun", "resize", IQN, "0", "512M")
-        check(sense_of(watcher, 0)[1:] == (6, 0x2A, 0x09), "the connected initiator sees CAPACITY DATA HAS CHANGED")
+        check(iscsi_raw.sense_of(watcher, 0)[1:] == (6, 0x2A, 0x09), "the connected initiator sees CAPACITY DATA HAS CHANGED")
         ls = subprocess.run(["iscsi-ls", "-i", TOOLS, "-s", f"iscsi://{portal}"], capture_output=True, text=True,
                             timeout=60).stdout
         check("Lun:0" in ls and "Lun:1" in ls, "iscsi-ls -s lists both LUNs")
@@ -247,7 +231,7 @@ def main():
         check(bench.wait(60) == 0, "ispace bench finishes without error across the renegotiation")
 
         # Metrics: READs counted exactly.
-        while sense_of(fresh, 1)[0] != 0:
+        while iscsi_raw.sense_of(fresh, 1)[0] != 0:
             pass
         before = metrics(daemon)
         key = f'{{target="{IQN}",lun="1"}}'
@@ -356,7 +340,7 @@ def main():
         check(stranger.login(IQN)[0] == 2, "the ACL still refuses an initiator it does not list")
         stranger.close()
         masked = iscsi_raw.Client("127.0.0.1", daemon.port, initiator=WATCHER)
-        check(masked.login(IQN) == (0, 0) and sense_of(masked, 1)[1:] == (5, 0x25, 0x00),
+        check(masked.login(IQN) == (0, 0) and iscsi_raw.sense_of(masked, 1)[1:] == (5, 0x25, 0x00),
               "and still masks LUN 1 from the watcher")
         masked.close()
 
