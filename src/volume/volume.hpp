@@ -222,7 +222,8 @@ private:
     uint32_t writable_mask() const { return _writable.load(std::memory_order_acquire); }
     uint32_t active_mask() const { return _active.load(std::memory_order_acquire); }
     bool all_in_sync() const;
-    void drain(); // waits until no request is in flight
+    void drain();           // waits until no request is in flight
+    void stop_background(); // the sweep timer and the resync, stopped and waited for
     void raise_event(backstore::DeviceEvent event);
     // Blocking helpers for open/close (not on a reactor): run `fn` on home and wait.
     template <typename Fn> auto on_home(Fn&& fn);

@@ -310,14 +310,8 @@ void Volume::drain() {
     }
 }
 
-Result<void> Volume::close() {
-    assert(net::Reactor::current() == nullptr);
-    if (_closed) {
-        return {};
-    }
-    _closing.store(true, std::memory_order_release);
-    drain();
-    // Stop the resync (windows in flight finish) and the timers.
+// Stops the sweep timer and the resync (windows in flight finish), and waits for both on the home reactor.
+void Volume::stop_background() {
     std::promise<void> stopped;
     auto stopped_future = stopped.get_future();
     _home.post([&] {
@@ -332,6 +326,16 @@ Result<void> Volume::close() {
         }
     });
     stopped_future.get();
+}
+
+Result<void> Volume::close() {
+    assert(net::Reactor::current() == nullptr);
+    if (_closed) {
+        return {};
+    }
+    _closing.store(true, std::memory_order_release);
+    drain();
+    stop_background();
     // Metadata writes in flight: the bitmap's batches and the labels.
     auto quiet = [&] { return on_home([&] { return (!_bitmap || _bitmap->idle()) && !_labels_writing; }); };
     for (int i = 0; i < 60000 && !quiet(); ++i) {
@@ -406,20 +410,7 @@ void Volume::abandon() {
     }
     _closing.store(true, std::memory_order_release);
     drain();
-    std::promise<void> stopped;
-    auto stopped_future = stopped.get_future();
-    _home.post([&] {
-        if (_sweep_timer) {
-            _home.cancel_timer(_sweep_timer);
-            _sweep_timer = 0;
-        }
-        if (_resync) {
-            _resync->stop([&] { stopped.set_value(); });
-        } else {
-            stopped.set_value();
-        }
-    });
-    stopped_future.get();
+    stop_background();
     for (int i = 0; i < 60000; ++i) {
         if (on_home([&] { return (!_bitmap || _bitmap->idle()) && !_labels_writing; })) {
             break;
