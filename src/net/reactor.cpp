@@ -5,7 +5,10 @@
 //   2. wait in epoll (timeout: 0 if deferred work is left over, else the nearest timer or the caller's);
 //   3. refresh now(); dispatch fd events, posted tasks, io_uring completions; due timers;
 //   4. after every handler, drain the deferred queue (bounded, so a task that defers itself forever
-//      cannot starve the sockets).
+//      cannot starve the sockets);
+//   5. run the iteration-end tasks: work that gains from waiting for the whole batch, such as a
+//      socket's writes (one sendmsg for the answers of every command completed in this iteration
+//      instead of one each).
 #include "net/reactor.hpp"
 
 #include "common/log.hpp"
@@ -189,6 +192,8 @@ struct Reactor::Impl {
     std::vector<Task> deferred;
     std::vector<Task> deferred_batch;
     bool draining_deferred = false;
+    std::vector<Task> iteration_end;
+    std::vector<Task> iteration_end_batch;
 
     // Timers: a min-heap of deadlines; the tasks live in a map so cancel is O(1) and the heap entry is
     // dropped lazily when it reaches the top.
@@ -218,6 +223,7 @@ struct Reactor::Impl {
     void drain_eventfd();
     void run_posted();
     void run_deferred();
+    void run_iteration_end();
     void run_timers();
     int64_t next_timer_ns(Clock::time_point now);
     void submit_ring();
@@ -284,12 +290,13 @@ void Reactor::Impl::teardown() {
     for (;;) {
         run_posted();
         run_deferred();
+        run_iteration_end();
         if (ring_ok) {
             submit_ring();
             reap_ring();
         }
         bool busy = (ring_ok && ring_in_flight > 0) || pool_outstanding > 0;
-        bool queued = !deferred.empty();
+        bool queued = !deferred.empty() || !iteration_end.empty();
         {
             std::lock_guard lock(post_mutex);
             queued = queued || !posted.empty();
@@ -322,7 +329,7 @@ bool Reactor::Impl::iterate(int64_t timeout_ns) {
         submit_ring();
     }
     int64_t wait_ns = timeout_ns;
-    if (!deferred.empty() || (ring_ok && io_uring_cq_ready(&ring) > 0)) {
+    if (!deferred.empty() || !iteration_end.empty() || (ring_ok && io_uring_cq_ready(&ring) > 0)) {
         wait_ns = 0;
     } else if (submit_stalled && (wait_ns < 0 || wait_ns > 1000000)) {
         wait_ns = 1000000;
@@ -362,6 +369,7 @@ bool Reactor::Impl::iterate(int64_t timeout_ns) {
     }
     run_timers();
     run_deferred();
+    run_iteration_end();
     if (ring_ok) {
         submit_ring();
     }
@@ -445,6 +453,21 @@ void Reactor::Impl::run_deferred() {
         deferred_batch.clear();
     }
     draining_deferred = false;
+}
+
+// Bounded like run_deferred: a task that queues itself again runs in the next iteration (which then
+// does not sleep), so it cannot hold the loop here.
+void Reactor::Impl::run_iteration_end() {
+    if (iteration_end.empty()) {
+        return;
+    }
+    iteration_end_batch.swap(iteration_end);
+    for (size_t i = 0; i < iteration_end_batch.size(); ++i) {
+        Task task = std::move(iteration_end_batch[i]);
+        task();
+        run_deferred();
+    }
+    iteration_end_batch.clear();
 }
 
 int64_t Reactor::Impl::next_timer_ns(Clock::time_point now) {
@@ -665,6 +688,10 @@ void Reactor::post(Task task) {
 
 void Reactor::defer(Task task) {
     _impl->deferred.push_back(std::move(task));
+}
+
+void Reactor::at_iteration_end(Task task) {
+    _impl->iteration_end.push_back(std::move(task));
 }
 
 void Reactor::add(int fd, uint32_t events, FdHandler* handler) {

@@ -81,6 +81,10 @@ public:
     // Reactor thread: runs `task` after the current event handler returns, before the loop sleeps again.
     // Use it to complete something "later but now" without re-entering the caller.
     void defer(Task task);
+    // Reactor thread: runs `task` once this iteration's events, completions, timers and deferred work
+    // are handled, before file I/O is submitted and the loop sleeps. For work that gains from seeing the
+    // whole batch: a socket writes the answers of every command completed in the iteration at once.
+    void at_iteration_end(Task task);
 
     // Readiness of a file descriptor (edge-triggered off: level-triggered, so a handler may stop reading
     // early, e.g. for back-pressure, and be called again).

@@ -7,7 +7,9 @@
 // Sending: the owner queues OutItems. Each item is caller-owned (usually pooled), describes its bytes as
 // an iovec array that points into memory the item keeps alive (its own header bytes, a reference-counted
 // Buffer), and is told when it has been written in full, or when the stream closed first. Items are
-// written in order, many per writev, never copied.
+// written in order, many per writev, never copied. Small items wait for the end of the reactor's
+// iteration (Reactor::at_iteration_end) so that everything queued in one iteration leaves in one
+// sendmsg; once cork_limit bytes are queued, send() writes at once.
 //
 // Callbacks and lifetime: on_sent(true) may run inside send() (the bytes went out at once) or inside the
 // readiness handler; on_sent(false) and on_closed() always run from a deferred task. The owner may
@@ -62,6 +64,8 @@ public:
     };
     // on_send_space() fires when a backlog of at least this many bytes drains below it.
     static constexpr size_t low_water = size_t(256) << 10;
+    // send() writes at once when this much is queued; less waits for the end of the reactor iteration.
+    static constexpr size_t cork_limit = size_t(256) << 10;
 
     // Takes ownership of `fd` (already connected, non-blocking) and registers it with `reactor`.
     TcpStream(Reactor& reactor, int fd, Owner& owner);
@@ -128,6 +132,7 @@ private:
     bool _read_eof = false;
     bool _closed_by_eof = false; // closed on EOF with our generic reason; close() may refine it
     bool _flushing = false;
+    bool _flush_scheduled = false; // a flush waits for the end of the reactor iteration
     bool _report_scheduled = false;
     bool _space_wanted = false;
     uint32_t _events = 0; // the epoll mask currently registered
