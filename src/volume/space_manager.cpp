@@ -460,6 +460,9 @@ Result<std::shared_ptr<Volume>> SpaceManager::open_locked(const std::string& nam
     VolumeOptions vo = _options.volume;
     vo.holder_key = me->key;
     vo.holder = me->name;
+    if (options.resync_rate > 0) {
+        vo.resync_rate = options.resync_rate;
+    }
     // A member that was missing is looked for again with back-off, and fenced before it is used.
     vo.reopen = [this, slot_urls, id = *me](uint32_t slot) -> Result<std::unique_ptr<backstore::Device>> {
         auto d = open_device(slot_urls[slot]);
