@@ -359,6 +359,32 @@ TEST_F(FencingTest, AnotherHolderIsRefusedUntilItTakesOverAndThenTheFirstLosesTh
     ASSERT_TRUE(again) << again.error().message;
 }
 
+// A member that reconnected as another device (another I_T nexus) while the space was held: letting go
+// through the new device still releases the reservation the old nexus took, so another host may use it.
+TEST_F(FencingTest, LettingGoReleasesAReservationAnOlderNexusOfOursTook) {
+    HostIdentity me{0x1234abcd, "test:me"};
+    auto open = [&] {
+        RemoteOptions o;
+        o.url = target.url(0);
+        o.member = true;
+        auto d = RemoteDevice::open(initiator, o);
+        EXPECT_TRUE(d) << d.error().message;
+        return std::move(*d);
+    };
+    auto before = open();
+    ASSERT_TRUE(fence({{before.get(), "m"}}, me, false, 0, ""));
+    auto after = open(); // the member as reopened after it came back
+    ASSERT_TRUE(fence({{after.get(), "m"}}, me, false, 0, ""));
+    unfence({{after.get(), "m"}}, me);
+    auto other = open();
+    auto r = other->read_reservation_sync();
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_FALSE(r->reserved) << "still reserved by key " << std::hex << r->key;
+    auto keys = other->read_keys_sync();
+    ASSERT_TRUE(keys);
+    EXPECT_TRUE(keys->empty()) << keys->size() << " registration(s) left";
+}
+
 // Create's refusals over real remote members (the default opener: URLs through the initiator): a LUN the
 // target does not have, a URL that names no LUN, members of different block sizes, a member too small, a
 // target that does not answer. Each is refused with words that name the member, and nothing is written to
