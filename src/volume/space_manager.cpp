@@ -35,7 +35,11 @@ bool same_member(const std::string& a, const std::string& b) {
     return a == b || shown(a) == shown(b);
 }
 
+// An error about `what`, named once: openers often name the member themselves already.
 Error with(const std::string& what, const Error& e) {
+    if (e.message.rfind(what + ":", 0) == 0) {
+        return e;
+    }
     return make_error(fmt::format("{}: {}", what, e.message), e.code);
 }
 

@@ -135,7 +135,7 @@ TEST_F(SpaceManagerTest, RefusedCreatesWriteNothingAnywhere) {
     disk("d");
     auto away = m.create(mirror("third", {disk("e"), "d"}));
     ASSERT_FALSE(away);
-    EXPECT_NE(away.error().message.find("d: d: cannot connect"), std::string::npos) << away.error().message;
+    EXPECT_NE(away.error().message.find("d: cannot connect"), std::string::npos) << away.error().message;
     auto mixed = m.create(mirror("fourth", {disk("f"), "big4k"}));
     ASSERT_FALSE(mixed);
     EXPECT_NE(mixed.error().message.find("block size"), std::string::npos) << mixed.error().message;
