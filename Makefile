@@ -6,7 +6,8 @@
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS (default 60)
 #   make bench      ispaced against Debian's tgt (and istgt), side by side (docs/performance.md);
 #                   BENCH_QUICK=1 for a two-minute smoke run, BENCH_BASELINE=/old/ispaced to compare builds;
-#                   then the attach path against a raw loop device, with fio (docs/dataspaces.md)
+#                   then the attach path against a raw loop device, and a data-space mirror against
+#                   `ispace cp`, with fio (docs/dataspaces.md)
 #   make lint       source checks CI runs first: clang-format drift, public headers self-contained,
 #                   layers that include only layers below them
 #   make build      just build (build/)
@@ -91,6 +92,8 @@ bench: build
 	  python3 bench/run_bench.py --build $(BUILD); status=$$?; \
 	  BENCH_ROUNDS="$(BENCH_ROUNDS)" BENCH_SECONDS="$(BENCH_SECONDS)" BENCH_SIZE="$(BENCH_SIZE)" \
 	  BENCH_QUICK="$(BENCH_QUICK)" BENCH_DIR="$(BENCH_DIR)" python3 bench/attach_bench.py --build $(BUILD) \
+	  && BENCH_ROUNDS="$(BENCH_ROUNDS)" BENCH_SECONDS="$(BENCH_SECONDS)" BENCH_SIZE="$(BENCH_SIZE)" \
+	  BENCH_QUICK="$(BENCH_QUICK)" BENCH_DIR="$(BENCH_DIR)" python3 bench/space_bench.py --build $(BUILD) \
 	  && exit $$status
 
 # Each libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan, in $(FUZZ_BUILD)); fails on a finding.

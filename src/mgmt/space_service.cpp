@@ -202,13 +202,13 @@ json SpaceService::attach(const json& request) {
     }
     // An exported space is held here already (find()); attaching it as well would give it two writers
     // of one process that know nothing of each other's caches: refused by open().
-    auto volume = _manager.open(name, volume::OpenOptions{request.value("takeover", false)});
+    volume::OpenOptions open_options;
+    open_options.takeover = request.value("takeover", false);
+    open_options.resync_rate = request.value("resync_rate", uint64_t(0));
+    auto volume = _manager.open(name, open_options);
     if (!volume) {
         check_idle(); // a holder started for this attach has nothing to hold
         return failure(volume.error());
-    }
-    if (uint64_t rate = request.value("resync_rate", uint64_t(0)); rate > 0) {
-        (*volume)->set_resync_rate(rate);
     }
     attach::AttachOptions o;
     o.name = "space:" + name;

@@ -145,6 +145,15 @@ void unfence(const std::vector<FenceTarget>& targets, const HostIdentity& me) {
             continue;
         }
         (void)remote->release_sync(); // only the nexus that reserved can release; harmless otherwise
+        // A member that reconnected as a new device (a new I_T nexus) left the reservation with the nexus
+        // it had before, registered with our key: this one cannot release it. It takes the reservation
+        // over from ourselves first (SPC-5 PREEMPT naming the holder's key: the other nexuses registered
+        // with that key go, the preempting one holds), then releases it; else the member stays reserved
+        // under our key after detach, and another host is refused as if we still held it.
+        auto now = remote->read_reservation_sync();
+        if (now && now->reserved && now->key == me.key && remote->preempt_and_abort_sync(me.key)) {
+            (void)remote->release_sync();
+        }
         (void)remote->register_key_sync(0);
     }
 }

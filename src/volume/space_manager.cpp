@@ -35,7 +35,11 @@ bool same_member(const std::string& a, const std::string& b) {
     return a == b || shown(a) == shown(b);
 }
 
+// An error about `what`, named once: openers often name the member themselves already.
 Error with(const std::string& what, const Error& e) {
+    if (e.message.rfind(what + ":", 0) == 0) {
+        return e;
+    }
     return make_error(fmt::format("{}: {}", what, e.message), e.code);
 }
 
@@ -460,6 +464,9 @@ Result<std::shared_ptr<Volume>> SpaceManager::open_locked(const std::string& nam
     VolumeOptions vo = _options.volume;
     vo.holder_key = me->key;
     vo.holder = me->name;
+    if (options.resync_rate > 0) {
+        vo.resync_rate = options.resync_rate;
+    }
     // A member that was missing is looked for again with back-off, and fenced before it is used.
     vo.reopen = [this, slot_urls, id = *me](uint32_t slot) -> Result<std::unique_ptr<backstore::Device>> {
         auto d = open_device(slot_urls[slot]);

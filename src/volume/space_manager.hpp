@@ -63,6 +63,9 @@ struct CreateRequest {
 
 struct OpenOptions {
     bool takeover = false; // preempt another holder (PREEMPT AND ABORT) instead of refusing
+    // Bytes per second for this volume's resyncs; 0: the manager's default. Given here rather than set
+    // after open, so that the resync open starts (dirty regions, a rebuild) is paced from its first window.
+    uint64_t resync_rate = 0;
 };
 
 struct SpaceStatus {

@@ -12,7 +12,8 @@
     holder); with --takeover it can, the first holder detaches itself and its status says it lost the
     space, and fsck on the new holder is clean.
  3. Refusals write nothing: attach of an attached space, destroy without --yes, a member of another
-    space without --force.
+    space without --force; at create, a URL with a bad LUN, an unreachable member, a member too small and
+    members of different block sizes (named, and the good member left all zeroes).
  4. A stripe over 2 members and a concat over 3 have the summed capacity (less their labels).
 
 Usage: test_space_cli.py ISPACE ISPACED ATTACH_DRIVER     (exit 77 = skipped: not root, no FUSE/loop, no tgtd)
@@ -285,6 +286,24 @@ def main():
         r = two("create", "other", "--layout", "mirror", "--member", a.urls[0], "--member", a.urls[1])
         check(r.returncode != 0 and "'m'" in r.stderr, f"a member of another space is refused, naming it "
               f"({r.stderr.strip()[-160:]})")
+        # Bad members at create: refused with the member named, and nothing written to the good one.
+        good = os.path.join(scratch, "good.img")
+        tiny = os.path.join(scratch, "tiny.img")
+        for path, size in ((good, 32 * MiB), (tiny, 256 * 1024)):
+            with open(path, "wb") as f:
+                f.truncate(size)
+        bad_lun = a.urls[0].rsplit("/", 1)[0] + "/9"
+        away = f"iscsi://127.0.0.1:{free_port()}/iqn.2026-11.org.ispace.test:gone/0"
+        for member, words, what in ((bad_lun, "no LUN 9", "a URL with a bad LUN"),
+                                    (away, "127.0.0.1", "an unreachable member"),
+                                    (tiny, "too small", "a member too small"),
+                                    (f"{os.path.join(scratch, 'big4k.img')},size=32M,block=4096", "block size",
+                                     "members of different block sizes")):
+            r = two("create", "bad", "--layout", "mirror", "--member", good, "--member", member)
+            check(r.returncode != 0 and words in r.stderr, f"{what} is refused ({r.stderr.strip()[-160:]})")
+        with open(good, "rb") as f:
+            check(f.read() == bytes(32 * MiB), "nothing was written to the good member")
+        check("bad" not in two("list").stdout, "no catalog entry either")
         st = two.status("m")
         check(st is not None and st["epoch"] > 0, "the space is still there")
 

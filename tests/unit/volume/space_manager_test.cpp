@@ -11,6 +11,11 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <map>
 #include <set>
@@ -130,7 +135,7 @@ TEST_F(SpaceManagerTest, RefusedCreatesWriteNothingAnywhere) {
     disk("d");
     auto away = m.create(mirror("third", {disk("e"), "d"}));
     ASSERT_FALSE(away);
-    EXPECT_NE(away.error().message.find("d: d: cannot connect"), std::string::npos) << away.error().message;
+    EXPECT_NE(away.error().message.find("d: cannot connect"), std::string::npos) << away.error().message;
     auto mixed = m.create(mirror("fourth", {disk("f"), "big4k"}));
     ASSERT_FALSE(mixed);
     EXPECT_NE(mixed.error().message.find("block size"), std::string::npos) << mixed.error().message;
@@ -352,6 +357,98 @@ TEST_F(FencingTest, AnotherHolderIsRefusedUntilItTakesOverAndThenTheFirstLosesTh
     // Released on close: A may hold it again.
     auto again = host_a.open("shared");
     ASSERT_TRUE(again) << again.error().message;
+}
+
+// A member that reconnected as another device (another I_T nexus) while the space was held: letting go
+// through the new device still releases the reservation the old nexus took, so another host may use it.
+TEST_F(FencingTest, LettingGoReleasesAReservationAnOlderNexusOfOursTook) {
+    HostIdentity me{0x1234abcd, "test:me"};
+    auto open = [&] {
+        RemoteOptions o;
+        o.url = target.url(0);
+        o.member = true;
+        auto d = RemoteDevice::open(initiator, o);
+        EXPECT_TRUE(d) << d.error().message;
+        return std::move(*d);
+    };
+    auto before = open();
+    ASSERT_TRUE(fence({{before.get(), "m"}}, me, false, 0, ""));
+    auto after = open(); // the member as reopened after it came back
+    ASSERT_TRUE(fence({{after.get(), "m"}}, me, false, 0, ""));
+    unfence({{after.get(), "m"}}, me);
+    auto other = open();
+    auto r = other->read_reservation_sync();
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_FALSE(r->reserved) << "still reserved by key " << std::hex << r->key;
+    auto keys = other->read_keys_sync();
+    ASSERT_TRUE(keys);
+    EXPECT_TRUE(keys->empty()) << keys->size() << " registration(s) left";
+}
+
+// Create's refusals over real remote members (the default opener: URLs through the initiator): a LUN the
+// target does not have, a URL that names no LUN, members of different block sizes, a member too small, a
+// target that does not answer. Each is refused with words that name the member, and nothing is written to
+// any member: the good LUN carries no label afterwards and is labelled by the create that follows.
+class RemoteCreateTest : public FencingTest {
+protected:
+    RemoteCreateTest() = default;
+    // Whatever a refused create left on LUN 0 of the target: a label, or nothing.
+    bool labelled(uint64_t lun) {
+        RemoteOptions o;
+        o.url = target4k.url(lun);
+        auto d = RemoteDevice::open(initiator, o);
+        EXPECT_TRUE(d) << d.error().message;
+        return d && read_member_labels(group.at(0), **d).label.has_value();
+    }
+    CreateRequest request(std::vector<std::string> members) {
+        CreateRequest r;
+        r.name = "refused";
+        r.members = std::move(members);
+        return r;
+    }
+    // LUN 0 and 1: 48 MiB of 512-byte blocks; 2: 4096-byte blocks; 3: too small for any space.
+    test::TestTarget target4k{{"memory:48M", "memory:48M", "memory:48M,block=4096", "memory:256K"},
+                              "iqn.2026-11.org.ispace:refusals"};
+};
+
+TEST_F(RemoteCreateTest, BadMembersAreRefusedNamingThemAndNothingIsWrittenToAny) {
+    auto& m = manager(dir.file("home"));
+    std::string good = target4k.url(0);
+    auto expect_refused = [&](const std::vector<std::string>& members, const std::string& words) {
+        auto r = m.create(request(members));
+        ASSERT_FALSE(r) << "created over " << members.back();
+        EXPECT_NE(r.error().message.find(words), std::string::npos) << r.error().message;
+        EXPECT_FALSE(labelled(0)) << "a refused create (" << words << ") wrote a label to " << good;
+        EXPECT_FALSE(labelled(1));
+        EXPECT_FALSE(std::filesystem::exists(dir.file("home/spaces/refused.json")));
+    };
+    expect_refused({good, target4k.url(7)}, "no LUN 7");
+    expect_refused({good, "iscsi://127.0.0.1:" + std::to_string(target4k.port()) + "/" + target4k.iqn()},
+                   "names no LUN");
+    expect_refused({good, target4k.url(2)}, "block size");
+    expect_refused({good, target4k.url(1), target4k.url(3)}, "too small");
+    uint16_t closed = 0;
+    {
+        // A port nobody listens on (bound, then let go).
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        socklen_t len = sizeof a;
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+        closed = ntohs(a.sin_port);
+        ::close(fd);
+    }
+    std::string away = "iscsi://127.0.0.1:" + std::to_string(closed) + "/" + target4k.iqn() + "/0";
+    auto t0 = std::chrono::steady_clock::now();
+    expect_refused({good, away}, "127.0.0.1:" + std::to_string(closed));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 20s) << "an unreachable member is reported in time";
+    // The members are free: the same create with good members works and labels them.
+    auto created = m.create(request({good, target4k.url(1)}));
+    ASSERT_TRUE(created) << created.error().message;
+    EXPECT_TRUE(labelled(0));
+    EXPECT_TRUE(labelled(1));
 }
 
 } // namespace

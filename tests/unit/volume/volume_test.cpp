@@ -11,6 +11,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <set>
 #include <thread>
 
 namespace ispace::volume {
@@ -36,7 +38,7 @@ protected:
     // `n` fresh members (memory), each behind a FaultDevice the test controls.
     void make_members(unsigned n, uint32_t block = 512) {
         for (unsigned i = 0; i < n; ++i) {
-            disks.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, block));
+            disks.push_back(std::make_shared<backstore::MemoryDevice>(member_size, block));
             faults.push_back(std::make_shared<FaultDevice>(disks.back()));
         }
     }
@@ -136,6 +138,8 @@ protected:
     }
 
     std::chrono::milliseconds sweep_interval = 50ms;
+    uint64_t member_size =
+        member_bytes; // of the members make_members() makes (memory: costs what is written)
     net::ReactorGroup group;
     test::Submitter io;
     std::vector<std::shared_ptr<backstore::MemoryDevice>> disks;
@@ -272,6 +276,121 @@ TEST_F(VolumeTest, AReturningMemberResyncsOnlyWhatItMissed) {
         v->sweep_now();
         return v->status().dirty_regions == 0;
     }));
+}
+
+// The acceptance form: 64 MiB of random 4K writes while a member is away, over a space five times larger
+// than the regions they touch; the returning member gets those regions and no more (at most 1.25x their
+// bytes), status says how much was resynced, and the copies are identical afterwards.
+TEST_F(VolumeTest, SixtyFourMiBOfRandom4KWritesWhileAwayResyncOnlyTheRegionsTheyDirtied) {
+    member_size = 640 << 20;
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    uint64_t size = v->geometry().bytes();
+    uint64_t region = v->truth_at_open().region_size;
+    ASSERT_EQ(region, 1u << 20);
+    ASSERT_EQ(io.write(device, 0, random_bytes(4096, 20)), 0);
+    for (int i = 0; i < 4; ++i) {
+        v->sweep_now();
+    }
+    ASSERT_EQ(v->status().dirty_regions, 0u);
+
+    faults[1]->set(FaultDevice::Mode::fail);
+    ASSERT_EQ(io.write(device, 0, random_bytes(4096, 21)), 0); // discovers the failure
+    ASSERT_TRUE(test::eventually([&] { return state_of(v, 1) == MemberState::failed; }));
+    // 128 regions of the ~630 chosen at random; 16384 writes of 4 KiB at random places inside them.
+    std::mt19937_64 rng(22);
+    std::vector<uint64_t> chosen;
+    std::set<uint64_t> dirtied{0};
+    while (chosen.size() < 128) {
+        uint64_t r = rng() % (size / region);
+        if (std::find(chosen.begin(), chosen.end(), r) == chosen.end()) {
+            chosen.push_back(r);
+        }
+    }
+    // 32 in flight at a time, as a file system's writeback would send them.
+    constexpr int depth = 32;
+    Buffer data = Buffer::allocate(depth * 4096);
+    auto pattern = random_bytes(data.size(), 23);
+    std::memcpy(data.data(), pattern.data(), data.size());
+    for (int batch = 0; batch < 16384 / depth; ++batch) {
+        std::vector<backstore::IoRequest> requests(depth);
+        std::vector<iovec> iov(depth);
+        auto left = std::make_shared<std::atomic<int>>(depth);
+        auto errors = std::make_shared<std::atomic<int>>(0);
+        auto all = std::make_shared<std::promise<void>>();
+        for (int i = 0; i < depth; ++i) {
+            uint64_t r = chosen[rng() % chosen.size()];
+            dirtied.insert(r);
+            iov[i] = {data.data() + i * 4096, 4096};
+            requests[i].op = backstore::IoOp::write;
+            requests[i].offset = r * region + (rng() % (region / 4096)) * 4096;
+            requests[i].length = 4096;
+            requests[i].iov = &iov[i];
+            requests[i].iovcnt = 1;
+            requests[i].done = [left, errors, all](int error) {
+                if (error != 0) {
+                    ++*errors;
+                }
+                if (--*left == 0) {
+                    all->set_value();
+                }
+            };
+        }
+        io.reactor().post([&] {
+            for (auto& request : requests) {
+                device.submit(request);
+            }
+        });
+        ASSERT_EQ(all->get_future().wait_for(30s), std::future_status::ready);
+        ASSERT_EQ(errors->load(), 0) << "batch " << batch;
+    }
+    for (int i = 0; i < 4; ++i) {
+        v->sweep_now(); // sweeps while it is away keep what it missed
+    }
+    EXPECT_EQ(v->status().dirty_regions, dirtied.size());
+
+    faults[1]->reset_counts();
+    faults[1]->set(FaultDevice::Mode::ok);
+    ASSERT_TRUE(test::eventually([&] { return state_of(v, 1) == MemberState::active; }, 30s));
+    uint64_t moved = faults[1]->bytes_written;
+    uint64_t dirtied_bytes = dirtied.size() * region;
+    EXPECT_GE(moved, dirtied_bytes);
+    EXPECT_LE(moved, dirtied_bytes * 5 / 4) << "resynced " << moved << " bytes for " << dirtied_bytes;
+    EXPECT_LT(moved, size / 4) << "a delta, not a full rebuild";
+    auto resync = v->status().resync;
+    EXPECT_GE(resync.copied_bytes, dirtied_bytes);
+    EXPECT_LE(resync.copied_bytes, dirtied_bytes * 5 / 4);
+    for (uint64_t r : dirtied) {
+        ASSERT_TRUE(member_data(0, r * region, region) == member_data(1, r * region, region))
+            << "region " << r;
+    }
+}
+
+// --resync-rate: a resync of N windows at R bytes per second takes at least (N - 1) windows' worth of time
+// (the first starts at once), and one that is not limited is much faster.
+TEST_F(VolumeTest, TheResyncRateLimitsHowFastMissedRegionsAreCopied) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    auto away_and_back = [&](uint64_t rate, uint64_t seed) {
+        faults[1]->set(FaultDevice::Mode::fail);
+        EXPECT_EQ(io.write(device, 0, random_bytes(4096, seed)), 0);
+        EXPECT_TRUE(test::eventually([&] { return state_of(v, 1) == MemberState::failed; }));
+        for (uint64_t r = 1; r < 12; ++r) { // 12 regions missed, 0..11
+            EXPECT_EQ(io.write(device, r << 20, random_bytes(4096, seed + r)), 0);
+        }
+        v->set_resync_rate(rate);
+        uint64_t before = v->status().resync.copied_bytes;
+        auto t0 = std::chrono::steady_clock::now();
+        faults[1]->set(FaultDevice::Mode::ok);
+        EXPECT_TRUE(test::eventually([&] { return state_of(v, 1) == MemberState::active; }, 30s));
+        EXPECT_EQ(v->status().resync.copied_bytes - before, 12u << 20);
+        EXPECT_EQ(member_data(0, 0, 12 << 20), member_data(1, 0, 12 << 20));
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    double limited = away_and_back(4 << 20, 30); // 4 MiB/s: 11 windows after the first take 2.75 s
+    EXPECT_GE(limited, 11.0 / 4.0) << "12 MiB at 4 MiB/s";
+    double unlimited = away_and_back(0, 50);
+    EXPECT_LT(unlimited, limited / 2) << "unlimited " << unlimited << " s, limited " << limited << " s";
 }
 
 TEST_F(VolumeTest, AMemberThatStopsAnsweringIsFailedAndNoErrorReachesTheCaller) {

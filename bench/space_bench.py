@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""make bench, data-space part: a 2-way mirror over two ispaced targets, attached (FUSE + loop) and driven
+with fio, against `ispace cp` over the same kind of targets. Four comparisons (docs/dataspaces.md,
+"Performance", says what each aims at and records figures):
+
+  mirror writes      fio 1 MiB sequential writes, QD 8, to the attached mirror    vs  `ispace cp` of the
+                     same bytes (1 MiB, --qd 8) to a third target's LUN            (aim: >= 80 %)
+  bitmap cost        fio 4 KiB random writes, QD 32, on the mirror with 1 MiB bitmap regions (every
+                     region marked on first write, cleared once idle) vs a mirror of the same targets
+                     whose one region covers the whole space (marked once: no bitmap cost) (aim: <= 5 %)
+  degraded writes    the 1 MiB writes again with member B stopped (SIGSTOP: it stops answering and is
+                     marked failed) vs healthy writes just before, in the same rounds (aim: >= 95 %)
+  resync             B continued (SIGCONT): the delta resync of what it missed, timed from the holder's
+                     log lines (start, "in sync again") vs `ispace cp` from member A's LUN to member B's
+                     LUN, the space detached (the same two targets and LUNs)           (aim: >= 80 %)
+
+Every target: ispaced, one reactor, memory LUNs (no disk under it), on 127.0.0.1. Settings (environment,
+as for attach_bench.py): BENCH_ROUNDS (default 3), BENCH_SECONDS (default 5: the random-write runs),
+BENCH_SIZE (default 512M: bytes per write run and per LUN), BENCH_QUICK=1 (1 round, 2 s, 128 MiB),
+BENCH_DIR (default /var/tmp), BENCH_OUT (default bench/results: space-latest.json goes there).
+
+Usage: space_bench.py --build BUILD_DIR
+Exit status: 0 done, or skipped (not root, no FUSE or loop devices, no fio, binaries not built: it says
+why); 1 a run failed.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "system"))
+import attach_testlib as at  # noqa: E402
+import ispace_testlib  # noqa: E402
+
+MIB = 1 << 20
+
+
+def size_of(text):
+    units = {"K": 1 << 10, "M": MIB, "G": 1 << 30}
+    t = text.strip().upper()
+    return int(t[:-1]) * units[t[-1]] if t[-1:] in units else int(t)
+
+
+def settings():
+    quick = os.environ.get("BENCH_QUICK", "").strip() not in ("", "0", "no", "false")
+    return {
+        "rounds": int(os.environ.get("BENCH_ROUNDS") or (1 if quick else 3)),
+        "seconds": int(os.environ.get("BENCH_SECONDS") or (2 if quick else 5)),
+        "size": size_of(os.environ.get("BENCH_SIZE") or ("128M" if quick else "512M")),
+        "dir": os.environ.get("BENCH_DIR") or "/var/tmp",
+        "out": os.environ.get("BENCH_OUT") or os.path.join(HERE, "results"),
+        "quick": quick,
+    }
+
+
+def fio(device, rw, bs, qd, size=None, seconds=None):
+    """MB/s of one fio run on the block device: `size` bytes, or `seconds` of it."""
+    args = ["fio", "--name=bench", f"--filename={device}", "--direct=1", "--ioengine=libaio", f"--rw={rw}",
+            f"--bs={bs}", f"--iodepth={qd}", "--randrepeat=0", "--norandommap", "--output-format=json"]
+    args += [f"--size={size}"] if size else [f"--runtime={seconds}", "--time_based"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"fio on {device}: {r.stderr.strip()}")
+    job = json.loads(r.stdout)["jobs"][0]
+    return (job["read"] if "read" in rw else job["write"])["bw_bytes"] / 1e6
+
+
+class Bench:
+    def __init__(self, build, s, scratch):
+        self.ispace = os.path.join(build, "tools", "ispace")
+        self.ispaced = os.path.join(build, "tools", "ispaced")
+        self.s = s
+        self.scratch = scratch
+        self.home = os.path.join(scratch, "home")
+        self.env = dict(os.environ, ISPACE_HOME=self.home, ISPACED=self.ispaced)
+        self.targets = {}
+        lun = f"memory:{(s['size'] >> 20) + 8}M"
+        for name in ("a", "b", "c"):
+            self.targets[name] = ispace_testlib.Ispaced(
+                self.ispaced, ["--listen", "127.0.0.1:0", "--iqn", f"iqn.2026-12.org.ispace.bench:{name}",
+                               "--lun", lun, "--lun", lun, "--reactors", "1"],
+                log_path=os.path.join(scratch, f"{name}.log")).start()
+        self.devices = {}
+
+    def url(self, target, lun):
+        return self.targets[target].urls[lun]
+
+    def space(self, *args, check=True):
+        r = subprocess.run([self.ispace, "space"] + list(args), capture_output=True, text=True, env=self.env,
+                           timeout=300)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"ispace space {' '.join(args)}: {r.stderr.strip()}")
+        return r
+
+    def status(self, name):
+        return json.loads(self.space("status", name, "--json").stdout)
+
+    def cp(self, src, dst, length):
+        """MB/s of `ispace cp` (1 MiB chunks, 8 in flight) of `src` (`length` bytes) to `dst`."""
+        t0 = time.monotonic()
+        r = subprocess.run([self.ispace, "cp", "--qd", "8", "--bs", "1M", "--no-progress", src, dst],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError(f"ispace cp {src} {dst}: {r.stderr.strip()}")
+        return length / (time.monotonic() - t0) / 1e6
+
+    def attach(self, name, members, region=None):
+        extra = ["--region", region] if region else []
+        self.space("create", name, "--layout", "mirror", *sum((["--member", m] for m in members), []), "--size",
+                   str(self.s["size"]), *extra)
+        out = self.space("attach", name).stdout.strip().splitlines()
+        self.devices[name] = out[-1]
+        return out[-1]
+
+    def wait(self, name, predicate, timeout, what):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            st = self.status(name)
+            if predicate(st):
+                return st
+            time.sleep(0.2)
+        raise RuntimeError(f"space {name}: {what} did not happen within {timeout} s")
+
+    def resync_rate(self, since):
+        """MB/s of the last delta resync in the holder's log after line `since`: from its start line to its
+        'in sync again' line (millisecond timestamps), the bytes it says it copied."""
+        stamp = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})")
+        start = end = None
+        copied = 0
+        with open(os.path.join(self.home, "ispaced.log")) as f:
+            lines = f.readlines()[since:]
+        for line in lines:
+            m = stamp.match(line)
+            if not m:
+                continue
+            t = datetime.datetime.fromisoformat(m.group(1)).timestamp()
+            if "space m: resync of" in line and "(delta)" in line:
+                start = t
+            elif "space m:" in line and "is in sync again" in line and start is not None:
+                end = t
+                copied = int(re.search(r"\((\d+) MiB copied\)", line).group(1)) * MIB
+        if start is None or end is None or end <= start:
+            raise RuntimeError("the holder's log has no complete resync")
+        return copied / (end - start) / 1e6, copied
+
+    def log_length(self):
+        try:
+            with open(os.path.join(self.home, "ispaced.log")) as f:
+                return len(f.readlines())
+        except OSError:
+            return 0
+
+    def close(self):
+        for name in list(self.devices):
+            self.space("detach", name, check=False)
+        for t in self.targets.values():
+            if t.proc and t.proc.poll() is None:
+                t.proc.send_signal(signal.SIGCONT)
+            t.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--build", default="build")
+    args = parser.parse_args()
+    s = settings()
+    driver_bin = os.path.join(args.build, "tests", "system", "attach_driver")
+    why = None
+    for binary in (os.path.join(args.build, "tools", "ispace"), os.path.join(args.build, "tools", "ispaced")):
+        if not os.access(binary, os.X_OK):
+            why = f"{binary} is not built"
+    if why is None and not os.access(driver_bin, os.X_OK):
+        why = f"{driver_bin} is not built (the tests are part of the build: ISPACE_TESTS=ON)"
+    if why is None:
+        why = at.why_not_runnable(driver_bin, ("fio",))
+    if why:
+        print(f"space bench: skipped: {why}")
+        return 0
+    scratch = tempfile.mkdtemp(prefix="ispace-space-bench-", dir=s["dir"])
+    size = s["size"]
+    print(f"space bench: {s['rounds']} round(s), {size >> 20} MiB per write run, {s['seconds']} s per random "
+          f"run, in {scratch}", flush=True)
+    src = os.path.join(scratch, "src.bin")
+    with open(src, "wb") as f:
+        for _ in range(size // MIB):
+            f.write(os.urandom(MIB))
+    runs = {}  # name -> [MB/s]
+    failed = None
+    bench = None
+    try:
+        bench = Bench(args.build, s, scratch)
+        m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
+        w = bench.attach("w", [bench.url("a", 1), bench.url("b", 1)], region="1G")
+        for dev in (m, w):  # memory LUNs allocate on first write: fill them once
+            fio(dev, "write", "1M", 8, size=size)
+        # Healthy: the mirror against cp, and the bitmap's cost, in alternating rounds.
+        for _ in range(s["rounds"]):
+            runs.setdefault("cp to one target", []).append(bench.cp(src, bench.url("c", 0), size))
+            runs.setdefault("mirror write", []).append(fio(m, "write", "1M", 8, size=size))
+            for label, name, dev in (("rand write, 1 MiB regions", "m", m), ("rand write, one region", "w", w)):
+                # From clean regions, so that the run pays for marking them.
+                bench.wait(name, lambda st: st["dirty_regions"] == 0, 30, "the sweep clearing its regions")
+                runs.setdefault(label, []).append(fio(dev, "randwrite", "4k", 32, seconds=s["seconds"]))
+        # Space w's members are on B too: it goes before B is stopped, so that nothing of w's meets the
+        # stopped target (no resync of w's beside m's, no w region locked by a whole-space window later).
+        bench.space("detach", "w")
+        del bench.devices["w"]
+        for round_ in range(s["rounds"]):
+            runs.setdefault("healthy write", []).append(fio(m, "write", "1M", 8, size=size))
+            # Degraded: B stops answering; a write finds out, the member is failed, then the timed run.
+            b = bench.targets["b"]
+            b.proc.send_signal(signal.SIGSTOP)
+            subprocess.run(["dd", "if=/dev/zero", f"of={m}", "bs=4k", "count=1", "oflag=direct", "status=none"],
+                           timeout=60)
+            bench.wait("m", lambda st: st["members"][1]["state"] == "failed", 30, "member B failing")
+            runs.setdefault("degraded write", []).append(fio(m, "write", "1M", 8, size=size))
+            since = bench.log_length()
+            b.proc.send_signal(signal.SIGCONT)
+            bench.wait("m", lambda st: st["members"][1]["state"] == "active" and not st["resync"]["running"], 120,
+                       "member B resyncing")
+            rate, copied = bench.resync_rate(since)
+            runs.setdefault("resync", []).append(rate)
+            print(f"round {round_ + 1} done (resync moved {copied >> 20} MiB)", flush=True)
+        bench.space("detach", "m")
+        bench.devices.clear()
+        for _ in range(s["rounds"]):
+            lun_bytes = size + 8 * MIB
+            runs.setdefault("cp member A to member B", []).append(
+                bench.cp(bench.url("a", 0), bench.url("b", 0), lun_bytes))
+    except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, KeyError) as e:
+        failed = str(e)
+    finally:
+        if bench:
+            bench.close()
+        if failed and os.environ.get("BENCH_KEEP"):
+            print(f"space bench: kept {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if failed:
+        print(f"space bench: failed: {failed}")
+        return 1
+
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    rows = [
+        ("mirror write vs cp to one target", "mirror write", "cp to one target", ">= 80 %"),
+        ("degraded vs healthy mirror write", "degraded write", "healthy write", ">= 95 %"),
+        ("4K random writes, 1 MiB regions vs one", "rand write, 1 MiB regions", "rand write, one region",
+         ">= 95 % (cost <= 5 %)"),
+        ("resync vs cp member A to member B", "resync", "cp member A to member B", ">= 80 %"),
+    ]
+    header = f"{'comparison':42} {'measured':>12} {'against':>12} {'ratio':>7}  aim"
+    print("\n" + header + "\n" + "-" * len(header))
+    table = []
+    for title, a, b, aim in rows:
+        ratio = med[a] / med[b] if med[b] else 0.0
+        print(f"{title:42} {med[a]:7.0f} MB/s {med[b]:7.0f} MB/s {ratio:6.0%}  {aim}")
+        table.append({"comparison": title, "measured": a, "measured_MBps": med[a], "against": b,
+                      "against_MBps": med[b], "ratio": ratio, "aim": aim, "runs": {a: runs[a], b: runs[b]}})
+    os.makedirs(s["out"], exist_ok=True)
+    with open(os.path.join(s["out"], "space-latest.json"), "w") as f:
+        json.dump({"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+                   "kernel": platform.release(), "cpus": os.cpu_count(), "load": os.getloadavg(), "settings": s,
+                   "results": table}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
