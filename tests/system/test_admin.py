@@ -63,7 +63,12 @@ def conventions(ispace, ispaced, scratch):
                        ([ispaced, "--reactors", "x"], "ispaced --reactors x"),
                        ([ispace, "inq"], "ispace inq without a URL"),
                        ([ispace, "bench", "--qd", "0", "iscsi://h/iqn.2026-11.org.x:y/0"], "ispace bench --qd 0"),
-                       ([ispace, "frobnicate"], "ispace frobnicate")):
+                       ([ispace, "frobnicate"], "ispace frobnicate"),
+                       # Found by the sweep: each of these started (or aborted) instead of saying no.
+                       ([ispaced, "--reactors", "100000", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --reactors 100000"),
+                       ([ispaced, "--login-timeout-ms", "0", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --login-timeout-ms 0"),
+                       ([ispaced, "--idle-exit", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --idle-exit without --holder"),
+                       ([ispace, "--threads", "100000", "readcap", "iscsi://h/iqn.2026-11.org.x:y/0"], "ispace --threads 100000")):
         rc, out, err = run(args)
         check(rc == 2 and err.strip() != "", f"{what}: exit 2 with a message ({rc}: {err.strip()[:80]!r})")
 
@@ -303,6 +308,10 @@ def listings(ispace, ispaced, scratch):
         rc, out, err = run([ispace, "readcap", base + "/0"])
         check(rc == 0 and re.search(r"read-only:\s+no", out) is not None, "readcap of the rw LUN says it is not read-only")
 
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([ispace, "ls", "--json", portal], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        check(r.returncode == 1 and "writing to stdout" in r.stderr,
+              f"a listing that cannot be written (stdout on a full disk) exits 1 and says so ({r.returncode}: {r.stderr.strip()!r})")
         doc = as_json(["inq", "--json", base + "/0"], "inq --json")
         check(doc.get("lun") == 0 and doc.get("vendor") == "ISPACE" and doc.get("serial")
               and any(d.get("type") == "NAA" for d in doc.get("designators", [])),
@@ -326,6 +335,12 @@ def listings(ispace, ispaced, scratch):
         rc, out, err = run([ispace, "bench", "--time", "1", "--bs", "16M", base + "/0"])
         check(rc == 1 and "IOPS" not in out + err and "MiB/s" not in out + err,
               f"a failed bench prints no figure, on stdout or stderr ({err.strip()[-120:]!r})")
+        src = os.path.join(scratch, "listing-src.img")
+        with open(src, "wb") as f:
+            f.truncate(1 << 20)
+        rc, out, err = run([ispace, "cp", src, base + "/1"])
+        check(rc == 1 and "read-only" in err and "partial copy" not in err,
+              f"cp to a read-only LUN is refused before it writes, not reported as a partial copy ({err.strip()!r})")
         rc, out, err = run([ispace, "bench", "--time", "1", "--rw", "randwrite", base + "/1"])
         check(rc == 1 and "read-only" in err and "Nothing was run" in err and "IOPS" not in out + err,
               f"bench --rw randwrite on a read-only LUN is refused before it runs ({err.strip()!r})")
