@@ -260,6 +260,9 @@ public:
     Result<BlockLimits> block_limits(uint64_t lun);
     // READ CAPACITY(16), falling back to READ CAPACITY(10).
     Result<Capacity> read_capacity(uint64_t lun);
+    // Whether the LUN refuses writes: WP in the DEVICE-SPECIFIC PARAMETER of MODE SENSE(6)'s header
+    // (SBC-4 §6.5.1), MODE SENSE(10) if the device does not do the 6-byte form.
+    Result<bool> write_protected(uint64_t lun);
     // LUN numbers, in the target's order.
     Result<std::vector<uint64_t>> report_luns();
     Result<void> read(uint64_t lun, uint64_t lba, uint32_t blocks, uint32_t block_size,

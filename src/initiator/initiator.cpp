@@ -253,6 +253,34 @@ Result<Capacity> Session::read_capacity(uint64_t lun) {
     return cap;
 }
 
+Result<bool> Session::write_protected(uint64_t lun) {
+    // Every page (3Fh), as the Linux sd driver asks: some devices refuse a header-only request for a
+    // page they lack. The header alone decides; what follows is not read.
+    Request c6 = cdb_request(lun, scsi::cdb::mode_sense_6(0x3f, 255), DataDirection::read, 255);
+    Buffer d6 = c6.data;
+    Response r6 = execute(std::move(c6));
+    if (r6.ok()) {
+        if (r6.data_received < 4) {
+            return make_error(fmt::format("MODE SENSE(6) on LUN {}: short answer", lun), EPROTO);
+        }
+        return (d6.data()[2] & 0x80) != 0;
+    }
+    if (r6.error) {
+        return check(r6, fmt::format("MODE SENSE(6) on LUN {}", lun)).error();
+    }
+    constexpr uint16_t length = 512;
+    Request c10 = cdb_request(lun, scsi::cdb::mode_sense_10(0x3f, length), DataDirection::read, length);
+    Buffer d10 = c10.data;
+    Response r10 = execute(std::move(c10));
+    if (auto ok = check(r10, fmt::format("MODE SENSE on LUN {}", lun)); !ok) {
+        return std::move(ok).error();
+    }
+    if (r10.data_received < 8) {
+        return make_error(fmt::format("MODE SENSE(10) on LUN {}: short answer", lun), EPROTO);
+    }
+    return (d10.data()[3] & 0x80) != 0;
+}
+
 Result<std::vector<uint64_t>> Session::report_luns() {
     constexpr uint32_t length = 16384;
     Request c = cdb_request(0, scsi::cdb::report_luns(length), DataDirection::read, length);

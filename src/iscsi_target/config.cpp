@@ -662,6 +662,10 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
         if (max_transfer < 4096 || max_transfer > (64u << 20)) {
             return make_error("config limits: max_transfer is 4K to 64M");
         }
+        if (login_ms < 100 || login_ms > 3600000) {
+            // 0 dropped every connection before its first PDU.
+            return make_error("config limits: login_timeout_ms is 100 to 3600000");
+        }
         config.limits.queue_depth = uint32_t(queue_depth);
         config.limits.max_transfer_bytes = uint32_t(max_transfer);
         config.limits.login_timeout = std::chrono::milliseconds(login_ms);

@@ -24,10 +24,10 @@ LogLimit g_login_log;
 } // namespace
 
 Connection::Connection(Server& server, net::Reactor& reactor, std::unique_ptr<net::Transport> transport,
-                       net::Endpoint peer, net::Endpoint local, uint16_t tpgt)
+                       net::Endpoint peer, net::Endpoint local, uint16_t tpgt, uint64_t login_ticket)
     : _server(server), _reactor(reactor), _peer(peer), _local(local), _tpgt(tpgt), _name(peer.to_string()),
       _transport(std::move(transport)), _reader(*this),
-      _staging(std::make_unique<std::array<uint8_t, 16384>>()) {
+      _staging(std::make_unique<std::array<uint8_t, 16384>>()), _login_ticket(login_ticket) {
     _transport->attach(reactor, *this);
     _last_received = reactor.now();
     server.connection_opened(*this);
@@ -142,6 +142,13 @@ void Connection::drop(const std::string& reason) {
     _phase = Phase::closing;
     _reader.stop();
     _transport->close(make_error(reason));
+}
+
+void Connection::evict(const std::string& reason) {
+    if (!logging_in()) {
+        return;
+    }
+    drop(reason);
 }
 
 void Connection::close_after_flush(const std::string& reason) {
@@ -571,7 +578,7 @@ void Connection::enter_full_feature() {
 void Connection::leave_login_phase() {
     if (_counted_as_login) {
         _counted_as_login = false;
-        _server.login_finished(_peer);
+        _server.login_finished(_peer, _login_ticket);
     }
 }
 

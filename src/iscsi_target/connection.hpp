@@ -34,14 +34,21 @@ class Connection final : public net::Transport::Handler,
                          private OutPdu::Pool::Listener {
 public:
     // Binds `transport` to `reactor` (the calling thread's) with this connection as its handler.
+    // `login_ticket` names its place among the connections logging in (Server::admit_login); 0 for one
+    // that arrives logged in (adopted from another reactor).
     Connection(Server& server, net::Reactor& reactor, std::unique_ptr<net::Transport> transport,
-               net::Endpoint peer, net::Endpoint local, uint16_t tpgt);
+               net::Endpoint peer, net::Endpoint local, uint16_t tpgt, uint64_t login_ticket = 0);
     ~Connection() override;
     Connection(const Connection&) = delete;
     Connection& operator=(const Connection&) = delete;
 
     // Starts reading and arms the login timeout.
     void start();
+    uint64_t login_ticket() const { return _login_ticket; }
+    // Still in the login phase and counted against the login limits.
+    bool logging_in() const { return _phase == Phase::login && _counted_as_login; }
+    // Closes a connection still logging in whose slot went to a newcomer from the same source.
+    void evict(const std::string& reason);
 
     // --- used by Session ---
     // Queues one PDU: `bhs` then data[offset, offset+length). StatSN is the caller's business. `hold`
@@ -174,6 +181,7 @@ private:
     bool _handed_over = false;
     bool _logged_out = false;      // closed by a Logout (not a failure)
     bool _counted_as_login = true; // counts against Limits::max_login_connections
+    uint64_t _login_ticket = 0;
 
     // Full feature phase.
     Session* _session = nullptr;

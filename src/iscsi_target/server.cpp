@@ -447,29 +447,27 @@ void Server::accept_ready(Listener& listener) {
             ::close(*fd);
             continue;
         }
-        if (_login_connections.load() >= _config.limits.max_login_connections) {
+        net::Reactor& reactor = _reactors.next();
+        LoginAdmission admission = admit_login(peer, reactor, true);
+        if (admission.outcome == LoginAdmission::Outcome::refused_global) {
             g_accept_log.warn("connection from {} refused: {} connections are already logging in (limit)",
                               peer.to_string(), _login_connections.load());
             ::close(*fd);
             continue;
         }
-        if (!take_login_slot_of(peer)) {
-            g_accept_log.warn("connection from {} refused: {} connections from that address are already "
-                              "logging in (limits.max_login_connections_per_source)",
-                              peer.to_string(), _config.limits.max_login_connections_per_source);
-            ::close(*fd);
-            continue;
+        if (admission.outcome == LoginAdmission::Outcome::evicting) {
+            evict_login(admission.evicted, source_address(peer));
         }
-        ++_login_connections;
         auto local = net::local_endpoint(*fd);
         net::tune_stream_socket(*fd);
-        net::Reactor& reactor = _reactors.next();
         ++_open_connections; // counted now so the limit holds before the reactor picks it up
         int accepted = *fd;
         net::Endpoint local_endpoint = local ? *local : listener.bound;
         uint16_t tpgt = listener.tpgt;
-        reactor.post([this, &reactor, accepted, peer, local_endpoint, tpgt] {
-            serve(net::make_tcp_transport(accepted, peer.to_string()), reactor, peer, local_endpoint, tpgt);
+        uint64_t ticket = admission.ticket;
+        reactor.post([this, &reactor, accepted, peer, local_endpoint, tpgt, ticket] {
+            serve(net::make_tcp_transport(accepted, peer.to_string()), reactor, peer, local_endpoint, tpgt,
+                  ticket);
         });
     }
 }
@@ -477,42 +475,83 @@ void Server::accept_ready(Listener& listener) {
 void Server::accept(std::unique_ptr<net::Transport> transport, net::Reactor& reactor, net::Endpoint peer,
                     net::Endpoint local, uint16_t tpgt) {
     // Not limited: the caller (a test harness, an in-process transport) chose to hand it over.
-    {
-        std::lock_guard lock(_login_sources_mutex);
-        ++_login_sources[source_address(peer)];
-    }
-    ++_login_connections;
+    LoginAdmission admission = admit_login(peer, reactor, false);
     ++_open_connections;
-    serve(std::move(transport), reactor, peer, local, tpgt);
+    serve(std::move(transport), reactor, peer, local, tpgt, admission.ticket);
 }
 
 void Server::serve(std::unique_ptr<net::Transport> transport, net::Reactor& reactor, net::Endpoint peer,
-                   net::Endpoint local, uint16_t tpgt) {
-    auto* connection = new Connection(*this, reactor, std::move(transport), peer, local, tpgt);
+                   net::Endpoint local, uint16_t tpgt, uint64_t login_ticket) {
+    auto* connection = new Connection(*this, reactor, std::move(transport), peer, local, tpgt, login_ticket);
     _local[reactor.index()].connections.push_back(connection);
     connection->start();
 }
 
 void Server::connection_opened(Connection&) {}
 
-bool Server::take_login_slot_of(const net::Endpoint& peer) {
+Server::LoginAdmission Server::admit_login(const net::Endpoint& peer, net::Reactor& reactor, bool limited) {
+    LoginAdmission admission;
     std::lock_guard lock(_login_sources_mutex);
-    uint32_t& count = _login_sources[source_address(peer)];
-    if (count >= _config.limits.max_login_connections_per_source) {
-        if (count == 0) {
+    std::deque<PendingLogin>& pending = _login_sources[source_address(peer)];
+    admission.ticket = _next_login_ticket++;
+    if (limited && pending.size() >= _config.limits.max_login_connections_per_source) {
+        // The source's share is full. Refusing the newcomer would let a flood from one address lock out
+        // a good initiator behind the same address (a NAT, a shared host): the oldest pending login
+        // gives up its slot instead. A good login takes milliseconds, so the oldest is the one most
+        // likely idle; the counts do not change, and the global bound holds.
+        admission.outcome = LoginAdmission::Outcome::evicting;
+        admission.evicted = pending.front();
+        pending.pop_front();
+        pending.push_back({admission.ticket, &reactor});
+        return admission;
+    }
+    if (limited && _login_connections.load() >= _config.limits.max_login_connections) {
+        if (pending.empty()) {
             _login_sources.erase(source_address(peer));
         }
-        return false;
+        admission.outcome = LoginAdmission::Outcome::refused_global;
+        return admission;
     }
-    ++count;
-    return true;
+    pending.push_back({admission.ticket, &reactor});
+    ++_login_connections;
+    return admission;
 }
 
-void Server::login_finished(const net::Endpoint& peer) {
-    --_login_connections;
+void Server::evict_login(const PendingLogin& login, const std::string& source) {
+    uint32_t share = _config.limits.max_login_connections_per_source;
+    login.reactor->post([this, index = login.reactor->index(), ticket = login.ticket, source, share] {
+        // Found first, closed after: closing it takes it out of the list being searched.
+        Connection* found = nullptr;
+        for (Connection* c : _local[index].connections) {
+            if (c->login_ticket() == ticket) {
+                found = c;
+                break;
+            }
+        }
+        // Gone already, or it logged in meanwhile (it keeps its session): nothing to do.
+        if (found != nullptr && found->logging_in()) {
+            found->evict(fmt::format("{} connections from {} are logging in "
+                                     "(limits.max_login_connections_per_source); the oldest makes room",
+                                     share, source));
+        }
+    });
+}
+
+void Server::login_finished(const net::Endpoint& peer, uint64_t ticket) {
     std::lock_guard lock(_login_sources_mutex);
     auto it = _login_sources.find(source_address(peer));
-    if (it != _login_sources.end() && --it->second == 0) {
+    if (it == _login_sources.end()) {
+        return;
+    }
+    std::deque<PendingLogin>& pending = it->second;
+    auto mine = std::find_if(pending.begin(), pending.end(),
+                             [&](const PendingLogin& p) { return p.ticket == ticket; });
+    if (mine == pending.end()) {
+        return; // evicted: its slot (and its place in the global count) went to a newcomer
+    }
+    pending.erase(mine);
+    --_login_connections;
+    if (pending.empty()) {
         _login_sources.erase(it);
     }
 }

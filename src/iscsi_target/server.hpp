@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -241,7 +242,8 @@ public:
     uint32_t open_connections() const { return _open_connections.load(); }
     // A connection left the login phase (logged in, or closed before): it no longer counts against
     // Limits::max_login_connections (and its source's share, max_login_connections_per_source).
-    void login_finished(const net::Endpoint& peer);
+    // A connection whose login slot was given to a newcomer (evicted) is no longer counted: nothing changes.
+    void login_finished(const net::Endpoint& peer, uint64_t ticket);
     // Targets this initiator (name, address) may log in to, for SendTargets and logins.
     bool may_access(const Target& target, std::string_view initiator, const net::Endpoint& peer) const;
     // Counts sessions not yet destroyed (including ones draining tasks), for shutdown.
@@ -290,7 +292,7 @@ private:
 
     void accept_ready(Listener& listener);
     void serve(std::unique_ptr<net::Transport> transport, net::Reactor& reactor, net::Endpoint peer,
-               net::Endpoint local, uint16_t tpgt);
+               net::Endpoint local, uint16_t tpgt, uint64_t login_ticket);
     void close_all_on(unsigned reactor_index, const std::string& reason);
     void listen_on_reactor(std::shared_ptr<Listener> listener);
 
@@ -310,11 +312,25 @@ private:
     SessionRegistry _sessions;
     std::atomic<uint32_t> _open_connections{0};
     std::atomic<uint32_t> _login_connections{0};
-    // Connections logging in, per source address (no port): taken on reactor 0 at accept, given back
-    // on any reactor when a login ends.
-    bool take_login_slot_of(const net::Endpoint& peer);
+    // Connections logging in, per source address (no port), oldest first: taken on reactor 0 at accept,
+    // given back on any reactor when a login ends. A ticket names one connection across reactors.
+    struct PendingLogin {
+        uint64_t ticket = 0;
+        net::Reactor* reactor = nullptr;
+    };
+    struct LoginAdmission {
+        enum class Outcome { admitted, evicting, refused_global } outcome = Outcome::admitted;
+        uint64_t ticket = 0;
+        PendingLogin evicted; // with evicting: the source's oldest login, whose slot the newcomer takes
+    };
+    // With `limited` (a socket accepted here), the global and per-source bounds apply: a source at its
+    // share gives its oldest pending login's slot to the newcomer instead of refusing it.
+    LoginAdmission admit_login(const net::Endpoint& peer, net::Reactor& reactor, bool limited);
+    // Closes the connection holding `ticket` on its reactor if it is still logging in.
+    void evict_login(const PendingLogin& login, const std::string& source);
     std::mutex _login_sources_mutex;
-    std::unordered_map<std::string, uint32_t> _login_sources;
+    std::unordered_map<std::string, std::deque<PendingLogin>> _login_sources;
+    uint64_t _next_login_ticket = 1; // under _login_sources_mutex
     std::atomic<uint32_t> _live_sessions{0};
     std::atomic<bool> _started{false};
     std::atomic<bool> _stopping{false};

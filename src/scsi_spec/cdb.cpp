@@ -139,6 +139,20 @@ Cdb read_capacity_16(uint32_t allocation_length) {
     return with_allocation_length(op::service_action_in_16, allocation_length, sa::read_capacity_16);
 }
 
+Cdb mode_sense_6(uint8_t page, uint8_t allocation_length) {
+    Cdb c = with_allocation_length(op::mode_sense_6, allocation_length);
+    c.bytes[1] = 0x08;        // DBD
+    c.bytes[2] = page & 0x3f; // PC 00b: current values
+    return c;
+}
+
+Cdb mode_sense_10(uint8_t page, uint16_t allocation_length) {
+    Cdb c = with_allocation_length(op::mode_sense_10, allocation_length);
+    c.bytes[1] = 0x08;
+    c.bytes[2] = page & 0x3f;
+    return c;
+}
+
 Cdb report_luns(uint32_t allocation_length, uint8_t select_report) {
     Cdb c = with_allocation_length(op::report_luns, allocation_length);
     c.bytes[2] = select_report;

@@ -33,6 +33,10 @@ Cdb inquiry_vpd(uint8_t page, uint16_t allocation_length);
 Cdb read_capacity_10();
 // SERVICE ACTION IN(16) / READ CAPACITY(16).
 Cdb read_capacity_16(uint32_t allocation_length);
+// MODE SENSE(6)/(10) of `page` (0x3f: every page) with DBD set (no block descriptors): the mode
+// parameter header's DEVICE-SPECIFIC PARAMETER carries WP, whatever pages follow (SBC-4 §6.5.1).
+Cdb mode_sense_6(uint8_t page, uint8_t allocation_length);
+Cdb mode_sense_10(uint8_t page, uint16_t allocation_length);
 // SELECT REPORT 00h: every logical unit but the well-known ones.
 Cdb report_luns(uint32_t allocation_length, uint8_t select_report = 0);
 // READ(10)/WRITE(10) when lba + blocks fits 32 bits and blocks fits 16, READ(16)/WRITE(16) otherwise:

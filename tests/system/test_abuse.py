@@ -174,7 +174,7 @@ def main():
 
         # 200 idle half-open connections, held open while a real initiator logs in. They come from
         # another address (127.0.0.2): one source holds at most max_login_connections_per_source of
-        # them (the rest are closed at accept), which must not lock out initiators elsewhere.
+        # them (each newcomer past it evicts the oldest), which must not lock out initiators elsewhere.
         idle = []
         for i in range(200):
             s = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))

@@ -19,6 +19,11 @@ misuse. Each check reproduces a reported case (docs/robustness.md lists them all
                a run whose commands failed (--bs beyond the transfer limit, writes to a read-only
                LUN) and does not count the power-on unit attention as a retry; a refused connection
                is not logged as a CHAP refusal
+  listings     `ls`, `inq`, `readcap` and `bench` take --json: one JSON document on stdout, errors on
+               stderr with exit 1 (2 for usage); `ls` and `readcap` say whether a LUN is read-only
+               (MODE SENSE WP), for an `,ro` LUN and a read-write one; `bench` prints a one-line
+               summary on a stderr that is not a terminal, and refuses a write pattern on a read-only
+               LUN before running
 
 Usage: test_admin.py ISPACE_BINARY ISPACED_BINARY
 """
@@ -58,7 +63,12 @@ def conventions(ispace, ispaced, scratch):
                        ([ispaced, "--reactors", "x"], "ispaced --reactors x"),
                        ([ispace, "inq"], "ispace inq without a URL"),
                        ([ispace, "bench", "--qd", "0", "iscsi://h/iqn.2026-11.org.x:y/0"], "ispace bench --qd 0"),
-                       ([ispace, "frobnicate"], "ispace frobnicate")):
+                       ([ispace, "frobnicate"], "ispace frobnicate"),
+                       # Found by the sweep: each of these started (or aborted) instead of saying no.
+                       ([ispaced, "--reactors", "100000", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --reactors 100000"),
+                       ([ispaced, "--login-timeout-ms", "0", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --login-timeout-ms 0"),
+                       ([ispaced, "--idle-exit", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --idle-exit without --holder"),
+                       ([ispace, "--threads", "100000", "readcap", "iscsi://h/iqn.2026-11.org.x:y/0"], "ispace --threads 100000")):
         rc, out, err = run(args)
         check(rc == 2 and err.strip() != "", f"{what}: exit 2 with a message ({rc}: {err.strip()[:80]!r})")
 
@@ -258,10 +268,90 @@ def honesty(ispace, ispaced, scratch):
           f"a refused connection is not reported as a CHAP refusal ({err.strip()[-160:]!r})")
 
 
+def listings(ispace, ispaced, scratch):
+    ro = os.path.join(scratch, "listing-ro.img")
+    with open(ro, "wb") as f:
+        f.truncate(16 << 20)
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:16M",
+                                              "--lun", ro + ",ro"]).start()
+    try:
+        portal = f"iscsi://{daemon.portal()}"
+        base = f"{portal}/{IQN}"
+
+        def as_json(args, what):
+            rc, out, err = run([ispace] + args)
+            try:
+                doc = json.loads(out)
+            except ValueError:
+                doc = None
+            check(rc == 0 and doc is not None, f"{what}: exit 0 and one JSON document on stdout ({rc}: {out[:80]!r} {err.strip()[-120:]!r})")
+            return doc or {}
+
+        doc = as_json(["ls", "--json", portal], "ls --json")
+        luns = {l.get("lun"): l for t in doc.get("targets", []) if t.get("iqn") == IQN for l in t.get("luns", [])}
+        check(luns.get(0, {}).get("read_only") is False and luns.get(1, {}).get("read_only") is True,
+              f"ls --json: the rw LUN has read_only false, the ,ro one true ({luns})")
+        check(luns.get(0, {}).get("bytes") == 16 << 20 and luns.get(0, {}).get("block_size") == 512
+              and luns.get(0, {}).get("device_type") == "disk", "ls --json: size, block size and type of each LUN")
+        rc, out, err = run([ispace, "ls", portal])
+        lines = {l.split()[1]: l for l in out.splitlines() if l.strip().startswith("lun ")}
+        check(rc == 0 and lines.get("0", "").endswith(" rw") and lines.get("1", "").endswith(" ro"),
+              f"ls shows rw and ro ({out.strip()!r})")
+
+        doc = as_json(["readcap", "--json", base + "/1"], "readcap --json")
+        check(doc.get("read_only") is True and doc.get("blocks") == 32768 and doc.get("block_size") == 512,
+              f"readcap --json of the ,ro LUN: read_only true, blocks and block size ({doc})")
+        doc = as_json(["readcap", "--json", base + "/0"], "readcap --json (rw)")
+        check(doc.get("read_only") is False, f"readcap --json of the rw LUN: read_only false ({doc})")
+        rc, out, err = run([ispace, "readcap", base + "/1"])
+        check(rc == 0 and re.search(r"read-only:\s+yes", out) is not None, f"readcap says read-only ({out.strip()!r})")
+        rc, out, err = run([ispace, "readcap", base + "/0"])
+        check(rc == 0 and re.search(r"read-only:\s+no", out) is not None, "readcap of the rw LUN says it is not read-only")
+
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([ispace, "ls", "--json", portal], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        check(r.returncode == 1 and "writing to stdout" in r.stderr,
+              f"a listing that cannot be written (stdout on a full disk) exits 1 and says so ({r.returncode}: {r.stderr.strip()!r})")
+        doc = as_json(["inq", "--json", base + "/0"], "inq --json")
+        check(doc.get("lun") == 0 and doc.get("vendor") == "ISPACE" and doc.get("serial")
+              and any(d.get("type") == "NAA" for d in doc.get("designators", [])),
+              "inq --json: vendor, serial and the NAA designator")
+
+        # Errors: nothing on stdout, the reason on stderr, exit 1 (failure) or 2 (usage).
+        for args, code, what in ((["inq", "--json", base + "/7"], 1, "inq --json of a missing LUN"),
+                                 (["readcap", "--json", f"{portal}/{IQN}x/0"], 1, "readcap --json of an unknown target"),
+                                 (["ls", "--json", "iscsi://127.0.0.1:1"], 1, "ls --json of a closed port"),
+                                 (["readcap", "--json", portal], 2, "readcap --json without a LUN")):
+            rc, out, err = run([ispace] + args)
+            check(rc == code and out == "" and err.startswith("ispace: "),
+                  f"{what}: exit {code}, nothing on stdout, the reason on stderr ({rc}: {out[:60]!r} {err.strip()[:100]!r})")
+
+        rc, out, err = run([ispace, "bench", "--time", "0.5", base + "/0"])
+        check(rc == 0 and re.search(r"^bench randread: \d+ IOPS, [\d.]+ MiB/s", err, re.M) is not None,
+              f"bench prints a one-line summary on a stderr that is not a terminal ({err.strip()!r})")
+        doc = as_json(["bench", "--json", "--time", "0.5", base + "/0"], "bench --json")
+        check(doc.get("iops", 0) > 0 and doc.get("reads", 0) > 0 and "p99" in doc.get("latency_us", {}),
+              f"bench --json: iops, reads and latency percentiles ({sorted(doc)})")
+        rc, out, err = run([ispace, "bench", "--time", "1", "--bs", "16M", base + "/0"])
+        check(rc == 1 and "IOPS" not in out + err and "MiB/s" not in out + err,
+              f"a failed bench prints no figure, on stdout or stderr ({err.strip()[-120:]!r})")
+        src = os.path.join(scratch, "listing-src.img")
+        with open(src, "wb") as f:
+            f.truncate(1 << 20)
+        rc, out, err = run([ispace, "cp", src, base + "/1"])
+        check(rc == 1 and "read-only" in err and "partial copy" not in err,
+              f"cp to a read-only LUN is refused before it writes, not reported as a partial copy ({err.strip()!r})")
+        rc, out, err = run([ispace, "bench", "--time", "1", "--rw", "randwrite", base + "/1"])
+        check(rc == 1 and "read-only" in err and "Nothing was run" in err and "IOPS" not in out + err,
+              f"bench --rw randwrite on a read-only LUN is refused before it runs ({err.strip()!r})")
+    finally:
+        daemon.stop()
+
+
 def main():
     ispace, ispaced = sys.argv[1], sys.argv[2]
     scratch = ispace_testlib.scratch_dir("admin")
-    for section in (conventions, secrets, files, signals, honesty):
+    for section in (conventions, secrets, files, signals, honesty, listings):
         print(f"--- {section.__name__}", flush=True)
         section(ispace, ispaced, scratch)
     return check.finish(scratch)

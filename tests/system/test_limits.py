@@ -9,7 +9,8 @@ flood its log. Each case reproduces a report of an independent probe:
                 counts against limits.buffer_memory; MaxCmdSN stops advancing), a good initiator is
                 served meanwhile, and the memory goes back to the system once they leave
   login flood   1,000 connections that never log in, held from one address (127.0.0.2): a good
-                initiator from another address logs in at once (a per-source limit on logins)
+                initiator from another address logs in at once (a per-source limit on logins), and so
+                does one from the flood's own address (the source's oldest pending login is evicted)
   log flood     thousands of refused immediate commands: the log gets a few lines and a count, not
                 one line each
   negotiation   FirstBurstLength is never answered above the MaxBurstLength beside it (RFC 7143 §13.14)
@@ -191,6 +192,37 @@ def login_flood(binary, daemon, scratch):
     ok, took = good_initiator(daemon.portal())
     check(ok and took < 3, f"with 1,000 never-logging-in connections from 127.0.0.2 held, a good initiator "
                            f"from 127.0.0.1 logs in at once ({took:.2f} s)")
+    # The same address as the flood (a NAT, a shared host): the source's share is full, so the oldest
+    # pending login gives up its slot to the newcomer instead of the newcomer being refused.
+    start = time.time()
+    try:
+        c = iscsi_raw.Client.__new__(iscsi_raw.Client)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.2", 0))
+        s.settimeout(5)
+        s.connect((daemon.host, daemon.port))
+        c.sock = s
+        c.initiator = "iqn.2026-11.org.ispace.test:behind-the-flood"
+        c.isid = b"\x80" + os.urandom(5)
+        c.cmd_sn, c.exp_stat_sn, c.itt, c.tsih, c.max_cmd_sn = 1, 0, 1, 0, 0
+        status = c.login(IQN)
+        c.close()
+    except OSError as e:
+        status = str(e)
+    took = time.time() - start
+    check(status == (0, 0) and took < 3, f"a good initiator from 127.0.0.2 itself, behind the flood, logs in "
+                                         f"({status}, {took:.2f} s)")
+    def closed(sock):
+        sock.setblocking(False)
+        try:
+            return sock.recv(1) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+    open_ones = sum(1 for h in held if not closed(h))
+    check(open_ones <= 64, f"the flood holds at most its share of pending logins ({open_ones} of {len(held)} "
+                           f"still open, limit 64): the oldest made room for the newest")
     for s in held:
         s.close()
 

@@ -98,6 +98,6 @@ Runner add_detach(CLI::App& app, GlobalOptions& global);
 
 // `ls isns://HOST[:PORT]` (cmd_isns.cpp).
 bool is_isns_url(std::string_view text);
-int run_ls_isns(GlobalOptions& global, std::string_view url_text);
+int run_ls_isns(GlobalOptions& global, std::string_view url_text, bool as_json);
 
 } // namespace ispace::cli

@@ -88,6 +88,7 @@ struct BenchOptions {
     double seconds = 5;
     unsigned rwmixread = 50;
     std::string size; // region to use; default the whole LUN
+    bool json = false;
 };
 
 class Bench {
@@ -251,6 +252,15 @@ int run_bench(GlobalOptions& global, BenchOptions& o) {
         error("the LUN is smaller than one I/O");
         return exit_failure;
     }
+    if (read_percent < 100) {
+        // Said before the run, not after it: every write would be refused, and the run would measure
+        // nothing but the refusals.
+        if (auto wp = s.write_protected(*url->lun); wp && *wp) {
+            error(fmt::format("LUN {} of {} is read-only (write protected); --rw {} writes. Nothing was run.",
+                              *url->lun, url->target_name, o.rw));
+            return exit_failure;
+        }
+    }
     Bench bench(s, *url->lun, cap->block_size, region_blocks, io_blocks, random, read_percent);
     bench.run(o.knobs.queue_depth, o.seconds);
     auto info = s.info();
@@ -268,16 +278,46 @@ int run_bench(GlobalOptions& global, BenchOptions& o) {
     }
     double iops = double(ios) / secs;
     double mib = double(ios) * double(*bs) / secs / (1024.0 * 1024.0);
+    const Histogram& h = bench.latency();
+    std::string digest = info.data_digest ? "crc32c" : "none";
+    // On any stderr, not only a terminal (as `cp` does): a cron job or CI log that keeps stderr sees the
+    // figure even when stdout goes elsewhere.
+    fmt::print(stderr, "bench {}: {:.0f} IOPS, {:.1f} MiB/s, p99 {} us, {} commands in {:.1f} s\n", o.rw,
+               iops, mib, usec(h.quantile(0.99)), ios, secs);
+    if (o.json) {
+        auto us = [](uint64_t ns) { return double(ns) / 1000.0; };
+        nlohmann::json d = {{"rw", o.rw},
+                            {"bs", *bs},
+                            {"qd", o.knobs.queue_depth},
+                            {"connections", info.connections},
+                            {"threads", ini.threads()},
+                            {"seconds", secs},
+                            {"digest", digest},
+                            {"reads", bench.reads()},
+                            {"writes", bench.writes()},
+                            {"iops", iops},
+                            {"read_iops", double(bench.reads()) / secs},
+                            {"write_iops", double(bench.writes()) / secs},
+                            {"bytes_per_second", double(ios) * double(*bs) / secs},
+                            {"latency_us",
+                             {{"p50", us(h.quantile(0.50))},
+                              {"p99", us(h.quantile(0.99))},
+                              {"p99_9", us(h.quantile(0.999))},
+                              {"max", us(h.max())}}},
+                            {"reconnects", info.reconnects},
+                            {"retries", info.retries},
+                            {"unit_attentions", info.unit_attentions}};
+        fmt::print("{}\n", d.dump(2));
+        return exit_ok;
+    }
     fmt::print("{}: bs={} qd={} connections={} threads={} time={:.1f}s digest={}\n", o.rw,
-               human_bytes(double(*bs)), o.knobs.queue_depth, info.connections, ini.threads(), secs,
-               info.data_digest ? "crc32c" : "none");
+               human_bytes(double(*bs)), o.knobs.queue_depth, info.connections, ini.threads(), secs, digest);
     fmt::print("  IOPS:      {:.0f}", iops);
     if (read_percent > 0 && read_percent < 100) {
         fmt::print(" (read {:.0f}, write {:.0f})", double(bench.reads()) / secs,
                    double(bench.writes()) / secs);
     }
     fmt::print("\n  bandwidth: {:.1f} MiB/s\n", mib);
-    const Histogram& h = bench.latency();
     fmt::print("  latency:   p50 {} us   p99 {} us   p99.9 {} us   max {} us\n", usec(h.quantile(0.50)),
                usec(h.quantile(0.99)), usec(h.quantile(0.999)), usec(h.max()));
     if (info.reconnects || info.retries) {
@@ -311,11 +351,13 @@ Runner add_bench(CLI::App& app, GlobalOptions& global) {
         ->default_val(50)
         ->check(CLI::Range(0, 100));
     cmd->add_option("--size", o->size, "Use only the first SIZE bytes of the LUN (default: all of it)");
+    cmd->add_flag("--json", o->json, "Print the figures as JSON (fields in docs/cli.md)");
     cmd->footer(R"(Examples:
   ispace bench iscsi://192.0.2.10/iqn.2026-01.com.example:store/1
   ispace bench iscsi://h/iqn.2026-01.com.example:a/1 --rw randwrite --bs 64k --qd 16 --time 10 --connections 2
 
-Write patterns overwrite the LUN's data. Latency is from submit() to the completion, per command.)");
+Write patterns overwrite the LUN's data. Latency is from submit() to the completion, per command.
+A one-line summary goes to stderr as well; a run in which any command failed reports no figure.)");
     return [&global, o] { return run_bench(global, *o); };
 }
 

@@ -148,6 +148,16 @@ Result<void> open_side(Initiator& ini, const std::string& text, bool is_source, 
         if (side.block_size == 0) {
             return make_error(fmt::format("{}: the LUN reports a block size of 0", side.label), EPROTO);
         }
+        if (!is_source) {
+            // Said before the copy, not as a failed first WRITE reported as "holds a partial copy" of a
+            // LUN nothing was written to. A device that does not answer MODE SENSE is tried anyway.
+            if (auto wp = side.session->write_protected(side.lun); wp && *wp) {
+                return make_error(
+                    fmt::format("{}: the LUN is read-only (write protected); nothing was written",
+                                side.label),
+                    EROFS);
+            }
+        }
         // Block Limits are optional (SBC-3); without them nothing limits the transfer length.
         if (auto limits = side.session->block_limits(side.lun); limits && limits->max_transfer_blocks != 0) {
             uint64_t bytes = uint64_t(limits->max_transfer_blocks) * side.block_size;

@@ -15,7 +15,7 @@ bool is_isns_url(std::string_view text) {
     return text.starts_with("isns://");
 }
 
-int run_ls_isns(GlobalOptions& global, std::string_view url_text) {
+int run_ls_isns(GlobalOptions& global, std::string_view url_text, bool as_json) {
     std::string_view server = url_text.substr(std::string_view("isns://").size());
     while (!server.empty() && server.back() == '/') {
         server.remove_suffix(1);
@@ -30,6 +30,22 @@ int run_ls_isns(GlobalOptions& global, std::string_view url_text) {
     if (!found) {
         error(found.error().message);
         return exit_failure;
+    }
+    if (as_json) {
+        // The same names as `ls iscsi://... --json` where they mean the same thing (docs/cli.md).
+        nlohmann::json targets = nlohmann::json::array();
+        for (const isns::DiscoveredTarget& t : found->targets) {
+            nlohmann::json portals = nlohmann::json::array();
+            for (const isns::DiscoveredPortal& p : t.portals) {
+                portals.push_back({{"address", p.to_string()},
+                                   {"tpgt", p.tpgt ? nlohmann::json(*p.tpgt) : nlohmann::json()}});
+            }
+            targets.push_back({{"iqn", t.name}, {"alias", t.alias}, {"portals", std::move(portals)}});
+        }
+        nlohmann::json document = {
+            {"isns", options.server}, {"initiator", global.initiator_name}, {"targets", std::move(targets)}};
+        fmt::print("{}\n", document.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+        return exit_ok;
     }
     if (found->targets.empty()) {
         fmt::print("no targets at isns://{} for {}\n", options.server, global.initiator_name);

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <unistd.h>
 
 namespace ispace::cli {
@@ -223,7 +224,9 @@ int main(int argc, char** argv) {
     GlobalOptions global;
     app.add_option("-i,--initiator", global.initiator_name, "Our iSCSI initiator name (InitiatorName)")
         ->default_str(std::string(ispace::initiator::default_initiator_name));
-    app.add_option("--threads", global.threads, "Reactor threads (default: one per core)");
+    app.add_option("--threads", global.threads, "Reactor threads (default: one per core)")
+        // Each is a thread with its own epoll and eventfd: 100,000 ran out of descriptors and aborted.
+        ->check(CLI::Range(0u, 1024u));
     app.add_option("--log-level", global.log_level, "trace, debug, info, warn, error or off")
         ->default_str("warn");
     app.footer(R"(URLs:
@@ -284,7 +287,17 @@ Run `ispace COMMAND --help` for a command's options; docs/cli.md has more.)");
     ispace::set_log_level(level);
     for (auto& [sub, run] : commands) {
         if (sub != nullptr && sub->parsed()) {
-            return run();
+            int status = run();
+            // A listing written to a full disk (`ispace ls --json > out.json`) exited 0 with the output cut
+            // short: stdio's errors are only seen here. A reader that went away (`| head`) is not news.
+            if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+                int err = errno;
+                if (err != EPIPE) {
+                    error(fmt::format("writing to stdout: {}", std::strerror(err)));
+                }
+                return exit_failure;
+            }
+            return status;
         }
     }
     error("no command given (try --help)");

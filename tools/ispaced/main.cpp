@@ -202,7 +202,9 @@ int main(int argc, char** argv) {
         app.add_option("--state-dir", state_dir,
                        "Where persistent-reservation state is kept (default: beside each file LUN)");
     auto* reactors_option =
-        app.add_option("--reactors", reactors, "Event-loop threads (default: one per core)");
+        app.add_option("--reactors", reactors, "Event-loop threads (default: one per core)")
+            // Each is a thread with its own epoll and eventfd: 100,000 ran out of descriptors at start.
+            ->check(CLI::Range(0u, 1024u));
     app.add_option("--log-level", log_level, "trace, debug, info, warn or error")->default_str("info");
     auto* queue_depth_option =
         app.add_option("--queue-depth", queue_depth, "Commands a session may have outstanding (CmdSN window)")
@@ -213,7 +215,9 @@ int main(int argc, char** argv) {
             ->default_str("8M");
     auto* login_timeout_option =
         app.add_option("--login-timeout-ms", login_timeout_ms, "Drop a connection whose login takes longer")
-            ->default_val(login_timeout_ms);
+            ->default_val(login_timeout_ms)
+            // 0 dropped every connection before its first PDU: a target nobody could log in to.
+            ->check(CLI::Range(100u, 3600000u));
     auto* nop_interval_option =
         app.add_option("--nop-interval-ms", nop_interval_ms, "Ping an idle connection after this long")
             ->default_val(nop_interval_ms);
@@ -287,6 +291,11 @@ int main(int argc, char** argv) {
         return 2;
     }
     set_log_level(level);
+    if (idle_exit && !holder) {
+        // It only ends a holder; beside a target it did nothing, silently.
+        std::fprintf(stderr, "ispaced: --idle-exit applies to --holder only\n");
+        return 2;
+    }
 
     // The file first (or nothing, in quick mode), then every flag over it: see iscsi_target::ConfigOverlay.
     // The runtime first: its registry of backstore kinds reads the LUN specs of the file and the flags.

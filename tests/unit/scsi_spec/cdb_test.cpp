@@ -95,6 +95,13 @@ TEST(Cdb, ReadWriteChooseTheFormByRange) {
     }
 }
 
+TEST(Cdb, ModeSenseAsksForCurrentValuesWithoutBlockDescriptors) {
+    EXPECT_EQ(bytes(cdb::mode_sense_6(0x3f, 255)), (std::vector<uint8_t>{0x1a, 0x08, 0x3f, 0, 255, 0}));
+    EXPECT_EQ(bytes(cdb::mode_sense_10(0x08, 512)),
+              (std::vector<uint8_t>{0x5a, 0x08, 0x08, 0, 0, 0, 0, 2, 0, 0}));
+    EXPECT_EQ(allocation_length(cdb::mode_sense_10(0x3f, 0x1234).bytes.data()), 0x1234u);
+}
+
 TEST(Cdb, InquiryStandardAndVpd) {
     EXPECT_EQ(bytes(cdb::inquiry(255)), (std::vector<uint8_t>{0x12, 0, 0, 0, 255, 0}));
     EXPECT_EQ(bytes(cdb::inquiry_vpd(vpd::block_limits, 4096)),
