@@ -36,6 +36,11 @@ public:
     // A regular file the device lives in, when there is one: per-LU state such as persistent
     // reservations is kept beside it (FILE.pr). Empty otherwise.
     virtual std::string backing_file() const { return {}; }
+    // What holds the device's data, apart from how it is opened: the file's or block device's path, the
+    // remote LUN's address, the data-space's name; empty for a kind whose data ends with the device
+    // (memory, null). Two specs of one kind with the same backing serve the same data ("a.img" and
+    // "a.img,size=2G,thin"), so a LUN whose spec changes that way keeps its identity (VPD 83h).
+    virtual std::string backing() const { return {}; }
     // Checks what can be checked without creating or changing anything (the path's directory exists,
     // an existing file's size agrees with size=, the file is not locked by another process), so that
     // a configuration is refused before anything is allocated on disk. Default: nothing to check.

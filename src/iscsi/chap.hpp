@@ -66,6 +66,10 @@ inline constexpr size_t max_chap_challenge_length = 1024;
 struct ChapCredentials {
     std::string user;
     std::string secret;
+    // Where a configuration file read the secret from (its "secret_file", as written there), or empty
+    // when the secret was given inline. Kept so that a configuration written back names the file again
+    // and never copies into itself a secret the administrator kept apart.
+    std::string secret_file;
 };
 
 // The secret policy: 12..255 bytes. The error says what is wrong, never what the secret is.

@@ -327,17 +327,25 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
             next = std::max(next, lun.lun + 1);
         }
         // A daemon writes the configuration it serves, flags included: the same --lun given again at
-        // the next start is that LUN, not a second one. Each LUN of the file answers for one flag only,
-        // so `--lun memory:1G --lun memory:1G` is still two LUNs.
-        std::multiset<std::string> in_file;
-        for (const LunConfig& lun : it->luns) {
-            in_file.insert(lun.spec);
+        // the next start is that LUN, not a second one, even when the LUN was removed or resized
+        // through the control socket since (then the file says what the administrator wants). Each
+        // recorded flag answers for one flag only, so `--lun memory:1G --lun memory:1G` is still two
+        // LUNs. A file written before the record existed: a LUN with the same spec answers instead.
+        std::multiset<std::string> taken(it->lun_flags.begin(), it->lun_flags.end());
+        const bool legacy = it->lun_flags.empty();
+        if (legacy) {
+            for (const LunConfig& lun : it->luns) {
+                taken.insert(lun.spec);
+            }
         }
         for (size_t i = 0; i < overlay.luns.size(); ++i) {
             const std::string& text = overlay.luns[i];
             if (i >= overlay.lun_numbers.size()) {
-                if (auto same = in_file.find(text); same != in_file.end()) {
-                    in_file.erase(same);
+                if (auto same = taken.find(text); same != taken.end()) {
+                    taken.erase(same);
+                    if (legacy) {
+                        it->lun_flags.push_back(text);
+                    }
                     continue;
                 }
             }
@@ -353,6 +361,7 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
                 }
             }
             it->luns.push_back({number, text, std::move(*spec)});
+            it->lun_flags.push_back(text);
             next = std::max(next, number + 1);
         }
     } else {
@@ -486,7 +495,8 @@ Result<iscsi::ChapCredentials> read_credentials(const json& value, std::string_v
         credentials.secret = value["secret"].get<std::string>();
         return credentials;
     }
-    std::string path = value["secret_file"].get<std::string>();
+    credentials.secret_file = value["secret_file"].get<std::string>();
+    std::string path = credentials.secret_file;
     if (!path.empty() && path.front() != '/' && !base_dir.empty()) {
         path = base_dir + "/" + path;
     }
@@ -748,7 +758,8 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
     for (const json& t : root["targets"]) {
         std::string where = "config target";
         if (auto ok = only_keys(
-                t, {"iqn", "alias", "luns", "chap", "mutual_chap", "allow", "portals", "params"}, where);
+                t, {"iqn", "alias", "luns", "chap", "mutual_chap", "allow", "portals", "params", "lun_flags"},
+                where);
             !ok) {
             return ok.error();
         }
@@ -844,6 +855,18 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
                     return make_error(where + ": \"portals\" is a list of HOST:PORT strings");
                 }
                 target.portals.push_back(portal.get<std::string>());
+            }
+        }
+        if (t.contains("lun_flags")) {
+            if (!t["lun_flags"].is_array() || t["lun_flags"].size() > 4096) {
+                return make_error(where + ": \"lun_flags\" is a list of --lun specs (written by ispaced)");
+            }
+            for (const json& flag : t["lun_flags"]) {
+                if (!flag.is_string()) {
+                    return make_error(where +
+                                      ": \"lun_flags\" is a list of --lun specs (written by ispaced)");
+                }
+                target.lun_flags.push_back(flag.get<std::string>());
             }
         }
         if (t.contains("params")) {
@@ -983,6 +1006,10 @@ Result<void> resolve_negotiation(ServerConfig& config) {
 namespace {
 
 json credentials_json(const iscsi::ChapCredentials& credentials, bool show_secrets) {
+    if (!credentials.secret_file.empty()) {
+        // The reference, as the administrator wrote it: the secret stays in its own file.
+        return json{{"user", credentials.user}, {"secret_file", credentials.secret_file}};
+    }
     return json{{"user", credentials.user},
                 {"secret", show_secrets ? credentials.secret : std::string(masked_secret)}};
 }
@@ -1118,6 +1145,10 @@ nlohmann::json config_to_json(const ServerConfig& config, bool show_secrets) {
         }
         if (!target.params.empty()) {
             t["params"] = params_json(target.params);
+        }
+        // Bookkeeping of the daemon, written to its file only: a remote LUN's flag may hold a secret.
+        if (show_secrets && !target.lun_flags.empty()) {
+            t["lun_flags"] = target.lun_flags;
         }
         targets.push_back(t);
     }

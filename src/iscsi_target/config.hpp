@@ -70,6 +70,11 @@ struct TargetConfig {
     std::vector<std::string> portals;
     // Defaults for its new sessions by RFC 7143 key name, over the configuration's (ServerConfig::params).
     std::map<std::string, std::string, std::less<>> params;
+    // The --lun specs of ispaced's command line this target has taken in (apply_overlay() writes it,
+    // the daemon persists it as "lun_flags"): the same --lun at a later start adds nothing, even when
+    // the LUN it made was removed or resized through the control socket since. The file owns a LUN
+    // once it is written there.
+    std::vector<std::string> lun_flags;
     // What its logins offer and accept: resolve_negotiation() fills it from the two `params`; unset,
     // the server's negotiation applies.
     std::optional<iscsi::NegotiationConfig> negotiation;
@@ -145,9 +150,12 @@ struct ServerConfig {
 
 // Settings given on the command line, applied over a configuration file (or over an empty one in quick
 // mode) by one rule: a flag that takes one value replaces the file's value; a repeatable flag (--listen,
-// --lun, --allow) adds entries to the file's list, except an entry the list has already (the same
-// portal, LUN spec or ACL entry: the daemon writes its flags into the file it persists, and the same
-// flags at the next start must not add them twice). Security settings apply to the target named by
+// --lun, --allow) adds entries to the file's list, except an entry the file has taken in already: the
+// daemon writes its flags into the file it persists, and the same flags at the next start must not
+// add them twice. For --listen and --allow that is an equal entry in the list; for --lun it is the
+// target's record of the --lun specs it took in (TargetConfig::lun_flags), so that a flag's LUN
+// removed or resized through the control socket is not made again (files without the record: a LUN
+// with the same spec). Security settings apply to the target named by
 // --iqn, or to every target of the file when --iqn is not given; they are never dropped silently.
 struct ConfigOverlay {
     std::vector<std::string> listen; // portals added (a portal the file already has is not repeated)

@@ -79,16 +79,11 @@ json settings_json(const TargetConfig& target) {
     return iscsi_target::config_to_json(one, true)["targets"];
 }
 
-bool same_acl_entry(const AclEntry& a, const AclEntry& b) {
-    auto networks = [](const AclEntry& e) {
-        std::vector<std::string> out;
-        for (const auto& n : e.networks) {
-            out.push_back(n.to_string());
-        }
-        return out;
-    };
-    return a.initiator == b.initiator && a.read_only == b.read_only && a.luns == b.luns &&
-           networks(a) == networks(b);
+// Equal as the daemon uses them and as they are written (a secret moved into a file is a change).
+bool same_credentials(const std::optional<iscsi::ChapCredentials>& a,
+                      const std::optional<iscsi::ChapCredentials>& b) {
+    return a.has_value() == b.has_value() &&
+           (!a || (a->user == b->user && a->secret == b->secret && a->secret_file == b->secret_file));
 }
 
 // Portals only a target names are bound too, unshared (they serve only the targets that name them).
@@ -102,6 +97,22 @@ void list_target_portals(ServerConfig& config) {
             }
         }
     }
+}
+
+// The portals of `config` that serve something: the shared ones, and those a target names. A portal
+// left over when its last target lets go of it must stop listening, or it would answer logins (and
+// hold its port) for nothing that the configuration says.
+std::vector<PortalConfig> used_portals(const ServerConfig& config) {
+    std::vector<PortalConfig> out;
+    for (const PortalConfig& p : config.portals) {
+        bool named = std::any_of(config.targets.begin(), config.targets.end(), [&](const TargetConfig& t) {
+            return std::find(t.portals.begin(), t.portals.end(), p.listen) != t.portals.end();
+        });
+        if (p.shared || named) {
+            out.push_back(p);
+        }
+    }
+    return out;
 }
 
 std::vector<std::string> shared_portals(const ServerConfig& config) {
@@ -265,11 +276,63 @@ Result<void> Manager::persist_locked() {
     return {};
 }
 
+Result<json> Manager::sync_portals_locked(const std::vector<PortalConfig>& wanted) {
+    auto* server = _runtime.target_server();
+    if (!server) {
+        return make_error("the daemon does not serve", ESHUTDOWN);
+    }
+    json changes = json::array();
+    for (auto it = _config.portals.begin(); it != _config.portals.end();) {
+        auto want = std::find_if(wanted.begin(), wanted.end(),
+                                 [&](const PortalConfig& p) { return p.listen == it->listen; });
+        if (want == wanted.end()) {
+            // Sessions that came in through it go on; only new connections are refused.
+            if (auto removed = _runtime.remove_portal(it->listen);
+                !removed && removed.error().code != ENOENT) {
+                return removed.error();
+            }
+            changes.push_back("portal " + it->listen + " removed");
+            it = _config.portals.erase(it);
+            continue;
+        }
+        (void)server->set_portal_shared(it->listen, want->shared);
+        if (it->shared != want->shared) {
+            changes.push_back(
+                "portal " + it->listen +
+                (want->shared ? " serves every target" : " serves only the targets that name it"));
+            it->shared = want->shared;
+        }
+        ++it;
+    }
+    return changes;
+}
+
 Result<json> Manager::done(json result) {
     if (auto saved = persist_locked(); !saved) {
         return saved.error();
     }
     return result;
+}
+
+Result<json> Manager::change_target_locked(std::string_view iqn,
+                                           const std::function<Result<json>(TargetConfig&)>& edit) {
+    auto target = existing_locked(iqn);
+    if (!target) {
+        return target.error();
+    }
+    TargetConfig next = **target;
+    auto result = edit(next);
+    if (!result) {
+        return result;
+    }
+    if (auto valid = iscsi_target::validate_target(next); !valid) {
+        return invalid(valid.error().message);
+    }
+    **target = std::move(next);
+    if (auto pushed = push_target_settings(**target); !pushed) {
+        return pushed.error();
+    }
+    return done(std::move(*result));
 }
 
 Result<void> Manager::push_target_settings(const TargetConfig& target) {
@@ -351,7 +414,13 @@ Result<json> Manager::target_delete(const json& params) {
         return removed.error();
     }
     std::erase_if(_config.targets, [&](const TargetConfig& t) { return t.iqn == *iqn; });
-    return done({{"iqn", *iqn}});
+    json result = {{"iqn", *iqn}};
+    if (auto changed = sync_portals_locked(used_portals(_config)); !changed) {
+        return changed.error();
+    } else if (!changed->empty()) {
+        result["changes"] = *changed;
+    }
+    return done(result);
 }
 
 Result<json> Manager::portal_add(const json& params) {
@@ -409,7 +478,7 @@ Result<json> Manager::portal_add(const json& params) {
     next.portals.push_back(*listen);
     json result = {{"iqn", *iqn}, {"listen", *listen}};
     if (portal == _config.portals.end()) {
-        auto bound = server->add_portal({*listen, 0, false});
+        auto bound = _runtime.add_portal(*listen, false);
         if (!bound) {
             return bound.error();
         }
@@ -444,7 +513,6 @@ Result<json> Manager::portal_remove(const json& params) {
     if (portal == _config.portals.end() || !server) {
         return make_error(fmt::format("no portal {} (`ispace status` lists them)", *listen), ENOENT);
     }
-    bool named = false;
     if (iqn) {
         auto target = existing_locked(*iqn);
         if (!target) {
@@ -460,18 +528,13 @@ Result<json> Manager::portal_remove(const json& params) {
     } else {
         portal->shared = false;
     }
-    for (const TargetConfig& t : _config.targets) {
-        named = named || std::find(t.portals.begin(), t.portals.end(), *listen) != t.portals.end();
+    json result = {{"listen", *listen}};
+    if (auto changed = sync_portals_locked(used_portals(_config)); !changed) {
+        return changed.error();
+    } else if (!changed->empty()) {
+        result["changes"] = *changed;
     }
-    if (!portal->shared && !named) {
-        if (auto removed = server->remove_portal(*listen); !removed) {
-            return removed.error();
-        }
-        _config.portals.erase(portal);
-    } else if (!portal->shared) {
-        (void)server->set_portal_shared(*listen, false);
-    }
-    return done({{"listen", *listen}});
+    return done(result);
 }
 
 // --- LUNs ---
@@ -671,28 +734,18 @@ Result<json> Manager::acl_add(const json& params) {
         entry->luns = std::move(luns);
     }
     std::lock_guard lock(_mutex);
-    auto target = existing_locked(*iqn);
-    if (!target) {
-        return target.error();
-    }
-    TargetConfig next = **target;
-    for (const AclEntry& e : next.acl) {
-        if (e.initiator == entry->initiator) {
-            return make_error(fmt::format("target {} has an ACL entry for {} already (`ispace acl remove {} "
-                                          "{}` first to change it)",
-                                          *iqn, e.initiator, *iqn, e.initiator),
-                              EEXIST);
+    return change_target_locked(*iqn, [&](TargetConfig& next) -> Result<json> {
+        for (const AclEntry& e : next.acl) {
+            if (e.initiator == entry->initiator) {
+                return make_error(fmt::format("target {} has an ACL entry for {} already (`ispace acl remove "
+                                              "{} {}` first to change it)",
+                                              *iqn, e.initiator, *iqn, e.initiator),
+                                  EEXIST);
+            }
         }
-    }
-    next.acl.push_back(*entry);
-    if (auto valid = iscsi_target::validate_target(next); !valid) {
-        return invalid(valid.error().message);
-    }
-    **target = next;
-    if (auto pushed = push_target_settings(next); !pushed) {
-        return pushed.error();
-    }
-    return done({{"iqn", *iqn}, {"initiator", entry->initiator}});
+        next.acl.push_back(*entry);
+        return json{{"iqn", *iqn}, {"initiator", entry->initiator}};
+    });
 }
 
 Result<json> Manager::acl_remove(const json& params) {
@@ -709,24 +762,16 @@ Result<json> Manager::acl_remove(const json& params) {
         return initiator.error();
     }
     std::lock_guard lock(_mutex);
-    auto target = existing_locked(*iqn);
-    if (!target) {
-        return target.error();
-    }
-    TargetConfig next = **target;
-    size_t erased = std::erase_if(next.acl, [&](const AclEntry& e) { return e.initiator == *initiator; });
-    if (erased == 0) {
-        return make_error(fmt::format("target {} has no ACL entry for {}", *iqn, *initiator), ENOENT);
-    }
-    **target = next;
-    if (auto pushed = push_target_settings(next); !pushed) {
-        return pushed.error();
-    }
-    json result = {{"iqn", *iqn}, {"initiator", *initiator}};
-    if (next.acl.empty()) {
-        result["note"] = "the ACL is empty now: every initiator may log in";
-    }
-    return done(result);
+    return change_target_locked(*iqn, [&](TargetConfig& next) -> Result<json> {
+        if (std::erase_if(next.acl, [&](const AclEntry& e) { return e.initiator == *initiator; }) == 0) {
+            return make_error(fmt::format("target {} has no ACL entry for {}", *iqn, *initiator), ENOENT);
+        }
+        json result = {{"iqn", *iqn}, {"initiator", *initiator}};
+        if (next.acl.empty()) {
+            result["note"] = "the ACL is empty now: every initiator may log in";
+        }
+        return result;
+    });
 }
 
 Result<json> Manager::chap_set(const json& params) {
@@ -756,24 +801,14 @@ Result<json> Manager::chap_set(const json& params) {
         return invalid("mutual CHAP needs both a user and a secret (--mutual USER SECRET)");
     }
     std::lock_guard lock(_mutex);
-    auto target = existing_locked(*iqn);
-    if (!target) {
-        return target.error();
-    }
-    TargetConfig next = **target;
-    next.chap = iscsi::ChapCredentials{*user, *secret};
-    if (mutual_user) {
-        next.mutual_chap = iscsi::ChapCredentials{*mutual_user, *mutual_secret};
-    }
-    if (auto valid = iscsi_target::validate_target(next); !valid) {
-        return invalid(valid.error().message);
-    }
-    **target = next;
-    if (auto pushed = push_target_settings(next); !pushed) {
-        return pushed.error();
-    }
     // Sessions already logged in keep going: CHAP is checked at login.
-    return done({{"iqn", *iqn}, {"user", *user}, {"mutual", mutual_user.has_value()}});
+    return change_target_locked(*iqn, [&](TargetConfig& next) -> Result<json> {
+        next.chap = iscsi::ChapCredentials{*user, *secret};
+        if (mutual_user) {
+            next.mutual_chap = iscsi::ChapCredentials{*mutual_user, *mutual_secret};
+        }
+        return json{{"iqn", *iqn}, {"user", *user}, {"mutual", mutual_user.has_value()}};
+    });
 }
 
 // --- sessions and parameters ---
@@ -995,7 +1030,8 @@ Result<json> Manager::apply_locked(ServerConfig next) {
     // Plan first: every LUN to open is checked (spec, path) before anything changes.
     struct LunChange {
         std::string iqn;
-        enum { add, remove, resize } what;
+        // replace: the LUN's device is closed and `lun` opened in its place, under the same number.
+        enum { add, remove, resize, replace } what;
         LunConfig lun;
     };
     std::vector<LunChange> lun_changes;
@@ -1019,6 +1055,8 @@ Result<json> Manager::apply_locked(ServerConfig next) {
             added_targets.push_back(&n);
             continue;
         }
+        // The record of the command line's --lun flags is the daemon's, not the document's to change.
+        n.lun_flags = current->lun_flags;
         if (settings_json(n) != settings_json(*current)) {
             changed_settings.push_back(&n);
         }
@@ -1031,24 +1069,31 @@ Result<json> Manager::apply_locked(ServerConfig next) {
         for (LunConfig& l : n.luns) {
             auto c = std::find_if(current->luns.begin(), current->luns.end(),
                                   [&](const LunConfig& x) { return x.lun == l.lun; });
-            if (c != current->luns.end() && !l.id) {
-                l.id = c->id; // a file that does not pin the identity keeps the one in force
-            }
-            if (c != current->luns.end() && c->spec == l.spec && c->id == l.id) {
+            if (c == current->luns.end()) {
+                if (auto ok = l.device->check(); !ok) {
+                    return invalid(fmt::format("target {} lun {}: {}", n.iqn, l.lun, ok.error().message));
+                }
+                lun_changes.push_back({n.iqn, LunChange::add, l});
                 continue;
             }
-            if (c != current->luns.end() && c->id == l.id && l.device->size() &&
-                c->device->with_size(*l.device->size()) == l.spec) {
+            // A file that does not pin the identity keeps the one in force while the LUN serves the
+            // same data (the same file with other options); other data is another LU, with its own.
+            if (!l.id && c->device->kind() == l.device->kind() &&
+                c->device->backing() == l.device->backing()) {
+                l.id = c->id;
+            }
+            if (c->spec == l.spec && c->id == l.id) {
+                continue;
+            }
+            // Only the size changes while the LUN serves: a resize, with its unit attention.
+            if (c->id == l.id && l.device->size() && c->device->with_size(*l.device->size()) == l.spec) {
                 lun_changes.push_back({n.iqn, LunChange::resize, l});
                 continue;
             }
             if (auto ok = l.device->check(); !ok) {
                 return invalid(fmt::format("target {} lun {}: {}", n.iqn, l.lun, ok.error().message));
             }
-            if (c != current->luns.end()) {
-                lun_changes.push_back({n.iqn, LunChange::remove, *c});
-            }
-            lun_changes.push_back({n.iqn, LunChange::add, l});
+            lun_changes.push_back({n.iqn, LunChange::replace, l});
         }
     }
 
@@ -1087,7 +1132,7 @@ Result<json> Manager::apply_locked(ServerConfig next) {
     for (const PortalConfig& p : next.portals) {
         if (!p.shared && std::none_of(_config.portals.begin(), _config.portals.end(),
                                       [&](const PortalConfig& c) { return c.listen == p.listen; })) {
-            if (auto bound = server->add_portal({p.listen, 0, false}); !bound) {
+            if (auto bound = _runtime.add_portal(p.listen, false); !bound) {
                 return step_failed(bound.error());
             }
             _config.portals.push_back({p.listen, 0, false});
@@ -1129,9 +1174,22 @@ Result<json> Manager::apply_locked(ServerConfig next) {
             }
             std::erase_if(luns, same);
             changes.push_back(name + " removed");
-        } else if (change.what == LunChange::add) {
+        } else if (change.what == LunChange::add || change.what == LunChange::replace) {
+            std::optional<uint64_t> before;
+            if (change.what == LunChange::replace) {
+                auto it = std::find_if(luns.begin(), luns.end(), same);
+                before = it->id;
+                auto removed = _runtime.remove_lun(change.iqn, change.lun.lun, _options.session_wait);
+                if (!removed && removed.error().code != EBUSY) {
+                    return step_failed(removed.error());
+                }
+                luns.erase(it);
+            }
             auto added = _runtime.add_lun(change.iqn, change.lun.lun, change.lun.spec, change.lun.id);
             if (!added) {
+                if (change.what == LunChange::replace) {
+                    changes.push_back(name + " removed");
+                }
                 return step_failed(added.error());
             }
             if (!change.lun.id) {
@@ -1142,7 +1200,16 @@ Result<json> Manager::apply_locked(ServerConfig next) {
                 }
             }
             luns.push_back(change.lun);
-            changes.push_back(name + " added");
+            if (change.what == LunChange::add) {
+                changes.push_back(name + " added");
+            } else if (before == change.lun.id) {
+                // Said, because its initiators see it go and come back (REPORTED LUNS DATA HAS CHANGED).
+                changes.push_back(name + " re-opened as " + change.lun.device->describe() +
+                                  " with the same identity (only a size changes while it serves)");
+            } else {
+                changes.push_back(name + " replaced by " + change.lun.device->describe() + " (new identity " +
+                                  iscsi_target::lun_id_text(change.lun.id.value_or(0)) + ")");
+            }
         } else {
             uint64_t bytes = *change.lun.device->size();
             if (auto resized = _runtime.resize_lun(change.iqn, change.lun.lun, bytes, true); !resized) {
@@ -1155,25 +1222,17 @@ Result<json> Manager::apply_locked(ServerConfig next) {
         std::sort(luns.begin(), luns.end(),
                   [](const LunConfig& a, const LunConfig& b) { return a.lun < b.lun; });
     }
-    for (const std::string& listen : shared_portals(_config)) {
-        bool kept = std::any_of(next.portals.begin(), next.portals.end(),
-                                [&](const PortalConfig& p) { return p.listen == listen; });
-        if (!kept) {
-            if (auto removed = server->remove_portal(listen); !removed) {
-                return step_failed(removed.error());
-            }
-            std::erase_if(_config.portals, [&](const PortalConfig& p) { return p.listen == listen; });
-            changes.push_back("portal " + listen + " removed");
-        }
+    // Last, the portals: those `next` does not use any more stop listening, and each that stays serves
+    // every target or only those that name it, as `next` says.
+    auto portals = sync_portals_locked(next.portals);
+    if (!portals) {
+        return step_failed(portals.error());
     }
-    if (next.params != _config.params ||
-        next.discovery_chap.has_value() != _config.discovery_chap.has_value() ||
-        next.discovery_mutual_chap.has_value() != _config.discovery_mutual_chap.has_value() ||
-        (next.discovery_chap && (next.discovery_chap->user != _config.discovery_chap->user ||
-                                 next.discovery_chap->secret != _config.discovery_chap->secret)) ||
-        (next.discovery_mutual_chap &&
-         (next.discovery_mutual_chap->user != _config.discovery_mutual_chap->user ||
-          next.discovery_mutual_chap->secret != _config.discovery_mutual_chap->secret))) {
+    for (const json& change : *portals) {
+        changes.push_back(change);
+    }
+    if (next.params != _config.params || !same_credentials(next.discovery_chap, _config.discovery_chap) ||
+        !same_credentials(next.discovery_mutual_chap, _config.discovery_mutual_chap)) {
         _config.params = next.params;
         _config.negotiation = next.negotiation;
         _config.discovery_chap = next.discovery_chap;

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -86,9 +87,19 @@ private:
     // With _mutex held.
     iscsi_target::TargetConfig* find_locked(std::string_view iqn);
     Result<iscsi_target::TargetConfig*> existing_locked(std::string_view iqn);
+    // The shape of each method that changes one target's settings (ACL, CHAP): `edit` changes a copy
+    // of the target or refuses; the copy is checked (validate_target), put in force for logins to come
+    // and persisted. A refusal at any step changes nothing. The answer is what `edit` returned.
+    Result<nlohmann::json>
+    change_target_locked(std::string_view iqn,
+                         const std::function<Result<nlohmann::json>(iscsi_target::TargetConfig&)>& edit);
     // New settings of a target for logins to come (its LUNs stay as they are).
     Result<void> push_target_settings(const iscsi_target::TargetConfig& target);
     Result<void> push_live_settings();
+    // Makes the bound portals those of `wanted`: the others stop listening (sessions that came through
+    // them go on), each kept one serves every target or only those that name it as `wanted` says. The
+    // changes made, as text for an answer.
+    Result<json> sync_portals_locked(const std::vector<iscsi_target::PortalConfig>& wanted);
     // Writes the configuration; the error says the change is in force but not saved.
     Result<void> persist_locked();
     // Applies `next` as the difference from the configuration in force.

@@ -324,13 +324,13 @@ Result<void> Runtime::remove_target(std::string_view iqn) {
     return {};
 }
 
-Result<net::Endpoint> Runtime::add_portal(const std::string& listen) {
+Result<net::Endpoint> Runtime::add_portal(const std::string& listen, bool shared) {
     assert_not_on_reactor("Runtime::add_portal");
     std::lock_guard lock(_catalog_mutex);
     if (!_server || _stopped) {
         return make_error("the runtime does not serve (yet, or any more)", ESHUTDOWN);
     }
-    auto bound = _server->add_portal({listen, 0});
+    auto bound = _server->add_portal({listen, 0, shared});
     if (bound) {
         isns_changed();
     }

@@ -85,7 +85,9 @@ public:
     // --- the catalog, live (after serve()) ---
     Result<void> add_target(const iscsi_target::TargetConfig& config);
     Result<void> remove_target(std::string_view iqn);
-    Result<net::Endpoint> add_portal(const std::string& listen);
+    // A shared portal serves every target; an unshared one only the targets whose `portals` name it.
+    Result<net::Endpoint> add_portal(const std::string& listen, bool shared = true);
+    // Stops listening there; sessions already logged in through it go on.
     Result<void> remove_portal(std::string_view listen);
     // Opens `spec` and serves it as LUN `lun` (the lowest free number when not given); the number used.
     // `id` pins the LU's identifier (VPD 83h/80h); without it the device's identity gives one.

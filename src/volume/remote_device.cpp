@@ -914,6 +914,17 @@ public:
         : _text(std::move(text)), _initiator(std::move(initiator)) {}
     std::string_view kind() const override { return "iscsi"; }
     std::string describe() const override { return mask_secret(_text); }
+    // The URL without its credentials: the same remote LUN reached as another user is the same data.
+    std::string backing() const override {
+        std::string out = _text;
+        size_t host = out.find("://");
+        host = host == std::string::npos ? 0 : host + 3;
+        size_t at = out.find('@', host);
+        if (at != std::string::npos && at < out.find('/', host)) {
+            out.erase(host, at + 1 - host);
+        }
+        return out;
+    }
     Result<std::unique_ptr<backstore::Device>> open() const override {
         RemoteOptions options;
         options.url = _text;

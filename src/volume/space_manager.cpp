@@ -999,6 +999,7 @@ public:
     SpaceLunSpec(std::string name, SpaceManager& manager) : _name(std::move(name)), _manager(manager) {}
     std::string_view kind() const override { return "space"; }
     std::string describe() const override { return "space:" + _name; }
+    std::string backing() const override { return _name; }
     Result<std::unique_ptr<backstore::Device>> open() const override {
         std::shared_ptr<Volume> v = _manager.find(_name);
         if (!v) {

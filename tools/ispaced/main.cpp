@@ -246,8 +246,8 @@ int main(int argc, char** argv) {
         "Group allowed to use the control socket (mode 0660; default: mode 0600, the daemon's user)");
     app.add_option("--metrics", metrics_listen, "Serve Prometheus metrics at http://HOST:PORT/metrics");
     app.set_version_flag("--version", "ispaced 0.1");
-    app.add_option("--home", home,
-                   "The data-space catalog and host identity (default: $ISPACE_HOME, else ~/.ispace)");
+    auto* home_option = app.add_option(
+        "--home", home, "The data-space catalog and host identity (default: $ISPACE_HOME, else ~/.ispace)");
     app.add_flag("--holder", holder,
                  "Hold data-spaces for the ispace CLI (attach, status...) even with no target to serve");
     app.add_flag("--idle-exit", idle_exit,
@@ -310,9 +310,11 @@ int main(int argc, char** argv) {
         control_path.clear();
     }
     // Data-spaces, when this process is to hold any: the holder flag, a space LUN on the command line or in
-    // the file. The kind registers before the specs are parsed; its volumes run on the runtime's reactors,
-    // started here (through the initiator) because serve() opens LUNs before it starts them.
-    bool wants_spaces = holder;
+    // the file, or --control with --home. The kind registers before the specs are parsed; its volumes run on
+    // the runtime's reactors, started here (through the initiator) because serve() opens LUNs before it
+    // starts them. A daemon administered through --control with an explicit --home may be asked for `lun add
+    // IQN space:NAME` later: it holds that home's spaces from the start, so that the kind is there.
+    bool wants_spaces = holder || (control_option->count() > 0 && home_option->count() > 0);
     for (const std::string& lun : luns) {
         wants_spaces = wants_spaces || lun.rfind("space:", 0) == 0;
     }

@@ -1,6 +1,7 @@
 // The "block" kind: a path that names a block device (checked with stat when the spec is read).
 #include "backstore/block/block_device.hpp"
 
+#include <filesystem>
 #include <sys/stat.h>
 
 namespace ispace::backstore {
@@ -16,6 +17,7 @@ public:
     }
     // size= exports the first SIZE bytes of the device.
     std::string with_size(uint64_t bytes) const override { return replace_spec_size(_text, bytes, false); }
+    std::string backing() const override { return std::filesystem::path(_spec.path).lexically_normal(); }
     Result<std::unique_ptr<Device>> open() const override { return BlockDevice::open(_spec); }
 
 private:

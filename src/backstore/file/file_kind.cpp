@@ -3,6 +3,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fmt/format.h>
 #include <sys/stat.h>
 
@@ -19,6 +20,7 @@ public:
     }
     std::string with_size(uint64_t bytes) const override { return replace_spec_size(_text, bytes, false); }
     std::string backing_file() const override { return _spec.path; }
+    std::string backing() const override { return std::filesystem::path(_spec.path).lexically_normal(); }
     Result<void> check() const override {
         struct stat st {};
         if (::stat(_spec.path.c_str(), &st) == 0) {

@@ -214,6 +214,47 @@ TEST(ConfigOverlay, RepeatedLunSpecsAreCountedNotMerged) {
     EXPECT_EQ(config.targets[0].luns.size(), 3u); // two were there already; the third is new
 }
 
+// The file owns a flag's LUN once it has written it: removed or resized through the control socket,
+// it is not made again by the same --lun at the next start; a new flag still adds its LUN.
+TEST(ConfigOverlay, AFlagsLunRemovedOrResizedSinceIsNotMadeAgain) {
+    ServerConfig config;
+    ConfigOverlay overlay;
+    overlay.iqn = "iqn.2026-11.org.example:a";
+    overlay.luns = {"memory:16M", "memory:32M"};
+    ASSERT_TRUE(apply_overlay(config, overlay, backstores()));
+    ASSERT_EQ(config.targets[0].luns.size(), 2u);
+    // Through the socket: LUN 0 removed, LUN 1 resized (its spec rewritten with the new size).
+    config.targets[0].luns.erase(config.targets[0].luns.begin());
+    config.targets[0].luns[0].spec = "memory:64M";
+    auto resized = backstores().parse("memory:64M");
+    ASSERT_TRUE(resized);
+    config.targets[0].luns[0].device = std::move(*resized);
+    // Written and read back, as at the next start.
+    auto reread = config_from_json(config_to_json(config, true), backstores());
+    ASSERT_TRUE(reread) << reread.error().message;
+    EXPECT_EQ(reread->targets[0].lun_flags, (std::vector<std::string>{"memory:16M", "memory:32M"}));
+    EXPECT_FALSE(config_to_json(config, false)["targets"][0].contains("lun_flags")) << "the daemon's own";
+    ASSERT_TRUE(apply_overlay(*reread, overlay, backstores()));
+    ASSERT_EQ(reread->targets[0].luns.size(), 1u);
+    EXPECT_EQ(reread->targets[0].luns[0].spec, "memory:64M");
+    overlay.luns.push_back("memory:8M");
+    ASSERT_TRUE(apply_overlay(*reread, overlay, backstores()));
+    ASSERT_EQ(reread->targets[0].luns.size(), 2u);
+    EXPECT_EQ(reread->targets[0].luns[1].spec, "memory:8M");
+    // A file written before the record: a LUN with the flag's spec is that flag's.
+    ServerConfig legacy;
+    TargetConfig t;
+    t.iqn = overlay.iqn;
+    auto spec = backstores().parse("memory:16M");
+    ASSERT_TRUE(spec);
+    t.luns.push_back({0, "memory:16M", std::move(*spec)});
+    legacy.targets.push_back(t);
+    overlay.luns = {"memory:16M"};
+    ASSERT_TRUE(apply_overlay(legacy, overlay, backstores()));
+    EXPECT_EQ(legacy.targets[0].luns.size(), 1u);
+    EXPECT_EQ(legacy.targets[0].lun_flags, (std::vector<std::string>{"memory:16M"}));
+}
+
 TEST(ConfigOverlay, AFlagWithNothingToApplyToIsAnError) {
     ServerConfig empty;
     ConfigOverlay chap;

@@ -7,6 +7,7 @@
 #include "mgmt/manager.hpp"
 #include "mgmt/notify.hpp"
 #include "mgmt/runtime.hpp"
+#include "scsi/lu.hpp"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <netinet/in.h>
 #include <sstream>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -200,6 +202,179 @@ TEST_F(ManagerTest, ConcurrentChangesAreAllKept) {
     }
     json document = json::parse(read_file(dir.path + "/ispaced.json"));
     EXPECT_EQ(document["targets"][0]["allow"].size(), 40u);
+}
+
+// A port free on 127.0.0.1 now (bound and let go; the test binds it again at once).
+uint16_t free_port() {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+    EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length), 0);
+    ::close(fd);
+    return ntohs(address.sin_port);
+}
+
+bool accepts(uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(port);
+    bool connected = ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+    ::close(fd);
+    return connected;
+}
+
+// Unbinding is posted to the listening reactor: wait a little for it.
+bool refuses_soon(uint16_t port) {
+    for (int i = 0; i < 200; ++i) {
+        if (!accepts(port)) {
+            return true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+}
+
+TEST_F(ManagerTest, APortalNoTargetUsesStopsListening) {
+    ASSERT_TRUE(call("target.create", {{"iqn", iqn}}).contains("result"));
+    std::string other = std::string(iqn) + "-other";
+    ASSERT_TRUE(call("target.create", {{"iqn", other}}).contains("result"));
+    uint16_t port = free_port();
+    std::string listen = "127.0.0.1:" + std::to_string(port);
+    json added = call("portal.add", {{"iqn", iqn}, {"listen", listen}});
+    ASSERT_TRUE(added.contains("result")) << added.dump();
+    ASSERT_TRUE(call("portal.add", {{"iqn", other}, {"listen", listen}}).contains("result"));
+    EXPECT_TRUE(accepts(port));
+
+    // One of two targets lets go of it: it still serves the other.
+    ASSERT_TRUE(call("portal.remove", {{"iqn", iqn}, {"listen", listen}}).contains("result"));
+    EXPECT_TRUE(accepts(port));
+    // The last one goes (with its target): nothing serves it, so nothing listens there.
+    json deleted = call("target.delete", {{"iqn", other}});
+    ASSERT_TRUE(deleted.contains("result")) << deleted.dump();
+    EXPECT_TRUE(refuses_soon(port));
+    EXPECT_EQ(deleted["result"]["changes"][0], "portal " + listen + " removed") << deleted.dump();
+    json saved = json::parse(read_file(dir.path + "/ispaced.json"));
+    EXPECT_FALSE(saved["targets"][0].contains("portals")) << saved.dump();
+
+    // Added again, it listens again; then `apply` of a document without it unbinds it.
+    ASSERT_TRUE(call("portal.add", {{"iqn", iqn}, {"listen", listen}}).contains("result"));
+    EXPECT_TRUE(accepts(port));
+    json document = call("config.show", {{"secrets", true}})["result"];
+    document["targets"][0].erase("portals");
+    json applied = call("config.apply", {{"config", document}});
+    ASSERT_TRUE(applied.contains("result")) << applied.dump();
+    EXPECT_TRUE(refuses_soon(port));
+    EXPECT_NE(applied["result"]["changes"].dump().find("portal " + listen + " removed"), std::string::npos)
+        << applied.dump();
+    EXPECT_TRUE(call("config.apply", {{"config", document}})["result"]["changes"].empty());
+
+    // A shared portal that only a target names afterwards stops serving the others, and keeps listening.
+    ASSERT_TRUE(call("portal.add", {{"listen", listen}}).contains("result"));
+    document = call("config.show", {{"secrets", true}})["result"];
+    document["listen"].erase(std::find(document["listen"].begin(), document["listen"].end(), json(listen)));
+    document["targets"][0]["portals"] = {listen};
+    applied = call("config.apply", {{"config", document}});
+    ASSERT_TRUE(applied.contains("result")) << applied.dump();
+    EXPECT_NE(applied["result"]["changes"].dump().find("serves only the targets that name it"),
+              std::string::npos)
+        << applied.dump();
+    EXPECT_TRUE(accepts(port));
+    EXPECT_TRUE(call("config.apply", {{"config", document}})["result"]["changes"].empty());
+}
+
+TEST_F(ManagerTest, ApplyKeepsTheIdentityOfTheSameDataAndSaysSo) {
+    ASSERT_TRUE(call("target.create", {{"iqn", iqn}}).contains("result"));
+    std::string a = dir.path + "/a.img";
+    json added = call("lun.add", {{"iqn", iqn}, {"spec", a + ",size=8M"}});
+    ASSERT_TRUE(added.contains("result")) << added.dump();
+    std::string id = added["result"]["id"];
+    auto running_id = [&] {
+        auto target = runtime->target_server()->find_target(iqn);
+        auto lu = target ? target->device->find_lu(0) : nullptr;
+        return lu ? iscsi_target::lun_id_text(lu->identifier()) : std::string();
+    };
+    ASSERT_EQ(running_id(), id);
+
+    // The same file opened otherwise (thin): re-opened, same identity, and the answer says so.
+    json document = call("config.show", {{"secrets", true}})["result"];
+    document["targets"][0]["luns"][0].erase("id"); // a hand-written file need not pin it
+    document["targets"][0]["luns"][0]["spec"] = a + ",size=8M,thin";
+    json applied = call("config.apply", {{"config", document}});
+    ASSERT_TRUE(applied.contains("result")) << applied.dump();
+    ASSERT_EQ(applied["result"]["changes"].size(), 1u) << applied.dump();
+    EXPECT_NE(applied["result"]["changes"][0].get<std::string>().find("same identity"), std::string::npos)
+        << applied.dump();
+    EXPECT_EQ(running_id(), id);
+    EXPECT_EQ(json::parse(read_file(dir.path + "/ispaced.json"))["targets"][0]["luns"][0]["id"], id);
+    EXPECT_TRUE(call("config.apply", {{"config", document}})["result"]["changes"].empty());
+
+    // Grown as well as made thin: only the size differs from what runs, so it is a resize in place.
+    document["targets"][0]["luns"][0]["spec"] = a + ",size=16M,thin";
+    applied = call("config.apply", {{"config", document}});
+    ASSERT_TRUE(applied.contains("result")) << applied.dump();
+    EXPECT_NE(applied["result"]["changes"][0].get<std::string>().find("resized"), std::string::npos)
+        << applied.dump();
+    EXPECT_EQ(running_id(), id);
+    EXPECT_EQ((*runtime->luns(iqn))[0].bytes, 16u << 20);
+
+    // Another file is other data: another LU, with an identity of its own.
+    document["targets"][0]["luns"][0]["spec"] = dir.path + "/b.img,size=8M";
+    applied = call("config.apply", {{"config", document}});
+    ASSERT_TRUE(applied.contains("result")) << applied.dump();
+    EXPECT_NE(applied["result"]["changes"][0].get<std::string>().find("new identity"), std::string::npos)
+        << applied.dump();
+    EXPECT_NE(running_id(), id);
+    EXPECT_TRUE(call("config.apply", {{"config", document}})["result"]["changes"].empty());
+}
+
+TEST(ManagerSecrets, ASecretFromAFileIsNeverWrittenIntoTheConfiguration) {
+    TempDir dir;
+    const std::string secret = "a-secret-kept-apart-1";
+    {
+        std::ofstream(dir.path + "/chap.secret") << secret << "\n";
+        ::chmod((dir.path + "/chap.secret").c_str(), 0600);
+        std::ofstream(dir.path + "/ispaced.json")
+            << json{{"targets",
+                     {{{"iqn", iqn},
+                       {"luns", {{{"lun", 0}, {"spec", "memory:8M"}}}},
+                       {"chap", {{"user", "alice"}, {"secret_file", "chap.secret"}}}}}}};
+    }
+    RuntimeOptions options;
+    options.reactors = 1;
+    Runtime runtime(options);
+    iscsi_target::ConfigOverlay overlay;
+    overlay.listen = {"127.0.0.1:0"};
+    auto config = load_configuration(dir.path + "/ispaced.json", overlay, runtime.backstores());
+    ASSERT_TRUE(config) << config.error().message;
+    ASSERT_EQ(config->targets[0].chap->secret, secret) << "read from the file";
+    ASSERT_TRUE(runtime.serve(*config));
+    ManagerOptions manager_options;
+    manager_options.config_path = dir.path + "/ispaced.json";
+    manager_options.overlay = overlay;
+    Manager manager(runtime, manager_options);
+    manager.adopt(*config);
+    auto answer = manager.call("acl.add", {{"iqn", iqn}, {"initiator", "iqn.2026-11.org.ispace:h"}});
+    ASSERT_TRUE(answer) << answer.error().message;
+    std::string saved = read_file(dir.path + "/ispaced.json");
+    EXPECT_EQ(saved.find(secret), std::string::npos) << saved;
+    json document = json::parse(saved);
+    EXPECT_EQ(document["targets"][0]["chap"], (json{{"user", "alice"}, {"secret_file", "chap.secret"}}));
+    // Read back at the next start, it is the same secret; and `apply` of it changes nothing.
+    auto again = load_configuration(dir.path + "/ispaced.json", overlay, runtime.backstores());
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_EQ(again->targets[0].chap->secret, secret);
+    auto reloaded = manager.reload();
+    ASSERT_TRUE(reloaded) << reloaded.error().message;
+    EXPECT_TRUE((*reloaded)["changes"].empty()) << reloaded->dump();
+    // A secret set through the socket is the administrator's choice to keep in the file (mode 0600).
+    ASSERT_TRUE(manager.call("chap.set", {{"iqn", iqn}, {"user", "bob"}, {"secret", "bobs-secret-12345"}}));
+    EXPECT_EQ(json::parse(read_file(dir.path + "/ispaced.json"))["targets"][0]["chap"]["secret"],
+              "bobs-secret-12345");
 }
 
 TEST(ControlSocket, AnswersAndBoundsTheRequestSize) {
