@@ -48,12 +48,14 @@ def size_of(text):
     return int(t[:-1]) * units[t[-1]] if t[-1:] in units else int(t)
 
 
-def settings():
+def settings(quick_size="256M", full_size="1G"):
+    """make bench's settings from the environment (BENCH_QUICK, BENCH_ROUNDS, ...); the data-space
+    bench (space_bench.py) shares them with its own default sizes."""
     quick = os.environ.get("BENCH_QUICK", "").strip() not in ("", "0", "no", "false")
     return {
         "rounds": int(os.environ.get("BENCH_ROUNDS") or (1 if quick else 3)),
         "seconds": int(os.environ.get("BENCH_SECONDS") or (2 if quick else 5)),
-        "size": size_of(os.environ.get("BENCH_SIZE") or ("256M" if quick else "1G")),
+        "size": size_of(os.environ.get("BENCH_SIZE") or (quick_size if quick else full_size)),
         "dir": os.environ.get("BENCH_DIR") or "/var/tmp",
         "out": os.environ.get("BENCH_OUT") or os.path.join(HERE, "results"),
         "quick": quick,

@@ -40,27 +40,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "system"))
 import attach_testlib as at  # noqa: E402
+import attach_bench  # noqa: E402
 import ispace_testlib  # noqa: E402
 
 MIB = 1 << 20
 
 
-def size_of(text):
-    units = {"K": 1 << 10, "M": MIB, "G": 1 << 30}
-    t = text.strip().upper()
-    return int(t[:-1]) * units[t[-1]] if t[-1:] in units else int(t)
-
-
 def settings():
-    quick = os.environ.get("BENCH_QUICK", "").strip() not in ("", "0", "no", "false")
-    return {
-        "rounds": int(os.environ.get("BENCH_ROUNDS") or (1 if quick else 3)),
-        "seconds": int(os.environ.get("BENCH_SECONDS") or (2 if quick else 5)),
-        "size": size_of(os.environ.get("BENCH_SIZE") or ("128M" if quick else "512M")),
-        "dir": os.environ.get("BENCH_DIR") or "/var/tmp",
-        "out": os.environ.get("BENCH_OUT") or os.path.join(HERE, "results"),
-        "quick": quick,
-    }
+    return attach_bench.settings(quick_size="128M", full_size="512M")
 
 
 def fio(device, rw, bs, qd, size=None, seconds=None):

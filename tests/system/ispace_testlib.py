@@ -8,6 +8,7 @@ import os
 import shutil
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -96,6 +97,14 @@ def find_binary(name, default_dir=None):
     if not os.access(path, os.X_OK):
         raise SystemExit(f"{path}: not built (set ISPACE_BIN_DIR)")
     return path
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on now, for a server that cannot take port 0
+    (tgtd, isnsd) or whose port must be known before it starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def scratch_dir(prefix):

@@ -12,7 +12,6 @@ import hashlib
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,12 +24,6 @@ SIZE = 128 << 20
 check = ispace_testlib.Checks()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(cmd, timeout=300, **kw):
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
@@ -40,7 +33,7 @@ class Tgtd:
     """A private tgtd: its own portal port and management (control) port, killed by pid at the end."""
 
     def __init__(self, scratch):
-        self.port = free_port()
+        self.port = ispace_testlib.free_port()
         # tgtd's management socket is /var/run/tgtd/socket.N: pick an N nobody uses.
         for _ in range(100):
             self.control = random.randint(1000, 32000)  # tgtd refuses 32768 and above

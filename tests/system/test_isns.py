@@ -31,12 +31,6 @@ REGISTRATION_PERIOD = 4  # seconds: short, so that a refresh must happen within 
 check = ispace_testlib.Checks()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Isnsd:
     """isnsd in the foreground with its own configuration, database and control socket in `scratch`."""
 
@@ -49,7 +43,7 @@ class Isnsd:
 
     def start(self):
         for _ in range(5):  # the port picked may be taken by someone else before isnsd binds it
-            self.port = free_port()
+            self.port = ispace_testlib.free_port()
             conf = os.path.join(self.dir, "isnsd.conf")
             with open(conf, "w") as f:
                 f.write(f"BindAddress = 127.0.0.1:{self.port}\nSourceName = isns.server\n"

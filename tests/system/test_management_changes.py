@@ -26,14 +26,6 @@ SECRET = "kept-apart-secret-42"
 check = ispace_testlib.Checks()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def accepts(port):
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -72,7 +64,7 @@ def main():
         while iscsi_raw.sense_of(held, 0)[0] != 0:  # its power-on unit attention
             pass
 
-        port = free_port()
+        port = ispace_testlib.free_port()
         listen = f"127.0.0.1:{port}"
         admin.ok("portal", "add", IQN, listen)
         check(accepts(port), "a portal added for the target listens")

@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,12 +37,6 @@ import ispace_testlib  # noqa: E402
 check = ispace_testlib.Checks()
 MiB = 1 << 20
 TGT_IQN = "iqn.2026-11.org.ispace.test:tgt"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Tgtd:
@@ -189,7 +182,7 @@ def main():
     tgt_file = os.path.join(scratch, "t.img")
     with open(tgt_file, "wb") as f:
         f.truncate(64 * MiB)
-    tgt_port = free_port()
+    tgt_port = ispace_testlib.free_port()
     tgt = Tgtd(scratch, tgt_file, tgt_port)
     one = Cli(ispace, ispaced, os.path.join(scratch, "h1"))
     two = Cli(ispace, ispaced, os.path.join(scratch, "h2"))
@@ -293,7 +286,7 @@ def main():
             with open(path, "wb") as f:
                 f.truncate(size)
         bad_lun = a.urls[0].rsplit("/", 1)[0] + "/9"
-        away = f"iscsi://127.0.0.1:{free_port()}/iqn.2026-11.org.ispace.test:gone/0"
+        away = f"iscsi://127.0.0.1:{ispace_testlib.free_port()}/iqn.2026-11.org.ispace.test:gone/0"
         for member, words, what in ((bad_lun, "no LUN 9", "a URL with a bad LUN"),
                                     (away, "127.0.0.1", "an unreachable member"),
                                     (tiny, "too small", "a member too small"),
