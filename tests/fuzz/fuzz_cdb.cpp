@@ -16,6 +16,7 @@
 // parseable when CHECK CONDITION; with GOOD status and R set, a buffer holds the
 // min(transfer_length, EDTL) bytes the front end will send; every task completes.
 #include "backstore/memory/memory_device.hpp"
+#include "fuzz_check.hpp"
 #include "net/reactor.hpp"
 #include "scsi/cdb.hpp"
 #include "scsi/sense.hpp"
@@ -34,13 +35,6 @@ using namespace ispace;
 using namespace ispace::scsi;
 
 namespace {
-
-#define FUZZ_CHECK(cond)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            __builtin_trap();                                                                                \
-        }                                                                                                    \
-    } while (0)
 
 struct FuzzTask : Task {
     std::vector<uint8_t> out; // the data-out the initiator has for this command

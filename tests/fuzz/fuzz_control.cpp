@@ -6,6 +6,7 @@
 //    that parses back (whatever bytes the request held: a non-UTF-8 id or method cannot break it);
 //  - every parameter helper a method uses (only, string, unsigned_integer, flag, optional_*) answers a
 //    value or an error for any params, never throws.
+#include "fuzz_check.hpp"
 #include "mgmt/json_rpc.hpp"
 
 #include <cstddef>
@@ -15,13 +16,6 @@
 using namespace ispace;
 using namespace ispace::mgmt;
 using json = nlohmann::json;
-
-#define FUZZ_CHECK(cond)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            __builtin_trap();                                                                                \
-        }                                                                                                    \
-    } while (0)
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string_view line(reinterpret_cast<const char*>(data), size);

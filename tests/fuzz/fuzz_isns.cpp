@@ -13,6 +13,7 @@
 // Input: [config][chunking seed][stream...]
 //   config bits 0-1: message bound (64 B, 1 KiB, 64 KiB, 1 MiB); 2-3: ready queue (1-4);
 //   bit 4: take messages only at the end (fills the queue); bits 5-7: PDU payload size for re-encoding.
+#include "fuzz_check.hpp"
 #include "isns/attribute.hpp"
 #include "isns/message.hpp"
 #include "isns/objects.hpp"
@@ -26,13 +27,6 @@ using namespace ispace;
 using namespace ispace::isns;
 
 namespace {
-
-#define FUZZ_CHECK(cond)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            __builtin_trap();                                                                                \
-        }                                                                                                    \
-    } while (0)
 
 void read_attributes(std::span<const Attribute> attributes) {
     for (const Attribute& a : attributes) {

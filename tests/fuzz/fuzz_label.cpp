@@ -9,6 +9,7 @@
 // Invariants: decode_label() returns a label or an error; a label it returns encodes back to exactly the
 // bytes it was read from (nothing is lost or invented); the layout it describes maps its whole space
 // inside every member's data area; choose_label() picks a copy only when one decodes.
+#include "fuzz_check.hpp"
 #include "volume/label.hpp"
 #include "volume/layout.hpp"
 
@@ -22,13 +23,6 @@ using namespace ispace;
 using namespace ispace::volume;
 
 namespace {
-
-#define FUZZ_CHECK(cond)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            __builtin_trap();                                                                                \
-        }                                                                                                    \
-    } while (0)
 
 std::vector<uint8_t> base_label() {
     Label l;

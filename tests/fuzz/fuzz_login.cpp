@@ -19,6 +19,7 @@
 // bytes of data, exactly 8192 when C is set; a response that is not a success has T=0 and ends the
 // login; after the login ended no response lets it progress; a completed login has a non-zero TSIH;
 // the target's own text parses; no secret ever appears in a reason.
+#include "fuzz_check.hpp"
 #include "iscsi/chap.hpp"
 #include "iscsi/login.hpp"
 
@@ -38,13 +39,6 @@ using namespace ispace;
 using namespace ispace::iscsi;
 
 namespace {
-
-#define FUZZ_CHECK(cond)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            __builtin_trap();                                                                                \
-        }                                                                                                    \
-    } while (0)
 
 constexpr const char* chap_user = "fuzz-user";
 constexpr const char* chap_secret = "fuzz-initiator-secret";

@@ -15,6 +15,7 @@
 //    nothing the second time (the state is reset this way for the next input, so that it does not
 //    grow from input to input).
 #include "common/log.hpp"
+#include "fuzz_check.hpp"
 #include "mgmt/manager.hpp"
 #include "mgmt/runtime.hpp"
 
@@ -28,13 +29,6 @@
 using namespace ispace;
 using namespace ispace::mgmt;
 using json = nlohmann::json;
-
-#define FUZZ_CHECK(cond)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            __builtin_trap();                                                                                \
-        }                                                                                                    \
-    } while (0)
 
 namespace {
 
@@ -114,8 +108,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Harness& h = harness();
     auto methods = Manager::methods();
     std::string_view method = methods[data[0] % methods.size()];
-    json params = json::parse(reinterpret_cast<const char*>(data) + 1, reinterpret_cast<const char*>(data) + size,
-                              nullptr, false);
+    json params = json::parse(reinterpret_cast<const char*>(data) + 1,
+                              reinterpret_cast<const char*>(data) + size, nullptr, false);
     if (params.is_discarded() || escapes(*h.runtime, params, {})) {
         return 0;
     }

@@ -7,6 +7,7 @@
 //     or discarded, and limits switched from inside the callbacks as a connection does after login.
 //
 // Input: [config][chunk seed][stream...]. The BHS part reads the stream bytes.
+#include "fuzz_check.hpp"
 #include "iscsi/pdu.hpp"
 #include "iscsi/pdu_reader.hpp"
 
@@ -21,13 +22,6 @@ using namespace ispace;
 using namespace ispace::iscsi;
 
 namespace {
-
-#define FUZZ_CHECK(cond)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            __builtin_trap();                                                                                \
-        }                                                                                                    \
-    } while (0)
 
 // decode -> encode -> decode -> encode must reach a fixed point after the first encode.
 template <typename T> void round_trip(const Bhs& bhs) {

@@ -9,6 +9,7 @@
 //    must respect the RFC's ranges.
 //
 // Input: [config][cut 1][cut 2][text...].
+#include "fuzz_check.hpp"
 #include "iscsi/params.hpp"
 #include "iscsi/text.hpp"
 
@@ -23,13 +24,6 @@ using namespace ispace;
 using namespace ispace::iscsi;
 
 namespace {
-
-#define FUZZ_CHECK(cond)                                                                                     \
-    do {                                                                                                     \
-        if (!(cond)) {                                                                                       \
-            __builtin_trap();                                                                                \
-        }                                                                                                    \
-    } while (0)
 
 void check_values(const KeyValueList& pairs) {
     for (const auto& kv : pairs) {
