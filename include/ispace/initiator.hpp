@@ -134,6 +134,10 @@ struct SessionOptions {
     unsigned unit_attention_retries = 10;
     // Session reinstatement on connection loss. false: a lost connection fails the commands in flight.
     bool reconnect = true;
+    // The ErrorRecoveryLevel asked for (RFC 7143 §13.20); the target may grant less. At 1, a lost or
+    // corrupt Data-In or response is asked for again with a SNACK instead of costing the command; 0 is
+    // today's behaviour with every peer. Values above 1 are treated as 1 (level 2 is not implemented).
+    unsigned error_recovery_level = 1;
 };
 
 // One SCSI command to send. `data` is both the buffer and its length: for a read it receives up to
@@ -229,6 +233,7 @@ struct SessionInfo {
     bool immediate_data = false;
     bool initial_r2t = true;
     uint16_t max_outstanding_r2t = 1;
+    uint8_t error_recovery_level = 0; // as negotiated
     // Counters since the session was created.
     uint64_t commands = 0;                         // completed (with a status or an error)
     uint64_t reconnects = 0;                       // successful session reinstatements
@@ -237,6 +242,7 @@ struct SessionInfo {
     uint64_t aborts = 0;                           // ABORT TASK requests sent
     uint64_t lun_resets = 0;                       // LUN RESET requests sent
     uint64_t digest_errors = 0;                    // PDUs received with a bad digest
+    uint64_t snacks = 0;                           // SNACK Requests sent (ERL 1 recovery)
     std::vector<uint64_t> commands_per_connection; // sent on each connection of the current login
 };
 

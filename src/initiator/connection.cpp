@@ -235,6 +235,13 @@ void Connection::enter_full_feature(const iscsi::SessionParams& session) {
         return;
     }
     _session = session;
+    _erl1 = session.error_recovery_level >= 1;
+    if (_erl1) {
+        // A header digest error skips the PDU; the DataSN/StatSN gaps it leaves are asked for again.
+        iscsi::ReaderLimits limits = _reader.limits();
+        limits.skip_bad_headers = true;
+        _reader.set_limits(limits);
+    }
     _state = State::full_feature;
     _last_rx = net::Clock::now();
     arm_tick();
@@ -311,7 +318,15 @@ void Connection::start_task(PendingRequest* task) {
     task->order = ++_send_order;
     auto timeout = task->request.timeout.count() > 0 ? task->request.timeout : _options.timeouts.command;
     task->deadline = net::Clock::now() + timeout;
+    send_command(task);
+}
+
+// The SCSI Command PDU of `task` with its immediate and unsolicited data: on its first attempt, and again
+// (same ITT and CmdSN, RFC 7143 §7.2.1) after its immediate data was lost to a digest error at ERL 1.
+void Connection::send_command(PendingRequest* task) {
     const Request& c = task->request;
+    uint32_t itt = task->itt;
+    task->sent_at = net::Clock::now();
 
     iscsi::ScsiCommand cmd;
     cmd.read = c.direction == DataDirection::read;
@@ -321,7 +336,7 @@ void Connection::start_task(PendingRequest* task) {
     cmd.itt = itt;
     cmd.expected_data_transfer_length = task->expected_length;
     cmd.cmd_sn = task->cmd_sn;
-    cmd.exp_stat_sn = _exp_stat_sn;
+    cmd.exp_stat_sn = ack_stat_sn();
     std::copy(c.cdb.begin(), c.cdb.begin() + c.cdb_length, cmd.cdb.begin());
 
     uint32_t immediate = 0;
@@ -358,7 +373,7 @@ void Connection::send_data_out(PendingRequest* task, uint32_t ttt, uint32_t offs
         d.lun = scsi::encode_lun(task->request.lun);
         d.itt = task->itt;
         d.ttt = ttt;
-        d.exp_stat_sn = _exp_stat_sn;
+        d.exp_stat_sn = ack_stat_sn();
         d.data_sn = data_sn++;
         d.buffer_offset = offset;
         Bhs bhs;
@@ -380,7 +395,7 @@ void Connection::send_nop_ping() {
     nop.itt = itt;
     nop.ttt = reserved_tag;
     nop.cmd_sn = _owner->immediate_cmd_sn();
-    nop.exp_stat_sn = _exp_stat_sn;
+    nop.exp_stat_sn = ack_stat_sn();
     Bhs bhs;
     nop.encode(bhs);
     send_pdu(bhs);
@@ -403,7 +418,7 @@ void Connection::send_tmf(iscsi::TmfFunction function, uint64_t lun, PendingRequ
     tmf.lun = scsi::encode_lun(lun);
     tmf.itt = itt;
     tmf.cmd_sn = _owner->immediate_cmd_sn();
-    tmf.exp_stat_sn = _exp_stat_sn;
+    tmf.exp_stat_sn = ack_stat_sn();
     if (referenced != nullptr) {
         tmf.referenced_task_tag = referenced->itt;
         tmf.ref_cmd_sn = referenced->cmd_sn;
@@ -439,7 +454,7 @@ void Connection::logout(Function<void(Result<void>)> done) {
     req.itt = _logout_itt;
     req.cid = _cid;
     req.cmd_sn = _owner->immediate_cmd_sn();
-    req.exp_stat_sn = _exp_stat_sn;
+    req.exp_stat_sn = ack_stat_sn();
     Bhs bhs;
     req.encode(bhs);
     send_pdu(bhs);
@@ -461,7 +476,7 @@ void Connection::send_text(std::vector<uint8_t> keys, Function<void(Result<std::
     req.itt = _text_itt;
     req.ttt = reserved_tag;
     req.cmd_sn = _owner->allocate_cmd_sn();
-    req.exp_stat_sn = _exp_stat_sn;
+    req.exp_stat_sn = ack_stat_sn();
     req.data_segment_length = uint32_t(keys.size());
     Bhs bhs;
     req.encode(bhs);
@@ -540,6 +555,17 @@ void Connection::read_error(const iscsi::ReadError& error) {
         error.kind == iscsi::ReadErrorKind::data_digest) {
         _owner->counters().digest_errors++;
     }
+    if (_erl1 && _state == State::full_feature) {
+        if (error.kind == iscsi::ReadErrorKind::header_digest && !error.fatal) {
+            // Skipped by its claimed length; the sequence numbers show what it carried.
+            log_warn("{}: {}; PDU discarded (ErrorRecoveryLevel 1)", _target_label, error.message);
+            return;
+        }
+        if (error.kind == iscsi::ReadErrorKind::data_digest && error.bhs.opcode() == Opcode::data_in) {
+            data_in_lost(error.bhs);
+            return;
+        }
+    }
     // ERL 0 has no way to ask for a PDU again: any framing or digest error ends the connection, and the
     // session's reinstatement re-sends every command that had no status yet.
     fail(make_error(fmt::format("{} from {}: {}",
@@ -552,12 +578,29 @@ void Connection::read_error(const iscsi::ReadError& error) {
 
 void Connection::note_stat_sn(uint32_t stat_sn) {
     uint32_t next = stat_sn + 1;
+    if (_erl1 && _state == State::full_feature) {
+        if (iscsi::sn_gt(stat_sn, _exp_stat_sn) && stat_sn - _exp_stat_sn <= 1024) {
+            // ERL 1: responses before this one were lost (a header digest error): a Status SNACK asks for
+            // them, and ExpStatSN stays before them until they come (or the wait is given up).
+            uint32_t beg = _exp_stat_sn;
+            uint32_t run = stat_sn - _exp_stat_sn;
+            auto now = net::Clock::now();
+            for (uint32_t sn = beg; sn != stat_sn; ++sn) {
+                _missing_stat_sns.emplace_back(sn, now);
+            }
+            log_info("{}: Status SNACK: StatSN {} (+{}) missing", _target_label, beg, run);
+            send_snack(iscsi::SnackType::status, reserved_tag, 0, reserved_tag, beg, run);
+        } else if (iscsi::sn_lt(stat_sn, _exp_stat_sn)) {
+            std::erase_if(_missing_stat_sns, [&](const auto& entry) { return entry.first == stat_sn; });
+        }
+    }
     if (iscsi::sn_gt(next, _exp_stat_sn)) {
         _exp_stat_sn = next;
     }
 }
 
 void Connection::note_window(uint32_t exp_cmd_sn, uint32_t max_cmd_sn) {
+    _window_at = net::Clock::now();
     if (_window_seen && exp_cmd_sn == _last_exp_cmd_sn && max_cmd_sn == _last_max_cmd_sn) {
         return;
     }
@@ -639,13 +682,53 @@ void Connection::handle_data_in(iscsi::ReceivedPdu& pdu) {
         return;
     }
     if (d->data_sn != task->next_data_sn) {
-        fail(make_error(fmt::format("Data-In DataSN {} where {} was expected (ITT {:#x})", d->data_sn,
-                                    task->next_data_sn, d->itt),
-                        EPROTO));
-        return;
+        if (!_erl1) {
+            fail(make_error(fmt::format("Data-In DataSN {} where {} was expected (ITT {:#x})", d->data_sn,
+                                        task->next_data_sn, d->itt),
+                            EPROTO));
+            return;
+        }
+        if (iscsi::sn_gt(d->data_sn, task->next_data_sn)) {
+            // ERL 1: the ones before it were lost (a header digest error): ask for them.
+            if (!request_data(task, task->next_data_sn, d->data_sn - task->next_data_sn)) {
+                return;
+            }
+            task->next_data_sn = d->data_sn;
+        } else {
+            // An older DataSN: one we asked for again, or a duplicate (ignored).
+            auto& missing = task->missing_data_sns;
+            auto it = std::find(missing.begin(), missing.end(), d->data_sn);
+            if (it == missing.end()) {
+                return;
+            }
+            missing.erase(it);
+            task->data_received += d->data_segment_length;
+            if (d->status_present) {
+                note_stat_sn(d->stat_sn);
+            }
+            if (d->status_present && !task->held_status) {
+                Response result;
+                result.status = d->status;
+                result.residual = d->residual_count;
+                result.underflow = d->underflow;
+                result.overflow = d->overflow;
+                task->held_status = std::move(result);
+                task->held_stat_sn = d->stat_sn;
+                _held_stat_sns.push_back(d->stat_sn);
+            }
+            if (task->held_status && missing.empty()) {
+                Response result = std::move(*task->held_status);
+                task->held_status.reset();
+                finish_read(task, std::move(result), task->held_stat_sn);
+            }
+            return;
+        }
     }
     ++task->next_data_sn;
     task->data_received += d->data_segment_length;
+    if (d->acknowledge && _erl1) {
+        task->data_ack_ttt = d->ttt;
+    }
     if (!d->status_present) {
         return;
     }
@@ -656,8 +739,14 @@ void Connection::handle_data_in(iscsi::ReceivedPdu& pdu) {
     result.residual = d->residual_count;
     result.underflow = d->underflow;
     result.overflow = d->overflow;
-    result.data_received = task->data_received;
-    finish_task(task, std::move(result));
+    if (!task->missing_data_sns.empty()) {
+        // ERL 1: data asked for again has not come yet; the status waits for it, unacknowledged.
+        task->held_status = std::move(result);
+        task->held_stat_sn = d->stat_sn;
+        _held_stat_sns.push_back(d->stat_sn);
+        return;
+    }
+    finish_read(task, std::move(result), d->stat_sn);
 }
 
 void Connection::handle_scsi_response(iscsi::ReceivedPdu& pdu) {
@@ -718,6 +807,22 @@ void Connection::handle_r2t(const Bhs& bhs) {
                         EPROTO));
         return;
     }
+    if (_erl1) {
+        if (iscsi::sn_gt(r->r2t_sn, task->next_r2t_sn)) {
+            // R2Ts before this one were lost (a header digest error): an R2T SNACK asks for them.
+            if (++task->snacks > max_snacks_per_command) {
+                fail(make_error(fmt::format("ITT {:#x}: R2Ts still missing after {} SNACKs", r->itt,
+                                            max_snacks_per_command),
+                                EIO));
+                return;
+            }
+            send_snack(iscsi::SnackType::data_r2t, r->itt, scsi::encode_lun(task->request.lun), reserved_tag,
+                       task->next_r2t_sn, r->r2t_sn - task->next_r2t_sn);
+        }
+        if (iscsi::sn_ge(r->r2t_sn, task->next_r2t_sn)) {
+            task->next_r2t_sn = r->r2t_sn + 1;
+        }
+    }
     if (task->aborting || task->awaiting_reset) {
         return;
     }
@@ -739,7 +844,7 @@ void Connection::handle_nop_in(iscsi::ReceivedPdu& pdu) {
         out.itt = reserved_tag;
         out.ttt = n->ttt;
         out.cmd_sn = _owner->immediate_cmd_sn();
-        out.exp_stat_sn = _exp_stat_sn;
+        out.exp_stat_sn = ack_stat_sn();
         auto seg = pdu.segment();
         uint32_t length = uint32_t(std::min<size_t>(seg.size(), _params.max_send_data_segment_length));
         out.data_segment_length = length;
@@ -845,7 +950,7 @@ void Connection::handle_text_response(iscsi::ReceivedPdu& pdu) {
         req.itt = _text_itt;
         req.ttt = r->ttt;
         req.cmd_sn = _owner->allocate_cmd_sn();
-        req.exp_stat_sn = _exp_stat_sn;
+        req.exp_stat_sn = ack_stat_sn();
         Bhs bhs;
         req.encode(bhs);
         send_pdu(bhs);
@@ -984,6 +1089,9 @@ void Connection::handle_reject(iscsi::ReceivedPdu& pdu) {
     if (r->reason == iscsi::RejectReason::data_digest_error) {
         _owner->counters().digest_errors++;
     }
+    if (_erl1 && recover_reject(*r, rejected)) {
+        return;
+    }
     TaskTable::Entry* e = _table.find(rejected.itt());
     bool command =
         rejected.opcode() == Opcode::scsi_command && e != nullptr && e->kind == TaskTable::Kind::scsi;
@@ -1029,6 +1137,18 @@ void Connection::finish_task(PendingRequest* task, Response&& result) {
             // reset occurred), so counting it as a retry made every healthy run report one.
             ++task->status_retries;
             _owner->counters().unit_attentions++;
+            _owner->task_retry(*this, task, 0ms);
+            return;
+        }
+        if (sense && sense->key == scsi::SenseKey::aborted_command &&
+            task->request.direction != DataDirection::none && task->retries < _options.command_retries) {
+            // The target ended the command for a transport reason (a Data-Out sequence broken by a lost
+            // PDU, at ERL 0): nothing reached the medium that a second attempt would not write again.
+            // The Linux SCSI mid layer retries ABORTED COMMAND too, a bounded number of times.
+            log_warn("{}: command {:02x} ended with {}; sending it again", _target_label,
+                     task->request.cdb[0], scsi::describe_sense(*sense));
+            ++task->retries;
+            _owner->counters().retries++;
             _owner->task_retry(*this, task, 0ms);
             return;
         }
@@ -1115,6 +1235,11 @@ void Connection::tick() {
         }
     }
     if (_state == State::full_feature) {
+        expire_missing(now);
+        resend_lost_commands(now);
+        if (_state != State::full_feature) {
+            return;
+        }
         std::vector<PendingRequest*> expired;
         std::vector<uint32_t> expired_tmfs;
         _table.for_each([&](uint32_t itt, TaskTable::Entry& e) {

@@ -1,4 +1,5 @@
-// Connection: one TCP connection of an initiator session, on one reactor (RFC 7143 §4–§11, ERL 0).
+// Connection: one TCP connection of an initiator session, on one reactor (RFC 7143 §4–§11; ERL 0, and
+// ERL 1 within-connection recovery: SNACKs, recovery R2Ts and command resends, in recovery.cpp).
 //
 // It logs in (InitiatorLogin over its Transport), then runs the full feature phase for the tasks the
 // session dispatches to it: SCSI Command PDUs with immediate and unsolicited data, Data-Out answering
@@ -49,6 +50,7 @@ struct SessionCounters {
     std::atomic<uint64_t> aborts{0};
     std::atomic<uint64_t> lun_resets{0};
     std::atomic<uint64_t> digest_errors{0};
+    std::atomic<uint64_t> snacks{0}; // SNACK Requests sent (ERL 1)
 };
 
 // What a connection needs from its session. Called on the connection's reactor unless noted.
@@ -170,6 +172,30 @@ private:
     void apply_target_declarations(const iscsi::KeyValueList& pairs);
     void handle_reject(iscsi::ReceivedPdu& pdu);
     void note_stat_sn(uint32_t stat_sn);
+    // ---- ErrorRecoveryLevel 1 (recovery.cpp) ----
+    // The ExpStatSN we send: never past a StatSN still missing (asked for with a Status SNACK) nor past
+    // a status held while its data has holes.
+    uint32_t ack_stat_sn() const;
+    void send_snack(iscsi::SnackType type, uint32_t itt, uint64_t lun, uint32_t ttt, uint32_t beg_run,
+                    uint32_t run_length);
+    // DataSNs [beg, beg + run) of `task` are missing: ask for them (false: the bound on SNACKs per
+    // command was reached and the connection failed).
+    bool request_data(PendingRequest* task, uint32_t beg, uint32_t run);
+    // A Data-In whose data failed its digest (its header is sound).
+    void data_in_lost(const iscsi::Bhs& bhs);
+    // Completes a read once its status arrived and no DataSN is missing (a DataACK first if asked).
+    void finish_read(PendingRequest* task, Response&& result, uint32_t stat_sn);
+    void send_command(PendingRequest* task);
+    // A Reject at ERL 1 that recovery answers; false: not one of those.
+    bool recover_reject(const iscsi::Reject& reject, const iscsi::Bhs& rejected);
+    void expire_missing(net::Clock::time_point now);
+    // A command the target has not received (ExpCmdSN still at its CmdSN well after it went out: it was
+    // lost to a header digest error) is sent again, same ITT and CmdSN (RFC 7143 §7.2.1).
+    void resend_lost_commands(net::Clock::time_point now);
+    // A command whose data or R2Ts are asked for again more often than this fails its connection (the
+    // session then reinstates, as at ERL 0): recovery is bounded.
+    static constexpr unsigned max_snacks_per_command = 16;
+    static constexpr unsigned max_digest_resends = 8;
     void note_window(uint32_t exp_cmd_sn, uint32_t max_cmd_sn);
 
     // Completion and escalation.
@@ -211,9 +237,15 @@ private:
     iscsi::SessionParams _session;
     iscsi::ConnectionParams _params;
     uint32_t _exp_stat_sn = 0;
+    bool _erl1 = false; // the session negotiated ErrorRecoveryLevel 1 or more
+    // StatSNs asked for with a Status SNACK, with when; forgotten after a while (the commands concerned
+    // have their own timeouts), so that ExpStatSN cannot stay frozen.
+    std::vector<std::pair<uint32_t, net::Clock::time_point>> _missing_stat_sns;
+    std::vector<uint32_t> _held_stat_sns; // statuses held by reads with holes
     uint32_t _last_exp_cmd_sn = 0;
     uint32_t _last_max_cmd_sn = 0;
     bool _window_seen = false;
+    net::Clock::time_point _window_at{}; // when a target PDU last told ExpCmdSN
     net::Reactor::TimerId _tick_timer = 0;
     net::Clock::duration _tick_interval{};
     net::Clock::time_point _last_rx{};

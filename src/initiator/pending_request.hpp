@@ -14,6 +14,8 @@
 #include "net/reactor.hpp"
 
 #include <cstdint>
+#include <optional>
+#include <vector>
 
 namespace ispace::initiator {
 
@@ -45,6 +47,21 @@ struct PendingRequest {
     uint32_t abort_itt = 0;
     bool aborting = false;
     bool awaiting_reset = false;
+    // ErrorRecoveryLevel 1 (reads): DataSNs asked for again with a Data SNACK and not yet received; the
+    // status that arrived while any were missing, held (and not acknowledged) until they come
+    // (RFC 7143 §11.16: no ExpStatSN past a status whose data has holes); the TTT of an A-bit Data-In,
+    // answered by a DataACK SNACK; how many SNACKs this attempt sent (bounded).
+    std::vector<uint32_t> missing_data_sns;
+    std::optional<Response> held_status;
+    uint32_t held_stat_sn = 0;
+    uint32_t data_ack_ttt = 0xffffffff;
+    unsigned snacks = 0;
+    // Writes: the next R2TSN expected (an R2T lost to a header digest error is asked for again).
+    uint32_t next_r2t_sn = 0;
+    // Times the command PDU was sent again at ERL 1 (its immediate data lost to a digest error, or the
+    // command itself lost to a header digest error), and when it last went out.
+    unsigned digest_resends = 0;
+    net::Clock::time_point sent_at{};
 
     // Called when the task goes out on a connection; cmd_sn was assigned by the dispatch just before.
     void reset_attempt() {
@@ -57,6 +74,13 @@ struct PendingRequest {
         abort_itt = 0;
         aborting = false;
         awaiting_reset = false;
+        missing_data_sns.clear();
+        held_status.reset();
+        held_stat_sn = 0;
+        data_ack_ttt = 0xffffffff;
+        snacks = 0;
+        next_r2t_sn = 0;
+        digest_resends = 0;
     }
 };
 

@@ -280,6 +280,7 @@ SessionInfo SessionCore::info() const {
     i.immediate_data = _params.immediate_data;
     i.initial_r2t = _params.initial_r2t;
     i.max_outstanding_r2t = _params.max_outstanding_r2t;
+    i.error_recovery_level = _params.error_recovery_level;
     i.commands = _counters.commands.load();
     i.reconnects = _counters.reconnects.load();
     i.retries = _counters.retries.load();
@@ -287,6 +288,7 @@ SessionInfo SessionCore::info() const {
     i.aborts = _counters.aborts.load();
     i.lun_resets = _counters.lun_resets.load();
     i.digest_errors = _counters.digest_errors.load();
+    i.snacks = _counters.snacks.load();
     for (const auto& c : _active) {
         i.commands_per_connection.push_back(c->commands_sent.load(std::memory_order_relaxed));
     }
@@ -461,6 +463,8 @@ iscsi::InitiatorLoginConfig SessionCore::login_config(uint16_t cid, uint16_t tsi
     c.negotiation.immediate_data = _options.immediate_data;
     c.negotiation.max_connections = uint16_t(_options.connections);
     c.negotiation.max_outstanding_r2t = 1;
+    c.negotiation.error_recovery_level =
+        uint8_t(std::min<unsigned>(_options.error_recovery_level, iscsi::max_error_recovery_level));
     c.negotiation.alias = _options.initiator_alias;
     if (!_options.chap.empty()) {
         // Credentials were given: insist on CHAP rather than silently logging in without it.

@@ -112,10 +112,13 @@ Result<void> set_negotiation_key(NegotiationConfig& config, std::string_view key
     }
     const Setting* setting = find_setting(def->id);
     if (def->id == KeyId::error_recovery_level) {
-        if (value == "0") {
-            return {};
+        auto level = parse_number(value);
+        if (!level || *level > max_error_recovery_level) {
+            return invalid(fmt::format("ErrorRecoveryLevel={}: ispace implements levels 0..{}", value,
+                                       max_error_recovery_level));
         }
-        return invalid("ErrorRecoveryLevel: ispaced implements level 0 only");
+        config.error_recovery_level = uint8_t(*level);
+        return {};
     }
     if (setting == nullptr) {
         return invalid(fmt::format("{} is not a default the target offers (settable: {})", key,

@@ -201,8 +201,9 @@ Result<void> validate(const NegotiationConfig& c) {
     if (c.default_time2wait > 3600 || c.default_time2retain > 3600) {
         return bad("DefaultTime2Wait and DefaultTime2Retain must be 0..3600");
     }
-    if (c.error_recovery_level > 2) {
-        return bad("ErrorRecoveryLevel must be 0..2");
+    if (c.error_recovery_level > max_error_recovery_level) {
+        return bad("ErrorRecoveryLevel must be 0.." + std::to_string(max_error_recovery_level) +
+                   " (level 2 is not implemented)");
     }
     if (c.protocol_level > 31) {
         return bad("iSCSIProtocolLevel must be 0..31");

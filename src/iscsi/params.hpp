@@ -170,11 +170,18 @@ struct NegotiationConfig {
     bool data_sequence_in_order = true;
     uint16_t default_time2wait = 2;
     uint16_t default_time2retain = 20;
-    uint8_t error_recovery_level = 0; // we implement ERL 0 only
+    // The highest ErrorRecoveryLevel we accept (target) or ask for (initiator); the session gets the
+    // lower of the two sides' (RFC 7143 §13.20). At most max_error_recovery_level.
+    uint8_t error_recovery_level = 0;
     uint8_t protocol_level = 1;
     // Declared by the target (TargetAlias) or the initiator (InitiatorAlias) if not empty.
     std::string alias;
 };
+
+// The highest ErrorRecoveryLevel ispace implements on either side: 1 (within-connection recovery,
+// RFC 7143 §7.1-§7.2). Level 2 (connection recovery, TASK REASSIGN) is not implemented, so it is never
+// negotiated.
+inline constexpr uint8_t max_error_recovery_level = 1;
 
 // Checks a configuration against the RFC's ranges (first burst <= max burst, digests non-empty, ...).
 Result<void> validate(const NegotiationConfig& config);

@@ -86,15 +86,34 @@ void PduReader::header_complete() {
         uint32_t computed = crc32c(_header.data(), bhs_size + ahs_len);
         uint32_t received = load_digest(_header.data() + bhs_size + ahs_len);
         if (computed != received) {
-            // Nothing in this header can be trusted, lengths included, so the stream is lost.
-            _stopped = true;
-            _sink.read_error(
-                ReadError{ReadErrorKind::header_digest, true, bhs,
-                          fmt::format("header digest error (received 0x{:08x}, computed 0x{:08x}): {}",
-                                      received, computed, describe(bhs))});
+            std::string message =
+                fmt::format("header digest error (received 0x{:08x}, computed 0x{:08x}): {}", received,
+                            computed, describe(bhs));
+            // Nothing in this header can be trusted, lengths included. With skip_bad_headers (ERL 1) the
+            // PDU is skipped by the length it claims when that length is possible, and the sequence
+            // numbers find what was lost (RFC 7143 §7.8). A wrong length lands the reader in the middle
+            // of a PDU, whose "header" then fails its digest too: a second bad header in a row ends
+            // the stream, as does a claimed length beyond the limits.
+            bool plausible = dsl <= _active.max_data_segment_length && ahs_len <= _active.max_ahs_length;
+            if (!_active.skip_bad_headers || !plausible || _bad_headers_in_a_row > 0) {
+                _stopped = true;
+                _sink.read_error(ReadError{ReadErrorKind::header_digest, true, bhs, std::move(message)});
+                return;
+            }
+            ++_bad_headers_in_a_row;
+            _pdu = ReceivedPdu{};
+            _pdu.bhs = bhs;
+            _pdu.data_length = dsl;
+            _data_have = 0;
+            _crc = 0;
+            _pad_need = padding_length(dsl);
+            _pad_have = 0;
+            _digest_have = 0;
+            skip_pdu(ReadErrorKind::header_digest, std::move(message));
             return;
         }
     }
+    _bad_headers_in_a_row = 0;
 
     _pdu = ReceivedPdu{};
     _pdu.bhs = bhs;

@@ -38,10 +38,11 @@
 //  5. The sink gets pdu_received(ReceivedPdu&&), or read_error(ReadError) instead.
 //
 // Errors: header_digest is fatal — the framing can no longer be trusted (ERL 0: drop the connection);
-// the reader stops and consumes nothing more. The others are per PDU: the reader skips the PDU's
-// remaining bytes (without allocating) and carries on with the next PDU, and the connection decides
-// the answer (a Reject with reason "data digest error" for a data digest error; for limit violations
-// usually a Reject or dropping the connection). ReadError always carries the offending BHS.
+// the reader stops and consumes nothing more. With ReaderLimits::skip_bad_headers (ERL 1) one bad header
+// whose lengths are plausible is skipped instead (not fatal); two in a row are fatal. The others are per PDU:
+// the reader skips the PDU's remaining bytes (without allocating) and carries on with the next PDU, and the
+// connection decides the answer (a Reject with reason "data digest error" for a data digest error; for limit
+// violations usually a Reject or dropping the connection). ReadError always carries the offending BHS.
 //
 // Re-entrancy: sink callbacks may call set_limits() and stop(); they must not call feed() or
 // direct_read_done() nor destroy the reader.
@@ -68,6 +69,9 @@ struct ReaderLimits {
     uint32_t max_ahs_length = max_ahs_size;
     bool header_digest = false;
     bool data_digest = false;
+    // ErrorRecoveryLevel 1 and up: a header digest error skips the PDU by the length it claims, when
+    // that length is within these limits, instead of ending the stream (see header_complete()).
+    bool skip_bad_headers = false;
 };
 
 // Where a PDU's data segment goes; returned by PduSink::data_destination().
@@ -197,6 +201,7 @@ private:
     uint8_t* _dest = nullptr; // start of the segment in its destination; null when discarding
     uint32_t _data_have = 0;
     bool _skipping = false; // a per-PDU error was reported: read the rest and deliver nothing
+    uint32_t _bad_headers_in_a_row = 0;
     uint32_t _crc = 0;
     size_t _pad_need = 0;
     size_t _pad_have = 0;

@@ -303,6 +303,9 @@ Result<void> apply_overlay(ServerConfig& config, const ConfigOverlay& overlay,
     if (overlay.isns_esi_interval) {
         config.isns.esi_interval = *overlay.isns_esi_interval;
     }
+    if (overlay.max_erl) {
+        config.params["ErrorRecoveryLevel"] = std::to_string(*overlay.max_erl);
+    }
     if (overlay.state_dir) {
         config.state_dir = *overlay.state_dir;
     }

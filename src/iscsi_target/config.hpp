@@ -182,6 +182,8 @@ struct ConfigOverlay {
     std::optional<std::string> isns_entity;
     std::optional<uint32_t> isns_esi_interval;
     std::optional<uint64_t> buffer_memory;
+    // --max-erl: the highest ErrorRecoveryLevel accepted, as params["ErrorRecoveryLevel"].
+    std::optional<unsigned> max_erl;
 };
 
 // Applies `overlay` to `config` (see ConfigOverlay). Fails, naming the flag, when a flag has nothing to

@@ -1,5 +1,6 @@
 #include "iscsi_target/connection.hpp"
 
+#include "common/bytes.hpp"
 #include "common/log.hpp"
 #include "common/log_limit.hpp"
 #include "iscsi_target/server.hpp"
@@ -70,6 +71,9 @@ void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_
     if (!_transport || _transport->closed()) {
         return;
     }
+    if (_retention && _phase == Phase::full_feature) {
+        _retention->sent(bhs, data, offset, length, net::Clock::now());
+    }
     OutPdu& pdu = _pdu_pool.get();
     pdu.build(bhs, std::move(data), offset, length, _params.header_digest == iscsi::Digest::crc32c,
               _params.data_digest == iscsi::Digest::crc32c);
@@ -117,11 +121,13 @@ void Connection::send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data)
     send(bhs, std::move(copy), 0, uint32_t(data.size()));
 }
 
-void Connection::reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why) {
+void Connection::reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why,
+                        uint32_t data_sn) {
     _server.count_reject(_reactor, reason);
     g_reject_log.warn("connection {}: rejecting {}: {}", _name, iscsi::describe(bhs), why);
     iscsi::Reject reject;
     reject.reason = reason;
+    reject.data_sn = data_sn;
     reject.stat_sn = take_stat_sn();
     if (_session) {
         reject.exp_cmd_sn = _session->exp_cmd_sn();
@@ -302,7 +308,14 @@ iscsi::DataDestination Connection::data_destination(const iscsi::Bhs& bhs, std::
 void Connection::read_error(const iscsi::ReadError& error) {
     switch (error.kind) {
     case iscsi::ReadErrorKind::header_digest:
-        drop("header digest error: " + error.message);
+        if (error.fatal) {
+            drop("header digest error: " + error.message);
+            return;
+        }
+        // ERL 1: the PDU was skipped by its claimed length; what it carried is found missing by the
+        // sequence numbers (CmdSN at the target, DataSN/StatSN at the initiator) and sent again.
+        _server.count_recovery(_reactor, RecoveryEvent::header_digest_skipped);
+        g_reject_log.warn("connection {}: {}; PDU discarded (ErrorRecoveryLevel 1)", _name, error.message);
         return;
     case iscsi::ReadErrorKind::data_digest:
         if (_arriving && _session) {
@@ -310,6 +323,10 @@ void Connection::read_error(const iscsi::ReadError& error) {
         }
         _arriving = nullptr;
         reject(error.bhs, iscsi::RejectReason::data_digest_error, error.message);
+        if (error.bhs.opcode() == iscsi::Opcode::data_out && _retention) {
+            data_out_digest_error(error.bhs);
+            return;
+        }
         if (error.bhs.opcode() == iscsi::Opcode::data_out) {
             // At ErrorRecoveryLevel 0 lost Data-Out cannot be asked for again (RFC 7143 §7.1.4.1).
             drop("data digest error on Data-Out; at ErrorRecoveryLevel 0 the data cannot be recovered");
@@ -554,6 +571,7 @@ void Connection::enter_full_feature() {
         _session = new Session(_server, _reactor, _target, _slot, identity, _login->session_params(),
                                _login->tsih(), identity.cmd_sn, acl);
         _session->add_connection(*this);
+        start_retention();
         if (_replaced) {
             log_info("{}: reinstates session {:#06x}", _session->name(), _replaced->tsih);
             _server.terminate_reinstated(std::move(_replaced), _slot);
@@ -598,7 +616,16 @@ bool Connection::join_session() {
         return false;
     }
     _session->add_connection(*this);
+    start_retention();
     return true;
+}
+
+void Connection::start_retention() {
+    if (_session->params().error_recovery_level >= 1) {
+        Retention::Limits limits;
+        limits.max_age = std::chrono::seconds(std::max<uint16_t>(_session->params().default_time2retain, 1));
+        _retention = std::make_unique<Retention>(limits);
+    }
 }
 
 void Connection::hand_over(iscsi::LoginResponsePdu response) {
@@ -664,6 +691,7 @@ void Connection::apply_reader_limits() {
     limits.max_data_segment_length = _reader_max_segment;
     limits.header_digest = _params.header_digest == iscsi::Digest::crc32c;
     limits.data_digest = _params.data_digest == iscsi::Digest::crc32c;
+    limits.skip_bad_headers = _retention != nullptr;
     _reader.set_limits(limits);
 }
 
@@ -674,6 +702,13 @@ void Connection::full_feature_pdu(iscsi::ReceivedPdu& pdu) {
         return;
     }
     const iscsi::Bhs& bhs = pdu.bhs;
+    // (A SNACK's is applied after the SNACK: a DataACK names data whose status it may acknowledge too.)
+    if (_retention && bhs.opcode() != iscsi::Opcode::login_request &&
+        bhs.opcode() != iscsi::Opcode::snack_request) {
+        // Every initiator PDU carries ExpStatSN at bytes 28-31 (RFC 7143 §11): what it acknowledges
+        // need not be kept any longer.
+        _retention->acknowledge(load_be32(bhs.bytes.data() + 28));
+    }
     switch (bhs.opcode()) {
     case iscsi::Opcode::scsi_command: {
         IscsiTask* command = nullptr;
@@ -745,8 +780,15 @@ void Connection::full_feature_pdu(iscsi::ReceivedPdu& pdu) {
         return;
     }
     case iscsi::Opcode::snack_request:
-        // SNACK needs ErrorRecoveryLevel 1 or more; we negotiate 0.
-        reject(bhs, iscsi::RejectReason::protocol_error, "SNACK at ErrorRecoveryLevel 0");
+        if (_retention == nullptr) {
+            // SNACK needs ErrorRecoveryLevel 1 or more (RFC 7143 §11.16).
+            reject(bhs, iscsi::RejectReason::protocol_error, "SNACK at ErrorRecoveryLevel 0");
+            return;
+        }
+        snack(bhs);
+        if (_retention) {
+            _retention->acknowledge(load_be32(bhs.bytes.data() + 28));
+        }
         return;
     case iscsi::Opcode::login_request:
         reject(bhs, iscsi::RejectReason::protocol_error, "Login Request in full feature phase");

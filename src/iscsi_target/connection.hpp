@@ -10,6 +10,7 @@
 #include "iscsi/login.hpp"
 #include "iscsi/pdu_reader.hpp"
 #include "iscsi_target/out_pdu.hpp"
+#include "iscsi_target/retention.hpp"
 #include "iscsi_target/session.hpp"
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
@@ -102,8 +103,12 @@ public:
     // On the session's reactor: creates the connection, sends the final response, joins the session.
     static void adopt(Server& server, net::Reactor& reactor, Handover handover);
 
-    // Answers `bhs` with a Reject PDU carrying `reason`.
-    void reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why);
+    // Answers `bhs` with a Reject PDU carrying `reason` (and `data_sn`, the DataSN/R2TSN field of a
+    // Reject of a Data/R2T SNACK).
+    void reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why,
+                uint32_t data_sn = 0);
+    // ErrorRecoveryLevel 1 and up: what was sent, kept for SNACKs (null at level 0).
+    Retention* retention() { return _retention.get(); }
 
     // Back-pressure: what this connection has queued for its peer and not yet sent. Past either bound
     // it stops reading (the peer's requests stay in its socket) until half of it has gone out. Why a
@@ -140,8 +145,15 @@ private:
     void answer_text(const iscsi::TextRequest& request, const iscsi::KeyValueList& pairs);
     void send_text_chunk(const iscsi::TextRequest& request);
     void logout_request(iscsi::ReceivedPdu& pdu);
+    // ERL 1 (recovery.cpp): a SNACK Request, and resending a kept PDU with the current window.
+    void snack(const iscsi::Bhs& bhs);
+    void resend(const Retention::Pdu& pdu, bool fresh_stat_sn_field);
+    void resend_status(const Retention::Pdu& pdu);
+    void data_out_digest_error(const iscsi::Bhs& bhs);
     void hand_over(iscsi::LoginResponsePdu response);
     bool join_session();
+    // ERL 1 and up: keep what is sent for SNACKs (from joining the session).
+    void start_retention();
     void release_cid();
     void leave_login_phase();
     void apply_reader_limits();
@@ -212,6 +224,8 @@ private:
     };
     Renegotiation _renegotiation;
     uint32_t _reader_max_segment = 0; // the reader's MaxRecvDataSegmentLength bound (never lowered)
+
+    std::unique_ptr<Retention> _retention; // ERL 1 and up, from joining the session
 
     // Keepalive: a NOP-In ping when idle, a drop when silent too long.
     net::Reactor::TimerId _nop_timer = 0;

@@ -212,6 +212,10 @@ void Server::count_reject(net::Reactor& reactor, iscsi::RejectReason reason) {
     _local[reactor.index()].rejects[code < reject_reasons ? code : 0].add();
 }
 
+void Server::count_recovery(net::Reactor& reactor, RecoveryEvent event) {
+    _local[reactor.index()].recovery[size_t(event)].add();
+}
+
 ServerStatistics Server::statistics() const {
     ServerStatistics out;
     for (const auto& target : targets()) {
@@ -241,6 +245,13 @@ ServerStatistics Server::statistics() const {
         } else if (sum) {
             out.rejected_pdus["other"] += sum;
         }
+    }
+    for (size_t i = 0; i < size_t(RecoveryEvent::count_); ++i) {
+        uint64_t sum = 0;
+        for (const ReactorLocal& local : _local) {
+            sum += local.recovery[i].get();
+        }
+        out.recovery[std::string(recovery_event_names[i])] = sum;
     }
     return out;
 }

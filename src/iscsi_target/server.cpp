@@ -42,6 +42,9 @@ iscsi::NegotiationConfig default_target_negotiation() {
     config.max_outstanding_r2t = 8;
     // Several connections per session (MC/S); they all live on the session's reactor.
     config.max_connections = 8;
+    // Within-connection recovery (SNACK, recovery R2T) for initiators that ask for it; an initiator that
+    // offers nothing (libiscsi, open-iscsi) gets the RFC default, 0.
+    config.error_recovery_level = iscsi::max_error_recovery_level;
     return config;
 }
 

@@ -111,8 +111,25 @@ struct ServerStatistics {
     std::map<std::string, PerTarget> targets;       // every served target, with zeroes too
     std::map<std::string, uint64_t> login_failures; // by reason: "authentication_failure", "timeout"...
     std::map<std::string, uint64_t> rejected_pdus;  // by Reject reason: "protocol_error"...
+    // ErrorRecoveryLevel 1 events, by name: "recovery_r2t", "data_snack"... (recovery_event_names).
+    std::map<std::string, uint64_t> recovery;
     uint64_t discovery_sessions = 0;
 };
+
+// What ERL 1 recovery did (RFC 7143 §7.1-§7.2, §11.16), counted per event.
+enum class RecoveryEvent : uint8_t {
+    recovery_r2t,          // a Data-Out lost to a data digest error asked for again
+    data_snack,            // Data-In resent for a Data SNACK
+    r2t_snack,             // R2Ts resent for an R2T SNACK
+    status_snack,          // responses resent for a Status SNACK
+    data_ack,              // DataACK SNACKs accepted
+    snack_rejected,        // SNACKs answered with a Reject
+    header_digest_skipped, // PDUs skipped after a header digest error
+    count_
+};
+inline constexpr std::string_view recovery_event_names[] = {
+    "recovery_r2t",   "data_snack",           "r2t_snack", "status_snack", "data_ack",
+    "snack_rejected", "header_digest_skipped"};
 
 // Sessions by (InitiatorName, ISID, TargetName) and by TSIH, for reinstatement and for adding
 // connections. Thread-safe: logins on any reactor consult it.
@@ -254,6 +271,7 @@ public:
     void count_login_failure(net::Reactor& reactor, iscsi::LoginStatus status);
     void count_login_timeout(net::Reactor& reactor);
     void count_reject(net::Reactor& reactor, iscsi::RejectReason reason);
+    void count_recovery(net::Reactor& reactor, RecoveryEvent event);
 
     // Closes every session of the target named `iqn` on every reactor (TARGET COLD RESET ends all
     // I_T nexuses; a removed target ends its sessions).
@@ -288,6 +306,7 @@ private:
         std::vector<Connection*> connections;
         std::array<LocalCounter, std::size(login_failure_reasons)> login_failures{};
         std::array<LocalCounter, reject_reasons> rejects{};
+        std::array<LocalCounter, size_t(RecoveryEvent::count_)> recovery{};
     };
 
     void accept_ready(Listener& listener);

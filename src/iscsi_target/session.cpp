@@ -713,6 +713,16 @@ void Session::send_data_in(IscsiTask& command, uint32_t length) {
             din.overflow = residual.overflow;
             din.underflow = residual.underflow;
             din.residual_count = residual.count;
+            if (_params.error_recovery_level >= 1) {
+                // ERL 1: ask for a DataACK SNACK on the last Data-In, so the data kept for Data SNACKs
+                // can go before the next command acknowledges the status (RFC 7143 §11.7.2).
+                din.acknowledge = true;
+                din.lun = command.lun;
+                din.ttt = _next_ttt++;
+                if (_next_ttt == iscsi::reserved_tag) {
+                    _next_ttt = 1;
+                }
+            }
         }
         iscsi::Bhs bhs;
         din.encode(bhs);

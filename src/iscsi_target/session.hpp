@@ -168,6 +168,9 @@ public:
     // are dropped. At ErrorRecoveryLevel 0 the data cannot be asked for again, but the connection and
     // the other tasks need not suffer for one bad sequence.
     void fail_data_out(IscsiTask& command, const scsi::Sense& sense, const std::string& why);
+    // ERL 1: a Data-Out was lost to a data digest error (its header is sound). Its range is asked for
+    // again with a recovery R2T (recovery.cpp).
+    void recover_data_out(Connection& connection, const iscsi::DataOut& header);
 
     // --- Task management, logout ---
     void task_management(Connection& connection, const iscsi::TaskMgmtRequest& request);

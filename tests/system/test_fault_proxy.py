@@ -81,7 +81,8 @@ def main():
           "a rule can ask for PDUs with the F bit clear")
 
     daemon = ispace_testlib.Ispaced(ispaced_bin, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:32M",
-                                                  "--reactors", "2"], log_path=os.path.join(scratch, "ispaced.log"))
+                                                  "--reactors", "2", "--max-erl", "0"],
+                                    log_path=os.path.join(scratch, "ispaced.log"))
     daemon.start()
     try:
         through([Rule("to_target", "cut", opcode=0x01, nth=20)], ispace, daemon, lambda url: [src, url],

@@ -6,6 +6,7 @@
 #include "common/secret.hpp"
 #include "common/units.hpp"
 #include "iscsi/chap.hpp"
+#include "iscsi/params.hpp"
 #include "mgmt/attach_service.hpp"
 #include "mgmt/control_socket.hpp"
 #include "mgmt/manager.hpp"
@@ -168,6 +169,7 @@ int main(int argc, char** argv) {
     std::string isns_server;
     std::string isns_entity;
     uint32_t isns_esi_interval = 60;
+    unsigned max_erl = iscsi::max_error_recovery_level;
     std::string buffer_memory;
 
     app.add_option("--listen", listen,
@@ -266,6 +268,12 @@ int main(int argc, char** argv) {
                        "registration is refreshed instead")
             ->default_val(isns_esi_interval)
             ->check(CLI::Range(0u, 86400u));
+    auto* max_erl_option =
+        app.add_option("--max-erl", max_erl,
+                       "Highest ErrorRecoveryLevel accepted (0: none; 1: SNACK and recovery R2T; level 2 "
+                       "is not implemented). Same as params.ErrorRecoveryLevel in the configuration")
+            ->default_val(max_erl)
+            ->check(CLI::Range(0u, unsigned(iscsi::max_error_recovery_level)));
 
     try {
         app.parse(argc, argv);
@@ -433,6 +441,9 @@ int main(int argc, char** argv) {
     }
     if (isns_esi_option->count()) {
         overlay.isns_esi_interval = isns_esi_interval;
+    }
+    if (max_erl_option->count()) {
+        overlay.max_erl = max_erl;
     }
     if (state_dir_option->count()) {
         overlay.state_dir = state_dir;

@@ -54,7 +54,13 @@ TEST(ParamSettings, BadValuesChangeNothingAndSayWhatIsAllowed) {
     expect_error("HeaderDigest", "None,None", "twice");
     expect_error("Bogus", "1", "not an iSCSI key");
     expect_error("TargetName", "x", "not a default");
-    expect_error("ErrorRecoveryLevel", "1", "level 0 only");
+    expect_error("ErrorRecoveryLevel", "2", "levels 0..1");
+    expect_error("ErrorRecoveryLevel", "x", "levels 0..1");
+    NegotiationConfig c;
+    ASSERT_TRUE(set_negotiation_key(c, "ErrorRecoveryLevel", "1").ok());
+    EXPECT_EQ(c.error_recovery_level, 1);
+    ASSERT_TRUE(set_negotiation_key(c, "ErrorRecoveryLevel", "0").ok());
+    EXPECT_EQ(c.error_recovery_level, 0);
 }
 
 TEST(ParamSettings, OnlyKeysRfc7143AllowsInFullFeaturePhaseMayChangeInASession) {

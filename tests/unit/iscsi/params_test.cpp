@@ -318,6 +318,16 @@ TEST(ParamErrorRecoveryLevel, WeSupportZero) {
     EXPECT_EQ(Responder().answer("ErrorRecoveryLevel", "3"), "Reject");
 }
 
+TEST(ParamErrorRecoveryLevel, ATargetAtLevelOneAnswersTheLowerOfTheTwo) {
+    NegotiationConfig one;
+    one.error_recovery_level = 1;
+    EXPECT_EQ(Responder(one).answer("ErrorRecoveryLevel", "2"), "1");
+    EXPECT_EQ(Responder(one).answer("ErrorRecoveryLevel", "1"), "1");
+    EXPECT_EQ(Responder(one).answer("ErrorRecoveryLevel", "0"), "0");
+    one.error_recovery_level = 2; // level 2 is not implemented: never configurable
+    EXPECT_FALSE(validate(one).ok());
+}
+
 TEST(ParamSessionType, DiscoveryMakesSessionKeysIrrelevant) {
     Responder r;
     KeyValueList out;

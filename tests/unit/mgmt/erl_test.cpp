@@ -1,0 +1,227 @@
+// ErrorRecoveryLevel 1 between the ispace initiator and the ispaced target, in one process: the real
+// target front end (mgmt::Runtime) and an Initiator whose connections go through a FaultInjector that
+// corrupts or drops chosen PDUs. Each recovery must end with the right data over the one connection it
+// started with: no reconnect (session reinstatement), and the SNACKs or recovery R2Ts counted.
+#include "common/log.hpp"
+#include "initiator/fault_transport.hpp"
+#include "initiator/internals.hpp"
+#include "iscsi_target/config.hpp"
+#include "iscsi_target/server.hpp"
+#include "mgmt/runtime.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <random>
+
+namespace ispace::mgmt {
+namespace {
+
+constexpr const char* iqn = "iqn.2026-12.org.ispace.test:erl";
+constexpr uint32_t block = 512;
+
+struct Bench {
+    explicit Bench(unsigned max_erl = 1) : runtime(options()) {
+        iscsi_target::ServerConfig config;
+        config.negotiation = iscsi_target::default_target_negotiation();
+        iscsi_target::ConfigOverlay overlay;
+        overlay.listen = {"127.0.0.1:0"};
+        overlay.iqn = iqn;
+        overlay.luns = {"memory:8M"};
+        overlay.max_erl = max_erl;
+        EXPECT_TRUE(iscsi_target::apply_overlay(config, overlay, runtime.backstores()));
+        EXPECT_TRUE(iscsi_target::resolve_negotiation(config));
+        auto served = runtime.serve(std::move(config));
+        EXPECT_TRUE(served) << served.error().message;
+        initiator::InitiatorOptions io;
+        io.threads = 1;
+        initiator::set_transport_factory(io, faults);
+        ini = std::make_unique<initiator::Initiator>(io);
+    }
+    ~Bench() {
+        session.reset();
+        ini.reset();
+        runtime.stop(std::chrono::seconds(5));
+    }
+    static RuntimeOptions options() {
+        set_log_level(LogLevel::warn);
+        RuntimeOptions o;
+        o.reactors = 1;
+        return o;
+    }
+    initiator::Session& connect(unsigned erl = 1) {
+        initiator::SessionOptions o;
+        o.host = "127.0.0.1";
+        o.port = runtime.target_server()->portal_endpoints().at(0).port();
+        o.target_name = iqn;
+        o.header_digest = initiator::DigestMode::crc32c;
+        o.data_digest = initiator::DigestMode::crc32c;
+        o.max_recv_data_segment_length = 8192; // several Data-In PDUs per read
+        o.first_burst_length = 8192;
+        o.error_recovery_level = erl;
+        auto s = ini->connect(o);
+        EXPECT_TRUE(s) << s.error().message;
+        session = std::move(*s);
+        return *session;
+    }
+    uint64_t target_count(const std::string& name) {
+        return runtime.target_server()->statistics().recovery[name];
+    }
+
+    Runtime runtime;
+    std::shared_ptr<initiator::FaultInjector> faults = std::make_shared<initiator::FaultInjector>();
+    std::unique_ptr<initiator::Initiator> ini;
+    std::shared_ptr<initiator::Session> session;
+};
+
+std::vector<uint8_t> random_bytes(size_t n, unsigned seed) {
+    std::vector<uint8_t> out(n);
+    std::mt19937 gen(seed);
+    for (auto& b : out) {
+        b = uint8_t(gen());
+    }
+    return out;
+}
+
+// Fires `action` on the nth PDU (1-based) of `opcode` going `direction`, once.
+initiator::FaultRule nth(initiator::FaultDirection direction, iscsi::Opcode opcode, unsigned n,
+                         initiator::FaultAction action) {
+    auto seen = std::make_shared<std::atomic<unsigned>>(0);
+    return [=](const initiator::FaultPdu& pdu) {
+        initiator::Fault f;
+        // Data PDUs and commands count only with data; responses only without (no sense).
+        bool with_data = pdu.data_length > 0;
+        bool wanted_data = opcode != iscsi::Opcode::scsi_response;
+        if (pdu.direction == direction && pdu.opcode() == opcode && with_data == wanted_data &&
+            ++*seen == n) {
+            f.action = action;
+        }
+        return f;
+    };
+}
+
+TEST(Erl, BothSidesNegotiateLevelOne) {
+    Bench s;
+    EXPECT_EQ(s.connect().info().error_recovery_level, 1);
+}
+
+TEST(Erl, TheInitiatorAcceptsLessFromATargetAtLevelZero) {
+    Bench s(0);
+    EXPECT_EQ(s.connect().info().error_recovery_level, 0);
+}
+
+TEST(Erl, ACorruptDataInIsAskedForAgainWithADataSnack) {
+    Bench s;
+    auto& session = s.connect();
+    auto data = random_bytes(64 * 1024, 1);
+    ASSERT_TRUE(session.write(0, 0, uint32_t(data.size() / block), block, data));
+    s.faults->set_rule(nth(initiator::FaultDirection::inbound, iscsi::Opcode::data_in, 3,
+                           initiator::FaultAction::corrupt_data));
+    std::vector<uint8_t> back(data.size());
+    auto r = session.read(0, 0, uint32_t(back.size() / block), block, back);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(s.faults->stats().corrupted.load(), 1u);
+    auto info = session.info();
+    EXPECT_EQ(info.reconnects, 0u);
+    EXPECT_GE(info.snacks, 1u);
+    EXPECT_EQ(s.target_count("data_snack"), 1u);
+}
+
+TEST(Erl, ACorruptLastDataInWithStatusIsAskedForAgain) {
+    Bench s;
+    auto& session = s.connect();
+    auto data = random_bytes(8192, 2); // one Data-In: data and status together
+    ASSERT_TRUE(session.write(0, 16, uint32_t(data.size() / block), block, data));
+    s.faults->set_rule(nth(initiator::FaultDirection::inbound, iscsi::Opcode::data_in, 1,
+                           initiator::FaultAction::corrupt_data));
+    std::vector<uint8_t> back(data.size());
+    auto r = session.read(0, 16, uint32_t(back.size() / block), block, back);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(session.info().reconnects, 0u);
+}
+
+TEST(Erl, ACorruptDataOutIsAnsweredByARecoveryR2t) {
+    Bench s;
+    auto& session = s.connect();
+    auto data = random_bytes(128 * 1024, 3); // 8 KiB immediate, the rest in one R2T's Data-Out
+    s.faults->set_rule(nth(initiator::FaultDirection::outbound, iscsi::Opcode::data_out, 1,
+                           initiator::FaultAction::corrupt_data));
+    auto w = session.write(0, 0, uint32_t(data.size() / block), block, data);
+    ASSERT_TRUE(w) << w.error().message;
+    s.faults->clear_rule();
+    std::vector<uint8_t> back(data.size());
+    ASSERT_TRUE(session.read(0, 0, uint32_t(back.size() / block), block, back));
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(s.faults->stats().corrupted.load(), 1u);
+    EXPECT_EQ(session.info().reconnects, 0u);
+    EXPECT_EQ(s.target_count("recovery_r2t"), 1u);
+}
+
+TEST(Erl, CorruptImmediateDataMakesTheCommandGoAgain) {
+    Bench s;
+    auto& session = s.connect();
+    auto data = random_bytes(4096, 4); // immediate data only
+    s.faults->set_rule(nth(initiator::FaultDirection::outbound, iscsi::Opcode::scsi_command, 1,
+                           initiator::FaultAction::corrupt_data));
+    auto w = session.write(0, 100, uint32_t(data.size() / block), block, data);
+    ASSERT_TRUE(w) << w.error().message;
+    s.faults->clear_rule();
+    std::vector<uint8_t> back(data.size());
+    ASSERT_TRUE(session.read(0, 100, uint32_t(back.size() / block), block, back));
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(session.info().reconnects, 0u);
+}
+
+TEST(Erl, ADroppedDataInIsFoundByTheDataSnGap) {
+    Bench s;
+    auto& session = s.connect();
+    auto data = random_bytes(64 * 1024, 5);
+    ASSERT_TRUE(session.write(0, 0, uint32_t(data.size() / block), block, data));
+    s.faults->set_rule(
+        nth(initiator::FaultDirection::inbound, iscsi::Opcode::data_in, 2, initiator::FaultAction::drop));
+    std::vector<uint8_t> back(data.size());
+    auto r = session.read(0, 0, uint32_t(back.size() / block), block, back);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(session.info().reconnects, 0u);
+    EXPECT_GE(session.info().snacks, 1u);
+}
+
+TEST(Erl, ADroppedResponseIsFoundByTheStatSnGapAndAskedForWithAStatusSnack) {
+    Bench s;
+    auto& session = s.connect();
+    ASSERT_TRUE(session.test_unit_ready(0));
+    s.faults->set_rule(nth(initiator::FaultDirection::inbound, iscsi::Opcode::scsi_response, 1,
+                           initiator::FaultAction::drop));
+    // The first TEST UNIT READY's response is lost; the second's shows the StatSN gap.
+    auto first = std::async(std::launch::async, [&] { return session.test_unit_ready(0); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ASSERT_TRUE(session.test_unit_ready(0));
+    ASSERT_EQ(first.wait_for(std::chrono::seconds(5)), std::future_status::ready)
+        << "the lost response was not asked for again";
+    EXPECT_TRUE(first.get());
+    EXPECT_EQ(session.info().reconnects, 0u);
+    EXPECT_EQ(s.target_count("status_snack"), 1u);
+}
+
+TEST(Erl, AtLevelZeroACorruptDataInCostsTheConnection) {
+    Bench s;
+    auto& session = s.connect(0);
+    auto data = random_bytes(32 * 1024, 6);
+    ASSERT_TRUE(session.write(0, 0, uint32_t(data.size() / block), block, data));
+    s.faults->set_rule(nth(initiator::FaultDirection::inbound, iscsi::Opcode::data_in, 2,
+                           initiator::FaultAction::corrupt_data));
+    std::vector<uint8_t> back(data.size());
+    ASSERT_TRUE(session.read(0, 0, uint32_t(back.size() / block), block, back));
+    EXPECT_EQ(back, data);
+    EXPECT_GE(session.info().reconnects, 1u);
+    EXPECT_EQ(session.info().snacks, 0u);
+}
+
+} // namespace
+} // namespace ispace::mgmt
