@@ -124,9 +124,17 @@ def kill_9_while_writing(driver_bin, scratch):
               "mkfs.ext4 and mount")
         at.write_files(mnt, 1, 1 << 20)
         os.sync()
-        writer = subprocess.Popen(["dd", "if=/dev/zero", f"of={mnt}/big", "bs=1M", "count=100", "oflag=direct"],
+        # Small synchronous writes, so that the kill lands while the writer is still writing: on a quiet
+        # machine 100 MiB of 1 MiB direct writes to a memory device finished inside a fixed 0.3 s.
+        big = os.path.join(mnt, "big")
+        writer = subprocess.Popen(["dd", "if=/dev/zero", f"of={big}", "bs=4k", "count=25600", "oflag=direct,dsync"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.3)
+        deadline = time.time() + 10
+        while writer.poll() is None and time.time() < deadline:
+            if os.path.exists(big) and os.path.getsize(big) >= 1 << 20:
+                break
+            time.sleep(0.01)
+        check(writer.poll() is None, "the writer is still writing when the holder is killed")
         driver.kill()  # SIGKILL
         try:
             _, err = writer.communicate(timeout=30)

@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import attach_testlib  # noqa: E402
 import ispace_testlib  # noqa: E402
-from test_space_cli import Cli, Tgtd, free_port, wait_for  # noqa: E402
+from test_space_cli import Cli, Tgtd, wait_for  # noqa: E402
 
 check = ispace_testlib.Checks()
 MiB = 1 << 20
@@ -33,7 +33,7 @@ def main():
         f.truncate(64 * MiB)
     mnt = os.path.join(scratch, "mnt")
     os.makedirs(mnt)
-    tgt = Tgtd(scratch, lun, free_port())
+    tgt = Tgtd(scratch, lun, ispace_testlib.free_port())
     cli = Cli(ispace, ispaced, os.path.join(scratch, "home"))
     mounted = False
     try:
