@@ -163,10 +163,18 @@ Result<void> check_credentials(const iscsi::ChapCredentials& credentials, std::s
 
 } // namespace
 
+constexpr size_t max_text_value_bytes = 255;
+
 Result<void> validate_target(const TargetConfig& target) {
     if (auto valid = iscsi::check_iscsi_name(target.iqn); !valid) {
         return make_error(fmt::format("'{}' is not a valid iSCSI name: {} (RFC 3720 §3.2.6.3)", target.iqn,
                                       valid.error().message));
+    }
+    if (target.alias.size() > max_text_value_bytes) {
+        // RFC 7143 §6.1: a text value is at most 255 bytes; a longer TargetAlias would be refused by
+        // careful initiators or cut by others.
+        return make_error(fmt::format("target {}: the alias is {} bytes; at most {} (RFC 7143 §6.1)",
+                                      target.iqn, target.alias.size(), max_text_value_bytes));
     }
     std::set<uint64_t> luns;
     for (const LunConfig& lun : target.luns) {
@@ -234,6 +242,13 @@ Result<void> validate_target(const TargetConfig& target) {
 Result<void> validate(const ServerConfig& config) {
     if (config.portals.empty()) {
         return make_error("no portal to listen on (give --listen HOST:PORT)");
+    }
+    // Checked here, after flags and file are combined, so that both are held to one rule. 0 used to
+    // mean "every 100 ms" (the check's own tick), which nobody asks for by writing 0.
+    if (auto ms = config.limits.nop_interval.count(); ms < 100 || ms > 3600000) {
+        return make_error(fmt::format("nop interval {} ms: it is 100 to 3600000 ms (--nop-interval-ms, "
+                                      "limits.nop_interval_ms)",
+                                      ms));
     }
     if (config.discovery_chap) {
         if (auto ok = check_credentials(*config.discovery_chap, "discovery CHAP"); !ok) {
@@ -678,6 +693,15 @@ Result<ServerConfig> read_config(const json& root, const backstore::Registry& ba
         if (login_ms < 100 || login_ms > 3600000) {
             // 0 dropped every connection before its first PDU.
             return make_error("config limits: login_timeout_ms is 100 to 3600000");
+        }
+        // Zero in these made a target that refuses every login, or every second connection, without
+        // saying why at start.
+        for (auto [key, value] : {std::pair<const char*, uint64_t>{"max_connections", max_conn},
+                                  {"max_login_connections", max_login},
+                                  {"max_sessions_per_initiator", per_initiator}}) {
+            if (value < 1 || value > UINT32_MAX) {
+                return make_error(fmt::format("config limits: {} is 1 to {}", key, UINT32_MAX));
+            }
         }
         config.limits.queue_depth = uint32_t(queue_depth);
         config.limits.max_transfer_bytes = uint32_t(max_transfer);

@@ -68,7 +68,15 @@ def conventions(ispace, ispaced, scratch):
                        ([ispaced, "--reactors", "100000", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --reactors 100000"),
                        ([ispaced, "--login-timeout-ms", "0", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --login-timeout-ms 0"),
                        ([ispaced, "--idle-exit", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --idle-exit without --holder"),
-                       ([ispace, "--threads", "100000", "readcap", "iscsi://h/iqn.2026-11.org.x:y/0"], "ispace --threads 100000")):
+                       ([ispace, "--threads", "100000", "readcap", "iscsi://h/iqn.2026-11.org.x:y/0"], "ispace --threads 100000"),
+                       # The sweep's second pass: accepted without a word before.
+                       ([ispaced, "--nop-interval-ms", "0", "--iqn", IQN, "--lun", "memory:1M"], "ispaced --nop-interval-ms 0"),
+                       ([ispaced, "--alias", "a" * 300, "--iqn", IQN, "--lun", "memory:1M"], "ispaced --alias of 300 bytes"),
+                       ([ispaced, "--state-dir", "/dev/null/x", "--iqn", IQN, "--lun", "memory:1M"],
+                        "ispaced --state-dir under a file"),
+                       ([ispace, "-i", "", "readcap", "iscsi://h/iqn.2026-11.org.x:y/0"], "ispace -i \"\""),
+                       ([ispace, "cp", "iscsi://127.0.0.1:1/iqn.2026-11.org.x:y/0", "iscsi://127.0.0.1:1/IQN.2026-11.org.x:y/0"],
+                        "ispace cp of a LUN onto itself")):
         rc, out, err = run(args)
         check(rc == 2 and err.strip() != "", f"{what}: exit 2 with a message ({rc}: {err.strip()[:80]!r})")
 
@@ -82,6 +90,19 @@ def conventions(ispace, ispaced, scratch):
         url = f"iscsi://{daemon.portal()}/{IQN.upper()}/0"
         rc, out, err = run(["iscsi-inq", "-i", "iqn.2026-11.org.ispace.test:upper", url])
         check(rc == 0, f"a target named in another case is found, and the ACL matches case-folded ({rc}: {err.strip()[-120:]!r})")
+    finally:
+        daemon.stop()
+
+    for key in ("max_connections", "max_login_connections", "max_sessions_per_initiator"):
+        zero = os.path.join(scratch, f"zero-{key}.json")
+        with open(zero, "w") as f:
+            json.dump({"limits": {key: 0}, "targets": [{"iqn": IQN, "luns": ["memory:1M"]}]}, f)
+        rc, out, err = run([ispaced, "--config", zero, "--listen", "127.0.0.1:0"])
+        check(rc == 2 and key in err, f"limits.{key} 0 is refused, naming the key ({rc}: {err.strip()[:100]!r})")
+    daemon = ispace_testlib.Ispaced(ispaced, ["--listen", "127.0.0.1:0", "--iqn", IQN, "--lun", "memory:1M",
+                                              "--buffer-memory", "1T"]).start()
+    try:
+        check("more than this machine" in daemon.log_tail(200), "--buffer-memory beyond the RAM is served, with a warning")
     finally:
         daemon.stop()
 

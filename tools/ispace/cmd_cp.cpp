@@ -18,7 +18,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <condition_variable>
 #include <csignal>
@@ -307,6 +309,21 @@ private:
     std::thread _thread;
 };
 
+namespace {
+
+bool same_lun(const Url& a, const Url& b) {
+    auto lower = [](std::string text) {
+        std::transform(text.begin(), text.end(), text.begin(),
+                       [](unsigned char c) { return std::tolower(c); });
+        return text;
+    };
+    // iSCSI names compare case-insensitively (RFC 3722); so do host names.
+    return lower(a.host) == lower(b.host) && a.port == b.port &&
+           lower(a.target_name) == lower(b.target_name) && a.lun == b.lun;
+}
+
+} // namespace
+
 int run_cp(GlobalOptions& global, CpOptions& o) {
     auto bs = parse_size(o.bs);
     if (!bs || *bs == 0 || *bs > Buffer::max_size) {
@@ -319,6 +336,17 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
     }
     if (auto d = parse_digest_option(o.knobs.digest); !d) {
         error(d.error().message);
+        return exit_usage;
+    }
+    if (auto a = parse_lun_url(o.src), b = parse_lun_url(o.dst); a && b && same_lun(*a, *b)) {
+        // Reading back blocks this copy has just written is never what was meant; it changes nothing
+        // at best. (Two names of one host are not seen through: this is a guard, not a proof.)
+        error(fmt::format("the source and the destination are the same LUN ({}); nothing to copy",
+                          initiator::to_string(*a)));
+        return exit_usage;
+    }
+    if (o.src == o.dst) {
+        error(fmt::format("the source and the destination are the same ({}); nothing to copy", o.src));
         return exit_usage;
     }
     Side src;

@@ -4,6 +4,7 @@
 #include "common/log.hpp"
 #include "common/secret.hpp"
 #include "common/units.hpp"
+#include "iscsi/text.hpp"
 
 #include <fmt/format.h>
 
@@ -223,7 +224,16 @@ int main(int argc, char** argv) {
     app.fallthrough(); // global options may follow the command: `ispace ls -i IQN URL`
     GlobalOptions global;
     app.add_option("-i,--initiator", global.initiator_name, "Our iSCSI initiator name (InitiatorName)")
-        ->default_str(std::string(ispace::initiator::default_initiator_name));
+        ->default_str(std::string(ispace::initiator::default_initiator_name))
+        // `-i ""` used to fall back to the default name without a word; a name the target would
+        // refuse at login is better refused here, with the rule it breaks.
+        ->check([](const std::string& name) -> std::string {
+            if (auto valid = ispace::iscsi::check_iscsi_name(name); !valid) {
+                return fmt::format("'{}' is not a valid iSCSI name: {} (RFC 3720 §3.2.6.3)", name,
+                                   valid.error().message);
+            }
+            return {};
+        });
     app.add_option("--threads", global.threads, "Reactor threads (default: one per core)")
         // Each is a thread with its own epoll and eventfd: 100,000 ran out of descriptors and aborted.
         ->check(CLI::Range(0u, 1024u));

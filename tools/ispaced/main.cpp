@@ -19,9 +19,12 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <optional>
@@ -505,6 +508,37 @@ int main(int argc, char** argv) {
     if (auto valid = iscsi_target::validate(config); !valid) {
         std::fprintf(stderr, "ispaced: %s\n", valid.error().message.c_str());
         return 2;
+    }
+    if (!config.state_dir.empty()) {
+        // Made (as the runtime would make it for each target) or refused now, not found unusable at the
+        // first PERSISTENT RESERVE OUT with APTPL that cannot save its state.
+        std::error_code made;
+        std::filesystem::create_directories(config.state_dir, made);
+        struct stat st {};
+        std::string problem;
+        if (made) {
+            problem = made.message();
+        } else if (::stat(config.state_dir.c_str(), &st) != 0) {
+            problem = std::strerror(errno);
+        } else if (!S_ISDIR(st.st_mode)) {
+            problem = "not a directory";
+        } else if (::access(config.state_dir.c_str(), W_OK | X_OK) != 0) {
+            problem = std::strerror(errno);
+        }
+        if (!problem.empty()) {
+            std::fprintf(stderr,
+                         "ispaced: state directory %s: %s (give a directory ispaced can create and write, "
+                         "or leave --state-dir out to keep reservation state beside each file LUN)\n",
+                         config.state_dir.c_str(), problem.c_str());
+            return 2;
+        }
+    }
+    if (uint64_t ram = uint64_t(::sysconf(_SC_PHYS_PAGES)) * uint64_t(::sysconf(_SC_PAGESIZE));
+        ram > 0 && config.limits.buffer_memory > ram) {
+        // A bound, not an allocation: legal, but it no longer bounds anything; say so.
+        log_warn("buffer memory {} MiB is more than this machine's {} MiB of RAM: it does not hold commands "
+                 "back before memory runs out (--buffer-memory, limits.buffer_memory)",
+                 config.limits.buffer_memory >> 20, ram >> 20);
     }
     if (config.targets.empty() && !control_given && !holder) {
         if (!config_path.empty()) {
