@@ -971,8 +971,13 @@ Result<json> Manager::config_show(const json& params) {
 }
 
 Result<json> Manager::config_apply(const json& params) {
-    if (auto ok = only(params, {"config"}); !ok) {
+    if (auto ok = only(params, {"config", "shrink"}); !ok) {
         return ok.error();
+    }
+    std::optional<RpcError> bad;
+    bool shrink = Params(params).flag("shrink", bad);
+    if (bad) {
+        return invalid(bad->message);
     }
     if (!params.contains("config") || !params["config"].is_object()) {
         return invalid("parameter \"config\" must be a configuration document (an object; see "
@@ -984,7 +989,7 @@ Result<json> Manager::config_apply(const json& params) {
     }
     list_target_portals(*next);
     std::lock_guard lock(_mutex);
-    return apply_locked(std::move(*next));
+    return apply_locked(std::move(*next), shrink);
 }
 
 Result<json> Manager::reload() {
@@ -996,10 +1001,11 @@ Result<json> Manager::reload() {
         return next.error();
     }
     std::lock_guard lock(_mutex);
-    return apply_locked(std::move(*next));
+    // An edited file never shrinks a LUN by itself: that takes `ispace apply FILE --shrink`.
+    return apply_locked(std::move(*next), false);
 }
 
-Result<json> Manager::apply_locked(ServerConfig next) {
+Result<json> Manager::apply_locked(ServerConfig next, bool allow_shrink) {
     if (auto valid = iscsi_target::validate(next); !valid) {
         return invalid(valid.error().message);
     }
@@ -1087,6 +1093,19 @@ Result<json> Manager::apply_locked(ServerConfig next) {
             }
             // Only the size changes while the LUN serves: a resize, with its unit attention.
             if (c->id == l.id && l.device->size() && c->device->with_size(*l.device->size()) == l.spec) {
+                // A smaller size loses the data past it: as `lun resize`, only when asked for.
+                if (!allow_shrink) {
+                    if (auto served = _runtime.luns(n.iqn)) {
+                        for (const LunInfo& info : *served) {
+                            if (info.lun == l.lun && *l.device->size() < info.bytes) {
+                                return invalid(fmt::format(
+                                    "target {} lun {}: {} bytes is smaller than the {} it serves; the data "
+                                    "past it would be lost (apply with --shrink to make it smaller)",
+                                    n.iqn, l.lun, *l.device->size(), info.bytes));
+                            }
+                        }
+                    }
+                }
                 lun_changes.push_back({n.iqn, LunChange::resize, l});
                 continue;
             }

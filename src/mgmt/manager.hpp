@@ -103,7 +103,9 @@ private:
     // Writes the configuration; the error says the change is in force but not saved.
     Result<void> persist_locked();
     // Applies `next` as the difference from the configuration in force.
-    Result<json> apply_locked(iscsi_target::ServerConfig next);
+    // allow_shrink: a LUN may get smaller (its data past the new end is lost); otherwise that is refused
+    // before anything changes.
+    Result<json> apply_locked(iscsi_target::ServerConfig next, bool allow_shrink);
     Result<json> done(json result);
 
     Runtime& _runtime;

@@ -114,6 +114,12 @@ std::string render_metrics(Runtime& runtime) {
     for (const auto& [reason, count] : statistics.rejected_pdus) {
         out += fmt::format("ispace_rejected_pdus_total{{reason=\"{}\"}} {}\n", label(reason), count);
     }
+    family(out, "ispace_recovery_events_total", "counter",
+           "ErrorRecoveryLevel 1 work (RFC 7143 §7.1-7.2): recovery R2Ts, SNACKs answered or refused, "
+           "PDUs skipped after a header digest error");
+    for (const auto& [event, count] : statistics.recovery) {
+        out += fmt::format("ispace_recovery_events_total{{event=\"{}\"}} {}\n", label(event), count);
+    }
     family(out, "ispace_reactor_busy_seconds_total", "counter",
            "Time the reactor's loop spent working rather than waiting; its rate is the busy fraction");
     net::ReactorGroup& reactors = server->reactors();

@@ -547,6 +547,9 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
     {
         auto file = std::make_shared<std::string>();
         apply->add_option("FILE", *file, "A configuration file (docs/configuration.md)")->required();
+        auto shrink = std::make_shared<bool>(false);
+        apply->add_flag("--shrink", *shrink,
+                        "Allow a LUN to get smaller than it is (the data past its new end is lost)");
         json_flag(apply);
         apply->callback([=] {
             *chosen = [=] {
@@ -562,7 +565,11 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
                     error(fmt::format("{}: not a JSON object (see docs/configuration.md)", *file));
                     return exit_failure;
                 }
-                auto result = rpc("config.apply", {{"config", document}});
+                json params = {{"config", document}};
+                if (*shrink) {
+                    params["shrink"] = true;
+                }
+                auto result = rpc("config.apply", params);
                 if (!result) {
                     return exit_failure;
                 }

@@ -7,6 +7,7 @@
 #include "initiator/internals.hpp"
 #include "iscsi_target/config.hpp"
 #include "iscsi_target/server.hpp"
+#include "mgmt/metrics.hpp"
 #include "mgmt/runtime.hpp"
 
 #include <gtest/gtest.h>
@@ -160,6 +161,9 @@ TEST(Erl, ACorruptDataOutIsAnsweredByARecoveryR2t) {
     EXPECT_EQ(s.faults->stats().corrupted.load(), 1u);
     EXPECT_EQ(session.info().reconnects, 0u);
     EXPECT_EQ(s.target_count("recovery_r2t"), 1u);
+    // The same count reaches /metrics.
+    EXPECT_NE(render_metrics(s.runtime).find("ispace_recovery_events_total{event=\"recovery_r2t\"} 1\n"),
+              std::string::npos);
 }
 
 TEST(Erl, CorruptImmediateDataMakesTheCommandGoAgain) {

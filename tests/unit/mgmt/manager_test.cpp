@@ -184,6 +184,23 @@ TEST_F(ManagerTest, ApplyChangesOnlyWhatDiffersAndTwiceNothing) {
     EXPECT_TRUE(second["result"]["changes"].empty()) << second.dump();
 }
 
+TEST_F(ManagerTest, ApplyShrinksALunOnlyWhenAskedTo) {
+    ASSERT_TRUE(call("target.create", {{"iqn", iqn}}).contains("result"));
+    ASSERT_TRUE(call("lun.add", {{"iqn", iqn}, {"spec", "memory:16M"}}).contains("result"));
+    std::string saved = read_file(dir.path + "/ispaced.json");
+    json document = call("config.show", {{"secrets", true}})["result"];
+    document["targets"][0]["luns"][0]["spec"] = "memory:8M";
+    json refused = call("config.apply", {{"config", document}});
+    ASSERT_TRUE(refused.contains("error")) << refused.dump();
+    EXPECT_NE(refused["error"]["message"].get<std::string>().find("--shrink"), std::string::npos)
+        << refused.dump();
+    EXPECT_EQ((*runtime->luns(iqn))[0].bytes, 16u << 20);
+    EXPECT_EQ(read_file(dir.path + "/ispaced.json"), saved) << "a refused apply changes nothing";
+    json shrunk = call("config.apply", {{"config", document}, {"shrink", true}});
+    ASSERT_TRUE(shrunk.contains("result")) << shrunk.dump();
+    EXPECT_EQ((*runtime->luns(iqn))[0].bytes, 8u << 20);
+}
+
 TEST_F(ManagerTest, ConcurrentChangesAreAllKept) {
     ASSERT_TRUE(call("target.create", {{"iqn", iqn}}).contains("result"));
     std::vector<std::thread> threads;
