@@ -25,6 +25,7 @@ from test_live_catalog import Driver  # noqa: E402
 T1 = "iqn.2026-11.org.ispace:isns-one"
 T2 = "iqn.2026-11.org.ispace:isns-two"
 T3 = "iqn.2026-11.org.ispace:isns-three"
+T4 = "iqn.2026-11.org.ispace:isns-four"
 I_IN = "iqn.2026-11.org.ispace:isns-in-domain"
 I_OUT = "iqn.2026-11.org.ispace:isns-outside"
 REGISTRATION_PERIOD = 4  # seconds: short, so that a refresh must happen within the test
@@ -140,8 +141,10 @@ def test_ispaced(ispace, ispaced_bin, isnsd, scratch):
     with open(config, "w") as f:
         json.dump({"listen": ["127.0.0.1:0", "127.0.0.1:0"], "isns": {"server": server, "entity": entity},
                    "targets": [{"iqn": T1, "alias": "first", "luns": ["memory:16M"]}]}, f)
+    control = os.path.join(scratch, "ispaced.sock")
     daemon = ispace_testlib.Ispaced(ispaced_bin, ["--config", config, "--isns-esi-interval", "1", "--log-level",
-                                                  "debug"], log_path=os.path.join(scratch, "ispaced.log"))
+                                                  "debug", "--control", control],
+                                    log_path=os.path.join(scratch, "ispaced.log"))
     daemon.start()
     try:
         ports = ports_of(daemon, 2)
@@ -174,6 +177,17 @@ def test_ispaced(ispace, ispaced_bin, isnsd, scratch):
               "ispace ls isns:// shows nothing to an initiator outside the domain")
         check(not any(n == I_IN or n == I_OUT for n in isnsd.registered(entity)[1]),
               "ispace ls left no initiator registered")
+
+        # A target created through the control socket is registered too, and goes when deleted.
+        r = subprocess.run([ispace, "--control", control, "target", "create", T4], capture_output=True, text=True,
+                           timeout=30)
+        check(r.returncode == 0, f"ispace target create {T4} ({r.stderr.strip()[:120]})")
+        wait_for("isnsadm lists the target created through the control socket",
+                 lambda: T4 in isnsd.registered(entity)[1])
+        r = subprocess.run([ispace, "--control", control, "target", "delete", T4], capture_output=True, text=True,
+                           timeout=30)
+        check(r.returncode == 0, f"ispace target delete {T4} ({r.stderr.strip()[:120]})")
+        wait_for("isnsadm no longer lists the deleted target", lambda: T4 not in isnsd.registered(entity)[1])
     finally:
         rc = daemon.stop()
     check(rc == 0, f"ispaced exits 0 on SIGTERM (exit {rc})")
