@@ -73,7 +73,7 @@ void check_params(const SessionParams& s, const ConnectionParams& c) {
     FUZZ_CHECK(s.first_burst_length >= 512);
     FUZZ_CHECK(s.max_connections >= 1);
     FUZZ_CHECK(s.max_outstanding_r2t >= 1);
-    FUZZ_CHECK(s.error_recovery_level <= 2);
+    FUZZ_CHECK(s.error_recovery_level <= max_error_recovery_level);
     FUZZ_CHECK(s.default_time2wait <= 3600 && s.default_time2retain <= 3600);
     FUZZ_CHECK(c.max_recv_data_segment_length >= 512 && c.max_recv_data_segment_length <= 0xffffff);
     FUZZ_CHECK(c.max_send_data_segment_length >= 512 && c.max_send_data_segment_length <= 0xffffff);
@@ -92,7 +92,7 @@ NegotiationConfig config_for(uint8_t bits) {
         c.first_burst_length = 1 << 18;
         c.max_outstanding_r2t = 4;
         c.max_connections = 4;
-        c.error_recovery_level = 2;
+        c.error_recovery_level = max_error_recovery_level; // the most this build negotiates
         c.protocol_level = 2;
         c.data_pdu_in_order = false;
         c.data_sequence_in_order = false;
