@@ -23,10 +23,11 @@ PORT      ?= 3260
 IQN       ?= iqn.2026-11.org.ispace:default
 CMAKE_FLAGS ?=
 FUZZ_SECONDS ?= 60
-# Under the sanitizers the whole libiscsi suite runs once (512-byte blocks, one portal): the 4 KiB and
-# two-portal runs go through the same code with other numbers, and `make test` runs them all. This
-# keeps `.ci/run` inside its time budget on two cores; ASAN_CTEST_ARGS= runs everything.
-ASAN_CTEST_ARGS ?= -E '^conformance_(all_thin4096|multipath_thin512|multipath_thin4096)$$'
+# Under the sanitizers libiscsi runs the suites the target core names, on a file LUN and on a data-space
+# export (conformance_core, conformance_space_core); the whole suite on 512-byte and 4 KiB blocks, one
+# and two portals, runs in `make test`. This keeps `.ci/run` inside its 45 minutes on two cores (the
+# whole suite under ASan took 254 s of a 480 s run); ASAN_CTEST_ARGS= runs everything.
+ASAN_CTEST_ARGS ?= -E '^conformance_(all|multipath)_thin(512|4096)$$'
 # make bench: rounds, seconds per run, LUN file size, smoke run, an older ispaced to compare, LUN dir.
 # Empty means the default (5 rounds, 5 s, 1G; /var/tmp); the environment's values count too.
 BENCH_ROUNDS ?=
