@@ -183,26 +183,7 @@ void Session::recover_data_out(Connection& connection, const iscsi::DataOut& hea
     // The header is sound (its digest passed): account for the PDU as if it had landed, and move its
     // range into a burst of its own that the recovery R2T asks for. The initiator carries on with the
     // rest of its sequence meanwhile.
-    if (header.ttt == iscsi::reserved_tag) {
-        command.unsolicited_next += length;
-        ++command.unsolicited_data_sn;
-        if (header.final_bit || command.unsolicited_next >= command.unsolicited_end) {
-            command.unsolicited_end = command.unsolicited_next;
-            command.unsolicited_done = true;
-            command.r2t_next_offset = command.unsolicited_end;
-        }
-    } else {
-        for (auto it = command.bursts.begin(); it != command.bursts.end(); ++it) {
-            if (it->ttt == header.ttt) {
-                it->received += length;
-                ++it->next_data_sn;
-                if (it->received >= it->length) {
-                    command.bursts.erase(it);
-                }
-                break;
-            }
-        }
-    }
+    advance_data_out_sequence(command, header);
     uint32_t ttt = _next_ttt++;
     if (_next_ttt == iscsi::reserved_tag) {
         _next_ttt = 1;

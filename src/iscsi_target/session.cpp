@@ -607,9 +607,11 @@ void Session::defer_data_out_failure(IscsiTask& command) {
     });
 }
 
-void Session::data_out_received(IscsiTask& command, const iscsi::DataOut& header) {
+// Moves the task's Data-Out sequence past `header`: the unsolicited range or the burst of its TTT.
+// Also for a Data-Out whose data was lost to a digest error (ERL 1): its range is then asked for again
+// by a recovery R2T of its own, and the sequence goes on after it.
+void Session::advance_data_out_sequence(IscsiTask& command, const iscsi::DataOut& header) {
     uint32_t length = header.data_segment_length;
-    command.received += length;
     if (header.ttt == iscsi::reserved_tag) {
         command.unsolicited_next += length;
         ++command.unsolicited_data_sn;
@@ -635,6 +637,11 @@ void Session::data_out_received(IscsiTask& command, const iscsi::DataOut& header
             }
         }
     }
+}
+
+void Session::data_out_received(IscsiTask& command, const iscsi::DataOut& header) {
+    command.received += header.data_segment_length;
+    advance_data_out_sequence(command, header);
     if (command.state == IscsiTask::State::responding) {
         if (command.unsolicited_done) {
             respond(command);
