@@ -236,6 +236,48 @@ TEST(TcpStream, QueuedItemsGoOutInFewWritevCalls) {
     EXPECT_LT(stream.stats().writev_calls - calls_before, uint64_t(small_count) / 4);
 }
 
+TEST(TcpStream, SmallItemsOfOneIterationLeaveInOneSendmsgAtItsEnd) {
+    Reactor r(0);
+    SocketPair sp;
+    Owner owner;
+    TcpStream stream(r, sp.take_stream_fd(), owner);
+    std::vector<std::unique_ptr<Item>> items;
+    std::vector<uint8_t> expected;
+    for (int i = 0; i < 32; ++i) {
+        items.push_back(std::make_unique<Item>(std::vector<uint8_t>(4144, uint8_t(i))));
+        expected.insert(expected.end(), items.back()->bytes.begin(), items.back()->bytes.end());
+        stream.send(*items.back());
+    }
+    EXPECT_EQ(stream.stats().writev_calls, 0u) << "small items wait for the end of the iteration";
+    EXPECT_EQ(items.front()->calls, 0);
+    r.run_once(std::chrono::milliseconds(0));
+    EXPECT_EQ(stream.stats().writev_calls, 1u) << "one sendmsg for the iteration's 32 answers";
+    EXPECT_EQ(items.back()->calls, 1);
+    EXPECT_EQ(read_all(sp.fds[1], expected.size()), expected);
+    // A large item goes at once, taking what waits with it.
+    Item small(std::vector<uint8_t>(100, 7));
+    Item big(random_bytes(TcpStream::cork_limit, 9));
+    stream.send(small);
+    stream.send(big);
+    EXPECT_EQ(small.calls, 1) << "written inside send() once cork_limit bytes are queued";
+    std::thread reader([&] { read_all(sp.fds[1], small.bytes.size() + big.bytes.size()); });
+    ASSERT_TRUE(run_until(r, [&] { return big.calls == 1; }));
+    reader.join();
+}
+
+TEST(TcpStream, CloseWritesWhatWaitsForTheIterationEnd) {
+    Reactor r(0);
+    SocketPair sp;
+    Owner owner;
+    TcpStream stream(r, sp.take_stream_fd(), owner);
+    Item last(std::vector<uint8_t>(48, 3)); // a Reject sent just before the connection is closed
+    stream.send(last);
+    stream.close(Error{0, "bye"});
+    EXPECT_EQ(last.calls, 1);
+    EXPECT_TRUE(last.result);
+    EXPECT_EQ(read_all(sp.fds[1]), last.bytes);
+}
+
 TEST(TcpStream, CloseAfterFlushWritesEverythingThenCloses) {
     Reactor r(0);
     SocketPair sp;
