@@ -706,15 +706,8 @@ void Connection::handle_data_in(iscsi::ReceivedPdu& pdu) {
             if (d->status_present) {
                 note_stat_sn(d->stat_sn);
             }
-            if (d->status_present && !task->held_status) {
-                Response result;
-                result.status = d->status;
-                result.residual = d->residual_count;
-                result.underflow = d->underflow;
-                result.overflow = d->overflow;
-                task->held_status = std::move(result);
-                task->held_stat_sn = d->stat_sn;
-                _held_stat_sns.push_back(d->stat_sn);
+            if (d->status_present) {
+                hold_status(task, *d);
             }
             if (task->held_status && missing.empty()) {
                 Response result = std::move(*task->held_status);

@@ -184,6 +184,7 @@ private:
     // A Data-In whose data failed its digest (its header is sound).
     void data_in_lost(const iscsi::Bhs& bhs);
     // Completes a read once its status arrived and no DataSN is missing (a DataACK first if asked).
+    void hold_status(PendingRequest* task, const iscsi::DataIn& d);
     void finish_read(PendingRequest* task, Response&& result, uint32_t stat_sn);
     void send_command(PendingRequest* task);
     // A Reject at ERL 1 that recovery answers; false: not one of those.

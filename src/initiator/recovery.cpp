@@ -118,17 +118,24 @@ void Connection::data_in_lost(const Bhs& bhs) {
     if (d->status_present) {
         // The header is sound: its status is known, and held until the data comes again.
         note_stat_sn(d->stat_sn);
-        if (!task->held_status) {
-            Response result;
-            result.status = d->status;
-            result.residual = d->residual_count;
-            result.underflow = d->underflow;
-            result.overflow = d->overflow;
-            task->held_status = std::move(result);
-            task->held_stat_sn = d->stat_sn;
-            _held_stat_sns.push_back(d->stat_sn);
-        }
+        hold_status(task, *d);
     }
+}
+
+// A read's status that came with its last Data-In while data is still missing: kept (once) until the
+// data is complete, and its StatSN not acknowledged meanwhile (ack_stat_sn).
+void Connection::hold_status(PendingRequest* task, const iscsi::DataIn& d) {
+    if (task->held_status) {
+        return;
+    }
+    Response result;
+    result.status = d.status;
+    result.residual = d.residual_count;
+    result.underflow = d.underflow;
+    result.overflow = d.overflow;
+    task->held_status = std::move(result);
+    task->held_stat_sn = d.stat_sn;
+    _held_stat_sns.push_back(d.stat_sn);
 }
 
 void Connection::finish_read(PendingRequest* task, Response&& result, uint32_t stat_sn) {
