@@ -184,28 +184,10 @@ void Session::recover_data_out(Connection& connection, const iscsi::DataOut& hea
     // range into a burst of its own that the recovery R2T asks for. The initiator carries on with the
     // rest of its sequence meanwhile.
     advance_data_out_sequence(command, header);
-    uint32_t ttt = _next_ttt++;
-    if (_next_ttt == iscsi::reserved_tag) {
-        _next_ttt = 1;
-    }
-    command.bursts.push_back({ttt, header.buffer_offset, length, 0, 0});
-    iscsi::R2t r2t;
-    r2t.lun = command.lun;
-    r2t.itt = command.itt;
-    r2t.ttt = ttt;
-    r2t.stat_sn = connection.current_stat_sn();
-    r2t.exp_cmd_sn = _exp_cmd_sn;
-    r2t.max_cmd_sn = max_cmd_sn();
-    // A recovery R2T takes the task's next R2TSN like any other (RFC 7143 §11.8.2).
-    r2t.r2t_sn = command.r2t_sn++;
-    r2t.buffer_offset = header.buffer_offset;
-    r2t.desired_data_transfer_length = length;
-    iscsi::Bhs bhs;
-    r2t.encode(bhs);
+    uint32_t r2t_sn = send_r2t(command, connection, header.buffer_offset, length);
     _server.count_recovery(connection.reactor(), RecoveryEvent::recovery_r2t);
     log_info("{}: recovery R2T for ITT {:#x}: {} bytes at offset {} (R2TSN {})", _name, command.itt, length,
-             header.buffer_offset, r2t.r2t_sn);
-    connection.send(bhs);
+             header.buffer_offset, r2t_sn);
 }
 
 } // namespace ispace::iscsi_target

@@ -456,26 +456,33 @@ void Session::send_r2ts(IscsiTask& command) {
     while (command.bursts.size() < std::max<uint16_t>(_params.max_outstanding_r2t, 1) &&
            command.r2t_next_offset < command.wanted) {
         uint32_t length = std::min(_params.max_burst_length, command.wanted - command.r2t_next_offset);
-        uint32_t ttt = _next_ttt++;
-        if (_next_ttt == iscsi::reserved_tag) {
-            _next_ttt = 1;
-        }
-        command.bursts.push_back({ttt, command.r2t_next_offset, length, 0, 0});
-        iscsi::R2t r2t;
-        r2t.lun = command.lun;
-        r2t.itt = command.itt;
-        r2t.ttt = ttt;
-        r2t.stat_sn = command.connection->current_stat_sn();
-        r2t.exp_cmd_sn = _exp_cmd_sn;
-        r2t.max_cmd_sn = max_cmd_sn();
-        r2t.r2t_sn = command.r2t_sn++;
-        r2t.buffer_offset = command.r2t_next_offset;
-        r2t.desired_data_transfer_length = length;
-        iscsi::Bhs bhs;
-        r2t.encode(bhs);
-        command.connection->send(bhs);
+        send_r2t(command, *command.connection, command.r2t_next_offset, length);
         command.r2t_next_offset += length;
     }
+}
+
+// One burst asked for: a fresh TTT, the burst recorded in the task, the R2T with the task's next
+// R2TSN (a recovery R2T takes one like any other, RFC 7143 §11.8.2). Returns the R2TSN.
+uint32_t Session::send_r2t(IscsiTask& command, Connection& connection, uint32_t offset, uint32_t length) {
+    uint32_t ttt = _next_ttt++;
+    if (_next_ttt == iscsi::reserved_tag) {
+        _next_ttt = 1;
+    }
+    command.bursts.push_back({ttt, offset, length, 0, 0});
+    iscsi::R2t r2t;
+    r2t.lun = command.lun;
+    r2t.itt = command.itt;
+    r2t.ttt = ttt;
+    r2t.stat_sn = connection.current_stat_sn();
+    r2t.exp_cmd_sn = _exp_cmd_sn;
+    r2t.max_cmd_sn = max_cmd_sn();
+    r2t.r2t_sn = command.r2t_sn++;
+    r2t.buffer_offset = offset;
+    r2t.desired_data_transfer_length = length;
+    iscsi::Bhs bhs;
+    r2t.encode(bhs);
+    connection.send(bhs);
+    return r2t.r2t_sn;
 }
 
 void Session::maybe_data_out_done(IscsiTask& command) {

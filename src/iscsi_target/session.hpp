@@ -165,6 +165,7 @@ public:
     // The Data-Out's data (checked by check_data_out) has landed in the command's buffer.
     void data_out_received(IscsiTask& command, const iscsi::DataOut& header);
     void advance_data_out_sequence(IscsiTask& command, const iscsi::DataOut& header);
+    uint32_t send_r2t(IscsiTask& command, Connection& connection, uint32_t offset, uint32_t length);
     // A Data-Out sequence error: the command ends with CHECK CONDITION `sense`, later Data-Outs for it
     // are dropped. At ErrorRecoveryLevel 0 the data cannot be asked for again, but the connection and
     // the other tasks need not suffer for one bad sequence.
