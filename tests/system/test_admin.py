@@ -53,6 +53,20 @@ def cmdline(pid):
         return f.read().replace(b"\0", b" ").decode(errors="replace")
 
 
+def has_socket(pid):
+    """True once process `pid` has a socket open (false if it has gone)."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    return True
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return False
+
+
 def conventions(ispace, ispaced, scratch):
     for tool, name in ((ispace, "ispace"), (ispaced, "ispaced")):
         rc, out, err = run([tool, "--version"])
@@ -153,10 +167,17 @@ def secrets(ispace, ispaced, scratch):
     try:
         check(SECRET not in cmdline(daemon.proc.pid), "ispaced --chap: ps does not show the secret once running")
         url = f"iscsi://alice%{SECRET}@{daemon.portal()}/{IQN}/0"
-        bench = subprocess.Popen([ispace, "bench", "--time", "2", url], stdout=subprocess.PIPE,
+        bench = subprocess.Popen([ispace, "bench", "--time", "3", url], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-        time.sleep(0.7)
-        shown = cmdline(bench.pid) if bench.poll() is None else ""
+        # Read what ps shows once bench has a socket open: by then it has parsed its arguments. A fixed
+        # sleep raced a slow start (an ASan build on a busy CI machine had not parsed them after 0.7 s).
+        shown = ""
+        deadline = time.monotonic() + 20
+        while bench.poll() is None and time.monotonic() < deadline:
+            if has_socket(bench.pid):
+                shown = cmdline(bench.pid)
+                break
+            time.sleep(0.02)
         out, err = bench.communicate(timeout=30)
         check(bench.returncode == 0 and shown and SECRET not in shown,
               f"ispace bench with user%secret: ps does not show the secret ({shown!r})")
@@ -212,6 +233,21 @@ def files(ispace, ispaced, scratch):
     check(os.path.getsize(small) == 64 << 20, "with grow, the file is grown to size=")
 
 
+def wait_copying(cp, dst):
+    """Waits until `ispace cp` to `dst` has written data into its temporary file: its signal handling
+    is in place by then. (A fixed sleep raced a slow start: an ASan build on a busy machine was killed
+    by the SIGUSR1 it had not yet learnt to handle.)"""
+    temp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.ispace-cp-{cp.pid}")
+    deadline = time.monotonic() + 30
+    while cp.poll() is None and time.monotonic() < deadline:
+        try:
+            if os.stat(temp).st_blocks > 0: # sized at the start; blocks once data is written
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+
+
 def signals(ispace, ispaced, scratch):
     log = os.path.join(scratch, "signals.log")
     # LUN 1 is large enough that a copy is still running when it is interrupted.
@@ -232,7 +268,7 @@ def signals(ispace, ispaced, scratch):
         # Slow enough to be interrupted: one 64 KiB chunk at a time.
         cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", big, dst], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-        time.sleep(0.7)
+        wait_copying(cp, dst)
         cp.send_signal(signal.SIGUSR1)
         time.sleep(0.3)
         cp.send_signal(signal.SIGINT)
@@ -248,7 +284,7 @@ def signals(ispace, ispaced, scratch):
             f.write(b"old backup")
         cp = subprocess.Popen([ispace, "cp", "--qd", "1", "--bs", "64k", big, dst], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-        time.sleep(0.7)
+        wait_copying(cp, dst)
         cp.send_signal(signal.SIGTERM)
         out, err = cp.communicate(timeout=30)
         check(cp.returncode == 143, f"cp on SIGTERM exits 143 ({cp.returncode})")
