@@ -2,7 +2,8 @@
 //
 // One iteration:
 //   1. submit the io_uring SQEs prepared since the last iteration (one io_uring_enter per iteration);
-//   2. wait in epoll (timeout: 0 if deferred work is left over, else the nearest timer or the caller's);
+//   2. wait in epoll (timeout: 0 if deferred work is left over, else the nearest timer or the caller's),
+//      after a bounded busy-poll if ReactorOptions::poll is set and the last iteration did work;
 //   3. refresh now(); dispatch fd events, posted tasks, io_uring completions; due timers;
 //   4. after every handler, drain the deferred queue (bounded, so a task that defers itself forever
 //      cannot starve the sockets);
@@ -204,11 +205,12 @@ struct Reactor::Impl {
     // io_uring
     bool ring_ok = false;
     io_uring ring{};
-    unsigned ring_capacity = 0;   // most SQEs in flight at once, so the CQ never overflows
-    unsigned sq_pending = 0;      // prepared, not yet submitted
-    unsigned ring_in_flight = 0;  // in the SQ or the kernel, not yet reaped
-    bool submit_stalled = false;  // io_uring_submit said EAGAIN/EBUSY: retry soon
-    std::deque<FileIo*> overflow; // waiting for ring space (SQ full or ring_capacity reached)
+    unsigned ring_capacity = 0;         // most SQEs in flight at once, so the CQ never overflows
+    unsigned sq_pending = 0;            // prepared, not yet submitted
+    unsigned ring_in_flight = 0;        // in the SQ or the kernel, not yet reaped
+    bool submit_stalled = false;        // io_uring_submit said EAGAIN/EBUSY: retry soon
+    bool worked_last_iteration = false; // busy-poll only while there is traffic
+    std::deque<FileIo*> overflow;       // waiting for ring space (SQ full or ring_capacity reached)
     std::vector<Completion> completions;
 
     // Worker pool (fallback file I/O and run_blocking); jobs counted until their completion has run.
@@ -219,6 +221,8 @@ struct Reactor::Impl {
     void setup();
     void teardown();
     bool iterate(int64_t timeout_ns);
+    // Polls for up to options.poll; true if something is ready (n: the events polled, maybe 0).
+    bool busy_poll(epoll_event* events, int64_t wait_ns, int& n);
     void dispatch(const epoll_event& ev);
     void drain_eventfd();
     void run_posted();
@@ -344,10 +348,14 @@ bool Reactor::Impl::iterate(int64_t timeout_ns) {
     }
 
     epoll_event events[max_events];
-    int n;
-    if (wait_ns < 0) {
+    int n = 0;
+    if (wait_ns != 0 && worked_last_iteration && busy_poll(events, wait_ns, n)) {
+        wait_ns = 0; // something is ready: take it without sleeping
+    }
+    if (n > 0) {
+    } else if (wait_ns < 0) {
         n = ::epoll_pwait2(epoll_fd, events, max_events, nullptr, nullptr);
-    } else {
+    } else if (n == 0) {
         timespec ts{time_t(wait_ns / 1000000000), long(wait_ns % 1000000000)};
         n = ::epoll_pwait2(epoll_fd, events, max_events, &ts, nullptr);
     }
@@ -363,8 +371,10 @@ bool Reactor::Impl::iterate(int64_t timeout_ns) {
     for (int i = 0; i < n; ++i) {
         dispatch(events[i]);
     }
+    worked_last_iteration = n > 0;
     // Completions posted by task_work can arrive without the ring fd being reported in this batch.
     if (ring_ok) {
+        worked_last_iteration |= io_uring_cq_ready(&ring) > 0;
         reap_ring();
     }
     run_timers();
@@ -378,6 +388,33 @@ bool Reactor::Impl::iterate(int64_t timeout_ns) {
     self._busy_ns.store(self._busy_ns.load(std::memory_order_relaxed) + uint64_t(busy),
                         std::memory_order_relaxed);
     return !stopping.load(std::memory_order_acquire);
+}
+
+bool Reactor::Impl::busy_poll(epoll_event* events, int64_t wait_ns, int& n) {
+    if (options.poll.count() <= 0) {
+        return false;
+    }
+    // Never spin past the wait the loop was going to make (a timer due sooner, a caller's timeout).
+    int64_t poll_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(options.poll).count();
+    if (wait_ns >= 0 && wait_ns < poll_ns) {
+        poll_ns = wait_ns;
+    }
+    auto deadline = Clock::now() + std::chrono::nanoseconds(poll_ns);
+    timespec zero{0, 0};
+    do {
+        n = ::epoll_pwait2(epoll_fd, events, max_events, &zero, nullptr);
+        if (n > 0) {
+            return true;
+        }
+        if (n < 0) {
+            n = 0;
+            return false; // the wait that follows reports the error
+        }
+        if (ring_ok && io_uring_cq_ready(&ring) > 0) {
+            return true; // completions are reaped after the (then immediate) wait
+        }
+    } while (Clock::now() < deadline && !stopping.load(std::memory_order_relaxed));
+    return false;
 }
 
 void Reactor::Impl::dispatch(const epoll_event& ev) {

@@ -382,3 +382,120 @@ TEST(Reactor, CountsBusyTimeNotWaitingTime) {
     reactor.run_once(std::chrono::milliseconds(50)); // waits, does nothing
     EXPECT_LT(reactor.busy_time() - busy, std::chrono::milliseconds(20));
 }
+
+// Busy-poll (ReactorOptions::poll, `ispaced --poll-us`). What it must never do is change what the loop
+// does: events, posted work and timers are handled as without it, and the spin never outlasts the wait
+// the loop was going to make. A poll of 10 s makes any overrun obvious without timing anything finely.
+namespace {
+
+ReactorOptions polling(std::chrono::microseconds poll) {
+    ReactorOptions o;
+    o.poll = poll;
+    return o;
+}
+
+// One iteration that handled something, so that the next one busy-polls.
+void do_some_work(Reactor& r) {
+    bool ran = false;
+    r.post([&] { ran = true; });
+    while (!ran) {
+        r.run_once(100ms);
+    }
+}
+
+} // namespace
+
+TEST(ReactorBusyPoll, ReadinessArrivingWhilePollingIsDispatched) {
+    Reactor r(0, polling(10s));
+    Pipe p;
+    PipeHandler h;
+    run_on(r, [&] { r.add(p.fds[0], EPOLLIN, &h); });
+    do_some_work(r);
+    std::thread writer([&] {
+        std::this_thread::sleep_for(20ms);
+        p.put();
+    });
+    auto start = Clock::now();
+    r.run_once(-1ms); // no timeout: only the event (or a runaway spin) ends it
+    writer.join();
+    EXPECT_EQ(h.calls, 1);
+    EXPECT_LT(Clock::now() - start, 5s);
+    run_on(r, [&] { r.remove(p.fds[0]); });
+}
+
+TEST(ReactorBusyPoll, WorkPostedWhilePollingRuns) {
+    Reactor r(0, polling(10s));
+    do_some_work(r);
+    std::atomic<bool> ran{false};
+    std::thread poster([&] {
+        std::this_thread::sleep_for(20ms);
+        r.post([&] { ran = true; });
+    });
+    auto start = Clock::now();
+    r.run_once(-1ms);
+    poster.join();
+    EXPECT_TRUE(ran);
+    EXPECT_LT(Clock::now() - start, 5s);
+}
+
+TEST(ReactorBusyPoll, NeverSpinsPastADueTimerOrTheCallersTimeout) {
+    Reactor r(0, polling(10s));
+    do_some_work(r);
+    bool fired = false;
+    run_on(r, [&] { r.add_timer(20ms, [&] { fired = true; }); });
+    auto start = Clock::now();
+    while (!fired && Clock::now() - start < 5s) {
+        r.run_once(-1ms);
+    }
+    EXPECT_TRUE(fired);
+    EXPECT_LT(Clock::now() - start, 5s);
+
+    do_some_work(r);
+    start = Clock::now();
+    r.run_once(30ms); // nothing arrives: returns at the timeout, not after the 10 s poll
+    EXPECT_LT(Clock::now() - start, 5s);
+}
+
+TEST(ReactorBusyPoll, StopEndsAPoll) {
+    Reactor r(0, polling(10s));
+    do_some_work(r);
+    std::thread stopper([&] {
+        std::this_thread::sleep_for(20ms);
+        r.stop();
+    });
+    auto start = Clock::now();
+    EXPECT_FALSE(r.run_once(-1ms));
+    stopper.join();
+    EXPECT_LT(Clock::now() - start, 5s);
+}
+
+TEST(ReactorBusyPoll, FileCompletionsAreReapedWhilePolling) {
+    Reactor r(0, polling(10s));
+    char path[] = "/tmp/ispace-poll-XXXXXX";
+    int fd = ::mkstemp(path);
+    ASSERT_GE(fd, 0);
+    ::unlink(path);
+    ASSERT_EQ(::pwrite(fd, "data", 4, 0), 4);
+    char buf[4] = {};
+    iovec iov{buf, sizeof buf};
+    int result = -1;
+    bool done = false;
+    FileIo io;
+    io.fd = fd;
+    io.iov = &iov;
+    io.iovcnt = 1;
+    io.done = [&](int res) {
+        result = res;
+        done = true;
+    };
+    do_some_work(r);
+    run_on(r, [&] { r.submit(io); });
+    auto start = Clock::now();
+    while (!done && Clock::now() - start < 5s) {
+        r.run_once(-1ms);
+    }
+    ::close(fd);
+    EXPECT_TRUE(done);
+    EXPECT_EQ(result, 4);
+    EXPECT_EQ(std::string(buf, 4), "data");
+}
