@@ -13,15 +13,15 @@ namespace {
 
 // The header every page starts with.
 namespace at {
-constexpr size_t magic = 0;    // u32 page_magic
-constexpr size_t version = 4;  // u16
-constexpr size_t type = 6;     // u8 PageType
-constexpr size_t level = 7;    // u8 (interior nodes; 0 elsewhere)
-constexpr size_t crc = 8;      // u32 CRC32C of the page with this field zero
-constexpr size_t count = 12;   // u32 entries in use (device records, children, mapped clusters)
-constexpr size_t page = 16;    // u64 where the page belongs
+constexpr size_t magic = 0;     // u32 page_magic
+constexpr size_t version = 4;   // u16
+constexpr size_t type = 6;      // u8 PageType
+constexpr size_t level = 7;     // u8 (interior nodes; 0 elsewhere)
+constexpr size_t crc = 8;       // u32 CRC32C of the page with this field zero
+constexpr size_t count = 12;    // u32 entries in use (device records, children, mapped clusters)
+constexpr size_t page = 16;     // u64 where the page belongs
 constexpr size_t sequence = 24; // u64 the transaction that wrote it
-constexpr size_t pool_id = 32; // u64
+constexpr size_t pool_id = 32;  // u64
 // 40..63 reserved, zero
 } // namespace at
 
@@ -134,7 +134,7 @@ Result<Header> check_header(std::span<const uint8_t> in, PageType want, uint64_t
         return bad(fmt::format("metadata page {}: format version {} (this ispace reads {})", page,
                                get16(p + at::version), format_version));
     }
-    Header h{PageType(p[at::type]), p[at::level], get32(p + at::count), get64(p + at::page),
+    Header h{PageType(p[at::type]),   p[at::level],          get32(p + at::count), get64(p + at::page),
              get64(p + at::sequence), get64(p + at::pool_id)};
     if (h.type != want) {
         return bad(fmt::format("metadata page {}: type {}, expected {}", page, unsigned(p[at::type]),
@@ -148,8 +148,8 @@ Result<Header> check_header(std::span<const uint8_t> in, PageType want, uint64_t
                                h.pool_id, pool_id));
     }
     if (h.sequence == 0 || h.sequence > max_sequence) {
-        return bad(fmt::format("metadata page {}: written by transaction {}, newer than the superblock's {}", page,
-                               h.sequence, max_sequence));
+        return bad(fmt::format("metadata page {}: written by transaction {}, newer than the superblock's {}",
+                               page, h.sequence, max_sequence));
     }
     if (!all_zero(p + 40, header_size - 40)) {
         return bad(fmt::format("metadata page {}: reserved header bytes are not zero", page));
@@ -263,8 +263,8 @@ Result<Superblock> decode_superblock(std::span<const uint8_t> in, uint64_t page)
         return bad(fmt::format("superblock {}: metadata area of {} pages", page, s.metadata_pages));
     }
     if (s.device_table_page < superblock_slots || s.device_table_page >= s.metadata_pages) {
-        return bad(fmt::format("superblock {}: device table at page {}, outside 2..{}", page, s.device_table_page,
-                               s.metadata_pages - 1));
+        return bad(fmt::format("superblock {}: device table at page {}, outside 2..{}", page,
+                               s.device_table_page, s.metadata_pages - 1));
     }
     if (s.next_device_id == 0) {
         return bad(fmt::format("superblock {}: next device id 0", page));
@@ -275,8 +275,8 @@ Result<Superblock> decode_superblock(std::span<const uint8_t> in, uint64_t page)
     return s;
 }
 
-void encode_device_table(std::span<const DeviceRecord> devices, uint64_t page, uint64_t sequence, uint64_t pool_id,
-                         std::span<uint8_t> out) {
+void encode_device_table(std::span<const DeviceRecord> devices, uint64_t page, uint64_t sequence,
+                         uint64_t pool_id, std::span<uint8_t> out) {
     start_page(out, PageType::device_table, 0, uint32_t(devices.size()), page, sequence, pool_id);
     uint8_t* p = out.data() + header_size;
     for (const DeviceRecord& d : devices) {
@@ -299,8 +299,8 @@ Result<std::vector<DeviceRecord>> decode_device_table(std::span<const uint8_t> i
         return std::move(h).error();
     }
     if (h->level != 0 || h->count > max_devices) {
-        return bad(fmt::format("device table {}: level {}, {} devices (at most {})", e.page, h->level, h->count,
-                               max_devices));
+        return bad(fmt::format("device table {}: level {}, {} devices (at most {})", e.page, h->level,
+                               h->count, max_devices));
     }
     std::vector<DeviceRecord> out;
     const uint8_t* p = in.data() + header_size;
@@ -323,12 +323,13 @@ Result<std::vector<DeviceRecord>> decode_device_table(std::span<const uint8_t> i
         }
         d.name.assign(name, n);
         if (d.id == 0 || (d.flags & ~uint32_t(device_flags_known)) != 0) {
-            return bad(fmt::format("device table {}: device {} has id {} flags {:#x}", e.page, i, d.id, d.flags));
+            return bad(
+                fmt::format("device table {}: device {} has id {} flags {:#x}", e.page, i, d.id, d.flags));
         }
         if (d.level > max_level || d.virtual_clusters == 0 || d.virtual_clusters > level_capacity(d.level) ||
             level_for(d.virtual_clusters) != d.level) {
-            return bad(fmt::format("device table {}: device {} of {} clusters has root level {}", e.page, d.id,
-                                   d.virtual_clusters, d.level));
+            return bad(fmt::format("device table {}: device {} of {} clusters has root level {}", e.page,
+                                   d.id, d.virtual_clusters, d.level));
         }
         if (d.root_page != 0) {
             if (auto r = check_child(d.root_page, e, "a device root"); !r) {
@@ -336,11 +337,13 @@ Result<std::vector<DeviceRecord>> decode_device_table(std::span<const uint8_t> i
             }
         }
         if (d.created_sequence > e.max_sequence) {
-            return bad(fmt::format("device table {}: device {} created by a later transaction", e.page, d.id));
+            return bad(
+                fmt::format("device table {}: device {} created by a later transaction", e.page, d.id));
         }
         for (const DeviceRecord& other : out) {
             if (other.id == d.id || other.name == d.name) {
-                return bad(fmt::format("device table {}: device id {} or name \"{}\" twice", e.page, d.id, d.name));
+                return bad(
+                    fmt::format("device table {}: device id {} or name \"{}\" twice", e.page, d.id, d.name));
             }
         }
         out.push_back(std::move(d));
@@ -397,7 +400,8 @@ Result<Interior> decode_interior(std::span<const uint8_t> in, const PageExpect& 
     return node;
 }
 
-void encode_leaf(const Leaf& leaf, uint64_t page, uint64_t sequence, uint64_t pool_id, std::span<uint8_t> out) {
+void encode_leaf(const Leaf& leaf, uint64_t page, uint64_t sequence, uint64_t pool_id,
+                 std::span<uint8_t> out) {
     uint32_t count = 0;
     for (const LeafEntry& entry : leaf.entries) {
         count += entry.mapped();
@@ -445,8 +449,8 @@ Result<Leaf> decode_leaf(std::span<const uint8_t> in, const PageExpect& e) {
         }
         entry.physical = stored - 1;
         if (entry.physical >= e.pool_clusters) {
-            return bad(fmt::format("leaf {}: entry {} maps cluster {}, the pool has {}", e.page, i, entry.physical,
-                                   e.pool_clusters));
+            return bad(fmt::format("leaf {}: entry {} maps cluster {}, the pool has {}", e.page, i,
+                                   entry.physical, e.pool_clusters));
         }
         if (mask_empty(entry.written)) {
             return bad(fmt::format("leaf {}: entry {} has no written block", e.page, i));

@@ -124,10 +124,12 @@ WrittenMask mask_or(const WrittenMask& a, const WrittenMask& b);
 
 // Encoders fill `out` (page_size bytes) completely, checksum included. `page` is where it will be written.
 void encode_superblock(const Superblock& sb, uint64_t page, std::span<uint8_t> out);
-void encode_device_table(std::span<const DeviceRecord> devices, uint64_t page, uint64_t sequence, uint64_t pool_id,
-                         std::span<uint8_t> out);
-void encode_interior(const Interior& node, uint64_t page, uint64_t sequence, uint64_t pool_id, std::span<uint8_t> out);
-void encode_leaf(const Leaf& leaf, uint64_t page, uint64_t sequence, uint64_t pool_id, std::span<uint8_t> out);
+void encode_device_table(std::span<const DeviceRecord> devices, uint64_t page, uint64_t sequence,
+                         uint64_t pool_id, std::span<uint8_t> out);
+void encode_interior(const Interior& node, uint64_t page, uint64_t sequence, uint64_t pool_id,
+                     std::span<uint8_t> out);
+void encode_leaf(const Leaf& leaf, uint64_t page, uint64_t sequence, uint64_t pool_id,
+                 std::span<uint8_t> out);
 
 // Decoders: the page's contents, or an error (EILSEQ) naming what is wrong. decode_superblock checks
 // the page index only (the pool id and bounds are what it establishes).

@@ -55,7 +55,7 @@ public:
 
     // What a crash keeps of the writes since the last flush.
     enum class CrashKeeps {
-        nothing,   // none reached the medium
+        nothing, // none reached the medium
         everything,
         even,      // every other one (0th, 2nd, ...): reordering
         torn_last, // all but the last, and the first half of the last

@@ -17,15 +17,15 @@ uint32_t child_index(uint64_t vcluster, uint8_t level) {
 
 Result<void> check_name(const std::string& name) {
     if (name.empty() || name.size() > max_name_length || name.find('\0') != std::string::npos) {
-        return make_error(fmt::format("device name \"{}\": 1 to {} characters, no NUL", name, max_name_length),
-                          EINVAL);
+        return make_error(
+            fmt::format("device name \"{}\": 1 to {} characters, no NUL", name, max_name_length), EINVAL);
     }
     return {};
 }
 
 Error no_space(uint64_t clusters) {
-    return make_error(fmt::format("space allocation failed: all {} clusters of the pool are in use", clusters),
-                      ENOSPC);
+    return make_error(
+        fmt::format("space allocation failed: all {} clusters of the pool are in use", clusters), ENOSPC);
 }
 
 } // namespace
@@ -33,10 +33,12 @@ Error no_space(uint64_t clusters) {
 // --- formatting and opening ---
 
 Result<ThinPool> ThinPool::format(MetadataStore& store, PoolGeometry geometry) {
-    if (geometry.cluster_size < min_cluster_size || geometry.cluster_size > max_cluster_blocks * written_granule ||
+    if (geometry.cluster_size < min_cluster_size ||
+        geometry.cluster_size > max_cluster_blocks * written_granule ||
         (geometry.cluster_size & (geometry.cluster_size - 1)) != 0) {
-        return make_error(fmt::format("cluster size {}: a power of two from 64 KiB to 1 MiB", geometry.cluster_size),
-                          EINVAL);
+        return make_error(
+            fmt::format("cluster size {}: a power of two from 64 KiB to 1 MiB", geometry.cluster_size),
+            EINVAL);
     }
     if (geometry.pool_clusters == 0 || geometry.pool_clusters >= no_cluster - 1) {
         return make_error("a thin pool needs at least one cluster", EINVAL);
@@ -90,7 +92,7 @@ Result<void> ThinPool::read_page(uint64_t page, std::vector<uint8_t>& out,
     return last;
 }
 
-Result<ThinPool> ThinPool::open(MetadataStore& store) {
+Result<ThinPool> ThinPool::open(MetadataStore& store, uint64_t max_pool_clusters) {
     ThinPool pool;
     pool._store = &store;
     std::optional<Superblock> best;
@@ -126,23 +128,29 @@ Result<ThinPool> ThinPool::open(MetadataStore& store) {
                                       best->metadata_pages, store.pages()),
                           EILSEQ);
     }
+    if (best->pool_clusters > max_pool_clusters) {
+        return make_error(fmt::format("the superblock counts {} clusters, the members hold at most {}",
+                                      best->pool_clusters, max_pool_clusters),
+                          EILSEQ);
+    }
     pool._sb = *best;
     pool._refs.assign(pool._sb.pool_clusters, 0);
     pool._pages.assign(pool._sb.metadata_pages, PageState::free);
     pool._pages[0] = pool._pages[1] = PageState::owned;
     pool._pages_used = superblock_slots;
 
-    PageExpect expect{pool._sb.device_table_page, pool._sb.pool_id, pool._sb.sequence, pool._sb.metadata_pages,
-                      pool._sb.pool_clusters, pool._sb.cluster_blocks()};
+    PageExpect expect{pool._sb.device_table_page, pool._sb.pool_id,       pool._sb.sequence,
+                      pool._sb.metadata_pages,    pool._sb.pool_clusters, pool._sb.cluster_blocks()};
     std::vector<DeviceRecord> records;
-    auto r = pool.read_page(pool._sb.device_table_page, bytes, [&](std::span<const uint8_t> in) -> Result<void> {
-        auto t = decode_device_table(in, expect);
-        if (!t) {
-            return std::move(t).error();
-        }
-        records = std::move(*t);
-        return {};
-    });
+    auto r =
+        pool.read_page(pool._sb.device_table_page, bytes, [&](std::span<const uint8_t> in) -> Result<void> {
+            auto t = decode_device_table(in, expect);
+            if (!t) {
+                return std::move(t).error();
+            }
+            records = std::move(*t);
+            return {};
+        });
     if (!r) {
         return std::move(r).error();
     }
@@ -152,16 +160,18 @@ Result<ThinPool> ThinPool::open(MetadataStore& store) {
     std::unordered_map<uint64_t, NodeId> seen;
     for (DeviceRecord& record : records) {
         if (record.id >= pool._sb.next_device_id) {
-            return make_error(fmt::format("device {} is not below the next id {}", record.id, pool._sb.next_device_id),
-                              EILSEQ);
+            return make_error(
+                fmt::format("device {} is not below the next id {}", record.id, pool._sb.next_device_id),
+                EILSEQ);
         }
         Device dev;
         dev.record = record;
         if (record.root_page != 0) {
             auto root = pool.load_node(record.root_page, record.level, seen);
             if (!root) {
-                return make_error(fmt::format("device {} (\"{}\"): {}", record.id, record.name, root.error().message),
-                                  EILSEQ);
+                return make_error(
+                    fmt::format("device {} (\"{}\"): {}", record.id, record.name, root.error().message),
+                    EILSEQ);
             }
             dev.root = *root;
         }
@@ -187,7 +197,8 @@ Result<ThinPool::NodeId> ThinPool::load_node(uint64_t page, uint8_t level,
     if (_pages[page] != PageState::free) {
         return make_error(fmt::format("metadata page {} is used twice", page), EILSEQ);
     }
-    PageExpect expect{page, _sb.pool_id, _sb.sequence, _sb.metadata_pages, _sb.pool_clusters, _sb.cluster_blocks()};
+    PageExpect expect{
+        page, _sb.pool_id, _sb.sequence, _sb.metadata_pages, _sb.pool_clusters, _sb.cluster_blocks()};
     std::vector<uint8_t> bytes;
     std::optional<Leaf> leaf;
     std::optional<Interior> interior;
@@ -432,9 +443,9 @@ Result<uint64_t> ThinPool::allocate_page() {
             return p;
         }
     }
-    return make_error(fmt::format("space allocation failed: the thin metadata area ({} pages) is full",
-                                  _sb.metadata_pages),
-                      ENOSPC);
+    return make_error(
+        fmt::format("space allocation failed: the thin metadata area ({} pages) is full", _sb.metadata_pages),
+        ENOSPC);
 }
 
 // --- devices ---
@@ -469,7 +480,7 @@ Result<uint32_t> ThinPool::add_device(const std::string& name, uint64_t virtual_
     if (find_device(name)) {
         return make_error(fmt::format("a device named \"{}\" exists", name), EEXIST);
     }
-    if (_devices.size() >= max_devices) {
+    if (_devices.size() >= max_devices || _sb.next_device_id == ~uint32_t(0)) {
         return make_error(fmt::format("the pool holds {} devices, its most", max_devices), ENOSPC);
     }
     if (virtual_clusters == 0 || virtual_clusters > level_capacity(max_level)) {
@@ -521,7 +532,8 @@ Result<uint32_t> ThinPool::clone(uint32_t source, const std::string& name) {
 }
 
 Result<void> ThinPool::remove_device(uint32_t id) {
-    auto it = std::find_if(_devices.begin(), _devices.end(), [&](const Device& d) { return d.record.id == id; });
+    auto it =
+        std::find_if(_devices.begin(), _devices.end(), [&](const Device& d) { return d.record.id == id; });
     if (it == _devices.end()) {
         return make_error(fmt::format("no device {}", id), ENOENT);
     }
@@ -552,9 +564,9 @@ Result<std::optional<Mapping>> ThinPool::lookup(uint32_t id, uint64_t vcluster) 
         return make_error(fmt::format("no device {}", id), ENOENT);
     }
     if (vcluster >= dev->record.virtual_clusters) {
-        return make_error(fmt::format("cluster {} is beyond device {}'s {}", vcluster, id,
-                                      dev->record.virtual_clusters),
-                          EINVAL);
+        return make_error(
+            fmt::format("cluster {} is beyond device {}'s {}", vcluster, id, dev->record.virtual_clusters),
+            EINVAL);
     }
     const LeafEntry* e = entry_for_read(*dev, vcluster, nullptr);
     if (!e || !e->mapped()) {
@@ -573,8 +585,9 @@ Result<WritePlan> ThinPool::write(uint32_t id, uint64_t vcluster, uint32_t first
     }
     if (vcluster >= dev->record.virtual_clusters || count == 0 || first >= cluster_blocks() ||
         count > cluster_blocks() - first) {
-        return make_error(fmt::format("write of blocks {}+{} of cluster {} is out of range", first, count, vcluster),
-                          EINVAL);
+        return make_error(
+            fmt::format("write of blocks {}+{} of cluster {} is out of range", first, count, vcluster),
+            EINVAL);
     }
     WrittenMask range{};
     mask_set_range(range, first, count);
@@ -586,7 +599,8 @@ Result<WritePlan> ThinPool::write(uint32_t id, uint64_t vcluster, uint32_t first
     const LeafEntry* seen = entry_for_read(*dev, vcluster, &private_path);
     if (seen && seen->mapped()) {
         plan.previous = {seen->physical, seen->written};
-        if (private_path && writable_in_place(seen->physical) && mask_and_not(range, seen->written) == WrittenMask{}) {
+        if (private_path && writable_in_place(seen->physical) &&
+            mask_and_not(range, seen->written) == WrittenMask{}) {
             plan.physical = seen->physical;
             return plan;
         }
@@ -649,13 +663,14 @@ Result<void> ThinPool::revert_write(uint32_t id, uint64_t vcluster, const WriteP
     }
     const LeafEntry* seen = entry_for_read(*dev, vcluster, nullptr);
     if (!seen || seen->physical != plan.physical) {
-        return make_error(fmt::format("cluster {} of device {} no longer maps what the write did", vcluster, id),
-                          EINVAL);
+        return make_error(
+            fmt::format("cluster {} of device {} no longer maps what the write did", vcluster, id), EINVAL);
     }
     if (plan.previous.physical != no_cluster && plan.previous.physical != plan.physical &&
         _refs[plan.previous.physical] == 0 && _committed_refs[plan.previous.physical] == 0) {
         // A commit came between, and the old cluster was free to reuse: it cannot be taken back.
-        return make_error(fmt::format("cluster {} of device {}: the copied cluster is gone", vcluster, id), EINVAL);
+        return make_error(fmt::format("cluster {} of device {}: the copied cluster is gone", vcluster, id),
+                          EINVAL);
     }
     LeafEntry* e = entry_for_update(*dev, vcluster, false);
     if (plan.allocated) {
@@ -679,8 +694,9 @@ Result<bool> ThinPool::unmap(uint32_t id, uint64_t vcluster, uint32_t first, uin
     }
     if (vcluster >= dev->record.virtual_clusters || count == 0 || first >= cluster_blocks() ||
         count > cluster_blocks() - first) {
-        return make_error(fmt::format("unmap of blocks {}+{} of cluster {} is out of range", first, count, vcluster),
-                          EINVAL);
+        return make_error(
+            fmt::format("unmap of blocks {}+{} of cluster {} is out of range", first, count, vcluster),
+            EINVAL);
     }
     const LeafEntry* seen = entry_for_read(*dev, vcluster, nullptr);
     if (!seen || !seen->mapped()) {
@@ -903,7 +919,8 @@ Result<void> ThinPool::check() const {
     }
     for (NodeId id = 1; id < _nodes.size(); ++id) {
         if (node_refs[id] != _nodes[id].refs) {
-            return err(fmt::format("node {} has {} references, counted {}", id, _nodes[id].refs, node_refs[id]));
+            return err(
+                fmt::format("node {} has {} references, counted {}", id, _nodes[id].refs, node_refs[id]));
         }
     }
     uint64_t allocated = 0, held = 0;
@@ -915,8 +932,8 @@ Result<void> ThinPool::check() const {
         held += _refs[c] != 0 || _committed_refs[c] != 0;
     }
     if (allocated != _allocated || held != _held) {
-        return err(fmt::format("{} clusters allocated and {} held, counted {} and {}", _allocated, _held, allocated,
-                               held));
+        return err(fmt::format("{} clusters allocated and {} held, counted {} and {}", _allocated, _held,
+                               allocated, held));
     }
     uint64_t owned = 0, used = 0;
     for (uint64_t p = 0; p < _sb.metadata_pages; ++p) {

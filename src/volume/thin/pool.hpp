@@ -82,7 +82,9 @@ public:
     static Result<ThinPool> format(MetadataStore& store, PoolGeometry geometry);
     // Reads the newest committed state: the valid superblock slot with the higher sequence, then every
     // page it reaches, each checked (trying every copy the store has before giving up on one).
-    static Result<ThinPool> open(MetadataStore& store);
+    // `max_pool_clusters`: the most clusters the members' data area can hold (from the labels): a
+    // superblock that claims more is refused before anything is sized by it.
+    static Result<ThinPool> open(MetadataStore& store, uint64_t max_pool_clusters);
 
     ThinPool(ThinPool&&) = default;
     ThinPool& operator=(ThinPool&&) = default;
@@ -131,10 +133,10 @@ private:
 
     using NodeId = uint32_t; // 0: none
     struct Node {
-        uint32_t refs = 0; // parents (device roots, interior nodes) that point here
-        uint8_t level = 0; // 0: leaf
-        uint64_t page = 0; // where it is durable; 0: changed since (written at the next commit)
-        std::vector<NodeId> children; // interior: interior_fanout entries
+        uint32_t refs = 0;              // parents (device roots, interior nodes) that point here
+        uint8_t level = 0;              // 0: leaf
+        uint64_t page = 0;              // where it is durable; 0: changed since (written at the next commit)
+        std::vector<NodeId> children;   // interior: interior_fanout entries
         std::vector<LeafEntry> entries; // leaf: leaf_entries entries
     };
     struct Device {

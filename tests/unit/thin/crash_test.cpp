@@ -64,7 +64,8 @@ void run_round(World& w, unsigned seed, int round, std::map<std::string, std::se
         }
         uint64_t kind = pick(100);
         if (writable.empty() || (kind >= 95 && devices.size() < 8)) {
-            std::string name = "v" + std::to_string(seed) + "." + std::to_string(round) + "." + std::to_string(op);
+            std::string name =
+                "v" + std::to_string(seed) + "." + std::to_string(round) + "." + std::to_string(op);
             ASSERT_TRUE(w.pool->create_device(name, virtual_clusters).ok());
             continue;
         }
@@ -96,11 +97,13 @@ void run_round(World& w, unsigned seed, int round, std::map<std::string, std::se
             uint32_t count = whole ? blocks : 1 + uint32_t(pick(blocks - first));
             ASSERT_TRUE(w.pool->unmap(dev.id, v, first, count).ok());
         } else if (kind < 86 && devices.size() < 8) {
-            std::string name = "s" + std::to_string(seed) + "." + std::to_string(round) + "." + std::to_string(op);
+            std::string name =
+                "s" + std::to_string(seed) + "." + std::to_string(round) + "." + std::to_string(op);
             ASSERT_TRUE(w.pool->snapshot(dev.id, name).ok());
         } else if (kind < 90 && devices.size() < 8) {
             const DeviceInfo& src = devices[pick(devices.size())];
-            std::string name = "c" + std::to_string(seed) + "." + std::to_string(round) + "." + std::to_string(op);
+            std::string name =
+                "c" + std::to_string(seed) + "." + std::to_string(round) + "." + std::to_string(op);
             ASSERT_TRUE(w.pool->clone(src.id, name).ok());
         } else if (kind < 95 && devices.size() > 1) {
             ASSERT_TRUE(w.pool->remove_device(devices[pick(devices.size())].id).ok());
@@ -110,8 +113,8 @@ void run_round(World& w, unsigned seed, int round, std::map<std::string, std::se
 
 // The state after a crash must be `expected`, except that a block written in place during the round may
 // show the new data in the device that wrote it (an unflushed overwrite), and only there.
-void expect_state(World& w, const Contents& expected, const std::map<std::string, std::set<uint64_t>>& written,
-                  const std::string& where) {
+void expect_state(World& w, const Contents& expected,
+                  const std::map<std::string, std::set<uint64_t>>& written, const std::string& where) {
     Contents got = w.contents();
     ASSERT_EQ(got.size(), expected.size()) << where;
     for (const auto& [name, tokens] : expected) {
@@ -124,8 +127,8 @@ void expect_state(World& w, const Contents& expected, const std::map<std::string
                 continue;
             }
             bool allowed = in_place != written.end() && in_place->second.count(b) && it->second[b] != 0;
-            ASSERT_TRUE(allowed) << where << ": device " << name << " block " << b << " reads " << it->second[b]
-                                 << ", committed " << tokens[b];
+            ASSERT_TRUE(allowed) << where << ": device " << name << " block " << b << " reads "
+                                 << it->second[b] << ", committed " << tokens[b];
         }
     }
 }
@@ -181,9 +184,9 @@ void crash_everywhere(unsigned seed) {
                 ASSERT_FALSE(ok) << "stop " << stop;
                 r.world.pool.reset(); // kill -9: the process and its memory are gone
                 r.world.store.crash(keeps);
-                std::string where = "seed " + std::to_string(seed) + " round " + std::to_string(round) + " stop " +
-                                    std::to_string(stop) + " keeps " + std::to_string(int(keeps));
-                auto p = ThinPool::open(r.world.store);
+                std::string where = "seed " + std::to_string(seed) + " round " + std::to_string(round) +
+                                    " stop " + std::to_string(stop) + " keeps " + std::to_string(int(keeps));
+                auto p = ThinPool::open(r.world.store, pool_clusters);
                 ASSERT_TRUE(p.ok()) << where << ": " << p.error().message;
                 r.world.pool.emplace(std::move(*p));
                 auto check = r.world.pool->check();
@@ -205,7 +208,7 @@ void crash_everywhere(unsigned seed) {
                 Contents next = r.world.contents();
                 ASSERT_TRUE(r.world.pool->commit().ok()) << where;
                 r.world.pool.reset();
-                auto again = ThinPool::open(r.world.store);
+                auto again = ThinPool::open(r.world.store, pool_clusters);
                 ASSERT_TRUE(again.ok()) << where << ": " << again.error().message;
                 r.world.pool.emplace(std::move(*again));
                 ASSERT_TRUE(r.world.pool->check().ok()) << where;
@@ -235,7 +238,9 @@ struct FailingFlush final : MetadataStore {
     Result<void> read(uint64_t page, unsigned copy, std::span<uint8_t> out) override {
         return inner.read(page, copy, out);
     }
-    Result<void> write(uint64_t page, std::span<const uint8_t> data) override { return inner.write(page, data); }
+    Result<void> write(uint64_t page, std::span<const uint8_t> data) override {
+        return inner.write(page, data);
+    }
     Result<void> flush() override {
         if (++flushes == fail_at) {
             return make_error("barrier failed", EIO);
@@ -264,7 +269,7 @@ TEST(ThinCrash, ACommitWhoseOutcomeIsUnknownIsSettledByTheNext) {
 
             FailingFlush failing(w.store, 2);
             w.pool.reset();
-            auto reopened = ThinPool::open(failing);
+            auto reopened = ThinPool::open(failing, pool_clusters);
             ASSERT_TRUE(reopened.ok());
             w.pool.emplace(std::move(*reopened));
             ASSERT_EQ(w.contents(), first);
@@ -287,7 +292,7 @@ TEST(ThinCrash, ACommitWhoseOutcomeIsUnknownIsSettledByTheNext) {
             }
             w.pool.reset();
             w.store.crash(keeps);
-            auto last = ThinPool::open(w.store);
+            auto last = ThinPool::open(w.store, pool_clusters);
             ASSERT_TRUE(last.ok()) << last.error().message;
             w.pool.emplace(std::move(*last));
             ASSERT_TRUE(w.pool->check().ok());

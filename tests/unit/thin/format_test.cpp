@@ -140,7 +140,8 @@ TEST(ThinFormat, FieldsAreCheckedBehindTheChecksum) {
     EXPECT_FALSE(decode_leaf(good, other_pool).ok());
     PageExpect older = expect_at(5);
     older.max_sequence = 8;
-    EXPECT_FALSE(decode_leaf(good, older).ok()) << "a page newer than the superblock is not part of its state";
+    EXPECT_FALSE(decode_leaf(good, older).ok())
+        << "a page newer than the superblock is not part of its state";
     EXPECT_FALSE(decode_interior(good, expect_at(5), 1).ok()) << "a leaf read as an interior node";
     EXPECT_FALSE(decode_leaf(std::span<const uint8_t>(good.data(), 100), expect_at(5)).ok());
 }

@@ -18,7 +18,7 @@ constexpr uint32_t blocks = cluster / written_granule;
 
 struct Fixture {
     explicit Fixture(uint64_t clusters, uint64_t pages = 256, unsigned copies = 1)
-        : store(pages, copies), data(clusters, blocks) {
+        : store(pages, copies), data(clusters, blocks), pool_clusters(clusters) {
         auto p = ThinPool::format(store, PoolGeometry{cluster, clusters});
         EXPECT_TRUE(p.ok()) << (p.ok() ? "" : p.error().message);
         pool.emplace(std::move(*p));
@@ -27,7 +27,7 @@ struct Fixture {
     ThinPool* operator->() { return &*pool; }
     void reopen() {
         pool.reset();
-        auto p = ThinPool::open(store);
+        auto p = ThinPool::open(store, pool_clusters);
         ASSERT_TRUE(p.ok()) << p.error().message;
         pool.emplace(std::move(*p));
         ASSERT_TRUE(pool->check().ok()) << pool->check().error().message;
@@ -41,6 +41,7 @@ struct Fixture {
 
     MemoryMetadataStore store;
     DataArea data;
+    uint64_t pool_clusters;
     std::optional<ThinPool> pool;
 };
 
@@ -101,7 +102,8 @@ TEST(ThinPool, SnapshotSharesAndTheFirstWriteCopiesOnlyWrittenBlocks) {
     EXPECT_TRUE(cow.allocated);
     EXPECT_EQ(cow.copy_from, orig.physical);
     EXPECT_NE(cow.physical, orig.physical);
-    EXPECT_EQ(mask_count(cow.copy_blocks), 5u) << "blocks 0,1,3,4,5: not the block written, not the 10 unwritten";
+    EXPECT_EQ(mask_count(cow.copy_blocks), 5u)
+        << "blocks 0,1,3,4,5: not the block written, not the 10 unwritten";
     EXPECT_FALSE(mask_test(cow.copy_blocks, 2));
     EXPECT_FALSE(mask_test(cow.copy_blocks, 6));
     EXPECT_EQ(f->stats().allocated_clusters, 2u);
@@ -173,7 +175,8 @@ TEST(ThinPool, DeletingASnapshotFreesWhatOnlyItHeldAfterTheCommit) {
     EXPECT_EQ(f->stats().allocated_clusters, 3u);
     ASSERT_TRUE(f->remove_device(snap).ok());
     EXPECT_EQ(f->stats().allocated_clusters, 2u);
-    EXPECT_EQ(f->stats().held_clusters, 3u) << "the committed state still maps it: not reusable before a commit";
+    EXPECT_EQ(f->stats().held_clusters, 3u)
+        << "the committed state still maps it: not reusable before a commit";
     EXPECT_EQ(f.read(dev, 0, 0), 3u);
     EXPECT_EQ(f.read(dev, 1, 0), 2u);
     ASSERT_TRUE(f->commit().ok());
@@ -192,7 +195,8 @@ TEST(ThinPool, AFullPoolFailsWithTheSpaceAllocationErrorAndLosesNothing) {
     auto full = f->write(dev, 3, 0, 1);
     ASSERT_FALSE(full.ok());
     EXPECT_EQ(full.error().code, ENOSPC);
-    EXPECT_NE(full.error().message.find("space allocation failed"), std::string::npos) << full.error().message;
+    EXPECT_NE(full.error().message.find("space allocation failed"), std::string::npos)
+        << full.error().message;
     // A copy on write needs a cluster too: refused, and the map stays as it was.
     uint32_t snap = *f->snapshot(dev, "vol@a");
     auto cow = f->write(dev, 0, 0, 1);
@@ -360,9 +364,17 @@ TEST(ThinPool, AMirroredMetadataPageIsReadFromTheGoodCopy) {
     for (uint64_t p = 0; p < 64; ++p) {
         f.store.corrupt(p, 1, 100);
     }
-    auto broken = ThinPool::open(f.store);
+    auto broken = ThinPool::open(f.store, 8);
     ASSERT_FALSE(broken.ok());
     EXPECT_EQ(broken.error().code, EILSEQ);
+}
+
+TEST(ThinPool, OpenRefusesAPoolLargerThanTheMembers) {
+    Fixture f(8);
+    auto r = ThinPool::open(f.store, 7);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, EILSEQ);
+    EXPECT_TRUE(ThinPool::open(f.store, 8).ok());
 }
 
 TEST(ThinPool, NamesAndLimits) {
