@@ -26,7 +26,8 @@ public:
     };
 
     // Checks that every member holds `pages` pages at its offset, aligned for its block size.
-    static Result<MemberMetadataStore> make(net::Reactor& reactor, std::vector<Member> members, uint64_t pages);
+    static Result<MemberMetadataStore> make(net::Reactor& reactor, std::vector<Member> members,
+                                            uint64_t pages);
 
     uint64_t pages() const override { return _pages; }
     unsigned copies() const override { return unsigned(_members.size()); }

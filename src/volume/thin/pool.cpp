@@ -43,6 +43,9 @@ Result<ThinPool> ThinPool::format(MetadataStore& store, PoolGeometry geometry) {
     if (geometry.pool_clusters == 0 || geometry.pool_clusters >= no_cluster - 1) {
         return make_error("a thin pool needs at least one cluster", EINVAL);
     }
+    if (store.pages() > (uint64_t(1) << 40)) {
+        return make_error(fmt::format("metadata area of {} pages: at most 2^40", store.pages()), EINVAL);
+    }
     if (store.pages() < superblock_slots + 2) {
         return make_error(fmt::format("metadata area of {} pages: at least {} are needed", store.pages(),
                                       superblock_slots + 2),
@@ -179,6 +182,7 @@ Result<ThinPool> ThinPool::open(MetadataStore& store, uint64_t max_pool_clusters
     }
     pool._committed_refs = pool._refs;
     pool._held = pool._allocated;
+    pool._dirty = false; // what was read is what is committed
     return pool;
 }
 

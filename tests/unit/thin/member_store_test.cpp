@@ -37,8 +37,9 @@ struct Members {
     }
     std::vector<uint8_t> page(int member, uint64_t p) {
         std::vector<uint8_t> b(page_size);
-        EXPECT_EQ(volume::member_io(group.at(0), *devices[member], backstore::IoOp::read, area + p * page_size, b),
-                  0);
+        EXPECT_EQ(
+            volume::member_io(group.at(0), *devices[member], backstore::IoOp::read, area + p * page_size, b),
+            0);
         return b;
     }
 
@@ -64,7 +65,8 @@ TEST(ThinMemberStore, EveryMemberHoldsTheMapAndADamagedPageIsReadFromAnother) {
     }
     // Damage every page of member 0's area: member 1 serves them all.
     std::vector<uint8_t> junk(pages * page_size, 0xee);
-    ASSERT_EQ(volume::member_io(members.group.at(0), *members.devices[0], backstore::IoOp::write, area, junk), 0);
+    ASSERT_EQ(volume::member_io(members.group.at(0), *members.devices[0], backstore::IoOp::write, area, junk),
+              0);
     auto pool = ThinPool::open(store, 100);
     ASSERT_TRUE(pool.ok()) << pool.error().message;
     ASSERT_TRUE(pool->check().ok());
@@ -74,7 +76,8 @@ TEST(ThinMemberStore, EveryMemberHoldsTheMapAndADamagedPageIsReadFromAnother) {
     ASSERT_TRUE(m.ok() && m->has_value());
     EXPECT_EQ(mask_count((*m)->written), 4u);
     // Both damaged: an error naming the problem, not a pool.
-    ASSERT_EQ(volume::member_io(members.group.at(0), *members.devices[1], backstore::IoOp::write, area, junk), 0);
+    ASSERT_EQ(volume::member_io(members.group.at(0), *members.devices[1], backstore::IoOp::write, area, junk),
+              0);
     auto none = ThinPool::open(store, 100);
     ASSERT_FALSE(none.ok());
     EXPECT_EQ(none.error().code, EILSEQ);
@@ -82,7 +85,8 @@ TEST(ThinMemberStore, EveryMemberHoldsTheMapAndADamagedPageIsReadFromAnother) {
 
 TEST(ThinMemberStore, TheAreaMustFitEveryMember) {
     Members members;
-    auto misaligned = MemberMetadataStore::make(members.group.at(0), {{members.devices[0].get(), 512}}, pages);
+    auto misaligned =
+        MemberMetadataStore::make(members.group.at(0), {{members.devices[0].get(), 512}}, pages);
     EXPECT_EQ(misaligned.error().code, EINVAL);
     auto too_big = MemberMetadataStore::make(members.group.at(0), {{members.devices[0].get(), area}}, 4096);
     EXPECT_EQ(too_big.error().code, ENOSPC);

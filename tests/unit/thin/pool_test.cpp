@@ -298,6 +298,7 @@ TEST(ThinPool, CommitAndOpenGiveBackTheSameState) {
     ASSERT_TRUE(f->commit().ok());
     PoolStats before = f->stats();
     f.reopen();
+    EXPECT_FALSE(f->dirty()) << "nothing to commit after an open";
     EXPECT_EQ(f->stats().allocated_clusters, before.allocated_clusters);
     EXPECT_EQ(f->stats().sequence, before.sequence);
     EXPECT_EQ(f->stats().metadata_pages_used, before.metadata_pages_used);
