@@ -60,6 +60,7 @@ Result<ThinPool> ThinPool::format(MetadataStore& store, PoolGeometry geometry) {
     pool._sb.metadata_pages = store.pages();
     pool._refs.assign(geometry.pool_clusters, 0);
     pool._committed_refs.assign(geometry.pool_clusters, 0);
+    pool._is_touched.assign(geometry.pool_clusters, 0);
     pool._pages.assign(store.pages(), PageState::free);
     pool._pages[0] = pool._pages[1] = PageState::owned;
     pool._pages_used = superblock_slots;
@@ -181,6 +182,7 @@ Result<ThinPool> ThinPool::open(MetadataStore& store, uint64_t max_pool_clusters
         pool._devices.push_back(std::move(dev));
     }
     pool._committed_refs = pool._refs;
+    pool._is_touched.assign(pool._sb.pool_clusters, 0);
     pool._held = pool._allocated;
     pool._dirty = false; // what was read is what is committed
     return pool;
@@ -380,7 +382,15 @@ uint64_t ThinPool::count_mapped(NodeId id) const {
     return n;
 }
 
+void ThinPool::touch(uint64_t c) {
+    if (!_is_touched.empty() && !_is_touched[c]) {
+        _is_touched[c] = 1;
+        _touched.push_back(c);
+    }
+}
+
 void ThinPool::ref_cluster(uint64_t c) {
+    touch(c);
     if (_refs[c]++ == 0) {
         ++_allocated;
         if (_committed_refs.empty() || _committed_refs[c] == 0) {
@@ -390,6 +400,7 @@ void ThinPool::ref_cluster(uint64_t c) {
 }
 
 void ThinPool::unref_cluster(uint64_t c) {
+    touch(c);
     if (--_refs[c] == 0) {
         --_allocated;
         if (_committed_refs[c] == 0) {
@@ -792,10 +803,9 @@ Result<void> ThinPool::commit() {
         // writes the same slot again, so the older state's slot is not touched before that.
         _retiring.push_back(table_page);
         _pages[table_page] = PageState::retiring;
-        _held = 0;
-        for (uint64_t c = 0; c < _sb.pool_clusters; ++c) {
+        // (Raising a committed count to the current one never changes whether a cluster is held.)
+        for (uint64_t c : _touched) {
             _committed_refs[c] = std::max(_committed_refs[c], _refs[c]);
-            _held += _committed_refs[c] != 0 || _refs[c] != 0;
         }
         error.message += " (the commit's outcome is unknown until the next one)";
         return error;
@@ -854,7 +864,11 @@ Result<void> ThinPool::commit() {
     }
     _retiring.clear();
     _sb = next;
-    _committed_refs = _refs;
+    for (uint64_t c : _touched) { // only the clusters whose count moved: a commit costs what changed
+        _committed_refs[c] = _refs[c];
+        _is_touched[c] = 0;
+    }
+    _touched.clear();
     _held = _allocated;
     _structure_committed = _structure_changes;
     _dirty = false;

@@ -159,6 +159,7 @@ private:
     // The leaf entry for `vcluster` without changing anything (null: no leaf there); `private_path`: whether
     // every node on the way belongs to this tree alone.
     const LeafEntry* entry_for_read(const Device& dev, uint64_t vcluster, bool* private_path) const;
+    void touch(uint64_t c); // its count moved since the last commit
     void ref_cluster(uint64_t c);
     void unref_cluster(uint64_t c);
     Result<uint64_t> allocate_cluster();
@@ -180,6 +181,8 @@ private:
     std::vector<NodeId> _free_nodes;
     std::vector<uint32_t> _refs;           // per cluster, current state
     std::vector<uint32_t> _committed_refs; // per cluster, as of the last commit
+    std::vector<uint64_t> _touched;        // clusters whose count moved since the last commit
+    std::vector<uint8_t> _is_touched;      // per cluster: in _touched
     uint64_t _allocated = 0;               // clusters with _refs > 0
     uint64_t _held = 0;                    // clusters with _refs > 0 or _committed_refs > 0
     uint64_t _alloc_cursor = 0;

@@ -370,6 +370,28 @@ TEST(ThinPool, AMirroredMetadataPageIsReadFromTheGoodCopy) {
     EXPECT_EQ(broken.error().code, EILSEQ);
 }
 
+TEST(ThinPool, ASnapshotCommitsTwoPagesWhateverTheMapHolds) {
+    Fixture f(4096, 1024);
+    uint32_t dev = *f->create_device("vol", 20000); // a root, interior nodes and leaves: height 3
+    for (uint64_t v = 0; v < 20000; v += 7) {
+        ASSERT_TRUE(f->write(dev, v, 0, 1).ok());
+    }
+    ASSERT_TRUE(f->commit().ok());
+    long before = f.store.writes();
+    uint32_t snap = *f->snapshot(dev, "vol@1");
+    ASSERT_TRUE(f->commit().ok());
+    EXPECT_EQ(f.store.writes() - before, 2) << "the device table and the superblock: the tree is shared";
+    // The first write after it copies one path of the tree (3 nodes), not the map.
+    before = f.store.writes();
+    WritePlan w = f.write(dev, 700, 0, 1, 1);
+    EXPECT_NE(w.copy_from, no_cluster);
+    ASSERT_TRUE(f->commit().ok());
+    EXPECT_EQ(f.store.writes() - before, 3 + 2);
+    EXPECT_EQ(f->devices()[1].mapped_clusters, f->devices()[0].mapped_clusters);
+    (void)snap;
+    expect_consistent(*f);
+}
+
 TEST(ThinPool, OpenRefusesAPoolLargerThanTheMembers) {
     Fixture f(8);
     auto r = ThinPool::open(f.store, 7);
