@@ -12,7 +12,8 @@
 //
 // Invariants: a decoder returns a value or an error with a message; a page it accepts encodes back to
 // exactly the bytes it was read from; a pool that opens passes check() (every reference count and page
-// owner agrees with its trees) and takes a write, a snapshot and a commit, and passes check() after.
+// owner agrees with its trees) and takes a write, a resize, a snapshot and a commit, and passes check()
+// after.
 #include "fuzz_check.hpp"
 #include "volume/thin/format.hpp"
 #include "volume/thin/metadata_store.hpp"
@@ -204,6 +205,8 @@ void fuzz_pool(const uint8_t* data, size_t size, bool seal) {
         if (!d.read_only) {
             auto w = pool->write(d.id, d.virtual_clusters - 1, 0, 1);
             FUZZ_CHECK(w.ok() || !w.error().message.empty());
+            auto r = pool->resize_device(d.id, d.virtual_clusters + 70000);
+            FUZZ_CHECK(r.ok() || !r.error().message.empty());
         }
         (void)pool->snapshot(d.id, "fuzz-snap");
     }

@@ -562,6 +562,45 @@ Result<void> ThinPool::remove_device(uint32_t id) {
     return {};
 }
 
+Result<void> ThinPool::resize_device(uint32_t id, uint64_t virtual_clusters) {
+    Device* dev = device(id);
+    if (!dev) {
+        return make_error(fmt::format("no device {}", id), ENOENT);
+    }
+    if (virtual_clusters < dev->record.virtual_clusters || virtual_clusters > level_capacity(max_level)) {
+        return make_error(fmt::format("device \"{}\" of {} clusters cannot become {}", dev->record.name,
+                                      dev->record.virtual_clusters, virtual_clusters),
+                          EINVAL);
+    }
+    uint8_t level = level_for(virtual_clusters);
+    while (dev->record.level < level) {
+        // The old tree becomes child 0 of a new root: the same virtual clusters, one level down.
+        uint8_t up = uint8_t(dev->record.level + 1);
+        if (dev->root != 0) {
+            NodeId root = new_node(up);
+            _nodes[root].children[0] = dev->root; // the device's reference moves to the new node
+            dev->root = root;
+        }
+        dev->record.level = up;
+    }
+    dev->record.virtual_clusters = virtual_clusters;
+    _dirty = true;
+    return {};
+}
+
+Result<void> ThinPool::grow_pool(uint64_t pool_clusters) {
+    if (pool_clusters < _sb.pool_clusters || pool_clusters >= no_cluster - 1) {
+        return make_error(
+            fmt::format("a pool of {} clusters cannot become {}", _sb.pool_clusters, pool_clusters), EINVAL);
+    }
+    _sb.pool_clusters = pool_clusters;
+    _refs.resize(pool_clusters, 0);
+    _committed_refs.resize(pool_clusters, 0);
+    _is_touched.resize(pool_clusters, 0);
+    _dirty = true;
+    return {};
+}
+
 std::vector<DeviceInfo> ThinPool::devices() const {
     std::vector<DeviceInfo> out;
     for (const Device& d : _devices) {

@@ -97,6 +97,11 @@ public:
     Result<uint32_t> clone(uint32_t source, const std::string& name);
     // Drops the device's tree; clusters only it referenced become free after the next commit.
     Result<void> remove_device(uint32_t id);
+    // Grows a device to `virtual_clusters` (never shrinks it: UNMAP what is no longer wanted); a taller
+    // tree gets new roots above the old one, so nothing is copied.
+    Result<void> resize_device(uint32_t id, uint64_t virtual_clusters);
+    // Grows the pool to `pool_clusters` (members added or resized); committed by the next commit.
+    Result<void> grow_pool(uint64_t pool_clusters);
     std::vector<DeviceInfo> devices() const;
     std::optional<uint32_t> find_device(const std::string& name) const;
 

@@ -1,9 +1,9 @@
 // Crash consistency of the thin pool's commit: a random workload (writes, unmaps, snapshots, clones,
-// removals, a full pool now and then) is committed round after round, and every commit is interrupted at
-// every one of its metadata writes, the unflushed writes kept in each of the ways a crash can keep them.
-// After each such crash the pool is opened again from the store alone and must hold exactly the state of
-// the last commit that completed (or of the interrupted one, when its superblock made it), with every
-// reference count right, and must go on working.
+// removals, devices growing, a full pool now and then) is committed round after round, and every commit is
+// interrupted at every one of its metadata writes, the unflushed writes kept in each of the ways a crash can
+// keep them. After each such crash the pool is opened again from the store alone and must hold exactly the
+// state of the last commit that completed (or of the interrupted one, when its superblock made it), with
+// every reference count right, and must go on working.
 //
 // The data area is a model that keeps every data write: the data path flushes data before the commit
 // that maps it, so what a crash may lose of the data is not this test's question. What it does catch is
@@ -105,6 +105,8 @@ void run_round(World& w, unsigned seed, int round, std::map<std::string, std::se
             std::string name =
                 "c" + std::to_string(seed) + "." + std::to_string(round) + "." + std::to_string(op);
             ASSERT_TRUE(w.pool->clone(src.id, name).ok());
+        } else if (kind < 92 && dev.virtual_clusters < 300) {
+            ASSERT_TRUE(w.pool->resize_device(dev.id, dev.virtual_clusters + 1 + pick(100)).ok());
         } else if (kind < 95 && devices.size() > 1) {
             ASSERT_TRUE(w.pool->remove_device(devices[pick(devices.size())].id).ok());
         }

@@ -392,6 +392,50 @@ TEST(ThinPool, ASnapshotCommitsTwoPagesWhateverTheMapHolds) {
     expect_consistent(*f);
 }
 
+TEST(ThinPool, ADeviceGrowsUnderItsSnapshots) {
+    Fixture f(8);
+    uint32_t dev = *f->create_device("vol", 64); // one leaf
+    f.write(dev, 10, 0, 16, 1);
+    uint32_t snap = *f->snapshot(dev, "vol@1");
+    ASSERT_TRUE(f->commit().ok());
+    ASSERT_TRUE(f->resize_device(dev, 20000).ok()); // two levels more
+    EXPECT_EQ(f->resize_device(dev, 100).error().code, EINVAL) << "never smaller";
+    EXPECT_EQ(f.read(dev, 10, 3), 1u);
+    WritePlan w = f.write(dev, 10, 3, 1, 2);
+    EXPECT_NE(w.copy_from, no_cluster) << "still shared with the snapshot below the new roots";
+    f.write(dev, 19999, 0, 1, 3);
+    expect_consistent(*f);
+    ASSERT_TRUE(f->commit().ok());
+    f.reopen();
+    EXPECT_EQ(f.read(dev, 10, 3), 2u);
+    EXPECT_EQ(f.read(dev, 19999, 0), 3u);
+    EXPECT_EQ(f.read(snap, 10, 3), 1u);
+    EXPECT_EQ(f->devices()[0].virtual_clusters, 20000u);
+    EXPECT_EQ(f->devices()[1].virtual_clusters, 64u);
+}
+
+TEST(ThinPool, AFullPoolTakesWritesAgainOnceItGrows) {
+    Fixture f(3);
+    uint32_t dev = *f->create_device("vol", 64);
+    for (uint64_t v = 0; v < 3; ++v) {
+        f.write(dev, v, 0, 1, v + 1);
+    }
+    EXPECT_EQ(f->write(dev, 3, 0, 1).error().code, ENOSPC);
+    ASSERT_TRUE(f->grow_pool(5).ok());
+    EXPECT_EQ(f->grow_pool(4).error().code, EINVAL);
+    f.data.tokens.resize(5 * blocks, 0);
+    f.write(dev, 3, 0, 1, 4);
+    f.write(dev, 4, 0, 1, 5);
+    EXPECT_EQ(f->write(dev, 5, 0, 1).error().code, ENOSPC);
+    ASSERT_TRUE(f->commit().ok());
+    EXPECT_FALSE(ThinPool::open(f.store, 3).ok()) << "the members must now hold 5 clusters";
+    f.pool_clusters = 5;
+    f.reopen();
+    EXPECT_EQ(f->stats().allocated_clusters, 5u);
+    EXPECT_EQ(f.read(dev, 4, 0), 5u);
+    EXPECT_EQ(f.read(dev, 0, 0), 1u);
+}
+
 TEST(ThinPool, OpenRefusesAPoolLargerThanTheMembers) {
     Fixture f(8);
     auto r = ThinPool::open(f.store, 7);
