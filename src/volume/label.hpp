@@ -80,7 +80,7 @@ constexpr uint64_t bitmap = 1u << 0; // a write-intent bitmap area exists
 // The metadata areas a label lists (type field).
 enum class AreaType : uint32_t {
     bitmap = 1,    // write-intent bitmap: bit r = region r of the space may differ between copies
-    thin_map = 2,  // reserved (issue 14)
+    thin_map = 2,  // reserved: the thin pool's metadata area (docs/thin.md, src/volume/thin), not placed yet
     checksums = 3, // reserved (issue 14)
 };
 

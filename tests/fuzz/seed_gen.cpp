@@ -13,6 +13,7 @@
 #include "isns/message.hpp"
 #include "isns/objects.hpp"
 #include "volume/label.hpp"
+#include "volume/thin/format.hpp"
 
 #include <cstdio>
 #include <filesystem>
@@ -740,6 +741,48 @@ void label_seeds() {
     write_seed("fuzz_label", "xor-members-checksum-fixed", bumped);
 }
 
+// ---- Thin pool metadata pages ------------------------------------------------------------------------
+
+// A valid page of each type as it is (modes 0-3), the fuzzer's built-in pages unchanged (modes 4-7, XOR
+// with nothing), and its real pool opened unchanged and with two sealed edits (modes 0x10, 0x18).
+void thin_page_seeds() {
+    using namespace ispace::volume::thin;
+    const uint64_t pool_id = 0x0123456789abcdefULL; // as fuzz_thin_page.cpp expects
+    const char* names[] = {"superblock", "device-table", "interior", "leaf"};
+    for (uint8_t type = 0; type < 4; ++type) {
+        Bytes seed(1 + page_size, 0);
+        seed[0] = type;
+        std::span<uint8_t> page(seed.data() + 1, page_size);
+        if (type == 0) {
+            Superblock sb;
+            sb.sequence = 3;
+            sb.pool_id = pool_id;
+            sb.pool_clusters = 32;
+            sb.metadata_pages = 64;
+            sb.device_table_page = 9;
+            encode_superblock(sb, 5, page);
+        } else if (type == 1) {
+            std::vector<DeviceRecord> d(1);
+            d[0] = {1, 0, 0, 0, 64, 8, 1, "vol"};
+            encode_device_table(d, 5, 3, pool_id, page);
+        } else if (type == 2) {
+            Interior node;
+            node.children[1] = 8;
+            encode_interior(node, 5, 3, pool_id, page);
+        } else {
+            Leaf leaf;
+            leaf.entries[2].physical = 7;
+            mask_set_range(leaf.entries[2].written, 0, 4);
+            encode_leaf(leaf, 5, 3, pool_id, page);
+        }
+        write_seed("fuzz_thin_page", std::string("raw-") + names[type], seed);
+        write_seed("fuzz_thin_page", std::string("xor-nothing-") + names[type], Bytes{uint8_t(0x04 | type)});
+    }
+    write_seed("fuzz_thin_page", "pool-unchanged", Bytes{0x10});
+    write_seed("fuzz_thin_page", "pool-two-sealed-edits",
+               Bytes{0x18, 0x05, 0x40, 0x00, 0x01, 0x09, 0x48, 0x00, 0x02});
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) {
         std::fprintf(stderr, "usage: %s <corpus root>\n", argv[0]);
@@ -752,6 +795,7 @@ int main(int argc, char** argv) {
     pdu_seeds(conversations);
     cdb_seeds();
     label_seeds();
+    thin_page_seeds();
     isns_seeds();
     return 0;
 }
