@@ -16,9 +16,12 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <mutex>
+#include <optional>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -66,6 +69,166 @@ void route_libfuse_log(enum fuse_log_level level, const char* format, va_list ar
     }
 }
 
+// Replies of this size and more (READ data) go through a pipe, below; smaller ones are one writev(2).
+constexpr size_t splice_reply_threshold = 64 * 1024;
+
+// The bytes of the largest pipe this process may make, up to what the largest reply needs (a page for
+// its header, the pages of max_request bytes of data): a pipe larger than fs.pipe-max-size (1 MiB by
+// default) needs CAP_SYS_RESOURCE, which a holder started by root usually has and a container may not
+// grant. 0 when pipes cannot be sized at all. Probed once.
+size_t reply_pipe_bytes() {
+    static const size_t bytes = [] {
+        int fds[2];
+        if (::pipe2(fds, O_CLOEXEC) != 0) {
+            return size_t(0);
+        }
+        size_t got = 0;
+        for (size_t want : {DeviceFile::max_request + 2 * page, size_t(DeviceFile::max_request)}) {
+            int size = ::fcntl(fds[1], F_SETPIPE_SZ, int(want));
+            if (size >= int(want)) {
+                got = size_t(size);
+                break;
+            }
+        }
+        ::close(fds[0]);
+        ::close(fds[1]);
+        return got;
+    }();
+    return bytes;
+}
+
+// The pipe buffers (pages) `iov` takes once vmspliced: one per page each piece touches.
+size_t pipe_slots(const iovec* iov, int count) {
+    size_t slots = 0;
+    for (int i = 0; i < count; ++i) {
+        if (iov[i].iov_len > 0) {
+            size_t start = reinterpret_cast<uintptr_t>(iov[i].iov_base) % page;
+            slots += (start + iov[i].iov_len + page - 1) / page;
+        }
+    }
+    return slots;
+}
+
+// The largest READ the kernel may send: max_request, or less if that keeps every reply whole in a pipe
+// (the header's page and the data's: with a 1 MiB pipe, 1020 KiB, so that a 1 MiB read of the loop
+// device is one spliced reply and a 4 KiB one, which measured cheaper than one 1 MiB reply by writev).
+uint32_t max_read_bytes() {
+    size_t pipe = reply_pipe_bytes();
+    if (pipe >= DeviceFile::max_request + page || pipe < splice_reply_threshold + 2 * page) {
+        return DeviceFile::max_request; // a whole reply fits, or pipes are no use here: writev
+    }
+    return uint32_t(pipe - page);
+}
+
+// A large reply sent by vmsplice(2) into a pipe and splice(2) from it into /dev/fuse, rather than by
+// writev(2). Both copy the data once into the kernel's request, but from writev the kernel takes our
+// buffer one page at a time (fuse_copy_fill pins one page per call, with interrupts toggled and the
+// request's lock taken around each, which a VM makes dear: the profile of 1 MiB reads put more of the
+// reactor's time there than in the copy itself), where vmsplice pins 16 pages per call and the splice
+// copies from pipe buffers with no pinning. vmsplice without SPLICE_F_GIFT only references our pages:
+// the splice into /dev/fuse takes every buffer of the message out of the pipe and copies from them
+// before it returns, so our buffer may be reused as soon as send() is done, as after writev.
+//
+// A FUSE message must be in the pipe whole (the kernel refuses a part), so a reply goes this way only
+// when its pages fit the pipe (reply_pipe_bytes); FuseServer keeps max_read to what fits. One pipe per
+// thread that replies (a reactor, a worker), made on first use. If a call fails in a way that could
+// leave part of a message in the pipe, the pipe is dropped; if the pipe cannot be made, this thread's
+// replies go by writev from then on.
+class ReplyPipe {
+public:
+    ReplyPipe() = default;
+    ReplyPipe(const ReplyPipe&) = delete;
+    ReplyPipe& operator=(const ReplyPipe&) = delete;
+    ~ReplyPipe() { drop(); }
+
+    // The bytes sent, or -1 with errno set (what writev would have said: the kernel refused the
+    // reply, e.g. ENOENT for an interrupted request); nullopt when the reply was not sent and should go
+    // by writev.
+    std::optional<ssize_t> send(int fd, const iovec* iov, int count, size_t total) {
+        iovec rest[8];
+        if (_unusable || count > int(std::size(rest)) || pipe_slots(iov, count) * page > reply_pipe_bytes() ||
+            (_read_end < 0 && !open())) {
+            return std::nullopt; // libfuse sends a header and the data: never 8 pieces
+        }
+        for (int i = 0; i < count; ++i) {
+            rest[i] = iov[i];
+        }
+        for (int i = 0; i < count;) {
+            ssize_t put = ::vmsplice(_write_end, rest + i, size_t(count - i), 0);
+            if (put < 0 && errno == EINTR) {
+                continue;
+            }
+            if (put <= 0) {
+                // A pipe with room for the message should never refuse it: stop using pipes on this
+                // thread rather than guess why.
+                log_warn("FUSE reply by vmsplice: {}; replies go by writev from now on",
+                         put < 0 ? std::strerror(errno) : "nothing queued");
+                _unusable = true;
+                drop();
+                return std::nullopt;
+            }
+            // vmsplice stops after a whole piece or inside one: go on from there.
+            for (size_t moved = size_t(put); moved > 0 && i < count;) {
+                size_t step = std::min(moved, rest[i].iov_len);
+                rest[i].iov_base = static_cast<char*>(rest[i].iov_base) + step;
+                rest[i].iov_len -= step;
+                moved -= step;
+                if (rest[i].iov_len == 0) {
+                    ++i;
+                }
+            }
+            while (i < count && rest[i].iov_len == 0) {
+                ++i;
+            }
+        }
+        for (;;) {
+            ssize_t sent = ::splice(_read_end, nullptr, fd, nullptr, total, 0);
+            if (sent < 0 && errno == EINTR) {
+                continue;
+            }
+            int err = errno;
+            int left = 0;
+            if (sent != ssize_t(total) && (::ioctl(_read_end, FIONREAD, &left) != 0 || left != 0)) {
+                drop(); // part of the message is still in the pipe: the next reply must not follow it
+            }
+            errno = err;
+            return sent;
+        }
+    }
+
+private:
+    bool open() {
+        int fds[2];
+        if (::pipe2(fds, O_CLOEXEC) != 0) {
+            return false; // out of descriptors for now: writev, and try again next time
+        }
+        _read_end = fds[0];
+        _write_end = fds[1];
+        int want = int(reply_pipe_bytes());
+        if (::fcntl(_write_end, F_SETPIPE_SZ, want) < want) {
+            log_warn("FUSE replies by writev: a pipe of {} bytes: {}", want, std::strerror(errno));
+            _unusable = true;
+            drop();
+            return false;
+        }
+        return true;
+    }
+
+    void drop() {
+        if (_read_end >= 0) {
+            ::close(_read_end);
+            ::close(_write_end);
+            _read_end = _write_end = -1;
+        }
+    }
+
+    int _read_end = -1;
+    int _write_end = -1;
+    bool _unusable = false;
+};
+
+thread_local ReplyPipe t_reply_pipe;
+
 } // namespace
 
 // The calling worker's state, for the libfuse callbacks that run on it.
@@ -74,6 +237,11 @@ struct FuseServer::Worker {
     net::Reactor* reactor = nullptr;
     uint8_t* buffer = nullptr; // the receive buffer of the request being processed
     bool buffer_kept = false;  // a WRITE holds on to it until the device has the data
+    // The worker's own epoll set: /dev/fuse with EPOLLEXCLUSIVE, and the stop eventfd. poll(2), or a
+    // plain epoll set, wakes every thread waiting on the file for each request, and all but one find
+    // nothing to read (a profile of 1 MiB reads put a tenth of the holder's time in those wake-ups);
+    // with EPOLLEXCLUSIVE a request wakes one waiting worker. -1: poll(2) instead.
+    int wait_fd = -1;
 };
 
 namespace {
@@ -87,30 +255,54 @@ struct FuseServer::Callbacks {
     static ssize_t read_request(int fd, void* buf, size_t length, void* userdata) {
         auto* self = static_cast<FuseServer*>(userdata);
         length = std::min(length, receive_capacity); // whatever libfuse thinks its buffer is
+        Worker* worker = t_worker;
         for (;;) {
             ssize_t n = ::read(fd, buf, length);
             if (n >= 0 || (errno != EAGAIN && errno != EINTR)) {
                 return n;
+            }
+            if (worker != nullptr && worker->wait_fd >= 0) {
+                epoll_event events[2];
+                int ready = ::epoll_wait(worker->wait_fd, events, 2, -1);
+                if (ready < 0 && errno != EINTR) {
+                    return -1;
+                }
+                for (int i = 0; i < ready; ++i) {
+                    if (events[i].data.fd == self->_stop_fd) {
+                        errno = ENODEV; // what the kernel says when the connection ends: libfuse ends
+                        return -1;      // the session
+                    }
+                }
+                continue;
             }
             pollfd fds[2] = {{fd, POLLIN, 0}, {self->_stop_fd, POLLIN, 0}};
             if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
                 return -1;
             }
             if (fds[1].revents & POLLIN) {
-                errno = ENODEV; // what the kernel says when the connection ends: libfuse ends the session
+                errno = ENODEV;
                 return -1;
             }
         }
     }
 
     static ssize_t send_reply(int fd, struct iovec* iov, int count, void*) {
+        size_t total = 0;
+        for (int i = 0; i < count; ++i) {
+            total += iov[i].iov_len;
+        }
+        if (total >= splice_reply_threshold) {
+            if (std::optional<ssize_t> sent = t_reply_pipe.send(fd, iov, count, total)) {
+                return *sent;
+            }
+        }
         return ::writev(fd, iov, count);
     }
 
     static void init(void*, fuse_conn_info* conn) {
         conn->max_write = std::min<unsigned>(conn->max_write, DeviceFile::max_request);
-        conn->max_read = DeviceFile::max_request; // as the max_read mount option says
-        conn->max_readahead = 0;                  // no page cache: nothing to read ahead into
+        conn->max_read = max_read_bytes(); // as the max_read mount option says
+        conn->max_readahead = 0;           // no page cache: nothing to read ahead into
         conn->max_background = max_background;
         conn->congestion_threshold = max_background * 3 / 4;
         // Direct I/O only: no splicing, no writeback cache, no cached data to invalidate; and the file
@@ -321,7 +513,7 @@ Result<void> FuseServer::mount_and_start() {
             fmt::format("/dev/fuse: {} (is the fuse module loaded, and are we root?)", std::strerror(err)),
             err);
     }
-    std::string max_read = fmt::format("max_read={}", DeviceFile::max_request);
+    std::string max_read = fmt::format("max_read={}", max_read_bytes());
     const char* argv[] = {"ispace", "-o", max_read.c_str(), nullptr};
     fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
     _session = fuse_session_new(&args, Callbacks::operations(), sizeof(fuse_lowlevel_ops), this);
@@ -372,6 +564,20 @@ void FuseServer::run_worker(unsigned index) {
     worker.server = this;
     worker.reactor = &_reactors.at(index % _reactors.size());
     worker.buffer = take_buffer();
+    worker.wait_fd = ::epoll_create1(EPOLL_CLOEXEC);
+    if (worker.wait_fd >= 0) {
+        epoll_event on_request{};
+        on_request.events = EPOLLIN | EPOLLEXCLUSIVE;
+        on_request.data.fd = fuse_session_fd(_session);
+        epoll_event on_stop{};
+        on_stop.events = EPOLLIN;
+        on_stop.data.fd = _stop_fd;
+        if (::epoll_ctl(worker.wait_fd, EPOLL_CTL_ADD, on_request.data.fd, &on_request) != 0 ||
+            ::epoll_ctl(worker.wait_fd, EPOLL_CTL_ADD, _stop_fd, &on_stop) != 0) {
+            ::close(worker.wait_fd);
+            worker.wait_fd = -1;
+        }
+    }
     t_worker = &worker;
     while (!fuse_session_exited(_session)) {
         fuse_buf buf{};
@@ -394,6 +600,9 @@ void FuseServer::run_worker(unsigned index) {
         }
     }
     t_worker = nullptr;
+    if (worker.wait_fd >= 0) {
+        ::close(worker.wait_fd);
+    }
     give_back(worker.buffer);
     std::lock_guard lock(_mutex);
     --_workers_running;

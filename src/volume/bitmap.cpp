@@ -67,6 +67,36 @@ bool WriteIntentBitmap::begin_write(uint64_t first, uint64_t last, net::Reactor*
     return false;
 }
 
+void WriteIntentBitmap::mark_ahead(uint64_t last, uint32_t ahead) {
+    if (ahead == 0 || last + 1 >= _regions) {
+        return;
+    }
+    uint64_t end = std::min<uint64_t>(_regions - 1, last + ahead);
+    // The fast path, one load: the middle of the window is marked, so the mark of the window's second
+    // half (scheduled when it was not) has been sent already.
+    uint64_t probe = std::min<uint64_t>(end, last + (ahead + 1) / 2);
+    if (_words[probe].load(std::memory_order_acquire) & (on_disk_bit | pending_bit)) {
+        return;
+    }
+    std::lock_guard lock(_mutex);
+    bool added = false;
+    for (uint64_t r = last + 1; r <= end; ++r) {
+        uint32_t w = _words[r].load(std::memory_order_acquire);
+        if (w & (on_disk_bit | pending_bit)) {
+            continue;
+        }
+        // TOUCHED: it ages one sweep before it may be cleared, as a region just written does, so that
+        // the mark is still there when the stream arrives.
+        _words[r].fetch_or(pending_bit | touched_bit, std::memory_order_acq_rel);
+        _pending.push_back(r);
+        added = true;
+    }
+    if (added && !_flush_scheduled) {
+        _flush_scheduled = true;
+        _home.post([this] { flush(); });
+    }
+}
+
 void WriteIntentBitmap::end_write(uint64_t first, uint64_t last) {
     for (uint64_t r = first; r <= last; ++r) {
         uint32_t before = _words[r].fetch_sub(1, std::memory_order_acq_rel);

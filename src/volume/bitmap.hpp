@@ -62,6 +62,13 @@ public:
     // they are (ok false: they could not be marked; fail the write). Every begin_write is paired with one
     // end_write, after `ready` when it was deferred.
     bool begin_write(uint64_t first, uint64_t last, net::Reactor* origin, Function<void(bool ok)> ready);
+    // Any reactor. A sequential writer's next regions, marked before it reaches them: once fewer than
+    // half of the `ahead` regions after `last` are marked (or on their way), the unmarked ones of them
+    // are marked in the background, with no write waiting. A stream of large writes then never waits
+    // for a mark past its first region (each region would otherwise hold the stream back for one
+    // metadata write), at the price of at most `ahead` regions marked that it may not write: they age
+    // and are cleared by the sweeps like any other, and resync copies them if they are still marked.
+    void mark_ahead(uint64_t last, uint32_t ahead);
     // Any reactor. The write to [first, last] is done (on every copy it went to).
     void end_write(uint64_t first, uint64_t last);
 

@@ -270,6 +270,8 @@ private:
     std::array<std::unique_ptr<backstore::Device>, max_members> _reopened; // handed over from a worker
 
     std::unique_ptr<WriteIntentBitmap> _bitmap; // redundant layouts only
+    // Where the last large write ended: a write near it continues a sequential stream (volume_io.cpp).
+    std::atomic<uint64_t> _stream_end{UINT64_MAX / 2};
     std::unique_ptr<Resync> _resync;
     net::Reactor::TimerId _sweep_timer = 0;
     // Requests started and completed: the resync yields while the first moves; close() waits until they

@@ -112,6 +112,13 @@ uint32_t nth_bit(uint32_t mask, uint32_t n) {
     return uint32_t(std::countr_zero(mask));
 }
 
+// Sequential-write detection for the bitmap's mark-ahead (Volume::submit): writes of at least this
+// size, starting at the previous one's end or at most this many write lengths past it, mark this many
+// regions ahead of them.
+constexpr uint64_t stream_min_write = 128 * 1024;
+constexpr uint64_t stream_slack_writes = 4;
+constexpr uint32_t stream_mark_ahead = 16;
+
 bool is_write(backstore::IoOp op) {
     return op == backstore::IoOp::write || op == backstore::IoOp::unmap ||
            op == backstore::IoOp::write_zeroes;
@@ -228,6 +235,19 @@ void Volume::submit(backstore::IoRequest& request) {
         io->first_region = _bitmap->region_of(request.offset);
         io->last_region = _bitmap->region_of(request.offset + request.length - 1);
         io->in_bitmap = true;
+        if (request.op == backstore::IoOp::write && request.length >= stream_min_write) {
+            // A write that starts where the previous large write ended, or a little past it (the
+            // requests of one stream may arrive slightly out of order over several reactors),
+            // continues a stream: its next regions are marked before it gets there. Random writes
+            // rarely land there, and a rewrite of the same range is no stream, so they mark only what
+            // they write.
+            uint64_t end = request.offset + request.length;
+            uint64_t previous = _stream_end.exchange(end, std::memory_order_relaxed);
+            if (request.offset >= previous &&
+                request.offset - previous <= stream_slack_writes * request.length) {
+                _bitmap->mark_ahead(io->last_region, stream_mark_ahead);
+            }
+        }
         if (!_bitmap->begin_write(io->first_region, io->last_region, origin, [io](bool ok) {
                 if (!ok) {
                     io->error = -EIO;

@@ -4,9 +4,10 @@
  1. A 3-way mirror over an ispaced LUN, another ispaced LUN and a tgt LUN is created and attached (the
     command starts the holder, ispaced --holder, by itself), formatted with mkfs.ext4 and mounted. Files
     are written and checksummed; tgtd is killed with kill -9 in the middle of the writes: the writes go
-    on, `status --json` shows that member failed, fsck.ext4 -fn is clean. tgtd restarted on the same port
-    and backing file: the member resyncs by itself. Then both ispaced are killed, caches dropped, and
-    every file verifies, read from the resynced tgt member alone.
+    on, `status --json` shows that member failed, fsck.ext4 -fn is clean. A 512 MiB file more is written
+    while it is down. tgtd restarted on the same port and backing file: the member resyncs by itself what
+    it missed (>= 512 MiB) in under 2 minutes. Then both ispaced are killed, caches dropped, and every
+    file verifies, read from the resynced tgt member alone.
  2. Fencing: another home (another host identity) assembles the space from its members' labels alone
     (an empty catalog rebuilt) and cannot attach it while the first holds it (the error names the
     holder); with --takeover it can, the first holder detaches itself and its status says it lost the
@@ -36,6 +37,8 @@ import ispace_testlib  # noqa: E402
 
 check = ispace_testlib.Checks()
 MiB = 1 << 20
+MEMBER = 640 * MiB  # each member of the 3-way mirror: room for what the tgt member misses and more
+MISSED = 512 * MiB  # the file written while the tgt member is down, on top of a few small ones
 TGT_IQN = "iqn.2026-11.org.ispace.test:tgt"
 
 
@@ -141,13 +144,33 @@ def write_files(mnt, count, size, sums, seed):
         sums[path] = hashlib.sha256(data).hexdigest()
 
 
+def write_big_file(mnt, size, sums):
+    """One file of `size` bytes, 8 MiB at a time (each piece a random block with its index stamped in,
+    so no two pieces are equal), synced every 64 MiB so that the page cache never holds much of it."""
+    block = random.Random(7).randbytes(8 * MiB)
+    digest = hashlib.sha256()
+    path = os.path.join(mnt, "big")
+    with open(path, "wb") as f:
+        for i in range(size // len(block)):
+            piece = i.to_bytes(8, "little") + block[8:]
+            f.write(piece)
+            digest.update(piece)
+            if i % 8 == 7:
+                os.fsync(f.fileno())
+        os.fsync(f.fileno())
+    sums[path] = digest.hexdigest()
+
+
 def verify_files(sums):
     bad = []
     for path, digest in sums.items():
         try:
+            h = hashlib.sha256()
             with open(path, "rb") as f:
-                if hashlib.sha256(f.read()).hexdigest() != digest:
-                    bad.append(path)
+                while piece := f.read(8 * MiB):
+                    h.update(piece)
+            if h.hexdigest() != digest:
+                bad.append(path)
         except OSError as e:
             bad.append(f"{path} ({e})")
     return bad
@@ -171,7 +194,7 @@ def main():
 
     def ispaced_target(name, extra=(), port=0):
         args = ["--listen", f"127.0.0.1:{port}", "--iqn", f"iqn.2026-11.org.ispace.test:{name}", "--reactors", "1",
-                "--lun", os.path.join(scratch, f"{name}0.img") + ",size=64M"] + list(extra)
+                "--lun", os.path.join(scratch, f"{name}0.img") + f",size={MEMBER // MiB}M"] + list(extra)
         return ispace_testlib.Ispaced(ispaced, args, log_path=os.path.join(scratch, f"{name}.log")).start()
 
     small = []
@@ -181,7 +204,7 @@ def main():
     b = ispaced_target("b")
     tgt_file = os.path.join(scratch, "t.img")
     with open(tgt_file, "wb") as f:
-        f.truncate(64 * MiB)
+        f.truncate(MEMBER)
     tgt_port = ispace_testlib.free_port()
     tgt = Tgtd(scratch, tgt_file, tgt_port)
     one = Cli(ispace, ispaced, os.path.join(scratch, "h1"))
@@ -221,13 +244,30 @@ def main():
         check(attach_testlib.run(["mount", dev, mnt]).returncode == 0, "it mounts again")
         mounted = True
         write_files(mnt, 2, 2 * MiB, sums, 3)
+        t0 = time.time()
+        write_big_file(mnt, MISSED, sums)
+        st = one.status("m")
+        check(st is not None and member_state(st, 2) == "failed",
+              f"{MISSED // MiB} MiB more written with the tgt member down ({time.time() - t0:.1f} s)")
+        dirty_bytes = st["dirty_regions"] * st["region"] if st else 0
+        copied_before = st["resync"]["copied_bytes"] if st else 0
 
-        # tgtd back on the same port and file: the member resyncs by itself.
+        # tgtd back on the same port and file: the member resyncs by itself what it missed, in under 2
+        # minutes (waited for a little longer, so that a slow resync is measured rather than cut short).
         tgt.stop()
+        t_restart = time.time()
         tgt = Tgtd(scratch, tgt_file, tgt_port)
         st = wait_for(lambda: (lambda s: s if member_state(s, 2) == "active" and not s["resync"]["running"]
-                               else None)(one.status("m")), 90, 0.5)
+                               else None)(one.status("m")), 150, 0.5)
+        took = time.time() - t_restart
         check(st is not None, "the restarted tgt member resyncs by itself and is active again")
+        if st:
+            moved = st["resync"]["copied_bytes"] - copied_before
+            check(MISSED <= moved <= dirty_bytes * 1.25,
+                  f"the tgt member's resync moved {moved // MiB} MiB: at least the {MISSED // MiB} MiB it missed, "
+                  f"no more than 1.25x the {dirty_bytes // MiB} MiB of dirty regions")
+            check(took < 120, f"it resynced {moved // MiB} MiB by itself in {took:.1f} s after tgtd restarted "
+                  f"(under 2 minutes)")
 
         # Both ispaced killed, caches dropped: every file from the tgt member alone.
         a.proc.send_signal(signal.SIGKILL)

@@ -203,6 +203,25 @@ struct SpaceArgs {
 
 Result<json> request_holder(const std::string& home, const json& request, bool start) {
     auto answer = mgmt::holder_request(home, request);
+    if (!answer && start && (answer.error().code == EPIPE || answer.error().code == ECONNRESET)) {
+        // The holder closed the connection without an answer: one started with --idle-exit that the
+        // previous command left holding nothing is on its way out (it took the connection before it
+        // stopped listening). It undoes whatever it held as it goes, so wait until it is gone and
+        // start a new one, as when none runs.
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (std::chrono::steady_clock::now() < deadline) {
+            auto ping = mgmt::holder_request(home, json{{"verb", "ping"}}, std::chrono::seconds(1));
+            if (ping && ping->value("ok", false)) {
+                answer = mgmt::holder_request(home, request); // another command started a new one
+                break;
+            }
+            if (!ping && no_holder(ping.error())) {
+                answer = ping;
+                break;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+    }
     if (answer || !no_holder(answer.error()) || !start) {
         return answer;
     }

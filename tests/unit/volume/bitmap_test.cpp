@@ -159,6 +159,42 @@ TEST_F(BitmapTest, RandomSmallWritesCostOneMetadataWritePerNewRegion) {
     EXPECT_EQ(bitmap->marked_count(), touched.size());
 }
 
+TEST_F(BitmapTest, AStreamsNextRegionsAreMarkedAheadAndItsWritesDoNotWait) {
+    ASSERT_TRUE(begin(0, 0).get());
+    end(0, 0);
+    int writes = store.writes.load();
+    auto ahead = [&](uint64_t last) { test::on_reactor(group.at(1), [&] { bitmap->mark_ahead(last, 16); }); };
+    ahead(0);
+    ASSERT_TRUE(test::eventually([&] { return bitmap->marked_count() == 17; })) << bitmap->marked_count();
+    EXPECT_GT(store.writes.load(), writes);
+    writes = store.writes.load();
+    // The stream's writes to those regions go at once, and no further mark is written while the middle
+    // of the window ahead is marked.
+    for (uint64_t r = 1; r <= 8; ++r) {
+        auto ready = begin(r, r);
+        EXPECT_EQ(ready.wait_for(1s), std::future_status::ready);
+        ahead(r);
+        end(r, r);
+    }
+    sweep(false); // nothing scheduled is left behind
+    EXPECT_EQ(store.writes.load(), writes);
+    EXPECT_EQ(bitmap->marked_count(), 17u);
+    // Past the middle: the window's rest is marked, still with no write waiting.
+    ahead(9);
+    ASSERT_TRUE(test::eventually([&] { return bitmap->marked_count() == 26; })) << bitmap->marked_count();
+    EXPECT_EQ(store.block(0)[3], 0x03) << "regions 24 and 25 on the members";
+    // Never at or past the end of the space.
+    ahead(1023);
+    ahead(1020);
+    ASSERT_TRUE(test::eventually([&] { return bitmap->marked(1023); }));
+    EXPECT_EQ(bitmap->marked_count(), 29u);
+    // Regions marked ahead but never written age like written ones and go at the second sweep.
+    sweep(true);
+    EXPECT_EQ(bitmap->marked_count(), 12u) << "regions 0..16, aged by the sweep before, are cleared";
+    sweep(true);
+    EXPECT_EQ(bitmap->marked_count(), 0u);
+}
+
 TEST_F(BitmapTest, SweepsClearIdleRegionsAfterTwoPassesOnlyWhenAllowed) {
     ASSERT_TRUE(begin(10, 11).get());
     end(10, 11);

@@ -480,6 +480,29 @@ TEST_F(VolumeTest, RandomSmallWritesCostAtMostOneBitmapWritePerNewRegion) {
     EXPECT_EQ(after.regions_marked - before.regions_marked, regions.size());
 }
 
+TEST_F(VolumeTest, ASequentialStreamOfLargeWritesMarksItsNextRegionsAheadInFewMetadataWrites) {
+    sweep_interval = std::chrono::hours(1);
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    for (int i = 0; i < 4; ++i) {
+        v->sweep_now();
+    }
+    auto before = v->status().bitmap;
+    constexpr uint64_t written = 24; // regions of 1 MiB, one write each, in order
+    for (uint64_t i = 0; i < written; ++i) {
+        ASSERT_EQ(io.write(device, i << 20, random_bytes(1 << 20, int(i))), 0);
+    }
+    // The window ahead of the last write is marked too (in the background: eventually).
+    ASSERT_TRUE(test::eventually(
+        [&] { return v->status().bitmap.regions_marked - before.regions_marked >= written + 8; }));
+    auto after = v->status().bitmap;
+    // One metadata batch per region without the mark-ahead; with it, one per half window (8 regions).
+    EXPECT_LE(after.batches - before.batches, written / 4) << "batches";
+    EXPECT_LE(after.regions_marked - before.regions_marked, written + 16)
+        << "at most a window past the stream";
+    EXPECT_GE(v->status().dirty_regions, written + 8);
+}
+
 TEST_F(VolumeTest, ASplitIsRefusedAndForceFromResolvesIt) {
     auto v = create(LayoutKind::mirror, 2);
     VolumeDevice device(v);
