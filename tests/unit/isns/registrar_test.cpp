@@ -114,10 +114,14 @@ private:
                     continue;
                 }
                 Message answer = respond(*m);
+                {
+                    // Recorded before it is answered: a test that checks the count once the client has
+                    // its answer (registrar.stop returned) must find the request counted.
+                    std::lock_guard lock(_mutex);
+                    _received.push_back(*m);
+                }
                 auto bytes = encode(answer, flag::server);
                 (void)::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-                std::lock_guard lock(_mutex);
-                _received.push_back(*m);
             }
         }
     }
