@@ -252,4 +252,46 @@ Retention::Refusal Retention::data_ack(uint32_t itt, uint32_t ttt, uint32_t beg_
     return Refusal::none;
 }
 
+Retention::Answer Retention::take_answer(uint32_t itt, uint32_t exp_data_sn) {
+    Answer out;
+    auto response = std::find_if(_responses.begin(), _responses.end(), [&](const Response& r) {
+        return r.pdu.bhs.itt() == itt && (r.pdu.bhs.opcode() == iscsi::Opcode::scsi_response ||
+                                          r.pdu.bhs.opcode() == iscsi::Opcode::data_in);
+    });
+    if (response == _responses.end()) {
+        out.refusal = Refusal::unknown_task;
+        return out;
+    }
+    auto task = _tasks.find(itt);
+    bool status_on_data_in = response->pdu.bhs.opcode() == iscsi::Opcode::data_in;
+    if (task != _tasks.end() && !task->second.data_in.empty()) {
+        const Task& t = task->second;
+        uint32_t first = exp_data_sn != 0 ? exp_data_sn : t.acked;
+        if (iscsi::sn_lt(first, t.acked)) {
+            out.refusal = Refusal::acknowledged;
+            return out;
+        }
+        // The status Data-In must go again, so the initiator can never have acknowledged all of them.
+        uint32_t end = uint32_t(t.data_in.size());
+        if (!iscsi::sn_lt(first, end) && (status_on_data_in || first != end)) {
+            out.refusal = Refusal::not_sent;
+            return out;
+        }
+        for (uint32_t sn = first; sn != end; ++sn) {
+            out.data_in.push_back(t.data_in[sn]);
+        }
+    } else if (status_on_data_in) {
+        out.refusal = Refusal::no_longer_kept; // the status is kept but its data went at a bound
+        return out;
+    }
+    if (!status_on_data_in) {
+        out.response = response->pdu;
+    }
+    out.found = true;
+    _bytes -= response->bytes;
+    _responses.erase(response);
+    erase_task(itt);
+    return out;
+}
+
 } // namespace ispace::iscsi_target
