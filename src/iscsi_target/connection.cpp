@@ -68,11 +68,13 @@ void Connection::start() {
 
 void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_t length,
                       BufferBudget::Hold hold) {
-    if (!_transport || _transport->closed()) {
-        return;
-    }
+    // Kept even when the transport has just closed (and its closing has not reached us yet): at ERL 2
+    // what a task sent is what a TASK REASSIGN sends again.
     if (_retention && _phase == Phase::full_feature) {
         _retention->sent(bhs, data, offset, length, net::Clock::now());
+    }
+    if (!_transport || _transport->closed()) {
+        return;
     }
     OutPdu& pdu = _pdu_pool.get();
     pdu.build(bhs, std::move(data), offset, length, _params.header_digest == iscsi::Digest::crc32c,

@@ -98,8 +98,8 @@ void Session::expire_orphans() {
     }
     for (IscsiTask* command : expired) {
         command->abandoned = true;
-        log_info("{}: ITT {:#x} was not reassigned within DefaultTime2Wait + DefaultTime2Retain; aborted", _name,
-                 command->itt);
+        log_info("{}: ITT {:#x} was not reassigned within DefaultTime2Wait + DefaultTime2Retain; aborted",
+                 _name, command->itt);
         _server.count_recovery(_reactor, RecoveryEvent::reassign_expired);
         switch (command->state) {
         case IscsiTask::State::waiting:
@@ -211,7 +211,8 @@ void Session::resume_data_out(IscsiTask& command, Connection& to) {
 // Data-In and status go again on `to`, from what that connection kept.
 bool Session::reassign_answered(Connection& to, const iscsi::TaskMgmtRequest& request) {
     for (Retired& retired : _retired) {
-        Retention::Answer answer = retired.retention->take_answer(request.referenced_task_tag, request.exp_data_sn);
+        Retention::Answer answer =
+            retired.retention->take_answer(request.referenced_task_tag, request.exp_data_sn);
         if (answer.refusal == Retention::Refusal::unknown_task) {
             continue;
         }

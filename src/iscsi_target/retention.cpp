@@ -9,6 +9,9 @@ namespace ispace::iscsi_target {
 namespace {
 
 constexpr uint8_t data_in_status_bit = 0x01;
+// A reassigned read resumes at most this far into its Data-In (a 16 MiB read in 512-byte PDUs):
+// the placeholders for what came before cost a few bytes each.
+constexpr uint32_t max_reassigned_data_sn = 32768;
 
 // A PDU that carries a StatSN of its own, which the initiator acknowledges with ExpStatSN. A NOP-In ping
 // (ITT reserved) repeats the current StatSN without taking it; R2Ts and Data-In without status likewise.
@@ -66,6 +69,12 @@ void Retention::sent(const iscsi::Bhs& bhs, const Buffer& data, size_t offset, u
     if (bhs.opcode() == iscsi::Opcode::data_in) {
         Task& t = task(bhs.itt(), now);
         uint32_t data_sn = field(bhs, 36);
+        if (t.data_in.empty() && t.acked == 0 && data_sn > 0 && data_sn <= max_reassigned_data_sn) {
+            // ERL 2: a task reassigned here sends its Data-In from the DataSN the initiator expects;
+            // those before it count as acknowledged (the initiator said it has them).
+            t.data_in.resize(data_sn);
+            t.acked = data_sn;
+        }
         // Data-In of one command goes out once, in DataSN order: anything else is a retransmission,
         // which is already kept.
         if (data_sn == t.data_in.size()) {

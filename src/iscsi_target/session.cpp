@@ -684,8 +684,11 @@ void Session::complete(scsi::Task& task) {
 void Session::respond(IscsiTask& command) {
     Connection* connection = command.connection;
     if (connection == nullptr || connection->closing()) {
-        if (command.orphaned && !command.abandoned && !_ended) {
-            return; // ERL 2: the answer waits for a TASK REASSIGN (reassign.cpp)
+        if ((command.orphaned || connection != nullptr) && !command.abandoned && !_ended &&
+            recovers_connections()) {
+            // ERL 2: the answer waits for a TASK REASSIGN (reassign.cpp); a connection that is closing
+            // makes the task an orphan when it is gone (or, if it logged out, releases it then).
+            return;
         }
         release(command);
         return;
@@ -969,10 +972,18 @@ void Session::connection_lost(Connection& connection, bool logged_out) {
         keep_for_reassignment(connection);
         return;
     }
+    std::vector<IscsiTask*> answered_meanwhile;
     for (auto& [itt, command] : _commands) {
         if (command->connection == &connection) {
             command->connection = nullptr;
+            if (command->state == IscsiTask::State::responding && command->unsolicited_done) {
+                answered_meanwhile.push_back(command.get());
+            }
         }
+    }
+    // Answers held while the connection was closing (ERL 2) have nowhere to go.
+    for (IscsiTask* command : answered_meanwhile) {
+        respond(*command);
     }
     if (_connections.empty()) {
         end();
