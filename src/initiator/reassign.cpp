@@ -29,7 +29,8 @@ void Connection::reassign_parked() {
     }
     std::vector<PendingRequest*> tasks = std::move(_parked);
     _parked.clear();
-    std::sort(tasks.begin(), tasks.end(), [](PendingRequest* a, PendingRequest* b) { return a->seq < b->seq; });
+    std::sort(tasks.begin(), tasks.end(),
+              [](PendingRequest* a, PendingRequest* b) { return a->seq < b->seq; });
     // First every ITT of the old connection, then anything new: a fresh allocation must not take a slot
     // a reassigned task still names.
     std::vector<PendingRequest*> fresh;
@@ -124,8 +125,8 @@ void Connection::reassign_answered(PendingRequest* task, iscsi::TmfResponse resp
         break;
     }
     _reassign_refused.store(true, std::memory_order_release);
-    fail(make_error(fmt::format("TASK REASSIGN of ITT {:#x} refused (response {})", task->itt, unsigned(response)),
-                    EIO));
+    fail(make_error(
+        fmt::format("TASK REASSIGN of ITT {:#x} refused (response {})", task->itt, unsigned(response)), EIO));
 }
 
 } // namespace ispace::initiator
