@@ -968,7 +968,8 @@ void Session::abort_all(Function<void()> done) {
 void Session::connection_lost(Connection& connection, bool logged_out) {
     _connections.erase(std::remove(_connections.begin(), _connections.end(), &connection),
                        _connections.end());
-    if (!logged_out && !_ended && recovers_connections()) {
+    // Not while ispaced shuts down: nobody will come back for the tasks, and shutdown waits for sessions.
+    if (!logged_out && !_ended && recovers_connections() && !_server.stopping()) {
         keep_for_reassignment(connection);
         return;
     }
