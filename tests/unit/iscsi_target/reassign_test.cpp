@@ -146,6 +146,28 @@ TEST(Reassign, AReadAnsweredOnAFailedConnectionIsSentAgainFromExpDataSn) {
     EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::task_does_not_exist);
 }
 
+TEST(Reassign, AnExpDataSnBeyondWhatWasSentIsRejectedAndNothingIsSent) {
+    Harness h;
+    auto [a, b] = two_connections(h);
+    auto data = pattern(1024, 12);
+    a.command(write_command(48, 2, data));
+    ASSERT_EQ(outcome_of(*a.next()).status, 0);
+    uint32_t itt = b.command(read_command(48, 2));
+    ASSERT_EQ(b.drain().size(), 2u);
+    b.close();
+    h.settle();
+    reassign(a, b, itt, /*exp_data_sn=*/7); // only DataSN 0 and 1 were sent
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::function_rejected);
+    EXPECT_FALSE(a.next()) << "no Data-In for a refused reassign";
+    // The reserved tag and a tag never used name no task.
+    a.tmf(iscsi::TmfFunction::task_reassign, 0, iscsi::reserved_tag, 1);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::task_does_not_exist);
+    uint32_t ping = a.nop_out({}, true);
+    auto pdu = a.next();
+    ASSERT_TRUE(pdu && pdu->opcode() == iscsi::Opcode::nop_in) << "the connection must go on";
+    EXPECT_EQ(pdu->bhs.itt(), ping);
+}
+
 TEST(Reassign, AWriteCutMidBurstIsAskedForAgainOnTheNewConnection) {
     Harness h;
     auto [a, b] = two_connections(h);
