@@ -53,8 +53,8 @@ void Session::keep_for_reassignment(Connection& connection) {
             command->connection = nullptr;
             command->orphaned = true;
             command->orphaned_at = now;
-            // Its outstanding R2Ts went with the connection; the reassign asks again for what they
-            // had not brought.
+            // Its outstanding R2Ts went with the connection: resume_data_out() asks again for what
+            // they had not brought.
             ++orphans;
         }
     }
@@ -176,8 +176,8 @@ void Session::reassign(Connection* from, const iscsi::TaskMgmtRequest& request) 
     case IscsiTask::State::responding:
         command.unsolicited_done = true;
         command.bursts.clear();
-        // Answered by the engine while orphaned: nothing of it went out yet, so the Data-In starts at
-        // the DataSN the initiator expects (any it already has from nowhere cannot exist: 0 here).
+        // Answered by the engine while orphaned: nothing of it went out yet, so all its Data-In goes
+        // now, from DataSN 0 (an initiator cannot hold any of it).
         respond(command);
         return;
     }
