@@ -135,9 +135,10 @@ struct SessionOptions {
     // Session reinstatement on connection loss. false: a lost connection fails the commands in flight.
     bool reconnect = true;
     // The ErrorRecoveryLevel asked for (RFC 7143 §13.20); the target may grant less. At 1, a lost or
-    // corrupt Data-In or response is asked for again with a SNACK instead of costing the command; 0 is
-    // today's behaviour with every peer. Values above 1 are treated as 1 (level 2 is not implemented).
-    unsigned error_recovery_level = 1;
+    // corrupt Data-In or response is asked for again with a SNACK instead of costing the command. At 2,
+    // a lost connection is logged in again with its CID and its tasks moved to it with TASK REASSIGN,
+    // instead of reinstating the session (docs/recovery.md). 0 is what every peer without the key gets.
+    unsigned error_recovery_level = 2;
 };
 
 // One SCSI command to send. `data` is both the buffer and its length: for a read it receives up to
@@ -243,6 +244,8 @@ struct SessionInfo {
     uint64_t lun_resets = 0;                       // LUN RESET requests sent
     uint64_t digest_errors = 0;                    // PDUs received with a bad digest
     uint64_t snacks = 0;                           // SNACK Requests sent (ERL 1 recovery)
+    uint64_t connection_recoveries = 0;            // connections logged in again with their CID (ERL 2)
+    uint64_t reassignments = 0;                    // tasks moved to another connection (TASK REASSIGN)
     std::vector<uint64_t> commands_per_connection; // sent on each connection of the current login
 };
 

@@ -800,6 +800,12 @@ void Connection::handle_r2t(const Bhs& bhs) {
                         EPROTO));
         return;
     }
+    if (task->reassigned) {
+        // The first R2T after TASK REASSIGN: R2Ts the failed connection did not deliver are not asked
+        // for; the target asks afresh for what it lacks, with R2TSNs that go on from its own count.
+        task->reassigned = false;
+        task->next_r2t_sn = r->r2t_sn;
+    }
     if (_erl1) {
         if (iscsi::sn_gt(r->r2t_sn, task->next_r2t_sn)) {
             // R2Ts before this one were lost (a header digest error): an R2T SNACK asks for them.
@@ -875,6 +881,12 @@ void Connection::handle_tmf_response(const Bhs& bhs) {
     uint64_t lun = e->lun;
     uint64_t order = e->order;
     _table.release(r->itt);
+    if (function == iscsi::TmfFunction::task_reassign) {
+        if (task != nullptr) {
+            reassign_answered(task, r->response);
+        }
+        return;
+    }
     if (function == iscsi::TmfFunction::abort_task) {
         if (task == nullptr) {
             return; // its status arrived meanwhile
@@ -998,9 +1010,23 @@ void Connection::handle_async(iscsi::ReceivedPdu& pdu) {
     case iscsi::AsyncEvent::negotiation_request:
         answer_negotiation_request(a->parameter3);
         break;
-    case iscsi::AsyncEvent::logout_request:
     case iscsi::AsyncEvent::drop_connection:
     case iscsi::AsyncEvent::drop_all_connections:
+        if (_session.error_recovery_level >= 2) {
+            // RFC 7143 §11.9.1: Parameter2 is Time2Wait, Parameter3 Time2Retain. With tasks retained the
+            // connection is recovered after Time2Wait; without, only a new session brings them back.
+            _requested_time2wait.store(a->parameter2, std::memory_order_release);
+            if (a->parameter3 == 0) {
+                _reassign_refused.store(true, std::memory_order_release);
+            }
+            fail(make_error(fmt::format("the target dropped the connection (async event {}, Time2Wait {} s, "
+                                        "Time2Retain {} s)",
+                                        unsigned(a->event), a->parameter2, a->parameter3),
+                            ECONNRESET));
+            break;
+        }
+        [[fallthrough]];
+    case iscsi::AsyncEvent::logout_request:
         // The target is going away or wants this connection gone. At ERL 0 the way back is a new
         // session: treat it as a connection loss and let the session reinstate itself (retrying with
         // back-off while the target restarts).
@@ -1260,6 +1286,13 @@ void Connection::tick() {
             PendingRequest* task = e->task;
             uint64_t lun = e->lun;
             _table.release(itt);
+            if (function == iscsi::TmfFunction::task_reassign) {
+                _reassign_refused.store(true, std::memory_order_release);
+                fail(make_error(fmt::format("no answer to TASK REASSIGN within {} ms",
+                                            _options.timeouts.task_management.count()),
+                                ETIMEDOUT));
+                return;
+            }
             if (function == iscsi::TmfFunction::lun_reset) {
                 _resets.erase(lun);
                 fail(make_error(fmt::format("no answer to LUN RESET of LUN {} within {} ms", lun,
@@ -1340,7 +1373,8 @@ std::vector<PendingRequest*> Connection::shutdown(const Error& why) {
     _text_done = nullptr;
     _reader.stop();
     _transport.reset(); // closes the socket; queued PDUs come back to the pool
-    std::vector<PendingRequest*> tasks;
+    std::vector<PendingRequest*> tasks = std::move(_parked);
+    _parked.clear();
     _table.for_each([&](uint32_t itt, TaskTable::Entry& e) {
         if (e.kind == TaskTable::Kind::scsi) {
             tasks.push_back(e.task);
@@ -1348,7 +1382,11 @@ std::vector<PendingRequest*> Connection::shutdown(const Error& why) {
         _table.release(itt);
     });
     if (_owner) {
+        size_t sent = tasks.size();
         _owner->take_inbox(*this, tasks);
+        for (size_t i = sent; i < tasks.size(); ++i) {
+            tasks[i]->itt = 0; // never went out here: whatever ITT it had belongs to an older attempt
+        }
         _owner.reset();
     }
     (void)why;

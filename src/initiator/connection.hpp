@@ -50,7 +50,9 @@ struct SessionCounters {
     std::atomic<uint64_t> aborts{0};
     std::atomic<uint64_t> lun_resets{0};
     std::atomic<uint64_t> digest_errors{0};
-    std::atomic<uint64_t> snacks{0}; // SNACK Requests sent (ERL 1)
+    std::atomic<uint64_t> snacks{0};                // SNACK Requests sent (ERL 1)
+    std::atomic<uint64_t> connection_recoveries{0}; // connections logged in again (ERL 2)
+    std::atomic<uint64_t> reassignments{0};         // tasks moved by TASK REASSIGN (ERL 2)
 };
 
 // What a connection needs from its session. Called on the connection's reactor unless noted.
@@ -121,7 +123,26 @@ public:
     void send_text(std::vector<uint8_t> keys, Function<void(Result<std::vector<uint8_t>>)> done);
     // Closes the transport, stops every timer and hands back every SCSI task not yet completed, in no
     // particular order (the owner sorts). Pending login/logout/text callbacks are dropped.
+    // Tasks that had no status when this connection went are returned with their ITT (0 for those
+    // dispatched but never sent on it), so that ERL 2 can reassign them.
     std::vector<PendingRequest*> shutdown(const Error& why);
+
+    // ---- ErrorRecoveryLevel 2 (reassign.cpp) ----
+    // Before the login of a connection that reinstates a failed one (same CID): its tasks wait here, so
+    // that a shutdown meanwhile hands them back with the rest.
+    void park(std::vector<PendingRequest*> tasks);
+    // After enter_full_feature(): each parked task sent on the failed connection keeps its ITT and is
+    // moved here with TASK REASSIGN (RFC 7143 §11.5.1); one never sent goes out as a command, with the
+    // CmdSN it was given.
+    void reassign_parked();
+    // A TASK REASSIGN was refused, or the target asked to drop the connection without keeping its tasks:
+    // the session is to be reinstated rather than the connection (any thread).
+    bool reassign_refused() const { return _reassign_refused.load(std::memory_order_acquire); }
+    // Time2Wait the target asked for in an Asynchronous Message "drop connection" (seconds), if any.
+    std::optional<uint16_t> requested_time2wait() const {
+        int v = _requested_time2wait.load(std::memory_order_acquire);
+        return v < 0 ? std::nullopt : std::optional<uint16_t>(uint16_t(v));
+    }
 
     // Guarded by the owner's lock.
     std::vector<PendingRequest*> inbox;
@@ -157,6 +178,8 @@ private:
     void send_data_out(PendingRequest* task, uint32_t ttt, uint32_t offset, uint32_t length);
     void send_nop_ping();
     void send_tmf(iscsi::TmfFunction function, uint64_t lun, PendingRequest* referenced);
+    void send_reassign(PendingRequest* task);
+    void reassign_answered(PendingRequest* task, iscsi::TmfResponse response);
 
     // Receiving.
     void handle_data_in(iscsi::ReceivedPdu& pdu);
@@ -263,6 +286,11 @@ private:
     uint32_t _logout_itt = iscsi::reserved_tag;
     bool _logged_out = false; // the target accepted our Logout: its closing the connection is expected
     net::Clock::time_point _logout_deadline{};
+
+    // ERL 2.
+    std::vector<PendingRequest*> _parked;
+    std::atomic<bool> _reassign_refused{false};
+    std::atomic<int> _requested_time2wait{-1};
 };
 
 } // namespace ispace::initiator

@@ -62,6 +62,9 @@ struct PendingRequest {
     // command itself lost to a header digest error), and when it last went out.
     unsigned digest_resends = 0;
     net::Clock::time_point sent_at{};
+    // ErrorRecoveryLevel 2: the task moved to a reinstated connection by TASK REASSIGN; its next R2T
+    // sets the R2TSN expected (R2Ts lost with the old connection are not asked for).
+    bool reassigned = false;
 
     // Called when the task goes out on a connection; cmd_sn was assigned by the dispatch just before.
     void reset_attempt() {
@@ -81,6 +84,7 @@ struct PendingRequest {
         snacks = 0;
         next_r2t_sn = 0;
         digest_resends = 0;
+        reassigned = false;
     }
 };
 

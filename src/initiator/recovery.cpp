@@ -211,7 +211,7 @@ void Connection::resend_lost_commands(net::Clock::time_point now) {
         // ExpCmdSN is the lowest CmdSN the target has not received; a response that left the target
         // a second after the command went out and still names it means the command was lost. (A copy
         // that did arrive is ignored by the target: its CmdSN is then outside the window.)
-        bool nothing_back = t->next_data_sn == 0 && t->next_r2t_sn == 0 && !t->held_status;
+        bool nothing_back = t->next_data_sn == 0 && t->next_r2t_sn == 0 && !t->held_status && !t->reassigned;
         if (!t->aborting && !t->awaiting_reset && nothing_back && t->cmd_sn == _last_exp_cmd_sn &&
             _window_at - t->sent_at >= lost_command_wait && now - t->sent_at >= lost_command_wait) {
             lost.push_back(t);

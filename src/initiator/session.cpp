@@ -289,6 +289,8 @@ SessionInfo SessionCore::info() const {
     i.lun_resets = _counters.lun_resets.load();
     i.digest_errors = _counters.digest_errors.load();
     i.snacks = _counters.snacks.load();
+    i.connection_recoveries = _counters.connection_recoveries.load();
+    i.reassignments = _counters.reassignments.load();
     for (const auto& c : _active) {
         i.commands_per_connection.push_back(c->commands_sent.load(std::memory_order_relaxed));
     }
@@ -463,6 +465,9 @@ iscsi::InitiatorLoginConfig SessionCore::login_config(uint16_t cid, uint16_t tsi
     c.negotiation.immediate_data = _options.immediate_data;
     c.negotiation.max_connections = uint16_t(_options.connections);
     c.negotiation.max_outstanding_r2t = 1;
+    // DefaultTime2Wait is the larger of the two offers: we need no pause before a connection is logged
+    // in again; the target says if it does.
+    c.negotiation.default_time2wait = 0;
     c.negotiation.error_recovery_level =
         uint8_t(std::min<unsigned>(_options.error_recovery_level, iscsi::max_error_recovery_level));
     c.negotiation.alias = _options.initiator_alias;
@@ -477,17 +482,23 @@ iscsi::InitiatorLoginConfig SessionCore::login_config(uint16_t cid, uint16_t tsi
     return c;
 }
 
-void SessionCore::login_connection(const std::shared_ptr<Connection>& conn, uint16_t tsih, bool leading) {
+void SessionCore::login_connection(const std::shared_ptr<Connection>& conn, uint16_t tsih, LoginRole role) {
     auto self = shared_from_this();
     uint64_t generation = _generation;
-    conn->reactor().post([self, conn, generation, leading, cfg = login_config(conn->cid(), tsih),
-                          host = _host, port = _port]() mutable {
-        conn->login(host, port, std::move(cfg), [self, conn, generation, leading](LoginOutcome&& outcome) {
-            self->home().post([self, conn, generation, leading, outcome = std::move(outcome)]() mutable {
-                if (leading) {
+    conn->reactor().post([self, conn, generation, role, cfg = login_config(conn->cid(), tsih), host = _host,
+                          port = _port]() mutable {
+        conn->login(host, port, std::move(cfg), [self, conn, generation, role](LoginOutcome&& outcome) {
+            self->home().post([self, conn, generation, role, outcome = std::move(outcome)]() mutable {
+                switch (role) {
+                case LoginRole::leading:
                     self->on_leading_login(conn, generation, std::move(outcome));
-                } else {
+                    return;
+                case LoginRole::secondary:
                     self->on_secondary_login(conn, generation, std::move(outcome));
+                    return;
+                case LoginRole::reinstating:
+                    self->on_reinstating_login(conn, generation, std::move(outcome));
+                    return;
                 }
             });
         });
@@ -514,7 +525,7 @@ void SessionCore::attempt() {
     _ok.clear();
     auto leading = make_connection(0);
     _all.push_back(leading);
-    login_connection(leading, 0, true);
+    login_connection(leading, 0, LoginRole::leading);
 }
 
 void SessionCore::on_leading_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
@@ -590,7 +601,7 @@ void SessionCore::on_leading_login(const std::shared_ptr<Connection>& conn, uint
     for (uint16_t cid = 1; cid < wanted; ++cid) {
         auto c = make_connection(cid);
         _all.push_back(c);
-        login_connection(c, outcome.tsih, false);
+        login_connection(c, outcome.tsih, LoginRole::secondary);
     }
 }
 
@@ -688,7 +699,9 @@ void SessionCore::on_connection_failed(const std::shared_ptr<Connection>& conn, 
         state = _state;
     }
     if (state == State::up) {
-        begin_recovery(why);
+        if (!recover_connection(conn, why)) {
+            begin_recovery(why);
+        }
         return;
     }
     if (state == State::connecting || state == State::recovering) {
@@ -697,6 +710,119 @@ void SessionCore::on_connection_failed(const std::shared_ptr<Connection>& conn, 
         conn->reactor().post([conn, why] { conn->shutdown(why); });
     }
     // closing: the logout's own callback finishes the close.
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Connection recovery at ErrorRecoveryLevel 2 (home reactor)
+//
+// RFC 7143 §7.3, §6.2.2: the failed connection is logged in again with its CID (connection
+// reinstatement; the target closes what is left of the old one and keeps its tasks), after Time2Wait,
+// and every task it had is moved there with TASK REASSIGN (reassign.cpp). The other connections carry
+// on meanwhile, and so does the session: no reinstatement, no task sent twice. When the new login
+// fails, a reassign is refused, or the target dropped the connection without keeping its tasks, the
+// session is reinstated as at level 0.
+
+bool SessionCore::recover_connection(const std::shared_ptr<Connection>& conn, const Error& why) {
+    {
+        std::lock_guard lock(_mu);
+        if (_params.error_recovery_level < 2 || !_options.reconnect || _closing) {
+            return false;
+        }
+    }
+    if (conn->reassign_refused() || std::find(_all.begin(), _all.end(), conn) == _all.end()) {
+        return false;
+    }
+    {
+        std::lock_guard lock(_mu);
+        std::erase(_active, conn);
+        conn->active = false;
+    }
+    std::erase(_all, conn);
+    std::erase(_ok, conn);
+    uint16_t wait = conn->requested_time2wait().value_or(_params.default_time2wait);
+    log_warn("{}: connection {} lost ({}); ErrorRecoveryLevel 2: logging it in again in {} s and reassigning "
+             "its tasks",
+             _label, conn->cid(), why.message, wait);
+    auto self = shared_from_this();
+    uint64_t generation = _generation;
+    conn->reactor().post([self, conn, why, generation, wait] {
+        std::vector<PendingRequest*> tasks = conn->shutdown(why);
+        self->home().post([self, conn, tasks = std::move(tasks), generation, wait]() mutable {
+            std::shared_ptr<Connection> next;
+            {
+                std::lock_guard lock(self->_mu);
+                self->_outstanding -= std::min(self->_outstanding, conn->outstanding);
+                conn->outstanding = 0;
+                if (generation != self->_generation || self->_state != State::up) {
+                    // The session is being reinstated or closed meanwhile: the tasks go with it.
+                    for (PendingRequest* t : tasks) {
+                        self->insert_pending_locked(t);
+                    }
+                    self->dispatch_locked();
+                    return;
+                }
+            }
+            next = self->make_connection(conn->cid());
+            self->_all.push_back(next);
+            {
+                std::lock_guard lock(self->_mu);
+                next->outstanding = unsigned(tasks.size());
+                self->_outstanding += unsigned(tasks.size());
+            }
+            next->reactor().post(
+                [next, tasks = std::move(tasks)]() mutable { next->park(std::move(tasks)); });
+            self->home().add_timer(std::chrono::seconds(wait), [self, next, generation] {
+                if (generation != self->_generation) {
+                    return; // stop_connections() took the parked tasks back
+                }
+                uint16_t tsih;
+                {
+                    std::lock_guard lock(self->_mu);
+                    tsih = self->_tsih;
+                }
+                self->login_connection(next, tsih, LoginRole::reinstating);
+            });
+        });
+    });
+    return true;
+}
+
+void SessionCore::on_reinstating_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
+                                       LoginOutcome&& outcome) {
+    if (generation != _generation) {
+        return;
+    }
+    State state;
+    {
+        std::lock_guard lock(_mu);
+        state = _state;
+    }
+    if (outcome.error || state != State::up) {
+        Error why = outcome.error ? *outcome.error : make_error(_label + ": session no longer up", ESHUTDOWN);
+        if (state == State::up) {
+            log_warn("{}: connection {} could not be logged in again ({}); reinstating the session", _label,
+                     conn->cid(), why.message);
+            begin_recovery(why); // its parked tasks come back through stop_connections()
+        }
+        return;
+    }
+    iscsi::SessionParams params;
+    {
+        std::lock_guard lock(_mu);
+        params = _params;
+    }
+    _counters.connection_recoveries++;
+    log_info("{}: connection {} logged in again; reassigning its tasks", _label, conn->cid());
+    conn->reactor().post([conn, params] {
+        conn->enter_full_feature(params);
+        conn->reassign_parked();
+        conn->drain_inbox();
+    });
+    std::lock_guard lock(_mu);
+    _active.push_back(conn);
+    conn->active = true;
+    _ok.push_back(conn);
+    dispatch_locked();
 }
 
 void SessionCore::begin_recovery(const Error& why) {

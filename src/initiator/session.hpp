@@ -119,7 +119,8 @@ private:
 
     // Home reactor only.
     void attempt();
-    void login_connection(const std::shared_ptr<Connection>& conn, uint16_t tsih, bool leading);
+    enum class LoginRole : uint8_t { leading, secondary, reinstating };
+    void login_connection(const std::shared_ptr<Connection>& conn, uint16_t tsih, LoginRole role);
     void on_leading_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
                           LoginOutcome&& outcome);
     void on_secondary_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
@@ -128,6 +129,13 @@ private:
     void attempt_failed(Error why);
     void on_connection_failed(const std::shared_ptr<Connection>& conn, uint64_t generation, const Error& why);
     void begin_recovery(const Error& why);
+    // ---- ErrorRecoveryLevel 2 (session.cpp, "Connection recovery") ----
+    // One connection failed at level 2: log it in again with its CID after Time2Wait and reassign its
+    // tasks there; the other connections go on. False when that cannot be tried (then the session is
+    // reinstated).
+    bool recover_connection(const std::shared_ptr<Connection>& conn, const Error& why);
+    void on_reinstating_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
+                              LoginOutcome&& outcome);
     void stop_connections(const Error& why, Function<void()> then);
     void fail_all(const Error& why);
     void maybe_finish_close();

@@ -7,6 +7,7 @@
 // on the slot's next user. The reserved tag 0xffffffff can never be produced: tag 0xff is refused.
 #pragma once
 
+#include <algorithm>
 #include <cassert>
 #include <chrono>
 #include <cstdint>
@@ -55,6 +56,31 @@ public:
         e.deadline = {};
         ++_used;
         return itt_of(slot, e.generation);
+    }
+
+    // ERL 2 connection reinstatement: the task keeps the ITT it had on the failed connection with the
+    // same CID (and so the same tag), so that TASK REASSIGN names it. False if the ITT is not ours or its
+    // slot is taken. Called before the new connection allocates anything.
+    bool adopt(uint32_t itt, Kind kind, PendingRequest* task) {
+        if ((itt >> 24) != _tag) {
+            return false;
+        }
+        uint32_t slot = itt & 0xffff;
+        while (_entries.size() <= slot) {
+            _free.push_back(uint32_t(_entries.size()));
+            _entries.emplace_back();
+        }
+        Entry& e = _entries[slot];
+        if (e.kind != Kind::free) {
+            return false;
+        }
+        _free.erase(std::find(_free.begin(), _free.end(), slot));
+        e = Entry{};
+        e.kind = kind;
+        e.task = task;
+        e.generation = uint8_t(itt >> 16);
+        ++_used;
+        return true;
     }
 
     // The entry of a live ITT, or nullptr (unknown, stale generation, or another connection's tag).

@@ -178,10 +178,9 @@ struct NegotiationConfig {
     std::string alias;
 };
 
-// The highest ErrorRecoveryLevel ispace implements on either side: 1 (within-connection recovery,
-// RFC 7143 §7.1-§7.2). Level 2 (connection recovery, TASK REASSIGN) is not implemented, so it is never
-// negotiated.
-inline constexpr uint8_t max_error_recovery_level = 1;
+// The highest ErrorRecoveryLevel ispace implements on either side: 2 (level 1's within-connection
+// recovery, RFC 7143 §7.1-§7.2, and connection recovery with TASK REASSIGN, §7.3, §11.5).
+inline constexpr uint8_t max_error_recovery_level = 2;
 
 // Checks a configuration against the RFC's ranges (first burst <= max burst, digests non-empty, ...).
 Result<void> validate(const NegotiationConfig& config);

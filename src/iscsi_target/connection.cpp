@@ -68,11 +68,13 @@ void Connection::start() {
 
 void Connection::send(const iscsi::Bhs& bhs, Buffer data, size_t offset, uint32_t length,
                       BufferBudget::Hold hold) {
-    if (!_transport || _transport->closed()) {
-        return;
-    }
+    // Kept even when the transport has just closed (and its closing has not reached us yet): at ERL 2
+    // what a task sent is what a TASK REASSIGN sends again.
     if (_retention && _phase == Phase::full_feature) {
         _retention->sent(bhs, data, offset, length, net::Clock::now());
+    }
+    if (!_transport || _transport->closed()) {
+        return;
     }
     OutPdu& pdu = _pdu_pool.get();
     pdu.build(bhs, std::move(data), offset, length, _params.header_digest == iscsi::Digest::crc32c,
@@ -516,12 +518,14 @@ iscsi::LoginAdmission Connection::admit(const iscsi::LoginIdentity& identity, co
         admission.tsih = _server.sessions().admit_discovery();
     } else if (!identity.leading()) {
         std::lock_guard lock(_slot->mutex);
-        if (_slot->cids.count(identity.cid)) {
+        bool reinstates = _slot->cids.count(identity.cid) != 0;
+        if (reinstates && !(_slot->ready && _slot->params.error_recovery_level >= 2)) {
             // Reusing a live CID is connection reinstatement, which needs ErrorRecoveryLevel 2.
             admission.status = iscsi::LoginStatus::cannot_include_in_session;
             return admission;
         }
-        if (_slot->cids.size() >= _slot->params.max_connections) {
+        // A reinstatement replaces a connection: it does not count as one more (RFC 7143 §6.2.2).
+        if (!reinstates && _slot->cids.size() >= _slot->params.max_connections) {
             admission.status = iscsi::LoginStatus::too_many_connections;
             return admission;
         }
@@ -614,6 +618,18 @@ bool Connection::join_session() {
         _session = nullptr;
         drop("the session this connection joined has ended");
         return false;
+    }
+    if (_session->recovers_connections()) {
+        // ERL 2 connection reinstatement (RFC 7143 §6.2.2, §7.3): a live connection with our CID is
+        // the one we replace. It closes as failed, so its tasks wait for TASK REASSIGN; our CID stays
+        // registered when it goes (and is registered again, should it have gone meanwhile).
+        if (Connection* old = _session->connection_with_cid(_cid, this)) {
+            old->hand_cid_over();
+            _server.count_recovery(_reactor, RecoveryEvent::connection_reinstated);
+            old->drop_for_recovery(fmt::format("connection reinstated by a new login with CID {}", _cid));
+        }
+        std::lock_guard lock(_slot->mutex);
+        _slot->cids.insert(_cid);
     }
     _session->add_connection(*this);
     start_retention();
@@ -1136,12 +1152,21 @@ void Connection::logout_request(iscsi::ReceivedPdu& pdu) {
             response.exp_cmd_sn = _session->exp_cmd_sn();
             response.max_cmd_sn = _session->max_cmd_sn();
             response.time2wait = _session->params().default_time2wait;
-            response.time2retain = 0; // nothing is retained for recovery at ErrorRecoveryLevel 0
+            // What is kept for connection recovery is kept this long (only at ErrorRecoveryLevel 2).
+            response.time2retain =
+                _session->recovers_connections() ? _session->params().default_time2retain : 0;
             iscsi::Bhs bhs;
             response.encode(bhs);
             send(bhs);
             if (code == iscsi::LogoutResponseCode::closed_successfully &&
-                (header.reason == iscsi::LogoutReason::close_session || header.cid == _cid)) {
+                header.reason == iscsi::LogoutReason::remove_connection_for_recovery) {
+                if (header.cid == _cid) {
+                    // Not a logout of its tasks: the connection closes as failed, and they wait for
+                    // TASK REASSIGN on another connection.
+                    close_after_flush("removed for recovery");
+                }
+            } else if (code == iscsi::LogoutResponseCode::closed_successfully &&
+                       (header.reason == iscsi::LogoutReason::close_session || header.cid == _cid)) {
                 close_logged_out("logged out");
             }
         };
@@ -1172,9 +1197,26 @@ void Connection::logout_request(iscsi::ReceivedPdu& pdu) {
             // The last connection: closing it closes the session.
             _session->abort_all([respond] { respond(iscsi::LogoutResponseCode::closed_successfully); });
             return;
-        case iscsi::LogoutReason::remove_connection_for_recovery:
-            respond(iscsi::LogoutResponseCode::recovery_not_supported);
+        case iscsi::LogoutReason::remove_connection_for_recovery: {
+            if (!_session->recovers_connections()) {
+                respond(iscsi::LogoutResponseCode::recovery_not_supported);
+                return;
+            }
+            // RFC 7143 §11.14.1 reason 2: the connection goes and its tasks wait for TASK REASSIGN.
+            if (header.cid != _cid) {
+                Connection* other = _session->connection_with_cid(header.cid, this);
+                if (other == nullptr) {
+                    respond(iscsi::LogoutResponseCode::cid_not_found);
+                    return;
+                }
+                other->drop_for_recovery(fmt::format("removed for recovery by a Logout on CID {}", _cid));
+                respond(iscsi::LogoutResponseCode::closed_successfully);
+                return;
+            }
+            log_debug("{}: logout (remove connection cid {} for recovery)", _session->name(), _cid);
+            respond(iscsi::LogoutResponseCode::closed_successfully);
             return;
+        }
         }
     });
 }

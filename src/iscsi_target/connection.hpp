@@ -109,6 +109,13 @@ public:
                 uint32_t data_sn = 0);
     // ErrorRecoveryLevel 1 and up: what was sent, kept for SNACKs (null at level 0).
     Retention* retention() { return _retention.get(); }
+    // ERL 2: the session takes what a failed connection kept, for TASK REASSIGN.
+    std::unique_ptr<Retention> take_retention() { return std::move(_retention); }
+    // ERL 2 connection reinstatement: a new connection with the same CID takes this one's place; its
+    // CID stays registered in the session when this one closes.
+    void hand_cid_over() { _cid_registered = false; }
+    // Closes the connection as failed (its tasks are kept for reassignment at ERL 2).
+    void drop_for_recovery(const std::string& reason) { drop(reason); }
 
     // Back-pressure: what this connection has queued for its peer and not yet sent. Past either bound
     // it stops reading (the peer's requests stay in its socket) until half of it has gone out. Why a

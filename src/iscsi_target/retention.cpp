@@ -9,6 +9,9 @@ namespace ispace::iscsi_target {
 namespace {
 
 constexpr uint8_t data_in_status_bit = 0x01;
+// A reassigned read resumes at most this far into its Data-In (a 16 MiB read in 512-byte PDUs):
+// the placeholders for what came before cost a few bytes each.
+constexpr uint32_t max_reassigned_data_sn = 32768;
 
 // A PDU that carries a StatSN of its own, which the initiator acknowledges with ExpStatSN. A NOP-In ping
 // (ITT reserved) repeats the current StatSN without taking it; R2Ts and Data-In without status likewise.
@@ -66,6 +69,12 @@ void Retention::sent(const iscsi::Bhs& bhs, const Buffer& data, size_t offset, u
     if (bhs.opcode() == iscsi::Opcode::data_in) {
         Task& t = task(bhs.itt(), now);
         uint32_t data_sn = field(bhs, 36);
+        if (t.data_in.empty() && t.acked == 0 && data_sn > 0 && data_sn <= max_reassigned_data_sn) {
+            // ERL 2: a task reassigned here sends its Data-In from the DataSN the initiator expects;
+            // those before it count as acknowledged (the initiator said it has them).
+            t.data_in.resize(data_sn);
+            t.acked = data_sn;
+        }
         // Data-In of one command goes out once, in DataSN order: anything else is a retransmission,
         // which is already kept.
         if (data_sn == t.data_in.size()) {
@@ -250,6 +259,48 @@ Retention::Refusal Retention::data_ack(uint32_t itt, uint32_t ttt, uint32_t beg_
     }
     t.acked = beg_run;
     return Refusal::none;
+}
+
+Retention::Answer Retention::take_answer(uint32_t itt, uint32_t exp_data_sn) {
+    Answer out;
+    auto response = std::find_if(_responses.begin(), _responses.end(), [&](const Response& r) {
+        return r.pdu.bhs.itt() == itt && (r.pdu.bhs.opcode() == iscsi::Opcode::scsi_response ||
+                                          r.pdu.bhs.opcode() == iscsi::Opcode::data_in);
+    });
+    if (response == _responses.end()) {
+        out.refusal = Refusal::unknown_task;
+        return out;
+    }
+    auto task = _tasks.find(itt);
+    bool status_on_data_in = response->pdu.bhs.opcode() == iscsi::Opcode::data_in;
+    if (task != _tasks.end() && !task->second.data_in.empty()) {
+        const Task& t = task->second;
+        uint32_t first = exp_data_sn != 0 ? exp_data_sn : t.acked;
+        if (iscsi::sn_lt(first, t.acked)) {
+            out.refusal = Refusal::acknowledged;
+            return out;
+        }
+        // The status Data-In must go again, so the initiator can never have acknowledged all of them.
+        uint32_t end = uint32_t(t.data_in.size());
+        if (!iscsi::sn_lt(first, end) && (status_on_data_in || first != end)) {
+            out.refusal = Refusal::not_sent;
+            return out;
+        }
+        for (uint32_t sn = first; sn != end; ++sn) {
+            out.data_in.push_back(t.data_in[sn]);
+        }
+    } else if (status_on_data_in) {
+        out.refusal = Refusal::no_longer_kept; // the status is kept but its data went at a bound
+        return out;
+    }
+    if (!status_on_data_in) {
+        out.response = response->pdu;
+    }
+    out.found = true;
+    _bytes -= response->bytes;
+    _responses.erase(response);
+    erase_task(itt);
+    return out;
 }
 
 } // namespace ispace::iscsi_target

@@ -80,6 +80,19 @@ public:
     // the target put on its A-bit Data-In.
     Refusal data_ack(uint32_t itt, uint32_t ttt, uint32_t beg_run);
 
+    // ERL 2, TASK REASSIGN (RFC 7143 §11.5.1) of a task answered on this connection before it failed:
+    // its Data-In from DataSN `exp_data_sn` on (0: from what the initiator acknowledged with DataACK)
+    // and, when its status did not ride on the last Data-In, the SCSI Response. The task and its
+    // response leave the retention. `found` is false when its status is not kept (never answered
+    // here, acknowledged, or let go at a bound).
+    struct Answer {
+        bool found = false;
+        Refusal refusal = Refusal::none;
+        std::vector<Pdu> data_in;
+        std::optional<Pdu> response;
+    };
+    Answer take_answer(uint32_t itt, uint32_t exp_data_sn);
+
     size_t bytes() const { return _bytes; }
     size_t tasks() const { return _tasks.size(); }
     size_t responses() const { return _responses.size(); }

@@ -625,6 +625,13 @@ void Server::close_all_on(unsigned reactor_index, const std::string& reason) {
     for (Connection* connection : connections) {
         connection->drop(reason);
     }
+    // ERL 2 sessions that lost every connection wait for one to come back; at shutdown none will.
+    net::Reactor* here = &_reactors.at(reactor_index);
+    for (auto& slot : _sessions.all()) {
+        if (slot->reactor == here && slot->session && slot->session->connection_count() == 0) {
+            slot->session->terminate(reason, {});
+        }
+    }
 }
 
 bool Server::shutdown(std::chrono::milliseconds grace) {

@@ -125,11 +125,17 @@ enum class RecoveryEvent : uint8_t {
     data_ack,              // DataACK SNACKs accepted
     snack_rejected,        // SNACKs answered with a Reject
     header_digest_skipped, // PDUs skipped after a header digest error
+    connection_failed,     // ERL 2: a connection failed and its session went on
+    connection_reinstated, // ERL 2: a login replaced a connection with the same CID
+    task_reassigned,       // ERL 2: TASK REASSIGN moved a task to another connection
+    reassign_expired,      // ERL 2: an orphaned task was not reassigned in time and was aborted
     count_
 };
 inline constexpr std::string_view recovery_event_names[] = {
-    "recovery_r2t",   "data_snack",           "r2t_snack", "status_snack", "data_ack",
-    "snack_rejected", "header_digest_skipped"};
+    "recovery_r2t",          "data_snack",        "r2t_snack",
+    "status_snack",          "data_ack",          "snack_rejected",
+    "header_digest_skipped", "connection_failed", "connection_reinstated",
+    "task_reassigned",       "reassign_expired"};
 
 // Sessions by (InitiatorName, ISID, TargetName) and by TSIH, for reinstatement and for adding
 // connections. Thread-safe: logins on any reactor consult it.

@@ -100,6 +100,9 @@ Session::~Session() {
     if (_budget_timer) {
         _reactor.cancel_timer(_budget_timer);
     }
+    if (_retain_timer) {
+        _reactor.cancel_timer(_retain_timer);
+    }
     if (_lun_view) {
         _target->device->detach_view(_lun_view.get());
     }
@@ -681,6 +684,12 @@ void Session::complete(scsi::Task& task) {
 void Session::respond(IscsiTask& command) {
     Connection* connection = command.connection;
     if (connection == nullptr || connection->closing()) {
+        if ((command.orphaned || connection != nullptr) && !command.abandoned && !_ended &&
+            recovers_connections()) {
+            // ERL 2: the answer waits for a TASK REASSIGN (reassign.cpp); a connection that is closing
+            // makes the task an orphan when it is gone (or, if it logged out, releases it then).
+            return;
+        }
         release(command);
         return;
     }
@@ -924,8 +933,7 @@ void Session::run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request) {
         send_tmf_response(from, itt, iscsi::TmfResponse::not_supported);
         return;
     case iscsi::TmfFunction::task_reassign:
-        // Needs ErrorRecoveryLevel 2; we run at 0 (RFC 7143 §11.5.1).
-        send_tmf_response(from, itt, iscsi::TmfResponse::reassignment_not_supported);
+        reassign(from, request);
         return;
     }
     send_tmf_response(from, itt, iscsi::TmfResponse::not_supported);
@@ -960,10 +968,23 @@ void Session::abort_all(Function<void()> done) {
 void Session::connection_lost(Connection& connection, bool logged_out) {
     _connections.erase(std::remove(_connections.begin(), _connections.end(), &connection),
                        _connections.end());
+    // Not while ispaced shuts down: nobody will come back for the tasks, and shutdown waits for sessions.
+    if (!logged_out && !_ended && recovers_connections() && !_server.stopping()) {
+        keep_for_reassignment(connection);
+        return;
+    }
+    std::vector<IscsiTask*> answered_meanwhile;
     for (auto& [itt, command] : _commands) {
         if (command->connection == &connection) {
             command->connection = nullptr;
+            if (command->state == IscsiTask::State::responding && command->unsolicited_done) {
+                answered_meanwhile.push_back(command.get());
+            }
         }
+    }
+    // Answers held while the connection was closing (ERL 2) have nowhere to go.
+    for (IscsiTask* command : answered_meanwhile) {
+        respond(*command);
     }
     if (_connections.empty()) {
         end();
@@ -974,8 +995,8 @@ void Session::connection_lost(Connection& connection, bool logged_out) {
                  _connections.size());
         return;
     }
-    terminate(fmt::format("connection cid {} failed; at ErrorRecoveryLevel 0 the session ends with it",
-                          connection.cid()),
+    terminate(fmt::format("connection cid {} failed; at ErrorRecoveryLevel {} the session ends with it",
+                          connection.cid(), _params.error_recovery_level),
               {});
 }
 

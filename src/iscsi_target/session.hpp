@@ -20,6 +20,7 @@
 #include "iscsi/pdu.hpp"
 #include "iscsi/text.hpp"
 #include "iscsi_target/buffer_budget.hpp"
+#include "iscsi_target/retention.hpp"
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
 #include "scsi/sense.hpp"
@@ -85,6 +86,11 @@ struct IscsiTask final : scsi::Task {
     scsi::Sense failure;       // ... with this sense
     // Its Data-In memory, reserved before the engine runs it; handed to its last Data-In PDU.
     BufferBudget::Hold budget_hold;
+    // ErrorRecoveryLevel 2 (reassign.cpp): its connection failed and it waits, for at most
+    // DefaultTime2Wait + DefaultTime2Retain, for a TASK REASSIGN; abandoned once that has passed.
+    bool orphaned = false;
+    bool abandoned = false;
+    net::Clock::time_point orphaned_at{};
 };
 
 class Session final : public scsi::Fabric {
@@ -106,10 +112,16 @@ public:
     const std::string& name() const { return _name; }
 
     void add_connection(Connection& connection);
-    // The connection is gone. A connection that logged out leaves the others running; a failed one
-    // ends the session, as ErrorRecoveryLevel 0 has no recovery within a session (RFC 7143 §7.1.5):
-    // its tasks are aborted and it destroys itself once they have drained.
+    // The connection is gone. A connection that logged out leaves the others running. A failed one
+    // ends the session at ErrorRecoveryLevel 0 and 1, which have no recovery across connections
+    // (RFC 7143 §7.1.5): its tasks are aborted and it destroys itself once they have drained. At level 2
+    // the session goes on, even with no connection left, and keeps the failed connection's tasks for
+    // reassignment (reassign.cpp).
     void connection_lost(Connection& connection, bool logged_out);
+    // ErrorRecoveryLevel 2 is in force: connections are recovered, not the session.
+    bool recovers_connections() const { return _params.error_recovery_level >= 2 && !discovery(); }
+    // The live connection with CID `cid` (other than `except`), or null.
+    Connection* connection_with_cid(uint16_t cid, const Connection* except = nullptr) const;
     // Closes the connection with CID `cid` as a logout would. False if there is none.
     bool close_connection(uint16_t cid, const std::string& reason);
     size_t connection_count() const { return _connections.size(); }
@@ -185,8 +197,21 @@ public:
     void complete(scsi::Task& task) override;
 
     size_t task_count() const { return _commands.size(); }
+    // Tasks waiting for a TASK REASSIGN, and the failed connections whose sent PDUs are kept for them.
+    size_t orphan_count() const;
+    size_t retired_connection_count() const { return _retired.size(); }
 
 private:
+    // ---- ErrorRecoveryLevel 2 (reassign.cpp) ----
+    // How long a failed connection's tasks wait for reassignment: DefaultTime2Wait + DefaultTime2Retain
+    // (RFC 7143 §13.19-§13.20), at least one second.
+    std::chrono::seconds retain_window() const;
+    void keep_for_reassignment(Connection& connection);
+    void arm_retain_timer();
+    void expire_orphans();
+    void reassign(Connection* from, const iscsi::TaskMgmtRequest& request);
+    bool reassign_answered(Connection& to, const iscsi::TaskMgmtRequest& request);
+    void resume_data_out(IscsiTask& command, Connection& to);
     bool has_connection(const Connection* connection) const;
     void run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request);
     void answered(IscsiTask& command);
@@ -242,6 +267,18 @@ private:
     bool _nexus_removed = false;
     std::vector<Function<void()>> _on_gone;
     std::vector<Function<void()>> _on_drained;
+
+    // ERL 2: what failed connections sent and the initiator has not acknowledged (their Data-In and
+    // status), for tasks answered before the failure; let go at `until`.
+    struct Retired {
+        uint16_t cid = 0;
+        std::unique_ptr<Retention> retention;
+        net::Clock::time_point until;
+    };
+    std::vector<Retired> _retired;
+    net::Reactor::TimerId _retain_timer = 0;
+    // No connection is left, but the session waits for a connection to be reinstated until then.
+    std::optional<net::Clock::time_point> _alone_until;
 };
 
 } // namespace ispace::iscsi_target

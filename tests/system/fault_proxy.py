@@ -5,7 +5,8 @@ It frames the byte stream into PDUs (RFC 7143 §11: a 48-byte BHS, AHS, an optio
 data segment padded to 4 bytes, an optional data digest) and can, by rule:
   - corrupt one byte of a chosen PDU (flip its bits), at an offset in the PDU or in its data segment;
   - drop a chosen PDU (it is not forwarded; the stream stays framed);
-  - cut the connection when a chosen PDU comes (both sockets closed, the PDU not forwarded).
+  - cut the connection when a chosen PDU comes (both sockets closed, the PDU not forwarded);
+  - cut one connection now (cut_one(), e.g. from a timer in the test).
 Digests are on or off as the login negotiated them: the proxy reads HeaderDigest and DataDigest from
 the target's Login Responses and applies them from the end of the login phase (§13.1: digests start
 with the first PDU of the full feature phase), so it frames digested streams without being told.
@@ -263,6 +264,21 @@ class FaultProxy:
                 self._links = [l for l in self._links if not l.closed.is_set()] + [link]
             link.start()
 
+    def cut_one(self):
+        """Cuts one connection in full feature phase (the oldest first, so that cuts go round the
+        connections of an MC/S session); True if there was one. Recorded in `fired` as a cut."""
+        with self._lock:
+            live = [l for l in self._links if l.full_feature and not l.closed.is_set()]
+            if not live:
+                return False
+            link = live[0]
+            # Next time another one goes first.
+            self._links.remove(link)
+            self._links.append(link)
+        link.close()
+        self._record("both", "cut", None)
+        return True
+
     def _decide(self, direction, opcode, data_length, final):
         with self._lock:
             for rule in self.rules:
@@ -272,7 +288,8 @@ class FaultProxy:
 
     def _record(self, direction, action, opcode):
         with self._lock:
-            self.fired.append((time.time(), direction, action, OPCODE_NAMES.get(opcode, hex(opcode))))
+            name = "timed" if opcode is None else OPCODE_NAMES.get(opcode, hex(opcode))
+            self.fired.append((time.time(), direction, action, name))
 
     def fired_count(self, action=None):
         with self._lock:

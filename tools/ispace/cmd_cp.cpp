@@ -17,6 +17,7 @@
 #include "common/units.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <atomic>
@@ -567,6 +568,27 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
     }
     if (src.iscsi) {
         src.session->close();
+    }
+    // What recovery cost, when there was any (the counters the library keeps, per session).
+    for (const auto* side : {&src, &dst}) {
+        if (!side->iscsi) {
+            continue;
+        }
+        initiator::SessionInfo info = side->session->info();
+        std::vector<std::string> parts;
+        auto add = [&](uint64_t n, const char* what) {
+            if (n > 0) {
+                parts.push_back(fmt::format("{} {}", n, what));
+            }
+        };
+        add(info.reconnects, "session reinstatement(s)");
+        add(info.connection_recoveries, "connection(s) logged in again");
+        add(info.reassignments, "task(s) reassigned");
+        add(info.snacks, "SNACK(s)");
+        add(info.retries, "command(s) retried");
+        if (!parts.empty()) {
+            fmt::print(stderr, "{}: recovery: {}\n", side->label, fmt::join(parts, ", "));
+        }
     }
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     // On any stderr, not only a terminal: cron and CI logs see the copy happened.

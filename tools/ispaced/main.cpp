@@ -278,8 +278,9 @@ int main(int argc, char** argv) {
             ->check(CLI::Range(0u, 86400u));
     auto* max_erl_option =
         app.add_option("--max-erl", max_erl,
-                       "Highest ErrorRecoveryLevel accepted (0: none; 1: SNACK and recovery R2T; level 2 "
-                       "is not implemented). Same as params.ErrorRecoveryLevel in the configuration")
+                       "Highest ErrorRecoveryLevel accepted (0: none; 1: SNACK and recovery R2T; 2: also "
+                       "connection recovery with TASK REASSIGN). Same as params.ErrorRecoveryLevel in the "
+                       "configuration")
             ->default_val(max_erl)
             ->check(CLI::Range(0u, unsigned(iscsi::max_error_recovery_level)));
 

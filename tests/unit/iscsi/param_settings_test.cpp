@@ -54,8 +54,8 @@ TEST(ParamSettings, BadValuesChangeNothingAndSayWhatIsAllowed) {
     expect_error("HeaderDigest", "None,None", "twice");
     expect_error("Bogus", "1", "not an iSCSI key");
     expect_error("TargetName", "x", "not a default");
-    expect_error("ErrorRecoveryLevel", "2", "levels 0..1");
-    expect_error("ErrorRecoveryLevel", "x", "levels 0..1");
+    expect_error("ErrorRecoveryLevel", "3", "levels 0..2");
+    expect_error("ErrorRecoveryLevel", "x", "levels 0..2");
     NegotiationConfig c;
     ASSERT_TRUE(set_negotiation_key(c, "ErrorRecoveryLevel", "1").ok());
     EXPECT_EQ(c.error_recovery_level, 1);

@@ -324,7 +324,10 @@ TEST(ParamErrorRecoveryLevel, ATargetAtLevelOneAnswersTheLowerOfTheTwo) {
     EXPECT_EQ(Responder(one).answer("ErrorRecoveryLevel", "2"), "1");
     EXPECT_EQ(Responder(one).answer("ErrorRecoveryLevel", "1"), "1");
     EXPECT_EQ(Responder(one).answer("ErrorRecoveryLevel", "0"), "0");
-    one.error_recovery_level = 2; // level 2 is not implemented: never configurable
+    one.error_recovery_level = 2;
+    EXPECT_TRUE(validate(one).ok());
+    EXPECT_EQ(Responder(one).answer("ErrorRecoveryLevel", "2"), "2");
+    one.error_recovery_level = 3; // past what ispace implements: never configurable
     EXPECT_FALSE(validate(one).ok());
 }
 

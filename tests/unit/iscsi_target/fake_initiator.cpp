@@ -229,7 +229,7 @@ void FakeInitiator::nop_reply(uint32_t ttt) {
 }
 
 uint32_t FakeInitiator::tmf(iscsi::TmfFunction function, uint64_t lun, uint32_t referenced_itt,
-                            std::optional<uint32_t> ref_cmd_sn, bool immediate) {
+                            std::optional<uint32_t> ref_cmd_sn, bool immediate, uint32_t exp_data_sn) {
     iscsi::TaskMgmtRequest header;
     header.immediate = immediate;
     header.function = function;
@@ -239,6 +239,7 @@ uint32_t FakeInitiator::tmf(iscsi::TmfFunction function, uint64_t lun, uint32_t 
     header.cmd_sn = take_cmd_sn(immediate);
     header.exp_stat_sn = _exp_stat_sn;
     header.ref_cmd_sn = ref_cmd_sn ? *ref_cmd_sn : cmd_sn_of(referenced_itt);
+    header.exp_data_sn = exp_data_sn;
     iscsi::Bhs bhs;
     header.encode(bhs);
     send(bhs);

@@ -141,8 +141,10 @@ public:
     // NOP-Out answering the target's ping `ttt` (ITT reserved, I=1).
     void nop_reply(uint32_t ttt);
     // Returns the ITT. `ref_cmd_sn` defaults to the CmdSN the referenced command was sent with.
+    // `exp_data_sn`: the ExpDataSN field (TASK REASSIGN).
     uint32_t tmf(iscsi::TmfFunction function, uint64_t lun = 0, uint32_t referenced_itt = iscsi::reserved_tag,
-                 std::optional<uint32_t> ref_cmd_sn = std::nullopt, bool immediate = true);
+                 std::optional<uint32_t> ref_cmd_sn = std::nullopt, bool immediate = true,
+                 uint32_t exp_data_sn = 0);
     uint32_t logout(iscsi::LogoutReason reason = iscsi::LogoutReason::close_session,
                     std::optional<uint16_t> cid = std::nullopt, bool immediate = false);
     uint32_t text(const iscsi::KeyValueList& keys, uint32_t ttt = iscsi::reserved_tag,

@@ -103,6 +103,12 @@ public:
         }
         settle();
         EXPECT_EQ(_server->open_connections(), 0u) << "connections left open at the end of the test";
+        // An ErrorRecoveryLevel 2 session outlives its connections (waiting for one to be reinstated);
+        // end those as a shutdown would.
+        for (const auto& target : _server->targets()) {
+            _server->close_sessions_of(target->iqn, "end of test");
+        }
+        settle();
         _initiators.clear();
         _reactors.reset(); // before the server: their teardown may still run work that refers to it
         _server.reset();

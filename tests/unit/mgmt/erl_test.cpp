@@ -28,6 +28,8 @@ struct Bench {
     explicit Bench(unsigned max_erl = 1) : runtime(options()) {
         iscsi_target::ServerConfig config;
         config.negotiation = iscsi_target::default_target_negotiation();
+        // ERL 2: a lost connection is logged in again at once (no Time2Wait pause in tests).
+        config.params["DefaultTime2Wait"] = "0";
         iscsi_target::ConfigOverlay overlay;
         overlay.listen = {"127.0.0.1:0"};
         overlay.iqn = iqn;
@@ -48,12 +50,12 @@ struct Bench {
         runtime.stop(std::chrono::seconds(5));
     }
     static RuntimeOptions options() {
-        set_log_level(LogLevel::warn);
+        set_log_level(getenv("ERL_TEST_DEBUG") ? LogLevel::info : LogLevel::warn);
         RuntimeOptions o;
         o.reactors = 1;
         return o;
     }
-    initiator::Session& connect(unsigned erl = 1) {
+    initiator::Session& connect(unsigned erl = 1, unsigned connections = 1) {
         initiator::SessionOptions o;
         o.host = "127.0.0.1";
         o.port = runtime.target_server()->portal_endpoints().at(0).port();
@@ -63,6 +65,7 @@ struct Bench {
         o.max_recv_data_segment_length = 8192; // several Data-In PDUs per read
         o.first_burst_length = 8192;
         o.error_recovery_level = erl;
+        o.connections = connections;
         auto s = ini->connect(o);
         EXPECT_TRUE(s) << s.error().message;
         session = std::move(*s);
@@ -225,6 +228,86 @@ TEST(Erl, AtLevelZeroACorruptDataInCostsTheConnection) {
     EXPECT_EQ(back, data);
     EXPECT_GE(session.info().reconnects, 1u);
     EXPECT_EQ(session.info().snacks, 0u);
+}
+
+// ---- ErrorRecoveryLevel 2: connection recovery and TASK REASSIGN ------------------------------------
+
+TEST(Erl, BothSidesNegotiateLevelTwoWhenAsked) {
+    Bench s(2);
+    EXPECT_EQ(s.connect(2).info().error_recovery_level, 2);
+}
+
+TEST(Erl, AtLevelTwoAConnectionCutMidReadIsLoggedInAgainAndTheReadReassigned) {
+    Bench s(2);
+    auto& session = s.connect(2);
+    auto data = random_bytes(64 * 1024, 7);
+    ASSERT_TRUE(session.write(0, 0, uint32_t(data.size() / block), block, data));
+    s.faults->set_rule(nth(initiator::FaultDirection::inbound, iscsi::Opcode::data_in, 3,
+                           initiator::FaultAction::disconnect));
+    std::vector<uint8_t> back(data.size());
+    auto r = session.read(0, 0, uint32_t(back.size() / block), block, back);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(back, data);
+    auto info = session.info();
+    EXPECT_EQ(info.reconnects, 0u) << "the session must not be reinstated";
+    EXPECT_EQ(info.connection_recoveries, 1u);
+    EXPECT_EQ(info.reassignments, 1u);
+    EXPECT_EQ(s.target_count("task_reassigned"), 1u);
+    EXPECT_EQ(s.target_count("connection_reinstated") + s.target_count("connection_failed"), 1u);
+}
+
+TEST(Erl, AtLevelTwoAConnectionCutMidWriteIsLoggedInAgainAndTheWriteReassigned) {
+    Bench s(2);
+    auto& session = s.connect(2);
+    auto data = random_bytes(128 * 1024, 8); // 8 KiB immediate, the rest asked for by R2T
+    s.faults->set_rule(nth(initiator::FaultDirection::outbound, iscsi::Opcode::data_out, 1,
+                           initiator::FaultAction::disconnect));
+    auto w = session.write(0, 64, uint32_t(data.size() / block), block, data);
+    ASSERT_TRUE(w) << w.error().message;
+    s.faults->clear_rule();
+    std::vector<uint8_t> back(data.size());
+    ASSERT_TRUE(session.read(0, 64, uint32_t(back.size() / block), block, back));
+    EXPECT_EQ(back, data);
+    auto info = session.info();
+    EXPECT_EQ(info.reconnects, 0u);
+    EXPECT_EQ(info.connection_recoveries, 1u);
+    EXPECT_EQ(info.reassignments, 1u);
+}
+
+TEST(Erl, AtLevelTwoWithFourConnectionsCutsCostNoReinstatement) {
+    Bench s(2);
+    auto& session = s.connect(2, 4);
+    ASSERT_EQ(session.info().connections, 4u);
+    // Every 40th PDU each way on any connection cuts it, while reads and writes run four at a time.
+    auto seen = std::make_shared<std::atomic<unsigned>>(0);
+    s.faults->set_rule([seen](const initiator::FaultPdu& pdu) {
+        initiator::Fault f;
+        if (pdu.data_length > 0 && ++*seen % 40 == 0) {
+            f.action = initiator::FaultAction::disconnect;
+        }
+        return f;
+    });
+    constexpr uint32_t chunk = 64 * 1024;
+    auto data = random_bytes(16 * chunk, 9);
+    std::vector<std::future<Result<void>>> writes;
+    for (uint32_t i = 0; i < 16; ++i) {
+        writes.push_back(std::async(std::launch::async, [&, i] {
+            return session.write(0, i * (chunk / block), chunk / block, block,
+                                 std::span<const uint8_t>(data).subspan(size_t(i) * chunk, chunk));
+        }));
+    }
+    for (auto& w : writes) {
+        auto r = w.get();
+        ASSERT_TRUE(r) << r.error().message;
+    }
+    std::vector<uint8_t> back(data.size());
+    auto r = session.read(0, 0, uint32_t(back.size() / block), block, back);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(back, data);
+    auto info = session.info();
+    EXPECT_EQ(info.reconnects, 0u);
+    EXPECT_GE(info.connection_recoveries, 1u);
+    EXPECT_GE(s.faults->stats().disconnects.load(), 1u);
 }
 
 } // namespace

@@ -1,0 +1,292 @@
+// ErrorRecoveryLevel 2 on the target (RFC 7143 §7.3, §6.2.2, §11.5.1, §11.14.1): a failed connection's
+// tasks kept and moved by TASK REASSIGN to another connection of the session or to a connection that
+// reinstated it with the same CID — a read's Data-In sent again from the ExpDataSN asked for, a write's
+// missing data asked for with an R2T — a Logout that removes a connection for recovery, reassigns that
+// name no task or a task still allegiant, and orphans that nobody reassigns, aborted in time.
+#include "harness.hpp"
+
+namespace ispace::iscsi_target::test {
+namespace {
+
+LoginOptions erl2() {
+    LoginOptions o;
+    o.negotiation.error_recovery_level = 2;
+    o.negotiation.max_connections = 4;
+    o.negotiation.max_recv_data_segment_length = 512; // one Data-In PDU per block
+    return o;
+}
+
+Command write_command(uint32_t lba, uint16_t blocks, std::vector<uint8_t> immediate = {}) {
+    Command c;
+    c.cdb = write10(lba, blocks);
+    c.write = true;
+    c.edtl = uint32_t(blocks) * block_size;
+    c.immediate_data = std::move(immediate);
+    return c;
+}
+
+Command read_command(uint32_t lba, uint16_t blocks) {
+    Command c;
+    c.cdb = read10(lba, blocks);
+    c.read = true;
+    c.edtl = uint32_t(blocks) * block_size;
+    return c;
+}
+
+uint64_t recovery_count(Harness& h, const std::string& name) {
+    return h.server().statistics().recovery[name];
+}
+
+iscsi::TmfResponse tmf_answer(const std::optional<InPdu>& pdu) {
+    EXPECT_TRUE(pdu) << "no TMF response";
+    if (!pdu) {
+        return iscsi::TmfResponse::function_rejected;
+    }
+    EXPECT_EQ(pdu->opcode(), iscsi::Opcode::task_mgmt_response) << pdu->describe();
+    return pdu->as<iscsi::TaskMgmtResponse>().response;
+}
+
+uint32_t reassign(FakeInitiator& on, const FakeInitiator& origin, uint32_t itt, uint32_t exp_data_sn = 0) {
+    return on.tmf(iscsi::TmfFunction::task_reassign, 0, itt, origin.cmd_sn_of(itt), true, exp_data_sn);
+}
+
+std::vector<uint8_t> read_back(FakeInitiator& i, uint32_t lba, uint16_t blocks) {
+    i.command(read_command(lba, blocks));
+    std::vector<uint8_t> out;
+    for (auto& pdu : i.drain()) {
+        if (pdu.opcode() == iscsi::Opcode::data_in) {
+            out.insert(out.end(), pdu.data.begin(), pdu.data.end());
+        }
+    }
+    return out;
+}
+
+// A write of `data` at `lba` on `i` whose first R2T has arrived (and is returned).
+iscsi::R2t start_write(FakeInitiator& i, uint32_t lba, std::span<const uint8_t> data, uint32_t& itt) {
+    itt = i.command(write_command(lba, uint16_t(data.size() / block_size)));
+    auto pdu = i.next();
+    EXPECT_TRUE(pdu && pdu->opcode() == iscsi::Opcode::r2t);
+    return pdu ? pdu->as<iscsi::R2t>() : iscsi::R2t{};
+}
+
+// Answers the R2T that follows a reassign, then expects GOOD status.
+void finish_write(FakeInitiator& i, uint32_t itt, std::span<const uint8_t> data, uint32_t offset) {
+    auto pdu = i.next();
+    ASSERT_TRUE(pdu) << "no R2T on the new connection";
+    ASSERT_EQ(pdu->opcode(), iscsi::Opcode::r2t) << pdu->describe();
+    auto r2t = pdu->as<iscsi::R2t>();
+    EXPECT_EQ(r2t.itt, itt);
+    EXPECT_EQ(r2t.buffer_offset, offset);
+    EXPECT_EQ(r2t.desired_data_transfer_length, data.size() - offset);
+    i.answer_r2t(r2t, data);
+    auto response = i.next();
+    ASSERT_TRUE(response && response->opcode() == iscsi::Opcode::scsi_response)
+        << (response ? response->describe() : "no response");
+    EXPECT_EQ(outcome_of(*response).status, 0);
+}
+
+struct Pair {
+    FakeInitiator& first;
+    FakeInitiator& second;
+};
+
+Pair two_connections(Harness& h) {
+    FakeInitiator& first = h.logged_in(erl2());
+    FakeInitiator& second = h.connect({.numbers = first.numbers()});
+    auto joined = second.join(first, 1, erl2());
+    EXPECT_TRUE(joined.ok()) << joined.reason;
+    EXPECT_EQ(joined.session.error_recovery_level, 2);
+    return {first, second};
+}
+
+TEST(Reassign, ErlTwoIsGrantedWhenAskedFor) {
+    Harness h;
+    FakeInitiator& i = h.connect();
+    LoginResult r = i.login(erl2());
+    ASSERT_TRUE(r.ok()) << r.reason;
+    EXPECT_EQ(r.session.error_recovery_level, 2);
+}
+
+TEST(Reassign, BelowErlTwoTaskReassignIsNotSupported) {
+    Harness h;
+    LoginOptions o = erl2();
+    o.negotiation.error_recovery_level = 1;
+    FakeInitiator& i = h.logged_in(o);
+    i.tmf(iscsi::TmfFunction::task_reassign, 0, 0x77, 1);
+    EXPECT_EQ(tmf_answer(i.next()), iscsi::TmfResponse::reassignment_not_supported);
+}
+
+TEST(Reassign, AReadAnsweredOnAFailedConnectionIsSentAgainFromExpDataSn) {
+    Harness h;
+    auto [a, b] = two_connections(h);
+    auto data = pattern(1024, 3);
+    a.command(write_command(4, 2, data));
+    ASSERT_EQ(outcome_of(*a.next()).status, 0);
+    uint32_t itt = b.command(read_command(4, 2));
+    auto sent = b.drain();
+    ASSERT_EQ(sent.size(), 2u); // two Data-In, the status on the second
+    b.close();                  // lost before the initiator acknowledged anything
+    h.settle();
+    EXPECT_EQ(recovery_count(h, "connection_failed"), 1u);
+
+    reassign(a, b, itt, /*exp_data_sn=*/1);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::function_complete);
+    auto din = a.next();
+    ASSERT_TRUE(din && din->opcode() == iscsi::Opcode::data_in) << (din ? din->describe() : "none");
+    auto header = din->as<iscsi::DataIn>();
+    EXPECT_EQ(header.itt, itt);
+    EXPECT_EQ(header.data_sn, 1u);
+    EXPECT_EQ(header.buffer_offset, 512u);
+    EXPECT_TRUE(header.status_present);
+    EXPECT_EQ(din->data, std::vector<uint8_t>(data.begin() + 512, data.end()));
+    EXPECT_FALSE(a.next()) << "only what the initiator did not acknowledge goes again";
+    EXPECT_EQ(recovery_count(h, "task_reassigned"), 1u);
+    // Taken: a second reassign of the same task finds nothing.
+    reassign(a, b, itt);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::task_does_not_exist);
+}
+
+TEST(Reassign, AnExpDataSnBeyondWhatWasSentIsRejectedAndNothingIsSent) {
+    Harness h;
+    auto [a, b] = two_connections(h);
+    auto data = pattern(1024, 12);
+    a.command(write_command(48, 2, data));
+    ASSERT_EQ(outcome_of(*a.next()).status, 0);
+    uint32_t itt = b.command(read_command(48, 2));
+    ASSERT_EQ(b.drain().size(), 2u);
+    b.close();
+    h.settle();
+    reassign(a, b, itt, /*exp_data_sn=*/7); // only DataSN 0 and 1 were sent
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::function_rejected);
+    EXPECT_FALSE(a.next()) << "no Data-In for a refused reassign";
+    // The reserved tag and a tag never used name no task.
+    a.tmf(iscsi::TmfFunction::task_reassign, 0, iscsi::reserved_tag, 1);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::task_does_not_exist);
+    uint32_t ping = a.nop_out({}, true);
+    auto pdu = a.next();
+    ASSERT_TRUE(pdu && pdu->opcode() == iscsi::Opcode::nop_in) << "the connection must go on";
+    EXPECT_EQ(pdu->bhs.itt(), ping);
+}
+
+TEST(Reassign, AWriteCutMidBurstIsAskedForAgainOnTheNewConnection) {
+    Harness h;
+    auto [a, b] = two_connections(h);
+    auto data = pattern(1024, 5);
+    uint32_t itt = 0;
+    iscsi::R2t r2t = start_write(b, 8, data, itt);
+    b.data_out(itt, r2t.ttt, 0, 0, std::span(data).first(512), false);
+    h.settle();
+    b.close();
+    h.settle();
+    reassign(a, b, itt);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::function_complete);
+    finish_write(a, itt, data, 512);
+    EXPECT_EQ(read_back(a, 8, 2), data);
+}
+
+TEST(Reassign, AnUnknownTaskDoesNotExistAndALiveOneIsStillAllegiant) {
+    Harness h;
+    auto [a, b] = two_connections(h);
+    a.tmf(iscsi::TmfFunction::task_reassign, 0, 0x1234, 9);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::task_does_not_exist);
+    auto data = pattern(1024, 6);
+    uint32_t itt = 0;
+    iscsi::R2t r2t = start_write(a, 0, data, itt);
+    reassign(b, a, itt);
+    EXPECT_EQ(tmf_answer(b.next()), iscsi::TmfResponse::task_still_allegiant);
+    a.answer_r2t(r2t, data);
+    auto response = a.next();
+    ASSERT_TRUE(response && response->opcode() == iscsi::Opcode::scsi_response);
+    EXPECT_EQ(outcome_of(*response).status, 0);
+}
+
+TEST(Reassign, ALoginWithTheSameCidReinstatesTheConnection) {
+    Harness h;
+    FakeInitiator& a = h.logged_in(erl2());
+    auto data = pattern(1024, 8);
+    uint32_t itt = 0;
+    start_write(a, 16, data, itt);
+    FakeInitiator& c = h.connect({.numbers = a.numbers()});
+    auto joined = c.join(a, a.cid(), erl2());
+    ASSERT_TRUE(joined.ok()) << joined.reason;
+    EXPECT_TRUE(a.closed_by_target()) << "the connection with the same CID must go";
+    EXPECT_EQ(recovery_count(h, "connection_reinstated"), 1u);
+    reassign(c, a, itt);
+    EXPECT_EQ(tmf_answer(c.next()), iscsi::TmfResponse::function_complete);
+    finish_write(c, itt, data, 0);
+    EXPECT_EQ(read_back(c, 16, 2), data);
+}
+
+TEST(Reassign, TheSessionOutlivesItsLastConnectionForReinstatement) {
+    Harness h;
+    FakeInitiator& a = h.logged_in(erl2());
+    auto data = pattern(512, 9);
+    uint32_t itt = 0;
+    start_write(a, 24, data, itt);
+    a.close();
+    h.settle();
+    EXPECT_EQ(h.server().sessions().size(), 1u);
+    FakeInitiator& c = h.connect({.numbers = a.numbers()});
+    auto joined = c.join(a, a.cid(), erl2());
+    ASSERT_TRUE(joined.ok()) << joined.reason;
+    reassign(c, a, itt);
+    EXPECT_EQ(tmf_answer(c.next()), iscsi::TmfResponse::function_complete);
+    finish_write(c, itt, data, 0);
+}
+
+TEST(Reassign, LogoutRemovingAConnectionForRecoveryKeepsItsTasks) {
+    Harness h;
+    auto [a, b] = two_connections(h);
+    auto data = pattern(1024, 10);
+    uint32_t itt = 0;
+    start_write(b, 32, data, itt);
+    a.logout(iscsi::LogoutReason::remove_connection_for_recovery, 1);
+    auto pdu = a.next();
+    ASSERT_TRUE(pdu && pdu->opcode() == iscsi::Opcode::logout_response);
+    auto response = pdu->as<iscsi::LogoutResponse>();
+    EXPECT_EQ(response.response, iscsi::LogoutResponseCode::closed_successfully);
+    EXPECT_EQ(response.time2retain, 20u);
+    EXPECT_TRUE(b.closed_by_target());
+    reassign(a, b, itt);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::function_complete);
+    finish_write(a, itt, data, 0);
+}
+
+TEST(Reassign, RemovingAnUnknownCidForRecoveryIsCidNotFound) {
+    Harness h;
+    auto [a, b] = two_connections(h);
+    a.logout(iscsi::LogoutReason::remove_connection_for_recovery, 7);
+    auto pdu = a.next();
+    ASSERT_TRUE(pdu && pdu->opcode() == iscsi::Opcode::logout_response);
+    EXPECT_EQ(pdu->as<iscsi::LogoutResponse>().response, iscsi::LogoutResponseCode::cid_not_found);
+    EXPECT_FALSE(b.closed_by_target());
+}
+
+TEST(Reassign, AnOrphanNotReassignedWithinTime2WaitPlusTime2RetainIsAborted) {
+    Harness h([](ServerConfig& c) {
+        c.negotiation.default_time2wait = 0;
+        c.negotiation.default_time2retain = 1;
+    });
+    LoginOptions o = erl2();
+    o.negotiation.default_time2wait = 0;
+    o.negotiation.default_time2retain = 1;
+    FakeInitiator& a = h.logged_in(o);
+    FakeInitiator& b = h.connect({.numbers = a.numbers()});
+    ASSERT_TRUE(b.join(a, 1, o).ok());
+    auto data = pattern(1024, 11);
+    uint32_t itt = 0;
+    start_write(b, 40, data, itt);
+    b.close();
+    h.settle();
+    ASSERT_TRUE(h.run_until([&] { return recovery_count(h, "reassign_expired") == 1; }, 5s));
+    h.settle();
+    reassign(a, b, itt);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::task_does_not_exist);
+    uint32_t ping = a.nop_out({}, true);
+    auto pdu = a.next();
+    ASSERT_TRUE(pdu && pdu->opcode() == iscsi::Opcode::nop_in);
+    EXPECT_EQ(pdu->bhs.itt(), ping);
+}
+
+} // namespace
+} // namespace ispace::iscsi_target::test
