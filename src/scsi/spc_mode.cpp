@@ -306,7 +306,6 @@ void mode_sense(Execution& cmd) {
 
 void mode_select(Execution& cmd) {
     const uint8_t* cdb = cmd.cdb();
-    bool ten = cdb[0] == op::mode_select_10;
     bool sp = cdb[1] & 0x01;
     uint32_t length = parameter_list_length(cdb);
     cmd.task().transfer_length = length;
