@@ -1,5 +1,6 @@
-// Big-endian field access for wire formats (iSCSI PDUs, SCSI CDBs and parameter data), and the value
-// of a hex digit for the text forms of binary values (iSCSI keys, ISIDs, %XX escapes in URLs).
+// Big-endian field access for wire formats (iSCSI PDUs, SCSI CDBs and parameter data), little-endian
+// access for our own on-disk formats (data-space labels, thin metadata pages), and the value of a hex
+// digit for the text forms of binary values (iSCSI keys, ISIDs, %XX escapes in URLs).
 #pragma once
 
 #include <cstddef>
@@ -59,6 +60,29 @@ inline void store_be48(uint8_t* p, uint64_t v) {
 inline void store_be64(uint8_t* p, uint64_t v) {
     store_be32(p, uint32_t(v >> 32));
     store_be32(p + 4, uint32_t(v));
+}
+
+// Little-endian, for the formats we define ourselves: the byte order of the machines they run on.
+inline uint16_t load_le16(const uint8_t* p) {
+    return uint16_t(p[0] | p[1] << 8);
+}
+inline uint32_t load_le32(const uint8_t* p) {
+    return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+inline uint64_t load_le64(const uint8_t* p) {
+    return uint64_t(load_le32(p)) | uint64_t(load_le32(p + 4)) << 32;
+}
+inline void store_le16(uint8_t* p, uint16_t v) {
+    p[0] = uint8_t(v);
+    p[1] = uint8_t(v >> 8);
+}
+inline void store_le32(uint8_t* p, uint32_t v) {
+    store_le16(p, uint16_t(v));
+    store_le16(p + 2, uint16_t(v >> 16));
+}
+inline void store_le64(uint8_t* p, uint64_t v) {
+    store_le32(p, uint32_t(v));
+    store_le32(p + 4, uint32_t(v >> 32));
 }
 
 // Round n up to a multiple of 4 (iSCSI pads data segments and AHS to 4-byte words).

@@ -1,5 +1,7 @@
 #include "volume/label.hpp"
 
+#include "common/bytes.hpp"
+
 #include <fmt/format.h>
 #include <isa-l/crc.h>
 
@@ -69,30 +71,6 @@ static_assert(at::end <= label_size);
 
 constexpr uint8_t flag_clean = 0x01;
 
-void put32(uint8_t* p, uint32_t v) {
-    for (int i = 0; i < 4; ++i) {
-        p[i] = uint8_t(v >> (8 * i));
-    }
-}
-void put64(uint8_t* p, uint64_t v) {
-    for (int i = 0; i < 8; ++i) {
-        p[i] = uint8_t(v >> (8 * i));
-    }
-}
-uint32_t get32(const uint8_t* p) {
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; --i) {
-        v = v << 8 | p[i];
-    }
-    return v;
-}
-uint64_t get64(const uint8_t* p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; --i) {
-        v = v << 8 | p[i];
-    }
-    return v;
-}
 void put_string(uint8_t* p, size_t field, const std::string& s) {
     std::memset(p, 0, field);
     std::memcpy(p, s.data(), std::min(s.size(), field - 1));
@@ -246,12 +224,12 @@ void encode_label(const Label& l, unsigned copy, std::span<uint8_t> out) {
     uint8_t* p = out.data();
     std::memset(p, 0, label_size);
     std::memcpy(p + at::magic, label_magic.data(), 8);
-    put32(p + at::version, l.version);
-    put32(p + at::size, uint32_t(label_size));
-    put32(p + at::copy, copy);
-    put64(p + at::incompat, l.incompat);
-    put64(p + at::ro_compat, l.ro_compat);
-    put64(p + at::compat, l.compat);
+    store_le32(p + at::version, l.version);
+    store_le32(p + at::size, uint32_t(label_size));
+    store_le32(p + at::copy, copy);
+    store_le64(p + at::incompat, l.incompat);
+    store_le64(p + at::ro_compat, l.ro_compat);
+    store_le64(p + at::compat, l.compat);
     std::memcpy(p + at::space_uuid, l.space_uuid.data(), 16);
     std::memcpy(p + at::member_uuid, l.member_uuid.data(), 16);
     put_string(p + at::name, max_name_length + 1, l.name);
@@ -259,30 +237,30 @@ void encode_label(const Label& l, unsigned copy, std::span<uint8_t> out) {
     p[at::copies] = uint8_t(l.copies);
     p[at::members] = uint8_t(l.members.size());
     p[at::flags] = l.clean ? flag_clean : 0;
-    put32(p + at::block_size, l.block_size);
-    put64(p + at::chunk, l.chunk);
-    put64(p + at::space_size, l.space_size);
-    put64(p + at::data_offset, l.data_offset);
-    put64(p + at::data_size, l.data_size);
-    put64(p + at::member_size, l.member_size);
-    put64(p + at::epoch, l.epoch);
-    put64(p + at::sequence, l.sequence);
-    put32(p + at::slot, l.slot);
-    put32(p + at::region_size, l.region_size);
-    put64(p + at::created, l.created);
-    put64(p + at::updated, l.updated);
-    put64(p + at::holder_key, l.holder_key);
-    put64(p + at::generation, l.generation);
-    put64(p + at::previous, l.previous_generation);
+    store_le32(p + at::block_size, l.block_size);
+    store_le64(p + at::chunk, l.chunk);
+    store_le64(p + at::space_size, l.space_size);
+    store_le64(p + at::data_offset, l.data_offset);
+    store_le64(p + at::data_size, l.data_size);
+    store_le64(p + at::member_size, l.member_size);
+    store_le64(p + at::epoch, l.epoch);
+    store_le64(p + at::sequence, l.sequence);
+    store_le32(p + at::slot, l.slot);
+    store_le32(p + at::region_size, l.region_size);
+    store_le64(p + at::created, l.created);
+    store_le64(p + at::updated, l.updated);
+    store_le64(p + at::holder_key, l.holder_key);
+    store_le64(p + at::generation, l.generation);
+    store_le64(p + at::previous, l.previous_generation);
     put_string(p + at::holder, max_holder_length + 1, l.holder);
     size_t areas = std::min(l.areas.size(), max_metadata_areas);
-    put32(p + at::area_count, uint32_t(areas));
+    store_le32(p + at::area_count, uint32_t(areas));
     for (size_t i = 0; i < areas; ++i) {
         uint8_t* a = p + at::areas + i * at::area_size;
-        put32(a, uint32_t(l.areas[i].type));
-        put32(a + 4, l.areas[i].flags);
-        put64(a + 8, l.areas[i].offset);
-        put64(a + 16, l.areas[i].length);
+        store_le32(a, uint32_t(l.areas[i].type));
+        store_le32(a + 4, l.areas[i].flags);
+        store_le64(a + 8, l.areas[i].offset);
+        store_le64(a + 16, l.areas[i].length);
     }
     for (size_t i = 0; i < std::min<size_t>(l.members.size(), max_members); ++i) {
         const MemberEntry& m = l.members[i];
@@ -290,15 +268,15 @@ void encode_label(const Label& l, unsigned copy, std::span<uint8_t> out) {
         std::memcpy(e + at::e_uuid, m.uuid.data(), 16);
         e[at::e_state] = uint8_t(m.state);
         e[at::e_rebuild] = uint8_t(m.rebuild);
-        put64(e + at::e_recovery, m.recovery_offset);
-        put64(e + at::e_out_epoch, m.out_epoch);
-        put64(e + at::e_data_bytes, m.data_bytes);
-        put64(e + at::e_last_epoch, m.last_epoch);
-        put64(e + at::e_last_gen, m.last_generation);
-        put64(e + at::e_last_prev, m.last_previous_generation);
+        store_le64(e + at::e_recovery, m.recovery_offset);
+        store_le64(e + at::e_out_epoch, m.out_epoch);
+        store_le64(e + at::e_data_bytes, m.data_bytes);
+        store_le64(e + at::e_last_epoch, m.last_epoch);
+        store_le64(e + at::e_last_gen, m.last_generation);
+        store_le64(e + at::e_last_prev, m.last_previous_generation);
         put_string(e + at::e_url, max_url_length + 1, m.url);
     }
-    put32(p + at::crc, label_crc32c(p, label_size));
+    store_le32(p + at::crc, label_crc32c(p, label_size));
 }
 
 bool looks_like_label(std::span<const uint8_t> bytes) {
@@ -314,18 +292,18 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
         return bad("no label (magic not found)");
     }
     Label l;
-    l.version = get32(p + at::version);
+    l.version = load_le32(p + at::version);
     if (l.version != label_version) {
         return bad(l.version > label_version
                        ? fmt::format("made by a newer ispace: label format version {} (this one reads {})",
                                      l.version, label_version)
                        : fmt::format("label format version {} is unknown", l.version));
     }
-    if (get32(p + at::size) != label_size) {
-        return bad(fmt::format("label size {} (expected {})", get32(p + at::size), label_size));
+    if (load_le32(p + at::size) != label_size) {
+        return bad(fmt::format("label size {} (expected {})", load_le32(p + at::size), label_size));
     }
     // The checksum covers the whole label with its own field zero.
-    uint32_t stored = get32(p + at::crc);
+    uint32_t stored = load_le32(p + at::crc);
     uint8_t zero[4] = {0, 0, 0, 0};
     uint32_t crc = label_crc32c(p, at::crc);
     crc = label_crc32c(zero, 4, crc);
@@ -333,12 +311,12 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
     if (crc != stored) {
         return bad(fmt::format("bad checksum ({:08x}, the bytes say {:08x})", stored, crc));
     }
-    if (get32(p + at::copy) >= label_copies) {
-        return bad(fmt::format("copy number {}", get32(p + at::copy)));
+    if (load_le32(p + at::copy) >= label_copies) {
+        return bad(fmt::format("copy number {}", load_le32(p + at::copy)));
     }
-    l.incompat = get64(p + at::incompat);
-    l.ro_compat = get64(p + at::ro_compat);
-    l.compat = get64(p + at::compat);
+    l.incompat = load_le64(p + at::incompat);
+    l.ro_compat = load_le64(p + at::ro_compat);
+    l.compat = load_le64(p + at::compat);
     if (uint64_t unknown = l.incompat & ~feature::incompat::known; unknown != 0) {
         return bad(fmt::format(
             "uses features this ispace does not know (incompat {:#x}): made by a newer ispace", unknown));
@@ -367,15 +345,15 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
         return bad(fmt::format("unknown flags {:#x}", p[at::flags]));
     }
     l.clean = (p[at::flags] & flag_clean) != 0;
-    l.block_size = get32(p + at::block_size);
+    l.block_size = load_le32(p + at::block_size);
     if (l.block_size < 512 || l.block_size > 65536 || !power_of_two(l.block_size)) {
         return bad(fmt::format("block size {}", l.block_size));
     }
-    l.chunk = get64(p + at::chunk);
-    l.space_size = get64(p + at::space_size);
-    l.data_offset = get64(p + at::data_offset);
-    l.data_size = get64(p + at::data_size);
-    l.member_size = get64(p + at::member_size);
+    l.chunk = load_le64(p + at::chunk);
+    l.space_size = load_le64(p + at::space_size);
+    l.data_offset = load_le64(p + at::data_offset);
+    l.data_size = load_le64(p + at::data_size);
+    l.member_size = load_le64(p + at::member_size);
     if (l.data_offset % l.block_size != 0 || l.data_size % l.block_size != 0 ||
         l.data_offset < metadata_start || l.data_size == 0 || l.data_offset > l.member_size ||
         l.data_size > l.member_size - l.data_offset ||
@@ -383,40 +361,40 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
         return bad(fmt::format("data area at {} of {} bytes does not fit a member of {} bytes", l.data_offset,
                                l.data_size, l.member_size));
     }
-    l.epoch = get64(p + at::epoch);
-    l.sequence = get64(p + at::sequence);
+    l.epoch = load_le64(p + at::epoch);
+    l.sequence = load_le64(p + at::sequence);
     if (l.epoch == 0) {
         return bad("epoch 0");
     }
-    l.slot = get32(p + at::slot);
+    l.slot = load_le32(p + at::slot);
     if (l.slot >= members) {
         return bad(fmt::format("slot {} of {} members", l.slot, members));
     }
-    l.region_size = get32(p + at::region_size);
+    l.region_size = load_le32(p + at::region_size);
     if (l.region_size != 0 && (l.region_size < 4096 || !power_of_two(l.region_size))) {
         return bad(fmt::format("bitmap region of {} bytes (a power of two, 4 KiB or more)", l.region_size));
     }
-    l.created = get64(p + at::created);
-    l.updated = get64(p + at::updated);
-    l.holder_key = get64(p + at::holder_key);
-    l.generation = get64(p + at::generation);
-    l.previous_generation = get64(p + at::previous);
+    l.created = load_le64(p + at::created);
+    l.updated = load_le64(p + at::updated);
+    l.holder_key = load_le64(p + at::holder_key);
+    l.generation = load_le64(p + at::generation);
+    l.previous_generation = load_le64(p + at::previous);
     auto holder = get_string(p + at::holder, max_holder_length + 1);
     if (!holder) {
         return bad("the holder's name is not printable text");
     }
     l.holder = *holder;
-    uint32_t areas = get32(p + at::area_count);
+    uint32_t areas = load_le32(p + at::area_count);
     if (areas > max_metadata_areas) {
         return bad(fmt::format("{} metadata areas (at most {})", areas, max_metadata_areas));
     }
     for (uint32_t i = 0; i < areas; ++i) {
         const uint8_t* a = p + at::areas + i * at::area_size;
         MetadataArea area;
-        uint32_t type = get32(a);
-        area.flags = get32(a + 4);
-        area.offset = get64(a + 8);
-        area.length = get64(a + 16);
+        uint32_t type = load_le32(a);
+        area.flags = load_le32(a + 4);
+        area.offset = load_le64(a + 8);
+        area.length = load_le64(a + 16);
         if (type < uint32_t(AreaType::bitmap) || type > uint32_t(AreaType::checksums)) {
             return bad(fmt::format("metadata area {} has unknown type {}", i, type));
         }
@@ -451,12 +429,12 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
             return bad(fmt::format("member {} has unknown rebuild mode {}", i, rebuild));
         }
         m.rebuild = RebuildMode(rebuild);
-        m.recovery_offset = get64(e + at::e_recovery);
-        m.out_epoch = get64(e + at::e_out_epoch);
-        m.data_bytes = get64(e + at::e_data_bytes);
-        m.last_epoch = get64(e + at::e_last_epoch);
-        m.last_generation = get64(e + at::e_last_gen);
-        m.last_previous_generation = get64(e + at::e_last_prev);
+        m.recovery_offset = load_le64(e + at::e_recovery);
+        m.out_epoch = load_le64(e + at::e_out_epoch);
+        m.data_bytes = load_le64(e + at::e_data_bytes);
+        m.last_epoch = load_le64(e + at::e_last_epoch);
+        m.last_generation = load_le64(e + at::e_last_gen);
+        m.last_previous_generation = load_le64(e + at::e_last_prev);
         if (m.data_bytes % l.block_size != 0 || m.recovery_offset > l.space_size) {
             return bad(fmt::format("member {}: data area of {} bytes, recovery offset {}", i, m.data_bytes,
                                    m.recovery_offset));
@@ -502,7 +480,7 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
     // Every byte no field of this version covers must be zero (a later version may use it under a feature
     // bit): what we read must encode back to exactly these bytes.
     std::array<uint8_t, label_size> again;
-    encode_label(l, get32(p + at::copy), again);
+    encode_label(l, load_le32(p + at::copy), again);
     if (std::memcmp(again.data(), p, label_size) != 0) {
         size_t i = 0;
         while (again[i] == p[i]) {

@@ -1,5 +1,6 @@
 #include "volume/thin/format.hpp"
 
+#include "common/bytes.hpp"
 #include "volume/label.hpp"
 
 #include <fmt/format.h>
@@ -53,30 +54,6 @@ static_assert(header_size + max_devices * dev::size <= page_size);
 static_assert(header_size + leaf_entries * leaf_entry_size <= page_size);
 static_assert(header_size + interior_fanout * 8 <= page_size);
 
-void put16(uint8_t* p, uint16_t v) {
-    p[0] = uint8_t(v);
-    p[1] = uint8_t(v >> 8);
-}
-void put32(uint8_t* p, uint32_t v) {
-    for (int i = 0; i < 4; ++i) {
-        p[i] = uint8_t(v >> (8 * i));
-    }
-}
-void put64(uint8_t* p, uint64_t v) {
-    for (int i = 0; i < 8; ++i) {
-        p[i] = uint8_t(v >> (8 * i));
-    }
-}
-uint16_t get16(const uint8_t* p) {
-    return uint16_t(p[0] | p[1] << 8);
-}
-uint32_t get32(const uint8_t* p) {
-    return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
-uint64_t get64(const uint8_t* p) {
-    return uint64_t(get32(p)) | uint64_t(get32(p + 4)) << 32;
-}
-
 Error bad(std::string what) {
     return make_error(std::move(what), EILSEQ);
 }
@@ -94,18 +71,18 @@ void start_page(std::span<uint8_t> out, PageType type, uint8_t level, uint32_t c
                 uint64_t sequence, uint64_t pool_id) {
     std::memset(out.data(), 0, page_size);
     uint8_t* p = out.data();
-    put32(p + at::magic, page_magic);
-    put16(p + at::version, uint16_t(format_version));
+    store_le32(p + at::magic, page_magic);
+    store_le16(p + at::version, uint16_t(format_version));
     p[at::type] = uint8_t(type);
     p[at::level] = level;
-    put32(p + at::count, count);
-    put64(p + at::page, page);
-    put64(p + at::sequence, sequence);
-    put64(p + at::pool_id, pool_id);
+    store_le32(p + at::count, count);
+    store_le64(p + at::page, page);
+    store_le64(p + at::sequence, sequence);
+    store_le64(p + at::pool_id, pool_id);
 }
 
 void seal_page(std::span<uint8_t> out) {
-    put32(out.data() + at::crc, page_crc(out));
+    store_le32(out.data() + at::crc, page_crc(out));
 }
 
 struct Header {
@@ -124,18 +101,19 @@ Result<Header> check_header(std::span<const uint8_t> in, PageType want, uint64_t
         return bad(fmt::format("metadata page {}: {} bytes, expected {}", page, in.size(), page_size));
     }
     const uint8_t* p = in.data();
-    if (get32(p + at::magic) != page_magic) {
+    if (load_le32(p + at::magic) != page_magic) {
         return bad(fmt::format("metadata page {}: not a thin metadata page (bad magic)", page));
     }
-    if (get32(p + at::crc) != page_crc(in)) {
+    if (load_le32(p + at::crc) != page_crc(in)) {
         return bad(fmt::format("metadata page {}: bad checksum", page));
     }
-    if (get16(p + at::version) != format_version) {
+    if (load_le16(p + at::version) != format_version) {
         return bad(fmt::format("metadata page {}: format version {} (this ispace reads {})", page,
-                               get16(p + at::version), format_version));
+                               load_le16(p + at::version), format_version));
     }
-    Header h{PageType(p[at::type]),   p[at::level],          get32(p + at::count), get64(p + at::page),
-             get64(p + at::sequence), get64(p + at::pool_id)};
+    Header h{PageType(p[at::type]),       p[at::level],
+             load_le32(p + at::count),    load_le64(p + at::page),
+             load_le64(p + at::sequence), load_le64(p + at::pool_id)};
     if (h.type != want) {
         return bad(fmt::format("metadata page {}: type {}, expected {}", page, unsigned(p[at::type]),
                                unsigned(want)));
@@ -223,11 +201,11 @@ WrittenMask mask_or(const WrittenMask& a, const WrittenMask& b) {
 void encode_superblock(const Superblock& s, uint64_t page, std::span<uint8_t> out) {
     start_page(out, PageType::superblock, 0, 0, page, s.sequence, s.pool_id);
     uint8_t* p = out.data();
-    put32(p + sb::cluster_size, s.cluster_size);
-    put32(p + sb::next_device_id, s.next_device_id);
-    put64(p + sb::pool_clusters, s.pool_clusters);
-    put64(p + sb::metadata_pages, s.metadata_pages);
-    put64(p + sb::device_table_page, s.device_table_page);
+    store_le32(p + sb::cluster_size, s.cluster_size);
+    store_le32(p + sb::next_device_id, s.next_device_id);
+    store_le64(p + sb::pool_clusters, s.pool_clusters);
+    store_le64(p + sb::metadata_pages, s.metadata_pages);
+    store_le64(p + sb::device_table_page, s.device_table_page);
     seal_page(out);
 }
 
@@ -240,11 +218,11 @@ Result<Superblock> decode_superblock(std::span<const uint8_t> in, uint64_t page)
     Superblock s;
     s.sequence = h->sequence;
     s.pool_id = h->pool_id;
-    s.cluster_size = get32(p + sb::cluster_size);
-    s.next_device_id = get32(p + sb::next_device_id);
-    s.pool_clusters = get64(p + sb::pool_clusters);
-    s.metadata_pages = get64(p + sb::metadata_pages);
-    s.device_table_page = get64(p + sb::device_table_page);
+    s.cluster_size = load_le32(p + sb::cluster_size);
+    s.next_device_id = load_le32(p + sb::next_device_id);
+    s.pool_clusters = load_le64(p + sb::pool_clusters);
+    s.metadata_pages = load_le64(p + sb::metadata_pages);
+    s.device_table_page = load_le64(p + sb::device_table_page);
     if (h->level != 0 || h->count != 0) {
         return bad(fmt::format("superblock {}: level {} count {}, expected 0", page, h->level, h->count));
     }
@@ -280,13 +258,13 @@ void encode_device_table(std::span<const DeviceRecord> devices, uint64_t page, u
     start_page(out, PageType::device_table, 0, uint32_t(devices.size()), page, sequence, pool_id);
     uint8_t* p = out.data() + header_size;
     for (const DeviceRecord& d : devices) {
-        put32(p + dev::id, d.id);
-        put32(p + dev::flags, d.flags);
-        put32(p + dev::origin, d.origin);
+        store_le32(p + dev::id, d.id);
+        store_le32(p + dev::flags, d.flags);
+        store_le32(p + dev::origin, d.origin);
         p[dev::level] = d.level;
-        put64(p + dev::virtual_clusters, d.virtual_clusters);
-        put64(p + dev::root_page, d.root_page);
-        put64(p + dev::created, d.created_sequence);
+        store_le64(p + dev::virtual_clusters, d.virtual_clusters);
+        store_le64(p + dev::root_page, d.root_page);
+        store_le64(p + dev::created, d.created_sequence);
         std::memcpy(p + dev::name, d.name.data(), std::min(d.name.size(), max_name_length));
         p += dev::size;
     }
@@ -306,13 +284,13 @@ Result<std::vector<DeviceRecord>> decode_device_table(std::span<const uint8_t> i
     const uint8_t* p = in.data() + header_size;
     for (uint32_t i = 0; i < h->count; ++i, p += dev::size) {
         DeviceRecord d;
-        d.id = get32(p + dev::id);
-        d.flags = get32(p + dev::flags);
-        d.origin = get32(p + dev::origin);
+        d.id = load_le32(p + dev::id);
+        d.flags = load_le32(p + dev::flags);
+        d.origin = load_le32(p + dev::origin);
         d.level = p[dev::level];
-        d.virtual_clusters = get64(p + dev::virtual_clusters);
-        d.root_page = get64(p + dev::root_page);
-        d.created_sequence = get64(p + dev::created);
+        d.virtual_clusters = load_le64(p + dev::virtual_clusters);
+        d.root_page = load_le64(p + dev::root_page);
+        d.created_sequence = load_le64(p + dev::created);
         const char* name = reinterpret_cast<const char*>(p + dev::name);
         size_t n = strnlen(name, max_name_length + 1);
         if (n > max_name_length || n == 0) {
@@ -363,7 +341,7 @@ void encode_interior(const Interior& node, uint64_t page, uint64_t sequence, uin
     start_page(out, PageType::interior, node.level, count, page, sequence, pool_id);
     uint8_t* p = out.data() + header_size;
     for (uint64_t c : node.children) {
-        put64(p, c);
+        store_le64(p, c);
         p += 8;
     }
     seal_page(out);
@@ -382,7 +360,7 @@ Result<Interior> decode_interior(std::span<const uint8_t> in, const PageExpect& 
     uint32_t count = 0;
     const uint8_t* p = in.data() + header_size;
     for (uint32_t i = 0; i < interior_fanout; ++i, p += 8) {
-        uint64_t c = get64(p);
+        uint64_t c = load_le64(p);
         if (c != 0) {
             if (auto r = check_child(c, e, "a child"); !r) {
                 return std::move(r).error();
@@ -410,9 +388,9 @@ void encode_leaf(const Leaf& leaf, uint64_t page, uint64_t sequence, uint64_t po
     uint8_t* p = out.data() + header_size;
     for (const LeafEntry& entry : leaf.entries) {
         if (entry.mapped()) {
-            put64(p, entry.physical + 1);
+            store_le64(p, entry.physical + 1);
             for (int w = 0; w < 4; ++w) {
-                put64(p + 8 + 8 * w, entry.written[w]);
+                store_le64(p + 8 + 8 * w, entry.written[w]);
             }
         }
         p += leaf_entry_size;
@@ -436,10 +414,10 @@ Result<Leaf> decode_leaf(std::span<const uint8_t> in, const PageExpect& e) {
     uint32_t count = 0;
     const uint8_t* p = in.data() + header_size;
     for (uint32_t i = 0; i < leaf_entries; ++i, p += leaf_entry_size) {
-        uint64_t stored = get64(p);
+        uint64_t stored = load_le64(p);
         LeafEntry& entry = leaf.entries[i];
         for (int w = 0; w < 4; ++w) {
-            entry.written[w] = get64(p + 8 + 8 * w);
+            entry.written[w] = load_le64(p + 8 + 8 * w);
         }
         if (stored == 0) {
             if (!mask_empty(entry.written)) {
