@@ -310,7 +310,7 @@ def main():
         check(wait_for(lambda: one.holder_pid() is None, 20) is not None,
               "the first holder detached itself and exited")
         r = attach_testlib.run(["fsck.ext4", "-fn", dev2])
-        check(r.returncode == 0, "fsck on the new holder is clean")
+        check(r.returncode == 0, f"fsck on the new holder is clean ({r.returncode}: {(r.stdout + r.stderr)[-600:]!r})")
         check(two("detach", "m").returncode == 0, "the new holder detaches")
 
         # Refusals.
