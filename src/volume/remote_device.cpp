@@ -221,11 +221,10 @@ Result<std::unique_ptr<RemoteDevice>> RemoteDevice::open(initiator::Initiator& i
         so.timeouts = member_timeouts();
         so.command_retries = 0;
         // A member stays at ErrorRecoveryLevel 1. At level 2 a lost connection keeps its tasks for
-        // reassignment; with a data-space that measured wrong twice under AddressSanitizer timing
-        // (system_space_cli): members killed and restarted were not taken back within 90 s, and after
-        // a --takeover the new holder's fsck found stale bitmaps. Until the interplay of level 2 with
-        // member failure and reservation preemption is understood, a member fails and reconnects as at
-        // level 1, which the volume's own resync already makes whole.
+        // reassignment; under AddressSanitizer's timing (system_space_cli) members killed and restarted
+        // were then not taken back within 90 s, and a fenced holder did not report the loss in time.
+        // Until the interplay of level 2 with member failure and reservation preemption is understood,
+        // a member fails and reconnects as at level 1, which the volume's own resync makes whole.
         so.error_recovery_level = std::min(so.error_recovery_level, 1u);
     }
     if (options.timeouts) {
