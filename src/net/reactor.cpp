@@ -352,8 +352,7 @@ bool Reactor::Impl::iterate(int64_t timeout_ns) {
     if (wait_ns != 0 && worked_last_iteration && busy_poll(events, wait_ns, n)) {
         wait_ns = 0; // something is ready: take it without sleeping
     }
-    if (n > 0) {
-    } else if (wait_ns < 0) {
+    if (n == 0 && wait_ns < 0) {
         n = ::epoll_pwait2(epoll_fd, events, max_events, nullptr, nullptr);
     } else if (n == 0) {
         timespec ts{time_t(wait_ns / 1000000000), long(wait_ns % 1000000000)};

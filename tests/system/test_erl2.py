@@ -31,8 +31,11 @@ CUT_EVERY = int(os.environ.get("ISPACE_ERL2_CUT_MS", "500")) / 1000.0
 check = ispace_testlib.Checks()
 
 
-def cp(ispace, args, proxy, timeout=300):
-    """Runs one `ispace cp` while a timer cuts one of the proxy's connections every CUT_EVERY seconds."""
+def cp(ispace, args, proxy, initiator, timeout=300):
+    """Runs one `ispace cp` while a timer cuts one of the proxy's connections every CUT_EVERY seconds.
+    Each copy logs in under its own initiator name: a cut that lands on the first copy's logout leaves
+    its session waiting for recovery (DefaultTime2Retain), and a second copy with the same name and
+    ISID would reinstate that one, which is right, but is not what "no reinstatement" checks."""
     stop = threading.Event()
     cuts = []
 
@@ -45,8 +48,8 @@ def cp(ispace, args, proxy, timeout=300):
     started = time.time()
     t.start()
     try:
-        r = subprocess.run([ispace, "--log-level", "info", "cp", "--bs", "1M", "--qd", "8", "--connections", "4"]
-                           + args, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run([ispace, "--log-level", "info", "-i", initiator, "cp", "--bs", "1M", "--qd", "8",
+                            "--connections", "4"] + args, capture_output=True, text=True, timeout=timeout)
     finally:
         stop.set()
         t.join()
@@ -87,12 +90,12 @@ def main():
         proxy = FaultProxy((host, int(port))).start()
         try:
             url = f"iscsi://{proxy.address()}/{IQN}/0"
-            rc, err, t, n = cp(ispace, [src, url], proxy)
+            rc, err, t, n = cp(ispace, [src, url], proxy, "iqn.2026-12.org.ispace.test:erl2-to")
             errs += err
             cuts += n
             took += t
             check(rc == 0, f"ispace cp to the LUN exits 0 ({t:.1f} s, {n} cut(s))")
-            rc, err, t, n = cp(ispace, [url, back], proxy)
+            rc, err, t, n = cp(ispace, [url, back], proxy, "iqn.2026-12.org.ispace.test:erl2-from")
             errs += err
             cuts += n
             took += t
