@@ -629,7 +629,8 @@ Result<std::optional<Mapping>> ThinPool::lookup(uint32_t id, uint64_t vcluster) 
     return std::optional<Mapping>(Mapping{e->physical, e->written});
 }
 
-Result<WritePlan> ThinPool::write(uint32_t id, uint64_t vcluster, uint32_t first, uint32_t count) {
+Result<ThinPool::Device*> ThinPool::writable_device(uint32_t id, uint64_t vcluster, uint32_t first,
+                                                    uint32_t count, std::string_view verb) {
     Device* dev = device(id);
     if (!dev) {
         return make_error(fmt::format("no device {}", id), ENOENT);
@@ -640,9 +641,18 @@ Result<WritePlan> ThinPool::write(uint32_t id, uint64_t vcluster, uint32_t first
     if (vcluster >= dev->record.virtual_clusters || count == 0 || first >= cluster_blocks() ||
         count > cluster_blocks() - first) {
         return make_error(
-            fmt::format("write of blocks {}+{} of cluster {} is out of range", first, count, vcluster),
+            fmt::format("{} of blocks {}+{} of cluster {} is out of range", verb, first, count, vcluster),
             EINVAL);
     }
+    return dev;
+}
+
+Result<WritePlan> ThinPool::write(uint32_t id, uint64_t vcluster, uint32_t first, uint32_t count) {
+    auto found = writable_device(id, vcluster, first, count, "write");
+    if (!found) {
+        return found.error();
+    }
+    Device* dev = *found;
     WrittenMask range{};
     mask_set_range(range, first, count);
     WritePlan plan;
@@ -739,19 +749,11 @@ Result<void> ThinPool::revert_write(uint32_t id, uint64_t vcluster, const WriteP
 }
 
 Result<bool> ThinPool::unmap(uint32_t id, uint64_t vcluster, uint32_t first, uint32_t count) {
-    Device* dev = device(id);
-    if (!dev) {
-        return make_error(fmt::format("no device {}", id), ENOENT);
+    auto found = writable_device(id, vcluster, first, count, "unmap");
+    if (!found) {
+        return found.error();
     }
-    if (dev->record.flags & device_read_only) {
-        return make_error(fmt::format("device \"{}\" is a snapshot: read-only", dev->record.name), EROFS);
-    }
-    if (vcluster >= dev->record.virtual_clusters || count == 0 || first >= cluster_blocks() ||
-        count > cluster_blocks() - first) {
-        return make_error(
-            fmt::format("unmap of blocks {}+{} of cluster {} is out of range", first, count, vcluster),
-            EINVAL);
-    }
+    Device* dev = *found;
     const LeafEntry* seen = entry_for_read(*dev, vcluster, nullptr);
     if (!seen || !seen->mapped()) {
         return false;

@@ -28,6 +28,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -151,6 +152,10 @@ private:
     enum class PageState : uint8_t { free, owned, retiring };
 
     Device* device(uint32_t id);
+    // The device a write or an unmap of blocks [first, first + count) of `vcluster` may change: it
+    // exists, is not a read-only snapshot, and the range lies inside one cluster of it.
+    Result<Device*> writable_device(uint32_t id, uint64_t vcluster, uint32_t first, uint32_t count,
+                                    std::string_view verb);
     const Device* device(uint32_t id) const;
     NodeId new_node(uint8_t level);
     void ref_node(NodeId id) { ++_nodes[id].refs; }
