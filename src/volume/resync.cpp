@@ -158,14 +158,21 @@ void Resync::pump() {
             }
             return;
         }
+        // The lowest region a target needs next that no window holds. A target whose next region is held
+        // (it joined while another target's window was copying it) waits: its window starts when that
+        // one is done, and window_done pumps again.
         uint64_t region = regions;
         for (Target& t : _targets) {
-            region = std::min(region, next_needed(t));
+            uint64_t r = next_needed(t);
+            if (!_windows.contains(r)) {
+                region = std::min(region, r);
+            }
         }
         if (region >= regions) {
-            // Every target has started its last window: those with none in flight are finished.
+            // No window to start now. Targets that have started their last window and have none in
+            // flight are finished; the others wait for windows in flight.
             for (size_t i = 0; i < _targets.size();) {
-                if (_targets[i].inflight.empty()) {
+                if (_targets[i].next >= regions && _targets[i].inflight.empty()) {
                     Target t = std::move(_targets[i]);
                     _targets.erase(_targets.begin() + long(i));
                     finished(t);
@@ -207,6 +214,7 @@ void Resync::start(uint64_t region) {
         }
     }
     ++_inflight;
+    _windows.insert(region);
     // Writes in flight in the region finish first; new ones wait until the copy is done.
     _v._bitmap->lock_region(region, [this, w] { copy(w); });
 }
@@ -315,6 +323,7 @@ void Resync::copy(std::shared_ptr<Window> w) {
 
 void Resync::window_done(std::shared_ptr<Window> w) {
     _v._bitmap->unlock_region(w->region);
+    _windows.erase(w->region);
     --_inflight;
     uint64_t rs = _v._bitmap->region_size();
     if (w->failed) {

@@ -74,6 +74,9 @@ private:
 
     Volume& _v;
     std::vector<Target> _targets;
+    // Regions with a window in flight. A region is locked by one window at a time: a target that needs a
+    // region another window holds (it joined while that window was in flight) waits for it to finish.
+    std::set<uint64_t> _windows;
     unsigned _inflight = 0;
     bool _stopping = false;
     Function<void()> _stopped;

@@ -129,7 +129,10 @@ class Checks:
             tail = f"; ispaced log tail:\n{daemon.log_tail()}" if daemon else ""
             print(f"{len(self.failures)} check(s) failed; kept {scratch}{tail}")
             return 1
-        shutil.rmtree(scratch, ignore_errors=True)
+        if os.environ.get("ISPACE_KEEP_SCRATCH"):
+            print(f"all checks passed; kept {scratch} (ISPACE_KEEP_SCRATCH)")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
         return 0
 
 

@@ -80,6 +80,15 @@ class Tgtd:
         self.log.close()
 
 
+def holder_log_tail(home, lines=60):
+    """The last lines of the holder's log (ispaced --holder logs to HOME/ispaced.log), for a failed check."""
+    try:
+        with open(os.path.join(home, "ispaced.log"), errors="replace") as f:
+            return "holder log tail:\n" + "".join(f.readlines()[-lines:])
+    except OSError as e:
+        return f"no holder log: {e}"
+
+
 class Cli:
     def __init__(self, ispace, ispaced, home):
         self.ispace = ispace
@@ -280,9 +289,11 @@ def main():
         check(not bad, f"every file verifies, read from the resynced tgt member alone ({len(sums)} files; bad: {bad[:3]})")
         a = ispaced_target("a", small, a.port)
         b = ispaced_target("b", (), b.port)
-        check(wait_for(lambda: (lambda s: s if all(m["state"] == "active" for m in s["members"])
-                                and not s["resync"]["running"] else None)(one.status("m")), 90, 0.5) is not None,
-              "the ispaced members come back and resync")
+        t_back = time.time()
+        back = wait_for(lambda: (lambda s: s if all(m["state"] == "active" for m in s["members"])
+                                 and not s["resync"]["running"] else None)(one.status("m")), 90, 0.5)
+        if not check(back is not None, f"the ispaced members come back and resync ({time.time() - t_back:.1f} s)"):
+            print(holder_log_tail(one.home))
 
         # Fencing: a second home (another host) rebuilds its catalog from the labels alone.
         r = two("assemble", *members)

@@ -278,6 +278,43 @@ TEST_F(VolumeTest, AReturningMemberResyncsOnlyWhatItMissed) {
     }));
 }
 
+// Two members of a 3-way mirror come back one after the other: the second rejoins while the first one's
+// windows hold the regions it needs too. Each region is copied by one window at a time (a second lock of a
+// held region would let foreground writes through before the first copy ends); the second waits for them,
+// and both end in sync with the same data. (As it happened: both ispaced members of a mirror restarted.)
+TEST_F(VolumeTest, ASecondMemberRejoiningDuringAResyncWaitsForTheRegionsInFlight) {
+    auto v = create(LayoutKind::mirror, 3, 0, 3);
+    VolumeDevice device(v);
+    auto data = random_bytes(1 << 20, 30);
+    ASSERT_EQ(io.write(device, 0, data), 0);
+    for (int i = 0; i < 4; ++i) {
+        v->sweep_now();
+    }
+    ASSERT_EQ(v->status().dirty_regions, 0u);
+
+    faults[1]->set(FaultDevice::Mode::fail);
+    faults[2]->set(FaultDevice::Mode::fail);
+    ASSERT_EQ(io.write(device, 0, data), 0); // discovers both failures
+    ASSERT_TRUE(test::eventually(
+        [&] { return state_of(v, 1) == MemberState::failed && state_of(v, 2) == MemberState::failed; }));
+    std::mt19937_64 rng(31);
+    for (int i = 0; i < 256; ++i) {
+        ASSERT_EQ(io.write(device, (rng() % 2048) * 4096, random_bytes(4096, rng())), 0); // the first 8 MiB
+    }
+    // The first comes back slowly: its windows stay in flight long enough for the second to rejoin.
+    faults[1]->slow_by = 400ms;
+    faults[1]->set(FaultDevice::Mode::slow);
+    ASSERT_TRUE(test::eventually([&] { return state_of(v, 1) == MemberState::rebuilding; }));
+    faults[2]->set(FaultDevice::Mode::ok);
+    ASSERT_TRUE(test::eventually([&] { return state_of(v, 2) != MemberState::failed; }));
+    EXPECT_EQ(state_of(v, 1), MemberState::rebuilding) << "the first resync ended before the second rejoined";
+    ASSERT_TRUE(test::eventually(
+        [&] { return state_of(v, 1) == MemberState::active && state_of(v, 2) == MemberState::active; }, 30s));
+    auto want = member_data(0, 0, 8 << 20);
+    EXPECT_TRUE(member_data(1, 0, 8 << 20) == want);
+    EXPECT_TRUE(member_data(2, 0, 8 << 20) == want);
+}
+
 // The acceptance form: 64 MiB of random 4K writes while a member is away, over a space five times larger
 // than the regions they touch; the returning member gets those regions and no more (at most 1.25x their
 // bytes), status says how much was resynced, and the copies are identical afterwards.
