@@ -47,7 +47,9 @@ class Rule:
     """When to fire and what to do.
 
     direction: "to_target" (initiator → target) or "to_initiator"; action: "corrupt", "drop" or "cut".
-    opcode: only PDUs with this opcode (None: any); min_data: only PDUs with at least this many data bytes;
+    opcode: only PDUs with this opcode (None: any PDU of the full feature phase: a Login PDU is matched only
+    when named, since no digest covers it (§13.1) and a corrupted one is a refused login, not a recovery);
+    min_data: only PDUs with at least this many data bytes;
     final: only PDUs whose F bit (byte 1, 0x80) is set (True) or clear (False); None: either.
     nth: fire on the nth matching PDU (1-based); every: then on every `every`-th after it (0: once);
     times: fire at most this many times (0: no limit). offset (corrupt only): an int, a byte of the PDU
@@ -97,6 +99,8 @@ class Rule:
     def wants(self, direction, opcode, data_length, final=False):
         """Counts a PDU that matches; True when the rule fires on it."""
         if direction != self.direction or (self.opcode is not None and opcode != self.opcode):
+            return False
+        if self.opcode is None and opcode in (LOGIN_REQUEST, LOGIN_RESPONSE):
             return False
         if self.final is not None and final != self.final:
             return False

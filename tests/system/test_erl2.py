@@ -31,7 +31,7 @@ CUT_EVERY = int(os.environ.get("ISPACE_ERL2_CUT_MS", "500")) / 1000.0
 check = ispace_testlib.Checks()
 
 
-def cp(ispace, args, proxy, initiator, timeout=300):
+def cp(ispace, args, proxy, initiator, timeout=120):
     """Runs one `ispace cp` while a timer cuts one of the proxy's connections every CUT_EVERY seconds.
     Each copy logs in under its own initiator name: a cut that lands on the first copy's logout leaves
     its session waiting for recovery (DefaultTime2Retain), and a second copy with the same name and
@@ -50,10 +50,15 @@ def cp(ispace, args, proxy, initiator, timeout=300):
     try:
         r = subprocess.run([ispace, "--log-level", "info", "-i", initiator, "cp", "--bs", "1M", "--qd", "8",
                             "--connections", "4"] + args, capture_output=True, text=True, timeout=timeout)
+        rc, err = r.returncode, r.stderr
+    except subprocess.TimeoutExpired as e:
+        # A copy of a few MiB that takes minutes is a hang: fail with what it logged so far (run() killed it).
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        rc, err = -1, err + f"\n(ispace cp killed after {timeout} s)"
     finally:
         stop.set()
         t.join()
-    return r.returncode, r.stderr, time.time() - started, len(cuts)
+    return rc, err, time.time() - started, len(cuts)
 
 
 def counted(pattern, text):
@@ -127,6 +132,8 @@ def main():
     finally:
         rc = daemon.stop()
     if check.failures:
+        with open(os.path.join(scratch, "ispace-cp.log"), "w") as f:
+            f.write(errs)
         print(errs[-4000:])
     check(rc == 0, f"ispaced exits 0 (exit {rc})")
     return check.finish(scratch, daemon)
