@@ -175,9 +175,9 @@ void SessionCore::on_joining_login(const std::shared_ptr<Connection>& conn, uint
         std::erase(_all, conn);
         retire_connection(conn, why);
         log_warn("{}: connection {} could not join the session: {}", _label, conn->cid(), why.message);
-        done(make_error(fmt::format("{}: connection {} could not join the session: {}", _label, conn->cid(),
-                                    why.message),
-                        why.code != 0 ? why.code : EIO));
+        done(make_error(
+            fmt::format("{}: connection {} could not join the session: {}", _label, conn->cid(), why.message),
+            why.code != 0 ? why.code : EIO));
         return;
     }
     // Full feature phase first, then dispatch: posts to one reactor run in order.
@@ -212,7 +212,8 @@ void SessionCore::start_remove(uint16_t cid, Function<void(Result<void>)> done) 
     {
         std::lock_guard lock(_mu);
         refusal = membership_refusal_locked("remove a connection");
-        auto it = std::find_if(_active.begin(), _active.end(), [cid](const auto& c) { return c->cid() == cid; });
+        auto it =
+            std::find_if(_active.begin(), _active.end(), [cid](const auto& c) { return c->cid() == cid; });
         if (!refusal && it == _active.end()) {
             std::vector<uint16_t> ids;
             for (const auto& c : _active) {
@@ -261,7 +262,8 @@ void SessionCore::start_remove(uint16_t cid, Function<void(Result<void>)> done) 
 }
 
 void SessionCore::poll_removal(uint16_t cid) {
-    auto it = std::find_if(_removals.begin(), _removals.end(), [cid](const Removal& r) { return r.cid == cid; });
+    auto it =
+        std::find_if(_removals.begin(), _removals.end(), [cid](const Removal& r) { return r.cid == cid; });
     if (it == _removals.end() || it->logging_out) {
         return;
     }
@@ -332,7 +334,8 @@ void SessionCore::on_removing_connection_failed(const std::shared_ptr<Connection
 }
 
 void SessionCore::finish_removal(uint16_t cid, const std::shared_ptr<Connection>& conn) {
-    auto it = std::find_if(_removals.begin(), _removals.end(), [cid](const Removal& r) { return r.cid == cid; });
+    auto it =
+        std::find_if(_removals.begin(), _removals.end(), [cid](const Removal& r) { return r.cid == cid; });
     if (it == _removals.end()) {
         return;
     }
@@ -391,8 +394,8 @@ void SessionCore::abandon_membership_changes(const Error& why) {
         ending = _closing || _state == State::closing || _state == State::closed || _state == State::failed;
     }
     for (auto& j : joins) {
-        j.done(make_error(fmt::format("{}: connection {} could not join the session: {}", _label, j.conn->cid(),
-                                      why.message),
+        j.done(make_error(fmt::format("{}: connection {} could not join the session: {}", _label,
+                                      j.conn->cid(), why.message),
                           ECONNABORTED));
     }
     for (auto& r : removals) {

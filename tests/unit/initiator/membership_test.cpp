@@ -31,7 +31,8 @@ void expect_all_ok_and_on_disk(const Completions& done, const FakeTarget& target
 }
 
 bool has_cid(const SessionInfo& info, uint16_t cid) {
-    return std::find(info.connection_ids.begin(), info.connection_ids.end(), cid) != info.connection_ids.end();
+    return std::find(info.connection_ids.begin(), info.connection_ids.end(), cid) !=
+           info.connection_ids.end();
 }
 
 TEST(InitiatorMembership, AddAndRemoveConnectionsOfALiveSession) {
