@@ -277,7 +277,10 @@ void SessionCore::poll_removal(uint16_t cid) {
     bool drained = false;
     if (conn) {
         std::lock_guard lock(_mu);
-        drained = conn->removing && conn->outstanding == 0 && conn->inbox.empty();
+        // Not while the session closes: its own Logout ("close the session") ends this one too, and
+        // stop_connections() then answers the caller.
+        drained = _state == State::up && !_closing && conn->removing && conn->outstanding == 0 &&
+                  conn->inbox.empty();
     }
     auto self = shared_from_this();
     if (!drained) {

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
+#include <thread>
 
 namespace ispace::initiator::test {
 namespace {
@@ -204,6 +206,88 @@ TEST(InitiatorMembership, SessionReinstatedDuringARemovalComesBackWithoutIt) {
     ASSERT_TRUE(wait_for([&] { return s->info().connections == 1 && h.target->live_connections() == 1; }))
         << s->info().connections << " connection(s)";
     EXPECT_EQ(s->info().connections_removed, 1u);
+}
+
+TEST(InitiatorMembership, CloseDuringARemovalWaitsForTheCommandsAndAnswersTheRemoval) {
+    FakeTargetOptions o;
+    o.command_delay = 2ms;
+    Harness h(o);
+    SessionOptions so = h.options();
+    so.connections = 2;
+    auto s = h.connect(so);
+    ASSERT_TRUE(s);
+    Completions done;
+    constexpr size_t n = 100;
+    submit_writes(*s, done, n);
+    ASSERT_TRUE(wait_for([&] { return h.target->commands_per_cid()[1] >= 3; }));
+    std::optional<Result<void>> removed;
+    std::thread remover([&] { removed.emplace(s->remove_connection(1)); });
+    s->close();
+    remover.join();
+    ASSERT_EQ(done.done(), n) << "close waits for every command";
+    expect_all_ok_and_on_disk(done, *h.target, n);
+    ASSERT_TRUE(removed.has_value());
+    // Either the removal finished before the close began, or the close answered it.
+    if (!*removed) {
+        EXPECT_EQ(removed->error().code, ESHUTDOWN) << removed->error().message;
+    }
+    auto again = s->remove_connection(0);
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error().code, ESHUTDOWN);
+    EXPECT_FALSE(s->add_connection());
+}
+
+// Adds and removes from one thread while two others submit: every command completes with its data,
+// every change is counted.
+TEST(InitiatorMembership, ChurnWhileThreadsSubmit) {
+    Harness h;
+    SessionOptions so = h.options();
+    so.connections = 3;
+    so.max_connections = 4;
+    auto s = h.connect(so);
+    ASSERT_TRUE(s);
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> failures{0};
+    std::atomic<uint64_t> ios{0};
+    auto submitter = [&](uint64_t first_lba) {
+        std::vector<uint8_t> out(4096);
+        std::vector<uint8_t> in(4096);
+        for (uint64_t i = 0; !stop.load(); ++i) {
+            uint64_t lba = first_lba + (i % 64) * 8;
+            std::fill(out.begin(), out.end(), uint8_t(i * 13 + first_lba));
+            if (!s->write(0, lba, 8, block, out) || !s->read(0, lba, 8, block, in) || in != out) {
+                failures++;
+            }
+            ios++;
+        }
+    };
+    std::thread a(submitter, 0);
+    std::thread b(submitter, 1024);
+    unsigned added = 0;
+    unsigned removed = 0;
+    for (int round = 0; round < 20; ++round) {
+        auto info = s->info();
+        if (info.connection_ids.size() > 1) {
+            auto r = s->remove_connection(info.connection_ids[size_t(round) % info.connection_ids.size()]);
+            EXPECT_TRUE(r) << r.error().message;
+            removed += r ? 1 : 0;
+        }
+        auto r = s->add_connection();
+        EXPECT_TRUE(r) << r.error().message;
+        added += r ? 1 : 0;
+        std::this_thread::sleep_for(5ms);
+    }
+    stop = true;
+    a.join();
+    b.join();
+    EXPECT_EQ(failures.load(), 0u);
+    EXPECT_GT(ios.load(), 20u);
+    auto info = s->info();
+    EXPECT_EQ(info.connections_added, added);
+    EXPECT_EQ(info.connections_removed, removed);
+    EXPECT_EQ(info.reconnects, 0u);
+    EXPECT_EQ(h.target->reinstatements.load(), 0u);
+    EXPECT_EQ(h.target->window_violations.load(), 0u);
 }
 
 } // namespace
