@@ -111,6 +111,9 @@ struct SessionOptions {
     std::string initiator_name; // empty: the Initiator's name
     std::string initiator_alias;
     unsigned connections = 1; // MC/S: TCP connections in the session (the target may allow fewer)
+    // The MaxConnections offered at login (0: `connections`), to leave room for Session::add_connection()
+    // beyond `connections`. The session's MaxConnections is the smaller of this and the target's.
+    unsigned max_connections = 0;
     DigestMode header_digest = DigestMode::none;
     DigestMode data_digest = DigestMode::none;
     ChapCredentials chap;
@@ -246,7 +249,10 @@ struct SessionInfo {
     uint64_t snacks = 0;                           // SNACK Requests sent (ERL 1 recovery)
     uint64_t connection_recoveries = 0;            // connections logged in again with their CID (ERL 2)
     uint64_t reassignments = 0;                    // tasks moved to another connection (TASK REASSIGN)
+    uint64_t connections_added = 0;                // by add_connection()
+    uint64_t connections_removed = 0;              // by remove_connection()
     std::vector<uint64_t> commands_per_connection; // sent on each connection of the current login
+    std::vector<uint16_t> connection_ids;          // their CIDs, in the same order
 };
 
 class Session {
@@ -281,6 +287,22 @@ public:
     Result<void> synchronize_cache(uint64_t lun);
 
     SessionInfo info() const;
+
+    // MC/S while the session runs (docs/initiator.md, "Adding and removing connections"). Both block until
+    // done; not from a reactor thread; safe while other threads submit.
+    //
+    // Logs in one more connection to the session (same ISID, the session's TSIH, a CID not in use, on the
+    // session's portal) and dispatches new commands over it too; returns its CID. Fails when the session
+    // is not up (being recovered, closing), is at its negotiated MaxConnections (see
+    // SessionOptions::max_connections), or the target refuses the login (its message is returned).
+    Result<uint16_t> add_connection();
+    // Stops dispatching new commands to connection `cid` (they go to the others), lets its commands in
+    // flight finish (if it is lost meanwhile, it is recovered as any lost connection first), then logs it
+    // out with reason "close the connection" (RFC 7143 §11.14). The other connections go on. Refused for
+    // the session's last connection (that is close()), an unknown CID, or one already being removed. A
+    // session reinstated meanwhile comes back without it.
+    Result<void> remove_connection(uint16_t cid);
+
     // Waits for the commands in flight (they complete or fail), logs out and closes every connection.
     // Later submits fail. Idempotent. Not from a reactor thread.
     void close();

@@ -439,7 +439,7 @@ void Connection::send_tmf(iscsi::TmfFunction function, uint64_t lun, PendingRequ
     send_pdu(bhs);
 }
 
-void Connection::logout(Function<void(Result<void>)> done) {
+void Connection::logout(Function<void(Result<void>)> done, iscsi::LogoutReason reason) {
     if (!usable() || !_transport) {
         _reactor.defer(
             [done = std::move(done)]() mutable { done(make_error("connection not logged in", ENOTCONN)); });
@@ -450,7 +450,7 @@ void Connection::logout(Function<void(Result<void>)> done) {
     _logout_deadline = net::Clock::now() + _options.timeouts.logout;
     iscsi::LogoutRequest req;
     req.immediate = true;
-    req.reason = iscsi::LogoutReason::close_session;
+    req.reason = reason;
     req.itt = _logout_itt;
     req.cid = _cid;
     req.cmd_sn = _owner->immediate_cmd_sn();

@@ -53,6 +53,8 @@ struct SessionCounters {
     std::atomic<uint64_t> snacks{0};                // SNACK Requests sent (ERL 1)
     std::atomic<uint64_t> connection_recoveries{0}; // connections logged in again (ERL 2)
     std::atomic<uint64_t> reassignments{0};         // tasks moved by TASK REASSIGN (ERL 2)
+    std::atomic<uint64_t> connections_added{0};     // Session::add_connection() that succeeded
+    std::atomic<uint64_t> connections_removed{0};   // Session::remove_connection() that succeeded
 };
 
 // What a connection needs from its session. Called on the connection's reactor unless noted.
@@ -115,8 +117,11 @@ public:
     void enter_full_feature(const iscsi::SessionParams& session);
     // The owner dispatched tasks to this connection (posted once per batch).
     void drain_inbox();
-    // Logout (close the session): `done` gets the outcome; the connection stays open until shutdown().
-    void logout(Function<void(Result<void>)> done);
+    // Logout: `done` gets the outcome; the connection stays open until shutdown(). `reason` is "close the
+    // session" (ends every connection of the session) or "close the connection" (RFC 7143 §11.14: this
+    // one only; the session's other connections go on).
+    void logout(Function<void(Result<void>)> done,
+                iscsi::LogoutReason reason = iscsi::LogoutReason::close_session);
     // The session is logging out on another connection: the target closing this one is expected.
     void expect_close() { _logged_out = true; }
     // A Text Request with `keys` (discovery: SendTargets=All); `done` gets the whole response text.
@@ -149,6 +154,9 @@ public:
     bool drain_posted = false;
     unsigned outstanding = 0; // dispatched and not yet completed or handed back
     bool active = false;      // in the owner's dispatch set
+    // Being removed (SessionCore::remove_connection): out of the dispatch set, its tasks finishing, then a
+    // Logout "close the connection". Never reset: a late failure of a removed connection is ignored.
+    bool removing = false;
     // SCSI Command PDUs sent (any thread may read it).
     std::atomic<uint64_t> commands_sent{0};
 

@@ -136,6 +136,26 @@ void Session::close() {
     done->get_future().wait();
 }
 
+Result<uint16_t> Session::add_connection() {
+    if (net::Reactor::current() != nullptr) {
+        return reactor_thread_error("Session::add_connection");
+    }
+    auto promise = std::make_shared<std::promise<Result<uint16_t>>>();
+    auto future = promise->get_future();
+    _core->add_connection([promise](Result<uint16_t> r) { promise->set_value(std::move(r)); });
+    return future.get();
+}
+
+Result<void> Session::remove_connection(uint16_t cid) {
+    if (net::Reactor::current() != nullptr) {
+        return reactor_thread_error("Session::remove_connection");
+    }
+    auto promise = std::make_shared<std::promise<Result<void>>>();
+    auto future = promise->get_future();
+    _core->remove_connection(cid, [promise](Result<void> r) { promise->set_value(std::move(r)); });
+    return future.get();
+}
+
 SessionInfo Session::info() const {
     return _core->info();
 }

@@ -167,7 +167,10 @@ SessionCore::SessionCore(InitiatorCore& initiator, SessionOptions options, iscsi
     if (!_options.authenticator) {
         _options.authenticator = _initiator.options().authenticator;
     }
-    _options.connections = std::clamp(_options.connections, 1u, 64u);
+    _options.connections = std::clamp(_options.connections, 1u, max_session_connections);
+    _options.max_connections =
+        std::clamp(std::max(_options.max_connections, _options.connections), 1u, max_session_connections);
+    _wanted = _options.connections;
     _options.queue_depth = std::max(_options.queue_depth, 1u);
     _label = fmt::format("{} at {}:{}", _options.target_name, _options.host, _options.port);
     _host = _options.host;
@@ -291,8 +294,11 @@ SessionInfo SessionCore::info() const {
     i.snacks = _counters.snacks.load();
     i.connection_recoveries = _counters.connection_recoveries.load();
     i.reassignments = _counters.reassignments.load();
+    i.connections_added = _counters.connections_added.load();
+    i.connections_removed = _counters.connections_removed.load();
     for (const auto& c : _active) {
         i.commands_per_connection.push_back(c->commands_sent.load(std::memory_order_relaxed));
+        i.connection_ids.push_back(c->cid());
     }
     return i;
 }
@@ -463,7 +469,7 @@ iscsi::InitiatorLoginConfig SessionCore::login_config(uint16_t cid, uint16_t tsi
     c.negotiation.first_burst_length = std::min(_options.first_burst_length, _options.max_burst_length);
     c.negotiation.initial_r2t = _options.initial_r2t;
     c.negotiation.immediate_data = _options.immediate_data;
-    c.negotiation.max_connections = uint16_t(_options.connections);
+    c.negotiation.max_connections = uint16_t(_options.max_connections);
     c.negotiation.max_outstanding_r2t = 1;
     // DefaultTime2Wait is the larger of the two offers: we need no pause before a connection is logged
     // in again; the target says if it does.
@@ -498,6 +504,9 @@ void SessionCore::login_connection(const std::shared_ptr<Connection>& conn, uint
                     return;
                 case LoginRole::reinstating:
                     self->on_reinstating_login(conn, generation, std::move(outcome));
+                    return;
+                case LoginRole::joining:
+                    self->on_joining_login(conn, generation, std::move(outcome));
                     return;
                 }
             });
@@ -587,11 +596,10 @@ void SessionCore::on_leading_login(const std::shared_ptr<Connection>& conn, uint
         _next_cmd_sn = outcome.exp_cmd_sn;
     }
     _ok.push_back(conn);
-    unsigned wanted =
-        std::min<unsigned>(_options.connections, std::max<uint16_t>(outcome.session.max_connections, 1));
-    if (wanted < _options.connections && !_ever_up) {
+    unsigned wanted = std::min<unsigned>(_wanted, std::max<uint16_t>(outcome.session.max_connections, 1));
+    if (wanted < _wanted && !_ever_up) {
         log_warn("{}: the target allows {} connection(s) per session; using {} instead of {}", _label,
-                 outcome.session.max_connections, wanted, _options.connections);
+                 outcome.session.max_connections, wanted, _wanted);
     }
     _logins_left = wanted - 1;
     if (_logins_left == 0) {
@@ -694,9 +702,15 @@ void SessionCore::on_connection_failed(const std::shared_ptr<Connection>& conn, 
         return;
     }
     State state;
+    bool removing;
     {
         std::lock_guard lock(_mu);
         state = _state;
+        removing = conn->removing;
+    }
+    if (state == State::up && removing) {
+        on_removing_connection_failed(conn, why);
+        return;
     }
     if (state == State::up) {
         if (!recover_connection(conn, why)) {
@@ -739,6 +753,7 @@ bool SessionCore::recover_connection(const std::shared_ptr<Connection>& conn, co
     }
     std::erase(_all, conn);
     std::erase(_ok, conn);
+    _cids_in_recovery.push_back(conn->cid()); // add_connection must not take its CID meanwhile
     uint16_t wait = conn->requested_time2wait().value_or(_params.default_time2wait);
     log_warn("{}: connection {} lost ({}); ErrorRecoveryLevel 2: logging it in again in {} s and reassigning "
              "its tasks",
@@ -766,6 +781,9 @@ bool SessionCore::recover_connection(const std::shared_ptr<Connection>& conn, co
             self->_all.push_back(next);
             {
                 std::lock_guard lock(self->_mu);
+                // Lost while being removed: once logged in again, it drains its reassigned tasks and
+                // logs out rather than joining the dispatch set.
+                next->removing = self->removing_cid(next->cid());
                 next->outstanding = unsigned(tasks.size());
                 self->_outstanding += unsigned(tasks.size());
             }
@@ -812,6 +830,7 @@ void SessionCore::on_reinstating_login(const std::shared_ptr<Connection>& conn, 
         params = _params;
     }
     _counters.connection_recoveries++;
+    std::erase(_cids_in_recovery, conn->cid());
     log_info("{}: connection {} logged in again; reassigning its tasks", _label, conn->cid());
     conn->reactor().post([conn, params] {
         conn->enter_full_feature(params);
@@ -819,10 +838,12 @@ void SessionCore::on_reinstating_login(const std::shared_ptr<Connection>& conn, 
         conn->drain_inbox();
     });
     std::lock_guard lock(_mu);
-    _active.push_back(conn);
     conn->active = true;
     _ok.push_back(conn);
-    dispatch_locked();
+    if (!conn->removing) {
+        _active.push_back(conn);
+        dispatch_locked();
+    }
 }
 
 void SessionCore::begin_recovery(const Error& why) {
@@ -848,6 +869,7 @@ void SessionCore::begin_recovery(const Error& why) {
 }
 
 void SessionCore::stop_connections(const Error& why, Function<void()> then) {
+    abandon_membership_changes(why);
     auto conns = std::move(_all);
     _all.clear();
     _ok.clear();
@@ -917,8 +939,11 @@ void SessionCore::maybe_finish_close() {
             std::lock_guard lock(_mu);
             _state = State::closing;
             conn = _active.empty() ? nullptr : _active.front();
-            if (_active.size() > 1) {
-                others.assign(_active.begin() + 1, _active.end());
+        }
+        // Every other connection, also one being removed or joining (add/remove in progress).
+        for (const auto& c : _all) {
+            if (c != conn) {
+                others.push_back(c);
             }
         }
         if (!conn) {

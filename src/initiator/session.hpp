@@ -17,6 +17,11 @@
 // task without a status), then the leading connection logs in again with the same ISID and TSIH 0 —
 // session reinstatement, which makes the target terminate the old session's tasks — and the others
 // follow; the tasks are then dispatched again in their original order.
+//
+// Membership (add_connection / remove_connection, "Adding and removing connections" in session.cpp):
+// both run on the home reactor, like every other change to the session's connection lists, so they are
+// serialized with logins, ERL 2 recovery and close without further locking; `_active` (the dispatch set)
+// changes only under `_mu` as well.
 #pragma once
 
 #include "initiator/connection.hpp"
@@ -36,6 +41,9 @@
 namespace ispace::initiator {
 
 class SessionCore;
+
+// Connections per session, at most: a connection's CID is also its ITT tag byte and picks its reactor.
+inline constexpr unsigned max_session_connections = 64;
 
 // The built-in CHAP (iscsi/chap.hpp, MD5 and SHA-256, mutual when target credentials are set).
 AuthenticatorFactory default_authenticator_factory();
@@ -87,6 +95,9 @@ public:
     void start(Function<void(Result<void>)> done);
     void submit(Request request, Completion done);
     void close(Function<void()> done);
+    // MC/S while the session is up (any thread; `done` runs on the home reactor).
+    void add_connection(Function<void(Result<uint16_t>)> done);
+    void remove_connection(uint16_t cid, Function<void(Result<void>)> done);
     // The Initiator is going away: after this nothing may touch a reactor.
     void detach();
     SessionInfo info() const;
@@ -119,7 +130,7 @@ private:
 
     // Home reactor only.
     void attempt();
-    enum class LoginRole : uint8_t { leading, secondary, reinstating };
+    enum class LoginRole : uint8_t { leading, secondary, reinstating, joining };
     void login_connection(const std::shared_ptr<Connection>& conn, uint16_t tsih, LoginRole role);
     void on_leading_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
                           LoginOutcome&& outcome);
@@ -136,6 +147,29 @@ private:
     bool recover_connection(const std::shared_ptr<Connection>& conn, const Error& why);
     void on_reinstating_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
                               LoginOutcome&& outcome);
+    // ---- Adding and removing connections (session.cpp) ----
+    void start_add(Function<void(Result<uint16_t>)> done);
+    void on_joining_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
+                          LoginOutcome&& outcome);
+    void start_remove(uint16_t cid, Function<void(Result<void>)> done);
+    // Every few milliseconds while connection `cid` drains: once its last task is done, the Logout.
+    void poll_removal(uint16_t cid);
+    void on_removal_logout(const std::shared_ptr<Connection>& conn, uint64_t generation, Result<void> r);
+    // A connection being removed failed: recovered (while it still has tasks) or the removal is done.
+    void on_removing_connection_failed(const std::shared_ptr<Connection>& conn, const Error& why);
+    void finish_removal(uint16_t cid, const std::shared_ptr<Connection>& conn);
+    // Shuts a connection down and hands back any task it still had (none, normally) to the queue.
+    void retire_connection(const std::shared_ptr<Connection>& conn, const Error& why);
+    // The session is being reinstated or closed: pending adds fail, pending removals are done (the
+    // connection goes with the old session; a reinstatement logs in `_wanted`, which no longer counts it).
+    void abandon_membership_changes(const Error& why);
+    // CIDs of the session's connections: logged in, joining, or being recovered at ERL 2.
+    std::vector<uint16_t> cids_in_use() const;
+    bool removing_cid(uint16_t cid) const;
+    // Connections the session has, not counting those joining or being removed (at least 1).
+    unsigned members() const;
+    // Why the session cannot add or remove a connection now (not up, closing), if so. Under _mu.
+    std::optional<Error> membership_refusal_locked(const char* what) const;
     void stop_connections(const Error& why, Function<void()> then);
     void fail_all(const Error& why);
     void maybe_finish_close();
@@ -183,6 +217,21 @@ private:
     std::string _host; // where the next attempt logs in (a redirection changes it)
     uint16_t _port = 0;
     unsigned _redirects = 0;
+    // Connections a reinstatement logs in: SessionOptions::connections, then what add_connection and
+    // remove_connection leave (the target's MaxConnections may still allow fewer).
+    unsigned _wanted = 1;
+    struct Join {
+        std::shared_ptr<Connection> conn;
+        Function<void(Result<uint16_t>)> done;
+    };
+    std::vector<Join> _joins; // add_connection logins in progress
+    struct Removal {
+        uint16_t cid = 0;
+        bool logging_out = false;
+        Function<void(Result<void>)> done;
+    };
+    std::vector<Removal> _removals;          // remove_connection in progress
+    std::vector<uint16_t> _cids_in_recovery; // ERL 2: lost, not yet logged in again
 };
 
 } // namespace ispace::initiator

@@ -1,6 +1,8 @@
 // `ispace bench URL`: a closed-loop load generator. --qd commands are always in flight: each completion
 // (on a reactor thread) records its latency and submits the next command at once, so the library's
 // reactors — all of them with several connections — do the work, not the main thread.
+// --connections-churn exercises MC/S under load: a churn thread removes and adds connections of the live
+// session (Session::remove_connection / add_connection) while the commands keep going.
 #include "cli.hpp"
 
 #include "common/units.hpp"
@@ -12,6 +14,7 @@
 #include <bit>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -89,6 +92,82 @@ struct BenchOptions {
     unsigned rwmixread = 50;
     std::string size; // region to use; default the whole LUN
     bool json = false;
+    double churn_seconds = 0; // --connections-churn; 0: off
+};
+
+// Every `period`, removes one connection of the session or adds one back, between 1 and `most`: down to
+// one, then up to `most`, and so on. The connection removed rotates over the session's CIDs, the leading
+// one included (once logged in it is a connection like the others). Runs on its own thread: add and
+// remove block until done (a removal waits for the commands in flight on that connection).
+class Churn {
+public:
+    Churn(Session& s, std::chrono::duration<double> period, unsigned most)
+        : _session(s), _period(std::chrono::duration_cast<std::chrono::steady_clock::duration>(period)),
+          _most(most) {
+        _thread = std::thread([this] { loop(); });
+    }
+    ~Churn() { stop(); }
+
+    void stop() {
+        {
+            std::lock_guard lock(_mu);
+            _stop = true;
+        }
+        _cv.notify_all();
+        if (_thread.joinable()) {
+            _thread.join();
+        }
+    }
+    unsigned refused() const { return _refused; }
+    const std::string& first_refusal() const { return _first_refusal; }
+
+private:
+    void loop() {
+        bool removing = true;
+        size_t turn = 0;
+        std::unique_lock lock(_mu);
+        for (;;) {
+            if (_cv.wait_for(lock, _period, [&] { return _stop; })) {
+                return;
+            }
+            lock.unlock();
+            auto info = _session.info();
+            size_t now = info.connection_ids.size();
+            if (now <= 1) {
+                removing = false;
+            } else if (now >= _most) {
+                removing = true;
+            }
+            if (removing && now > 1) {
+                uint16_t cid = info.connection_ids[turn++ % now];
+                if (auto r = _session.remove_connection(cid); !r) {
+                    refusal(r.error().message);
+                }
+            } else if (!removing && now < _most) {
+                if (auto r = _session.add_connection(); !r) {
+                    refusal(r.error().message);
+                }
+            }
+            lock.lock();
+        }
+    }
+    void refusal(const std::string& message) {
+        // Not fatal: a session being logged in again after a connection loss refuses both for a moment.
+        if (_refused++ == 0) {
+            _first_refusal = message;
+        }
+        warning("--connections-churn: " + message);
+    }
+
+    Session& _session;
+    std::chrono::steady_clock::duration _period;
+    unsigned _most;
+    std::mutex _mu;
+    std::condition_variable _cv;
+    bool _stop = false;
+    unsigned _refused = 0; // the churn thread's, read after stop()
+    std::string _first_refusal;
+    std::thread _thread;
 };
 
 class Bench {
@@ -218,6 +297,11 @@ int run_bench(GlobalOptions& global, BenchOptions& o) {
         error("--time must be positive");
         return exit_usage;
     }
+    if (o.churn_seconds < 0 || (o.churn_seconds > 0 && o.knobs.connections < 2)) {
+        error("--connections-churn SECONDS: a positive period, with --connections 2 or more (it removes and "
+              "adds connections between 1 and --connections)");
+        return exit_usage;
+    }
     if (auto d = parse_digest_option(o.knobs.digest); !d) {
         error(d.error().message);
         return exit_usage;
@@ -262,7 +346,16 @@ int run_bench(GlobalOptions& global, BenchOptions& o) {
         }
     }
     Bench bench(s, *url->lun, cap->block_size, region_blocks, io_blocks, random, read_percent);
+    std::optional<Churn> churn;
+    if (o.churn_seconds > 0) {
+        // Up to what the session got at login: the target may allow fewer than --connections.
+        unsigned most = std::max(2u, s.info().connections);
+        churn.emplace(s, std::chrono::duration<double>(o.churn_seconds), most);
+    }
     bench.run(o.knobs.queue_depth, o.seconds);
+    if (churn) {
+        churn->stop();
+    }
     auto info = s.info();
     s.close();
 
@@ -306,7 +399,10 @@ int run_bench(GlobalOptions& global, BenchOptions& o) {
                               {"max", us(h.max())}}},
                             {"reconnects", info.reconnects},
                             {"retries", info.retries},
-                            {"unit_attentions", info.unit_attentions}};
+                            {"unit_attentions", info.unit_attentions},
+                            {"connections_added", info.connections_added},
+                            {"connections_removed", info.connections_removed},
+                            {"churn_refusals", churn ? churn->refused() : 0u}};
         fmt::print("{}\n", d.dump(2));
         return exit_ok;
     }
@@ -322,6 +418,14 @@ int run_bench(GlobalOptions& global, BenchOptions& o) {
                usec(h.quantile(0.99)), usec(h.quantile(0.999)), usec(h.max()));
     if (info.reconnects || info.retries) {
         fmt::print("  recovery:  {} reconnects, {} retries\n", info.reconnects, info.retries);
+    }
+    if (churn) {
+        fmt::print("  churn:     every {} s: {} connection(s) removed, {} added", o.churn_seconds,
+                   info.connections_removed, info.connections_added);
+        if (churn->refused() > 0) {
+            fmt::print(", {} refused (the first: {})", churn->refused(), churn->first_refusal());
+        }
+        fmt::print("\n");
     }
     return exit_ok;
 }
@@ -351,10 +455,18 @@ Runner add_bench(CLI::App& app, GlobalOptions& global) {
         ->default_val(50)
         ->check(CLI::Range(0, 100));
     cmd->add_option("--size", o->size, "Use only the first SIZE bytes of the LUN (default: all of it)");
+    cmd->add_option("--connections-churn", o->churn_seconds,
+                    "MC/S under load: every SECONDS remove one connection of the running session (its "
+                    "commands in flight finish first, then it logs out) or add one back, between 1 and "
+                    "--connections; the counts are printed at the end")
+        ->type_name("SECONDS");
     cmd->add_flag("--json", o->json, "Print the figures as JSON (fields in docs/cli.md)");
     cmd->footer(R"(Examples:
   ispace bench iscsi://192.0.2.10/iqn.2026-01.com.example:store/1
   ispace bench iscsi://h/iqn.2026-01.com.example:a/1 --rw randwrite --bs 64k --qd 16 --time 10 --connections 2
+  ispace bench iscsi://h/iqn.2026-01.com.example:a/1 --connections 4 --connections-churn 0.5 --time 10
+    (connections leave and join the session every half second while the load runs: any failed
+    command fails the run)
 
 Write patterns overwrite the LUN's data. Latency is from submit() to the completion, per command.
 A one-line summary goes to stderr as well; a run in which any command failed reports no figure.)");

@@ -55,6 +55,7 @@ struct FakeTarget::Conn {
     bool header_digest = false;
     bool data_digest = false;
     bool full_feature = false;
+    bool logged_out = false; // answered a Logout: closing
     uint32_t initiator_mrdsl = 8192;
     uint32_t stat_sn = 0;
     bool negotiation_asked = false; // AsyncEvent 4 sent (connection thread only)
@@ -320,8 +321,14 @@ struct ConnHandler : LoginPolicy {
                     a.status = LoginStatus::session_does_not_exist;
                     return a;
                 }
-                std::erase_if(s->conns, [](auto& w) { return w.expired(); });
-                if (s->conns.size() >= t._options.max_connections) {
+                // A connection that logged out (or closed) no longer counts, even before its thread ends.
+                std::erase_if(s->conns, [](auto& w) {
+                    auto conn = w.lock();
+                    return !conn || conn->fd < 0 || conn->logged_out;
+                });
+                uint16_t limit =
+                    t._options.join_limit != 0 ? t._options.join_limit : t._options.max_connections;
+                if (s->conns.size() >= limit) {
                     a.status = LoginStatus::too_many_connections;
                     return a;
                 }
@@ -575,6 +582,9 @@ struct ConnHandler : LoginPolicy {
             return false;
         }
         check_segment(pdu);
+        if (t._options.command_delay.count() > 0) {
+            std::this_thread::sleep_for(t._options.command_delay);
+        }
         t.commands++;
         {
             std::lock_guard lock(t._mu);
@@ -772,6 +782,10 @@ struct ConnHandler : LoginPolicy {
             if (c->session && r->reason == LogoutReason::close_session) {
                 c->session->dead = true;
             }
+            if (r->reason == LogoutReason::close_connection) {
+                t.connection_logouts++;
+            }
+            c->logged_out = true;
         }
         Bhs bhs;
         resp.encode(bhs);
@@ -999,7 +1013,7 @@ unsigned FakeTarget::live_connections() const {
     }
     auto& s = _sessions.back();
     for (auto& w : s->conns) {
-        if (auto c = w.lock(); c && c->full_feature && !s->dead) {
+        if (auto c = w.lock(); c && c->full_feature && !c->logged_out && !s->dead) {
             ++n;
         }
     }

@@ -13,6 +13,7 @@
 #include "iscsi/pdu.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -31,6 +32,9 @@ struct FakeTargetOptions {
     uint64_t blocks = 4096; // 2 MiB of 512-byte blocks
     uint32_t block_size = 512;
     uint16_t max_connections = 8;
+    // Refuse (Too many connections) a connection joining a session that has this many already, while
+    // declaring max_connections at login: a target whose limit is lower than it said (0: max_connections).
+    uint16_t join_limit = 0;
     uint32_t cmd_window = 32;
     uint32_t max_recv_data_segment_length = 16384; // what the target declares
     uint32_t max_burst_length = 65536;
@@ -49,6 +53,9 @@ struct FakeTargetOptions {
     bool misread_chap_sha256 = false;
     std::string mutual_user;
     std::string mutual_secret;
+    // Each connection waits this long before taking each SCSI command (a slow LU): commands stay in
+    // flight long enough for a test to act while they are.
+    std::chrono::milliseconds command_delay{0};
 };
 
 struct WriteRecord {
@@ -97,6 +104,7 @@ public:
     std::atomic<uint64_t> data_digest_errors{0};
     std::atomic<uint64_t> nop_replies{0}; // NOP-Outs answering our pings
     std::atomic<uint64_t> logouts{0};
+    std::atomic<uint64_t> connection_logouts{0}; // Logout reason "close the connection" (1)
     std::atomic<uint64_t> discoveries{0};
     std::atomic<uint64_t> renegotiations{0};     // Text Responses that declared the renegotiated value
     std::atomic<uint64_t> oversized_segments{0}; // data segments above what the target declared anew

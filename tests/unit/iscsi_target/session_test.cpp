@@ -1,6 +1,8 @@
 // Logout, NOP-Out/NOP-In, session reinstatement and connections added to a session (MC/S).
 #include "harness.hpp"
 
+#include <algorithm>
+
 namespace ispace::iscsi_target::test {
 namespace {
 
@@ -316,6 +318,46 @@ TEST(MultipleConnections, LogoutOfAnotherConnectionClosesItAndKeepsTheSession) {
     EXPECT_FALSE(first.closed_by_target());
     first.command(tur());
     EXPECT_TRUE(first.next());
+}
+
+// What the initiator's Session::remove_connection() relies on: one connection of a live session logs
+// itself out ("close the connection", RFC 7143 §11.14) while another has a write half done; that write
+// completes, the session lives on, and a connection may join it again later with the freed CID.
+TEST(MultipleConnections, ConnectionLogsItselfOutWhileAnotherHasCommandsInFlight) {
+    Harness h;
+    FakeInitiator& first = h.logged_in(mcs());
+    FakeInitiator& second = h.connect({.numbers = first.numbers()});
+    ASSERT_TRUE(second.join(first, 1, mcs()).ok());
+    iscsi::R2t r2t;
+    uint32_t write_itt = write_waiting_for_data(first, &r2t);
+    uint32_t tur_itt = first.command(tur());
+    second.logout(iscsi::LogoutReason::close_connection);
+    auto pdu = second.next();
+    ASSERT_TRUE(pdu);
+    ASSERT_EQ(pdu->opcode(), iscsi::Opcode::logout_response);
+    EXPECT_EQ(pdu->as<iscsi::LogoutResponse>().response, iscsi::LogoutResponseCode::closed_successfully);
+    EXPECT_TRUE(second.closed_by_target());
+    EXPECT_FALSE(first.closed_by_target());
+    auto data = pattern(block_size, 45);
+    first.answer_r2t(r2t, data);
+    std::vector<uint32_t> answered;
+    for (const auto& p : first.drain()) {
+        ASSERT_EQ(p.opcode(), iscsi::Opcode::scsi_response);
+        EXPECT_EQ(p.as<iscsi::ScsiResponse>().status, 0);
+        answered.push_back(p.bhs.itt());
+    }
+    std::sort(answered.begin(), answered.end());
+    std::vector<uint32_t> expected{write_itt, tur_itt};
+    std::sort(expected.begin(), expected.end());
+    EXPECT_EQ(answered, expected) << "the other connection's commands complete";
+    EXPECT_EQ(h.server().sessions().size(), 1u) << "the session lives on";
+    FakeInitiator& third = h.connect({.numbers = first.numbers()});
+    auto joined = third.join(first, 1, mcs());
+    ASSERT_TRUE(joined.ok()) << "the freed CID may join again: " << joined.reason;
+    uint32_t itt = third.command(tur());
+    auto answer = third.next();
+    ASSERT_TRUE(answer);
+    EXPECT_EQ(answer->bhs.itt(), itt);
 }
 
 TEST(MultipleConnections, FailedConnectionEndsTheSessionAtErrorRecoveryLevel0) {
