@@ -261,11 +261,21 @@ Retention::Refusal Retention::data_ack(uint32_t itt, uint32_t ttt, uint32_t beg_
     return Refusal::none;
 }
 
+void Retention::forget_task(uint32_t itt) {
+    erase_task(itt);
+    for (Response& r : _responses) {
+        if (r.pdu.bhs.itt() == itt) {
+            r.superseded = true;
+        }
+    }
+}
+
 Retention::Answer Retention::take_answer(uint32_t itt, uint32_t exp_data_sn) {
     Answer out;
     auto response = std::find_if(_responses.begin(), _responses.end(), [&](const Response& r) {
-        return r.pdu.bhs.itt() == itt && (r.pdu.bhs.opcode() == iscsi::Opcode::scsi_response ||
-                                          r.pdu.bhs.opcode() == iscsi::Opcode::data_in);
+        return r.pdu.bhs.itt() == itt && !r.superseded &&
+               (r.pdu.bhs.opcode() == iscsi::Opcode::scsi_response ||
+                r.pdu.bhs.opcode() == iscsi::Opcode::data_in);
     });
     if (response == _responses.end()) {
         out.refusal = Refusal::unknown_task;

@@ -92,6 +92,12 @@ public:
         std::optional<Pdu> response;
     };
     Answer take_answer(uint32_t itt, uint32_t exp_data_sn);
+    // A new command came with `itt`: the initiator is done with the task that had it before (an ITT is
+    // unique among the session's outstanding tasks, RFC 7143 §11.2.1.8), even if no ExpStatSN has
+    // acknowledged its status yet. What is kept for that task goes, so that a SNACK or a TASK REASSIGN
+    // naming `itt` is answered from the new command, never from the old one's Data-In. Its response
+    // stays for a Status SNACK (which names a StatSN, not an ITT).
+    void forget_task(uint32_t itt);
 
     size_t bytes() const { return _bytes; }
     size_t tasks() const { return _tasks.size(); }
@@ -112,7 +118,8 @@ private:
     };
     struct Response {
         uint32_t stat_sn = 0;
-        Pdu pdu; // for a Data-In with status: the header only (its data is in the task)
+        bool superseded = false; // its ITT names a newer command now (forget_task)
+        Pdu pdu;                 // for a Data-In with status: the header only (its data is in the task)
         net::Clock::time_point sent;
         size_t bytes = 0;
     };

@@ -299,6 +299,19 @@ IscsiTask* Session::command_header(Connection& connection, const iscsi::ScsiComm
         }
     }
     c.received = immediate_length;
+    if (header.immediate || !iscsi::sn_lt(header.cmd_sn, _exp_cmd_sn)) {
+        // A new command (not the retry of one already run, whose CmdSN is behind the window): a task
+        // this ITT named before is over for the initiator, and nothing kept for it may answer a SNACK
+        // or a TASK REASSIGN of the new one.
+        for (Connection* other : _connections) {
+            if (Retention* kept = other->retention()) {
+                kept->forget_task(header.itt);
+            }
+        }
+        for (Retired& retired : _retired) {
+            retired.retention->forget_task(header.itt);
+        }
+    }
     IscsiTask* raw = command.get();
     _commands.emplace(header.itt, std::move(command));
     return raw;

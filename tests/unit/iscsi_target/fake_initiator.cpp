@@ -165,7 +165,7 @@ uint32_t FakeInitiator::command(const Command& c) {
     header.itt = c.itt ? *c.itt : take_itt();
     header.expected_data_transfer_length = c.edtl;
     header.cmd_sn = c.cmd_sn ? *c.cmd_sn : take_cmd_sn(c.immediate);
-    header.exp_stat_sn = _exp_stat_sn;
+    header.exp_stat_sn = c.exp_stat_sn ? *c.exp_stat_sn : _exp_stat_sn;
     header.cdb = c.cdb;
     iscsi::Bhs bhs;
     header.encode(bhs);

@@ -100,8 +100,9 @@ struct Command {
     std::vector<uint8_t> immediate_data;
     bool final_bit = true; // false: unsolicited Data-Out follows
     bool immediate = false;
-    std::optional<uint32_t> cmd_sn; // forced; otherwise the next one (consumed unless immediate)
-    std::optional<uint32_t> itt;    // forced; otherwise a new one
+    std::optional<uint32_t> cmd_sn;      // forced; otherwise the next one (consumed unless immediate)
+    std::optional<uint32_t> itt;         // forced; otherwise a new one
+    std::optional<uint32_t> exp_stat_sn; // forced; otherwise what the initiator has received
     std::vector<uint8_t> ahs;
 };
 

@@ -429,6 +429,40 @@ TEST(Recovery, RDataSnackIsRejected) {
     expect_alive(i);
 }
 
+// An initiator may give a new command the ITT of one whose status it received before any ExpStatSN
+// acknowledged it (the ITT is unique among outstanding tasks only). A SNACK for the new command must get
+// the new command's Data-In, never what the connection kept of the old one (an ERL 2 TASK REASSIGN of
+// that ITT, looking in the same place, looped resending a read's Data-In to a write).
+TEST(Recovery, ASnackForAReusedIttGetsTheNewCommandsData) {
+    Harness h;
+    FakeInitiator& i = h.logged_in(erl1(true, 512));
+    auto old_data = pattern(2 * block_size, 1);
+    auto new_data = pattern(2 * block_size, 2);
+    i.command(write_command(0, 2, old_data));
+    i.drain();
+    i.command(write_command(8, 2, new_data));
+    i.drain();
+    uint32_t unacknowledged = i.exp_stat_sn();
+    Read first = read_in_pieces(i, 0, 2);
+    ASSERT_EQ(first.pdus.size(), 2u);
+    EXPECT_EQ(first.pdus[0].data, std::vector<uint8_t>(old_data.begin(), old_data.begin() + 512));
+    // The same ITT again, with an ExpStatSN that has not acknowledged the first read's status.
+    Command again = read_command(8, 2);
+    again.itt = first.itt;
+    again.exp_stat_sn = unacknowledged;
+    i.command(again);
+    auto second = i.drain();
+    ASSERT_EQ(second.size(), 2u);
+    EXPECT_EQ(second[0].data, std::vector<uint8_t>(new_data.begin(), new_data.begin() + 512));
+    snack(i, iscsi::SnackType::data_r2t, first.itt, 0, 2, unacknowledged);
+    auto resent = i.drain();
+    ASSERT_EQ(resent.size(), 2u);
+    for (size_t k = 0; k < 2; ++k) {
+        ASSERT_EQ(resent[k].opcode(), iscsi::Opcode::data_in);
+        EXPECT_EQ(resent[k].data, second[k].data) << "DataSN " << k << " of the old read, not the new one";
+    }
+}
+
 TEST(Recovery, AnAcknowledgedStatusReleasesTheTasksData) {
     Harness h;
     FakeInitiator& i = h.logged_in(erl1(true, 512));
