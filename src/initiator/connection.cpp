@@ -297,28 +297,37 @@ void Connection::drain_inbox() {
     }
     std::vector<PendingRequest*> tasks;
     _owner->take_inbox(*this, tasks);
-    for (PendingRequest* task : tasks) {
-        start_task(task);
+    for (size_t i = 0; i < tasks.size(); ++i) {
+        bool in_table = start_task(tasks[i]);
         if (_state != State::full_feature) {
-            // A send failed the connection: whatever is not in the table yet goes back to the
-            // inbox, so shutdown() hands it back with the rest.
-            break;
+            // A send failed the connection: the tasks not in the table yet stay with the parked ones, so
+            // that shutdown() hands them back with the rest, as never sent here.
+            keep_unsent({tasks.begin() + long(in_table ? i + 1 : i), tasks.end()});
+            return;
         }
     }
 }
 
-void Connection::start_task(PendingRequest* task) {
+void Connection::keep_unsent(std::span<PendingRequest* const> tasks) {
+    for (PendingRequest* task : tasks) {
+        task->itt = 0; // whatever ITT it had belongs to an older attempt
+        _parked.push_back(task);
+    }
+}
+
+bool Connection::start_task(PendingRequest* task) {
     task->reset_attempt();
     uint32_t itt = _table.allocate(TaskTable::Kind::scsi, task);
     if (itt == reserved_tag) {
         fail(make_error("task table full", ENOSPC));
-        return;
+        return false;
     }
     task->itt = itt;
     task->order = ++_send_order;
     auto timeout = task->request.timeout.count() > 0 ? task->request.timeout : _options.timeouts.command;
     task->deadline = net::Clock::now() + timeout;
     send_command(task);
+    return true;
 }
 
 // The SCSI Command PDU of `task` with its immediate and unsolicited data: on its first attempt, and again

@@ -34,6 +34,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -182,7 +183,12 @@ private:
     OutPdu& get_pdu();
     void release_pdu(OutPdu* pdu);
     void send_pdu(const iscsi::Bhs& bhs, const Buffer& data = {}, size_t offset = 0, uint32_t length = 0);
-    void start_task(PendingRequest* task);
+    // Allocates the task's ITT and sends it; false when it could not enter the table (the connection
+    // failed: task table full).
+    bool start_task(PendingRequest* task);
+    // Tasks taken for this connection that a failed send kept from going out: parked (ITT cleared), for
+    // shutdown() to hand back with the rest.
+    void keep_unsent(std::span<PendingRequest* const> tasks);
     void send_data_out(PendingRequest* task, uint32_t ttt, uint32_t offset, uint32_t length);
     void send_nop_ping();
     void send_tmf(iscsi::TmfFunction function, uint64_t lun, PendingRequest* referenced);

@@ -42,16 +42,20 @@ void Connection::reassign_parked() {
             fresh.push_back(task);
         }
     }
+    // A send that fails the connection stops here: the moving tasks are in the table already, and the
+    // fresh ones not yet in it stay parked, so shutdown() hands every one back.
     for (PendingRequest* task : moving) {
         send_reassign(task);
         if (_state != State::full_feature) {
+            keep_unsent(fresh);
             return;
         }
     }
-    for (PendingRequest* task : fresh) {
+    for (size_t i = 0; i < fresh.size(); ++i) {
         // Dispatched to the failed connection but never sent: its CmdSN is still owed to the target.
-        start_task(task);
+        bool in_table = start_task(fresh[i]);
         if (_state != State::full_feature) {
+            keep_unsent({fresh.begin() + long(in_table ? i + 1 : i), fresh.end()});
             return;
         }
     }

@@ -4,7 +4,8 @@
 // ITTs unique across the connections of a session (RFC 7143 §11.2.1.8: unique within the session); the
 // slot makes lookup an array index; the generation, bumped whenever a slot is freed, makes a late PDU
 // for a finished request (after an abort, or a duplicate from a broken target) miss instead of landing
-// on the slot's next user. The reserved tag 0xffffffff can never be produced: tag 0xff is refused.
+// on the slot's next user. The reserved tag 0xffffffff can never be produced: tag 0xff is refused. Nor
+// can 0 (generations run 1..255): a task's or an abort's ITT of 0 means "none" (PendingRequest).
 #pragma once
 
 #include <algorithm>
@@ -28,7 +29,7 @@ public:
         uint32_t aux = 0;               // tmf: the function
         uint64_t order = 0;             // the connection's send counter when the request went out
         std::chrono::steady_clock::time_point deadline{}; // tmf, nop, text, logout: when to give up
-        uint8_t generation = 0;
+        uint8_t generation = 1;                           // never 0: see the top
     };
 
     static constexpr unsigned max_slots = 65536;
@@ -106,7 +107,9 @@ public:
         }
         e->kind = Kind::free;
         e->task = nullptr;
-        ++e->generation;
+        if (++e->generation == 0) {
+            e->generation = 1;
+        }
         _free.push_back(itt & 0xffff);
         --_used;
     }
