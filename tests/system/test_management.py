@@ -224,9 +224,18 @@ def main():
             time.sleep(0.1)
         if check(tsih is not None, "ispace bench holds a session"):
             admin.ok("param", "set", "--session", str(tsih), "MaxRecvDataSegmentLength=65536")
-            rc, out, _ = admin.run("session", "show", str(tsih), "--json")
-            conn = json.loads(out)["connections"][0] if rc == 0 else {}
-            check(conn.get("keys", {}).get("MaxRecvDataSegmentLength") == "65536",
+            # The initiator answers the AsyncEvent 4 with a Text Request when its reactor gets to it (a
+            # slow ASan build under load takes a while): wait for the new value, up to 10 s.
+            conn = {}
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                rc, out, _ = admin.run("session", "show", str(tsih), "--json")
+                conns = json.loads(out).get("connections", []) if rc == 0 else []
+                conn = conns[0] if conns else {}
+                if (conn.get("keys") or {}).get("MaxRecvDataSegmentLength") == "65536":
+                    break
+                time.sleep(0.1)
+            check((conn.get("keys") or {}).get("MaxRecvDataSegmentLength") == "65536",
                   f"the session's connection now declares MaxRecvDataSegmentLength=65536 ({conn.get('keys')})")
         check(bench.wait(60) == 0, "ispace bench finishes without error across the renegotiation")
 
