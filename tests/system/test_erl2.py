@@ -130,8 +130,10 @@ def main():
         # Connection reinstatement (a login with the CID of a connection the target still had, §6.2.2) is
         # the recovery itself; a session reinstatement is what must not happen.
         check(not re.search(r"reinstates session", log), "the target reinstated no session")
-        check(not re.search(r"session reinstated|reinstating (it|the session)", errs),
-              "the initiator reinstated no session")
+        # "session reinstated" is logged when a reinstatement has happened; "session lost ...;
+        # reinstating it" alone is also logged when a cut lands on the copy's closing Logout, after the
+        # data is done, and the close then ends the session instead.
+        check(not re.search(r"session reinstated", errs), "the initiator reinstated no session")
     finally:
         rc = daemon.stop()
     if check.failures:
