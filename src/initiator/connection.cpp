@@ -297,12 +297,16 @@ void Connection::drain_inbox() {
     }
     std::vector<PendingRequest*> tasks;
     _owner->take_inbox(*this, tasks);
+    start_tasks(tasks);
+}
+
+void Connection::start_tasks(std::span<PendingRequest* const> tasks) {
     for (size_t i = 0; i < tasks.size(); ++i) {
         bool in_table = start_task(tasks[i]);
         if (_state != State::full_feature) {
             // A send failed the connection: the tasks not in the table yet stay with the parked ones, so
             // that shutdown() hands them back with the rest, as never sent here.
-            keep_unsent({tasks.begin() + long(in_table ? i + 1 : i), tasks.end()});
+            keep_unsent(tasks.subspan(in_table ? i + 1 : i));
             return;
         }
     }

@@ -186,6 +186,9 @@ private:
     // Allocates the task's ITT and sends it; false when it could not enter the table (the connection
     // failed: task table full).
     bool start_task(PendingRequest* task);
+    // start_task() for each, in order; when a send fails the connection, the ones not in the table yet
+    // are kept unsent.
+    void start_tasks(std::span<PendingRequest* const> tasks);
     // Tasks taken for this connection that a failed send kept from going out: parked (ITT cleared), for
     // shutdown() to hand back with the rest.
     void keep_unsent(std::span<PendingRequest* const> tasks);

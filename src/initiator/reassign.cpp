@@ -51,14 +51,8 @@ void Connection::reassign_parked() {
             return;
         }
     }
-    for (size_t i = 0; i < fresh.size(); ++i) {
-        // Dispatched to the failed connection but never sent: its CmdSN is still owed to the target.
-        bool in_table = start_task(fresh[i]);
-        if (_state != State::full_feature) {
-            keep_unsent({fresh.begin() + long(in_table ? i + 1 : i), fresh.end()});
-            return;
-        }
-    }
+    // Dispatched to the failed connection but never sent: their CmdSNs are still owed to the target.
+    start_tasks(fresh);
 }
 
 void Connection::send_reassign(PendingRequest* task) {
