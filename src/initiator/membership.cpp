@@ -51,27 +51,27 @@ std::string cid_list(std::vector<uint16_t> cids) {
 
 } // namespace
 
+std::optional<Error> SessionCore::closed_refusal(const char* what) const {
+    std::lock_guard lock(_mu);
+    if (_detached || _state == State::closed) {
+        return make_error(fmt::format("{}: cannot {}: the session is closed", _label, what), ESHUTDOWN);
+    }
+    return std::nullopt;
+}
+
 void SessionCore::add_connection(Function<void(Result<uint16_t>)> done) {
-    {
-        std::unique_lock lock(_mu);
-        if (_detached || _state == State::closed) {
-            lock.unlock();
-            done(make_error(_label + ": cannot add a connection: the session is closed", ESHUTDOWN));
-            return;
-        }
+    if (auto refused = closed_refusal("add a connection")) {
+        done(std::move(*refused)); // before any post: a detached session's reactors are gone
+        return;
     }
     auto self = shared_from_this();
     home().post([self, done = std::move(done)]() mutable { self->start_add(std::move(done)); });
 }
 
 void SessionCore::remove_connection(uint16_t cid, Function<void(Result<void>)> done) {
-    {
-        std::unique_lock lock(_mu);
-        if (_detached || _state == State::closed) {
-            lock.unlock();
-            done(make_error(_label + ": cannot remove a connection: the session is closed", ESHUTDOWN));
-            return;
-        }
+    if (auto refused = closed_refusal("remove a connection")) {
+        done(std::move(*refused));
+        return;
     }
     auto self = shared_from_this();
     home().post([self, cid, done = std::move(done)]() mutable { self->start_remove(cid, std::move(done)); });

@@ -168,6 +168,8 @@ private:
     bool removing_cid(uint16_t cid) const;
     // Connections the session has, not counting those joining or being removed (at least 1).
     unsigned members() const;
+    // The session is closed or detached (any thread; takes _mu): why `what` cannot be done.
+    std::optional<Error> closed_refusal(const char* what) const;
     // Why the session cannot add or remove a connection now (not up, closing), if so. Under _mu.
     std::optional<Error> membership_refusal_locked(const char* what) const;
     void stop_connections(const Error& why, Function<void()> then);
