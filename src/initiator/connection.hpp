@@ -134,6 +134,13 @@ public:
     std::vector<PendingRequest*> shutdown(const Error& why);
 
     // ---- ErrorRecoveryLevel 2 (reassign.cpp) ----
+    // Before anything else: this connection logs in again with the CID of `old`, which failed and was
+    // shut down. Its Login Request acknowledges what `old` received (ExpStatSN, RFC 7143 §11.12), so
+    // that the target lets go of those answers, and its ITTs go on from `old`'s generations. Without
+    // both, a command that reused the ITT of an answered one and was lost with the connection would be
+    // reassigned onto the OLD command's kept answer: its data and status, taken as the new one's.
+    void restarts(const Connection& old);
+    uint32_t restart_exp_stat_sn() const { return _restart_exp_stat_sn; }
     // Before the login of a connection that reinstates a failed one (same CID): its tasks wait here, so
     // that a shutdown meanwhile hands them back with the rest.
     void park(std::vector<PendingRequest*> tasks);
@@ -266,6 +273,7 @@ private:
     std::vector<uint8_t> _staging;
 
     TaskTable _table;
+    uint32_t _restart_exp_stat_sn = 0; // restarts()
     uint64_t _send_order = 0; // counts commands and TMFs sent, to tell which tasks a LUN RESET covers
 
     // Login.

@@ -19,6 +19,11 @@
 
 namespace ispace::initiator {
 
+void Connection::restarts(const Connection& old) {
+    _restart_exp_stat_sn = old.ack_stat_sn();
+    _table.continue_generations(old._table);
+}
+
 void Connection::park(std::vector<PendingRequest*> tasks) {
     _parked.insert(_parked.end(), tasks.begin(), tasks.end());
 }
@@ -89,7 +94,7 @@ void Connection::send_reassign(PendingRequest* task) {
     tmf.lun = scsi::encode_lun(task->request.lun);
     tmf.itt = itt;
     tmf.referenced_task_tag = task->itt;
-    tmf.ref_cmd_sn = task->cmd_sn;
+    // RefCmdSN is reserved for TASK REASSIGN (RFC 7143 §11.5.5: it names a command only for ABORT TASK).
     tmf.exp_data_sn = task->request.direction == DataDirection::read ? task->next_data_sn : 0;
     tmf.cmd_sn = _owner->immediate_cmd_sn();
     tmf.exp_stat_sn = ack_stat_sn();

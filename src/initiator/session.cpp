@@ -491,27 +491,31 @@ iscsi::InitiatorLoginConfig SessionCore::login_config(uint16_t cid, uint16_t tsi
 void SessionCore::login_connection(const std::shared_ptr<Connection>& conn, uint16_t tsih, LoginRole role) {
     auto self = shared_from_this();
     uint64_t generation = _generation;
-    conn->reactor().post([self, conn, generation, role, cfg = login_config(conn->cid(), tsih), host = _host,
-                          port = _port]() mutable {
-        conn->login(host, port, std::move(cfg), [self, conn, generation, role](LoginOutcome&& outcome) {
-            self->home().post([self, conn, generation, role, outcome = std::move(outcome)]() mutable {
-                switch (role) {
-                case LoginRole::leading:
-                    self->on_leading_login(conn, generation, std::move(outcome));
-                    return;
-                case LoginRole::secondary:
-                    self->on_secondary_login(conn, generation, std::move(outcome));
-                    return;
-                case LoginRole::reinstating:
-                    self->on_reinstating_login(conn, generation, std::move(outcome));
-                    return;
-                case LoginRole::joining:
-                    self->on_joining_login(conn, generation, std::move(outcome));
-                    return;
-                }
+    iscsi::InitiatorLoginConfig cfg = login_config(conn->cid(), tsih);
+    if (role == LoginRole::reinstating) {
+        cfg.exp_stat_sn = conn->restart_exp_stat_sn(); // acknowledges the old connection's answers
+    }
+    conn->reactor().post(
+        [self, conn, generation, role, cfg = std::move(cfg), host = _host, port = _port]() mutable {
+            conn->login(host, port, std::move(cfg), [self, conn, generation, role](LoginOutcome&& outcome) {
+                self->home().post([self, conn, generation, role, outcome = std::move(outcome)]() mutable {
+                    switch (role) {
+                    case LoginRole::leading:
+                        self->on_leading_login(conn, generation, std::move(outcome));
+                        return;
+                    case LoginRole::secondary:
+                        self->on_secondary_login(conn, generation, std::move(outcome));
+                        return;
+                    case LoginRole::reinstating:
+                        self->on_reinstating_login(conn, generation, std::move(outcome));
+                        return;
+                    case LoginRole::joining:
+                        self->on_joining_login(conn, generation, std::move(outcome));
+                        return;
+                    }
+                });
             });
         });
-    });
 }
 
 void SessionCore::attempt() {
@@ -778,6 +782,7 @@ bool SessionCore::recover_connection(const std::shared_ptr<Connection>& conn, co
                 }
             }
             next = self->make_connection(conn->cid());
+            next->restarts(*conn); // shut down on its reactor before this was posted
             self->_all.push_back(next);
             {
                 std::lock_guard lock(self->_mu);

@@ -59,6 +59,27 @@ public:
         return itt_of(slot, e.generation);
     }
 
+    // ERL 2 connection reinstatement: a new table for the CID of `old` goes on from its generations, so
+    // that the new connection does not hand out again, at once, the ITTs the failed one used last: the
+    // target may still keep an answer for one of them (RFC 7143 §6.2.2; see Connection::restarts).
+    // Called on an empty table, before anything is allocated or adopted.
+    void continue_generations(const TaskTable& old) {
+        assert(_used == 0);
+        _entries.assign(old._entries.size(), Entry{});
+        _free.clear();
+        for (uint32_t slot = 0; slot < _entries.size(); ++slot) {
+            uint8_t g = old._entries[slot].generation;
+            if (old._entries[slot].kind != Kind::free && ++g == 0) {
+                g = 1; // still in use when the old connection went: its next generation
+            }
+            _entries[slot].generation = g;
+        }
+        // Handed out from the back: lowest slot first, as a fresh table does.
+        for (uint32_t slot = uint32_t(_entries.size()); slot-- > 0;) {
+            _free.push_back(slot);
+        }
+    }
+
     // ERL 2 connection reinstatement: the task keeps the ITT it had on the failed connection with the
     // same CID (and so the same tag), so that TASK REASSIGN names it. False if the ITT is not ours or its
     // slot is taken. Called before the new connection allocates anything.

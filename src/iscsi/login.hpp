@@ -54,6 +54,9 @@ struct LoginIdentity {
     uint16_t tsih = 0;
     uint16_t cid = 0;
     uint32_t cmd_sn = 0;
+    // RFC 7143 §11.12: the ExpStatSN of the first Login Request is meaningful only when the login
+    // restarts a connection (a CID the session has): it acknowledges the old connection's responses.
+    uint32_t exp_stat_sn = 0;
     bool leading() const { return tsih == 0; }
 };
 

@@ -261,6 +261,7 @@ std::optional<LoginResponsePdu> TargetLogin::start(const LoginRequest& request, 
     _identity.tsih = request.tsih;
     _identity.cid = request.cid;
     _identity.cmd_sn = request.cmd_sn;
+    _identity.exp_stat_sn = request.exp_stat_sn;
 
     _target = _policy.start(_identity);
     if (status_class(_target.status) == LoginStatusClass::redirection) {

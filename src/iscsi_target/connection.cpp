@@ -567,6 +567,7 @@ void Connection::enter_full_feature() {
     _params = _login->connection_params();
     _cid = identity.cid;
     _stat_sn = _login->last_stat_sn() + 1;
+    _login_exp_stat_sn = identity.exp_stat_sn;
     if (identity.leading()) {
         // The snapshot outlives the session's construction, which copies what it needs of the entry.
         auto target_config = _target ? _target->config() : nullptr;
@@ -623,6 +624,12 @@ bool Connection::join_session() {
         // ERL 2 connection reinstatement (RFC 7143 §6.2.2, §7.3): a live connection with our CID is
         // the one we replace. It closes as failed, so its tasks wait for TASK REASSIGN; our CID stays
         // registered when it goes (and is registered again, should it have gone meanwhile).
+        //
+        // The login's ExpStatSN acknowledges what the old connection answered (RFC 7143 §11.12): those
+        // answers are let go before any TASK REASSIGN can find them. The initiator may already have
+        // reused their ITTs for new commands, and a reassign of such a command that never arrived must
+        // be told "no such task", never be answered with the old command's data and status.
+        _session->acknowledge_old_connection(_cid, _login_exp_stat_sn, this);
         if (Connection* old = _session->connection_with_cid(_cid, this)) {
             old->hand_cid_over();
             _server.count_recovery(_reactor, RecoveryEvent::connection_reinstated);
@@ -662,6 +669,7 @@ void Connection::hand_over(iscsi::LoginResponsePdu response) {
     handover.name = _name;
     handover.cid = _login->identity().cid;
     handover.stat_sn = _login->last_stat_sn() + 1;
+    handover.login_exp_stat_sn = _login->identity().exp_stat_sn;
     handover.params = _login->connection_params();
     handover.response = std::move(response);
     handover.slot = _slot;
@@ -688,6 +696,7 @@ void Connection::adopt(Server& server, net::Reactor& reactor, Handover handover)
     c._cid = handover.cid;
     c._cid_registered = true;
     c._stat_sn = handover.stat_sn;
+    c._login_exp_stat_sn = handover.login_exp_stat_sn;
     // The final Login Response goes out before digests apply (RFC 7143 §6.3).
     c.send_login_response(handover.response);
     c._params = handover.params;

@@ -96,6 +96,7 @@ public:
         std::string name;
         uint16_t cid = 0;
         uint32_t stat_sn = 0;
+        uint32_t login_exp_stat_sn = 0; // the first Login Request's ExpStatSN (see join_session)
         iscsi::ConnectionParams params;
         iscsi::LoginResponsePdu response; // the final Login Response, still to be sent
         std::shared_ptr<SessionSlot> slot;
@@ -207,6 +208,7 @@ private:
     iscsi::ConnectionParams _params;
     uint16_t _cid = 0;
     uint32_t _stat_sn = 0;
+    uint32_t _login_exp_stat_sn = 0; // the first Login Request's ExpStatSN (join_session)
     // A SCSI Command whose immediate data is arriving: created from its header, finished on receipt.
     IscsiTask* _arriving = nullptr;
     std::string _arrival_error; // why the arriving command was refused (empty: silently ignored)

@@ -72,6 +72,28 @@ void Session::keep_for_reassignment(Connection& connection) {
     arm_retain_timer();
 }
 
+void Session::acknowledge_old_connection(uint16_t cid, uint32_t exp_stat_sn, const Connection* except) {
+    // The old connection is the newest one with that CID: one still closing (its Retention has not
+    // moved yet), else the last to fail. An older one's StatSNs are another sequence.
+    for (Connection* c : _connections) {
+        if (c != except && c->cid() == cid) {
+            if (Retention* kept = c->retention()) {
+                kept->acknowledge(exp_stat_sn);
+            }
+            return;
+        }
+    }
+    for (auto it = _retired.rbegin(); it != _retired.rend(); ++it) {
+        if (it->cid == cid) {
+            it->retention->acknowledge(exp_stat_sn);
+            if (it->retention->tasks() == 0 && it->retention->responses() == 0) {
+                _retired.erase(std::next(it).base());
+            }
+            return;
+        }
+    }
+}
+
 void Session::arm_retain_timer() {
     if (_retain_timer) {
         return;

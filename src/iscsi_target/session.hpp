@@ -200,6 +200,10 @@ public:
     // Tasks waiting for a TASK REASSIGN, and the failed connections whose sent PDUs are kept for them.
     size_t orphan_count() const;
     size_t retired_connection_count() const { return _retired.size(); }
+    // A login restarting connection `cid` (ERL 2) acknowledged the old connection's responses up to
+    // `exp_stat_sn` (RFC 7143 §11.12): what the old connection kept for them is let go — whether it is
+    // still closing or failed already.
+    void acknowledge_old_connection(uint16_t cid, uint32_t exp_stat_sn, const Connection* except);
 
 private:
     // ---- ErrorRecoveryLevel 2 (reassign.cpp) ----

@@ -130,6 +130,35 @@ TEST(TaskTable, TagsAreUniqueAndStaleTagsMiss) {
     EXPECT_EQ(live, 100u);
 }
 
+// A connection restarting a failed one's CID goes on from its generations: none of the ITTs the old one
+// used last comes back at once (the target may still keep an answer for one of them).
+TEST(TaskTable, ARestartedConnectionDoesNotHandOutTheOldOnesLastTags) {
+    TaskTable old(5);
+    std::set<uint32_t> used;
+    for (int round = 0; round < 3; ++round) {
+        std::vector<uint32_t> itts;
+        for (int i = 0; i < 8; ++i) {
+            itts.push_back(old.allocate(TaskTable::Kind::scsi, nullptr));
+            used.insert(itts.back());
+        }
+        for (uint32_t itt : itts) {
+            old.release(itt);
+        }
+    }
+    uint32_t live = old.allocate(TaskTable::Kind::scsi, nullptr); // in flight when the connection failed
+    used.insert(live);
+    TaskTable fresh(5);
+    fresh.continue_generations(old);
+    for (int i = 0; i < 8; ++i) {
+        uint32_t itt = fresh.allocate(TaskTable::Kind::scsi, nullptr);
+        EXPECT_EQ(itt >> 24, 5u);
+        EXPECT_FALSE(used.count(itt)) << std::hex << itt;
+    }
+    // A table that does not continue hands the first slot's first generation out again.
+    TaskTable unrelated(5);
+    EXPECT_TRUE(used.count(unrelated.allocate(TaskTable::Kind::scsi, nullptr)));
+}
+
 TEST(Sense, FixedAndDescriptor) {
     std::vector<uint8_t> fixed(18, 0);
     fixed[0] = 0x70;

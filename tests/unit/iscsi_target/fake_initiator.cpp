@@ -63,6 +63,7 @@ LoginResult FakeInitiator::login(LoginOptions options) {
     config.isid = iscsi::isid_from_u64(options.isid);
     config.tsih = options.tsih;
     config.cid = options.cid;
+    config.exp_stat_sn = options.exp_stat_sn;
     config.cmd_sn = _numbers->cmd_sn; // a login is immediate: the first command reuses it
     config.itt = take_itt();
     config.negotiation = options.negotiation;

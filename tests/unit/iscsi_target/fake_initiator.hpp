@@ -71,6 +71,9 @@ struct LoginOptions {
     uint64_t isid = 0x400000000001;
     uint16_t tsih = 0; // non-zero: join that session (MC/S)
     uint16_t cid = 0;
+    // The first Login Request's ExpStatSN: when the login restarts a connection (its CID), it
+    // acknowledges the old connection's responses (RFC 7143 §11.12).
+    uint32_t exp_stat_sn = 0;
     iscsi::NegotiationConfig negotiation = default_negotiation();
     std::optional<iscsi::ChapCredentials> chap; // offer CHAP (only) with these credentials
     iscsi::KeyValueList extra_keys;

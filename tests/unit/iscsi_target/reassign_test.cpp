@@ -217,6 +217,49 @@ TEST(Reassign, ALoginWithTheSameCidReinstatesTheConnection) {
     EXPECT_EQ(read_back(c, 16, 2), data);
 }
 
+// An answered read's status reached the initiator, which may reuse its ITT at once for a new command.
+// When that command is lost with the connection, the reassign of its ITT must not find the old read:
+// the login restarting the connection acknowledged its answer. Without that acknowledgement the answer
+// is still there to be sent again (the initiator may not have it).
+void reassign_after_restart(bool acknowledged) {
+    Harness h;
+    auto [a, b] = two_connections(h);
+    auto data = pattern(1024, 5);
+    a.command(write_command(4, 2, data));
+    ASSERT_EQ(outcome_of(*a.next()).status, 0);
+    uint32_t itt = b.command(read_command(4, 2));
+    ASSERT_EQ(b.drain().size(), 2u); // two Data-In, the status on the second
+    uint32_t received = b.exp_stat_sn();
+    b.close();
+    h.settle();
+    FakeInitiator& c = h.connect({.numbers = a.numbers()});
+    LoginOptions o = erl2();
+    o.exp_stat_sn = acknowledged ? received : received - 1;
+    auto joined = c.join(a, b.cid(), o);
+    ASSERT_TRUE(joined.ok()) << joined.reason;
+    reassign(c, b, itt);
+    if (acknowledged) {
+        EXPECT_EQ(tmf_answer(c.next()), iscsi::TmfResponse::task_does_not_exist);
+        EXPECT_FALSE(c.next()) << "nothing of the old read may go out";
+        return;
+    }
+    EXPECT_EQ(tmf_answer(c.next()), iscsi::TmfResponse::function_complete);
+    std::vector<uint8_t> again;
+    for (auto& pdu : c.drain()) {
+        ASSERT_EQ(pdu.opcode(), iscsi::Opcode::data_in) << pdu.describe();
+        again.insert(again.end(), pdu.data.begin(), pdu.data.end());
+    }
+    EXPECT_EQ(again, data);
+}
+
+TEST(Reassign, ARestartingLoginsExpStatSnLetsTheOldConnectionsAnswersGo) {
+    reassign_after_restart(/*acknowledged=*/true);
+}
+
+TEST(Reassign, AnswersTheRestartingLoginDidNotAcknowledgeCanStillBeReassigned) {
+    reassign_after_restart(/*acknowledged=*/false);
+}
+
 TEST(Reassign, TheSessionOutlivesItsLastConnectionForReinstatement) {
     Harness h;
     FakeInitiator& a = h.logged_in(erl2());
