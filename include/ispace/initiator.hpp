@@ -249,6 +249,7 @@ struct SessionInfo {
     uint64_t snacks = 0;                           // SNACK Requests sent (ERL 1 recovery)
     uint64_t connection_recoveries = 0;            // connections logged in again with their CID (ERL 2)
     uint64_t reassignments = 0;                    // tasks moved to another connection (TASK REASSIGN)
+    uint64_t connection_failovers = 0;             // failed connections removed for recovery by another
     uint64_t connections_added = 0;                // by add_connection()
     uint64_t connections_removed = 0;              // by remove_connection()
     std::vector<uint64_t> commands_per_connection; // sent on each connection of the current login

@@ -452,7 +452,14 @@ void Connection::send_tmf(iscsi::TmfFunction function, uint64_t lun, PendingRequ
     send_pdu(bhs);
 }
 
-void Connection::logout(Function<void(Result<void>)> done, iscsi::LogoutReason reason) {
+void Connection::logout(Function<void(Result<void>)> done, iscsi::LogoutReason reason,
+                        std::optional<uint16_t> cid) {
+    if (_logout_itt != reserved_tag) {
+        _reactor.defer([done = std::move(done)]() mutable {
+            done(make_error("a logout is in progress on this connection", EBUSY));
+        });
+        return;
+    }
     if (!usable() || !_transport) {
         _reactor.defer(
             [done = std::move(done)]() mutable { done(make_error("connection not logged in", ENOTCONN)); });
@@ -465,7 +472,8 @@ void Connection::logout(Function<void(Result<void>)> done, iscsi::LogoutReason r
     req.immediate = true;
     req.reason = reason;
     req.itt = _logout_itt;
-    req.cid = _cid;
+    req.cid = cid.value_or(_cid);
+    _logout_reason = reason;
     req.cmd_sn = _owner->immediate_cmd_sn();
     req.exp_stat_sn = ack_stat_sn();
     Bhs bhs;
@@ -994,12 +1002,15 @@ void Connection::handle_logout_response(const Bhs& bhs) {
     }
     _table.release(_logout_itt);
     _logout_itt = reserved_tag;
-    _logged_out = r->response == iscsi::LogoutResponseCode::closed_successfully;
+    bool for_recovery = _logout_reason == iscsi::LogoutReason::remove_connection_for_recovery;
+    // A logout for recovery removes another connection: this one goes on.
+    _logged_out = !for_recovery && r->response == iscsi::LogoutResponseCode::closed_successfully;
     auto done = std::move(_logout_done);
     if (!done) {
         return;
     }
-    if (r->response == iscsi::LogoutResponseCode::closed_successfully) {
+    if (r->response == iscsi::LogoutResponseCode::closed_successfully ||
+        (for_recovery && r->response == iscsi::LogoutResponseCode::cid_not_found)) {
         done(Result<void>{});
     } else {
         done(make_error(fmt::format("logout refused (response {})", unsigned(r->response)), EIO));

@@ -54,6 +54,7 @@ struct SessionCounters {
     std::atomic<uint64_t> snacks{0};                // SNACK Requests sent (ERL 1)
     std::atomic<uint64_t> connection_recoveries{0}; // connections logged in again (ERL 2)
     std::atomic<uint64_t> reassignments{0};         // tasks moved by TASK REASSIGN (ERL 2)
+    std::atomic<uint64_t> connection_failovers{0};  // failed connections whose tasks another one took (ERL 2)
     std::atomic<uint64_t> connections_added{0};     // Session::add_connection() that succeeded
     std::atomic<uint64_t> connections_removed{0};   // Session::remove_connection() that succeeded
 };
@@ -121,8 +122,10 @@ public:
     // Logout: `done` gets the outcome; the connection stays open until shutdown(). `reason` is "close the
     // session" (ends every connection of the session) or "close the connection" (RFC 7143 §11.14: this
     // one only; the session's other connections go on).
+    // "Remove the connection for recovery" names another connection, `cid` (ERL 2, see take_over()).
     void logout(Function<void(Result<void>)> done,
-                iscsi::LogoutReason reason = iscsi::LogoutReason::close_session);
+                iscsi::LogoutReason reason = iscsi::LogoutReason::close_session,
+                std::optional<uint16_t> cid = std::nullopt);
     // The session is logging out on another connection: the target closing this one is expected.
     void expect_close() { _logged_out = true; }
     // A Text Request with `keys` (discovery: SendTargets=All); `done` gets the whole response text.
@@ -140,6 +143,14 @@ public:
     // both, a command that reused the ITT of an answered one and was lost with the connection would be
     // reassigned onto the OLD command's kept answer: its data and status, taken as the new one's.
     void restarts(const Connection& old);
+    // ERL 2 when connection `cid` failed and could not be logged in again: a Logout "remove the
+    // connection for recovery" for it on this connection (RFC 7143 §11.14.1; "CID not found" means the
+    // target let it go already, which serves as well), then each of its `tasks` moved here with TASK
+    // REASSIGN, keeping its ITT (one never sent goes out as a command with its CmdSN). `done` gets the
+    // outcome; on an error it also gets back the tasks this connection did not keep (the owner then
+    // reinstates the session). Tasks it kept come back through shutdown() if it fails in turn.
+    void take_over(uint16_t cid, std::vector<PendingRequest*> tasks,
+                   Function<void(Result<void>, std::vector<PendingRequest*>)> done);
     uint32_t restart_exp_stat_sn() const { return _restart_exp_stat_sn; }
     // Before the login of a connection that reinstates a failed one (same CID): its tasks wait here, so
     // that a shutdown meanwhile hands them back with the rest.
@@ -309,6 +320,7 @@ private:
     uint32_t _text_itt = iscsi::reserved_tag;
     Function<void(Result<void>)> _logout_done;
     uint32_t _logout_itt = iscsi::reserved_tag;
+    iscsi::LogoutReason _logout_reason = iscsi::LogoutReason::close_session;
     bool _logged_out = false; // the target accepted our Logout: its closing the connection is expected
     net::Clock::time_point _logout_deadline{};
 

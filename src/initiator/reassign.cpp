@@ -1,7 +1,9 @@
-// ErrorRecoveryLevel 2 on the initiator's connection: the tasks of a failed connection, moved to the
-// connection that reinstated it (same CID, so the same ITT tag) with TASK REASSIGN (RFC 7143 §7.3,
-// §11.5.1). The session (session.cpp) decides when to reinstate a connection and falls back to session
-// reinstatement when this fails; here each task is taken over and asked for.
+// ErrorRecoveryLevel 2 on the initiator's connection: the tasks of a failed connection, moved with TASK
+// REASSIGN (RFC 7143 §7.3, §11.5.1) to the connection that reinstated it (same CID, so the same ITT
+// tag), or — when it cannot be logged in again — to another connection of the session after a Logout
+// "remove the connection for recovery" for it (take_over; the tasks keep their ITTs, with the failed
+// connection's tag). The session (session.cpp) decides which, and falls back to session reinstatement
+// when that fails; here each task is taken over and asked for.
 //
 // A read asks for its Data-In from the DataSN after the last one it received in order (ExpDataSN); one
 // with holes asked for by SNACK starts over from DataSN 0 (ExpDataSN 0 means "what the target thinks
@@ -22,6 +24,35 @@ namespace ispace::initiator {
 void Connection::restarts(const Connection& old) {
     _restart_exp_stat_sn = old.ack_stat_sn();
     _table.continue_generations(old._table);
+}
+
+void Connection::take_over(uint16_t cid, std::vector<PendingRequest*> tasks,
+                           Function<void(Result<void>, std::vector<PendingRequest*>)> done) {
+    if (_state != State::full_feature || !_owner) {
+        done(make_error(fmt::format("connection {} is not usable to take over connection {}", _cid, cid),
+                        ENOTCONN),
+             std::move(tasks));
+        return;
+    }
+    // Parked first: if this connection fails before the answer, shutdown() hands them back with its own.
+    park(std::move(tasks));
+    log_info("{}: removing connection {} for recovery on connection {} and moving its tasks here",
+             _target_label, cid, _cid);
+    logout(
+        [this, self = shared_from_this(), cid, done = std::move(done)](Result<void> r) mutable {
+            if (!r) {
+                std::vector<PendingRequest*> back = std::move(_parked);
+                _parked.clear();
+                done(make_error(fmt::format("Logout removing connection {} for recovery: {}", cid,
+                                            r.error().message),
+                                r.error().code ? r.error().code : EIO),
+                     std::move(back));
+                return;
+            }
+            reassign_parked();
+            done(Result<void>{}, {});
+        },
+        iscsi::LogoutReason::remove_connection_for_recovery, cid);
 }
 
 void Connection::park(std::vector<PendingRequest*> tasks) {

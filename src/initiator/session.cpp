@@ -294,6 +294,7 @@ SessionInfo SessionCore::info() const {
     i.snacks = _counters.snacks.load();
     i.connection_recoveries = _counters.connection_recoveries.load();
     i.reassignments = _counters.reassignments.load();
+    i.connection_failovers = _counters.connection_failovers.load();
     i.connections_added = _counters.connections_added.load();
     i.connections_removed = _counters.connections_removed.load();
     for (const auto& c : _active) {
@@ -822,7 +823,7 @@ void SessionCore::on_reinstating_login(const std::shared_ptr<Connection>& conn, 
     }
     if (outcome.error || state != State::up) {
         Error why = outcome.error ? *outcome.error : make_error(_label + ": session no longer up", ESHUTDOWN);
-        if (state == State::up) {
+        if (state == State::up && !fail_over(conn, why)) {
             log_warn("{}: connection {} could not be logged in again ({}); reinstating the session", _label,
                      conn->cid(), why.message);
             begin_recovery(why); // its parked tasks come back through stop_connections()
@@ -849,6 +850,63 @@ void SessionCore::on_reinstating_login(const std::shared_ptr<Connection>& conn, 
         _active.push_back(conn);
         dispatch_locked();
     }
+}
+
+// The failed connection could not be logged in again (its portal refuses, say) but others of the
+// session are up: one of them removes it for recovery and takes its tasks over (RFC 7143 §7.3,
+// §11.14.1), so the session still goes on. The session then has one connection fewer; its CID is not
+// given to a new connection in this session (the moved tasks keep ITTs with its tag).
+bool SessionCore::fail_over(const std::shared_ptr<Connection>& failed, const Error& why) {
+    std::shared_ptr<Connection> to;
+    unsigned moved = 0;
+    {
+        std::lock_guard lock(_mu);
+        if (failed->removing) {
+            return false; // a removal waits for it: leave that to session reinstatement
+        }
+        for (const auto& c : _active) {
+            if (!c->removing && (!to || c->outstanding < to->outstanding)) {
+                to = c;
+            }
+        }
+        if (!to) {
+            return false;
+        }
+        moved = failed->outstanding;
+        to->outstanding += moved;
+        failed->outstanding = 0;
+    }
+    std::erase(_all, failed);
+    _counters.connection_failovers++;
+    log_warn("{}: connection {} could not be logged in again ({}); connection {} removes it for recovery and "
+             "takes over its {} task(s)",
+             _label, failed->cid(), why.message, to->cid(), moved);
+    auto self = shared_from_this();
+    uint64_t generation = _generation;
+    failed->reactor().post([self, failed, to, why, generation] {
+        std::vector<PendingRequest*> tasks = failed->shutdown(why);
+        to->reactor().post([self, to, cid = failed->cid(), tasks = std::move(tasks), generation]() mutable {
+            to->take_over(cid, std::move(tasks),
+                          [self, generation](Result<void> r, std::vector<PendingRequest*> back) {
+                              if (r) {
+                                  return;
+                              }
+                              self->home().post([self, generation, why = r.error(), back = std::move(back)] {
+                                  {
+                                      std::lock_guard lock(self->_mu);
+                                      for (PendingRequest* t : back) {
+                                          self->insert_pending_locked(t);
+                                      }
+                                  }
+                                  if (generation == self->_generation) {
+                                      log_warn("{}: {}; reinstating the session", self->_label, why.message);
+                                      self->begin_recovery(why);
+                                  }
+                              });
+                          });
+        });
+    });
+    return true;
 }
 
 void SessionCore::begin_recovery(const Error& why) {

@@ -145,6 +145,7 @@ private:
     // tasks there; the other connections go on. False when that cannot be tried (then the session is
     // reinstated).
     bool recover_connection(const std::shared_ptr<Connection>& conn, const Error& why);
+    bool fail_over(const std::shared_ptr<Connection>& failed, const Error& why);
     void on_reinstating_login(const std::shared_ptr<Connection>& conn, uint64_t generation,
                               LoginOutcome&& outcome);
     // ---- Adding and removing connections (session.cpp) ----

@@ -12,6 +12,7 @@
 #include <cassert>
 #include <chrono>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace ispace::initiator {
@@ -83,9 +84,22 @@ public:
     // ERL 2 connection reinstatement: the task keeps the ITT it had on the failed connection with the
     // same CID (and so the same tag), so that TASK REASSIGN names it. False if the ITT is not ours or its
     // slot is taken. Called before the new connection allocates anything.
+    //
+    // Or a task of another connection of the session (another tag) that failed and was removed for
+    // recovery (RFC 7143 §11.14.1): it keeps its ITT here too, in a short side list (the ITT stays
+    // unique in the session: no connection hands out ITTs with that tag meanwhile).
     bool adopt(uint32_t itt, Kind kind, PendingRequest* task) {
         if ((itt >> 24) != _tag) {
-            return false;
+            if (itt == 0xffffffff || foreign(itt) != nullptr) {
+                return false;
+            }
+            Entry e;
+            e.kind = kind;
+            e.task = task;
+            e.generation = uint8_t(itt >> 16);
+            _foreign.emplace_back(itt, e);
+            ++_used;
+            return true;
         }
         uint32_t slot = itt & 0xffff;
         while (_entries.size() <= slot) {
@@ -108,7 +122,7 @@ public:
     // The entry of a live ITT, or nullptr (unknown, stale generation, or another connection's tag).
     Entry* find(uint32_t itt) {
         if ((itt >> 24) != _tag) {
-            return nullptr;
+            return foreign(itt);
         }
         uint32_t slot = itt & 0xffff;
         if (slot >= _entries.size()) {
@@ -122,6 +136,15 @@ public:
     }
 
     void release(uint32_t itt) {
+        if ((itt >> 24) != _tag) {
+            auto it = std::find_if(_foreign.begin(), _foreign.end(),
+                                   [itt](const auto& f) { return f.first == itt; });
+            if (it != _foreign.end()) {
+                _foreign.erase(it);
+                --_used;
+            }
+            return;
+        }
         Entry* e = find(itt);
         if (e == nullptr) {
             return;
@@ -145,9 +168,24 @@ public:
                 fn(itt_of(slot, e.generation), e);
             }
         }
+        std::vector<std::pair<uint32_t, Entry>> adopted = _foreign; // fn may release
+        for (auto& [itt, e] : adopted) {
+            if (Entry* live = foreign(itt)) {
+                fn(itt, *live);
+            }
+        }
     }
 
 private:
+    Entry* foreign(uint32_t itt) {
+        for (auto& [tag, e] : _foreign) {
+            if (tag == itt) {
+                return &e;
+            }
+        }
+        return nullptr;
+    }
+
     uint32_t itt_of(uint32_t slot, uint8_t generation) const {
         return uint32_t(_tag) << 24 | uint32_t(generation) << 16 | slot;
     }
@@ -155,6 +193,7 @@ private:
     uint8_t _tag;
     std::vector<Entry> _entries;
     std::vector<uint32_t> _free;
+    std::vector<std::pair<uint32_t, Entry>> _foreign; // adopted from a connection removed for recovery
     size_t _used = 0;
 };
 

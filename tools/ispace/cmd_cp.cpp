@@ -583,6 +583,7 @@ int run_cp(GlobalOptions& global, CpOptions& o) {
         };
         add(info.reconnects, "session reinstatement(s)");
         add(info.connection_recoveries, "connection(s) logged in again");
+        add(info.connection_failovers, "connection(s) removed for recovery, their tasks moved to another");
         add(info.reassignments, "task(s) reassigned");
         add(info.snacks, "SNACK(s)");
         add(info.retries, "command(s) retried");

@@ -274,6 +274,45 @@ TEST(Erl, AtLevelTwoAConnectionCutMidWriteIsLoggedInAgainAndTheWriteReassigned) 
     EXPECT_EQ(info.reassignments, 1u);
 }
 
+TEST(Erl, AtLevelTwoAConnectionThatCannotLogInAgainIsRemovedForRecoveryAndItsTasksMove) {
+    Bench s(2);
+    auto& session = s.connect(2, 2);
+    ASSERT_EQ(session.info().connections, 2u);
+    auto data = random_bytes(64 * 1024, 10);
+    ASSERT_TRUE(session.write(0, 0, uint32_t(data.size() / block), block, data));
+    // The read's connection is cut at its third Data-In; every later connection's login is cut too (its
+    // portal "refuses"), so the lost connection cannot come back with its CID.
+    auto cut = std::make_shared<std::atomic<unsigned>>(0);
+    s.faults->set_rule([cut](const initiator::FaultPdu& pdu) {
+        initiator::Fault f;
+        if (pdu.connection >= 2 && pdu.direction == initiator::FaultDirection::outbound &&
+            pdu.opcode() == iscsi::Opcode::login_request) {
+            f.action = initiator::FaultAction::disconnect;
+        } else if (pdu.direction == initiator::FaultDirection::inbound &&
+                   pdu.opcode() == iscsi::Opcode::data_in && ++*cut == 3) {
+            f.action = initiator::FaultAction::disconnect;
+        }
+        return f;
+    });
+    std::vector<uint8_t> back(data.size());
+    auto r = session.read(0, 0, uint32_t(back.size() / block), block, back);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(back, data);
+    auto info = session.info();
+    EXPECT_EQ(info.reconnects, 0u) << "the session must not be reinstated";
+    EXPECT_EQ(info.connection_failovers, 1u);
+    EXPECT_EQ(info.reassignments, 1u);
+    EXPECT_EQ(info.connections, 1u);
+    EXPECT_EQ(s.target_count("task_reassigned"), 1u);
+    // The session goes on over the connection left.
+    auto more = random_bytes(32 * 1024, 11);
+    ASSERT_TRUE(session.write(0, 256, uint32_t(more.size() / block), block, more));
+    std::vector<uint8_t> again(more.size());
+    ASSERT_TRUE(session.read(0, 256, uint32_t(again.size() / block), block, again));
+    EXPECT_EQ(again, more);
+    EXPECT_EQ(session.info().reconnects, 0u);
+}
+
 TEST(Erl, AtLevelTwoWithFourConnectionsCutsCostNoReinstatement) {
     Bench s(2);
     auto& session = s.connect(2, 4);
