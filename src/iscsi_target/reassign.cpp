@@ -45,6 +45,42 @@ Connection* Session::connection_with_cid(uint16_t cid, const Connection* except)
     return nullptr;
 }
 
+Result<Session::DroppedConnection> Session::drop_connection(uint16_t cid, std::chrono::milliseconds grace) {
+    if (_ended) {
+        return make_error("the session is ending", ENOENT);
+    }
+    if (!recovers_connections()) {
+        // RFC 7143 §7.1.5, §7.3: below level 2 a connection's tasks cannot move to another connection,
+        // so losing one fails the session; pretending otherwise would silently lose its commands.
+        return make_error(fmt::format("the session runs at ErrorRecoveryLevel {}, where losing a connection "
+                                      "ends the session (tasks cannot be reassigned below level 2); close "
+                                      "the session instead",
+                                      _params.error_recovery_level),
+                          EOPNOTSUPP);
+    }
+    Connection* connection = connection_with_cid(cid);
+    if (connection == nullptr) {
+        return make_error(fmt::format("the session has no live connection with CID {}", cid), ENOENT);
+    }
+    if (connection->drop_announced()) {
+        return make_error(fmt::format("connection cid {} is already being dropped", cid), EALREADY);
+    }
+    DroppedConnection dropped;
+    // What the orphans' window (retain_window()) then honours: it starts when the connection closes,
+    // after this message, so the initiator gets at least what it is told.
+    dropped.time2wait = uint16_t(std::min<uint32_t>(_params.default_time2wait, 0xffff));
+    dropped.time2retain = uint16_t(std::min<uint32_t>(_params.default_time2retain, 0xffff));
+    for (const auto& [itt, command] : _commands) {
+        dropped.tasks += command->connection == connection ? 1 : 0;
+    }
+    for (const Connection* c : _connections) {
+        dropped.remaining += (c != connection && !c->closing()) ? 1 : 0;
+    }
+    connection->announce_drop(dropped.time2wait, dropped.time2retain, grace);
+    _server.count_recovery(_reactor, RecoveryEvent::connection_dropped);
+    return dropped;
+}
+
 void Session::keep_for_reassignment(Connection& connection) {
     net::Clock::time_point now = net::Clock::now();
     size_t orphans = 0;

@@ -2,8 +2,11 @@
 // tasks kept and moved by TASK REASSIGN to another connection of the session or to a connection that
 // reinstated it with the same CID — a read's Data-In sent again from the ExpDataSN asked for, a write's
 // missing data asked for with an R2T — a Logout that removes a connection for recovery, reassigns that
-// name no task or a task still allegiant, and orphans that nobody reassigns, aborted in time.
+// name no task or a task still allegiant, orphans that nobody reassigns, aborted in time, and a connection
+// an administrator drops (AsyncEvent 2, RFC 7143 §11.9.1) whose tasks wait for the initiator.
 #include "harness.hpp"
+
+#include <future>
 
 namespace ispace::iscsi_target::test {
 namespace {
@@ -286,6 +289,129 @@ TEST(Reassign, AnOrphanNotReassignedWithinTime2WaitPlusTime2RetainIsAborted) {
     auto pdu = a.next();
     ASSERT_TRUE(pdu && pdu->opcode() == iscsi::Opcode::nop_in);
     EXPECT_EQ(pdu->bhs.itt(), ping);
+}
+
+// ---- An administrator drops one connection (Server::drop_connection, AsyncEvent 2) -----------------
+
+// Runs a blocking Server method on another thread while the test thread drives the reactors, as the
+// control thread and the reactors do in ispaced.
+template <typename F> auto while_reactors_run(Harness& h, F call) {
+    auto future = std::async(std::launch::async, std::move(call));
+    EXPECT_TRUE(h.run_until([&] { return future.wait_for(0ms) == std::future_status::ready; }, 20s));
+    return future.get();
+}
+
+iscsi::AsyncMessage drop_message(FakeInitiator& i) {
+    auto pdu = i.next();
+    EXPECT_TRUE(pdu && pdu->opcode() == iscsi::Opcode::async_message) << (pdu ? pdu->describe() : "none");
+    return pdu ? pdu->as<iscsi::AsyncMessage>() : iscsi::AsyncMessage{};
+}
+
+TEST(Reassign, AnAdministratorsDropAnnouncesTimeToWaitAndRetainAndKeepsTheTasksForReassignment) {
+    Harness h;
+    LoginOptions o = erl2();
+    o.negotiation.default_time2wait = 3;   // the target offers 2: the larger wins
+    o.negotiation.default_time2retain = 7; // the target offers 20: the smaller wins
+    FakeInitiator& a = h.logged_in(o);
+    FakeInitiator& b = h.connect({.numbers = a.numbers()});
+    ASSERT_TRUE(b.join(a, 1, o).ok());
+    auto data = pattern(1024, 13);
+    uint32_t itt = 0;
+    start_write(b, 56, data, itt);
+    uint16_t tsih = a.numbers()->tsih;
+    ASSERT_NE(tsih, 0);
+
+    auto dropped = while_reactors_run(h, [&] { return h.server().drop_connection(tsih, 1, 2s, 5s); });
+    ASSERT_TRUE(dropped) << dropped.error().message;
+    EXPECT_EQ(dropped->time2wait, 3);
+    EXPECT_EQ(dropped->time2retain, 7);
+    EXPECT_EQ(dropped->tasks, 1u);
+    EXPECT_EQ(dropped->remaining, 1u);
+    // On the connection that goes: AsyncEvent 2, Parameter1 its CID, Parameter2 Time2Wait,
+    // Parameter3 Time2Retain, a StatSN of its own (an Asynchronous Message is numbered).
+    uint32_t expected_stat_sn = b.exp_stat_sn();
+    iscsi::AsyncMessage message = drop_message(b);
+    EXPECT_EQ(message.event, iscsi::AsyncEvent::drop_connection);
+    EXPECT_EQ(message.parameter1, 1);
+    EXPECT_EQ(message.parameter2, 3);
+    EXPECT_EQ(message.parameter3, 7);
+    EXPECT_EQ(message.stat_sn, expected_stat_sn);
+    EXPECT_FALSE(a.poll()) << "nothing on the connection that stays";
+    // A second drop of the same connection while the first is under way is refused.
+    auto again = while_reactors_run(h, [&] { return h.server().drop_connection(tsih, 1, 2s, 5s); });
+    EXPECT_FALSE(again);
+    // The initiator does not close it: the target does, after the grace, as a failed connection.
+    ASSERT_TRUE(h.run_until([&] { return b.closed_by_target(); }, 5s));
+    EXPECT_EQ(recovery_count(h, "connection_dropped"), 1u);
+    EXPECT_EQ(recovery_count(h, "connection_failed"), 1u);
+    EXPECT_EQ(h.server().sessions().size(), 1u) << "the session survives";
+    // The initiator logs the CID in again after Time2Wait and reassigns the write there.
+    FakeInitiator& c = h.connect({.numbers = a.numbers()});
+    auto joined = c.join(a, 1, o);
+    ASSERT_TRUE(joined.ok()) << joined.reason;
+    reassign(c, b, itt);
+    EXPECT_EQ(tmf_answer(c.next()), iscsi::TmfResponse::function_complete);
+    finish_write(c, itt, data, 0);
+    EXPECT_EQ(read_back(a, 56, 2), data);
+}
+
+TEST(Reassign, ADroppedOnlyConnectionsTasksAreKeptTheWindowItAnnouncedAndNoLonger) {
+    // Time2Wait 0 + Time2Retain 1: the orphan must live at least the second announced, and not be kept
+    // forever either (the retain timer runs once a second).
+    auto configure = [](ServerConfig& c) {
+        c.negotiation.default_time2wait = 0;
+        c.negotiation.default_time2retain = 1;
+    };
+    Harness h(configure);
+    LoginOptions o = erl2();
+    o.negotiation.default_time2wait = 0;
+    o.negotiation.default_time2retain = 1;
+    FakeInitiator& a = h.logged_in(o);
+    auto data = pattern(512, 14);
+    uint32_t itt = 0;
+    start_write(a, 64, data, itt);
+    auto dropped =
+        while_reactors_run(h, [&] { return h.server().drop_connection(a.numbers()->tsih, a.cid(), 2s, 5s); });
+    ASSERT_TRUE(dropped) << dropped.error().message;
+    EXPECT_EQ(dropped->remaining, 0u);
+    iscsi::AsyncMessage message = drop_message(a);
+    EXPECT_EQ(message.parameter2, 0);
+    EXPECT_EQ(message.parameter3, 1);
+    auto dropped_at = std::chrono::steady_clock::now();
+    a.close(); // the initiator closes it at once, as the ispace initiator does
+    h.settle();
+    EXPECT_EQ(h.server().sessions().size(), 1u) << "a level-2 session outlives its only connection";
+    ASSERT_TRUE(h.run_until([&] { return recovery_count(h, "reassign_expired") == 1; }, 5s));
+    EXPECT_GE(std::chrono::steady_clock::now() - dropped_at, 1s) << "kept less than Time2Wait + Time2Retain";
+    // Nobody came back: the session ends with the window.
+    ASSERT_TRUE(h.run_until([&] { return h.server().sessions().size() == 0; }, 5s));
+}
+
+TEST(Reassign, DroppingAConnectionBelowLevelTwoOrAnUnknownCidIsRefusedAndChangesNothing) {
+    Harness h;
+    LoginOptions o = erl2();
+    o.negotiation.error_recovery_level = 1;
+    FakeInitiator& a = h.logged_in(o);
+    uint16_t tsih = a.numbers()->tsih;
+    auto refused = while_reactors_run(h, [&] { return h.server().drop_connection(tsih, a.cid(), 2s, 5s); });
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, EOPNOTSUPP);
+    EXPECT_NE(refused.error().message.find("ErrorRecoveryLevel 1"), std::string::npos);
+    EXPECT_FALSE(a.poll()) << "no Asynchronous Message below level 2";
+
+    Harness h2;
+    FakeInitiator& b = h2.logged_in(erl2());
+    auto unknown_cid =
+        while_reactors_run(h2, [&] { return h2.server().drop_connection(b.numbers()->tsih, 9, 2s, 5s); });
+    ASSERT_FALSE(unknown_cid);
+    EXPECT_EQ(unknown_cid.error().code, ENOENT);
+    auto unknown_session =
+        while_reactors_run(h2, [&] { return h2.server().drop_connection(0x7777, 0, 2s, 5s); });
+    ASSERT_FALSE(unknown_session);
+    EXPECT_EQ(unknown_session.error().code, ENOENT);
+    EXPECT_FALSE(b.poll());
+    EXPECT_FALSE(b.closed_by_target());
+    EXPECT_EQ(recovery_count(h2, "connection_dropped"), 0u);
 }
 
 } // namespace

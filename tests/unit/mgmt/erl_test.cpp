@@ -7,6 +7,7 @@
 #include "initiator/internals.hpp"
 #include "iscsi_target/config.hpp"
 #include "iscsi_target/server.hpp"
+#include "mgmt/manager.hpp"
 #include "mgmt/metrics.hpp"
 #include "mgmt/runtime.hpp"
 
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <future>
 #include <random>
+#include <thread>
 
 namespace ispace::mgmt {
 namespace {
@@ -308,6 +310,83 @@ TEST(Erl, AtLevelTwoWithFourConnectionsCutsCostNoReinstatement) {
     EXPECT_EQ(info.reconnects, 0u);
     EXPECT_GE(info.connection_recoveries, 1u);
     EXPECT_GE(s.faults->stats().disconnects.load(), 1u);
+}
+
+TEST(Erl, AtLevelTwoAnAdministratorDropsOneOfTwoConnectionsUnderLoadAndTheSessionCarriesOn) {
+    Bench s(2);
+    auto& session = s.connect(2, 2);
+    ASSERT_EQ(session.info().connections, 2u);
+    Manager manager(s.runtime, ManagerOptions{});
+    auto sessions = manager.call("session.list", nlohmann::json::object());
+    ASSERT_TRUE(sessions) << sessions.error().message;
+    ASSERT_EQ(sessions->size(), 1u) << sessions->dump();
+    const nlohmann::json& listed = (*sessions)[0];
+    ASSERT_EQ(listed["connections"].size(), 2u);
+    uint64_t tsih = listed["tsih"].get<uint64_t>();
+    uint64_t victim = listed["connections"][1]["cid"].get<uint64_t>();
+
+    // Four writers, each over its own 256 KiB, rewrite their range with a new pattern every round
+    // until told to stop; the drop lands among them.
+    constexpr uint32_t chunk = 64 * 1024;
+    constexpr unsigned writers = 4;
+    constexpr unsigned per_writer = 4;
+    std::atomic<bool> stop{false};
+    std::vector<std::vector<uint8_t>> last(writers);
+    std::vector<std::future<Result<unsigned>>> runs;
+    for (unsigned w = 0; w < writers; ++w) {
+        runs.push_back(std::async(std::launch::async, [&, w]() -> Result<unsigned> {
+            unsigned round = 0;
+            while (!stop.load() || round < 2) {
+                auto data = random_bytes(size_t(chunk) * per_writer, 100 * w + round);
+                for (unsigned i = 0; i < per_writer; ++i) {
+                    uint64_t lba = (uint64_t(w) * per_writer + i) * (chunk / block);
+                    auto written =
+                        session.write(0, lba, chunk / block, block,
+                                      std::span<const uint8_t>(data).subspan(size_t(i) * chunk, chunk));
+                    if (!written) {
+                        return written.error();
+                    }
+                }
+                last[w] = std::move(data);
+                ++round;
+            }
+            return round;
+        }));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto dropped = manager.call("session.close", {{"tsih", tsih}, {"cid", victim}});
+    ASSERT_TRUE(dropped) << dropped.error().message;
+    EXPECT_EQ((*dropped)["time2wait"], 0) << dropped->dump(); // the Bench's DefaultTime2Wait
+    EXPECT_EQ((*dropped)["time2retain"], 20);
+    EXPECT_EQ((*dropped)["remaining_connections"], 1);
+    // The initiator logs the CID in again and reassigns what it had; I/O goes on meanwhile.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (session.info().connection_recoveries == 0 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    stop = true;
+    for (auto& run : runs) {
+        auto rounds = run.get();
+        ASSERT_TRUE(rounds) << rounds.error().message;
+        EXPECT_GE(*rounds, 2u);
+    }
+    std::vector<uint8_t> back(size_t(chunk) * per_writer * writers);
+    ASSERT_TRUE(session.read(0, 0, uint32_t(back.size() / block), block, back));
+    for (unsigned w = 0; w < writers; ++w) {
+        EXPECT_TRUE(std::equal(last[w].begin(), last[w].end(), back.begin() + size_t(w) * chunk * per_writer))
+            << "writer " << w << "'s last round did not land";
+    }
+    auto info = session.info();
+    EXPECT_EQ(info.reconnects, 0u) << "no session reinstatement";
+    EXPECT_EQ(info.connection_recoveries, 1u) << "the dropped CID logged in again";
+    EXPECT_EQ(info.connections, 2u);
+    EXPECT_EQ(s.target_count("connection_dropped"), 1u);
+    EXPECT_EQ(s.target_count("connection_failed") + s.target_count("connection_reinstated"), 1u);
+    // Below level 2 (refused: losing a connection would end the session) is the raw-PDU tests' business;
+    // the parameter is checked here.
+    auto bad = manager.call("session.close", {{"tsih", tsih}, {"cid", 70000}});
+    EXPECT_FALSE(bad);
 }
 
 } // namespace
