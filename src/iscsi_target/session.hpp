@@ -223,6 +223,8 @@ private:
     void expire_orphans();
     void reassign(Connection* from, const iscsi::TaskMgmtRequest& request);
     bool reassign_answered(Connection& to, const iscsi::TaskMgmtRequest& request);
+    uint32_t send_kept_data_in(Connection& to, const std::vector<Retention::Pdu>& kept,
+                               const std::vector<iscsi::DataIn>& headers);
     void resume_data_out(IscsiTask& command, Connection& to);
     bool has_connection(const Connection* connection) const;
     void run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request);

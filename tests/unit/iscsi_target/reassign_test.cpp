@@ -88,6 +88,19 @@ void finish_write(FakeInitiator& i, uint32_t itt, std::span<const uint8_t> data,
     EXPECT_EQ(outcome_of(*response).status, 0);
 }
 
+// A Data SNACK for `run` Data-In of `itt` from DataSN `beg`; `exp_stat_sn` leaves the status unacknowledged.
+void data_snack(FakeInitiator& i, uint32_t itt, uint32_t beg, uint32_t run, uint32_t exp_stat_sn) {
+    iscsi::SnackRequest s;
+    s.type = iscsi::SnackType::data_r2t;
+    s.itt = itt;
+    s.exp_stat_sn = exp_stat_sn;
+    s.beg_run = beg;
+    s.run_length = run;
+    iscsi::Bhs bhs;
+    s.encode(bhs);
+    i.send(bhs);
+}
+
 struct Pair {
     FakeInitiator& first;
     FakeInitiator& second;
@@ -289,6 +302,93 @@ TEST(Reassign, AnOrphanNotReassignedWithinTime2WaitPlusTime2RetainIsAborted) {
     auto pdu = a.next();
     ASSERT_TRUE(pdu && pdu->opcode() == iscsi::Opcode::nop_in);
     EXPECT_EQ(pdu->bhs.itt(), ping);
+}
+
+// The Data-In of a read was going out when its connection failed: the initiator had taken the first
+// PDUs, the rest (and the status) were still on their way. Its TASK REASSIGN names the next DataSN it
+// expects, and exactly what follows goes again (RFC 7143 §11.5.1), not the whole read from DataSN 0.
+TEST(Reassign, AReadCutWhileItsDataInWasGoingOutResumesAtTheExpDataSnAskedFor) {
+    Harness h;
+    auto [a, b] = two_connections(h);
+    auto data = pattern(2048, 15);
+    a.command(write_command(72, 4, data));
+    ASSERT_EQ(outcome_of(*a.next()).status, 0);
+    uint32_t itt = b.command(read_command(72, 4)); // four Data-In of 512 bytes
+    auto first = b.next();
+    auto second = b.next();
+    ASSERT_TRUE(first && second);
+    ASSERT_EQ(second->as<iscsi::DataIn>().data_sn, 1u);
+    b.close(); // DataSN 2 and 3, with the status, never reached the initiator
+    h.settle();
+    reassign(a, b, itt, /*exp_data_sn=*/2);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::function_complete);
+    std::vector<uint8_t> rest;
+    std::vector<uint32_t> data_sns;
+    bool status = false;
+    for (auto& pdu : a.drain()) {
+        ASSERT_EQ(pdu.opcode(), iscsi::Opcode::data_in) << pdu.describe();
+        auto din = pdu.as<iscsi::DataIn>();
+        EXPECT_EQ(din.buffer_offset, 1024u + rest.size());
+        data_sns.push_back(din.data_sn);
+        rest.insert(rest.end(), pdu.data.begin(), pdu.data.end());
+        status = din.status_present;
+    }
+    EXPECT_EQ(data_sns, (std::vector<uint32_t>{2, 3}));
+    EXPECT_TRUE(status) << "the status rides on the last one";
+    EXPECT_EQ(rest, std::vector<uint8_t>(data.begin() + 1024, data.end()));
+}
+
+// The connection the read is reassigned to takes smaller PDUs than the failed one did (its
+// MaxRecvDataSegmentLength is 512, the old one's 1024): the kept Data-In is cut to fit, numbered on from
+// the ExpDataSN asked for, instead of the reassign being refused (RFC 7143 §11.5.1 lets the count of
+// resent PDUs change with MaxRecvDataSegmentLength).
+TEST(Reassign, KeptDataInIsResegmentedForANewConnectionThatTakesSmallerPdus) {
+    Harness h;
+    FakeInitiator& a = h.logged_in(erl2()); // 512-byte PDUs
+    LoginOptions larger = erl2();
+    larger.negotiation.max_recv_data_segment_length = 1024;
+    FakeInitiator& b = h.connect({.numbers = a.numbers()});
+    ASSERT_TRUE(b.join(a, 1, larger).ok());
+    auto data = pattern(3072, 16);
+    a.command(write_command(80, 6, data));
+    ASSERT_EQ(outcome_of(*a.next()).status, 0);
+
+    uint32_t itt = b.command(read_command(80, 6));
+    auto sent = b.drain();
+    ASSERT_EQ(sent.size(), 3u); // three of 1024 bytes
+    EXPECT_EQ(sent[0].data.size(), 1024u);
+    b.close();
+    h.settle();
+    // The initiator kept DataSN 0 (bytes 0-1023) and asks from DataSN 1.
+    reassign(a, b, itt, /*exp_data_sn=*/1);
+    EXPECT_EQ(tmf_answer(a.next()), iscsi::TmfResponse::function_complete);
+    auto pdus = a.drain();
+    ASSERT_EQ(pdus.size(), 4u) << "bytes 1024-3071 in four PDUs of 512";
+    std::vector<uint8_t> rest;
+    for (size_t i = 0; i < pdus.size(); ++i) {
+        ASSERT_EQ(pdus[i].opcode(), iscsi::Opcode::data_in) << pdus[i].describe();
+        auto din = pdus[i].as<iscsi::DataIn>();
+        EXPECT_EQ(din.data_sn, 1u + i);
+        EXPECT_EQ(din.buffer_offset, 1024u + 512u * i);
+        EXPECT_EQ(pdus[i].data.size(), 512u);
+        bool last = i + 1 == pdus.size();
+        EXPECT_EQ(din.status_present, last);
+        EXPECT_EQ(din.acknowledge, last) << "the A bit (ERL >= 1) only on the last";
+        // Never F on the first piece of a cut PDU: a sequence cannot end inside what was one PDU.
+        if (i % 2 == 0) {
+            EXPECT_FALSE(din.final_bit) << "DataSN " << din.data_sn;
+        }
+        rest.insert(rest.end(), pdus[i].data.begin(), pdus[i].data.end());
+    }
+    EXPECT_EQ(rest, std::vector<uint8_t>(data.begin() + 1024, data.end()));
+    // The resegmented PDUs are what the new connection keeps: a Data SNACK for DataSN 3 gets the third
+    // piece again (offset 2048, 512 bytes).
+    data_snack(a, itt, 3, 1, pdus.back().as<iscsi::DataIn>().stat_sn);
+    auto again = a.next();
+    ASSERT_TRUE(again && again->opcode() == iscsi::Opcode::data_in) << (again ? again->describe() : "none");
+    EXPECT_EQ(again->as<iscsi::DataIn>().data_sn, 3u);
+    EXPECT_EQ(again->as<iscsi::DataIn>().buffer_offset, 2048u);
+    EXPECT_EQ(again->data, std::vector<uint8_t>(data.begin() + 2048, data.begin() + 2560));
 }
 
 // ---- An administrator drops one connection (Server::drop_connection, AsyncEvent 2) -----------------
