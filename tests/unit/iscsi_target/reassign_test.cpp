@@ -391,6 +391,46 @@ TEST(Reassign, KeptDataInIsResegmentedForANewConnectionThatTakesSmallerPdus) {
     EXPECT_EQ(again->data, std::vector<uint8_t>(data.begin() + 2048, data.begin() + 2560));
 }
 
+// A level-2 session whose initiator vanished waits DefaultTime2Wait + DefaultTime2Retain for it and, until
+// then, is one of the sessions its initiator holds (Limits::max_sessions_per_initiator). A login with the
+// same ISID reinstates it at once (RFC 7143 §6.3.5); one with another ISID is another I_T nexus, which
+// does not end it: at the limit it is refused until the window ends (docs/recovery.md says why).
+TEST(Reassign, AVanishedInitiatorsSessionHoldsItsPlaceUntilTheWindowEndsUnlessItsIsidReinstatesIt) {
+    auto configure = [](ServerConfig& c) {
+        c.negotiation.default_time2wait = 0;
+        c.negotiation.default_time2retain = 1;
+        c.limits.max_sessions_per_initiator = 1;
+    };
+    Harness h(configure);
+    LoginOptions o = erl2();
+    o.negotiation.default_time2wait = 0;
+    o.negotiation.default_time2retain = 1;
+    FakeInitiator& a = h.logged_in(o);
+    a.close(); // vanished
+    h.settle();
+    ASSERT_EQ(h.server().sessions().size(), 1u);
+
+    LoginOptions other = o;
+    other.isid = 0x400000000002;
+    LoginResult refused = h.connect().login(other);
+    EXPECT_FALSE(refused.ok()) << "a new ISID is a new session, and the initiator holds its one";
+    EXPECT_EQ(refused.status, iscsi::LoginStatus::out_of_resources);
+
+    // The window ends: the session goes, and the new ISID is admitted.
+    ASSERT_TRUE(h.run_until([&] { return h.server().sessions().size() == 0; }, 5s));
+    FakeInitiator& b = h.connect();
+    LoginResult admitted = b.login(other);
+    ASSERT_TRUE(admitted.ok()) << admitted.reason;
+
+    // That one vanishes too; a login with its ISID reinstates it at once, limit or not.
+    b.close();
+    h.settle();
+    ASSERT_EQ(h.server().sessions().size(), 1u);
+    LoginResult reinstated = h.connect().login(other);
+    EXPECT_TRUE(reinstated.ok()) << reinstated.reason;
+    EXPECT_NE(reinstated.tsih, admitted.tsih) << "a new session replaced the one left waiting";
+}
+
 // ---- An administrator drops one connection (Server::drop_connection, AsyncEvent 2) -----------------
 
 // Runs a blocking Server method on another thread while the test thread drives the reactors, as the
