@@ -45,6 +45,9 @@ Connection::~Connection() {
     if (_renegotiation.timer) {
         _reactor.cancel_timer(_renegotiation.timer);
     }
+    if (_drop_timer) {
+        _reactor.cancel_timer(_drop_timer);
+    }
     // _transport goes before _pdu_pool (declaration order), returning unsent PDUs to the pool.
     _transport.reset();
 }
@@ -199,6 +202,10 @@ void Connection::closed(const std::string& reason) {
     if (_nop_timer) {
         _reactor.cancel_timer(_nop_timer);
         _nop_timer = 0;
+    }
+    if (_drop_timer) {
+        _reactor.cancel_timer(_drop_timer);
+        _drop_timer = 0;
     }
     if (_arriving && _session) {
         _session->discard_arrival(*_arriving);
@@ -1135,6 +1142,36 @@ void Connection::finish_renegotiation(Result<void> result) {
     if (done) {
         done(std::move(result));
     }
+}
+
+// ---- Dropping a connection (RFC 7143 §11.9.1, AsyncEvent 2) ----------------------------------------
+
+void Connection::announce_drop(uint16_t time2wait, uint16_t time2retain, std::chrono::milliseconds grace) {
+    if (_phase != Phase::full_feature || _session == nullptr || _drop_timer) {
+        return;
+    }
+    // On this connection itself: the initiator learns which one goes even if it reads Parameter1 no
+    // further, and the message cannot overtake what was queued before it.
+    iscsi::AsyncMessage message;
+    message.event = iscsi::AsyncEvent::drop_connection;
+    message.parameter1 = _cid;
+    message.parameter2 = time2wait;
+    message.parameter3 = time2retain;
+    message.stat_sn = take_stat_sn();
+    message.exp_cmd_sn = _session->exp_cmd_sn();
+    message.max_cmd_sn = _session->max_cmd_sn();
+    iscsi::Bhs bhs;
+    message.encode(bhs);
+    send(bhs);
+    log_info("{}: told the initiator that connection cid {} will be dropped (AsyncEvent 2, Time2Wait {} s, "
+             "Time2Retain {} s)",
+             _name, _cid, time2wait, time2retain);
+    // The initiator may close it first (the ispace initiator does at once); otherwise it goes as failed,
+    // and its tasks wait for TASK REASSIGN as with any failed connection.
+    _drop_timer = _reactor.add_timer(grace, [this] {
+        _drop_timer = 0;
+        drop_for_recovery("dropped by the administrator (AsyncEvent 2)");
+    });
 }
 
 // ---- Logout ----------------------------------------------------------------------------------------

@@ -117,6 +117,11 @@ public:
     void hand_cid_over() { _cid_registered = false; }
     // Closes the connection as failed (its tasks are kept for reassignment at ERL 2).
     void drop_for_recovery(const std::string& reason) { drop(reason); }
+    // ERL 2, an administrator's drop of this connection: an Asynchronous Message with AsyncEvent 2
+    // (RFC 7143 §11.9.1: Parameter1 our CID, Parameter2 `time2wait`, Parameter3 `time2retain`) tells the
+    // initiator it goes; it is closed as failed after `grace` unless the initiator closed it first.
+    void announce_drop(uint16_t time2wait, uint16_t time2retain, std::chrono::milliseconds grace);
+    bool drop_announced() const { return _drop_timer != 0; }
 
     // Back-pressure: what this connection has queued for its peer and not yet sent. Past either bound
     // it stops reading (the peer's requests stay in its socket) until half of it has gone out. Why a
@@ -235,6 +240,9 @@ private:
     uint32_t _reader_max_segment = 0; // the reader's MaxRecvDataSegmentLength bound (never lowered)
 
     std::unique_ptr<Retention> _retention; // ERL 1 and up, from joining the session
+
+    // An announced drop (announce_drop): the connection closes when this fires.
+    net::Reactor::TimerId _drop_timer = 0;
 
     // Keepalive: a NOP-In ping when idle, a drop when silent too long.
     net::Reactor::TimerId _nop_timer = 0;

@@ -123,6 +123,31 @@ Result<void> Server::close_session(uint16_t tsih, const std::string& reason, std
     return {};
 }
 
+Result<Session::DroppedConnection> Server::drop_connection(uint16_t tsih, uint16_t cid,
+                                                           std::chrono::milliseconds grace,
+                                                           std::chrono::milliseconds wait) {
+    auto slot = _sessions.find_tsih(tsih);
+    if (!slot) {
+        return make_error(fmt::format("no session has TSIH {} (ispace session list shows them)", tsih),
+                          ENOENT);
+    }
+    auto outcome = std::make_shared<Mailbox<Result<Session::DroppedConnection>>>();
+    slot->reactor->post([slot, cid, grace, outcome] {
+        if (!slot->session || slot->session->ending()) {
+            outcome->deliver(make_error("the session ended", ENOENT));
+            return;
+        }
+        outcome->deliver(slot->session->drop_connection(cid, grace));
+    });
+    auto result = outcome->wait(wait);
+    if (!result) {
+        return make_error(
+            fmt::format("session {}: its reactor did not answer within {} ms", tsih, wait.count()),
+            ETIMEDOUT);
+    }
+    return *result;
+}
+
 void Server::close_sessions_not_admitted(const std::string& iqn) {
     auto target = find_target(iqn);
     if (!target) {

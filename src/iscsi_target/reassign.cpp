@@ -45,6 +45,42 @@ Connection* Session::connection_with_cid(uint16_t cid, const Connection* except)
     return nullptr;
 }
 
+Result<Session::DroppedConnection> Session::drop_connection(uint16_t cid, std::chrono::milliseconds grace) {
+    if (_ended) {
+        return make_error("the session is ending", ENOENT);
+    }
+    if (!recovers_connections()) {
+        // RFC 7143 §7.1.5, §7.3: below level 2 a connection's tasks cannot move to another connection,
+        // so losing one fails the session; pretending otherwise would silently lose its commands.
+        return make_error(fmt::format("the session runs at ErrorRecoveryLevel {}, where losing a connection "
+                                      "ends the session (tasks cannot be reassigned below level 2); close "
+                                      "the session instead",
+                                      _params.error_recovery_level),
+                          EOPNOTSUPP);
+    }
+    Connection* connection = connection_with_cid(cid);
+    if (connection == nullptr) {
+        return make_error(fmt::format("the session has no live connection with CID {}", cid), ENOENT);
+    }
+    if (connection->drop_announced()) {
+        return make_error(fmt::format("connection cid {} is already being dropped", cid), EALREADY);
+    }
+    DroppedConnection dropped;
+    // What the orphans' window (retain_window()) then honours: it starts when the connection closes,
+    // after this message, so the initiator gets at least what it is told.
+    dropped.time2wait = uint16_t(std::min<uint32_t>(_params.default_time2wait, 0xffff));
+    dropped.time2retain = uint16_t(std::min<uint32_t>(_params.default_time2retain, 0xffff));
+    for (const auto& [itt, command] : _commands) {
+        dropped.tasks += command->connection == connection ? 1 : 0;
+    }
+    for (const Connection* c : _connections) {
+        dropped.remaining += (c != connection && !c->closing()) ? 1 : 0;
+    }
+    connection->announce_drop(dropped.time2wait, dropped.time2retain, grace);
+    _server.count_recovery(_reactor, RecoveryEvent::connection_dropped);
+    return dropped;
+}
+
 void Session::keep_for_reassignment(Connection& connection) {
     net::Clock::time_point now = net::Clock::now();
     size_t orphans = 0;
@@ -244,30 +280,28 @@ bool Session::reassign_answered(Connection& to, const iscsi::TaskMgmtRequest& re
             send_tmf_response(&to, request.itt, iscsi::TmfResponse::function_rejected);
             return true;
         }
-        uint32_t max_segment = std::max<uint32_t>(to.params().max_send_data_segment_length, 512);
+        // Decoded before anything is sent, so that a kept header that does not decode (it cannot: we
+        // encoded it) refuses the reassign instead of sending half an answer.
+        std::vector<iscsi::DataIn> headers;
         for (const Retention::Pdu& pdu : answer.data_in) {
-            if (pdu.length > max_segment) {
-                // The new connection takes smaller PDUs and Data-In is not resegmented here.
+            auto din = iscsi::DataIn::decode(pdu.bhs);
+            if (!din) {
                 send_tmf_response(&to, request.itt, iscsi::TmfResponse::function_rejected);
                 return true;
             }
+            headers.push_back(*din);
         }
         _server.count_recovery(_reactor, RecoveryEvent::task_reassigned);
         log_info("{}: ITT {:#x} (answered on failed cid {}) reassigned to cid {}: {} Data-In PDU(s) and its "
                  "status again",
                  _name, request.referenced_task_tag, retired.cid, to.cid(), answer.data_in.size());
         send_tmf_response(&to, request.itt, iscsi::TmfResponse::function_complete);
-        for (const Retention::Pdu& pdu : answer.data_in) {
-            iscsi::Bhs bhs = pdu.bhs;
-            bool status = (bhs.bytes[1] & 0x01) != 0;
-            // StatSN is the new connection's; the window is the session's now.
-            store_be32(bhs.bytes.data() + 24, status ? to.take_stat_sn() : to.current_stat_sn());
-            store_be32(bhs.bytes.data() + 28, _exp_cmd_sn);
-            store_be32(bhs.bytes.data() + 32, max_cmd_sn());
-            to.send(bhs, pdu.data, pdu.offset, pdu.length);
-        }
+        uint32_t data_pdus = send_kept_data_in(to, answer.data_in, headers);
         if (answer.response) {
             iscsi::Bhs bhs = answer.response->bhs;
+            if (!answer.data_in.empty()) {
+                store_be32(bhs.bytes.data() + 36, data_pdus); // ExpDataSN: the Data-In count as resent
+            }
             store_be32(bhs.bytes.data() + 24, to.take_stat_sn());
             store_be32(bhs.bytes.data() + 28, _exp_cmd_sn);
             store_be32(bhs.bytes.data() + 32, max_cmd_sn());
@@ -276,6 +310,51 @@ bool Session::reassign_answered(Connection& to, const iscsi::TaskMgmtRequest& re
         return true;
     }
     return false;
+}
+
+// Kept Data-In of a reassigned read goes on `to` from its first DataSN (the ExpDataSN asked for). RFC
+// 7143 §11.5.1: the target sends every Data-In from the data acknowledgment reference number on, and
+// their count may differ from the first transmission when the new connection's
+// MaxRecvDataSegmentLength differs. So a PDU larger than what the new connection takes is cut into
+// pieces numbered on from the same starting DataSN, at the same buffer offsets; only the last piece of
+// a PDU keeps its F bit (sequences stay within MaxBurstLength), and only the last piece of the last PDU
+// its status, residual and A bit. PDUs that fit go as they were. Returns the DataSN after the last.
+uint32_t Session::send_kept_data_in(Connection& to, const std::vector<Retention::Pdu>& kept,
+                                    const std::vector<iscsi::DataIn>& headers) {
+    uint32_t max_segment = std::max<uint32_t>(to.params().max_send_data_segment_length, 512);
+    uint32_t data_sn = headers.empty() ? 0 : headers.front().data_sn;
+    for (size_t i = 0; i < kept.size(); ++i) {
+        const Retention::Pdu& pdu = kept[i];
+        uint32_t done = 0;
+        do {
+            uint32_t n = std::min(max_segment, pdu.length - done);
+            bool last_piece = done + n == pdu.length;
+            iscsi::DataIn piece = headers[i];
+            if (!last_piece) {
+                piece.final_bit = false;
+                piece.status_present = false;
+                piece.acknowledge = false;
+                piece.overflow = false;
+                piece.underflow = false;
+                piece.residual_count = 0;
+                piece.status = 0;
+                piece.lun = 0;
+                piece.ttt = iscsi::reserved_tag;
+            }
+            piece.data_sn = data_sn++;
+            piece.buffer_offset = headers[i].buffer_offset + done;
+            piece.data_segment_length = n;
+            // StatSN is the new connection's; the window is the session's now.
+            piece.stat_sn = piece.status_present ? to.take_stat_sn() : to.current_stat_sn();
+            piece.exp_cmd_sn = _exp_cmd_sn;
+            piece.max_cmd_sn = max_cmd_sn();
+            iscsi::Bhs bhs;
+            piece.encode(bhs);
+            to.send(bhs, pdu.data, pdu.offset + done, n);
+            done += n;
+        } while (done < pdu.length);
+    }
+    return data_sn;
 }
 
 } // namespace ispace::iscsi_target

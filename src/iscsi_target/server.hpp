@@ -6,6 +6,7 @@
 #include "common/result.hpp"
 #include "iscsi_target/buffer_budget.hpp"
 #include "iscsi_target/config.hpp"
+#include "iscsi_target/session.hpp"
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
 #include "net/transport.hpp"
@@ -129,13 +130,14 @@ enum class RecoveryEvent : uint8_t {
     connection_reinstated, // ERL 2: a login replaced a connection with the same CID
     task_reassigned,       // ERL 2: TASK REASSIGN moved a task to another connection
     reassign_expired,      // ERL 2: an orphaned task was not reassigned in time and was aborted
+    connection_dropped,    // ERL 2: the target dropped a connection with AsyncEvent 2 (administrator)
     count_
 };
 inline constexpr std::string_view recovery_event_names[] = {
     "recovery_r2t",          "data_snack",        "r2t_snack",
     "status_snack",          "data_ack",          "snack_rejected",
     "header_digest_skipped", "connection_failed", "connection_reinstated",
-    "task_reassigned",       "reassign_expired"};
+    "task_reassigned",       "reassign_expired",  "connection_dropped"};
 
 // Sessions by (InitiatorName, ISID, TargetName) and by TSIH, for reinstatement and for adding
 // connections. Thread-safe: logins on any reactor consult it.
@@ -224,6 +226,13 @@ public:
     // Ends the session with TSIH `tsih` (its connections closed, its tasks aborted); returns once it
     // is gone, or after `wait` with an error saying it is still draining.
     Result<void> close_session(uint16_t tsih, const std::string& reason, std::chrono::milliseconds wait);
+    // Drops one connection (CID `cid`) of session `tsih` at ErrorRecoveryLevel 2 (Session::drop_connection:
+    // AsyncEvent 2, its tasks kept for reassignment, closed after `grace`). Returns once the message is
+    // queued, with what it announced; an error below level 2, for an unknown session or CID, or if the
+    // session's reactor does not answer within `wait`.
+    Result<Session::DroppedConnection> drop_connection(uint16_t tsih, uint16_t cid,
+                                                       std::chrono::milliseconds grace,
+                                                       std::chrono::milliseconds wait);
     // Closes the sessions of `iqn` whose initiator the target's ACL no longer admits (after an ACL
     // change): LIO does the same when a node ACL is deleted.
     void close_sessions_not_admitted(const std::string& iqn);

@@ -124,6 +124,18 @@ public:
     Connection* connection_with_cid(uint16_t cid, const Connection* except = nullptr) const;
     // Closes the connection with CID `cid` as a logout would. False if there is none.
     bool close_connection(uint16_t cid, const std::string& reason);
+    // An administrator drops the connection with CID `cid` (reassign.cpp). Only at ErrorRecoveryLevel 2,
+    // where the session survives it: the initiator is told with AsyncEvent 2 (RFC 7143 §11.9.1) how
+    // long it must wait and how long its tasks are kept, the connection closes as failed within `grace`,
+    // and its tasks wait DefaultTime2Wait + DefaultTime2Retain for TASK REASSIGN. Below level 2 the loss
+    // of a connection ends the session, so this is refused (closing the session says so honestly).
+    struct DroppedConnection {
+        uint16_t time2wait = 0;   // Parameter2, as sent
+        uint16_t time2retain = 0; // Parameter3, as sent
+        size_t tasks = 0;         // the connection's tasks at the time, kept for reassignment
+        size_t remaining = 0;     // the session's other live connections
+    };
+    Result<DroppedConnection> drop_connection(uint16_t cid, std::chrono::milliseconds grace);
     size_t connection_count() const { return _connections.size(); }
     void close_other_connections(Connection& keep, const std::string& reason);
     bool ending() const { return _ended; }
@@ -215,6 +227,8 @@ private:
     void expire_orphans();
     void reassign(Connection* from, const iscsi::TaskMgmtRequest& request);
     bool reassign_answered(Connection& to, const iscsi::TaskMgmtRequest& request);
+    uint32_t send_kept_data_in(Connection& to, const std::vector<Retention::Pdu>& kept,
+                               const std::vector<iscsi::DataIn>& headers);
     void resume_data_out(IscsiTask& command, Connection& to);
     bool has_connection(const Connection* connection) const;
     void run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request);

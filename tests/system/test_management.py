@@ -7,7 +7,9 @@ everything is created through `ispace --control PATH ...` ($ISPACE_CONTROL for s
   iscsi-ls -s lists both LUNs; iscsi-readcapacity16 shows 536870912 bytes; a connected initiator gets
   the unit attentions;
 - `session list --json` shows iscsi-perf's session with its keys and peer address; `param set
-  ImmediateData=No` makes the next login negotiate No;
+  ImmediateData=No` makes the next login negotiate No; `session close TSIH --connection CID` drops the
+  connection of an ErrorRecoveryLevel 2 `ispace bench` (AsyncEvent 2), which goes on without error, and
+  is refused for a level-0 session;
 - /metrics: non-zero read bytes after reads, and a latency histogram whose count grows by exactly the
   READs sent;
 - bad requests (unknown IQN, LUN number in use, missing path, shrink without --shrink, malformed JSON,
@@ -209,6 +211,11 @@ def main():
               "the session logged in before keeps ImmediateData=Yes")
         admin.fails("a key no standard lets change mid-session", "param", "set", "--session",
                     str(by_name.get(PERF, {}).get("tsih", 1)), "ImmediateData=Yes", expect="ImmediateData")
+        # fresh (iscsi_raw) sends no ErrorRecoveryLevel: level 0, where losing a connection ends the
+        # session, so dropping one of its connections is refused and changes nothing.
+        admin.fails("dropping a connection below ErrorRecoveryLevel 2", "session", "close",
+                    str(by_name.get("iqn.2026-11.org.ispace:fresh", {}).get("tsih", 1)), "--connection", "0",
+                    expect="ErrorRecoveryLevel 0")
 
         # A running session renegotiates MaxRecvDataSegmentLength (AsyncEvent 4, answered by our initiator).
         bench = subprocess.Popen([ispace, "-i", "iqn.2026-11.org.ispace:bench", "bench", f"iscsi://{portal}/{IQN}/1",
@@ -237,7 +244,18 @@ def main():
                 time.sleep(0.1)
             check((conn.get("keys") or {}).get("MaxRecvDataSegmentLength") == "65536",
                   f"the session's connection now declares MaxRecvDataSegmentLength=65536 ({conn.get('keys')})")
-        check(bench.wait(60) == 0, "ispace bench finishes without error across the renegotiation")
+            # ErrorRecoveryLevel 2 (ispace's default): the administrator drops the bench's connection
+            # with AsyncEvent 2; our initiator logs it in again after Time2Wait and reassigns its tasks,
+            # so the bench goes on in the same session.
+            rc, out, err = admin.run("session", "close", str(tsih), "--connection", str(conn.get("cid", 0)),
+                                     "--json")
+            dropped = json.loads(out) if rc == 0 else {}
+            check(dropped.get("time2wait") == 2 and dropped.get("time2retain") == 20,
+                  f"session close --connection drops the bench's connection, announcing Time2Wait 2 and "
+                  f"Time2Retain 20 ({out.strip()} {err})")
+        check(bench.wait(60) == 0, "ispace bench finishes without error across the renegotiation and the drop")
+        check(metrics(daemon).get('ispace_recovery_events_total{event="connection_dropped"}') == 1,
+              "/metrics counts the dropped connection")
 
         # Metrics: READs counted exactly.
         while iscsi_raw.sense_of(fresh, 1)[0] != 0:

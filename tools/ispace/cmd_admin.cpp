@@ -472,15 +472,33 @@ Runner add_admin(CLI::App& app, GlobalOptions& global) {
                 return exit_ok;
             };
         });
-        auto* close =
-            session->add_subcommand("close", "End a session: its connections close, its tasks are aborted");
+        auto* close = session->add_subcommand(
+            "close", "End a session: its connections close, its tasks are aborted. With --connection, drop "
+                     "one connection of an ErrorRecoveryLevel 2 session instead: the session and its tasks "
+                     "survive (AsyncEvent 2, the initiator logs in again and reassigns them)");
         auto tsih2 = std::make_shared<uint64_t>();
+        auto cid = std::make_shared<int64_t>(-1);
         close->add_option("TSIH", *tsih2, "The session's TSIH")->required();
+        close->add_option("--connection", *cid, "The CID of the connection to drop (from `session show`)")
+            ->check(CLI::Range(0, 65535));
         json_flag(close);
         close->callback([=] {
             *chosen = [=] {
-                return report(rpc("session.close", {{"tsih", *tsih2}}),
-                              fmt::format("closed session {}", *tsih2));
+                if (*cid < 0) {
+                    return report(rpc("session.close", {{"tsih", *tsih2}}),
+                                  fmt::format("closed session {}", *tsih2));
+                }
+                auto result = rpc("session.close", {{"tsih", *tsih2}, {"cid", *cid}});
+                std::string what;
+                if (result) {
+                    what =
+                        fmt::format("dropping connection cid {} of session {}: the initiator was told to "
+                                    "wait {} s; its {} task(s) are kept {} s more for reassignment; {} "
+                                    "other connection(s)",
+                                    *cid, *tsih2, text((*result)["time2wait"]), text((*result)["tasks"]),
+                                    text((*result)["time2retain"]), text((*result)["remaining_connections"]));
+                }
+                return report(result, what);
             };
         });
     }
