@@ -447,21 +447,27 @@ void Volume::member_error(uint32_t slot, int error, const char* what) {
     _epoch_requested.fetch_add(1, std::memory_order_acq_rel);
     log_error("space {}: {} failed a {} ({}); marked failed, I/O goes on with the other copies",
               _truth_at_open.name, m.url, what, std::strerror(-error));
+    // A column with no writable copy left: the space can no longer serve all of its data. Decided here,
+    // before the request that found the failure completes, so that `status` says "failed" by the time
+    // the caller sees its error.
+    int dead_column = -1;
+    uint32_t writable = writable_mask();
+    for (uint32_t column = 0; column < _layout.columns(); ++column) {
+        uint32_t mask = ((1u << _layout.copies) - 1) << (column * _layout.copies);
+        if ((writable & mask) == 0 && !_failed.exchange(true)) {
+            dead_column = int(column);
+        }
+    }
     auto self = shared_from_this();
-    _home.post([self, slot] {
+    _home.post([self, slot, dead_column] {
         if (self->_resync) {
             self->_resync->drop_target(slot);
         }
         self->change_labels([slot](LabelBook& book) { book.member_out(slot, MemberState::failed); }, true);
-        // A column with no writable copy left: the space can no longer serve all of its data.
-        uint32_t writable = self->writable_mask();
-        for (uint32_t column = 0; column < self->_layout.columns(); ++column) {
-            uint32_t mask = ((1u << self->_layout.copies) - 1) << (column * self->_layout.copies);
-            if ((writable & mask) == 0 && !self->_failed.exchange(true)) {
-                log_error("space {}: no copy of {} is left; requests for it fail", self->_truth_at_open.name,
-                          self->_layout.columns() > 1 ? fmt::format("column {}", column) : "its data");
-                self->raise_event(backstore::DeviceEvent::failed);
-            }
+        if (dead_column >= 0) {
+            log_error("space {}: no copy of {} is left; requests for it fail", self->_truth_at_open.name,
+                      self->_layout.columns() > 1 ? fmt::format("column {}", dead_column) : "its data");
+            self->raise_event(backstore::DeviceEvent::failed);
         }
         self->schedule_retry(slot);
     });
