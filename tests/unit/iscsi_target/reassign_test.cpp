@@ -19,6 +19,19 @@ LoginOptions erl2() {
     return o;
 }
 
+// A one-second window for orphans (Time2Wait 0 + Time2Retain 1), asked for by both sides.
+void one_second_window(ServerConfig& c) {
+    c.negotiation.default_time2wait = 0;
+    c.negotiation.default_time2retain = 1;
+}
+
+LoginOptions erl2_one_second_window() {
+    LoginOptions o = erl2();
+    o.negotiation.default_time2wait = 0;
+    o.negotiation.default_time2retain = 1;
+    return o;
+}
+
 Command write_command(uint32_t lba, uint16_t blocks, std::vector<uint8_t> immediate = {}) {
     Command c;
     c.cdb = write10(lba, blocks);
@@ -322,13 +335,8 @@ TEST(Reassign, RemovingAnUnknownCidForRecoveryIsCidNotFound) {
 }
 
 TEST(Reassign, AnOrphanNotReassignedWithinTime2WaitPlusTime2RetainIsAborted) {
-    Harness h([](ServerConfig& c) {
-        c.negotiation.default_time2wait = 0;
-        c.negotiation.default_time2retain = 1;
-    });
-    LoginOptions o = erl2();
-    o.negotiation.default_time2wait = 0;
-    o.negotiation.default_time2retain = 1;
+    Harness h(one_second_window);
+    LoginOptions o = erl2_one_second_window();
     FakeInitiator& a = h.logged_in(o);
     FakeInitiator& b = h.connect({.numbers = a.numbers()});
     ASSERT_TRUE(b.join(a, 1, o).ok());
@@ -439,15 +447,11 @@ TEST(Reassign, KeptDataInIsResegmentedForANewConnectionThatTakesSmallerPdus) {
 // same ISID reinstates it at once (RFC 7143 §6.3.5); one with another ISID is another I_T nexus, which
 // does not end it: at the limit it is refused until the window ends (docs/recovery.md says why).
 TEST(Reassign, AVanishedInitiatorsSessionHoldsItsPlaceUntilTheWindowEndsUnlessItsIsidReinstatesIt) {
-    auto configure = [](ServerConfig& c) {
-        c.negotiation.default_time2wait = 0;
-        c.negotiation.default_time2retain = 1;
+    Harness h([](ServerConfig& c) {
+        one_second_window(c);
         c.limits.max_sessions_per_initiator = 1;
-    };
-    Harness h(configure);
-    LoginOptions o = erl2();
-    o.negotiation.default_time2wait = 0;
-    o.negotiation.default_time2retain = 1;
+    });
+    LoginOptions o = erl2_one_second_window();
     FakeInitiator& a = h.logged_in(o);
     a.close(); // vanished
     h.settle();
@@ -541,14 +545,8 @@ TEST(Reassign, AnAdministratorsDropAnnouncesTimeToWaitAndRetainAndKeepsTheTasksF
 TEST(Reassign, ADroppedOnlyConnectionsTasksAreKeptTheWindowItAnnouncedAndNoLonger) {
     // Time2Wait 0 + Time2Retain 1: the orphan must live at least the second announced, and not be kept
     // forever either (the retain timer runs once a second).
-    auto configure = [](ServerConfig& c) {
-        c.negotiation.default_time2wait = 0;
-        c.negotiation.default_time2retain = 1;
-    };
-    Harness h(configure);
-    LoginOptions o = erl2();
-    o.negotiation.default_time2wait = 0;
-    o.negotiation.default_time2retain = 1;
+    Harness h(one_second_window);
+    LoginOptions o = erl2_one_second_window();
     FakeInitiator& a = h.logged_in(o);
     auto data = pattern(512, 14);
     uint32_t itt = 0;

@@ -92,6 +92,14 @@ std::vector<uint8_t> random_bytes(size_t n, unsigned seed) {
     return out;
 }
 
+// Reads `expected.size()` bytes at `lba` of LUN 0 and expects them to be `expected`.
+void expect_read(initiator::Session& session, uint32_t lba, const std::vector<uint8_t>& expected) {
+    std::vector<uint8_t> back(expected.size());
+    auto r = session.read(0, lba, uint32_t(back.size() / block), block, back);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(back, expected);
+}
+
 // Fires `action` on the nth PDU (1-based) of `opcode` going `direction`, once.
 initiator::FaultRule nth(initiator::FaultDirection direction, iscsi::Opcode opcode, unsigned n,
                          initiator::FaultAction action) {
@@ -246,10 +254,7 @@ TEST(Erl, AtLevelTwoAConnectionCutMidReadIsLoggedInAgainAndTheReadReassigned) {
     ASSERT_TRUE(session.write(0, 0, uint32_t(data.size() / block), block, data));
     s.faults->set_rule(nth(initiator::FaultDirection::inbound, iscsi::Opcode::data_in, 3,
                            initiator::FaultAction::disconnect));
-    std::vector<uint8_t> back(data.size());
-    auto r = session.read(0, 0, uint32_t(back.size() / block), block, back);
-    ASSERT_TRUE(r) << r.error().message;
-    EXPECT_EQ(back, data);
+    expect_read(session, 0, data);
     auto info = session.info();
     EXPECT_EQ(info.reconnects, 0u) << "the session must not be reinstated";
     EXPECT_EQ(info.connection_recoveries, 1u);
@@ -296,10 +301,7 @@ TEST(Erl, AtLevelTwoAConnectionThatCannotLogInAgainIsRemovedForRecoveryAndItsTas
         }
         return f;
     });
-    std::vector<uint8_t> back(data.size());
-    auto r = session.read(0, 0, uint32_t(back.size() / block), block, back);
-    ASSERT_TRUE(r) << r.error().message;
-    EXPECT_EQ(back, data);
+    expect_read(session, 0, data);
     auto info = session.info();
     EXPECT_EQ(info.reconnects, 0u) << "the session must not be reinstated";
     EXPECT_EQ(info.connection_failovers, 1u);
@@ -309,9 +311,7 @@ TEST(Erl, AtLevelTwoAConnectionThatCannotLogInAgainIsRemovedForRecoveryAndItsTas
     // The session goes on over the connection left.
     auto more = random_bytes(32 * 1024, 11);
     ASSERT_TRUE(session.write(0, 256, uint32_t(more.size() / block), block, more));
-    std::vector<uint8_t> again(more.size());
-    ASSERT_TRUE(session.read(0, 256, uint32_t(again.size() / block), block, again));
-    EXPECT_EQ(again, more);
+    expect_read(session, 256, more);
     EXPECT_EQ(session.info().reconnects, 0u);
 }
 
