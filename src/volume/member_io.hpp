@@ -40,7 +40,20 @@ struct SpaceSpec {
     uint64_t size = 0;                          // 0: all the layout holds
     uint32_t region_size = default_region_size; // bitmap region (redundant layouts)
     std::vector<std::string> urls;              // in slot order (for the labels and messages; no secrets)
+    // Thin (docs/thin.md): `size` is virtual and may exceed what the members hold; clusters of
+    // `cluster_size` bytes are allocated from the members on first write.
+    bool thin = false;
+    uint32_t cluster_size = 1 << 20;
 };
+
+// The pages a thin metadata area gets for a pool of `pool_clusters` and a device of `virtual_clusters`:
+// room for every leaf the device can need twice over (a commit writes changed nodes to fresh pages while
+// the old ones are still the durable state), with interior nodes and the device table, bounded by
+// 1/1024 of the pool (a sparse device larger than that answers ENOSPC when the area is full).
+uint64_t thin_metadata_pages(uint64_t pool_clusters, uint64_t virtual_clusters);
+
+// The name of the one thin device of a thin space in its pool (snapshots and clones will be others).
+inline constexpr const char* thin_device_name = "space";
 
 // A space whose members were just labelled.
 struct FormattedSpace {
@@ -50,12 +63,13 @@ struct FormattedSpace {
 
 // Checks everything first — a name that fits, block sizes that agree, members large enough, members that
 // carry no label of a space (unless `force`; the error names the space) — then writes each member's bitmap
-// area (zeroes) and labels. Nothing is written when a check fails.
+// area (zeroes), for a thin space an empty pool in its metadata area (mirrored on every member), and the
+// labels last. Nothing is written when a check fails.
 Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec,
                                     const std::vector<backstore::Device*>& devices, bool force);
 
 // What a member's data area would be for `spec` on a device of `bytes` (for add/replace): its plan.
 Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
-                            uint64_t space_bytes);
+                            uint64_t space_bytes, uint64_t thin_map_bytes = 0);
 
 } // namespace ispace::volume
