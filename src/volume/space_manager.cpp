@@ -722,6 +722,12 @@ Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::st
     Held& held = _held[name];
     std::shared_ptr<Volume> v = held.volume;
     const Label& truth = v->truth_at_open();
+    if (truth.thin()) {
+        // A new member would need the thin metadata area and a rebuild of it: not built yet.
+        return closing(make_error(
+            fmt::format("space '{}' is thin: replacing a member of a thin space is not supported yet", name),
+            ENOTSUP));
+    }
     VolumeStatus vs = v->status();
     int slot = -1;
     for (uint32_t s = 0; s < held.urls.size(); ++s) {
@@ -819,6 +825,11 @@ Result<SpaceStatus> SpaceManager::add_member(const std::string& name, const std:
         return plan.error();
     }
     Label truth = plan->truth;
+    if (truth.thin()) {
+        return make_error(
+            fmt::format("space '{}' is thin: adding a member to a thin space is not supported yet", name),
+            ENOTSUP);
+    }
     if (truth.layout != LayoutKind::mirror) {
         return make_error(fmt::format("space '{}' is a {}: add-member adds a copy to a mirror", name,
                                       to_string(truth.layout)),
