@@ -124,6 +124,32 @@ uint64_t thin_metadata_pages(uint64_t pool_clusters, uint64_t virtual_clusters) 
     return std::min(wanted, bound);
 }
 
+Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector<backstore::Device*>& devices,
+                                        const Label& truth) {
+    const MetadataArea* area = truth.area(AreaType::thin_map);
+    if (area == nullptr || devices.empty()) {
+        return make_error("no thin metadata area to read", ENODEV);
+    }
+    std::vector<thin::MemberMetadataStore::Member> members;
+    for (auto* d : devices) {
+        members.push_back({d, area->offset});
+    }
+    auto store = thin::MemberMetadataStore::make(reactor, std::move(members), area->length / thin::page_size);
+    if (!store) {
+        return store.error();
+    }
+    auto layout = truth.layout_of();
+    if (!layout) {
+        return layout.error();
+    }
+    auto pool = thin::ThinPool::open(*store, capacity(*layout) / thin::min_cluster_size);
+    if (!pool) {
+        return pool.error();
+    }
+    thin::PoolStats s = pool->stats();
+    return ThinPoolSummary{s.allocated_clusters, s.pool_clusters, pool->superblock().cluster_size};
+}
+
 namespace {
 
 // Writes an empty pool with the space's one device to the thin area of every member (before the labels:
@@ -306,6 +332,7 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
         out.plan.found.push_back(i);
         out.data_offsets.push_back(plans[i].data_offset);
     }
+    out.pool_bytes = pool_clusters * spec.cluster_size;
     // Now write: the bitmap area zeroed, then the labels (the labels last: a member is a member only once
     // everything it needs is in place).
     for (size_t i = 0; i < devices.size(); ++i) {

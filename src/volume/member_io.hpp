@@ -59,6 +59,7 @@ inline constexpr const char* thin_device_name = "space";
 struct FormattedSpace {
     AssemblyPlan plan;                  // every member current, clean
     std::vector<uint64_t> data_offsets; // per slot
+    uint64_t pool_bytes = 0;            // thin: the clusters the members give the pool
 };
 
 // Checks everything first — a name that fits, block sizes that agree, members large enough, members that
@@ -67,6 +68,16 @@ struct FormattedSpace {
 // labels last. Nothing is written when a check fails.
 Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec,
                                     const std::vector<backstore::Device*>& devices, bool force);
+
+// What a thin space's map says about its allocation, read from `devices` (members with the current labels;
+// each holds a copy of the metadata area). Blocking; writes nothing.
+struct ThinPoolSummary {
+    uint64_t allocated_clusters = 0;
+    uint64_t pool_clusters = 0;
+    uint64_t cluster_size = 0;
+};
+Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector<backstore::Device*>& devices,
+                                        const Label& truth);
 
 // What a member's data area would be for `spec` on a device of `bytes` (for add/replace): its plan.
 Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,

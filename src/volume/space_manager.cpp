@@ -267,6 +267,12 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     spec.chunk = request.chunk;
     spec.size = request.size;
     spec.region_size = request.region ? request.region : default_region_size;
+    spec.thin = request.thin;
+    spec.cluster_size = request.cluster ? request.cluster : spec.cluster_size;
+    if (request.thin && request.size == 0) {
+        return make_error("a thin space needs --size: the size it provides (it may exceed the members)",
+                          EINVAL);
+    }
     std::vector<backstore::Device*> raw;
     for (const std::string& url : request.members) {
         spec.urls.push_back(shown(url));
@@ -317,6 +323,12 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     st.epoch = l.epoch;
     st.sequence = l.sequence;
     st.clean = true;
+    if (l.thin()) {
+        st.thin = true;
+        st.allocation_known = true; // nothing allocated yet
+        st.cluster_size = spec.cluster_size;
+        st.pool_bytes = formatted->pool_bytes;
+    }
     for (uint32_t s = 0; s < l.members.size(); ++s) {
         st.members.push_back({s, spec.urls[s], MemberState::active, RebuildMode::none, 0, 0});
     }
@@ -596,6 +608,14 @@ SpaceStatus SpaceManager::status_of(const Volume& v) const {
     st.members = vs.members;
     st.resync = vs.resync;
     st.dirty_regions = vs.dirty_regions;
+    if (vs.thin) {
+        st.thin = true;
+        st.allocation_known = true;
+        st.allocated_bytes = vs.allocated_bytes;
+        st.pool_bytes = vs.pool_bytes;
+        st.cluster_size = vs.cluster_size;
+        st.pool_full = vs.pool_full;
+    }
     return st;
 }
 
@@ -641,6 +661,28 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
     st.sequence = truth->sequence;
     st.holder = truth->holder;
     st.clean = truth->clean;
+    if (truth->thin()) {
+        // The map as its last commit left it, read from the members that carry the current labels
+        // (reading writes nothing).
+        st.thin = true;
+        std::vector<backstore::Device*> current;
+        for (size_t i = 0; i < opened->found.size(); ++i) {
+            const auto& label = opened->found[i].label;
+            if (label && label->space_uuid == truth->space_uuid && label->epoch == truth->epoch &&
+                opened->devices[i]) {
+                current.push_back(opened->devices[i].get());
+            }
+        }
+        auto pool = read_thin_stats(reactor(), current, *truth);
+        if (pool) {
+            st.allocation_known = true;
+            st.allocated_bytes = pool->allocated_clusters * pool->cluster_size;
+            st.pool_bytes = pool->pool_clusters * pool->cluster_size;
+            st.cluster_size = pool->cluster_size;
+        } else {
+            log_warn("space {}: the thin map could not be read: {}", name, pool.error().message);
+        }
+    }
     for (uint32_t s = 0; s < truth->members.size(); ++s) {
         const MemberEntry& e = truth->members[s];
         MemberStatus ms{s, e.url, e.state, e.rebuild, e.recovery_offset, 0};

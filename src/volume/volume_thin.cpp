@@ -107,7 +107,8 @@ Result<void> Volume::thin_open(const Label& truth) {
     }
     auto store = thin::MemberMetadataStore::make(_home, std::move(members), area->length / thin::page_size);
     if (!store) {
-        return make_error(fmt::format("space '{}': {}", truth.name, store.error().message), store.error().code);
+        return make_error(fmt::format("space '{}': {}", truth.name, store.error().message),
+                          store.error().code);
     }
     auto t = std::make_unique<ThinState>();
     t->store = std::make_unique<thin::MemberMetadataStore>(std::move(*store));
@@ -126,9 +127,9 @@ Result<void> Volume::thin_open(const Label& truth) {
     }
     auto id = pool->find_device(thin_device_name);
     if (!id) {
-        return make_error(fmt::format("space '{}': the thin pool has no device '{}'", truth.name,
-                                      thin_device_name),
-                          EILSEQ);
+        return make_error(
+            fmt::format("space '{}': the thin pool has no device '{}'", truth.name, thin_device_name),
+            EILSEQ);
     }
     t->device = *id;
     t->cluster_size = sb.cluster_size;
@@ -286,11 +287,13 @@ int Volume::thin_copy(const thin::WritePlan& plan) {
             ++e;
         }
         std::vector<uint8_t> bytes((e - b) * granule);
-        if (int error = thin_sync_io(backstore::IoOp::read, plan.copy_from * t.cluster_size + b * granule, bytes);
+        if (int error =
+                thin_sync_io(backstore::IoOp::read, plan.copy_from * t.cluster_size + b * granule, bytes);
             error != 0) {
             return error;
         }
-        if (int error = thin_sync_io(backstore::IoOp::write, plan.physical * t.cluster_size + b * granule, bytes);
+        if (int error =
+                thin_sync_io(backstore::IoOp::write, plan.physical * t.cluster_size + b * granule, bytes);
             error != 0) {
             return error;
         }
