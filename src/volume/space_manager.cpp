@@ -668,8 +668,10 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
         std::vector<backstore::Device*> current;
         for (size_t i = 0; i < opened->found.size(); ++i) {
             const auto& label = opened->found[i].label;
+            // Active in the freshest label: a member being rebuilt may hold an older map.
             if (label && label->space_uuid == truth->space_uuid && label->epoch == truth->epoch &&
-                opened->devices[i]) {
+                label->slot < truth->members.size() &&
+                truth->members[label->slot].state == MemberState::active && opened->devices[i]) {
                 current.push_back(opened->devices[i].get());
             }
         }

@@ -175,6 +175,7 @@ public:
 private:
     friend class Resync;
     friend struct VolumeIo;
+    friend class VolumeThinStore;
     Volume(net::ReactorGroup& reactors, VolumeOptions options);
 
     // A member at run time. States change by CAS (any reactor for failures; home for the rest).
@@ -233,6 +234,7 @@ private:
     int thin_sync_io(backstore::IoOp op, uint64_t offset, std::span<uint8_t> data);
     Result<void> thin_commit();
     void thin_update_stats();
+    void thin_include(uint32_t slot); // worker: a member that came back gets the metadata area
 
     // --- membership and labels (volume_meta.cpp) ---
     // Any reactor: `slot` failed a request with `error`. Marks it failed (once) and raises the epoch.

@@ -971,6 +971,9 @@ void Volume::rejoin(uint32_t slot, const Label& own) {
     update_masks();
     change_labels([slot, mode](LabelBook& book) { book.member_rejoins(slot, mode); });
     _resync->add_target(slot);
+    if (_thin) {
+        thin_post([this, slot] { thin_include(slot); });
+    }
 }
 
 // ---- replace ---------------------------------------------------------------------------------------------

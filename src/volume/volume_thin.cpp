@@ -21,10 +21,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cassert>
 #include <cerrno>
 #include <cstring>
 #include <future>
+#include <thread>
 
 namespace ispace::volume {
 
@@ -97,21 +99,28 @@ Result<void> Volume::thin_open(const Label& truth) {
     if (area == nullptr) {
         return make_error(fmt::format("space '{}': thin, but no thin metadata area", truth.name), EILSEQ);
     }
-    // The metadata is on every member that holds the space now; a member that is out (failed, missing,
-    // rebuilding) may have missed commits and is not read.
-    std::vector<thin::MemberMetadataStore::Member> members;
+    // The metadata is current on every member that holds the space now; a member that is out (failed,
+    // missing, rebuilding) may have missed commits: it is neither read nor written until it gets a copy.
+    uint32_t current = 0;
     for (uint32_t s = 0; s < _count; ++s) {
-        if (_members[s].device && MemberState(_members[s].state.load()) == MemberState::active) {
-            members.push_back({_members[s].device.get(), area->offset});
+        const Member& m = _members[s];
+        if (m.device && MemberState(m.state.load()) == MemberState::active) {
+            backstore::Geometry g = m.device->geometry();
+            if (thin::page_size % g.block_size != 0 || area->offset % thin::page_size != 0 ||
+                area->offset + area->length > g.bytes()) {
+                return make_error(
+                    fmt::format("space '{}': {}: the thin metadata area does not fit it", truth.name, m.url),
+                    EILSEQ);
+            }
+            current |= 1u << s;
         }
     }
-    auto store = thin::MemberMetadataStore::make(_home, std::move(members), area->length / thin::page_size);
-    if (!store) {
-        return make_error(fmt::format("space '{}': {}", truth.name, store.error().message),
-                          store.error().code);
+    if (current == 0) {
+        return make_error(fmt::format("space '{}': no member holds a current thin map", truth.name), EIO);
     }
     auto t = std::make_unique<ThinState>();
-    t->store = std::make_unique<thin::MemberMetadataStore>(std::move(*store));
+    t->store =
+        std::make_unique<VolumeThinStore>(*this, area->offset, area->length / thin::page_size, current);
     uint64_t layout_bytes = capacity(_layout);
     auto pool = thin::ThinPool::open(*t->store, layout_bytes / thin::min_cluster_size);
     if (!pool) {
@@ -151,6 +160,130 @@ Result<void> Volume::thin_open(const Label& truth) {
     _thin = std::move(t);
     thin_update_stats();
     _thin->worker = std::thread([this] { thin_worker_loop(); });
+    for (uint32_t s = 0; s < _count; ++s) {
+        if (_members[s].device && MemberState(_members[s].state.load()) == MemberState::rebuilding) {
+            thin_post([this, s] { thin_include(s); });
+        }
+    }
+    return {};
+}
+
+void Volume::thin_include(uint32_t slot) {
+    auto state = MemberState(_members[slot].state.load());
+    if (state != MemberState::rebuilding && state != MemberState::active) {
+        return; // gone again; its next return copies again
+    }
+    if (auto r = _thin->store->include(slot); !r) {
+        log_warn("space {}: {}: the thin map could not be copied to it: {}", _truth_at_open.name,
+                 _members[slot].url, r.error().message);
+        member_error(slot, r.error().code ? -r.error().code : -EIO, "thin metadata copy");
+        return;
+    }
+    log_info("space {}: {}: the thin map copied to it", _truth_at_open.name, _members[slot].url);
+}
+
+// ---- the metadata store over the members ---------------------------------------------------------------
+
+uint32_t VolumeThinStore::targets() const {
+    return _included.load(std::memory_order_acquire) & _v.writable_mask();
+}
+
+int VolumeThinStore::io(uint32_t slot, backstore::IoOp op, uint64_t offset, std::span<uint8_t> data) {
+    Volume::Member& m = _v._members[slot];
+    // Counted in flight: a member's device is not replaced (a reopen) while a request uses it.
+    m.inflight.fetch_add(1, std::memory_order_acq_rel);
+    int error = m.device ? member_io(_v._home, *m.device, op, offset, data) : -ENODEV;
+    m.inflight.fetch_sub(1, std::memory_order_acq_rel);
+    return error;
+}
+
+unsigned VolumeThinStore::copies() const {
+    return unsigned(std::popcount(targets()));
+}
+
+Result<void> VolumeThinStore::read(uint64_t page, unsigned copy, std::span<uint8_t> out) {
+    uint32_t mask = targets();
+    if (page >= _pages || copy >= unsigned(std::popcount(mask)) || out.size() != thin::page_size) {
+        return make_error(fmt::format("thin metadata page {} copy {}: out of range", page, copy), EINVAL);
+    }
+    for (unsigned i = 0; i < copy; ++i) {
+        mask &= mask - 1;
+    }
+    uint32_t slot = uint32_t(std::countr_zero(mask));
+    if (int error = io(slot, backstore::IoOp::read, _offset + page * thin::page_size, out); error != 0) {
+        return make_error(fmt::format("thin metadata page {} on {}: read failed: {}", page,
+                                      _v._members[slot].url, std::strerror(-error)),
+                          -error);
+    }
+    return {};
+}
+
+Result<void> VolumeThinStore::write(uint64_t page, std::span<const uint8_t> data) {
+    if (page >= _pages || data.size() != thin::page_size) {
+        return make_error(fmt::format("thin metadata page {}: out of range", page), EINVAL);
+    }
+    std::vector<uint8_t> bytes(data.begin(), data.end());
+    uint32_t written = 0;
+    for (uint32_t mask = targets(); mask != 0; mask &= mask - 1) {
+        uint32_t slot = uint32_t(std::countr_zero(mask));
+        if (int error = io(slot, backstore::IoOp::write, _offset + page * thin::page_size, bytes);
+            error != 0) {
+            // Out of the store before anything else can be committed without it; failed like a data write.
+            _included.fetch_and(~(1u << slot), std::memory_order_acq_rel);
+            _dropped.store(true, std::memory_order_release);
+            _v.member_error(slot, error, "thin metadata write");
+            continue;
+        }
+        ++written;
+    }
+    if (written == 0) {
+        return make_error(fmt::format("thin metadata page {}: no member took it", page), EIO);
+    }
+    return {};
+}
+
+Result<void> VolumeThinStore::flush() {
+    uint32_t flushed = 0;
+    for (uint32_t mask = targets(); mask != 0; mask &= mask - 1) {
+        uint32_t slot = uint32_t(std::countr_zero(mask));
+        if (int error = io(slot, backstore::IoOp::flush, 0, {}); error != 0) {
+            _included.fetch_and(~(1u << slot), std::memory_order_acq_rel);
+            _dropped.store(true, std::memory_order_release);
+            _v.member_error(slot, error, "thin metadata flush");
+            continue;
+        }
+        ++flushed;
+    }
+    if (flushed == 0) {
+        return make_error("thin metadata: no member took the flush", EIO);
+    }
+    return {};
+}
+
+Result<void> VolumeThinStore::include(uint32_t slot) {
+    uint32_t sources = targets() & _v.active_mask() & ~(1u << slot);
+    if (sources == 0) {
+        return make_error("no current copy of the thin map to copy from", EIO);
+    }
+    uint32_t from = uint32_t(std::countr_zero(sources));
+    constexpr uint64_t step = 256 << 10;
+    uint64_t bytes = _pages * thin::page_size;
+    std::vector<uint8_t> buffer;
+    for (uint64_t at = 0; at < bytes; at += step) {
+        buffer.resize(std::min(step, bytes - at));
+        if (int error = io(from, backstore::IoOp::read, _offset + at, buffer); error != 0) {
+            return make_error(
+                fmt::format("reading the thin map from {}: {}", _v._members[from].url, std::strerror(-error)),
+                EIO);
+        }
+        if (int error = io(slot, backstore::IoOp::write, _offset + at, buffer); error != 0) {
+            return make_error(fmt::format("writing the thin map: {}", std::strerror(-error)), -error);
+        }
+    }
+    if (int error = io(slot, backstore::IoOp::flush, 0, {}); error != 0) {
+        return make_error(fmt::format("flushing the thin map: {}", std::strerror(-error)), -error);
+    }
+    _included.fetch_or(1u << slot, std::memory_order_acq_rel);
     return {};
 }
 
@@ -238,6 +371,20 @@ Result<void> Volume::thin_commit() {
         t.commit_failures.fetch_add(1, std::memory_order_relaxed);
         log_warn("space {}: thin commit failed: {}", _truth_at_open.name, r.error().message);
         return r;
+    }
+    if (t.store->take_dropped()) {
+        // A member left during the commit: the labels must say so before the commit is relied on, or an
+        // assembly after a crash could take its older map for a current one.
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        while (!labels_current()) {
+            if (std::chrono::steady_clock::now() > deadline) {
+                return make_error(fmt::format("space '{}': the labels recording a failed member were not "
+                                              "written within 60 s",
+                                              _truth_at_open.name),
+                                  EIO);
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
     }
     t.commits.fetch_add(1, std::memory_order_relaxed);
     thin_update_stats();

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <thread>
 
 namespace ispace::volume {
 namespace {
@@ -38,6 +39,7 @@ protected:
             disks.push_back(std::make_shared<backstore::MemoryDevice>(member_size, 512));
             std::vector<uint8_t> junk(member_size, 0xab);
             EXPECT_EQ(member_io(group.at(0), *disks.back(), backstore::IoOp::write, 0, junk), 0);
+            faults.push_back(std::make_shared<test::FaultDevice>(disks.back()));
         }
         SpaceSpec spec;
         spec.name = "thin";
@@ -55,7 +57,8 @@ protected:
             return nullptr;
         }
         offsets = formatted->data_offsets;
-        auto v = Volume::open(group, formatted->plan, members(formatted->plan.truth.members.size()), {});
+        auto v =
+            Volume::open(group, formatted->plan, members(formatted->plan.truth.members.size()), options());
         EXPECT_TRUE(v) << v.error().message;
         if (!v) {
             return nullptr;
@@ -63,21 +66,35 @@ protected:
         volumes.push_back(*v);
         return *v;
     }
-    std::vector<VolumeMember> members(size_t n) {
+    VolumeOptions options() {
+        VolumeOptions o;
+        o.sweep_interval = 50ms;
+        o.retry_min = 50ms;
+        o.retry_max = 200ms;
+        return o;
+    }
+    std::vector<VolumeMember> members(size_t n, const std::vector<bool>& present = {}) {
         std::vector<VolumeMember> out;
         for (size_t s = 0; s < n; ++s) {
             VolumeMember m;
-            m.device = std::make_unique<test::SharedDevice>(disks[s]);
+            if (present.empty() || present[s]) {
+                m.device = std::make_unique<test::SharedDevice>(faults[s]);
+            }
             m.data_offset = offsets[s];
             m.url = "m" + std::to_string(s);
             out.push_back(std::move(m));
         }
         return out;
     }
-    // Assembles again from the members' labels, as the space manager does.
-    std::shared_ptr<Volume> reopen() {
+    // Assembles again from the members' labels (those in `slots`; empty: all), as the space manager does.
+    std::shared_ptr<Volume> reopen(std::vector<uint32_t> slots = {}) {
+        if (slots.empty()) {
+            for (uint32_t s = 0; s < disks.size(); ++s) {
+                slots.push_back(s);
+            }
+        }
         std::vector<FoundMember> found;
-        for (size_t s = 0; s < disks.size(); ++s) {
+        for (uint32_t s : slots) {
             LabelReading r = read_member_labels(group.at(0), *disks[s]);
             found.push_back({"m" + std::to_string(s), r.label, r.problems});
         }
@@ -86,7 +103,11 @@ protected:
         if (!plan) {
             return nullptr;
         }
-        auto v = Volume::open(group, *plan, members(disks.size()), {});
+        std::vector<bool> present(disks.size(), false);
+        for (uint32_t s : slots) {
+            present[s] = true;
+        }
+        auto v = Volume::open(group, *plan, members(disks.size(), present), options());
         EXPECT_TRUE(v) << v.error().message;
         if (!v) {
             return nullptr;
@@ -123,6 +144,7 @@ protected:
     net::ReactorGroup group;
     test::Submitter io;
     std::vector<std::shared_ptr<backstore::MemoryDevice>> disks;
+    std::vector<std::shared_ptr<test::FaultDevice>> faults;
     std::vector<uint64_t> offsets;
     std::vector<std::shared_ptr<Volume>> volumes;
 };
@@ -259,6 +281,42 @@ TEST_F(ThinVolumeTest, TheMapSurvivesReopenAndKillAfterAFlushOrAFuaWrite) {
     auto maybe = read(d, 30 * MiB, lost.size());
     EXPECT_TRUE(maybe == lost || maybe == std::vector<uint8_t>(4096, 0)) << "old or new, nothing else";
     EXPECT_GE(v->status().allocated_bytes, 4 * MiB);
+}
+
+// A member that fails is dropped from the map's store (commits go on with the other), and when it comes
+// back it gets a copy of the map before it is written again: afterwards it alone holds the current map.
+TEST_F(ThinVolumeTest, AMemberThatFailsIsDroppedAndGetsTheMapBackWhenItReturns) {
+    auto v = create(LayoutKind::mirror, 2, 16 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    auto a = random_bytes(64 << 10, 21), b = random_bytes(64 << 10, 22), c = random_bytes(64 << 10, 23);
+    {
+        VolumeDevice d(v);
+        ASSERT_EQ(io.write(d, 100 * MiB, a), 0);
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+        faults[1]->set(test::FaultDevice::Mode::fail);
+        ASSERT_EQ(io.write(d, 150 * MiB, b), 0) << "the other copy takes it";
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0) << "the commit goes on without the failed member";
+        EXPECT_EQ(v->status().members[1].state, MemberState::failed);
+        faults[1]->set(test::FaultDevice::Mode::ok);
+        // It answers again: rejoins, gets the map, is resynced.
+        auto deadline = std::chrono::steady_clock::now() + 20s;
+        while (v->status().members[1].state != MemberState::active &&
+               std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(20ms);
+        }
+        ASSERT_EQ(v->status().members[1].state, MemberState::active);
+        ASSERT_EQ(io.write(d, 200 * MiB, c), 0);
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+    }
+    drop(v, false);
+    // Only the member that was away: its map must be the current one (not the one it had when it left).
+    v = reopen({1});
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    EXPECT_EQ(read(d, 100 * MiB, a.size()), a);
+    EXPECT_EQ(read(d, 150 * MiB, b.size()), b);
+    EXPECT_EQ(read(d, 200 * MiB, c.size()), c);
+    EXPECT_EQ(v->status().allocated_bytes, 3 * MiB);
 }
 
 TEST_F(ThinVolumeTest, RandomWritesMatchAShadowCopy) {
