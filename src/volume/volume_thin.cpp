@@ -11,7 +11,8 @@
 //    PROTECT at the SCSI layer) and leaves the map as it was: the clusters it already planned are reverted;
 //  - a FLUSH, or a FUA write that changed the map, is acknowledged only after the data in flight has
 //    landed, the members were flushed and the pool committed (an acknowledged flush survives kill -9);
-//  - UNMAP and WRITE ZEROES clear written bits (a cluster with none left is freed by the next commit);
+//  - UNMAP and WRITE ZEROES wait for the requests planned before them, then clear written bits (a cluster
+//    with none left is unmapped: reusable at once if no commit knows it, else after the next commit);
 //    the partial 4 KiB blocks at their edges are zeroed in place.
 #include "common/log.hpp"
 #include "volume/member_io.hpp"
@@ -545,6 +546,12 @@ int Volume::thin_plan_write(ThinIo& io) {
 
 int Volume::thin_unmap(const backstore::IoRequest& r) {
     ThinState& t = *_thin;
+    // The reads and writes planned before land first: a cluster freed here and never committed is
+    // allocatable at once, and must not be handed to another write while one of them still uses it (a
+    // late write would land in the other's data). Nothing new is planned meanwhile (this is the worker).
+    while (t.inflight.load(std::memory_order_acquire) != 0) {
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
     uint64_t cs = t.cluster_size;
     bool changed = false;
     for (uint64_t pos = r.offset, end = r.offset + r.length; pos < end;) {
