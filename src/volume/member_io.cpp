@@ -117,11 +117,14 @@ Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32
 }
 
 uint64_t thin_metadata_pages(uint64_t pool_clusters, uint64_t virtual_clusters) {
+    // Leaves in use at most: one per mapped cluster when writes are sparse, one per 64 virtual clusters
+    // when the device is smaller than that.
     uint64_t leaves =
         std::min(pool_clusters, (virtual_clusters + thin::leaf_entries - 1) / thin::leaf_entries);
-    uint64_t wanted = 32 + 4 * leaves;
-    uint64_t bound = 64 + pool_clusters / 4;
-    return std::min(wanted, bound);
+    // Each twice (a changed leaf goes to a free page while its old page is the durable state until the
+    // commit), the interior nodes above them (a 256th as many, per level: a 64th is ample), the two
+    // superblocks, device tables and room to spare.
+    return 64 + 2 * leaves + leaves / 64;
 }
 
 Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector<backstore::Device*>& devices,

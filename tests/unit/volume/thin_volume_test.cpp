@@ -346,6 +346,40 @@ TEST_F(ThinVolumeTest, RandomWritesMatchAShadowCopy) {
     EXPECT_LE(v->status().allocated_bytes, 16 * MiB);
 }
 
+// The metadata area holds the map of the sparsest device the pool allows: a leaf per cluster, twice.
+TEST(ThinMetadataPages, RoomForEveryLeafTwice) {
+    // 1 TiB over a 1 GiB pool: every cluster may sit in a leaf of its own.
+    EXPECT_GE(thin_metadata_pages(1024, uint64_t(1) << 20), 2u * 1024 + 2);
+    // 1 GiB over 512 MiB: 16 leaves cover the device.
+    EXPECT_GE(thin_metadata_pages(512, 1024), 2u * 16 + 2);
+    EXPECT_LE(thin_metadata_pages(512, 1024), 128u);
+}
+
+// The sparsest use the pool allows: every cluster in a leaf of its own (one write per 64 MiB of a device
+// 64 times the pool). The metadata area holds that map, and the commits go through.
+TEST_F(ThinVolumeTest, ASparseMapOfAClusterPerLeafFitsItsMetadataArea) {
+    auto v = create(LayoutKind::mirror, 2, 110 * MiB, 8192 * MiB);
+    ASSERT_TRUE(v);
+    uint64_t clusters = v->status().pool_bytes / MiB;
+    ASSERT_GE(clusters, 100u);
+    {
+        VolumeDevice d(v);
+        for (uint64_t i = 0; i < clusters; ++i) {
+            ASSERT_EQ(io.write(d, i * 64 * MiB, random_bytes(4096, i)), 0) << i;
+            if (i % 16 == 15) {
+                ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0) << "commit after " << i + 1 << " leaves";
+            }
+        }
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+    }
+    drop(v, true);
+    v = reopen();
+    ASSERT_TRUE(v);
+    EXPECT_EQ(v->status().allocated_bytes, clusters * MiB);
+    VolumeDevice d(v);
+    EXPECT_EQ(read(d, (clusters - 1) * 64 * MiB, 4096), random_bytes(4096, clusters - 1));
+}
+
 TEST_F(ThinVolumeTest, CreateRefusesBadThinSizes) {
     for (int i = 0; i < 2; ++i) {
         disks.push_back(std::make_shared<backstore::MemoryDevice>(8 * MiB, 512));
