@@ -157,9 +157,9 @@ void print_status(const json& st) {
     } else {
         where = st.value("clean", false) ? "not held (clean)" : "not held (not closed cleanly)";
     }
-    fmt::print("space {}: {}, {} copies, {}, block {} — {}\n", st.value("name", ""), st.value("layout", ""),
-               st.value("copies", 1), human_bytes(double(st.value("size", uint64_t(0)))),
-               st.value("block_size", 0), where);
+    fmt::print("space {}: {}{}, {} copies, {}, block {} — {}\n", st.value("name", ""),
+               st.value("thin", false) ? "thin " : "", st.value("layout", ""), st.value("copies", 1),
+               human_bytes(double(st.value("size", uint64_t(0)))), st.value("block_size", 0), where);
     fmt::print("  uuid {}  epoch {}  sequence {}  holder {}\n", st.value("uuid", ""), st.value("epoch", 0),
                st.value("sequence", 0), st.value("holder", ""));
     for (const json& m : st.value("members", json::array())) {
