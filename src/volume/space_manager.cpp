@@ -747,6 +747,19 @@ Result<std::vector<SpaceStatus>> SpaceManager::list() {
 
 // ---- replace, add, destroy -------------------------------------------------------------------------------
 
+namespace {
+
+// Where the metadata areas of a space's members end (a new member's data area starts after it).
+uint64_t metadata_end_of(const Label& truth) {
+    uint64_t end = metadata_start;
+    for (const MetadataArea& a : truth.areas) {
+        end = std::max(end, a.offset + a.length);
+    }
+    return end;
+}
+
+} // namespace
+
 Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::string& old_url,
                                           const std::string& new_url, bool force) {
     assert(net::Reactor::current() == nullptr);
@@ -766,12 +779,6 @@ Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::st
     Held& held = _held[name];
     std::shared_ptr<Volume> v = held.volume;
     const Label& truth = v->truth_at_open();
-    if (truth.thin()) {
-        // A new member would need the thin metadata area and a rebuild of it: not built yet.
-        return closing(make_error(
-            fmt::format("space '{}' is thin: replacing a member of a thin space is not supported yet", name),
-            ENOTSUP));
-    }
     VolumeStatus vs = v->status();
     int slot = -1;
     for (uint32_t s = 0; s < held.urls.size(); ++s) {
@@ -801,8 +808,9 @@ Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::st
                                   EINVAL));
     }
     // Its data area at the same place as the others' (after the same metadata), as large as the slot's.
+    // (A thin space's map area is copied to it by the volume before it is written or read.)
     const MetadataArea* bitmap = truth.area(AreaType::bitmap);
-    uint64_t metadata_end = bitmap ? bitmap->offset + bitmap->length : metadata_start;
+    uint64_t metadata_end = metadata_end_of(truth);
     uint64_t data_offset = (metadata_end + data_alignment - 1) / data_alignment * data_alignment;
     uint64_t needed = truth.members[uint32_t(slot)].data_bytes;
     if (d.geometry().bytes() < data_offset + needed + 2 * label_size) {
@@ -869,11 +877,6 @@ Result<SpaceStatus> SpaceManager::add_member(const std::string& name, const std:
         return plan.error();
     }
     Label truth = plan->truth;
-    if (truth.thin()) {
-        return make_error(
-            fmt::format("space '{}' is thin: adding a member to a thin space is not supported yet", name),
-            ENOTSUP);
-    }
     if (truth.layout != LayoutKind::mirror) {
         return make_error(fmt::format("space '{}' is a {}: add-member adds a copy to a mirror", name,
                                       to_string(truth.layout)),
@@ -906,13 +909,19 @@ Result<SpaceStatus> SpaceManager::add_member(const std::string& name, const std:
                           EINVAL);
     }
     const MetadataArea* bitmap = truth.area(AreaType::bitmap);
-    uint64_t metadata_end = bitmap ? bitmap->offset + bitmap->length : metadata_start;
+    uint64_t metadata_end = metadata_end_of(truth);
     uint64_t data_offset = (metadata_end + data_alignment - 1) / data_alignment * data_alignment;
     auto plan_new = plan_member(d.geometry().bytes(), truth.block_size, 0, 0);
     uint64_t end = plan_new ? plan_new->data_offset + plan_new->data_size : 0;
-    if (end < data_offset + truth.space_size) {
+    // A copy holds the space; a thin space's copy holds its pool (the mirror's capacity).
+    uint64_t copy_bytes = truth.space_size;
+    if (truth.thin()) {
+        auto layout = truth.layout_of();
+        copy_bytes = layout ? capacity(*layout) : UINT64_MAX / 2;
+    }
+    if (end < data_offset + copy_bytes) {
         return make_error(fmt::format("{}: {} bytes, too small to hold a copy of {} bytes", shown(url),
-                                      d.geometry().bytes(), truth.space_size),
+                                      d.geometry().bytes(), copy_bytes),
                           ENOSPC);
     }
     uint64_t data_bytes = (end - data_offset) / truth.block_size * truth.block_size;

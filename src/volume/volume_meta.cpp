@@ -1017,6 +1017,9 @@ Result<void> Volume::replace_member(uint32_t slot, VolumeMember member, MemberEn
         update_masks();
         change_labels([slot, entry](LabelBook& book) { book.replace_member(slot, entry); });
         _resync->add_target(slot);
+        if (_thin) {
+            thin_post([this, slot] { thin_include(slot); }); // the map, before it is written or read there
+        }
         return {};
     });
 }
