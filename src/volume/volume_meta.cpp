@@ -1121,14 +1121,13 @@ void Volume::allocation_status(uint64_t offset, uint64_t length,
     net::Reactor* reactor = net::Reactor::current();
     assert(reactor);
     uint64_t bytes = geometry().bytes();
-    if (_thin) {
-        uint64_t start = std::min(offset, bytes);
-        uint64_t end = length > bytes - start ? bytes : start + length;
-        thin_allocation(start, end - start, reactor, std::move(done));
-        return;
-    }
     uint64_t start = std::min(offset, bytes);
     uint64_t end = length > bytes - start ? bytes : start + length;
+    if (_thin) {
+        thin_allocation(start, end - start, reactor, std::move(done)); // the map says, per 4 KiB block
+        return;
+    }
+    // A plain space's every block is backed by its members.
     reactor->defer([start, end, done = std::move(done)]() mutable {
         done(std::vector<backstore::Extent>{{start, end - start, true}});
     });
