@@ -37,8 +37,11 @@ protected:
     std::shared_ptr<Volume> create(LayoutKind kind, unsigned n, uint64_t member_size, uint64_t size) {
         for (unsigned i = 0; i < n; ++i) {
             disks.push_back(std::make_shared<backstore::MemoryDevice>(member_size, 512));
-            std::vector<uint8_t> junk(member_size, 0xab);
-            EXPECT_EQ(member_io(group.at(0), *disks.back(), backstore::IoOp::write, 0, junk), 0);
+            std::vector<uint8_t> junk(8 * MiB, 0xab); // in pieces: member_io stages at most 64 MiB
+            for (uint64_t at = 0; at < member_size; at += junk.size()) {
+                std::span<uint8_t> piece(junk.data(), std::min<uint64_t>(junk.size(), member_size - at));
+                EXPECT_EQ(member_io(group.at(0), *disks.back(), backstore::IoOp::write, at, piece), 0);
+            }
             faults.push_back(std::make_shared<test::FaultDevice>(disks.back()));
         }
         SpaceSpec spec;
