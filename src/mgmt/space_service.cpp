@@ -53,6 +53,16 @@ json space_status_json(const volume::SpaceStatus& st) {
     j["holder"] = st.holder;
     j["clean"] = st.clean;
     j["dirty_regions"] = st.dirty_regions;
+    j["thin"] = st.thin;
+    if (st.thin) {
+        // provisioned: what the space provides; allocated: what its map takes from the members (null
+        // when the map could not be read).
+        j["provisioned_bytes"] = st.size;
+        j["allocated_bytes"] = st.allocation_known ? json(st.allocated_bytes) : json(nullptr);
+        j["pool_bytes"] = st.pool_bytes;
+        j["cluster_size"] = st.cluster_size;
+        j["pool_full"] = st.pool_full;
+    }
     j["members"] = json::array();
     for (const volume::MemberStatus& m : st.members) {
         j["members"].push_back({{"slot", m.slot},
@@ -122,6 +132,8 @@ json SpaceService::handle(const json& request) {
             r.chunk = request.value("chunk", uint64_t(0));
             r.region = request.value("region", 0u);
             r.force = request.value("force", false);
+            r.thin = request.value("thin", false);
+            r.cluster = request.value("cluster", 0u);
             auto st = _manager.create(r);
             return st ? json{{"ok", true}, {"status", space_status_json(*st)}} : failure(st.error());
         }

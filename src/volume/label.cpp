@@ -466,13 +466,22 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
         return bad(
             fmt::format("layout {} of {} members with {} copies", to_string(l.layout), members, l.copies));
     }
-    if (l.space_size == 0 || l.space_size % l.block_size != 0 || l.space_size > capacity(*layout)) {
+    // A thin space's size is virtual (clusters are allocated on write); its bitmap covers the data area.
+    if (l.space_size == 0 || l.space_size % l.block_size != 0 ||
+        (!l.thin() && l.space_size > capacity(*layout)) || (l.thin() && l.space_size > max_thin_size)) {
         return bad(
             fmt::format("space of {} bytes on a layout that holds {}", l.space_size, capacity(*layout)));
     }
+    if (l.thin() && l.area(AreaType::thin_map) == nullptr) {
+        return bad("a thin space without its thin metadata area");
+    }
+    if (!l.thin() && l.area(AreaType::thin_map) != nullptr) {
+        return bad("a thin metadata area on a space that is not thin");
+    }
     if (layout->redundant() && l.region_size != 0) {
         const MetadataArea* bitmap = l.area(AreaType::bitmap);
-        uint64_t regions = (l.space_size + l.region_size - 1) / l.region_size;
+        uint64_t covered = l.thin() ? capacity(*layout) : l.space_size;
+        uint64_t regions = (covered + l.region_size - 1) / l.region_size;
         if (!bitmap || bitmap->length * 8 < regions) {
             return bad(fmt::format("the bitmap area cannot hold {} regions", regions));
         }
@@ -531,7 +540,7 @@ LabelReading choose_label(std::span<const std::vector<uint8_t>> copies, std::spa
 }
 
 Result<MemberPlan> plan_member(uint64_t member_bytes, uint32_t block_size, uint64_t max_space_bytes,
-                               uint32_t region_size) {
+                               uint32_t region_size, uint64_t thin_map_bytes) {
     MemberPlan plan;
     uint64_t metadata_end = metadata_start;
     if (region_size != 0) {
@@ -542,6 +551,12 @@ Result<MemberPlan> plan_member(uint64_t member_bytes, uint32_t block_size, uint6
         bytes = (bytes + unit - 1) / unit * unit;
         plan.bitmap = {AreaType::bitmap, 0, metadata_start, bytes};
         metadata_end += bytes;
+    }
+    if (thin_map_bytes != 0) {
+        // 4 KiB pages at a 4 KiB boundary (the bitmap ends on one: it is whole 4 KiB units).
+        metadata_end = (metadata_end + 4095) / 4096 * 4096;
+        plan.thin_map = {AreaType::thin_map, 0, metadata_end, (thin_map_bytes + 4095) / 4096 * 4096};
+        metadata_end += plan.thin_map.length;
     }
     plan.data_offset = (metadata_end + data_alignment - 1) / data_alignment * data_alignment;
     // The data area ends at the last 1 MiB boundary that leaves room for the two end copies.

@@ -61,13 +61,16 @@ inline constexpr size_t max_name_length = 63;
 inline constexpr size_t max_url_length = 183;
 inline constexpr size_t max_holder_length = 63;
 inline constexpr size_t max_metadata_areas = 8;
+// The largest virtual size of a thin space (its members may hold far less): 1 PiB.
+inline constexpr uint64_t max_thin_size = uint64_t(1) << 50;
 
-// Feature bits (see the header comment). Nothing is set by this version but compat::bitmap.
+// Feature bits (see the header comment). This version sets compat::bitmap and, for a thin space,
+// incompat::thin: an older ispace must not read a thin space's data area as if it were the space.
 namespace feature {
 namespace incompat {
-constexpr uint64_t thin = 1u << 0;      // reserved for issue 14: clusters allocated on write
+constexpr uint64_t thin = 1u << 0;      // clusters allocated on write (docs/thin.md); a thin_map area exists
 constexpr uint64_t checksums = 1u << 1; // reserved for issue 14: CRC32C per 4 KiB block
-constexpr uint64_t known = 0;           // what this version reads
+constexpr uint64_t known = thin;        // what this version reads
 } // namespace incompat
 namespace ro_compat {
 constexpr uint64_t known = 0;
@@ -80,7 +83,7 @@ constexpr uint64_t bitmap = 1u << 0; // a write-intent bitmap area exists
 // The metadata areas a label lists (type field).
 enum class AreaType : uint32_t {
     bitmap = 1,    // write-intent bitmap: bit r = region r of the space may differ between copies
-    thin_map = 2,  // reserved: the thin pool's metadata area (docs/thin.md, src/volume/thin), not placed yet
+    thin_map = 2,  // the thin pool's metadata pages (docs/thin.md, src/volume/thin), on every member
     checksums = 3, // reserved (issue 14)
 };
 
@@ -160,6 +163,7 @@ struct Label {
     std::vector<MemberEntry> members; // by slot
 
     const MetadataArea* area(AreaType type) const;
+    bool thin() const { return (incompat & feature::incompat::thin) != 0; }
     // The layout the label describes (member data sizes from the member table).
     Result<Layout> layout_of() const;
 };
@@ -188,14 +192,16 @@ LabelReading choose_label(std::span<const std::vector<uint8_t>> copies, std::spa
 bool looks_like_label(std::span<const uint8_t> bytes);
 
 // Where a member's metadata and data go, for a device of `member_bytes` with `block_size`-byte blocks,
-// holding (at most) a space of `max_space_bytes` with a bitmap of `region_size` regions (0: none).
+// holding (at most) a space of `max_space_bytes` with a bitmap of `region_size` regions (0: none) and,
+// for a thin space, a thin metadata area of `thin_map_bytes` (a multiple of 4 KiB; 0: none) after it.
 struct MemberPlan {
     uint64_t data_offset = 0;
     uint64_t data_size = 0;
-    MetadataArea bitmap; // length 0 when there is none
+    MetadataArea bitmap;   // length 0 when there is none
+    MetadataArea thin_map; // length 0 when there is none
 };
 Result<MemberPlan> plan_member(uint64_t member_bytes, uint32_t block_size, uint64_t max_space_bytes,
-                               uint32_t region_size);
+                               uint32_t region_size, uint64_t thin_map_bytes = 0);
 
 // CRC32C (Castagnoli), as the label checksum uses it: ISA-L's crc32_iscsi, preset and complemented.
 uint32_t label_crc32c(const void* data, size_t length, uint32_t seed = 0);

@@ -1,5 +1,8 @@
 #include "volume/member_io.hpp"
 
+#include "volume/thin/member_store.hpp"
+#include "volume/thin/pool.hpp"
+
 #include "common/buffer.hpp"
 
 #include <fmt/format.h>
@@ -107,10 +110,82 @@ std::vector<uint8_t> read_member_bitmap(net::Reactor& reactor, backstore::Device
 }
 
 Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
-                            uint64_t space_bytes) {
+                            uint64_t space_bytes, uint64_t thin_map_bytes) {
     bool redundant = spec.layout == LayoutKind::mirror || spec.layout == LayoutKind::stripe_mirror;
-    return plan_member(device_bytes, block_size, space_bytes, redundant ? spec.region_size : 0);
+    return plan_member(device_bytes, block_size, space_bytes, redundant ? spec.region_size : 0,
+                       thin_map_bytes);
 }
+
+uint64_t thin_metadata_pages(uint64_t pool_clusters, uint64_t virtual_clusters) {
+    // Leaves in use at most: one per mapped cluster when writes are sparse, one per 64 virtual clusters
+    // when the device is smaller than that.
+    uint64_t leaves =
+        std::min(pool_clusters, (virtual_clusters + thin::leaf_entries - 1) / thin::leaf_entries);
+    // Each twice (a changed leaf goes to a free page while its old page is the durable state until the
+    // commit), the interior nodes above them (a 256th as many, per level: a 64th is ample), the two
+    // superblocks, device tables and room to spare.
+    return 64 + 2 * leaves + leaves / 64;
+}
+
+Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector<backstore::Device*>& devices,
+                                        const Label& truth) {
+    const MetadataArea* area = truth.area(AreaType::thin_map);
+    if (area == nullptr || devices.empty()) {
+        return make_error("no thin metadata area to read", ENODEV);
+    }
+    std::vector<thin::MemberMetadataStore::Member> members;
+    for (auto* d : devices) {
+        members.push_back({d, area->offset});
+    }
+    auto store = thin::MemberMetadataStore::make(reactor, std::move(members), area->length / thin::page_size);
+    if (!store) {
+        return store.error();
+    }
+    auto layout = truth.layout_of();
+    if (!layout) {
+        return layout.error();
+    }
+    auto pool = thin::ThinPool::open(*store, capacity(*layout) / thin::min_cluster_size);
+    if (!pool) {
+        return pool.error();
+    }
+    thin::PoolStats s = pool->stats();
+    return ThinPoolSummary{s.allocated_clusters, s.pool_clusters, pool->superblock().cluster_size};
+}
+
+namespace {
+
+// Writes an empty pool with the space's one device to the thin area of every member (before the labels:
+// a member is a member only once everything it needs is in place).
+Result<void> format_thin(net::Reactor& reactor, const std::vector<backstore::Device*>& devices,
+                         const MemberPlan& plan, uint32_t cluster_size, uint64_t pool_clusters,
+                         uint64_t space_bytes) {
+    std::vector<thin::MemberMetadataStore::Member> members;
+    for (auto* d : devices) {
+        members.push_back({d, plan.thin_map.offset});
+    }
+    auto store =
+        thin::MemberMetadataStore::make(reactor, std::move(members), plan.thin_map.length / thin::page_size);
+    if (!store) {
+        return store.error();
+    }
+    auto pool = thin::ThinPool::format(*store, {cluster_size, pool_clusters});
+    if (!pool) {
+        return make_error(fmt::format("the thin pool could not be written: {}", pool.error().message),
+                          pool.error().code);
+    }
+    uint64_t virtual_clusters = (space_bytes + cluster_size - 1) / cluster_size;
+    if (auto id = pool->create_device(thin_device_name, virtual_clusters); !id) {
+        return id.error();
+    }
+    if (auto c = pool->commit(); !c) {
+        return make_error(fmt::format("the thin pool could not be written: {}", c.error().message),
+                          c.error().code);
+    }
+    return {};
+}
+
+} // namespace
 
 Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec,
                                     const std::vector<backstore::Device*>& devices, bool force) {
@@ -174,7 +249,45 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     if (size % bs != 0) {
         return make_error(fmt::format("size {}: not a whole number of {}-byte blocks", size, bs), EINVAL);
     }
-    if (size > cap) {
+    uint64_t pool_clusters = 0;
+    if (spec.thin) {
+        uint32_t cs = spec.cluster_size;
+        if (cs < thin::min_cluster_size || cs > thin::default_cluster_size || (cs & (cs - 1)) != 0) {
+            return make_error(fmt::format("cluster size {}: a power of two from {} KiB to {} KiB", cs,
+                                          thin::min_cluster_size >> 10, thin::default_cluster_size >> 10),
+                              EINVAL);
+        }
+        if (size > max_thin_size) {
+            return make_error(fmt::format("size {} MiB: a thin space holds at most {} TiB", size >> 20,
+                                          max_thin_size >> 40),
+                              EINVAL);
+        }
+        // The metadata area comes out of the members' data areas: plan again with it.
+        uint64_t pages = thin_metadata_pages(cap / cs, (size + cs - 1) / cs);
+        plans.clear();
+        data_sizes.clear();
+        for (size_t i = 0; i < devices.size(); ++i) {
+            auto plan = plan_for(spec, devices[i]->geometry().bytes(), bs, upper, pages * thin::page_size);
+            if (!plan) {
+                return make_error(fmt::format("{}: {}", spec.urls[i], plan.error().message),
+                                  plan.error().code);
+            }
+            plans.push_back(*plan);
+            data_sizes.push_back(plan->data_size);
+        }
+        layout = make_layout(spec.layout, data_sizes, bs, spec.chunk, spec.copies);
+        if (!layout) {
+            return layout.error();
+        }
+        cap = capacity(*layout);
+        pool_clusters = cap / cs;
+        if (pool_clusters == 0) {
+            return make_error(fmt::format("the members hold {} KiB as a {}: less than one {} KiB cluster",
+                                          cap >> 10, to_string(spec.layout), cs >> 10),
+                              ENOSPC);
+        }
+    }
+    if (!spec.thin && size > cap) {
         std::string sizes;
         for (size_t i = 0; i < devices.size(); ++i) {
             sizes += fmt::format("{}{} ({} MiB usable)", sizes.empty() ? "" : ", ", spec.urls[i],
@@ -203,6 +316,10 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
         l.compat |= feature::compat::bitmap;
         l.areas.push_back(plans[0].bitmap); // every member's bitmap area sits at the same place
     }
+    if (spec.thin) {
+        l.incompat |= feature::incompat::thin;
+        l.areas.push_back(plans[0].thin_map); // so does the thin metadata area
+    }
     for (size_t i = 0; i < devices.size(); ++i) {
         MemberEntry e;
         e.uuid = make_uuid();
@@ -218,6 +335,7 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
         out.plan.found.push_back(i);
         out.data_offsets.push_back(plans[i].data_offset);
     }
+    out.pool_bytes = pool_clusters * spec.cluster_size;
     // Now write: the bitmap area zeroed, then the labels (the labels last: a member is a member only once
     // everything it needs is in place).
     for (size_t i = 0; i < devices.size(); ++i) {
@@ -231,6 +349,13 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
                                   -error);
             }
         }
+    }
+    if (spec.thin) {
+        if (auto r = format_thin(reactor, devices, plans[0], spec.cluster_size, pool_clusters, size); !r) {
+            return r.error();
+        }
+    }
+    for (size_t i = 0; i < devices.size(); ++i) {
         Label mine = l;
         mine.slot = uint32_t(i);
         mine.member_uuid = l.members[i].uuid;

@@ -40,22 +40,48 @@ struct SpaceSpec {
     uint64_t size = 0;                          // 0: all the layout holds
     uint32_t region_size = default_region_size; // bitmap region (redundant layouts)
     std::vector<std::string> urls;              // in slot order (for the labels and messages; no secrets)
+    // Thin (docs/thin.md): `size` is virtual and may exceed what the members hold; clusters of
+    // `cluster_size` bytes are allocated from the members on first write.
+    bool thin = false;
+    uint32_t cluster_size = 1 << 20;
 };
+
+// The pages a thin metadata area gets for a pool of `pool_clusters` and a device of `virtual_clusters`:
+// room for every leaf the device can need twice over (a commit writes changed nodes to fresh pages while
+// the old ones are still the durable state), with interior nodes and the device table. At most 8 KiB per
+// cluster (0.8 % of a pool of 1 MiB clusters), when the device is 64 times the pool or more and written
+// sparsely; 8 KiB per 64 MiB of device otherwise. A map that outgrows it makes commits fail (ENOSPC).
+uint64_t thin_metadata_pages(uint64_t pool_clusters, uint64_t virtual_clusters);
+
+// The name of the one thin device of a thin space in its pool (snapshots and clones will be others).
+inline constexpr const char* thin_device_name = "space";
 
 // A space whose members were just labelled.
 struct FormattedSpace {
     AssemblyPlan plan;                  // every member current, clean
     std::vector<uint64_t> data_offsets; // per slot
+    uint64_t pool_bytes = 0;            // thin: the clusters the members give the pool
 };
 
 // Checks everything first — a name that fits, block sizes that agree, members large enough, members that
 // carry no label of a space (unless `force`; the error names the space) — then writes each member's bitmap
-// area (zeroes) and labels. Nothing is written when a check fails.
+// area (zeroes), for a thin space an empty pool in its metadata area (mirrored on every member), and the
+// labels last. Nothing is written when a check fails.
 Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec,
                                     const std::vector<backstore::Device*>& devices, bool force);
 
+// What a thin space's map says about its allocation, read from `devices` (members with the current labels;
+// each holds a copy of the metadata area). Blocking; writes nothing.
+struct ThinPoolSummary {
+    uint64_t allocated_clusters = 0;
+    uint64_t pool_clusters = 0;
+    uint64_t cluster_size = 0;
+};
+Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector<backstore::Device*>& devices,
+                                        const Label& truth);
+
 // What a member's data area would be for `spec` on a device of `bytes` (for add/replace): its plan.
 Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
-                            uint64_t space_bytes);
+                            uint64_t space_bytes, uint64_t thin_map_bytes = 0);
 
 } // namespace ispace::volume

@@ -267,6 +267,12 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     spec.chunk = request.chunk;
     spec.size = request.size;
     spec.region_size = request.region ? request.region : default_region_size;
+    spec.thin = request.thin;
+    spec.cluster_size = request.cluster ? request.cluster : spec.cluster_size;
+    if (request.thin && request.size == 0) {
+        return make_error("a thin space needs --size: the size it provides (it may exceed the members)",
+                          EINVAL);
+    }
     std::vector<backstore::Device*> raw;
     for (const std::string& url : request.members) {
         spec.urls.push_back(shown(url));
@@ -317,6 +323,12 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     st.epoch = l.epoch;
     st.sequence = l.sequence;
     st.clean = true;
+    if (l.thin()) {
+        st.thin = true;
+        st.allocation_known = true; // nothing allocated yet
+        st.cluster_size = spec.cluster_size;
+        st.pool_bytes = formatted->pool_bytes;
+    }
     for (uint32_t s = 0; s < l.members.size(); ++s) {
         st.members.push_back({s, spec.urls[s], MemberState::active, RebuildMode::none, 0, 0});
     }
@@ -596,6 +608,14 @@ SpaceStatus SpaceManager::status_of(const Volume& v) const {
     st.members = vs.members;
     st.resync = vs.resync;
     st.dirty_regions = vs.dirty_regions;
+    if (vs.thin) {
+        st.thin = true;
+        st.allocation_known = true;
+        st.allocated_bytes = vs.allocated_bytes;
+        st.pool_bytes = vs.pool_bytes;
+        st.cluster_size = vs.cluster_size;
+        st.pool_full = vs.pool_full;
+    }
     return st;
 }
 
@@ -641,6 +661,30 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
     st.sequence = truth->sequence;
     st.holder = truth->holder;
     st.clean = truth->clean;
+    if (truth->thin()) {
+        // The map as its last commit left it, read from the members that carry the current labels
+        // (reading writes nothing).
+        st.thin = true;
+        std::vector<backstore::Device*> current;
+        for (size_t i = 0; i < opened->found.size(); ++i) {
+            const auto& label = opened->found[i].label;
+            // Active in the freshest label: a member being rebuilt may hold an older map.
+            if (label && label->space_uuid == truth->space_uuid && label->epoch == truth->epoch &&
+                label->slot < truth->members.size() &&
+                truth->members[label->slot].state == MemberState::active && opened->devices[i]) {
+                current.push_back(opened->devices[i].get());
+            }
+        }
+        auto pool = read_thin_stats(reactor(), current, *truth);
+        if (pool) {
+            st.allocation_known = true;
+            st.allocated_bytes = pool->allocated_clusters * pool->cluster_size;
+            st.pool_bytes = pool->pool_clusters * pool->cluster_size;
+            st.cluster_size = pool->cluster_size;
+        } else {
+            log_warn("space {}: the thin map could not be read: {}", name, pool.error().message);
+        }
+    }
     for (uint32_t s = 0; s < truth->members.size(); ++s) {
         const MemberEntry& e = truth->members[s];
         MemberStatus ms{s, e.url, e.state, e.rebuild, e.recovery_offset, 0};
@@ -703,6 +747,19 @@ Result<std::vector<SpaceStatus>> SpaceManager::list() {
 
 // ---- replace, add, destroy -------------------------------------------------------------------------------
 
+namespace {
+
+// Where the metadata areas of a space's members end (a new member's data area starts after it).
+uint64_t metadata_end_of(const Label& truth) {
+    uint64_t end = metadata_start;
+    for (const MetadataArea& a : truth.areas) {
+        end = std::max(end, a.offset + a.length);
+    }
+    return end;
+}
+
+} // namespace
+
 Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::string& old_url,
                                           const std::string& new_url, bool force) {
     assert(net::Reactor::current() == nullptr);
@@ -751,8 +808,9 @@ Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::st
                                   EINVAL));
     }
     // Its data area at the same place as the others' (after the same metadata), as large as the slot's.
+    // (A thin space's map area is copied to it by the volume before it is written or read.)
     const MetadataArea* bitmap = truth.area(AreaType::bitmap);
-    uint64_t metadata_end = bitmap ? bitmap->offset + bitmap->length : metadata_start;
+    uint64_t metadata_end = metadata_end_of(truth);
     uint64_t data_offset = (metadata_end + data_alignment - 1) / data_alignment * data_alignment;
     uint64_t needed = truth.members[uint32_t(slot)].data_bytes;
     if (d.geometry().bytes() < data_offset + needed + 2 * label_size) {
@@ -851,13 +909,19 @@ Result<SpaceStatus> SpaceManager::add_member(const std::string& name, const std:
                           EINVAL);
     }
     const MetadataArea* bitmap = truth.area(AreaType::bitmap);
-    uint64_t metadata_end = bitmap ? bitmap->offset + bitmap->length : metadata_start;
+    uint64_t metadata_end = metadata_end_of(truth);
     uint64_t data_offset = (metadata_end + data_alignment - 1) / data_alignment * data_alignment;
     auto plan_new = plan_member(d.geometry().bytes(), truth.block_size, 0, 0);
     uint64_t end = plan_new ? plan_new->data_offset + plan_new->data_size : 0;
-    if (end < data_offset + truth.space_size) {
+    // A copy holds the space; a thin space's copy holds its pool (the mirror's capacity).
+    uint64_t copy_bytes = truth.space_size;
+    if (truth.thin()) {
+        auto layout = truth.layout_of();
+        copy_bytes = layout ? capacity(*layout) : UINT64_MAX / 2;
+    }
+    if (end < data_offset + copy_bytes) {
         return make_error(fmt::format("{}: {} bytes, too small to hold a copy of {} bytes", shown(url),
-                                      d.geometry().bytes(), truth.space_size),
+                                      d.geometry().bytes(), copy_bytes),
                           ENOSPC);
     }
     uint64_t data_bytes = (end - data_offset) / truth.block_size * truth.block_size;

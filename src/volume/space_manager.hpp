@@ -59,6 +59,9 @@ struct CreateRequest {
     uint64_t chunk = 0;               // stripes; 0: 128 KiB
     uint32_t region = 0;              // bitmap region; 0: 1 MiB
     bool force = false;               // reuse members that belong to another space
+    // Thin (docs/thin.md): `size` (required) may exceed the members; clusters are allocated on write.
+    bool thin = false;
+    uint32_t cluster = 0; // thin cluster size; 0: 1 MiB
 };
 
 struct OpenOptions {
@@ -87,6 +90,13 @@ struct SpaceStatus {
     std::vector<MemberStatus> members; // URL (no secret) and state; missing when not reachable
     ResyncProgress resync;
     uint64_t dirty_regions = 0;
+    // A thin space: `size` is what it provides (provisioned); these say what it takes from the members.
+    bool thin = false;
+    bool allocation_known = false; // read from the map (open here, or read from the members)
+    uint64_t allocated_bytes = 0;
+    uint64_t pool_bytes = 0;
+    uint32_t cluster_size = 0;
+    bool pool_full = false; // the last write that needed a cluster found none (open here only)
 };
 
 class SpaceManager {

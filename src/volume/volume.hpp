@@ -41,6 +41,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,11 @@ namespace ispace::volume {
 class RemoteDevice;
 class Resync;
 struct VolumeIo;
+struct ThinIo;
+struct ThinState;
+namespace thin {
+struct WritePlan;
+}
 
 struct VolumeMember {
     std::unique_ptr<backstore::Device> device; // null: not found (missing)
@@ -108,6 +114,12 @@ struct VolumeStatus {
     ResyncProgress resync;
     uint64_t dirty_regions = 0;
     WriteIntentBitmap::Stats bitmap;
+    // A thin space (docs/thin.md): `size` is what it provides; these say what it takes from its members.
+    bool thin = false;
+    uint64_t allocated_bytes = 0; // clusters the space's map holds
+    uint64_t pool_bytes = 0;      // clusters the members give it
+    uint32_t cluster_size = 0;
+    bool pool_full = false; // the last write that needed a cluster found none
 };
 
 class Volume : public std::enable_shared_from_this<Volume> {
@@ -129,13 +141,17 @@ public:
     void abandon();
 
     // The backstore::Device contract (VolumeDevice forwards here).
-    backstore::Geometry geometry() const { return {_block_size, _space_size / _block_size}; }
+    backstore::Geometry geometry() const { return {_block_size, _virtual_size / _block_size}; }
     backstore::Features features() const { return _features; }
     void submit(backstore::IoRequest& request);
 
     VolumeStatus status() const; // any thread
     const Label& truth_at_open() const { return _truth_at_open; }
     bool lost() const { return _lost.load(std::memory_order_acquire); }
+    bool thin() const { return _thin != nullptr; }
+    // Which parts of [offset, +length) hold data (a thin space's map; anything else is all mapped).
+    void allocation_status(uint64_t offset, uint64_t length,
+                           Function<void(Result<std::vector<backstore::Extent>>)> done);
     // Receives the volume's events (lost -> removed, no copy left -> failed); any thread.
     void set_event_sink(std::function<void(backstore::DeviceEvent)> sink);
 
@@ -159,6 +175,7 @@ public:
 private:
     friend class Resync;
     friend struct VolumeIo;
+    friend class VolumeThinStore;
     Volume(net::ReactorGroup& reactors, VolumeOptions options);
 
     // A member at run time. States change by CAS (any reactor for failures; home for the rest).
@@ -182,6 +199,8 @@ private:
     };
 
     // --- data path (volume_io.cpp) ---
+    // A request on the layout's address range (for a thin space: the pool's clusters).
+    void submit_physical(backstore::IoRequest& request);
     void start_write(VolumeIo* io);
     void send_children(VolumeIo* io);
     void child_done(VolumeIo* io, uint32_t child, int error);
@@ -193,6 +212,29 @@ private:
     bool synced(uint32_t slot, uint64_t offset, uint64_t length) const;
     // Submits `request` to member `slot` (counting it in flight), with a shared Buffer for remote writes.
     void submit_member(uint32_t slot, backstore::IoRequest& request, const Buffer* shared);
+
+    // --- a thin space (volume_thin.cpp, thin_io.hpp) ---
+    Result<void> thin_open(const Label& truth); // at open, before anything is written
+    // Stops the worker; `commit`: after making everything durable (close), else not (abandon).
+    Result<void> thin_stop(bool commit);
+    void thin_worker_loop();
+    void thin_post(Function<void()> job);
+    void thin_submit(backstore::IoRequest& request, net::Reactor* origin);
+    void thin_send(const std::shared_ptr<ThinIo>& io);
+    void thin_sent(const std::shared_ptr<ThinIo>& io);
+    void thin_complete(ThinIo& io, int error);
+    void thin_allocation(uint64_t offset, uint64_t length, net::Reactor* origin,
+                         Function<void(Result<std::vector<backstore::Extent>>)> done);
+    // Worker only:
+    int thin_plan_read(ThinIo& io);
+    int thin_plan_write(ThinIo& io);
+    int thin_unmap(const backstore::IoRequest& request);
+    int thin_fill(const thin::WritePlan& plan, uint64_t block, uint64_t from, uint64_t to);
+    int thin_copy(const thin::WritePlan& plan);
+    int thin_sync_io(backstore::IoOp op, uint64_t offset, std::span<uint8_t> data);
+    Result<void> thin_commit();
+    void thin_update_stats();
+    void thin_include(uint32_t slot); // worker: a member that came back gets the metadata area
 
     // --- membership and labels (volume_meta.cpp) ---
     // Any reactor: `slot` failed a request with `error`. Marks it failed (once) and raises the epoch.
@@ -235,7 +277,9 @@ private:
     Layout _layout;
     uint32_t _count = 0;
     uint32_t _block_size = 512;
-    uint64_t _space_size = 0;
+    uint64_t _space_size = 0;         // the layout range in use (a thin space: its pool's clusters)
+    uint64_t _virtual_size = 0;       // what the space provides (a thin space: more than _space_size, maybe)
+    std::unique_ptr<ThinState> _thin; // a thin space only
     backstore::Features _features;
     std::array<Member, max_members> _members;
     std::atomic<uint32_t> _writable{0}; // active | rebuilding

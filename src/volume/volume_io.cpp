@@ -127,6 +127,36 @@ bool is_write(backstore::IoOp op) {
 } // namespace
 
 void Volume::submit(backstore::IoRequest& request) {
+    if (!_thin) {
+        submit_physical(request); // a plain space: its blocks are the layout's
+        return;
+    }
+    net::Reactor* origin = net::Reactor::current();
+    assert(origin && "backstore I/O is submitted on a reactor thread");
+    if (_lost.load(std::memory_order_acquire)) {
+        complete_soon(origin, request, -EBADE);
+        return;
+    }
+    if (request.op != backstore::IoOp::flush &&
+        (request.offset % _block_size != 0 || request.length % _block_size != 0 ||
+         request.offset > _virtual_size || request.length > _virtual_size - request.offset)) {
+        complete_soon(origin, request, -EINVAL);
+        return;
+    }
+    if (request.length == 0 && request.op != backstore::IoOp::flush) {
+        complete_soon(origin, request, 0);
+        return;
+    }
+    _foreground.fetch_add(1, std::memory_order_acq_rel);
+    if (_closing.load(std::memory_order_acquire) || _lost.load(std::memory_order_acquire)) {
+        _completed.fetch_add(1, std::memory_order_acq_rel);
+        complete_soon(origin, request, _lost.load() ? -EBADE : -ESHUTDOWN);
+        return;
+    }
+    thin_submit(request, origin);
+}
+
+void Volume::submit_physical(backstore::IoRequest& request) {
     net::Reactor* origin = net::Reactor::current();
     assert(origin && "backstore I/O is submitted on a reactor thread");
     if (_lost.load(std::memory_order_acquire)) {

@@ -3,6 +3,7 @@
 #include "common/log.hpp"
 #include "volume/remote_device.hpp"
 #include "volume/resync.hpp"
+#include "volume/thin_io.hpp"
 #include "volume/volume.hpp"
 
 #include <fmt/format.h>
@@ -52,6 +53,9 @@ Volume::~Volume() {
     if (!_closed && net::Reactor::current() == nullptr && _resync) {
         log_warn("space {}: dropped without close(); stopping it without a clean label", _truth_at_open.name);
         abandon();
+    }
+    if (_thin && _thin->worker.joinable()) {
+        (void)thin_stop(false); // an open that failed after the map was read
     }
 }
 
@@ -116,6 +120,7 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
     v->_count = uint32_t(truth.members.size());
     v->_block_size = truth.block_size;
     v->_space_size = truth.space_size;
+    v->_virtual_size = truth.space_size;
     v->_features.volatile_cache = true;
     v->_features.unmap = true;
     v->_features.write_zeroes = true;
@@ -213,6 +218,18 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
         std::lock_guard lock(v->_status_mutex);
         v->_book_snapshot = v->_book.truth();
     }
+    if (truth.thin()) {
+        // The map first: a space whose map cannot be read is not opened (nothing is written before).
+        // Unmap and write-zeroes are the map's own business, whatever the members support.
+        if (auto opened = v->thin_open(truth); !opened) {
+            v->_closed = true;
+            return opened.error();
+        }
+        v->_space_size = v->_thin->physical_size;
+        v->_features.unmap = true;
+        v->_features.write_zeroes = true;
+        v->_features.thin = true;
+    }
 
     // The bitmap, from the members' copies (their OR: a region any copy marks may differ).
     const MetadataArea* area = truth.area(AreaType::bitmap);
@@ -220,7 +237,7 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
         uint32_t block_bytes = std::max<uint32_t>(4096, truth.block_size);
         auto self = v.get();
         v->_bitmap = std::make_unique<WriteIntentBitmap>(
-            truth.space_size, truth.region_size, block_bytes, v->_home,
+            v->_space_size, truth.region_size, block_bytes, v->_home,
             [self](uint64_t block, Buffer data, Function<void(bool)> done) {
                 self->write_bitmap_block(block, std::move(data), std::move(done));
             });
@@ -333,6 +350,13 @@ Result<void> Volume::close() {
     if (_closed) {
         return {};
     }
+    // A thin space's map is committed while requests may still run (the commit's flush goes through the
+    // data path); none may be in flight by now (the caller's promise), so it is the last word.
+    Result<void> thin_closed = thin_stop(true);
+    if (!thin_closed) {
+        log_warn("space {}: the thin map could not be committed at close: {}", _truth_at_open.name,
+                 thin_closed.error().message);
+    }
     _closing.store(true, std::memory_order_release);
     drain();
     stop_background();
@@ -400,6 +424,9 @@ Result<void> Volume::close() {
     });
     _closed = true;
     log_info("space {}: closed{}", _truth_at_open.name, _lost.load() ? " (lost to another holder)" : "");
+    if (result && !thin_closed) {
+        return thin_closed;
+    }
     return result;
 }
 
@@ -410,6 +437,7 @@ void Volume::abandon() {
     }
     _closing.store(true, std::memory_order_release);
     drain();
+    (void)thin_stop(false); // what was not committed is lost, as kill -9 would lose it
     stop_background();
     for (int i = 0; i < 60000; ++i) {
         if (on_home([&] { return (!_bitmap || _bitmap->idle()) && !_labels_writing; })) {
@@ -949,6 +977,9 @@ void Volume::rejoin(uint32_t slot, const Label& own) {
     update_masks();
     change_labels([slot, mode](LabelBook& book) { book.member_rejoins(slot, mode); });
     _resync->add_target(slot);
+    if (_thin) {
+        thin_post([this, slot] { thin_include(slot); });
+    }
 }
 
 // ---- replace ---------------------------------------------------------------------------------------------
@@ -992,6 +1023,9 @@ Result<void> Volume::replace_member(uint32_t slot, VolumeMember member, MemberEn
         update_masks();
         change_labels([slot, entry](LabelBook& book) { book.replace_member(slot, entry); });
         _resync->add_target(slot);
+        if (_thin) {
+            thin_post([this, slot] { thin_include(slot); }); // the map, before it is written or read there
+        }
         return {};
     });
 }
@@ -1028,8 +1062,15 @@ VolumeStatus Volume::status() const {
     st.name = book.name;
     st.uuid = book.space_uuid;
     st.layout = book.layout;
-    st.size = _space_size;
+    st.size = _virtual_size;
     st.block_size = _block_size;
+    if (_thin) {
+        st.thin = true;
+        st.cluster_size = uint32_t(_thin->cluster_size);
+        st.allocated_bytes = _thin->allocated_clusters.load(std::memory_order_relaxed) * _thin->cluster_size;
+        st.pool_bytes = _thin->pool_clusters.load(std::memory_order_relaxed) * _thin->cluster_size;
+        st.pool_full = _thin->full.load(std::memory_order_relaxed);
+    }
     st.epoch = book.epoch;
     st.sequence = book.sequence;
     st.lost = _lost.load();
@@ -1078,11 +1119,21 @@ uint64_t VolumeDevice::identity() const {
 
 void VolumeDevice::allocation_status(uint64_t offset, uint64_t length,
                                      Function<void(Result<std::vector<backstore::Extent>>)> done) {
+    _volume->allocation_status(offset, length, std::move(done));
+}
+
+void Volume::allocation_status(uint64_t offset, uint64_t length,
+                               Function<void(Result<std::vector<backstore::Extent>>)> done) {
     net::Reactor* reactor = net::Reactor::current();
     assert(reactor);
-    uint64_t bytes = _volume->geometry().bytes();
+    uint64_t bytes = geometry().bytes();
     uint64_t start = std::min(offset, bytes);
     uint64_t end = length > bytes - start ? bytes : start + length;
+    if (_thin) {
+        thin_allocation(start, end - start, reactor, std::move(done)); // the map says, per 4 KiB block
+        return;
+    }
+    // A plain space's every block is backed by its members.
     reactor->defer([start, end, done = std::move(done)]() mutable {
         done(std::vector<backstore::Extent>{{start, end - start, true}});
     });

@@ -157,9 +157,9 @@ void print_status(const json& st) {
     } else {
         where = st.value("clean", false) ? "not held (clean)" : "not held (not closed cleanly)";
     }
-    fmt::print("space {}: {}, {} copies, {}, block {} — {}\n", st.value("name", ""), st.value("layout", ""),
-               st.value("copies", 1), human_bytes(double(st.value("size", uint64_t(0)))),
-               st.value("block_size", 0), where);
+    fmt::print("space {}: {}{}, {} copies, {}, block {} — {}\n", st.value("name", ""),
+               st.value("thin", false) ? "thin " : "", st.value("layout", ""), st.value("copies", 1),
+               human_bytes(double(st.value("size", uint64_t(0)))), st.value("block_size", 0), where);
     fmt::print("  uuid {}  epoch {}  sequence {}  holder {}\n", st.value("uuid", ""), st.value("epoch", 0),
                st.value("sequence", 0), st.value("holder", ""));
     for (const json& m : st.value("members", json::array())) {
@@ -171,6 +171,15 @@ void print_status(const json& st) {
     }
     fmt::print("  dirty regions: {}  resynced since open: {}\n", st.value("dirty_regions", 0),
                human_bytes(double(r.value("copied_bytes", uint64_t(0)))));
+    if (st.value("thin", false)) {
+        const json& allocated = st.value("allocated_bytes", json());
+        fmt::print("  thin: provisioned {}, allocated {} of a {} pool ({} clusters){}\n",
+                   human_bytes(double(st.value("provisioned_bytes", uint64_t(0)))),
+                   allocated.is_number() ? human_bytes(double(allocated.get<uint64_t>())) : "unknown",
+                   human_bytes(double(st.value("pool_bytes", uint64_t(0)))),
+                   human_bytes(double(st.value("cluster_size", uint64_t(0)))),
+                   st.value("pool_full", false) ? " — POOL FULL: writes that need a new cluster fail" : "");
+    }
 }
 
 Result<uint64_t> size_option(const std::string& text, const char* flag) {
@@ -188,7 +197,8 @@ struct SpaceArgs {
     std::string name;
     std::string layout = "mirror";
     std::vector<std::string> members;
-    std::string size, chunk, region, resync_rate;
+    std::string size, chunk, region, resync_rate, cluster;
+    bool thin = false;
     unsigned copies = 2;
     bool force = false;
     bool takeover = false;
@@ -244,11 +254,25 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
         ->default_str("mirror");
     create->add_option("--member", a->members, "A member: iscsi://... URL or a local file/device (repeat)")
         ->required();
-    create->add_option("--size", a->size, "Space size (default: what the members hold)");
+    create->add_option("--size", a->size,
+                       "Space size, e.g. 10G (default: what the members hold; required with --thin)");
+    create->add_flag("--thin", a->thin,
+                     "Thin: allocate space from the members only when first written, so --size may exceed "
+                     "them; UNMAP/fstrim give it back, and a write that finds the members full fails "
+                     "(docs/thin.md)");
+    create->add_option("--cluster", a->cluster,
+                       "--thin: allocation unit, 64K to 1M, a power of two (default 1M)");
     create->add_option("--chunk", a->chunk, "Stripe chunk (default 128K)");
     create->add_option("--region", a->region, "Write-intent bitmap region (default 1M)");
     create->add_option("--copies", a->copies, "stripe_mirror: copies of each column")->default_val(2);
     create->add_flag("--force", a->force, "Reuse members that belong to another space");
+    create->footer(
+        "Examples:\n"
+        "  ispace space create home --layout mirror --member iscsi://10.0.0.1/iqn.x:a/0 "
+        "--member iscsi://10.0.0.2/iqn.x:b/0\n"
+        "  ispace space create vm --thin --size 1T --member /dev/sdb --member /dev/sdc\n"
+        "    (1 TiB provided, allocated from the mirror as it is written; `ispace space status vm` "
+        "shows provisioned and allocated bytes)");
 
     auto* attach =
         space->add_subcommand("attach", "Hold the space and attach it as a block device (printed)");
@@ -296,7 +320,8 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
             auto size = size_option(a->size, "--size");
             auto chunk = size_option(a->chunk, "--chunk");
             auto region = size_option(a->region, "--region");
-            for (auto* r : {&size, &chunk, &region}) {
+            auto cluster = size_option(a->cluster, "--cluster");
+            for (auto* r : {&size, &chunk, &region, &cluster}) {
                 if (!*r) {
                     error(r->error().message);
                     return exit_usage;
@@ -306,9 +331,21 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                 error("--region: too large");
                 return exit_usage;
             }
-            request = {{"verb", "create"},      {"name", a->name},     {"layout", a->layout},
-                       {"members", a->members}, {"size", *size},       {"chunk", *chunk},
-                       {"region", *region},     {"copies", a->copies}, {"force", a->force}};
+            if (a->thin && *size == 0) {
+                error("--thin needs --size: the size the space provides (it may exceed the members)");
+                return exit_usage;
+            }
+            if (!a->thin && *cluster != 0) {
+                error("--cluster is for thin spaces (add --thin)");
+                return exit_usage;
+            }
+            if (*cluster > UINT32_MAX) {
+                error("--cluster: too large (64K to 1M)");
+                return exit_usage;
+            }
+            request = {{"verb", "create"},  {"name", a->name}, {"layout", a->layout}, {"members", a->members},
+                       {"size", *size},     {"chunk", *chunk}, {"region", *region},   {"copies", a->copies},
+                       {"force", a->force}, {"thin", a->thin}, {"cluster", *cluster}};
         } else if (attach->parsed()) {
             auto rate = size_option(a->resync_rate, "--resync-rate");
             if (!rate) {

@@ -142,9 +142,50 @@ template <typename Change> std::string refused(Change&& change) {
     return decode_error(bytes_of(l));
 }
 
+// A thin space: the feature bit, its metadata area after the bitmap, and a size beyond the members.
+TEST(Label, ThinSpaceRoundTrips) {
+    auto plan = plan_member(64 << 20, 512, 64 << 20, 1 << 20, 256 << 10);
+    ASSERT_TRUE(plan);
+    EXPECT_EQ(plan->thin_map.type, AreaType::thin_map);
+    EXPECT_EQ(plan->thin_map.offset, plan->bitmap.offset + plan->bitmap.length);
+    EXPECT_EQ(plan->thin_map.length, 256u << 10);
+    EXPECT_GE(plan->data_offset, plan->thin_map.offset + plan->thin_map.length);
+    Label l = sample();
+    l.incompat = feature::incompat::thin;
+    l.areas = {plan->bitmap, plan->thin_map};
+    l.data_offset = plan->data_offset;
+    l.data_size = plan->data_size;
+    for (auto& m : l.members) {
+        m.data_bytes = plan->data_size;
+    }
+    l.space_size = uint64_t(1) << 40; // far more than 64 MiB members hold
+    auto back = decode_label(bytes_of(l));
+    ASSERT_TRUE(back) << back.error().message;
+    EXPECT_TRUE(back->thin());
+    EXPECT_EQ(back->space_size, uint64_t(1) << 40);
+    ASSERT_NE(back->area(AreaType::thin_map), nullptr);
+    EXPECT_EQ(back->area(AreaType::thin_map)->offset, plan->thin_map.offset);
+    // Beyond the largest thin size, or without the bit, such a size is refused.
+    l.space_size = max_thin_size + 512;
+    EXPECT_FALSE(decode_label(bytes_of(l)));
+    l.space_size = uint64_t(1) << 40;
+    l.incompat = 0;
+    l.areas = {plan->bitmap};
+    EXPECT_FALSE(decode_label(bytes_of(l)));
+}
+
 TEST(Label, EachFieldIsChecked) {
     EXPECT_NE(refused([](Label& l) { l.version = 2; }).find("newer ispace"), std::string::npos);
-    EXPECT_NE(refused([](Label& l) { l.incompat = feature::incompat::thin; }).find("does not know"),
+    EXPECT_NE(refused([](Label& l) { l.incompat = feature::incompat::checksums; }).find("does not know"),
+              std::string::npos);
+    EXPECT_NE(refused([](Label& l) { l.incompat = uint64_t(1) << 40; }).find("made by a newer ispace"),
+              std::string::npos);
+    // A thin space needs its metadata area, and only a thin space has one.
+    EXPECT_NE(refused([](Label& l) { l.incompat = feature::incompat::thin; }).find("thin metadata area"),
+              std::string::npos);
+    EXPECT_NE(refused([](Label& l) {
+                  l.areas.push_back({AreaType::thin_map, 0, l.areas[0].offset + l.areas[0].length, 4096});
+              }).find("not thin"),
               std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.layout = LayoutKind(9); }).find("layout 9"), std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.block_size = 1000; }).find("block size"), std::string::npos);

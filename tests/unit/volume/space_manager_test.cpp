@@ -208,6 +208,63 @@ TEST_F(SpaceManagerTest, ReplaceRebuildsTheNewMemberInFull) {
     EXPECT_FALSE(m.replace("work", "zzz", disk("y")));
 }
 
+// A thin mirror's new members (replace while held, add-member while closed) get the map before they are
+// written: each one alone later opens the space with every write in place.
+TEST_F(SpaceManagerTest, ThinReplaceAndAddMemberCarryTheMap) {
+    auto& m = manager(dir.file("home"));
+    CreateRequest r = mirror("thin", {disk("a"), disk("b")});
+    r.thin = true;
+    r.size = 512 << 20; // far more than 48 MiB members
+    auto created = m.create(r);
+    ASSERT_TRUE(created) << created.error().message;
+    EXPECT_TRUE(created->thin);
+    auto v = m.open("thin");
+    ASSERT_TRUE(v);
+    auto one = random_bytes(256 << 10, 31), two = random_bytes(256 << 10, 32);
+    {
+        VolumeDevice d(*v);
+        ASSERT_EQ(io.write(d, 300 << 20, one), 0);
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+        faults["b"]->set(FaultDevice::Mode::fail);
+        auto replaced = m.replace("thin", "b", disk("c"));
+        ASSERT_TRUE(replaced) << replaced.error().message;
+        ASSERT_TRUE((*v)->wait_resync(30s));
+        ASSERT_EQ(io.write(d, 400 << 20, two), 0);
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+    }
+    ASSERT_TRUE(m.close("thin"));
+    auto check_alone = [&](const std::string& only) {
+        for (const char* other : {"a", "b", "c", "d"}) {
+            if (only != other) {
+                unreachable.insert(other);
+            }
+        }
+        auto alone = m.open("thin");
+        ASSERT_TRUE(alone) << only << ": " << alone.error().message;
+        {
+            VolumeDevice d(*alone);
+            std::vector<uint8_t> back(one.size());
+            ASSERT_EQ(io.read(d, 300 << 20, back), 0);
+            EXPECT_EQ(back, one) << "from " << only;
+            ASSERT_EQ(io.read(d, 400 << 20, back), 0);
+            EXPECT_EQ(back, two) << "from " << only;
+            EXPECT_EQ((*alone)->status().allocated_bytes, 2u << 20) << "two clusters: at 300 and 400 MiB";
+        }
+        ASSERT_TRUE(m.close("thin"));
+        unreachable.clear();
+    };
+    check_alone("c");
+    // add-member while closed: the new copy is rebuilt (map included) at the next open.
+    auto added = m.add_member("thin", disk("d"));
+    ASSERT_TRUE(added) << added.error().message;
+    v = m.open("thin");
+    ASSERT_TRUE(v) << v.error().message;
+    ASSERT_TRUE((*v)->wait_resync(30s));
+    ASSERT_EQ((*v)->status().members[2].state, MemberState::active);
+    ASSERT_TRUE(m.close("thin"));
+    check_alone("d");
+}
+
 TEST_F(SpaceManagerTest, AddMemberAddsACopyRebuiltAtTheNextOpen) {
     auto& m = manager(dir.file("home"));
     ASSERT_TRUE(m.create(mirror("logs", {disk("a"), disk("b")})));

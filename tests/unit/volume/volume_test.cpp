@@ -461,6 +461,11 @@ TEST_F(VolumeTest, ReadsFailOverToAnotherCopy) {
     faults[1]->set(FaultDevice::Mode::fail);
     EXPECT_EQ(io.read(device, 0, back), -EIO);
     EXPECT_EQ(io.write(device, 0, data), -EIO);
+    // `failed` is raised on the volume's home reactor after the member's failure is seen, which need not
+    // be before the failed requests complete on the caller's reactor.
+    for (int i = 0; i < 500 && !v->status().failed; ++i) {
+        std::this_thread::sleep_for(10ms);
+    }
     EXPECT_TRUE(v->status().failed);
     faults[0]->set(FaultDevice::Mode::ok);
     faults[1]->set(FaultDevice::Mode::ok);

@@ -1,0 +1,409 @@
+// A thin space's data path end to end on memory members: clusters allocated on first write with only the
+// written 4 KiB blocks readable, zeros everywhere else (even where the members hold old bytes), a full pool
+// answering ENOSPC with everything written before intact, UNMAP and WRITE ZEROES freeing clusters, GET LBA
+// STATUS's view of the map, and a map that survives a reopen — and kill -9 after a flush or FUA write.
+#include "backstore/memory/memory_device.hpp"
+#include "fault_device.hpp"
+#include "volume/member_io.hpp"
+#include "volume/volume.hpp"
+#include "volume_test_util.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <thread>
+
+namespace ispace::volume {
+namespace {
+
+using namespace std::chrono_literals;
+using test::random_bytes;
+
+constexpr uint64_t MiB = 1 << 20;
+
+class ThinVolumeTest : public ::testing::Test {
+protected:
+    ThinVolumeTest() : group(2), io(group.at(1)) { group.start(); }
+    ~ThinVolumeTest() override {
+        for (auto& v : volumes) {
+            (void)v->close();
+        }
+        volumes.clear();
+        group.stop();
+    }
+
+    // A thin space of `size` bytes over `n` memory members of `member_size` bytes, whose every byte was
+    // 0xab before (a cluster's old contents must never show through).
+    std::shared_ptr<Volume> create(LayoutKind kind, unsigned n, uint64_t member_size, uint64_t size) {
+        for (unsigned i = 0; i < n; ++i) {
+            disks.push_back(std::make_shared<backstore::MemoryDevice>(member_size, 512));
+            std::vector<uint8_t> junk(8 * MiB, 0xab); // in pieces: member_io stages at most 64 MiB
+            for (uint64_t at = 0; at < member_size; at += junk.size()) {
+                std::span<uint8_t> piece(junk.data(), std::min<uint64_t>(junk.size(), member_size - at));
+                EXPECT_EQ(member_io(group.at(0), *disks.back(), backstore::IoOp::write, at, piece), 0);
+            }
+            faults.push_back(std::make_shared<test::FaultDevice>(disks.back()));
+        }
+        SpaceSpec spec;
+        spec.name = "thin";
+        spec.layout = kind;
+        spec.thin = true;
+        spec.size = size;
+        std::vector<backstore::Device*> raw;
+        for (unsigned i = 0; i < n; ++i) {
+            spec.urls.push_back("m" + std::to_string(i));
+            raw.push_back(disks[i].get());
+        }
+        auto formatted = format_space(group.at(0), spec, raw, false);
+        EXPECT_TRUE(formatted) << formatted.error().message;
+        if (!formatted) {
+            return nullptr;
+        }
+        offsets = formatted->data_offsets;
+        auto v =
+            Volume::open(group, formatted->plan, members(formatted->plan.truth.members.size()), options());
+        EXPECT_TRUE(v) << v.error().message;
+        if (!v) {
+            return nullptr;
+        }
+        volumes.push_back(*v);
+        return *v;
+    }
+    VolumeOptions options() {
+        VolumeOptions o;
+        o.sweep_interval = 50ms;
+        o.retry_min = 50ms;
+        o.retry_max = 200ms;
+        return o;
+    }
+    std::vector<VolumeMember> members(size_t n, const std::vector<bool>& present = {}) {
+        std::vector<VolumeMember> out;
+        for (size_t s = 0; s < n; ++s) {
+            VolumeMember m;
+            if (present.empty() || present[s]) {
+                m.device = std::make_unique<test::SharedDevice>(faults[s]);
+            }
+            m.data_offset = offsets[s];
+            m.url = "m" + std::to_string(s);
+            out.push_back(std::move(m));
+        }
+        return out;
+    }
+    // Assembles again from the members' labels (those in `slots`; empty: all), as the space manager does.
+    std::shared_ptr<Volume> reopen(std::vector<uint32_t> slots = {}) {
+        if (slots.empty()) {
+            for (uint32_t s = 0; s < disks.size(); ++s) {
+                slots.push_back(s);
+            }
+        }
+        std::vector<FoundMember> found;
+        for (uint32_t s : slots) {
+            LabelReading r = read_member_labels(group.at(0), *disks[s]);
+            found.push_back({"m" + std::to_string(s), r.label, r.problems});
+        }
+        auto plan = plan_assembly(found, {});
+        EXPECT_TRUE(plan) << plan.error().message;
+        if (!plan) {
+            return nullptr;
+        }
+        std::vector<bool> present(disks.size(), false);
+        for (uint32_t s : slots) {
+            present[s] = true;
+        }
+        auto v = Volume::open(group, *plan, members(disks.size(), present), options());
+        EXPECT_TRUE(v) << v.error().message;
+        if (!v) {
+            return nullptr;
+        }
+        volumes.push_back(*v);
+        return *v;
+    }
+    void drop(const std::shared_ptr<Volume>& v, bool crash) {
+        if (crash) {
+            v->abandon(); // what kill -9 of the holder leaves
+        } else {
+            ASSERT_TRUE(v->close());
+        }
+        std::erase(volumes, v);
+    }
+    std::vector<uint8_t> read(backstore::Device& d, uint64_t offset, uint64_t length) {
+        std::vector<uint8_t> out(length);
+        EXPECT_EQ(io.read(d, offset, out), 0);
+        return out;
+    }
+    std::vector<backstore::Extent> allocation(Volume& v, uint64_t offset, uint64_t length) {
+        std::promise<Result<std::vector<backstore::Extent>>> got;
+        auto future = got.get_future();
+        io.reactor().post([&] {
+            v.allocation_status(offset, length, [&got](Result<std::vector<backstore::Extent>> r) {
+                got.set_value(std::move(r));
+            });
+        });
+        auto r = future.get();
+        EXPECT_TRUE(r);
+        return r ? *r : std::vector<backstore::Extent>{};
+    }
+
+    net::ReactorGroup group;
+    test::Submitter io;
+    std::vector<std::shared_ptr<backstore::MemoryDevice>> disks;
+    std::vector<std::shared_ptr<test::FaultDevice>> faults;
+    std::vector<uint64_t> offsets;
+    std::vector<std::shared_ptr<Volume>> volumes;
+};
+
+TEST_F(ThinVolumeTest, AWriteAllocatesOneClusterAndOnlyItsBlocksReadBack) {
+    auto v = create(LayoutKind::mirror, 2, 8 * MiB, 64 * MiB);
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    EXPECT_EQ(d.geometry().bytes(), 64 * MiB) << "the size is virtual: more than the members hold";
+    VolumeStatus st = v->status();
+    EXPECT_TRUE(st.thin);
+    EXPECT_EQ(st.allocated_bytes, 0u);
+    EXPECT_GT(st.pool_bytes, 0u);
+    EXPECT_LT(st.pool_bytes, 8 * MiB);
+    EXPECT_EQ(read(d, 40 * MiB, 64 << 10), std::vector<uint8_t>(64 << 10, 0)) << "never written: zeros";
+
+    // 1.5 KiB in the middle of a 4 KiB block, far beyond what the members hold.
+    auto data = random_bytes(1536, 1);
+    ASSERT_EQ(io.write(d, 50 * MiB + 4096 + 1024, data), 0);
+    EXPECT_EQ(v->status().allocated_bytes, MiB);
+    auto back = read(d, 50 * MiB, 16 << 10);
+    std::vector<uint8_t> expect(16 << 10, 0);
+    std::copy(data.begin(), data.end(), expect.begin() + 4096 + 1024);
+    EXPECT_EQ(back, expect) << "the rest of the block and of the cluster read as zeros, not the old 0xab";
+
+    auto extents = allocation(*v, 50 * MiB, MiB);
+    ASSERT_EQ(extents.size(), 3u);
+    EXPECT_FALSE(extents[0].mapped);
+    EXPECT_TRUE(extents[1].mapped);
+    EXPECT_EQ(extents[1].offset, 50 * MiB + 4096);
+    EXPECT_EQ(extents[1].length, 4096u) << "only the written 4 KiB block is mapped";
+    EXPECT_FALSE(extents[2].mapped);
+
+    // An overwrite of written blocks allocates nothing more; a second cluster does.
+    ASSERT_EQ(io.write(d, 50 * MiB + 4096, random_bytes(4096, 2)), 0);
+    ASSERT_EQ(io.write(d, 3 * MiB, random_bytes(8192, 3)), 0);
+    EXPECT_EQ(v->status().allocated_bytes, 2 * MiB);
+}
+
+TEST_F(ThinVolumeTest, AFullPoolFailsWritesWithENOSPCAndLosesNothing) {
+    auto v = create(LayoutKind::mirror, 2, 8 * MiB, 64 * MiB);
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    uint64_t clusters = v->status().pool_bytes / MiB;
+    ASSERT_GE(clusters, 2u);
+    std::vector<std::vector<uint8_t>> written;
+    for (uint64_t c = 0; c < clusters; ++c) {
+        written.push_back(random_bytes(64 << 10, 10 + c));
+        ASSERT_EQ(io.write(d, c * 4 * MiB, written.back()), 0) << "cluster " << c;
+    }
+    EXPECT_EQ(v->status().allocated_bytes, clusters * MiB);
+    EXPECT_FALSE(v->status().pool_full);
+    // The next new cluster has nowhere to go.
+    EXPECT_EQ(io.write(d, 61 * MiB, random_bytes(4096, 99)), -ENOSPC);
+    EXPECT_TRUE(v->status().pool_full);
+    // A write that spans a mapped cluster and a new one fails whole: the mapped part is not changed.
+    auto before = read(d, 4 * MiB - 4096, 4096);
+    EXPECT_EQ(io.write(d, 4 * MiB + MiB - 4096, random_bytes(8192, 98)), -ENOSPC);
+    EXPECT_EQ(read(d, 5 * MiB - 4096, 4096), std::vector<uint8_t>(4096, 0))
+        << "the blocks of the failed write were not recorded as written";
+    EXPECT_EQ(read(d, 4 * MiB - 4096, 4096), before);
+    // Overwrites of what is mapped still work, and everything written before reads back.
+    ASSERT_EQ(io.write(d, 0, written[0]), 0);
+    for (uint64_t c = 0; c < clusters; ++c) {
+        EXPECT_EQ(read(d, c * 4 * MiB, 64 << 10), written[c]) << "cluster " << c;
+    }
+    // Freeing a cluster (UNMAP, then the commit a flush makes) lets writes allocate again.
+    ASSERT_EQ(io.simple(d, backstore::IoOp::unmap, 0, MiB), 0);
+    ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+    EXPECT_EQ(v->status().allocated_bytes, (clusters - 1) * MiB);
+    EXPECT_EQ(io.write(d, 61 * MiB, random_bytes(4096, 99)), 0);
+    EXPECT_FALSE(v->status().pool_full);
+}
+
+TEST_F(ThinVolumeTest, UnmapAndWriteZeroesFreeClustersAndZeroPartialBlocks) {
+    auto v = create(LayoutKind::stripe, 3, 8 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    auto data = random_bytes(3 * MiB, 4);
+    ASSERT_EQ(io.write(d, 100 * MiB, data), 0);
+    EXPECT_EQ(v->status().allocated_bytes, 3 * MiB);
+    EXPECT_EQ(read(d, 100 * MiB, 3 * MiB), data) << "striped clusters read back";
+    // The middle cluster whole, and 512 bytes inside a 4 KiB block of the first.
+    ASSERT_EQ(io.simple(d, backstore::IoOp::unmap, 101 * MiB, MiB), 0);
+    ASSERT_EQ(io.simple(d, backstore::IoOp::write_zeroes, 100 * MiB + 512, 512), 0);
+    EXPECT_EQ(v->status().allocated_bytes, 2 * MiB);
+    auto back = read(d, 100 * MiB, 3 * MiB);
+    auto expect = data;
+    std::fill(expect.begin() + MiB, expect.begin() + 2 * MiB, 0);
+    std::fill(expect.begin() + 512, expect.begin() + 1024, 0);
+    EXPECT_EQ(back, expect);
+    // The last cluster in 4 KiB pieces: freed once no block of it is left.
+    for (uint64_t at = 0; at < MiB; at += 4096) {
+        ASSERT_EQ(io.simple(d, backstore::IoOp::unmap, 102 * MiB + at, 4096), 0);
+    }
+    EXPECT_EQ(v->status().allocated_bytes, MiB);
+    auto extents = allocation(*v, 100 * MiB, 3 * MiB);
+    ASSERT_FALSE(extents.empty());
+    EXPECT_TRUE(extents[0].mapped);
+    EXPECT_EQ(extents[0].length, MiB);
+    EXPECT_FALSE(extents.back().mapped);
+}
+
+TEST_F(ThinVolumeTest, TheMapSurvivesReopenAndKillAfterAFlushOrAFuaWrite) {
+    auto v = create(LayoutKind::mirror, 2, 16 * MiB, 1024 * MiB);
+    ASSERT_TRUE(v);
+    auto a = random_bytes(MiB + 4096, 5);
+    {
+        VolumeDevice d(v);
+        ASSERT_EQ(io.write(d, 700 * MiB, a), 0);
+    }
+    drop(v, false); // a clean close commits
+    v = reopen();
+    ASSERT_TRUE(v);
+    auto b = random_bytes(8192, 6);
+    auto c = random_bytes(4096, 7);
+    auto lost = random_bytes(4096, 8);
+    {
+        VolumeDevice d(v);
+        EXPECT_EQ(read(d, 700 * MiB, a.size()), a);
+        EXPECT_EQ(v->status().allocated_bytes, 2 * MiB);
+        ASSERT_EQ(io.write(d, 10 * MiB, b), 0);
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0); // acknowledged: survives kill -9
+        ASSERT_EQ(io.write(d, 20 * MiB, c, true), 0);       // FUA: so does this
+        ASSERT_EQ(io.write(d, 30 * MiB, lost), 0);          // neither: a crash may forget it
+    }
+    drop(v, true);
+    v = reopen();
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    EXPECT_EQ(read(d, 700 * MiB, a.size()), a);
+    EXPECT_EQ(read(d, 10 * MiB, b.size()), b);
+    EXPECT_EQ(read(d, 20 * MiB, c.size()), c);
+    auto maybe = read(d, 30 * MiB, lost.size());
+    EXPECT_TRUE(maybe == lost || maybe == std::vector<uint8_t>(4096, 0)) << "old or new, nothing else";
+    EXPECT_GE(v->status().allocated_bytes, 4 * MiB);
+}
+
+// A member that fails is dropped from the map's store (commits go on with the other), and when it comes
+// back it gets a copy of the map before it is written again: afterwards it alone holds the current map.
+TEST_F(ThinVolumeTest, AMemberThatFailsIsDroppedAndGetsTheMapBackWhenItReturns) {
+    auto v = create(LayoutKind::mirror, 2, 16 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    auto a = random_bytes(64 << 10, 21), b = random_bytes(64 << 10, 22), c = random_bytes(64 << 10, 23);
+    {
+        VolumeDevice d(v);
+        ASSERT_EQ(io.write(d, 100 * MiB, a), 0);
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+        faults[1]->set(test::FaultDevice::Mode::fail);
+        ASSERT_EQ(io.write(d, 150 * MiB, b), 0) << "the other copy takes it";
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0) << "the commit goes on without the failed member";
+        EXPECT_EQ(v->status().members[1].state, MemberState::failed);
+        faults[1]->set(test::FaultDevice::Mode::ok);
+        // It answers again: rejoins, gets the map, is resynced.
+        auto deadline = std::chrono::steady_clock::now() + 20s;
+        while (v->status().members[1].state != MemberState::active &&
+               std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(20ms);
+        }
+        ASSERT_EQ(v->status().members[1].state, MemberState::active);
+        ASSERT_EQ(io.write(d, 200 * MiB, c), 0);
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+    }
+    drop(v, false);
+    // Only the member that was away: its map must be the current one (not the one it had when it left).
+    v = reopen({1});
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    EXPECT_EQ(read(d, 100 * MiB, a.size()), a);
+    EXPECT_EQ(read(d, 150 * MiB, b.size()), b);
+    EXPECT_EQ(read(d, 200 * MiB, c.size()), c);
+    EXPECT_EQ(v->status().allocated_bytes, 3 * MiB);
+}
+
+TEST_F(ThinVolumeTest, RandomWritesMatchAShadowCopy) {
+    auto v = create(LayoutKind::mirror, 2, 24 * MiB, 512 * MiB);
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    // 16 MiB of the virtual range spread over 400 MiB of it (fits the pool), unaligned blocks.
+    std::mt19937_64 rng(9);
+    std::map<uint64_t, std::vector<uint8_t>> shadow; // per window of 1 MiB
+    for (int i = 0; i < 200; ++i) {
+        uint64_t window = (rng() % 16) * 25 * MiB;
+        uint64_t blocks = 1 + rng() % 300;
+        uint64_t first = rng() % (MiB / 512 - blocks);
+        auto data = random_bytes(blocks * 512, rng());
+        ASSERT_EQ(io.write(d, window + first * 512, data), 0);
+        auto& s = shadow[window];
+        s.resize(MiB, 0);
+        std::copy(data.begin(), data.end(), s.begin() + first * 512);
+        if (i % 50 == 0) {
+            ASSERT_EQ(io.simple(d, backstore::IoOp::unmap, window, 64 << 10), 0);
+            std::fill(s.begin(), s.begin() + (64 << 10), 0);
+        }
+    }
+    for (auto& [window, s] : shadow) {
+        EXPECT_EQ(read(d, window, MiB), s) << "window at " << window;
+    }
+    EXPECT_LE(v->status().allocated_bytes, 16 * MiB);
+}
+
+// The metadata area holds the map of the sparsest device the pool allows: a leaf per cluster, twice.
+TEST(ThinMetadataPages, RoomForEveryLeafTwice) {
+    // 1 TiB over a 1 GiB pool: every cluster may sit in a leaf of its own.
+    EXPECT_GE(thin_metadata_pages(1024, uint64_t(1) << 20), 2u * 1024 + 2);
+    // 1 GiB over 512 MiB: 16 leaves cover the device.
+    EXPECT_GE(thin_metadata_pages(512, 1024), 2u * 16 + 2);
+    EXPECT_LE(thin_metadata_pages(512, 1024), 128u);
+}
+
+// The sparsest use the pool allows: every cluster in a leaf of its own (one write per 64 MiB of a device
+// 64 times the pool). The metadata area holds that map, and the commits go through.
+TEST_F(ThinVolumeTest, ASparseMapOfAClusterPerLeafFitsItsMetadataArea) {
+    auto v = create(LayoutKind::mirror, 2, 110 * MiB, 8192 * MiB);
+    ASSERT_TRUE(v);
+    uint64_t clusters = v->status().pool_bytes / MiB;
+    ASSERT_GE(clusters, 100u);
+    {
+        VolumeDevice d(v);
+        for (uint64_t i = 0; i < clusters; ++i) {
+            ASSERT_EQ(io.write(d, i * 64 * MiB, random_bytes(4096, i)), 0) << i;
+            if (i % 16 == 15) {
+                ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0) << "commit after " << i + 1 << " leaves";
+            }
+        }
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+    }
+    drop(v, true);
+    v = reopen();
+    ASSERT_TRUE(v);
+    EXPECT_EQ(v->status().allocated_bytes, clusters * MiB);
+    VolumeDevice d(v);
+    EXPECT_EQ(read(d, (clusters - 1) * 64 * MiB, 4096), random_bytes(4096, clusters - 1));
+}
+
+TEST_F(ThinVolumeTest, CreateRefusesBadThinSizes) {
+    for (int i = 0; i < 2; ++i) {
+        disks.push_back(std::make_shared<backstore::MemoryDevice>(8 * MiB, 512));
+    }
+    SpaceSpec spec;
+    spec.name = "thin";
+    spec.thin = true;
+    spec.urls = {"m0", "m1"};
+    std::vector<backstore::Device*> raw{disks[0].get(), disks[1].get()};
+    spec.size = max_thin_size * 2;
+    auto huge = format_space(group.at(0), spec, raw, false);
+    ASSERT_FALSE(huge);
+    EXPECT_NE(huge.error().message.find("at most"), std::string::npos) << huge.error().message;
+    spec.size = 64 * MiB + 100;
+    EXPECT_FALSE(format_space(group.at(0), spec, raw, false)) << "not whole blocks";
+    spec.size = 64 * MiB;
+    spec.cluster_size = 3000;
+    EXPECT_FALSE(format_space(group.at(0), spec, raw, false)) << "a cluster size that is no power of two";
+    // Nothing was written by the refusals: the members carry no label.
+    EXPECT_FALSE(read_member_labels(group.at(0), *disks[0]).label);
+}
+
+} // namespace
+} // namespace ispace::volume
