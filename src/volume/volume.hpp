@@ -201,6 +201,10 @@ private:
     // --- data path (volume_io.cpp) ---
     // A request on the layout's address range (for a thin space: the pool's clusters).
     void submit_physical(backstore::IoRequest& request);
+    // The checks a request passes before it counts as in flight (lost space, alignment and range
+    // against `size`, UNMAP/WRITE ZEROES the members cannot do when `member_features`, empty, closing);
+    // false when it was completed here.
+    bool admit(net::Reactor* origin, backstore::IoRequest& request, uint64_t size, bool member_features);
     void start_write(VolumeIo* io);
     void send_children(VolumeIo* io);
     void child_done(VolumeIo* io, uint32_t child, int error);

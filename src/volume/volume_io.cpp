@@ -133,56 +133,46 @@ void Volume::submit(backstore::IoRequest& request) {
     }
     net::Reactor* origin = net::Reactor::current();
     assert(origin && "backstore I/O is submitted on a reactor thread");
-    if (_lost.load(std::memory_order_acquire)) {
-        complete_soon(origin, request, -EBADE);
-        return;
+    // The pool frees clusters itself: UNMAP and WRITE ZEROES need nothing of the members.
+    if (admit(origin, request, _virtual_size, /*member_features=*/false)) {
+        thin_submit(request, origin);
     }
-    if (request.op != backstore::IoOp::flush &&
-        (request.offset % _block_size != 0 || request.length % _block_size != 0 ||
-         request.offset > _virtual_size || request.length > _virtual_size - request.offset)) {
-        complete_soon(origin, request, -EINVAL);
-        return;
-    }
-    if (request.length == 0 && request.op != backstore::IoOp::flush) {
-        complete_soon(origin, request, 0);
-        return;
-    }
-    _foreground.fetch_add(1, std::memory_order_acq_rel);
-    if (_closing.load(std::memory_order_acquire) || _lost.load(std::memory_order_acquire)) {
-        _completed.fetch_add(1, std::memory_order_acq_rel);
-        complete_soon(origin, request, _lost.load() ? -EBADE : -ESHUTDOWN);
-        return;
-    }
-    thin_submit(request, origin);
 }
 
-void Volume::submit_physical(backstore::IoRequest& request) {
-    net::Reactor* origin = net::Reactor::current();
-    assert(origin && "backstore I/O is submitted on a reactor thread");
+bool Volume::admit(net::Reactor* origin, backstore::IoRequest& request, uint64_t size, bool member_features) {
     if (_lost.load(std::memory_order_acquire)) {
         complete_soon(origin, request, -EBADE);
-        return;
+        return false;
     }
     if (request.op != backstore::IoOp::flush &&
-        (request.offset % _block_size != 0 || request.length % _block_size != 0 ||
-         request.offset > _space_size || request.length > _space_size - request.offset)) {
+        (request.offset % _block_size != 0 || request.length % _block_size != 0 || request.offset > size ||
+         request.length > size - request.offset)) {
         complete_soon(origin, request, -EINVAL);
-        return;
+        return false;
     }
-    if ((request.op == backstore::IoOp::unmap && !_features.unmap) ||
-        (request.op == backstore::IoOp::write_zeroes && !_features.write_zeroes)) {
+    if (member_features && ((request.op == backstore::IoOp::unmap && !_features.unmap) ||
+                            (request.op == backstore::IoOp::write_zeroes && !_features.write_zeroes))) {
         complete_soon(origin, request, -EOPNOTSUPP);
-        return;
+        return false;
     }
     if (request.length == 0 && request.op != backstore::IoOp::flush) {
         complete_soon(origin, request, 0);
-        return;
+        return false;
     }
     // Counted before the closing check, so that close() either sees it or it sees close().
     _foreground.fetch_add(1, std::memory_order_acq_rel);
     if (_closing.load(std::memory_order_acquire) || _lost.load(std::memory_order_acquire)) {
         _completed.fetch_add(1, std::memory_order_acq_rel);
         complete_soon(origin, request, _lost.load() ? -EBADE : -ESHUTDOWN);
+        return false;
+    }
+    return true;
+}
+
+void Volume::submit_physical(backstore::IoRequest& request) {
+    net::Reactor* origin = net::Reactor::current();
+    assert(origin && "backstore I/O is submitted on a reactor thread");
+    if (!admit(origin, request, _space_size, /*member_features=*/true)) {
         return;
     }
     VolumeIo* io = acquire();

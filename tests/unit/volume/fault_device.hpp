@@ -30,6 +30,7 @@ public:
     std::atomic<uint64_t> bytes_read{0};
     std::atomic<uint64_t> writes{0}; // every write, metadata included
     std::atomic<uint64_t> failures{0};
+    std::atomic<uint64_t> failed_reads{0}; // failed reads in [count_from, count_to): data, not label probes
     // Bytes counted only inside [count_from, count_to) (the data area, leaving labels and bitmap out).
     std::atomic<uint64_t> count_from{0};
     std::atomic<uint64_t> count_to{UINT64_MAX};
@@ -56,6 +57,10 @@ public:
         Mode mode = _mode.load();
         if (mode == Mode::fail) {
             ++failures;
+            if (request.op == backstore::IoOp::read && request.offset >= count_from.load() &&
+                request.offset < count_to.load()) {
+                ++failed_reads;
+            }
             reactor->defer([r] { finish(r, -EIO); });
             return;
         }

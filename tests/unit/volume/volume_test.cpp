@@ -227,10 +227,10 @@ TEST_F(VolumeTest, AMemberThatFailsMidWriteIsDroppedAndWritesGoOn) {
     std::vector<uint8_t> back(shadow.size());
     ASSERT_EQ(io.read(device, 0, back), 0);
     EXPECT_TRUE(back == shadow);
-    // Reads never go to the failed member.
-    uint64_t failures = faults[1]->failures;
+    // Reads never go to the failed member (the retry timer's label probes may: they are not data).
+    count_data(1, back.size());
     ASSERT_EQ(io.read(device, 0, back), 0);
-    EXPECT_EQ(faults[1]->failures.load(), failures + 0);
+    EXPECT_EQ(faults[1]->failed_reads.load(), 0u);
 }
 
 TEST_F(VolumeTest, AReturningMemberResyncsOnlyWhatItMissed) {
