@@ -218,8 +218,9 @@ def main():
                     expect="ErrorRecoveryLevel 0")
 
         # A running session renegotiates MaxRecvDataSegmentLength (AsyncEvent 4, answered by our initiator).
+        # The bench runs long enough for the renegotiation (up to 10 s under ASan) and the drop after it.
         bench = subprocess.Popen([ispace, "-i", "iqn.2026-11.org.ispace:bench", "bench", f"iscsi://{portal}/{IQN}/1",
-                                  "--rw", "randread", "--time", "4", "--qd", "4"],
+                                  "--rw", "randread", "--time", "12", "--qd", "4"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tsih = None
         deadline = time.time() + 10

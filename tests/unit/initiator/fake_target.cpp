@@ -812,17 +812,20 @@ struct ConnHandler : LoginPolicy {
             resp.header.data_segment_length = uint32_t(resp.data.size());
             Bhs bhs;
             resp.header.encode(bhs);
+            bool complete = login.state() == LoginState::complete;
+            if (complete) {
+                t.logins++; // before the answer: an initiator that has it sees the count
+            }
             if (!send(bhs, resp.data)) {
                 return;
             }
-            if (login.state() == LoginState::complete) {
+            if (complete) {
                 break;
             }
             if (login.state() != LoginState::in_progress) {
                 return;
             }
         }
-        t.logins++;
         c->header_digest = login.connection_params().header_digest == Digest::crc32c;
         c->data_digest = login.connection_params().data_digest == Digest::crc32c;
         c->initiator_mrdsl = login.connection_params().max_send_data_segment_length;
