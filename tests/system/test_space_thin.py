@@ -15,9 +15,10 @@ commands (iscsi_raw.py) so that every step is one command whose answer is checke
     by two clusters, those blocks read as zeros and GET LBA STATUS says deallocated; a new write succeeds.
  5. ispaced stopped: `status` of the space no one holds reads the map from the members and reports the
     same allocation.
- 6. (root, FUSE and loop devices) A second thin space (1 GiB over two 128 MiB files) attached, formatted
-    and mounted: a 24 MiB file written and synced raises allocated_bytes by at least that much; deleted
-    and fstrim'ed, the discards reach the map through the attach path and allocated_bytes falls back.
+ 6. (root, FUSE and loop devices) Issue 14's thin acceptance: a second thin space (1 GiB over two 256 MiB
+    files) attached, formatted and mounted: 100 MiB of files allocate within 100 MiB + 5 %; deleted and
+    fstrim'ed, the discards reach the map through the attach path and allocation falls back; a file written
+    past the members fails, the files before it verify, and after freeing space fsck is clean.
 
 Usage: test_space_thin.py ISPACE ISPACED [ATTACH_DRIVER]     (part 6 is skipped, saying why, without it or
                                                              without root/FUSE/loop)
@@ -226,13 +227,30 @@ def main():
     return check.finish(scratch)
 
 
+def fsync_fs(mnt):
+    """An fsync on the filesystem: SYNCHRONIZE CACHE reaches the space, which commits its map."""
+    fd = os.open(os.path.join(mnt, ".sync"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.fsync(fd)
+    os.close(fd)
+    os.sync()
+
+
+def allocated(ispace, env, name="f"):
+    return status(ispace, env, name).get("allocated_bytes") or 0
+
+
 def attached(ispace, env, scratch):
+    """Issue 14's thin acceptance: a 1 GiB thin space over two 256 MiB members (a mirror: a pool of about
+    250 MiB), attached and formatted. 100 MiB of files allocate within 100 MiB + 5 %; deleted and trimmed,
+    allocation falls back to within 5 MiB (5 % of what was written) of where it was. Then a file written past
+    what the members hold fails with an I/O error while the files written before it still verify, and once
+    the filler is deleted and trimmed the filesystem checks clean."""
     files = [os.path.join(scratch, n) for n in ("e.img", "f.img")]
     for m in files:
         with open(m, "wb") as f:
-            f.truncate(128 * MiB)
+            f.truncate(256 * MiB)
     r = space(ispace, env, "create", "f", "--thin", "--size", "1G", "--member", files[0], "--member", files[1])
-    check(r.returncode == 0, "a second thin space, 1 GiB over two 128 MiB files")
+    check(r.returncode == 0, "a 1 GiB thin space over two 256 MiB files")
     r = space(ispace, env, "attach", "f")
     dev = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else ""
     check(dev.startswith("/dev/"), f"attached at {dev}")
@@ -243,31 +261,68 @@ def attached(ispace, env, scratch):
     # mkfs discards the whole device first (the thin space frees nothing it has not allocated).
     check(attach_testlib.run(["mkfs.ext4", "-q", "-F", "-J", "size=4", dev]).returncode == 0, "mkfs.ext4 on it")
     check(attach_testlib.run(["mount", dev, mnt]).returncode == 0, "it mounts")
-    os.sync()
-    base = status(ispace, env, "f").get("allocated_bytes") or 0
-    data = os.urandom(24 * MiB)
-    with open(os.path.join(mnt, "file.bin"), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    grown = status(ispace, env, "f").get("allocated_bytes") or 0
-    check(grown >= base + 24 * MiB and grown <= base + 24 * MiB + 8 * MiB,
-          f"a 24 MiB file allocates about 24 MiB ({base // MiB} -> {grown // MiB} MiB)")
-    with open(os.path.join(mnt, "file.bin"), "rb") as f:
-        check(f.read() == data, "it reads back")
-    os.remove(os.path.join(mnt, "file.bin"))
+    keep_dir = os.path.join(mnt, "keep")
+    os.makedirs(keep_dir)
+    keep = attach_testlib.write_files(keep_dir, 2, 4 * MiB)
+    fsync_fs(mnt)
+    base = allocated(ispace, env)
+
+    # 100 MiB of files allocate about 100 MiB.
+    bulk_dir = os.path.join(mnt, "bulk")
+    os.makedirs(bulk_dir)
+    bulk = attach_testlib.write_files(bulk_dir, 10, 10 * MiB)
+    fsync_fs(mnt)
+    grown = allocated(ispace, env)
+    check(base + 100 * MiB <= grown <= base + 105 * MiB,
+          f"100 MiB of files allocate 100 MiB + at most 5 % ({base // MiB} -> {grown // MiB} MiB)")
+    check(attach_testlib.verify_files(bulk_dir, bulk), "they read back")
+    for name in bulk:
+        os.remove(os.path.join(bulk_dir, name))
     os.sync()
     r = attach_testlib.run(["fstrim", "-v", mnt])
-    check(r.returncode == 0, f"fstrim ({r.stdout.strip()})")
-    fs = open(os.path.join(mnt, ".sync"), "wb")  # an fsync on the filesystem: SYNCHRONIZE CACHE commits the map
-    os.fsync(fs.fileno())
-    fs.close()
+    check(r.returncode == 0, f"deleted, then fstrim ({r.stdout.strip()})")
+    fsync_fs(mnt)
+    shrunk = allocated(ispace, env)
+    check(shrunk <= base + 5 * MiB, f"allocation falls back within 5 % ({grown // MiB} -> {shrunk // MiB} MiB,"
+          f" was {base // MiB} MiB)")
+
+    # Past what the members hold: O_DIRECT, so the failure reaches the writer rather than a later writeback.
+    filler = os.path.join(mnt, "filler.bin")
+    chunk = os.urandom(MiB)
+    buf = __import__("mmap").mmap(-1, MiB)
+    buf.write(chunk)
+    wrote, error = 0, None
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    try:
+        while wrote < 512 * MiB:
+            try:
+                os.write(fd, buf)
+            except OSError as e:
+                error = e
+                break
+            wrote += MiB
+    finally:
+        os.close(fd)
+    st = status(ispace, env, "f")
+    check(error is not None and wrote < 300 * MiB,
+          f"a file written past the members fails after {wrote // MiB} MiB ({error})")
+    check(st.get("pool_full"), "status says the pool is full")
+    for name in keep:  # read from the device, not the page cache
+        fd = os.open(os.path.join(keep_dir, name), os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    check(attach_testlib.verify_files(keep_dir, keep), "the files written before it still verify")
+    os.remove(filler)
     os.sync()
-    shrunk = status(ispace, env, "f").get("allocated_bytes") or 0
-    check(shrunk <= base + 2 * MiB, f"deleted and trimmed, allocated falls back ({grown // MiB} -> {shrunk // MiB} MiB)")
+    r = attach_testlib.run(["fstrim", mnt])
+    check(r.returncode == 0, "the filler deleted and trimmed")
+    fsync_fs(mnt)
+    st = status(ispace, env, "f")
+    check(not st.get("pool_full") and (st.get("allocated_bytes") or 0) <= base + 5 * MiB,
+          f"space is free again ({(st.get('allocated_bytes') or 0) // MiB} MiB allocated)")
     check(attach_testlib.umount(mnt), "it unmounts")
     r = attach_testlib.run(["fsck.ext4", "-fn", dev])
-    check(r.returncode == 0, "fsck.ext4 -fn is clean")
+    check(r.returncode == 0, f"fsck.ext4 -fn is clean{'' if r.returncode == 0 else ': ' + r.stdout[-800:]}")
     check(space(ispace, env, "detach", "f").returncode == 0, "it detaches")
 
 
