@@ -126,6 +126,11 @@ void Connection::send_copy(const iscsi::Bhs& bhs, std::span<const uint8_t> data)
     send(bhs, std::move(copy), 0, uint32_t(data.size()));
 }
 
+void Connection::command_window(uint32_t& exp_cmd_sn, uint32_t& max_cmd_sn) const {
+    exp_cmd_sn = _session ? _session->exp_cmd_sn() : 0;
+    max_cmd_sn = _session ? _session->max_cmd_sn() : 0;
+}
+
 void Connection::reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const std::string& why,
                         uint32_t data_sn) {
     _server.count_reject(_reactor, reason);
@@ -133,11 +138,7 @@ void Connection::reject(const iscsi::Bhs& bhs, iscsi::RejectReason reason, const
     iscsi::Reject reject;
     reject.reason = reason;
     reject.data_sn = data_sn;
-    reject.stat_sn = take_stat_sn();
-    if (_session) {
-        reject.exp_cmd_sn = _session->exp_cmd_sn();
-        reject.max_cmd_sn = _session->max_cmd_sn();
-    }
+    number_status(reject);
     iscsi::Bhs out;
     reject.encode(out);
     send_copy(out, {bhs.bytes.data(), bhs.bytes.size()});
@@ -860,9 +861,7 @@ void Connection::nop_out(iscsi::ReceivedPdu& pdu) {
                         answer.itt = itt;
                         answer.ttt = iscsi::reserved_tag;
                         answer.lun = lun;
-                        answer.stat_sn = take_stat_sn();
-                        answer.exp_cmd_sn = _session->exp_cmd_sn();
-                        answer.max_cmd_sn = _session->max_cmd_sn();
+                        number_status(answer);
                         answer.data_segment_length = length;
                         iscsi::Bhs bhs;
                         answer.encode(bhs);
@@ -900,8 +899,7 @@ void Connection::nop_tick() {
         ping.ttt = _ping_ttt;
         ping.itt = iscsi::reserved_tag;
         ping.stat_sn = current_stat_sn(); // a ping does not advance StatSN
-        ping.exp_cmd_sn = _session ? _session->exp_cmd_sn() : 0;
-        ping.max_cmd_sn = _session ? _session->max_cmd_sn() : 0;
+        command_window(ping.exp_cmd_sn, ping.max_cmd_sn);
         iscsi::Bhs bhs;
         ping.encode(bhs);
         send(bhs);
@@ -958,9 +956,7 @@ void Connection::text_request(iscsi::ReceivedPdu& pdu) {
                 ack.itt = header.itt;
                 ack.lun = header.lun;
                 ack.ttt = _text_ttt = _next_ttt++;
-                ack.stat_sn = take_stat_sn();
-                ack.exp_cmd_sn = _session->exp_cmd_sn();
-                ack.max_cmd_sn = _session->max_cmd_sn();
+                number_status(ack);
                 iscsi::Bhs bhs;
                 ack.encode(bhs);
                 send(bhs);
@@ -1058,9 +1054,7 @@ void Connection::send_text_chunk(const iscsi::TextRequest& request) {
     response.lun = request.lun;
     // A TTT asks the initiator to come back for the rest; the final piece carries none.
     response.ttt = last ? iscsi::reserved_tag : _text_ttt;
-    response.stat_sn = take_stat_sn();
-    response.exp_cmd_sn = _session->exp_cmd_sn();
-    response.max_cmd_sn = _session->max_cmd_sn();
+    number_status(response);
     response.data_segment_length = uint32_t(n);
     iscsi::Bhs bhs;
     response.encode(bhs);
@@ -1095,9 +1089,7 @@ void Connection::request_negotiation(iscsi::KeyValueList keys, std::chrono::seco
     message.event = iscsi::AsyncEvent::negotiation_request;
     message.parameter3 =
         uint16_t(std::min<int64_t>(wait.count(), 0xffff)); // the initiator's deadline, seconds
-    message.stat_sn = take_stat_sn();
-    message.exp_cmd_sn = _session->exp_cmd_sn();
-    message.max_cmd_sn = _session->max_cmd_sn();
+    number_status(message);
     iscsi::Bhs bhs;
     message.encode(bhs);
     send(bhs);
@@ -1157,9 +1149,7 @@ void Connection::announce_drop(uint16_t time2wait, uint16_t time2retain, std::ch
     message.parameter1 = _cid;
     message.parameter2 = time2wait;
     message.parameter3 = time2retain;
-    message.stat_sn = take_stat_sn();
-    message.exp_cmd_sn = _session->exp_cmd_sn();
-    message.max_cmd_sn = _session->max_cmd_sn();
+    number_status(message);
     iscsi::Bhs bhs;
     message.encode(bhs);
     send(bhs);
@@ -1194,9 +1184,7 @@ void Connection::logout_request(iscsi::ReceivedPdu& pdu) {
             iscsi::LogoutResponse response;
             response.response = code;
             response.itt = header.itt;
-            response.stat_sn = take_stat_sn();
-            response.exp_cmd_sn = _session->exp_cmd_sn();
-            response.max_cmd_sn = _session->max_cmd_sn();
+            number_status(response);
             response.time2wait = _session->params().default_time2wait;
             // What is kept for connection recovery is kept this long (only at ErrorRecoveryLevel 2).
             response.time2retain =

@@ -62,6 +62,14 @@ public:
     uint32_t take_stat_sn() { return _stat_sn++; }
     // StatSN a PDU that carries no status reports (R2T, Data-In without status, NOP-In pings).
     uint32_t current_stat_sn() const { return _stat_sn; }
+    // The session's command window (ExpCmdSN, MaxCmdSN) an answer reports; zeros before there is a session.
+    void command_window(uint32_t& exp_cmd_sn, uint32_t& max_cmd_sn) const;
+    // Numbers a status-carrying answer: the next StatSN and the command window (RFC 7143 §11.1.3's fields
+    // every target PDU reports).
+    template <class Answer> void number_status(Answer& answer) {
+        answer.stat_sn = take_stat_sn();
+        command_window(answer.exp_cmd_sn, answer.max_cmd_sn);
+    }
     const iscsi::ConnectionParams& params() const { return _params; }
     uint16_t cid() const { return _cid; }
     net::Reactor& reactor() { return _reactor; }

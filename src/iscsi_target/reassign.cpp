@@ -346,8 +346,7 @@ uint32_t Session::send_kept_data_in(Connection& to, const std::vector<Retention:
             piece.data_segment_length = n;
             // StatSN is the new connection's; the window is the session's now.
             piece.stat_sn = piece.status_present ? to.take_stat_sn() : to.current_stat_sn();
-            piece.exp_cmd_sn = _exp_cmd_sn;
-            piece.max_cmd_sn = max_cmd_sn();
+            report_window(piece);
             iscsi::Bhs bhs;
             piece.encode(bhs);
             to.send(bhs, pdu.data, pdu.offset + done, n);

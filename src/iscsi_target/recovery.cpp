@@ -64,8 +64,7 @@ void Connection::resend_status(const Retention::Pdu& pdu) {
     response.status = din->status;
     response.itt = din->itt;
     response.stat_sn = din->stat_sn;
-    response.exp_cmd_sn = _session ? _session->exp_cmd_sn() : 0;
-    response.max_cmd_sn = _session ? _session->max_cmd_sn() : 0;
+    command_window(response.exp_cmd_sn, response.max_cmd_sn);
     response.exp_data_sn = din->data_sn + 1;
     response.overflow = din->overflow;
     response.underflow = din->underflow;

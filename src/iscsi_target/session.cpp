@@ -490,8 +490,7 @@ uint32_t Session::send_r2t(IscsiTask& command, Connection& connection, uint32_t 
     r2t.itt = command.itt;
     r2t.ttt = ttt;
     r2t.stat_sn = connection.current_stat_sn();
-    r2t.exp_cmd_sn = _exp_cmd_sn;
-    r2t.max_cmd_sn = max_cmd_sn();
+    report_window(r2t);
     r2t.r2t_sn = command.r2t_sn++;
     r2t.buffer_offset = offset;
     r2t.desired_data_transfer_length = length;
@@ -739,8 +738,7 @@ void Session::send_data_in(IscsiTask& command, uint32_t length) {
         din.data_sn = data_sn++;
         din.buffer_offset = offset;
         din.data_segment_length = n;
-        din.exp_cmd_sn = _exp_cmd_sn;
-        din.max_cmd_sn = max_cmd_sn();
+        report_window(din);
         if (last) {
             // Phase collapse: the status rides on the last Data-In (only without sense data).
             din.status_present = true;
@@ -777,8 +775,7 @@ void Session::send_scsi_response(IscsiTask& command, uint32_t data_pdus) {
     response.status = uint8_t(command.status);
     response.itt = command.itt;
     response.stat_sn = connection.take_stat_sn();
-    response.exp_cmd_sn = _exp_cmd_sn;
-    response.max_cmd_sn = max_cmd_sn();
+    report_window(response);
     response.exp_data_sn = data_pdus;
     response.overflow = residual.overflow;
     response.underflow = residual.underflow;
@@ -837,8 +834,7 @@ void Session::send_tmf_response(Connection* connection, uint32_t itt, iscsi::Tmf
     pdu.response = response;
     pdu.itt = itt;
     pdu.stat_sn = connection->take_stat_sn();
-    pdu.exp_cmd_sn = _exp_cmd_sn;
-    pdu.max_cmd_sn = max_cmd_sn();
+    report_window(pdu);
     iscsi::Bhs bhs;
     pdu.encode(bhs);
     connection->send(bhs);

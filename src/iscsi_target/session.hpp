@@ -157,6 +157,11 @@ public:
 
     uint32_t exp_cmd_sn() const { return _exp_cmd_sn; }
     uint32_t max_cmd_sn() const;
+    // Puts the command window (ExpCmdSN, MaxCmdSN) into an answer; every target PDU reports it.
+    template <class Answer> void report_window(Answer& answer) const {
+        answer.exp_cmd_sn = _exp_cmd_sn;
+        answer.max_cmd_sn = max_cmd_sn();
+    }
 
     // CmdSN ordering for every non-immediate request. Returns false when the CmdSN is outside the
     // window: the caller ignores the PDU (the RFC says silently). Otherwise `deliver` runs now or once
