@@ -57,6 +57,10 @@ Result<void> Device::resize(uint64_t) {
     return make_error(fmt::format("{}: a {} device cannot be resized", describe(), kind()), ENOTSUP);
 }
 
+Result<uint64_t> Device::rescan() {
+    return geometry().bytes();
+}
+
 Result<void> Device::check_resize(uint64_t bytes) const {
     uint32_t bs = geometry().block_size;
     if (bytes == 0 || bytes % bs != 0) {

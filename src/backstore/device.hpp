@@ -121,6 +121,12 @@ public:
     // DeviceEvent::resized. A shrink drops the data past the new end. May block (a file is allocated):
     // never call it on a reactor thread. Default: not supported (ENOTSUP), saying so for this kind.
     virtual Result<void> resize(uint64_t bytes);
+    // Reads the size of the backing storage again, for storage grown from outside (a file extended, a
+    // LUN resized on its target): adopts a larger size (whole blocks) and raises DeviceEvent::resized.
+    // Returns the size in bytes. A backing object that shrank under the device is an error (nothing is
+    // adopted: the data past its end is gone, which the owner must hear about). May block: never on a
+    // reactor thread. Default: the size does not change from outside (memory, null).
+    virtual Result<uint64_t> rescan();
 
     // Observers, e.g. the logical unit that exports the device. An observer unsubscribes before it
     // goes away; the device does not own it.

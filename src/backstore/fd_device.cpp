@@ -2,12 +2,19 @@
 
 #include "backstore/detail.hpp"
 #include "common/buffer.hpp"
+#include "common/log.hpp"
 #include "net/reactor.hpp"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
 #include <span>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace ispace::backstore {
@@ -42,6 +49,32 @@ FdDevice::~FdDevice() {
     if (_fd >= 0) {
         ::close(_fd);
     }
+}
+
+Result<uint64_t> FdDevice::rescan() {
+    struct stat st {};
+    if (::fstat(_fd, &st) != 0) {
+        int err = errno;
+        return make_error(fmt::format("{}: cannot read its size: {}", _path, std::strerror(err)), err);
+    }
+    uint64_t bytes = uint64_t(st.st_size);
+    if (S_ISBLK(st.st_mode) && ::ioctl(_fd, BLKGETSIZE64, &bytes) != 0) {
+        int err = errno;
+        return make_error(fmt::format("{}: cannot read the device size: {}", _path, std::strerror(err)), err);
+    }
+    Geometry now = _geometry.load();
+    uint64_t blocks = bytes / now.block_size;
+    if (blocks < now.block_count) {
+        return make_error(fmt::format("{}: it shrank from {} to {} bytes under the device", _path,
+                                      now.bytes(), blocks * now.block_size),
+                          EIO);
+    }
+    if (blocks > now.block_count) {
+        _geometry.set_block_count(blocks);
+        log_info("{}: grew from outside: {} -> {} bytes", _path, now.bytes(), blocks * now.block_size);
+        notify(DeviceEvent::resized);
+    }
+    return blocks * now.block_size;
 }
 
 void FdDevice::submit(IoRequest& request) {

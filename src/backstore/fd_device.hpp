@@ -28,6 +28,9 @@ public:
     void allocation_status(uint64_t offset, uint64_t length,
                            Function<void(Result<std::vector<Extent>>)> done) override;
 
+    // The file's size (fstat) or the block device's (BLKGETSIZE64), adopted when it grew.
+    Result<uint64_t> rescan() override;
+
     int fd() const { return _fd; }
 
 protected:

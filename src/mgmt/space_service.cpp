@@ -173,6 +173,15 @@ json SpaceService::handle(const json& request) {
                                        request.value("force", false));
             return st ? json{{"ok", true}, {"status", space_status_json(*st)}} : failure(st.error());
         }
+        if (verb == "grow") {
+            volume::SpaceStatus st;
+            auto g = _manager.grow(name, &st);
+            if (!g) {
+                return failure(g.error());
+            }
+            return {{"ok", true},        {"thin", g->thin},   {"before", g->before},
+                    {"after", g->after}, {"notes", g->notes}, {"status", space_status_json(st)}};
+        }
         if (verb == "add-member") {
             auto st = _manager.add_member(name, request.value("url", ""), request.value("force", false));
             return st ? json{{"ok", true}, {"status", space_status_json(*st)}} : failure(st.error());

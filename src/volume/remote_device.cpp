@@ -581,6 +581,39 @@ void RemoteDevice::fail_device(const std::string& why) {
     notify(backstore::DeviceEvent::failed);
 }
 
+Result<uint64_t> RemoteDevice::rescan() {
+    initiator::Session* s = session();
+    if (s == nullptr || _failed.load(std::memory_order_acquire)) {
+        return make_error(fmt::format("{}: not connected", _describe), ENOTCONN);
+    }
+    // A unit attention (CAPACITY DATA HAS CHANGED among them) answers the first commands after the
+    // resize: TEST UNIT READY takes them before the capacity is read.
+    for (int i = 0; i < 8 && !s->test_unit_ready(_lun); ++i) {
+    }
+    Result<initiator::Capacity> capacity = s->read_capacity(_lun);
+    if (!capacity) {
+        return make_error(fmt::format("{}: READ CAPACITY: {}", _describe, capacity.error().message),
+                          capacity.error().code);
+    }
+    backstore::Geometry now = _geometry->load();
+    if (capacity->block_size != now.block_size) {
+        return make_error(fmt::format("{}: the block size changed from {} to {}", _describe, now.block_size,
+                                      capacity->block_size),
+                          EIO);
+    }
+    if (capacity->blocks < now.block_count) {
+        return make_error(fmt::format("{}: it shrank from {} to {} blocks under the device", _describe,
+                                      now.block_count, capacity->blocks),
+                          EIO);
+    }
+    if (capacity->blocks > now.block_count) {
+        log_info("{}: capacity changed to {} blocks", _describe, capacity->blocks);
+        _geometry->set_block_count(capacity->blocks);
+        notify(backstore::DeviceEvent::resized);
+    }
+    return capacity->blocks * uint64_t(now.block_size);
+}
+
 void RemoteDevice::refresh_capacity() {
     if (_refreshing.exchange(true)) {
         return;

@@ -102,6 +102,8 @@ public:
     backstore::Features features() const override { return _features; }
     uint64_t identity() const override { return _identity; }
     void submit(backstore::IoRequest& request) override;
+    // READ CAPACITY(16) again (a LUN grown on its target); blocking, from a thread that is no reactor.
+    Result<uint64_t> rescan() override;
     // Reports one mapped extent (GET LBA STATUS is not forwarded).
     void allocation_status(uint64_t offset, uint64_t length,
                            Function<void(Result<std::vector<backstore::Extent>>)> done) override;

@@ -53,9 +53,9 @@ void Resync::add_target(uint32_t slot) {
     uint64_t rs = _v._bitmap->region_size();
     uint64_t from = m.synced_below.load();
     t.next = from / rs;
-    uint64_t regions = _v._bitmap->regions();
+    uint64_t regions = _v.regions_in_use();
     if (t.mode == RebuildMode::full) {
-        t.total_bytes = _v._space_size - std::min(_v._space_size, t.next * rs);
+        t.total_bytes = _v._space_size.load() - std::min(_v._space_size.load(), t.next * rs);
     } else {
         for (uint64_t r = t.next; r < regions; ++r) {
             t.total_bytes += _v._bitmap->marked(r) ? rs : 0;
@@ -122,7 +122,7 @@ bool Resync::needs(const Target& t, uint64_t region) const {
 }
 
 uint64_t Resync::next_needed(Target& t) {
-    uint64_t regions = _v._bitmap->regions();
+    uint64_t regions = _v.regions_in_use();
     while (t.next < regions && !needs(t, t.next)) {
         ++t.next;
     }
@@ -141,7 +141,7 @@ void Resync::pump() {
         _busy_until = now + 100ms;
     }
     unsigned depth = now < _busy_until ? _v._options.resync_busy_depth : _v._options.resync_depth;
-    uint64_t regions = _v._bitmap->regions();
+    uint64_t regions = _v.regions_in_use();
     while (_inflight < std::max(1u, depth) && !_targets.empty()) {
         if (_rate > 0 && now < _next_start) {
             if (!_timer_armed) {
@@ -221,7 +221,7 @@ void Resync::start(uint64_t region) {
 
 void Resync::copy(std::shared_ptr<Window> w) {
     std::vector<Extent> extents;
-    map_range(_v._layout, w->offset, w->length, extents);
+    map_range(_v.layout(), w->offset, w->length, extents);
     uint32_t active = _v.active_mask();
     uint32_t writable = _v.writable_mask();
     // Per extent: a source (the lowest in-sync copy that is not a target) and the copies to write.
@@ -232,7 +232,7 @@ void Resync::copy(std::shared_ptr<Window> w) {
     std::vector<Plan> plans(extents.size());
     size_t requests = 0;
     for (size_t e = 0; e < extents.size(); ++e) {
-        uint32_t column_mask = ((1u << _v._layout.copies) - 1) << (extents[e].column * _v._layout.copies);
+        uint32_t column_mask = ((1u << _v.layout().copies) - 1) << (extents[e].column * _v.layout().copies);
         uint32_t explicit_targets = 0;
         for (uint32_t slot : w->slots) {
             explicit_targets |= 1u << slot;
@@ -345,7 +345,7 @@ void Resync::window_done(std::shared_ptr<Window> w) {
         t.done_bytes += w->length;
         // Everything below the lowest window still in flight is done: the checkpoint.
         uint64_t low = t.inflight.empty() ? t.next : *t.inflight.begin();
-        uint64_t below = std::min(_v._space_size, low * rs);
+        uint64_t below = std::min(_v._space_size.load(), low * rs);
         if (t.slot == unclean_slot) {
             _unclean_next.store(low, std::memory_order_release);
             continue;

@@ -760,6 +760,32 @@ uint64_t metadata_end_of(const Label& truth) {
 
 } // namespace
 
+Result<GrowResult> SpaceManager::grow(const std::string& name, SpaceStatus* status) {
+    assert(net::Reactor::current() == nullptr);
+    std::lock_guard lock(_mutex);
+    bool was_open = _held.count(name) > 0;
+    if (!was_open) {
+        if (auto v = open_locked(name, {}); !v) {
+            return v.error();
+        }
+    }
+    std::shared_ptr<Volume> v = _held[name].volume;
+    auto grown = v->grow();
+    if (grown && status != nullptr) {
+        *status = status_of(*v);
+    }
+    if (!was_open) {
+        (void)close_locked(name);
+    }
+    if (grown && grown->after > grown->before) {
+        if (auto e = load_entry(name)) {
+            e->size = grown->thin ? e->size : grown->after;
+            (void)save_entry(*e);
+        }
+    }
+    return grown;
+}
+
 Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::string& old_url,
                                           const std::string& new_url, bool force) {
     assert(net::Reactor::current() == nullptr);

@@ -130,6 +130,9 @@ public:
     // goes on, from its checkpoint, at the next open).
     Result<SpaceStatus> replace(const std::string& name, const std::string& old_url,
                                 const std::string& new_url, bool force = false);
+    // Takes the room its members gained (Volume::grow), online when this manager holds the space; a space
+    // not open here is opened for it and closed again. `status`: the space afterwards.
+    Result<GrowResult> grow(const std::string& name, SpaceStatus* status = nullptr);
     // Adds a copy to a mirror (rebuilt in full at the next open). The space must not be open here.
     Result<SpaceStatus> add_member(const std::string& name, const std::string& url, bool force = false);
     // Erases the labels of every reachable member and the catalog entry. `confirmed` must be true (the CLI's

@@ -38,6 +38,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -122,6 +123,15 @@ struct VolumeStatus {
     bool pool_full = false; // the last write that needed a cluster found none
 };
 
+// What Volume::grow did: the range in use before and after (a plain space's size; a thin space's pool),
+// and why it is less than the members give, when it is.
+struct GrowResult {
+    bool thin = false;
+    uint64_t before = 0;
+    uint64_t after = 0;
+    std::vector<std::string> notes;
+};
+
 class Volume : public std::enable_shared_from_this<Volume> {
 public:
     // Opens a space from its assembly plan and its member devices (members[slot]; the plan's `found`
@@ -163,6 +173,11 @@ public:
     Result<void> fail_member(uint32_t slot);
     // Puts `device` in `slot` (which must be failed or missing) as a new member, rebuilt in full.
     Result<void> replace_member(uint32_t slot, VolumeMember member, MemberEntry entry);
+    // Takes the room members gained (files extended, LUNs resized on their targets: each member's size is
+    // read again) online: a plain space grows, a thin space's pool does (volume_grow.cpp says in which
+    // order, and why a crash at any instant is safe). Every member must be in sync and no resync running.
+    // after == before: there was nothing to take.
+    Result<GrowResult> grow();
     // Waits until no resync is pending (or `limit` passed); for tests and tools.
     bool wait_resync(std::chrono::milliseconds limit);
     // Runs one bitmap sweep now (as the timer does); for tests.
@@ -268,6 +283,9 @@ private:
     uint32_t writable_mask() const { return _writable.load(std::memory_order_acquire); }
     uint32_t active_mask() const { return _active.load(std::memory_order_acquire); }
     bool all_in_sync() const;
+    // The bitmap's regions that cover the range in use (the bitmap holds as many as its area can, so
+    // that grow() needs no new one): what a resync walks.
+    uint64_t regions_in_use() const;
     void drain();           // waits until no request is in flight
     void stop_background(); // the sweep timer and the resync, stopped and waited for
     void raise_event(backstore::DeviceEvent event);
@@ -278,12 +296,19 @@ private:
     net::Reactor& _home;
     VolumeOptions _options;
     Label _truth_at_open;
-    Layout _layout;
+    // The layout in use. grow() publishes a new one (larger member data areas) while requests run, so
+    // readers take the pointer once per request; every version published stays until the volume goes
+    // (one per grow), so a request that started with an older one never reads freed memory.
+    const Layout& layout() const { return *_layout.load(std::memory_order_acquire); }
+    void publish_layout(Layout layout); // home, or open before any request
+    std::atomic<const Layout*> _layout{nullptr};
+    std::vector<std::unique_ptr<const Layout>> _layouts;
     uint32_t _count = 0;
     uint32_t _block_size = 512;
-    uint64_t _space_size = 0;         // the layout range in use (a thin space: its pool's clusters)
-    uint64_t _virtual_size = 0;       // what the space provides (a thin space: more than _space_size, maybe)
-    std::unique_ptr<ThinState> _thin; // a thin space only
+    // Atomics: grow() raises them while requests run.
+    std::atomic<uint64_t> _space_size{0};   // the layout range in use (a thin space: its pool's clusters)
+    std::atomic<uint64_t> _virtual_size{0}; // what the space provides (a thin space: more, maybe)
+    std::unique_ptr<ThinState> _thin;       // a thin space only
     backstore::Features _features;
     std::array<Member, max_members> _members;
     std::atomic<uint32_t> _writable{0}; // active | rebuilding
@@ -330,6 +355,22 @@ private:
     std::mutex _event_mutex;
     std::function<void(backstore::DeviceEvent)> _event_sink;
 };
+
+// Runs `fn` on the volume's home reactor and waits for its result (management threads only).
+template <typename Fn> auto Volume::on_home(Fn&& fn) {
+    using R = decltype(fn());
+    std::promise<R> promise;
+    auto future = promise.get_future();
+    _home.post([&] {
+        if constexpr (std::is_void_v<R>) {
+            fn();
+            promise.set_value();
+        } else {
+            promise.set_value(fn());
+        }
+    });
+    return future.get();
+}
 
 // The Device face of a Volume: what an LU exports or the attach path exposes. Destroying it does not close
 // the volume (its owner, the SpaceManager, does).

@@ -213,7 +213,7 @@ void Volume::submit_physical(backstore::IoRequest& request) {
         return;
     }
 
-    map_range(_layout, request.offset, request.length, io->extents);
+    map_range(layout(), request.offset, request.length, io->extents);
     size_t n = io->extents.size();
     // Slice the caller's iovec per extent (for reads and writes; unmap and write-zeroes carry none).
     if (request.op == backstore::IoOp::read || request.op == backstore::IoOp::write) {
@@ -242,7 +242,7 @@ void Volume::submit_physical(backstore::IoRequest& request) {
             }
         }
     }
-    io->children.reserve(n * _layout.copies);
+    io->children.reserve(n * layout().copies);
 
     if (request.op == backstore::IoOp::read) {
         io->pending = uint32_t(n);
@@ -292,8 +292,8 @@ void Volume::start_write(VolumeIo* io) {
         const Extent& x = io->extents[e];
         bool any_remote = false;
         uint32_t before = uint32_t(io->children.size());
-        for (uint32_t copy = 0; copy < _layout.copies; ++copy) {
-            uint32_t slot = member_of(_layout, x.column, copy);
+        for (uint32_t copy = 0; copy < layout().copies; ++copy) {
+            uint32_t slot = member_of(layout(), x.column, copy);
             if (!(writable & (1u << slot))) {
                 continue;
             }
@@ -402,7 +402,7 @@ bool Volume::synced(uint32_t slot, uint64_t offset, uint64_t length) const {
 }
 
 int Volume::pick_reader(uint32_t column, uint64_t offset, uint64_t length, uint32_t tried) const {
-    uint32_t column_mask = ((1u << _layout.copies) - 1) << (column * _layout.copies);
+    uint32_t column_mask = ((1u << layout().copies) - 1) << (column * layout().copies);
     uint32_t active = active_mask() & column_mask & ~tried;
     if (active != 0 && _resync && _bitmap) {
         // A dirty region the unclean pass has not made equal yet: always the copy it copies from, so two
@@ -469,8 +469,8 @@ void Volume::finish(VolumeIo* io) {
         int error = io->error;
         if (error == 0) {
             uint32_t writable = writable_mask();
-            for (uint32_t column = 0; column < _layout.columns(); ++column) {
-                uint32_t column_mask = ((1u << _layout.copies) - 1) << (column * _layout.copies);
+            for (uint32_t column = 0; column < layout().columns(); ++column) {
+                uint32_t column_mask = ((1u << layout().copies) - 1) << (column * layout().copies);
                 if ((writable & column_mask) == 0) {
                     error = -EIO;
                 }

@@ -29,23 +29,18 @@ struct OwnedRequest {
 
 } // namespace
 
-template <typename Fn> auto Volume::on_home(Fn&& fn) {
-    using R = decltype(fn());
-    std::promise<R> promise;
-    auto future = promise.get_future();
-    _home.post([&] {
-        if constexpr (std::is_void_v<R>) {
-            fn();
-            promise.set_value();
-        } else {
-            promise.set_value(fn());
-        }
-    });
-    return future.get();
-}
-
 Volume::Volume(net::ReactorGroup& reactors, VolumeOptions options)
     : _reactors(reactors), _home(reactors.next()), _options(std::move(options)) {}
+
+uint64_t Volume::regions_in_use() const {
+    uint64_t rs = _bitmap->region_size();
+    return (_space_size.load(std::memory_order_acquire) + rs - 1) / rs;
+}
+
+void Volume::publish_layout(Layout layout) {
+    _layouts.push_back(std::make_unique<const Layout>(std::move(layout)));
+    _layout.store(_layouts.back().get(), std::memory_order_release);
+}
 
 Volume::~Volume() {
     // close() (or abandon()) is the owner's job; a volume dropped without it stops its background work
@@ -116,7 +111,7 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
     }
     std::shared_ptr<Volume> v(new Volume(reactors, std::move(options)));
     v->_truth_at_open = truth;
-    v->_layout = *layout;
+    v->publish_layout(std::move(*layout));
     v->_count = uint32_t(truth.members.size());
     v->_block_size = truth.block_size;
     v->_space_size = truth.space_size;
@@ -233,11 +228,15 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
 
     // The bitmap, from the members' copies (their OR: a region any copy marks may differ).
     const MetadataArea* area = truth.area(AreaType::bitmap);
-    if (v->_layout.redundant() && truth.region_size != 0 && area != nullptr) {
+    if (v->layout().redundant() && truth.region_size != 0 && area != nullptr) {
         uint32_t block_bytes = std::max<uint32_t>(4096, truth.block_size);
         auto self = v.get();
+        // As many regions as the area holds, not only those of the range in use: grow() then raises
+        // the range without a new bitmap under the writes in flight (regions past it stay unmarked).
+        uint64_t bitmap_bytes =
+            std::max(v->_space_size.load(), area->length * 8 * uint64_t(truth.region_size));
         v->_bitmap = std::make_unique<WriteIntentBitmap>(
-            v->_space_size, truth.region_size, block_bytes, v->_home,
+            bitmap_bytes, truth.region_size, block_bytes, v->_home,
             [self](uint64_t block, Buffer data, Function<void(bool)> done) {
                 self->write_bitmap_block(block, std::move(data), std::move(done));
             });
@@ -480,8 +479,8 @@ void Volume::member_error(uint32_t slot, int error, const char* what) {
     // the caller sees its error.
     int dead_column = -1;
     uint32_t writable = writable_mask();
-    for (uint32_t column = 0; column < _layout.columns(); ++column) {
-        uint32_t mask = ((1u << _layout.copies) - 1) << (column * _layout.copies);
+    for (uint32_t column = 0; column < layout().columns(); ++column) {
+        uint32_t mask = ((1u << layout().copies) - 1) << (column * layout().copies);
         if ((writable & mask) == 0 && !_failed.exchange(true)) {
             dead_column = int(column);
         }
@@ -494,7 +493,7 @@ void Volume::member_error(uint32_t slot, int error, const char* what) {
         self->change_labels([slot](LabelBook& book) { book.member_out(slot, MemberState::failed); }, true);
         if (dead_column >= 0) {
             log_error("space {}: no copy of {} is left; requests for it fail", self->_truth_at_open.name,
-                      self->_layout.columns() > 1 ? fmt::format("column {}", dead_column) : "its data");
+                      self->layout().columns() > 1 ? fmt::format("column {}", dead_column) : "its data");
             self->raise_event(backstore::DeviceEvent::failed);
         }
         self->schedule_retry(slot);
@@ -548,8 +547,8 @@ Result<void> Volume::fail_member(uint32_t slot) {
     if (state != MemberState::active && state != MemberState::rebuilding) {
         return {};
     }
-    uint32_t column = column_of(_layout, slot);
-    uint32_t mask = ((1u << _layout.copies) - 1) << (column * _layout.copies);
+    uint32_t column = column_of(layout(), slot);
+    uint32_t mask = ((1u << layout().copies) - 1) << (column * layout().copies);
     if (state == MemberState::active && (active_mask() & mask & ~(1u << slot)) == 0) {
         return make_error(fmt::format("{} holds the last in-sync copy of its data: it cannot be taken out",
                                       _members[slot].url),

@@ -122,7 +122,7 @@ Result<void> Volume::thin_open(const Label& truth) {
     auto t = std::make_unique<ThinState>();
     t->store =
         std::make_unique<VolumeThinStore>(*this, area->offset, area->length / thin::page_size, current);
-    uint64_t layout_bytes = capacity(_layout);
+    uint64_t layout_bytes = capacity(layout());
     auto pool = thin::ThinPool::open(*t->store, layout_bytes / thin::min_cluster_size);
     if (!pool) {
         return make_error(fmt::format("space '{}': the thin pool: {}", truth.name, pool.error().message),

@@ -18,7 +18,8 @@ commands (iscsi_raw.py) so that every step is one command whose answer is checke
  6. (root, FUSE and loop devices) Issue 14's thin acceptance: a second thin space (1 GiB over two 256 MiB
     files) attached, formatted and mounted: 100 MiB of files allocate within 100 MiB + 5 %; deleted and
     fstrim'ed, the discards reach the map through the attach path and allocation falls back; a file written
-    past the members fails, the files before it verify, and after freeing space fsck is clean.
+    past the members fails, the files before it verify; `space grow` after the members were extended gives
+    the pool their room online and the file goes on; after freeing space fsck is clean.
 
 Usage: test_space_thin.py ISPACE ISPACED [ATTACH_DRIVER]     (part 6 is skipped, saying why, without it or
                                                              without root/FUSE/loop)
@@ -243,8 +244,9 @@ def attached(ispace, env, scratch):
     """Issue 14's thin acceptance: a 1 GiB thin space over two 256 MiB members (a mirror: a pool of about
     250 MiB), attached and formatted. 100 MiB of files allocate within 100 MiB + 5 %; deleted and trimmed,
     allocation falls back to within 5 MiB (5 % of what was written) of where it was. Then a file written past
-    what the members hold fails with an I/O error while the files written before it still verify, and once
-    the filler is deleted and trimmed the filesystem checks clean."""
+    what the members hold fails with an I/O error while the files written before it still verify; the
+    members extended by 64 MiB and `space grow` run, the pool takes that room online and the file goes on;
+    once the filler is deleted and trimmed the filesystem checks clean."""
     files = [os.path.join(scratch, n) for n in ("e.img", "f.img")]
     for m in files:
         with open(m, "wb") as f:
@@ -307,11 +309,36 @@ def attached(ispace, env, scratch):
     check(error is not None and wrote < 300 * MiB,
           f"a file written past the members fails after {wrote // MiB} MiB ({error})")
     check(st.get("pool_full"), "status says the pool is full")
+    pool_before = st.get("pool_bytes", 0)
     for name in keep:  # read from the device, not the page cache
         fd = os.open(os.path.join(keep_dir, name), os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
     check(attach_testlib.verify_files(keep_dir, keep), "the files written before it still verify")
+
+    # `space grow`: the members extended by 64 MiB each, the pool takes the room online and the filler
+    # goes on where it stopped.
+    for m in files:
+        os.truncate(m, 320 * MiB)
+    r = space(ispace, env, "grow", "f")
+    grown = status(ispace, env, "f")
+    check(r.returncode == 0 and "grew" in r.stderr, f"ispace space grow ({r.stderr.strip()})")
+    check(grown.get("pool_bytes", 0) >= pool_before + 63 * MiB and not grown.get("pool_full")
+          and grown.get("provisioned_bytes") == 1 << 30,
+          f"the pool grew by the members' 64 MiB ({pool_before // MiB} -> {grown.get('pool_bytes', 0) // MiB} MiB), "
+          "not full, still 1 GiB provisioned")
+    fd = os.open(filler, os.O_WRONLY | os.O_DIRECT)
+    more = 0
+    try:
+        os.lseek(fd, wrote, os.SEEK_SET)
+        for _ in range(32):
+            os.write(fd, buf)
+            more += 1
+    except OSError as e:
+        print(f"write after grow: {e}")
+    finally:
+        os.close(fd)
+    check(more == 32, f"32 MiB more are written after the grow ({more} MiB)")
     os.remove(filler)
     os.sync()
     r = attach_testlib.run(["fstrim", mnt])

@@ -297,6 +297,18 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
     replace->add_option("NEW_URL", a->new_url)->required();
     replace->add_flag("--force", a->force, "Reuse a new member that belongs to another space");
 
+    auto* grow = space->add_subcommand(
+        "grow", "Take the room the members gained (files extended, LUNs resized on their targets), online");
+    grow->add_option("NAME", a->name)->required();
+    grow->footer(
+        "Grow every member first (truncate -s, or resize the LUN on its target: ispace lun resize on "
+        "an ispaced), then run this. A plain space grows by what every member gained (a mirror: the "
+        "smallest gain; a stripe: the smallest, times the members; a concat: its last member's); a "
+        "thin space's pool does (its provisioned size stays). Every member must be in sync. An "
+        "exported space reports CAPACITY DATA HAS CHANGED; an attached one grows in place (then "
+        "resize2fs).\n"
+        "Example:\n  truncate -s +1G /srv/a.img /srv/b.img && ispace space grow home");
+
     auto* add = space->add_subcommand("add-member", "Add a copy to a mirror (full rebuild)");
     add->add_option("NAME", a->name)->required();
     add->add_option("URL", a->url)->required();
@@ -369,6 +381,8 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                        {"old", a->old_url},
                        {"new", a->new_url},
                        {"force", a->force}};
+        } else if (grow->parsed()) {
+            request = {{"verb", "grow"}, {"name", a->name}};
         } else if (add->parsed()) {
             request = {{"verb", "add-member"}, {"name", a->name}, {"url", a->url}, {"force", a->force}};
         } else if (assemble->parsed()) {
@@ -441,6 +455,19 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                                st.value("layout", ""), human_bytes(double(st.value("size", uint64_t(0)))),
                                st.value("members", json::array()).size(), where);
                 }
+            }
+        } else if (grow->parsed()) {
+            uint64_t before = j.value("before", uint64_t(0)), after = j.value("after", uint64_t(0));
+            std::string what = j.value("thin", false) ? "its pool" : "it";
+            if (after > before) {
+                fmt::print(stderr, "space {}: {} grew from {} to {}\n", a->name, what,
+                           human_bytes(double(before)), human_bytes(double(after)));
+            } else {
+                fmt::print(stderr, "space {}: nothing to grow: {} uses {}, all the members give\n", a->name,
+                           what, human_bytes(double(before)));
+            }
+            for (const json& note : j.value("notes", json::array())) {
+                fmt::print(stderr, "  note: {}\n", note.get<std::string>());
             }
         } else if (j.contains("status")) {
             print_status(j["status"]);

@@ -676,5 +676,69 @@ TEST_F(VolumeTest, CreateRefusesWhatCannotWorkAndWritesNothing) {
     EXPECT_TRUE(format_space(group.at(0), spec, raw(), true));
 }
 
+// grow: members resized under an open mirror; the space takes the room online, old data stays where it was,
+// the new range is written on both copies, and the labels carry the new size through a reopen.
+TEST_F(VolumeTest, AMirrorGrowsOnlineWhenItsMembersDo) {
+    auto v = create(LayoutKind::mirror, 2);
+    VolumeDevice device(v);
+    uint64_t before = v->geometry().bytes();
+    auto old_data = random_bytes(1 << 20, 7);
+    ASSERT_EQ(io.write(device, before - old_data.size(), old_data, true), 0);
+
+    auto nothing = v->grow();
+    ASSERT_TRUE(nothing) << nothing.error().message;
+    EXPECT_EQ(nothing->after, nothing->before) << "members that did not grow give nothing";
+
+    for (auto& d : disks) {
+        ASSERT_TRUE(d->resize(member_size + (16 << 20)));
+    }
+    auto grown = v->grow();
+    ASSERT_TRUE(grown) << grown.error().message;
+    EXPECT_EQ(grown->before, before);
+    EXPECT_EQ(grown->after, before + (16 << 20));
+    EXPECT_EQ(v->geometry().bytes(), grown->after);
+    auto new_data = random_bytes(2 << 20, 8);
+    ASSERT_EQ(io.write(device, grown->after - new_data.size(), new_data, true), 0);
+    EXPECT_EQ(member_data(0, grown->after - new_data.size(), new_data.size()), new_data);
+    EXPECT_EQ(member_data(1, grown->after - new_data.size(), new_data.size()), new_data);
+    // The new range holds the same bytes on both copies (the old end labels were erased there).
+    uint64_t fresh = grown->after - before - new_data.size();
+    EXPECT_EQ(member_data(0, before, fresh), member_data(1, before, fresh));
+    EXPECT_EQ(label_of(0).data_size, grown->after);
+
+    close(v);
+    auto again = assemble({0, 1});
+    ASSERT_TRUE(again) << again.error().message;
+    VolumeDevice reopened(*again);
+    EXPECT_EQ((*again)->geometry().bytes(), grown->after);
+    std::vector<uint8_t> back(old_data.size());
+    ASSERT_EQ(io.read(reopened, before - old_data.size(), back), 0);
+    EXPECT_EQ(back, old_data);
+    back.resize(new_data.size());
+    ASSERT_EQ(io.read(reopened, grown->after - new_data.size(), back), 0);
+    EXPECT_EQ(back, new_data);
+}
+
+TEST_F(VolumeTest, AStripeGrowsByItsShortestMembersGainTimesItsColumns) {
+    auto v = create(LayoutKind::stripe, 2);
+    uint64_t before = v->geometry().bytes();
+    ASSERT_TRUE(disks[0]->resize(member_size + (8 << 20)));
+    ASSERT_TRUE(disks[1]->resize(member_size + (4 << 20)));
+    auto grown = v->grow();
+    ASSERT_TRUE(grown) << grown.error().message;
+    EXPECT_EQ(grown->after, before + 2 * (4 << 20)) << "two columns, each as long as the shorter member";
+}
+
+TEST_F(VolumeTest, GrowIsRefusedWhileAMemberIsOutOfSync) {
+    auto m = create(LayoutKind::mirror, 2);
+    ASSERT_TRUE(m->fail_member(1));
+    ASSERT_TRUE(disks[0]->resize(member_size + (8 << 20)));
+    ASSERT_TRUE(disks[1]->resize(member_size + (8 << 20)));
+    auto refused = m->grow();
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, EBUSY);
+    EXPECT_NE(refused.error().message.find("in sync"), std::string::npos) << refused.error().message;
+}
+
 } // namespace
 } // namespace ispace::volume

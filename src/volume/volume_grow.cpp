@@ -1,0 +1,235 @@
+// Volume::grow: more room from members that grew (a file extended, a LUN resized on its target), online.
+//
+// The order makes every instant safe to crash at:
+//  1. every member's size is read again (Device::rescan) and the larger layout worked out; nothing
+//     changes yet, and anything that stands in the way (a member out of sync, a resync running, a bitmap
+//     or thin metadata area too small for the new range) refuses the whole grow;
+//  2. the labels record the larger data areas (and a plain space's larger size) on every member, and
+//     grow waits until they are durable;
+//  3. the new layout and range are published to the data path (an atomic pointer: a request in flight
+//     keeps the layout it started with, which maps every old address the same way);
+//  4. a thin space's pool takes the new clusters and commits; a plain space raises `resized`, which an
+//     export turns into CAPACITY DATA HAS CHANGED and the attach path into a larger device.
+// A crash after 2 leaves labels larger than a thin pool uses: open accepts that (the pool may use less
+// than the members give) and the next grow finishes it. Nothing a write was acknowledged for moves: every
+// layout maps an existing address where it did before (mirror and stripe addresses do not depend on the
+// members' sizes; a concat uses only its last member's growth).
+#include "common/log.hpp"
+#include "volume/member_io.hpp"
+#include "volume/resync.hpp"
+#include "volume/thin_io.hpp"
+#include "volume/volume.hpp"
+
+#include <fmt/format.h>
+
+#include <cassert>
+#include <cstring>
+#include <future>
+#include <thread>
+
+namespace ispace::volume {
+
+Result<GrowResult> Volume::grow() {
+    assert(net::Reactor::current() == nullptr);
+    if (_lost.load() || _failed.load() || _closing.load()) {
+        return make_error(fmt::format("space '{}' is {}", _truth_at_open.name,
+                                      _lost.load() ? "lost to another holder" : "failed or closing"),
+                          EIO);
+    }
+    // 1. What the members hold now (blocking reads of sizes: on this thread, not a reactor).
+    std::vector<uint64_t> device_bytes(_count, 0);
+    for (uint32_t s = 0; s < _count; ++s) {
+        Member& m = _members[s];
+        if (!m.device || MemberState(m.state.load()) != MemberState::active) {
+            return make_error(fmt::format("space '{}': member {} is {}: a space grows only with every member "
+                                          "in sync",
+                                          _truth_at_open.name, m.url, to_string(MemberState(m.state.load()))),
+                              EBUSY);
+        }
+        auto bytes = m.device->rescan();
+        if (!bytes) {
+            return make_error(fmt::format("space '{}': member {}: {}", _truth_at_open.name, m.url,
+                                          bytes.error().message),
+                              bytes.error().code);
+        }
+        device_bytes[s] = *bytes;
+    }
+
+    GrowResult result;
+    result.thin = _thin != nullptr;
+    std::vector<uint64_t> old_sizes(_count, 0);
+    std::vector<uint64_t> old_member_bytes(_count, 0);
+    auto planned = on_home([&]() -> Result<GrowResult> {
+        if (_resync && _resync->pending()) {
+            return make_error(fmt::format("space '{}': a resync is running; grow it once it is done",
+                                          _truth_at_open.name),
+                              EBUSY);
+        }
+        const Layout& old = layout();
+        Layout next = old;
+        for (uint32_t s = 0; s < _count; ++s) {
+            const Member& m = _members[s];
+            uint64_t end = device_bytes[s] < 2 * label_size
+                               ? 0
+                               : (device_bytes[s] - 2 * label_size) / data_alignment * data_alignment;
+            uint64_t data = end > m.data_offset ? (end - m.data_offset) / _block_size * _block_size : 0;
+            bool usable = old.kind != LayoutKind::concat || s + 1 == _count; // a concat's earlier columns
+            if (data > old.member_bytes[s] && usable) {
+                next.member_bytes[s] = data;
+            } else if (data > old.member_bytes[s]) {
+                result.notes.push_back(fmt::format("{} grew, but only the last member of a concat can use it",
+                                                   m.url));
+            }
+        }
+        uint64_t room = capacity(next);
+        uint64_t before = _space_size.load();
+        uint64_t target = room;
+        if (_bitmap) {
+            uint64_t most = _bitmap->regions() * uint64_t(_bitmap->region_size());
+            if (target > most) {
+                result.notes.push_back(fmt::format("the write-intent bitmap covers {} bytes: the space uses that "
+                                                   "much of {}",
+                                                   most, room));
+                target = most;
+            }
+        }
+        if (_thin) {
+            uint64_t cs = _thin->cluster_size;
+            uint64_t clusters = target / cs;
+            // The metadata area was sized for the pool at create: as many clusters as its pages can map.
+            uint64_t pages = _thin->store->pages();
+            uint64_t virtual_clusters = (_virtual_size.load() + cs - 1) / cs;
+            if (thin_metadata_pages(clusters, virtual_clusters) > pages) {
+                uint64_t lo = 0, hi = clusters;
+                while (lo < hi) {
+                    uint64_t mid = lo + (hi - lo + 1) / 2;
+                    if (thin_metadata_pages(mid, virtual_clusters) <= pages) {
+                        lo = mid;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                result.notes.push_back(fmt::format("the thin metadata area maps {} clusters at most", lo));
+                clusters = lo;
+            }
+            target = clusters * cs;
+        } else {
+            target = target / _block_size * _block_size;
+        }
+        result.before = before;
+        result.after = std::max(before, target);
+        if (target <= before) {
+            result.after = before;
+            return result; // nothing to gain (the caller says so)
+        }
+
+        // 2. The labels first: the larger data areas (and a plain space's size) on every member.
+        for (uint32_t s = 0; s < _count; ++s) {
+            old_sizes[s] = _members[s].member_size;
+            old_member_bytes[s] = old.member_bytes[s];
+            _members[s].member_size = device_bytes[s];
+        }
+        change_labels([&next, target, thin = _thin != nullptr, count = _count](LabelBook& book) {
+            for (uint32_t s = 0; s < count; ++s) {
+                book.truth().members[s].data_bytes = next.member_bytes[s];
+            }
+            if (!thin) {
+                book.truth().space_size = target;
+            }
+            book.bump_sequence();
+        });
+        return result;
+    });
+    if (!planned || planned->after == planned->before) {
+        return planned;
+    }
+    GrowResult r = std::move(*planned);
+    {
+        // Wait for the labels (written on home; a member that fails the write is failed and the grow
+        // stops: the space grew on the members that took it, which the next grow completes).
+        for (int i = 0; i < 60000 && !on_home([&] { return labels_settled(); }); ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        bool all = on_home([&] {
+            for (uint32_t s = 0; s < _count; ++s) {
+                if (MemberState(_members[s].state.load()) != MemberState::active) {
+                    return false;
+                }
+            }
+            return labels_settled();
+        });
+        if (!all) {
+            return make_error(fmt::format("space '{}': a member failed while the labels recorded the grow",
+                                          _truth_at_open.name),
+                              EIO);
+        }
+        // The end copies of earlier labels now lie inside the larger data areas, different on every member
+        // (slot, UUID): erased before anything is written there, so that the copies of a mirror hold the
+        // same bytes in the new range as far as the members did. They are where the last label write put
+        // them (the size at open) and, when the member was extended before that open, where the labels
+        // of the old size were: just past the old data area (which ends at the last MiB boundary before
+        // them). Labels of sizes in between (extended, opened, extended again) are not looked for.
+        for (uint32_t s = 0; s < _count; ++s) {
+            uint64_t data_end = _members[s].data_offset + on_home([&] { return _book.truth().members[s].data_bytes; });
+            uint64_t old_end = _members[s].data_offset + old_member_bytes[s];
+            std::vector<std::pair<uint64_t, uint64_t>> spans{
+                {old_end, std::min(data_end, old_end + data_alignment + 2 * label_size)}};
+            uint64_t last = label_offsets(old_sizes[s])[2];
+            if (last >= old_end + data_alignment && last + 2 * label_size <= data_end) {
+                spans.emplace_back(last, last + 2 * label_size);
+            }
+            for (auto [from, to] : spans) {
+                if (to <= from) {
+                    continue;
+                }
+                std::vector<uint8_t> zeros(to - from, 0);
+                int e = member_io(_home, *_members[s].device, backstore::IoOp::write, from, zeros, true);
+                if (e != 0) {
+                    return make_error(fmt::format("space '{}': member {}: erasing its old end labels: {}",
+                                                  _truth_at_open.name, _members[s].url, std::strerror(-e)),
+                                      -e);
+                }
+            }
+        }
+        // 3. Published: the layout, then the range (a request inside the new range finds its layout).
+        on_home([&] {
+            const Layout& old = layout();
+            Layout next = old;
+            const Label& truth = _book.truth();
+            for (uint32_t s = 0; s < _count; ++s) {
+                next.member_bytes[s] = truth.members[s].data_bytes;
+            }
+            publish_layout(std::move(next));
+            _space_size.store(r.after, std::memory_order_release);
+            if (!_thin) {
+                _virtual_size.store(r.after, std::memory_order_release);
+            }
+        });
+        // 4. The pool takes the clusters (thin), or the users hear of the size (plain).
+        if (_thin) {
+            std::promise<Result<void>> grown;
+            auto future = grown.get_future();
+            uint64_t clusters = r.after / _thin->cluster_size;
+            thin_post([&, clusters] {
+                auto g = _thin->pool->grow_pool(clusters);
+                if (g) {
+                    g = thin_commit();
+                }
+                thin_update_stats();
+                grown.set_value(std::move(g));
+            });
+            if (auto g = future.get(); !g) {
+                return make_error(fmt::format("space '{}': the pool: {}", _truth_at_open.name, g.error().message),
+                                  g.error().code);
+            }
+            _thin->physical_size = r.after;
+        } else {
+            raise_event(backstore::DeviceEvent::resized);
+        }
+        log_info("space {}: grown from {} to {} bytes{}", _truth_at_open.name, r.before, r.after,
+                 r.thin ? " of pool" : "");
+    }
+    return r;
+}
+
+} // namespace ispace::volume
