@@ -175,7 +175,7 @@ json SpaceService::handle(const json& request) {
         }
         if (verb == "grow") {
             volume::SpaceStatus st;
-            auto g = _manager.grow(name, &st);
+            auto g = _manager.grow(name, request.value("member", ""), request.value("force", false), &st);
             if (!g) {
                 return failure(g.error());
             }

@@ -87,6 +87,19 @@ void LabelBook::replace_member(uint32_t slot, MemberEntry entry) {
     raise_epoch();
 }
 
+void LabelBook::add_member(MemberEntry entry) {
+    entry.state = MemberState::active;
+    entry.rebuild = RebuildMode::none;
+    entry.recovery_offset = 0;
+    entry.out_epoch = 0;
+    entry.last_epoch = 0;
+    entry.last_generation = 0;
+    entry.last_previous_generation = 0;
+    _truth.members.push_back(std::move(entry));
+    _written.push_back({});
+    raise_epoch();
+}
+
 Label LabelBook::label_for(uint32_t slot, uint64_t member_size, uint64_t data_offset) const {
     Label l = _truth;
     l.slot = slot;

@@ -47,6 +47,9 @@ public:
     // `slot` now belongs to a new member (replace): `entry` is rebuilt in full. Raises the epoch.
     void replace_member(uint32_t slot, MemberEntry entry);
 
+    // A new member at the end of the table (a concat's new column: `entry` holds no data yet, so it is in
+    // sync from the start). Raises the epoch.
+    void add_member(MemberEntry entry);
     // The label as member `slot` stores it (its own slot, UUID and data area).
     Label label_for(uint32_t slot, uint64_t member_size, uint64_t data_offset) const;
     // Record that `slot`'s copies now hold the current label.

@@ -760,7 +760,8 @@ uint64_t metadata_end_of(const Label& truth) {
 
 } // namespace
 
-Result<GrowResult> SpaceManager::grow(const std::string& name, SpaceStatus* status) {
+Result<GrowResult> SpaceManager::grow(const std::string& name, const std::string& new_member, bool force,
+                                      SpaceStatus* status) {
     assert(net::Reactor::current() == nullptr);
     std::lock_guard lock(_mutex);
     bool was_open = _held.count(name) > 0;
@@ -769,8 +770,27 @@ Result<GrowResult> SpaceManager::grow(const std::string& name, SpaceStatus* stat
             return v.error();
         }
     }
-    std::shared_ptr<Volume> v = _held[name].volume;
-    auto grown = v->grow();
+    Held& held = _held[name];
+    std::shared_ptr<Volume> v = held.volume;
+    auto grown = [&]() -> Result<GrowResult> {
+        if (new_member.empty()) {
+            return v->grow();
+        }
+        auto column = new_column(name, held, new_member, force);
+        if (!column) {
+            return column.error();
+        }
+        auto& [member, entry] = *column;
+        auto r = v->grow(std::move(member), entry);
+        if (r) {
+            held.urls.push_back(new_member);
+            if (auto e = load_entry(name)) {
+                e->urls = held.urls;
+                (void)save_entry(*e);
+            }
+        }
+        return r;
+    }();
     if (grown && status != nullptr) {
         *status = status_of(*v);
     }
@@ -784,6 +804,68 @@ Result<GrowResult> SpaceManager::grow(const std::string& name, SpaceStatus* stat
         }
     }
     return grown;
+}
+
+Result<std::pair<VolumeMember, MemberEntry>>
+SpaceManager::new_column(const std::string& name, const Held& held, const std::string& url, bool force) {
+    const Label& truth = held.volume->truth_at_open();
+    if (truth.layout != LayoutKind::concat) {
+        return make_error(
+            fmt::format("space '{}' is a {}: a new member adds room only to a concat (a mirror's "
+                        "copies hold the same bytes, a stripe would have to be restriped); grow "
+                        "its members instead",
+                        name, to_string(truth.layout)),
+            ENOTSUP);
+    }
+    for (const std::string& u : held.urls) {
+        if (same_member(u, url)) {
+            return make_error(fmt::format("{} is a member of '{}' already", shown(url), name), EEXIST);
+        }
+    }
+    auto device = open_device(url);
+    if (!device) {
+        return with(shown(url), device.error());
+    }
+    backstore::Device& d = **device;
+    LabelReading existing = read_member_labels(reactor(), d);
+    if (existing.label && !force) {
+        return make_error(fmt::format("{} is a member of space '{}'; use --force to reuse it", shown(url),
+                                      existing.label->name),
+                          EEXIST);
+    }
+    if (d.geometry().block_size != truth.block_size) {
+        return make_error(fmt::format("{} has {}-byte blocks; the space has {}", shown(url),
+                                      d.geometry().block_size, truth.block_size),
+                          EINVAL);
+    }
+    // Its data area after the same metadata as the others' (a thin space's map area is copied to it).
+    uint64_t data_offset = (metadata_end_of(truth) + data_alignment - 1) / data_alignment * data_alignment;
+    uint64_t bytes = d.geometry().bytes();
+    uint64_t end = bytes < 2 * label_size ? 0 : (bytes - 2 * label_size) / data_alignment * data_alignment;
+    if (end < data_offset + data_alignment) {
+        return make_error(
+            fmt::format("{}: {} bytes, too small: its data would start at {} (after the labels and "
+                        "metadata) and end before another MiB",
+                        shown(url), bytes, data_offset),
+            ENOSPC);
+    }
+    auto me = identity();
+    if (!me) {
+        return me.error();
+    }
+    std::vector<FenceTarget> one{{&d, shown(url)}};
+    if (auto fenced = fence(one, *me, force, 0, ""); !fenced) {
+        return fenced.error();
+    }
+    MemberEntry entry;
+    entry.uuid = make_uuid();
+    entry.data_bytes = (end - data_offset) / truth.block_size * truth.block_size;
+    entry.url = shown(url).substr(0, max_url_length);
+    VolumeMember member;
+    member.device = std::move(*device);
+    member.data_offset = data_offset;
+    member.url = shown(url);
+    return std::pair<VolumeMember, MemberEntry>{std::move(member), entry};
 }
 
 Result<SpaceStatus> SpaceManager::replace(const std::string& name, const std::string& old_url,

@@ -132,7 +132,10 @@ public:
                                 const std::string& new_url, bool force = false);
     // Takes the room its members gained (Volume::grow), online when this manager holds the space; a space
     // not open here is opened for it and closed again. `status`: the space afterwards.
-    Result<GrowResult> grow(const std::string& name, SpaceStatus* status = nullptr);
+    // `new_member`: a device appended to a concat as a new column (checked as add_member checks; `force`
+    // reuses one that belongs to another space).
+    Result<GrowResult> grow(const std::string& name, const std::string& new_member = "", bool force = false,
+                            SpaceStatus* status = nullptr);
     // Adds a copy to a mirror (rebuilt in full at the next open). The space must not be open here.
     Result<SpaceStatus> add_member(const std::string& name, const std::string& url, bool force = false);
     // Erases the labels of every reachable member and the catalog entry. `confirmed` must be true (the CLI's
@@ -176,6 +179,9 @@ private:
     Result<std::shared_ptr<Volume>> open_locked(const std::string& name, const OpenOptions& options,
                                                 const AssembleOptions& assemble = {});
     Result<void> close_locked(const std::string& name);
+    // A device checked, fenced and planned as a concat's new column (grow --member).
+    Result<std::pair<VolumeMember, MemberEntry>> new_column(const std::string& name, const Held& held,
+                                                            const std::string& url, bool force);
     SpaceStatus status_of(const Volume& volume) const;
     void on_lost(const std::string& name);
     bool lost_locked(const std::string& name); // closes it; false when it was not held

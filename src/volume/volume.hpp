@@ -177,7 +177,8 @@ public:
     // read again) online: a plain space grows, a thin space's pool does (volume_grow.cpp says in which
     // order, and why a crash at any instant is safe). Every member must be in sync and no resync running.
     // after == before: there was nothing to take.
-    Result<GrowResult> grow();
+    // `column`: a new member appended to a concat (its `entry.data_bytes` of room; fenced by the caller).
+    Result<GrowResult> grow(std::optional<VolumeMember> column = std::nullopt, MemberEntry entry = {});
     // Waits until no resync is pending (or `limit` passed); for tests and tools.
     bool wait_resync(std::chrono::milliseconds limit);
     // Runs one bitmap sweep now (as the timer does); for tests.
@@ -303,7 +304,7 @@ private:
     void publish_layout(Layout layout); // home, or open before any request
     std::atomic<const Layout*> _layout{nullptr};
     std::vector<std::unique_ptr<const Layout>> _layouts;
-    uint32_t _count = 0;
+    std::atomic<uint32_t> _count{0}; // grow() appends a concat's column while requests run
     uint32_t _block_size = 512;
     // Atomics: grow() raises them while requests run.
     std::atomic<uint64_t> _space_size{0};   // the layout range in use (a thin space: its pool's clusters)

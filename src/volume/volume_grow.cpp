@@ -16,6 +16,7 @@
 // members' sizes; a concat uses only its last member's growth).
 #include "common/log.hpp"
 #include "volume/member_io.hpp"
+#include "volume/remote_device.hpp"
 #include "volume/resync.hpp"
 #include "volume/thin_io.hpp"
 #include "volume/volume.hpp"
@@ -29,7 +30,7 @@
 
 namespace ispace::volume {
 
-Result<GrowResult> Volume::grow() {
+Result<GrowResult> Volume::grow(std::optional<VolumeMember> column, MemberEntry entry) {
     assert(net::Reactor::current() == nullptr);
     if (_lost.load() || _failed.load() || _closing.load()) {
         return make_error(fmt::format("space '{}' is {}", _truth_at_open.name,
@@ -48,9 +49,9 @@ Result<GrowResult> Volume::grow() {
         }
         auto bytes = m.device->rescan();
         if (!bytes) {
-            return make_error(fmt::format("space '{}': member {}: {}", _truth_at_open.name, m.url,
-                                          bytes.error().message),
-                              bytes.error().code);
+            return make_error(
+                fmt::format("space '{}': member {}: {}", _truth_at_open.name, m.url, bytes.error().message),
+                bytes.error().code);
         }
         device_bytes[s] = *bytes;
     }
@@ -59,11 +60,14 @@ Result<GrowResult> Volume::grow() {
     result.thin = _thin != nullptr;
     std::vector<uint64_t> old_sizes(_count, 0);
     std::vector<uint64_t> old_member_bytes(_count, 0);
-    auto planned = on_home([&]() -> Result<GrowResult> {
+    auto plan = [&]() -> Result<GrowResult> {
         if (_resync && _resync->pending()) {
-            return make_error(fmt::format("space '{}': a resync is running; grow it once it is done",
-                                          _truth_at_open.name),
-                              EBUSY);
+            return make_error(
+                fmt::format("space '{}': a resync is running; grow it once it is done", _truth_at_open.name),
+                EBUSY);
+        }
+        if (column && !labels_settled()) {
+            return make_error("a label write is running", EAGAIN); // retried below
         }
         const Layout& old = layout();
         Layout next = old;
@@ -77,9 +81,25 @@ Result<GrowResult> Volume::grow() {
             if (data > old.member_bytes[s] && usable) {
                 next.member_bytes[s] = data;
             } else if (data > old.member_bytes[s]) {
-                result.notes.push_back(fmt::format("{} grew, but only the last member of a concat can use it",
-                                                   m.url));
+                result.notes.push_back(
+                    fmt::format("{} grew, but only the last member of a concat can use it", m.url));
             }
+        }
+        if (column) {
+            if (old.kind != LayoutKind::concat) {
+                return make_error(
+                    fmt::format("space '{}' is a {}: a new member adds room only to a concat (a "
+                                "mirror's copies hold the same bytes, a stripe would have to be "
+                                "restriped); grow its members instead",
+                                _truth_at_open.name, to_string(old.kind)),
+                    ENOTSUP);
+            }
+            if (_count >= max_members) {
+                return make_error(fmt::format("space '{}' has {} members, the most there can be",
+                                              _truth_at_open.name, uint32_t(_count)),
+                                  ENOSPC);
+            }
+            next.member_bytes.push_back(entry.data_bytes);
         }
         uint64_t room = capacity(next);
         uint64_t before = _space_size.load();
@@ -87,9 +107,10 @@ Result<GrowResult> Volume::grow() {
         if (_bitmap) {
             uint64_t most = _bitmap->regions() * uint64_t(_bitmap->region_size());
             if (target > most) {
-                result.notes.push_back(fmt::format("the write-intent bitmap covers {} bytes: the space uses that "
-                                                   "much of {}",
-                                                   most, room));
+                result.notes.push_back(
+                    fmt::format("the write-intent bitmap covers {} bytes: the space uses that "
+                                "much of {}",
+                                most, room));
                 target = most;
             }
         }
@@ -120,6 +141,12 @@ Result<GrowResult> Volume::grow() {
         result.after = std::max(before, target);
         if (target <= before) {
             result.after = before;
+            if (column) {
+                return make_error(fmt::format("space '{}': the new member would add no room{}",
+                                              _truth_at_open.name,
+                                              result.notes.empty() ? "" : ": " + result.notes.back()),
+                                  ENOSPC);
+            }
             return result; // nothing to gain (the caller says so)
         }
 
@@ -129,7 +156,28 @@ Result<GrowResult> Volume::grow() {
             old_member_bytes[s] = old.member_bytes[s];
             _members[s].member_size = device_bytes[s];
         }
-        change_labels([&next, target, thin = _thin != nullptr, count = _count](LabelBook& book) {
+        uint32_t count = _count;
+        if (column) {
+            // In the table, written (labels, flushes) but given no data until the layout has its column.
+            Member& m = _members[count];
+            m.device = std::move(column->device);
+            m.remote = dynamic_cast<RemoteDevice*>(m.device.get());
+            m.member_size = m.device->geometry().bytes();
+            m.data_offset = column->data_offset;
+            m.url = column->url;
+            m.errors.store(0);
+            m.rebuild.store(uint8_t(RebuildMode::none));
+            m.synced_below.store(0);
+            m.retry_delay = std::chrono::milliseconds(0);
+            m.state.store(uint8_t(MemberState::active), std::memory_order_release);
+            _count.store(count + 1, std::memory_order_release);
+            update_masks();
+        }
+        auto change = [&next, &entry, target, thin = _thin != nullptr, count,
+                       add = column.has_value()](LabelBook& book) {
+            if (add) {
+                book.add_member(entry);
+            }
             for (uint32_t s = 0; s < count; ++s) {
                 book.truth().members[s].data_bytes = next.member_bytes[s];
             }
@@ -137,9 +185,39 @@ Result<GrowResult> Volume::grow() {
                 book.truth().space_size = target;
             }
             book.bump_sequence();
+        };
+        if (!column) {
+            change_labels(std::move(change));
+            return result;
+        }
+        // A new member gets its own label before any other member's table names it (a table naming a
+        // member without a label would assemble with that member missing). No other label write runs
+        // (checked above); those asked for meanwhile wait (_labels_writing) and follow.
+        change(_book);
+        ++_label_applied;
+        {
+            std::lock_guard lock(_status_mutex);
+            _book_snapshot = _book.truth();
+        }
+        _labels_writing = true;
+        Label mine = _book.label_for(count, _members[count].member_size, _members[count].data_offset);
+        auto self = shared_from_this();
+        write_member_label(count, mine, [self, count](int error) {
+            if (error == 0) {
+                self->_book.written(count);
+            } else {
+                self->member_error(count, error, "label write");
+            }
+            self->_labels_writing = false;
+            self->write_labels();
         });
         return result;
-    });
+    };
+    auto planned = on_home(plan);
+    for (int i = 0; i < 5000 && !planned && planned.error().code == EAGAIN; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        planned = on_home(plan);
+    }
     if (!planned || planned->after == planned->before) {
         return planned;
     }
@@ -169,8 +247,9 @@ Result<GrowResult> Volume::grow() {
         // them (the size at open) and, when the member was extended before that open, where the labels
         // of the old size were: just past the old data area (which ends at the last MiB boundary before
         // them). Labels of sizes in between (extended, opened, extended again) are not looked for.
-        for (uint32_t s = 0; s < _count; ++s) {
-            uint64_t data_end = _members[s].data_offset + on_home([&] { return _book.truth().members[s].data_bytes; });
+        for (uint32_t s = 0; s < old_sizes.size(); ++s) {
+            uint64_t data_end =
+                _members[s].data_offset + on_home([&] { return _book.truth().members[s].data_bytes; });
             uint64_t old_end = _members[s].data_offset + old_member_bytes[s];
             std::vector<std::pair<uint64_t, uint64_t>> spans{
                 {old_end, std::min(data_end, old_end + data_alignment + 2 * label_size)}};
@@ -193,9 +272,9 @@ Result<GrowResult> Volume::grow() {
         }
         // 3. Published: the layout, then the range (a request inside the new range finds its layout).
         on_home([&] {
-            const Layout& old = layout();
-            Layout next = old;
+            Layout next = layout();
             const Label& truth = _book.truth();
+            next.member_bytes.resize(_count);
             for (uint32_t s = 0; s < _count; ++s) {
                 next.member_bytes[s] = truth.members[s].data_bytes;
             }
@@ -210,7 +289,11 @@ Result<GrowResult> Volume::grow() {
             std::promise<Result<void>> grown;
             auto future = grown.get_future();
             uint64_t clusters = r.after / _thin->cluster_size;
-            thin_post([&, clusters] {
+            uint32_t added = column ? uint32_t(old_sizes.size()) : UINT32_MAX;
+            thin_post([&, clusters, added] {
+                if (added != UINT32_MAX) {
+                    thin_include(added); // the map's copy, before a commit counts on it
+                }
                 auto g = _thin->pool->grow_pool(clusters);
                 if (g) {
                     g = thin_commit();
@@ -219,8 +302,9 @@ Result<GrowResult> Volume::grow() {
                 grown.set_value(std::move(g));
             });
             if (auto g = future.get(); !g) {
-                return make_error(fmt::format("space '{}': the pool: {}", _truth_at_open.name, g.error().message),
-                                  g.error().code);
+                return make_error(
+                    fmt::format("space '{}': the pool: {}", _truth_at_open.name, g.error().message),
+                    g.error().code);
             }
             _thin->physical_size = r.after;
         } else {

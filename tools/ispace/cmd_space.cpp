@@ -300,14 +300,18 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
     auto* grow = space->add_subcommand(
         "grow", "Take the room the members gained (files extended, LUNs resized on their targets), online");
     grow->add_option("NAME", a->name)->required();
+    grow->add_option("--member", a->url, "A new member appended to a concat (a new column of room)");
+    grow->add_flag("--force", a->force, "Reuse a new member that belongs to another space");
     grow->footer(
         "Grow every member first (truncate -s, or resize the LUN on its target: ispace lun resize on "
         "an ispaced), then run this. A plain space grows by what every member gained (a mirror: the "
         "smallest gain; a stripe: the smallest, times the members; a concat: its last member's); a "
         "thin space's pool does (its provisioned size stays). Every member must be in sync. An "
         "exported space reports CAPACITY DATA HAS CHANGED; an attached one grows in place (then "
-        "resize2fs).\n"
-        "Example:\n  truncate -s +1G /srv/a.img /srv/b.img && ispace space grow home");
+        "resize2fs). --member URL appends a new member to a concat (a mirror or a stripe grows by its "
+        "members instead).\n"
+        "Examples:\n  truncate -s +1G /srv/a.img /srv/b.img && ispace space grow home\n"
+        "  ispace space grow pool --member iscsi://10.0.0.3/iqn.2026-12.org.example:c/0");
 
     auto* add = space->add_subcommand("add-member", "Add a copy to a mirror (full rebuild)");
     add->add_option("NAME", a->name)->required();
@@ -382,7 +386,7 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                        {"new", a->new_url},
                        {"force", a->force}};
         } else if (grow->parsed()) {
-            request = {{"verb", "grow"}, {"name", a->name}};
+            request = {{"verb", "grow"}, {"name", a->name}, {"member", a->url}, {"force", a->force}};
         } else if (add->parsed()) {
             request = {{"verb", "add-member"}, {"name", a->name}, {"url", a->url}, {"force", a->force}};
         } else if (assemble->parsed()) {

@@ -740,5 +740,61 @@ TEST_F(VolumeTest, GrowIsRefusedWhileAMemberIsOutOfSync) {
     EXPECT_NE(refused.error().message.find("in sync"), std::string::npos) << refused.error().message;
 }
 
+// grow with a new member: a concat gains a column online; what was written stays, the new range is on the
+// new member, and the space assembles from the four labels (the new member's written first).
+TEST_F(VolumeTest, AConcatGrowsByANewMemberOnline) {
+    auto v = create(LayoutKind::concat, 2);
+    VolumeDevice device(v);
+    uint64_t before = v->geometry().bytes();
+    auto old_data = random_bytes(1 << 20, 11);
+    ASSERT_EQ(io.write(device, before - old_data.size(), old_data, true), 0);
+
+    make_members(1);
+    VolumeMember column;
+    column.device = std::make_unique<test::SharedDevice>(faults[2]);
+    column.data_offset = offsets[0];
+    column.url = "m2";
+    MemberEntry entry;
+    entry.uuid = make_uuid();
+    entry.data_bytes = label_of(0).data_size;
+    entry.url = "m2";
+    auto grown = v->grow(std::move(column), entry);
+    ASSERT_TRUE(grown) << grown.error().message;
+    EXPECT_EQ(grown->after, before + entry.data_bytes);
+    EXPECT_EQ(v->member_count(), 3u);
+    auto new_data = random_bytes(2 << 20, 12);
+    ASSERT_EQ(io.write(device, before + (1 << 20), new_data, true), 0);
+    offsets.push_back(offsets[0]);
+    EXPECT_EQ(member_data(2, 1 << 20, new_data.size()), new_data) << "the new range is the new member's";
+    EXPECT_EQ(label_of(2).members.size(), 3u);
+    EXPECT_EQ(label_of(0).members.size(), 3u);
+
+    close(v);
+    auto again = assemble({0, 1, 2});
+    ASSERT_TRUE(again) << again.error().message;
+    VolumeDevice reopened(*again);
+    EXPECT_EQ((*again)->geometry().bytes(), grown->after);
+    std::vector<uint8_t> back(old_data.size());
+    ASSERT_EQ(io.read(reopened, before - old_data.size(), back), 0);
+    EXPECT_EQ(back, old_data);
+    back.resize(new_data.size());
+    ASSERT_EQ(io.read(reopened, before + (1 << 20), back), 0);
+    EXPECT_EQ(back, new_data);
+}
+
+TEST_F(VolumeTest, ANewMemberIsRefusedForAMirror) {
+    auto v = create(LayoutKind::mirror, 2);
+    make_members(1);
+    VolumeMember column;
+    column.device = std::make_unique<test::SharedDevice>(faults[2]);
+    column.data_offset = offsets[0];
+    MemberEntry entry;
+    entry.data_bytes = 1 << 20;
+    auto refused = v->grow(std::move(column), entry);
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, ENOTSUP);
+    EXPECT_EQ(faults[2]->writes.load(), 0u) << "nothing written to it";
+}
+
 } // namespace
 } // namespace ispace::volume
