@@ -145,9 +145,9 @@ Result<SpaceStatus> SpaceManager::clone(const std::string& source, const std::st
         return valid.error();
     }
     if (new_name == thin_device_name) {
-        return make_error(fmt::format("'{}' is the pool's name for a space's own device: choose another",
-                                      new_name),
-                          EINVAL);
+        return make_error(
+            fmt::format("'{}' is the pool's name for a space's own device: choose another", new_name),
+            EINVAL);
     }
     std::lock_guard lock(_mutex);
     std::error_code ec;
@@ -171,8 +171,8 @@ Result<SpaceStatus> SpaceManager::clone(const std::string& source, const std::st
         return r;
     };
     if (!(*v)->thin()) {
-        return closing(make_error(fmt::format("space '{}': snapshots need a thin space (--thin)", target->space),
-                                  EOPNOTSUPP));
+        return closing(make_error(
+            fmt::format("space '{}': snapshots need a thin space (--thin)", target->space), EOPNOTSUPP));
     }
     if (auto r = (*v)->thin_clone(target->device, new_name); !r) {
         if (r.error().code == ENOENT) {
@@ -209,8 +209,8 @@ Result<void> SpaceManager::snapshot_delete(const std::string& name) {
         return target.error();
     }
     if (!target->snapshot) {
-        return make_error(fmt::format("'{}': snapshot-delete takes NAME@SNAP (a clone goes with destroy)", name),
-                          EINVAL);
+        return make_error(
+            fmt::format("'{}': snapshot-delete takes NAME@SNAP (a clone goes with destroy)", name), EINVAL);
     }
     std::lock_guard lock(_mutex);
     bool opened = false;
@@ -241,9 +241,9 @@ Result<void> SpaceManager::destroy_clone(const Entry& clone) {
     }
     Result<void> r;
     if (!(*v)->thin()) {
-        r = make_error(fmt::format("space '{}' is not thin: '{}' cannot be its clone", clone.clone_of,
-                                   clone.name),
-                       EINVAL);
+        r = make_error(
+            fmt::format("space '{}' is not thin: '{}' cannot be its clone", clone.clone_of, clone.name),
+            EINVAL);
     } else {
         r = (*v)->thin_remove(clone.name);
         if (!r && r.error().code == ENOENT) {
