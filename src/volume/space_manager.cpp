@@ -402,7 +402,11 @@ Result<SpaceStatus> SpaceManager::assemble(const std::vector<std::string>& urls,
         }
     }
     log_info("space {}: assembled into the catalog from {} member(s)", truth.name, urls.size());
-    return status(truth.name);
+    auto st = status(truth.name);
+    if (st) {
+        record_clones(*st, e); // the pool's clones find their way back into the catalog too
+    }
+    return st;
 }
 
 // ---- open and close --------------------------------------------------------------------------------------
@@ -1135,7 +1139,12 @@ public:
             return target.error();
         }
         if (target->snapshot || target->clone) {
-            // A snapshot (a read-only LU) or a clone, through the space's volume.
+            // A snapshot (a read-only LU) or a clone, through the space's volume (held for it if need be).
+            if (!_manager.find(target->space)) {
+                if (auto opened = _manager.open(target->space); !opened) {
+                    return opened.error();
+                }
+            }
             auto view = _manager.open_view(*target);
             if (!view) {
                 return view.error();

@@ -216,6 +216,8 @@ private:
     // The held volume of `space`, opened for the caller when not held (`opened`: close it afterwards).
     Result<std::shared_ptr<Volume>> hold_locked(const std::string& space, bool& opened);
     Result<void> destroy_clone(const Entry& clone);
+    // Writes the catalog entries of the clones `st` lists that the catalog lacks (after an assemble).
+    void record_clones(const SpaceStatus& st, const Entry& base);
     void add_thin_devices(SpaceStatus& st, const std::vector<thin::DeviceInfo>& devices) const;
     void on_lost(const std::string& name);
     bool lost_locked(const std::string& name); // closes it; false when it was not held

@@ -280,6 +280,36 @@ Result<std::shared_ptr<backstore::Device>> SpaceManager::open_view(const ThinTar
     return view;
 }
 
+void SpaceManager::record_clones(const SpaceStatus& st, const Entry& base) {
+    for (const ThinDeviceStatus& d : st.thin_devices) {
+        if (d.snapshot) {
+            continue;
+        }
+        // Names come from the members (a hostile disk): save_entry() checks them like any space name.
+        auto existing = load_entry(d.name);
+        if (existing) {
+            if (existing->clone_of != base.name) {
+                log_warn("space {}: its clone '{}' is not in the catalog: the name belongs to another space",
+                         base.name, d.name);
+            }
+            continue;
+        }
+        Entry e;
+        e.name = d.name;
+        e.uuid = base.uuid;
+        e.clone_of = base.name;
+        e.layout = base.layout;
+        e.copies = base.copies;
+        e.block_size = base.block_size;
+        e.size = base.size;
+        if (auto saved = save_entry(e); !saved) {
+            log_warn("space {}: clone '{}': {}", base.name, d.name, saved.error().message);
+        } else {
+            log_info("space {}: clone {} recorded in the catalog", base.name, d.name);
+        }
+    }
+}
+
 void SpaceManager::add_thin_devices(SpaceStatus& st, const std::vector<thin::DeviceInfo>& devices) const {
     uint64_t cs = st.cluster_size;
     for (const thin::DeviceInfo& d : devices) {

@@ -4,7 +4,9 @@
 without touching the origin; deleting the snapshot frees its unique clusters"):
 
  1. Refusals with messages that say why: a snapshot of a space that is not thin, NAME@SNAP syntax, an unknown
-    snapshot, a duplicate name, a clone that is not made from a snapshot, a clone named like a space.
+    snapshot, a duplicate name, a clone that is not made from a snapshot, a clone named like a space. A
+    snapshot exported by ispaced (`--lun space:t@empty`) is a read-only LU: a write gets DATA PROTECT / WRITE
+    PROTECTED.
  2. (root, FUSE, loop) A thin space attached with ext4 and mounted; a file written and synced; `snapshot`
     while it is mounted (the I/O pause and create time it reports are printed); the file overwritten. The
     snapshot attached (`attach t@s1`) is a read-only block device; mounted `ro,noload` it has the old file.
@@ -24,10 +26,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import attach_testlib  # noqa: E402
+import iscsi_raw  # noqa: E402
 import ispace_testlib  # noqa: E402
+import test_space_thin as thin  # noqa: E402 (its raw SCSI helpers)
 
 check = ispace_testlib.Checks()
 MiB = 1 << 20
+IQN = "iqn.2026-12.org.ispace.test:snapshot"
 
 
 def space(ispace, env, *args):
@@ -86,6 +91,7 @@ def main():
         refused(space(ispace, env, "clone", "t@empty", "plain"), ["exists already"], "a clone named like a space")
         st = status(ispace, env, "t")
         check([s.get("name") for s in st.get("snapshots", [])] == ["t@empty"], "status lists t@empty")
+        exported(ispaced, env, scratch)
         check(space(ispace, env, "snapshot-delete", "t@empty").returncode == 0, "t@empty deleted")
         check(status(ispace, env, "t").get("snapshots") == [], "and no longer listed")
 
@@ -102,6 +108,25 @@ def main():
         for name in ("c", "t@s1", "t"):
             subprocess.run([ispace, "space", "detach", name], env=env, capture_output=True, timeout=60)
     return check.finish(scratch)
+
+
+def exported(ispaced, env, scratch):
+    """`ispaced --lun space:t@empty`: a read-only LU (writes: DATA PROTECT / WRITE PROTECTED)."""
+    daemon = ispace_testlib.Ispaced(ispaced, ["--home", env["ISPACE_HOME"], "--listen", "127.0.0.1:0", "--iqn", IQN,
+                                              "--lun", "space:t@empty", "--reactors", "1"], env=env,
+                                    log_path=os.path.join(scratch, "ispaced.log")).start()
+    try:
+        c = iscsi_raw.Client(daemon.host, daemon.port, timeout=20)
+        check(c.login(IQN) == (0, 0), "the snapshot's export: a raw session logs in")
+        for _ in range(3):  # the unit attention a new nexus gets first
+            if c.test_unit_ready() == 0:
+                break
+        check(thin.read16(c, 0, 8192) == bytes(8192), "the snapshot reads (zeros: it was empty)")
+        result, _, sense = thin.write16(c, 0, os.urandom(4096))
+        check(result == 2 and sense == (7, 0x27, 0x00), f"a write: DATA PROTECT / WRITE PROTECTED ({sense})")
+        c.close()
+    finally:
+        daemon.stop()
 
 
 def attached(ispace, env, mounts):
