@@ -868,6 +868,12 @@ Result<ThinSnapshotTiming> Volume::thin_snapshot(const std::string& source, cons
         return not_thin(_truth_at_open.name);
     }
     Result<ThinSnapshotTiming> out = ThinSnapshotTiming{};
+    // The commit below flushes the members first (the map must not be durable before the data it points
+    // at). Most of what a busy space has in the members' caches is flushed here, while its I/O still
+    // flows, so that the flush inside the pause only has the last moments' writes to wait for.
+    if (int error = thin_sync_io(backstore::IoOp::flush, 0, {}); error != 0) {
+        return make_error(fmt::format("'{}': flushing the members: {}", name, std::strerror(-error)), -error);
+    }
     auto queued = std::chrono::steady_clock::now();
     thin_wait([&] {
         ThinState& t = *_thin;
