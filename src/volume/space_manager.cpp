@@ -904,6 +904,11 @@ Result<SpaceStatus> SpaceManager::add_member(const std::string& name, const std:
     if (!entry) {
         return entry.error();
     }
+    if (!entry->clone_of.empty()) {
+        return make_error(fmt::format("'{}' is a clone in the pool of space '{}': add members to '{}'", name,
+                                      entry->clone_of, entry->clone_of),
+                          EINVAL);
+    }
     auto opened = open_all(entry->urls, true);
     if (!opened) {
         return opened.error();

@@ -253,8 +253,9 @@ private:
                      uint32_t device = ~uint32_t(0)); // default: the space's own
     // A view's request (thin_view): a snapshot's writes are refused with EROFS (WRITE PROTECTED).
     void thin_view_submit(backstore::IoRequest& request, uint32_t device, bool read_only);
-    // Runs `job` on the worker and waits for it (management calls; not on a reactor).
-    void thin_wait(Function<void()> job);
+    // Runs `job` on the worker and waits for it (management calls; not on a reactor); false: the worker
+    // has stopped (the volume is closing) and `job` did not run.
+    bool thin_wait(Function<void()> job);
     void thin_send(const std::shared_ptr<ThinIo>& io);
     void thin_sent(const std::shared_ptr<ThinIo>& io);
     void thin_complete(ThinIo& io, int error);

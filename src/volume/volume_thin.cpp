@@ -840,18 +840,31 @@ void Volume::thin_view_submit(backstore::IoRequest& request, uint32_t device, bo
     }
 }
 
-void Volume::thin_wait(Function<void()> job) {
+bool Volume::thin_wait(Function<void()> job) {
     assert(net::Reactor::current() == nullptr);
     std::promise<void> done;
     auto got = done.get_future();
-    thin_post([&] {
-        job();
-        done.set_value();
-    });
+    {
+        // A job queued before the worker is told to stop still runs; none is queued after.
+        std::lock_guard lock(_thin->mutex);
+        if (_thin->stopping || !_thin->worker.joinable()) {
+            return false;
+        }
+        _thin->jobs.push_back([&] {
+            job();
+            done.set_value();
+        });
+    }
+    _thin->wake.notify_one();
     got.wait();
+    return true;
 }
 
 namespace {
+
+Error closing(const std::string& space) {
+    return make_error(fmt::format("space '{}' is closing", space), ESHUTDOWN);
+}
 
 Error not_thin(const std::string& space) {
     return make_error(fmt::format("space '{}': snapshots need a thin space (--thin)", space), EOPNOTSUPP);
@@ -875,7 +888,7 @@ Result<ThinSnapshotTiming> Volume::thin_snapshot(const std::string& source, cons
         return make_error(fmt::format("'{}': flushing the members: {}", name, std::strerror(-error)), -error);
     }
     auto queued = std::chrono::steady_clock::now();
-    thin_wait([&] {
+    bool ran = thin_wait([&] {
         ThinState& t = *_thin;
         // From here nothing new is planned (this is the worker): the pause starts.
         auto paused = std::chrono::steady_clock::now();
@@ -909,6 +922,9 @@ Result<ThinSnapshotTiming> Volume::thin_snapshot(const std::string& source, cons
         }
         out = ThinSnapshotTiming{ms_since(paused), ms_since(created)};
     });
+    if (!ran) {
+        return closing(_truth_at_open.name);
+    }
     if (out) {
         log_info("space {}: snapshot {} of {} taken; I/O paused {:.2f} ms (queued {:.2f} ms before), created "
                  "and committed in {:.2f} ms",
@@ -923,7 +939,7 @@ Result<void> Volume::thin_clone(const std::string& snapshot, const std::string& 
         return not_thin(_truth_at_open.name);
     }
     Result<void> out;
-    thin_wait([&] {
+    bool ran = thin_wait([&] {
         ThinState& t = *_thin;
         auto src = t.pool->find_device(snapshot);
         if (!src) {
@@ -945,6 +961,9 @@ Result<void> Volume::thin_clone(const std::string& snapshot, const std::string& 
                              c.error().code);
         }
     });
+    if (!ran) {
+        return closing(_truth_at_open.name);
+    }
     if (out) {
         log_info("space {}: clone {} of {} made", _truth_at_open.name, name, snapshot);
     }
@@ -956,7 +975,7 @@ Result<void> Volume::thin_remove(const std::string& name) {
         return not_thin(_truth_at_open.name);
     }
     Result<void> out;
-    thin_wait([&] {
+    bool ran = thin_wait([&] {
         ThinState& t = *_thin;
         auto id = t.pool->find_device(name);
         if (!id) {
@@ -986,6 +1005,9 @@ Result<void> Volume::thin_remove(const std::string& name) {
         }
         thin_update_stats();
     });
+    if (!ran) {
+        return closing(_truth_at_open.name);
+    }
     if (out) {
         log_info("space {}: {} removed from the pool", _truth_at_open.name, name);
     }
@@ -997,7 +1019,9 @@ Result<std::vector<thin::DeviceInfo>> Volume::thin_devices() {
         return not_thin(_truth_at_open.name);
     }
     std::vector<thin::DeviceInfo> out;
-    thin_wait([&] { out = _thin->pool->devices(); });
+    if (!thin_wait([&] { out = _thin->pool->devices(); })) {
+        return closing(_truth_at_open.name);
+    }
     return out;
 }
 
@@ -1006,7 +1030,7 @@ Result<std::shared_ptr<backstore::Device>> Volume::thin_view(const std::string& 
         return not_thin(_truth_at_open.name);
     }
     Result<std::shared_ptr<backstore::Device>> out = make_error("unset", EINVAL);
-    thin_wait([&] {
+    bool ran = thin_wait([&] {
         ThinState& t = *_thin;
         for (const thin::DeviceInfo& d : t.pool->devices()) {
             if (d.name != name) {
@@ -1023,6 +1047,9 @@ Result<std::shared_ptr<backstore::Device>> Volume::thin_view(const std::string& 
         }
         out = make_error(fmt::format("'{}': no such snapshot or clone", name), ENOENT);
     });
+    if (!ran) {
+        return closing(_truth_at_open.name);
+    }
     return out;
 }
 

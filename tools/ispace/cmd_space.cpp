@@ -328,7 +328,7 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
         "consistent: every write acknowledged before is in it). It shares every cluster with the space; a\n"
         "later write to the space copies only what it must. Examples:\n"
         "  ispace space snapshot vm before-upgrade\n"
-        "  ispace space attach vm@before-upgrade     (read-only block device; mount -o ro,noload for ext4)\n"
+        "  ispace space attach vm@before-upgrade     (read-only; a mounted ext4: docs/dataspaces.md)\n"
         "  ispace space clone vm@before-upgrade test  (a writable copy, itself a space: attach test)\n"
         "  ispace space snapshot-delete vm@before-upgrade");
 
