@@ -79,7 +79,20 @@ Result<ThinTarget> SpaceManager::resolve(const std::string& name) {
 Result<std::shared_ptr<Volume>> SpaceManager::hold_locked(const std::string& space, bool& opened) {
     opened = false;
     if (auto it = _held.find(space); it != _held.end()) {
+        if (!it->second.volume->thin()) {
+            return make_error(fmt::format("space '{}': snapshots need a thin space (--thin)", space),
+                              EOPNOTSUPP);
+        }
         return it->second.volume;
+    }
+    // Read the labels first (that writes nothing): a space that is not thin is refused without being
+    // opened, which would fence its members and write its labels.
+    auto st = status(space);
+    if (!st) {
+        return st.error();
+    }
+    if (!st->thin) {
+        return make_error(fmt::format("space '{}': snapshots need a thin space (--thin)", space), EOPNOTSUPP);
     }
     auto v = open_locked(space, {});
     if (!v) {

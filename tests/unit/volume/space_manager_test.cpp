@@ -218,8 +218,10 @@ TEST_F(SpaceManagerTest, SnapshotsAndClonesByName) {
     auto& m = manager(dir.file("home"));
     auto plain = m.create(mirror("plain", {disk("p"), disk("q")}));
     ASSERT_TRUE(plain) << plain.error().message;
+    uint64_t writes = writes_to_all();
     auto refused = m.snapshot("plain", "s");
     ASSERT_FALSE(refused);
+    EXPECT_EQ(writes_to_all(), writes) << "refused without writing anything";
     EXPECT_NE(refused.error().message.find("snapshots need a thin space (--thin)"), std::string::npos);
     EXPECT_FALSE(m.find("plain")) << "opened for the verb, closed again";
 
