@@ -73,9 +73,9 @@ json space_status_json(const volume::SpaceStatus& st) {
                                                               {"mapped_bytes", d.mapped_bytes},
                                                               {"unique_bytes", d.unique_bytes}});
         }
-        if (!st.clone_of.empty()) {
-            j["clone_of"] = st.clone_of;
-        }
+    }
+    if (!st.clone_of.empty()) {
+        j["clone_of"] = st.clone_of;
     }
     j["members"] = json::array();
     for (const volume::MemberStatus& m : st.members) {

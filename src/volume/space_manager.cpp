@@ -767,6 +767,7 @@ Result<std::vector<SpaceStatus>> SpaceManager::list() {
         st.uuid = e->uuid;
         st.lost = e->lost;
         st.lost_to = e->lost_to;
+        st.clone_of = e->clone_of;
         if (e->layout) {
             st.layout = *e->layout;
             st.copies = e->copies;

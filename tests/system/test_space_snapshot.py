@@ -196,6 +196,9 @@ def attached(ispace, env, mounts):
     check(read(os.path.join(snap_mnt, "file.bin")) == old, "the snapshot's file is untouched too")
     st = status(ispace, env, "c")
     check(st.get("clone_of") == "t", "status c: a clone of t")
+    r = space(ispace, env, "list")
+    check(any(line.startswith("c ") and "clone of t" in line for line in r.stdout.splitlines()),
+          "list shows c as a clone of t")
     st = status(ispace, env, "t")
     snaps = {s["name"]: s for s in st.get("snapshots", [])}
     clones = {c["name"]: c for c in st.get("clones", [])}

@@ -480,9 +480,12 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                                         : st.value("open", false) ? "held"
                                         : st.value("lost", false) ? "lost"
                                                                   : "-";
-                    fmt::print("{:<20} {:<14} {:>10}  {} members  {}\n", st.value("name", ""),
-                               st.value("layout", ""), human_bytes(double(st.value("size", uint64_t(0)))),
-                               st.value("members", json::array()).size(), where);
+                    std::string members =
+                        st.contains("clone_of")
+                            ? "clone of " + st.value("clone_of", "")
+                            : fmt::format("{} members", st.value("members", json::array()).size());
+                    fmt::print("{:<20} {:<14} {:>10}  {}  {}\n", st.value("name", ""), st.value("layout", ""),
+                               human_bytes(double(st.value("size", uint64_t(0)))), members, where);
                 }
             }
         } else if (j.contains("status")) {
