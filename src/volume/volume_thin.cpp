@@ -901,8 +901,9 @@ Result<ThinSnapshotTiming> Volume::thin_snapshot(const std::string& source, cons
             out = make_error(fmt::format("'{}' exists already", name), EEXIST);
             return;
         }
-        // The writes planned before land first: one still landing in a cluster the snapshot shares would
-        // otherwise race the copy-on-write of the next write to that cluster (its copy could miss it).
+        // The writes planned before land before this job ends — here, so that `create_ms` is the snapshot
+        // and its commit alone (thin_commit() would wait for them too). Were one still landing once the
+        // next write to its cluster is planned, the copy-on-write of that cluster could miss it.
         while (t.inflight.load(std::memory_order_acquire) != 0) {
             std::this_thread::sleep_for(std::chrono::microseconds(20));
         }
