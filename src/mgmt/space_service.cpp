@@ -62,6 +62,20 @@ json space_status_json(const volume::SpaceStatus& st) {
         j["pool_bytes"] = st.pool_bytes;
         j["cluster_size"] = st.cluster_size;
         j["pool_full"] = st.pool_full;
+        // Snapshots and clones in the pool: mapped bytes, and the bytes only each maps (what deleting it
+        // frees); `created` is the pool transaction that made it.
+        j["snapshots"] = json::array();
+        j["clones"] = json::array();
+        for (const volume::ThinDeviceStatus& d : st.thin_devices) {
+            j[d.snapshot ? "snapshots" : "clones"].push_back({{"name", d.name},
+                                                              {"origin", d.origin},
+                                                              {"created", d.created},
+                                                              {"mapped_bytes", d.mapped_bytes},
+                                                              {"unique_bytes", d.unique_bytes}});
+        }
+    }
+    if (!st.clone_of.empty()) {
+        j["clone_of"] = st.clone_of;
     }
     j["members"] = json::array();
     for (const volume::MemberStatus& m : st.members) {
@@ -168,6 +182,28 @@ json SpaceService::handle(const json& request) {
             }
             return {{"ok", true}, {"spaces", spaces}};
         }
+        if (verb == "snapshot") {
+            auto t = _manager.snapshot(name, request.value("snap", ""));
+            if (!t) {
+                return failure(t.error());
+            }
+            return {{"ok", true}, {"pause_ms", t->pause_ms}, {"create_ms", t->create_ms}};
+        }
+        if (verb == "clone") {
+            auto st = _manager.clone(name, request.value("new", ""));
+            return st ? json{{"ok", true}, {"status", space_status_json(*st)}} : failure(st.error());
+        }
+        if (verb == "snapshot-delete") {
+            {
+                std::lock_guard lock(_mutex);
+                if (auto it = _attached.find(name); it != _attached.end()) {
+                    return failure(
+                        fmt::format("snapshot '{}' is attached at {}; detach it first", name, it->second));
+                }
+            }
+            auto r = _manager.snapshot_delete(name);
+            return r ? json{{"ok", true}} : failure(r.error());
+        }
         if (verb == "replace") {
             auto st = _manager.replace(name, request.value("old", ""), request.value("new", ""),
                                        request.value("force", false));
@@ -215,35 +251,89 @@ json SpaceService::attach(const json& request) {
     if (_runtime == nullptr) {
         return failure("attach needs the holder process (ispaced); this process cannot hold a space");
     }
+    // NAME, NAME@SNAP (read-only) or a clone: each a device of some space's volume.
+    auto target = _manager.resolve(name);
+    if (!target) {
+        check_idle();
+        return failure(target.error());
+    }
+    bool shared = false; // the space is held here for another attachment (a snapshot, a clone, itself)
     {
         std::lock_guard lock(_mutex);
         if (auto it = _attached.find(name); it != _attached.end()) {
-            return failure(fmt::format("space '{}' is attached already, at {}", name, it->second));
+            return failure(fmt::format("'{}' is attached already, at {}", name, it->second));
+        }
+        for (const auto& [key, space] : _space_of) {
+            shared |= space == target->space;
         }
     }
     // An exported space is held here already (find()); attaching it as well would give it two writers
-    // of one process that know nothing of each other's caches: refused by open().
-    volume::OpenOptions open_options;
-    open_options.takeover = request.value("takeover", false);
-    open_options.resync_rate = request.value("resync_rate", uint64_t(0));
-    auto volume = _manager.open(name, open_options);
-    if (!volume) {
-        check_idle(); // a holder started for this attach has nothing to hold
-        return failure(volume.error());
+    // of one process that know nothing of each other's caches: refused by open(). A snapshot or clone is
+    // another device of the pool, served by the same volume, whoever opened it.
+    bool view = target->snapshot || target->clone;
+    std::shared_ptr<volume::Volume> v = (view || shared) ? _manager.find(target->space) : nullptr;
+    bool opened = false;
+    if (!v) {
+        volume::OpenOptions open_options;
+        open_options.takeover = request.value("takeover", false);
+        open_options.resync_rate = request.value("resync_rate", uint64_t(0));
+        auto o = _manager.open(target->space, open_options);
+        if (!o) {
+            check_idle(); // a holder started for this attach has nothing to hold
+            return failure(o.error());
+        }
+        v = *o;
+        opened = true;
+    }
+    std::shared_ptr<backstore::Device> device;
+    if (view) {
+        auto d = _manager.open_view(*target);
+        if (!d) {
+            if (opened) {
+                (void)_manager.close(target->space);
+            }
+            check_idle();
+            return failure(d.error());
+        }
+        device = *d;
+    } else {
+        device = std::make_shared<volume::VolumeDevice>(v);
     }
     attach::AttachOptions o;
     o.name = "space:" + name;
     o.run_dir = (fs::path(_home) / "run").string();
-    auto path = _runtime->attach(std::make_shared<volume::VolumeDevice>(*volume), o);
+    auto path = _runtime->attach(device, o);
+    device.reset();
     if (!path) {
-        (void)_manager.close(name);
+        if (opened) {
+            (void)_manager.close(target->space);
+        }
         check_idle();
-        return failure(fmt::format("space '{}': {}", name, path.error().message));
+        return failure(fmt::format("'{}': {}", name, path.error().message));
     }
     std::lock_guard lock(_mutex);
     _attached[name] = *path;
-    log_info("space {}: attached at {}", name, *path);
-    return {{"ok", true}, {"device", *path}};
+    _space_of[name] = target->space;
+    if (opened) {
+        _opened.insert(target->space);
+    }
+    log_info("space {}: attached at {}{}", name, *path, target->snapshot ? " (read-only)" : "");
+    return {{"ok", true}, {"device", *path}, {"read_only", target->snapshot}};
+}
+
+Result<void> SpaceService::release_space(const std::string& space) {
+    {
+        std::lock_guard lock(_mutex);
+        for (const auto& [key, s] : _space_of) {
+            if (s == space) {
+                return {}; // still serves another attachment
+            }
+        }
+        if (_opened.erase(space) == 0) {
+            return {}; // not ours to close (an export opened it)
+        }
+    }
+    return _manager.close(space);
 }
 
 json SpaceService::detach(const std::string& name) {
@@ -252,24 +342,33 @@ json SpaceService::detach(const std::string& name) {
         std::lock_guard lock(_mutex);
         auto it = _attached.find(name);
         if (it == _attached.end()) {
-            return failure(fmt::format("space '{}' is not attached by this holder", name));
+            return failure(fmt::format("'{}' is not attached by this holder", name));
         }
         path = it->second;
     }
     if (auto r = _runtime->detach(path); !r) {
-        return failure(fmt::format("space '{}': {}", name, r.error().message));
+        return failure(fmt::format("'{}': {}", name, r.error().message));
     }
+    std::string space;
     {
         std::lock_guard lock(_mutex);
         _attached.erase(name);
+        space = _space_of[name];
+        _space_of.erase(name);
     }
-    auto closed = _manager.close(name);
-    log_info("space {}: detached from {}", name, path);
+    // Its volume is closed (clean labels) when nothing else attached uses it. A view's device was
+    // released by the detach, so the snapshot can be deleted from now on.
+    auto closed = release_space(space);
+    log_info("{}: detached from {}", name, path);
     check_idle();
     return closed ? json{{"ok", true}, {"device", path}} : failure(closed.error());
 }
 
 json SpaceService::status(const std::string& name) {
+    if (name.find('@') != std::string::npos) {
+        return failure(fmt::format("'{}': a snapshot's status is part of its space's: ispace space status {}",
+                                   name, name.substr(0, name.find('@'))));
+    }
     auto st = _manager.status(name);
     if (!st) {
         return failure(st.error());
@@ -284,24 +383,34 @@ json SpaceService::status(const std::string& name) {
 
 void SpaceService::lost(const std::string& name) {
     std::lock_guard lock(_mutex);
-    auto it = _attached.find(name);
-    if (it == _attached.end() || _runtime == nullptr) {
+    if (_runtime == nullptr) {
         return;
     }
-    std::string path = it->second;
-    _attached.erase(it);
-    // Not from here: the manager calls us with its lock held, and a detach waits for the kernel, which may
-    // be flushing through this very space.
-    _detachers.emplace_back([this, name, path] {
-        // Force: the space refuses writes now (the members fence us), so a mounted filesystem gets EIO
-        // until it is unmounted rather than keeping the device in limbo.
-        if (auto r = _runtime->detach(path, attach::DetachMode::force); !r) {
-            log_error("space {}: detaching {} after the loss: {}", name, path, r.error().message);
+    _opened.erase(name);                                   // the manager closed it already
+    std::vector<std::pair<std::string, std::string>> gone; // what was attached from it, and where
+    for (auto it = _space_of.begin(); it != _space_of.end();) {
+        if (it->second == name) {
+            gone.emplace_back(it->first, _attached[it->first]);
+            _attached.erase(it->first);
+            it = _space_of.erase(it);
         } else {
-            log_error("space {}: lost to another holder; {} detached", name, path);
+            ++it;
         }
-        check_idle();
-    });
+    }
+    for (const auto& [key, path] : gone) {
+        // Not from here: the manager calls us with its lock held, and a detach waits for the kernel, which
+        // may be flushing through this very space.
+        _detachers.emplace_back([this, key, path] {
+            // Force: the space refuses writes now (the members fence us), so a mounted filesystem gets EIO
+            // until it is unmounted rather than keeping the device in limbo.
+            if (auto r = _runtime->detach(path, attach::DetachMode::force); !r) {
+                log_error("space {}: detaching {} after the loss: {}", key, path, r.error().message);
+            } else {
+                log_error("space {}: lost to another holder; {} detached", key, path);
+            }
+            check_idle();
+        });
+    }
 }
 
 bool SpaceService::holds_anything() {
@@ -330,10 +439,13 @@ void SpaceService::check_idle() {
 
 void SpaceService::shutdown() {
     std::map<std::string, std::string> attached;
+    std::set<std::string> opened;
     std::vector<std::thread> detachers;
     {
         std::lock_guard lock(_mutex);
         attached.swap(_attached);
+        opened.swap(_opened);
+        _space_of.clear();
         detachers.swap(_detachers);
     }
     for (std::thread& t : detachers) {
@@ -343,7 +455,9 @@ void SpaceService::shutdown() {
         if (auto r = _runtime->detach(path, attach::DetachMode::force); !r) {
             log_error("space {}: detaching {}: {}", name, path, r.error().message);
         }
-        (void)_manager.close(name);
+    }
+    for (const std::string& space : opened) {
+        (void)_manager.close(space);
     }
 }
 

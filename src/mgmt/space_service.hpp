@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -66,12 +67,16 @@ private:
     nlohmann::json detach(const std::string& name);
     nlohmann::json status(const std::string& name);
     void check_idle();
+    // After something left _attached: closes `space` when an attach opened it and nothing attached uses it.
+    Result<void> release_space(const std::string& space);
 
     volume::SpaceManager& _manager;
     Runtime* _runtime;
     std::string _home;
     std::mutex _mutex;
-    std::map<std::string, std::string> _attached; // space name → block device path
+    std::map<std::string, std::string> _attached; // what was attached (NAME, NAME@SNAP, CLONE) → block device
+    std::map<std::string, std::string> _space_of; // ... → the space whose volume serves it
+    std::set<std::string> _opened;                // spaces an attach opened (closed with their last one)
     std::vector<std::thread> _detachers;
 };
 

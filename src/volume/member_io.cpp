@@ -150,7 +150,8 @@ Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector
         return pool.error();
     }
     thin::PoolStats s = pool->stats();
-    return ThinPoolSummary{s.allocated_clusters, s.pool_clusters, pool->superblock().cluster_size};
+    return ThinPoolSummary{s.allocated_clusters, s.pool_clusters, pool->superblock().cluster_size,
+                           pool->devices()};
 }
 
 namespace {

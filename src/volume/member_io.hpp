@@ -11,6 +11,7 @@
 #include "volume/assembly.hpp"
 #include "volume/label.hpp"
 #include "volume/layout.hpp"
+#include "volume/thin/pool.hpp"
 
 #include <cstdint>
 #include <span>
@@ -76,6 +77,7 @@ struct ThinPoolSummary {
     uint64_t allocated_clusters = 0;
     uint64_t pool_clusters = 0;
     uint64_t cluster_size = 0;
+    std::vector<thin::DeviceInfo> devices;
 };
 Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector<backstore::Device*>& devices,
                                         const Label& truth);

@@ -115,6 +115,12 @@ Result<SpaceManager::Entry> SpaceManager::load_entry(const std::string& name) co
         e.urls = j.at("members").get<std::vector<std::string>>();
         e.lost = j.value("lost", false);
         e.lost_to = j.value("lost_to", "");
+        e.clone_of = j.value("clone_of", "");
+        if (!e.clone_of.empty()) {
+            if (auto valid = check_space_name(e.clone_of); !valid) {
+                return valid.error();
+            }
+        }
         if (j.contains("layout")) {
             auto kind = parse_layout_kind(j["layout"].get<std::string>());
             if (kind) {
@@ -148,6 +154,9 @@ Result<void> SpaceManager::save_entry(const Entry& e) const {
         j["copies"] = e.copies;
         j["block_size"] = e.block_size;
         j["size"] = e.size;
+    }
+    if (!e.clone_of.empty()) {
+        j["clone_of"] = e.clone_of;
     }
     if (e.lost) {
         j["lost"] = true;
@@ -393,7 +402,11 @@ Result<SpaceStatus> SpaceManager::assemble(const std::vector<std::string>& urls,
         }
     }
     log_info("space {}: assembled into the catalog from {} member(s)", truth.name, urls.size());
-    return status(truth.name);
+    auto st = status(truth.name);
+    if (st) {
+        record_clones(*st, e); // the pool's clones find their way back into the catalog too
+    }
+    return st;
 }
 
 // ---- open and close --------------------------------------------------------------------------------------
@@ -418,6 +431,13 @@ Result<std::shared_ptr<Volume>> SpaceManager::open_locked(const std::string& nam
     auto entry = load_entry(name);
     if (!entry) {
         return entry.error();
+    }
+    if (!entry->clone_of.empty()) {
+        return make_error(
+            fmt::format("'{}' is a clone in the pool of space '{}': it has no members of its own "
+                        "(its space's verbs act on '{}')",
+                        name, entry->clone_of, entry->clone_of),
+            EINVAL);
     }
     auto me = identity();
     if (!me) {
@@ -623,11 +643,26 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
     assert(net::Reactor::current() == nullptr);
     std::lock_guard lock(_mutex);
     if (auto it = _held.find(name); it != _held.end()) {
-        return status_of(*it->second.volume);
+        SpaceStatus st = status_of(*it->second.volume);
+        if (st.thin) {
+            if (auto devices = it->second.volume->thin_devices()) {
+                add_thin_devices(st, *devices);
+            }
+        }
+        return st;
     }
     auto entry = load_entry(name);
     if (!entry) {
         return entry.error();
+    }
+    if (!entry->clone_of.empty()) {
+        // A clone: its space's status, named for the clone.
+        auto st = status(entry->clone_of);
+        if (st) {
+            st->clone_of = st->name;
+            st->name = name;
+        }
+        return st;
     }
     // Not open here: what the labels say, read without writing anything.
     auto opened = open_all(entry->urls, true);
@@ -681,6 +716,7 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
             st.allocated_bytes = pool->allocated_clusters * pool->cluster_size;
             st.pool_bytes = pool->pool_clusters * pool->cluster_size;
             st.cluster_size = pool->cluster_size;
+            add_thin_devices(st, pool->devices);
         } else {
             log_warn("space {}: the thin map could not be read: {}", name, pool.error().message);
         }
@@ -731,6 +767,7 @@ Result<std::vector<SpaceStatus>> SpaceManager::list() {
         st.uuid = e->uuid;
         st.lost = e->lost;
         st.lost_to = e->lost_to;
+        st.clone_of = e->clone_of;
         if (e->layout) {
             st.layout = *e->layout;
             st.copies = e->copies;
@@ -976,6 +1013,11 @@ Result<SpaceStatus> SpaceManager::add_member(const std::string& name, const std:
     if (!entry) {
         return entry.error();
     }
+    if (!entry->clone_of.empty()) {
+        return make_error(fmt::format("'{}' is a clone in the pool of space '{}': add members to '{}'", name,
+                                      entry->clone_of, entry->clone_of),
+                          EINVAL);
+    }
     auto opened = open_all(entry->urls, true);
     if (!opened) {
         return opened.error();
@@ -1110,6 +1152,20 @@ Result<void> SpaceManager::destroy(const std::string& name, bool confirmed) {
     if (!entry) {
         return entry.error();
     }
+    if (!entry->clone_of.empty()) {
+        return destroy_clone(*entry);
+    }
+    if (auto st = status(name); st && !st->thin_devices.empty()) {
+        // The pool holds more than the space: refused rather than taking clones and snapshots with it.
+        std::string names;
+        for (const ThinDeviceStatus& d : st->thin_devices) {
+            names += (names.empty() ? "" : ", ") + d.name;
+        }
+        return make_error(fmt::format("space '{}' has snapshots or clones ({}): delete them first "
+                                      "(snapshot-delete NAME@SNAP, destroy CLONE)",
+                                      name, names),
+                          EBUSY);
+    }
     auto opened = open_all(entry->urls, true);
     if (!opened) {
         return opened.error();
@@ -1166,6 +1222,25 @@ Result<void> SpaceManager::destroy(const std::string& name, bool confirmed) {
 
 namespace {
 
+// An LU's own Device that forwards to a shared view (the registry hands out unique_ptrs).
+class SharedViewDevice final : public backstore::Device {
+public:
+    explicit SharedViewDevice(std::shared_ptr<backstore::Device> view) : _view(std::move(view)) {}
+    std::string_view kind() const override { return _view->kind(); }
+    std::string describe() const override { return _view->describe(); }
+    backstore::Geometry geometry() const override { return _view->geometry(); }
+    backstore::Features features() const override { return _view->features(); }
+    uint64_t identity() const override { return _view->identity(); }
+    void submit(backstore::IoRequest& request) override { _view->submit(request); }
+    void allocation_status(uint64_t offset, uint64_t length,
+                           Function<void(Result<std::vector<backstore::Extent>>)> done) override {
+        _view->allocation_status(offset, length, std::move(done));
+    }
+
+private:
+    std::shared_ptr<backstore::Device> _view;
+};
+
 class SpaceLunSpec final : public backstore::Spec {
 public:
     SpaceLunSpec(std::string name, SpaceManager& manager) : _name(std::move(name)), _manager(manager) {}
@@ -1173,6 +1248,23 @@ public:
     std::string describe() const override { return "space:" + _name; }
     std::string backing() const override { return _name; }
     Result<std::unique_ptr<backstore::Device>> open() const override {
+        auto target = _manager.resolve(_name);
+        if (!target) {
+            return target.error();
+        }
+        if (target->snapshot || target->clone) {
+            // A snapshot (a read-only LU) or a clone, through the space's volume (held for it if need be).
+            if (!_manager.find(target->space)) {
+                if (auto opened = _manager.open(target->space); !opened) {
+                    return opened.error();
+                }
+            }
+            auto view = _manager.open_view(*target);
+            if (!view) {
+                return view.error();
+            }
+            return std::unique_ptr<backstore::Device>(std::make_unique<SharedViewDevice>(*view));
+        }
         std::shared_ptr<Volume> v = _manager.find(_name);
         if (!v) {
             auto opened = _manager.open(_name);
@@ -1194,13 +1286,14 @@ private:
 void register_space_kind(backstore::Registry& registry, SpaceManager& manager) {
     backstore::Kind kind;
     kind.name = "space";
-    kind.syntax = "space:NAME";
+    kind.syntax = "space:NAME, space:NAME@SNAP (read-only) or space:CLONE";
     kind.help = "a data-space of this host's catalog ($ISPACE_HOME), opened (and fenced) by this process";
     kind.claims = [](std::string_view text) { return text.rfind("space:", 0) == 0; };
     kind.parse = [&manager](std::string_view text) -> Result<std::unique_ptr<backstore::Spec>> {
         std::string name(text.substr(6));
         if (name.empty() || name.find_first_of("/ ,") != std::string::npos) {
-            return make_error(fmt::format("device '{}': expected space:NAME", text), EINVAL);
+            return make_error(fmt::format("device '{}': expected space:NAME or space:NAME@SNAP", text),
+                              EINVAL);
         }
         return std::unique_ptr<backstore::Spec>(std::make_unique<SpaceLunSpec>(name, manager));
     };

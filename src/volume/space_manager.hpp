@@ -24,6 +24,7 @@
 #include "volume/assembly.hpp"
 #include "volume/fencing.hpp"
 #include "volume/layout.hpp"
+#include "volume/thin/pool.hpp"
 #include "volume/volume.hpp"
 
 #include <functional>
@@ -71,6 +72,25 @@ struct OpenOptions {
     uint64_t resync_rate = 0;
 };
 
+// A snapshot or clone in a thin space's pool (docs/thin.md, "Snapshots and clones"), named as users name
+// it: NAME@SNAP for a snapshot (of the space, or CLONE@SNAP of a clone), NEW for a clone.
+struct ThinDeviceStatus {
+    std::string name;
+    bool snapshot = false;     // read-only; else a clone (writable)
+    std::string origin;        // what it was taken from ("" when that is gone)
+    uint64_t created = 0;      // the pool transaction that made it
+    uint64_t mapped_bytes = 0; // clusters it maps
+    uint64_t unique_bytes = 0; // ... that no other device maps: what deleting it frees
+};
+
+// What a name given to a thin verb designates: a device of the pool of space `space`.
+struct ThinTarget {
+    std::string space;  // the catalog space whose pool holds it
+    std::string device; // the pool's name for it (thin_device_name for the space itself)
+    bool snapshot = false;
+    bool clone = false;
+};
+
 struct SpaceStatus {
     std::string name;
     Uuid uuid{};
@@ -97,6 +117,10 @@ struct SpaceStatus {
     uint64_t pool_bytes = 0;
     uint32_t cluster_size = 0;
     bool pool_full = false; // the last write that needed a cluster found none (open here only)
+    // Snapshots and clones in the pool (every device but the space's own); for a clone's status, `name`
+    // is the clone and `clone_of` the space whose pool holds it.
+    std::vector<ThinDeviceStatus> thin_devices;
+    std::string clone_of;
 };
 
 class SpaceManager {
@@ -138,6 +162,20 @@ public:
                             SpaceStatus* status = nullptr);
     // Adds a copy to a mirror (rebuilt in full at the next open). The space must not be open here.
     Result<SpaceStatus> add_member(const std::string& name, const std::string& url, bool force = false);
+    // --- snapshots and clones of thin spaces (space_thin.cpp; docs/thin.md) ---
+    // NAME (a space or a clone), NAME@SNAP (a snapshot of it) or a clone's name -> the pool device.
+    Result<ThinTarget> resolve(const std::string& name);
+    // `name` (a thin space or a clone) gets the read-only snapshot `snap`, committed before this returns.
+    // A space not open here is opened for it and closed again.
+    Result<ThinSnapshotTiming> snapshot(const std::string& name, const std::string& snap);
+    // A writable clone NEW of snapshot `source` (NAME@SNAP) in the same pool, recorded in the catalog as
+    // an entry that names its space (clone_of).
+    Result<SpaceStatus> clone(const std::string& source, const std::string& new_name);
+    // Deletes snapshot `name` (NAME@SNAP); refused while it is attached or exported.
+    Result<void> snapshot_delete(const std::string& name);
+    // A Device over the snapshot or clone `target` of a space this manager holds.
+    Result<std::shared_ptr<backstore::Device>> open_view(const ThinTarget& target);
+
     // Erases the labels of every reachable member and the catalog entry. `confirmed` must be true (the CLI's
     // --yes); the space must not be open, nor held by another holder.
     Result<void> destroy(const std::string& name, bool confirmed);
@@ -149,6 +187,7 @@ private:
         std::vector<std::string> urls; // slot order; secrets included
         std::string lost_to;
         bool lost = false;
+        std::string clone_of; // a clone: the space whose pool holds it (no members of its own)
         // What the labels said when the entry was last written, for list() (which reads no label).
         std::optional<LayoutKind> layout;
         uint32_t copies = 1;
@@ -183,6 +222,12 @@ private:
     Result<std::pair<VolumeMember, MemberEntry>> new_column(const std::string& name, const Held& held,
                                                             const std::string& url, bool force);
     SpaceStatus status_of(const Volume& volume) const;
+    // The held volume of `space`, opened for the caller when not held (`opened`: close it afterwards).
+    Result<std::shared_ptr<Volume>> hold_locked(const std::string& space, bool& opened);
+    Result<void> destroy_clone(const Entry& clone);
+    // Writes the catalog entries of the clones `st` lists that the catalog lacks (after an assemble).
+    void record_clones(const SpaceStatus& st, const Entry& base);
+    void add_thin_devices(SpaceStatus& st, const std::vector<thin::DeviceInfo>& devices) const;
     void on_lost(const std::string& name);
     bool lost_locked(const std::string& name); // closes it; false when it was not held
     net::Reactor& reactor() { return _options.reactors->at(0); }

@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -68,7 +69,7 @@ private:
 struct ThinState {
     std::unique_ptr<VolumeThinStore> store;
     std::optional<thin::ThinPool> pool; // worker only (after open)
-    uint32_t device = 0;
+    uint32_t device = 0;                // the space's own pool device (thin_device_name)
     uint64_t cluster_size = 0;
     uint64_t virtual_size = 0;  // the space's size as its users see it
     uint64_t physical_size = 0; // pool clusters * cluster size: the layout range the pool uses
@@ -84,6 +85,10 @@ struct ThinState {
     // for them (their data reaches the members before the map that points at it is durable, and a
     // cluster freed by UNMAP is not reused under a write still landing in it).
     std::atomic<uint64_t> inflight{0};
+
+    // Views (snapshots, clones) open per pool device: such a device is not removed under them.
+    std::mutex views_mutex;
+    std::map<uint32_t, unsigned> views;
 
     std::thread worker;
     std::mutex mutex;

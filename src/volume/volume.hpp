@@ -55,7 +55,16 @@ struct ThinIo;
 struct ThinState;
 namespace thin {
 struct WritePlan;
-}
+struct DeviceInfo;
+} // namespace thin
+
+// What taking a snapshot cost (docs/thin.md, "Snapshots and clones"): the time the space's I/O waited
+// (nothing new planned while the writes in flight landed, the pool took the snapshot and committed) and
+// the part of it the snapshot and its commit took.
+struct ThinSnapshotTiming {
+    double pause_ms = 0;
+    double create_ms = 0;
+};
 
 struct VolumeMember {
     std::unique_ptr<backstore::Device> device; // null: not found (missing)
@@ -188,7 +197,24 @@ public:
     uint32_t member_count() const { return _count; }
     net::Reactor& home() { return _home; }
 
+    // --- snapshots and clones of a thin space (volume_thin.cpp; blocking: not on a reactor) ---
+    // Names are the pool's device names: "space" (thin_device_name) is the space itself, a snapshot of
+    // device D is "D@SNAP", a clone is named by itself.
+    // A read-only point-in-time copy of `source`, committed before this returns (crash-consistent: every
+    // write acknowledged before the call is in it). EEXIST: the name is taken.
+    Result<ThinSnapshotTiming> thin_snapshot(const std::string& source, const std::string& name);
+    // A writable device sharing everything snapshot `snapshot` maps; committed before this returns.
+    Result<void> thin_clone(const std::string& snapshot, const std::string& name);
+    // Drops a snapshot or clone (EBUSY while a view of it is open); what only it held is free after the
+    // commit this makes. The space's own device is never removed here (destroy the space).
+    Result<void> thin_remove(const std::string& name);
+    Result<std::vector<thin::DeviceInfo>> thin_devices();
+    // A Device over pool device `name` through this volume's worker and members: read-only for a
+    // snapshot. While it lives the device cannot be removed.
+    Result<std::shared_ptr<backstore::Device>> thin_view(const std::string& name);
+
 private:
+    friend class ThinViewDevice;
     friend class Resync;
     friend struct VolumeIo;
     friend class VolumeThinStore;
@@ -239,16 +265,23 @@ private:
     Result<void> thin_stop(bool commit);
     void thin_worker_loop();
     void thin_post(Function<void()> job);
-    void thin_submit(backstore::IoRequest& request, net::Reactor* origin);
+    void thin_submit(backstore::IoRequest& request, net::Reactor* origin,
+                     uint32_t device = ~uint32_t(0)); // default: the space's own
+    // A view's request (thin_view): a snapshot's writes are refused with EROFS (WRITE PROTECTED).
+    void thin_view_submit(backstore::IoRequest& request, uint32_t device, bool read_only);
+    // Runs `job` on the worker and waits for it (management calls; not on a reactor); false: the worker
+    // has stopped (the volume is closing) and `job` did not run.
+    bool thin_wait(Function<void()> job);
     void thin_send(const std::shared_ptr<ThinIo>& io);
     void thin_sent(const std::shared_ptr<ThinIo>& io);
     void thin_complete(ThinIo& io, int error);
     void thin_allocation(uint64_t offset, uint64_t length, net::Reactor* origin,
-                         Function<void(Result<std::vector<backstore::Extent>>)> done);
+                         Function<void(Result<std::vector<backstore::Extent>>)> done,
+                         uint32_t device = ~uint32_t(0)); // default: the space's own
     // Worker only:
     int thin_plan_read(ThinIo& io);
     int thin_plan_write(ThinIo& io);
-    int thin_unmap(const backstore::IoRequest& request);
+    int thin_unmap(const backstore::IoRequest& request, uint32_t device);
     int thin_fill(const thin::WritePlan& plan, uint64_t block, uint64_t from, uint64_t to);
     int thin_copy(const thin::WritePlan& plan);
     int thin_sync_io(backstore::IoOp op, uint64_t offset, std::span<uint8_t> data);

@@ -25,6 +25,7 @@
 #include <bit>
 #include <cassert>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <future>
 #include <thread>
@@ -46,6 +47,7 @@ struct ThinIo {
     uint32_t pending = 0;
     int error = 0;
     bool commit_after = false; // a FUA write that changed the map
+    uint32_t device = 0;       // the pool device: the space's own, or a view's (snapshot, clone)
 };
 
 namespace {
@@ -460,7 +462,7 @@ int Volume::thin_plan_read(ThinIo& io) {
         uint64_t vc = pos / cs;
         uint64_t base = vc * cs;
         uint64_t piece_end = std::min(end, base + cs);
-        auto m = t.pool->lookup(t.device, vc);
+        auto m = t.pool->lookup(io.device, vc);
         if (!m) {
             log_warn("space {}: thin lookup of cluster {}: {}", _truth_at_open.name, vc, m.error().message);
             return -EIO;
@@ -493,7 +495,7 @@ int Volume::thin_plan_write(ThinIo& io) {
     std::vector<Done> planned;
     auto undo = [&] {
         for (auto it = planned.rbegin(); it != planned.rend(); ++it) {
-            if (auto reverted = t.pool->revert_write(t.device, it->vcluster, it->plan); !reverted) {
+            if (auto reverted = t.pool->revert_write(io.device, it->vcluster, it->plan); !reverted) {
                 log_warn("space {}: thin revert of cluster {}: {}", _truth_at_open.name, it->vcluster,
                          reverted.error().message);
             }
@@ -506,7 +508,7 @@ int Volume::thin_plan_write(ThinIo& io) {
         uint64_t piece_end = std::min(end, base + cs);
         uint64_t in_first = pos - base, in_end = piece_end - base;
         uint64_t first_g = in_first / granule, last_g = (in_end - 1) / granule;
-        auto plan = t.pool->write(t.device, vc, uint32_t(first_g), uint32_t(last_g - first_g + 1));
+        auto plan = t.pool->write(io.device, vc, uint32_t(first_g), uint32_t(last_g - first_g + 1));
         if (!plan) {
             undo();
             if (plan.error().code == ENOSPC) {
@@ -544,7 +546,7 @@ int Volume::thin_plan_write(ThinIo& io) {
     return 0;
 }
 
-int Volume::thin_unmap(const backstore::IoRequest& r) {
+int Volume::thin_unmap(const backstore::IoRequest& r, uint32_t device) {
     ThinState& t = *_thin;
     // The reads and writes planned before land first: a cluster freed here and never committed is
     // allocatable at once, and must not be handed to another write while one of them still uses it (a
@@ -560,7 +562,7 @@ int Volume::thin_unmap(const backstore::IoRequest& r) {
         uint64_t piece_end = std::min(end, base + cs);
         uint64_t in_first = pos - base, in_end = piece_end - base;
         pos = piece_end;
-        auto m = t.pool->lookup(t.device, vc);
+        auto m = t.pool->lookup(device, vc);
         if (!m) {
             return -EIO;
         }
@@ -575,7 +577,7 @@ int Volume::thin_unmap(const backstore::IoRequest& r) {
             if (run_count == 0) {
                 return 0;
             }
-            auto dropped = t.pool->unmap(t.device, vc, uint32_t(run_first), uint32_t(run_count));
+            auto dropped = t.pool->unmap(device, vc, uint32_t(run_first), uint32_t(run_count));
             run_count = 0;
             if (!dropped) {
                 log_warn("space {}: thin unmap of cluster {}: {}", _truth_at_open.name, vc,
@@ -619,10 +621,11 @@ int Volume::thin_unmap(const backstore::IoRequest& r) {
 
 // ---- the request path ------------------------------------------------------------------------------------
 
-void Volume::thin_submit(backstore::IoRequest& request, net::Reactor* origin) {
+void Volume::thin_submit(backstore::IoRequest& request, net::Reactor* origin, uint32_t device) {
     auto io = std::make_shared<ThinIo>();
     io->parent = &request;
     io->origin = origin;
+    io->device = device == ~uint32_t(0) ? _thin->device : device;
     switch (request.op) {
     case backstore::IoOp::flush:
         thin_post([this, io] {
@@ -635,7 +638,7 @@ void Volume::thin_submit(backstore::IoRequest& request, net::Reactor* origin) {
     case backstore::IoOp::write_zeroes:
         // Both read as zeros afterwards; a thin space keeps no allocation it does not need.
         thin_post([this, io] {
-            int error = thin_unmap(*io->parent);
+            int error = thin_unmap(*io->parent, io->device);
             io->origin->post([this, io, error] { thin_complete(*io, error); });
         });
         return;
@@ -721,9 +724,12 @@ void Volume::thin_complete(ThinIo& io, int error) {
 // ---- allocation status -----------------------------------------------------------------------------------
 
 void Volume::thin_allocation(uint64_t offset, uint64_t length, net::Reactor* origin,
-                             Function<void(Result<std::vector<backstore::Extent>>)> done) {
+                             Function<void(Result<std::vector<backstore::Extent>>)> done, uint32_t device) {
     auto shared = std::make_shared<Function<void(Result<std::vector<backstore::Extent>>)>>(std::move(done));
-    thin_post([this, offset, length, origin, shared] {
+    if (device == ~uint32_t(0)) {
+        device = _thin->device;
+    }
+    thin_post([this, offset, length, origin, shared, device] {
         ThinState& t = *_thin;
         uint64_t cs = t.cluster_size;
         std::vector<backstore::Extent> extents;
@@ -740,7 +746,7 @@ void Volume::thin_allocation(uint64_t offset, uint64_t length, net::Reactor* ori
             uint64_t vc = pos / cs;
             uint64_t base = vc * cs;
             uint64_t piece_end = std::min(end, base + cs);
-            auto m = t.pool->lookup(t.device, vc);
+            auto m = t.pool->lookup(device, vc);
             if (!m) {
                 error = EIO;
                 break;
@@ -761,6 +767,291 @@ void Volume::thin_allocation(uint64_t offset, uint64_t length, net::Reactor* ori
             }
         });
     });
+}
+
+// ---- snapshots, clones and their views ------------------------------------------------------------------
+
+// A snapshot or clone of a thin space as a Device: its requests go through the space's worker and members
+// like the space's own, against another device of the same pool. A snapshot's is read-only: it says so in
+// its features (the attached block device and an exported LU are write-protected) and refuses writes with
+// EROFS (DATA PROTECT / WRITE PROTECTED) should one arrive anyway.
+class ThinViewDevice final : public backstore::Device {
+public:
+    ThinViewDevice(std::shared_ptr<Volume> volume, uint32_t device, std::string name, bool read_only)
+        : _volume(std::move(volume)), _device(device), _name(std::move(name)), _read_only(read_only) {
+        _features = _volume->features();
+        _features.read_only = read_only;
+        if (read_only) {
+            _features.unmap = false;
+            _features.write_zeroes = false;
+        }
+    }
+    ~ThinViewDevice() override {
+        ThinState& t = *_volume->_thin;
+        std::lock_guard lock(t.views_mutex);
+        if (auto it = t.views.find(_device); it != t.views.end() && --it->second == 0) {
+            t.views.erase(it);
+        }
+    }
+    std::string_view kind() const override { return "space"; }
+    std::string describe() const override { return "space:" + _name; }
+    backstore::Geometry geometry() const override { return _volume->geometry(); }
+    backstore::Features features() const override { return _features; }
+    uint64_t identity() const override {
+        // The space's, told apart per pool device (an LU's identifiers derive from it).
+        uint64_t id = 0;
+        std::memcpy(&id, _volume->truth_at_open().space_uuid.data(), sizeof id);
+        return id ^ (uint64_t(_device) * 0x9e3779b97f4a7c15ull);
+    }
+    void submit(backstore::IoRequest& request) override {
+        _volume->thin_view_submit(request, _device, _read_only);
+    }
+    void allocation_status(uint64_t offset, uint64_t length,
+                           Function<void(Result<std::vector<backstore::Extent>>)> done) override {
+        net::Reactor* reactor = net::Reactor::current();
+        assert(reactor);
+        uint64_t bytes = geometry().bytes();
+        uint64_t start = std::min(offset, bytes);
+        uint64_t end = length > bytes - start ? bytes : start + length;
+        _volume->thin_allocation(start, end - start, reactor, std::move(done), _device);
+    }
+
+private:
+    std::shared_ptr<Volume> _volume;
+    uint32_t _device;
+    std::string _name;
+    bool _read_only;
+    backstore::Features _features;
+};
+
+void Volume::thin_view_submit(backstore::IoRequest& request, uint32_t device, bool read_only) {
+    net::Reactor* origin = net::Reactor::current();
+    assert(origin && "backstore I/O is submitted on a reactor thread");
+    if (read_only && request.op != backstore::IoOp::read && request.op != backstore::IoOp::flush) {
+        backstore::IoRequest* r = &request;
+        origin->defer([r] {
+            auto done = std::move(r->done);
+            done(-EROFS);
+        });
+        return;
+    }
+    if (admit(origin, request, _virtual_size, /*member_features=*/false)) {
+        thin_submit(request, origin, device);
+    }
+}
+
+bool Volume::thin_wait(Function<void()> job) {
+    assert(net::Reactor::current() == nullptr);
+    std::promise<void> done;
+    auto got = done.get_future();
+    {
+        // A job queued before the worker is told to stop still runs; none is queued after.
+        std::lock_guard lock(_thin->mutex);
+        if (_thin->stopping || !_thin->worker.joinable()) {
+            return false;
+        }
+        _thin->jobs.push_back([&] {
+            job();
+            done.set_value();
+        });
+    }
+    _thin->wake.notify_one();
+    got.wait();
+    return true;
+}
+
+namespace {
+
+Error closing(const std::string& space) {
+    return make_error(fmt::format("space '{}' is closing", space), ESHUTDOWN);
+}
+
+Error not_thin(const std::string& space) {
+    return make_error(fmt::format("space '{}': snapshots need a thin space (--thin)", space), EOPNOTSUPP);
+}
+
+double ms_since(std::chrono::steady_clock::time_point from) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - from).count();
+}
+
+} // namespace
+
+Result<ThinSnapshotTiming> Volume::thin_snapshot(const std::string& source, const std::string& name) {
+    if (!_thin) {
+        return not_thin(_truth_at_open.name);
+    }
+    Result<ThinSnapshotTiming> out = ThinSnapshotTiming{};
+    // The commit below flushes the members first (the map must not be durable before the data it points
+    // at). Most of what a busy space has in the members' caches is flushed here, while its I/O still
+    // flows, so that the flush inside the pause only has the last moments' writes to wait for.
+    if (int error = thin_sync_io(backstore::IoOp::flush, 0, {}); error != 0) {
+        return make_error(fmt::format("'{}': flushing the members: {}", name, std::strerror(-error)), -error);
+    }
+    auto queued = std::chrono::steady_clock::now();
+    bool ran = thin_wait([&] {
+        ThinState& t = *_thin;
+        // From here nothing new is planned (this is the worker): the pause starts.
+        auto paused = std::chrono::steady_clock::now();
+        auto src = t.pool->find_device(source);
+        if (!src) {
+            out = make_error(fmt::format("'{}': no such device in the pool", source), ENOENT);
+            return;
+        }
+        if (t.pool->find_device(name)) {
+            out = make_error(fmt::format("'{}' exists already", name), EEXIST);
+            return;
+        }
+        // The writes planned before land before this job ends — here, so that `create_ms` is the snapshot
+        // and its commit alone (thin_commit() would wait for them too). Were one still landing once the
+        // next write to its cluster is planned, the copy-on-write of that cluster could miss it.
+        while (t.inflight.load(std::memory_order_acquire) != 0) {
+            std::this_thread::sleep_for(std::chrono::microseconds(20));
+        }
+        auto created = std::chrono::steady_clock::now();
+        auto id = t.pool->snapshot(*src, name);
+        if (!id) {
+            out = id.error();
+            return;
+        }
+        if (auto c = thin_commit(); !c) {
+            // Not durable: take it back (if the superblock did land, the next commit removes it again).
+            (void)t.pool->remove_device(*id);
+            thin_update_stats();
+            out = make_error(fmt::format("'{}': the commit failed: {}", name, c.error().message),
+                             c.error().code);
+            return;
+        }
+        out = ThinSnapshotTiming{ms_since(paused), ms_since(created)};
+    });
+    if (!ran) {
+        return closing(_truth_at_open.name);
+    }
+    if (out) {
+        log_info("space {}: snapshot {} of {} taken; I/O paused {:.2f} ms (queued {:.2f} ms before), created "
+                 "and committed in {:.2f} ms",
+                 _truth_at_open.name, name, source, out->pause_ms, ms_since(queued) - out->pause_ms,
+                 out->create_ms);
+    }
+    return out;
+}
+
+Result<void> Volume::thin_clone(const std::string& snapshot, const std::string& name) {
+    if (!_thin) {
+        return not_thin(_truth_at_open.name);
+    }
+    Result<void> out;
+    bool ran = thin_wait([&] {
+        ThinState& t = *_thin;
+        auto src = t.pool->find_device(snapshot);
+        if (!src) {
+            out = make_error(fmt::format("'{}': no such snapshot", snapshot), ENOENT);
+            return;
+        }
+        if (t.pool->find_device(name)) {
+            out = make_error(fmt::format("'{}' exists already in the pool", name), EEXIST);
+            return;
+        }
+        auto id = t.pool->clone(*src, name);
+        if (!id) {
+            out = id.error();
+            return;
+        }
+        if (auto c = thin_commit(); !c) {
+            (void)t.pool->remove_device(*id);
+            out = make_error(fmt::format("'{}': the commit failed: {}", name, c.error().message),
+                             c.error().code);
+        }
+    });
+    if (!ran) {
+        return closing(_truth_at_open.name);
+    }
+    if (out) {
+        log_info("space {}: clone {} of {} made", _truth_at_open.name, name, snapshot);
+    }
+    return out;
+}
+
+Result<void> Volume::thin_remove(const std::string& name) {
+    if (!_thin) {
+        return not_thin(_truth_at_open.name);
+    }
+    Result<void> out;
+    bool ran = thin_wait([&] {
+        ThinState& t = *_thin;
+        auto id = t.pool->find_device(name);
+        if (!id) {
+            out = make_error(fmt::format("'{}': no such snapshot or clone", name), ENOENT);
+            return;
+        }
+        if (*id == t.device) {
+            out = make_error("the space's own device is removed only with the space (destroy)", EINVAL);
+            return;
+        }
+        {
+            std::lock_guard lock(t.views_mutex);
+            if (t.views.count(*id) != 0) {
+                out = make_error(fmt::format("'{}' is attached or exported; detach it first", name), EBUSY);
+                return;
+            }
+        }
+        if (auto r = t.pool->remove_device(*id); !r) {
+            out = r.error();
+            return;
+        }
+        // Its clusters are free once this commit is durable (the last committed state still maps them).
+        if (auto c = thin_commit(); !c) {
+            out = make_error(fmt::format("'{}': removed, but the commit failed (the next one retries): {}",
+                                         name, c.error().message),
+                             c.error().code);
+        }
+        thin_update_stats();
+    });
+    if (!ran) {
+        return closing(_truth_at_open.name);
+    }
+    if (out) {
+        log_info("space {}: {} removed from the pool", _truth_at_open.name, name);
+    }
+    return out;
+}
+
+Result<std::vector<thin::DeviceInfo>> Volume::thin_devices() {
+    if (!_thin) {
+        return not_thin(_truth_at_open.name);
+    }
+    std::vector<thin::DeviceInfo> out;
+    if (!thin_wait([&] { out = _thin->pool->devices(); })) {
+        return closing(_truth_at_open.name);
+    }
+    return out;
+}
+
+Result<std::shared_ptr<backstore::Device>> Volume::thin_view(const std::string& name) {
+    if (!_thin) {
+        return not_thin(_truth_at_open.name);
+    }
+    Result<std::shared_ptr<backstore::Device>> out = make_error("unset", EINVAL);
+    bool ran = thin_wait([&] {
+        ThinState& t = *_thin;
+        for (const thin::DeviceInfo& d : t.pool->devices()) {
+            if (d.name != name) {
+                continue;
+            }
+            {
+                // Counted here, on the worker: a removal (also on the worker) sees it.
+                std::lock_guard lock(t.views_mutex);
+                ++t.views[d.id];
+            }
+            out = std::shared_ptr<backstore::Device>(std::make_shared<ThinViewDevice>(
+                shared_from_this(), d.id, _truth_at_open.name + "/" + name, d.read_only));
+            return;
+        }
+        out = make_error(fmt::format("'{}': no such snapshot or clone", name), ENOENT);
+    });
+    if (!ran) {
+        return closing(_truth_at_open.name);
+    }
+    return out;
 }
 
 } // namespace ispace::volume

@@ -179,6 +179,17 @@ void print_status(const json& st) {
                    human_bytes(double(st.value("pool_bytes", uint64_t(0)))),
                    human_bytes(double(st.value("cluster_size", uint64_t(0)))),
                    st.value("pool_full", false) ? " — POOL FULL: writes that need a new cluster fail" : "");
+        if (st.contains("clone_of")) {
+            fmt::print("  a clone in the pool of space {}\n", st.value("clone_of", ""));
+        }
+        for (const char* kind : {"snapshots", "clones"}) {
+            for (const json& d : st.value(kind, json::array())) {
+                fmt::print("  {} {:<24} of {:<16} mapped {:>9}  only it {:>9}  (commit {})\n",
+                           kind[0] == 's' ? "snapshot" : "clone   ", d.value("name", ""),
+                           d.value("origin", ""), human_bytes(double(d.value("mapped_bytes", uint64_t(0)))),
+                           human_bytes(double(d.value("unique_bytes", uint64_t(0)))), d.value("created", 0));
+            }
+        }
     }
 }
 
@@ -205,7 +216,7 @@ struct SpaceArgs {
     bool json_out = false;
     bool watch = false;
     bool yes = false;
-    std::string old_url, new_url, url, force_from;
+    std::string old_url, new_url, url, force_from, snap, new_name;
     std::vector<std::string> urls;
 };
 
@@ -274,9 +285,10 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
         "    (1 TiB provided, allocated from the mirror as it is written; `ispace space status vm` "
         "shows provisioned and allocated bytes)");
 
-    auto* attach =
-        space->add_subcommand("attach", "Hold the space and attach it as a block device (printed)");
-    attach->add_option("NAME", a->name)->required();
+    auto* attach = space->add_subcommand(
+        "attach",
+        "Hold the space and attach it as a block device (printed); NAME@SNAP: a snapshot, read-only");
+    attach->add_option("NAME", a->name, "A space, a clone, or NAME@SNAP (a snapshot of either)")->required();
     attach->add_flag("--takeover", a->takeover, "Preempt another holder (its writes fail from then on)");
     attach->add_option("--resync-rate", a->resync_rate, "Limit resync to this many bytes per second");
 
@@ -323,7 +335,32 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
     assemble->add_option("--force-from", a->force_from,
                          "After a split: keep this member's side; the others are rebuilt from it");
 
-    auto* destroy = space->add_subcommand("destroy", "Erase the members' labels and the catalog entry");
+    auto* snapshot = space->add_subcommand(
+        "snapshot", "Thin spaces: a read-only point-in-time copy NAME@SNAP, by metadata alone");
+    snapshot->add_option("NAME", a->name, "A thin space or a clone")->required();
+    snapshot->add_option("SNAP", a->snap, "The snapshot's name (letters, digits, '.', '_', '-')")->required();
+    snapshot->footer(
+        "The space's writes pause while those in flight land, the snapshot is taken and committed (crash-\n"
+        "consistent: every write acknowledged before is in it). It shares every cluster with the space; a\n"
+        "later write to the space copies only what it must. Examples:\n"
+        "  ispace space snapshot vm before-upgrade\n"
+        "  ispace space attach vm@before-upgrade     (read-only; a mounted ext4: docs/dataspaces.md)\n"
+        "  ispace space clone vm@before-upgrade test  (a writable copy, itself a space: attach test)\n"
+        "  ispace space snapshot-delete vm@before-upgrade");
+
+    auto* clone = space->add_subcommand("clone", "Thin spaces: a writable space NEW from snapshot NAME@SNAP");
+    clone->add_option("NAME@SNAP", a->name, "The snapshot")->required();
+    clone->add_option("NEW", a->new_name, "The clone's name: a space name of this catalog")->required();
+    clone->footer(
+        "NEW lives in the same pool (same members), shares every cluster it has not rewritten, and is\n"
+        "used by its name: attach NEW, status NEW, snapshot NEW SNAP, destroy NEW --yes.");
+
+    auto* snapshot_delete =
+        space->add_subcommand("snapshot-delete", "Delete snapshot NAME@SNAP; what only it held is freed");
+    snapshot_delete->add_option("NAME@SNAP", a->name, "The snapshot")->required();
+
+    auto* destroy = space->add_subcommand(
+        "destroy", "Erase the members' labels and the catalog entry (a clone: delete it from its pool)");
     destroy->add_option("NAME", a->name)->required();
     destroy->add_flag("--yes", a->yes, "Yes, destroy it");
 
@@ -391,6 +428,12 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
             request = {{"verb", "add-member"}, {"name", a->name}, {"url", a->url}, {"force", a->force}};
         } else if (assemble->parsed()) {
             request = {{"verb", "assemble"}, {"urls", a->urls}, {"force_from", a->force_from}};
+        } else if (snapshot->parsed()) {
+            request = {{"verb", "snapshot"}, {"name", a->name}, {"snap", a->snap}};
+        } else if (clone->parsed()) {
+            request = {{"verb", "clone"}, {"name", a->name}, {"new", a->new_name}};
+        } else if (snapshot_delete->parsed()) {
+            request = {{"verb", "snapshot-delete"}, {"name", a->name}};
         } else if (destroy->parsed()) {
             if (!a->yes) {
                 // Refused before anything is opened: nothing is written to any member.
@@ -455,9 +498,12 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                                         : st.value("open", false) ? "held"
                                         : st.value("lost", false) ? "lost"
                                                                   : "-";
-                    fmt::print("{:<20} {:<14} {:>10}  {} members  {}\n", st.value("name", ""),
-                               st.value("layout", ""), human_bytes(double(st.value("size", uint64_t(0)))),
-                               st.value("members", json::array()).size(), where);
+                    std::string members =
+                        st.contains("clone_of")
+                            ? "clone of " + st.value("clone_of", "")
+                            : fmt::format("{} members", st.value("members", json::array()).size());
+                    fmt::print("{:<20} {:<14} {:>10}  {}  {}\n", st.value("name", ""), st.value("layout", ""),
+                               human_bytes(double(st.value("size", uint64_t(0)))), members, where);
                 }
             }
         } else if (grow->parsed()) {
@@ -477,6 +523,13 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
             print_status(j["status"]);
         } else if (destroy->parsed()) {
             fmt::print(stderr, "space {}: destroyed\n", a->name);
+        } else if (snapshot->parsed()) {
+            fmt::print("{}@{}\n", a->name, a->snap);
+            fmt::print(stderr,
+                       "snapshot {}@{} taken: I/O paused {:.1f} ms, created and committed in {:.1f} ms\n",
+                       a->name, a->snap, j.value("pause_ms", 0.0), j.value("create_ms", 0.0));
+        } else if (snapshot_delete->parsed()) {
+            fmt::print(stderr, "snapshot {} deleted\n", a->name);
         }
         return exit_ok;
     };

@@ -382,6 +382,21 @@ uint64_t ThinPool::count_mapped(NodeId id) const {
     return n;
 }
 
+uint64_t ThinPool::count_unique(NodeId id) const {
+    // A node another tree (or another parent) reaches shares everything below it.
+    if (id == 0 || _nodes[id].refs > 1) {
+        return 0;
+    }
+    uint64_t n = 0;
+    for (const LeafEntry& e : _nodes[id].entries) {
+        n += e.mapped() && e.physical < _refs.size() && _refs[e.physical] == 1;
+    }
+    for (NodeId child : _nodes[id].children) {
+        n += count_unique(child);
+    }
+    return n;
+}
+
 void ThinPool::touch(uint64_t c) {
     if (!_is_touched.empty() && !_is_touched[c]) {
         _is_touched[c] = 1;
@@ -605,7 +620,8 @@ std::vector<DeviceInfo> ThinPool::devices() const {
     std::vector<DeviceInfo> out;
     for (const Device& d : _devices) {
         out.push_back({d.record.id, d.record.name, (d.record.flags & device_read_only) != 0, d.record.origin,
-                       d.record.virtual_clusters, count_mapped(d.root)});
+                       d.record.virtual_clusters, count_mapped(d.root), d.record.created_sequence,
+                       count_unique(d.root)});
     }
     return out;
 }

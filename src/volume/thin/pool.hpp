@@ -45,7 +45,11 @@ struct DeviceInfo {
     bool read_only = false;
     uint32_t origin = 0;
     uint64_t virtual_clusters = 0;
-    uint64_t mapped_clusters = 0; // virtual clusters with a physical cluster
+    uint64_t mapped_clusters = 0;  // virtual clusters with a physical cluster
+    uint64_t created_sequence = 0; // the transaction that made it durable
+    // Clusters no other device maps (through no shared node and with one reference): what removing it
+    // would free after the next commit.
+    uint64_t unique_clusters = 0;
 };
 
 // Where a virtual cluster lives.
@@ -183,6 +187,7 @@ private:
     Result<NodeId> load_node(uint64_t page, uint8_t level, std::unordered_map<uint64_t, NodeId>& seen);
     Result<void> write_node(NodeId id, std::vector<std::pair<NodeId, uint64_t>>& assigned);
     uint64_t count_mapped(NodeId id) const;
+    uint64_t count_unique(NodeId id) const;
 
     MetadataStore* _store = nullptr;
     Superblock _sb;

@@ -210,6 +210,94 @@ TEST_F(SpaceManagerTest, ReplaceRebuildsTheNewMemberInFull) {
 
 // A thin mirror's new members (replace while held, add-member while closed) get the map before they are
 // written: each one alone later opens the space with every write in place.
+// Snapshots and clones through the manager: names resolve (NAME, NAME@SNAP, a clone by its own name), a
+// space that is not held is opened for the verb and closed again, a clone's catalog entry comes back with
+// an assemble into an empty home (the pool's device table is the truth), destroying the space is refused
+// while its pool holds them, and a clone is destroyed by name.
+TEST_F(SpaceManagerTest, SnapshotsAndClonesByName) {
+    auto& m = manager(dir.file("home"));
+    auto plain = m.create(mirror("plain", {disk("p"), disk("q")}));
+    ASSERT_TRUE(plain) << plain.error().message;
+    uint64_t writes = writes_to_all();
+    auto refused = m.snapshot("plain", "s");
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(writes_to_all(), writes) << "refused without writing anything";
+    EXPECT_NE(refused.error().message.find("snapshots need a thin space (--thin)"), std::string::npos);
+    EXPECT_FALSE(m.find("plain")) << "opened for the verb, closed again";
+
+    CreateRequest r = mirror("vm", {disk("a"), disk("b")});
+    r.thin = true;
+    r.size = 256 << 20;
+    ASSERT_TRUE(m.create(r));
+    auto data = random_bytes(64 << 10, 60);
+    {
+        auto v = m.open("vm");
+        ASSERT_TRUE(v);
+        VolumeDevice d(*v);
+        ASSERT_EQ(io.write(d, 8 << 20, data), 0);
+        auto t = m.snapshot("vm", "s1"); // held: taken on the open volume
+        ASSERT_TRUE(t) << t.error().message;
+        EXPECT_GE(t->pause_ms, t->create_ms);
+        ASSERT_EQ(io.write(d, 8 << 20, random_bytes(64 << 10, 61)), 0);
+        ASSERT_TRUE(m.close("vm"));
+    }
+    EXPECT_EQ(m.snapshot("vm", "s1").error().code, EEXIST);
+    EXPECT_EQ(m.resolve("vm@a@b").error().code, EINVAL);
+    EXPECT_EQ(m.resolve("vm@").error().code, EINVAL);
+    EXPECT_EQ(m.clone("vm", "c").error().code, EINVAL) << "a clone is made from a snapshot";
+    EXPECT_EQ(m.clone("vm@s1", "plain").error().code, EEXIST) << "a catalog name";
+    auto c = m.clone("vm@s1", "c");
+    ASSERT_TRUE(c) << c.error().message;
+    EXPECT_EQ(c->clone_of, "vm");
+    auto target = m.resolve("c");
+    ASSERT_TRUE(target);
+    EXPECT_EQ(target->space, "vm");
+    EXPECT_TRUE(target->clone);
+    target = m.resolve("c@s2");
+    ASSERT_TRUE(target);
+    EXPECT_EQ(target->device, "c@s2") << "a snapshot of the clone";
+    ASSERT_TRUE(m.snapshot("c", "s2"));
+    EXPECT_FALSE(m.open("c")) << "a clone has no members of its own";
+
+    // The catalog is a cache: an empty home learns the clone back from the pool.
+    auto& fresh = manager(dir.file("home2"));
+    ASSERT_TRUE(fresh.assemble({"a", "b"}));
+    auto st = fresh.status("vm");
+    ASSERT_TRUE(st) << st.error().message;
+    std::set<std::string> names;
+    for (const ThinDeviceStatus& t : st->thin_devices) {
+        names.insert(t.name + (t.snapshot ? ":snapshot" : ":clone") + "<" + t.origin);
+    }
+    EXPECT_EQ(names, (std::set<std::string>{"vm@s1:snapshot<vm", "c:clone<vm@s1", "c@s2:snapshot<c"}));
+    auto cs = fresh.status("c");
+    ASSERT_TRUE(cs) << cs.error().message;
+    EXPECT_EQ(cs->clone_of, "vm");
+
+    // Reads through views of a space this manager holds.
+    ASSERT_TRUE(fresh.open("vm"));
+    auto snap = fresh.open_view(*fresh.resolve("vm@s1"));
+    auto clone = fresh.open_view(*fresh.resolve("c"));
+    ASSERT_TRUE(snap && clone);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(**snap, 8 << 20, back), 0);
+    EXPECT_EQ(back, data);
+    ASSERT_EQ(io.read(**clone, 8 << 20, back), 0);
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(fresh.snapshot_delete("vm@s1").error().code, EBUSY) << "in use";
+    snap->reset();
+    clone->reset();
+    ASSERT_TRUE(fresh.close("vm"));
+
+    auto destroyed = fresh.destroy("vm", true);
+    ASSERT_FALSE(destroyed);
+    EXPECT_NE(destroyed.error().message.find("snapshots or clones"), std::string::npos);
+    ASSERT_TRUE(fresh.snapshot_delete("vm@s1"));
+    ASSERT_TRUE(fresh.snapshot_delete("c@s2"));
+    ASSERT_TRUE(fresh.destroy("c", true));
+    EXPECT_FALSE(fresh.status("c"));
+    ASSERT_TRUE(fresh.destroy("vm", true)) << "nothing left in its pool";
+}
+
 TEST_F(SpaceManagerTest, ThinReplaceAndAddMemberCarryTheMap) {
     auto& m = manager(dir.file("home"));
     CreateRequest r = mirror("thin", {disk("a"), disk("b")});

@@ -11,6 +11,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <thread>
 
 namespace ispace::volume {
@@ -403,6 +405,192 @@ TEST_F(ThinVolumeTest, CreateRefusesBadThinSizes) {
     EXPECT_FALSE(format_space(group.at(0), spec, raw, false)) << "a cluster size that is no power of two";
     // Nothing was written by the refusals: the members carry no label.
     EXPECT_FALSE(read_member_labels(group.at(0), *disks[0]).label);
+}
+
+// ---- snapshots and clones (docs/thin.md, "Snapshots and clones") ----------------------------------------
+
+// A snapshot keeps what the space held when it was taken, whatever is written to the space afterwards, and
+// refuses writes: its view is read-only and a write that reaches it anyway fails with EROFS.
+TEST_F(ThinVolumeTest, ASnapshotKeepsTheOldDataAndRefusesWrites) {
+    auto v = create(LayoutKind::mirror, 2, 16 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    auto old_data = random_bytes(MiB + 8192, 20);
+    ASSERT_EQ(io.write(d, 10 * MiB + 4096, old_data), 0);
+    auto taken = v->thin_snapshot(thin_device_name, "space@s1");
+    ASSERT_TRUE(taken) << taken.error().message;
+    EXPECT_EQ(v->thin_snapshot(thin_device_name, "space@s1").error().code, EEXIST);
+    auto fresh = random_bytes(4096, 21);
+    ASSERT_EQ(io.write(d, 10 * MiB + 8192, fresh), 0); // inside the shared cluster: copy-on-write
+    auto view = v->thin_view("space@s1");
+    ASSERT_TRUE(view) << view.error().message;
+    backstore::Device& snap = **view;
+    EXPECT_TRUE(snap.features().read_only);
+    EXPECT_EQ(snap.geometry().bytes(), d.geometry().bytes());
+    EXPECT_EQ(read(snap, 10 * MiB + 4096, old_data.size()), old_data) << "the snapshot keeps the old bytes";
+    auto now = old_data;
+    std::copy(fresh.begin(), fresh.end(), now.begin() + 4096);
+    EXPECT_EQ(read(d, 10 * MiB + 4096, now.size()), now) << "the space has the new ones";
+    EXPECT_EQ(read(snap, 0, 64 << 10), std::vector<uint8_t>(64 << 10, 0)) << "never written: zeros";
+    EXPECT_EQ(io.write(snap, 10 * MiB, fresh), -EROFS);
+    EXPECT_EQ(io.simple(snap, backstore::IoOp::unmap, 10 * MiB, 4096), -EROFS);
+    EXPECT_EQ(read(snap, 10 * MiB + 4096, old_data.size()), old_data) << "nothing changed by the refusals";
+    EXPECT_EQ(v->status().allocated_bytes, 3 * MiB) << "two clusters shared, one copied";
+    EXPECT_FALSE(v->thin_view("space@nope"));
+}
+
+// A clone of a snapshot is writable, and what is written to it shows neither in the space nor in the
+// snapshot; what is written to the space afterwards does not show in the clone.
+TEST_F(ThinVolumeTest, ACloneDivergesWithoutTouchingTheOriginOrTheSnapshot) {
+    auto v = create(LayoutKind::stripe, 2, 16 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    auto a = random_bytes(2 * MiB, 30);
+    ASSERT_EQ(io.write(d, 40 * MiB, a), 0);
+    ASSERT_TRUE(v->thin_snapshot(thin_device_name, "space@base"));
+    ASSERT_TRUE(v->thin_clone("space@base", "work"));
+    EXPECT_EQ(v->thin_clone("space@base", "work").error().code, EEXIST);
+    EXPECT_EQ(v->thin_clone("space@gone", "other").error().code, ENOENT);
+    auto clone = v->thin_view("work");
+    auto snap = v->thin_view("space@base");
+    ASSERT_TRUE(clone && snap);
+    EXPECT_FALSE((*clone)->features().read_only);
+    EXPECT_EQ(read(**clone, 40 * MiB, a.size()), a) << "a clone starts as its snapshot";
+    auto c = random_bytes(6144, 31); // partial 4 KiB blocks at both ends
+    ASSERT_EQ(io.write(**clone, 40 * MiB + 512, c), 0);
+    auto b = random_bytes(4096, 32);
+    ASSERT_EQ(io.write(d, 41 * MiB, b), 0);
+    auto in_clone = a;
+    std::copy(c.begin(), c.end(), in_clone.begin() + 512);
+    auto in_space = a;
+    std::copy(b.begin(), b.end(), in_space.begin() + MiB);
+    EXPECT_EQ(read(**clone, 40 * MiB, a.size()), in_clone);
+    EXPECT_EQ(read(d, 40 * MiB, a.size()), in_space);
+    EXPECT_EQ(read(**snap, 40 * MiB, a.size()), a);
+    ASSERT_EQ(io.simple(**clone, backstore::IoOp::flush), 0);
+    EXPECT_EQ(v->status().allocated_bytes, 4 * MiB) << "the two shared clusters, one copy each side";
+}
+
+// Deleting a snapshot frees the clusters only it held (after the commit it makes); it is refused while the
+// snapshot is attached; the space's own device is never deleted this way.
+TEST_F(ThinVolumeTest, DeletingASnapshotFreesWhatOnlyItHeld) {
+    auto v = create(LayoutKind::mirror, 2, 16 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    ASSERT_EQ(io.write(d, 0, random_bytes(4 * MiB, 40)), 0);
+    ASSERT_TRUE(v->thin_snapshot(thin_device_name, "space@old"));
+    ASSERT_EQ(io.write(d, MiB, random_bytes(2 * MiB, 41)), 0); // two whole clusters, copied on write
+    EXPECT_EQ(v->status().allocated_bytes, 6 * MiB);
+    auto devices = v->thin_devices();
+    ASSERT_TRUE(devices);
+    ASSERT_EQ(devices->size(), 2u);
+    const thin::DeviceInfo& snap = (*devices)[1];
+    EXPECT_EQ(snap.name, "space@old");
+    EXPECT_TRUE(snap.read_only);
+    EXPECT_EQ(snap.mapped_clusters, 4u);
+    EXPECT_EQ(snap.unique_clusters, 2u) << "the two overwritten clusters are the snapshot's alone";
+    EXPECT_EQ((*devices)[0].unique_clusters, 2u);
+    {
+        auto view = v->thin_view("space@old");
+        ASSERT_TRUE(view);
+        EXPECT_EQ(v->thin_remove("space@old").error().code, EBUSY) << "attached: refused";
+    }
+    EXPECT_EQ(v->thin_remove(thin_device_name).error().code, EINVAL);
+    ASSERT_TRUE(v->thin_remove("space@old"));
+    EXPECT_EQ(v->thin_remove("space@old").error().code, ENOENT);
+    EXPECT_EQ(v->status().allocated_bytes, 4 * MiB) << "the snapshot's two clusters are free";
+    // Space is taken again as usual afterwards.
+    ASSERT_EQ(io.write(d, 100 * MiB, random_bytes(2 * MiB, 42)), 0);
+    EXPECT_EQ(v->status().allocated_bytes, 6 * MiB);
+}
+
+// The snapshot is committed before thin_snapshot() returns: kill -9 right after it (with writes to the
+// space since, never flushed) leaves the snapshot with every write acknowledged before it was taken —
+// including writes that were never flushed.
+TEST_F(ThinVolumeTest, ASnapshotSurvivesKillAndReopen) {
+    auto v = create(LayoutKind::mirror, 2, 16 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    auto a = random_bytes(MiB, 50);
+    {
+        VolumeDevice d(v);
+        ASSERT_EQ(io.write(d, 5 * MiB, a), 0); // acknowledged, not flushed
+        ASSERT_TRUE(v->thin_snapshot(thin_device_name, "space@s"));
+        ASSERT_EQ(io.write(d, 5 * MiB, random_bytes(MiB, 51)), 0);
+    }
+    drop(v, true);
+    v = reopen();
+    ASSERT_TRUE(v);
+    auto view = v->thin_view("space@s");
+    ASSERT_TRUE(view) << view.error().message;
+    EXPECT_EQ(read(**view, 5 * MiB, a.size()), a);
+    EXPECT_TRUE((*view)->features().read_only);
+    EXPECT_EQ(io.write(**view, 5 * MiB, a), -EROFS);
+    view->reset();
+    ASSERT_TRUE(v->thin_clone("space@s", "c"));
+    drop(v, false);
+    v = reopen();
+    ASSERT_TRUE(v);
+    auto clone = v->thin_view("c");
+    ASSERT_TRUE(clone) << "a clone is committed too";
+    EXPECT_EQ(read(**clone, 5 * MiB, a.size()), a);
+}
+
+// Snapshots taken while writers run: the space loses no acknowledged write (a write still landing when a
+// snapshot shares its cluster must not be missed by the copy-on-write of the next write there), and every
+// block of every snapshot holds one of the versions written to it (or zeros), never a mix.
+TEST_F(ThinVolumeTest, WritesRacingSnapshotsAreNeitherLostNorTorn) {
+    auto v = create(LayoutKind::mirror, 2, 48 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    constexpr uint64_t slots = 4 * MiB / 4096; // four clusters, written by every writer
+    constexpr unsigned writers = 3;
+    std::vector<std::vector<std::vector<uint8_t>>> history(slots); // every version acknowledged, per slot
+    std::vector<std::vector<uint8_t>> last(slots, std::vector<uint8_t>(4096, 0));
+    std::mutex mutex;
+    std::atomic<bool> failed{false};
+    std::vector<std::thread> threads;
+    for (unsigned w = 0; w < writers; ++w) {
+        threads.emplace_back([&, w] {
+            for (unsigned i = 0; i < 200 && !failed; ++i) {
+                uint64_t slot = (uint64_t(i) * 7919 + w * 104729) % (slots / writers) * writers + w;
+                auto data = random_bytes(4096, 1000 + w * 1000 + i);
+                if (io.write(d, 60 * MiB + slot * 4096, data) != 0) {
+                    failed = true;
+                }
+                std::lock_guard lock(mutex);
+                history[slot].push_back(data);
+                last[slot] = data;
+            }
+        });
+    }
+    std::vector<std::string> snaps;
+    for (unsigned k = 0; k < 8; ++k) {
+        std::this_thread::sleep_for(2ms);
+        snaps.push_back("space@r" + std::to_string(k));
+        auto taken = v->thin_snapshot(thin_device_name, snaps.back());
+        ASSERT_TRUE(taken) << taken.error().message;
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    ASSERT_FALSE(failed);
+    auto all = read(d, 60 * MiB, slots * 4096);
+    for (uint64_t s = 0; s < slots; ++s) {
+        ASSERT_TRUE(std::equal(last[s].begin(), last[s].end(), all.begin() + s * 4096))
+            << "slot " << s << ": the space lost an acknowledged write";
+    }
+    std::vector<uint8_t> zeros(4096, 0);
+    for (const std::string& name : snaps) {
+        auto view = v->thin_view(name);
+        ASSERT_TRUE(view);
+        auto image = read(**view, 60 * MiB, slots * 4096);
+        for (uint64_t s = 0; s < slots; ++s) {
+            std::vector<uint8_t> block(image.begin() + s * 4096, image.begin() + (s + 1) * 4096);
+            bool known =
+                block == zeros || std::find(history[s].begin(), history[s].end(), block) != history[s].end();
+            ASSERT_TRUE(known) << name << " slot " << s << ": a block that was never written whole";
+        }
+    }
 }
 
 } // namespace
