@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Issue 14's kill loop: kill -9 of the process holding a thin data-space, at random instants while files
-are written, synced and deleted on the ext4 it holds, again and again. After each kill the space is
-attached again (its labels and its map assembled from the members), the filesystem mounts (its journal
-replayed, as after any crash), fsck.ext4 -fn is clean, and every file whose fsync returned before the kill
-reads back byte for byte.
+are written, synced and deleted on the ext4 it holds and snapshots of the space are taken and deleted,
+again and again. After each kill the space is attached again (its labels and its map assembled from the
+members), the filesystem mounts (its journal replayed, as after any crash), fsck.ext4 -fn is clean, every
+file whose fsync returned before the kill reads back byte for byte, every snapshot whose `ispace space
+snapshot` returned is listed and none whose `snapshot-delete` returned is.
 
 The writer is a child process that prints a file's name and digest only once its fsync (and the fsync of
 its directory) returned, and forgets a file before it starts deleting it: what it printed is exactly what
@@ -21,6 +22,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +67,12 @@ def space(ispace, env, *args, timeout=120):
     return r
 
 
+def status(ispace, env):
+    r = subprocess.run([ispace, "space", "status", "k", "--json"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+
+
 def holder_pid(home):
     """The pid of the holder of `home`, or None when none runs (its lock is free)."""
     try:
@@ -83,6 +91,33 @@ def attach(ispace, env):
     r = space(ispace, env, "attach", "k")
     dev = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else ""
     return dev if dev.startswith("/dev/") else None
+
+
+class Snapshotter(threading.Thread):
+    """Takes snapshots of the space and deletes the oldest beyond two, until told to stop; remembers which
+    creates and deletes returned success (what the space acknowledged)."""
+
+    def __init__(self, ispace, env, first, live):
+        super().__init__(daemon=True)
+        self.ispace, self.env, self.n, self.live = ispace, env, first, live
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            name = f"s{self.n}"
+            self.n += 1
+            r = subprocess.run([self.ispace, "space", "snapshot", "k", name], env=self.env, capture_output=True,
+                               timeout=60)
+            if r.returncode != 0:
+                return  # the holder is gone
+            self.live.append(f"k@{name}")
+            while len(self.live) > 2:
+                r = subprocess.run([self.ispace, "space", "snapshot-delete", self.live[0]], env=self.env,
+                                   capture_output=True, timeout=60)
+                if r.returncode != 0:
+                    return
+                self.live.pop(0)
+            self.stop.wait(0.05)
 
 
 def verify(directory, synced):
@@ -113,19 +148,24 @@ def main():
     members = [os.path.join(scratch, n) for n in ("a.img", "b.img")]
     for m in members:
         with open(m, "wb") as f:
-            f.truncate(96 * MiB)
+            f.truncate(160 * MiB)
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     try:
         r = space(ispace, env, "create", "k", "--thin", "--size", "256M", "--member", members[0], "--member",
                   members[1])
-        check(r.returncode == 0, "a 256 MiB thin mirror over two 96 MiB files")
+        check(r.returncode == 0, "a 256 MiB thin mirror over two 160 MiB files")
         dev = attach(ispace, env)
         check(dev is not None, f"attached at {dev}")
         if dev is None:
             return check.finish(scratch)
         check(attach_testlib.run(["mkfs.ext4", "-q", "-F", "-J", "size=4", dev]).returncode == 0, "mkfs.ext4")
+        base = status(ispace, env).get("allocated_bytes") or 0
         synced = {}
         counter = 0
+        sizes = {}  # of the synced files
+        snapshots = []  # snapshots the space acknowledged and did not delete, oldest first
+        snap_counter = 0
+        taken = 0  # kills after which a snapshot was listed
         total = 0  # bytes synced over the whole loop
         failures = []
         t0 = time.monotonic()
@@ -138,11 +178,16 @@ def main():
                 failures.append(f"kill {i}: {len(bad)} synced file(s) missing or different: {bad[:5]}")
                 break
             pid = holder_pid(home)
+            snapper = Snapshotter(ispace, env, snap_counter, snapshots)
+            snapper.start()
             writer = subprocess.Popen([sys.executable, "-c", WRITER, mnt, str(counter)], stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)
             time.sleep(rng.uniform(0.05, 0.6))
             if pid:
                 os.kill(pid, signal.SIGKILL)
+            snapper.stop.set()
+            snapper.join(60)
+            snap_counter = snapper.n
             try:
                 out, _ = writer.communicate(timeout=30)
             except subprocess.TimeoutExpired:
@@ -152,6 +197,7 @@ def main():
                 words = line.split()
                 if len(words) == 4 and words[0] == "synced":
                     synced[words[1]] = words[2]
+                    sizes[words[1]] = int(words[3])
                     total += int(words[3])
                     counter = max(counter, int(words[1][1:-4]) + 1)
                 elif len(words) == 2 and words[0] == "forget":
@@ -181,18 +227,35 @@ def main():
             if r.returncode != 0:
                 failures.append(f"kill {i}: fsck.ext4 -fn: {r.stdout[-600:]}")
                 break
+            # Acknowledged snapshots are there, acknowledged deletes are gone (one create or delete may
+            # have been cut mid-way: the newest name may be there or not, and the oldest may be gone).
+            listed = [x["name"] for x in status(ispace, env).get("snapshots", [])]
+            acknowledged = set(snapshots)
+            if not acknowledged.issubset(listed) or len(set(listed) - acknowledged) > 1:
+                failures.append(f"kill {i}: snapshots acknowledged {sorted(acknowledged)}, listed {sorted(listed)}")
+                break
+            snapshots[:] = sorted(set(listed), key=lambda x: int(x.split("@s")[1]))
+            taken += 1 if snapshots else 0
         elapsed = time.monotonic() - t0
-        check(not failures, f"{kills} kills of the holder during writes and deletes, each followed by a clean "
-              f"fsck and every synced file intact ({len(synced)} live, {counter} written, {elapsed:.0f} s)"
+        check(not failures, f"{kills} kills of the holder during writes, deletes and snapshots, each followed "
+              f"by a clean fsck, every synced file intact and the snapshots as acknowledged ({len(synced)} live, "
+              f"{counter} written, {snap_counter} snapshots taken, {elapsed:.0f} s)"
               + (f": {failures[0]}" if failures else ""))
         if not failures:
             check(attach_testlib.run(["mount", dev, mnt]).returncode == 0 and not verify(mnt, synced)
                   and attach_testlib.umount(mnt), "the last state mounts and verifies")
-        st = json.loads(space(ispace, env, "status", "k", "--json").stdout or "{}")
+        check(taken >= kills // 2, f"snapshots were live at most kills ({taken} of {kills})")
+        for name in snapshots:
+            space(ispace, env, "snapshot-delete", name)
+        st = status(ispace, env)
         pool = st.get("pool_bytes") or 0
-        check(st.get("thin") and total > pool and not st.get("pool_full"),
-              f"deleted files were freed: {total // MiB} MiB synced through a pool of {pool // MiB} MiB, "
-              f"{(st.get('allocated_bytes') or 0) // MiB} MiB allocated at the end")
+        allocated = st.get("allocated_bytes") or 0
+        live = sum(sizes.get(name, 0) for name in synced)
+        # Slack: ext4 spreads small files over its groups, and a cluster stays while any block of it is in use.
+        check(st.get("thin") and allocated <= base + live + 32 * MiB and not st.get("pool_full"),
+              f"deleted files and snapshots were freed: {total // MiB} MiB synced through a pool of "
+              f"{pool // MiB} MiB; {allocated // MiB} MiB allocated at the end, for {live // MiB} MiB of live "
+              f"files and {base // MiB} MiB of an empty filesystem")
     finally:
         if attach_testlib.mounted(mnt):
             attach_testlib.run(["umount", "-l", mnt])
