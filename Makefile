@@ -106,6 +106,8 @@ bench: build
 	  BENCH_QUICK="$(BENCH_QUICK)" BENCH_DIR="$(BENCH_DIR)" python3 bench/attach_bench.py --build $(BUILD) \
 	  && BENCH_ROUNDS="$(BENCH_ROUNDS)" BENCH_SECONDS="$(BENCH_SECONDS)" BENCH_SIZE="$(BENCH_SIZE)" \
 	  BENCH_QUICK="$(BENCH_QUICK)" BENCH_DIR="$(BENCH_DIR)" python3 bench/space_bench.py --build $(BUILD) \
+	  && BENCH_ROUNDS="$(BENCH_ROUNDS)" BENCH_SECONDS="$(BENCH_SECONDS)" BENCH_QUICK="$(BENCH_QUICK)" \
+	  BENCH_DIR="$(BENCH_DIR)" python3 bench/thin_bench.py --build $(BUILD) \
 	  && exit $$status
 
 # Each libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan, in $(FUZZ_BUILD)); fails on a finding.

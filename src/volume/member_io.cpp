@@ -121,10 +121,16 @@ uint64_t thin_metadata_pages(uint64_t pool_clusters, uint64_t virtual_clusters) 
     // when the device is smaller than that.
     uint64_t leaves =
         std::min(pool_clusters, (virtual_clusters + thin::leaf_entries - 1) / thin::leaf_entries);
+    // Snapshots and clones: a leaf is copied for a device when a write there diverges from a tree it
+    // shares, which (but for UNMAP) takes a cluster too. So the distinct leaves of every device together
+    // stay near the space's own plus one per pool cluster, and never exceed one map per device; 16 maps'
+    // worth bounds the area for large pools (0.2 % of a 1 TiB pool of 1 MiB clusters), where a space with
+    // more snapshots that all diverge everywhere gets ENOSPC for its next snapshot or write.
+    uint64_t all_devices = std::min(leaves * 16, leaves + pool_clusters);
     // Each twice (a changed leaf goes to a free page while its old page is the durable state until the
     // commit), the interior nodes above them (a 256th as many, per level: a 64th is ample), the two
     // superblocks, device tables and room to spare.
-    return 64 + 2 * leaves + leaves / 64;
+    return 64 + 2 * all_devices + all_devices / 64;
 }
 
 Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector<backstore::Device*>& devices,

@@ -48,10 +48,11 @@ struct SpaceSpec {
 };
 
 // The pages a thin metadata area gets for a pool of `pool_clusters` and a device of `virtual_clusters`:
-// room for every leaf the device can need twice over (a commit writes changed nodes to fresh pages while
-// the old ones are still the durable state), with interior nodes and the device table. At most 8 KiB per
-// cluster (0.8 % of a pool of 1 MiB clusters), when the device is 64 times the pool or more and written
-// sparsely; 8 KiB per 64 MiB of device otherwise. A map that outgrows it makes commits fail (ENOSPC).
+// room for every leaf the device can need, plus the leaves its snapshots and clones diverge into (about
+// one per pool cluster, at most 16 maps' worth), twice over (a commit writes changed nodes to fresh pages
+// while the old ones are still the durable state), with interior nodes and the device table: 1.6 % of a
+// pool of 1 MiB clusters at the very most, 0.2 % for a pool as large as its device. A map that outgrows it
+// makes commits fail (ENOSPC).
 uint64_t thin_metadata_pages(uint64_t pool_clusters, uint64_t virtual_clusters);
 
 // The name of the one thin device of a thin space in its pool (snapshots and clones will be others).
