@@ -54,6 +54,7 @@ json space_status_json(const volume::SpaceStatus& st) {
     j["clean"] = st.clean;
     j["dirty_regions"] = st.dirty_regions;
     j["thin"] = st.thin;
+    j["checksums"] = st.checksums;
     if (st.thin) {
         // provisioned: what the space provides; allocated: what its map takes from the members (null
         // when the map could not be read).
@@ -69,7 +70,8 @@ json space_status_json(const volume::SpaceStatus& st) {
                                 {"url", m.url},
                                 {"state", std::string(volume::to_string(m.state))},
                                 {"recovery_offset", m.recovery_offset},
-                                {"errors", m.errors}});
+                                {"errors", m.errors},
+                                {"checksum_errors", m.checksum_errors}});
     }
     j["resync"] = {{"running", st.resync.running},
                    {"what", st.resync.what},
@@ -134,6 +136,7 @@ json SpaceService::handle(const json& request) {
             r.force = request.value("force", false);
             r.thin = request.value("thin", false);
             r.cluster = request.value("cluster", 0u);
+            r.checksums = request.value("checksums", false);
             auto st = _manager.create(r);
             return st ? json{{"ok", true}, {"status", space_status_json(*st)}} : failure(st.error());
         }

@@ -268,6 +268,7 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     spec.size = request.size;
     spec.region_size = request.region ? request.region : default_region_size;
     spec.thin = request.thin;
+    spec.checksums = request.checksums;
     spec.cluster_size = request.cluster ? request.cluster : spec.cluster_size;
     if (request.thin && request.size == 0) {
         return make_error("a thin space needs --size: the size it provides (it may exceed the members)",
@@ -323,6 +324,7 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     st.epoch = l.epoch;
     st.sequence = l.sequence;
     st.clean = true;
+    st.checksums = l.checksums();
     if (l.thin()) {
         st.thin = true;
         st.allocation_known = true; // nothing allocated yet
@@ -608,6 +610,7 @@ SpaceStatus SpaceManager::status_of(const Volume& v) const {
     st.members = vs.members;
     st.resync = vs.resync;
     st.dirty_regions = vs.dirty_regions;
+    st.checksums = t.checksums();
     if (vs.thin) {
         st.thin = true;
         st.allocation_known = true;
@@ -661,6 +664,7 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
     st.sequence = truth->sequence;
     st.holder = truth->holder;
     st.clean = truth->clean;
+    st.checksums = truth->checksums();
     if (truth->thin()) {
         // The map as its last commit left it, read from the members that carry the current labels
         // (reading writes nothing).

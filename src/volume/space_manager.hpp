@@ -61,7 +61,8 @@ struct CreateRequest {
     bool force = false;               // reuse members that belong to another space
     // Thin (docs/thin.md): `size` (required) may exceed the members; clusters are allocated on write.
     bool thin = false;
-    uint32_t cluster = 0; // thin cluster size; 0: 1 MiB
+    uint32_t cluster = 0;   // thin cluster size; 0: 1 MiB
+    bool checksums = false; // a CRC32C per 4 KiB block, verified on every read (docs/integrity.md)
 };
 
 struct OpenOptions {
@@ -91,6 +92,7 @@ struct SpaceStatus {
     ResyncProgress resync;
     uint64_t dirty_regions = 0;
     // A thin space: `size` is what it provides (provisioned); these say what it takes from the members.
+    bool checksums = false; // block checksums (docs/integrity.md)
     bool thin = false;
     bool allocation_known = false; // read from the map (open here, or read from the members)
     uint64_t allocated_bytes = 0;

@@ -158,12 +158,16 @@ void print_status(const json& st) {
         where = st.value("clean", false) ? "not held (clean)" : "not held (not closed cleanly)";
     }
     fmt::print("space {}: {}{}, {} copies, {}, block {} — {}\n", st.value("name", ""),
-               st.value("thin", false) ? "thin " : "", st.value("layout", ""), st.value("copies", 1),
+               std::string(st.value("thin", false) ? "thin " : "") +
+                   (st.value("checksums", false) ? "checksummed " : ""),
+               st.value("layout", ""), st.value("copies", 1),
                human_bytes(double(st.value("size", uint64_t(0)))), st.value("block_size", 0), where);
     fmt::print("  uuid {}  epoch {}  sequence {}  holder {}\n", st.value("uuid", ""), st.value("epoch", 0),
                st.value("sequence", 0), st.value("holder", ""));
     for (const json& m : st.value("members", json::array())) {
-        fmt::print("  slot {}  {:<10}  {}\n", m.value("slot", 0), m.value("state", ""), m.value("url", ""));
+        uint64_t bad = m.value("checksum_errors", uint64_t(0));
+        fmt::print("  slot {}  {:<10}  {}{}\n", m.value("slot", 0), m.value("state", ""), m.value("url", ""),
+                   bad ? fmt::format("  checksum errors: {}", bad) : std::string());
     }
     const json& r = st.value("resync", json::object());
     if (r.value("running", false)) {
@@ -199,6 +203,7 @@ struct SpaceArgs {
     std::vector<std::string> members;
     std::string size, chunk, region, resync_rate, cluster;
     bool thin = false;
+    bool checksum = false;
     unsigned copies = 2;
     bool force = false;
     bool takeover = false;
@@ -260,6 +265,10 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                      "Thin: allocate space from the members only when first written, so --size may exceed "
                      "them; UNMAP/fstrim give it back, and a write that finds the members full fails "
                      "(docs/thin.md)");
+    create->add_flag("--checksum", a->checksum,
+                     "A CRC32C per 4 KiB block, checked on every read: a bad copy is repaired from a good "
+                     "one, and a block with no good copy fails with a medium error instead of returning "
+                     "wrong data. Mirrors only (docs/integrity.md)");
     create->add_option("--cluster", a->cluster,
                        "--thin: allocation unit, 64K to 1M, a power of two (default 1M)");
     create->add_option("--chunk", a->chunk, "Stripe chunk (default 128K)");
@@ -343,9 +352,10 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                 error("--cluster: too large (64K to 1M)");
                 return exit_usage;
             }
-            request = {{"verb", "create"},  {"name", a->name}, {"layout", a->layout}, {"members", a->members},
-                       {"size", *size},     {"chunk", *chunk}, {"region", *region},   {"copies", a->copies},
-                       {"force", a->force}, {"thin", a->thin}, {"cluster", *cluster}};
+            request = {{"verb", "create"},      {"name", a->name},     {"layout", a->layout},
+                       {"members", a->members}, {"size", *size},       {"chunk", *chunk},
+                       {"region", *region},     {"copies", a->copies}, {"force", a->force},
+                       {"thin", a->thin},       {"cluster", *cluster}, {"checksums", a->checksum}};
         } else if (attach->parsed()) {
             auto rate = size_option(a->resync_rate, "--resync-rate");
             if (!rate) {
