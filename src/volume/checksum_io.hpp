@@ -76,7 +76,7 @@ struct ChecksumState {
     uint64_t durable = 0;   // tickets whose pages are on the members
     bool writing = false;
     bool kick_posted = false;
-    bool fua = false; // a FUA write waits for this round: its pages go with FUA too
+    bool fua = false;     // a FUA write waits for this round: its pages go with FUA too
     int failed_error = 0; // a batch that reached no member: every ticket from then on fails
     struct Waiter {
         uint64_t ticket;

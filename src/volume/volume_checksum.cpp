@@ -94,9 +94,10 @@ void ChecksumState::encode_page(uint64_t page, uint8_t* out) const {
 
 bool ChecksumState::lock(Range range, net::Reactor* origin, Function<void()>& go) {
     std::lock_guard guard(_lock_mutex);
-    bool blocked = std::any_of(_held.begin(), _held.end(), [&](const Range& h) { return h.conflicts(range); }) ||
-                   std::any_of(_queued.begin(), _queued.end(),
-                               [&](const Queued& q) { return q.range.conflicts(range); });
+    bool blocked =
+        std::any_of(_held.begin(), _held.end(), [&](const Range& h) { return h.conflicts(range); }) ||
+        std::any_of(_queued.begin(), _queued.end(),
+                    [&](const Queued& q) { return q.range.conflicts(range); });
     if (blocked) {
         _queued.push_back({range, origin, std::move(go)});
         return false;
@@ -196,7 +197,8 @@ void Volume::sums_start(backstore::IoRequest& request, net::Reactor* origin) {
             // their pages go to the members alongside the data; the write is acknowledged once both are
             // there (finish() waits for the ticket).
             for (uint64_t b = first; b <= last; ++b) {
-                _sums->set(b, block_checksum(request.iov, int(request.iovcnt), (b - first) * checksum_block, b));
+                _sums->set(b,
+                           block_checksum(request.iov, int(request.iovcnt), (b - first) * checksum_block, b));
             }
             submit_layout(request, origin, sums_mark(first, last, request.fua));
             return;
@@ -531,8 +533,8 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
                     resolved += sum != stored;
                     _sums->set(block, sum);
                     for (size_t k = 0; k < copies.size(); ++k) {
-                        if (k == winner ||
-                            std::memcmp(copies[k].data() + at, copies[winner].data() + at, checksum_block) == 0) {
+                        if (k == winner || std::memcmp(copies[k].data() + at, copies[winner].data() + at,
+                                                       checksum_block) == 0) {
                             continue;
                         }
                         Member& m = _members[slots[k]];

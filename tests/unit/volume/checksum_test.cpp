@@ -91,11 +91,13 @@ protected:
     }
     std::vector<uint8_t> member_data(unsigned slot, uint64_t offset, uint64_t length) {
         std::vector<uint8_t> out(length);
-        EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, offsets[slot] + offset, out), 0);
+        EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, offsets[slot] + offset, out),
+                  0);
         return out;
     }
     void put_member_data(unsigned slot, uint64_t offset, std::vector<uint8_t> data) {
-        ASSERT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::write, offsets[slot] + offset, data), 0);
+        ASSERT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::write, offsets[slot] + offset, data),
+                  0);
     }
     // One byte of a member's data area changed behind the volume's back.
     void flip(unsigned slot, uint64_t offset) {
