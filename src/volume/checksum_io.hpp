@@ -36,8 +36,8 @@ inline constexpr uint64_t checksum_error_limit = 32;
 // (0 in the table means "no checksum yet": a block never written since the space was created, or last
 // UNMAPped or zeroed, is not verified).
 uint32_t block_checksum(const uint8_t* data, uint64_t block);
-// The same over `checksum_block` bytes that start `skip` bytes into an iovec.
-uint32_t block_checksum(const iovec* iov, int iovcnt, uint64_t skip, uint64_t block);
+// The checksums of `count` consecutive blocks from `first` held in an iovec, in one pass over it.
+void block_checksums(const iovec* iov, int iovcnt, uint64_t first, uint64_t count, uint32_t* out);
 // Copies `length` bytes from `from` into an iovec, `skip` bytes in; and out of one.
 void copy_to_iov(const iovec* iov, int iovcnt, uint64_t skip, const uint8_t* from, uint64_t length);
 void copy_from_iov(const iovec* iov, int iovcnt, uint64_t skip, uint8_t* to, uint64_t length);

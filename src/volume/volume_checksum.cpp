@@ -12,6 +12,7 @@
 #include <cassert>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 namespace ispace::volume {
 
@@ -31,20 +32,24 @@ uint32_t block_checksum(const uint8_t* data, uint64_t block) {
     return never_zero(label_crc32c(data, checksum_block, seed_of(block)));
 }
 
-uint32_t block_checksum(const iovec* iov, int iovcnt, uint64_t skip, uint64_t block) {
-    uint32_t crc = seed_of(block);
-    uint64_t left = checksum_block;
-    for (int i = 0; i < iovcnt && left > 0; ++i) {
-        if (skip >= iov[i].iov_len) {
-            skip -= iov[i].iov_len;
-            continue;
+void block_checksums(const iovec* iov, int iovcnt, uint64_t first, uint64_t count, uint32_t* out) {
+    int i = 0;
+    uint64_t at = 0; // in iov[i]
+    for (uint64_t b = 0; b < count; ++b) {
+        uint32_t crc = seed_of(first + b);
+        uint64_t left = checksum_block;
+        while (left > 0 && i < iovcnt) {
+            uint64_t n = std::min<uint64_t>(iov[i].iov_len - at, left);
+            crc = label_crc32c(static_cast<const uint8_t*>(iov[i].iov_base) + at, n, crc);
+            left -= n;
+            at += n;
+            if (at == iov[i].iov_len) {
+                ++i;
+                at = 0;
+            }
         }
-        uint64_t n = std::min<uint64_t>(iov[i].iov_len - skip, left);
-        crc = label_crc32c(static_cast<const uint8_t*>(iov[i].iov_base) + skip, n, crc);
-        left -= n;
-        skip = 0;
+        out[b] = never_zero(crc);
     }
-    return never_zero(crc);
 }
 
 void copy_to_iov(const iovec* iov, int iovcnt, uint64_t skip, const uint8_t* from, uint64_t length) {
@@ -196,9 +201,11 @@ void Volume::sums_start(backstore::IoRequest& request, net::Reactor* origin) {
             // The checksums change in memory now (the range lock keeps readers of these blocks out) and
             // their pages go to the members alongside the data; the write is acknowledged once both are
             // there (finish() waits for the ticket).
+            thread_local std::vector<uint32_t> sums;
+            sums.resize(last + 1 - first);
+            block_checksums(request.iov, int(request.iovcnt), first, sums.size(), sums.data());
             for (uint64_t b = first; b <= last; ++b) {
-                _sums->set(b,
-                           block_checksum(request.iov, int(request.iovcnt), (b - first) * checksum_block, b));
+                _sums->set(b, sums[b - first]);
             }
             submit_layout(request, origin, sums_mark(first, last, request.fua));
             return;

@@ -677,10 +677,13 @@ bool Volume::sums_verify(VolumeIo* io, uint32_t index) {
     const iovec* iov = io->iovs.data() + io->iov_first[c.extent];
     int iovcnt = int(io->iov_count[c.extent]);
     uint64_t first = x.space_offset / checksum_block;
+    thread_local std::vector<uint32_t> sums;
+    sums.resize(x.length / checksum_block);
+    block_checksums(iov, iovcnt, first, sums.size(), sums.data());
     ChecksumRepair* repair = nullptr;
-    for (uint64_t i = 0; i * checksum_block < x.length; ++i) {
+    for (uint64_t i = 0; i < sums.size(); ++i) {
         uint32_t stored = _sums->get(first + i);
-        if (stored == 0 || block_checksum(iov, iovcnt, i * checksum_block, first + i) == stored) {
+        if (stored == 0 || sums[i] == stored) {
             continue;
         }
         sums_count_error(c.slot);

@@ -322,5 +322,65 @@ TEST_F(ChecksumTest, AMemberThatComesBackGetsTheChecksumsItMissed) {
     EXPECT_EQ(errors(v, 1), 0u);
 }
 
+// The cost of verification on 1 MiB sequential reads (docs/dataspaces.md, "Block checksums"): a plain
+// mirror and a checksummed one over memory members, read in alternating rounds. Memory members cost
+// nothing, so this is the worst case (over iSCSI members the same CPU is a smaller share). Disabled: a
+// measurement, run by hand with --gtest_also_run_disabled_tests --gtest_filter='*ReadCost*'.
+TEST_F(ChecksumTest, DISABLED_ReadCostOf1MiBSequentialReads) {
+    auto plain_volume = [&] {
+        std::vector<backstore::Device*> raw;
+        SpaceSpec spec;
+        spec.name = "plain";
+        spec.urls = {"p0", "p1"};
+        size_t first = faults.size();
+        for (int i = 0; i < 2; ++i) {
+            disks.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, 512));
+            faults.push_back(std::make_shared<FaultDevice>(disks.back()));
+            raw.push_back(faults.back().get());
+        }
+        auto formatted = format_space(group.at(0), spec, raw, false);
+        EXPECT_TRUE(formatted);
+        std::vector<VolumeMember> members;
+        for (size_t s = 0; s < 2; ++s) {
+            VolumeMember m;
+            m.device = std::make_unique<test::SharedDevice>(faults[first + s]);
+            m.data_offset = formatted->data_offsets[s];
+            members.push_back(std::move(m));
+        }
+        auto v = Volume::open(group, formatted->plan, std::move(members), options());
+        EXPECT_TRUE(v);
+        volumes.push_back(*v);
+        return *v;
+    };
+    auto sums = create();
+    auto plain = plain_volume();
+    constexpr uint64_t span = 16 << 20;
+    auto data = random_bytes(span, 20);
+    VolumeDevice a(plain), b(sums);
+    ASSERT_EQ(io.write(a, 0, data), 0);
+    ASSERT_EQ(io.write(b, 0, data), 0);
+    std::vector<uint8_t> back(1 << 20);
+    auto round = [&](VolumeDevice& d) {
+        auto start = std::chrono::steady_clock::now();
+        for (int pass = 0; pass < 8; ++pass) {
+            for (uint64_t at = 0; at < span; at += back.size()) {
+                EXPECT_EQ(io.read(d, at, back), 0);
+            }
+        }
+        EXPECT_TRUE(std::equal(back.begin(), back.end(), data.end() - long(back.size())));
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    };
+    double t_plain = 0, t_sums = 0;
+    for (int r = 0; r < 6; ++r) {
+        t_plain += round(a);
+        t_sums += round(b);
+    }
+    double mb = 6.0 * 8 * span / 1e6;
+    std::printf(
+        "1 MiB sequential reads, QD 1, memory members: plain %.0f MB/s, checksummed %.0f MB/s (%.1f %%)\n",
+        mb / t_plain, mb / t_sums, 100.0 * t_plain / t_sums);
+    EXPECT_EQ(errors(sums, 0) + errors(sums, 1), 0u);
+}
+
 } // namespace
 } // namespace ispace::volume
