@@ -54,12 +54,14 @@ protected:
         }
         return members;
     }
-    std::shared_ptr<Volume> create(unsigned n = 2) {
+    std::shared_ptr<Volume> create(unsigned n = 2, uint64_t thin_size = 0) {
         std::vector<backstore::Device*> raw;
         SpaceSpec spec;
         spec.name = "sums";
         spec.layout = LayoutKind::mirror;
         spec.checksums = true;
+        spec.thin = thin_size != 0;
+        spec.size = thin_size;
         for (unsigned i = 0; i < n; ++i) {
             disks.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, 512));
             faults.push_back(std::make_shared<FaultDevice>(disks.back()));
@@ -384,6 +386,32 @@ TEST_F(ChecksumTest, ConcurrentSub4KWritesAndReadsOfTheSameBlocksLoseNothing) {
     ASSERT_EQ(io.read(*device, mib1, back), 0);
     EXPECT_EQ(back, expected) << "a sub-4 KiB write was lost";
     EXPECT_EQ(errors(v, 0) + errors(v, 1), 0u);
+}
+
+// A thin space: checksums belong to the layout's blocks (the pool's clusters), below the mapping. A virtual
+// block far beyond the members is written, read and sub-4 KiB rewritten; its cluster (the pool's first,
+// at the start of the layout range, which slot 0 serves) is damaged on slot 0 and repaired.
+TEST_F(ChecksumTest, AThinSpaceChecksumsItsClusters) {
+    auto v = create(2, uint64_t(1) << 30);
+    ASSERT_TRUE(v->thin());
+    VolumeDevice device(v);
+    auto data = random_bytes(64 << 10, 40);
+    uint64_t at = (uint64_t(700) << 20) + 8192;
+    ASSERT_EQ(io.write(device, at, data), 0);
+    auto small = random_bytes(512, 41);
+    ASSERT_EQ(io.write(device, at + 1024, small), 0);
+    std::copy(small.begin(), small.end(), data.begin() + 1024);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(device, at, back), 0);
+    EXPECT_EQ(back, data);
+    // The cluster's bytes on the members: the first cluster of the layout range, 8 KiB in.
+    ASSERT_EQ(member_data(0, 8192, data.size()), data) << "the pool's first cluster holds the write";
+    flip(0, 8192 + 5000);
+    ASSERT_EQ(io.read(device, at, back), 0);
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(member_data(0, 8192, data.size()), data) << "repaired";
+    EXPECT_EQ(errors(v, 0), 1u);
+    EXPECT_EQ(errors(v, 1), 0u);
 }
 
 // The cost of verification on 1 MiB sequential reads (docs/dataspaces.md, "Block checksums"): a plain
