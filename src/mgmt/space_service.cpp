@@ -64,6 +64,15 @@ json space_status_json(const volume::SpaceStatus& st) {
         j["cluster_size"] = st.cluster_size;
         j["pool_full"] = st.pool_full;
     }
+    if (st.checksums && st.open) {
+        j["scrub"] = {{"running", st.scrub.running},
+                      {"done_bytes", st.scrub.done_bytes},
+                      {"total_bytes", st.scrub.total_bytes},
+                      {"bad_blocks", st.scrub.bad_blocks},
+                      {"repaired_blocks", st.scrub.repaired_blocks},
+                      {"unrecoverable_blocks", st.scrub.unrecoverable_blocks},
+                      {"passes", st.scrub.passes}};
+    }
     j["members"] = json::array();
     for (const volume::MemberStatus& m : st.members) {
         j["members"].push_back({{"slot", m.slot},
@@ -170,6 +179,12 @@ json SpaceService::handle(const json& request) {
                 spaces.push_back(std::move(j));
             }
             return {{"ok", true}, {"spaces", spaces}};
+        }
+        if (verb == "scrub") {
+            if (auto r = _manager.scrub(name); !r) {
+                return failure(r.error());
+            }
+            return status(name);
         }
         if (verb == "replace") {
             auto st = _manager.replace(name, request.value("old", ""), request.value("new", ""),

@@ -16,6 +16,7 @@
 #include "ispace/function.hpp"
 #include "net/reactor.hpp"
 #include "volume/label.hpp"
+#include "volume/volume.hpp"
 
 #include <sys/uio.h>
 
@@ -84,6 +85,11 @@ struct ChecksumState {
         Function<void(int)> done;
     };
     std::vector<Waiter> waiters;
+
+    // --- the scrub (home; `progress` also read by status() under scrub_mutex) ---
+    mutable std::mutex scrub_mutex;
+    ScrubProgress scrub;
+    uint64_t scrub_next = 0; // layout offset of the next window
 
 private:
     std::mutex _lock_mutex;

@@ -409,6 +409,16 @@ Result<std::shared_ptr<Volume>> SpaceManager::open(const std::string& name, cons
     return open_locked(name, options);
 }
 
+Result<void> SpaceManager::scrub(const std::string& name) {
+    auto v = find(name);
+    if (!v) {
+        return make_error(
+            fmt::format("space '{}' is not held by this process: attach or export it, then scrub it", name),
+            ENOENT);
+    }
+    return v->scrub();
+}
+
 std::shared_ptr<Volume> SpaceManager::find(const std::string& name) const {
     std::lock_guard lock(_mutex);
     auto it = _held.find(name);
@@ -609,6 +619,7 @@ SpaceStatus SpaceManager::status_of(const Volume& v) const {
     st.holder = vs.holder;
     st.members = vs.members;
     st.resync = vs.resync;
+    st.scrub = vs.scrub;
     st.dirty_regions = vs.dirty_regions;
     st.checksums = t.checksums();
     if (vs.thin) {

@@ -90,6 +90,7 @@ struct SpaceStatus {
     bool clean = false;                // from the labels, when not open here
     std::vector<MemberStatus> members; // URL (no secret) and state; missing when not reachable
     ResyncProgress resync;
+    ScrubProgress scrub; // held here, with checksums
     uint64_t dirty_regions = 0;
     // A thin space: `size` is what it provides (provisioned); these say what it takes from the members.
     bool checksums = false; // block checksums (docs/integrity.md)
@@ -123,6 +124,8 @@ public:
     // (unless takeover).
     Result<std::shared_ptr<Volume>> open(const std::string& name, const OpenOptions& options = {});
     std::shared_ptr<Volume> find(const std::string& name) const;
+    // Starts a scrub of a space held here with block checksums (docs/integrity.md); status shows it.
+    Result<void> scrub(const std::string& name);
     Result<void> close(const std::string& name);
     void close_all();
     Result<SpaceStatus> status(const std::string& name);

@@ -54,6 +54,7 @@ struct ThinIo;
 struct ThinState;
 struct ChecksumState;
 struct ChecksumRepair;
+struct ScrubWindow;
 namespace thin {
 struct WritePlan;
 }
@@ -92,6 +93,17 @@ struct ResyncProgress {
     uint64_t copied_bytes = 0; // moved since the volume opened (all passes)
 };
 
+// A scrub of a space with block checksums (docs/integrity.md): every copy of every block read and checked.
+struct ScrubProgress {
+    bool running = false;
+    uint64_t done_bytes = 0; // of the layout range, this pass (or the last)
+    uint64_t total_bytes = 0;
+    uint64_t bad_blocks = 0;           // block copies that failed their checksum
+    uint64_t repaired_blocks = 0;      // ... rewritten from a good copy
+    uint64_t unrecoverable_blocks = 0; // blocks with no good copy (their layout offsets are logged)
+    uint64_t passes = 0;               // finished since open
+};
+
 struct MemberStatus {
     uint32_t slot = 0;
     std::string url;
@@ -115,6 +127,7 @@ struct VolumeStatus {
     std::string holder;
     std::vector<MemberStatus> members;
     ResyncProgress resync;
+    ScrubProgress scrub;
     uint64_t dirty_regions = 0;
     WriteIntentBitmap::Stats bitmap;
     // A thin space (docs/thin.md): `size` is what it provides; these say what it takes from its members.
@@ -166,6 +179,8 @@ public:
     Result<void> fail_member(uint32_t slot);
     // Puts `device` in `slot` (which must be failed or missing) as a new member, rebuilt in full.
     Result<void> replace_member(uint32_t slot, VolumeMember member, MemberEntry entry);
+    // Starts a scrub (a space with block checksums; refused while one runs). Any thread.
+    Result<void> scrub();
     // Waits until no resync is pending (or `limit` passed); for tests and tools.
     bool wait_resync(std::chrono::milliseconds limit);
     // Runs one bitmap sweep now (as the timer does); for tests.
@@ -238,6 +253,8 @@ private:
     void sums_wait(uint64_t ticket, net::Reactor* origin, Function<void(int)> done);
     void sums_kick(); // home: writes the marked pages
     bool sums_idle() const;
+    void scrub_window(); // home: the next window of a scrub
+    void scrub_window_done(const std::shared_ptr<ScrubWindow>& window);
 
     // --- a thin space (volume_thin.cpp, thin_io.hpp) ---
     Result<void> thin_open(const Label& truth); // at open, before anything is written

@@ -319,6 +319,12 @@ void Volume::sums_wait(uint64_t ticket, net::Reactor* origin, Function<void(int)
 }
 
 bool Volume::sums_idle() const {
+    {
+        std::lock_guard guard(_sums->scrub_mutex);
+        if (_sums->scrub.running) {
+            return false; // a window in flight; the next one sees _closing and stops
+        }
+    }
     std::lock_guard guard(_sums->page_mutex);
     return !_sums->writing && _sums->dirty_list.empty();
 }
@@ -579,6 +585,210 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
         }
     }
     return {};
+}
+
+// ---- scrub -----------------------------------------------------------------------------------------------
+
+constexpr uint64_t scrub_window_bytes = 1 << 20;
+
+// One window of a scrub: every readable copy of each extent read, then the bad block copies rewritten.
+struct ScrubWindow {
+    struct Copy {
+        uint32_t extent = 0;
+        uint32_t slot = 0;
+        Buffer data;
+        iovec iov{};
+        backstore::IoRequest request;
+        bool ok = false;
+    };
+    struct Fix {
+        uint32_t slot = 0;
+        backstore::IoRequest request;
+        iovec iov{};
+        Buffer data; // shares the good copy's block
+    };
+    ChecksumState::Range range;
+    std::vector<Extent> extents;
+    std::vector<std::unique_ptr<Copy>> copies;
+    std::vector<std::unique_ptr<Fix>> fixes;
+    std::atomic<uint32_t> left{0};
+};
+
+Result<void> Volume::scrub() {
+    if (!_sums) {
+        return make_error(fmt::format("space '{}' has no block checksums to scrub against (create it with "
+                                      "--checksum)",
+                                      _truth_at_open.name),
+                          EINVAL);
+    }
+    std::lock_guard guard(_sums->scrub_mutex);
+    if (_sums->scrub.running) {
+        return make_error(fmt::format("space '{}': a scrub is running", _truth_at_open.name), EBUSY);
+    }
+    uint64_t passes = _sums->scrub.passes;
+    _sums->scrub = {};
+    _sums->scrub.running = true;
+    _sums->scrub.total_bytes = _space_size;
+    _sums->scrub.passes = passes;
+    _home.post([this] {
+        _sums->scrub_next = 0;
+        scrub_window();
+    });
+    log_info("space {}: scrub started ({} MiB)", _truth_at_open.name, _space_size >> 20);
+    return {};
+}
+
+void Volume::scrub_window() {
+    ChecksumState& s = *_sums;
+    uint64_t at = s.scrub_next;
+    if (_closing.load() || _lost.load() || at >= _space_size) {
+        std::lock_guard guard(s.scrub_mutex);
+        s.scrub.running = false;
+        if (at >= _space_size) {
+            ++s.scrub.passes;
+            log_info("space {}: scrub done: {} bad block copies, {} repaired, {} blocks with no good copy",
+                     _truth_at_open.name, s.scrub.bad_blocks, s.scrub.repaired_blocks,
+                     s.scrub.unrecoverable_blocks);
+        }
+        return;
+    }
+    uint64_t length = std::min(scrub_window_bytes, _space_size - at);
+    auto w = std::make_shared<ScrubWindow>();
+    w->range = {at / checksum_block, (at + length - 1) / checksum_block, false};
+    // Shared, as a read: writers of these blocks wait, so data and checksums agree while we look.
+    Function<void()> go = [this, w, at, length] {
+        map_range(_layout, at, length, w->extents);
+        uint32_t readable = active_mask();
+        for (uint32_t e = 0; e < w->extents.size(); ++e) {
+            const Extent& x = w->extents[e];
+            for (uint32_t c = 0; c < _layout.copies; ++c) {
+                uint32_t slot = member_of(_layout, x.column, c);
+                if (!(readable & (1u << slot))) {
+                    continue;
+                }
+                auto copy = std::make_unique<ScrubWindow::Copy>();
+                copy->extent = e;
+                copy->slot = slot;
+                copy->data = Buffer::allocate(x.length);
+                copy->iov = {copy->data.data(), x.length};
+                copy->request.op = backstore::IoOp::read;
+                copy->request.offset = _members[slot].data_offset + x.member_offset;
+                copy->request.length = x.length;
+                copy->request.iov = &copy->iov;
+                copy->request.iovcnt = 1;
+                w->copies.push_back(std::move(copy));
+            }
+        }
+        auto checked = [this, w, at, length] {
+            // Per block: the copies that match, the ones that do not; the first good one over the bad.
+            ChecksumState& s = *_sums;
+            uint64_t bad = 0, repaired = 0, lost = 0;
+            for (uint32_t e = 0; e < w->extents.size(); ++e) {
+                const Extent& x = w->extents[e];
+                for (uint64_t i = 0; i * checksum_block < x.length; ++i) {
+                    uint64_t block = x.space_offset / checksum_block + i;
+                    uint32_t stored = s.get(block);
+                    if (stored == 0) {
+                        continue;
+                    }
+                    ScrubWindow::Copy* good = nullptr;
+                    std::vector<ScrubWindow::Copy*> wrong;
+                    for (auto& c : w->copies) {
+                        if (c->extent != e || !c->ok) {
+                            continue;
+                        }
+                        if (block_checksum(c->data.data() + i * checksum_block, block) == stored) {
+                            good = good ? good : c.get();
+                        } else {
+                            wrong.push_back(c.get());
+                        }
+                    }
+                    for (ScrubWindow::Copy* c : wrong) {
+                        ++bad;
+                        sums_count_error(c->slot);
+                        if (!good) {
+                            continue;
+                        }
+                        auto fix = std::make_unique<ScrubWindow::Fix>();
+                        fix->slot = c->slot;
+                        fix->data = Buffer::allocate(checksum_block);
+                        std::memcpy(fix->data.data(), good->data.data() + i * checksum_block, checksum_block);
+                        fix->iov = {fix->data.data(), checksum_block};
+                        fix->request.op = backstore::IoOp::write;
+                        fix->request.offset = c->request.offset + i * checksum_block;
+                        fix->request.length = checksum_block;
+                        fix->request.iov = &fix->iov;
+                        fix->request.iovcnt = 1;
+                        fix->request.done = [this, w, slot = c->slot](int error) {
+                            _members[slot].inflight.fetch_sub(1, std::memory_order_relaxed);
+                            if (error != 0) {
+                                member_error(slot, error, "write");
+                            }
+                            if (w->left.fetch_sub(1) == 1) {
+                                _home.post([this, w] { scrub_window_done(w); });
+                            }
+                        };
+                        w->fixes.push_back(std::move(fix));
+                        ++repaired;
+                        log_warn(
+                            "space {}: scrub: {} block at layout offset {} failed its checksum; rewritten "
+                            "from a good copy",
+                            _truth_at_open.name, _members[c->slot].url, block * checksum_block);
+                    }
+                    if (!wrong.empty() && !good) {
+                        ++lost;
+                        log_error("space {}: scrub: block at layout offset {} has no copy that matches its "
+                                  "checksum; reads of it fail (medium error)",
+                                  _truth_at_open.name, block * checksum_block);
+                    }
+                }
+            }
+            {
+                std::lock_guard guard(s.scrub_mutex);
+                s.scrub.bad_blocks += bad;
+                s.scrub.repaired_blocks += repaired;
+                s.scrub.unrecoverable_blocks += lost;
+                s.scrub.done_bytes = at + length;
+            }
+            s.scrub_next = at + length;
+            if (w->fixes.empty()) {
+                scrub_window_done(w);
+                return;
+            }
+            w->left.store(uint32_t(w->fixes.size()));
+            for (auto& fix : w->fixes) {
+                submit_member(fix->slot, fix->request, nullptr);
+            }
+        };
+        if (w->copies.empty()) {
+            checked();
+            return;
+        }
+        w->left.store(uint32_t(w->copies.size()));
+        for (auto& c : w->copies) {
+            ScrubWindow::Copy* copy = c.get();
+            copy->request.done = [this, w, copy, checked](int error) {
+                _members[copy->slot].inflight.fetch_sub(1, std::memory_order_relaxed);
+                if (error != 0) {
+                    member_error(copy->slot, error, "read");
+                } else {
+                    copy->ok = true;
+                }
+                if (w->left.fetch_sub(1) == 1) {
+                    _home.post(checked);
+                }
+            };
+            submit_member(copy->slot, copy->request, nullptr);
+        }
+    };
+    if (s.lock(w->range, &_home, go)) {
+        go();
+    }
+}
+
+void Volume::scrub_window_done(const std::shared_ptr<ScrubWindow>& w) {
+    _sums->unlock(w->range);
+    _home.post([this] { scrub_window(); });
 }
 
 } // namespace ispace::volume

@@ -1128,6 +1128,10 @@ VolumeStatus Volume::status() const {
     if (_resync) {
         st.resync = _resync->progress();
     }
+    if (_sums) {
+        std::lock_guard guard(_sums->scrub_mutex);
+        st.scrub = _sums->scrub;
+    }
     if (_bitmap) {
         st.dirty_regions = _bitmap->marked_count();
         st.bitmap = _bitmap->stats();

@@ -11,12 +11,14 @@ with raw SCSI commands (iscsi_raw.py):
     copy was rewritten); `status --json` counts checksum_errors 1 for that member, 0 for the other.
  4. The same block of another place flipped on both members: READ(16) fails with CHECK CONDITION, MEDIUM
     ERROR / UNRECOVERED READ ERROR (03h/11h/00h), not wrong data; the blocks around it still read.
- 5. (root, FUSE and loop devices) A file: a second checksummed space attached, ext4 on it, a file of known
+ 5. `ispace space scrub c --wait`: three more bytes flipped on the other member (which no read met) are
+    found and repaired; the block bad on both copies is reported (exit 1); `status --json` counts them.
+ 6. (root, FUSE and loop devices) A file: a second checksummed space attached, ext4 on it, a file of known
     content written; detached, one byte of it flipped in the member that serves its reads (found through
     filefrag's physical block and the member's data offset); attached again, the file reads back intact,
     the backing file is restored, the member counts 1 checksum error.
 
-Usage: test_space_checksum.py ISPACE ISPACED [ATTACH_DRIVER]     (part 5 is skipped, saying why, without it
+Usage: test_space_checksum.py ISPACE ISPACED [ATTACH_DRIVER]     (part 6 is skipped, saying why, without it
                                                                  or without root/FUSE/loop)
 """
 import re
@@ -179,15 +181,30 @@ def main():
         check(not data, "and no data")
         st_, data, _ = read16(c, 7 * MiB, 8192)
         check(st_ == 0 and data == other[:8192], "the blocks before it still read")
+
+        # 5. Scrub: three more flips on the other member, which reads of MiB 5 never meet.
+        flips = [offsets[0] + at + i * 65536 + 99 for i in range(3)]
+        goods = [pread(members[0], f, 1) for f in flips]
+        for f in flips:
+            flip(members[0], f)
+        r = space(ispace, env, "scrub", "c", "--wait")
+        st = status(ispace, env)
+        sc = st.get("scrub", {})
+        check(r.returncode == 1 and "no good copy" in r.stdout,
+              f"scrub --wait: done, and it fails for the block with no good copy (exit {r.returncode})")
+        check(sc.get("repaired_blocks") == 3 and sc.get("unrecoverable_blocks") == 1 and sc.get("bad_blocks") == 5
+              and sc.get("done_bytes") == sc.get("total_bytes") and not sc.get("running"),
+              f"status --json scrub: 3 repaired, 1 with no good copy, 5 bad copies ({sc})")
+        check([pread(members[0], f, 1) for f in flips] == goods, "the scrub restored the backing file")
         c.close()
         daemon.stop()
         daemon = None
 
-        # 5. A file on ext4.
+        # 6. A file on ext4.
         why = attach_testlib.why_not_runnable(sys.argv[3], tools=("mkfs.ext4", "filefrag")) \
             if len(sys.argv) > 3 else "no attach driver given"
         if why:
-            print(f"SKIP part 5: {why}")
+            print(f"SKIP part 6: {why}")
         else:
             a_file(ispace, env, scratch)
     finally:

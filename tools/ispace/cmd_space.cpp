@@ -173,6 +173,17 @@ void print_status(const json& st) {
     if (r.value("running", false)) {
         fmt::print("  resync: {} — {}\n", r.value("what", ""), resync_line(r));
     }
+    if (st.contains("scrub")) {
+        const json& sc = st["scrub"];
+        uint64_t total = sc.value("total_bytes", uint64_t(0));
+        if (sc.value("running", false) || sc.value("passes", 0) > 0) {
+            fmt::print("  scrub{}: {} of {}, {} bad block copies, {} repaired, {} with no good copy\n",
+                       sc.value("running", false) ? " (running)" : "",
+                       human_bytes(double(sc.value("done_bytes", uint64_t(0)))), human_bytes(double(total)),
+                       sc.value("bad_blocks", 0), sc.value("repaired_blocks", 0),
+                       sc.value("unrecoverable_blocks", 0));
+        }
+    }
     fmt::print("  dirty regions: {}  resynced since open: {}\n", st.value("dirty_regions", 0),
                human_bytes(double(r.value("copied_bytes", uint64_t(0)))));
     if (st.value("thin", false)) {
@@ -316,6 +327,11 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
     assemble->add_option("--force-from", a->force_from,
                          "After a split: keep this member's side; the others are rebuilt from it");
 
+    auto* scrub = space->add_subcommand(
+        "scrub", "Read every copy of every block of a space held here and made with --checksum; repair "
+                 "bad copies from good ones, report blocks with none (docs/integrity.md)");
+    scrub->add_option("NAME", a->name)->required();
+    scrub->add_flag("--wait", a->watch, "Wait until it is done, then print the status");
     auto* destroy = space->add_subcommand("destroy", "Erase the members' labels and the catalog entry");
     destroy->add_option("NAME", a->name)->required();
     destroy->add_flag("--yes", a->yes, "Yes, destroy it");
@@ -383,6 +399,9 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
             request = {{"verb", "add-member"}, {"name", a->name}, {"url", a->url}, {"force", a->force}};
         } else if (assemble->parsed()) {
             request = {{"verb", "assemble"}, {"urls", a->urls}, {"force_from", a->force_from}};
+        } else if (scrub->parsed()) {
+            request = {{"verb", "scrub"}, {"name", a->name}};
+            here = false;
         } else if (destroy->parsed()) {
             if (!a->yes) {
                 // Refused before anything is opened: nothing is written to any member.
@@ -452,6 +471,20 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                                st.value("members", json::array()).size(), where);
                 }
             }
+        } else if (scrub->parsed() && a->watch) {
+            json st = j["status"];
+            json ask = {{"verb", "status"}, {"name", a->name}};
+            while (st.value("scrub", json::object()).value("running", false)) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(200));
+                auto again = request_space(home, ask, false, false);
+                if (failed(again) != exit_ok) {
+                    return exit_failure;
+                }
+                st = (*again)["status"];
+            }
+            print_status(st);
+            const json& sc = st.value("scrub", json::object());
+            return sc.value("unrecoverable_blocks", uint64_t(0)) == 0 ? exit_ok : exit_failure;
         } else if (j.contains("status")) {
             print_status(j["status"]);
         } else if (destroy->parsed()) {

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <random>
+#include <set>
 
 namespace ispace::volume {
 namespace {
@@ -412,6 +413,41 @@ TEST_F(ChecksumTest, AThinSpaceChecksumsItsClusters) {
     EXPECT_EQ(member_data(0, 8192, data.size()), data) << "repaired";
     EXPECT_EQ(errors(v, 0), 1u);
     EXPECT_EQ(errors(v, 1), 0u);
+}
+
+// Scrub: 20 flips at random blocks of one member, and one block bad on both copies; every copy of every
+// block is read (not the one a read would pick), the 20 repaired, the one reported, all counted.
+TEST_F(ChecksumTest, AScrubFindsAndRepairsEveryBadCopy) {
+    auto v = create();
+    VolumeDevice device(v);
+    constexpr uint64_t span = 8 << 20;
+    auto data = random_bytes(span, 50);
+    ASSERT_EQ(io.write(device, 0, data), 0);
+    std::mt19937_64 rng(51);
+    std::set<uint64_t> blocks;
+    while (blocks.size() < 20) {
+        blocks.insert(rng() % (span / 4096 - 1));
+    }
+    for (uint64_t b : blocks) {
+        flip(0, b * 4096 + rng() % 4096); // slot 0: half of them in MiBs reads would send to slot 1
+    }
+    uint64_t lost = span / 4096 - 1; // not among the 20 (the last block)
+    flip(0, lost * 4096 + 9);
+    flip(1, lost * 4096 + 10);
+    ASSERT_TRUE(v->scrub());
+    EXPECT_FALSE(v->scrub()) << "one at a time";
+    ASSERT_TRUE(test::eventually([&] { return v->status().scrub.passes == 1; }));
+    ScrubProgress p = v->status().scrub;
+    EXPECT_FALSE(p.running);
+    EXPECT_EQ(p.bad_blocks, 22u);
+    EXPECT_EQ(p.repaired_blocks, 20u);
+    EXPECT_EQ(p.unrecoverable_blocks, 1u);
+    EXPECT_EQ(p.done_bytes, p.total_bytes);
+    EXPECT_EQ(errors(v, 0), 21u);
+    EXPECT_EQ(errors(v, 1), 1u);
+    EXPECT_EQ(member_data(0, 0, span - 4096), std::vector<uint8_t>(data.begin(), data.end() - 4096));
+    std::vector<uint8_t> back(4096);
+    EXPECT_EQ(io.read(device, lost * 4096, back), -EIO);
 }
 
 // The cost of verification on 1 MiB sequential reads (docs/dataspaces.md, "Block checksums"): a plain
