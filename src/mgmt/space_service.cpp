@@ -54,6 +54,7 @@ json space_status_json(const volume::SpaceStatus& st) {
     j["clean"] = st.clean;
     j["dirty_regions"] = st.dirty_regions;
     j["thin"] = st.thin;
+    j["checksums"] = st.checksums;
     if (st.thin) {
         // provisioned: what the space provides; allocated: what its map takes from the members (null
         // when the map could not be read).
@@ -77,13 +78,23 @@ json space_status_json(const volume::SpaceStatus& st) {
     if (!st.clone_of.empty()) {
         j["clone_of"] = st.clone_of;
     }
+    if (st.checksums && st.open) {
+        j["scrub"] = {{"running", st.scrub.running},
+                      {"done_bytes", st.scrub.done_bytes},
+                      {"total_bytes", st.scrub.total_bytes},
+                      {"bad_blocks", st.scrub.bad_blocks},
+                      {"repaired_blocks", st.scrub.repaired_blocks},
+                      {"unrecoverable_blocks", st.scrub.unrecoverable_blocks},
+                      {"passes", st.scrub.passes}};
+    }
     j["members"] = json::array();
     for (const volume::MemberStatus& m : st.members) {
         j["members"].push_back({{"slot", m.slot},
                                 {"url", m.url},
                                 {"state", std::string(volume::to_string(m.state))},
                                 {"recovery_offset", m.recovery_offset},
-                                {"errors", m.errors}});
+                                {"errors", m.errors},
+                                {"checksum_errors", m.checksum_errors}});
     }
     j["resync"] = {{"running", st.resync.running},
                    {"what", st.resync.what},
@@ -148,6 +159,7 @@ json SpaceService::handle(const json& request) {
             r.force = request.value("force", false);
             r.thin = request.value("thin", false);
             r.cluster = request.value("cluster", 0u);
+            r.checksums = request.value("checksums", false);
             auto st = _manager.create(r);
             return st ? json{{"ok", true}, {"status", space_status_json(*st)}} : failure(st.error());
         }
@@ -203,6 +215,12 @@ json SpaceService::handle(const json& request) {
             }
             auto r = _manager.snapshot_delete(name);
             return r ? json{{"ok", true}} : failure(r.error());
+        }
+        if (verb == "scrub") {
+            if (auto r = _manager.scrub(name); !r) {
+                return failure(r.error());
+            }
+            return status(name);
         }
         if (verb == "replace") {
             auto st = _manager.replace(name, request.value("old", ""), request.value("new", ""),

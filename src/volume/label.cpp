@@ -478,6 +478,15 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
     if (!l.thin() && l.area(AreaType::thin_map) != nullptr) {
         return bad("a thin metadata area on a space that is not thin");
     }
+    if (l.checksums() != (l.area(AreaType::checksums) != nullptr)) {
+        return bad(l.checksums() ? "a space with block checksums without its checksums area"
+                                 : "a checksums area on a space without block checksums");
+    }
+    if (const MetadataArea* sums = l.area(AreaType::checksums);
+        sums && sums->length < checksum_area_bytes(capacity(*layout))) {
+        return bad(fmt::format("the checksums area ({} bytes) cannot cover {} bytes", sums->length,
+                               capacity(*layout)));
+    }
     if (layout->redundant() && l.region_size != 0) {
         const MetadataArea* bitmap = l.area(AreaType::bitmap);
         uint64_t covered = l.thin() ? capacity(*layout) : l.space_size;
@@ -540,7 +549,7 @@ LabelReading choose_label(std::span<const std::vector<uint8_t>> copies, std::spa
 }
 
 Result<MemberPlan> plan_member(uint64_t member_bytes, uint32_t block_size, uint64_t max_space_bytes,
-                               uint32_t region_size, uint64_t thin_map_bytes) {
+                               uint32_t region_size, uint64_t thin_map_bytes, uint64_t checksum_bytes) {
     MemberPlan plan;
     uint64_t metadata_end = metadata_start;
     if (region_size != 0) {
@@ -557,6 +566,11 @@ Result<MemberPlan> plan_member(uint64_t member_bytes, uint32_t block_size, uint6
         metadata_end = (metadata_end + 4095) / 4096 * 4096;
         plan.thin_map = {AreaType::thin_map, 0, metadata_end, (thin_map_bytes + 4095) / 4096 * 4096};
         metadata_end += plan.thin_map.length;
+    }
+    if (checksum_bytes != 0) {
+        metadata_end = (metadata_end + 4095) / 4096 * 4096;
+        plan.checksums = {AreaType::checksums, 0, metadata_end, (checksum_bytes + 4095) / 4096 * 4096};
+        metadata_end += plan.checksums.length;
     }
     plan.data_offset = (metadata_end + data_alignment - 1) / data_alignment * data_alignment;
     // The data area ends at the last 1 MiB boundary that leaves room for the two end copies.

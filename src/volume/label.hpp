@@ -68,9 +68,11 @@ inline constexpr uint64_t max_thin_size = uint64_t(1) << 50;
 // incompat::thin: an older ispace must not read a thin space's data area as if it were the space.
 namespace feature {
 namespace incompat {
-constexpr uint64_t thin = 1u << 0;      // clusters allocated on write (docs/thin.md); a thin_map area exists
-constexpr uint64_t checksums = 1u << 1; // reserved for issue 14: CRC32C per 4 KiB block
-constexpr uint64_t known = thin;        // what this version reads
+constexpr uint64_t thin = 1u << 0; // clusters allocated on write (docs/thin.md); a thin_map area exists
+// A CRC32C per 4 KiB block of the layout's range in a checksums area on every member (docs/integrity.md):
+// an older ispace would write data without updating it, so that every later read failed.
+constexpr uint64_t checksums = 1u << 1;
+constexpr uint64_t known = thin | checksums; // what this version reads
 } // namespace incompat
 namespace ro_compat {
 constexpr uint64_t known = 0;
@@ -84,7 +86,7 @@ constexpr uint64_t bitmap = 1u << 0; // a write-intent bitmap area exists
 enum class AreaType : uint32_t {
     bitmap = 1,    // write-intent bitmap: bit r = region r of the space may differ between copies
     thin_map = 2,  // the thin pool's metadata pages (docs/thin.md, src/volume/thin), on every member
-    checksums = 3, // reserved (issue 14)
+    checksums = 3, // CRC32C per 4 KiB block of the layout's range (docs/integrity.md), on every member
 };
 
 struct MetadataArea {
@@ -164,6 +166,7 @@ struct Label {
 
     const MetadataArea* area(AreaType type) const;
     bool thin() const { return (incompat & feature::incompat::thin) != 0; }
+    bool checksums() const { return (incompat & feature::incompat::checksums) != 0; }
     // The layout the label describes (member data sizes from the member table).
     Result<Layout> layout_of() const;
 };
@@ -197,11 +200,25 @@ bool looks_like_label(std::span<const uint8_t> bytes);
 struct MemberPlan {
     uint64_t data_offset = 0;
     uint64_t data_size = 0;
-    MetadataArea bitmap;   // length 0 when there is none
-    MetadataArea thin_map; // length 0 when there is none
+    MetadataArea bitmap;    // length 0 when there is none
+    MetadataArea thin_map;  // length 0 when there is none
+    MetadataArea checksums; // length 0 when there is none
 };
+// `checksum_bytes` (0: none): the bytes of block checksums for the layout range (checksum_area_bytes).
 Result<MemberPlan> plan_member(uint64_t member_bytes, uint32_t block_size, uint64_t max_space_bytes,
-                               uint32_t region_size, uint64_t thin_map_bytes = 0);
+                               uint32_t region_size, uint64_t thin_map_bytes = 0,
+                               uint64_t checksum_bytes = 0);
+
+// Block checksums (docs/integrity.md): one little-endian u32 per 4 KiB block of the layout's address range,
+// in a checksums area of whole 4 KiB pages.
+inline constexpr uint32_t checksum_block = 4096;
+// The whole table is held in memory (S/1024 bytes for S bytes of layout): at most this much, 256 MiB, which
+// covers 256 GiB of members.
+inline constexpr uint64_t max_checksum_table = uint64_t(256) << 20;
+inline constexpr uint64_t checksum_area_bytes(uint64_t layout_bytes) {
+    uint64_t blocks = (layout_bytes + checksum_block - 1) / checksum_block;
+    return (blocks * 4 + 4095) / 4096 * 4096;
+}
 
 // CRC32C (Castagnoli), as the label checksum uses it: ISA-L's crc32_iscsi, preset and complemented.
 uint32_t label_crc32c(const void* data, size_t length, uint32_t seed = 0);

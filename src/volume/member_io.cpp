@@ -110,10 +110,10 @@ std::vector<uint8_t> read_member_bitmap(net::Reactor& reactor, backstore::Device
 }
 
 Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
-                            uint64_t space_bytes, uint64_t thin_map_bytes) {
+                            uint64_t space_bytes, uint64_t thin_map_bytes, uint64_t checksum_bytes) {
     bool redundant = spec.layout == LayoutKind::mirror || spec.layout == LayoutKind::stripe_mirror;
     return plan_member(device_bytes, block_size, space_bytes, redundant ? spec.region_size : 0,
-                       thin_map_bytes);
+                       thin_map_bytes, checksum_bytes);
 }
 
 uint64_t thin_metadata_pages(uint64_t pool_clusters, uint64_t virtual_clusters) {
@@ -209,6 +209,14 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     if (devices.empty() || devices.size() != spec.urls.size()) {
         return make_error("a space needs its members", EINVAL);
     }
+    if (spec.checksums && spec.layout != LayoutKind::mirror && spec.layout != LayoutKind::stripe_mirror) {
+        // With one copy a mismatch could only be reported, and a write torn by a crash (data and checksum
+        // apart) could not be told from rot: no bitmap says where to look (docs/integrity.md).
+        return make_error("--checksum needs a mirror or stripe-mirror layout", EINVAL);
+    }
+    if (spec.checksums && spec.chunk % checksum_block != 0) {
+        return make_error(fmt::format("--checksum needs a chunk that is whole 4 KiB blocks"), EINVAL);
+    }
     // Block sizes agree.
     uint32_t bs = devices[0]->geometry().block_size;
     for (size_t i = 0; i < devices.size(); ++i) {
@@ -239,8 +247,16 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     }
     std::vector<MemberPlan> plans;
     std::vector<uint64_t> data_sizes;
+    // Checksums cover the layout's range, which is at most what the members hold together.
+    uint64_t checksum_bytes = spec.checksums ? checksum_area_bytes(upper) : 0;
+    if (checksum_bytes > max_checksum_table) {
+        return make_error(fmt::format("--checksum: the members hold {} GiB; checksums are kept in memory and "
+                                      "this version takes at most {} GiB of members",
+                                      upper >> 30, (max_checksum_table / 4 * checksum_block) >> 30),
+                          EINVAL);
+    }
     for (size_t i = 0; i < devices.size(); ++i) {
-        auto plan = plan_for(spec, devices[i]->geometry().bytes(), bs, upper);
+        auto plan = plan_for(spec, devices[i]->geometry().bytes(), bs, upper, 0, checksum_bytes);
         if (!plan) {
             return make_error(fmt::format("{}: {}", spec.urls[i], plan.error().message), plan.error().code);
         }
@@ -255,6 +271,9 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     uint64_t size = spec.size == 0 ? cap : spec.size;
     if (size % bs != 0) {
         return make_error(fmt::format("size {}: not a whole number of {}-byte blocks", size, bs), EINVAL);
+    }
+    if (spec.checksums && (size % checksum_block != 0 || cap % checksum_block != 0)) {
+        return make_error(fmt::format("--checksum: size {} is not whole 4 KiB blocks", size), EINVAL);
     }
     uint64_t pool_clusters = 0;
     if (spec.thin) {
@@ -274,7 +293,8 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
         plans.clear();
         data_sizes.clear();
         for (size_t i = 0; i < devices.size(); ++i) {
-            auto plan = plan_for(spec, devices[i]->geometry().bytes(), bs, upper, pages * thin::page_size);
+            auto plan = plan_for(spec, devices[i]->geometry().bytes(), bs, upper, pages * thin::page_size,
+                                 checksum_bytes);
             if (!plan) {
                 return make_error(fmt::format("{}: {}", spec.urls[i], plan.error().message),
                                   plan.error().code);
@@ -327,6 +347,10 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
         l.incompat |= feature::incompat::thin;
         l.areas.push_back(plans[0].thin_map); // so does the thin metadata area
     }
+    if (spec.checksums) {
+        l.incompat |= feature::incompat::checksums;
+        l.areas.push_back(plans[0].checksums); // and the checksums area
+    }
     for (size_t i = 0; i < devices.size(); ++i) {
         MemberEntry e;
         e.uuid = make_uuid();
@@ -352,6 +376,20 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
                     member_io(reactor, *devices[i], backstore::IoOp::write, plans[i].bitmap.offset, zero);
                 error != 0) {
                 return make_error(fmt::format("{}: the bitmap area could not be written: {}", spec.urls[i],
+                                              std::strerror(-error)),
+                                  -error);
+            }
+        }
+    }
+    if (spec.checksums) {
+        // Zero: "no checksum yet" for every block (docs/integrity.md), so a fresh space reads whatever
+        // its members held before without a false mismatch.
+        for (size_t i = 0; i < devices.size(); ++i) {
+            std::vector<uint8_t> zero(plans[i].checksums.length, 0);
+            if (int error =
+                    member_io(reactor, *devices[i], backstore::IoOp::write, plans[i].checksums.offset, zero);
+                error != 0) {
+                return make_error(fmt::format("{}: the checksums area could not be written: {}", spec.urls[i],
                                               std::strerror(-error)),
                                   -error);
             }

@@ -45,6 +45,9 @@ struct SpaceSpec {
     // `cluster_size` bytes are allocated from the members on first write.
     bool thin = false;
     uint32_t cluster_size = 1 << 20;
+    // Block checksums (docs/integrity.md): a CRC32C per 4 KiB block, verified on every read. Redundant
+    // layouts only (a mismatch is repaired from another copy; a torn write is resolved through the bitmap).
+    bool checksums = false;
 };
 
 // The pages a thin metadata area gets for a pool of `pool_clusters` and a device of `virtual_clusters`:
@@ -85,6 +88,6 @@ Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector
 
 // What a member's data area would be for `spec` on a device of `bytes` (for add/replace): its plan.
 Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
-                            uint64_t space_bytes, uint64_t thin_map_bytes = 0);
+                            uint64_t space_bytes, uint64_t thin_map_bytes = 0, uint64_t checksum_bytes = 0);
 
 } // namespace ispace::volume

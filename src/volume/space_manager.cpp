@@ -277,6 +277,7 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     spec.size = request.size;
     spec.region_size = request.region ? request.region : default_region_size;
     spec.thin = request.thin;
+    spec.checksums = request.checksums;
     spec.cluster_size = request.cluster ? request.cluster : spec.cluster_size;
     if (request.thin && request.size == 0) {
         return make_error("a thin space needs --size: the size it provides (it may exceed the members)",
@@ -332,6 +333,7 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     st.epoch = l.epoch;
     st.sequence = l.sequence;
     st.clean = true;
+    st.checksums = l.checksums();
     if (l.thin()) {
         st.thin = true;
         st.allocation_known = true; // nothing allocated yet
@@ -418,6 +420,16 @@ Result<std::shared_ptr<Volume>> SpaceManager::open(const std::string& name, cons
         return make_error(fmt::format("space '{}' is attached already (held by this process)", name), EBUSY);
     }
     return open_locked(name, options);
+}
+
+Result<void> SpaceManager::scrub(const std::string& name) {
+    auto v = find(name);
+    if (!v) {
+        return make_error(
+            fmt::format("space '{}' is not held by this process: attach or export it, then scrub it", name),
+            ENOENT);
+    }
+    return v->scrub();
 }
 
 std::shared_ptr<Volume> SpaceManager::find(const std::string& name) const {
@@ -627,7 +639,9 @@ SpaceStatus SpaceManager::status_of(const Volume& v) const {
     st.holder = vs.holder;
     st.members = vs.members;
     st.resync = vs.resync;
+    st.scrub = vs.scrub;
     st.dirty_regions = vs.dirty_regions;
+    st.checksums = t.checksums();
     if (vs.thin) {
         st.thin = true;
         st.allocation_known = true;
@@ -696,6 +710,7 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
     st.sequence = truth->sequence;
     st.holder = truth->holder;
     st.clean = truth->clean;
+    st.checksums = truth->checksums();
     if (truth->thin()) {
         // The map as its last commit left it, read from the members that carry the current labels
         // (reading writes nothing).

@@ -62,7 +62,8 @@ struct CreateRequest {
     bool force = false;               // reuse members that belong to another space
     // Thin (docs/thin.md): `size` (required) may exceed the members; clusters are allocated on write.
     bool thin = false;
-    uint32_t cluster = 0; // thin cluster size; 0: 1 MiB
+    uint32_t cluster = 0;   // thin cluster size; 0: 1 MiB
+    bool checksums = false; // a CRC32C per 4 KiB block, verified on every read (docs/integrity.md)
 };
 
 struct OpenOptions {
@@ -109,8 +110,10 @@ struct SpaceStatus {
     bool clean = false;                // from the labels, when not open here
     std::vector<MemberStatus> members; // URL (no secret) and state; missing when not reachable
     ResyncProgress resync;
+    ScrubProgress scrub; // held here, with checksums
     uint64_t dirty_regions = 0;
     // A thin space: `size` is what it provides (provisioned); these say what it takes from the members.
+    bool checksums = false; // block checksums (docs/integrity.md)
     bool thin = false;
     bool allocation_known = false; // read from the map (open here, or read from the members)
     uint64_t allocated_bytes = 0;
@@ -145,6 +148,8 @@ public:
     // (unless takeover).
     Result<std::shared_ptr<Volume>> open(const std::string& name, const OpenOptions& options = {});
     std::shared_ptr<Volume> find(const std::string& name) const;
+    // Starts a scrub of a space held here with block checksums (docs/integrity.md); status shows it.
+    Result<void> scrub(const std::string& name);
     Result<void> close(const std::string& name);
     void close_all();
     Result<SpaceStatus> status(const std::string& name);

@@ -53,6 +53,9 @@ class Resync;
 struct VolumeIo;
 struct ThinIo;
 struct ThinState;
+struct ChecksumState;
+struct ChecksumRepair;
+struct ScrubWindow;
 namespace thin {
 struct WritePlan;
 struct DeviceInfo;
@@ -100,6 +103,17 @@ struct ResyncProgress {
     uint64_t copied_bytes = 0; // moved since the volume opened (all passes)
 };
 
+// A scrub of a space with block checksums (docs/integrity.md): every copy of every block read and checked.
+struct ScrubProgress {
+    bool running = false;
+    uint64_t done_bytes = 0; // of the layout range, this pass (or the last)
+    uint64_t total_bytes = 0;
+    uint64_t bad_blocks = 0;           // block copies that failed their checksum
+    uint64_t repaired_blocks = 0;      // ... rewritten from a good copy
+    uint64_t unrecoverable_blocks = 0; // blocks with no good copy (their layout offsets are logged)
+    uint64_t passes = 0;               // finished since open
+};
+
 struct MemberStatus {
     uint32_t slot = 0;
     std::string url;
@@ -107,6 +121,7 @@ struct MemberStatus {
     RebuildMode rebuild = RebuildMode::none;
     uint64_t recovery_offset = 0;
     uint64_t errors = 0;
+    uint64_t checksum_errors = 0; // blocks read from it that failed their checksum (since open)
 };
 
 struct VolumeStatus {
@@ -122,6 +137,7 @@ struct VolumeStatus {
     std::string holder;
     std::vector<MemberStatus> members;
     ResyncProgress resync;
+    ScrubProgress scrub;
     uint64_t dirty_regions = 0;
     WriteIntentBitmap::Stats bitmap;
     // A thin space (docs/thin.md): `size` is what it provides; these say what it takes from its members.
@@ -188,6 +204,8 @@ public:
     // after == before: there was nothing to take.
     // `column`: a new member appended to a concat (its `entry.data_bytes` of room; fenced by the caller).
     Result<GrowResult> grow(std::optional<VolumeMember> column = std::nullopt, MemberEntry entry = {});
+    // Starts a scrub (a space with block checksums; refused while one runs). Any thread.
+    Result<void> scrub();
     // Waits until no resync is pending (or `limit` passed); for tests and tools.
     bool wait_resync(std::chrono::milliseconds limit);
     // Runs one bitmap sweep now (as the timer does); for tests.
@@ -218,6 +236,7 @@ private:
     friend class Resync;
     friend struct VolumeIo;
     friend class VolumeThinStore;
+    friend struct ChecksumRepair;
     Volume(net::ReactorGroup& reactors, VolumeOptions options);
 
     // A member at run time. States change by CAS (any reactor for failures; home for the rest).
@@ -229,6 +248,7 @@ private:
         uint64_t member_size = 0;
         std::string url;
         std::atomic<uint64_t> errors{0};
+        std::atomic<uint64_t> checksum_errors{0};
         std::atomic<uint32_t> inflight{0};
         // Rebuilding: the space offset below which it is in sync (full) or below which the bitmap's
         // regions were copied to it (delta); home writes it, readers may look.
@@ -243,6 +263,8 @@ private:
     // --- data path (volume_io.cpp) ---
     // A request on the layout's address range (for a thin space: the pool's clusters).
     void submit_physical(backstore::IoRequest& request);
+    // The layout path for an admitted request; `sums_ticket`: the checksum pages its write waits for.
+    void submit_layout(backstore::IoRequest& request, net::Reactor* origin, uint64_t sums_ticket = 0);
     // The checks a request passes before it counts as in flight (lost space, alignment and range
     // against `size`, UNMAP/WRITE ZEROES the members cannot do when `member_features`, empty, closing);
     // false when it was completed here.
@@ -258,6 +280,23 @@ private:
     bool synced(uint32_t slot, uint64_t offset, uint64_t length) const;
     // Submits `request` to member `slot` (counting it in flight), with a shared Buffer for remote writes.
     void submit_member(uint32_t slot, backstore::IoRequest& request, const Buffer* shared);
+
+    // --- block checksums (volume_checksum.cpp, docs/integrity.md) ---
+    Result<void> sums_open(const Label& truth, bool unclean); // at open, after the labels
+    void sums_submit(backstore::IoRequest& request, net::Reactor* origin);
+    void sums_start(backstore::IoRequest& request, net::Reactor* origin); // its blocks locked
+    // A read child's data checked; false when a repair took the extent over (it completes it).
+    bool sums_verify(VolumeIo* io, uint32_t child);
+    void sums_count_error(uint32_t slot);
+    // Any thread: pages of blocks [first, last] must be written; the ticket to wait for.
+    uint64_t sums_mark(uint64_t first, uint64_t last, bool fua);
+    uint64_t sums_mark_all();
+    // Any thread: `done(error)` on `origin` once the pages of `ticket` are on the members.
+    void sums_wait(uint64_t ticket, net::Reactor* origin, Function<void(int)> done);
+    void sums_kick(); // home: writes the marked pages
+    bool sums_idle() const;
+    void scrub_window(); // home: the next window of a scrub
+    void scrub_window_done(const std::shared_ptr<ScrubWindow>& window);
 
     // --- a thin space (volume_thin.cpp, thin_io.hpp) ---
     Result<void> thin_open(const Label& truth); // at open, before anything is written
@@ -313,6 +352,7 @@ private:
     void schedule_retry(uint32_t slot);
     void retry_member(uint32_t slot);
     void rejoin(uint32_t slot, const Label& own);
+    void resync_after_checksums(uint32_t slot); // home: the checksum table to `slot`, then its resync
     void update_masks();
     uint32_t writable_mask() const { return _writable.load(std::memory_order_acquire); }
     uint32_t active_mask() const { return _active.load(std::memory_order_acquire); }
@@ -343,6 +383,7 @@ private:
     std::atomic<uint64_t> _space_size{0};   // the layout range in use (a thin space: its pool's clusters)
     std::atomic<uint64_t> _virtual_size{0}; // what the space provides (a thin space: more, maybe)
     std::unique_ptr<ThinState> _thin;       // a thin space only
+    std::unique_ptr<ChecksumState> _sums;   // a space with block checksums only
     backstore::Features _features;
     std::array<Member, max_members> _members;
     std::atomic<uint32_t> _writable{0}; // active | rebuilding

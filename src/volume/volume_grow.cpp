@@ -15,6 +15,7 @@
 // layout maps an existing address where it did before (mirror and stripe addresses do not depend on the
 // members' sizes; a concat uses only its last member's growth).
 #include "common/log.hpp"
+#include "volume/checksum_io.hpp"
 #include "volume/member_io.hpp"
 #include "volume/remote_device.hpp"
 #include "volume/resync.hpp"
@@ -65,6 +66,14 @@ Result<GrowResult> Volume::grow(std::optional<VolumeMember> column, MemberEntry 
             return make_error(
                 fmt::format("space '{}': a resync is running; grow it once it is done", _truth_at_open.name),
                 EBUSY);
+        }
+        if (_sums) {
+            // Its table (in memory and on the members) was sized for the range at create.
+            return make_error(
+                fmt::format("space '{}' has block checksums: their area was sized at create, so "
+                            "it cannot grow yet",
+                            _truth_at_open.name),
+                ENOTSUP);
         }
         if (column && !labels_settled()) {
             return make_error("a label write is running", EAGAIN); // retried below

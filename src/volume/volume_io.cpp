@@ -1,6 +1,7 @@
 // The volume's data path: requests split by the layout into per-column extents, sent to the members'
 // copies, failures absorbed by the other copies. See volume.hpp for the rules.
 #include "common/log.hpp"
+#include "volume/checksum_io.hpp"
 #include "volume/remote_device.hpp"
 #include "volume/resync.hpp"
 #include "volume/volume.hpp"
@@ -10,6 +11,7 @@
 #include <cassert>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 namespace ispace::volume {
 
@@ -35,7 +37,8 @@ struct VolumeIo {
     uint32_t pending = 0;
     int error = 0;
     bool member_failed = false;
-    bool in_submit = false; // completing now would complete inside submit(): defer instead
+    bool in_submit = false;   // completing now would complete inside submit(): defer instead
+    uint64_t sums_ticket = 0; // a write of a checksummed space: the checksum pages it waits for
     std::vector<Extent> extents;
     std::vector<iovec> iovs;
     std::vector<uint32_t> iov_first; // per extent: its slice of the parent's iovec in `iovs`
@@ -48,6 +51,7 @@ struct VolumeIo {
         parent = nullptr;
         in_bitmap = false;
         in_submit = false;
+        sums_ticket = 0;
         pending = 0;
         error = 0;
         member_failed = false;
@@ -175,7 +179,16 @@ void Volume::submit_physical(backstore::IoRequest& request) {
     if (!admit(origin, request, _space_size, /*member_features=*/true)) {
         return;
     }
+    if (_sums) {
+        sums_submit(request, origin); // verified reads, checksummed writes (volume_checksum.cpp)
+        return;
+    }
+    submit_layout(request, origin);
+}
+
+void Volume::submit_layout(backstore::IoRequest& request, net::Reactor* origin, uint64_t sums_ticket) {
     VolumeIo* io = acquire();
+    io->sums_ticket = sums_ticket;
     io->volume = this;
     io->parent = &request;
     io->origin = origin;
@@ -437,6 +450,9 @@ void Volume::child_done(VolumeIo* io, uint32_t index, int error) {
     _members[slot].inflight.fetch_sub(1, std::memory_order_relaxed);
     if (io->op == backstore::IoOp::read) {
         if (error == 0) {
+            if (_sums && !sums_verify(io, index)) {
+                return; // a repair completes the extent
+            }
             if (--io->pending == 0) {
                 finish(io);
             }
@@ -480,6 +496,18 @@ void Volume::finish(VolumeIo* io) {
         return;
     }
     if (is_write(io->op)) {
+        if (io->sums_ticket != 0) {
+            // The checksum pages before the bitmap's count ends: a region is clean only once both the data
+            // and its checksums are on every copy (docs/integrity.md, "Ordering").
+            uint64_t ticket = std::exchange(io->sums_ticket, 0);
+            sums_wait(ticket, io->origin, [io](int error) {
+                if (error != 0 && io->error == 0) {
+                    io->error = error;
+                }
+                io->volume->finish(io);
+            });
+            return;
+        }
         for (uint32_t e = 0; e < io->copies_ok.size() && io->error == 0; ++e) {
             if (io->copies_ok[e] == 0) {
                 io->error = -EIO; // every copy of this extent failed
@@ -512,6 +540,167 @@ void Volume::complete(VolumeIo* io, int error) {
     // Counted before the callback: the caller may close the volume from it.
     _completed.fetch_add(1, std::memory_order_acq_rel);
     done(error);
+}
+
+// ---- block checksums: verification and repair (docs/integrity.md) ---------------------------------------
+
+// Repairs the blocks of one read extent that failed their checksum on the copy that served it: each is read
+// from the column's other copies in turn until one matches; that one goes into the caller's buffer and
+// over every copy found bad. A block no copy holds intact fails the read (EIO: MEDIUM ERROR, UNRECOVERED
+// READ ERROR) rather than return wrong data. The read's range lock keeps writers out meanwhile.
+struct ChecksumRepair {
+    Volume* v = nullptr;
+    VolumeIo* io = nullptr;
+    uint32_t extent = 0;
+    std::vector<uint64_t> blocks; // layout blocks to repair
+    uint32_t first_bad = 0;       // the slot that served the extent
+    size_t next = 0;
+    uint32_t tried = 0; // for the current block
+    uint32_t bad = 0;
+    Buffer buffer = Buffer::allocate(checksum_block);
+    iovec iov{};
+    backstore::IoRequest request;
+    std::atomic<uint32_t> writes_left{0};
+    std::vector<std::unique_ptr<backstore::IoRequest>> writes;
+    std::vector<iovec> write_iov;
+
+    uint64_t member_offset(uint32_t slot, uint64_t block) const {
+        const Extent& x = io->extents[extent];
+        return v->_members[slot].data_offset + x.member_offset + (block * checksum_block - x.space_offset);
+    }
+
+    void start_block() {
+        tried = bad = 1u << first_bad;
+        try_copy();
+    }
+
+    void try_copy() {
+        const Extent& x = io->extents[extent];
+        uint64_t block = blocks[next];
+        int slot = v->pick_reader(x.column, block * checksum_block, checksum_block, tried);
+        if (slot < 0) {
+            log_error("space {}: block at layout offset {} has no copy that matches its checksum; the read "
+                      "fails (medium error)",
+                      v->_truth_at_open.name, block * checksum_block);
+            io->error = -EIO;
+            step();
+            return;
+        }
+        tried |= 1u << slot;
+        iov = {buffer.data(), checksum_block};
+        request = {};
+        request.op = backstore::IoOp::read;
+        request.offset = member_offset(uint32_t(slot), block);
+        request.length = checksum_block;
+        request.iov = &iov;
+        request.iovcnt = 1;
+        request.done = [this, slot](int error) { read_done(uint32_t(slot), error); };
+        v->submit_member(uint32_t(slot), request, nullptr);
+    }
+
+    void read_done(uint32_t slot, int error) {
+        v->_members[slot].inflight.fetch_sub(1, std::memory_order_relaxed);
+        uint64_t block = blocks[next];
+        if (error != 0) {
+            v->member_error(slot, error, "read");
+            try_copy();
+            return;
+        }
+        if (block_checksum(buffer.data(), block) != v->_sums->get(block)) {
+            bad |= 1u << slot;
+            v->sums_count_error(slot);
+            try_copy();
+            return;
+        }
+        // Good: into the caller's buffer, and over the bad copies still in service.
+        const Extent& x = io->extents[extent];
+        copy_to_iov(io->iovs.data() + io->iov_first[extent], int(io->iov_count[extent]),
+                    block * checksum_block - x.space_offset, buffer.data(), checksum_block);
+        uint32_t targets = bad & v->writable_mask();
+        writes.clear();
+        write_iov.assign(size_t(std::popcount(targets)), iovec{buffer.data(), checksum_block});
+        writes_left.store(uint32_t(std::popcount(targets)) + 1);
+        size_t i = 0;
+        for (uint32_t t = targets; t != 0; t &= t - 1) {
+            uint32_t target = uint32_t(std::countr_zero(t));
+            auto w = std::make_unique<backstore::IoRequest>();
+            w->op = backstore::IoOp::write;
+            w->offset = member_offset(target, block);
+            w->length = checksum_block;
+            w->iov = &write_iov[i++];
+            w->iovcnt = 1;
+            w->done = [this, target, block](int error) {
+                v->_members[target].inflight.fetch_sub(1, std::memory_order_relaxed);
+                if (error != 0) {
+                    v->member_error(target, error, "write");
+                } else {
+                    log_warn("space {}: {}: block at layout offset {} failed its checksum; rewritten from "
+                             "a good copy",
+                             v->_truth_at_open.name, v->_members[target].url, block * checksum_block);
+                }
+                written();
+            };
+            writes.push_back(std::move(w));
+        }
+        for (auto& w : writes) {
+            uint32_t target = uint32_t(std::countr_zero(targets));
+            targets &= targets - 1;
+            v->submit_member(target, *w, nullptr);
+        }
+        written();
+    }
+
+    void written() {
+        if (writes_left.fetch_sub(1) == 1) {
+            step();
+        }
+    }
+
+    void step() {
+        if (++next < blocks.size()) {
+            start_block();
+            return;
+        }
+        VolumeIo* done_io = io;
+        Volume* volume = v;
+        delete this;
+        if (--done_io->pending == 0) {
+            volume->finish(done_io);
+        }
+    }
+};
+
+bool Volume::sums_verify(VolumeIo* io, uint32_t index) {
+    const auto& c = io->children[index];
+    const Extent& x = io->extents[c.extent];
+    assert(x.space_offset % checksum_block == 0 && x.length % checksum_block == 0);
+    const iovec* iov = io->iovs.data() + io->iov_first[c.extent];
+    int iovcnt = int(io->iov_count[c.extent]);
+    uint64_t first = x.space_offset / checksum_block;
+    thread_local std::vector<uint32_t> sums;
+    sums.resize(x.length / checksum_block);
+    block_checksums(iov, iovcnt, first, sums.size(), sums.data());
+    ChecksumRepair* repair = nullptr;
+    for (uint64_t i = 0; i < sums.size(); ++i) {
+        uint32_t stored = _sums->get(first + i);
+        if (stored == 0 || sums[i] == stored) {
+            continue;
+        }
+        sums_count_error(c.slot);
+        if (!repair) {
+            repair = new ChecksumRepair;
+            repair->v = this;
+            repair->io = io;
+            repair->extent = c.extent;
+            repair->first_bad = c.slot;
+        }
+        repair->blocks.push_back(first + i);
+    }
+    if (!repair) {
+        return true;
+    }
+    repair->start_block();
+    return false;
 }
 
 } // namespace ispace::volume

@@ -1,6 +1,7 @@
 // The volume's metadata side, on its home reactor: open and close, the labels, failed members and their
 // return, the bitmap's writes and sweeps. See volume.hpp.
 #include "common/log.hpp"
+#include "volume/checksum_io.hpp"
 #include "volume/remote_device.hpp"
 #include "volume/resync.hpp"
 #include "volume/thin_io.hpp"
@@ -294,6 +295,14 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
                  to_string(MemberState(v->_members[s].state.load())));
     }
 
+    // Block checksums: loaded, torn writes resolved, copied to rebuilding members (before any I/O).
+    if (truth.checksums()) {
+        if (auto opened = v->sums_open(truth, plan.unclean); !opened) {
+            v->_closed = true;
+            return opened.error();
+        }
+    }
+
     // Resyncs: dirty regions after an unclean stop, and every rebuilding member.
     v->_resync = std::make_unique<Resync>(*v);
     v->on_home([&] {
@@ -360,7 +369,10 @@ Result<void> Volume::close() {
     drain();
     stop_background();
     // Metadata writes in flight: the bitmap's batches and the labels.
-    auto quiet = [&] { return on_home([&] { return (!_bitmap || _bitmap->idle()) && !_labels_writing; }); };
+    auto quiet = [&] {
+        return on_home(
+            [&] { return (!_bitmap || _bitmap->idle()) && !_labels_writing && (!_sums || sums_idle()); });
+    };
     for (int i = 0; i < 60000 && !quiet(); ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
@@ -439,7 +451,9 @@ void Volume::abandon() {
     (void)thin_stop(false); // what was not committed is lost, as kill -9 would lose it
     stop_background();
     for (int i = 0; i < 60000; ++i) {
-        if (on_home([&] { return (!_bitmap || _bitmap->idle()) && !_labels_writing; })) {
+        if (on_home([&] {
+                return (!_bitmap || _bitmap->idle()) && !_labels_writing && (!_sums || sums_idle());
+            })) {
             break;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -812,6 +826,9 @@ void Volume::schedule_retry(uint32_t slot) {
     if (m.retry_scheduled || m.retrying || _closing.load() || _lost.load()) {
         return;
     }
+    if (_sums && m.checksum_errors.load() >= checksum_error_limit) {
+        return; // its data rots: it stays out until it is replaced (docs/integrity.md)
+    }
     if (!m.device && !_options.reopen) {
         return;
     }
@@ -975,10 +992,30 @@ void Volume::rejoin(uint32_t slot, const Label& own) {
     m.state.store(uint8_t(MemberState::rebuilding), std::memory_order_release);
     update_masks();
     change_labels([slot, mode](LabelBook& book) { book.member_rejoins(slot, mode); });
-    _resync->add_target(slot);
+    resync_after_checksums(slot);
     if (_thin) {
         thin_post([this, slot] { thin_include(slot); });
     }
+}
+
+// A member that comes back or is new gets the whole checksum table (it is writable now, so every later
+// page write reaches it too) before its resync starts: it cannot be in sync, and be read as holding the
+// current table at the next open, before it does.
+void Volume::resync_after_checksums(uint32_t slot) {
+    if (!_sums) {
+        _resync->add_target(slot);
+        return;
+    }
+    sums_wait(sums_mark_all(), &_home, [this, slot](int error) {
+        if (MemberState(_members[slot].state.load()) != MemberState::rebuilding || _closing.load()) {
+            return;
+        }
+        if (error != 0) {
+            member_error(slot, error, "checksums write");
+            return;
+        }
+        _resync->add_target(slot);
+    });
 }
 
 // ---- replace ---------------------------------------------------------------------------------------------
@@ -1021,7 +1058,7 @@ Result<void> Volume::replace_member(uint32_t slot, VolumeMember member, MemberEn
         m.state.store(uint8_t(MemberState::rebuilding), std::memory_order_release);
         update_masks();
         change_labels([slot, entry](LabelBook& book) { book.replace_member(slot, entry); });
-        _resync->add_target(slot);
+        resync_after_checksums(slot);
         if (_thin) {
             thin_post([this, slot] { thin_include(slot); }); // the map, before it is written or read there
         }
@@ -1084,10 +1121,15 @@ VolumeStatus Volume::status() const {
         ms.rebuild = RebuildMode(m.rebuild.load());
         ms.recovery_offset = m.synced_below.load();
         ms.errors = m.errors.load();
+        ms.checksum_errors = m.checksum_errors.load();
         st.members.push_back(std::move(ms));
     }
     if (_resync) {
         st.resync = _resync->progress();
+    }
+    if (_sums) {
+        std::lock_guard guard(_sums->scrub_mutex);
+        st.scrub = _sums->scrub;
     }
     if (_bitmap) {
         st.dirty_regions = _bitmap->marked_count();

@@ -101,22 +101,26 @@ class Snapshotter(threading.Thread):
         super().__init__(daemon=True)
         self.ispace, self.env, self.n, self.live = ispace, env, first, live
         self.stop = threading.Event()
+        self.in_flight = None  # the snapshot being created or deleted when the holder died: either way
 
     def run(self):
         while not self.stop.is_set():
-            name = f"s{self.n}"
+            name = f"k@s{self.n}"
             self.n += 1
-            r = subprocess.run([self.ispace, "space", "snapshot", "k", name], env=self.env, capture_output=True,
-                               timeout=60)
+            self.in_flight = name
+            r = subprocess.run([self.ispace, "space", "snapshot", "k", name[2:]], env=self.env,
+                               capture_output=True, timeout=60)
             if r.returncode != 0:
                 return  # the holder is gone
-            self.live.append(f"k@{name}")
+            self.live.append(name)
+            self.in_flight = None
             while len(self.live) > 2:
-                r = subprocess.run([self.ispace, "space", "snapshot-delete", self.live[0]], env=self.env,
+                self.in_flight = self.live.pop(0)
+                r = subprocess.run([self.ispace, "space", "snapshot-delete", self.in_flight], env=self.env,
                                    capture_output=True, timeout=60)
                 if r.returncode != 0:
                     return
-                self.live.pop(0)
+                self.in_flight = None
             self.stop.wait(0.05)
 
 
@@ -227,12 +231,14 @@ def main():
             if r.returncode != 0:
                 failures.append(f"kill {i}: fsck.ext4 -fn: {r.stdout[-600:]}")
                 break
-            # Acknowledged snapshots are there, acknowledged deletes are gone (one create or delete may
-            # have been cut mid-way: the newest name may be there or not, and the oldest may be gone).
-            listed = [x["name"] for x in status(ispace, env).get("snapshots", [])]
+            # Acknowledged snapshots are there, acknowledged deletes are gone; the one create or delete the
+            # kill cut may have happened or not.
+            listed = set(x["name"] for x in status(ispace, env).get("snapshots", []))
             acknowledged = set(snapshots)
-            if not acknowledged.issubset(listed) or len(set(listed) - acknowledged) > 1:
-                failures.append(f"kill {i}: snapshots acknowledged {sorted(acknowledged)}, listed {sorted(listed)}")
+            either = {snapper.in_flight} if snapper.in_flight else set()
+            if listed - either != acknowledged - either:
+                failures.append(f"kill {i}: snapshots acknowledged {sorted(acknowledged)} (in flight: {either}), "
+                                f"listed {sorted(listed)}")
                 break
             snapshots[:] = sorted(set(listed), key=lambda x: int(x.split("@s")[1]))
             taken += 1 if snapshots else 0

@@ -158,16 +158,31 @@ void print_status(const json& st) {
         where = st.value("clean", false) ? "not held (clean)" : "not held (not closed cleanly)";
     }
     fmt::print("space {}: {}{}, {} copies, {}, block {} — {}\n", st.value("name", ""),
-               st.value("thin", false) ? "thin " : "", st.value("layout", ""), st.value("copies", 1),
+               std::string(st.value("thin", false) ? "thin " : "") +
+                   (st.value("checksums", false) ? "checksummed " : ""),
+               st.value("layout", ""), st.value("copies", 1),
                human_bytes(double(st.value("size", uint64_t(0)))), st.value("block_size", 0), where);
     fmt::print("  uuid {}  epoch {}  sequence {}  holder {}\n", st.value("uuid", ""), st.value("epoch", 0),
                st.value("sequence", 0), st.value("holder", ""));
     for (const json& m : st.value("members", json::array())) {
-        fmt::print("  slot {}  {:<10}  {}\n", m.value("slot", 0), m.value("state", ""), m.value("url", ""));
+        uint64_t bad = m.value("checksum_errors", uint64_t(0));
+        fmt::print("  slot {}  {:<10}  {}{}\n", m.value("slot", 0), m.value("state", ""), m.value("url", ""),
+                   bad ? fmt::format("  checksum errors: {}", bad) : std::string());
     }
     const json& r = st.value("resync", json::object());
     if (r.value("running", false)) {
         fmt::print("  resync: {} — {}\n", r.value("what", ""), resync_line(r));
+    }
+    if (st.contains("scrub")) {
+        const json& sc = st["scrub"];
+        uint64_t total = sc.value("total_bytes", uint64_t(0));
+        if (sc.value("running", false) || sc.value("passes", 0) > 0) {
+            fmt::print("  scrub{}: {} of {}, {} bad block copies, {} repaired, {} with no good copy\n",
+                       sc.value("running", false) ? " (running)" : "",
+                       human_bytes(double(sc.value("done_bytes", uint64_t(0)))), human_bytes(double(total)),
+                       sc.value("bad_blocks", 0), sc.value("repaired_blocks", 0),
+                       sc.value("unrecoverable_blocks", 0));
+        }
     }
     fmt::print("  dirty regions: {}  resynced since open: {}\n", st.value("dirty_regions", 0),
                human_bytes(double(r.value("copied_bytes", uint64_t(0)))));
@@ -210,6 +225,7 @@ struct SpaceArgs {
     std::vector<std::string> members;
     std::string size, chunk, region, resync_rate, cluster;
     bool thin = false;
+    bool checksum = false;
     unsigned copies = 2;
     bool force = false;
     bool takeover = false;
@@ -271,6 +287,10 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                      "Thin: allocate space from the members only when first written, so --size may exceed "
                      "them; UNMAP/fstrim give it back, and a write that finds the members full fails "
                      "(docs/thin.md)");
+    create->add_flag("--checksum", a->checksum,
+                     "A CRC32C per 4 KiB block, checked on every read: a bad copy is repaired from a good "
+                     "one, and a block with no good copy fails with a medium error instead of returning "
+                     "wrong data. Mirrors only (docs/integrity.md)");
     create->add_option("--cluster", a->cluster,
                        "--thin: allocation unit, 64K to 1M, a power of two (default 1M)");
     create->add_option("--chunk", a->chunk, "Stripe chunk (default 128K)");
@@ -359,6 +379,12 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
         space->add_subcommand("snapshot-delete", "Delete snapshot NAME@SNAP; what only it held is freed");
     snapshot_delete->add_option("NAME@SNAP", a->name, "The snapshot")->required();
 
+    auto* scrub = space->add_subcommand(
+        "scrub", "Read every copy of every block of a space held here and made with --checksum; repair "
+                 "bad copies from good ones, report blocks with none (docs/integrity.md)");
+    scrub->add_option("NAME", a->name)->required();
+    scrub->add_flag("--wait", a->watch, "Wait until it is done, then print the status");
+
     auto* destroy = space->add_subcommand(
         "destroy", "Erase the members' labels and the catalog entry (a clone: delete it from its pool)");
     destroy->add_option("NAME", a->name)->required();
@@ -396,9 +422,10 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                 error("--cluster: too large (64K to 1M)");
                 return exit_usage;
             }
-            request = {{"verb", "create"},  {"name", a->name}, {"layout", a->layout}, {"members", a->members},
-                       {"size", *size},     {"chunk", *chunk}, {"region", *region},   {"copies", a->copies},
-                       {"force", a->force}, {"thin", a->thin}, {"cluster", *cluster}};
+            request = {{"verb", "create"},      {"name", a->name},     {"layout", a->layout},
+                       {"members", a->members}, {"size", *size},       {"chunk", *chunk},
+                       {"region", *region},     {"copies", a->copies}, {"force", a->force},
+                       {"thin", a->thin},       {"cluster", *cluster}, {"checksums", a->checksum}};
         } else if (attach->parsed()) {
             auto rate = size_option(a->resync_rate, "--resync-rate");
             if (!rate) {
@@ -434,6 +461,9 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
             request = {{"verb", "clone"}, {"name", a->name}, {"new", a->new_name}};
         } else if (snapshot_delete->parsed()) {
             request = {{"verb", "snapshot-delete"}, {"name", a->name}};
+        } else if (scrub->parsed()) {
+            request = {{"verb", "scrub"}, {"name", a->name}};
+            here = false;
         } else if (destroy->parsed()) {
             if (!a->yes) {
                 // Refused before anything is opened: nothing is written to any member.
@@ -519,6 +549,20 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
             for (const json& note : j.value("notes", json::array())) {
                 fmt::print(stderr, "  note: {}\n", note.get<std::string>());
             }
+        } else if (scrub->parsed() && a->watch) {
+            json st = j["status"];
+            json ask = {{"verb", "status"}, {"name", a->name}};
+            while (st.value("scrub", json::object()).value("running", false)) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(200));
+                auto again = request_space(home, ask, false, false);
+                if (failed(again) != exit_ok) {
+                    return exit_failure;
+                }
+                st = (*again)["status"];
+            }
+            print_status(st);
+            const json& sc = st.value("scrub", json::object());
+            return sc.value("unrecoverable_blocks", uint64_t(0)) == 0 ? exit_ok : exit_failure;
         } else if (j.contains("status")) {
             print_status(j["status"]);
         } else if (destroy->parsed()) {

@@ -174,9 +174,47 @@ TEST(Label, ThinSpaceRoundTrips) {
     EXPECT_FALSE(decode_label(bytes_of(l)));
 }
 
+// Block checksums: the feature bit and an area of a u32 per 4 KiB block of the layout, after the others.
+TEST(Label, ChecksummedSpaceRoundTrips) {
+    uint64_t sums = checksum_area_bytes(64 << 20);
+    EXPECT_EQ(sums, (64u << 20) / 4096 * 4);
+    auto plan = plan_member(64 << 20, 512, 64 << 20, 1 << 20, 0, sums);
+    ASSERT_TRUE(plan);
+    EXPECT_EQ(plan->checksums.type, AreaType::checksums);
+    EXPECT_EQ(plan->checksums.offset, plan->bitmap.offset + plan->bitmap.length);
+    EXPECT_GE(plan->data_offset, plan->checksums.offset + plan->checksums.length);
+    Label l = sample();
+    l.incompat = feature::incompat::checksums;
+    l.areas = {plan->bitmap, plan->checksums};
+    l.data_offset = plan->data_offset;
+    l.data_size = plan->data_size;
+    for (auto& m : l.members) {
+        m.data_bytes = plan->data_size;
+    }
+    l.space_size = plan->data_size;
+    auto back = decode_label(bytes_of(l));
+    ASSERT_TRUE(back) << back.error().message;
+    EXPECT_TRUE(back->checksums());
+    ASSERT_NE(back->area(AreaType::checksums), nullptr);
+    EXPECT_EQ(back->area(AreaType::checksums)->length, plan->checksums.length);
+}
+
 TEST(Label, EachFieldIsChecked) {
     EXPECT_NE(refused([](Label& l) { l.version = 2; }).find("newer ispace"), std::string::npos);
-    EXPECT_NE(refused([](Label& l) { l.incompat = feature::incompat::checksums; }).find("does not know"),
+    EXPECT_NE(refused([](Label& l) { l.incompat = uint64_t(1) << 2; }).find("does not know"),
+              std::string::npos);
+    // Block checksums need their area, large enough for the layout; only such a space has one.
+    EXPECT_NE(
+        refused([](Label& l) { l.incompat = feature::incompat::checksums; }).find("without its checksums"),
+        std::string::npos);
+    EXPECT_NE(refused([](Label& l) {
+                  l.areas.push_back({AreaType::checksums, 0, l.areas[0].offset + l.areas[0].length, 4096});
+              }).find("without block checksums"),
+              std::string::npos);
+    EXPECT_NE(refused([](Label& l) {
+                  l.incompat = feature::incompat::checksums;
+                  l.areas.push_back({AreaType::checksums, 0, l.areas[0].offset + l.areas[0].length, 4096});
+              }).find("cannot cover"),
               std::string::npos);
     EXPECT_NE(refused([](Label& l) { l.incompat = uint64_t(1) << 40; }).find("made by a newer ispace"),
               std::string::npos);

@@ -1,0 +1,105 @@
+// Block checksums at run time (docs/integrity.md): the table of a CRC32C per 4 KiB block of the layout's
+// address range, held in memory whole, the range lock that keeps a block's data and its checksum
+// changing together, and the page writer that puts changed table pages on every member.
+//
+// Why the layout's range and not the space's: a thin space maps its blocks onto clusters of that range, so
+// a cluster shared by snapshots has one checksum whoever reads it, and the seed (the block's layout
+// address) catches a write that landed on the wrong block of a member.
+//
+// Why a range lock: a read that sees a block's new data before its new checksum (or the reverse) would take
+// the good copy for a bad one and "repair" it with stale data. Writes, UNMAP and WRITE ZEROES take their 4
+// KiB blocks exclusively from before their checksums change until both data and checksums are on the
+// members; reads share them. A request waits for any conflicting request held or queued before it (first
+// come, first served: a stream of reads cannot starve a write).
+#pragma once
+
+#include "ispace/function.hpp"
+#include "net/reactor.hpp"
+#include "volume/label.hpp"
+#include "volume/volume.hpp"
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace ispace::volume {
+
+// A member is failed (taken out like one that fails I/O, and not retried) once this many blocks read from
+// it failed their checksum since the space was opened.
+inline constexpr uint64_t checksum_error_limit = 32;
+
+// The checksum of one 4 KiB block at layout block `block`: CRC32C seeded with the block's address, never 0
+// (0 in the table means "no checksum yet": a block never written since the space was created, or last
+// UNMAPped or zeroed, is not verified).
+uint32_t block_checksum(const uint8_t* data, uint64_t block);
+// The checksums of `count` consecutive blocks from `first` held in an iovec, in one pass over it.
+void block_checksums(const iovec* iov, int iovcnt, uint64_t first, uint64_t count, uint32_t* out);
+// Copies `length` bytes from `from` into an iovec, `skip` bytes in; and out of one.
+void copy_to_iov(const iovec* iov, int iovcnt, uint64_t skip, const uint8_t* from, uint64_t length);
+void copy_from_iov(const iovec* iov, int iovcnt, uint64_t skip, uint8_t* to, uint64_t length);
+
+struct ChecksumState {
+    ChecksumState(uint64_t blocks_, uint64_t area_offset_);
+
+    uint64_t blocks = 0;      // 4 KiB blocks of the layout range in use
+    uint64_t area_offset = 0; // the checksums area, the same on every member
+    uint64_t pages = 0;       // 4 KiB pages of the table
+    std::unique_ptr<std::atomic<uint32_t>[]> table;
+
+    uint32_t get(uint64_t block) const { return table[block].load(std::memory_order_relaxed); }
+    void set(uint64_t block, uint32_t sum) { table[block].store(sum, std::memory_order_relaxed); }
+    // Page `page` of the table as it goes on disk (little-endian u32s).
+    void encode_page(uint64_t page, uint8_t* out) const;
+
+    // --- the range lock (any thread) ---
+    struct Range {
+        uint64_t first = 0;
+        uint64_t last = 0;
+        bool exclusive = false;
+        bool conflicts(const Range& o) const {
+            return first <= o.last && o.first <= last && (exclusive || o.exclusive);
+        }
+    };
+    // Runs `go` now (true) or later on `origin` once the range is free (false).
+    bool lock(Range range, net::Reactor* origin, Function<void()>& go);
+    void unlock(Range range);
+
+    // --- the page writer (marks from any thread; writes on home) ---
+    std::mutex page_mutex;
+    std::vector<uint8_t> page_dirty;
+    std::vector<uint64_t> dirty_list;
+    uint64_t requested = 0; // tickets handed out
+    uint64_t durable = 0;   // tickets whose pages are on the members
+    bool writing = false;
+    bool kick_posted = false;
+    bool fua = false;     // a FUA write waits for this round: its pages go with FUA too
+    int failed_error = 0; // a batch that reached no member: every ticket from then on fails
+    struct Waiter {
+        uint64_t ticket;
+        net::Reactor* origin;
+        Function<void(int)> done;
+    };
+    std::vector<Waiter> waiters;
+
+    // --- the scrub (home; `progress` also read by status() under scrub_mutex) ---
+    mutable std::mutex scrub_mutex;
+    ScrubProgress scrub;
+    uint64_t scrub_next = 0; // layout offset of the next window
+
+private:
+    std::mutex _lock_mutex;
+    std::vector<Range> _held;
+    struct Queued {
+        Range range;
+        net::Reactor* origin;
+        Function<void()> go;
+    };
+    std::deque<Queued> _queued;
+};
+
+} // namespace ispace::volume

@@ -1,0 +1,794 @@
+// Block checksums (docs/integrity.md): the table, the range lock, the page writer, what a request does
+// before and after the layout path, and the table at open (loaded, torn writes resolved, copied to members
+// that missed changes). The verification of reads and the repair of a bad copy are in volume_io.cpp, where
+// a read's extents are.
+#include "common/bytes.hpp"
+#include "common/log.hpp"
+#include "volume/checksum_io.hpp"
+#include "volume/member_io.hpp"
+#include "volume/volume.hpp"
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace ispace::volume {
+
+namespace {
+
+uint32_t seed_of(uint64_t block) {
+    return uint32_t(block) ^ uint32_t(block >> 32);
+}
+
+uint32_t never_zero(uint32_t crc) {
+    return crc == 0 ? 1 : crc;
+}
+
+} // namespace
+
+uint32_t block_checksum(const uint8_t* data, uint64_t block) {
+    return never_zero(label_crc32c(data, checksum_block, seed_of(block)));
+}
+
+void block_checksums(const iovec* iov, int iovcnt, uint64_t first, uint64_t count, uint32_t* out) {
+    int i = 0;
+    uint64_t at = 0; // in iov[i]
+    for (uint64_t b = 0; b < count; ++b) {
+        uint32_t crc = seed_of(first + b);
+        uint64_t left = checksum_block;
+        while (left > 0 && i < iovcnt) {
+            uint64_t n = std::min<uint64_t>(iov[i].iov_len - at, left);
+            crc = label_crc32c(static_cast<const uint8_t*>(iov[i].iov_base) + at, n, crc);
+            left -= n;
+            at += n;
+            if (at == iov[i].iov_len) {
+                ++i;
+                at = 0;
+            }
+        }
+        out[b] = never_zero(crc);
+    }
+}
+
+void copy_to_iov(const iovec* iov, int iovcnt, uint64_t skip, const uint8_t* from, uint64_t length) {
+    for (int i = 0; i < iovcnt && length > 0; ++i) {
+        if (skip >= iov[i].iov_len) {
+            skip -= iov[i].iov_len;
+            continue;
+        }
+        uint64_t n = std::min<uint64_t>(iov[i].iov_len - skip, length);
+        std::memcpy(static_cast<uint8_t*>(iov[i].iov_base) + skip, from, n);
+        from += n;
+        length -= n;
+        skip = 0;
+    }
+}
+
+void copy_from_iov(const iovec* iov, int iovcnt, uint64_t skip, uint8_t* to, uint64_t length) {
+    for (int i = 0; i < iovcnt && length > 0; ++i) {
+        if (skip >= iov[i].iov_len) {
+            skip -= iov[i].iov_len;
+            continue;
+        }
+        uint64_t n = std::min<uint64_t>(iov[i].iov_len - skip, length);
+        std::memcpy(to, static_cast<const uint8_t*>(iov[i].iov_base) + skip, n);
+        to += n;
+        length -= n;
+        skip = 0;
+    }
+}
+
+ChecksumState::ChecksumState(uint64_t blocks_, uint64_t area_offset_)
+    : blocks(blocks_), area_offset(area_offset_), pages((blocks_ * 4 + 4095) / 4096),
+      table(new std::atomic<uint32_t>[blocks_]), page_dirty(pages, 0) {
+    for (uint64_t b = 0; b < blocks; ++b) {
+        table[b].store(0, std::memory_order_relaxed);
+    }
+}
+
+void ChecksumState::encode_page(uint64_t page, uint8_t* out) const {
+    std::memset(out, 0, 4096);
+    uint64_t first = page * 1024;
+    uint64_t end = std::min(blocks, first + 1024);
+    for (uint64_t b = first; b < end; ++b) {
+        store_le32(out + (b - first) * 4, get(b));
+    }
+}
+
+bool ChecksumState::lock(Range range, net::Reactor* origin, Function<void()>& go) {
+    std::lock_guard guard(_lock_mutex);
+    bool blocked =
+        std::any_of(_held.begin(), _held.end(), [&](const Range& h) { return h.conflicts(range); }) ||
+        std::any_of(_queued.begin(), _queued.end(),
+                    [&](const Queued& q) { return q.range.conflicts(range); });
+    if (blocked) {
+        _queued.push_back({range, origin, std::move(go)});
+        return false;
+    }
+    _held.push_back(range);
+    return true;
+}
+
+void ChecksumState::unlock(Range range) {
+    std::vector<Queued> granted;
+    {
+        std::lock_guard guard(_lock_mutex);
+        auto it = std::find_if(_held.begin(), _held.end(), [&](const Range& h) {
+            return h.first == range.first && h.last == range.last && h.exclusive == range.exclusive;
+        });
+        assert(it != _held.end());
+        if (it != _held.end()) {
+            *it = _held.back();
+            _held.pop_back();
+        }
+        // In arrival order: one that conflicts with something held, or with an earlier one still waiting,
+        // waits on.
+        for (size_t i = 0; i < _queued.size();) {
+            const Range& r = _queued[i].range;
+            bool blocked =
+                std::any_of(_held.begin(), _held.end(), [&](const Range& h) { return h.conflicts(r); });
+            for (size_t j = 0; j < i && !blocked; ++j) {
+                blocked = _queued[j].range.conflicts(r);
+            }
+            if (blocked) {
+                ++i;
+                continue;
+            }
+            _held.push_back(r);
+            granted.push_back(std::move(_queued[i]));
+            _queued.erase(_queued.begin() + long(i));
+        }
+    }
+    for (Queued& q : granted) {
+        q.origin->post(std::move(q.go));
+    }
+}
+
+// ---- requests --------------------------------------------------------------------------------------------
+
+namespace {
+
+// A read or write that does not cover whole 4 KiB blocks: done as a read of the whole blocks into a
+// bounce buffer (verified like any read), then for a write the caller's bytes merged in and the whole
+// blocks written with their new checksums. The range lock makes the read-modify-write atomic.
+struct Widened {
+    backstore::IoRequest* outer = nullptr;
+    net::Reactor* origin = nullptr;
+    uint64_t start = 0;
+    Buffer bounce;
+    iovec iov{};
+    backstore::IoRequest inner;
+};
+
+} // namespace
+
+void Volume::sums_submit(backstore::IoRequest& request, net::Reactor* origin) {
+    if (request.op == backstore::IoOp::flush) {
+        submit_layout(request, origin);
+        return;
+    }
+    ChecksumState::Range range{request.offset / checksum_block,
+                               (request.offset + request.length - 1) / checksum_block,
+                               request.op != backstore::IoOp::read};
+    // The caller's completion frees the range first.
+    auto done = std::move(request.done);
+    request.done = [sums = _sums.get(), range, done = std::move(done)](int error) mutable {
+        sums->unlock(range);
+        done(error);
+    };
+    backstore::IoRequest* r = &request;
+    Function<void()> go = [this, r, origin] { sums_start(*r, origin); };
+    if (_sums->lock(range, origin, go)) {
+        go();
+    }
+}
+
+void Volume::sums_start(backstore::IoRequest& request, net::Reactor* origin) {
+    uint64_t first = request.offset / checksum_block;
+    uint64_t last = (request.offset + request.length - 1) / checksum_block;
+    bool whole = request.offset % checksum_block == 0 && request.length % checksum_block == 0;
+    switch (request.op) {
+    case backstore::IoOp::read:
+        if (whole) {
+            submit_layout(request, origin); // verified as its extents arrive (sums_verify)
+            return;
+        }
+        break;
+    case backstore::IoOp::write:
+        if (whole) {
+            // The checksums change in memory now (the range lock keeps readers of these blocks out) and
+            // their pages go to the members alongside the data; the write is acknowledged once both are
+            // there (finish() waits for the ticket).
+            thread_local std::vector<uint32_t> sums;
+            sums.resize(last + 1 - first);
+            block_checksums(request.iov, int(request.iovcnt), first, sums.size(), sums.data());
+            for (uint64_t b = first; b <= last; ++b) {
+                _sums->set(b, sums[b - first]);
+            }
+            submit_layout(request, origin, sums_mark(first, last, request.fua));
+            return;
+        }
+        break;
+    default:
+        // UNMAP, WRITE ZEROES: what the members hold there afterwards is theirs to say; those blocks are
+        // not verified until they are written again.
+        for (uint64_t b = first; b <= last; ++b) {
+            _sums->set(b, 0);
+        }
+        submit_layout(request, origin, sums_mark(first, last, request.fua));
+        return;
+    }
+    auto* w = new Widened;
+    w->outer = &request;
+    w->origin = origin;
+    w->start = first * checksum_block;
+    uint64_t length = (last + 1 - first) * checksum_block;
+    w->bounce = Buffer::allocate(length);
+    w->iov = {w->bounce.data(), length};
+    w->inner.op = backstore::IoOp::read;
+    w->inner.offset = w->start;
+    w->inner.length = length;
+    w->inner.iov = &w->iov;
+    w->inner.iovcnt = 1;
+    auto finish_outer = [this](Widened* w, int error) {
+        backstore::IoRequest* outer = w->outer;
+        delete w;
+        auto done = std::move(outer->done);
+        _completed.fetch_add(1, std::memory_order_acq_rel); // the outer request, admitted in submit
+        done(error);
+    };
+    w->inner.done = [this, w, finish_outer, first, last](int error) {
+        backstore::IoRequest& outer = *w->outer;
+        uint64_t skip = outer.offset - w->start;
+        if (error != 0) {
+            finish_outer(w, error);
+            return;
+        }
+        if (outer.op == backstore::IoOp::read) {
+            copy_to_iov(outer.iov, int(outer.iovcnt), 0, w->bounce.data() + skip, outer.length);
+            finish_outer(w, 0);
+            return;
+        }
+        copy_from_iov(outer.iov, int(outer.iovcnt), 0, w->bounce.data() + skip, outer.length);
+        for (uint64_t b = first; b <= last; ++b) {
+            _sums->set(b, block_checksum(w->bounce.data() + (b - first) * checksum_block, b));
+        }
+        w->inner.op = backstore::IoOp::write;
+        w->inner.fua = outer.fua;
+        w->inner.done = [w, finish_outer](int error) { finish_outer(w, error); };
+        if (admit(w->origin, w->inner, _space_size, true)) {
+            submit_layout(w->inner, w->origin, sums_mark(first, last, outer.fua));
+        }
+    };
+    if (admit(origin, w->inner, _space_size, true)) {
+        submit_layout(w->inner, origin);
+    }
+}
+
+void Volume::sums_count_error(uint32_t slot) {
+    Member& m = _members[slot];
+    if (m.checksum_errors.fetch_add(1, std::memory_order_acq_rel) + 1 == checksum_error_limit) {
+        log_error("space {}: {}: {} blocks read from it failed their checksum; it is failed and stays out "
+                  "until it is replaced",
+                  _truth_at_open.name, m.url, checksum_error_limit);
+        member_error(slot, -EIO, "read (too many checksum errors)");
+    }
+}
+
+// ---- the page writer -------------------------------------------------------------------------------------
+
+uint64_t Volume::sums_mark(uint64_t first, uint64_t last, bool fua) {
+    ChecksumState& s = *_sums;
+    std::lock_guard guard(s.page_mutex);
+    for (uint64_t p = first / 1024; p <= last / 1024; ++p) {
+        if (!s.page_dirty[p]) {
+            s.page_dirty[p] = 1;
+            s.dirty_list.push_back(p);
+        }
+    }
+    s.fua |= fua;
+    uint64_t ticket = ++s.requested;
+    if (!s.writing && !s.kick_posted) {
+        s.kick_posted = true;
+        _home.post([this] { sums_kick(); });
+    }
+    return ticket;
+}
+
+uint64_t Volume::sums_mark_all() {
+    if (_sums->blocks == 0) {
+        return 0;
+    }
+    return sums_mark(0, _sums->blocks - 1, false);
+}
+
+void Volume::sums_wait(uint64_t ticket, net::Reactor* origin, Function<void(int)> done) {
+    ChecksumState& s = *_sums;
+    int error = 0;
+    {
+        std::lock_guard guard(s.page_mutex);
+        if (s.failed_error == 0 && s.durable < ticket) {
+            s.waiters.push_back({ticket, origin, std::move(done)});
+            return;
+        }
+        error = s.failed_error;
+    }
+    done(error);
+}
+
+bool Volume::sums_idle() const {
+    {
+        std::lock_guard guard(_sums->scrub_mutex);
+        if (_sums->scrub.running) {
+            return false; // a window in flight; the next one sees _closing and stops
+        }
+    }
+    std::lock_guard guard(_sums->page_mutex);
+    return !_sums->writing && _sums->dirty_list.empty();
+}
+
+namespace {
+
+// One round of table pages: runs of consecutive dirty pages (up to 1 MiB each), each to every writable
+// member.
+struct PageBatch {
+    struct Write {
+        backstore::IoRequest request;
+        iovec iov{};
+    };
+    uint64_t ticket = 0;
+    std::vector<Buffer> runs;
+    std::unique_ptr<std::atomic<uint32_t>[]> run_ok; // members that took each run
+    std::vector<std::unique_ptr<Write>> writes;
+    std::atomic<uint32_t> left{0};
+};
+
+} // namespace
+
+void Volume::sums_kick() {
+    ChecksumState& s = *_sums;
+    std::vector<uint64_t> pages;
+    bool fua = false;
+    auto batch = std::make_shared<PageBatch>();
+    {
+        std::lock_guard guard(s.page_mutex);
+        s.kick_posted = false;
+        if (s.writing || s.dirty_list.empty()) {
+            return;
+        }
+        s.writing = true;
+        pages.swap(s.dirty_list);
+        for (uint64_t p : pages) {
+            s.page_dirty[p] = 0;
+        }
+        fua = std::exchange(s.fua, false);
+        batch->ticket = s.requested;
+    }
+    // Snapshot the pages after taking them: every checksum set before its ticket was handed out is in.
+    std::sort(pages.begin(), pages.end());
+    std::vector<std::pair<uint64_t, uint64_t>> runs; // first page, count
+    for (uint64_t p : pages) {
+        if (!runs.empty() && runs.back().first + runs.back().second == p && runs.back().second < 256) {
+            ++runs.back().second;
+        } else {
+            runs.push_back({p, 1});
+        }
+    }
+    uint32_t writable = writable_mask();
+    batch->run_ok.reset(new std::atomic<uint32_t>[runs.size()]);
+    for (size_t r = 0; r < runs.size(); ++r) {
+        batch->run_ok[r].store(0);
+    }
+    for (const auto& [first, count] : runs) {
+        Buffer b = Buffer::allocate(count * 4096);
+        for (uint64_t i = 0; i < count; ++i) {
+            s.encode_page(first + i, b.data() + i * 4096);
+        }
+        batch->runs.push_back(std::move(b));
+    }
+    auto done = [this, batch] {
+        ChecksumState& s = *_sums;
+        std::vector<ChecksumState::Waiter> ready;
+        {
+            std::lock_guard guard(s.page_mutex);
+            s.writing = false;
+            for (size_t r = 0; r < batch->runs.size(); ++r) {
+                if (batch->run_ok[r].load() == 0 && s.failed_error == 0) {
+                    // No member holds these checksums: nothing written from now on can be trusted.
+                    s.failed_error = -EIO;
+                }
+            }
+            s.durable = std::max(s.durable, batch->ticket);
+            for (size_t i = 0; i < s.waiters.size();) {
+                if (s.failed_error != 0 || s.waiters[i].ticket <= s.durable) {
+                    ready.push_back(std::move(s.waiters[i]));
+                    s.waiters[i] = std::move(s.waiters.back());
+                    s.waiters.pop_back();
+                } else {
+                    ++i;
+                }
+            }
+        }
+        int error = s.failed_error;
+        for (auto& w : ready) {
+            w.origin->post([done = std::move(w.done), error]() mutable { done(error); });
+        }
+        _home.post([this] { sums_kick(); });
+    };
+    for (size_t r = 0; r < runs.size(); ++r) {
+        for (uint32_t slot = 0; slot < _count; ++slot) {
+            if (!(writable & (1u << slot))) {
+                continue;
+            }
+            auto w = std::make_unique<PageBatch::Write>();
+            w->iov = {batch->runs[r].data(), batch->runs[r].size()};
+            w->request.op = backstore::IoOp::write;
+            w->request.offset = s.area_offset + runs[r].first * 4096;
+            w->request.length = batch->runs[r].size();
+            w->request.iov = &w->iov;
+            w->request.iovcnt = 1;
+            w->request.fua = fua;
+            batch->writes.push_back(std::move(w));
+        }
+    }
+    if (batch->writes.empty()) {
+        done();
+        return;
+    }
+    batch->left.store(uint32_t(batch->writes.size()));
+    size_t index = 0;
+    for (size_t r = 0; r < runs.size(); ++r) {
+        for (uint32_t slot = 0; slot < _count; ++slot) {
+            if (!(writable & (1u << slot))) {
+                continue;
+            }
+            PageBatch::Write& w = *batch->writes[index++];
+            w.request.done = [this, batch, r, slot, done](int error) {
+                if (error != 0) {
+                    member_error(slot, error, "checksum write");
+                } else {
+                    batch->run_ok[r].fetch_add(1);
+                }
+                if (batch->left.fetch_sub(1) == 1) {
+                    _home.post(done);
+                }
+            };
+            submit_member(slot, w.request, &batch->runs[r]);
+        }
+    }
+}
+
+// ---- open ------------------------------------------------------------------------------------------------
+
+Result<void> Volume::sums_open(const Label& truth, bool unclean) {
+    assert(net::Reactor::current() == nullptr);
+    const MetadataArea* area = truth.area(AreaType::checksums);
+    if (area == nullptr || _space_size % checksum_block != 0 ||
+        area->length < checksum_area_bytes(_space_size)) {
+        return make_error(fmt::format("space '{}': the checksums area does not cover the space", truth.name),
+                          EINVAL);
+    }
+    auto sums = std::make_unique<ChecksumState>(_space_size / checksum_block, area->offset);
+    std::vector<uint8_t> image(sums->pages * 4096);
+    // From an in-sync member: every checksum page write reached each of them (a member that failed one was
+    // failed). A rebuilding member may have missed some; it gets the whole table below.
+    bool loaded = false;
+    for (uint32_t s = 0; s < _count && !loaded; ++s) {
+        Member& m = _members[s];
+        if (!m.device || MemberState(m.state.load()) != MemberState::active) {
+            continue;
+        }
+        if (int error = member_io(_home, *m.device, backstore::IoOp::read, area->offset, image); error != 0) {
+            member_error(s, error, "checksums read");
+            continue;
+        }
+        loaded = true;
+    }
+    if (!loaded) {
+        return make_error(fmt::format("space '{}': no member's checksums could be read", truth.name), EIO);
+    }
+    for (uint64_t b = 0; b < sums->blocks; ++b) {
+        sums->set(b, load_le32(image.data() + b * 4));
+    }
+    _sums = std::move(sums);
+    bool rewrite = false;
+    for (uint32_t s = 0; s < _count; ++s) {
+        rewrite |= MemberState(_members[s].state.load()) == MemberState::rebuilding;
+    }
+    // After an unclean stop a write may have been torn: data on some copies and not others, its checksum
+    // page on some members or none. The bitmap marks every region where that can be. In each, per block:
+    // the copy that matches the checksum wins; when none does (the data landed, its page did not), the
+    // lowest in-sync copy wins as the unclean resync would choose; then the checksum is recomputed from the
+    // winner and the others are made equal to it. Done here, before any read can see the region.
+    if (unclean && _bitmap) {
+        uint64_t rs = _bitmap->region_size();
+        uint64_t resolved = 0, rewritten = 0;
+        std::vector<Extent> extents;
+        for (uint64_t r = 0; r * rs < _space_size; ++r) {
+            if (!_bitmap->marked(r)) {
+                continue;
+            }
+            extents.clear();
+            map_range(layout(), r * rs, std::min(rs, _space_size - r * rs), extents);
+            for (const Extent& x : extents) {
+                std::vector<uint32_t> slots;
+                std::vector<std::vector<uint8_t>> copies;
+                for (uint32_t c = 0; c < layout().copies; ++c) {
+                    uint32_t slot = member_of(layout(), x.column, c);
+                    if (!(active_mask() & (1u << slot))) {
+                        continue;
+                    }
+                    std::vector<uint8_t> data(x.length);
+                    Member& m = _members[slot];
+                    if (int error = member_io(_home, *m.device, backstore::IoOp::read,
+                                              m.data_offset + x.member_offset, data);
+                        error != 0) {
+                        member_error(slot, error, "read");
+                        continue;
+                    }
+                    slots.push_back(slot);
+                    copies.push_back(std::move(data));
+                }
+                for (uint64_t i = 0; i * checksum_block < x.length && !slots.empty(); ++i) {
+                    uint64_t block = x.space_offset / checksum_block + i;
+                    uint64_t at = i * checksum_block;
+                    uint32_t stored = _sums->get(block);
+                    size_t winner = 0;
+                    for (size_t k = 0; k < copies.size() && stored != 0; ++k) {
+                        if (block_checksum(copies[k].data() + at, block) == stored) {
+                            winner = k;
+                            break;
+                        }
+                    }
+                    uint32_t sum = block_checksum(copies[winner].data() + at, block);
+                    resolved += sum != stored;
+                    _sums->set(block, sum);
+                    for (size_t k = 0; k < copies.size(); ++k) {
+                        if (k == winner || std::memcmp(copies[k].data() + at, copies[winner].data() + at,
+                                                       checksum_block) == 0) {
+                            continue;
+                        }
+                        Member& m = _members[slots[k]];
+                        std::span<uint8_t> good(copies[winner].data() + at, checksum_block);
+                        if (int error = member_io(_home, *m.device, backstore::IoOp::write,
+                                                  m.data_offset + x.member_offset + at, good);
+                            error != 0) {
+                            member_error(slots[k], error, "write");
+                        }
+                        ++rewritten;
+                    }
+                }
+            }
+        }
+        if (resolved + rewritten > 0) {
+            log_info("space {}: after an unclean stop, {} checksums were recomputed and {} block copies made "
+                     "equal in the dirty regions",
+                     truth.name, resolved, rewritten);
+        }
+        rewrite |= resolved > 0;
+    }
+    if (rewrite) {
+        for (uint64_t p = 0; p < _sums->pages; ++p) {
+            _sums->encode_page(p, image.data() + p * 4096);
+        }
+        for (uint32_t s = 0; s < _count; ++s) {
+            Member& m = _members[s];
+            if (!(writable_mask() & (1u << s))) {
+                continue;
+            }
+            if (int error = member_io(_home, *m.device, backstore::IoOp::write, area->offset, image, true);
+                error != 0) {
+                member_error(s, error, "checksums write");
+            }
+        }
+    }
+    return {};
+}
+
+// ---- scrub -----------------------------------------------------------------------------------------------
+
+constexpr uint64_t scrub_window_bytes = 1 << 20;
+
+// One window of a scrub: every readable copy of each extent read, then the bad block copies rewritten.
+struct ScrubWindow {
+    struct Copy {
+        uint32_t extent = 0;
+        uint32_t slot = 0;
+        Buffer data;
+        iovec iov{};
+        backstore::IoRequest request;
+        bool ok = false;
+    };
+    struct Fix {
+        uint32_t slot = 0;
+        backstore::IoRequest request;
+        iovec iov{};
+        Buffer data; // shares the good copy's block
+    };
+    ChecksumState::Range range;
+    std::vector<Extent> extents;
+    std::vector<std::unique_ptr<Copy>> copies;
+    std::vector<std::unique_ptr<Fix>> fixes;
+    std::atomic<uint32_t> left{0};
+};
+
+Result<void> Volume::scrub() {
+    if (!_sums) {
+        return make_error(fmt::format("space '{}' has no block checksums to scrub against (create it with "
+                                      "--checksum)",
+                                      _truth_at_open.name),
+                          EINVAL);
+    }
+    std::lock_guard guard(_sums->scrub_mutex);
+    if (_sums->scrub.running) {
+        return make_error(fmt::format("space '{}': a scrub is running", _truth_at_open.name), EBUSY);
+    }
+    uint64_t passes = _sums->scrub.passes;
+    _sums->scrub = {};
+    _sums->scrub.running = true;
+    _sums->scrub.total_bytes = _space_size;
+    _sums->scrub.passes = passes;
+    _home.post([this] {
+        _sums->scrub_next = 0;
+        scrub_window();
+    });
+    log_info("space {}: scrub started ({} MiB)", _truth_at_open.name, _space_size >> 20);
+    return {};
+}
+
+void Volume::scrub_window() {
+    ChecksumState& s = *_sums;
+    uint64_t at = s.scrub_next;
+    if (_closing.load() || _lost.load() || at >= _space_size) {
+        std::lock_guard guard(s.scrub_mutex);
+        s.scrub.running = false;
+        if (at >= _space_size) {
+            ++s.scrub.passes;
+            log_info("space {}: scrub done: {} bad block copies, {} repaired, {} blocks with no good copy",
+                     _truth_at_open.name, s.scrub.bad_blocks, s.scrub.repaired_blocks,
+                     s.scrub.unrecoverable_blocks);
+        }
+        return;
+    }
+    uint64_t length = std::min(scrub_window_bytes, _space_size - at);
+    auto w = std::make_shared<ScrubWindow>();
+    w->range = {at / checksum_block, (at + length - 1) / checksum_block, false};
+    // Shared, as a read: writers of these blocks wait, so data and checksums agree while we look.
+    Function<void()> go = [this, w, at, length] {
+        map_range(layout(), at, length, w->extents);
+        uint32_t readable = active_mask();
+        for (uint32_t e = 0; e < w->extents.size(); ++e) {
+            const Extent& x = w->extents[e];
+            for (uint32_t c = 0; c < layout().copies; ++c) {
+                uint32_t slot = member_of(layout(), x.column, c);
+                if (!(readable & (1u << slot))) {
+                    continue;
+                }
+                auto copy = std::make_unique<ScrubWindow::Copy>();
+                copy->extent = e;
+                copy->slot = slot;
+                copy->data = Buffer::allocate(x.length);
+                copy->iov = {copy->data.data(), x.length};
+                copy->request.op = backstore::IoOp::read;
+                copy->request.offset = _members[slot].data_offset + x.member_offset;
+                copy->request.length = x.length;
+                copy->request.iov = &copy->iov;
+                copy->request.iovcnt = 1;
+                w->copies.push_back(std::move(copy));
+            }
+        }
+        auto checked = [this, w, at, length] {
+            // Per block: the copies that match, the ones that do not; the first good one over the bad.
+            ChecksumState& s = *_sums;
+            uint64_t bad = 0, repaired = 0, lost = 0;
+            for (uint32_t e = 0; e < w->extents.size(); ++e) {
+                const Extent& x = w->extents[e];
+                for (uint64_t i = 0; i * checksum_block < x.length; ++i) {
+                    uint64_t block = x.space_offset / checksum_block + i;
+                    uint32_t stored = s.get(block);
+                    if (stored == 0) {
+                        continue;
+                    }
+                    ScrubWindow::Copy* good = nullptr;
+                    std::vector<ScrubWindow::Copy*> wrong;
+                    for (auto& c : w->copies) {
+                        if (c->extent != e || !c->ok) {
+                            continue;
+                        }
+                        if (block_checksum(c->data.data() + i * checksum_block, block) == stored) {
+                            good = good ? good : c.get();
+                        } else {
+                            wrong.push_back(c.get());
+                        }
+                    }
+                    for (ScrubWindow::Copy* c : wrong) {
+                        ++bad;
+                        sums_count_error(c->slot);
+                        if (!good) {
+                            continue;
+                        }
+                        auto fix = std::make_unique<ScrubWindow::Fix>();
+                        fix->slot = c->slot;
+                        fix->data = Buffer::allocate(checksum_block);
+                        std::memcpy(fix->data.data(), good->data.data() + i * checksum_block, checksum_block);
+                        fix->iov = {fix->data.data(), checksum_block};
+                        fix->request.op = backstore::IoOp::write;
+                        fix->request.offset = c->request.offset + i * checksum_block;
+                        fix->request.length = checksum_block;
+                        fix->request.iov = &fix->iov;
+                        fix->request.iovcnt = 1;
+                        fix->request.done = [this, w, slot = c->slot](int error) {
+                            _members[slot].inflight.fetch_sub(1, std::memory_order_relaxed);
+                            if (error != 0) {
+                                member_error(slot, error, "write");
+                            }
+                            if (w->left.fetch_sub(1) == 1) {
+                                _home.post([this, w] { scrub_window_done(w); });
+                            }
+                        };
+                        w->fixes.push_back(std::move(fix));
+                        ++repaired;
+                        log_warn(
+                            "space {}: scrub: {} block at layout offset {} failed its checksum; rewritten "
+                            "from a good copy",
+                            _truth_at_open.name, _members[c->slot].url, block * checksum_block);
+                    }
+                    if (!wrong.empty() && !good) {
+                        ++lost;
+                        log_error("space {}: scrub: block at layout offset {} has no copy that matches its "
+                                  "checksum; reads of it fail (medium error)",
+                                  _truth_at_open.name, block * checksum_block);
+                    }
+                }
+            }
+            {
+                std::lock_guard guard(s.scrub_mutex);
+                s.scrub.bad_blocks += bad;
+                s.scrub.repaired_blocks += repaired;
+                s.scrub.unrecoverable_blocks += lost;
+                s.scrub.done_bytes = at + length;
+            }
+            s.scrub_next = at + length;
+            if (w->fixes.empty()) {
+                scrub_window_done(w);
+                return;
+            }
+            w->left.store(uint32_t(w->fixes.size()));
+            for (auto& fix : w->fixes) {
+                submit_member(fix->slot, fix->request, nullptr);
+            }
+        };
+        if (w->copies.empty()) {
+            checked();
+            return;
+        }
+        w->left.store(uint32_t(w->copies.size()));
+        for (auto& c : w->copies) {
+            ScrubWindow::Copy* copy = c.get();
+            copy->request.done = [this, w, copy, checked](int error) {
+                _members[copy->slot].inflight.fetch_sub(1, std::memory_order_relaxed);
+                if (error != 0) {
+                    member_error(copy->slot, error, "read");
+                } else {
+                    copy->ok = true;
+                }
+                if (w->left.fetch_sub(1) == 1) {
+                    _home.post(checked);
+                }
+            };
+            submit_member(copy->slot, copy->request, nullptr);
+        }
+    };
+    if (s.lock(w->range, &_home, go)) {
+        go();
+    }
+}
+
+void Volume::scrub_window_done(const std::shared_ptr<ScrubWindow>& w) {
+    _sums->unlock(w->range);
+    _home.post([this] { scrub_window(); });
+}
+
+} // namespace ispace::volume
