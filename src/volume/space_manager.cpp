@@ -858,18 +858,11 @@ Result<GrowResult> SpaceManager::grow(const std::string& name, const std::string
     return grown;
 }
 
-Result<std::pair<VolumeMember, MemberEntry>>
-SpaceManager::new_column(const std::string& name, const Held& held, const std::string& url, bool force) {
-    const Label& truth = held.volume->truth_at_open();
-    if (truth.layout != LayoutKind::concat) {
-        return make_error(
-            fmt::format("space '{}' is a {}: a new member adds room only to a concat (a mirror's "
-                        "copies hold the same bytes, a stripe would have to be restriped); grow "
-                        "its members instead",
-                        name, to_string(truth.layout)),
-            ENOTSUP);
-    }
-    for (const std::string& u : held.urls) {
+Result<std::unique_ptr<backstore::Device>> SpaceManager::open_new_member(const std::string& name,
+                                                                         const std::vector<std::string>& urls,
+                                                                         const std::string& url, bool force,
+                                                                         uint32_t block_size) {
+    for (const std::string& u : urls) {
         if (same_member(u, url)) {
             return make_error(fmt::format("{} is a member of '{}' already", shown(url), name), EEXIST);
         }
@@ -885,11 +878,30 @@ SpaceManager::new_column(const std::string& name, const Held& held, const std::s
                                       existing.label->name),
                           EEXIST);
     }
-    if (d.geometry().block_size != truth.block_size) {
+    if (d.geometry().block_size != block_size) {
         return make_error(fmt::format("{} has {}-byte blocks; the space has {}", shown(url),
-                                      d.geometry().block_size, truth.block_size),
+                                      d.geometry().block_size, block_size),
                           EINVAL);
     }
+    return device;
+}
+
+Result<std::pair<VolumeMember, MemberEntry>>
+SpaceManager::new_column(const std::string& name, const Held& held, const std::string& url, bool force) {
+    const Label& truth = held.volume->truth_at_open();
+    if (truth.layout != LayoutKind::concat) {
+        return make_error(
+            fmt::format("space '{}' is a {}: a new member adds room only to a concat (a mirror's "
+                        "copies hold the same bytes, a stripe would have to be restriped); grow "
+                        "its members instead",
+                        name, to_string(truth.layout)),
+            ENOTSUP);
+    }
+    auto device = open_new_member(name, held.urls, url, force, truth.block_size);
+    if (!device) {
+        return device.error();
+    }
+    backstore::Device& d = **device;
     // Its data area after the same metadata as the others' (a thin space's map area is copied to it).
     uint64_t data_offset = (metadata_end_of(truth) + data_alignment - 1) / data_alignment * data_alignment;
     uint64_t bytes = d.geometry().bytes();
@@ -1052,27 +1064,11 @@ Result<SpaceStatus> SpaceManager::add_member(const std::string& name, const std:
                                       truth.members.size()),
                           ENOSPC);
     }
-    for (const std::string& u : entry->urls) {
-        if (same_member(u, url)) {
-            return make_error(fmt::format("{} is a member of '{}' already", shown(url), name), EEXIST);
-        }
-    }
-    auto device = open_device(url);
+    auto device = open_new_member(name, entry->urls, url, force, truth.block_size);
     if (!device) {
-        return with(shown(url), device.error());
+        return device.error();
     }
     backstore::Device& d = **device;
-    LabelReading existing = read_member_labels(reactor(), d);
-    if (existing.label && !force) {
-        return make_error(fmt::format("{} is a member of space '{}'; use --force to reuse it", shown(url),
-                                      existing.label->name),
-                          EEXIST);
-    }
-    if (d.geometry().block_size != truth.block_size) {
-        return make_error(fmt::format("{} has {}-byte blocks; the space has {}", shown(url),
-                                      d.geometry().block_size, truth.block_size),
-                          EINVAL);
-    }
     const MetadataArea* bitmap = truth.area(AreaType::bitmap);
     uint64_t metadata_end = metadata_end_of(truth);
     uint64_t data_offset = (metadata_end + data_alignment - 1) / data_alignment * data_alignment;

@@ -223,6 +223,12 @@ private:
     Result<std::shared_ptr<Volume>> open_locked(const std::string& name, const OpenOptions& options,
                                                 const AssembleOptions& assemble = {});
     Result<void> close_locked(const std::string& name);
+    // Opens a device to join space `name` (members `urls`): not one of them, not a member of another space
+    // (unless `force`), `block_size`-byte blocks.
+    Result<std::unique_ptr<backstore::Device>> open_new_member(const std::string& name,
+                                                               const std::vector<std::string>& urls,
+                                                               const std::string& url, bool force,
+                                                               uint32_t block_size);
     // A device checked, fenced and planned as a concat's new column (grow --member).
     Result<std::pair<VolumeMember, MemberEntry>> new_column(const std::string& name, const Held& held,
                                                             const std::string& url, bool force);

@@ -4,6 +4,7 @@ the checks that nothing is left behind (no loop device bound, no FUSE mount, no 
 attach_driver (tests/system/attach_driver.cpp) attaches devices through mgmt::Runtime and takes
 commands on stdin ("attach SPEC", "detach PATH [force]", "resize PATH SIZE", "status", "quit").
 """
+import fcntl
 import os
 import shutil
 import subprocess
@@ -185,3 +186,18 @@ def verify_files(directory, sums):
 def umount(point, timeout=60):
     r = run(["umount", point], timeout=timeout)
     return r.returncode == 0
+
+
+def holder_pid(home):
+    """The pid of the holder of $ISPACE_HOME `home`, or None when none runs (its lock is free: a killed
+    holder may linger as a zombie nobody reaps, but its lock went with its files)."""
+    try:
+        with open(os.path.join(home, "holder.lock"), "r+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return int(f.read().strip() or 0) or None
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return None
+    except (OSError, ValueError):
+        return None

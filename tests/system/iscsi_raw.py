@@ -196,6 +196,27 @@ class Client:
             elif rsp.opcode == OP_SCSI_RSP:
                 return rsp.header[3], data
 
+    def command(self, cdb, data=b"", read_length=0, lun=0):
+        """One SCSI command: (status, data-in bytes, (sense key, ASC, ASCQ) or None)."""
+        itt = self.scsi(cdb, read_length=read_length, lun=lun, data=data)
+        data_in = b""
+        while True:
+            rsp = self.recv()
+            if rsp.opcode == OP_NOP_IN and rsp.u32(20) != 0xFFFFFFFF:
+                self.nop_answer(rsp)
+                continue
+            if rsp.itt != itt:
+                continue
+            if rsp.opcode == OP_DATA_IN:
+                data_in += rsp.data
+                if rsp.flags & 0x01 and rsp.flags & 0x80:
+                    return rsp.header[3], data_in, None
+            elif rsp.opcode == OP_SCSI_RSP:
+                sense = rsp.data[2:] if len(rsp.data) > 2 else b""
+                if rsp.header[3] == 2 and len(sense) >= 14:
+                    return 2, data_in, (sense[2] & 0x0F, sense[12], sense[13])
+                return rsp.header[3], data_in, None
+
     def test_unit_ready(self, lun=0):
         return self.wait_status(self.scsi(bytes(6), lun=lun))[0]
 

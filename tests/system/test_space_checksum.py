@@ -53,34 +53,12 @@ def status(ispace, env, name="c"):
     return json.loads(r.stdout) if r.returncode == 0 else {}
 
 
-def command(client, cdb, data=b"", read_length=0):
-    """One SCSI command: (status, data-in, (key, asc, ascq) or None)."""
-    itt = client.scsi(cdb, read_length=read_length, data=data)
-    data_in = b""
-    while True:
-        rsp = client.recv()
-        if rsp.opcode == iscsi_raw.OP_NOP_IN and rsp.u32(20) != 0xFFFFFFFF:
-            client.nop_answer(rsp)
-            continue
-        if rsp.itt != itt:
-            continue
-        if rsp.opcode == iscsi_raw.OP_DATA_IN:
-            data_in += rsp.data
-            if rsp.flags & 0x01 and rsp.flags & 0x80:
-                return rsp.header[3], data_in, None
-        elif rsp.opcode == iscsi_raw.OP_SCSI_RSP:
-            sense = rsp.data[2:] if len(rsp.data) > 2 else b""
-            if rsp.header[3] == 2 and len(sense) >= 14:
-                return 2, data_in, (sense[2] & 0x0F, sense[12], sense[13])
-            return rsp.header[3], data_in, None
-
-
 def write16(client, offset, data):
     """WRITE(16) in pieces of 64 KiB (the raw client sends its data immediate, within FirstBurstLength)."""
     for at in range(0, len(data), 65536):
         piece = data[at:at + 65536]
         cdb = struct.pack(">BBQIBB", 0x8A, 0, (offset + at) // BS, len(piece) // BS, 0, 0)
-        result = command(client, cdb, data=piece)[0]
+        result = client.command(cdb, data=piece)[0]
         if result != 0:
             return result
     return 0
@@ -88,7 +66,7 @@ def write16(client, offset, data):
 
 def read16(client, offset, length):
     cdb = struct.pack(">BBQIBB", 0x88, 0, offset // BS, length // BS, 0, 0)
-    return command(client, cdb, read_length=length)
+    return client.command(cdb, read_length=length)
 
 
 def data_offset(member):

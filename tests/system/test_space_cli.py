@@ -19,7 +19,6 @@
 
 Usage: test_space_cli.py ISPACE ISPACED ATTACH_DRIVER     (exit 77 = skipped: not root, no FUSE/loop, no tgtd)
 """
-import fcntl
 import hashlib
 import json
 import os
@@ -106,18 +105,7 @@ class Cli:
         return json.loads(r.stdout) if r.returncode == 0 else None
 
     def holder_pid(self):
-        """The holder's pid, or None when none runs (its lock is free: a killed holder may linger as a
-        zombie nobody reaps, but its lock went with its files)."""
-        try:
-            with open(os.path.join(self.home, "holder.lock"), "r+") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return int(f.read().strip() or 0) or None
-                fcntl.flock(f, fcntl.LOCK_UN)
-                return None
-        except (OSError, ValueError):
-            return None
+        return attach_testlib.holder_pid(self.home)
 
     def stop_holder(self):
         """The holder the CLI started for us, if it is still there (a failed test): SIGTERM, then -9."""

@@ -14,7 +14,6 @@ verbs and ispaced, on a mirror of two local (sparse) files:
 
 Usage: test_space_export.py ISPACE ISPACED ATTACH_DRIVER     (part 3 is skipped, saying why, without root/FUSE/loop)
 """
-import fcntl
 import json
 import os
 import shutil
@@ -42,22 +41,6 @@ def run(cmd, env=None, timeout=300):
 
 def space(ispace, env, *args):
     return run([ispace, "space"] + list(args), env=env)
-
-
-def holder_pid(home):
-    """The pid of the holder of `home`, or None when none runs (its lock is free: a killed holder may
-    linger as a zombie nobody reaps, but its lock went with its files)."""
-    path = os.path.join(home, "holder.lock")
-    try:
-        with open(path, "r+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return int(f.read().strip() or 0) or None
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return None
-    except (OSError, ValueError):
-        return None
 
 
 def data_area(path, offset, length):
@@ -135,7 +118,7 @@ def main():
             # the rate-limited resync below would take the whole space's worth of time.
             check(run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", dev]).returncode == 0, "mkfs.ext4 on it")
             check(run(["mount", dev, mnt]).returncode == 0, "it mounts")
-            pid = holder_pid(home2)
+            pid = attach_testlib.holder_pid(home2)
             # 48 MiB written and synced just before the kill (its regions are still dirty then: a region is
             # cleared only after two idle sweeps, 2 s apart), and more writes going on when it comes.
             kept = os.urandom(48 * MiB)
@@ -154,11 +137,11 @@ def main():
             # The lock goes when the process is gone; a process killed while the kernel waits on its FUSE
             # answers can take a moment to go.
             for _ in range(100):
-                if holder_pid(home2) is None:
+                if attach_testlib.holder_pid(home2) is None:
                     break
                 time.sleep(0.1)
-            check(pid is not None and holder_pid(home2) is None,
-                  f"the holder is killed with -9 during the writes (pid {pid}, after: {holder_pid(home2)})")
+            check(pid is not None and attach_testlib.holder_pid(home2) is None,
+                  f"the holder is killed with -9 during the writes (pid {pid}, after: {attach_testlib.holder_pid(home2)})")
             time.sleep(0.5)  # the loop device clears itself once the FUSE file is gone
             st = json.loads(space(ispace, env2, "status", "x", "--json").stdout or "{}")
             check(st and not st["clean"], "the labels say it was not closed cleanly")
@@ -189,7 +172,7 @@ def main():
             check(r.returncode == 0, f"fsck.ext4 -fn is clean ({(r.stdout.strip().splitlines() or [''])[-1]})")
             check(space(ispace, env2, "detach", "x").returncode == 0, "it detaches")
             time.sleep(0.5)
-            check(holder_pid(home2) is None, "the holder it started exits once it holds nothing")
+            check(attach_testlib.holder_pid(home2) is None, "the holder it started exits once it holds nothing")
             same = data_area(members[0], MiB, SIZE) == data_area(members[1], MiB, SIZE)
             check(same, "the members' data areas are identical byte for byte")
     finally:
@@ -198,7 +181,7 @@ def main():
         if daemon:
             daemon.stop()
         for h in (home, os.path.join(scratch, "h2")):
-            pid = holder_pid(h)
+            pid = attach_testlib.holder_pid(h)
             if pid:
                 os.kill(pid, signal.SIGTERM)
     return check.finish(scratch)

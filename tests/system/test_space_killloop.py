@@ -14,7 +14,6 @@ freed (the filesystem discards what it frees: mount -o discard) and allocated ag
 Usage: test_space_killloop.py ISPACE ISPACED ATTACH_DRIVER [KILLS]     (skipped, exit 77, without
                                                                        root/FUSE/loop)
 """
-import fcntl
 import hashlib
 import json
 import os
@@ -71,20 +70,6 @@ def status(ispace, env):
     r = subprocess.run([ispace, "space", "status", "k", "--json"], env=env, capture_output=True, text=True,
                        timeout=120)
     return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
-
-
-def holder_pid(home):
-    """The pid of the holder of `home`, or None when none runs (its lock is free)."""
-    try:
-        with open(os.path.join(home, "holder.lock"), "r+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return int(f.read().strip() or 0) or None
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return None
-    except (OSError, ValueError):
-        return None
 
 
 def attach(ispace, env):
@@ -181,7 +166,7 @@ def main():
             if bad:
                 failures.append(f"kill {i}: {len(bad)} synced file(s) missing or different: {bad[:5]}")
                 break
-            pid = holder_pid(home)
+            pid = attach_testlib.holder_pid(home)
             snapper = Snapshotter(ispace, env, snap_counter, snapshots)
             snapper.start()
             writer = subprocess.Popen([sys.executable, "-c", WRITER, mnt, str(counter)], stdout=subprocess.PIPE,
@@ -208,10 +193,10 @@ def main():
                     synced.pop(words[1], None)
             attach_testlib.run(["umount", "-l", mnt])
             for _ in range(100):  # the lock goes with the process; the loop device clears once the file is gone
-                if holder_pid(home) is None:
+                if attach_testlib.holder_pid(home) is None:
                     break
                 time.sleep(0.05)
-            if pid is None or holder_pid(home) is not None:
+            if pid is None or attach_testlib.holder_pid(home) is not None:
                 failures.append(f"kill {i}: the holder (pid {pid}) did not go")
                 break
             dev = None
@@ -266,7 +251,7 @@ def main():
         if attach_testlib.mounted(mnt):
             attach_testlib.run(["umount", "-l", mnt])
         subprocess.run([ispace, "space", "detach", "k"], env=env, capture_output=True, timeout=60)
-        pid = holder_pid(home)
+        pid = attach_testlib.holder_pid(home)
         if pid:
             os.kill(pid, signal.SIGTERM)
     return check.finish(scratch)

@@ -55,43 +55,21 @@ def status(ispace, env, name="t"):
     return json.loads(r.stdout) if r.returncode == 0 else {}
 
 
-def command(client, cdb, data=b"", read_length=0):
-    """One SCSI command: (status, data-in, (key, asc, ascq) or None)."""
-    itt = client.scsi(cdb, read_length=read_length, data=data)
-    data_in = b""
-    while True:
-        rsp = client.recv()
-        if rsp.opcode == iscsi_raw.OP_NOP_IN and rsp.u32(20) != 0xFFFFFFFF:
-            client.nop_answer(rsp)
-            continue
-        if rsp.itt != itt:
-            continue
-        if rsp.opcode == iscsi_raw.OP_DATA_IN:
-            data_in += rsp.data
-            if rsp.flags & 0x01 and rsp.flags & 0x80:
-                return rsp.header[3], data_in, None
-        elif rsp.opcode == iscsi_raw.OP_SCSI_RSP:
-            sense = rsp.data[2:] if len(rsp.data) > 2 else b""
-            if rsp.header[3] == 2 and len(sense) >= 14:
-                return 2, data_in, (sense[2] & 0x0F, sense[12], sense[13])
-            return rsp.header[3], data_in, None
-
-
 def write16(client, offset, data):
     cdb = struct.pack(">BBQIBB", 0x8A, 0, offset // BS, len(data) // BS, 0, 0)
-    return command(client, cdb, data=data)
+    return client.command(cdb, data=data)
 
 
 def read16(client, offset, length):
     cdb = struct.pack(">BBQIBB", 0x88, 0, offset // BS, length // BS, 0, 0)
-    st, data, _ = command(client, cdb, read_length=length)
+    st, data, _ = client.command(cdb, read_length=length)
     return data if st == 0 else None
 
 
 def lba_status(client, offset):
     """GET LBA STATUS at `offset`: the first descriptor as (lba, blocks, deallocated)."""
     cdb = struct.pack(">BBQIBB", 0x9E, 0x12, offset // BS, 4096, 0, 0)
-    st, data, _ = command(client, cdb, read_length=4096)
+    st, data, _ = client.command(cdb, read_length=4096)
     if st != 0 or len(data) < 24:
         return None
     lba, blocks, prov = struct.unpack_from(">QIB", data, 8)
@@ -101,16 +79,16 @@ def lba_status(client, offset):
 def unmap(client, offset, length):
     params = struct.pack(">HH4x", 6 + 16, 16) + struct.pack(">QI4x", offset // BS, length // BS)
     cdb = struct.pack(">BB4xBHB", 0x42, 0, 0, len(params), 0)
-    return command(client, cdb, data=params)[0]
+    return client.command(cdb, data=params)[0]
 
 
 def write_same_unmap(client, offset, length):
     cdb = struct.pack(">BBQIBB", 0x93, 0x08, offset // BS, length // BS, 0, 0)  # UNMAP bit
-    return command(client, cdb, data=bytes(BS))[0]
+    return client.command(cdb, data=bytes(BS))[0]
 
 
 def sync_cache(client):
-    return command(client, bytes([0x35]) + bytes(9))[0]
+    return client.command(bytes([0x35]) + bytes(9))[0]
 
 
 def main():
@@ -153,7 +131,7 @@ def main():
         for _ in range(3):  # the unit attention a new nexus gets first
             if c.test_unit_ready() == 0:
                 break
-        st16, cap, _ = command(c, bytes([0x9E, 0x10]) + bytes(8) + struct.pack(">I", 32) + bytes(2), read_length=32)
+        st16, cap, _ = c.command(bytes([0x9E, 0x10]) + bytes(8) + struct.pack(">I", 32) + bytes(2), read_length=32)
         last, bs = struct.unpack_from(">QI", cap, 0) if st16 == 0 else (0, 0)
         check(st16 == 0 and (last + 1) * bs == SIZE and cap[14] & 0x80,
               "READ CAPACITY(16): 1 GiB with logical block provisioning (LBPME)")
