@@ -11,8 +11,9 @@ with raw SCSI commands (iscsi_raw.py):
     copy was rewritten); `status --json` counts checksum_errors 1 for that member, 0 for the other.
  4. The same block of another place flipped on both members: READ(16) fails with CHECK CONDITION, MEDIUM
     ERROR / UNRECOVERED READ ERROR (03h/11h/00h), not wrong data; the blocks around it still read.
- 5. `ispace space scrub c --wait`: three more bytes flipped on the other member (which no read met) are
-    found and repaired; the block bad on both copies is reported (exit 1); `status --json` counts them.
+ 5. `ispace space scrub c --wait`: 20 bytes flipped at random 4 KiB blocks of one member (in 4 MiB that
+    no read met) are all found and repaired; the block bad on both copies is reported (exit 1);
+    `status --json` counts them (20 repaired).
  6. (root, FUSE and loop devices) A file: a second checksummed space attached, ext4 on it, a file of known
     content written; detached, one byte of it flipped in the member that serves its reads (found through
     filefrag's physical block and the member's data offset); attached again, the file reads back intact,
@@ -24,6 +25,7 @@ Usage: test_space_checksum.py ISPACE ISPACED [ATTACH_DRIVER]     (part 6 is skip
 import re
 import json
 import os
+import random
 import struct
 import subprocess
 import sys
@@ -160,8 +162,12 @@ def main():
         st_, data, _ = read16(c, 7 * MiB, 8192)
         check(st_ == 0 and data == other[:8192], "the blocks before it still read")
 
-        # 5. Scrub: three more flips on the other member, which reads of MiB 5 never meet.
-        flips = [offsets[0] + at + i * 65536 + 99 for i in range(3)]
+        # 5. Scrub (issue 14's acceptance): 20 flips at random blocks of one member, inside 4 MiB written at
+        #    10 MiB that no read has met since.
+        bulk = os.urandom(4 * MiB)
+        check(write16(c, 10 * MiB, bulk) == 0, "4 MiB written at 10 MiB")
+        blocks = random.sample(range(len(bulk) // 4096), 20)
+        flips = [offsets[0] + 10 * MiB + b * 4096 + random.randrange(4096) for b in blocks]
         goods = [pread(members[0], f, 1) for f in flips]
         for f in flips:
             flip(members[0], f)
@@ -170,9 +176,10 @@ def main():
         sc = st.get("scrub", {})
         check(r.returncode == 1 and "no good copy" in r.stdout,
               f"scrub --wait: done, and it fails for the block with no good copy (exit {r.returncode})")
-        check(sc.get("repaired_blocks") == 3 and sc.get("unrecoverable_blocks") == 1 and sc.get("bad_blocks") == 5
+        check(sc.get("repaired_blocks") == 20 and sc.get("unrecoverable_blocks") == 1 and sc.get("bad_blocks") == 22
               and sc.get("done_bytes") == sc.get("total_bytes") and not sc.get("running"),
-              f"status --json scrub: 3 repaired, 1 with no good copy, 5 bad copies ({sc})")
+              f"status --json scrub: all 20 repaired, 1 with no good copy, 22 bad copies ({sc})")
+        check(read16(c, 10 * MiB, len(bulk))[1] == bulk, "the 4 MiB read back intact")
         check([pread(members[0], f, 1) for f in flips] == goods, "the scrub restored the backing file")
         c.close()
         daemon.stop()
