@@ -85,7 +85,9 @@ json space_status_json(const volume::SpaceStatus& st) {
                       {"bad_blocks", st.scrub.bad_blocks},
                       {"repaired_blocks", st.scrub.repaired_blocks},
                       {"unrecoverable_blocks", st.scrub.unrecoverable_blocks},
-                      {"passes", st.scrub.passes}};
+                      {"passes", st.scrub.passes},
+                      {"paused", st.scrub.paused},
+                      {"rate", st.scrub.rate}};
     }
     j["members"] = json::array();
     for (const volume::MemberStatus& m : st.members) {
@@ -217,7 +219,14 @@ json SpaceService::handle(const json& request) {
             return r ? json{{"ok", true}} : failure(r.error());
         }
         if (verb == "scrub") {
-            if (auto r = _manager.scrub(name); !r) {
+            std::string action = request.value("action", "start");
+            if (action != "start" && action != "pause" && action != "resume") {
+                return failure(fmt::format("scrub: unknown action '{}' (start, pause, resume)", action));
+            }
+            auto a = action == "pause"    ? volume::ScrubAction::pause
+                     : action == "resume" ? volume::ScrubAction::resume
+                                          : volume::ScrubAction::start;
+            if (auto r = _manager.scrub(name, a, request.value("rate", uint64_t(0))); !r) {
                 return failure(r.error());
             }
             return status(name);

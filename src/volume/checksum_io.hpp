@@ -21,6 +21,7 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -90,6 +91,10 @@ struct ChecksumState {
     mutable std::mutex scrub_mutex;
     ScrubProgress scrub;
     uint64_t scrub_next = 0; // layout offset of the next window
+    // Home: the rate's reference point (the pace is measured from here: start or resume).
+    std::chrono::steady_clock::time_point scrub_since{};
+    uint64_t scrub_since_offset = 0;
+    bool scrub_idle = false; // home: paused with no window in flight
 
 private:
     std::mutex _lock_mutex;

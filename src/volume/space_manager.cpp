@@ -422,14 +422,14 @@ Result<std::shared_ptr<Volume>> SpaceManager::open(const std::string& name, cons
     return open_locked(name, options);
 }
 
-Result<void> SpaceManager::scrub(const std::string& name) {
+Result<void> SpaceManager::scrub(const std::string& name, ScrubAction action, uint64_t rate) {
     auto v = find(name);
     if (!v) {
         return make_error(
             fmt::format("space '{}' is not held by this process: attach or export it, then scrub it", name),
             ENOENT);
     }
-    return v->scrub();
+    return v->scrub(action, rate);
 }
 
 std::shared_ptr<Volume> SpaceManager::find(const std::string& name) const {

@@ -149,7 +149,8 @@ public:
     Result<std::shared_ptr<Volume>> open(const std::string& name, const OpenOptions& options = {});
     std::shared_ptr<Volume> find(const std::string& name) const;
     // Starts a scrub of a space held here with block checksums (docs/integrity.md); status shows it.
-    Result<void> scrub(const std::string& name);
+    // `action`: start, pause or resume it (Volume::scrub); `rate`: bytes per second, 0 unlimited.
+    Result<void> scrub(const std::string& name, ScrubAction action = ScrubAction::start, uint64_t rate = 0);
     Result<void> close(const std::string& name);
     void close_all();
     Result<SpaceStatus> status(const std::string& name);

@@ -112,7 +112,11 @@ struct ScrubProgress {
     uint64_t repaired_blocks = 0;      // ... rewritten from a good copy
     uint64_t unrecoverable_blocks = 0; // blocks with no good copy (their layout offsets are logged)
     uint64_t passes = 0;               // finished since open
+    bool paused = false;               // --pause: stopped at done_bytes until --resume
+    uint64_t rate = 0;                 // bytes per second it is held to (0: as fast as it goes)
 };
+
+enum class ScrubAction : uint8_t { start, pause, resume };
 
 struct MemberStatus {
     uint32_t slot = 0;
@@ -204,8 +208,10 @@ public:
     // after == before: there was nothing to take.
     // `column`: a new member appended to a concat (its `entry.data_bytes` of room; fenced by the caller).
     Result<GrowResult> grow(std::optional<VolumeMember> column = std::nullopt, MemberEntry entry = {});
-    // Starts a scrub (a space with block checksums; refused while one runs). Any thread.
-    Result<void> scrub();
+    // Starts a scrub (a space with block checksums; refused while one runs or is paused), pauses it after
+    // the window in flight, or resumes it where it stopped. `rate`: bytes per second for start and resume
+    // (0: unlimited). Any thread.
+    Result<void> scrub(ScrubAction action = ScrubAction::start, uint64_t rate = 0);
     // Waits until no resync is pending (or `limit` passed); for tests and tools.
     bool wait_resync(std::chrono::milliseconds limit);
     // Runs one bitmap sweep now (as the timer does); for tests.

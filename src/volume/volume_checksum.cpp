@@ -614,7 +614,7 @@ struct ScrubWindow {
     std::atomic<uint32_t> left{0};
 };
 
-Result<void> Volume::scrub() {
+Result<void> Volume::scrub(ScrubAction action, uint64_t rate) {
     if (!_sums) {
         return make_error(fmt::format("space '{}' has no block checksums to scrub against (create it with "
                                       "--checksum)",
@@ -622,19 +622,56 @@ Result<void> Volume::scrub() {
                           EINVAL);
     }
     std::lock_guard guard(_sums->scrub_mutex);
-    if (_sums->scrub.running) {
-        return make_error(fmt::format("space '{}': a scrub is running", _truth_at_open.name), EBUSY);
+    ScrubProgress& p = _sums->scrub;
+    switch (action) {
+    case ScrubAction::start: {
+        if (p.running) {
+            return make_error(fmt::format("space '{}': a scrub is {}", _truth_at_open.name,
+                                          p.paused ? "paused (--resume it)" : "running"),
+                              EBUSY);
+        }
+        uint64_t passes = p.passes;
+        p = {};
+        p.running = true;
+        p.total_bytes = _space_size;
+        p.passes = passes;
+        p.rate = rate;
+        _home.post([this] {
+            _sums->scrub_next = 0;
+            _sums->scrub_since = std::chrono::steady_clock::now();
+            _sums->scrub_since_offset = 0;
+            scrub_window();
+        });
+        log_info("space {}: scrub started ({} MiB{})", _truth_at_open.name, _space_size >> 20,
+                 rate ? fmt::format(", at most {} MiB/s", rate >> 20) : "");
+        return {};
     }
-    uint64_t passes = _sums->scrub.passes;
-    _sums->scrub = {};
-    _sums->scrub.running = true;
-    _sums->scrub.total_bytes = _space_size;
-    _sums->scrub.passes = passes;
-    _home.post([this] {
-        _sums->scrub_next = 0;
-        scrub_window();
-    });
-    log_info("space {}: scrub started ({} MiB)", _truth_at_open.name, _space_size >> 20);
+    case ScrubAction::pause:
+        if (!p.running || p.paused) {
+            return make_error(fmt::format("space '{}': no scrub is running", _truth_at_open.name), EINVAL);
+        }
+        p.paused = true; // the window in flight finishes; scrub_window_done goes no further
+        log_info("space {}: scrub paused at {} MiB", _truth_at_open.name, p.done_bytes >> 20);
+        return {};
+    case ScrubAction::resume:
+        if (!p.running || !p.paused) {
+            return make_error(fmt::format("space '{}': no scrub is paused", _truth_at_open.name), EINVAL);
+        }
+        p.paused = false;
+        p.rate = rate;
+        _home.post([this] {
+            // A pause lands between windows: none is in flight once it is seen there. If the window that
+            // was in flight has not seen it yet, it goes on by itself and this one is not needed.
+            if (_sums->scrub_idle) {
+                _sums->scrub_idle = false;
+                _sums->scrub_since = std::chrono::steady_clock::now();
+                _sums->scrub_since_offset = _sums->scrub_next;
+                scrub_window();
+            }
+        });
+        log_info("space {}: scrub resumed at {} MiB", _truth_at_open.name, p.done_bytes >> 20);
+        return {};
+    }
     return {};
 }
 
@@ -788,7 +825,36 @@ void Volume::scrub_window() {
 
 void Volume::scrub_window_done(const std::shared_ptr<ScrubWindow>& w) {
     _sums->unlock(w->range);
-    _home.post([this] { scrub_window(); });
+    ChecksumState& s = *_sums;
+    uint64_t rate = 0;
+    {
+        std::lock_guard guard(s.scrub_mutex);
+        if (s.scrub.paused) {
+            s.scrub_idle = true; // resume starts the next window
+            return;
+        }
+        rate = s.scrub.rate;
+    }
+    auto delay = std::chrono::steady_clock::duration::zero();
+    if (rate > 0) {
+        // The pace since start (or resume): the next window may start once the bytes done took as long
+        // as the rate allows.
+        auto due =
+            s.scrub_since +
+            std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                std::chrono::duration<double>(double(s.scrub_next - s.scrub_since_offset) / double(rate)));
+        delay = std::max(delay, due - std::chrono::steady_clock::now());
+    }
+    if (delay > std::chrono::steady_clock::duration::zero()) {
+        std::weak_ptr<Volume> weak = shared_from_this();
+        _home.add_timer(delay, [weak] {
+            if (auto v = weak.lock()) {
+                v->scrub_window();
+            }
+        });
+    } else {
+        _home.post([this] { scrub_window(); });
+    }
 }
 
 } // namespace ispace::volume

@@ -178,7 +178,9 @@ void print_status(const json& st) {
         uint64_t total = sc.value("total_bytes", uint64_t(0));
         if (sc.value("running", false) || sc.value("passes", 0) > 0) {
             fmt::print("  scrub{}: {} of {}, {} bad block copies, {} repaired, {} with no good copy\n",
-                       sc.value("running", false) ? " (running)" : "",
+                       sc.value("paused", false)    ? " (paused)"
+                       : sc.value("running", false) ? " (running)"
+                                                    : "",
                        human_bytes(double(sc.value("done_bytes", uint64_t(0)))), human_bytes(double(total)),
                        sc.value("bad_blocks", 0), sc.value("repaired_blocks", 0),
                        sc.value("unrecoverable_blocks", 0));
@@ -231,6 +233,9 @@ struct SpaceArgs {
     bool takeover = false;
     bool json_out = false;
     bool watch = false;
+    bool pause = false;
+    bool resume = false;
+    std::string scrub_rate;
     bool yes = false;
     std::string old_url, new_url, url, force_from, snap, new_name;
     std::vector<std::string> urls;
@@ -384,6 +389,12 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
                  "bad copies from good ones, report blocks with none (docs/integrity.md)");
     scrub->add_option("NAME", a->name)->required();
     scrub->add_flag("--wait", a->watch, "Wait until it is done, then print the status");
+    scrub->add_option("--rate", a->scrub_rate, "Hold it to this many bytes per second (e.g. 50M)");
+    auto* scrub_pause = scrub->add_flag("--pause", a->pause, "Pause the running scrub after its current MiB");
+    scrub->add_flag("--resume", a->resume, "Resume a paused scrub where it stopped")->excludes(scrub_pause);
+    scrub->footer(
+        "Examples:\n  ispace space scrub home --rate 50M      (in the background; status shows progress)\n"
+        "  ispace space scrub home --pause\n  ispace space scrub home --resume --wait");
 
     auto* destroy = space->add_subcommand(
         "destroy", "Erase the members' labels and the catalog entry (a clone: delete it from its pool)");
@@ -462,7 +473,17 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
         } else if (snapshot_delete->parsed()) {
             request = {{"verb", "snapshot-delete"}, {"name", a->name}};
         } else if (scrub->parsed()) {
-            request = {{"verb", "scrub"}, {"name", a->name}};
+            auto rate = size_option(a->scrub_rate, "--rate");
+            if (!rate) {
+                error(rate.error().message);
+                return exit_usage;
+            }
+            request = {{"verb", "scrub"},
+                       {"name", a->name},
+                       {"action", a->pause    ? "pause"
+                                  : a->resume ? "resume"
+                                              : "start"},
+                       {"rate", *rate}};
             here = false;
         } else if (destroy->parsed()) {
             if (!a->yes) {
@@ -552,7 +573,8 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
         } else if (scrub->parsed() && a->watch) {
             json st = j["status"];
             json ask = {{"verb", "status"}, {"name", a->name}};
-            while (st.value("scrub", json::object()).value("running", false)) {
+            auto going = [](const json& sc) { return sc.value("running", false) && !sc.value("paused", false); };
+            while (going(st.value("scrub", json::object()))) {
                 std::this_thread::sleep_for(std::chrono::milliseconds(200));
                 auto again = request_space(home, ask, false, false);
                 if (failed(again) != exit_ok) {

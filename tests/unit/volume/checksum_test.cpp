@@ -13,8 +13,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <random>
 #include <set>
+#include <thread>
 
 namespace ispace::volume {
 namespace {
@@ -448,6 +450,41 @@ TEST_F(ChecksumTest, AScrubFindsAndRepairsEveryBadCopy) {
     EXPECT_EQ(member_data(0, 0, span - 4096), std::vector<uint8_t>(data.begin(), data.end() - 4096));
     std::vector<uint8_t> back(4096);
     EXPECT_EQ(io.read(device, lost * 4096, back), -EIO);
+}
+
+// --rate holds a scrub back (never ahead of its pace: an upper bound a slow machine cannot break), --pause
+// stops it after the window in flight, --resume goes on where it stopped.
+TEST_F(ChecksumTest, AScrubIsPacedPausedAndResumed) {
+    auto v = create();
+    uint64_t rate = 4 << 20;
+    auto t0 = std::chrono::steady_clock::now();
+    ASSERT_TRUE(v->scrub(ScrubAction::start, rate));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ScrubProgress p = v->status().scrub;
+    EXPECT_TRUE(p.running);
+    EXPECT_EQ(p.rate, rate);
+    EXPECT_LE(p.done_bytes, uint64_t(seconds * double(rate)) + (2 << 20)) << "no faster than the rate";
+    EXPECT_LT(p.done_bytes, p.total_bytes);
+
+    ASSERT_TRUE(v->scrub(ScrubAction::pause));
+    EXPECT_FALSE(v->scrub(ScrubAction::pause)) << "paused already";
+    std::this_thread::sleep_for(std::chrono::milliseconds(300)); // the window in flight lands
+    uint64_t stopped = v->status().scrub.done_bytes;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    p = v->status().scrub;
+    EXPECT_TRUE(p.paused && p.running);
+    EXPECT_EQ(p.done_bytes, stopped) << "a paused scrub reads nothing";
+    auto again = v->scrub();
+    ASSERT_FALSE(again);
+    EXPECT_NE(again.error().message.find("paused"), std::string::npos) << again.error().message;
+
+    ASSERT_TRUE(v->scrub(ScrubAction::resume)); // unlimited from here
+    ASSERT_TRUE(test::eventually([&] { return v->status().scrub.passes == 1; }));
+    p = v->status().scrub;
+    EXPECT_FALSE(p.running || p.paused);
+    EXPECT_EQ(p.done_bytes, p.total_bytes);
+    EXPECT_FALSE(v->scrub(ScrubAction::resume)) << "nothing to resume";
 }
 
 // The cost of verification on 1 MiB sequential reads (docs/dataspaces.md, "Block checksums"): a plain
