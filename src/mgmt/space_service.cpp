@@ -424,7 +424,9 @@ void SpaceService::lost(const std::string& name) {
             ++it;
         }
     }
-    for (const auto& [key, path] : gone) {
+    for (const auto& entry : gone) {
+        // Named copies: clang 14 cannot capture structured bindings.
+        std::string key = entry.first, path = entry.second;
         // Not from here: the manager calls us with its lock held, and a detach waits for the kernel, which
         // may be flushing through this very space.
         _detachers.emplace_back([this, key, path] {
