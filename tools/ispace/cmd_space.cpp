@@ -573,7 +573,9 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
         } else if (scrub->parsed() && a->watch) {
             json st = j["status"];
             json ask = {{"verb", "status"}, {"name", a->name}};
-            auto going = [](const json& sc) { return sc.value("running", false) && !sc.value("paused", false); };
+            auto going = [](const json& sc) {
+                return sc.value("running", false) && !sc.value("paused", false);
+            };
             while (going(st.value("scrub", json::object()))) {
                 std::this_thread::sleep_for(std::chrono::milliseconds(200));
                 auto again = request_space(home, ask, false, false);
