@@ -179,26 +179,10 @@ class Client:
         self.send(h, data)
         return itt
 
-    def wait_status(self, itt):
-        """Reads until the status of `itt`; returns (status, data-in bytes)."""
-        data = b""
-        while True:
-            rsp = self.recv()
-            if rsp.opcode == OP_NOP_IN and rsp.u32(20) != 0xFFFFFFFF:
-                self.nop_answer(rsp)
-                continue
-            if rsp.itt != itt:
-                continue
-            if rsp.opcode == OP_DATA_IN:
-                data += rsp.data
-                if rsp.flags & 0x01:
-                    return rsp.header[3], data
-            elif rsp.opcode == OP_SCSI_RSP:
-                return rsp.header[3], data
-
-    def command(self, cdb, data=b"", read_length=0, lun=0):
-        """One SCSI command: (status, data-in bytes, (sense key, ASC, ASCQ) or None)."""
-        itt = self.scsi(cdb, read_length=read_length, lun=lun, data=data)
+    def answer(self, itt):
+        """Reads until the status of `itt` (answering the target's pings on the way): (status, data-in
+        bytes, (sense key, ASC, ASCQ) or None). The status comes in a SCSI Response or in the last Data-In
+        with its S bit."""
         data_in = b""
         while True:
             rsp = self.recv()
@@ -216,6 +200,15 @@ class Client:
                 if rsp.header[3] == 2 and len(sense) >= 14:
                     return 2, data_in, (sense[2] & 0x0F, sense[12], sense[13])
                 return rsp.header[3], data_in, None
+
+    def wait_status(self, itt):
+        """Reads until the status of `itt`; returns (status, data-in bytes)."""
+        status, data_in, _ = self.answer(itt)
+        return status, data_in
+
+    def command(self, cdb, data=b"", read_length=0, lun=0):
+        """One SCSI command: (status, data-in bytes, (sense key, ASC, ASCQ) or None)."""
+        return self.answer(self.scsi(cdb, read_length=read_length, lun=lun, data=data))
 
     def test_unit_ready(self, lun=0):
         return self.wait_status(self.scsi(bytes(6), lun=lun))[0]
@@ -260,15 +253,5 @@ def closed_within(sock, seconds):
 
 def sense_of(client, lun):
     """TEST UNIT READY on `lun`: (status, key, asc, ascq)."""
-    itt = client.scsi(bytes(6), lun=lun)
-    while True:
-        rsp = client.recv()
-        if rsp.opcode == OP_NOP_IN and rsp.u32(20) != 0xFFFFFFFF:
-            client.nop_answer(rsp)
-            continue
-        if rsp.itt == itt and rsp.opcode == OP_SCSI_RSP:
-            status = rsp.header[3]
-            sense = rsp.data[2:] if len(rsp.data) > 2 else b""
-            if status == 2 and len(sense) >= 14:
-                return status, sense[2] & 0x0F, sense[12], sense[13]
-            return status, None, None, None
+    status, _, sense = client.command(bytes(6), lun=lun)
+    return (status, *sense) if sense else (status, None, None, None)
