@@ -54,7 +54,13 @@ struct World {
 void run_round(World& w, unsigned seed, int round, std::map<std::string, std::set<uint64_t>>& written) {
     std::mt19937 rng(seed * 1000 + unsigned(round));
     auto pick = [&](uint64_t n) { return uint64_t(rng() % n); };
+    // Copy-on-write copies are deferred (a small table, so that it fills too) and completed piecemeal
+    // by the "copier" below; every commit finds them completed, as the data path makes sure.
+    w.pool->set_deferred_limit(3);
     for (int op = 0; op < ops_per_round; ++op) {
+        if (pick(8) == 0) {
+            complete_deferred(*w.pool, w.data, no_cluster, 1 + uint32_t(pick(blocks)));
+        }
         auto devices = w.pool->devices();
         std::vector<DeviceInfo> writable;
         for (const DeviceInfo& d : devices) {
@@ -111,6 +117,9 @@ void run_round(World& w, unsigned seed, int round, std::map<std::string, std::se
             ASSERT_TRUE(w.pool->remove_device(devices[pick(devices.size())].id).ok());
         }
     }
+    auto checked = w.pool->check();
+    ASSERT_TRUE(checked.ok()) << checked.error().message;
+    complete_deferred(*w.pool, w.data);
 }
 
 // The state after a crash must be `expected`, except that a block written in place during the round may

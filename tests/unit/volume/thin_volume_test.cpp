@@ -597,5 +597,75 @@ TEST_F(ThinVolumeTest, WritesRacingSnapshotsAreNeitherLostNorTorn) {
     }
 }
 
+// The first write into a fully written cluster after a snapshot copies nothing on the write (docs/thin.md,
+// "Deferred copies"): the space reads the blocks it has not received from the snapshot's cluster, the
+// partial 4 KiB blocks at the write's edges are filled from there, the background copier completes the
+// copy once the space is idle, and a crash before any commit returns to the committed state.
+TEST_F(ThinVolumeTest, TheFirstWriteAfterASnapshotDefersItsCopy) {
+    auto slice = [](const std::vector<uint8_t>& from, uint64_t at) {
+        return std::vector<uint8_t>(from.begin() + long(at), from.begin() + long(at) + 4096);
+    };
+    auto v = create(LayoutKind::mirror, 2, 16 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    auto old_data = random_bytes(2 * MiB, 60);
+    auto fresh = random_bytes(6144, 61); // partial 4 KiB blocks at both ends
+    auto now = old_data;
+    std::copy(fresh.begin(), fresh.end(), now.begin() + 8192 + 512);
+    {
+        VolumeDevice d(v);
+        ASSERT_EQ(io.write(d, 10 * MiB, old_data), 0);
+        ASSERT_TRUE(v->thin_snapshot(thin_device_name, "space@s"));
+        ASSERT_EQ(io.write(d, 10 * MiB + 8192 + 512, fresh), 0);
+        ASSERT_EQ(io.write(d, 11 * MiB, slice(now, MiB)),
+                  0); // unchanged bytes
+        // Right after the writes (the copier waits for the space to be idle), nothing was copied yet.
+        EXPECT_EQ(v->status().deferred_copies, 2u);
+        EXPECT_LE(v->status().deferred_bytes, 2 * MiB - 3 * 4096);
+        EXPECT_EQ(read(d, 10 * MiB, now.size()), now) << "new blocks and old, read through the base";
+        auto view = v->thin_view("space@s");
+        ASSERT_TRUE(view);
+        EXPECT_EQ(read(**view, 10 * MiB, old_data.size()), old_data);
+        EXPECT_EQ(v->status().allocated_bytes, 4 * MiB);
+    }
+    // Kill -9 before any commit: the map that made the copies deferred was never durable.
+    drop(v, true);
+    v = reopen();
+    ASSERT_TRUE(v);
+    {
+        VolumeDevice d(v);
+        EXPECT_EQ(read(d, 10 * MiB, old_data.size()), old_data) << "the committed state: the snapshot's";
+        EXPECT_EQ(v->status().deferred_copies, 0u);
+        ASSERT_EQ(io.write(d, 10 * MiB + 8192 + 512, fresh), 0);
+        ASSERT_EQ(io.write(d, 11 * MiB, slice(now, MiB)), 0);
+        EXPECT_EQ(v->status().deferred_copies, 2u);
+        // The copier: once the space is idle it completes both copies, in pieces.
+        auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (v->status().deferred_copies != 0 && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(10ms);
+        }
+        EXPECT_EQ(v->status().deferred_copies, 0u) << "the background copier did not finish";
+        EXPECT_EQ(v->status().deferred_bytes, 0u);
+        EXPECT_EQ(read(d, 10 * MiB, now.size()), now);
+        ASSERT_EQ(io.write(d, 11 * MiB + 4096, slice(now, MiB + 4096)), 0);
+        // A flush with a copy pending: the commit completes it first; kill -9 after keeps everything.
+        ASSERT_TRUE(v->thin_snapshot(thin_device_name, "space@t"));
+        ASSERT_EQ(io.write(d, 10 * MiB + 8192 + 512, fresh), 0);
+        EXPECT_EQ(v->status().deferred_copies, 1u);
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+        EXPECT_EQ(v->status().deferred_copies, 0u);
+    }
+    drop(v, true);
+    v = reopen();
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    EXPECT_EQ(read(d, 10 * MiB, now.size()), now);
+    auto s = v->thin_view("space@s");
+    ASSERT_TRUE(s);
+    EXPECT_EQ(read(**s, 10 * MiB, old_data.size()), old_data);
+    auto t = v->thin_view("space@t");
+    ASSERT_TRUE(t);
+    EXPECT_EQ(read(**t, 10 * MiB, now.size()), now);
+}
+
 } // namespace
 } // namespace ispace::volume
