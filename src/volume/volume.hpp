@@ -334,8 +334,11 @@ private:
     // Copies up to `max_bytes` of the pending blocks of `cluster`'s deferred copy from its base and tells
     // the pool (0: all of them); 0 or a negative errno.
     int thin_copy_deferred(uint64_t cluster, uint64_t max_bytes);
-    // The background copier's step (worker, when idle): one piece of one deferred copy.
-    void thin_copier_step();
+    // The background copier's step (worker): one piece of one deferred copy.
+    void thin_copier_step(uint64_t piece = 256 << 10);
+    // Management thread: completes the deferred copies pending now, one piece per worker job, while I/O
+    // goes on (before a snapshot's pause, whose commit would otherwise copy them all).
+    void thin_drain_deferred();
     int thin_sync_io(backstore::IoOp op, uint64_t offset, std::span<uint8_t> data);
     Result<void> thin_commit();
     void thin_update_stats();

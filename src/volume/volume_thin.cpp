@@ -296,9 +296,14 @@ void Volume::thin_worker_loop() {
     // The background copier (docs/thin.md, "Deferred copies") runs only once the worker has had nothing
     // to do for `idle`: a burst of first writes after a snapshot is not slowed by copies, and a request
     // that arrives while it runs waits for at most one piece. Between pieces it leaves `pace`.
+    // Under steady load (never idle) it still takes a small piece every `busy_pace` (64 KiB every 50 ms:
+    // a few per cent of a request stream), so that the table does not stay full for ever.
     constexpr auto idle = std::chrono::milliseconds(20);
     constexpr auto pace = std::chrono::milliseconds(1);
+    constexpr auto busy_pace = std::chrono::milliseconds(50);
+    constexpr uint64_t busy_piece = 64 << 10;
     auto last_job = std::chrono::steady_clock::now();
+    auto last_piece = last_job;
     for (;;) {
         Function<void()> job;
         {
@@ -311,6 +316,7 @@ void Volume::thin_worker_loop() {
                 lock.unlock();
                 if (t.inflight.load(std::memory_order_acquire) == 0) {
                     thin_copier_step();
+                    last_piece = std::chrono::steady_clock::now();
                 } else {
                     last_job = std::chrono::steady_clock::now(); // still busy: wait for a quiet moment
                 }
@@ -324,6 +330,32 @@ void Volume::thin_worker_loop() {
         }
         job();
         last_job = std::chrono::steady_clock::now();
+        if (t.pool->deferred_count() != 0 && last_job - last_piece >= busy_pace) {
+            thin_copier_step(busy_piece);
+            last_piece = std::chrono::steady_clock::now();
+        }
+    }
+}
+
+void Volume::thin_drain_deferred() {
+    // Piece by piece, each a job of its own: the requests queued meanwhile are planned between pieces.
+    // Bounded by what was pending at the start, so that writes making new records cannot keep it going.
+    uint64_t pieces = 0;
+    if (!thin_wait([&] {
+            thin::PoolStats s = _thin->pool->stats();
+            pieces = s.deferred_blocks * thin::written_granule / (256 << 10) + s.deferred_copies;
+        })) {
+        return;
+    }
+    for (uint64_t i = 0; i < pieces; ++i) {
+        bool more = false;
+        if (!thin_wait([&] {
+                thin_copier_step();
+                more = _thin->pool->deferred_count() != 0;
+            }) ||
+            !more) {
+            return;
+        }
     }
 }
 
@@ -528,8 +560,7 @@ int Volume::thin_copy_deferred(uint64_t cluster, uint64_t max_bytes) {
     return 0;
 }
 
-void Volume::thin_copier_step() {
-    constexpr uint64_t piece = 256 << 10;
+void Volume::thin_copier_step(uint64_t piece) {
     const thin::DeferredCopy* d = _thin->pool->deferred();
     if (d == nullptr) {
         return;
@@ -993,6 +1024,9 @@ Result<ThinSnapshotTiming> Volume::thin_snapshot(const std::string& source, cons
         return not_thin(_truth_at_open.name);
     }
     Result<ThinSnapshotTiming> out = ThinSnapshotTiming{};
+    // The commit below completes every deferred copy (docs/thin.md, "Deferred copies"): done here, while
+    // the space's I/O goes on, the pause only has those made in the last moments.
+    thin_drain_deferred();
     // The commit below flushes the members first (the map must not be durable before the data it points
     // at). Most of what a busy space has in the members' caches is flushed here, while its I/O still
     // flows, so that the flush inside the pause only has the last moments' writes to wait for.
@@ -1052,6 +1086,7 @@ Result<void> Volume::thin_clone(const std::string& snapshot, const std::string& 
         return not_thin(_truth_at_open.name);
     }
     Result<void> out;
+    thin_drain_deferred(); // the commit below would copy them all at once otherwise
     bool ran = thin_wait([&] {
         ThinState& t = *_thin;
         auto src = t.pool->find_device(snapshot);
