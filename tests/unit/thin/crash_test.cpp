@@ -39,6 +39,7 @@ struct World {
     DataArea data{pool_clusters, blocks};
     std::optional<ThinPool> pool;
     uint64_t next_token = 1;
+    uint64_t deferred = 0; // writes whose copy was deferred (the workload must make some)
 
     Contents contents() {
         Contents out;
@@ -93,6 +94,7 @@ void run_round(World& w, unsigned seed, int round, std::map<std::string, std::se
                 }
                 continue;
             }
+            w.deferred += plan->deferred;
             for (uint32_t b = first; b < first + count; ++b) {
                 written[dev.name].insert(v * blocks + b);
             }
@@ -175,6 +177,9 @@ void crash_everywhere(unsigned seed) {
             Replay r;
             std::map<std::string, std::set<uint64_t>> written;
             replay_until(r, seed, round, written);
+            if (round == rounds - 1 && seed == 1) { // (seed 2's workload happens to defer none)
+                EXPECT_GT(r.world.deferred, 0u) << "the workload deferred no copy";
+            }
             long before = r.world.store.writes();
             ASSERT_TRUE(r.world.pool->commit().ok());
             commit_writes = r.world.store.writes() - before;
