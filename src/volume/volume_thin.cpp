@@ -671,7 +671,10 @@ int Volume::thin_plan_write(ThinIo& io) {
         add_segment(io, pos - r.offset, piece_end - pos, plan->physical * cs + in_first);
         pos = piece_end;
     }
-    io.commit_after = r.fua && changed;
+    // A FUA write is durable with the map that reaches it: a commit when this write changed the map, and
+    // also when it changed none but the pool has uncommitted changes — an overwrite of a cluster (or of a
+    // deferred copy's block) that no commit maps yet would otherwise be lost to a crash.
+    io.commit_after = r.fua && (changed || t.pool->dirty());
     if (changed) {
         thin_update_stats();
     }

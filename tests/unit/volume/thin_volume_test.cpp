@@ -267,6 +267,7 @@ TEST_F(ThinVolumeTest, TheMapSurvivesReopenAndKillAfterAFlushOrAFuaWrite) {
     auto b = random_bytes(8192, 6);
     auto c = random_bytes(4096, 7);
     auto lost = random_bytes(4096, 8);
+    auto e = random_bytes(4096, 9);
     {
         VolumeDevice d(v);
         EXPECT_EQ(read(d, 700 * MiB, a.size()), a);
@@ -275,6 +276,10 @@ TEST_F(ThinVolumeTest, TheMapSurvivesReopenAndKillAfterAFlushOrAFuaWrite) {
         ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0); // acknowledged: survives kill -9
         ASSERT_EQ(io.write(d, 20 * MiB, c, true), 0);       // FUA: so does this
         ASSERT_EQ(io.write(d, 30 * MiB, lost), 0);          // neither: a crash may forget it
+        // A FUA overwrite of a block whose cluster no commit maps yet: the overwrite itself changes no
+        // metadata, but the map that reaches it must be durable before the FUA write is acknowledged.
+        ASSERT_EQ(io.write(d, 40 * MiB, lost), 0);
+        ASSERT_EQ(io.write(d, 40 * MiB, e, true), 0);
     }
     drop(v, true);
     v = reopen();
@@ -285,7 +290,8 @@ TEST_F(ThinVolumeTest, TheMapSurvivesReopenAndKillAfterAFlushOrAFuaWrite) {
     EXPECT_EQ(read(d, 20 * MiB, c.size()), c);
     auto maybe = read(d, 30 * MiB, lost.size());
     EXPECT_TRUE(maybe == lost || maybe == std::vector<uint8_t>(4096, 0)) << "old or new, nothing else";
-    EXPECT_GE(v->status().allocated_bytes, 4 * MiB);
+    EXPECT_EQ(read(d, 40 * MiB, e.size()), e) << "a FUA overwrite of an uncommitted cluster";
+    EXPECT_GE(v->status().allocated_bytes, 5 * MiB);
 }
 
 // A member that fails is dropped from the map's store (commits go on with the other), and when it comes
