@@ -13,7 +13,7 @@
 //    landed, the members were flushed and the pool committed (an acknowledged flush survives kill -9);
 //  - UNMAP and WRITE ZEROES wait for the requests planned before them, then clear written bits (a cluster
 //    with none left is unmapped: reusable at once if no commit knows it, else after the next commit);
-//    the partial 4 KiB blocks at their edges are zeroed in place.
+//    the partial 4 KiB blocks at their edges are written with zeros like any write (copy-on-write first).
 #include "common/log.hpp"
 #include "volume/member_io.hpp"
 #include "volume/thin_io.hpp"
@@ -736,23 +736,47 @@ int Volume::thin_unmap(const backstore::IoRequest& r, uint32_t device) {
             if (int error = flush_run(); error != 0) {
                 return error;
             }
-            if (bit((*m)->written, g) && bit((*m)->pending, g)) {
-                // The block is still read from a deferred copy's base: complete that copy first, so that
-                // the zeros land where the block is read.
+            if (!bit((*m)->written, g)) {
+                continue; // reads as zeros already
+            }
+            // Zeros in part of a written block are a write of that part: planned like one, so that a
+            // cluster a snapshot shares is copied (or its copy deferred) first and the snapshot keeps its
+            // bytes, and the rest of the block is filled from wherever it is read now.
+            auto plan = t.pool->write(device, vc, uint32_t(g), 1);
+            if (!plan && plan.error().code == EAGAIN) {
                 if (int error = thin_copy_deferred((*m)->physical, 0); error != 0) {
                     return error;
                 }
-                m = t.pool->lookup(device, vc);
-                if (!m || !*m) {
-                    return -EIO;
-                }
+                plan = t.pool->write(device, vc, uint32_t(g), 1);
             }
-            if (bit((*m)->written, g)) {
-                std::vector<uint8_t> zeros(to - from, 0);
-                if (int error = thin_sync_io(backstore::IoOp::write, (*m)->physical * cs + from, zeros);
-                    error != 0) {
-                    return error;
+            if (!plan) {
+                if (plan.error().code == ENOSPC) {
+                    t.full.store(true, std::memory_order_relaxed);
+                    return -ENOSPC;
                 }
+                log_warn("space {}: thin zeroing in cluster {}: {}", _truth_at_open.name, vc,
+                         plan.error().message);
+                return -EIO;
+            }
+            changed |= plan->metadata_changed;
+            int error = plan->copy_from != thin::no_cluster ? thin_copy(*plan) : 0;
+            uint64_t g_start = g * granule, g_end = std::min((g + 1) * granule, cs);
+            if (error == 0 && from > g_start) {
+                error = thin_fill(*plan, g, g_start, from);
+            }
+            if (error == 0 && to < g_end) {
+                error = thin_fill(*plan, g, to, g_end);
+            }
+            if (error == 0) {
+                std::vector<uint8_t> zeros(to - from, 0);
+                error = thin_sync_io(backstore::IoOp::write, plan->physical * cs + from, zeros);
+            }
+            if (error != 0) {
+                return error;
+            }
+            m = t.pool->lookup(device, vc); // the cluster may have moved
+            if (!m || !*m) {
+                return -EIO;
             }
         }
         if (int error = flush_run(); error != 0) {

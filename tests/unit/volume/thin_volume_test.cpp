@@ -446,6 +446,12 @@ TEST_F(ThinVolumeTest, ASnapshotKeepsTheOldDataAndRefusesWrites) {
     EXPECT_EQ(io.simple(snap, backstore::IoOp::unmap, 10 * MiB, 4096), -EROFS);
     EXPECT_EQ(read(snap, 10 * MiB + 4096, old_data.size()), old_data) << "nothing changed by the refusals";
     EXPECT_EQ(v->status().allocated_bytes, 3 * MiB) << "two clusters shared, one copied";
+    // A partial 4 KiB block zeroed in the space (WRITE ZEROES of 512 bytes) is the space's alone.
+    ASSERT_EQ(io.simple(d, backstore::IoOp::write_zeroes, 10 * MiB + MiB + 512, 512), 0);
+    EXPECT_EQ(read(snap, 10 * MiB + 4096, old_data.size()), old_data) << "the snapshot keeps its bytes";
+    auto zeroed = now;
+    std::fill(zeroed.begin() + long(MiB - 4096 + 512), zeroed.begin() + long(MiB - 4096 + 1024), 0);
+    EXPECT_EQ(read(d, 10 * MiB + 4096, zeroed.size()), zeroed);
     EXPECT_FALSE(v->thin_view("space@nope"));
 }
 
