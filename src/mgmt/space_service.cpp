@@ -63,6 +63,9 @@ json space_status_json(const volume::SpaceStatus& st) {
         j["pool_bytes"] = st.pool_bytes;
         j["cluster_size"] = st.cluster_size;
         j["pool_full"] = st.pool_full;
+        // Copy-on-write copies deferred to the background copier (docs/thin.md, "Deferred copies").
+        j["deferred_copies"] = st.deferred_copies;
+        j["deferred_bytes"] = st.deferred_bytes;
         // Snapshots and clones in the pool: mapped bytes, and the bytes only each maps (what deleting it
         // frees); `created` is the pool transaction that made it.
         j["snapshots"] = json::array();

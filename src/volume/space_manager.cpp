@@ -649,6 +649,8 @@ SpaceStatus SpaceManager::status_of(const Volume& v) const {
         st.pool_bytes = vs.pool_bytes;
         st.cluster_size = vs.cluster_size;
         st.pool_full = vs.pool_full;
+        st.deferred_copies = vs.deferred_copies;
+        st.deferred_bytes = vs.deferred_bytes;
     }
     return st;
 }

@@ -119,7 +119,9 @@ struct SpaceStatus {
     uint64_t allocated_bytes = 0;
     uint64_t pool_bytes = 0;
     uint32_t cluster_size = 0;
-    bool pool_full = false; // the last write that needed a cluster found none (open here only)
+    bool pool_full = false;       // the last write that needed a cluster found none (open here only)
+    uint64_t deferred_copies = 0; // copy-on-write copies pending (open here only; docs/thin.md)
+    uint64_t deferred_bytes = 0;
     // Snapshots and clones in the pool (every device but the space's own); for a clone's status, `name`
     // is the clone and `clone_of` the space whose pool holds it.
     std::vector<ThinDeviceStatus> thin_devices;

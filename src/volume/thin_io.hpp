@@ -80,6 +80,8 @@ struct ThinState {
     std::atomic<bool> full{false}; // the last allocation failed (until one succeeds or space is freed)
     std::atomic<uint64_t> commits{0};
     std::atomic<uint64_t> commit_failures{0};
+    std::atomic<uint64_t> deferred_copies{0}; // pending now (docs/thin.md, "Deferred copies")
+    std::atomic<uint64_t> deferred_blocks{0};
 
     // Data requests the worker has planned and handed to a reactor, not yet completed: a commit waits
     // for them (their data reaches the members before the map that points at it is durable, and a

@@ -149,7 +149,9 @@ struct VolumeStatus {
     uint64_t allocated_bytes = 0; // clusters the space's map holds
     uint64_t pool_bytes = 0;      // clusters the members give it
     uint32_t cluster_size = 0;
-    bool pool_full = false; // the last write that needed a cluster found none
+    bool pool_full = false;       // the last write that needed a cluster found none
+    uint64_t deferred_copies = 0; // copy-on-write copies the background copier has yet to do
+    uint64_t deferred_bytes = 0;  // ... and their pending bytes
 };
 
 // What Volume::grow did: the range in use before and after (a plain space's size; a thin space's pool),
@@ -329,6 +331,14 @@ private:
     int thin_unmap(const backstore::IoRequest& request, uint32_t device);
     int thin_fill(const thin::WritePlan& plan, uint64_t block, uint64_t from, uint64_t to);
     int thin_copy(const thin::WritePlan& plan);
+    // Copies up to `max_bytes` of the pending blocks of `cluster`'s deferred copy from its base and tells
+    // the pool (0: all of them); 0 or a negative errno.
+    int thin_copy_deferred(uint64_t cluster, uint64_t max_bytes);
+    // The background copier's step (worker): one piece of one deferred copy.
+    void thin_copier_step(uint64_t piece = 256 << 10);
+    // Management thread: completes the deferred copies pending now, one piece per worker job, while I/O
+    // goes on (before a snapshot's pause, whose commit would otherwise copy them all).
+    void thin_drain_deferred();
     int thin_sync_io(backstore::IoOp op, uint64_t offset, std::span<uint8_t> data);
     Result<void> thin_commit();
     void thin_update_stats();

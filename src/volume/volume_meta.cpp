@@ -1106,6 +1106,8 @@ VolumeStatus Volume::status() const {
         st.allocated_bytes = _thin->allocated_clusters.load(std::memory_order_relaxed) * _thin->cluster_size;
         st.pool_bytes = _thin->pool_clusters.load(std::memory_order_relaxed) * _thin->cluster_size;
         st.pool_full = _thin->full.load(std::memory_order_relaxed);
+        st.deferred_copies = _thin->deferred_copies.load(std::memory_order_relaxed);
+        st.deferred_bytes = _thin->deferred_blocks.load(std::memory_order_relaxed) * thin::written_granule;
     }
     st.epoch = book.epoch;
     st.sequence = book.sequence;

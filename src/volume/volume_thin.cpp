@@ -13,7 +13,7 @@
 //    landed, the members were flushed and the pool committed (an acknowledged flush survives kill -9);
 //  - UNMAP and WRITE ZEROES wait for the requests planned before them, then clear written bits (a cluster
 //    with none left is unmapped: reusable at once if no commit knows it, else after the next commit);
-//    the partial 4 KiB blocks at their edges are zeroed in place.
+//    the partial 4 KiB blocks at their edges are written with zeros like any write (copy-on-write first).
 #include "common/log.hpp"
 #include "volume/member_io.hpp"
 #include "volume/thin_io.hpp"
@@ -160,6 +160,7 @@ Result<void> Volume::thin_open(const Label& truth) {
                           EILSEQ);
     }
     t->pool.emplace(std::move(*pool));
+    t->pool->set_deferred_limit(thin::default_deferred_limit); // the worker runs the copier
     _thin = std::move(t);
     thin_update_stats();
     _thin->worker = std::thread([this] { thin_worker_loop(); });
@@ -292,11 +293,35 @@ Result<void> VolumeThinStore::include(uint32_t slot) {
 
 void Volume::thin_worker_loop() {
     ThinState& t = *_thin;
+    // The background copier (docs/thin.md, "Deferred copies") runs only once the worker has had nothing
+    // to do for `idle`: a burst of first writes after a snapshot is not slowed by copies, and a request
+    // that arrives while it runs waits for at most one piece. Between pieces it leaves `pace`.
+    // Under steady load (never idle) it still takes a small piece every `busy_pace` (64 KiB every 50 ms:
+    // a few per cent of a request stream), so that the table does not stay full for ever.
+    constexpr auto idle = std::chrono::milliseconds(20);
+    constexpr auto pace = std::chrono::milliseconds(1);
+    constexpr auto busy_pace = std::chrono::milliseconds(50);
+    constexpr uint64_t busy_piece = 64 << 10;
+    auto last_job = std::chrono::steady_clock::now();
+    auto last_piece = last_job;
     for (;;) {
         Function<void()> job;
         {
             std::unique_lock lock(t.mutex);
-            t.wake.wait(lock, [&] { return t.stopping || !t.jobs.empty(); });
+            auto ready = [&] { return t.stopping || !t.jobs.empty(); };
+            if (t.pool->deferred_count() == 0 || t.stopping) {
+                t.wake.wait(lock, ready);
+            } else if (!t.wake.wait_until(
+                           lock, std::max(last_job + idle, std::chrono::steady_clock::now() + pace), ready)) {
+                lock.unlock();
+                if (t.inflight.load(std::memory_order_acquire) == 0) {
+                    thin_copier_step();
+                    last_piece = std::chrono::steady_clock::now();
+                } else {
+                    last_job = std::chrono::steady_clock::now(); // still busy: wait for a quiet moment
+                }
+                continue;
+            }
             if (t.jobs.empty()) {
                 return; // stopping, and nothing left to do
             }
@@ -304,6 +329,33 @@ void Volume::thin_worker_loop() {
             t.jobs.pop_front();
         }
         job();
+        last_job = std::chrono::steady_clock::now();
+        if (t.pool->deferred_count() != 0 && last_job - last_piece >= busy_pace) {
+            thin_copier_step(busy_piece);
+            last_piece = std::chrono::steady_clock::now();
+        }
+    }
+}
+
+void Volume::thin_drain_deferred() {
+    // Piece by piece, each a job of its own: the requests queued meanwhile are planned between pieces.
+    // Bounded by what was pending at the start, so that writes making new records cannot keep it going.
+    uint64_t pieces = 0;
+    if (!thin_wait([&] {
+            thin::PoolStats s = _thin->pool->stats();
+            pieces = s.deferred_blocks * thin::written_granule / (256 << 10) + s.deferred_copies;
+        })) {
+        return;
+    }
+    for (uint64_t i = 0; i < pieces; ++i) {
+        bool more = false;
+        if (!thin_wait([&] {
+                thin_copier_step();
+                more = _thin->pool->deferred_count() != 0;
+            }) ||
+            !more) {
+            return;
+        }
     }
 }
 
@@ -361,6 +413,16 @@ Result<void> Volume::thin_commit() {
     while (t.inflight.load(std::memory_order_acquire) != 0) {
         std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
+    // The committed state never depends on a deferred copy: what the copier has not done yet is done
+    // now, before the flush that makes it durable with the rest.
+    while (const thin::DeferredCopy* d = t.pool->deferred()) {
+        if (int error = thin_copy_deferred(d->cluster, 0); error != 0) {
+            t.commit_failures.fetch_add(1, std::memory_order_relaxed);
+            return make_error(fmt::format("space '{}': a deferred copy before the thin commit: {}",
+                                          _truth_at_open.name, std::strerror(-error)),
+                              -error);
+        }
+    }
     if (int error = thin_sync_io(backstore::IoOp::flush, 0, {}); error != 0) {
         t.commit_failures.fetch_add(1, std::memory_order_relaxed);
         return make_error(fmt::format("space '{}': flush before the thin commit: {}", _truth_at_open.name,
@@ -396,6 +458,8 @@ Result<void> Volume::thin_commit() {
 
 void Volume::thin_update_stats() {
     thin::PoolStats s = _thin->pool->stats();
+    _thin->deferred_copies.store(s.deferred_copies, std::memory_order_relaxed);
+    _thin->deferred_blocks.store(s.deferred_blocks, std::memory_order_relaxed);
     _thin->allocated_clusters.store(s.allocated_clusters, std::memory_order_relaxed);
     _thin->pool_clusters.store(s.pool_clusters, std::memory_order_relaxed);
     if (s.held_clusters < s.pool_clusters) {
@@ -410,12 +474,15 @@ int Volume::thin_fill(const thin::WritePlan& plan, uint64_t g, uint64_t from, ui
     const ThinState& t = *_thin;
     const thin::Mapping& before = plan.previous;
     bool had = before.physical != thin::no_cluster && bit(before.written, g);
-    if (had && before.physical == plan.physical) {
+    // Where the block's old bytes are: the base of a deferred copy the write took the block from, else
+    // the cluster the write moved from; nothing to do when they are where the write goes.
+    uint64_t source = bit(plan.base_blocks, g) ? plan.base : before.physical;
+    if (had && source == plan.physical) {
         return 0;
     }
     std::vector<uint8_t> bytes(to - from, 0);
     if (had) {
-        if (int error = thin_sync_io(backstore::IoOp::read, before.physical * t.cluster_size + from, bytes);
+        if (int error = thin_sync_io(backstore::IoOp::read, source * t.cluster_size + from, bytes);
             error != 0) {
             return error;
         }
@@ -452,6 +519,59 @@ int Volume::thin_copy(const thin::WritePlan& plan) {
     return 0;
 }
 
+// Deferred copies (docs/thin.md, "Deferred copies"): the pending blocks of `cluster` from its base, in
+// runs, up to `max_bytes` (0: all). The pool forgets each run once it is copied; nothing planned meanwhile
+// (this is the worker), and a write planned before to a pending block took it out of the record then.
+int Volume::thin_copy_deferred(uint64_t cluster, uint64_t max_bytes) {
+    ThinState& t = *_thin;
+    uint64_t blocks = t.cluster_size / granule;
+    uint64_t budget = max_bytes == 0 ? ~uint64_t(0) : max_bytes;
+    const thin::DeferredCopy* d = t.pool->deferred(cluster);
+    for (uint64_t b = 0; d != nullptr && b < blocks && budget > 0;) {
+        if (!bit(d->pending, b)) {
+            ++b;
+            continue;
+        }
+        uint64_t e = b;
+        while (e < blocks && bit(d->pending, e) && (e - b + 1) * granule <= budget) {
+            ++e;
+        }
+        if (e == b) {
+            break;
+        }
+        std::vector<uint8_t> bytes((e - b) * granule);
+        uint64_t base = d->base;
+        if (int error = thin_sync_io(backstore::IoOp::read, base * t.cluster_size + b * granule, bytes);
+            error != 0) {
+            return error;
+        }
+        if (int error = thin_sync_io(backstore::IoOp::write, cluster * t.cluster_size + b * granule, bytes);
+            error != 0) {
+            return error;
+        }
+        thin::WrittenMask done{};
+        thin::mask_set_range(done, uint32_t(b), uint32_t(e - b));
+        t.pool->deferred_copied(cluster, done); // may drop the record: look it up again
+        d = t.pool->deferred(cluster);
+        budget -= (e - b) * granule;
+        b = e;
+    }
+    thin_update_stats();
+    return 0;
+}
+
+void Volume::thin_copier_step(uint64_t piece) {
+    const thin::DeferredCopy* d = _thin->pool->deferred();
+    if (d == nullptr) {
+        return;
+    }
+    if (int error = thin_copy_deferred(d->cluster, piece); error != 0) {
+        // Left pending: the next idle moment tries again, and a commit copies it or fails.
+        log_warn("space {}: deferred copy of cluster {}: {}", _truth_at_open.name, d->cluster,
+                 std::strerror(-error));
+    }
+}
+
 // ---- planning (worker) -----------------------------------------------------------------------------------
 
 int Volume::thin_plan_read(ThinIo& io) {
@@ -474,8 +594,9 @@ int Volume::thin_plan_read(ThinIo& io) {
                 uint64_t g = (p - base) / granule;
                 uint64_t g_end = std::min(piece_end, base + (g + 1) * granule);
                 bool written = bit((*m)->written, g);
-                add_segment(io, p - r.offset, g_end - p,
-                            written ? (*m)->physical * cs + (p - base) : thin::no_cluster);
+                // A deferred copy's pending block is still in its base.
+                uint64_t from = bit((*m)->pending, g) ? (*m)->base : (*m)->physical;
+                add_segment(io, p - r.offset, g_end - p, written ? from * cs + (p - base) : thin::no_cluster);
                 p = g_end;
             }
         }
@@ -509,6 +630,17 @@ int Volume::thin_plan_write(ThinIo& io) {
         uint64_t in_first = pos - base, in_end = piece_end - base;
         uint64_t first_g = in_first / granule, last_g = (in_end - 1) / granule;
         auto plan = t.pool->write(io.device, vc, uint32_t(first_g), uint32_t(last_g - first_g + 1));
+        if (!plan && plan.error().code == EAGAIN) {
+            // The cluster has a deferred copy and must itself be copied (it is shared now): its copy is
+            // completed first, so that bases never chain.
+            int error = -EIO;
+            if (auto m = t.pool->lookup(io.device, vc); m && *m) {
+                error = thin_copy_deferred((*m)->physical, 0);
+            }
+            if (error == 0) {
+                plan = t.pool->write(io.device, vc, uint32_t(first_g), uint32_t(last_g - first_g + 1));
+            }
+        }
         if (!plan) {
             undo();
             if (plan.error().code == ENOSPC) {
@@ -539,7 +671,10 @@ int Volume::thin_plan_write(ThinIo& io) {
         add_segment(io, pos - r.offset, piece_end - pos, plan->physical * cs + in_first);
         pos = piece_end;
     }
-    io.commit_after = r.fua && changed;
+    // A FUA write is durable with the map that reaches it: a commit when this write changed the map, and
+    // also when it changed none but the pool has uncommitted changes — an overwrite of a cluster (or of a
+    // deferred copy's block) that no commit maps yet would otherwise be lost to a crash.
+    io.commit_after = r.fua && (changed || t.pool->dirty());
     if (changed) {
         thin_update_stats();
     }
@@ -601,12 +736,47 @@ int Volume::thin_unmap(const backstore::IoRequest& r, uint32_t device) {
             if (int error = flush_run(); error != 0) {
                 return error;
             }
-            if (bit((*m)->written, g)) {
-                std::vector<uint8_t> zeros(to - from, 0);
-                if (int error = thin_sync_io(backstore::IoOp::write, (*m)->physical * cs + from, zeros);
-                    error != 0) {
+            if (!bit((*m)->written, g)) {
+                continue; // reads as zeros already
+            }
+            // Zeros in part of a written block are a write of that part: planned like one, so that a
+            // cluster a snapshot shares is copied (or its copy deferred) first and the snapshot keeps its
+            // bytes, and the rest of the block is filled from wherever it is read now.
+            auto plan = t.pool->write(device, vc, uint32_t(g), 1);
+            if (!plan && plan.error().code == EAGAIN) {
+                if (int error = thin_copy_deferred((*m)->physical, 0); error != 0) {
                     return error;
                 }
+                plan = t.pool->write(device, vc, uint32_t(g), 1);
+            }
+            if (!plan) {
+                if (plan.error().code == ENOSPC) {
+                    t.full.store(true, std::memory_order_relaxed);
+                    return -ENOSPC;
+                }
+                log_warn("space {}: thin zeroing in cluster {}: {}", _truth_at_open.name, vc,
+                         plan.error().message);
+                return -EIO;
+            }
+            changed |= plan->metadata_changed;
+            int error = plan->copy_from != thin::no_cluster ? thin_copy(*plan) : 0;
+            uint64_t g_start = g * granule, g_end = std::min((g + 1) * granule, cs);
+            if (error == 0 && from > g_start) {
+                error = thin_fill(*plan, g, g_start, from);
+            }
+            if (error == 0 && to < g_end) {
+                error = thin_fill(*plan, g, to, g_end);
+            }
+            if (error == 0) {
+                std::vector<uint8_t> zeros(to - from, 0);
+                error = thin_sync_io(backstore::IoOp::write, plan->physical * cs + from, zeros);
+            }
+            if (error != 0) {
+                return error;
+            }
+            m = t.pool->lookup(device, vc); // the cluster may have moved
+            if (!m || !*m) {
+                return -EIO;
             }
         }
         if (int error = flush_run(); error != 0) {
@@ -881,6 +1051,9 @@ Result<ThinSnapshotTiming> Volume::thin_snapshot(const std::string& source, cons
         return not_thin(_truth_at_open.name);
     }
     Result<ThinSnapshotTiming> out = ThinSnapshotTiming{};
+    // The commit below completes every deferred copy (docs/thin.md, "Deferred copies"): done here, while
+    // the space's I/O goes on, the pause only has those made in the last moments.
+    thin_drain_deferred();
     // The commit below flushes the members first (the map must not be durable before the data it points
     // at). Most of what a busy space has in the members' caches is flushed here, while its I/O still
     // flows, so that the flush inside the pause only has the last moments' writes to wait for.
@@ -940,6 +1113,7 @@ Result<void> Volume::thin_clone(const std::string& snapshot, const std::string& 
         return not_thin(_truth_at_open.name);
     }
     Result<void> out;
+    thin_drain_deferred(); // the commit below would copy them all at once otherwise
     bool ran = thin_wait([&] {
         ThinState& t = *_thin;
         auto src = t.pool->find_device(snapshot);

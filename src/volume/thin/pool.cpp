@@ -389,7 +389,9 @@ uint64_t ThinPool::count_unique(NodeId id) const {
     }
     uint64_t n = 0;
     for (const LeafEntry& e : _nodes[id].entries) {
-        n += e.mapped() && e.physical < _refs.size() && _refs[e.physical] == 1;
+        // A deferred copy's reference on its base is not a device's: the copy completes before the
+        // commit that removal makes.
+        n += e.mapped() && e.physical < _refs.size() && _refs[e.physical] - base_refs(e.physical) == 1;
     }
     for (NodeId child : _nodes[id].children) {
         n += count_unique(child);
@@ -421,7 +423,75 @@ void ThinPool::unref_cluster(uint64_t c) {
         if (_committed_refs[c] == 0) {
             --_held;
         }
+        drop_deferred(c); // a record dies with its cluster (a base never has one: no deeper recursion)
     }
+}
+
+void ThinPool::drop_deferred(uint64_t cluster) {
+    auto it = _deferred.find(cluster);
+    if (it == _deferred.end()) {
+        return;
+    }
+    uint64_t base = erase_deferred(it);
+    unref_cluster(base);
+    if (_refs[base] == 0 && _committed_refs[base] == 0) {
+        // Reads planned before may still be reading the base: not handed to a write before the next
+        // commit, which waits for everything planned before it.
+        if (_quarantined.size() < _sb.pool_clusters) {
+            _quarantined.resize(_sb.pool_clusters, 0);
+        }
+        if (!_quarantined[base]) {
+            _quarantined[base] = 1;
+            _quarantine.push_back(base);
+        }
+    }
+}
+
+uint64_t ThinPool::erase_deferred(std::unordered_map<uint64_t, DeferredCopy>::iterator it) {
+    uint64_t base = it->second.base;
+    _deferred.erase(it);
+    if (auto b = _base_refs.find(base); b != _base_refs.end() && --b->second == 0) {
+        _base_refs.erase(b);
+    }
+    return base;
+}
+
+uint32_t ThinPool::base_refs(uint64_t c) const {
+    auto it = _base_refs.find(c);
+    return it == _base_refs.end() ? 0 : it->second;
+}
+
+const DeferredCopy* ThinPool::deferred(uint64_t cluster) const {
+    if (cluster == no_cluster) {
+        return _deferred.empty() ? nullptr : &_deferred.begin()->second;
+    }
+    auto it = _deferred.find(cluster);
+    return it == _deferred.end() ? nullptr : &it->second;
+}
+
+void ThinPool::deferred_copied(uint64_t cluster, const WrittenMask& blocks) {
+    auto it = _deferred.find(cluster);
+    if (it == _deferred.end()) {
+        return;
+    }
+    it->second.pending = mask_and_not(it->second.pending, blocks);
+    if (mask_empty(it->second.pending)) {
+        drop_deferred(cluster);
+    }
+}
+
+void ThinPool::take_pending(uint64_t c, const WrittenMask& range, WritePlan& plan) {
+    auto it = _deferred.find(c);
+    if (it == _deferred.end()) {
+        return;
+    }
+    WrittenMask taken = mask_and_not(range, mask_and_not(range, it->second.pending));
+    if (mask_empty(taken)) {
+        return;
+    }
+    plan.base = it->second.base;
+    plan.base_blocks = taken;
+    deferred_copied(c, taken);
 }
 
 Result<uint64_t> ThinPool::allocate_cluster() {
@@ -433,7 +503,7 @@ Result<uint64_t> ThinPool::allocate_cluster() {
     for (uint64_t n = 0; n < _sb.pool_clusters; ++n) {
         uint64_t c = _alloc_cursor;
         _alloc_cursor = (_alloc_cursor + 1) % _sb.pool_clusters;
-        if (_refs[c] == 0 && _committed_refs[c] == 0) {
+        if (_refs[c] == 0 && _committed_refs[c] == 0 && (c >= _quarantined.size() || !_quarantined[c])) {
             return c;
         }
     }
@@ -642,7 +712,12 @@ Result<std::optional<Mapping>> ThinPool::lookup(uint32_t id, uint64_t vcluster) 
     if (!e || !e->mapped()) {
         return std::optional<Mapping>();
     }
-    return std::optional<Mapping>(Mapping{e->physical, e->written});
+    Mapping m{e->physical, e->written};
+    if (const DeferredCopy* d = deferred(e->physical)) {
+        m.base = d->base;
+        m.pending = d->pending;
+    }
+    return std::optional<Mapping>(m);
 }
 
 Result<ThinPool::Device*> ThinPool::writable_device(uint32_t id, uint64_t vcluster, uint32_t first,
@@ -682,7 +757,13 @@ Result<WritePlan> ThinPool::write(uint32_t id, uint64_t vcluster, uint32_t first
         if (private_path && writable_in_place(seen->physical) &&
             mask_and_not(range, seen->written) == WrittenMask{}) {
             plan.physical = seen->physical;
+            take_pending(seen->physical, range, plan); // the write's blocks are no longer the base's
             return plan;
+        }
+        if ((!private_path || !writable_in_place(seen->physical)) && _deferred.count(seen->physical)) {
+            // A copy of a cluster whose own copy is pending would need a chain of bases.
+            return make_error(
+                fmt::format("cluster {} has a deferred copy: complete it first", seen->physical), EAGAIN);
         }
     }
     // Allocate before changing anything, so that a full pool leaves the map as it was.
@@ -713,10 +794,28 @@ Result<WritePlan> ThinPool::write(uint32_t id, uint64_t vcluster, uint32_t first
     if (writable_in_place(e->physical)) {
         e->written = mask_or(e->written, range);
         plan.physical = e->physical;
+        take_pending(e->physical, range, plan);
         return plan;
     }
     if (!fresh) {
         return no_space(_sb.pool_clusters);
+    }
+    WrittenMask rest = mask_and_not(e->written, range);
+    if (_deferred.size() < _deferred_limit && !mask_empty(rest)) {
+        // Deferred: the new cluster reads the rest from the shared one until the data path copies it
+        // (the record holds a reference on it meanwhile). Nothing is copied now.
+        uint64_t base = e->physical;
+        _deferred.emplace(*fresh, DeferredCopy{*fresh, base, rest});
+        ++_base_refs[base];
+        plan.copy_from = base; // the partial 4 KiB blocks at the write's edges still come from there
+        plan.base = base;
+        plan.deferred = true;
+        plan.physical = *fresh;
+        plan.allocated = true;
+        ref_cluster(*fresh);
+        e->physical = *fresh; // the tree's reference on the base becomes the record's
+        e->written = mask_or(e->written, range);
+        return plan;
     }
     // Copy on write: the new cluster takes what the shared one holds outside this write, and nothing
     // that was never written (it reads as zeros either way).
@@ -738,6 +837,17 @@ Result<void> ThinPool::revert_write(uint32_t id, uint64_t vcluster, const WriteP
     if (!dev || vcluster >= dev->record.virtual_clusters) {
         return make_error(fmt::format("no cluster {} of device {}", vcluster, id), ENOENT);
     }
+    if (!plan.deferred && plan.base != no_cluster && !mask_empty(plan.base_blocks) &&
+        plan.physical < _refs.size() && _refs[plan.physical] > 0) {
+        // The write took these blocks out of a deferred copy; not carried out, they are the base's again.
+        auto it = _deferred.find(plan.physical);
+        if (it == _deferred.end()) {
+            it = _deferred.emplace(plan.physical, DeferredCopy{plan.physical, plan.base, {}}).first;
+            ++_base_refs[plan.base];
+            ref_cluster(plan.base); // kept from reuse until a commit (quarantined) since it was dropped
+        }
+        it->second.pending = mask_or(it->second.pending, plan.base_blocks);
+    }
     if (!plan.metadata_changed) {
         return {};
     }
@@ -754,6 +864,13 @@ Result<void> ThinPool::revert_write(uint32_t id, uint64_t vcluster, const WriteP
     }
     LeafEntry* e = entry_for_update(*dev, vcluster, false);
     if (plan.allocated) {
+        if (plan.deferred) {
+            // The record goes with the new cluster; its reference on the base returns to the tree.
+            if (auto it = _deferred.find(e->physical); it != _deferred.end()) {
+                erase_deferred(it);
+                unref_cluster(plan.previous.physical);
+            }
+        }
         unref_cluster(e->physical);
         if (plan.previous.physical != no_cluster) {
             ref_cluster(plan.previous.physical);
@@ -834,6 +951,13 @@ Result<void> ThinPool::write_node(NodeId id, std::vector<std::pair<NodeId, uint6
 Result<void> ThinPool::commit() {
     if (!_dirty && _sb.sequence != 0) {
         return {}; // nothing to make durable (a flush with no metadata change costs no I/O)
+    }
+    if (!_deferred.empty()) {
+        // The committed state must not depend on a copy that has not happened: the data path copies
+        // (and flushes) every pending block first.
+        return make_error(
+            fmt::format("{} deferred copies are pending: complete them before a commit", _deferred.size()),
+            EBUSY);
     }
     const uint64_t sequence = _sb.sequence + 1;
     std::vector<std::pair<NodeId, uint64_t>> assigned;
@@ -927,6 +1051,10 @@ Result<void> ThinPool::commit() {
     }
     _touched.clear();
     _held = _allocated;
+    for (uint64_t c : _quarantine) {
+        _quarantined[c] = 0;
+    }
+    _quarantine.clear();
     _structure_committed = _structure_changes;
     _dirty = false;
     return {};
@@ -992,6 +1120,22 @@ Result<void> ThinPool::check() const {
             }
         }
     }
+    for (const auto& [cluster, d] : _deferred) {
+        if (d.cluster != cluster || cluster >= _sb.pool_clusters || d.base >= _sb.pool_clusters ||
+            cluster == d.base || cluster_refs[cluster] == 0 || _deferred.count(d.base) ||
+            mask_empty(d.pending)) {
+            return err(fmt::format("deferred copy of cluster {} from {} is not one the pool can hold",
+                                   cluster, d.base));
+        }
+        WrittenMask inside{};
+        mask_set_range(inside, 0, cluster_blocks());
+        if (!mask_empty(mask_and_not(d.pending, inside))) {
+            return err(fmt::format("deferred copy of cluster {}: blocks beyond the cluster", cluster));
+        }
+    }
+    for (const auto& [cluster, d] : _deferred) {
+        ++cluster_refs[d.base];
+    }
     for (NodeId id = 1; id < _nodes.size(); ++id) {
         if (node_refs[id] != _nodes[id].refs) {
             return err(
@@ -1036,6 +1180,10 @@ PoolStats ThinPool::stats() const {
     s.sequence = _sb.sequence;
     s.cow_copies = _cow_copies;
     s.copied_blocks = _copied_blocks;
+    s.deferred_copies = _deferred.size();
+    for (const auto& [cluster, d] : _deferred) {
+        s.deferred_blocks += mask_count(d.pending);
+    }
     return s;
 }
 

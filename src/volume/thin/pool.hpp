@@ -52,10 +52,25 @@ struct DeviceInfo {
     uint64_t unique_clusters = 0;
 };
 
+// A deferred copy (docs/thin.md, "Deferred copies"): the first write to a shared cluster took a new
+// cluster `cluster` without copying; the blocks in `pending` still live in `base` until the data path
+// copies them over and calls deferred_copied(). A property of the physical cluster (every mapping of
+// `cluster` reads them from `base`), never a chain: a base never has a record of its own, and a cluster
+// with a record is completed before it is copied on write. Held in memory only: commit() refuses while
+// one is pending, so the committed state never depends on one (the data path completes them first).
+struct DeferredCopy {
+    uint64_t cluster = no_cluster;
+    uint64_t base = no_cluster; // holds one reference for the record
+    WrittenMask pending{};
+};
+
 // Where a virtual cluster lives.
 struct Mapping {
     uint64_t physical = no_cluster;
     WrittenMask written{}; // blocks never written (or unmapped) read as zeros
+    // A deferred copy of `physical`: its written blocks in `pending` are read from `base`.
+    uint64_t base = no_cluster;
+    WrittenMask pending{};
 };
 
 // What the data path does for a write to blocks [first, first + count) of one virtual cluster.
@@ -65,6 +80,12 @@ struct WritePlan {
     // holds that this write does not cover) are copied from `copy_from` to `physical`; no_cluster: none.
     uint64_t copy_from = no_cluster;
     WrittenMask copy_blocks{};
+    // Blocks this write covers whose old contents are still in `base` (a deferred copy's): the part of
+    // such a 4 KiB block the write does not cover is filled from there. Also the base of a copy this
+    // write deferred (`deferred`): then nothing is copied now, and copy_blocks is empty.
+    uint64_t base = no_cluster;
+    WrittenMask base_blocks{};
+    bool deferred = false;
     bool allocated = false;        // `physical` is a cluster taken for this write
     bool metadata_changed = false; // a commit must follow before a flush or FUA write is acknowledged
     Mapping previous;              // the mapping before, for revert_write()
@@ -78,8 +99,14 @@ struct PoolStats {
     uint64_t metadata_pages_used = 0;
     uint64_t sequence = 0; // the last committed transaction
     uint64_t cow_copies = 0;
-    uint64_t copied_blocks = 0;
+    uint64_t copied_blocks = 0;   // copied at once, on the write
+    uint64_t deferred_copies = 0; // records pending now
+    uint64_t deferred_blocks = 0; // their pending blocks
 };
+
+// The most deferred copies a pool keeps at once: a commit completes them all first, so this bounds what a
+// flush may have to copy (256 MiB with 1 MiB clusters). When full, a write copies at once as before.
+inline constexpr uint32_t default_deferred_limit = 256;
 
 class ThinPool {
 public:
@@ -116,6 +143,17 @@ public:
     // Prepares a write of blocks [first, first + count) (4 KiB blocks of the cluster): allocates, or copies
     // on write when the cluster is shared, and records the blocks as written.
     Result<WritePlan> write(uint32_t device, uint64_t vcluster, uint32_t first, uint32_t count);
+    // Deferred copies: up to `limit` at once (0, the default: every copy-on-write copies at once, as the
+    // plan says). The data path sets it when it runs a copier. A write that would copy a cluster that has
+    // a record answers EAGAIN: complete that record first (no chain of bases).
+    void set_deferred_limit(uint32_t limit) { _deferred_limit = limit; }
+    uint32_t deferred_count() const { return uint32_t(_deferred.size()); }
+    // The record of `cluster`, or of any cluster when `cluster` is no_cluster (null: none).
+    const DeferredCopy* deferred(uint64_t cluster = no_cluster) const;
+    // The data path copied `blocks` of the record of `cluster` from its base: they are no longer pending;
+    // an empty record is dropped (its base unreferenced).
+    void deferred_copied(uint64_t cluster, const WrittenMask& blocks);
+
     // Undoes write() when the data path could not carry it out (a copy failed): the cluster maps what it did.
     Result<void> revert_write(uint32_t device, uint64_t vcluster, const WritePlan& plan);
     // Forgets blocks [first, first + count); a cluster left with no written block is unmapped (its
@@ -174,6 +212,11 @@ private:
     // every node on the way belongs to this tree alone.
     const LeafEntry* entry_for_read(const Device& dev, uint64_t vcluster, bool* private_path) const;
     void touch(uint64_t c); // its count moved since the last commit
+    void drop_deferred(uint64_t cluster);
+    uint64_t erase_deferred(std::unordered_map<uint64_t, DeferredCopy>::iterator it); // returns the base
+    uint32_t base_refs(uint64_t c) const; // records whose base is `c`
+    // Clears `range` from the pending blocks of `c`'s record, noting in `plan` what they were.
+    void take_pending(uint64_t c, const WrittenMask& range, WritePlan& plan);
     void ref_cluster(uint64_t c);
     void unref_cluster(uint64_t c);
     Result<uint64_t> allocate_cluster();
@@ -210,6 +253,13 @@ private:
     uint64_t _structure_changes = 0;
     uint64_t _structure_committed = 0;
     bool _dirty = false;
+    std::unordered_map<uint64_t, DeferredCopy> _deferred; // by cluster
+    std::unordered_map<uint64_t, uint32_t> _base_refs;    // base cluster -> records on it
+    uint32_t _deferred_limit = 0;
+    // Bases whose last reference a finished record dropped: reads planned before may still be reading
+    // them, so they are not reallocated before the next commit (which waits for those reads).
+    std::vector<uint8_t> _quarantined;
+    std::vector<uint64_t> _quarantine;
     uint64_t _cow_copies = 0;
     uint64_t _copied_blocks = 0;
 };

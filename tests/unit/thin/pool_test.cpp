@@ -460,3 +460,171 @@ TEST(ThinPool, NamesAndLimits) {
     f.reopen();
     EXPECT_EQ(f->devices().size(), max_devices);
 }
+
+// Deferred copies (docs/thin.md, "Deferred copies"): the first write to a shared cluster copies nothing;
+// the new cluster reads the blocks it has not received from the shared one until the data path copies them.
+TEST(ThinPool, TheFirstWriteAfterASnapshotDefersTheCopy) {
+    Fixture f(8);
+    f->set_deferred_limit(4);
+    uint32_t dev = *f->create_device("vol", 64);
+    WritePlan orig = f.write(dev, 0, 0, blocks, 10); // the whole cluster written
+    uint32_t snap = *f->snapshot(dev, "vol@1");
+    WritePlan w = f.write(dev, 0, 3, 1, 20);
+    EXPECT_TRUE(w.deferred);
+    EXPECT_TRUE(w.allocated);
+    EXPECT_EQ(w.base, orig.physical);
+    EXPECT_TRUE(mask_empty(w.copy_blocks)) << "nothing is copied on the write";
+    EXPECT_EQ(f->stats().copied_blocks, 0u);
+    EXPECT_EQ(f->stats().deferred_copies, 1u);
+    EXPECT_EQ(f->stats().deferred_blocks, blocks - 1);
+    auto m = f->lookup(dev, 0);
+    ASSERT_TRUE(m.ok() && m->has_value());
+    EXPECT_EQ((*m)->physical, w.physical);
+    EXPECT_EQ((*m)->base, orig.physical);
+    EXPECT_FALSE(mask_test((*m)->pending, 3));
+    EXPECT_TRUE(mask_test((*m)->pending, 4));
+    EXPECT_EQ(f.read(dev, 0, 3), 20u);
+    EXPECT_EQ(f.read(dev, 0, 4), 10u) << "read through the base";
+    EXPECT_EQ(f.read(snap, 0, 3), 10u);
+    EXPECT_EQ(f->stats().allocated_clusters, 2u);
+    expect_consistent(*f);
+    EXPECT_EQ(f->commit().error().code, EBUSY) << "a commit never depends on a pending copy";
+
+    // A write to the new (private) cluster takes its blocks out of the record: no copy for them later.
+    WritePlan again = f.write(dev, 0, 5, 2, 30);
+    EXPECT_EQ(again.physical, w.physical);
+    EXPECT_FALSE(again.allocated);
+    EXPECT_EQ(again.base, orig.physical) << "the edges of the write fill from the base";
+    EXPECT_TRUE(mask_test(again.base_blocks, 5) && mask_test(again.base_blocks, 6));
+    EXPECT_EQ(f->stats().deferred_blocks, blocks - 3);
+    EXPECT_EQ(f.read(dev, 0, 5), 30u);
+
+    // The copier, in two pieces; the base keeps its reference until the record is done.
+    complete_deferred(*f, f.data, w.physical, 4);
+    EXPECT_EQ(f->stats().deferred_blocks, blocks - 7);
+    expect_consistent(*f);
+    complete_deferred(*f, f.data);
+    EXPECT_EQ(f->deferred_count(), 0u);
+    expect_consistent(*f);
+    for (uint32_t b = 0; b < blocks; ++b) {
+        uint64_t want = b == 3 ? 20 : (b == 5 || b == 6) ? 30 : 10;
+        EXPECT_EQ(f.read(dev, 0, b), want) << b;
+        EXPECT_EQ(f.read(snap, 0, b), 10u) << b;
+    }
+    ASSERT_TRUE(f->commit().ok());
+    f.reopen();
+    EXPECT_EQ(f.read(dev, 0, 4), 10u);
+    EXPECT_EQ(f.read(dev, 0, 3), 20u);
+    EXPECT_EQ(f.read(snap, 0, 3), 10u);
+}
+
+// A snapshot of a cluster whose copy is pending shares the record (it is the physical cluster's); the next
+// write there completes that copy first rather than chaining a second base.
+TEST(ThinPool, ASnapshotOfADeferredClusterCompletesItBeforeCopyingIt) {
+    Fixture f(8);
+    f->set_deferred_limit(4);
+    uint32_t dev = *f->create_device("vol", 64);
+    WritePlan orig = f.write(dev, 0, 0, blocks, 10);
+    uint32_t s1 = *f->snapshot(dev, "vol@1");
+    WritePlan w = f.write(dev, 0, 3, 1, 20);
+    ASSERT_TRUE(w.deferred);
+    uint32_t s2 = *f->snapshot(dev, "vol@2");
+    EXPECT_EQ(f.read(s2, 0, 0), 10u) << "the second snapshot reads the pending blocks through the base";
+    EXPECT_EQ(f.read(s2, 0, 3), 20u);
+    EXPECT_EQ(f->write(dev, 0, 7, 1).error().code, EAGAIN) << "complete the pending copy first";
+    WritePlan next = f.write(dev, 0, 7, 1, 40); // the helper completes, then writes
+    EXPECT_TRUE(next.deferred);
+    EXPECT_EQ(next.base, w.physical) << "based on the completed cluster, not on the first base";
+    expect_consistent(*f);
+    EXPECT_EQ(f.read(dev, 0, 7), 40u);
+    EXPECT_EQ(f.read(dev, 0, 3), 20u);
+    EXPECT_EQ(f.read(dev, 0, 0), 10u);
+    EXPECT_EQ(f.read(s2, 0, 7), 10u);
+    EXPECT_EQ(f.read(s1, 0, 3), 10u);
+    EXPECT_NE(next.physical, orig.physical);
+}
+
+// A record dies with its cluster (UNMAP of everything, a removed device) and gives its base back; a write
+// the data path could not carry out is reverted with its record.
+TEST(ThinPool, ADeferredCopyGoesWithItsClusterOrItsRevertedWrite) {
+    Fixture f(8);
+    f->set_deferred_limit(4);
+    uint32_t dev = *f->create_device("vol", 64);
+    WritePlan orig = f.write(dev, 0, 0, blocks, 10);
+    f.write(dev, 1, 0, blocks, 11);
+    uint32_t snap = *f->snapshot(dev, "vol@1");
+    WritePlan w = f.write(dev, 0, 0, 1, 20);
+    ASSERT_TRUE(w.deferred);
+    EXPECT_EQ(f->devices()[1].unique_clusters, 1u)
+        << "the snapshot's cluster is its own: the record's reference on it is not a device's";
+    ASSERT_TRUE(f->unmap(dev, 0, 0, blocks).ok());
+    EXPECT_EQ(f->deferred_count(), 0u);
+    EXPECT_EQ(f->stats().allocated_clusters, 2u);
+    expect_consistent(*f);
+
+    auto plan = f->write(dev, 1, 2, 1);
+    ASSERT_TRUE(plan.ok() && plan->deferred);
+    ASSERT_TRUE(f->revert_write(dev, 1, *plan).ok());
+    EXPECT_EQ(f->deferred_count(), 0u);
+    expect_consistent(*f);
+    EXPECT_EQ(f.read(dev, 1, 2), 11u);
+
+    f.write(dev, 1, 2, 1, 21);
+    EXPECT_EQ(f->deferred_count(), 1u);
+    ASSERT_TRUE(f->remove_device(snap).ok());
+    EXPECT_EQ(f->deferred_count(), 1u) << "the base is held by the record, not by the snapshot";
+    expect_consistent(*f);
+    ASSERT_TRUE(f->remove_device(dev).ok());
+    EXPECT_EQ(f->deferred_count(), 0u);
+    EXPECT_EQ(f->stats().allocated_clusters, 0u);
+    expect_consistent(*f);
+    ASSERT_TRUE(f->commit().ok());
+    EXPECT_NE(orig.physical, no_cluster);
+}
+
+// The table is bounded: past its limit a write copies at once, as without deferral; a base whose record is
+// finished is not handed out again before the next commit (reads planned before may still use it).
+TEST(ThinPool, AFullTableCopiesAtOnceAndAFinishedBaseWaitsForACommit) {
+    Fixture f(8);
+    f->set_deferred_limit(1);
+    uint32_t dev = *f->create_device("vol", 64);
+    f.write(dev, 0, 0, blocks, 10);
+    WritePlan second = f.write(dev, 1, 0, blocks, 11);
+    uint32_t snap = *f->snapshot(dev, "vol@1");
+    ASSERT_TRUE(f->commit().ok());
+    EXPECT_TRUE(f.write(dev, 0, 0, 1, 20).deferred);
+    WritePlan copied = f.write(dev, 1, 0, 1, 21);
+    EXPECT_FALSE(copied.deferred);
+    EXPECT_EQ(mask_count(copied.copy_blocks), blocks - 1) << "the table is full: copied on the write";
+    EXPECT_EQ(f.read(dev, 1, 5), 11u);
+    expect_consistent(*f);
+    // The snapshot goes and its commit would free cluster 1's copy source... but the record still holds 0's.
+    complete_deferred(*f, f.data);
+    ASSERT_TRUE(f->remove_device(snap).ok());
+    ASSERT_TRUE(f->commit().ok());
+    // Now the finished bases are free; allocations take them again.
+    EXPECT_EQ(f->stats().allocated_clusters, 2u);
+    EXPECT_NE(second.physical, no_cluster);
+    expect_consistent(*f);
+}
+
+// A record's base freed by the copier before any commit knows of it stays out of reach until a commit.
+TEST(ThinPool, ABaseFreedByACopyIsNotReusedBeforeACommit) {
+    Fixture f(3);
+    f->set_deferred_limit(2);
+    uint32_t dev = *f->create_device("vol", 64);
+    WritePlan orig = f.write(dev, 0, 0, blocks, 10);
+    uint32_t snap = *f->snapshot(dev, "vol@1"); // not committed: nothing durable maps the cluster
+    WritePlan w = f.write(dev, 0, 0, 1, 20);
+    ASSERT_TRUE(w.deferred);
+    ASSERT_TRUE(f->remove_device(snap).ok());
+    complete_deferred(*f, f.data); // the base's last reference goes
+    EXPECT_EQ(f->stats().allocated_clusters, 1u);
+    WritePlan other = f.write(dev, 1, 0, 1, 30);
+    EXPECT_NE(other.physical, orig.physical) << "a read planned before may still read the old base";
+    EXPECT_EQ(f->write(dev, 2, 0, 1).error().code, ENOSPC) << "three clusters: one held back until a commit";
+    ASSERT_TRUE(f->commit().ok());
+    WritePlan after = f.write(dev, 2, 0, 1, 40);
+    EXPECT_EQ(after.physical, orig.physical);
+    expect_consistent(*f);
+}

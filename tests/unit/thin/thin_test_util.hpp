@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <vector>
 
@@ -22,11 +23,37 @@ struct DataArea {
     std::vector<uint64_t> tokens;
 };
 
+// The data path's copier: copies up to `max_blocks` pending blocks of the deferred copy of `cluster` (of
+// every record: no_cluster) from its base and tells the pool.
+inline void complete_deferred(ThinPool& pool, DataArea& data, uint64_t cluster = no_cluster,
+                              uint32_t max_blocks = ~0u) {
+    for (const DeferredCopy* d = pool.deferred(cluster); d != nullptr && max_blocks > 0;
+         d = pool.deferred(cluster)) {
+        uint64_t n = d->cluster;
+        WrittenMask done{};
+        for (uint32_t b = 0; b < pool.cluster_blocks() && max_blocks > 0; ++b) {
+            if (mask_test(d->pending, b)) {
+                data.at(n, b) = data.at(d->base, b);
+                mask_set_range(done, b, 1);
+                --max_blocks;
+            }
+        }
+        pool.deferred_copied(n, done);
+    }
+}
+
 // Writes `token` to blocks [first, first + count) of `vcluster` of `device` as the data path would: asks
-// the pool, copies what the plan says, writes. Returns the pool's answer.
+// the pool (completing a deferred copy first when it says so), copies what the plan says, writes. Returns
+// the pool's answer.
 inline Result<WritePlan> write_blocks(ThinPool& pool, DataArea& data, uint32_t device, uint64_t vcluster,
                                       uint32_t first, uint32_t count, uint64_t token) {
     auto plan = pool.write(device, vcluster, first, count);
+    if (!plan && plan.error().code == EAGAIN) {
+        auto m = pool.lookup(device, vcluster);
+        EXPECT_TRUE(m.ok() && m->has_value() && (*m)->base != no_cluster);
+        complete_deferred(pool, data, (*m)->physical);
+        plan = pool.write(device, vcluster, first, count);
+    }
     if (!plan) {
         return plan;
     }
@@ -51,7 +78,7 @@ inline uint64_t read_block(const ThinPool& pool, DataArea& data, uint32_t device
     if (!m.ok() || !m->has_value() || !mask_test((*m)->written, block)) {
         return 0;
     }
-    return data.at((*m)->physical, block);
+    return data.at(mask_test((*m)->pending, block) ? (*m)->base : (*m)->physical, block);
 }
 
 // Every block of a device, in order.

@@ -267,6 +267,7 @@ TEST_F(ThinVolumeTest, TheMapSurvivesReopenAndKillAfterAFlushOrAFuaWrite) {
     auto b = random_bytes(8192, 6);
     auto c = random_bytes(4096, 7);
     auto lost = random_bytes(4096, 8);
+    auto e = random_bytes(4096, 9);
     {
         VolumeDevice d(v);
         EXPECT_EQ(read(d, 700 * MiB, a.size()), a);
@@ -275,6 +276,10 @@ TEST_F(ThinVolumeTest, TheMapSurvivesReopenAndKillAfterAFlushOrAFuaWrite) {
         ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0); // acknowledged: survives kill -9
         ASSERT_EQ(io.write(d, 20 * MiB, c, true), 0);       // FUA: so does this
         ASSERT_EQ(io.write(d, 30 * MiB, lost), 0);          // neither: a crash may forget it
+        // A FUA overwrite of a block whose cluster no commit maps yet: the overwrite itself changes no
+        // metadata, but the map that reaches it must be durable before the FUA write is acknowledged.
+        ASSERT_EQ(io.write(d, 40 * MiB, lost), 0);
+        ASSERT_EQ(io.write(d, 40 * MiB, e, true), 0);
     }
     drop(v, true);
     v = reopen();
@@ -285,7 +290,8 @@ TEST_F(ThinVolumeTest, TheMapSurvivesReopenAndKillAfterAFlushOrAFuaWrite) {
     EXPECT_EQ(read(d, 20 * MiB, c.size()), c);
     auto maybe = read(d, 30 * MiB, lost.size());
     EXPECT_TRUE(maybe == lost || maybe == std::vector<uint8_t>(4096, 0)) << "old or new, nothing else";
-    EXPECT_GE(v->status().allocated_bytes, 4 * MiB);
+    EXPECT_EQ(read(d, 40 * MiB, e.size()), e) << "a FUA overwrite of an uncommitted cluster";
+    EXPECT_GE(v->status().allocated_bytes, 5 * MiB);
 }
 
 // A member that fails is dropped from the map's store (commits go on with the other), and when it comes
@@ -440,6 +446,12 @@ TEST_F(ThinVolumeTest, ASnapshotKeepsTheOldDataAndRefusesWrites) {
     EXPECT_EQ(io.simple(snap, backstore::IoOp::unmap, 10 * MiB, 4096), -EROFS);
     EXPECT_EQ(read(snap, 10 * MiB + 4096, old_data.size()), old_data) << "nothing changed by the refusals";
     EXPECT_EQ(v->status().allocated_bytes, 3 * MiB) << "two clusters shared, one copied";
+    // A partial 4 KiB block zeroed in the space (WRITE ZEROES of 512 bytes) is the space's alone.
+    ASSERT_EQ(io.simple(d, backstore::IoOp::write_zeroes, 10 * MiB + MiB + 512, 512), 0);
+    EXPECT_EQ(read(snap, 10 * MiB + 4096, old_data.size()), old_data) << "the snapshot keeps its bytes";
+    auto zeroed = now;
+    std::fill(zeroed.begin() + long(MiB - 4096 + 512), zeroed.begin() + long(MiB - 4096 + 1024), 0);
+    EXPECT_EQ(read(d, 10 * MiB + 4096, zeroed.size()), zeroed);
     EXPECT_FALSE(v->thin_view("space@nope"));
 }
 
@@ -595,6 +607,75 @@ TEST_F(ThinVolumeTest, WritesRacingSnapshotsAreNeitherLostNorTorn) {
             ASSERT_TRUE(known) << name << " slot " << s << ": a block that was never written whole";
         }
     }
+}
+
+// The first write into a fully written cluster after a snapshot copies nothing on the write (docs/thin.md,
+// "Deferred copies"): the space reads the blocks it has not received from the snapshot's cluster, the
+// partial 4 KiB blocks at the write's edges are filled from there, the background copier completes the
+// copy once the space is idle, and a crash before any commit returns to the committed state.
+TEST_F(ThinVolumeTest, TheFirstWriteAfterASnapshotDefersItsCopy) {
+    auto slice = [](const std::vector<uint8_t>& from, uint64_t at) {
+        return std::vector<uint8_t>(from.begin() + long(at), from.begin() + long(at) + 4096);
+    };
+    auto v = create(LayoutKind::mirror, 2, 16 * MiB, 256 * MiB);
+    ASSERT_TRUE(v);
+    auto old_data = random_bytes(2 * MiB, 60);
+    auto fresh = random_bytes(6144, 61); // partial 4 KiB blocks at both ends
+    auto now = old_data;
+    std::copy(fresh.begin(), fresh.end(), now.begin() + 8192 + 512);
+    {
+        VolumeDevice d(v);
+        ASSERT_EQ(io.write(d, 10 * MiB, old_data), 0);
+        ASSERT_TRUE(v->thin_snapshot(thin_device_name, "space@s"));
+        ASSERT_EQ(io.write(d, 10 * MiB + 8192 + 512, fresh), 0);
+        ASSERT_EQ(io.write(d, 11 * MiB, slice(now, MiB)),
+                  0); // unchanged bytes
+        // Right after the writes (the copier waits for the space to be idle), nothing was copied yet.
+        // (Two, unless this thread slept for the copier's 20 ms of idleness and more.)
+        EXPECT_GE(v->status().deferred_copies, 1u) << "copied on the write";
+        EXPECT_LE(v->status().deferred_bytes, 2 * MiB - 3 * 4096);
+        EXPECT_EQ(read(d, 10 * MiB, now.size()), now) << "new blocks and old, read through the base";
+        auto view = v->thin_view("space@s");
+        ASSERT_TRUE(view);
+        EXPECT_EQ(read(**view, 10 * MiB, old_data.size()), old_data);
+        EXPECT_EQ(v->status().allocated_bytes, 4 * MiB);
+    }
+    // Kill -9 before any commit: the map that made the copies deferred was never durable.
+    drop(v, true);
+    v = reopen();
+    ASSERT_TRUE(v);
+    {
+        VolumeDevice d(v);
+        EXPECT_EQ(read(d, 10 * MiB, old_data.size()), old_data) << "the committed state: the snapshot's";
+        EXPECT_EQ(v->status().deferred_copies, 0u);
+        ASSERT_EQ(io.write(d, 10 * MiB + 8192 + 512, fresh), 0);
+        ASSERT_EQ(io.write(d, 11 * MiB, slice(now, MiB)), 0);
+        // The copier: once the space is idle it completes both copies, in pieces.
+        auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (v->status().deferred_copies != 0 && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(10ms);
+        }
+        EXPECT_EQ(v->status().deferred_copies, 0u) << "the background copier did not finish";
+        EXPECT_EQ(v->status().deferred_bytes, 0u);
+        EXPECT_EQ(read(d, 10 * MiB, now.size()), now);
+        ASSERT_EQ(io.write(d, 11 * MiB + 4096, slice(now, MiB + 4096)), 0);
+        // A flush with a copy pending: the commit completes it first; kill -9 after keeps everything.
+        ASSERT_TRUE(v->thin_snapshot(thin_device_name, "space@t"));
+        ASSERT_EQ(io.write(d, 10 * MiB + 8192 + 512, fresh), 0);
+        ASSERT_EQ(io.simple(d, backstore::IoOp::flush), 0);
+        EXPECT_EQ(v->status().deferred_copies, 0u);
+    }
+    drop(v, true);
+    v = reopen();
+    ASSERT_TRUE(v);
+    VolumeDevice d(v);
+    EXPECT_EQ(read(d, 10 * MiB, now.size()), now);
+    auto s = v->thin_view("space@s");
+    ASSERT_TRUE(s);
+    EXPECT_EQ(read(**s, 10 * MiB, old_data.size()), old_data);
+    auto t = v->thin_view("space@t");
+    ASSERT_TRUE(t);
+    EXPECT_EQ(read(**t, 10 * MiB, now.size()), now);
 }
 
 } // namespace
