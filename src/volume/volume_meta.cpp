@@ -578,6 +578,7 @@ Result<void> Volume::fail_member(uint32_t slot) {
 // ---- labels ----------------------------------------------------------------------------------------------
 
 void Volume::change_labels(Function<void(LabelBook&)> change, bool blocking) {
+    scrub_to_book(); // any label write carries the current scrub record and checksum error counts
     change(_book);
     ++_label_applied;
     if (blocking) {
@@ -1053,6 +1054,7 @@ Result<void> Volume::replace_member(uint32_t slot, VolumeMember member, MemberEn
         m.data_offset = member.data_offset;
         m.url = member.url;
         m.retry_delay = std::chrono::milliseconds(0);
+        m.checksum_errors.store(0);
         m.rebuild.store(uint8_t(RebuildMode::full));
         m.synced_below.store(0);
         m.state.store(uint8_t(MemberState::rebuilding), std::memory_order_release);
