@@ -168,7 +168,15 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
             m.device.reset();
             break;
         case SlotPlan::out:
-            if (m.device) {
+            if (m.device && truth.checksums() && e.state == MemberState::failed &&
+                truth.checksum_errors[s] >= checksum_error_limit) {
+                // Failed for its checksum errors (the count is in the labels): its data rots, so it stays
+                // out until it is replaced, across opens too (docs/integrity.md).
+                log_warn("space {}: {}: {} checksum errors; it stays failed until it is replaced", truth.name,
+                         m.url, truth.checksum_errors[s]);
+                m.state.store(uint8_t(MemberState::failed));
+                m.device.reset();
+            } else if (m.device) {
                 // Found, and merely stale: it rejoins now, for the regions it missed.
                 book.member_rejoins(s, RebuildMode::delta, false);
                 m.state.store(uint8_t(MemberState::rebuilding));

@@ -274,6 +274,14 @@ TEST_F(ChecksumTest, AMemberPastTheErrorThresholdIsFailed) {
     EXPECT_EQ(v->status().members[1].state, MemberState::failed);
     ASSERT_EQ(io.read(device, mib1, back), 0);
     EXPECT_EQ(back, data);
+    // Nor by the next open: its count is in the labels.
+    ASSERT_TRUE(v->close());
+    volumes.clear();
+    v.reset();
+    auto h = assemble();
+    ASSERT_TRUE(h) << h.error().message;
+    EXPECT_EQ((*h)->status().members[1].state, MemberState::failed);
+    EXPECT_EQ(errors(*h, 1), checksum_error_limit);
 }
 
 TEST_F(ChecksumTest, ATornWriteAfterACrashIsResolvedThroughTheBitmap) {
