@@ -780,6 +780,11 @@ void label_seeds() {
     moved[1 + 5120] = 0x01; // done -> paused with a finish time: refused, the checksum made right
     moved[1 + 5135] = 0x01; // the position past the layout
     write_seed("fuzz_label", "xor-scrub-record-checksum-fixed", moved);
+    Bytes later(1 + 7001, 0);
+    later[0] = 0x03;
+    later[1 + 42] = 0x04;   // a compat bit no version knows yet (bit 18)
+    later[1 + 7000] = 0x42; // and a byte of its fields: the label still reads
+    write_seed("fuzz_label", "xor-unknown-compat-checksum-fixed", later);
     Bytes bumped(1 + 210, 0);
     bumped[0] = 0x03;
     bumped[1 + 146] = 0x07; // the member count, with the checksum made right
