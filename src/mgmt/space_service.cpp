@@ -78,7 +78,7 @@ json space_status_json(const volume::SpaceStatus& st) {
     if (!st.clone_of.empty()) {
         j["clone_of"] = st.clone_of;
     }
-    if (st.checksums && st.open) {
+    if (st.checksums) { // held here: live; not held: what the labels keep
         j["scrub"] = {{"running", st.scrub.running},
                       {"done_bytes", st.scrub.done_bytes},
                       {"total_bytes", st.scrub.total_bytes},

@@ -124,6 +124,10 @@ struct ScrubProgress {
 
 enum class ScrubAction : uint8_t { start, pause, resume };
 
+// What a label's scrub record says, as progress of a layout range of `total` bytes: a record that was running
+// is paused and interrupted (docs/integrity.md).
+ScrubProgress scrub_progress_of(const ScrubRecord& record, uint64_t total);
+
 struct MemberStatus {
     uint32_t slot = 0;
     std::string url;

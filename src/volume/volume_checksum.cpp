@@ -636,18 +636,13 @@ void Volume::scrub_to_book() {
     truth.compat |= feature::compat::scrub;
 }
 
-void Volume::scrub_from_label(const Label& truth) {
-    for (uint32_t s = 0; s < _count && s < truth.members.size(); ++s) {
-        _members[s].checksum_errors.store(truth.checksum_errors[s]);
-    }
-    const ScrubRecord& r = truth.scrub;
+ScrubProgress scrub_progress_of(const ScrubRecord& r, uint64_t total) {
+    ScrubProgress p;
     if (r.state == ScrubState::none) {
-        return;
+        return p;
     }
-    std::lock_guard guard(_sums->scrub_mutex);
-    ScrubProgress& p = _sums->scrub;
-    p.done_bytes = std::min(r.position, _space_size.load());
-    p.total_bytes = _space_size;
+    p.done_bytes = std::min(r.position, total);
+    p.total_bytes = total;
     p.started = r.started;
     p.finished = r.finished;
     p.checked_blocks = r.checked;
@@ -661,7 +656,18 @@ void Volume::scrub_from_label(const Label& truth) {
         p.running = true;
         p.paused = true;
         p.interrupted = r.state == ScrubState::running;
-        _sums->scrub_next = p.done_bytes;
+    }
+    return p;
+}
+
+void Volume::scrub_from_label(const Label& truth) {
+    for (uint32_t s = 0; s < _count && s < truth.members.size(); ++s) {
+        _members[s].checksum_errors.store(truth.checksum_errors[s]);
+    }
+    std::lock_guard guard(_sums->scrub_mutex);
+    _sums->scrub = scrub_progress_of(truth.scrub, _space_size);
+    if (_sums->scrub.running) {
+        _sums->scrub_next = _sums->scrub.done_bytes;
         _sums->scrub_idle = true;
     }
 }

@@ -17,7 +17,7 @@ with raw SCSI commands (iscsi_raw.py):
  5b. A scrub at 2 MiB/s paused; ispaced restarted: `status` still shows it paused at the same position and
     the members' checksum_errors as they were (both kept in the labels); `scrub --resume --wait` finishes it
     from there (every written block checked once); after another restart the last scrub is shown, with the
-    LBA of the block that had no good copy.
+    LBA of the block that had no good copy; and, the space held by no one, from its labels alone.
  6. (root, FUSE and loop devices) A file: a second checksummed space attached, ext4 on it, a file of known
     content written; detached, one byte of it flipped in the member that serves its reads (found through
     filefrag's physical block and the member's data offset); attached again, the file reads back intact,
@@ -227,8 +227,14 @@ def main():
               f"after another restart the last scrub is shown, with the LBA of its lost block ({sc})")
         text = space(ispace, env, "status", "c").stdout
         check("last scrub: finished" in text and f"no good copy at LBA {lba}" in text, f"status says so:\n{text}")
+        errors = [m.get("checksum_errors") for m in status(ispace, env).get("members", [])]
         daemon.stop()
         daemon = None
+        st = status(ispace, env)
+        check(st.get("open") is False and st.get("scrub", {}).get("state") == "done" and
+              st.get("scrub", {}).get("unrecoverable_lbas") == [lba] and
+              [m.get("checksum_errors") for m in st.get("members", [])] == errors,
+              f"held by no one: status reads the last scrub and the counts from the labels ({st.get('scrub')})")
 
         # 6. A file on ext4.
         why = attach_testlib.why_not_runnable(sys.argv[3], tools=("mkfs.ext4", "filefrag")) \
