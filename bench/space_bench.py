@@ -13,6 +13,10 @@ with fio, against `ispace cp` over the same kind of targets. Four comparisons (d
   resync             B continued (SIGCONT): the delta resync of what it missed, timed from the holder's
                      log lines (start, "in sync again") vs `ispace cp` from member A's LUN to member B's
                      LUN, the space detached (the same two targets and LUNs)           (aim: >= 80 %)
+  checksum reads     fio 1 MiB sequential reads, QD 8, BENCH_SECONDS each, of a mirror made with --checksum
+                     vs a plain one made beside it on the same targets (both filled the same way first,
+                     so that every block read of the first is verified), in alternating rounds (at least
+                     5 of each)                                                      (aim: >= 95 %)
 
 Every target: ispaced, one reactor, memory LUNs (no disk under it), on 127.0.0.1. Settings (environment,
 as for attach_bench.py): BENCH_ROUNDS (default 3), BENCH_SECONDS (default 5: the random-write runs),
@@ -75,7 +79,7 @@ class Bench:
         for name in ("a", "b", "c"):
             self.targets[name] = ispace_testlib.Ispaced(
                 self.ispaced, ["--listen", "127.0.0.1:0", "--iqn", f"iqn.2026-12.org.ispace.bench:{name}",
-                               "--lun", lun, "--lun", lun, "--reactors", "1"],
+                               "--lun", lun, "--lun", lun, "--lun", lun, "--lun", lun, "--reactors", "1"],
                 log_path=os.path.join(scratch, f"{name}.log")).start()
         self.devices = {}
 
@@ -101,8 +105,8 @@ class Bench:
             raise RuntimeError(f"ispace cp {src} {dst}: {r.stderr.strip()}")
         return length / (time.monotonic() - t0) / 1e6
 
-    def attach(self, name, members, region=None):
-        extra = ["--region", region] if region else []
+    def attach(self, name, members, region=None, checksum=False):
+        extra = (["--region", region] if region else []) + (["--checksum"] if checksum else [])
         self.space("create", name, "--layout", "mirror", *sum((["--member", m] for m in members), []), "--size",
                    str(self.s["size"]), *extra)
         out = self.space("attach", name).stdout.strip().splitlines()
@@ -188,7 +192,9 @@ def main():
         bench = Bench(args.build, s, scratch)
         m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
         w = bench.attach("w", [bench.url("a", 1), bench.url("b", 1)], region="1G")
-        for dev in (m, w):  # memory LUNs allocate on first write: fill them once
+        k = bench.attach("k", [bench.url("a", 2), bench.url("b", 2)], checksum=True)
+        p = bench.attach("p", [bench.url("a", 3), bench.url("b", 3)])
+        for dev in (m, w, k, p):  # memory LUNs allocate on first write: fill them once
             fio(dev, "write", "1M", 8, size=size)
         # The same for the LUN `ispace cp` writes to: otherwise its first round pays the allocation
         # (a quarter of the speed of the others, measured), and the mirror's LUNs do not.
@@ -201,10 +207,19 @@ def main():
                 # From clean regions, so that the run pays for marking them.
                 bench.wait(name, lambda st: st["dirty_regions"] == 0, 30, "the sweep clearing its regions")
                 runs.setdefault(label, []).append(fio(dev, "randwrite", "4k", 32, seconds=s["seconds"]))
-        # Space w's members are on B too: it goes before B is stopped, so that nothing of w's meets the
-        # stopped target (no resync of w's beside m's, no w region locked by a whole-space window later).
-        bench.space("detach", "w")
-        del bench.devices["w"]
+        # Checksum verification: the same reads of a plain mirror and a checksummed one, both written once
+        # in full (every block of k has its checksum, so every block read is checked), A B A B.
+        for _ in range(max(5, 3 * s["rounds"])):
+            runs.setdefault("read, plain mirror", []).append(fio(p, "read", "1M", 8, seconds=s["seconds"]))
+            runs.setdefault("read, --checksum mirror", []).append(fio(k, "read", "1M", 8, seconds=s["seconds"]))
+        if any(member["checksum_errors"] for member in bench.status("k")["members"]):
+            raise RuntimeError("space k: checksum errors on a healthy mirror")
+        # Spaces w, k and p have members on B too: they go before B is stopped, so that nothing of theirs
+        # meets the stopped target (no resync of theirs beside m's, no region locked by a whole-space window
+        # later).
+        for name in ("w", "k", "p"):
+            bench.space("detach", name)
+            del bench.devices[name]
         for round_ in range(s["rounds"]):
             runs.setdefault("healthy write", []).append(fio(m, "write", "1M", 8, size=size))
             # Degraded: B stops answering; a write finds out, the member is failed, then the timed run.
@@ -247,6 +262,8 @@ def main():
         ("4K random writes, 1 MiB regions vs one", "rand write, 1 MiB regions", "rand write, one region",
          ">= 95 % (cost <= 5 %)"),
         ("resync vs cp member A to member B", "resync", "cp member A to member B", ">= 80 %"),
+        ("1M reads, --checksum vs plain mirror", "read, --checksum mirror", "read, plain mirror",
+         ">= 95 % (cost <= 5 %)"),
     ]
     header = f"{'comparison':42} {'measured':>12} {'against':>12} {'ratio':>7}  aim"
     print("\n" + header + "\n" + "-" * len(header))

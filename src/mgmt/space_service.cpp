@@ -81,7 +81,7 @@ json space_status_json(const volume::SpaceStatus& st) {
     if (!st.clone_of.empty()) {
         j["clone_of"] = st.clone_of;
     }
-    if (st.checksums && st.open) {
+    if (st.checksums) { // held here: live; not held: what the labels keep
         j["scrub"] = {{"running", st.scrub.running},
                       {"done_bytes", st.scrub.done_bytes},
                       {"total_bytes", st.scrub.total_bytes},
@@ -91,6 +91,27 @@ json space_status_json(const volume::SpaceStatus& st) {
                       {"passes", st.scrub.passes},
                       {"paused", st.scrub.paused},
                       {"rate", st.scrub.rate}};
+        // From the labels, across restarts: the state, when the last one ran, what it found.
+        const volume::ScrubProgress& sc = st.scrub;
+        std::string state = sc.running         ? (sc.interrupted ? "interrupted"
+                                                  : sc.paused    ? "paused"
+                                                                 : "running")
+                            : sc.finished != 0 ? "done"
+                                               : "none";
+        j["scrub"]["state"] = state;
+        j["scrub"]["interrupted"] = sc.interrupted;
+        j["scrub"]["started"] = sc.started;
+        j["scrub"]["finished"] = sc.finished;
+        j["scrub"]["checked_blocks"] = sc.checked_blocks;
+        // Layout offsets of the first blocks with no good copy; of a plain space they are its LBAs too.
+        j["scrub"]["unrecoverable_offsets"] = sc.lost;
+        if (!st.thin && st.block_size != 0) {
+            json lbas = json::array();
+            for (uint64_t off : sc.lost) {
+                lbas.push_back(off / st.block_size);
+            }
+            j["scrub"]["unrecoverable_lbas"] = lbas;
+        }
     }
     j["members"] = json::array();
     for (const volume::MemberStatus& m : st.members) {

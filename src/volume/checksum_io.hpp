@@ -95,6 +95,10 @@ struct ChecksumState {
     std::chrono::steady_clock::time_point scrub_since{};
     uint64_t scrub_since_offset = 0;
     bool scrub_idle = false; // home: paused with no window in flight
+    // Home: the last checkpoint of the scrub's position in the labels (every scrub_checkpoint_windows
+    // windows or scrub_checkpoint_interval, whichever comes first, and at pause and end).
+    std::chrono::steady_clock::time_point scrub_checkpointed{};
+    uint64_t scrub_windows = 0; // since then
 
 private:
     std::mutex _lock_mutex;

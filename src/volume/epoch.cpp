@@ -83,6 +83,7 @@ void LabelBook::replace_member(uint32_t slot, MemberEntry entry) {
     entry.last_generation = 0;
     entry.last_previous_generation = 0;
     _truth.members[slot] = std::move(entry);
+    _truth.checksum_errors[slot] = 0; // a new device: the old one's errors are not its own
     _written[slot] = {};
     raise_epoch();
 }

@@ -64,10 +64,26 @@ constexpr size_t e_last_epoch = 48; // u64 the epoch of the last label the membe
 constexpr size_t e_last_gen = 56;   // u64 and its generation
 constexpr size_t e_last_prev = 64;  // u64 and that label's previous generation
 constexpr size_t e_url = 72;        // 184, NUL-padded
-constexpr size_t end = member_table + max_members * entry_size; // 5120; the rest is reserved (zero)
+constexpr size_t table_end = member_table + max_members * entry_size; // 5120
+// compat::scrub: the scrub record, then the checksum error counts by slot.
+constexpr size_t scrub_state = 5120;                      // u8 ScrubState
+constexpr size_t scrub_lost_n = 5121;                     // u8 entries in scrub_lost (5122-5127 zero)
+constexpr size_t scrub_position = 5128;                   // u64 layout bytes
+constexpr size_t scrub_started = 5136;                    // u64 unix seconds
+constexpr size_t scrub_finished = 5144;                   // u64 unix seconds
+constexpr size_t scrub_checked = 5152;                    // u64 blocks
+constexpr size_t scrub_bad = 5160;                        // u64 block copies
+constexpr size_t scrub_repaired = 5168;                   // u64 block copies
+constexpr size_t scrub_unrepairable = 5176;               // u64 blocks
+constexpr size_t scrub_lost = 5184;                       // 8 x u64 layout byte offsets
+constexpr size_t checksum_errors = 5248;                  // 16 x u64, by slot
+constexpr size_t end = checksum_errors + max_members * 8; // 5376; the rest is reserved (zero)
+// Where later compat features put their fields: not required zero when an unknown compat bit is set.
+constexpr size_t compat_fields = 6144;
 } // namespace at
 static_assert(at::areas + max_metadata_areas * at::area_size <= at::member_table);
-static_assert(at::end <= label_size);
+static_assert(at::scrub_lost + max_scrub_lost * 8 == at::checksum_errors);
+static_assert(at::end <= at::compat_fields && at::compat_fields <= label_size);
 
 constexpr uint8_t flag_clean = 0x01;
 
@@ -99,6 +115,70 @@ bool power_of_two(uint64_t v) {
 }
 Error bad(std::string what) {
     return make_error(std::move(what), EILSEQ);
+}
+
+// compat::scrub's fields of `l` (its layout holds `range` bytes): the scrub record and the checksum error
+// counts, each checked against what a scrub of that range can produce.
+Result<void> decode_scrub(const uint8_t* p, Label& l, uint64_t range) {
+    ScrubRecord& r = l.scrub;
+    uint8_t state = p[at::scrub_state];
+    if (state > uint8_t(ScrubState::done)) {
+        return bad(fmt::format("scrub state {} is unknown", state));
+    }
+    r.state = ScrubState(state);
+    size_t lost = p[at::scrub_lost_n];
+    r.position = load_le64(p + at::scrub_position);
+    r.started = load_le64(p + at::scrub_started);
+    r.finished = load_le64(p + at::scrub_finished);
+    r.checked = load_le64(p + at::scrub_checked);
+    r.bad = load_le64(p + at::scrub_bad);
+    r.repaired = load_le64(p + at::scrub_repaired);
+    r.unrepairable = load_le64(p + at::scrub_unrepairable);
+    for (size_t i = 0; i < l.members.size(); ++i) {
+        l.checksum_errors[i] = load_le64(p + at::checksum_errors + i * 8);
+        if (l.checksum_errors[i] > max_checksum_errors) {
+            return bad(fmt::format("member {}: {} checksum errors", i, l.checksum_errors[i]));
+        }
+    }
+    bool any_errors =
+        std::any_of(l.checksum_errors.begin(), l.checksum_errors.end(), [](uint64_t n) { return n != 0; });
+    if ((r.state != ScrubState::none || any_errors) &&
+        ((l.compat & feature::compat::scrub) == 0 || !l.checksums())) {
+        return bad(l.checksums() ? "a scrub record without its feature bit (compat scrub)"
+                                 : "a scrub record on a space without block checksums");
+    }
+    uint64_t blocks = (range + checksum_block - 1) / checksum_block;
+    if (r.state == ScrubState::none) {
+        if (r.position != 0 || r.started != 0 || r.finished != 0 || r.checked != 0 || r.bad != 0 ||
+            r.repaired != 0 || r.unrepairable != 0 || lost != 0) {
+            return bad("a scrub record with state none holds values");
+        }
+        return {};
+    }
+    if (r.position > range || r.position % checksum_block != 0) {
+        return bad(fmt::format("scrub position {} (the layout holds {} bytes)", r.position, range));
+    }
+    if (r.started == 0 || (r.state == ScrubState::done) != (r.finished != 0) ||
+        (r.finished != 0 && r.finished < r.started)) {
+        return bad(fmt::format("a {} scrub started at {} and finished at {}", to_string(r.state), r.started,
+                               r.finished));
+    }
+    // Copies: a block has at most max_members of them.
+    if (r.checked > blocks || r.checked > r.position / checksum_block || r.bad > r.checked * max_members ||
+        r.repaired > r.bad || r.unrepairable > r.checked || lost > max_scrub_lost || lost > r.unrepairable) {
+        return bad(
+            fmt::format("scrub counts: {} blocks checked, {} bad copies, {} repaired, {} unrepairable, "
+                        "{} listed",
+                        r.checked, r.bad, r.repaired, r.unrepairable, lost));
+    }
+    for (size_t i = 0; i < lost; ++i) {
+        uint64_t at = load_le64(p + at::scrub_lost + i * 8);
+        if (at % checksum_block != 0 || at >= r.position || (i > 0 && at <= r.lost.back())) {
+            return bad(fmt::format("unrepairable block {} at layout offset {}", i, at));
+        }
+        r.lost.push_back(at);
+    }
+    return {};
 }
 
 } // namespace
@@ -180,6 +260,20 @@ Result<Uuid> parse_uuid(std::string_view text) {
         return make_error(fmt::format("'{}' is not a UUID", text), EINVAL);
     }
     return u;
+}
+
+std::string_view to_string(ScrubState state) {
+    switch (state) {
+    case ScrubState::none:
+        return "none";
+    case ScrubState::running:
+        return "running";
+    case ScrubState::paused:
+        return "paused";
+    case ScrubState::done:
+        return "done";
+    }
+    return "unknown";
 }
 
 std::string_view to_string(MemberState state) {
@@ -275,6 +369,22 @@ void encode_label(const Label& l, unsigned copy, std::span<uint8_t> out) {
         store_le64(e + at::e_last_gen, m.last_generation);
         store_le64(e + at::e_last_prev, m.last_previous_generation);
         put_string(e + at::e_url, max_url_length + 1, m.url);
+    }
+    p[at::scrub_state] = uint8_t(l.scrub.state);
+    size_t lost = std::min(l.scrub.lost.size(), max_scrub_lost);
+    p[at::scrub_lost_n] = uint8_t(lost);
+    store_le64(p + at::scrub_position, l.scrub.position);
+    store_le64(p + at::scrub_started, l.scrub.started);
+    store_le64(p + at::scrub_finished, l.scrub.finished);
+    store_le64(p + at::scrub_checked, l.scrub.checked);
+    store_le64(p + at::scrub_bad, l.scrub.bad);
+    store_le64(p + at::scrub_repaired, l.scrub.repaired);
+    store_le64(p + at::scrub_unrepairable, l.scrub.unrepairable);
+    for (size_t i = 0; i < lost; ++i) {
+        store_le64(p + at::scrub_lost + i * 8, l.scrub.lost[i]);
+    }
+    for (size_t i = 0; i < std::min<size_t>(l.members.size(), max_members); ++i) {
+        store_le64(p + at::checksum_errors + i * 8, l.checksum_errors[i]);
     }
     store_le32(p + at::crc, label_crc32c(p, label_size));
 }
@@ -495,11 +605,19 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
             return bad(fmt::format("the bitmap area cannot hold {} regions", regions));
         }
     }
+    if (auto scrub = decode_scrub(p, l, capacity(*layout)); !scrub) {
+        return scrub.error();
+    }
     // Every byte no field of this version covers must be zero (a later version may use it under a feature
-    // bit): what we read must encode back to exactly these bytes.
+    // bit): what we read must encode back to exactly these bytes. A compat feature this version does not
+    // know keeps its fields from compat_fields on, which it may ignore.
+    size_t compared = (l.compat & ~feature::compat::known) != 0 ? at::compat_fields : label_size;
     std::array<uint8_t, label_size> again;
     encode_label(l, load_le32(p + at::copy), again);
-    if (std::memcmp(again.data(), p, label_size) != 0) {
+    // The checksum was checked above; it differs whenever any other byte does, so it is left out (the
+    // error then names the byte that differs).
+    std::memcpy(again.data() + at::crc, p + at::crc, 4);
+    if (std::memcmp(again.data(), p, compared) != 0) {
         size_t i = 0;
         while (again[i] == p[i]) {
             ++i;

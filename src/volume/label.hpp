@@ -21,6 +21,16 @@
 // may be ignored. Issue 14 (thin mapping, checksums) adds incompat bits and metadata areas; the header
 // has room (the area table, the reserved bytes after the member table).
 //
+// The scrub record and the members' checksum error counts (compat bit 1, `scrub`; docs/integrity.md,
+// "What the labels keep of a scrub") sit after the member table, at 5120-5375. Compat, not ro_compat: an
+// ispace that ignores them loses only the record (a scrub to start again, counts from 0); it cannot damage
+// data. But the decoders before this bit refuse any non-zero byte they do not know ("reserved byte 5120 is
+// not zero"), so to them a label holding a record is unreadable, as if the bit were incompat; a space made
+// by them, or holding no record yet, still reads with them. From this version on, bytes 6144-8191 are
+// where later compat features put their fields: a decoder that sees a compat bit it does not know does
+// not require those bytes to be zero (and a write by it drops them: a later version must accept its own
+// bit with its fields zero).
+//
 // Every field is read from a hostile disk: decode_label() checks each one and says what is wrong, and
 // never trusts a length or an offset it has not checked. tests/fuzz/fuzz_label.cpp holds it to that.
 #pragma once
@@ -79,6 +89,9 @@ constexpr uint64_t known = 0;
 }
 namespace compat {
 constexpr uint64_t bitmap = 1u << 0; // a write-intent bitmap area exists
+// The scrub record and per-member checksum error counts may be non-zero (a space with block checksums).
+constexpr uint64_t scrub = 1u << 1;
+constexpr uint64_t known = bitmap | scrub;
 } // namespace compat
 } // namespace feature
 
@@ -130,6 +143,32 @@ struct MemberEntry {
     std::string url; // where it was last reached (no secret): a hint for assembly and status
 };
 
+// The last (or current) scrub of a space with block checksums, as the labels keep it (docs/integrity.md).
+enum class ScrubState : uint8_t {
+    none = 0,    // never scrubbed (or the record was dropped by an ispace that does not keep it)
+    running = 1, // was running when this label was written: at the next open it is shown as interrupted
+    paused = 2,  // paused by the user at `position`
+    done = 3,    // finished at `finished`
+};
+std::string_view to_string(ScrubState state);
+inline constexpr size_t max_scrub_lost = 8; // the first unrepairable block offsets a record keeps
+// A member is failed at 32 checksum errors; reads and repairs in flight may add a few more. A count past
+// this bound is not one any ispace wrote.
+inline constexpr uint64_t max_checksum_errors = uint64_t(1) << 32;
+
+struct ScrubRecord {
+    ScrubState state = ScrubState::none;
+    uint64_t position = 0; // layout bytes checked (the checkpoint a resume starts from)
+    uint64_t started = 0;  // unix seconds
+    uint64_t finished = 0; // unix seconds; done only
+    uint64_t checked = 0;  // 4 KiB blocks compared against their stored checksum
+    uint64_t bad = 0;      // block copies that failed it
+    uint64_t repaired = 0; // ... rewritten from a good copy
+    uint64_t unrepairable = 0;
+    std::vector<uint64_t> lost; // layout byte offsets of the first unrepairable blocks, ascending
+    bool operator==(const ScrubRecord&) const = default;
+};
+
 struct Label {
     uint32_t version = label_version;
     uint64_t incompat = 0;
@@ -163,6 +202,10 @@ struct Label {
     std::string holder;      // who that is, for "held by ..." ("host:home")
     std::vector<MetadataArea> areas;
     std::vector<MemberEntry> members; // by slot
+    // compat::scrub (block checksums only): the scrub record, and blocks read from each slot's member that
+    // failed their checksum (kept across opens; docs/integrity.md).
+    ScrubRecord scrub;
+    std::array<uint64_t, max_members> checksum_errors{};
 
     const MetadataArea* area(AreaType type) const;
     bool thin() const { return (incompat & feature::incompat::thin) != 0; }

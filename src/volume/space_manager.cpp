@@ -713,6 +713,11 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
     st.holder = truth->holder;
     st.clean = truth->clean;
     st.checksums = truth->checksums();
+    if (st.checksums) {
+        // The scrub as the labels keep it (a thin space's range is its pool: its layout's capacity).
+        auto layout = truth->layout_of();
+        st.scrub = scrub_progress_of(truth->scrub, truth->thin() && layout ? capacity(*layout) : st.size);
+    }
     if (truth->thin()) {
         // The map as its last commit left it, read from the members that carry the current labels
         // (reading writes nothing).
@@ -741,6 +746,7 @@ Result<SpaceStatus> SpaceManager::status(const std::string& name) {
     for (uint32_t s = 0; s < truth->members.size(); ++s) {
         const MemberEntry& e = truth->members[s];
         MemberStatus ms{s, e.url, e.state, e.rebuild, e.recovery_offset, 0};
+        ms.checksum_errors = truth->checksum_errors[s];
         bool reached = false;
         for (const FoundMember& f : opened->found) {
             reached |= f.label && f.label->member_uuid == e.uuid;

@@ -113,10 +113,20 @@ struct ScrubProgress {
     uint64_t unrecoverable_blocks = 0; // blocks with no good copy (their layout offsets are logged)
     uint64_t passes = 0;               // finished since open
     bool paused = false;               // --pause: stopped at done_bytes until --resume
-    uint64_t rate = 0;                 // bytes per second it is held to (0: as fast as it goes)
+    // Paused because the holder stopped while it ran (the labels said "running" at open): --resume goes on.
+    bool interrupted = false;
+    uint64_t rate = 0;           // bytes per second it is held to (0: as fast as it goes)
+    uint64_t started = 0;        // unix seconds (0: no scrub since the space was made)
+    uint64_t finished = 0;       // unix seconds: the last scrub finished then (0: it has not)
+    uint64_t checked_blocks = 0; // 4 KiB blocks compared against their stored checksum
+    std::vector<uint64_t> lost;  // layout offsets of the first blocks with no good copy (max_scrub_lost)
 };
 
 enum class ScrubAction : uint8_t { start, pause, resume };
+
+// What a label's scrub record says, as progress of a layout range of `total` bytes: a record that was running
+// is paused and interrupted (docs/integrity.md).
+ScrubProgress scrub_progress_of(const ScrubRecord& record, uint64_t total);
 
 struct MemberStatus {
     uint32_t slot = 0;
@@ -125,7 +135,7 @@ struct MemberStatus {
     RebuildMode rebuild = RebuildMode::none;
     uint64_t recovery_offset = 0;
     uint64_t errors = 0;
-    uint64_t checksum_errors = 0; // blocks read from it that failed their checksum (since open)
+    uint64_t checksum_errors = 0; // blocks read from it that failed their checksum (kept in the labels)
 };
 
 struct VolumeStatus {
@@ -304,6 +314,10 @@ private:
     void sums_kick(); // home: writes the marked pages
     bool sums_idle() const;
     void scrub_window(); // home: the next window of a scrub
+    // Home: the scrub record and the checksum error counts into the book (with every label change).
+    void scrub_to_book();
+    void scrub_from_label(const Label& truth); // at open: the record and the counts the labels hold
+    void scrub_checkpoint();                   // home: the record into the labels now
     void scrub_window_done(const std::shared_ptr<ScrubWindow>& window);
 
     // --- a thin space (volume_thin.cpp, thin_io.hpp) ---

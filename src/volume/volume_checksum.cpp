@@ -321,8 +321,8 @@ void Volume::sums_wait(uint64_t ticket, net::Reactor* origin, Function<void(int)
 bool Volume::sums_idle() const {
     {
         std::lock_guard guard(_sums->scrub_mutex);
-        if (_sums->scrub.running) {
-            return false; // a window in flight; the next one sees _closing and stops
+        if (_sums->scrub.running && !_sums->scrub_idle) {
+            return false; // a window in flight; the next one sees _closing and stops (a paused one has none)
         }
     }
     std::lock_guard guard(_sums->page_mutex);
@@ -493,6 +493,7 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
         sums->set(b, load_le32(image.data() + b * 4));
     }
     _sums = std::move(sums);
+    scrub_from_label(truth);
     bool rewrite = false;
     for (uint32_t s = 0; s < _count; ++s) {
         rewrite |= MemberState(_members[s].state.load()) == MemberState::rebuilding;
@@ -590,6 +591,92 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
 // ---- scrub -----------------------------------------------------------------------------------------------
 
 constexpr uint64_t scrub_window_bytes = 1 << 20;
+// The position is checkpointed in the labels at most this often (a label write costs four writes per
+// member), and at every pause and end: a holder that dies loses at most this much of a scrub's progress.
+constexpr uint64_t scrub_checkpoint_windows = 256;
+constexpr auto scrub_checkpoint_interval = std::chrono::seconds(5);
+
+uint64_t unix_now() {
+    return uint64_t(
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+}
+
+void Volume::scrub_to_book() {
+    if (!_sums) {
+        return; // at open, before the table is loaded: the book keeps what the labels said
+    }
+    Label& truth = _book.truth();
+    ScrubRecord r;
+    {
+        std::lock_guard guard(_sums->scrub_mutex);
+        const ScrubProgress& p = _sums->scrub;
+        if (p.running) {
+            r.state = p.paused ? ScrubState::paused : ScrubState::running;
+        } else if (p.finished != 0) {
+            r.state = ScrubState::done;
+        } else if (p.started != 0) {
+            r.state = ScrubState::running; // stopped by close: the next open shows it interrupted
+        }
+        if (r.state != ScrubState::none) {
+            r.position = p.done_bytes;
+            r.started = p.started;
+            r.finished = p.finished;
+            r.checked = p.checked_blocks;
+            r.bad = p.bad_blocks;
+            r.repaired = p.repaired_blocks;
+            r.unrepairable = p.unrecoverable_blocks;
+            r.lost = p.lost;
+        }
+    }
+    truth.scrub = std::move(r);
+    for (uint32_t s = 0; s < _count && s < truth.members.size(); ++s) {
+        truth.checksum_errors[s] = std::min(_members[s].checksum_errors.load(), max_checksum_errors);
+    }
+    truth.compat |= feature::compat::scrub;
+}
+
+ScrubProgress scrub_progress_of(const ScrubRecord& r, uint64_t total) {
+    ScrubProgress p;
+    if (r.state == ScrubState::none) {
+        return p;
+    }
+    p.done_bytes = std::min(r.position, total);
+    p.total_bytes = total;
+    p.started = r.started;
+    p.finished = r.finished;
+    p.checked_blocks = r.checked;
+    p.bad_blocks = r.bad;
+    p.repaired_blocks = r.repaired;
+    p.unrecoverable_blocks = r.unrepairable;
+    p.lost = r.lost;
+    if (r.state == ScrubState::running || r.state == ScrubState::paused) {
+        // Not started again by itself: an attach should not begin a scan at full speed nobody asked for
+        // now (the rate is not kept). It waits, paused at its checkpoint, for --resume.
+        p.running = true;
+        p.paused = true;
+        p.interrupted = r.state == ScrubState::running;
+    }
+    return p;
+}
+
+void Volume::scrub_from_label(const Label& truth) {
+    for (uint32_t s = 0; s < _count && s < truth.members.size(); ++s) {
+        _members[s].checksum_errors.store(truth.checksum_errors[s]);
+    }
+    std::lock_guard guard(_sums->scrub_mutex);
+    _sums->scrub = scrub_progress_of(truth.scrub, _space_size);
+    if (_sums->scrub.running) {
+        _sums->scrub_next = _sums->scrub.done_bytes;
+        _sums->scrub_idle = true;
+    }
+}
+
+void Volume::scrub_checkpoint() {
+    _sums->scrub_windows = 0;
+    _sums->scrub_checkpointed = std::chrono::steady_clock::now();
+    change_labels([](LabelBook& book) { book.bump_sequence(); });
+}
 
 // One window of a scrub: every readable copy of each extent read, then the bad block copies rewritten.
 struct ScrubWindow {
@@ -636,10 +723,13 @@ Result<void> Volume::scrub(ScrubAction action, uint64_t rate) {
         p.total_bytes = _space_size;
         p.passes = passes;
         p.rate = rate;
+        p.started = unix_now();
         _home.post([this] {
             _sums->scrub_next = 0;
             _sums->scrub_since = std::chrono::steady_clock::now();
             _sums->scrub_since_offset = 0;
+            _sums->scrub_idle = false;
+            scrub_checkpoint(); // "running" in the labels from the start
             scrub_window();
         });
         log_info("space {}: scrub started ({} MiB{})", _truth_at_open.name, _space_size >> 20,
@@ -658,6 +748,7 @@ Result<void> Volume::scrub(ScrubAction action, uint64_t rate) {
             return make_error(fmt::format("space '{}': no scrub is paused", _truth_at_open.name), EINVAL);
         }
         p.paused = false;
+        p.interrupted = false;
         p.rate = rate;
         _home.post([this] {
             // A pause lands between windows: none is in flight once it is seen there. If the window that
@@ -678,14 +769,36 @@ Result<void> Volume::scrub(ScrubAction action, uint64_t rate) {
 void Volume::scrub_window() {
     ChecksumState& s = *_sums;
     uint64_t at = s.scrub_next;
-    if (_closing.load() || _lost.load() || at >= _space_size) {
+    bool paused = false;
+    {
         std::lock_guard guard(s.scrub_mutex);
-        s.scrub.running = false;
-        if (at >= _space_size) {
-            ++s.scrub.passes;
-            log_info("space {}: scrub done: {} bad block copies, {} repaired, {} blocks with no good copy",
-                     _truth_at_open.name, s.scrub.bad_blocks, s.scrub.repaired_blocks,
-                     s.scrub.unrecoverable_blocks);
+        paused = s.scrub.running && s.scrub.paused;
+    }
+    if (paused) {
+        // Paused while the rate held this window back: it stops here, as it would after a window.
+        s.scrub_idle = true;
+        if (!_closing.load()) {
+            scrub_checkpoint();
+        }
+        return;
+    }
+    if (_closing.load() || _lost.load() || at >= _space_size) {
+        bool done = at >= _space_size && !_closing.load() && !_lost.load();
+        {
+            std::lock_guard guard(s.scrub_mutex);
+            s.scrub.running = false;
+            if (done) {
+                ++s.scrub.passes;
+                s.scrub.finished = std::max(unix_now(), s.scrub.started); // the label refuses the reverse
+                log_info(
+                    "space {}: scrub done: {} blocks checked, {} bad block copies, {} repaired, {} blocks "
+                    "with no good copy",
+                    _truth_at_open.name, s.scrub.checked_blocks, s.scrub.bad_blocks, s.scrub.repaired_blocks,
+                    s.scrub.unrecoverable_blocks);
+            }
+        }
+        if (done) {
+            scrub_checkpoint(); // the result stays in the labels
         }
         return;
     }
@@ -719,7 +832,8 @@ void Volume::scrub_window() {
         auto checked = [this, w, at, length] {
             // Per block: the copies that match, the ones that do not; the first good one over the bad.
             ChecksumState& s = *_sums;
-            uint64_t bad = 0, repaired = 0, lost = 0;
+            uint64_t bad = 0, repaired = 0, lost = 0, checked = 0;
+            std::vector<uint64_t> lost_at;
             for (uint32_t e = 0; e < w->extents.size(); ++e) {
                 const Extent& x = w->extents[e];
                 for (uint64_t i = 0; i * checksum_block < x.length; ++i) {
@@ -728,6 +842,7 @@ void Volume::scrub_window() {
                     if (stored == 0) {
                         continue;
                     }
+                    ++checked;
                     ScrubWindow::Copy* good = nullptr;
                     std::vector<ScrubWindow::Copy*> wrong;
                     for (auto& c : w->copies) {
@@ -774,6 +889,7 @@ void Volume::scrub_window() {
                     }
                     if (!wrong.empty() && !good) {
                         ++lost;
+                        lost_at.push_back(block * checksum_block);
                         log_error("space {}: scrub: block at layout offset {} has no copy that matches its "
                                   "checksum; reads of it fail (medium error)",
                                   _truth_at_open.name, block * checksum_block);
@@ -785,7 +901,16 @@ void Volume::scrub_window() {
                 s.scrub.bad_blocks += bad;
                 s.scrub.repaired_blocks += repaired;
                 s.scrub.unrecoverable_blocks += lost;
+                s.scrub.checked_blocks += checked;
                 s.scrub.done_bytes = at + length;
+                // The first few, in layout order (a stripe's extents need not be).
+                std::sort(lost_at.begin(), lost_at.end());
+                for (uint64_t off : lost_at) {
+                    if (s.scrub.lost.size() < max_scrub_lost &&
+                        (s.scrub.lost.empty() || off > s.scrub.lost.back())) {
+                        s.scrub.lost.push_back(off);
+                    }
+                }
             }
             s.scrub_next = at + length;
             if (w->fixes.empty()) {
@@ -827,13 +952,20 @@ void Volume::scrub_window_done(const std::shared_ptr<ScrubWindow>& w) {
     _sums->unlock(w->range);
     ChecksumState& s = *_sums;
     uint64_t rate = 0;
+    bool paused = false;
     {
         std::lock_guard guard(s.scrub_mutex);
-        if (s.scrub.paused) {
-            s.scrub_idle = true; // resume starts the next window
-            return;
-        }
+        paused = s.scrub.paused;
         rate = s.scrub.rate;
+    }
+    if (paused) {
+        s.scrub_idle = true; // resume starts the next window
+        scrub_checkpoint();  // where it stopped, in the labels: a resume after a restart starts there
+        return;
+    }
+    if (++s.scrub_windows >= scrub_checkpoint_windows ||
+        std::chrono::steady_clock::now() - s.scrub_checkpointed >= scrub_checkpoint_interval) {
+        scrub_checkpoint();
     }
     auto delay = std::chrono::steady_clock::duration::zero();
     if (rate > 0) {

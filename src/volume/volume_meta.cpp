@@ -168,7 +168,15 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
             m.device.reset();
             break;
         case SlotPlan::out:
-            if (m.device) {
+            if (m.device && truth.checksums() && e.state == MemberState::failed &&
+                truth.checksum_errors[s] >= checksum_error_limit) {
+                // Failed for its checksum errors (the count is in the labels): its data rots, so it stays
+                // out until it is replaced, across opens too (docs/integrity.md).
+                log_warn("space {}: {}: {} checksum errors; it stays failed until it is replaced", truth.name,
+                         m.url, truth.checksum_errors[s]);
+                m.state.store(uint8_t(MemberState::failed));
+                m.device.reset();
+            } else if (m.device) {
                 // Found, and merely stale: it rejoins now, for the regions it missed.
                 book.member_rejoins(s, RebuildMode::delta, false);
                 m.state.store(uint8_t(MemberState::rebuilding));
@@ -578,6 +586,7 @@ Result<void> Volume::fail_member(uint32_t slot) {
 // ---- labels ----------------------------------------------------------------------------------------------
 
 void Volume::change_labels(Function<void(LabelBook&)> change, bool blocking) {
+    scrub_to_book(); // any label write carries the current scrub record and checksum error counts
     change(_book);
     ++_label_applied;
     if (blocking) {
@@ -1053,6 +1062,7 @@ Result<void> Volume::replace_member(uint32_t slot, VolumeMember member, MemberEn
         m.data_offset = member.data_offset;
         m.url = member.url;
         m.retry_delay = std::chrono::milliseconds(0);
+        m.checksum_errors.store(0);
         m.rebuild.store(uint8_t(RebuildMode::full));
         m.synced_below.store(0);
         m.state.store(uint8_t(MemberState::rebuilding), std::memory_order_release);

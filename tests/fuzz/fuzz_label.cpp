@@ -5,9 +5,12 @@
 //   mode bit 0: the bytes are XORed over a valid label (a 3-way mirror) instead of being the label
 //   mode bit 1: the label's checksum is recomputed after that, so the field checks behind it are reached
 //   mode bit 2: the bytes are also split into four copies for choose_label()
+//   mode bit 3: with bit 0, the valid label is a checksummed mirror holding a scrub record and checksum
+//               error counts (compat scrub), so that XOR reaches those fields' checks
 //
 // Invariants: decode_label() returns a label or an error; a label it returns encodes back to exactly the
-// bytes it was read from (nothing is lost or invented); the layout it describes maps its whole space
+// bytes it was read from (nothing is lost or invented; with a compat bit this version does not know, up to
+// where such a feature's fields begin); the layout it describes maps its whole space
 // inside every member's data area; choose_label() picks a copy only when one decodes.
 #include "fuzz_check.hpp"
 #include "volume/label.hpp"
@@ -24,7 +27,7 @@ using namespace ispace::volume;
 
 namespace {
 
-std::vector<uint8_t> base_label() {
+std::vector<uint8_t> base_label(bool scrub) {
     Label l;
     l.space_uuid = Uuid{1, 2, 3, 4, 5, 6, 0x47, 8, 0x89, 10, 11, 12, 13, 14, 15, 16};
     l.name = "fuzz";
@@ -47,6 +50,21 @@ std::vector<uint8_t> base_label() {
     }
     l.slot = 1;
     l.member_uuid = l.members[1].uuid;
+    if (scrub) {
+        l.incompat = feature::incompat::checksums;
+        l.compat |= feature::compat::scrub;
+        l.areas.push_back({AreaType::checksums, 0, metadata_start + 4096, checksum_area_bytes(62 << 20)});
+        l.scrub.state = ScrubState::done;
+        l.scrub.position = 62 << 20;
+        l.scrub.started = 1700000000;
+        l.scrub.finished = 1700000600;
+        l.scrub.checked = 15000;
+        l.scrub.bad = 9;
+        l.scrub.repaired = 7;
+        l.scrub.unrepairable = 2;
+        l.scrub.lost = {8192, 40 << 20};
+        l.checksum_errors = {3, 0, 31};
+    }
     std::vector<uint8_t> b(label_size);
     encode_label(l, 0, b);
     return b;
@@ -70,10 +88,27 @@ void check_decoded(const std::vector<uint8_t>& bytes) {
     uint32_t copy = uint32_t(bytes[20]) | uint32_t(bytes[21]) << 8 | uint32_t(bytes[22]) << 16 |
                     uint32_t(bytes[23]) << 24;
     encode_label(*label, copy, again);
-    FUZZ_CHECK(std::memcmp(again.data(), bytes.data(), label_size) == 0);
+    if ((label->compat & ~feature::compat::known) == 0) {
+        FUZZ_CHECK(std::memcmp(again.data(), bytes.data(), label_size) == 0);
+    } else {
+        // A later compat feature's fields (from byte 6144) are not this version's: all before them, but the
+        // checksum that also covers them, is.
+        constexpr size_t compat_fields = 6144;
+        FUZZ_CHECK(std::memcmp(again.data(), bytes.data(), 16) == 0);
+        FUZZ_CHECK(std::memcmp(again.data() + 20, bytes.data() + 20, compat_fields - 20) == 0);
+    }
     auto layout = label->layout_of();
     FUZZ_CHECK(layout.ok());
     FUZZ_CHECK(label->space_size <= capacity(*layout));
+    // What a scrub record promises: a position inside the layout, lost blocks below it and ascending.
+    FUZZ_CHECK(label->scrub.position <= capacity(*layout));
+    FUZZ_CHECK(label->scrub.lost.size() <= max_scrub_lost &&
+               label->scrub.lost.size() <= label->scrub.unrepairable);
+    for (size_t i = 0; i < label->scrub.lost.size(); ++i) {
+        FUZZ_CHECK(label->scrub.lost[i] < label->scrub.position);
+        FUZZ_CHECK(i == 0 || label->scrub.lost[i - 1] < label->scrub.lost[i]);
+    }
+    FUZZ_CHECK(label->scrub.state == ScrubState::none || label->checksums());
     std::vector<Extent> extents;
     uint64_t step = label->space_size / 7 / label->block_size * label->block_size;
     for (uint64_t at = 0; at + label->block_size <= label->space_size && extents.size() < 64;
@@ -103,8 +138,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     --size;
     std::vector<uint8_t> bytes;
     if (mode & 0x01) {
-        static const std::vector<uint8_t> base = base_label();
-        bytes = base;
+        static const std::vector<uint8_t> plain = base_label(false);
+        static const std::vector<uint8_t> scrubbed = base_label(true);
+        bytes = (mode & 0x08) ? scrubbed : plain;
         for (size_t i = 0; i < size && i < label_size; ++i) {
             bytes[i] ^= data[i];
         }

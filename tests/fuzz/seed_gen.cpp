@@ -671,7 +671,8 @@ void isns_seeds() {
 // ---- Data-space labels -------------------------------------------------------------------------------
 
 // Valid labels of every layout (mode 0: the bytes as they are; mode 4: four copies for choose_label),
-// and the mutation modes over the built-in label (mode 1: XOR, 3: XOR with the checksum recomputed).
+// and the mutation modes over the built-in labels (mode 1: XOR, 3: XOR with the checksum recomputed; 9
+// and 11: the same over the checksummed label with a scrub record).
 void label_seeds() {
     using namespace ispace::volume;
     struct Shape {
@@ -734,7 +735,56 @@ void label_seeds() {
         }
         write_seed("fuzz_label", std::string("copies-") + shape.name, four);
     }
+    // A checksummed mirror with a scrub record and checksum error counts (compat scrub).
+    {
+        uint64_t member = 256 << 20;
+        auto plan = plan_member(member, 512, member, 1 << 20, 0, checksum_area_bytes(member));
+        Label l;
+        l.space_uuid = make_uuid();
+        l.name = "seed-scrubbed";
+        l.layout = LayoutKind::mirror;
+        l.copies = 2;
+        l.member_size = member;
+        l.data_offset = plan->data_offset;
+        l.data_size = plan->data_size;
+        l.region_size = 1 << 20;
+        l.incompat = feature::incompat::checksums;
+        l.compat = feature::compat::bitmap | feature::compat::scrub;
+        l.areas = {plan->bitmap, plan->checksums};
+        for (unsigned i = 0; i < 2; ++i) {
+            MemberEntry m;
+            m.uuid = make_uuid();
+            m.data_bytes = plan->data_size;
+            m.url = "iscsi://192.0.2." + std::to_string(i + 1) + "/iqn.2026-11.org.example:m/0";
+            l.members.push_back(m);
+        }
+        l.member_uuid = l.members[0].uuid;
+        l.space_size = plan->data_size;
+        l.scrub.state = ScrubState::paused;
+        l.scrub.position = 96 << 20;
+        l.scrub.started = 1765000000;
+        l.scrub.checked = 20000;
+        l.scrub.bad = 4;
+        l.scrub.repaired = 3;
+        l.scrub.unrepairable = 1;
+        l.scrub.lost = {12 << 20};
+        l.checksum_errors = {4, 0};
+        Bytes one(label_size + 1, 0);
+        encode_label(l, 0, std::span<uint8_t>(one.data() + 1, label_size));
+        write_seed("fuzz_label", "valid-mirror2-scrubbed", one);
+    }
     write_seed("fuzz_label", "xor-nothing", Bytes{0x01});
+    write_seed("fuzz_label", "xor-scrubbed-nothing", Bytes{0x09});
+    Bytes moved(1 + 5136, 0);
+    moved[0] = 0x0b;
+    moved[1 + 5120] = 0x01; // done -> paused with a finish time: refused, the checksum made right
+    moved[1 + 5135] = 0x01; // the position past the layout
+    write_seed("fuzz_label", "xor-scrub-record-checksum-fixed", moved);
+    Bytes later(1 + 7001, 0);
+    later[0] = 0x03;
+    later[1 + 42] = 0x04;   // a compat bit no version knows yet (bit 18)
+    later[1 + 7000] = 0x42; // and a byte of its fields: the label still reads
+    write_seed("fuzz_label", "xor-unknown-compat-checksum-fixed", later);
     Bytes bumped(1 + 210, 0);
     bumped[0] = 0x03;
     bumped[1 + 146] = 0x07; // the member count, with the checksum made right

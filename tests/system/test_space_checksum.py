@@ -14,6 +14,10 @@ with raw SCSI commands (iscsi_raw.py):
  5. `ispace space scrub c --wait`: 20 bytes flipped at random 4 KiB blocks of one member (in 4 MiB that
     no read met) are all found and repaired; the block bad on both copies is reported (exit 1);
     `status --json` counts them (20 repaired).
+ 5b. A scrub at 2 MiB/s paused; ispaced restarted: `status` still shows it paused at the same position and
+    the members' checksum_errors as they were (both kept in the labels); `scrub --resume --wait` finishes it
+    from there (every written block checked once); after another restart the last scrub is shown, with the
+    LBA of the block that had no good copy; and, the space held by no one, from its labels alone.
  6. (root, FUSE and loop devices) A file: a second checksummed space attached, ext4 on it, a file of known
     content written; detached, one byte of it flipped in the member that serves its reads (found through
     filefrag's physical block and the member's data offset); attached again, the file reads back intact,
@@ -29,6 +33,7 @@ import random
 import struct
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import attach_testlib  # noqa: E402
@@ -118,9 +123,12 @@ def main():
         check(all(o is not None and o >= MiB for o in offsets), f"the members' data areas start at {offsets}")
 
         # 2. Known content, exported.
-        daemon = ispace_testlib.Ispaced(ispaced, ["--home", home, "--listen", "127.0.0.1:0", "--iqn", IQN,
-                                                  "--lun", "space:c", "--reactors", "1"], env=env,
-                                        log_path=os.path.join(scratch, "ispaced.log")).start()
+        def start():
+            return ispace_testlib.Ispaced(ispaced, ["--home", home, "--listen", "127.0.0.1:0", "--iqn", IQN,
+                                                    "--lun", "space:c", "--reactors", "1"], env=env,
+                                          log_path=os.path.join(scratch, "ispaced.log")).start()
+
+        daemon = start()
         c = iscsi_raw.Client(daemon.host, daemon.port, timeout=20)
         check(c.login(IQN) == (0, 0), "a raw session logs in")
         for _ in range(3):  # the unit attention a new nexus gets first
@@ -182,8 +190,51 @@ def main():
         check(read16(c, 10 * MiB, len(bulk))[1] == bulk, "the 4 MiB read back intact")
         check([pread(members[0], f, 1) for f in flips] == goods, "the scrub restored the backing file")
         c.close()
+
+        # 5b. What the labels keep: a paused scrub's position and the checksum error counts across a restart
+        #     of the holder; resumed from there; the last scrub (with the LBA of its lost block) after the
+        #     next one.
+        check(space(ispace, env, "scrub", "c", "--rate", "2M").returncode == 0, "a new scrub at 2 MiB/s")
+        time.sleep(0.5)
+        check(space(ispace, env, "scrub", "c", "--pause").returncode == 0, "paused")
+        paused = None
+        for _ in range(50):
+            sc = status(ispace, env).get("scrub", {})
+            if paused is not None and sc.get("done_bytes") == paused:
+                break
+            paused = sc.get("done_bytes")
+            time.sleep(0.2)
+        check(sc.get("state") == "paused" and 0 < paused < 7 * MiB,
+              f"status: paused at {paused} bytes, before the lost block at 7 MiB ({sc})")
+        errors = [m.get("checksum_errors") for m in status(ispace, env).get("members", [])]
+        daemon.stop()
+        daemon = start()
+        sc = status(ispace, env).get("scrub", {})
+        check(sc.get("state") == "paused" and sc.get("done_bytes") == paused,
+              f"after a restart of the holder: still paused at {paused} ({sc})")
+        after = [m.get("checksum_errors") for m in status(ispace, env).get("members", [])]
+        check(after == errors and all(after), f"checksum_errors kept across the restart: {errors} -> {after}")
+        r = space(ispace, env, "scrub", "c", "--resume", "--wait")
+        sc = status(ispace, env).get("scrub", {})
+        written = (len(content) + len(other) + len(bulk)) // 4096
+        check(r.returncode == 1 and sc.get("state") == "done" and sc.get("checked_blocks") == written,
+              f"--resume finished it from the checkpoint: {written} written blocks checked once each ({sc})")
+        daemon.stop()
+        daemon = start()
+        sc = status(ispace, env).get("scrub", {})
+        lba = block // BS
+        check(sc.get("state") == "done" and sc.get("finished", 0) > 0 and sc.get("unrecoverable_lbas") == [lba],
+              f"after another restart the last scrub is shown, with the LBA of its lost block ({sc})")
+        text = space(ispace, env, "status", "c").stdout
+        check("last scrub: finished" in text and f"no good copy at LBA {lba}" in text, f"status says so:\n{text}")
+        errors = [m.get("checksum_errors") for m in status(ispace, env).get("members", [])]
         daemon.stop()
         daemon = None
+        st = status(ispace, env)
+        check(st.get("open") is False and st.get("scrub", {}).get("state") == "done" and
+              st.get("scrub", {}).get("unrecoverable_lbas") == [lba] and
+              [m.get("checksum_errors") for m in st.get("members", [])] == errors,
+              f"held by no one: status reads the last scrub and the counts from the labels ({st.get('scrub')})")
 
         # 6. A file on ext4.
         why = attach_testlib.why_not_runnable(sys.argv[3], tools=("mkfs.ext4", "filefrag")) \

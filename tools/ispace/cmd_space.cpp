@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <ctime>
 #include <fcntl.h>
 #include <filesystem>
 #include <limits.h>
@@ -176,14 +177,39 @@ void print_status(const json& st) {
     if (st.contains("scrub")) {
         const json& sc = st["scrub"];
         uint64_t total = sc.value("total_bytes", uint64_t(0));
-        if (sc.value("running", false) || sc.value("passes", 0) > 0) {
-            fmt::print("  scrub{}: {} of {}, {} bad block copies, {} repaired, {} with no good copy\n",
-                       sc.value("paused", false)    ? " (paused)"
-                       : sc.value("running", false) ? " (running)"
-                                                    : "",
+        std::string state = sc.value("state", "");
+        if (sc.value("running", false)) {
+            fmt::print("  scrub ({}): {} of {}, {} bad block copies, {} repaired, {} with no good copy{}\n",
+                       state.empty() ? "running" : state,
                        human_bytes(double(sc.value("done_bytes", uint64_t(0)))), human_bytes(double(total)),
                        sc.value("bad_blocks", 0), sc.value("repaired_blocks", 0),
-                       sc.value("unrecoverable_blocks", 0));
+                       sc.value("unrecoverable_blocks", 0),
+                       sc.value("paused", false) ? " — 'ispace space scrub NAME --resume' goes on" : "");
+        } else if (state == "done") {
+            // The last scrub, kept in the labels.
+            time_t finished = time_t(sc.value("finished", uint64_t(0)));
+            uint64_t took = sc.value("finished", uint64_t(0)) - sc.value("started", uint64_t(0));
+            std::tm utc{};
+            gmtime_r(&finished, &utc);
+            fmt::print(
+                "  last scrub: finished {:04}-{:02}-{:02} {:02}:{:02} UTC after {}: {} blocks checked, {} "
+                "bad block copies, {} repaired, {} with no good copy\n",
+                utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min,
+                human_duration(double(took)), sc.value("checked_blocks", uint64_t(0)),
+                sc.value("bad_blocks", 0), sc.value("repaired_blocks", 0),
+                sc.value("unrecoverable_blocks", 0));
+        }
+        const json& lost = sc.contains("unrecoverable_lbas")
+                               ? sc["unrecoverable_lbas"]
+                               : sc.value("unrecoverable_offsets", json::array());
+        if (!lost.empty()) {
+            std::string list;
+            for (const json& x : lost) {
+                list += (list.empty() ? "" : ", ") + std::to_string(x.get<uint64_t>());
+            }
+            fmt::print(
+                "    no good copy at {} {}{}\n", sc.contains("unrecoverable_lbas") ? "LBA" : "layout offset",
+                list, sc.value("unrecoverable_blocks", uint64_t(0)) > lost.size() ? " (the first ones)" : "");
         }
     }
     fmt::print("  dirty regions: {}  resynced since open: {}\n", st.value("dirty_regions", 0),

@@ -124,6 +124,10 @@ protected:
                   0);
         return load_le32(page.data() + block % 1024 * 4);
     }
+    bool labels_say(ScrubState state) {
+        LabelReading r = read_member_labels(group.at(0), *disks[0]);
+        return r.label && r.label->scrub.state == state;
+    }
     uint64_t errors(const std::shared_ptr<Volume>& v, unsigned slot) {
         return v->status().members[slot].checksum_errors;
     }
@@ -270,6 +274,14 @@ TEST_F(ChecksumTest, AMemberPastTheErrorThresholdIsFailed) {
     EXPECT_EQ(v->status().members[1].state, MemberState::failed);
     ASSERT_EQ(io.read(device, mib1, back), 0);
     EXPECT_EQ(back, data);
+    // Nor by the next open: its count is in the labels.
+    ASSERT_TRUE(v->close());
+    volumes.clear();
+    v.reset();
+    auto h = assemble();
+    ASSERT_TRUE(h) << h.error().message;
+    EXPECT_EQ((*h)->status().members[1].state, MemberState::failed);
+    EXPECT_EQ(errors(*h, 1), checksum_error_limit);
 }
 
 TEST_F(ChecksumTest, ATornWriteAfterACrashIsResolvedThroughTheBitmap) {
@@ -485,6 +497,85 @@ TEST_F(ChecksumTest, AScrubIsPacedPausedAndResumed) {
     EXPECT_FALSE(p.running || p.paused);
     EXPECT_EQ(p.done_bytes, p.total_bytes);
     EXPECT_FALSE(v->scrub(ScrubAction::resume)) << "nothing to resume";
+}
+
+// The scrub's position and result and the members' checksum errors are kept in the labels
+// (docs/integrity.md): a paused scrub, the space closed and opened again, resumes at its checkpoint; the
+// last scrub and the counts are there after the next open; a scrub running when the holder died is shown
+// interrupted at its last checkpoint and resumed by --resume.
+TEST_F(ChecksumTest, AScrubIsResumedFromItsCheckpointAfterTheSpaceIsOpenedAgain) {
+    auto v = create();
+    constexpr uint64_t written = 8 << 20;
+    {
+        VolumeDevice device(v);
+        ASSERT_EQ(io.write(device, 0, random_bytes(written, 30)), 0);
+        flip(0, 4096); // MiB 0 is read from slot 0: one checksum error there, repaired
+        std::vector<uint8_t> back(4096);
+        ASSERT_EQ(io.read(device, 4096, back), 0);
+    }
+    ASSERT_EQ(errors(v, 0), 1u);
+    ASSERT_TRUE(v->scrub(ScrubAction::start, 4 << 20));
+    std::this_thread::sleep_for(300ms);
+    ASSERT_TRUE(v->scrub(ScrubAction::pause));
+    ASSERT_TRUE(test::eventually([&] {
+        uint64_t before = v->status().scrub.done_bytes;
+        std::this_thread::sleep_for(100ms);
+        return v->status().scrub.done_bytes == before;
+    }));
+    uint64_t stopped = v->status().scrub.done_bytes;
+    ASSERT_GT(stopped, 0u);
+    ASSERT_LT(stopped, written) << "paused inside the written part, so a restart from 0 would be seen";
+    ASSERT_TRUE(v->close());
+    volumes.clear();
+    v.reset();
+    LabelReading labels = read_member_labels(group.at(0), *disks[1]);
+    ASSERT_TRUE(labels.label);
+    EXPECT_EQ(labels.label->scrub.state, ScrubState::paused);
+    EXPECT_EQ(labels.label->scrub.position, stopped);
+    EXPECT_EQ(labels.label->checksum_errors[0], 1u);
+
+    auto h = assemble();
+    ASSERT_TRUE(h) << h.error().message;
+    v = *h;
+    ScrubProgress p = v->status().scrub;
+    EXPECT_TRUE(p.running && p.paused && !p.interrupted);
+    EXPECT_EQ(p.done_bytes, stopped);
+    EXPECT_EQ(errors(v, 0), 1u) << "checksum errors survive the reopen";
+    EXPECT_FALSE(v->scrub(ScrubAction::start)) << "paused: resume it";
+    ASSERT_TRUE(v->scrub(ScrubAction::resume));
+    ASSERT_TRUE(test::eventually([&] { return v->status().scrub.passes == 1; }));
+    p = v->status().scrub;
+    EXPECT_EQ(p.checked_blocks, written / checksum_block) << "every written block checked exactly once";
+    EXPECT_EQ(p.bad_blocks, 0u) << "the flipped block was repaired by the read";
+    EXPECT_NE(p.finished, 0u);
+    EXPECT_GE(p.finished, p.started);
+    ASSERT_TRUE(v->close());
+    volumes.clear();
+    v.reset();
+
+    // The last scrub, shown after the next open; then one running when the holder is killed.
+    h = assemble();
+    ASSERT_TRUE(h) << h.error().message;
+    v = *h;
+    p = v->status().scrub;
+    EXPECT_FALSE(p.running);
+    EXPECT_EQ(p.checked_blocks, written / checksum_block);
+    EXPECT_EQ(p.done_bytes, p.total_bytes);
+    EXPECT_NE(p.finished, 0u);
+    ASSERT_TRUE(v->scrub(ScrubAction::start, 1 << 20));
+    ASSERT_TRUE(test::eventually([&] { return labels_say(ScrubState::running); }));
+    v->abandon(); // kill -9
+    volumes.clear();
+    v.reset();
+    h = assemble();
+    ASSERT_TRUE(h) << h.error().message;
+    v = *h;
+    p = v->status().scrub;
+    EXPECT_TRUE(p.running && p.paused && p.interrupted);
+    EXPECT_EQ(p.finished, 0u);
+    ASSERT_TRUE(v->scrub(ScrubAction::resume));
+    ASSERT_TRUE(test::eventually([&] { return v->status().scrub.passes == 1; }));
+    EXPECT_EQ(v->status().scrub.checked_blocks, written / checksum_block);
 }
 
 // The cost of verification on 1 MiB sequential reads (docs/dataspaces.md, "Block checksums"): a plain
