@@ -2,8 +2,8 @@
 #
 #   make run        install what is missing, build, start ispaced on ./var/lun0.img (1 GiB, thin)
 #   make test       install, build, run every test (unit, system, interop, conformance)
-#   make asan       the same tests built with AddressSanitizer + UndefinedBehaviorSanitizer
-#   make fuzz       run each libFuzzer target for FUZZ_SECONDS (default 60)
+#   make asan       the same tests built with AddressSanitizer + UndefinedBehaviorSanitizer (clang)
+#   make fuzz       run each libFuzzer target for FUZZ_SECONDS (default 60), built in the ASan tree
 #   make bench      ispaced against Debian's tgt (and istgt), side by side (docs/performance.md);
 #                   BENCH_QUICK=1 for a two-minute smoke run, BENCH_BASELINE=/old/ispaced to compare builds;
 #                   then the attach path against a raw loop device, and a data-space mirror against
@@ -16,7 +16,11 @@
 
 BUILD     ?= build
 ASAN_BUILD ?= build-asan
-FUZZ_BUILD ?= build-fuzz
+# The fuzzers are built in the ASan tree: one clang build whose libraries carry both the sanitizers and
+# libFuzzer's coverage hooks serves `make asan` and `make fuzz`, so CI compiles the tree twice, not
+# three times (a separate optimised fuzz build took ~6.5 of CI's 45 minutes). FUZZ_BUILD=build-fuzz
+# makes a separate optimised one (more inputs a second) for long runs.
+FUZZ_BUILD ?= $(ASAN_BUILD)
 JOBS      ?= $(shell nproc)
 PREFIX    ?= /usr/local
 PORT      ?= 3260
@@ -83,8 +87,18 @@ endef
 test: build
 	$(call ctest_with_reports,$(BUILD),)
 
+# clang at -O0: it compiles this tree about 30 % faster than gcc at -O0 under the sanitizers, and it is
+# the compiler libFuzzer needs. A tree configured earlier with another compiler is configured afresh.
+define configure_asan
+	@if [ -f $(ASAN_BUILD)/CMakeCache.txt ] && ! grep -q '^CMAKE_CXX_COMPILER:.*clang' $(ASAN_BUILD)/CMakeCache.txt; then \
+	  echo "$(ASAN_BUILD) was configured with another compiler: configuring it afresh with clang"; \
+	  rm -rf $(ASAN_BUILD); fi
+	CC=clang CXX=clang++ cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DISPACE_SANITIZE=ON \
+	  -DISPACE_FUZZ=ON -DISPACE_TESTS=ON -DISPACE_BENCH=OFF $(CMAKE_FLAGS)
+endef
+
 asan: deps
-	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DISPACE_SANITIZE=ON -DISPACE_BENCH=OFF
+	$(call configure_asan)
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	$(call ctest_with_reports,$(ASAN_BUILD),ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1,$(ASAN_CTEST_ARGS))
 
@@ -112,4 +126,5 @@ bench: build
 
 # Each libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan, in $(FUZZ_BUILD)); fails on a finding.
 fuzz: deps
+	$(if $(filter $(ASAN_BUILD),$(FUZZ_BUILD)),$(call configure_asan))
 	CC=clang CXX=clang++ ./scripts/fuzz-smoke.sh $(FUZZ_SECONDS) $(FUZZ_BUILD)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (tests/fuzz) with clang and runs each for a set time; fails on a
-# finding. CI runs it with the default 30 seconds per target; `make fuzz` with FUZZ_SECONDS (60).
+# finding. `make fuzz` runs it with FUZZ_SECONDS (60; CI: 10) in the ASan tree (build-asan, -O0, shared
+# with `make asan`); a build directory that does not exist yet is configured as a separate optimised
+# fuzz-only tree, which runs more inputs a second (worth it for long runs).
 #
 #   scripts/fuzz-smoke.sh [seconds per target] [build dir] [target...]
-#   scripts/fuzz-smoke.sh 300 build-fuzz fuzz_login       # one target, five minutes
+#   scripts/fuzz-smoke.sh 300 build-fuzz fuzz_login       # one target, five minutes, optimised tree
 #
 # For each target it first replays the committed regression inputs (tests/fuzz/regressions/<target>/),
 # then fuzzes from the seed corpus (tests/fuzz/corpus/<target>/, read only) plus a working corpus kept

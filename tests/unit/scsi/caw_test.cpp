@@ -295,7 +295,7 @@ public:
 
     Client(TargetDevice& target, ThreadFabric& fabric, net::Reactor& reactor, const Nexus& nexus, Role role,
            int goal)
-        : _target(target), _fabric(fabric), _reactor(reactor), _nexus(nexus), _role(role), _goal(goal) {
+        : _target(target), _reactor(reactor), _nexus(nexus), _role(role), _goal(goal) {
         _task.client = this;
         _task.fabric = &fabric;
         _task.reactor = &reactor;
@@ -396,7 +396,6 @@ private:
     }
 
     TargetDevice& _target;
-    ThreadFabric& _fabric;
     net::Reactor& _reactor;
     Nexus _nexus;
     Role _role;
