@@ -108,7 +108,7 @@ lint: deps
 	./scripts/check-layers.py
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) build-fuzz
 
 # ispaced, tgt and istgt under the same clients in alternating rounds; a table on stdout,
 # bench/results/latest.json and latest.png. It starts and stops every server itself (127.0.0.1 only).
