@@ -429,6 +429,52 @@ TEST_F(ChecksumTest, AThinSpaceChecksumsItsClusters) {
     EXPECT_EQ(errors(v, 1), 0u);
 }
 
+// Snapshots of a checksummed thin space: the first write after a snapshot defers its copy, so the
+// origin reads the blocks it did not write from the cluster the snapshot keeps (the base). A copy of that
+// cluster rotted on one member is caught and repaired whichever device reads it, and the copier's reads
+// of the base are verified too: the new cluster gets the good bytes, never the rotten ones.
+TEST_F(ChecksumTest, ASnapshotAndItsOriginAreVerifiedThroughTheDeferredCopysBase) {
+    auto v = create(2, uint64_t(1) << 30);
+    ASSERT_TRUE(v->thin());
+    VolumeDevice device(v);
+    constexpr uint64_t mib = 1 << 20;
+    uint64_t at = 700 * mib; // a whole virtual cluster: the pool's first, at layout offset 0
+    auto old_data = random_bytes(mib, 70);
+    ASSERT_EQ(io.write(device, at, old_data), 0);
+    ASSERT_TRUE(v->thin_snapshot(thin_device_name, "space@s"));
+    auto fresh = random_bytes(4096, 71);
+    ASSERT_EQ(io.write(device, at + 64 * 1024, fresh), 0);
+    auto now = old_data;
+    std::copy(fresh.begin(), fresh.end(), now.begin() + 64 * 1024);
+    ASSERT_EQ(member_data(0, 0, mib), old_data) << "the snapshot's cluster is the pool's first";
+    // Rot in the base, in a block the origin did not write: both copies hold it, one is bad.
+    flip(0, 200 * 1024 + 7);
+    flip(1, 300 * 1024 + 9);
+    auto snap = v->thin_view("space@s");
+    ASSERT_TRUE(snap);
+    std::vector<uint8_t> back(mib);
+    ASSERT_EQ(io.read(device, at, back), 0);
+    EXPECT_EQ(back, now) << "the origin: its new block, the rest from the base";
+    ASSERT_EQ(io.read(**snap, at, back), 0);
+    EXPECT_EQ(back, old_data) << "the snapshot";
+    // Whatever copies those reads chose, a scrub reads every one: both flips are found by now.
+    ASSERT_TRUE(v->scrub());
+    ASSERT_TRUE(test::eventually([&] { return v->status().scrub.passes == 1; }));
+    EXPECT_EQ(errors(v, 0), 1u);
+    EXPECT_EQ(errors(v, 1), 1u);
+    EXPECT_EQ(v->status().scrub.unrecoverable_blocks, 0u);
+    EXPECT_EQ(member_data(0, 0, mib), old_data) << "repaired";
+    EXPECT_EQ(member_data(1, 0, mib), old_data) << "repaired";
+    // The copier completes the deferred copy once the space is idle; what it copied reads back verified.
+    ASSERT_TRUE(test::eventually([&] { return v->status().deferred_copies == 0; }));
+    ASSERT_EQ(io.read(device, at, back), 0);
+    EXPECT_EQ(back, now);
+    ASSERT_EQ(io.read(**snap, at, back), 0);
+    EXPECT_EQ(back, old_data);
+    EXPECT_EQ(errors(v, 0), 1u);
+    EXPECT_EQ(errors(v, 1), 1u);
+}
+
 // Scrub: 20 flips at random blocks of one member, and one block bad on both copies; every copy of every
 // block is read (not the one a read would pick), the 20 repaired, the one reported, all counted.
 TEST_F(ChecksumTest, AScrubFindsAndRepairsEveryBadCopy) {
