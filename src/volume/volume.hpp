@@ -301,6 +301,10 @@ private:
 
     // --- block checksums (volume_checksum.cpp, docs/integrity.md) ---
     Result<void> sums_open(const Label& truth, bool unclean); // at open, after the labels
+    // At open: the other in-sync members' copies of the table compared with `image` (read from slot
+    // `from`); differing entries settled against the data, and every copy that differs rewritten.
+    void sums_settle_copies(std::vector<uint8_t>& image, uint64_t blocks, uint32_t from, uint64_t area_offset,
+                            const std::string& name);
     void sums_submit(backstore::IoRequest& request, net::Reactor* origin);
     void sums_start(backstore::IoRequest& request, net::Reactor* origin); // its blocks locked
     // A read child's data checked; false when a repair took the extent over (it completes it).

@@ -12,6 +12,7 @@
 #include <cassert>
 #include <cerrno>
 #include <cstring>
+#include <span>
 #include <vector>
 
 namespace ispace::volume {
@@ -475,6 +476,7 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
     // From an in-sync member: every checksum page write reached each of them (a member that failed one was
     // failed). A rebuilding member may have missed some; it gets the whole table below.
     bool loaded = false;
+    uint32_t from = 0;
     for (uint32_t s = 0; s < _count && !loaded; ++s) {
         Member& m = _members[s];
         if (!m.device || MemberState(m.state.load()) != MemberState::active) {
@@ -485,10 +487,12 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
             continue;
         }
         loaded = true;
+        from = s;
     }
     if (!loaded) {
         return make_error(fmt::format("space '{}': no member's checksums could be read", truth.name), EIO);
     }
+    sums_settle_copies(image, sums->blocks, from, area->offset, truth.name);
     for (uint64_t b = 0; b < sums->blocks; ++b) {
         sums->set(b, load_le32(image.data() + b * 4));
     }
@@ -586,6 +590,144 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
         }
     }
     return {};
+}
+
+// The copies of the table on the in-sync members are equal unless one rotted, or a page write reached some
+// members and not others when the holder died (the unclean pass in sums_open settles those blocks again
+// from the data). Trusting one member's copy blindly would turn one flipped bit in its table into a
+// MEDIUM ERROR for a block whose every copy is good, and a scrub that calls them unrepairable. So every
+// in-sync copy is compared with the one loaded (1 MiB at a time: a large table is not held twice), and
+// each differing entry is settled against the data: the first value (loaded copy first) that some copy of
+// the block matches wins; when none does, the loaded copy's value stays (the reads and the scrub report
+// the block). Members whose pages differ from the result get the settled pages.
+void Volume::sums_settle_copies(std::vector<uint8_t>& image, uint64_t blocks, uint32_t from,
+                                uint64_t area_offset, const std::string& name) {
+    constexpr uint64_t entries_per_page = 4096 / 4;
+    constexpr uint64_t chunk_pages = 256;
+    uint64_t pages = image.size() / 4096;
+    struct Differs {
+        uint32_t slot;
+        uint64_t page;
+        std::vector<uint8_t> content;
+    };
+    std::vector<Differs> differing;
+    std::vector<uint8_t> chunk;
+    for (uint32_t s = 0; s < _count; ++s) {
+        Member& m = _members[s];
+        if (s == from || !m.device || MemberState(m.state.load()) != MemberState::active) {
+            continue;
+        }
+        for (uint64_t first = 0; first < pages; first += chunk_pages) {
+            uint64_t n = std::min(chunk_pages, pages - first);
+            chunk.resize(n * 4096);
+            if (int error =
+                    member_io(_home, *m.device, backstore::IoOp::read, area_offset + first * 4096, chunk);
+                error != 0) {
+                member_error(s, error, "checksums read");
+                break;
+            }
+            for (uint64_t i = 0; i < n; ++i) {
+                const uint8_t* theirs = chunk.data() + i * 4096;
+                if (std::memcmp(theirs, image.data() + (first + i) * 4096, 4096) != 0) {
+                    differing.push_back({s, first + i, std::vector<uint8_t>(theirs, theirs + 4096)});
+                }
+            }
+        }
+    }
+    if (differing.empty()) {
+        return;
+    }
+    // Settle entry by entry, page by page (`differing` is by member, then page).
+    std::vector<uint64_t> settled_pages;
+    for (const Differs& d : differing) {
+        settled_pages.push_back(d.page);
+    }
+    std::sort(settled_pages.begin(), settled_pages.end());
+    settled_pages.erase(std::unique(settled_pages.begin(), settled_pages.end()), settled_pages.end());
+    uint64_t entries = 0, unsettled = 0;
+    std::vector<uint8_t> data(checksum_block);
+    std::vector<Extent> extents;
+    std::vector<uint8_t> loaded(settled_pages.size() * 4096); // the loaded member's pages as they were
+    for (size_t i = 0; i < settled_pages.size(); ++i) {
+        uint64_t page = settled_pages[i];
+        uint8_t* ours = image.data() + page * 4096;
+        std::memcpy(loaded.data() + i * 4096, ours, 4096);
+        for (uint64_t e = 0; e < entries_per_page; ++e) {
+            uint64_t block = page * entries_per_page + e;
+            if (block >= blocks) {
+                break;
+            }
+            std::vector<uint32_t> candidates{load_le32(ours + e * 4)};
+            for (const Differs& d : differing) {
+                uint32_t v = load_le32(d.content.data() + e * 4);
+                if (d.page == page &&
+                    std::find(candidates.begin(), candidates.end(), v) == candidates.end()) {
+                    candidates.push_back(v);
+                }
+            }
+            if (candidates.size() == 1) {
+                continue;
+            }
+            ++entries;
+            // The block's data, from every in-sync copy of its column.
+            std::vector<uint32_t> actual;
+            extents.clear();
+            map_range(layout(), block * checksum_block, checksum_block, extents);
+            for (const Extent& x : extents) {
+                for (uint32_t c = 0; c < layout().copies; ++c) {
+                    uint32_t slot = member_of(layout(), x.column, c);
+                    Member& m = _members[slot];
+                    if (!m.device || MemberState(m.state.load()) != MemberState::active ||
+                        member_io(_home, *m.device, backstore::IoOp::read, m.data_offset + x.member_offset,
+                                  data) != 0) {
+                        continue;
+                    }
+                    actual.push_back(block_checksum(data.data(), block));
+                }
+            }
+            auto winner = std::find_if(candidates.begin(), candidates.end(), [&](uint32_t v) {
+                return v != 0 && std::find(actual.begin(), actual.end(), v) != actual.end();
+            });
+            if (winner == candidates.end()) {
+                ++unsettled;
+                continue; // the loaded value stays
+            }
+            store_le32(ours + e * 4, *winner);
+        }
+    }
+    // Every member whose copy of a settled page differs from the result gets it.
+    uint64_t rewritten = 0;
+    for (size_t i = 0; i < settled_pages.size(); ++i) {
+        uint64_t page = settled_pages[i];
+        std::span<uint8_t> settled(image.data() + page * 4096, 4096);
+        for (uint32_t s = 0; s < _count; ++s) {
+            Member& m = _members[s];
+            if (!m.device || MemberState(m.state.load()) != MemberState::active) {
+                continue;
+            }
+            // A member not in `differing` for this page holds what the loaded one held.
+            const uint8_t* theirs = loaded.data() + i * 4096;
+            for (const Differs& d : differing) {
+                if (d.slot == s && d.page == page) {
+                    theirs = d.content.data();
+                }
+            }
+            if (std::memcmp(theirs, settled.data(), 4096) == 0) {
+                continue;
+            }
+            if (int error = member_io(_home, *m.device, backstore::IoOp::write, area_offset + page * 4096,
+                                      settled, true);
+                error != 0) {
+                member_error(s, error, "checksums write");
+                continue;
+            }
+            ++rewritten;
+        }
+    }
+    log_warn("space {}: the members' copies of the block checksums differed in {} page(s) ({} entries): "
+             "settled against the data ({} could not be: the blocks will fail their reads) and {} page "
+             "copies rewritten",
+             name, settled_pages.size(), entries, unsettled, rewritten);
 }
 
 // ---- scrub -----------------------------------------------------------------------------------------------
