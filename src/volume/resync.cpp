@@ -280,7 +280,7 @@ void Resync::copy(std::shared_ptr<Window> w) {
         r.request.length = x.length;
         r.request.iov = &r.iov;
         r.request.iovcnt = 1;
-        r.request.done = [this, w, e, x, source, targets, first_write](int error) {
+        r.request.done = [this, w, e, x, source, targets, first_write, read_index](int error) {
             _v._members[source].inflight.fetch_sub(1, std::memory_order_relaxed);
             if (error != 0) {
                 _v.member_error(source, error, "resync read");
@@ -290,34 +290,48 @@ void Resync::copy(std::shared_ptr<Window> w) {
                 }
                 return;
             }
-            // The read is in: write it to every target of the column, from the one Buffer.
-            unsigned writes = unsigned(std::popcount(targets));
-            auto remaining = std::make_shared<unsigned>(writes);
-            size_t index = first_write;
-            for (uint32_t t = targets; t != 0; t &= t - 1) {
-                uint32_t slot = uint32_t(std::countr_zero(t));
-                Window::Request& wr = w->requests[index++];
-                wr.iov = {w->buffers[e].data(), x.length};
-                wr.request.op = backstore::IoOp::write;
-                wr.request.offset = _v._members[slot].data_offset + x.member_offset;
-                wr.request.length = x.length;
-                wr.request.iov = &wr.iov;
-                wr.request.iovcnt = 1;
-                wr.request.done = [this, w, slot, remaining, x](int error) {
-                    _v._members[slot].inflight.fetch_sub(1, std::memory_order_relaxed);
-                    if (error != 0) {
-                        _v.member_error(slot, error, "resync write");
-                    } else {
-                        w->moved += x.length;
-                    }
-                    if (--*remaining == 0 && --w->left == 0) {
-                        window_done(w);
-                    }
-                };
-                _v.submit_member(slot, wr.request, &w->buffers[e]);
+            // A space with block checksums: the source's blocks are verified like any read, and one that
+            // fails is taken from another in-sync copy (and the source repaired) before it is copied, so a
+            // rotten block is not spread to the member being brought back. One that no copy holds intact
+            // is copied as it is (the target held no newer data) and logged; reads of it fail as before.
+            if (_v._sums && !_v.sums_check(x, source, &w->requests[read_index].iov, 1,
+                                           [this, w, e, x, targets, first_write](bool) {
+                                               write_targets(w, e, x, targets, first_write);
+                                           })) {
+                return;
             }
+            write_targets(w, e, x, targets, first_write);
         };
         _v.submit_member(source, r.request, nullptr);
+    }
+}
+
+void Resync::write_targets(const std::shared_ptr<Window>& w, size_t e, const Extent& x, uint32_t targets,
+                           size_t first_write) {
+    // The read is in: write it to every target of the column, from the one Buffer.
+    auto remaining = std::make_shared<unsigned>(unsigned(std::popcount(targets)));
+    size_t index = first_write;
+    for (uint32_t t = targets; t != 0; t &= t - 1) {
+        uint32_t slot = uint32_t(std::countr_zero(t));
+        Window::Request& wr = w->requests[index++];
+        wr.iov = {w->buffers[e].data(), x.length};
+        wr.request.op = backstore::IoOp::write;
+        wr.request.offset = _v._members[slot].data_offset + x.member_offset;
+        wr.request.length = x.length;
+        wr.request.iov = &wr.iov;
+        wr.request.iovcnt = 1;
+        wr.request.done = [this, w, slot, remaining, x](int error) {
+            _v._members[slot].inflight.fetch_sub(1, std::memory_order_relaxed);
+            if (error != 0) {
+                _v.member_error(slot, error, "resync write");
+            } else {
+                w->moved += x.length;
+            }
+            if (--*remaining == 0 && --w->left == 0) {
+                window_done(w);
+            }
+        };
+        _v.submit_member(slot, wr.request, &w->buffers[e]);
     }
 }
 

@@ -69,6 +69,9 @@ private:
     void start(uint64_t region);
     void copy(std::shared_ptr<Window> w);
     void window_done(std::shared_ptr<Window> w);
+    // Extent `e` of window `w` is read (and verified): its Buffer goes to every target of its column.
+    void write_targets(const std::shared_ptr<Window>& w, size_t e, const Extent& x, uint32_t targets,
+                       size_t first_write);
     void finished(Target& t);
     void update_progress_locked();
 

@@ -309,6 +309,12 @@ private:
     void sums_start(backstore::IoRequest& request, net::Reactor* origin); // its blocks locked
     // A read child's data checked; false when a repair took the extent over (it completes it).
     bool sums_verify(VolumeIo* io, uint32_t child);
+    // Verifies extent `x` as read from member `slot` into `iov` against the table. True: every block
+    // matched (or has no checksum), `done` is not called. False: the blocks that failed are being repaired
+    // from the column's other copies (ChecksumRepair, volume_io.cpp); `done(intact)` runs when they are, with
+    // false if some block has no good copy (its bytes in `iov` are then the bad ones).
+    bool sums_check(const Extent& x, uint32_t slot, const iovec* iov, int iovcnt,
+                    Function<void(bool intact)> done);
     void sums_count_error(uint32_t slot);
     // Any thread: pages of blocks [first, last] must be written; the ticket to wait for.
     uint64_t sums_mark(uint64_t first, uint64_t last, bool fua);

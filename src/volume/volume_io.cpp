@@ -544,14 +544,18 @@ void Volume::complete(VolumeIo* io, int error) {
 
 // ---- block checksums: verification and repair (docs/integrity.md) ---------------------------------------
 
-// Repairs the blocks of one read extent that failed their checksum on the copy that served it: each is read
-// from the column's other copies in turn until one matches; that one goes into the caller's buffer and
-// over every copy found bad. A block no copy holds intact fails the read (EIO: MEDIUM ERROR, UNRECOVERED
-// READ ERROR) rather than return wrong data. The read's range lock keeps writers out meanwhile.
+// Repairs the blocks of one extent, read from a member, that failed their checksum on the copy that served
+// it: each is read from the column's other copies in turn until one matches; that one goes into the
+// caller's buffer and over every copy found bad. A block no copy holds intact is reported to `done` (a
+// read fails with EIO: MEDIUM ERROR, UNRECOVERED READ ERROR, rather than return wrong data). The caller
+// keeps writers out meanwhile (a read's range lock; a resync window's region lock).
 struct ChecksumRepair {
     Volume* v = nullptr;
-    VolumeIo* io = nullptr;
-    uint32_t extent = 0;
+    Extent x;
+    const iovec* dest = nullptr; // the extent's data, as read from first_bad
+    int dest_count = 0;
+    Function<void(bool intact)> done;
+    bool intact = true;
     std::vector<uint64_t> blocks; // layout blocks to repair
     uint32_t first_bad = 0;       // the slot that served the extent
     size_t next = 0;
@@ -565,7 +569,6 @@ struct ChecksumRepair {
     std::vector<iovec> write_iov;
 
     uint64_t member_offset(uint32_t slot, uint64_t block) const {
-        const Extent& x = io->extents[extent];
         return v->_members[slot].data_offset + x.member_offset + (block * checksum_block - x.space_offset);
     }
 
@@ -575,14 +578,14 @@ struct ChecksumRepair {
     }
 
     void try_copy() {
-        const Extent& x = io->extents[extent];
         uint64_t block = blocks[next];
         int slot = v->pick_reader(x.column, block * checksum_block, checksum_block, tried);
         if (slot < 0) {
-            log_error("space {}: block at layout offset {} has no copy that matches its checksum; the read "
-                      "fails (medium error)",
-                      v->_truth_at_open.name, block * checksum_block);
-            io->error = -EIO;
+            log_error(
+                "space {}: block at layout offset {} has no copy that matches its checksum (reads of it "
+                "fail with a medium error)",
+                v->_truth_at_open.name, block * checksum_block);
+            intact = false;
             step();
             return;
         }
@@ -613,9 +616,7 @@ struct ChecksumRepair {
             return;
         }
         // Good: into the caller's buffer, and over the bad copies still in service.
-        const Extent& x = io->extents[extent];
-        copy_to_iov(io->iovs.data() + io->iov_first[extent], int(io->iov_count[extent]),
-                    block * checksum_block - x.space_offset, buffer.data(), checksum_block);
+        copy_to_iov(dest, dest_count, block * checksum_block - x.space_offset, buffer.data(), checksum_block);
         uint32_t targets = bad & v->writable_mask();
         writes.clear();
         write_iov.assign(size_t(std::popcount(targets)), iovec{buffer.data(), checksum_block});
@@ -661,21 +662,29 @@ struct ChecksumRepair {
             start_block();
             return;
         }
-        VolumeIo* done_io = io;
-        Volume* volume = v;
+        auto finished = std::move(done);
+        bool ok = intact;
         delete this;
-        if (--done_io->pending == 0) {
-            volume->finish(done_io);
-        }
+        finished(ok);
     }
 };
 
 bool Volume::sums_verify(VolumeIo* io, uint32_t index) {
     const auto& c = io->children[index];
-    const Extent& x = io->extents[c.extent];
+    return sums_check(io->extents[c.extent], c.slot, io->iovs.data() + io->iov_first[c.extent],
+                      int(io->iov_count[c.extent]), [this, io](bool intact) {
+                          if (!intact) {
+                              io->error = -EIO;
+                          }
+                          if (--io->pending == 0) {
+                              finish(io);
+                          }
+                      });
+}
+
+bool Volume::sums_check(const Extent& x, uint32_t slot, const iovec* iov, int iovcnt,
+                        Function<void(bool intact)> done) {
     assert(x.space_offset % checksum_block == 0 && x.length % checksum_block == 0);
-    const iovec* iov = io->iovs.data() + io->iov_first[c.extent];
-    int iovcnt = int(io->iov_count[c.extent]);
     uint64_t first = x.space_offset / checksum_block;
     thread_local std::vector<uint32_t> sums;
     sums.resize(x.length / checksum_block);
@@ -686,13 +695,15 @@ bool Volume::sums_verify(VolumeIo* io, uint32_t index) {
         if (stored == 0 || sums[i] == stored) {
             continue;
         }
-        sums_count_error(c.slot);
+        sums_count_error(slot);
         if (!repair) {
             repair = new ChecksumRepair;
             repair->v = this;
-            repair->io = io;
-            repair->extent = c.extent;
-            repair->first_bad = c.slot;
+            repair->x = x;
+            repair->dest = iov;
+            repair->dest_count = iovcnt;
+            repair->done = std::move(done);
+            repair->first_bad = slot;
         }
         repair->blocks.push_back(first + i);
     }

@@ -389,6 +389,26 @@ TEST_F(ChecksumTest, AMemberThatComesBackGetsTheChecksumsItMissed) {
 // Sub-4 KiB writes of every sector of the same blocks, from two reactors at once, with whole-block reads
 // among them: each write's read-modify-write of its block holds the block, so none is lost, and no read
 // ever sees data and checksum apart (no checksum error, no failed read).
+// A 3-way mirror whose slot 2 was away: while it was, a block of what it missed rotted on slot 0, the copy
+// its resync reads from. The resync verifies what it reads: the block is taken from slot 1 (and slot 0
+// repaired), so slot 2 gets good data rather than the rot.
+TEST_F(ChecksumTest, AResyncDoesNotCopyARottenBlockFromItsSource) {
+    auto v = create(3);
+    VolumeDevice device(v);
+    faults[2]->set(FaultDevice::Mode::fail);
+    auto data = random_bytes(64 << 10, 41);
+    ASSERT_EQ(io.write(device, 2 * mib1, data), 0);
+    ASSERT_EQ(v->status().members[2].state, MemberState::failed);
+    flip(0, 2 * mib1 + 3 * 4096 + 9);
+    faults[2]->set(FaultDevice::Mode::ok);
+    ASSERT_TRUE(test::eventually([&] { return v->status().members[2].state == MemberState::active; }));
+    ASSERT_TRUE(v->wait_resync(20s));
+    EXPECT_EQ(member_data(2, 2 * mib1, data.size()), data) << "the returning member got the good block";
+    EXPECT_EQ(member_data(0, 2 * mib1, data.size()), data) << "the source repaired";
+    EXPECT_EQ(errors(v, 0), 1u);
+    EXPECT_EQ(errors(v, 1) + errors(v, 2), 0u);
+}
+
 TEST_F(ChecksumTest, ConcurrentSub4KWritesAndReadsOfTheSameBlocksLoseNothing) {
     auto v = create();
     auto device = std::make_shared<VolumeDevice>(v);
