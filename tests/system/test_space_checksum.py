@@ -21,7 +21,8 @@ with raw SCSI commands (iscsi_raw.py):
  6. (root, FUSE and loop devices) A file: a second checksummed space attached, ext4 on it, a file of known
     content written; detached, one byte of it flipped in the member that serves its reads (found through
     filefrag's physical block and the member's data offset); attached again, the file reads back intact,
-    the backing file is restored, the member counts 1 checksum error.
+    the backing file is restored, the member counts 1 checksum error. Another block of the file flipped on
+    both members: `scrub --wait` reports it with no good copy and names the file (debugfs).
 
 Usage: test_space_checksum.py ISPACE ISPACED [ATTACH_DRIVER]     (part 6 is skipped, saying why, without it
                                                                  or without root/FUSE/loop)
@@ -237,7 +238,7 @@ def main():
               f"held by no one: status reads the last scrub and the counts from the labels ({st.get('scrub')})")
 
         # 6. A file on ext4.
-        why = attach_testlib.why_not_runnable(sys.argv[3], tools=("mkfs.ext4", "filefrag")) \
+        why = attach_testlib.why_not_runnable(sys.argv[3], tools=("mkfs.ext4", "filefrag", "debugfs")) \
             if len(sys.argv) > 3 else "no attach driver given"
         if why:
             print(f"SKIP part 6: {why}")
@@ -309,6 +310,14 @@ def a_file(ispace, env, scratch):
     check(pread(files[1], offset, 1)[0] == expected, "the member's backing file is restored")
     errs = [m.get("checksum_errors") for m in status(ispace, env, "f").get("members", [])]
     check(errs == [0, 1], f"checksum_errors per member: {errs}")
+    # Another block of the file flipped on both members: the scrub finds no good copy, and names the file.
+    lost = physical if physical != block else physical + 1
+    for member in files:
+        flip(member, data_offset(member) + lost * 4096 + 123)
+    r = space(ispace, env, "scrub", "f", "--wait")
+    lba = lost * 4096 // 512
+    check(r.returncode == 1 and f"LBA {lba} is in file /known.bin" in r.stdout,
+          f"scrub names the file that holds the lost block (LBA {lba}): {r.stdout.strip()[-400:]}")
     check(attach_testlib.umount(mnt), "it unmounts")
     check(space(ispace, env, "detach", "f").returncode == 0, "it detaches")
 

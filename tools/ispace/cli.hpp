@@ -14,6 +14,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace ispace::cli {
 
@@ -55,6 +57,12 @@ initiator::InitiatorOptions initiator_options(const GlobalOptions& global);
 initiator::SessionOptions session_options(const Url& url, const SessionKnobs& knobs,
                                           std::optional<DigestMode> digest);
 Result<std::shared_ptr<Session>> open_session(Initiator& ini, const Url& url, const SessionKnobs& knobs);
+
+// The files of the ext4 filesystem on `device` that hold the given byte offsets of it, as (offset, path)
+// pairs; offsets in no file, or a device without ext4 or without e2fsprogs' debugfs, give none
+// (ext4_files.cpp).
+std::vector<std::pair<uint64_t, std::string>> ext4_files_at(const std::string& device,
+                                                            const std::vector<uint64_t>& offsets);
 
 std::string human_bytes(double bytes); // "12.3 MiB"
 std::string human_duration(double seconds);

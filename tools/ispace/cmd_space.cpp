@@ -210,6 +210,17 @@ void print_status(const json& st) {
             fmt::print(
                 "    no good copy at {} {}{}\n", sc.contains("unrecoverable_lbas") ? "LBA" : "layout offset",
                 list, sc.value("unrecoverable_blocks", uint64_t(0)) > lost.size() ? " (the first ones)" : "");
+            // Attached here and holding ext4: which files those blocks belong to.
+            uint32_t block_size = st.value("block_size", 0u);
+            if (sc.contains("unrecoverable_lbas") && st.contains("device") && block_size != 0) {
+                std::vector<uint64_t> offsets;
+                for (const json& x : lost) {
+                    offsets.push_back(x.get<uint64_t>() * block_size);
+                }
+                for (const auto& [offset, path] : ext4_files_at(st["device"].get<std::string>(), offsets)) {
+                    fmt::print("    LBA {} is in file {}\n", offset / block_size, path);
+                }
+            }
         }
     }
     fmt::print("  dirty regions: {}  resynced since open: {}\n", st.value("dirty_regions", 0),
