@@ -423,7 +423,8 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
 
     auto* scrub = space->add_subcommand(
         "scrub", "Read every copy of every block of a space held here and made with --checksum; repair "
-                 "bad copies from good ones, report blocks with none (docs/integrity.md)");
+                 "bad copies from good ones, report blocks with none — by LBA, and by file when the "
+                 "space is attached here and holds ext4 (docs/integrity.md)");
     scrub->add_option("NAME", a->name)->required();
     scrub->add_flag("--wait", a->watch, "Wait until it is done, then print the status");
     scrub->add_option("--rate", a->scrub_rate, "Hold it to this many bytes per second (e.g. 50M)");

@@ -89,7 +89,8 @@ uint32_t ext_block_size(const std::string& device) {
         return 0;
     }
     uint16_t magic = uint16_t(sb[56] | (sb[57] << 8));
-    uint32_t log_block = uint32_t(sb[24]) | uint32_t(sb[25]) << 8 | uint32_t(sb[26]) << 16 | uint32_t(sb[27]) << 24;
+    uint32_t log_block =
+        uint32_t(sb[24]) | uint32_t(sb[25]) << 8 | uint32_t(sb[26]) << 16 | uint32_t(sb[27]) << 24;
     if (magic != 0xEF53 || log_block > 6) { // ext4 blocks are 1 KiB to 64 KiB
         return 0;
     }
@@ -99,7 +100,7 @@ uint32_t ext_block_size(const std::string& device) {
 } // namespace
 
 std::vector<std::pair<uint64_t, std::string>> ext4_files_at(const std::string& device,
-                                                             const std::vector<uint64_t>& offsets) {
+                                                            const std::vector<uint64_t>& offsets) {
     std::vector<std::pair<uint64_t, std::string>> found;
     uint32_t block_size = ext_block_size(device);
     if (block_size == 0 || offsets.empty()) {
@@ -143,8 +144,9 @@ std::vector<std::pair<uint64_t, std::string>> ext4_files_at(const std::string& d
         if (std::regex_match(line, m, name_line)) {
             // debugfs writes a name in the root directory as "//name": one slash is enough.
             std::string path = m[2];
-            path.erase(std::unique(path.begin(), path.end(), [](char a, char b) { return a == '/' && b == '/'; }),
-                       path.end());
+            path.erase(
+                std::unique(path.begin(), path.end(), [](char a, char b) { return a == '/' && b == '/'; }),
+                path.end());
             path_of.emplace(std::stoull(m[1]), path);
         }
     }
@@ -154,8 +156,9 @@ std::vector<std::pair<uint64_t, std::string>> ext4_files_at(const std::string& d
             continue;
         }
         auto path = path_of.find(inode->second);
-        found.emplace_back(off, path != path_of.end() ? path->second
-                                                      : fmt::format("inode {} (no name found)", inode->second));
+        found.emplace_back(off, path != path_of.end()
+                                    ? path->second
+                                    : fmt::format("inode {} (no name found)", inode->second));
     }
     return found;
 }
