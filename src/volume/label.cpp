@@ -597,7 +597,7 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
         return bad(fmt::format("the checksums area ({} bytes) cannot cover {} bytes", sums->length,
                                capacity(*layout)));
     }
-    if (layout->redundant() && l.region_size != 0) {
+    if ((layout->redundant() || l.checksums()) && l.region_size != 0) {
         const MetadataArea* bitmap = l.area(AreaType::bitmap);
         uint64_t covered = l.thin() ? capacity(*layout) : l.space_size;
         uint64_t regions = (covered + l.region_size - 1) / l.region_size;

@@ -111,9 +111,11 @@ std::vector<uint8_t> read_member_bitmap(net::Reactor& reactor, backstore::Device
 
 Result<MemberPlan> plan_for(const SpaceSpec& spec, uint64_t device_bytes, uint32_t block_size,
                             uint64_t space_bytes, uint64_t thin_map_bytes, uint64_t checksum_bytes) {
+    // A layout with one copy gets a bitmap only for its checksums: it says where a crash may have left a
+    // write's data and its checksum apart (docs/integrity.md, "Layouts with one copy").
     bool redundant = spec.layout == LayoutKind::mirror || spec.layout == LayoutKind::stripe_mirror;
-    return plan_member(device_bytes, block_size, space_bytes, redundant ? spec.region_size : 0,
-                       thin_map_bytes, checksum_bytes);
+    return plan_member(device_bytes, block_size, space_bytes,
+                       redundant || spec.checksums ? spec.region_size : 0, thin_map_bytes, checksum_bytes);
 }
 
 uint64_t thin_metadata_pages(uint64_t pool_clusters, uint64_t virtual_clusters) {
@@ -208,11 +210,6 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     }
     if (devices.empty() || devices.size() != spec.urls.size()) {
         return make_error("a space needs its members", EINVAL);
-    }
-    if (spec.checksums && spec.layout != LayoutKind::mirror && spec.layout != LayoutKind::stripe_mirror) {
-        // With one copy a mismatch could only be reported, and a write torn by a crash (data and checksum
-        // apart) could not be told from rot: no bitmap says where to look (docs/integrity.md).
-        return make_error("--checksum needs a mirror or stripe-mirror layout", EINVAL);
     }
     if (spec.checksums && spec.chunk % checksum_block != 0) {
         return make_error(fmt::format("--checksum needs a chunk that is whole 4 KiB blocks"), EINVAL);
@@ -338,7 +335,7 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     l.generation = random_u64();
     l.clean = true;
     l.created = l.updated = uint64_t(std::time(nullptr));
-    if (layout->redundant()) {
+    if (layout->redundant() || spec.checksums) {
         l.region_size = spec.region_size;
         l.compat |= feature::compat::bitmap;
         l.areas.push_back(plans[0].bitmap); // every member's bitmap area sits at the same place
@@ -370,7 +367,7 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     // Now write: the bitmap area zeroed, then the labels (the labels last: a member is a member only once
     // everything it needs is in place).
     for (size_t i = 0; i < devices.size(); ++i) {
-        if (layout->redundant()) {
+        if (layout->redundant() || spec.checksums) {
             std::vector<uint8_t> zero(plans[i].bitmap.length, 0);
             if (int error =
                     member_io(reactor, *devices[i], backstore::IoOp::write, plans[i].bitmap.offset, zero);

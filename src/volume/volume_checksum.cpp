@@ -270,7 +270,10 @@ void Volume::sums_start(backstore::IoRequest& request, net::Reactor* origin) {
 
 void Volume::sums_count_error(uint32_t slot) {
     Member& m = _members[slot];
-    if (m.checksum_errors.fetch_add(1, std::memory_order_acq_rel) + 1 == checksum_error_limit) {
+    // With one copy there is nothing to fail over to: failing the member would fail every block of it, not
+    // only the bad ones. It is counted, and its bad blocks fail their reads.
+    if (m.checksum_errors.fetch_add(1, std::memory_order_acq_rel) + 1 == checksum_error_limit &&
+        layout().redundant()) {
         log_error("space {}: {}: {} blocks read from it failed their checksum; it is failed and stays out "
                   "until it is replaced",
                   _truth_at_open.name, m.url, checksum_error_limit);

@@ -237,7 +237,7 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
 
     // The bitmap, from the members' copies (their OR: a region any copy marks may differ).
     const MetadataArea* area = truth.area(AreaType::bitmap);
-    if (v->layout().redundant() && truth.region_size != 0 && area != nullptr) {
+    if ((v->layout().redundant() || truth.checksums()) && truth.region_size != 0 && area != nullptr) {
         uint32_t block_bytes = std::max<uint32_t>(4096, truth.block_size);
         auto self = v.get();
         // As many regions as the area holds, not only those of the range in use: grow() then raises
@@ -315,7 +315,8 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
     v->_resync = std::make_unique<Resync>(*v);
     v->on_home([&] {
         v->_resync->set_rate(v->_options.resync_rate);
-        if (v->_bitmap && plan.unclean && uint32_t(std::popcount(v->active_mask())) > 1) {
+        if (v->_bitmap && plan.unclean && v->layout().redundant() &&
+            uint32_t(std::popcount(v->active_mask())) > 1) {
             v->_resync->add_unclean_pass();
         }
         for (uint32_t s = 0; s < v->_count; ++s) {

@@ -332,7 +332,8 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
     create->add_flag("--checksum", a->checksum,
                      "A CRC32C per 4 KiB block, checked on every read: a bad copy is repaired from a good "
                      "one, and a block with no good copy fails with a medium error instead of returning "
-                     "wrong data. Mirrors only (docs/integrity.md)");
+                     "wrong data (with one copy, as in a stripe or concat, only the latter: the space gets "
+                     "a write-intent bitmap for it; docs/integrity.md)");
     create->add_option("--cluster", a->cluster,
                        "--thin: allocation unit, 64K to 1M, a power of two (default 1M)");
     create->add_option("--chunk", a->chunk, "Stripe chunk (default 128K)");
