@@ -22,6 +22,9 @@ Every target: ispaced, one reactor, memory LUNs (no disk under it), on 127.0.0.1
 as for attach_bench.py): BENCH_ROUNDS (default 3), BENCH_SECONDS (default 5: the random-write runs),
 BENCH_SIZE (default 512M: bytes per write run and per LUN), BENCH_QUICK=1 (1 round, 2 s, 128 MiB),
 BENCH_DIR (default /var/tmp), BENCH_OUT (default bench/results: space-latest.json goes there).
+BENCH_ONLY=mirror runs only the first comparison (mirror writes vs cp), and says besides how many CPU-seconds
+per GB written each process took (user + system, from /proc and the children's rusage: a steadier measure
+than MB/s on a shared machine; the loop device's kernel threads are not counted).
 
 Usage: space_bench.py --build BUILD_DIR
 Exit status: 0 done, or skipped (not root, no FUSE or loop devices, no fio, binaries not built: it says
@@ -33,6 +36,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -52,6 +56,21 @@ MIB = 1 << 20
 
 def settings():
     return attach_bench.settings(quick_size="128M", full_size="512M")
+
+
+def cpu_seconds(pid):
+    """User + system CPU-seconds of process `pid` so far (0.0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def fio(device, rw, bs, qd, size=None, seconds=None):
@@ -144,6 +163,29 @@ class Bench:
             raise RuntimeError("the holder's log has no complete resync")
         return copied / (end - start) / 1e6, copied
 
+    def holder_pid(self):
+        """The ispaced that holds the attached spaces (started by `ispace space attach`)."""
+        targets = {t.proc.pid for t in self.targets.values()}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in targets:
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0")[0]
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+            except OSError:
+                continue
+            if os.path.basename(argv0) == b"ispaced" and f"ISPACE_HOME={self.home}".encode() in env:
+                return int(entry)
+        return None
+
+    def cpu_snapshot(self, holder):
+        snap = {name: cpu_seconds(t.proc.pid) for name, t in self.targets.items()}
+        snap["holder"] = cpu_seconds(holder) if holder else 0.0
+        snap["client"] = children_cpu()
+        return snap
+
     def log_length(self):
         try:
             with open(os.path.join(self.home, "ispaced.log")) as f:
@@ -188,60 +230,79 @@ def main():
     runs = {}  # name -> [MB/s]
     failed = None
     bench = None
+    only_mirror = os.environ.get("BENCH_ONLY", "") == "mirror"
+    cpu = {}  # side -> process -> [CPU-seconds per GB]
     try:
         bench = Bench(args.build, s, scratch)
-        m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
-        w = bench.attach("w", [bench.url("a", 1), bench.url("b", 1)], region="1G")
-        k = bench.attach("k", [bench.url("a", 2), bench.url("b", 2)], checksum=True)
-        p = bench.attach("p", [bench.url("a", 3), bench.url("b", 3)])
-        for dev in (m, w, k, p):  # memory LUNs allocate on first write: fill them once
-            fio(dev, "write", "1M", 8, size=size)
-        # The same for the LUN `ispace cp` writes to: otherwise its first round pays the allocation
-        # (a quarter of the speed of the others, measured), and the mirror's LUNs do not.
-        bench.cp(src, bench.url("c", 0), size)
-        # Healthy: the mirror against cp, and the bitmap's cost, in alternating rounds.
-        for _ in range(s["rounds"]):
-            runs.setdefault("cp to one target", []).append(bench.cp(src, bench.url("c", 0), size))
-            runs.setdefault("mirror write", []).append(fio(m, "write", "1M", 8, size=size))
-            for label, name, dev in (("rand write, 1 MiB regions", "m", m), ("rand write, one region", "w", w)):
-                # From clean regions, so that the run pays for marking them.
-                bench.wait(name, lambda st: st["dirty_regions"] == 0, 30, "the sweep clearing its regions")
-                runs.setdefault(label, []).append(fio(dev, "randwrite", "4k", 32, seconds=s["seconds"]))
-        # Checksum verification: the same reads of a plain mirror and a checksummed one, both written once
-        # in full (every block of k has its checksum, so every block read is checked), A B A B.
-        for _ in range(max(5, 3 * s["rounds"])):
-            runs.setdefault("read, plain mirror", []).append(fio(p, "read", "1M", 8, seconds=s["seconds"]))
-            runs.setdefault("read, --checksum mirror", []).append(fio(k, "read", "1M", 8, seconds=s["seconds"]))
-        if any(member["checksum_errors"] for member in bench.status("k")["members"]):
-            raise RuntimeError("space k: checksum errors on a healthy mirror")
-        # Spaces w, k and p have members on B too: they go before B is stopped, so that nothing of theirs
-        # meets the stopped target (no resync of theirs beside m's, no region locked by a whole-space window
-        # later).
-        for name in ("w", "k", "p"):
-            bench.space("detach", name)
-            del bench.devices[name]
-        for round_ in range(s["rounds"]):
-            runs.setdefault("healthy write", []).append(fio(m, "write", "1M", 8, size=size))
-            # Degraded: B stops answering; a write finds out, the member is failed, then the timed run.
-            b = bench.targets["b"]
-            b.proc.send_signal(signal.SIGSTOP)
-            subprocess.run(["dd", "if=/dev/zero", f"of={m}", "bs=4k", "count=1", "oflag=direct", "status=none"],
-                           timeout=60)
-            bench.wait("m", lambda st: st["members"][1]["state"] == "failed", 30, "member B failing")
-            runs.setdefault("degraded write", []).append(fio(m, "write", "1M", 8, size=size))
-            since = bench.log_length()
-            b.proc.send_signal(signal.SIGCONT)
-            bench.wait("m", lambda st: st["members"][1]["state"] == "active" and not st["resync"]["running"], 120,
-                       "member B resyncing")
-            rate, copied = bench.resync_rate(since)
-            runs.setdefault("resync", []).append(rate)
-            print(f"round {round_ + 1} done (resync moved {copied >> 20} MiB)", flush=True)
-        bench.space("detach", "m")
-        bench.devices.clear()
-        for _ in range(s["rounds"]):
-            lun_bytes = size + 8 * MIB
-            runs.setdefault("cp member A to member B", []).append(
-                bench.cp(bench.url("a", 0), bench.url("b", 0), lun_bytes))
+        if only_mirror:
+            m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
+            fio(m, "write", "1M", 8, size=size)
+            bench.cp(src, bench.url("c", 0), size)
+            holder = bench.holder_pid()
+
+            def timed(side, run):
+                before = bench.cpu_snapshot(holder)
+                runs.setdefault(side, []).append(run())
+                after = bench.cpu_snapshot(holder)
+                for proc in after:
+                    cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / (size / 1e9))
+
+            for _ in range(s["rounds"]):
+                timed("cp to one target", lambda: bench.cp(src, bench.url("c", 0), size))
+                timed("mirror write", lambda: fio(m, "write", "1M", 8, size=size))
+        else:
+            m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
+            w = bench.attach("w", [bench.url("a", 1), bench.url("b", 1)], region="1G")
+            k = bench.attach("k", [bench.url("a", 2), bench.url("b", 2)], checksum=True)
+            p = bench.attach("p", [bench.url("a", 3), bench.url("b", 3)])
+            for dev in (m, w, k, p):  # memory LUNs allocate on first write: fill them once
+                fio(dev, "write", "1M", 8, size=size)
+            # The same for the LUN `ispace cp` writes to: otherwise its first round pays the allocation
+            # (a quarter of the speed of the others, measured), and the mirror's LUNs do not.
+            bench.cp(src, bench.url("c", 0), size)
+            # Healthy: the mirror against cp, and the bitmap's cost, in alternating rounds.
+            for _ in range(s["rounds"]):
+                runs.setdefault("cp to one target", []).append(bench.cp(src, bench.url("c", 0), size))
+                runs.setdefault("mirror write", []).append(fio(m, "write", "1M", 8, size=size))
+                for label, name, dev in (("rand write, 1 MiB regions", "m", m), ("rand write, one region", "w", w)):
+                    # From clean regions, so that the run pays for marking them.
+                    bench.wait(name, lambda st: st["dirty_regions"] == 0, 30, "the sweep clearing its regions")
+                    runs.setdefault(label, []).append(fio(dev, "randwrite", "4k", 32, seconds=s["seconds"]))
+            # Checksum verification: the same reads of a plain mirror and a checksummed one, both written once
+            # in full (every block of k has its checksum, so every block read is checked), A B A B.
+            for _ in range(max(5, 3 * s["rounds"])):
+                runs.setdefault("read, plain mirror", []).append(fio(p, "read", "1M", 8, seconds=s["seconds"]))
+                runs.setdefault("read, --checksum mirror", []).append(fio(k, "read", "1M", 8, seconds=s["seconds"]))
+            if any(member["checksum_errors"] for member in bench.status("k")["members"]):
+                raise RuntimeError("space k: checksum errors on a healthy mirror")
+            # Spaces w, k and p have members on B too: they go before B is stopped, so that nothing of theirs
+            # meets the stopped target (no resync of theirs beside m's, no region locked by a whole-space window
+            # later).
+            for name in ("w", "k", "p"):
+                bench.space("detach", name)
+                del bench.devices[name]
+            for round_ in range(s["rounds"]):
+                runs.setdefault("healthy write", []).append(fio(m, "write", "1M", 8, size=size))
+                # Degraded: B stops answering; a write finds out, the member is failed, then the timed run.
+                b = bench.targets["b"]
+                b.proc.send_signal(signal.SIGSTOP)
+                subprocess.run(["dd", "if=/dev/zero", f"of={m}", "bs=4k", "count=1", "oflag=direct", "status=none"],
+                               timeout=60)
+                bench.wait("m", lambda st: st["members"][1]["state"] == "failed", 30, "member B failing")
+                runs.setdefault("degraded write", []).append(fio(m, "write", "1M", 8, size=size))
+                since = bench.log_length()
+                b.proc.send_signal(signal.SIGCONT)
+                bench.wait("m", lambda st: st["members"][1]["state"] == "active" and not st["resync"]["running"], 120,
+                           "member B resyncing")
+                rate, copied = bench.resync_rate(since)
+                runs.setdefault("resync", []).append(rate)
+                print(f"round {round_ + 1} done (resync moved {copied >> 20} MiB)", flush=True)
+            bench.space("detach", "m")
+            bench.devices.clear()
+            for _ in range(s["rounds"]):
+                lun_bytes = size + 8 * MIB
+                runs.setdefault("cp member A to member B", []).append(
+                    bench.cp(bench.url("a", 0), bench.url("b", 0), lun_bytes))
     except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, KeyError) as e:
         failed = str(e)
     finally:
@@ -256,6 +317,16 @@ def main():
         return 1
 
     med = {k: statistics.median(v) for k, v in runs.items()}
+    if only_mirror:
+        ratio = med["mirror write"] / med["cp to one target"]
+        print(f"mirror write {med['mirror write']:.0f} MB/s {[round(x) for x in runs['mirror write']]}, cp to one "
+              f"target {med['cp to one target']:.0f} MB/s {[round(x) for x in runs['cp to one target']]}: "
+              f"{ratio:.0%} (aim >= 80 %), load {os.getloadavg()[0]:.2f}")
+        for side, procs in cpu.items():
+            total = statistics.median([sum(v[i] for v in procs.values()) for i in range(len(procs["client"]))])
+            print(f"  CPU-s per GB, {side}: total {total:.2f}; " +
+                  ", ".join(f"{p} {statistics.median(v):.2f}" for p, v in procs.items() if max(v) > 0.005))
+        return 0
     rows = [
         ("mirror write vs cp to one target", "mirror write", "cp to one target", ">= 80 %"),
         ("degraded vs healthy mirror write", "degraded write", "healthy write", ">= 95 %"),

@@ -10,6 +10,11 @@
 // memory of that size), and a thread that calls trim_idle_thread_cache() now and then (each reactor,
 // once a second) returns what its cache did not use since the last call: memory goes back to the
 // system once a burst is over.
+//
+// A Buffer may also refer to memory it does not own (wrap()): a receive buffer that some other layer
+// allocated, handed on without a copy. Its owner's release hook runs when the last reference drops, on
+// whichever thread drops it, so the memory cannot be reused while anything (a queued PDU, a command the
+// initiator still retries) may still read it.
 #pragma once
 
 #include <atomic>
@@ -31,6 +36,14 @@ public:
     static Buffer allocate(size_t size);
     // As allocate(), zero-filled.
     static Buffer allocate_zeroed(size_t size);
+    // A buffer over `size` bytes at `data`, which the caller owns: `release(context, data)` runs once,
+    // when the last reference is dropped (on that thread); until then the memory must stay valid and
+    // unchanged. capacity() is `size`; resize() may only shrink it.
+    using ReleaseHook = void (*)(void* context, uint8_t* data);
+    static Buffer wrap(uint8_t* data, size_t size, ReleaseHook release, void* context);
+    // `size` bytes of this buffer from `offset`, sharing its memory (which the slice keeps alive): this
+    // buffer itself when that is all of it.
+    Buffer slice(size_t offset, size_t size) const;
 
     Buffer(const Buffer& other) noexcept : _block(other._block), _size(other._size) { retain(); }
     Buffer(Buffer&& other) noexcept
@@ -54,7 +67,7 @@ public:
     }
     ~Buffer() { release(); }
 
-    uint8_t* data() const { return _block ? _block->data() : nullptr; }
+    uint8_t* data() const { return _block ? _block->bytes : nullptr; }
     size_t size() const { return _size; }
     size_t capacity() const { return _block ? _block->capacity : 0; }
     bool empty() const { return _size == 0; }
@@ -82,12 +95,17 @@ public:
     static uint64_t trim_idle_thread_cache();
 
 private:
+    // A pooled block's header sits in the alignment unit in front of its data; a wrapped one's is
+    // allocated apart (size_class external_class) and carries its owner's hook.
     struct Block {
         std::atomic<uint32_t> refs;
         uint32_t size_class;
         size_t capacity;
-        uint8_t* data() { return reinterpret_cast<uint8_t*>(this) + alignment; }
+        uint8_t* bytes;
+        ReleaseHook release = nullptr; // wrapped blocks only
+        void* context = nullptr;
     };
+    static constexpr uint32_t external_class = UINT32_MAX;
     void retain() {
         if (_block) {
             _block->refs.fetch_add(1, std::memory_order_relaxed);

@@ -148,6 +148,17 @@ void DeviceFile::read(uint64_t offset, uint32_t size, ReadDone done) {
 }
 
 void DeviceFile::write(uint64_t offset, const uint8_t* data, uint32_t size, WriteDone done) {
+    write_buffer(offset, data, size, Buffer{}, std::move(done));
+}
+
+void DeviceFile::write(uint64_t offset, Buffer data, WriteDone done) {
+    const uint8_t* bytes = data.data();
+    auto size = uint32_t(std::min<size_t>(data.size(), UINT32_MAX));
+    write_buffer(offset, bytes, size, std::move(data), std::move(done));
+}
+
+void DeviceFile::write_buffer(uint64_t offset, const uint8_t* data, uint32_t size, Buffer owner,
+                              WriteDone done) {
     _writes.fetch_add(1, std::memory_order_relaxed);
     if (failed()) {
         done(count(EIO), 0);
@@ -180,6 +191,9 @@ void DeviceFile::write(uint64_t offset, const uint8_t* data, uint32_t size, Writ
         op->buffer = Buffer::allocate(length);
         std::memcpy(op->buffer.data(), data, length);
         data = op->buffer.data();
+        op->request.data = op->buffer;
+    } else if (owner) {
+        op->request.data = owner.slice(0, length);
     }
     op->iov = {const_cast<uint8_t*>(data), length};
     op->request.op = backstore::IoOp::write;

@@ -26,6 +26,7 @@
 
 #include "backstore/device.hpp"
 #include "common/function.hpp"
+#include "ispace/buffer.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -63,6 +64,10 @@ public:
     void read(uint64_t offset, uint32_t size, ReadDone done);
     // `data` must stay valid until `done` runs.
     void write(uint64_t offset, const uint8_t* data, uint32_t size, WriteDone done);
+    // The same with the data in a Buffer (at most max_request bytes), which goes down to the device as
+    // the request's `data`: a device that keeps the data past completion (a remote mirror member) keeps
+    // a reference to it rather than a copy.
+    void write(uint64_t offset, Buffer data, WriteDone done);
     void flush(Done done);
     void fallocate(int mode, uint64_t offset, uint64_t length, Done done);
 
@@ -86,6 +91,7 @@ private:
     struct Op;
     struct ZeroOp;
     void submit(Op* op);
+    void write_buffer(uint64_t offset, const uint8_t* data, uint32_t size, Buffer owner, WriteDone done);
     void write_zeroes_by_writing(uint64_t offset, uint64_t length, Done done);
     void next_zero_write(ZeroOp* op);
     int count(int error);

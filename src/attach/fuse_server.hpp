@@ -85,9 +85,9 @@ private:
     FuseServer(std::shared_ptr<DeviceFile> file, net::ReactorGroup& reactors, Options options);
     Result<void> mount_and_start();
     void run_worker(unsigned index);
-    // A receive buffer: a mapping whose write payload lands 4 KiB-aligned.
-    uint8_t* take_buffer();
-    void give_back(uint8_t* buffer);
+    // Receive buffers: mappings whose write payload lands 4 KiB-aligned. Shared with the Buffers that
+    // WRITE requests hand down (a remote member's command may hold one after this server is gone).
+    class ReceiveBuffers;
     void request_started() { _inflight.fetch_add(1, std::memory_order_relaxed); }
     void request_finished();
 
@@ -103,9 +103,9 @@ private:
     timespec _created{}; // the file's times
     std::vector<std::thread> _threads;
 
-    std::mutex _mutex; // buffers, worker exits, in-flight wakeups
+    std::shared_ptr<ReceiveBuffers> _buffers;
+    std::mutex _mutex; // worker exits, in-flight wakeups
     std::condition_variable _changed;
-    std::vector<uint8_t*> _free_buffers;
     unsigned _workers_running = 0;
     std::atomic<uint64_t> _inflight{0};
 };

@@ -11,6 +11,7 @@
 
 #include "common/function.hpp"
 #include "common/result.hpp"
+#include "ispace/buffer.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -68,6 +69,11 @@ struct IoRequest {
     const iovec* iov = nullptr; // read/write: total iov length == length
     unsigned iovcnt = 0;
     bool fua = false; // write: durable before completion
+    // Write, optional: a Buffer holding exactly the bytes `iov` names, in order, whose memory stays
+    // unchanged while any reference to it lives. A device that would copy the data to keep it (a remote
+    // member sends a Buffer) may keep a reference instead, past done(). Empty: only `iov`, valid until
+    // done().
+    Buffer data;
     // 0, or -errno (-EIO, -ENOSPC, -EROFS ...). Runs on the submitting reactor, never inside submit().
     Function<void(int error)> done;
 };

@@ -102,6 +102,7 @@ ThreadCache& cache() {
 } // namespace
 
 Buffer Buffer::allocate(size_t size) {
+    static_assert(sizeof(Block) <= alignment, "a pooled block's header fits in front of its data");
     assert(size <= max_size);
     if (size == 0) {
         size = 1; // a real, empty-but-valid buffer keeps callers free of null checks
@@ -127,10 +128,35 @@ Buffer Buffer::allocate(size_t size) {
     block->refs.store(1, std::memory_order_relaxed);
     block->size_class = cls;
     block->capacity = capacity;
+    block->bytes = reinterpret_cast<uint8_t*>(raw) + alignment;
     Buffer b;
     b._block = block;
     b._size = size;
     return b;
+}
+
+Buffer Buffer::wrap(uint8_t* data, size_t size, ReleaseHook release, void* context) {
+    auto* block = new Block{};
+    block->refs.store(1, std::memory_order_relaxed);
+    block->size_class = external_class;
+    block->capacity = size;
+    block->bytes = data;
+    block->release = release;
+    block->context = context;
+    Buffer b;
+    b._block = block;
+    b._size = size;
+    return b;
+}
+
+Buffer Buffer::slice(size_t offset, size_t size) const {
+    assert(_block && offset <= _size && size <= _size - offset);
+    if (offset == 0 && size == _size) {
+        return *this;
+    }
+    return wrap(
+        data() + offset, size, [](void* parent, uint8_t*) { delete static_cast<Buffer*>(parent); },
+        new Buffer(*this));
 }
 
 Buffer Buffer::allocate_zeroed(size_t size) {
@@ -153,6 +179,16 @@ void Buffer::release() {
         return;
     }
     Block* block = std::exchange(_block, nullptr);
+    if (block->size_class == external_class) {
+        ReleaseHook hook = block->release;
+        void* context = block->context;
+        uint8_t* bytes = block->bytes;
+        delete block;
+        if (hook) {
+            hook(context, bytes);
+        }
+        return;
+    }
     auto& tc = cache();
     size_t capacity = block->capacity;
     unsigned cls = block->size_class;

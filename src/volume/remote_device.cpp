@@ -337,7 +337,8 @@ Result<void> RemoteDevice::probe() {
 }
 
 void RemoteDevice::submit(backstore::IoRequest& request) {
-    submit_shared(request, Buffer{});
+    // A write whose caller handed its data as a Buffer (request.data) is sent from it, not copied.
+    submit_shared(request, request.data);
 }
 
 void RemoteDevice::submit_shared(backstore::IoRequest& request, const Buffer& shared) {
@@ -396,7 +397,7 @@ void RemoteDevice::submit_shared(backstore::IoRequest& request, const Buffer& sh
             }
         } else {
             // Larger than one command may carry: one Buffer per command (the Request's buffer is its
-            // transfer length, so a command cannot send a slice of a larger one).
+            // transfer length): a slice of the shared one, or a copy of the iovec's piece.
             io->parts.resize(io->pieces);
             size_t piece_bytes = size_t(io->blocks_per_piece) * g.block_size;
             size_t done_bytes = 0;
@@ -404,13 +405,14 @@ void RemoteDevice::submit_shared(backstore::IoRequest& request, const Buffer& sh
             size_t iov_at = 0;
             for (uint32_t p = 0; p < io->pieces; ++p) {
                 size_t n = std::min<size_t>(piece_bytes, request.length - done_bytes);
+                if (write && shared && shared.size() == request.length) {
+                    io->parts[p] = shared.slice(done_bytes, n);
+                    done_bytes += n;
+                    continue;
+                }
                 io->parts[p] = Buffer::allocate(n);
                 if (write) {
                     size_t copied = 0;
-                    if (shared && shared.size() == request.length) {
-                        std::memcpy(io->parts[p].data(), shared.data() + done_bytes, n);
-                        copied = n;
-                    }
                     while (copied < n && iov_index < request.iovcnt) {
                         size_t take = std::min(n - copied, request.iov[iov_index].iov_len - iov_at);
                         std::memcpy(io->parts[p].data() + copied,

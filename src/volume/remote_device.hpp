@@ -5,10 +5,12 @@
 // I/O: READ/WRITE (the 16-byte CDB once the LBA or length needs it; FUA passed through), SYNCHRONIZE
 // CACHE for flush, UNMAP and WRITE SAME(16) when the target's Logical Block Provisioning VPD page says
 // it supports them. A request larger than the target's MAXIMUM TRANSFER LENGTH is split. The data goes
-// through a Buffer the device owns (the initiator's Request carries a Buffer, a backstore request an
-// iovec), so a request the volume layer gives up on can never write into memory that is gone; the
-// volume layer's mirror writes hand one shared Buffer to every remote member (submit_shared), so a
-// mirrored write is copied once, not once per member.
+// through a Buffer the device holds a reference to (the initiator's Request carries a Buffer, a backstore
+// request an iovec), so a request the volume layer gives up on can never write into memory that is gone.
+// A write is copied into a Buffer of the device's own unless it comes with one: the request's `data`
+// (the FUSE server hands down its receive buffer that way), or the Buffer the volume layer's mirror
+// writes hand to every remote member (submit_shared) — a slice of the caller's when it had one, else
+// one copy for all members. A request split into several commands sends slices of that Buffer.
 //
 // Completion runs on the submitting reactor (the backstore::Device contract): the initiator completes
 // on a connection's reactor, and a completion for another reactor is posted there.

@@ -43,7 +43,8 @@ struct VolumeIo {
     std::vector<iovec> iovs;
     std::vector<uint32_t> iov_first; // per extent: its slice of the parent's iovec in `iovs`
     std::vector<uint32_t> iov_count;
-    std::vector<Buffer> staged;      // per extent: the Buffer remote copies share (writes)
+    std::vector<Buffer> staged;      // per extent: the Buffer remote copies share (writes): a slice of
+                                     // the caller's Buffer (IoRequest::data), or a copy
     std::vector<uint32_t> copies_ok; // per extent: copies that took a write
     std::vector<Child> children;
 
@@ -328,7 +329,11 @@ void Volume::start_write(VolumeIo* io) {
         if (io->children.size() == before) {
             io->error = -EIO; // no copy of this extent can be written
         }
-        if (any_remote && parent.op == backstore::IoOp::write) {
+        if (any_remote && parent.op == backstore::IoOp::write && parent.data.size() == parent.length) {
+            // The caller's Buffer holds the data (the FUSE server's receive buffer): the remote members
+            // send a slice of it, kept alive by their references, and nothing is copied.
+            io->staged[e] = parent.data.slice(size_t(x.space_offset - parent.offset), size_t(x.length));
+        } else if (any_remote && parent.op == backstore::IoOp::write) {
             // One copy of the data for every remote member of the column (RemoteDevice sends a Buffer).
             Buffer b = Buffer::allocate(x.length);
             size_t at = 0;

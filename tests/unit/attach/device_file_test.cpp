@@ -32,7 +32,9 @@ public:
                   request.offset,
                   request.length,
                   {},
-                  request.iovcnt ? request.iov[0].iov_base : nullptr};
+                  request.iovcnt ? request.iov[0].iov_base : nullptr,
+                  request.data.data(),
+                  request.data.size()};
         for (unsigned i = 0; i < request.iovcnt; ++i) {
             if (request.op == backstore::IoOp::write) {
                 auto* p = static_cast<uint8_t*>(request.iov[i].iov_base);
@@ -81,6 +83,8 @@ public:
         uint64_t length;
         std::vector<uint8_t> data; // writes
         void* first_iov;
+        uint8_t* buffer_data; // the request's `data` Buffer (writes handed one)
+        size_t buffer_size;
     };
     std::vector<Seen> seen_requests;
     std::vector<backstore::IoRequest*> pending;
@@ -223,6 +227,32 @@ TEST_F(DeviceFileTest, AlignedWriteHandsTheCallersMemoryToTheDevice) {
     EXPECT_EQ(file.stats().bytes_written, 8192u);
 }
 
+// The FUSE server's WRITE hands its receive buffer down as a Buffer: the device sees it as the request's
+// `data` (a remote member sends it rather than a copy), cut to what fits before the end.
+TEST_F(DeviceFileTest, AWriteFromABufferHandsTheBufferToTheDevice) {
+    Buffer data = Buffer::allocate(8192);
+    std::memset(data.data(), 0x5a, 8192);
+    uint8_t* bytes = data.data();
+    std::optional<std::pair<int, uint32_t>> result;
+    file.write(0, data, [&result](int error, uint32_t written) { result.emplace(error, written); });
+    ASSERT_EQ(device->seen_requests.size(), 1u);
+    EXPECT_EQ(device->seen_requests[0].first_iov, bytes);
+    EXPECT_EQ(device->seen_requests[0].buffer_data, bytes) << "the Buffer itself, not a copy";
+    EXPECT_EQ(device->seen_requests[0].buffer_size, 8192u);
+    device->complete_next();
+    ASSERT_TRUE(result);
+    EXPECT_EQ(result->second, 8192u);
+
+    uint64_t end = file.attributes().bytes;
+    file.write(end - 4096, data, [&result](int error, uint32_t written) { result.emplace(error, written); });
+    ASSERT_EQ(device->seen_requests.size(), 2u);
+    EXPECT_EQ(device->seen_requests[1].length, 4096u);
+    EXPECT_EQ(device->seen_requests[1].buffer_data, bytes);
+    EXPECT_EQ(device->seen_requests[1].buffer_size, 4096u) << "cut at the end, as the request is";
+    device->complete_next();
+    EXPECT_EQ(result->second, 4096u);
+}
+
 TEST_F(DeviceFileTest, UnalignedWriteDataIsCopiedToAnAlignedBuffer) {
     Buffer data = Buffer::allocate(4096 + 80);
     uint8_t* at = data.data() + 80; // where a FUSE WRITE's data would be without our buffer layout
@@ -235,6 +265,8 @@ TEST_F(DeviceFileTest, UnalignedWriteDataIsCopiedToAnAlignedBuffer) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>(device->seen_requests[0].first_iov) % DeviceFile::data_alignment,
               0u);
     EXPECT_EQ(std::memcmp(device->seen_requests[0].data.data(), at, 4096), 0);
+    EXPECT_EQ(device->seen_requests[0].buffer_data, device->seen_requests[0].first_iov)
+        << "the copy goes down as the request's Buffer, so that no device copies it again";
     device->complete_next();
     EXPECT_EQ(write_result->first, 0);
     EXPECT_EQ(file.stats().copied_writes, 1u);

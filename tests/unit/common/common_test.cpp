@@ -122,6 +122,49 @@ TEST(Buffer, SharedOwnershipAcrossThreads) {
     t.join();
 }
 
+// Memory the Buffer does not own: the owner's hook runs once, when the last reference (a copy, a slice,
+// on whichever thread) is dropped, and not before.
+TEST(Buffer, WrappedMemoryGoesBackWhenTheLastReferenceDrops) {
+    std::vector<uint8_t> memory(8192, 7);
+    struct Owner {
+        std::atomic<int> released{0};
+        uint8_t* at = nullptr;
+    } owner;
+    Buffer wrapped = Buffer::wrap(
+        memory.data(), memory.size(),
+        [](void* context, uint8_t* data) {
+            auto* o = static_cast<Owner*>(context);
+            o->at = data;
+            o->released.fetch_add(1);
+        },
+        &owner);
+    EXPECT_EQ(wrapped.data(), memory.data());
+    EXPECT_EQ(wrapped.size(), 8192u);
+    Buffer copy = wrapped;
+    Buffer tail = wrapped.slice(4096, 4096);
+    EXPECT_EQ(tail.data(), memory.data() + 4096);
+    EXPECT_EQ(tail.size(), 4096u);
+    EXPECT_EQ(wrapped.slice(0, 8192).data(), memory.data()) << "all of it is the buffer itself";
+    wrapped.reset();
+    copy.reset();
+    EXPECT_EQ(owner.released.load(), 0) << "the slice still refers to it";
+    std::thread t([t2 = std::move(tail)]() mutable { t2.reset(); });
+    t.join();
+    EXPECT_EQ(owner.released.load(), 1);
+    EXPECT_EQ(owner.at, memory.data());
+}
+
+TEST(Buffer, ASliceOfAPooledBufferKeepsItAlive) {
+    Buffer b = Buffer::allocate(16384);
+    std::memset(b.data(), 3, b.size());
+    Buffer middle = b.slice(4096, 8192);
+    b.reset();
+    EXPECT_EQ(middle.size(), 8192u);
+    for (size_t i = 0; i < middle.size(); ++i) {
+        ASSERT_EQ(middle.data()[i], 3);
+    }
+}
+
 TEST(Function, InlineHeapAndMoveOnly) {
     int calls = 0;
     Function<void()> small = [&calls] { ++calls; };

@@ -119,6 +119,42 @@ TEST_F(RemoteDeviceTest, SharedBufferWritesSendTheBufferItself) {
     EXPECT_EQ(back, data);
 }
 
+// A write whose caller hands its data as a Buffer (IoRequest::data) is sent from that Buffer — here the
+// iovec says something else, which must not reach the target — in slices where the request is split,
+// and the Buffer's memory is given back only once the device has let go of it.
+TEST_F(RemoteDeviceTest, AWriteWithItsDataInABufferIsSentFromThatBuffer) {
+    test::TestTarget small({"memory:32M"}, "iqn.2026-11.org.ispace:buffer-transfer", 2, 64 << 10);
+    auto device = open(small.url(0));
+    ASSERT_TRUE(device);
+    auto data = random_bytes((1 << 20) + 4096, 5); // 17 commands of at most 64 KiB
+    std::vector<uint8_t> memory = data;
+    std::atomic<int> released{0};
+    std::vector<uint8_t> other(data.size(), 0xee);
+    iovec iov{other.data(), other.size()};
+    std::promise<int> result;
+    backstore::IoRequest request;
+    request.op = IoOp::write;
+    request.offset = 8192;
+    request.length = data.size();
+    request.iov = &iov;
+    request.iovcnt = 1;
+    request.data = Buffer::wrap(
+        memory.data(), memory.size(),
+        [](void* context, uint8_t*) { static_cast<std::atomic<int>*>(context)->fetch_add(1); }, &released);
+    request.done = [&](int error) { result.set_value(error); };
+    submitter.reactor().post([&] { device->submit(request); });
+    EXPECT_EQ(result.get_future().get(), 0);
+    EXPECT_EQ(released.load(), 0) << "the request still holds it";
+    request.data.reset(); // the test thread may drop it: the hook runs wherever the last one goes
+    for (int i = 0; i < 500 && released.load() == 0; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    EXPECT_EQ(released.load(), 1) << "given back once the device let go";
+    std::vector<uint8_t> back(data.size());
+    EXPECT_EQ(submitter.read(*device, 8192, back), 0);
+    EXPECT_EQ(back, data);
+}
+
 TEST_F(RemoteDeviceTest, UnmapAndWriteZeroesReadBackAsZeroes) {
     auto device = open(target.url(1));
     ASSERT_TRUE(device);

@@ -504,6 +504,39 @@ TEST_F(FencingTest, AnotherHolderIsRefusedUntilItTakesOverAndThenTheFirstLosesTh
     ASSERT_TRUE(again) << again.error().message;
 }
 
+// A write that comes with its data in a Buffer (the FUSE server's receive buffer) reaches remote members
+// as slices of that Buffer, not as a copy of the iovec: here the iovec says something else, and what the
+// members get is the Buffer's bytes, each chunk of the stripe the right slice of it.
+TEST_F(FencingTest, AWriteWithItsDataInABufferReachesRemoteMembersAsSlicesOfIt) {
+    auto& host = manager(dir.file("a"));
+    CreateRequest r;
+    r.name = "striped";
+    r.layout = LayoutKind::stripe;
+    r.chunk = 64 << 10;
+    r.members = {target.url(0), target.url(1)};
+    ASSERT_TRUE(host.create(r));
+    auto v = host.open("striped");
+    ASSERT_TRUE(v) << v.error().message;
+    VolumeDevice device(*v);
+    auto data = random_bytes(512 << 10, 11);
+    std::vector<uint8_t> memory = data;
+    std::vector<uint8_t> other(data.size(), 0xee);
+    iovec iov{other.data(), other.size()};
+    backstore::IoRequest request;
+    request.op = backstore::IoOp::write;
+    request.offset = 32 << 10; // chunks cut in the middle: slices at offsets other than 0
+    request.length = data.size();
+    request.iov = &iov;
+    request.iovcnt = 1;
+    request.data = Buffer::wrap(memory.data(), memory.size(), nullptr, nullptr);
+    ASSERT_EQ(io.submit(device, request), 0);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(device, 32 << 10, back), 0);
+    EXPECT_EQ(back, data);
+    request.data.reset();
+    ASSERT_TRUE(host.close("striped"));
+}
+
 // A member that reconnected as another device (another I_T nexus) while the space was held: letting go
 // through the new device still releases the reservation the old nexus took, so another host may use it.
 TEST_F(FencingTest, LettingGoReleasesAReservationAnOlderNexusOfOursTook) {
