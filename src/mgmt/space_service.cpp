@@ -87,6 +87,7 @@ json space_status_json(const volume::SpaceStatus& st) {
                       {"total_bytes", st.scrub.total_bytes},
                       {"bad_blocks", st.scrub.bad_blocks},
                       {"repaired_blocks", st.scrub.repaired_blocks},
+                      {"table_entries_rewritten", st.scrub.table_entries_rewritten},
                       {"unrecoverable_blocks", st.scrub.unrecoverable_blocks},
                       {"passes", st.scrub.passes},
                       {"paused", st.scrub.paused},

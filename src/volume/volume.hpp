@@ -120,6 +120,10 @@ struct ScrubProgress {
     uint64_t finished = 0;       // unix seconds: the last scrub finished then (0: it has not)
     uint64_t checked_blocks = 0; // 4 KiB blocks compared against their stored checksum
     std::vector<uint64_t> lost;  // layout offsets of the first blocks with no good copy (max_scrub_lost)
+    // Entries of a member's copy of the checksum table that differed from the table in memory (the copy
+    // rotted); the pages holding them were written again. This pass (or the last) since open; not kept in
+    // the labels.
+    uint64_t table_entries_rewritten = 0;
 };
 
 enum class ScrubAction : uint8_t { start, pause, resume };

@@ -839,9 +839,19 @@ struct ScrubWindow {
         iovec iov{};
         Buffer data; // shares the good copy's block
     };
+    // A member's copy of the table pages that hold this window's checksums.
+    struct Table {
+        uint32_t slot = 0;
+        uint64_t first_page = 0;
+        Buffer data;
+        iovec iov{};
+        backstore::IoRequest request;
+        bool ok = false;
+    };
     ChecksumState::Range range;
     std::vector<Extent> extents;
     std::vector<std::unique_ptr<Copy>> copies;
+    std::vector<std::unique_ptr<Table>> tables;
     std::vector<std::unique_ptr<Fix>> fixes;
     std::atomic<uint32_t> left{0};
 };
@@ -974,6 +984,26 @@ void Volume::scrub_window() {
                 w->copies.push_back(std::move(copy));
             }
         }
+        // The members' copies of this window's table entries: under the window's lock no write can change
+        // them, and every write that did is on every in-sync member, so an entry that differs from memory
+        // is rot in that copy (which would otherwise wait for the next open to be found).
+        uint64_t first_page = w->range.first / 1024, pages = w->range.last / 1024 + 1 - first_page;
+        for (uint32_t slot = 0; slot < _count; ++slot) {
+            if (!(readable & (1u << slot))) {
+                continue;
+            }
+            auto t = std::make_unique<ScrubWindow::Table>();
+            t->slot = slot;
+            t->first_page = first_page;
+            t->data = Buffer::allocate(pages * 4096);
+            t->iov = {t->data.data(), t->data.size()};
+            t->request.op = backstore::IoOp::read;
+            t->request.offset = _sums->area_offset + first_page * 4096;
+            t->request.length = t->data.size();
+            t->request.iov = &t->iov;
+            t->request.iovcnt = 1;
+            w->tables.push_back(std::move(t));
+        }
         auto checked = [this, w, at, length] {
             // Per block: the copies that match, the ones that do not; the first good one over the bad.
             ChecksumState& s = *_sums;
@@ -1041,8 +1071,30 @@ void Volume::scrub_window() {
                     }
                 }
             }
+            uint64_t table_entries = 0;
+            for (auto& t : w->tables) {
+                if (!t->ok) {
+                    continue;
+                }
+                uint64_t differ = 0;
+                for (uint64_t block = w->range.first; block <= w->range.last; ++block) {
+                    differ += load_le32(t->data.data() + (block - t->first_page * 1024) * 4) != s.get(block);
+                }
+                if (differ != 0) {
+                    log_warn(
+                        "space {}: scrub: {}'s copy of the block checksums differed from the table at {} "
+                        "entries (layout offsets {} to {}); its pages are written again",
+                        _truth_at_open.name, _members[t->slot].url, differ, w->range.first * checksum_block,
+                        w->range.last * checksum_block);
+                    table_entries += differ;
+                }
+            }
+            if (table_entries != 0) {
+                sums_mark(w->range.first, w->range.last, false); // the page writer puts them on every member
+            }
             {
                 std::lock_guard guard(s.scrub_mutex);
+                s.scrub.table_entries_rewritten += table_entries;
                 s.scrub.bad_blocks += bad;
                 s.scrub.repaired_blocks += repaired;
                 s.scrub.unrecoverable_blocks += lost;
@@ -1067,11 +1119,26 @@ void Volume::scrub_window() {
                 submit_member(fix->slot, fix->request, nullptr);
             }
         };
-        if (w->copies.empty()) {
+        if (w->copies.empty() && w->tables.empty()) {
             checked();
             return;
         }
-        w->left.store(uint32_t(w->copies.size()));
+        w->left.store(uint32_t(w->copies.size() + w->tables.size()));
+        for (auto& t : w->tables) {
+            ScrubWindow::Table* table = t.get();
+            table->request.done = [this, w, table, checked](int error) {
+                _members[table->slot].inflight.fetch_sub(1, std::memory_order_relaxed);
+                if (error != 0) {
+                    member_error(table->slot, error, "checksums read");
+                } else {
+                    table->ok = true;
+                }
+                if (w->left.fetch_sub(1) == 1) {
+                    _home.post(checked);
+                }
+            };
+            submit_member(table->slot, table->request, nullptr);
+        }
         for (auto& c : w->copies) {
             ScrubWindow::Copy* copy = c.get();
             copy->request.done = [this, w, copy, checked](int error) {

@@ -199,6 +199,10 @@ void print_status(const json& st) {
                 sc.value("bad_blocks", 0), sc.value("repaired_blocks", 0),
                 sc.value("unrecoverable_blocks", 0));
         }
+        if (uint64_t table = sc.value("table_entries_rewritten", uint64_t(0)); table != 0) {
+            fmt::print("    {} entries of the members' copies of the checksum table had rotted; rewritten\n",
+                       table);
+        }
         const json& lost = sc.contains("unrecoverable_lbas")
                                ? sc["unrecoverable_lbas"]
                                : sc.value("unrecoverable_offsets", json::array());
