@@ -825,13 +825,28 @@ void Volume::scrub_checkpoint() {
 
 // One window of a scrub: every readable copy of each extent read, then the bad block copies rewritten.
 struct ScrubWindow {
-    struct Copy {
-        uint32_t extent = 0;
+    // One read from a member into a Buffer of its own.
+    struct Read {
         uint32_t slot = 0;
         Buffer data;
         iovec iov{};
         backstore::IoRequest request;
         bool ok = false;
+
+        void prepare(uint32_t member, uint64_t offset, uint64_t length) {
+            slot = member;
+            data = Buffer::allocate(length);
+            iov = {data.data(), length};
+            request.op = backstore::IoOp::read;
+            request.offset = offset;
+            request.length = length;
+            request.iov = &iov;
+            request.iovcnt = 1;
+        }
+    };
+    // A copy of one extent's data.
+    struct Copy : Read {
+        uint32_t extent = 0;
     };
     struct Fix {
         uint32_t slot = 0;
@@ -840,13 +855,8 @@ struct ScrubWindow {
         Buffer data; // shares the good copy's block
     };
     // A member's copy of the table pages that hold this window's checksums.
-    struct Table {
-        uint32_t slot = 0;
+    struct Table : Read {
         uint64_t first_page = 0;
-        Buffer data;
-        iovec iov{};
-        backstore::IoRequest request;
-        bool ok = false;
     };
     ChecksumState::Range range;
     std::vector<Extent> extents;
@@ -973,14 +983,7 @@ void Volume::scrub_window() {
                 }
                 auto copy = std::make_unique<ScrubWindow::Copy>();
                 copy->extent = e;
-                copy->slot = slot;
-                copy->data = Buffer::allocate(x.length);
-                copy->iov = {copy->data.data(), x.length};
-                copy->request.op = backstore::IoOp::read;
-                copy->request.offset = _members[slot].data_offset + x.member_offset;
-                copy->request.length = x.length;
-                copy->request.iov = &copy->iov;
-                copy->request.iovcnt = 1;
+                copy->prepare(slot, _members[slot].data_offset + x.member_offset, x.length);
                 w->copies.push_back(std::move(copy));
             }
         }
@@ -993,15 +996,8 @@ void Volume::scrub_window() {
                 continue;
             }
             auto t = std::make_unique<ScrubWindow::Table>();
-            t->slot = slot;
             t->first_page = first_page;
-            t->data = Buffer::allocate(pages * 4096);
-            t->iov = {t->data.data(), t->data.size()};
-            t->request.op = backstore::IoOp::read;
-            t->request.offset = _sums->area_offset + first_page * 4096;
-            t->request.length = t->data.size();
-            t->request.iov = &t->iov;
-            t->request.iovcnt = 1;
+            t->prepare(slot, _sums->area_offset + first_page * 4096, pages * 4096);
             w->tables.push_back(std::move(t));
         }
         auto checked = [this, w, at, length] {
@@ -1124,35 +1120,25 @@ void Volume::scrub_window() {
             return;
         }
         w->left.store(uint32_t(w->copies.size() + w->tables.size()));
-        for (auto& t : w->tables) {
-            ScrubWindow::Table* table = t.get();
-            table->request.done = [this, w, table, checked](int error) {
-                _members[table->slot].inflight.fetch_sub(1, std::memory_order_relaxed);
+        auto submit = [this, w, checked](ScrubWindow::Read* read, const char* what) {
+            read->request.done = [this, w, read, checked, what](int error) {
+                _members[read->slot].inflight.fetch_sub(1, std::memory_order_relaxed);
                 if (error != 0) {
-                    member_error(table->slot, error, "checksums read");
+                    member_error(read->slot, error, what);
                 } else {
-                    table->ok = true;
+                    read->ok = true;
                 }
                 if (w->left.fetch_sub(1) == 1) {
                     _home.post(checked);
                 }
             };
-            submit_member(table->slot, table->request, nullptr);
+            submit_member(read->slot, read->request, nullptr);
+        };
+        for (auto& t : w->tables) {
+            submit(t.get(), "checksums read");
         }
         for (auto& c : w->copies) {
-            ScrubWindow::Copy* copy = c.get();
-            copy->request.done = [this, w, copy, checked](int error) {
-                _members[copy->slot].inflight.fetch_sub(1, std::memory_order_relaxed);
-                if (error != 0) {
-                    member_error(copy->slot, error, "read");
-                } else {
-                    copy->ok = true;
-                }
-                if (w->left.fetch_sub(1) == 1) {
-                    _home.post(checked);
-                }
-            };
-            submit_member(copy->slot, copy->request, nullptr);
+            submit(c.get(), "read");
         }
     };
     if (s.lock(w->range, &_home, go)) {
