@@ -45,15 +45,26 @@ void copy_to_iov(const iovec* iov, int iovcnt, uint64_t skip, const uint8_t* fro
 void copy_from_iov(const iovec* iov, int iovcnt, uint64_t skip, uint8_t* to, uint64_t length);
 
 struct ChecksumState {
-    ChecksumState(uint64_t blocks_, uint64_t area_offset_);
+    // `reach`: the blocks the checksums area can hold (what the space can grow to); the table's memory is
+    // reserved for them but taken only as it is written (an anonymous mapping: untouched pages are zero).
+    ChecksumState(uint64_t blocks_, uint64_t reach_, uint64_t area_offset_);
+    ~ChecksumState();
+    ChecksumState(const ChecksumState&) = delete;
+    ChecksumState& operator=(const ChecksumState&) = delete;
 
-    uint64_t blocks = 0;      // 4 KiB blocks of the layout range in use
+    // 4 KiB blocks of the layout range in use, and the 4 KiB pages of the table that hold them: larger
+    // after a grow (changed on home under page_mutex, before the range is published; read on home).
+    uint64_t blocks = 0;
+    uint64_t pages = 0;
+    uint64_t reach = 0;       // blocks the area holds (>= blocks)
     uint64_t area_offset = 0; // the checksums area, the same on every member
-    uint64_t pages = 0;       // 4 KiB pages of the table
-    std::unique_ptr<std::atomic<uint32_t>[]> table;
 
-    uint32_t get(uint64_t block) const { return table[block].load(std::memory_order_relaxed); }
-    void set(uint64_t block, uint32_t sum) { table[block].store(sum, std::memory_order_relaxed); }
+    uint32_t get(uint64_t block) const {
+        return std::atomic_ref<uint32_t>(_table[block]).load(std::memory_order_relaxed);
+    }
+    void set(uint64_t block, uint32_t sum) {
+        std::atomic_ref<uint32_t>(_table[block]).store(sum, std::memory_order_relaxed);
+    }
     // Page `page` of the table as it goes on disk (little-endian u32s).
     void encode_page(uint64_t page, uint8_t* out) const;
 
@@ -101,6 +112,7 @@ struct ChecksumState {
     uint64_t scrub_windows = 0; // since then
 
 private:
+    uint32_t* _table = nullptr; // `reach` entries, mapped
     std::mutex _lock_mutex;
     std::vector<Range> _held;
     struct Queued {

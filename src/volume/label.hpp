@@ -262,6 +262,20 @@ inline constexpr uint64_t checksum_area_bytes(uint64_t layout_bytes) {
     uint64_t blocks = (layout_bytes + checksum_block - 1) / checksum_block;
     return (blocks * 4 + 4095) / 4096 * 4096;
 }
+// The layout bytes that many bytes of checksums area hold.
+inline constexpr uint64_t checksum_area_reach(uint64_t area_bytes) {
+    return area_bytes / 4 * checksum_block;
+}
+// The most layout bytes a space with checksums may have (what max_checksum_table holds): 256 GiB.
+inline constexpr uint64_t max_checksum_reach = checksum_area_reach(max_checksum_table);
+// How far a new space's checksums area reaches: four times what its members hold at create, so that the
+// space can grow (`ispace space grow`) to four times its size; the area costs 1/1024 of that reach on every
+// member (0.4 % of what they hold) and the memory is taken only as the space grows. At least `upper`, at
+// most max_checksum_reach.
+inline constexpr uint64_t checksum_reach_at_create(uint64_t upper) {
+    uint64_t wanted = upper > max_checksum_reach / 4 ? max_checksum_reach : upper * 4;
+    return wanted > upper ? wanted : upper;
+}
 
 // CRC32C (Castagnoli), as the label checksum uses it: ISA-L's crc32_iscsi, preset and complemented.
 uint32_t label_crc32c(const void* data, size_t length, uint32_t seed = 0);

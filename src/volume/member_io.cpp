@@ -244,9 +244,10 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     }
     std::vector<MemberPlan> plans;
     std::vector<uint64_t> data_sizes;
-    // Checksums cover the layout's range, which is at most what the members hold together.
-    uint64_t checksum_bytes = spec.checksums ? checksum_area_bytes(upper) : 0;
-    if (checksum_bytes > max_checksum_table) {
+    // Checksums cover the layout's range, which is at most what the members hold together; the area is
+    // sized for more, so that the space can grow.
+    uint64_t checksum_bytes = spec.checksums ? checksum_area_bytes(checksum_reach_at_create(upper)) : 0;
+    if (spec.checksums && upper > max_checksum_reach) {
         return make_error(fmt::format("--checksum: the members hold {} GiB; checksums are kept in memory and "
                                       "this version takes at most {} GiB of members",
                                       upper >> 30, (max_checksum_table / 4 * checksum_block) >> 30),
@@ -285,8 +286,11 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
                                           max_thin_size >> 40),
                               EINVAL);
         }
-        // The metadata area comes out of the members' data areas: plan again with it.
-        uint64_t pages = thin_metadata_pages(cap / cs, (size + cs - 1) / cs);
+        // The metadata area comes out of the members' data areas: plan again with it. It is sized for a
+        // pool four times this one, so that the pool can grow with its members (`ispace space grow`) as
+        // far as the checksums area lets a checksummed space grow; a pool that large costs a larger area
+        // only while the space's own leaves do not bound it (small pools).
+        uint64_t pages = thin_metadata_pages(4 * (cap / cs), (size + cs - 1) / cs);
         plans.clear();
         data_sizes.clear();
         for (size_t i = 0; i < devices.size(); ++i) {

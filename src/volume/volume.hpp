@@ -323,6 +323,8 @@ private:
     // Any thread: pages of blocks [first, last] must be written; the ticket to wait for.
     uint64_t sums_mark(uint64_t first, uint64_t last, bool fua);
     uint64_t sums_mark_all();
+    // Home, grow: the table holds `blocks` blocks (new entries zero); returns the ticket of their pages.
+    uint64_t sums_extend(uint64_t blocks);
     // Any thread: `done(error)` on `origin` once the pages of `ticket` are on the members.
     void sums_wait(uint64_t ticket, net::Reactor* origin, Function<void(int)> done);
     void sums_kick(); // home: writes the marked pages

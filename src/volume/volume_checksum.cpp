@@ -8,10 +8,13 @@
 #include "volume/member_io.hpp"
 #include "volume/volume.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <cstring>
+#include <new>
 #include <span>
 #include <vector>
 
@@ -81,12 +84,20 @@ void copy_from_iov(const iovec* iov, int iovcnt, uint64_t skip, uint8_t* to, uin
     }
 }
 
-ChecksumState::ChecksumState(uint64_t blocks_, uint64_t area_offset_)
-    : blocks(blocks_), area_offset(area_offset_), pages((blocks_ * 4 + 4095) / 4096),
-      table(new std::atomic<uint32_t>[blocks_]), page_dirty(pages, 0) {
-    for (uint64_t b = 0; b < blocks; ++b) {
-        table[b].store(0, std::memory_order_relaxed);
+ChecksumState::ChecksumState(uint64_t blocks_, uint64_t reach_, uint64_t area_offset_)
+    : blocks(blocks_), pages((blocks_ * 4 + 4095) / 4096), reach(std::max(blocks_, reach_)),
+      area_offset(area_offset_), page_dirty((reach * 4 + 4095) / 4096, 0) {
+    // Zero-filled pages on first touch: a space that may grow fourfold costs memory only for what it is.
+    void* p = ::mmap(nullptr, std::max<uint64_t>(reach * 4, 1), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        throw std::bad_alloc();
     }
+    _table = static_cast<uint32_t*>(p);
+}
+
+ChecksumState::~ChecksumState() {
+    ::munmap(_table, std::max<uint64_t>(reach * 4, 1));
 }
 
 void ChecksumState::encode_page(uint64_t page, uint8_t* out) const {
@@ -308,6 +319,20 @@ uint64_t Volume::sums_mark_all() {
     return sums_mark(0, _sums->blocks - 1, false);
 }
 
+uint64_t Volume::sums_extend(uint64_t blocks) {
+    ChecksumState& s = *_sums;
+    uint64_t first = 0;
+    {
+        std::lock_guard guard(s.page_mutex);
+        assert(blocks > s.blocks && blocks <= s.reach);
+        first = s.blocks;
+        s.blocks = blocks;
+        s.pages = (blocks * 4 + 4095) / 4096;
+    }
+    // From the page that held the old last block (its tail, zero in memory, goes out too) to the new end.
+    return sums_mark(first, blocks - 1, true);
+}
+
 void Volume::sums_wait(uint64_t ticket, net::Reactor* origin, Function<void(int)> done) {
     ChecksumState& s = *_sums;
     int error = 0;
@@ -474,7 +499,11 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
         return make_error(fmt::format("space '{}': the checksums area does not cover the space", truth.name),
                           EINVAL);
     }
-    auto sums = std::make_unique<ChecksumState>(_space_size / checksum_block, area->offset);
+    // What the area holds beyond the space is room to grow (docs/integrity.md, "Growing"); the memory for
+    // it is only reserved. A label may claim a larger area than this version keeps in memory: only what it
+    // keeps is used.
+    uint64_t reach = std::min(area->length, max_checksum_table) / 4;
+    auto sums = std::make_unique<ChecksumState>(_space_size / checksum_block, reach, area->offset);
     std::vector<uint8_t> image(sums->pages * 4096);
     // From an in-sync member: every checksum page write reached each of them (a member that failed one was
     // failed). A rebuilding member may have missed some; it gets the whole table below.

@@ -2,8 +2,11 @@
 //
 // The order makes every instant safe to crash at:
 //  1. every member's size is read again (Device::rescan) and the larger layout worked out; nothing
-//     changes yet, and anything that stands in the way (a member out of sync, a resync running, a bitmap
-//     or thin metadata area too small for the new range) refuses the whole grow;
+//     changes yet, and anything that stands in the way (a member out of sync, a resync running) refuses
+//     the whole grow. A metadata area sized at create (the bitmap, the thin map, the checksums) limits
+//     how far it goes, said in a note;
+//  1b. on a checksummed space, the table's pages for the new range (zero) are written to every member
+//     and waited for, before any label names that range;
 //  2. the labels record the larger data areas (and a plain space's larger size) on every member, and
 //     grow waits until they are durable;
 //  3. the new layout and range are published to the data path (an atomic pointer: a request in flight
@@ -24,12 +27,51 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cstring>
 #include <future>
 #include <thread>
 
 namespace ispace::volume {
+
+namespace {
+
+// Cuts back what `next` takes from the members that grew, as little as it must, until its capacity is within
+// `most` (what a metadata area covers), so that the labels' layout never reaches past the metadata that
+// serves it (decode_label checks that). A new column is not cut (its label is written already): false when
+// the layout with it is too large.
+bool fit_layout(Layout& next, const Layout& old, uint64_t most, uint32_t block_size, bool column) {
+    if (capacity(next) <= most) {
+        return true;
+    }
+    if (column) {
+        return false;
+    }
+    const Layout grown = next;
+    auto cut = [&](uint64_t limit) {
+        Layout l = grown;
+        for (size_t s = 0; s < l.member_bytes.size(); ++s) {
+            uint64_t keep = std::min(grown.member_bytes[s], limit / block_size * block_size);
+            l.member_bytes[s] = std::max(old.member_bytes[s], keep);
+        }
+        return l;
+    };
+    uint64_t lo = 0;
+    uint64_t hi = *std::max_element(grown.member_bytes.begin(), grown.member_bytes.end());
+    while (lo < hi) { // the largest per-member limit that fits (capacity grows with it)
+        uint64_t mid = lo + (hi - lo + 1) / 2;
+        if (capacity(cut(mid)) <= most) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    next = cut(lo);
+    return capacity(next) <= most;
+}
+
+} // namespace
 
 Result<GrowResult> Volume::grow(std::optional<VolumeMember> column, MemberEntry entry) {
     assert(net::Reactor::current() == nullptr);
@@ -61,19 +103,13 @@ Result<GrowResult> Volume::grow(std::optional<VolumeMember> column, MemberEntry 
     result.thin = _thin != nullptr;
     std::vector<uint64_t> old_sizes(_count, 0);
     std::vector<uint64_t> old_member_bytes(_count, 0);
+    uint64_t sums_ticket = 0;
     auto plan = [&]() -> Result<GrowResult> {
+        result.notes.clear(); // a plan run again says its notes again
         if (_resync && _resync->pending()) {
             return make_error(
                 fmt::format("space '{}': a resync is running; grow it once it is done", _truth_at_open.name),
                 EBUSY);
-        }
-        if (_sums) {
-            // Its table (in memory and on the members) was sized for the range at create.
-            return make_error(
-                fmt::format("space '{}' has block checksums: their area was sized at create, so "
-                            "it cannot grow yet",
-                            _truth_at_open.name),
-                ENOTSUP);
         }
         if (column && !labels_settled()) {
             return make_error("a label write is running", EAGAIN); // retried below
@@ -122,6 +158,28 @@ Result<GrowResult> Volume::grow(std::optional<VolumeMember> column, MemberEntry 
                                 most, room));
                 target = most;
             }
+            if (_thin && !fit_layout(next, old, most, _block_size, column.has_value())) {
+                return make_error(fmt::format("space '{}': the new member lies past what the bitmap covers",
+                                              _truth_at_open.name),
+                                  ENOSPC);
+            }
+        }
+        if (_sums) {
+            // The checksums area was sized at create for four times what the members held then
+            // (checksum_reach_at_create); a label's layout never reaches past it (decode_label checks).
+            uint64_t most = _sums->reach * checksum_block;
+            if (target > most) {
+                result.notes.push_back(fmt::format(
+                    "the checksums area covers {} bytes: the space uses that much of {}", most, room));
+                target = most;
+            }
+            if (!fit_layout(next, old, most, _block_size, column.has_value())) {
+                return make_error(
+                    fmt::format("space '{}': the new member lies past what the checksums area covers",
+                                _truth_at_open.name),
+                    ENOSPC);
+            }
+            target = target / checksum_block * checksum_block;
         }
         if (_thin) {
             uint64_t cs = _thin->cluster_size;
@@ -157,6 +215,15 @@ Result<GrowResult> Volume::grow(std::optional<VolumeMember> column, MemberEntry 
                                   ENOSPC);
             }
             return result; // nothing to gain (the caller says so)
+        }
+
+        if (_sums && target / checksum_block > _sums->blocks) {
+            // The table's entries for the new range are zero in memory, and their pages go to every member
+            // before any label names the larger range: a member's area past the old range may hold
+            // anything (a member that replaced another got only the pages of the range then), and it
+            // would be loaded as checksums at the next open.
+            sums_ticket = sums_extend(target / checksum_block);
+            return make_error("the checksum pages of the new range are being written", EINPROGRESS);
         }
 
         // 2. The labels first: the larger data areas (and a plain space's size) on every member.
@@ -223,8 +290,23 @@ Result<GrowResult> Volume::grow(std::optional<VolumeMember> column, MemberEntry 
         return result;
     };
     auto planned = on_home(plan);
-    for (int i = 0; i < 5000 && !planned && planned.error().code == EAGAIN; ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    for (int i = 0; i < 5000 && !planned; ++i) {
+        if (planned.error().code == EINPROGRESS) {
+            // Wait for the new range's checksum pages, then plan again (the table covers it now).
+            std::promise<int> written;
+            auto future = written.get_future();
+            on_home(
+                [&] { sums_wait(sums_ticket, &_home, [&written](int error) { written.set_value(error); }); });
+            if (int error = future.get(); error != 0) {
+                return make_error(fmt::format("space '{}': writing the checksum pages of the new range: {}",
+                                              _truth_at_open.name, std::strerror(-error)),
+                                  -error);
+            }
+        } else if (planned.error().code == EAGAIN) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        } else {
+            break;
+        }
         planned = on_home(plan);
     }
     if (!planned || planned->after == planned->before) {

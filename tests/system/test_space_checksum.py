@@ -18,6 +18,8 @@ with raw SCSI commands (iscsi_raw.py):
     the members' checksum_errors as they were (both kept in the labels); `scrub --resume --wait` finishes it
     from there (every written block checked once); after another restart the last scrub is shown, with the
     LBA of the block that had no good copy; and, the space held by no one, from its labels alone.
+ 5c. The members extended by 8 MiB and `space grow` run: the space is 8 MiB larger, and a scrub of it finds
+    only the block known lost.
  6. (root, FUSE and loop devices) A file: a second checksummed space attached, ext4 on it, a file of known
     content written; detached, one byte of it flipped in the member that serves its reads (found through
     filefrag's physical block and the member's data offset); attached again, the file reads back intact,
@@ -239,6 +241,24 @@ def main():
               st.get("scrub", {}).get("unrecoverable_lbas") == [lba] and
               [m.get("checksum_errors") for m in st.get("members", [])] == errors,
               f"held by no one: status reads the last scrub and the counts from the labels ({st.get('scrub')})")
+
+        # 5c. Grown: the members extended by 8 MiB, `space grow` (held by no one: opened for it), then a
+        # scrub of the whole larger space finds nothing new in the range it gained.
+        size = st.get("size", 0)
+        for m in members:
+            os.truncate(m, MEMBER + 8 * MiB)
+        r = space(ispace, env, "grow", "c")
+        st = status(ispace, env)
+        check(r.returncode == 0 and "grew" in r.stderr and st.get("size") == size + 8 * MiB,
+              f"a checksummed mirror grows ({r.stderr.strip()}; {size} -> {st.get('size')})")
+        daemon = start()
+        r = space(ispace, env, "scrub", "c", "--wait")
+        sc = status(ispace, env).get("scrub", {})
+        check(sc.get("total_bytes") == size + 8 * MiB and sc.get("unrecoverable_lbas") == [lba]
+              and sc.get("bad_blocks") == 2,
+              f"a scrub of the grown space: only the block known lost, bad on both copies ({sc})")
+        daemon.stop()
+        daemon = None
 
         # 6. A file on ext4.
         why = attach_testlib.why_not_runnable(sys.argv[3], tools=("mkfs.ext4", "filefrag", "debugfs")) \

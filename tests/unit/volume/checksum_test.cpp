@@ -611,8 +611,6 @@ TEST_F(ChecksumTest, AScrubFindsAndRepairsEveryBadCopy) {
     EXPECT_EQ(io.read(device, lost * 4096, back), -EIO);
 }
 
-// --rate holds a scrub back (never ahead of its pace: an upper bound a slow machine cannot break), --pause
-// stops it after the window in flight, --resume goes on where it stopped.
 // A member's copy of the table rots while the space is open (the table in memory is what reads use, so
 // nothing else would notice before the next open): the scrub compares each window's entries on every
 // in-sync member with memory and has the page writer put the rotted page back.
@@ -635,6 +633,123 @@ TEST_F(ChecksumTest, AScrubRewritesARottedCopyOfTheTable) {
     EXPECT_EQ(errors(v, 0) + errors(v, 1), 0u);
 }
 
+// grow: a checksummed mirror takes its members' new room online. The table's entries for the new range are
+// zero on every member before a label names it (here the area past the old range held garbage, as a
+// replaced member's device may), so a block never written there reads without an error after a reopen; a
+// block written there is verified and repaired like any other. The area was sized at create for four times
+// what the members held: a grow past that stops at it, and the labels stay readable.
+TEST_F(ChecksumTest, AChecksummedMirrorGrowsOnlineAndItsNewRangeIsVerified) {
+    auto v = create();
+    VolumeDevice device(v);
+    uint64_t before = v->geometry().bytes();
+    LabelReading r = read_member_labels(group.at(0), *disks[0]);
+    ASSERT_TRUE(r.label);
+    const MetadataArea area = *r.label->area(AreaType::checksums);
+    EXPECT_GE(checksum_area_reach(area.length), 4 * 2 * member_bytes) << "room to grow fourfold";
+    uint64_t first_new = before / checksum_block; // the table entry of the first block grown
+    for (unsigned slot = 0; slot < 2; ++slot) {
+        std::vector<uint8_t> tail(area.length - first_new * 4);
+        tail = random_bytes(tail.size(), 60 + slot);
+        ASSERT_EQ(
+            member_io(group.at(0), *disks[slot], backstore::IoOp::write, area.offset + first_new * 4, tail),
+            0);
+    }
+    auto old_data = random_bytes(1 << 20, 61);
+    ASSERT_EQ(io.write(device, before - old_data.size(), old_data, true), 0);
+
+    for (auto& d : disks) {
+        ASSERT_TRUE(d->resize(member_bytes + (16 << 20)));
+    }
+    auto grown = v->grow();
+    ASSERT_TRUE(grown) << grown.error().message;
+    EXPECT_EQ(grown->after, before + (16 << 20));
+    EXPECT_EQ(v->geometry().bytes(), grown->after);
+    auto new_data = random_bytes(2 << 20, 62);
+    uint64_t at = grown->after - new_data.size() - (1 << 20); // MiB-aligned; a MiB left unwritten after it
+    ASSERT_EQ(io.write(device, at, new_data, true), 0);
+    uint64_t block = at / checksum_block + 5;
+    uint32_t sum = block_checksum(new_data.data() + 5 * checksum_block, block);
+    EXPECT_EQ(stored_sum(0, block), sum);
+    EXPECT_EQ(stored_sum(1, block), sum);
+    uint64_t never = grown->after / checksum_block - 1; // the last block: never written
+    EXPECT_EQ(stored_sum(0, never), 0u) << "the garbage there was replaced";
+    EXPECT_EQ(stored_sum(1, never), 0u);
+    EXPECT_EQ(stored_sum(0, first_new - 1),
+              block_checksum(old_data.data() + old_data.size() - 4096, first_new - 1))
+        << "the old range's last entry kept";
+
+    ASSERT_TRUE(v->close());
+    auto again = assemble();
+    ASSERT_TRUE(again) << again.error().message;
+    VolumeDevice reopened(*again);
+    EXPECT_EQ((*again)->geometry().bytes(), grown->after);
+    std::vector<uint8_t> back(grown->after - before);
+    ASSERT_EQ(io.read(reopened, before, back), 0) << "nothing in the new range fails its checksum";
+    EXPECT_TRUE(std::equal(new_data.begin(), new_data.end(), back.begin() + (at - before)));
+    back.resize(old_data.size());
+    ASSERT_EQ(io.read(reopened, before - old_data.size(), back), 0);
+    EXPECT_EQ(back, old_data);
+    // A flipped byte in the new range, on the copy that serves it: found and repaired.
+    unsigned serving = unsigned((at >> 20) % 2);
+    flip(serving, at + 5 * checksum_block + 100);
+    back.assign(new_data.size(), 0);
+    ASSERT_EQ(io.read(reopened, at, back), 0);
+    EXPECT_EQ(back, new_data);
+    EXPECT_EQ(member_data(serving, at, new_data.size()), new_data) << "the bad copy rewritten";
+    EXPECT_EQ(errors(*again, serving), 1u);
+
+    // Far more room than the area reaches: the space grows to the reach, no further.
+    uint64_t reach = checksum_area_reach(area.length);
+    for (auto& d : disks) {
+        ASSERT_TRUE(d->resize(reach + (64 << 20)));
+    }
+    auto capped = (*again)->grow();
+    ASSERT_TRUE(capped) << capped.error().message;
+    EXPECT_EQ(capped->after, reach);
+    ASSERT_EQ(capped->notes.size(), 1u);
+    EXPECT_NE(capped->notes.back().find("checksums area covers"), std::string::npos) << capped->notes.back();
+    ASSERT_EQ(io.write(reopened, reach - new_data.size(), new_data, true), 0);
+    ASSERT_TRUE((*again)->close());
+    auto third = assemble();
+    ASSERT_TRUE(third) << third.error().message << ": the labels' layout stays within the area";
+    EXPECT_EQ((*third)->geometry().bytes(), reach);
+}
+
+// A checksummed thin space's pool grows too: the clusters it gains are in the table's range, and what is
+// written there is verified after a reopen.
+TEST_F(ChecksumTest, AChecksummedThinPoolGrows) {
+    auto v = create(2, uint64_t(1) << 30);
+    VolumeDevice device(v);
+    for (auto& d : disks) {
+        ASSERT_TRUE(d->resize(member_bytes + (16 << 20)));
+    }
+    auto grown = v->grow();
+    ASSERT_TRUE(grown) << grown.error().message;
+    ASSERT_TRUE(grown->thin);
+    EXPECT_TRUE(grown->notes.empty())
+        << grown->notes.front() << ": the metadata area has room for the pool grown";
+    EXPECT_GE(grown->after, grown->before + (15 << 20));
+    // More clusters than the pool had before the grow, each written once.
+    uint64_t clusters = grown->before / (1 << 20) + 8;
+    std::vector<std::vector<uint8_t>> written;
+    for (uint64_t c = 0; c < clusters; ++c) {
+        written.push_back(random_bytes(64 << 10, 70 + c));
+        ASSERT_EQ(io.write(device, (c * 16) << 20, written.back(), true), 0) << "cluster " << c;
+    }
+    ASSERT_TRUE(v->close());
+    auto again = assemble();
+    ASSERT_TRUE(again) << again.error().message;
+    VolumeDevice reopened(*again);
+    std::vector<uint8_t> back(64 << 10);
+    for (uint64_t c = 0; c < clusters; ++c) {
+        ASSERT_EQ(io.read(reopened, (c * 16) << 20, back), 0) << "cluster " << c;
+        EXPECT_EQ(back, written[c]) << "cluster " << c;
+    }
+    EXPECT_EQ(errors(*again, 0) + errors(*again, 1), 0u);
+}
+
+// --rate holds a scrub back (never ahead of its pace: an upper bound a slow machine cannot break), --pause
+// stops it after the window in flight, --resume goes on where it stopped.
 TEST_F(ChecksumTest, AScrubIsPacedPausedAndResumed) {
     auto v = create();
     uint64_t rate = 4 << 20;
