@@ -417,9 +417,32 @@ json SpaceService::detach(const std::string& name) {
 }
 
 json SpaceService::status(const std::string& name) {
-    if (name.find('@') != std::string::npos) {
-        return failure(fmt::format("'{}': a snapshot's status is part of its space's: ispace space status {}",
-                                   name, name.substr(0, name.find('@'))));
+    if (auto at = name.find('@'); at != std::string::npos) {
+        // A snapshot: its line of its space's status, with where it is attached here.
+        std::string space = name.substr(0, at);
+        auto st = _manager.status(space);
+        if (!st) {
+            return failure(st.error());
+        }
+        for (const volume::ThinDeviceStatus& d : st->thin_devices) {
+            if (d.snapshot && d.name == name) {
+                json j = {{"name", d.name},
+                          {"snapshot", true},
+                          {"space", st->name},
+                          {"origin", d.origin},
+                          {"created", d.created},
+                          {"mapped_bytes", d.mapped_bytes},
+                          {"unique_bytes", d.unique_bytes},
+                          {"open", st->open}};
+                std::lock_guard lock(_mutex);
+                if (auto it = _attached.find(name); it != _attached.end()) {
+                    j["device"] = it->second;
+                }
+                return {{"ok", true}, {"status", j}};
+            }
+        }
+        return failure(
+            fmt::format("'{}': no such snapshot (`ispace space status {}` lists them)", name, space));
     }
     auto st = _manager.status(name);
     if (!st) {

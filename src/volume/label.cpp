@@ -66,7 +66,7 @@ constexpr size_t e_last_prev = 64;  // u64 and that label's previous generation
 constexpr size_t e_url = 72;        // 184, NUL-padded
 constexpr size_t table_end = member_table + max_members * entry_size; // 5120
 // compat::scrub: the scrub record, then the checksum error counts by slot.
-constexpr size_t scrub_state = 5120;                      // u8 ScrubState
+constexpr size_t scrub_state = table_end;                 // u8 ScrubState
 constexpr size_t scrub_lost_n = 5121;                     // u8 entries in scrub_lost (5122-5127 zero)
 constexpr size_t scrub_position = 5128;                   // u64 layout bytes
 constexpr size_t scrub_started = 5136;                    // u64 unix seconds

@@ -84,6 +84,7 @@ def main():
         refused(space(ispace, env, "snapshot", "t", "a/b"), ["snapshot name"], "a snapshot name with '/'")
         refused(space(ispace, env, "clone", "t", "c"), ["from a snapshot", "NAME@SNAP"], "a clone of a space")
         refused(space(ispace, env, "clone", "t@none", "c"), ["no such snapshot"], "a clone of an unknown snapshot")
+        refused(space(ispace, env, "status", "t@none"), ["no such snapshot"], "the status of an unknown snapshot")
         refused(space(ispace, env, "snapshot-delete", "t@none"), ["no such snapshot"],
                 "deleting an unknown snapshot")
         check(space(ispace, env, "snapshot", "t", "empty").returncode == 0, "a snapshot of the unheld space")
@@ -160,6 +161,13 @@ def attached(ispace, env, mounts):
     snap_dev = attach(ispace, env, "t@s1")
     if not snap_dev:
         return
+    st = status(ispace, env, "t@s1")
+    check(st.get("snapshot") is True and st.get("space") == "t" and st.get("origin") == "t"
+          and st.get("device") == snap_dev and st.get("mapped_bytes", 0) > 0,
+          f"status t@s1: the snapshot, of t, attached at {snap_dev} ({st})")
+    r = space(ispace, env, "status", "t@s1")
+    check(r.returncode == 0 and f"snapshot t@s1: read-only, of t — attached at {snap_dev}" in r.stdout,
+          "and its text line says so")
     ro = attach_testlib.run(["blockdev", "--getro", snap_dev])
     check(ro.stdout.strip() == "1", f"the snapshot's block device is read-only ({ro.stdout.strip()})")
     w = attach_testlib.run(["dd", "if=/dev/zero", f"of={snap_dev}", "bs=4096", "count=1", "oflag=direct"])

@@ -147,6 +147,18 @@ std::string resync_line(const json& r) {
 }
 
 void print_status(const json& st) {
+    if (st.value("snapshot", false)) {
+        std::string origin = st.value("origin", "");
+        fmt::print("snapshot {}: read-only, of {} — {}\n", st.value("name", ""),
+                   origin.empty() ? "a device since deleted" : origin,
+                   st.contains("device") ? "attached at " + st["device"].get<std::string>()
+                                         : "not attached here");
+        fmt::print("  taken at pool commit {}; maps {}, of which only it {} (what snapshot-delete frees)\n",
+                   st.value("created", uint64_t(0)),
+                   human_bytes(double(st.value("mapped_bytes", uint64_t(0)))),
+                   human_bytes(double(st.value("unique_bytes", uint64_t(0)))));
+        return;
+    }
     std::string where;
     if (st.contains("device")) {
         where = "attached at " + st["device"].get<std::string>();
@@ -363,7 +375,8 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
     detach->add_option("NAME", a->name)->required();
 
     auto* status = space->add_subcommand("status", "The space's members, epoch and resync progress");
-    status->add_option("NAME", a->name)->required();
+    status->add_option("NAME", a->name, "A space, a clone, or NAME@SNAP (a snapshot: its own line)")
+        ->required();
     status->add_flag("--json", a->json_out, "Machine-readable");
     status->add_flag("--watch", a->watch, "Redraw the resync progress until it is done");
 
