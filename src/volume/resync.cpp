@@ -72,7 +72,7 @@ void Resync::add_target(uint32_t slot) {
     pump();
 }
 
-void Resync::add_unclean_pass() {
+void Resync::add_unclean_pass(std::string why) {
     if (!_v._bitmap || find(unclean_slot)) {
         return;
     }
@@ -80,9 +80,9 @@ void Resync::add_unclean_pass() {
     t.slot = unclean_slot;
     t.mode = RebuildMode::delta;
     t.total_bytes = _v._bitmap->marked_count() * _v._bitmap->region_size();
-    log_info("space {}: the last holder did not close it cleanly: {} dirty region(s) are made equal on every "
-             "copy",
-             _v._truth_at_open.name, _v._bitmap->marked_count());
+    log_info("space {}: {}: {} marked region(s) are made equal on every copy", _v._truth_at_open.name, why,
+             _v._bitmap->marked_count());
+    _unclean_why = std::move(why);
     _unclean_next.store(0, std::memory_order_release);
     _targets.push_back(std::move(t));
     {
@@ -388,7 +388,7 @@ void Resync::window_done(std::shared_ptr<Window> w) {
 void Resync::finished(Target& t) {
     if (t.slot == unclean_slot) {
         _unclean_next.store(UINT64_MAX, std::memory_order_release);
-        log_info("space {}: dirty regions are equal on every copy again", _v._truth_at_open.name);
+        log_info("space {}: {}: equal on every copy", _v._truth_at_open.name, _unclean_why);
         return;
     }
     auto& m = _v._members[t.slot];
@@ -412,7 +412,7 @@ void Resync::update_progress_locked() {
         total += t.total_bytes;
         done += std::min(t.done_bytes, t.total_bytes);
         std::string one = t.slot == unclean_slot
-                              ? std::string("dirty regions after an unclean stop")
+                              ? _unclean_why
                               : fmt::format("{} ({})", _v._members[t.slot].url,
                                             t.mode == RebuildMode::full ? "full" : "delta");
         what += (what.empty() ? "" : ", ") + one;

@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <string>
 #include <vector>
 
 namespace ispace::volume {
@@ -33,8 +34,9 @@ public:
     // Home reactor. A rebuilding member (its mode and start come from the member: full from its
     // recovery offset, delta over the marked regions).
     void add_target(uint32_t slot);
-    // Home reactor. The regions marked now are made equal on every in-sync copy (from the lowest slot).
-    void add_unclean_pass();
+    // Home reactor. The regions marked now are made equal on every in-sync copy (from the lowest slot):
+    // after an unclean stop, or the range a grow added (`why` says which, in the log and the status).
+    void add_unclean_pass(std::string why = "dirty regions after an unclean stop");
     // Home reactor. The member failed: its windows are let go.
     void drop_target(uint32_t slot);
     // Home reactor. No new window; `done` once those in flight are finished.
@@ -48,6 +50,8 @@ public:
     bool unclean_pending(uint64_t region) const {
         return region >= _unclean_next.load(std::memory_order_acquire);
     }
+    // Whether an unclean pass started and has not finished (any thread).
+    bool unclean_unfinished() const { return _unclean_next.load(std::memory_order_acquire) != UINT64_MAX; }
 
 private:
     static constexpr uint32_t unclean_slot = UINT32_MAX;
@@ -77,6 +81,7 @@ private:
 
     Volume& _v;
     std::vector<Target> _targets;
+    std::string _unclean_why; // what the unclean pass is for (home)
     // Regions with a window in flight. A region is locked by one window at a time: a target that needs a
     // region another window holds (it joined while that window was in flight) waits for it to finish.
     std::set<uint64_t> _windows;

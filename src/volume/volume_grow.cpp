@@ -361,6 +361,32 @@ Result<GrowResult> Volume::grow(std::optional<VolumeMember> column, MemberEntry 
                 }
             }
         }
+        // 2b. A redundant layout's new range holds on each copy whatever that member held there (a LUN
+        // resized on its target keeps its old blocks): different bytes, so two reads of a block never
+        // written could see two different copies, and a compare of the members would find them apart.
+        // Its regions are marked in the bitmap now (durably) and, once published, made equal from the
+        // lowest in-sync copy by the pass that follows an unclean stop (reads of a region it has not
+        // reached go to that copy meanwhile). md resyncs a grown RAID1's new range the same way.
+        bool equalize = !_thin && _bitmap && layout().redundant();
+        uint64_t first_region = 0;
+        uint64_t last_region = 0;
+        if (equalize) {
+            first_region = r.before / _bitmap->region_size();
+            last_region = (r.after - 1) / _bitmap->region_size();
+            std::promise<bool> marked;
+            auto future = marked.get_future();
+            bool now = on_home([&] {
+                return _bitmap->begin_write(first_region, last_region, &_home,
+                                            [&marked](bool ok) { marked.set_value(ok); });
+            });
+            if (!now && !future.get()) {
+                on_home([&] { _bitmap->end_write(first_region, last_region); });
+                return make_error(fmt::format("space '{}': the grown range could not be marked in the "
+                                              "write-intent bitmap",
+                                              _truth_at_open.name),
+                                  EIO);
+            }
+        }
         // 3. Published: the layout, then the range (a request inside the new range finds its layout).
         on_home([&] {
             Layout next = layout();
@@ -373,6 +399,11 @@ Result<GrowResult> Volume::grow(std::optional<VolumeMember> column, MemberEntry 
             _space_size.store(r.after, std::memory_order_release);
             if (!_thin) {
                 _virtual_size.store(r.after, std::memory_order_release);
+            }
+            if (equalize) {
+                // The pass first: the sweep clears nothing while it is pending.
+                _resync->add_unclean_pass(fmt::format("the {} MiB a grow added", (r.after - r.before) >> 20));
+                _bitmap->end_write(first_region, last_region);
             }
         });
         // 4. The pool takes the clusters (thin), or the users hear of the size (plain).

@@ -315,9 +315,14 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
     v->_resync = std::make_unique<Resync>(*v);
     v->on_home([&] {
         v->_resync->set_rate(v->_options.resync_rate);
-        if (v->_bitmap && plan.unclean && v->layout().redundant() &&
-            uint32_t(std::popcount(v->active_mask())) > 1) {
-            v->_resync->add_unclean_pass();
+        // After a clean close, regions still marked with every member in sync are those a pass (a grow's,
+        // or this one after an unclean stop) did not finish making equal: it goes on (a clean close clears
+        // the rest).
+        if (v->_bitmap && v->layout().redundant() && uint32_t(std::popcount(v->active_mask())) > 1 &&
+            (plan.unclean || (v->all_in_sync() && v->_bitmap->marked_count() > 0))) {
+            v->_resync->add_unclean_pass(plan.unclean
+                                             ? "dirty regions after an unclean stop"
+                                             : "regions a pass had not made equal at the last close");
         }
         for (uint32_t s = 0; s < v->_count; ++s) {
             if (MemberState(v->_members[s].state.load()) == MemberState::rebuilding) {
@@ -423,6 +428,18 @@ Result<void> Volume::close() {
                     member_error(s, error, "flush");
                 }
             }
+        }
+        // Every write is on every copy now: with every member in sync and no pass left to make regions
+        // equal, the bitmap is cleared (two sweeps: the first ages the regions written since the last
+        // one). What stays marked at a clean close is what a member out of sync missed, or what a pass cut
+        // short still has to make equal: the next open knows which (volume_meta's open).
+        if (_bitmap) {
+            on_home([&] {
+                bool allowed =
+                    all_in_sync() && !(_resync && (_resync->pending() || _resync->unclean_unfinished()));
+                _bitmap->sweep(allowed);
+                _bitmap->sweep(allowed);
+            });
         }
         on_home([&] {
             change_labels([](LabelBook& book) {
