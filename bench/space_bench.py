@@ -24,7 +24,10 @@ BENCH_SIZE (default 512M: bytes per write run and per LUN), BENCH_QUICK=1 (1 rou
 BENCH_DIR (default /var/tmp), BENCH_OUT (default bench/results: space-latest.json goes there).
 BENCH_ONLY=mirror runs only the first comparison (mirror writes vs cp), and says besides how many CPU-seconds
 per GB written each process took (user + system, from /proc and the children's rusage: a steadier measure
-than MB/s on a shared machine; the loop device's kernel threads are not counted).
+than MB/s on a shared machine; the loop device's kernel threads are not counted). BENCH_ONLY=checksum runs
+only the checksum-reads comparison (at least 9 alternating rounds), with the same CPU figures per GB read and
+the median of each round's own ratio beside the ratio of the medians (a round's pair shares the machine's
+state of that moment, so its ratio is steadier than either figure).
 
 Usage: space_bench.py --build BUILD_DIR
 Exit status: 0 done, or skipped (not root, no FUSE or loop devices, no fio, binaries not built: it says
@@ -71,6 +74,14 @@ def cpu_seconds(pid):
 def children_cpu():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def print_cpu(cpu):
+    """The medians of `cpu` (side -> process -> [CPU-seconds per GB, one per round]), a line per side."""
+    for side, procs in cpu.items():
+        total = statistics.median([sum(v[i] for v in procs.values()) for i in range(len(procs["client"]))])
+        print(f"  CPU-s per GB, {side}: total {total:.3f}; " +
+              ", ".join(f"{p} {statistics.median(v):.3f}" for p, v in procs.items() if max(v) > 0.0005))
 
 
 def fio(device, rw, bs, qd, size=None, seconds=None):
@@ -231,6 +242,7 @@ def main():
     failed = None
     bench = None
     only_mirror = os.environ.get("BENCH_ONLY", "") == "mirror"
+    only_checksum = os.environ.get("BENCH_ONLY", "") == "checksum"
     cpu = {}  # side -> process -> [CPU-seconds per GB]
     try:
         bench = Bench(args.build, s, scratch)
@@ -250,6 +262,23 @@ def main():
             for _ in range(s["rounds"]):
                 timed("cp to one target", lambda: bench.cp(src, bench.url("c", 0), size))
                 timed("mirror write", lambda: fio(m, "write", "1M", 8, size=size))
+        elif only_checksum:
+            k = bench.attach("k", [bench.url("a", 2), bench.url("b", 2)], checksum=True)
+            p = bench.attach("p", [bench.url("a", 3), bench.url("b", 3)])
+            for dev in (k, p):
+                fio(dev, "write", "1M", 8, size=size)
+            holder = bench.holder_pid()
+            for _ in range(max(9, 3 * s["rounds"])):
+                for side, dev in (("read, plain mirror", p), ("read, --checksum mirror", k)):
+                    before = bench.cpu_snapshot(holder)
+                    mbps = fio(dev, "read", "1M", 8, seconds=s["seconds"])
+                    after = bench.cpu_snapshot(holder)
+                    runs.setdefault(side, []).append(mbps)
+                    gb = mbps * s["seconds"] / 1e3
+                    for proc in after:
+                        cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / gb)
+            if any(member["checksum_errors"] for member in bench.status("k")["members"]):
+                raise RuntimeError("space k: checksum errors on a healthy mirror")
         else:
             m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
             w = bench.attach("w", [bench.url("a", 1), bench.url("b", 1)], region="1G")
@@ -317,15 +346,21 @@ def main():
         return 1
 
     med = {k: statistics.median(v) for k, v in runs.items()}
+    if only_checksum:
+        a, b = runs["read, --checksum mirror"], runs["read, plain mirror"]
+        paired = statistics.median([x / y for x, y in zip(a, b)])
+        print(f"1M reads: --checksum {med['read, --checksum mirror']:.0f} MB/s {[round(x) for x in a]}, plain "
+              f"{med['read, plain mirror']:.0f} MB/s {[round(x) for x in b]}: ratio of medians "
+              f"{med['read, --checksum mirror'] / med['read, plain mirror']:.1%}, median of the rounds' ratios "
+              f"{paired:.1%} (aim >= 95 %), load {os.getloadavg()[0]:.2f}")
+        print_cpu(cpu)
+        return 0
     if only_mirror:
         ratio = med["mirror write"] / med["cp to one target"]
         print(f"mirror write {med['mirror write']:.0f} MB/s {[round(x) for x in runs['mirror write']]}, cp to one "
               f"target {med['cp to one target']:.0f} MB/s {[round(x) for x in runs['cp to one target']]}: "
               f"{ratio:.0%} (aim >= 80 %), load {os.getloadavg()[0]:.2f}")
-        for side, procs in cpu.items():
-            total = statistics.median([sum(v[i] for v in procs.values()) for i in range(len(procs["client"]))])
-            print(f"  CPU-s per GB, {side}: total {total:.2f}; " +
-                  ", ".join(f"{p} {statistics.median(v):.2f}" for p, v in procs.items() if max(v) > 0.005))
+        print_cpu(cpu)
         return 0
     rows = [
         ("mirror write vs cp to one target", "mirror write", "cp to one target", ">= 80 %"),
@@ -336,14 +371,22 @@ def main():
         ("1M reads, --checksum vs plain mirror", "read, --checksum mirror", "read, plain mirror",
          ">= 95 % (cost <= 5 %)"),
     ]
-    header = f"{'comparison':42} {'measured':>12} {'against':>12} {'ratio':>7}  aim"
+    # "paired": the median of each round's own ratio, for the comparisons whose two sides run in the same
+    # rounds one after the other (all but the resync, whose cp runs come after every round): a round's pair
+    # shares the machine's state of that moment, so on a busy machine it moves less than either median.
+    header = f"{'comparison':42} {'measured':>12} {'against':>12} {'ratio':>7} {'paired':>7}  aim"
     print("\n" + header + "\n" + "-" * len(header))
     table = []
     for title, a, b, aim in rows:
         ratio = med[a] / med[b] if med[b] else 0.0
-        print(f"{title:42} {med[a]:7.0f} MB/s {med[b]:7.0f} MB/s {ratio:6.0%}  {aim}")
+        paired = None
+        if a != "resync" and len(runs[a]) == len(runs[b]) and all(runs[b]):
+            paired = statistics.median([x / y for x, y in zip(runs[a], runs[b])])
+        shown = f"{paired:6.0%}" if paired is not None else "     -"
+        print(f"{title:42} {med[a]:7.0f} MB/s {med[b]:7.0f} MB/s {ratio:6.0%} {shown}  {aim}")
         table.append({"comparison": title, "measured": a, "measured_MBps": med[a], "against": b,
-                      "against_MBps": med[b], "ratio": ratio, "aim": aim, "runs": {a: runs[a], b: runs[b]}})
+                      "against_MBps": med[b], "ratio": ratio, "paired_ratio": paired, "aim": aim,
+                      "runs": {a: runs[a], b: runs[b]}})
     os.makedirs(s["out"], exist_ok=True)
     with open(os.path.join(s["out"], "space-latest.json"), "w") as f:
         json.dump({"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),

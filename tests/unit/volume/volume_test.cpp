@@ -128,6 +128,15 @@ protected:
                   0);
         return out;
     }
+    // Every member `bytes` longer, holding different random bytes there (as a LUN resized on its target
+    // keeps whatever its new blocks held).
+    void extend_members_with_garbage(uint64_t bytes, uint64_t seed) {
+        for (unsigned s = 0; s < disks.size(); ++s) {
+            ASSERT_TRUE(disks[s]->resize(member_size + bytes));
+            auto garbage = random_bytes(bytes, seed + s);
+            ASSERT_EQ(member_io(group.at(0), *disks[s], backstore::IoOp::write, member_size, garbage), 0);
+        }
+    }
     Label label_of(unsigned slot) {
         LabelReading r = read_member_labels(group.at(0), *disks[slot]);
         EXPECT_TRUE(r.label);
@@ -691,11 +700,7 @@ TEST_F(VolumeTest, AMirrorGrowsOnlineWhenItsMembersDo) {
     ASSERT_TRUE(nothing) << nothing.error().message;
     EXPECT_EQ(nothing->after, nothing->before) << "members that did not grow give nothing";
 
-    for (unsigned s = 0; s < disks.size(); ++s) {
-        ASSERT_TRUE(disks[s]->resize(member_size + (16 << 20)));
-        auto garbage = random_bytes(16 << 20, 20 + s);
-        ASSERT_EQ(member_io(group.at(0), *disks[s], backstore::IoOp::write, member_size, garbage), 0);
-    }
+    extend_members_with_garbage(16 << 20, 20);
     auto grown = v->grow();
     ASSERT_TRUE(grown) << grown.error().message;
     EXPECT_EQ(grown->before, before);
@@ -731,11 +736,7 @@ TEST_F(VolumeTest, AGrowsEqualizingPassCutShortByACloseGoesOnAtTheNextOpen) {
     auto v = create(LayoutKind::mirror, 2);
     uint64_t before = v->geometry().bytes();
     v->set_resync_rate(1 << 20); // 16 MiB to make equal: about 16 s, far longer than this test waits
-    for (unsigned s = 0; s < disks.size(); ++s) {
-        ASSERT_TRUE(disks[s]->resize(member_size + (16 << 20)));
-        auto garbage = random_bytes(16 << 20, 30 + s);
-        ASSERT_EQ(member_io(group.at(0), *disks[s], backstore::IoOp::write, member_size, garbage), 0);
-    }
+    extend_members_with_garbage(16 << 20, 30);
     auto grown = v->grow();
     ASSERT_TRUE(grown) << grown.error().message;
     EXPECT_TRUE(v->status().resync.running);
