@@ -154,11 +154,47 @@ initiator::Timeouts member_timeouts() {
 }
 
 // One block request in flight: the Buffer the data travels in, and how many commands it became.
+// A read received straight into its caller's memory (one iovec): the initiator writes each Data-In PDU
+// there, so the data is not copied again out of a buffer of ours. The caller's memory is wrapped in a
+// Buffer whose release hook completes the request: the caller gets it back only once nothing of ours,
+// nor of the initiator's (a command it still holds), can write into it any more.
+struct DirectRead {
+    backstore::IoRequest* request = nullptr;
+    net::Reactor* origin = nullptr;
+    int error = 0; // set by finish() before the last reference of ours drops
+};
+
+namespace {
+
+// Smaller reads keep the copy: for them the wrapping's two allocations and the deferred completion cost
+// about what the copy does (as for FUSE writes, attach/fuse_server.cpp's lend_from).
+constexpr uint64_t direct_read_from = 64 << 10;
+
+void direct_read_released(void* context, uint8_t*) {
+    auto* d = static_cast<DirectRead*>(context);
+    auto complete = [d] {
+        backstore::IoRequest* request = d->request;
+        int error = d->error;
+        delete d;
+        auto done = std::move(request->done);
+        done(error);
+    };
+    // Never inline: the last reference may drop inside the initiator's own bookkeeping.
+    if (net::Reactor::current() == d->origin) {
+        d->origin->defer(std::move(complete));
+    } else {
+        d->origin->post(std::move(complete));
+    }
+}
+
+} // namespace
+
 struct RemoteDevice::Io {
     backstore::IoRequest* request = nullptr;
     net::Reactor* origin = nullptr;
-    Buffer data;               // the whole request when it fits one command
-    std::vector<Buffer> parts; // one per command otherwise
+    DirectRead* direct = nullptr; // a read into the caller's memory (data or parts wrap it)
+    Buffer data;                  // the whole request when it fits one command
+    std::vector<Buffer> parts;    // one per command otherwise
     uint64_t lba = 0;
     uint32_t blocks_per_piece = 0; // 0: one command
     uint32_t pieces = 1;
@@ -382,6 +418,21 @@ void RemoteDevice::submit_shared(backstore::IoRequest& request, const Buffer& sh
             io->pieces = uint32_t((blocks + _max_transfer_blocks - 1) / _max_transfer_blocks);
         }
         bool write = request.op == backstore::IoOp::write;
+        if (!write && request.length >= direct_read_from && request.iovcnt == 1 &&
+            request.iov[0].iov_len == request.length) {
+            io->direct = new DirectRead{&request, origin, 0};
+            Buffer whole = Buffer::wrap(static_cast<uint8_t*>(request.iov[0].iov_base), request.length,
+                                        direct_read_released, io->direct);
+            if (io->pieces == 1) {
+                io->data = std::move(whole);
+            } else {
+                size_t piece_bytes = size_t(io->blocks_per_piece) * g.block_size;
+                for (size_t at = 0; at < request.length; at += piece_bytes) {
+                    io->parts.push_back(whole.slice(at, std::min<size_t>(piece_bytes, request.length - at)));
+                }
+            }
+            break;
+        }
         if (io->pieces == 1) {
             if (write && shared && shared.size() == request.length) {
                 io->data = shared;
@@ -551,6 +602,13 @@ void RemoteDevice::on_response(Io* io, size_t piece, Response&& response) {
 void RemoteDevice::finish(Io* io) {
     backstore::IoRequest& request = *io->request;
     int error = io->error.load(std::memory_order_acquire);
+    if (io->direct != nullptr) {
+        // The data is in place; the request completes when the last reference to the caller's memory
+        // drops (here, with io's, unless the initiator still holds a command's).
+        io->direct->error = error;
+        delete io;
+        return;
+    }
     if (error == 0 && request.op == backstore::IoOp::read) {
         unsigned iov_index = 0;
         size_t iov_at = 0;
