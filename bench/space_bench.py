@@ -24,7 +24,9 @@ BENCH_SIZE (default 512M: bytes per write run and per LUN), BENCH_QUICK=1 (1 rou
 BENCH_DIR (default /var/tmp), BENCH_OUT (default bench/results: space-latest.json goes there).
 BENCH_ONLY=mirror runs only the first comparison (mirror writes vs cp), and says besides how many CPU-seconds
 per GB written each process took (user + system, from /proc and the children's rusage: a steadier measure
-than MB/s on a shared machine; the loop device's kernel threads are not counted).
+than MB/s on a shared machine; the loop device's kernel threads are not counted), and per run the CPU-seconds
+per GB that the rest of the machine used meanwhile (/proc/stat: kernel threads, and anything else running;
+a round measured beside another busy process shows there).
 
 Usage: space_bench.py --build BUILD_DIR
 Exit status: 0 done, or skipped (not root, no FUSE or loop devices, no fio, binaries not built: it says
@@ -66,6 +68,14 @@ def cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def machine_busy_cpu():
+    """CPU-seconds the whole machine has been busy (every CPU; /proc/stat, idle and iowait left out)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu():
@@ -232,6 +242,7 @@ def main():
     bench = None
     only_mirror = os.environ.get("BENCH_ONLY", "") == "mirror"
     cpu = {}  # side -> process -> [CPU-seconds per GB]
+    other = {}  # side -> [CPU-seconds per GB of the rest of the machine]
     try:
         bench = Bench(args.build, s, scratch)
         if only_mirror:
@@ -242,10 +253,19 @@ def main():
 
             def timed(side, run):
                 before = bench.cpu_snapshot(holder)
+                busy = machine_busy_cpu()
                 runs.setdefault(side, []).append(run())
+                busy = machine_busy_cpu() - busy
                 after = bench.cpu_snapshot(holder)
+                ours = 0.0
                 for proc in after:
+                    ours += after[proc] - before[proc]
                     cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / (size / 1e9))
+                # Everything else the machine did meanwhile: kernel threads (the loop device's, softirqs
+                # run outside our processes) and whatever else runs on the machine. A round where this
+                # is large was measured beside something else: `ispace cp` runs at about half its rate
+                # when another process takes one of the two CPUs.
+                other.setdefault(side, []).append(max(0.0, busy - ours) / (size / 1e9))
 
             for _ in range(s["rounds"]):
                 timed("cp to one target", lambda: bench.cp(src, bench.url("c", 0), size))
@@ -325,7 +345,8 @@ def main():
         for side, procs in cpu.items():
             total = statistics.median([sum(v[i] for v in procs.values()) for i in range(len(procs["client"]))])
             print(f"  CPU-s per GB, {side}: total {total:.2f}; " +
-                  ", ".join(f"{p} {statistics.median(v):.2f}" for p, v in procs.items() if max(v) > 0.005))
+                  ", ".join(f"{p} {statistics.median(v):.2f}" for p, v in procs.items() if max(v) > 0.005) +
+                  f"; rest of the machine, per run: {', '.join(f'{x:.2f}' for x in other[side])}")
         return 0
     rows = [
         ("mirror write vs cp to one target", "mirror write", "cp to one target", ">= 80 %"),
