@@ -245,28 +245,29 @@ def main():
     other = {}  # side -> [CPU-seconds per GB of the rest of the machine]
     try:
         bench = Bench(args.build, s, scratch)
+        holder = None  # known once a space is attached
+
+        def timed(side, run):
+            before = bench.cpu_snapshot(holder)
+            busy = machine_busy_cpu()
+            runs.setdefault(side, []).append(run())
+            busy = machine_busy_cpu() - busy
+            after = bench.cpu_snapshot(holder)
+            ours = 0.0
+            for proc in after:
+                ours += after[proc] - before[proc]
+                cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / (size / 1e9))
+            # Everything else the machine did meanwhile: kernel threads (the loop device's, softirqs
+            # run outside our processes) and whatever else runs on the machine. A round where this
+            # is large was measured beside something else: `ispace cp` runs at about half its rate
+            # when another process takes one of the two CPUs.
+            other.setdefault(side, []).append(max(0.0, busy - ours) / (size / 1e9))
+
         if only_mirror:
             m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
             fio(m, "write", "1M", 8, size=size)
             bench.cp(src, bench.url("c", 0), size)
             holder = bench.holder_pid()
-
-            def timed(side, run):
-                before = bench.cpu_snapshot(holder)
-                busy = machine_busy_cpu()
-                runs.setdefault(side, []).append(run())
-                busy = machine_busy_cpu() - busy
-                after = bench.cpu_snapshot(holder)
-                ours = 0.0
-                for proc in after:
-                    ours += after[proc] - before[proc]
-                    cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / (size / 1e9))
-                # Everything else the machine did meanwhile: kernel threads (the loop device's, softirqs
-                # run outside our processes) and whatever else runs on the machine. A round where this
-                # is large was measured beside something else: `ispace cp` runs at about half its rate
-                # when another process takes one of the two CPUs.
-                other.setdefault(side, []).append(max(0.0, busy - ours) / (size / 1e9))
-
             for _ in range(s["rounds"]):
                 timed("cp to one target", lambda: bench.cp(src, bench.url("c", 0), size))
                 timed("mirror write", lambda: fio(m, "write", "1M", 8, size=size))
@@ -280,10 +281,11 @@ def main():
             # The same for the LUN `ispace cp` writes to: otherwise its first round pays the allocation
             # (a quarter of the speed of the others, measured), and the mirror's LUNs do not.
             bench.cp(src, bench.url("c", 0), size)
+            holder = bench.holder_pid()
             # Healthy: the mirror against cp, and the bitmap's cost, in alternating rounds.
             for _ in range(s["rounds"]):
-                runs.setdefault("cp to one target", []).append(bench.cp(src, bench.url("c", 0), size))
-                runs.setdefault("mirror write", []).append(fio(m, "write", "1M", 8, size=size))
+                timed("cp to one target", lambda: bench.cp(src, bench.url("c", 0), size))
+                timed("mirror write", lambda: fio(m, "write", "1M", 8, size=size))
                 for label, name, dev in (("rand write, 1 MiB regions", "m", m), ("rand write, one region", "w", w)):
                     # From clean regions, so that the run pays for marking them.
                     bench.wait(name, lambda st: st["dirty_regions"] == 0, 30, "the sweep clearing its regions")
@@ -337,16 +339,20 @@ def main():
         return 1
 
     med = {k: statistics.median(v) for k, v in runs.items()}
-    if only_mirror:
-        ratio = med["mirror write"] / med["cp to one target"]
-        print(f"mirror write {med['mirror write']:.0f} MB/s {[round(x) for x in runs['mirror write']]}, cp to one "
-              f"target {med['cp to one target']:.0f} MB/s {[round(x) for x in runs['cp to one target']]}: "
-              f"{ratio:.0%} (aim >= 80 %), load {os.getloadavg()[0]:.2f}")
+
+    def print_cpu():
         for side, procs in cpu.items():
             total = statistics.median([sum(v[i] for v in procs.values()) for i in range(len(procs["client"]))])
             print(f"  CPU-s per GB, {side}: total {total:.2f}; " +
                   ", ".join(f"{p} {statistics.median(v):.2f}" for p, v in procs.items() if max(v) > 0.005) +
                   f"; rest of the machine, per run: {', '.join(f'{x:.2f}' for x in other[side])}")
+
+    if only_mirror:
+        ratio = med["mirror write"] / med["cp to one target"]
+        print(f"mirror write {med['mirror write']:.0f} MB/s {[round(x) for x in runs['mirror write']]}, cp to one "
+              f"target {med['cp to one target']:.0f} MB/s {[round(x) for x in runs['cp to one target']]}: "
+              f"{ratio:.0%} (aim >= 80 %), load {os.getloadavg()[0]:.2f}")
+        print_cpu()
         return 0
     rows = [
         ("mirror write vs cp to one target", "mirror write", "cp to one target", ">= 80 %"),
@@ -365,11 +371,13 @@ def main():
         print(f"{title:42} {med[a]:7.0f} MB/s {med[b]:7.0f} MB/s {ratio:6.0%}  {aim}")
         table.append({"comparison": title, "measured": a, "measured_MBps": med[a], "against": b,
                       "against_MBps": med[b], "ratio": ratio, "aim": aim, "runs": {a: runs[a], b: runs[b]}})
+    print_cpu()
     os.makedirs(s["out"], exist_ok=True)
     with open(os.path.join(s["out"], "space-latest.json"), "w") as f:
         json.dump({"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "kernel": platform.release(), "cpus": os.cpu_count(), "load": os.getloadavg(), "settings": s,
-                   "results": table}, f, indent=2)
+                   "results": table,
+                   "cpu_s_per_gb": cpu, "rest_of_machine_cpu_s_per_gb": other}, f, indent=2)
     return 0
 
 
