@@ -24,10 +24,12 @@ BENCH_SIZE (default 512M: bytes per write run and per LUN), BENCH_QUICK=1 (1 rou
 BENCH_DIR (default /var/tmp), BENCH_OUT (default bench/results: space-latest.json goes there).
 BENCH_ONLY=mirror runs only the first comparison (mirror writes vs cp), and says besides how many CPU-seconds
 per GB written each process took (user + system, from /proc and the children's rusage: a steadier measure
-than MB/s on a shared machine; the loop device's kernel threads are not counted). BENCH_ONLY=checksum runs
-only the checksum-reads comparison (at least 9 alternating rounds), with the same CPU figures per GB read and
-the median of each round's own ratio beside the ratio of the medians (a round's pair shares the machine's
-state of that moment, so its ratio is steadier than either figure).
+than MB/s on a shared machine; the loop device's kernel threads are not counted), and per run the CPU-seconds
+per GB that the rest of the machine used meanwhile (/proc/stat: kernel threads, and anything else running;
+a round measured beside another busy process shows there). BENCH_ONLY=checksum runs only the checksum-reads
+comparison (at least 9 alternating rounds), with the CPU figures per GB read of each process and the median
+of each round's own ratio beside the ratio of the medians (a round's pair shares the machine's state of that
+moment, so its ratio is steadier than either figure).
 
 Usage: space_bench.py --build BUILD_DIR
 Exit status: 0 done, or skipped (not root, no FUSE or loop devices, no fio, binaries not built: it says
@@ -71,17 +73,28 @@ def cpu_seconds(pid):
         return 0.0
 
 
+def machine_busy_cpu():
+    """CPU-seconds the whole machine has been busy (every CPU; /proc/stat, idle and iowait left out)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def children_cpu():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 
-def print_cpu(cpu):
-    """The medians of `cpu` (side -> process -> [CPU-seconds per GB, one per round]), a line per side."""
+def print_cpu(cpu, other):
+    """The medians of `cpu` (side -> process -> [CPU-seconds per GB, one per round]), a line per side, with
+    what `other` (side -> [CPU-seconds per GB of the rest of the machine, per round]) has for it."""
     for side, procs in cpu.items():
         total = statistics.median([sum(v[i] for v in procs.values()) for i in range(len(procs["client"]))])
+        rest = f"; rest of the machine, per run: {', '.join(f'{x:.2f}' for x in other[side])}" \
+            if side in other else ""
         print(f"  CPU-s per GB, {side}: total {total:.3f}; " +
-              ", ".join(f"{p} {statistics.median(v):.3f}" for p, v in procs.items() if max(v) > 0.0005))
+              ", ".join(f"{p} {statistics.median(v):.3f}" for p, v in procs.items() if max(v) > 0.0005) + rest)
 
 
 def fio(device, rw, bs, qd, size=None, seconds=None):
@@ -244,21 +257,32 @@ def main():
     only_mirror = os.environ.get("BENCH_ONLY", "") == "mirror"
     only_checksum = os.environ.get("BENCH_ONLY", "") == "checksum"
     cpu = {}  # side -> process -> [CPU-seconds per GB]
+    other = {}  # side -> [CPU-seconds per GB of the rest of the machine]
     try:
         bench = Bench(args.build, s, scratch)
+        holder = None  # known once a space is attached
+
+        def timed(side, run):
+            before = bench.cpu_snapshot(holder)
+            busy = machine_busy_cpu()
+            runs.setdefault(side, []).append(run())
+            busy = machine_busy_cpu() - busy
+            after = bench.cpu_snapshot(holder)
+            ours = 0.0
+            for proc in after:
+                ours += after[proc] - before[proc]
+                cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / (size / 1e9))
+            # Everything else the machine did meanwhile: kernel threads (the loop device's, softirqs
+            # run outside our processes) and whatever else runs on the machine. A round where this
+            # is large was measured beside something else: `ispace cp` runs at about half its rate
+            # when another process takes one of the two CPUs.
+            other.setdefault(side, []).append(max(0.0, busy - ours) / (size / 1e9))
+
         if only_mirror:
             m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
             fio(m, "write", "1M", 8, size=size)
             bench.cp(src, bench.url("c", 0), size)
             holder = bench.holder_pid()
-
-            def timed(side, run):
-                before = bench.cpu_snapshot(holder)
-                runs.setdefault(side, []).append(run())
-                after = bench.cpu_snapshot(holder)
-                for proc in after:
-                    cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / (size / 1e9))
-
             for _ in range(s["rounds"]):
                 timed("cp to one target", lambda: bench.cp(src, bench.url("c", 0), size))
                 timed("mirror write", lambda: fio(m, "write", "1M", 8, size=size))
@@ -289,10 +313,11 @@ def main():
             # The same for the LUN `ispace cp` writes to: otherwise its first round pays the allocation
             # (a quarter of the speed of the others, measured), and the mirror's LUNs do not.
             bench.cp(src, bench.url("c", 0), size)
+            holder = bench.holder_pid()
             # Healthy: the mirror against cp, and the bitmap's cost, in alternating rounds.
             for _ in range(s["rounds"]):
-                runs.setdefault("cp to one target", []).append(bench.cp(src, bench.url("c", 0), size))
-                runs.setdefault("mirror write", []).append(fio(m, "write", "1M", 8, size=size))
+                timed("cp to one target", lambda: bench.cp(src, bench.url("c", 0), size))
+                timed("mirror write", lambda: fio(m, "write", "1M", 8, size=size))
                 for label, name, dev in (("rand write, 1 MiB regions", "m", m), ("rand write, one region", "w", w)):
                     # From clean regions, so that the run pays for marking them.
                     bench.wait(name, lambda st: st["dirty_regions"] == 0, 30, "the sweep clearing its regions")
@@ -353,14 +378,14 @@ def main():
               f"{med['read, plain mirror']:.0f} MB/s {[round(x) for x in b]}: ratio of medians "
               f"{med['read, --checksum mirror'] / med['read, plain mirror']:.1%}, median of the rounds' ratios "
               f"{paired:.1%} (aim >= 95 %), load {os.getloadavg()[0]:.2f}")
-        print_cpu(cpu)
+        print_cpu(cpu, other)
         return 0
     if only_mirror:
         ratio = med["mirror write"] / med["cp to one target"]
         print(f"mirror write {med['mirror write']:.0f} MB/s {[round(x) for x in runs['mirror write']]}, cp to one "
               f"target {med['cp to one target']:.0f} MB/s {[round(x) for x in runs['cp to one target']]}: "
               f"{ratio:.0%} (aim >= 80 %), load {os.getloadavg()[0]:.2f}")
-        print_cpu(cpu)
+        print_cpu(cpu, other)
         return 0
     rows = [
         ("mirror write vs cp to one target", "mirror write", "cp to one target", ">= 80 %"),
@@ -387,11 +412,13 @@ def main():
         table.append({"comparison": title, "measured": a, "measured_MBps": med[a], "against": b,
                       "against_MBps": med[b], "ratio": ratio, "paired_ratio": paired, "aim": aim,
                       "runs": {a: runs[a], b: runs[b]}})
+    print_cpu(cpu, other)
     os.makedirs(s["out"], exist_ok=True)
     with open(os.path.join(s["out"], "space-latest.json"), "w") as f:
         json.dump({"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "kernel": platform.release(), "cpus": os.cpu_count(), "load": os.getloadavg(), "settings": s,
-                   "results": table}, f, indent=2)
+                   "results": table,
+                   "cpu_s_per_gb": cpu, "rest_of_machine_cpu_s_per_gb": other}, f, indent=2)
     return 0
 
 

@@ -295,6 +295,23 @@ def signals(ispace, ispaced, scratch):
         check(rc == 0 and os.path.getsize(small) == 256 << 20 and "copied" in err,
               f"a complete cp renames its file into place and prints a summary on a non-terminal stderr ({err.strip()!r})")
         os.unlink(small)
+
+        # The signal thread ends with the copy: cp used to wait in join() for its next 100 ms tick, so
+        # every copy took at least 100 ms (and a whole number of ticks: `ispace cp` looked trimodal).
+        # Not under the sanitizers, where starting and ending a process alone takes longer than that.
+        if os.environ.get("ISPACE_SANITIZED"):
+            return
+        tiny = os.path.join(scratch, "tiny.raw")
+        with open(tiny, "wb") as f:
+            f.write(os.urandom(4096))
+        walls = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            rc, out, err = run([ispace, "cp", tiny, tiny + ".copy"], timeout=60)
+            walls.append(time.monotonic() - t0)
+            check(rc == 0, f"cp of a 4 KiB file succeeds ({rc}: {err.strip()[-120:]!r})")
+        check(min(walls) < 0.1, f"cp of a 4 KiB file exits once it is done, not on a 100 ms tick "
+                                f"(fastest of 5: {min(walls) * 1000:.0f} ms)")
     finally:
         daemon.stop()
 
