@@ -153,7 +153,6 @@ initiator::Timeouts member_timeouts() {
     return t;
 }
 
-// One block request in flight: the Buffer the data travels in, and how many commands it became.
 // A read received straight into its caller's memory (one iovec): the initiator writes each Data-In PDU
 // there, so the data is not copied again out of a buffer of ours. The caller's memory is wrapped in a
 // Buffer whose release hook completes the request: the caller gets it back only once nothing of ours,
@@ -189,6 +188,7 @@ void direct_read_released(void* context, uint8_t*) {
 
 } // namespace
 
+// One block request in flight: the Buffer the data travels in, and how many commands it became.
 struct RemoteDevice::Io {
     backstore::IoRequest* request = nullptr;
     net::Reactor* origin = nullptr;
@@ -418,24 +418,20 @@ void RemoteDevice::submit_shared(backstore::IoRequest& request, const Buffer& sh
             io->pieces = uint32_t((blocks + _max_transfer_blocks - 1) / _max_transfer_blocks);
         }
         bool write = request.op == backstore::IoOp::write;
-        if (!write && request.length >= direct_read_from && request.iovcnt == 1 &&
-            request.iov[0].iov_len == request.length) {
+        // Where the data already lives, when no copy is needed: a write's shared Buffer, or a large read's
+        // destination (wrapped: see DirectRead).
+        Buffer in_place;
+        if (write && shared && shared.size() == request.length) {
+            in_place = shared;
+        } else if (!write && request.length >= direct_read_from && request.iovcnt == 1 &&
+                   request.iov[0].iov_len == request.length) {
             io->direct = new DirectRead{&request, origin, 0};
-            Buffer whole = Buffer::wrap(static_cast<uint8_t*>(request.iov[0].iov_base), request.length,
-                                        direct_read_released, io->direct);
-            if (io->pieces == 1) {
-                io->data = std::move(whole);
-            } else {
-                size_t piece_bytes = size_t(io->blocks_per_piece) * g.block_size;
-                for (size_t at = 0; at < request.length; at += piece_bytes) {
-                    io->parts.push_back(whole.slice(at, std::min<size_t>(piece_bytes, request.length - at)));
-                }
-            }
-            break;
+            in_place = Buffer::wrap(static_cast<uint8_t*>(request.iov[0].iov_base), request.length,
+                                    direct_read_released, io->direct);
         }
         if (io->pieces == 1) {
-            if (write && shared && shared.size() == request.length) {
-                io->data = shared;
+            if (in_place) {
+                io->data = std::move(in_place);
             } else {
                 io->data = Buffer::allocate(request.length);
                 if (write) {
@@ -448,7 +444,7 @@ void RemoteDevice::submit_shared(backstore::IoRequest& request, const Buffer& sh
             }
         } else {
             // Larger than one command may carry: one Buffer per command (the Request's buffer is its
-            // transfer length): a slice of the shared one, or a copy of the iovec's piece.
+            // transfer length): a slice of the one in place, or a copy of the iovec's piece.
             io->parts.resize(io->pieces);
             size_t piece_bytes = size_t(io->blocks_per_piece) * g.block_size;
             size_t done_bytes = 0;
@@ -456,8 +452,8 @@ void RemoteDevice::submit_shared(backstore::IoRequest& request, const Buffer& sh
             size_t iov_at = 0;
             for (uint32_t p = 0; p < io->pieces; ++p) {
                 size_t n = std::min<size_t>(piece_bytes, request.length - done_bytes);
-                if (write && shared && shared.size() == request.length) {
-                    io->parts[p] = shared.slice(done_bytes, n);
+                if (in_place) {
+                    io->parts[p] = in_place.slice(done_bytes, n);
                     done_bytes += n;
                     continue;
                 }
