@@ -59,6 +59,9 @@ struct ChecksumState {
     uint64_t reach = 0;       // blocks the area holds (>= blocks)
     uint64_t area_offset = 0; // the checksums area, the same on every member
 
+    // The 4 KiB table pages that hold `n` blocks' checksums.
+    static uint64_t pages_for(uint64_t n) { return checksum_area_bytes(n * checksum_block) / 4096; }
+
     uint32_t get(uint64_t block) const {
         return std::atomic_ref<uint32_t>(_table[block]).load(std::memory_order_relaxed);
     }

@@ -36,7 +36,7 @@ public:
     void add_target(uint32_t slot);
     // Home reactor. The regions marked now are made equal on every in-sync copy (from the lowest slot):
     // after an unclean stop, or the range a grow added (`why` says which, in the log and the status).
-    void add_unclean_pass(std::string why = "dirty regions after an unclean stop");
+    void add_unclean_pass(std::string why);
     // Home reactor. The member failed: its windows are let go.
     void drop_target(uint32_t slot);
     // Home reactor. No new window; `done` once those in flight are finished.

@@ -85,8 +85,8 @@ void copy_from_iov(const iovec* iov, int iovcnt, uint64_t skip, uint8_t* to, uin
 }
 
 ChecksumState::ChecksumState(uint64_t blocks_, uint64_t reach_, uint64_t area_offset_)
-    : blocks(blocks_), pages((blocks_ * 4 + 4095) / 4096), reach(std::max(blocks_, reach_)),
-      area_offset(area_offset_), page_dirty((reach * 4 + 4095) / 4096, 0) {
+    : blocks(blocks_), pages(pages_for(blocks_)), reach(std::max(blocks_, reach_)), area_offset(area_offset_),
+      page_dirty(pages_for(reach), 0) {
     // Zero-filled pages on first touch: a space that may grow fourfold costs memory only for what it is.
     void* p = ::mmap(nullptr, std::max<uint64_t>(reach * 4, 1), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -327,7 +327,7 @@ uint64_t Volume::sums_extend(uint64_t blocks) {
         assert(blocks > s.blocks && blocks <= s.reach);
         first = s.blocks;
         s.blocks = blocks;
-        s.pages = (blocks * 4 + 4095) / 4096;
+        s.pages = ChecksumState::pages_for(blocks);
     }
     // From the page that held the old last block (its tail, zero in memory, goes out too) to the new end.
     return sums_mark(first, blocks - 1, true);
