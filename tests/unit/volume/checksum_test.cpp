@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -113,23 +114,29 @@ protected:
         b[offset - sector] ^= 0x5a;
         put_member_data(slot, sector, b);
     }
+    // Where on member `slot` the table page holding layout block `block`'s entry is (from its label);
+    // nothing when the member has no label with a checksums area.
+    std::optional<uint64_t> sum_page_at(unsigned slot, uint64_t block) {
+        LabelReading r = read_member_labels(group.at(0), *disks[slot]);
+        const MetadataArea* area = r.label ? r.label->area(AreaType::checksums) : nullptr;
+        if (area == nullptr) {
+            return std::nullopt;
+        }
+        return area->offset + block / 1024 * 4096;
+    }
     // The table entry of layout block `block` as member `slot` holds it.
     uint32_t stored_sum(unsigned slot, uint64_t block) {
-        LabelReading r = read_member_labels(group.at(0), *disks[slot]);
-        EXPECT_TRUE(r.label);
-        const MetadataArea* area = r.label->area(AreaType::checksums);
-        EXPECT_NE(area, nullptr);
+        auto at = sum_page_at(slot, block);
+        EXPECT_TRUE(at) << "member " << slot << " has a label with a checksums area";
         std::vector<uint8_t> page(4096);
-        EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read,
-                            area->offset + block / 1024 * 4096, page),
-                  0);
+        EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, at.value_or(0), page), 0);
         return load_le32(page.data() + block % 1024 * 4);
     }
     // One bit of the table entry of layout block `block` flipped in member `slot`'s copy of the table.
     void flip_sum(unsigned slot, uint64_t block) {
-        LabelReading r = read_member_labels(group.at(0), *disks[slot]);
-        ASSERT_TRUE(r.label);
-        uint64_t at = r.label->area(AreaType::checksums)->offset + block / 1024 * 4096;
+        auto found = sum_page_at(slot, block);
+        ASSERT_TRUE(found) << "member " << slot << " has a label with a checksums area";
+        uint64_t at = *found;
         std::vector<uint8_t> page(4096);
         ASSERT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, at, page), 0);
         page[block % 1024 * 4 + 1] ^= 0x10;
