@@ -262,21 +262,24 @@ def main():
         bench = Bench(args.build, s, scratch)
         holder = None  # known once a space is attached
 
-        def timed(side, run):
+        def timed(side, run, seconds=None):
+            """One run (MB/s) with the CPU it took per GB: `size` bytes, or `seconds` of the rate."""
             before = bench.cpu_snapshot(holder)
             busy = machine_busy_cpu()
-            runs.setdefault(side, []).append(run())
+            mbps = run()
+            runs.setdefault(side, []).append(mbps)
             busy = machine_busy_cpu() - busy
             after = bench.cpu_snapshot(holder)
+            gb = mbps * seconds / 1e3 if seconds else size / 1e9
             ours = 0.0
             for proc in after:
                 ours += after[proc] - before[proc]
-                cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / (size / 1e9))
+                cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / gb)
             # Everything else the machine did meanwhile: kernel threads (the loop device's, softirqs
             # run outside our processes) and whatever else runs on the machine. A round where this
             # is large was measured beside something else: `ispace cp` runs at about half its rate
             # when another process takes one of the two CPUs.
-            other.setdefault(side, []).append(max(0.0, busy - ours) / (size / 1e9))
+            other.setdefault(side, []).append(max(0.0, busy - ours) / gb)
 
         if only_mirror:
             m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
@@ -293,14 +296,9 @@ def main():
                 fio(dev, "write", "1M", 8, size=size)
             holder = bench.holder_pid()
             for _ in range(max(9, 3 * s["rounds"])):
-                for side, dev in (("read, plain mirror", p), ("read, --checksum mirror", k)):
-                    before = bench.cpu_snapshot(holder)
-                    mbps = fio(dev, "read", "1M", 8, seconds=s["seconds"])
-                    after = bench.cpu_snapshot(holder)
-                    runs.setdefault(side, []).append(mbps)
-                    gb = mbps * s["seconds"] / 1e3
-                    for proc in after:
-                        cpu.setdefault(side, {}).setdefault(proc, []).append((after[proc] - before[proc]) / gb)
+                timed("read, plain mirror", lambda: fio(p, "read", "1M", 8, seconds=s["seconds"]), s["seconds"])
+                timed("read, --checksum mirror", lambda: fio(k, "read", "1M", 8, seconds=s["seconds"]),
+                      s["seconds"])
             if any(member["checksum_errors"] for member in bench.status("k")["members"]):
                 raise RuntimeError("space k: checksum errors on a healthy mirror")
         else:
