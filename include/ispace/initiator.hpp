@@ -24,6 +24,7 @@
 #pragma once
 
 #include "ispace/buffer.hpp"
+#include "ispace/data_observer.hpp"
 #include "ispace/function.hpp"
 #include "ispace/result.hpp"
 
@@ -154,6 +155,10 @@ struct Request {
     DataDirection direction = DataDirection::none;
     Buffer data;
     std::chrono::milliseconds timeout{0}; // 0: the session's Timeouts::command
+    // Reads, optional: told of the Data-In bytes as they land in `data` (at offset `observer_base` + their
+    // offset in `data`). Not owned; it must outlive the completion.
+    DataObserver* observer = nullptr;
+    uint64_t observer_base = 0;
 };
 
 // What came back for a Request: the target's SCSI status, sense and residuals, or an error.

@@ -12,6 +12,7 @@
 #include "common/function.hpp"
 #include "common/result.hpp"
 #include "ispace/buffer.hpp"
+#include "ispace/data_observer.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -74,6 +75,10 @@ struct IoRequest {
     // member sends a Buffer) may keep a reference instead, past done(). Empty: only `iov`, valid until
     // done().
     Buffer data;
+    // Read, optional: told of the bytes as they arrive (ispace/data_observer.hpp), offsets relative to
+    // `offset`. A device that cannot tell (most) never calls it; the caller then does its work on the data
+    // after done(). Not owned; valid until done().
+    DataObserver* observer = nullptr;
     // 0, or -errno (-EIO, -ENOSPC, -EROFS ...). Runs on the submitting reactor, never inside submit().
     Function<void(int error)> done;
 };

@@ -556,6 +556,7 @@ void Connection::on_closed(const Error& why) {
 
 iscsi::DataDestination Connection::data_destination(const Bhs& bhs, std::span<const uint8_t>,
                                                     uint32_t length) {
+    _landing = {};
     if (bhs.opcode() != Opcode::data_in) {
         return iscsi::DataDestination::allocate();
     }
@@ -565,10 +566,29 @@ iscsi::DataDestination Connection::data_destination(const Bhs& bhs, std::span<co
         PendingRequest* task = e->task;
         uint32_t offset = load_be32(bhs.bytes.data() + 40);
         if (uint64_t(offset) + length <= task->expected_length) {
+            if (task->request.observer != nullptr) {
+                _landing = {bhs.itt(), task, task->request.data.data() + offset, length,
+                            task->request.observer_base + offset};
+            }
             return iscsi::DataDestination::into(task->request.data, offset);
         }
     }
     return iscsi::DataDestination::discard(); // pdu_received() decides what that means
+}
+
+void Connection::data_landed(const uint8_t* dest, size_t n) {
+    Landing& l = _landing;
+    // Bytes of another destination (a segment the reader allocated for, a later PDU's) are not the
+    // recorded segment's: the pointer range tells.
+    if (l.task == nullptr || dest < l.dest || dest + n > l.dest + l.length) {
+        return;
+    }
+    TaskTable::Entry* e = _table.find(l.itt);
+    if (e == nullptr || e->kind != TaskTable::Kind::scsi || e->task != l.task) {
+        l = {};
+        return;
+    }
+    l.task->request.observer->landed(l.offset + uint64_t(dest - l.dest), dest, n);
 }
 
 void Connection::read_error(const iscsi::ReadError& error) {

@@ -189,6 +189,7 @@ private:
     // iscsi::PduSink
     iscsi::DataDestination data_destination(const iscsi::Bhs& bhs, std::span<const uint8_t> ahs,
                                             uint32_t length) override;
+    void data_landed(const uint8_t* dest, size_t n) override;
     void pdu_received(iscsi::ReceivedPdu&& pdu) override;
     void read_error(const iscsi::ReadError& error) override;
 
@@ -284,6 +285,17 @@ private:
     std::vector<uint8_t> _staging;
 
     TaskTable _table;
+    // The Data-In segment being received into a read's buffer whose request has an observer
+    // (data_destination): its task, where the segment starts in that buffer and at which offset of the
+    // read. The ITT is looked up again for every run of bytes, so a task finished meanwhile is not told.
+    struct Landing {
+        uint32_t itt = 0;
+        PendingRequest* task = nullptr;
+        const uint8_t* dest = nullptr;
+        uint32_t length = 0;
+        uint64_t offset = 0;
+    };
+    Landing _landing;
     uint32_t _restart_exp_stat_sn = 0; // restarts()
     uint64_t _send_order = 0; // counts commands and TMFs sent, to tell which tasks a LUN RESET covers
 

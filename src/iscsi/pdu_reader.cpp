@@ -47,6 +47,7 @@ void PduReader::direct_read_done(size_t n) {
     if (_active.data_digest) {
         _crc = crc32c(_dest + _data_have, n, _crc);
     }
+    _sink.data_landed(_dest + _data_have, n);
     _data_have += uint32_t(n);
     if (_data_have == _pdu.data_length) {
         data_complete();
@@ -192,6 +193,7 @@ size_t PduReader::consume_data(const uint8_t* p, size_t n) {
     size_t take = std::min<size_t>(n, _pdu.data_length - _data_have);
     if (_dest != nullptr) {
         std::memcpy(_dest + _data_have, p, take);
+        _sink.data_landed(_dest + _data_have, take);
     }
     if (_active.data_digest && !_skipping) {
         _crc = crc32c(p, take, _crc);

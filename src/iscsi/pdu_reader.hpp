@@ -134,6 +134,9 @@ public:
     virtual DataDestination data_destination(const Bhs& bhs, std::span<const uint8_t> ahs, uint32_t length) {
         return DataDestination::allocate();
     }
+    // `n` bytes of the current PDU's data segment were just put at `dest` (inside the destination that
+    // data_destination() returned), before the PDU is complete: called in order, before pdu_received().
+    virtual void data_landed(const uint8_t* dest, size_t n) {}
     virtual void pdu_received(ReceivedPdu&& pdu) = 0;
     virtual void read_error(const ReadError& error) = 0;
 

@@ -13,6 +13,7 @@
 // come, first served: a stream of reads cannot starve a write).
 #pragma once
 
+#include "ispace/data_observer.hpp"
 #include "ispace/function.hpp"
 #include "net/reactor.hpp"
 #include "volume/label.hpp"
@@ -40,6 +41,28 @@ inline constexpr uint64_t checksum_error_limit = 32;
 uint32_t block_checksum(const uint8_t* data, uint64_t block);
 // The checksums of `count` consecutive blocks from `first` held in an iovec, in one pass over it.
 void block_checksums(const iovec* iov, int iovcnt, uint64_t first, uint64_t count, uint32_t* out);
+
+// The checksums of a read's 4 KiB blocks, computed as its bytes land (ispace/data_observer.hpp): the
+// copy that put them in place (the socket's, for a remote member) left them in the cache, where the
+// CRC reads them for a fraction of what a second pass over the whole read costs once it completed
+// (docs/integrity.md, "Cost"). Each block's bytes must land once, in order, for its running CRC to be
+// its checksum; anything else (a byte landing twice after a retry, a gap) and finish() refuses, and the
+// caller checksums the data itself.
+class LandingSums final : public DataObserver {
+public:
+    LandingSums(uint64_t first_block, uint64_t count);
+    void landed(uint64_t offset, const uint8_t* data, size_t length) override;
+    // block_checksum() of each block into `out` (count of them), or false when some block's bytes did not
+    // land exactly once in order.
+    bool finish(uint32_t* out) const;
+
+private:
+    uint64_t _first = 0;
+    std::vector<uint32_t> _crc;  // per block: running CRC32C of what landed
+    std::vector<uint32_t> _have; // per block: bytes of it that landed
+    bool _broken = false;
+};
+
 // Copies `length` bytes from `from` into an iovec, `skip` bytes in; and out of one.
 void copy_to_iov(const iovec* iov, int iovcnt, uint64_t skip, const uint8_t* from, uint64_t length);
 void copy_from_iov(const iovec* iov, int iovcnt, uint64_t skip, uint8_t* to, uint64_t length);

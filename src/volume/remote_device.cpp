@@ -517,6 +517,11 @@ void RemoteDevice::send(Io* io, size_t piece) {
     switch (request.op) {
     case backstore::IoOp::read:
         r = make(_lun, scsi::cdb::read(first, uint32_t(count)), DataDirection::read, io->buffer_of(piece));
+        // One command only: the Data-In of several may land at once on different connections' threads,
+        // which an observer need not bear (ispace/data_observer.hpp: one thread at a time).
+        if (io->pieces == 1) {
+            r.observer = request.observer;
+        }
         break;
     case backstore::IoOp::write: {
         scsi::Cdb cdb = scsi::cdb::write(first, uint32_t(count));

@@ -294,7 +294,7 @@ void Resync::copy(std::shared_ptr<Window> w) {
             // fails is taken from another in-sync copy (and the source repaired) before it is copied, so a
             // rotten block is not spread to the member being brought back. One that no copy holds intact
             // is copied as it is (the target held no newer data) and logged; reads of it fail as before.
-            if (_v._sums && !_v.sums_check(x, source, &w->requests[read_index].iov, 1,
+            if (_v._sums && !_v.sums_check(x, source, &w->requests[read_index].iov, 1, nullptr,
                                            [this, w, e, x, targets, first_write](bool) {
                                                write_targets(w, e, x, targets, first_write);
                                            })) {

@@ -55,6 +55,7 @@ struct ThinIo;
 struct ThinState;
 struct ChecksumState;
 struct ChecksumRepair;
+class LandingSums;
 struct ScrubWindow;
 namespace thin {
 struct WritePlan;
@@ -316,8 +317,9 @@ private:
     // Verifies extent `x` as read from member `slot` into `iov` against the table. True: every block
     // matched (or has no checksum), `done` is not called. False: the blocks that failed are being repaired
     // from the column's other copies (ChecksumRepair, volume_io.cpp); `done(intact)` runs when they are, with
-    // false if some block has no good copy (its bytes in `iov` are then the bad ones).
-    bool sums_check(const Extent& x, uint32_t slot, const iovec* iov, int iovcnt,
+    // false if some block has no good copy (its bytes in `iov` are then the bad ones). `landed`: the
+    // checksums computed as the read's bytes arrived, if it observed them (null: computed here).
+    bool sums_check(const Extent& x, uint32_t slot, const iovec* iov, int iovcnt, const LandingSums* landed,
                     Function<void(bool intact)> done);
     void sums_count_error(uint32_t slot);
     // Any thread: pages of blocks [first, last] must be written; the ticket to wait for.

@@ -56,6 +56,43 @@ void block_checksums(const iovec* iov, int iovcnt, uint64_t first, uint64_t coun
     }
 }
 
+LandingSums::LandingSums(uint64_t first_block, uint64_t count)
+    : _first(first_block), _crc(count), _have(count, 0) {
+    for (uint64_t b = 0; b < count; ++b) {
+        _crc[b] = seed_of(first_block + b);
+    }
+}
+
+void LandingSums::landed(uint64_t offset, const uint8_t* data, size_t length) {
+    while (length > 0 && !_broken) {
+        uint64_t b = offset / checksum_block;
+        uint32_t at = uint32_t(offset % checksum_block);
+        if (b >= _crc.size() || _have[b] != at) {
+            _broken = true; // outside the read, landing again, or ahead of a gap
+            return;
+        }
+        size_t n = std::min<size_t>(length, checksum_block - at);
+        _crc[b] = label_crc32c(data, n, _crc[b]);
+        _have[b] += uint32_t(n);
+        offset += n;
+        data += n;
+        length -= n;
+    }
+}
+
+bool LandingSums::finish(uint32_t* out) const {
+    if (_broken) {
+        return false;
+    }
+    for (size_t b = 0; b < _crc.size(); ++b) {
+        if (_have[b] != checksum_block) {
+            return false;
+        }
+        out[b] = never_zero(_crc[b]);
+    }
+    return true;
+}
+
 void copy_to_iov(const iovec* iov, int iovcnt, uint64_t skip, const uint8_t* from, uint64_t length) {
     for (int i = 0; i < iovcnt && length > 0; ++i) {
         if (skip >= iov[i].iov_len) {

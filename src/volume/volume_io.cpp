@@ -24,7 +24,8 @@ struct VolumeIo {
         uint32_t index = 0;
         uint32_t extent = 0;
         uint32_t slot = 0;
-        uint32_t tried = 0; // reads: the members this extent was tried on
+        uint32_t tried = 0;                   // reads: the members this extent was tried on
+        std::unique_ptr<LandingSums> landing; // a large read of a checksummed space: sums as it arrives
     };
 
     Volume* volume = nullptr;
@@ -72,6 +73,11 @@ struct VolumeIo {
 namespace {
 
 constexpr size_t pool_limit = 1024;
+
+// Reads of a checksummed space from this size on have their checksums computed as they arrive
+// (LandingSums): a smaller read is still in the cache when it completes, and would pay an allocation for
+// nothing.
+constexpr uint64_t landing_sums_from = 64 << 10;
 
 struct IoPool {
     std::vector<VolumeIo*> free;
@@ -397,6 +403,10 @@ void Volume::read_extent(VolumeIo* io, uint32_t e, uint32_t tried) {
     c.request.length = x.length;
     c.request.iov = io->iovs.data() + io->iov_first[e];
     c.request.iovcnt = io->iov_count[e];
+    if (_sums && x.length >= landing_sums_from) {
+        c.landing = std::make_unique<LandingSums>(x.space_offset / checksum_block, x.length / checksum_block);
+        c.request.observer = c.landing.get();
+    }
     c.request.done = [io, index = c.index](int error) { io->volume->child_done(io, index, error); };
     submit_member(c.slot, c.request, nullptr);
 }
@@ -677,7 +687,7 @@ struct ChecksumRepair {
 bool Volume::sums_verify(VolumeIo* io, uint32_t index) {
     const auto& c = io->children[index];
     return sums_check(io->extents[c.extent], c.slot, io->iovs.data() + io->iov_first[c.extent],
-                      int(io->iov_count[c.extent]), [this, io](bool intact) {
+                      int(io->iov_count[c.extent]), c.landing.get(), [this, io](bool intact) {
                           if (!intact) {
                               io->error = -EIO;
                           }
@@ -688,12 +698,14 @@ bool Volume::sums_verify(VolumeIo* io, uint32_t index) {
 }
 
 bool Volume::sums_check(const Extent& x, uint32_t slot, const iovec* iov, int iovcnt,
-                        Function<void(bool intact)> done) {
+                        const LandingSums* landed, Function<void(bool intact)> done) {
     assert(x.space_offset % checksum_block == 0 && x.length % checksum_block == 0);
     uint64_t first = x.space_offset / checksum_block;
     thread_local std::vector<uint32_t> sums;
     sums.resize(x.length / checksum_block);
-    block_checksums(iov, iovcnt, first, sums.size(), sums.data());
+    if (landed == nullptr || !landed->finish(sums.data())) {
+        block_checksums(iov, iovcnt, first, sums.size(), sums.data());
+    }
     ChecksumRepair* repair = nullptr;
     for (uint64_t i = 0; i < sums.size(); ++i) {
         uint32_t stored = _sums->get(first + i);

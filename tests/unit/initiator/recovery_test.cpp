@@ -162,6 +162,43 @@ TEST(InitiatorRecovery, CorruptedDataDigestOnDataIn) {
     EXPECT_GE(s->info().reconnects, 1u);
 }
 
+// A read's observer (Request::observer) sees the corrupted segment land, then the read sent again land
+// at the same offsets: what it made of the first arrival is what it must distrust, and the second
+// arrival is what the read returns.
+TEST(InitiatorRecovery, AnObserverSeesAReadSentAgainLandAgain) {
+    struct Recorder final : DataObserver {
+        void landed(uint64_t offset, const uint8_t* p, size_t n) override {
+            if (offset < next) {
+                ++again;
+            }
+            next = offset + n;
+            last.resize(std::max<size_t>(last.size(), next));
+            std::memcpy(last.data() + offset, p, n);
+        }
+        uint64_t next = 0;
+        int again = 0;
+        std::vector<uint8_t> last;
+    };
+    Harness h;
+    SessionOptions so = h.options();
+    so.data_digest = DigestMode::crc32c;
+    auto s = h.connect(so);
+    ASSERT_TRUE(s);
+    Buffer data = pattern(32 * 1024, 10);
+    ASSERT_TRUE(s->execute(make_write(0, 64, 64, 512, data)).ok());
+    h.faults->set_rule(once([](const FaultPdu& p) { return is(p, FaultDirection::inbound, Opcode::data_in); },
+                            {FaultAction::corrupt_data}));
+    Recorder r;
+    Request read = make_read(0, 64, 64, 512);
+    read.observer = &r;
+    Response response = s->execute(read);
+    ASSERT_TRUE(response.ok()) << response.describe();
+    EXPECT_EQ(0, std::memcmp(read.data.data(), data.data(), data.size()));
+    EXPECT_GE(r.again, 1);
+    ASSERT_EQ(r.last.size(), data.size());
+    EXPECT_EQ(0, std::memcmp(r.last.data(), data.data(), data.size()));
+}
+
 TEST(InitiatorRecovery, CorruptedHeaderDigestOnResponse) {
     Harness h;
     SessionOptions so = h.options();

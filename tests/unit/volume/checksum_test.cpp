@@ -163,6 +163,59 @@ protected:
 // The tests put their data in MiB 1, which slot 1 serves, and damage slot 1.
 constexpr uint64_t mib1 = 1 << 20;
 
+// The checksums computed as a read's bytes land equal those of a pass over the finished read, whatever
+// the runs they land in; a byte that lands twice (a command sent again), a gap, or a block not whole
+// makes finish() refuse, so the caller computes them itself rather than trusting a wrong value.
+TEST(LandingSums, EqualAPassOverTheDataAndRefuseAnythingButEveryByteOnceInOrder) {
+    constexpr uint64_t first = 77, count = 5;
+    auto data = random_bytes(count * checksum_block, 41);
+    iovec iov{data.data(), data.size()};
+    std::vector<uint32_t> expected(count), got(count);
+    block_checksums(&iov, 1, first, count, expected.data());
+    auto land = [&](LandingSums& sums, uint64_t from, uint64_t to) {
+        sums.landed(from, data.data() + from, to - from);
+    };
+    {
+        LandingSums sums(first, count); // runs that straddle blocks, as Data-In segments do
+        uint64_t cuts[] = {0, 1000, 4096, 4097, 9000, 12288, 20480};
+        for (size_t i = 0; i + 1 < std::size(cuts); ++i) {
+            land(sums, cuts[i], cuts[i + 1]);
+        }
+        ASSERT_TRUE(sums.finish(got.data()));
+        EXPECT_EQ(got, expected);
+    }
+    {
+        LandingSums sums(first, count); // blocks in any order, each in order within itself
+        land(sums, 8192, 20480);
+        land(sums, 0, 8192);
+        ASSERT_TRUE(sums.finish(got.data()));
+        EXPECT_EQ(got, expected);
+    }
+    {
+        LandingSums sums(first, count); // a retry lands the first bytes again
+        land(sums, 0, 20480);
+        land(sums, 0, 4096);
+        EXPECT_FALSE(sums.finish(got.data()));
+    }
+    {
+        LandingSums sums(first, count); // a gap
+        land(sums, 0, 100);
+        land(sums, 200, 20480);
+        EXPECT_FALSE(sums.finish(got.data()));
+    }
+    {
+        LandingSums sums(first, count); // not everything arrived
+        land(sums, 0, 20000);
+        EXPECT_FALSE(sums.finish(got.data()));
+    }
+    {
+        LandingSums sums(first, count); // past the read
+        land(sums, 0, 20480);
+        sums.landed(20480, data.data(), 1);
+        EXPECT_FALSE(sums.finish(got.data()));
+    }
+}
+
 TEST_F(ChecksumTest, WritesAreChecksummedAndReadsVerifiedAndAFreshSpaceReads) {
     auto v = create();
     VolumeDevice device(v);

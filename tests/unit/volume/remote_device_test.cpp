@@ -155,6 +155,61 @@ TEST_F(RemoteDeviceTest, AWriteWithItsDataInABufferIsSentFromThatBuffer) {
     EXPECT_EQ(back, data);
 }
 
+// A read's observer (IoRequest::observer) is told of every byte once, in order, with the bytes that
+// the read returns, before it completes: on the path that receives into the caller's memory (large
+// reads) and on the one that copies out of a buffer of the device's (small). A read split into several
+// commands does not tell it (their Data-In may land on several threads at once).
+TEST_F(RemoteDeviceTest, AReadTellsItsObserverOfEveryByteOnceInOrder) {
+    struct Recorder final : DataObserver {
+        void landed(uint64_t offset, const uint8_t* p, size_t n) override {
+            if (offset != seen.size()) {
+                in_order = false;
+            }
+            seen.insert(seen.end(), p, p + n);
+            ++calls;
+        }
+        std::vector<uint8_t> seen;
+        bool in_order = true;
+        int calls = 0;
+    };
+    auto read_observed = [&](RemoteDevice& device, uint64_t offset, std::vector<uint8_t>& back, Recorder& r) {
+        iovec iov{back.data(), back.size()};
+        std::promise<int> result;
+        backstore::IoRequest request;
+        request.op = IoOp::read;
+        request.offset = offset;
+        request.length = back.size();
+        request.iov = &iov;
+        request.iovcnt = 1;
+        request.observer = &r;
+        request.done = [&](int error) { result.set_value(error); };
+        submitter.reactor().post([&] { device.submit(request); });
+        return result.get_future().get();
+    };
+    auto device = open(target.url(0));
+    ASSERT_TRUE(device);
+    auto data = random_bytes(1 << 20, 6);
+    ASSERT_EQ(submitter.write(*device, 2 << 20, data), 0);
+    for (size_t length : {size_t(1) << 20, size_t(16) << 10}) {
+        Recorder r;
+        std::vector<uint8_t> back(length);
+        ASSERT_EQ(read_observed(*device, 2 << 20, back, r), 0);
+        EXPECT_TRUE(std::equal(back.begin(), back.end(), data.begin()));
+        EXPECT_TRUE(r.in_order) << length;
+        EXPECT_EQ(r.seen, back) << length;
+        EXPECT_GE(r.calls, 1);
+    }
+    test::TestTarget small({"memory:32M"}, "iqn.2026-11.org.ispace:observed-split", 2, 64 << 10);
+    auto split = open(small.url(0));
+    ASSERT_TRUE(split);
+    ASSERT_EQ(submitter.write(*split, 0, data), 0);
+    Recorder r;
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(read_observed(*split, 0, back, r), 0);
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(r.calls, 0);
+}
+
 TEST_F(RemoteDeviceTest, UnmapAndWriteZeroesReadBackAsZeroes) {
     auto device = open(target.url(1));
     ASSERT_TRUE(device);
