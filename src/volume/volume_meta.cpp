@@ -317,12 +317,16 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
         v->_resync->set_rate(v->_options.resync_rate);
         // After a clean close, regions still marked with every member in sync are those a pass (a grow's,
         // or this one after an unclean stop) did not finish making equal: it goes on (a clean close clears
-        // the rest).
+        // the rest). With a member away, the marks are also what it missed, and the two cannot be told
+        // apart: the in-sync copies are made equal over all of them (a grow's pass cut short by a failure
+        // left its new range different on each; regions merely written while the member was away are
+        // equal already, and cost a copy).
         if (v->_bitmap && v->layout().redundant() && uint32_t(std::popcount(v->active_mask())) > 1 &&
-            (plan.unclean || (v->all_in_sync() && v->_bitmap->marked_count() > 0))) {
-            v->_resync->add_unclean_pass(plan.unclean
-                                             ? "dirty regions after an unclean stop"
-                                             : "regions a pass had not made equal at the last close");
+            (plan.unclean || v->_bitmap->marked_count() > 0)) {
+            v->_resync->add_unclean_pass(plan.unclean ? "dirty regions after an unclean stop"
+                                         : v->all_in_sync()
+                                             ? "regions a pass had not made equal at the last close"
+                                             : "regions marked while a member is away");
         }
         for (uint32_t s = 0; s < v->_count; ++s) {
             if (MemberState(v->_members[s].state.load()) == MemberState::rebuilding) {

@@ -754,6 +754,35 @@ TEST_F(VolumeTest, AGrowsEqualizingPassCutShortByACloseGoesOnAtTheNextOpen) {
     EXPECT_FALSE((*third)->status().resync.running);
 }
 
+// The same pass cut short by a member failing, then a close: the marks stay (the failed member needs them
+// for its resync), and the next open makes the two survivors equal in the grown range all the same —
+// otherwise two reads of a never-written block could return two different things.
+TEST_F(VolumeTest, AGrowsEqualizingPassCutShortByAFailureAndACloseStillEqualizesTheSurvivors) {
+    auto v = create(LayoutKind::mirror, 3);
+    uint64_t before = v->geometry().bytes();
+    v->set_resync_rate(1 << 20);
+    extend_members_with_garbage(16 << 20, 31);
+    auto grown = v->grow();
+    ASSERT_TRUE(grown) << grown.error().message;
+    ASSERT_TRUE(v->fail_member(2));
+    ASSERT_TRUE(v->close());
+    auto again = assemble({0, 1, 2});
+    ASSERT_TRUE(again) << again.error().message;
+    ASSERT_TRUE(test::eventually([&] { return !(*again)->status().resync.running; }, 20s));
+    uint64_t fresh = grown->after - before;
+    EXPECT_EQ(member_data(0, before, fresh), member_data(1, before, fresh));
+    // The failed member comes back by itself (its retry) and resyncs from an equal copy.
+    ASSERT_TRUE(test::eventually(
+        [&] {
+            auto st = (*again)->status();
+            return !st.resync.running && std::all_of(st.members.begin(), st.members.end(), [](const auto& m) {
+                return m.state == MemberState::active;
+            });
+        },
+        20s));
+    EXPECT_EQ(member_data(2, before, fresh), member_data(0, before, fresh));
+}
+
 TEST_F(VolumeTest, AStripeGrowsByItsShortestMembersGainTimesItsColumns) {
     auto v = create(LayoutKind::stripe, 2);
     uint64_t before = v->geometry().bytes();
