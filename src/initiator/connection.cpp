@@ -580,7 +580,8 @@ void Connection::data_landed(const uint8_t* dest, size_t n) {
     Landing& l = _landing;
     // Bytes of another destination (a segment the reader allocated for, a later PDU's) are not the
     // recorded segment's: the pointer range tells.
-    if (l.task == nullptr || dest < l.dest || dest + n > l.dest + l.length) {
+    auto at = reinterpret_cast<uintptr_t>(dest), start = reinterpret_cast<uintptr_t>(l.dest);
+    if (l.task == nullptr || at < start || at - start + n > l.length) {
         return;
     }
     TaskTable::Entry* e = _table.find(l.itt);
@@ -588,7 +589,7 @@ void Connection::data_landed(const uint8_t* dest, size_t n) {
         l = {};
         return;
     }
-    l.task->request.observer->landed(l.offset + uint64_t(dest - l.dest), dest, n);
+    l.task->request.observer->landed(l.offset + (at - start), dest, n);
 }
 
 void Connection::read_error(const iscsi::ReadError& error) {
