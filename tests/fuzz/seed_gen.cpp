@@ -738,7 +738,8 @@ void label_seeds() {
     // A checksummed mirror with a scrub record and checksum error counts (compat scrub).
     {
         uint64_t member = 256 << 20;
-        auto plan = plan_member(member, 512, member, 1 << 20, 0, checksum_area_bytes(member));
+        auto plan = plan_member(member, 512, member, 1 << 20, 0,
+                                checksum_area_bytes(member, ChecksumPageFormat::bare));
         Label l;
         l.space_uuid = make_uuid();
         l.name = "seed-scrubbed";
