@@ -510,8 +510,9 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
     // What the area holds beyond the space is room to grow (docs/integrity.md, "Growing"); the memory for
     // it is only reserved. A label may claim a larger area than this version keeps in memory: only what it
     // keeps is used.
-    uint64_t reach =
-        std::min(checksum_area_reach(area->length, format) / checksum_block, max_checksum_table / 4);
+    // (Counted in pages, not bytes of reach: a label's area length is bounded only by its member's size.)
+    uint64_t reach = std::min(area->length / checksum_page_bytes * checksum_entries_per_page(format),
+                              max_checksum_table / 4);
     auto sums = std::make_unique<ChecksumState>(_space_size / checksum_block, reach, area->offset, format);
     std::vector<uint8_t> image(sums->pages * checksum_page_bytes);
     // From an in-sync member: every checksum page write reached each of them (a member that failed one was
