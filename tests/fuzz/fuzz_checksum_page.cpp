@@ -266,8 +266,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (!forged) {
             for (unsigned m = 0; m < (failed ? 1u : 2u); ++m) {
                 std::vector<uint8_t> table(snap.pages * checksum_page_bytes);
-                FUZZ_CHECK(member_io(reactors().at(0), *raw[m], backstore::IoOp::read, snap.area_offset, table) ==
-                           0);
+                FUZZ_CHECK(member_io(reactors().at(0), *raw[m], backstore::IoOp::read, snap.area_offset,
+                                     table) == 0);
                 for (uint64_t p = 0; p < snap.pages; ++p) {
                     FUZZ_CHECK(checksum_page_sound(format, p, table.data() + p * checksum_page_bytes));
                 }
