@@ -88,6 +88,7 @@ json space_status_json(const volume::SpaceStatus& st) {
                       {"bad_blocks", st.scrub.bad_blocks},
                       {"repaired_blocks", st.scrub.repaired_blocks},
                       {"table_entries_rewritten", st.scrub.table_entries_rewritten},
+                      {"table_pages_rewritten", st.scrub.table_pages_rewritten},
                       {"unrecoverable_blocks", st.scrub.unrecoverable_blocks},
                       {"passes", st.scrub.passes},
                       {"paused", st.scrub.paused},

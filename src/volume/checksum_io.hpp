@@ -70,7 +70,7 @@ void copy_from_iov(const iovec* iov, int iovcnt, uint64_t skip, uint8_t* to, uin
 struct ChecksumState {
     // `reach`: the blocks the checksums area can hold (what the space can grow to); the table's memory is
     // reserved for them but taken only as it is written (an anonymous mapping: untouched pages are zero).
-    ChecksumState(uint64_t blocks_, uint64_t reach_, uint64_t area_offset_);
+    ChecksumState(uint64_t blocks_, uint64_t reach_, uint64_t area_offset_, ChecksumPageFormat format_);
     ~ChecksumState();
     ChecksumState(const ChecksumState&) = delete;
     ChecksumState& operator=(const ChecksumState&) = delete;
@@ -81,9 +81,12 @@ struct ChecksumState {
     uint64_t pages = 0;
     uint64_t reach = 0;       // blocks the area holds (>= blocks)
     uint64_t area_offset = 0; // the checksums area, the same on every member
+    ChecksumPageFormat format = ChecksumPageFormat::checked;
+    uint64_t per_page = 0; // entries per table page (checksum_entries_per_page)
 
     // The 4 KiB table pages that hold `n` blocks' checksums.
-    static uint64_t pages_for(uint64_t n) { return checksum_area_bytes(n * checksum_block) / 4096; }
+    uint64_t pages_for(uint64_t n) const { return checksum_pages(n, format); }
+    uint64_t page_of(uint64_t block) const { return block / per_page; }
 
     uint32_t get(uint64_t block) const {
         return std::atomic_ref<uint32_t>(_table[block]).load(std::memory_order_relaxed);
@@ -91,7 +94,7 @@ struct ChecksumState {
     void set(uint64_t block, uint32_t sum) {
         std::atomic_ref<uint32_t>(_table[block]).store(sum, std::memory_order_relaxed);
     }
-    // Page `page` of the table as it goes on disk (little-endian u32s).
+    // Page `page` of the table as it goes on disk (checksum_page.hpp).
     void encode_page(uint64_t page, uint8_t* out) const;
 
     // --- the range lock (any thread) ---
@@ -114,6 +117,7 @@ struct ChecksumState {
     uint64_t requested = 0; // tickets handed out
     uint64_t durable = 0;   // tickets whose pages are on the members
     bool writing = false;
+    uint64_t rounds = 0; // rounds started (the scrub tells a page read during one)
     bool kick_posted = false;
     bool fua = false;     // a FUA write waits for this round: its pages go with FUA too
     int failed_error = 0; // a batch that reached no member: every ticket from then on fails

@@ -592,8 +592,11 @@ Result<Label> decode_label(std::span<const uint8_t> bytes) {
         return bad(l.checksums() ? "a space with block checksums without its checksums area"
                                  : "a checksums area on a space without block checksums");
     }
+    if ((l.incompat & feature::incompat::checksum_pages) != 0 && !l.checksums()) {
+        return bad("self-checked checksum pages on a space without block checksums");
+    }
     if (const MetadataArea* sums = l.area(AreaType::checksums);
-        sums && sums->length < checksum_area_bytes(capacity(*layout))) {
+        sums && sums->length < checksum_area_bytes(capacity(*layout), l.checksum_page_format())) {
         return bad(fmt::format("the checksums area ({} bytes) cannot cover {} bytes", sums->length,
                                capacity(*layout)));
     }

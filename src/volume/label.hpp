@@ -82,7 +82,11 @@ constexpr uint64_t thin = 1u << 0; // clusters allocated on write (docs/thin.md)
 // A CRC32C per 4 KiB block of the layout's range in a checksums area on every member (docs/integrity.md):
 // an older ispace would write data without updating it, so that every later read failed.
 constexpr uint64_t checksums = 1u << 1;
-constexpr uint64_t known = thin | checksums; // what this version reads
+// Each 4 KiB page of the checksums area holds 1023 entries and its own CRC32C (checksum_page.hpp); without
+// it a page is 1024 entries and nothing else (spaces made before). An older ispace would take the check for
+// an entry and place every later entry one block off.
+constexpr uint64_t checksum_pages = 1u << 2;
+constexpr uint64_t known = thin | checksums | checksum_pages; // what this version reads
 } // namespace incompat
 namespace ro_compat {
 constexpr uint64_t known = 0;
@@ -169,6 +173,12 @@ struct ScrubRecord {
     bool operator==(const ScrubRecord&) const = default;
 };
 
+// How a checksums area's 4 KiB pages are laid out (label bit feature::incompat::checksum_pages).
+enum class ChecksumPageFormat : uint8_t {
+    bare,    // 1024 entries, nothing else (spaces made before the bit)
+    checked, // 1023 entries and the page's CRC32C seeded with its number (checksum_page.hpp)
+};
+
 struct Label {
     uint32_t version = label_version;
     uint64_t incompat = 0;
@@ -210,6 +220,10 @@ struct Label {
     const MetadataArea* area(AreaType type) const;
     bool thin() const { return (incompat & feature::incompat::thin) != 0; }
     bool checksums() const { return (incompat & feature::incompat::checksums) != 0; }
+    ChecksumPageFormat checksum_page_format() const {
+        return (incompat & feature::incompat::checksum_pages) != 0 ? ChecksumPageFormat::checked
+                                                                   : ChecksumPageFormat::bare;
+    }
     // The layout the label describes (member data sizes from the member table).
     Result<Layout> layout_of() const;
 };
@@ -255,19 +269,28 @@ Result<MemberPlan> plan_member(uint64_t member_bytes, uint32_t block_size, uint6
 // Block checksums (docs/integrity.md): one little-endian u32 per 4 KiB block of the layout's address range,
 // in a checksums area of whole 4 KiB pages.
 inline constexpr uint32_t checksum_block = 4096;
+inline constexpr uint64_t checksum_page_bytes = 4096;
 // The whole table is held in memory (S/1024 bytes for S bytes of layout): at most this much, 256 MiB, which
 // covers 256 GiB of members.
 inline constexpr uint64_t max_checksum_table = uint64_t(256) << 20;
-inline constexpr uint64_t checksum_area_bytes(uint64_t layout_bytes) {
-    uint64_t blocks = (layout_bytes + checksum_block - 1) / checksum_block;
-    return (blocks * 4 + 4095) / 4096 * 4096;
+// The block -> page arithmetic of both formats goes through this, and only this: entries per 4 KiB page.
+inline constexpr uint64_t checksum_entries_per_page(ChecksumPageFormat format) {
+    return format == ChecksumPageFormat::checked ? 1023 : 1024;
+}
+// The table pages that hold `blocks` blocks' checksums.
+inline constexpr uint64_t checksum_pages(uint64_t blocks, ChecksumPageFormat format) {
+    uint64_t per_page = checksum_entries_per_page(format);
+    return (blocks + per_page - 1) / per_page;
+}
+inline constexpr uint64_t checksum_area_bytes(uint64_t layout_bytes, ChecksumPageFormat format) {
+    return checksum_pages((layout_bytes + checksum_block - 1) / checksum_block, format) * checksum_page_bytes;
 }
 // The layout bytes that many bytes of checksums area hold.
-inline constexpr uint64_t checksum_area_reach(uint64_t area_bytes) {
-    return area_bytes / 4 * checksum_block;
+inline constexpr uint64_t checksum_area_reach(uint64_t area_bytes, ChecksumPageFormat format) {
+    return area_bytes / checksum_page_bytes * checksum_entries_per_page(format) * checksum_block;
 }
-// The most layout bytes a space with checksums may have (what max_checksum_table holds): 256 GiB.
-inline constexpr uint64_t max_checksum_reach = checksum_area_reach(max_checksum_table);
+// The most layout bytes a space with checksums may have (what max_checksum_table holds in memory): 256 GiB.
+inline constexpr uint64_t max_checksum_reach = max_checksum_table / 4 * checksum_block;
 // How far a new space's checksums area reaches: four times what its members hold at create, so that the
 // space can grow (`ispace space grow`) to four times its size; the area costs 1/1024 of that reach on every
 // member (0.4 % of what they hold) and the memory is taken only as the space grows. At least `upper`, at

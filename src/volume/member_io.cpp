@@ -1,5 +1,6 @@
 #include "volume/member_io.hpp"
 
+#include "volume/checksum_page.hpp"
 #include "volume/thin/member_store.hpp"
 #include "volume/thin/pool.hpp"
 
@@ -246,7 +247,8 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     std::vector<uint64_t> data_sizes;
     // Checksums cover the layout's range, which is at most what the members hold together; the area is
     // sized for more, so that the space can grow.
-    uint64_t checksum_bytes = spec.checksums ? checksum_area_bytes(checksum_reach_at_create(upper)) : 0;
+    uint64_t checksum_bytes =
+        spec.checksums ? checksum_area_bytes(checksum_reach_at_create(upper), spec.checksum_pages) : 0;
     if (spec.checksums && upper > max_checksum_reach) {
         return make_error(fmt::format("--checksum: the members hold {} GiB; checksums are kept in memory and "
                                       "this version takes at most {} GiB of members",
@@ -350,6 +352,9 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     }
     if (spec.checksums) {
         l.incompat |= feature::incompat::checksums;
+        if (spec.checksum_pages == ChecksumPageFormat::checked) {
+            l.incompat |= feature::incompat::checksum_pages;
+        }
         l.areas.push_back(plans[0].checksums); // and the checksums area
     }
     for (size_t i = 0; i < devices.size(); ++i) {
@@ -384,9 +389,12 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
     }
     if (spec.checksums) {
         // Zero: "no checksum yet" for every block (docs/integrity.md), so a fresh space reads whatever
-        // its members held before without a false mismatch.
+        // its members held before without a false mismatch; each page with its own check.
         for (size_t i = 0; i < devices.size(); ++i) {
             std::vector<uint8_t> zero(plans[i].checksums.length, 0);
+            for (uint64_t p = 0; p < zero.size() / checksum_page_bytes; ++p) {
+                seal_checksum_page(spec.checksum_pages, p, zero.data() + p * checksum_page_bytes);
+            }
             if (int error =
                     member_io(reactor, *devices[i], backstore::IoOp::write, plans[i].checksums.offset, zero);
                 error != 0) {

@@ -48,6 +48,9 @@ struct SpaceSpec {
     // Block checksums (docs/integrity.md): a CRC32C per 4 KiB block, verified on every read. Redundant
     // layouts only (a mismatch is repaired from another copy; a torn write is resolved through the bitmap).
     bool checksums = false;
+    // How the table's pages are laid out: always `checked` for a new space; `bare` makes one as a version
+    // before label bit feature::incompat::checksum_pages did (for the tests that such spaces still work).
+    ChecksumPageFormat checksum_pages = ChecksumPageFormat::checked;
 };
 
 // The pages a thin metadata area gets for a pool of `pool_clusters` and a device of `virtual_clusters`:

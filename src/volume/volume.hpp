@@ -125,6 +125,8 @@ struct ScrubProgress {
     // rotted); the pages holding them were written again. This pass (or the last) since open; not kept in
     // the labels.
     uint64_t table_entries_rewritten = 0;
+    // Copies of table pages that failed their own check (docs/integrity.md), written again likewise.
+    uint64_t table_pages_rewritten = 0;
 };
 
 enum class ScrubAction : uint8_t { start, pause, resume };
@@ -307,9 +309,15 @@ private:
     // --- block checksums (volume_checksum.cpp, docs/integrity.md) ---
     Result<void> sums_open(const Label& truth, bool unclean); // at open, after the labels
     // At open: the other in-sync members' copies of the table compared with `image` (read from slot
-    // `from`); differing entries settled against the data, and every copy that differs rewritten.
+    // `from`); a page that fails its own check is never used (another member's sound copy is, or else the
+    // page is made again from the data); differing entries settled against the data, and every copy that
+    // differs or failed its check rewritten.
     void sums_settle_copies(std::vector<uint8_t>& image, uint64_t blocks, uint32_t from, uint64_t area_offset,
-                            const std::string& name);
+                            ChecksumPageFormat format, const std::string& name);
+    // At open: table page `page` (into `out`), which no in-sync member holds intact, made again from the
+    // blocks it covers; the blocks whose copies differed and matched no entry of the damaged copies.
+    uint64_t sums_rebuild_page(uint8_t* out, uint64_t page, uint64_t blocks, uint64_t area_offset,
+                               ChecksumPageFormat format, const std::string& name);
     void sums_submit(backstore::IoRequest& request, net::Reactor* origin);
     void sums_start(backstore::IoRequest& request, net::Reactor* origin); // its blocks locked
     // A read child's data checked; false when a repair took the extent over (it completes it).

@@ -5,6 +5,7 @@
 #include "common/bytes.hpp"
 #include "common/log.hpp"
 #include "volume/checksum_io.hpp"
+#include "volume/checksum_page.hpp"
 #include "volume/member_io.hpp"
 #include "volume/volume.hpp"
 
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <new>
 #include <span>
+#include <tuple>
 #include <vector>
 
 namespace ispace::volume {
@@ -121,9 +123,12 @@ void copy_from_iov(const iovec* iov, int iovcnt, uint64_t skip, uint8_t* to, uin
     }
 }
 
-ChecksumState::ChecksumState(uint64_t blocks_, uint64_t reach_, uint64_t area_offset_)
-    : blocks(blocks_), pages(pages_for(blocks_)), reach(std::max(blocks_, reach_)), area_offset(area_offset_),
-      page_dirty(pages_for(reach), 0) {
+ChecksumState::ChecksumState(uint64_t blocks_, uint64_t reach_, uint64_t area_offset_,
+                             ChecksumPageFormat format_)
+    : blocks(blocks_), reach(std::max(blocks_, reach_)), area_offset(area_offset_), format(format_),
+      per_page(checksum_entries_per_page(format_)) {
+    pages = pages_for(blocks);
+    page_dirty.assign(pages_for(reach), 0);
     // Zero-filled pages on first touch: a space that may grow fourfold costs memory only for what it is.
     void* p = ::mmap(nullptr, std::max<uint64_t>(reach * 4, 1), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -138,12 +143,13 @@ ChecksumState::~ChecksumState() {
 }
 
 void ChecksumState::encode_page(uint64_t page, uint8_t* out) const {
-    std::memset(out, 0, 4096);
-    uint64_t first = page * 1024;
-    uint64_t end = std::min(blocks, first + 1024);
+    std::memset(out, 0, checksum_page_bytes);
+    uint64_t first = page * per_page;
+    uint64_t end = std::min(blocks, first + per_page);
     for (uint64_t b = first; b < end; ++b) {
-        store_le32(out + (b - first) * 4, get(b));
+        set_checksum_page_entry(out, b - first, get(b));
     }
+    seal_checksum_page(format, page, out);
 }
 
 bool ChecksumState::lock(Range range, net::Reactor* origin, Function<void()>& go) {
@@ -334,7 +340,7 @@ void Volume::sums_count_error(uint32_t slot) {
 uint64_t Volume::sums_mark(uint64_t first, uint64_t last, bool fua) {
     ChecksumState& s = *_sums;
     std::lock_guard guard(s.page_mutex);
-    for (uint64_t p = first / 1024; p <= last / 1024; ++p) {
+    for (uint64_t p = s.page_of(first); p <= s.page_of(last); ++p) {
         if (!s.page_dirty[p]) {
             s.page_dirty[p] = 1;
             s.dirty_list.push_back(p);
@@ -364,7 +370,7 @@ uint64_t Volume::sums_extend(uint64_t blocks) {
         assert(blocks > s.blocks && blocks <= s.reach);
         first = s.blocks;
         s.blocks = blocks;
-        s.pages = ChecksumState::pages_for(blocks);
+        s.pages = s.pages_for(blocks);
     }
     // From the page that held the old last block (its tail, zero in memory, goes out too) to the new end.
     return sums_mark(first, blocks - 1, true);
@@ -425,6 +431,7 @@ void Volume::sums_kick() {
             return;
         }
         s.writing = true;
+        ++s.rounds;
         pages.swap(s.dirty_list);
         for (uint64_t p : pages) {
             s.page_dirty[p] = 0;
@@ -531,17 +538,20 @@ void Volume::sums_kick() {
 Result<void> Volume::sums_open(const Label& truth, bool unclean) {
     assert(net::Reactor::current() == nullptr);
     const MetadataArea* area = truth.area(AreaType::checksums);
+    ChecksumPageFormat format = truth.checksum_page_format();
     if (area == nullptr || _space_size % checksum_block != 0 ||
-        area->length < checksum_area_bytes(_space_size)) {
+        area->length < checksum_area_bytes(_space_size, format)) {
         return make_error(fmt::format("space '{}': the checksums area does not cover the space", truth.name),
                           EINVAL);
     }
     // What the area holds beyond the space is room to grow (docs/integrity.md, "Growing"); the memory for
     // it is only reserved. A label may claim a larger area than this version keeps in memory: only what it
     // keeps is used.
-    uint64_t reach = std::min(area->length, max_checksum_table) / 4;
-    auto sums = std::make_unique<ChecksumState>(_space_size / checksum_block, reach, area->offset);
-    std::vector<uint8_t> image(sums->pages * 4096);
+    // (Counted in pages, not bytes of reach: a label's area length is bounded only by its member's size.)
+    uint64_t reach = std::min(area->length / checksum_page_bytes * checksum_entries_per_page(format),
+                              max_checksum_table / 4);
+    auto sums = std::make_unique<ChecksumState>(_space_size / checksum_block, reach, area->offset, format);
+    std::vector<uint8_t> image(sums->pages * checksum_page_bytes);
     // From an in-sync member: every checksum page write reached each of them (a member that failed one was
     // failed). A rebuilding member may have missed some; it gets the whole table below.
     bool loaded = false;
@@ -561,9 +571,10 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
     if (!loaded) {
         return make_error(fmt::format("space '{}': no member's checksums could be read", truth.name), EIO);
     }
-    sums_settle_copies(image, sums->blocks, from, area->offset, truth.name);
+    sums_settle_copies(image, sums->blocks, from, area->offset, format, truth.name);
     for (uint64_t b = 0; b < sums->blocks; ++b) {
-        sums->set(b, load_le32(image.data() + b * 4));
+        sums->set(b, checksum_page_entry(image.data() + sums->page_of(b) * checksum_page_bytes,
+                                         b % sums->per_page));
     }
     _sums = std::move(sums);
     scrub_from_label(truth);
@@ -665,138 +676,284 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
 // members and not others when the holder died (the unclean pass in sums_open settles those blocks again
 // from the data). Trusting one member's copy blindly would turn one flipped bit in its table into a
 // MEDIUM ERROR for a block whose every copy is good, and a scrub that calls them unrepairable. So every
-// in-sync copy is compared with the one loaded (1 MiB at a time: a large table is not held twice), and
-// each differing entry is settled against the data: the first value (loaded copy first) that some copy of
-// the block matches wins; when none does, the loaded copy's value stays (the reads and the scrub report
-// the block). Members whose pages differ from the result get the settled pages.
+// in-sync copy is compared with the one loaded (1 MiB at a time: a large table is not held twice). A page
+// that fails its own check (checksum_page.hpp: rot, a torn write, a page at the wrong place) is lost on
+// that member: the first sound copy of it is taken, and when no member has one it is made again from the
+// data (sums_rebuild_page). Each entry where sound copies differ is settled against the data: the first
+// value (loaded copy first) that some copy of the block matches wins; when none does, the loaded copy's
+// value stays (the reads and the scrub report the block). Members whose pages differ from the result, or
+// failed their check, get the settled pages.
 void Volume::sums_settle_copies(std::vector<uint8_t>& image, uint64_t blocks, uint32_t from,
-                                uint64_t area_offset, const std::string& name) {
-    constexpr uint64_t entries_per_page = 4096 / 4;
+                                uint64_t area_offset, ChecksumPageFormat format, const std::string& name) {
+    const uint64_t per_page = checksum_entries_per_page(format);
     constexpr uint64_t chunk_pages = 256;
-    uint64_t pages = image.size() / 4096;
-    struct Differs {
+    uint64_t pages = image.size() / checksum_page_bytes;
+    auto page_at = [&image](uint64_t page) { return image.data() + page * checksum_page_bytes; };
+    auto in_sync = [this](uint32_t s) {
+        return _members[s].device && MemberState(_members[s].state.load()) == MemberState::active;
+    };
+    // A member's copy of a page that is not what `image` holds: one that failed its check (`sound` false;
+    // its bytes are not kept), or a sound one that differs.
+    struct Copy {
         uint32_t slot;
         uint64_t page;
+        bool sound;
         std::vector<uint8_t> content;
     };
-    std::vector<Differs> differing;
+    std::vector<Copy> copies;
+    std::vector<uint8_t> unsound(pages, 0); // no sound copy of the page seen yet
+    uint64_t bad_pages = 0;
+    auto bad_page = [&](uint32_t slot, uint64_t page) {
+        log_warn(
+            "space {}: {}'s copy of checksum table page {} (layout blocks {} to {}) fails its own check; "
+            "it is not used",
+            name, _members[slot].url, page, page * per_page, std::min(blocks, (page + 1) * per_page) - 1);
+        copies.push_back({slot, page, false, {}});
+        ++bad_pages;
+    };
+    for (uint64_t p = 0; p < pages; ++p) {
+        if (!checksum_page_sound(format, p, page_at(p))) {
+            unsound[p] = 1;
+            bad_page(from, p);
+        }
+    }
     std::vector<uint8_t> chunk;
     for (uint32_t s = 0; s < _count; ++s) {
-        Member& m = _members[s];
-        if (s == from || !m.device || MemberState(m.state.load()) != MemberState::active) {
+        if (s == from || !in_sync(s)) {
             continue;
         }
         for (uint64_t first = 0; first < pages; first += chunk_pages) {
             uint64_t n = std::min(chunk_pages, pages - first);
-            chunk.resize(n * 4096);
-            if (int error =
-                    member_io(_home, *m.device, backstore::IoOp::read, area_offset + first * 4096, chunk);
+            chunk.resize(n * checksum_page_bytes);
+            if (int error = member_io(_home, *_members[s].device, backstore::IoOp::read,
+                                      area_offset + first * checksum_page_bytes, chunk);
                 error != 0) {
                 member_error(s, error, "checksums read");
                 break;
             }
             for (uint64_t i = 0; i < n; ++i) {
-                const uint8_t* theirs = chunk.data() + i * 4096;
-                if (std::memcmp(theirs, image.data() + (first + i) * 4096, 4096) != 0) {
-                    differing.push_back({s, first + i, std::vector<uint8_t>(theirs, theirs + 4096)});
+                uint64_t page = first + i;
+                const uint8_t* theirs = chunk.data() + i * checksum_page_bytes;
+                if (!checksum_page_sound(format, page, theirs)) {
+                    bad_page(s, page);
+                } else if (unsound[page]) {
+                    // The first sound copy stands for the page from now on, as if it had been loaded.
+                    std::memcpy(page_at(page), theirs, checksum_page_bytes);
+                    unsound[page] = 0;
+                } else if (std::memcmp(theirs, page_at(page), checksum_page_bytes) != 0) {
+                    copies.push_back(
+                        {s, page, true, std::vector<uint8_t>(theirs, theirs + checksum_page_bytes)});
                 }
             }
         }
     }
-    if (differing.empty()) {
+    if (copies.empty()) {
         return;
     }
-    // Settle entry by entry, page by page (`differing` is by member, then page).
-    std::vector<uint64_t> settled_pages;
-    for (const Differs& d : differing) {
-        settled_pages.push_back(d.page);
-    }
-    std::sort(settled_pages.begin(), settled_pages.end());
-    settled_pages.erase(std::unique(settled_pages.begin(), settled_pages.end()), settled_pages.end());
-    uint64_t entries = 0, unsettled = 0;
+    // Page by page (a page's copies are at most one per member).
+    std::sort(copies.begin(), copies.end(), [](const Copy& a, const Copy& b) {
+        return std::tie(a.page, a.slot) < std::tie(b.page, b.slot);
+    });
+    uint64_t settled_pages = 0, entries = 0, unsettled = 0, rebuilt = 0, guessed = 0, rewritten = 0;
     std::vector<uint8_t> data(checksum_block);
+    std::vector<uint8_t> loaded(checksum_page_bytes);
     std::vector<Extent> extents;
-    std::vector<uint8_t> loaded(settled_pages.size() * 4096); // the loaded member's pages as they were
-    for (size_t i = 0; i < settled_pages.size(); ++i) {
-        uint64_t page = settled_pages[i];
-        uint8_t* ours = image.data() + page * 4096;
-        std::memcpy(loaded.data() + i * 4096, ours, 4096);
-        for (uint64_t e = 0; e < entries_per_page; ++e) {
-            uint64_t block = page * entries_per_page + e;
-            if (block >= blocks) {
-                break;
-            }
-            std::vector<uint32_t> candidates{load_le32(ours + e * 4)};
-            for (const Differs& d : differing) {
-                uint32_t v = load_le32(d.content.data() + e * 4);
-                if (d.page == page &&
-                    std::find(candidates.begin(), candidates.end(), v) == candidates.end()) {
-                    candidates.push_back(v);
-                }
-            }
-            if (candidates.size() == 1) {
-                continue;
-            }
-            ++entries;
-            // The block's data, from every in-sync copy of its column.
-            std::vector<uint32_t> actual;
-            extents.clear();
-            map_range(layout(), block * checksum_block, checksum_block, extents);
-            for (const Extent& x : extents) {
-                for (uint32_t c = 0; c < layout().copies; ++c) {
-                    uint32_t slot = member_of(layout(), x.column, c);
-                    Member& m = _members[slot];
-                    if (!m.device || MemberState(m.state.load()) != MemberState::active ||
-                        member_io(_home, *m.device, backstore::IoOp::read, m.data_offset + x.member_offset,
-                                  data) != 0) {
-                        continue;
-                    }
-                    actual.push_back(block_checksum(data.data(), block));
-                }
-            }
-            auto winner = std::find_if(candidates.begin(), candidates.end(), [&](uint32_t v) {
-                return v != 0 && std::find(actual.begin(), actual.end(), v) != actual.end();
-            });
-            if (winner == candidates.end()) {
-                ++unsettled;
-                continue; // the loaded value stays
-            }
-            store_le32(ours + e * 4, *winner);
+    for (size_t g = 0; g < copies.size();) {
+        uint64_t page = copies[g].page;
+        size_t end = g;
+        bool differs = false;
+        while (end < copies.size() && copies[end].page == page) {
+            differs |= copies[end].sound;
+            ++end;
         }
-    }
-    // Every member whose copy of a settled page differs from the result gets it.
-    uint64_t rewritten = 0;
-    for (size_t i = 0; i < settled_pages.size(); ++i) {
-        uint64_t page = settled_pages[i];
-        std::span<uint8_t> settled(image.data() + page * 4096, 4096);
+        uint8_t* ours = page_at(page);
+        std::memcpy(loaded.data(), ours, checksum_page_bytes); // what members not in this group hold
+        if (unsound[page]) {
+            guessed += sums_rebuild_page(ours, page, blocks, area_offset, format, name);
+            ++rebuilt;
+        } else if (differs) {
+            ++settled_pages;
+            for (uint64_t e = 0; e < per_page; ++e) {
+                uint64_t block = page * per_page + e;
+                if (block >= blocks) {
+                    break;
+                }
+                std::vector<uint32_t> candidates{checksum_page_entry(ours, e)};
+                for (size_t i = g; i < end; ++i) {
+                    uint32_t v = copies[i].sound ? checksum_page_entry(copies[i].content.data(), e) : 0;
+                    if (copies[i].sound &&
+                        std::find(candidates.begin(), candidates.end(), v) == candidates.end()) {
+                        candidates.push_back(v);
+                    }
+                }
+                if (candidates.size() == 1) {
+                    continue;
+                }
+                ++entries;
+                // The block's data, from every in-sync copy of its column.
+                std::vector<uint32_t> actual;
+                extents.clear();
+                map_range(layout(), block * checksum_block, checksum_block, extents);
+                for (const Extent& x : extents) {
+                    for (uint32_t c = 0; c < layout().copies; ++c) {
+                        uint32_t slot = member_of(layout(), x.column, c);
+                        Member& m = _members[slot];
+                        if (!in_sync(slot) || member_io(_home, *m.device, backstore::IoOp::read,
+                                                        m.data_offset + x.member_offset, data) != 0) {
+                            continue;
+                        }
+                        actual.push_back(block_checksum(data.data(), block));
+                    }
+                }
+                auto winner = std::find_if(candidates.begin(), candidates.end(), [&](uint32_t v) {
+                    return v != 0 && std::find(actual.begin(), actual.end(), v) != actual.end();
+                });
+                if (winner == candidates.end()) {
+                    ++unsettled;
+                    continue; // the loaded value stays
+                }
+                set_checksum_page_entry(ours, e, *winner);
+            }
+            seal_checksum_page(format, page, ours);
+        }
+        // Every in-sync member whose copy differs from the result, or failed its check, gets it.
+        std::span<uint8_t> settled(ours, checksum_page_bytes);
         for (uint32_t s = 0; s < _count; ++s) {
-            Member& m = _members[s];
-            if (!m.device || MemberState(m.state.load()) != MemberState::active) {
+            if (!in_sync(s)) {
                 continue;
             }
-            // A member not in `differing` for this page holds what the loaded one held.
-            const uint8_t* theirs = loaded.data() + i * 4096;
-            for (const Differs& d : differing) {
-                if (d.slot == s && d.page == page) {
-                    theirs = d.content.data();
+            const uint8_t* theirs = loaded.data();
+            for (size_t i = g; i < end; ++i) {
+                if (copies[i].slot == s) {
+                    theirs = copies[i].sound ? copies[i].content.data() : nullptr;
                 }
             }
-            if (std::memcmp(theirs, settled.data(), 4096) == 0) {
+            if (theirs != nullptr && std::memcmp(theirs, ours, checksum_page_bytes) == 0) {
                 continue;
             }
-            if (int error = member_io(_home, *m.device, backstore::IoOp::write, area_offset + page * 4096,
-                                      settled, true);
+            if (int error = member_io(_home, *_members[s].device, backstore::IoOp::write,
+                                      area_offset + page * checksum_page_bytes, settled, true);
                 error != 0) {
                 member_error(s, error, "checksums write");
                 continue;
             }
             ++rewritten;
         }
+        g = end;
     }
-    log_warn("space {}: the members' copies of the block checksums differed in {} page(s) ({} entries): "
-             "settled against the data ({} could not be: the blocks will fail their reads) and {} page "
-             "copies rewritten",
-             name, settled_pages.size(), entries, unsettled, rewritten);
+    log_warn(
+        "space {}: the members' copies of the block checksums: {} page copies failed their own check, {} "
+        "page(s) made again from the data ({} blocks whose copies differed took the lowest in-sync "
+        "copy's checksum), {} page(s) differed ({} entries) and were settled against the data ({} could "
+        "not be: the blocks will fail their reads); {} page copies rewritten",
+        name, bad_pages, rebuilt, guessed, settled_pages, entries, unsettled, rewritten);
+}
+
+// No in-sync member holds page `page` intact, so its entries are made again from the data they cover:
+// every in-sync copy of each block is read; copies that agree give its checksum. Where they differ, the
+// first copy whose checksum some damaged copy of the page still holds at that entry wins (a torn page
+// keeps most of its entries, and a rotted entry cannot match by chance), else the lowest in-sync copy, as
+// the unclean resync would choose; the other copies are made equal to the winner. A block no copy of
+// which could be read gets no checksum (0). Damaged bytes are only ever compared with, never taken.
+uint64_t Volume::sums_rebuild_page(uint8_t* out, uint64_t page, uint64_t blocks, uint64_t area_offset,
+                                   ChecksumPageFormat format, const std::string& name) {
+    const uint64_t per_page = checksum_entries_per_page(format);
+    uint64_t first = page * per_page;
+    uint64_t count = std::min(blocks, first + per_page) - first;
+    std::vector<std::vector<uint8_t>> damaged;
+    for (uint32_t s = 0; s < _count; ++s) {
+        Member& m = _members[s];
+        if (!m.device || MemberState(m.state.load()) != MemberState::active) {
+            continue;
+        }
+        std::vector<uint8_t> bytes(checksum_page_bytes);
+        if (member_io(_home, *m.device, backstore::IoOp::read, area_offset + page * checksum_page_bytes,
+                      bytes) == 0) {
+            damaged.push_back(std::move(bytes));
+        }
+    }
+    std::vector<uint32_t> sums(count, 0);
+    uint64_t guessed = 0, unread = 0, rewritten = 0;
+    uint64_t first_guessed = 0;
+    std::vector<Extent> extents;
+    map_range(layout(), first * checksum_block, count * checksum_block, extents);
+    for (const Extent& x : extents) {
+        std::vector<uint32_t> slots;
+        std::vector<std::vector<uint8_t>> data;
+        for (uint32_t c = 0; c < layout().copies; ++c) {
+            uint32_t slot = member_of(layout(), x.column, c);
+            Member& m = _members[slot];
+            if (!m.device || MemberState(m.state.load()) != MemberState::active) {
+                continue;
+            }
+            std::vector<uint8_t> bytes(x.length);
+            if (int error = member_io(_home, *m.device, backstore::IoOp::read,
+                                      m.data_offset + x.member_offset, bytes);
+                error != 0) {
+                member_error(slot, error, "read");
+                continue;
+            }
+            slots.push_back(slot);
+            data.push_back(std::move(bytes));
+        }
+        std::vector<uint32_t> got(data.size());
+        for (uint64_t i = 0; i * checksum_block < x.length; ++i) {
+            uint64_t block = x.space_offset / checksum_block + i;
+            uint64_t at = i * checksum_block;
+            if (data.empty()) {
+                ++unread;
+                continue;
+            }
+            for (size_t k = 0; k < data.size(); ++k) {
+                got[k] = block_checksum(data[k].data() + at, block);
+            }
+            size_t winner = 0;
+            if (std::any_of(got.begin(), got.end(), [&](uint32_t v) { return v != got[0]; })) {
+                auto hinted = [&](uint32_t v) {
+                    return std::any_of(damaged.begin(), damaged.end(), [&](const std::vector<uint8_t>& d) {
+                        return checksum_page_entry(d.data(), block - first) == v;
+                    });
+                };
+                auto it = std::find_if(got.begin(), got.end(), hinted);
+                if (it != got.end()) {
+                    winner = size_t(it - got.begin());
+                } else {
+                    first_guessed = guessed == 0 ? block : first_guessed;
+                    ++guessed;
+                }
+                for (size_t k = 0; k < data.size(); ++k) {
+                    if (got[k] == got[winner]) {
+                        continue;
+                    }
+                    Member& m = _members[slots[k]];
+                    std::span<uint8_t> good(data[winner].data() + at, checksum_block);
+                    if (int error = member_io(_home, *m.device, backstore::IoOp::write,
+                                              m.data_offset + x.member_offset + at, good);
+                        error != 0) {
+                        member_error(slots[k], error, "write");
+                    }
+                    ++rewritten;
+                }
+            }
+            sums[block - first] = got[winner];
+        }
+    }
+    std::memset(out, 0, checksum_page_bytes);
+    for (uint64_t e = 0; e < count; ++e) {
+        set_checksum_page_entry(out, e, sums[e]);
+    }
+    seal_checksum_page(format, page, out);
+    log_warn("space {}: no in-sync member holds checksum table page {} intact: its {} entries were made "
+             "again from the data ({} block copies made equal to the winning copy; {} blocks could not be "
+             "read and are not verified)",
+             name, page, count, rewritten, unread);
+    if (guessed != 0) {
+        log_warn(
+            "space {}: {} blocks of checksum table page {} (the first at layout offset {}) had copies that "
+            "differ and matched no entry of the damaged page: the lowest in-sync copy was taken",
+            name, guessed, page, first_guessed * checksum_block);
+    }
+    return guessed;
 }
 
 // ---- scrub -----------------------------------------------------------------------------------------------
@@ -928,6 +1085,10 @@ struct ScrubWindow {
     std::vector<Extent> extents;
     std::vector<std::unique_ptr<Copy>> copies;
     std::vector<std::unique_ptr<Table>> tables;
+    // The page writer's rounds when the table reads were sent, and whether one was running: a page the
+    // writer wrote while it was read may read torn, which is no fault of the member.
+    uint64_t page_rounds = 0;
+    bool page_writing = false;
     std::vector<std::unique_ptr<Fix>> fixes;
     std::atomic<uint32_t> left{0};
 };
@@ -1056,15 +1217,22 @@ void Volume::scrub_window() {
         // The members' copies of this window's table entries: under the window's lock no write can change
         // them, and every write that did is on every in-sync member, so an entry that differs from memory
         // is rot in that copy (which would otherwise wait for the next open to be found).
-        uint64_t first_page = w->range.first / 1024, pages = w->range.last / 1024 + 1 - first_page;
+        uint64_t first_page = _sums->page_of(w->range.first);
+        uint64_t pages = _sums->page_of(w->range.last) + 1 - first_page;
         for (uint32_t slot = 0; slot < _count; ++slot) {
             if (!(readable & (1u << slot))) {
                 continue;
             }
             auto t = std::make_unique<ScrubWindow::Table>();
             t->first_page = first_page;
-            t->prepare(slot, _sums->area_offset + first_page * 4096, pages * 4096);
+            t->prepare(slot, _sums->area_offset + first_page * checksum_page_bytes,
+                       pages * checksum_page_bytes);
             w->tables.push_back(std::move(t));
+        }
+        {
+            std::lock_guard guard(_sums->page_mutex);
+            w->page_rounds = _sums->rounds;
+            w->page_writing = _sums->writing;
         }
         auto checked = [this, w, at, length] {
             // Per block: the copies that match, the ones that do not; the first good one over the bad.
@@ -1133,14 +1301,38 @@ void Volume::scrub_window() {
                     }
                 }
             }
-            uint64_t table_entries = 0;
+            uint64_t table_entries = 0, table_pages = 0;
+            bool overlapped = false; // a page write round ran while the pages were read
+            {
+                std::lock_guard guard(s.page_mutex);
+                overlapped = w->page_writing || s.rounds != w->page_rounds;
+            }
+            bool suspect = false;
             for (auto& t : w->tables) {
                 if (!t->ok) {
                     continue;
                 }
+                // A page that fails its own check is rewritten whole, even where its entries (all that
+                // memory can compare) are right: the damage may be in the check itself. One that a page
+                // write may have changed as it was read is rewritten too, but not reported.
+                for (uint64_t i = 0; i * checksum_page_bytes < t->data.size(); ++i) {
+                    uint64_t page = t->first_page + i;
+                    if (checksum_page_sound(s.format, page, t->data.data() + i * checksum_page_bytes)) {
+                        continue;
+                    }
+                    suspect = true;
+                    if (!overlapped) {
+                        log_warn("space {}: scrub: {}'s copy of checksum table page {} fails its own check; "
+                                 "it is written again from the table",
+                                 _truth_at_open.name, _members[t->slot].url, page);
+                        ++table_pages;
+                    }
+                }
                 uint64_t differ = 0;
                 for (uint64_t block = w->range.first; block <= w->range.last; ++block) {
-                    differ += load_le32(t->data.data() + (block - t->first_page * 1024) * 4) != s.get(block);
+                    const uint8_t* page =
+                        t->data.data() + (s.page_of(block) - t->first_page) * checksum_page_bytes;
+                    differ += checksum_page_entry(page, block % s.per_page) != s.get(block);
                 }
                 if (differ != 0) {
                     log_warn(
@@ -1151,12 +1343,13 @@ void Volume::scrub_window() {
                     table_entries += differ;
                 }
             }
-            if (table_entries != 0) {
+            if (table_entries != 0 || suspect) {
                 sums_mark(w->range.first, w->range.last, false); // the page writer puts them on every member
             }
             {
                 std::lock_guard guard(s.scrub_mutex);
                 s.scrub.table_entries_rewritten += table_entries;
+                s.scrub.table_pages_rewritten += table_pages;
                 s.scrub.bad_blocks += bad;
                 s.scrub.repaired_blocks += repaired;
                 s.scrub.unrecoverable_blocks += lost;

@@ -53,7 +53,8 @@ std::vector<uint8_t> base_label(bool scrub) {
     if (scrub) {
         l.incompat = feature::incompat::checksums;
         l.compat |= feature::compat::scrub;
-        l.areas.push_back({AreaType::checksums, 0, metadata_start + 4096, checksum_area_bytes(62 << 20)});
+        l.areas.push_back({AreaType::checksums, 0, metadata_start + 4096,
+                           checksum_area_bytes(62 << 20, ChecksumPageFormat::bare)});
         l.scrub.state = ScrubState::done;
         l.scrub.position = 62 << 20;
         l.scrub.started = 1700000000;

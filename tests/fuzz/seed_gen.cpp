@@ -12,6 +12,7 @@
 #include "iscsi/pdu.hpp"
 #include "isns/message.hpp"
 #include "isns/objects.hpp"
+#include "volume/checksum_page.hpp"
 #include "volume/label.hpp"
 #include "volume/thin/format.hpp"
 
@@ -738,7 +739,8 @@ void label_seeds() {
     // A checksummed mirror with a scrub record and checksum error counts (compat scrub).
     {
         uint64_t member = 256 << 20;
-        auto plan = plan_member(member, 512, member, 1 << 20, 0, checksum_area_bytes(member));
+        auto plan = plan_member(member, 512, member, 1 << 20, 0,
+                                checksum_area_bytes(member, ChecksumPageFormat::bare));
         Label l;
         l.space_uuid = make_uuid();
         l.name = "seed-scrubbed";
@@ -833,6 +835,35 @@ void thin_page_seeds() {
                Bytes{0x18, 0x05, 0x40, 0x00, 0x01, 0x09, 0x48, 0x00, 0x02});
 }
 
+// ---- Block checksum table pages -------------------------------------------------------------------------
+
+// A sealed page alone in each format (mode 2, 3); the real mirror opened unchanged, with one damaged page on
+// one member, the same page damaged on both (made again from the data), with its only in-sync member's page
+// damaged, with a forged (resealed) entry, and in the bare format with a flipped entry. Edits: member,
+// page, offset (2 bytes, little-endian), xor; as fuzz_checksum_page.cpp reads them.
+void checksum_page_seeds() {
+    using namespace ispace::volume;
+    for (auto format : {ChecksumPageFormat::checked, ChecksumPageFormat::bare}) {
+        Bytes seed(1 + 4 + checksum_page_bytes, 0);
+        seed[0] = format == ChecksumPageFormat::bare ? 0x03 : 0x02;
+        seed[1] = 1; // page 1
+        for (uint64_t e = 0; e < 8; ++e) {
+            set_checksum_page_entry(seed.data() + 5, e, uint32_t(0x1000 + e));
+        }
+        seal_checksum_page(format, 1, seed.data() + 5);
+        write_seed("fuzz_checksum_page",
+                   std::string("page-") + (format == ChecksumPageFormat::bare ? "bare" : "checked"), seed);
+    }
+    write_seed("fuzz_checksum_page", "mirror-unchanged", Bytes{0x00});
+    write_seed("fuzz_checksum_page", "mirror-one-page-on-one-member",
+               Bytes{0x00, 0x00, 0x00, 0x10, 0x01, 0x04});
+    write_seed("fuzz_checksum_page", "mirror-one-page-on-both",
+               Bytes{0x00, 0x00, 0x01, 0x00, 0x08, 0x20, 0x01, 0x01, 0x00, 0x02, 0x01});
+    write_seed("fuzz_checksum_page", "mirror-only-in-sync-member", Bytes{0x04, 0x00, 0x00, 0x10, 0x01, 0x04});
+    write_seed("fuzz_checksum_page", "mirror-forged-entry", Bytes{0x08, 0x00, 0x00, 0x10, 0x01, 0x04});
+    write_seed("fuzz_checksum_page", "bare-mirror-flipped-entry", Bytes{0x01, 0x01, 0x00, 0x10, 0x01, 0x04});
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) {
         std::fprintf(stderr, "usage: %s <corpus root>\n", argv[0]);
@@ -846,6 +877,7 @@ int main(int argc, char** argv) {
     cdb_seeds();
     label_seeds();
     thin_page_seeds();
+    checksum_page_seeds();
     isns_seeds();
     return 0;
 }

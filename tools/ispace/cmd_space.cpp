@@ -215,6 +215,11 @@ void print_status(const json& st) {
             fmt::print("    {} entries of the members' copies of the checksum table had rotted; rewritten\n",
                        table);
         }
+        if (uint64_t pages = sc.value("table_pages_rewritten", uint64_t(0)); pages != 0) {
+            fmt::print("    {} pages of the members' copies of the checksum table failed their own check; "
+                       "rewritten\n",
+                       pages);
+        }
         const json& lost = sc.contains("unrecoverable_lbas")
                                ? sc["unrecoverable_lbas"]
                                : sc.value("unrecoverable_offsets", json::array());

@@ -176,7 +176,7 @@ TEST(Label, ThinSpaceRoundTrips) {
 
 // Block checksums: the feature bit and an area of a u32 per 4 KiB block of the layout, after the others.
 TEST(Label, ChecksummedSpaceRoundTrips) {
-    uint64_t sums = checksum_area_bytes(64 << 20);
+    uint64_t sums = checksum_area_bytes(64 << 20, ChecksumPageFormat::bare);
     EXPECT_EQ(sums, (64u << 20) / 4096 * 4);
     auto plan = plan_member(64 << 20, 512, 64 << 20, 1 << 20, 0, sums);
     ASSERT_TRUE(plan);
@@ -197,11 +197,32 @@ TEST(Label, ChecksummedSpaceRoundTrips) {
     EXPECT_TRUE(back->checksums());
     ASSERT_NE(back->area(AreaType::checksums), nullptr);
     EXPECT_EQ(back->area(AreaType::checksums)->length, plan->checksums.length);
+    EXPECT_EQ(back->checksum_page_format(), ChecksumPageFormat::bare);
+
+    // Self-checked pages (1023 entries and a check each): 1024 blocks take two of them.
+    EXPECT_EQ(checksum_area_bytes(1024 * 4096, ChecksumPageFormat::bare), 4096u);
+    EXPECT_EQ(checksum_area_bytes(1024 * 4096, ChecksumPageFormat::checked), 8192u);
+    EXPECT_EQ(checksum_area_bytes(1023 * 4096, ChecksumPageFormat::checked), 4096u);
+    EXPECT_EQ(checksum_area_reach(8192, ChecksumPageFormat::checked), 2046u * 4096);
+    EXPECT_EQ(checksum_area_bytes(64 << 20, ChecksumPageFormat::checked), (16384u + 1022) / 1023 * 4096);
+    l.incompat |= feature::incompat::checksum_pages;
+    auto bigger = plan_member(64 << 20, 512, 64 << 20, 1 << 20, 0,
+                              checksum_area_bytes(64 << 20, ChecksumPageFormat::checked));
+    ASSERT_TRUE(bigger);
+    l.areas = {bigger->bitmap, bigger->checksums};
+    auto checked = decode_label(bytes_of(l));
+    ASSERT_TRUE(checked) << checked.error().message;
+    EXPECT_EQ(checked->checksum_page_format(), ChecksumPageFormat::checked);
 }
 
 TEST(Label, EachFieldIsChecked) {
     EXPECT_NE(refused([](Label& l) { l.version = 2; }).find("newer ispace"), std::string::npos);
-    EXPECT_NE(refused([](Label& l) { l.incompat = uint64_t(1) << 2; }).find("does not know"),
+    EXPECT_NE(refused([](Label& l) { l.incompat = uint64_t(1) << 3; }).find("does not know"),
+              std::string::npos);
+    // Self-checked checksum pages are a format of the checksums area: a space without one has none.
+    EXPECT_NE(refused([](Label& l) {
+                  l.incompat = feature::incompat::checksum_pages;
+              }).find("self-checked checksum pages on a space without block checksums"),
               std::string::npos);
     // Block checksums need their area, large enough for the layout; only such a space has one.
     EXPECT_NE(
@@ -261,7 +282,8 @@ TEST(Label, EachFieldIsChecked) {
 // A checksummed space's label with a scrub record (compat scrub; docs/integrity.md).
 Label scrubbed() {
     Label l = sample();
-    auto plan = plan_member(64 << 20, 512, 64 << 20, 1 << 20, 0, checksum_area_bytes(64 << 20));
+    auto plan = plan_member(64 << 20, 512, 64 << 20, 1 << 20, 0,
+                            checksum_area_bytes(64 << 20, ChecksumPageFormat::bare));
     EXPECT_TRUE(plan);
     l.incompat = feature::incompat::checksums;
     l.compat |= feature::compat::scrub;
