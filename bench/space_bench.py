@@ -16,7 +16,7 @@ with fio, against `ispace cp` over the same kind of targets. Four comparisons (d
   checksum reads     fio 1 MiB sequential reads, QD 8, BENCH_SECONDS each, of a mirror made with --checksum
                      vs a plain one made beside it on the same targets (both filled the same way first,
                      so that every block read of the first is verified), in alternating rounds (at least
-                     5 of each)                                                      (aim: >= 95 %)
+                     15 of each: a round's noise on this machine is as large as the cost)  (aim: >= 95 %)
 
 Every target: ispaced, one reactor, memory LUNs (no disk under it), on 127.0.0.1. Settings (environment,
 as for attach_bench.py): BENCH_ROUNDS (default 3), BENCH_SECONDS (default 5: the random-write runs),
@@ -27,7 +27,7 @@ per GB written each process took (user + system, from /proc and the children's r
 than MB/s on a shared machine; the loop device's kernel threads are not counted), and per run the CPU-seconds
 per GB that the rest of the machine used meanwhile (/proc/stat: kernel threads, and anything else running;
 a round measured beside another busy process shows there). BENCH_ONLY=checksum runs only the checksum-reads
-comparison (at least 9 alternating rounds), with the CPU figures per GB read of each process and the median
+comparison (at least 15 alternating rounds), with the CPU figures per GB read of each process and the median
 of each round's own ratio beside the ratio of the medians (a round's pair shares the machine's state of that
 moment, so its ratio is steadier than either figure).
 
@@ -295,7 +295,7 @@ def main():
             for dev in (k, p):
                 fio(dev, "write", "1M", 8, size=size)
             holder = bench.holder_pid()
-            for _ in range(max(9, 3 * s["rounds"])):
+            for _ in range(max(15, 5 * s["rounds"])):
                 timed("read, plain mirror", lambda: fio(p, "read", "1M", 8, seconds=s["seconds"]), s["seconds"])
                 timed("read, --checksum mirror", lambda: fio(k, "read", "1M", 8, seconds=s["seconds"]),
                       s["seconds"])
@@ -322,7 +322,7 @@ def main():
                     runs.setdefault(label, []).append(fio(dev, "randwrite", "4k", 32, seconds=s["seconds"]))
             # Checksum verification: the same reads of a plain mirror and a checksummed one, both written once
             # in full (every block of k has its checksum, so every block read is checked), A B A B.
-            for _ in range(max(5, 3 * s["rounds"])):
+            for _ in range(max(15, 5 * s["rounds"])):
                 runs.setdefault("read, plain mirror", []).append(fio(p, "read", "1M", 8, seconds=s["seconds"]))
                 runs.setdefault("read, --checksum mirror", []).append(fio(k, "read", "1M", 8, seconds=s["seconds"]))
             if any(member["checksum_errors"] for member in bench.status("k")["members"]):

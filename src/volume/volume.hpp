@@ -318,6 +318,15 @@ private:
     // blocks it covers; the blocks whose copies differed and matched no entry of the damaged copies.
     uint64_t sums_rebuild_page(uint8_t* out, uint64_t page, uint64_t blocks, uint64_t area_offset,
                                ChecksumPageFormat format, const std::string& name);
+    // At open, for the two above: every in-sync copy of extent `x`, read whole (a copy that cannot be read
+    // is reported and left out); and copy `winner`'s 4 KiB block at `at` (bytes into the extent) written
+    // over every other copy that differs there. Returns the copies rewritten.
+    struct ExtentCopies {
+        std::vector<uint32_t> slots;
+        std::vector<std::vector<uint8_t>> data;
+    };
+    ExtentCopies read_in_sync_copies(const Extent& x);
+    uint64_t equalize_block(const Extent& x, ExtentCopies& copies, size_t winner, uint64_t at);
     void sums_submit(backstore::IoRequest& request, net::Reactor* origin);
     void sums_start(backstore::IoRequest& request, net::Reactor* origin); // its blocks locked
     // A read child's data checked; false when a repair took the extent over (it completes it).

@@ -598,25 +598,9 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
             extents.clear();
             map_range(layout(), r * rs, std::min(rs, _space_size - r * rs), extents);
             for (const Extent& x : extents) {
-                std::vector<uint32_t> slots;
-                std::vector<std::vector<uint8_t>> copies;
-                for (uint32_t c = 0; c < layout().copies; ++c) {
-                    uint32_t slot = member_of(layout(), x.column, c);
-                    if (!(active_mask() & (1u << slot))) {
-                        continue;
-                    }
-                    std::vector<uint8_t> data(x.length);
-                    Member& m = _members[slot];
-                    if (int error = member_io(_home, *m.device, backstore::IoOp::read,
-                                              m.data_offset + x.member_offset, data);
-                        error != 0) {
-                        member_error(slot, error, "read");
-                        continue;
-                    }
-                    slots.push_back(slot);
-                    copies.push_back(std::move(data));
-                }
-                for (uint64_t i = 0; i * checksum_block < x.length && !slots.empty(); ++i) {
+                ExtentCopies read = read_in_sync_copies(x);
+                const auto& copies = read.data;
+                for (uint64_t i = 0; i * checksum_block < x.length && !copies.empty(); ++i) {
                     uint64_t block = x.space_offset / checksum_block + i;
                     uint64_t at = i * checksum_block;
                     uint32_t stored = _sums->get(block);
@@ -630,20 +614,7 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
                     uint32_t sum = block_checksum(copies[winner].data() + at, block);
                     resolved += sum != stored;
                     _sums->set(block, sum);
-                    for (size_t k = 0; k < copies.size(); ++k) {
-                        if (k == winner || std::memcmp(copies[k].data() + at, copies[winner].data() + at,
-                                                       checksum_block) == 0) {
-                            continue;
-                        }
-                        Member& m = _members[slots[k]];
-                        std::span<uint8_t> good(copies[winner].data() + at, checksum_block);
-                        if (int error = member_io(_home, *m.device, backstore::IoOp::write,
-                                                  m.data_offset + x.member_offset + at, good);
-                            error != 0) {
-                            member_error(slots[k], error, "write");
-                        }
-                        ++rewritten;
-                    }
+                    rewritten += equalize_block(x, read, winner, at);
                 }
             }
         }
@@ -855,6 +826,45 @@ void Volume::sums_settle_copies(std::vector<uint8_t>& image, uint64_t blocks, ui
         name, bad_pages, rebuilt, guessed, settled_pages, entries, unsettled, rewritten);
 }
 
+Volume::ExtentCopies Volume::read_in_sync_copies(const Extent& x) {
+    ExtentCopies copies;
+    for (uint32_t c = 0; c < layout().copies; ++c) {
+        uint32_t slot = member_of(layout(), x.column, c);
+        if (!(active_mask() & (1u << slot))) {
+            continue;
+        }
+        std::vector<uint8_t> bytes(x.length);
+        Member& m = _members[slot];
+        if (int error =
+                member_io(_home, *m.device, backstore::IoOp::read, m.data_offset + x.member_offset, bytes);
+            error != 0) {
+            member_error(slot, error, "read");
+            continue;
+        }
+        copies.slots.push_back(slot);
+        copies.data.push_back(std::move(bytes));
+    }
+    return copies;
+}
+
+uint64_t Volume::equalize_block(const Extent& x, ExtentCopies& copies, size_t winner, uint64_t at) {
+    uint64_t rewritten = 0;
+    std::span<uint8_t> good(copies.data[winner].data() + at, checksum_block);
+    for (size_t k = 0; k < copies.data.size(); ++k) {
+        if (k == winner || std::memcmp(copies.data[k].data() + at, good.data(), checksum_block) == 0) {
+            continue;
+        }
+        Member& m = _members[copies.slots[k]];
+        if (int error = member_io(_home, *m.device, backstore::IoOp::write,
+                                  m.data_offset + x.member_offset + at, good);
+            error != 0) {
+            member_error(copies.slots[k], error, "write");
+        }
+        ++rewritten;
+    }
+    return rewritten;
+}
+
 // No in-sync member holds page `page` intact, so its entries are made again from the data they cover:
 // every in-sync copy of each block is read; copies that agree give its checksum. Where they differ, the
 // first copy whose checksum some damaged copy of the page still holds at that entry wins (a torn page
@@ -884,24 +894,8 @@ uint64_t Volume::sums_rebuild_page(uint8_t* out, uint64_t page, uint64_t blocks,
     std::vector<Extent> extents;
     map_range(layout(), first * checksum_block, count * checksum_block, extents);
     for (const Extent& x : extents) {
-        std::vector<uint32_t> slots;
-        std::vector<std::vector<uint8_t>> data;
-        for (uint32_t c = 0; c < layout().copies; ++c) {
-            uint32_t slot = member_of(layout(), x.column, c);
-            Member& m = _members[slot];
-            if (!m.device || MemberState(m.state.load()) != MemberState::active) {
-                continue;
-            }
-            std::vector<uint8_t> bytes(x.length);
-            if (int error = member_io(_home, *m.device, backstore::IoOp::read,
-                                      m.data_offset + x.member_offset, bytes);
-                error != 0) {
-                member_error(slot, error, "read");
-                continue;
-            }
-            slots.push_back(slot);
-            data.push_back(std::move(bytes));
-        }
+        ExtentCopies read = read_in_sync_copies(x);
+        const auto& data = read.data;
         std::vector<uint32_t> got(data.size());
         for (uint64_t i = 0; i * checksum_block < x.length; ++i) {
             uint64_t block = x.space_offset / checksum_block + i;
@@ -927,19 +921,7 @@ uint64_t Volume::sums_rebuild_page(uint8_t* out, uint64_t page, uint64_t blocks,
                     first_guessed = guessed == 0 ? block : first_guessed;
                     ++guessed;
                 }
-                for (size_t k = 0; k < data.size(); ++k) {
-                    if (got[k] == got[winner]) {
-                        continue;
-                    }
-                    Member& m = _members[slots[k]];
-                    std::span<uint8_t> good(data[winner].data() + at, checksum_block);
-                    if (int error = member_io(_home, *m.device, backstore::IoOp::write,
-                                              m.data_offset + x.member_offset + at, good);
-                        error != 0) {
-                        member_error(slots[k], error, "write");
-                    }
-                    ++rewritten;
-                }
+                rewritten += equalize_block(x, read, winner, at);
             }
             sums[block - first] = got[winner];
         }
