@@ -155,10 +155,9 @@ struct Request {
     DataDirection direction = DataDirection::none;
     Buffer data;
     std::chrono::milliseconds timeout{0}; // 0: the session's Timeouts::command
-    // Reads, optional: told of the Data-In bytes as they land in `data` (at offset `observer_base` + their
-    // offset in `data`). Not owned; it must outlive the completion.
+    // Reads, optional: told of the Data-In bytes as they land in `data` (at their offset in `data`). Not
+    // owned; it must outlive the completion.
     DataObserver* observer = nullptr;
-    uint64_t observer_base = 0;
 };
 
 // What came back for a Request: the target's SCSI status, sense and residuals, or an error.

@@ -567,8 +567,7 @@ iscsi::DataDestination Connection::data_destination(const Bhs& bhs, std::span<co
         uint32_t offset = load_be32(bhs.bytes.data() + 40);
         if (uint64_t(offset) + length <= task->expected_length) {
             if (task->request.observer != nullptr) {
-                _landing = {bhs.itt(), task, task->request.data.data() + offset, length,
-                            task->request.observer_base + offset};
+                _landing = {bhs.itt(), task, task->request.data.data() + offset, length, offset};
             }
             return iscsi::DataDestination::into(task->request.data, offset);
         }

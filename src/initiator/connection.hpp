@@ -293,7 +293,7 @@ private:
         PendingRequest* task = nullptr;
         const uint8_t* dest = nullptr;
         uint32_t length = 0;
-        uint64_t offset = 0;
+        uint32_t offset = 0; // of the segment in the read
     };
     Landing _landing;
     uint32_t _restart_exp_stat_sn = 0; // restarts()
