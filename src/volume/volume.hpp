@@ -422,6 +422,9 @@ private:
     uint32_t writable_mask() const { return _writable.load(std::memory_order_acquire); }
     uint32_t active_mask() const { return _active.load(std::memory_order_acquire); }
     bool all_in_sync() const;
+    // The member is open and holds current data: its reads count as a copy (open's passes, the
+    // checksum table's repair). Its state, not the mask update_masks() last published.
+    bool in_sync(uint32_t slot) const;
     // The bitmap's regions that cover the range in use (the bitmap holds as many as its area can, so
     // that grow() needs no new one): what a resync walks.
     uint64_t regions_in_use() const;

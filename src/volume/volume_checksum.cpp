@@ -660,9 +660,6 @@ void Volume::sums_settle_copies(std::vector<uint8_t>& image, uint64_t blocks, ui
     constexpr uint64_t chunk_pages = 256;
     uint64_t pages = image.size() / checksum_page_bytes;
     auto page_at = [&image](uint64_t page) { return image.data() + page * checksum_page_bytes; };
-    auto in_sync = [this](uint32_t s) {
-        return _members[s].device && MemberState(_members[s].state.load()) == MemberState::active;
-    };
     // A member's copy of a page that is not what `image` holds: one that failed its check (`sound` false;
     // its bytes are not kept), or a sound one that differs.
     struct Copy {
@@ -830,7 +827,7 @@ Volume::ExtentCopies Volume::read_in_sync_copies(const Extent& x) {
     ExtentCopies copies;
     for (uint32_t c = 0; c < layout().copies; ++c) {
         uint32_t slot = member_of(layout(), x.column, c);
-        if (!(active_mask() & (1u << slot))) {
+        if (!in_sync(slot)) {
             continue;
         }
         std::vector<uint8_t> bytes(x.length);

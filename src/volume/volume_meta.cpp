@@ -86,6 +86,10 @@ void Volume::update_masks() {
     _active.store(active, std::memory_order_release);
 }
 
+bool Volume::in_sync(uint32_t slot) const {
+    return _members[slot].device && MemberState(_members[slot].state.load()) == MemberState::active;
+}
+
 bool Volume::all_in_sync() const {
     for (uint32_t s = 0; s < _count; ++s) {
         if (MemberState(_members[s].state.load(std::memory_order_acquire)) != MemberState::active) {
