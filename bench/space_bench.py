@@ -16,7 +16,9 @@ with fio, against `ispace cp` over the same kind of targets. Four comparisons (d
   checksum reads     fio 1 MiB sequential reads, QD 8, BENCH_SECONDS each, of a mirror made with --checksum
                      vs a plain one made beside it on the same targets (both filled the same way first,
                      so that every block read of the first is verified), in alternating rounds (at least
-                     15 of each: a round's noise on this machine is as large as the cost)  (aim: >= 95 %)
+                     15 of each: a round's noise on this machine is as large as the cost; the order within
+                     a round alternates too), with the CPU-seconds per GB read of every process summed
+                     for each side beside the MB/s: the steadier figure of the cost  (aim: >= 95 %)
 
 Every target: ispaced, one reactor, memory LUNs (no disk under it), on 127.0.0.1. Settings (environment,
 as for attach_bench.py): BENCH_ROUNDS (default 3), BENCH_SECONDS (default 5: the random-write runs),
@@ -95,6 +97,16 @@ def print_cpu(cpu, other):
             if side in other else ""
         print(f"  CPU-s per GB, {side}: total {total:.3f}; " +
               ", ".join(f"{p} {statistics.median(v):.3f}" for p, v in procs.items() if max(v) > 0.0005) + rest)
+
+
+def cpu_cost(cpu, side, against):
+    """The median over rounds of (CPU-seconds per GB of `side`) / (the same of `against`), every process
+    summed: on this machine, where the processes share two CPUs and MB/s moves with what else runs, the
+    steadier figure of what one side costs more than the other. None when either side was not timed."""
+    if side not in cpu or against not in cpu:
+        return None
+    totals = [[sum(v[i] for v in cpu[x].values()) for i in range(len(cpu[x]["client"]))] for x in (side, against)]
+    return statistics.median([a / b for a, b in zip(*totals) if b > 0])
 
 
 def fio(device, rw, bs, qd, size=None, seconds=None):
@@ -281,6 +293,18 @@ def main():
             # when another process takes one of the two CPUs.
             other.setdefault(side, []).append(max(0.0, busy - ours) / gb)
 
+        def checksum_rounds(k, p):
+            """Checksum verification: the same reads of a plain mirror p and a checksummed one k, both written
+            once in full (every block of k has its checksum, so every block read is checked). The order
+            within a round alternates (p k, k p, ...): a machine that slows or speeds up over a pair then
+            favours neither side."""
+            for round_ in range(max(15, 5 * s["rounds"])):
+                pair = [("read, plain mirror", p), ("read, --checksum mirror", k)]
+                for side, dev in (pair if round_ % 2 == 0 else reversed(pair)):
+                    timed(side, lambda: fio(dev, "read", "1M", 8, seconds=s["seconds"]), s["seconds"])
+            if any(member["checksum_errors"] for member in bench.status("k")["members"]):
+                raise RuntimeError("space k: checksum errors on a healthy mirror")
+
         if only_mirror:
             m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
             fio(m, "write", "1M", 8, size=size)
@@ -295,12 +319,7 @@ def main():
             for dev in (k, p):
                 fio(dev, "write", "1M", 8, size=size)
             holder = bench.holder_pid()
-            for _ in range(max(15, 5 * s["rounds"])):
-                timed("read, plain mirror", lambda: fio(p, "read", "1M", 8, seconds=s["seconds"]), s["seconds"])
-                timed("read, --checksum mirror", lambda: fio(k, "read", "1M", 8, seconds=s["seconds"]),
-                      s["seconds"])
-            if any(member["checksum_errors"] for member in bench.status("k")["members"]):
-                raise RuntimeError("space k: checksum errors on a healthy mirror")
+            checksum_rounds(k, p)
         else:
             m = bench.attach("m", [bench.url("a", 0), bench.url("b", 0)])
             w = bench.attach("w", [bench.url("a", 1), bench.url("b", 1)], region="1G")
@@ -320,13 +339,7 @@ def main():
                     # From clean regions, so that the run pays for marking them.
                     bench.wait(name, lambda st: st["dirty_regions"] == 0, 30, "the sweep clearing its regions")
                     runs.setdefault(label, []).append(fio(dev, "randwrite", "4k", 32, seconds=s["seconds"]))
-            # Checksum verification: the same reads of a plain mirror and a checksummed one, both written once
-            # in full (every block of k has its checksum, so every block read is checked), A B A B.
-            for _ in range(max(15, 5 * s["rounds"])):
-                runs.setdefault("read, plain mirror", []).append(fio(p, "read", "1M", 8, seconds=s["seconds"]))
-                runs.setdefault("read, --checksum mirror", []).append(fio(k, "read", "1M", 8, seconds=s["seconds"]))
-            if any(member["checksum_errors"] for member in bench.status("k")["members"]):
-                raise RuntimeError("space k: checksum errors on a healthy mirror")
+            checksum_rounds(k, p)
             # Spaces w, k and p have members on B too: they go before B is stopped, so that nothing of theirs
             # meets the stopped target (no resync of theirs beside m's, no region locked by a whole-space window
             # later).
@@ -377,6 +390,8 @@ def main():
               f"{med['read, --checksum mirror'] / med['read, plain mirror']:.1%}, median of the rounds' ratios "
               f"{paired:.1%} (aim >= 95 %), load {os.getloadavg()[0]:.2f}")
         print_cpu(cpu, other)
+        print(f"  CPU per GB read, --checksum / plain (median of the rounds' ratios): "
+              f"{cpu_cost(cpu, 'read, --checksum mirror', 'read, plain mirror'):.1%}")
         return 0
     if only_mirror:
         ratio = med["mirror write"] / med["cp to one target"]
@@ -411,11 +426,13 @@ def main():
                       "against_MBps": med[b], "ratio": ratio, "paired_ratio": paired, "aim": aim,
                       "runs": {a: runs[a], b: runs[b]}})
     print_cpu(cpu, other)
+    checksum_cpu = cpu_cost(cpu, "read, --checksum mirror", "read, plain mirror")
+    print(f"  CPU per GB read, --checksum / plain (median of the rounds' ratios): {checksum_cpu:.1%}")
     os.makedirs(s["out"], exist_ok=True)
     with open(os.path.join(s["out"], "space-latest.json"), "w") as f:
         json.dump({"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                    "kernel": platform.release(), "cpus": os.cpu_count(), "load": os.getloadavg(), "settings": s,
-                   "results": table,
+                   "results": table, "checksum_read_cpu_ratio": checksum_cpu,
                    "cpu_s_per_gb": cpu, "rest_of_machine_cpu_s_per_gb": other}, f, indent=2)
     return 0
 
