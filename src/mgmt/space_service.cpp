@@ -81,6 +81,9 @@ json space_status_json(const volume::SpaceStatus& st) {
     if (!st.clone_of.empty()) {
         j["clone_of"] = st.clone_of;
     }
+    if (!st.notes.empty()) {
+        j["notes"] = st.notes;
+    }
     if (st.checksums) { // held here: live; not held: what the labels keep
         j["scrub"] = {{"running", st.scrub.running},
                       {"done_bytes", st.scrub.done_bytes},

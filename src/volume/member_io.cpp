@@ -165,6 +165,30 @@ Result<ThinPoolSummary> read_thin_stats(net::Reactor& reactor, const std::vector
 
 namespace {
 
+// Room that members of different sizes leave unused, worth a word when it is more than 1 MiB and 1 % of
+// the member (as mdadm warns): the user may have meant another member, or will want `space grow` later.
+std::vector<std::string> unused_room_notes(const Layout& layout, const std::vector<std::string>& urls) {
+    std::vector<std::string> notes;
+    uint32_t smallest = 0;
+    for (uint32_t s = 1; s < layout.members(); ++s) {
+        if (layout.member_bytes[s] < layout.member_bytes[smallest]) {
+            smallest = s;
+        }
+    }
+    std::vector<uint64_t> used = member_bytes_used(layout, capacity(layout));
+    for (uint32_t s = 0; s < layout.members(); ++s) {
+        uint64_t unused = layout.member_bytes[s] - used[s];
+        if (unused < (uint64_t(1) << 20) || unused * 100 < layout.member_bytes[s]) {
+            continue;
+        }
+        notes.push_back(fmt::format("{} has {} MiB the {} does not use: the smallest member ({}) sets "
+                                    "what each member gives; `ispace space grow` takes the rest once the "
+                                    "smaller members grow too",
+                                    urls.at(s), unused >> 20, to_string(layout.kind), urls.at(smallest)));
+    }
+    return notes;
+}
+
 // Writes an empty pool with the space's one device to the thin area of every member (before the labels:
 // a member is a member only once everything it needs is in place).
 Result<void> format_thin(net::Reactor& reactor, const std::vector<backstore::Device*>& devices,
@@ -373,6 +397,9 @@ Result<FormattedSpace> format_space(net::Reactor& reactor, const SpaceSpec& spec
         out.data_offsets.push_back(plans[i].data_offset);
     }
     out.pool_bytes = pool_clusters * spec.cluster_size;
+    if (spec.size == 0 || spec.thin) {
+        out.notes = unused_room_notes(*layout, spec.urls);
+    }
     // Now write: the bitmap area zeroed, then the labels (the labels last: a member is a member only once
     // everything it needs is in place).
     for (size_t i = 0; i < devices.size(); ++i) {

@@ -69,6 +69,9 @@ struct FormattedSpace {
     AssemblyPlan plan;                  // every member current, clean
     std::vector<uint64_t> data_offsets; // per slot
     uint64_t pool_bytes = 0;            // thin: the clusters the members give the pool
+    // For the user, not the log: a member with room the layout leaves unused (a mirror is as large as its
+    // smallest member), when no --size asked for less.
+    std::vector<std::string> notes;
 };
 
 // Checks everything first — a name that fits, block sizes that agree, members large enough, members that

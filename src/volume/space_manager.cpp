@@ -343,6 +343,7 @@ Result<SpaceStatus> SpaceManager::create(const CreateRequest& request) {
     for (uint32_t s = 0; s < l.members.size(); ++s) {
         st.members.push_back({s, spec.urls[s], MemberState::active, RebuildMode::none, 0, 0});
     }
+    st.notes = formatted->notes;
     return st;
 }
 

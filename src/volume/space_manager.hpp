@@ -126,6 +126,9 @@ struct SpaceStatus {
     // is the clone and `clone_of` the space whose pool holds it.
     std::vector<ThinDeviceStatus> thin_devices;
     std::string clone_of;
+    // What the call that answered wants the user told (create: room a member has that the layout leaves
+    // unused). Empty from status.
+    std::vector<std::string> notes;
 };
 
 class SpaceManager {

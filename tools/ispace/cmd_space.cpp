@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <fcntl.h>
 #include <filesystem>
@@ -170,10 +171,11 @@ void print_status(const json& st) {
     } else {
         where = st.value("clean", false) ? "not held (clean)" : "not held (not closed cleanly)";
     }
-    fmt::print("space {}: {}{}, {} copies, {}, block {} — {}\n", st.value("name", ""),
+    int copies = st.value("copies", 1);
+    fmt::print("space {}: {}{}, {} {}, {}, block {} — {}\n", st.value("name", ""),
                std::string(st.value("thin", false) ? "thin " : "") +
                    (st.value("checksums", false) ? "checksummed " : ""),
-               st.value("layout", ""), st.value("copies", 1),
+               st.value("layout", ""), copies, copies == 1 ? "copy" : "copies",
                human_bytes(double(st.value("size", uint64_t(0)))), st.value("block_size", 0), where);
     fmt::print("  uuid {}  epoch {}  sequence {}  holder {}\n", st.value("uuid", ""), st.value("epoch", 0),
                st.value("sequence", 0), st.value("holder", ""));
@@ -650,6 +652,10 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
             return sc.value("unrecoverable_blocks", uint64_t(0)) == 0 ? exit_ok : exit_failure;
         } else if (j.contains("status")) {
             print_status(j["status"]);
+            std::fflush(stdout); // the notes after the status it explains, on a terminal too
+            for (const json& note : j["status"].value("notes", json::array())) {
+                fmt::print(stderr, "  note: {}\n", note.get<std::string>());
+            }
         } else if (destroy->parsed()) {
             fmt::print(stderr, "space {}: destroyed\n", a->name);
         } else if (snapshot->parsed()) {

@@ -151,6 +151,38 @@ TEST_F(SpaceManagerTest, RefusedCreatesWriteNothingAnywhere) {
     EXPECT_TRUE(m.create(forced));
 }
 
+TEST_F(SpaceManagerTest, ACreateSaysWhichMemberHasRoomTheLayoutLeavesUnused) {
+    auto& m = manager(dir.file("home"));
+    // A mirror of 96 MiB and 32 MiB members: the larger one gives the smallest's size, and is named.
+    auto uneven = m.create(mirror("uneven", {disk("big", 96 << 20), disk("small", 32 << 20)}));
+    ASSERT_TRUE(uneven) << uneven.error().message;
+    ASSERT_EQ(uneven->notes.size(), 1u);
+    EXPECT_EQ(uneven->notes[0].rfind("big has 64 MiB the mirror does not use", 0), 0u) << uneven->notes[0];
+    EXPECT_NE(uneven->notes[0].find("smallest member (small)"), std::string::npos) << uneven->notes[0];
+    // Members of one size, or a --size that asks for less on purpose, or a concat (it uses every byte):
+    // nothing to say.
+    auto even = m.create(mirror("even", {disk("c"), disk("d")}));
+    ASSERT_TRUE(even) << even.error().message;
+    EXPECT_TRUE(even->notes.empty());
+    CreateRequest sized = mirror("sized", {disk("e", 96 << 20), disk("f", 32 << 20)});
+    sized.size = 8 << 20;
+    auto smaller = m.create(sized);
+    ASSERT_TRUE(smaller) << smaller.error().message;
+    EXPECT_TRUE(smaller->notes.empty());
+    CreateRequest concat = mirror("joined", {disk("g", 96 << 20), disk("h", 32 << 20)});
+    concat.layout = LayoutKind::concat;
+    auto joined = m.create(concat);
+    ASSERT_TRUE(joined) << joined.error().message;
+    EXPECT_TRUE(joined->notes.empty());
+    // A stripe gives the smallest member's size from each: the larger is named.
+    CreateRequest stripe = mirror("striped", {disk("i", 96 << 20), disk("j", 32 << 20)});
+    stripe.layout = LayoutKind::stripe;
+    auto striped = m.create(stripe);
+    ASSERT_TRUE(striped) << striped.error().message;
+    ASSERT_EQ(striped->notes.size(), 1u);
+    EXPECT_EQ(striped->notes[0].rfind("i has 64 MiB the stripe does not use", 0), 0u) << striped->notes[0];
+}
+
 TEST_F(SpaceManagerTest, AssembleRebuildsTheCatalogFromLabelsAloneEvenWithDamagedCopies) {
     auto& first = manager(dir.file("home1"));
     ASSERT_TRUE(first.create(mirror("photos", {disk("a"), disk("b")})));
