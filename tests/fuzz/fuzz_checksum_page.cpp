@@ -24,6 +24,7 @@
 #include "common/buffer.hpp"
 #include "common/bytes.hpp"
 #include "common/log.hpp"
+#include "fault_device.hpp"
 #include "fuzz_check.hpp"
 #include "net/reactor.hpp"
 #include "volume/assembly.hpp"
@@ -38,6 +39,7 @@
 #include <future>
 #include <memory>
 #include <set>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -100,7 +102,7 @@ VolumeOptions options() {
 }
 
 // Opens the space on `devices` (taken), from their labels; null when it does not open.
-std::shared_ptr<Volume> open_space(std::vector<std::unique_ptr<backstore::MemoryDevice>>& devices) {
+template <typename DevicePtr> std::shared_ptr<Volume> open_space(std::vector<DevicePtr>& devices) {
     std::vector<FoundMember> found;
     for (size_t s = 0; s < devices.size(); ++s) {
         LabelReading r = read_member_labels(reactors().at(0), *devices[s]);
@@ -114,7 +116,11 @@ std::shared_ptr<Volume> open_space(std::vector<std::unique_ptr<backstore::Memory
     for (size_t s = 0; s < devices.size(); ++s) {
         VolumeMember m;
         m.data_offset = found[s].label ? found[s].label->data_offset : 0;
-        m.device = std::move(devices[s]);
+        if constexpr (std::is_same_v<DevicePtr, std::shared_ptr<backstore::MemoryDevice>>) {
+            m.device = std::make_unique<test::SharedDevice>(devices[s]); // kept for the next input
+        } else {
+            m.device = std::move(devices[s]);
+        }
         m.url = found[s].url;
         members.push_back(std::move(m));
     }
@@ -172,7 +178,9 @@ Snapshot make_snapshot(ChecksumPageFormat format, bool failed) {
     return snap;
 }
 
-const Snapshot& snapshot(ChecksumPageFormat format, bool failed) {
+// Not const: the members' images are written to devices from (member_io takes a mutable span), never
+// changed.
+Snapshot& snapshot(ChecksumPageFormat format, bool failed) {
     static Snapshot snaps[2][2];
     static bool made[2][2] = {};
     int f = format == ChecksumPageFormat::bare, g = failed;
@@ -222,21 +230,28 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     bool failed = (mode & 4) != 0;
     bool reseal = (mode & 8) != 0;
-    const Snapshot& snap = snapshot(format, failed);
-    std::vector<std::vector<uint8_t>> members = snap.members;
-    uint64_t area_pages = snap.pages + 2; // the pages in use, and the room past them
+    Snapshot& snap = snapshot(format, failed);
+    // The edits go to a copy of each member's checksums area only (the pages in use, and the room past
+    // them): copying whole members at every input made this fuzzer run at a few inputs a second.
+    uint64_t area_pages = snap.pages + 2;
+    const uint64_t area_bytes = area_pages * checksum_page_bytes;
+    std::vector<std::vector<uint8_t>> areas;
+    for (const auto& image : snap.members) {
+        areas.emplace_back(image.begin() + ptrdiff_t(snap.area_offset),
+                           image.begin() + ptrdiff_t(snap.area_offset + area_bytes));
+    }
     std::set<std::pair<unsigned, uint64_t>> touched;
     for (size_t i = 0; i + 5 <= size && i < 5 * 64; i += 5) {
         unsigned m = data[i] & 1;
         uint64_t page = data[i + 1] % area_pages;
         uint64_t offset = (uint64_t(data[i + 2]) | uint64_t(data[i + 3]) << 8) % checksum_page_bytes;
-        members[m][snap.area_offset + page * checksum_page_bytes + offset] ^= data[i + 4];
+        areas[m][page * checksum_page_bytes + offset] ^= data[i + 4];
         touched.insert({m, page});
     }
     // Whether some edited page still checks though it changed: a forged page, which may fail good blocks.
     bool forged = format == ChecksumPageFormat::bare;
     for (const auto& [m, page] : touched) {
-        uint8_t* bytes = members[m].data() + snap.area_offset + page * checksum_page_bytes;
+        uint8_t* bytes = areas[m].data() + page * checksum_page_bytes;
         if (reseal) {
             seal_checksum_page(format, page, bytes);
         }
@@ -244,12 +259,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                 checksum_page_bytes) == 0;
         forged |= !same && checksum_page_sound(format, page, bytes);
     }
-    std::vector<std::unique_ptr<backstore::MemoryDevice>> devices;
+    // Two memory members kept across inputs (their chunks allocated once), each given the snapshot's
+    // image whole again (the last input's open and repairs wrote to it), then the edited area.
+    static std::vector<std::shared_ptr<backstore::MemoryDevice>> kept;
+    if (kept.empty()) {
+        for (size_t m = 0; m < snap.members.size(); ++m) {
+            kept.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, 512));
+        }
+    }
+    std::vector<std::shared_ptr<backstore::MemoryDevice>> devices = kept;
     std::vector<backstore::MemoryDevice*> raw;
-    for (auto& bytes : members) {
-        devices.push_back(std::make_unique<backstore::MemoryDevice>(member_bytes, 512));
-        raw.push_back(devices.back().get());
-        FUZZ_CHECK(member_io(reactors().at(0), *devices.back(), backstore::IoOp::write, 0, bytes) == 0);
+    for (size_t m = 0; m < devices.size(); ++m) {
+        raw.push_back(devices[m].get());
+        FUZZ_CHECK(member_io(reactors().at(0), *devices[m], backstore::IoOp::write, 0, snap.members[m]) == 0);
+        FUZZ_CHECK(member_io(reactors().at(0), *devices[m], backstore::IoOp::write, snap.area_offset,
+                             areas[m]) == 0);
     }
     auto v = open_space(devices);
     FUZZ_CHECK(v != nullptr); // the labels were not edited
