@@ -12,9 +12,10 @@
     (an empty catalog rebuilt) and cannot attach it while the first holds it (the error names the
     holder); with --takeover it can, the first holder detaches itself and its status says it lost the
     space, and fsck on the new holder is clean.
- 3. Refusals write nothing: attach of an attached space, destroy without --yes, a member of another
-    space without --force; at create, a URL with a bad LUN, an unreachable member, a member too small and
-    members of different block sizes (named, and the good member left all zeroes).
+ 3. Refusals write nothing: attach of an attached space, destroy without --yes, a scrub of a space with
+    no checksums, a member of another space without --force; at create, a URL with a bad LUN, an
+    unreachable member, a member too small and members of different block sizes (named, and the good
+    member left all zeroes).
  4. A stripe over 2 members and a concat over 3 have the summed capacity (less their labels).
 
 Usage: test_space_cli.py ISPACE ISPACED ATTACH_DRIVER     (exit 77 = skipped: not root, no FUSE/loop, no tgtd)
@@ -320,6 +321,9 @@ def main():
         # Refusals.
         r = two("destroy", "m")
         check(r.returncode != 0 and "--yes" in r.stderr, "destroy without --yes is refused")
+        r = two("scrub", "m")
+        check(r.returncode != 0 and "no block checksums" in r.stderr,
+              f"a scrub of a space made without --checksum says so ({r.stderr.strip()[-160:]})")
         r = two("create", "other", "--layout", "mirror", "--member", a.urls[0], "--member", a.urls[1])
         check(r.returncode != 0 and "'m'" in r.stderr, f"a member of another space is refused, naming it "
               f"({r.stderr.strip()[-160:]})")

@@ -562,6 +562,26 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
             error(fmt::format("space '{}' is not attached (no holder runs for {})", a->name, home));
             return exit_failure;
         }
+        if (scrub->parsed() && !answer && no_holder(answer.error())) {
+            // A scrub runs in the process that holds the space; say which of the two things is missing
+            // (the catalog knows whether the space has checksums at all).
+            auto known = request_space(home, json{{"verb", "status"}, {"name", a->name}}, true, false);
+            if (!known || !(*known).value("ok", false)) {
+                return failed(known);
+            }
+            if (!(*known)["status"].value("checksums", false)) {
+                error(
+                    fmt::format("space '{}' has no block checksums (it was made without --checksum): a scrub "
+                                "has nothing to check against",
+                                a->name));
+            } else {
+                error(fmt::format("space '{}' is not held on this host (no holder runs for {}): a scrub runs "
+                                  "where the space is attached (ispace space attach {}) or exported "
+                                  "(ispaced --lun space:{})",
+                                  a->name, home, a->name, a->name));
+            }
+            return exit_failure;
+        }
         if (int code = failed(answer); code != exit_ok) {
             return code;
         }
