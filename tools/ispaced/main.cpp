@@ -386,9 +386,17 @@ int main(int argc, char** argv) {
     // The default control socket (as root) does not make an empty daemon useful; --control given does.
     bool control_given = control_option->count() > 0 && !control_path.empty();
     if (config_path.empty() && !control_given && !holder && (iqn.empty() || luns.empty())) {
-        std::fprintf(stderr,
-                     "ispaced: give --iqn and at least one --lun, --config FILE, --control PATH or --holder "
-                     "(see --help)\n");
+        if (iqn.empty() != luns.empty()) {
+            // Half of a target given: name the missing half rather than the whole menu.
+            std::fprintf(stderr, "%s\n",
+                         iqn.empty() ? "ispaced: --lun needs --iqn IQN, the name of the target that serves it"
+                                     : "ispaced: --iqn needs at least one --lun SPEC to serve (see --help)");
+        } else {
+            std::fprintf(
+                stderr,
+                "ispaced: give --iqn and at least one --lun, --config FILE, --control PATH or --holder "
+                "(see --help)\n");
+        }
         return 2;
     }
     auto credentials = [](const CredentialFlag& flag) -> std::optional<iscsi::ChapCredentials> {
