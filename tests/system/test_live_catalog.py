@@ -70,6 +70,16 @@ class Output:
             with self.lock:
                 self.text += chunk.decode(errors="replace")
 
+    def wait_for(self, text, timeout):
+        """Whether `text` appeared in the output within `timeout` seconds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with self.lock:
+                if text in self.text:
+                    return True
+            time.sleep(0.1)
+        return False
+
     def wait_final(self, timeout):
         """The output once the final 'iops average N (M MB/s)' line (no in_flight) appeared."""
         deadline = time.time() + timeout
@@ -96,6 +106,10 @@ def main():
                                  "-r", f"iscsi://{portal}/{IQN}/1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         perf_output = Output(perf)
+        # Reading before anything changes: a unit attention that meets iscsi-perf's READ CAPACITY at its
+        # start ends it ("failed to send readcapacity command"; seen on a loaded CI machine), while its
+        # reads re-send one. It prints "performing RANDOM READ ..." once it has the capacity.
+        check(perf_output.wait_for("performing", 60), f"iscsi-perf is reading ({perf_output.text[-300:]!r})")
         watcher = iscsi_raw.Client("127.0.0.1", driver.port, initiator="iqn.2026-11.org.ispace:watcher")
         check(watcher.login(IQN) == (0, 0), "a second initiator logs in")
         for lun in (0, 1):
