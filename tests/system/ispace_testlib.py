@@ -111,6 +111,50 @@ def scratch_dir(prefix):
     return tempfile.mkdtemp(prefix=f"ispace-{prefix}-", dir=os.environ.get("ISPACE_TEST_TMP"))
 
 
+class ProcessOutput:
+    """Collects a process's stdout as it comes (a thread reads it); iscsi-perf ends its progress lines
+    with \\r, not \\n."""
+
+    def __init__(self, proc):
+        self._text = ""
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc):
+        while True:
+            chunk = proc.stdout.read1(4096)
+            if not chunk:
+                return
+            with self.lock:
+                self._text += chunk.decode(errors="replace")
+
+    @property
+    def text(self):
+        with self.lock:
+            return self._text
+
+    def wait_for(self, text, timeout):
+        """Whether `text` appeared in the output within `timeout` seconds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if text in self.text:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def wait_final(self, timeout):
+        """The output once iscsi-perf's final 'iops average N (M MB/s)' line (no in_flight) appeared, or
+        what there is after `timeout` seconds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            last = self.text.split("\r")[-1]
+            if "iops average" in last and "in_flight" not in last:
+                time.sleep(0.2)  # anything it prints after its final line
+                return self.text
+            time.sleep(0.2)
+        return self.text
+
+
 class Checks:
     """Named PASS/FAIL checks for a system test: call it with (condition, what); finish() reports."""
 

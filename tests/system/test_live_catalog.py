@@ -54,46 +54,6 @@ class Driver(ispace_testlib.Ispaced):
         return self.proc.returncode if self.proc else None
 
 
-class Output:
-    """Collects a process's output as it comes; iscsi-perf ends its progress lines with \\r, not \\n."""
-
-    def __init__(self, proc):
-        self.text = ""
-        self.lock = threading.Lock()
-        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
-
-    def _read(self, proc):
-        while True:
-            chunk = proc.stdout.read1(4096)
-            if not chunk:
-                return
-            with self.lock:
-                self.text += chunk.decode(errors="replace")
-
-    def wait_for(self, text, timeout):
-        """Whether `text` appeared in the output within `timeout` seconds."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            with self.lock:
-                if text in self.text:
-                    return True
-            time.sleep(0.1)
-        return False
-
-    def wait_final(self, timeout):
-        """The output once the final 'iops average N (M MB/s)' line (no in_flight) appeared."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            with self.lock:
-                last = self.text.split("\r")[-1]
-                if "iops average" in last and "in_flight" not in last:
-                    time.sleep(0.2)  # anything it prints after its final line
-                    return self.text
-            time.sleep(0.2)
-        with self.lock:
-            return self.text
-
-
 def main():
     driver_binary = sys.argv[1]
     scratch = ispace_testlib.scratch_dir("live")
@@ -105,7 +65,7 @@ def main():
         perf = subprocess.Popen(["iscsi-perf", "-i", "iqn.2026-11.org.ispace:perf", "-m", "16", "-b", "8", "-t", "10",
                                  "-r", f"iscsi://{portal}/{IQN}/1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        perf_output = Output(perf)
+        perf_output = ispace_testlib.ProcessOutput(perf)
         # Reading before anything changes: a unit attention that meets iscsi-perf's READ CAPACITY at its
         # start ends it ("failed to send readcapacity command"; seen on a loaded CI machine), while its
         # reads re-send one. It prints "performing RANDOM READ ..." once it has the capacity.

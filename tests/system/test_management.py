@@ -157,21 +157,10 @@ def main():
 
         perf = subprocess.Popen(["iscsi-perf", "-i", PERF, "-m", "16", "-b", "8", "-t", "8", "-r",
                                  f"iscsi://{portal}/{IQN}/0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        perf_out = []
-
-        def read_perf():
-            while True:
-                chunk = perf.stdout.read1(4096)
-                if not chunk:
-                    return
-                perf_out.append(chunk.decode(errors="replace"))
-        threading.Thread(target=read_perf, daemon=True).start()
+        perf_out = ispace_testlib.ProcessOutput(perf)
         # Reading before the LUN table changes: a unit attention that meets iscsi-perf's READ CAPACITY at
         # its start ends it, while its reads re-send one (test_live_catalog.py met that on a loaded run).
-        deadline = time.time() + 60
-        while "performing" not in "".join(perf_out) and perf.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        check("performing" in "".join(perf_out), f"iscsi-perf is reading ({''.join(perf_out)[-300:]!r})")
+        check(perf_out.wait_for("performing", 60), f"iscsi-perf is reading ({perf_out.text[-300:]!r})")
         watcher = iscsi_raw.Client("127.0.0.1", daemon.port, initiator=WATCHER)
         check(watcher.login(IQN) == (0, 0), "a second initiator logs in")
         while iscsi_raw.sense_of(watcher, 0)[0] != 0:  # its power-on unit attention
@@ -283,16 +272,9 @@ def main():
         # iscsi-perf (libiscsi 1.19) counts a read that met a unit attention twice and, after its final
         # "iops average" line, waits for in_flight == 0 for ever (see test_live_catalog.py): it is judged
         # by what it printed up to that line, then stopped.
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            last = "".join(perf_out).split("\r")[-1]
-            if "iops average" in last and "in_flight" not in last:
-                break
-            time.sleep(0.2)
-        time.sleep(0.2)
+        text = perf_out.wait_final(timeout=90)
         perf.kill()
         perf.wait()
-        text = "".join(perf_out)
         errors = [w for w in ("failed", "retries reached", "ABORT") if w in text]
         iops = [int(x) for x in re.findall(r"iops average (\d+)", text)]
         check(not errors and iops and min(iops) > 0, f"iscsi-perf ran without error throughout ({errors}, {iops[-1:]})")
