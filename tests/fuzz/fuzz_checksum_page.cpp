@@ -39,7 +39,6 @@
 #include <future>
 #include <memory>
 #include <set>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -101,8 +100,11 @@ VolumeOptions options() {
     return o;
 }
 
-// Opens the space on `devices` (taken), from their labels; null when it does not open.
-template <typename DevicePtr> std::shared_ptr<Volume> open_space(std::vector<DevicePtr>& devices) {
+using Members = std::vector<std::shared_ptr<backstore::MemoryDevice>>;
+
+// Opens the space on `devices` (the volume reaches them through SharedDevices: they outlive it), from
+// their labels; null when it does not open.
+std::shared_ptr<Volume> open_space(const Members& devices) {
     std::vector<FoundMember> found;
     for (size_t s = 0; s < devices.size(); ++s) {
         LabelReading r = read_member_labels(reactors().at(0), *devices[s]);
@@ -116,11 +118,7 @@ template <typename DevicePtr> std::shared_ptr<Volume> open_space(std::vector<Dev
     for (size_t s = 0; s < devices.size(); ++s) {
         VolumeMember m;
         m.data_offset = found[s].label ? found[s].label->data_offset : 0;
-        if constexpr (std::is_same_v<DevicePtr, std::shared_ptr<backstore::MemoryDevice>>) {
-            m.device = std::make_unique<test::SharedDevice>(devices[s]); // kept for the next input
-        } else {
-            m.device = std::move(devices[s]);
-        }
+        m.device = std::make_unique<test::SharedDevice>(devices[s]);
         m.url = found[s].url;
         members.push_back(std::move(m));
     }
@@ -131,7 +129,7 @@ template <typename DevicePtr> std::shared_ptr<Volume> open_space(std::vector<Dev
 // A 2-way mirror with checksums in `format`: 64 KiB written in every other 128 KiB (so both table pages
 // hold written and never-written blocks), closed; with `failed`, its second member failed first.
 Snapshot make_snapshot(ChecksumPageFormat format, bool failed) {
-    std::vector<std::unique_ptr<backstore::MemoryDevice>> devices;
+    Members devices;
     std::vector<backstore::Device*> raw;
     SpaceSpec spec;
     spec.name = "fuzz";
@@ -139,7 +137,7 @@ Snapshot make_snapshot(ChecksumPageFormat format, bool failed) {
     spec.checksums = true;
     spec.checksum_pages = format;
     for (int i = 0; i < 2; ++i) {
-        devices.push_back(std::make_unique<backstore::MemoryDevice>(member_bytes, 512));
+        devices.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, 512));
         raw.push_back(devices.back().get());
         spec.urls.push_back("m" + std::to_string(i));
     }
@@ -168,7 +166,6 @@ Snapshot make_snapshot(ChecksumPageFormat format, bool failed) {
             FUZZ_CHECK(v->fail_member(1));
         }
         FUZZ_CHECK(v->close());
-        // The volume owns the devices until it is destroyed.
         for (backstore::Device* d : raw) {
             std::vector<uint8_t> bytes(member_bytes);
             FUZZ_CHECK(member_io(reactors().at(0), *d, backstore::IoOp::read, 0, bytes) == 0);
@@ -261,21 +258,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     // Two memory members kept across inputs (their chunks allocated once), each given the snapshot's
     // image whole again (the last input's open and repairs wrote to it), then the edited area.
-    static std::vector<std::shared_ptr<backstore::MemoryDevice>> kept;
+    static Members kept;
     if (kept.empty()) {
         for (size_t m = 0; m < snap.members.size(); ++m) {
             kept.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, 512));
         }
     }
-    std::vector<std::shared_ptr<backstore::MemoryDevice>> devices = kept;
-    std::vector<backstore::MemoryDevice*> raw;
-    for (size_t m = 0; m < devices.size(); ++m) {
-        raw.push_back(devices[m].get());
-        FUZZ_CHECK(member_io(reactors().at(0), *devices[m], backstore::IoOp::write, 0, snap.members[m]) == 0);
-        FUZZ_CHECK(member_io(reactors().at(0), *devices[m], backstore::IoOp::write, snap.area_offset,
-                             areas[m]) == 0);
+    for (size_t m = 0; m < kept.size(); ++m) {
+        FUZZ_CHECK(member_io(reactors().at(0), *kept[m], backstore::IoOp::write, 0, snap.members[m]) == 0);
+        FUZZ_CHECK(
+            member_io(reactors().at(0), *kept[m], backstore::IoOp::write, snap.area_offset, areas[m]) == 0);
     }
-    auto v = open_space(devices);
+    auto v = open_space(kept);
     FUZZ_CHECK(v != nullptr); // the labels were not edited
     {
         VolumeDevice device(v);
@@ -290,7 +284,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (!forged) {
             for (unsigned m = 0; m < (failed ? 1u : 2u); ++m) {
                 std::vector<uint8_t> table(snap.pages * checksum_page_bytes);
-                FUZZ_CHECK(member_io(reactors().at(0), *raw[m], backstore::IoOp::read, snap.area_offset,
+                FUZZ_CHECK(member_io(reactors().at(0), *kept[m], backstore::IoOp::read, snap.area_offset,
                                      table) == 0);
                 for (uint64_t p = 0; p < snap.pages; ++p) {
                     FUZZ_CHECK(checksum_page_sound(format, p, table.data() + p * checksum_page_bytes));
