@@ -1,6 +1,7 @@
 #include "volume/resync.hpp"
 
 #include "common/log.hpp"
+#include "volume/checksum_io.hpp"
 #include "volume/remote_device.hpp"
 
 #include <fmt/format.h>
@@ -20,6 +21,7 @@ struct Resync::Window {
     std::vector<uint32_t> slots; // rebuild targets served
     bool unclean = false;        // the unclean pass is served too
     bool failed = false;         // a source could not be read: the window is tried again
+    bool sums_locked = false;    // its blocks are held shared in the checksum range lock
     unsigned left = 0;
     uint64_t moved = 0; // bytes written to targets
     struct Request {
@@ -28,6 +30,11 @@ struct Resync::Window {
     };
     std::vector<Buffer> buffers;   // per extent
     std::vector<Request> requests; // reads and writes; sized before any is sent
+
+    // Its 4 KiB blocks in the checksum table (a window's offset is in the layout's range, as the table's).
+    ChecksumState::Range sums_range() const {
+        return {offset / checksum_block, (offset + length - 1) / checksum_block, false};
+    }
 };
 
 Resync::Resync(Volume& volume) : _v(volume) {}
@@ -216,7 +223,24 @@ void Resync::start(uint64_t region) {
     ++_inflight;
     _windows.insert(region);
     // Writes in flight in the region finish first; new ones wait until the copy is done.
-    _v._bitmap->lock_region(region, [this, w] { copy(w); });
+    auto lock_region = [this, w] { _v._bitmap->lock_region(w->region, [this, w] { copy(w); }); };
+    if (!_v._sums) {
+        lock_region();
+        return;
+    }
+    // A space with block checksums: the window's blocks are held shared in the checksum range lock too,
+    // taken before the region, as a write takes them. A write sets its blocks' new checksums in the table
+    // under that lock before it reaches the region; without it a write waiting for this region would have
+    // its new checksums in the table while the copy verified the source's old bytes against them, and took
+    // good copies for rotten ones (failing members, and the write with them). Region after checksums, in
+    // that order on both sides, so neither waits for the other holding what the other needs.
+    Function<void()> go = [this, w, lock_region] {
+        w->sums_locked = true;
+        lock_region();
+    };
+    if (_v._sums->lock(w->sums_range(), &_v._home, go)) {
+        go();
+    }
 }
 
 void Resync::copy(std::shared_ptr<Window> w) {
@@ -337,6 +361,9 @@ void Resync::write_targets(const std::shared_ptr<Window>& w, size_t e, const Ext
 
 void Resync::window_done(std::shared_ptr<Window> w) {
     _v._bitmap->unlock_region(w->region);
+    if (w->sums_locked) {
+        _v._sums->unlock(w->sums_range());
+    }
     _windows.erase(w->region);
     --_inflight;
     uint64_t rs = _v._bitmap->region_size();

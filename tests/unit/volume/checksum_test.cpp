@@ -711,6 +711,40 @@ TEST_F(ChecksumTest, AResyncDoesNotCopyARottenBlockFromItsSource) {
     EXPECT_EQ(errors(v, 1) + errors(v, 2), 0u);
 }
 
+// A write to a region a resync is copying, arriving while the copy's read of its source is out: the write
+// waits for the copy, and the copy verifies the source's bytes against the checksums they were written
+// with, not the waiting write's. (The write once set its new checksums before it reached the region's lock:
+// the copy then found every block of its source "rotten", failed the member and the write with it.)
+TEST_F(ChecksumTest, AWriteArrivingDuringAResyncsCopyOfItsRegionDoesNotMakeTheSourceLookRotten) {
+    auto v = create();
+    VolumeDevice device(v);
+    faults[1]->set(FaultDevice::Mode::fail);
+    auto missed = random_bytes(256 << 10, 43);
+    ASSERT_EQ(io.write(device, 2 * mib1, missed), 0);
+    ASSERT_EQ(v->status().members[1].state, MemberState::failed);
+    // The resync's read of the region from slot 0 is held until the write has been sent.
+    faults[0]->hold_reads(offsets[0] + 2 * mib1, offsets[0] + 3 * mib1);
+    faults[1]->set(FaultDevice::Mode::ok);
+    ASSERT_TRUE(test::eventually([&] { return faults[0]->held() > 0; })) << "the resync reads the region";
+    auto data = random_bytes(256 << 10, 44);
+    int written = INT_MIN;
+    std::thread writer([&] { written = io.write(device, 2 * mib1, data, true); });
+    std::this_thread::sleep_for(100ms); // the write is in the volume, waiting
+    faults[0]->release_held();
+    writer.join();
+    ASSERT_EQ(written, 0);
+    ASSERT_TRUE(v->wait_resync(20s));
+    EXPECT_EQ(errors(v, 0) + errors(v, 1), 0u) << "no block judged by checksums it was not written with";
+    EXPECT_EQ(v->status().members[0].state, MemberState::active);
+    EXPECT_EQ(v->status().members[1].state, MemberState::active);
+    EXPECT_EQ(member_data(0, 2 * mib1, data.size()), data);
+    EXPECT_EQ(member_data(1, 2 * mib1, data.size()), data);
+    for (uint64_t i = 0; i < data.size() / checksum_block; i += 17) {
+        uint64_t block = 2 * mib1 / checksum_block + i;
+        EXPECT_EQ(stored_sum(1, block), block_checksum(data.data() + i * checksum_block, block));
+    }
+}
+
 TEST_F(ChecksumTest, ConcurrentSub4KWritesAndReadsOfTheSameBlocksLoseNothing) {
     auto v = create();
     auto device = std::make_shared<VolumeDevice>(v);

@@ -1,7 +1,8 @@
 // A backstore::Device wrapper that injects faults into a member: fail every request (EIO), stop
 // answering (requests complete with EIO after `hang_for`, as a RemoteDevice's session gives up), answer
 // slowly, or refuse writes with RESERVATION CONFLICT (EBADE). It counts what passes through, so that tests
-// can measure what a resync moved.
+// can measure what a resync moved. Reads of a range can be held back until the test lets them go, to force
+// an interleaving.
 #pragma once
 
 #include "backstore/device.hpp"
@@ -12,6 +13,9 @@
 #include <cerrno>
 #include <chrono>
 #include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 namespace ispace::volume::test {
 
@@ -38,6 +42,30 @@ public:
         bytes_written = 0;
         bytes_read = 0;
         writes = 0;
+    }
+
+    // Reads that start in [from, to) wait (unanswered, unsent) until release_held().
+    void hold_reads(uint64_t from, uint64_t to) {
+        std::lock_guard lock(_hold_mutex);
+        _hold_from = from;
+        _hold_to = to;
+    }
+    size_t held() const {
+        std::lock_guard lock(_hold_mutex);
+        return _held.size();
+    }
+    // Stops holding and sends what was held, each on the reactor it came from.
+    void release_held() {
+        std::vector<std::pair<net::Reactor*, backstore::IoRequest*>> held;
+        {
+            std::lock_guard lock(_hold_mutex);
+            _hold_from = _hold_to = 0;
+            held.swap(_held);
+        }
+        for (auto& h : held) {
+            backstore::IoRequest* r = h.second;
+            h.first->post([this, r] { _inner->submit(*r); });
+        }
     }
 
     std::string_view kind() const override { return _inner->kind(); }
@@ -80,6 +108,13 @@ public:
         } else if (request.op == backstore::IoOp::read && counted) {
             bytes_read += request.length;
         }
+        if (request.op == backstore::IoOp::read) {
+            std::lock_guard lock(_hold_mutex);
+            if (request.offset >= _hold_from && request.offset < _hold_to) {
+                _held.emplace_back(reactor, r);
+                return;
+            }
+        }
         if (mode == Mode::slow) {
             reactor->add_timer(slow_by, [this, r] { _inner->submit(*r); });
             return;
@@ -94,6 +129,10 @@ private:
     }
     std::shared_ptr<backstore::Device> _inner;
     std::atomic<Mode> _mode{Mode::ok};
+    mutable std::mutex _hold_mutex;
+    uint64_t _hold_from = 0;
+    uint64_t _hold_to = 0;
+    std::vector<std::pair<net::Reactor*, backstore::IoRequest*>> _held;
 };
 
 // A device that forwards to one the test keeps (so that the "same disk" can be opened again).
