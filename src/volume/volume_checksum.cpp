@@ -729,7 +729,6 @@ void Volume::sums_settle_copies(std::vector<uint8_t>& image, uint64_t blocks, ui
         return std::tie(a.page, a.slot) < std::tie(b.page, b.slot);
     });
     uint64_t settled_pages = 0, entries = 0, unsettled = 0, rebuilt = 0, guessed = 0, rewritten = 0;
-    std::vector<uint8_t> data(checksum_block);
     std::vector<uint8_t> loaded(checksum_page_bytes);
     std::vector<Extent> extents;
     for (size_t g = 0; g < copies.size();) {
@@ -764,19 +763,14 @@ void Volume::sums_settle_copies(std::vector<uint8_t>& image, uint64_t blocks, ui
                     continue;
                 }
                 ++entries;
-                // The block's data, from every in-sync copy of its column.
+                // The block's data, from every in-sync copy of its column (one that fails the read is
+                // failed, as at any read).
                 std::vector<uint32_t> actual;
                 extents.clear();
                 map_range(layout(), block * checksum_block, checksum_block, extents);
                 for (const Extent& x : extents) {
-                    for (uint32_t c = 0; c < layout().copies; ++c) {
-                        uint32_t slot = member_of(layout(), x.column, c);
-                        Member& m = _members[slot];
-                        if (!in_sync(slot) || member_io(_home, *m.device, backstore::IoOp::read,
-                                                        m.data_offset + x.member_offset, data) != 0) {
-                            continue;
-                        }
-                        actual.push_back(block_checksum(data.data(), block));
+                    for (const auto& bytes : read_in_sync_copies(x).data) {
+                        actual.push_back(block_checksum(bytes.data(), block));
                     }
                 }
                 auto winner = std::find_if(candidates.begin(), candidates.end(), [&](uint32_t v) {

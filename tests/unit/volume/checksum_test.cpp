@@ -418,6 +418,36 @@ TEST_F(ChecksumTest, ARottedCopyOfTheTableIsSettledAgainstTheDataAtOpen) {
     EXPECT_EQ(errors(v, 1), 1u) << "only the data flipped on purpose";
 }
 
+// The members' table copies differ at open and the block's data cannot be read from one of them: that
+// member is failed, as a read error fails a member anywhere, and the entry is settled against the copy
+// that could be read.
+TEST_F(ChecksumTest, AMemberWhoseDataCannotBeReadWhileTheTableIsSettledIsFailed) {
+    auto v = create();
+    auto data = random_bytes(64 << 10, 49);
+    {
+        VolumeDevice device(v);
+        ASSERT_EQ(io.write(device, mib1, data), 0);
+    }
+    ASSERT_TRUE(v->close());
+    volumes.clear();
+    v.reset();
+    uint64_t block = mib1 / checksum_block + 5;
+    uint32_t good = stored_sum(0, block);
+    flip_sum(1, block, true);
+    faults[1]->fail_reads(offsets[1] + mib1 + 5 * checksum_block, offsets[1] + mib1 + 6 * checksum_block);
+    auto h = assemble();
+    ASSERT_TRUE(h) << h.error().message;
+    v = *h;
+    EXPECT_EQ(v->status().members[1].state, MemberState::failed);
+    EXPECT_EQ(v->status().members[0].state, MemberState::active);
+    EXPECT_EQ(stored_sum(0, block), good);
+    faults[1]->fail_reads(0, 0);
+    VolumeDevice device(v);
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(device, mib1, back), 0);
+    EXPECT_EQ(back, data);
+}
+
 // The only in-sync member's copy of a table page rotted (its other member failed before the space
 // closed): no other copy to compare with, so before pages checked themselves the rotted entry was loaded
 // and its block, good on disk, read as a MEDIUM ERROR. Now the page fails its check, is made again from the

@@ -1,8 +1,8 @@
 // A backstore::Device wrapper that injects faults into a member: fail every request (EIO), stop
 // answering (requests complete with EIO after `hang_for`, as a RemoteDevice's session gives up), answer
 // slowly, or refuse writes with RESERVATION CONFLICT (EBADE). It counts what passes through, so that tests
-// can measure what a resync moved. Reads of a range can be held back until the test lets them go, to force
-// an interleaving.
+// can measure what a resync moved. Reads of a range can be failed alone, or held back until the test lets
+// them go (to force an interleaving).
 #pragma once
 
 #include "backstore/device.hpp"
@@ -44,6 +44,12 @@ public:
         writes = 0;
     }
 
+    // Reads that start in [from, to) fail with EIO (the other requests pass).
+    void fail_reads(uint64_t from, uint64_t to) {
+        std::lock_guard lock(_hold_mutex);
+        _fail_from = from;
+        _fail_to = to;
+    }
     // Reads that start in [from, to) wait (unanswered, unsent) until release_held().
     void hold_reads(uint64_t from, uint64_t to) {
         std::lock_guard lock(_hold_mutex);
@@ -114,6 +120,11 @@ public:
                 _held.emplace_back(reactor, r);
                 return;
             }
+            if (request.offset >= _fail_from && request.offset < _fail_to) {
+                ++failures;
+                reactor->defer([r] { finish(r, -EIO); });
+                return;
+            }
         }
         if (mode == Mode::slow) {
             reactor->add_timer(slow_by, [this, r] { _inner->submit(*r); });
@@ -132,6 +143,8 @@ private:
     mutable std::mutex _hold_mutex;
     uint64_t _hold_from = 0;
     uint64_t _hold_to = 0;
+    uint64_t _fail_from = 0;
+    uint64_t _fail_to = 0;
     std::vector<std::pair<net::Reactor*, backstore::IoRequest*>> _held;
 };
 
