@@ -342,6 +342,9 @@ def main():
                                      "members of different block sizes")):
             r = two("create", "bad", "--layout", "mirror", "--member", good, "--member", member)
             check(r.returncode != 0 and words in r.stderr, f"{what} is refused ({r.stderr.strip()[-160:]})")
+        r = two("create", "bad", good, tiny)
+        check(r.returncode == 2 and f"--member {good} --member {tiny}" in r.stderr,
+              f"members named without --member: the error says how to name them ({r.stderr.strip()[-160:]})")
         with open(good, "rb") as f:
             check(f.read() == bytes(32 * MiB), "nothing was written to the good member")
         check("bad" not in two("list").stdout, "no catalog entry either")

@@ -285,6 +285,7 @@ struct SpaceArgs {
     std::string name;
     std::string layout = "mirror";
     std::vector<std::string> members;
+    std::vector<std::string> stray_members; // create: named without --member (refused, saying how)
     std::string size, chunk, region, resync_rate, cluster;
     bool thin = false;
     bool checksum = false;
@@ -344,8 +345,11 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
     create->add_option("NAME", a->name)->required();
     create->add_option("--layout", a->layout, "mirror, stripe, concat or stripe_mirror")
         ->default_str("mirror");
-    create->add_option("--member", a->members, "A member: iscsi://... URL or a local file/device (repeat)")
-        ->required();
+    create->add_option("--member", a->members,
+                       "A member: iscsi://... URL or a local file/device (required; repeat for each)");
+    // Members named after NAME, as mdadm and zpool take them: taken (not shown in --help) only to say how
+    // to name them here, rather than CLI11's "--member is required" for a command that named them.
+    create->add_option("MEMBER", a->stray_members)->group("");
     create->add_option("--size", a->size,
                        "Space size, e.g. 10G (default: what the members hold; required with --thin)");
     create->add_flag("--thin", a->thin,
@@ -470,6 +474,19 @@ Runner add_space(CLI::App& app, GlobalOptions& /*global*/) {
         bool here = true;
         bool start = false;
         if (create->parsed()) {
+            if (a->members.empty() || !a->stray_members.empty()) {
+                std::vector<std::string> all = a->members;
+                all.insert(all.end(), a->stray_members.begin(), a->stray_members.end());
+                std::string fixed;
+                for (const std::string& m : all) {
+                    fixed += (fixed.empty() ? "--member " : " --member ") + m;
+                }
+                error(all.empty()
+                          ? "--member is required: name each member with its own --member (an "
+                            "iscsi:// URL or a local file or device)"
+                          : fmt::format("name each member with its own --member: {}", redact_urls(fixed)));
+                return exit_usage;
+            }
             auto size = size_option(a->size, "--size");
             auto chunk = size_option(a->chunk, "--chunk");
             auto region = size_option(a->region, "--region");
