@@ -9,6 +9,7 @@
 // late, so that writes meet the passes' windows with their reads or writes in flight.
 #include "backstore/memory/memory_device.hpp"
 #include "fault_device.hpp"
+#include "volume/assembly.hpp"
 #include "volume/checksum_io.hpp"
 #include "volume/member_io.hpp"
 #include "volume/volume.hpp"
@@ -53,6 +54,14 @@ protected:
         group.stop();
     }
 
+    VolumeOptions options() {
+        VolumeOptions o;
+        o.sweep_interval = 50ms;
+        o.retry_min = 50ms;
+        o.retry_max = 200ms;
+        o.holder = "test";
+        return o;
+    }
     // A 2-way checksummed mirror of memory members (thin when `thin_size` is given).
     std::shared_ptr<Volume> create(uint64_t thin_size = 0) {
         SpaceSpec spec;
@@ -82,12 +91,7 @@ protected:
             m.url = "m" + std::to_string(s);
             members.push_back(std::move(m));
         }
-        VolumeOptions o;
-        o.sweep_interval = 50ms;
-        o.retry_min = 50ms;
-        o.retry_max = 200ms;
-        o.holder = "test";
-        auto v = Volume::open(group, formatted->plan, std::move(members), o);
+        auto v = Volume::open(group, formatted->plan, std::move(members), options());
         EXPECT_TRUE(v) << v.error().message;
         if (!v) {
             return nullptr;
@@ -182,6 +186,33 @@ protected:
         return v->status().members[slot].checksum_errors;
     }
 
+    void writes_through_a_full_rebuild(uint64_t thin_size);
+
+    // The space opened again (after a close) from member `slot` alone, the other missing.
+    Result<std::shared_ptr<Volume>> open_from(unsigned slot) {
+        LabelReading r = read_member_labels(group.at(0), *faults[slot]);
+        std::vector<FoundMember> found{{"m" + std::to_string(slot), r.label, r.problems}};
+        auto plan = plan_assembly(found, {});
+        if (!plan) {
+            return plan.error();
+        }
+        std::vector<VolumeMember> members;
+        for (size_t s = 0; s < plan->truth.members.size(); ++s) {
+            VolumeMember m;
+            if (plan->found[s].has_value()) {
+                m.device = std::make_unique<test::SharedDevice>(faults[s]);
+            }
+            m.data_offset = offsets[s];
+            m.url = "m" + std::to_string(s);
+            members.push_back(std::move(m));
+        }
+        auto v = Volume::open(group, *plan, std::move(members), options());
+        if (v) {
+            volumes.push_back(*v);
+        }
+        return v;
+    }
+
     uint64_t member_bytes = 24 * MiB;
     net::ReactorGroup group;
     test::Submitter io;
@@ -236,30 +267,46 @@ TEST_F(InterleavingTest, WritesDuringAnOnlineGrowsEqualizingPassLeaveEqualCopies
 
 // A failed member replaced by a blank disk (its data area full of old bytes) is rebuilt in full, region by
 // region from the in-sync copy, while writes of every shape land ahead of the rebuild, behind it and in the
-// region it is copying.
+// region it is copying. Then the space is opened from the new member alone: its labels, its checksum table
+// (and a thin space's map) are whole, and what it holds reads as written.
 TEST_F(InterleavingTest, WritesDuringTheFullRebuildOfAReplacedMemberLeaveEqualCopies) {
-    auto v = create();
+    writes_through_a_full_rebuild(0);
+}
+
+TEST_F(InterleavingTest, WritesDuringTheFullRebuildOfAReplacedMemberOfAThinSpaceLeaveEqualCopies) {
+    writes_through_a_full_rebuild(uint64_t(1) << 30);
+}
+
+void InterleavingTest::writes_through_a_full_rebuild(uint64_t thin_size) {
+    auto v = create(thin_size);
     VolumeDevice device(v);
-    const uint64_t size = v->geometry().bytes();
-    std::vector<uint8_t> model(size, 0);
-    for (uint64_t at = 0; at < size; at += 8 * MiB) {
-        auto piece = random_bytes(std::min(8 * MiB, size - at), 100 + at);
+    // A thin space: 16 of its pool's clusters written (and rewritten in place below).
+    const uint64_t span = thin_size != 0 ? 16 * MiB : v->geometry().bytes();
+    std::vector<uint8_t> model(span, 0);
+    for (uint64_t at = 0; at < span; at += 8 * MiB) {
+        auto piece = random_bytes(std::min(8 * MiB, span - at), 100 + at);
         ASSERT_EQ(io.write(device, at, piece), 0);
         std::copy(piece.begin(), piece.end(), model.begin() + long(at));
     }
     faults[1]->set(FaultDevice::Mode::fail); // gone: its retries fail until it is replaced
     ASSERT_TRUE(v->fail_member(1));
+    // The new disk holds old bytes everywhere (its checksum area and a thin space's map area too) but in
+    // the bitmap area, which `replace` zeroes before it hands the disk to the volume.
     auto blank = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
-    auto old_bytes = random_bytes(size, 101);
-    ASSERT_EQ(member_io(group.at(0), *blank, backstore::IoOp::write, offsets[1], old_bytes), 0);
+    auto old_bytes = random_bytes(member_bytes, 101);
+    LabelReading label = read_member_labels(group.at(0), *disks[0]);
+    ASSERT_TRUE(label.label && label.label->area(AreaType::bitmap));
+    const MetadataArea bitmap = *label.label->area(AreaType::bitmap);
+    std::fill_n(old_bytes.begin() + long(bitmap.offset), bitmap.length, 0);
+    ASSERT_EQ(member_io(group.at(0), *blank, backstore::IoOp::write, 0, old_bytes), 0);
     disks[1] = blank;
     faults[1] = std::make_shared<FaultDevice>(blank);
-    v->set_resync_rate(32 << 20); // the whole space: ~0.7 s of windows
+    v->set_resync_rate(32 << 20); // the whole layout range: ~0.7 s of windows
     slow(2ms);
     std::atomic<bool> replaced{false};
     Writers writers;
     start_writers(
-        writers, device, model, [&] { return size / MiB; },
+        writers, device, model, [&] { return span / MiB; },
         [&](int i) {
             return i < 40 || !replaced.load() || v->status().members[1].state != MemberState::active;
         },
@@ -285,6 +332,16 @@ TEST_F(InterleavingTest, WritesDuringTheFullRebuildOfAReplacedMemberLeaveEqualCo
     EXPECT_EQ(writers.join(), 0);
     EXPECT_EQ(v->status().members[1].rebuild, RebuildMode::none);
     expect_settled(v, device, model);
+
+    ASSERT_TRUE(v->close());
+    volumes.clear();
+    auto alone = open_from(1);
+    ASSERT_TRUE(alone) << alone.error().message;
+    VolumeDevice reopened(*alone);
+    std::vector<uint8_t> back(model.size());
+    ASSERT_EQ(io.read(reopened, 0, back), 0);
+    EXPECT_TRUE(back == model) << "the new member alone: " << first_difference(back, model);
+    EXPECT_EQ(errors(*alone, 1), 0u) << "its table matches what it holds";
 }
 
 // A thin checksummed space: snapshots taken while writers write and a member resyncs (the writers paused
