@@ -53,7 +53,7 @@ void Resync::add_target(uint32_t slot) {
     if (!_v._bitmap || find(slot)) {
         return;
     }
-    const auto& m = _v._members[slot];
+    auto& m = _v._members[slot];
     Target t;
     t.slot = slot;
     t.mode = RebuildMode(m.rebuild.load());
@@ -62,7 +62,25 @@ void Resync::add_target(uint32_t slot) {
     t.next = from / rs;
     uint64_t regions = _v.regions_in_use();
     if (t.mode == RebuildMode::full) {
-        t.total_bytes = _v._space_size.load() - std::min(_v._space_size.load(), t.next * rs);
+        // A full rebuild that was interrupted (the member failed again, or the space was closed) goes on
+        // from its checkpoint, but what lies below that is in sync only where nothing was written while
+        // the member was out: those writes are marked in the bitmap (which keeps every mark while a member
+        // is out of sync), and their regions are copied again. The cursor starts at the first of them,
+        // and so does what the member counts as in sync (its checkpoint steps back with it).
+        t.full_from = t.next;
+        for (uint64_t r = 0; r < t.full_from; ++r) {
+            if (_v._bitmap->marked(r)) {
+                t.next = r;
+                break;
+            }
+        }
+        if (t.next < t.full_from) {
+            m.synced_below.store(t.next * rs, std::memory_order_release);
+        }
+        for (uint64_t r = t.next; r < t.full_from; ++r) {
+            t.total_bytes += _v._bitmap->marked(r) ? rs : 0;
+        }
+        t.total_bytes += _v._space_size.load() - std::min(_v._space_size.load(), t.full_from * rs);
     } else {
         for (uint64_t r = t.next; r < regions; ++r) {
             t.total_bytes += _v._bitmap->marked(r) ? rs : 0;
@@ -125,7 +143,7 @@ void Resync::set_rate(uint64_t bytes_per_second) {
 }
 
 bool Resync::needs(const Target& t, uint64_t region) const {
-    return t.mode == RebuildMode::full || _v._bitmap->marked(region);
+    return (t.mode == RebuildMode::full && region >= t.full_from) || _v._bitmap->marked(region);
 }
 
 uint64_t Resync::next_needed(Target& t) {

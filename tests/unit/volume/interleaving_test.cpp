@@ -446,5 +446,52 @@ TEST_F(InterleavingTest, AMemberFailingAgainInTheMiddleOfItsResyncComesBackAndFi
     expect_settled(v, device, model);
 }
 
+// A replaced member fails again in the middle of its full rebuild, with its checkpoint past the first
+// regions; writes land below the checkpoint while it is out. When it comes back its rebuild goes on from the
+// checkpoint, and the regions written below it meanwhile are copied too (they once were not: the member
+// came back in sync with stale data there, which only the checksums caught).
+TEST_F(InterleavingTest, AMemberFailingAgainInItsFullRebuildGetsWhatWasWrittenBelowItsCheckpoint) {
+    auto v = create();
+    VolumeDevice device(v);
+    const uint64_t size = v->geometry().bytes();
+    auto model = random_bytes(size, 130);
+    ASSERT_EQ(io.write(device, 0, model), 0);
+    ASSERT_TRUE(test::eventually([&] { return v->status().dirty_regions == 0; })) << "the sweep cleared it";
+    faults[1]->set(FaultDevice::Mode::fail);
+    ASSERT_TRUE(v->fail_member(1));
+    auto blank = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
+    disks[1] = blank;
+    faults[1] = std::make_shared<FaultDevice>(blank);
+    v->set_resync_rate(8 << 20); // a MiB window every 125 ms
+    MemberEntry fresh;
+    fresh.uuid = make_uuid();
+    fresh.data_bytes = v->truth_at_open().members[1].data_bytes;
+    fresh.url = "m1-new";
+    ASSERT_TRUE(test::eventually([&] {
+        VolumeMember m;
+        m.device = std::make_unique<test::SharedDevice>(faults[1]);
+        m.data_offset = offsets[1];
+        m.url = "m1-new";
+        return bool(v->replace_member(1, std::move(m), fresh));
+    }));
+    ASSERT_TRUE(test::eventually([&] { return v->status().members[1].recovery_offset >= 4 * MiB; }));
+    faults[1]->set(FaultDevice::Mode::fail);
+    auto below = random_bytes(64 << 10, 131); // the write that finds it gone
+    ASSERT_EQ(io.write(device, MiB + 8192, below), 0);
+    std::copy(below.begin(), below.end(), model.begin() + long(MiB + 8192));
+    ASSERT_TRUE(test::eventually([&] { return v->status().members[1].state == MemberState::failed; }));
+    EXPECT_EQ(v->status().members[1].rebuild, RebuildMode::full);
+    below = random_bytes(4096, 132); // and one while it is out
+    ASSERT_EQ(io.write(device, 2 * MiB, below), 0);
+    std::copy(below.begin(), below.end(), model.begin() + long(2 * MiB));
+    faults[1]->count_from = offsets[1];
+    faults[1]->count_to = offsets[1] + size;
+    faults[1]->reset_counts();
+    faults[1]->set(FaultDevice::Mode::ok); // back: its retry rejoins it
+    expect_settled(v, device, model);
+    // Not the whole space again: what was written below the checkpoint, and the rest from it.
+    EXPECT_LE(faults[1]->bytes_written.load(), size - 2 * MiB);
+}
+
 } // namespace
 } // namespace ispace::volume
