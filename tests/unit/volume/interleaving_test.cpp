@@ -186,7 +186,22 @@ protected:
         return v->status().members[slot].checksum_errors;
     }
 
+    // The space closed and opened again from member `slot` alone: its labels, its checksum table (and a
+    // thin space's map) are whole, and it reads the model.
+    void expect_alone(const std::shared_ptr<Volume>& v, unsigned slot, const std::vector<uint8_t>& model) {
+        ASSERT_TRUE(v->close());
+        volumes.clear();
+        auto alone = open_from(slot);
+        ASSERT_TRUE(alone) << alone.error().message;
+        VolumeDevice reopened(*alone);
+        std::vector<uint8_t> back(model.size());
+        ASSERT_EQ(io.read(reopened, 0, back), 0);
+        EXPECT_TRUE(back == model) << "member " << slot << " alone: " << first_difference(back, model);
+        EXPECT_EQ(errors(*alone, slot), 0u) << "its table matches what it holds";
+    }
+
     void writes_through_a_full_rebuild(uint64_t thin_size);
+    void fails_again_in_its_resync(uint64_t thin_size);
 
     // The space opened again (after a close) from member `slot` alone, the other missing.
     Result<std::shared_ptr<Volume>> open_from(unsigned slot) {
@@ -333,15 +348,7 @@ void InterleavingTest::writes_through_a_full_rebuild(uint64_t thin_size) {
     EXPECT_EQ(v->status().members[1].rebuild, RebuildMode::none);
     expect_settled(v, device, model);
 
-    ASSERT_TRUE(v->close());
-    volumes.clear();
-    auto alone = open_from(1);
-    ASSERT_TRUE(alone) << alone.error().message;
-    VolumeDevice reopened(*alone);
-    std::vector<uint8_t> back(model.size());
-    ASSERT_EQ(io.read(reopened, 0, back), 0);
-    EXPECT_TRUE(back == model) << "the new member alone: " << first_difference(back, model);
-    EXPECT_EQ(errors(*alone, 1), 0u) << "its table matches what it holds";
+    expect_alone(v, 1, model);
 }
 
 // A thin checksummed space: snapshots taken while writers write and a member resyncs (the writers paused
@@ -414,16 +421,31 @@ TEST_F(InterleavingTest, SnapshotsTakenAndDeletedDuringWritesAndAResyncHoldWhatT
 }
 
 // A returning member fails again in the middle of its resync (windows in flight to it, writes going on),
-// comes back, and its resync starts again from what the bitmap still marks and finishes.
+// comes back, and its resync starts again from what the bitmap still marks and finishes; the space then opens
+// from it alone.
 TEST_F(InterleavingTest, AMemberFailingAgainInTheMiddleOfItsResyncComesBackAndFinishes) {
-    auto v = create();
+    fails_again_in_its_resync(0);
+}
+
+// The same in a thin space: the returning member gets the pool's map again each time it rejoins.
+TEST_F(InterleavingTest, AMemberOfAThinSpaceFailingAgainInTheMiddleOfItsResyncComesBackAndFinishes) {
+    fails_again_in_its_resync(uint64_t(1) << 30);
+}
+
+void InterleavingTest::fails_again_in_its_resync(uint64_t thin_size) {
+    auto v = create(thin_size);
     VolumeDevice device(v);
-    constexpr uint64_t span = 8 * MiB;
-    std::vector<uint8_t> model = random_bytes(span, 120);
-    ASSERT_EQ(io.write(device, 0, model), 0);
+    // A thin space's writers also reach 4 MiB never written before: clusters are allocated (and the map
+    // changed) while the member is away, each time.
+    const uint64_t written = 8 * MiB;
+    const uint64_t span = thin_size != 0 ? 12 * MiB : written;
+    std::vector<uint8_t> model(span, 0);
+    auto first = random_bytes(written, 120);
+    ASSERT_EQ(io.write(device, 0, first), 0);
     faults[1]->set(FaultDevice::Mode::fail);
-    model = random_bytes(span, 121);
-    ASSERT_EQ(io.write(device, 0, model), 0); // every region marked
+    first = random_bytes(written, 121);
+    ASSERT_EQ(io.write(device, 0, first), 0); // every region marked
+    std::copy(first.begin(), first.end(), model.begin());
     ASSERT_EQ(v->status().members[1].state, MemberState::failed);
     v->set_resync_rate(16 << 20); // a window every 62 ms: ~0.5 s for the 8 MiB
     slow(2ms);
@@ -431,7 +453,7 @@ TEST_F(InterleavingTest, AMemberFailingAgainInTheMiddleOfItsResyncComesBackAndFi
     std::atomic<bool> back_again{false};
     Writers writers;
     start_writers(
-        writers, device, model, [] { return span / MiB; },
+        writers, device, model, [&] { return span / MiB; },
         [&](int i) {
             return i < 40 || !back_again.load() || v->status().members[1].state != MemberState::active;
         },
@@ -444,6 +466,7 @@ TEST_F(InterleavingTest, AMemberFailingAgainInTheMiddleOfItsResyncComesBackAndFi
     back_again.store(true);
     EXPECT_EQ(writers.join(), 0);
     expect_settled(v, device, model);
+    expect_alone(v, 1, model);
 }
 
 // A replaced member fails again in the middle of its full rebuild, with its checkpoint past the first
