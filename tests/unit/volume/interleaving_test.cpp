@@ -191,7 +191,7 @@ protected:
     void expect_alone(const std::shared_ptr<Volume>& v, unsigned slot, const std::vector<uint8_t>& model) {
         ASSERT_TRUE(v->close());
         volumes.clear();
-        auto alone = open_from(slot);
+        auto alone = open_from({slot});
         ASSERT_TRUE(alone) << alone.error().message;
         VolumeDevice reopened(*alone);
         std::vector<uint8_t> back(model.size());
@@ -202,11 +202,15 @@ protected:
 
     void writes_through_a_full_rebuild(uint64_t thin_size);
     void fails_again_in_its_resync(uint64_t thin_size);
+    void killed_in_a_resync(bool full);
 
-    // The space opened again (after a close) from member `slot` alone, the other missing.
-    Result<std::shared_ptr<Volume>> open_from(unsigned slot) {
-        LabelReading r = read_member_labels(group.at(0), *faults[slot]);
-        std::vector<FoundMember> found{{"m" + std::to_string(slot), r.label, r.problems}};
+    // The space opened again (after a close) from the members in `slots`, the others missing.
+    Result<std::shared_ptr<Volume>> open_from(const std::vector<unsigned>& slots) {
+        std::vector<FoundMember> found;
+        for (unsigned slot : slots) {
+            LabelReading r = read_member_labels(group.at(0), *faults[slot]);
+            found.push_back({"m" + std::to_string(slot), r.label, r.problems});
+        }
         auto plan = plan_assembly(found, {});
         if (!plan) {
             return plan.error();
@@ -514,6 +518,76 @@ TEST_F(InterleavingTest, AMemberFailingAgainInItsFullRebuildGetsWhatWasWrittenBe
     expect_settled(v, device, model);
     // Not the whole space again: what was written below the checkpoint, and the rest from it.
     EXPECT_LE(faults[1]->bytes_written.load(), size - 2 * MiB);
+}
+
+// The holder killed in the middle of a resync while a write below the checkpoint was in flight: it reached
+// the in-sync copy, not the member being resynced. At the next open the resync goes on from its checkpoint
+// and copies that region again (the bitmap marks it); it once went on from the checkpoint alone and the
+// member came back in sync without the write. A full rebuild of a replaced member, and a delta resync.
+TEST_F(InterleavingTest, AKillInTheMiddleOfAFullRebuildLeavesNoRegionBelowItsCheckpointStale) {
+    killed_in_a_resync(true);
+}
+
+TEST_F(InterleavingTest, AKillInTheMiddleOfADeltaResyncLeavesNoRegionBelowItsCheckpointStale) {
+    killed_in_a_resync(false);
+}
+
+void InterleavingTest::killed_in_a_resync(bool full) {
+    auto v = create();
+    const uint64_t size = v->geometry().bytes();
+    auto model = random_bytes(size, 140);
+    {
+        VolumeDevice device(v);
+        ASSERT_EQ(io.write(device, 0, model), 0);
+        ASSERT_TRUE(test::eventually([&] { return v->status().dirty_regions == 0; }))
+            << "the sweep cleared it";
+        faults[1]->set(FaultDevice::Mode::fail);
+        if (full) {
+            ASSERT_TRUE(v->fail_member(1));
+            auto blank = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
+            disks[1] = blank;
+            faults[1] = std::make_shared<FaultDevice>(blank);
+        } else {
+            model = random_bytes(size, 141);
+            ASSERT_EQ(io.write(device, 0, model), 0); // every region marked: the delta
+            ASSERT_EQ(v->status().members[1].state, MemberState::failed);
+        }
+        v->set_resync_rate(8 << 20); // a MiB window every 125 ms
+        if (full) {
+            MemberEntry fresh;
+            fresh.uuid = make_uuid();
+            fresh.data_bytes = v->truth_at_open().members[1].data_bytes;
+            fresh.url = "m1-new";
+            ASSERT_TRUE(test::eventually([&] {
+                VolumeMember m;
+                m.device = std::make_unique<test::SharedDevice>(faults[1]);
+                m.data_offset = offsets[1];
+                m.url = "m1-new";
+                return bool(v->replace_member(1, std::move(m), fresh));
+            }));
+        } else {
+            faults[1]->set(FaultDevice::Mode::ok); // back: a delta resync
+        }
+        ASSERT_TRUE(test::eventually([&] {
+            LabelReading r = read_member_labels(group.at(0), *disks[0]);
+            return r.label && r.label->members[1].recovery_offset >= 4 * MiB;
+        })) << "the checkpoint in the labels";
+        const uint64_t at = MiB + 8192;
+        auto before = member_data(1, at, 64 << 10);
+        auto late = random_bytes(64 << 10, 142);
+        ASSERT_EQ(io.write(device, at, late), 0);
+        std::copy(late.begin(), late.end(), model.begin() + long(at));
+        v->abandon(); // kill -9
+        // The write reached slot 0 only: slot 1 holds what it held before.
+        ASSERT_EQ(member_io(group.at(0), *disks[1], backstore::IoOp::write, offsets[1] + at, before), 0);
+    }
+    volumes.clear();
+    v.reset();
+    auto again = open_from({0, 1});
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_EQ((*again)->status().members[1].state, MemberState::rebuilding);
+    VolumeDevice device(*again);
+    expect_settled(*again, device, model);
 }
 
 } // namespace
