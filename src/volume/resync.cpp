@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <utility>
 
 namespace ispace::volume {
 
@@ -53,7 +54,7 @@ void Resync::add_target(uint32_t slot) {
     if (!_v._bitmap || find(slot)) {
         return;
     }
-    const auto& m = _v._members[slot];
+    auto& m = _v._members[slot];
     Target t;
     t.slot = slot;
     t.mode = RebuildMode(m.rebuild.load());
@@ -61,12 +62,29 @@ void Resync::add_target(uint32_t slot) {
     uint64_t from = m.synced_below.load();
     t.next = from / rs;
     uint64_t regions = _v.regions_in_use();
-    if (t.mode == RebuildMode::full) {
-        t.total_bytes = _v._space_size.load() - std::min(_v._space_size.load(), t.next * rs);
-    } else {
-        for (uint64_t r = t.next; r < regions; ++r) {
-            t.total_bytes += _v._bitmap->marked(r) ? rs : 0;
+    // A resync that was interrupted goes on from its checkpoint. What lies below that is in sync only where
+    // nothing was written that the member did not get: writes while it was out (it failed again), and
+    // writes in flight when the holder stopped uncleanly, which may have reached the other copies alone.
+    // Both are marked in the bitmap (which keeps every mark while a member is out of sync), and their
+    // regions are copied again: the cursor starts at the first of them, and so does what the member counts
+    // as in sync (its checkpoint steps back with it). Only a member that stayed in through a clean close
+    // got every write below its checkpoint, and goes on from there alone.
+    t.full_from = t.next;
+    if (!std::exchange(m.resumes_clean, false)) {
+        for (uint64_t r = 0; r < t.full_from; ++r) {
+            if (_v._bitmap->marked(r)) {
+                t.next = r;
+                break;
+            }
         }
+    }
+    if (t.next < t.full_from) {
+        m.synced_below.store(t.next * rs, std::memory_order_release);
+    }
+    uint64_t size = _v._space_size.load();
+    for (uint64_t r = t.next; r < regions; ++r) {
+        bool whole = t.mode == RebuildMode::full && r >= t.full_from;
+        t.total_bytes += whole || _v._bitmap->marked(r) ? std::min<uint64_t>(rs, size - r * rs) : 0;
     }
     log_info("space {}: resync of {} ({}) starts at {} MiB: {} MiB to copy", _v._truth_at_open.name,
              _v._members[slot].url, t.mode == RebuildMode::full ? "full" : "delta", t.next * rs >> 20,
@@ -125,7 +143,7 @@ void Resync::set_rate(uint64_t bytes_per_second) {
 }
 
 bool Resync::needs(const Target& t, uint64_t region) const {
-    return t.mode == RebuildMode::full || _v._bitmap->marked(region);
+    return (t.mode == RebuildMode::full && region >= t.full_from) || _v._bitmap->marked(region);
 }
 
 uint64_t Resync::next_needed(Target& t) {

@@ -59,6 +59,7 @@ private:
         uint32_t slot = 0;
         RebuildMode mode = RebuildMode::delta;
         uint64_t next = 0;           // the next region not yet started
+        uint64_t full_from = 0;      // full: every region from here on; below it, those the bitmap marks
         std::set<uint64_t> inflight; // regions started, not finished
         uint64_t total_bytes = 0;
         uint64_t done_bytes = 0;

@@ -279,6 +279,9 @@ private:
         // regions were copied to it (delta); home writes it, readers may look.
         std::atomic<uint64_t> synced_below{0};
         std::atomic<uint8_t> rebuild{uint8_t(RebuildMode::none)};
+        // Set at open for a member whose rebuild was interrupted by a clean close while it stayed in: every
+        // write below its checkpoint reached it, so its resync goes on from there alone (Resync::add_target).
+        bool resumes_clean = false;
         // Home reactor only: retry back-off.
         std::chrono::milliseconds retry_delay{0};
         bool retry_scheduled = false;

@@ -519,6 +519,10 @@ void Volume::sums_kick() {
             }
             PageBatch::Write& w = *batch->writes[index++];
             w.request.done = [this, batch, r, slot, done](int error) {
+                // Counted out as submit_member counted it in: a count left behind kept replace_member
+                // refusing the slot ("requests are still in flight to it") for good once a page had gone to
+                // it, so a failed member of a space held open could never be replaced.
+                _members[slot].inflight.fetch_sub(1, std::memory_order_relaxed);
                 if (error != 0) {
                     member_error(slot, error, "checksum write");
                 } else {

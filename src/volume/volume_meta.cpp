@@ -193,6 +193,7 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
             RebuildMode mode = plan.rebuild[s] == RebuildMode::none ? RebuildMode::delta : plan.rebuild[s];
             if (e.state == MemberState::rebuilding && e.rebuild == mode) {
                 // An interrupted rebuild: resumes from its checkpoint (full) or the bitmap (delta).
+                m.resumes_clean = !plan.unclean;
             } else {
                 book.member_rejoins(s, mode, false);
                 if (mode == RebuildMode::full) {
@@ -1023,6 +1024,7 @@ void Volume::rejoin(uint32_t slot, const Label& own) {
              mode == RebuildMode::full ? "full" : "delta");
     m.rebuild.store(uint8_t(mode));
     m.synced_below.store(from);
+    m.resumes_clean = false; // it was out: what the bitmap marks below `from` is copied again
     m.retry_delay = std::chrono::milliseconds(0);
     m.state.store(uint8_t(MemberState::rebuilding), std::memory_order_release);
     update_masks();
@@ -1091,6 +1093,7 @@ Result<void> Volume::replace_member(uint32_t slot, VolumeMember member, MemberEn
         m.checksum_errors.store(0);
         m.rebuild.store(uint8_t(RebuildMode::full));
         m.synced_below.store(0);
+        m.resumes_clean = false;
         m.state.store(uint8_t(MemberState::rebuilding), std::memory_order_release);
         update_masks();
         change_labels([slot, entry](LabelBook& book) { book.replace_member(slot, entry); });

@@ -785,6 +785,48 @@ TEST_F(ChecksumTest, AMemberThatComesBackGetsTheChecksumsItMissed) {
     EXPECT_EQ(errors(v, 1), 0u);
 }
 
+// A failed member of a checksummed space held open is replaced by a blank disk: the new one gets the table
+// and the data, and serves verified reads. (Every table page written to a member once left it counted in
+// flight for good: replace_member refused a slot whose member had ever been sent a page.)
+TEST_F(ChecksumTest, AFailedMemberOfASpaceHeldOpenIsReplacedAndGetsTheTable) {
+    auto v = create();
+    VolumeDevice device(v);
+    auto data = random_bytes(256 << 10, 16);
+    ASSERT_EQ(io.write(device, 2 * mib1, data), 0); // its table page goes to both members
+    faults[1]->set(FaultDevice::Mode::fail);        // gone: its retries fail
+    ASSERT_TRUE(v->fail_member(1));
+    auto blank = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
+    disks[1] = blank;
+    faults[1] = std::make_shared<FaultDevice>(blank);
+    MemberEntry fresh;
+    fresh.uuid = make_uuid();
+    fresh.data_bytes = v->truth_at_open().members[1].data_bytes;
+    fresh.url = "m1-new";
+    std::string refused;
+    ASSERT_TRUE(test::eventually(
+        [&] {
+            VolumeMember m;
+            m.device = std::make_unique<test::SharedDevice>(faults[1]);
+            m.data_offset = offsets[1];
+            m.url = "m1-new";
+            auto r = v->replace_member(1, std::move(m), fresh);
+            refused = r ? "" : r.error().message;
+            return bool(r);
+        },
+        2s))
+        << "refused while the old device's retry is in flight, no longer: " << refused;
+    ASSERT_TRUE(test::eventually([&] { return v->status().members[1].state == MemberState::active; }));
+    for (uint64_t i = 0; i < data.size() / checksum_block; i += 7) {
+        uint64_t block = 2 * mib1 / checksum_block + i;
+        EXPECT_EQ(stored_sum(1, block), block_checksum(data.data() + i * checksum_block, block));
+    }
+    ASSERT_TRUE(v->fail_member(0));
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(io.read(device, 2 * mib1, back), 0);
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(errors(v, 1), 0u);
+}
+
 // Sub-4 KiB writes of every sector of the same blocks, from two reactors at once, with whole-block reads
 // among them: each write's read-modify-write of its block holds the block, so none is lost, and no read
 // ever sees data and checksum apart (no checksum error, no failed read).
