@@ -104,73 +104,6 @@ protected:
         }
         return v;
     }
-    // The body of the WritesOfEveryShapeDuringAResync... tests.
-    void writes_through_a_resync(const std::shared_ptr<Volume>& v, bool scrub_beside) {
-        VolumeDevice device(v);
-        constexpr uint64_t span = 8 << 20;
-        std::vector<uint8_t> model = random_bytes(span, 45);
-        ASSERT_EQ(io.write(device, 0, model), 0);
-        faults[1]->set(FaultDevice::Mode::fail);
-        model = random_bytes(span, 46);
-        ASSERT_EQ(io.write(device, 0, model), 0); // every region marked: the resync copies all of them
-        ASSERT_EQ(v->status().members[1].state, MemberState::failed);
-        // The resync held to 16 MiB/s (a window every 62 ms), both members answering 2 ms late: the writes
-        // below run through all of it, meeting windows whose reads or writes are in flight, and regions
-        // copied and not.
-        v->set_resync_rate(16 << 20);
-        for (auto& f : faults) {
-            f->slow_by = 2ms;
-            f->set(FaultDevice::Mode::slow);
-        }
-        ASSERT_TRUE(test::eventually([&] { return v->status().resync.running; }));
-        if (scrub_beside) {
-            ASSERT_TRUE(v->scrub(ScrubAction::start, 32 << 20)); // ~0.7 s: beside most of the writes
-        }
-        std::atomic<int> failures{0};
-        // Two writers, each alone in its half of every MiB (so the model is exact), one per reactor.
-        auto writer = [&](unsigned half, uint64_t seed) {
-            test::Submitter sub(group.at(half));
-            std::mt19937_64 rng(seed);
-            const uint64_t sizes[] = {512, 1536, 4096, 64 << 10, 512 << 10};
-            for (int i = 0; i < 150 && (i < 20 || v->status().resync.running); ++i) {
-                uint64_t size = sizes[rng() % std::size(sizes)];
-                uint64_t room = (512 << 10) - size;
-                uint64_t at = rng() % (span >> 20) * (1 << 20) + half * (512 << 10) +
-                              (room == 0 ? 0 : rng() % (room / 512 + 1) * 512);
-                auto data = random_bytes(size, rng());
-                if (sub.write(device, at, data, i % 3 == 0) != 0) {
-                    ++failures;
-                    continue;
-                }
-                std::copy(data.begin(), data.end(), model.begin() + long(at));
-            }
-        };
-        std::thread a(writer, 0u, 47), b(writer, 1u, 48);
-        a.join();
-        b.join();
-        EXPECT_EQ(failures.load(), 0);
-        for (auto& f : faults) {
-            f->set(FaultDevice::Mode::ok);
-        }
-        ASSERT_TRUE(test::eventually([&] { return v->status().members[1].state == MemberState::active; }));
-        ASSERT_TRUE(v->wait_resync(30s));
-        EXPECT_EQ(errors(v, 0) + errors(v, 1), 0u) << "no block judged by checksums it was not written with";
-        EXPECT_EQ(v->status().members[0].state, MemberState::active);
-        std::vector<uint8_t> back(span);
-        ASSERT_EQ(io.read(device, 0, back), 0);
-        EXPECT_TRUE(back == model) << "the space reads what was written last";
-        VolumeStatus st = v->status();
-        uint64_t layout_bytes = st.thin ? st.pool_bytes : st.size;
-        EXPECT_TRUE(member_data(0, 0, layout_bytes) == member_data(1, 0, layout_bytes)) << "equal copies";
-        // Every copy of every block against the table (the returned member's table included).
-        ASSERT_TRUE(test::eventually([&] { return !v->status().scrub.running; }));
-        ASSERT_TRUE(v->scrub());
-        ASSERT_TRUE(test::eventually([&] { return !v->status().scrub.running; }));
-        st = v->status();
-        EXPECT_GT(st.scrub.checked_blocks, 0u);
-        EXPECT_EQ(st.scrub.bad_blocks, 0u);
-        EXPECT_EQ(st.scrub.table_entries_rewritten, 0u);
-    }
     std::vector<uint8_t> member_data(unsigned slot, uint64_t offset, uint64_t length) {
         std::vector<uint8_t> out(length);
         EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, offsets[slot] + offset, out),
@@ -882,18 +815,6 @@ TEST_F(ChecksumTest, AWriteArrivingDuringAResyncsCopyOfItsRegionDoesNotMakeTheSo
         uint64_t block = 2 * mib1 / checksum_block + i;
         EXPECT_EQ(stored_sum(1, block), block_checksum(data.data() + i * checksum_block, block));
     }
-}
-
-// Writes of every shape (sub-4 KiB, 4 KiB, 64 KiB, half a MiB; FUA or not) from both reactors, all through
-// a resync that returns a member (and a scrub beside it): when it is over no block was judged rotten, the
-// copies are equal byte for byte, the space reads what was written last, and a scrub finds every copy of
-// every block matching the table.
-TEST_F(ChecksumTest, WritesOfEveryShapeDuringAResyncLeaveEqualCopiesAndNoChecksumError) {
-    writes_through_a_resync(create(), false);
-}
-
-TEST_F(ChecksumTest, WritesOfEveryShapeDuringAResyncAndAScrubOfAThinSpaceLeaveEqualCopies) {
-    writes_through_a_resync(create(2, uint64_t(1) << 30), true);
 }
 
 TEST_F(ChecksumTest, ConcurrentSub4KWritesAndReadsOfTheSameBlocksLoseNothing) {

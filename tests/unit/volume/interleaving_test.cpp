@@ -200,6 +200,7 @@ protected:
         EXPECT_EQ(errors(*alone, slot), 0u) << "its table matches what it holds";
     }
 
+    void writes_through_a_resync(uint64_t thin_size, bool scrub_beside);
     void writes_through_a_full_rebuild(uint64_t thin_size);
     void fails_again_in_its_resync(uint64_t thin_size);
     void killed_in_a_resync(bool full);
@@ -240,6 +241,44 @@ protected:
     std::vector<uint64_t> offsets;
     std::vector<std::shared_ptr<Volume>> volumes;
 };
+
+// A member that missed writes to every region returns; writes of every shape land throughout its resync
+// (in regions copied, not yet copied, and being copied). A write once set its new checksums before it
+// waited for the region a window was copying, and the window judged the source's old bytes by them: every
+// block "rotten", members failed (docs/integrity.md; the forced interleaving is ChecksumTest.AWriteArriving
+// DuringAResyncsCopyOfItsRegionDoesNotMakeTheSourceLookRotten).
+TEST_F(InterleavingTest, WritesOfEveryShapeDuringAResyncLeaveEqualCopiesAndNoChecksumError) {
+    writes_through_a_resync(0, false);
+}
+
+// The same in a thin space, with a paced scrub beside the resync and the writes.
+TEST_F(InterleavingTest, WritesOfEveryShapeDuringAResyncAndAScrubOfAThinSpaceLeaveEqualCopies) {
+    writes_through_a_resync(uint64_t(1) << 30, true);
+}
+
+void InterleavingTest::writes_through_a_resync(uint64_t thin_size, bool scrub_beside) {
+    auto v = create(thin_size);
+    VolumeDevice device(v);
+    const uint64_t span = 8 * MiB;
+    std::vector<uint8_t> model = random_bytes(span, 45);
+    ASSERT_EQ(io.write(device, 0, model), 0);
+    faults[1]->set(FaultDevice::Mode::fail);
+    model = random_bytes(span, 46);
+    ASSERT_EQ(io.write(device, 0, model), 0); // every region marked: the resync copies all of them
+    ASSERT_EQ(v->status().members[1].state, MemberState::failed);
+    v->set_resync_rate(16 << 20); // a window every 62 ms: ~0.5 s for the 8 MiB
+    slow(2ms);
+    ASSERT_TRUE(test::eventually([&] { return v->status().resync.running; }));
+    if (scrub_beside) {
+        ASSERT_TRUE(v->scrub(ScrubAction::start, 32 << 20)); // ~0.7 s: beside most of the writes
+    }
+    Writers writers;
+    start_writers(
+        writers, device, model, [&] { return span / MiB; },
+        [&](int i) { return i < 20 || (i < 150 && v->status().resync.running); }, 47);
+    EXPECT_EQ(writers.join(), 0);
+    expect_settled(v, device, model);
+}
 
 // An online grow of a checksummed mirror whose members' devices hold different bytes past their old end (a
 // LUN resized on its target keeps whatever its blocks held): the grow's pass makes the new range equal from
