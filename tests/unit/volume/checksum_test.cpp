@@ -3,6 +3,7 @@
 // never wrong data; a misdirected write caught; sub-4 KiB writes; the error threshold; a torn write after a
 // crash resolved through the bitmap; a member that comes back gets the table.
 #include "backstore/memory/memory_device.hpp"
+#include "checksummed_mirror.hpp"
 #include "common/bytes.hpp"
 #include "fault_device.hpp"
 #include "volume/checksum_io.hpp"
@@ -28,91 +29,11 @@ using namespace std::chrono_literals;
 using test::FaultDevice;
 using test::random_bytes;
 
-constexpr uint64_t member_bytes = 24 << 20;
-
-class ChecksumTest : public ::testing::Test {
+class ChecksumTest : public test::ChecksummedMirror {
 protected:
-    ChecksumTest() : group(2), io(group.at(1)) { group.start(); }
-    ~ChecksumTest() override {
-        for (auto& v : volumes) {
-            (void)v->close();
-        }
-        volumes.clear();
-        group.stop();
-    }
-
-    VolumeOptions options() {
-        VolumeOptions o;
-        o.sweep_interval = sweep_interval;
-        o.retry_min = 50ms;
-        o.retry_max = 200ms;
-        o.holder = "test";
-        return o;
-    }
-    std::vector<VolumeMember> members_for(size_t n) {
-        std::vector<VolumeMember> members;
-        for (size_t s = 0; s < n; ++s) {
-            VolumeMember m;
-            m.device = std::make_unique<test::SharedDevice>(faults[s]);
-            m.data_offset = offsets[s];
-            m.url = "m" + std::to_string(s);
-            members.push_back(std::move(m));
-        }
-        return members;
-    }
-    std::shared_ptr<Volume> create(unsigned n = 2, uint64_t thin_size = 0,
-                                   LayoutKind kind = LayoutKind::mirror) {
-        std::vector<backstore::Device*> raw;
-        SpaceSpec spec;
-        spec.name = "sums";
-        spec.layout = kind;
-        spec.checksums = true;
-        spec.checksum_pages = page_format;
-        spec.thin = thin_size != 0;
-        spec.size = thin_size;
-        for (unsigned i = 0; i < n; ++i) {
-            disks.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, 512));
-            faults.push_back(std::make_shared<FaultDevice>(disks.back()));
-            raw.push_back(faults.back().get());
-            spec.urls.push_back("m" + std::to_string(i));
-        }
-        auto formatted = format_space(group.at(0), spec, raw, false);
-        EXPECT_TRUE(formatted) << formatted.error().message;
-        offsets = formatted->data_offsets;
-        auto v = Volume::open(group, formatted->plan, members_for(n), options());
-        EXPECT_TRUE(v) << v.error().message;
-        volumes.push_back(*v);
-        return *v;
-    }
-    // `before_open`: runs once the labels are read and the plan made.
+    // Every member, as an assembly finds them; `before_open` runs once the labels are read and the plan made.
     Result<std::shared_ptr<Volume>> assemble(const std::function<void()>& before_open = {}) {
-        std::vector<FoundMember> found;
-        for (size_t s = 0; s < faults.size(); ++s) {
-            LabelReading r = read_member_labels(group.at(0), *faults[s]);
-            found.push_back({"m" + std::to_string(s), r.label, r.problems});
-        }
-        auto plan = plan_assembly(found, {});
-        if (!plan) {
-            return plan.error();
-        }
-        if (before_open) {
-            before_open();
-        }
-        auto v = Volume::open(group, *plan, members_for(faults.size()), options());
-        if (v) {
-            volumes.push_back(*v);
-        }
-        return v;
-    }
-    std::vector<uint8_t> member_data(unsigned slot, uint64_t offset, uint64_t length) {
-        std::vector<uint8_t> out(length);
-        EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, offsets[slot] + offset, out),
-                  0);
-        return out;
-    }
-    void put_member_data(unsigned slot, uint64_t offset, std::vector<uint8_t> data) {
-        ASSERT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::write, offsets[slot] + offset, data),
-                  0);
+        return open_from({}, before_open);
     }
     // One byte of a member's data area changed behind the volume's back.
     void flip(unsigned slot, uint64_t offset) {
@@ -178,18 +99,6 @@ protected:
         LabelReading r = read_member_labels(group.at(0), *disks[0]);
         return r.label && r.label->scrub.state == state;
     }
-    uint64_t errors(const std::shared_ptr<Volume>& v, unsigned slot) {
-        return v->status().members[slot].checksum_errors;
-    }
-
-    std::chrono::milliseconds sweep_interval = 50ms;
-    ChecksumPageFormat page_format = ChecksumPageFormat::checked; // of the spaces create() makes
-    net::ReactorGroup group;
-    test::Submitter io;
-    std::vector<std::shared_ptr<backstore::MemoryDevice>> disks;
-    std::vector<std::shared_ptr<FaultDevice>> faults;
-    std::vector<uint64_t> offsets;
-    std::vector<std::shared_ptr<Volume>> volumes;
 };
 
 // Reads spread over the copies by MiB of the space: (offset >> 20) % 2 picks the slot of a 2-way mirror.

@@ -8,6 +8,7 @@
 // exact whatever order their writes land in): 512 B to 512 KiB, FUA every third, members answering 2 ms
 // late, so that writes meet the passes' windows with their reads or writes in flight.
 #include "backstore/memory/memory_device.hpp"
+#include "checksummed_mirror.hpp"
 #include "fault_device.hpp"
 #include "volume/assembly.hpp"
 #include "volume/checksum_io.hpp"
@@ -43,63 +44,8 @@ std::string first_difference(const std::vector<uint8_t>& a, const std::vector<ui
     return "first difference at byte " + std::to_string(x - a.begin());
 }
 
-class InterleavingTest : public ::testing::Test {
+class InterleavingTest : public test::ChecksummedMirror {
 protected:
-    InterleavingTest() : group(2), io(group.at(1)) { group.start(); }
-    ~InterleavingTest() override {
-        for (auto& v : volumes) {
-            (void)v->close();
-        }
-        volumes.clear();
-        group.stop();
-    }
-
-    VolumeOptions options() {
-        VolumeOptions o;
-        o.sweep_interval = 50ms;
-        o.retry_min = 50ms;
-        o.retry_max = 200ms;
-        o.holder = "test";
-        return o;
-    }
-    // A 2-way checksummed mirror of memory members (thin when `thin_size` is given).
-    std::shared_ptr<Volume> create(uint64_t thin_size = 0) {
-        SpaceSpec spec;
-        spec.name = "interleaved";
-        spec.layout = LayoutKind::mirror;
-        spec.checksums = true;
-        spec.thin = thin_size != 0;
-        spec.size = thin_size;
-        std::vector<backstore::Device*> raw;
-        for (unsigned i = 0; i < 2; ++i) {
-            disks.push_back(std::make_shared<backstore::MemoryDevice>(member_bytes, 512));
-            faults.push_back(std::make_shared<FaultDevice>(disks.back()));
-            raw.push_back(faults.back().get());
-            spec.urls.push_back("m" + std::to_string(i));
-        }
-        auto formatted = format_space(group.at(0), spec, raw, false);
-        EXPECT_TRUE(formatted) << formatted.error().message;
-        if (!formatted) {
-            return nullptr;
-        }
-        offsets = formatted->data_offsets;
-        std::vector<VolumeMember> members;
-        for (unsigned s = 0; s < 2; ++s) {
-            VolumeMember m;
-            m.device = std::make_unique<test::SharedDevice>(faults[s]);
-            m.data_offset = offsets[s];
-            m.url = "m" + std::to_string(s);
-            members.push_back(std::move(m));
-        }
-        auto v = Volume::open(group, formatted->plan, std::move(members), options());
-        EXPECT_TRUE(v) << v.error().message;
-        if (!v) {
-            return nullptr;
-        }
-        volumes.push_back(*v);
-        return *v;
-    }
-
     // Every member answers `by` late (zero: at once).
     void slow(std::chrono::milliseconds by) {
         for (auto& f : faults) {
@@ -176,16 +122,6 @@ protected:
         EXPECT_EQ(errors(v, 0) + errors(v, 1), 0u);
     }
 
-    std::vector<uint8_t> member_data(unsigned slot, uint64_t offset, uint64_t length) {
-        std::vector<uint8_t> out(length);
-        EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, offsets[slot] + offset, out),
-                  0);
-        return out;
-    }
-    uint64_t errors(const std::shared_ptr<Volume>& v, unsigned slot) {
-        return v->status().members[slot].checksum_errors;
-    }
-
     // The space closed and opened again from member `slot` alone: its labels, its checksum table (and a
     // thin space's map) are whole, and it reads the model.
     void expect_alone(const std::shared_ptr<Volume>& v, unsigned slot, const std::vector<uint8_t>& model) {
@@ -204,42 +140,6 @@ protected:
     void writes_through_a_full_rebuild(uint64_t thin_size);
     void fails_again_in_its_resync(uint64_t thin_size);
     void killed_in_a_resync(bool full);
-
-    // The space opened again (after a close) from the members in `slots`, the others missing.
-    Result<std::shared_ptr<Volume>> open_from(const std::vector<unsigned>& slots) {
-        std::vector<FoundMember> found;
-        for (unsigned slot : slots) {
-            LabelReading r = read_member_labels(group.at(0), *faults[slot]);
-            found.push_back({"m" + std::to_string(slot), r.label, r.problems});
-        }
-        auto plan = plan_assembly(found, {});
-        if (!plan) {
-            return plan.error();
-        }
-        std::vector<VolumeMember> members;
-        for (size_t s = 0; s < plan->truth.members.size(); ++s) {
-            VolumeMember m;
-            if (plan->found[s].has_value()) {
-                m.device = std::make_unique<test::SharedDevice>(faults[s]);
-            }
-            m.data_offset = offsets[s];
-            m.url = "m" + std::to_string(s);
-            members.push_back(std::move(m));
-        }
-        auto v = Volume::open(group, *plan, std::move(members), options());
-        if (v) {
-            volumes.push_back(*v);
-        }
-        return v;
-    }
-
-    uint64_t member_bytes = 24 * MiB;
-    net::ReactorGroup group;
-    test::Submitter io;
-    std::vector<std::shared_ptr<backstore::MemoryDevice>> disks;
-    std::vector<std::shared_ptr<FaultDevice>> faults;
-    std::vector<uint64_t> offsets;
-    std::vector<std::shared_ptr<Volume>> volumes;
 };
 
 // A member that missed writes to every region returns; writes of every shape land throughout its resync
@@ -257,7 +157,7 @@ TEST_F(InterleavingTest, WritesOfEveryShapeDuringAResyncAndAScrubOfAThinSpaceLea
 }
 
 void InterleavingTest::writes_through_a_resync(uint64_t thin_size, bool scrub_beside) {
-    auto v = create(thin_size);
+    auto v = create(2, thin_size);
     VolumeDevice device(v);
     const uint64_t span = 8 * MiB;
     std::vector<uint8_t> model = random_bytes(span, 45);
@@ -336,7 +236,7 @@ TEST_F(InterleavingTest, WritesDuringTheFullRebuildOfAReplacedMemberOfAThinSpace
 }
 
 void InterleavingTest::writes_through_a_full_rebuild(uint64_t thin_size) {
-    auto v = create(thin_size);
+    auto v = create(2, thin_size);
     VolumeDevice device(v);
     // A thin space: 16 of its pool's clusters written (and rewritten in place below).
     const uint64_t span = thin_size != 0 ? 16 * MiB : v->geometry().bytes();
@@ -400,7 +300,7 @@ void InterleavingTest::writes_through_a_full_rebuild(uint64_t thin_size) {
 // may be copying. Each snapshot left reads what the space held when it was taken.
 TEST_F(InterleavingTest, SnapshotsTakenAndDeletedDuringWritesAndAResyncHoldWhatTheSpaceHeldThen) {
     member_bytes = 40 * MiB; // the pool: the origin's 4 clusters and 4 more per snapshot, at most
-    auto v = create(uint64_t(1) << 30);
+    auto v = create(2, uint64_t(1) << 30);
     ASSERT_TRUE(v->thin());
     VolumeDevice device(v);
     constexpr uint64_t span = 4 * MiB;
@@ -476,7 +376,7 @@ TEST_F(InterleavingTest, AMemberOfAThinSpaceFailingAgainInTheMiddleOfItsResyncCo
 }
 
 void InterleavingTest::fails_again_in_its_resync(uint64_t thin_size) {
-    auto v = create(thin_size);
+    auto v = create(2, thin_size);
     VolumeDevice device(v);
     // A thin space's writers also reach 4 MiB never written before: clusters are allocated (and the map
     // changed) while the member is away, each time.
