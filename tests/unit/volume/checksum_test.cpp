@@ -637,26 +637,9 @@ TEST_F(ChecksumTest, AFailedMemberOfASpaceHeldOpenIsReplacedAndGetsTheTable) {
     ASSERT_EQ(io.write(device, 2 * mib1, data), 0); // its table page goes to both members
     faults[1]->set(FaultDevice::Mode::fail);        // gone: its retries fail
     ASSERT_TRUE(v->fail_member(1));
-    auto blank = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
-    disks[1] = blank;
-    faults[1] = std::make_shared<FaultDevice>(blank);
-    MemberEntry fresh;
-    fresh.uuid = make_uuid();
-    fresh.data_bytes = v->truth_at_open().members[1].data_bytes;
-    fresh.url = "m1-new";
-    std::string refused;
-    ASSERT_TRUE(test::eventually(
-        [&] {
-            VolumeMember m;
-            m.device = std::make_unique<test::SharedDevice>(faults[1]);
-            m.data_offset = offsets[1];
-            m.url = "m1-new";
-            auto r = v->replace_member(1, std::move(m), fresh);
-            refused = r ? "" : r.error().message;
-            return bool(r);
-        },
-        2s))
-        << "refused while the old device's retry is in flight, no longer: " << refused;
+    new_disk(1);
+    std::string refused = replace(v, 1, 2s);
+    ASSERT_EQ(refused, "") << "refused while the old device's retry is in flight, no longer";
     ASSERT_TRUE(test::eventually([&] { return v->status().members[1].state == MemberState::active; }));
     for (uint64_t i = 0; i < data.size() / checksum_block; i += 7) {
         uint64_t block = 2 * mib1 / checksum_block + i;

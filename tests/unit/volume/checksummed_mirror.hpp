@@ -114,6 +114,37 @@ protected:
         return v;
     }
 
+    // A new disk (zeroed) in slot `slot` of the fixture, for replace(): the open volume still holds the
+    // old one.
+    std::shared_ptr<backstore::MemoryDevice> new_disk(unsigned slot) {
+        disks[slot] = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
+        faults[slot] = std::make_shared<FaultDevice>(disks[slot]);
+        return disks[slot];
+    }
+    // The fixture's disk in slot `slot` put into `v` by replace_member() as a new member, tried again until
+    // the volume takes it or `limit` passes (it refuses while a request, such as the failed member's retry,
+    // is in flight): "" once taken, else the last refusal.
+    std::string replace(const std::shared_ptr<Volume>& v, unsigned slot,
+                        std::chrono::milliseconds limit = std::chrono::seconds(20)) {
+        MemberEntry fresh;
+        fresh.uuid = make_uuid();
+        fresh.data_bytes = v->truth_at_open().members[slot].data_bytes;
+        fresh.url = "m" + std::to_string(slot) + "-new";
+        std::string refused = "never tried";
+        eventually(
+            [&] {
+                VolumeMember m;
+                m.device = std::make_unique<SharedDevice>(faults[slot]);
+                m.data_offset = offsets[slot];
+                m.url = fresh.url;
+                auto r = v->replace_member(slot, std::move(m), fresh);
+                refused = r ? "" : r.error().message;
+                return bool(r);
+            },
+            limit);
+        return refused;
+    }
+
     std::vector<uint8_t> member_data(unsigned slot, uint64_t offset, uint64_t length) {
         std::vector<uint8_t> out(length);
         EXPECT_EQ(member_io(group.at(0), *disks[slot], backstore::IoOp::read, offsets[slot] + offset, out),

@@ -250,15 +250,13 @@ void InterleavingTest::writes_through_a_full_rebuild(uint64_t thin_size) {
     ASSERT_TRUE(v->fail_member(1));
     // The new disk holds old bytes everywhere (its checksum area and a thin space's map area too) but in
     // the bitmap area, which `replace` zeroes before it hands the disk to the volume.
-    auto blank = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
+    auto blank = new_disk(1);
     auto old_bytes = random_bytes(member_bytes, 101);
     LabelReading label = read_member_labels(group.at(0), *disks[0]);
     ASSERT_TRUE(label.label && label.label->area(AreaType::bitmap));
     const MetadataArea bitmap = *label.label->area(AreaType::bitmap);
     std::fill_n(old_bytes.begin() + long(bitmap.offset), bitmap.length, 0);
     ASSERT_EQ(member_io(group.at(0), *blank, backstore::IoOp::write, 0, old_bytes), 0);
-    disks[1] = blank;
-    faults[1] = std::make_shared<FaultDevice>(blank);
     v->set_resync_rate(32 << 20); // the whole layout range: ~0.7 s of windows
     slow(2ms);
     std::atomic<bool> replaced{false};
@@ -270,21 +268,8 @@ void InterleavingTest::writes_through_a_full_rebuild(uint64_t thin_size) {
         },
         102);
     std::this_thread::sleep_for(50ms);
-    MemberEntry fresh;
-    fresh.uuid = make_uuid();
-    fresh.data_bytes = v->truth_at_open().members[1].data_bytes;
-    fresh.url = "m1-new";
     // Refused while the old device's retry is in flight: tried again.
-    std::string refused;
-    ASSERT_TRUE(test::eventually([&] {
-        VolumeMember m;
-        m.device = std::make_unique<test::SharedDevice>(faults[1]);
-        m.data_offset = offsets[1];
-        m.url = "m1-new";
-        auto r = v->replace_member(1, std::move(m), fresh);
-        refused = r ? "" : r.error().message;
-        return bool(r);
-    })) << refused;
+    ASSERT_EQ(replace(v, 1), "");
     replaced.store(true);
     EXPECT_TRUE(test::eventually([&] { return v->status().resync.running; })) << "the rebuild runs";
     EXPECT_EQ(writers.join(), 0);
@@ -425,21 +410,9 @@ TEST_F(InterleavingTest, AMemberFailingAgainInItsFullRebuildGetsWhatWasWrittenBe
     ASSERT_TRUE(test::eventually([&] { return v->status().dirty_regions == 0; })) << "the sweep cleared it";
     faults[1]->set(FaultDevice::Mode::fail);
     ASSERT_TRUE(v->fail_member(1));
-    auto blank = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
-    disks[1] = blank;
-    faults[1] = std::make_shared<FaultDevice>(blank);
+    new_disk(1);
     v->set_resync_rate(8 << 20); // a MiB window every 125 ms
-    MemberEntry fresh;
-    fresh.uuid = make_uuid();
-    fresh.data_bytes = v->truth_at_open().members[1].data_bytes;
-    fresh.url = "m1-new";
-    ASSERT_TRUE(test::eventually([&] {
-        VolumeMember m;
-        m.device = std::make_unique<test::SharedDevice>(faults[1]);
-        m.data_offset = offsets[1];
-        m.url = "m1-new";
-        return bool(v->replace_member(1, std::move(m), fresh));
-    }));
+    ASSERT_EQ(replace(v, 1), "");
     ASSERT_TRUE(test::eventually([&] { return v->status().members[1].recovery_offset >= 4 * MiB; }));
     faults[1]->set(FaultDevice::Mode::fail);
     auto below = random_bytes(64 << 10, 131); // the write that finds it gone
@@ -483,9 +456,7 @@ void InterleavingTest::killed_in_a_resync(bool full) {
         faults[1]->set(FaultDevice::Mode::fail);
         if (full) {
             ASSERT_TRUE(v->fail_member(1));
-            auto blank = std::make_shared<backstore::MemoryDevice>(member_bytes, 512);
-            disks[1] = blank;
-            faults[1] = std::make_shared<FaultDevice>(blank);
+            new_disk(1);
         } else {
             model = random_bytes(size, 141);
             ASSERT_EQ(io.write(device, 0, model), 0); // every region marked: the delta
@@ -493,17 +464,7 @@ void InterleavingTest::killed_in_a_resync(bool full) {
         }
         v->set_resync_rate(8 << 20); // a MiB window every 125 ms
         if (full) {
-            MemberEntry fresh;
-            fresh.uuid = make_uuid();
-            fresh.data_bytes = v->truth_at_open().members[1].data_bytes;
-            fresh.url = "m1-new";
-            ASSERT_TRUE(test::eventually([&] {
-                VolumeMember m;
-                m.device = std::make_unique<test::SharedDevice>(faults[1]);
-                m.data_offset = offsets[1];
-                m.url = "m1-new";
-                return bool(v->replace_member(1, std::move(m), fresh));
-            }));
+            ASSERT_EQ(replace(v, 1), "");
         } else {
             faults[1]->set(FaultDevice::Mode::ok); // back: a delta resync
         }
