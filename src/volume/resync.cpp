@@ -50,7 +50,20 @@ Resync::Target* Resync::find(uint32_t slot) {
     return nullptr;
 }
 
-void Resync::add_target(uint32_t slot) {
+uint64_t Resync::readable_below(uint64_t checkpoint) const {
+    if (!_v._bitmap) {
+        return checkpoint;
+    }
+    uint64_t rs = _v._bitmap->region_size();
+    for (uint64_t r = 0; r < checkpoint / rs; ++r) {
+        if (_v._bitmap->marked(r)) {
+            return r * rs;
+        }
+    }
+    return checkpoint;
+}
+
+void Resync::add_target(uint32_t slot, uint64_t checkpoint) {
     if (!_v._bitmap || find(slot)) {
         return;
     }
@@ -59,8 +72,7 @@ void Resync::add_target(uint32_t slot) {
     t.slot = slot;
     t.mode = RebuildMode(m.rebuild.load());
     uint64_t rs = _v._bitmap->region_size();
-    uint64_t from = m.synced_below.load();
-    t.next = from / rs;
+    t.next = checkpoint / rs;
     uint64_t regions = _v.regions_in_use();
     // A resync that was interrupted goes on from its checkpoint. What lies below that is in sync only where
     // nothing was written that the member did not get: writes while it was out (it failed again), and
@@ -71,12 +83,7 @@ void Resync::add_target(uint32_t slot) {
     // got every write below its checkpoint, and goes on from there alone.
     t.full_from = t.next;
     if (!std::exchange(m.resumes_clean, false)) {
-        for (uint64_t r = 0; r < t.full_from; ++r) {
-            if (_v._bitmap->marked(r)) {
-                t.next = r;
-                break;
-            }
-        }
+        t.next = readable_below(t.full_from * rs) / rs;
     }
     if (t.next < t.full_from) {
         m.synced_below.store(t.next * rs, std::memory_order_release);

@@ -31,9 +31,13 @@ public:
     explicit Resync(Volume& volume);
     ~Resync();
 
-    // Home reactor. A rebuilding member (its mode and start come from the member: full from its
-    // recovery offset, delta over the marked regions).
-    void add_target(uint32_t slot);
+    // Home reactor. A rebuilding member (its mode comes from the member): full from `checkpoint`, its
+    // recovery offset (0 for a new member); delta over the marked regions.
+    void add_target(uint32_t slot, uint64_t checkpoint);
+    // Home reactor. Below a member's checkpoint, the regions the bitmap marks may hold what it missed
+    // (written while it was out, or in flight at an unclean stop): the offset below which it may be read
+    // is the first of them, or the checkpoint if none is marked.
+    uint64_t readable_below(uint64_t checkpoint) const;
     // Home reactor. The regions marked now are made equal on every in-sync copy (from the lowest slot):
     // after an unclean stop, or the range a grow added (`why` says which, in the log and the status).
     void add_unclean_pass(std::string why);

@@ -420,7 +420,8 @@ private:
     void schedule_retry(uint32_t slot);
     void retry_member(uint32_t slot);
     void rejoin(uint32_t slot, const Label& own);
-    void resync_after_checksums(uint32_t slot); // home: the checksum table to `slot`, then its resync
+    // Home: the checksum table to `slot`, then its resync (a full one from `checkpoint`).
+    void resync_after_checksums(uint32_t slot, uint64_t checkpoint);
     void update_masks();
     uint32_t writable_mask() const { return _writable.load(std::memory_order_acquire); }
     uint32_t active_mask() const { return _active.load(std::memory_order_acquire); }

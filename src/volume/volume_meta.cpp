@@ -335,7 +335,7 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
         }
         for (uint32_t s = 0; s < v->_count; ++s) {
             if (MemberState(v->_members[s].state.load()) == MemberState::rebuilding) {
-                v->_resync->add_target(s);
+                v->_resync->add_target(s, v->_members[s].synced_below.load());
             }
         }
         for (uint32_t s = 0; s < v->_count; ++s) {
@@ -1023,13 +1023,15 @@ void Volume::rejoin(uint32_t slot, const Label& own) {
     log_info("space {}: {} answers again; it rejoins for a {} resync", truth.name, m.url,
              mode == RebuildMode::full ? "full" : "delta");
     m.rebuild.store(uint8_t(mode));
-    m.synced_below.store(from);
-    m.resumes_clean = false; // it was out: what the bitmap marks below `from` is copied again
+    // It was out: what the bitmap marks below `from` is copied again, and is not read from it meanwhile
+    // (with checksums its resync starts only once the whole table has reached it).
+    m.synced_below.store(_resync->readable_below(from));
+    m.resumes_clean = false;
     m.retry_delay = std::chrono::milliseconds(0);
     m.state.store(uint8_t(MemberState::rebuilding), std::memory_order_release);
     update_masks();
     change_labels([slot, mode](LabelBook& book) { book.member_rejoins(slot, mode); });
-    resync_after_checksums(slot);
+    resync_after_checksums(slot, from);
     if (_thin) {
         thin_post([this, slot] { thin_include(slot); });
     }
@@ -1038,12 +1040,12 @@ void Volume::rejoin(uint32_t slot, const Label& own) {
 // A member that comes back or is new gets the whole checksum table (it is writable now, so every later
 // page write reaches it too) before its resync starts: it cannot be in sync, and be read as holding the
 // current table at the next open, before it does.
-void Volume::resync_after_checksums(uint32_t slot) {
+void Volume::resync_after_checksums(uint32_t slot, uint64_t checkpoint) {
     if (!_sums) {
-        _resync->add_target(slot);
+        _resync->add_target(slot, checkpoint);
         return;
     }
-    sums_wait(sums_mark_all(), &_home, [this, slot](int error) {
+    sums_wait(sums_mark_all(), &_home, [this, slot, checkpoint](int error) {
         if (MemberState(_members[slot].state.load()) != MemberState::rebuilding || _closing.load()) {
             return;
         }
@@ -1051,7 +1053,7 @@ void Volume::resync_after_checksums(uint32_t slot) {
             member_error(slot, error, "checksums write");
             return;
         }
-        _resync->add_target(slot);
+        _resync->add_target(slot, checkpoint);
     });
 }
 
@@ -1097,7 +1099,7 @@ Result<void> Volume::replace_member(uint32_t slot, VolumeMember member, MemberEn
         m.state.store(uint8_t(MemberState::rebuilding), std::memory_order_release);
         update_masks();
         change_labels([slot, entry](LabelBook& book) { book.replace_member(slot, entry); });
-        resync_after_checksums(slot);
+        resync_after_checksums(slot, 0);
         if (_thin) {
             thin_post([this, slot] { thin_include(slot); }); // the map, before it is written or read there
         }

@@ -1,8 +1,8 @@
 // A backstore::Device wrapper that injects faults into a member: fail every request (EIO), stop
 // answering (requests complete with EIO after `hang_for`, as a RemoteDevice's session gives up), answer
 // slowly, or refuse writes with RESERVATION CONFLICT (EBADE). It counts what passes through, so that tests
-// can measure what a resync moved. Reads of a range can be failed alone, or held back until the test lets
-// them go (to force an interleaving).
+// can measure what a resync moved. Reads of a range can be failed alone, and reads or writes of a range
+// held back until the test lets them go (to force an interleaving).
 #pragma once
 
 #include "backstore/device.hpp"
@@ -56,6 +56,12 @@ public:
         _hold_from = from;
         _hold_to = to;
     }
+    // Writes that start in [from, to) wait the same way.
+    void hold_writes(uint64_t from, uint64_t to) {
+        std::lock_guard lock(_hold_mutex);
+        _hold_writes_from = from;
+        _hold_writes_to = to;
+    }
     size_t held() const {
         std::lock_guard lock(_hold_mutex);
         return _held.size();
@@ -65,7 +71,7 @@ public:
         std::vector<std::pair<net::Reactor*, backstore::IoRequest*>> held;
         {
             std::lock_guard lock(_hold_mutex);
-            _hold_from = _hold_to = 0;
+            _hold_from = _hold_to = _hold_writes_from = _hold_writes_to = 0;
             held.swap(_held);
         }
         for (auto& h : held) {
@@ -111,6 +117,11 @@ public:
         if (request.op == backstore::IoOp::write) {
             ++writes;
             bytes_written += counted ? request.length : 0;
+            std::lock_guard lock(_hold_mutex);
+            if (request.offset >= _hold_writes_from && request.offset < _hold_writes_to) {
+                _held.emplace_back(reactor, r);
+                return;
+            }
         } else if (request.op == backstore::IoOp::read && counted) {
             bytes_read += request.length;
         }
@@ -143,6 +154,8 @@ private:
     mutable std::mutex _hold_mutex;
     uint64_t _hold_from = 0;
     uint64_t _hold_to = 0;
+    uint64_t _hold_writes_from = 0;
+    uint64_t _hold_writes_to = 0;
     uint64_t _fail_from = 0;
     uint64_t _fail_to = 0;
     std::vector<std::pair<net::Reactor*, backstore::IoRequest*>> _held;

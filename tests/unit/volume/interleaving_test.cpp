@@ -432,6 +432,41 @@ TEST_F(InterleavingTest, AMemberFailingAgainInItsFullRebuildGetsWhatWasWrittenBe
     EXPECT_LE(faults[1]->bytes_written.load(), size - 2 * MiB);
 }
 
+// The same member coming back, caught before its resync starts: that waits until the whole checksum table
+// has reached it (held here). Meanwhile it counts as in sync only below the first region it missed, so no
+// read of what it missed can be served from it; it once kept its old checkpoint until the resync started.
+TEST_F(InterleavingTest, AMemberComingBackToItsFullRebuildIsNotReadWhereItMissedWritesBeforeItsResyncStarts) {
+    auto v = create();
+    VolumeDevice device(v);
+    const uint64_t size = v->geometry().bytes();
+    auto model = random_bytes(size, 150);
+    ASSERT_EQ(io.write(device, 0, model), 0);
+    ASSERT_TRUE(test::eventually([&] { return v->status().dirty_regions == 0; })) << "the sweep cleared it";
+    faults[1]->set(FaultDevice::Mode::fail);
+    ASSERT_TRUE(v->fail_member(1));
+    new_disk(1);
+    v->set_resync_rate(8 << 20); // a MiB window every 125 ms
+    ASSERT_EQ(replace(v, 1), "");
+    ASSERT_TRUE(test::eventually([&] { return v->status().members[1].recovery_offset >= 4 * MiB; }));
+    faults[1]->set(FaultDevice::Mode::fail);
+    auto missed = random_bytes(4096, 151);
+    ASSERT_EQ(io.write(device, 2 * MiB, missed), 0); // finds it gone
+    std::copy(missed.begin(), missed.end(), model.begin() + long(2 * MiB));
+    ASSERT_TRUE(test::eventually([&] { return v->status().members[1].state == MemberState::failed; }));
+    LabelReading label = read_member_labels(group.at(0), *disks[1]);
+    const MetadataArea* table = label.label ? label.label->area(AreaType::checksums) : nullptr;
+    ASSERT_NE(table, nullptr);
+    faults[1]->hold_writes(table->offset, table->offset + table->length);
+    faults[1]->set(FaultDevice::Mode::ok); // back: its retry rejoins it, and the table goes to it first
+    ASSERT_TRUE(test::eventually([&] { return faults[1]->held() > 0; })) << "the table written to it";
+    VolumeStatus st = v->status();
+    EXPECT_EQ(st.members[1].state, MemberState::rebuilding);
+    EXPECT_EQ(st.members[1].rebuild, RebuildMode::full);
+    EXPECT_LE(st.members[1].recovery_offset, 2 * MiB) << "in sync up to the region it missed, no further";
+    faults[1]->release_held();
+    expect_settled(v, device, model);
+}
+
 // The holder killed in the middle of a resync while a write below the checkpoint was in flight: it reached
 // the in-sync copy, not the member being resynced. At the next open the resync goes on from its checkpoint
 // and copies that region again (the bitmap marks it); it once went on from the checkpoint alone and the
