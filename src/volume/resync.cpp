@@ -86,7 +86,13 @@ void Resync::add_target(uint32_t slot, uint64_t checkpoint) {
         t.next = readable_below(t.full_from * rs) / rs;
     }
     if (t.next < t.full_from) {
-        m.synced_below.store(t.next * rs, std::memory_order_release);
+        // In the labels too: a clean close before a window lands must not leave the old checkpoint there,
+        // which the next open would take as the member's own (it stayed in through a clean close).
+        uint64_t below = t.next * rs;
+        m.synced_below.store(below, std::memory_order_release);
+        if (_v._book.truth().members[slot].recovery_offset > below) {
+            _v.change_labels([slot, below](LabelBook& book) { book.checkpoint(slot, below); });
+        }
     }
     uint64_t size = _v._space_size.load();
     for (uint64_t r = t.next; r < regions; ++r) {

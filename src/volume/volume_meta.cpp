@@ -1023,14 +1023,21 @@ void Volume::rejoin(uint32_t slot, const Label& own) {
     log_info("space {}: {} answers again; it rejoins for a {} resync", truth.name, m.url,
              mode == RebuildMode::full ? "full" : "delta");
     m.rebuild.store(uint8_t(mode));
-    // It was out: what the bitmap marks below `from` is copied again, and is not read from it meanwhile
-    // (with checksums its resync starts only once the whole table has reached it).
-    m.synced_below.store(_resync->readable_below(from));
+    // It was out: what the bitmap marks below `from` is copied again, and is neither read from it meanwhile
+    // (with checksums its resync starts only once the whole table has reached it) nor left below the
+    // checkpoint in the labels (a clean close before then would have the next open resume from `from`).
+    uint64_t readable = _resync->readable_below(from);
+    m.synced_below.store(readable);
     m.resumes_clean = false;
     m.retry_delay = std::chrono::milliseconds(0);
     m.state.store(uint8_t(MemberState::rebuilding), std::memory_order_release);
     update_masks();
-    change_labels([slot, mode](LabelBook& book) { book.member_rejoins(slot, mode); });
+    change_labels([slot, mode, readable](LabelBook& book) {
+        book.member_rejoins(slot, mode);
+        if (book.truth().members[slot].recovery_offset > readable) {
+            book.checkpoint(slot, readable);
+        }
+    });
     resync_after_checksums(slot, from);
     if (_thin) {
         thin_post([this, slot] { thin_include(slot); });

@@ -140,6 +140,7 @@ protected:
     void writes_through_a_full_rebuild(uint64_t thin_size);
     void fails_again_in_its_resync(uint64_t thin_size);
     void killed_in_a_resync(bool full);
+    void comes_back_to_its_full_rebuild(bool close_before_its_resync);
 };
 
 // A member that missed writes to every region returns; writes of every shape land throughout its resync
@@ -434,37 +435,71 @@ TEST_F(InterleavingTest, AMemberFailingAgainInItsFullRebuildGetsWhatWasWrittenBe
 
 // The same member coming back, caught before its resync starts: that waits until the whole checksum table
 // has reached it (held here). Meanwhile it counts as in sync only below the first region it missed, so no
-// read of what it missed can be served from it; it once kept its old checkpoint until the resync started.
+// read of what it missed can be served from it, and the labels say so too: closed cleanly then, the space
+// opened again resyncs that region (the member once kept its old checkpoint until its resync started, and
+// after a clean close the next open went on from there alone, leaving the region stale).
 TEST_F(InterleavingTest, AMemberComingBackToItsFullRebuildIsNotReadWhereItMissedWritesBeforeItsResyncStarts) {
+    comes_back_to_its_full_rebuild(false);
+}
+
+TEST_F(InterleavingTest, AMemberComingBackToItsFullRebuildThenACleanCloseLeavesNoRegionItMissedStale) {
+    comes_back_to_its_full_rebuild(true);
+}
+
+void InterleavingTest::comes_back_to_its_full_rebuild(bool close_before_its_resync) {
     auto v = create();
-    VolumeDevice device(v);
     const uint64_t size = v->geometry().bytes();
     auto model = random_bytes(size, 150);
-    ASSERT_EQ(io.write(device, 0, model), 0);
-    ASSERT_TRUE(test::eventually([&] { return v->status().dirty_regions == 0; })) << "the sweep cleared it";
-    faults[1]->set(FaultDevice::Mode::fail);
-    ASSERT_TRUE(v->fail_member(1));
-    new_disk(1);
-    v->set_resync_rate(8 << 20); // a MiB window every 125 ms
-    ASSERT_EQ(replace(v, 1), "");
-    ASSERT_TRUE(test::eventually([&] { return v->status().members[1].recovery_offset >= 4 * MiB; }));
-    faults[1]->set(FaultDevice::Mode::fail);
-    auto missed = random_bytes(4096, 151);
-    ASSERT_EQ(io.write(device, 2 * MiB, missed), 0); // finds it gone
-    std::copy(missed.begin(), missed.end(), model.begin() + long(2 * MiB));
-    ASSERT_TRUE(test::eventually([&] { return v->status().members[1].state == MemberState::failed; }));
-    LabelReading label = read_member_labels(group.at(0), *disks[1]);
-    const MetadataArea* table = label.label ? label.label->area(AreaType::checksums) : nullptr;
-    ASSERT_NE(table, nullptr);
-    faults[1]->hold_writes(table->offset, table->offset + table->length);
-    faults[1]->set(FaultDevice::Mode::ok); // back: its retry rejoins it, and the table goes to it first
-    ASSERT_TRUE(test::eventually([&] { return faults[1]->held() > 0; })) << "the table written to it";
-    VolumeStatus st = v->status();
-    EXPECT_EQ(st.members[1].state, MemberState::rebuilding);
-    EXPECT_EQ(st.members[1].rebuild, RebuildMode::full);
-    EXPECT_LE(st.members[1].recovery_offset, 2 * MiB) << "in sync up to the region it missed, no further";
-    faults[1]->release_held();
-    expect_settled(v, device, model);
+    {
+        VolumeDevice device(v);
+        ASSERT_EQ(io.write(device, 0, model), 0);
+        ASSERT_TRUE(test::eventually([&] { return v->status().dirty_regions == 0; }))
+            << "the sweep cleared it";
+        faults[1]->set(FaultDevice::Mode::fail);
+        ASSERT_TRUE(v->fail_member(1));
+        new_disk(1);
+        v->set_resync_rate(8 << 20); // a MiB window every 125 ms
+        ASSERT_EQ(replace(v, 1), "");
+        ASSERT_TRUE(test::eventually([&] { return v->status().members[1].recovery_offset >= 4 * MiB; }));
+        faults[1]->set(FaultDevice::Mode::fail);
+        auto missed = random_bytes(4096, 151);
+        ASSERT_EQ(io.write(device, 2 * MiB, missed), 0); // finds it gone
+        std::copy(missed.begin(), missed.end(), model.begin() + long(2 * MiB));
+        ASSERT_TRUE(test::eventually([&] { return v->status().members[1].state == MemberState::failed; }));
+        LabelReading label = read_member_labels(group.at(0), *disks[1]);
+        const MetadataArea* table = label.label ? label.label->area(AreaType::checksums) : nullptr;
+        ASSERT_NE(table, nullptr);
+        faults[1]->hold_writes(table->offset, table->offset + table->length);
+        faults[1]->set(FaultDevice::Mode::ok); // back: its retry rejoins it, and the table goes to it first
+        ASSERT_TRUE(test::eventually([&] { return faults[1]->held() > 0; })) << "the table written to it";
+        VolumeStatus st = v->status();
+        EXPECT_EQ(st.members[1].state, MemberState::rebuilding);
+        EXPECT_EQ(st.members[1].rebuild, RebuildMode::full);
+        EXPECT_LE(st.members[1].recovery_offset, 2 * MiB) << "in sync up to the region it missed, no further";
+        EXPECT_TRUE(test::eventually([&] {
+            LabelReading r = read_member_labels(group.at(0), *disks[0]);
+            return r.label && r.label->members[1].recovery_offset <= 2 * MiB;
+        })) << "and the labels say so";
+        if (!close_before_its_resync) {
+            faults[1]->release_held();
+            expect_settled(v, device, model);
+            return;
+        }
+        // Closed cleanly before the resync starts (the table's write is let go while the close waits).
+        std::thread release([&] {
+            std::this_thread::sleep_for(300ms);
+            faults[1]->release_held();
+        });
+        EXPECT_TRUE(v->close());
+        release.join();
+    }
+    volumes.clear();
+    v.reset();
+    auto again = open_from({0, 1});
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_EQ((*again)->status().members[1].state, MemberState::rebuilding);
+    VolumeDevice device(*again);
+    expect_settled(*again, device, model);
 }
 
 // The holder killed in the middle of a resync while a write below the checkpoint was in flight: it reached
