@@ -141,6 +141,21 @@ protected:
     void fails_again_in_its_resync(uint64_t thin_size);
     void killed_in_a_resync(bool full);
     void comes_back_to_its_full_rebuild(bool close_before_its_resync);
+
+    // `model` written over the whole space and its regions swept clean, member 1 failed and replaced by a
+    // blank disk, and its full rebuild (paced: a MiB window every 125 ms) past its first 4 MiB.
+    void into_a_full_rebuild(const std::shared_ptr<Volume>& v, VolumeDevice& device,
+                             const std::vector<uint8_t>& model) {
+        ASSERT_EQ(io.write(device, 0, model), 0);
+        ASSERT_TRUE(test::eventually([&] { return v->status().dirty_regions == 0; }))
+            << "the sweep cleared it";
+        faults[1]->set(FaultDevice::Mode::fail);
+        ASSERT_TRUE(v->fail_member(1));
+        new_disk(1);
+        v->set_resync_rate(8 << 20);
+        ASSERT_EQ(replace(v, 1), "");
+        ASSERT_TRUE(test::eventually([&] { return v->status().members[1].recovery_offset >= 4 * MiB; }));
+    }
 };
 
 // A member that missed writes to every region returns; writes of every shape land throughout its resync
@@ -407,14 +422,7 @@ TEST_F(InterleavingTest, AMemberFailingAgainInItsFullRebuildGetsWhatWasWrittenBe
     VolumeDevice device(v);
     const uint64_t size = v->geometry().bytes();
     auto model = random_bytes(size, 130);
-    ASSERT_EQ(io.write(device, 0, model), 0);
-    ASSERT_TRUE(test::eventually([&] { return v->status().dirty_regions == 0; })) << "the sweep cleared it";
-    faults[1]->set(FaultDevice::Mode::fail);
-    ASSERT_TRUE(v->fail_member(1));
-    new_disk(1);
-    v->set_resync_rate(8 << 20); // a MiB window every 125 ms
-    ASSERT_EQ(replace(v, 1), "");
-    ASSERT_TRUE(test::eventually([&] { return v->status().members[1].recovery_offset >= 4 * MiB; }));
+    ASSERT_NO_FATAL_FAILURE(into_a_full_rebuild(v, device, model));
     faults[1]->set(FaultDevice::Mode::fail);
     auto below = random_bytes(64 << 10, 131); // the write that finds it gone
     ASSERT_EQ(io.write(device, MiB + 8192, below), 0);
@@ -452,15 +460,7 @@ void InterleavingTest::comes_back_to_its_full_rebuild(bool close_before_its_resy
     auto model = random_bytes(size, 150);
     {
         VolumeDevice device(v);
-        ASSERT_EQ(io.write(device, 0, model), 0);
-        ASSERT_TRUE(test::eventually([&] { return v->status().dirty_regions == 0; }))
-            << "the sweep cleared it";
-        faults[1]->set(FaultDevice::Mode::fail);
-        ASSERT_TRUE(v->fail_member(1));
-        new_disk(1);
-        v->set_resync_rate(8 << 20); // a MiB window every 125 ms
-        ASSERT_EQ(replace(v, 1), "");
-        ASSERT_TRUE(test::eventually([&] { return v->status().members[1].recovery_offset >= 4 * MiB; }));
+        ASSERT_NO_FATAL_FAILURE(into_a_full_rebuild(v, device, model));
         faults[1]->set(FaultDevice::Mode::fail);
         auto missed = random_bytes(4096, 151);
         ASSERT_EQ(io.write(device, 2 * MiB, missed), 0); // finds it gone
