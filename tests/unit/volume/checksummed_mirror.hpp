@@ -95,12 +95,7 @@ protected:
                 slots.push_back(s);
             }
         }
-        std::vector<FoundMember> found;
-        for (unsigned slot : slots) {
-            LabelReading r = read_member_labels(group.at(0), *faults[slot]);
-            found.push_back({"m" + std::to_string(slot), r.label, r.problems});
-        }
-        auto plan = plan_assembly(found, {});
+        auto plan = plan_assembly(found_on(group.at(0), faults, slots), {});
         if (!plan) {
             return plan.error();
         }

@@ -19,6 +19,7 @@ namespace ispace::volume {
 namespace {
 
 using namespace std::chrono_literals;
+using test::found_on;
 using test::random_bytes;
 
 constexpr uint64_t MiB = 1 << 20;
@@ -98,12 +99,7 @@ protected:
                 slots.push_back(s);
             }
         }
-        std::vector<FoundMember> found;
-        for (uint32_t s : slots) {
-            LabelReading r = read_member_labels(group.at(0), *disks[s]);
-            found.push_back({"m" + std::to_string(s), r.label, r.problems});
-        }
-        auto plan = plan_assembly(found, {});
+        auto plan = plan_assembly(found_on(group.at(0), disks, slots), {});
         EXPECT_TRUE(plan) << plan.error().message;
         if (!plan) {
             return nullptr;

@@ -94,12 +94,7 @@ protected:
     }
     // Assembles from the members' labels (those in `slots`), as the space manager does.
     Result<std::shared_ptr<Volume>> assemble(std::vector<uint32_t> slots, AssembleOptions ao = {}) {
-        std::vector<FoundMember> found;
-        for (uint32_t s : slots) {
-            LabelReading r = read_member_labels(group.at(0), *faults[s]);
-            found.push_back({"m" + std::to_string(s), r.label, r.problems});
-        }
-        auto plan = plan_assembly(found, ao);
+        auto plan = plan_assembly(found_on(group.at(0), faults, slots), ao);
         if (!plan) {
             return plan.error();
         }

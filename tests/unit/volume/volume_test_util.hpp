@@ -7,6 +7,8 @@
 #include "common/buffer.hpp"
 #include "mgmt/runtime.hpp"
 #include "net/reactor.hpp"
+#include "volume/assembly.hpp"
+#include "volume/member_io.hpp"
 
 #include <gtest/gtest.h>
 
@@ -31,6 +33,19 @@ inline std::vector<uint8_t> random_bytes(size_t n, uint64_t seed) {
         std::memcpy(v.data() + i, &x, std::min<size_t>(8, n - i));
     }
     return v;
+}
+
+// What an assembly finds on the member devices in `slots`, as the space manager reads them: each one's
+// labels, named "m<slot>" (devices: any vector of pointers to backstore::Device, indexed by slot).
+template <typename Devices>
+std::vector<FoundMember> found_on(net::Reactor& reactor, const Devices& devices,
+                                  const std::vector<uint32_t>& slots) {
+    std::vector<FoundMember> found;
+    for (uint32_t s : slots) {
+        LabelReading r = read_member_labels(reactor, *devices[s]);
+        found.push_back({"m" + std::to_string(s), r.label, r.problems});
+    }
+    return found;
 }
 
 // Runs `fn` on `reactor` and waits for it.
