@@ -265,7 +265,7 @@ void Resync::start(uint64_t region) {
     // its new checksums in the table while the copy verified the source's old bytes against them, and took
     // good copies for rotten ones (failing members, and the write with them). Region after checksums, in
     // that order on both sides, so neither waits for the other holding what the other needs.
-    Function<void()> go = [this, w, lock_region] {
+    Function<void()> go = [w, lock_region] {
         w->sums_locked = true;
         lock_region();
     };
