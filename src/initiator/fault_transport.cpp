@@ -37,6 +37,14 @@ std::vector<uint8_t> flatten(const net::OutItem& item) {
     return out;
 }
 
+void apply_edits(std::vector<uint8_t>& pdu, const std::vector<ByteEdit>& edits) {
+    for (const ByteEdit& e : edits) {
+        if (e.offset < pdu.size()) {
+            pdu[e.offset] = uint8_t((pdu[e.offset] & e.keep) ^ e.value);
+        }
+    }
+}
+
 class FaultTransport final : public Transport, private Transport::Handler {
 public:
     FaultTransport(FaultInjector& injector, net::Reactor& reactor, Transport::Handler& up, unsigned ordinal)
@@ -118,6 +126,14 @@ public:
             } else {
                 copy->bytes()[20] ^= 0x01; // inside the BHS, covered by the header digest
             }
+            item.on_sent(true);
+            forward(*copy);
+            return;
+        }
+        case FaultAction::edit: {
+            _injector.stats().edited++;
+            auto* copy = new CopiedPdu(flatten(item));
+            apply_edits(copy->bytes(), f.edits);
             item.on_sent(true);
             forward(*copy);
             return;
@@ -268,6 +284,11 @@ private:
             } else {
                 pdu[20] ^= 0x01;
             }
+            deliver(std::move(pdu), net::Clock::time_point::min());
+            break;
+        case FaultAction::edit:
+            _injector.stats().edited++;
+            apply_edits(pdu, f.edits);
             deliver(std::move(pdu), net::Clock::time_point::min());
             break;
         case FaultAction::delay:

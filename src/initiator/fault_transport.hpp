@@ -6,7 +6,10 @@
 // bytes are framed into PDUs here (the connection tells the transport when digests switch on, see
 // Transport::set_digests), then passed on, dropped, corrupted (one bit flipped in the header or the
 // data segment, after the digest was computed: the receiver's digest check catches it), delayed (later
-// PDUs wait behind it, as TCP would make them) or turned into a disconnect.
+// PDUs wait behind it, as TCP would make them) or turned into a disconnect. `edit` rewrites chosen bytes
+// of the PDU as it travels (its header, AHS, digests and data counted from the first byte of the BHS):
+// a hostile peer's fields rather than line noise, for the fuzzer of the initiator's receive paths. An
+// edit of the framing fields (AHS or data segment length) changes how the receiver frames what follows.
 //
 // A dropped outbound PDU is reported as sent: the connection cannot tell it from one the network lost.
 #pragma once
@@ -19,11 +22,12 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 namespace ispace::initiator {
 
 enum class FaultDirection : uint8_t { outbound, inbound };
-enum class FaultAction : uint8_t { pass, drop, corrupt_header, corrupt_data, delay, disconnect };
+enum class FaultAction : uint8_t { pass, drop, corrupt_header, corrupt_data, delay, disconnect, edit };
 
 struct FaultPdu {
     FaultDirection direction = FaultDirection::outbound;
@@ -34,9 +38,18 @@ struct FaultPdu {
     iscsi::Opcode opcode() const { return bhs.opcode(); }
 };
 
+// One byte of a PDU rewritten by FaultAction::edit: byte `offset` becomes (byte & keep) ^ value, so
+// keep 0x00 sets it and keep 0xff flips the bits of `value`. Offsets past the PDU's end are ignored.
+struct ByteEdit {
+    uint32_t offset = 0;
+    uint8_t keep = 0;
+    uint8_t value = 0;
+};
+
 struct Fault {
     FaultAction action = FaultAction::pass;
     std::chrono::milliseconds delay{0}; // with FaultAction::delay
+    std::vector<ByteEdit> edits;        // with FaultAction::edit
 };
 
 using FaultRule = std::function<Fault(const FaultPdu&)>;
@@ -59,6 +72,7 @@ public:
         std::atomic<uint64_t> corrupted{0};
         std::atomic<uint64_t> delayed{0};
         std::atomic<uint64_t> disconnects{0};
+        std::atomic<uint64_t> edited{0};
     };
     Stats& stats() { return _stats; }
 

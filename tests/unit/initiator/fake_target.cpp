@@ -7,9 +7,11 @@
 #include "iscsi/login.hpp"
 #include "iscsi/text.hpp"
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -918,13 +920,13 @@ FakeTarget::~FakeTarget() {
     _acceptor.join();
     ::close(_listen_fd);
     drop_all_connections();
-    std::vector<std::thread> threads;
+    std::vector<ConnThread> threads;
     {
         std::lock_guard lock(_mu);
         threads.swap(_threads);
     }
     for (auto& th : threads) {
-        th.join();
+        th.thread.join();
     }
 }
 
@@ -942,9 +944,29 @@ void FakeTarget::accept_loop() {
         ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         auto conn = std::make_shared<Conn>();
         conn->fd = fd;
-        std::lock_guard lock(_mu);
-        _conns.push_back(conn);
-        _threads.emplace_back([this, conn] { serve(conn); });
+        std::vector<ConnThread> done;
+        {
+            std::lock_guard lock(_mu);
+            auto first_done = std::stable_partition(_threads.begin(), _threads.end(),
+                                                    [](const ConnThread& t) { return !t.finished->load(); });
+            std::move(first_done, _threads.end(), std::back_inserter(done));
+            _threads.erase(first_done, _threads.end());
+            // Sessions that ended with no connection left: nothing refers to them any more.
+            std::erase_if(_sessions, [](const std::shared_ptr<Session>& s) {
+                return s->dead && std::none_of(s->conns.begin(), s->conns.end(),
+                                               [](const std::weak_ptr<Conn>& w) { return !w.expired(); });
+            });
+            _conns.push_back(conn);
+            auto finished = std::make_shared<std::atomic<bool>>(false);
+            _threads.push_back({std::thread([this, conn, finished] {
+                                    serve(conn);
+                                    finished->store(true);
+                                }),
+                                finished});
+        }
+        for (auto& t : done) {
+            t.thread.join();
+        }
     }
 }
 

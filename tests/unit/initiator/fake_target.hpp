@@ -132,7 +132,13 @@ private:
     std::set<uint8_t> _ignored_tmfs;
     std::vector<std::shared_ptr<Session>> _sessions;
     std::vector<std::shared_ptr<Conn>> _conns;
-    std::vector<std::thread> _threads;
+    // Connection threads; a finished one is joined when the next connection comes (a fuzzer makes
+    // connections by the hundred thousand).
+    struct ConnThread {
+        std::thread thread;
+        std::shared_ptr<std::atomic<bool>> finished;
+    };
+    std::vector<ConnThread> _threads;
     uint16_t _next_tsih = 1;
     std::atomic<uint32_t> _renegotiate_to{0}; // request_negotiation()'s value; 0: none asked
 };

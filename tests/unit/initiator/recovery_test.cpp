@@ -142,6 +142,32 @@ TEST(InitiatorRecovery, LostDataInIsRecovered) {
     EXPECT_EQ(0, std::memcmp(back.data(), data.data(), back.size()));
 }
 
+// A target that places a Data-In outside the read's buffer (its Buffer Offset rewritten on the way:
+// FaultAction::edit) is a protocol error: the bytes go nowhere near the buffer's end, the connection
+// goes, and the read sent again on the reinstated session returns the right data.
+TEST(InitiatorRecovery, ADataInOutsideTheReadsBufferIsRefusedAndTheReadSentAgain) {
+    Harness h;
+    auto s = h.connect();
+    ASSERT_TRUE(s);
+    Buffer data = pattern(8192, 3);
+    ASSERT_TRUE(s->execute(make_write(0, 16, 16, 512, data)).ok());
+    Fault edit{FaultAction::edit};
+    edit.edits.push_back({42, 0x00, 0x10}); // Buffer Offset (bytes 40-43) 0 -> 4096: 4 KiB past the end
+    h.faults->set_rule(
+        once([](const FaultPdu& p) { return is(p, FaultDirection::inbound, Opcode::data_in); }, edit));
+    Buffer back = Buffer::allocate(8193); // a larger size class: slack after the 8 KiB the read gets
+    std::memset(back.data(), 0, back.capacity());
+    back.resize(8192);
+    Response r = s->execute(make_read(0, 16, 16, 512, back));
+    ASSERT_TRUE(r.ok()) << r.describe();
+    EXPECT_EQ(0, std::memcmp(back.data(), data.data(), 8192));
+    for (size_t i = back.size(); i < back.capacity(); ++i) {
+        ASSERT_EQ(back.data()[i], 0) << "written past the buffer at " << i;
+    }
+    EXPECT_EQ(h.faults->stats().edited.load(), 1u);
+    EXPECT_GE(s->info().reconnects, 1u);
+}
+
 TEST(InitiatorRecovery, CorruptedDataDigestOnDataIn) {
     Harness h;
     SessionOptions so = h.options();
