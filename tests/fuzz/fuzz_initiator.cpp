@@ -30,8 +30,8 @@
 //    and nothing writes into a read's buffer after its completion ran (compared after the session is
 //    closed);
 //  - the session closes.
-#include "fake_target.hpp"
 #include "common/log.hpp"
+#include "fake_target.hpp"
 #include "fuzz_check.hpp"
 #include "initiator/fault_transport.hpp"
 #include "initiator/internals.hpp"
@@ -45,6 +45,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -119,7 +120,7 @@ struct PduFault {
 struct Outcome {
     std::mutex mu;
     std::condition_variable cv;
-    std::vector<unsigned> completions; // per command
+    std::vector<unsigned> completions;               // per command
     std::vector<std::vector<uint8_t>> at_completion; // a read buffer's bytes when its completion ran
     size_t done = 0;
 };
@@ -158,7 +159,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 f.edits.push_back({data[pos + 1], uint8_t(what <= 3 ? 0x00 : 0xff), data[pos + 2]});
             }
         } else {
-            f.action = what == 6 ? FaultAction::drop : what == 7 ? FaultAction::delay : FaultAction::disconnect;
+            f.action = what == 6   ? FaultAction::drop
+                       : what == 7 ? FaultAction::delay
+                                   : FaultAction::disconnect;
         }
     }
 
@@ -227,7 +230,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::memset(b.data() + bytes, canary, b.capacity() - bytes);
         b.resize(bytes);
         buffers.push_back(b);
-        Request r = c.write ? make_write(0, c.lba, c.blocks, block_size, b) : make_read(0, c.lba, c.blocks, block_size, b);
+        Request r = c.write ? make_write(0, c.lba, c.blocks, block_size, b)
+                            : make_read(0, c.lba, c.blocks, block_size, b);
         (*session)->submit(std::move(r), [outcome, i, b, write = c.write](Response&&) {
             std::lock_guard lock(outcome->mu);
             FUZZ_CHECK(++outcome->completions[i] == 1);
@@ -244,7 +248,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         // longer is a hang. With the login's and the logout's limits this stays under the 10 s in which
         // libFuzzer (-timeout=10, scripts/fuzz-smoke.sh) calls an input a hang itself.
         std::unique_lock lock(outcome->mu);
-        FUZZ_CHECK(outcome->cv.wait_for(lock, 6s, [&] { return outcome->done == commands.size(); }));
+        if (!outcome->cv.wait_for(lock, 6s, [&] { return outcome->done == commands.size(); })) {
+            // Say what hung before the trap: which commands, and what the session went through.
+            SessionInfo info = (*session)->info();
+            std::fprintf(
+                stderr,
+                "fuzz_initiator: %zu of %zu commands not completed after 6 s (ERL %u, %u connections, "
+                "reconnects %llu, connection recoveries %llu, reassignments %llu, SNACKs %llu)\n",
+                commands.size() - outcome->done, commands.size(), unsigned(info.error_recovery_level),
+                unsigned(info.connections), (unsigned long long)info.reconnects,
+                (unsigned long long)info.connection_recoveries, (unsigned long long)info.reassignments,
+                (unsigned long long)info.snacks);
+            for (size_t i = 0; i < commands.size(); ++i) {
+                if (outcome->completions[i] == 0) {
+                    std::fprintf(stderr, "  command %zu: %s LBA %llu, %u blocks\n", i,
+                                 commands[i].write ? "write" : "read", (unsigned long long)commands[i].lba,
+                                 commands[i].blocks);
+                }
+            }
+            FUZZ_CHECK(false);
+        }
     }
     (*session)->close();
     session->reset();
