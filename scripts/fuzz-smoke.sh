@@ -19,10 +19,7 @@ build=${2:-build-fuzz}
 shift $(($# > 2 ? 2 : $#))
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  # fuzz_initiator is left out of the default list (so out of CI) while its open finding stands: in
-  # long runs a session now and then leaves every command uncompleted (tests/fuzz/README.md). Name it to
-  # run it.
-  targets=(fuzz_pdu fuzz_text fuzz_login fuzz_cdb fuzz_label fuzz_thin_page fuzz_checksum_page fuzz_isns fuzz_control fuzz_manager)
+  targets=(fuzz_pdu fuzz_text fuzz_login fuzz_cdb fuzz_label fuzz_thin_page fuzz_checksum_page fuzz_isns fuzz_control fuzz_manager fuzz_initiator)
 fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -620,7 +620,11 @@ void Connection::read_error(const iscsi::ReadError& error) {
 void Connection::note_stat_sn(uint32_t stat_sn) {
     uint32_t next = stat_sn + 1;
     if (_erl1 && _state == State::full_feature) {
-        if (iscsi::sn_gt(stat_sn, _exp_stat_sn) && stat_sn - _exp_stat_sn <= 1024) {
+        // Each missing StatSN is kept (and scanned for every ExpStatSN we send) for seconds, so they must
+        // stay few: a gap beyond what lost PDUs explain, or gap after gap, is a target counting wrong, and
+        // ExpStatSN just moves on (a response really lost is then recovered by the command's timeout).
+        if (iscsi::sn_gt(stat_sn, _exp_stat_sn) && stat_sn - _exp_stat_sn <= max_missing_stat_sns &&
+            _missing_stat_sns.size() + (stat_sn - _exp_stat_sn) <= max_missing_stat_sns) {
             // ERL 1: responses before this one were lost (a header digest error): a Status SNACK asks for
             // them, and ExpStatSN stays before them until they come (or the wait is given up).
             uint32_t beg = _exp_stat_sn;

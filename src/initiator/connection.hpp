@@ -256,6 +256,14 @@ private:
     // session then reinstates, as at ERL 0): recovery is bounded.
     static constexpr unsigned max_snacks_per_command = 16;
     static constexpr unsigned max_digest_resends = 8;
+    // Data-In PDUs of one command that may be missing at once. A loss is one PDU (a header digest
+    // error); a DataSN that jumps further is the target's error, and each missing DataSN is tracked, so
+    // a jump of billions (a bit flipped in the field) would cost as much time and memory: the
+    // connection fails instead, and recovery goes on as for any broken connection.
+    static constexpr uint32_t max_missing_data_sns = 1024;
+    // Responses (StatSN) missing at once on this connection; beyond it a gap is not taken for a loss
+    // (note_stat_sn).
+    static constexpr uint32_t max_missing_stat_sns = 1024;
     void note_window(uint32_t exp_cmd_sn, uint32_t max_cmd_sn);
 
     // Completion and escalation.

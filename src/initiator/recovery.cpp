@@ -72,6 +72,14 @@ bool Connection::request_data(PendingRequest* task, uint32_t beg, uint32_t run) 
                         EIO));
         return false;
     }
+    if (run > max_missing_data_sns || task->missing_data_sns.size() + run > max_missing_data_sns) {
+        fail(
+            make_error(fmt::format("ITT {:#x}: {} Data-In PDU(s) missing from DataSN {} on, more than the {} "
+                                   "lost PDUs can explain",
+                                   task->itt, task->missing_data_sns.size() + run, beg, max_missing_data_sns),
+                       EPROTO));
+        return false;
+    }
     for (uint32_t sn = beg; sn != beg + run; ++sn) {
         if (std::find(task->missing_data_sns.begin(), task->missing_data_sns.end(), sn) ==
             task->missing_data_sns.end()) {

@@ -46,6 +46,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -73,7 +74,8 @@ struct Harness {
 
 Harness& harness() {
     static Harness* h = [] {
-        set_log_level(LogLevel::off);
+        // ISPACE_FUZZ_VERBOSE=1: the initiator's and the target's logs, to see what an input did.
+        set_log_level(std::getenv("ISPACE_FUZZ_VERBOSE") != nullptr ? LogLevel::debug : LogLevel::off);
         auto* made = new Harness;
         made->target = std::make_unique<test::FakeTarget>();
         mgmt::RuntimeOptions options;
