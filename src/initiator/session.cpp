@@ -17,6 +17,11 @@ namespace ispace::initiator {
 
 using namespace std::chrono_literals;
 
+namespace {
+// The longest Time2Wait RFC 7143 allows (§13.19, and Parameter2 of an Asynchronous Message).
+constexpr int64_t max_time2wait_s = 3600;
+} // namespace
+
 // ---------------------------------------------------------------------------------------------------
 // CHAP
 
@@ -759,7 +764,13 @@ bool SessionCore::recover_connection(const std::shared_ptr<Connection>& conn, co
     std::erase(_all, conn);
     std::erase(_ok, conn);
     _cids_in_recovery.push_back(conn->cid()); // add_connection must not take its CID meanwhile
-    uint16_t wait = conn->requested_time2wait().value_or(_params.default_time2wait);
+    // Time2Wait is the target's to ask (an Asynchronous Message's Parameter2, or DefaultTime2Wait; RFC
+    // 7143 allows up to 3600 s), but the commands parked meanwhile have no clock of their own: never
+    // longer than the recovery timeout, after which the session would fail them anyway. A target that
+    // is not ready by then refuses the login, and reinstatement takes over.
+    auto recovery_s = std::chrono::duration_cast<std::chrono::seconds>(_options.timeouts.recovery).count();
+    auto wait = uint16_t(std::min<int64_t>({conn->requested_time2wait().value_or(_params.default_time2wait),
+                                            max_time2wait_s, std::max<int64_t>(recovery_s, 0)}));
     log_warn("{}: connection {} lost ({}); ErrorRecoveryLevel 2: logging it in again in {} s and reassigning "
              "its tasks",
              _label, conn->cid(), why.message, wait);
