@@ -623,12 +623,11 @@ void Connection::note_stat_sn(uint32_t stat_sn) {
         // Each missing StatSN is kept (and scanned for every ExpStatSN we send) for seconds, so they must
         // stay few: a gap beyond what lost PDUs explain, or gap after gap, is a target counting wrong, and
         // ExpStatSN just moves on (a response really lost is then recovered by the command's timeout).
-        if (iscsi::sn_gt(stat_sn, _exp_stat_sn) && stat_sn - _exp_stat_sn <= max_missing_stat_sns &&
-            _missing_stat_sns.size() + (stat_sn - _exp_stat_sn) <= max_missing_stat_sns) {
+        uint32_t beg = _exp_stat_sn;
+        uint32_t run = stat_sn - beg;
+        if (iscsi::sn_gt(stat_sn, beg) && _missing_stat_sns.size() + run <= max_missing_stat_sns) {
             // ERL 1: responses before this one were lost (a header digest error): a Status SNACK asks for
             // them, and ExpStatSN stays before them until they come (or the wait is given up).
-            uint32_t beg = _exp_stat_sn;
-            uint32_t run = stat_sn - _exp_stat_sn;
             auto now = net::Clock::now();
             for (uint32_t sn = beg; sn != stat_sn; ++sn) {
                 _missing_stat_sns.emplace_back(sn, now);

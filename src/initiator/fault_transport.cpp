@@ -381,8 +381,7 @@ Fault FaultInjector::decide(const FaultPdu& pdu) {
 
 void FaultInjector::connect(net::Reactor& reactor, const std::string& host, uint16_t port,
                             Transport::Handler& handler, net::Clock::duration timeout, ConnectDone done) {
-    unsigned ordinal = _next_connection.fetch_add(1);
-    _stats.connections++;
+    auto ordinal = unsigned(_stats.connections.fetch_add(1)); // FaultPdu::connection
     auto wrapper = std::make_unique<FaultTransport>(*this, reactor, handler, ordinal);
     Transport::Handler& inner_handler = wrapper->as_handler();
     _inner->connect(

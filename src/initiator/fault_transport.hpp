@@ -67,7 +67,7 @@ public:
                  net::Clock::duration timeout, ConnectDone done) override;
 
     struct Stats {
-        std::atomic<uint64_t> connections{0};
+        std::atomic<uint64_t> connections{0}; // made so far: also the ordinal of the next one
         std::atomic<uint64_t> dropped{0};
         std::atomic<uint64_t> corrupted{0};
         std::atomic<uint64_t> delayed{0};
@@ -80,7 +80,6 @@ private:
     std::shared_ptr<TransportFactory> _inner;
     std::mutex _mu;
     FaultRule _rule;
-    std::atomic<unsigned> _next_connection{0};
     Stats _stats;
 };
 

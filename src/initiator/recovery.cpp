@@ -72,7 +72,7 @@ bool Connection::request_data(PendingRequest* task, uint32_t beg, uint32_t run) 
                         EIO));
         return false;
     }
-    if (run > max_missing_data_sns || task->missing_data_sns.size() + run > max_missing_data_sns) {
+    if (task->missing_data_sns.size() + run > max_missing_data_sns) {
         fail(
             make_error(fmt::format("ITT {:#x}: {} Data-In PDU(s) missing from DataSN {} on, more than the {} "
                                    "lost PDUs can explain",
