@@ -840,6 +840,15 @@ void Session::send_tmf_response(Connection* connection, uint32_t itt, iscsi::Tmf
     connection->send(bhs);
 }
 
+Function<void(scsi::TmfResult)> Session::engine_tmf_done(Connection* from, uint32_t itt) {
+    ++_tmfs_in_engine;
+    return [this, from, itt](scsi::TmfResult result) {
+        --_tmfs_in_engine;
+        send_tmf_response(from, itt, to_tmf_response(result));
+        maybe_destroy();
+    };
+}
+
 void Session::drop_waiting_commands(std::optional<uint64_t> lun) {
     std::vector<IscsiTask*> victims;
     for (auto& [itt, command] : _commands) {
@@ -864,9 +873,6 @@ void Session::task_management(Connection& connection, const iscsi::TaskMgmtReque
 
 void Session::run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request) {
     uint32_t itt = request.itt;
-    auto respond_tmf = [this, from, itt](scsi::TmfResult result) {
-        send_tmf_response(from, itt, to_tmf_response(result));
-    };
     if (discovery()) {
         send_tmf_response(from, itt, iscsi::TmfResponse::function_rejected);
         return;
@@ -904,37 +910,40 @@ void Session::run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request) {
             send_tmf_response(from, itt, iscsi::TmfResponse::task_does_not_exist);
             return;
         case IscsiTask::State::in_engine:
-            device.abort_task(_nexus, command.lun, command.tag, std::move(respond_tmf));
+            device.abort_task(_nexus, command.lun, command.tag, engine_tmf_done(from, itt));
             return;
         }
         return;
     }
     case iscsi::TmfFunction::abort_task_set:
         drop_waiting_commands(request.lun);
-        device.abort_task_set(_nexus, request.lun, std::move(respond_tmf));
+        device.abort_task_set(_nexus, request.lun, engine_tmf_done(from, itt));
         return;
     case iscsi::TmfFunction::clear_task_set:
         drop_waiting_commands(request.lun);
-        device.clear_task_set(_nexus, request.lun, std::move(respond_tmf));
+        device.clear_task_set(_nexus, request.lun, engine_tmf_done(from, itt));
         return;
     case iscsi::TmfFunction::lun_reset:
         drop_waiting_commands(request.lun);
-        device.logical_unit_reset(_nexus, request.lun, std::move(respond_tmf));
+        device.logical_unit_reset(_nexus, request.lun, engine_tmf_done(from, itt));
         return;
     case iscsi::TmfFunction::target_warm_reset:
         drop_waiting_commands(std::nullopt);
-        device.target_reset(_nexus, false, std::move(respond_tmf));
+        device.target_reset(_nexus, false, engine_tmf_done(from, itt));
         return;
     case iscsi::TmfFunction::target_cold_reset: {
         drop_waiting_commands(std::nullopt);
         std::string iqn = _target->iqn;
         Server* server = &_server;
-        device.target_reset(_nexus, true, [this, from, itt, iqn, server](scsi::TmfResult result) {
-            send_tmf_response(from, itt, to_tmf_response(result));
-            // A cold reset ends every I_T nexus of the target (RFC 7143 §11.5.1): the response goes
-            // out first, then the connections close.
-            _reactor.defer([iqn, server] { server->close_sessions_of(iqn, "target cold reset"); });
-        });
+        // A cold reset ends every I_T nexus of the target (RFC 7143 §11.5.1): the response goes out
+        // first, then the connections close. (The response may schedule this session's deletion;
+        // that is deferred, so `this` is still whole for the line after it.)
+        auto respond = engine_tmf_done(from, itt);
+        device.target_reset(
+            _nexus, true, [this, respond = std::move(respond), iqn, server](auto result) mutable {
+                respond(result);
+                _reactor.defer([iqn, server] { server->close_sessions_of(iqn, "target cold reset"); });
+            });
         return;
     }
     case iscsi::TmfFunction::clear_aca:
@@ -1038,7 +1047,7 @@ void Session::end() {
 }
 
 void Session::maybe_destroy() {
-    if (!_ended || !_commands.empty() || _destroying) {
+    if (!_ended || !_commands.empty() || _tmfs_in_engine != 0 || _destroying) {
         return;
     }
     _destroying = true;

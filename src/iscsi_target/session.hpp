@@ -24,6 +24,7 @@
 #include "net/reactor.hpp"
 #include "net/socket.hpp"
 #include "scsi/sense.hpp"
+#include "scsi/target.hpp"
 #include "scsi/task.hpp"
 
 #include <chrono>
@@ -237,6 +238,9 @@ private:
     void resume_data_out(IscsiTask& command, Connection& to);
     bool has_connection(const Connection* connection) const;
     void run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request);
+    // What the engine calls when a task management function it runs is done: the response, and the
+    // session's end if it was waiting for that.
+    Function<void(scsi::TmfResult)> engine_tmf_done(Connection* from, uint32_t itt);
     void answered(IscsiTask& command);
     void end();
     void deliver_command(IscsiTask& command);
@@ -285,6 +289,9 @@ private:
     net::Reactor::TimerId _budget_timer = 0;
     uint32_t _next_ttt = 1;
 
+    // Task management functions in the engine: their answers refer to this session, so it outlives them
+    // as it outlives its commands (a LUN RESET then a Logout freed it under the reset's answer).
+    uint32_t _tmfs_in_engine = 0;
     bool _ended = false; // no connection remains; destroy once tasks drain
     bool _destroying = false;
     bool _nexus_removed = false;

@@ -203,6 +203,29 @@ TEST(TaskManagement, TargetColdResetAnswersThenClosesEverySession) {
     EXPECT_TRUE(b.closed_by_target());
 }
 
+// The engine answers a reset later (from the reactor loop); a Logout that ended the session in the meantime
+// freed the session under that answer (found by fuzz_target). Every function the engine runs, each
+// followed at once by a Logout: the session ends once the answer is in, and nothing else is sent. Under
+// ASan (make asan) the old code fails here with a heap-use-after-free.
+TEST(TaskManagement, ALogoutRightAfterAResetEndsTheSessionOnceTheResetIsDone) {
+    for (auto function : {iscsi::TmfFunction::abort_task_set, iscsi::TmfFunction::clear_task_set,
+                          iscsi::TmfFunction::lun_reset, iscsi::TmfFunction::target_warm_reset,
+                          iscsi::TmfFunction::target_cold_reset}) {
+        SCOPED_TRACE(int(function));
+        Harness h;
+        FakeInitiator& i = h.logged_in();
+        i.tmf(function);
+        uint32_t logout = i.logout(iscsi::LogoutReason::close_session, std::nullopt, /*immediate=*/true);
+        for (auto& pdu : i.drain()) {
+            EXPECT_TRUE(pdu.opcode() == iscsi::Opcode::task_mgmt_response ||
+                        (pdu.opcode() == iscsi::Opcode::logout_response && pdu.bhs.itt() == logout))
+                << pdu.describe();
+        }
+        EXPECT_TRUE(i.closed_by_target());
+        EXPECT_EQ(h.server().statistics().targets[target_iqn].sessions, 0u);
+    }
+}
+
 TEST(TaskManagement, ClearAcaIsNotSupported) {
     Harness h;
     FakeInitiator& i = h.logged_in();
