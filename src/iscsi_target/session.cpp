@@ -423,6 +423,14 @@ void Session::retry_budget() {
 }
 
 void Session::start(IscsiTask& command) {
+    if (_closing) {
+        // Its turn came after the session began to close (a command behind a Logout, or sent after
+        // it): the engine has been told the nexus is gone and would never abort it, so a write
+        // waiting for Data-Out kept the session alive for ever. It is dropped unanswered, as the
+        // tasks the Logout ended are.
+        release(command);
+        return;
+    }
     command.state = IscsiTask::State::in_engine;
     command.data_out_length = command.received;
     _target->device->submit(command);
@@ -960,6 +968,7 @@ void Session::run_tmf(Connection* from, const iscsi::TaskMgmtRequest& request) {
 // ---- Ending ----------------------------------------------------------------------------------------
 
 void Session::abort_all(Function<void()> done) {
+    _closing = true;
     drop_waiting_commands(std::nullopt);
     if (_commands.empty()) {
         done();

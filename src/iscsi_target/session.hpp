@@ -292,7 +292,8 @@ private:
     // Task management functions in the engine: their answers refer to this session, so it outlives them
     // as it outlives its commands (a LUN RESET then a Logout freed it under the reset's answer).
     uint32_t _tmfs_in_engine = 0;
-    bool _ended = false; // no connection remains; destroy once tasks drain
+    bool _closing = false; // abort_all ran (a Logout, or the end): no command is started after it
+    bool _ended = false;   // no connection remains; destroy once tasks drain
     bool _destroying = false;
     bool _nexus_removed = false;
     std::vector<Function<void()>> _on_gone;

@@ -55,6 +55,23 @@ TEST(Logout, CloseSessionAbortsTasksInFlightThenAnswersAndCloses) {
     EXPECT_TRUE(i.closed_by_target());
 }
 
+// RFC 7143 §11.14.3: nothing may follow a Logout on its connection; an initiator that sends a write anyway
+// made the target start it after the engine had been told the nexus was gone, so it waited for Data-Out
+// for ever and the session never closed (found by fuzz_target). It is dropped now.
+TEST(Logout, ACommandSentAfterTheLogoutIsDroppedAndTheSessionStillCloses) {
+    Harness h;
+    FakeInitiator& i = h.logged_in();
+    write_waiting_for_data(i);
+    uint32_t itt = i.logout(iscsi::LogoutReason::close_session);
+    i.command(write_command(8, 1));
+    auto pdus = i.drain();
+    ASSERT_EQ(pdus.size(), 1u) << "the Logout Response only, no R2T for the late write";
+    ASSERT_EQ(pdus[0].opcode(), iscsi::Opcode::logout_response) << pdus[0].describe();
+    EXPECT_EQ(pdus[0].as<iscsi::LogoutResponse>().itt, itt);
+    EXPECT_TRUE(i.closed_by_target());
+    EXPECT_EQ(h.server().sessions().size(), 0u);
+}
+
 TEST(Logout, CloseConnectionOfTheLastConnectionClosesTheSession) {
     Harness h;
     FakeInitiator& i = h.logged_in();
