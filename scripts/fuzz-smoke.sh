@@ -19,7 +19,7 @@ build=${2:-build-fuzz}
 shift $(($# > 2 ? 2 : $#))
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(fuzz_pdu fuzz_text fuzz_login fuzz_cdb fuzz_label fuzz_thin_page fuzz_checksum_page fuzz_isns fuzz_control fuzz_manager fuzz_initiator)
+  targets=(fuzz_pdu fuzz_text fuzz_login fuzz_cdb fuzz_label fuzz_thin_page fuzz_checksum_page fuzz_isns fuzz_control fuzz_manager fuzz_initiator fuzz_target)
 fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
