@@ -4,8 +4,8 @@
 // without immediate data, Data-Out with any TTT, DataSN, offset and length, R2Ts answered or not,
 // NOP-Out pings and replies, task management (TASK REASSIGN included), Text negotiation in full
 // feature phase, Logout of any reason, SNACKs of every type, raw headers of any initiator opcode, a
-// connection closed, joined (MC/S), reinstated or its session reinstated, an initiator that stops
-// reading its socket — at ErrorRecoveryLevel 0, 1 or 2.
+// connection closed, joined (MC/S, from either reactor), reinstated or its session reinstated, a
+// discovery session beside, an initiator that stops reading its socket — at ErrorRecoveryLevel 0-2.
 //
 // It runs the target front end's unit test harness (tests/unit/iscsi_target/harness.hpp): the real
 // Server, Sessions and Connections over in-memory transports, two reactors run by hand until nothing
@@ -630,7 +630,9 @@ private:
         FakeInitiator* origin = old.initiator;
         LoginOptions o = _login;
         bool shares_numbers = (mode & 3) != 2 && (mode & 3) != 3;
-        FakeInitiator& fresh = _h.connect({.numbers = shares_numbers ? origin->numbers() : nullptr});
+        // On the other reactor: a connection joining a session is handed over to the session's.
+        FakeInitiator& fresh = _h.connect(
+            {.reactor = (mode & 8) ? 1u : 0u, .numbers = shares_numbers ? origin->numbers() : nullptr});
         LoginResult r;
         switch (mode & 3) {
         case 0: // another connection of the session, a CID not in use
@@ -648,8 +650,12 @@ private:
             o.isid = origin->isid();
             r = fresh.login(o);
             break;
-        default:
+        default: // another session: a normal one, or a discovery session
             o.isid = 0x400000000100ULL + _peers.size();
+            if (mode & 16) {
+                o.session_type = iscsi::SessionType::discovery;
+                o.target_name.clear();
+            }
             r = fresh.login(o);
             break;
         }
