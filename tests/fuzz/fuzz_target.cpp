@@ -5,7 +5,8 @@
 // NOP-Out pings and replies, task management (TASK REASSIGN included), Text negotiation in full
 // feature phase, Logout of any reason, SNACKs of every type, raw headers of any initiator opcode, a
 // connection closed, joined (MC/S, from either reactor), reinstated or its session reinstated, a
-// discovery session beside, an initiator that stops reading its socket — at ErrorRecoveryLevel 0-2.
+// discovery session beside, a login written by hand on a new connection, an initiator that stops
+// reading its socket — at ErrorRecoveryLevel 0-2.
 //
 // It runs the target front end's unit test harness (tests/unit/iscsi_target/harness.hpp): the real
 // Server, Sessions and Connections over in-memory transports, two reactors run by hand until nothing
@@ -633,6 +634,11 @@ private:
         // On the other reactor: a connection joining a session is handed over to the session's.
         FakeInitiator& fresh = _h.connect(
             {.reactor = (mode & 8) ? 1u : 0u, .numbers = shares_numbers ? origin->numbers() : nullptr});
+        if ((mode & 3) == 3 && (mode & 32)) {
+            login_by_hand(fresh);
+            _peers.push_back({&fresh, false});
+            return;
+        }
         LoginResult r;
         switch (mode & 3) {
         case 0: // another connection of the session, a CID not in use
@@ -664,6 +670,34 @@ private:
                          r.reason.c_str());
         }
         _peers.push_back({&fresh, !r.ok()});
+    }
+
+    // Up to three Login Requests with any header (opcode and I bit kept) and a text that starts as a
+    // real first request does or is the input's bytes; the connection then stays in the actions' reach
+    // whatever state its login is left in, so full feature phase PDUs meet a login in progress too.
+    void login_by_hand(FakeInitiator& fresh) {
+        uint8_t count = 1 + _in.u8() % 3;
+        for (uint8_t n = 0; n < count; ++n) {
+            iscsi::Bhs bhs;
+            auto header = _in.bytes(iscsi::bhs_size);
+            std::copy(header.begin(), header.end(), bhs.bytes.begin());
+            bhs.bytes[0] = uint8_t(iscsi::Opcode::login_request) | 0x40;
+            bhs.bytes[4] = 0;
+            std::vector<uint8_t> text;
+            if (_in.u8() & 1) {
+                iscsi::KeyValueList keys = {
+                    {"InitiatorName", initiator_iqn}, {"SessionType", "Normal"}, {"TargetName", target_iqn}};
+                text = iscsi::encode_text(keys);
+            }
+            auto more = _in.bytes(_in.u8() % 64);
+            text.insert(text.end(), more.begin(), more.end());
+            store_be32(&bhs.bytes[4], uint32_t(text.size()));
+            fresh.send(bhs, text);
+            _h.settle();
+            for (auto& pdu : fresh.drain()) {
+                check(pdu);
+            }
+        }
     }
 
     // ---- What the target sends ----
