@@ -6,12 +6,12 @@
 // feature phase, Logout of any reason, SNACKs of every type, raw headers of any initiator opcode, a
 // connection closed, joined (MC/S, from either reactor), reinstated or its session reinstated, a
 // discovery session beside, a login written by hand on a new connection, an initiator that stops
-// reading its socket — at ErrorRecoveryLevel 0-2.
+// reading its socket, time passing (pings, retries, Time2Retain) — at ErrorRecoveryLevel 0-2.
 //
 // It runs the target front end's unit test harness (tests/unit/iscsi_target/harness.hpp): the real
 // Server, Sessions and Connections over in-memory transports, two reactors run by hand until nothing
 // more happens, RAM LUNs, and the FakeInitiator that sends exactly the PDUs it is told to. So an input
-// runs the same way every time, with no clock or thread in it.
+// runs the same way every time, with no thread in it and no clock but where an action lets time pass.
 //
 // Input (bytes read from the front; past the end every byte reads as 0):
 //   byte 0     the initiator's offer: bits 0-1 ErrorRecoveryLevel (0, 1, 2, 2); bit 2 HeaderDigest
@@ -223,10 +223,21 @@ private:
                 p.initiator->wire().drain();
             }
             break;
-        default:
-            // One reactor runs while the other is frozen: the other order of cross-reactor work.
-            _h.settle_only(_in.u8() & 1);
+        default: {
+            uint8_t mode = _in.u8();
+            if (mode & 2) {
+                // Time passes (the only action that lets the clock in): the Data-In budget's retry
+                // (5 ms), NOP-In pings of idle connections (every 100 ms here), the end of Time2Retain
+                // (1 s) for the tasks ERL 2 keeps after a connection failed.
+                auto span = (mode & 8) ? 1100ms : (mode & 4) ? 120ms : 8ms;
+                _h.run_until([] { return false; }, span);
+                settle_all();
+            } else {
+                // One reactor runs while the other is frozen: the other order of cross-reactor work.
+                _h.settle_only(mode & 1);
+            }
             break;
+        }
         }
     }
 
@@ -839,6 +850,7 @@ void configure_target(ServerConfig& c, uint8_t t) {
     }
     c.negotiation.default_time2wait = 0;
     c.negotiation.default_time2retain = 1;
+    c.limits.nop_interval = std::chrono::milliseconds(100); // the least the daemon allows
 }
 
 } // namespace
