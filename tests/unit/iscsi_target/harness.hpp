@@ -97,18 +97,7 @@ public:
     }
 
     ~Harness() {
-        // Every connection goes the way a vanished initiator's would; then nothing may be left.
-        for (auto& initiator : _initiators) {
-            initiator->close();
-        }
-        settle();
-        EXPECT_EQ(_server->open_connections(), 0u) << "connections left open at the end of the test";
-        // An ErrorRecoveryLevel 2 session outlives its connections (waiting for one to be reinstated);
-        // end those as a shutdown would.
-        for (const auto& target : _server->targets()) {
-            _server->close_sessions_of(target->iqn, "end of test");
-        }
-        settle();
+        end_everything();
         _initiators.clear();
         _reactors.reset(); // before the server: their teardown may still run work that refers to it
         _server.reset();
@@ -154,6 +143,21 @@ public:
             }
         }
         return initiator;
+    }
+
+    // Every connection goes the way a vanished initiator's would; then no connection may be left open.
+    // An ErrorRecoveryLevel 2 session outlives its connections (waiting for one to be reinstated): those
+    // end as at shutdown. The destructor does this; a caller may first, to look at what is left.
+    void end_everything() {
+        for (auto& initiator : _initiators) {
+            initiator->close();
+        }
+        settle();
+        EXPECT_EQ(_server->open_connections(), 0u) << "connections left open after every initiator went";
+        for (const auto& target : _server->targets()) {
+            _server->close_sessions_of(target->iqn, "end of test");
+        }
+        settle();
     }
 
     // Runs every reactor until a whole pass (two, to be sure of cross-reactor posts) does nothing.
