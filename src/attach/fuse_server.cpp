@@ -646,8 +646,15 @@ Result<void> FuseServer::mount_and_start() {
                           err);
     }
     _mounted = true;
-    _workers_running = std::max(1u, _options.threads);
-    for (unsigned i = 0; i < _workers_running; ++i) {
+    // Counted before the first one starts, under the lock a worker takes to count itself out; the loop
+    // goes by its own count: a worker may end at once (the kernel ended the connection) and must not
+    // make this start fewer workers than the count says, which stop() would then wait for forever.
+    unsigned workers = std::max(1u, _options.threads);
+    {
+        std::lock_guard lock(_mutex);
+        _workers_running = workers;
+    }
+    for (unsigned i = 0; i < workers; ++i) {
         _threads.emplace_back(&FuseServer::run_worker, this, i);
         std::string name = fmt::format("{}-f{}", _options.thread_prefix, i).substr(0, 15);
         pthread_setname_np(_threads.back().native_handle(), name.c_str());
