@@ -580,8 +580,13 @@ Result<void> Volume::sums_open(const Label& truth, bool unclean) {
         sums->set(b, checksum_page_entry(image.data() + sums->page_of(b) * checksum_page_bytes,
                                          b % sums->per_page));
     }
-    _sums = std::move(sums);
-    scrub_from_label(truth);
+    // On the home reactor, with the scrub record: a member that failed a read above has its failure
+    // handled there meanwhile, and that work reads _sums (schedule_retry), and writes labels that carry
+    // the scrub record from it (scrub_to_book) — which must be the one the labels hold, not an empty one.
+    on_home([&] {
+        _sums = std::move(sums);
+        scrub_from_label(truth);
+    });
     bool rewrite = false;
     for (uint32_t s = 0; s < _count; ++s) {
         rewrite |= MemberState(_members[s].state.load()) == MemberState::rebuilding;

@@ -316,9 +316,11 @@ Result<std::shared_ptr<Volume>> Volume::open(net::ReactorGroup& reactors, const 
         }
     }
 
-    // Resyncs: dirty regions after an unclean stop, and every rebuilding member.
-    v->_resync = std::make_unique<Resync>(*v);
+    // Resyncs: dirty regions after an unclean stop, and every rebuilding member. Made on the home
+    // reactor: a member that failed above (a bitmap or checksums read) has its failure handled there
+    // already, and that work reads _resync (ThreadSanitizer saw the race when it was assigned here).
     v->on_home([&] {
+        v->_resync = std::make_unique<Resync>(*v);
         v->_resync->set_rate(v->_options.resync_rate);
         // After a clean close, regions still marked with every member in sync are those a pass (a grow's,
         // or this one after an unclean stop) did not finish making equal: it goes on (a clean close clears
