@@ -27,8 +27,9 @@ public:
 
     void set(Mode mode) { _mode.store(mode); }
     Mode mode() const { return _mode.load(); }
-    std::chrono::milliseconds hang_for{300};
-    std::chrono::milliseconds slow_by{5};
+    // Atomic: a test changes them while reactors read them (ThreadSanitizer saw it).
+    std::atomic<std::chrono::milliseconds> hang_for{std::chrono::milliseconds(300)};
+    std::atomic<std::chrono::milliseconds> slow_by{std::chrono::milliseconds(5)};
 
     std::atomic<uint64_t> bytes_written{0};
     std::atomic<uint64_t> bytes_read{0};
@@ -106,7 +107,7 @@ public:
         }
         if (mode == Mode::hang) {
             ++failures;
-            reactor->add_timer(hang_for, [r] { finish(r, -EIO); });
+            reactor->add_timer(hang_for.load(), [r] { finish(r, -EIO); });
             return;
         }
         if (mode == Mode::conflict && request.op != backstore::IoOp::read) {
@@ -138,7 +139,7 @@ public:
             }
         }
         if (mode == Mode::slow) {
-            reactor->add_timer(slow_by, [this, r] { _inner->submit(*r); });
+            reactor->add_timer(slow_by.load(), [this, r] { _inner->submit(*r); });
             return;
         }
         _inner->submit(request);
