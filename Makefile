@@ -4,6 +4,7 @@
 #   make test       install, build, run every test (unit, system, interop, conformance)
 #   make asan       the same tests built with AddressSanitizer + UndefinedBehaviorSanitizer (clang)
 #   make fuzz       run each libFuzzer target for FUZZ_SECONDS (default 60), built in the ASan tree
+#   make tsan       the unit tests built with ThreadSanitizer (clang; not in CI: docs/HACKING.md)
 #   make bench      ispaced against Debian's tgt (and istgt), side by side (docs/performance.md);
 #                   BENCH_QUICK=1 for a two-minute smoke run, BENCH_BASELINE=/old/ispaced to compare builds;
 #                   then the attach path against a raw loop device, and a data-space mirror against
@@ -16,6 +17,7 @@
 
 BUILD     ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 # The fuzzers are built in the ASan tree: one clang build whose libraries carry both the sanitizers and
 # libFuzzer's coverage hooks serves `make asan` and `make fuzz`, so CI compiles the tree twice, not
 # three times (a separate optimised fuzz build took ~6.5 of CI's 45 minutes). FUZZ_BUILD=build-fuzz
@@ -41,7 +43,7 @@ BENCH_QUICK ?=
 BENCH_BASELINE ?=
 BENCH_DIR ?=
 
-.PHONY: all deps build run test asan fuzz bench clean lint install
+.PHONY: all deps build run test asan tsan fuzz bench clean lint install
 
 all: build
 
@@ -102,13 +104,25 @@ asan: deps
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	$(call ctest_with_reports,$(ASAN_BUILD),ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1,$(ASAN_CTEST_ARGS))
 
+# The unit tests only: they run every layer's threads (reactors, FUSE workers, the volume's home and
+# I/O reactors, the holder's threads) on memory devices, where ThreadSanitizer's 5-15x slowdown still
+# fits in minutes. Any report fails the test that caused it (TSan's exit status 66).
+tsan: deps
+	@if [ -f $(TSAN_BUILD)/CMakeCache.txt ] && ! grep -q '^CMAKE_CXX_COMPILER:.*clang' $(TSAN_BUILD)/CMakeCache.txt; then \
+	  echo "$(TSAN_BUILD) was configured with another compiler: configuring it afresh with clang"; \
+	  rm -rf $(TSAN_BUILD); fi
+	CC=clang CXX=clang++ cmake -S . -B $(TSAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DISPACE_TSAN=ON \
+	  -DISPACE_TESTS=ON -DISPACE_BENCH=OFF $(CMAKE_FLAGS)
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target unit_tests
+	cd $(TSAN_BUILD) && TSAN_OPTIONS="second_deadlock_stack=1 $$TSAN_OPTIONS" ctest -L unit -j $(JOBS) --output-on-failure
+
 lint: deps
 	./scripts/check-format.sh
 	./scripts/check-public-headers.sh
 	./scripts/check-layers.py
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) build-fuzz
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) build-fuzz
 
 # ispaced, tgt and istgt under the same clients in alternating rounds; a table on stdout,
 # bench/results/latest.json and latest.png. It starts and stops every server itself (127.0.0.1 only).
