@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ispaced as a service: the systemd unit verifies, `make install` (cmake --install) puts binaries, unit,
 completion and man pages under a prefix, and SIGHUP re-reads the configuration file and applies the
-difference without dropping a session.
+difference without dropping a session; a holder's threads leave SIGTERM, SIGINT and SIGHUP to main().
 
 `systemd-analyze verify` checks that ExecStart names an executable, so the committed unit is checked
 as the installed copy (ExecStart pointing at the installed ispaced) and as committed with its
@@ -92,7 +92,62 @@ def main():
     finally:
         rc = daemon.stop()
     check(rc == 0, f"ispaced stops cleanly (exit {rc})")
+
+    holder_signals(ispaced, scratch)
     return check.finish(scratch, daemon)
+
+
+def blocked_signals(pid):
+    """{thread id: the set of signal numbers it blocks}, from /proc/PID/task/*/status (SigBlk)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for line in open(f"/proc/{pid}/task/{tid}/status"):
+                if line.startswith("SigBlk:"):
+                    mask = int(line.split()[1], 16)
+                    out[tid] = {n + 1 for n in range(64) if mask >> n & 1}
+        except OSError:
+            pass  # the thread ended meanwhile
+    return out
+
+
+def holder_signals(ispaced, scratch):
+    """A holder (`ispaced --holder`, what `ispace space attach` starts) runs reactors and its socket's
+    thread from startup on: each must block SIGTERM, SIGINT and SIGHUP, which only main()'s sigwait() takes.
+    A thread that did not took such a signal whenever main() was busy (a reload, startup) and the default
+    action ended the holder, and with it every device it had attached."""
+    home = os.path.join(scratch, "holder-home")
+    os.makedirs(home, exist_ok=True)
+    log = open(os.path.join(scratch, "holder.log"), "w")
+    proc = subprocess.Popen([ispaced, "--holder", "--reactors", "2"], stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, ISPACE_HOME=home))
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and not os.path.exists(os.path.join(home, "holder.sock")):
+            time.sleep(0.05)
+        check(os.path.exists(os.path.join(home, "holder.sock")), "a holder starts and listens on holder.sock")
+        # main() itself is left out: waiting in sigwait(), it unblocks them for the wait.
+        threads = {tid: sigs for tid, sigs in blocked_signals(proc.pid).items() if tid != str(proc.pid)}
+        open_to = sorted(tid for tid, sigs in threads.items()
+                         if not {signal.SIGTERM, signal.SIGINT, signal.SIGHUP} <= sigs)
+        check(len(threads) >= 2 and not open_to,
+              f"every thread of the holder but main ({len(threads)}) blocks SIGTERM, SIGINT and SIGHUP "
+              f"(not: {open_to})")
+        # Two at once: the second comes while main() handles the first (nothing to reload; it says so).
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        check(proc.poll() is None, f"the holder lives through two SIGHUPs in a row (exit {proc.poll()})")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        log.close()
+    check(rc == 0, f"the holder stops cleanly on SIGTERM (exit {rc})")
 
 
 if __name__ == "__main__":

@@ -314,6 +314,19 @@ int main(int argc, char** argv) {
         return 2;
     }
 
+    // Before any thread starts (a holder's reactors and socket start just below): every thread inherits
+    // this mask, so only the sigwait() at the end sees these signals. SIGHUP is among them: its default
+    // action killed ispaced (exit 129) without a log line. Set after the holder had started its threads,
+    // those threads took a signal that came while main() was not in sigwait() — during a reload, or
+    // before startup was done — and its default action ended the process.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);
+
     // The file first (or nothing, in quick mode), then every flag over it: see iscsi_target::ConfigOverlay.
     // The runtime first: its registry of backstore kinds reads the LUN specs of the file and the flags.
     mgmt::RuntimeOptions runtime_options;
@@ -363,6 +376,10 @@ int main(int argc, char** argv) {
         attach_options.run_dir = home + "/run";
         attach_service = std::make_unique<mgmt::AttachService>(runtime, attach_options);
         space_service->busy_elsewhere = [&attach_service] { return !attach_service->idle(); };
+        if (idle_exit) {
+            // Set before the socket below takes requests (the thread that serves one reads it).
+            space_service->on_idle = [] { ::kill(::getpid(), SIGTERM); };
+        }
         // Before anything is opened: a second holder of the same home must stop here, not fight over
         // the members' reservations.
         // One socket, two services: the space verbs, and attach-device/detach-device/devices.
@@ -569,19 +586,6 @@ int main(int argc, char** argv) {
         return 2;
     }
 
-    // Every thread inherits this mask, so only the sigwait() below sees these signals. SIGHUP is
-    // among them: its default action killed ispaced (exit 129) without a log line.
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-    std::signal(SIGPIPE, SIG_IGN);
-
-    if (space_service && idle_exit) {
-        space_service->on_idle = [] { ::kill(::getpid(), SIGTERM); };
-    }
     // A holder with no target and no control socket binds no portal.
     bool serving = !config.targets.empty() || !control_path.empty();
     if (serving) {
