@@ -462,8 +462,8 @@ json SpaceService::status(const std::string& name) {
 
 void SpaceService::lost(const std::string& name) {
     std::lock_guard lock(_mutex);
-    if (_runtime == nullptr) {
-        return;
+    if (_runtime == nullptr || _stopping.load()) {
+        return; // shutting down: shutdown() detaches what is attached
     }
     _opened.erase(name);                                   // the manager closed it already
     std::vector<std::pair<std::string, std::string>> gone; // what was attached from it, and where
@@ -513,7 +513,12 @@ bool SpaceService::holds_anything() {
 }
 
 void SpaceService::check_idle() {
-    if (on_idle && !holds_anything() && !(busy_elsewhere && busy_elsewhere())) {
+    // Once shutdown() began, what busy_elsewhere asks about may be going away (ispaced ends its attach
+    // service next), and the process is ending anyway.
+    if (_stopping.load() || !on_idle) {
+        return;
+    }
+    if (!holds_anything() && !(busy_elsewhere && busy_elsewhere())) {
         on_idle();
     }
 }
@@ -524,6 +529,7 @@ void SpaceService::shutdown() {
     std::vector<std::thread> detachers;
     {
         std::lock_guard lock(_mutex);
+        _stopping.store(true);
         attached.swap(_attached);
         opened.swap(_opened);
         _space_of.clear();

@@ -54,9 +54,11 @@ public:
     void lost(const std::string& name);
     // Whether a space is attached or held here (an exported one included).
     bool holds_anything();
-    // Detaches every attached space (force) and closes them: before the runtime stops.
+    // Detaches every attached space (force) and closes them: before the runtime stops. From its start
+    // on, neither callback below is called; when it returns, no thread of this service runs one.
     void shutdown();
     // Called once nothing is attached or held after a detach or a loss (ispaced --idle-exit).
+    // Both are set before requests come (the threads that serve them read these).
     std::function<void()> on_idle;
     // Whether the holder still has work besides spaces (devices attached by another service): then a
     // holder started with --idle-exit stays.
@@ -78,6 +80,7 @@ private:
     std::map<std::string, std::string> _space_of; // ... → the space whose volume serves it
     std::set<std::string> _opened;                // spaces an attach opened (closed with their last one)
     std::vector<std::thread> _detachers;
+    std::atomic<bool> _stopping{false}; // shutdown() began
 };
 
 // The holder's end of $ISPACE_HOME/holder.sock. listen() takes $ISPACE_HOME/holder.lock (flock) for the

@@ -707,8 +707,10 @@ int main(int argc, char** argv) {
         // Spaces go before the runtime stops its reactors (their labels are written on them): no more
         // requests, the attached ones detached, the exported ones taken out of the target, then closed.
         holder_socket.reset();
-        attach_service.reset(); // its devices are detached by Runtime::stop (forced) below
         space_service->shutdown();
+        // After the space service, whose threads (a detach after a takeover) may still ask it whether it is
+        // idle until shutdown() has joined them. Its devices are detached by Runtime::stop (forced) below.
+        attach_service.reset();
         if (serving) {
             for (const auto& target : runtime.target_server()->targets()) {
                 auto luns_of = runtime.luns(target->iqn);
