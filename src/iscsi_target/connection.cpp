@@ -403,12 +403,14 @@ void Connection::login_pdu(iscsi::ReceivedPdu& pdu) {
     } else {
         response = _login->receive(*request, pdu.segment());
     }
-    if (_login->state() == iscsi::LoginState::complete && !_login->identity().leading() &&
-        _slot->reactor != &_reactor) {
-        // The session lives on another reactor: that reactor sends the final response and serves
-        // the connection from then on.
-        hand_over(std::move(response));
-        return;
+    if (_login->state() == iscsi::LoginState::complete && !_login->identity().leading()) {
+        if (_slot->reactor != &_reactor) {
+            // The session lives on another reactor: that reactor sends the final response and serves
+            // the connection from then on.
+            hand_over(std::move(response));
+            return;
+        }
+        state_session_window(response);
     }
     send_login_response(response);
     switch (_login->state()) {
@@ -540,7 +542,8 @@ iscsi::LoginAdmission Connection::admit(const iscsi::LoginIdentity& identity, co
         _slot->cids.insert(identity.cid);
         _cid_registered = true;
         admission.tsih = _slot->tsih;
-        // The session's window lives on its reactor; the next response there states it exactly.
+        // The session's window lives on its reactor: the final Login Response takes it there
+        // (state_session_window); these are placeholders.
         admission.exp_cmd_sn = identity.cmd_sn;
         admission.max_cmd_sn = identity.cmd_sn;
         return admission;
@@ -651,6 +654,19 @@ bool Connection::join_session() {
     return true;
 }
 
+void Connection::state_session_window(iscsi::LoginResponsePdu& response) const {
+    // The final Login Response of a connection joining a session carries the session's window, read on
+    // the session's reactor: ExpCmdSN acknowledges the CmdSNs received so far, and MaxCmdSN is what the
+    // session takes (RFC 7143 §4.2.2.1). The login's CmdSN is only the initiator's next one; announced,
+    // it would acknowledge commands still on their way on other connections and open slots the session
+    // does not have, whose commands it would then ignore.
+    Session* session = _slot ? _slot->session : nullptr;
+    if (session != nullptr && !session->ending()) {
+        response.header.exp_cmd_sn = session->exp_cmd_sn();
+        response.header.max_cmd_sn = session->max_cmd_sn();
+    }
+}
+
 void Connection::start_retention() {
     if (_session->params().error_recovery_level >= 1) {
         Retention::Limits limits;
@@ -706,6 +722,7 @@ void Connection::adopt(Server& server, net::Reactor& reactor, Handover handover)
     c._stat_sn = handover.stat_sn;
     c._login_exp_stat_sn = handover.login_exp_stat_sn;
     // The final Login Response goes out before digests apply (RFC 7143 §6.3).
+    c.state_session_window(handover.response);
     c.send_login_response(handover.response);
     c._params = handover.params;
     if (!c.join_session()) {

@@ -173,6 +173,8 @@ private:
     void data_out_digest_error(const iscsi::Bhs& bhs);
     void hand_over(iscsi::LoginResponsePdu response);
     bool join_session();
+    // A joining connection's final Login Response: the session's ExpCmdSN and MaxCmdSN.
+    void state_session_window(iscsi::LoginResponsePdu& response) const;
     // ERL 1 and up: keep what is sent for SNACKs (from joining the session).
     void start_retention();
     void release_cid();

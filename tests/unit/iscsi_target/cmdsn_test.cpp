@@ -161,5 +161,64 @@ TEST(CmdSnWindow, ImmediateNopOutDoesNotConsumeACmdSn) {
     EXPECT_EQ(pdu->as<iscsi::NopIn>().exp_cmd_sn, sn + 1);
 }
 
+// ---- A connection joining the session (MC/S) -------------------------------------------------------
+
+LoginOptions mcs() {
+    LoginOptions o;
+    o.negotiation.max_connections = 4;
+    return o;
+}
+
+// The final Login Response of a connection that joins a session states the session's window as it is:
+// its ExpCmdSN acknowledges only the CmdSNs received, and its MaxCmdSN opens no slot the session does
+// not have (RFC 7143 §4.2.2.1). The login's own CmdSN is only the initiator's next one.
+TEST(CmdSnWindow, AJoiningConnectionsLoginAcknowledgesOnlyTheCmdSnsReceived) {
+    Harness h;
+    FakeInitiator& first = h.logged_in(mcs());
+    uint32_t sn = first.numbers()->cmd_sn;
+    // CmdSN sn is still on its way (on the first connection); sn + 1 has arrived and waits for it.
+    uint32_t late = first.command(tur(sn + 1));
+    EXPECT_FALSE(first.next());
+    first.numbers()->cmd_sn = sn + 2;
+    FakeInitiator& second = h.connect({.numbers = first.numbers()});
+    auto joined = second.join(first, 1, mcs());
+    ASSERT_TRUE(joined.ok()) << joined.reason;
+    EXPECT_EQ(second.numbers()->exp_cmd_sn, sn) << "CmdSN " << sn << " has not arrived";
+    EXPECT_EQ(second.numbers()->max_cmd_sn, sn + 7);
+    // Once it arrives both are answered, and the window moves on from there.
+    uint32_t early = first.command(tur(sn));
+    auto pdus = first.drain();
+    ASSERT_EQ(pdus.size(), 2u);
+    EXPECT_EQ(pdus[0].bhs.itt(), early);
+    EXPECT_EQ(pdus[1].bhs.itt(), late);
+    EXPECT_EQ(pdus[1].as<iscsi::ScsiResponse>().exp_cmd_sn, sn + 2);
+}
+
+TEST(CmdSnWindow, AJoiningConnectionsLoginDoesNotOpenAClosedWindow) {
+    Harness h([](ServerConfig& c) {
+        c.negotiation.initial_r2t = true;
+        c.limits.queue_depth = 2;
+    });
+    FakeInitiator& first = h.logged_in(mcs());
+    // Two writes waiting for their data close the window of two.
+    for (uint32_t k = 0; k < 2; ++k) {
+        Command w;
+        w.cdb = write10(k, 1);
+        w.write = true;
+        w.edtl = 512;
+        first.command(w);
+    }
+    auto r2ts = first.drain();
+    ASSERT_EQ(r2ts.size(), 2u);
+    auto last = r2ts.back().as<iscsi::R2t>();
+    ASSERT_EQ(last.max_cmd_sn, last.exp_cmd_sn - 1) << "the window is closed";
+    // On the other reactor: the session's reactor sends the final Login Response.
+    FakeInitiator& second = h.connect({.reactor = 1, .numbers = first.numbers()});
+    auto joined = second.join(first, 1, mcs());
+    ASSERT_TRUE(joined.ok()) << joined.reason;
+    EXPECT_EQ(second.numbers()->exp_cmd_sn, last.exp_cmd_sn);
+    EXPECT_EQ(second.numbers()->max_cmd_sn, last.max_cmd_sn) << "the window is still closed";
+}
+
 } // namespace
 } // namespace ispace::iscsi_target::test
