@@ -29,6 +29,13 @@
 //  - every PDU the target sends frames and decodes (right opcode, lengths within what the initiator
 //    declared, fields the RFC allows), and a Data-In stays within the Expected Data Transfer Length of
 //    the command whose ITT it carries;
+//  - RFC 7143's sequence numbers in everything the target sends, Login Responses included (each rule
+//    and the RFC sentence behind it at Run::sequence and Run::window): per connection, StatSN goes up by
+//    one with each numbered response, and an R2T or a NOP-In ping carries the next one; a StatSN that
+//    goes back is a response sent again, after a SNACK, with the ITT it had; MaxCmdSN is never below
+//    ExpCmdSN - 1, and neither goes back on one connection (across connections they may); per task,
+//    DataSN and R2TSN never skip one (except where a TASK REASSIGN resumes a task); an R2T asks for 1 to
+//    MaxBurstLength bytes;
 //  - the reactors go quiet after each step (no busy loop, no PDU ping-pong without end);
 //  - afterwards the target still serves: a new session logs in and its NOP-Out is answered;
 //  - once every initiator has gone and the sessions are closed, no connection or session is left and the
@@ -42,6 +49,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
+#include <optional>
+#include <set>
 #include <string>
 
 using namespace ispace;
@@ -101,10 +111,32 @@ struct Peer {
     bool closed = false;
 };
 
+// What one connection's PDUs so far say about its sequence numbers (see Run::sequence).
+struct Watch {
+    size_t index = 0;                        // in the order connected (verbose output)
+    const SessionNumbers* numbers = nullptr; // the session's (ITTs are the session's)
+    std::optional<uint32_t> next_stat_sn;    // of the next new numbered response, once known
+    struct Numbered {
+        uint32_t itt = 0;
+        uint64_t resends = 0; // sent again since
+    };
+    std::map<uint32_t, Numbered> numbered; // StatSN -> the numbered response sent with it
+    std::optional<uint32_t> exp_cmd_sn;    // the highest sent on this connection
+    std::optional<uint32_t> max_cmd_sn;
+    uint32_t max_burst_length = 0; // the session's, once its login is known to be through
+};
+
 class Run {
 public:
     Run(Harness& h, Input& in, LoginOptions login, bool ping_wait)
         : _h(h), _in(in), _login(std::move(login)), _ping_wait(ping_wait) {}
+    Run(const Run&) = delete;
+    Run& operator=(const Run&) = delete;
+    ~Run() {
+        for (FakeInitiator* watched : _watched) {
+            watched->observe(nullptr);
+        }
+    }
 
     void go() {
         if (!open_new_session()) {
@@ -119,9 +151,11 @@ public:
     // A fresh session must still log in and be answered.
     void probe() {
         FakeInitiator& fresh = _h.connect();
+        Watch* w = watch(fresh);
         LoginOptions o;
         o.isid = 0x400000000fffULL;
         LoginResult r = fresh.login(o);
+        w->max_burst_length = r.ok() ? r.session.max_burst_length : 0;
         if (!r.ok()) {
             trap("a new session cannot log in after the input: " + r.reason);
         }
@@ -523,6 +557,9 @@ private:
         if (!ref) {
             ref = origin.cmd_sn_of(itt);
         }
+        if (iscsi::TmfFunction(function) == iscsi::TmfFunction::task_reassign) {
+            _reassigned.insert(itt);
+        }
         p.initiator->tmf(iscsi::TmfFunction(function), lun, itt, ref, (mode & 8) == 0, _in.u8());
     }
 
@@ -581,6 +618,7 @@ private:
         store_be32(&bhs.bytes[28], p.initiator->exp_stat_sn() - ((mode & 64) ? _in.u8() : 0));
         store_be32(&bhs.bytes[40], (mode & 128) ? _in.u32() : _in.u8()); // BegRun
         store_be32(&bhs.bytes[44], (mode & 128) ? _in.u32() : _in.u8()); // RunLength
+        ++_snacks;
         p.initiator->send(bhs);
     }
 
@@ -605,6 +643,13 @@ private:
             _tasks.push_back({itt, load_be32(&bhs.bytes[20]), load_be64(&bhs.bytes[8]), which});
             _edtl[itt] = std::max(_edtl[itt], load_be32(&bhs.bytes[20]));
         }
+        if (bhs.opcode() == iscsi::Opcode::snack_request) {
+            ++_snacks;
+        }
+        if (bhs.opcode() == iscsi::Opcode::task_mgmt_request &&
+            (bhs.bytes[1] & 0x7f) == uint8_t(iscsi::TmfFunction::task_reassign)) {
+            _reassigned.insert(load_be32(&bhs.bytes[20])); // Referenced Task Tag
+        }
         p.initiator->send(bhs, data);
     }
 
@@ -612,7 +657,9 @@ private:
 
     bool open_new_session() {
         FakeInitiator& first = _h.connect();
+        Watch* w = watch(first);
         LoginResult r = first.login(_login);
+        w->max_burst_length = r.ok() ? r.session.max_burst_length : 0;
         _peers.push_back({&first, false});
         if (verbose()) {
             std::fprintf(stderr, "-- login: %s %s\n", r.ok() ? "ok" : "refused", r.reason.c_str());
@@ -648,6 +695,7 @@ private:
         // On the other reactor: a connection joining a session is handed over to the session's.
         FakeInitiator& fresh = _h.connect(
             {.reactor = (mode & 8) ? 1u : 0u, .numbers = shares_numbers ? origin->numbers() : nullptr});
+        Watch* w = watch(fresh);
         if ((mode & 3) == 3 && (mode & 32)) {
             login_by_hand(fresh);
             _peers.push_back({&fresh, false});
@@ -683,6 +731,7 @@ private:
             std::fprintf(stderr, "-- reconnect mode %u: %s %s\n", mode & 3, r.ok() ? "ok" : "refused",
                          r.reason.c_str());
         }
+        w->max_burst_length = r.ok() ? fresh.numbers()->params.max_burst_length : 0;
         _peers.push_back({&fresh, !r.ok()});
     }
 
@@ -715,6 +764,180 @@ private:
     }
 
     // ---- What the target sends ----
+
+    // Follows every PDU the target sends on `initiator`'s connection, from its first Login Response on.
+    Watch* watch(FakeInitiator& initiator) {
+        _watches.push_back(std::make_unique<Watch>());
+        Watch* w = _watches.back().get();
+        w->numbers = initiator.numbers().get();
+        w->index = _watches.size() - 1;
+        _watched.push_back(&initiator);
+        initiator.observe([this, w](const InPdu& pdu) { sequence(*w, pdu); });
+        return w;
+    }
+
+    // RFC 7143's sequence numbers of what the target sends, each rule as the RFC states it for the target
+    // and only where nothing the input does (SNACKs, TASK REASSIGN, MC/S, reinstatement, pings) allows
+    // otherwise.
+    void sequence(Watch& w, const InPdu& pdu) {
+        if (iscsi::is_initiator_opcode(pdu.bhs.raw_opcode())) {
+            return; // check() traps on it
+        }
+        const uint8_t* b = pdu.bhs.bytes.data();
+        iscsi::Opcode op = pdu.opcode();
+        uint32_t itt = pdu.bhs.itt();
+        uint32_t stat_sn = load_be32(b + 24);
+        if (verbose()) {
+            std::fprintf(stderr, "-- watch %zu: %s StatSN %u ExpCmdSN %u MaxCmdSN %u\n", w.index,
+                         pdu.describe().c_str(), stat_sn, load_be32(b + 28), load_be32(b + 32));
+        }
+        bool login = op == iscsi::Opcode::login_response;
+        // Login Response: its StatSN "is only valid if the Status-Class is 0" (§11.13); the command
+        // window is taken only from the response that ends the login (T=1, NSG=3, success).
+        bool login_ok = login && b[36] == 0;
+        bool login_final = login_ok && (b[1] & 0x80) != 0 && (b[1] & 0x03) == 3;
+        if (!login || login_final) {
+            window(w, pdu, load_be32(b + 28), load_be32(b + 32));
+        }
+
+        // StatSN, per connection (§4.2.2.2): "Responses/statuses are numbered by StatSN ... on a
+        // connection"; the first Login Response sets the start, and "the next response of any kind --
+        // including the next Login Response, if any, in the same Login Phase -- will carry this number
+        // + 1" (§11.13). Numbered: every response that carries status — SCSI Response, Data-In with
+        // S=1 (§11.7: StatSN has meaningful content only with S), TMF, Text, Logout Responses, a NOP-In
+        // that answers a NOP-Out, a Reject ("the StatSN is advanced after a Reject", §11.17). Not
+        // numbered but carrying "the next StatSN": an R2T (§11.8: "The StatSN for this connection is not
+        // advanced after this PDU is sent") and a NOP-In with ITT 0xffffffff (§11.19: "when the
+        // Initiator Task Tag is set to 0xffffffff, the StatSN for the connection is not advanced").
+        // Going back is a retransmission, which only a SNACK asks for: "the numbered-response(s) ...
+        // requested by a SNACK MUST be delivered as exact replicas of the ones that the target
+        // transmitted originally except for the fields ExpCmdSN, MaxCmdSN, and ExpDataSN" (§11.16),
+        // so it carries the StatSN and ITT of a response already sent here, and comes back once at most
+        // for each SNACK. (A status acknowledged with DataACK may come back as a SCSI Response instead of
+        // its Data-In: same ITT, same StatSN.)
+        bool numbered = false;
+        bool carries_next = false;
+        switch (op) {
+        case iscsi::Opcode::scsi_response:
+        case iscsi::Opcode::task_mgmt_response:
+        case iscsi::Opcode::text_response:
+        case iscsi::Opcode::logout_response:
+        case iscsi::Opcode::reject:
+            numbered = true;
+            break;
+        case iscsi::Opcode::login_response:
+            numbered = login_ok;
+            if (!login_ok) {
+                w.next_stat_sn.reset(); // not valid; the connection ends
+            }
+            break;
+        case iscsi::Opcode::nop_in:
+            numbered = itt != iscsi::reserved_tag;
+            carries_next = !numbered;
+            break;
+        case iscsi::Opcode::data_in:
+            numbered = (b[1] & 0x01) != 0;
+            break;
+        case iscsi::Opcode::r2t:
+            carries_next = true;
+            break;
+        case iscsi::Opcode::async_message:
+            // Not sent by this target; whether it takes a StatSN is left open here.
+            w.next_stat_sn.reset();
+            break;
+        default:
+            break;
+        }
+        if (carries_next && w.next_stat_sn && stat_sn != *w.next_stat_sn) {
+            trap(fmt::format("StatSN {} where the connection's next StatSN is {}: {}", stat_sn,
+                             *w.next_stat_sn, pdu.describe()));
+        }
+        if (numbered) {
+            if (!w.next_stat_sn || stat_sn == *w.next_stat_sn) {
+                w.next_stat_sn = stat_sn + 1;
+                if (w.numbered.size() < 100000) {
+                    w.numbered[stat_sn] = {itt, 0};
+                }
+            } else if (iscsi::sn_lt(stat_sn, *w.next_stat_sn)) {
+                auto sent = w.numbered.find(stat_sn);
+                if (sent == w.numbered.end() && w.numbered.size() >= 100000) {
+                    // not recorded (bound): nothing to compare with
+                } else if (sent == w.numbered.end()) {
+                    trap(fmt::format("StatSN {} goes back (next {}) to a response never sent on this "
+                                     "connection: {}",
+                                     stat_sn, *w.next_stat_sn, pdu.describe()));
+                } else if (sent->second.itt != itt) {
+                    trap(fmt::format("StatSN {} sent again for ITT {:#x}, first sent for ITT {:#x}: {}",
+                                     stat_sn, itt, sent->second.itt, pdu.describe()));
+                } else if (++sent->second.resends > _snacks) {
+                    // Each SNACK has a response sent again once at most. (Counted from the start: the
+                    // SNACK may have gone before the initiator read the response it asks for.)
+                    trap(fmt::format("StatSN {} sent again (next {}) for the {}th time after {} SNACKs: {}",
+                                     stat_sn, *w.next_stat_sn, sent->second.resends, _snacks,
+                                     pdu.describe()));
+                }
+            } else {
+                trap(fmt::format("StatSN {} skips ahead of the connection's next StatSN {}: {}", stat_sn,
+                                 *w.next_stat_sn, pdu.describe()));
+            }
+        }
+
+        // R2T (§11.8): "The Desired Data Transfer Length MUST NOT be 0 and MUST NOT exceed
+        // MaxBurstLength."
+        if (op == iscsi::Opcode::r2t && w.max_burst_length != 0) {
+            uint32_t desired = load_be32(b + 44);
+            if (desired == 0 || desired > w.max_burst_length) {
+                trap(fmt::format("an R2T asks for {} bytes (MaxBurstLength {}): {}", desired,
+                                 w.max_burst_length, pdu.describe()));
+            }
+        }
+
+        // DataSN and R2TSN, per task (§4.2.2.3): "For input (read) data PDUs, DataSN starts with 0 for
+        // the first data PDU of an input command and advances by 1 for each subsequent data PDU"; "the
+        // first R2T has an R2TSN of 0 and advances by 1 for each subsequent R2T" (one sequence for both
+        // in a bidirectional command). So none skips one: each is at most one past the highest its task
+        // had. That holds too for resends (replicas, §11.16), an ITT used again by a later command,
+        // and, as counted per (session, ITT), for two commands given one ITT. Only a TASK REASSIGN lets
+        // a task resume where the initiator's ExpDataSN says (§11.5), which the input may make up: an
+        // ITT a TASK REASSIGN named is not checked for skips from then on.
+        if (op == iscsi::Opcode::data_in || op == iscsi::Opcode::r2t) {
+            uint32_t sn = load_be32(b + 36);
+            auto key = std::make_pair(w.numbers, itt);
+            auto it = _next_data_sn.find(key);
+            uint32_t next = it == _next_data_sn.end() ? 0 : it->second;
+            if (sn > next && _reassigned.count(itt) == 0) {
+                trap(fmt::format("{} {} skips ahead of the task's next {}: {}",
+                                 op == iscsi::Opcode::r2t ? "R2TSN" : "DataSN", sn, next, pdu.describe()));
+            }
+            if (sn >= next && sn != UINT32_MAX) {
+                _next_data_sn[key] = sn + 1;
+            }
+        }
+    }
+
+    // ExpCmdSN and MaxCmdSN (§4.2.2.1): "The target MUST NOT transmit a MaxCmdSN that is less than
+    // ExpCmdSN - 1" (serial arithmetic, RFC 1982). Neither goes back on one connection: ExpCmdSN
+    // acknowledges every command before it, and a MaxCmdSN below one announced closes the window on
+    // commands the initiator may already have sent, which "the target MUST silently ignore"; retransmitted
+    // PDUs too "MUST carry the current values" (§11.16). Across connections a PDU may carry older
+    // values: the initiator takes the highest "because updates may arrive out of order (e.g., the updates
+    // are sent on different TCP connections)" (§4.2.2.1), so that is not checked.
+    void window(Watch& w, const InPdu& pdu, uint32_t exp_cmd_sn, uint32_t max_cmd_sn) {
+        if (iscsi::sn_lt(max_cmd_sn, exp_cmd_sn - 1)) {
+            trap(fmt::format("MaxCmdSN {} is less than ExpCmdSN {} - 1: {}", max_cmd_sn, exp_cmd_sn,
+                             pdu.describe()));
+        }
+        if (w.exp_cmd_sn && iscsi::sn_lt(exp_cmd_sn, *w.exp_cmd_sn)) {
+            trap(fmt::format("ExpCmdSN {} goes back on a connection that sent {}: {}", exp_cmd_sn,
+                             *w.exp_cmd_sn, pdu.describe()));
+        }
+        if (w.max_cmd_sn && iscsi::sn_lt(max_cmd_sn, *w.max_cmd_sn)) {
+            trap(fmt::format("MaxCmdSN {} goes back on a connection that sent {}: {}", max_cmd_sn,
+                             *w.max_cmd_sn, pdu.describe()));
+        }
+        w.exp_cmd_sn = exp_cmd_sn;
+        w.max_cmd_sn = max_cmd_sn;
+    }
 
     void settle_all() {
         for (auto& p : _peers) {
@@ -809,6 +1032,14 @@ private:
     std::vector<iscsi::R2t> _r2ts;
     uint32_t _ping_ttt = iscsi::reserved_tag;
     uint32_t _text_ttt = iscsi::reserved_tag;
+
+    // Sequence numbers (Run::sequence).
+    std::vector<std::unique_ptr<Watch>> _watches;
+    std::vector<FakeInitiator*> _watched;
+    uint64_t _snacks = 0; // SNACK Requests sent, on any connection
+    // Per task (the session's numbers, ITT): the DataSN/R2TSN the next new Data-In or R2T carries.
+    std::map<std::pair<const SessionNumbers*, uint32_t>, uint32_t> _next_data_sn;
+    std::set<uint32_t> _reassigned; // ITTs a TASK REASSIGN named: their Data-In/R2Ts may resume anywhere
 };
 
 LoginOptions offer_from(uint8_t o) {

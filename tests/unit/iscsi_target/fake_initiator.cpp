@@ -348,6 +348,9 @@ void FakeInitiator::pdu_received(iscsi::ReceivedPdu&& pdu) {
     in.bhs = pdu.bhs;
     auto segment = pdu.segment();
     in.data.assign(segment.begin(), segment.end());
+    if (_observer) {
+        _observer(in);
+    }
     const uint8_t* b = in.bhs.bytes.data();
     iscsi::Opcode op = in.opcode();
     // Every target PDU carries ExpCmdSN and MaxCmdSN at the same place (RFC 7143 §11).

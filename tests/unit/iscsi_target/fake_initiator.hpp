@@ -171,6 +171,9 @@ public:
     // What runs the target while this initiator waits for answers (the harness settles every reactor
     // unless a test freezes some).
     void drive(std::function<void()> settle) { _settle = std::move(settle); }
+    // Sees every PDU the target sends on this connection, in the order it was sent, Login Responses
+    // included (before the login or the inbox takes them): for checks that follow a whole connection.
+    void observe(std::function<void(const InPdu&)> observer) { _observer = std::move(observer); }
 
     // ---- State ----
     uint16_t cid() const { return _cid; }
@@ -195,6 +198,7 @@ private:
 
     std::shared_ptr<Wire> _wire;
     std::function<void()> _settle;
+    std::function<void(const InPdu&)> _observer;
     std::shared_ptr<SessionNumbers> _numbers;
     iscsi::PduReader _reader;
     std::deque<InPdu> _inbox;
