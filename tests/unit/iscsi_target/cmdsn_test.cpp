@@ -163,12 +163,6 @@ TEST(CmdSnWindow, ImmediateNopOutDoesNotConsumeACmdSn) {
 
 // ---- A connection joining the session (MC/S) -------------------------------------------------------
 
-LoginOptions mcs() {
-    LoginOptions o;
-    o.negotiation.max_connections = 4;
-    return o;
-}
-
 // The final Login Response of a connection that joins a session states the session's window as it is:
 // its ExpCmdSN acknowledges only the CmdSNs received, and its MaxCmdSN opens no slot the session does
 // not have (RFC 7143 §4.2.2.1). The login's own CmdSN is only the initiator's next one.

@@ -240,6 +240,13 @@ private:
     std::vector<uint64_t> _luns; // of the first target
 };
 
+// A login that offers MC/S: up to four connections in the session.
+inline LoginOptions mcs() {
+    LoginOptions o;
+    o.negotiation.max_connections = 4;
+    return o;
+}
+
 // SCSI status and sense of a SCSI Response.
 struct Outcome {
     uint8_t status = 0xff;

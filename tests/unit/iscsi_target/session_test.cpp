@@ -32,12 +32,6 @@ uint32_t write_waiting_for_data(FakeInitiator& i, iscsi::R2t* r2t_out = nullptr)
     return itt;
 }
 
-LoginOptions mcs() {
-    LoginOptions o;
-    o.negotiation.max_connections = 4;
-    return o;
-}
-
 // ---- Logout ------------------------------------------------------------------------------------------
 
 TEST(Logout, CloseSessionAbortsTasksInFlightThenAnswersAndCloses) {
