@@ -30,13 +30,19 @@ class Ispaced:
         self._log_lines = []
         self._ready = threading.Event()
 
-    def start(self, timeout=20):
+    def start(self, timeout=20, ready=None):
+        """Starts ispaced and waits for its first "ready:" line, or for `ready()` to be true where it
+        serves no portal (a holder: its socket file)."""
         self.proc = subprocess.Popen([self.binary] + self.args, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, env=self.env)
         threading.Thread(target=self._pump, daemon=True).start()
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self._ready.wait(0.1):
+            if ready is not None:
+                if ready():
+                    return self
+                time.sleep(0.05)
+            elif self._ready.wait(0.1):
                 return self
             if self.proc.poll() is not None:
                 break

@@ -117,36 +117,32 @@ def holder_signals(ispaced, scratch):
     A thread that did not took such a signal whenever main() was busy (a reload, startup) and the default
     action ended the holder, and with it every device it had attached."""
     home = os.path.join(scratch, "holder-home")
-    os.makedirs(home, exist_ok=True)
-    log = open(os.path.join(scratch, "holder.log"), "w")
-    proc = subprocess.Popen([ispaced, "--holder", "--reactors", "2"], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, ISPACE_HOME=home))
+    socket_path = os.path.join(home, "holder.sock")
+    holder = ispace_testlib.Ispaced(ispaced, ["--holder", "--reactors", "2"],
+                                    log_path=os.path.join(scratch, "holder.log"),
+                                    env=dict(os.environ, ISPACE_HOME=home))
     try:
-        deadline = time.time() + 20
-        while time.time() < deadline and not os.path.exists(os.path.join(home, "holder.sock")):
-            time.sleep(0.05)
-        check(os.path.exists(os.path.join(home, "holder.sock")), "a holder starts and listens on holder.sock")
+        holder.start(ready=lambda: os.path.exists(socket_path))
+    except RuntimeError as e:
+        check(False, f"a holder starts and listens on holder.sock: {e}")
+        return
+    check(True, "a holder starts and listens on holder.sock")
+    pid = holder.proc.pid
+    try:
         # main() itself is left out: waiting in sigwait(), it unblocks them for the wait.
-        threads = {tid: sigs for tid, sigs in blocked_signals(proc.pid).items() if tid != str(proc.pid)}
+        threads = {tid: sigs for tid, sigs in blocked_signals(pid).items() if tid != str(pid)}
         open_to = sorted(tid for tid, sigs in threads.items()
                          if not {signal.SIGTERM, signal.SIGINT, signal.SIGHUP} <= sigs)
         check(len(threads) >= 2 and not open_to,
               f"every thread of the holder but main ({len(threads)}) blocks SIGTERM, SIGINT and SIGHUP "
               f"(not: {open_to})")
         # Two at once: the second comes while main() handles the first (nothing to reload; it says so).
-        proc.send_signal(signal.SIGHUP)
-        proc.send_signal(signal.SIGHUP)
+        holder.proc.send_signal(signal.SIGHUP)
+        holder.proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
-        check(proc.poll() is None, f"the holder lives through two SIGHUPs in a row (exit {proc.poll()})")
+        check(holder.alive(), f"the holder lives through two SIGHUPs in a row (exit {holder.proc.poll()})")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        log.close()
+        rc = holder.stop(timeout=30)
     check(rc == 0, f"the holder stops cleanly on SIGTERM (exit {rc})")
 
 
